@@ -1,0 +1,157 @@
+"""Every exception and warning cadstore raises, in one place.
+
+The hierarchy::
+
+    CadstoreError                          base of everything raised on purpose
+    ├── KeyNotFoundError      (KeyError)   a data or metadata key that is not stored
+    ├── InvalidKeyError       (ValueError) a key that breaks the key grammar
+    ├── KeyConflictError      (ValueError) a key that would clash with a stored one
+    ├── UnsupportedTypeError  (TypeError)  a value the storage cannot represent
+    ├── InvalidDataError      (ValueError) a representable value that is refused (NaN, ...)
+    ├── SchemaError           (ValueError) a schema dict or builder call of the wrong shape
+    │   └── SchemaValidationError          data that contradicts the schema (strict mode)
+    ├── StorageClosedError    (ValueError) use of a storage after ``close()``
+    ├── ReadOnlyStorageError  (PermissionError) a write to a read-only storage
+    ├── CorruptStoreError     (OSError)    a file that is not a readable store
+    │   └── LimitExceededError             a file whose declared sizes exceed a safety limit
+    ├── MergeError            (ValueError) a merge that cannot go on (see the message)
+    └── DatasetError          (ValueError) a dataset query naming an unknown thing
+
+    CadstoreWarning (UserWarning)
+
+Each error class derives from the built-in exception a caller would naturally catch, so
+``except KeyError`` keeps working for a missing key and ``except ValueError`` for a bad
+schema. Messages name the key, file or field and say what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CadstoreError",
+    "CadstoreWarning",
+    "CorruptStoreError",
+    "DatasetError",
+    "InvalidDataError",
+    "InvalidKeyError",
+    "KeyConflictError",
+    "KeyNotFoundError",
+    "LimitExceededError",
+    "MergeError",
+    "ReadOnlyStorageError",
+    "SchemaError",
+    "SchemaValidationError",
+    "StorageClosedError",
+    "UnsupportedTypeError",
+]
+
+
+class CadstoreError(Exception):
+    """Base class of every error cadstore raises deliberately."""
+
+
+class CadstoreWarning(UserWarning):
+    """Base class of cadstore's warnings, so they can be filtered precisely."""
+
+
+class KeyNotFoundError(CadstoreError, KeyError):
+    """A data or metadata key that is not present.
+
+    Parameters
+    ----------
+    key
+        The key that was asked for.
+    message
+        The full message; by default it names the key.
+    """
+
+    def __init__(self, key: str, message: str | None = None) -> None:
+        self.key = key
+        super().__init__(message or f"key {key!r} does not exist")
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message and wrap it in quotes.
+        return str(self.args[0])
+
+
+class InvalidKeyError(CadstoreError, ValueError):
+    """A key that is empty, absolute, escapes its root or holds forbidden characters."""
+
+    def __init__(self, key: object, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"invalid key {key!r}: {reason}")
+
+
+class KeyConflictError(CadstoreError, ValueError):
+    """A key that would silently overwrite or shadow a different stored key."""
+
+
+class UnsupportedTypeError(CadstoreError, TypeError):
+    """A value of a type the storage cannot represent (objects, sets, functions, ...)."""
+
+
+class InvalidDataError(CadstoreError, ValueError):
+    """A value of a supported type that the storage refuses, such as NaN in OptStorage."""
+
+
+class SchemaError(CadstoreError, ValueError):
+    """A schema dictionary or builder call of the wrong shape."""
+
+
+class SchemaValidationError(SchemaError):
+    """Data that does not satisfy the schema, raised by ``save_data`` in strict mode.
+
+    Attributes
+    ----------
+    key, expected, actual
+        The offending key, what the schema asks for and what was given.
+    """
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"data for {key!r} does not match the schema: expected {expected}, got {actual}"
+        )
+
+
+class StorageClosedError(CadstoreError, ValueError):
+    """An operation on a storage after ``close()``."""
+
+
+class ReadOnlyStorageError(CadstoreError, PermissionError):
+    """A write to a storage that was opened read-only."""
+
+
+class CorruptStoreError(CadstoreError, OSError):
+    """A file or directory that is not a readable store.
+
+    Parameters
+    ----------
+    path
+        The file or directory.
+    problem
+        What is wrong with it.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        # OSError's own (errno, strerror) unpacking is avoided by passing one argument.
+        super().__init__(f"{self.path}: {problem}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class LimitExceededError(CorruptStoreError):
+    """A file whose declared sizes exceed a safety limit (a possible decompression bomb)."""
+
+
+class MergeError(CadstoreError, ValueError):
+    """A merge that cannot proceed: conflicting dtypes, a different dataset at the output, ..."""
+
+
+class DatasetError(CadstoreError, ValueError):
+    """A dataset query that names an unknown group, array, code or table."""

@@ -1,0 +1,235 @@
+"""Chunk codecs: what cadstore writes and the allow-list of what it reads.
+
+cadstore encodes chunks itself rather than through zarr-python, because zarr-python's
+per-array cost (about 1 ms) dominates the small arrays of a CAD item. The byte formats are
+those of the Zarr specification and numcodecs, so zarr-python reads what we write and we
+read what it (or zarr-python 2.x) wrote.
+
+Every decoder checks declared sizes against the expected decoded size *before* it allocates:
+a zstd frame that declares more bytes than its chunk can hold, a blosc header whose size
+disagrees, a vlen count beyond the chunk's element count, are all
+:class:`~cadstore.errors.CorruptStoreError`. Codecs outside the allow-list (notably any
+pickle-based one) are refused before any chunk is touched.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zstandard
+
+__all__ = [
+    "ChunkDecodeError",
+    "decode_blosc",
+    "decode_gzip",
+    "decode_msgpack_strings",
+    "decode_vlen_utf8",
+    "decode_zstd",
+    "encode_vlen_utf8",
+    "zstd_compress",
+]
+
+#: v3 codec names we read (array->bytes and bytes->bytes); anything else is refused.
+V3_READABLE_CODECS = frozenset(
+    ("bytes", "zstd", "gzip", "blosc", "crc32c", "transpose", "vlen-utf8")
+)
+#: v2 compressor / filter ids we read.
+V2_READABLE_COMPRESSORS = frozenset(("zstd", "blosc", "zlib", "gzip", "lz4"))
+V2_READABLE_FILTERS = frozenset(("delta", "vlen-utf8", "msgpack2", "astype"))
+
+
+class ChunkDecodeError(ValueError):
+    """A chunk that cannot be decoded; readers re-raise it as a corrupt-store error."""
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # ZstdCompressor objects are not thread-safe; keep one per thread and level.
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zc", None)
+    if cache is None:
+        cache = _local.zc = {}
+    comp = cache.get(level)
+    if comp is None:
+        comp = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def zstd_compress(data: bytes | memoryview, level: int) -> bytes:
+    """Compress ``data`` into one zstd frame that records its content size."""
+    return _compressor(level).compress(data)
+
+
+def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
+    """Decompress one zstd frame.
+
+    Parameters
+    ----------
+    data
+        The frame.
+    expected
+        The exact decoded size, when known (fixed-size dtypes); ``None`` for vlen data.
+    limit
+        The most bytes the frame may decode to when ``expected`` is ``None``.
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise ChunkDecodeError(f"not a zstd frame: {exc}") from exc
+    bound = expected if expected is not None else limit
+    if declared != -1 and declared > bound:
+        raise ChunkDecodeError(
+            f"zstd frame declares {declared} bytes, more than the {bound} the chunk may hold"
+        )
+    try:
+        out = _decompressor().decompress(data, max_output_size=bound)
+    except zstandard.ZstdError as exc:
+        raise ChunkDecodeError(f"zstd data is corrupt: {exc}") from exc
+    if expected is not None and len(out) != expected:
+        raise ChunkDecodeError(f"zstd frame decoded to {len(out)} bytes, expected {expected}")
+    return out
+
+
+def decode_gzip(data: bytes, expected: int | None, limit: int, *, wbits: int) -> bytes:
+    """Decompress gzip (``wbits=31``) or zlib (``wbits=15``) data without exceeding a bound."""
+    bound = expected if expected is not None else limit
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(data, bound + 1)
+    except zlib.error as exc:
+        raise ChunkDecodeError(f"deflate data is corrupt: {exc}") from exc
+    if len(out) > bound:
+        raise ChunkDecodeError(f"deflate data expands beyond {bound} bytes")
+    if expected is not None and len(out) != expected:
+        raise ChunkDecodeError(f"deflate data decoded to {len(out)} bytes, expected {expected}")
+    return out
+
+
+def decode_blosc(data: bytes, expected: int | None, limit: int) -> bytes:
+    """Decompress a blosc frame after checking its header against the expected size."""
+    if len(data) < 16:
+        raise ChunkDecodeError("blosc frame shorter than its 16-byte header")
+    nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
+    bound = expected if expected is not None else limit
+    if nbytes > bound or (expected is not None and nbytes != expected):
+        raise ChunkDecodeError(f"blosc header declares {nbytes} bytes, expected {bound}")
+    if cbytes != len(data):
+        raise ChunkDecodeError(f"blosc header declares {cbytes} compressed bytes, got {len(data)}")
+    from numcodecs import blosc
+
+    try:
+        return bytes(blosc.decompress(data))
+    except Exception as exc:  # numcodecs raises RuntimeError and others
+        raise ChunkDecodeError(f"blosc data is corrupt: {exc}") from exc
+
+
+def decode_lz4(data: bytes, expected: int | None, limit: int) -> bytes:
+    """Decompress numcodecs' LZ4 framing (a little-endian u32 size, then the block)."""
+    if len(data) < 4:
+        raise ChunkDecodeError("lz4 chunk shorter than its size header")
+    (declared,) = struct.unpack_from("<I", data, 0)
+    bound = expected if expected is not None else limit
+    if declared > bound:
+        raise ChunkDecodeError(f"lz4 header declares {declared} bytes, expected at most {bound}")
+    from numcodecs import LZ4
+
+    try:
+        return bytes(LZ4().decode(data))
+    except Exception as exc:
+        raise ChunkDecodeError(f"lz4 data is corrupt: {exc}") from exc
+
+
+def encode_vlen_utf8(items: Sequence[str]) -> bytes:
+    """Encode strings in the vlen-utf8 layout (u32 count, then u32 length + bytes each)."""
+    encoded = [s.encode("utf-8") for s in items]
+    parts = [struct.pack("<I", len(encoded))]
+    for b in encoded:
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def decode_vlen_utf8(data: bytes, count: int) -> list[str]:
+    """Decode the vlen-utf8 layout, checking every length against the buffer."""
+    if len(data) < 4:
+        raise ChunkDecodeError("vlen-utf8 chunk shorter than its count header")
+    (n,) = struct.unpack_from("<I", data, 0)
+    if n != count:
+        raise ChunkDecodeError(f"vlen-utf8 chunk holds {n} items, expected {count}")
+    out: list[str] = []
+    pos = 4
+    end = len(data)
+    for _ in range(n):
+        if pos + 4 > end:
+            raise ChunkDecodeError("vlen-utf8 chunk truncated")
+        (length,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + length > end:
+            raise ChunkDecodeError("vlen-utf8 item runs past the end of the chunk")
+        try:
+            out.append(data[pos : pos + length].decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ChunkDecodeError(f"vlen-utf8 item is not UTF-8: {exc}") from exc
+        pos += length
+    return out
+
+
+def decode_msgpack_strings(data: bytes, count: int, limit: int) -> list[Any]:
+    """Decode numcodecs' MsgPack object encoding (items, then dtype and shape) safely.
+
+    Only ``str`` items (and ``None``, kept as is) are accepted; no extension types, no
+    pickle, bounded buffer sizes.
+    """
+    import msgpack
+
+    try:
+        items = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=limit,
+            max_str_len=limit,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=count + 2,
+            max_map_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ChunkDecodeError(f"msgpack data is corrupt: {exc}") from exc
+    if not isinstance(items, list) or len(items) < 2:
+        raise ChunkDecodeError("msgpack chunk is not a list ending with dtype and shape")
+    values = items[:-2]
+    flat = list(_flatten(values))
+    if len(flat) != count:
+        raise ChunkDecodeError(f"msgpack chunk holds {len(flat)} items, expected {count}")
+    for v in flat:
+        if not (v is None or isinstance(v, str)):
+            raise ChunkDecodeError(f"msgpack chunk holds a {type(v).__name__}, expected str")
+    return flat
+
+
+def _flatten(values: Any) -> Any:
+    for v in values:
+        if isinstance(v, list):
+            yield from _flatten(v)
+        else:
+            yield v
+
+
+def delta_decode(arr: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """Invert numcodecs' Delta filter (first value, then differences)."""
+    dtype = np.dtype(config.get("dtype", arr.dtype))
+    return np.cumsum(arr, dtype=dtype)

@@ -1,0 +1,473 @@
+"""A Zarr hierarchy of cadstore nodes: read from a source, or built in memory and published.
+
+:class:`ReadHierarchy` opens any v2 or v3 hierarchy in a :class:`~cadstore.format.sources.KeySource`
+(consolidated or not) and returns stored leaves as the values they were saved as.
+:class:`BuildHierarchy` encodes nodes as they are saved, keeps the encoded bytes in memory,
+and writes each key exactly once when the item is published, so a zip never holds
+duplicate entries.
+
+How Python values map onto Zarr arrays: numeric and string arrays are stored as they are.
+A value that is not an array is stored as an array plus the attribute ``cadstore_kind``
+saying what to give back: ``int``, ``float``, ``bool``, ``complex`` (0-d, the Python type),
+``numpy_scalar`` (0-d, the numpy scalar), ``str`` (0-d string) and ``list_str`` (1-d
+strings). Readers other than cadstore see ordinary arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import CorruptStoreError, LimitExceededError
+from cadstore.format.codecs import ChunkDecodeError
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.sources import KeySource, check_member_name
+from cadstore.format.zarr_nodes import (
+    ArrayMeta,
+    MetadataError,
+    decode_array,
+    encode_array,
+    parse_array_meta,
+)
+from cadstore.storage.values import Leaf, Node
+
+__all__ = ["KIND_ATTRIBUTE", "BuildHierarchy", "Hierarchy", "ReadHierarchy", "default_dims"]
+
+KIND_ATTRIBUTE = "cadstore_kind"
+_METADATA_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup"))
+_PY_SCALARS: dict[type, tuple[str, str]] = {
+    bool: ("bool", "bool"),
+    int: ("int", "int64"),
+    float: ("float", "float64"),
+    complex: ("complex", "complex128"),
+}
+
+
+def default_dims(path: str, ndim: int) -> list[str]:
+    """Return the specified default dimension names, ``<path_with_underscores>_dim_<i>``."""
+    stem = path.replace("/", "_")
+    return [f"{stem}_dim_{i}" for i in range(ndim)]
+
+
+def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:
+    if isinstance(leaf, np.ndarray):
+        return leaf, None
+    if isinstance(leaf, np.generic):
+        return np.asarray(leaf), "numpy_scalar"
+    if isinstance(leaf, str):
+        return np.asarray(leaf, dtype=str), "str"
+    if isinstance(leaf, list):
+        return np.array(leaf, dtype=str), "list_str"
+    kind, dtype = _PY_SCALARS[type(leaf)]
+    return np.asarray(leaf, dtype=dtype), kind
+
+
+def _array_to_leaf(arr: np.ndarray, kind: Any) -> Leaf:
+    if kind is None:
+        return arr
+    if kind == "numpy_scalar":
+        return arr[()]
+    if kind == "str":
+        return str(arr[()])
+    if kind == "list_str":
+        return [str(x) for x in arr.tolist()]
+    if kind in ("int", "float", "bool", "complex"):
+        return {"int": int, "float": float, "bool": bool, "complex": complex}[kind](arr[()])
+    return arr
+
+
+class Hierarchy(ABC):
+    """Read access shared by stored and in-memory hierarchies."""
+
+    zarr_format: int
+    limits: Limits
+    location: str
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, ArrayMeta] = {}
+        # group path -> ordered child names; the root is "".
+        self.groups: dict[str, dict[str, None]] = {"": {}}
+        self.group_attributes: dict[str, dict[str, Any]] = {"": {}}
+
+    @abstractmethod
+    def _chunk(self, path: str, rel: str) -> bytes | None:
+        """Return the bytes of chunk ``rel`` of array ``path``."""
+
+    @abstractmethod
+    def _source_bytes(self) -> int:
+        """Size of the file backing the hierarchy (for the expansion limit)."""
+
+    @abstractmethod
+    def stored_nbytes(self, path: str) -> int:
+        """Return the bytes the chunks below ``path`` occupy."""
+
+    def kind(self, path: str) -> str | None:
+        """``"leaf"``, ``"group"`` or ``None``."""
+        if path in self.arrays:
+            return "leaf"
+        if path in self.groups:
+            return "group"
+        return None
+
+    def children(self, path: str) -> list[str]:
+        """Names directly below group ``path``."""
+        return list(self.groups.get(path, {}))
+
+    def _link(self, path: str, *, group: bool = False) -> None:
+        if group:
+            self.groups.setdefault(path, {})
+            self.group_attributes.setdefault(path, {})
+        parts = path.split("/")
+        for i in range(len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in self.groups:
+                self.groups[parent] = {}
+                self.group_attributes.setdefault(parent, {})
+                self.groups["/".join(parts[: i - 1]) if i > 1 else ""][parts[i - 1]] = None
+            self.groups[parent][parts[i]] = None
+
+    def read_array(self, path: str) -> np.ndarray:
+        """Decode array ``path`` as stored (no ``cadstore_kind`` conversion)."""
+        meta = self.arrays[path]
+        try:
+            arr = decode_array(
+                meta,
+                lambda rel: self._chunk(path, rel),
+                self.limits,
+                source_bytes=self._source_bytes(),
+            )
+        except MetadataError as exc:
+            raise LimitExceededError(self.location, f"array {path!r}: {exc}") from exc
+        except ChunkDecodeError as exc:
+            raise CorruptStoreError(self.location, f"array {path!r}: {exc}") from exc
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return arr
+
+    def read_leaf(self, path: str) -> Leaf:
+        """Return array ``path`` as the value that was saved."""
+        arr = self.read_array(path)
+        return _array_to_leaf(arr, self.arrays[path].attributes.get(KIND_ATTRIBUTE))
+
+    def read_node(self, path: str) -> Node:
+        """Return the leaf at ``path``, or a nested dict for a group; ``KeyError`` if absent."""
+        if path in self.arrays:
+            return self.read_leaf(path)
+        if path not in self.groups:
+            raise KeyError(path)
+        return {
+            name: self.read_node(f"{path}/{name}" if path else name) for name in self.children(path)
+        }
+
+    def iter_arrays(self, path: str = "") -> Iterator[str]:
+        """Yield the paths of every array below ``path``."""
+        if path in self.arrays:
+            yield path
+            return
+        for name in self.children(path):
+            yield from self.iter_arrays(f"{path}/{name}" if path else name)
+
+
+class ReadHierarchy(Hierarchy):
+    """A hierarchy stored in a key source (zip, directory), v3 or v2.
+
+    Raises
+    ------
+    CorruptStoreError
+        If the source holds no Zarr hierarchy or its metadata is malformed.
+    """
+
+    def __init__(self, source: KeySource, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()
+        self.source = source
+        self.limits = limits
+        self.location = source.location
+        self._size = source.total_bytes()
+        try:
+            root = self._json("zarr.json")
+            if root is not None:
+                self.zarr_format = 3
+                self._parse_v3(root)
+            elif ".zgroup" in source or ".zmetadata" in source:
+                self.zarr_format = 2
+                self._parse_v2()
+            else:
+                raise CorruptStoreError(
+                    self.location, "not a Zarr store: no zarr.json or .zgroup at its root"
+                )
+        except MetadataError as exc:
+            raise CorruptStoreError(self.location, f"malformed Zarr metadata: {exc}") from exc
+        if len(self.arrays) + len(self.groups) > limits.max_nodes:
+            raise LimitExceededError(self.location, f"more than max_nodes={limits.max_nodes} nodes")
+
+    def _json(self, key: str) -> Any:
+        data = self.source.get(key)
+        if data is None:
+            return None
+        if len(data) > self.limits.max_metadata_bytes:
+            raise LimitExceededError(
+                self.location,
+                f"{key!r} is {len(data)} bytes, more than "
+                f"max_metadata_bytes={self.limits.max_metadata_bytes}",
+            )
+        try:
+            # Zarr writers emit NaN/Infinity tokens for fill values; accept them here.
+            return json.loads(data)
+        except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(self.location, f"{key!r} is not valid JSON: {exc}") from exc
+
+    def _add(self, path: str, doc: Any, *, attrs: Any = None) -> None:
+        if path:
+            problem = check_member_name(path)
+            if problem:
+                raise MetadataError(f"unsafe node path {path!r}: {problem}")
+        if not isinstance(doc, Mapping):
+            raise MetadataError(f"metadata of {path!r} is not an object")
+        is_array = doc.get("node_type") == "array" if self_is_v3(doc) else "shape" in doc
+        if is_array:
+            self.arrays[path] = parse_array_meta(doc, self.limits, attrs=attrs)
+            self._link(path)
+        else:
+            if path:
+                self._link(path, group=True)
+            group_attrs = doc.get("attributes") if self_is_v3(doc) else attrs
+            self.group_attributes[path] = dict(group_attrs or {})
+
+    def _parse_v3(self, root: Any) -> None:
+        if not isinstance(root, Mapping) or root.get("node_type") != "group":
+            raise MetadataError("the root zarr.json is not a group")
+        self.group_attributes[""] = dict(root.get("attributes") or {})
+        consolidated = root.get("consolidated_metadata")
+        if isinstance(consolidated, Mapping) and isinstance(consolidated.get("metadata"), Mapping):
+            docs = consolidated["metadata"].items()
+        else:
+            docs = []
+            for key in self.source:
+                if key.endswith("/zarr.json"):
+                    docs.append((key[: -len("/zarr.json")], self._json(key)))
+        for path, doc in sorted(docs, key=lambda kv: kv[0].count("/")):
+            self._add(path, doc)
+
+    def _parse_v2(self) -> None:
+        meta = self._json(".zmetadata")
+        docs: dict[str, Any]
+        if isinstance(meta, Mapping) and isinstance(meta.get("metadata"), Mapping):
+            docs = dict(meta["metadata"])
+        else:
+            docs = {
+                k: self._json(k)
+                for k in self.source
+                if k.rsplit("/", 1)[-1] in (".zarray", ".zgroup", ".zattrs")
+            }
+        attrs_of = {
+            k[: -len(".zattrs")].rstrip("/"): v for k, v in docs.items() if k.endswith(".zattrs")
+        }
+        entries = []
+        for key, doc in docs.items():
+            name = key.rsplit("/", 1)[-1]
+            path = key[: -len(name)].rstrip("/")
+            if name in (".zarray", ".zgroup"):
+                entries.append((path, doc))
+        root_attrs = attrs_of.get("")
+        self.group_attributes[""] = (
+            dict(root_attrs or {}) if isinstance(root_attrs, Mapping) else {}
+        )
+        for path, doc in sorted(entries, key=lambda kv: (kv[0].count("/"), kv[0])):
+            if path == "" and "shape" not in doc:
+                continue
+            attrs = attrs_of.get(path) or {}
+            if not isinstance(attrs, Mapping):
+                raise MetadataError(f"attributes of {path!r} are not an object")
+            self._add(path, doc, attrs=attrs)
+
+    def _chunk(self, path: str, rel: str) -> bytes | None:  # docstring inherited
+        return self.source.get(f"{path}/{rel}")
+
+    def _source_bytes(self) -> int:  # docstring inherited
+        return self._size
+
+    def stored_nbytes(self, path: str) -> int:  # docstring inherited
+        sizer: Callable[[str], int] = getattr(self.source, "member_size", None) or (
+            lambda k: len(self.source.get(k) or b"")
+        )
+        prefix = f"{path}/" if path else ""
+        return sum(
+            sizer(k)
+            for k in self.source
+            if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith((".z", "zarr."))
+        )
+
+
+def self_is_v3(doc: Mapping[str, Any]) -> bool:
+    """Whether a metadata document is Zarr format 3."""
+    return doc.get("zarr_format") == 3
+
+
+class BuildHierarchy(Hierarchy):
+    """A hierarchy being written: nodes are encoded on ``put`` and published all at once.
+
+    Parameters
+    ----------
+    zarr_format
+        3 (default) or 2.
+    level
+        zstd level for chunks.
+    location
+        Shown in error messages.
+    """
+
+    def __init__(
+        self,
+        zarr_format: int = 3,
+        level: int | None = 3,
+        location: str = "<memory>",
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        super().__init__()
+        if zarr_format not in (2, 3):
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+        self.zarr_format = zarr_format
+        self.level = level
+        self.location = location
+        self.limits = limits
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.chunks: dict[str, dict[str, bytes]] = {}
+
+    def put(self, path: str, node: Node, dims_for: Callable[[str, int], list[str]]) -> None:
+        """Encode ``node`` at ``path``, replacing the subtree there."""
+        if self.kind(path) is not None:
+            self.delete(path)
+        self._put(path, node, dims_for)
+
+    def _put(self, path: str, node: Node, dims_for: Callable[[str, int], list[str]]) -> None:
+        if isinstance(node, dict):
+            self._link(path, group=True)
+            for name, child in node.items():
+                self._put(f"{path}/{name}", child, dims_for)
+            return
+        arr, kind = _leaf_to_array(node)
+        attrs = {KIND_ATTRIBUTE: kind} if kind else {}
+        docs, chunks = encode_array(
+            arr,
+            dims=dims_for(path, arr.ndim),
+            attributes=attrs,
+            level=self.level,
+            zarr_format=self.zarr_format,
+        )
+        if self.zarr_format == 3:
+            meta = parse_array_meta(docs["zarr.json"], self.limits)
+        else:
+            meta = parse_array_meta(docs[".zarray"], self.limits, attrs=docs[".zattrs"])
+        self.docs[path] = docs
+        self.chunks[path] = chunks
+        self.arrays[path] = meta
+        self._link(path)
+
+    def delete(self, path: str) -> None:
+        """Remove the subtree at ``path``; ``KeyError`` if absent."""
+        if self.kind(path) is None:
+            raise KeyError(path)
+        for array in list(self.iter_arrays(path)):
+            del self.arrays[array]
+            self.docs.pop(array, None)
+            self.chunks.pop(array, None)
+        for group in [g for g in self.groups if g == path or g.startswith(path + "/")]:
+            del self.groups[group]
+            self.group_attributes.pop(group, None)
+        parent, _, name = path.rpartition("/")
+        self.groups.get(parent, {}).pop(name, None)
+
+    def _chunk(self, path: str, rel: str) -> bytes | None:  # docstring inherited
+        return self.chunks.get(path, {}).get(rel)
+
+    def _source_bytes(self) -> int:  # docstring inherited
+        return sum(len(b) for c in self.chunks.values() for b in c.values())
+
+    def stored_nbytes(self, path: str) -> int:  # docstring inherited
+        return sum(len(b) for a in self.iter_arrays(path) for b in self.chunks.get(a, {}).values())
+
+    def members(
+        self, root_attributes: Mapping[str, Any] | None = None
+    ) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(key, bytes)`` for every metadata document and chunk, each key once.
+
+        Groups come before their children, each array's metadata before its chunks, so a
+        reader streaming the zip sees metadata first.
+        """
+        dump = _compact_json
+        root_attrs = dict(root_attributes or self.group_attributes.get("", {}))
+        if self.zarr_format == 3:
+            yield (
+                "zarr.json",
+                dump({"zarr_format": 3, "node_type": "group", "attributes": root_attrs}),
+            )
+        else:
+            yield ".zgroup", dump({"zarr_format": 2})
+            if root_attrs:
+                yield ".zattrs", dump(root_attrs)
+        yield from self._members_below("", dump)
+
+    def _members_below(
+        self, path: str, dump: Callable[[Any], bytes]
+    ) -> Iterator[tuple[str, bytes]]:
+        for name in self.children(path):
+            child = f"{path}/{name}" if path else name
+            if child in self.arrays:
+                for doc_name, doc in self.docs[child].items():
+                    yield f"{child}/{doc_name}", dump(doc)
+                for rel, data in self.chunks[child].items():
+                    yield f"{child}/{rel}", data
+            else:
+                attrs = self.group_attributes.get(child, {})
+                if self.zarr_format == 3:
+                    yield (
+                        f"{child}/zarr.json",
+                        dump({"zarr_format": 3, "node_type": "group", "attributes": attrs}),
+                    )
+                else:
+                    yield f"{child}/.zgroup", dump({"zarr_format": 2})
+                    if attrs:
+                        yield f"{child}/.zattrs", dump(attrs)
+                yield from self._members_below(child, dump)
+
+    @classmethod
+    def from_hierarchy(cls, source: Hierarchy, level: int | None = 3) -> BuildHierarchy:
+        """Copy a stored hierarchy into a new builder, keeping its encoded chunks."""
+        out = cls(
+            zarr_format=source.zarr_format,
+            level=level,
+            location=source.location,
+            limits=source.limits,
+        )
+        if not isinstance(source, ReadHierarchy):
+            raise TypeError("from_hierarchy copies a ReadHierarchy")
+        out.group_attributes = {k: dict(v) for k, v in source.group_attributes.items()}
+        for group in source.groups:
+            if group:
+                out._link(group, group=True)
+        for path, meta in source.arrays.items():
+            if source.zarr_format == 3:
+                doc = source._json(f"{path}/zarr.json")
+                out.docs[path] = {"zarr.json": doc}
+            else:
+                out.docs[path] = {
+                    ".zarray": source._json(f"{path}/.zarray"),
+                    ".zattrs": source._json(f"{path}/.zattrs") or {},
+                }
+            prefix = f"{path}/"
+            out.chunks[path] = {
+                k[len(prefix) :]: source.source.get(k) or b""
+                for k in source.source
+                if k.startswith(prefix) and k[len(prefix) :] not in _METADATA_NAMES
+            }
+            out.arrays[path] = meta
+            out._link(path)
+        return out
+
+
+def _compact_json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

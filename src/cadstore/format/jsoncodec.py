@@ -1,0 +1,258 @@
+"""A lossless, strict-JSON encoding of cadstore nodes and metadata.
+
+Standard JSON has no NaN, no infinities, no complex numbers and no dtypes. This codec keeps
+all of them while staying readable by any JSON parser (it never emits the non-standard
+``NaN`` token):
+
+=====================================  ===============================================
+Value                                  JSON
+=====================================  ===============================================
+``bool``, ``int``, ``str``             as is
+finite ``float``                       a number
+NaN, +inf, -inf (a float on its own)   ``{"__float__": "NaN" | "Infinity" | "-Infinity"}``
+``complex``                            ``{"real": r, "imag": i, "_numpy_complex": true}``
+``list`` of ``str``                    a list of strings
+numpy array                            ``{"__numpy__": "<dtype>", "shape": [...],
+                                       "data": nested lists}``
+numpy scalar                           ``{"__numpy__": "<dtype>", "scalar": element}``
+``dict``                               an object; a dict that looks like a complex number
+                                       is wrapped as ``{"__dict__": {...}}``
+=====================================  ===============================================
+
+Inside ``data`` and ``scalar`` the dtype is known, so elements are plain: floats as
+numbers or the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; complex elements in the
+``{"real", "imag", "_numpy_complex"}`` form; booleans as ``true``/``false``.
+
+Metadata uses :func:`encode_metadata`, which converts numpy values to plain Python
+(arrays become lists) and only tags non-finite floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import UnsupportedTypeError
+
+__all__ = [
+    "decode",
+    "decode_metadata",
+    "dumps",
+    "encode",
+    "encode_metadata",
+    "loads",
+]
+
+_COMPLEX_KEYS = frozenset(("real", "imag", "_numpy_complex"))
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _float_token(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def _encode_float(x: float) -> Any:
+    token = _float_token(x)
+    return token if isinstance(token, float) else {"__float__": token}
+
+
+def _encode_complex(x: complex) -> dict[str, Any]:
+    return {"real": _float_token(x.real), "imag": _float_token(x.imag), "_numpy_complex": True}
+
+
+def _element_encoder(kind: str) -> Any:
+    if kind == "f":
+        return _float_token
+    if kind == "c":
+        return _encode_complex
+    return None
+
+
+def _encode_nested(data: Any, fn: Any) -> Any:
+    if isinstance(data, list):
+        return [_encode_nested(x, fn) for x in data]
+    return fn(data)
+
+
+def encode(value: Any) -> Any:
+    """Encode a node (see :mod:`cadstore.storage.values`) into JSON-compatible Python.
+
+    Raises
+    ------
+    UnsupportedTypeError
+        If the value is not a node.
+    """
+    if isinstance(value, np.ndarray):
+        fn = _element_encoder(value.dtype.kind)
+        data = value.tolist()
+        if fn is not None:
+            data = _encode_nested(data, fn)
+        return {
+            "__numpy__": value.dtype.str if value.dtype.kind != "U" else "str",
+            "shape": list(value.shape),
+            "data": data,
+        }
+    if isinstance(value, np.generic):
+        fn = _element_encoder(value.dtype.kind)
+        item = value.item()
+        return {"__numpy__": value.dtype.str, "scalar": fn(item) if fn else item}
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return _encode_float(value)
+    if isinstance(value, complex):
+        return _encode_complex(value)
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        out = {k: encode(v) for k, v in value.items()}
+        return {"__dict__": out} if _looks_tagged(value) else out
+    raise UnsupportedTypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _looks_tagged(d: Mapping[str, Any]) -> bool:
+    return set(d) == _COMPLEX_KEYS or any(k.startswith("__") for k in d)
+
+
+def _decode_float_element(x: Any) -> float:
+    return _NONFINITE[x] if isinstance(x, str) else x
+
+
+def _decode_complex_element(x: Any) -> complex:
+    return complex(_decode_float_element(x["real"]), _decode_float_element(x["imag"]))
+
+
+def _decode_nested(data: Any, fn: Any) -> Any:
+    if isinstance(data, list):
+        return [_decode_nested(x, fn) for x in data]
+    return fn(data)
+
+
+def decode(obj: Any) -> Any:
+    """Invert :func:`encode`.
+
+    Raises
+    ------
+    ValueError
+        If a tagged object is malformed (callers turn this into a corrupt-store error).
+    """
+    if isinstance(obj, dict):
+        if "__numpy__" in obj:
+            return _decode_numpy(obj)
+        if "__float__" in obj:
+            return _NONFINITE[obj["__float__"]]
+        if "__dict__" in obj:
+            return {k: decode(v) for k, v in obj["__dict__"].items()}
+        if set(obj) == _COMPLEX_KEYS and obj["_numpy_complex"] is True:
+            return _decode_complex_element(obj)
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [str(x) for x in obj] if all(isinstance(x, str) for x in obj) else obj
+    return obj
+
+
+def _decode_numpy(obj: Mapping[str, Any]) -> Any:
+    tag = obj["__numpy__"]
+    dtype = np.dtype(str) if tag == "str" else np.dtype(tag)
+    if dtype.kind not in "biufcU" or dtype.fields is not None:
+        raise ValueError(f"unsupported dtype {tag!r}")
+    kind = dtype.kind
+    if "scalar" in obj:
+        item = obj["scalar"]
+        if kind == "f":
+            item = _decode_float_element(item)
+        elif kind == "c":
+            item = _decode_complex_element(item)
+        return dtype.type(item)
+    shape = tuple(int(s) for s in obj["shape"])
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    data = obj["data"]
+    if kind == "f":
+        data = _decode_nested(data, _decode_float_element)
+    elif kind == "c":
+        data = _decode_nested(data, _decode_complex_element)
+    if kind == "U":
+        arr = np.array(data, dtype=str) if math.prod(shape) else np.empty(shape, dtype="<U1")
+    else:
+        arr = np.array(data, dtype=dtype)
+    if arr.shape != shape:
+        if arr.size != math.prod(shape):
+            raise ValueError(f"data does not match shape {shape}")
+        arr = arr.reshape(shape)
+    return arr
+
+
+def encode_metadata(key: str, value: Any) -> Any:
+    """Convert a metadata value into plain JSON-compatible Python.
+
+    numpy scalars become Python scalars, arrays and tuples become lists, non-finite floats
+    are tagged (see the module docstring). ``None`` is allowed.
+
+    Raises
+    ------
+    UnsupportedTypeError
+        For values JSON cannot hold (complex, bytes, sets, objects), naming ``key``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return _encode_float(value)
+    if isinstance(value, np.generic):
+        if value.dtype.kind in "biuf" or isinstance(value, np.str_):
+            return encode_metadata(key, value.item())
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "biufU" or (
+            value.dtype.kind == "O" and all(isinstance(x, str) for x in value.ravel())
+        ):
+            return encode_metadata(key, value.tolist())
+    elif isinstance(value, list | tuple):
+        return [encode_metadata(key, v) for v in value]
+    elif isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise UnsupportedTypeError(
+                    f"metadata dict keys must be str, got {type(k).__name__} {k!r} under {key!r}"
+                )
+            out[k] = encode_metadata(f"{key}/{k}", v)
+        return {"__dict__": out} if _looks_tagged(out) else out
+    raise UnsupportedTypeError(
+        f"metadata {key!r} has a value of type {type(value).__name__}; metadata holds bool, "
+        "int, float, str, None, lists, dicts and numpy numbers or arrays of these"
+    )
+
+
+def decode_metadata(obj: Any) -> Any:
+    """Invert :func:`encode_metadata` (tagged floats back to floats)."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"}:
+            return _NONFINITE[obj["__float__"]]
+        if set(obj) == {"__dict__"}:
+            return {k: decode_metadata(v) for k, v in obj["__dict__"].items()}
+        return {k: decode_metadata(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_metadata(x) for x in obj]
+    return obj
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """Serialise already-encoded JSON-compatible Python as strict JSON."""
+    return json.dumps(obj, allow_nan=False, ensure_ascii=False, indent=indent)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse strict JSON; the non-standard ``NaN``/``Infinity`` tokens are rejected."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name!r}")

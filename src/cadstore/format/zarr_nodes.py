@@ -1,0 +1,638 @@
+"""Zarr array metadata and chunks, written and read without zarr-python.
+
+This module turns one stored leaf into standard Zarr metadata plus chunk bytes (format 3,
+or format 2 on request), and turns such metadata and chunks back into a numpy array. It
+reads what zarr-python 2.x and 3.x write for the dtypes and codecs on the allow-list in
+:mod:`cadstore.format.codecs`, and validates every field of the metadata before using it.
+
+Why not zarr-python: its cost is per array (about 1 ms to create or read one), and a CAD
+item is dozens of small arrays; see ``performance.md`` in the project references. zarr-python
+stays the reference reader in the test suite.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from cadstore.format import codecs as C
+from cadstore.format.limits import Limits
+
+__all__ = [
+    "ArrayMeta",
+    "STRING",
+    "chunk_rows",
+    "decode_array",
+    "encode_array",
+    "parse_array_meta",
+]
+
+#: Marker dtype for variable-length UTF-8 string arrays.
+STRING = "string"
+#: Target number of elements per chunk (the specified design's "about 1M").
+CHUNK_ELEMENTS = 1_000_000
+#: Below this many raw bytes a chunk is stored uncompressed: zstd would not pay off.
+MIN_COMPRESS_BYTES = 512
+
+_V3_DTYPES = {
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+}
+
+
+class MetadataError(ValueError):
+    """Metadata of the wrong shape; readers re-raise it as a corrupt-store error."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayMeta:
+    """The parts of an array's metadata a reader needs, validated.
+
+    Attributes
+    ----------
+    zarr_format
+        2 or 3.
+    shape, chunks
+        Array and chunk shape.
+    dtype
+        A numpy dtype, or :data:`STRING` for variable-length strings.
+    fill_value
+        Value of elements whose chunk is missing.
+    dims
+        Dimension names (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in v2) or ``None``.
+    attributes
+        User attributes (without ``_ARRAY_DIMENSIONS``).
+    codecs
+        v3 codec list, or for v2 ``[compressor?]`` preceded by the filters.
+    separator
+        Chunk key separator.
+    chunk_prefix
+        ``"c"`` for v3 default chunk keys, ``""`` otherwise.
+    order
+        ``"C"`` or ``"F"`` (v2 only).
+    """
+
+    zarr_format: int
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: Any
+    fill_value: Any
+    dims: tuple[str, ...] | None
+    attributes: dict[str, Any]
+    codecs: tuple[dict[str, Any], ...]
+    filters: tuple[dict[str, Any], ...] = ()
+    separator: str = "/"
+    chunk_prefix: str = "c"
+    order: str = "C"
+    object_codec: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_string(self) -> bool:
+        """Whether elements are variable-length strings."""
+        return self.dtype == STRING
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element (an estimate of 16 for strings, used for limits only)."""
+        return 16 if self.is_string else int(self.dtype.itemsize)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    def chunk_key(self, index: Sequence[int]) -> str:
+        """Return the chunk key, relative to the array, for a chunk grid index."""
+        if self.zarr_format == 3:
+            if not index:
+                return self.chunk_prefix if self.chunk_prefix else "0"
+            body = self.separator.join(str(i) for i in index)
+            return f"{self.chunk_prefix}{self.separator}{body}" if self.chunk_prefix else body
+        return self.separator.join(str(i) for i in index) if index else "0"
+
+
+def _int_tuple(value: Any, what: str, *, positive: bool) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise MetadataError(f"{what} is not a list")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if positive else 0):
+            wanted = "positive" if positive else "non-negative"
+            raise MetadataError(f"{what} holds {v!r}, expected a {wanted} integer")
+        out.append(v)
+    return tuple(out)
+
+
+def _check_sizes(
+    shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, limits: Limits
+) -> None:
+    if len(shape) > limits.max_dims:
+        raise MetadataError(f"{len(shape)} dimensions exceed the limit of {limits.max_dims}")
+    if len(chunks) != len(shape):
+        raise MetadataError(f"chunk shape {chunks} does not match shape {shape}")
+    if math.prod(chunks) * itemsize > limits.max_chunk_bytes:
+        raise MetadataError(
+            f"chunk shape {chunks} would decode to more than max_chunk_bytes="
+            f"{limits.max_chunk_bytes}"
+        )
+
+
+def _parse_fill(value: Any, dtype: Any) -> Any:
+    if dtype == STRING:
+        return "" if value is None else value
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        specials = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+        if value in specials:
+            return specials[value]
+        if value.startswith("0x"):
+            raw = int(value, 16).to_bytes(dtype.itemsize, "big")
+            return np.frombuffer(raw, dtype=dtype.newbyteorder(">"))[0]
+        raise MetadataError(f"unsupported fill_value {value!r}")
+    if isinstance(value, list) and len(value) == 2:
+        return complex(_parse_fill(value[0], np.dtype("f8")), _parse_fill(value[1], np.dtype("f8")))
+    if isinstance(value, bool | int | float):
+        return value
+    raise MetadataError(f"unsupported fill_value {value!r}")
+
+
+def parse_array_meta(
+    doc: Mapping[str, Any], limits: Limits, *, attrs: Mapping[str, Any] | None = None
+) -> ArrayMeta:
+    """Validate a v3 ``zarr.json`` or v2 ``.zarray`` document (with v2 ``.zattrs``).
+
+    Raises
+    ------
+    MetadataError
+        For any field of the wrong type or value, an unsupported dtype or codec, or sizes
+        beyond ``limits``.
+    """
+    fmt = doc.get("zarr_format")
+    if fmt == 3:
+        return _parse_v3(doc, limits)
+    if fmt == 2:
+        return _parse_v2(doc, attrs or {}, limits)
+    raise MetadataError(f"unknown zarr_format {fmt!r}")
+
+
+def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
+    if doc.get("node_type") != "array":
+        raise MetadataError("node_type is not 'array'")
+    shape = _int_tuple(doc.get("shape"), "shape", positive=False)
+    data_type = doc.get("data_type")
+    if data_type == "string":
+        dtype: Any = STRING
+    elif data_type in _V3_DTYPES:
+        dtype = np.dtype(str(data_type)).newbyteorder("<")
+    else:
+        raise MetadataError(f"unsupported data_type {data_type!r}")
+    grid = doc.get("chunk_grid")
+    if not isinstance(grid, Mapping) or grid.get("name") != "regular":
+        raise MetadataError("chunk_grid is not a 'regular' grid")
+    conf = grid.get("configuration")
+    if not isinstance(conf, Mapping):
+        raise MetadataError("chunk_grid has no configuration")
+    chunks = _int_tuple(conf.get("chunk_shape"), "chunk_shape", positive=True)
+    itemsize = 16 if dtype == STRING else dtype.itemsize
+    _check_sizes(shape, chunks, itemsize, limits)
+    cke = doc.get("chunk_key_encoding", {"name": "default"})
+    if not isinstance(cke, Mapping):
+        raise MetadataError("chunk_key_encoding is not an object")
+    sep = (cke.get("configuration") or {}).get("separator")
+    if cke.get("name") == "default":
+        prefix, separator = "c", sep or "/"
+    elif cke.get("name") == "v2":
+        prefix, separator = "", sep or "."
+    else:
+        raise MetadataError(f"unsupported chunk_key_encoding {cke.get('name')!r}")
+    if separator not in ("/", "."):
+        raise MetadataError(f"unsupported chunk key separator {separator!r}")
+    codecs = doc.get("codecs")
+    if not isinstance(codecs, list) or not codecs:
+        raise MetadataError("codecs is not a non-empty list")
+    for codec in codecs:
+        if not isinstance(codec, Mapping) or codec.get("name") not in C.V3_READABLE_CODECS:
+            name = codec.get("name") if isinstance(codec, Mapping) else codec
+            raise MetadataError(f"codec {name!r} is not on the allow-list")
+    if doc.get("storage_transformers"):
+        raise MetadataError("storage transformers are not supported")
+    dims = doc.get("dimension_names")
+    if dims is not None:
+        if not isinstance(dims, list) or len(dims) != len(shape):
+            raise MetadataError("dimension_names does not match the shape")
+        dims = tuple(str(d) if d is not None else f"dim_{i}" for i, d in enumerate(dims))
+    attributes = doc.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        raise MetadataError("attributes is not an object")
+    return ArrayMeta(
+        zarr_format=3,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=_parse_fill(doc.get("fill_value"), dtype),
+        dims=dims,
+        attributes=dict(attributes),
+        codecs=tuple(dict(c) for c in codecs),
+        separator=separator,
+        chunk_prefix=prefix,
+    )
+
+
+def _parse_v2_dtype(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str):
+        raise MetadataError(f"unsupported dtype {value!r}")
+    if value == "|O":
+        return STRING, None
+    try:
+        dtype = np.dtype(value)
+    except TypeError as exc:
+        raise MetadataError(f"unsupported dtype {value!r}") from exc
+    if dtype.kind not in "biufcU" or dtype.fields is not None:
+        raise MetadataError(f"unsupported dtype {value!r}")
+    return dtype, None
+
+
+def _parse_v2(doc: Mapping[str, Any], attrs: Mapping[str, Any], limits: Limits) -> ArrayMeta:
+    shape = _int_tuple(doc.get("shape"), "shape", positive=False)
+    chunks = _int_tuple(doc.get("chunks"), "chunks", positive=True)
+    dtype, _ = _parse_v2_dtype(doc.get("dtype"))
+    itemsize = 16 if dtype == STRING else dtype.itemsize
+    _check_sizes(shape, chunks, itemsize, limits)
+    compressor = doc.get("compressor")
+    if compressor is not None and (
+        not isinstance(compressor, Mapping) or compressor.get("id") not in C.V2_READABLE_COMPRESSORS
+    ):
+        cid = compressor.get("id") if isinstance(compressor, Mapping) else compressor
+        raise MetadataError(f"compressor {cid!r} is not on the allow-list")
+    filters = doc.get("filters") or []
+    if not isinstance(filters, list):
+        raise MetadataError("filters is not a list")
+    object_codec = None
+    for f in filters:
+        if not isinstance(f, Mapping) or f.get("id") not in C.V2_READABLE_FILTERS:
+            fid = f.get("id") if isinstance(f, Mapping) else f
+            raise MetadataError(f"filter {fid!r} is not on the allow-list")
+        if f["id"] in ("vlen-utf8", "msgpack2"):
+            object_codec = f["id"]
+    if dtype == STRING and object_codec is None:
+        raise MetadataError("object dtype without a vlen-utf8 or msgpack2 codec")
+    order = doc.get("order", "C")
+    if order not in ("C", "F"):
+        raise MetadataError(f"unsupported order {order!r}")
+    separator = doc.get("dimension_separator") or "."
+    if separator not in ("/", "."):
+        raise MetadataError(f"unsupported dimension_separator {separator!r}")
+    attributes = dict(attrs)
+    dims = attributes.pop("_ARRAY_DIMENSIONS", None)
+    if dims is not None:
+        if not isinstance(dims, list) or len(dims) != len(shape):
+            raise MetadataError("_ARRAY_DIMENSIONS does not match the shape")
+        dims = tuple(str(d) for d in dims)
+    return ArrayMeta(
+        zarr_format=2,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=_parse_fill(doc.get("fill_value"), dtype),
+        dims=dims,
+        attributes=attributes,
+        codecs=(dict(compressor),) if compressor else (),
+        filters=tuple(dict(f) for f in filters),
+        separator=separator,
+        chunk_prefix="",
+        order=order,
+        object_codec=object_codec,
+    )
+
+
+# ---------------------------------------------------------------------------- decoding
+def decode_array(
+    meta: ArrayMeta, get_chunk: Callable[[str], bytes | None], limits: Limits, *, source_bytes: int
+) -> np.ndarray:
+    """Assemble a whole array from its chunks.
+
+    Parameters
+    ----------
+    meta
+        Validated metadata.
+    get_chunk
+        Returns a chunk's bytes by key (relative to the array), or ``None`` if missing.
+    limits
+        Size limits.
+    source_bytes
+        Size of the file the array comes from, for the expansion limit.
+
+    Raises
+    ------
+    MetadataError, C.ChunkDecodeError
+        For sizes beyond the limits or undecodable chunks.
+    """
+    nbytes = meta.size * meta.itemsize
+    bound = min(
+        limits.max_array_bytes, limits.max_expansion * source_bytes + limits.expansion_allowance
+    )
+    if nbytes > bound:
+        raise MetadataError(
+            f"array declares {nbytes} bytes ({meta.shape}), more than the {bound} bytes allowed "
+            f"for a {source_bytes}-byte file (see cadstore.format.limits.Limits)"
+        )
+    if meta.is_string:
+        out = np.empty(meta.shape, dtype=object)
+    else:
+        out = np.empty(meta.shape, dtype=meta.dtype)
+    if meta.size == 0:
+        return out.astype(str) if meta.is_string else out
+    grid = [math.ceil(s / c) for s, c in zip(meta.shape, meta.chunks, strict=True)]
+    single = all(g == 1 for g in grid) and meta.chunks == meta.shape
+    for index in product(*(range(g) for g in grid)):
+        raw = get_chunk(meta.chunk_key(index))
+        region = tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(index, meta.chunks, meta.shape, strict=True)
+        )
+        if raw is None:
+            out[region] = meta.fill_value
+            continue
+        chunk = _decode_chunk(meta, raw, limits)
+        if single:
+            out = chunk
+        else:
+            out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
+    if meta.is_string:
+        return _strings_to_unicode(out)
+    return out
+
+
+def _strings_to_unicode(arr: np.ndarray) -> np.ndarray:
+    flat = ["" if x is None else x for x in arr.ravel().tolist()]
+    if not flat:
+        return np.empty(arr.shape, dtype="<U1")
+    return np.array(flat, dtype=str).reshape(arr.shape)
+
+
+def _decode_chunk(meta: ArrayMeta, raw: bytes, limits: Limits) -> np.ndarray:
+    count = math.prod(meta.chunks)
+    if meta.zarr_format == 3:
+        return _decode_chunk_v3(meta, raw, count, limits)
+    return _decode_chunk_v2(meta, raw, count, limits)
+
+
+def _bytes_codec_decode(
+    name: str, conf: Mapping[str, Any], data: bytes, expected: int | None, limit: int
+) -> bytes:
+    if name == "zstd":
+        return C.decode_zstd(data, expected, limit)
+    if name == "gzip":
+        return C.decode_gzip(data, expected, limit, wbits=31)
+    if name == "zlib":
+        return C.decode_gzip(data, expected, limit, wbits=15)
+    if name == "blosc":
+        return C.decode_blosc(data, expected, limit)
+    if name == "lz4":
+        return C.decode_lz4(data, expected, limit)
+    if name == "crc32c":
+        if len(data) < 4:
+            raise C.ChunkDecodeError("crc32c chunk shorter than its checksum")
+        body, stored = data[:-4], data[-4:]
+        try:
+            import google_crc32c
+        except ImportError:  # pragma: no cover - verification needs the optional library
+            return body
+        if google_crc32c.value(body).to_bytes(4, "little") != stored:
+            raise C.ChunkDecodeError("crc32c checksum mismatch")
+        return body
+    raise C.ChunkDecodeError(f"codec {name!r} is not on the allow-list")
+
+
+def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) -> np.ndarray:
+    codecs = list(meta.codecs)
+    a2a = []
+    while codecs and codecs[0]["name"] == "transpose":
+        a2a.append(codecs.pop(0))
+    if not codecs or codecs[0]["name"] not in ("bytes", "vlen-utf8"):
+        raise C.ChunkDecodeError("codec list has no array-to-bytes codec")
+    a2b = codecs.pop(0)
+    b2b = codecs
+    expected = None if meta.is_string else count * meta.itemsize
+    data = raw
+    for i, codec in enumerate(reversed(b2b)):
+        innermost = i == len(b2b) - 1
+        data = _bytes_codec_decode(
+            codec["name"],
+            codec.get("configuration") or {},
+            data,
+            expected if innermost else None,
+            limits.max_chunk_bytes,
+        )
+    inner_shape = meta.chunks
+    for t in a2a:
+        order = (t.get("configuration") or {}).get("order")
+        if not isinstance(order, list) or sorted(order) != list(range(len(meta.chunks))):
+            raise C.ChunkDecodeError("transpose codec with an invalid order")
+        inner_shape = tuple(inner_shape[o] for o in order)
+    if a2b["name"] == "vlen-utf8":
+        arr = np.array(C.decode_vlen_utf8(data, count), dtype=object).reshape(inner_shape)
+    else:
+        if meta.is_string:
+            raise C.ChunkDecodeError("string array without the vlen-utf8 codec")
+        if len(data) != count * meta.itemsize:
+            raise C.ChunkDecodeError(
+                f"chunk has {len(data)} bytes, expected {count * meta.itemsize}"
+            )
+        endian = (a2b.get("configuration") or {}).get("endian", "little")
+        dtype = meta.dtype.newbyteorder(">" if endian == "big" else "<")
+        arr = np.frombuffer(data, dtype=dtype).reshape(inner_shape)
+        if endian == "big":
+            arr = arr.astype(meta.dtype)
+    for t in reversed(a2a):
+        order = t["configuration"]["order"]
+        arr = np.transpose(arr, np.argsort(order))
+    return arr
+
+
+def _decode_chunk_v2(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) -> np.ndarray:
+    data = raw
+    # The stored dtype of the compressed buffer is the outermost filter's output.
+    stored_dtype = meta.dtype
+    for f in meta.filters:
+        if f["id"] in ("delta", "astype") and "astype" in f:
+            stored_dtype = np.dtype(f["astype"])
+    expected = None if meta.is_string else count * stored_dtype.itemsize
+    if meta.codecs:
+        comp = meta.codecs[0]
+        data = _bytes_codec_decode(comp["id"], comp, data, expected, limits.max_chunk_bytes)
+    if meta.is_string:
+        if meta.object_codec == "vlen-utf8":
+            items: list[Any] = C.decode_vlen_utf8(data, count)
+        else:
+            items = C.decode_msgpack_strings(data, count, limits.max_chunk_bytes)
+        return np.array(items, dtype=object).reshape(meta.chunks, order=meta.order)
+    if len(data) != count * stored_dtype.itemsize:
+        raise C.ChunkDecodeError(
+            f"chunk has {len(data)} bytes, expected {count * stored_dtype.itemsize}"
+        )
+    arr = np.frombuffer(data, dtype=stored_dtype)
+    for f in reversed(meta.filters):
+        if f["id"] == "delta":
+            arr = C.delta_decode(arr, f)
+        elif f["id"] == "astype":
+            arr = arr.astype(np.dtype(f["decode_dtype"]) if "decode_dtype" in f else meta.dtype)
+    arr = arr.astype(meta.dtype, copy=False)
+    return arr.reshape(meta.chunks, order=meta.order)
+
+
+# ---------------------------------------------------------------------------- encoding
+def chunk_rows(shape: Sequence[int]) -> tuple[int, ...]:
+    """Return the chunk shape: about :data:`CHUNK_ELEMENTS` elements, split along axis 0."""
+    if not shape:
+        return ()
+    inner = math.prod(max(1, s) for s in shape[1:])
+    rows = max(1, min(max(1, shape[0]), CHUNK_ELEMENTS // inner if inner else 1))
+    return (rows, *(max(1, s) for s in shape[1:]))
+
+
+def _v3_fill(dtype: Any) -> Any:
+    if dtype == STRING:
+        return ""
+    if dtype.kind == "b":
+        return False
+    if dtype.kind == "c":
+        return [0.0, 0.0]
+    return 0.0 if dtype.kind == "f" else 0
+
+
+def _v2_dtype_str(dtype: Any) -> str:
+    return "|O" if dtype == STRING else dtype.str
+
+
+def encode_array(
+    arr: np.ndarray,
+    *,
+    dims: Sequence[str],
+    attributes: Mapping[str, Any],
+    level: int | None,
+    zarr_format: int = 3,
+    chunks: Sequence[int] | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Encode an array into standard Zarr metadata and chunk bytes.
+
+    Parameters
+    ----------
+    arr
+        A C-contiguous numeric array in little-endian byte order, or a ``U`` array.
+    dims
+        Dimension names, one per axis.
+    attributes
+        User attributes to store with the array.
+    level
+        zstd level, or ``None`` to store chunks uncompressed.
+    zarr_format
+        3 (``zarr.json``) or 2 (``.zarray`` and ``.zattrs``).
+    chunks
+        Chunk shape; :func:`chunk_rows` by default.
+
+    Returns
+    -------
+    tuple
+        The metadata document(s) by file name relative to the array (``{"zarr.json": doc}``
+        or ``{".zarray": doc, ".zattrs": attrs}``) and the chunk bytes by relative key.
+    """
+    is_string = arr.dtype.kind == "U"
+    dtype: Any = STRING if is_string else arr.dtype
+    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
+    raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
+    compress = level is not None and raw_bytes >= MIN_COMPRESS_BYTES
+    meta = ArrayMeta(
+        zarr_format=zarr_format,
+        shape=tuple(arr.shape),
+        chunks=chunk_shape,
+        dtype=dtype,
+        fill_value=None,
+        dims=tuple(dims),
+        attributes=dict(attributes),
+        codecs=(),
+        separator="/" if zarr_format == 3 else ".",
+        chunk_prefix="c" if zarr_format == 3 else "",
+    )
+    out: dict[str, bytes] = {}
+    if arr.size:
+        grid = [math.ceil(s / c) for s, c in zip(arr.shape, chunk_shape, strict=True)]
+        for index in product(*(range(g) for g in grid)):
+            region = tuple(
+                slice(i * c, (i + 1) * c) for i, c in zip(index, chunk_shape, strict=True)
+            )
+            block = arr[region]
+            if block.shape != chunk_shape:
+                # Zarr stores edge chunks at full size, padded with the fill value.
+                padded = np.zeros(chunk_shape, dtype=arr.dtype)
+                padded[tuple(slice(0, s) for s in block.shape)] = block
+                block = padded
+            if is_string:
+                payload = C.encode_vlen_utf8(block.ravel().tolist())
+            else:
+                payload = np.ascontiguousarray(block).tobytes()
+            if compress:
+                assert level is not None
+                payload = C.zstd_compress(payload, level)
+            out[meta.chunk_key(index)] = payload
+    if zarr_format == 3:
+        codecs: list[dict[str, Any]] = [
+            {"name": "vlen-utf8", "configuration": {}}
+            if is_string
+            else {"name": "bytes", "configuration": {"endian": "little"}}
+            if arr.dtype.itemsize > 1
+            else {"name": "bytes"}
+        ]
+        if compress:
+            codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        doc: dict[str, Any] = {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(arr.shape),
+            "data_type": "string" if is_string else arr.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": _v3_fill(dtype),
+            "codecs": codecs,
+            "attributes": dict(attributes),
+            "dimension_names": list(dims),
+        }
+        return {"zarr.json": doc}, out
+    zarray = {
+        "zarr_format": 2,
+        "shape": list(arr.shape),
+        "chunks": list(chunk_shape),
+        "dtype": _v2_dtype_str(dtype),
+        "compressor": {"id": "zstd", "level": level} if compress else None,
+        "fill_value": "" if is_string else _v3_fill(dtype),
+        "order": "C",
+        "filters": [{"id": "vlen-utf8"}] if is_string else None,
+        "dimension_separator": ".",
+    }
+    zattrs = {"_ARRAY_DIMENSIONS": list(dims), **attributes}
+    return {".zarray": zarray, ".zattrs": zattrs}, out
+
+
+def pack_u32(n: int) -> bytes:
+    """Little-endian u32 (shared by callers that frame small payloads)."""
+    return struct.pack("<I", n)

@@ -1,0 +1,140 @@
+"""Metadata routing: decide whether a metadata key goes to ``.infoset`` or ``.attribset``."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MetadataRouter", "compile_pattern"]
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a routing pattern: ``*`` matches any run of characters, case is ignored.
+
+    Only ``*`` is special; ``?`` and ``[`` are literal, unlike :mod:`fnmatch`, because field
+    names such as ``"stream [scs]"`` occur in practice.
+
+    Parameters
+    ----------
+    pattern
+        The pattern, e.g. ``"size_*"``.
+
+    Returns
+    -------
+    re.Pattern
+        A regex to use with ``fullmatch``.
+    """
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.compile(regex, re.IGNORECASE | re.DOTALL)
+
+
+class MetadataRouter:
+    """Route metadata keys following the vendor's three-step order.
+
+    1. An explicit definition of the full key, or else of its first ``'/'`` segment (so
+       ``"file_sizes_KB/face_areas"`` follows a definition of ``"file_sizes_KB"``).
+    2. A pattern match against the full key or its last segment; file-level patterns are tried
+       before categorical ones, so a key matching both is file-level.
+    3. The value's type: ``bool`` goes to ``default_categorical``, ``str`` to
+       ``default_string``, numbers (Python or numpy, 0-d arrays included) to
+       ``default_numeric``, and anything else (dicts, lists, arrays, ``None``) to
+       ``default_categorical``.
+
+    Parameters
+    ----------
+    file_level
+        Names defined as file-level metadata.
+    categorical
+        Names defined as categorical metadata.
+    routing_rules
+        A canonical ``routing_rules`` dict.
+    """
+
+    __slots__ = (
+        "_categorical_patterns",
+        "_default_categorical",
+        "_default_numeric",
+        "_default_string",
+        "_explicit",
+        "_file_level_patterns",
+    )
+
+    def __init__(
+        self,
+        file_level: Iterable[str],
+        categorical: Iterable[str],
+        routing_rules: Mapping[str, Any],
+    ) -> None:
+        self._explicit: dict[str, str] = dict.fromkeys(file_level, "file_level")
+        self._explicit.update(dict.fromkeys(categorical, "categorical"))
+        self._file_level_patterns = tuple(
+            compile_pattern(p) for p in routing_rules["file_level_patterns"]
+        )
+        self._categorical_patterns = tuple(
+            compile_pattern(p) for p in routing_rules["categorical_patterns"]
+        )
+        self._default_numeric: str = routing_rules["default_numeric"]
+        self._default_categorical: str = routing_rules["default_categorical"]
+        self._default_string: str = routing_rules["default_string"]
+
+    def route(self, key: str, value: object = None) -> str:
+        """Return ``'file_level'`` or ``'categorical'`` for metadata *key* holding *value*.
+
+        Parameters
+        ----------
+        key
+            The metadata key, possibly nested with ``'/'``.
+        value
+            The value about to be stored; only its type matters, and only when neither a
+            definition nor a pattern decides.
+
+        Returns
+        -------
+        str
+            ``'file_level'`` or ``'categorical'``.
+        """
+        explicit = self._explicit
+        found = explicit.get(key)
+        if found is not None:
+            return found
+        head, slash, _ = key.partition("/")
+        if slash:
+            found = explicit.get(head)
+            if found is not None:
+                return found
+        last = key.rsplit("/", 1)[-1]
+        for patterns, target in (
+            (self._file_level_patterns, "file_level"),
+            (self._categorical_patterns, "categorical"),
+        ):
+            for pattern in patterns:
+                if pattern.fullmatch(key) or (slash and pattern.fullmatch(last)):
+                    return target
+        return self.route_by_type(value)
+
+    def route_by_type(self, value: object) -> str:
+        """Return the type default for *value* (step 3 of :meth:`route`).
+
+        Parameters
+        ----------
+        value
+            Any metadata value.
+
+        Returns
+        -------
+        str
+            ``'file_level'`` or ``'categorical'``.
+        """
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, bool | np.bool_):
+            return self._default_categorical
+        if isinstance(value, str | np.str_):
+            return self._default_string
+        if isinstance(value, numbers.Number):
+            return self._default_numeric
+        return self._default_categorical

@@ -1,0 +1,324 @@
+"""``JsonStorageHandler``: one human-readable JSON file per key, for debugging and export.
+
+Layout of a storage directory::
+
+    json_output/
+    ├── face_areas.json        data saved under "face_areas"
+    ├── graph.json             data saved under "graph" (a dict, kept in one file)
+    ├── face_normals.json      data saved under "face/normals" (sanitised name)
+    ├── metadata.data.json     data saved under "metadata" (see below)
+    └── metadata.json          the storage's own metadata
+
+Each data file is a small self-describing envelope, so that dtypes, shapes, NaN and
+complex values survive the round trip (see :mod:`cadstore.format.jsoncodec`)::
+
+    {"key": "face_areas",
+     "value": {"__numpy__": "<f4", "shape": [3], "data": [1.5, 2.3, 4.1]}}
+
+File names are the key with every character other than ``A-Z a-z 0-9 _ -`` replaced by
+``_``. Two keys that sanitise to the same name are refused with a
+:class:`~cadstore.errors.KeyConflictError` instead of silently sharing a file. Because
+sanitised names never contain a dot, the data key ``metadata`` is stored as
+``metadata.data.json`` and can never collide with the storage's ``metadata.json``.
+
+Plain JSON files written by other tools (no envelope) are read too: their key is the file
+stem, lists of numbers load as arrays.
+
+Every file is written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import CorruptStoreError, KeyConflictError, ReadOnlyStorageError
+from cadstore.format import jsoncodec
+from cadstore.fs import TEMP_PREFIX, filesystem_for
+from cadstore.storage.base import DataStorage, NodeKind
+from cadstore.storage.values import Node
+
+__all__ = ["JsonStorageHandler", "sanitize_key"]
+
+METADATA_FILE = "metadata.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+#: Largest JSON file the handler will parse, against memory exhaustion by hostile files.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+
+def sanitize_key(key: str) -> str:
+    """Return the file stem for ``key``: unsafe characters become ``_``."""
+    return _UNSAFE.sub("_", key)
+
+
+def _file_name(key: str) -> str:
+    stem = sanitize_key(key)
+    return f"{stem}.data.json" if stem == "metadata" else f"{stem}.json"
+
+
+class JsonStorageHandler(DataStorage):
+    """Store each key as a JSON file in ``json_dir_path``.
+
+    Parameters
+    ----------
+    json_dir_path
+        The directory; created if missing. An existing directory is reopened with its data.
+    read_only
+        Refuse writes.
+    storage_options
+        Options for remote URLs (reserved for object storage).
+
+    Raises
+    ------
+    CorruptStoreError
+        If a file in the directory claims to be a cadstore data file but cannot be parsed,
+        or if the path exists and is not a directory.
+    """
+
+    format_name = "json"
+
+    def __init__(
+        self,
+        json_dir_path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(read_only=read_only)
+        self._fs, self._dir = filesystem_for(json_dir_path, storage_options)
+        if self._fs.exists(self._dir) and not self._fs.isdir(self._dir):
+            raise CorruptStoreError(self._dir, "exists and is not a directory")
+        if not read_only:
+            self._fs.makedirs(self._dir)
+        elif not self._fs.isdir(self._dir):
+            raise CorruptStoreError(self._dir, "no such storage directory")
+        # key -> (file name, whether the file holds a dict)
+        self._index: dict[str, tuple[str, bool]] = {}
+        self._scan()
+        self._open_metadata()
+
+    @property
+    def json_dir_path(self) -> str:
+        """The storage directory."""
+        return self._dir
+
+    # ------------------------------------------------------------------ files
+    def _path(self, name: str) -> str:
+        return self._fs.join(self._dir, name)
+
+    def _read_json(self, name: str) -> Any:
+        path = self._path(name)
+        try:
+            size = self._fs.size(path)
+            if size > MAX_JSON_BYTES:
+                raise CorruptStoreError(
+                    path,
+                    f"file of {size} bytes exceeds the {MAX_JSON_BYTES} "
+                    "byte limit for JSON storage files",
+                )
+            return jsoncodec.loads(self._fs.read_bytes(path))
+        except CorruptStoreError:
+            raise
+        except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(path, f"not valid JSON: {exc}") from exc
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        text = jsoncodec.dumps(obj, indent=1)
+        self._fs.write_bytes_atomic(self._path(name), text.encode("utf-8"))
+
+    def _scan(self) -> None:
+        if not self._fs.isdir(self._dir):
+            return
+        for name in sorted(self._fs.listdir(self._dir)):
+            if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
+                continue
+            doc = self._read_json(name)
+            if isinstance(doc, dict) and set(doc) == {"key", "value"}:
+                key = doc["key"]
+                if not isinstance(key, str):
+                    raise CorruptStoreError(self._path(name), "envelope 'key' is not a string")
+                is_group = isinstance(doc["value"], dict) and not _is_tagged_leaf(doc["value"])
+            else:
+                # A plain JSON file from another tool: its stem is the key.
+                key = name[: -len(".json")]
+                is_group = isinstance(doc, dict) and not _is_tagged_leaf(doc)
+            self._index[key] = (name, is_group)
+
+    def _load_file_value(self, key: str) -> Node:
+        name, _ = self._index[key]
+        doc = self._read_json(name)
+        try:
+            if isinstance(doc, dict) and set(doc) == {"key", "value"}:
+                return jsoncodec.decode(doc["value"])
+            return _decode_foreign(doc)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptStoreError(self._path(name), f"cannot decode value: {exc}") from exc
+
+    def _store_file(self, key: str, node: Node) -> None:
+        name = _file_name(key)
+        owner = next((k for k, (n, _) in self._index.items() if n == name and k != key), None)
+        if owner is not None:
+            raise KeyConflictError(
+                f"key {key!r} and the stored key {owner!r} both map to the file {name!r}; "
+                "rename one of them"
+            )
+        self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
+        self._index[key] = (name, isinstance(node, dict))
+
+    def _file_ancestor(self, key: str) -> str | None:
+        """Return the stored key of a file holding a dict that contains ``key``."""
+        parts = key.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:i])
+            if prefix in self._index:
+                return prefix
+        return None
+
+    def _descendants(self, key: str) -> list[str]:
+        prefix = key + "/"
+        return [k for k in self._index if k.startswith(prefix)]
+
+    # ------------------------------------------------------------------ primitives
+    def _get_node(self, key: str) -> Node:
+        if key in self._index:
+            return self._load_file_value(key)
+        owner = self._file_ancestor(key)
+        if owner is not None:
+            node: Any = self._load_file_value(owner)
+            for part in key[len(owner) + 1 :].split("/"):
+                if not isinstance(node, dict) or part not in node:
+                    raise KeyError(key)
+                node = node[part]
+            return node
+        children = self._descendants(key)
+        if not children:
+            raise KeyError(key)
+        tree: dict[str, Any] = {}
+        for child in sorted(children):
+            parts = child[len(key) + 1 :].split("/")
+            parent = tree
+            for part in parts[:-1]:
+                parent = parent.setdefault(part, {})
+            parent[parts[-1]] = self._load_file_value(child)
+        return tree
+
+    def _put_node(self, key: str, node: Node) -> None:
+        owner = self._file_ancestor(key)
+        if owner is not None:
+            # The key lives inside a dict saved earlier as one file: rewrite that file.
+            value = self._load_file_value(owner)
+            assert isinstance(value, dict)
+            parent = value
+            parts = key[len(owner) + 1 :].split("/")
+            for part in parts[:-1]:
+                parent = parent.setdefault(part, {})
+            parent[parts[-1]] = node
+            self._store_file(owner, value)
+            return
+        stale = self._descendants(key)
+        self._store_file(key, node)
+        for child in stale:
+            self._fs.remove(self._path(self._index.pop(child)[0]))
+
+    def _delete_node(self, key: str) -> None:
+        if key in self._index:
+            self._fs.remove(self._path(self._index.pop(key)[0]))
+            for child in self._descendants(key):
+                self._fs.remove(self._path(self._index.pop(child)[0]))
+            return
+        owner = self._file_ancestor(key)
+        if owner is not None:
+            value = self._load_file_value(owner)
+            parent: Any = value
+            parts = key[len(owner) + 1 :].split("/")
+            for part in parts[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(parent, dict) or parts[-1] not in parent:
+                raise KeyError(key)
+            del parent[parts[-1]]
+            self._store_file(owner, value)
+            return
+        children = self._descendants(key)
+        if not children:
+            raise KeyError(key)
+        for child in children:
+            self._fs.remove(self._path(self._index.pop(child)[0]))
+
+    def _node_kind(self, key: str) -> NodeKind | None:
+        if key in self._index:
+            return "group" if self._index[key][1] else "leaf"
+        owner = self._file_ancestor(key)
+        if owner is not None:
+            if not self._index[owner][1]:
+                return None
+            try:
+                node = self._get_node(key)
+            except KeyError:
+                return None
+            return "group" if isinstance(node, dict) else "leaf"
+        return "group" if self._descendants(key) else None
+
+    def _top_level_keys(self) -> list[str]:
+        return list(dict.fromkeys(k.split("/")[0] for k in sorted(self._index)))
+
+    def _stored_nbytes(self, key: str) -> int:
+        owner = key if key in self._index else self._file_ancestor(key)
+        keys = [owner] if owner is not None else self._descendants(key)
+        return sum(self._fs.size(self._path(self._index[k][0])) for k in keys)
+
+    def _read_metadata_document(self) -> dict[str, Any]:
+        path = self._path(METADATA_FILE)
+        if not self._fs.exists(path):
+            return {}
+        doc = self._read_json(METADATA_FILE)
+        if not isinstance(doc, dict):
+            raise CorruptStoreError(path, "metadata document is not a JSON object")
+        return doc
+
+    def _write_metadata_document(self, doc: dict[str, Any]) -> None:
+        if self._read_only:
+            raise ReadOnlyStorageError(f"{self!r} is read-only")
+        self._write_json(METADATA_FILE, doc)
+
+    # ------------------------------------------------------------------ public
+    def get_file_path(self, data_key: str) -> str:
+        """Return the JSON file that holds (or would hold) ``data_key``.
+
+        Parameters
+        ----------
+        data_key
+            The data key; a key stored inside a dict file returns that file.
+        """
+        self._check_open()
+        if data_key in self._index:
+            return self._path(self._index[data_key][0])
+        owner = self._file_ancestor(data_key) if data_key else None
+        if owner is not None:
+            return self._path(self._index[owner][0])
+        return self._path(_file_name(data_key)) if data_key else self._dir
+
+    def _describe(self) -> str:
+        return repr(self._dir)
+
+
+def _is_tagged_leaf(obj: dict[str, Any]) -> bool:
+    return "__numpy__" in obj or "__float__" in obj or obj.get("_numpy_complex") is True
+
+
+def _decode_foreign(doc: Any) -> Node:
+    """Decode a plain JSON file written by another tool (numbers lists become arrays)."""
+    value = jsoncodec.decode(doc)
+    return _arrays_from_lists(value)
+
+
+def _arrays_from_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _arrays_from_lists(v) for k, v in value.items()}
+    if isinstance(value, list) and not all(isinstance(x, str) for x in value):
+        if value and all(isinstance(x, complex) for x in value):
+            return np.array(value, dtype=np.complex128)
+        return np.asarray(value)
+    return value

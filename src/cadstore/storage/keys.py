@@ -1,0 +1,94 @@
+"""The key grammar shared by every storage backend.
+
+A key is a ``/``-separated path of one or more segments, such as ``"face_areas"`` or
+``"graph/edges_source"``. Keys are checked before anything is written, so that a key can
+never name a file outside the storage, collide with a store's own bookkeeping, or smuggle
+characters that file systems and zip readers treat specially.
+
+Rules, each enforced with an :class:`~cadstore.errors.InvalidKeyError` naming the key:
+
+* a key is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters;
+* no leading or trailing ``/`` and no empty segment (``"a//b"``);
+* no segment is ``.`` or ``..``;
+* no NUL, control character, backslash or colon anywhere (colons make drive letters on
+  Windows and URL schemes elsewhere);
+* no segment starts with ``__`` (reserved by the Zarr specification);
+* each segment is at most :data:`MAX_SEGMENT_BYTES` bytes in UTF-8.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cadstore.errors import InvalidKeyError, UnsupportedTypeError
+
+__all__ = ["MAX_KEY_LENGTH", "MAX_SEGMENT_BYTES", "join_key", "split_key", "validate_key"]
+
+MAX_KEY_LENGTH = 1024
+MAX_SEGMENT_BYTES = 255
+
+# C0 and C1 control characters, DEL, backslash and colon.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\:]")
+
+
+def validate_key(key: object, *, what: str = "key") -> str:
+    """Check ``key`` against the key grammar and return it.
+
+    Parameters
+    ----------
+    key
+        The candidate key.
+    what
+        How to call the key in messages (``"key"``, ``"metadata key"``, ...).
+
+    Returns
+    -------
+    str
+        The key, unchanged.
+
+    Raises
+    ------
+    UnsupportedTypeError
+        If ``key`` is not a ``str``.
+    InvalidKeyError
+        If ``key`` breaks a rule of the grammar.
+    """
+    if not isinstance(key, str):
+        raise UnsupportedTypeError(f"{what} must be a str, got {type(key).__name__}: {key!r}")
+    if not key:
+        raise InvalidKeyError(key, f"{what} is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(
+            key[:40] + "...", f"{what} is longer than {MAX_KEY_LENGTH} characters"
+        )
+    bad = _FORBIDDEN.search(key)
+    if bad:
+        raise InvalidKeyError(
+            key,
+            f"{what} contains the forbidden character {bad.group()!r} (control characters, "
+            "NUL, backslash and colon are not allowed)",
+        )
+    if key.startswith("/"):
+        raise InvalidKeyError(key, f"{what} must be relative, not start with '/'")
+    for segment in key.split("/"):
+        if not segment:
+            raise InvalidKeyError(key, f"{what} has an empty segment (leading, trailing or '//')")
+        if segment in (".", ".."):
+            raise InvalidKeyError(
+                key, f"{what} has a {segment!r} segment, which could escape the store"
+            )
+        if segment.startswith("__"):
+            raise InvalidKeyError(key, f"segment {segment!r} starts with '__', which Zarr reserves")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidKeyError(key, f"segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    return key
+
+
+def split_key(key: str) -> list[str]:
+    """Return the segments of an already validated key."""
+    return key.split("/")
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts, skipping empty ones (``join_key("", "a")`` is ``"a"``)."""
+    return "/".join(p for p in parts if p)

@@ -1,0 +1,419 @@
+"""``OptStorage``: the production backend, one standard Zarr hierarchy per item in one file.
+
+Lifecycle of an item::
+
+    storage = OptStorage("encoded/part_001.zarr")   # writable, in memory + working dir
+    storage.save_data("face_areas", areas)           # encoded and compressed right away
+    storage.save_metadata("size_cadfile", 1024)
+    storage.compress_store()                         # -> encoded/part_001.zarr.data
+    storage.close()                                  # summary JSON, visu* files, cleanup
+
+    OptStorage("encoded/part_001.zarr")              # only the .data exists: read-only
+
+The ``.data`` file is a zip (members stored, since chunks are already zstd-compressed) of a
+standard Zarr hierarchy, format 3 by default and format 2 on request: zarr-python opens it
+with ``zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")`` and xarray with
+``xarray.open_zarr(zarr.storage.ZipStore(path, mode="r"))``. Every array carries dimension
+names (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in v2): the schema's when the array
+is in the schema, ``<key>_dim_<i>`` otherwise. The item's metadata is ``metadata.json`` at
+the root of the zip.
+
+Arrays are encoded by cadstore itself (see :mod:`cadstore.format.zarr_nodes`) and every zip
+member is written exactly once, when the item is published: the file is written to a
+temporary name, fsynced and renamed, so a ``.data`` file is either absent, the previous
+complete version, or the new complete version.
+
+If ``close()`` is called without ``compress_store()``, the item is kept as a standard Zarr
+directory at ``store_path`` (with ``metadata.json``), which a later ``OptStorage`` on the
+same path reopens for writing.
+
+The default compression is zstd level 3: on CAD items levels above 3 shrink files by a few
+percent at several times the cost (``bench/bench_item.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+import zipfile
+from collections.abc import Iterator
+from typing import IO, Any, Literal
+
+from cadstore.errors import CorruptStoreError, ReadOnlyStorageError
+from cadstore.format import jsoncodec
+from cadstore.format.hierarchy import BuildHierarchy, Hierarchy, ReadHierarchy, default_dims
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.fs import TEMP_PREFIX, LocalFileSystem, filesystem_for
+from cadstore.storage.base import DataStorage, NodeKind
+from cadstore.storage.values import Node
+
+__all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
+
+#: zstd level used unless another is given (chosen by ``bench/bench_item.py``).
+DEFAULT_COMPRESSION_LEVEL = 3
+#: Name of the metadata document inside a store.
+METADATA_FILE = "metadata.json"
+# Zip timestamps are fixed so that the same item always produces the same bytes.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Temporary files older than this are leftovers of killed writers and are swept.
+_STALE_TEMP_SECONDS = 3600.0
+
+
+class OptStorage(DataStorage):
+    """Store one item as a Zarr hierarchy in a single compressed ``.data`` file.
+
+    Parameters
+    ----------
+    store_path
+        The working directory of the item, e.g. ``"out/part_001.zarr"``. The published file
+        is ``store_path + compress_extension``.
+    compress_extension
+        Extension of the published file.
+    zarr_format
+        3 (default) or 2, the layout zarr-python 2.x and the specified system use.
+    compression_level
+        zstd level for chunks (``None`` stores them uncompressed).
+    allow_nan
+        Accept NaN in floating arrays. The specified behaviour, and the default, is to
+        refuse them with an :class:`~cadstore.errors.InvalidDataError` naming the key.
+    mode
+        ``None`` follows the specification: read-only when only the ``.data`` file exists,
+        writable otherwise. ``"r"`` forces read-only, ``"a"`` loads an existing ``.data``
+        into a writable storage that ``compress_store()`` publishes again.
+    summary_dir
+        Where ``close()`` exports the metadata as ``<name>.json``; defaults to
+        ``files_summary/`` next to the store. ``False`` disables the export.
+    stream_cache_dir
+        Where ``close()`` copies ``visu*`` files found in the store directory; defaults to
+        ``stream_cache/`` next to the store.
+    limits
+        Safety limits for reading (see :class:`~cadstore.format.limits.Limits`).
+    storage_options
+        Options for remote URLs (reserved for object storage).
+    durable
+        fsync published files and directories (default). Turning it off is only for
+        scratch data.
+
+    Raises
+    ------
+    CorruptStoreError
+        If the ``.data`` file or the directory exists and is not a readable store.
+    """
+
+    format_name = "zarr"
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike[str],
+        compress_extension: str = ".data",
+        *,
+        zarr_format: int = 3,
+        compression_level: int | None = DEFAULT_COMPRESSION_LEVEL,
+        allow_nan: bool = False,
+        mode: Literal["r", "a"] | None = None,
+        summary_dir: str | os.PathLike[str] | bool | None = None,
+        stream_cache_dir: str | os.PathLike[str] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        storage_options: dict[str, Any] | None = None,
+        durable: bool = True,
+    ) -> None:
+        fs, path = filesystem_for(store_path, storage_options)
+        self._fs = (
+            fs if durable or not isinstance(fs, LocalFileSystem) else LocalFileSystem(durable=False)
+        )
+        self._store_path = path.rstrip("/") or path
+        self._extension = compress_extension
+        self._zip_path = self._store_path + compress_extension
+        self._limits = limits
+        self._level = compression_level
+        self.allows_nan = allow_nan
+        self._compressed_size = 0
+        self._dirty = False
+        self._modified = False
+        self._source: KeySource | None = None
+        parent = (
+            self._fs.dirname(os.path.abspath(self._store_path))
+            if isinstance(self._fs, LocalFileSystem)
+            else self._fs.dirname(self._store_path)
+        )
+        if summary_dir is False:
+            self._summary_dir: str | None = None
+        elif summary_dir is None or summary_dir is True:
+            self._summary_dir = self._fs.join(parent, "files_summary")
+        else:
+            self._summary_dir = os.fspath(summary_dir)
+        self._stream_cache_dir = (
+            os.fspath(stream_cache_dir)
+            if stream_cache_dir is not None
+            else self._fs.join(parent, "stream_cache")
+        )
+
+        dir_exists = self._fs.isdir(self._store_path)
+        zip_exists = self._fs.isfile(self._zip_path)
+        if self._fs.exists(self._store_path) and not dir_exists:
+            raise CorruptStoreError(self._store_path, "exists and is not a directory")
+        read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
+        super().__init__(read_only=read_only)
+        self._hier: Hierarchy
+        if read_only:
+            if zip_exists and not (mode == "r" and dir_exists):
+                self._source = ZipSource(self._zip_path, self._fs, limits)
+            elif dir_exists:
+                self._source = DirectorySource(self._store_path)
+            else:
+                raise CorruptStoreError(self._zip_path, "no such store to open read-only")
+            self._hier = self._open_read(self._source)
+        else:
+            self._hier = BuildHierarchy(zarr_format, compression_level, self._store_path, limits)
+            if dir_exists and self._dir_holds_store():
+                self._load_existing(DirectorySource(self._store_path))
+            elif mode == "a" and zip_exists:
+                self._load_existing(ZipSource(self._zip_path, self._fs, limits))
+            self._fs.makedirs(self._store_path)
+        self._open_metadata()
+
+    # ------------------------------------------------------------------ opening
+    def _open_read(self, source: KeySource) -> ReadHierarchy:
+        try:
+            return ReadHierarchy(source, self._limits)
+        except BaseException:
+            source.close()
+            raise
+
+    def _dir_holds_store(self) -> bool:
+        names = set(self._fs.listdir(self._store_path))
+        if names & {"zarr.json", ".zgroup", METADATA_FILE}:
+            return True
+        others = [n for n in names if not fnmatch.fnmatch(n, "visu*")]
+        if others:
+            raise CorruptStoreError(
+                self._store_path,
+                "directory exists and is not a Zarr store (no zarr.json or "
+                ".zgroup); choose another store_path",
+            )
+        return False
+
+    def _load_existing(self, source: KeySource) -> None:
+        try:
+            stored = (
+                ReadHierarchy(source, self._limits)
+                if ("zarr.json" in source or ".zgroup" in source)
+                else None
+            )
+            if stored is not None:
+                level = self._level
+                self._hier = BuildHierarchy.from_hierarchy(stored, level)
+            self._source = source
+            self._preloaded_metadata = self._metadata_from(source)
+        finally:
+            source.close()
+            self._source = None
+
+    def _metadata_from(self, source: KeySource) -> dict[str, Any]:
+        raw = source.get(METADATA_FILE)
+        if raw is None:
+            return {}
+        if len(raw) > self._limits.max_metadata_bytes:
+            raise CorruptStoreError(source.location, "metadata.json exceeds max_metadata_bytes")
+        try:
+            # Files written by other tools may hold NaN tokens; accept them when reading.
+            doc = json.loads(raw)
+        except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(
+                source.location, f"metadata.json is not valid JSON: {exc}"
+            ) from exc
+        if not isinstance(doc, dict):
+            raise CorruptStoreError(source.location, "metadata.json is not a JSON object")
+        return doc
+
+    # ------------------------------------------------------------------ primitives
+    def _get_node(self, key: str) -> Node:
+        return self._hier.read_node(key)
+
+    def _put_node(self, key: str, node: Node) -> None:
+        assert isinstance(self._hier, BuildHierarchy)
+        self._hier.put(key, node, self._dims_for)
+        self._dirty = self._modified = True
+
+    def _dims_for(self, path: str, ndim: int) -> list[str]:
+        if self._schema is not None:
+            dims = self._schema.dims_for(path)
+            if dims is not None and len(dims) == ndim:
+                return list(dims)
+        return default_dims(path, ndim)
+
+    def _delete_node(self, key: str) -> None:
+        assert isinstance(self._hier, BuildHierarchy)
+        self._hier.delete(key)
+        self._dirty = self._modified = True
+
+    def _node_kind(self, key: str) -> NodeKind | None:
+        kind = self._hier.kind(key)
+        return kind  # type: ignore[return-value]
+
+    def _top_level_keys(self) -> list[str]:
+        return self._hier.children("")
+
+    def _stored_nbytes(self, key: str) -> int:
+        return self._hier.stored_nbytes(key)
+
+    def _read_metadata_document(self) -> dict[str, Any]:
+        pre = getattr(self, "_preloaded_metadata", None)
+        if pre is not None:
+            return pre
+        if self._source is not None:
+            return self._metadata_from(self._source)
+        return {}
+
+    def _write_metadata_document(self, doc: dict[str, Any]) -> None:
+        if self._read_only:
+            raise ReadOnlyStorageError(f"{self!r} is read-only")
+        # Metadata is published with the data by compress_store() or close().
+        self._dirty = self._modified = True
+
+    # ------------------------------------------------------------------ publishing
+    def _members(self) -> Iterator[tuple[str, bytes]]:
+        assert isinstance(self._hier, BuildHierarchy)
+        yield from self._hier.members()
+        yield METADATA_FILE, jsoncodec.dumps(self._metadata).encode("utf-8")
+
+    def _write_zip(self, fh: IO[bytes]) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in self._members():
+                info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
+
+    def compress_store(self) -> int:
+        """Publish the item as a single ``.data`` file, atomically.
+
+        Returns
+        -------
+        int
+            The size of the ``.data`` file in bytes.
+        """
+        with self._lock:
+            self._check_open()
+            if self._read_only:
+                return self._fs.size(self._zip_path) if self._fs.isfile(self._zip_path) else 0
+            self._sweep_temp_files()
+            self._compressed_size = self._fs.write_atomic(self._zip_path, self._write_zip)
+            self._dirty = False
+            return self._compressed_size
+
+    def _sweep_temp_files(self) -> None:
+        if not isinstance(self._fs, LocalFileSystem):
+            return
+        directory = os.path.dirname(os.path.abspath(self._zip_path))
+        now = time.time()
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(TEMP_PREFIX):
+                path = os.path.join(directory, name)
+                try:
+                    if now - os.stat(path).st_mtime > _STALE_TEMP_SECONDS:
+                        os.unlink(path)
+                except OSError:
+                    continue
+
+    def _write_directory(self) -> None:
+        """Persist the item as a Zarr directory store at ``store_path``."""
+        root = self._store_path
+        fs = self._fs
+        for name, data in self._members():
+            target = fs.join(root, *name.split("/"))
+            fs.makedirs(fs.dirname(target))
+            fs.write_bytes_atomic(target, data)
+
+    def _close(self) -> None:
+        if self._read_only:
+            if self._source is not None:
+                self._source.close()
+            return
+        name = self.item_name
+        if self._compressed_size and self._dirty:
+            self.compress_store()
+        elif not self._compressed_size and self._modified:
+            self._write_directory()
+        if self._modified and self._summary_dir is not None:
+            self._fs.makedirs(self._summary_dir)
+            self._fs.write_bytes_atomic(
+                self._fs.join(self._summary_dir, f"{name}.json"),
+                jsoncodec.dumps(self._metadata, indent=1).encode("utf-8"),
+            )
+        self._copy_visualisations()
+        if self._compressed_size:
+            self._fs.rmtree(self._store_path)
+        elif (
+            not self._modified
+            and self._fs.isdir(self._store_path)
+            and not self._fs.listdir(self._store_path)
+        ):
+            # An unused storage leaves nothing behind.
+            self._fs.rmtree(self._store_path)
+
+    def _copy_visualisations(self) -> None:
+        if not self._fs.isdir(self._store_path):
+            return
+        visu = [n for n in self._fs.listdir(self._store_path) if fnmatch.fnmatch(n, "visu*")]
+        if not visu:
+            return
+        self._fs.makedirs(self._stream_cache_dir)
+        for name in visu:
+            src = self._fs.join(self._store_path, name)
+            if self._fs.isfile(src):
+                self._fs.copy_file(src, self._fs.join(self._stream_cache_dir, name))
+
+    # ------------------------------------------------------------------ public
+    @property
+    def item_name(self) -> str:
+        """The item's name: the store's file name without ``.zarr``."""
+        base = os.path.basename(self._store_path)
+        return base[: -len(".zarr")] if base.endswith(".zarr") else base
+
+    @property
+    def store_path(self) -> str:
+        """The working directory of the item."""
+        return self._store_path
+
+    @property
+    def compressed_path(self) -> str:
+        """The published ``.data`` file."""
+        return self._zip_path
+
+    @property
+    def zarr_format(self) -> int:
+        """The Zarr format written (or read)."""
+        return self._hier.zarr_format
+
+    def get_file_path(self, data_key: str) -> str:
+        """Return the path of ``data_key`` inside the store.
+
+        Parameters
+        ----------
+        data_key
+            A data key, or ``""`` for the item itself: the ``.data`` file once published
+            (or when opened read-only), the store directory otherwise.
+        """
+        self._check_open()
+        if not data_key:
+            if self._compressed_size or self._read_only or self._fs.isfile(self._zip_path):
+                return self._zip_path
+            return self._store_path
+        return self._fs.join(self._store_path, *data_key.split("/"))
+
+    def get_array_dims(self, data_key: str) -> tuple[str, ...] | None:
+        """Return the dimension names stored for array ``data_key``."""
+        with self._lock:
+            self._check_open()
+            meta = self._hier.arrays.get(data_key)
+            return None if meta is None else meta.dims
+
+    def _describe(self) -> str:
+        return repr(self._zip_path if self._read_only else self._store_path)

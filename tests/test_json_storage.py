@@ -1,0 +1,123 @@
+"""JsonStorageHandler against the conformance suite, plus its file layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cadstore import JsonStorageHandler
+from cadstore.errors import CorruptStoreError, KeyConflictError
+from cadstore.fs import TEMP_PREFIX
+from cadstore.storage.base import DataStorage
+from cadstore.testing.conformance import StorageConformance, assert_same
+
+
+class TestJsonStorage(StorageConformance):
+    expected_format = "json"
+
+    def make_storage(self, tmp_path: Path) -> JsonStorageHandler:
+        return JsonStorageHandler(tmp_path / "json_output")
+
+    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
+        storage.close()
+        return JsonStorageHandler(tmp_path / "json_output")
+
+
+def test_layout_is_one_readable_file_per_key(tmp_path: Path) -> None:
+    storage = JsonStorageHandler(tmp_path)
+    storage.save_data("face_areas", np.array([1.5, 2.3, 4.1], dtype=np.float32))
+    storage.save_data("face/normals", np.zeros((2, 3)))
+    storage.save_data("metadata", {"part_name": "Bracket_V2", "num_features": 42})
+    storage.save_metadata("export_timestamp", "2025-10-30T10:30:00")
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["face_areas.json", "face_normals.json", "metadata.data.json", "metadata.json"]
+    doc = json.loads((tmp_path / "face_areas.json").read_text())
+    assert doc["key"] == "face_areas"
+    assert doc["value"]["data"] == [1.5, 2.299999952316284, 4.099999904632568]
+    assert doc["value"]["__numpy__"] == "<f4"
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["export_timestamp"] == "2025-10-30T10:30:00"
+    assert "file_sizes_KB" in meta
+    data = json.loads((tmp_path / "metadata.data.json").read_text())
+    assert data["value"] == {"part_name": "Bracket_V2", "num_features": 42}
+
+
+def test_nan_and_complex_encoding_is_strict_json(tmp_path: Path) -> None:
+    storage = JsonStorageHandler(tmp_path)
+    storage.save_data("c", np.array([1 + 2j, 3 + 4j]))
+    storage.save_data("f", np.array([np.nan, np.inf, -np.inf, 1.0]))
+    text = (tmp_path / "c.json").read_text()
+    assert '"_numpy_complex": true' in text
+    assert '"real": 1.0' in text
+    raw = (tmp_path / "f.json").read_text()
+    json.loads(raw, parse_constant=lambda name: pytest.fail(f"non-standard token {name}"))
+    assert '"NaN"' in raw
+    assert '"-Infinity"' in raw
+
+
+def test_sanitised_name_collision_is_refused(tmp_path: Path) -> None:
+    storage = JsonStorageHandler(tmp_path)
+    storage.save_data("face/areas", np.ones(2))
+    with pytest.raises(KeyConflictError, match="face/areas"):
+        storage.save_data("face_areas", np.zeros(2))
+    assert_same(storage.load_data("face/areas"), np.ones(2))
+    with pytest.raises(KeyConflictError):
+        storage.save_data("face.areas", np.zeros(2))
+
+
+def test_files_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = JsonStorageHandler(tmp_path)
+    storage.save_data("x", np.arange(3))
+    before = (tmp_path / "x.json").read_bytes()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        storage.save_data("x", np.arange(1000))
+    monkeypatch.undo()
+    assert (tmp_path / "x.json").read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(TEMP_PREFIX)]
+
+
+def test_reads_plain_json_from_other_tools(tmp_path: Path) -> None:
+    (tmp_path / "face_areas.json").write_text("[1.5, 2.3, 4.1]")
+    (tmp_path / "info.json").write_text(
+        '{"version": "1.0", "c": {"real": 1, "imag": 2, "_numpy_complex": true}}'
+    )
+    storage = JsonStorageHandler(tmp_path)
+    assert_same(storage.load_data("face_areas"), np.array([1.5, 2.3, 4.1]))
+    assert storage.load_data("info") == {"version": "1.0", "c": 1 + 2j}
+
+
+def test_corrupt_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"key": "broken", "value": [1, 2')
+    with pytest.raises(CorruptStoreError, match=r"broken\.json"):
+        JsonStorageHandler(tmp_path)
+
+
+def test_path_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(CorruptStoreError, match="not a directory"):
+        JsonStorageHandler(target)
+
+
+def test_read_only(tmp_path: Path) -> None:
+    JsonStorageHandler(tmp_path).save_data("a", 1)
+    ro = JsonStorageHandler(tmp_path, read_only=True)
+    assert ro.load_data("a") == 1
+    with pytest.raises(PermissionError):
+        ro.save_data("b", 2)
+
+
+def test_get_file_path(tmp_path: Path) -> None:
+    storage = JsonStorageHandler(tmp_path)
+    storage.save_data("graph", {"n": 1})
+    assert storage.get_file_path("face/areas") == str(tmp_path / "face_areas.json")
+    assert storage.get_file_path("graph/n") == str(tmp_path / "graph.json")
