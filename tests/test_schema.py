@@ -459,6 +459,8 @@ def test_create_array_accepts_every_dtype(dtype: str) -> None:
         (("x", ["face"], "flaot32"), {}, "groups.faces.arrays.x.dtype: unknown dtype 'flaot32'"),
         (("x", ["face"], "object"), {}, "unknown dtype 'object'"),
         (("x", ["face"], np.datetime64), {}, "groups.faces.arrays.x.dtype: unknown dtype"),
+        (("x", ["face"], np.floating), {}, "groups.faces.arrays.x.dtype: unknown dtype"),
+        (("x", ["face"], dict), {}, "groups.faces.arrays.x.dtype: unknown dtype"),
         (("x", ["face"], "float32", 5), {}, "arrays.x.description: expected a str or None"),
         (("", ["face"]), {}, "groups.faces.arrays name: a name must not be empty"),
         (("a/b", ["face"]), {}, "groups.faces.arrays name: name 'a/b' must not contain '/'"),
@@ -851,6 +853,9 @@ def test_save_and_load_file(tmp_path: Path) -> None:
     assert json.loads(target.read_text(encoding="utf-8")) == builder.build()
     loaded = SchemaBuilder.load_from_file(str(target))
     assert isinstance(loaded, SchemaBuilder)
+    assert repr(loaded) == (
+        "SchemaBuilder(domain='CAD_analysis', version='1.0', groups=['faces', 'edges'])"
+    )
     assert loaded.build() == builder.build()
     assert [p.name for p in tmp_path.iterdir()] == ["schema.json"]  # no temp file left
 
@@ -883,8 +888,12 @@ def test_load_errors(tmp_path: Path) -> None:
         SchemaBuilder.load_from_file(broken)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"groups": {"faces": {"primary_dimension": 3}}}), encoding="utf-8")
-    with raises_schema_error("groups.faces.primary_dimension: expected a non-empty str, got 3"):
+    with raises_schema_error(f"{bad}: groups.faces.primary_dimension: expected a non-empty str"):
         SchemaBuilder.load_from_file(bad)
+    listed = tmp_path / "list.json"
+    listed.write_text("[]", encoding="utf-8")
+    with raises_schema_error(f"{listed}: schema: expected a dict, got list"):
+        SchemaBuilder.load_from_file(listed)
 
 
 def test_load_vendor_style_file(tmp_path: Path) -> None:
@@ -1736,3 +1745,68 @@ def test_schema_metadata_queries(schema: Schema) -> None:
         "file_label: 'two' (str) is not a valid int32"
     ]
     assert schema.validate_metadata("undefined", object()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Edge cases of argument checking
+# ---------------------------------------------------------------------------------------
+
+
+def test_rule_values_are_made_json_compatible() -> None:
+    group = Group("g", "n")
+    group.create_array("x", ["n"], "int32", codes=[np.int64(3), (1, 2)], meta={"k": np.float32(2)})
+    spec = group.get_array("x")
+    assert spec is not None
+    assert spec["codes"] == [3, [1, 2]]
+    assert type(spec["codes"][0]) is int
+    assert spec["meta"] == {"k": 2.0}
+    json.dumps(spec)  # must not raise
+    with raises_schema_error("groups.g.arrays.y.meta: dict keys must be str, got int"):
+        group.create_array("y", ["n"], meta={1: 2})
+
+
+def test_normalize_rejects_non_str_rule_names_and_odd_dims() -> None:
+    with raises_schema_error("groups.g.arrays.a: rule names must be str, got int"):
+        normalize_schema(
+            {"groups": {"g": {"primary_dimension": "n", "arrays": {"a": {"dims": ["n"], 1: 2}}}}}
+        )
+    both = {"dims": np.array(["n", "k"]), "dimensions": np.array(["n", "k"])}
+    with raises_schema_error("groups.g.arrays.a: dims"):
+        normalize_schema({"groups": {"g": {"primary_dimension": "n", "arrays": {"a": both}}}})
+    mismatch = {"dtype": "int32", "values": [1, 2, 3], "labels": ["a", "b"]}
+    with raises_schema_error("metadata.categorical.c.labels: 2 labels for 3 values"):
+        normalize_schema({"metadata": {"categorical": {"c": mismatch}}})
+
+
+def test_metadata_name_must_be_str() -> None:
+    with raises_schema_error("metadata.file_level.5: expected a non-empty str name, got int"):
+        SchemaBuilder().define_file_metadata(5, "int32")  # type: ignore[arg-type]
+
+
+def test_metadata_values_of_other_kinds() -> None:
+    builder = SchemaBuilder()
+    builder.define_file_metadata("impedance", "complex64")
+    builder.define_file_metadata("count", "int32", max_value=10)
+    assert builder.validate_metadata_field("impedance", 1 + 2j) is True
+    assert builder.validate_metadata_field("impedance", 3) is True
+    assert builder.validate_metadata_field("impedance", "1+2j") is False
+    assert builder.validate_metadata_field("count", np.array(4)) is True
+    assert builder.validate_metadata_field("count", np.array(40)) is False
+    assert builder.validate_metadata_field("count", np.array([4])) is False
+
+
+def test_validate_array_rules_on_empty_and_unhashable_values() -> None:
+    assert _view("float32", min_value=0.0).validate_array("x", np.zeros(0, np.float32)) == []
+    odd = _view("int32", values=[1, [2, 3]])
+    assert odd.validate_array("x", np.array([1, 1], np.int32)) == []
+    assert odd.validate_array("x", np.array([1, 2], np.int32)) == [
+        "x: value 2 at index [1] is not one of the allowed values [1, [2, 3]]"
+    ]
+
+
+def test_route_metadata_past_the_cache_limit() -> None:
+    view = Schema(SchemaBuilder().build())
+    for index in range(5000):
+        assert view.route_metadata(f"item_{index}", index) == "file_level"
+        assert view.route_metadata(f"item_{index}", "text") == "categorical"
+        assert view.route_metadata(f"size_{index}", "text") == "file_level"

@@ -200,7 +200,6 @@ def decode_msgpack_strings(data: bytes, count: int, limit: int) -> list[Any]:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=limit,
             max_str_len=limit,
             max_bin_len=0,
             max_ext_len=0,

@@ -400,16 +400,50 @@ class BuildHierarchy(Hierarchy):
         """
         dump = _compact_json
         root_attrs = dict(root_attributes or self.group_attributes.get("", {}))
+        below = list(self._members_below("", dump))
         if self.zarr_format == 3:
-            yield (
-                "zarr.json",
-                dump({"zarr_format": 3, "node_type": "group", "attributes": root_attrs}),
-            )
+            # Inline consolidated metadata lets zarr-python open the hierarchy without
+            # listing the store, so it never stumbles over metadata.json.
+            consolidated = {path: doc for path, doc in self._node_docs_v3()}
+            root = {
+                "zarr_format": 3,
+                "node_type": "group",
+                "attributes": root_attrs,
+                "consolidated_metadata": {
+                    "kind": "inline",
+                    "must_understand": False,
+                    "metadata": consolidated,
+                },
+            }
+            yield "zarr.json", dump(root)
         else:
             yield ".zgroup", dump({"zarr_format": 2})
             if root_attrs:
                 yield ".zattrs", dump(root_attrs)
-        yield from self._members_below("", dump)
+            docs: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
+            if root_attrs:
+                docs[".zattrs"] = root_attrs
+            docs.update(self._node_docs_v2())
+            yield ".zmetadata", dump({"zarr_consolidated_format": 1, "metadata": docs})
+        yield from below
+
+    def _node_docs_v3(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for group in self.groups:
+            if group:
+                attrs = self.group_attributes.get(group, {})
+                yield group, {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        for path, docs in self.docs.items():
+            yield path, docs["zarr.json"]
+
+    def _node_docs_v2(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for group in self.groups:
+            if group:
+                yield f"{group}/.zgroup", {"zarr_format": 2}
+                if self.group_attributes.get(group):
+                    yield f"{group}/.zattrs", self.group_attributes[group]
+        for path, docs in self.docs.items():
+            for name, doc in docs.items():
+                yield f"{path}/{name}", doc
 
     def _members_below(
         self, path: str, dump: Callable[[Any], bytes]

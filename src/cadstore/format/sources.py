@@ -64,6 +64,9 @@ class KeySource(ABC):
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
 
 class DictSource(KeySource):
     """Keys held in a dict (a store being built in memory)."""

@@ -624,7 +624,8 @@ def encode_array(
         "chunks": list(chunk_shape),
         "dtype": _v2_dtype_str(dtype),
         "compressor": {"id": "zstd", "level": level} if compress else None,
-        "fill_value": "" if is_string else _v3_fill(dtype),
+        # null, not 0: xarray would otherwise mask zeros and turn ints into floats.
+        "fill_value": None,
         "order": "C",
         "filters": [{"id": "vlen-utf8"}] if is_string else None,
         "dimension_separator": ".",

@@ -413,8 +413,6 @@ def check_routing_target(value: object, path: str) -> str:
 
 def _dtype_problem(dtype: str, value: object) -> str | None:
     kind = DTYPE_KINDS[dtype]
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
     is_bool = isinstance(value, bool | np.bool_)
     if kind == "U":
         ok = isinstance(value, str)
@@ -455,6 +453,8 @@ def metadata_value_problem(spec: Mapping[str, Any], value: object) -> str | None
     str or None
         A human-readable problem, or ``None`` when the value is acceptable.
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     dtype = spec.get("dtype")
     if isinstance(dtype, str) and dtype in DTYPE_KINDS:
         problem = _dtype_problem(dtype, value)
@@ -463,13 +463,8 @@ def metadata_value_problem(spec: Mapping[str, Any], value: object) -> str | None
     if isinstance(value, np.generic):
         value = value.item()
     allowed = spec.get("values")
-    if allowed is not None:
-        try:
-            found = value in allowed
-        except (TypeError, ValueError):
-            found = False
-        if not found:
-            return f"{value!r} is not one of the allowed values {allowed!r}"
+    if allowed is not None and value not in allowed:
+        return f"{value!r} is not one of the allowed values {allowed!r}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         low, high = spec.get("min_value"), spec.get("max_value")
         if isinstance(low, int | float) and value < low:

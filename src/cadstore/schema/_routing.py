@@ -9,27 +9,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MetadataRouter", "compile_pattern"]
+__all__ = ["MetadataRouter", "compile_patterns"]
+
+# Keys seen by one router are remembered up to this many; past it, keys are still routed
+# correctly, just not cached (guards against keys that embed item ids).
+_CACHE_LIMIT = 4096
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile a routing pattern: ``*`` matches any run of characters, case is ignored.
+def _pattern_regex(pattern: str) -> str:
+    # Only '*' is special; '?' and '[' stay literal, unlike fnmatch, because field names such
+    # as "stream [scs]" occur in practice.
+    return ".*".join(re.escape(part) for part in pattern.split("*"))
 
-    Only ``*`` is special; ``?`` and ``[`` are literal, unlike :mod:`fnmatch`, because field
-    names such as ``"stream [scs]"`` occur in practice.
+
+def compile_patterns(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """Compile several routing patterns into one regex that matches if any of them does.
+
+    ``*`` matches any run of characters and case is ignored.
 
     Parameters
     ----------
-    pattern
-        The pattern, e.g. ``"size_*"``.
+    patterns
+        Patterns such as ``"size_*"``.
 
     Returns
     -------
-    re.Pattern
-        A regex to use with ``fullmatch``.
+    re.Pattern or None
+        A regex to use with ``fullmatch``, or ``None`` for no patterns.
     """
-    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-    return re.compile(regex, re.IGNORECASE | re.DOTALL)
+    parts = [f"(?:{_pattern_regex(p)})" for p in patterns]
+    if not parts:
+        return None
+    return re.compile("|".join(parts), re.IGNORECASE | re.DOTALL)
 
 
 class MetadataRouter:
@@ -55,6 +66,7 @@ class MetadataRouter:
     """
 
     __slots__ = (
+        "_cache",
         "_categorical_patterns",
         "_default_categorical",
         "_default_numeric",
@@ -71,12 +83,10 @@ class MetadataRouter:
     ) -> None:
         self._explicit: dict[str, str] = dict.fromkeys(file_level, "file_level")
         self._explicit.update(dict.fromkeys(categorical, "categorical"))
-        self._file_level_patterns = tuple(
-            compile_pattern(p) for p in routing_rules["file_level_patterns"]
-        )
-        self._categorical_patterns = tuple(
-            compile_pattern(p) for p in routing_rules["categorical_patterns"]
-        )
+        self._file_level_patterns = compile_patterns(routing_rules["file_level_patterns"])
+        self._categorical_patterns = compile_patterns(routing_rules["categorical_patterns"])
+        # key -> destination decided by name alone, or None when the value's type decides.
+        self._cache: dict[str, str | None] = {}
         self._default_numeric: str = routing_rules["default_numeric"]
         self._default_categorical: str = routing_rules["default_categorical"]
         self._default_string: str = routing_rules["default_string"]
@@ -97,6 +107,17 @@ class MetadataRouter:
         str
             ``'file_level'`` or ``'categorical'``.
         """
+        cache = self._cache
+        if key in cache:
+            found = cache[key]
+        else:
+            found = self._route_by_name(key)
+            if len(cache) < _CACHE_LIMIT:
+                cache[key] = found
+        return self.route_by_type(value) if found is None else found
+
+    def _route_by_name(self, key: str) -> str | None:
+        """Steps 1 and 2 of :meth:`route`; ``None`` when only the value's type can decide."""
         explicit = self._explicit
         found = explicit.get(key)
         if found is not None:
@@ -107,14 +128,15 @@ class MetadataRouter:
             if found is not None:
                 return found
         last = key.rsplit("/", 1)[-1]
-        for patterns, target in (
+        for pattern, target in (
             (self._file_level_patterns, "file_level"),
             (self._categorical_patterns, "categorical"),
         ):
-            for pattern in patterns:
-                if pattern.fullmatch(key) or (slash and pattern.fullmatch(last)):
-                    return target
-        return self.route_by_type(value)
+            if pattern is not None and (
+                pattern.fullmatch(key) or (slash and pattern.fullmatch(last))
+            ):
+                return target
+        return None
 
     def route_by_type(self, value: object) -> str:
         """Return the type default for *value* (step 3 of :meth:`route`).
@@ -129,12 +151,18 @@ class MetadataRouter:
         str
             ``'file_level'`` or ``'categorical'``.
         """
+        # Exact built-in types first: they are most metadata and skip the slower ABC check.
+        kind = type(value)
+        if kind is int or kind is float:
+            return self._default_numeric
+        if kind is str:
+            return self._default_string
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value.item()
         if isinstance(value, bool | np.bool_):
             return self._default_categorical
         if isinstance(value, str | np.str_):
             return self._default_string
-        if isinstance(value, numbers.Number):
+        if isinstance(value, np.number | numbers.Number):
             return self._default_numeric
         return self._default_categorical

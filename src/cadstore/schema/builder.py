@@ -30,20 +30,21 @@ from typing import Any
 
 from cadstore.errors import SchemaError
 from cadstore.schema._common import (
-    check_array_rules,
     check_dims,
-    check_dtype,
     check_metadata_name,
     check_name,
     check_optional_str,
     check_patterns,
     check_routing_target,
     default_routing_rules,
-    describe_type,
     metadata_value_problem,
 )
 from cadstore.schema._routing import MetadataRouter
-from cadstore.schema.normalize import normalize_schema
+from cadstore.schema.normalize import (
+    normalize_array_spec,
+    normalize_metadata_field,
+    normalize_schema,
+)
 from cadstore.schema.templates import SchemaTemplates
 
 __all__ = [
@@ -182,13 +183,13 @@ class Group:
                     f"{path}: dimensions {list(dimensions)!r} and dims {list(dims)!r} disagree; "
                     f"give only one of them"
                 )
-        spec: dict[str, Any] = {
-            "dims": check_dims(dims if dimensions is None else dimensions, f"{path}.dims"),
-            "dtype": check_dtype(dtype, f"{path}.dtype"),
-            "description": check_optional_str(description, f"{path}.description"),
+        raw = {
+            "dims": dims if dimensions is None else dimensions,
+            "dtype": dtype,
+            "description": description,
+            **validation_rules,
         }
-        spec.update(check_array_rules(validation_rules, path))
-        self._arrays[name] = spec
+        self._arrays[name] = normalize_array_spec(raw, path)
 
     def get_array(self, name: str) -> dict[str, Any] | None:
         """Return a copy of the spec of array *name*, or ``None`` if it is not declared.
@@ -484,27 +485,8 @@ class SchemaBuilder:
     ) -> dict[str, Any]:
         path = f"metadata.{category}.{name}"
         check_metadata_name(name, path)
-        if not isinstance(required, bool):
-            raise SchemaError(f"{path}.required: expected a bool, got {describe_type(required)}")
-        spec: dict[str, Any] = {"dtype": check_dtype(dtype, f"{path}.dtype")}
-        text = check_optional_str(description, f"{path}.description")
-        if category == "file_level":
-            spec.update(description=text, required=required)
-        else:
-            spec.update(required=required, description=text)
-        spec.update(check_array_rules(rules, path))
-        values, labels = spec.get("values"), spec.get("labels")
-        if labels is not None:
-            if not isinstance(labels, list):
-                raise SchemaError(f"{path}.labels: expected a list, got {describe_type(labels)}")
-            if values is None:
-                raise SchemaError(f"{path}.labels: labels need a values list to label")
-            if len(labels) != len(values):
-                raise SchemaError(
-                    f"{path}.labels: {len(labels)} labels for {len(values)} values; "
-                    f"give one label per value"
-                )
-        return spec
+        raw = {"dtype": dtype, "description": description, "required": required, **rules}
+        return normalize_metadata_field(raw, category, path)
 
     def define_file_metadata(
         self,
@@ -927,7 +909,11 @@ class SchemaBuilder:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SchemaError(f"{os.fspath(path)}: not a valid JSON schema file: {exc}") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except SchemaError as exc:
+            # The field path alone does not say which of several schema files is broken.
+            raise SchemaError(f"{os.fspath(path)}: {exc}") from exc
 
     def __repr__(self) -> str:
         return (

@@ -175,12 +175,8 @@ def _values_problem(info: _ArrayInfo, arr: np.ndarray, key: str) -> str | None:
     allowed_set, allowed = info.value_set, info.values
 
     def is_allowed(item: object) -> bool:
-        if allowed_set is not None:
-            try:
-                return item in allowed_set
-            except TypeError:
-                return False
-        return item in allowed
+        # Items are scalars from np.unique / a str-checked object array, so always hashable.
+        return item in (allowed if allowed_set is None else allowed_set)
 
     if arr.dtype.kind == "O":
         flat = arr.ravel().tolist()
@@ -432,6 +428,10 @@ class Schema:
     def _resolve(self, key: str) -> _ArrayInfo | None:
         if "/" not in key:
             return self._by_name.get(key)
+        head, _, tail = key.partition("/")
+        if head and tail and "/" not in tail:  # the common "group/array" form, without a list
+            arrays = self._by_group.get(head)
+            return self._by_name.get(tail) if arrays is None else arrays.get(tail)
         parts = [part for part in key.split("/") if part]
         if not parts:
             return None

@@ -166,6 +166,12 @@ class OptStorage(DataStorage):
             else:
                 raise CorruptStoreError(self._zip_path, "no such store to open read-only")
             self._hier = self._open_read(self._source)
+            try:
+                self._open_metadata()
+            except BaseException:
+                self._source.close()
+                raise
+            return
         else:
             self._hier = BuildHierarchy(zarr_format, compression_level, self._store_path, limits)
             if dir_exists and self._dir_holds_store():

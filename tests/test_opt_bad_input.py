@@ -1,0 +1,179 @@
+"""Hostile and broken files: a clear CorruptStoreError naming the file, never a crash."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from cadstore import OptStorage
+from cadstore.errors import CorruptStoreError, KeyNotFoundError, LimitExceededError
+from cadstore.format.limits import Limits
+
+
+def _good(tmp_path: Path, name: str = "part") -> Path:
+    storage = OptStorage(tmp_path / f"{name}.zarr")
+    storage.save_data("face_areas", np.linspace(0, 1, 5000, dtype=np.float32))
+    storage.save_data("graph", {"edges_source": np.arange(300, dtype=np.int32), "num_nodes": 4})
+    storage.save_data("description", "a part")
+    storage.compress_store()
+    storage.close()
+    return tmp_path / f"{name}.zarr.data"
+
+
+def _open_and_read_all(data: Path, **kwargs: object) -> None:
+    store = str(data)[: -len(".data")]
+    with OptStorage(store, **kwargs) as storage:  # type: ignore[arg-type]
+        for key in storage.get_keys():
+            storage.load_data(key)
+        storage.load_metadata()
+
+
+def _rewrite(src: Path, dst: Path, edit: dict[str, bytes | None],
+             extra: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = edit.get(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info.filename, data)
+        for name, data in (extra or {}).items():
+            zout.writestr(name, data)
+    return dst
+
+
+@pytest.mark.parametrize("cut", [1, 22, 100, 1000, -1])
+def test_truncated_file(tmp_path: Path, cut: int) -> None:
+    data = _good(tmp_path)
+    raw = data.read_bytes()
+    data.write_bytes(raw[:cut] if cut > 0 else raw[:-1])
+    with pytest.raises(CorruptStoreError, match=r"part\.zarr\.data"):
+        _open_and_read_all(data)
+
+
+def test_every_single_bit_flip_is_caught_or_harmless(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    raw = bytearray(data.read_bytes())
+    rng = np.random.default_rng(0)
+    for pos in rng.choice(len(raw), size=150, replace=False):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        data.write_bytes(bytes(flipped))
+        try:
+            _open_and_read_all(data)
+        except (CorruptStoreError, KeyNotFoundError):
+            pass
+
+
+@pytest.mark.parametrize("member", ["../evil", "/abs/evil", "a/../../evil", "back\\slash",
+                                    "ctl\x01name"])
+def test_zip_slip_member_names(tmp_path: Path, member: str) -> None:
+    data = _good(tmp_path)
+    bad = _rewrite(data, tmp_path / "bad.zarr.data", {}, extra={member: b"x"})
+    with pytest.raises(CorruptStoreError, match="unsafe zip member"):
+        _open_and_read_all(bad)
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_duplicate_members(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    bad = tmp_path / "dup.zarr.data"
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        _rewrite(data, bad, {}, extra={"metadata.json": b"{}"})
+    with pytest.raises(CorruptStoreError, match="duplicate"):
+        _open_and_read_all(bad)
+
+
+def test_declared_shape_bomb(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    with zipfile.ZipFile(data) as zf:
+        root = json.loads(zf.read("zarr.json"))
+        doc = json.loads(zf.read("face_areas/zarr.json"))
+    for d in (doc, root["consolidated_metadata"]["metadata"]["face_areas"]):
+        d["shape"] = [2**40]
+        d["chunk_grid"]["configuration"]["chunk_shape"] = [2**20]
+    bad = _rewrite(data, tmp_path / "bomb.zarr.data", {
+        "zarr.json": json.dumps(root).encode(), "face_areas/zarr.json": json.dumps(doc).encode()})
+    with OptStorage(tmp_path / "bomb.zarr") as storage, \
+            pytest.raises(LimitExceededError, match="face_areas"):
+        storage.load_data("face_areas")
+
+
+def test_chunk_bomb(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    # 64 MiB of zeros compresses to a few KB: a frame claiming far more than the chunk holds.
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 * 1024 * 1024))
+    bad = _rewrite(data, tmp_path / "bomb.zarr.data", {"face_areas/c/0": bomb})
+    with OptStorage(tmp_path / "bomb.zarr") as storage, \
+            pytest.raises(CorruptStoreError, match="declares"):
+        storage.load_data("face_areas")
+
+
+def test_chunk_size_limit_is_configurable(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    with pytest.raises(CorruptStoreError, match="max_chunk_bytes"):
+        _open_and_read_all(data, limits=Limits(max_chunk_bytes=100))
+
+
+def test_pickle_codec_is_refused(tmp_path: Path) -> None:
+    data = _good(tmp_path)
+    with zipfile.ZipFile(data) as zf:
+        root = json.loads(zf.read("zarr.json"))
+        doc = json.loads(zf.read("face_areas/zarr.json"))
+    for d in (doc, root["consolidated_metadata"]["metadata"]["face_areas"]):
+        d["codecs"].append({"name": "numcodecs.pickle", "configuration": {}})
+    bad = _rewrite(data, tmp_path / "pickle.zarr.data", {
+        "zarr.json": json.dumps(root).encode(), "face_areas/zarr.json": json.dumps(doc).encode()})
+    with pytest.raises(CorruptStoreError, match="allow-list"):
+        OptStorage(tmp_path / "pickle.zarr")
+
+
+@pytest.mark.parametrize("content", [b"", b"not json", b"[1, 2]", b'{"zarr_format": 3}',
+                                     b'{"zarr_format": 3, "node_type": "array"}',
+                                     b"{" * 100_000])
+def test_malformed_root_metadata(tmp_path: Path, content: bytes) -> None:
+    data = _good(tmp_path)
+    bad = _rewrite(data, tmp_path / "meta.zarr.data", {"zarr.json": content})
+    with pytest.raises(CorruptStoreError, match=r"meta\.zarr\.data"):
+        _open_and_read_all(bad)
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    (tmp_path / "x.zarr.data").write_bytes(b"hello, I am not a zip file" * 10)
+    with pytest.raises(CorruptStoreError, match="not a readable zip"):
+        OptStorage(tmp_path / "x.zarr")
+
+
+def test_zip_without_zarr(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "x.zarr.data", "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(CorruptStoreError, match="not a Zarr store"):
+        OptStorage(tmp_path / "x.zarr")
+
+
+def test_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "x.zarr").mkdir()
+    (tmp_path / "x.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(CorruptStoreError, match="not a Zarr store"):
+        OptStorage(tmp_path / "x.zarr")
+    assert (tmp_path / "x.zarr" / "notes.txt").read_text() == "mine"
+
+
+def test_missing_key_is_keyerror(tmp_path: Path) -> None:
+    _good(tmp_path)
+    with OptStorage(tmp_path / "part.zarr") as storage, pytest.raises(KeyError, match="nope"):
+        storage.load_data("nope")
+
+
+def test_nan_is_refused_and_named(tmp_path: Path) -> None:
+    storage = OptStorage(tmp_path / "p.zarr")
+    with pytest.raises(ValueError, match="face_areas.*NaN"):
+        storage.save_data("face_areas", np.array([1.0, np.nan], dtype=np.float32))
+    storage.close()
+    nan_ok = OptStorage(tmp_path / "q.zarr", allow_nan=True)
+    nan_ok.save_data("face_areas", np.array([1.0, np.nan], dtype=np.float32))
+    assert np.isnan(nan_ok.load_data("face_areas")[1])
+    nan_ok.close()

@@ -1,0 +1,286 @@
+"""OptStorage's files: standard Zarr that zarr-python and xarray read, and its lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from cadstore import OptStorage, SchemaBuilder
+from cadstore.errors import ReadOnlyStorageError
+from cadstore.testing.conformance import assert_same
+
+FIXTURES = Path(__file__).parent / "fixtures" / "vendor_v2"
+
+
+def _item() -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    return {
+        "face_areas": rng.random(6).astype(np.float32),
+        "face_types": np.array([0, 0, 1, 1, 0, 13], dtype=np.int32),
+        "face_centroids": rng.random((6, 3)).astype(np.float32),
+        "flags": np.array([True, False, True]),
+        "small": np.arange(3, dtype=np.int8),
+        "wide": np.arange(4, dtype=np.uint64),
+        "half": np.array([0.5, 1.5], dtype=np.float16),
+        "cplx": np.array([1 + 2j], dtype=np.complex128),
+        "num_faces": 6,
+        "scale": 0.001,
+        "description": "High-complexity CAD part",
+        "tags": ["bracket", "Größe"],
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "big": rng.standard_normal((400_000, 3)).astype(np.float32),
+        "graph": {
+            "edges_source": np.array([0, 1, 2, 3], dtype=np.int32),
+            "edges_destination": np.array([1, 2, 3, 0], dtype=np.int32),
+            "num_nodes": 4,
+        },
+    }
+
+
+def _write(path: Path, fmt: int = 3, schema: dict[str, Any] | None = None) -> Path:
+    storage = OptStorage(path, zarr_format=fmt)
+    if schema is not None:
+        storage.set_schema(schema)
+    for key, value in _item().items():
+        storage.save_data(key, value)
+    storage.save_metadata("size_cadfile", 1024)
+    storage.compress_store()
+    storage.close()
+    return Path(str(path) + ".data")
+
+
+def _zarr_value(node: Any) -> Any:
+    value = node[...]
+    return np.asarray(value)
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_zarr_python_reads_every_array(tmp_path: Path, fmt: int) -> None:
+    data = _write(tmp_path / "part.zarr", fmt)
+    group = zarr.open_group(zarr.storage.ZipStore(data, mode="r"), mode="r")
+    assert group.metadata.zarr_format == fmt
+    item = _item()
+    assert sorted(group.group_keys()) == ["graph"]
+    assert sorted(group.array_keys()) == sorted(k for k in item if k != "graph")
+    for key, value in item.items():
+        if key == "graph":
+            for sub, arr in value.items():
+                np.testing.assert_array_equal(_zarr_value(group[f"graph/{sub}"]), arr)
+            continue
+        got = _zarr_value(group[key])
+        if isinstance(value, str | list):
+            assert got.tolist() == value
+        else:
+            expected = np.asarray(value)
+            np.testing.assert_array_equal(got, expected)
+            if isinstance(value, np.ndarray):
+                assert got.dtype == value.dtype
+        arr = group[key]
+        dims = arr.metadata.dimension_names if fmt == 3 else arr.attrs["_ARRAY_DIMENSIONS"]
+        assert list(dims) == [f"{key}_dim_{i}" for i in range(np.ndim(value))]
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_xarray_reads_named_dimensions(tmp_path: Path, fmt: int) -> None:
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_areas", ["face"], "float32")
+    faces.create_array("face_types", ["face"], "int32")
+    faces.create_array("face_centroids", ["face", "coordinate"], "float32")
+    data = _write(tmp_path / "part.zarr", fmt, schema=builder.build())
+    ds = xr.open_zarr(zarr.storage.ZipStore(data, mode="r"))
+    assert ds["face_areas"].dims == ("face",)
+    assert ds["face_centroids"].dims == ("face", "coordinate")
+    assert ds.sizes["face"] == 6
+    assert ds["big"].dims == ("big_dim_0", "big_dim_1")
+    for key in ("face_areas", "face_types", "flags", "small", "wide", "half", "big"):
+        assert ds[key].dtype == _item()[key].dtype, key
+    np.testing.assert_array_equal(ds["face_types"].values, _item()["face_types"])
+    tree = xr.open_datatree(zarr.storage.ZipStore(data, mode="r"), engine="zarr")
+    np.testing.assert_array_equal(tree["graph"]["edges_source"].values, [0, 1, 2, 3])
+    assert tree["graph"]["edges_source"].dims == ("graph_edges_source_dim_0",)
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_zip_is_clean(tmp_path: Path, fmt: int) -> None:
+    data = _write(tmp_path / "part.zarr", fmt)
+    with zipfile.ZipFile(data) as zf:
+        names = zf.namelist()
+        assert len(names) == len(set(names))
+        assert "metadata.json" in names
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        assert zf.testzip() is None
+        meta = json.loads(zf.read("metadata.json"))
+    assert meta["size_cadfile"] == 1024
+    assert meta["file_sizes_KB"]["big"] > 1000
+
+
+def test_same_item_gives_same_bytes(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.zarr")
+    b = _write(tmp_path / "b.zarr")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_reopen_reads_back_exactly(tmp_path: Path) -> None:
+    _write(tmp_path / "part.zarr")
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        assert storage.read_only
+        for key, value in _item().items():
+            assert_same(storage.load_data(key), value, key)
+        with pytest.raises(ReadOnlyStorageError):
+            storage.save_data("x", 1)
+        assert storage.get_file_path("") == str(tmp_path / "part.zarr.data")
+
+
+def test_size_tracking_reports_stored_bytes(tmp_path: Path) -> None:
+    storage = OptStorage(tmp_path / "part.zarr")
+    zeros = np.zeros(1_000_000, dtype=np.float64)
+    storage.save_data("zeros", zeros)
+    # 8 MB of zeros compress to almost nothing; the record reflects the stored chunk.
+    assert storage.load_metadata("file_sizes_KB/zeros") < 10
+    storage.close()
+
+
+def test_close_exports_summary_and_visualisations(tmp_path: Path) -> None:
+    encoded = tmp_path / "encoded"
+    store = encoded / "part_001.zarr"
+    storage = OptStorage(store)
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    storage.save_metadata("size_cadfile", 10)
+    (store / "visu_preview.png").write_bytes(b"png")
+    size = storage.compress_store()
+    assert size == (encoded / "part_001.zarr.data").stat().st_size
+    assert store.is_dir()  # the directory remains until close()
+    storage.close()
+    assert not store.exists()
+    summary = json.loads((encoded / "files_summary" / "part_001.json").read_text())
+    assert summary["size_cadfile"] == 10
+    assert (encoded / "stream_cache" / "visu_preview.png").read_bytes() == b"png"
+
+
+def test_close_without_compress_keeps_a_zarr_directory(tmp_path: Path) -> None:
+    storage = OptStorage(tmp_path / "part.zarr")
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    storage.close()
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "part.zarr", read_only=True),
+                            mode="r")
+    np.testing.assert_array_equal(group["face_areas"][...], np.ones(3))
+    assert not (tmp_path / "part.zarr.data").exists()
+
+
+def test_unused_storage_leaves_nothing(tmp_path: Path) -> None:
+    OptStorage(tmp_path / "part.zarr").close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_changes_after_compress_are_published_on_close(tmp_path: Path) -> None:
+    storage = OptStorage(tmp_path / "part.zarr")
+    storage.save_data("a", 1)
+    storage.compress_store()
+    storage.save_data("b", 2)
+    storage.close()
+    with OptStorage(tmp_path / "part.zarr") as again:
+        assert again.load_data("b") == 2
+
+
+def test_append_mode_republishes(tmp_path: Path) -> None:
+    _write(tmp_path / "part.zarr")
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        assert not storage.read_only
+        storage.save_data("extra", np.arange(3))
+        storage.compress_store()
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        assert_same(storage.load_data("extra"), np.arange(3))
+        assert_same(storage.load_data("graph"), _item()["graph"])
+
+
+def test_concurrent_close_and_compress(tmp_path: Path) -> None:
+    for attempt in range(5):
+        storage = OptStorage(tmp_path / f"p{attempt}.zarr")
+        storage.save_data("a", np.arange(1000))
+        storage.compress_store()
+        errors: list[BaseException] = []
+
+        def close(s: OptStorage = storage) -> None:
+            try:
+                s.close()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=close) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with OptStorage(tmp_path / f"p{attempt}.zarr") as again:
+            assert_same(again.load_data("a"), np.arange(1000))
+
+
+def test_spec_example_optstorage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = OptStorage(
+        store_path="./flow_output/flows/my_flow/encoded/part_001.zarr",
+        compress_extension=".data",
+    )
+    storage.save_data("num_faces", 42)
+    storage.save_data("face_areas", np.array([1.5, 2.3, 4.1], dtype=np.float32))
+    storage.save_data("face_normals", np.random.randn(100, 3).astype(np.float32))
+    storage.save_data("graph", {
+        "edges_source": np.array([0, 1, 2]),
+        "edges_destination": np.array([1, 2, 3]),
+        "num_nodes": 4,
+    })
+    storage.save_data("description", "High-complexity CAD part")
+    face_areas = storage.load_data("face_areas")
+    assert isinstance(face_areas, np.ndarray)
+    graph = storage.load_data("graph")
+    assert graph["num_nodes"] == 4
+    assert storage.load_data("num_faces") == 42
+    assert storage.load_data("description") == "High-complexity CAD part"
+    compressed_size = storage.compress_store()
+    assert Path("flow_output/flows/my_flow/encoded/part_001.zarr.data").stat().st_size == (
+        compressed_size
+    )
+    storage.close()
+    assert storage.format() == "zarr"
+
+
+# ---------------------------------------------------------------------- vendor files
+def _sha(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+                          ).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["item_basic", "item_empty", "item_chunked"])
+def test_reads_vendor_zarr2_items(name: str) -> None:
+    expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    storage = OptStorage(FIXTURES / f"{name}.zarr")
+    try:
+        assert storage.read_only and storage.zarr_format == 2
+        for key, spec in expected["arrays"].items():
+            if key in expected.get("strings", {}):
+                continue
+            arr = np.asarray(storage.load_data(key))
+            assert arr.dtype == np.dtype(spec["dtype"]), key
+            assert list(arr.shape) == spec["shape"], key
+            assert _sha(arr) == spec["sha256"], key
+            assert list(storage.get_array_dims(key) or ()) == spec["dims"], key
+        for key, value in expected.get("strings", {}).items():
+            got = np.asarray(storage.load_data(key)).tolist()
+            assert got == (value if isinstance(value, list) else [value]), key
+        for key, value in expected.get("scalars", {}).items():
+            assert np.asarray(storage.load_data(key)).item() == value, key
+        assert storage.load_metadata() == expected["metadata"]
+        assert set(storage.get_keys()) == {k.split("/")[0] for k in expected["arrays"]}
+    finally:
+        storage.close()
