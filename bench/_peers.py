@@ -119,10 +119,12 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _dims(key: str, ndim: int) -> list[str]:
+    """Return the xarray dimension names the specified design uses, ``<key>_dim_<i>``."""
     return [f"{key}_dim_{i}" for i in range(ndim)]
 
 
 def _read_zarr_group(group: zarr.Group) -> dict[str, Any]:
+    """Read every array of a zarr group, recursing into subgroups."""
     out: dict[str, Any] = {}
     for name, node in group.members():
         if isinstance(node, zarr.Group):
@@ -177,6 +179,7 @@ def assert_items_equal(
 
 
 def _write_spec_group(group: zarr.Group, mapping: Mapping[str, Any]) -> None:
+    """Write a (nested) mapping into a Zarr v2 group the way the specified design does."""
     for key, value in mapping.items():
         if isinstance(value, Mapping):
             _write_spec_group(group.create_group(key), value)
@@ -195,7 +198,22 @@ def _write_spec_group(group: zarr.Group, mapping: Mapping[str, Any]) -> None:
 def write_spec_design(
     path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[str, Any]
 ) -> str:
-    """Write the specified design: Zarr v2 directory, then stored zip ``.zarr.data``."""
+    """Write the specified design: a Zarr v2 directory, then a stored zip.
+
+    Parameters
+    ----------
+    path_without_ext : str
+        Target path without a suffix; ``.zarr.data`` is appended.
+    item : Mapping
+        The item, as from :func:`cadstore.testing.workload.make_item`.
+    metadata : Mapping
+        JSON-serialisable per-item metadata.
+
+    Returns
+    -------
+    str
+        Path of the file written.
+    """
     directory = f"{path_without_ext}.zarr"
     target = f"{directory}.data"
     with _quiet():
@@ -216,7 +234,18 @@ def write_spec_design(
 
 
 def read_spec_design(path: str) -> dict[str, Any]:
-    """Read a whole ``.zarr.data`` item through zarr-python's ``ZipStore``."""
+    """Read a whole ``.zarr.data`` item through zarr-python's ``ZipStore``.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The item: arrays, nested dicts for groups, Python scalars for 0-d arrays.
+    """
     with _quiet():
         store = zarr.storage.ZipStore(path, mode="r")
         try:
@@ -226,7 +255,20 @@ def read_spec_design(path: str) -> dict[str, Any]:
 
 
 def read_one_spec_design(path: str, key: str) -> np.ndarray:
-    """Open a ``.zarr.data`` item and read one array."""
+    """Open a ``.zarr.data`` item and read one array.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+    key : str
+        Array key, ``/``-joined for nested arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (0-d for scalars).
+    """
     with _quiet():
         store = zarr.storage.ZipStore(path, mode="r")
         try:
@@ -236,7 +278,18 @@ def read_one_spec_design(path: str, key: str) -> np.ndarray:
 
 
 def read_metadata_spec_design(path: str) -> dict[str, Any]:
-    """Read the ``metadata.json`` member of a ``.zarr.data`` item."""
+    """Read the ``metadata.json`` member of a ``.zarr.data`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The metadata passed to the ``write_`` function.
+    """
     with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read("metadata.json"))
 
@@ -245,6 +298,7 @@ def read_metadata_spec_design(path: str) -> dict[str, Any]:
 
 
 def _write_v3_group(group: zarr.Group, mapping: Mapping[str, Any]) -> None:
+    """Write a (nested) mapping into a Zarr v3 group, one chunk per array."""
     for key, value in mapping.items():
         if isinstance(value, Mapping):
             _write_v3_group(group.create_group(key), value)
@@ -264,7 +318,22 @@ def _write_v3_group(group: zarr.Group, mapping: Mapping[str, Any]) -> None:
 def write_zarr_v3(
     path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[str, Any]
 ) -> str:
-    """Write a Zarr v3 ``ZipStore`` ``.zarr.zip`` with zstd-3 and one chunk per array."""
+    """Write a Zarr v3 ``ZipStore`` with zstd-3 and one chunk per array.
+
+    Parameters
+    ----------
+    path_without_ext : str
+        Target path without a suffix; ``.zarr.zip`` is appended.
+    item : Mapping
+        The item, as from :func:`cadstore.testing.workload.make_item`.
+    metadata : Mapping
+        JSON-serialisable per-item metadata.
+
+    Returns
+    -------
+    str
+        Path of the file written.
+    """
     target = f"{path_without_ext}.zarr.zip"
     with _quiet():
         store = zarr.storage.ZipStore(target, mode="w")
@@ -280,7 +349,18 @@ def write_zarr_v3(
 
 
 def read_zarr_v3(path: str) -> dict[str, Any]:
-    """Read a whole ``.zarr.zip`` item through zarr-python's ``ZipStore``."""
+    """Read a whole ``.zarr.zip`` item through zarr-python's ``ZipStore``.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The item: arrays, nested dicts for groups, Python scalars for 0-d arrays.
+    """
     with _quiet():
         store = zarr.storage.ZipStore(path, mode="r")
         try:
@@ -290,7 +370,20 @@ def read_zarr_v3(path: str) -> dict[str, Any]:
 
 
 def read_one_zarr_v3(path: str, key: str) -> np.ndarray:
-    """Open a ``.zarr.zip`` item and read one array."""
+    """Open a ``.zarr.zip`` item and read one array.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+    key : str
+        Array key, ``/``-joined for nested arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (0-d for scalars).
+    """
     with _quiet():
         store = zarr.storage.ZipStore(path, mode="r")
         try:
@@ -300,7 +393,18 @@ def read_one_zarr_v3(path: str, key: str) -> np.ndarray:
 
 
 def read_metadata_zarr_v3(path: str) -> dict[str, Any]:
-    """Read the metadata root attribute of a ``.zarr.zip`` item."""
+    """Read the ``metadata`` root attribute of a ``.zarr.zip`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The metadata passed to the ``write_`` function.
+    """
     with _quiet():
         store = zarr.storage.ZipStore(path, mode="r")
         try:
@@ -313,6 +417,7 @@ def read_metadata_zarr_v3(path: str) -> dict[str, Any]:
 
 
 def _write_h5_group(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
+    """Write a (nested) mapping into an HDF5 group."""
     for key, value in mapping.items():
         if isinstance(value, Mapping):
             _write_h5_group(group.create_group(key), value)
@@ -326,6 +431,7 @@ def _write_h5_group(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
 
 
 def _read_h5_group(group: h5py.Group) -> dict[str, Any]:
+    """Read every dataset of an HDF5 group, recursing into subgroups."""
     out: dict[str, Any] = {}
     for name, node in group.items():
         if isinstance(node, h5py.Group):
@@ -336,7 +442,22 @@ def _read_h5_group(group: h5py.Group) -> dict[str, Any]:
 
 
 def write_h5py(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
-    """Write one ``.h5`` file, gzip-4 on datasets larger than 512 bytes."""
+    """Write one HDF5 file, gzip-4 on datasets larger than 512 bytes.
+
+    Parameters
+    ----------
+    path_without_ext : str
+        Target path without a suffix; ``.h5`` is appended.
+    item : Mapping
+        The item, as from :func:`cadstore.testing.workload.make_item`.
+    metadata : Mapping
+        JSON-serialisable per-item metadata.
+
+    Returns
+    -------
+    str
+        Path of the file written.
+    """
     target = f"{path_without_ext}.h5"
     with h5py.File(target, "w") as fh:
         fh.attrs["metadata"] = json.dumps(metadata)
@@ -345,19 +466,54 @@ def write_h5py(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping
 
 
 def read_h5py(path: str) -> dict[str, Any]:
-    """Read a whole ``.h5`` item."""
+    """Read a whole ``.h5`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The item: arrays, nested dicts for groups, Python scalars for 0-d arrays.
+    """
     with h5py.File(path, "r") as fh:
         return _read_h5_group(fh)
 
 
 def read_one_h5py(path: str, key: str) -> np.ndarray:
-    """Open a ``.h5`` item and read one dataset."""
+    """Open a ``.h5`` item and read one dataset.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+    key : str
+        Array key, ``/``-joined for nested arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (0-d for scalars).
+    """
     with h5py.File(path, "r") as fh:
         return np.asarray(fh[key][()])
 
 
 def read_metadata_h5py(path: str) -> dict[str, Any]:
-    """Read the JSON metadata attribute of a ``.h5`` item."""
+    """Read the JSON ``metadata`` attribute of a ``.h5`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The metadata passed to the ``write_`` function.
+    """
     with h5py.File(path, "r") as fh:
         return json.loads(fh.attrs["metadata"])
 
@@ -366,7 +522,22 @@ def read_metadata_h5py(path: str) -> dict[str, Any]:
 
 
 def write_npz(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
-    """Write ``numpy.savez_compressed`` with ``/``-joined keys and JSON metadata."""
+    """Write ``numpy.savez_compressed`` with ``/``-joined keys and JSON metadata.
+
+    Parameters
+    ----------
+    path_without_ext : str
+        Target path without a suffix; ``.npz`` is appended.
+    item : Mapping
+        The item, as from :func:`cadstore.testing.workload.make_item`.
+    metadata : Mapping
+        JSON-serialisable per-item metadata.
+
+    Returns
+    -------
+    str
+        Path of the file written.
+    """
     target = f"{path_without_ext}.npz"
     flat = _flatten(item)
     flat[_NPZ_METADATA] = np.asarray(json.dumps(metadata))
@@ -375,20 +546,55 @@ def write_npz(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[
 
 
 def read_npz(path: str) -> dict[str, Any]:
-    """Read a whole ``.npz`` item."""
+    """Read a whole ``.npz`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The item: arrays, nested dicts for groups, Python scalars for 0-d arrays.
+    """
     with np.load(path, allow_pickle=False) as npz:
         flat = {k: _from_stored(npz[k]) for k in npz.files if k != _NPZ_METADATA}
     return _unflatten(flat)
 
 
 def read_one_npz(path: str, key: str) -> np.ndarray:
-    """Open a ``.npz`` item and read one member."""
+    """Open a ``.npz`` item and read one member.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+    key : str
+        Array key, ``/``-joined for nested arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (0-d for scalars).
+    """
     with np.load(path, allow_pickle=False) as npz:
         return npz[key]
 
 
 def read_metadata_npz(path: str) -> dict[str, Any]:
-    """Read the JSON metadata member of a ``.npz`` item."""
+    """Read the JSON metadata member of a ``.npz`` item.
+
+    Parameters
+    ----------
+    path : str
+        File written by the matching ``write_`` function.
+
+    Returns
+    -------
+    dict
+        The metadata passed to the ``write_`` function.
+    """
     with np.load(path, allow_pickle=False) as npz:
         return json.loads(str(npz[_NPZ_METADATA]))
 

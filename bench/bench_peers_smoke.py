@@ -34,6 +34,7 @@ except ImportError:  # run as a script: bench/ itself is sys.path[0]
 
 
 def _lookup(item: dict[str, Any], key: str) -> Any:
+    """Return the value at a ``/``-joined key of a nested item."""
     node: Any = item
     for part in key.split("/"):
         node = node[part]

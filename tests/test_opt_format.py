@@ -171,8 +171,9 @@ def test_close_without_compress_keeps_a_zarr_directory(tmp_path: Path) -> None:
     storage = OptStorage(tmp_path / "part.zarr")
     storage.save_data("face_areas", np.ones(3, dtype=np.float32))
     storage.close()
-    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "part.zarr", read_only=True),
-                            mode="r")
+    group = zarr.open_group(
+        zarr.storage.LocalStore(tmp_path / "part.zarr", read_only=True), mode="r"
+    )
     np.testing.assert_array_equal(group["face_areas"][...], np.ones(3))
     assert not (tmp_path / "part.zarr.data").exists()
 
@@ -210,10 +211,10 @@ def test_concurrent_close_and_compress(tmp_path: Path) -> None:
         storage.compress_store()
         errors: list[BaseException] = []
 
-        def close(s: OptStorage = storage) -> None:
+        def close(s: OptStorage = storage, errors: list[BaseException] = errors) -> None:
             try:
                 s.close()
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=close) for _ in range(4)]
@@ -235,11 +236,14 @@ def test_spec_example_optstorage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     storage.save_data("num_faces", 42)
     storage.save_data("face_areas", np.array([1.5, 2.3, 4.1], dtype=np.float32))
     storage.save_data("face_normals", np.random.randn(100, 3).astype(np.float32))
-    storage.save_data("graph", {
-        "edges_source": np.array([0, 1, 2]),
-        "edges_destination": np.array([1, 2, 3]),
-        "num_nodes": 4,
-    })
+    storage.save_data(
+        "graph",
+        {
+            "edges_source": np.array([0, 1, 2]),
+            "edges_destination": np.array([1, 2, 3]),
+            "num_nodes": 4,
+        },
+    )
     storage.save_data("description", "High-complexity CAD part")
     face_areas = storage.load_data("face_areas")
     assert isinstance(face_areas, np.ndarray)
@@ -257,8 +261,9 @@ def test_spec_example_optstorage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 # ---------------------------------------------------------------------- vendor files
 def _sha(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
-                          ).hexdigest()
+    return hashlib.sha256(
+        np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+    ).hexdigest()
 
 
 @pytest.mark.parametrize("name", ["item_basic", "item_empty", "item_chunked"])

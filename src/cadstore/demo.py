@@ -79,11 +79,15 @@ def run_demo(output: str, n_items: int = 200, seed: int = 0) -> dict[str, float]
         "ratio": raw / max(stored, 1),
     }
     print(f"wrote {n_items} items to {encoded}")
-    print(f"  write (save_data x{len(items[0][1])} + metadata + compress + close): "
-          f"median {report['write_ms_median']:.2f} ms/item")
+    print(
+        f"  write (save_data x{len(items[0][1])} + metadata + compress + close): "
+        f"median {report['write_ms_median']:.2f} ms/item"
+    )
     print(f"  read back whole item: median {report['read_ms_median']:.2f} ms/item, all identical")
-    print(f"  {report['raw_MB']:.1f} MB raw -> {report['stored_MB']:.1f} MB stored "
-          f"(compression ratio {report['ratio']:.2f}x)")
+    print(
+        f"  {report['raw_MB']:.1f} MB raw -> {report['stored_MB']:.1f} MB stored "
+        f"(compression ratio {report['ratio']:.2f}x)"
+    )
     _check_with_zarr(os.path.join(encoded, f"{items[0][0]}.zarr.data"), items[0][1])
     return report
 
@@ -95,10 +99,13 @@ def _check_with_zarr(path: str, item: dict[str, object]) -> None:
         print("  (zarr-python not installed: skipping the independent read)")
         return
     group = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
-    same = all(np.array_equal(group[k][...], v) for k, v in item.items()
-               if isinstance(v, np.ndarray))
-    print(f"  zarr-python {zarr.__version__} opens {os.path.basename(path)}: "
-          f"{len(list(group.array_keys()))} arrays, values {'match' if same else 'DIFFER'}")
+    same = all(
+        np.array_equal(group[k][...], v) for k, v in item.items() if isinstance(v, np.ndarray)
+    )
+    print(
+        f"  zarr-python {zarr.__version__} opens {os.path.basename(path)}: "
+        f"{len(list(group.array_keys()))} arrays, values {'match' if same else 'DIFFER'}"
+    )
     if not same:
         raise SystemExit("zarr-python read different values")
 

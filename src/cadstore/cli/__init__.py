@@ -16,10 +16,13 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    parser = argparse.ArgumentParser(prog="cadstore", description="Storage for CAD machine learning.")
+    parser = argparse.ArgumentParser(
+        prog="cadstore", description="Storage for CAD machine learning."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="encode, store and verify a batch of realistic items",
-                   add_help=False)
+    sub.add_parser(
+        "demo", help="encode, store and verify a batch of realistic items", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from cadstore.demo import main as demo_main

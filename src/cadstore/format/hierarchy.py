@@ -88,7 +88,10 @@ class Hierarchy(ABC):
     location: str
 
     def __init__(self) -> None:
-        self.arrays: dict[str, ArrayMeta] = {}
+        # Array metadata, parsed on first use: opening an item to read one array should
+        # not pay for validating all of them.
+        self.arrays: dict[str, ArrayMeta | None] = {}
+        self._raw: dict[str, tuple[Mapping[str, Any], Mapping[str, Any] | None]] = {}
         # group path -> ordered child names; the root is "".
         self.groups: dict[str, dict[str, None]] = {"": {}}
         self.group_attributes: dict[str, dict[str, Any]] = {"": {}}
@@ -130,9 +133,21 @@ class Hierarchy(ABC):
                 self.groups["/".join(parts[: i - 1]) if i > 1 else ""][parts[i - 1]] = None
             self.groups[parent][parts[i]] = None
 
+    def meta(self, path: str) -> ArrayMeta:
+        """Return the validated metadata of array ``path`` (``KeyError`` if not an array)."""
+        meta = self.arrays[path]
+        if meta is None:
+            doc, attrs = self._raw[path]
+            try:
+                meta = parse_array_meta(doc, self.limits, attrs=attrs)
+            except MetadataError as exc:
+                raise CorruptStoreError(self.location, f"array {path!r}: {exc}") from exc
+            self.arrays[path] = meta
+        return meta
+
     def read_array(self, path: str) -> np.ndarray:
         """Decode array ``path`` as stored (no ``cadstore_kind`` conversion)."""
-        meta = self.arrays[path]
+        meta = self.meta(path)
         try:
             arr = decode_array(
                 meta,
@@ -151,7 +166,7 @@ class Hierarchy(ABC):
     def read_leaf(self, path: str) -> Leaf:
         """Return array ``path`` as the value that was saved."""
         arr = self.read_array(path)
-        return _array_to_leaf(arr, self.arrays[path].attributes.get(KIND_ATTRIBUTE))
+        return _array_to_leaf(arr, self.meta(path).attributes.get(KIND_ATTRIBUTE))
 
     def read_node(self, path: str) -> Node:
         """Return the leaf at ``path``, or a nested dict for a group; ``KeyError`` if absent."""
@@ -229,7 +244,8 @@ class ReadHierarchy(Hierarchy):
             raise MetadataError(f"metadata of {path!r} is not an object")
         is_array = doc.get("node_type") == "array" if self_is_v3(doc) else "shape" in doc
         if is_array:
-            self.arrays[path] = parse_array_meta(doc, self.limits, attrs=attrs)
+            self.arrays[path] = None
+            self._raw[path] = (doc, attrs)
             self._link(path)
         else:
             if path:
@@ -351,17 +367,13 @@ class BuildHierarchy(Hierarchy):
             return
         arr, kind = _leaf_to_array(node)
         attrs = {KIND_ATTRIBUTE: kind} if kind else {}
-        docs, chunks = encode_array(
+        docs, chunks, meta = encode_array(
             arr,
             dims=dims_for(path, arr.ndim),
             attributes=attrs,
             level=self.level,
             zarr_format=self.zarr_format,
         )
-        if self.zarr_format == 3:
-            meta = parse_array_meta(docs["zarr.json"], self.limits)
-        else:
-            meta = parse_array_meta(docs[".zarray"], self.limits, attrs=docs[".zattrs"])
         self.docs[path] = docs
         self.chunks[path] = chunks
         self.arrays[path] = meta
@@ -401,49 +413,29 @@ class BuildHierarchy(Hierarchy):
         dump = _compact_json
         root_attrs = dict(root_attributes or self.group_attributes.get("", {}))
         below = list(self._members_below("", dump))
+        # Each document is serialised once; the consolidated copy splices in those bytes.
+        docs = [(k, d) for k, d in below if k.rsplit("/", 1)[-1] in _METADATA_NAMES]
         if self.zarr_format == 3:
             # Inline consolidated metadata lets zarr-python open the hierarchy without
             # listing the store, so it never stumbles over metadata.json.
-            consolidated = {path: doc for path, doc in self._node_docs_v3()}
-            root = {
-                "zarr_format": 3,
-                "node_type": "group",
-                "attributes": root_attrs,
-                "consolidated_metadata": {
-                    "kind": "inline",
-                    "must_understand": False,
-                    "metadata": consolidated,
-                },
-            }
-            yield "zarr.json", dump(root)
+            entries = b",".join(dump(k[: -len("/zarr.json")]) + b":" + d for k, d in docs)
+            yield (
+                "zarr.json",
+                (
+                    b'{"zarr_format":3,"node_type":"group","attributes":'
+                    + dump(root_attrs)
+                    + b',"consolidated_metadata":{"kind":"inline","must_understand":false,'
+                    b'"metadata":{' + entries + b"}}}"
+                ),
+            )
         else:
-            yield ".zgroup", dump({"zarr_format": 2})
+            top = [(".zgroup", dump({"zarr_format": 2}))]
             if root_attrs:
-                yield ".zattrs", dump(root_attrs)
-            docs: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
-            if root_attrs:
-                docs[".zattrs"] = root_attrs
-            docs.update(self._node_docs_v2())
-            yield ".zmetadata", dump({"zarr_consolidated_format": 1, "metadata": docs})
+                top.append((".zattrs", dump(root_attrs)))
+            yield from top
+            entries = b",".join(dump(k) + b":" + d for k, d in top + docs)
+            yield ".zmetadata", (b'{"zarr_consolidated_format":1,"metadata":{' + entries + b"}}")
         yield from below
-
-    def _node_docs_v3(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for group in self.groups:
-            if group:
-                attrs = self.group_attributes.get(group, {})
-                yield group, {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        for path, docs in self.docs.items():
-            yield path, docs["zarr.json"]
-
-    def _node_docs_v2(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for group in self.groups:
-            if group:
-                yield f"{group}/.zgroup", {"zarr_format": 2}
-                if self.group_attributes.get(group):
-                    yield f"{group}/.zattrs", self.group_attributes[group]
-        for path, docs in self.docs.items():
-            for name, doc in docs.items():
-                yield f"{path}/{name}", doc
 
     def _members_below(
         self, path: str, dump: Callable[[Any], bytes]
@@ -483,7 +475,8 @@ class BuildHierarchy(Hierarchy):
         for group in source.groups:
             if group:
                 out._link(group, group=True)
-        for path, meta in source.arrays.items():
+        for path in source.arrays:
+            meta = source.meta(path)
             if source.zarr_format == 3:
                 doc = source._json(f"{path}/zarr.json")
                 out.docs[path] = {"zarr.json": doc}

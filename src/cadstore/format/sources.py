@@ -23,21 +23,24 @@ from cadstore.fs import FileSystem, LocalFileSystem
 
 __all__ = ["DictSource", "DirectorySource", "KeySource", "ZipSource", "check_member_name"]
 
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f\\]")
+# Anything that could escape a root or confuse a file system: control characters and
+# backslash anywhere; a leading slash or drive letter; an empty, "." or ".." segment.
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\\]|^/|^[A-Za-z]:|(?:^|/)\.{0,2}(?:/|$)")
 
 
 def check_member_name(name: str) -> str | None:
     """Return why ``name`` is not a safe store key, or ``None`` if it is."""
     if not name:
         return "empty name"
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+    match = _UNSAFE_NAME.search(name)
+    if match is None:
+        return None
+    text = match.group()
+    if (text == "/" and match.start() == 0) or (len(text) == 2 and text[1] == ":"):
         return "absolute path"
-    if _BAD_NAME.search(name):
-        return "control character or backslash"
-    parts = name.rstrip("/").split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if text.strip("/.") == "":
         return "empty, '.' or '..' path segment"
-    return None
+    return "control character or backslash"
 
 
 class KeySource(ABC):

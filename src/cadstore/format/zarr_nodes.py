@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any
 
@@ -533,7 +533,7 @@ def encode_array(
     level: int | None,
     zarr_format: int = 3,
     chunks: Sequence[int] | None = None,
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+) -> tuple[dict[str, Any], dict[str, bytes], ArrayMeta]:
     """Encode an array into standard Zarr metadata and chunk bytes.
 
     Parameters
@@ -555,7 +555,8 @@ def encode_array(
     -------
     tuple
         The metadata document(s) by file name relative to the array (``{"zarr.json": doc}``
-        or ``{".zarray": doc, ".zattrs": attrs}``) and the chunk bytes by relative key.
+        or ``{".zarray": doc, ".zattrs": attrs}``), the chunk bytes by relative key, and the
+        parsed metadata (what :func:`parse_array_meta` returns for those documents).
     """
     is_string = arr.dtype.kind == "U"
     dtype: Any = STRING if is_string else arr.dtype
@@ -617,7 +618,7 @@ def encode_array(
             "attributes": dict(attributes),
             "dimension_names": list(dims),
         }
-        return {"zarr.json": doc}, out
+        return {"zarr.json": doc}, out, _finish(meta, codecs, (), _v3_fill_parsed(dtype))
     zarray = {
         "zarr_format": 2,
         "shape": list(arr.shape),
@@ -631,7 +632,21 @@ def encode_array(
         "dimension_separator": ".",
     }
     zattrs = {"_ARRAY_DIMENSIONS": list(dims), **attributes}
-    return {".zarray": zarray, ".zattrs": zattrs}, out
+    compressor = (zarray["compressor"],) if zarray["compressor"] else ()
+    filters = tuple(zarray["filters"] or ())
+    parsed = _finish(meta, compressor, filters, "" if is_string else 0)
+    if is_string:
+        parsed = replace(parsed, object_codec="vlen-utf8")
+    return {".zarray": zarray, ".zattrs": zattrs}, out, parsed
+
+
+def _finish(meta: ArrayMeta, codecs: Any, filters: Any, fill: Any) -> ArrayMeta:
+    return replace(meta, codecs=tuple(codecs), filters=tuple(filters), fill_value=fill)
+
+
+def _v3_fill_parsed(dtype: Any) -> Any:
+    fill = _v3_fill(dtype)
+    return complex(*fill) if isinstance(fill, list) else fill
 
 
 def pack_u32(n: int) -> bytes:

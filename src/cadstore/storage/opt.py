@@ -37,7 +37,6 @@ import fnmatch
 import json
 import os
 import time
-import zipfile
 from collections.abc import Iterator
 from typing import IO, Any, Literal
 
@@ -46,6 +45,7 @@ from cadstore.format import jsoncodec
 from cadstore.format.hierarchy import BuildHierarchy, Hierarchy, ReadHierarchy, default_dims
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.format.zipwriter import write_stored_zip
 from cadstore.fs import TEMP_PREFIX, LocalFileSystem, filesystem_for
 from cadstore.storage.base import DataStorage, NodeKind
 from cadstore.storage.values import Node
@@ -56,10 +56,16 @@ __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 DEFAULT_COMPRESSION_LEVEL = 3
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
-# Zip timestamps are fixed so that the same item always produces the same bytes.
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Temporary files older than this are leftovers of killed writers and are swept.
 _STALE_TEMP_SECONDS = 3600.0
+
+
+def _is_json_member(name: str) -> bool:
+    # Metadata documents are small, repetitive JSON: deflating them shrinks an item's
+    # container overhead by more than half. Chunks are zstd frames already.
+    return name.endswith(
+        ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata", METADATA_FILE)
+    )
 
 
 class OptStorage(DataStorage):
@@ -287,11 +293,7 @@ class OptStorage(DataStorage):
         yield METADATA_FILE, jsoncodec.dumps(self._metadata).encode("utf-8")
 
     def _write_zip(self, fh: IO[bytes]) -> None:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, data in self._members():
-                info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, data)
+        write_stored_zip(fh, list(self._members()), deflate=_is_json_member)
 
     def compress_store(self) -> int:
         """Publish the item as a single ``.data`` file, atomically.
@@ -348,9 +350,16 @@ class OptStorage(DataStorage):
         elif not self._compressed_size and self._modified:
             self._write_directory()
         if self._modified and self._summary_dir is not None:
-            self._fs.makedirs(self._summary_dir)
-            self._fs.write_bytes_atomic(
-                self._fs.join(self._summary_dir, f"{name}.json"),
+            # The summary duplicates metadata.json inside the .data file, so it is written
+            # atomically but not fsynced: losing it to a power cut loses nothing.
+            scratch = (
+                LocalFileSystem(durable=False)
+                if isinstance(self._fs, LocalFileSystem)
+                else self._fs
+            )
+            scratch.makedirs(self._summary_dir)
+            scratch.write_bytes_atomic(
+                scratch.join(self._summary_dir, f"{name}.json"),
                 jsoncodec.dumps(self._metadata, indent=1).encode("utf-8"),
             )
         self._copy_visualisations()
@@ -418,8 +427,9 @@ class OptStorage(DataStorage):
         """Return the dimension names stored for array ``data_key``."""
         with self._lock:
             self._check_open()
-            meta = self._hier.arrays.get(data_key)
-            return None if meta is None else meta.dims
+            if data_key not in self._hier.arrays:
+                return None
+            return self._hier.meta(data_key).dims
 
     def _describe(self) -> str:
         return repr(self._zip_path if self._read_only else self._store_path)

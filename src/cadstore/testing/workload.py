@@ -199,6 +199,9 @@ _CURVED = np.zeros(16, dtype=bool)
 _CURVED[[1, 2, 3, 4, 13]] = True
 _FREEFORM = np.zeros(16, dtype=bool)
 _FREEFORM[[5, 14]] = True
+for _table in (_FACE_TYPE_VALUES, _FACE_TYPE_PROBS, _CURVED, _FREEFORM):
+    _table.flags.writeable = False
+del _table
 _MASK64 = (1 << 64) - 1
 
 
@@ -237,6 +240,7 @@ def _face_counts(
 
 
 def _check_seed_index(seed: int, index: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` fits a uint64 and ``index`` is non-negative."""
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     if index < 0:
@@ -365,6 +369,7 @@ def _make_faces(rng: np.random.Generator, n: int, config: WorkloadConfig) -> _Fa
     box = rng.random(6)
     uni = rng.random((22, n))
     gauss = rng.standard_normal((6, n))
+    # Part bounding box: log-uniform size of about 35-190 mm, one side the longest.
     extent = 80.0 * math.exp(0.6 * (box[0] - 0.5) * 3.0) * (0.3 + 0.7 * box[1:4])
     extent[int(3 * box[4])] = 80.0 * math.exp(0.6 * (box[5] - 0.5) * 3.0)
     face_scale = math.sqrt(
