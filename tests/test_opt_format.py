@@ -289,3 +289,13 @@ def test_reads_vendor_zarr2_items(name: str) -> None:
         assert set(storage.get_keys()) == {k.split("/")[0] for k in expected["arrays"]}
     finally:
         storage.close()
+
+
+def test_write_mode_replaces_an_item(tmp_path: Path) -> None:
+    _write(tmp_path / "part.zarr")
+    with OptStorage(tmp_path / "part.zarr", mode="w") as storage:
+        assert storage.get_keys() == []
+        storage.save_data("only", 1)
+        storage.compress_store()
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        assert storage.get_keys() == ["only"]

@@ -88,7 +88,8 @@ class OptStorage(DataStorage):
     mode
         ``None`` follows the specification: read-only when only the ``.data`` file exists,
         writable otherwise. ``"r"`` forces read-only, ``"a"`` loads an existing ``.data``
-        into a writable storage that ``compress_store()`` publishes again.
+        into a writable storage that ``compress_store()`` publishes again, ``"w"`` starts an
+        empty item whose ``compress_store()`` atomically replaces any existing ``.data``.
     summary_dir
         Where ``close()`` exports the metadata as ``<name>.json``; defaults to
         ``files_summary/`` next to the store. ``False`` disables the export.
@@ -119,13 +120,15 @@ class OptStorage(DataStorage):
         zarr_format: int = 3,
         compression_level: int | None = DEFAULT_COMPRESSION_LEVEL,
         allow_nan: bool = False,
-        mode: Literal["r", "a"] | None = None,
+        mode: Literal["r", "a", "w"] | None = None,
         summary_dir: str | os.PathLike[str] | bool | None = None,
         stream_cache_dir: str | os.PathLike[str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         storage_options: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> None:
+        if mode not in (None, "r", "a", "w"):
+            raise ValueError(f"mode must be None, 'r', 'a' or 'w', got {mode!r}")
         fs, path = filesystem_for(store_path, storage_options)
         self._fs = (
             fs if durable or not isinstance(fs, LocalFileSystem) else LocalFileSystem(durable=False)
@@ -165,7 +168,8 @@ class OptStorage(DataStorage):
         super().__init__(read_only=read_only)
         self._hier: Hierarchy
         if read_only:
-            if zip_exists and not (mode == "r" and dir_exists):
+            # The published file wins over a working directory left by an interrupted writer.
+            if zip_exists:
                 self._source = ZipSource(self._zip_path, self._fs, limits)
             elif dir_exists:
                 self._source = DirectorySource(self._store_path)
@@ -180,7 +184,10 @@ class OptStorage(DataStorage):
             return
         else:
             self._hier = BuildHierarchy(zarr_format, compression_level, self._store_path, limits)
-            if dir_exists and self._dir_holds_store():
+            if mode == "w":
+                if dir_exists and self._dir_holds_store():
+                    self._fs.rmtree(self._store_path)
+            elif dir_exists and self._dir_holds_store():
                 self._load_existing(DirectorySource(self._store_path))
             elif mode == "a" and zip_exists:
                 self._load_existing(ZipSource(self._zip_path, self._fs, limits))

@@ -1,0 +1,120 @@
+"""A writer killed at any moment never leaves a partial ``.data`` file visible."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cadstore import OptStorage
+from cadstore.fs import TEMP_PREFIX
+
+# The child rewrites the same item over and over. Version k is derived from k alone, so a
+# reader can tell a complete file (every array agrees with the metadata) from a torn one.
+# The payload is large and incompressible so that the file takes a while to write and a
+# kill often lands in the middle of a write.
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from cadstore import OptStorage
+
+    target, pause = sys.argv[1], sys.argv[2] == "pause"
+    if pause:
+        # Announce the moment the zip is half written, then stall, so that the parent's
+        # kill lands inside the write of the published file.
+        import time
+        import cadstore.storage.opt as opt
+
+        real = opt.write_stored_zip
+
+        class Stalling:
+            def __init__(self, fh):
+                self.fh, self.written = fh, 0
+
+            def write(self, data):
+                self.fh.write(data)
+                self.written += len(data)
+                if self.written > 4_000_000:
+                    self.fh.flush()
+                    print("mid-write", flush=True)
+                    time.sleep(30)
+
+        opt.write_stored_zip = lambda fh, members, **kw: real(Stalling(fh), members, **kw)
+    print("ready", flush=True)
+    k = 0
+    while True:
+        k += 1
+        s = OptStorage(target, mode="w")
+        s.save_data("face_areas", np.full(20_000, k, dtype=np.float32))
+        s.save_data("graph", {"edges_source": np.full(50_000, k, dtype=np.int64),
+                              "num_nodes": k})
+        s.save_data("noise", np.random.default_rng(k).random(2_000_000).astype(np.float32))
+        s.save_metadata("version", k)
+        s.compress_store()
+        s.close()
+    """
+)
+
+
+def _check(store: Path) -> int | None:
+    """Return the version in the published file, or None if there is none yet."""
+    data = Path(str(store) + ".data")
+    if not data.exists():
+        return None
+    with OptStorage(store, mode="r") as storage:
+        version = storage.load_metadata("version")
+        assert np.all(storage.load_data("face_areas") == version)
+        assert np.all(storage.load_data("graph/edges_source") == version)
+        assert storage.load_data("graph/num_nodes") == version
+        expected = np.random.default_rng(version).random(2_000_000).astype(np.float32)
+        assert np.array_equal(storage.load_data("noise"), expected)
+        return int(version)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_killed_writer_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    seen: list[int | None] = []
+    for attempt in range(30):
+        store = tmp_path / f"run{attempt % 3}" / "item.zarr"
+        store.parent.mkdir(exist_ok=True)
+        # Odd runs kill at a random moment; even runs kill in the middle of a zip write
+        # (after the first item of that run was published, so an old version exists).
+        pause = attempt % 2 == 0
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(store), "pause" if pause else "random"],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            if pause:
+                assert proc.stdout.readline().strip() == b"mid-write"
+            else:
+                time.sleep(rng.uniform(0.0, 0.25))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        # The directory store and temp files may be left behind by a kill; the published
+        # file must be absent or complete.
+        seen.append(_check(store))
+    published = [v for v in seen if v is not None]
+    # Most runs got far enough to publish; every published file was complete.
+    assert len(published) >= 10
+    leftovers = [p.name for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+    assert all(name.startswith(TEMP_PREFIX) for name in leftovers)
