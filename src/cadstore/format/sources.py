@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from cadstore.errors import CorruptStoreError, LimitExceededError
@@ -23,24 +26,24 @@ from cadstore.fs import FileSystem, LocalFileSystem
 
 __all__ = ["DictSource", "DirectorySource", "KeySource", "ZipSource", "check_member_name"]
 
-# Anything that could escape a root or confuse a file system: control characters and
-# backslash anywhere; a leading slash or drive letter; an empty, "." or ".." segment.
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\\]|^/|^[A-Za-z]:|(?:^|/)\.{0,2}(?:/|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_member_name(name: str) -> str | None:
     """Return why ``name`` is not a safe store key, or ``None`` if it is."""
     if not name:
         return "empty name"
-    match = _UNSAFE_NAME.search(name)
-    if match is None:
-        return None
-    text = match.group()
-    if (text == "/" and match.start() == 0) or (len(text) == 2 and text[1] == ":"):
+    if name[0] == "/" or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
         return "absolute path"
-    if text.strip("/.") == "":
+    if "\\" in name or (not name.isprintable() and _CONTROL.search(name)):
+        return "control character or backslash"
+    if (
+        "//" in name
+        or name[-1] == "/"
+        or ("." in name and any(part in (".", "..") for part in name.split("/")))
+    ):
         return "empty, '.' or '..' path segment"
-    return "control character or backslash"
+    return None
 
 
 class KeySource(ABC):
@@ -91,8 +94,108 @@ class DictSource(KeySource):
         return key in self.data
 
 
+@dataclass(frozen=True, slots=True)
+class ZipMember:
+    """One entry of a zip's central directory."""
+
+    name: str
+    method: int
+    flags: int
+    crc: int
+    compress_size: int
+    file_size: int
+    header_offset: int
+
+
+class _NeedZipfile(Exception):
+    """The archive uses a feature (ZIP64, multi-disk) left to ``zipfile``."""
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+
+
+def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> list[ZipMember]:
+    """Parse a zip's end record and central directory.
+
+    Parameters
+    ----------
+    read_at
+        ``read_at(offset, n)`` returns up to ``n`` bytes at ``offset``.
+    size
+        The file size.
+
+    Raises
+    ------
+    _NeedZipfile
+        For ZIP64 or multi-disk archives, which ``zipfile`` handles.
+    ValueError
+        If the structures are inconsistent (a corrupt or truncated file).
+    """
+    tail_len = min(size, 22 + 0xFFFF)
+    tail = read_at(size - tail_len, tail_len)
+    # The end record is the last signature whose comment length reaches exactly the end
+    # of the file; a comment may itself contain the signature bytes.
+    pos = len(tail)
+    while True:
+        pos = tail.rfind(b"PK\x05\x06", 0, pos)
+        if pos < 0:
+            raise ValueError("no end of central directory record")
+        if len(tail) - pos >= 22 and pos + 22 + _EOCD.unpack_from(tail, pos)[7] == len(tail):
+            break
+    _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, pos)
+    if 0xFFFF in (n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_offset):
+        raise _NeedZipfile
+    if pos >= 20 and tail[pos - 20 : pos - 16] == b"PK\x06\x07":
+        raise _NeedZipfile
+    if disk or cd_disk or n_disk != n_total:
+        raise _NeedZipfile
+    eocd_offset = size - tail_len + pos
+    if cd_offset + cd_size > eocd_offset:
+        raise ValueError("central directory overlaps its end record")
+    directory = read_at(cd_offset, cd_size)
+    if len(directory) != cd_size:
+        raise ValueError("central directory is truncated")
+    members: list[ZipMember] = []
+    at = 0
+    for _ in range(n_total):
+        if at + 46 > cd_size:
+            raise ValueError("central directory is truncated")
+        (
+            sig,
+            _made,
+            _need,
+            flags,
+            method,
+            _t,
+            _d,
+            crc,
+            csize,
+            usize,
+            n_len,
+            e_len,
+            c_len,
+            _disk,
+            _iattr,
+            _eattr,
+            offset,
+        ) = _CENTRAL.unpack_from(directory, at)
+        if sig != b"PK\x01\x02":
+            raise ValueError("bad central directory entry")
+        if 0xFFFFFFFF in (csize, usize, offset):
+            raise _NeedZipfile
+        raw_name = directory[at + 46 : at + 46 + n_len]
+        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+        members.append(ZipMember(name, method, flags, crc, csize, usize, offset))
+        at += 46 + n_len + e_len + c_len
+    return members
+
+
 class ZipSource(KeySource):
     """The members of a zip file, read in place.
+
+    Stored and deflated members are read with positioned reads and checked against their
+    CRC; other compression methods and ZIP64 archives go through ``zipfile``.
 
     Parameters
     ----------
@@ -116,6 +219,7 @@ class ZipSource(KeySource):
         self.limits = limits
         self._fs = fs or LocalFileSystem()
         self._lock = threading.Lock()
+        self._zip: zipfile.ZipFile | None = None
         try:
             self._fh: IO[bytes] = self._fs.open_read(path)
         except FileNotFoundError as exc:
@@ -123,30 +227,30 @@ class ZipSource(KeySource):
         except IsADirectoryError as exc:
             raise CorruptStoreError(path, "is a directory, not a zip file") from exc
         try:
+            self._fd: int | None = self._fh.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # not a real file (remote or in-memory)
+        self._data_offsets: dict[str, int] = {}
+        try:
             self._size = self._fh.seek(0, os.SEEK_END)
-            self._fh.seek(0)
-            self._zip = zipfile.ZipFile(self._fh, "r")
-            infos = self._zip.infolist()
-        except (
-            zipfile.BadZipFile,
-            zipfile.LargeZipFile,
-            OSError,
-            ValueError,
-            EOFError,
-            NotImplementedError,
-            UnicodeDecodeError,
-            RuntimeError,
-        ) as exc:
+            try:
+                entries = read_central_directory(self._read_at, self._size)
+            except _NeedZipfile:
+                entries = self._entries_from_zipfile()
+        except (MemoryError, KeyboardInterrupt):
             self._fh.close()
+            raise
+        except Exception as exc:  # struct, zipfile and decoding errors all mean "corrupt"
+            self.close()
             raise CorruptStoreError(path, f"not a readable zip file ({exc})") from exc
-        if len(infos) > limits.max_members:
+        if len(entries) > limits.max_members:
             self.close()
             raise LimitExceededError(
-                path, f"{len(infos)} zip members exceed max_members={limits.max_members}"
+                path, f"{len(entries)} zip members exceed max_members={limits.max_members}"
             )
-        self._members: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename
+        self._members: dict[str, ZipMember] = {}
+        for entry in entries:
+            name = entry.name
             if name.endswith("/"):
                 continue
             problem = check_member_name(name)
@@ -156,10 +260,35 @@ class ZipSource(KeySource):
             if name in self._members:
                 self.close()
                 raise CorruptStoreError(path, f"duplicate zip member {name!r}")
-            if info.flag_bits & 0x1:
+            if entry.flags & 0x1:
                 self.close()
                 raise CorruptStoreError(path, f"zip member {name!r} is encrypted")
-            self._members[name] = info
+            self._members[name] = entry
+
+    def _read_at(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0:
+            raise ValueError("negative offset or length")
+        if self._fd is not None:
+            return os.pread(self._fd, n, offset)
+        with self._lock:
+            self._fh.seek(offset)
+            return self._fh.read(n)
+
+    def _entries_from_zipfile(self) -> list[ZipMember]:
+        self._fh.seek(0)
+        self._zip = zipfile.ZipFile(self._fh, "r")
+        return [
+            ZipMember(
+                i.filename,
+                i.compress_type,
+                i.flag_bits,
+                i.CRC,
+                i.compress_size,
+                i.file_size,
+                i.header_offset,
+            )
+            for i in self._zip.infolist()
+        ]
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
         info = self._members.get(key)
@@ -169,29 +298,64 @@ class ZipSource(KeySource):
         if info.file_size > limit:
             raise LimitExceededError(
                 self.location,
-                f"member {key!r} declares {info.file_size} "
-                f"bytes, more than max_chunk_bytes={limit}",
+                f"member {key!r} declares {info.file_size} bytes, more than "
+                f"max_chunk_bytes={limit}",
             )
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        if info.method == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise CorruptStoreError(self.location, f"stored member {key!r} has inconsistent sizes")
         if info.compress_size > self._size:
             raise CorruptStoreError(self.location, f"member {key!r} is larger than the file")
+        if info.method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            return self._read_member(key, info)
+        return self._read_with_zipfile(key, info)
+
+    def _read_member(self, key: str, info: ZipMember) -> bytes:
+        """Read a stored or deflated member with positioned reads; check sizes and CRC.
+
+        ``zipfile`` builds a file object per member; for the many small chunks of an item
+        that costs more than the read itself.
+        """
+        start = self._data_offsets.get(key)
+        if start is None:
+            header = self._read_at(info.header_offset, 30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
+            name_len, extra_len = struct.unpack_from("<HH", header, 26)
+            start = info.header_offset + 30 + name_len + extra_len
+            self._data_offsets[key] = start
+        if start + info.compress_size > self._size:
+            raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
+        data = self._read_at(start, info.compress_size)
+        if len(data) != info.compress_size:
+            raise CorruptStoreError(self.location, f"member {key!r} is truncated")
+        if info.method == zipfile.ZIP_DEFLATED:
+            inflater = zlib.decompressobj(-15)
+            try:
+                # Never inflate past the declared size: a bomb stops at the limit.
+                data = inflater.decompress(data, info.file_size + 1)
+            except zlib.error as exc:
+                raise CorruptStoreError(self.location, f"member {key!r}: {exc}") from exc
+            if len(data) != info.file_size:
+                raise CorruptStoreError(
+                    self.location,
+                    f"member {key!r} inflates to a size other than its header says",
+                )
+        if zlib.crc32(data) != info.crc:
+            raise CorruptStoreError(self.location, f"member {key!r} is corrupt (CRC mismatch)")
+        return data
+
+    def _read_with_zipfile(self, key: str, info: ZipMember) -> bytes:
         try:
-            with self._lock, self._zip.open(info) as member:
-                # Read at most one byte past the declared size to catch lying headers.
-                data = member.read(info.file_size + 1)
-        except (
-            zipfile.BadZipFile,
-            OSError,
-            ValueError,
-            EOFError,
-            NotImplementedError,
-            RuntimeError,
-            UnicodeDecodeError,
-            Exception,
-        ) as exc:
-            if isinstance(exc, MemoryError | KeyboardInterrupt):
-                raise
+            with self._lock:
+                if self._zip is None:
+                    self._fh.seek(0)
+                    self._zip = zipfile.ZipFile(self._fh, "r")
+                with self._zip.open(key) as member:
+                    # At most one byte past the declared size, to catch lying headers.
+                    data = member.read(info.file_size + 1)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # zipfile and its decompressors raise many types
             raise CorruptStoreError(self.location, f"cannot read member {key!r}: {exc}") from exc
         if len(data) != info.file_size:
             raise CorruptStoreError(
@@ -215,9 +379,8 @@ class ZipSource(KeySource):
 
     def close(self) -> None:  # docstring inherited
         try:
-            zf = getattr(self, "_zip", None)
-            if zf is not None:
-                zf.close()
+            if self._zip is not None:
+                self._zip.close()
         finally:
             self._fh.close()
 

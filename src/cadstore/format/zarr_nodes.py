@@ -356,6 +356,15 @@ def decode_array(
             f"array declares {nbytes} bytes ({meta.shape}), more than the {bound} bytes allowed "
             f"for a {source_bytes}-byte file (see cadstore.format.limits.Limits)"
         )
+    if meta.size and meta.chunks == meta.shape:
+        # One chunk holding the whole array: the common case for CAD items.
+        raw = get_chunk(meta.chunk_key((0,) * len(meta.shape)))
+        if raw is None:
+            return np.full(
+                meta.shape, meta.fill_value, dtype=object if meta.is_string else meta.dtype
+            )
+        chunk = _decode_chunk(meta, raw, limits)
+        return _strings_to_unicode(chunk) if meta.is_string else chunk
     if meta.is_string:
         out = np.empty(meta.shape, dtype=object)
     else:

@@ -54,36 +54,24 @@ def write_stored_zip(
         flags = 0 if raw_name.isascii() else _UTF8_FLAG
         crc = zlib.crc32(data)
         size = len(data)
-        fh.write(
-            pack_local(
-                0x04034B50,
-                _VERSION,
-                flags,
-                0,
-                _DOS_TIME,
-                _DOS_DATE,
-                crc,
-                size,
-                size,
-                len(raw_name),
-                0,
-            )
-        )
+        method, payload = 0, data
+        if deflate(name):
+            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+            packed = packer.compress(data) + packer.flush()
+            if len(packed) < size:
+                method, payload = 8, packed
+        header = (_DOS_TIME, _DOS_DATE, crc, len(payload), size, len(raw_name))
+        fh.write(pack_local(0x04034B50, _VERSION, flags, method, *header, 0))
         fh.write(raw_name)
-        fh.write(data)
+        fh.write(payload)
         central.append(
             pack_central(
                 0x02014B50,
                 _MADE_BY,
                 _VERSION,
                 flags,
-                0,
-                _DOS_TIME,
-                _DOS_DATE,
-                crc,
-                size,
-                size,
-                len(raw_name),
+                method,
+                *header,
                 0,
                 0,
                 0,
@@ -93,7 +81,7 @@ def write_stored_zip(
             )
         )
         central.append(raw_name)
-        offset += 30 + len(raw_name) + size
+        offset += 30 + len(raw_name) + len(payload)
     directory = b"".join(central)
     fh.write(directory)
     fh.write(

@@ -27,8 +27,10 @@ If ``close()`` is called without ``compress_store()``, the item is kept as a sta
 directory at ``store_path`` (with ``metadata.json``), which a later ``OptStorage`` on the
 same path reopens for writing.
 
-The default compression is zstd level 3: on CAD items levels above 3 shrink files by a few
-percent at several times the cost (``bench/bench_item.py`` measures it).
+The default compression is zstd level 5. On the realistic workload level 3 writes files
+about 19% larger than the specified design (Zstd 12 with Delta filters), while level 5
+writes files about 4% smaller, because the face-pair histograms that dominate an item
+compress much better from level 5 on; ``bench/bench_item.py`` measures this.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from cadstore.storage.values import Node
 
 __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 
-#: zstd level used unless another is given (chosen by ``bench/bench_item.py``).
-DEFAULT_COMPRESSION_LEVEL = 3
+#: zstd level used unless another is given (chosen by ``bench/bench_item.py``: the lowest
+#: level whose files are no larger than the specified design's Zstd-12 files).
+DEFAULT_COMPRESSION_LEVEL = 5
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
 # Temporary files older than this are leftovers of killed writers and are swept.

@@ -1,0 +1,108 @@
+"""The zip reader: fast path, zipfile fallback, deflated members, hostile archives."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cadstore.errors import CorruptStoreError, LimitExceededError
+from cadstore.format.limits import Limits
+from cadstore.format.sources import ZipSource, check_member_name
+from cadstore.format.zipwriter import write_stored_zip
+
+
+def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
+    members = [("zarr.json", b'{"a": 1}' * 50), ("größe/c/0", b"\x00\x01" * 100), ("x", b"")]
+    path = tmp_path / "a.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members, deflate=lambda name: name.endswith(".json"))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        assert zf.getinfo("zarr.json").compress_type == zipfile.ZIP_DEFLATED
+        assert [zf.read(n) for n, _ in members] == [d for _, d in members]
+    source = ZipSource(str(path))
+    try:
+        assert sorted(source) == sorted(n for n, _ in members)
+        assert [source.get(n) for n, _ in members] == [d for _, d in members]
+        assert source.get("missing") is None
+    finally:
+        source.close()
+
+
+def test_zip64_archive_falls_back_to_zipfile(tmp_path: Path) -> None:
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:  # more than 65,535 entries needs ZIP64
+        for i in range(66_000):
+            zf.writestr(f"m/{i}", str(i))
+        zf.writestr("comment-after", b"x", compress_type=zipfile.ZIP_BZIP2)
+    source = ZipSource(str(path))
+    try:
+        assert source.get("m/65999") == b"65999"
+        assert source.get("comment-after") == b"x"
+    finally:
+        source.close()
+
+
+def test_archive_comment_and_member_limit(tmp_path: Path) -> None:
+    path = tmp_path / "c.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a", b"1")
+        zf.writestr("b", b"2")
+        zf.comment = b"PK\x05\x06 a comment that looks like an end record"
+    source = ZipSource(str(path))
+    assert source.get("b") == b"2"
+    source.close()
+    with pytest.raises(LimitExceededError, match="max_members"):
+        ZipSource(str(path), limits=Limits(max_members=1))
+
+
+def test_deflate_bomb_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zarr.json", b"\0" * (50 * 1024 * 1024))
+    source = ZipSource(str(path), limits=Limits(max_chunk_bytes=1024 * 1024))
+    try:
+        with pytest.raises(LimitExceededError, match=r"zarr\.json"):
+            source.get("zarr.json")
+    finally:
+        source.close()
+
+
+def test_lying_size_header(tmp_path: Path) -> None:
+    path = tmp_path / "lie.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("a", b"hello world")])
+    raw = bytearray(path.read_bytes())
+    # Central directory entry: uncompressed size field at offset 24 from its signature.
+    at = raw.rfind(b"PK\x01\x02")
+    raw[at + 20 : at + 28] = (5).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(raw))
+    source = ZipSource(str(path))
+    try:
+        with pytest.raises(CorruptStoreError, match="CRC"):
+            source.get("a")
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a/b", True),
+        ("a/.zarray", True),
+        ("a..b", True),
+        ("/abs", False),
+        ("C:x", False),
+        ("a/../b", False),
+        ("..", False),
+        ("a//b", False),
+        ("a/./b", False),
+        ("b\\s", False),
+        ("c\x01", False),
+        ("", False),
+    ],
+)
+def test_member_names(name: str, ok: bool) -> None:
+    assert (check_member_name(name) is None) is ok
