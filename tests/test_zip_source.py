@@ -106,3 +106,24 @@ def test_lying_size_header(tmp_path: Path) -> None:
 )
 def test_member_names(name: str, ok: bool) -> None:
     assert (check_member_name(name) is None) is ok
+
+
+def test_stream_writer_zip64_member_count(tmp_path: Path) -> None:
+    from cadstore.format.zipwriter import ZipStreamWriter
+
+    path = tmp_path / "big.zip"
+    with open(path, "wb") as fh:
+        writer = ZipStreamWriter(fh)
+        for i in range(70_000):
+            writer.add(f"m/{i}", str(i).encode())
+        writer.add("doc.json", b'{"a": 1}' * 100, deflate=True)
+        writer.close()
+    with zipfile.ZipFile(path) as zf:
+        assert len(zf.infolist()) == 70_001
+        assert zf.read("m/69999") == b"69999"
+        assert zf.read("doc.json") == b'{"a": 1}' * 100
+    source = ZipSource(str(path))
+    try:
+        assert source.get("m/12345") == b"12345"
+    finally:
+        source.close()

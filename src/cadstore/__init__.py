@@ -30,12 +30,17 @@ __version__ = "0.1.0"
 # Public names that live in modules with optional or heavy dependencies: name -> module.
 _LAZY = {
     "OptStorage": "cadstore.storage.opt",
+    "DatasetMerger": "cadstore.dataset",
+    "DatasetInfo": "cadstore.dataset",
+    "merge": "cadstore.dataset",
 }
 
 __all__ = [
     "CadstoreError",
     "CorruptStoreError",
     "DataStorage",
+    "DatasetInfo",
+    "DatasetMerger",
     "Group",
     "JsonStorageHandler",
     "KeyNotFoundError",
@@ -48,6 +53,7 @@ __all__ = [
     "SchemaValidationError",
     "StorageClosedError",
     "__version__",
+    "merge",
 ]
 
 

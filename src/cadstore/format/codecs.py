@@ -36,7 +36,7 @@ __all__ = [
 
 #: v3 codec names we read (array->bytes and bytes->bytes); anything else is refused.
 V3_READABLE_CODECS = frozenset(
-    ("bytes", "zstd", "gzip", "blosc", "crc32c", "transpose", "vlen-utf8")
+    ("bytes", "zstd", "gzip", "blosc", "crc32c", "transpose", "vlen-utf8", "sharding_indexed")
 )
 #: v2 compressor / filter ids we read.
 V2_READABLE_COMPRESSORS = frozenset(("zstd", "blosc", "zlib", "gzip", "lz4"))

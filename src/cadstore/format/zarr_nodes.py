@@ -435,6 +435,20 @@ def _bytes_codec_decode(
 
 def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) -> np.ndarray:
     codecs = list(meta.codecs)
+    if codecs[0]["name"] == "sharding_indexed":
+        if meta.is_string or len(codecs) != 1:
+            raise C.ChunkDecodeError("sharding is supported for numeric arrays only")
+        from cadstore.format.sharding import decode_shard
+
+        config = codecs[0].get("configuration") or {}
+        return decode_shard(
+            raw,
+            config,
+            meta.dtype,
+            meta.chunks,
+            limits.max_chunk_bytes,
+            lambda shape: np.full(shape, meta.fill_value, dtype=meta.dtype),
+        )
     a2a = []
     while codecs and codecs[0]["name"] == "transpose":
         a2a.append(codecs.pop(0))

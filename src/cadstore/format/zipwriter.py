@@ -102,3 +102,121 @@ def _write_with_zipfile(
             if deflate(name):
                 info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
+
+
+class ZipStreamWriter:
+    """Append members to a zip file one at a time, then write the central directory.
+
+    Used for merged datasets, whose shards are produced while items stream in. Members are
+    written as soon as they are added, so memory holds one member at a time; ZIP64 records
+    are written where sizes, offsets or the member count need them.
+
+    Parameters
+    ----------
+    fh
+        A binary file opened for writing, positioned at 0.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self._central: list[bytes] = []
+        self._offset = 0
+        self._count = 0
+        self._names: set[str] = set()
+
+    def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
+        """Write one member; ``deflate`` compresses it when that makes it smaller."""
+        if name in self._names:
+            raise ValueError(f"duplicate zip member {name!r}")
+        self._names.add(name)
+        raw_name = name.encode("utf-8")
+        flags = 0 if raw_name.isascii() else _UTF8_FLAG
+        crc = zlib.crc32(data)
+        size = len(data)
+        method, payload = 0, data
+        if deflate:
+            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+            packed = packer.compress(data) + packer.flush()
+            if len(packed) < size:
+                method, payload = 8, packed
+        big = size >= _LIMIT or len(payload) >= _LIMIT
+        version = 45 if big or self._offset >= _LIMIT else _VERSION
+        local_extra = struct.pack("<HHQQ", 1, 16, size, len(payload)) if big else b""
+        sizes = (_LIMIT, _LIMIT) if big else (len(payload), size)
+        self._fh.write(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                version,
+                flags,
+                method,
+                _DOS_TIME,
+                _DOS_DATE,
+                crc,
+                *sizes,
+                len(raw_name),
+                len(local_extra),
+            )
+        )
+        self._fh.write(raw_name)
+        self._fh.write(local_extra)
+        self._fh.write(payload)
+        extra_values = []
+        if size >= _LIMIT:
+            extra_values.append(size)
+        if len(payload) >= _LIMIT:
+            extra_values.append(len(payload))
+        if self._offset >= _LIMIT:
+            extra_values.append(self._offset)
+        central_extra = (
+            struct.pack(f"<HH{len(extra_values)}Q", 1, 8 * len(extra_values), *extra_values)
+            if extra_values
+            else b""
+        )
+        self._central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                (3 << 8) | version,
+                version,
+                flags,
+                method,
+                _DOS_TIME,
+                _DOS_DATE,
+                crc,
+                min(len(payload), _LIMIT),
+                min(size, _LIMIT),
+                len(raw_name),
+                len(central_extra),
+                0,
+                0,
+                0,
+                _EXTERNAL_ATTR,
+                min(self._offset, _LIMIT),
+            )
+            + raw_name
+            + central_extra
+        )
+        self._offset += 30 + len(raw_name) + len(local_extra) + len(payload)
+        self._count += 1
+
+    def close(self) -> None:
+        """Write the central directory and end records (ZIP64 when needed)."""
+        directory = b"".join(self._central)
+        cd_offset, cd_size, n = self._offset, len(directory), self._count
+        self._fh.write(directory)
+        if n >= 0xFFFF or cd_size >= _LIMIT or cd_offset >= _LIMIT:
+            zip64_offset = cd_offset + cd_size
+            self._fh.write(
+                struct.pack(
+                    "<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0, n, n, cd_size, cd_offset
+                )
+            )
+            self._fh.write(struct.pack("<IIQI", 0x07064B50, 0, zip64_offset, 1))
+            self._fh.write(
+                struct.pack(
+                    "<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, min(cd_size, _LIMIT), _LIMIT, 0
+                )
+            )
+        else:
+            self._fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, cd_size, cd_offset, 0))

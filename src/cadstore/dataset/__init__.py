@@ -1,0 +1,23 @@
+"""The dataset layer: merge items into a ``.dataset``, describe it, explore and load it.
+
+* :class:`DatasetMerger` and :func:`merge` (:mod:`cadstore.dataset.merger`)
+* :class:`DatasetInfo` (:mod:`cadstore.dataset.info`): the ``.infoset``/``.attribset`` tables
+* the on-disk layout: :mod:`cadstore.dataset.layout`
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cadstore.dataset.merge import MergeResult, merge_items
+from cadstore.dataset.merger import DatasetMerger, merge
+
+__all__ = ["DatasetInfo", "DatasetMerger", "MergeResult", "merge", "merge_items"]
+
+
+def __getattr__(name: str) -> Any:
+    # DatasetInfo needs pandas and pyarrow (the "dataset" extra); import it on first use.
+    if name == "DatasetInfo":
+        return importlib.import_module("cadstore.dataset.info").DatasetInfo
+    raise AttributeError(f"module 'cadstore.dataset' has no attribute {name!r}")

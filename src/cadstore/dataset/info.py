@@ -1,0 +1,1041 @@
+"""``DatasetInfo``: the ``.infoset`` and ``.attribset`` Parquet files of a merged dataset.
+
+Every item carries a metadata document: ``files_summary/<name>.json`` written by
+``OptStorage.close()``, and the same document as ``metadata.json`` inside the item's
+``.data`` file. ``DatasetInfo`` reads either (so a merge never depends on
+``files_summary/`` existing), routes each field and writes two tables.
+
+``.infoset``, one row per item code, sorted by ``id``:
+
+==================  =========  ===========================================================
+column              type       content
+==================  =========  ===========================================================
+``name``            string     the item name (``<name>`` of ``<name>.zarr.data``)
+``id``              int64      the item code, equal to ``file_id_code_*`` in the dataset
+``description``     string     the ``"Item"`` metadata value (the source CAD path), or ``""``
+*file-level*        varies     one column per file-level field: int64 when every value is
+                               an integer (float64 when the schema declares a float dtype),
+                               float64 for other numbers, bool, or string; null if missing
+*categorical*       varies     one column per categorical field, holding the item's value
+                               (int64, bool or string); see below
+``subset``          string     ``"N/A"`` until a split is recorded
+``table_name``      string     ``"file_info"`` unless another name is given
+==================  =========  ===========================================================
+
+Field names become lower snake case columns (``"Flow name"`` gives ``flow_name``, nested
+``"a/b"`` gives ``a_b``); a name that clashes with a fixed column gets a ``meta_`` prefix and
+one that clashes with another field a ``_2``, ``_3``... suffix. The Parquet schema metadata
+key ``cadstore`` maps every column back to its field and route.
+
+Categorical per-item values are columns of the infoset too, a deliberate addition to the
+vendor layout: explorers filter items by label, and without the column the only link from
+an item to its label would be lost. The same fields also get their tables in the attribset.
+
+``.attribset``, one long table with columns ``id`` (int64), ``name``, ``description``
+(``"not set"`` when unknown) and ``table_name``:
+
+* description tables, the ``descriptions`` metadata section (``{table: {code: label}}``,
+  e.g. ``face_types``) merged across items; a code given two labels keeps the first, with a
+  warning;
+* one table per categorical field, with a row per distinct value seen. Integer (and bool)
+  values are their own ids, named by the schema's ``labels`` when
+  ``define_categorical_metadata(values=, labels=)`` gives one, else ``str(value)``. Other
+  values are strings numbered 0..k-1 in sorted order; a schema label for one of them goes to
+  ``description``. When a description table has the field's name, its rows come first and
+  the field adds only the codes it lacks.
+
+Routing of one field, first match wins: the route recorded in the document's
+``_metadata_routing`` (what the storage decided when the value was saved), then the schema
+rules (:meth:`cadstore.schema.Schema.route_metadata`: definition, pattern, type). When
+neither a definition nor a pattern matches the key but one matches its snake-case column name,
+that match is used, so ``"Flow name"`` follows the ``flow_name`` pattern as the vendor's
+``flow_name`` column does. The storage's own keys (``_storage_schema``,
+``_metadata_routing``, ``file_sizes_KB``) are never routed; ``"Item"`` fills
+``description``; nested sections are flattened into ``/``-joined fields. A field routed two
+ways by different items keeps its first route, with a warning.
+
+Nothing is ever deleted unless ``delete_info_files=True``, and then only ``.json`` inputs
+whose rows were written, once both Parquet files exist: a failed write loses nothing, and the
+JSON of an item without a ``.data`` stays as evidence of the failure (it is listed in
+:attr:`DatasetInfo.errors`).
+
+Examples
+--------
+>>> info = DatasetInfo(json_files, "out/flow.infoset", "out/flow.attribset")  # doctest: +SKIP
+>>> info.parse_info_files()                                                     # doctest: +SKIP
+>>> info.build_code_mappings(data_files)                                        # doctest: +SKIP
+>>> info.store_info_to_parquet()                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from cadstore.errors import CorruptStoreError, MergeError, SchemaError
+from cadstore.format.jsoncodec import decode_metadata
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.sources import ZipSource
+from cadstore.fs import LocalFileSystem
+from cadstore.schema import Schema, SchemaBuilder
+from cadstore.storage.base import (
+    ROUTING_METADATA_KEY,
+    SCHEMA_METADATA_KEY,
+    SIZES_METADATA_KEY,
+)
+from cadstore.storage.opt import METADATA_FILE
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "ATTRIBSET_COLUMNS",
+    "DESCRIPTIONS_KEY",
+    "FIXED_INFOSET_COLUMNS",
+    "NOT_SET",
+    "PARQUET_METADATA_KEY",
+    "SOURCE_KEY",
+    "DatasetInfo",
+    "build_info",
+    "column_name",
+    "item_name_from_path",
+]
+
+FILE_LEVEL = "file_level"
+CATEGORICAL = "categorical"
+#: Metadata key of the item's source CAD path; it fills the ``description`` column.
+SOURCE_KEY = "Item"
+#: Metadata section of description tables (``{table: {code: label}}``).
+DESCRIPTIONS_KEY = "descriptions"
+#: ``description`` of an attribute row nobody described.
+NOT_SET = "not set"
+#: ``subset`` of an item no split has been recorded for.
+NO_SUBSET = "N/A"
+#: Infoset columns that are not metadata fields.
+FIXED_INFOSET_COLUMNS = ("name", "id", "description", "subset", "table_name")
+#: Columns of the attribset, in order.
+ATTRIBSET_COLUMNS = ("id", "name", "description", "table_name")
+#: Parquet schema metadata key holding what each column was made from.
+PARQUET_METADATA_KEY = b"cadstore"
+
+# Keys the storage writes for itself: never data about the part.
+_INTERNAL_KEYS = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
+# Orphans and similar lists are summarised in warnings; past this many names, only a count.
+_NAMES_SHOWN = 5
+
+
+class _Unreadable(Exception):
+    """One input that cannot be used; the message is the reason recorded in ``errors``."""
+
+
+def item_name_from_path(path: str | os.PathLike[str]) -> str:
+    """Return the item name of a ``.data``, ``.zarr`` or summary ``.json`` path.
+
+    ``dir/<name>.zarr.data``, ``dir/<name>.data``, ``dir/<name>.zarr`` and
+    ``files_summary/<name>.json`` all give ``<name>``.
+
+    Parameters
+    ----------
+    path
+        The file or directory.
+
+    Returns
+    -------
+    str
+        The item name.
+    """
+    base = os.path.basename(os.fspath(path).rstrip("/\\"))
+    for suffix in (".json", ".data", ".zarr"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def column_name(key: str) -> str:
+    """Return the lower snake case column name of metadata field ``key``.
+
+    Parameters
+    ----------
+    key
+        A field name, possibly ``/``-nested (``"Flow name"``, ``"processingTime"``, ``"a/b"``).
+
+    Returns
+    -------
+    str
+        ``"flow_name"``, ``"processing_time"``, ``"a_b"``; ``"field"`` if nothing is left.
+    """
+    snake = _CAMEL_BOUNDARY.sub("_", key).lower()
+    return _NOT_WORD.sub("_", snake).strip("_") or "field"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, bool | int | float | str)
+
+
+def _flatten(key: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for sub, inner in value.items():
+            yield from _flatten(f"{key}/{sub}", inner)
+    else:
+        yield key, value
+
+
+def _names_text(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
+    more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+    return shown + more
+
+
+@dataclass
+class _Item:
+    """One parsed metadata document."""
+
+    name: str
+    path: str
+    description: str
+    # True when ``path`` is a summary JSON file (the only kind of input that may be deleted).
+    from_json: bool
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Field:
+    """A routed metadata field and how its column is typed."""
+
+    key: str
+    route: str
+    column: str = ""
+
+
+@dataclass
+class _Attribute:
+    name: str
+    description: str = NOT_SET
+
+
+class DatasetInfo:
+    """Build the ``.infoset`` and ``.attribset`` of a merged dataset from item metadata.
+
+    Parameters
+    ----------
+    info_files
+        Metadata inputs: ``files_summary/<name>.json`` files, ``.data`` files (their
+        ``metadata.json`` is read), Zarr directory stores, or one directory of ``.json``
+        files. Order matters only for which duplicate or conflicting value wins.
+    merged_store_path
+        The ``.infoset`` file to write.
+    attribute_file_path
+        The ``.attribset`` file to write.
+    schema
+        Anything :meth:`cadstore.schema.Schema.from_any` accepts, or ``None``: then the
+        ``_storage_schema`` of the first document that has one, else the default routing
+        rules of ``SchemaBuilder()``.
+    delete_info_files
+        Delete the ``.json`` inputs whose rows were written, once both Parquet files are
+        written. Off by default (the vendor deletes them in ``parse_info_files``).
+    limits
+        Size limits for reading metadata (``max_metadata_bytes``).
+
+    Attributes
+    ----------
+    errors
+        ``{"file": path, "error": reason}`` for every input skipped and every item without a
+        matching ``.data``.
+    warnings
+        Human-readable notes on conflicts and values that could not be exported.
+    code_mappings
+        ``{item name: code}``, from :meth:`build_code_mappings` or :meth:`set_code_mappings`.
+    deleted_files
+        The inputs deleted because ``delete_info_files=True``.
+
+    Raises
+    ------
+    SchemaError
+        If ``schema`` is given and is not a valid schema.
+    """
+
+    def __init__(
+        self,
+        info_files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+        merged_store_path: str | os.PathLike[str],
+        attribute_file_path: str | os.PathLike[str],
+        schema: Any = None,
+        *,
+        delete_info_files: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.info_files: list[str] = _expand_inputs(info_files)
+        self.merged_store_path = os.fspath(merged_store_path)
+        self.attribute_file_path = os.fspath(attribute_file_path)
+        self.delete_info_files = bool(delete_info_files)
+        self.limits = limits
+        self._given_schema: Schema | None = None if schema is None else Schema.from_any(schema)
+        self._schema: Schema | None = self._given_schema
+        self.code_mappings: dict[str, int] = {}
+        self.errors: list[dict[str, str]] = []
+        self._error_keys: set[tuple[str, str]] = set()
+        self.warnings: list[str] = []
+        self.deleted_files: list[str] = []
+        self._items: dict[str, _Item] = {}
+        self._fields: dict[str, _Field] = {}
+        self._descriptions: dict[str, dict[int, _Attribute]] = {}
+        self._explicit_tables: dict[str, dict[int, _Attribute]] = {}
+        self._warned_fields: set[tuple[str, str]] = set()
+        self._route_cache: dict[tuple[str, type], str] = {}
+        self._infoset_written: str | None = None
+        self._attribset_written: str | None = None
+        self._rows_written = 0
+        self._attribute_rows_written = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def schema(self) -> Schema | None:
+        """The schema routing uses (``None`` before :meth:`parse_info_files` picks one)."""
+        return self._schema
+
+    def _warn(self, message: str) -> None:
+        # Several calls may meet the same conflict (summary() recomputes tables): keep one.
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def _error(self, path: str, reason: str) -> None:
+        # A set beside the list: thousands of orphans must not make this quadratic.
+        if (path, reason) not in self._error_keys:
+            self._error_keys.add((path, reason))
+            self.errors.append({"file": path, "error": reason})
+
+    def _warn_field_once(self, key: str, kind: str, message: str) -> None:
+        if (key, kind) not in self._warned_fields:
+            self._warned_fields.add((key, kind))
+            self._warn(message)
+
+    # ------------------------------------------------------------------ parsing
+    def parse_info_files(self) -> None:
+        """Load every input and route its fields.
+
+        An input that is missing, unreadable or not a JSON object is skipped and listed in
+        :attr:`errors`; an item name seen twice keeps its first input. Calling this again
+        starts over. Inputs are never deleted here.
+        """
+        self._items = {}
+        self._fields = {}
+        self._descriptions = {}
+        self._warned_fields = set()
+        self.errors = []
+        self._error_keys = set()
+        self.warnings = []
+        self._schema = self._given_schema
+        self._route_cache = {}
+        documents: list[tuple[str, str, dict[str, Any]]] = []
+        names: set[str] = set()
+        for path in self.info_files:
+            name = item_name_from_path(path)
+            try:
+                doc = self._load_document(path)
+            except _Unreadable as exc:
+                self._error(path, str(exc))
+                continue
+            if name in names:
+                self._error(path, f"duplicate item name {name!r}; the first input is kept")
+                continue
+            names.add(name)
+            if self._schema is None:
+                self._schema = self._schema_from(doc, path)
+            # The storage's own bulky keys are of no further use: drop them early.
+            doc.pop(SCHEMA_METADATA_KEY, None)
+            doc.pop(SIZES_METADATA_KEY, None)
+            documents.append((name, path, doc))
+        if self._schema is None:
+            self._schema = Schema.from_any(SchemaBuilder())
+        for name, path, doc in documents:
+            self._ingest(name, path, doc)
+
+    def _load_document(self, path: str) -> dict[str, Any]:
+        if not os.path.exists(path):
+            raise _Unreadable("no such file")
+        raw = self._read_raw(path)
+        if len(raw) > self.limits.max_metadata_bytes:
+            raise _Unreadable(
+                f"metadata is {len(raw)} bytes, more than max_metadata_bytes="
+                f"{self.limits.max_metadata_bytes}"
+            )
+        try:
+            # Lenient parse: files written by other tools may hold NaN tokens.
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise _Unreadable(f"not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise _Unreadable(f"not a JSON object (a JSON {type(doc).__name__})")
+        decoded = decode_metadata(doc)
+        assert isinstance(decoded, dict)
+        return decoded
+
+    def _read_raw(self, path: str) -> bytes:
+        if os.path.isdir(path):
+            inner = os.path.join(path, METADATA_FILE)
+            try:
+                with open(inner, "rb") as fh:
+                    return fh.read(self.limits.max_metadata_bytes + 1)
+            except OSError as exc:
+                raise _Unreadable(f"store without a readable {METADATA_FILE}: {exc}") from None
+        if path.endswith(".json"):
+            try:
+                with open(path, "rb") as fh:
+                    return fh.read(self.limits.max_metadata_bytes + 1)
+            except OSError as exc:
+                raise _Unreadable(f"cannot read: {exc}") from None
+        try:
+            source = ZipSource(path, limits=self.limits)
+        except (CorruptStoreError, OSError) as exc:
+            raise _Unreadable(f"not a readable .data file: {exc}") from None
+        try:
+            raw = source.get(METADATA_FILE)
+        except (CorruptStoreError, OSError) as exc:
+            raise _Unreadable(f"{METADATA_FILE} is unreadable: {exc}") from None
+        finally:
+            source.close()
+        if raw is None:
+            raise _Unreadable(f"the .data file has no {METADATA_FILE}")
+        return raw
+
+    def _schema_from(self, doc: Mapping[str, Any], path: str) -> Schema | None:
+        stored = doc.get(SCHEMA_METADATA_KEY)
+        if not isinstance(stored, Mapping) or not stored:
+            return None
+        try:
+            return Schema.from_any(stored)
+        except SchemaError as exc:
+            self._warn(f"{path}: ignoring its invalid {SCHEMA_METADATA_KEY} ({exc})")
+            return None
+
+    def _ingest(self, name: str, path: str, doc: dict[str, Any]) -> None:
+        source = doc.get(SOURCE_KEY)
+        item = _Item(
+            name=name,
+            path=path,
+            description="" if source is None else str(source),
+            from_json=path.endswith(".json") and not os.path.isdir(path),
+        )
+        recorded = doc.get(ROUTING_METADATA_KEY)
+        if not isinstance(recorded, Mapping):
+            recorded = {}
+        for key, value in doc.items():
+            if key in _INTERNAL_KEYS or key == SOURCE_KEY:
+                continue
+            if key == DESCRIPTIONS_KEY:
+                self._merge_descriptions(value, path)
+                continue
+            for leaf, leaf_value in _flatten(key, value):
+                self._ingest_value(item, leaf, leaf_value, recorded)
+        self._items[name] = item
+
+    def _ingest_value(self, item: _Item, key: str, value: Any, recorded: Mapping[str, Any]) -> None:
+        if value is None:
+            return
+        if not _is_scalar(value):
+            self._warn_field_once(
+                key,
+                "type",
+                f"field {key!r} holds a {type(value).__name__}, which is not exported "
+                "(only numbers, strings and booleans become columns or attribute rows)",
+            )
+            return
+        route = self._route(key, value, recorded)
+        fld = self._fields.get(key)
+        if fld is None:
+            fld = self._fields[key] = _Field(key, route)
+        elif fld.route != route:
+            self._warn_field_once(
+                key,
+                "route",
+                f"field {key!r} is routed both {fld.route!r} and {route!r} by different "
+                f"items (first seen in another input, then {item.path}); keeping {fld.route!r}",
+            )
+        item.values[key] = value
+
+    def _route(self, key: str, value: Any, recorded: Mapping[str, Any]) -> str:
+        recorded_route = recorded.get(key)
+        if recorded_route in (FILE_LEVEL, CATEGORICAL):
+            return str(recorded_route)
+        # Only the name and the value's type decide a route, so one lookup per pair will do.
+        cache_key = (key, type(value))
+        route = self._route_cache.get(cache_key)
+        if route is not None:
+            return route
+        schema = self._schema
+        assert schema is not None
+        route = schema.route_metadata(key, value)
+        snake = column_name(key)
+        if (
+            snake != key
+            and route == self._type_route(value)
+            and schema.metadata_definition(key) is None
+        ):
+            # Neither a definition nor a pattern decided on the key: its column name may
+            # match one ("Flow name" -> the "flow_name" pattern).
+            route = schema.route_metadata(snake, value)
+        self._route_cache[cache_key] = route
+        return route
+
+    def _type_route(self, value: Any) -> str:
+        assert self._schema is not None
+        rules = self._schema.routing_rules
+        # The schema router's step 3, repeated here because the router does not say
+        # whether a name or the type decided.
+        if isinstance(value, bool):
+            return str(rules["default_categorical"])
+        if isinstance(value, str):
+            return str(rules["default_string"])
+        if isinstance(value, int | float):
+            return str(rules["default_numeric"])
+        return str(rules["default_categorical"])
+
+    def _merge_descriptions(self, section: Any, path: str) -> None:
+        if not isinstance(section, Mapping):
+            self._warn(
+                f"{path}: {DESCRIPTIONS_KEY!r} is a {type(section).__name__}, not a section "
+                "of tables; ignored"
+            )
+            return
+        for table, entries in section.items():
+            self._merge_table(self._descriptions, str(table), entries, path)
+
+    def _merge_table(
+        self, tables: dict[str, dict[int, _Attribute]], table: str, entries: Any, where: str
+    ) -> None:
+        if isinstance(entries, Mapping):
+            pairs = list(entries.items())
+        elif isinstance(entries, list | tuple):
+            # A list of labels: the position is the code.
+            pairs = list(enumerate(entries))
+        else:
+            self._warn(
+                f"{where}: description table {table!r} is a {type(entries).__name__}, not "
+                "{code: label}; ignored"
+            )
+            return
+        rows = tables.setdefault(table, {})
+        for code_raw, label in pairs:
+            code = _as_code(code_raw)
+            if code is None:
+                self._warn(
+                    f"{where}: description table {table!r} has code {code_raw!r}, which is "
+                    "not an integer; ignored"
+                )
+                continue
+            attribute = _as_attribute(label)
+            known = rows.get(code)
+            if known is None:
+                rows[code] = attribute
+            elif known != attribute:
+                self._warn(
+                    f"description table {table!r}: code {code} is {known.name!r} and "
+                    f"{attribute.name!r} (in {where}); keeping {known.name!r}"
+                )
+
+    # ------------------------------------------------------------------ codes
+    def build_code_mappings(self, zip_files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
+        """Number the items 0..N-1 in the order of their ``.data`` files.
+
+        Parameters
+        ----------
+        zip_files
+            The ``.data`` files of the merge, in merge order.
+
+        Returns
+        -------
+        dict
+            ``{item name: code}``; also kept as :attr:`code_mappings`.
+
+        Raises
+        ------
+        MergeError
+            If two files have the same item name (they would share one code).
+        """
+        paths = [os.fspath(p) for p in zip_files]
+        seen: dict[str, list[str]] = {}
+        for path in paths:
+            seen.setdefault(item_name_from_path(path), []).append(path)
+        duplicates = {name: where for name, where in seen.items() if len(where) > 1}
+        if duplicates:
+            described = "; ".join(
+                f"{name!r} ({', '.join(where)})" for name, where in duplicates.items()
+            )
+            raise MergeError(
+                f"duplicate item names in the merge: {described}; every item needs a unique "
+                "name, so rename or drop the duplicates"
+            )
+        self.code_mappings = {name: code for code, name in enumerate(seen)}
+        return dict(self.code_mappings)
+
+    def set_code_mappings(self, mapping: Mapping[str, int]) -> None:
+        """Use an existing ``{item name: code}`` mapping (e.g. the merger's).
+
+        Parameters
+        ----------
+        mapping
+            Item names to integer codes; codes must be unique.
+
+        Raises
+        ------
+        MergeError
+            If a code is not an integer or two names share a code.
+        """
+        by_code: dict[int, list[str]] = {}
+        for name, code in mapping.items():
+            if not _is_int(code) and not _is_numpy_int(code):
+                raise MergeError(f"code of item {name!r} is {code!r}, not an integer")
+            by_code.setdefault(int(code), []).append(str(name))
+        shared = {code: names for code, names in by_code.items() if len(names) > 1}
+        if shared:
+            described = "; ".join(f"{code}: {', '.join(names)}" for code, names in shared.items())
+            raise MergeError(f"several items share a code ({described}); codes must be unique")
+        self.code_mappings = {str(name): int(code) for name, code in mapping.items()}
+
+    # ------------------------------------------------------------------ infoset
+    def _ordered_fields(self) -> list[_Field]:
+        """Fields in column order (file-level, then categorical), with column names set."""
+        ordered = [f for f in self._fields.values() if f.route == FILE_LEVEL]
+        ordered += [f for f in self._fields.values() if f.route == CATEGORICAL]
+        taken = set(FIXED_INFOSET_COLUMNS)
+        for fld in ordered:
+            base = column_name(fld.key)
+            if base in FIXED_INFOSET_COLUMNS:
+                base = f"meta_{base}"
+            col, n = base, 2
+            while col in taken:
+                col, n = f"{base}_{n}", n + 1
+            taken.add(col)
+            fld.column = col
+        return ordered
+
+    def _values_of(self, key: str) -> list[Any]:
+        return [item.values[key] for item in self._items.values() if key in item.values]
+
+    def _column_kind(self, fld: _Field) -> str:
+        """``"int64"``, ``"float64"``, ``"bool"`` or ``"string"`` for the field's column."""
+        values = self._values_of(fld.key)
+        if fld.route == CATEGORICAL:
+            kind = self._categorical_kind(fld.key, values)
+            return {"int": "int64", "bool": "bool"}.get(kind, "string")
+        if values and all(isinstance(v, bool) for v in values):
+            return "bool"
+        if values and all(_is_int(v) and _INT64_MIN <= v <= _INT64_MAX for v in values):
+            assert self._schema is not None
+            spec = self._schema.metadata_definition(fld.key) or {}
+            # A field declared float stays float even when every value happens to be whole.
+            return "float64" if spec.get("dtype") in _FLOAT_DTYPES else "int64"
+        if all(isinstance(v, int | float) for v in values):
+            return "float64"
+        if not all(isinstance(v, str) for v in values):
+            self._warn_field_once(
+                fld.key,
+                "mixed",
+                f"field {fld.key!r} mixes strings and numbers across items; its column "
+                "holds them as strings",
+            )
+        return "string"
+
+    def _categorical_kind(self, key: str, values: list[Any]) -> str:
+        if values and all(isinstance(v, bool) for v in values):
+            return "bool"
+        if all(isinstance(v, int) and _INT64_MIN <= v <= _INT64_MAX for v in values):
+            return "int"
+        if not all(isinstance(v, str) for v in values):
+            self._warn_field_once(
+                key,
+                "mixed",
+                f"categorical field {key!r} mixes value types across items; its values are "
+                "coded as strings",
+            )
+        return "str"
+
+    def _require_codes(self) -> None:
+        if not self.code_mappings:
+            raise MergeError(
+                "no item codes: call build_code_mappings(data_files) or set_code_mappings() "
+                "before writing the infoset"
+            )
+
+    def _infoset_table(self, table_name: str) -> pa.Table:
+        pa = _pyarrow()
+        self._require_codes()
+        for item in self._items.values():
+            if item.name not in self.code_mappings:
+                self._error(
+                    item.path,
+                    f"no matching .data: item {item.name!r} has no code, so it has no row",
+                )
+        codes = sorted(self.code_mappings.items(), key=lambda kv: kv[1])
+        missing = [name for name, _ in codes if name not in self._items]
+        if missing:
+            self._warn(
+                f"{len(missing)} item(s) with a code have no metadata, so their rows hold "
+                f"only name and id: {_names_text(missing)}"
+            )
+        rows = [self._items.get(name) for name, _ in codes]
+        arrays: dict[str, pa.Array] = {
+            "name": pa.array([name for name, _ in codes], pa.string()),
+            "id": pa.array([code for _, code in codes], pa.int64()),
+            "description": pa.array(
+                ["" if item is None else item.description for item in rows], pa.string()
+            ),
+        }
+        described: dict[str, dict[str, str]] = {}
+        for fld in self._ordered_fields():
+            kind = self._column_kind(fld)
+            raw = [None if item is None else item.values.get(fld.key) for item in rows]
+            arrays[fld.column] = _column_array(raw, kind)
+            described[fld.column] = {"field": fld.key, "route": fld.route}
+        arrays["subset"] = pa.array([NO_SUBSET] * len(rows), pa.string())
+        arrays["table_name"] = pa.array([table_name] * len(rows), pa.string())
+        note = {"format": "cadstore.infoset", "version": 1, "fields": described}
+        return pa.table(arrays).replace_schema_metadata(
+            {PARQUET_METADATA_KEY: json.dumps(note).encode("utf-8")}
+        )
+
+    def store_info_to_parquet(
+        self, table_name: str = "file_info", *, write_attributes: bool = True
+    ) -> str:
+        """Write the ``.infoset`` atomically (and, by default, the ``.attribset``).
+
+        Parameters
+        ----------
+        table_name
+            Value of the ``table_name`` column.
+        write_attributes
+            Also write the ``.attribset``, as the vendor's single call does.
+
+        Returns
+        -------
+        str
+            The ``.infoset`` path.
+
+        Raises
+        ------
+        MergeError
+            If no item codes were set.
+        """
+        table = self._infoset_table(table_name)
+        _write_table_atomic(self.merged_store_path, table)
+        self._infoset_written = self.merged_store_path
+        self._rows_written = table.num_rows
+        if write_attributes:
+            self.store_attributes_to_parquet()
+        else:
+            self._delete_inputs_if_done()
+        return self.merged_store_path
+
+    # ------------------------------------------------------------------ attribset
+    def set_attributes(self, metadata: Mapping[Any, Any] | Sequence[Any], table_name: str) -> None:
+        """Add an attribute table, e.g. class descriptions that no item carries.
+
+        Parameters
+        ----------
+        metadata
+            ``{code: label}`` (codes may be integer strings), ``{code: {"name": ...,
+            "description": ...}}``, or a list of labels whose positions are the codes.
+        table_name
+            The table; rows merge with a description table or categorical field of the same
+            name, the first label of a code winning (with a warning on a conflict).
+        """
+        self._merge_table(self._explicit_tables, table_name, metadata, "set_attributes")
+
+    def _attribute_tables(self) -> dict[str, dict[int, _Attribute]]:
+        tables: dict[str, dict[int, _Attribute]] = {
+            name: dict(rows) for name, rows in self._explicit_tables.items()
+        }
+        for name, rows in self._descriptions.items():
+            target = tables.setdefault(name, {})
+            for code, attribute in rows.items():
+                known = target.get(code)
+                if known is None:
+                    target[code] = attribute
+                elif known != attribute:
+                    self._warn(
+                        f"attribute table {name!r}: code {code} is {known.name!r} from "
+                        f"set_attributes and {attribute.name!r} in the items; keeping "
+                        f"{known.name!r}"
+                    )
+        for fld in self._fields.values():
+            if fld.route == CATEGORICAL:
+                self._add_categorical_table(tables, fld.key)
+        return tables
+
+    def _add_categorical_table(self, tables: dict[str, dict[int, _Attribute]], key: str) -> None:
+        values = self._values_of(key)
+        assert self._schema is not None
+        spec = self._schema.metadata_definition(key) or {}
+        labels: dict[Any, str] = {}
+        if isinstance(spec.get("values"), list) and isinstance(spec.get("labels"), list):
+            labels = {
+                _label_key(v): str(lab)
+                for v, lab in zip(spec["values"], spec["labels"], strict=False)
+            }
+        kind = self._categorical_kind(key, values)
+        rows: dict[int, _Attribute] = {}
+        if kind in ("int", "bool"):
+            for value in sorted(set(values)):
+                label = labels.get(_label_key(value))
+                rows[int(value)] = _Attribute(label if label is not None else str(value))
+        else:
+            for code, text in enumerate(sorted({str(v) for v in values})):
+                rows[code] = _Attribute(text, labels.get(text, NOT_SET))
+        existing = tables.get(key)
+        if existing is None:
+            tables[key] = rows
+            return
+        if kind == "str":
+            # A description table numbers these values its own way; positional codes would
+            # contradict it.
+            self._warn(
+                f"categorical field {key!r} holds strings but a description table of the "
+                "same name exists; the table is kept and the field's values are only in the "
+                "infoset column"
+            )
+            return
+        for code, attribute in rows.items():
+            known = existing.get(code)
+            if known is None:
+                existing[code] = attribute
+            elif known.name != attribute.name and attribute.name != str(code):
+                self._warn(
+                    f"attribute table {key!r}: code {code} is {known.name!r} in the "
+                    f"description table and {attribute.name!r} in the schema labels; "
+                    f"keeping {known.name!r}"
+                )
+
+    def _attribset_table(self) -> pa.Table:
+        pa = _pyarrow()
+        ids: list[int] = []
+        names: list[str] = []
+        descriptions: list[str] = []
+        table_names: list[str] = []
+        for table, rows in self._attribute_tables().items():
+            for code in sorted(rows):
+                ids.append(code)
+                names.append(rows[code].name)
+                descriptions.append(rows[code].description)
+                table_names.append(table)
+        note = {"format": "cadstore.attribset", "version": 1}
+        return pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "name": pa.array(names, pa.string()),
+                "description": pa.array(descriptions, pa.string()),
+                "table_name": pa.array(table_names, pa.string()),
+            }
+        ).replace_schema_metadata({PARQUET_METADATA_KEY: json.dumps(note).encode("utf-8")})
+
+    def store_attributes_to_parquet(self) -> str:
+        """Write the ``.attribset`` atomically.
+
+        Returns
+        -------
+        str
+            The ``.attribset`` path.
+        """
+        table = self._attribset_table()
+        _write_table_atomic(self.attribute_file_path, table)
+        self._attribset_written = self.attribute_file_path
+        self._attribute_rows_written = table.num_rows
+        self._delete_inputs_if_done()
+        return self.attribute_file_path
+
+    # ------------------------------------------------------------------ cleanup
+    def _delete_inputs_if_done(self) -> None:
+        if not self.delete_info_files or not (self._infoset_written and self._attribset_written):
+            return
+        parents: set[str] = set()
+        for item in self._items.values():
+            # Only summary JSONs whose rows were written: the .data files belong to the
+            # merge, and an orphan JSON is the record of a failed item.
+            if not item.from_json or item.name not in self.code_mappings:
+                continue
+            if item.path in self.deleted_files:
+                continue
+            try:
+                os.remove(item.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._warn(f"could not delete {item.path}: {exc}")
+                continue
+            self.deleted_files.append(item.path)
+            parents.add(os.path.dirname(os.path.abspath(item.path)))
+        for parent in parents:
+            # rmdir only succeeds on an empty directory: anything else left there stays.
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+    # ------------------------------------------------------------------ report
+    def summary(self) -> dict[str, Any]:
+        """Return counts, errors and warnings, JSON-serialisable (for the ``.flow`` manifest).
+
+        Returns
+        -------
+        dict
+            ``info_files``, ``items`` (documents parsed), ``codes``, ``infoset_rows``,
+            ``file_level_fields``, ``categorical_fields``, ``attribute_tables``
+            (``{table: rows}``), ``attribute_rows``, ``infoset`` / ``attribset`` (the paths
+            written, or ``None``), ``deleted_info_files``, ``errors``, ``warnings``.
+        """
+        tables = self._attribute_tables()
+        return {
+            "info_files": len(self.info_files),
+            "items": len(self._items),
+            "codes": len(self.code_mappings),
+            "infoset_rows": self._rows_written,
+            "file_level_fields": [f.key for f in self._fields.values() if f.route == FILE_LEVEL],
+            "categorical_fields": [f.key for f in self._fields.values() if f.route == CATEGORICAL],
+            "attribute_tables": {name: len(rows) for name, rows in tables.items()},
+            "attribute_rows": sum(len(rows) for rows in tables.values()),
+            "infoset": self._infoset_written,
+            "attribset": self._attribset_written,
+            "deleted_info_files": len(self.deleted_files),
+            "errors": [dict(e) for e in self.errors],
+            "warnings": list(self.warnings),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<DatasetInfo {len(self.info_files)} inputs, {len(self._items)} parsed, "
+            f"{len(self.code_mappings)} codes -> {self.merged_store_path!r}>"
+        )
+
+
+def build_info(
+    data_files: Iterable[str | os.PathLike[str]],
+    infoset_path: str | os.PathLike[str],
+    attribset_path: str | os.PathLike[str],
+    schema: Any = None,
+    *,
+    codes: Mapping[str, int] | None = None,
+) -> DatasetInfo:
+    """Write the ``.infoset`` and ``.attribset`` of ``.data`` files in one call.
+
+    Metadata is read from each file's ``metadata.json``, so ``files_summary/`` is not needed;
+    nothing is deleted.
+
+    Parameters
+    ----------
+    data_files
+        The items, in merge order (codes 0..N-1 follow it).
+    infoset_path, attribset_path
+        The files to write.
+    schema
+        As for :class:`DatasetInfo`.
+    codes
+        An existing ``{item name: code}`` mapping (e.g. the merger's) instead of the order.
+
+    Returns
+    -------
+    DatasetInfo
+        The finished builder; see :meth:`DatasetInfo.summary`.
+
+    Raises
+    ------
+    MergeError
+        If two files have the same item name.
+    """
+    paths = [os.fspath(p) for p in data_files]
+    info = DatasetInfo(paths, infoset_path, attribset_path, schema)
+    if codes is None:
+        info.build_code_mappings(paths)
+    else:
+        info.set_code_mappings(codes)
+    info.parse_info_files()
+    info.store_info_to_parquet()
+    return info
+
+
+# ---------------------------------------------------------------------------- helpers
+def _expand_inputs(
+    info_files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> list[str]:
+    if isinstance(info_files, str | os.PathLike):
+        path = os.fspath(info_files)
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, METADATA_FILE)):
+            # A files_summary/ directory: every JSON in it, in name order.
+            return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json"))
+        return [path]
+    return [os.fspath(p) for p in info_files]
+
+
+def _is_numpy_int(value: object) -> bool:
+    import numpy as np
+
+    return isinstance(value, np.integer)
+
+
+def _as_code(raw: Any) -> int | None:
+    if _is_int(raw):
+        return int(raw)
+    if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
+        code = int(raw)
+        return code if _INT64_MIN <= code <= _INT64_MAX else None
+    return None
+
+
+def _as_attribute(label: Any) -> _Attribute:
+    if isinstance(label, Mapping):
+        name = label.get("name", label.get("label"))
+        description = label.get("description")
+        return _Attribute(
+            "" if name is None else str(name),
+            NOT_SET if description in (None, "") else str(description),
+        )
+    return _Attribute(str(label))
+
+
+def _label_key(value: Any) -> Any:
+    # bool is an int in Python (True == 1); keep labels for True and 1 apart.
+    return ("bool", value) if isinstance(value, bool) else value
+
+
+def _column_array(values: list[Any], kind: str) -> pa.Array:
+    pa = _pyarrow()
+    if kind == "string":
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    if kind == "float64":
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if kind == "int64":
+        return pa.array([None if v is None else int(v) for v in values], pa.int64())
+    return pa.array([None if v is None else bool(v) for v in values], pa.bool_())
+
+
+def _write_table_atomic(path: str, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+
+    def writer(fh: IO[bytes]) -> None:
+        pq.write_table(table, fh)
+
+    LocalFileSystem().write_atomic(path, writer)
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "writing .infoset/.attribset files needs pyarrow: pip install 'cadstore[dataset]'"
+        ) from exc
+    return pyarrow

@@ -1,0 +1,157 @@
+"""The on-disk layout of a merged ``.dataset`` and how item arrays map onto it.
+
+A ``.dataset`` is a standard Zarr v3 hierarchy (a zip, or a directory)::
+
+    zarr.json                        root group, consolidated metadata
+    metadata.json                    schema, item count, merge record
+    item_names                       (item,) str: the name of item ``code``
+    <group>/zarr.json                attributes: primary_dimension, special_processing
+    <group>/<array>                  rows of every item, concatenated in code order
+    <group>/file_id_code_<group>     (primary,) int64: the item code of each row
+    <group>/item_offsets             (item_boundary,) int64: item ``c`` owns rows
+                                     ``item_offsets[c]:item_offsets[c + 1]``
+    <group>/<scalar>                 (item,) one value per item (e.g. graph/num_nodes)
+
+Row arrays are sharded along their primary dimension (Zarr ``sharding_indexed``): a shard
+is one member, its inner chunks are small, so reading one item decodes little. Face-pair
+groups (``special_processing="matrix_flattening"``) store each item's ``N x N (x k)`` arrays
+as ``N²`` rows, pair ``(i, j)`` at row ``i·N + j``.
+
+Where an item array goes:
+
+1. a key ``group/array`` goes to ``group`` (deeper paths are joined with ``_``);
+2. a bare key goes to the schema group that declares it;
+3. otherwise name rules: the four face-pair arrays to ``faceface``, ``*face*`` to
+   ``faces``, ``*edge*`` to ``edges``, ``*graph*`` to ``graph``;
+4. anything else gets a group of its own, named after the array.
+
+0-d values (Python and numpy scalars, 0-d arrays) become per-item arrays on the ``item``
+dimension of their group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FACEFACE_ARRAYS",
+    "ITEM_DIM",
+    "ITEM_NAMES",
+    "OFFSETS",
+    "ArrayPlan",
+    "GroupPlan",
+    "assign_group",
+    "default_primary_dim",
+    "file_id_code_name",
+]
+
+#: Dimension of per-item arrays.
+ITEM_DIM = "item"
+#: Dimension of the offsets arrays (items + 1).
+BOUNDARY_DIM = "item_boundary"
+#: Root array of item names, indexed by code.
+ITEM_NAMES = "item_names"
+#: Name of the per-group offsets array.
+OFFSETS = "item_offsets"
+#: Arrays the specified encoder writes as N x N (x k) face-pair matrices.
+FACEFACE_ARRAYS = frozenset(
+    ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
+)
+MATRIX_FLATTENING = "matrix_flattening"
+
+_PRIMARY_DIMS = {"faces": "face", "edges": "edge", "graph": "edge", "faceface": "facepair"}
+
+
+def file_id_code_name(group: str) -> str:
+    """Return the provenance array name of ``group`` (``file_id_code_<group>``)."""
+    return f"file_id_code_{group}"
+
+
+def default_primary_dim(group: str) -> str:
+    """Primary dimension of a group the schema does not declare."""
+    return _PRIMARY_DIMS.get(group, f"{group}_row")
+
+
+def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
+    """Return ``(group, array)`` for an item leaf at ``path`` (see the module docstring)."""
+    parts = path.split("/")
+    if len(parts) > 1:
+        return parts[0], "_".join(parts[1:])
+    name = parts[0]
+    if schema is not None:
+        group = schema.group_for_array(name)
+        if group is not None:
+            return group, name
+    if name in FACEFACE_ARRAYS:
+        return "faceface", name
+    for token, group in (("face", "faces"), ("edge", "edges"), ("graph", "graph")):
+        if token in name:
+            return group, name
+    return name, name
+
+
+@dataclass
+class ArrayPlan:
+    """How one output array is assembled.
+
+    Attributes
+    ----------
+    group, name
+        Output location ``<group>/<name>``.
+    per_item
+        One value per item (from 0-d item values) instead of rows.
+    dtype
+        The promoted dtype over all items.
+    trailing
+        Shape after the primary axis (after matrix flattening).
+    dims
+        Dimension names.
+    sources
+        Item leaf path per item code (``None`` where the item lacks the array).
+    dtypes_seen
+        Item code of the first item seen with each dtype, for error messages.
+    """
+
+    group: str
+    name: str
+    per_item: bool
+    dtype: np.dtype
+    trailing: tuple[int, ...]
+    dims: list[str] = field(default_factory=list)
+    sources: dict[int, str] = field(default_factory=dict)
+    dtypes_seen: dict[str, int] = field(default_factory=dict)
+    inner_rows: int = 1
+    shard_rows: int = 1
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row."""
+        return int(np.prod(self.trailing, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def fill_value(self) -> Any:
+        """Value of rows an item does not provide: NaN for floats, 0/False otherwise."""
+        kind = self.dtype.kind
+        if kind in "fc":
+            return np.nan
+        return False if kind == "b" else 0
+
+
+@dataclass
+class GroupPlan:
+    """One output group: its primary dimension, arrays and per-item row counts."""
+
+    name: str
+    primary_dim: str
+    special: str | None
+    description: str = ""
+    arrays: dict[str, ArrayPlan] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def is_matrix(self) -> bool:
+        """Whether item arrays are N x N matrices flattened to N² rows."""
+        return self.special == MATRIX_FLATTENING

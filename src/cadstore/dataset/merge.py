@@ -1,0 +1,971 @@
+"""Merge many per-item ``.data`` files into one ``.dataset``.
+
+The merge is a stream in three passes over the items, in item-code order:
+
+1. **scan**: open each item, read its array metadata (shapes, dtypes) and verify the CRC
+   of every member. Unreadable items are skipped and listed with their reason.
+2. **plan**: assign arrays to groups (see :mod:`cadstore.dataset.layout`), promote dtypes
+   safely, count each item's rows per group, and derive the offsets index.
+3. **write**: decode the items one after another and append their rows to one buffer per
+   output array; every time a buffer holds a whole shard, the shard is encoded and written.
+
+Memory is bounded by one shard per output array plus the items in flight, whatever the
+number of items. With ``workers > 1`` a process pool decodes items and encodes shards; only
+the driver writes, and it writes whole shards, so no two writers ever touch the same chunk
+(see ``reliability-and-scale.md``: partial-chunk writes from several writers lose data).
+
+The output is published atomically: a zip is written under a temporary name and renamed;
+a directory is assembled under a temporary name and swapped in. The ``.flow`` manifest,
+written last, is what marks a merge as finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cadstore.dataset.layout import (
+    BOUNDARY_DIM,
+    ITEM_DIM,
+    ITEM_NAMES,
+    OFFSETS,
+    ArrayPlan,
+    GroupPlan,
+    assign_group,
+    default_primary_dim,
+    file_id_code_name,
+)
+from cadstore.errors import CadstoreError, CorruptStoreError, MergeError
+from cadstore.format import jsoncodec
+from cadstore.format.codecs import encode_vlen_utf8, zstd_compress
+from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
+from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.format.zipwriter import ZipStreamWriter
+from cadstore.fs import TEMP_PREFIX
+
+__all__ = [
+    "DATASET_FORMAT",
+    "MergeResult",
+    "item_name_of",
+    "merge_items",
+    "read_item_arrays",
+    "scan_item",
+]
+
+#: Format marker written into every dataset's ``metadata.json``.
+DATASET_FORMAT = "cadstore-dataset/1"
+DEFAULT_INNER_BYTES = 64 * 1024
+DEFAULT_SHARD_BYTES = 16 * 1024 * 1024
+DEFAULT_LEVEL = 3
+_JSON_NAMES = ("zarr.json", "metadata.json")
+
+
+def item_name_of(path: str) -> str:
+    """Return an item's name from its file: ``dir/<name>.zarr.data`` gives ``<name>``."""
+    base = os.path.basename(os.fspath(path).rstrip("/"))
+    for suffix in (".data", ".zarr"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+# ---------------------------------------------------------------------------- scan
+@dataclass
+class ItemScan:
+    """What the scan learned about one item."""
+
+    path: str
+    name: str
+    arrays: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+def _open_source(path: str, limits: Limits) -> KeySource:
+    if os.path.isdir(path):
+        return DirectorySource(path)
+    return ZipSource(path, limits=limits)
+
+
+def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[str, str]:
+    """Scan one item; return an :class:`ItemScan` or ``(path, reason)`` if unreadable."""
+    try:
+        source = _open_source(path, limits)
+    except CadstoreError as exc:
+        return path, str(exc)
+    except OSError as exc:
+        return path, f"cannot open: {exc}"
+    try:
+        hier = ReadHierarchy(source, limits)
+        scan = ItemScan(path=path, name=item_name_of(path))
+        for key in hier.arrays:
+            meta = hier.meta(key)
+            dtype = "string" if meta.is_string else meta.dtype.str
+            scan.arrays[key] = (meta.shape, dtype)
+        for key in source:
+            # Reading every member checks its CRC: a damaged item is caught here, before
+            # its rows are planned into the dataset.
+            data = source.get(key)
+            scan.nbytes += len(data or b"")
+            if key == "metadata.json" and data:
+                doc = json.loads(data)
+                if isinstance(doc, dict):
+                    scan.metadata = doc
+        return scan
+    except CadstoreError as exc:
+        return path, str(exc)
+    except (ValueError, OSError) as exc:
+        return path, f"unreadable: {exc}"
+    finally:
+        source.close()
+
+
+def read_item_arrays(
+    path: str, keys: Sequence[str], limits: Limits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Decode the arrays ``keys`` of one item (raw arrays, no value-kind conversion)."""
+    source = _open_source(path, limits)
+    try:
+        hier = ReadHierarchy(source, limits)
+        return {key: hier.read_array(key) for key in keys if key in hier.arrays}
+    finally:
+        source.close()
+
+
+# ---------------------------------------------------------------------------- sinks
+class _ZipSink:
+    """Members of a dataset zip, written under a temporary name and renamed at commit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        self.tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+        self._fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._zip = ZipStreamWriter(self._fh)
+
+    def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
+        self._zip.add(name, data, deflate=deflate)
+
+    def commit(self) -> None:
+        self._zip.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def abort(self) -> None:
+        self._fh.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+class _DirSink:
+    """Members written as files under a temporary directory swapped in at commit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        self.tmp = os.path.join(parent, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+        os.makedirs(self.tmp)
+
+    def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
+        target = os.path.join(self.tmp, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def commit(self) -> None:
+        old = None
+        if os.path.exists(self.path):
+            old = f"{self.tmp}-old"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse directory fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def _dump(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------- result
+@dataclass
+class MergeResult:
+    """What a merge produced.
+
+    Attributes
+    ----------
+    path
+        The ``.dataset``.
+    items
+        Names of the merged items, by code.
+    errors
+        ``{"file": path, "error": reason}`` for every item that was skipped.
+    groups
+        ``{group: {"rows": n, "arrays": [...]}}``.
+    raw_bytes, stored_bytes
+        Bytes of decoded item arrays read, and size of the output.
+    seconds
+        Wall time.
+    """
+
+    path: str
+    items: list[str]
+    errors: list[dict[str, str]]
+    groups: dict[str, dict[str, Any]]
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible summary."""
+        return {
+            "path": self.path,
+            "item_count": len(self.items),
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "groups": self.groups,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "seconds": self.seconds,
+        }
+
+
+# ---------------------------------------------------------------------------- planning
+def _schema_from(schema: Any, scans: Sequence[ItemScan]) -> Any:
+    from cadstore.schema import Schema
+
+    if schema is not None:
+        return Schema.from_any(schema)
+    for scan in scans:
+        stored = scan.metadata.get("_storage_schema")
+        if isinstance(stored, Mapping) and stored:
+            try:
+                return Schema.from_any(stored)
+            except CadstoreError:
+                continue
+    return None
+
+
+def plan_groups(
+    scans: Sequence[ItemScan], schema: Any, errors: list[dict[str, str]]
+) -> tuple[dict[str, GroupPlan], list[int], list[str]]:
+    """Plan output groups; return the groups, the codes that survive, and warnings.
+
+    Items whose arrays disagree with the rest (trailing shapes, row counts within a group,
+    non-square face-pair matrices) are dropped and recorded in ``errors``.
+    """
+    groups: dict[str, GroupPlan] = {}
+    warnings_: list[str] = []
+    kept: list[int] = []
+    for code, scan in enumerate(scans):
+        problems: list[str] = []
+        staged: list[tuple[GroupPlan, str, str, tuple[int, ...], np.dtype | str, int | None]] = []
+        rows_by_group: dict[str, int] = {}
+        for key, (shape, dtype) in scan.arrays.items():
+            group_name, array_name = assign_group(key, schema)
+            group = groups.get(group_name)
+            if group is None:
+                group = groups[group_name] = _new_group(group_name, schema)
+            if dtype == "string":
+                if shape:
+                    warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
+                    continue
+                dt: np.dtype | str = "string"
+            else:
+                dt = np.dtype(dtype)
+            if not shape:
+                staged.append((group, array_name, key, (), dt, None))
+                continue
+            if group.is_matrix:
+                if len(shape) < 2 or shape[0] != shape[1]:
+                    problems.append(f"{key!r} has shape {shape}, not N x N for face pairs")
+                    continue
+                rows, trailing = shape[0] * shape[1], tuple(shape[2:])
+            else:
+                rows, trailing = shape[0], tuple(shape[1:])
+            previous = rows_by_group.setdefault(group_name, rows)
+            if previous != rows:
+                problems.append(
+                    f"arrays of group {group_name!r} disagree on rows ({previous} vs {rows} "
+                    f"for {key!r})"
+                )
+            staged.append((group, array_name, key, trailing, dt, rows))
+        for group, array_name, _key, trailing, _dt, rows in staged:
+            existing = group.arrays.get(array_name)
+            if existing is not None and rows is not None and existing.trailing != trailing:
+                problems.append(
+                    f"{group.name}/{array_name} has trailing shape {trailing}, other items "
+                    f"have {existing.trailing}"
+                )
+        if problems:
+            errors.append({"file": scan.path, "error": "; ".join(problems)})
+            continue
+        for group, array_name, key, trailing, dt, rows in staged:
+            plan = group.arrays.get(array_name)
+            if plan is None:
+                plan = ArrayPlan(
+                    group=group.name,
+                    name=array_name,
+                    per_item=rows is None,
+                    dtype=np.dtype("int64") if dt == "string" else dt,
+                    trailing=trailing,
+                )
+                plan.dtypes_seen = {}
+                group.arrays[array_name] = plan
+            if dt == "string":
+                plan.dtype = np.dtype(object)
+            plan.sources[code] = key
+            plan.dtypes_seen.setdefault(str(dt), code)
+            if rows is not None:
+                group.rows[code] = rows
+        kept.append(code)
+    # Groups registered only by items that were then dropped hold no arrays.
+    groups = {name: g for name, g in groups.items() if g.arrays}
+    for group in groups.values():
+        for plan in group.arrays.values():
+            plan.dtype = _promote(group.name, plan, scans)
+    return groups, kept, warnings_
+
+
+def _new_group(name: str, schema: Any) -> GroupPlan:
+    if schema is not None and name in schema.groups:
+        return GroupPlan(
+            name=name,
+            primary_dim=schema.primary_dimension(name),
+            special=schema.special_processing(name),
+        )
+    special = "matrix_flattening" if name == "faceface" else None
+    return GroupPlan(name=name, primary_dim=default_primary_dim(name), special=special)
+
+
+def _promote(group: str, plan: ArrayPlan, scans: Sequence[ItemScan]) -> np.dtype:
+    seen = plan.dtypes_seen
+    if "string" in seen:
+        if len(seen) > 1:
+            raise MergeError(_dtype_conflict(group, plan, scans))
+        return np.dtype(object)
+    dtypes = [np.dtype(d) for d in seen]
+    kinds = {d.kind for d in dtypes}
+    if len(kinds) > 1 and not kinds <= set("biuf"):
+        raise MergeError(_dtype_conflict(group, plan, scans))
+    return np.result_type(*dtypes)
+
+
+def _dtype_conflict(group: str, plan: ArrayPlan, scans: Sequence[ItemScan]) -> str:
+    examples = ", ".join(f"{d} in {scans[c].name!r}" for d, c in plan.dtypes_seen.items())
+    return f"array {group}/{plan.name} has incompatible dtypes across items: {examples}"
+
+
+# ---------------------------------------------------------------------------- writing
+class _RowBuffer:
+    """Rows of one output array waiting to fill a shard."""
+
+    def __init__(self, plan: ArrayPlan) -> None:
+        self.plan = plan
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+        self.next_shard = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[0]:
+            self.parts.append(rows)
+            self.count += rows.shape[0]
+
+    def take_full_shards(self) -> Iterator[tuple[int, np.ndarray]]:
+        size = self.plan.shard_rows
+        while self.count >= size:
+            block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+            yield self.next_shard, block[:size]
+            rest = block[size:]
+            self.parts = [rest] if rest.shape[0] else []
+            self.count = rest.shape[0]
+            self.next_shard += 1
+
+    def take_rest(self) -> tuple[int, np.ndarray] | None:
+        if not self.count:
+            return None
+        block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.parts, self.count = [], 0
+        return self.next_shard, block
+
+
+def _encode_shard_job(
+    rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None
+) -> bytes:
+    return encode_shard(rows, inner_rows, shard_rows, level)
+
+
+class _Writer:
+    """Encodes shards (in a pool when given) and writes them to the sink in order."""
+
+    def __init__(
+        self, sink: _ZipSink | _DirSink, pool: cf.Executor | None, level: int | None, window: int
+    ) -> None:
+        self.sink = sink
+        self.pool = pool
+        self.level = level
+        self.pending: deque[tuple[str, cf.Future[bytes] | bytes]] = deque()
+        self.window = window
+        self.stored = 0
+
+    def shard(self, key: str, rows: np.ndarray, plan: ArrayPlan) -> None:
+        if self.pool is None:
+            self._write(key, encode_shard(rows, plan.inner_rows, plan.shard_rows, self.level))
+            return
+        future = self.pool.submit(
+            _encode_shard_job,
+            np.ascontiguousarray(rows),
+            plan.inner_rows,
+            plan.shard_rows,
+            self.level,
+        )
+        self.pending.append((key, future))
+        while len(self.pending) > self.window:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        key, job = self.pending.popleft()
+        self._write(key, job if isinstance(job, bytes) else job.result())
+
+    def _write(self, key: str, data: bytes) -> None:
+        self.sink.add(key, data)
+        self.stored += len(data)
+
+    def add(self, key: str, data: bytes, *, deflate: bool = False) -> None:
+        self.flush()
+        self.sink.add(key, data, deflate=deflate)
+        self.stored += len(data)
+
+    def flush(self) -> None:
+        while self.pending:
+            self._drain_one()
+
+
+def _array_doc(
+    shape: Sequence[int],
+    dtype: np.dtype,
+    dims: Sequence[str],
+    chunk_shape: Sequence[int],
+    codecs: list[dict[str, Any]],
+    attributes: Mapping[str, Any],
+) -> dict[str, Any]:
+    fill: Any = False if dtype.kind == "b" else (0.0 if dtype.kind == "f" else 0)
+    if dtype.kind == "c":
+        fill = [0.0, 0.0]
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(shape),
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": codecs,
+        "attributes": dict(attributes),
+        "dimension_names": list(dims),
+    }
+
+
+def _plain_codecs(dtype: np.dtype, level: int | None) -> list[dict[str, Any]]:
+    codecs: list[dict[str, Any]] = [
+        {"name": "bytes", "configuration": {"endian": "little"}}
+        if dtype.itemsize > 1
+        else {"name": "bytes"}
+    ]
+    if level is not None:
+        codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    return codecs
+
+
+def _write_plain_array(
+    writer: _Writer,
+    path: str,
+    arr: np.ndarray,
+    dims: Sequence[str],
+    level: int | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a small array as one chunk; return its metadata document."""
+    attributes = attributes or {}
+    if arr.dtype.kind in "OU":
+        values = ["" if v is None else str(v) for v in arr.ravel().tolist()]
+        payload = encode_vlen_utf8(values)
+        codecs: list[dict[str, Any]] = [{"name": "vlen-utf8", "configuration": {}}]
+        if level is not None:
+            payload = zstd_compress(payload, level)
+            codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        doc = _array_doc(
+            arr.shape, np.dtype("int8"), dims, [max(1, s) for s in arr.shape], codecs, attributes
+        )
+        doc["data_type"] = "string"
+        doc["fill_value"] = ""
+    else:
+        arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+        payload = arr.tobytes()
+        if level is not None:
+            payload = zstd_compress(payload, level)
+        doc = _array_doc(
+            arr.shape,
+            arr.dtype,
+            dims,
+            [max(1, s) for s in arr.shape],
+            _plain_codecs(arr.dtype, level),
+            attributes,
+        )
+    if arr.size:
+        key = "c" if arr.ndim == 0 else "c/" + "/".join("0" for _ in arr.shape)
+        writer.add(f"{path}/{key}", payload)
+    return doc
+
+
+def _dims_for(group: GroupPlan, plan: ArrayPlan, schema: Any) -> list[str]:
+    if plan.per_item:
+        return [ITEM_DIM, *(f"{plan.name}_dim_{i + 1}" for i in range(len(plan.trailing)))]
+    if schema is not None:
+        found = schema.array_spec(f"{group.name}/{plan.name}") or schema.array_spec(plan.name)
+        if found is not None and found[0] == group.name:
+            dims = list(found[2].get("dims", []))
+            if len(dims) == 1 + len(plan.trailing):
+                return [group.primary_dim, *dims[1:]]
+    return [group.primary_dim, *(f"{plan.name}_dim_{i + 1}" for i in range(len(plan.trailing)))]
+
+
+def merge_items(
+    files: Sequence[str],
+    output: str,
+    *,
+    schema: Any = None,
+    file_id_codes: Mapping[str, int] | None = None,
+    compression_level: int | None = DEFAULT_LEVEL,
+    inner_bytes: int = DEFAULT_INNER_BYTES,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_rows: Mapping[str, int] | None = None,
+    directory: bool = False,
+    workers: int | None = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> MergeResult:
+    """Merge item files into one dataset; see the module docstring.
+
+    Parameters
+    ----------
+    files
+        ``.data`` files (or item directories).
+    output
+        The ``.dataset`` path.
+    schema
+        Schema deciding groups, primary dimensions and dims; defaults to the schema stored
+        in the items, then to the name rules.
+    file_id_codes
+        ``{item name: code}``; defaults to codes in the order of ``files``. Codes must be
+        ``0..N-1``.
+    compression_level
+        zstd level of the output (``None``: uncompressed).
+    inner_bytes, shard_bytes
+        Target uncompressed sizes of inner chunks and shards.
+    shard_rows
+        Fixed shard lengths per group (``{"faces": 500000}``), as the specified
+        ``face_chunk``/``edge_chunk``/``faceface_flat_chunk`` arguments give them.
+    directory
+        Write a directory store instead of a zip.
+    workers
+        Processes decoding items and encoding shards; 0 or 1 works in this process,
+        ``None`` uses every core.
+    overwrite
+        Replace an existing dataset at ``output``.
+    progress
+        Show a progress bar (needs tqdm).
+    limits
+        Safety limits for reading items.
+
+    Raises
+    ------
+    MergeError
+        If ``output`` exists (without ``overwrite``), names repeat, codes are not
+        ``0..N-1``, no item is readable, or an array has incompatible dtypes across items.
+    """
+    started = time.perf_counter()
+    output = os.fspath(output)
+    if os.path.exists(output) and not overwrite:
+        raise MergeError(
+            f"{output} already exists; pass overwrite=True to replace it, or append to it"
+        )
+    ordered = _order_files([os.fspath(f) for f in files], file_id_codes)
+    errors: list[dict[str, str]] = []
+    n_workers = (os.cpu_count() or 1) if workers is None else workers
+    pool: cf.ProcessPoolExecutor | None = None
+    if n_workers > 1 and len(ordered) > 1:
+        pool = cf.ProcessPoolExecutor(n_workers, mp_context=_pool_context())
+    try:
+        scans = _scan_all(ordered, limits, pool, errors, progress)
+        if not scans:
+            raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
+        parsed_schema = _schema_from(schema, scans)
+        groups, kept, warnings_ = plan_groups(scans, parsed_schema, errors)
+        if len(kept) != len(scans):
+            # Codes are positions among the merged items: plan again without the dropped.
+            scans = [scans[c] for c in kept]
+            groups, _, warnings_ = plan_groups(scans, parsed_schema, [])
+        if not scans:
+            raise MergeError(f"no item could be merged: {errors[:3]}")
+        result = _write_dataset(
+            output,
+            scans,
+            groups,
+            parsed_schema,
+            compression_level,
+            inner_bytes,
+            shard_bytes,
+            shard_rows or {},
+            directory,
+            pool,
+            n_workers,
+            limits,
+            progress,
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    result.errors = errors
+    result.warnings = warnings_
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork when this process has a single thread (safe then, and workers start at once);
+    spawn otherwise, since forking a threaded process can copy a held lock."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _order_files(files: list[str], codes: Mapping[str, int] | None) -> list[str]:
+    names = [item_name_of(f) for f in files]
+    seen: dict[str, str] = {}
+    for name, path in zip(names, files, strict=True):
+        if name in seen:
+            raise MergeError(f"duplicate item name {name!r}: {seen[name]} and {path}")
+        seen[name] = path
+    if codes is None:
+        return files
+    missing = [n for n in names if n not in codes]
+    if missing:
+        raise MergeError(f"file_id_codes has no code for {missing[:5]}")
+    order = sorted(range(len(files)), key=lambda i: codes[names[i]])
+    if sorted(codes[names[i]] for i in order) != list(range(len(files))):
+        raise MergeError("file_id_codes must number the items 0..N-1")
+    return [files[i] for i in order]
+
+
+def _scan_all(
+    files: Sequence[str],
+    limits: Limits,
+    pool: cf.Executor | None,
+    errors: list[dict[str, str]],
+    progress: bool,
+) -> list[ItemScan]:
+    results: Iterable[ItemScan | tuple[str, str]]
+    if pool is None:
+        results = (scan_item(f, limits) for f in files)
+    else:
+        results = pool.map(scan_item, files, [limits] * len(files), chunksize=16)
+    scans: list[ItemScan] = []
+    for res in _progress(results, len(files), "scan", progress):
+        if isinstance(res, ItemScan):
+            scans.append(res)
+        else:
+            errors.append({"file": res[0], "error": res[1]})
+    return scans
+
+
+def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return it
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, total=total, desc=desc, unit="item")
+
+
+def _write_dataset(
+    output: str,
+    scans: Sequence[ItemScan],
+    groups: dict[str, GroupPlan],
+    schema: Any,
+    level: int | None,
+    inner_bytes: int,
+    shard_bytes: int,
+    shard_rows: Mapping[str, int],
+    directory: bool,
+    pool: cf.ProcessPoolExecutor | None,
+    n_workers: int,
+    limits: Limits,
+    progress: bool,
+) -> MergeResult:
+    n_items = len(scans)
+    offsets: dict[str, np.ndarray] = {}
+    for group in groups.values():
+        rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
+        offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        for plan in group.arrays.values():
+            plan.dims = _dims_for(group, plan, schema)
+            if not plan.per_item:
+                plan.inner_rows, plan.shard_rows = shard_layout(
+                    plan.row_bytes, inner_bytes, shard_bytes, shard_rows.get(group.name)
+                )
+    sink: _ZipSink | _DirSink = _DirSink(output) if directory else _ZipSink(output)
+    writer = _Writer(sink, pool, level, window=max(2, 2 * n_workers))
+    raw_total = 0
+    try:
+        buffers = {
+            (g.name, p.name): _RowBuffer(p)
+            for g in groups.values()
+            for p in g.arrays.values()
+            if not p.per_item
+        }
+        per_item: dict[tuple[str, str], list[Any]] = {
+            (g.name, p.name): [] for g in groups.values() for p in g.arrays.values() if p.per_item
+        }
+        needed = sorted(
+            {k for g in groups.values() for p in g.arrays.values() for k in p.sources.values()}
+        )
+        decoded = _decode_all(scans, needed, pool, n_workers, limits)
+        for code, arrays in enumerate(_progress(decoded, n_items, "merge", progress)):
+            for group in groups.values():
+                n_rows = group.rows.get(code, 0)
+                for plan in group.arrays.values():
+                    key = plan.sources.get(code)
+                    arr = arrays.get(key) if key is not None else None
+                    if arr is not None:
+                        raw_total += arr.nbytes
+                    if plan.per_item:
+                        per_item[(group.name, plan.name)].append(
+                            arr[()] if arr is not None else plan.fill_value
+                        )
+                        continue
+                    buf = buffers[(group.name, plan.name)]
+                    if arr is None:
+                        rows = np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
+                    else:
+                        rows = arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+                    buf.append(rows)
+                    for index, block in buf.take_full_shards():
+                        writer.shard(_shard_key(group, plan, index), block, plan)
+        for (group_name, _), buf in buffers.items():
+            rest = buf.take_rest()
+            if rest is not None:
+                writer.shard(_shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
+        writer.flush()
+        docs = _write_structure(writer, groups, offsets, per_item, scans, schema, level)
+        _write_root(writer, docs, scans, groups, schema)
+        writer.flush()
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    summary = {
+        name: {
+            "rows": int(offsets[name][-1]),
+            "primary_dimension": g.primary_dim,
+            "arrays": sorted(g.arrays),
+        }
+        for name, g in groups.items()
+    }
+    stored = os.path.getsize(output) if not directory else writer.stored
+    return MergeResult(
+        path=output,
+        items=[s.name for s in scans],
+        errors=[],
+        groups=summary,
+        raw_bytes=raw_total,
+        stored_bytes=stored,
+        seconds=0.0,
+    )
+
+
+def _shard_key(group: GroupPlan, plan: ArrayPlan, index: int) -> str:
+    zeros = "".join("/0" for _ in plan.trailing)
+    return f"{group.name}/{plan.name}/c/{index}{zeros}"
+
+
+def _decode_all(
+    scans: Sequence[ItemScan],
+    needed: Sequence[str],
+    pool: cf.ProcessPoolExecutor | None,
+    n_workers: int,
+    limits: Limits,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield each item's decoded arrays in code order, a bounded number in flight."""
+
+    def wanted(scan: ItemScan) -> list[str]:
+        return [k for k in needed if k in scan.arrays]
+
+    if pool is None:
+        for scan in scans:
+            yield _decode_checked(scan.path, wanted(scan), limits)
+        return
+    window = max(4, 4 * n_workers)
+    pending: deque[cf.Future[dict[str, np.ndarray]]] = deque()
+    it = iter(scans)
+    for scan in it:
+        pending.append(pool.submit(_decode_checked, scan.path, wanted(scan), limits))
+        if len(pending) >= window:
+            break
+    while pending:
+        result = pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_decode_checked, nxt.path, wanted(nxt), limits))
+        yield result
+
+
+def _decode_checked(path: str, keys: Sequence[str], limits: Limits) -> dict[str, np.ndarray]:
+    try:
+        return read_item_arrays(path, keys, limits)
+    except CorruptStoreError as exc:
+        # The scan verified every CRC; data that fails now was crafted to pass it.
+        raise MergeError(f"item {path} changed or is corrupt beyond its checksums: {exc}") from exc
+
+
+def _write_structure(
+    writer: _Writer,
+    groups: dict[str, GroupPlan],
+    offsets: dict[str, np.ndarray],
+    per_item: dict[tuple[str, str], list[Any]],
+    scans: Sequence[ItemScan],
+    schema: Any,
+    level: int | None,
+) -> dict[str, dict[str, Any]]:
+    """Write per-item arrays, provenance and offsets; return every node's zarr.json."""
+    docs: dict[str, dict[str, Any]] = {}
+    n_items = len(scans)
+    for group in groups.values():
+        total = int(offsets[group.name][-1])
+        attrs: dict[str, Any] = {"primary_dimension": group.primary_dim}
+        if group.special:
+            attrs["special_processing"] = group.special
+        docs[group.name] = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        for plan in group.arrays.values():
+            path = f"{group.name}/{plan.name}"
+            if plan.per_item:
+                values = per_item[(group.name, plan.name)]
+                arr = (
+                    np.array(values, dtype=plan.dtype)
+                    if values
+                    else np.zeros((0, *plan.trailing), dtype=plan.dtype)
+                )
+                docs[path] = _write_plain_array(writer, path, arr, plan.dims, level)
+            else:
+                docs[path] = _array_doc(
+                    (total, *plan.trailing),
+                    plan.dtype,
+                    plan.dims,
+                    (plan.shard_rows, *[max(1, t) for t in plan.trailing]),
+                    [sharding_codec((plan.inner_rows, *[max(1, t) for t in plan.trailing]), level)],
+                    {},
+                )
+        # Provenance: the item code of every row, written shard by shard.
+        code_plan = ArrayPlan(
+            group=group.name,
+            name=file_id_code_name(group.name),
+            per_item=False,
+            dtype=np.dtype("int64"),
+            trailing=(),
+        )
+        code_plan.inner_rows, code_plan.shard_rows = shard_layout(
+            8, DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES
+        )
+        bounds = offsets[group.name]
+        for start in range(0, total, code_plan.shard_rows):
+            stop = min(total, start + code_plan.shard_rows)
+            rows = np.arange(start, stop, dtype=np.int64)
+            codes = np.searchsorted(bounds, rows, side="right") - 1
+            writer.shard(
+                f"{group.name}/{code_plan.name}/c/{start // code_plan.shard_rows}",
+                codes.astype(np.int64),
+                code_plan,
+            )
+        docs[f"{group.name}/{code_plan.name}"] = _array_doc(
+            (total,),
+            np.dtype("int64"),
+            [group.primary_dim],
+            (code_plan.shard_rows,),
+            [sharding_codec((code_plan.inner_rows,), level)],
+            {},
+        )
+        docs[f"{group.name}/{OFFSETS}"] = _write_plain_array(
+            writer, f"{group.name}/{OFFSETS}", bounds, [BOUNDARY_DIM], level
+        )
+    names = np.array([s.name for s in scans], dtype=object)
+    docs[ITEM_NAMES] = _write_plain_array(writer, ITEM_NAMES, names, [ITEM_DIM], level)
+    assert n_items == len(names)
+    return docs
+
+
+def _write_root(
+    writer: _Writer,
+    docs: dict[str, dict[str, Any]],
+    scans: Sequence[ItemScan],
+    groups: dict[str, GroupPlan],
+    schema: Any,
+) -> None:
+    for path, doc in docs.items():
+        writer.add(f"{path}/zarr.json", _dump(doc), deflate=True)
+    root = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"cadstore": DATASET_FORMAT},
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": docs},
+    }
+    writer.add("zarr.json", _dump(root), deflate=True)
+    metadata = {
+        "format": DATASET_FORMAT,
+        "item_count": len(scans),
+        "groups": {
+            name: {
+                "primary_dimension": g.primary_dim,
+                "special_processing": g.special,
+                "rows": int(sum(g.rows.values())),
+            }
+            for name, g in groups.items()
+        },
+    }
+    if schema is not None:
+        metadata["_storage_schema"] = schema.to_dict()
+    writer.add("metadata.json", jsoncodec.dumps(metadata).encode("utf-8"), deflate=True)

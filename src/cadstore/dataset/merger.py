@@ -1,0 +1,365 @@
+"""``DatasetMerger``, the specified merge API, and the one-call :func:`merge`.
+
+The specified system's merger deletes its inputs by default, cannot append, and starts a
+Dask cluster. Here deleting is opt-in (``delete_source_files=True``), the merge streams
+in this process or a local process pool, and the result is recorded in a ``.flow``
+manifest written last, so a half-finished merge is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cadstore.dataset.layout import assign_group
+from cadstore.dataset.merge import (
+    DEFAULT_INNER_BYTES,
+    DEFAULT_LEVEL,
+    DEFAULT_SHARD_BYTES,
+    ItemScan,
+    MergeResult,
+    item_name_of,
+    merge_items,
+    scan_item,
+)
+from cadstore.errors import MergeError
+from cadstore.format import jsoncodec
+from cadstore.fs import LocalFileSystem
+
+__all__ = ["DatasetMerger", "merge", "write_flow_manifest"]
+
+FLOW_FORMAT = "cadstore-flow/1"
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path)
+    for suffix in (".dataset", ".zarr"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def write_flow_manifest(
+    path: str,
+    *,
+    dataset: str,
+    infoset: str | None,
+    attribset: str | None,
+    result: MergeResult,
+    durations: Mapping[str, float],
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the ``.flow`` manifest atomically; its presence marks a finished merge.
+
+    Paths are stored relative to the manifest's directory when they lie below it, so the
+    three files and the manifest can be moved together.
+    """
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(p: str | None) -> str | None:
+        if p is None:
+            return None
+        full = os.path.abspath(p)
+        return os.path.relpath(full, base) if full.startswith(base + os.sep) else full
+
+    error_types: dict[str, int] = {}
+    for err in result.errors:
+        kind = err["error"].split(":")[0][:60]
+        error_types[kind] = error_types.get(kind, 0) + 1
+    doc = {
+        "format": FLOW_FORMAT,
+        "flow_name": _stem(path),
+        "flow_data": rel(dataset),
+        "flow_info": rel(infoset),
+        "flow_attributes": rel(attribset),
+        "file_count": len(result.items),
+        "groups": result.groups,
+        "Duration [seconds]": {"total": sum(durations.values()), **durations},
+        "error_distribution": error_types,
+        "errors": result.errors,
+        "warnings": result.warnings,
+        "raw_bytes": result.raw_bytes,
+        "stored_bytes": result.stored_bytes,
+        **(extra or {}),
+    }
+    LocalFileSystem().write_bytes_atomic(path, jsoncodec.dumps(doc, indent=1).encode("utf-8"))
+    return path
+
+
+class DatasetMerger:
+    """Merge per-item ``.data`` files into one ``.dataset`` (the specified API).
+
+    Parameters
+    ----------
+    zip_files
+        The item files, in code order unless ``file_id_codes`` says otherwise.
+    merged_store_path
+        The ``.dataset`` to write.
+    file_id_codes
+        ``{item name: code}`` (what ``DatasetInfo.build_code_mappings`` returns).
+    dask_client_params
+        Accepted for compatibility; ``{"n_workers": n}`` sets the number of local worker
+        processes. Nothing else starts.
+    delete_source_files
+        Delete the merged ``.data`` files after a successful merge. Off by default: the
+        specified default destroys the inputs.
+    schema
+        A schema (dict, builder or ``Schema``); see :meth:`set_schema`.
+    workers
+        Local worker processes (0: this process; ``None``: every core).
+    """
+
+    def __init__(
+        self,
+        zip_files: Sequence[str] | None = None,
+        merged_store_path: str | None = None,
+        file_id_codes: Mapping[str, int] | None = None,
+        dask_client_params: Mapping[str, Any] | None = None,
+        delete_source_files: bool = False,
+        *,
+        schema: Any = None,
+        workers: int | None = 0,
+    ) -> None:
+        self.zip_files = [os.fspath(f) for f in (zip_files or [])]
+        self.merged_store_path = os.fspath(merged_store_path) if merged_store_path else None
+        self.file_id_codes = dict(file_id_codes) if file_id_codes else None
+        self.delete_source_files = delete_source_files
+        self.workers = workers
+        if dask_client_params:
+            self.workers = int(dask_client_params.get("n_workers", workers or 0))
+        self._schema = None
+        self._discovered: dict[str, dict[str, list[str]]] | None = None
+        self.result: MergeResult | None = None
+        if schema is not None:
+            self.set_schema(schema)
+
+    def set_schema(self, schema: Any) -> None:
+        """Use ``schema`` for groups, primary dimensions and dimension names."""
+        from cadstore.schema import Schema
+
+        self._schema = Schema.from_any(schema)
+        self._discovered = None
+
+    def discover_groups_from_files(
+        self, max_files_to_scan: int = 5
+    ) -> dict[str, dict[str, list[str]]]:
+        """Scan a few items and return ``{group: {"arrays": [...], "sources": [...]}}``.
+
+        A schema stored in the items is used when none was set.
+        """
+        from cadstore.schema import Schema
+
+        scans = [
+            s
+            for s in (scan_item(f) for f in self.zip_files[:max_files_to_scan])
+            if isinstance(s, ItemScan)
+        ]
+        schema = self._schema
+        if schema is None:
+            for scan in scans:
+                stored = scan.metadata.get("_storage_schema")
+                if isinstance(stored, Mapping) and stored:
+                    schema = Schema.from_any(stored)
+                    break
+        groups: dict[str, dict[str, list[str]]] = {}
+        for scan in scans:
+            for key in scan.arrays:
+                group, array = assign_group(key, schema)
+                entry = groups.setdefault(group, {"arrays": [], "sources": []})
+                if array not in entry["arrays"]:
+                    entry["arrays"].append(array)
+                    entry["sources"].append(key)
+        self._discovered = groups
+        return groups
+
+    def get_discovered_groups(self) -> dict[str, dict[str, list[str]]]:
+        """Return the groups found by :meth:`discover_groups_from_files` (scanning if needed)."""
+        if self._discovered is None:
+            return self.discover_groups_from_files()
+        return self._discovered
+
+    def print_discovered_structure(self) -> None:
+        """Print the discovered groups and their arrays."""
+        for group, entry in self.get_discovered_groups().items():
+            print(f"{group}:")
+            for array, source in zip(entry["arrays"], entry["sources"], strict=True):
+                print(f"  {array}  <- {source}")
+
+    def merge_data(
+        self,
+        face_chunk: int | None = None,
+        edge_chunk: int | None = None,
+        faceface_flat_chunk: int | None = None,
+        batch_size: int | None = None,
+        consolidate_metadata: bool = True,
+        force_compression: bool = True,
+        use_streaming: bool = True,
+        *,
+        compression_level: int | None = DEFAULT_LEVEL,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> MergeResult:
+        """Merge the items.
+
+        Parameters
+        ----------
+        face_chunk, edge_chunk, faceface_flat_chunk
+            Shard lengths (rows) of the ``faces``, ``edges``/``graph`` and ``faceface``
+            groups; by default shards hold about 16 MiB and inner chunks about 64 KiB.
+        batch_size
+            Accepted for compatibility: the merge always streams, so memory does not grow
+            with the number of items and no partial datasets are needed.
+        consolidate_metadata
+            Accepted for compatibility; consolidated metadata is always written.
+        force_compression
+            ``True`` writes one zip file, ``False`` a directory store.
+        use_streaming
+            Accepted for compatibility; the merge always streams.
+        compression_level
+            zstd level of the output.
+        overwrite
+            Replace an existing dataset.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        MergeResult
+            What was merged, skipped and how long it took.
+        """
+        if not self.merged_store_path:
+            raise MergeError("merged_store_path is not set")
+        if not self.zip_files:
+            raise MergeError("no input files to merge")
+        shard_rows: dict[str, int] = {}
+        for groups, rows in (
+            (("faces",), face_chunk),
+            (("edges", "graph"), edge_chunk),
+            (("faceface",), faceface_flat_chunk),
+        ):
+            if rows is not None:
+                shard_rows.update(dict.fromkeys(groups, int(rows)))
+        result = merge_items(
+            self.zip_files,
+            self.merged_store_path,
+            schema=self._schema,
+            file_id_codes=self.file_id_codes,
+            compression_level=compression_level,
+            inner_bytes=DEFAULT_INNER_BYTES,
+            shard_bytes=DEFAULT_SHARD_BYTES,
+            shard_rows=shard_rows,
+            directory=not force_compression,
+            workers=self.workers,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        self.result = result
+        if self.delete_source_files:
+            merged = set(result.items)
+            for path in self.zip_files:
+                if item_name_of(path) in merged and os.path.isfile(path):
+                    os.unlink(path)
+        return result
+
+    def close_dask_resources(self, close_global: bool = False) -> None:
+        """Nothing to release: no cluster is started (kept for compatibility)."""
+
+
+def merge(
+    inputs: Sequence[str] | str,
+    output: str,
+    *,
+    schema: Any = None,
+    infoset: str | None = None,
+    attribset: str | None = None,
+    flow: str | None = None,
+    workers: int | None = 0,
+    overwrite: bool = False,
+    compression_level: int | None = DEFAULT_LEVEL,
+    progress: bool = False,
+) -> MergeResult:
+    """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
+
+    Parameters
+    ----------
+    inputs
+        ``.data`` files, or a directory searched for ``*.data``.
+    output
+        The ``.dataset`` path; the other files default to the same stem.
+    schema
+        Schema for groups and metadata routing (default: the one stored in the items).
+    infoset, attribset, flow
+        Paths of the Parquet tables and the manifest.
+    workers
+        Local worker processes (0: this process; ``None``: every core).
+    overwrite
+        Replace existing outputs.
+    compression_level
+        zstd level of the dataset.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    MergeResult
+        The merge summary (also in the manifest).
+    """
+    files = _collect_inputs(inputs)
+    stem = output[: -len(".dataset")] if output.endswith(".dataset") else output
+    infoset = infoset or stem + ".infoset"
+    attribset = attribset or stem + ".attribset"
+    flow = flow or stem + ".flow"
+    if os.path.exists(flow) and not overwrite:
+        raise MergeError(f"{flow} already exists; pass overwrite=True to replace the dataset")
+    if os.path.exists(flow):
+        # The old manifest goes first: from here on the old dataset is no longer "finished".
+        os.unlink(flow)
+    t0 = time.perf_counter()
+    result = merge_items(
+        files,
+        output,
+        schema=schema,
+        workers=workers,
+        overwrite=overwrite,
+        compression_level=compression_level,
+        progress=progress,
+    )
+    t1 = time.perf_counter()
+    from cadstore.dataset.info import DatasetInfo
+
+    merged = {name: code for code, name in enumerate(result.items)}
+    by_name = {item_name_of(f): f for f in files}
+    info = DatasetInfo([by_name[n] for n in result.items], infoset, attribset, schema=schema)
+    info.set_code_mappings(merged)
+    info.parse_info_files()
+    info.store_info_to_parquet()  # writes the .attribset too
+    t2 = time.perf_counter()
+    write_flow_manifest(
+        flow,
+        dataset=output,
+        infoset=infoset,
+        attribset=attribset,
+        result=result,
+        durations={"merge": t1 - t0, "info": t2 - t1},
+        extra={"info": info.summary()},
+    )
+    return result
+
+
+def _collect_inputs(inputs: Sequence[str] | str) -> list[str]:
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [os.fspath(inputs)]
+    files: list[str] = []
+    for entry in inputs:
+        entry = os.fspath(entry)
+        if os.path.isdir(entry) and not os.path.exists(os.path.join(entry, "zarr.json")):
+            files.extend(
+                sorted(os.path.join(entry, n) for n in os.listdir(entry) if n.endswith(".data"))
+            )
+        else:
+            files.append(entry)
+    if not files:
+        raise MergeError(f"no .data files found in {list(inputs)}")
+    return files

@@ -1,0 +1,183 @@
+"""Zarr v3 ``sharding_indexed`` for row-concatenated dataset arrays.
+
+A merged dataset concatenates thousands of items along each group's primary dimension.
+Reading one item must not decode megabytes, and a dataset must not be hundreds of
+thousands of zip members; sharding gives both: each *shard* (one zip member) holds many
+small *inner chunks* followed by an index of ``(offset, nbytes)`` pairs, one per inner
+chunk, little-endian u64, ``(2**64-1, 2**64-1)`` for an absent chunk.
+
+cadstore shards only along axis 0: inner chunks and shards span every other axis. The
+index is encoded with the ``bytes`` codec only (no checksum), which zarr-python reads.
+Inner chunks are ``bytes`` + ``zstd`` (or ``bytes`` alone when uncompressed).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cadstore.format import codecs as C
+
+__all__ = [
+    "MISSING",
+    "decode_inner",
+    "encode_shard",
+    "read_index",
+    "sharding_codec",
+    "shard_layout",
+]
+
+MISSING = 2**64 - 1
+_ENTRY = struct.Struct("<QQ")
+
+
+def shard_layout(
+    row_bytes: int, inner_target: int, shard_target: int, shard_rows: int | None = None
+) -> tuple[int, int]:
+    """Choose ``(inner_rows, shard_rows)`` for rows of ``row_bytes`` bytes.
+
+    Inner chunks hold about ``inner_target`` bytes and shards about ``shard_target``;
+    ``shard_rows`` (when given, e.g. the specified ``face_chunk``) fixes the shard length.
+    Shard rows are always a multiple of inner rows, as zarr-python requires.
+    """
+    row_bytes = max(1, row_bytes)
+    inner = max(1, inner_target // row_bytes)
+    if shard_rows is not None:
+        inner = min(inner, max(1, shard_rows))
+        per_shard = max(1, shard_rows // inner)
+    else:
+        per_shard = max(1, shard_target // (inner * row_bytes))
+    return inner, inner * per_shard
+
+
+def sharding_codec(inner_shape: Sequence[int], level: int | None) -> dict[str, Any]:
+    """Return the ``sharding_indexed`` codec description for a v3 ``zarr.json``."""
+    inner_codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if level is not None:
+        inner_codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    return {
+        "name": "sharding_indexed",
+        "configuration": {
+            "chunk_shape": list(inner_shape),
+            "codecs": inner_codecs,
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "index_location": "end",
+        },
+    }
+
+
+def encode_shard(rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None) -> bytes:
+    """Encode up to ``shard_rows`` rows as one shard.
+
+    Inner chunks past the end of ``rows`` are absent; a last, partial inner chunk is
+    padded with zeros to its full shape, as Zarr requires.
+    """
+    n_inner = shard_rows // inner_rows
+    body: list[bytes] = []
+    index: list[bytes] = []
+    offset = 0
+    inner_shape = (inner_rows, *rows.shape[1:])
+    for i in range(n_inner):
+        block = rows[i * inner_rows : (i + 1) * inner_rows]
+        if block.shape[0] == 0:
+            index.append(_ENTRY.pack(MISSING, MISSING))
+            continue
+        if block.shape[0] < inner_rows:
+            padded = np.zeros(inner_shape, dtype=rows.dtype)
+            padded[: block.shape[0]] = block
+            block = padded
+        payload = np.ascontiguousarray(block).tobytes()
+        if level is not None:
+            payload = C.zstd_compress(payload, level)
+        index.append(_ENTRY.pack(offset, len(payload)))
+        body.append(payload)
+        offset += len(payload)
+    return b"".join(body) + b"".join(index)
+
+
+def read_index(tail: bytes, n_inner: int, shard_size: int) -> list[tuple[int, int]]:
+    """Parse and validate a shard index (the last ``16 * n_inner`` bytes of a shard)."""
+    if len(tail) != 16 * n_inner:
+        raise C.ChunkDecodeError("shard index is truncated")
+    body_size = shard_size - 16 * n_inner
+    entries = []
+    for i in range(n_inner):
+        offset, nbytes = _ENTRY.unpack_from(tail, 16 * i)
+        if (offset, nbytes) != (MISSING, MISSING) and (
+            offset + nbytes > body_size or offset > body_size
+        ):
+            raise C.ChunkDecodeError("shard index points outside the shard")
+        entries.append((offset, nbytes))
+    return entries
+
+
+def decode_inner(
+    data: bytes,
+    codecs: Sequence[dict[str, Any]],
+    dtype: np.dtype,
+    inner_shape: Sequence[int],
+    limit: int,
+) -> np.ndarray:
+    """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``)."""
+    expected = math.prod(inner_shape) * dtype.itemsize
+    for codec in reversed(codecs[1:]):
+        name = codec["name"]
+        if name == "zstd":
+            data = C.decode_zstd(data, expected, limit)
+        elif name == "gzip":
+            data = C.decode_gzip(data, expected, limit, wbits=31)
+        else:
+            raise C.ChunkDecodeError(f"inner codec {name!r} is not on the allow-list")
+    if codecs[0].get("name") != "bytes":
+        raise C.ChunkDecodeError("inner chunks must use the bytes codec")
+    if len(data) != expected:
+        raise C.ChunkDecodeError(f"inner chunk has {len(data)} bytes, expected {expected}")
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    arr = np.frombuffer(data, dtype=dtype.newbyteorder(">" if endian == "big" else "<"))
+    return arr.reshape(inner_shape).astype(dtype, copy=False)
+
+
+def decode_shard(
+    data: bytes,
+    config: dict[str, Any],
+    dtype: np.dtype,
+    shard_shape: Sequence[int],
+    limit: int,
+    fill: Callable[[tuple[int, ...]], np.ndarray],
+) -> np.ndarray:
+    """Decode a whole shard into an array of ``shard_shape`` (absent chunks filled)."""
+    inner_shape = tuple(int(x) for x in config["chunk_shape"])
+    if len(inner_shape) != len(shard_shape) or any(
+        s % i for s, i in zip(shard_shape, inner_shape, strict=True)
+    ):
+        raise C.ChunkDecodeError("inner chunk shape does not divide the shard shape")
+    if config.get("index_location", "end") != "end":
+        raise C.ChunkDecodeError("only shard indexes at the end are supported")
+    index_codecs = config.get("index_codecs") or []
+    if [c.get("name") for c in index_codecs] not in (["bytes"], ["bytes", "crc32c"]):
+        raise C.ChunkDecodeError("unsupported shard index codecs")
+    grid = [s // i for s, i in zip(shard_shape, inner_shape, strict=True)]
+    n_inner = math.prod(grid)
+    index_size = 16 * n_inner + (4 if len(index_codecs) == 2 else 0)
+    if len(data) < index_size:
+        raise C.ChunkDecodeError("shard shorter than its index")
+    entries = read_index(
+        data[len(data) - index_size : len(data) - index_size + 16 * n_inner],
+        n_inner,
+        len(data) - index_size + 16 * n_inner,
+    )
+    out = fill(tuple(shard_shape))
+    codecs = config.get("codecs") or []
+    for flat, (offset, nbytes) in enumerate(entries):
+        if offset == MISSING:
+            continue
+        pos = np.unravel_index(flat, grid)
+        region = tuple(slice(p * i, (p + 1) * i) for p, i in zip(pos, inner_shape, strict=True))
+        out[region] = decode_inner(
+            data[offset : offset + nbytes], codecs, dtype, inner_shape, limit
+        )
+    return out

@@ -1,0 +1,37 @@
+"""Shared fixtures: realistic items written as real .data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cadstore import OptStorage
+from cadstore.testing.workload import iter_items
+
+
+def write_items(
+    directory: Path, n: int, seed: int = 0, schema: Any = None, start: int = 0
+) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """Write ``n`` realistic items as ``.data`` files; return (path, item, metadata)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, item, meta in iter_items(n, seed=seed, start=start):
+        storage = OptStorage(directory / f"{name}.zarr")
+        if schema is not None:
+            storage.set_schema(schema)
+        for key, value in item.items():
+            storage.save_data(key, value)
+        for key, value in meta.items():
+            storage.save_metadata(key, value)
+        storage.compress_store()
+        storage.close()
+        out.append((directory / f"{name}.zarr.data", item, meta))
+    return out
+
+
+@pytest.fixture(scope="session")
+def realistic_items(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Any, Any]]:
+    """Thirty realistic items, written once per test session."""
+    return write_items(tmp_path_factory.mktemp("items") / "encoded", 30, seed=11)

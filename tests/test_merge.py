@@ -1,0 +1,327 @@
+"""Merging items into a .dataset: layout, provenance, offsets, robustness, readers."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from cadstore import DatasetMerger, OptStorage, SchemaBuilder
+from cadstore.dataset.merge import merge_items
+from cadstore.errors import MergeError
+from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.sources import ZipSource
+from conftest import write_items
+
+FACEFACE = ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
+
+
+_STORES: list[zarr.storage.ZipStore] = []
+
+
+def _store(path: Path) -> zarr.storage.ZipStore:
+    store = zarr.storage.ZipStore(path, mode="r")
+    _STORES.append(store)
+    return store
+
+
+def _open(path: Path) -> zarr.Group:
+    return zarr.open_group(_store(path), mode="r")
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Any:
+    yield
+    while _STORES:
+        _STORES.pop().close()
+
+
+def _expected(items: list[tuple[Path, Any, Any]], key: str) -> np.ndarray:
+    parts = []
+    for _, item, _ in items:
+        value = item["graph"][key.split("/")[1]] if key.startswith("graph/") else item[key]
+        if key in FACEFACE:
+            value = value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
+        parts.append(value)
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def merged(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("merged") / "flow.dataset"
+    merge_items([p for p, _, _ in realistic_items], out)
+    return out
+
+
+def test_rows_and_values_match_the_items(merged: Path, realistic_items: list[Any]) -> None:
+    g = _open(merged)
+    assert sorted(g.group_keys()) == ["edges", "faceface", "faces", "graph"]
+    for group, keys in {
+        "faces": (
+            "face_areas",
+            "face_types",
+            "face_centroids",
+            "face_discretization",
+            "face_loops",
+            "face_indices",
+            "face_neighborscount",
+        ),
+        "edges": ("edge_lengths", "edge_types", "edge_u_grids", "edge_convexities"),
+        "faceface": FACEFACE,
+        "graph": ("graph/edges_source", "graph/edges_destination"),
+    }.items():
+        for key in keys:
+            name = key.split("/")[-1]
+            got = g[f"{group}/{name}"][...]
+            expected = _expected(realistic_items, key)
+            assert got.dtype == expected.dtype, key
+            np.testing.assert_array_equal(got, expected, err_msg=key)
+
+
+def test_offsets_and_file_id_codes(merged: Path, realistic_items: list[Any]) -> None:
+    g = _open(merged)
+    n = len(realistic_items)
+    faces = [len(item["face_indices"]) for _, item, _ in realistic_items]
+    for group, per_item in {
+        "faces": faces,
+        "faceface": [f * f for f in faces],
+        "edges": [len(item["edge_indices"]) for _, item, _ in realistic_items],
+        "graph": [len(item["graph"]["edges_source"]) for _, item, _ in realistic_items],
+    }.items():
+        offsets = g[f"{group}/item_offsets"][...]
+        assert offsets.dtype == np.int64 and len(offsets) == n + 1
+        np.testing.assert_array_equal(np.diff(offsets), per_item)
+        codes = g[f"{group}/file_id_code_{group}"][...]
+        assert codes.dtype == np.int64
+        np.testing.assert_array_equal(codes, np.repeat(np.arange(n), per_item))
+        assert g[f"{group}/face_indices" if group == "faces" else f"{group}/item_offsets"]
+
+
+def test_facepair_rows_are_row_major(merged: Path, realistic_items: list[Any]) -> None:
+    g = _open(merged)
+    offsets = g["faceface/item_offsets"][...]
+    code = 3
+    item = realistic_items[code][1]
+    n = len(item["face_indices"])
+    rows = g["faceface/d2_distance"][offsets[code] : offsets[code + 1]]
+    i, j = 2, 5
+    np.testing.assert_array_equal(rows[i * n + j], item["d2_distance"][i, j])
+
+
+def test_per_item_scalars_are_stored_once(merged: Path, realistic_items: list[Any]) -> None:
+    g = _open(merged)
+    num_nodes = g["graph/num_nodes"]
+    assert num_nodes.shape == (len(realistic_items),)
+    assert num_nodes.metadata.dimension_names == ("item",)
+    np.testing.assert_array_equal(
+        num_nodes[...], [item["graph"]["num_nodes"] for _, item, _ in realistic_items]
+    )
+    names = g["item_names"][...]
+    assert names.tolist() == [p.name[: -len(".zarr.data")] for p, _, _ in realistic_items]
+
+
+def test_xarray_opens_every_group_with_named_dims(merged: Path) -> None:
+    store = _store(merged)
+    faces = xr.open_zarr(store, group="faces")
+    assert faces["face_areas"].dims == ("face",)
+    assert faces["file_id_code_faces"].dims == ("face",)
+    faceface = xr.open_zarr(store, group="faceface")
+    assert faceface["d2_distance"].dims[0] == "facepair"
+    graph = xr.open_zarr(store, group="graph")
+    assert graph["edges_source"].dims == ("edge",)
+    assert graph["num_nodes"].dims == ("item",)
+
+
+def test_our_reader_agrees_with_zarr(merged: Path) -> None:
+    source = ZipSource(str(merged))
+    try:
+        hier = ReadHierarchy(source)
+        g = _open(merged)
+        for path in (
+            "faces/face_discretization",
+            "faceface/a3_distance",
+            "graph/num_nodes",
+            "edges/file_id_code_edges",
+        ):
+            np.testing.assert_array_equal(hier.read_array(path), g[path][...])
+    finally:
+        source.close()
+
+
+def test_schema_gives_dims_and_groups(tmp_path: Path) -> None:
+    builder = SchemaBuilder(domain="CAD").from_template("cad_advanced")
+    items = write_items(tmp_path / "enc", 4, seed=3, schema=builder.build())
+    out = tmp_path / "s.dataset"
+    merger = DatasetMerger([p for p, _, _ in items], out)
+    merger.merge_data()
+    ds = xr.open_zarr(_store(out), group="faces")
+    assert ds["face_centroids"].dims[0] == "face"
+    groups = merger.get_discovered_groups()
+    assert "face_areas" in groups["faces"]["arrays"]
+
+
+def test_parallel_merge_is_byte_identical(
+    realistic_items: list[Any], merged: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "parallel.dataset"
+    merge_items([p for p, _, _ in realistic_items], out, workers=2)
+    assert filecmp.cmp(out, merged, shallow=False)
+
+
+def test_directory_output(realistic_items: list[Any], tmp_path: Path) -> None:
+    out = tmp_path / "dir.dataset"
+    DatasetMerger([p for p, _, _ in realistic_items[:5]], out).merge_data(force_compression=False)
+    assert out.is_dir()
+    g = zarr.open_group(zarr.storage.LocalStore(out, read_only=True), mode="r")
+    np.testing.assert_array_equal(
+        g["faces/face_areas"][...], _expected(realistic_items[:5], "face_areas")
+    )
+
+
+def test_bad_items_are_skipped_and_listed(realistic_items: list[Any], tmp_path: Path) -> None:
+    files = [p for p, _, _ in realistic_items[:6]]
+    broken = tmp_path / "broken.zarr.data"
+    broken.write_bytes(files[2].read_bytes()[:500])
+    flipped = tmp_path / "flipped.zarr.data"
+    raw = bytearray(files[3].read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    not_a_store = tmp_path / "text.zarr.data"
+    not_a_store.write_text("hello")
+    missing = tmp_path / "missing.zarr.data"
+    result = merge_items(
+        [files[0], broken, files[1], flipped, not_a_store, missing, files[4]],
+        tmp_path / "out.dataset",
+    )
+    assert len(result.items) == 3
+    assert {Path(e["file"]).name for e in result.errors} == {
+        "broken.zarr.data",
+        "flipped.zarr.data",
+        "text.zarr.data",
+        "missing.zarr.data",
+    }
+    g = _open(tmp_path / "out.dataset")
+    kept = [realistic_items[i] for i in (0, 1, 4)]
+    np.testing.assert_array_equal(g["faces/face_areas"][...], _expected(kept, "face_areas"))
+
+
+def test_missing_arrays_zero_faces_and_dtype_promotion(tmp_path: Path) -> None:
+    def item(path: Path, n_faces: int, area_dtype: str, with_types: bool) -> Path:
+        s = OptStorage(path)
+        s.save_data("face_areas", np.arange(n_faces, dtype=area_dtype))
+        if with_types:
+            s.save_data("face_types", np.ones(n_faces, dtype=np.int32))
+        s.save_data(
+            "graph", {"edges_source": np.arange(2 * n_faces, dtype=np.int16), "num_nodes": n_faces}
+        )
+        s.compress_store()
+        s.close()
+        return Path(str(path) + ".data")
+
+    files = [
+        item(tmp_path / "a.zarr", 3, "float32", True),
+        item(tmp_path / "b.zarr", 0, "float64", True),
+        item(tmp_path / "c.zarr", 2, "float32", False),
+    ]
+    merge_items(files, tmp_path / "out.dataset")
+    g = _open(tmp_path / "out.dataset")
+    areas = g["faces/face_areas"][...]
+    assert areas.dtype == np.float64  # float32 and float64 promote safely
+    np.testing.assert_array_equal(areas, [0, 1, 2, 0, 1])
+    types = g["faces/face_types"][...]
+    np.testing.assert_array_equal(types, [1, 1, 1, 0, 0])  # c lacks it: filled with 0
+    np.testing.assert_array_equal(g["faces/item_offsets"][...], [0, 3, 3, 5])
+    assert g["graph/edges_source"].dtype == np.int16
+
+
+def test_incompatible_dtypes_name_the_array(tmp_path: Path) -> None:
+    a = OptStorage(tmp_path / "a.zarr")
+    a.save_data("labels", np.array([1, 2]))
+    a.compress_store()
+    a.close()
+    b = OptStorage(tmp_path / "b.zarr")
+    b.save_data("labels", np.array(["x", "y"]))
+    b.compress_store()
+    b.close()
+    result = merge_items([tmp_path / "a.zarr.data"], tmp_path / "ok.dataset")
+    assert result.items == ["a"]
+    c = OptStorage(tmp_path / "c.zarr")
+    c.save_data("labels", np.array([1 + 1j, 2]))
+    c.compress_store()
+    c.close()
+    with pytest.raises(MergeError, match=r"labels.*'a'.*'c'|labels.*'c'.*'a'"):
+        merge_items([tmp_path / "a.zarr.data", tmp_path / "c.zarr.data"], tmp_path / "bad.dataset")
+    assert not (tmp_path / "bad.dataset").exists()
+
+
+def test_duplicate_names_and_existing_output(realistic_items: list[Any], tmp_path: Path) -> None:
+    first = realistic_items[0][0]
+    copy = tmp_path / "other" / first.name
+    copy.parent.mkdir()
+    shutil.copy(first, copy)
+    with pytest.raises(MergeError, match="duplicate item name"):
+        merge_items([first, copy], tmp_path / "dup.dataset")
+    out = tmp_path / "exists.dataset"
+    out.write_text("precious")
+    with pytest.raises(MergeError, match="already exists"):
+        merge_items([first], out)
+    assert out.read_text() == "precious"
+
+
+def test_sources_are_kept_unless_asked(realistic_items: list[Any], tmp_path: Path) -> None:
+    files = []
+    for p, _, _ in realistic_items[:3]:
+        shutil.copy(p, tmp_path / p.name)
+        files.append(tmp_path / p.name)
+    DatasetMerger(files, tmp_path / "keep.dataset").merge_data()
+    assert all(f.exists() for f in files)
+    DatasetMerger(files, tmp_path / "delete.dataset", delete_source_files=True).merge_data()
+    assert not any(f.exists() for f in files)
+    assert (tmp_path / "delete.dataset").exists()
+
+
+def test_file_id_codes_order(realistic_items: list[Any], tmp_path: Path) -> None:
+    files = [p for p, _, _ in realistic_items[:3]]
+    names = [p.name[: -len(".zarr.data")] for p in files]
+    codes = {names[0]: 2, names[1]: 0, names[2]: 1}
+    result = DatasetMerger(files, tmp_path / "o.dataset", codes).merge_data()
+    assert result.items == [names[1], names[2], names[0]]
+    with pytest.raises(MergeError, match=r"0\.\.N-1"):
+        DatasetMerger(files, tmp_path / "x.dataset", dict.fromkeys(names, 5)).merge_data()
+
+
+def test_one_call_merge_writes_dataset_tables_and_manifest(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    import json
+
+    import pandas as pd
+
+    from cadstore import merge
+
+    files = [p for p, _, _ in realistic_items[:8]]
+    bad = tmp_path / "bad.zarr.data"
+    bad.write_text("not a zip")
+    result = merge([*files, bad], str(tmp_path / "flow.dataset"))
+    assert len(result.items) == 8
+    info = pd.read_parquet(tmp_path / "flow.infoset")
+    assert info["id"].tolist() == list(range(8))
+    assert info["name"].tolist() == result.items
+    assert {"description", "subset", "table_name", "size_cadfile"} <= set(info.columns)
+    attrs = pd.read_parquet(tmp_path / "flow.attribset")
+    assert list(attrs.columns) == ["id", "name", "description", "table_name"]
+    manifest = json.loads((tmp_path / "flow.flow").read_text())
+    assert manifest["flow_data"] == "flow.dataset"
+    assert manifest["flow_info"] == "flow.infoset"
+    assert manifest["file_count"] == 8
+    assert [Path(e["file"]).name for e in manifest["errors"]] == ["bad.zarr.data"]
+    with pytest.raises(MergeError, match="already exists"):
+        merge(files, str(tmp_path / "flow.dataset"))
+    merge(files[:2], str(tmp_path / "flow.dataset"), overwrite=True)
+    assert json.loads((tmp_path / "flow.flow").read_text())["file_count"] == 2
