@@ -301,11 +301,6 @@ def test_strict_schema_mode_is_kept_and_satisfied(brep: BrepAccess) -> None:
     assert len(storage.get_keys()) == 13
 
 
-@pytest.mark.xfail(
-    reason="Schema.validate_array checks a per-item (N_f, N_f) face-pair array against the "
-    "merged dims ['facepair'] of its matrix_flattening group, so strict mode refuses it",
-    raises=SchemaError,
-)
 def test_strict_schema_mode_accepts_face_pair_arrays(brep: BrepAccess) -> None:
     storage = MemoryStorage()
     storage.set_schema(SchemaBuilder(domain="CAD_analysis").build(), strict=True)

@@ -1810,3 +1810,17 @@ def test_route_metadata_past_the_cache_limit() -> None:
         assert view.route_metadata(f"item_{index}", index) == "file_level"
         assert view.route_metadata(f"item_{index}", "text") == "categorical"
         assert view.route_metadata(f"size_{index}", "text") == "file_level"
+
+
+def test_item_face_pair_matrices_match_flattened_dims() -> None:
+    from cadstore.schema import Schema, SchemaBuilder
+
+    builder = SchemaBuilder()
+    group = builder.create_group("faceface", "facepair", special_processing="matrix_flattening")
+    group.create_array("d2_distance", ["facepair", "bin"], "float32")
+    group.create_array("extended_adjacency", ["facepair"], "float32")
+    schema = Schema(builder.build())
+    assert schema.validate_array("d2_distance", np.zeros((5, 5, 64), np.float32)) == []
+    assert schema.validate_array("extended_adjacency", np.zeros((5, 5), np.float32)) == []
+    assert schema.validate_array("d2_distance", np.zeros((25, 64), np.float32)) == []
+    assert schema.validate_array("d2_distance", np.zeros((5, 4, 64), np.float32)) != []

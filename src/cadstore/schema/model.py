@@ -509,7 +509,8 @@ class Schema:
         -------
         list of str
             Human-readable problems, each starting with *key*; empty means valid. The rules
-            are listed in the class notes.
+            are listed in the class notes. In a ``matrix_flattening`` group an item's
+            ``N x N (x k)`` array matches dims whose first entry is the flattened pair axis.
         """
         info = self._resolve(key)
         if info is None:
@@ -524,7 +525,14 @@ class Schema:
         except (TypeError, ValueError, OverflowError) as exc:
             return [f"{key}: cannot be read as an array ({exc})"]
         problems: list[str] = []
-        if arr.ndim != len(info.dims):
+        # An item stores a face-pair array as N x N (x k); the merge flattens the first two
+        # axes into the group's primary dimension, which is what the schema declares.
+        item_matrix = (
+            self.special_processing(info.group) == "matrix_flattening"
+            and arr.ndim == len(info.dims) + 1
+            and arr.shape[0] == arr.shape[1]
+        )
+        if arr.ndim != len(info.dims) and not item_matrix:
             problems.append(
                 f"{key}: expected {len(info.dims)} dimension(s) {list(info.dims)}, "
                 f"got {arr.ndim} (shape {arr.shape})"
