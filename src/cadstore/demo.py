@@ -9,11 +9,9 @@ independent reader.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,7 +20,7 @@ from cadstore.storage.opt import OptStorage
 from cadstore.storage.values import values_equal
 from cadstore.testing.workload import iter_items, raw_nbytes
 
-__all__ = ["main", "run_demo"]
+__all__ = ["run_demo"]
 
 
 def _schema() -> dict[str, object]:
@@ -108,14 +106,3 @@ def _check_with_zarr(path: str, item: dict[str, object]) -> None:
     )
     if not same:
         raise SystemExit("zarr-python read different values")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python3 -m cadstore demo``."""
-    parser = argparse.ArgumentParser(prog="cadstore demo", description=__doc__)
-    parser.add_argument("-o", "--output", default="demo_output", help="output directory")
-    parser.add_argument("-n", "--items", type=int, default=200, help="number of items")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run_demo(args.output, args.items, args.seed)
-    return 0

@@ -1,32 +1,83 @@
 """The ``cadstore`` command line.
 
-Subcommands:
+One entry point with subcommands; each lives in its own module under ``cadstore.cli`` and
+exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a function
+taking the parsed arguments and returning an exit code.
 
-``demo``
-    The main job on an embedded default (see :mod:`cadstore.demo`).
+Exit codes scripts can rely on:
+
+====  =========================================================================
+0     success
+1     the command ran but found problems (invalid data, failed items)
+2     bad usage or input: unknown options, missing or unreadable files
+====  =========================================================================
+
+Errors are one line on stderr (``cadstore: error: ...``), never a traceback, unless
+``--debug`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = (
+    "demo",
+    "inspect",
+    "cat",
+    "validate",
+    "merge",
+    "info",
+    "split",
+    "export_json",
+    "report",
+    "encode",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cadstore",
+        description="Storage for CAD machine learning: items, datasets, reports.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cadstore.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cadstore.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="cadstore", description="Storage for CAD machine learning."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
-        "demo", help="encode, store and verify a batch of realistic items", add_help=False
-    )
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        from cadstore.demo import main as demo_main
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("cadstore: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from cadstore.errors import CadstoreError
 
-        return demo_main(rest)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return 2
+        code = EXIT_USAGE if isinstance(exc, CadstoreError | OSError | ValueError) else 1
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"cadstore: error: {message}", file=sys.stderr)
+        return code
