@@ -64,6 +64,19 @@ class KeySource(ABC):
     def total_bytes(self) -> int:
         """Return the size of the underlying file(s)."""
 
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        """Return ``length`` bytes of ``key`` from ``start`` (fewer at the end), or ``None``.
+
+        Sources that can read part of a value override this; the default reads it all.
+        """
+        data = self.get(key)
+        return None if data is None else data[start : start + length]
+
+    def size_of(self, key: str) -> int | None:
+        """Return the size of the value at ``key`` without reading it, or ``None``."""
+        data = self.get(key)
+        return None if data is None else len(data)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
 
@@ -315,16 +328,7 @@ class ZipSource(KeySource):
         ``zipfile`` builds a file object per member; for the many small chunks of an item
         that costs more than the read itself.
         """
-        start = self._data_offsets.get(key)
-        if start is None:
-            header = self._read_at(info.header_offset, 30)
-            if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
-            start = info.header_offset + 30 + name_len + extra_len
-            self._data_offsets[key] = start
-        if start + info.compress_size > self._size:
-            raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
+        start = self._data_start(key, info)
         data = self._read_at(start, info.compress_size)
         if len(data) != info.compress_size:
             raise CorruptStoreError(self.location, f"member {key!r} is truncated")
@@ -362,6 +366,39 @@ class ZipSource(KeySource):
                 self.location, f"member {key!r} has {len(data)} bytes, header says {info.file_size}"
             )
         return data
+
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
+        info = self._members.get(key)
+        if info is None:
+            return None
+        if info.method != zipfile.ZIP_STORED or start < 0 or length < 0:
+            return super().get_range(key, start, length)
+        data_start = self._data_start(key, info)
+        # Ranged reads skip the member CRC (it covers the whole member); the decoders that
+        # consume these bytes check their own sizes, and the index entries are bounded.
+        stop = min(info.file_size, start + length)
+        if start >= stop:
+            return b""
+        return self._read_at(data_start + start, stop - start)
+
+    def size_of(self, key: str) -> int | None:  # docstring inherited
+        info = self._members.get(key)
+        return None if info is None else info.file_size
+
+    def _data_start(self, key: str, info: ZipMember) -> int:
+        start = self._data_offsets.get(key)
+        if start is None:
+            header = self._read_at(info.header_offset, 30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
+            name_len, extra_len = struct.unpack_from("<HH", header, 26)
+            start = info.header_offset + 30 + name_len + extra_len
+            if start + info.compress_size > self._size:
+                raise CorruptStoreError(
+                    self.location, f"member {key!r} runs past the end of the file"
+                )
+            self._data_offsets[key] = start
+        return start
 
     def keys(self) -> Iterable[str]:  # docstring inherited
         return self._members.keys()
@@ -407,6 +444,20 @@ class DirectorySource(KeySource):
             return None
         with open(path, "rb") as fh:
             return fh.read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
+        path = self._path(key)
+        if path is None or not os.path.isfile(path) or start < 0 or length < 0:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def size_of(self, key: str) -> int | None:  # docstring inherited
+        path = self._path(key)
+        if path is None or not os.path.isfile(path):
+            return None
+        return os.path.getsize(path)
 
     def keys(self) -> Iterator[str]:  # docstring inherited
         yield from (rel for rel, _ in LocalFileSystem().walk_files(self._root))

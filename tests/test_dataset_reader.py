@@ -1,0 +1,99 @@
+"""DatasetReader: one item's rows through the offsets index, partial shard reads."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cadstore.dataset.merge import merge_items
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
+
+
+@pytest.fixture(scope="module")
+def dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reader") / "r.dataset"
+    # Small shards and inner chunks so that items straddle both.
+    merge_items([p for p, _, _ in realistic_items], out, inner_bytes=2048, shard_bytes=16384)
+    return out
+
+
+def _check_item(reader: DatasetReader, code: int, item: dict[str, Any]) -> None:
+    got = reader.read_item(code)
+    np.testing.assert_array_equal(got["faces"]["face_areas"], item["face_areas"])
+    np.testing.assert_array_equal(got["faces"]["face_discretization"], item["face_discretization"])
+    np.testing.assert_array_equal(got["edges"]["edge_u_grids"], item["edge_u_grids"])
+    n = len(item["face_indices"])
+    np.testing.assert_array_equal(
+        got["faceface"]["a3_distance"], item["a3_distance"].reshape(n * n, -1)
+    )
+    np.testing.assert_array_equal(got["graph"]["edges_source"], item["graph"]["edges_source"])
+    assert got["graph"]["num_nodes"] == item["graph"]["num_nodes"]
+
+
+def test_every_item_reads_back(dataset: Path, realistic_items: list[Any]) -> None:
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        assert reader.n_items == len(realistic_items)
+        for code, (_, item, _) in enumerate(realistic_items):
+            _check_item(reader, code, item)
+        name = realistic_items[4][0].name[: -len(".zarr.data")]
+        assert reader.code_of(name) == 4
+
+
+def test_rows_across_shards(dataset: Path) -> None:
+    with DatasetReader(dataset) as reader:
+        whole = reader.read_array("faceface", "d2_distance")
+        for start, stop in [(0, 1), (0, len(whole)), (37, 9000), (len(whole) - 3, len(whole))]:
+            np.testing.assert_array_equal(
+                reader.read_rows("faceface", "d2_distance", start, stop), whole[start:stop]
+            )
+        assert reader.read_rows("faces", "face_areas", 5, 5).shape == (0,)
+
+
+def test_errors_name_the_valid_choices(dataset: Path) -> None:
+    with DatasetReader(dataset) as reader:
+        with pytest.raises(DatasetError, match=r"unknown group 'nope'.*faces"):
+            reader.read_item(0, groups=["nope"])
+        with pytest.raises(DatasetError, match="unknown array 'x' in group 'faces'"):
+            reader.read_rows("faces", "x", 0, 1)
+        with pytest.raises(DatasetError, match="out of range"):
+            reader.read_item(10_000)
+        with pytest.raises(DatasetError, match="outside"):
+            reader.read_rows("faces", "face_areas", 0, 10**9)
+        with pytest.raises(KeyNotFoundError):
+            reader.code_of("no-such-item")
+
+
+def test_not_a_dataset(tmp_path: Path, realistic_items: list[Any]) -> None:
+    with pytest.raises(CorruptStoreError, match="no such dataset"):
+        DatasetReader(tmp_path / "missing.dataset")
+    with pytest.raises(CorruptStoreError, match="not a cadstore dataset"):
+        DatasetReader(realistic_items[0][0])
+
+
+def _worker(reader: DatasetReader, code: int, queue: Any) -> None:
+    queue.put(reader.read_item(code)["faces"]["face_areas"].tolist())
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_reader_in_worker_processes(dataset: Path, realistic_items: list[Any], method: str) -> None:
+    reader = DatasetReader(dataset)
+    reader.read_item(0)
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(reader, 3, queue))
+    proc.start()
+    got = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert got == realistic_items[3][1]["face_areas"].tolist()
+    # Pickling is how DataLoader hands the reader to workers; the state is a path only.
+    clone = pickle.loads(pickle.dumps(reader))  # noqa: S301
+    _check_item(clone, 5, realistic_items[5][1])
+    reader.close()
+    clone.close()
