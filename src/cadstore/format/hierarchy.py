@@ -58,16 +58,30 @@ def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:
         return leaf, None
     if isinstance(leaf, np.generic):
         return np.asarray(leaf), "numpy_scalar"
+    # Python strings travel as object arrays: numpy's fixed-width "U" dtype would drop
+    # trailing NUL characters.
     if isinstance(leaf, str):
-        return np.asarray(leaf, dtype=str), "str"
+        arr = np.empty((), dtype=object)
+        arr[()] = leaf
+        return arr, "str"
     if isinstance(leaf, list):
-        return np.array(leaf, dtype=str), "list_str"
+        arr = np.empty(len(leaf), dtype=object)
+        arr[:] = leaf
+        return arr, "list_str"
     kind, dtype = _PY_SCALARS[type(leaf)]
     return np.asarray(leaf, dtype=dtype), kind
 
 
 def _array_to_leaf(arr: np.ndarray, kind: Any) -> Leaf:
     if kind is None:
+        if arr.dtype == object:
+            # A numpy string array was saved: give it back with numpy's own string dtype.
+            flat = arr.ravel().tolist()
+            return (
+                np.array(flat, dtype=str).reshape(arr.shape)
+                if flat
+                else np.empty(arr.shape, dtype="<U1")
+            )
         return arr
     if kind == "numpy_scalar":
         return arr[()]

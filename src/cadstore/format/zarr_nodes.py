@@ -364,13 +364,13 @@ def decode_array(
                 meta.shape, meta.fill_value, dtype=object if meta.is_string else meta.dtype
             )
         chunk = _decode_chunk(meta, raw, limits)
-        return _strings_to_unicode(chunk) if meta.is_string else chunk
+        return _strings_to_objects(chunk) if meta.is_string else chunk
     if meta.is_string:
         out = np.empty(meta.shape, dtype=object)
     else:
         out = np.empty(meta.shape, dtype=meta.dtype)
     if meta.size == 0:
-        return out.astype(str) if meta.is_string else out
+        return out
     grid = [math.ceil(s / c) for s, c in zip(meta.shape, meta.chunks, strict=True)]
     single = all(g == 1 for g in grid) and meta.chunks == meta.shape
     for index in product(*(range(g) for g in grid)):
@@ -388,15 +388,18 @@ def decode_array(
         else:
             out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
     if meta.is_string:
-        return _strings_to_unicode(out)
+        return _strings_to_objects(out)
     return out
 
 
-def _strings_to_unicode(arr: np.ndarray) -> np.ndarray:
-    flat = ["" if x is None else x for x in arr.ravel().tolist()]
-    if not flat:
-        return np.empty(arr.shape, dtype="<U1")
-    return np.array(flat, dtype=str).reshape(arr.shape)
+def _strings_to_objects(arr: np.ndarray) -> np.ndarray:
+    """Strings as an object array of ``str`` (missing values become ``""``).
+
+    Object rather than numpy ``U``: ``U`` silently drops trailing NUL characters.
+    """
+    out = np.empty(arr.shape, dtype=object)
+    out.ravel()[:] = ["" if x is None else x for x in arr.ravel().tolist()]
+    return out
 
 
 def _decode_chunk(meta: ArrayMeta, raw: bytes, limits: Limits) -> np.ndarray:
@@ -581,7 +584,7 @@ def encode_array(
         or ``{".zarray": doc, ".zattrs": attrs}``), the chunk bytes by relative key, and the
         parsed metadata (what :func:`parse_array_meta` returns for those documents).
     """
-    is_string = arr.dtype.kind == "U"
+    is_string = arr.dtype.kind in "UO"
     dtype: Any = STRING if is_string else arr.dtype
     chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
     raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
@@ -605,10 +608,13 @@ def encode_array(
             region = tuple(
                 slice(i * c, (i + 1) * c) for i, c in zip(index, chunk_shape, strict=True)
             )
-            block = arr[region]
+            # The trailing Ellipsis keeps a 0-d object array an array, not its element.
+            block = arr[(*region, ...)]
             if block.shape != chunk_shape:
                 # Zarr stores edge chunks at full size, padded with the fill value.
                 padded = np.zeros(chunk_shape, dtype=arr.dtype)
+                if is_string:
+                    padded[...] = ""
                 padded[tuple(slice(0, s) for s in block.shape)] = block
                 block = padded
             if is_string:

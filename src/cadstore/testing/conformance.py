@@ -255,6 +255,12 @@ class StorageConformance:
     def test_string_roundtrip(self, storage: DataStorage, tmp_path: Path, value: str) -> None:
         assert_same(self.roundtrip(tmp_path, "description", value), value)
 
+    def test_strings_keep_nul_and_trailing_characters(self, tmp_path: Path) -> None:
+        # numpy's fixed-width "U" dtype drops trailing NULs; stored strings must not.
+        for value in ("\x00", "end\x00", "\x00\x00mid\x00", "trailing space "):
+            assert_same(self.roundtrip(tmp_path, "s", value), value)
+        assert_same(self.roundtrip(tmp_path, "l", ["a\x00", "\x00"]), ["a\x00", "\x00"])
+
     def test_list_of_strings_roundtrip(self, storage: DataStorage, tmp_path: Path) -> None:
         value = ["bracket", "", "Größe", "零件"]
         assert_same(self.roundtrip(tmp_path, "tags", value), value)
