@@ -325,3 +325,62 @@ def test_one_call_merge_writes_dataset_tables_and_manifest(
         merge(files, str(tmp_path / "flow.dataset"))
     merge(files[:2], str(tmp_path / "flow.dataset"), overwrite=True)
     assert json.loads((tmp_path / "flow.flow").read_text())["file_count"] == 2
+
+
+def test_append_equals_full_merge_and_is_idempotent(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    from cadstore.dataset import DatasetReader, append_items
+
+    files = [p for p, _, _ in realistic_items[:12]]
+    small = {"inner_bytes": 2048, "shard_bytes": 16384}
+    merge_items(files[:7], tmp_path / "inc.dataset", **small)
+    before = (tmp_path / "inc.dataset").read_bytes()
+    result = append_items(tmp_path / "inc.dataset", files[5:])  # 5 and 6 are already in
+    assert len(result.items) == 5
+    assert sum("already in the dataset" in w for w in result.warnings) == 2
+    merge_items(files, tmp_path / "full.dataset", **small)
+    with (
+        DatasetReader(tmp_path / "inc.dataset") as inc,
+        DatasetReader(tmp_path / "full.dataset") as full,
+    ):
+        assert inc.item_names == full.item_names
+        for group in full.groups:
+            for array in full.arrays(group):
+                np.testing.assert_array_equal(
+                    inc.read_array(group, array), full.read_array(group, array)
+                )
+    again = append_items(tmp_path / "inc.dataset", files)
+    assert again.items == []
+    assert (tmp_path / "inc.dataset").read_bytes() != before
+
+
+def test_append_refuses_what_does_not_fit(realistic_items: list[Any], tmp_path: Path) -> None:
+    from cadstore.dataset import append_items
+
+    merge_items([realistic_items[0][0]], tmp_path / "d.dataset")
+    before = (tmp_path / "d.dataset").read_bytes()
+    odd = OptStorage(tmp_path / "odd.zarr")
+    odd.save_data("face_areas", np.ones((3, 2), dtype=np.float32))  # wrong trailing shape
+    odd.compress_store()
+    odd.close()
+    with pytest.raises(MergeError, match="face_areas"):
+        append_items(tmp_path / "d.dataset", [tmp_path / "odd.zarr.data"])
+    assert (tmp_path / "d.dataset").read_bytes() == before
+
+
+def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from cadstore import merge
+
+    files = [p for p, _, _ in realistic_items[:6]]
+    merge(files[:4], str(tmp_path / "f.dataset"))
+    merge(files[2:], str(tmp_path / "f.dataset"), append=True)
+    info = pd.read_parquet(tmp_path / "f.infoset")
+    assert info["id"].tolist() == list(range(6))
+    assert info["name"].tolist() == [p.name[: -len(".zarr.data")] for p in files]
+    manifest = json.loads((tmp_path / "f.flow").read_text())
+    assert manifest["file_count"] == 6 and manifest["appended"] == 2

@@ -10,10 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cadstore.dataset.merge import MergeResult, merge_items
+from cadstore.dataset.merge import MergeResult, append_items, merge_items
 from cadstore.dataset.merger import DatasetMerger, merge
+from cadstore.dataset.reader import DatasetReader
 
-__all__ = ["DatasetInfo", "DatasetMerger", "MergeResult", "merge", "merge_items"]
+__all__ = [
+    "DatasetInfo",
+    "DatasetMerger",
+    "DatasetReader",
+    "MergeResult",
+    "append_items",
+    "merge",
+    "merge_items",
+]
 
 
 def __getattr__(name: str) -> Any:

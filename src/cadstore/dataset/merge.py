@@ -871,8 +871,13 @@ def _write_structure(
     scans: Sequence[ItemScan],
     schema: Any,
     level: int | None,
+    code_start: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Write per-item arrays, provenance and offsets; return every node's zarr.json."""
+    """Write per-item arrays, provenance and offsets; return every node's zarr.json.
+
+    ``code_start`` (per group) skips provenance shards that hold only rows below it:
+    when appending, those were copied from the existing dataset.
+    """
     docs: dict[str, dict[str, Any]] = {}
     n_items = len(scans)
     for group in groups.values():
@@ -912,7 +917,8 @@ def _write_structure(
             8, DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES
         )
         bounds = offsets[group.name]
-        for start in range(0, total, code_plan.shard_rows):
+        first = (code_start or {}).get(group.name, 0) // code_plan.shard_rows
+        for start in range(first * code_plan.shard_rows, total, code_plan.shard_rows):
             stop = min(total, start + code_plan.shard_rows)
             rows = np.arange(start, stop, dtype=np.int64)
             codes = np.searchsorted(bounds, rows, side="right") - 1
@@ -944,6 +950,7 @@ def _write_root(
     scans: Sequence[ItemScan],
     groups: dict[str, GroupPlan],
     schema: Any,
+    rows: Mapping[str, int] | None = None,
 ) -> None:
     for path, doc in docs.items():
         writer.add(f"{path}/zarr.json", _dump(doc), deflate=True)
@@ -961,7 +968,7 @@ def _write_root(
             name: {
                 "primary_dimension": g.primary_dim,
                 "special_processing": g.special,
-                "rows": int(sum(g.rows.values())),
+                "rows": int(rows[name]) if rows else int(sum(g.rows.values())),
             }
             for name, g in groups.items()
         },
@@ -969,3 +976,321 @@ def _write_root(
     if schema is not None:
         metadata["_storage_schema"] = schema.to_dict()
     writer.add("metadata.json", jsoncodec.dumps(metadata).encode("utf-8"), deflate=True)
+
+
+# ---------------------------------------------------------------------------- append
+def append_items(
+    dataset: str,
+    files: Sequence[str],
+    *,
+    workers: int | None = 0,
+    progress: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> MergeResult:
+    """Append new items to an existing dataset without re-merging the old ones.
+
+    Shards that hold only old rows are copied byte for byte; each array's last, partly
+    filled shard is decoded and completed with the new rows. Items whose name is already
+    in the dataset are skipped (appending is idempotent). The new dataset replaces the old
+    one atomically.
+
+    Raises
+    ------
+    MergeError
+        If a new item brings a group or array the dataset does not have, or a dtype or
+        shape that does not fit the existing array (re-merge everything in that case).
+    """
+    from cadstore.dataset.reader import DatasetReader
+
+    started = time.perf_counter()
+    dataset = os.fspath(dataset)
+    reader = DatasetReader(dataset, limits=limits)
+    try:
+        existing = set(reader.item_names)
+        errors: list[dict[str, str]] = []
+        warnings_: list[str] = []
+        new_files = []
+        for f in (os.fspath(f) for f in files):
+            if item_name_of(f) in existing:
+                warnings_.append(f"{item_name_of(f)} is already in the dataset; skipped")
+            else:
+                new_files.append(f)
+        ordered = _order_files(new_files, None)
+        n_workers = (os.cpu_count() or 1) if workers is None else workers
+        pool = (
+            cf.ProcessPoolExecutor(n_workers, mp_context=_pool_context())
+            if n_workers > 1 and len(ordered) > 1
+            else None
+        )
+        try:
+            scans = _scan_all(ordered, limits, pool, errors, progress)
+            if not scans:
+                return MergeResult(
+                    path=dataset,
+                    items=[],
+                    errors=errors,
+                    groups={},
+                    raw_bytes=0,
+                    stored_bytes=os.path.getsize(dataset) if os.path.isfile(dataset) else 0,
+                    seconds=time.perf_counter() - started,
+                    warnings=warnings_,
+                )
+            from cadstore.schema import Schema
+
+            stored_schema = reader.metadata.get("_storage_schema")
+            schema = Schema.from_any(stored_schema) if stored_schema else None
+            groups, kept, plan_warnings = plan_groups(scans, schema, errors)
+            if len(kept) != len(scans):
+                scans = [scans[c] for c in kept]
+                groups, _, plan_warnings = plan_groups(scans, schema, [])
+            warnings_ += plan_warnings
+            if scans:
+                _check_fits(reader, groups)
+                result = _append_write(
+                    reader, dataset, scans, groups, pool, n_workers, limits, progress
+                )
+            else:
+                result = MergeResult(
+                    path=dataset,
+                    items=[],
+                    errors=[],
+                    groups={},
+                    raw_bytes=0,
+                    stored_bytes=0,
+                    seconds=0.0,
+                )
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    finally:
+        reader.close()
+    result.errors = errors
+    result.warnings = warnings_
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _check_fits(reader: Any, groups: dict[str, GroupPlan]) -> None:
+    for group in groups.values():
+        if group.name not in reader.groups:
+            raise MergeError(
+                f"new items bring group {group.name!r}, which the dataset lacks; "
+                "merge all items again to add it"
+            )
+        for plan in group.arrays.values():
+            if plan.name not in reader.arrays(group.name):
+                raise MergeError(
+                    f"new items bring array {group.name}/{plan.name}, which the "
+                    "dataset lacks; merge all items again to add it"
+                )
+            meta = reader.array_meta(group.name, plan.name)
+            if tuple(meta.shape[1:]) != plan.trailing and not plan.per_item:
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items have trailing shape "
+                    f"{plan.trailing}, the dataset has {tuple(meta.shape[1:])}"
+                )
+            if not np.can_cast(plan.dtype, meta.dtype, "safe"):
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items hold {plan.dtype}, "
+                    f"which does not fit the dataset's {meta.dtype}"
+                )
+            plan.dtype = meta.dtype
+
+
+def _append_write(
+    reader: Any,
+    dataset: str,
+    scans: Sequence[ItemScan],
+    groups: dict[str, GroupPlan],
+    pool: cf.ProcessPoolExecutor | None,
+    n_workers: int,
+    limits: Limits,
+    progress: bool,
+) -> MergeResult:
+    source = reader._source
+    hier = reader._hier
+    n_new = len(scans)
+    level = _existing_level(hier)
+    # Every group and array of the dataset continues, whether or not new items have it.
+    plans: dict[str, GroupPlan] = {}
+    for name in reader.groups:
+        plan_group = groups.get(name) or GroupPlan(
+            name=name,
+            primary_dim=reader.primary_dimension(name),
+            special=hier.group_attributes[name].get("special_processing"),
+        )
+        plan_group.primary_dim = reader.primary_dimension(name)
+        for array in reader.arrays(name):
+            if array in (OFFSETS, file_id_code_name(name)):
+                continue
+            meta = reader.array_meta(name, array)
+            plan = plan_group.arrays.get(array)
+            if plan is None:
+                plan = plan_group.arrays[array] = ArrayPlan(
+                    group=name,
+                    name=array,
+                    per_item=reader.is_per_item(name, array),
+                    dtype=meta.dtype,
+                    trailing=tuple(meta.shape[1:]),
+                )
+            plan.dims = list(meta.dims or [])
+            plan.dtype = meta.dtype
+            if not plan.per_item:
+                config = meta.codecs[0].get("configuration") or {}
+                plan.inner_rows = int(config["chunk_shape"][0])
+                plan.shard_rows = int(meta.chunks[0])
+        plans[name] = plan_group
+    regenerated: set[str] = {"zarr.json", "metadata.json"}
+    regenerated.update(k for k in source if k.startswith(f"{ITEM_NAMES}/"))
+    buffers: dict[tuple[str, str], _RowBuffer] = {}
+    old_totals: dict[str, int] = {}
+    for group in plans.values():
+        old_total = int(reader.offsets(group.name)[-1])
+        old_totals[group.name] = old_total
+        regenerated.update(
+            k
+            for k in source
+            if k.startswith(f"{group.name}/{OFFSETS}/") or k == f"{group.name}/zarr.json"
+        )
+        code_path = f"{group.name}/{file_id_code_name(group.name)}"
+        regenerated.update(
+            k
+            for k in source
+            if k.startswith(code_path + "/") and not _is_full_shard(k, code_path, hier, old_total)
+        )
+        for plan in group.arrays.values():
+            path = f"{group.name}/{plan.name}"
+            regenerated.add(f"{path}/zarr.json")
+            if plan.per_item:
+                regenerated.update(k for k in source if k.startswith(path + "/"))
+                continue
+            buf = _RowBuffer(plan)
+            full = old_total // plan.shard_rows
+            buf.next_shard = full
+            if old_total > full * plan.shard_rows:
+                buf.append(
+                    reader.read_rows(group.name, plan.name, full * plan.shard_rows, old_total)
+                )
+                regenerated.add(_shard_key(group, plan, full))
+            buffers[(group.name, plan.name)] = buf
+    tmp_sink: _ZipSink | _DirSink = (
+        _DirSink(dataset) if os.path.isdir(dataset) else _ZipSink(dataset)
+    )
+    writer = _Writer(tmp_sink, pool, level, window=max(2, 2 * n_workers))
+    raw_total = 0
+    try:
+        for key in source:
+            if key not in regenerated:
+                writer.add(key, source.get(key) or b"")
+        per_item: dict[tuple[str, str], list[Any]] = {}
+        for group in plans.values():
+            for plan in group.arrays.values():
+                if plan.per_item:
+                    per_item[(group.name, plan.name)] = list(
+                        reader.read_array(group.name, plan.name)
+                    )
+        needed = sorted(
+            {k for g in groups.values() for p in g.arrays.values() for k in p.sources.values()}
+        )
+        decoded = _decode_all(scans, needed, pool, n_workers, limits)
+        for code, arrays in enumerate(_progress(decoded, n_new, "append", progress)):
+            for group in plans.values():
+                n_rows = group.rows.get(code, 0)
+                for plan in group.arrays.values():
+                    key = plan.sources.get(code)
+                    arr = arrays.get(key) if key is not None else None
+                    if arr is not None:
+                        raw_total += arr.nbytes
+                    if plan.per_item:
+                        per_item[(group.name, plan.name)].append(
+                            arr[()] if arr is not None else plan.fill_value
+                        )
+                        continue
+                    buf = buffers[(group.name, plan.name)]
+                    rows = (
+                        np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
+                        if arr is None
+                        else arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+                    )
+                    buf.append(rows)
+                    for index, block in buf.take_full_shards():
+                        writer.shard(_shard_key(group, plan, index), block, plan)
+        for (group_name, _), buf in buffers.items():
+            rest = buf.take_rest()
+            if rest is not None:
+                writer.shard(_shard_key(plans[group_name], buf.plan, rest[0]), rest[1], buf.plan)
+        writer.flush()
+        offsets = {}
+        for group in plans.values():
+            new_rows = np.array([group.rows.get(c, 0) for c in range(n_new)], dtype=np.int64)
+            old = reader.offsets(group.name)
+            offsets[group.name] = np.concatenate([old, old[-1] + np.cumsum(new_rows)])
+        all_scans = [ItemScan(path="", name=n) for n in reader.item_names] + list(scans)
+        docs = _write_structure(
+            writer,
+            plans,
+            offsets,
+            per_item,
+            all_scans,
+            None,
+            level,
+            code_start={g: old_totals[g] for g in plans},
+        )
+        schema_doc = reader.metadata.get("_storage_schema")
+        from cadstore.schema import Schema
+
+        _write_root(
+            writer,
+            docs,
+            all_scans,
+            plans,
+            Schema.from_any(schema_doc) if schema_doc else None,
+            rows={g: int(offsets[g][-1]) for g in plans},
+        )
+        writer.flush()
+        reader.close()
+        tmp_sink.commit()
+    except BaseException:
+        tmp_sink.abort()
+        raise
+    summary = {
+        name: {
+            "rows": int(offsets[name][-1]),
+            "primary_dimension": g.primary_dim,
+            "arrays": sorted(g.arrays),
+        }
+        for name, g in plans.items()
+    }
+    stored = os.path.getsize(dataset) if os.path.isfile(dataset) else writer.stored
+    return MergeResult(
+        path=dataset,
+        items=[s.name for s in scans],
+        errors=[],
+        groups=summary,
+        raw_bytes=raw_total,
+        stored_bytes=stored,
+        seconds=0.0,
+    )
+
+
+def _is_full_shard(key: str, array_path: str, hier: Any, total: int) -> bool:
+    """Whether ``key`` is a chunk of ``array_path`` holding only rows below ``total``."""
+    rest = key[len(array_path) + 1 :]
+    if not rest.startswith("c/"):
+        return False
+    meta = hier.meta(array_path)
+    shard = int(rest.split("/")[1])
+    return (shard + 1) * meta.chunks[0] <= total
+
+
+def _existing_level(hier: Any) -> int | None:
+    for path in hier.arrays:
+        meta = hier.meta(path)
+        codecs = meta.codecs
+        if codecs and codecs[0].get("name") == "sharding_indexed":
+            inner = (codecs[0].get("configuration") or {}).get("codecs") or []
+            for codec in inner:
+                if codec.get("name") == "zstd":
+                    return int((codec.get("configuration") or {}).get("level", DEFAULT_LEVEL))
+            return None
+    return DEFAULT_LEVEL

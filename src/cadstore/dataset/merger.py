@@ -20,6 +20,7 @@ from cadstore.dataset.merge import (
     DEFAULT_SHARD_BYTES,
     ItemScan,
     MergeResult,
+    append_items,
     item_name_of,
     merge_items,
     scan_item,
@@ -263,6 +264,22 @@ class DatasetMerger:
                     os.unlink(path)
         return result
 
+    def append_data(
+        self, zip_files: Sequence[str] | None = None, *, progress: bool = False
+    ) -> MergeResult:
+        """Append items to the existing ``merged_store_path`` without re-merging old ones.
+
+        Items already in the dataset (same name) are skipped, so appending is idempotent.
+        """
+        if not self.merged_store_path or not os.path.exists(self.merged_store_path):
+            raise MergeError(f"no dataset at {self.merged_store_path!r} to append to")
+        files = [os.fspath(f) for f in (zip_files if zip_files is not None else self.zip_files)]
+        result = append_items(
+            self.merged_store_path, files, workers=self.workers, progress=progress
+        )
+        self.result = result
+        return result
+
     def close_dask_resources(self, close_global: bool = False) -> None:
         """Nothing to release: no cluster is started (kept for compatibility)."""
 
@@ -277,6 +294,7 @@ def merge(
     flow: str | None = None,
     workers: int | None = 0,
     overwrite: bool = False,
+    append: bool = False,
     compression_level: int | None = DEFAULT_LEVEL,
     progress: bool = False,
 ) -> MergeResult:
@@ -296,6 +314,9 @@ def merge(
         Local worker processes (0: this process; ``None``: every core).
     overwrite
         Replace existing outputs.
+    append
+        Add the inputs to an existing dataset (items already in it are skipped), extending
+        its tables; without an existing dataset this is an ordinary merge.
     compression_level
         zstd level of the dataset.
     progress
@@ -311,8 +332,13 @@ def merge(
     infoset = infoset or stem + ".infoset"
     attribset = attribset or stem + ".attribset"
     flow = flow or stem + ".flow"
+    if append and os.path.exists(output):
+        return _append_with_tables(files, output, infoset, attribset, flow, progress)
     if os.path.exists(flow) and not overwrite:
-        raise MergeError(f"{flow} already exists; pass overwrite=True to replace the dataset")
+        raise MergeError(
+            f"{flow} already exists; pass overwrite=True to replace the dataset, "
+            "or append=True to add items to it"
+        )
     if os.path.exists(flow):
         # The old manifest goes first: from here on the old dataset is no longer "finished".
         os.unlink(flow)
@@ -363,3 +389,55 @@ def _collect_inputs(inputs: Sequence[str] | str) -> list[str]:
     if not files:
         raise MergeError(f"no .data files found in {list(inputs)}")
     return files
+
+
+def _append_with_tables(
+    files: list[str], output: str, infoset: str, attribset: str, flow: str, progress: bool
+) -> MergeResult:
+    """Append to a dataset and extend its Parquet tables with the new items' rows."""
+    import pandas as pd
+
+    from cadstore.dataset.info import DatasetInfo
+    from cadstore.dataset.reader import DatasetReader
+
+    with DatasetReader(output) as reader:
+        first_code = reader.n_items
+    t0 = time.perf_counter()
+    result = append_items(output, files, progress=progress)
+    t1 = time.perf_counter()
+    if result.items:
+        by_name = {item_name_of(f): f for f in files}
+        tmp = f"{infoset}.new-{os.getpid()}"
+        tmp_attr = f"{attribset}.new-{os.getpid()}"
+        try:
+            info = DatasetInfo([by_name[n] for n in result.items], tmp, tmp_attr)
+            info.set_code_mappings({n: first_code + i for i, n in enumerate(result.items)})
+            info.parse_info_files()
+            info.store_info_to_parquet()
+            for path, new_path, keys in (
+                (infoset, tmp, ["id"]),
+                (attribset, tmp_attr, ["table_name", "id"]),
+            ):
+                frames = [pd.read_parquet(p) for p in (path, new_path) if os.path.exists(p)]
+                table = pd.concat(frames, ignore_index=True).drop_duplicates(
+                    subset=keys, keep="first"
+                )
+                LocalFileSystem().write_atomic(
+                    path, lambda fh, t=table: t.to_parquet(fh, index=False)
+                )
+        finally:
+            for p in (tmp, tmp_attr):
+                if os.path.exists(p):
+                    os.unlink(p)
+    with DatasetReader(output) as reader:
+        total = reader.n_items
+    write_flow_manifest(
+        flow,
+        dataset=output,
+        infoset=infoset,
+        attribset=attribset,
+        result=result,
+        durations={"append": t1 - t0, "info": time.perf_counter() - t1},
+        extra={"file_count": total, "appended": len(result.items)},
+    )
+    return result

@@ -1,0 +1,695 @@
+"""The ``inspect``, ``cat``, ``validate`` and ``export-json`` subcommands of ``cadstore``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cadstore import JsonStorageHandler, OptStorage, SchemaBuilder
+from cadstore.cli import main
+from cadstore.dataset.merge import merge_items
+
+N_ITEMS = 3
+
+
+def _schema() -> SchemaBuilder:
+    builder = SchemaBuilder("cli_test", "2.0")
+    faces = builder.create_group("faces", "face")
+    faces.create_array("face_areas", ["face"], "float32", min_value=0.0)
+    faces.create_array("face_types", ["face"], "int32", values=[0, 1, 2])
+    graph = builder.create_group("graph", "edge")
+    graph.create_array("edges_source", ["edge"], "int32")
+    graph.create_array("num_nodes", [], "int64")
+    builder.define_file_metadata("size_cadfile", "int64")
+    builder.define_file_metadata("processing/duration", "float64")
+    builder.define_categorical_metadata("category", "str", values=["nut", "bolt"])
+    builder.define_categorical_metadata("file_label", "int32", required=True)
+    return builder
+
+
+def _item(i: int) -> dict[str, Any]:
+    n = 3 + i
+    return {
+        "face_areas": np.linspace(1.0, 2.0, n, dtype=np.float32) * (i + 1),
+        "face_types": np.arange(n, dtype=np.int32) % 3,
+        "graph": {"edges_source": np.arange(2 * n, dtype=np.int32) % n, "num_nodes": n},
+        "label": f"part {i}\nsecond line",
+        # 1,500 elements: above the 1,000 where printing switches to a summary.
+        "samples": np.arange(1500, dtype=np.float64).reshape(30, 50) + i,
+    }
+
+
+def _metadata(i: int) -> dict[str, Any]:
+    return {
+        "size_cadfile": 1000 + i,
+        "category": "nut",
+        "file_label": i,
+        "processing/duration": 0.5,
+    }
+
+
+def _write_item(store: Path, item: dict[str, Any], meta: dict[str, Any], **kw: Any) -> Path:
+    storage = OptStorage(store, **kw)
+    storage.set_schema(_schema())
+    for key, value in item.items():
+        storage.save_data(key, value)
+    for key, value in meta.items():
+        storage.save_metadata(key, value)
+    storage.compress_store()
+    storage.close()
+    return Path(f"{store}.data")
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three small items with a schema, published as ``.data`` files."""
+    directory = tmp_path_factory.mktemp("cli_items")
+    return [
+        _write_item(directory / f"part_{i}.zarr", _item(i), _metadata(i)) for i in range(N_ITEMS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def dataset(items: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli_dataset") / "small.dataset"
+    merge_items([str(p) for p in items], str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def schema_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli_schema") / "schema.json"
+    _schema().save_to_file(path)
+    return path
+
+
+@pytest.fixture
+def json_store(tmp_path: Path) -> Path:
+    directory = tmp_path / "store_json"
+    storage = JsonStorageHandler(directory)
+    storage.save_data("areas", np.array([1.5, np.nan, np.inf], dtype=np.float64))
+    storage.save_data("graph", {"src": np.array([0, 1], dtype=np.int32), "n": 2})
+    storage.save_data("names", ["a", "b"])
+    storage.save_metadata("category", "bolt")
+    storage.close()
+    return directory
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str, str]:
+    code = main([os.fspath(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(code: int, out: str, err: str, *needles: str) -> None:
+    """Exit 2, nothing on stdout, one ``cadstore: error:`` line naming the needles."""
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cadstore: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def _member_bytes(data_file: Path, prefix: str) -> int:
+    """Stored size of an array's chunks, read independently with ``zipfile``."""
+    with zipfile.ZipFile(data_file) as zf:
+        return sum(
+            info.compress_size
+            for info in zf.infolist()
+            if info.filename.startswith(prefix + "/") and not info.filename.endswith("zarr.json")
+        )
+
+
+# ---------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", ["inspect", "cat", "validate", "export-json"])
+def test_help_works_for_every_command(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: cadstore {command}" in out
+    assert "--json" in out
+
+
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("inspect", "cat", "validate", "export-json"):
+        assert command in out
+
+
+# ---------------------------------------------------------------------------- inspect
+def test_inspect_item_json_reports_layout_sizes_and_metadata(
+    capsys: pytest.CaptureFixture[str], items: list[Path]
+) -> None:
+    code, out, err = run(capsys, "inspect", items[1], "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["kind"] == "item" and doc["zarr_format"] == 3
+    assert doc["file_bytes"] == items[1].stat().st_size
+    arrays = {a["path"]: a for a in doc["arrays"]}
+    assert set(arrays) == {
+        "face_areas",
+        "face_types",
+        "graph/edges_source",
+        "graph/num_nodes",
+        "label",
+        "samples",
+    }
+    areas = arrays["face_areas"]
+    assert areas["shape"] == [4] and areas["dtype"] == "float32"
+    assert areas["dims"] == ["face"]  # from the schema
+    assert arrays["samples"]["dims"] == ["samples_dim_0", "samples_dim_1"]
+    for path in ("face_areas", "samples", "graph/edges_source"):
+        entry = arrays[path]
+        assert entry["stored_bytes"] == _member_bytes(items[1], path)
+        assert entry["ratio"] == pytest.approx(entry["raw_bytes"] / entry["stored_bytes"], 1e-3)
+    assert arrays["samples"]["raw_bytes"] == 1500 * 8
+    assert arrays["samples"]["ratio"] > 1  # a ramp compresses
+    assert [g["path"] for g in doc["groups"]] == ["graph"]
+    assert doc["totals"]["arrays"] == 6 and doc["totals"]["groups"] == 1
+    assert doc["schema"] == {"domain": "cli_test", "version": "2.0", "groups": ["faces", "graph"]}
+    assert doc["metadata"]["category"] == "nut"
+    assert doc["metadata"]["processing"] == {"duration": 0.5}
+    assert "_storage_schema" not in doc["metadata"]
+
+
+def test_inspect_item_human_output_is_an_aligned_tree(
+    capsys: pytest.CaptureFixture[str], items: list[Path]
+) -> None:
+    code, out, _ = run(capsys, "inspect", items[0])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"item {items[0]}"
+    assert "schema: cli_test 2.0 (faces, graph)" in out
+    header = next(line for line in lines if line.startswith("NAME"))
+    rows = {line.split()[0]: line for line in lines if line.startswith(("face_", "  ", "graph/"))}
+    # Columns line up: each row's dtype starts under the DTYPE header.
+    column = header.index("DTYPE")
+    assert rows["face_areas"][column:].startswith("float32")
+    assert rows["face_types"][column:].startswith("int32")
+    assert rows["graph/"].startswith("graph/")
+    child = next(line for line in lines if line.startswith("  edges_source"))
+    assert child[column:].startswith("int32")
+    assert "(3,)" in rows["face_areas"] and "face" in rows["face_areas"]
+    # Metadata follows the table, nested sections indented.
+    meta = lines.index("metadata")
+    assert "  category: nut" in lines[meta:]
+    assert "  processing/" in lines[meta:] and "    duration: 0.5" in lines[meta:]
+
+
+def test_inspect_without_metadata(capsys: pytest.CaptureFixture[str], items: list[Path]) -> None:
+    code, out, _ = run(capsys, "inspect", items[0], "--no-metadata", "--json")
+    assert code == 0 and "metadata" not in json.loads(out)
+    code, out, _ = run(capsys, "inspect", items[0], "--no-metadata")
+    assert code == 0 and "metadata" not in out.splitlines() and "category: nut" not in out
+
+
+def test_inspect_accepts_the_store_path_and_an_item_directory(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    store_path = str(items[0])[: -len(".data")]
+    code, out, _ = run(capsys, "inspect", store_path, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "item" and doc["location"] == str(items[0])
+    # An item closed without compress_store() stays a Zarr directory.
+    storage = OptStorage(tmp_path / "open.zarr", zarr_format=2)
+    storage.save_data("values", np.arange(10, dtype=np.int16))
+    storage.save_metadata("category", "bolt")
+    storage.close()
+    code, out, _ = run(capsys, "inspect", tmp_path / "open.zarr", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "item" and doc["zarr_format"] == 2
+    assert doc["arrays"][0]["path"] == "values" and doc["arrays"][0]["shape"] == [10]
+    assert doc["metadata"]["category"] == "bolt"
+
+
+def test_inspect_dataset(
+    capsys: pytest.CaptureFixture[str], dataset: Path, items: list[Path]
+) -> None:
+    code, out, _ = run(capsys, "inspect", dataset, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "dataset" and doc["item_count"] == N_ITEMS
+    groups = {g["path"]: g for g in doc["groups"]}
+    assert groups["faces"]["attributes"]["primary_dimension"] == "face"
+    assert groups["graph"]["attributes"]["primary_dimension"] == "edge"
+    arrays = {a["path"]: a for a in doc["arrays"]}
+    total_faces = sum(3 + i for i in range(N_ITEMS))
+    assert arrays["faces/face_areas"]["shape"] == [total_faces]
+    assert arrays["faces/face_areas"]["dims"] == ["face"]
+    assert arrays["faces/item_offsets"]["shape"] == [N_ITEMS + 1]
+    assert arrays["graph/num_nodes"]["dims"] == ["item"]
+    assert arrays["item_names"]["raw_bytes"] is None  # variable-length strings
+    assert all(a["stored_bytes"] > 0 for a in arrays.values() if a["shape"] != [0])
+    assert doc["metadata"]["item_count"] == N_ITEMS
+    assert "_storage_schema" not in doc["metadata"]
+    assert doc["schema"]["domain"] == "cli_test"
+
+    code, out, _ = run(capsys, "inspect", dataset)
+    assert code == 0
+    assert out.startswith(f"dataset {dataset}\n")
+    assert f"  {N_ITEMS} items" in out
+    assert "primary: face" in out
+    assert "item_count: 3" in out
+
+
+def test_inspect_and_cat_a_directory_dataset(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p in items], str(out), directory=True)
+    code, text, _ = run(capsys, "inspect", out, "--json", "--no-metadata")
+    assert code == 0
+    doc = json.loads(text)
+    assert doc["kind"] == "dataset" and doc["item_count"] == N_ITEMS
+    code, text, _ = run(capsys, "cat", out, "faces/face_types", "--item", "2", "--json")
+    assert code == 0
+    assert json.loads(text)["value"] == _item(2)["face_types"].tolist()
+
+
+def test_inspect_json_store(capsys: pytest.CaptureFixture[str], json_store: Path) -> None:
+    code, out, _ = run(capsys, "inspect", json_store, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "json" and doc["zarr_format"] is None
+    arrays = {a["path"]: a for a in doc["arrays"]}
+    assert arrays["areas"]["shape"] == [3] and arrays["areas"]["dtype"] == "float64"
+    assert arrays["areas"]["stored_bytes"] == (json_store / "areas.json").stat().st_size
+    assert arrays["names"]["dtype"] == "str"
+    # Leaves saved together in one dict file share it: only their group has a size.
+    assert arrays["graph/src"]["stored_bytes"] is None
+    assert doc["groups"][0]["stored_bytes"] == (json_store / "graph.json").stat().st_size
+    assert doc["metadata"]["category"] == "bolt"
+    code, out, _ = run(capsys, "inspect", json_store)
+    assert code == 0 and out.startswith(f"JSON store {json_store}")
+
+
+def test_inspect_flow_manifest(
+    capsys: pytest.CaptureFixture[str], dataset: Path, tmp_path: Path
+) -> None:
+    manifest = dataset.parent / "small.flow"
+    manifest.write_text(json.dumps({"format": "cadstore-flow/1", "flow_data": dataset.name}))
+    code, out, _ = run(capsys, "inspect", manifest, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "dataset" and doc["location"].endswith("small.dataset")
+    broken = tmp_path / "broken.flow"
+    broken.write_text(json.dumps({"format": "cadstore-flow/1", "flow_data": "gone.dataset"}))
+    assert_usage_error(*run(capsys, "inspect", broken), "broken.flow", "gone.dataset")
+
+
+def test_inspect_bad_paths_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.data"
+    assert_usage_error(*run(capsys, "inspect", missing), str(missing), "expected an item")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert_usage_error(*run(capsys, "inspect", text), str(text), "not a readable zip")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_usage_error(*run(capsys, "inspect", empty), str(empty), "JSON store")
+    truncated = tmp_path / "cut.zarr.data"
+    truncated.write_bytes(items[0].read_bytes()[:500])
+    assert_usage_error(*run(capsys, "cat", truncated, "face_areas"), str(truncated))
+    not_a_store = tmp_path / "other.zip"
+    with zipfile.ZipFile(not_a_store, "w") as zf:
+        zf.writestr("readme.txt", "not zarr")
+    assert_usage_error(*run(capsys, "inspect", not_a_store), str(not_a_store), "zarr.json")
+
+
+# ---------------------------------------------------------------------------- cat
+def test_cat_prints_arrays_strings_and_groups(
+    capsys: pytest.CaptureFixture[str], items: list[Path]
+) -> None:
+    item = _item(0)
+    code, out, _ = run(capsys, "cat", items[0], "face_areas")
+    assert code == 0
+    assert np.array(out.split("[")[1].split("]")[0].split(), dtype=np.float32).tolist() == (
+        item["face_areas"].tolist()
+    )
+    code, out, _ = run(capsys, "cat", items[0], "label")
+    assert code == 0 and out == "part 0\nsecond line\n"  # raw, no quotes
+    code, out, _ = run(capsys, "cat", items[0], "graph")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "graph/"
+    assert "  edges_source: int32 (6,)" in lines
+    assert "  num_nodes: 3" in lines
+    code, out, _ = run(capsys, "cat", items[0], "graph/num_nodes")
+    assert code == 0 and out == "3\n"
+
+
+def test_cat_summarises_big_arrays_unless_full(
+    capsys: pytest.CaptureFixture[str], items: list[Path]
+) -> None:
+    code, out, _ = run(capsys, "cat", items[0], "samples")
+    assert code == 0
+    assert out.startswith("# float64 array of shape (30, 50), summarised")
+    assert "..." in out
+    assert float(out.split()[-1].rstrip("]")) == 1499.0  # the last value is shown
+    code, out, _ = run(capsys, "cat", items[0], "samples", "--full")
+    assert code == 0 and "..." not in out
+    values = np.array(out.replace("[", " ").replace("]", " ").split(), dtype=np.float64)
+    np.testing.assert_array_equal(values, np.arange(1500, dtype=np.float64))
+
+
+def test_cat_json(capsys: pytest.CaptureFixture[str], items: list[Path]) -> None:
+    code, out, _ = run(capsys, "cat", items[0], "samples", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["type"] == "array" and doc["dtype"] == "float64" and doc["shape"] == [30, 50]
+    np.testing.assert_array_equal(np.array(doc["value"]), _item(0)["samples"])
+    code, out, _ = run(capsys, "cat", items[0], "graph", "--json")
+    doc = json.loads(out)
+    assert doc["type"] == "group"
+    assert doc["value"] == {"edges_source": [0, 1, 2, 0, 1, 2], "num_nodes": 3}
+
+
+def test_cat_json_is_strict_json_with_non_finite_floats(
+    capsys: pytest.CaptureFixture[str], json_store: Path
+) -> None:
+    code, out, _ = run(capsys, "cat", json_store, "areas", "--json")
+    assert code == 0
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    doc = json.loads(out, parse_constant=refuse)
+    assert doc["value"] == [1.5, "NaN", "Infinity"]
+    code, out, _ = run(capsys, "cat", json_store, "names")
+    assert code == 0 and out == "a\nb\n"
+
+
+def test_cat_dataset_item_rows(
+    capsys: pytest.CaptureFixture[str], dataset: Path, items: list[Path]
+) -> None:
+    for code_ in range(N_ITEMS):
+        code, out, _ = run(
+            capsys, "cat", dataset, "faces/face_areas", "--item", str(code_), "--json"
+        )
+        assert code == 0
+        doc = json.loads(out)
+        assert doc["item"] == code_
+        np.testing.assert_array_equal(
+            np.array(doc["value"], dtype=np.float32), _item(code_)["face_areas"]
+        )
+    # Per-item arrays give the item's value; offsets give the item's two boundaries.
+    code, out, _ = run(capsys, "cat", dataset, "graph/num_nodes", "--item", "2")
+    assert code == 0 and out == "5\n"
+    code, out, _ = run(capsys, "cat", dataset, "faces/item_offsets", "--item", "1", "--json")
+    assert json.loads(out)["value"] == [3, 7]
+    # An item can be named instead of numbered.
+    code, out, _ = run(capsys, "cat", dataset, "item_names", "--item", "part_1")
+    assert code == 0 and out == "part_1\n"
+    code, out, _ = run(capsys, "cat", dataset, "graph", "--item", "part_1", "--json")
+    doc = json.loads(out)
+    assert doc["value"]["edges_source"] == _item(1)["graph"]["edges_source"].tolist()
+    assert doc["value"]["num_nodes"] == 4
+    # Without --item the whole array.
+    code, out, _ = run(capsys, "cat", dataset, "faces/face_types", "--json")
+    assert json.loads(out)["shape"] == [sum(3 + i for i in range(N_ITEMS))]
+
+
+def test_cat_missing_keys_list_the_valid_ones(
+    capsys: pytest.CaptureFixture[str], items: list[Path], dataset: Path
+) -> None:
+    assert_usage_error(
+        *run(capsys, "cat", items[0], "nope"),
+        "'nope'",
+        "valid top-level keys: face_areas, face_types, graph, label, samples",
+    )
+    assert_usage_error(
+        *run(capsys, "cat", items[0], "graph/nope"),
+        "graph/edges_source, graph/num_nodes",
+    )
+    assert_usage_error(*run(capsys, "cat", items[0], "label/x"), "'label'", "not a group")
+    assert_usage_error(
+        *run(capsys, "cat", dataset, "face_areas"),
+        "valid top-level keys: ",
+        "faces",
+        "graph",
+        "item_names",
+    )
+    assert_usage_error(*run(capsys, "cat", dataset, "faces/x"), "faces/face_areas")
+
+
+def test_cat_bad_item_selection(
+    capsys: pytest.CaptureFixture[str], items: list[Path], dataset: Path
+) -> None:
+    assert_usage_error(
+        *run(capsys, "cat", dataset, "faces/face_areas", "--item", "3"), "out of range", "0..2"
+    )
+    assert_usage_error(
+        *run(capsys, "cat", dataset, "faces/face_areas", "--item", "nobody"), "'nobody'"
+    )
+    assert_usage_error(
+        *run(capsys, "cat", items[0], "face_areas", "--item", "0"), "--item", "is an item"
+    )
+
+
+# ---------------------------------------------------------------------------- validate
+def test_validate_valid_item_and_dataset(
+    capsys: pytest.CaptureFixture[str], items: list[Path], dataset: Path, schema_file: Path
+) -> None:
+    code, out, _ = run(capsys, "validate", items[0], "--schema", schema_file)
+    assert code == 0
+    assert out.splitlines()[-1] == "valid"
+    assert "6 arrays read, 4 declared in the schema; 4 metadata fields checked" in out
+    assert "arrays not in the schema: label, samples" in out
+    code, out, _ = run(capsys, "validate", dataset, "--schema", schema_file, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["valid"] and doc["kind"] == "dataset" and doc["problems"] == []
+    # num_nodes is a scalar per item, gathered on the item dimension, and passes.
+    assert doc["arrays_declared"] == 4
+
+
+def test_validate_reports_problems_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, schema_file: Path
+) -> None:
+    item = _item(0)
+    item["face_types"] = np.array([0, 7, 1], dtype=np.int32)  # 7 is not an allowed value
+    item["face_areas"] = np.array([1.0, -2.0, 3.0], dtype=np.float32)  # below min_value
+    item["graph"]["edges_source"] = np.zeros(4, dtype=np.float32)  # floats, not int32
+    meta = {"category": "washer"}  # and file_label, which is required, is missing
+    bad = _write_item(tmp_path / "bad.zarr", item, meta)
+    code, out, err = run(capsys, "validate", bad, "--schema", schema_file)
+    assert code == 1 and err == ""
+    assert "5 problems:" in out
+    assert "face_types: value 7 at index [1] is not one of the allowed values" in out
+    assert "face_areas: value -2.0 at index [1] is below min_value 0.0" in out
+    assert "graph/edges_source: dtype float32 does not match int32" in out
+    assert "file_label: required metadata field is missing" in out
+    assert "category: 'washer' is not one of the allowed values" in out
+    code, out, _ = run(capsys, "validate", bad, "--schema", schema_file, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert not doc["valid"]
+    assert {(p["key"], p["kind"]) for p in doc["problems"]} == {
+        ("face_types", "array"),
+        ("face_areas", "array"),
+        ("graph/edges_source", "array"),
+        ("file_label", "metadata"),
+        ("category", "metadata"),
+    }
+
+
+def test_validate_processing_duration_type(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, schema_file: Path
+) -> None:
+    # Nested metadata fields ("processing/duration") are looked up through their sections.
+    meta = {**_metadata(0), "processing/duration": "slow"}
+    bad = _write_item(tmp_path / "slow.zarr", _item(0), meta)
+    code, out, _ = run(capsys, "validate", bad, "--schema", schema_file)
+    assert code == 1
+    assert "processing/duration: 'slow' (str) is not a valid float64" in out
+
+
+def test_validate_strict_counts_undeclared_and_missing(
+    capsys: pytest.CaptureFixture[str], items: list[Path], schema_file: Path
+) -> None:
+    code, out, _ = run(capsys, "validate", items[0], "--schema", schema_file, "--strict", "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert {(p["key"], p["kind"]) for p in doc["problems"]} == {
+        ("label", "undeclared"),
+        ("samples", "undeclared"),
+    }
+
+
+def test_validate_dataset_checks_per_item_values_one_item_at_a_time(
+    capsys: pytest.CaptureFixture[str], dataset: Path, tmp_path: Path
+) -> None:
+    doc = _schema().build()
+    # Items hold num_nodes = 3, 4, 5; the dataset gathers them on the item dimension.
+    doc["groups"]["graph"]["arrays"]["num_nodes"]["max_value"] = 4
+    schema = tmp_path / "max4.json"
+    schema.write_text(json.dumps(doc))
+    code, out, _ = run(capsys, "validate", dataset, "--schema", schema, "--json")
+    assert code == 1
+    problems = json.loads(out)["problems"]
+    assert [p["message"] for p in problems] == [
+        "item 2: graph/num_nodes: value 5 is above max_value 4"
+    ]
+
+
+def test_validate_bad_schema_files_exit_2(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    bad_dtype = tmp_path / "dtype.json"
+    doc = _schema().build()
+    doc["groups"]["faces"]["arrays"]["face_areas"]["dtype"] = "float33"
+    bad_dtype.write_text(json.dumps(doc))
+    assert_usage_error(
+        *run(capsys, "validate", items[0], "--schema", bad_dtype),
+        str(bad_dtype),
+        "groups.faces.arrays.face_areas.dtype",
+        "float33",
+    )
+    not_a_schema = tmp_path / "meta.json"
+    not_a_schema.write_text(json.dumps({"size_cadfile": 1}))
+    assert_usage_error(
+        *run(capsys, "validate", items[0], "--schema", not_a_schema), "unknown key 'size_cadfile'"
+    )
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("{")
+    assert_usage_error(*run(capsys, "validate", items[0], "--schema", not_json), "not a valid JSON")
+    missing = tmp_path / "missing.json"
+    assert_usage_error(
+        *run(capsys, "validate", items[0], "--schema", missing), str(missing), "no such file"
+    )
+    assert_usage_error(
+        *run(capsys, "validate", tmp_path / "nothing", "--schema", _good(tmp_path)), "nothing"
+    )
+
+
+def _good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.json"
+    _schema().save_to_file(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- export-json
+def test_export_json_copies_data_metadata_and_schema(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "exported"
+    code, out, err = run(capsys, "export-json", items[1], "-o", out_dir)
+    assert code == 0 and err == ""
+    assert f"to JSON store {out_dir}" in out
+    assert "face_areas.json" in out and "graph.json" in out
+    assert "metadata: 4 fields and the schema in metadata.json" in out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
+    exported = JsonStorageHandler(out_dir, read_only=True)
+    original = OptStorage(str(items[1])[: -len(".data")], mode="r")
+    try:
+        assert sorted(exported.get_keys()) == sorted(original.get_keys())
+        for key in original.get_keys():
+            want, got = original.load_data(key), exported.load_data(key)
+            if isinstance(want, dict):
+                assert want.keys() == got.keys()
+                for name in want:
+                    np.testing.assert_array_equal(got[name], want[name])
+            else:
+                np.testing.assert_array_equal(got, want)
+        assert exported.get_schema() == original.get_schema()
+        for key in ("size_cadfile", "category", "file_label", "processing/duration"):
+            assert exported.load_metadata(key) == original.load_metadata(key)
+    finally:
+        exported.close()
+        original.close()
+
+
+def test_export_json_refuses_non_empty_dirs_unless_overwrite(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "exported"
+    stale = JsonStorageHandler(out_dir)
+    stale.save_data("stale", np.arange(3))
+    stale.close()
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", out_dir), "not empty", "--overwrite"
+    )
+    code, out, _ = run(capsys, "export-json", items[0], "-o", out_dir, "--overwrite", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["output"] == str(out_dir)
+    assert {k["key"] for k in doc["keys"]} == {
+        "face_areas",
+        "face_types",
+        "graph",
+        "label",
+        "samples",
+    }
+    assert "stale.json" not in doc["files"] and not (out_dir / "stale.json").exists()
+    assert doc["bytes"] == sum(p.stat().st_size for p in out_dir.iterdir())
+    # Files that are not a JSON store's are never deleted, even with --overwrite.
+    (out_dir / "notes.txt").write_text("mine")
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", out_dir, "--overwrite"), "'notes.txt'"
+    )
+    assert (out_dir / "notes.txt").read_text() == "mine"
+
+
+def test_export_json_bad_input(
+    capsys: pytest.CaptureFixture[str],
+    items: list[Path],
+    dataset: Path,
+    json_store: Path,
+    tmp_path: Path,
+) -> None:
+    assert_usage_error(*run(capsys, "export-json", dataset, "-o", tmp_path / "x"), "a dataset")
+    assert_usage_error(*run(capsys, "export-json", items[0], "-o", items[1]), "not a directory")
+    assert_usage_error(*run(capsys, "export-json", json_store, "-o", json_store), "itself")
+    # A JSON store exports too.
+    code, _, _ = run(capsys, "export-json", json_store, "-o", tmp_path / "copy")
+    assert code == 0
+    copy = JsonStorageHandler(tmp_path / "copy", read_only=True)
+    try:
+        assert copy.load_data("names") == ["a", "b"]
+        assert copy.load_metadata("category") == "bolt"
+    finally:
+        copy.close()
+
+
+# ---------------------------------------------------------------------------- entry point
+def test_console_script_entry_point(items: list[Path], tmp_path: Path) -> None:
+    script = shutil.which("cadstore") or str(Path(sys.executable).parent / "cadstore")
+    assert os.path.exists(script), "the cadstore console script is not installed"
+    done = subprocess.run(
+        [script, "inspect", str(items[0]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["kind"] == "item"
+    done = subprocess.run(
+        [script, "cat", str(items[0]), "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("cadstore: error: no key 'nope'")
+    assert len(done.stderr.strip().splitlines()) == 1
