@@ -384,3 +384,21 @@ def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path)
     assert info["name"].tolist() == [p.name[: -len(".zarr.data")] for p in files]
     manifest = json.loads((tmp_path / "f.flow").read_text())
     assert manifest["file_count"] == 6 and manifest["appended"] == 2
+
+
+def test_vendor_layout_items_merge(tmp_path: Path) -> None:
+    import json
+
+    from cadstore.dataset import DatasetReader
+
+    fixtures = Path(__file__).parent / "fixtures" / "vendor_v2"
+    files = sorted(fixtures.glob("item_*.zarr.data"))
+    result = merge_items(files, tmp_path / "v.dataset")
+    assert result.errors == []
+    assert any("part_tags" in w for w in result.warnings)  # string arrays are reported
+    expected = json.loads((fixtures / "item_basic.expected.json").read_text())
+    with DatasetReader(tmp_path / "v.dataset") as reader:
+        code = reader.code_of("item_basic")
+        item = reader.read_item(code, groups=["faces", "graph"])
+        assert list(item["faces"]["face_areas"].shape) == expected["arrays"]["face_areas"]["shape"]
+        assert item["graph"]["num_nodes"] == expected["scalars"]["graph/num_nodes"]
