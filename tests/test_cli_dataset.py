@@ -1,0 +1,39 @@
+"""The dataset commands of the CLI, through its entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cadstore.cli import main
+
+
+def test_merge_command(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = [str(p) for p, _, _ in realistic_items[:5]]
+    assert main(["merge", *files, "-o", str(tmp_path / "d"), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "merged 5 item(s)" in out and "faces:" in out
+    for suffix in (".dataset", ".infoset", ".attribset", ".flow"):
+        assert (tmp_path / f"d{suffix}").exists()
+    # Existing output: a one-line error and exit 2.
+    assert main(["merge", *files, "-o", str(tmp_path / "d.dataset")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.zarr.data"
+    bad.write_text("x")
+    assert main(["merge", *files[:2], str(bad), "-o", str(tmp_path / "e"), "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["item_count"] == 2 and len(summary["errors"]) == 1
+    assert main(["merge", files[4], "-o", str(tmp_path / "d"), "--append", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_count"] == 0
+
+
+def test_merge_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["merge", "--help"])
+    assert info.value.code == 0
+    assert "--append" in capsys.readouterr().out
