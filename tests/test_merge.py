@@ -166,11 +166,12 @@ def test_schema_gives_dims_and_groups(tmp_path: Path) -> None:
     assert "face_areas" in groups["faces"]["arrays"]
 
 
+@pytest.mark.parametrize("executor", ["thread", "process"])
 def test_parallel_merge_is_byte_identical(
-    realistic_items: list[Any], merged: Path, tmp_path: Path
+    realistic_items: list[Any], merged: Path, tmp_path: Path, executor: str
 ) -> None:
     out = tmp_path / "parallel.dataset"
-    merge_items([p for p, _, _ in realistic_items], out, workers=2)
+    merge_items([p for p, _, _ in realistic_items], out, workers=2, executor=executor)
     assert filecmp.cmp(out, merged, shallow=False)
 
 

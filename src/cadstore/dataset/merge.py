@@ -575,6 +575,7 @@ def merge_items(
     shard_rows: Mapping[str, int] | None = None,
     directory: bool = False,
     workers: int | None = 0,
+    executor: str = "thread",
     overwrite: bool = False,
     progress: bool = False,
     limits: Limits = DEFAULT_LIMITS,
@@ -603,8 +604,11 @@ def merge_items(
     directory
         Write a directory store instead of a zip.
     workers
-        Processes decoding items and encoding shards; 0 or 1 works in this process,
-        ``None`` uses every core.
+        Workers decoding items and encoding shards; 0 or 1 works in this thread, ``None``
+        uses every core.
+    executor
+        ``"thread"`` (default) or ``"process"``; only the calling thread writes, and it
+        writes whole shards, so no two workers ever touch the same chunk.
     overwrite
         Replace an existing dataset at ``output``.
     progress
@@ -629,7 +633,7 @@ def merge_items(
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     pool: cf.Executor | None = None
     if n_workers > 1 and len(ordered) > 1:
-        pool = _make_pool(n_workers)
+        pool = _make_pool(n_workers, executor)
     try:
         scans = _scan_all(ordered, limits, pool, errors, progress)
         if not scans:
@@ -666,15 +670,17 @@ def merge_items(
     return result
 
 
-def _make_pool(n_workers: int) -> cf.Executor:
+def _make_pool(n_workers: int, executor: str = "thread") -> cf.Executor:
     """Executor for decoding items and encoding shards.
 
-    Threads, not processes: zstd, zlib and numpy copies release the GIL, so threads run
-    the heavy work in parallel without shipping decoded arrays between processes (which
-    measured slower than one process). ``CADSTORE_MERGE_PROCESSES=1`` selects processes.
+    Threads by default: zstd, zlib and numpy copies release the GIL, so threads run the
+    heavy work in parallel without shipping decoded arrays between processes. Measured on
+    1,000 items with 2 workers: threads 185 MB/s, processes 91 MB/s, one thread 157 MB/s.
     """
-    if os.environ.get("CADSTORE_MERGE_PROCESSES") == "1":
+    if executor == "process":
         return cf.ProcessPoolExecutor(n_workers, mp_context=_pool_context())
+    if executor != "thread":
+        raise ValueError(f"executor must be 'thread' or 'process', got {executor!r}")
     return cf.ThreadPoolExecutor(n_workers, thread_name_prefix="cadstore-merge")
 
 
