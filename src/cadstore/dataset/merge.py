@@ -780,35 +780,19 @@ def _write_dataset(
         per_item: dict[tuple[str, str], list[Any]] = {
             (g.name, p.name): [] for g in groups.values() for p in g.arrays.values() if p.per_item
         }
-        needed = sorted(
-            {k for g in groups.values() for p in g.arrays.values() for k in p.sources.values()}
+        raw_total = _stream_items(
+            scans,
+            groups,
+            groups,
+            buffers,
+            per_item,
+            writer,
+            pool,
+            n_workers,
+            limits,
+            progress,
+            "merge",
         )
-        decoded = _decode_all(scans, needed, pool, n_workers, limits)
-        for code, arrays in enumerate(_progress(decoded, n_items, "merge", progress)):
-            for group in groups.values():
-                n_rows = group.rows.get(code, 0)
-                for plan in group.arrays.values():
-                    key = plan.sources.get(code)
-                    arr = arrays.get(key) if key is not None else None
-                    if arr is not None:
-                        raw_total += arr.nbytes
-                    if plan.per_item:
-                        per_item[(group.name, plan.name)].append(
-                            arr[()] if arr is not None else plan.fill_value
-                        )
-                        continue
-                    buf = buffers[(group.name, plan.name)]
-                    if arr is None:
-                        rows = np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
-                    else:
-                        rows = arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
-                    buf.append(rows)
-                    for index, block in buf.take_full_shards():
-                        writer.shard(_shard_key(group, plan, index), block, plan)
-        for (group_name, _), buf in buffers.items():
-            rest = buf.take_rest()
-            if rest is not None:
-                writer.shard(_shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
         writer.flush()
         docs = _write_structure(writer, groups, offsets, per_item, scans, schema, level)
         _write_root(writer, docs, scans, groups, schema)
@@ -835,6 +819,58 @@ def _write_dataset(
         stored_bytes=stored,
         seconds=0.0,
     )
+
+
+def _stream_items(
+    scans: Sequence[ItemScan],
+    planned: Mapping[str, GroupPlan],
+    groups: Mapping[str, GroupPlan],
+    buffers: dict[tuple[str, str], _RowBuffer],
+    per_item: dict[tuple[str, str], list[Any]],
+    writer: _Writer,
+    pool: cf.Executor | None,
+    n_workers: int,
+    limits: Limits,
+    progress: bool,
+    label: str,
+) -> int:
+    """Decode the items in code order and stream their rows into shards.
+
+    ``planned`` holds the arrays the items bring (what to decode); ``groups`` every output
+    group and array (items lacking one get fill rows). Full shards are written as they
+    fill, the partial rest of every buffer at the end. Returns the raw bytes decoded.
+    """
+    needed = sorted(
+        {k for g in planned.values() for p in g.arrays.values() for k in p.sources.values()}
+    )
+    raw_total = 0
+    decoded = _decode_all(scans, needed, pool, n_workers, limits)
+    for code, arrays in enumerate(_progress(decoded, len(scans), label, progress)):
+        for group in groups.values():
+            n_rows = group.rows.get(code, 0)
+            for plan in group.arrays.values():
+                key = plan.sources.get(code)
+                arr = arrays.get(key) if key is not None else None
+                if arr is not None:
+                    raw_total += arr.nbytes
+                if plan.per_item:
+                    per_item[(group.name, plan.name)].append(
+                        arr[()] if arr is not None else plan.fill_value
+                    )
+                    continue
+                buf = buffers[(group.name, plan.name)]
+                if arr is None:
+                    rows = np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
+                else:
+                    rows = arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+                buf.append(rows)
+                for index, block in buf.take_full_shards():
+                    writer.shard(_shard_key(group, plan, index), block, plan)
+    for (group_name, _), buf in buffers.items():
+        rest = buf.take_rest()
+        if rest is not None:
+            writer.shard(_shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
+    return raw_total
 
 
 def _shard_key(group: GroupPlan, plan: ArrayPlan, index: int) -> str:
@@ -1203,36 +1239,19 @@ def _append_write(
                     per_item[(group.name, plan.name)] = list(
                         reader.read_array(group.name, plan.name)
                     )
-        needed = sorted(
-            {k for g in groups.values() for p in g.arrays.values() for k in p.sources.values()}
+        raw_total = _stream_items(
+            scans,
+            groups,
+            plans,
+            buffers,
+            per_item,
+            writer,
+            pool,
+            n_workers,
+            limits,
+            progress,
+            "append",
         )
-        decoded = _decode_all(scans, needed, pool, n_workers, limits)
-        for code, arrays in enumerate(_progress(decoded, n_new, "append", progress)):
-            for group in plans.values():
-                n_rows = group.rows.get(code, 0)
-                for plan in group.arrays.values():
-                    key = plan.sources.get(code)
-                    arr = arrays.get(key) if key is not None else None
-                    if arr is not None:
-                        raw_total += arr.nbytes
-                    if plan.per_item:
-                        per_item[(group.name, plan.name)].append(
-                            arr[()] if arr is not None else plan.fill_value
-                        )
-                        continue
-                    buf = buffers[(group.name, plan.name)]
-                    rows = (
-                        np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
-                        if arr is None
-                        else arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
-                    )
-                    buf.append(rows)
-                    for index, block in buf.take_full_shards():
-                        writer.shard(_shard_key(group, plan, index), block, plan)
-        for (group_name, _), buf in buffers.items():
-            rest = buf.take_rest()
-            if rest is not None:
-                writer.shard(_shard_key(plans[group_name], buf.plan, rest[0]), rest[1], buf.plan)
         writer.flush()
         offsets = {}
         for group in plans.values():
