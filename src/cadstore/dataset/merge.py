@@ -769,7 +769,6 @@ def _write_dataset(
                 )
     sink: _ZipSink | _DirSink = _DirSink(output) if directory else _ZipSink(output)
     writer = _Writer(sink, pool, level, window=max(2, 2 * n_workers))
-    raw_total = 0
     try:
         buffers = {
             (g.name, p.name): _RowBuffer(p)
@@ -1227,7 +1226,6 @@ def _append_write(
         _DirSink(dataset) if os.path.isdir(dataset) else _ZipSink(dataset)
     )
     writer = _Writer(tmp_sink, pool, level, window=max(2, 2 * n_workers))
-    raw_total = 0
     try:
         for key in source:
             if key not in regenerated:
