@@ -93,6 +93,7 @@ class ItemScan:
     arrays: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     nbytes: int = 0
+    decoded_bytes: int = 0
 
 
 def _open_source(path: str, limits: Limits) -> KeySource:
@@ -116,6 +117,7 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
             meta = hier.meta(key)
             dtype = "string" if meta.is_string else meta.dtype.str
             scan.arrays[key] = (meta.shape, dtype)
+            scan.decoded_bytes += meta.size * meta.itemsize
         for key in source:
             # Reading every member checks its CRC: a damaged item is caught here, before
             # its rows are planned into the dataset.
@@ -123,8 +125,10 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
             scan.nbytes += len(data or b"")
             if key == "metadata.json" and data:
                 doc = json.loads(data)
-                if isinstance(doc, dict):
-                    scan.metadata = doc
+                # Only the schema is needed from an item's metadata (the tables read the
+                # rest); keeping whole documents for every item would grow with the count.
+                if isinstance(doc, dict) and isinstance(doc.get("_storage_schema"), dict):
+                    scan.metadata = {"_storage_schema": doc["_storage_schema"]}
         return scan
     except CadstoreError as exc:
         return path, str(exc)
@@ -391,11 +395,15 @@ def _dtype_conflict(group: str, plan: ArrayPlan, scans: Sequence[ItemScan]) -> s
 
 # ---------------------------------------------------------------------------- writing
 class _RowBuffer:
-    """Rows of one output array waiting to fill a shard."""
+    """Rows of one output array waiting to fill a shard.
+
+    A shard is cut from the front of the queued parts; only the rows of that one shard
+    are ever copied together, so a huge item does not get concatenated whole.
+    """
 
     def __init__(self, plan: ArrayPlan) -> None:
         self.plan = plan
-        self.parts: list[np.ndarray] = []
+        self.parts: deque[np.ndarray] = deque()
         self.count = 0
         self.next_shard = 0
 
@@ -404,22 +412,41 @@ class _RowBuffer:
             self.parts.append(rows)
             self.count += rows.shape[0]
 
+    def _take(self, n: int) -> np.ndarray:
+        first = self.parts[0]
+        if first.shape[0] >= n:
+            # Common for large items: a view, no copy.
+            block = first[:n]
+            if first.shape[0] > n:
+                self.parts[0] = first[n:]
+            else:
+                self.parts.popleft()
+        else:
+            pieces = []
+            need = n
+            while need:
+                part = self.parts[0]
+                if part.shape[0] <= need:
+                    pieces.append(self.parts.popleft())
+                    need -= part.shape[0]
+                else:
+                    pieces.append(part[:need])
+                    self.parts[0] = part[need:]
+                    need = 0
+            block = np.concatenate(pieces)
+        self.count -= n
+        return block
+
     def take_full_shards(self) -> Iterator[tuple[int, np.ndarray]]:
         size = self.plan.shard_rows
         while self.count >= size:
-            block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-            yield self.next_shard, block[:size]
-            rest = block[size:]
-            self.parts = [rest] if rest.shape[0] else []
-            self.count = rest.shape[0]
+            yield self.next_shard, self._take(size)
             self.next_shard += 1
 
     def take_rest(self) -> tuple[int, np.ndarray] | None:
         if not self.count:
             return None
-        block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.parts, self.count = [], 0
-        return self.next_shard, block
+        return self.next_shard, self._take(self.count)
 
 
 def _encode_shard_job(
@@ -723,8 +750,15 @@ def _scan_all(
     else:
         results = pool.map(scan_item, files, [limits] * len(files), chunksize=16)
     scans: list[ItemScan] = []
+    schemas: dict[str, dict[str, Any]] = {}
     for res in _progress(results, len(files), "scan", progress):
         if isinstance(res, ItemScan):
+            schema = res.metadata.get("_storage_schema")
+            if schema is not None:
+                # Items usually share one schema: keep a single copy.
+                res.metadata["_storage_schema"] = schemas.setdefault(
+                    json.dumps(schema, sort_keys=True), schema
+                )
             scans.append(res)
         else:
             errors.append({"file": res[0], "error": res[1]})
@@ -877,6 +911,10 @@ def _shard_key(group: GroupPlan, plan: ArrayPlan, index: int) -> str:
     return f"{group.name}/{plan.name}/c/{index}{zeros}"
 
 
+#: Decoded bytes the merge keeps in flight when decoding in parallel.
+IN_FLIGHT_BYTES = 256 * 1024 * 1024
+
+
 def _decode_all(
     scans: Sequence[ItemScan],
     needed: Sequence[str],
@@ -884,7 +922,12 @@ def _decode_all(
     n_workers: int,
     limits: Limits,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield each item's decoded arrays in code order, a bounded number in flight."""
+    """Yield each item's decoded arrays in code order.
+
+    In parallel, items are submitted ahead while their decoded size (known from the
+    scan) stays below :data:`IN_FLIGHT_BYTES`, and never more than a few per worker:
+    memory is bounded by bytes, not by a count that a few huge items would defeat.
+    """
 
     def wanted(scan: ItemScan) -> list[str]:
         return [k for k in needed if k in scan.arrays]
@@ -893,19 +936,25 @@ def _decode_all(
         for scan in scans:
             yield _decode_checked(scan.path, wanted(scan), limits)
         return
-    window = max(4, 4 * n_workers)
-    pending: deque[cf.Future[dict[str, np.ndarray]]] = deque()
+    max_items = max(4, 4 * n_workers)
+    pending: deque[tuple[int, cf.Future[dict[str, np.ndarray]]]] = deque()
+    in_flight = 0
     it = iter(scans)
-    for scan in it:
-        pending.append(pool.submit(_decode_checked, scan.path, wanted(scan), limits))
-        if len(pending) >= window:
-            break
-    while pending:
-        result = pending.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(_decode_checked, nxt.path, wanted(nxt), limits))
-        yield result
+    nxt: ItemScan | None = next(it, None)
+    while nxt is not None or pending:
+        while (
+            nxt is not None
+            and len(pending) < max_items
+            and (not pending or in_flight + nxt.decoded_bytes <= IN_FLIGHT_BYTES)
+        ):
+            pending.append(
+                (nxt.decoded_bytes, pool.submit(_decode_checked, nxt.path, wanted(nxt), limits))
+            )
+            in_flight += nxt.decoded_bytes
+            nxt = next(it, None)
+        size, future = pending.popleft()
+        in_flight -= size
+        yield future.result()
 
 
 def _decode_checked(path: str, keys: Sequence[str], limits: Limits) -> dict[str, np.ndarray]:
