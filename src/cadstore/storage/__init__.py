@@ -15,4 +15,13 @@ from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
 
-__all__ = ["DataStorage", "JsonStorageHandler", "MemoryStorage"]
+__all__ = ["DataStorage", "JsonStorageHandler", "MemoryStorage", "OptStorage"]
+
+
+def __getattr__(name: str) -> object:
+    # OptStorage pulls in the Zarr format layer; import it on first use.
+    if name == "OptStorage":
+        from cadstore.storage.opt import OptStorage
+
+        return OptStorage
+    raise AttributeError(f"module 'cadstore.storage' has no attribute {name!r}")

@@ -1,0 +1,23 @@
+"""The specified module path ``<package>.storage.datasetstorage`` (schemas)."""
+
+from __future__ import annotations
+
+from cadstore.schema import (
+    Group,
+    SchemaBuilder,
+    SchemaTemplates,
+    create_cad_schema,
+    create_custom_schema,
+    create_manufacturing_schema,
+    create_sensor_schema,
+)
+
+__all__ = [
+    "Group",
+    "SchemaBuilder",
+    "SchemaTemplates",
+    "create_cad_schema",
+    "create_custom_schema",
+    "create_manufacturing_schema",
+    "create_sensor_schema",
+]
