@@ -2,35 +2,69 @@
 
 Backends, the merger and the CLI never call ``open``/``os`` on user paths directly; they
 ask :func:`filesystem_for` for a :class:`FileSystem` and use its small set of operations.
-Local paths get :class:`LocalFileSystem`; URLs such as ``s3://bucket/key`` are reserved for
-an fsspec-backed implementation of the same interface.
+Local paths get :class:`LocalFileSystem`; URLs such as ``s3://bucket/key`` get
+:class:`FsspecFileSystem`, which serves the same interface through fsspec (s3fs for S3,
+gcsfs, adlfs, ...; install ``cadstore[cloud]``). Credentials and endpoints come from
+``storage_options`` or from the usual fsspec and environment configuration
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``,
+``FSSPEC_S3_*``).
 
 The operations that publish a file (:meth:`FileSystem.write_atomic`) never leave a partial
 file visible: on local disk they write a temporary file in the destination directory,
-fsync it, rename it over the destination and fsync the directory.
+fsync it, rename it over the destination and fsync the directory. Object stores have no
+rename, but a single PUT (or a multipart upload, which becomes visible only when it is
+completed) is atomic: the file is written to local scratch space first and published with
+one upload, so readers see the old complete object or the new complete object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import posixpath
+import re
 import secrets
 import shutil
 import stat
+import tempfile
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from cadstore.errors import CadstoreError, CorruptStoreError
+
 __all__ = [
     "TEMP_PREFIX",
     "FileSystem",
+    "FsspecFileSystem",
     "LocalFileSystem",
+    "StorageAccessError",
+    "StorageUnavailableError",
     "filesystem_for",
     "is_url",
 ]
 
 #: Prefix of every temporary file cadstore creates next to a destination.
 TEMP_PREFIX = ".tmp-cadstore-"
+
+
+class StorageAccessError(CorruptStoreError, PermissionError):
+    """An object store refused the request: wrong or missing credentials, or no permission.
+
+    It is a :class:`~cadstore.errors.CorruptStoreError` naming the URL, and a
+    ``PermissionError``.
+    """
+
+
+class StorageUnavailableError(CorruptStoreError, ConnectionError):
+    """An object store could not be reached, or went away during a request.
+
+    It is a :class:`~cadstore.errors.CorruptStoreError` naming the URL, and a
+    ``ConnectionError``: the operation can be retried once the store is back.
+    """
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -76,13 +110,31 @@ class FileSystem(ABC):
         """Open ``path`` for random-access binary reading."""
 
     @abstractmethod
-    def write_atomic(self, path: str, writer: Callable[[IO[bytes]], Any]) -> int:
+    def write_atomic(
+        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
+    ) -> int:
         """Publish ``path`` atomically: ``writer`` fills a temporary file that replaces it.
+
+        Parameters
+        ----------
+        path
+            The destination.
+        writer
+            Called once with a binary file open for writing (and seeking).
+        exclusive
+            Publish only if ``path`` does not exist yet, atomically with the check: the
+            primitive for commit markers and version pointers that concurrent writers race
+            for. Object stores need conditional writes (``If-None-Match``) for it.
 
         Returns
         -------
         int
             The size of the published file.
+
+        Raises
+        ------
+        FileExistsError
+            With ``exclusive=True``, when ``path`` exists.
         """
 
     @abstractmethod
@@ -109,9 +161,12 @@ class FileSystem(ABC):
         """Return the last component of ``path``."""
         return os.path.basename(path)
 
-    def write_bytes_atomic(self, path: str, data: bytes) -> int:
-        """Publish ``data`` at ``path`` atomically; return its size."""
-        return self.write_atomic(path, lambda fh: fh.write(data))
+    def write_bytes_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> int:
+        """Publish ``data`` at ``path`` atomically; return its size.
+
+        ``exclusive`` is as for :meth:`write_atomic`.
+        """
+        return self.write_atomic(path, lambda fh: fh.write(data), exclusive=exclusive)
 
 
 class LocalFileSystem(FileSystem):
@@ -152,7 +207,9 @@ class LocalFileSystem(FileSystem):
     def open_read(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 
-    def write_atomic(self, path: str, writer: Callable[[IO[bytes]], Any]) -> int:
+    def write_atomic(
+        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
+    ) -> int:
         directory = os.path.dirname(os.path.abspath(path))
         # O_EXCL on a random name in the destination's directory: same file system (so the
         # rename is atomic) and no clash with another writer; cheaper than mkstemp.
@@ -166,7 +223,12 @@ class LocalFileSystem(FileSystem):
                 if self.durable:
                     os.fsync(fh.fileno())
                 size = fh.tell()
-            os.replace(tmp, path)
+            if exclusive:
+                # link() fails if the destination exists, atomically with creating it.
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -220,6 +282,385 @@ def _fsync_dir(directory: str) -> None:
 
 _LOCAL = LocalFileSystem()
 
+# Object stores whose first path component is a bucket (or container) that cadstore must
+# not create implicitly: s3fs's makedirs would create a missing bucket, hiding a typo.
+_BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+# Random reads (a zip's central directory, then members) fetch this much past what they
+# ask for: enough for neighbouring small members, little waste on a large object.
+_READ_BLOCK_BYTES = 256 * 1024
+_GLOB_MAGIC = re.compile(r"[*?[]")
+_CLOUD_HINT = "install the cloud extra: pip install 'cadstore[cloud]'"
+
+
+def _error_response(exc: BaseException) -> tuple[str, int]:
+    """Return the S3-style ``(error code, HTTP status)`` found in ``exc``'s cause chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            return str(error.get("Code", "")), int(status)
+        seen = seen.__cause__ or seen.__context__
+    return "", 0
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning "the store did not answer", from whichever clients exist."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        from botocore import exceptions as boto
+
+        kinds += [boto.ConnectionError, boto.HTTPClientError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        kinds += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    with contextlib.suppress(ImportError):
+        from fsspec.exceptions import FSTimeoutError
+
+        kinds.append(FSTimeoutError)
+    return tuple(kinds)
+
+
+class FsspecFileSystem(FileSystem):
+    """An object store or remote file system reached through fsspec.
+
+    Paths are full URLs (``s3://bucket/parts/p1.zarr``), so that every path a storage
+    reports or puts in an error message can be opened again as it is.
+
+    * :meth:`write_atomic` lets the writer fill a local scratch file, then publishes it
+      with a single upload (one PUT, or a multipart upload that becomes visible only when
+      it completes), so the object is never seen partially written. ``exclusive=True``
+      sends ``If-None-Match: *`` (S3 conditional writes).
+    * :meth:`open_read` returns a seekable file whose reads are HTTP range requests with
+      a small read-ahead; the object's ETag is pinned, so a read never mixes two versions
+      of an object replaced meanwhile (it fails instead).
+    * :meth:`makedirs` creates nothing (object stores have no directories) but checks the
+      bucket exists, so a misspelt bucket fails at once with a clear message.
+    * Errors are translated: refused credentials raise :class:`StorageAccessError`, an
+      unreachable store :class:`StorageUnavailableError`, a missing bucket
+      :class:`~cadstore.errors.CorruptStoreError`; each names the URL.
+
+    Parameters
+    ----------
+    fs
+        The fsspec file system (e.g. an ``s3fs.S3FileSystem``).
+    """
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.protocol: str = protocol
+        self._buckets: set[str] = set()
+        self._conditional: dict[str, bool] = {}
+        self._transport = _transport_errors()
+        # s3fs: a few queries go straight to the S3 API, one request each.
+        self._s3 = self.protocol in ("s3", "s3a") and hasattr(fs, "call_s3")
+
+    # ------------------------------------------------------------------ errors
+    def _endpoint(self) -> str:
+        client_kwargs = getattr(self.fs, "client_kwargs", None) or {}
+        endpoint = client_kwargs.get("endpoint_url") or getattr(self.fs, "endpoint_url", None)
+        return str(endpoint) if endpoint else f"the default {self.protocol} endpoint"
+
+    def _translate(self, path: str, exc: BaseException) -> BaseException:
+        """Return the cadstore error for ``exc``, or ``exc`` itself when it is fine as is."""
+        if isinstance(exc, CadstoreError | FileNotFoundError | FileExistsError):
+            return exc
+        if isinstance(exc, PermissionError):
+            return StorageAccessError(
+                path,
+                f"access denied by {self._endpoint()} ({exc}); check the credentials "
+                "(storage_options key/secret, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                "the AWS profile) and that they may use this bucket",
+            )
+        if isinstance(exc, self._transport):
+            return StorageUnavailableError(
+                path,
+                f"cannot reach the object store at {self._endpoint()} ({exc}); check the "
+                "endpoint and retry once the store is back",
+            )
+        return exc
+
+    @contextlib.contextmanager
+    def _errors(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            new = self._translate(path, exc)
+            if new is exc:
+                raise
+            raise new from exc
+
+    def _bucket(self, path: str) -> str | None:
+        if self.protocol not in _BUCKET_PROTOCOLS:
+            return None
+        key = self.fs._strip_protocol(path)
+        return key.split("/", 1)[0] or None
+
+    def _check_bucket(self, path: str) -> None:
+        """Raise a clear error if ``path``'s bucket does not exist (checked once)."""
+        bucket = self._bucket(path)
+        if bucket is None or bucket in self._buckets:
+            return
+        with self._errors(path):
+            try:
+                self.fs.info(f"{self.protocol}://{bucket}")
+            except FileNotFoundError:
+                raise CorruptStoreError(
+                    path,
+                    f"bucket {bucket!r} does not exist at {self._endpoint()}; create it "
+                    "first or correct the URL",
+                ) from None
+        self._buckets.add(bucket)
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return bucket, key
+
+    def _file_info(self, path: str) -> dict[str, Any] | None:
+        """Return the details of the object at ``path``, or ``None`` if there is none."""
+        with self._errors(path):
+            try:
+                if not self._s3:
+                    info = dict(self.fs.info(path))
+                    return info if info.get("type") == "file" else None
+                # One HEAD; s3fs's info() would follow a miss with a listing.
+                bucket, key = self._split(path)
+                if not key or key.endswith("/"):
+                    return None
+                head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+                if head.get("ContentType") == "application/x-directory":
+                    return None  # a directory marker some servers keep, not a file
+                self._buckets.add(bucket)
+                return {"type": "file", "size": int(head["ContentLength"])}
+            except FileNotFoundError:
+                self._check_bucket(path)
+                return None
+
+    def _has_objects_below(self, path: str) -> bool:
+        """Return whether any object has a key below ``path/`` (an object store's "dir")."""
+        if not self._s3:
+            with self._errors(path):
+                found = bool(self.fs.isdir(path))
+            if not found:
+                self._check_bucket(path)
+            return found
+        with self._errors(path):
+            try:
+                bucket, key = self._split(path)
+                if not key:
+                    self._check_bucket(path)
+                    return True
+                # At most one key, and no delimiter: s3fs's isdir() would list every child,
+                # and a delimited listing shows the empty "directories" SeaweedFS keeps.
+                out = self.fs.call_s3(
+                    "list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1
+                )
+            except FileNotFoundError:
+                self._check_bucket(path)
+                return False
+        self._buckets.add(bucket)
+        return bool(out.get("KeyCount") or out.get("Contents"))
+
+    # ------------------------------------------------------------------ queries
+    def exists(self, path: str) -> bool:  # docstring inherited
+        return self._file_info(path) is not None or self._has_objects_below(path)
+
+    def isdir(self, path: str) -> bool:
+        return self._has_objects_below(path)
+
+    def isfile(self, path: str) -> bool:
+        return self._file_info(path) is not None
+
+    def listdir(self, path: str) -> list[str]:
+        with self._errors(path):
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                self._check_bucket(path)
+                raise
+        prefix = self.fs._strip_protocol(path).rstrip("/") + "/"
+        return [e[len(prefix) :].rstrip("/") for e in entries if e.startswith(prefix)]
+
+    def size(self, path: str) -> int:
+        info = self._file_info(path)
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", path)
+        return int(info["size"])
+
+    def read_bytes(self, path: str) -> bytes:
+        with self._errors(path):
+            try:
+                return bytes(self.fs.cat_file(path))
+            except FileNotFoundError:
+                self._check_bucket(path)
+                raise
+
+    def open_read(self, path: str) -> IO[bytes]:
+        with self._errors(path):
+            try:
+                return self.fs.open(  # type: ignore[no-any-return]
+                    path, "rb", block_size=_READ_BLOCK_BYTES, cache_type="readahead"
+                )
+            except FileNotFoundError:
+                self._check_bucket(path)
+                raise
+
+    def file_sizes(self, path: str) -> dict[str, int]:
+        """Return ``{relative posix path: size}`` for every object below ``path``.
+
+        One listing, however many objects: what a directory store needs to open.
+        """
+        prefix = self.fs._strip_protocol(path).rstrip("/") + "/"
+        with self._errors(path):
+            try:
+                found = self.fs.find(prefix, detail=True)
+            except FileNotFoundError:
+                found = {}
+        # find() also matches "<path>.data" next to "<path>/"; keep only what is below.
+        return {
+            key[len(prefix) :]: int(info.get("size") or 0)
+            for key, info in sorted(found.items())
+            if key.startswith(prefix) and len(key) > len(prefix) and info.get("type") == "file"
+        }
+
+    def walk_files(self, path: str) -> Iterator[tuple[str, str]]:
+        """Yield ``(relative posix path, URL)`` of every object below ``path``."""
+        for rel in self.file_sizes(path):
+            yield rel, self.join(path, rel)
+
+    # ------------------------------------------------------------------ changes
+    def makedirs(self, path: str) -> None:
+        if self.protocol in _BUCKET_PROTOCOLS:
+            # "Directories" exist only as key prefixes; only the bucket must be there.
+            self._check_bucket(path)
+            return
+        with self._errors(path):
+            self.fs.makedirs(path, exist_ok=True)
+
+    def write_atomic(
+        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
+    ) -> int:
+        options: dict[str, Any] = {}
+        if exclusive:
+            if self.protocol not in ("s3", "s3a"):
+                raise NotImplementedError(
+                    f"exclusive (conditional) writes are not supported for {self.protocol}://"
+                )
+            options["mode"] = "create"
+        # The writer needs a seekable file, and a single upload needs the whole object:
+        # scratch space on local disk holds it, whatever its size.
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "w+b") as fh:
+                writer(fh)
+                fh.flush()
+                size = os.fstat(fh.fileno()).st_size
+            with self._errors(path):
+                try:
+                    self.fs.put_file(tmp, path, **options)
+                except FileNotFoundError:
+                    self._check_bucket(path)
+                    raise
+                except OSError as exc:
+                    if exclusive and _error_response(exc)[1] == 412:
+                        raise FileExistsError(errno.EEXIST, "object exists", path) from exc
+                    raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return size
+
+    def conditional_writes_supported(self, directory: str) -> bool:
+        """Return whether the store enforces ``exclusive`` writes (probed once per bucket).
+
+        Some S3-compatible servers accept ``If-None-Match: *`` and ignore it, so a second
+        exclusive write silently replaces the first; only where this returns true do
+        exclusive writes settle a race between writers. The probe writes one object
+        below ``directory`` twice and deletes it.
+        """
+        bucket = self._bucket(directory) or directory
+        known = self._conditional.get(bucket)
+        if known is not None:
+            return known
+        if self.protocol not in ("s3", "s3a"):
+            return False
+        probe = self.join(directory, f"{TEMP_PREFIX}probe-{secrets.token_hex(8)}")
+        try:
+            self.write_bytes_atomic(probe, b"1", exclusive=True)
+            try:
+                self.write_bytes_atomic(probe, b"2", exclusive=True)
+            except FileExistsError:
+                supported = True
+            else:
+                supported = False
+        finally:
+            self.remove(probe)
+        self._conditional[bucket] = supported
+        return supported
+
+    def remove(self, path: str) -> None:
+        with self._errors(path), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def rmtree(self, path: str) -> None:
+        # Deleting listed keys, not a prefix, spares "<path>.data" next to "<path>/".
+        keys = [self.fs._strip_protocol(url) for _, url in self.walk_files(path)]
+        with self._errors(path):
+            if any(_GLOB_MAGIC.search(k) for k in keys):
+                # fsspec's bulk rm() would expand these characters as glob patterns.
+                for key in keys:
+                    self.fs.rm_file(key)
+            elif keys:
+                self.fs.rm(keys)
+
+    def copy_file(self, src: str, dst: str) -> None:
+        # A server-side copy creates the destination in one step, like a PUT.
+        with self._errors(dst):
+            self.fs.cp_file(src, dst)
+
+    # ------------------------------------------------------------------ paths
+    def join(self, *parts: str) -> str:
+        return posixpath.join(*parts)
+
+    def dirname(self, path: str) -> str:
+        scheme, sep, rest = path.partition("://")
+        if not sep:
+            return posixpath.dirname(path)
+        return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+
+    def basename(self, path: str) -> str:
+        return posixpath.basename(path.rstrip("/"))
+
+
+# One FsspecFileSystem per fsspec instance, so a bucket is checked once per process.
+_REMOTE: weakref.WeakKeyDictionary[Any, FsspecFileSystem] = weakref.WeakKeyDictionary()
+_REMOTE_LOCK = threading.Lock()
+
+
+def _remote_filesystem(url: str, storage_options: dict[str, Any] | None) -> FsspecFileSystem:
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ImportError(f"opening {url!r} needs fsspec; {_CLOUD_HINT}") from exc
+    protocol = url.partition("://")[0]
+    # A listing cached by fsspec goes stale as soon as another process writes (a Dask
+    # worker, another merge): every query asks the store unless the caller opts in.
+    options = {"use_listings_cache": False, **(storage_options or {})}
+    try:
+        fs = fsspec.filesystem(protocol, **options)
+    except ImportError as exc:
+        raise ImportError(f"opening {url!r} needs the {protocol}:// driver; {_CLOUD_HINT}") from exc
+    with _REMOTE_LOCK:
+        remote = _REMOTE.get(fs)
+        if remote is None:
+            remote = _REMOTE[fs] = FsspecFileSystem(fs)
+        return remote
+
 
 def filesystem_for(
     path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
@@ -229,20 +670,26 @@ def filesystem_for(
     Parameters
     ----------
     path
-        A local path or a URL.
+        A local path or a URL such as ``s3://bucket/parts/p1.zarr``; a URL is returned
+        unchanged and is what the returned file system expects.
     storage_options
-        Options for a remote file system (credentials, endpoint); ignored for local paths.
+        Options for a remote file system, passed to fsspec: for S3 (s3fs) for example
+        ``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}``. Without
+        them, credentials and endpoint come from fsspec's configuration and the
+        environment. Not allowed with a local path.
 
     Raises
     ------
-    NotImplementedError
-        For URLs until remote file systems are available.
+    ImportError
+        For a URL when fsspec or the protocol's driver (s3fs, ...) is not installed.
+    ValueError
+        For ``storage_options`` with a local path.
     """
     text = os.fspath(path)
     if text.startswith("file://"):
         text = text[len("file://") :]
     if is_url(text):
-        raise NotImplementedError(f"remote paths such as {text!r} are not supported yet")
+        return _remote_filesystem(text, storage_options), text
     if storage_options:
         raise ValueError("storage_options only apply to remote URLs such as s3://...")
     return _LOCAL, text

@@ -25,6 +25,11 @@ Plain JSON files written by other tools (no envelope) are read too: their key is
 stem, lists of numbers load as arrays.
 
 Every file is written atomically (temporary file, fsync, rename).
+
+``json_dir_path`` may be a URL such as ``s3://bucket/debug/part_001`` (see
+:func:`cadstore.fs.filesystem_for`): each file is then an object under that prefix,
+published with a single upload. An object store has no empty directories, so a storage
+without files cannot be opened read-only there.
 """
 
 from __future__ import annotations
@@ -69,13 +74,21 @@ class JsonStorageHandler(DataStorage):
     read_only
         Refuse writes.
     storage_options
-        Options for remote URLs (reserved for object storage).
+        Options for a URL ``json_dir_path``, passed to fsspec: for S3, e.g.
+        ``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}``. Without
+        them, credentials and endpoint come from fsspec's configuration and the
+        environment.
 
     Raises
     ------
     CorruptStoreError
         If a file in the directory claims to be a cadstore data file but cannot be parsed,
-        or if the path exists and is not a directory.
+        if the path exists and is not a directory, or if the bucket of a URL does not
+        exist.
+    cadstore.fs.StorageAccessError
+        If an object store refuses the credentials.
+    cadstore.fs.StorageUnavailableError
+        If an object store cannot be reached.
     """
 
     format_name = "json"

@@ -27,6 +27,11 @@ If ``close()`` is called without ``compress_store()``, the item is kept as a sta
 directory at ``store_path`` (with ``metadata.json``), which a later ``OptStorage`` on the
 same path reopens for writing.
 
+``store_path`` may be a URL such as ``s3://bucket/parts/p1.zarr`` (see
+:func:`cadstore.fs.filesystem_for`): the ``.data`` object is then published with a single
+upload, so it is just as atomic, and read back with ranged requests. The summary and
+visualisation directories follow the store onto the object store unless given elsewhere.
+
 The default compression is zstd level 5. On the realistic workload level 3 writes files
 about 19% larger than the specified design (Zstd 12 with Delta filters), while level 5
 writes files about 4% smaller, because the face-pair histograms that dominate an item
@@ -39,16 +44,23 @@ import fnmatch
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, Literal
 
 from cadstore.errors import CorruptStoreError, ReadOnlyStorageError
 from cadstore.format import jsoncodec
 from cadstore.format.hierarchy import BuildHierarchy, Hierarchy, ReadHierarchy, default_dims
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.format.sources import DirectorySource, KeySource, ZipSource, check_member_name
 from cadstore.format.zipwriter import write_stored_zip
-from cadstore.fs import TEMP_PREFIX, LocalFileSystem, filesystem_for
+from cadstore.fs import (
+    TEMP_PREFIX,
+    FileSystem,
+    FsspecFileSystem,
+    LocalFileSystem,
+    filesystem_for,
+    is_url,
+)
 from cadstore.storage.base import DataStorage, NodeKind
 from cadstore.storage.values import Node
 
@@ -102,7 +114,10 @@ class OptStorage(DataStorage):
     limits
         Safety limits for reading (see :class:`~cadstore.format.limits.Limits`).
     storage_options
-        Options for remote URLs (reserved for object storage).
+        Options for a URL ``store_path`` (and URL summary or cache directories), passed
+        to fsspec: for S3, e.g. ``{"key": ..., "secret": ...,
+        "client_kwargs": {"endpoint_url": ...}}``. Without them, credentials and endpoint
+        come from fsspec's configuration and the environment.
     durable
         fsync published files and directories (default). Turning it off is only for
         scratch data.
@@ -110,7 +125,12 @@ class OptStorage(DataStorage):
     Raises
     ------
     CorruptStoreError
-        If the ``.data`` file or the directory exists and is not a readable store.
+        If the ``.data`` file or the directory exists and is not a readable store, or the
+        bucket of a URL does not exist.
+    cadstore.fs.StorageAccessError
+        If an object store refuses the credentials.
+    cadstore.fs.StorageUnavailableError
+        If an object store cannot be reached.
     """
 
     format_name = "zarr"
@@ -151,21 +171,25 @@ class OptStorage(DataStorage):
             if isinstance(self._fs, LocalFileSystem)
             else self._fs.dirname(self._store_path)
         )
+        self._summary_fs = self._cache_fs = self._fs
         if summary_dir is False:
             self._summary_dir: str | None = None
         elif summary_dir is None or summary_dir is True:
             self._summary_dir = self._fs.join(parent, "files_summary")
         else:
-            self._summary_dir = os.fspath(summary_dir)
-        self._stream_cache_dir = (
-            os.fspath(stream_cache_dir)
-            if stream_cache_dir is not None
-            else self._fs.join(parent, "stream_cache")
-        )
+            self._summary_fs, self._summary_dir = self._side_directory(summary_dir, storage_options)
+        if stream_cache_dir is not None:
+            self._cache_fs, self._stream_cache_dir = self._side_directory(
+                stream_cache_dir, storage_options
+            )
+        else:
+            self._stream_cache_dir = self._fs.join(parent, "stream_cache")
 
         dir_exists = self._fs.isdir(self._store_path)
         zip_exists = self._fs.isfile(self._zip_path)
-        if self._fs.exists(self._store_path) and not dir_exists:
+        # On an object store, "exists and is not a directory" is one HEAD: isfile().
+        probe = self._fs.isfile if isinstance(self._fs, FsspecFileSystem) else self._fs.exists
+        if not dir_exists and probe(self._store_path):
             raise CorruptStoreError(self._store_path, "exists and is not a directory")
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
         super().__init__(read_only=read_only)
@@ -175,7 +199,7 @@ class OptStorage(DataStorage):
             if zip_exists:
                 self._source = ZipSource(self._zip_path, self._fs, limits)
             elif dir_exists:
-                self._source = DirectorySource(self._store_path)
+                self._source = self._directory_source()
             else:
                 raise CorruptStoreError(self._zip_path, "no such store to open read-only")
             self._hier = self._open_read(self._source)
@@ -191,13 +215,27 @@ class OptStorage(DataStorage):
                 if dir_exists and self._dir_holds_store():
                     self._fs.rmtree(self._store_path)
             elif dir_exists and self._dir_holds_store():
-                self._load_existing(DirectorySource(self._store_path))
+                self._load_existing(self._directory_source())
             elif mode == "a" and zip_exists:
                 self._load_existing(ZipSource(self._zip_path, self._fs, limits))
             self._fs.makedirs(self._store_path)
         self._open_metadata()
 
     # ------------------------------------------------------------------ opening
+    def _side_directory(
+        self, where: str | os.PathLike[str], storage_options: dict[str, Any] | None
+    ) -> tuple[FileSystem, str]:
+        """Resolve a summary or cache directory, which may live on another file system."""
+        text = os.fspath(where)
+        if isinstance(self._fs, LocalFileSystem) and not is_url(text):
+            return self._fs, text
+        return filesystem_for(text, storage_options if is_url(text) else None)
+
+    def _directory_source(self) -> KeySource:
+        if isinstance(self._fs, FsspecFileSystem):
+            return _PrefixSource(self._fs, self._store_path)
+        return DirectorySource(self._store_path)
+
     def _open_read(self, source: KeySource) -> ReadHierarchy:
         try:
             return ReadHierarchy(source, self._limits)
@@ -364,8 +402,8 @@ class OptStorage(DataStorage):
             # atomically but not fsynced: losing it to a power cut loses nothing.
             scratch = (
                 LocalFileSystem(durable=False)
-                if isinstance(self._fs, LocalFileSystem)
-                else self._fs
+                if isinstance(self._summary_fs, LocalFileSystem)
+                else self._summary_fs
             )
             scratch.makedirs(self._summary_dir)
             scratch.write_bytes_atomic(
@@ -389,11 +427,16 @@ class OptStorage(DataStorage):
         visu = [n for n in self._fs.listdir(self._store_path) if fnmatch.fnmatch(n, "visu*")]
         if not visu:
             return
-        self._fs.makedirs(self._stream_cache_dir)
+        cache = self._cache_fs
+        cache.makedirs(self._stream_cache_dir)
         for name in visu:
             src = self._fs.join(self._store_path, name)
             if self._fs.isfile(src):
-                self._fs.copy_file(src, self._fs.join(self._stream_cache_dir, name))
+                dst = cache.join(self._stream_cache_dir, name)
+                if cache is self._fs:
+                    self._fs.copy_file(src, dst)
+                else:
+                    cache.write_bytes_atomic(dst, self._fs.read_bytes(src))
 
     # ------------------------------------------------------------------ public
     @property
@@ -443,3 +486,36 @@ class OptStorage(DataStorage):
 
     def _describe(self) -> str:
         return repr(self._zip_path if self._read_only else self._store_path)
+
+
+class _PrefixSource(KeySource):
+    """The objects below a prefix of an object store: a Zarr directory store on S3.
+
+    The keys and sizes are listed once, when the source is created; the store is being
+    opened, so nothing else writes below the prefix meanwhile.
+    """
+
+    def __init__(self, fs: FsspecFileSystem, root: str) -> None:
+        self.location = root
+        self._fs = fs
+        self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
+
+    def get(self, key: str) -> bytes | None:  # docstring inherited
+        if key not in self._sizes:
+            return None
+        try:
+            return self._fs.read_bytes(self._fs.join(self.location, key))
+        except FileNotFoundError:
+            return None
+
+    def keys(self) -> Iterable[str]:  # docstring inherited
+        return self._sizes.keys()
+
+    def size_of(self, key: str) -> int | None:  # docstring inherited
+        return self._sizes.get(key)
+
+    def total_bytes(self) -> int:  # docstring inherited
+        return sum(self._sizes.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sizes

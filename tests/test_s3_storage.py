@@ -1,0 +1,415 @@
+"""OptStorage and JsonStorageHandler on S3, against a real server (SeaweedFS ``weed mini``).
+
+The session fixture starts one server on free loopback ports for the whole module; the
+fault tests that stop a server start their own. Everything is skipped, with the reason,
+only when the ``weed`` binary cannot be executed on this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+import s3fs
+import zarr
+
+from cadstore import JsonStorageHandler, OptStorage
+from cadstore.errors import CorruptStoreError
+from cadstore.fs import (
+    FsspecFileSystem,
+    StorageAccessError,
+    StorageUnavailableError,
+    filesystem_for,
+)
+from cadstore.storage.base import DataStorage
+from cadstore.testing.conformance import StorageConformance, assert_same
+from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed
+
+BUCKET = "cadstore-tests"
+# A failure must surface in seconds, not after botocore's default five attempts.
+FAST_FAIL = {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 20}
+
+
+@dataclass(frozen=True)
+class S3:
+    """The session's server, its bucket and a prefix unique to this test run."""
+
+    server: WeedServer
+    bucket: str
+    run: str
+
+    def options(self, **client: Any) -> dict[str, Any]:
+        """Storage options reaching the server with valid credentials."""
+        return self.server.storage_options(**client)
+
+    def url(self, *parts: str) -> str:
+        """Return ``s3://<bucket>/<run>/<parts...>``."""
+        return "/".join([f"s3://{self.bucket}", self.run, *parts])
+
+    def client(self) -> s3fs.S3FileSystem:
+        """A separate s3fs client, to inspect the bucket behind cadstore's back."""
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.options())
+
+
+def _start(data_dir: Path) -> WeedServer:
+    try:
+        return start_weed(data_dir)
+    except WeedUnavailableError as exc:
+        pytest.skip(f"SeaweedFS cannot run on this machine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """One ``weed mini`` for the session, with a bucket created."""
+    data_dir = tmp_path_factory.mktemp("weed")
+    server = _start(data_dir)
+    try:
+        env = S3(server, BUCKET, secrets.token_hex(4))
+        env.client().mkdir(BUCKET)
+        yield env
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _url_for(s3: S3, tmp_path: Path, name: str) -> str:
+    # The conformance suite hands out local temp directories; each maps to its own prefix,
+    # the same one every time, so reopen() finds what make_storage() wrote.
+    digest = hashlib.sha1(str(tmp_path).encode(), usedforsecurity=False).hexdigest()[:16]
+    return s3.url(digest, name)
+
+
+# ---------------------------------------------------------------------- conformance
+class _OnS3:
+    s3: S3
+
+    @pytest.fixture(autouse=True)
+    def _server(self, s3: S3) -> None:
+        self.s3 = s3
+
+
+class TestOptStorageS3(_OnS3, StorageConformance):
+    expected_format = "zarr"
+
+    def make_storage(self, tmp_path: Path) -> OptStorage:
+        return OptStorage(
+            _url_for(self.s3, tmp_path, "item.zarr"), storage_options=self.s3.options()
+        )
+
+    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
+        storage.compress_store()
+        storage.close()
+        return OptStorage(
+            _url_for(self.s3, tmp_path, "item.zarr"), storage_options=self.s3.options()
+        )
+
+
+class TestJsonStorageS3(_OnS3, StorageConformance):
+    expected_format = "json"
+
+    def make_storage(self, tmp_path: Path) -> JsonStorageHandler:
+        return JsonStorageHandler(
+            _url_for(self.s3, tmp_path, "json_output"), storage_options=self.s3.options()
+        )
+
+    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
+        storage.close()
+        return JsonStorageHandler(
+            _url_for(self.s3, tmp_path, "json_output"), storage_options=self.s3.options()
+        )
+
+
+# ---------------------------------------------------------------------- layout and reads
+def _item(rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "face_areas": rng.random(1_000_000).astype(np.float32),
+        "noise": rng.random(500_000),
+        "graph": {"edges_source": np.arange(7, dtype=np.int32), "num_nodes": 8},
+    }
+
+
+def _write_item(url: str, item: dict[str, Any], options: dict[str, Any], **kw: Any) -> int:
+    storage = OptStorage(url, storage_options=options, **kw)
+    for key, value in item.items():
+        storage.save_data(key, value)
+    storage.save_metadata("size_cadfile", 1024)
+    size = storage.compress_store()
+    storage.close()
+    return size
+
+
+def test_item_layout_on_s3(s3: S3) -> None:
+    url = s3.url("layout", "parts", "p1.zarr")
+    _write_item(url, {"a": np.arange(3)}, s3.options())
+    keys = sorted(s3.client().find(s3.url("layout")))
+    base = f"{BUCKET}/{s3.run}/layout/parts"
+    # One published object, the summary beside it, no working "directory" left behind.
+    assert keys == [f"{base}/files_summary/p1.json", f"{base}/p1.zarr.data"]
+    with OptStorage(url, storage_options=s3.options()) as storage:
+        assert storage.read_only
+        assert storage.get_file_path("") == url + ".data"
+        assert storage.load_metadata("size_cadfile") == 1024
+
+
+def test_uncompressed_item_is_a_directory_of_objects(s3: S3) -> None:
+    """close() without compress_store() keeps a Zarr directory store under the prefix."""
+    url = s3.url("directory", "p1.zarr")
+    client = s3.client()
+    storage = OptStorage(url, storage_options=s3.options())
+    storage.save_data("graph", {"edges": np.arange(5), "n": 5})
+    storage.save_metadata("size_cadfile", 7)
+    storage.close()
+    assert client.isfile(url + "/zarr.json")
+    assert client.isfile(url + "/metadata.json")
+    # Reopened writable, like a local directory store; mode "r" reads it in place.
+    with OptStorage(url, storage_options=s3.options(), mode="r") as reader:
+        assert_same(reader.load_data("graph/edges"), np.arange(5))
+        assert reader.load_metadata("size_cadfile") == 7
+    storage = OptStorage(url, storage_options=s3.options())
+    assert not storage.read_only
+    assert storage.load_metadata("size_cadfile") == 7
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    storage.compress_store()
+    storage.close()
+    # Publishing removed the directory's objects and left the sibling .data alone.
+    fs, _ = filesystem_for(url, s3.options())
+    assert not fs.isdir(url)
+    assert fs.isfile(url + ".data")
+    with OptStorage(url, storage_options=s3.options()) as reader:
+        assert reader.read_only
+        assert sorted(reader.get_keys()) == ["face_areas", "graph"]
+    # SeaweedFS keeps an empty "directory" where the objects were; it is not a store.
+    with OptStorage(url, storage_options=s3.options(), mode="w") as again:
+        again.save_data("a", 1)
+        again.compress_store()
+    with OptStorage(url, storage_options=s3.options()) as reader:
+        assert reader.get_keys() == ["a"]
+
+
+def test_summary_and_cache_directories_may_be_local(s3: S3, tmp_path: Path) -> None:
+    url = s3.url("local-summary", "p1.zarr")
+    storage = OptStorage(url, storage_options=s3.options(), summary_dir=tmp_path / "summary")
+    storage.save_data("a", np.arange(3))
+    storage.close()
+    assert (tmp_path / "summary" / "p1.json").is_file()
+    assert s3.client().isdir(url)  # the item itself stays on S3, as a directory store
+
+
+def test_item_reads_are_ranged(s3: S3) -> None:
+    """Loading one small key of a large item downloads a small part of it."""
+    item = _item(np.random.default_rng(1))
+    url = s3.url("ranged", "big.zarr")
+    size = _write_item(url, item, s3.options())
+    with CutOffProxy(s3.server) as proxy:
+        options = s3.options()
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        with OptStorage(url, storage_options=options) as storage:
+            assert_same(storage.load_data("graph"), item["graph"])
+        small = proxy.downloaded
+    assert size > 5_000_000
+    assert small < size / 8, f"{small} bytes downloaded to read one small key of {size}"
+    with OptStorage(url, storage_options=s3.options()) as storage:
+        assert_same(storage.load_data("face_areas"), item["face_areas"])
+
+
+def test_zarr_python_reads_the_data_object(s3: S3) -> None:
+    """zarr-python opens a ``.data`` on S3 through FsspecStore, with ranged reads."""
+    item = _item(np.random.default_rng(2))
+    url = s3.url("zarr", "p1.zarr")
+    size = _write_item(url, item, s3.options())
+    client = s3.client()
+    # A small block and no read-ahead: every read is a range request we can count.
+    with client.open(url + ".data", "rb", block_size=64 * 1024, cache_type="bytes") as fh:
+        zip_fs = fsspec.filesystem("zip", fo=fh)
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        store = zarr.storage.FsspecStore(
+            AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path=""
+        )
+        group = zarr.open_group(store, mode="r")
+        assert sorted(group.keys()) == ["face_areas", "graph", "noise"]
+        np.testing.assert_array_equal(group["graph/edges_source"][:], np.arange(7))
+        assert fh.cache.total_requested_bytes < size / 8
+        np.testing.assert_array_equal(group["face_areas"][:], item["face_areas"])
+    # The chained URL form, as a user would type it.
+    store = zarr.storage.FsspecStore.from_url(
+        f"zip::{url}.data", storage_options={"s3": s3.options()}, read_only=True
+    )
+    np.testing.assert_array_equal(zarr.open_group(store, mode="r")["noise"][:], item["noise"])
+
+
+def test_credentials_and_endpoint_from_the_environment(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.server.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = s3.url("env", "p1.zarr")
+    # A token of its own keeps fsspec from reusing a client built with other settings.
+    options = {"skip_instance_cache": True}
+    _write_item(url, {"a": np.arange(4)}, options)
+    with OptStorage(url, storage_options=options) as storage:
+        assert_same(storage.load_data("a"), np.arange(4))
+    json_url = s3.url("env", "json")
+    with JsonStorageHandler(json_url, storage_options=options) as handler:
+        handler.save_data("a", [1, 2])
+    assert s3.client().isfile(json_url + "/a.json")
+
+
+# ---------------------------------------------------------------------- the fs layer
+def test_fs_layer_on_s3(s3: S3) -> None:
+    fs, root = filesystem_for(s3.url("fs"), s3.options())
+    assert isinstance(fs, FsspecFileSystem)
+    assert root == s3.url("fs")
+    item, data = fs.join(root, "p.zarr"), fs.join(root, "p.zarr.data")
+    assert fs.dirname(item) == root
+    assert fs.basename(item) == "p.zarr"
+    assert fs.write_bytes_atomic(data, b"published") == 9
+    # Keys with glob characters are ordinary names, never patterns.
+    for name in ("zarr.json", "a*b/c/0", "x[1]/zarr.json"):
+        fs.write_bytes_atomic(fs.join(item, name), name.encode())
+    assert fs.isdir(item)
+    assert not fs.isfile(item)
+    assert fs.isfile(data)
+    assert fs.size(data) == 9
+    assert sorted(fs.listdir(item)) == ["a*b", "x[1]", "zarr.json"]
+    assert dict(fs.walk_files(item)) == {
+        "a*b/c/0": fs.join(item, "a*b/c/0"),
+        "x[1]/zarr.json": fs.join(item, "x[1]/zarr.json"),
+        "zarr.json": fs.join(item, "zarr.json"),
+    }
+    with fs.open_read(data) as fh:
+        fh.seek(3)
+        assert fh.read(3) == b"lis"
+    fs.copy_file(data, fs.join(root, "copy"))
+    assert fs.read_bytes(fs.join(root, "copy")) == b"published"
+    fs.rmtree(item)
+    # The sibling that shares the prefix "p.zarr" survives the removal of "p.zarr/".
+    assert not fs.exists(item)
+    assert fs.read_bytes(data) == b"published"
+    fs.remove(data)
+    fs.remove(data)
+    assert not fs.exists(data)
+    with pytest.raises(FileNotFoundError):
+        fs.read_bytes(data)
+    with pytest.raises(FileNotFoundError):
+        fs.open_read(data)
+
+
+def test_exclusive_write_is_a_conditional_put(s3: S3) -> None:
+    fs, root = filesystem_for(s3.url("exclusive"), s3.options())
+    assert isinstance(fs, FsspecFileSystem)
+    assert fs.conditional_writes_supported(root)  # SeaweedFS answers 412, like AWS
+    assert not fs.isdir(root)  # the probe cleaned up after itself
+    pointer = fs.join(root, "version")
+    fs.write_bytes_atomic(pointer, b"1", exclusive=True)
+    with pytest.raises(FileExistsError):
+        fs.write_bytes_atomic(pointer, b"2", exclusive=True)
+    assert fs.read_bytes(pointer) == b"1"
+
+
+def test_local_exclusive_write(tmp_path: Path) -> None:
+    """The local counterpart of the conditional put: create-if-absent, atomically."""
+    fs, path = filesystem_for(tmp_path / "version")
+    fs.write_bytes_atomic(path, b"1", exclusive=True)
+    with pytest.raises(FileExistsError):
+        fs.write_bytes_atomic(path, b"2", exclusive=True)
+    assert fs.read_bytes(path) == b"1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["version"]  # no temp file left
+
+
+# ---------------------------------------------------------------------- bad input and faults
+def test_wrong_credentials(s3: S3) -> None:
+    url = s3.url("creds", "p1.zarr")
+    _write_item(url, {"a": np.arange(3)}, s3.options())
+    for bad in (
+        dict(s3.options(), secret=secrets.token_hex(16)),
+        dict(s3.options(), key="nobody"),
+    ):
+        bad["config_kwargs"] = FAST_FAIL
+        for mode in (None, "r", "w"):
+            with pytest.raises(StorageAccessError, match="access denied") as info:
+                OptStorage(url, storage_options=bad, mode=mode)
+            assert isinstance(info.value, CorruptStoreError)
+            assert isinstance(info.value, PermissionError)
+            assert url in str(info.value)
+        with pytest.raises(StorageAccessError, match="credentials"):
+            JsonStorageHandler(s3.url("creds", "json"), storage_options=bad)
+    with OptStorage(url, storage_options=s3.options()) as storage:
+        assert_same(storage.load_data("a"), np.arange(3))
+
+
+def test_missing_bucket(s3: S3) -> None:
+    url = "s3://no-such-bucket-cadstore/parts/p1.zarr"
+    for mode in (None, "r", "w"):
+        with pytest.raises(CorruptStoreError, match="bucket 'no-such-bucket-cadstore' does not"):
+            OptStorage(url, storage_options=s3.options(), mode=mode)
+    with pytest.raises(CorruptStoreError, match="does not exist") as info:
+        JsonStorageHandler("s3://no-such-bucket-cadstore/json", storage_options=s3.options())
+    assert "s3://no-such-bucket-cadstore/json" in str(info.value)
+    assert not s3.client().exists("no-such-bucket-cadstore")
+
+
+def test_unreachable_endpoint(s3: S3) -> None:
+    # Nothing listens on a port that was just free (the proxy is closed at once).
+    with CutOffProxy(s3.server) as proxy:
+        endpoint = proxy.endpoint
+    options = s3.options(config_kwargs=FAST_FAIL)
+    options["client_kwargs"]["endpoint_url"] = endpoint
+    with pytest.raises(StorageUnavailableError, match="cannot reach") as info:
+        OptStorage(s3.url("down", "p1.zarr"), storage_options=options)
+    assert isinstance(info.value, ConnectionError)
+    assert endpoint in str(info.value)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[WeedServer]:
+    """A server of this test's own, which the test may stop."""
+    server = _start(tmp_path / "weed")
+    try:
+        s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options()).mkdir(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_server_stopped_mid_write_leaves_no_partial_object(own_server: WeedServer) -> None:
+    url = f"s3://{BUCKET}/crash/p1.zarr"
+    old = {"a": np.arange(10)}
+    _write_item(url, old, own_server.storage_options())
+    # Incompressible, so the upload is about 3 MB and the cut lands inside it.
+    new = {"face_areas": np.random.default_rng(3).random(400_000)}
+    with CutOffProxy(own_server, limit=1_000_000) as proxy:
+        options = own_server.storage_options(config_kwargs=FAST_FAIL)
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        storage = OptStorage(url, storage_options=options, mode="w")
+        for key, value in new.items():
+            storage.save_data(key, value)
+        with pytest.raises(StorageUnavailableError, match="cannot reach"):
+            storage.compress_store()
+        assert proxy.tripped.is_set()
+    own_server.restart()
+    client = s3fs.S3FileSystem(skip_instance_cache=True, **own_server.storage_options())
+    # The killed upload left the previous complete object and nothing else.
+    assert sorted(client.find(f"{BUCKET}/crash")) == [
+        f"{BUCKET}/crash/files_summary/p1.json",
+        f"{BUCKET}/crash/p1.zarr.data",
+    ]
+    with OptStorage(url, storage_options=own_server.storage_options()) as reader:
+        assert_same(reader.load_data("a"), old["a"])
+        assert reader.get_keys() == ["a"]
+    # Once the server is back, the same write runs to completion.
+    _write_item(url, new, own_server.storage_options(), mode="w")
+    with OptStorage(url, storage_options=own_server.storage_options()) as reader:
+        assert_same(reader.load_data("face_areas"), new["face_areas"])
