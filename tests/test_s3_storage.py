@@ -22,13 +22,8 @@ import s3fs
 import zarr
 
 from cadstore import JsonStorageHandler, OptStorage
-from cadstore.errors import CorruptStoreError
-from cadstore.fs import (
-    FsspecFileSystem,
-    StorageAccessError,
-    StorageUnavailableError,
-    filesystem_for,
-)
+from cadstore.errors import CorruptStoreError, StorageAccessError, StorageUnavailableError
+from cadstore.fs import FsspecFileSystem, filesystem_for
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
 from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed

@@ -13,7 +13,9 @@ The hierarchy::
     ├── StorageClosedError    (ValueError) use of a storage after ``close()``
     ├── ReadOnlyStorageError  (PermissionError) a write to a read-only storage
     ├── CorruptStoreError     (OSError)    a file that is not a readable store
-    │   └── LimitExceededError             a file whose declared sizes exceed a safety limit
+    │   ├── LimitExceededError             a file whose declared sizes exceed a safety limit
+    │   ├── StorageAccessError (PermissionError)  an object store refused the credentials
+    │   └── StorageUnavailableError (ConnectionError)  an object store cannot be reached
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
     └── DatasetError          (ValueError) a dataset query naming an unknown thing
 
@@ -40,7 +42,9 @@ __all__ = [
     "ReadOnlyStorageError",
     "SchemaError",
     "SchemaValidationError",
+    "StorageAccessError",
     "StorageClosedError",
+    "StorageUnavailableError",
     "UnsupportedTypeError",
 ]
 
@@ -147,6 +151,21 @@ class CorruptStoreError(CadstoreError, OSError):
 
 class LimitExceededError(CorruptStoreError):
     """A file whose declared sizes exceed a safety limit (a possible decompression bomb)."""
+
+
+class StorageAccessError(CorruptStoreError, PermissionError):
+    """An object store refused the request: wrong or missing credentials, or no permission.
+
+    It is a :class:`CorruptStoreError` naming the URL, and a ``PermissionError``.
+    """
+
+
+class StorageUnavailableError(CorruptStoreError, ConnectionError):
+    """An object store could not be reached, or went away during a request.
+
+    It is a :class:`CorruptStoreError` naming the URL, and a ``ConnectionError``: the
+    operation can be retried once the store is back.
+    """
 
 
 class MergeError(CadstoreError, ValueError):

@@ -34,37 +34,24 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from cadstore.errors import CadstoreError, CorruptStoreError
+from cadstore.errors import (
+    CadstoreError,
+    CorruptStoreError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
 
 __all__ = [
     "TEMP_PREFIX",
     "FileSystem",
     "FsspecFileSystem",
     "LocalFileSystem",
-    "StorageAccessError",
-    "StorageUnavailableError",
     "filesystem_for",
     "is_url",
 ]
 
 #: Prefix of every temporary file cadstore creates next to a destination.
 TEMP_PREFIX = ".tmp-cadstore-"
-
-
-class StorageAccessError(CorruptStoreError, PermissionError):
-    """An object store refused the request: wrong or missing credentials, or no permission.
-
-    It is a :class:`~cadstore.errors.CorruptStoreError` naming the URL, and a
-    ``PermissionError``.
-    """
-
-
-class StorageUnavailableError(CorruptStoreError, ConnectionError):
-    """An object store could not be reached, or went away during a request.
-
-    It is a :class:`~cadstore.errors.CorruptStoreError` naming the URL, and a
-    ``ConnectionError``: the operation can be retried once the store is back.
-    """
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:

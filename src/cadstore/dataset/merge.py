@@ -47,7 +47,13 @@ from cadstore.dataset.layout import (
     default_primary_dim,
     file_id_code_name,
 )
-from cadstore.errors import CadstoreError, CorruptStoreError, MergeError
+from cadstore.errors import (
+    CadstoreError,
+    CorruptStoreError,
+    MergeError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
 from cadstore.format import jsoncodec
 from cadstore.format.codecs import encode_vlen_utf8, zstd_compress
 from cadstore.format.hierarchy import ReadHierarchy
@@ -106,6 +112,10 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
     """Scan one item; return an :class:`ItemScan` or ``(path, reason)`` if unreadable."""
     try:
         source = _open_source(path, limits)
+    except (StorageAccessError, StorageUnavailableError):
+        # The store, not the item, is at fault: skipping every item would publish an
+        # empty or partial dataset. Stop, so that the merge can be re-run.
+        raise
     except CadstoreError as exc:
         return path, str(exc)
     except OSError as exc:

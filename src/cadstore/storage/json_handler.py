@@ -85,9 +85,9 @@ class JsonStorageHandler(DataStorage):
         If a file in the directory claims to be a cadstore data file but cannot be parsed,
         if the path exists and is not a directory, or if the bucket of a URL does not
         exist.
-    cadstore.fs.StorageAccessError
+    cadstore.errors.StorageAccessError
         If an object store refuses the credentials.
-    cadstore.fs.StorageUnavailableError
+    cadstore.errors.StorageUnavailableError
         If an object store cannot be reached.
     """
 

@@ -127,9 +127,9 @@ class OptStorage(DataStorage):
     CorruptStoreError
         If the ``.data`` file or the directory exists and is not a readable store, or the
         bucket of a URL does not exist.
-    cadstore.fs.StorageAccessError
+    cadstore.errors.StorageAccessError
         If an object store refuses the credentials.
-    cadstore.fs.StorageUnavailableError
+    cadstore.errors.StorageUnavailableError
         If an object store cannot be reached.
     """
 
