@@ -31,15 +31,21 @@ __version__ = "0.1.0"
 _LAZY = {
     "OptStorage": "cadstore.storage.opt",
     "DatasetMerger": "cadstore.dataset",
+    "DatasetExplorer": "cadstore.dataset",
+    "DatasetLoader": "cadstore.dataset",
+    "CADDataset": "cadstore.dataset",
     "DatasetInfo": "cadstore.dataset",
     "merge": "cadstore.dataset",
 }
 
 __all__ = [
+    "CADDataset",
     "CadstoreError",
     "CorruptStoreError",
     "DataStorage",
+    "DatasetExplorer",
     "DatasetInfo",
+    "DatasetLoader",
     "DatasetMerger",
     "Group",
     "JsonStorageHandler",

@@ -2,6 +2,8 @@
 
 * :class:`DatasetMerger` and :func:`merge` (:mod:`cadstore.dataset.merger`)
 * :class:`DatasetInfo` (:mod:`cadstore.dataset.info`): the ``.infoset``/``.attribset`` tables
+* :class:`DatasetReader` (:mod:`cadstore.dataset.reader`): one item's rows in O(1)
+* :class:`DatasetExplorer`, :class:`DatasetLoader`, :class:`CADDataset`: query, split, train
 * the on-disk layout: :mod:`cadstore.dataset.layout`
 """
 
@@ -10,12 +12,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cadstore.dataset.explorer import DatasetExplorer
+from cadstore.dataset.loader import CADDataset, DatasetLoader
 from cadstore.dataset.merge import MergeResult, append_items, merge_items
 from cadstore.dataset.merger import DatasetMerger, merge
 from cadstore.dataset.reader import DatasetReader
 
 __all__ = [
+    "CADDataset",
+    "DatasetExplorer",
     "DatasetInfo",
+    "DatasetLoader",
     "DatasetMerger",
     "DatasetReader",
     "MergeResult",

@@ -1,0 +1,1016 @@
+"""``DatasetExplorer``: query a merged dataset, its ``.infoset`` and its ``.attribset``.
+
+The specified explorer starts a Dask cluster on every open and finds one item's rows by
+materialising a whole group and scanning ``file_id_code_<group>``. This one starts
+nothing: per-item reads go through :class:`cadstore.dataset.reader.DatasetReader` and the
+per-group ``item_offsets`` (O(1) per item), whole-array queries decode only the arrays they
+touch, and :meth:`DatasetExplorer.get_group_data` is a lazy ``xarray.Dataset`` opened with
+zarr-python on the standard Zarr store (the dataset is plain Zarr v3).
+
+Differences from the specified behaviour, all deliberate:
+
+* no cluster unless ``dask_client_params={"start_cluster": True, ...}`` asks for one;
+* an unknown group, array, item code or attribute table raises
+  :class:`cadstore.errors.DatasetError` naming the valid choices, instead of returning an
+  empty result;
+* :meth:`DatasetExplorer.create_distribution` returns ``file_id_codes_in_bins`` (the
+  observed key), not ``file_ids_in_bins``;
+* the ``item_offsets`` index of each group is an implementation detail and is not listed
+  among a group's arrays.
+
+Examples
+--------
+>>> with DatasetExplorer(flow_output_file="out/flow.flow") as explorer:  # doctest: +SKIP
+...     codes = explorer.get_file_list("faces", lambda ds: ds["face_types"] == 3)
+...     one = explorer.file_dataset(int(codes[0]), "faces")
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from cadstore.dataset.layout import ITEM_DIM, OFFSETS, file_id_code_name
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+__all__ = ["DatasetExplorer", "resolve_flow_paths"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of ``dask_client_params`` that asks for a Dask cluster.
+START_CLUSTER = "start_cluster"
+# Keys of dask_client_params that configure the explorer, not the LocalCluster.
+_DASK_OWN_KEYS = frozenset((START_CLUSTER, "disable"))
+_STREAM_CACHE_COLUMNS = ("stream_cache_png", "stream_cache_3d")
+# Long lists of valid choices are cut in error messages.
+_CHOICES_SHOWN = 20
+
+
+def _choices(values: Sequence[Any] | set[Any]) -> str:
+    items = sorted(values, key=str)
+    if len(items) > _CHOICES_SHOWN:
+        return f"{items[:_CHOICES_SHOWN]} (and {len(items) - _CHOICES_SHOWN} more)"
+    return str(items)
+
+
+def resolve_flow_paths(flow_output_file: str | os.PathLike[str]) -> dict[str, str | None]:
+    """Read a ``.flow`` manifest and return the absolute paths it lists.
+
+    Parameters
+    ----------
+    flow_output_file
+        The manifest. Relative paths in it are relative to its directory.
+
+    Returns
+    -------
+    dict
+        ``{"flow_data": ..., "flow_info": ..., "flow_attributes": ...}``; an entry the
+        manifest leaves out (or sets to null) is ``None``.
+
+    Raises
+    ------
+    CorruptStoreError
+        If the manifest is missing, is not a JSON object, has no ``flow_data``, or lists a
+        file that does not exist (the message names the entry and the file).
+    """
+    path = os.fspath(flow_output_file)
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise CorruptStoreError(path, "no such .flow manifest") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStoreError(path, f"not a .flow manifest (invalid JSON: {exc})") from exc
+    if not isinstance(doc, Mapping):
+        raise CorruptStoreError(path, "not a .flow manifest (not a JSON object)")
+    base = os.path.dirname(os.path.abspath(path))
+    out: dict[str, str | None] = {}
+    for entry in ("flow_data", "flow_info", "flow_attributes"):
+        value = doc.get(entry)
+        if value in (None, ""):
+            out[entry] = None
+            continue
+        if not isinstance(value, str):
+            raise CorruptStoreError(path, f"{entry} is {value!r}, not a path")
+        full = value if os.path.isabs(value) else os.path.join(base, value)
+        if not os.path.exists(full):
+            raise CorruptStoreError(
+                path, f"the manifest lists {entry} {value!r}, but {full} does not exist"
+            )
+        out[entry] = full
+    if out["flow_data"] is None:
+        raise CorruptStoreError(path, "the manifest names no dataset (flow_data)")
+    return out
+
+
+def _sibling(dataset: str, suffix: str) -> str | None:
+    stem = dataset[: -len(".dataset")] if dataset.endswith(".dataset") else dataset
+    candidate = stem.rstrip("/" + os.sep) + suffix
+    return candidate if os.path.isfile(candidate) else None
+
+
+@functools.cache
+def _reader_backed_array_class() -> type:
+    """Return the xarray backend array class; built on first use so xarray loads lazily."""
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class ReaderBackedArray(BackendArray):
+        """A lazily indexed view of one dataset array, read through ``DatasetReader``.
+
+        Wrapped in xarray's ``LazilyIndexedArray``, it lets a ``where`` callable receive a
+        real ``xarray.Dataset`` while only the arrays it touches are read, with the
+        reader's shard decoder rather than zarr-python's.
+        """
+
+        def __init__(self, reader: DatasetReader, group: str, array: str) -> None:
+            meta = reader.array_meta(group, array)
+            self.reader = reader
+            self.group = group
+            self.array = array
+            self.shape = tuple(int(n) for n in meta.shape)
+            self.dtype = np.dtype(meta.dtype)
+
+        def __getitem__(self, key: Any) -> np.ndarray:
+            return indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, self._raw_getitem
+            )
+
+        def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+            first = key[0] if key else slice(None)
+            if isinstance(first, slice):
+                start, stop, step = first.indices(self.shape[0])
+                if step > 0:
+                    rows = self.reader.read_rows(self.group, self.array, start, max(start, stop))
+                    return rows[(slice(None, None, step), *key[1:])]
+                return self.reader.read_array(self.group, self.array)[key]
+            index = int(first)
+            rows = self.reader.read_rows(self.group, self.array, index, index + 1)
+            return rows[0][key[1:]]
+
+    return ReaderBackedArray
+
+
+class DatasetExplorer:
+    """Explore a merged dataset (the specified API, without the cluster).
+
+    Parameters
+    ----------
+    flow_output_file
+        The ``.flow`` manifest written by :func:`cadstore.merge`; it gives the three paths.
+    merged_store_path
+        The ``.dataset`` (zip or directory). Overrides the manifest's ``flow_data``.
+    parquet_file_path
+        The ``.infoset``. Defaults to the manifest's ``flow_info``, else to
+        ``<stem>.infoset`` next to the dataset when that file exists.
+    parquet_file_attribs
+        The ``.attribset``; defaults as for ``parquet_file_path``.
+    dask_client_params
+        Accepted for compatibility. No cluster starts unless it holds
+        ``"start_cluster": True``; the other keys then go to ``dask.distributed.LocalCluster``
+        and :meth:`get_group_data` returns Dask-backed arrays. If Dask is not installed the
+        request is ignored with a :class:`cadstore.errors.CadstoreWarning`.
+        ``{"disable": True}`` (the vendor's way to turn Dask off) is the default behaviour.
+
+    Raises
+    ------
+    DatasetError
+        If neither a manifest nor a dataset path is given.
+    CorruptStoreError
+        If the manifest lists a missing file, or the dataset is not a cadstore dataset.
+
+    Notes
+    -----
+    The explorer holds open files; use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        flow_output_file: str | os.PathLike[str] | None = None,
+        merged_store_path: str | os.PathLike[str] | None = None,
+        parquet_file_path: str | os.PathLike[str] | None = None,
+        parquet_file_attribs: str | os.PathLike[str] | None = None,
+        dask_client_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        listed: dict[str, str | None] = {}
+        if flow_output_file is not None:
+            listed = resolve_flow_paths(flow_output_file)
+        dataset = os.fspath(merged_store_path) if merged_store_path else listed.get("flow_data")
+        if not dataset:
+            raise DatasetError(
+                "no dataset: pass flow_output_file (the .flow manifest) or merged_store_path"
+            )
+        self.flow_output_file = os.fspath(flow_output_file) if flow_output_file else None
+        self.merged_store_path = dataset
+        self.parquet_file_path = (
+            os.fspath(parquet_file_path)
+            if parquet_file_path
+            else listed.get("flow_info") or _sibling(dataset, ".infoset")
+        )
+        self.parquet_file_attribs = (
+            os.fspath(parquet_file_attribs)
+            if parquet_file_attribs
+            else listed.get("flow_attributes") or _sibling(dataset, ".attribset")
+        )
+        for label, path in (
+            ("parquet_file_path", self.parquet_file_path),
+            ("parquet_file_attribs", self.parquet_file_attribs),
+        ):
+            if path is not None and not os.path.isfile(path):
+                raise CorruptStoreError(path, f"{label}: no such file")
+        self.reader = DatasetReader(dataset)
+        self._info: pd.DataFrame | None = None
+        self._attribs: pd.DataFrame | None = None
+        self._zarr_store: Any = None
+        self._group_data: dict[str, xr.Dataset] = {}
+        self._views: dict[str, xr.Dataset] = {}
+        self._dask_client: Any = None
+        self._dask_cluster: Any = None
+        self._closed = False
+        self._start_dask(dask_client_params)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start_dask(self, params: Mapping[str, Any] | None) -> None:
+        if not params or params.get("disable") or not params.get(START_CLUSTER):
+            return
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            warnings.warn(
+                "dask_client_params asks for a Dask cluster but dask.distributed is not "
+                "installed (pip install 'cadstore[dask]'); continuing without one",
+                CadstoreWarning,
+                stacklevel=3,
+            )
+            return
+        kwargs = {k: v for k, v in params.items() if k not in _DASK_OWN_KEYS}
+        self._dask_cluster = LocalCluster(**kwargs)
+        self._dask_client = Client(self._dask_cluster)
+
+    def close(self, close_dask: bool = True) -> None:
+        """Close the dataset files and, with ``close_dask``, the Dask cluster. Idempotent.
+
+        Parameters
+        ----------
+        close_dask
+            Also shut down the cluster started for ``dask_client_params``.
+        """
+        for ds in self._group_data.values():
+            ds.close()
+        self._group_data.clear()
+        self._views.clear()
+        if self._zarr_store is not None:
+            self._zarr_store.close()
+            self._zarr_store = None
+        self.reader.close()
+        if close_dask and self._dask_client is not None:
+            self._dask_client.close()
+            self._dask_cluster.close()
+            self._dask_client = self._dask_cluster = None
+        self._closed = True
+
+    def __enter__(self) -> DatasetExplorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<DatasetExplorer {self.merged_store_path!r} items={self.reader.n_items} "
+            f"groups={sorted(self.reader.groups) if not self._closed else '(closed)'}>"
+        )
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def n_items(self) -> int:
+        """Number of items (file codes are ``0 .. n_items - 1``)."""
+        return self.reader.n_items
+
+    def available_groups(self) -> set[str]:
+        """Return the names of the data groups.
+
+        Returns
+        -------
+        set of str
+            E.g. ``{"faces", "edges", "graph", "faceface"}``.
+        """
+        return set(self.reader.groups)
+
+    def _check_group(self, group: str) -> None:
+        groups = self.reader.groups
+        if group not in groups:
+            raise DatasetError(f"unknown group {group!r}; the dataset has groups {sorted(groups)}")
+
+    def _data_arrays(self, group: str) -> list[str]:
+        # The offsets index is how items are found, not data a user queries.
+        return [a for a in self.reader.arrays(group) if a != OFFSETS]
+
+    def available_arrays(self, group: str) -> set[str]:
+        """Return the arrays of ``group``, including ``file_id_code_<group>``.
+
+        Parameters
+        ----------
+        group
+            A group name.
+
+        Returns
+        -------
+        set of str
+            Array names.
+
+        Raises
+        ------
+        DatasetError
+            If the group does not exist.
+        """
+        self._check_group(group)
+        return set(self._data_arrays(group))
+
+    def _check_array(self, group: str, array: str) -> None:
+        self._check_group(group)
+        arrays = self._data_arrays(group)
+        if array not in arrays:
+            raise DatasetError(
+                f"unknown array {array!r} in group {group!r}; it has {sorted(arrays)}"
+            )
+
+    def _open_zarr_store(self) -> Any:
+        if self._zarr_store is None:
+            import zarr
+
+            if os.path.isdir(self.merged_store_path):
+                self._zarr_store = zarr.storage.LocalStore(self.merged_store_path, read_only=True)
+            else:
+                self._zarr_store = zarr.storage.ZipStore(self.merged_store_path, mode="r")
+        return self._zarr_store
+
+    def get_group_data(self, group: str) -> xr.Dataset:
+        """Return ``group`` as a lazy ``xarray.Dataset`` opened with zarr-python.
+
+        Nothing is read until values are asked for (``.values``, ``.load()``, arithmetic),
+        and then only the chunks needed. Dask-backed only when a cluster was requested.
+
+        Parameters
+        ----------
+        group
+            A group name.
+
+        Returns
+        -------
+        xarray.Dataset
+            Every array of the group on its stored dimensions, with the group attributes.
+
+        Raises
+        ------
+        DatasetError
+            If the group does not exist.
+        """
+        self._check_group(group)
+        found = self._group_data.get(group)
+        if found is None:
+            import xarray as xr
+
+            found = xr.open_zarr(
+                self._open_zarr_store(),
+                group=group,
+                chunks={} if self._dask_client is not None else None,
+                drop_variables=[OFFSETS],
+            )
+            self._group_data[group] = found
+        return found
+
+    def get_array_data(self, group: str, array: str) -> xr.DataArray:
+        """Return one array of ``group`` as a lazy ``xarray.DataArray``.
+
+        Parameters
+        ----------
+        group, array
+            Group and array names.
+
+        Returns
+        -------
+        xarray.DataArray
+            The array, lazy as in :meth:`get_group_data`.
+
+        Raises
+        ------
+        DatasetError
+            If the group or the array does not exist.
+        """
+        self._check_array(group, array)
+        return self.get_group_data(group)[array]
+
+    def _view(self, group: str) -> xr.Dataset:
+        # A Dataset whose variables read through DatasetReader on demand.
+        found = self._views.get(group)
+        if found is None:
+            import xarray as xr
+            from xarray.core import indexing
+
+            variables = {}
+            for array in self._data_arrays(group):
+                meta = self.reader.array_meta(group, array)
+                backend = _reader_backed_array_class()(self.reader, group, array)
+                lazy = indexing.LazilyIndexedArray(backend)
+                variables[array] = xr.Variable(tuple(meta.dims), lazy)
+            found = xr.Dataset(
+                variables, attrs={"primary_dimension": self.reader.primary_dimension(group)}
+            )
+            self._views[group] = found
+        return found
+
+    # ------------------------------------------------------------------ codes
+    def _row_codes(self, group: str) -> np.ndarray:
+        # The offsets give every row's item code without reading file_id_code_<group>.
+        offsets = self.reader.offsets(group)
+        return np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(offsets))
+
+    def _check_code(self, file_id_code: Any) -> int:
+        try:
+            code = int(file_id_code)
+        except (TypeError, ValueError):
+            raise DatasetError(f"file id code {file_id_code!r} is not an integer") from None
+        if isinstance(file_id_code, float) and code != file_id_code:
+            raise DatasetError(f"file id code {file_id_code!r} is not an integer")
+        if not 0 <= code < self.n_items:
+            raise DatasetError(
+                f"unknown file id code {code}: valid codes are 0..{self.n_items - 1}"
+            )
+        return code
+
+    def decode_file_id_code(self, code: int) -> str:
+        """Return the item name of a file id code.
+
+        Parameters
+        ----------
+        code
+            A file id code.
+
+        Returns
+        -------
+        str
+            The item name (the infoset ``name``).
+
+        Raises
+        ------
+        DatasetError
+            If the code is not ``0 .. n_items - 1``.
+        """
+        return self.reader.item_names[self._check_code(code)]
+
+    def get_file_list(self, group: str, where: Callable[[xr.Dataset], Any]) -> np.ndarray:
+        """Return the sorted file id codes with at least one row of ``group`` matching.
+
+        Parameters
+        ----------
+        group
+            A group name.
+        where
+            ``where(ds)`` gets the group as an ``xarray.Dataset`` and returns a boolean
+            ``DataArray`` (or array) over the group's rows, e.g.
+            ``lambda ds: ds["face_types"] == 3``. Only the arrays it touches are read.
+            A mask with extra dimensions matches a row when any of its values is true; a
+            mask over the ``item`` dimension (per-item arrays) selects items directly.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 file id codes, sorted, without duplicates.
+
+        Raises
+        ------
+        DatasetError
+            If the group does not exist or the mask does not cover the group's rows.
+        """
+        self._check_group(group)
+        ds = self._view(group)
+        result = where(ds)
+        dims = tuple(getattr(result, "dims", ()))
+        mask = np.asarray(getattr(result, "values", result))
+        if mask.dtype != bool:
+            raise DatasetError(f"where() must return a boolean mask, got dtype {mask.dtype}")
+        if mask.ndim == 0:
+            raise DatasetError("where() must return a mask over rows, got a single value")
+        if mask.ndim > 1:
+            mask = mask.reshape(mask.shape[0], -1).any(axis=1)
+        primary = self.reader.primary_dimension(group)
+        offsets = self.reader.offsets(group)
+        if dims[:1] == (ITEM_DIM,) or (len(mask) == self.n_items != offsets[-1]):
+            return np.flatnonzero(mask).astype(np.int64)
+        if len(mask) != offsets[-1]:
+            raise DatasetError(
+                f"where() returned {len(mask)} values but group {group!r} has "
+                f"{int(offsets[-1])} rows on {primary!r}"
+            )
+        # Rows are in code order, so a row index maps to its item by a binary search.
+        rows = np.flatnonzero(mask)
+        codes = np.searchsorted(offsets, rows, side="right") - 1
+        return np.unique(codes).astype(np.int64)
+
+    def file_dataset(self, file_id_code: int, group: str) -> xr.Dataset:
+        """Return one item's rows of ``group`` as an in-memory ``xarray.Dataset``.
+
+        The rows are found through the group's offsets index and read directly (no scan of
+        ``file_id_code_<group>``).
+
+        Parameters
+        ----------
+        file_id_code
+            The item's code.
+        group
+            A group name.
+
+        Returns
+        -------
+        xarray.Dataset
+            The item's arrays on the stored dimensions (per-item arrays on an ``item``
+            dimension of length 1), ``file_id_code_<group>``, and attributes
+            ``file_id_code``, ``name`` and ``primary_dimension``.
+
+        Raises
+        ------
+        DatasetError
+            If the code or the group is unknown.
+        """
+        import xarray as xr
+
+        code = self._check_code(file_id_code)
+        self._check_group(group)
+        provenance = file_id_code_name(group)
+        wanted = [a for a in self._data_arrays(group) if a != provenance]
+        values = self.reader.read_item(code, groups=[group], arrays={group: wanted})[group]
+        start, stop = self.reader.item_range(group, code)
+        variables: dict[str, Any] = {}
+        for array, data in values.items():
+            dims = tuple(self.reader.array_meta(group, array).dims)
+            if self.reader.is_per_item(group, array):
+                data = np.asarray(data)[np.newaxis, ...]
+            variables[array] = (dims, data)
+        if provenance in self.reader.arrays(group):
+            dims = tuple(self.reader.array_meta(group, provenance).dims)
+            variables[provenance] = (dims, np.full(stop - start, code, dtype=np.int64))
+        return xr.Dataset(
+            variables,
+            attrs={
+                "file_id_code": code,
+                "name": self.reader.item_names[code],
+                "primary_dimension": self.reader.primary_dimension(group),
+            },
+        )
+
+    # ------------------------------------------------------------------ keys
+    def _locate_key(self, key: str, group: str | None) -> tuple[str, str | None]:
+        """Return ``(where, group)``: ``("array", g)`` or ``("info", None)``."""
+        groups = self.reader.groups
+        if group is not None:
+            self._check_group(group)
+            if key in self._data_arrays(group):
+                return "array", group
+        for other in groups:
+            if other != group and key in self._data_arrays(other):
+                if group is not None:
+                    logger.info(
+                        "key %r not in group %r, found in fallback group %r", key, group, other
+                    )
+                return "array", other
+        info = self._info_frame(required=False)
+        if info is not None and key in info.columns:
+            if group is not None:
+                logger.info("key %r not in group %r, found in the infoset columns", key, group)
+            return "info", None
+        columns = [] if info is None else list(info.columns)
+        arrays = sorted({a for g in groups for a in self._data_arrays(g)})
+        raise DatasetError(
+            f"unknown key {key!r}: it is neither an array of any group ({_choices(arrays)}) "
+            f"nor an infoset column ({columns})"
+        )
+
+    def key_values(self, key: str, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the values of ``key`` and the file id code of each value.
+
+        Parameters
+        ----------
+        key
+            An array name, looked up in ``group`` first, then in the other groups, then
+            among the infoset columns.
+        group
+            The group to look in first (``None``: every group in order).
+
+        Returns
+        -------
+        values, codes : numpy.ndarray
+            One entry per row (or per item for per-item arrays and infoset columns). Arrays
+            with trailing dimensions are flattened, each value keeping its row's code.
+            Missing values (NaN, null) are dropped.
+
+        Raises
+        ------
+        DatasetError
+            If the group or the key is unknown.
+        """
+        where, found = self._locate_key(key, group)
+        if where == "info":
+            info = self._info_frame()
+            column = info[key]
+            keep = column.notna().to_numpy()
+            values = column.to_numpy()[keep]
+            codes = info["id"].to_numpy(dtype=np.int64)[keep]
+            if values.dtype == object:
+                values = values.astype(str)
+            return values, codes
+        assert found is not None
+        values = self.reader.read_array(found, key)
+        if self.reader.is_per_item(found, key):
+            codes = np.arange(self.n_items, dtype=np.int64)
+        else:
+            codes = self._row_codes(found)
+        if values.ndim > 1:
+            width = int(np.prod(values.shape[1:], dtype=np.int64))
+            values = values.reshape(len(values), width).ravel()
+            codes = np.repeat(codes, width)
+        if values.dtype.kind in "fc":
+            keep = ~np.isnan(values)
+            if not keep.all():
+                values, codes = values[keep], codes[keep]
+        return values, codes
+
+    def _bin_index(
+        self, values: np.ndarray, bins: int | Sequence[float] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(edges_or_categories, index)``; ``index`` is -1 outside every bin."""
+        if bins is None:
+            categories = np.unique(values)
+            return categories, np.searchsorted(categories, values)
+        if values.dtype.kind not in "biuf":
+            raise DatasetError(
+                f"values of dtype {values.dtype} cannot be binned; pass bins=None for categories"
+            )
+        numeric = values.astype(np.float64, copy=False)
+        if isinstance(bins, int | np.integer):
+            if bins < 1:
+                raise DatasetError(f"bins must be >= 1, got {bins}")
+            edges = np.histogram_bin_edges(numeric, bins=int(bins))
+        else:
+            edges = np.asarray(bins, dtype=np.float64)
+            if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) < 0):
+                raise DatasetError("bins must be an int or a monotonic sequence of >= 2 edges")
+        index = np.searchsorted(edges, numeric, side="right") - 1
+        # np.histogram's last bin is closed on the right.
+        index[numeric == edges[-1]] = len(edges) - 2
+        index[(numeric < edges[0]) | (numeric > edges[-1])] = -1
+        return edges, index
+
+    def create_distribution(
+        self, key: str, bins: int | Sequence[float] | None = 10, group: str | None = "faces"
+    ) -> dict[str, Any]:
+        """Histogram ``key`` and list the file id codes that fall in each bin.
+
+        Parameters
+        ----------
+        key
+            An array name, looked up in ``group``, then the other groups (logged as a
+            fallback), then the infoset columns.
+        bins
+            Number of equal-width bins or the bin edges, as for ``numpy.histogram``;
+            ``None`` counts each distinct value (categorical).
+        group
+            The group to look in first (``None``: every group in order, then the infoset).
+
+        Returns
+        -------
+        dict
+            ``bin_edges`` (the edges, or the categories when ``bins=None``), ``hist``
+            (values per bin, int64) and ``file_id_codes_in_bins`` (per bin, the sorted
+            codes of the items with at least one value in it).
+
+        Raises
+        ------
+        DatasetError
+            If the group or the key is unknown, or non-numeric values are given bins.
+        """
+        values, codes = self.key_values(key, group)
+        edges, index = self._bin_index(values, bins)
+        n_bins = len(edges) if bins is None else len(edges) - 1
+        inside = index >= 0
+        hist = np.bincount(index[inside], minlength=n_bins).astype(np.int64)
+        # One sort of (bin, code) pairs instead of one np.unique per bin.
+        pairs = np.unique(index[inside].astype(np.int64) * self.n_items + codes[inside])
+        pair_bins = pairs // max(self.n_items, 1)
+        split_at = np.searchsorted(pair_bins, np.arange(1, n_bins))
+        in_bins = [part % max(self.n_items, 1) for part in np.split(pairs, split_at)]
+        return {"bin_edges": edges, "hist": hist, "file_id_codes_in_bins": in_bins}
+
+    def build_membership_matrix(
+        self,
+        group: str | None,
+        key: str,
+        bins_or_categories: int | Sequence[Any] | None = None,
+        as_counts: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return which items have values in which bins or categories.
+
+        Parameters
+        ----------
+        group
+            The group to look in first (``None``: every group, then the infoset).
+        key
+            The array or infoset column.
+        bins_or_categories
+            ``None``: one column per distinct value; an int: that many equal-width bins
+            over the value range; a sequence: exactly these categories (values outside
+            them are ignored).
+        as_counts
+            Count the values instead of marking presence with 1.
+
+        Returns
+        -------
+        matrix : numpy.ndarray
+            ``(n_items, n_columns)``: uint8 0/1, or int64 counts with ``as_counts``.
+        file_codes : numpy.ndarray
+            The code of each matrix row (``0 .. n_items - 1``).
+        categories : numpy.ndarray
+            The category of each column, or the bin edges (``n_columns + 1``) for bins.
+
+        Raises
+        ------
+        DatasetError
+            If the group or the key is unknown.
+        """
+        values, codes = self.key_values(key, group)
+        if bins_or_categories is None or isinstance(bins_or_categories, int | np.integer):
+            categories, index = self._bin_index(values, bins_or_categories)
+            n_cols = len(categories) - (0 if bins_or_categories is None else 1)
+        else:
+            try:
+                categories = np.asarray(list(bins_or_categories), dtype=values.dtype)
+            except (TypeError, ValueError) as exc:
+                raise DatasetError(
+                    f"categories {list(bins_or_categories)!r} do not match the values of "
+                    f"{key!r} (dtype {values.dtype})"
+                ) from exc
+            order = np.argsort(categories, kind="stable")
+            ordered = categories[order]
+            pos = np.clip(np.searchsorted(ordered, values), 0, max(len(ordered) - 1, 0))
+            hit = ordered[pos] == values if len(ordered) else np.zeros(len(values), dtype=bool)
+            index = np.where(hit, order[pos], -1)
+            n_cols = len(categories)
+        inside = index >= 0
+        flat = codes[inside] * n_cols + index[inside]
+        counts = np.bincount(flat, minlength=self.n_items * n_cols).reshape(self.n_items, n_cols)
+        matrix = counts.astype(np.int64) if as_counts else (counts > 0).astype(np.uint8)
+        return matrix, np.arange(self.n_items, dtype=np.int64), categories
+
+    # ------------------------------------------------------------------ tables
+    def _info_frame(self, required: bool = True) -> pd.DataFrame | None:
+        if self._info is None and self.parquet_file_path is not None:
+            import pandas as pd
+
+            self._info = pd.read_parquet(self.parquet_file_path).sort_values("id")
+            self._info = self._info.reset_index(drop=True)
+        if self._info is None and required:
+            raise DatasetError(
+                "no .infoset: pass parquet_file_path (or open the dataset from its .flow)"
+            )
+        return self._info
+
+    def _attrib_frame(self) -> pd.DataFrame:
+        if self._attribs is None:
+            if self.parquet_file_attribs is None:
+                raise DatasetError(
+                    "no .attribset: pass parquet_file_attribs (or open the dataset from its .flow)"
+                )
+            import pandas as pd
+
+            self._attribs = pd.read_parquet(self.parquet_file_attribs)
+        return self._attribs
+
+    def reload_info(self) -> None:
+        """Forget the cached ``.infoset`` so the next query reads the file again.
+
+        Needed after another process (or :class:`cadstore.dataset.loader.DatasetLoader`)
+        rewrote it, e.g. to record a split.
+        """
+        self._info = None
+
+    def get_file_info_all(self) -> pd.DataFrame:
+        """Return the whole ``.infoset`` (one row per item, sorted by ``id``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            A copy; changing it does not change the explorer.
+
+        Raises
+        ------
+        DatasetError
+            If the explorer has no infoset.
+        """
+        frame = self._info_frame()
+        assert frame is not None
+        return frame.copy()
+
+    def get_parquet_info_by_code(self, file_id_code: int) -> pd.DataFrame:
+        """Return the ``.infoset`` row of one item.
+
+        Parameters
+        ----------
+        file_id_code
+            The item's code.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row.
+
+        Raises
+        ------
+        DatasetError
+            If the code is unknown or the explorer has no infoset.
+        """
+        frame = self._info_frame()
+        assert frame is not None
+        code = self._check_code(file_id_code)
+        row = frame[frame["id"] == code]
+        if row.empty:
+            raise DatasetError(f"the infoset has no row with id {code}")
+        return row.copy()
+
+    def get_descriptions(
+        self, table_name: str, key_id: int | str | None = None, use_wildchar: bool = False
+    ) -> pd.DataFrame:
+        """Look up an ``.attribset`` table, e.g. the names of the ``face_types`` codes.
+
+        Parameters
+        ----------
+        table_name
+            The table (``face_types``, a categorical field such as ``file_label``, ...).
+        key_id
+            Only the row with this ``id`` (an int), or with this ``name`` (a str).
+        use_wildchar
+            Treat ``table_name`` (and a str ``key_id``) as case-insensitive shell patterns
+            (``*``, ``?``, ``[...]``); rows of every matching table are returned.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``id``, ``name``, ``description``, ``table_name``.
+
+        Raises
+        ------
+        DatasetError
+            If no table matches (the message lists the tables), or ``key_id`` is in none of
+            them (the message lists the valid ids). The specified explorer returned an empty
+            frame here, which hid misrouted fields.
+        """
+        attribs = self._attrib_frame()
+        tables = list(dict.fromkeys(attribs["table_name"].tolist()))
+        if use_wildchar:
+            pattern = table_name.lower()
+            chosen = [t for t in tables if fnmatch.fnmatchcase(t.lower(), pattern)]
+        else:
+            chosen = [table_name] if table_name in tables else []
+        if not chosen:
+            raise DatasetError(f"unknown attribute table {table_name!r}; the tables are {tables}")
+        rows = attribs[attribs["table_name"].isin(chosen)]
+        if key_id is not None:
+            if isinstance(key_id, str):
+                names = rows["name"].astype(str)
+                if use_wildchar:
+                    keep = names.str.lower().map(lambda n: fnmatch.fnmatchcase(n, key_id.lower()))
+                else:
+                    keep = names == key_id
+                valid = sorted(set(names))
+            else:
+                keep = rows["id"] == int(key_id)
+                valid = sorted(set(rows["id"].tolist()))
+            rows = rows[keep.to_numpy(dtype=bool)]
+            if rows.empty:
+                raise DatasetError(
+                    f"no entry {key_id!r} in attribute table(s) {chosen}; valid entries are "
+                    f"{_choices(valid)}"
+                )
+        return rows.reset_index(drop=True)
+
+    def get_stream_cache_paths(self, file_id_code: int | None = None) -> pd.DataFrame:
+        """Return the preview paths of every item, or of one.
+
+        Parameters
+        ----------
+        file_id_code
+            Only this item.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``id``, ``name``, ``stream_cache_png``, ``stream_cache_3d``; the path
+            columns hold empty strings when the infoset has no previews.
+
+        Raises
+        ------
+        DatasetError
+            If the code is unknown or the explorer has no infoset.
+        """
+        frame = self._info_frame()
+        assert frame is not None
+        if file_id_code is not None:
+            code = self._check_code(file_id_code)
+            frame = frame[frame["id"] == code]
+        out = frame[["id", "name"]].copy()
+        for column in _STREAM_CACHE_COLUMNS:
+            out[column] = frame[column].fillna("").astype(str) if column in frame.columns else ""
+        return out.reset_index(drop=True)
+
+    # ------------------------------------------------------------------ summaries
+    def table_of_contents(self) -> str:
+        """Return the text :meth:`print_table_of_contents` prints.
+
+        Returns
+        -------
+        str
+            The specified layout: a header, then per group ``<GROUP>_GROUP:`` and one
+            ``<ARRAY>_DATA: Shape: (...), Dims: (...), Size: n`` line per array, then the
+            infoset columns and their types.
+        """
+        lines = ["--- Dataset Table of Contents ---", ""]
+        for group in self.reader.groups:
+            lines.append(f"{group.upper()}_GROUP:")
+            for array in self._data_arrays(group):
+                meta = self.reader.array_meta(group, array)
+                shape = tuple(int(n) for n in meta.shape)
+                size = int(np.prod(shape, dtype=np.int64))
+                lines.append(
+                    f"  {array.upper()}_DATA: Shape: {shape}, Dims: {tuple(meta.dims)}, "
+                    f"Size: {size}"
+                )
+            lines.append("")
+        info = self._info_frame(required=False)
+        if info is None:
+            lines.append("--- Info Columns: no .infoset ---")
+        else:
+            lines.append(f"--- Info Columns ({len(info)} rows) ---")
+            lines.extend(f"  {column}: {dtype}" for column, dtype in info.dtypes.items())
+        return "\n".join(lines)
+
+    def print_table_of_contents(self, file: IO[str] | None = None) -> None:
+        """Print the groups, their arrays (shape, dims, size) and the infoset columns.
+
+        Parameters
+        ----------
+        file
+            Where to print (default ``sys.stdout``).
+        """
+        print(self.table_of_contents(), file=file if file is not None else sys.stdout)
+
+    def get_array_statistics(self, group: str, array: str) -> dict[str, float]:
+        """Return summary statistics of one numeric array over all its values.
+
+        Parameters
+        ----------
+        group, array
+            Group and array names.
+
+        Returns
+        -------
+        dict
+            ``mean``, ``std``, ``min``, ``max``, ``median``, ``q25``, ``q75`` (floats; NaN
+            values are ignored, and every statistic is NaN when nothing is left).
+
+        Raises
+        ------
+        DatasetError
+            If the group or array is unknown or not numeric.
+        """
+        self._check_array(group, array)
+        data = self.reader.read_array(group, array)
+        if data.dtype.kind not in "biuf":
+            raise DatasetError(f"{group}/{array} has dtype {data.dtype}, which is not numeric")
+        values = data.astype(np.float64, copy=False).ravel()
+        values = values[~np.isnan(values)]
+        names = ("mean", "std", "min", "max", "median", "q25", "q75")
+        if values.size == 0:
+            return dict.fromkeys(names, float("nan"))
+        q25, median, q75 = np.percentile(values, [25, 50, 75])
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "median": float(median),
+            "q25": float(q25),
+            "q75": float(q75),
+        }

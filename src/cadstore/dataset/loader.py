@@ -1,0 +1,956 @@
+"""``DatasetLoader`` and ``CADDataset``: split a merged dataset and read items for training.
+
+The specified loader splits a dataset but cannot train from it: items come from separate
+per-item ``.pt`` copies, and loading fails without them. Here an item is read straight
+from the ``.dataset`` through its offsets index (:class:`DatasetReader`), and
+:meth:`CADDataset.to_torch` wraps the same reads in a PyTorch ``Dataset`` that works in
+``DataLoader`` worker processes (fork or spawn): it holds only a path, codes and a small
+label table, and reopens the file in each process.
+
+Splits are multi-label stratified with the iterative stratification of Sechidis,
+Tsoumakas and Vlahavas (2011, "On the stratification of multi-label data"), implemented
+here in numpy (:func:`iterative_stratification`): an item that contains several labels
+(e.g. the face types it has) counts towards each of them, and every subset keeps close to
+the overall proportion of every label. The split is recorded in the ``.infoset``
+``subset`` column, rewritten atomically, so a later loader (or another tool) sees it.
+
+Examples
+--------
+>>> loader = DatasetLoader(flow_output_file="out/flow.flow")  # doctest: +SKIP
+>>> loader.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=0)  # doctest: +SKIP
+(60, 20, 20)
+>>> torch_ds, collate = loader.get_dataset("train").to_torch()  # doctest: +SKIP
+>>> batches = torch.utils.data.DataLoader(torch_ds, 32, collate_fn=collate, num_workers=2)
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from cadstore.dataset.explorer import DatasetExplorer
+from cadstore.dataset.layout import OFFSETS
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import DatasetError
+from cadstore.fs import LocalFileSystem
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "SUBSETS",
+    "CADDataset",
+    "DatasetLoader",
+    "GraphFileSource",
+    "ItemIndexError",
+    "ItemSource",
+    "iterative_stratification",
+]
+
+#: Names of the split subsets, in the order of the fractions.
+SUBSETS = ("train", "validation", "test")
+#: ``subset`` value of an item no split has placed.
+NO_SUBSET = "N/A"
+#: Key of the labels in an item dict.
+LABELS_KEY = "labels"
+_RESERVED_KEYS = frozenset(("file_id_code", "name", LABELS_KEY))
+_TOLERANCE = 1e-6
+# A float key with more distinct values than this is binned for stratification.
+_MAX_CATEGORIES = 64
+_DEFAULT_FLOAT_BINS = 10
+# Bound on signature pairs x labels examined per refinement step (memory and time).
+_MAX_SWAP_WORK = 4_000_000
+
+
+class ItemIndexError(DatasetError, IndexError):
+    """A position outside a :class:`CADDataset` (also an ``IndexError``, so iteration stops)."""
+
+
+# ---------------------------------------------------------------------------- stratification
+def _pick(values: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> int:
+    """Index (into ``candidates``) of the largest ``values[candidates]``, ties at random."""
+    sub = values[candidates]
+    best = candidates[sub == sub.max()]
+    return int(best[0] if len(best) == 1 else rng.choice(best))
+
+
+def iterative_stratification(
+    membership: np.ndarray,
+    fractions: Sequence[float],
+    random_state: int | np.random.Generator | None = None,
+    *,
+    refine: bool = True,
+) -> np.ndarray:
+    """Split items into subsets that keep the proportion of every label.
+
+    The iterative stratification algorithm of Sechidis, Tsoumakas and Vlahavas (2011):
+    repeatedly take the label with the fewest unassigned items, and give each of its items
+    to the subset that still wants the most items of that label (ties: the subset that
+    wants the most items overall, then at random). Items without any label are spread over
+    the subsets by their remaining demand. A swap refinement then removes what the greedy
+    pass left uneven (see ``refine``).
+
+    Parameters
+    ----------
+    membership
+        ``(n_items, n_labels)``: nonzero where the item has the label.
+    fractions
+        Desired fraction of items per subset (non-negative, summing to 1). A subset with
+        fraction 0 receives nothing.
+    random_state
+        Seed or generator; the same seed gives the same assignment.
+    refine
+        Afterwards, swap items between subsets while every swap brings the label
+        proportions closer to the overall ones (sizes do not change). Labels that nearly
+        every item has are served last by the greedy pass and gain most from it.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n_items,)``: the subset index of each item.
+
+    Raises
+    ------
+    DatasetError
+        If the fractions are negative or do not sum to 1 (within 1e-6).
+    """
+    ratios = _check_fractions(fractions)
+    rng = (
+        random_state
+        if isinstance(random_state, np.random.Generator)
+        else np.random.default_rng(random_state)
+    )
+    matrix = np.asarray(membership) != 0
+    if matrix.ndim != 2:
+        raise DatasetError(f"membership must be 2-D (items x labels), got shape {matrix.shape}")
+    n_items, n_labels = matrix.shape
+    allowed = np.flatnonzero(ratios > 0)
+    desired = ratios * n_items
+    per_label = matrix.sum(axis=0).astype(np.float64)
+    desired_label = np.outer(per_label, ratios)
+    remaining = per_label.copy()
+    assignment = np.full(n_items, -1, dtype=np.int64)
+    # Visiting items in a random order is what makes two seeds give two splits.
+    order = rng.permutation(n_items)
+    shuffled = matrix[order]
+    label_rows = [order[np.flatnonzero(shuffled[:, j])] for j in range(n_labels)]
+    item_labels = [np.flatnonzero(row) for row in matrix]
+    while True:
+        open_labels = np.flatnonzero(remaining > 0)
+        if len(open_labels) == 0:
+            break
+        counts = remaining[open_labels]
+        rarest = open_labels[counts == counts.min()]
+        label = int(rarest[0] if len(rarest) == 1 else rng.choice(rarest))
+        for item in label_rows[label]:
+            if assignment[item] >= 0:
+                continue
+            column = desired_label[label]
+            wanted = column[allowed]
+            tied = allowed[wanted == wanted.max()]
+            subset = int(tied[0]) if len(tied) == 1 else _pick(desired, tied, rng)
+            assignment[item] = subset
+            labels = item_labels[item]
+            desired_label[labels, subset] -= 1
+            remaining[labels] -= 1
+            desired[subset] -= 1
+    for item in order[assignment[order] < 0]:
+        subset = _pick(desired, allowed, rng)
+        assignment[item] = subset
+        desired[subset] -= 1
+    if refine:
+        _refine_by_swaps(matrix, assignment, allowed)
+    return assignment
+
+
+def _refine_by_swaps(matrix: np.ndarray, assignment: np.ndarray, subsets: np.ndarray) -> None:
+    """Swap items between subsets while that brings every label proportion closer.
+
+    The greedy pass of iterative stratification serves the rarest labels first; labels
+    that almost every item has get what is left, and on a few hundred items they can end
+    several items off. Swapping two items between two subsets keeps both sizes, so each
+    accepted swap strictly lowers ``sum over subsets s, labels l of
+    ((count[s, l] - size[s] * p[l]) / size[s]) ** 2`` and nothing else changes.
+    Items with the same labels are interchangeable, so candidate swaps are searched between
+    label signatures (distinct rows), not items.
+    """
+    if matrix.shape[1] == 0 or len(subsets) < 2:
+        return
+    signatures, of_item = np.unique(matrix, axis=0, return_inverse=True)
+    of_item = of_item.ravel()
+    sig = signatures.astype(np.float64)
+    n_sig, n_labels = sig.shape
+    if n_sig * n_sig * n_labels > _MAX_SWAP_WORK:
+        return
+    k = int(assignment.max()) + 1
+    # counts[s, g]: items of signature g in subset s.
+    counts = np.zeros((k, n_sig), dtype=np.int64)
+    np.add.at(counts, (assignment, of_item), 1)
+    sizes = counts.sum(axis=1).astype(np.float64)
+    p = matrix.mean(axis=0)
+    weights = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1.0) ** 2, 0.0)
+    dev = counts @ sig - sizes[:, None] * p[None, :]
+    # delta[a, b] = sig[b] - sig[a]: what subset s gains when it gives a and takes b.
+    delta = sig[None, :, :] - sig[:, None, :]
+    sq = (delta**2).sum(axis=2)
+    for _ in range(len(assignment)):
+        best = (0.0, -1, -1, -1, -1)
+        for i, s in enumerate(subsets):
+            for t in subsets[i + 1 :]:
+                # Change of the loss when s gives signature a to t and takes b from it.
+                gain = weights[s] * (2 * delta @ dev[s] + sq) + weights[t] * (
+                    -2 * delta @ dev[t] + sq
+                )
+                gain[counts[s] == 0, :] = np.inf
+                gain[:, counts[t] == 0] = np.inf
+                a, b = np.unravel_index(int(np.argmin(gain)), gain.shape)
+                if gain[a, b] < best[0] - 1e-12:
+                    best = (float(gain[a, b]), int(s), int(t), int(a), int(b))
+        if best[1] < 0:
+            return
+        _, s, t, a, b = best
+        give = np.flatnonzero((assignment == s) & (of_item == a))[0]
+        take = np.flatnonzero((assignment == t) & (of_item == b))[0]
+        assignment[give], assignment[take] = t, s
+        counts[s, a] -= 1
+        counts[t, a] += 1
+        counts[t, b] -= 1
+        counts[s, b] += 1
+        dev[s] += delta[a, b]
+        dev[t] -= delta[a, b]
+
+
+def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    ratios = np.asarray(fractions, dtype=np.float64)
+    names = ", ".join(f"{n}={f}" for n, f in zip(SUBSETS, fractions, strict=False))
+    if ratios.ndim != 1 or len(ratios) == 0:
+        raise DatasetError(f"split fractions must be a list of numbers, got {fractions!r}")
+    if np.any(~np.isfinite(ratios)) or np.any(ratios < 0):
+        raise DatasetError(f"split fractions must be finite and >= 0, got {names}")
+    total = float(ratios.sum())
+    if abs(total - 1.0) > _TOLERANCE:
+        raise DatasetError(
+            f"split fractions must add up to 1 (within {_TOLERANCE:g}), got {names} = {total:g}"
+        )
+    return ratios
+
+
+# ---------------------------------------------------------------------------- item sources
+class ItemSource:
+    """Reads items of a merged dataset by code; picklable, reopening the file per process.
+
+    Parameters
+    ----------
+    reader
+        The dataset reader (pickled as its path).
+    groups
+        Groups to read (default: all).
+    arrays
+        ``{group: [array, ...]}`` to read only some arrays of some groups.
+    labels
+        ``{column: values indexed by code}`` added to each item under ``"labels"``.
+    item_loader_func
+        Optional transform ``f(item_dict) -> Any`` applied to every item read (it must be
+        picklable for spawned ``DataLoader`` workers).
+    """
+
+    def __init__(
+        self,
+        reader: DatasetReader,
+        groups: Sequence[str] | None = None,
+        arrays: Mapping[str, Sequence[str]] | None = None,
+        labels: Mapping[str, np.ndarray] | None = None,
+        item_loader_func: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.groups = list(groups) if groups is not None else None
+        self.arrays = {g: list(a) for g, a in arrays.items()} if arrays is not None else None
+        self.labels = dict(labels or {})
+        self.item_loader_func = item_loader_func
+
+    @property
+    def path(self) -> str:
+        """The dataset path."""
+        return self.reader.path
+
+    def code_of(self, position: int) -> int:
+        """File id code of the item at ``position`` (the same number in a dataset)."""
+        return int(position)
+
+    def read(self, position: int) -> Any:
+        """Read one item.
+
+        Parameters
+        ----------
+        position
+            The item's code.
+
+        Returns
+        -------
+        dict or Any
+            ``{"file_id_code", "name", <group>: {array: ndarray}, "labels": {...}}`` (per-item
+            arrays give the item's value), or what ``item_loader_func`` makes of it.
+        """
+        code = int(position)
+        item: dict[str, Any] = {"file_id_code": code, "name": self.reader.item_names[code]}
+        item.update(self.reader.read_item(code, self.groups, self.arrays))
+        if self.labels:
+            item[LABELS_KEY] = {name: _scalar(values[code]) for name, values in self.labels.items()}
+        if self.item_loader_func is not None:
+            return self.item_loader_func(item)
+        return item
+
+    def locate(self, position: int) -> dict[str, Any]:
+        """Where an item lives, without reading it (see :meth:`CADDataset.get_raw_data`)."""
+        code = int(position)
+        groups = self.groups if self.groups is not None else self.reader.groups
+        return {
+            "file_id_code": code,
+            "name": self.reader.item_names[code],
+            "dataset": self.reader.path,
+            "rows": {g: self.reader.item_range(g, code) for g in groups},
+        }
+
+
+class GraphFileSource:
+    """Items given as separate graph files (the specified "direct graph" mode); picklable.
+
+    Parameters
+    ----------
+    graph_files
+        One file per item.
+    labels
+        One label per file, or ``None``.
+    file_code_start
+        Code of the first file; file ``i`` has code ``file_code_start + i``.
+    item_loader_func
+        ``f(graph_file, label, file_id_code) -> Any`` loads one item; by default the item is
+        ``{"file_id_code", "name", "graph_file", "label"}`` and nothing is opened.
+    """
+
+    def __init__(
+        self,
+        graph_files: Sequence[str | os.PathLike[str]],
+        labels: Sequence[Any] | None = None,
+        file_code_start: int = 0,
+        item_loader_func: Callable[[str, Any, int], Any] | None = None,
+    ) -> None:
+        self.graph_files = [os.fspath(f) for f in graph_files]
+        if labels is not None and len(labels) != len(self.graph_files):
+            raise DatasetError(
+                f"labels has {len(labels)} entries for {len(self.graph_files)} graph files"
+            )
+        self.labels = list(labels) if labels is not None else None
+        self.file_code_start = int(file_code_start)
+        self.item_loader_func = item_loader_func
+
+    def code_of(self, position: int) -> int:
+        """File id code of the file at ``position``."""
+        return self.file_code_start + int(position)
+
+    def _label(self, position: int) -> Any:
+        return None if self.labels is None else self.labels[position]
+
+    def read(self, position: int) -> Any:
+        """Load one file with ``item_loader_func`` (or describe it)."""
+        path = self.graph_files[position]
+        code = self.code_of(position)
+        if self.item_loader_func is not None:
+            return self.item_loader_func(path, self._label(position), code)
+        name = os.path.basename(path)
+        return {
+            "file_id_code": code,
+            "name": name,
+            "graph_file": path,
+            "label": self._label(position),
+        }
+
+    def locate(self, position: int) -> dict[str, Any]:
+        """The file and label of an item."""
+        return {
+            "file_id_code": self.code_of(position),
+            "graph_file": self.graph_files[position],
+            "label": self._label(position),
+        }
+
+
+def _scalar(value: Any) -> Any:
+    # Labels leave as plain Python values: they pickle small and collate simply.
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ---------------------------------------------------------------------------- CADDataset
+class CADDataset:
+    """One subset of a :class:`DatasetLoader`: items read on demand from the dataset.
+
+    Parameters
+    ----------
+    parent_dataset
+        The loader.
+    indices
+        Positions of the subset's items in the loader (in a merged dataset, their codes).
+
+    Attributes
+    ----------
+    indices : numpy.ndarray
+        int64 positions, in subset order.
+    parent_dataset : DatasetLoader
+        The loader.
+    """
+
+    def __init__(self, parent_dataset: DatasetLoader, indices: Iterable[int]) -> None:
+        self.parent_dataset = parent_dataset
+        self.indices = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
+        self.indices = self.indices.astype(np.int64, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def len(self) -> int:
+        """Number of items (the specified spelling of ``len(dataset)``)."""
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return f"<CADDataset {len(self)} items of {self.parent_dataset!r}>"
+
+    def _position(self, i: int) -> int:
+        n = len(self.indices)
+        index = int(i)
+        if not -n <= index < n:
+            raise ItemIndexError(f"item {i} is out of range for a subset of {n} items")
+        return int(self.indices[index])
+
+    def get_item(self, i: int) -> Any:
+        """Read item ``i`` of the subset straight from the dataset.
+
+        Parameters
+        ----------
+        i
+            Position in the subset (negative counts from the end).
+
+        Returns
+        -------
+        dict or Any
+            ``{"file_id_code", "name", <group>: {array: ndarray}, "labels": {...}}``, or what
+            the loader's ``item_loader_func`` returns.
+
+        Raises
+        ------
+        ItemIndexError
+            If ``i`` is out of range (a :class:`DatasetError` and an ``IndexError``).
+        """
+        return self.parent_dataset.item_source.read(self._position(i))
+
+    __getitem__ = get_item
+
+    def get_raw_data(self, i: int) -> dict[str, Any]:
+        """Where item ``i`` lives, without reading its arrays.
+
+        Parameters
+        ----------
+        i
+            Position in the subset.
+
+        Returns
+        -------
+        dict
+            For a dataset: ``file_id_code``, ``name``, ``dataset`` (path) and ``rows``
+            (``{group: (start, stop)}``). For graph files: ``file_id_code``, ``graph_file``
+            and ``label``.
+        """
+        return self.parent_dataset.item_source.locate(self._position(i))
+
+    def remove_indices(self, local: Iterable[int]) -> dict[int, int]:
+        """Drop items from the subset and from the loader's current split.
+
+        Parameters
+        ----------
+        local
+            Positions in this subset.
+
+        Returns
+        -------
+        dict
+            ``{old position: new position}`` of the items kept.
+
+        Raises
+        ------
+        ItemIndexError
+            If a position is out of range.
+
+        Notes
+        -----
+        The removal is kept by the loader for this session; the ``subset`` column of the
+        infoset is not rewritten, so the recorded split stays the one :meth:`split` chose.
+        """
+        n = len(self.indices)
+        drop = set()
+        for i in local:
+            index = int(i)
+            if not -n <= index < n:
+                raise ItemIndexError(f"item {i} is out of range for a subset of {n} items")
+            drop.add(index % n)
+        keep = [i for i in range(n) if i not in drop]
+        self.parent_dataset._exclude(self.indices[sorted(drop)])
+        mapping = {old: new for new, old in enumerate(keep)}
+        self.indices = self.indices[keep]
+        return mapping
+
+    def to_torch(
+        self, collate_fn: Callable[[list[Any]], Any] | None = None
+    ) -> tuple[Any, Callable[[list[Any]], Any]]:
+        """Return a PyTorch ``Dataset`` over this subset and a collate function.
+
+        Parameters
+        ----------
+        collate_fn
+            Use this instead of the default, :class:`cadstore.dataset.torch_support.
+            GraphCollate` for dataset items (``torch.utils.data.default_collate`` when an
+            ``item_loader_func`` or graph files make the items).
+
+        Returns
+        -------
+        dataset : torch.utils.data.Dataset
+            Items as dicts of tensors; picklable, so ``DataLoader(num_workers=n)`` works
+            with fork and spawn.
+        collate_fn : callable
+            Pass it to ``DataLoader(collate_fn=...)``.
+
+        Raises
+        ------
+        ImportError
+            If PyTorch is not installed (``pip install 'cadstore[torch]'``).
+        """
+        from cadstore.dataset import torch_support
+
+        source = self.parent_dataset.item_source
+        graphs = isinstance(source, ItemSource) and source.item_loader_func is None
+        # With the default graph collate, batches travel as numpy and become tensors once.
+        numpy_batches = collate_fn is None and graphs
+        dataset = torch_support.TorchCADDataset(source, self.indices, numpy_batches)
+        if collate_fn is None:
+            collate_fn = torch_support.GraphCollate() if graphs else torch_support.default_collate
+        return dataset, collate_fn
+
+
+# ---------------------------------------------------------------------------- DatasetLoader
+class DatasetLoader:
+    """Split a merged dataset and serve its subsets (the specified API).
+
+    Parameters
+    ----------
+    merged_store_path
+        The ``.dataset``.
+    parquet_file_path
+        The ``.infoset`` (defaults as in :class:`DatasetExplorer`); the split is recorded
+        in its ``subset`` column.
+    item_loader_func
+        For a dataset, an optional transform ``f(item_dict) -> Any`` applied to every item;
+        for ``graph_files``, ``f(graph_file, label, file_id_code) -> Any`` that loads one.
+        Must be picklable (a module-level function) for spawned ``DataLoader`` workers.
+    graph_files
+        Items as separate files instead of a dataset (the specified "direct graph" mode):
+        ``split`` works on them, and ``item_loader_func`` loads them.
+    labels
+        For a dataset: the infoset column(s) attached to every item under ``"labels"``
+        (default: the columns of categorical metadata fields). For ``graph_files``: one
+        label per file, used to stratify the split.
+    file_code_start
+        For ``graph_files``: the code of the first file. Unused for a dataset, whose codes
+        are its own.
+    flow_output_file
+        The ``.flow`` manifest, instead of the paths.
+    groups, arrays
+        Read only these groups, or ``{group: [array, ...]}``, for each item (default:
+        everything). Leaving out ``faceface`` makes items much smaller.
+
+    Raises
+    ------
+    DatasetError
+        If no dataset or graph files are given, or a label column is unknown.
+    CorruptStoreError
+        If a path is not a dataset or the manifest lists a missing file.
+
+    Notes
+    -----
+    No Dask cluster is started, and nothing is read from per-item copies. An existing
+    split recorded in the infoset is loaded, so :meth:`get_dataset` works without calling
+    :meth:`split` again.
+    """
+
+    def __init__(
+        self,
+        merged_store_path: str | os.PathLike[str] | None = None,
+        parquet_file_path: str | os.PathLike[str] | None = None,
+        item_loader_func: Callable[..., Any] | None = None,
+        graph_files: Sequence[str | os.PathLike[str]] | None = None,
+        labels: Sequence[Any] | str | None = None,
+        file_code_start: int = 0,
+        *,
+        flow_output_file: str | os.PathLike[str] | None = None,
+        groups: Sequence[str] | None = None,
+        arrays: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.explorer: DatasetExplorer | None = None
+        self._source: ItemSource | GraphFileSource
+        self._history: dict[tuple[Any, ...], np.ndarray] = {}
+        self._removed: np.ndarray = np.zeros(0, dtype=bool)
+        if graph_files is not None:
+            if merged_store_path is not None or flow_output_file is not None:
+                raise DatasetError("pass either a dataset or graph_files, not both")
+            self._source = GraphFileSource(
+                graph_files,
+                None if labels is None else list(labels),
+                file_code_start,
+                item_loader_func,
+            )
+            self._n = len(self._source.graph_files)
+            self.label_columns: list[str] = []
+            self._assignment = np.full(self._n, -1, dtype=np.int64)
+            self._removed = np.zeros(self._n, dtype=bool)
+            return
+        if merged_store_path is None and flow_output_file is None:
+            raise DatasetError(
+                "no dataset: pass merged_store_path, flow_output_file or graph_files"
+            )
+        self.explorer = DatasetExplorer(
+            flow_output_file=flow_output_file,
+            merged_store_path=merged_store_path,
+            parquet_file_path=parquet_file_path,
+        )
+        try:
+            self._n = self.explorer.n_items
+            self._check_selection(groups, arrays)
+            self.label_columns = self._label_columns(labels)
+            self._source = ItemSource(
+                self.explorer.reader,
+                groups,
+                arrays,
+                self._label_values(self.label_columns),
+                item_loader_func,
+            )
+            self._assignment = self._recorded_split()
+            self._removed = np.zeros(self._n, dtype=bool)
+        except BaseException:
+            self.explorer.close()
+            raise
+
+    # ------------------------------------------------------------------ setup helpers
+    def _check_selection(
+        self, groups: Sequence[str] | None, arrays: Mapping[str, Sequence[str]] | None
+    ) -> None:
+        assert self.explorer is not None
+        available = self.explorer.available_groups()
+        clash = available & _RESERVED_KEYS
+        if clash:
+            raise DatasetError(
+                f"group(s) {sorted(clash)} clash with the item keys {sorted(_RESERVED_KEYS)}"
+            )
+        for group in list(groups or []) + list(arrays or {}):
+            if group not in available:
+                raise DatasetError(f"unknown group {group!r}; the dataset has {sorted(available)}")
+        for group, names in (arrays or {}).items():
+            have = self.explorer.available_arrays(group)
+            for name in names:
+                if name not in have or name == OFFSETS:
+                    raise DatasetError(
+                        f"unknown array {name!r} in group {group!r}; it has {sorted(have)}"
+                    )
+
+    def _info(self) -> pd.DataFrame | None:
+        assert self.explorer is not None
+        if self.explorer.parquet_file_path is None:
+            return None
+        return self.explorer.get_file_info_all()
+
+    def _label_columns(self, labels: Sequence[str] | str | None) -> list[str]:
+        info = self._info()
+        if labels is None:
+            if info is None:
+                return []
+            return [c for c in _categorical_columns(self.explorer) if c in info.columns]
+        wanted = [labels] if isinstance(labels, str) else [str(c) for c in labels]
+        columns = [] if info is None else list(info.columns)
+        for column in wanted:
+            if column not in columns:
+                raise DatasetError(
+                    f"unknown label column {column!r}; the infoset has columns {columns}"
+                )
+        return wanted
+
+    def _label_values(self, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        info = self._info()
+        if not columns or info is None:
+            return {}
+        by_code = info.set_index("id").reindex(range(self._n))
+        return {c: by_code[c].to_numpy() for c in columns}
+
+    def _recorded_split(self) -> np.ndarray:
+        assignment = np.full(self._n, -1, dtype=np.int64)
+        info = self._info()
+        if info is None or "subset" not in info.columns:
+            return assignment
+        for index, name in enumerate(SUBSETS):
+            codes = info.loc[info["subset"] == name, "id"].to_numpy(dtype=np.int64)
+            codes = codes[(codes >= 0) & (codes < self._n)]
+            assignment[codes] = index
+        return assignment
+
+    def __repr__(self) -> str:
+        where = (
+            self.explorer.merged_store_path
+            if self.explorer is not None
+            else f"{self._n} graph files"
+        )
+        return f"<DatasetLoader {where!r} items={self._n}>"
+
+    def __enter__(self) -> DatasetLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_resources()
+
+    # ------------------------------------------------------------------ structure
+    def _require_explorer(self) -> DatasetExplorer:
+        if self.explorer is None:
+            raise DatasetError("this loader reads graph files; it has no dataset groups")
+        return self.explorer
+
+    def available_groups(self) -> set[str]:
+        """Return the dataset's groups (see :meth:`DatasetExplorer.available_groups`)."""
+        return self._require_explorer().available_groups()
+
+    def available_arrays(self, group: str) -> set[str]:
+        """Return the arrays of ``group`` (see :meth:`DatasetExplorer.available_arrays`)."""
+        return self._require_explorer().available_arrays(group)
+
+    def find_group_for_array(self, name: str) -> str:
+        """Return the first group (in dataset order) that has an array called ``name``.
+
+        Parameters
+        ----------
+        name
+            An array name.
+
+        Returns
+        -------
+        str
+            The group.
+
+        Raises
+        ------
+        DatasetError
+            If no group has it (the message lists every array).
+        """
+        explorer = self._require_explorer()
+        everything: set[str] = set()
+        for group in explorer.reader.groups:
+            arrays = explorer.available_arrays(group)
+            if name in arrays:
+                return group
+            everything |= arrays
+        raise DatasetError(f"no group has an array {name!r}; the arrays are {sorted(everything)}")
+
+    # ------------------------------------------------------------------ split
+    def _membership(
+        self, key: str, group: str | None, categories: Sequence[Any] | None
+    ) -> np.ndarray:
+        if key == "random":
+            return np.zeros((self._n, 0), dtype=np.uint8)
+        if self.explorer is None:
+            assert isinstance(self._source, GraphFileSource)
+            if self._source.labels is None:
+                raise DatasetError(
+                    f"cannot stratify graph files by {key!r} without labels; pass labels= "
+                    "or use key='random'"
+                )
+            values = np.asarray(self._source.labels)
+            cats = np.unique(values) if categories is None else np.asarray(list(categories))
+            return (values[:, None] == cats[None, :]).astype(np.uint8)
+        bins: int | Sequence[Any] | None = categories
+        if categories is None:
+            values, _ = self.explorer.key_values(key, group)
+            # Each distinct float is its own class only when there are few of them.
+            if values.dtype.kind == "f" and len(np.unique(values)) > _MAX_CATEGORIES:
+                bins = _DEFAULT_FLOAT_BINS
+        matrix, _, _ = self.explorer.build_membership_matrix(group, key, bins)
+        return matrix
+
+    def split(
+        self,
+        key: str,
+        group: str | None = None,
+        train: float = 0.6,
+        validation: float = 0.2,
+        test: float = 0.2,
+        random_state: int | None = None,
+        categories: Sequence[Any] | None = None,
+        force_reset: bool = False,
+    ) -> tuple[int, int, int]:
+        """Split the items into train, validation and test, stratified on ``key``.
+
+        Parameters
+        ----------
+        key
+            What to stratify on: an array (e.g. ``"face_types"``: an item has every face
+            type it contains, so the split is multi-label), an infoset column (e.g.
+            ``"file_label"``), or ``"random"`` for no stratification.
+        group
+            Where to look for ``key`` first (default: every group, then the infoset).
+        train, validation, test
+            Fractions of the items; they must add up to 1 (within 1e-6).
+        random_state
+            Seed; the same seed gives the same split. ``None`` draws a fresh one.
+        categories
+            The classes to stratify on (values outside them count as unlabelled). Default:
+            every distinct value; floats with more than 64 distinct values get 10 bins.
+        force_reset
+            Recompute even when this exact split (same key, group, fractions, seed and
+            categories) was already computed by this loader, and bring back the items
+            removed with :meth:`CADDataset.remove_indices` (otherwise they stay out).
+
+        Returns
+        -------
+        tuple of int
+            ``(n_train, n_validation, n_test)``.
+
+        Raises
+        ------
+        DatasetError
+            If the fractions are invalid, or the key or group is unknown.
+
+        Notes
+        -----
+        The split is written to the infoset's ``subset`` column (atomically) when the
+        loader has an infoset.
+        """
+        ratios = _check_fractions((train, validation, test))
+        cats = None if categories is None else tuple(categories)
+        signature = (key, group, tuple(ratios.tolist()), random_state, cats)
+        cached = self._history.get(signature) if random_state is not None else None
+        if force_reset:
+            self._removed[:] = False
+        if cached is None or force_reset:
+            membership = self._membership(key, group, categories)
+            cached = iterative_stratification(membership, ratios, random_state)
+            self._history[signature] = cached
+        self._record_split(cached)
+        self._assignment = np.where(self._removed, -1, cached)
+        return self._counts()
+
+    def _counts(self) -> tuple[int, int, int]:
+        counts = np.bincount(self._assignment[self._assignment >= 0], minlength=len(SUBSETS))
+        return int(counts[0]), int(counts[1]), int(counts[2])
+
+    def _record_split(self, assignment: np.ndarray) -> None:
+        if self.explorer is None or self.explorer.parquet_file_path is None:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.explorer.parquet_file_path
+        table = pq.read_table(path)
+        ids = table.column("id").to_numpy()
+        names = np.array([*SUBSETS, NO_SUBSET], dtype=object)
+        valid = (ids >= 0) & (ids < self._n)
+        index = np.full(len(ids), len(SUBSETS), dtype=np.int64)
+        index[valid] = assignment[ids[valid]]
+        index[index < 0] = len(SUBSETS)
+        column = pa.array(names[index].tolist(), pa.string())
+        where = table.schema.get_field_index("subset")
+        if where < 0:
+            table = table.append_column(pa.field("subset", pa.string()), column)
+        else:
+            table = table.set_column(where, pa.field("subset", pa.string()), column)
+
+        def writer(fh: IO[bytes]) -> None:
+            pq.write_table(table, fh)
+
+        LocalFileSystem().write_atomic(path, writer)
+        self.explorer.reload_info()
+
+    @property
+    def item_source(self) -> ItemSource | GraphFileSource:
+        """What reads the items (picklable; shared by every subset)."""
+        return self._source
+
+    def _exclude(self, positions: np.ndarray) -> None:
+        positions = np.asarray(positions, dtype=np.int64)
+        self._assignment[positions] = -1
+        self._removed[positions] = True
+
+    def get_dataset(self, subset: str) -> CADDataset:
+        """Return one subset of the current split.
+
+        Parameters
+        ----------
+        subset
+            ``"train"``, ``"validation"`` or ``"test"``.
+
+        Returns
+        -------
+        CADDataset
+            Its items, in code order.
+
+        Raises
+        ------
+        DatasetError
+            If the name is not a subset, or no split exists (neither :meth:`split` was
+            called nor one is recorded in the infoset).
+        """
+        if subset not in SUBSETS:
+            raise DatasetError(f"unknown subset {subset!r}; choose one of {list(SUBSETS)}")
+        if not np.any(self._assignment >= 0):
+            raise DatasetError("no split yet: call split() first")
+        positions = np.flatnonzero(self._assignment == SUBSETS.index(subset))
+        return CADDataset(self, positions)
+
+    def reset_split_state(self) -> None:
+        """Forget the split, its history and removed items; mark every item ``"N/A"``.
+
+        The infoset's ``subset`` column is rewritten too, so the forgotten split is not
+        loaded again by the next loader.
+        """
+        self._history.clear()
+        self._assignment = np.full(self._n, -1, dtype=np.int64)
+        self._removed[:] = False
+        self._record_split(self._assignment)
+
+    def close_resources(self, clear_split_history: bool = True) -> None:
+        """Close the dataset files. Idempotent.
+
+        Parameters
+        ----------
+        clear_split_history
+            Also forget the cached splits (the current split stays usable).
+        """
+        if self.explorer is not None:
+            self.explorer.close()
+        if clear_split_history:
+            self._history.clear()
+
+
+def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:
+    # The infoset's Parquet metadata records each column's routing; categorical fields are
+    # the labels a user defined (file_label, category, ...).
+    if explorer is None or explorer.parquet_file_path is None:
+        return []
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(explorer.parquet_file_path).metadata or {}).get(b"cadstore")
+    if not raw:
+        return []
+    try:
+        fields = json.loads(raw).get("fields", {})
+    except (ValueError, AttributeError):
+        return []
+    return [
+        c
+        for c, spec in fields.items()
+        if isinstance(spec, dict) and spec.get("route") == "categorical"
+    ]

@@ -1,0 +1,362 @@
+"""PyTorch support for :class:`cadstore.dataset.loader.CADDataset`; torch is imported lazily.
+
+Importing this module does not import torch: :class:`TorchCADDataset` (a real
+``torch.utils.data.Dataset`` subclass) is built on first access, and the collate functions
+import torch when called. So ``cadstore`` works without the ``torch`` extra, and a spawned
+``DataLoader`` worker that unpickles a ``TorchCADDataset`` rebuilds the class by the same
+lookup.
+
+Items are variable-size graphs: one row per face in ``faces``, one per co-edge in
+``edges``/``graph``, ``N_f²`` rows in ``faceface``. :class:`GraphCollate` batches them the
+way graph libraries do: rows are concatenated, edge endpoints are shifted by the number of
+nodes of the items before them, and a ``batch`` vector maps every node to its item.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
+__all__ = [  # noqa: F822
+    "GraphCollate",
+    "TorchCADDataset",
+    "collate_graphs",
+    "default_collate",
+    "require_torch",
+]
+
+
+def require_torch() -> Any:
+    """Import and return ``torch``.
+
+    Returns
+    -------
+    module
+        The ``torch`` module.
+
+    Raises
+    ------
+    ImportError
+        If PyTorch is not installed, saying how to install it.
+    """
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(
+            "PyTorch support needs torch: pip install 'cadstore[torch]' (torch==2.13.0)"
+        ) from exc
+    return torch
+
+
+def _to_tensor(value: Any) -> Any:
+    torch = require_torch()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "USO":
+            return value
+        if value.dtype.kind == "u" and value.dtype.itemsize > 1:
+            # torch has few kernels for uint16/32/64; int64 holds every value they do.
+            value = value.astype(np.int64)
+        if not value.flags.writeable:
+            value = value.copy()
+        return torch.from_numpy(value)
+    if isinstance(value, np.generic):
+        if value.dtype.kind in "USO":
+            return value.item()
+        return torch.as_tensor(value.item() if value.dtype.kind == "u" else value)
+    return value
+
+
+def item_to_tensors(item: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert the arrays of an item dict (``{group: {array: ndarray}}``) to tensors.
+
+    Parameters
+    ----------
+    item
+        An item as :meth:`cadstore.dataset.loader.ItemSource.read` returns it.
+
+    Returns
+    -------
+    dict
+        The same structure; numeric arrays and per-item values become tensors (sharing
+        memory with the arrays), strings and labels are left as they are.
+    """
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        if key == "labels" or not isinstance(value, Mapping):
+            out[key] = value
+        else:
+            out[key] = {name: _to_tensor(data) for name, data in value.items()}
+    return out
+
+
+@functools.cache
+def _dataset_class() -> type:
+    torch = require_torch()
+
+    class TorchCADDataset(torch.utils.data.Dataset):  # type: ignore[misc, name-defined]
+        """A PyTorch ``Dataset`` over items of a merged dataset.
+
+        Parameters
+        ----------
+        source
+            An :class:`cadstore.dataset.loader.ItemSource` (or ``GraphFileSource``).
+        indices
+            Positions of the items (their codes, for a dataset).
+        numpy_batches
+            Hand whole batches to the collate function as numpy items (through
+            ``__getitems__``, which ``DataLoader`` uses when it exists), so that arrays
+            become tensors once per batch instead of once per item. Only for a collate
+            function that accepts numpy, such as :class:`GraphCollate`.
+
+        Notes
+        -----
+        It holds only the source (a path, a label table) and the positions, so it pickles
+        small; the dataset file is reopened in each worker process on first read.
+        """
+
+        def __init__(
+            self, source: Any, indices: Sequence[int], numpy_batches: bool = False
+        ) -> None:
+            self.source = source
+            self.indices = np.asarray(indices, dtype=np.int64)
+            self.numpy_batches = numpy_batches
+
+        def __len__(self) -> int:
+            return len(self.indices)
+
+        def _read(self, i: int) -> Any:
+            n = len(self.indices)
+            if not -n <= int(i) < n:
+                raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+            return self.source.read(int(self.indices[int(i)]))
+
+        def _converts(self) -> bool:
+            return getattr(self.source, "item_loader_func", None) is None
+
+        def __getitem__(self, i: int) -> Any:
+            item = self._read(i)
+            if self._converts() and isinstance(item, Mapping):
+                return item_to_tensors(item)
+            return item
+
+        def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+            if self.numpy_batches and self._converts():
+                return [self._read(i) for i in indices]
+            return [self[i] for i in indices]
+
+        def __repr__(self) -> str:
+            return f"<TorchCADDataset {len(self)} items>"
+
+    # Pickle finds the class by this name; the module __getattr__ below rebuilds it there.
+    TorchCADDataset.__module__ = __name__
+    TorchCADDataset.__qualname__ = "TorchCADDataset"
+    return TorchCADDataset
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TorchCADDataset":
+        cls = _dataset_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def default_collate(batch: list[Any]) -> Any:
+    """``torch.utils.data.default_collate``, importing torch on first call (picklable)."""
+    return require_torch().utils.data.default_collate(batch)
+
+
+def _collate_values(values: list[Any]) -> Any:
+    torch = require_torch()
+    first = values[0]
+    if isinstance(first, str | bytes) or first is None:
+        return list(values)
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        return list(values)
+    if array.dtype.kind in "biuf":
+        return torch.as_tensor(array.astype(np.int64) if array.dtype.kind == "u" else array)
+    return list(values)
+
+
+class GraphCollate:
+    """Collate dataset items (dicts of tensors) into one batch of disjoint graphs.
+
+    Parameters
+    ----------
+    node_group
+        The group whose rows are the graph's nodes.
+    edge_arrays
+        ``(group, array)`` pairs holding node indices local to each item (edge endpoints);
+        they are shifted by the cumulative node count and returned as int64.
+    num_nodes
+        ``(group, array)`` of the per-item node count, used when present; otherwise the
+        row count of ``node_group``.
+
+    Notes
+    -----
+    Instances pickle, so they can be passed to a ``DataLoader`` with spawned workers.
+    """
+
+    def __init__(
+        self,
+        node_group: str = "faces",
+        edge_arrays: Sequence[tuple[str, str]] = (
+            ("graph", "edges_source"),
+            ("graph", "edges_destination"),
+        ),
+        num_nodes: tuple[str, str] | None = ("graph", "num_nodes"),
+    ) -> None:
+        self.node_group = node_group
+        self.edge_arrays = [tuple(pair) for pair in edge_arrays]
+        self.num_nodes = tuple(num_nodes) if num_nodes is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"GraphCollate(node_group={self.node_group!r}, edge_arrays={self.edge_arrays!r}, "
+            f"num_nodes={self.num_nodes!r})"
+        )
+
+    def __call__(self, items: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """Collate a batch.
+
+        Parameters
+        ----------
+        items
+            Items as ``TorchCADDataset`` returns them (numpy arrays or tensors).
+
+        Returns
+        -------
+        dict
+            ``file_id_code`` (int64 ``[B]``), ``name`` (list); per group, every array
+            concatenated along its rows (per-item values stacked to ``[B]``); ``ptr``
+            (``{group: int64 [B + 1]}`` row offsets of each item); ``num_nodes`` (``[B]``),
+            ``batch`` (item index of every node), ``edge_index`` (``[2, E]``, when both
+            edge arrays exist); ``labels`` (``{column: tensor [B] or list}``).
+
+        Raises
+        ------
+        ValueError
+            If the batch is empty.
+        """
+        torch = require_torch()
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        size = len(items)
+        out: dict[str, Any] = {
+            "file_id_code": torch.tensor([int(it["file_id_code"]) for it in items]),
+            "name": [it.get("name") for it in items],
+        }
+        ptr: dict[str, Any] = {}
+        for group, first in items[0].items():
+            if group == "labels" or not isinstance(first, Mapping):
+                continue
+            merged: dict[str, Any] = {}
+            rows = None
+            for array in first:
+                values = [it[group][array] for it in items]
+                merged[array], counts = _concatenate(values)
+                if rows is None and counts is not None:
+                    rows = counts
+            if rows is not None:
+                ptr[group] = torch.from_numpy(np.concatenate([[0], np.cumsum(rows)]))
+            out[group] = merged
+        out["ptr"] = ptr
+        counts = self._node_counts(out, ptr)
+        if counts is not None:
+            node_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+            out["num_nodes"] = counts
+            out["batch"] = torch.repeat_interleave(torch.arange(size), counts)
+            present = [
+                (group, array)
+                for group, array in self.edge_arrays
+                if group in ptr and array in out[group]
+            ]
+            lengths = {len(out[group][array]) for group, array in present}
+            if len(lengths) == 1:
+                n_edges = lengths.pop()
+                # edge_index and the per-group endpoint arrays are views of one storage:
+                # one shared-memory segment per batch instead of three copies.
+                edge_index = torch.empty((len(present), n_edges), dtype=torch.int64)
+                for row, (group, array) in enumerate(present):
+                    offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
+                    torch.add(out[group][array], offset, out=edge_index[row])
+                    out[group][array] = edge_index[row]
+                if len(present) == 2:
+                    out["edge_index"] = edge_index
+            else:
+                for group, array in present:
+                    offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
+                    out[group][array] = out[group][array].to(torch.int64) + offset
+        if "labels" in items[0]:
+            out["labels"] = {
+                name: _collate_values([it["labels"][name] for it in items])
+                for name in items[0]["labels"]
+            }
+        return out
+
+    def _node_counts(self, out: Mapping[str, Any], ptr: Mapping[str, Any]) -> Any:
+        torch = require_torch()
+        if self.num_nodes is not None:
+            group, array = self.num_nodes
+            values = out.get(group, {}).get(array)
+            if isinstance(values, torch.Tensor) and values.dim() == 1:
+                return values.to(torch.int64)
+        if self.node_group in ptr:
+            return ptr[self.node_group].diff()
+        return None
+
+
+def _concatenate(values: list[Any]) -> tuple[Any, np.ndarray | None]:
+    """Concatenate one array over a batch; return it and the row count of each item.
+
+    Items may hold numpy arrays (the fast path) or tensors. Per-item values (0-d) are
+    stacked, and the row counts are ``None`` for them.
+    """
+    torch = require_torch()
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if first.dim() == 0:
+            return torch.stack(values), None
+        return torch.cat(values), np.array([v.shape[0] for v in values], dtype=np.int64)
+    arrays = [np.asarray(v) for v in values]
+    if arrays[0].dtype.kind in "USO":
+        return list(values), None
+    if arrays[0].ndim == 0:
+        return _to_tensor(np.stack(arrays)), None
+    counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    dtype = arrays[0].dtype
+    if dtype.kind == "u" and dtype.itemsize > 1:
+        dtype = np.dtype(np.int64)
+    out = _batch_tensor((int(counts.sum()), *arrays[0].shape[1:]), dtype)
+    np.concatenate(arrays, axis=0, out=out.numpy())
+    return out, counts
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """An empty tensor for a batch array; in a DataLoader worker, in shared memory.
+
+    A worker's batch is moved to shared memory when it is sent to the main process, which
+    copies every tensor; for face-pair arrays (megabytes per item) that copy costs as much
+    as decoding. Allocating the batch there first, as ``default_collate`` does, avoids it.
+    """
+    torch = require_torch()
+    like = torch.from_numpy(np.empty(0, dtype=dtype))
+    numel = int(np.prod(shape, dtype=np.int64))
+    if numel and torch.utils.data.get_worker_info() is not None:
+        try:
+            # The same private call default_collate makes; fall back if it ever changes.
+            storage = like._typed_storage()._new_shared(numel, device=like.device)
+            return like.new(storage).resize_(shape)
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+    return torch.empty(shape, dtype=like.dtype)
+
+
+#: The default :class:`GraphCollate` (nodes are faces, edges are ``graph/edges_*``).
+collate_graphs: Callable[[list[Mapping[str, Any]]], dict[str, Any]] = GraphCollate()

@@ -1,0 +1,421 @@
+"""DatasetExplorer on a merged realistic dataset: every method, and the bad-input errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cadstore
+from cadstore.dataset.explorer import DatasetExplorer
+from cadstore.dataset.merge import merge_items
+from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
+
+FACE_TYPES = np.array([0, 1, 2, 3, 4, 5, 13, 14])
+
+
+@pytest.fixture(scope="module")
+def merged(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's realistic items merged once; returns the ``.flow`` manifest."""
+    out = tmp_path_factory.mktemp("explorer") / "parts.dataset"
+    cadstore.merge([str(p) for p, _, _ in realistic_items], str(out))
+    return out.with_suffix(".flow")
+
+
+@pytest.fixture
+def explorer(merged: Path) -> Any:
+    with DatasetExplorer(flow_output_file=merged) as ex:
+        yield ex
+
+
+def _items(realistic_items: list[Any]) -> list[dict[str, Any]]:
+    return [item for _, item, _ in realistic_items]
+
+
+def _metas(realistic_items: list[Any]) -> list[dict[str, Any]]:
+    return [meta for _, _, meta in realistic_items]
+
+
+# ---------------------------------------------------------------------------- opening
+def test_open_from_manifest_paths_or_dataset_alone(merged: Path) -> None:
+    stem = merged.with_suffix("")
+    with DatasetExplorer(flow_output_file=merged) as a:
+        assert a.merged_store_path == str(stem) + ".dataset"
+        assert a.parquet_file_path == str(stem) + ".infoset"
+        assert a.parquet_file_attribs == str(stem) + ".attribset"
+        with DatasetExplorer(
+            merged_store_path=f"{stem}.dataset",
+            parquet_file_path=f"{stem}.infoset",
+            parquet_file_attribs=f"{stem}.attribset",
+        ) as b:
+            assert a.available_groups() == b.available_groups()
+            pd.testing.assert_frame_equal(a.get_file_info_all(), b.get_file_info_all())
+        # The tables next to the dataset are found without being named.
+        with DatasetExplorer(merged_store_path=f"{stem}.dataset") as c:
+            assert c.parquet_file_path == str(stem) + ".infoset"
+            assert "--- Dataset Table of Contents ---" in c.table_of_contents()
+
+
+def test_no_cluster_unless_asked(merged: Path) -> None:
+    # The vendor's own parameters do not start anything here.
+    for params in ({"n_workers": 2, "threads_per_worker": 1}, {"disable": True}, {}):
+        with DatasetExplorer(merged, dask_client_params=params) as ex:
+            assert ex._dask_client is None
+    if importlib.util.find_spec("distributed") is None:
+        with (
+            pytest.warns(CadstoreWarning, match="dask.distributed is not installed"),
+            DatasetExplorer(merged, dask_client_params={"start_cluster": True}) as ex,
+        ):
+            assert ex._dask_client is None
+
+
+def test_close_is_idempotent(merged: Path) -> None:
+    ex = DatasetExplorer(merged)
+    ex.get_group_data("faces")
+    ex.close()
+    ex.close()
+
+
+# ---------------------------------------------------------------------------- structure
+def test_groups_and_arrays(explorer: DatasetExplorer) -> None:
+    assert explorer.available_groups() == {"faces", "edges", "graph", "faceface"}
+    faces = explorer.available_arrays("faces")
+    assert {"face_types", "face_areas", "face_discretization", "file_id_code_faces"} <= faces
+    assert "item_offsets" not in faces
+    assert explorer.available_arrays("graph") == {
+        "edges_source",
+        "edges_destination",
+        "num_nodes",
+        "file_id_code_graph",
+    }
+
+
+def test_group_data_is_lazy_xarray(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    import xarray as xr
+
+    ds = explorer.get_group_data("faces")
+    assert isinstance(ds, xr.Dataset)
+    assert ds.attrs["primary_dimension"] == "face"
+    # Lazy: the variables are not numpy arrays until asked for.
+    assert not isinstance(ds["face_areas"].variable._data, np.ndarray)
+    items = _items(realistic_items)
+    np.testing.assert_array_equal(
+        ds["face_areas"].values, np.concatenate([i["face_areas"] for i in items])
+    )
+    codes = np.repeat(np.arange(len(items)), [len(i["face_indices"]) for i in items])
+    np.testing.assert_array_equal(ds["file_id_code_faces"].values, codes)
+    arr = explorer.get_array_data("graph", "num_nodes")
+    assert arr.dims == ("item",)
+    np.testing.assert_array_equal(arr.values, [i["graph"]["num_nodes"] for i in items])
+    assert explorer.get_group_data("faces") is ds
+
+
+def test_directory_dataset_uses_a_local_store(realistic_items: list[Any], tmp_path: Path) -> None:
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:5]], str(out), directory=True)
+    assert out.is_dir()
+    with DatasetExplorer(merged_store_path=out) as ex:
+        got = ex.get_array_data("edges", "edge_lengths").values
+        want = np.concatenate([i["edge_lengths"] for _, i, _ in realistic_items[:5]])
+        np.testing.assert_array_equal(got, want)
+        with pytest.raises(DatasetError, match=r"no \.infoset"):
+            ex.get_file_info_all()
+        assert "no .infoset" in ex.table_of_contents()
+
+
+# ---------------------------------------------------------------------------- per item
+def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    items = _items(realistic_items)
+    for face_type in (1, 3, 13):
+        want = [c for c, i in enumerate(items) if np.any(i["face_types"] == face_type)]
+        got = explorer.get_file_list("faces", lambda ds, t=face_type: ds["face_types"] == t)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+    # A per-item array selects items directly.
+    want = [c for c, i in enumerate(items) if i["graph"]["num_nodes"] > 40]
+    np.testing.assert_array_equal(
+        explorer.get_file_list("graph", lambda ds: ds["num_nodes"] > 40), want
+    )
+    # A mask with trailing dimensions matches a row if any value matches.
+    want = [c for c, i in enumerate(items) if np.any(i["face_pair_edges_path"] >= 20)]
+    np.testing.assert_array_equal(
+        explorer.get_file_list("faceface", lambda ds: ds["face_pair_edges_path"] >= 20), want
+    )
+    assert len(explorer.get_file_list("faces", lambda ds: ds["face_types"] == 99)) == 0
+    with pytest.raises(DatasetError, match="boolean mask"):
+        explorer.get_file_list("faces", lambda ds: ds["face_types"])
+    with pytest.raises(DatasetError, match="rows"):
+        explorer.get_file_list("faces", lambda ds: ds["face_types"][:3] == 1)
+
+
+def test_file_dataset_matches_items_and_the_scan(
+    explorer: DatasetExplorer, realistic_items: list[Any]
+) -> None:
+    items = _items(realistic_items)
+    for code in (0, 7, len(items) - 1):
+        item = items[code]
+        faces = explorer.file_dataset(code, "faces")
+        assert faces.attrs["file_id_code"] == code
+        assert faces.attrs["name"] == explorer.decode_file_id_code(code)
+        np.testing.assert_array_equal(faces["face_discretization"], item["face_discretization"])
+        assert faces["face_discretization"].dims[0] == "face"
+        np.testing.assert_array_equal(faces["file_id_code_faces"], code)
+        n = len(item["face_indices"])
+        pairs = explorer.file_dataset(code, "faceface")
+        np.testing.assert_array_equal(pairs["d2_distance"], item["d2_distance"].reshape(n * n, -1))
+        graph = explorer.file_dataset(code, "graph")
+        assert graph["num_nodes"].dims == ("item",)
+        assert int(graph["num_nodes"][0]) == item["graph"]["num_nodes"]
+        # The specified approach: materialise the group, select rows by file_id_code.
+        whole = explorer.get_group_data("edges").load()
+        scanned = whole.isel(edge=np.flatnonzero(whole["file_id_code_edges"].values == code))
+        edges = explorer.file_dataset(code, "edges")
+        for name in edges.data_vars:
+            np.testing.assert_array_equal(edges[name].values, scanned[name].values)
+
+
+def test_decode_file_id_code(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    for code, (path, _, _) in enumerate(realistic_items):
+        assert explorer.decode_file_id_code(np.int64(code)) == path.name[: -len(".zarr.data")]
+    n = len(realistic_items)
+    for bad in (-1, n, 2.5, "x"):
+        with pytest.raises(DatasetError, match=r"file id code|valid codes"):
+            explorer.decode_file_id_code(bad)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match=f"valid codes are 0..{n - 1}"):
+        explorer.file_dataset(n, "faces")
+
+
+# ---------------------------------------------------------------------------- distributions
+def _brute_bins(values_per_item: list[np.ndarray], edges: np.ndarray) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in range(len(edges) - 1)]
+    for code, values in enumerate(values_per_item):
+        for b in range(len(edges) - 1):
+            last = b == len(edges) - 2
+            hit = (values >= edges[b]) & (
+                (values <= edges[b + 1]) if last else (values < edges[b + 1])
+            )
+            if np.any(hit):
+                out[b].append(code)
+    return out
+
+
+def test_create_distribution_numeric(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    per_item = [i["face_areas"].astype(np.float64) for i in _items(realistic_items)]
+    dist = explorer.create_distribution("face_areas", bins=7, group="faces")
+    assert set(dist) == {"bin_edges", "hist", "file_id_codes_in_bins"}
+    hist, edges = np.histogram(np.concatenate(per_item), bins=7)
+    np.testing.assert_allclose(dist["bin_edges"], edges)
+    np.testing.assert_array_equal(dist["hist"], hist)
+    got = [c.tolist() for c in dist["file_id_codes_in_bins"]]
+    assert got == _brute_bins(per_item, dist["bin_edges"])
+    # Explicit edges; values outside them are not counted.
+    dist = explorer.create_distribution("face_areas", bins=[0.0, 100.0, 1000.0])
+    np.testing.assert_array_equal(
+        dist["hist"], np.histogram(np.concatenate(per_item), bins=[0.0, 100.0, 1000.0])[0]
+    )
+
+
+def test_create_distribution_categorical_and_fallbacks(
+    explorer: DatasetExplorer, realistic_items: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    items, metas = _items(realistic_items), _metas(realistic_items)
+    dist = explorer.create_distribution("face_types", bins=None)
+    all_types = np.concatenate([i["face_types"] for i in items])
+    np.testing.assert_array_equal(dist["bin_edges"], np.unique(all_types))
+    np.testing.assert_array_equal(dist["hist"], np.unique(all_types, return_counts=True)[1])
+    for t, codes in zip(dist["bin_edges"], dist["file_id_codes_in_bins"], strict=True):
+        assert codes.tolist() == [c for c, i in enumerate(items) if t in i["face_types"]]
+    # Not in "faces": found in another group, and logged.
+    with caplog.at_level(logging.INFO, logger="cadstore.dataset.explorer"):
+        dist = explorer.create_distribution("num_nodes", bins=4)
+    assert "fallback group 'graph'" in caplog.text
+    assert dist["hist"].sum() == len(items)
+    # Not in any group: an infoset column (categorical strings and integers).
+    dist = explorer.create_distribution("category", bins=None)
+    cats = sorted({m["category"] for m in metas})
+    assert dist["bin_edges"].tolist() == cats
+    for cat, codes in zip(cats, dist["file_id_codes_in_bins"], strict=True):
+        assert codes.tolist() == [c for c, m in enumerate(metas) if m["category"] == cat]
+    dist = explorer.create_distribution("file_label", bins=None)
+    assert dist["hist"].sum() == len(metas)
+    with pytest.raises(DatasetError, match="bins=None"):
+        explorer.create_distribution("category", bins=5)
+    with pytest.raises(DatasetError, match=r"unknown key 'nope'.*face_areas.*file_label"):
+        explorer.create_distribution("nope")
+    with pytest.raises(DatasetError, match=r"unknown group 'Labels'.*faces"):
+        explorer.create_distribution("face_types", group="Labels")
+
+
+def test_build_membership_matrix(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    items = _items(realistic_items)
+    matrix, codes, cats = explorer.build_membership_matrix("faces", "face_types", None)
+    assert matrix.shape == (len(items), len(cats)) and matrix.dtype == np.uint8
+    np.testing.assert_array_equal(codes, np.arange(len(items)))
+    for code, item in enumerate(items):
+        assert set(cats[matrix[code] == 1].tolist()) == set(np.unique(item["face_types"]).tolist())
+    counts, _, cats = explorer.build_membership_matrix(
+        "faces", "face_types", [1, 0, 99], as_counts=True
+    )
+    assert cats.tolist() == [1, 0, 99]
+    for code, item in enumerate(items):
+        want = [np.sum(item["face_types"] == c) for c in (1, 0, 99)]
+        assert counts[code].tolist() == want
+    binned, _, edges = explorer.build_membership_matrix("graph", "num_nodes", 3)
+    assert binned.shape == (len(items), 3) and len(edges) == 4
+    assert np.all(binned.sum(axis=1) == 1)
+    labels, _, cats = explorer.build_membership_matrix(None, "file_label")
+    assert labels.sum() == len(items)
+    with pytest.raises(DatasetError, match="do not match"):
+        explorer.build_membership_matrix("faces", "face_types", ["plane"])
+
+
+# ---------------------------------------------------------------------------- tables
+def test_file_info(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    info = explorer.get_file_info_all()
+    assert len(info) == len(realistic_items)
+    assert info["id"].tolist() == list(range(len(realistic_items)))
+    assert {"name", "description", "size_cadfile", "file_label", "subset"} <= set(info.columns)
+    info.loc[0, "name"] = "changed"
+    assert explorer.get_file_info_all().loc[0, "name"] != "changed"
+    row = explorer.get_parquet_info_by_code(4)
+    assert len(row) == 1
+    assert row["size_cadfile"].item() == realistic_items[4][2]["size_cadfile"]
+    assert row["name"].item() == explorer.decode_file_id_code(4)
+    with pytest.raises(DatasetError, match="valid codes"):
+        explorer.get_parquet_info_by_code(len(realistic_items))
+
+
+def test_get_descriptions(explorer: DatasetExplorer) -> None:
+    table = explorer.get_descriptions("category")
+    assert list(table.columns) == ["id", "name", "description", "table_name"]
+    assert set(table["table_name"]) == {"category"}
+    assert len(explorer.get_descriptions("category", key_id=0)) == 1
+    first = table["name"].iloc[0]
+    assert explorer.get_descriptions("category", key_id=first)["id"].tolist() == [
+        table["id"].iloc[0]
+    ]
+    both = explorer.get_descriptions("*LABEL*", use_wildchar=True)
+    assert set(both["table_name"]) == {"file_label"}
+    hit = explorer.get_descriptions("cat*", key_id=first[:2] + "*", use_wildchar=True)
+    assert first in hit["name"].tolist()
+    with pytest.raises(DatasetError, match=r"unknown attribute table 'face_labels'.*category"):
+        explorer.get_descriptions("face_labels")
+    with pytest.raises(DatasetError, match=r"unknown attribute table 'zz\*'"):
+        explorer.get_descriptions("zz*", use_wildchar=True)
+    with pytest.raises(DatasetError, match=r"no entry 12345.*valid entries"):
+        explorer.get_descriptions("category", key_id=12345)
+
+
+def test_stream_cache_paths(merged: Path, explorer: DatasetExplorer, tmp_path: Path) -> None:
+    paths = explorer.get_stream_cache_paths()
+    assert list(paths.columns) == ["id", "name", "stream_cache_png", "stream_cache_3d"]
+    assert (paths["stream_cache_png"] == "").all() and (paths["stream_cache_3d"] == "").all()
+    one = explorer.get_stream_cache_paths(3)
+    assert one["id"].tolist() == [3]
+    with pytest.raises(DatasetError):
+        explorer.get_stream_cache_paths(-1)
+    # An infoset that has previews gives them back.
+    info = explorer.get_file_info_all()
+    info["stream_cache_png"] = [f"png/{n}.png" for n in info["name"]]
+    info.to_parquet(tmp_path / "p.infoset")
+    with DatasetExplorer(
+        merged_store_path=merged.with_suffix(".dataset"), parquet_file_path=tmp_path / "p.infoset"
+    ) as ex:
+        got = ex.get_stream_cache_paths(2)
+        assert got["stream_cache_png"].item() == f"png/{info['name'][2]}.png"
+        assert got["stream_cache_3d"].item() == ""
+
+
+def test_table_of_contents(explorer: DatasetExplorer, capsys: pytest.CaptureFixture[str]) -> None:
+    explorer.print_table_of_contents()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "--- Dataset Table of Contents ---"
+    for group in ("FACES_GROUP:", "EDGES_GROUP:", "GRAPH_GROUP:", "FACEFACE_GROUP:"):
+        assert group in lines
+    n_faces = explorer.get_group_data("faces").sizes["face"]
+    assert (
+        f"  FACE_DISCRETIZATION_DATA: Shape: ({n_faces}, 25, 7), Dims: ('face', "
+        f"'face_discretization_dim_1', 'face_discretization_dim_2'), Size: {n_faces * 175}"
+    ) in lines
+    assert "  FILE_ID_CODE_FACES_DATA: Shape:" in out
+    assert "ITEM_OFFSETS" not in out
+    assert "  file_label: int64" in lines
+
+
+def test_array_statistics(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    values = np.concatenate([i["edge_lengths"] for i in _items(realistic_items)]).astype(float)
+    stats = explorer.get_array_statistics("edges", "edge_lengths")
+    assert set(stats) == {"mean", "std", "min", "max", "median", "q25", "q75"}
+    assert stats["mean"] == pytest.approx(values.mean())
+    assert stats["std"] == pytest.approx(values.std())
+    assert stats["median"] == pytest.approx(np.median(values))
+    assert stats["q25"] == pytest.approx(np.percentile(values, 25))
+    assert (stats["min"], stats["max"]) == (values.min(), values.max())
+    with pytest.raises(DatasetError, match=r"unknown array 'edge_area' in group 'edges'"):
+        explorer.get_array_statistics("edges", "edge_area")
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_unknown_groups_and_arrays_name_the_choices(explorer: DatasetExplorer) -> None:
+    with pytest.raises(DatasetError, match=r"unknown group 'face'.*'faceface', 'faces'"):
+        explorer.available_arrays("face")
+    with pytest.raises(DatasetError, match="unknown group 'Labels'"):
+        explorer.get_group_data("Labels")
+    with pytest.raises(DatasetError, match=r"unknown array 'x' in group 'faces'.*face_areas"):
+        explorer.get_array_data("faces", "x")
+    with pytest.raises(DatasetError, match="unknown array 'item_offsets'"):
+        explorer.get_array_data("faces", "item_offsets")
+    with pytest.raises(DatasetError, match="unknown group"):
+        explorer.get_file_list("nope", lambda ds: ds["x"] == 1)
+    with pytest.raises(DatasetError, match="unknown group"):
+        explorer.file_dataset(0, "nope")
+
+
+def _copy_flow(merged: Path, dest: Path, skip: str | None = None) -> Path:
+    dest.mkdir()
+    for suffix in (".flow", ".dataset", ".infoset", ".attribset"):
+        if suffix != skip:
+            shutil.copy(merged.with_suffix(suffix), dest / f"parts{suffix}")
+    return dest / "parts.flow"
+
+
+@pytest.mark.parametrize("missing", [".dataset", ".infoset", ".attribset"])
+def test_manifest_with_a_missing_file(merged: Path, tmp_path: Path, missing: str) -> None:
+    flow = _copy_flow(merged, tmp_path / "copy", skip=missing)
+    with pytest.raises(
+        CorruptStoreError, match=rf"parts\.flow: .*'parts\{missing}'.*does not exist"
+    ):
+        DatasetExplorer(flow_output_file=flow)
+
+
+def test_bad_manifests_and_paths(merged: Path, realistic_items: list[Any], tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="pass flow_output_file"):
+        DatasetExplorer()
+    with pytest.raises(CorruptStoreError, match=r"no such \.flow manifest"):
+        DatasetExplorer(flow_output_file=tmp_path / "none.flow")
+    (tmp_path / "bad.flow").write_text("{not json")
+    with pytest.raises(CorruptStoreError, match="invalid JSON"):
+        DatasetExplorer(flow_output_file=tmp_path / "bad.flow")
+    (tmp_path / "list.flow").write_text("[1, 2]")
+    with pytest.raises(CorruptStoreError, match="not a JSON object"):
+        DatasetExplorer(flow_output_file=tmp_path / "list.flow")
+    (tmp_path / "empty.flow").write_text(json.dumps({"flow_info": None}))
+    with pytest.raises(CorruptStoreError, match="names no dataset"):
+        DatasetExplorer(flow_output_file=tmp_path / "empty.flow")
+    # An item file and a missing path are not datasets.
+    with pytest.raises(CorruptStoreError, match="not a cadstore dataset"):
+        DatasetExplorer(merged_store_path=realistic_items[0][0])
+    with pytest.raises(CorruptStoreError, match="no such dataset"):
+        DatasetExplorer(merged_store_path=tmp_path / "nothing.dataset")
+    with pytest.raises(CorruptStoreError, match="parquet_file_path: no such file"):
+        DatasetExplorer(
+            merged_store_path=merged.with_suffix(".dataset"), parquet_file_path=tmp_path / "x"
+        )

@@ -1,0 +1,426 @@
+"""DatasetLoader, CADDataset and the PyTorch wrapper on a merged realistic dataset."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cadstore
+from cadstore.dataset.loader import (
+    SUBSETS,
+    CADDataset,
+    DatasetLoader,
+    ItemIndexError,
+    iterative_stratification,
+)
+from cadstore.errors import CorruptStoreError, DatasetError
+from conftest import write_items
+
+N_ITEMS = 120
+#: Every subset keeps each label's overall proportion within this, for labels with at
+#: least MIN_SUPPORT items (the stated guarantee of the tests).
+TOLERANCE = 0.05
+MIN_SUPPORT = 20
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """120 realistic items merged once: (the .flow, [(path, item, meta)])."""
+    root = tmp_path_factory.mktemp("loader")
+    items = write_items(root / "encoded", N_ITEMS, seed=21)
+    cadstore.merge([str(p) for p, _, _ in items], str(root / "parts.dataset"))
+    return root / "parts.flow", items
+
+
+@pytest.fixture
+def flow(built: tuple[Path, list[Any]], tmp_path: Path) -> Path:
+    """A private copy of the dataset: splits rewrite its infoset."""
+    source = built[0]
+    for suffix in (".flow", ".dataset", ".infoset", ".attribset"):
+        shutil.copy(source.with_suffix(suffix), tmp_path / f"parts{suffix}")
+    return tmp_path / "parts.flow"
+
+
+@pytest.fixture
+def items(built: tuple[Path, list[Any]]) -> list[Any]:
+    return built[1]
+
+
+@pytest.fixture
+def loader(flow: Path) -> Any:
+    with DatasetLoader(flow_output_file=flow) as ld:
+        yield ld
+
+
+def _face_type_membership(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    cats = np.unique(np.concatenate([i["face_types"] for _, i, _ in items]))
+    matrix = np.array([[c in i["face_types"] for c in cats] for _, i, _ in items])
+    return matrix, cats
+
+
+def _assignment(loader: DatasetLoader) -> np.ndarray:
+    out = np.full(N_ITEMS, -1)
+    for index, name in enumerate(SUBSETS):
+        out[loader.get_dataset(name).indices] = index
+    return out
+
+
+def _check_proportions(matrix: np.ndarray, assignment: np.ndarray) -> None:
+    overall = matrix.mean(axis=0)
+    supported = matrix.sum(axis=0) >= MIN_SUPPORT
+    assert supported.sum() >= 3
+    for subset in range(3):
+        part = matrix[assignment == subset]
+        deviation = np.abs(part.mean(axis=0) - overall)[supported]
+        assert deviation.max() <= TOLERANCE, (subset, deviation)
+
+
+# ---------------------------------------------------------------------------- split
+def test_split_is_stratified_recorded_and_reproducible(
+    flow: Path, loader: DatasetLoader, items: list[Any]
+) -> None:
+    counts = loader.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=7)
+    assert sum(counts) == N_ITEMS
+    for count, fraction in zip(counts, (0.6, 0.2, 0.2), strict=True):
+        assert abs(count - fraction * N_ITEMS) <= 3
+    first = _assignment(loader)
+    assert (first >= 0).all()
+    matrix, _ = _face_type_membership(items)
+    _check_proportions(matrix, first)
+    # Recorded in the infoset, and a new loader picks the split up from there.
+    info = pd.read_parquet(flow.with_suffix(".infoset")).sort_values("id")
+    assert info["subset"].tolist() == [SUBSETS[a] for a in first]
+    with DatasetLoader(flow_output_file=flow) as again:
+        np.testing.assert_array_equal(_assignment(again), first)
+        # Same seed, same split, also in a fresh loader; another seed, another split.
+        assert again.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=7) == counts
+        np.testing.assert_array_equal(_assignment(again), first)
+        again.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=8)
+        assert not np.array_equal(_assignment(again), first)
+
+
+def test_split_on_an_infoset_label(loader: DatasetLoader, items: list[Any]) -> None:
+    # No group has file_label: the infoset column is used (single label, ten classes).
+    counts = loader.split("file_label", train=0.5, validation=0.25, test=0.25, random_state=1)
+    assert sum(counts) == N_ITEMS
+    labels = np.array([m["file_label"] for _, _, m in items])
+    assignment = _assignment(loader)
+    # About 12 items per class: each class is split as evenly as whole items allow.
+    for subset, fraction in enumerate((0.5, 0.25, 0.25)):
+        per_class = np.bincount(labels[assignment == subset], minlength=10)
+        assert np.all(np.abs(per_class - fraction * np.bincount(labels, minlength=10)) <= 1)
+
+
+def test_split_random_and_empty_subset(loader: DatasetLoader) -> None:
+    assert loader.split("random", random_state=3) == (72, 24, 24)
+    assert loader.split("random", train=0.8, validation=0.2, test=0.0, random_state=3) == (
+        96,
+        24,
+        0,
+    )
+    assert len(loader.get_dataset("test")) == 0
+
+
+def test_split_bad_input(loader: DatasetLoader) -> None:
+    for fractions in ((0.6, 0.2, 0.1), (0.6, 0.3, 0.2), (1.2, -0.1, -0.1), (0.5, 0.5, np.nan)):
+        with pytest.raises(DatasetError, match="split fractions") as info:
+            loader.split("face_types", None, *fractions)
+        assert isinstance(info.value, ValueError)
+    # Within the tolerance is fine.
+    loader.split("random", None, 0.6 + 5e-7, 0.2, 0.2, random_state=0)
+    with pytest.raises(DatasetError, match=r"unknown key 'face_label'.*face_types"):
+        loader.split("face_label")
+    with pytest.raises(DatasetError, match="unknown group 'Labels'"):
+        loader.split("face_types", "Labels")
+
+
+def test_get_dataset_needs_a_split_and_a_subset_name(loader: DatasetLoader) -> None:
+    with pytest.raises(DatasetError, match=r"no split yet"):
+        loader.get_dataset("train")
+    loader.split("random", random_state=0)
+    with pytest.raises(DatasetError, match=r"unknown subset 'val'.*'validation'"):
+        loader.get_dataset("val")
+
+
+def test_reset_split_state(flow: Path, loader: DatasetLoader) -> None:
+    loader.split("face_types", random_state=0)
+    loader.reset_split_state()
+    with pytest.raises(DatasetError, match="no split"):
+        loader.get_dataset("train")
+    assert set(pd.read_parquet(flow.with_suffix(".infoset"))["subset"]) == {"N/A"}
+
+
+def test_split_history_and_force_reset(loader: DatasetLoader) -> None:
+    loader.split("face_types", random_state=4)
+    train = loader.get_dataset("train")
+    removed = train.indices[[0, 1]]
+    loader.split("face_types", random_state=4)
+    # Removed items stay out of later splits until force_reset.
+    train.remove_indices([0, 1])
+    counts = loader.split("face_types", random_state=4)
+    assert not set(removed) & set(loader.get_dataset("train").indices)
+    assert sum(counts) == N_ITEMS - 2
+    assert sum(loader.split("face_types", random_state=4, force_reset=True)) == N_ITEMS
+
+
+# ---------------------------------------------------------------------------- items
+def test_items_come_from_the_dataset(loader: DatasetLoader, items: list[Any]) -> None:
+    loader.split("face_types", random_state=2)
+    test = loader.get_dataset("test")
+    assert isinstance(test, CADDataset)
+    assert len(test) == test.len() >= 20
+    for i in (0, 5, -1):
+        code = int(test.indices[i])
+        got = test.get_item(i)
+        _, item, meta = items[code]
+        assert got["file_id_code"] == code
+        assert got["name"] == items[code][0].name[: -len(".zarr.data")]
+        np.testing.assert_array_equal(got["faces"]["face_centroids"], item["face_centroids"])
+        np.testing.assert_array_equal(got["edges"]["edge_u_grids"], item["edge_u_grids"])
+        np.testing.assert_array_equal(got["graph"]["edges_source"], item["graph"]["edges_source"])
+        assert got["graph"]["num_nodes"] == item["graph"]["num_nodes"]
+        n = len(item["face_indices"])
+        np.testing.assert_array_equal(
+            got["faceface"]["face_pair_edges_path"], item["face_pair_edges_path"].reshape(n * n, -1)
+        )
+        # The default labels are the categorical metadata fields.
+        assert got["labels"] == {"file_label": meta["file_label"], "category": meta["category"]}
+        raw = test.get_raw_data(i)
+        assert raw["file_id_code"] == code and raw["dataset"].endswith("parts.dataset")
+        start, stop = raw["rows"]["faces"]
+        assert stop - start == n
+    assert test[0]["file_id_code"] == test.indices[0]
+    with pytest.raises(ItemIndexError, match="out of range") as info:
+        test.get_item(len(test))
+    assert isinstance(info.value, IndexError) and isinstance(info.value, DatasetError)
+
+
+def test_remove_indices_updates_the_parent(loader: DatasetLoader) -> None:
+    loader.split("face_types", random_state=2)
+    val = loader.get_dataset("validation")
+    before = val.indices.copy()
+    mapping = val.remove_indices([0, 3, -1])
+    assert len(val) == len(before) - 3
+    assert mapping[1] == 0 and mapping[4] == 2 and 3 not in mapping
+    np.testing.assert_array_equal(val.indices, np.delete(before, [0, 3, len(before) - 1]))
+    np.testing.assert_array_equal(loader.get_dataset("validation").indices, val.indices)
+    with pytest.raises(ItemIndexError):
+        val.remove_indices([1000])
+
+
+def test_selection_labels_and_transform(flow: Path, items: list[Any]) -> None:
+    with DatasetLoader(
+        flow_output_file=flow,
+        labels="size_cadfile",
+        groups=["graph"],
+        arrays={"faces": ["face_types"]},
+    ) as ld:
+        ld.split("random", random_state=0)
+        got = ld.get_dataset("train").get_item(0)
+        code = got["file_id_code"]
+        assert set(got) == {"file_id_code", "name", "graph", "labels"}
+        assert got["labels"] == {"size_cadfile": items[code][2]["size_cadfile"]}
+    with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:
+        ld.split("random", random_state=0)
+        train = ld.get_dataset("train")
+        code = int(train.indices[0])
+        assert train.get_item(0) == (code, len(items[code][1]["face_indices"]))
+    with pytest.raises(DatasetError, match=r"unknown label column 'label'.*file_label"):
+        DatasetLoader(flow_output_file=flow, labels=["label"])
+    with pytest.raises(DatasetError, match="unknown group 'Labels'"):
+        DatasetLoader(flow_output_file=flow, groups=["Labels"])
+    with pytest.raises(DatasetError, match="unknown array 'x' in group 'faces'"):
+        DatasetLoader(flow_output_file=flow, arrays={"faces": ["x"]})
+
+
+def _face_count(item: dict[str, Any]) -> tuple[int, int]:
+    return item["file_id_code"], len(item["faces"]["face_types"])
+
+
+def test_structure_helpers(loader: DatasetLoader) -> None:
+    assert loader.available_groups() == {"faces", "edges", "graph", "faceface"}
+    assert "file_id_code_edges" in loader.available_arrays("edges")
+    assert loader.find_group_for_array("num_nodes") == "graph"
+    assert loader.find_group_for_array("d2_distance") == "faceface"
+    with pytest.raises(DatasetError, match=r"no group has an array 'face_label'.*face_types"):
+        loader.find_group_for_array("face_label")
+    with pytest.raises(DatasetError, match="unknown group"):
+        loader.available_arrays("nope")
+
+
+def test_opening_bad_datasets(flow: Path, items: list[Any], tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no dataset"):
+        DatasetLoader()
+    with pytest.raises(CorruptStoreError, match="not a cadstore dataset"):
+        DatasetLoader(merged_store_path=items[0][0])
+    flow.with_suffix(".infoset").unlink()
+    with pytest.raises(CorruptStoreError, match=r"'parts\.infoset'.*does not exist"):
+        DatasetLoader(flow_output_file=flow)
+    with pytest.raises(DatasetError, match="not both"):
+        DatasetLoader(merged_store_path="x.dataset", graph_files=["a.pt"])
+
+
+def test_graph_files_mode(tmp_path: Path) -> None:
+    files = [tmp_path / f"g{i}.pt" for i in range(30)]
+    labels = [i % 3 for i in range(30)]
+    ld = DatasetLoader(graph_files=files, labels=labels, file_code_start=1)
+    assert ld.split("label", random_state=0) == (18, 6, 6)
+    train = ld.get_dataset("train")
+    item = train.get_item(0)
+    position = int(train.indices[0])
+    assert item == {
+        "file_id_code": position + 1,
+        "name": f"g{position}.pt",
+        "graph_file": str(files[position]),
+        "label": labels[position],
+    }
+    for subset in SUBSETS:
+        got = [labels[i] for i in ld.get_dataset(subset).indices]
+        assert np.bincount(got).tolist() == [len(got) // 3] * 3
+    ld = DatasetLoader(graph_files=files, item_loader_func=_load_graph)
+    ld.split("random", random_state=0)
+    assert ld.get_dataset("test").get_item(0)[0].endswith(".pt")
+    with pytest.raises(DatasetError, match="without labels"):
+        ld.split("label")
+    with pytest.raises(DatasetError, match="graph files"):
+        ld.available_groups()
+    with pytest.raises(DatasetError, match="labels has 2 entries"):
+        DatasetLoader(graph_files=files, labels=[1, 2])
+    ld.close_resources()
+
+
+def _load_graph(path: str, label: Any, code: int) -> tuple[str, Any, int]:
+    return path, label, code
+
+
+# ---------------------------------------------------------------------------- algorithm
+def test_iterative_stratification_on_synthetic_labels() -> None:
+    rng = np.random.default_rng(0)
+    density = np.array([0.99, 0.7, 0.5, 0.3, 0.1, 0.03, 0.01])
+    matrix = rng.random((3000, len(density))) < density
+    assignment = iterative_stratification(matrix, [0.7, 0.15, 0.15], random_state=5)
+    assert np.bincount(assignment).tolist() == pytest.approx([2100, 450, 450], abs=3)
+    for subset in range(3):
+        deviation = np.abs(matrix[assignment == subset].mean(axis=0) - matrix.mean(axis=0))
+        assert deviation.max() <= 0.01
+    np.testing.assert_array_equal(
+        assignment, iterative_stratification(matrix, [0.7, 0.15, 0.15], random_state=5)
+    )
+    # The swaps keep the sizes of the greedy pass and only ever bring proportions closer.
+    greedy = iterative_stratification(matrix, [0.7, 0.15, 0.15], random_state=5, refine=False)
+    assert np.bincount(greedy).tolist() == np.bincount(assignment).tolist()
+
+    def loss(split: np.ndarray) -> float:
+        return sum(
+            float(((matrix[split == s].mean(axis=0) - matrix.mean(axis=0)) ** 2).sum())
+            for s in range(3)
+        )
+
+    assert loss(assignment) <= loss(greedy)
+    # A subset with fraction 0 gets nothing; unlabelled items are still spread.
+    assert 2 not in iterative_stratification(matrix, [0.5, 0.5, 0.0], random_state=1)
+    assert np.bincount(
+        iterative_stratification(np.zeros((10, 0)), [0.6, 0.2, 0.2], 0)
+    ).tolist() == [
+        6,
+        2,
+        2,
+    ]
+    with pytest.raises(DatasetError, match="add up to 1"):
+        iterative_stratification(matrix, [0.5, 0.4])
+
+
+# ---------------------------------------------------------------------------- torch
+def _direct(loader: DatasetLoader, codes: list[int]) -> list[dict[str, Any]]:
+    return [loader.item_source.read(c) for c in codes]
+
+
+def _check_batch(batch: dict[str, Any], direct: list[dict[str, Any]]) -> None:
+    torch = pytest.importorskip("torch")
+    codes = batch["file_id_code"].tolist()
+    assert codes == [d["file_id_code"] for d in direct]
+    assert batch["name"] == [d["name"] for d in direct]
+    node_counts = [len(d["faces"]["face_types"]) for d in direct]
+    assert batch["num_nodes"].tolist() == [d["graph"]["num_nodes"] for d in direct]
+    assert batch["num_nodes"].tolist() == node_counts
+    assert batch["batch"].tolist() == np.repeat(np.arange(len(direct)), node_counts).tolist()
+    for group in ("faces", "edges", "faceface"):
+        for name in direct[0][group]:
+            want = np.concatenate([d[group][name] for d in direct])
+            np.testing.assert_array_equal(batch[group][name].numpy(), want)
+        rows = [len(next(iter(d[group].values()))) for d in direct]
+        assert batch["ptr"][group].tolist() == np.concatenate([[0], np.cumsum(rows)]).tolist()
+    offsets = np.concatenate([[0], np.cumsum(node_counts)])
+    for name in ("edges_source", "edges_destination"):
+        want = np.concatenate([d["graph"][name] + offsets[b] for b, d in enumerate(direct)])
+        assert batch["graph"][name].dtype == torch.int64
+        np.testing.assert_array_equal(batch["graph"][name].numpy(), want)
+    assert batch["edge_index"].shape == (2, len(batch["graph"]["edges_source"]))
+    # Every edge joins two nodes of the same item.
+    src, dst = batch["edge_index"]
+    assert torch.equal(batch["batch"][src], batch["batch"][dst])
+    assert batch["labels"]["file_label"].tolist() == [d["labels"]["file_label"] for d in direct]
+    assert batch["labels"]["category"] == [d["labels"]["category"] for d in direct]
+
+
+def test_to_torch_dataset_and_collate(loader: DatasetLoader) -> None:
+    torch = pytest.importorskip("torch")
+    loader.split("face_types", random_state=0)
+    train = loader.get_dataset("train")
+    dataset, collate = train.to_torch()
+    assert isinstance(dataset, torch.utils.data.Dataset)
+    assert len(dataset) == len(train)
+    item = dataset[0]
+    assert isinstance(item["faces"]["face_areas"], torch.Tensor)
+    assert item["graph"]["num_nodes"].dim() == 0
+    codes = [int(c) for c in train.indices[:5]]
+    _check_batch(collate([dataset[i] for i in range(5)]), _direct(loader, codes))
+    # It pickles small: a path, codes and the label table, never item data.
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 50_000
+    clone = pickle.loads(blob)  # noqa: S301
+    np.testing.assert_array_equal(clone[3]["faces"]["face_areas"], item_at(dataset, 3))
+    clone.source.reader.close()
+    custom = object()
+    assert train.to_torch(collate_fn=custom)[1] is custom  # type: ignore[arg-type]
+
+
+def item_at(dataset: Any, i: int) -> np.ndarray:
+    return dataset[i]["faces"]["face_areas"].numpy()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_with_two_workers(loader: DatasetLoader, method: str) -> None:
+    torch = pytest.importorskip("torch")
+    loader.split("face_types", random_state=0)
+    val = loader.get_dataset("validation")
+    dataset, collate = val.to_torch()
+    batches = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=8,
+        shuffle=False,
+        num_workers=2,
+        collate_fn=collate,
+        multiprocessing_context=method,
+    )
+    seen: list[int] = []
+    for batch in batches:
+        codes = batch["file_id_code"].tolist()
+        _check_batch(batch, _direct(loader, codes))
+        seen.extend(codes)
+    assert seen == val.indices.tolist()
+
+
+def test_to_torch_with_a_transform_uses_default_collate(flow: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:
+        ld.split("random", random_state=0)
+        dataset, collate = ld.get_dataset("train").to_torch()
+        batch = collate([dataset[0], dataset[1]])
+        assert isinstance(batch[0], torch.Tensor) and batch[0].shape == (2,)
