@@ -37,3 +37,49 @@ def test_merge_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["merge", "--help"])
     assert info.value.code == 0
     assert "--append" in capsys.readouterr().out
+
+
+def test_info_and_split_commands(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    files = [str(p) for p, _, _ in realistic_items[:20]]
+    assert main(["merge", *files, "-o", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "d.dataset")]) == 0
+    out = capsys.readouterr().out
+    assert "--- Dataset Table of Contents ---" in out and "FACES_GROUP:" in out
+    assert main(["info", str(tmp_path / "d.flow"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"] == 20 and "face_areas" in summary["groups"]["faces"]
+    assert (
+        main(["split", str(tmp_path / "d.flow"), "--key", "file_label", "--seed", "3", "--json"])
+        == 0
+    )
+    counts = json.loads(capsys.readouterr().out)
+    assert sum(counts.values()) == 20 and counts["train"] >= counts["test"]
+    subsets = pd.read_parquet(tmp_path / "d.infoset")["subset"].value_counts().to_dict()
+    assert subsets == {k: v for k, v in counts.items() if v}
+    assert (
+        main(
+            [
+                "split",
+                str(tmp_path / "d.dataset"),
+                "--key",
+                "file_label",
+                "--train",
+                "0.9",
+                "--validation",
+                "0.3",
+                "--test",
+                "0.1",
+            ]
+        )
+        == 2
+    )
+    assert "add up to 1" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "nope.dataset")]) == 2
+    assert main(["split", str(tmp_path / "d.dataset"), "--key", "no_such_key"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cadstore: error:") == 2 and "Traceback" not in err
