@@ -10,12 +10,28 @@ def register(sub: Any) -> None:
     """Add the ``demo`` subcommand."""
     parser = sub.add_parser(
         "demo",
-        help="build a demo dataset end to end",
-        description="Encode realistic items, store them, read them back and check them.",
+        help="run the pipeline end to end on built-in data",
+        description="Encode sample CAD parts (or generate realistic items), merge them, "
+        "explore, split, iterate a PyTorch DataLoader epoch and write a report.",
     )
     parser.add_argument("-o", "--output", default="demo_output", help="output directory")
-    parser.add_argument("-n", "--items", type=int, default=200, help="number of items")
+    parser.add_argument(
+        "-n", "--items", type=int, default=200, help="generated items when CAD is not used"
+    )
+    parser.add_argument("--parts", type=int, default=24, help="sample CAD parts to encode")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="default: every core")
+    cad = parser.add_mutually_exclusive_group()
+    cad.add_argument(
+        "--cad",
+        dest="cad",
+        action="store_true",
+        default=None,
+        help="use OpenCascade sample parts (default when installed)",
+    )
+    cad.add_argument(
+        "--no-cad", dest="cad", action="store_false", help="use generated realistic items"
+    )
     parser.set_defaults(func=run)
 
 
@@ -23,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from cadstore.demo import run_demo
 
-    run_demo(args.output, args.items, args.seed)
+    run_demo(
+        args.output, args.items, args.seed, cad=args.cad, parts=args.parts, workers=args.workers
+    )
     return 0
