@@ -318,6 +318,18 @@ class _EdgeFrames(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- encoder
+def _declared(schema: Any, name: str) -> bool:
+    """Whether ``schema`` already declares array ``name`` where the encoder stores it."""
+    spec = _ARRAYS[name]
+    found = schema.array_spec(f"{spec.group}/{name}")
+    if found is None or found[0] != spec.group:
+        return False
+    wanted = _GROUPS[spec.group]
+    if schema.primary_dimension(spec.group) != wanted.primary:
+        return False
+    return not wanted.special_processing or schema.special_processing(spec.group) is not None
+
+
 class BrepEncoder:
     """Compute and store the encoder features of one body.
 
@@ -387,6 +399,11 @@ class BrepEncoder:
     def _register(self, names: Sequence[str]) -> None:
         """Declare ``names`` in the storage's schema, keeping everything already declared."""
         assert self.storage is not None
+        parsed = getattr(self.storage, "schema", None)
+        if parsed is not None and all(_declared(parsed, name) for name in names):
+            # The common case after the first push: nothing to add, so no copy of the
+            # schema and no rebuild (that cost milliseconds per item).
+            return
         current = self.storage.get_schema()
         builder = SchemaBuilder.from_dict(current) if current else SchemaBuilder("CAD_analysis")
         for name in names:
