@@ -432,6 +432,13 @@ class BrepEncoder:
         if schema != current:
             self.storage.set_schema(schema, strict=bool(getattr(self.storage, "strict", False)))
 
+    def _deliver(self, key: str, data: Any) -> Any:
+        """Save one array and return its key, or return the array when there is no storage."""
+        if self.storage is None:
+            return data
+        self._save({key: data}, [key])
+        return key
+
     def _save(self, arrays: Mapping[str, Any], schema_names: Sequence[str]) -> None:
         assert self.storage is not None
         self._register(schema_names)
@@ -458,10 +465,7 @@ class BrepEncoder:
         if self._stored([key]):
             return key
         data = np.arange(self.brep.num_faces, dtype=np.int32)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_face_attributes(
         self,
@@ -517,10 +521,7 @@ class BrepEncoder:
         if pick is not None:
             data = data[:, pick]
         data = data.astype(np.float32)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_face_neighbors_count(self) -> str | NDArray[np.int32]:
         """Push ``face_neighborscount``: distinct faces sharing an edge with each face (int32).
@@ -541,10 +542,7 @@ class BrepEncoder:
         sources, targets = np.divmod(pairs, max(n_faces, 1))
         data = np.bincount(sources[sources != targets], minlength=n_faces)
         data = data.astype(np.int32)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     # ------------------------------------------------------------------ edges
     def push_edge_indices(self) -> str | NDArray[np.int32]:
@@ -559,10 +557,7 @@ class BrepEncoder:
         if self._stored([key]):
             return key
         data = np.arange(self.brep.num_coedges, dtype=np.int32)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_edge_attributes(
         self,
@@ -612,10 +607,7 @@ class BrepEncoder:
         if self._stored([key]):
             return key
         data = self._compute_curve_grids(count)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     # ------------------------------------------------------------------ graph
     def push_face_adjacency_graph(self) -> str | Any:
@@ -673,10 +665,7 @@ class BrepEncoder:
             return key
         hops, _ = self._shortest_paths()
         data = hops.astype(np.float32)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_face_pair_edges_path(self, max_allow_edge_length: int = 16) -> str | NDArray[np.int32]:
         """Push ``face_pair_edges_path`` ``(N_f, N_f, M)`` int32, ``M = max_allow_edge_length``.
@@ -700,10 +689,7 @@ class BrepEncoder:
         if self._stored([key]):
             return key
         data = self._compute_paths(width)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_average_face_pair_distance_histograms(
         self, grid: int = 5, num_bins: int = 64
@@ -735,10 +721,7 @@ class BrepEncoder:
         mask = self._usable(samples.inside)
         diagonal = self.brep.bounding_box_diagonal() or 1.0
         data = _pair_histograms(samples.points, mask, bins, _distance_measure(diagonal))
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     def push_average_face_pair_angle_histograms(
         self, grid: int = 5, num_bins: int = 64
@@ -770,10 +753,7 @@ class BrepEncoder:
         has_normal = np.linalg.norm(samples.normals, axis=-1) > 0.5
         mask = self._usable(samples.inside) & has_normal
         data = _pair_histograms(samples.normals, mask, bins, _angle_measure)
-        if self.storage is None:
-            return data
-        self._save({key: data}, [key])
-        return key
+        return self._deliver(key, data)
 
     # ------------------------------------------------------------------ computations
     def _surface(self, face_index: int) -> BRepAdaptor_Surface:
