@@ -158,13 +158,28 @@ class DataStorage(ABC):
         self._metadata = self._read_metadata_document()
         stored = self._metadata.get(SCHEMA_METADATA_KEY)
         if isinstance(stored, Mapping) and stored:
+            # Parsed on first use: opening an item to read one array should not pay for
+            # validating a schema it never consults.
+            self._schema_pending = stored
+
+    @property
+    def _schema(self) -> Schema | None:
+        pending = self.__dict__.get("_schema_pending")
+        if pending is not None:
             from cadstore.schema import Schema
 
+            self.__dict__["_schema_pending"] = None
             try:
-                self._schema = Schema.from_any(stored)
+                self.__dict__["_schema_value"] = Schema.from_any(pending)
             except SchemaError:
                 # A broken schema must not make the data unreadable; it can be set again.
-                self._schema = None
+                self.__dict__["_schema_value"] = None
+        return self.__dict__.get("_schema_value")
+
+    @_schema.setter
+    def _schema(self, value: Schema | None) -> None:
+        self.__dict__["_schema_pending"] = None
+        self.__dict__["_schema_value"] = value
 
     @property
     def closed(self) -> bool:
