@@ -41,12 +41,16 @@ CHILD = textwrap.dedent(
                 self.fh, self.written = fh, 0
 
             def write(self, data):
-                self.fh.write(data)
-                self.written += len(data)
-                if self.written > 4_000_000:
+                # Write up to the 4 MB mark, then stall: the kill lands with the
+                # temporary file truncated however the writer batches its writes.
+                cut = max(0, 4_000_000 - self.written)
+                if cut < len(data):
+                    self.fh.write(data[:cut])
                     self.fh.flush()
                     print("mid-write", flush=True)
                     time.sleep(30)
+                self.fh.write(data)
+                self.written += len(data)
 
         opt.write_stored_zip = lambda fh, members, **kw: real(Stalling(fh), members, **kw)
     print("ready", flush=True)
@@ -118,3 +122,28 @@ def test_killed_writer_never_leaves_a_partial_file(tmp_path: Path) -> None:
     assert len(published) >= 10
     leftovers = [p.name for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
     assert all(name.startswith(TEMP_PREFIX) for name in leftovers)
+
+
+def test_stale_temp_files_of_killed_writers_are_swept_once(tmp_path: Path) -> None:
+    """Old temp files left by a killed writer go; a live writer's recent one stays."""
+    stale = tmp_path / f"{TEMP_PREFIX}999-stale"
+    stale.write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    recent = tmp_path / f"{TEMP_PREFIX}998-recent"
+    recent.write_bytes(b"in progress")
+    with OptStorage(tmp_path / "a.zarr", summary_dir=False) as storage:
+        storage.save_data("x", np.arange(5))
+        storage.compress_store()
+    assert not stale.exists()
+    assert recent.exists()
+    # The directory is listed once per process, not on every publish: a second stale
+    # file is left for the next process.
+    again = tmp_path / f"{TEMP_PREFIX}997-stale"
+    again.write_bytes(b"partial")
+    os.utime(again, (old, old))
+    with OptStorage(tmp_path / "b.zarr", summary_dir=False) as storage:
+        storage.save_data("x", np.arange(5))
+        storage.compress_store()
+    assert again.exists()
+    assert (tmp_path / "b.zarr.data").is_file() and not (tmp_path / "b.zarr").exists()

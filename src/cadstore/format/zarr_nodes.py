@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
@@ -108,7 +108,9 @@ class ArrayMeta:
     @property
     def is_string(self) -> bool:
         """Whether elements are variable-length strings."""
-        return self.dtype == STRING
+        # dtype is the STRING marker (a str) or a numpy dtype; comparing a numpy dtype
+        # with a str costs a microsecond, and readers ask this several times per chunk.
+        return isinstance(self.dtype, str)
 
     @property
     def itemsize(self) -> int:
@@ -157,7 +159,7 @@ def _check_sizes(
 
 
 def _parse_fill(value: Any, dtype: Any) -> Any:
-    if dtype == STRING:
+    if isinstance(dtype, str):
         return "" if value is None else value
     if value is None:
         return 0
@@ -213,7 +215,7 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if not isinstance(conf, Mapping):
         raise MetadataError("chunk_grid has no configuration")
     chunks = _int_tuple(conf.get("chunk_shape"), "chunk_shape", positive=True)
-    itemsize = 16 if dtype == STRING else dtype.itemsize
+    itemsize = 16 if isinstance(dtype, str) else dtype.itemsize
     _check_sizes(shape, chunks, itemsize, limits)
     cke = doc.get("chunk_key_encoding", {"name": "default"})
     if not isinstance(cke, Mapping):
@@ -276,7 +278,7 @@ def _parse_v2(doc: Mapping[str, Any], attrs: Mapping[str, Any], limits: Limits) 
     shape = _int_tuple(doc.get("shape"), "shape", positive=False)
     chunks = _int_tuple(doc.get("chunks"), "chunks", positive=True)
     dtype, _ = _parse_v2_dtype(doc.get("dtype"))
-    itemsize = 16 if dtype == STRING else dtype.itemsize
+    itemsize = 16 if isinstance(dtype, str) else dtype.itemsize
     _check_sizes(shape, chunks, itemsize, limits)
     compressor = doc.get("compressor")
     if compressor is not None and (
@@ -294,7 +296,7 @@ def _parse_v2(doc: Mapping[str, Any], attrs: Mapping[str, Any], limits: Limits) 
             raise MetadataError(f"filter {fid!r} is not on the allow-list")
         if f["id"] in ("vlen-utf8", "msgpack2"):
             object_codec = f["id"]
-    if dtype == STRING and object_codec is None:
+    if isinstance(dtype, str) and object_codec is None:
         raise MetadataError("object dtype without a vlen-utf8 or msgpack2 codec")
     order = doc.get("order", "C")
     if order not in ("C", "F"):
@@ -538,7 +540,7 @@ def chunk_rows(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _v3_fill(dtype: Any) -> Any:
-    if dtype == STRING:
+    if isinstance(dtype, str):
         return ""
     if dtype.kind == "b":
         return False
@@ -548,7 +550,7 @@ def _v3_fill(dtype: Any) -> Any:
 
 
 def _v2_dtype_str(dtype: Any) -> str:
-    return "|O" if dtype == STRING else dtype.str
+    return "|O" if isinstance(dtype, str) else dtype.str
 
 
 def encode_array(
@@ -586,45 +588,31 @@ def encode_array(
     """
     is_string = arr.dtype.kind in "UO"
     dtype: Any = STRING if is_string else arr.dtype
-    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
+    shape = arr.shape
+    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(shape)
     raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
     compress = level is not None and raw_bytes >= MIN_COMPRESS_BYTES
-    meta = ArrayMeta(
-        zarr_format=zarr_format,
-        shape=tuple(arr.shape),
-        chunks=chunk_shape,
-        dtype=dtype,
-        fill_value=None,
-        dims=tuple(dims),
-        attributes=dict(attributes),
-        codecs=(),
-        separator="/" if zarr_format == 3 else ".",
-        chunk_prefix="c" if zarr_format == 3 else "",
-    )
     out: dict[str, bytes] = {}
     if arr.size:
-        grid = [math.ceil(s / c) for s, c in zip(arr.shape, chunk_shape, strict=True)]
-        for index in product(*(range(g) for g in grid)):
-            region = tuple(
-                slice(i * c, (i + 1) * c) for i, c in zip(index, chunk_shape, strict=True)
-            )
-            # The trailing Ellipsis keeps a 0-d object array an array, not its element.
-            block = arr[(*region, ...)]
-            if block.shape != chunk_shape:
-                # Zarr stores edge chunks at full size, padded with the fill value.
-                padded = np.zeros(chunk_shape, dtype=arr.dtype)
-                if is_string:
-                    padded[...] = ""
-                padded[tuple(slice(0, s) for s in block.shape)] = block
-                block = padded
+        if chunk_shape == shape:
+            # Most item arrays fit one chunk: no grid walk, no slicing.
+            blocks: Iterable[tuple[tuple[int, ...], np.ndarray]] = [((0,) * arr.ndim, arr)]
+        else:
+            blocks = _blocks(arr, chunk_shape)
+        for index, block in blocks:
             if is_string:
                 payload = C.encode_vlen_utf8(block.ravel().tolist())
+                if compress:
+                    assert level is not None
+                    payload = C.zstd_compress(payload, level)
+            elif compress:
+                assert level is not None
+                # zstd reads the array's buffer directly; the caller's array may be
+                # shared, so only compressed bytes (a new object) are kept.
+                payload = C.zstd_compress(memoryview(np.ascontiguousarray(block)).cast("B"), level)
             else:
                 payload = np.ascontiguousarray(block).tobytes()
-            if compress:
-                assert level is not None
-                payload = C.zstd_compress(payload, level)
-            out[meta.chunk_key(index)] = payload
+            out[_chunk_key(zarr_format, index)] = payload
     if zarr_format == 3:
         codecs: list[dict[str, Any]] = [
             {"name": "vlen-utf8", "configuration": {}}
@@ -635,22 +623,33 @@ def encode_array(
         ]
         if compress:
             codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        fill = _v3_fill(dtype)
         doc: dict[str, Any] = {
             "zarr_format": 3,
             "node_type": "array",
-            "shape": list(arr.shape),
+            "shape": list(shape),
             "data_type": "string" if is_string else arr.dtype.name,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": _v3_fill(dtype),
+            "fill_value": fill,
             "codecs": codecs,
             "attributes": dict(attributes),
             "dimension_names": list(dims),
         }
-        return {"zarr.json": doc}, out, _finish(meta, codecs, (), _v3_fill_parsed(dtype))
+        meta = ArrayMeta(
+            zarr_format=3,
+            shape=tuple(shape),
+            chunks=chunk_shape,
+            dtype=dtype,
+            fill_value=complex(*fill) if isinstance(fill, list) else fill,
+            dims=tuple(dims),
+            attributes=dict(attributes),
+            codecs=tuple(codecs),
+        )
+        return {"zarr.json": doc}, out, meta
     zarray = {
         "zarr_format": 2,
-        "shape": list(arr.shape),
+        "shape": list(shape),
         "chunks": list(chunk_shape),
         "dtype": _v2_dtype_str(dtype),
         "compressor": {"id": "zstd", "level": level} if compress else None,
@@ -661,21 +660,49 @@ def encode_array(
         "dimension_separator": ".",
     }
     zattrs = {"_ARRAY_DIMENSIONS": list(dims), **attributes}
-    compressor = (zarray["compressor"],) if zarray["compressor"] else ()
-    filters = tuple(zarray["filters"] or ())
-    parsed = _finish(meta, compressor, filters, "" if is_string else 0)
-    if is_string:
-        parsed = replace(parsed, object_codec="vlen-utf8")
-    return {".zarray": zarray, ".zattrs": zattrs}, out, parsed
+    meta = ArrayMeta(
+        zarr_format=2,
+        shape=tuple(shape),
+        chunks=chunk_shape,
+        dtype=dtype,
+        fill_value="" if is_string else 0,
+        dims=tuple(dims),
+        attributes=dict(attributes),
+        codecs=(zarray["compressor"],) if zarray["compressor"] else (),
+        filters=tuple(zarray["filters"] or ()),
+        separator=".",
+        chunk_prefix="",
+        object_codec="vlen-utf8" if is_string else None,
+    )
+    return {".zarray": zarray, ".zattrs": zattrs}, out, meta
 
 
-def _finish(meta: ArrayMeta, codecs: Any, filters: Any, fill: Any) -> ArrayMeta:
-    return replace(meta, codecs=tuple(codecs), filters=tuple(filters), fill_value=fill)
+def _blocks(
+    arr: np.ndarray, chunk_shape: tuple[int, ...]
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Yield ``(chunk index, block)`` over the regular grid, edge blocks padded."""
+    is_string = arr.dtype.kind in "UO"
+    grid = [math.ceil(s / c) for s, c in zip(arr.shape, chunk_shape, strict=True)]
+    for index in product(*(range(g) for g in grid)):
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunk_shape, strict=True))
+        # The trailing Ellipsis keeps a 0-d object array an array, not its element.
+        block = arr[(*region, ...)]
+        if block.shape != chunk_shape:
+            # Zarr stores edge chunks at full size, padded with the fill value.
+            padded = np.zeros(chunk_shape, dtype=arr.dtype)
+            if is_string:
+                padded[...] = ""
+            padded[tuple(slice(0, s) for s in block.shape)] = block
+            block = padded
+        yield index, block
 
 
-def _v3_fill_parsed(dtype: Any) -> Any:
-    fill = _v3_fill(dtype)
-    return complex(*fill) if isinstance(fill, list) else fill
+def _chunk_key(zarr_format: int, index: tuple[int, ...]) -> str:
+    # The same keys as ArrayMeta.chunk_key for cadstore's own layouts (v3 default "c/i/j",
+    # v2 "i.j"; a 0-d array's only chunk is "c" or "0").
+    if zarr_format == 3:
+        return "c/" + "/".join(map(str, index)) if index else "c"
+    return ".".join(map(str, index)) if index else "0"
 
 
 def pack_u32(n: int) -> bytes:

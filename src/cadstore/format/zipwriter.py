@@ -32,6 +32,18 @@ def _never(name: str) -> bool:
     return False
 
 
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate with a window just large enough for ``data``.
+
+    zlib's defaults size the window and hash for 32 KiB; setting them up costs more than
+    compressing a 400-byte metadata document. A window covering the whole input finds the
+    same matches, so the output is as small.
+    """
+    bits = max(9, min(15, (len(data) - 1).bit_length()))
+    packer = zlib.compressobj(6, zlib.DEFLATED, -bits, max(1, min(9, bits - 7)))
+    return packer.compress(data) + packer.flush()
+
+
 def write_stored_zip(
     fh: IO[bytes], members: Sequence[tuple[str, bytes]], *, deflate: Callable[[str], bool] = _never
 ) -> None:
@@ -45,6 +57,9 @@ def write_stored_zip(
     if len(members) >= 0xFFFF or total >= _LIMIT:
         _write_with_zipfile(fh, members, deflate)
         return
+    # One write of the whole archive: the members of an item are small and already in
+    # memory, and a single write is cheaper than three buffered writes per member.
+    local: list[bytes] = []
     central: list[bytes] = []
     offset = 0
     pack_local = struct.Struct("<IHHHHHIIIHH").pack
@@ -56,14 +71,11 @@ def write_stored_zip(
         size = len(data)
         method, payload = 0, data
         if deflate(name):
-            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
-            packed = packer.compress(data) + packer.flush()
+            packed = _deflate(data)
             if len(packed) < size:
                 method, payload = 8, packed
         header = (_DOS_TIME, _DOS_DATE, crc, len(payload), size, len(raw_name))
-        fh.write(pack_local(0x04034B50, _VERSION, flags, method, *header, 0))
-        fh.write(raw_name)
-        fh.write(payload)
+        local += (pack_local(0x04034B50, _VERSION, flags, method, *header, 0), raw_name, payload)
         central.append(
             pack_central(
                 0x02014B50,
@@ -83,12 +95,13 @@ def write_stored_zip(
         central.append(raw_name)
         offset += 30 + len(raw_name) + len(payload)
     directory = b"".join(central)
-    fh.write(directory)
-    fh.write(
+    local += (
+        directory,
         struct.pack(
             "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), offset, 0
-        )
+        ),
     )
+    fh.write(b"".join(local))
 
 
 def _write_with_zipfile(
@@ -135,8 +148,7 @@ class ZipStreamWriter:
         size = len(data)
         method, payload = 0, data
         if deflate:
-            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
-            packed = packer.compress(data) + packer.flush()
+            packed = _deflate(data)
             if len(packed) < size:
                 method, payload = 8, packed
         big = size >= _LIMIT or len(payload) >= _LIMIT

@@ -97,6 +97,9 @@ class DataStorage(ABC):
 
     format_name: ClassVar[str] = "abstract"
     allows_nan: bool = True
+    # Backends that encode a value as soon as it is saved, keeping only the encoded bytes,
+    # set this to False to skip copying every array first.
+    _copy_on_save: ClassVar[bool] = True
 
     def __init__(self, *, read_only: bool = False) -> None:
         self._lock = threading.RLock()
@@ -154,16 +157,34 @@ class DataStorage(ABC):
 
     # ------------------------------------------------------------------ lifecycle
     def _open_metadata(self) -> None:
-        """Load the metadata document and the schema kept in it; backends call this once."""
-        self._metadata = self._read_metadata_document()
-        stored = self._metadata.get(SCHEMA_METADATA_KEY)
-        if isinstance(stored, Mapping) and stored:
-            # Parsed on first use: opening an item to read one array should not pay for
-            # validating a schema it never consults.
-            self._schema_pending = stored
+        """Mark the stored metadata document (and the schema kept in it) to be loaded on
+        first use; backends call this once they can read it.
+
+        Opening an item to read one array should not pay for parsing a metadata document
+        and validating a schema it never consults.
+        """
+        self.__dict__["_metadata_loaded"] = False
+
+    @property
+    def _metadata(self) -> dict[str, Any]:
+        if not self.__dict__.get("_metadata_loaded", True):
+            doc = self._read_metadata_document()
+            self.__dict__["_metadata_loaded"] = True
+            self.__dict__["_metadata_value"] = doc
+            stored = doc.get(SCHEMA_METADATA_KEY)
+            if isinstance(stored, Mapping) and stored:
+                self.__dict__["_schema_pending"] = stored
+        return self.__dict__["_metadata_value"]  # type: ignore[no-any-return]
+
+    @_metadata.setter
+    def _metadata(self, value: dict[str, Any]) -> None:
+        self.__dict__["_metadata_loaded"] = True
+        self.__dict__["_metadata_value"] = value
 
     @property
     def _schema(self) -> Schema | None:
+        if not self.__dict__.get("_metadata_loaded", True):
+            self._metadata  # noqa: B018 - loading the document finds the stored schema
         pending = self.__dict__.get("_schema_pending")
         if pending is not None:
             from cadstore.schema import Schema
@@ -261,7 +282,7 @@ class DataStorage(ABC):
         with self._lock:
             self._check_writable()
             key = validate_key(data_key)
-            node = normalize_value(key, data)
+            node = normalize_value(key, data, copy=self._copy_on_save)
             if not self.allows_nan:
                 contains_nan(key, node)
             if self._strict and self._schema is not None:

@@ -32,10 +32,13 @@ same path reopens for writing.
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
-The default compression is zstd level 5. On the realistic workload level 3 writes files
-about 19% larger than the specified design (Zstd 12 with Delta filters), while level 5
-writes files about 4% smaller, because the face-pair histograms that dominate an item
-compress much better from level 5 on; ``bench/bench_item.py`` measures this.
+The default compression is zstd level 3 with long-distance matching for chunks of 16 KiB
+or more (see :func:`cadstore.format.codecs.zstd_compress`). Face-pair arrays repeat
+themselves a whole matrix row apart, which only long-distance matching finds at a fast
+level: on the realistic workload plain level 3 writes files about 16% larger than the
+specified design (Zstd 12 with Delta filters), level 5 about 6% smaller but 1.5x slower,
+and level 3 with long-distance matching about 5% smaller at nearly level-3 speed;
+``bench/bench_item.py`` measures this.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Literal
@@ -66,13 +70,16 @@ from cadstore.storage.values import Node
 
 __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 
-#: zstd level used unless another is given (chosen by ``bench/bench_item.py``: the lowest
+#: zstd level used unless another is given (chosen by ``bench/bench_item.py``: the fastest
 #: level whose files are no larger than the specified design's Zstd-12 files).
-DEFAULT_COMPRESSION_LEVEL = 5
+DEFAULT_COMPRESSION_LEVEL = 3
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
 # Temporary files older than this are leftovers of killed writers and are swept.
 _STALE_TEMP_SECONDS = 3600.0
+# Directories this process has already swept for stale temporary files.
+_SWEPT: set[str] = set()
+_SWEPT_LOCK = threading.Lock()
 
 
 def _is_json_member(name: str) -> bool:
@@ -134,6 +141,7 @@ class OptStorage(DataStorage):
     """
 
     format_name = "zarr"
+    _copy_on_save = False  # arrays are encoded (copied into chunks) on save_data
 
     def __init__(
         self,
@@ -364,6 +372,13 @@ class OptStorage(DataStorage):
         if not isinstance(self._fs, LocalFileSystem):
             return
         directory = os.path.dirname(os.path.abspath(self._zip_path))
+        # Listing is O(files in the directory): an encoder publishing a million items into
+        # one directory must not list it a million times. Once per process and directory
+        # finds what killed writers left behind.
+        with _SWEPT_LOCK:
+            if directory in _SWEPT:
+                return
+            _SWEPT.add(directory)
         now = time.time()
         try:
             names = os.listdir(directory)
@@ -412,7 +427,7 @@ class OptStorage(DataStorage):
             )
         self._copy_visualisations()
         if self._compressed_size:
-            self._fs.rmtree(self._store_path)
+            self._remove_workdir()
         elif (
             not self._modified
             and self._fs.isdir(self._store_path)
@@ -420,6 +435,17 @@ class OptStorage(DataStorage):
         ):
             # An unused storage leaves nothing behind.
             self._fs.rmtree(self._store_path)
+
+    def _remove_workdir(self) -> None:
+        if isinstance(self._fs, LocalFileSystem):
+            # The working directory is almost always empty: one rmdir instead of a walk.
+            # A symlink or a non-empty directory makes rmdir fail and takes the full path.
+            try:
+                os.rmdir(self._store_path)
+                return
+            except OSError:
+                pass
+        self._fs.rmtree(self._store_path)
 
     def _copy_visualisations(self) -> None:
         if not self._fs.isdir(self._store_path):

@@ -53,7 +53,7 @@ _NUMERIC_KINDS = frozenset("biufc")
 _INT64 = np.iinfo(np.int64)
 
 
-def normalize_value(key: str, value: object) -> Node:
+def normalize_value(key: str, value: object, *, copy: bool = True) -> Node:
     """Convert ``value`` into the node a backend stores under ``key``.
 
     Parameters
@@ -62,11 +62,15 @@ def normalize_value(key: str, value: object) -> Node:
         The key the value is saved under; used in error messages and to name nested keys.
     value
         Any supported value (see the module docstring).
+    copy
+        Copy numeric arrays (the default). Backends that encode the node at once and keep
+        only the encoded bytes pass ``False`` and save a copy of every array.
 
     Returns
     -------
     Node
-        A fresh node that shares no mutable state with ``value``: arrays are copied.
+        A node that shares no mutable state with ``value`` (with ``copy=False``, numeric
+        arrays that are already C-contiguous little-endian may be ``value``'s own).
 
     Raises
     ------
@@ -86,10 +90,10 @@ def normalize_value(key: str, value: object) -> Node:
                     f"dict key {name!r} under {key!r} contains '/'; nest dicts instead"
                 )
             validate_key(child_key)
-            out[name] = normalize_value(child_key, child)
+            out[name] = normalize_value(child_key, child, copy=copy)
         return out
     if isinstance(value, np.ndarray):
-        return _normalize_array(key, value)
+        return _normalize_array(key, value, copy)
     if isinstance(value, np.generic):
         return _normalize_numpy_scalar(key, value)
     # bool before int: bool is a subclass of int.
@@ -113,14 +117,14 @@ def normalize_value(key: str, value: object) -> Node:
     )
 
 
-def _normalize_array(key: str, arr: np.ndarray) -> np.ndarray:
+def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray:
     kind = arr.dtype.kind
     if kind in _NUMERIC_KINDS:
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _little()):
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         elif arr.dtype.fields is not None:
             raise UnsupportedTypeError(f"structured arrays are not supported (key {key!r})")
-        return np.array(arr, copy=True, order="C")
+        return np.array(arr, copy=True, order="C") if copy else np.asarray(arr, order="C")
     if kind == "U":
         return np.array(arr, copy=True, order="C")
     if kind == "O" or kind == "T":
@@ -202,6 +206,11 @@ def contains_nan(key: str, node: Node) -> None:
     """
     for leaf_key, leaf in iter_leaves(node, key):
         if isinstance(leaf, np.ndarray | np.generic) and leaf.dtype.kind in "fc":
+            # A finite sum proves there is no NaN without allocating a mask; only a
+            # non-finite sum (NaN, or infinities) needs the exact count.
+            with np.errstate(all="ignore"):
+                if np.isfinite(np.sum(leaf)):
+                    continue
             count = int(np.count_nonzero(np.isnan(leaf)))
             if count:
                 raise InvalidDataError(
