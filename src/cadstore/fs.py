@@ -155,6 +155,21 @@ class FileSystem(ABC):
         """
         return self.write_atomic(path, lambda fh: fh.write(data), exclusive=exclusive)
 
+    def publish_file(self, local_path: str, path: str) -> int:
+        """Publish the finished local file ``local_path`` at ``path`` atomically.
+
+        The large-output counterpart of :meth:`write_atomic` for a file already complete
+        on local disk (a merged dataset built in scratch space): readers of ``path`` see
+        the old complete file or the new one. ``local_path`` is left in place.
+
+        Returns
+        -------
+        int
+            The size of the published file.
+        """
+        with open(local_path, "rb") as fin:
+            return self.write_atomic(path, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
+
 
 class LocalFileSystem(FileSystem):
     """Local disk.
@@ -312,6 +327,16 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
+def _credential_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning "no credentials were found at all" (not a refusal)."""
+    kinds: list[type[BaseException]] = []
+    with contextlib.suppress(ImportError):
+        from botocore import exceptions as boto
+
+        kinds += [boto.NoCredentialsError, boto.PartialCredentialsError]
+    return tuple(kinds)
+
+
 class FsspecFileSystem(FileSystem):
     """An object store or remote file system reached through fsspec.
 
@@ -344,6 +369,7 @@ class FsspecFileSystem(FileSystem):
         self._buckets: set[str] = set()
         self._conditional: dict[str, bool] = {}
         self._transport = _transport_errors()
+        self._no_credentials = _credential_errors()
         # s3fs: a few queries go straight to the S3 API, one request each.
         self._s3 = self.protocol in ("s3", "s3a") and hasattr(fs, "call_s3")
 
@@ -357,6 +383,13 @@ class FsspecFileSystem(FileSystem):
         """Return the cadstore error for ``exc``, or ``exc`` itself when it is fine as is."""
         if isinstance(exc, CadstoreError | FileNotFoundError | FileExistsError):
             return exc
+        if isinstance(exc, self._no_credentials):
+            return StorageAccessError(
+                path,
+                f"no credentials for {self._endpoint()} ({exc}); give storage_options "
+                "key/secret, set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile, "
+                "or anon=True for a public bucket",
+            )
         if isinstance(exc, PermissionError):
             return StorageAccessError(
                 path,
@@ -547,19 +580,29 @@ class FsspecFileSystem(FileSystem):
                 writer(fh)
                 fh.flush()
                 size = os.fstat(fh.fileno()).st_size
-            with self._errors(path):
-                try:
-                    self.fs.put_file(tmp, path, **options)
-                except FileNotFoundError:
-                    self._check_bucket(path)
-                    raise
-                except OSError as exc:
-                    if exclusive and _error_response(exc)[1] == 412:
-                        raise FileExistsError(errno.EEXIST, "object exists", path) from exc
-                    raise
+            self._put(tmp, path, options, exclusive=exclusive)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        return size
+
+    def _put(self, local: str, path: str, options: dict[str, Any], *, exclusive: bool) -> None:
+        """Upload ``local`` to ``path`` in one PUT (or one multipart upload)."""
+        with self._errors(path):
+            try:
+                self.fs.put_file(local, path, **options)
+            except FileNotFoundError:
+                self._check_bucket(path)
+                raise
+            except OSError as exc:
+                if exclusive and _error_response(exc)[1] == 412:
+                    raise FileExistsError(errno.EEXIST, "object exists", path) from exc
+                raise
+
+    def publish_file(self, local_path: str, path: str) -> int:  # docstring inherited
+        # Straight from the finished file: no second scratch copy of a large dataset.
+        size = os.stat(local_path).st_size
+        self._put(local_path, path, {}, exclusive=False)
         return size
 
     def conditional_writes_supported(self, directory: str) -> bool:

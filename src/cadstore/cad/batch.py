@@ -1075,6 +1075,8 @@ def encode_files(
     merge: bool = False,
     progress: bool = False,
     dataset_name: str | None = None,
+    client: Any = None,
+    dask_client_params: Mapping[str, Any] | None = None,
 ) -> EncodeReport:
     """Encode every body of every CAD file of ``inputs`` into ``output_dir/encoded``.
 
@@ -1116,6 +1118,17 @@ def encode_files(
         Show a progress bar on stderr when tqdm is installed.
     dataset_name
         Stem of the merged dataset; defaults to the output directory's name.
+    client
+        A ``distributed.Client``: each file becomes one Dask task on its workers, which
+        must see ``inputs`` and ``output_dir`` at the same paths (shared disk), and the
+        merge (``merge=True``) runs on the cluster too. ``workers`` and ``timeout`` do not
+        apply (Dask runs one task per worker thread and cannot stop a running task), nor
+        does ``memory_limit_mb``: an address-space cap would also starve the worker's own
+        threads, so memory is bounded by the Dask workers' ``memory_limit`` instead. A
+        file whose worker dies is recorded as ``"crash"``.
+    dask_client_params
+        Keyword arguments of ``distributed.LocalCluster``: a local cluster is started
+        for this call and closed at its end (the ``dask`` extra).
 
     Returns
     -------
@@ -1190,6 +1203,11 @@ def encode_files(
             early_skips.extend(existing)
             continue
         tasks.append(_Task(index, str(path), base))
+    dask = None
+    if client is not None or dask_client_params is not None:
+        from cadstore.dataset.distributed import DaskResources
+
+        dask = DaskResources(client=client, params=dask_client_params)
     n_workers = 0 if workers == 0 else min(workers or _available_cores(), max(len(tasks), 1))
     report.workers = n_workers if tasks else 0
     bar = _Progress(progress, len(files))
@@ -1198,6 +1216,12 @@ def encode_files(
     try:
         if not tasks:
             pass
+        elif dask is not None:
+            from cadstore.dataset.distributed import run_encode_on_dask
+
+            report.workers = run_encode_on_dask(
+                dask.client, tasks, settings, _dask_encode_task, collector
+            )
         elif n_workers == 0:
             for task in tasks:
                 _process_file(task, settings, collector.handle)
@@ -1214,10 +1238,29 @@ def encode_files(
         report.skipped.sort(key=_order_key(files))
         _write_error_summary(report.error_summary, report.failed)
 
-    if merge:
-        _merge(report, encoded_dir, out, dataset_name, n_workers, progress)
+    try:
+        if merge:
+            _merge(
+                report,
+                encoded_dir,
+                out,
+                dataset_name,
+                n_workers,
+                progress,
+                dask.client if dask is not None else None,
+            )
+    finally:
+        if dask is not None:
+            dask.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _dask_encode_task(task: _Task, settings: _Settings) -> list[dict[str, Any]]:
+    """One file as a Dask task: the messages a supervised worker would have sent."""
+    messages: list[dict[str, Any]] = []
+    _process_file(task, settings, messages.append)
+    return messages
 
 
 def encode_sample_set(
@@ -1292,6 +1335,7 @@ def _merge(
     dataset_name: str | None,
     workers: int,
     progress: bool,
+    client: Any = None,
 ) -> None:
     from cadstore.dataset.merger import merge as merge_dataset
 
@@ -1308,6 +1352,7 @@ def _merge(
             workers=0 if len(items) < 256 else workers,
             overwrite=True,
             progress=progress,
+            client=client,
         )
     except (CadstoreError, OSError) as exc:
         report.failed.append(

@@ -77,11 +77,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import CorruptStoreError, MergeError, SchemaError
+from cadstore.errors import (
+    CorruptStoreError,
+    MergeError,
+    SchemaError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
 from cadstore.format.jsoncodec import decode_metadata
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sources import ZipSource
-from cadstore.fs import LocalFileSystem
+from cadstore.fs import FileSystem, filesystem_for, is_url
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.base import (
     ROUTING_METADATA_KEY,
@@ -250,6 +256,9 @@ class DatasetInfo:
         written. Off by default (the vendor deletes them in ``parse_info_files``).
     limits
         Size limits for reading metadata (``max_metadata_bytes``).
+    storage_options
+        fsspec options (credentials, endpoint) for inputs and outputs given as URLs
+        (``s3://bucket/...``); otherwise fsspec's configuration and the environment apply.
 
     Attributes
     ----------
@@ -278,8 +287,10 @@ class DatasetInfo:
         *,
         delete_info_files: bool = False,
         limits: Limits = DEFAULT_LIMITS,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.info_files: list[str] = _expand_inputs(info_files)
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.info_files: list[str] = _expand_inputs(info_files, self.storage_options)
         self.merged_store_path = os.fspath(merged_store_path)
         self.attribute_file_path = os.fspath(attribute_file_path)
         self.delete_info_files = bool(delete_info_files)
@@ -365,8 +376,11 @@ class DatasetInfo:
         for name, path, doc in documents:
             self._ingest(name, path, doc)
 
+    def _fs(self, path: str) -> FileSystem:
+        return _filesystem(path, self.storage_options)
+
     def _load_document(self, path: str) -> dict[str, Any]:
-        if not os.path.exists(path):
+        if not self._fs(path).exists(path):
             raise _Unreadable("no such file")
         raw = self._read_raw(path)
         if len(raw) > self.limits.max_metadata_bytes:
@@ -386,25 +400,31 @@ class DatasetInfo:
         return decoded
 
     def _read_raw(self, path: str) -> bytes:
-        if os.path.isdir(path):
-            inner = os.path.join(path, METADATA_FILE)
+        fs = self._fs(path)
+        if fs.isdir(path):
             try:
-                with open(inner, "rb") as fh:
-                    return fh.read(self.limits.max_metadata_bytes + 1)
+                return self._read_head(fs, fs.join(path, METADATA_FILE))
+            except (StorageAccessError, StorageUnavailableError):
+                raise  # the store is at fault, not the item: never skip it silently
             except OSError as exc:
                 raise _Unreadable(f"store without a readable {METADATA_FILE}: {exc}") from None
         if path.endswith(".json"):
             try:
-                with open(path, "rb") as fh:
-                    return fh.read(self.limits.max_metadata_bytes + 1)
+                return self._read_head(fs, path)
+            except (StorageAccessError, StorageUnavailableError):
+                raise
             except OSError as exc:
                 raise _Unreadable(f"cannot read: {exc}") from None
         try:
-            source = ZipSource(path, limits=self.limits)
+            source = ZipSource(path, fs=fs, limits=self.limits)
+        except (StorageAccessError, StorageUnavailableError):
+            raise
         except (CorruptStoreError, OSError) as exc:
             raise _Unreadable(f"not a readable .data file: {exc}") from None
         try:
             raw = source.get(METADATA_FILE)
+        except (StorageAccessError, StorageUnavailableError):
+            raise
         except (CorruptStoreError, OSError) as exc:
             raise _Unreadable(f"{METADATA_FILE} is unreadable: {exc}") from None
         finally:
@@ -412,6 +432,11 @@ class DatasetInfo:
         if raw is None:
             raise _Unreadable(f"the .data file has no {METADATA_FILE}")
         return raw
+
+    def _read_head(self, fs: FileSystem, path: str) -> bytes:
+        # At most one byte past the limit: enough to tell an oversized document.
+        with fs.open_read(path) as fh:
+            return fh.read(self.limits.max_metadata_bytes + 1)
 
     def _schema_from(self, doc: Mapping[str, Any], path: str) -> Schema | None:
         stored = doc.get(SCHEMA_METADATA_KEY)
@@ -732,7 +757,7 @@ class DatasetInfo:
             If no item codes were set.
         """
         table = self._infoset_table(table_name)
-        _write_table_atomic(self.merged_store_path, table)
+        _write_table_atomic(self.merged_store_path, table, self.storage_options)
         self._infoset_written = self.merged_store_path
         self._rows_written = table.num_rows
         if write_attributes:
@@ -851,7 +876,7 @@ class DatasetInfo:
             The ``.attribset`` path.
         """
         table = self._attribset_table()
-        _write_table_atomic(self.attribute_file_path, table)
+        _write_table_atomic(self.attribute_file_path, table, self.storage_options)
         self._attribset_written = self.attribute_file_path
         self._attribute_rows_written = table.num_rows
         self._delete_inputs_if_done()
@@ -869,15 +894,20 @@ class DatasetInfo:
                 continue
             if item.path in self.deleted_files:
                 continue
+            remote = is_url(item.path)
             try:
-                os.remove(item.path)
+                if remote:
+                    self._fs(item.path).remove(item.path)
+                else:
+                    os.remove(item.path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 self._warn(f"could not delete {item.path}: {exc}")
                 continue
             self.deleted_files.append(item.path)
-            parents.add(os.path.dirname(os.path.abspath(item.path)))
+            if not remote:  # object stores have no directories to tidy
+                parents.add(os.path.dirname(os.path.abspath(item.path)))
         for parent in parents:
             # rmdir only succeeds on an empty directory: anything else left there stays.
             with contextlib.suppress(OSError):
@@ -926,6 +956,7 @@ def build_info(
     schema: Any = None,
     *,
     codes: Mapping[str, int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> DatasetInfo:
     """Write the ``.infoset`` and ``.attribset`` of ``.data`` files in one call.
 
@@ -942,6 +973,8 @@ def build_info(
         As for :class:`DatasetInfo`.
     codes
         An existing ``{item name: code}`` mapping (e.g. the merger's) instead of the order.
+    storage_options
+        fsspec options for URLs, as for :class:`DatasetInfo`.
 
     Returns
     -------
@@ -954,7 +987,7 @@ def build_info(
         If two files have the same item name.
     """
     paths = [os.fspath(p) for p in data_files]
-    info = DatasetInfo(paths, infoset_path, attribset_path, schema)
+    info = DatasetInfo(paths, infoset_path, attribset_path, schema, storage_options=storage_options)
     if codes is None:
         info.build_code_mappings(paths)
     else:
@@ -965,14 +998,21 @@ def build_info(
 
 
 # ---------------------------------------------------------------------------- helpers
+def _filesystem(path: str, storage_options: Mapping[str, Any] | None) -> FileSystem:
+    """The file system of ``path``; options apply to URLs only (a mix is allowed)."""
+    return filesystem_for(path, dict(storage_options or {}) if is_url(path) else None)[0]
+
+
 def _expand_inputs(
     info_files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     if isinstance(info_files, str | os.PathLike):
         path = os.fspath(info_files)
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, METADATA_FILE)):
+        fs = _filesystem(path, storage_options)
+        if fs.isdir(path) and not fs.exists(fs.join(path, METADATA_FILE)):
             # A files_summary/ directory: every JSON in it, in name order.
-            return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json"))
+            return sorted(fs.join(path, n) for n in fs.listdir(path) if n.endswith(".json"))
         return [path]
     return [os.fspath(p) for p in info_files]
 
@@ -1019,16 +1059,19 @@ def _column_array(values: list[Any], kind: str) -> pa.Array:
     return pa.array([None if v is None else bool(v) for v in values], pa.bool_())
 
 
-def _write_table_atomic(path: str, table: pa.Table) -> None:
+def _write_table_atomic(
+    path: str, table: pa.Table, storage_options: Mapping[str, Any] | None = None
+) -> None:
     import pyarrow.parquet as pq
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    fs = _filesystem(path, storage_options)
+    # Locally this creates the directory; on an object store it checks the bucket.
+    fs.makedirs(fs.dirname(path) if is_url(path) else os.path.dirname(os.path.abspath(path)))
 
     def writer(fh: IO[bytes]) -> None:
         pq.write_table(table, fh)
 
-    LocalFileSystem().write_atomic(path, writer)
+    fs.write_atomic(path, writer)
 
 
 def _pyarrow() -> Any:

@@ -22,11 +22,13 @@ written last, is what marks a merge as finished.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -59,9 +61,9 @@ from cadstore.format.codecs import encode_vlen_utf8, zstd_compress
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
-from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.format.sources import DirectorySource, KeySource, ZipSource, check_member_name
 from cadstore.format.zipwriter import ZipStreamWriter
-from cadstore.fs import TEMP_PREFIX
+from cadstore.fs import TEMP_PREFIX, FileSystem, filesystem_for, is_url
 
 __all__ = [
     "DATASET_FORMAT",
@@ -100,18 +102,90 @@ class ItemScan:
     metadata: dict[str, Any] = field(default_factory=dict)
     nbytes: int = 0
     decoded_bytes: int = 0
+    #: Values of the item's 0-d arrays, when the scan was asked for them (Dask merges
+    #: take per-item values from the scan instead of decoding items on the driver).
+    scalars: dict[str, Any] = field(default_factory=dict)
 
 
-def _open_source(path: str, limits: Limits) -> KeySource:
-    if os.path.isdir(path):
-        return DirectorySource(path)
-    return ZipSource(path, limits=limits)
+class RemoteDirectorySource(KeySource):
+    """An unzipped item (a Zarr directory store) below a URL prefix, read object by object.
+
+    Parameters
+    ----------
+    path
+        The prefix, e.g. ``s3://bucket/encoded/p1.zarr``.
+    fs
+        The file system serving it.
+    """
+
+    def __init__(self, path: str, fs: FileSystem) -> None:
+        self.location = path
+        self._fs = fs
+        # One listing gives every key and size: no per-key existence checks.
+        self._sizes = {
+            rel: size
+            for rel, size in fs.file_sizes(path).items()  # type: ignore[attr-defined]
+            if check_member_name(rel) is None
+        }
+
+    def get(self, key: str) -> bytes | None:  # docstring inherited
+        if key not in self._sizes:
+            return None
+        return self._fs.read_bytes(self._fs.join(self.location, key))
+
+    def keys(self) -> Iterable[str]:  # docstring inherited
+        return self._sizes.keys()
+
+    def total_bytes(self) -> int:  # docstring inherited
+        return sum(self._sizes.values())
+
+    def size_of(self, key: str) -> int | None:  # docstring inherited
+        return self._sizes.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sizes
 
 
-def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[str, str]:
-    """Scan one item; return an :class:`ItemScan` or ``(path, reason)`` if unreadable."""
+def _open_source(
+    path: str, limits: Limits, storage_options: Mapping[str, Any] | None = None
+) -> KeySource:
+    if not is_url(path):
+        if os.path.isdir(path):
+            return DirectorySource(path)
+        return ZipSource(path, limits=limits)
+    fs, url = filesystem_for(path, dict(storage_options or {}))
+    if not url.endswith(".data") and fs.isdir(url):
+        return RemoteDirectorySource(url, fs)
+    return ZipSource(url, fs=fs, limits=limits)
+
+
+def scan_item(
+    path: str,
+    limits: Limits = DEFAULT_LIMITS,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    scalars: bool = False,
+) -> ItemScan | tuple[str, str]:
+    """Scan one item; return an :class:`ItemScan` or ``(path, reason)`` if unreadable.
+
+    Parameters
+    ----------
+    path
+        The item: a ``.data`` file, an item directory, or a URL of either.
+    limits
+        Safety limits for reading.
+    storage_options
+        fsspec options for a URL (credentials, endpoint).
+    scalars
+        Also decode the item's 0-d arrays into :attr:`ItemScan.scalars`.
+
+    Raises
+    ------
+    StorageAccessError, StorageUnavailableError
+        When the object store refuses or cannot be reached: the item is not at fault.
+    """
     try:
-        source = _open_source(path, limits)
+        source = _open_source(path, limits, storage_options)
     except (StorageAccessError, StorageUnavailableError):
         # The store, not the item, is at fault: skipping every item would publish an
         # empty or partial dataset. Stop, so that the merge can be re-run.
@@ -128,6 +202,8 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
             dtype = "string" if meta.is_string else meta.dtype.str
             scan.arrays[key] = (meta.shape, dtype)
             scan.decoded_bytes += meta.size * meta.itemsize
+            if scalars and not meta.shape:
+                scan.scalars[key] = hier.read_array(key)[()]
         for key in source:
             # Reading every member checks its CRC: a damaged item is caught here, before
             # its rows are planned into the dataset.
@@ -140,6 +216,8 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
                 if isinstance(doc, dict) and isinstance(doc.get("_storage_schema"), dict):
                     scan.metadata = {"_storage_schema": doc["_storage_schema"]}
         return scan
+    except (StorageAccessError, StorageUnavailableError):
+        raise
     except CadstoreError as exc:
         return path, str(exc)
     except (ValueError, OSError) as exc:
@@ -149,10 +227,13 @@ def scan_item(path: str, limits: Limits = DEFAULT_LIMITS) -> ItemScan | tuple[st
 
 
 def read_item_arrays(
-    path: str, keys: Sequence[str], limits: Limits = DEFAULT_LIMITS
+    path: str,
+    keys: Sequence[str],
+    limits: Limits = DEFAULT_LIMITS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode the arrays ``keys`` of one item (raw arrays, no value-kind conversion)."""
-    source = _open_source(path, limits)
+    source = _open_source(path, limits, storage_options)
     try:
         hier = ReadHierarchy(source, limits)
         return {key: hier.read_array(key) for key in keys if key in hier.arrays}
@@ -162,13 +243,25 @@ def read_item_arrays(
 
 # ---------------------------------------------------------------------------- sinks
 class _ZipSink:
-    """Members of a dataset zip, written under a temporary name and renamed at commit."""
+    """Members of a dataset zip, written under a temporary name and published at commit.
 
-    def __init__(self, path: str) -> None:
+    Locally the temporary file sits beside the destination and is renamed over it. For a
+    URL it sits in local scratch space and is uploaded once at commit (one PUT or one
+    multipart upload), so the object appears only when complete.
+    """
+
+    def __init__(self, path: str, fs: FileSystem | None = None) -> None:
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        self.tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
-        self._fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._remote = fs if is_url(path) else None
+        self.size = 0
+        if self._remote is None:
+            directory = os.path.dirname(os.path.abspath(path))
+            name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+            self.tmp = os.path.join(directory, name)
+            self._fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        else:
+            fd, self.tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".dataset")
+            self._fh = os.fdopen(fd, "wb")
         self._zip = ZipStreamWriter(self._fh)
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
@@ -177,7 +270,15 @@ class _ZipSink:
     def commit(self) -> None:
         self._zip.close()
         self._fh.flush()
+        if self._remote is not None:
+            self._fh.close()
+            try:
+                self.size = self._remote.publish_file(self.tmp, self.path)
+            finally:
+                os.unlink(self.tmp)
+            return
         os.fsync(self._fh.fileno())
+        self.size = self._fh.tell()
         self._fh.close()
         os.replace(self.tmp, self.path)
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
@@ -186,6 +287,87 @@ class _ZipSink:
         self._fh.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+class _RemoteDirSink:
+    """A directory-layout dataset on an object store: one object per member.
+
+    Object stores cannot swap a prefix atomically, so publication is ordered instead: an
+    existing root ``zarr.json`` is deleted first (readers then find no dataset rather than
+    a mix of old and new members), every member is uploaded, members of an earlier dataset
+    or of a crashed attempt that this one did not write are deleted, and the root
+    ``zarr.json``, which readers open first, is uploaded last. A merge that dies part-way
+    leaves unreferenced objects and no root, which the next run overwrites or deletes.
+    """
+
+    _UPLOADS_IN_FLIGHT = 16
+
+    def __init__(self, path: str, fs: FileSystem) -> None:
+        self.path = path.rstrip("/")
+        self.fs = fs
+        fs.makedirs(self.path)  # checks the bucket, with a clear error when it is missing
+        self._old = set(fs.file_sizes(self.path))  # type: ignore[attr-defined]
+        if "zarr.json" in self._old:
+            fs.remove(fs.join(self.path, "zarr.json"))
+        self._root: bytes | None = None
+        self._written: set[str] = set()
+        # Uploads are latency-bound: a few in parallel keep the connection pool busy.
+        self._pool = cf.ThreadPoolExecutor(8, thread_name_prefix="cadstore-upload")
+        self._pending: deque[cf.Future[int]] = deque()
+
+    def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
+        if name == "zarr.json":
+            self._root = data
+            return
+        self._written.add(name)
+        url = self.fs.join(self.path, name)
+        self._pending.append(self._pool.submit(self.fs.write_bytes_atomic, url, data))
+        while len(self._pending) > self._UPLOADS_IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def commit(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+        for stale in sorted(self._old - self._written - {"zarr.json"}):
+            self.fs.remove(self.fs.join(self.path, stale))
+        if self._root is None:
+            raise MergeError(f"{self.path}: no root zarr.json was produced")
+        self.fs.write_bytes_atomic(self.fs.join(self.path, "zarr.json"), self._root)
+        self._pool.shutdown()
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        # Best effort: with the store gone, the objects stay unreferenced (no root).
+        with contextlib.suppress(Exception):
+            for name in sorted(self._written):
+                self.fs.remove(self.fs.join(self.path, name))
+
+
+def _make_sink(
+    output: str, directory: bool, storage_options: Mapping[str, Any] | None = None
+) -> _Sink:
+    if not is_url(output):
+        return _DirSink(output) if directory else _ZipSink(output)
+    fs = _filesystem(output, storage_options)
+    return _RemoteDirSink(output, fs) if directory else _ZipSink(output, fs)
+
+
+def _filesystem(path: str, storage_options: Mapping[str, Any] | None) -> FileSystem:
+    """The file system of ``path``; options apply to URLs only (inputs may be remote)."""
+    return filesystem_for(path, dict(storage_options or {}) if is_url(path) else None)[0]
+
+
+def dataset_exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Return whether a dataset is published at ``path`` (local path or URL).
+
+    On an object store a directory-layout dataset exists once its root ``zarr.json``
+    does: objects left by a merge that died part-way do not count.
+    """
+    if not is_url(path):
+        return os.path.exists(path)
+    fs = _filesystem(path, storage_options)
+    return fs.isfile(path) or fs.isfile(fs.join(path, "zarr.json"))
 
 
 class _DirSink:
@@ -217,6 +399,9 @@ class _DirSink:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_Sink = _ZipSink | _DirSink | _RemoteDirSink
 
 
 def _fsync_dir(directory: str) -> None:
@@ -252,6 +437,10 @@ class MergeResult:
         Bytes of decoded item arrays read, and size of the output.
     seconds
         Wall time.
+    warnings
+        Notes on arrays that were not merged.
+    total_items
+        Items in the dataset after this merge or append, old ones included.
     """
 
     path: str
@@ -262,6 +451,7 @@ class MergeResult:
     stored_bytes: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    total_items: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible summary."""
@@ -469,7 +659,7 @@ class _Writer:
     """Encodes shards (in a pool when given) and writes them to the sink in order."""
 
     def __init__(
-        self, sink: _ZipSink | _DirSink, pool: cf.Executor | None, level: int | None, window: int
+        self, sink: _Sink, pool: cf.Executor | None, level: int | None, window: int
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -500,6 +690,11 @@ class _Writer:
     def _write(self, key: str, data: bytes) -> None:
         self.sink.add(key, data)
         self.stored += len(data)
+
+    def put_encoded(self, key: str, data: bytes) -> None:
+        """Write a shard encoded elsewhere (by a Dask worker), after those queued here."""
+        self.flush()
+        self._write(key, data)
 
     def add(self, key: str, data: bytes, *, deflate: bool = False) -> None:
         self.flush()
@@ -616,6 +811,8 @@ def merge_items(
     overwrite: bool = False,
     progress: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    storage_options: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> MergeResult:
     """Merge item files into one dataset; see the module docstring.
 
@@ -652,27 +849,45 @@ def merge_items(
         Show a progress bar (needs tqdm).
     limits
         Safety limits for reading items.
+    storage_options
+        fsspec options (credentials, endpoint) for inputs and output given as URLs such as
+        ``s3://bucket/...``; otherwise they come from fsspec's configuration and the
+        environment.
+    client
+        A ``distributed.Client``: items are scanned and output shards encoded on its
+        workers (see :mod:`cadstore.dataset.distributed`); ``workers`` is then ignored.
+        The result is byte for byte the same as without it.
 
     Raises
     ------
     MergeError
         If ``output`` exists (without ``overwrite``), names repeat, codes are not
-        ``0..N-1``, no item is readable, or an array has incompatible dtypes across items.
+        ``0..N-1``, no item is readable, an array has incompatible dtypes across items,
+        or a Dask worker was lost for good.
+    StorageAccessError, StorageUnavailableError
+        When an object store refuses the credentials or cannot be reached; nothing is
+        published and the merge can be run again.
     """
     started = time.perf_counter()
     output = os.fspath(output)
-    if os.path.exists(output) and not overwrite:
+    if dataset_exists(output, storage_options) and not overwrite:
         raise MergeError(
             f"{output} already exists; pass overwrite=True to replace it, or append to it"
         )
     ordered = _order_files([os.fspath(f) for f in files], file_id_codes)
+    check_buckets(ordered, storage_options)
     errors: list[dict[str, str]] = []
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     pool: cf.Executor | None = None
-    if n_workers > 1 and len(ordered) > 1:
+    if client is None and n_workers > 1 and len(ordered) > 1:
         pool = _make_pool(n_workers, executor)
     try:
-        scans = _scan_all(ordered, limits, pool, errors, progress)
+        if client is not None:
+            from cadstore.dataset.distributed import scan_on_dask
+
+            scans = _keep_scans(scan_on_dask(client, ordered, limits, storage_options), errors)
+        else:
+            scans = _scan_all(ordered, limits, pool, errors, progress, storage_options)
         if not scans:
             raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
         parsed_schema = _schema_from(schema, scans)
@@ -697,6 +912,8 @@ def merge_items(
             n_workers,
             limits,
             progress,
+            storage_options,
+            client,
         )
     finally:
         if pool is not None:
@@ -705,6 +922,22 @@ def merge_items(
     result.warnings = warnings_
     result.seconds = time.perf_counter() - started
     return result
+
+
+def check_buckets(paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> None:
+    """Raise a clear error, naming a path, if a bucket of the URLs among ``paths`` is missing.
+
+    Checked before any item is read: otherwise every item of a misspelt bucket would be
+    skipped as unreadable, one by one.
+    """
+    seen: set[str] = set()
+    for path in paths:
+        if is_url(path):
+            bucket = path.split("://", 1)[1].split("/", 1)[0]
+            if bucket not in seen:
+                seen.add(bucket)
+                # On an object store makedirs() creates nothing; it checks the bucket.
+                _filesystem(path, storage_options).makedirs(path)
 
 
 def _make_pool(n_workers: int, executor: str = "thread") -> cf.Executor:
@@ -753,15 +986,24 @@ def _scan_all(
     pool: cf.Executor | None,
     errors: list[dict[str, str]],
     progress: bool,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[ItemScan]:
     results: Iterable[ItemScan | tuple[str, str]]
+    options = [storage_options] * len(files)
     if pool is None:
-        results = (scan_item(f, limits) for f in files)
+        results = (scan_item(f, limits, storage_options) for f in files)
     else:
-        results = pool.map(scan_item, files, [limits] * len(files), chunksize=16)
+        results = pool.map(scan_item, files, [limits] * len(files), options, chunksize=16)
+    return _keep_scans(_progress(results, len(files), "scan", progress), errors)
+
+
+def _keep_scans(
+    results: Iterable[ItemScan | tuple[str, str]], errors: list[dict[str, str]]
+) -> list[ItemScan]:
+    """Keep the readable scans in order and record the rest in ``errors``."""
     scans: list[ItemScan] = []
     schemas: dict[str, dict[str, Any]] = {}
-    for res in _progress(results, len(files), "scan", progress):
+    for res in results:
         if isinstance(res, ItemScan):
             schema = res.metadata.get("_storage_schema")
             if schema is not None:
@@ -799,6 +1041,8 @@ def _write_dataset(
     n_workers: int,
     limits: Limits,
     progress: bool,
+    storage_options: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> MergeResult:
     n_items = len(scans)
     offsets: dict[str, np.ndarray] = {}
@@ -811,31 +1055,39 @@ def _write_dataset(
                 plan.inner_rows, plan.shard_rows = shard_layout(
                     plan.row_bytes, inner_bytes, shard_bytes, shard_rows.get(group.name)
                 )
-    sink: _ZipSink | _DirSink = _DirSink(output) if directory else _ZipSink(output)
+    sink = _make_sink(output, directory, storage_options)
     writer = _Writer(sink, pool, level, window=max(2, 2 * n_workers))
     try:
-        buffers = {
-            (g.name, p.name): _RowBuffer(p)
-            for g in groups.values()
-            for p in g.arrays.values()
-            if not p.per_item
-        }
         per_item: dict[tuple[str, str], list[Any]] = {
             (g.name, p.name): [] for g in groups.values() for p in g.arrays.values() if p.per_item
         }
-        raw_total = _stream_items(
-            scans,
-            groups,
-            groups,
-            buffers,
-            per_item,
-            writer,
-            pool,
-            n_workers,
-            limits,
-            progress,
-            "merge",
-        )
+        if client is not None:
+            from cadstore.dataset.distributed import write_shards_on_dask
+
+            raw_total = write_shards_on_dask(
+                client, scans, groups, offsets, per_item, writer, limits, storage_options
+            )
+        else:
+            buffers = {
+                (g.name, p.name): _RowBuffer(p)
+                for g in groups.values()
+                for p in g.arrays.values()
+                if not p.per_item
+            }
+            raw_total = _stream_items(
+                scans,
+                groups,
+                groups,
+                buffers,
+                per_item,
+                writer,
+                pool,
+                n_workers,
+                limits,
+                progress,
+                "merge",
+                storage_options,
+            )
         writer.flush()
         docs = _write_structure(writer, groups, offsets, per_item, scans, schema, level)
         _write_root(writer, docs, scans, groups, schema)
@@ -852,7 +1104,7 @@ def _write_dataset(
         }
         for name, g in groups.items()
     }
-    stored = os.path.getsize(output) if not directory else writer.stored
+    stored = sink.size if isinstance(sink, _ZipSink) else writer.stored
     return MergeResult(
         path=output,
         items=[s.name for s in scans],
@@ -861,6 +1113,7 @@ def _write_dataset(
         raw_bytes=raw_total,
         stored_bytes=stored,
         seconds=0.0,
+        total_items=len(scans),
     )
 
 
@@ -876,6 +1129,7 @@ def _stream_items(
     limits: Limits,
     progress: bool,
     label: str,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Decode the items in code order and stream their rows into shards.
 
@@ -887,7 +1141,7 @@ def _stream_items(
         {k for g in planned.values() for p in g.arrays.values() for k in p.sources.values()}
     )
     raw_total = 0
-    decoded = _decode_all(scans, needed, pool, n_workers, limits)
+    decoded = _decode_all(scans, needed, pool, n_workers, limits, storage_options)
     for code, arrays in enumerate(_progress(decoded, len(scans), label, progress)):
         for group in groups.values():
             n_rows = group.rows.get(code, 0)
@@ -931,6 +1185,7 @@ def _decode_all(
     pool: cf.Executor | None,
     n_workers: int,
     limits: Limits,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield each item's decoded arrays in code order.
 
@@ -944,7 +1199,7 @@ def _decode_all(
 
     if pool is None:
         for scan in scans:
-            yield _decode_checked(scan.path, wanted(scan), limits)
+            yield _decode_checked(scan.path, wanted(scan), limits, storage_options)
         return
     max_items = max(4, 4 * n_workers)
     pending: deque[tuple[int, cf.Future[dict[str, np.ndarray]]]] = deque()
@@ -958,7 +1213,10 @@ def _decode_all(
             and (not pending or in_flight + nxt.decoded_bytes <= IN_FLIGHT_BYTES)
         ):
             pending.append(
-                (nxt.decoded_bytes, pool.submit(_decode_checked, nxt.path, wanted(nxt), limits))
+                (
+                    nxt.decoded_bytes,
+                    pool.submit(_decode_checked, nxt.path, wanted(nxt), limits, storage_options),
+                )
             )
             in_flight += nxt.decoded_bytes
             nxt = next(it, None)
@@ -967,9 +1225,16 @@ def _decode_all(
         yield future.result()
 
 
-def _decode_checked(path: str, keys: Sequence[str], limits: Limits) -> dict[str, np.ndarray]:
+def _decode_checked(
+    path: str,
+    keys: Sequence[str],
+    limits: Limits,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     try:
-        return read_item_arrays(path, keys, limits)
+        return read_item_arrays(path, keys, limits, storage_options)
+    except (StorageAccessError, StorageUnavailableError):
+        raise  # the store, not the item
     except CorruptStoreError as exc:
         # The scan verified every CRC; data that fails now was crafted to pass it.
         raise MergeError(f"item {path} changed or is corrupt beyond its checksums: {exc}") from exc
@@ -1098,6 +1363,7 @@ def append_items(
     workers: int | None = 0,
     progress: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> MergeResult:
     """Append new items to an existing dataset without re-merging the old ones.
 
@@ -1106,16 +1372,23 @@ def append_items(
     in the dataset are skipped (appending is idempotent). The new dataset replaces the old
     one atomically.
 
+    A zip dataset at a URL is copied to local scratch space, appended to there and
+    published again with one upload; items may be URLs too. ``storage_options`` are the
+    fsspec options for URLs.
+
     Raises
     ------
     MergeError
         If a new item brings a group or array the dataset does not have, or a dtype or
-        shape that does not fit the existing array (re-merge everything in that case).
+        shape that does not fit the existing array (re-merge everything in that case),
+        or the dataset is a directory-layout dataset at a URL.
     """
+    dataset = os.fspath(dataset)
+    if is_url(dataset):
+        return _append_remote(dataset, files, workers, progress, limits, storage_options)
     from cadstore.dataset.reader import DatasetReader
 
     started = time.perf_counter()
-    dataset = os.fspath(dataset)
     reader = DatasetReader(dataset, limits=limits)
     try:
         existing = set(reader.item_names)
@@ -1128,10 +1401,11 @@ def append_items(
             else:
                 new_files.append(f)
         ordered = _order_files(new_files, None)
+        check_buckets(ordered, storage_options)
         n_workers = (os.cpu_count() or 1) if workers is None else workers
         pool = _make_pool(n_workers) if n_workers > 1 and len(ordered) > 1 else None
         try:
-            scans = _scan_all(ordered, limits, pool, errors, progress)
+            scans = _scan_all(ordered, limits, pool, errors, progress, storage_options)
             if not scans:
                 return MergeResult(
                     path=dataset,
@@ -1142,6 +1416,7 @@ def append_items(
                     stored_bytes=os.path.getsize(dataset) if os.path.isfile(dataset) else 0,
                     seconds=time.perf_counter() - started,
                     warnings=warnings_,
+                    total_items=len(existing),
                 )
             from cadstore.schema import Schema
 
@@ -1155,7 +1430,15 @@ def append_items(
             if scans:
                 _check_fits(reader, groups)
                 result = _append_write(
-                    reader, dataset, scans, groups, pool, n_workers, limits, progress
+                    reader,
+                    dataset,
+                    scans,
+                    groups,
+                    pool,
+                    n_workers,
+                    limits,
+                    progress,
+                    storage_options,
                 )
             else:
                 result = MergeResult(
@@ -1166,6 +1449,7 @@ def append_items(
                     raw_bytes=0,
                     stored_bytes=0,
                     seconds=0.0,
+                    total_items=len(existing),
                 )
         finally:
             if pool is not None:
@@ -1175,6 +1459,46 @@ def append_items(
     result.errors = errors
     result.warnings = warnings_
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def _append_remote(
+    dataset: str,
+    files: Sequence[str],
+    workers: int | None,
+    progress: bool,
+    limits: Limits,
+    storage_options: Mapping[str, Any] | None,
+) -> MergeResult:
+    """Append to a zip dataset at a URL: copy it to scratch, append, upload once."""
+    fs = _filesystem(dataset, storage_options)
+    if not fs.isfile(dataset):
+        if fs.isfile(fs.join(dataset, "zarr.json")):
+            raise MergeError(
+                f"{dataset}: appending to a directory-layout dataset on an object store is "
+                "not supported (objects cannot be swapped atomically); merge all items again"
+            )
+        raise MergeError(f"no dataset at {dataset!r} to append to")
+    scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    try:
+        local = os.path.join(scratch, "staged.dataset")
+        with fs.open_read(dataset) as fin, open(local, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        result = append_items(
+            local,
+            files,
+            workers=workers,
+            progress=progress,
+            limits=limits,
+            storage_options=storage_options,
+        )
+        if result.items:
+            result.stored_bytes = fs.publish_file(local, dataset)
+        else:
+            result.stored_bytes = fs.size(dataset)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.path = dataset
     return result
 
 
@@ -1214,6 +1538,7 @@ def _append_write(
     n_workers: int,
     limits: Limits,
     progress: bool,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> MergeResult:
     source = reader._source
     hier = reader._hier
@@ -1281,9 +1606,7 @@ def _append_write(
                 )
                 regenerated.add(_shard_key(group, plan, full))
             buffers[(group.name, plan.name)] = buf
-    tmp_sink: _ZipSink | _DirSink = (
-        _DirSink(dataset) if os.path.isdir(dataset) else _ZipSink(dataset)
-    )
+    tmp_sink: _Sink = _DirSink(dataset) if os.path.isdir(dataset) else _ZipSink(dataset)
     writer = _Writer(tmp_sink, pool, level, window=max(2, 2 * n_workers))
     try:
         for key in source:
@@ -1308,6 +1631,7 @@ def _append_write(
             limits,
             progress,
             "append",
+            storage_options,
         )
         writer.flush()
         offsets = {}
@@ -1360,6 +1684,7 @@ def _append_write(
         raw_bytes=raw_total,
         stored_bytes=stored,
         seconds=0.0,
+        total_items=len(all_scans),
     )
 
 

@@ -1,14 +1,18 @@
 """``DatasetMerger``, the specified merge API, and the one-call :func:`merge`.
 
-The specified system's merger deletes its inputs by default, cannot append, and starts a
-Dask cluster. Here deleting is opt-in (``delete_source_files=True``), the merge streams
-in this process or a local process pool, and the result is recorded in a ``.flow``
-manifest written last, so a half-finished merge is never mistaken for a finished one.
+The specified system's merger deletes its inputs by default, cannot append, and always
+starts a Dask cluster. Here deleting is opt-in (``delete_source_files=True``), the merge
+streams in this process (or a local thread pool) unless a Dask cluster is asked for
+(``dask_client_params=``, ``client=`` or ``scheduler=``), and the result is recorded in a
+``.flow`` manifest written last, so a half-finished merge is never mistaken for a finished
+one. Inputs and outputs may be URLs (``s3://bucket/...``) with ``storage_options=``.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,14 +24,16 @@ from cadstore.dataset.merge import (
     DEFAULT_SHARD_BYTES,
     ItemScan,
     MergeResult,
+    _filesystem,
     append_items,
+    dataset_exists,
     item_name_of,
     merge_items,
     scan_item,
 )
 from cadstore.errors import MergeError
 from cadstore.format import jsoncodec
-from cadstore.fs import LocalFileSystem
+from cadstore.fs import is_url
 
 __all__ = ["DatasetMerger", "merge", "write_flow_manifest"]
 
@@ -35,7 +41,7 @@ FLOW_FORMAT = "cadstore-flow/1"
 
 
 def _stem(path: str) -> str:
-    base = os.path.basename(path)
+    base = posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
     for suffix in (".dataset", ".zarr"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
@@ -51,19 +57,27 @@ def write_flow_manifest(
     result: MergeResult,
     durations: Mapping[str, float],
     extra: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write the ``.flow`` manifest atomically; its presence marks a finished merge.
 
     Paths are stored relative to the manifest's directory when they lie below it, so the
-    three files and the manifest can be moved together.
+    three files and the manifest can be moved together. ``path`` may be a URL
+    (``s3://...``, published with one PUT); ``storage_options`` are its fsspec options.
     """
-    base = os.path.dirname(os.path.abspath(path))
+    remote = is_url(path)
+    if remote:
+        base, sep, full_of = path.rsplit("/", 1)[0], "/", str
+    else:
+        base, sep, full_of = os.path.dirname(os.path.abspath(path)), os.sep, os.path.abspath
 
     def rel(p: str | None) -> str | None:
         if p is None:
             return None
-        full = os.path.abspath(p)
-        return os.path.relpath(full, base) if full.startswith(base + os.sep) else full
+        full = full_of(p)
+        if not full.startswith(base + sep):
+            return full
+        return full[len(base) + 1 :] if remote else os.path.relpath(full, base)
 
     error_types: dict[str, int] = {}
     for err in result.errors:
@@ -85,7 +99,8 @@ def write_flow_manifest(
         "stored_bytes": result.stored_bytes,
         **(extra or {}),
     }
-    LocalFileSystem().write_bytes_atomic(path, jsoncodec.dumps(doc, indent=1).encode("utf-8"))
+    fs = _filesystem(path, storage_options)
+    fs.write_bytes_atomic(path, jsoncodec.dumps(doc, indent=1).encode("utf-8"))
     return path
 
 
@@ -101,15 +116,34 @@ class DatasetMerger:
     file_id_codes
         ``{item name: code}`` (what ``DatasetInfo.build_code_mappings`` returns).
     dask_client_params
-        Accepted for compatibility; ``{"n_workers": n}`` sets the number of local worker
-        processes. Nothing else starts.
+        Keyword arguments of ``distributed.LocalCluster`` (``n_workers``,
+        ``threads_per_worker``, ``processes``, ``memory_limit``, ``dashboard_address``):
+        the merge runs on a local Dask cluster started on first use and closed by
+        :meth:`close_dask_resources`. ``{"disable": True}`` runs without Dask. Needs the
+        ``dask`` extra.
     delete_source_files
         Delete the merged ``.data`` files after a successful merge. Off by default: the
         specified default destroys the inputs.
     schema
         A schema (dict, builder or ``Schema``); see :meth:`set_schema`.
     workers
-        Local worker processes (0: this process; ``None``: every core).
+        Local worker threads when no Dask cluster is used (0: this thread; ``None``: every
+        core).
+    client
+        An existing ``distributed.Client`` to run the merge on (not closed by
+        :meth:`close_dask_resources` unless ``close_global=True``).
+    scheduler
+        Address of a running Dask scheduler (``"tcp://host:8786"``) to connect to.
+    storage_options
+        fsspec options (credentials, endpoint) for inputs and output given as URLs
+        (``s3://bucket/...``); without them fsspec's configuration and the environment
+        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...) apply. Dask workers receive
+        them with each task, so they need no configuration of their own.
+
+    Raises
+    ------
+    ValueError
+        If more than one of ``dask_client_params``, ``client`` and ``scheduler`` is given.
     """
 
     def __init__(
@@ -122,14 +156,24 @@ class DatasetMerger:
         *,
         schema: Any = None,
         workers: int | None = 0,
+        client: Any = None,
+        scheduler: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        from cadstore.dataset.distributed import DaskResources
+
         self.zip_files = [os.fspath(f) for f in (zip_files or [])]
         self.merged_store_path = os.fspath(merged_store_path) if merged_store_path else None
         self.file_id_codes = dict(file_id_codes) if file_id_codes else None
         self.delete_source_files = delete_source_files
         self.workers = workers
-        if dask_client_params:
-            self.workers = int(dask_client_params.get("n_workers", workers or 0))
+        self.storage_options = dict(storage_options) if storage_options else None
+        params = dict(dask_client_params) if dask_client_params is not None else None
+        if params is not None and params.pop("disable", False):
+            params = None
+        self._dask: DaskResources | None = None
+        if client is not None or scheduler is not None or params is not None:
+            self._dask = DaskResources(client=client, scheduler=scheduler, params=params)
         self._schema = None
         self._discovered: dict[str, dict[str, list[str]]] | None = None
         self.result: MergeResult | None = None
@@ -154,7 +198,10 @@ class DatasetMerger:
 
         scans = [
             s
-            for s in (scan_item(f) for f in self.zip_files[:max_files_to_scan])
+            for s in (
+                scan_item(f, storage_options=self.storage_options)
+                for f in self.zip_files[:max_files_to_scan]
+            )
             if isinstance(s, ItemScan)
         ]
         schema = self._schema
@@ -255,14 +302,26 @@ class DatasetMerger:
             workers=self.workers,
             overwrite=overwrite,
             progress=progress,
+            storage_options=self.storage_options,
+            client=self.dask_client,
         )
         self.result = result
         if self.delete_source_files:
             merged = set(result.items)
             for path in self.zip_files:
-                if item_name_of(path) in merged and os.path.isfile(path):
-                    os.unlink(path)
+                if item_name_of(path) in merged:
+                    fs = _filesystem(path, self.storage_options)
+                    if fs.isfile(path):
+                        fs.remove(path)
         return result
+
+    @property
+    def dask_client(self) -> Any:
+        """The ``distributed.Client`` the merge runs on, or ``None`` without Dask.
+
+        A local cluster asked for with ``dask_client_params`` starts here, on first use.
+        """
+        return self._dask.client if self._dask is not None else None
 
     def append_data(
         self, zip_files: Sequence[str] | None = None, *, progress: bool = False
@@ -271,17 +330,32 @@ class DatasetMerger:
 
         Items already in the dataset (same name) are skipped, so appending is idempotent.
         """
-        if not self.merged_store_path or not os.path.exists(self.merged_store_path):
+        if not self.merged_store_path or not dataset_exists(
+            self.merged_store_path, self.storage_options
+        ):
             raise MergeError(f"no dataset at {self.merged_store_path!r} to append to")
         files = [os.fspath(f) for f in (zip_files if zip_files is not None else self.zip_files)]
+        # Appending re-encodes at most one partial shard per array: it runs on the driver.
         result = append_items(
-            self.merged_store_path, files, workers=self.workers, progress=progress
+            self.merged_store_path,
+            files,
+            workers=self.workers,
+            progress=progress,
+            storage_options=self.storage_options,
         )
         self.result = result
         return result
 
     def close_dask_resources(self, close_global: bool = False) -> None:
-        """Nothing to release: no cluster is started (kept for compatibility)."""
+        """Close the Dask client and local cluster this merger started; idempotent.
+
+        Parameters
+        ----------
+        close_global
+            Also close a client passed in with ``client=``.
+        """
+        if self._dask is not None:
+            self._dask.close(close_global=close_global)
 
 
 def merge(
@@ -297,21 +371,23 @@ def merge(
     append: bool = False,
     compression_level: int | None = DEFAULT_LEVEL,
     progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> MergeResult:
     """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
 
     Parameters
     ----------
     inputs
-        ``.data`` files, or a directory searched for ``*.data``.
+        ``.data`` files, or a directory searched for ``*.data``; local paths or URLs.
     output
-        The ``.dataset`` path; the other files default to the same stem.
+        The ``.dataset`` path or URL; the other files default to the same stem.
     schema
         Schema for groups and metadata routing (default: the one stored in the items).
     infoset, attribset, flow
         Paths of the Parquet tables and the manifest.
     workers
-        Local worker processes (0: this process; ``None``: every core).
+        Local worker threads (0: this thread; ``None``: every core).
     overwrite
         Replace existing outputs.
     append
@@ -321,27 +397,34 @@ def merge(
         zstd level of the dataset.
     progress
         Show progress bars.
+    storage_options
+        fsspec options (credentials, endpoint) for every URL among inputs and outputs.
+    client
+        A ``distributed.Client`` to scan and encode on (see :class:`DatasetMerger` for
+        a cluster started on demand).
 
     Returns
     -------
     MergeResult
         The merge summary (also in the manifest).
     """
-    files = _collect_inputs(inputs)
+    files = _collect_inputs(inputs, storage_options)
     stem = output[: -len(".dataset")] if output.endswith(".dataset") else output
     infoset = infoset or stem + ".infoset"
     attribset = attribset or stem + ".attribset"
     flow = flow or stem + ".flow"
-    if append and os.path.exists(output):
-        return _append_with_tables(files, output, infoset, attribset, flow, progress)
-    if os.path.exists(flow) and not overwrite:
+    flow_fs = _filesystem(flow, storage_options)
+    if append and dataset_exists(output, storage_options):
+        return _append_with_tables(
+            files, output, infoset, attribset, flow, progress, storage_options
+        )
+    if flow_fs.isfile(flow) and not overwrite:
         raise MergeError(
             f"{flow} already exists; pass overwrite=True to replace the dataset, "
             "or append=True to add items to it"
         )
-    if os.path.exists(flow):
-        # The old manifest goes first: from here on the old dataset is no longer "finished".
-        os.unlink(flow)
+    # The old manifest goes first: from here on the old dataset is no longer "finished".
+    flow_fs.remove(flow)
     t0 = time.perf_counter()
     result = merge_items(
         files,
@@ -351,13 +434,21 @@ def merge(
         overwrite=overwrite,
         compression_level=compression_level,
         progress=progress,
+        storage_options=storage_options,
+        client=client,
     )
     t1 = time.perf_counter()
     from cadstore.dataset.info import DatasetInfo
 
     merged = {name: code for code, name in enumerate(result.items)}
     by_name = {item_name_of(f): f for f in files}
-    info = DatasetInfo([by_name[n] for n in result.items], infoset, attribset, schema=schema)
+    info = DatasetInfo(
+        [by_name[n] for n in result.items],
+        infoset,
+        attribset,
+        schema=schema,
+        storage_options=storage_options,
+    )
     info.set_code_mappings(merged)
     info.parse_info_files()
     info.store_info_to_parquet()  # writes the .attribset too
@@ -370,19 +461,27 @@ def merge(
         result=result,
         durations={"merge": t1 - t0, "info": t2 - t1},
         extra={"info": info.summary()},
+        storage_options=storage_options,
     )
     return result
 
 
-def _collect_inputs(inputs: Sequence[str] | str) -> list[str]:
+def _collect_inputs(
+    inputs: Sequence[str] | str, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
     if isinstance(inputs, str | os.PathLike):
         inputs = [os.fspath(inputs)]
     files: list[str] = []
     for entry in inputs:
         entry = os.fspath(entry)
-        if os.path.isdir(entry) and not os.path.exists(os.path.join(entry, "zarr.json")):
+        fs = _filesystem(entry, storage_options)
+        if (
+            not entry.endswith(".data")
+            and fs.isdir(entry)
+            and not fs.exists(fs.join(entry, "zarr.json"))
+        ):
             files.extend(
-                sorted(os.path.join(entry, n) for n in os.listdir(entry) if n.endswith(".data"))
+                sorted(fs.join(entry, n) for n in fs.listdir(entry) if n.endswith(".data"))
             )
         else:
             files.append(entry)
@@ -392,45 +491,46 @@ def _collect_inputs(inputs: Sequence[str] | str) -> list[str]:
 
 
 def _append_with_tables(
-    files: list[str], output: str, infoset: str, attribset: str, flow: str, progress: bool
+    files: list[str],
+    output: str,
+    infoset: str,
+    attribset: str,
+    flow: str,
+    progress: bool,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> MergeResult:
     """Append to a dataset and extend its Parquet tables with the new items' rows."""
     import pandas as pd
 
     from cadstore.dataset.info import DatasetInfo
-    from cadstore.dataset.reader import DatasetReader
 
-    with DatasetReader(output) as reader:
-        first_code = reader.n_items
     t0 = time.perf_counter()
-    result = append_items(output, files, progress=progress)
+    result = append_items(output, files, progress=progress, storage_options=storage_options)
     t1 = time.perf_counter()
+    first_code = result.total_items - len(result.items)
     if result.items:
         by_name = {item_name_of(f): f for f in files}
-        tmp = f"{infoset}.new-{os.getpid()}"
-        tmp_attr = f"{attribset}.new-{os.getpid()}"
-        try:
-            info = DatasetInfo([by_name[n] for n in result.items], tmp, tmp_attr)
-            info.set_code_mappings({n: first_code + i for i, n in enumerate(result.items)})
-            info.parse_info_files()
-            info.store_info_to_parquet()
-            for path, new_path, keys in (
-                (infoset, tmp, ["id"]),
-                (attribset, tmp_attr, ["table_name", "id"]),
-            ):
-                frames = [pd.read_parquet(p) for p in (path, new_path) if os.path.exists(p)]
-                table = pd.concat(frames, ignore_index=True).drop_duplicates(
-                    subset=keys, keep="first"
-                )
-                LocalFileSystem().write_atomic(
-                    path, lambda fh, t=table: t.to_parquet(fh, index=False)
-                )
-        finally:
-            for p in (tmp, tmp_attr):
-                if os.path.exists(p):
-                    os.unlink(p)
-    with DatasetReader(output) as reader:
-        total = reader.n_items
+        # The new rows are built in memory and each table published once, merged.
+        info = DatasetInfo(
+            [by_name[n] for n in result.items],
+            os.devnull,
+            os.devnull,
+            storage_options=storage_options,
+        )
+        info.set_code_mappings({n: first_code + i for i, n in enumerate(result.items)})
+        info.parse_info_files()
+        new_tables = {
+            infoset: (info._infoset_table("file_info"), ["id"]),
+            attribset: (info._attribset_table(), ["table_name", "id"]),
+        }
+        for path, (new_table, keys) in new_tables.items():
+            fs = _filesystem(path, storage_options)
+            frames = []
+            if fs.isfile(path):
+                frames.append(pd.read_parquet(io.BytesIO(fs.read_bytes(path))))
+            frames.append(new_table.to_pandas())
+            table = pd.concat(frames, ignore_index=True).drop_duplicates(subset=keys, keep="first")
+            fs.write_atomic(path, lambda fh, t=table: t.to_parquet(fh, index=False))
     write_flow_manifest(
         flow,
         dataset=output,
@@ -438,6 +538,7 @@ def _append_with_tables(
         attribset=attribset,
         result=result,
         durations={"append": t1 - t0, "info": time.perf_counter() - t1},
-        extra={"file_count": total, "appended": len(result.items)},
+        extra={"file_count": result.total_items, "appended": len(result.items)},
+        storage_options=storage_options,
     )
     return result

@@ -1,0 +1,504 @@
+"""Merges (and encodes) on a Dask cluster.
+
+What runs where
+---------------
+* **Workers** open the items themselves, from a path every worker can read (shared disk)
+  or a URL (``s3://...``, with the ``storage_options`` sent along with each task). They
+  scan items (metadata, per-item scalars, the CRC of every member) and encode *whole
+  output shards*: each task owns a set of shards and gathers the rows of every item that
+  overlaps them, so no two tasks ever produce the same chunk (partial-shard writes from
+  several writers lose data silently; see ``reliability-and-scale.md``). A task returns
+  its encoded shards, compressed, as bytes; decoded arrays never leave the worker.
+* **The driver** plans (groups, dtypes, offsets), writes the encoded shards into the
+  output in the exact order of the single-process merge, adds the small arrays
+  (offsets, item codes, per-item values, names) and publishes the dataset once. The
+  output is therefore byte for byte the dataset the single-process merge writes.
+
+Tasks are pure functions of their inputs, so a task whose worker dies is simply run again
+elsewhere (Dask does this up to ``distributed.scheduler.allowed-failures`` times). When a
+task cannot be completed the merge stops with a :class:`~cadstore.errors.MergeError` and
+nothing is published.
+
+Dask is optional: install ``cadstore[dask]``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cadstore.dataset.layout import ArrayPlan, GroupPlan
+from cadstore.dataset.merge import (
+    ItemScan,
+    _decode_checked,
+    _shard_key,
+    _Writer,
+    scan_item,
+)
+from cadstore.errors import (
+    CadstoreError,
+    CorruptStoreError,
+    LimitExceededError,
+    MergeError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
+from cadstore.format.limits import Limits
+from cadstore.format.sharding import encode_shard
+
+__all__ = [
+    "DaskResources",
+    "require_distributed",
+    "run_encode_on_dask",
+    "scan_on_dask",
+    "write_shards_on_dask",
+]
+
+_EXTRA_HINT = "install the dask extra: pip install 'cadstore[dask]'"
+#: Items scanned by one task: enough to amortise a task's overhead (about 1 ms).
+SCAN_BATCH = 16
+#: Bounds of the decoded input bytes one shard task covers.
+MIN_TASK_BYTES = 2 * 1024 * 1024
+MAX_TASK_BYTES = 128 * 1024 * 1024
+
+
+def require_distributed() -> Any:
+    """Return the ``distributed`` module, or raise an ImportError naming the extra."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(
+            f"running on a Dask cluster needs dask.distributed; {_EXTRA_HINT}"
+        ) from exc
+    return distributed
+
+
+class DaskResources:
+    """The Dask client a merger runs on, and what it started to get it.
+
+    Parameters
+    ----------
+    client
+        An existing ``distributed.Client``; used as is and not closed by :meth:`close`
+        unless ``close_global=True``.
+    scheduler
+        The address of a running scheduler (``"tcp://host:8786"``); a client is connected
+        to it and closed by :meth:`close`.
+    params
+        Keyword arguments of ``distributed.LocalCluster`` (``n_workers``,
+        ``threads_per_worker``, ``processes``, ``memory_limit``, ...): a local cluster is
+        started on first use and closed by :meth:`close`. Its dashboard listens on a free
+        loopback port unless ``dashboard_address`` is given.
+
+    Raises
+    ------
+    ValueError
+        If more than one of ``client``, ``scheduler`` and ``params`` is given.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        scheduler: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        given = [x is not None for x in (client, scheduler, params)]
+        if sum(given) > 1:
+            raise ValueError("give at most one of client=, scheduler= and dask_client_params=")
+        self._given = client
+        self._scheduler = scheduler
+        self._params = dict(params) if params is not None else None
+        self._client: Any = client
+        self._cluster: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The client, connecting or starting a local cluster on first use."""
+        if self._client is None:
+            distributed = require_distributed()
+            if self._scheduler is not None:
+                self._client = distributed.Client(self._scheduler)
+            else:
+                # A fixed dashboard port (the default 8787) clashes with any other
+                # cluster on the machine: a free loopback port unless one is given.
+                params = {"dashboard_address": "127.0.0.1:0", **(self._params or {})}
+                self._cluster = distributed.LocalCluster(**params)
+                self._client = distributed.Client(self._cluster)
+        return self._client
+
+    @property
+    def started(self) -> bool:
+        """Whether a client exists (given, connected or started)."""
+        return self._client is not None
+
+    def close(self, close_global: bool = False) -> None:
+        """Close the client and cluster this object started; idempotent.
+
+        Parameters
+        ----------
+        close_global
+            Also close a client that was given rather than started here.
+        """
+        owned = self._client is not None and self._client is not self._given
+        if self._client is not None and (owned or close_global):
+            self._client.close()
+        if owned or close_global:
+            self._client = None
+        if close_global:
+            self._given = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+
+# ---------------------------------------------------------------------------- failures
+@dataclass(frozen=True)
+class _Failure:
+    """A cadstore error raised in a task, carried back as plain data.
+
+    cadstore's path-and-problem errors do not survive pickling by their arguments, so a
+    task returns this instead and the driver raises the error again.
+    """
+
+    kind: str
+    path: str
+    problem: str
+    message: str
+
+
+_PATH_ERRORS: dict[str, type[CorruptStoreError]] = {
+    cls.__name__: cls
+    for cls in (CorruptStoreError, LimitExceededError, StorageAccessError, StorageUnavailableError)
+}
+
+
+def _captured(run: Callable[[], Any]) -> Any:
+    try:
+        return run()
+    except CadstoreError as exc:
+        return _Failure(
+            type(exc).__name__,
+            getattr(exc, "path", ""),
+            getattr(exc, "problem", ""),
+            str(exc),
+        )
+
+
+def _raise_failure(failure: _Failure) -> None:
+    cls = _PATH_ERRORS.get(failure.kind)
+    if cls is not None:
+        raise cls(failure.path, failure.problem)
+    raise MergeError(failure.message)
+
+
+def _result(future: Any, what: str) -> Any:
+    """The result of ``future``, with cluster failures turned into a MergeError."""
+    distributed = require_distributed()
+    try:
+        out = future.result()
+    except CadstoreError:
+        raise
+    except distributed.KilledWorker as exc:
+        raise MergeError(
+            f"{what}: Dask workers died running the same task repeatedly ({exc}); nothing "
+            "was published. Check the workers' memory limit and logs, then run again"
+        ) from exc
+    except (OSError, TimeoutError, distributed.client.FutureCancelledError) as exc:
+        raise MergeError(
+            f"{what}: lost the Dask cluster ({type(exc).__name__}: {exc}); nothing was "
+            "published, run the merge again"
+        ) from exc
+    if isinstance(out, _Failure):
+        _raise_failure(out)
+    return out
+
+
+def _worker_threads(client: Any) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that does not answer: one task at a time
+        return 1
+
+
+# ---------------------------------------------------------------------------- scan
+def _scan_batch(
+    paths: Sequence[str], limits: Limits, storage_options: Mapping[str, Any] | None
+) -> Any:
+    return _captured(lambda: [scan_item(p, limits, storage_options, scalars=True) for p in paths])
+
+
+def scan_on_dask(
+    client: Any,
+    files: Sequence[str],
+    limits: Limits,
+    storage_options: Mapping[str, Any] | None,
+) -> Iterator[ItemScan | tuple[str, str]]:
+    """Scan ``files`` on the cluster; yield each scan (or ``(path, reason)``) in order.
+
+    Scans carry the items' 0-d values (:attr:`ItemScan.scalars`), so the driver never
+    decodes an item.
+    """
+    batches = [files[i : i + SCAN_BATCH] for i in range(0, len(files), SCAN_BATCH)]
+    futures = [
+        client.submit(_scan_batch, batch, limits, storage_options, pure=False) for batch in batches
+    ]
+    try:
+        for future in futures:
+            yield from _result(future, "scanning items")
+    finally:
+        for future in futures:
+            future.release()
+
+
+# ---------------------------------------------------------------------------- shards
+@dataclass(frozen=True)
+class _Unit:
+    """One output shard and the item rows that fill it.
+
+    ``pieces`` are ``(item code, item key or None for fill rows, first row, stop row,
+    item rows)``, in output order.
+    """
+
+    key: str
+    dtype: str
+    trailing: tuple[int, ...]
+    inner_rows: int
+    shard_rows: int
+    pieces: tuple[tuple[int, str | None, int, int, int], ...]
+
+
+def _encode_units(
+    units: Sequence[_Unit],
+    paths: Mapping[int, str],
+    level: int | None,
+    limits: Limits,
+    storage_options: Mapping[str, Any] | None,
+) -> Any:
+    """Task: decode the items ``units`` need, each once, and encode every unit's shard."""
+
+    def run() -> list[tuple[str, bytes]]:
+        wanted: dict[int, set[str]] = {}
+        last_use: dict[int, int] = {}
+        for i, unit in enumerate(units):
+            for code, key, _, _, _ in unit.pieces:
+                if key is not None:
+                    wanted.setdefault(code, set()).add(key)
+                    last_use[code] = i
+        decoded: dict[int, dict[str, np.ndarray]] = {}
+        out: list[tuple[str, bytes]] = []
+        for i, unit in enumerate(units):
+            dtype = np.dtype(unit.dtype)
+            fill = ArrayPlan("", "", False, dtype, unit.trailing).fill_value
+            parts: list[np.ndarray] = []
+            for code, key, lo, hi, n_rows in unit.pieces:
+                if key is None:
+                    parts.append(np.full((hi - lo, *unit.trailing), fill, dtype=dtype))
+                    continue
+                arrays = decoded.get(code)
+                if arrays is None:
+                    arrays = decoded[code] = _decode_checked(
+                        paths[code], sorted(wanted[code]), limits, storage_options
+                    )
+                arr = arrays[key].reshape((n_rows, *unit.trailing)).astype(dtype, copy=False)
+                parts.append(arr[lo:hi])
+            rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            data = encode_shard(np.ascontiguousarray(rows), unit.inner_rows, unit.shard_rows, level)
+            out.append((unit.key, data))
+            for code in [c for c, last in last_use.items() if last == i]:
+                # Past its last use in this task: free the item's arrays.
+                decoded.pop(code, None)
+                del last_use[code]
+        return out
+
+    return _captured(run)
+
+
+def _plan_units(
+    scans: Sequence[ItemScan],
+    groups: Mapping[str, GroupPlan],
+    offsets: Mapping[str, np.ndarray],
+) -> list[tuple[tuple[int, ...], _Unit]]:
+    """Every output shard with the position at which the single-process merge writes it.
+
+    The single-process merge writes a full shard as soon as the item completing it has
+    been streamed (items in code order, then groups, arrays and shards in order), and
+    every partial last shard at the end. Sorting by these keys reproduces its order, and
+    with it the bytes of the zip.
+    """
+    n_items = len(scans)
+    units: list[tuple[tuple[int, ...], _Unit]] = []
+    for gi, group in enumerate(groups.values()):
+        bounds = offsets[group.name]
+        total = int(bounds[-1])
+        for pi, plan in enumerate(group.arrays.values()):
+            if plan.per_item:
+                continue
+            size = plan.shard_rows
+            for index, start in enumerate(range(0, total, size)):
+                stop = min(total, start + size)
+                if stop - start == size:
+                    done_at = int(np.searchsorted(bounds[1:], stop, side="left"))
+                    order: tuple[int, ...] = (0, done_at, gi, pi, index)
+                else:
+                    order = (1, 0, gi, pi, index)
+                pieces = []
+                code = int(np.searchsorted(bounds, start, side="right")) - 1
+                while code < n_items and bounds[code] < stop:
+                    first, end = int(bounds[code]), int(bounds[code + 1])
+                    lo, hi = max(start, first), min(stop, end)
+                    if hi > lo:
+                        pieces.append(
+                            (code, plan.sources.get(code), lo - first, hi - first, end - first)
+                        )
+                    code += 1
+                unit = _Unit(
+                    key=_shard_key(group, plan, index),
+                    dtype=plan.dtype.str,
+                    trailing=tuple(plan.trailing),
+                    inner_rows=plan.inner_rows,
+                    shard_rows=plan.shard_rows,
+                    pieces=tuple(pieces),
+                )
+                units.append((order, unit))
+    return units
+
+
+def _bundle(
+    units: Sequence[tuple[tuple[int, ...], _Unit]], scans: Sequence[ItemScan], n_threads: int
+) -> list[list[_Unit]]:
+    """Group shards into tasks by the items they start in, a few tasks per thread.
+
+    Items are cut into consecutive windows of about the same decoded size; a shard goes to
+    the window of its first item. A task reads each of its items once, and only items
+    under a shard that crosses a window edge are read by two tasks.
+    """
+    sizes = np.array([max(1, s.decoded_bytes) for s in scans], dtype=np.int64)
+    target = int(np.clip(sizes.sum() // (4 * n_threads), MIN_TASK_BYTES, MAX_TASK_BYTES))
+    window = np.cumsum(sizes) // target
+    tasks: dict[int, list[_Unit]] = {}
+    for _, unit in sorted(units, key=lambda u: (u[1].pieces[0][0], u[0])):
+        tasks.setdefault(int(window[unit.pieces[0][0]]), []).append(unit)
+    return [tasks[w] for w in sorted(tasks)]
+
+
+def _raw_bytes(scans: Sequence[ItemScan], groups: Mapping[str, GroupPlan]) -> int:
+    """Decoded bytes of the merged arrays, as the single-process merge counts them."""
+    total = 0
+    for group in groups.values():
+        for plan in group.arrays.values():
+            for code, key in plan.sources.items():
+                shape, dtype = scans[code].arrays[key]
+                # A decoded string array holds object pointers.
+                itemsize = 8 if dtype == "string" else np.dtype(dtype).itemsize
+                total += int(np.prod(shape, dtype=np.int64)) * itemsize
+    return total
+
+
+def write_shards_on_dask(
+    client: Any,
+    scans: Sequence[ItemScan],
+    groups: Mapping[str, GroupPlan],
+    offsets: Mapping[str, np.ndarray],
+    per_item: dict[tuple[str, str], list[Any]],
+    writer: _Writer,
+    limits: Limits,
+    storage_options: Mapping[str, Any] | None,
+) -> int:
+    """Encode every output shard on the cluster and write them in merge order.
+
+    Fills ``per_item`` from the scans' scalars; returns the raw bytes merged. At most a
+    few tasks per worker thread are outstanding, so the encoded shards waiting at the
+    driver or on the workers stay few whatever the size of the dataset (nor do workers
+    ever spill them to disk).
+    """
+    for group in groups.values():
+        for plan in group.arrays.values():
+            if plan.per_item:
+                values = per_item[(group.name, plan.name)]
+                for code, scan in enumerate(scans):
+                    key = plan.sources.get(code)
+                    values.append(
+                        scan.scalars[key]
+                        if key is not None and key in scan.scalars
+                        else plan.fill_value
+                    )
+    planned = _plan_units(scans, groups, offsets)
+    if not planned:
+        return _raw_bytes(scans, groups)
+    n_threads = _worker_threads(client)
+    tasks = _bundle(planned, scans, n_threads)
+    owner = {unit.key: t for t, task in enumerate(tasks) for unit in task}
+    remaining = [len(task) for task in tasks]
+    emission = [unit.key for _, unit in sorted(planned, key=lambda u: u[0])]
+    limit = 2 * n_threads + 2
+    token = secrets.token_hex(4)
+    futures: dict[int, Any] = {}
+    results: dict[int, dict[str, bytes]] = {}
+    submitted = finished = 0
+
+    def submit(t: int) -> None:
+        task = tasks[t]
+        paths = {c: scans[c].path for unit in task for c, k, *_ in unit.pieces if k is not None}
+        futures[t] = client.submit(
+            _encode_units,
+            task,
+            paths,
+            writer.level,
+            limits,
+            storage_options,
+            key=f"cadstore-shards-{token}-{t}",
+        )
+
+    try:
+        for key in emission:
+            need = owner[key]
+            # The task holding the next shard is always submitted; others up to the limit.
+            while submitted <= need or (submitted < len(tasks) and submitted - finished < limit):
+                submit(submitted)
+                submitted += 1
+            if need not in results:
+                results[need] = dict(_result(futures.pop(need), f"merging into {writer.sink.path}"))
+            writer.put_encoded(key, results[need].pop(key))
+            remaining[need] -= 1
+            if not remaining[need]:
+                del results[need]
+                finished += 1
+    finally:
+        for future in futures.values():
+            future.cancel()
+    return _raw_bytes(scans, groups)
+
+
+# ---------------------------------------------------------------------------- encode
+def run_encode_on_dask(
+    client: Any,
+    tasks: Sequence[Any],
+    settings: Any,
+    task_fn: Callable[[Any, Any], list[dict[str, Any]]],
+    collector: Any,
+) -> int:
+    """Run one encode task per CAD file on the cluster; feed their messages to ``collector``.
+
+    ``task_fn(task, settings)`` returns the messages a supervised local worker would have
+    sent for the file (see :mod:`cadstore.cad.batch`). A file whose task cannot finish
+    (its worker died repeatedly, or the cluster went away) is recorded as a crash. Returns
+    the number of worker threads used.
+    """
+    distributed = require_distributed()
+    futures = {client.submit(task_fn, task, settings, pure=False): task for task in tasks}
+    for future in distributed.as_completed(futures):
+        task = futures[future]
+        try:
+            messages = future.result()
+        except Exception as exc:  # KilledWorker, a lost scheduler, ...: this file only
+            collector.abort(
+                task.index, "crash", f"the Dask task failed ({type(exc).__name__}: {exc})", 0.0
+            )
+            continue
+        for message in messages:
+            collector.handle(message)
+    return _worker_threads(client)

@@ -1,0 +1,209 @@
+"""Merges and encodes on a real Dask LocalCluster with worker processes.
+
+Every merge on the cluster is compared byte for byte with the single-process merge of the
+same items. One cluster serves the module; the tests that start or kill workers use
+clusters of their own.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cadstore import DatasetMerger
+from cadstore.dataset.merge import merge_items
+from cadstore.errors import MergeError
+from cadstore.fs import TEMP_PREFIX
+from conftest import write_items
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+SHARD_BYTES = 200_000  # many shards, so that many tasks share the items
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[distributed.LocalCluster]:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def client(cluster: distributed.LocalCluster) -> Iterator[distributed.Client]:
+    with distributed.Client(cluster) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return [p for p, _, _ in write_items(tmp_path_factory.mktemp("items"), 24, seed=7)]
+
+
+@pytest.fixture(scope="module")
+def local_merge(items: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "flow.dataset"
+    merge_items(items, out, shard_bytes=SHARD_BYTES)
+    return out
+
+
+@pytest.mark.parametrize("shard_bytes", [SHARD_BYTES, 16 * 1024 * 1024], ids=["small", "default"])
+def test_cluster_merge_is_byte_identical(
+    client: distributed.Client, items: list[Path], tmp_path: Path, shard_bytes: int
+) -> None:
+    local, dask = tmp_path / "local.dataset", tmp_path / "dask.dataset"
+    expected = merge_items(items, local, shard_bytes=shard_bytes)
+    result = merge_items(items, dask, shard_bytes=shard_bytes, client=client)
+    assert filecmp.cmp(local, dask, shallow=False)
+    assert result.items == expected.items
+    assert result.raw_bytes == expected.raw_bytes
+    assert result.stored_bytes == expected.stored_bytes == dask.stat().st_size
+    # Both workers took part: the work is really spread over processes.
+    assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_directory_layout_and_bad_items(
+    client: distributed.Client, items: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad_0.zarr.data"
+    bad.write_bytes(items[0].read_bytes()[:-100])
+    inputs = [*items[:10], bad, *items[10:]]
+    local, dask = tmp_path / "local.dataset", tmp_path / "dask.dataset"
+    merge_items(inputs, local, directory=True, shard_bytes=SHARD_BYTES)
+    result = merge_items(inputs, dask, directory=True, shard_bytes=SHARD_BYTES, client=client)
+    assert [e["file"] for e in result.errors] == [str(bad)]
+    names = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(dask) for p in dask.rglob("*") if p.is_file())
+    for name in names:
+        assert (local / name).read_bytes() == (dask / name).read_bytes(), name
+
+
+def test_merger_with_an_address_keeps_the_cluster(
+    cluster: distributed.LocalCluster, items: list[Path], local_merge: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "flow.dataset"
+    merger = DatasetMerger(items, out, scheduler=cluster.scheduler_address)
+    merger.merge_data(force_compression=True)
+    own = merger.dask_client
+    merger.close_dask_resources()
+    assert own.status == "closed"
+    # The scheduler was only connected to: it still serves other clients.
+    with distributed.Client(cluster.scheduler_address) as other:
+        assert other.submit(sum, [1, 2]).result() == 3
+    expected = tmp_path / "expected.dataset"
+    DatasetMerger(items, expected).merge_data()
+    assert filecmp.cmp(out, expected, shallow=False)
+
+
+def test_merger_starts_and_closes_its_local_cluster(
+    items: list[Path], local_merge: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "flow.dataset"
+    merger = DatasetMerger(
+        items,
+        out,
+        dask_client_params={"n_workers": 2, "threads_per_worker": 1, "processes": True},
+    )
+    try:
+        merger.merge_data(face_chunk=300, edge_chunk=700, faceface_flat_chunk=5000)
+        client = merger.dask_client
+        assert len(client.scheduler_info()["workers"]) == 2
+    finally:
+        merger.close_dask_resources()
+    assert client.status == "closed"
+    expected = tmp_path / "expected.dataset"
+    DatasetMerger(items, expected).merge_data(
+        face_chunk=300, edge_chunk=700, faceface_flat_chunk=5000
+    )
+    assert filecmp.cmp(out, expected, shallow=False)
+    merger.close_dask_resources()  # idempotent
+
+
+def test_missing_dask_names_the_extra(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    merger = DatasetMerger(items, tmp_path / "x.dataset", dask_client_params={"n_workers": 1})
+    with pytest.raises(ImportError, match=r"cadstore\[dask\]"):
+        merger.merge_data()
+    assert not (tmp_path / "x.dataset").exists()
+    # {"disable": True} is the specified way to run without Dask.
+    DatasetMerger(items, tmp_path / "y.dataset", dask_client_params={"disable": True}).merge_data()
+
+
+def _worker_pids(client: distributed.Client) -> list[int]:
+    return sorted(client.run(os.getpid).values())
+
+
+def test_a_killed_worker_is_survived_or_reported(items: list[Path], tmp_path: Path) -> None:
+    """SIGKILL a worker process once shard tasks run: the merge completes through Dask's
+    retry (then it equals the local merge) or fails with a MergeError; either way no
+    partial dataset is published."""
+    many = items * 1  # the module's items, under new names below, to make the merge longer
+    copies = []
+    for i, path in enumerate(many * 3):
+        copy = tmp_path / "in" / f"copy{i:03d}_0.zarr.data"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(path.read_bytes())
+        copies.append(copy)
+    local, out = tmp_path / "local.dataset", tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    merge_items(copies, local, shard_bytes=50_000)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        victim = _worker_pids(client)[0]
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = merge_items(copies, out, shard_bytes=50_000, client=client)
+            except MergeError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and thread.is_alive():
+            running = client.processing()
+            if any("cadstore-shards" in str(key) for keys in running.values() for key in keys):
+                break
+            time.sleep(0.01)
+        killed_during_merge = thread.is_alive()
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    assert killed_during_merge, "the merge ended before the worker could be killed"
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    if "error" in outcome:
+        assert "Dask" in str(outcome["error"])
+        assert not out.exists()
+    else:
+        assert filecmp.cmp(out, local, shallow=False)
+
+
+def test_encode_files_on_the_cluster(client: distributed.Client, tmp_path: Path) -> None:
+    pytest.importorskip("OCP", reason="the cad extra is not installed")
+    from cadstore.cad.batch import encode_files
+    from cadstore.cad.samples import write_sample_set
+
+    parts = write_sample_set(tmp_path / "parts", count=3, seed=1)
+    local = encode_files(parts, tmp_path / "local", workers=0, histograms=False)
+    report = encode_files(parts, tmp_path / "dask", client=client, histograms=False, merge=True)
+    assert report.failed == []
+    assert sorted(report.encoded) == sorted(local.encoded)
+    assert report.workers == 2
+    assert report.dataset is not None and Path(report.dataset).is_file()
+    names = sorted(p.name for p in (tmp_path / "dask" / "encoded").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "local" / "encoded").iterdir())

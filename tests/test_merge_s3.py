@@ -1,0 +1,339 @@
+"""Merging to and from S3 against a real server (SeaweedFS ``weed mini``).
+
+One server serves the module; the tests that stop a server start their own. Every merged
+dataset is compared byte for byte with the local single-process merge of the same items.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import io
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import s3fs
+
+import cadstore
+from cadstore import DatasetMerger
+from cadstore.dataset.info import DatasetInfo
+from cadstore.dataset.merge import append_items, merge_items
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import (
+    CorruptStoreError,
+    MergeError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
+from conftest import write_items
+from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed
+
+BUCKET = "cadstore-merge"
+# A failure must surface in seconds, not after botocore's default five attempts.
+FAST_FAIL = {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 20}
+SHARD_BYTES = 300_000  # several shards per array, even for a few small items
+
+
+def _start(data_dir: Path) -> WeedServer:
+    try:
+        return start_weed(data_dir)
+    except WeedUnavailableError as exc:
+        pytest.skip(f"SeaweedFS cannot run on this machine: {exc}")
+
+
+def _client(server: WeedServer) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    data_dir = tmp_path_factory.mktemp("weed-merge")
+    weed = _start(data_dir)
+    try:
+        _client(weed).mkdir(BUCKET)
+        yield weed
+    finally:
+        weed.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return [p for p, _, _ in write_items(tmp_path_factory.mktemp("items"), 12, seed=5)]
+
+
+@pytest.fixture(scope="module")
+def local_merge(items: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "flow.dataset"
+    merge_items(items, out, shard_bytes=SHARD_BYTES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def remote_items(server: WeedServer, items: list[Path]) -> list[str]:
+    """The same items uploaded to the bucket."""
+    client = _client(server)
+    urls = []
+    for path in items:
+        url = f"s3://{BUCKET}/encoded/{path.name}"
+        client.put_file(str(path), url)
+        urls.append(url)
+    return urls
+
+
+def _url(*parts: str) -> str:
+    return "/".join([f"s3://{BUCKET}", secrets.token_hex(4), *parts])
+
+
+def _download(server: WeedServer, url: str, dest: Path) -> Path:
+    _client(server).get_file(url, str(dest))
+    return dest
+
+
+def test_local_items_to_a_dataset_on_s3(
+    server: WeedServer, items: list[Path], local_merge: Path, tmp_path: Path
+) -> None:
+    url = _url("flow.dataset")
+    result = merge_items(
+        items, url, shard_bytes=SHARD_BYTES, storage_options=server.storage_options()
+    )
+    assert result.path == url
+    copy = _download(server, url, tmp_path / "copy.dataset")
+    assert filecmp.cmp(copy, local_merge, shallow=False)
+    assert result.stored_bytes == copy.stat().st_size
+    # The object exists: a second merge refuses to overwrite it unless asked.
+    with pytest.raises(MergeError, match="already exists"):
+        merge_items(items, url, storage_options=server.storage_options())
+
+
+def test_items_and_tables_on_s3_with_the_one_call_merge(
+    server: WeedServer,
+    remote_items: list[str],
+    items: list[Path],
+    tmp_path: Path,
+) -> None:
+    """Inputs listed from an S3 "directory"; dataset, tables and manifest on S3."""
+    options = server.storage_options()
+    base = _url()
+    result = cadstore.merge(
+        f"s3://{BUCKET}/encoded", f"{base}/flow.dataset", storage_options=options
+    )
+    assert len(result.items) == len(items)
+    local = tmp_path / "flow.dataset"
+    cadstore.merge(str(items[0].parent), str(local))  # a directory: sorted, like the bucket
+    client = _client(server)
+    assert filecmp.cmp(
+        _download(server, f"{base}/flow.dataset", tmp_path / "s3.dataset"), local, shallow=False
+    )
+    for suffix in ("infoset", "attribset"):
+        remote = pd.read_parquet(io.BytesIO(client.cat_file(f"{base}/flow.{suffix}")))
+        pd.testing.assert_frame_equal(remote, pd.read_parquet(tmp_path / f"flow.{suffix}"))
+    manifest = cadstore.format.jsoncodec.loads(client.cat_file(f"{base}/flow.flow").decode())
+    assert manifest["flow_data"] == "flow.dataset"  # relative to the manifest, as locally
+    assert manifest["file_count"] == len(items)
+
+
+def test_dataset_info_reads_and_writes_urls(server: WeedServer, remote_items: list[str]) -> None:
+    base = _url()
+    info = DatasetInfo(
+        remote_items,
+        f"{base}/t.infoset",
+        f"{base}/t.attribset",
+        storage_options=server.storage_options(),
+    )
+    info.build_code_mappings(remote_items)
+    info.parse_info_files()
+    info.store_info_to_parquet()
+    assert info.errors == []
+    table = pd.read_parquet(io.BytesIO(_client(server).cat_file(f"{base}/t.infoset")))
+    assert len(table) == len(remote_items)
+
+
+def test_directory_layout_on_s3_has_the_same_members(
+    server: WeedServer, items: list[Path], tmp_path: Path
+) -> None:
+    url = _url("flow.dataset")
+    local = tmp_path / "flow.dataset"
+    merge_items(items, local, directory=True, shard_bytes=SHARD_BYTES)
+    merge_items(
+        items,
+        url,
+        directory=True,
+        shard_bytes=SHARD_BYTES,
+        storage_options=server.storage_options(),
+    )
+    client = _client(server)
+    prefix = url[len("s3://") :] + "/"
+    remote = {k[len(prefix) :]: k for k in client.find(url)}
+    expected = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file()}
+    assert sorted(remote) == sorted(expected)
+    for name, path in expected.items():
+        assert client.cat_file(remote[name]) == path.read_bytes(), name
+    # Overwriting replaces the members in place and leaves no stale object behind.
+    merge_items(
+        items[:3],
+        url,
+        directory=True,
+        overwrite=True,
+        shard_bytes=SHARD_BYTES,
+        storage_options=server.storage_options(),
+    )
+    small = tmp_path / "small.dataset"
+    merge_items(items[:3], small, directory=True, shard_bytes=SHARD_BYTES)
+    assert len(client.find(url)) == sum(1 for p in small.rglob("*") if p.is_file())
+
+
+def test_append_on_s3_equals_the_local_append(
+    server: WeedServer, items: list[Path], tmp_path: Path
+) -> None:
+    options = server.storage_options()
+    url = _url("flow.dataset")
+    local = tmp_path / "flow.dataset"
+    merge_items(items[:7], url, shard_bytes=SHARD_BYTES, storage_options=options)
+    merge_items(items[:7], local, shard_bytes=SHARD_BYTES)
+    result = append_items(url, items[5:], storage_options=options)
+    append_items(local, items[5:])
+    assert len(result.items) == len(items) - 7  # two were in the dataset already
+    assert result.total_items == len(items)
+    copy = _download(server, url, tmp_path / "copy.dataset")
+    assert filecmp.cmp(copy, local, shallow=False)
+    with DatasetReader(copy) as reader:
+        assert reader.n_items == len(items)
+    merger = DatasetMerger([], url, storage_options=options)
+    assert merger.append_data(items).items == []  # idempotent
+
+
+def test_wrong_credentials_name_the_url(
+    server: WeedServer, items: list[Path], remote_items: list[str], tmp_path: Path
+) -> None:
+    url = _url("flow.dataset")
+    bad = dict(server.storage_options(), secret=secrets.token_hex(16), config_kwargs=FAST_FAIL)
+    with pytest.raises(StorageAccessError, match="access denied") as info:
+        merge_items(items, url, storage_options=bad)
+    assert url in str(info.value)
+    with pytest.raises(StorageAccessError, match="credentials") as info:
+        merge_items(remote_items, tmp_path / "in.dataset", storage_options=bad)
+    assert remote_items[0] in str(info.value)
+    assert not _client(server).exists(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_bucket_names_the_bucket(server: WeedServer, items: list[Path]) -> None:
+    options = server.storage_options()
+    with pytest.raises(CorruptStoreError, match="bucket 'no-such-bucket-cadstore' does not exist"):
+        merge_items(items, "s3://no-such-bucket-cadstore/flow.dataset", storage_options=options)
+    with pytest.raises(CorruptStoreError, match="does not exist") as info:
+        cadstore.merge(
+            ["s3://no-such-bucket-cadstore/encoded/a.zarr.data"],
+            _url("flow.dataset"),
+            storage_options=options,
+        )
+    assert "s3://no-such-bucket-cadstore/encoded/a.zarr.data" in str(info.value)
+
+
+# ---------------------------------------------------------------------- server stopped
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[WeedServer]:
+    """A server of this test's own, which the test may kill."""
+    weed = _start(tmp_path / "weed")
+    try:
+        _client(weed).mkdir(BUCKET)
+        yield weed
+    finally:
+        weed.stop()
+
+
+def _through(proxy: CutOffProxy, server: WeedServer) -> dict[str, Any]:
+    options = server.storage_options(config_kwargs=FAST_FAIL)
+    options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+    return options
+
+
+def _upload(server: WeedServer, items: list[Path]) -> list[str]:
+    client = _client(server)
+    for path in items:
+        client.put_file(str(path), f"s3://{BUCKET}/in/{path.name}")
+    return [f"s3://{BUCKET}/in/{p.name}" for p in items]
+
+
+@pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
+def test_server_killed_mid_merge_publishes_nothing_and_a_rerun_completes(
+    own_server: WeedServer,
+    items: list[Path],
+    tmp_path: Path,
+    directory: bool,
+) -> None:
+    inputs = _upload(own_server, items)
+    out = f"s3://{BUCKET}/out/flow.dataset"
+    local = tmp_path / "flow.dataset"
+    merge_items(items, local, directory=directory, shard_bytes=SHARD_BYTES)
+    # Measure the request bytes of a whole merge, then cut the server off half-way
+    # through the output's upload (reads send little; the upload is most of the bytes).
+    with CutOffProxy(own_server) as proxy:
+        merge_items(
+            inputs,
+            f"s3://{BUCKET}/probe.dataset",
+            directory=directory,
+            shard_bytes=SHARD_BYTES,
+            storage_options=_through(proxy, own_server),
+        )
+        total = proxy.uploaded
+    size = (
+        sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+        if directory
+        else local.stat().st_size
+    )
+    assert total > size
+    with CutOffProxy(own_server, limit=total - size // 2) as proxy:
+        with pytest.raises(StorageUnavailableError, match="cannot reach") as info:
+            merge_items(
+                inputs,
+                out,
+                directory=directory,
+                shard_bytes=SHARD_BYTES,
+                storage_options=_through(proxy, own_server),
+            )
+        assert proxy.tripped.is_set()
+    # Named: the output (cut during its upload) or, for a directory dataset whose members
+    # are uploaded while items are read, the item being read.
+    assert f"s3://{BUCKET}/" in str(info.value)
+    own_server.restart()
+    client = _client(own_server)
+    # Nothing is published: no zip object, no root zarr.json of a directory dataset.
+    assert not client.isfile(out)
+    assert not client.isfile(out + "/zarr.json")
+    merge_items(
+        inputs,
+        out,
+        directory=directory,
+        shard_bytes=SHARD_BYTES,
+        storage_options=own_server.storage_options(),
+    )
+    if directory:
+        prefix = out[len("s3://") :] + "/"
+        remote = {k[len(prefix) :] for k in client.find(out)}
+        assert remote == {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+        assert client.cat_file(out + "/zarr.json") == (local / "zarr.json").read_bytes()
+    else:
+        assert filecmp.cmp(_download(own_server, out, tmp_path / "copy"), local, shallow=False)
+
+
+def test_server_killed_while_scanning_skips_no_item(
+    own_server: WeedServer, items: list[Path], tmp_path: Path
+) -> None:
+    """An unreachable store stops the merge: it never passes for a set of bad items."""
+    inputs = _upload(own_server, items)
+    out = str(tmp_path / "flow.dataset")
+    with (
+        CutOffProxy(own_server, limit=20_000) as proxy,
+        pytest.raises(StorageUnavailableError, match="cannot reach"),
+    ):
+        cadstore.merge(inputs, out, storage_options=_through(proxy, own_server))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "weed") == []
+    own_server.restart()
+    result = cadstore.merge(inputs, out, storage_options=own_server.storage_options())
+    assert len(result.items) == len(items) and result.errors == []
