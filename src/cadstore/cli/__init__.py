@@ -14,6 +14,11 @@ Exit codes scripts can rely on:
 
 Errors are one line on stderr (``cadstore: error: ...``), never a traceback, unless
 ``--debug`` is given.
+
+Every PATH may be a URL (``s3://bucket/flows/demo.dataset``). ``--storage-option
+KEY=VALUE`` (repeatable, before or after the command) gives fsspec options for them;
+without it credentials and endpoint come from the environment (``AWS_*``,
+``FSSPEC_S3_*``). Commands find the parsed options in ``args.storage_options``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "main"]
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
+
+#: Subcommands whose paths may be URLs; they take ``--storage-option``.
+URL_COMMANDS = frozenset(
+    ("inspect", "cat", "validate", "merge", "info", "split", "export-json", "report")
+)
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -51,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Storage for CAD machine learning: items, datasets, reports.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from cadstore.cli._common import add_storage_option
+
+    add_storage_option(parser, dest="global_storage_option")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -60,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(sub)
+    for name, command in sub.choices.items():
+        if name in URL_COMMANDS:
+            add_storage_option(command)
     return parser
 
 
@@ -68,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from cadstore.cli._common import parse_storage_options
+
+        pairs = [*(args.global_storage_option or []), *(getattr(args, "storage_option", []) or [])]
+        args.storage_options = parse_storage_options(pairs)
         return int(args.func(args))
     except KeyboardInterrupt:
         print("cadstore: interrupted", file=sys.stderr)

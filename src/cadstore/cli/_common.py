@@ -1,7 +1,10 @@
 """Helpers shared by the ``cadstore`` subcommands.
 
 * :func:`open_target` decides what a ``PATH`` argument is (an item, a merged dataset, a
-  JSON store, or a ``.flow`` manifest naming a dataset) and opens it read-only;
+  JSON store, or a ``.flow`` manifest naming a dataset), on local disk or at a URL such as
+  ``s3://bucket/parts/p1.zarr.data``, and opens it read-only;
+* :func:`add_storage_option` and :func:`parse_storage_options` give every command that
+  takes paths the repeatable ``--storage-option KEY=VALUE`` for URLs;
 * :func:`print_json` / :func:`to_jsonable` write the ``--json`` documents;
 * :func:`format_table`, :func:`format_tree`, :func:`format_value` and :func:`format_bytes`
   lay out the human output;
@@ -25,7 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from cadstore.errors import CadstoreError, CorruptStoreError, SchemaError
+from cadstore.errors import (
+    CadstoreError,
+    CorruptStoreError,
+    SchemaError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
+from cadstore.fs import is_url
 from cadstore.storage.base import (
     ROUTING_METADATA_KEY,
     SCHEMA_METADATA_KEY,
@@ -51,6 +61,7 @@ __all__ = [
     "STORAGE_METADATA",
     "Target",
     "add_json_option",
+    "add_storage_option",
     "format_bytes",
     "format_ratio",
     "format_table",
@@ -60,6 +71,7 @@ __all__ = [
     "iter_leaves",
     "leaf_dtype_shape",
     "open_target",
+    "parse_storage_options",
     "print_json",
     "print_lines",
     "progress",
@@ -117,6 +129,9 @@ class Target:
         The Zarr hierarchy of an item or dataset; ``None`` for a JSON store.
     source
         The key source under ``hierarchy``.
+    storage_options
+        The fsspec options that opened ``location`` when it is a URL, for commands that
+        open it again (``None`` for a local path).
     """
 
     kind: Kind
@@ -125,6 +140,7 @@ class Target:
     storage: DataStorage | None = None
     hierarchy: ReadHierarchy | None = None
     source: KeySource | None = None
+    storage_options: dict[str, Any] | None = None
     _dataset_metadata: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -221,7 +237,84 @@ def _not_a_store(path: str, why: str) -> CommandError:
     return CommandError(f"{path} is not {EXPECTED}: {why}")
 
 
-def open_target(path: str | os.PathLike[str]) -> Target:
+def add_storage_option(parser: argparse.ArgumentParser, *, dest: str = "storage_option") -> None:
+    """Add the repeatable ``--storage-option KEY=VALUE`` for paths that are URLs.
+
+    Parameters
+    ----------
+    parser
+        The ``cadstore`` parser (options before the command) or a subcommand's parser.
+    dest
+        Where the raw ``KEY=VALUE`` strings go; :func:`parse_storage_options` reads them.
+    """
+    parser.add_argument(
+        "--storage-option",
+        dest=dest,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="fsspec option for paths that are URLs (s3://...), repeatable; VALUE is read "
+        "as JSON when it parses (true, 3, {...}), else as text; dots nest keys, e.g. "
+        "client_kwargs.endpoint_url=http://127.0.0.1:8333. Without it, credentials and "
+        "endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_ENDPOINT_URL, AWS_PROFILE, FSSPEC_S3_*)",
+    )
+
+
+def parse_storage_options(pairs: Iterable[str] | None) -> dict[str, Any] | None:
+    """Turn ``KEY=VALUE`` strings into fsspec storage options.
+
+    Parameters
+    ----------
+    pairs
+        The ``--storage-option`` values, in order; a later one replaces an earlier one.
+
+    Returns
+    -------
+    dict or None
+        ``None`` when there are none, so the environment configuration applies.
+
+    Raises
+    ------
+    CommandError
+        If a pair has no ``=`` or an empty key segment, or a key is both a value and a
+        parent of other keys.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise CommandError(
+                f"--storage-option {pair!r}: expected KEY=VALUE, e.g. "
+                "client_kwargs.endpoint_url=http://127.0.0.1:8333"
+            )
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        node = options
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CommandError(
+                    f"--storage-option {pair!r}: {'.'.join(parts[: depth + 1])} is already "
+                    "set to a value, so it cannot also hold keys"
+                )
+            node = child
+        node[parts[-1]] = value
+    return options or None
+
+
+def _url_filesystem(path: str, storage_options: dict[str, Any] | None) -> Any:
+    from cadstore.dataset.access import dataset_filesystem
+
+    return dataset_filesystem(path, storage_options)[0]
+
+
+def open_target(
+    path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> Target:
     """Open ``path`` read-only, whatever kind of store it is.
 
     Parameters
@@ -229,7 +322,9 @@ def open_target(path: str | os.PathLike[str]) -> Target:
     path
         An item ``.data`` file, an item's store path without ``.data``, an uncompressed
         item directory, a ``.dataset`` zip or directory, a JSON store directory, or a
-        ``.flow`` manifest (which opens the dataset it names).
+        ``.flow`` manifest (which opens the dataset it names); local or a URL.
+    storage_options
+        fsspec options for a URL (ignored for a local path).
 
     Returns
     -------
@@ -247,6 +342,10 @@ def open_target(path: str | os.PathLike[str]) -> Target:
     given = os.fspath(path)
     # "dir/" and "dir" are the same store; a bare "/" must stay as it is.
     clean = given.rstrip("/") or given
+    if is_url(clean):
+        target = _open_url(given, clean, storage_options)
+        target.storage_options = storage_options if is_url(target.location) else None
+        return target
     if os.path.isdir(clean):
         return _open_directory(given, clean)
     if os.path.isfile(clean):
@@ -261,31 +360,69 @@ def open_target(path: str | os.PathLike[str]) -> Target:
     raise CommandError(f"{given}: no such file or directory; expected {EXPECTED}")
 
 
-def _open_zip(given: str, file: str) -> Target:
+def _open_url(given: str, url: str, storage_options: dict[str, Any] | None) -> Target:
+    """Open a URL: the same kinds as on disk, found with object-store queries."""
+    fs = _url_filesystem(url, storage_options)
+    if fs.isfile(url):
+        if url.endswith(".flow"):
+            return _open_flow(given, url, storage_options)
+        return _open_zip(given, url, storage_options)
+    if fs.isfile(url + ".data"):
+        return _open_zip(given, url + ".data", storage_options)
+    if fs.isdir(url):
+        return _open_directory(given, url, storage_options)
+    raise CommandError(f"{given}: no such object or prefix; expected {EXPECTED}")
+
+
+def _open_zip(given: str, file: str, storage_options: dict[str, Any] | None = None) -> Target:
     from cadstore.format.sources import ZipSource
 
+    fs = _url_filesystem(file, storage_options)
     try:
-        source = ZipSource(file)
+        source = ZipSource(file, fs=fs)
+    except (StorageAccessError, StorageUnavailableError):
+        raise  # the store failed (credentials, network); the file may be fine
     except CorruptStoreError as exc:
         raise _not_a_store(given, exc.problem) from exc
-    return _open_hierarchy(given, file, source, is_zip=True)
+    return _open_hierarchy(given, file, source, is_zip=True, storage_options=storage_options)
 
 
-def _open_directory(given: str, directory: str) -> Target:
-    names = set(os.listdir(directory))
+def _open_directory(
+    given: str, directory: str, storage_options: dict[str, Any] | None = None
+) -> Target:
+    fs = _url_filesystem(directory, storage_options)
+    names = set(fs.listdir(directory))
+    remote = is_url(directory)
     if names & {"zarr.json", ".zgroup", ".zmetadata"}:
-        from cadstore.format.sources import DirectorySource
+        if remote:
+            from cadstore.dataset.access import prefix_source
 
-        return _open_hierarchy(given, directory, DirectorySource(directory), is_zip=False)
+            source: KeySource = prefix_source(fs, directory)
+        else:
+            from cadstore.format.sources import DirectorySource
+
+            source = DirectorySource(directory)
+        return _open_hierarchy(
+            given, directory, source, is_zip=False, storage_options=storage_options
+        )
     if any(n.endswith(".json") for n in names):
         from cadstore.storage import JsonStorageHandler
 
-        storage = JsonStorageHandler(directory, read_only=True)
+        storage = JsonStorageHandler(
+            directory, read_only=True, storage_options=storage_options if remote else None
+        )
         return Target(JSON_STORE, given, directory, storage=storage)
     raise _not_a_store(given, "the directory holds no zarr.json, .zgroup or .json files")
 
 
-def _open_hierarchy(given: str, location: str, source: KeySource, *, is_zip: bool) -> Target:
+def _open_hierarchy(
+    given: str,
+    location: str,
+    source: KeySource,
+    *,
+    is_zip: bool,
+    storage_options: dict[str, Any] | None = None,
+) -> Target:
     from cadstore.dataset.merge import DATASET_FORMAT
     from cadstore.format.hierarchy import ReadHierarchy
 
@@ -302,37 +439,41 @@ def _open_hierarchy(given: str, location: str, source: KeySource, *, is_zip: boo
                     f"{DATASET_FORMAT!r}"
                 )
             return Target(DATASET, given, location, hierarchy=hierarchy, source=source)
-        if not is_zip and os.path.isfile(location + ".data"):
+        fs = _url_filesystem(location, storage_options)
+        if not is_zip and fs.isfile(location + ".data"):
             # OptStorage reads a published .data in preference to the directory next to
             # it; show the same file, so the tree and the values agree.
             source.close()
-            return _open_zip(given, location + ".data")
-        storage = _open_item(given, location, is_zip=is_zip)
+            return _open_zip(given, location + ".data", storage_options)
+        storage = _open_item(given, location, is_zip=is_zip, storage_options=storage_options)
         return Target(ITEM, given, location, storage=storage, hierarchy=hierarchy, source=source)
     except BaseException:
         source.close()
         raise
 
 
-def _open_item(given: str, location: str, *, is_zip: bool) -> DataStorage:
+def _open_item(
+    given: str, location: str, *, is_zip: bool, storage_options: dict[str, Any] | None = None
+) -> DataStorage:
     from cadstore.storage.opt import OptStorage
 
+    options = storage_options if is_url(location) else None
     if not is_zip:
-        return OptStorage(location, mode="r", summary_dir=False)
+        return OptStorage(location, mode="r", summary_dir=False, storage_options=options)
     stem, extension = os.path.splitext(location)
-    if not extension:
+    if not extension or "/" in extension:
         raise _not_a_store(
             given, "an item file needs an extension (such as .data) after its store path"
         )
-    return OptStorage(stem, extension, mode="r", summary_dir=False)
+    return OptStorage(stem, extension, mode="r", summary_dir=False, storage_options=options)
 
 
-def _open_flow(given: str, manifest: str) -> Target:
+def _open_flow(given: str, manifest: str, storage_options: dict[str, Any] | None = None) -> Target:
     from cadstore.dataset.merger import FLOW_FORMAT
 
+    fs = _url_filesystem(manifest, storage_options)
     try:
-        with open(manifest, "rb") as fh:
-            doc = json.loads(fh.read())
+        doc = json.loads(fs.read_bytes(manifest))
     except (ValueError, RecursionError) as exc:
         raise _not_a_store(given, f"the .flow manifest is not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FLOW_FORMAT:
@@ -340,10 +481,16 @@ def _open_flow(given: str, manifest: str) -> Target:
     data = doc.get("flow_data")
     if not isinstance(data, str) or not data:
         raise CommandError(f"manifest {given} names no dataset (its 'flow_data' is {data!r})")
-    dataset = os.path.join(os.path.dirname(os.path.abspath(manifest)), data)
-    if not os.path.exists(dataset):
+    if is_url(data) or os.path.isabs(data):
+        dataset = data
+    elif is_url(manifest):
+        dataset = fs.join(fs.dirname(manifest), data)
+    else:
+        dataset = os.path.join(os.path.dirname(os.path.abspath(manifest)), data)
+    data_fs = _url_filesystem(dataset, storage_options)
+    if not data_fs.exists(dataset):
         raise CommandError(f"manifest {given} lists the dataset {data!r}, which does not exist")
-    target = open_target(dataset)
+    target = open_target(dataset, storage_options)
     if target.kind != DATASET:
         target.close()
         raise CommandError(f"manifest {given} lists {data!r}, which is {target.a_label}")

@@ -158,7 +158,7 @@ def _dataset_value(target: Target, key: str, item: str | None) -> tuple[Any, int
         return hierarchy.read_node(key), None
     from cadstore.dataset.reader import DatasetReader
 
-    with DatasetReader(target.location) as reader:
+    with DatasetReader(target.location, storage_options=target.storage_options) as reader:
         code = _item_code(reader, item, target.path)
         if kind == "leaf":
             return _item_rows(target, reader, key, code), code
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_target(args.path) as target:
+    with open_target(args.path, args.storage_options) as target:
         value, code = read_value(target, args.key, args.item)
     if args.json:
         doc: dict[str, Any] = {"path": args.path, "key": args.key}

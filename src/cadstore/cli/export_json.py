@@ -33,7 +33,7 @@ from cadstore.cli._common import (
     print_lines,
     progress,
 )
-from cadstore.fs import TEMP_PREFIX
+from cadstore.fs import TEMP_PREFIX, is_url
 
 __all__ = ["Export", "export_target", "register", "run"]
 
@@ -219,6 +219,12 @@ def export_target(target: Target, output: str, *, overwrite: bool = False) -> Ex
     """
     target.require_storage("export-json")
     output = output.rstrip("/") or output
+    if is_url(output):
+        # The store is built beside the destination and moved into place in one rename;
+        # object stores have no rename, so the output stays local (the input may be a URL).
+        raise CommandError(
+            f"-o {output}: export-json writes a local directory; export there and upload it"
+        )
     replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
@@ -248,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_target(args.path) as target:
+    with open_target(args.path, args.storage_options) as target:
         result = export_target(target, args.output, overwrite=args.overwrite)
         label = target.label
     if args.json:

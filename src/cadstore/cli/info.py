@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from cadstore.cli._dataset_args import dataset_sources
     from cadstore.dataset.explorer import DatasetExplorer
 
-    with DatasetExplorer(**dataset_sources(args.dataset)) as explorer:
+    with DatasetExplorer(**dataset_sources(args.dataset, args.storage_options)) as explorer:
         if args.json:
             groups = {}
             for group in sorted(explorer.available_groups()):

@@ -32,6 +32,7 @@ from cadstore.cli._common import (
     storage_nodes,
 )
 from cadstore.format.hierarchy import default_dims
+from cadstore.fs import is_url
 
 __all__ = ["Inspection", "inspect_target", "register", "run"]
 
@@ -229,7 +230,13 @@ def _group_note(node: NodeInfo) -> str:
     return f"primary: {primary}" + (f" ({special})" if special else "")
 
 
-def _directory_bytes(directory: str) -> int:
+def _directory_bytes(target: Target) -> int:
+    directory = target.location
+    if is_url(directory):
+        from cadstore.dataset.access import dataset_filesystem
+
+        fs, _ = dataset_filesystem(directory, target.storage_options)
+        return sum(fs.file_sizes(directory).values())
     total = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:
@@ -262,7 +269,7 @@ def inspect_target(target: Target, *, metadata: bool = True) -> Inspection:
     else:
         storage = target.require_storage("inspect")
         nodes = storage_nodes(storage)
-        file_bytes = _directory_bytes(target.location)
+        file_bytes = _directory_bytes(target)
         zarr_format = None
     item_count = None
     if target.kind == DATASET:
@@ -296,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_target(args.path) as target:
+    with open_target(args.path, args.storage_options) as target:
         result = inspect_target(target, metadata=args.metadata)
     if args.json:
         print_json(result.to_dict())

@@ -15,8 +15,12 @@ def register(sub: Any) -> None:
         description="Merge item files (or directories of them) into one dataset. Unreadable "
         "items are skipped and listed; the .flow manifest is written last.",
     )
-    parser.add_argument("inputs", nargs="+", help=".data files or directories holding them")
-    parser.add_argument("-o", "--output", required=True, help="the .dataset to write")
+    parser.add_argument(
+        "inputs", nargs="+", help=".data files or directories holding them (paths or URLs)"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="the .dataset to write (a path or a URL)"
+    )
     parser.add_argument("--schema", help="schema JSON file (default: the items' own schema)")
     parser.add_argument(
         "--workers",
@@ -39,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
 
     schema = None
     if args.schema:
-        from cadstore.schema import SchemaBuilder
+        from cadstore.cli.validate import load_schema_builder
 
-        schema = SchemaBuilder.load_from_file(args.schema).build()
+        schema = load_schema_builder(args.schema, args.storage_options).build()
     output = args.output if args.output.endswith(".dataset") else args.output + ".dataset"
+    # Only when given: a merge of local paths needs no options and must not receive them.
+    remote: dict[str, Any] = (
+        {"storage_options": args.storage_options} if args.storage_options else {}
+    )
     result = merge(
         args.inputs,
         output,
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         append=args.append,
         compression_level=args.level,
         progress=not args.json,
+        **remote,
     )
     summary = result.to_dict()
     if args.json:

@@ -13,8 +13,13 @@ def register(sub: Any) -> None:
         help="write a self-contained HTML report of a dataset",
         description="Plots of item sizes, labels, metadata and storage, in one HTML file.",
     )
-    parser.add_argument("dataset", help="the .dataset (its .infoset/.attribset are used too)")
-    parser.add_argument("-o", "--output", default="report.html", help="HTML file to write")
+    parser.add_argument(
+        "dataset",
+        help="the .dataset (its .infoset/.attribset are used too); a path or a URL",
+    )
+    parser.add_argument(
+        "-o", "--output", default="report.html", help="HTML file to write (a path or a URL)"
+    )
     parser.add_argument("--title", help="page title")
     parser.set_defaults(func=run)
 
@@ -30,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset
     if dataset.endswith(".flow"):
         dataset = dataset[: -len(".flow")] + ".dataset"
-    path = write_report(dataset, args.output, title=args.title)
+    path = write_report(
+        dataset, args.output, title=args.title, storage_options=args.storage_options
+    )
     print(f"wrote {path}")
     return 0

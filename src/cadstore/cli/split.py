@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from cadstore.cli._dataset_args import dataset_sources
     from cadstore.dataset.loader import DatasetLoader
 
-    sources = dataset_sources(args.dataset)
+    sources = dataset_sources(args.dataset, args.storage_options)
     if "merged_store_path" in sources:
         stem = (
             args.dataset[: -len(".dataset")]

@@ -18,6 +18,7 @@ schema or ``PATH`` cannot be read.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,11 +39,21 @@ from cadstore.cli._common import (
     print_lines,
     progress,
 )
+from cadstore.errors import SchemaError
+from cadstore.fs import is_url
 
 if TYPE_CHECKING:
     from cadstore.schema import Schema
 
-__all__ = ["Problem", "Validation", "load_schema", "register", "run", "validate_target"]
+__all__ = [
+    "Problem",
+    "Validation",
+    "load_schema",
+    "load_schema_builder",
+    "register",
+    "run",
+    "validate_target",
+]
 
 #: Problems listed per per-item array before the rest are only counted.
 _MAX_ITEM_PROBLEMS = 10
@@ -134,13 +145,15 @@ class Validation:
         return not self.problems
 
 
-def load_schema(path: str) -> Schema:
+def load_schema(path: str, storage_options: dict[str, Any] | None = None) -> Schema:
     """Read a schema JSON file.
 
     Parameters
     ----------
     path
-        The file.
+        The file, a local path or a URL.
+    storage_options
+        fsspec options for a URL.
 
     Returns
     -------
@@ -154,17 +167,40 @@ def load_schema(path: str) -> Schema:
     SchemaError
         If it is not JSON or not a schema; the message names the file and the bad field.
     """
-    from cadstore.schema import Schema, SchemaBuilder
+    from cadstore.schema import Schema
 
-    if not os.path.exists(path):
-        raise CommandError(f"schema file {path}: no such file")
-    if os.path.isdir(path):
-        raise CommandError(f"schema file {path} is a directory, not a JSON file")
+    return Schema.from_any(load_schema_builder(path, storage_options))
+
+
+def load_schema_builder(path: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Read a schema JSON file into a ``SchemaBuilder``; as :func:`load_schema`."""
+    from cadstore.schema import SchemaBuilder
+
+    if not is_url(path):
+        if not os.path.exists(path):
+            raise CommandError(f"schema file {path}: no such file")
+        if os.path.isdir(path):
+            raise CommandError(f"schema file {path} is a directory, not a JSON file")
+        try:
+            return SchemaBuilder.load_from_file(path)
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"schema file {path} is not UTF-8 JSON text ({exc.reason})") from exc
+    from cadstore.dataset.access import dataset_filesystem
+
+    fs, located = dataset_filesystem(path, storage_options)
     try:
-        builder = SchemaBuilder.load_from_file(path)
+        text = fs.read_bytes(located).decode("utf-8")
+    except FileNotFoundError:
+        raise CommandError(f"schema file {path}: no such object") from None
     except UnicodeDecodeError as exc:
         raise CommandError(f"schema file {path} is not UTF-8 JSON text ({exc.reason})") from exc
-    return Schema.from_any(builder)
+    # The messages of SchemaBuilder.load_from_file, naming the URL.
+    try:
+        return SchemaBuilder.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}: not a valid JSON schema file: {exc}") from exc
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}") from exc
 
 
 def _lookup(doc: Mapping[str, Any], key: str) -> tuple[bool, Any]:
@@ -359,8 +395,8 @@ def run(args: argparse.Namespace) -> int:
         0 when valid, 1 when problems were found.
     """
     # The schema first: a bad schema file is the cheaper mistake to report.
-    schema = load_schema(args.schema)
-    with open_target(args.path) as target:
+    schema = load_schema(args.schema, args.storage_options)
+    with open_target(args.path, args.storage_options) as target:
         result = validate_target(target, schema, strict=args.strict)
         if args.json:
             print_json(

@@ -39,9 +39,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from cadstore.dataset.access import (
+    dataset_filesystem,
+    options_for,
+    read_parquet_frame,
+    sibling_path,
+)
 from cadstore.dataset.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
+from cadstore.fs import is_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,13 +74,19 @@ def _choices(values: Sequence[Any] | set[Any]) -> str:
     return str(items)
 
 
-def resolve_flow_paths(flow_output_file: str | os.PathLike[str]) -> dict[str, str | None]:
-    """Read a ``.flow`` manifest and return the absolute paths it lists.
+def resolve_flow_paths(
+    flow_output_file: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, str | None]:
+    """Read a ``.flow`` manifest and return the absolute paths (or URLs) it lists.
 
     Parameters
     ----------
     flow_output_file
-        The manifest. Relative paths in it are relative to its directory.
+        The manifest, a local path or a URL. Relative paths in it are relative to its
+        directory (its prefix, for a URL).
+    storage_options
+        fsspec options for a URL (ignored for a local path); they also serve the files
+        the manifest lists when those are URLs.
 
     Returns
     -------
@@ -88,16 +101,16 @@ def resolve_flow_paths(flow_output_file: str | os.PathLike[str]) -> dict[str, st
         file that does not exist (the message names the entry and the file).
     """
     path = os.fspath(flow_output_file)
+    fs, located = dataset_filesystem(path, storage_options)
     try:
-        with open(path, "rb") as fh:
-            doc = json.loads(fh.read().decode("utf-8"))
+        doc = json.loads(fs.read_bytes(located).decode("utf-8"))
     except FileNotFoundError:
         raise CorruptStoreError(path, "no such .flow manifest") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptStoreError(path, f"not a .flow manifest (invalid JSON: {exc})") from exc
     if not isinstance(doc, Mapping):
         raise CorruptStoreError(path, "not a .flow manifest (not a JSON object)")
-    base = os.path.dirname(os.path.abspath(path))
+    base = fs.dirname(located) if is_url(located) else os.path.dirname(os.path.abspath(path))
     out: dict[str, str | None] = {}
     for entry in ("flow_data", "flow_info", "flow_attributes"):
         value = doc.get(entry)
@@ -106,8 +119,9 @@ def resolve_flow_paths(flow_output_file: str | os.PathLike[str]) -> dict[str, st
             continue
         if not isinstance(value, str):
             raise CorruptStoreError(path, f"{entry} is {value!r}, not a path")
-        full = value if os.path.isabs(value) else os.path.join(base, value)
-        if not os.path.exists(full):
+        full = value if is_url(value) or os.path.isabs(value) else fs.join(base, value)
+        listed_fs, listed = dataset_filesystem(full, storage_options)
+        if not listed_fs.exists(listed):
             raise CorruptStoreError(
                 path, f"the manifest lists {entry} {value!r}, but {full} does not exist"
             )
@@ -115,12 +129,6 @@ def resolve_flow_paths(flow_output_file: str | os.PathLike[str]) -> dict[str, st
     if out["flow_data"] is None:
         raise CorruptStoreError(path, "the manifest names no dataset (flow_data)")
     return out
-
-
-def _sibling(dataset: str, suffix: str) -> str | None:
-    stem = dataset[: -len(".dataset")] if dataset.endswith(".dataset") else dataset
-    candidate = stem.rstrip("/" + os.sep) + suffix
-    return candidate if os.path.isfile(candidate) else None
 
 
 @functools.cache
@@ -185,6 +193,12 @@ class DatasetExplorer:
         and :meth:`get_group_data` returns Dask-backed arrays. If Dask is not installed the
         request is ignored with a :class:`cadstore.errors.CadstoreWarning`.
         ``{"disable": True}`` (the vendor's way to turn Dask off) is the default behaviour.
+    storage_options
+        fsspec options for the paths that are URLs (``s3://bucket/flows/demo.flow``): for
+        S3 ``key``, ``secret``, ``client_kwargs={"endpoint_url": ...}``. Without them,
+        credentials and endpoint come from the fsspec and environment configuration
+        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``FSSPEC_S3_*``, ...). Items are then
+        read with HTTP range requests; the Parquet tables through pyarrow.
 
     Raises
     ------
@@ -205,10 +219,13 @@ class DatasetExplorer:
         parquet_file_path: str | os.PathLike[str] | None = None,
         parquet_file_attribs: str | os.PathLike[str] | None = None,
         dask_client_params: Mapping[str, Any] | None = None,
+        *,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
+        self.storage_options = storage_options
         listed: dict[str, str | None] = {}
         if flow_output_file is not None:
-            listed = resolve_flow_paths(flow_output_file)
+            listed = resolve_flow_paths(flow_output_file, storage_options)
         dataset = os.fspath(merged_store_path) if merged_store_path else listed.get("flow_data")
         if not dataset:
             raise DatasetError(
@@ -219,20 +236,24 @@ class DatasetExplorer:
         self.parquet_file_path = (
             os.fspath(parquet_file_path)
             if parquet_file_path
-            else listed.get("flow_info") or _sibling(dataset, ".infoset")
+            else listed.get("flow_info") or sibling_path(dataset, ".infoset", storage_options)
         )
         self.parquet_file_attribs = (
             os.fspath(parquet_file_attribs)
             if parquet_file_attribs
-            else listed.get("flow_attributes") or _sibling(dataset, ".attribset")
+            else listed.get("flow_attributes")
+            or sibling_path(dataset, ".attribset", storage_options)
         )
         for label, path in (
             ("parquet_file_path", self.parquet_file_path),
             ("parquet_file_attribs", self.parquet_file_attribs),
         ):
-            if path is not None and not os.path.isfile(path):
+            if path is None:
+                continue
+            fs, located = dataset_filesystem(path, storage_options)
+            if not fs.isfile(located):
                 raise CorruptStoreError(path, f"{label}: no such file")
-        self.reader = DatasetReader(dataset)
+        self.reader = DatasetReader(dataset, storage_options=options_for(dataset, storage_options))
         self._info: pd.DataFrame | None = None
         self._attribs: pd.DataFrame | None = None
         self._zarr_store: Any = None
@@ -353,7 +374,18 @@ class DatasetExplorer:
         if self._zarr_store is None:
             import zarr
 
-            if os.path.isdir(self.merged_store_path):
+            path = self.merged_store_path
+            options = options_for(path, self.storage_options)
+            fs, located = dataset_filesystem(path, options)
+            if is_url(located):
+                # A URL: zarr-python reads the zip (or the prefix) through fsspec.
+                url = path if fs.isdir(located) else f"zip::{path}"
+                protocol = path.partition("://")[0]
+                nested = {protocol: options or {}} if url.startswith("zip::") else options
+                self._zarr_store = zarr.storage.FsspecStore.from_url(
+                    url, storage_options=nested, read_only=True
+                )
+            elif os.path.isdir(self.merged_store_path):
                 self._zarr_store = zarr.storage.LocalStore(self.merged_store_path, read_only=True)
             else:
                 self._zarr_store = zarr.storage.ZipStore(self.merged_store_path, mode="r")
@@ -778,9 +810,9 @@ class DatasetExplorer:
     # ------------------------------------------------------------------ tables
     def _info_frame(self, required: bool = True) -> pd.DataFrame | None:
         if self._info is None and self.parquet_file_path is not None:
-            import pandas as pd
-
-            self._info = pd.read_parquet(self.parquet_file_path).sort_values("id")
+            self._info = read_parquet_frame(
+                self.parquet_file_path, self.storage_options
+            ).sort_values("id")
             self._info = self._info.reset_index(drop=True)
         if self._info is None and required:
             raise DatasetError(
@@ -794,9 +826,7 @@ class DatasetExplorer:
                 raise DatasetError(
                     "no .attribset: pass parquet_file_attribs (or open the dataset from its .flow)"
                 )
-            import pandas as pd
-
-            self._attribs = pd.read_parquet(self.parquet_file_attribs)
+            self._attribs = read_parquet_frame(self.parquet_file_attribs, self.storage_options)
         return self._attribs
 
     def reload_info(self) -> None:

@@ -33,11 +33,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from cadstore.dataset.access import dataset_filesystem, read_parquet_schema, read_parquet_table
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.layout import OFFSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import DatasetError
-from cadstore.fs import LocalFileSystem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -545,10 +545,10 @@ class DatasetLoader:
     Parameters
     ----------
     merged_store_path
-        The ``.dataset``.
+        The ``.dataset``, a local path or a URL (``s3://bucket/flows/demo.dataset``).
     parquet_file_path
         The ``.infoset`` (defaults as in :class:`DatasetExplorer`); the split is recorded
-        in its ``subset`` column.
+        in its ``subset`` column (on an object store, with one atomic upload).
     item_loader_func
         For a dataset, an optional transform ``f(item_dict) -> Any`` applied to every item;
         for ``graph_files``, ``f(graph_file, label, file_id_code) -> Any`` that loads one.
@@ -568,6 +568,9 @@ class DatasetLoader:
     groups, arrays
         Read only these groups, or ``{group: [array, ...]}``, for each item (default:
         everything). Leaving out ``faceface`` makes items much smaller.
+    storage_options
+        fsspec options for the paths that are URLs (see :class:`DatasetExplorer`); they
+        travel with the item reader into ``DataLoader`` workers.
 
     Raises
     ------
@@ -595,7 +598,9 @@ class DatasetLoader:
         flow_output_file: str | os.PathLike[str] | None = None,
         groups: Sequence[str] | None = None,
         arrays: Mapping[str, Sequence[str]] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
+        self.storage_options = storage_options
         self.explorer: DatasetExplorer | None = None
         self._source: ItemSource | GraphFileSource
         self._history: dict[tuple[Any, ...], np.ndarray] = {}
@@ -622,6 +627,7 @@ class DatasetLoader:
             flow_output_file=flow_output_file,
             merged_store_path=merged_store_path,
             parquet_file_path=parquet_file_path,
+            storage_options=storage_options,
         )
         try:
             self._n = self.explorer.n_items
@@ -854,7 +860,7 @@ class DatasetLoader:
         import pyarrow.parquet as pq
 
         path = self.explorer.parquet_file_path
-        table = pq.read_table(path)
+        table = read_parquet_table(path, self.storage_options)
         ids = table.column("id").to_numpy()
         names = np.array([*SUBSETS, NO_SUBSET], dtype=object)
         valid = (ids >= 0) & (ids < self._n)
@@ -871,7 +877,10 @@ class DatasetLoader:
         def writer(fh: IO[bytes]) -> None:
             pq.write_table(table, fh)
 
-        LocalFileSystem().write_atomic(path, writer)
+        # Local disk: temporary file and rename; object store: one upload of the whole
+        # table, so a reader sees the old table or the new one.
+        fs, located = dataset_filesystem(path, self.storage_options)
+        fs.write_atomic(located, writer)
         self.explorer.reload_info()
 
     @property
@@ -940,9 +949,8 @@ def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:
     # the labels a user defined (file_label, category, ...).
     if explorer is None or explorer.parquet_file_path is None:
         return []
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(explorer.parquet_file_path).metadata or {}).get(b"cadstore")
+    schema = read_parquet_schema(explorer.parquet_file_path, explorer.storage_options)
+    raw = (schema.metadata or {}).get(b"cadstore")
     if not raw:
         return []
     try:

@@ -6,8 +6,14 @@ per-group ``item_offsets`` give the row range at once, and only the shard index 
 inner chunks covering those rows are read and decoded. Decoded inner chunks are kept in a
 small LRU cache, so neighbouring items share work.
 
+The dataset may be a URL (``s3://bucket/flows/demo.dataset``): the zip is then read in
+place through HTTP range requests (:class:`cadstore.format.sources.ZipSource` over
+:func:`cadstore.fs.filesystem_for`), so reading one item fetches its shard indexes and
+inner chunks, not the dataset.
+
 A :class:`DatasetReader` can be pickled (PyTorch ``DataLoader`` workers do): it carries
-only its path and settings, and reopens the file in each process on first use.
+only its path, storage options and settings, and reopens the file in each process on
+first use.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cadstore.dataset.access import dataset_filesystem, prefix_source
 from cadstore.dataset.layout import ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.dataset.merge import DATASET_FORMAT
 from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
@@ -29,6 +36,7 @@ from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, read_index
 from cadstore.format.sources import DirectorySource, KeySource, ZipSource
+from cadstore.fs import FsspecFileSystem, LocalFileSystem
 
 __all__ = ["DatasetReader"]
 
@@ -39,7 +47,12 @@ class DatasetReader:
     Parameters
     ----------
     path
-        The ``.dataset`` (zip or directory).
+        The ``.dataset`` (zip or directory), a local path or a URL such as
+        ``s3://bucket/flows/demo.dataset``.
+    storage_options
+        fsspec options for a URL (for S3: ``key``, ``secret``,
+        ``client_kwargs={"endpoint_url": ...}``); without them credentials and endpoint
+        come from the fsspec and environment configuration. Ignored for a local path.
     limits
         Safety limits for reading.
     cache_bytes
@@ -48,17 +61,21 @@ class DatasetReader:
     Raises
     ------
     CorruptStoreError
-        If ``path`` is not a readable cadstore dataset.
+        If ``path`` is not a readable cadstore dataset. On an object store its subclasses
+        say why: :class:`~cadstore.errors.StorageAccessError` for refused credentials,
+        :class:`~cadstore.errors.StorageUnavailableError` for an unreachable store.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        storage_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = os.fspath(path)
+        self.storage_options = storage_options
         self.limits = limits
         self.cache_bytes = cache_bytes
         self._pid = -1
@@ -67,13 +84,7 @@ class DatasetReader:
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self) -> None:
-        if not os.path.exists(self.path):
-            raise CorruptStoreError(self.path, "no such dataset")
-        source: KeySource = (
-            DirectorySource(self.path)
-            if os.path.isdir(self.path)
-            else ZipSource(self.path, limits=self.limits)
-        )
+        source = self._open_source()
         try:
             hier = ReadHierarchy(source, self.limits)
             if hier.group_attributes.get("", {}).get("cadstore") != DATASET_FORMAT:
@@ -103,6 +114,22 @@ class DatasetReader:
         self._item_arrays: dict[str, list[str]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
 
+    def _open_source(self) -> KeySource:
+        fs, path = dataset_filesystem(self.path, self.storage_options)
+        if isinstance(fs, LocalFileSystem):
+            if not os.path.exists(path):
+                raise CorruptStoreError(self.path, "no such dataset")
+            if os.path.isdir(path):
+                return DirectorySource(path)
+            return ZipSource(path, limits=self.limits)
+        # One HEAD answers for the usual zip; only a miss costs a listing.
+        if fs.isfile(path):
+            return ZipSource(path, fs=fs, limits=self.limits)
+        if fs.isdir(path):
+            assert isinstance(fs, FsspecFileSystem)
+            return prefix_source(fs, path)
+        raise CorruptStoreError(self.path, "no such dataset (no object and no prefix)")
+
     def _ensure(self) -> None:
         # A reader inherited through fork must not share the parent's file position or
         # caches; a reader unpickled in a worker has nothing open yet.
@@ -125,10 +152,16 @@ class DatasetReader:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "limits": self.limits, "cache_bytes": self.cache_bytes}
+        return {
+            "path": self.path,
+            "storage_options": self.storage_options,
+            "limits": self.limits,
+            "cache_bytes": self.cache_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
+        self.storage_options = state.get("storage_options")
         self.limits = state["limits"]
         self.cache_bytes = state["cache_bytes"]
         self._lock = threading.RLock()
@@ -143,6 +176,13 @@ class DatasetReader:
     def n_items(self) -> int:
         """Number of items."""
         return len(self.item_names)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Size of the dataset as stored (the zip, or every file below the directory)."""
+        with self._lock:
+            self._ensure()
+            return self._source.total_bytes()
 
     @property
     def groups(self) -> list[str]:

@@ -1,0 +1,231 @@
+"""Reading a merged dataset on S3 (a real SeaweedFS server): the same answers as on disk.
+
+One server and one dataset of 160 realistic items for the module: merged locally, the
+four files uploaded. Every query on the URLs is compared with the same query on the local
+files; reading one item is shown to transfer a small part of the dataset (a proxy counts
+the bytes); a PyTorch ``DataLoader`` with spawned workers reads from S3; a split is
+recorded in the infoset on S3; refused credentials and a missing bucket are clear errors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cadstore.dataset.explorer import DatasetExplorer, resolve_flow_paths
+from cadstore.dataset.loader import DatasetLoader
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import CorruptStoreError, StorageAccessError
+from s3dataset import FAST_FAIL, SUFFIXES, S3Dataset, s3_dataset
+from s3server import CutOffProxy
+
+N_ITEMS = 160
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Dataset]:
+    """The module's server and its uploaded dataset."""
+    yield from s3_dataset(tmp_path_factory.mktemp("s3data"), N_ITEMS, seed=5)
+
+
+def _assert_items_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for group in a:
+        assert a[group].keys() == b[group].keys(), group
+        for name in a[group]:
+            np.testing.assert_array_equal(a[group][name], b[group][name], err_msg=name)
+
+
+# ---------------------------------------------------------------------------- explorer
+def test_explorer_on_s3_equals_local(data: S3Dataset) -> None:
+    with (
+        DatasetExplorer(data.url(".flow"), storage_options=data.options()) as remote,
+        DatasetExplorer(data.local_path(".flow")) as local,
+    ):
+        # The manifest's relative names resolve next to it, on S3.
+        assert remote.merged_store_path == data.url(".dataset")
+        assert remote.parquet_file_path == data.url(".infoset")
+        assert remote.parquet_file_attribs == data.url(".attribset")
+        assert remote.n_items == local.n_items == N_ITEMS
+        assert remote.available_groups() == local.available_groups()
+        for group in local.available_groups():
+            assert remote.available_arrays(group) == local.available_arrays(group)
+        for code in (0, 77, N_ITEMS - 1):
+            for group in sorted(local.available_groups()):
+                xr.testing.assert_identical(
+                    remote.file_dataset(code, group), local.file_dataset(code, group)
+                )
+        pd.testing.assert_frame_equal(remote.get_file_info_all(), local.get_file_info_all())
+        pd.testing.assert_frame_equal(
+            remote.get_descriptions("file_label"), local.get_descriptions("file_label")
+        )
+        for key, bins in (("face_types", None), ("face_areas", 12)):
+            a = remote.create_distribution(key, bins, "faces")
+            b = local.create_distribution(key, bins, "faces")
+            np.testing.assert_array_equal(a["bin_edges"], b["bin_edges"])
+            np.testing.assert_array_equal(a["hist"], b["hist"])
+            for x, y in zip(a["file_id_codes_in_bins"], b["file_id_codes_in_bins"], strict=True):
+                np.testing.assert_array_equal(x, y)
+        codes = remote.get_file_list("faces", lambda ds: ds["face_types"] == 3)
+        np.testing.assert_array_equal(
+            codes, local.get_file_list("faces", lambda ds: ds["face_types"] == 3)
+        )
+        assert remote.table_of_contents() == local.table_of_contents()
+        # The lazy xarray view goes through zarr-python and fsspec on the zip in S3.
+        np.testing.assert_array_equal(
+            remote.get_array_data("faces", "face_areas").values,
+            local.get_array_data("faces", "face_areas").values,
+        )
+
+
+def test_explorer_from_the_three_urls(data: S3Dataset) -> None:
+    with (
+        DatasetExplorer(
+            merged_store_path=data.url(".dataset"),
+            parquet_file_path=data.url(".infoset"),
+            parquet_file_attribs=data.url(".attribset"),
+            storage_options=data.options(),
+        ) as three,
+        DatasetExplorer(
+            merged_store_path=data.url(".dataset"), storage_options=data.options()
+        ) as alone,
+    ):
+        # The tables next to the dataset are found on S3 too.
+        assert alone.parquet_file_path == data.url(".infoset")
+        assert alone.parquet_file_attribs == data.url(".attribset")
+        pd.testing.assert_frame_equal(three.get_file_info_all(), alone.get_file_info_all())
+        assert three.decode_file_id_code(5) == alone.decode_file_id_code(5)
+
+
+def test_manifest_listing_a_missing_file_on_s3(data: S3Dataset) -> None:
+    prefix = data.copy_to("missing")
+    data.client().rm_file(data.url(".attribset", prefix))
+    with pytest.raises(CorruptStoreError, match=r"flow_attributes .* does not exist"):
+        resolve_flow_paths(data.url(".flow", prefix), data.options())
+
+
+# ---------------------------------------------------------------------------- reader
+def test_reader_item_equals_local_and_reads_a_small_part(data: S3Dataset) -> None:
+    size = Path(data.local_path()).stat().st_size
+    with CutOffProxy(data.server) as proxy:
+        options = data.options()
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        with (
+            DatasetReader(data.url(), storage_options=options) as remote,
+            DatasetReader(data.local_path()) as local,
+        ):
+            opened = proxy.downloaded
+            item = remote.read_item(80)
+            one_item = proxy.downloaded - opened
+            _assert_items_equal(item, local.read_item(80))
+            assert remote.stored_bytes == size
+            faces = remote.read_item(120, groups=["faces"])
+            one_group = proxy.downloaded - opened - one_item
+            _assert_items_equal(faces, local.read_item(120, groups=["faces"]))
+    # Opening reads the end of the zip (its directory) and the small metadata; an item,
+    # its shard indexes and inner chunks: a small part of the dataset either way.
+    assert opened < size / 50, (opened, size)
+    assert one_item < size / 4, (one_item, size)
+    assert one_group < size / 20, (one_group, size)
+
+
+def test_reader_pickles_with_its_url_and_options(data: S3Dataset) -> None:
+    with DatasetReader(data.url(), storage_options=data.options()) as reader:
+        clone = pickle.loads(pickle.dumps(reader))  # noqa: S301 - what DataLoader does
+        try:
+            assert clone.path == data.url()
+            assert clone.storage_options == data.options()
+            _assert_items_equal(clone.read_item(3), reader.read_item(3))
+        finally:
+            clone.close()
+
+
+# ---------------------------------------------------------------------------- loader
+def test_torch_dataloader_with_spawned_workers_reads_s3(data: S3Dataset) -> None:
+    torch = pytest.importorskip("torch")
+    prefix = data.copy_to("torch")
+    with DatasetLoader(
+        flow_output_file=data.url(".flow", prefix),
+        storage_options=data.options(),
+        groups=["faces", "graph"],
+    ) as loader:
+        loader.split("face_types", "faces", 0.5, 0.25, 0.25, random_state=1)
+        validation = loader.get_dataset("validation")
+        dataset, collate = validation.to_torch()
+        batches = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=8,
+            num_workers=2,
+            collate_fn=collate,
+            multiprocessing_context="spawn",
+        )
+        seen: list[int] = []
+        with DatasetReader(data.local_path()) as local:
+            for batch in batches:
+                codes = batch["file_id_code"].tolist()
+                expected = np.concatenate(
+                    [local.read_item(c, groups=["faces"])["faces"]["face_areas"] for c in codes]
+                )
+                np.testing.assert_array_equal(batch["faces"]["face_areas"].numpy(), expected)
+                seen.extend(codes)
+    assert seen == validation.indices.tolist()
+
+
+def test_split_is_recorded_in_the_infoset_on_s3(data: S3Dataset, tmp_path: Path) -> None:
+    prefix = data.copy_to("split")
+    with DatasetLoader(
+        flow_output_file=data.url(".flow", prefix), storage_options=data.options()
+    ) as remote:
+        counts = remote.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=4)
+    # The same split of the local copy (copied first: the original is shared).
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    for suffix in SUFFIXES:
+        (local_dir / f"parts{suffix}").write_bytes(Path(data.local_path(suffix)).read_bytes())
+    with DatasetLoader(flow_output_file=local_dir / "parts.flow") as local:
+        assert local.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=4) == counts
+        expected = local.explorer.get_file_info_all()  # type: ignore[union-attr]
+    # A new explorer reads the rewritten table from S3: one object, the new column.
+    with DatasetExplorer(data.url(".flow", prefix), storage_options=data.options()) as again:
+        info = again.get_file_info_all()
+    pd.testing.assert_series_equal(info["subset"], expected["subset"])
+    assert sorted(data.client().ls(prefix)) == sorted(
+        data.url(s, prefix).removeprefix("s3://") for s in SUFFIXES
+    )
+    # And a loader opened later starts from the recorded split.
+    with DatasetLoader(
+        flow_output_file=data.url(".flow", prefix), storage_options=data.options()
+    ) as later:
+        assert len(later.get_dataset("train")) == counts[0]
+
+
+# ---------------------------------------------------------------------------- errors
+def test_wrong_credentials_are_a_clear_error(data: S3Dataset) -> None:
+    bad = data.options(config_kwargs=FAST_FAIL)
+    bad["secret"] = secrets.token_hex(16)
+    for open_it in (
+        lambda: DatasetReader(data.url(), storage_options=bad),
+        lambda: DatasetExplorer(data.url(".flow"), storage_options=bad),
+        lambda: DatasetLoader(data.url(), storage_options=bad),
+    ):
+        with pytest.raises(StorageAccessError, match="access denied") as caught:
+            open_it()
+        assert data.prefix in str(caught.value)
+
+
+def test_missing_bucket_and_missing_dataset(data: S3Dataset) -> None:
+    options = data.options(config_kwargs=FAST_FAIL)
+    with pytest.raises(CorruptStoreError, match="bucket 'no-such-bucket-here' does not exist"):
+        DatasetReader("s3://no-such-bucket-here/parts.dataset", storage_options=options)
+    with pytest.raises(CorruptStoreError, match="bucket 'no-such-bucket-here' does not exist"):
+        DatasetExplorer("s3://no-such-bucket-here/parts.flow", storage_options=options)
+    with pytest.raises(CorruptStoreError, match="no such dataset"):
+        DatasetReader(data.url(".dataset", data.prefix + "/nothing"), storage_options=options)
