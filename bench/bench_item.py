@@ -2,8 +2,9 @@
 
 Contenders (same items, interleaved per item so that machine noise hits all alike):
 
-* ``cadstore-L<n>``: :class:`cadstore.OptStorage` at zstd level ``n`` (all ``save_data``,
-  metadata, ``compress_store``, ``close``);
+* ``cadstore-L<n>``: :class:`cadstore.OptStorage` at zstd level ``n``, long-distance
+  matching on chunks of 16 KiB or more (all ``save_data``, metadata, ``compress_store``,
+  ``close``);
 * ``spec_design``: the specified design on zarr-python (Zarr v2 directory store, Zstd 12,
   Delta on integers, then copied into a zip);
 * ``zarr_v3``: zarr-python 3 used directly (ZipStore, zstd 3);
@@ -16,7 +17,7 @@ overhead (file bytes that are not chunk bytes, relative to chunk bytes). Ratios 
 
 Run from the repository root (``pip install -e '.[bench]'``)::
 
-    python bench/bench_item.py --items 60 --levels 3 5 7 --json bench/results/item.json
+    python bench/bench_item.py --items 60 --json bench/results/item.json
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cadstore import OptStorage
+from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
 from cadstore.testing.workload import iter_items, raw_nbytes
 
 try:
@@ -84,7 +86,8 @@ def cadstore_contender(level: int) -> Contender:
         with OptStorage(path[: -len(".data")]) as storage:
             return storage.load_data(key)
 
-    return Contender(f"cadstore-L{level}", write, read, read_one)
+    default = " (default)" if level == DEFAULT_COMPRESSION_LEVEL else ""
+    return Contender(f"cadstore-L{level}{default}", write, read, read_one)
 
 
 _METADATA_NAMES = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata", "metadata.json")
@@ -194,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=60)
-    parser.add_argument("--levels", type=int, nargs="+", default=[3, 5, 7])
+    parser.add_argument("--levels", type=int, nargs="+", default=[DEFAULT_COMPRESSION_LEVEL, 5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the summary to this file")
     args = parser.parse_args(argv)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -111,7 +110,7 @@ def chunk_shape(shape: tuple[int, ...], clamp: bool) -> tuple[int, ...]:
     rows = max(1, CHUNK_ELEMENTS // max(1, row_elems))
     if clamp:
         rows = min(rows, max(1, shape[0]))
-    return (rows,) + tuple(max(1, s) for s in shape[1:])
+    return (rows, *tuple(max(1, s) for s in shape[1:]))
 
 
 def dims_for(key: str, ndim: int) -> list[str]:
@@ -179,12 +178,12 @@ class VendorLikeStorage:
         arr = to_array(data)
         if arr.dtype.kind == "f" and np.isnan(arr).any():
             raise ValueError(f"NaN in {key}")
-        kwargs = dict(
-            data=arr,
-            chunks=chunk_shape(arr.shape, self.clamp_chunks),
-            compressor=Zstd(level=ZSTD_LEVEL),
-            overwrite=True,
-        )
+        kwargs = {
+            "data": arr,
+            "chunks": chunk_shape(arr.shape, self.clamp_chunks),
+            "compressor": Zstd(level=ZSTD_LEVEL),
+            "overwrite": True,
+        }
         if arr.dtype == object:
             kwargs.update(dtype=object, object_codec=MsgPack())
         elif arr.dtype.kind in "iu":
@@ -222,7 +221,9 @@ class VendorLikeStorage:
         zip_path = Path(zip_path)
         if zip_path.exists():
             zip_path.unlink()
-        with zipfile.ZipFile(zip_path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zipfile.ZipFile(
+            zip_path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True
+        ) as zf:
             for key in self.directory_files():
                 info = zipfile.ZipInfo(filename=key, date_time=ZIP_DATE_TIME)
                 info.compress_type = zipfile.ZIP_STORED
@@ -243,8 +244,14 @@ class VendorLikeStorage:
                     [i.filename for i in ia],
                     [i.filename for i in ib],
                 )
-                for x, y in zip(ia, ib):
-                    for attr in ("compress_type", "external_attr", "create_system", "flag_bits", "file_size"):
+                for x, y in zip(ia, ib, strict=False):
+                    for attr in (
+                        "compress_type",
+                        "external_attr",
+                        "create_system",
+                        "flag_bits",
+                        "file_size",
+                    ):
                         assert getattr(x, attr) == getattr(y, attr), (x.filename, attr)
                     assert a.read(x) == b.read(y), x.filename
 
@@ -253,8 +260,14 @@ class VendorLikeStorage:
 # Fixture contents.
 # --------------------------------------------------------------------------------------
 FACE_TYPE_DESCRIPTIONS = {
-    "0": "Plane", "1": "Cylinder", "2": "Cone", "3": "Sphere",
-    "4": "Torus", "5": "Nurbs", "13": "Revolution", "14": "Extrusion",
+    "0": "Plane",
+    "1": "Cylinder",
+    "2": "Cone",
+    "3": "Sphere",
+    "4": "Torus",
+    "5": "Nurbs",
+    "13": "Revolution",
+    "14": "Extrusion",
 }
 EDGE_TYPE_DESCRIPTIONS = {"0": "Line", "1": "Circle"}
 
@@ -262,7 +275,7 @@ EDGE_TYPE_DESCRIPTIONS = {"0": "Line", "1": "Circle"}
 def _bfs_paths(n_faces: int, src: np.ndarray, dst: np.ndarray):
     """All-pairs hop counts and co-edge paths on the directed face graph."""
     nbrs: dict[int, list[tuple[int, int]]] = {i: [] for i in range(n_faces)}
-    for e, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
+    for e, (s, d) in enumerate(zip(src.tolist(), dst.tolist(), strict=False)):
         nbrs[s].append((d, e))
     hops = np.zeros((n_faces, n_faces), dtype=np.float32)
     paths: dict[tuple[int, int], list[int]] = {}
@@ -306,8 +319,16 @@ def build_item_basic(workdir: Path):
     face_types = np.array([0, 0, 1, 0, 1, 2], dtype=np.int32)
     face_areas = np.array([1834.25, 1834.25, 942.4778, 600.0, 235.6194, 70.68583], dtype=np.float32)
     face_centroids = np.array(
-        [[20.0, 15.0, 10.0], [20.0, 15.0, 0.0], [40.0, 15.0, 5.0],
-         [0.0, 15.0, 5.0], [20.0, 15.0, 4.0], [20.0, 15.0, 9.0]], dtype=np.float32)
+        [
+            [20.0, 15.0, 10.0],
+            [20.0, 15.0, 0.0],
+            [40.0, 15.0, 5.0],
+            [0.0, 15.0, 5.0],
+            [20.0, 15.0, 4.0],
+            [20.0, 15.0, 9.0],
+        ],
+        dtype=np.float32,
+    )
     face_loops = np.array([2, 2, 1, 1, 1, 1], dtype=np.int32)
     # 8 B-rep edges -> 16 co-edges (2k: a->b, 2k+1: b->a)
     undirected = [(0, 2), (0, 3), (0, 5), (1, 2), (1, 3), (1, 4), (2, 3), (4, 5)]
@@ -316,10 +337,14 @@ def build_item_basic(workdir: Path):
     uangle = [1.5707964, 1.5707964, -0.7853982, 1.5707964, 1.5707964, -1.5707964, 0.0, 2.3561945]
     uconv = [2, 2, 1, 2, 2, 1, 3, 1]
     src, dst, etype, elen, eang, econv = [], [], [], [], [], []
-    for (a, b), k, ln, an, cv in zip(undirected, ukind, ulen, uangle, uconv):
+    for (a, b), k, ln, an, cv in zip(undirected, ukind, ulen, uangle, uconv, strict=False):
         for s, d in ((a, b), (b, a)):
-            src.append(s); dst.append(d); etype.append(k)
-            elen.append(ln); eang.append(an); econv.append(cv)
+            src.append(s)
+            dst.append(d)
+            etype.append(k)
+            elen.append(ln)
+            eang.append(an)
+            econv.append(cv)
     n_e = len(src)
     assert n_e == 16
     edges_source = np.array(src, dtype=np.int32)
@@ -366,17 +391,20 @@ def build_item_basic(workdir: Path):
     st.save_data("edge_convexities", np.array(econv, dtype=np.int32))
     st.save_metadata("descriptions/edge_types", EDGE_TYPE_DESCRIPTIONS)
     st.save_data("edge_u_grids", ug)
-    st.save_data("graph", {
-        "edges_source": edges_source,
-        "edges_destination": edges_destination,
-        "num_nodes": np.int64(n_f),
-    })
+    st.save_data(
+        "graph",
+        {
+            "edges_source": edges_source,
+            "edges_destination": edges_destination,
+            "num_nodes": np.int64(n_f),
+        },
+    )
     st.save_data("extended_adjacency", hops)
     st.save_data("face_pair_edges_path", path_arr)
     st.save_data("a3_distance", a3)
     st.save_data("d2_distance", d2)
     st.save_data("description", "Bracket, 6 faces, countersunk Ø6 hole")
-    st.save_data("part_tags", ["bracket", "steel", "Übergröße Ø12 – 試作"])
+    st.save_data("part_tags", ["bracket", "steel", "Übergröße Ø12 \u2013 試作"])
     st.save_data("processing_scale", 0.001)
     st.save_metadata("processing_time", 1.5)
     st.save_metadata("file_label", 2)
@@ -397,7 +425,9 @@ def build_item_empty(workdir: Path):
     st.save_data("face_indices", np.arange(n_f, dtype=np.int32))
     st.save_data("face_types", np.array([0, 5], dtype=np.int32))
     st.save_data("face_areas", np.array([12.5, 3.25], dtype=np.float32))
-    st.save_data("face_centroids", np.array([[0.5, 0.25, 0.0], [2.0, -1.0, 0.125]], dtype=np.float32))
+    st.save_data(
+        "face_centroids", np.array([[0.5, 0.25, 0.0], [2.0, -1.0, 0.125]], dtype=np.float32)
+    )
     st.save_data("face_loops", np.array([1, 1], dtype=np.int32))
     st.save_metadata("descriptions/face_types", FACE_TYPE_DESCRIPTIONS)
     st.save_data("edge_indices", np.zeros((0,), dtype=np.int32))
@@ -407,11 +437,14 @@ def build_item_empty(workdir: Path):
     st.save_data("edge_convexities", np.zeros((0,), dtype=np.int32))
     st.save_metadata("descriptions/edge_types", EDGE_TYPE_DESCRIPTIONS)
     st.save_data("edge_u_grids", np.zeros((0, 5, 6), dtype=np.float32))
-    st.save_data("graph", {
-        "edges_source": np.zeros((0,), dtype=np.int32),
-        "edges_destination": np.zeros((0,), dtype=np.int32),
-        "num_nodes": np.int64(n_f),
-    })
+    st.save_data(
+        "graph",
+        {
+            "edges_source": np.zeros((0,), dtype=np.int32),
+            "edges_destination": np.zeros((0,), dtype=np.int32),
+            "num_nodes": np.int64(n_f),
+        },
+    )
     st.save_data("extras/empty_f32", np.zeros((0,), dtype=np.float32))
     st.save_data("extras/empty_f32x3", np.zeros((0, 3), dtype=np.float32))
     st.save_metadata("processing_time", 0.25)
@@ -428,12 +461,15 @@ def build_item_chunked(workdir: Path):
     m = 300_000
     i = np.arange(m)
     block = rng.standard_normal(1000).astype(np.float32)
-    pc = np.stack([
-        (i % 1000).astype(np.float32) * np.float32(0.001),
-        np.tile(block, m // 1000),
-        (i // 50_000).astype(np.float32),
-        ((i % 8) == 0).astype(np.float32),
-    ], axis=1).astype(np.float32)
+    pc = np.stack(
+        [
+            (i % 1000).astype(np.float32) * np.float32(0.001),
+            np.tile(block, m // 1000),
+            (i // 50_000).astype(np.float32),
+            ((i % 8) == 0).astype(np.float32),
+        ],
+        axis=1,
+    ).astype(np.float32)
     assert pc.shape == (m, 4) and pc.flags.c_contiguous
 
     st = VendorLikeStorage(workdir / "item_chunked.zarr", clamp_chunks=True)
@@ -468,19 +504,25 @@ def build_expected(st: VendorLikeStorage, zip_path: Path) -> dict:
         entries = [i.filename for i in zf.infolist()]
         zinfo_dir = any(i.is_dir() for i in zf.infolist())
         zarrays = {
-            e[: -len("/.zarray")]: json.loads(zf.read(e))
-            for e in entries if e.endswith("/.zarray")
+            e[: -len("/.zarray")]: json.loads(zf.read(e)) for e in entries if e.endswith("/.zarray")
         }
         groups = sorted(
-            ("" if e == ".zgroup" else e[: -len("/.zgroup")]) for e in entries if e.endswith(".zgroup")
+            ("" if e == ".zgroup" else e[: -len("/.zgroup")])
+            for e in entries
+            if e.endswith(".zgroup")
         )
         metadata = json.loads(zf.read("metadata.json"))
     arrays, strings, scalars = {}, {}, {}
     for path in sorted(st.written):
         arr = st.written[path]
         za = zarrays[path]
-        chunk_keys = [e for e in entries if e.startswith(path + "/") and "/" not in e[len(path) + 1:]
-                      and not e[len(path) + 1:].startswith(".z")]
+        chunk_keys = [
+            e
+            for e in entries
+            if e.startswith(path + "/")
+            and "/" not in e[len(path) + 1 :]
+            and not e[len(path) + 1 :].startswith(".z")
+        ]
         rec = {
             "dtype": arr.dtype.str,
             "shape": list(arr.shape),
@@ -509,7 +551,11 @@ def build_expected(st: VendorLikeStorage, zip_path: Path) -> dict:
             "msgpack": ".".join(map(str, msgpack.version)),
             "python": sys.version.split()[0],
         },
-        "zip": {"entries": entries, "has_directory_entries": zinfo_dir, "compression": "ZIP_STORED"},
+        "zip": {
+            "entries": entries,
+            "has_directory_entries": zinfo_dir,
+            "compression": "ZIP_STORED",
+        },
         "groups": groups,
         "arrays": arrays,
         "strings": strings,
@@ -530,8 +576,14 @@ def verify(out_dir: Path) -> None:
             g = zarr.open_group(store, mode="r")
             # every array present, nothing extra
             found = []
-            g.visititems(lambda p, o: found.append(p) if isinstance(o, zarr.Array) else None)
-            assert sorted(found) == sorted(exp["arrays"]), (name, sorted(found), sorted(exp["arrays"]))
+            g.visititems(
+                lambda p, o, found=found: found.append(p) if isinstance(o, zarr.Array) else None
+            )
+            assert sorted(found) == sorted(exp["arrays"]), (
+                name,
+                sorted(found),
+                sorted(exp["arrays"]),
+            )
             for path, rec in exp["arrays"].items():
                 a = g[path]
                 assert a.dtype.str == rec["dtype"], (name, path, a.dtype.str)
@@ -542,7 +594,10 @@ def verify(out_dir: Path) -> None:
                 if rec["sha256"] is not None:
                     assert le_sha256(data) == rec["sha256"], (name, path)
                     if "values" in rec:
-                        assert np.array_equal(np.array(rec["values"], dtype=rec["dtype"]), data), (name, path)
+                        assert np.array_equal(np.array(rec["values"], dtype=rec["dtype"]), data), (
+                            name,
+                            path,
+                        )
                 else:
                     val = exp["strings"][path]
                     got = data.tolist()
@@ -577,7 +632,8 @@ def main(argv=None) -> int:
                 size = st.compress_store(zpath)
                 exp = build_expected(st, zpath)
                 (out_dir / f"{name}.expected.json").write_text(
-                    json.dumps(exp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                    json.dumps(exp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+                )
                 print(f"wrote {zpath} ({size} bytes)")
     verify(out_dir)
     return 0

@@ -408,3 +408,22 @@ def test_server_stopped_mid_write_leaves_no_partial_object(own_server: WeedServe
     _write_item(url, new, own_server.storage_options(), mode="w")
     with OptStorage(url, storage_options=own_server.storage_options()) as reader:
         assert_same(reader.load_data("face_areas"), new["face_areas"])
+
+
+def test_no_credentials_at_all(s3: S3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No key anywhere: a StorageAccessError that says so, not botocore's bare message."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    # Otherwise botocore would look for instance credentials on the network.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {
+        "skip_instance_cache": True,
+        "client_kwargs": {"endpoint_url": s3.server.endpoint},
+        "config_kwargs": FAST_FAIL,
+    }
+    url = s3.url("nocreds", "p1.zarr")
+    with pytest.raises(StorageAccessError, match="no credentials") as info:
+        OptStorage(url, storage_options=options, mode="r")
+    assert url in str(info.value)

@@ -28,6 +28,8 @@ schema. Messages name the key, file or field and say what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CadstoreError",
     "CadstoreWarning",
@@ -72,6 +74,9 @@ class KeyNotFoundError(CadstoreError, KeyError):
         self.key = key
         super().__init__(message or f"key {key!r} does not exist")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.args[0]), self.__dict__)
+
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message and wrap it in quotes.
         return str(self.args[0])
@@ -84,6 +89,9 @@ class InvalidKeyError(CadstoreError, ValueError):
         self.key = key
         self.reason = reason
         super().__init__(f"invalid key {key!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.reason), self.__dict__)
 
 
 class KeyConflictError(CadstoreError, ValueError):
@@ -119,6 +127,9 @@ class SchemaValidationError(SchemaError):
             f"data for {key!r} does not match the schema: expected {expected}, got {actual}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.expected, self.actual), self.__dict__)
+
 
 class StorageClosedError(CadstoreError, ValueError):
     """An operation on a storage after ``close()``."""
@@ -147,6 +158,11 @@ class CorruptStoreError(CadstoreError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from (path, problem), not from the formatted message, so the error
+        # crosses process boundaries (Dask workers, DataLoader workers) intact.
+        return (type(self), (self.path, self.problem), self.__dict__)
 
 
 class LimitExceededError(CorruptStoreError):

@@ -12,6 +12,7 @@ stays the reference reader in the test suite.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -197,6 +198,12 @@ def parse_array_meta(
     raise MetadataError(f"unknown zarr_format {fmt!r}")
 
 
+@functools.lru_cache(maxsize=64)
+def _little_dtype(name: str) -> np.dtype:
+    # Building a dtype from its name costs microseconds; items repeat a dozen names.
+    return np.dtype(name).newbyteorder("<")
+
+
 def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if doc.get("node_type") != "array":
         raise MetadataError("node_type is not 'array'")
@@ -205,7 +212,7 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if data_type == "string":
         dtype: Any = STRING
     elif data_type in _V3_DTYPES:
-        dtype = np.dtype(str(data_type)).newbyteorder("<")
+        dtype = _little_dtype(data_type)
     else:
         raise MetadataError(f"unsupported data_type {data_type!r}")
     grid = doc.get("chunk_grid")
