@@ -199,6 +199,12 @@ def parse_array_meta(
 
 
 @functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    # numpy computes dtype.name in Python on every access.
+    return dtype.name
+
+
+@functools.lru_cache(maxsize=64)
 def _little_dtype(name: str) -> np.dtype:
     # Building a dtype from its name costs microseconds; items repeat a dozen names.
     return np.dtype(name).newbyteorder("<")
@@ -635,7 +641,7 @@ def encode_array(
             "zarr_format": 3,
             "node_type": "array",
             "shape": list(shape),
-            "data_type": "string" if is_string else arr.dtype.name,
+            "data_type": "string" if is_string else _dtype_name(arr.dtype),
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": fill,
