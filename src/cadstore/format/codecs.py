@@ -131,6 +131,35 @@ def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
     return out
 
 
+def decode_zstd_into(data: bytes, out: memoryview) -> None:
+    """Decompress one zstd frame into ``out``, which it must fill exactly.
+
+    Decoding into the final array saves the copy that a read-only ``bytes`` result would
+    need to become a writable array.
+    """
+    expected = out.nbytes
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise ChunkDecodeError(f"not a zstd frame: {exc}") from exc
+    if declared not in (-1, expected):
+        raise ChunkDecodeError(f"zstd frame declares {declared} bytes, expected {expected}")
+    got = 0
+    try:
+        with _decompressor().stream_reader(data, read_size=max(1, len(data))) as reader:
+            while got < expected:
+                n = reader.readinto(out[got:])
+                if not n:
+                    break
+                got += n
+            extra = reader.read(1) if got == expected else b""
+    except zstandard.ZstdError as exc:
+        raise ChunkDecodeError(f"zstd data is corrupt: {exc}") from exc
+    if got != expected or extra:
+        more = " or more" if extra else ""
+        raise ChunkDecodeError(f"zstd frame decoded to {got}{more} bytes, expected {expected}")
+
+
 def decode_gzip(data: bytes, expected: int | None, limit: int, *, wbits: int) -> bytes:
     """Decompress gzip (``wbits=31``) or zlib (``wbits=15``) data without exceeding a bound."""
     bound = expected if expected is not None else limit

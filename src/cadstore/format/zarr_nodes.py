@@ -136,7 +136,10 @@ class ArrayMeta:
 def _int_tuple(value: Any, what: str, *, positive: bool) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         raise MetadataError(f"{what} is not a list")
-    out = []
+    out = tuple(value)
+    # JSON gives exact ints (never bool subclasses here); one pass over types and bounds.
+    if all(type(v) is int for v in out) and (not out or min(out) >= (1 if positive else 0)):
+        return out
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if positive else 0):
             wanted = "positive" if positive else "non-negative"
@@ -249,6 +252,10 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
         if not isinstance(codec, Mapping) or codec.get("name") not in C.V3_READABLE_CODECS:
             name = codec.get("name") if isinstance(codec, Mapping) else codec
             raise MetadataError(f"codec {name!r} is not on the allow-list")
+        if not isinstance(codec.get("configuration", {}), Mapping):
+            raise MetadataError(
+                f"codec {codec.get('name')!r} has a configuration that is not an object"
+            )
     if doc.get("storage_transformers"):
         raise MetadataError("storage transformers are not supported")
     dims = doc.get("dimension_names")
@@ -474,6 +481,18 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
         raise C.ChunkDecodeError("codec list has no array-to-bytes codec")
     a2b = codecs.pop(0)
     b2b = codecs
+    if (
+        not a2a
+        and not meta.is_string
+        and a2b["name"] == "bytes"
+        and len(b2b) == 1
+        and b2b[0]["name"] == "zstd"
+        and (a2b.get("configuration") or {}).get("endian", "little") == "little"
+    ):
+        # What cadstore writes: decode straight into a writable array, no copy.
+        out = np.empty(meta.chunks, dtype=meta.dtype)
+        C.decode_zstd_into(raw, memoryview(out.reshape(-1)).cast("B"))
+        return out
     expected = None if meta.is_string else count * meta.itemsize
     data = raw
     for i, codec in enumerate(reversed(b2b)):
