@@ -1,6 +1,7 @@
 """Benchmark: write and read one encoded CAD item, cadstore against its peers, in one run.
 
-Contenders (same items, interleaved per item so that machine noise hits all alike):
+Contenders (same items, taken in blocks of ten by each contender in turn, so that machine
+noise hits all alike):
 
 * ``cadstore-L<n>``: :class:`cadstore.OptStorage` at zstd level ``n``, long-distance
   matching on chunks of 16 KiB or more (all ``save_data``, metadata, ``compress_store``,
@@ -47,6 +48,8 @@ except ImportError:  # run as a script: bench/ itself is sys.path[0]
     import _peers  # type: ignore[no-redef]
 
 READ_ONE_KEY = "face_areas"
+#: Items each contender handles in a row before the next contender takes the same items.
+BLOCK = 10
 
 
 @dataclass
@@ -120,21 +123,33 @@ def run(n_items: int, levels: Sequence[int], seed: int, workdir: str) -> dict[st
         path = c.write(os.path.join(workdir, f"warm-{c.name}"), item, meta)
         c.read(path)
         c.read_one(path, READ_ONE_KEY)
-    for index, (name, item, meta) in enumerate(items):
+    # Items go in blocks of BLOCK: each contender writes a block, reads it back whole, then
+    # opens each item for one array, before the next contender takes the same block. Every
+    # contender meets the same machine noise, and runs its own code in a loop as a
+    # pipeline would, rather than after another library has churned the CPU caches.
+    for first in range(0, len(items), BLOCK):
+        block = list(enumerate(items))[first : first + BLOCK]
         for c in contenders:
-            stem = os.path.join(workdir, f"{c.name}-{index}-{name}")
-            # Flush what earlier writers left dirty, untimed: otherwise an fsync pays for
-            # the journal commit of files other contenders wrote without syncing.
-            os.sync()
-            ms, path = _timed(lambda c=c, stem=stem, i=item, m=meta: c.write(stem, i, m))
-            c.write_ms.append(ms)
-            c.size.append(os.path.getsize(path))
-            c.read_ms.append(_timed(lambda c=c, path=path: c.read(path))[0])
-            c.read_one_ms.append(_timed(lambda c=c, path=path: c.read_one(path, READ_ONE_KEY))[0])
-            if c.name.startswith("cadstore"):
-                chunks = _chunk_bytes(path)
-                c.chunk_bytes.append(chunks)
-                c.overhead.append(os.path.getsize(path) - chunks)
+            paths = []
+            for index, (name, item, meta) in block:
+                stem = os.path.join(workdir, f"{c.name}-{index}-{name}")
+                # Flush what earlier writers left dirty, untimed: otherwise an fsync pays
+                # for the journal commit of files other contenders wrote without syncing.
+                os.sync()
+                ms, path = _timed(lambda c=c, stem=stem, i=item, m=meta: c.write(stem, i, m))
+                c.write_ms.append(ms)
+                c.size.append(os.path.getsize(path))
+                paths.append(path)
+                if c.name.startswith("cadstore"):
+                    chunks = _chunk_bytes(path)
+                    c.chunk_bytes.append(chunks)
+                    c.overhead.append(os.path.getsize(path) - chunks)
+            for path in paths:
+                c.read_ms.append(_timed(lambda c=c, path=path: c.read(path))[0])
+            for path in paths:
+                c.read_one_ms.append(
+                    _timed(lambda c=c, path=path: c.read_one(path, READ_ONE_KEY))[0]
+                )
     # Check once per contender that what was read is what was written.
     for c in contenders:
         _, item, _ = items[-1]
