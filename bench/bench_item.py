@@ -4,7 +4,7 @@ Contenders (same items, taken in blocks of ten by each contender in turn, so tha
 noise hits all alike):
 
 * ``cadstore-L<n>``: :class:`cadstore.OptStorage` at zstd level ``n``, long-distance
-  matching on chunks of 16 KiB or more (all ``save_data``, metadata, ``compress_store``,
+  matching on chunks of 128 KiB or more (all ``save_data``, metadata, ``compress_store``,
   ``close``);
 * ``spec_design``: the specified design on zarr-python (Zarr v2 directory store, Zstd 12,
   Delta on integers, then copied into a zip);

@@ -51,8 +51,10 @@ _local = threading.local()
 
 
 #: Payloads at least this large are compressed with long-distance matching (see
-#: :func:`zstd_compress`).
-LDM_MIN_BYTES = 16 * 1024
+#: :func:`zstd_compress`). Smaller ones gain little from it (their window is small
+#: anyway): merged datasets' 64 KiB inner chunks compress 6% smaller with it but merge 25%
+#: slower.
+LDM_MIN_BYTES = 128 * 1024
 # Long-distance matching parameters: a 4 MiB window covers a whole default chunk (1M
 # elements of 4 bytes) and 48-byte minimum matches catch repeated histogram rows.
 _LDM_WINDOW_LOG = 22

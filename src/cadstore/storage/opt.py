@@ -32,7 +32,7 @@ same path reopens for writing.
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
-The default compression is zstd level 3 with long-distance matching for chunks of 16 KiB
+The default compression is zstd level 3 with long-distance matching for chunks of 128 KiB
 or more (see :func:`cadstore.format.codecs.zstd_compress`). Face-pair arrays repeat
 themselves a whole matrix row apart, which only long-distance matching finds at a fast
 level: on the realistic workload plain level 3 writes files about 16% larger than the
