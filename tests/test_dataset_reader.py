@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import pickle
 from pathlib import Path
@@ -97,3 +98,42 @@ def test_reader_in_worker_processes(dataset: Path, realistic_items: list[Any], m
     _check_item(clone, 5, realistic_items[5][1])
     reader.close()
     clone.close()
+
+
+def test_uncompressed_dataset_reads_back(realistic_items: list[Any], tmp_path: Path) -> None:
+    """Inner chunks stored raw are copied straight into the item's arrays."""
+    out = tmp_path / "raw.dataset"
+    files = [p for p, _, _ in realistic_items[:6]]
+    merge_items(files, out, inner_bytes=2048, shard_bytes=16384, compression_level=None)
+    with DatasetReader(out, cache_bytes=0) as reader:
+        for code, (_, item, _) in enumerate(realistic_items[:6]):
+            _check_item(reader, code, item)
+
+
+def test_damaged_inner_chunk_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """An inner chunk that is not a zstd frame any more: an error naming the shard."""
+    from cadstore.format.sharding import read_index
+
+    out = tmp_path / "dir.dataset"
+    files = [p for p, _, _ in realistic_items[:6]]
+    merge_items(files, out, inner_bytes=2048, shard_bytes=1 << 20, directory=True)
+    shard = out / "faceface" / "a3_distance" / "c" / "0" / "0"
+    doc = json.loads((out / "faceface" / "a3_distance" / "zarr.json").read_text())
+    shard_rows = doc["chunk_grid"]["configuration"]["chunk_shape"][0]
+    inner_rows = doc["codecs"][0]["configuration"]["chunk_shape"][0]
+    n_inner = shard_rows // inner_rows
+    data = bytearray(shard.read_bytes())
+    index = read_index(bytes(data[-16 * n_inner :]), n_inner, len(data))
+    assert len(index) > 3
+    offset, _ = index[len(index) // 2]
+    data[offset : offset + 8] = b"\0" * 8
+    shard.write_bytes(bytes(data))
+    def read_all() -> None:
+        with DatasetReader(out, cache_bytes=0) as reader:
+            for code in range(reader.n_items):
+                reader.read_item(code)
+
+    with pytest.raises(CorruptStoreError, match="a3_distance"):
+        read_all()

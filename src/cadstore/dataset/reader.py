@@ -31,7 +31,7 @@ from cadstore.dataset.access import dataset_filesystem, prefix_source
 from cadstore.dataset.layout import ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.dataset.merge import DATASET_FORMAT
 from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
-from cadstore.format.codecs import ChunkDecodeError
+from cadstore.format.codecs import ChunkDecodeError, decode_zstd_into
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, read_index
@@ -39,6 +39,24 @@ from cadstore.format.sources import DirectorySource, KeySource, ZipSource
 from cadstore.fs import FsspecFileSystem, LocalFileSystem
 
 __all__ = ["DatasetReader"]
+
+
+# Gap allowed between inner chunks read together (bytes read and thrown away).
+_SPAN_SLACK = 64 * 1024
+
+
+def _direct_codec(config: Mapping[str, Any], dtype: np.dtype) -> str | None:
+    """``"zstd"`` or ``"raw"`` when inner chunks can be decoded straight into an array of
+    ``dtype`` (little-endian bytes, optionally zstd, as cadstore writes), else ``None``."""
+    codecs = config.get("codecs") or []
+    if not codecs or codecs[0].get("name") != "bytes" or dtype.byteorder == ">":
+        return None
+    if (codecs[0].get("configuration") or {}).get("endian", "little") != "little":
+        return None
+    names = [c.get("name") for c in codecs[1:]]
+    if names == ["zstd"]:
+        return "zstd"
+    return "raw" if not names else None
 
 
 class DatasetReader:
@@ -337,19 +355,73 @@ class DatasetReader:
                 r0 = base + first_inner * inner_rows
                 return block[start - r0 : stop - r0].copy()
         out = np.empty((stop - start, *trailing), dtype=meta.dtype)
+        direct = _direct_codec(config, meta.dtype)
         for shard in range(first_shard, last_shard + 1):
             key = f"{path}/c/{shard}{suffix}"
             base = shard * shard_rows
             lo, hi = max(start, base), min(stop, base + shard_rows)
             index = self._shard_index(key, n_inner)
-            for inner in range((lo - base) // inner_rows, (hi - 1 - base) // inner_rows + 1):
+            inners = range((lo - base) // inner_rows, (hi - 1 - base) // inner_rows + 1)
+            # Inner chunks wholly inside the rows belong to this item alone: decode them
+            # straight into the output (no cache entry, no copy), from one read of their
+            # contiguous bytes. Chunks shared with neighbours go through the cache.
+            whole = (
+                [
+                    i
+                    for i in inners
+                    if lo <= base + i * inner_rows
+                    and base + (i + 1) * inner_rows <= hi
+                    and index[i][0] != MISSING
+                    and (path, shard, i) not in self._chunks
+                ]
+                if direct is not None
+                else []
+            )
+            fetched = self._fetch_span(key, index, whole)
+            for inner in inners:
+                r0 = base + inner * inner_rows
+                a, b = max(lo, r0), min(hi, r0 + inner_rows)
+                raw = fetched.get(inner)
+                if raw is not None:
+                    self._decode_into(raw, out[a - start : b - start], direct, key, inner)
+                    continue
                 block = self._inner_chunk(
                     key, shard, inner, index, config, meta.dtype, inner_shape, meta.fill_value, path
                 )
-                r0 = base + inner * inner_rows
-                a, b = max(lo, r0), min(hi, r0 + inner_rows)
                 out[a - start : b - start] = block[a - r0 : b - r0]
         return out
+
+    def _fetch_span(
+        self, key: str, index: list[tuple[int, int]], inners: list[int]
+    ) -> dict[int, memoryview]:
+        """Bytes of the listed inner chunks, by one ranged read when they lie together."""
+        if not inners:
+            return {}
+        first = min(index[i][0] for i in inners)
+        end = max(index[i][0] + index[i][1] for i in inners)
+        wanted = sum(index[i][1] for i in inners)
+        if end - first > wanted + _SPAN_SLACK:
+            # Scattered (a shard written by another tool): one read per chunk.
+            return {
+                i: memoryview(self._source.get_range(key, index[i][0], index[i][1]) or b"")
+                for i in inners
+            }
+        span = memoryview(self._source.get_range(key, first, end - first) or b"")
+        return {i: span[index[i][0] - first : index[i][0] - first + index[i][1]] for i in inners}
+
+    def _decode_into(
+        self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
+    ) -> None:
+        view = memoryview(target).cast("B")
+        try:
+            if codec == "zstd":
+                decode_zstd_into(raw, view)
+            elif len(raw) != view.nbytes:
+                raise ChunkDecodeError(f"inner chunk has {len(raw)} bytes, expected {view.nbytes}")
+            else:
+                view[:] = raw
+        except ChunkDecodeError as exc:
+            raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
 
     def _shard_index(self, key: str, n_inner: int) -> list[tuple[int, int]]:
         cached = self._indexes.get((key, n_inner))

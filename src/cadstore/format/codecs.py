@@ -133,7 +133,7 @@ def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
     return out
 
 
-def decode_zstd_into(data: bytes, out: memoryview) -> None:
+def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
     """Decompress one zstd frame into ``out``, which it must fill exactly.
 
     Decoding into the final array saves the copy that a read-only ``bytes`` result would
