@@ -195,9 +195,13 @@ class OptStorage(DataStorage):
 
         dir_exists = self._fs.isdir(self._store_path)
         zip_exists = self._fs.isfile(self._zip_path)
-        # On an object store, "exists and is not a directory" is one HEAD: isfile().
-        probe = self._fs.isfile if isinstance(self._fs, FsspecFileSystem) else self._fs.exists
-        if not dir_exists and probe(self._store_path):
+        # On an object store, "exists and is not a directory" is one HEAD: isfile(). A
+        # published item is opened read-only whatever else sits at store_path, so the
+        # check (a request on an object store) only matters when there is no .data.
+        remote = isinstance(self._fs, FsspecFileSystem)
+        probe = self._fs.isfile if remote else self._fs.exists
+        needs_probe = not dir_exists and not (remote and zip_exists and mode in (None, "r"))
+        if needs_probe and probe(self._store_path):
             raise CorruptStoreError(self._store_path, "exists and is not a directory")
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
         super().__init__(read_only=read_only)
