@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from cadstore.errors import CorruptStoreError, LimitExceededError
+from cadstore.errors import CorruptStoreError, LimitExceededError, StorageUnavailableError
 from cadstore.format.limits import Limits
 from cadstore.format.sources import ZipSource, check_member_name
 from cadstore.format.zipwriter import write_stored_zip
+from cadstore.fs import LocalFileSystem
 
 
 def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
@@ -127,3 +130,50 @@ def test_stream_writer_zip64_member_count(tmp_path: Path) -> None:
         assert source.get("m/12345") == b"12345"
     finally:
         source.close()
+
+
+class _DroppingFile(io.BytesIO):
+    """A remote-like file (no fileno) whose reads fail once ``fail`` is set."""
+
+    fail = False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("not a real file")
+
+    def read(self, n: int | None = -1) -> bytes:
+        if _DroppingFile.fail:
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(n)
+
+
+class _RemoteLike(LocalFileSystem):
+    """Serves files as remote-like file objects and translates transport errors."""
+
+    def open_read(self, path: str) -> IO[bytes]:
+        with open(path, "rb") as fh:
+            return _DroppingFile(fh.read())
+
+    def translate(self, path: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, ConnectionError):
+            return StorageUnavailableError(path, f"cannot reach the store ({exc})")
+        return exc
+
+
+@pytest.mark.parametrize("when", ["open", "member"])
+def test_a_store_that_goes_away_is_unavailable_not_corrupt(tmp_path: Path, when: str) -> None:
+    """A read failing in transit must not be reported as a damaged file."""
+    path = tmp_path / "a.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("zarr.json", b"{}"), ("x/c/0", b"0123456789" * 100)])
+    _DroppingFile.fail = when == "open"
+    try:
+        if when == "open":
+            with pytest.raises(StorageUnavailableError, match="cannot reach"):
+                ZipSource(str(path), _RemoteLike())
+        else:
+            source = ZipSource(str(path), _RemoteLike())
+            _DroppingFile.fail = True
+            with pytest.raises(StorageUnavailableError, match="cannot reach"):
+                source.get("x/c/0")
+    finally:
+        _DroppingFile.fail = False

@@ -64,6 +64,17 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 class FileSystem(ABC):
     """The file operations cadstore needs, on one kind of storage."""
 
+    def translate(self, path: str, exc: BaseException) -> BaseException:
+        """Return the cadstore error that ``exc``, raised while using ``path``, stands for.
+
+        Reads through a file object this file system opened (``open_read``) raise the
+        underlying library's errors; callers hand them here. Errors that mean the store
+        refused or could not be reached come back as
+        :class:`~cadstore.errors.StorageAccessError` or
+        :class:`~cadstore.errors.StorageUnavailableError`; any other is returned as is.
+        """
+        return exc
+
     @abstractmethod
     def exists(self, path: str) -> bool:
         """Return whether ``path`` exists."""
@@ -379,7 +390,7 @@ class FsspecFileSystem(FileSystem):
         endpoint = client_kwargs.get("endpoint_url") or getattr(self.fs, "endpoint_url", None)
         return str(endpoint) if endpoint else f"the default {self.protocol} endpoint"
 
-    def _translate(self, path: str, exc: BaseException) -> BaseException:
+    def translate(self, path: str, exc: BaseException) -> BaseException:
         """Return the cadstore error for ``exc``, or ``exc`` itself when it is fine as is."""
         if isinstance(exc, CadstoreError | FileNotFoundError | FileExistsError):
             return exc
@@ -410,7 +421,7 @@ class FsspecFileSystem(FileSystem):
         try:
             yield
         except Exception as exc:
-            new = self._translate(path, exc)
+            new = self.translate(path, exc)
             if new is exc:
                 raise
             raise new from exc

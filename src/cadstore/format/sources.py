@@ -19,7 +19,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, NamedTuple
 
-from cadstore.errors import CorruptStoreError, LimitExceededError
+from cadstore.errors import (
+    CorruptStoreError,
+    LimitExceededError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.fs import FileSystem, LocalFileSystem
 
@@ -265,11 +270,13 @@ class ZipSource(KeySource):
                 entries = read_central_directory(self._read_at, self._size)
             except _NeedZipfile:
                 entries = self._entries_from_zipfile()
-        except (MemoryError, KeyboardInterrupt):
-            self._fh.close()
+        except (MemoryError, KeyboardInterrupt, StorageAccessError, StorageUnavailableError):
+            # A store that refuses or cannot be reached says nothing about the file.
+            self.close()
             raise
         except Exception as exc:  # struct, zipfile and decoding errors all mean "corrupt"
             self.close()
+            self._raise_if_unreachable(exc)
             raise CorruptStoreError(path, f"not a readable zip file ({exc})") from exc
         if len(entries) > limits.max_members:
             self.close()
@@ -298,9 +305,23 @@ class ZipSource(KeySource):
             raise ValueError("negative offset or length")
         if self._fd is not None:
             return os.pread(self._fd, n, offset)
-        with self._lock:
-            self._fh.seek(offset)
-            return self._fh.read(n)
+        try:
+            with self._lock:
+                self._fh.seek(offset)
+                return self._fh.read(n)
+        except Exception as exc:
+            self._raise_if_unreachable(exc)
+            raise
+
+    def _raise_if_unreachable(self, exc: Exception) -> None:
+        """Raise the file system's access or availability error for ``exc``, if it is one.
+
+        Reads through a remote file object raise the client library's errors; a server that
+        went away must not look like a corrupt file.
+        """
+        translated = self._fs.translate(self.location, exc)
+        if translated is not exc:
+            raise translated from exc
 
     def _entries_from_zipfile(self) -> list[ZipMember]:
         self._fh.seek(0)
@@ -394,6 +415,7 @@ class ZipSource(KeySource):
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # zipfile and its decompressors raise many types
+            self._raise_if_unreachable(exc)
             raise CorruptStoreError(self.location, f"cannot read member {key!r}: {exc}") from exc
         if len(data) != info.file_size:
             raise CorruptStoreError(
