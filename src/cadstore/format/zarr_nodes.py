@@ -214,6 +214,8 @@ def _little_dtype(name: str) -> np.dtype:
 
 
 def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
+    # Documents come from json.loads (or cadstore's own encoder): their objects are dicts,
+    # and a dict check costs a fraction of an abstract Mapping check on this hot path.
     if doc.get("node_type") != "array":
         raise MetadataError("node_type is not 'array'")
     shape = _int_tuple(doc.get("shape"), "shape", positive=False)
@@ -225,16 +227,16 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     else:
         raise MetadataError(f"unsupported data_type {data_type!r}")
     grid = doc.get("chunk_grid")
-    if not isinstance(grid, Mapping) or grid.get("name") != "regular":
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
         raise MetadataError("chunk_grid is not a 'regular' grid")
     conf = grid.get("configuration")
-    if not isinstance(conf, Mapping):
+    if not isinstance(conf, dict):
         raise MetadataError("chunk_grid has no configuration")
     chunks = _int_tuple(conf.get("chunk_shape"), "chunk_shape", positive=True)
     itemsize = 16 if isinstance(dtype, str) else dtype.itemsize
     _check_sizes(shape, chunks, itemsize, limits)
     cke = doc.get("chunk_key_encoding", {"name": "default"})
-    if not isinstance(cke, Mapping):
+    if not isinstance(cke, dict):
         raise MetadataError("chunk_key_encoding is not an object")
     sep = (cke.get("configuration") or {}).get("separator")
     if cke.get("name") == "default":
@@ -249,10 +251,10 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if not isinstance(codecs, list) or not codecs:
         raise MetadataError("codecs is not a non-empty list")
     for codec in codecs:
-        if not isinstance(codec, Mapping) or codec.get("name") not in C.V3_READABLE_CODECS:
-            name = codec.get("name") if isinstance(codec, Mapping) else codec
+        if not isinstance(codec, dict) or codec.get("name") not in C.V3_READABLE_CODECS:
+            name = codec.get("name") if isinstance(codec, dict) else codec
             raise MetadataError(f"codec {name!r} is not on the allow-list")
-        if not isinstance(codec.get("configuration", {}), Mapping):
+        if not isinstance(codec.get("configuration", {}), dict):
             raise MetadataError(
                 f"codec {codec.get('name')!r} has a configuration that is not an object"
             )
@@ -262,9 +264,11 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if dims is not None:
         if not isinstance(dims, list) or len(dims) != len(shape):
             raise MetadataError("dimension_names does not match the shape")
-        dims = tuple(str(d) if d is not None else f"dim_{i}" for i, d in enumerate(dims))
+        if not all(type(d) is str for d in dims):
+            dims = [str(d) if d is not None else f"dim_{i}" for i, d in enumerate(dims)]
+        dims = tuple(dims)
     attributes = doc.get("attributes") or {}
-    if not isinstance(attributes, Mapping):
+    if not isinstance(attributes, dict):
         raise MetadataError("attributes is not an object")
     return ArrayMeta(
         zarr_format=3,
