@@ -299,8 +299,10 @@ _LOCAL = LocalFileSystem()
 # not create implicitly: s3fs's makedirs would create a missing bucket, hiding a typo.
 _BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 # Random reads (a zip's central directory, then members) fetch this much past what they
-# ask for: enough for neighbouring small members, little waste on a large object.
-_READ_BLOCK_BYTES = 256 * 1024
+# ask for: enough for neighbouring small members, little waste on a large object. Reading
+# 40 random items of a merged dataset from SeaweedFS: 256 KiB fetched 117 MB in 107 ms
+# per item, 64 KiB 38 MB in 73 ms, 16 KiB 15 MB in 95 ms, none 7 MB in 107 ms.
+_READ_BLOCK_BYTES = 64 * 1024
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _CLOUD_HINT = "install the cloud extra: pip install 'cadstore[cloud]'"
 
