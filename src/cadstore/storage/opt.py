@@ -36,9 +36,9 @@ The default compression is zstd level 3 with long-distance matching for chunks o
 or more (see :func:`cadstore.format.codecs.zstd_compress`). Face-pair arrays repeat
 themselves a whole matrix row apart, which only long-distance matching finds at a fast
 level: on the realistic workload plain level 3 writes files about 16% larger than the
-specified design (Zstd 12 with Delta filters), level 5 about 6% smaller but 1.5x slower,
-and level 3 with long-distance matching about 5% smaller at nearly level-3 speed;
-``bench/bench_item.py`` measures this.
+specified design (Zstd 12 with Delta filters), level 3 with long-distance matching about
+4% smaller, at little more than plain level 3's cost; ``bench/bench_item.py`` measures
+this.
 """
 
 from __future__ import annotations
