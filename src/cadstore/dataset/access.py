@@ -134,8 +134,7 @@ def prefix_source(fs: FsspecFileSystem, root: str) -> KeySource:
     root
         The URL of the directory (the prefix).
     """
-    # OptStorage already lists an object-store prefix once and serves its keys; a dataset
-    # merged as a directory is the same thing. (Its home should be cadstore.format.sources.)
-    from cadstore.storage.opt import _PrefixSource
+    # A dataset merged as a directory is read like an OptStorage directory store on S3.
+    from cadstore.format.sources import PrefixSource
 
-    return _PrefixSource(fs, root)
+    return PrefixSource(fs, root)

@@ -26,9 +26,16 @@ from cadstore.errors import (
     StorageUnavailableError,
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.fs import FileSystem, LocalFileSystem
+from cadstore.fs import FileSystem, FsspecFileSystem, LocalFileSystem
 
-__all__ = ["DictSource", "DirectorySource", "KeySource", "ZipSource", "check_member_name"]
+__all__ = [
+    "DictSource",
+    "DirectorySource",
+    "KeySource",
+    "PrefixSource",
+    "ZipSource",
+    "check_member_name",
+]
 
 _LOCAL_LENGTHS = struct.Struct("<HH")
 # Local members up to this size are read with their header in one positioned read.
@@ -520,3 +527,44 @@ class DirectorySource(KeySource):
 
     def total_bytes(self) -> int:  # docstring inherited
         return sum(os.path.getsize(p) for _, p in LocalFileSystem().walk_files(self._root))
+
+
+class PrefixSource(KeySource):
+    """The objects below a prefix of an object store: a Zarr directory store on S3.
+
+    The keys and sizes are listed once, when the source is created; the store is being
+    opened, so nothing else writes below the prefix meanwhile. Keys that are not safe
+    store keys are left out.
+
+    Parameters
+    ----------
+    fs
+        The object store.
+    root
+        The prefix (a URL).
+    """
+
+    def __init__(self, fs: FsspecFileSystem, root: str) -> None:
+        self.location = root
+        self._fs = fs
+        self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
+
+    def get(self, key: str) -> bytes | None:  # docstring inherited
+        if key not in self._sizes:
+            return None
+        try:
+            return self._fs.read_bytes(self._fs.join(self.location, key))
+        except FileNotFoundError:
+            return None
+
+    def keys(self) -> Iterable[str]:  # docstring inherited
+        return self._sizes.keys()
+
+    def size_of(self, key: str) -> int | None:  # docstring inherited
+        return self._sizes.get(key)
+
+    def total_bytes(self) -> int:  # docstring inherited
+        return sum(self._sizes.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sizes

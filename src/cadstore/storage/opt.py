@@ -48,14 +48,19 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any, Literal
 
 from cadstore.errors import CorruptStoreError, ReadOnlyStorageError
 from cadstore.format import jsoncodec
 from cadstore.format.hierarchy import BuildHierarchy, Hierarchy, ReadHierarchy, default_dims
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sources import DirectorySource, KeySource, ZipSource, check_member_name
+from cadstore.format.sources import (
+    DirectorySource,
+    KeySource,
+    PrefixSource,
+    ZipSource,
+)
 from cadstore.format.zipwriter import write_stored_zip
 from cadstore.fs import (
     TEMP_PREFIX,
@@ -245,7 +250,7 @@ class OptStorage(DataStorage):
 
     def _directory_source(self) -> KeySource:
         if isinstance(self._fs, FsspecFileSystem):
-            return _PrefixSource(self._fs, self._store_path)
+            return PrefixSource(self._fs, self._store_path)
         return DirectorySource(self._store_path)
 
     def _open_read(self, source: KeySource) -> ReadHierarchy:
@@ -516,36 +521,3 @@ class OptStorage(DataStorage):
 
     def _describe(self) -> str:
         return repr(self._zip_path if self._read_only else self._store_path)
-
-
-class _PrefixSource(KeySource):
-    """The objects below a prefix of an object store: a Zarr directory store on S3.
-
-    The keys and sizes are listed once, when the source is created; the store is being
-    opened, so nothing else writes below the prefix meanwhile.
-    """
-
-    def __init__(self, fs: FsspecFileSystem, root: str) -> None:
-        self.location = root
-        self._fs = fs
-        self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
-
-    def get(self, key: str) -> bytes | None:  # docstring inherited
-        if key not in self._sizes:
-            return None
-        try:
-            return self._fs.read_bytes(self._fs.join(self.location, key))
-        except FileNotFoundError:
-            return None
-
-    def keys(self) -> Iterable[str]:  # docstring inherited
-        return self._sizes.keys()
-
-    def size_of(self, key: str) -> int | None:  # docstring inherited
-        return self._sizes.get(key)
-
-    def total_bytes(self) -> int:  # docstring inherited
-        return sum(self._sizes.values())
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._sizes
