@@ -149,7 +149,9 @@ class _NeedZipfile(Exception):
 
 
 _EOCD = struct.Struct("<4sHHHHIIH")
-_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+# The central-directory fields a reader needs, the others skipped: signature, flags,
+# method, CRC, sizes, name/extra/comment lengths, local header offset.
+_CENTRAL_FIELDS = struct.Struct("<4s4xHH4xIIIHHH8xI")
 
 
 def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> list[ZipMember]:
@@ -195,28 +197,13 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
         raise ValueError("central directory is truncated")
     members: list[ZipMember] = []
     at = 0
+    unpack = _CENTRAL_FIELDS.unpack_from
     for _ in range(n_total):
         if at + 46 > cd_size:
             raise ValueError("central directory is truncated")
-        (
-            sig,
-            _made,
-            _need,
-            flags,
-            method,
-            _t,
-            _d,
-            crc,
-            csize,
-            usize,
-            n_len,
-            e_len,
-            c_len,
-            _disk,
-            _iattr,
-            _eattr,
-            offset,
-        ) = _CENTRAL.unpack_from(directory, at)
+        sig, flags, method, crc, csize, usize, n_len, e_len, c_len, offset = unpack(
+            directory, at
+        )
         if sig != b"PK\x01\x02":
             raise ValueError("bad central directory entry")
         if 0xFFFFFFFF in (csize, usize, offset):
