@@ -3,7 +3,8 @@
 Generates ``--items`` realistic items (``cadstore.testing.workload``, written with
 ``OptStorage``; cached in ``--workdir`` between runs), then in one run:
 
-* ``cadstore`` merge, in this process (``workers=0``) and with a 2-process pool;
+* ``cadstore`` merge in one thread (``workers=0``) and with two worker threads
+  (``workers=2``, the default thread executor);
 * the specified approach on zarr-python: open each item with ``zarr.open_group`` on a
   ``ZipStore``, read every array, concatenate per group (flattening the face-pair
   matrices) and write the groups with zarr-python into a zip. It is run on the first
@@ -172,15 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     out = os.path.join(args.workdir, "out")
     os.makedirs(out, exist_ok=True)
-    rows[f"cadstore, 1 process, {len(files)} items"] = run_child(
+    rows[f"cadstore, 1 thread, {len(files)} items"] = run_child(
         CHILD_CADSTORE, files, os.path.join(out, "a.dataset"), "0"
     )
-    rows[f"cadstore, 2 processes, {len(files)} items"] = run_child(
+    rows[f"cadstore, 2 worker threads, {len(files)} items"] = run_child(
         CHILD_CADSTORE, files, os.path.join(out, "b.dataset"), "2"
     )
     small = files[: min(len(files), 1000)]
     if len(small) < len(files):
-        rows[f"cadstore, 1 process, {len(small)} items"] = run_child(
+        rows[f"cadstore, 1 thread, {len(small)} items"] = run_child(
             CHILD_CADSTORE, small, os.path.join(out, "c.dataset"), "0"
         )
     base = files[: args.baseline_items]
