@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             CHILD_CADSTORE, small, os.path.join(out, "c.dataset"), "0"
         )
     base = files[: args.baseline_items]
-    rows[f"cadstore, 1 process, {len(base)} items"] = run_child(
+    rows[f"cadstore, 1 thread, {len(base)} items"] = run_child(
         CHILD_CADSTORE, base, os.path.join(out, "d.dataset"), "0"
     )
     rows[f"zarr-python read + concatenate, {len(base)} items"] = run_child(
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['self_rss_mb']:.0f} / {r['workers_rss_mb']:.0f} |"
         )
     zarr_rate = rows[f"zarr-python read + concatenate, {len(base)} items"]["mb_per_s"]
-    ours = rows[f"cadstore, 1 process, {len(base)} items"]["mb_per_s"]
+    ours = rows[f"cadstore, 1 thread, {len(base)} items"]["mb_per_s"]
     print(
         f"\ncadstore / zarr-python throughput on the same {len(base)} items: "
         f"{ours / zarr_rate:.1f}x"
