@@ -33,7 +33,6 @@ Run from the repository root (``pip install -e '.[bench]'`` and ``torch==2.13.0`
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import platform
@@ -46,11 +45,10 @@ from typing import Any
 import numpy as np
 
 import cadstore
-from cadstore import OptStorage
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
-from cadstore.testing.workload import iter_items
+from cadstore.testing.workload import write_workload
 
 TARGET_ITEM_MS = 1.0
 TARGET_ITEMS_PER_S = 1000.0
@@ -59,24 +57,6 @@ TARGET_DISTRIBUTION_S = 0.5
 
 
 # ---------------------------------------------------------------------------- workload
-def _write_range(args: tuple[str, int, int, int]) -> list[str]:
-    directory, seed, start, count = args
-    files = []
-    for name, item, meta in iter_items(count, seed=seed, start=start):
-        path = os.path.join(directory, f"{name}.zarr")
-        files.append(path + ".data")
-        if os.path.exists(path + ".data"):
-            continue
-        storage = OptStorage(path, summary_dir=False, durable=False)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        for key, value in meta.items():
-            storage.save_metadata(key, value)
-        storage.compress_store()
-        storage.close()
-    return files
-
-
 def build(workdir: str, n_items: int, seed: int) -> str:
     """Write the items and merge them (or reuse an earlier run); return the ``.flow``."""
     out_dir = os.path.join(workdir, f"dataset-seed{seed}-n{n_items}")
@@ -84,16 +64,9 @@ def build(workdir: str, n_items: int, seed: int) -> str:
     if os.path.exists(flow):
         print(f"reusing {flow}", file=sys.stderr)
         return flow
-    items_dir = os.path.join(workdir, f"items-seed{seed}")
-    os.makedirs(items_dir, exist_ok=True)
     os.makedirs(out_dir, exist_ok=True)
-    step = 100
-    jobs = [(items_dir, seed, s, min(step, n_items - s)) for s in range(0, n_items, step)]
     t0 = time.perf_counter()
-    files: list[str] = []
-    with cf.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        for part in pool.map(_write_range, jobs):
-            files += part
+    files = write_workload(os.path.join(workdir, f"items-seed{seed}"), n_items, seed)
     t1 = time.perf_counter()
     print(f"wrote {len(files)} items in {t1 - t0:.0f} s", file=sys.stderr)
     cadstore.merge(files, os.path.join(out_dir, "parts.dataset"), workers=None, overwrite=True)

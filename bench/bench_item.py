@@ -40,7 +40,7 @@ import numpy as np
 
 from cadstore import OptStorage
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
-from cadstore.testing.workload import iter_items, raw_nbytes
+from cadstore.testing.workload import iter_items, raw_nbytes, write_item
 
 try:
     from bench import _peers
@@ -72,14 +72,8 @@ def cadstore_contender(level: int) -> Contender:
     """Return OptStorage at zstd ``level`` as a contender."""
 
     def write(stem: str, item: dict[str, Any], metadata: dict[str, Any]) -> str:
-        storage = OptStorage(stem + ".zarr", compression_level=level, summary_dir=False)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        for key, value in metadata.items():
-            storage.save_metadata(key, value)
-        storage.compress_store()
-        storage.close()
-        return stem + ".zarr.data"
+        store = stem + ".zarr"
+        return write_item(store, item, metadata, compression_level=level, summary_dir=False)
 
     def read(path: str) -> dict[str, Any]:
         with OptStorage(path[: -len(".data")]) as storage:

@@ -23,7 +23,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import subprocess
@@ -33,47 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cadstore import OptStorage
-from cadstore.testing.workload import item_name, make_item, make_item_metadata
-
-
-def _write_range(args: tuple[str, int, int, int]) -> tuple[list[str], int]:
-    directory, seed, start, count = args
-    names = []
-    for index in range(start, start + count):
-        # Metadata is cheap to make and names the item; the item itself is generated only
-        # when its file is missing, so a re-run reuses the written items.
-        name = item_name(make_item_metadata(index, seed)["Item"])
-        names.append(name)
-        path = os.path.join(directory, f"{name}.zarr")
-        if os.path.exists(path + ".data"):
-            continue
-        item = make_item(index, seed)
-        meta = make_item_metadata(index, seed)
-        storage = OptStorage(path, summary_dir=False, durable=False)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        for key, value in meta.items():
-            storage.save_metadata(key, value)
-        storage.compress_store()
-        storage.close()
-    return names, 0
-
-
-def prepare(workdir: str, n_items: int, seed: int) -> tuple[list[str], int]:
-    """Write (or reuse) the items; return their files in code order and the raw bytes."""
-    directory = os.path.join(workdir, f"items-seed{seed}")
-    os.makedirs(directory, exist_ok=True)
-    step = 100
-    jobs = [(directory, seed, s, min(step, n_items - s)) for s in range(0, n_items, step)]
-    files: list[str] = []
-    raw = 0
-    with cf.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        for names, nbytes in pool.map(_write_range, jobs):
-            files += [os.path.join(directory, f"{n}.zarr.data") for n in names]
-            raw += nbytes
-    return files, raw
-
+from cadstore.testing.workload import write_workload
 
 CHILD_CADSTORE = textwrap.dedent(
     """
@@ -165,11 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.perf_counter()
-    files, raw = prepare(args.workdir, args.items, args.seed)
-    print(
-        f"{len(files)} items ({raw / 1e9:.2f} GB raw) ready in {time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
+    items_dir = os.path.join(args.workdir, f"items-seed{args.seed}")
+    files = write_workload(items_dir, args.items, args.seed)
+    print(f"{len(files)} items ready in {time.perf_counter() - t0:.0f} s", flush=True)
     rows: dict[str, dict[str, Any]] = {}
     out = os.path.join(args.workdir, "out")
     os.makedirs(out, exist_ok=True)

@@ -37,12 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_merge import prepare
 from cadstore import OptStorage
 from cadstore.dataset.merge import MergeResult, merge_items
+from cadstore.testing.workload import write_workload
 
 BUCKET = "cadstore-bench"
 
@@ -103,7 +102,8 @@ def main() -> None:
 
     from s3server import start_weed
 
-    files, _ = prepare(args.workdir, args.items, args.seed)
+    items_dir = os.path.join(args.workdir, f"items-seed{args.seed}")
+    files = write_workload(items_dir, args.items, args.seed)
     scratch = Path(tempfile.mkdtemp(prefix="cadstore-scale-"))
     server = start_weed(scratch / "weed")
     rows = []

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from cadstore import OptStorage
-from cadstore.testing.workload import iter_items
+from cadstore.testing.workload import iter_items, write_item
 
 
 def write_items(
@@ -18,16 +17,8 @@ def write_items(
     directory.mkdir(parents=True, exist_ok=True)
     out = []
     for name, item, meta in iter_items(n, seed=seed, start=start):
-        storage = OptStorage(directory / f"{name}.zarr")
-        if schema is not None:
-            storage.set_schema(schema)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        for key, value in meta.items():
-            storage.save_metadata(key, value)
-        storage.compress_store()
-        storage.close()
-        out.append((directory / f"{name}.zarr.data", item, meta))
+        path = write_item(directory / f"{name}.zarr", item, meta, schema=schema)
+        out.append((Path(path), item, meta))
     return out
 
 

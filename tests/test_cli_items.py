@@ -17,6 +17,7 @@ import pytest
 from cadstore import JsonStorageHandler, OptStorage, SchemaBuilder
 from cadstore.cli import main
 from cadstore.dataset.merge import merge_items
+from cadstore.testing.workload import write_item
 
 N_ITEMS = 3
 
@@ -58,15 +59,7 @@ def _metadata(i: int) -> dict[str, Any]:
 
 
 def _write_item(store: Path, item: dict[str, Any], meta: dict[str, Any], **kw: Any) -> Path:
-    storage = OptStorage(store, **kw)
-    storage.set_schema(_schema())
-    for key, value in item.items():
-        storage.save_data(key, value)
-    for key, value in meta.items():
-        storage.save_metadata(key, value)
-    storage.compress_store()
-    storage.close()
-    return Path(f"{store}.data")
+    return Path(write_item(store, item, meta, schema=_schema(), **kw))
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,7 @@ def test_damaged_inner_chunk_is_a_corrupt_store_error(
     offset, _ = index[len(index) // 2]
     data[offset : offset + 8] = b"\0" * 8
     shard.write_bytes(bytes(data))
+
     def read_all() -> None:
         with DatasetReader(out, cache_bytes=0) as reader:
             for code in range(reader.n_items):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zstandard
 
+from cadstore import OptStorage
+from cadstore.testing.conformance import assert_same
 from cadstore.testing.workload import (
     CATEGORIES,
     DEFAULT_CONFIG,
@@ -24,6 +28,7 @@ from cadstore.testing.workload import (
     make_item_metadata,
     raw_nbytes,
     sample_face_counts,
+    write_workload,
 )
 
 SMALL = WorkloadConfig(pointsamples=7, ugrid=1, path_len=3, num_bins=10)
@@ -486,3 +491,17 @@ def test_typical_item_is_fast() -> None:
         make_item(index, n_faces=25)
         timings.append(time.perf_counter() - start)
     assert float(np.median(timings)) < 0.05
+
+
+def test_write_workload_writes_readable_items_and_reuses_them(tmp_path: Path) -> None:
+    """The benchmarks' item writer: files in item order, the same items, kept on re-run."""
+    paths = write_workload(tmp_path / "items", 5, seed=3, workers=0)
+    expected = list(iter_items(5, seed=3))
+    assert [Path(p).name for p in paths] == [f"{name}.zarr.data" for name, _, _ in expected]
+    for path, (_, item, metadata) in zip(paths, expected, strict=True):
+        with OptStorage(path[: -len(".data")]) as storage:
+            assert_same(storage.load_data("face_areas"), item["face_areas"])
+            assert storage.load_metadata("Item") == metadata["Item"]
+    stamps = [os.stat(p).st_mtime_ns for p in paths]
+    assert write_workload(tmp_path / "items", 5, seed=3, workers=0) == paths
+    assert [os.stat(p).st_mtime_ns for p in paths] == stamps

@@ -28,7 +28,7 @@ from typing import Any
 from cadstore.schema import SchemaBuilder
 from cadstore.storage.opt import OptStorage
 from cadstore.storage.values import values_equal
-from cadstore.testing.workload import iter_items
+from cadstore.testing.workload import iter_items, write_item
 
 __all__ = ["run_demo"]
 
@@ -56,14 +56,7 @@ def _generated_items(encoded: str, n_items: int, seed: int) -> dict[str, Any]:
     for name, item, metadata in iter_items(n_items, seed=seed):
         path = os.path.join(encoded, f"{name}.zarr")
         t0 = time.perf_counter()
-        storage = OptStorage(path, mode="w")
-        storage.set_schema(schema)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        for key, value in metadata.items():
-            storage.save_metadata(key, value)
-        storage.compress_store()
-        storage.close()
+        write_item(path, item, metadata, schema=schema, mode="w")
         t1 = time.perf_counter()
         with OptStorage(path) as again:
             loaded = {key: again.load_data(key) for key in again.get_keys()}

@@ -201,9 +201,7 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
     for _ in range(n_total):
         if at + 46 > cd_size:
             raise ValueError("central directory is truncated")
-        sig, flags, method, crc, csize, usize, n_len, e_len, c_len, offset = unpack(
-            directory, at
-        )
+        sig, flags, method, crc, csize, usize, n_len, e_len, c_len, offset = unpack(directory, at)
         if sig != b"PK\x01\x02":
             raise ValueError("bad central directory entry")
         if 0xFFFFFFFF in (csize, usize, offset):

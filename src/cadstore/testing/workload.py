@@ -29,8 +29,10 @@ Examples
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,8 @@ __all__ = [
     "make_item_metadata",
     "raw_nbytes",
     "sample_face_counts",
+    "write_item",
+    "write_workload",
 ]
 
 FACE_TYPE_CODES: dict[int, str] = {
@@ -1095,3 +1099,96 @@ def raw_nbytes(item: Mapping[str, Any]) -> int:
         else:
             total += int(np.asarray(value).nbytes)
     return total
+
+
+def write_item(
+    store_path: str | os.PathLike[str],
+    item: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    schema: Any = None,
+    **options: Any,
+) -> str:
+    """Write one item as a published ``.data`` file with :class:`~cadstore.OptStorage`.
+
+    Parameters
+    ----------
+    store_path : str or os.PathLike
+        The store path (``.../<name>.zarr``); the file is ``store_path + ".data"``.
+    item, metadata : Mapping
+        What :func:`iter_items` yields: every item key is saved with ``save_data``, every
+        metadata key with ``save_metadata``.
+    schema : optional
+        A schema to set first.
+    **options
+        Keyword arguments for :class:`~cadstore.OptStorage` (``compression_level``,
+        ``summary_dir``, ``durable``, ``mode``, ...).
+
+    Returns
+    -------
+    str
+        The path of the ``.data`` file.
+    """
+    from cadstore.storage.opt import OptStorage
+
+    storage = OptStorage(store_path, **options)
+    try:
+        if schema is not None:
+            storage.set_schema(schema)
+        for key, value in item.items():
+            storage.save_data(key, value)
+        for key, value in metadata.items():
+            storage.save_metadata(key, value)
+        storage.compress_store()
+    finally:
+        storage.close()
+    return f"{os.fspath(store_path)}.data"
+
+
+def _write_range(args: tuple[str, int, int, int]) -> list[str]:
+    directory, seed, start, count = args
+    paths = []
+    for index in range(start, start + count):
+        # Metadata is cheap and names the item; the item itself is generated only when
+        # its file is missing, so a second call reuses what the first one wrote.
+        metadata = make_item_metadata(index, seed)
+        store = os.path.join(directory, f"{item_name(metadata['Item'])}.zarr")
+        if not os.path.exists(store + ".data"):
+            write_item(store, make_item(index, seed), metadata, summary_dir=False, durable=False)
+        paths.append(store + ".data")
+    return paths
+
+
+def write_workload(
+    directory: str | os.PathLike[str], n_items: int, seed: int = 0, *, workers: int | None = None
+) -> list[str]:
+    """Write (or reuse) the workload's first ``n_items`` items as ``.data`` files.
+
+    For benchmarks and demos: files are written without fsync and without summaries, in
+    ``workers`` processes (every core by default), and files already present are kept.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the ``<name>.zarr.data`` files go (created if needed).
+    n_items : int
+        Number of items.
+    seed : int
+        Workload seed.
+    workers : int, optional
+        Worker processes; 0 or 1 writes in this process.
+
+    Returns
+    -------
+    list of str
+        The ``.data`` paths in item order.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    step = 100
+    jobs = [(directory, seed, s, min(step, n_items - s)) for s in range(0, n_items, step)]
+    n_workers = (os.cpu_count() or 1) if workers is None else workers
+    if n_workers <= 1 or len(jobs) <= 1:
+        return [path for job in jobs for path in _write_range(job)]
+    with cf.ProcessPoolExecutor(n_workers) as pool:
+        return [path for part in pool.map(_write_range, jobs) for path in part]
