@@ -1096,14 +1096,7 @@ def _write_dataset(
     except BaseException:
         sink.abort()
         raise
-    summary = {
-        name: {
-            "rows": int(offsets[name][-1]),
-            "primary_dimension": g.primary_dim,
-            "arrays": sorted(g.arrays),
-        }
-        for name, g in groups.items()
-    }
+    summary = _group_summary(groups, offsets)
     stored = sink.size if isinstance(sink, _ZipSink) else writer.stored
     return MergeResult(
         path=output,
@@ -1353,6 +1346,20 @@ def _write_root(
     if schema is not None:
         metadata["_storage_schema"] = schema.to_dict()
     writer.add("metadata.json", jsoncodec.dumps(metadata).encode("utf-8"), deflate=True)
+
+
+def _group_summary(
+    groups: Mapping[str, GroupPlan], offsets: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """``MergeResult.groups``: rows, primary dimension and arrays of every group."""
+    return {
+        name: {
+            "rows": int(offsets[name][-1]),
+            "primary_dimension": g.primary_dim,
+            "arrays": sorted(g.arrays),
+        }
+        for name, g in groups.items()
+    }
 
 
 # ---------------------------------------------------------------------------- append
@@ -1667,14 +1674,7 @@ def _append_write(
     except BaseException:
         tmp_sink.abort()
         raise
-    summary = {
-        name: {
-            "rows": int(offsets[name][-1]),
-            "primary_dimension": g.primary_dim,
-            "arrays": sorted(g.arrays),
-        }
-        for name, g in plans.items()
-    }
+    summary = _group_summary(plans, offsets)
     stored = os.path.getsize(dataset) if os.path.isfile(dataset) else writer.stored
     return MergeResult(
         path=dataset,
