@@ -125,12 +125,18 @@ class ArrayMeta:
 
     def chunk_key(self, index: Sequence[int]) -> str:
         """Return the chunk key, relative to the array, for a chunk grid index."""
-        if self.zarr_format == 3:
-            if not index:
-                return self.chunk_prefix if self.chunk_prefix else "0"
-            body = self.separator.join(str(i) for i in index)
-            return f"{self.chunk_prefix}{self.separator}{body}" if self.chunk_prefix else body
-        return self.separator.join(str(i) for i in index) if index else "0"
+        return format_chunk_key(self.zarr_format, self.chunk_prefix, self.separator, index)
+
+
+def format_chunk_key(zarr_format: int, prefix: str, separator: str, index: Sequence[int]) -> str:
+    """Return a chunk key relative to its array: ``c/0/1`` (v3 default encoding), ``0.1``
+    (v2, or v3's ``v2`` encoding); a 0-d array's only chunk is ``c`` or ``0``."""
+    if zarr_format == 3:
+        if not index:
+            return prefix if prefix else "0"
+        body = separator.join(str(i) for i in index)
+        return f"{prefix}{separator}{body}" if prefix else body
+    return separator.join(str(i) for i in index) if index else "0"
 
 
 def _int_tuple(value: Any, what: str, *, positive: bool) -> tuple[int, ...]:
@@ -628,6 +634,8 @@ def encode_array(
     chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(shape)
     raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
     compress = level is not None and raw_bytes >= MIN_COMPRESS_BYTES
+    # v3 default chunk-key encoding, or v2's dotted keys.
+    prefix, separator = ("c", "/") if zarr_format == 3 else ("", ".")
     out: dict[str, bytes] = {}
     if arr.size:
         if chunk_shape == shape:
@@ -648,7 +656,7 @@ def encode_array(
                 payload = C.zstd_compress(memoryview(np.ascontiguousarray(block)).cast("B"), level)
             else:
                 payload = np.ascontiguousarray(block).tobytes()
-            out[_chunk_key(zarr_format, index)] = payload
+            out[format_chunk_key(zarr_format, prefix, separator, index)] = payload
     if zarr_format == 3:
         codecs: list[dict[str, Any]] = [
             {"name": "vlen-utf8", "configuration": {}}
@@ -706,8 +714,8 @@ def encode_array(
         attributes=dict(attributes),
         codecs=(zarray["compressor"],) if zarray["compressor"] else (),
         filters=tuple(zarray["filters"] or ()),
-        separator=".",
-        chunk_prefix="",
+        separator=separator,
+        chunk_prefix=prefix,
         object_codec="vlen-utf8" if is_string else None,
     )
     return {".zarray": zarray, ".zattrs": zattrs}, out, meta
@@ -731,14 +739,6 @@ def _blocks(
             padded[tuple(slice(0, s) for s in block.shape)] = block
             block = padded
         yield index, block
-
-
-def _chunk_key(zarr_format: int, index: tuple[int, ...]) -> str:
-    # The same keys as ArrayMeta.chunk_key for cadstore's own layouts (v3 default "c/i/j",
-    # v2 "i.j"; a 0-d array's only chunk is "c" or "0").
-    if zarr_format == 3:
-        return "c/" + "/".join(map(str, index)) if index else "c"
-    return ".".join(map(str, index)) if index else "0"
 
 
 def pack_u32(n: int) -> bytes:
