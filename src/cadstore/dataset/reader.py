@@ -31,7 +31,7 @@ from cadstore.dataset.access import dataset_filesystem, prefix_source
 from cadstore.dataset.layout import ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.dataset.merge import DATASET_FORMAT
 from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
-from cadstore.format.codecs import ChunkDecodeError, decode_zstd_into
+from cadstore.format.codecs import ChunkDecodeError, decode_into, direct_codec
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, read_index
@@ -43,20 +43,6 @@ __all__ = ["DatasetReader"]
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
 _SPAN_SLACK = 64 * 1024
-
-
-def _direct_codec(config: Mapping[str, Any], dtype: np.dtype) -> str | None:
-    """``"zstd"`` or ``"raw"`` when inner chunks can be decoded straight into an array of
-    ``dtype`` (little-endian bytes, optionally zstd, as cadstore writes), else ``None``."""
-    codecs = config.get("codecs") or []
-    if not codecs or codecs[0].get("name") != "bytes" or dtype.byteorder == ">":
-        return None
-    if (codecs[0].get("configuration") or {}).get("endian", "little") != "little":
-        return None
-    names = [c.get("name") for c in codecs[1:]]
-    if names == ["zstd"]:
-        return "zstd"
-    return "raw" if not names else None
 
 
 class DatasetReader:
@@ -355,7 +341,7 @@ class DatasetReader:
                 r0 = base + first_inner * inner_rows
                 return block[start - r0 : stop - r0].copy()
         out = np.empty((stop - start, *trailing), dtype=meta.dtype)
-        direct = _direct_codec(config, meta.dtype)
+        direct = direct_codec(config.get("codecs") or [], meta.dtype)
         for shard in range(first_shard, last_shard + 1):
             key = f"{path}/c/{shard}{suffix}"
             base = shard * shard_rows
@@ -412,14 +398,8 @@ class DatasetReader:
     def _decode_into(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
     ) -> None:
-        view = memoryview(target).cast("B")
         try:
-            if codec == "zstd":
-                decode_zstd_into(raw, view)
-            elif len(raw) != view.nbytes:
-                raise ChunkDecodeError(f"inner chunk has {len(raw)} bytes, expected {view.nbytes}")
-            else:
-                view[:] = raw
+            decode_into(codec, raw, memoryview(target).cast("B"))
         except ChunkDecodeError as exc:
             raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
 

@@ -27,9 +27,12 @@ __all__ = [
     "ChunkDecodeError",
     "decode_blosc",
     "decode_gzip",
+    "decode_into",
     "decode_msgpack_strings",
     "decode_vlen_utf8",
     "decode_zstd",
+    "decode_zstd_into",
+    "direct_codec",
     "encode_vlen_utf8",
     "zstd_compress",
 ]
@@ -160,6 +163,33 @@ def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
     if got != expected or extra:
         more = " or more" if extra else ""
         raise ChunkDecodeError(f"zstd frame decoded to {got}{more} bytes, expected {expected}")
+
+
+def direct_codec(codecs: Sequence[Mapping[str, Any]], dtype: np.dtype) -> str | None:
+    """Whether a v3 codec chain can be decoded straight into an array of ``dtype``.
+
+    Returns ``"zstd"`` for little-endian ``bytes`` then ``zstd``, ``"raw"`` for
+    little-endian ``bytes`` alone (what cadstore writes), ``None`` for anything else
+    (transposes, other compressors, big-endian data, strings), which takes the general path.
+    """
+    if not codecs or codecs[0].get("name") != "bytes" or dtype.byteorder == ">":
+        return None
+    if (codecs[0].get("configuration") or {}).get("endian", "little") != "little":
+        return None
+    names = [c.get("name") for c in codecs[1:]]
+    if names == ["zstd"]:
+        return "zstd"
+    return "raw" if not names else None
+
+
+def decode_into(kind: str, data: bytes | memoryview, out: memoryview) -> None:
+    """Decode one chunk of a :func:`direct_codec` chain of ``kind`` into ``out``, exactly."""
+    if kind == "zstd":
+        decode_zstd_into(data, out)
+    elif len(data) != out.nbytes:
+        raise ChunkDecodeError(f"chunk has {len(data)} bytes, expected {out.nbytes}")
+    else:
+        out[:] = data
 
 
 def decode_gzip(data: bytes, expected: int | None, limit: int, *, wbits: int) -> bytes:

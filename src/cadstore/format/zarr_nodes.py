@@ -484,6 +484,12 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
             limits.max_chunk_bytes,
             lambda shape: np.full(shape, meta.fill_value, dtype=meta.dtype),
         )
+    direct = None if meta.is_string else C.direct_codec(meta.codecs, meta.dtype)
+    if direct is not None:
+        # What cadstore writes: decode straight into a writable array, no copy.
+        out = np.empty(meta.chunks, dtype=meta.dtype)
+        C.decode_into(direct, raw, memoryview(out.reshape(-1)).cast("B"))
+        return out
     a2a = []
     while codecs and codecs[0]["name"] == "transpose":
         a2a.append(codecs.pop(0))
@@ -491,18 +497,6 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
         raise C.ChunkDecodeError("codec list has no array-to-bytes codec")
     a2b = codecs.pop(0)
     b2b = codecs
-    if (
-        not a2a
-        and not meta.is_string
-        and a2b["name"] == "bytes"
-        and len(b2b) == 1
-        and b2b[0]["name"] == "zstd"
-        and (a2b.get("configuration") or {}).get("endian", "little") == "little"
-    ):
-        # What cadstore writes: decode straight into a writable array, no copy.
-        out = np.empty(meta.chunks, dtype=meta.dtype)
-        C.decode_zstd_into(raw, memoryview(out.reshape(-1)).cast("B"))
-        return out
     expected = None if meta.is_string else count * meta.itemsize
     data = raw
     for i, codec in enumerate(reversed(b2b)):
