@@ -259,6 +259,12 @@ class LocalFileSystem(FileSystem):
             # Never follow a symlink planted where a store directory should be.
             os.unlink(path)
             return
+        try:
+            # The directories cadstore removes are mostly empty: one rmdir, no walk.
+            os.rmdir(path)
+            return
+        except OSError:
+            pass
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(path)
 

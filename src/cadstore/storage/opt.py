@@ -436,7 +436,7 @@ class OptStorage(DataStorage):
             )
         self._copy_visualisations()
         if self._compressed_size:
-            self._remove_workdir()
+            self._fs.rmtree(self._store_path)
         elif (
             not self._modified
             and self._fs.isdir(self._store_path)
@@ -444,17 +444,6 @@ class OptStorage(DataStorage):
         ):
             # An unused storage leaves nothing behind.
             self._fs.rmtree(self._store_path)
-
-    def _remove_workdir(self) -> None:
-        if isinstance(self._fs, LocalFileSystem):
-            # The working directory is almost always empty: one rmdir instead of a walk.
-            # A symlink or a non-empty directory makes rmdir fail and takes the full path.
-            try:
-                os.rmdir(self._store_path)
-                return
-            except OSError:
-                pass
-        self._fs.rmtree(self._store_path)
 
     def _copy_visualisations(self) -> None:
         if not self._fs.isdir(self._store_path):
