@@ -100,6 +100,10 @@ class DataStorage(ABC):
     # Backends that encode a value as soon as it is saved, keeping only the encoded bytes,
     # set this to False to skip copying every array first.
     _copy_on_save: ClassVar[bool] = True
+    # Behind the _metadata and _schema properties (see _open_metadata).
+    _metadata_doc: dict[str, Any] | None
+    _schema_pending: Mapping[str, Any] | None
+    _schema_value: Schema | None
 
     def __init__(self, *, read_only: bool = False) -> None:
         self._lock = threading.RLock()
@@ -163,44 +167,44 @@ class DataStorage(ABC):
         Opening an item to read one array should not pay for parsing a metadata document
         and validating a schema it never consults.
         """
-        self.__dict__["_metadata_loaded"] = False
+        self._metadata_doc = None
 
+    # Both are parsed on first use. ``_metadata_doc`` is None until the document is read;
+    # reading it may find a stored schema, kept in ``_schema_pending`` until asked for.
     @property
     def _metadata(self) -> dict[str, Any]:
-        if not self.__dict__.get("_metadata_loaded", True):
-            doc = self._read_metadata_document()
-            self.__dict__["_metadata_loaded"] = True
-            self.__dict__["_metadata_value"] = doc
+        doc = self._metadata_doc
+        if doc is None:
+            doc = self._metadata_doc = self._read_metadata_document()
             stored = doc.get(SCHEMA_METADATA_KEY)
             if isinstance(stored, Mapping) and stored:
-                self.__dict__["_schema_pending"] = stored
-        return self.__dict__["_metadata_value"]  # type: ignore[no-any-return]
+                self._schema_pending = stored
+        return doc
 
     @_metadata.setter
     def _metadata(self, value: dict[str, Any]) -> None:
-        self.__dict__["_metadata_loaded"] = True
-        self.__dict__["_metadata_value"] = value
+        self._metadata_doc = value
 
     @property
     def _schema(self) -> Schema | None:
-        if not self.__dict__.get("_metadata_loaded", True):
+        if self._metadata_doc is None:
             self._metadata  # noqa: B018 - loading the document finds the stored schema
-        pending = self.__dict__.get("_schema_pending")
+        pending = self._schema_pending
         if pending is not None:
             from cadstore.schema import Schema
 
-            self.__dict__["_schema_pending"] = None
+            self._schema_pending = None
             try:
-                self.__dict__["_schema_value"] = Schema.from_any(pending)
+                self._schema_value = Schema.from_any(pending)
             except SchemaError:
                 # A broken schema must not make the data unreadable; it can be set again.
-                self.__dict__["_schema_value"] = None
-        return self.__dict__.get("_schema_value")
+                self._schema_value = None
+        return self._schema_value
 
     @_schema.setter
     def _schema(self, value: Schema | None) -> None:
-        self.__dict__["_schema_pending"] = None
-        self.__dict__["_schema_value"] = value
+        self._schema_pending = None
+        self._schema_value = value
 
     @property
     def closed(self) -> bool:
