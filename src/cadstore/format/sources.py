@@ -439,7 +439,7 @@ class ZipSource(KeySource):
             header = self._read_at(info.header_offset, 30)
             if len(header) != 30 or header[:4] != b"PK\x03\x04":
                 raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
+            name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
             start = info.header_offset + 30 + name_len + extra_len
             if start + info.compress_size > self._size:
                 raise CorruptStoreError(
