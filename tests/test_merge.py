@@ -16,6 +16,7 @@ from cadstore import DatasetMerger, OptStorage, SchemaBuilder
 from cadstore.dataset.merge import merge_items
 from cadstore.errors import MergeError
 from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_layout
 from cadstore.format.sources import ZipSource
 from conftest import write_items
 
@@ -152,6 +153,31 @@ def test_our_reader_agrees_with_zarr(merged: Path) -> None:
             np.testing.assert_array_equal(hier.read_array(path), g[path][...])
     finally:
         source.close()
+
+
+def test_inner_chunks_hold_a_few_items(merged: Path, realistic_items: list[Any]) -> None:
+    """Small rows get inner chunks of a few items' rows, not 64 KiB of them."""
+    g = _open(merged)
+    for path, key, row_bytes in (
+        ("faces/face_areas", "face_areas", 4),
+        ("edges/edge_u_grids", "edge_u_grids", 120),
+    ):
+        typical = int(np.median([len(item[key]) for _, item, _ in realistic_items]))
+        want = min(65536 // row_bytes, max(ITEMS_PER_INNER * typical, MIN_INNER_BYTES // row_bytes))
+        assert g[path].chunks[0] == want, path
+    # Rows of whole histograms are big: the byte target (64 KiB) still decides.
+    assert g["faceface/d2_distance"].chunks[0] == 64 * 1024 // 256
+
+
+def test_shard_layout_caps_inner_chunks_by_item_rows() -> None:
+    mib16 = 16 * 1024 * 1024
+    assert shard_layout(4, 65536, mib16) == (16384, 16384 * 256)
+    # 25 faces per item: four items are 100 rows, below the 4 KiB floor of 1024 rows.
+    assert shard_layout(4, 65536, mib16, item_rows=25)[0] == MIN_INNER_BYTES // 4
+    assert shard_layout(120, 65536, mib16, item_rows=65)[0] == ITEMS_PER_INNER * 65
+    assert shard_layout(256, 65536, mib16, item_rows=625)[0] == 256
+    inner, shard = shard_layout(4, 65536, mib16, shard_rows=500, item_rows=25)
+    assert (inner, shard % inner) == (500, 0)
 
 
 def test_schema_gives_dims_and_groups(tmp_path: Path) -> None:

@@ -1027,6 +1027,12 @@ def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterab
     return tqdm(it, total=total, desc=desc, unit="item")
 
 
+def _typical_rows(rows: np.ndarray) -> int | None:
+    """The median row count of the items that have rows in a group (``None`` if none do)."""
+    present = rows[rows > 0]
+    return int(np.median(present)) if present.size else None
+
+
 def _write_dataset(
     output: str,
     scans: Sequence[ItemScan],
@@ -1049,11 +1055,16 @@ def _write_dataset(
     for group in groups.values():
         rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
         offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        item_rows = _typical_rows(rows)
         for plan in group.arrays.values():
             plan.dims = _dims_for(group, plan, schema)
             if not plan.per_item:
                 plan.inner_rows, plan.shard_rows = shard_layout(
-                    plan.row_bytes, inner_bytes, shard_bytes, shard_rows.get(group.name)
+                    plan.row_bytes,
+                    inner_bytes,
+                    shard_bytes,
+                    shard_rows.get(group.name),
+                    item_rows,
                 )
     sink = _make_sink(output, directory, storage_options)
     writer = _Writer(sink, pool, level, window=max(2, 2 * n_workers))

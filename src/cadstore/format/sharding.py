@@ -23,6 +23,8 @@ import numpy as np
 from cadstore.format import codecs as C
 
 __all__ = [
+    "ITEMS_PER_INNER",
+    "MIN_INNER_BYTES",
     "MISSING",
     "decode_inner",
     "encode_shard",
@@ -35,17 +37,36 @@ MISSING = 2**64 - 1
 _ENTRY = struct.Struct("<QQ")
 
 
+#: An inner chunk aims to hold about this many typical items' rows, so that reading one
+#: item decodes little beyond its own bytes. Without it, a 1-D per-face array with 64 KiB
+#: inner chunks packs 16,384 rows (hundreds of items) into each: a random item then decodes
+#: a whole chunk per array to keep a few dozen rows (bench/bench_dataset.py).
+ITEMS_PER_INNER = 4
+#: The smallest inner chunk chosen for item-sized rows: below a few KiB zstd loses ratio
+#: quickly and the shard index grows (16 bytes per inner chunk).
+MIN_INNER_BYTES = 4 * 1024
+
+
 def shard_layout(
-    row_bytes: int, inner_target: int, shard_target: int, shard_rows: int | None = None
+    row_bytes: int,
+    inner_target: int,
+    shard_target: int,
+    shard_rows: int | None = None,
+    item_rows: int | None = None,
 ) -> tuple[int, int]:
     """Choose ``(inner_rows, shard_rows)`` for rows of ``row_bytes`` bytes.
 
     Inner chunks hold about ``inner_target`` bytes and shards about ``shard_target``;
     ``shard_rows`` (when given, e.g. the specified ``face_chunk``) fixes the shard length.
-    Shard rows are always a multiple of inner rows, as zarr-python requires.
+    ``item_rows``, the typical number of rows one item contributes, caps inner chunks at
+    :data:`ITEMS_PER_INNER` items' worth (but not below :data:`MIN_INNER_BYTES`), which
+    keeps random item reads cheap for arrays with small rows. Shard rows are always a
+    multiple of inner rows, as zarr-python requires.
     """
     row_bytes = max(1, row_bytes)
     inner = max(1, inner_target // row_bytes)
+    if item_rows is not None and item_rows > 0:
+        inner = min(inner, max(ITEMS_PER_INNER * item_rows, MIN_INNER_BYTES // row_bytes, 1))
     if shard_rows is not None:
         inner = min(inner, max(1, shard_rows))
         per_shard = max(1, shard_rows // inner)
