@@ -56,6 +56,55 @@ def test_rows_across_shards(dataset: Path) -> None:
         assert reader.read_rows("faces", "face_areas", 5, 5).shape == (0,)
 
 
+def test_read_rows_into_a_given_array(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        whole = reader.read_array("faceface", "d2_distance")
+        out = np.full((9000 - 37, whole.shape[1]), -1.0, dtype=whole.dtype)
+        assert reader.read_rows("faceface", "d2_distance", 37, 9000, out) is out
+        np.testing.assert_array_equal(out, whole[37:9000])
+        with pytest.raises(ValueError, match=r"faceface/d2_distance need \(3, 64\)"):
+            reader.read_rows("faceface", "d2_distance", 0, 3, np.empty((2, 64), whole.dtype))
+        with pytest.raises(ValueError, match="float32"):
+            reader.read_rows("faceface", "d2_distance", 0, 3, np.empty((3, 64), np.float64))
+
+
+def test_read_items_fills_one_buffer_per_array(dataset: Path) -> None:
+    calls: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def allocate(group: str, array: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        calls.append((group, array, shape))
+        return np.full(shape, 7, dtype=dtype)
+
+    codes = [5, 0, 5, 11, 3]  # out of order, with a repeat
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        batch = reader.read_items(codes, allocate=allocate)
+        assert len(batch) == len(codes)
+        for item, code in zip(batch, codes, strict=True):
+            alone = reader.read_item(code)
+            assert item.keys() == alone.keys()
+            for group in alone:
+                for name, value in alone[group].items():
+                    np.testing.assert_array_equal(item[group][name], value)
+        for group, counts in batch.counts.items():
+            offsets = reader.offsets(group)
+            assert counts.tolist() == [int(offsets[c + 1] - offsets[c]) for c in codes]
+        d2 = batch.buffers[("faceface", "d2_distance")]
+        np.testing.assert_array_equal(
+            d2, np.concatenate([reader.read_item(c)["faceface"]["d2_distance"] for c in codes])
+        )
+        # Every item's rows are a view of the batch buffer, in batch order.
+        assert all(np.shares_memory(item["faceface"]["d2_distance"], d2) for item in batch)
+        assert batch.buffers[("graph", "num_nodes")].shape == (len(codes),)
+        assert ("faceface", "d2_distance", d2.shape) in calls
+        assert len(calls) == len(batch.buffers)
+        light = reader.read_items([1, 2], groups=["graph"], arrays={"graph": ["num_nodes"]})
+        assert [list(item) for item in light] == [["graph"], ["graph"]]
+        assert list(light[0]["graph"]) == ["num_nodes"]
+        assert reader.read_items([]) == []
+        with pytest.raises(DatasetError, match="out of range"):
+            reader.read_items([0, reader.n_items])
+
+
 def test_errors_name_the_valid_choices(dataset: Path) -> None:
     with DatasetReader(dataset) as reader:
         with pytest.raises(DatasetError, match=r"unknown group 'nope'.*faces"):

@@ -391,6 +391,35 @@ def test_to_torch_dataset_and_collate(loader: DatasetLoader) -> None:
     assert train.to_torch(collate_fn=custom)[1] is custom  # type: ignore[arg-type]
 
 
+def test_batches_are_decoded_in_place(loader: DatasetLoader) -> None:
+    """__getitems__ decodes a batch into one tensor per array, which the collate returns."""
+    pytest.importorskip("torch")
+    loader.split("face_types", random_state=0)
+    dataset, collate = loader.get_dataset("train").to_torch()
+    positions = [4, 0, 2, 2]
+    items = dataset.__getitems__(positions)
+    batch = collate(items)
+    direct = _direct(loader, [int(dataset.indices[i]) for i in positions])
+    _check_batch(batch, direct)
+    d2 = batch["faceface"]["d2_distance"]
+    assert d2.data_ptr() == items.tensors[("faceface", "d2_distance")].data_ptr()
+    # An item edited before collation is not shadowed by the prebuilt tensor.
+    edited = dataset.__getitems__(positions)
+    edited[1]["faceface"]["d2_distance"] = edited[1]["faceface"]["d2_distance"] + 1
+    again = collate(edited)
+    rows = len(direct[0]["faceface"]["d2_distance"])
+    np.testing.assert_array_equal(
+        again["faceface"]["d2_distance"].numpy()[
+            rows : rows + len(direct[1]["faceface"]["d2_distance"])
+        ],
+        direct[1]["faceface"]["d2_distance"] + 1,
+    )
+    # A slice of the batch is a plain list: collated the ordinary way.
+    _check_batch(collate(items[:2]), direct[:2])
+    with pytest.raises(IndexError, match="out of range"):
+        dataset.__getitems__([0, len(dataset)])
+
+
 def item_at(dataset: Any, i: int) -> np.ndarray:
     return dataset[i]["faces"]["face_areas"].numpy()
 

@@ -36,7 +36,7 @@ import numpy as np
 from cadstore.dataset.access import dataset_filesystem, read_parquet_schema, read_parquet_table
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.layout import OFFSETS
-from cadstore.dataset.reader import DatasetReader
+from cadstore.dataset.reader import Allocator, DatasetReader
 from cadstore.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -296,14 +296,34 @@ class ItemSource:
             ``{"file_id_code", "name", <group>: {array: ndarray}, "labels": {...}}`` (per-item
             arrays give the item's value), or what ``item_loader_func`` makes of it.
         """
-        code = int(position)
-        item: dict[str, Any] = {"file_id_code": code, "name": self.reader.item_names[code]}
-        item.update(self.reader.read_item(code, self.groups, self.arrays))
-        if self.labels:
-            item[LABELS_KEY] = {name: _scalar(values[code]) for name, values in self.labels.items()}
-        if self.item_loader_func is not None:
-            return self.item_loader_func(item)
-        return item
+        return self.read_many([position])[0]
+
+    def read_many(self, positions: Sequence[int], allocate: Allocator | None = None) -> list[Any]:
+        """Read several items at once, each array into one buffer for the whole batch.
+
+        Parameters
+        ----------
+        positions
+            The items' codes.
+        allocate
+            Makes the batch buffers (see :meth:`DatasetReader.read_items`).
+
+        Returns
+        -------
+        list
+            The items as :meth:`read` returns them, in an
+            :class:`~cadstore.dataset.reader.ItemBatch` (whose ``buffers`` hold each array
+            of the whole batch); ``item_loader_func``, if set, is applied to each item.
+        """
+        codes = [int(p) for p in positions]
+        batch = self.reader.read_items(codes, self.groups, self.arrays, allocate)
+        names = self.reader.item_names
+        for i, code in enumerate(codes):
+            item: dict[str, Any] = {"file_id_code": code, "name": names[code], **batch[i]}
+            if self.labels:
+                item[LABELS_KEY] = {n: _scalar(values[code]) for n, values in self.labels.items()}
+            batch[i] = self.item_loader_func(item) if self.item_loader_func is not None else item
+        return batch
 
     def locate(self, position: int) -> dict[str, Any]:
         """Where an item lives, without reading it (see :meth:`CADDataset.get_raw_data`)."""

@@ -22,7 +22,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from cadstore.format.sharding import MISSING, decode_inner, read_index
 from cadstore.format.sources import DirectorySource, KeySource, ZipSource
 from cadstore.fs import FsspecFileSystem, LocalFileSystem
 
-__all__ = ["DatasetReader"]
+__all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
@@ -115,8 +115,8 @@ class DatasetReader:
         self._groups = [g for g in hier.children("") if g in hier.groups]
         # (group, array) -> (metadata, per-item?) resolved once: item reads are hot.
         self._arrays: dict[tuple[str, str], tuple[Any, bool]] = {}
-        self._item_arrays: dict[str, list[str]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool]]] = {}
 
     def _open_source(self) -> KeySource:
         fs, path = dataset_filesystem(self.path, self.storage_options)
@@ -277,13 +277,44 @@ class DatasetReader:
             self._ensure()
             return self._hier.read_array(f"{group}/{array}")
 
-    def read_rows(self, group: str, array: str, start: int, stop: int) -> np.ndarray:
-        """Read rows ``[start, stop)`` of ``group/array``, decoding only what they touch."""
+    def read_rows(
+        self, group: str, array: str, start: int, stop: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Read rows ``[start, stop)`` of ``group/array``, decoding only what they touch.
+
+        Parameters
+        ----------
+        group, array
+            The array.
+        start, stop
+            The row range.
+        out
+            Where to put the rows (shape ``(stop - start, ...)`` and the array's dtype);
+            inner chunks that lie wholly inside the range are decoded straight into it.
+            A new array by default.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out``, or the new array.
+        """
         meta = self.array_meta(group, array)
         path = f"{group}/{array}"
         total = meta.shape[0] if meta.shape else 0
         if not 0 <= start <= stop <= total:
             raise DatasetError(f"rows {start}:{stop} are outside {path} (0:{total})")
+        if out is None:
+            out = np.empty((stop - start, *meta.shape[1:]), dtype=meta.dtype)
+        elif out.shape != (stop - start, *meta.shape[1:]) or out.dtype != meta.dtype:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype}; rows {start}:{stop} of "
+                f"{path} need {(stop - start, *meta.shape[1:])} and {meta.dtype}"
+            )
+        self._read_into(path, meta, start, stop, out)
+        return out
+
+    def _read_into(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
+        """:meth:`read_rows` without the checks (the caller made the range and ``out``)."""
         codecs = meta.codecs
         with self._lock:
             self._ensure()
@@ -292,8 +323,9 @@ class DatasetReader:
                 if whole is None:
                     whole = self._hier.read_array(path)
                     self._whole[path] = whole
-                return whole[start:stop].copy()
-            return self._read_sharded(path, meta, start, stop)
+                out[...] = whole[start:stop]
+            elif stop > start:
+                self._read_sharded(path, meta, start, stop, out)
 
     def _geometry(self, path: str, meta: Any) -> tuple[Any, ...]:
         geometry = self._geometries.get(path)
@@ -314,12 +346,8 @@ class DatasetReader:
             self._geometries[path] = geometry
         return geometry
 
-    def _read_sharded(self, path: str, meta: Any, start: int, stop: int) -> np.ndarray:
-        config, inner_shape, inner_rows, shard_rows, n_inner, trailing, suffix = self._geometry(
-            path, meta
-        )
-        if stop == start:
-            return np.empty((0, *trailing), dtype=meta.dtype)
+    def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
+        config, inner_shape, inner_rows, shard_rows, n_inner, _, suffix = self._geometry(path, meta)
         first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
         if first_shard == last_shard:
             base = first_shard * shard_rows
@@ -339,8 +367,8 @@ class DatasetReader:
                     path,
                 )
                 r0 = base + first_inner * inner_rows
-                return block[start - r0 : stop - r0].copy()
-        out = np.empty((stop - start, *trailing), dtype=meta.dtype)
+                out[...] = block[start - r0 : stop - r0]
+                return
         direct = direct_codec(config.get("codecs") or [], meta.dtype)
         for shard in range(first_shard, last_shard + 1):
             key = f"{path}/c/{shard}{suffix}"
@@ -375,7 +403,6 @@ class DatasetReader:
                     key, shard, inner, index, config, meta.dtype, inner_shape, meta.fill_value, path
                 )
                 out[a - start : b - start] = block[a - r0 : b - r0]
-        return out
 
     def _fetch_span(
         self, key: str, index: list[tuple[int, int]], inners: list[int]
@@ -460,6 +487,22 @@ class DatasetReader:
             self._cached -= old.nbytes
         return block
 
+    def _item_plan(
+        self, group: str, selected: tuple[str, ...] | None
+    ) -> list[tuple[str, Any, bool]]:
+        """``(array, meta, per_item)`` for each array an item read returns (memoised)."""
+        key = (group, selected)
+        plan = self._plans.get(key)
+        if plan is None:
+            names = (
+                selected
+                if selected is not None
+                else [a for a in self.arrays(group) if a not in (OFFSETS, file_id_code_name(group))]
+            )
+            plan = [(name, *self._resolve(group, name)) for name in names]
+            self._plans[key] = plan
+        return plan
+
     def read_item(
         self,
         code: int,
@@ -480,20 +523,111 @@ class DatasetReader:
         The provenance and offsets arrays are left out; per-item arrays give the item's
         value.
         """
-        code = self._check_code(code)
-        out: dict[str, dict[str, Any]] = {}
+        return self.read_items([code], groups, arrays)[0]
+
+    def read_items(
+        self,
+        codes: Sequence[int],
+        groups: Iterable[str] | None = None,
+        arrays: Mapping[str, Iterable[str]] | None = None,
+        allocate: Allocator | None = None,
+    ) -> ItemBatch:
+        """Read several items into one buffer per array.
+
+        Each array of the batch is allocated once, holding the items' rows one after the
+        other (as a collate function concatenates them), and every item's rows are decoded
+        straight into their place: no per-item arrays, no second copy.
+
+        Parameters
+        ----------
+        codes
+            Item codes, in batch order (repeats allowed).
+        groups, arrays
+            As for :meth:`read_item`.
+        allocate
+            ``allocate(group, array, shape, dtype) -> ndarray`` makes each batch buffer
+            (``numpy.empty`` by default); a PyTorch worker passes one that allocates in
+            shared memory, so the batch needs no copy on its way to the main process.
+
+        Returns
+        -------
+        ItemBatch
+            A list of items (``{group: {array: rows or value}}``, rows being views of the
+            batch buffers) with ``buffers`` (``{(group, array): ndarray}``) and ``counts``
+            (``{group: rows of each item}``).
+        """
+        codes = [self._check_code(c) for c in codes]
+        make = allocate or _allocate
+        batch = ItemBatch({} for _ in codes)
+        index = np.asarray(codes, dtype=np.int64)
+        single = len(codes) == 1
         for group in list(groups) if groups is not None else self.groups:
-            start, stop = self.item_range(group, code)
-            wanted = (
-                list(arrays[group])
-                if arrays is not None and group in arrays
-                else [a for a in self.arrays(group) if a not in (OFFSETS, file_id_code_name(group))]
-            )
-            values: dict[str, Any] = {}
-            for array in wanted:
-                if self.is_per_item(group, array):
-                    values[array] = self.read_rows(group, array, code, code + 1)[0]
+            offsets = self.offsets(group)
+            starts, stops = offsets[index], offsets[index + 1]
+            counts = stops - starts
+            batch.counts[group] = counts
+            total = int(counts.sum())
+            spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
+            selected = tuple(arrays[group]) if arrays is not None and group in arrays else None
+            for item in batch:
+                item[group] = {}
+            for array, meta, per_item in self._item_plan(group, selected):
+                views: list[Any]
+                if per_item:
+                    buffer = make(group, array, (len(codes),), meta.dtype)
+                    for i, code in enumerate(codes):
+                        buffer[i] = self.read_rows(group, array, code, code + 1)[0]
+                    views = [buffer[i] for i in range(len(codes))]
+                elif single:
+                    # One item: its rows are the whole buffer (no view to make).
+                    buffer = make(group, array, (total, *meta.shape[1:]), meta.dtype)
+                    self._read_into(f"{group}/{array}", meta, *spans[0], buffer)
+                    views = [buffer]
                 else:
-                    values[array] = self.read_rows(group, array, start, stop)
-            out[group] = values
-        return out
+                    buffer = make(group, array, (total, *meta.shape[1:]), meta.dtype)
+                    path = f"{group}/{array}"
+                    views = []
+                    at = 0
+                    for start, stop in spans:
+                        rows = buffer[at : at + stop - start]
+                        self._read_into(path, meta, start, stop, rows)
+                        views.append(rows)
+                        at += stop - start
+                for item, view in zip(batch, views, strict=True):
+                    item[group][array] = view
+                batch.buffers[(group, array)] = buffer
+                batch.views[(group, array)] = views
+        return batch
+
+
+#: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.
+Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
+
+
+def _allocate(group: str, array: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+class ItemBatch(list):  # type: ignore[type-arg]
+    """Items read together by :meth:`DatasetReader.read_items`.
+
+    A list of item dicts whose row arrays are views of one buffer per array.
+
+    Attributes
+    ----------
+    buffers : dict
+        ``{(group, array): ndarray}``: each array of the batch, items' rows concatenated in
+        batch order (per-item arrays: one value per item).
+    counts : dict
+        ``{group: ndarray}``: the number of rows of each item in each group.
+    views : dict
+        ``{(group, array): [each item's value]}``, the very objects placed in the items, so
+        that a consumer can check that the items still hold them before using
+        ``buffers`` in their place.
+    """
+
+    def __init__(self, items: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(items)
+        self.buffers: dict[tuple[str, str], np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.views: dict[tuple[str, str], list[Any]] = {}

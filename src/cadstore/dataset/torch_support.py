@@ -145,7 +145,19 @@ def _dataset_class() -> type:
 
         def __getitems__(self, indices: Sequence[int]) -> list[Any]:
             if self.numpy_batches and self._converts():
-                return [self._read(i) for i in indices]
+                read_many = getattr(self.source, "read_many", None)
+                if read_many is None:
+                    return [self._read(i) for i in indices]
+                n = len(self.indices)
+                for i in indices:
+                    if not -n <= int(i) < n:
+                        raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+                # Each array of the batch is decoded straight into one tensor (in shared
+                # memory in a worker), which GraphCollate then returns as it is.
+                allocator = _BatchAllocator()
+                batch = read_many([int(self.indices[int(i)]) for i in indices], allocator)
+                batch.tensors = allocator.tensors
+                return batch
             return [self[i] for i in indices]
 
         def __repr__(self) -> str:
@@ -260,7 +272,8 @@ class GraphCollate:
             rows = None
             for array in first:
                 values = [it[group][array] for it in items]
-                merged[array], counts = _concatenate(values)
+                made = _prebuilt(items, group, array, values)
+                merged[array], counts = made if made is not None else _concatenate(values)
                 if rows is None and counts is not None:
                     rows = counts
             if rows is not None:
@@ -310,6 +323,46 @@ class GraphCollate:
         if self.node_group in ptr:
             return ptr[self.node_group].diff()
         return None
+
+
+class _BatchAllocator:
+    """Allocates a batch's arrays as tensors (see ``DatasetReader.read_items``).
+
+    Dtypes that torch batches differently (unsigned integers wider than a byte, strings)
+    get plain numpy buffers, which the collate function then converts as usual.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple[str, str], Any] = {}
+
+    def __call__(
+        self, group: str, array: str, shape: tuple[int, ...], dtype: np.dtype
+    ) -> np.ndarray:
+        if dtype.kind not in "biuf" or (dtype.kind == "u" and dtype.itemsize > 1):
+            return np.empty(shape, dtype=dtype)
+        tensor = _batch_tensor(shape, dtype)
+        self.tensors[(group, array)] = tensor
+        return tensor.numpy()
+
+
+def _prebuilt(
+    items: list[Mapping[str, Any]], group: str, array: str, values: list[Any]
+) -> tuple[Any, np.ndarray | None] | None:
+    """The batch tensor ``TorchCADDataset`` already decoded ``values`` into, if any.
+
+    Used only when every item still holds the very view it was given (the batch was not
+    reordered, filtered or edited on its way here).
+    """
+    tensor = getattr(items, "tensors", {}).get((group, array))
+    if tensor is None:
+        return None
+    views = items.views.get((group, array))  # type: ignore[attr-defined]
+    if views is None or len(views) != len(values):
+        return None
+    if not all(v is w for v, w in zip(values, views, strict=True)):
+        return None
+    per_item = np.ndim(values[0]) == 0 if values else False
+    return tensor, None if per_item else np.asarray(items.counts[group])  # type: ignore[attr-defined]
 
 
 def _concatenate(values: list[Any]) -> tuple[Any, np.ndarray | None]:
