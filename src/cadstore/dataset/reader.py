@@ -116,7 +116,7 @@ class DatasetReader:
         # (group, array) -> (metadata, per-item?) resolved once: item reads are hot.
         self._arrays: dict[tuple[str, str], tuple[Any, bool]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
-        self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool]]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool, str]]] = {}
 
     def _open_source(self) -> KeySource:
         fs, path = dataset_filesystem(self.path, self.storage_options)
@@ -489,8 +489,8 @@ class DatasetReader:
 
     def _item_plan(
         self, group: str, selected: tuple[str, ...] | None
-    ) -> list[tuple[str, Any, bool]]:
-        """``(array, meta, per_item)`` for each array an item read returns (memoised)."""
+    ) -> list[tuple[str, Any, bool, str]]:
+        """``(array, meta, per_item, path)`` per array an item read returns (memoised)."""
         key = (group, selected)
         plan = self._plans.get(key)
         if plan is None:
@@ -499,7 +499,7 @@ class DatasetReader:
                 if selected is not None
                 else [a for a in self.arrays(group) if a not in (OFFSETS, file_id_code_name(group))]
             )
-            plan = [(name, *self._resolve(group, name)) for name in names]
+            plan = [(name, *self._resolve(group, name), f"{group}/{name}") for name in names]
             self._plans[key] = plan
         return plan
 
@@ -523,7 +523,24 @@ class DatasetReader:
         The provenance and offsets arrays are left out; per-item arrays give the item's
         value.
         """
-        return self.read_items([code], groups, arrays)[0]
+        code = self._check_code(code)
+        out: dict[str, dict[str, Any]] = {}
+        for group in list(groups) if groups is not None else self.groups:
+            offsets = self.offsets(group)
+            start, stop = int(offsets[code]), int(offsets[code + 1])
+            selected = tuple(arrays[group]) if arrays is not None and group in arrays else None
+            values: dict[str, Any] = {}
+            for array, meta, per_item, path in self._item_plan(group, selected):
+                if per_item:
+                    row = np.empty((1,), dtype=meta.dtype)
+                    self._read_into(path, meta, code, code + 1, row)
+                    values[array] = row[0]
+                else:
+                    rows = np.empty((stop - start, *meta.shape[1:]), dtype=meta.dtype)
+                    self._read_into(path, meta, start, stop, rows)
+                    values[array] = rows
+            out[group] = values
+        return out
 
     def read_items(
         self,
@@ -560,7 +577,6 @@ class DatasetReader:
         make = allocate or _allocate
         batch = ItemBatch({} for _ in codes)
         index = np.asarray(codes, dtype=np.int64)
-        single = len(codes) == 1
         for group in list(groups) if groups is not None else self.groups:
             offsets = self.offsets(group)
             starts, stops = offsets[index], offsets[index + 1]
@@ -571,21 +587,15 @@ class DatasetReader:
             selected = tuple(arrays[group]) if arrays is not None and group in arrays else None
             for item in batch:
                 item[group] = {}
-            for array, meta, per_item in self._item_plan(group, selected):
+            for array, meta, per_item, path in self._item_plan(group, selected):
                 views: list[Any]
                 if per_item:
                     buffer = make(group, array, (len(codes),), meta.dtype)
                     for i, code in enumerate(codes):
-                        buffer[i] = self.read_rows(group, array, code, code + 1)[0]
+                        self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
                     views = [buffer[i] for i in range(len(codes))]
-                elif single:
-                    # One item: its rows are the whole buffer (no view to make).
-                    buffer = make(group, array, (total, *meta.shape[1:]), meta.dtype)
-                    self._read_into(f"{group}/{array}", meta, *spans[0], buffer)
-                    views = [buffer]
                 else:
                     buffer = make(group, array, (total, *meta.shape[1:]), meta.dtype)
-                    path = f"{group}/{array}"
                     views = []
                     at = 0
                     for start, stop in spans:
