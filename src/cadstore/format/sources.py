@@ -40,6 +40,8 @@ __all__ = [
 _LOCAL_LENGTHS = struct.Struct("<HH")
 # Local members up to this size are read with their header in one positioned read.
 _ONE_READ_BYTES = 256 * 1024
+# Local zip files up to this size are read whole when opened (see ZipSource).
+_IMAGE_BYTES = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -256,8 +258,13 @@ class ZipSource(KeySource):
         except (AttributeError, OSError, ValueError):
             self._fd = None  # not a real file (remote or in-memory)
         self._data_offsets: dict[str, int] = {}
+        # A small local file is read whole, once: the end record's search reads its last
+        # 64 KiB anyway, and an item's two dozen members then cost no system call each.
+        self._image: bytes | None = None
         try:
             self._size = self._fh.seek(0, os.SEEK_END)
+            if self._fd is not None and self._size <= _IMAGE_BYTES:
+                self._image = os.pread(self._fd, self._size, 0)
             try:
                 entries = read_central_directory(self._read_at, self._size)
             except _NeedZipfile:
@@ -295,6 +302,8 @@ class ZipSource(KeySource):
     def _read_at(self, offset: int, n: int) -> bytes:
         if offset < 0 or n < 0:
             raise ValueError("negative offset or length")
+        if self._image is not None:
+            return self._image[offset : offset + n]
         if self._fd is not None:
             return os.pread(self._fd, n, offset)
         try:
@@ -357,7 +366,11 @@ class ZipSource(KeySource):
         that costs more than the read itself.
         """
         start = self._data_offsets.get(key)
-        if start is None and (self._fd is None or info.compress_size <= _ONE_READ_BYTES):
+        if (
+            start is None
+            and self._image is None
+            and (self._fd is None or info.compress_size <= _ONE_READ_BYTES)
+        ):
             # First read of this member: fetch the local header and the data in one read
             # (one request on an object store), assuming the header repeats the central
             # directory's name and has no extra field, as cadstore and most writers do;
