@@ -13,7 +13,8 @@ between runs), then measures against the targets of issue 5:
 * **DataLoader**: items per second through ``torch.utils.data.DataLoader(num_workers=2,
   batch_size=32, shuffle=True)`` over one epoch of the training subset, with every group,
   and without the quadratic ``faceface`` group; wall time including worker start-up;
-  target >= 1,000 items/s.
+  target >= 1,000 items/s. For context, the rate at which a process fills fresh shared
+  memory (where every worker batch must travel) and the items/s that alone allows.
 * **file_dataset**: ``DatasetExplorer.file_dataset(code, "faces")`` against the approach of
   the specified system (vendor-system.md §3, "Read performance"): materialise the group
   with xarray/zarr-python and scan ``file_id_code_faces`` with numpy for the item's rows.
@@ -158,6 +159,33 @@ def measure_dataloader(
     }
 
 
+def measure_shared_memory(
+    mean_item_bytes: float, batch_size: int, rounds: int = 20
+) -> dict[str, float]:
+    """How fast a worker can fill fresh shared memory: a ceiling for any DataLoader.
+
+    A worker's batch travels to the main process in shared memory, which the kernel must
+    allocate and zero page by page for every batch. This times allocating a batch of the
+    mean item size there (the call ``default_collate`` makes) and writing it, with no
+    decoding at all.
+    """
+    import torch
+
+    like = torch.empty(0, dtype=torch.float32)
+    numel = max(1, int(mean_item_bytes * batch_size) // 4)
+    source = torch.ones(numel)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        storage = like._typed_storage()._new_shared(numel, device=like.device)
+        like.new(storage).resize_(numel).copy_(source)
+        del storage
+    rate = rounds * numel * 4 / (time.perf_counter() - start)
+    return {
+        "fill_gb_per_s": rate / 1e9,
+        "ceiling_items_per_s_2_workers": 2 * rate / mean_item_bytes,
+    }
+
+
 def _spec_file_dataset(explorer: DatasetExplorer, code: int, group: str) -> Any:
     """The specified system's way: materialise the group, scan its provenance array."""
     ds = explorer.get_group_data(group).load()
@@ -255,6 +283,14 @@ def report(results: dict[str, Any]) -> str:
             f"{TARGET_ITEMS_PER_S:,.0f} items/s | "
             f"{_mark(loader['items_per_s'] >= TARGET_ITEMS_PER_S)} |"
         )
+    shm = results.get("shared_memory")
+    if shm:
+        rows.append(
+            f"| (context) ceiling from shared memory alone: fresh pages filled at "
+            f"{shm['fill_gb_per_s']:.2f} GB/s per process | "
+            f"{shm['ceiling_items_per_s_2_workers']:,.0f} items/s with 2 workers at the mean "
+            f"item size ({item['mean_item_mb']:.2f} MB), before any decoding | - | - |"
+        )
     fd = results["file_dataset"]
     rows.append(
         f"| `file_dataset(code, 'faces')` vs materialise + scan (§3) | "
@@ -320,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         print("torch is not installed: skipping the DataLoader measure", file=sys.stderr)
         results["dataloader"] = {}
     else:
+        results["shared_memory"] = measure_shared_memory(
+            results["random_item"]["mean_item_mb"] * 1e6, args.batch_size
+        )
         results["dataloader"] = {
             "all groups": measure_dataloader(flow, None, args.batch_size, args.loader_items),
             "without faceface": measure_dataloader(
