@@ -172,7 +172,7 @@ def test_inner_chunks_hold_a_few_items(merged: Path, realistic_items: list[Any])
 def test_shard_layout_caps_inner_chunks_by_item_rows() -> None:
     mib16 = 16 * 1024 * 1024
     assert shard_layout(4, 65536, mib16) == (16384, 16384 * 256)
-    # 25 faces per item: four items are 100 rows, below the 4 KiB floor of 1024 rows.
+    # 25 faces per item: four items are 100 rows, below the 16 KiB floor of 4096 rows.
     assert shard_layout(4, 65536, mib16, item_rows=25)[0] == MIN_INNER_BYTES // 4
     assert shard_layout(120, 65536, mib16, item_rows=65)[0] == ITEMS_PER_INNER * 65
     assert shard_layout(256, 65536, mib16, item_rows=625)[0] == 256
