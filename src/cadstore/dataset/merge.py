@@ -831,7 +831,8 @@ def merge_items(
     compression_level
         zstd level of the output (``None``: uncompressed).
     inner_bytes, shard_bytes
-        Target uncompressed sizes of inner chunks and shards.
+        Target uncompressed sizes of inner chunks and shards; inner chunks of small rows
+        are cut to a few typical items' rows (:func:`cadstore.format.sharding.shard_layout`).
     shard_rows
         Fixed shard lengths per group (``{"faces": 500000}``), as the specified
         ``face_chunk``/``edge_chunk``/``faceface_flat_chunk`` arguments give them.
