@@ -159,6 +159,39 @@ def test_uncompressed_dataset_reads_back(realistic_items: list[Any], tmp_path: P
             _check_item(reader, code, item)
 
 
+@pytest.mark.parametrize(
+    ("inner", "problem"),
+    [
+        (lambda rows, width: [rows, width // 2], "along rows only"),
+        (lambda rows, width: [rows - 1, width], "along rows only"),
+        (lambda rows, width: [rows * 2**20, width], "max_chunk_bytes"),
+        (lambda rows, width: [rows, "64"], "bad inner chunk shape"),
+    ],
+)
+def test_inner_chunk_layout_is_checked(
+    realistic_items: list[Any], tmp_path: Path, inner: Any, problem: str
+) -> None:
+    """Inner chunks that split columns, do not divide shards or are bombs: a clear error."""
+    out = tmp_path / "dir.dataset"
+    merge_items([p for p, _, _ in realistic_items[:4]], out, directory=True)
+    docs = [out / "faceface" / "d2_distance" / "zarr.json", out / "zarr.json"]
+    for path in docs:
+        doc = json.loads(path.read_text())
+        array = (
+            doc["consolidated_metadata"]["metadata"]["faceface/d2_distance"]
+            if path.parent == out
+            else doc
+        )
+        config = array["codecs"][0]["configuration"]
+        config["chunk_shape"] = inner(array["chunk_grid"]["configuration"]["chunk_shape"][0], 64)
+        path.write_text(json.dumps(doc))
+    with DatasetReader(out) as reader:
+        with pytest.raises(CorruptStoreError, match=f"faceface/d2_distance.*{problem}"):
+            reader.read_item(0)
+        # The other arrays still read.
+        assert len(reader.read_item(0, groups=["faces"])["faces"]["face_areas"]) > 0
+
+
 def test_damaged_inner_chunk_is_a_corrupt_store_error(
     realistic_items: list[Any], tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ first use.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -328,12 +329,39 @@ class DatasetReader:
                 self._read_sharded(path, meta, start, stop, out)
 
     def _geometry(self, path: str, meta: Any) -> tuple[Any, ...]:
+        """The sharding layout of ``path``, checked: cadstore reads row-sharded arrays.
+
+        Raises
+        ------
+        CorruptStoreError
+            If the inner chunks do not span every axis but the first, do not divide the
+            shard, or would decode to more than ``limits.max_chunk_bytes``.
+        """
         geometry = self._geometries.get(path)
         if geometry is None:
             config = meta.codecs[0].get("configuration") or {}
-            inner_shape = tuple(int(x) for x in config["chunk_shape"])
-            shard_rows = meta.chunks[0]
+            shape = config.get("chunk_shape")
             trailing = tuple(meta.shape[1:])
+            shard_rows = meta.chunks[0]
+            if (
+                not isinstance(shape, list)
+                or len(shape) != len(meta.shape)
+                or not all(type(x) is int and x > 0 for x in shape)
+            ):
+                raise CorruptStoreError(self.path, f"{path}: bad inner chunk shape {shape!r}")
+            inner_shape = tuple(shape)
+            if math.prod(inner_shape) * meta.dtype.itemsize > self.limits.max_chunk_bytes:
+                raise CorruptStoreError(
+                    self.path,
+                    f"{path}: inner chunks {inner_shape} would decode to more than "
+                    f"max_chunk_bytes={self.limits.max_chunk_bytes}",
+                )
+            if inner_shape[1:] != tuple(meta.chunks[1:]) or shard_rows % inner_shape[0]:
+                raise CorruptStoreError(
+                    self.path,
+                    f"{path}: inner chunks {inner_shape} do not split shards {meta.chunks} "
+                    "along rows only",
+                )
             geometry = (
                 config,
                 inner_shape,
@@ -342,12 +370,14 @@ class DatasetReader:
                 shard_rows // inner_shape[0],
                 trailing,
                 "".join("/0" for _ in trailing),
+                direct_codec(config.get("codecs") or [], meta.dtype),
             )
             self._geometries[path] = geometry
         return geometry
 
     def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
-        config, inner_shape, inner_rows, shard_rows, n_inner, _, suffix = self._geometry(path, meta)
+        geometry = self._geometry(path, meta)
+        _, _, inner_rows, shard_rows, n_inner, _, suffix, direct = geometry
         first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
         if first_shard == last_shard:
             base = first_shard * shard_rows
@@ -356,20 +386,11 @@ class DatasetReader:
                 # The common case for one item: a single inner chunk holds every row.
                 key = f"{path}/c/{first_shard}{suffix}"
                 block = self._inner_chunk(
-                    key,
-                    first_shard,
-                    first_inner,
-                    self._shard_index(key, n_inner),
-                    config,
-                    meta.dtype,
-                    inner_shape,
-                    meta.fill_value,
-                    path,
+                    key, first_shard, first_inner, self._shard_index(key, n_inner), meta, path
                 )
                 r0 = base + first_inner * inner_rows
                 out[...] = block[start - r0 : stop - r0]
                 return
-        direct = direct_codec(config.get("codecs") or [], meta.dtype)
         for shard in range(first_shard, last_shard + 1):
             key = f"{path}/c/{shard}{suffix}"
             base = shard * shard_rows
@@ -399,9 +420,7 @@ class DatasetReader:
                 if raw is not None:
                     self._decode_into(raw, out[a - start : b - start], direct, key, inner)
                     continue
-                block = self._inner_chunk(
-                    key, shard, inner, index, config, meta.dtype, inner_shape, meta.fill_value, path
-                )
+                block = self._inner_chunk(key, shard, inner, index, meta, path)
                 out[a - start : b - start] = block[a - r0 : b - r0]
 
     def _fetch_span(
@@ -454,10 +473,7 @@ class DatasetReader:
         shard: int,
         inner: int,
         index: list[tuple[int, int]],
-        config: Mapping[str, Any],
-        dtype: np.dtype,
-        inner_shape: tuple[int, ...],
-        fill: Any,
+        meta: Any,
         path: str,
     ) -> np.ndarray:
         cache_key = (path, shard, inner)
@@ -465,21 +481,29 @@ class DatasetReader:
         if block is not None:
             self._chunks.move_to_end(cache_key)
             return block
+        config, inner_shape, *_, direct = self._geometry(path, meta)
         offset, nbytes = index[inner]
         if offset == MISSING:
-            block = np.full(inner_shape, fill, dtype=dtype)
+            block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)
         else:
             data = self._source.get_range(key, offset, nbytes) or b""
-            try:
-                block = decode_inner(
-                    data,
-                    config.get("codecs") or [],
-                    dtype,
-                    inner_shape,
-                    self.limits.max_chunk_bytes,
-                )
-            except ChunkDecodeError as exc:
-                raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
+            if direct is not None:
+                # What cadstore writes: decoded into a new array, no intermediate bytes.
+                block = np.empty(inner_shape, dtype=meta.dtype)
+                self._decode_into(memoryview(data), block, direct, key, inner)
+            else:
+                try:
+                    block = decode_inner(
+                        data,
+                        config.get("codecs") or [],
+                        meta.dtype,
+                        inner_shape,
+                        self.limits.max_chunk_bytes,
+                    )
+                except ChunkDecodeError as exc:
+                    raise CorruptStoreError(
+                        self.path, f"{key!r} inner chunk {inner}: {exc}"
+                    ) from exc
         self._chunks[cache_key] = block
         self._cached += block.nbytes
         while self._cached > self.cache_bytes and len(self._chunks) > 1:
