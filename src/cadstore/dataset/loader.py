@@ -296,7 +296,8 @@ class ItemSource:
             ``{"file_id_code", "name", <group>: {array: ndarray}, "labels": {...}}`` (per-item
             arrays give the item's value), or what ``item_loader_func`` makes of it.
         """
-        return self.read_many([position])[0]
+        code = int(position)
+        return self._finish(code, self.reader.read_item(code, self.groups, self.arrays))
 
     def read_many(self, positions: Sequence[int], allocate: Allocator | None = None) -> list[Any]:
         """Read several items at once, each array into one buffer for the whole batch.
@@ -317,13 +318,17 @@ class ItemSource:
         """
         codes = [int(p) for p in positions]
         batch = self.reader.read_items(codes, self.groups, self.arrays, allocate)
-        names = self.reader.item_names
         for i, code in enumerate(codes):
-            item: dict[str, Any] = {"file_id_code": code, "name": names[code], **batch[i]}
-            if self.labels:
-                item[LABELS_KEY] = {n: _scalar(values[code]) for n, values in self.labels.items()}
-            batch[i] = self.item_loader_func(item) if self.item_loader_func is not None else item
+            batch[i] = self._finish(code, batch[i])
         return batch
+
+    def _finish(self, code: int, arrays: dict[str, Any]) -> Any:
+        """The item as handed out: code, name, arrays, labels, then ``item_loader_func``."""
+        item: dict[str, Any] = {"file_id_code": code, "name": self.reader.item_names[code]}
+        item.update(arrays)
+        if self.labels:
+            item[LABELS_KEY] = {n: _scalar(values[code]) for n, values in self.labels.items()}
+        return self.item_loader_func(item) if self.item_loader_func is not None else item
 
     def locate(self, position: int) -> dict[str, Any]:
         """Where an item lives, without reading it (see :meth:`CADDataset.get_raw_data`)."""
