@@ -105,6 +105,32 @@ def test_read_items_fills_one_buffer_per_array(dataset: Path) -> None:
             reader.read_items([0, reader.n_items])
 
 
+def test_per_item_strings_read_back(tmp_path: Path) -> None:
+    """A string saved once per item is a per-item object array: every reader path gives it."""
+    from cadstore import OptStorage
+
+    files = []
+    for i in range(3):
+        storage = OptStorage(str(tmp_path / f"part{i}.zarr"))
+        storage.save_data("face_areas", np.arange(i + 2, dtype=np.float32))
+        storage.save_data("label", f"bracket-{i}")
+        storage.compress_store()
+        storage.close()
+        files.append(tmp_path / f"part{i}.zarr.data")
+    merge_items(files, tmp_path / "s.dataset")
+    with DatasetReader(tmp_path / "s.dataset") as reader:
+        assert reader.read_item(1)["label"]["label"] == "bracket-1"
+        batch = reader.read_items([2, 0])
+        assert [item["label"]["label"] for item in batch] == ["bracket-2", "bracket-0"]
+        assert batch.buffers[("label", "label")].dtype == object
+        np.testing.assert_array_equal(batch[0]["faces"]["face_areas"], np.arange(4))
+        assert reader.read_rows("label", "label", 0, 3).tolist() == [
+            "bracket-0",
+            "bracket-1",
+            "bracket-2",
+        ]
+
+
 def test_errors_name_the_valid_choices(dataset: Path) -> None:
     with DatasetReader(dataset) as reader:
         with pytest.raises(DatasetError, match=r"unknown group 'nope'.*faces"):

@@ -304,12 +304,13 @@ class DatasetReader:
         total = meta.shape[0] if meta.shape else 0
         if not 0 <= start <= stop <= total:
             raise DatasetError(f"rows {start}:{stop} are outside {path} (0:{total})")
+        dtype = _numpy_dtype(meta)
         if out is None:
-            out = np.empty((stop - start, *meta.shape[1:]), dtype=meta.dtype)
-        elif out.shape != (stop - start, *meta.shape[1:]) or out.dtype != meta.dtype:
+            out = np.empty((stop - start, *meta.shape[1:]), dtype=dtype)
+        elif out.shape != (stop - start, *meta.shape[1:]) or out.dtype != dtype:
             raise ValueError(
                 f"out has shape {out.shape} and dtype {out.dtype}; rows {start}:{stop} of "
-                f"{path} need {(stop - start, *meta.shape[1:])} and {meta.dtype}"
+                f"{path} need {(stop - start, *meta.shape[1:])} and {dtype}"
             )
         self._read_into(path, meta, start, stop, out)
         return out
@@ -339,6 +340,8 @@ class DatasetReader:
         """
         geometry = self._geometries.get(path)
         if geometry is None:
+            if meta.is_string:
+                raise CorruptStoreError(self.path, f"{path}: a sharded string array")
             config = meta.codecs[0].get("configuration") or {}
             shape = config.get("chunk_shape")
             trailing = tuple(meta.shape[1:])
@@ -556,11 +559,11 @@ class DatasetReader:
             values: dict[str, Any] = {}
             for array, meta, per_item, path in self._item_plan(group, selected):
                 if per_item:
-                    row = np.empty((1,), dtype=meta.dtype)
+                    row = np.empty((1,), dtype=_numpy_dtype(meta))
                     self._read_into(path, meta, code, code + 1, row)
                     values[array] = row[0]
                 else:
-                    rows = np.empty((stop - start, *meta.shape[1:]), dtype=meta.dtype)
+                    rows = np.empty((stop - start, *meta.shape[1:]), dtype=_numpy_dtype(meta))
                     self._read_into(path, meta, start, stop, rows)
                     values[array] = rows
             out[group] = values
@@ -613,13 +616,14 @@ class DatasetReader:
                 item[group] = {}
             for array, meta, per_item, path in self._item_plan(group, selected):
                 views: list[Any]
+                dtype = _numpy_dtype(meta)
                 if per_item:
-                    buffer = make(group, array, (len(codes),), meta.dtype)
+                    buffer = make(group, array, (len(codes),), dtype)
                     for i, code in enumerate(codes):
                         self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
                     views = [buffer[i] for i in range(len(codes))]
                 else:
-                    buffer = make(group, array, (total, *meta.shape[1:]), meta.dtype)
+                    buffer = make(group, array, (total, *meta.shape[1:]), dtype)
                     views = []
                     at = 0
                     for start, stop in spans:
@@ -636,6 +640,11 @@ class DatasetReader:
 
 #: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.
 Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
+
+
+def _numpy_dtype(meta: Any) -> np.dtype:
+    """The numpy dtype of an array's values (``object`` for strings)."""
+    return np.dtype(object) if meta.is_string else meta.dtype
 
 
 def _allocate(group: str, array: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
