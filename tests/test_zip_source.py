@@ -34,6 +34,25 @@ def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
         source.close()
 
 
+def test_repeated_documents_deflate_once_to_the_same_bytes(tmp_path: Path) -> None:
+    from cadstore.format import zipwriter
+
+    doc = b'{"zarr_format":3,"node_type":"array","shape":[123],"data_type":"int32"}' * 4
+    big = bytes(range(256)) * 40  # over the remembered size: deflated each time
+    first, second = tmp_path / "1.zip", tmp_path / "2.zip"
+    before = zipwriter._deflate_small.cache_info().hits
+    for path in (first, second):
+        with open(path, "wb") as fh:
+            write_stored_zip(
+                fh, [("a/zarr.json", doc), ("b.json", big)], deflate=lambda n: n.endswith(".json")
+            )
+    assert zipwriter._deflate_small.cache_info().hits > before
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(second) as zf:
+        assert zf.getinfo("a/zarr.json").compress_type == zipfile.ZIP_DEFLATED
+        assert zf.read("a/zarr.json") == doc and zf.read("b.json") == big
+
+
 def test_zip64_archive_falls_back_to_zipfile(tmp_path: Path) -> None:
     path = tmp_path / "many.zip"
     with zipfile.ZipFile(path, "w") as zf:  # more than 65,535 entries needs ZIP64

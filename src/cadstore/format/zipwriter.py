@@ -10,6 +10,7 @@ read. Archives that would need ZIP64 (more than 65,535 members, or 4 GiB) go thr
 
 from __future__ import annotations
 
+import functools
 import struct
 import zipfile
 import zlib
@@ -37,11 +38,25 @@ def _deflate(data: bytes) -> bytes:
 
     zlib's defaults size the window and hash for 32 KiB; setting them up costs more than
     compressing a 400-byte metadata document. A window covering the whole input finds the
-    same matches, so the output is as small.
+    same matches, so the output is as small. Small documents are remembered (see
+    :func:`_deflate_small`).
     """
+    if len(data) <= _REMEMBERED_BYTES:
+        return _deflate_small(data)
+    return _deflate_now(data)
+
+
+def _deflate_now(data: bytes) -> bytes:
     bits = max(9, min(15, (len(data) - 1).bit_length()))
     packer = zlib.compressobj(6, zlib.DEFLATED, -bits, max(1, min(9, bits - 7)))
     return packer.compress(data) + packer.flush()
+
+
+# An array's zarr.json depends only on its shape, dtype, chunks, dims and codecs, so items
+# of the same face and edge counts repeat them: over 1,000 workload items 86% of the array
+# documents had been seen before in the same process. Deflating one costs ~20 us.
+_REMEMBERED_BYTES = 2048
+_deflate_small = functools.lru_cache(maxsize=4096)(_deflate_now)
 
 
 def write_stored_zip(
