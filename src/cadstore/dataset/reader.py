@@ -46,6 +46,18 @@ __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 _SPAN_SLACK = 64 * 1024
 
 
+_PROCESS_ID = [os.getpid()]
+
+
+def _after_fork() -> None:
+    _PROCESS_ID[0] = os.getpid()
+
+
+# Item reads check which process they run in (a forked DataLoader worker must reopen the
+# file); asking the kernel on every read is a system call, the fork hook is not.
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class DatasetReader:
     """Read a merged dataset item by item.
 
@@ -104,7 +116,7 @@ class DatasetReader:
             raise
         self._source = source
         self._hier = hier
-        self._pid = os.getpid()
+        self._pid = _PROCESS_ID[0]
         self._offsets: dict[str, np.ndarray] = {}
         self._whole: dict[str, np.ndarray] = {}
         self._indexes: dict[tuple[str, int], list[tuple[int, int]]] = {}
@@ -138,14 +150,14 @@ class DatasetReader:
     def _ensure(self) -> None:
         # A reader inherited through fork must not share the parent's file position or
         # caches; a reader unpickled in a worker has nothing open yet.
-        if self._pid != os.getpid():
+        if self._pid != _PROCESS_ID[0]:
             self._open()
 
     def close(self) -> None:
         """Close the file. Idempotent."""
         with self._lock:
             source = getattr(self, "_source", None)
-            if source is not None and self._pid == os.getpid():
+            if source is not None and self._pid == _PROCESS_ID[0]:
                 source.close()
             self._source = None  # type: ignore[assignment]
             self._pid = -1
