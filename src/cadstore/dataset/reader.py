@@ -356,7 +356,6 @@ class DatasetReader:
                 raise CorruptStoreError(self.path, f"{path}: a sharded string array")
             config = meta.codecs[0].get("configuration") or {}
             shape = config.get("chunk_shape")
-            trailing = tuple(meta.shape[1:])
             shard_rows = meta.chunks[0]
             if (
                 not isinstance(shape, list)
@@ -383,16 +382,14 @@ class DatasetReader:
                 inner_shape[0],
                 shard_rows,
                 shard_rows // inner_shape[0],
-                trailing,
-                "".join("/0" for _ in trailing),
+                "/0" * (len(meta.shape) - 1),
                 direct_codec(config.get("codecs") or [], meta.dtype),
             )
             self._geometries[path] = geometry
         return geometry
 
     def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
-        geometry = self._geometry(path, meta)
-        _, _, inner_rows, shard_rows, n_inner, _, suffix, direct = geometry
+        _, _, inner_rows, shard_rows, n_inner, suffix, direct = self._geometry(path, meta)
         first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
         if first_shard == last_shard:
             base = first_shard * shard_rows
@@ -496,29 +493,22 @@ class DatasetReader:
         if block is not None:
             self._chunks.move_to_end(cache_key)
             return block
-        config, inner_shape, *_, direct = self._geometry(path, meta)
+        config, inner_shape, *_ = self._geometry(path, meta)
         offset, nbytes = index[inner]
         if offset == MISSING:
             block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)
         else:
             data = self._source.get_range(key, offset, nbytes) or b""
-            if direct is not None:
-                # What cadstore writes: decoded into a new array, no intermediate bytes.
-                block = np.empty(inner_shape, dtype=meta.dtype)
-                self._decode_into(memoryview(data), block, direct, key, inner)
-            else:
-                try:
-                    block = decode_inner(
-                        data,
-                        config.get("codecs") or [],
-                        meta.dtype,
-                        inner_shape,
-                        self.limits.max_chunk_bytes,
-                    )
-                except ChunkDecodeError as exc:
-                    raise CorruptStoreError(
-                        self.path, f"{key!r} inner chunk {inner}: {exc}"
-                    ) from exc
+            try:
+                block = decode_inner(
+                    data,
+                    config.get("codecs") or [],
+                    meta.dtype,
+                    inner_shape,
+                    self.limits.max_chunk_bytes,
+                )
+            except ChunkDecodeError as exc:
+                raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
         self._chunks[cache_key] = block
         self._cached += block.nbytes
         while self._cached > self.cache_bytes and len(self._chunks) > 1:

@@ -145,7 +145,16 @@ def decode_inner(
     inner_shape: Sequence[int],
     limit: int,
 ) -> np.ndarray:
-    """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``)."""
+    """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``).
+
+    What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing) is decoded
+    straight into a new writable array, with no intermediate ``bytes``.
+    """
+    direct = C.direct_codec(codecs, dtype)
+    if direct is not None:
+        out = np.empty(tuple(inner_shape), dtype=dtype)
+        C.decode_into(direct, data, memoryview(out).cast("B"))
+        return out
     expected = math.prod(inner_shape) * dtype.itemsize
     for codec in reversed(codecs[1:]):
         name = codec["name"]
