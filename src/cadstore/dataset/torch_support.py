@@ -128,11 +128,14 @@ def _dataset_class() -> type:
         def __len__(self) -> int:
             return len(self.indices)
 
-        def _read(self, i: int) -> Any:
+        def _position(self, i: int) -> int:
             n = len(self.indices)
             if not -n <= int(i) < n:
                 raise IndexError(f"item {i} is out of range for a dataset of {n} items")
-            return self.source.read(int(self.indices[int(i)]))
+            return int(self.indices[int(i)])
+
+        def _read(self, i: int) -> Any:
+            return self.source.read(self._position(i))
 
         def _converts(self) -> bool:
             return getattr(self.source, "item_loader_func", None) is None
@@ -148,14 +151,11 @@ def _dataset_class() -> type:
                 read_many = getattr(self.source, "read_many", None)
                 if read_many is None:
                     return [self._read(i) for i in indices]
-                n = len(self.indices)
-                for i in indices:
-                    if not -n <= int(i) < n:
-                        raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+                positions = [self._position(i) for i in indices]
                 # Each array of the batch is decoded straight into one tensor (in shared
                 # memory in a worker), which GraphCollate then returns as it is.
                 allocator = _BatchAllocator()
-                batch = read_many([int(self.indices[int(i)]) for i in indices], allocator)
+                batch = read_many(positions, allocator)
                 batch.tensors = allocator.tensors
                 return batch
             return [self[i] for i in indices]
