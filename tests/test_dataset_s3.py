@@ -24,6 +24,8 @@ from cadstore.dataset.explorer import DatasetExplorer, resolve_flow_paths
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError, StorageAccessError
+from cadstore.format.sources import ZipSource
+from cadstore.fs import FsspecFileSystem
 from s3dataset import FAST_FAIL, SUFFIXES, S3Dataset, s3_dataset
 from s3server import CutOffProxy
 
@@ -135,6 +137,110 @@ def test_reader_item_equals_local_and_reads_a_small_part(data: S3Dataset) -> Non
     assert opened < size / 50, (opened, size)
     assert one_item < size / 4, (one_item, size)
     assert one_group < size / 20, (one_group, size)
+
+
+class _RequestLog:
+    """Counts cadstore's batched and single range reads of zip files on the object store."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: list[int] = []
+        self.single = 0
+        batched = FsspecFileSystem.read_ranges
+        single = ZipSource._read_at
+
+        def read_ranges(fs: Any, fh: Any, path: str, ranges: Any) -> Any:
+            got = batched(fs, fh, path, ranges)
+            if got is not None:
+                self.batches.append(len(ranges))
+            return got
+
+        def read_at(source: ZipSource, offset: int, n: int) -> bytes:
+            self.single += source.batches_reads  # local files are read one range at a time
+            return single(source, offset, n)
+
+        monkeypatch.setattr(FsspecFileSystem, "read_ranges", read_ranges)
+        monkeypatch.setattr(ZipSource, "_read_at", read_at)
+
+    def reset(self) -> None:
+        self.batches.clear()
+        self.single = 0
+
+
+def test_item_reads_on_s3_fetch_their_ranges_in_batches(
+    data: S3Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _RequestLog(monkeypatch)
+    with (
+        DatasetReader(data.url(), storage_options=data.options()) as remote,
+        DatasetReader(data.local_path()) as local,
+    ):
+        remote.read_item(0)  # the offsets arrays, read whole once
+        for code in (41, 42, 150):
+            log.reset()
+            _assert_items_equal(remote.read_item(code), local.read_item(code))
+            # Local headers of members not seen yet, shard indexes not seen yet, then the
+            # chunks: at most three round trips, whatever the number of arrays.
+            assert 1 <= len(log.batches) <= 3, log.batches
+            assert log.single == 0
+        log.reset()
+        again = remote.read_item(42)
+        assert len(log.batches) <= 1 and log.single == 0  # decoded chunks are cached
+        _assert_items_equal(again, local.read_item(42))
+        codes = [7, 99, 7, 131, 12, 58, 140, 3]
+        log.reset()
+        batch = remote.read_items(codes)
+        assert len(log.batches) <= 3 and log.single == 0, log.batches
+        for code, item in zip(codes, batch, strict=True):
+            _assert_items_equal(item, local.read_item(code))
+        # A batch for some arrays of one group reads only what they need.
+        log.reset()
+        some = remote.read_items([5, 6], groups=["faces"], arrays={"faces": ["face_areas"]})
+        assert list(some[0]["faces"]) == ["face_areas"]
+        assert sum(log.batches) <= 4, log.batches
+
+
+def test_zip_source_get_ranges_on_s3_matches_get_range(data: S3Dataset) -> None:
+    with (
+        DatasetReader(data.url(), storage_options=data.options()) as remote,
+        DatasetReader(data.local_path()) as local,
+    ):
+        source, reference = remote._source, local._source
+        assert isinstance(source, ZipSource) and source.batches_reads
+        assert not reference.batches_reads
+        shard = next(k for k in sorted(reference.keys()) if "/c/" in k)
+        size = reference.size_of(shard)
+        assert size is not None
+        requests = [
+            (shard, 0, 100),
+            (shard, size - 16, 16),
+            (shard, size - 10, 100),  # runs past the member's end: what is there
+            (shard, 5, 0),
+            ("no/such/member", 0, 10),
+            ("metadata.json", 3, 40),  # deflated: read whole, then cut
+            (shard, 100, 50),
+        ]
+        expected = [reference.get_range(*r) for r in requests]
+        assert source.get_ranges(requests) == expected
+        assert reference.get_ranges(requests) == expected
+        assert expected[2] == reference.get_range(shard, size - 10, 10)
+        assert expected[4] is None
+
+
+def test_forked_child_reads_s3_after_the_parent_did(data: S3Dataset) -> None:
+    # The parent's range threads do not survive fork(); the child must start its own
+    # rather than wait forever on the parent's pool.
+    import multiprocessing
+
+    with DatasetReader(data.url(), storage_options=data.options()) as remote:
+        parent = remote.read_item(10)
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            child = pool.apply_async(_read_faces, (remote, 10)).get(timeout=120)
+    np.testing.assert_array_equal(child, parent["faces"]["face_areas"])
+
+
+def _read_faces(reader: DatasetReader, code: int) -> np.ndarray:
+    return reader.read_item(code, groups=["faces"])["faces"]["face_areas"]
 
 
 def test_reader_pickles_with_its_url_and_options(data: S3Dataset) -> None:

@@ -31,7 +31,8 @@ import tempfile
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from cadstore.errors import (
@@ -165,6 +166,17 @@ class FileSystem(ABC):
         ``exclusive`` is as for :meth:`write_atomic`.
         """
         return self.write_atomic(path, lambda fh: fh.write(data), exclusive=exclusive)
+
+    def read_ranges(
+        self, fh: IO[bytes], path: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[bytes] | None:
+        """Read several ``(offset, length)`` ranges of ``fh`` (opened on ``path``) at once.
+
+        Returns ``None`` when this file system reads them no faster together than one
+        after another (local disk); the caller then reads them in turn. Object stores
+        send the requests concurrently, so a batch costs about one round trip.
+        """
+        return None
 
     def publish_file(self, local_path: str, path: str) -> int:
         """Publish the finished local file ``local_path`` at ``path`` atomically.
@@ -309,6 +321,31 @@ _BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 # 40 random items of a merged dataset from SeaweedFS: 256 KiB fetched 117 MB in 107 ms
 # per item, 64 KiB 38 MB in 73 ms, 16 KiB 15 MB in 95 ms, none 7 MB in 107 ms.
 _READ_BLOCK_BYTES = 64 * 1024
+
+#: Range requests in flight at once for one batch (:meth:`FsspecFileSystem.read_ranges`).
+RANGE_REQUESTS = 16
+_RANGE_POOL: ThreadPoolExecutor | None = None
+_RANGE_POOL_LOCK = threading.Lock()
+
+
+def _range_pool() -> ThreadPoolExecutor:
+    """The process's threads for concurrent range requests (each waits on fsspec's loop)."""
+    global _RANGE_POOL
+    with _RANGE_POOL_LOCK:
+        if _RANGE_POOL is None:
+            _RANGE_POOL = ThreadPoolExecutor(RANGE_REQUESTS, thread_name_prefix="cadstore-range")
+        return _RANGE_POOL
+
+
+def _forget_range_pool() -> None:
+    # A forked child inherits the pool object but none of its threads: work submitted to
+    # it would wait forever. The child starts a pool of its own when it needs one.
+    global _RANGE_POOL, _RANGE_POOL_LOCK
+    _RANGE_POOL = None
+    _RANGE_POOL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_range_pool)
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _CLOUD_HINT = "install the cloud extra: pip install 'cadstore[cloud]'"
 
@@ -548,6 +585,27 @@ class FsspecFileSystem(FileSystem):
             except FileNotFoundError:
                 self._check_bucket(path)
                 raise
+
+    def read_ranges(
+        self, fh: IO[bytes], path: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[bytes] | None:
+        """Fetch the ranges concurrently through ``fh``'s own range requests.
+
+        Each request goes through the file's ``_fetch_range`` (fsspec's hook for buffered
+        files), so it carries the same ETag condition as the file's other reads and never
+        mixes two versions of a replaced object; it bypasses the file's position and
+        read-ahead cache, which concurrent requests must not share.
+        """
+        fetch = getattr(fh, "_fetch_range", None)
+        if fetch is None or len(ranges) < 2:
+            return None
+
+        def one(span: tuple[int, int]) -> bytes:
+            start, length = span
+            return bytes(fetch(start, start + length)) if length > 0 else b""
+
+        with self._errors(path):
+            return list(_range_pool().map(one, ranges))
 
     def file_sizes(self, path: str) -> dict[str, int]:
         """Return ``{relative posix path: size}`` for every object below ``path``.

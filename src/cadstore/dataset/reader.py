@@ -18,12 +18,13 @@ first use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,8 @@ class DatasetReader:
         self._indexes: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._chunks: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._cached = 0
+        # Bytes fetched ahead in one batch for the read under way (object stores only).
+        self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
         names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
@@ -446,12 +449,85 @@ class DatasetReader:
         wanted = sum(index[i][1] for i in inners)
         if end - first > wanted + _SPAN_SLACK:
             # Scattered (a shard written by another tool): one read per chunk.
-            return {
-                i: memoryview(self._source.get_range(key, index[i][0], index[i][1]) or b"")
-                for i in inners
-            }
-        span = memoryview(self._source.get_range(key, first, end - first) or b"")
+            return {i: memoryview(self._get_range(key, index[i][0], index[i][1])) for i in inners}
+        span = memoryview(self._get_range(key, first, end - first))
         return {i: span[index[i][0] - first : index[i][0] - first + index[i][1]] for i in inners}
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of member ``key``: fetched ahead, or read now."""
+        if self._prefetched:
+            for at, data in self._prefetched.get(key, ()):
+                if at <= start and start + length <= at + len(data):
+                    return data[start - at : start - at + length]
+        return self._source.get_range(key, start, length) or b""
+
+    def _prefetch(self, reads: Iterable[tuple[str, Any, int, int]]) -> None:
+        """Fetch, in two batches, every byte that reading ``(path, meta, start, stop)`` needs.
+
+        On an object store each read is a round trip: an item's two dozen arrays read one
+        after another cost two dozen. The shard indexes not known yet come first, in one
+        batch; then the chunk bytes not in the decoded-chunk cache, in another, adjacent
+        chunks of a shard merged into one range. The reads themselves then run as usual and
+        find their bytes in :attr:`_prefetched`; anything this missed is read on demand, so
+        it changes how many requests a read makes, never what it returns.
+        """
+        shards: list[tuple[str, str, int, int, int, int, int]] = []
+        for path, meta, start, stop in reads:
+            codecs = meta.codecs
+            if stop <= start or not codecs or codecs[0].get("name") != "sharding_indexed":
+                continue
+            _, _, inner_rows, shard_rows, n_inner, suffix, _ = self._geometry(path, meta)
+            for shard in range(start // shard_rows, (stop - 1) // shard_rows + 1):
+                base = shard * shard_rows
+                lo, hi = max(start, base) - base, min(stop, base + shard_rows) - base
+                key = f"{path}/c/{shard}{suffix}"
+                shards.append((key, path, shard, n_inner, lo // inner_rows, (hi - 1) // inner_rows))
+        tails = {}
+        for key, _, _, n_inner, _, _ in shards:
+            size = self._source.size_of(key)
+            if (key, n_inner) not in self._indexes and size is not None and size >= 16 * n_inner:
+                tails[key] = (key, size - 16 * n_inner, 16 * n_inner)
+        self._fetch_ahead(list(tails.values()))
+        wanted: dict[str, set[tuple[int, int]]] = {}
+        for key, path, shard, n_inner, first, last in shards:
+            index = self._shard_index(key, n_inner)
+            for inner in range(first, last + 1):
+                offset, nbytes = index[inner]
+                if offset != MISSING and (path, shard, inner) not in self._chunks:
+                    wanted.setdefault(key, set()).add((offset, nbytes))
+        requests = []
+        for key, chunks in wanted.items():
+            ordered = sorted(chunks)
+            at, end = ordered[0][0], ordered[0][0] + ordered[0][1]
+            for offset, nbytes in ordered[1:]:
+                if offset - end > _SPAN_SLACK:
+                    requests.append((key, at, end - at))
+                    at, end = offset, offset + nbytes
+                else:
+                    end = max(end, offset + nbytes)
+            requests.append((key, at, end - at))
+        self._fetch_ahead(requests)
+
+    def _fetch_ahead(self, requests: list[tuple[str, int, int]]) -> None:
+        if not requests:
+            return
+        for (key, start, _), data in zip(requests, self._source.get_ranges(requests), strict=True):
+            if data is not None:
+                self._prefetched.setdefault(key, []).append((start, data))
+
+    @contextlib.contextmanager
+    def _batched(self, reads: Callable[[], Iterable[tuple[str, Any, int, int]]]) -> Iterator[None]:
+        """Within the block, reads on an object store find their bytes fetched ahead."""
+        with self._lock:
+            self._ensure()
+            if not self._source.batches_reads:
+                yield
+                return
+            try:
+                self._prefetch(reads())
+                yield
+            finally:
+                self._prefetched.clear()
 
     def _decode_into(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
@@ -471,7 +547,7 @@ class DatasetReader:
         else:
             if size < 16 * n_inner:
                 raise CorruptStoreError(self.path, f"shard {key!r} is shorter than its index")
-            tail = self._source.get_range(key, size - 16 * n_inner, 16 * n_inner) or b""
+            tail = self._get_range(key, size - 16 * n_inner, 16 * n_inner)
             try:
                 index = read_index(tail, n_inner, size)
             except ChunkDecodeError as exc:
@@ -498,7 +574,7 @@ class DatasetReader:
         if offset == MISSING:
             block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)
         else:
-            data = self._source.get_range(key, offset, nbytes) or b""
+            data = self._get_range(key, offset, nbytes)
             try:
                 block = decode_inner(
                     data,
@@ -553,22 +629,32 @@ class DatasetReader:
         value.
         """
         code = self._check_code(code)
+        wanted = list(groups) if groups is not None else self.groups
+
+        def reads() -> Iterator[tuple[str, Any, int, int]]:
+            for group in wanted:
+                offsets = self.offsets(group)
+                start, stop = int(offsets[code]), int(offsets[code + 1])
+                for _, meta, per_item, path in self._item_plan(group, _selected(arrays, group)):
+                    yield (path, meta, code, code + 1) if per_item else (path, meta, start, stop)
+
         out: dict[str, dict[str, Any]] = {}
-        for group in list(groups) if groups is not None else self.groups:
-            offsets = self.offsets(group)
-            start, stop = int(offsets[code]), int(offsets[code + 1])
-            selected = tuple(arrays[group]) if arrays is not None and group in arrays else None
-            values: dict[str, Any] = {}
-            for array, meta, per_item, path in self._item_plan(group, selected):
-                if per_item:
-                    row = np.empty((1,), dtype=_numpy_dtype(meta))
-                    self._read_into(path, meta, code, code + 1, row)
-                    values[array] = row[0]
-                else:
-                    rows = np.empty((stop - start, *meta.shape[1:]), dtype=_numpy_dtype(meta))
-                    self._read_into(path, meta, start, stop, rows)
-                    values[array] = rows
-            out[group] = values
+        with self._batched(reads):
+            for group in wanted:
+                offsets = self.offsets(group)
+                start, stop = int(offsets[code]), int(offsets[code + 1])
+                values: dict[str, Any] = {}
+                for array, meta, per_item, path in self._item_plan(group, _selected(arrays, group)):
+                    if per_item:
+                        row = np.empty((1,), dtype=_numpy_dtype(meta))
+                        self._read_into(path, meta, code, code + 1, row)
+                        values[array] = row[0]
+                    else:
+                        shape = (stop - start, *meta.shape[1:])
+                        rows = np.empty(shape, dtype=_numpy_dtype(meta))
+                        self._read_into(path, meta, start, stop, rows)
+                        values[array] = rows
+                out[group] = values
         return out
 
     def read_items(
@@ -606,42 +692,71 @@ class DatasetReader:
         make = allocate or _allocate
         batch = ItemBatch({} for _ in codes)
         index = np.asarray(codes, dtype=np.int64)
-        for group in list(groups) if groups is not None else self.groups:
-            offsets = self.offsets(group)
-            starts, stops = offsets[index], offsets[index + 1]
-            counts = stops - starts
-            batch.counts[group] = counts
-            total = int(counts.sum())
-            spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
-            selected = tuple(arrays[group]) if arrays is not None and group in arrays else None
-            for item in batch:
-                item[group] = {}
-            for array, meta, per_item, path in self._item_plan(group, selected):
-                views: list[Any]
-                dtype = _numpy_dtype(meta)
-                if per_item:
-                    buffer = make(group, array, (len(codes),), dtype)
-                    for i, code in enumerate(codes):
-                        self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
-                    views = [buffer[i] for i in range(len(codes))]
-                else:
-                    buffer = make(group, array, (total, *meta.shape[1:]), dtype)
-                    views = []
-                    at = 0
-                    for start, stop in spans:
-                        rows = buffer[at : at + stop - start]
-                        self._read_into(path, meta, start, stop, rows)
-                        views.append(rows)
-                        at += stop - start
-                for item, view in zip(batch, views, strict=True):
-                    item[group][array] = view
-                batch.buffers[(group, array)] = buffer
-                batch.views[(group, array)] = views
+        wanted = list(groups) if groups is not None else self.groups
+
+        def reads() -> Iterator[tuple[str, Any, int, int]]:
+            for group in wanted:
+                offsets = self.offsets(group)
+                for _, meta, per_item, path in self._item_plan(group, _selected(arrays, group)):
+                    for code in codes:
+                        if per_item:
+                            yield path, meta, code, code + 1
+                        else:
+                            yield path, meta, int(offsets[code]), int(offsets[code + 1])
+
+        with self._batched(reads):
+            for group in wanted:
+                self._read_group_batch(batch, group, codes, index, _selected(arrays, group), make)
         return batch
+
+    def _read_group_batch(
+        self,
+        batch: ItemBatch,
+        group: str,
+        codes: list[int],
+        index: np.ndarray,
+        selected: tuple[str, ...] | None,
+        make: Allocator,
+    ) -> None:
+        """Decode one group of :meth:`read_items` into its batch buffers."""
+        offsets = self.offsets(group)
+        starts, stops = offsets[index], offsets[index + 1]
+        counts = stops - starts
+        batch.counts[group] = counts
+        total = int(counts.sum())
+        spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
+        for item in batch:
+            item[group] = {}
+        for array, meta, per_item, path in self._item_plan(group, selected):
+            views: list[Any]
+            dtype = _numpy_dtype(meta)
+            if per_item:
+                buffer = make(group, array, (len(codes),), dtype)
+                for i, code in enumerate(codes):
+                    self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
+                views = [buffer[i] for i in range(len(codes))]
+            else:
+                buffer = make(group, array, (total, *meta.shape[1:]), dtype)
+                views = []
+                at = 0
+                for start, stop in spans:
+                    rows = buffer[at : at + stop - start]
+                    self._read_into(path, meta, start, stop, rows)
+                    views.append(rows)
+                    at += stop - start
+            for item, view in zip(batch, views, strict=True):
+                item[group][array] = view
+            batch.buffers[(group, array)] = buffer
+            batch.views[(group, array)] = views
 
 
 #: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.
 Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
+
+
+def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
+    """The arrays of ``group`` that ``arrays`` asks for (``None``: all of them)."""
+    return tuple(arrays[group]) if arrays is not None and group in arrays else None
 
 
 def _numpy_dtype(meta: Any) -> np.dtype:

@@ -16,7 +16,7 @@ import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, NamedTuple
 
 from cadstore.errors import (
@@ -98,6 +98,23 @@ class KeySource(ABC):
         """
         data = self.get(key)
         return None if data is None else data[start : start + length]
+
+    def get_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        """:meth:`get_range` for each ``(key, start, length)``, in order.
+
+        Sources on object stores override this to send the requests together (see
+        :attr:`batches_reads`); the default reads them one after another.
+        """
+        return [self.get_range(key, start, length) for key, start, length in requests]
+
+    @property
+    def batches_reads(self) -> bool:
+        """Whether :meth:`get_ranges` is faster than as many :meth:`get_range` calls.
+
+        True where every read is a network round trip, so a reader that knows what it
+        will need should ask for it in one batch.
+        """
+        return False
 
     def size_of(self, key: str) -> int | None:
         """Return the size of the value at ``key`` without reading it, or ``None``."""
@@ -442,6 +459,50 @@ class ZipSource(KeySource):
             return b""
         return self._read_at(data_start + start, stop - start)
 
+    @property
+    def batches_reads(self) -> bool:  # docstring inherited
+        return self._fd is None and isinstance(self._fs, FsspecFileSystem)
+
+    def get_ranges(  # docstring inherited
+        self, requests: Sequence[tuple[str, int, int]]
+    ) -> list[bytes | None]:
+        if not self.batches_reads:
+            return super().get_ranges(requests)
+        out: list[bytes | None] = [None] * len(requests)
+        stored: list[tuple[int, str, ZipMember, int, int]] = []
+        for i, (key, start, length) in enumerate(requests):
+            info = self._members.get(key)
+            if info is None:
+                continue
+            if info.method != zipfile.ZIP_STORED or start < 0 or length < 0:
+                out[i] = self.get_range(key, start, length)
+            else:
+                stored.append((i, key, info, start, length))
+        # Where each member's data starts is in its local header: one batch for those
+        # not seen yet, then one for the data.
+        unknown = {key: info for _, key, info, _, _ in stored if key not in self._data_offsets}
+        if unknown:
+            headers = self._read_many([(info.header_offset, 30) for info in unknown.values()])
+            for (key, info), header in zip(unknown.items(), headers, strict=True):
+                self._parse_local_header(key, info, header)
+        spans = []
+        for _, key, info, start, length in stored:
+            stop = min(info.file_size, start + length)
+            spans.append((self._data_offsets[key] + start, max(0, stop - start)))
+        for (i, *_), data in zip(stored, self._read_many(spans), strict=True):
+            out[i] = data
+        return out
+
+    def _read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        try:
+            got = self._fs.read_ranges(self._fh, self.location, ranges)
+        except Exception as exc:
+            self._raise_if_unreachable(exc)
+            raise
+        if got is None:
+            return [self._read_at(offset, n) if n else b"" for offset, n in ranges]
+        return got
+
     def size_of(self, key: str) -> int | None:  # docstring inherited
         info = self._members.get(key)
         return None if info is None else info.file_size
@@ -449,16 +510,18 @@ class ZipSource(KeySource):
     def _data_start(self, key: str, info: ZipMember) -> int:
         start = self._data_offsets.get(key)
         if start is None:
-            header = self._read_at(info.header_offset, 30)
-            if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
-            name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
-            start = info.header_offset + 30 + name_len + extra_len
-            if start + info.compress_size > self._size:
-                raise CorruptStoreError(
-                    self.location, f"member {key!r} runs past the end of the file"
-                )
-            self._data_offsets[key] = start
+            start = self._parse_local_header(key, info, self._read_at(info.header_offset, 30))
+        return start
+
+    def _parse_local_header(self, key: str, info: ZipMember, header: bytes) -> int:
+        """Check member ``key``'s local header; remember and return where its data starts."""
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
+        name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.compress_size > self._size:
+            raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
+        self._data_offsets[key] = start
         return start
 
     def keys(self) -> Iterable[str]:  # docstring inherited
