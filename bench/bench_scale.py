@@ -16,6 +16,9 @@ Every cluster merge is checked byte for byte against the local one. Throughput i
 (decoded) item bytes per second of wall time, end to end including the scan. Then the
 latency of reading one item from S3 through ``OptStorage`` on a warm connection: opening
 it (central directory and metadata) plus one small array, and the whole item; medians.
+Last, random items of the merged dataset on S3 through ``DatasetReader``, with its reads
+batched (the default) and, in the same run, one request after another (batching switched
+off here, as before it existed): median ms per item, and per item of batches of 32.
 
 Run from the repository root (needs the ``test`` and ``dask`` extras)::
 
@@ -25,6 +28,7 @@ Run from the repository root (needs the ``test`` and ``dask`` extras)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import json
 import os
@@ -34,13 +38,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cadstore import OptStorage
 from cadstore.dataset.merge import MergeResult, merge_items
+from cadstore.dataset.reader import DatasetReader
+from cadstore.format.sources import ZipSource
 from cadstore.testing.workload import write_workload
 
 BUCKET = "cadstore-bench"
@@ -86,6 +95,58 @@ def _read_latency(url: str, options: dict[str, Any], repeats: int) -> dict[str, 
         "read_whole_item_ms": round(statistics.median(whole) * 1e3, 2),
         "repeats": repeats,
     }
+
+
+@contextlib.contextmanager
+def _one_request_at_a_time() -> Iterator[None]:
+    """Make remote zips say they cannot batch reads: the reader then reads in turn."""
+    batches = ZipSource.batches_reads
+    ZipSource.batches_reads = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        ZipSource.batches_reads = batches  # type: ignore[method-assign]
+
+
+def _dataset_read_latency(
+    url: str, options: dict[str, Any], n_items: int, samples: int, seed: int
+) -> dict[str, Any]:
+    """Random items of a merged dataset on S3: batched reads against one at a time."""
+    codes = [int(c) for c in np.random.default_rng(seed).integers(0, n_items, samples)]
+    out: dict[str, Any] = {}
+    for label, mode in (
+        ("one request at a time", _one_request_at_a_time),
+        ("batched", contextlib.nullcontext),
+    ):
+        with mode(), DatasetReader(url, storage_options=options) as reader:
+            reader.read_item(0)  # item names, offsets: read whole once either way
+            each = []
+            for code in codes:
+                t = time.perf_counter()
+                reader.read_item(code)
+                each.append(time.perf_counter() - t)
+        with mode(), DatasetReader(url, storage_options=options) as reader:
+            reader.read_item(0)
+            t = time.perf_counter()
+            for start in range(0, samples, 32):
+                reader.read_items(codes[start : start + 32])
+            per_item = (time.perf_counter() - t) / samples
+        out[label] = {
+            "read_item_median_ms": round(statistics.median(each) * 1e3, 2),
+            "read_items_32_ms_per_item": round(per_item * 1e3, 2),
+        }
+    out["speedup_read_item"] = round(
+        out["one request at a time"]["read_item_median_ms"] / out["batched"]["read_item_median_ms"],
+        2,
+    )
+    out["speedup_read_items"] = round(
+        out["one request at a time"]["read_items_32_ms_per_item"]
+        / out["batched"]["read_items_32_ms_per_item"],
+        2,
+    )
+    out["samples"] = samples
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def main() -> None:
@@ -156,6 +217,9 @@ def main() -> None:
 
         latency = _read_latency(urls[len(urls) // 2][: -len(".data")], options, args.repeats)
         print(json.dumps(latency), flush=True)
+        dataset_read = _dataset_read_latency(
+            f"s3://{BUCKET}/s3.dataset", options, len(files), 128, args.seed
+        )
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -167,6 +231,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "merges": rows,
         "s3_item_read": latency,
+        "s3_dataset_item_read": dataset_read,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w", encoding="utf-8") as fh:
