@@ -405,7 +405,8 @@ class FsspecFileSystem(FileSystem):
       sends ``If-None-Match: *`` (S3 conditional writes).
     * :meth:`open_read` returns a seekable file whose reads are HTTP range requests with
       a small read-ahead; the object's ETag is pinned, so a read never mixes two versions
-      of an object replaced meanwhile (it fails instead).
+      of an object replaced meanwhile (it fails instead). :meth:`read_ranges` sends many
+      such requests at once, under the same condition.
     * :meth:`makedirs` creates nothing (object stores have no directories) but checks the
       bucket exists, so a misspelt bucket fails at once with a clear message.
     * Errors are translated: refused credentials raise :class:`StorageAccessError`, an
