@@ -38,7 +38,8 @@ themselves a whole matrix row apart, which only long-distance matching finds at 
 level: on the realistic workload plain level 3 writes files about 16% larger than the
 specified design (Zstd 12 with Delta filters), level 3 with long-distance matching about
 4% smaller, at little more than plain level 3's cost; ``bench/bench_item.py`` measures
-this.
+this. Integer arrays of a Zarr v2 item get numcodecs' Delta filter where it shrinks them
+(index arrays); v3 has no standard delta codec (``bench/bench_int_filters.py``).
 """
 
 from __future__ import annotations
