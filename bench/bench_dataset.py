@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -142,6 +143,8 @@ def measure_dataloader(
             collate_fn=collate,
             generator=torch.Generator().manual_seed(0),
         )
+        main0 = resource.getrusage(resource.RUSAGE_SELF)
+        workers0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         seen = 0
         first = None
@@ -150,12 +153,25 @@ def measure_dataloader(
                 first = time.perf_counter() - t
             seen += len(batch["name"])
         seconds = time.perf_counter() - t
+        # The workers end with the epoch; once reaped, their CPU time is the children's.
+        del batch, batches
+        main1 = resource.getrusage(resource.RUSAGE_SELF)
+        workers1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def per_item(before: Any, after: Any) -> dict[str, float]:
+        return {
+            "user": (after.ru_utime - before.ru_utime) * 1e3 / seen,
+            "system": (after.ru_stime - before.ru_stime) * 1e3 / seen,
+        }
+
     return {
         "items": seen,
         "seconds": seconds,
         "items_per_s": seen / seconds,
         "first_batch_s": first,
         "items_per_s_after_first_batch": (seen - batch_size) / (seconds - (first or 0.0)),
+        "worker_cpu_ms_per_item": per_item(workers0, workers1),
+        "main_cpu_ms_per_item": per_item(main0, main1),
     }
 
 
@@ -283,6 +299,13 @@ def report(results: dict[str, Any]) -> str:
             f"{TARGET_ITEMS_PER_S:,.0f} items/s | "
             f"{_mark(loader['items_per_s'] >= TARGET_ITEMS_PER_S)} |"
         )
+        cpu = loader.get("worker_cpu_ms_per_item")
+        if cpu:
+            rows.append(
+                f"| (context) {label}: worker CPU per item | {cpu['user']:.2f} ms user "
+                f"(decoding, Python) + {cpu['system']:.2f} ms system (shared memory); two "
+                f"cores allow {2e3 / (cpu['user'] + cpu['system']):,.0f} items/s | - | - |"
+            )
     shm = results.get("shared_memory")
     if shm:
         rows.append(
