@@ -226,6 +226,46 @@ def test_zip_source_get_ranges_on_s3_matches_get_range(data: S3Dataset) -> None:
         assert expected[4] is None
 
 
+@pytest.mark.parametrize("damage", ["index", "chunk"])
+def test_damaged_shard_on_s3_is_a_corrupt_store_error(
+    data: S3Dataset, tmp_path: Path, damage: str
+) -> None:
+    # The batched reads must report a damaged shard as the one-at-a-time reads do.
+    from cadstore.format.sharding import read_index
+
+    member = "faceface/d2_distance/c/0/0"
+    image = bytearray(Path(data.local_path()).read_bytes())
+    with DatasetReader(data.local_path()) as local:
+        source = local._source
+        assert isinstance(source, ZipSource)
+        info = source._members[member]
+        start = source._data_start(member, info)
+        meta = local.array_meta("faceface", "d2_distance")
+        n_inner = meta.chunks[0] // meta.codecs[0]["configuration"]["chunk_shape"][0]
+    end = start + info.file_size
+    if damage == "index":
+        # The first entry points past the shard's body.
+        image[end - 16 * n_inner : end - 16 * n_inner + 8] = (info.file_size).to_bytes(8, "little")
+        expected = "d2_distance"
+    else:
+        index = read_index(bytes(image[end - 16 * n_inner : end]), n_inner, info.file_size)
+        offset, _ = index[0]
+        image[start + offset : start + offset + 8] = b"\0" * 8
+        expected = "d2_distance.*inner chunk 0"
+    damaged = tmp_path / "damaged.dataset"
+    damaged.write_bytes(bytes(image))
+    url = f"{data.prefix}/damaged-{damage}-{secrets.token_hex(3)}.dataset"
+    data.client().put_file(str(damaged), url)
+    with DatasetReader(url, storage_options=data.options()) as remote:
+        with pytest.raises(CorruptStoreError, match=expected):
+            remote.read_item(0)
+        with pytest.raises(CorruptStoreError, match=expected):
+            remote.read_items([0, 1])
+        faces = remote.read_item(0, groups=["faces"])  # the other groups still read
+    with DatasetReader(data.local_path()) as local:
+        _assert_items_equal(faces, local.read_item(0, groups=["faces"]))
+
+
 def test_forked_child_reads_s3_after_the_parent_did(data: S3Dataset) -> None:
     # The parent's range threads do not survive fork(); the child must start its own
     # rather than wait forever on the parent's pool.
