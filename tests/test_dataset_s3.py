@@ -23,7 +23,7 @@ import xarray as xr
 from cadstore.dataset.explorer import DatasetExplorer, resolve_flow_paths
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
-from cadstore.errors import CorruptStoreError, StorageAccessError
+from cadstore.errors import CorruptStoreError, StorageAccessError, StorageUnavailableError
 from cadstore.format.sources import ZipSource
 from cadstore.fs import FsspecFileSystem
 from s3dataset import FAST_FAIL, SUFFIXES, S3Dataset, s3_dataset
@@ -264,6 +264,80 @@ def test_damaged_shard_on_s3_is_a_corrupt_store_error(
         faces = remote.read_item(0, groups=["faces"])  # the other groups still read
     with DatasetReader(data.local_path()) as local:
         _assert_items_equal(faces, local.read_item(0, groups=["faces"]))
+
+
+@pytest.fixture(scope="module")
+def dir_dataset(data: S3Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The module's items merged as a directory dataset, uploaded: (prefix URL, local)."""
+    from cadstore.dataset.merge import merge_items
+
+    out = tmp_path_factory.mktemp("dirdata") / "dir.dataset"
+    encoded = sorted(str(p) for p in (Path(data.local_path()).parent / "encoded").glob("*.data"))
+    merge_items(encoded, out, directory=True)  # the same items, merged as a directory
+    prefix = f"{data.prefix}/dir-{secrets.token_hex(3)}.dataset"
+    data.client().put(str(out), prefix, recursive=True)
+    return prefix, out
+
+
+def test_directory_dataset_on_s3_reads_item_ranges(
+    data: S3Dataset, dir_dataset: tuple[str, Path]
+) -> None:
+    # A dataset merged as a directory (one object per shard): an item costs its ranges of
+    # each shard, fetched in batches, not whole shards.
+    prefix, out = dir_dataset
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    with CutOffProxy(data.server) as proxy:
+        options = data.options()
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        with (
+            DatasetReader(prefix, storage_options=options) as remote,
+            DatasetReader(out) as local,
+        ):
+            remote.read_item(0)
+            before = proxy.downloaded
+            for code in (37, 101):
+                _assert_items_equal(remote.read_item(code), local.read_item(code))
+            two_items = proxy.downloaded - before
+            batch = remote.read_items([5, 150, 5])
+            for code, item in zip([5, 150, 5], batch, strict=True):
+                _assert_items_equal(item, local.read_item(code))
+            source, reference = remote._source, local._source
+            assert source.batches_reads and not reference.batches_reads
+            shard = "faceface/d2_distance/c/0/0"
+            shard_size = reference.size_of(shard)
+            assert shard_size is not None and source.size_of(shard) == shard_size
+            requests = [
+                (shard, 0, 64),
+                (shard, shard_size - 40, 100),  # runs past the end: what is there
+                (shard, 9, 0),
+                ("no/such/object", 0, 10),
+                ("zarr.json", 2, 30),
+            ]
+            expected = [reference.get_range(*r) for r in requests]
+            assert source.get_ranges(requests) == expected
+            assert [source.get_range(*r) for r in requests] == expected
+            assert expected[1] == reference.get_range(shard, shard_size - 40, 40)
+    assert two_items < size / 20, (two_items, size)
+
+
+@pytest.mark.parametrize("layout", ["zip", "directory"])
+def test_store_going_away_mid_read_is_unavailable(
+    data: S3Dataset, dir_dataset: tuple[str, Path], layout: str
+) -> None:
+    url = data.url() if layout == "zip" else dir_dataset[0]
+    with CutOffProxy(data.server) as proxy:
+        options = data.options(config_kwargs=FAST_FAIL)
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        reader = DatasetReader(url, storage_options=options)
+        reader.read_item(0)
+    try:
+        # The proxy is gone: nothing listens at the endpoint any more.
+        with pytest.raises(StorageUnavailableError, match="cannot reach"):
+            reader.read_item(77)
+        with pytest.raises(StorageUnavailableError, match="cannot reach"):
+            reader.read_items([3, 140])
+    finally:
+        reader.close()
 
 
 def test_forked_child_reads_s3_after_the_parent_did(data: S3Dataset) -> None:

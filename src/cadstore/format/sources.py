@@ -618,6 +618,34 @@ class PrefixSource(KeySource):
         except FileNotFoundError:
             return None
 
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
+        return self.get_ranges([(key, start, length)])[0]
+
+    def get_ranges(  # docstring inherited
+        self, requests: Sequence[tuple[str, int, int]]
+    ) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(requests)
+        wanted: list[tuple[int, tuple[str, int, int]]] = []
+        for i, (key, start, length) in enumerate(requests):
+            size = self._sizes.get(key)
+            if size is None:
+                continue
+            if start < 0 or length < 0:
+                raise ValueError(f"negative start or length for {key!r}")
+            stop = min(size, start + length)
+            if stop <= start:
+                out[i] = b""
+            else:
+                wanted.append((i, (self._fs.join(self.location, key), start, stop - start)))
+        got = self._fs.read_object_ranges([request for _, request in wanted])
+        for (i, _), data in zip(wanted, got, strict=True):
+            out[i] = data
+        return out
+
+    @property
+    def batches_reads(self) -> bool:  # docstring inherited
+        return True
+
     def keys(self) -> Iterable[str]:  # docstring inherited
         return self._sizes.keys()
 
