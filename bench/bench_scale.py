@@ -18,7 +18,8 @@ latency of reading one item from S3 through ``OptStorage`` on a warm connection:
 it (central directory and metadata) plus one small array, and the whole item; medians.
 Last, random items of the merged dataset on S3 through ``DatasetReader``, with its reads
 batched (the default) and, in the same run, one request after another (batching switched
-off here, as before it existed): median ms per item, and per item of batches of 32.
+off here, as before it existed): median ms per item, and per item of batches of 32; for
+the zip dataset and for the same items merged as a directory (one object per shard).
 
 Run from the repository root (needs the ``test`` and ``dask`` extras)::
 
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cadstore import OptStorage
 from cadstore.dataset.merge import MergeResult, merge_items
 from cadstore.dataset.reader import DatasetReader
-from cadstore.format.sources import ZipSource
+from cadstore.format.sources import PrefixSource, ZipSource
 from cadstore.testing.workload import write_workload
 
 BUCKET = "cadstore-bench"
@@ -99,13 +100,15 @@ def _read_latency(url: str, options: dict[str, Any], repeats: int) -> dict[str, 
 
 @contextlib.contextmanager
 def _one_request_at_a_time() -> Iterator[None]:
-    """Make remote zips say they cannot batch reads: the reader then reads in turn."""
-    batches = ZipSource.batches_reads
-    ZipSource.batches_reads = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    """Make remote sources say they cannot batch reads: the reader then reads in turn."""
+    saved = {cls: cls.__dict__["batches_reads"] for cls in (ZipSource, PrefixSource)}
+    for cls in saved:
+        cls.batches_reads = property(lambda self: False)  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        ZipSource.batches_reads = batches  # type: ignore[method-assign]
+        for cls, batches in saved.items():
+            cls.batches_reads = batches  # type: ignore[method-assign]
 
 
 def _dataset_read_latency(
@@ -219,6 +222,12 @@ def main() -> None:
         print(json.dumps(latency), flush=True)
         dataset_read = _dataset_read_latency(
             f"s3://{BUCKET}/s3.dataset", options, len(files), 128, args.seed
+        )
+        # The same items merged as a directory (one object per shard), uploaded as is.
+        merge_items(files, str(scratch / "dir.dataset"), directory=True)
+        client_fs.put(str(scratch / "dir.dataset"), f"s3://{BUCKET}/dir.dataset", recursive=True)
+        dataset_read["directory layout"] = _dataset_read_latency(
+            f"s3://{BUCKET}/dir.dataset", options, len(files), 128, args.seed
         )
     finally:
         server.stop()
