@@ -215,6 +215,35 @@ def test_item_reads_are_ranged(s3: S3) -> None:
         assert_same(storage.load_data("face_areas"), item["face_areas"])
 
 
+def test_small_item_read_only_costs_no_listing_and_one_read(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a published item with mode="r" looks for no working directory, and a small
+    item is fetched whole once: its members cost no further request."""
+    from cadstore.fs import FsspecFileSystem
+
+    item = {"face_areas": np.arange(500, dtype=np.float32), "graph": {"n": 3}, "name": "p"}
+    url = s3.url("small", "p1.zarr")
+    _write_item(url, item, s3.options())
+    listed: list[str] = []
+    isdir = FsspecFileSystem.isdir
+    monkeypatch.setattr(
+        FsspecFileSystem, "isdir", lambda fs, path: listed.append(path) or isdir(fs, path)
+    )
+    with CutOffProxy(s3.server) as proxy:
+        options = s3.options()
+        options["client_kwargs"]["endpoint_url"] = proxy.endpoint
+        with OptStorage(url, storage_options=options, mode="r") as storage:
+            opened = proxy.downloaded
+            for key, value in item.items():
+                assert_same(storage.load_data(key), value)
+            assert proxy.downloaded == opened  # every member came from the one read
+    assert listed == []
+    with OptStorage(url, storage_options=s3.options()) as storage:  # mode=None must look
+        assert storage.load_data("name") == "p"
+    assert listed == [url]
+
+
 def test_zarr_python_reads_the_data_object(s3: S3) -> None:
     """zarr-python opens a ``.data`` on S3 through FsspecStore, with ranged reads."""
     item = _item(np.random.default_rng(2))

@@ -183,7 +183,8 @@ def test_a_store_that_goes_away_is_unavailable_not_corrupt(tmp_path: Path, when:
     """A read failing in transit must not be reported as a damaged file."""
     path = tmp_path / "a.zip"
     with open(path, "wb") as fh:
-        write_stored_zip(fh, [("zarr.json", b"{}"), ("x/c/0", b"0123456789" * 100)])
+        # Larger than the files read whole at open, so members are read when asked for.
+        write_stored_zip(fh, [("zarr.json", b"{}"), ("x/c/0", b"0123456789" * 30_000)])
     _DroppingFile.fail = when == "open"
     try:
         if when == "open":
@@ -196,3 +197,20 @@ def test_a_store_that_goes_away_is_unavailable_not_corrupt(tmp_path: Path, when:
                 source.get("x/c/0")
     finally:
         _DroppingFile.fail = False
+
+
+def test_a_small_remote_zip_is_read_once_when_opened(tmp_path: Path) -> None:
+    """An item file of a few dozen KiB costs one read, not one per member."""
+    path = tmp_path / "a.zip"
+    members = [("zarr.json", b"{}"), ("x/c/0", b"0123456789" * 100), ("y/c/0", b"abc" * 99)]
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    source = ZipSource(str(path), _RemoteLike())
+    try:
+        _DroppingFile.fail = True  # any read of the file from now on would fail
+        assert [source.get(n) for n, _ in members] == [d for _, d in members]
+        assert source.get_range("x/c/0", 10, 20) == members[1][1][10:30]
+        assert not source.batches_reads
+    finally:
+        _DroppingFile.fail = False
+        source.close()

@@ -40,7 +40,7 @@ __all__ = [
 _LOCAL_LENGTHS = struct.Struct("<HH")
 # Local members up to this size are read with their header in one positioned read.
 _ONE_READ_BYTES = 256 * 1024
-# Local zip files up to this size are read whole when opened (see ZipSource).
+# Zip files up to this size are read whole when opened (see ZipSource).
 _IMAGE_BYTES = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -275,13 +275,21 @@ class ZipSource(KeySource):
         except (AttributeError, OSError, ValueError):
             self._fd = None  # not a real file (remote or in-memory)
         self._data_offsets: dict[str, int] = {}
-        # A small local file is read whole, once: the end record's search reads its last
-        # 64 KiB anyway, and an item's two dozen members then cost no system call each.
+        # A small file is read whole, once: the end record's search reads its last 64 KiB
+        # anyway, and an item's two dozen members then cost no system call (or, on an
+        # object store, no request) each.
         self._image: bytes | None = None
         try:
             self._size = self._fh.seek(0, os.SEEK_END)
-            if self._fd is not None and self._size <= _IMAGE_BYTES:
-                self._image = os.pread(self._fd, self._size, 0)
+            if self._size <= _IMAGE_BYTES:
+                if self._fd is not None:
+                    image = os.pread(self._fd, self._size, 0)
+                else:
+                    self._fh.seek(0)
+                    image = self._fh.read(self._size)
+                if len(image) != self._size:
+                    raise ValueError(f"read {len(image)} of its {self._size} bytes")
+                self._image = image
             try:
                 entries = read_central_directory(self._read_at, self._size)
             except _NeedZipfile:
@@ -461,7 +469,7 @@ class ZipSource(KeySource):
 
     @property
     def batches_reads(self) -> bool:  # docstring inherited
-        return self._fd is None and isinstance(self._fs, FsspecFileSystem)
+        return self._image is None and self._fd is None and isinstance(self._fs, FsspecFileSystem)
 
     def get_ranges(  # docstring inherited
         self, requests: Sequence[tuple[str, int, int]]

@@ -199,14 +199,19 @@ class OptStorage(DataStorage):
         else:
             self._stream_cache_dir = self._fs.join(parent, "stream_cache")
 
-        dir_exists = self._fs.isdir(self._store_path)
         zip_exists = self._fs.isfile(self._zip_path)
+        # Read-only, a published file wins over whatever sits at store_path, so there is
+        # nothing to look for there (on an object store, a listing saved per open).
+        published_wins = mode == "r" and zip_exists
+        dir_exists = not published_wins and self._fs.isdir(self._store_path)
         # On an object store, "exists and is not a directory" is one HEAD: isfile(). A
         # published item is opened read-only whatever else sits at store_path, so the
         # check (a request on an object store) only matters when there is no .data.
         remote = isinstance(self._fs, FsspecFileSystem)
         probe = self._fs.isfile if remote else self._fs.exists
-        needs_probe = not dir_exists and not (remote and zip_exists and mode in (None, "r"))
+        needs_probe = (
+            not dir_exists and not published_wins and not (remote and zip_exists and mode is None)
+        )
         if needs_probe and probe(self._store_path):
             raise CorruptStoreError(self._store_path, "exists and is not a directory")
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
