@@ -15,7 +15,8 @@ items of ``bench_merge.py``, cached in ``--workdir``):
 Every cluster merge is checked byte for byte against the local one. Throughput is raw
 (decoded) item bytes per second of wall time, end to end including the scan. Then the
 latency of reading one item from S3 through ``OptStorage`` on a warm connection: opening
-it (central directory and metadata) plus one small array, and the whole item; medians.
+it (central directory and metadata) plus one small array, and the whole item (also with
+``mode="r"``, which looks for no working directory); medians.
 Last, random items of the merged dataset on S3 through ``DatasetReader``, with its reads
 batched (the default) and, in the same run, one request after another (batching switched
 off here, as before it existed): median ms per item, and per item of batches of 32; for
@@ -80,7 +81,7 @@ def _read_latency(url: str, options: dict[str, Any], repeats: int) -> dict[str, 
     """Median ms to open one item on S3 and read a small array, and to read all of it."""
     with OptStorage(url, storage_options=options) as storage:
         keys = storage.get_keys()
-    one, whole = [], []
+    one, whole, read_only = [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
         with OptStorage(url, storage_options=options) as storage:
@@ -91,9 +92,15 @@ def _read_latency(url: str, options: dict[str, Any], repeats: int) -> dict[str, 
             for key in keys:
                 storage.load_data(key)
         whole.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with OptStorage(url, storage_options=options, mode="r") as storage:
+            for key in keys:
+                storage.load_data(key)
+        read_only.append(time.perf_counter() - t)
     return {
         "open_and_read_one_ms": round(statistics.median(one) * 1e3, 2),
         "read_whole_item_ms": round(statistics.median(whole) * 1e3, 2),
+        "read_whole_item_mode_r_ms": round(statistics.median(read_only) * 1e3, 2),
         "repeats": repeats,
     }
 

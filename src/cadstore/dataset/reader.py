@@ -462,12 +462,13 @@ class DatasetReader:
         return self._source.get_range(key, start, length) or b""
 
     def _prefetch(self, reads: Iterable[tuple[str, Any, int, int]]) -> None:
-        """Fetch, in two batches, every byte that reading ``(path, meta, start, stop)`` needs.
+        """Fetch, in batches, every byte that reading ``(path, meta, start, stop)`` needs.
 
         On an object store each read is a round trip: an item's two dozen arrays read one
         after another cost two dozen. The shard indexes not known yet come first, in one
         batch; then the chunk bytes not in the decoded-chunk cache, in another, adjacent
-        chunks of a shard merged into one range. The reads themselves then run as usual and
+        chunks of a shard merged into one range (a zip source adds one batch before these
+        for the member headers it has not read yet). The reads themselves then run as usual and
         find their bytes in :attr:`_prefetched`; anything this missed is read on demand, so
         it changes how many requests a read makes, never what it returns.
         """
