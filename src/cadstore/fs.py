@@ -627,8 +627,10 @@ class FsspecFileSystem(FileSystem):
             if isinstance(data, FileNotFoundError):
                 out.append(None)
             elif isinstance(data, BaseException):
-                new = self.translate(path, data)
-                raise new from (data if new is not data else None)
+                translated = self.translate(path, data)
+                if translated is data:
+                    raise data
+                raise translated from data
             else:
                 out.append(bytes(data))
         return out
