@@ -163,6 +163,64 @@ def test_delta_filter_on_integer_arrays_where_it_pays(tmp_path: Path, fmt: int) 
             assert got.dtype == value.dtype
 
 
+def test_array_documents_follow_each_array(tmp_path: Path) -> None:
+    # Serialised array documents are reused across items with equal arrays: whatever
+    # differs (dims, level, dtype, scalar kind, shape) must still reach each file.
+    builder = SchemaBuilder(domain="CAD")
+    builder.create_group("faces", "face", "Face data").create_array(
+        "face_areas", ["face"], "float32"
+    )
+    schema = builder.build()
+    cases = [
+        ({}, {"face_areas": np.ones(300, np.float32)}),
+        ({"compression_level": 5}, {"face_areas": np.ones(300, np.float32)}),
+        ({}, {"face_areas": np.ones(300, np.float64)}),
+        ({}, {"face_areas": np.ones(301, np.float32)}),
+        ({}, {"face_areas": np.float32(1.0)}),
+        ({}, {"face_areas": 1.0}),
+        ({"schema": schema}, {"face_areas": np.ones(300, np.float32)}),
+    ]
+    seen = []
+    for i, (options, item) in enumerate(cases):
+        options = dict(options)
+        chosen_schema = options.pop("schema", None)
+        storage = OptStorage(tmp_path / f"p{i}.zarr", summary_dir=False, **options)
+        if chosen_schema is not None:
+            storage.set_schema(chosen_schema)
+        for key, value in item.items():
+            storage.save_data(key, value)
+        storage.compress_store()
+        storage.close()
+        with zipfile.ZipFile(tmp_path / f"p{i}.zarr.data") as zf:
+            doc = json.loads(zf.read("face_areas/zarr.json"))
+            root = json.loads(zf.read("zarr.json"))
+        assert root["consolidated_metadata"]["metadata"]["face_areas"] == doc
+        value = np.asarray(item["face_areas"])
+        assert doc["shape"] == list(value.shape)
+        assert doc["data_type"] == value.dtype.name
+        level = [c for c in doc["codecs"] if c["name"] == "zstd"]
+        assert level == (
+            []
+            if value.nbytes < 512
+            else [
+                {
+                    "name": "zstd",
+                    "configuration": {
+                        "level": options.get("compression_level", 3),
+                        "checksum": False,
+                    },
+                }
+            ]
+        )
+        seen.append(json.dumps(doc, sort_keys=True))
+        with OptStorage(tmp_path / f"p{i}.zarr") as reopened:
+            assert_same(reopened.load_data("face_areas"), item["face_areas"])
+    assert json.loads(seen[-1])["dimension_names"] == ["face"]
+    assert json.loads(seen[0])["dimension_names"] == ["face_areas_dim_0"]
+    assert json.loads(seen[4])["attributes"] != json.loads(seen[5])["attributes"]
+    assert len(set(seen)) == len(cases)
+
+
 @pytest.mark.parametrize("fmt", [3, 2])
 def test_zip_is_clean(tmp_path: Path, fmt: int) -> None:
     data = _write(tmp_path / "part.zarr", fmt)
