@@ -108,6 +108,41 @@ def test_declared_shape_bomb(tmp_path: Path) -> None:
         storage.load_data("face_areas")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("shape", [6, 1.5]),  # a valid integer first, then a float
+        ("shape", [6, "7"]),
+        ("shape", [True]),
+        ("shape", [-1]),
+        ("shape", "6"),
+        ("chunk_shape", [6, 0]),
+        ("chunk_shape", [0]),
+        ("chunk_shape", [6, None]),
+    ],
+)
+def test_malformed_shapes_are_corrupt_store_errors(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    data = _good(tmp_path)
+    with zipfile.ZipFile(data) as zf:
+        root = json.loads(zf.read("zarr.json"))
+        doc = json.loads(zf.read("face_areas/zarr.json"))
+    for d in (doc, root["consolidated_metadata"]["metadata"]["face_areas"]):
+        if field == "shape":
+            d["shape"] = value
+        else:
+            d["chunk_grid"]["configuration"]["chunk_shape"] = value
+    bad = tmp_path / "bad.zarr.data"
+    _rewrite(
+        data,
+        bad,
+        {"zarr.json": json.dumps(root).encode(), "face_areas/zarr.json": json.dumps(doc).encode()},
+    )
+    with pytest.raises(CorruptStoreError, match=field):
+        _open_and_read_all(bad)
+
+
 def test_chunk_bomb(tmp_path: Path) -> None:
     data = _good(tmp_path)
     # 64 MiB of zeros compresses to a few KB: a frame claiming far more than the chunk holds.

@@ -150,8 +150,8 @@ def _int_tuple(value: Any, what: str, *, positive: bool) -> tuple[int, ...]:
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if positive else 0):
             wanted = "positive" if positive else "non-negative"
             raise MetadataError(f"{what} holds {v!r}, expected a {wanted} integer")
-        out.append(v)
-    return tuple(out)
+    # Integers of another int type (never from JSON): kept as plain ints.
+    return tuple(int(v) for v in value)
 
 
 def _check_sizes(
