@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cadstore import OptStorage
 from cadstore.errors import CorruptStoreError, KeyNotFoundError, LimitExceededError
@@ -234,3 +238,107 @@ def test_nan_is_refused_and_named(tmp_path: Path) -> None:
     nan_ok.save_data("face_areas", np.array([1.0, np.nan], dtype=np.float32))
     assert np.isnan(nan_ok.load_data("face_areas")[1])
     nan_ok.close()
+
+
+# ---------------------------------------------------------------------------- fuzzing
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+#: Examples per fuzz test (``CADSTORE_FUZZ_EXAMPLES`` to run more locally).
+FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
+_FIELDS = [
+    ("zarr_format",),
+    ("node_type",),
+    ("shape",),
+    ("data_type",),
+    ("chunk_grid",),
+    ("chunk_grid", "name"),
+    ("chunk_grid", "configuration"),
+    ("chunk_grid", "configuration", "chunk_shape"),
+    ("chunk_key_encoding",),
+    ("chunk_key_encoding", "configuration"),
+    ("fill_value",),
+    ("codecs",),
+    ("codecs", 0),
+    ("codecs", 0, "configuration"),
+    ("codecs", 1, "name"),
+    ("codecs", 1, "configuration"),
+    ("attributes",),
+    ("attributes", "cadstore_kind"),
+    ("dimension_names",),
+    ("dimension_names", 0),
+    ("storage_transformers",),
+]
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    array=st.sampled_from(["face_areas", "graph/edges_source"]),
+    field=st.sampled_from(_FIELDS),
+    value=_JSON,
+)
+def test_any_metadata_field_holding_any_json_is_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, array: str, field: tuple[Any, ...], value: Any
+) -> None:
+    """Whatever JSON an array's metadata field holds, reading gives data or a cadstore error."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    data = _good(tmp)
+    with zipfile.ZipFile(data) as zf:
+        root = json.loads(zf.read("zarr.json"))
+        doc = json.loads(zf.read(f"{array}/zarr.json"))
+    entry = root["consolidated_metadata"]["metadata"][array]
+    for target in (doc, entry):
+        node: Any = target
+        for part in field[:-1]:
+            node = node[part] if isinstance(node, dict) or part < len(node) else None
+            if not isinstance(node, dict | list):
+                break
+        else:
+            last = field[-1]
+            if isinstance(node, dict) or (isinstance(last, int) and last < len(node)):
+                node[last] = value
+    bad = _rewrite(
+        data,
+        tmp / "bad.zarr.data",
+        {"zarr.json": json.dumps(root).encode(), f"{array}/zarr.json": json.dumps(doc).encode()},
+    )
+    with contextlib.suppress(CorruptStoreError, LimitExceededError, KeyNotFoundError):
+        _open_and_read_all(bad)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    where=st.sampled_from(
+        ["root attributes", "consolidated kind", "consolidated entry", "metadata.json"]
+    ),
+    value=_JSON,
+)
+def test_any_root_document_content_is_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, where: str, value: Any
+) -> None:
+    """The group document and metadata.json holding any JSON: data or a cadstore error."""
+    tmp = tmp_path_factory.mktemp("fuzzroot")
+    data = _good(tmp)
+    with zipfile.ZipFile(data) as zf:
+        root = json.loads(zf.read("zarr.json"))
+    edit: dict[str, bytes | None] = {}
+    if where == "root attributes":
+        root["attributes"] = value
+    elif where == "consolidated kind":
+        root["consolidated_metadata"]["kind"] = value
+    elif where == "consolidated entry":
+        root["consolidated_metadata"]["metadata"]["graph/edges_source"] = value
+    else:
+        edit["metadata.json"] = json.dumps(value).encode()
+    edit["zarr.json"] = json.dumps(root).encode()
+    bad = _rewrite(data, tmp / "bad.zarr.data", edit)
+    with contextlib.suppress(CorruptStoreError, LimitExceededError, KeyNotFoundError):
+        _open_and_read_all(bad)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, LimitExceededError
+from cadstore.errors import CadstoreError, CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import ChunkDecodeError
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sources import KeySource, check_member_name
@@ -174,6 +174,11 @@ class Hierarchy(ABC):
             raise LimitExceededError(self.location, f"array {path!r}: {exc}") from exc
         except ChunkDecodeError as exc:
             raise CorruptStoreError(self.location, f"array {path!r}: {exc}") from exc
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+            # A codec configuration that passed validation but that decoding chokes on.
+            raise CorruptStoreError(
+                self.location, f"array {path!r} cannot be decoded ({type(exc).__name__}: {exc})"
+            ) from exc
         if not arr.flags.writeable:
             arr = arr.copy()
         return arr
@@ -231,6 +236,13 @@ class ReadHierarchy(Hierarchy):
                 )
         except MetadataError as exc:
             raise CorruptStoreError(self.location, f"malformed Zarr metadata: {exc}") from exc
+        except CadstoreError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            # Untrusted JSON can put any value anywhere: still malformed, not a crash.
+            raise CorruptStoreError(
+                self.location, f"malformed Zarr metadata ({type(exc).__name__}: {exc})"
+            ) from exc
         if len(self.arrays) + len(self.groups) > limits.max_nodes:
             raise LimitExceededError(self.location, f"more than max_nodes={limits.max_nodes} nodes")
 
@@ -266,12 +278,12 @@ class ReadHierarchy(Hierarchy):
             if path:
                 self._link(path, group=True)
             group_attrs = doc.get("attributes") if self_is_v3(doc) else attrs
-            self.group_attributes[path] = dict(group_attrs or {})
+            self.group_attributes[path] = _attributes(group_attrs, path)
 
     def _parse_v3(self, root: Any) -> None:
         if not isinstance(root, Mapping) or root.get("node_type") != "group":
             raise MetadataError("the root zarr.json is not a group")
-        self.group_attributes[""] = dict(root.get("attributes") or {})
+        self.group_attributes[""] = _attributes(root.get("attributes"), "")
         consolidated = root.get("consolidated_metadata")
         if isinstance(consolidated, Mapping) and isinstance(consolidated.get("metadata"), Mapping):
             docs = consolidated["metadata"].items()
@@ -520,6 +532,15 @@ class BuildHierarchy(Hierarchy):
             out.arrays[path] = meta
             out._link(path)
         return out
+
+
+def _attributes(value: Any, path: str) -> dict[str, Any]:
+    """A group's attributes: an object, or absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MetadataError(f"attributes of {path or 'the root'!r} are not an object")
+    return dict(value)
 
 
 def _compact_json(doc: Any) -> bytes:

@@ -199,11 +199,18 @@ def parse_array_meta(
         For any field of the wrong type or value, an unsupported dtype or codec, or sizes
         beyond ``limits``.
     """
-    fmt = doc.get("zarr_format")
-    if fmt == 3:
-        return _parse_v3(doc, limits)
-    if fmt == 2:
-        return _parse_v2(doc, attrs or {}, limits)
+    try:
+        fmt = doc.get("zarr_format")
+        if fmt == 3:
+            return _parse_v3(doc, limits)
+        if fmt == 2:
+            return _parse_v2(doc, attrs or {}, limits)
+    except MetadataError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # Untrusted JSON can put any value anywhere; whatever a check did not foresee is
+        # still malformed metadata, not a crash.
+        raise MetadataError(f"malformed metadata ({type(exc).__name__}: {exc})") from exc
     raise MetadataError(f"unknown zarr_format {fmt!r}")
 
 
@@ -228,7 +235,7 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     data_type = doc.get("data_type")
     if data_type == "string":
         dtype: Any = STRING
-    elif data_type in _V3_DTYPES:
+    elif type(data_type) is str and data_type in _V3_DTYPES:
         dtype = _little_dtype(data_type)
     else:
         raise MetadataError(f"unsupported data_type {data_type!r}")
@@ -257,8 +264,8 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if not isinstance(codecs, list) or not codecs:
         raise MetadataError("codecs is not a non-empty list")
     for codec in codecs:
-        if not isinstance(codec, dict) or codec.get("name") not in C.V3_READABLE_CODECS:
-            name = codec.get("name") if isinstance(codec, dict) else codec
+        name = codec.get("name") if isinstance(codec, dict) else codec
+        if type(name) is not str or name not in C.V3_READABLE_CODECS:
             raise MetadataError(f"codec {name!r} is not on the allow-list")
         if not isinstance(codec.get("configuration", {}), dict):
             raise MetadataError(
