@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cadstore.dataset.merge import merge_items
 from cadstore.dataset.reader import DatasetReader
-from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
+from cadstore.errors import CadstoreError, CorruptStoreError, DatasetError, KeyNotFoundError
+
+#: Examples per fuzz test (``CADSTORE_FUZZ_EXAMPLES`` to run more locally).
+FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +198,8 @@ def test_uncompressed_dataset_reads_back(realistic_items: list[Any], tmp_path: P
         (lambda rows, width: [rows, width // 2], "along rows only"),
         (lambda rows, width: [rows - 1, width], "along rows only"),
         (lambda rows, width: [rows * 2**20, width], "max_chunk_bytes"),
-        (lambda rows, width: [rows, "64"], "bad inner chunk shape"),
+        (lambda rows, width: [rows, "64"], "inner chunk_shape holds .64., expected"),
+        (lambda rows, width: [rows], "inner chunk_shape .* does not match 2 dimensions"),
     ],
 )
 def test_inner_chunk_layout_is_checked(
@@ -246,3 +254,85 @@ def test_damaged_inner_chunk_is_a_corrupt_store_error(
 
     with pytest.raises(CorruptStoreError, match="a3_distance"):
         read_all()
+
+
+# ---------------------------------------------------------------------------- fuzzing
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+_SHARD_FIELDS = [
+    ("shape",),
+    ("data_type",),
+    ("fill_value",),
+    ("dimension_names",),
+    ("chunk_grid", "configuration", "chunk_shape"),
+    ("chunk_grid", "configuration", "chunk_shape", 0),
+    ("codecs",),
+    ("codecs", 0, "name"),
+    ("codecs", 0, "configuration"),
+    ("codecs", 0, "configuration", "chunk_shape"),
+    ("codecs", 0, "configuration", "chunk_shape", 0),
+    ("codecs", 0, "configuration", "codecs"),
+    ("codecs", 0, "configuration", "index_codecs"),
+    ("codecs", 0, "configuration", "index_location"),
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fuzz") / "dir.dataset"
+    merge_items([p for p, _, _ in realistic_items[:4]], out, directory=True)
+    return out
+
+
+def _set(doc: Any, field: tuple[Any, ...], value: Any) -> None:
+    node = doc
+    for part in field[:-1]:
+        present = (
+            part in node
+            if isinstance(node, dict)
+            else (isinstance(node, list) and isinstance(part, int) and part < len(node))
+        )
+        if not present:
+            return
+        node = node[part]
+    last = field[-1]
+    if isinstance(node, dict) or (isinstance(node, list) and last < len(node)):
+        node[last] = value
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    array=st.sampled_from(["faceface/d2_distance", "faces/face_areas", "graph/num_nodes"]),
+    field=st.sampled_from(_SHARD_FIELDS),
+    value=_JSON,
+)
+def test_any_sharded_array_metadata_is_a_clear_error(
+    fuzz_dataset: Path, array: str, field: tuple[Any, ...], value: Any
+) -> None:
+    """Whatever JSON a merged array's metadata holds: data, or a cadstore error."""
+    own = fuzz_dataset / array / "zarr.json"
+    root = fuzz_dataset / "zarr.json"
+    saved = {own: own.read_text(), root: root.read_text()}
+    try:
+        doc, root_doc = json.loads(saved[own]), json.loads(saved[root])
+        _set(doc, field, value)
+        _set(root_doc["consolidated_metadata"]["metadata"][array], field, value)
+        own.write_text(json.dumps(doc))
+        root.write_text(json.dumps(root_doc))
+        with contextlib.suppress(CadstoreError), DatasetReader(fuzz_dataset) as reader:
+            reader.read_item(0)
+            reader.read_items([1, 0, 1])
+            group, name = array.split("/")
+            reader.read_rows(group, name, 0, 3)
+    finally:
+        for path, text in saved.items():
+            path.write_text(text)

@@ -331,7 +331,19 @@ class DatasetReader:
         return out
 
     def _read_into(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
-        """:meth:`read_rows` without the checks (the caller made the range and ``out``)."""
+        """:meth:`read_rows` without the argument checks (the caller made ``out``).
+
+        The rows asked for come from the offsets index; an array whose own shape does not
+        hold them (metadata edited or written by another tool) is a corrupt store, never
+        rows of fill values or a broadcasting error.
+        """
+        shape = meta.shape
+        if not shape or stop > shape[0] or out.shape[1:] != shape[1:]:
+            raise CorruptStoreError(
+                self.path,
+                f"{path}: rows {start}..{stop} of shape {out.shape[1:]} do not fit its "
+                f"shape {shape}",
+            )
         codecs = meta.codecs
         with self._lock:
             self._ensure()

@@ -271,6 +271,10 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
             raise MetadataError(
                 f"codec {codec.get('name')!r} has a configuration that is not an object"
             )
+    if codecs[0]["name"] == "sharding_indexed":
+        _check_sharding(codecs, len(shape))
+    elif any(c["name"] == "sharding_indexed" for c in codecs):
+        raise MetadataError("sharding_indexed must be the only codec")
     if doc.get("storage_transformers"):
         raise MetadataError("storage transformers are not supported")
     dims = doc.get("dimension_names")
@@ -295,6 +299,45 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
         separator=separator,
         chunk_prefix=prefix,
     )
+
+
+def _named_codecs(value: Any, what: str, allowed: frozenset[str]) -> list[str]:
+    """The names of a codec list whose entries are ``{"name": ..., "configuration": {}}``."""
+    if not isinstance(value, list) or not value:
+        raise MetadataError(f"{what} is not a non-empty list")
+    names = []
+    for codec in value:
+        name = codec.get("name") if isinstance(codec, dict) else None
+        if type(name) is not str or name not in allowed:
+            raise MetadataError(f"{what} holds {codec!r}, not an allowed codec")
+        if not isinstance(codec.get("configuration", {}), dict):
+            raise MetadataError(f"{what}: {name!r} has a configuration that is not an object")
+        names.append(name)
+    return names
+
+
+_INNER_CODECS = frozenset(("bytes", "zstd", "gzip"))
+_INDEX_CODECS = frozenset(("bytes", "crc32c"))
+
+
+def _check_sharding(codecs: list[dict[str, Any]], ndim: int) -> None:
+    """Validate a ``sharding_indexed`` codec: what cadstore's readers can then rely on."""
+    if len(codecs) != 1:
+        raise MetadataError("sharding_indexed must be the only codec")
+    config = codecs[0].get("configuration")
+    if not isinstance(config, dict):
+        raise MetadataError("sharding_indexed has no configuration")
+    inner = _int_tuple(config.get("chunk_shape"), "inner chunk_shape", positive=True)
+    if len(inner) != ndim:
+        raise MetadataError(f"inner chunk_shape {inner} does not match {ndim} dimensions")
+    names = _named_codecs(config.get("codecs"), "inner codecs", _INNER_CODECS)
+    if names[0] != "bytes" or "bytes" in names[1:]:
+        raise MetadataError("inner codecs must be bytes, then compressors")
+    index = _named_codecs(config.get("index_codecs"), "index_codecs", _INDEX_CODECS)
+    if index not in (["bytes"], ["bytes", "crc32c"]):
+        raise MetadataError(f"unsupported shard index codecs {index}")
+    if config.get("index_location", "end") != "end":
+        raise MetadataError("only shard indexes at the end are supported")
 
 
 def _parse_v2_dtype(value: Any) -> tuple[Any, str | None]:
