@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cadstore import JsonStorageHandler
 from cadstore.errors import CorruptStoreError, KeyConflictError
@@ -121,3 +124,93 @@ def test_get_file_path(tmp_path: Path) -> None:
     storage.save_data("graph", {"n": 1})
     assert storage.get_file_path("face/areas") == str(tmp_path / "face_areas.json")
     assert storage.get_file_path("graph/n") == str(tmp_path / "graph.json")
+
+
+# ---------------------------------------------------------------------------- fuzzing
+FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+)
+_TAGS = st.sampled_from(
+    ["<f4", "<i1", "|u1", "<c16", "str", "|b1", "<U3", "<U999999999", "|V8", "O", "<M8", "x"]
+)
+
+
+def _tagged(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.fixed_dictionaries(
+            {
+                "__numpy__": _TAGS | inner,
+                "shape": st.lists(inner, max_size=3) | inner,
+                "data": inner,
+            }
+        ),
+        st.fixed_dictionaries({"__numpy__": _TAGS | inner, "scalar": inner}),
+        st.fixed_dictionaries({"__float__": st.sampled_from(["NaN", "Infinity", "x"]) | inner}),
+        st.fixed_dictionaries({"__dict__": inner}),
+        st.fixed_dictionaries({"real": inner, "imag": inner, "_numpy_complex": inner}),
+    )
+
+
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        | _tagged(inner)
+    ),
+    max_leaves=12,
+)
+
+
+def _read_all(directory: Path) -> None:
+    with JsonStorageHandler(directory) as storage:
+        for key in storage.get_keys():
+            storage.load_data(key)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=_VALUES, envelope=st.booleans())
+def test_any_json_file_reads_as_data_or_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, value: Any, envelope: bool
+) -> None:
+    """Whatever JSON a key's file holds: a value, or a corrupt-store error naming it."""
+    tmp = tmp_path_factory.mktemp("fuzzjson")
+    doc = {"key": "x", "value": value} if envelope else value
+    (tmp / "x.json").write_text(json.dumps(doc))
+    errors: list[CorruptStoreError] = []
+    try:
+        _read_all(tmp)
+    except CorruptStoreError as exc:
+        errors.append(exc)
+    assert all("x.json" in str(e) for e in errors)
+
+
+def test_declared_array_bomb_is_refused_before_allocating(tmp_path: Path) -> None:
+    # Three elements of a 100-million-character string dtype would take 1.2 GB.
+    (tmp_path / "bomb.json").write_text(
+        json.dumps(
+            {
+                "key": "bomb",
+                "value": {"__numpy__": "<U100000000", "shape": [3], "data": ["a", "b", "c"]},
+            }
+        )
+    )
+    with (
+        JsonStorageHandler(tmp_path) as storage,
+        pytest.raises(CorruptStoreError, match=r"bomb\.json.*exceeds"),
+    ):
+        storage.load_data("bomb")
+
+
+def test_metadata_that_only_looks_tagged_is_kept(tmp_path: Path) -> None:
+    doc = {"odd": {"__float__": ["x"]}, "box": {"__dict__": 3}, "nan": {"__float__": "NaN"}}
+    (tmp_path / "metadata.json").write_text(json.dumps(doc))
+    with JsonStorageHandler(tmp_path) as storage:
+        got = storage.load_metadata()
+    assert got["odd"] == {"__float__": ["x"]} and got["box"] == {"__dict__": 3}
+    assert np.isnan(got["nan"])

@@ -396,7 +396,8 @@ class DatasetInfo:
         if not isinstance(doc, dict):
             raise _Unreadable(f"not a JSON object (a JSON {type(doc).__name__})")
         decoded = decode_metadata(doc)
-        assert isinstance(decoded, dict)
+        if not isinstance(decoded, dict):  # a lone tagged float
+            raise _Unreadable(f"not a JSON object (a {type(decoded).__name__})")
         return decoded
 
     def _read_raw(self, path: str) -> bytes:

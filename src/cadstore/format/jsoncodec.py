@@ -136,24 +136,43 @@ def _decode_nested(data: Any, fn: Any) -> Any:
     return fn(data)
 
 
+#: The most bytes one decoded array may take: a few bytes of JSON can declare a string
+#: dtype of a billion characters per element.
+MAX_ARRAY_BYTES = 1 << 30
+
+
 def decode(obj: Any) -> Any:
     """Invert :func:`encode`.
 
     Raises
     ------
     ValueError
-        If a tagged object is malformed (callers turn this into a corrupt-store error).
+        If a tagged object is malformed, or an array would take more than
+        :data:`MAX_ARRAY_BYTES` (callers turn this into a corrupt-store error).
     """
+    try:
+        return _decode(obj)
+    except ValueError:
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # Any JSON can sit where a tagged value is expected: malformed, not a crash.
+        raise ValueError(f"malformed tagged value ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode(obj: Any) -> Any:
     if isinstance(obj, dict):
         if "__numpy__" in obj:
             return _decode_numpy(obj)
         if "__float__" in obj:
             return _NONFINITE[obj["__float__"]]
         if "__dict__" in obj:
-            return {k: decode(v) for k, v in obj["__dict__"].items()}
+            inner = obj["__dict__"]
+            if not isinstance(inner, dict):
+                raise ValueError("'__dict__' does not hold an object")
+            return {k: _decode(v) for k, v in inner.items()}
         if set(obj) == _COMPLEX_KEYS and obj["_numpy_complex"] is True:
             return _decode_complex_element(obj)
-        return {k: decode(v) for k, v in obj.items()}
+        return {k: _decode(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [str(x) for x in obj] if all(isinstance(x, str) for x in obj) else obj
     return obj
@@ -175,6 +194,10 @@ def _decode_numpy(obj: Mapping[str, Any]) -> Any:
     shape = tuple(int(s) for s in obj["shape"])
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimension in shape {shape}")
+    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"an array of shape {shape} and dtype {dtype} exceeds {MAX_ARRAY_BYTES} bytes"
+        )
     data = obj["data"]
     if kind == "f":
         data = _decode_nested(data, _decode_float_element)
@@ -232,11 +255,17 @@ def encode_metadata(key: str, value: Any) -> Any:
 
 
 def decode_metadata(obj: Any) -> Any:
-    """Invert :func:`encode_metadata` (tagged floats back to floats)."""
+    """Invert :func:`encode_metadata` (tagged floats back to floats).
+
+    Metadata may come from other tools: an object that only looks like a tag (an unknown
+    ``__float__`` token, a ``__dict__`` that is not an object) is kept as it is.
+    """
     if isinstance(obj, dict):
         if set(obj) == {"__float__"}:
-            return _NONFINITE[obj["__float__"]]
-        if set(obj) == {"__dict__"}:
+            token = obj["__float__"]
+            if isinstance(token, str) and token in _NONFINITE:
+                return _NONFINITE[token]
+        elif set(obj) == {"__dict__"} and isinstance(obj["__dict__"], dict):
             return {k: decode_metadata(v) for k, v in obj["__dict__"].items()}
         return {k: decode_metadata(v) for k, v in obj.items()}
     if isinstance(obj, list):
