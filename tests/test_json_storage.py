@@ -214,3 +214,19 @@ def test_metadata_that_only_looks_tagged_is_kept(tmp_path: Path) -> None:
         got = storage.load_metadata()
     assert got["odd"] == {"__float__": ["x"]} and got["box"] == {"__dict__": 3}
     assert np.isnan(got["nan"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"__numpy__": "<f4", "shape": [], "data": 3.4028235677973366e38},
+        {"__numpy__": "<f4", "scalar": 1e300},
+        {"__numpy__": "|u1", "scalar": -1},
+        {"__numpy__": "<i2", "shape": [2], "data": [1, 70000]},
+    ],
+)
+def test_values_that_do_not_fit_their_dtype_are_refused(tmp_path: Path, value: Any) -> None:
+    # Silently wrapping, or turning a finite number into inf, would change the data.
+    (tmp_path / "x.json").write_text(json.dumps({"key": "x", "value": value}))
+    with JsonStorageHandler(tmp_path) as storage, pytest.raises(CorruptStoreError, match=r"x\.json"):
+        storage.load_data("x")

@@ -154,7 +154,7 @@ def decode(obj: Any) -> Any:
         return _decode(obj)
     except ValueError:
         raise
-    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+    except (TypeError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:
         # Any JSON can sit where a tagged value is expected: malformed, not a crash.
         raise ValueError(f"malformed tagged value ({type(exc).__name__}: {exc})") from exc
 
@@ -190,7 +190,8 @@ def _decode_numpy(obj: Mapping[str, Any]) -> Any:
             item = _decode_float_element(item)
         elif kind == "c":
             item = _decode_complex_element(item)
-        return dtype.type(item)
+        with np.errstate(over="raise", invalid="raise"):
+            return dtype.type(item)
     shape = tuple(int(s) for s in obj["shape"])
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimension in shape {shape}")
@@ -206,7 +207,9 @@ def _decode_numpy(obj: Mapping[str, Any]) -> Any:
     if kind == "U":
         arr = np.array(data, dtype=str) if math.prod(shape) else np.empty(shape, dtype="<U1")
     else:
-        arr = np.array(data, dtype=dtype)
+        # A finite value too large for the declared dtype is malformed, not inf.
+        with np.errstate(over="raise", invalid="raise"):
+            arr = np.array(data, dtype=dtype)
     if arr.shape != shape:
         if arr.size != math.prod(shape):
             raise ValueError(f"data does not match shape {shape}")
