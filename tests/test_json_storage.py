@@ -228,5 +228,8 @@ def test_metadata_that_only_looks_tagged_is_kept(tmp_path: Path) -> None:
 def test_values_that_do_not_fit_their_dtype_are_refused(tmp_path: Path, value: Any) -> None:
     # Silently wrapping, or turning a finite number into inf, would change the data.
     (tmp_path / "x.json").write_text(json.dumps({"key": "x", "value": value}))
-    with JsonStorageHandler(tmp_path) as storage, pytest.raises(CorruptStoreError, match=r"x\.json"):
+    with (
+        JsonStorageHandler(tmp_path) as storage,
+        pytest.raises(CorruptStoreError, match=r"x\.json"),
+    ):
         storage.load_data("x")
