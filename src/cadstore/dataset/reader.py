@@ -369,16 +369,10 @@ class DatasetReader:
         if geometry is None:
             if meta.is_string:
                 raise CorruptStoreError(self.path, f"{path}: a sharded string array")
-            config = meta.codecs[0].get("configuration") or {}
-            shape = config.get("chunk_shape")
+            # Metadata parsing checked the configuration (zarr_nodes._check_sharding).
+            config = meta.codecs[0]["configuration"]
             shard_rows = meta.chunks[0]
-            if (
-                not isinstance(shape, list)
-                or len(shape) != len(meta.shape)
-                or not all(type(x) is int and x > 0 for x in shape)
-            ):
-                raise CorruptStoreError(self.path, f"{path}: bad inner chunk shape {shape!r}")
-            inner_shape = tuple(shape)
+            inner_shape = tuple(config["chunk_shape"])
             if math.prod(inner_shape) * meta.dtype.itemsize > self.limits.max_chunk_bytes:
                 raise CorruptStoreError(
                     self.path,
@@ -398,7 +392,7 @@ class DatasetReader:
                 shard_rows,
                 shard_rows // inner_shape[0],
                 "/0" * (len(meta.shape) - 1),
-                direct_codec(config.get("codecs") or [], meta.dtype),
+                direct_codec(config["codecs"], meta.dtype),
             )
             self._geometries[path] = geometry
         return geometry
@@ -591,7 +585,7 @@ class DatasetReader:
             try:
                 block = decode_inner(
                     data,
-                    config.get("codecs") or [],
+                    config["codecs"],
                     meta.dtype,
                     inner_shape,
                     self.limits.max_chunk_bytes,

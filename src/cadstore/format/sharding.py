@@ -147,7 +147,8 @@ def decode_inner(
 ) -> np.ndarray:
     """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``).
 
-    What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing) is decoded
+    ``codecs`` is the checked inner codec list of a sharding configuration (``bytes``
+    first). What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing) is decoded
     straight into a new writable array, with no intermediate ``bytes``.
     """
     direct = C.direct_codec(codecs, dtype)
@@ -164,8 +165,6 @@ def decode_inner(
             data = C.decode_gzip(data, expected, limit, wbits=31)
         else:
             raise C.ChunkDecodeError(f"inner codec {name!r} is not on the allow-list")
-    if codecs[0].get("name") != "bytes":
-        raise C.ChunkDecodeError("inner chunks must use the bytes codec")
     if len(data) != expected:
         raise C.ChunkDecodeError(f"inner chunk has {len(data)} bytes, expected {expected}")
     endian = (codecs[0].get("configuration") or {}).get("endian", "little")
@@ -181,17 +180,15 @@ def decode_shard(
     limit: int,
     fill: Callable[[tuple[int, ...]], np.ndarray],
 ) -> np.ndarray:
-    """Decode a whole shard into an array of ``shard_shape`` (absent chunks filled)."""
-    inner_shape = tuple(int(x) for x in config["chunk_shape"])
-    if len(inner_shape) != len(shard_shape) or any(
-        s % i for s, i in zip(shard_shape, inner_shape, strict=True)
-    ):
+    """Decode a whole shard into an array of ``shard_shape`` (absent chunks filled).
+
+    ``config`` is a configuration that metadata parsing has checked (inner chunk shape,
+    codecs, index codecs and location: ``zarr_nodes._check_sharding``).
+    """
+    inner_shape = tuple(config["chunk_shape"])
+    if any(s % i for s, i in zip(shard_shape, inner_shape, strict=True)):
         raise C.ChunkDecodeError("inner chunk shape does not divide the shard shape")
-    if config.get("index_location", "end") != "end":
-        raise C.ChunkDecodeError("only shard indexes at the end are supported")
-    index_codecs = config.get("index_codecs") or []
-    if [c.get("name") for c in index_codecs] not in (["bytes"], ["bytes", "crc32c"]):
-        raise C.ChunkDecodeError("unsupported shard index codecs")
+    index_codecs = config["index_codecs"]
     grid = [s // i for s, i in zip(shard_shape, inner_shape, strict=True)]
     n_inner = math.prod(grid)
     index_size = 16 * n_inner + (4 if len(index_codecs) == 2 else 0)
@@ -203,7 +200,7 @@ def decode_shard(
         len(data) - index_size + 16 * n_inner,
     )
     out = fill(tuple(shard_shape))
-    codecs = config.get("codecs") or []
+    codecs = config["codecs"]
     for flat, (offset, nbytes) in enumerate(entries):
         if offset == MISSING:
             continue

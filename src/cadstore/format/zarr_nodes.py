@@ -261,19 +261,10 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
     if separator not in ("/", "."):
         raise MetadataError(f"unsupported chunk key separator {separator!r}")
     codecs = doc.get("codecs")
-    if not isinstance(codecs, list) or not codecs:
-        raise MetadataError("codecs is not a non-empty list")
-    for codec in codecs:
-        name = codec.get("name") if isinstance(codec, dict) else codec
-        if type(name) is not str or name not in C.V3_READABLE_CODECS:
-            raise MetadataError(f"codec {name!r} is not on the allow-list")
-        if not isinstance(codec.get("configuration", {}), dict):
-            raise MetadataError(
-                f"codec {codec.get('name')!r} has a configuration that is not an object"
-            )
-    if codecs[0]["name"] == "sharding_indexed":
+    names = _named_codecs(codecs, "codecs", C.V3_READABLE_CODECS)
+    if names[0] == "sharding_indexed":
         _check_sharding(codecs, len(shape))
-    elif any(c["name"] == "sharding_indexed" for c in codecs):
+    elif "sharding_indexed" in names:
         raise MetadataError("sharding_indexed must be the only codec")
     if doc.get("storage_transformers"):
         raise MetadataError("storage transformers are not supported")
@@ -309,7 +300,7 @@ def _named_codecs(value: Any, what: str, allowed: frozenset[str]) -> list[str]:
     for codec in value:
         name = codec.get("name") if isinstance(codec, dict) else None
         if type(name) is not str or name not in allowed:
-            raise MetadataError(f"{what} holds {codec!r}, not an allowed codec")
+            raise MetadataError(f"{what}: codec {codec!r} is not on the allow-list")
         if not isinstance(codec.get("configuration", {}), dict):
             raise MetadataError(f"{what}: {name!r} has a configuration that is not an object")
         names.append(name)
@@ -321,7 +312,13 @@ _INDEX_CODECS = frozenset(("bytes", "crc32c"))
 
 
 def _check_sharding(codecs: list[dict[str, Any]], ndim: int) -> None:
-    """Validate a ``sharding_indexed`` codec: what cadstore's readers can then rely on."""
+    """Validate a ``sharding_indexed`` codec: what cadstore's readers can then rely on.
+
+    The decoders (:func:`cadstore.format.sharding.decode_shard` and ``decode_inner``, the
+    dataset reader) take these configurations as checked here: the inner chunk shape
+    (positive integers, one per dimension), inner codecs (``bytes``, then compressors)
+    and an index of ``bytes`` (+ ``crc32c``) at the end of the shard.
+    """
     if len(codecs) != 1:
         raise MetadataError("sharding_indexed must be the only codec")
     config = codecs[0].get("configuration")
