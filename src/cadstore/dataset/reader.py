@@ -344,10 +344,9 @@ class DatasetReader:
                 f"{path}: rows {start}..{stop} of shape {out.shape[1:]} do not fit its "
                 f"shape {shape}",
             )
-        codecs = meta.codecs
         with self._lock:
             self._ensure()
-            if not codecs or codecs[0].get("name") != "sharding_indexed":
+            if not _is_sharded(meta):
                 whole = self._whole.get(path)
                 if whole is None:
                     whole = self._hier.read_array(path)
@@ -397,6 +396,22 @@ class DatasetReader:
             self._geometries[path] = geometry
         return geometry
 
+    def _shard_spans(
+        self, path: str, meta: Any, start: int, stop: int
+    ) -> Iterator[tuple[int, str, int, int, int, range]]:
+        """The shards that rows ``[start, stop)`` touch, in order.
+
+        Yields ``(shard, key, base, lo, hi, inners)``: the shard's number, its member key,
+        its first row, the rows ``lo:hi`` wanted from it (array coordinates) and the
+        inner chunks holding them.
+        """
+        _, _, inner_rows, shard_rows, _, suffix, _ = self._geometry(path, meta)
+        for shard in range(start // shard_rows, (stop - 1) // shard_rows + 1):
+            base = shard * shard_rows
+            lo, hi = max(start, base), min(stop, base + shard_rows)
+            inners = range((lo - base) // inner_rows, (hi - 1 - base) // inner_rows + 1)
+            yield shard, f"{path}/c/{shard}{suffix}", base, lo, hi, inners
+
     def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
         _, _, inner_rows, shard_rows, n_inner, suffix, direct = self._geometry(path, meta)
         first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
@@ -412,12 +427,8 @@ class DatasetReader:
                 r0 = base + first_inner * inner_rows
                 out[...] = block[start - r0 : stop - r0]
                 return
-        for shard in range(first_shard, last_shard + 1):
-            key = f"{path}/c/{shard}{suffix}"
-            base = shard * shard_rows
-            lo, hi = max(start, base), min(stop, base + shard_rows)
+        for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
             index = self._shard_index(key, n_inner)
-            inners = range((lo - base) // inner_rows, (hi - 1 - base) // inner_rows + 1)
             # Inner chunks wholly inside the rows belong to this item alone: decode them
             # straight into the output (no cache entry, no copy), from one read of their
             # contiguous bytes. Chunks shared with neighbours go through the cache.
@@ -478,27 +489,22 @@ class DatasetReader:
         find their bytes in :attr:`_prefetched`; anything this missed is read on demand, so
         it changes how many requests a read makes, never what it returns.
         """
-        shards: list[tuple[str, str, int, int, int, int, int]] = []
+        shards: list[tuple[str, str, int, int, range]] = []
         for path, meta, start, stop in reads:
-            codecs = meta.codecs
-            if stop <= start or not codecs or codecs[0].get("name") != "sharding_indexed":
-                continue
-            _, _, inner_rows, shard_rows, n_inner, suffix, _ = self._geometry(path, meta)
-            for shard in range(start // shard_rows, (stop - 1) // shard_rows + 1):
-                base = shard * shard_rows
-                lo, hi = max(start, base) - base, min(stop, base + shard_rows) - base
-                key = f"{path}/c/{shard}{suffix}"
-                shards.append((key, path, shard, n_inner, lo // inner_rows, (hi - 1) // inner_rows))
+            if stop > start and _is_sharded(meta):
+                n_inner = self._geometry(path, meta)[4]
+                for shard, key, _, _, _, inners in self._shard_spans(path, meta, start, stop):
+                    shards.append((key, path, shard, n_inner, inners))
         tails = {}
-        for key, _, _, n_inner, _, _ in shards:
+        for key, _, _, n_inner, _ in shards:
             size = self._source.size_of(key)
             if (key, n_inner) not in self._indexes and size is not None and size >= 16 * n_inner:
                 tails[key] = (key, size - 16 * n_inner, 16 * n_inner)
         self._fetch_ahead(list(tails.values()))
         wanted: dict[str, set[tuple[int, int]]] = {}
-        for key, path, shard, n_inner, first, last in shards:
+        for key, path, shard, n_inner, inners in shards:
             index = self._shard_index(key, n_inner)
-            for inner in range(first, last + 1):
+            for inner in inners:
                 offset, nbytes = index[inner]
                 if offset != MISSING and (path, shard, inner) not in self._chunks:
                     wanted.setdefault(key, set()).add((offset, nbytes))
@@ -764,6 +770,11 @@ Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
 def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
     """The arrays of ``group`` that ``arrays`` asks for (``None``: all of them)."""
     return tuple(arrays[group]) if arrays is not None and group in arrays else None
+
+
+def _is_sharded(meta: Any) -> bool:
+    """Whether an array is stored with ``sharding_indexed`` (read chunk by chunk)."""
+    return meta.codecs[0].get("name") == "sharding_indexed" if meta.codecs else False
 
 
 def _numpy_dtype(meta: Any) -> np.dtype:
