@@ -459,13 +459,18 @@ class ZipSource(KeySource):
             return None
         if info.method != zipfile.ZIP_STORED or start < 0 or length < 0:
             return super().get_range(key, start, length)
-        data_start = self._data_start(key, info)
-        # Ranged reads skip the member CRC (it covers the whole member); the decoders that
-        # consume these bytes check their own sizes, and the index entries are bounded.
+        offset, n = self._span(key, info, start, length)
+        return self._read_at(offset, n) if n else b""
+
+    def _span(self, key: str, info: ZipMember, start: int, length: int) -> tuple[int, int]:
+        """File offset and length of bytes ``[start, start + length)`` of a stored member.
+
+        The range is cut at the member's end. Ranged reads skip the member CRC (it covers
+        the whole member); the decoders that consume these bytes check their own sizes,
+        and the index entries are bounded.
+        """
         stop = min(info.file_size, start + length)
-        if start >= stop:
-            return b""
-        return self._read_at(data_start + start, stop - start)
+        return self._data_start(key, info) + start, max(0, stop - start)
 
     @property
     def batches_reads(self) -> bool:  # docstring inherited
@@ -493,10 +498,7 @@ class ZipSource(KeySource):
             headers = self._read_many([(info.header_offset, 30) for info in unknown.values()])
             for (key, info), header in zip(unknown.items(), headers, strict=True):
                 self._parse_local_header(key, info, header)
-        spans = []
-        for _, key, info, start, length in stored:
-            stop = min(info.file_size, start + length)
-            spans.append((self._data_offsets[key] + start, max(0, stop - start)))
+        spans = [self._span(key, info, start, length) for _, key, info, start, length in stored]
         for (i, *_), data in zip(stored, self._read_many(spans), strict=True):
             out[i] = data
         return out
