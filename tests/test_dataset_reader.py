@@ -5,22 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cadstore.dataset.merge import merge_items
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CadstoreError, CorruptStoreError, DatasetError, KeyNotFoundError
-
-#: Examples per fuzz test (``CADSTORE_FUZZ_EXAMPLES`` to run more locally).
-FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
+from fuzzing import FUZZ_SETTINGS, json_values, set_field
 
 
 @pytest.fixture(scope="module")
@@ -257,17 +254,6 @@ def test_damaged_inner_chunk_is_a_corrupt_store_error(
 
 
 # ---------------------------------------------------------------------------- fuzzing
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
 _SHARD_FIELDS = [
     ("shape",),
     ("data_type",),
@@ -293,27 +279,11 @@ def fuzz_dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFa
     return out
 
 
-def _set(doc: Any, field: tuple[Any, ...], value: Any) -> None:
-    node = doc
-    for part in field[:-1]:
-        present = (
-            part in node
-            if isinstance(node, dict)
-            else (isinstance(node, list) and isinstance(part, int) and part < len(node))
-        )
-        if not present:
-            return
-        node = node[part]
-    last = field[-1]
-    if isinstance(node, dict) or (isinstance(node, list) and last < len(node)):
-        node[last] = value
-
-
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@FUZZ_SETTINGS
 @given(
     array=st.sampled_from(["faceface/d2_distance", "faces/face_areas", "graph/num_nodes"]),
     field=st.sampled_from(_SHARD_FIELDS),
-    value=_JSON,
+    value=json_values(max_leaves=10),
 )
 def test_any_sharded_array_metadata_is_a_clear_error(
     fuzz_dataset: Path, array: str, field: tuple[Any, ...], value: Any
@@ -324,8 +294,8 @@ def test_any_sharded_array_metadata_is_a_clear_error(
     saved = {own: own.read_text(), root: root.read_text()}
     try:
         doc, root_doc = json.loads(saved[own]), json.loads(saved[root])
-        _set(doc, field, value)
-        _set(root_doc["consolidated_metadata"]["metadata"][array], field, value)
+        set_field(doc, field, value)
+        set_field(root_doc["consolidated_metadata"]["metadata"][array], field, value)
         own.write_text(json.dumps(doc))
         root.write_text(json.dumps(root_doc))
         with contextlib.suppress(CadstoreError), DatasetReader(fuzz_dataset) as reader:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cadstore import JsonStorageHandler
@@ -17,6 +17,7 @@ from cadstore.errors import CorruptStoreError, KeyConflictError
 from cadstore.fs import TEMP_PREFIX
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
+from fuzzing import FUZZ_SETTINGS, json_values
 
 
 class TestJsonStorage(StorageConformance):
@@ -127,14 +128,6 @@ def test_get_file_path(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- fuzzing
-FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
-_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=6)
-)
 _TAGS = st.sampled_from(
     ["<f4", "<i1", "|u1", "<c16", "str", "|b1", "<U3", "<U999999999", "|V8", "O", "<M8", "x"]
 )
@@ -156,25 +149,14 @@ def _tagged(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     )
 
 
-_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-        | _tagged(inner)
-    ),
-    max_leaves=12,
-)
-
-
 def _read_all(directory: Path) -> None:
     with JsonStorageHandler(directory) as storage:
         for key in storage.get_keys():
             storage.load_data(key)
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(value=_VALUES, envelope=st.booleans())
+@FUZZ_SETTINGS
+@given(value=json_values(extend=_tagged), envelope=st.booleans())
 def test_any_json_file_reads_as_data_or_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory, value: Any, envelope: bool
 ) -> None:

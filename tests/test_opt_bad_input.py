@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cadstore import OptStorage
 from cadstore.errors import CorruptStoreError, KeyNotFoundError, LimitExceededError
 from cadstore.format.limits import Limits
+from fuzzing import FUZZ_SETTINGS, json_values, set_field
 
 
 def _good(tmp_path: Path, name: str = "part") -> Path:
@@ -241,19 +241,6 @@ def test_nan_is_refused_and_named(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- fuzzing
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-#: Examples per fuzz test (``CADSTORE_FUZZ_EXAMPLES`` to run more locally).
-FUZZ_EXAMPLES = int(os.environ.get("CADSTORE_FUZZ_EXAMPLES", "300"))
 _FIELDS = [
     ("zarr_format",),
     ("node_type",),
@@ -279,11 +266,11 @@ _FIELDS = [
 ]
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@FUZZ_SETTINGS
 @given(
     array=st.sampled_from(["face_areas", "graph/edges_source"]),
     field=st.sampled_from(_FIELDS),
-    value=_JSON,
+    value=json_values(),
 )
 def test_any_metadata_field_holding_any_json_is_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory, array: str, field: tuple[Any, ...], value: Any
@@ -296,15 +283,7 @@ def test_any_metadata_field_holding_any_json_is_a_clear_error(
         doc = json.loads(zf.read(f"{array}/zarr.json"))
     entry = root["consolidated_metadata"]["metadata"][array]
     for target in (doc, entry):
-        node: Any = target
-        for part in field[:-1]:
-            node = node[part] if isinstance(node, dict) or part < len(node) else None
-            if not isinstance(node, dict | list):
-                break
-        else:
-            last = field[-1]
-            if isinstance(node, dict) or (isinstance(last, int) and last < len(node)):
-                node[last] = value
+        set_field(target, field, value)
     bad = _rewrite(
         data,
         tmp / "bad.zarr.data",
@@ -314,12 +293,12 @@ def test_any_metadata_field_holding_any_json_is_a_clear_error(
         _open_and_read_all(bad)
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@FUZZ_SETTINGS
 @given(
     where=st.sampled_from(
         ["root attributes", "consolidated kind", "consolidated entry", "metadata.json"]
     ),
-    value=_JSON,
+    value=json_values(),
 )
 def test_any_root_document_content_is_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory, where: str, value: Any
