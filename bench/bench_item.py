@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=60)
-    parser.add_argument("--levels", type=int, nargs="+", default=[DEFAULT_COMPRESSION_LEVEL, 5])
+    parser.add_argument("--levels", type=int, nargs="+", default=[DEFAULT_COMPRESSION_LEVEL, 3])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the summary to this file")
     parser.add_argument(

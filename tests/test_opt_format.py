@@ -16,6 +16,7 @@ import zarr
 
 from cadstore import OptStorage, SchemaBuilder
 from cadstore.errors import ReadOnlyStorageError
+from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
 from cadstore.testing.conformance import assert_same
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vendor_v2"
@@ -206,7 +207,7 @@ def test_array_documents_follow_each_array(tmp_path: Path) -> None:
                 {
                     "name": "zstd",
                     "configuration": {
-                        "level": options.get("compression_level", 3),
+                        "level": options.get("compression_level", DEFAULT_COMPRESSION_LEVEL),
                         "checksum": False,
                     },
                 }

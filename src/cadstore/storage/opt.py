@@ -32,14 +32,18 @@ same path reopens for writing.
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
-The default compression is zstd level 3 with long-distance matching for chunks of 128 KiB
+The default compression is zstd level 1 with long-distance matching for chunks of 128 KiB
 or more (see :func:`cadstore.format.codecs.zstd_compress`). Face-pair arrays repeat
 themselves a whole matrix row apart, which only long-distance matching finds at a fast
-level: on the realistic workload plain level 3 writes files about 16% larger than the
-specified design (Zstd 12 with Delta filters), level 3 with long-distance matching about
-4% smaller, at little more than plain level 3's cost; ``bench/bench_item.py`` measures
-this. Integer arrays of a Zarr v2 item get numcodecs' Delta filter where it shrinks them
-(index arrays); v3 has no standard delta codec (``bench/bench_int_filters.py``).
+level: on the realistic workload plain level 3 writes files about 15% larger than the
+specified design (Zstd 12 with Delta filters), level 1 with long-distance matching about 4%
+larger and level 3 with it about 4% smaller. Item files are the encoder's output, written
+once each and read once by the merger (which compresses the dataset itself), so the
+default is the fastest level within the 1.1x size budget: level 1 compresses the median
+item in about two thirds of level 3's time. ``compression_level=3`` trades that for 8%
+smaller files; ``bench/bench_item.py`` measures both. Integer arrays of a Zarr v2 item get
+numcodecs' Delta filter where it shrinks them (index arrays); v3 has no standard delta
+codec (``bench/bench_int_filters.py``).
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ from cadstore.storage.values import Node
 __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 
 #: zstd level used unless another is given (chosen by ``bench/bench_item.py``: the fastest
-#: level whose files are no larger than the specified design's Zstd-12 files).
-DEFAULT_COMPRESSION_LEVEL = 3
+#: level whose files stay within 1.1x the size of the specified design's Zstd-12 files).
+DEFAULT_COMPRESSION_LEVEL = 1
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
 # Temporary files older than this are leftovers of killed writers and are swept.
@@ -109,7 +113,9 @@ class OptStorage(DataStorage):
     zarr_format
         3 (default) or 2, the layout zarr-python 2.x and the specified system use.
     compression_level
-        zstd level for chunks (``None`` stores them uncompressed).
+        zstd level for chunks (``None`` stores them uncompressed). The default, 1, is the
+        fastest to write within 1.1x of the specified design's file size; 3 writes files
+        8% smaller in about 1.5x the compression time.
     allow_nan
         Accept NaN in floating arrays. The specified behaviour, and the default, is to
         refuse them with an :class:`~cadstore.errors.InvalidDataError` naming the key.
