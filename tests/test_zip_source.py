@@ -214,3 +214,35 @@ def test_a_small_remote_zip_is_read_once_when_opened(tmp_path: Path) -> None:
     finally:
         _DroppingFile.fail = False
         source.close()
+
+
+@pytest.mark.parametrize("chunk_bytes", [100, 64 * 1024, 400 * 1024])
+def test_local_header_naming_another_member_is_corrupt(tmp_path: Path, chunk_bytes: int) -> None:
+    """A flipped byte in a local header's name: zipfile refuses it, and so do we.
+
+    The sizes take each read path: a small file read whole at open, a member read with
+    its header in one read, and a member whose header is read on its own.
+    """
+    members = [("a/zarr.json", b"{}" * 40), ("a/c/0", bytes(range(256)) * (chunk_bytes // 256))]
+    path = tmp_path / "a.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.getinfo("a/c/0").header_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 30 + 2] ^= 0x01  # "a/c/0" -> "a/b/0"
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf, pytest.raises(zipfile.BadZipFile):
+        zf.read("a/c/0")
+    for read in (
+        lambda s: s.get("a/c/0"),
+        lambda s: s.get_range("a/c/0", 0, 10),
+        lambda s: s.get_ranges([("a/c/0", 0, 10)]),
+    ):
+        source = ZipSource(str(path))
+        try:
+            assert source.get("a/zarr.json") == b"{}" * 40
+            with pytest.raises(CorruptStoreError, match=r"'a/c/0'.*does not repeat its name"):
+                read(source)
+        finally:
+            source.close()

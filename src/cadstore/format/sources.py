@@ -235,6 +235,12 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
     return members
 
 
+def _raw_name(info: ZipMember) -> bytes:
+    """The bytes a member's name was stored as (UTF-8 when flagged or ASCII, else cp437)."""
+    name = info.name
+    return name.encode("utf-8" if name.isascii() or info.flags & 0x800 else "cp437")
+
+
 class ZipSource(KeySource):
     """The members of a zip file, read in place.
 
@@ -401,12 +407,14 @@ class ZipSource(KeySource):
             # directory's name and has no extra field, as cadstore and most writers do;
             # otherwise read again. Locally only for small members: slicing off the
             # header copies the data.
-            name_len = len(key.encode("utf-8"))
+            raw_name = _raw_name(info)
+            name_len = len(raw_name)
             blob = self._read_at(info.header_offset, 30 + name_len + info.compress_size)
             if (
                 len(blob) == 30 + name_len + info.compress_size
                 and blob[:4] == b"PK\x03\x04"
                 and _LOCAL_LENGTHS.unpack_from(blob, 26) == (name_len, 0)
+                and blob[30 : 30 + name_len] == raw_name
             ):
                 self._data_offsets[key] = info.header_offset + 30 + name_len
                 return self._check_member(key, info, blob[30 + name_len :])
@@ -495,7 +503,9 @@ class ZipSource(KeySource):
         # not seen yet, then one for the data.
         unknown = {key: info for _, key, info, _, _ in stored if key not in self._data_offsets}
         if unknown:
-            headers = self._read_many([(info.header_offset, 30) for info in unknown.values()])
+            headers = self._read_many(
+                [(info.header_offset, 30 + len(_raw_name(info))) for info in unknown.values()]
+            )
             for (key, info), header in zip(unknown.items(), headers, strict=True):
                 self._parse_local_header(key, info, header)
         spans = [self._span(key, info, start, length) for _, key, info, start, length in stored]
@@ -520,14 +530,25 @@ class ZipSource(KeySource):
     def _data_start(self, key: str, info: ZipMember) -> int:
         start = self._data_offsets.get(key)
         if start is None:
-            start = self._parse_local_header(key, info, self._read_at(info.header_offset, 30))
+            header = self._read_at(info.header_offset, 30 + len(_raw_name(info)))
+            start = self._parse_local_header(key, info, header)
         return start
 
     def _parse_local_header(self, key: str, info: ZipMember, header: bytes) -> int:
-        """Check member ``key``'s local header; remember and return where its data starts."""
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        """Check member ``key``'s local header; remember and return where its data starts.
+
+        ``header`` is the 30 fixed bytes and the name: a local header naming another member
+        than the central directory does is corruption, as ``zipfile`` also decides.
+        """
+        raw_name = _raw_name(info)
+        if len(header) != 30 + len(raw_name) or header[:4] != b"PK\x03\x04":
             raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
         name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
+        if name_len != len(raw_name) or header[30:] != raw_name:
+            raise CorruptStoreError(
+                self.location,
+                f"local header of member {key!r} does not repeat its name (corrupt file)",
+            )
         start = info.header_offset + 30 + name_len + extra_len
         if start + info.compress_size > self._size:
             raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
