@@ -136,11 +136,20 @@ def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
     return out
 
 
-def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
-    """Decompress one zstd frame into ``out``, which it must fill exactly.
+#: Frames declaring at most this many bytes are decoded in one shot and copied into place
+#: (see :func:`decode_zstd_into`): measured faster up to 64 KiB, even at 256 KiB, slower
+#: from 1 MiB, where the stream reader's direct decode wins.
+ONE_SHOT_BYTES = 256 * 1024
 
-    Decoding into the final array saves the copy that a read-only ``bytes`` result would
-    need to become a writable array.
+
+def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
+    """Decompress one zstd frame into ``out`` (a byte-format view), which it must fill exactly.
+
+    Large frames are decoded straight into ``out`` through a stream reader, saving the copy
+    that a ``bytes`` result would need. Below :data:`ONE_SHOT_BYTES` a one-shot decode
+    and a copy are faster: the stream reader's setup and its internal window buffer cost
+    more than copying a small chunk, and a merged dataset's random item reads decode dozens
+    of 16-64 KiB inner chunks.
     """
     expected = out.nbytes
     try:
@@ -149,6 +158,17 @@ def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
         raise ChunkDecodeError(f"not a zstd frame: {exc}") from exc
     if declared not in (-1, expected):
         raise ChunkDecodeError(f"zstd frame declares {declared} bytes, expected {expected}")
+    if declared == expected and expected <= ONE_SHOT_BYTES:
+        # The frame's declared size was checked against the destination, so the one-shot
+        # decoder allocates exactly ``expected`` bytes and fails if the data disagrees.
+        try:
+            raw = _decompressor().decompress(data, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise ChunkDecodeError(f"zstd data is corrupt: {exc}") from exc
+        if len(raw) != expected:
+            raise ChunkDecodeError(f"zstd frame decoded to {len(raw)} bytes, expected {expected}")
+        out[:] = raw
+        return
     got = 0
     try:
         with _decompressor().stream_reader(data, read_size=max(1, len(data))) as reader:
