@@ -93,17 +93,19 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def zstd_compress(data: bytes | memoryview, level: int) -> bytes:
+def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool = True) -> bytes:
     """Compress ``data`` into one standard zstd frame that records its content size.
 
-    Payloads of :data:`LDM_MIN_BYTES` or more use zstd's long-distance matching. CAD
-    arrays repeat themselves far apart (a face-pair histogram ``[i, j]`` equals
-    ``[j, i]``, a whole row of the matrix away), which the regular match finder of the
-    fast levels cannot see: on the realistic workload, level 3 with long-distance
-    matching writes smaller files than level 5 without it in half the time
-    (``bench/bench_item.py``). The frames are ordinary zstd frames; any decoder reads them.
+    Payloads of :data:`LDM_MIN_BYTES` or more use zstd's long-distance matching unless
+    ``long_distance`` is false. CAD arrays repeat themselves far apart (a face-pair
+    histogram ``[i, j]`` equals ``[j, i]``, a whole row of the matrix away), which the
+    regular match finder of the fast levels cannot see: on the realistic workload, level 3
+    with long-distance matching writes smaller files than level 5 without it in half the
+    time (``bench/bench_item.py``). Callers turn it off where it does not pay (integer
+    arrays: see :func:`cadstore.format.zarr_nodes.encode_array`). The frames are ordinary
+    zstd frames; any decoder reads them.
     """
-    return _compressor(level, len(data) >= LDM_MIN_BYTES).compress(data)
+    return _compressor(level, long_distance and len(data) >= LDM_MIN_BYTES).compress(data)
 
 
 def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:

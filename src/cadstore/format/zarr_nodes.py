@@ -682,6 +682,10 @@ def encode_array(
     # the compressed chunk (index arrays, sorted ids). Zarr v3 has no standard delta codec
     # (zarr-python warns on numcodecs codecs), so v3 arrays are bytes + zstd only.
     try_delta = compress and zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
+    # Long-distance matching finds the mirrored rows of floating-point face-pair features;
+    # on integer arrays (face-pair edge paths, 98% of the integer bytes) it measured three
+    # times the compression time for 5% larger output, so they go without it.
+    long_distance = arr.dtype.kind not in "biu"
     delta: bool | None = None
     if arr.size:
         if chunk_shape == shape:
@@ -702,14 +706,18 @@ def encode_array(
                 data = np.ascontiguousarray(block)
                 if delta is None and try_delta:
                     # The first chunk decides for the array (v2 filters are per array).
-                    plain = C.zstd_compress(memoryview(data).cast("B"), level)
-                    differences = C.zstd_compress(delta_encode(data).data, level)
+                    plain = C.zstd_compress(memoryview(data).cast("B"), level, long_distance=False)
+                    differences = C.zstd_compress(
+                        delta_encode(data).data, level, long_distance=False
+                    )
                     delta = len(differences) < len(plain)
                     payload = differences if delta else plain
                 elif delta:
-                    payload = C.zstd_compress(delta_encode(data).data, level)
+                    payload = C.zstd_compress(delta_encode(data).data, level, long_distance=False)
                 else:
-                    payload = C.zstd_compress(memoryview(data).cast("B"), level)
+                    payload = C.zstd_compress(
+                        memoryview(data).cast("B"), level, long_distance=long_distance
+                    )
             else:
                 payload = np.ascontiguousarray(block).tobytes()
             out[format_chunk_key(zarr_format, prefix, separator, index)] = payload
