@@ -57,7 +57,7 @@ from cadstore.errors import (
     StorageUnavailableError,
 )
 from cadstore.format import jsoncodec
-from cadstore.format.codecs import encode_vlen_utf8, zstd_compress
+from cadstore.format.codecs import encode_vlen_utf8, long_distance_for, zstd_compress
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
@@ -768,7 +768,7 @@ def _write_plain_array(
         arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
         payload = arr.tobytes()
         if level is not None:
-            payload = zstd_compress(payload, level)
+            payload = zstd_compress(payload, level, long_distance=long_distance_for(arr.dtype))
         doc = _array_doc(
             arr.shape,
             arr.dtype,

@@ -34,6 +34,7 @@ __all__ = [
     "decode_zstd_into",
     "direct_codec",
     "encode_vlen_utf8",
+    "long_distance_for",
     "zstd_compress",
 ]
 
@@ -93,6 +94,16 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
+def long_distance_for(dtype: np.dtype) -> bool:
+    """Whether chunks of ``dtype`` should be compressed with long-distance matching.
+
+    It finds the mirrored rows of floating-point face-pair features; on integer arrays
+    (the workload's face-pair edge paths hold 98% of the integer bytes) it measured three
+    times the compression time for 5% larger output.
+    """
+    return dtype.kind not in "biu"
+
+
 def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool = True) -> bytes:
     """Compress ``data`` into one standard zstd frame that records its content size.
 
@@ -101,9 +112,9 @@ def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool =
     histogram ``[i, j]`` equals ``[j, i]``, a whole row of the matrix away), which the
     regular match finder of the fast levels cannot see: on the realistic workload, level 3
     with long-distance matching writes smaller files than level 5 without it in half the
-    time (``bench/bench_item.py``). Callers turn it off where it does not pay (integer
-    arrays: see :func:`cadstore.format.zarr_nodes.encode_array`). The frames are ordinary
-    zstd frames; any decoder reads them.
+    time (``bench/bench_item.py``). Callers turn it off where it does not pay (see
+    :func:`long_distance_for`). The frames are ordinary zstd frames; any decoder reads
+    them.
     """
     return _compressor(level, long_distance and len(data) >= LDM_MIN_BYTES).compress(data)
 

@@ -100,6 +100,7 @@ def encode_shard(rows: np.ndarray, inner_rows: int, shard_rows: int, level: int 
     padded with zeros to its full shape, as Zarr requires.
     """
     n_inner = shard_rows // inner_rows
+    long_distance = C.long_distance_for(rows.dtype)
     body: list[bytes] = []
     index: list[bytes] = []
     offset = 0
@@ -115,7 +116,7 @@ def encode_shard(rows: np.ndarray, inner_rows: int, shard_rows: int, level: int 
             block = padded
         payload = np.ascontiguousarray(block).tobytes()
         if level is not None:
-            payload = C.zstd_compress(payload, level)
+            payload = C.zstd_compress(payload, level, long_distance=long_distance)
         index.append(_ENTRY.pack(offset, len(payload)))
         body.append(payload)
         offset += len(payload)

@@ -682,10 +682,7 @@ def encode_array(
     # the compressed chunk (index arrays, sorted ids). Zarr v3 has no standard delta codec
     # (zarr-python warns on numcodecs codecs), so v3 arrays are bytes + zstd only.
     try_delta = compress and zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
-    # Long-distance matching finds the mirrored rows of floating-point face-pair features;
-    # on integer arrays (face-pair edge paths, 98% of the integer bytes) it measured three
-    # times the compression time for 5% larger output, so they go without it.
-    long_distance = arr.dtype.kind not in "biu"
+    long_distance = C.long_distance_for(arr.dtype)
     delta: bool | None = None
     if arr.size:
         if chunk_shape == shape:
