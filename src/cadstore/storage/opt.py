@@ -32,15 +32,15 @@ same path reopens for writing.
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
-The default compression is zstd level 1 with long-distance matching for chunks of 128 KiB
-or more (see :func:`cadstore.format.codecs.zstd_compress`). Face-pair arrays repeat
-themselves a whole matrix row apart, which only long-distance matching finds at a fast
-level: on the realistic workload plain level 3 writes files about 15% larger than the
-specified design (Zstd 12 with Delta filters), level 1 with long-distance matching about 4%
-larger and level 3 with it about 4% smaller. Item files are the encoder's output, written
-once each and read once by the merger (which compresses the dataset itself), so the
-default is the fastest level within the 1.1x size budget: level 1 compresses the median
-item in about two thirds of level 3's time. ``compression_level=3`` trades that for 8%
+The default compression is zstd level 1 with long-distance matching for floating-point
+chunks of 128 KiB or more (see :func:`cadstore.format.codecs.long_distance_for`). Face-pair
+arrays repeat themselves a whole matrix row apart, which only long-distance matching finds
+at a fast level: on the realistic workload plain level 3 writes files about 15% larger than
+the specified design (Zstd 12 with Delta filters), level 1 with long-distance matching
+about 4% larger and level 3 with it about 5% smaller. Item files are the encoder's output,
+written once each and read once by the merger (which compresses the dataset itself), so
+the default is the fastest level within the 1.1x size budget: level 1 compresses the
+median item in about two thirds of level 3's time. ``compression_level=3`` trades that for 9%
 smaller files; ``bench/bench_item.py`` measures both. Integer arrays of a Zarr v2 item get
 numcodecs' Delta filter where it shrinks them (index arrays); v3 has no standard delta
 codec (``bench/bench_int_filters.py``).
@@ -115,7 +115,7 @@ class OptStorage(DataStorage):
     compression_level
         zstd level for chunks (``None`` stores them uncompressed). The default, 1, is the
         fastest to write within 1.1x of the specified design's file size; 3 writes files
-        8% smaller in about 1.5x the compression time.
+        9% smaller in about 1.5x the compression time.
     allow_nan
         Accept NaN in floating arrays. The specified behaviour, and the default, is to
         refuse them with an :class:`~cadstore.errors.InvalidDataError` naming the key.
