@@ -150,7 +150,7 @@ def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
 
 
 #: Frames declaring at most this many bytes are decoded in one shot and copied into place
-#: (see :func:`decode_zstd_into`): measured faster up to 64 KiB, even at 256 KiB, slower
+#: (see :func:`decode_zstd_into`): measured faster up to 64 KiB, even at 256 KiB and slower
 #: from 1 MiB, where the stream reader's direct decode wins.
 ONE_SHOT_BYTES = 256 * 1024
 

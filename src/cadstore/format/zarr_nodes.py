@@ -703,14 +703,18 @@ def encode_array(
                 data = np.ascontiguousarray(block)
                 if delta is None and try_delta:
                     # The first chunk decides for the array (v2 filters are per array).
-                    plain = C.zstd_compress(memoryview(data).cast("B"), level, long_distance=False)
+                    plain = C.zstd_compress(
+                        memoryview(data).cast("B"), level, long_distance=long_distance
+                    )
                     differences = C.zstd_compress(
-                        delta_encode(data).data, level, long_distance=False
+                        delta_encode(data).data, level, long_distance=long_distance
                     )
                     delta = len(differences) < len(plain)
                     payload = differences if delta else plain
                 elif delta:
-                    payload = C.zstd_compress(delta_encode(data).data, level, long_distance=False)
+                    payload = C.zstd_compress(
+                        delta_encode(data).data, level, long_distance=long_distance
+                    )
                 else:
                     payload = C.zstd_compress(
                         memoryview(data).cast("B"), level, long_distance=long_distance
