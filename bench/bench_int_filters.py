@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numcodecs import blosc
 
-from cadstore.format.codecs import zstd_compress
+from cadstore.format.codecs import long_distance_for, zstd_compress
 from cadstore.format.zarr_nodes import MIN_COMPRESS_BYTES, delta_encode, encode_array
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
 from cadstore.testing.workload import iter_items
@@ -60,8 +60,10 @@ def measure(n_items: int, seed: int, level: int) -> dict[str, Any]:
         for key, arr in _integer_arrays(item):
             row = sizes[key]
             raw[key] += arr.nbytes
-            row_plain = len(zstd_compress(memoryview(arr).cast("B"), level))
-            row_delta = len(zstd_compress(delta_encode(arr).data, level))
+            # Compressed as the writer compresses them (long-distance matching by dtype).
+            ldm = long_distance_for(arr.dtype)
+            row_plain = len(zstd_compress(memoryview(arr).cast("B"), level, long_distance=ldm))
+            row_delta = len(zstd_compress(delta_encode(arr).data, level, long_distance=ldm))
             row["zstd"] += row_plain
             row["delta + zstd"] += row_delta
             row["blosc shuffle"] += len(blosc.compress(arr, b"zstd", level, blosc.SHUFFLE))
