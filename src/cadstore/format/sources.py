@@ -161,6 +161,7 @@ class ZipMember(NamedTuple):
     compress_size: int
     file_size: int
     header_offset: int
+    raw_name: bytes  # the name's bytes as stored, which each local header must repeat
 
 
 class _NeedZipfile(Exception):
@@ -230,15 +231,9 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
         name = raw_name.decode(
             "ascii" if raw_name.isascii() else "utf-8" if flags & 0x800 else "cp437"
         )
-        members.append(ZipMember(name, method, flags, crc, csize, usize, offset))
+        members.append(ZipMember(name, method, flags, crc, csize, usize, offset, raw_name))
         at += 46 + n_len + e_len + c_len
     return members
-
-
-def _raw_name(info: ZipMember) -> bytes:
-    """The bytes a member's name was stored as (UTF-8 when flagged or ASCII, else cp437)."""
-    name = info.name
-    return name.encode("utf-8" if name.isascii() or info.flags & 0x800 else "cp437")
 
 
 class ZipSource(KeySource):
@@ -367,6 +362,8 @@ class ZipSource(KeySource):
                 i.compress_size,
                 i.file_size,
                 i.header_offset,
+                # zipfile decoded the stored bytes with this rule; encoding restores them.
+                i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437"),
             )
             for i in self._zip.infolist()
         ]
@@ -407,7 +404,7 @@ class ZipSource(KeySource):
             # directory's name and has no extra field, as cadstore and most writers do;
             # otherwise read again. Locally only for small members: slicing off the
             # header copies the data.
-            raw_name = _raw_name(info)
+            raw_name = info.raw_name
             name_len = len(raw_name)
             blob = self._read_at(info.header_offset, 30 + name_len + info.compress_size)
             if (
@@ -504,7 +501,7 @@ class ZipSource(KeySource):
         unknown = {key: info for _, key, info, _, _ in stored if key not in self._data_offsets}
         if unknown:
             headers = self._read_many(
-                [(info.header_offset, 30 + len(_raw_name(info))) for info in unknown.values()]
+                [(info.header_offset, 30 + len(info.raw_name)) for info in unknown.values()]
             )
             for (key, info), header in zip(unknown.items(), headers, strict=True):
                 self._parse_local_header(key, info, header)
@@ -530,7 +527,7 @@ class ZipSource(KeySource):
     def _data_start(self, key: str, info: ZipMember) -> int:
         start = self._data_offsets.get(key)
         if start is None:
-            header = self._read_at(info.header_offset, 30 + len(_raw_name(info)))
+            header = self._read_at(info.header_offset, 30 + len(info.raw_name))
             start = self._parse_local_header(key, info, header)
         return start
 
@@ -540,7 +537,7 @@ class ZipSource(KeySource):
         ``header`` is the 30 fixed bytes and the name: a local header naming another member
         than the central directory does is corruption, as ``zipfile`` also decides.
         """
-        raw_name = _raw_name(info)
+        raw_name = info.raw_name
         if len(header) != 30 + len(raw_name) or header[:4] != b"PK\x03\x04":
             raise CorruptStoreError(self.location, f"bad local header for member {key!r}")
         name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
