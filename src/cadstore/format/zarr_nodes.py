@@ -683,6 +683,11 @@ def encode_array(
     # (zarr-python warns on numcodecs codecs), so v3 arrays are bytes + zstd only.
     try_delta = compress and zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
     long_distance = C.long_distance_for(arr.dtype)
+
+    def zstd(payload: bytes | memoryview) -> bytes:
+        assert level is not None
+        return C.zstd_compress(payload, level, long_distance=long_distance)
+
     delta: bool | None = None
     if arr.size:
         if chunk_shape == shape:
@@ -694,31 +699,21 @@ def encode_array(
             if is_string:
                 payload = C.encode_vlen_utf8(block.ravel().tolist())
                 if compress:
-                    assert level is not None
-                    payload = C.zstd_compress(payload, level)
+                    payload = zstd(payload)
             elif compress:
-                assert level is not None
                 # zstd reads the array's buffer directly; the caller's array may be
                 # shared, so only compressed bytes (a new object) are kept.
                 data = np.ascontiguousarray(block)
                 if delta is None and try_delta:
                     # The first chunk decides for the array (v2 filters are per array).
-                    plain = C.zstd_compress(
-                        memoryview(data).cast("B"), level, long_distance=long_distance
-                    )
-                    differences = C.zstd_compress(
-                        delta_encode(data).data, level, long_distance=long_distance
-                    )
+                    plain = zstd(memoryview(data).cast("B"))
+                    differences = zstd(delta_encode(data).data)
                     delta = len(differences) < len(plain)
                     payload = differences if delta else plain
                 elif delta:
-                    payload = C.zstd_compress(
-                        delta_encode(data).data, level, long_distance=long_distance
-                    )
+                    payload = zstd(delta_encode(data).data)
                 else:
-                    payload = C.zstd_compress(
-                        memoryview(data).cast("B"), level, long_distance=long_distance
-                    )
+                    payload = zstd(memoryview(data).cast("B"))
             else:
                 payload = np.ascontiguousarray(block).tobytes()
             out[format_chunk_key(zarr_format, prefix, separator, index)] = payload
