@@ -8,10 +8,11 @@
    without it, it generates realistic encoded items (:mod:`cadstore.testing.workload`).
    Each item is one ``.data`` file, checked by reading it back.
 2. **merge** into ``demo.dataset`` with its ``.infoset``, ``.attribset`` and ``.flow``;
-3. **explore**: the table of contents and a face-type distribution;
-4. **split** train/validation/test, stratified on the face types;
+3. **explore**: the table of contents, the part families and a face-type distribution;
+4. **split** train/validation/test, stratified on the part family (``part_family``, a
+   categorical label of every item: bracket, plate, shaft, ...);
 5. **train-ready loading**: one epoch through a PyTorch ``DataLoader`` with two worker
-   processes, when torch is installed;
+   processes, when torch is installed, counting the labels it delivers;
 6. **report**: ``report.html``, when matplotlib is installed.
 
 Running it again reuses what is already there (encoding resumes; the merge is redone).
@@ -23,14 +24,18 @@ import importlib.util
 import os
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 from cadstore.schema import SchemaBuilder
 from cadstore.storage.opt import OptStorage
 from cadstore.storage.values import values_equal
-from cadstore.testing.workload import iter_items, write_item
+from cadstore.testing.workload import CATEGORIES, iter_items, write_item
 
-__all__ = ["run_demo"]
+__all__ = ["LABEL", "run_demo"]
+
+#: The label every demo item carries (categorical metadata), and the split stratifies on.
+LABEL = "part_family"
 
 
 def _has(module: str) -> bool:
@@ -42,6 +47,7 @@ def _schema() -> dict[str, object]:
     builder.define_file_metadata("size_cadfile", "int64", "Size of the source CAD file")
     builder.define_file_metadata("processing_time", "float32", "Encoding time in seconds")
     builder.define_categorical_metadata("file_label", "int32", "Part class")
+    builder.define_categorical_metadata(LABEL, "str", "Family of the part", values=list(CATEGORIES))
     builder.set_metadata_routing_rules(
         file_level_patterns=["size_*", "processing_*"], categorical_patterns=["*_label", "category"]
     )
@@ -54,6 +60,7 @@ def _generated_items(encoded: str, n_items: int, seed: int) -> dict[str, Any]:
     write_ms: list[float] = []
     read_ms: list[float] = []
     for name, item, metadata in iter_items(n_items, seed=seed):
+        metadata = {**metadata, LABEL: metadata["category"]}
         path = os.path.join(encoded, f"{name}.zarr")
         t0 = time.perf_counter()
         write_item(path, item, metadata, schema=schema, mode="w")
@@ -94,9 +101,9 @@ def _face_type_names(explorer: Any) -> dict[int, str]:
         table = explorer.get_descriptions("face_types")
     except DatasetError:
         # Generated items carry no description table; the specified codes name them.
-        from cadstore.testing.workload import FACE_TYPE_CODES
+        from cadstore.vocabulary import FACE_TYPES
 
-        return dict(FACE_TYPE_CODES)
+        return dict(FACE_TYPES)
     return {int(i): str(n) for i, n in zip(table["id"], table["name"], strict=True)}
 
 
@@ -109,16 +116,20 @@ def _epoch(loader: Any) -> str:
     batches = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2, collate_fn=collate)
     t0 = time.perf_counter()
     n_items = n_nodes = 0
+    seen: Counter[str] = Counter()
     for batch in batches:
         n_items += int(batch["batch_size"]) if "batch_size" in batch else len(batch["name"])
         graph = batch.get("graph", {})
         nodes = batch.get("num_nodes", graph.get("num_nodes") if isinstance(graph, dict) else None)
         if isinstance(nodes, torch.Tensor):
             n_nodes += int(nodes.sum())
+        seen.update(str(label) for label in batch.get("labels", {}).get(LABEL, ()))
     seconds = time.perf_counter() - t0
+    labels = ", ".join(f"{name} {count}" for name, count in sorted(seen.items()))
     return (
-        f"one epoch over {n_items} training items ({n_nodes} graph nodes) in "
-        f"{seconds:.1f} s with DataLoader(num_workers=2), straight from the .dataset"
+        f"one epoch over {n_items} training items ({n_nodes} graph nodes; {LABEL}: "
+        f"{labels or 'none'}) in {seconds:.1f} s with DataLoader(num_workers=2), "
+        "straight from the .dataset"
     )
 
 
@@ -182,14 +193,18 @@ def run_demo(
             )
         )
         print(f"      faces by type: {pairs}")
+        families = explorer.get_file_info_all()[LABEL].value_counts().sort_index()
+        print(
+            f"      items by {LABEL}: "
+            + ", ".join(f"{name} {count}" for name, count in families.items())
+        )
 
     from cadstore.dataset.loader import DatasetLoader
 
     loader = DatasetLoader(flow_output_file=flow)
     try:
         split = loader.split(
-            "face_types",
-            group="faces",
+            LABEL,
             train=0.6,
             validation=0.2,
             test=0.2,
@@ -197,7 +212,7 @@ def run_demo(
             force_reset=True,
         )
         print(
-            f"[4/6] split stratified on face types: train {split[0]}, validation "
+            f"[4/6] split stratified on {LABEL}: train {split[0]}, validation "
             f"{split[1]}, test {split[2]}"
         )
         if _has("torch"):

@@ -28,7 +28,7 @@ method                                         keys (shape)                     
 ``push_curvegrid(ugrid=5)``                    ``edge_u_grids (N_e, U, 6)`` f32 edges
 ``push_face_adjacency_graph()``                ``graph``: ``edges_source``,     graph
                                                ``edges_destination (N_e,)`` i32,
-                                               ``num_nodes`` int
+                                               ``num_nodes`` () i32
 ``push_extended_adjacency()``                  ``extended_adjacency             faceface
                                                (N_f, N_f)`` f32
 ``push_face_pair_edges_path(16)``              ``face_pair_edges_path           faceface
@@ -121,6 +121,7 @@ from cadstore.cad._kernel import FaceClassifier
 from cadstore.cad.brep import BrepAccess
 from cadstore.errors import SchemaError
 from cadstore.schema import SchemaBuilder
+from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
 if TYPE_CHECKING:
     from OCP.TopoDS import TopoDS_Edge, TopoDS_Face
@@ -135,37 +136,14 @@ __all__ = [
     "BrepEncoder",
 ]
 
-#: ``face_types`` codes. 0-5, 13 and 14 are the vendor's observed codes; 15 and 16 are ours
-#: for the kernel's offset and other surfaces, which the vendor was not seen to emit.
-FACE_TYPE_DESCRIPTIONS: Final[dict[int, str]] = {
-    0: "Plane",
-    1: "Cylinder",
-    2: "Cone",
-    3: "Sphere",
-    4: "Torus",
-    5: "Nurbs",
-    13: "Revolution",
-    14: "Extrusion",
-    15: "Offset",
-    16: "Other",
-}
+#: ``face_types`` codes (:data:`cadstore.vocabulary.FACE_TYPES`).
+FACE_TYPE_DESCRIPTIONS: Final[Mapping[int, str]] = FACE_TYPES
 
-#: ``edge_types`` codes: OpenCascade's ``GeomAbs_CurveType`` numbering (0 Line, 1 Circle as
-#: the vendor's table starts).
-EDGE_TYPE_DESCRIPTIONS: Final[dict[int, str]] = {
-    0: "Line",
-    1: "Circle",
-    2: "Ellipse",
-    3: "Hyperbola",
-    4: "Parabola",
-    5: "BezierCurve",
-    6: "BSplineCurve",
-    7: "OffsetCurve",
-    8: "OtherCurve",
-}
+#: ``edge_types`` codes (:data:`cadstore.vocabulary.EDGE_TYPES`).
+EDGE_TYPE_DESCRIPTIONS: Final[Mapping[int, str]] = EDGE_TYPES
 
-#: ``edge_convexities`` codes (occwl's ``EdgeConvexity``, the observed vendor values).
-CONVEXITY_DESCRIPTIONS: Final[dict[int, str]] = {1: "concave", 2: "convex", 3: "smooth"}
+#: ``edge_convexities`` codes (:data:`cadstore.vocabulary.CONVEXITIES`).
+CONVEXITY_DESCRIPTIONS: Final[Mapping[int, str]] = CONVEXITIES
 
 #: Dihedral angles smaller than this (radians, 5 degrees) count as smooth.
 SMOOTH_ANGLE_TOLERANCE: Final[float] = math.radians(5.0)
@@ -260,8 +238,8 @@ _ARRAYS: Final[dict[str, _ArraySpec]] = {
     "edges_destination": _ArraySpec(
         "graph", ("edge",), "int32", "Destination face of each graph edge"
     ),
-    # Stored once per item; the merged dataset repeats it per graph edge, hence the dim.
-    "num_nodes": _ArraySpec("graph", ("edge",), "int32", "Number of graph nodes (faces)"),
+    # One value per item (a 0-d array); the merged dataset keeps one per item too.
+    "num_nodes": _ArraySpec("graph", (), "int32", "Number of graph nodes (faces) of the item"),
     "extended_adjacency": _ArraySpec(
         "faceface", ("facepair",), "float32", "Shortest-path hop count between the two faces"
     ),
@@ -630,7 +608,7 @@ class BrepEncoder:
         graph = {
             "edges_source": np.array(self.brep.coedge_face, dtype=np.int32),
             "edges_destination": np.array(self.brep.coedge_mate_face, dtype=np.int32),
-            "num_nodes": int(self.brep.num_faces),
+            "num_nodes": np.int32(self.brep.num_faces),
         }
         if self.storage is None:
             try:

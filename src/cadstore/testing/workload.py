@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
+
 __all__ = [
     "CATEGORIES",
     "CONVEXITY_CODES",
@@ -58,23 +60,14 @@ __all__ = [
     "write_workload",
 ]
 
-FACE_TYPE_CODES: dict[int, str] = {
-    0: "Plane",
-    1: "Cylinder",
-    2: "Cone",
-    3: "Sphere",
-    4: "Torus",
-    5: "Nurbs",
-    13: "Revolution",
-    14: "Extrusion",
-}
-"""Surface type codes used in ``face_types`` (vendor-system.md §5)."""
+FACE_TYPE_CODES: Mapping[int, str] = FACE_TYPES
+"""Surface type codes used in ``face_types`` (:data:`cadstore.vocabulary.FACE_TYPES`)."""
 
-EDGE_TYPE_CODES: dict[int, str] = {0: "Line", 1: "Circle", 2: "Ellipse", 6: "BSplineCurve"}
-"""Curve type codes used in ``edge_types`` (OpenCascade ``GeomAbs_CurveType`` numbering)."""
+EDGE_TYPE_CODES: Mapping[int, str] = EDGE_TYPES
+"""Curve type codes used in ``edge_types`` (:data:`cadstore.vocabulary.EDGE_TYPES`)."""
 
-CONVEXITY_CODES: dict[int, str] = {1: "concave", 2: "convex", 3: "smooth"}
-"""Our reading of the observed vendor ``edge_convexities`` codes {1, 2, 3}."""
+CONVEXITY_CODES: Mapping[int, str] = CONVEXITIES
+"""``edge_convexities`` codes (:data:`cadstore.vocabulary.CONVEXITIES`)."""
 
 CATEGORIES: tuple[str, ...] = (
     "bracket",

@@ -1,0 +1,55 @@
+"""The codes of the encoder's categorical arrays, one table each.
+
+``face_types``, ``edge_types`` and ``edge_convexities`` hold integer codes. The encoder
+(:mod:`cadstore.cad.encoder`) writes them, the workload generator
+(:mod:`cadstore.testing.workload`) draws them, and the report and the demo print their
+names. They all read the tables here, so a code means the same thing everywhere, and this
+module imports nothing heavier than the standard library, so a report or a test can name
+face types without the CAD kernel.
+
+The tables are read-only mappings; ``dict(FACE_TYPES)`` gives a copy to hand to a user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+__all__ = ["CONVEXITIES", "EDGE_TYPES", "FACE_TYPES"]
+
+#: ``face_types`` codes. 0-5, 13 and 14 are the specified system's observed codes; 15 and 16
+#: are cadstore's for the kernel's offset and other surfaces, which it was not seen to emit.
+FACE_TYPES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        0: "Plane",
+        1: "Cylinder",
+        2: "Cone",
+        3: "Sphere",
+        4: "Torus",
+        5: "Nurbs",
+        13: "Revolution",
+        14: "Extrusion",
+        15: "Offset",
+        16: "Other",
+    }
+)
+
+#: ``edge_types`` codes: OpenCascade's ``GeomAbs_CurveType`` numbering, which starts as the
+#: specified system's table does (0 Line, 1 Circle).
+EDGE_TYPES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        0: "Line",
+        1: "Circle",
+        2: "Ellipse",
+        3: "Hyperbola",
+        4: "Parabola",
+        5: "BezierCurve",
+        6: "BSplineCurve",
+        7: "OffsetCurve",
+        8: "OtherCurve",
+    }
+)
+
+#: ``edge_convexities`` codes (the values {1, 2, 3} observed in the specified system's output).
+CONVEXITIES: Final[Mapping[int, str]] = MappingProxyType({1: "concave", 2: "convex", 3: "smooth"})
