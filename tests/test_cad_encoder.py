@@ -83,6 +83,8 @@ ARRAY_DIMS = {
     "face_pair_edges_path": ["facepair", "dim_path"],
     "d2_distance": ["facepair", "bin"],
     "a3_distance": ["facepair", "bin"],
+    # One value per item: a 0-d array, so the schema declares no dimension.
+    "num_nodes": [],
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,14 @@ from cadstore.format.zarr_nodes import (
 )
 from cadstore.storage.values import Leaf, Node
 
-__all__ = ["KIND_ATTRIBUTE", "BuildHierarchy", "Hierarchy", "ReadHierarchy", "default_dims"]
+__all__ = [
+    "KIND_ATTRIBUTE",
+    "BuildHierarchy",
+    "Hierarchy",
+    "ReadHierarchy",
+    "default_dims",
+    "schema_item_dims",
+]
 
 KIND_ATTRIBUTE = "cadstore_kind"
 _METADATA_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup"))
@@ -52,6 +59,28 @@ def default_dims(path: str, ndim: int) -> list[str]:
     """Return the specified default dimension names, ``<path_with_underscores>_dim_<i>``."""
     stem = path.replace("/", "_")
     return [f"{stem}_dim_{i}" for i in range(ndim)]
+
+
+def schema_item_dims(path: str, declared: Sequence[str]) -> list[str]:
+    """Return an item array's dimension names from the ones its schema declares.
+
+    The first dimension keeps the declared name (the group's primary dimension, ``face``
+    or ``edge``: the same length for every array of the group in one item). The others
+    are qualified with the array's path, ``face_discretization_component``: the schema
+    declares names per group, but an item stores the arrays of several groups side by
+    side in one Zarr group, where xarray needs each name to have one length, and
+    ``component`` is 7 long on face samples and 6 long on edge samples. The merged
+    dataset puts each group in a Zarr group of its own and keeps the declared names.
+
+    Parameters
+    ----------
+    path
+        The array's key in the item (``face_discretization``, ``graph/edges_source``).
+    declared
+        The dimension names the schema declares, one per axis of the stored array.
+    """
+    stem = path.replace("/", "_")
+    return [*declared[:1], *(f"{stem}_{name}" for name in declared[1:])]
 
 
 def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:

@@ -14,9 +14,11 @@ The ``.data`` file is a zip (members stored, since chunks are already zstd-compr
 standard Zarr hierarchy, format 3 by default and format 2 on request: zarr-python opens it
 with ``zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")`` and xarray with
 ``xarray.open_zarr(zarr.storage.ZipStore(path, mode="r"))``. Every array carries dimension
-names (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in v2): the schema's when the array
-is in the schema, ``<key>_dim_<i>`` otherwise. The item's metadata is ``metadata.json`` at
-the root of the zip.
+names (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in v2): ``<key>_dim_<i>`` for an
+array the schema does not declare; for one it declares, the declared primary dimension and
+the other declared names qualified by the key (``face``, ``face_discretization_sample``,
+see :func:`cadstore.format.hierarchy.schema_item_dims`), so that xarray opens every item.
+The item's metadata is ``metadata.json`` at the root of the zip.
 
 Arrays are encoded by cadstore itself (see :mod:`cadstore.format.zarr_nodes`) and every zip
 member is written exactly once, when the item is published: the file is written to a
@@ -58,7 +60,13 @@ from typing import IO, Any, Literal
 
 from cadstore.errors import CorruptStoreError, ReadOnlyStorageError
 from cadstore.format import jsoncodec
-from cadstore.format.hierarchy import BuildHierarchy, Hierarchy, ReadHierarchy, default_dims
+from cadstore.format.hierarchy import (
+    BuildHierarchy,
+    Hierarchy,
+    ReadHierarchy,
+    default_dims,
+    schema_item_dims,
+)
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sources import (
     DirectorySource,
@@ -331,7 +339,7 @@ class OptStorage(DataStorage):
         if self._schema is not None:
             dims = self._schema.dims_for(path)
             if dims is not None and len(dims) == ndim:
-                return list(dims)
+                return schema_item_dims(path, dims)
         return default_dims(path, ndim)
 
     def _delete_node(self, key: str) -> None:
