@@ -140,6 +140,61 @@ def test_split_bad_input(loader: DatasetLoader) -> None:
         loader.split("face_types", "Labels")
 
 
+@pytest.mark.parametrize("key", ["processing_time", "size_cadfile"])
+def test_split_on_a_measurement_uses_quantile_bins(
+    loader: DatasetLoader, items: list[Any], key: str
+) -> None:
+    # Every item has its own value: as classes they cannot be split (it used to send
+    # nearly everything to train, or crash in the swap refinement).
+    values = np.array([m[key] for _, _, m in items], dtype=np.float64)
+    assert len(np.unique(values)) == N_ITEMS
+    counts = loader.split(key, random_state=0)
+    for count, wanted in zip(counts, (72, 24, 24), strict=True):
+        assert abs(count - wanted) <= 3
+    # Each quantile bin is spread like the whole: the lowest values land in every subset.
+    assignment = _assignment(loader)
+    low = assignment[values <= np.quantile(values, 0.1)]
+    assert set(low.tolist()) == {0, 1, 2}
+    # bins= chooses the bin count; a bad one is refused.
+    assert sum(loader.split(key, random_state=0, bins=3, force_reset=True)) == N_ITEMS
+    with pytest.raises(DatasetError, match="bins must be a positive int"):
+        loader.split(key, bins=0)
+
+
+@pytest.mark.parametrize("key", ["name", "description"])
+def test_split_on_a_key_naming_items_is_refused(
+    flow: Path, loader: DatasetLoader, key: str
+) -> None:
+    before = pd.read_parquet(flow.with_suffix(".infoset"))
+    with pytest.raises(
+        DatasetError, match=rf"cannot stratify on '{key}'.*keys that suit: "
+    ) as info:
+        loader.split(key, random_state=0)
+    message = str(info.value)
+    assert "file_label" in message and "face_types" in message and "'random'" in message
+    assert "face_indices" not in message and "edges_source" not in message
+    # Nothing was recorded.
+    pd.testing.assert_frame_equal(pd.read_parquet(flow.with_suffix(".infoset")), before)
+
+
+def test_a_lopsided_split_warns(loader: DatasetLoader, items: list[Any]) -> None:
+    # Asking for every name as a class of its own: each class has one item, which the
+    # greedy pass gives to the subset wanting the most; the result is far from the
+    # fractions and must not pass silently.
+    names = [path.name[: -len(".zarr.data")] for path, _, _ in items]
+    with pytest.warns(cadstore.errors.CadstoreWarning, match=r"split on 'name' is far") as info:
+        counts = loader.split("name", categories=names, random_state=0)
+    assert f"train {counts[0]}" in str(info[0].message)
+    assert abs(counts[0] - 72) > 10
+
+
+def test_refinement_keeps_subsets_the_greedy_pass_left_empty() -> None:
+    # One label per item: the greedy pass gives every item to the subset wanting the most,
+    # and the swap refinement used to index past its count table (IndexError).
+    assignment = iterative_stratification(np.eye(12, dtype=np.uint8), [0.6, 0.2, 0.2], 0)
+    assert len(assignment) == 12 and set(assignment.tolist()) <= {0, 1, 2}
+
+
 def test_get_dataset_needs_a_split_and_a_subset_name(loader: DatasetLoader) -> None:
     with pytest.raises(DatasetError, match=r"no split yet"):
         loader.get_dataset("train")

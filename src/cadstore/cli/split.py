@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from cadstore.dataset.loader import DEFAULT_SPLIT_BINS
+
 
 def register(sub: Any) -> None:
     """Add the ``split`` subcommand."""
@@ -22,9 +24,19 @@ def register(sub: Any) -> None:
         "infoset column such as file_label)",
     )
     parser.add_argument("--group", help="group holding the key (default: found automatically)")
-    parser.add_argument("--train", type=float, default=0.6)
-    parser.add_argument("--validation", type=float, default=0.2)
-    parser.add_argument("--test", type=float, default=0.2)
+    parser.add_argument("--train", type=float, default=0.6, help="fraction of items to train on")
+    parser.add_argument(
+        "--validation", type=float, default=0.2, help="fraction of items to validate on"
+    )
+    parser.add_argument("--test", type=float, default=0.2, help="fraction of items to test on")
+    parser.add_argument(
+        "--bins",
+        type=int,
+        default=None,
+        metavar="N",
+        help="quantile bins of a numeric key such as size_cadfile or processing_time "
+        f"(default: {DEFAULT_SPLIT_BINS}, fewer when items are few)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random state")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.set_defaults(func=run)
@@ -53,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             test=args.test,
             random_state=args.seed,
             force_reset=True,
+            bins=args.bins,
         )
     finally:
         loader.close_resources()

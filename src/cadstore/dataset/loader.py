@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,12 +38,13 @@ from cadstore.dataset.access import dataset_filesystem, read_parquet_schema, rea
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.layout import OFFSETS
 from cadstore.dataset.reader import Allocator, DatasetReader
-from cadstore.errors import DatasetError
+from cadstore.errors import CadstoreWarning, DatasetError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "DEFAULT_SPLIT_BINS",
     "SUBSETS",
     "CADDataset",
     "DatasetLoader",
@@ -50,6 +52,8 @@ __all__ = [
     "ItemIndexError",
     "ItemSource",
     "iterative_stratification",
+    "membership_matrix",
+    "quantile_bins",
 ]
 
 #: Names of the split subsets, in the order of the fractions.
@@ -60,9 +64,14 @@ NO_SUBSET = "N/A"
 LABELS_KEY = "labels"
 _RESERVED_KEYS = frozenset(("file_id_code", "name", LABELS_KEY))
 _TOLERANCE = 1e-6
-# A float key with more distinct values than this is binned for stratification.
+# A numeric key with more distinct values than this is binned for stratification.
 _MAX_CATEGORIES = 64
-_DEFAULT_FLOAT_BINS = 10
+#: Quantile bins of a numeric key that is binned for stratification (``split(bins=...)``).
+DEFAULT_SPLIT_BINS = 10
+# Infoset columns that identify items or record the split: never labels to stratify on.
+_NOT_LABELS = frozenset(("id", "name", "description", "subset", "table_name"))
+# Integer arrays that number or connect rows (face_indices, graph/edges_source): not labels.
+_NOT_LABEL_SUFFIXES = ("indices", "index", "_source", "_destination")
 # Bound on signature pairs x labels examined per refinement step (memory and time).
 _MAX_SWAP_WORK = 4_000_000
 
@@ -187,7 +196,8 @@ def _refine_by_swaps(matrix: np.ndarray, assignment: np.ndarray, subsets: np.nda
     n_sig, n_labels = sig.shape
     if n_sig * n_sig * n_labels > _MAX_SWAP_WORK:
         return
-    k = int(assignment.max()) + 1
+    # Every subset that may receive items, including those the greedy pass left empty.
+    k = max(int(assignment.max()), int(subsets.max())) + 1
     # counts[s, g]: items of signature g in subset s.
     counts = np.zeros((k, n_sig), dtype=np.int64)
     np.add.at(counts, (assignment, of_item), 1)
@@ -223,6 +233,50 @@ def _refine_by_swaps(matrix: np.ndarray, assignment: np.ndarray, subsets: np.nda
         counts[s, b] += 1
         dev[s] += delta[a, b]
         dev[t] -= delta[a, b]
+
+
+def quantile_bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut numeric ``values`` into at most ``bins`` bins holding about as many values each.
+
+    Parameters
+    ----------
+    values
+        Finite numbers (NaN already dropped).
+    bins
+        The most bins; equal values never straddle two bins, so there may be fewer.
+
+    Returns
+    -------
+    edges, index : numpy.ndarray
+        The bin edges (``n_bins + 1``, the first the minimum, the last the maximum) and
+        the bin of each value (``0 .. n_bins - 1``).
+    """
+    numeric = np.asarray(values, dtype=np.float64)
+    if numeric.size == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    edges = np.unique(np.quantile(numeric, np.linspace(0.0, 1.0, max(1, bins) + 1)))
+    if len(edges) == 1:
+        return np.array([edges[0], edges[0]]), np.zeros(len(numeric), dtype=np.int64)
+    # Inner edges only: a value equal to an inner edge starts the next bin.
+    index = np.searchsorted(edges[1:-1], numeric, side="right")
+    return edges, index.astype(np.int64)
+
+
+def membership_matrix(
+    index: np.ndarray, codes: np.ndarray, n_items: int, n_cols: int
+) -> np.ndarray:
+    """Return ``(n_items, n_cols)`` uint8: 1 where item ``codes[i]`` has class ``index[i]``."""
+    flat = codes.astype(np.int64) * n_cols + index
+    present = np.bincount(flat, minlength=n_items * n_cols) > 0
+    return present.reshape(n_items, n_cols).astype(np.uint8)
+
+
+def _lopsided(counts: Sequence[int], ratios: np.ndarray) -> bool:
+    """Whether subset sizes stray from the fractions by more than whole items explain."""
+    total = sum(counts)
+    wanted = ratios * total
+    allowed = np.maximum(2.0, 0.1 * wanted)
+    return bool(np.any(np.abs(np.asarray(counts, dtype=np.float64) - wanted) > allowed))
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
@@ -789,7 +843,12 @@ class DatasetLoader:
 
     # ------------------------------------------------------------------ split
     def _membership(
-        self, key: str, group: str | None, categories: Sequence[Any] | None
+        self,
+        key: str,
+        group: str | None,
+        categories: Sequence[Any] | None,
+        ratios: np.ndarray,
+        bins: int | None,
     ) -> np.ndarray:
         if key == "random":
             return np.zeros((self._n, 0), dtype=np.uint8)
@@ -803,14 +862,70 @@ class DatasetLoader:
             values = np.asarray(self._source.labels)
             cats = np.unique(values) if categories is None else np.asarray(list(categories))
             return (values[:, None] == cats[None, :]).astype(np.uint8)
-        bins: int | Sequence[Any] | None = categories
-        if categories is None:
-            values, _ = self.explorer.key_values(key, group)
-            # Each distinct float is its own class only when there are few of them.
-            if values.dtype.kind == "f" and len(np.unique(values)) > _MAX_CATEGORIES:
-                bins = _DEFAULT_FLOAT_BINS
-        matrix, _, _ = self.explorer.build_membership_matrix(group, key, bins)
-        return matrix
+        if categories is not None:
+            matrix, _, _ = self.explorer.build_membership_matrix(group, key, categories)
+            return matrix
+        values, codes = self.explorer.key_values(key, group)
+        classes, index = np.unique(values, return_inverse=True)
+        index = index.ravel()
+        # Items whose value no other item shares: such a class cannot be split.
+        per_class = np.bincount(np.unique(codes * len(classes) + index) % max(len(classes), 1))
+        alone = int(np.sum(per_class == 1))
+        mostly_unique = alone > max(1, self._n // 2)
+        if values.dtype.kind in "iuf":
+            if mostly_unique or len(classes) > _MAX_CATEGORIES:
+                # A measurement (a size, a time), not a class: stratify on quantile bins,
+                # as many as keep each bin large enough to be split by the fractions.
+                smallest = float(min(r for r in ratios if r > 0))
+                wanted = bins if bins is not None else DEFAULT_SPLIT_BINS
+                usable = max(1, min(wanted, int(self._n * smallest)))
+                edges, index = quantile_bins(values, usable)
+                return membership_matrix(index, codes, self._n, len(edges) - 1)
+        elif mostly_unique:
+            raise DatasetError(
+                f"cannot stratify on {key!r}: {alone} of {self._n} items have a value of "
+                "their own (it names items rather than classing them); keys that suit: "
+                f"{', '.join(self.get_available_stratification_keys())}, or 'random'"
+            )
+        return membership_matrix(index, codes, self._n, len(classes))
+
+    def get_available_stratification_keys(self) -> list[str]:
+        """Return the keys :meth:`split` can stratify on, besides ``"random"``.
+
+        Integer and boolean arrays of one value per row (codes such as ``face_types``),
+        the infoset's categorical columns (labels such as ``file_label``) and its
+        numeric columns (measurements such as ``size_cadfile``, stratified on quantile
+        bins). Strings that name items (``name``, ``description``) are not among them.
+
+        Returns
+        -------
+        list of str
+            Key names, arrays first in dataset order, then infoset columns.
+        """
+        if self.explorer is None:
+            return [] if self._source.labels is None else ["labels"]
+        keys: list[str] = []
+        reader = self.explorer.reader
+        for group in reader.groups:
+            for name in reader.arrays(group):
+                meta = reader.array_meta(group, name)
+                if (
+                    meta.dtype.kind in "biu"
+                    and len(meta.shape) == 1
+                    and not name.endswith(_NOT_LABEL_SUFFIXES)
+                    and name not in (OFFSETS, f"file_id_code_{group}")
+                    and name not in keys
+                ):
+                    keys.append(name)
+        info = self._info()
+        if info is not None:
+            categorical = set(_categorical_columns(self.explorer))
+            for column in info.columns:
+                if column in _NOT_LABELS or column in keys:
+                    continue
+                if column in categorical or info[column].dtype.kind in "biuf":
+                    keys.append(column)
+        return keys
 
     def split(
         self,
@@ -822,6 +937,7 @@ class DatasetLoader:
         random_state: int | None = None,
         categories: Sequence[Any] | None = None,
         force_reset: bool = False,
+        bins: int | None = None,
     ) -> tuple[int, int, int]:
         """Split the items into train, validation and test, stratified on ``key``.
 
@@ -839,11 +955,18 @@ class DatasetLoader:
             Seed; the same seed gives the same split. ``None`` draws a fresh one.
         categories
             The classes to stratify on (values outside them count as unlabelled). Default:
-            every distinct value; floats with more than 64 distinct values get 10 bins.
+            every distinct value of a class-like key. A numeric key that measures rather
+            than classes (more than 64 distinct values, or most items with a value of
+            their own, such as ``size_cadfile`` or ``processing_time``) is cut into
+            quantile bins instead, see ``bins``.
         force_reset
             Recompute even when this exact split (same key, group, fractions, seed and
             categories) was already computed by this loader, and bring back the items
             removed with :meth:`CADDataset.remove_indices` (otherwise they stay out).
+        bins
+            Quantile bins for a numeric key that is binned (default
+            :data:`DEFAULT_SPLIT_BINS`); fewer when the smallest subset would not get an
+            item of every bin.
 
         Returns
         -------
@@ -853,7 +976,15 @@ class DatasetLoader:
         Raises
         ------
         DatasetError
-            If the fractions are invalid, or the key or group is unknown.
+            If the fractions are invalid, the key or group is unknown, or the key names
+            items rather than classing them (``name``, ``description``: most items have a
+            value of their own); the message lists the keys that suit.
+
+        Warns
+        -----
+        CadstoreWarning
+            When the subset sizes stray from the fractions by more than two items and 10%
+            (a key with few, very unequal classes), naming the key and the sizes.
 
         Notes
         -----
@@ -861,18 +992,31 @@ class DatasetLoader:
         loader has an infoset.
         """
         ratios = _check_fractions((train, validation, test))
+        if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
+            raise DatasetError(f"bins must be a positive int, got {bins!r}")
         cats = None if categories is None else tuple(categories)
-        signature = (key, group, tuple(ratios.tolist()), random_state, cats)
+        signature = (key, group, tuple(ratios.tolist()), random_state, cats, bins)
         cached = self._history.get(signature) if random_state is not None else None
         if force_reset:
             self._removed[:] = False
         if cached is None or force_reset:
-            membership = self._membership(key, group, categories)
+            membership = self._membership(key, group, categories, ratios, bins)
             cached = iterative_stratification(membership, ratios, random_state)
             self._history[signature] = cached
         self._record_split(cached)
         self._assignment = np.where(self._removed, -1, cached)
-        return self._counts()
+        counts = self._counts()
+        if _lopsided(counts, ratios):
+            warnings.warn(
+                f"the split on {key!r} is far from the fractions "
+                f"{'/'.join(f'{r:g}' for r in ratios)}: "
+                + ", ".join(f"{n} {c}" for n, c in zip(SUBSETS, counts, strict=True))
+                + "; its classes are too few or too unequal to stratify on (try a key with "
+                "more items per class, bins=, or 'random')",
+                CadstoreWarning,
+                stacklevel=2,
+            )
+        return counts
 
     def _counts(self) -> tuple[int, int, int]:
         counts = np.bincount(self._assignment[self._assignment >= 0], minlength=len(SUBSETS))
