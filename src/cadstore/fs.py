@@ -47,6 +47,7 @@ __all__ = [
     "FileSystem",
     "FsspecFileSystem",
     "LocalFileSystem",
+    "create_temporary",
     "filesystem_for",
     "is_url",
 ]
@@ -238,9 +239,7 @@ class LocalFileSystem(FileSystem):
         directory = os.path.dirname(os.path.abspath(path))
         # O_EXCL on a random name in the destination's directory: same file system (so the
         # rename is atomic) and no clash with another writer; cheaper than mkstemp.
-        tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(tmp, flags, 0o666)
+        tmp, fd = create_temporary(directory)
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
@@ -296,6 +295,30 @@ class LocalFileSystem(FileSystem):
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     rel = os.path.relpath(full, path).replace(os.sep, "/")
                     yield rel, full
+
+
+def create_temporary(directory: str, suffix: str = "") -> tuple[str, int]:
+    """Create a new temporary file in ``directory``, creating missing folders on the way.
+
+    The name is :data:`TEMP_PREFIX`, the process id and a random token, so a later run
+    can tell whose it was; the file is opened exclusively (``O_EXCL``) on a random name in
+    the destination's own directory: the same file system, so the final rename is atomic,
+    and no clash with another writer. A destination whose folder does not exist yet gets
+    it, as a user writing ``-o new_folder/x.dataset`` expects.
+
+    Returns
+    -------
+    tuple of (str, int)
+        The temporary path and an open file descriptor for writing.
+    """
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return tmp, os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        # Only when the folder is missing: the common case costs no extra system call.
+        os.makedirs(directory, exist_ok=True)
+        return tmp, os.open(tmp, flags, 0o666)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -63,7 +63,7 @@ from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
 from cadstore.format.sources import DirectorySource, KeySource, ZipSource, check_member_name
 from cadstore.format.zipwriter import ZipStreamWriter
-from cadstore.fs import TEMP_PREFIX, FileSystem, filesystem_for, is_url
+from cadstore.fs import TEMP_PREFIX, FileSystem, create_temporary, filesystem_for, is_url
 
 __all__ = [
     "DATASET_FORMAT",
@@ -255,10 +255,8 @@ class _ZipSink:
         self._remote = fs if is_url(path) else None
         self.size = 0
         if self._remote is None:
-            directory = os.path.dirname(os.path.abspath(path))
-            name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-            self.tmp = os.path.join(directory, name)
-            self._fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+            self.tmp, fd = create_temporary(os.path.dirname(os.path.abspath(path)))
+            self._fh = os.fdopen(fd, "wb")
         else:
             fd, self.tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".dataset")
             self._fh = os.fdopen(fd, "wb")
@@ -377,7 +375,7 @@ class _DirSink:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         self.tmp = os.path.join(parent, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
-        os.makedirs(self.tmp)
+        os.makedirs(self.tmp)  # with the parent folders a new output needs
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
         target = os.path.join(self.tmp, *name.split("/"))
@@ -872,9 +870,7 @@ def merge_items(
     started = time.perf_counter()
     output = os.fspath(output)
     if dataset_exists(output, storage_options) and not overwrite:
-        raise MergeError(
-            f"{output} already exists; pass overwrite=True to replace it, or append to it"
-        )
+        raise MergeError.suggesting(f"{output} already exists", ("overwrite", "replace it"))
     ordered = _order_files([os.fspath(f) for f in files], file_id_codes)
     check_buckets(ordered, storage_options)
     errors: list[dict[str, str]] = []
