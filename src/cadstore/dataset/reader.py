@@ -154,16 +154,23 @@ class DatasetReader:
         # A reader inherited through fork must not share the parent's file position or
         # caches; a reader unpickled in a worker has nothing open yet.
         if self._pid != _PROCESS_ID[0]:
+            self._release()
             self._open()
+
+    def _release(self) -> None:
+        # The source may have been opened in a parent process: after a fork this process
+        # holds its own copy of the file descriptor, which it must close itself (closing
+        # it does not touch the parent's), or it leaks and warns when collected.
+        source = getattr(self, "_source", None)
+        self._source = None  # type: ignore[assignment]
+        self._pid = -1
+        if source is not None:
+            source.close()
 
     def close(self) -> None:
         """Close the file. Idempotent."""
         with self._lock:
-            source = getattr(self, "_source", None)
-            if source is not None and self._pid == _PROCESS_ID[0]:
-                source.close()
-            self._source = None  # type: ignore[assignment]
-            self._pid = -1
+            self._release()
 
     def __enter__(self) -> DatasetReader:
         return self
