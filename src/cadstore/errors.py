@@ -28,7 +28,8 @@ schema. Messages name the key, file or field and say what to do about it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = [
     "CadstoreError",
@@ -51,8 +52,67 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound="CadstoreError")
+
+#: An option that would resolve an error, and what it does: ``("overwrite", "replace it")``.
+Remedy = tuple[str, str]
+
+
+def _python_option(name: str) -> str:
+    return f"{name}=True"
+
+
+def _cli_option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _with_remedies(problem: str, remedies: tuple[Remedy, ...], spell: Callable[[str], str]) -> str:
+    said = [f"{spell(name)} to {effect}" for name, effect in remedies]
+    return f"{problem}; pass " + ", or ".join(said) if said else problem
+
+
 class CadstoreError(Exception):
-    """Base class of every error cadstore raises deliberately."""
+    """Base class of every error cadstore raises deliberately.
+
+    Attributes
+    ----------
+    problem
+        For an error raised with :meth:`suggesting`: what is wrong, without the remedies.
+    remedies
+        Options that would resolve it, each ``(option, what it does)``. The message spells
+        an option as the Python keyword (``overwrite=True``); the command line spells it as
+        its flag (``--overwrite``) through :meth:`cli_message`.
+    """
+
+    problem: str | None = None
+    remedies: tuple[Remedy, ...] = ()
+
+    @classmethod
+    def suggesting(cls: type[_E], problem: str, *remedies: Remedy) -> _E:
+        """Return an error whose message offers options that would resolve it.
+
+        Parameters
+        ----------
+        problem
+            What is wrong, naming the file or key.
+        *remedies
+            ``(option, what it does)`` pairs, e.g. ``("overwrite", "replace it")``.
+
+        Examples
+        --------
+        >>> str(MergeError.suggesting("x.dataset exists", ("overwrite", "replace it")))
+        'x.dataset exists; pass overwrite=True to replace it'
+        """
+        error = cls(_with_remedies(problem, remedies, _python_option))
+        error.problem = problem
+        error.remedies = tuple(remedies)
+        return error
+
+    def cli_message(self) -> str:
+        """Return the message with remedies spelt as command-line flags (``--overwrite``)."""
+        if self.problem is None:
+            return str(self)
+        return _with_remedies(self.problem, self.remedies, _cli_option)
 
 
 class CadstoreWarning(UserWarning):

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "HelpFormatter", "main"]
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -36,7 +37,7 @@ EXIT_USAGE = 2
 
 #: Subcommands whose paths may be URLs; they take ``--storage-option``.
 URL_COMMANDS = frozenset(
-    ("inspect", "cat", "validate", "merge", "info", "split", "export-json", "report")
+    ("inspect", "cat", "validate", "schema", "merge", "info", "split", "export-json", "report")
 )
 
 #: Subcommand modules, in the order ``--help`` lists them.
@@ -45,6 +46,7 @@ COMMANDS = (
     "inspect",
     "cat",
     "validate",
+    "schema",
     "merge",
     "info",
     "split",
@@ -54,50 +56,99 @@ COMMANDS = (
 )
 
 
+#: Exit status after the reader of our output went away (128 + SIGPIPE, as Unix tools).
+EXIT_BROKEN_PIPE = 141
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default, where it has one worth showing.
+
+    argparse's own ``ArgumentDefaultsHelpFormatter`` also prints ``(default: None)`` and
+    ``(default: False)`` for flags and options without a default; here those are left
+    out, and help that already states its default is left as written.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with every available subcommand."""
+    from cadstore import __version__
+    from cadstore.cli._common import add_storage_option
+
     parser = argparse.ArgumentParser(
         prog="cadstore",
         description="Storage for CAD machine learning: items, datasets, reports.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"cadstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    from cadstore.cli._common import add_storage_option
-
-    add_storage_option(parser, dest="global_storage_option")
+    add_storage_option(parser, dest="global_storage_option", explain=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"cadstore.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"cadstore.cli.{name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"cadstore.cli.{name}")
         module.register(sub)
     for name, command in sub.choices.items():
+        command.formatter_class = HelpFormatter
         if name in URL_COMMANDS:
             add_storage_option(command)
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option after a command is reported with its usage."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = getattr(args, "command", None)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        owner = subparsers.choices.get(command, parser) if command else parser
+        owner.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _quiet_stdout() -> None:
+    # The reader went away (``cadstore info X --json | head``): stop quietly, as Unix
+    # tools do, and keep the interpreter's final flush from failing again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         from cadstore.cli._common import parse_storage_options
 
         pairs = [*(args.global_storage_option or []), *(getattr(args, "storage_option", []) or [])]
         args.storage_options = parse_storage_options(pairs)
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         print("cadstore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug:
             raise
         from cadstore.errors import CadstoreError
 
         code = EXIT_USAGE if isinstance(exc, CadstoreError | OSError | ValueError) else 1
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = exc.cli_message() if isinstance(exc, CadstoreError) else str(exc)
+        message = text.splitlines()[0] if text else type(exc).__name__
         print(f"cadstore: error: {message}", file=sys.stderr)
         return code

@@ -237,7 +237,9 @@ def _not_a_store(path: str, why: str) -> CommandError:
     return CommandError(f"{path} is not {EXPECTED}: {why}")
 
 
-def add_storage_option(parser: argparse.ArgumentParser, *, dest: str = "storage_option") -> None:
+def add_storage_option(
+    parser: argparse.ArgumentParser, *, dest: str = "storage_option", explain: bool = False
+) -> None:
     """Add the repeatable ``--storage-option KEY=VALUE`` for paths that are URLs.
 
     Parameters
@@ -246,18 +248,21 @@ def add_storage_option(parser: argparse.ArgumentParser, *, dest: str = "storage_
         The ``cadstore`` parser (options before the command) or a subcommand's parser.
     dest
         Where the raw ``KEY=VALUE`` strings go; :func:`parse_storage_options` reads them.
+    explain
+        Give the whole explanation (the top-level help, where it appears once); the
+        subcommands' help points there.
     """
-    parser.add_argument(
-        "--storage-option",
-        dest=dest,
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="fsspec option for paths that are URLs (s3://...), repeatable; VALUE is read "
+    text = (
+        "fsspec option for paths that are URLs (s3://...), repeatable; VALUE is read "
         "as JSON when it parses (true, 3, {...}), else as text; dots nest keys, e.g. "
         "client_kwargs.endpoint_url=http://127.0.0.1:8333. Without it, credentials and "
         "endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-        "AWS_ENDPOINT_URL, AWS_PROFILE, FSSPEC_S3_*)",
+        "AWS_ENDPOINT_URL, AWS_PROFILE, FSSPEC_S3_*)"
+        if explain
+        else "fsspec option for URL paths, repeatable (see 'cadstore --help')"
+    )
+    parser.add_argument(
+        "--storage-option", dest=dest, action="append", default=None, metavar="KEY=VALUE", help=text
     )
 
 

@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
         "-n", "--items", type=int, default=200, help="generated items when CAD is not used"
     )
     parser.add_argument("--parts", type=int, default=24, help="sample CAD parts to encode")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of generated data and split"
+    )
     parser.add_argument("--workers", type=int, default=None, help="default: every core")
     cad = parser.add_mutually_exclusive_group()
     cad.add_argument(

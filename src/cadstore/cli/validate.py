@@ -1,4 +1,8 @@
-"""``cadstore validate PATH --schema FILE``: check stored data against a schema.
+"""``cadstore validate PATH [--schema FILE]``: check stored data against a schema.
+
+Without ``--schema`` the target is checked against the schema stored with it (an item's
+own schema, or the schema a dataset was merged with); ``cadstore schema PATH -o FILE``
+exports that schema to a file to edit or to check other targets against.
 
 Every array is checked with :meth:`cadstore.schema.Schema.validate_array` (dimensions,
 dtype family, ``min_value`` / ``max_value``, ``values``) and every metadata field the
@@ -12,7 +16,7 @@ metadata, so metadata is not checked). A per-item array (one value per item on t
 ``item`` dimension) whose schema entry is a scalar is checked one item at a time.
 
 Exit status: 0 when valid, 1 when problems were found, 2 when the schema file is not a
-schema or ``PATH`` cannot be read.
+schema, ``PATH`` cannot be read, or ``PATH`` stores no schema and none was given.
 """
 
 from __future__ import annotations
@@ -69,15 +73,21 @@ def register(sub: Any) -> None:
     """
     parser = sub.add_parser(
         "validate",
-        help="check an item, dataset or JSON store against a schema file",
+        help="check an item, dataset or JSON store against its schema or a schema file",
         description=(
-            "Check every array of PATH against the schema in FILE (dims, dtype, value "
-            "rules) and every metadata field the schema defines. Exit status 0: valid; "
-            "1: problems found; 2: bad schema file or unreadable PATH."
+            "Check every array of PATH against a schema (dims, dtype, value rules) and "
+            "every metadata field the schema defines: the schema in FILE, or without "
+            "--schema the one stored in PATH (export it with 'cadstore schema PATH -o "
+            "FILE'). Exit status 0: valid; 1: problems found; 2: bad schema file, "
+            "unreadable PATH, or no schema to check against."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="the item, dataset or JSON store")
-    parser.add_argument("--schema", metavar="FILE", required=True, help="the schema, a JSON file")
+    parser.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="the schema, a JSON file (default: the schema stored in PATH)",
+    )
     add_json_option(parser)
     parser.add_argument(
         "--strict",
@@ -353,9 +363,10 @@ def validate_target(target: Target, schema: Schema, *, strict: bool = False) -> 
 def _render(
     args: argparse.Namespace, target: Target, schema: Schema, result: Validation
 ) -> list[str]:
+    source = args.schema or f"stored in the {target.label}"
     lines = [
         f"{target.label} {target.path} against schema {schema.domain} {schema.version} "
-        f"({args.schema})" + (", strict" if args.strict else "")
+        f"({source})" + (", strict" if args.strict else "")
     ]
     checked = (
         f"  {result.arrays_checked} arrays read, {result.arrays_declared} declared in the schema"
@@ -395,8 +406,15 @@ def run(args: argparse.Namespace) -> int:
         0 when valid, 1 when problems were found.
     """
     # The schema first: a bad schema file is the cheaper mistake to report.
-    schema = load_schema(args.schema, args.storage_options)
+    given = None if args.schema is None else load_schema(args.schema, args.storage_options)
     with open_target(args.path, args.storage_options) as target:
+        schema = given or target.schema()
+        if schema is None:
+            raise CommandError(
+                f"{args.path} stores no schema to check against; pass --schema FILE "
+                "(a schema JSON file, e.g. one exported from another item with "
+                "'cadstore schema ITEM -o schema.json')"
+            )
         result = validate_target(target, schema, strict=args.strict)
         if args.json:
             print_json(
@@ -405,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
                     "kind": target.kind,
                     "schema": {
                         "file": args.schema,
+                        "stored": args.schema is None,
                         "domain": schema.domain,
                         "version": schema.version,
                     },

@@ -421,9 +421,10 @@ def merge(
             files, output, infoset, attribset, flow, progress, storage_options
         )
     if flow_fs.isfile(flow) and not overwrite:
-        raise MergeError(
-            f"{flow} already exists; pass overwrite=True to replace the dataset, "
-            "or append=True to add items to it"
+        raise MergeError.suggesting(
+            f"{flow} already exists",
+            ("overwrite", "replace the dataset"),
+            ("append", "add items to it"),
         )
     # The old manifest goes first: from here on the old dataset is no longer "finished".
     flow_fs.remove(flow)

@@ -1,0 +1,75 @@
+"""``cadstore schema PATH [-o FILE]``: export the schema stored with an item or dataset.
+
+The schema comes out as the JSON document ``SchemaBuilder.build()`` returns (the form
+``SchemaBuilder.load_from_file``, ``storage.set_schema`` and ``cadstore validate --schema``
+read), so a schema taken from one encoded item can be edited, set on new items, or used to
+check other items and datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from cadstore.cli import EXIT_OK
+from cadstore.cli._common import CommandError, open_target
+
+
+def register(sub: Any) -> None:
+    """Add the ``schema`` subcommand.
+
+    Parameters
+    ----------
+    sub
+        The subparsers object of the ``cadstore`` parser.
+    """
+    parser = sub.add_parser(
+        "schema",
+        help="export the schema stored in an item or dataset as a JSON file",
+        description=(
+            "Print the schema stored in PATH (an item, a dataset, its .flow, or a JSON "
+            "store) as JSON, or write it to FILE: the file SchemaBuilder.load_from_file "
+            "and 'cadstore validate --schema' read."
+        ),
+    )
+    parser.add_argument("path", metavar="PATH", help="the item, dataset or JSON store")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the schema to FILE (folders are created) instead of printing it "
+        "(default: print it)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the schema.
+
+    Parameters
+    ----------
+    args
+        The parsed arguments.
+
+    Returns
+    -------
+    int
+        0; a target without a schema is a :class:`CommandError` (exit status 2).
+    """
+    from cadstore.fs import filesystem_for
+
+    with open_target(args.path, args.storage_options) as target:
+        schema = target.schema()
+        if schema is None:
+            raise CommandError(f"{args.path} stores no schema")
+        text = json.dumps(schema.to_dict(), indent=2) + "\n"
+    if args.output is None:
+        from cadstore.cli._common import print_lines
+
+        print_lines([text.rstrip("\n")])
+        return EXIT_OK
+    fs, located = filesystem_for(args.output, args.storage_options)
+    fs.write_bytes_atomic(located, text.encode("utf-8"))
+    print(f"wrote the schema of {args.path} to {args.output}")
+    return EXIT_OK
