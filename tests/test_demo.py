@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ def _check(out: Path, text: str) -> None:
         assert f"[{step}/6]" in text
     assert (out / "demo.dataset").exists() and (out / "demo.flow").exists()
     assert "--- Dataset Table of Contents ---" in text
+    # A labelled dataset end to end: every item has a part family, the split is stratified
+    # on it, and the epoch counts the labels it was given.
+    assert "items by part_family: bracket " in text
+    assert "[4/6] split stratified on part_family:" in text
+    if "torch is not installed" not in text:
+        assert re.search(r"part_family: bracket \d+, [a-z]+ \d+", text.split("[5/6]")[1])
     if "torch is not installed" not in text:
         assert "DataLoader(num_workers=2)" in text
     if "matplotlib is not installed" not in text:

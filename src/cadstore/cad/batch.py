@@ -117,6 +117,7 @@ __all__ = [
     "ENCODED_DIR",
     "ERROR_SUMMARY",
     "MAX_TASKS_PER_CHILD",
+    "PART_FAMILY",
     "PUSH_METHODS",
     "SUMMARY_DIR",
     "EncodeReport",
@@ -125,6 +126,7 @@ __all__ = [
     "find_cad_files",
     "item_base_name",
     "item_name",
+    "sample_set_schema",
 ]
 
 #: Default per-item time limit, seconds (the vendor's default).
@@ -367,6 +369,8 @@ class _Task:
     index: int
     path: str
     base: str
+    #: Metadata the caller gives for this file, saved into each of its items.
+    metadata: tuple[tuple[str, Any], ...] = ()
 
 
 def _default_schema() -> dict[str, Any]:
@@ -558,6 +562,8 @@ def _encode_body(
         storage.save_metadata("num_bodies", model.num_bodies)
         processing = time.perf_counter() - t0
         storage.save_metadata("processing_time", processing)
+        for key, value in task.metadata:
+            storage.save_metadata(key, value)
         size = storage.compress_store()
         storage.close()
     except BaseException:
@@ -1077,6 +1083,7 @@ def encode_files(
     dataset_name: str | None = None,
     client: Any = None,
     dask_client_params: Mapping[str, Any] | None = None,
+    file_metadata: Mapping[str | os.PathLike[str], Mapping[str, Any]] | None = None,
 ) -> EncodeReport:
     """Encode every body of every CAD file of ``inputs`` into ``output_dir/encoded``.
 
@@ -1129,6 +1136,10 @@ def encode_files(
     dask_client_params
         Keyword arguments of ``distributed.LocalCluster``: a local cluster is started
         for this call and closed at its end (the ``dask`` extra).
+    file_metadata
+        Metadata per input file (its path as given or absolute): ``{path: {key: value}}``
+        saved into every item of that file, e.g. a label ``{"part_family": "bracket"}``
+        (define it in ``schema`` as categorical metadata to have it in the ``.attribset``).
 
     Returns
     -------
@@ -1175,6 +1186,10 @@ def encode_files(
 
     # Plan: refuse name clashes, skip files that are fully encoded without starting a worker.
     present = set(os.listdir(encoded_dir)) if resume else set()
+    extra = {
+        os.path.abspath(os.fspath(path)): tuple(dict(fields).items())
+        for path, fields in (file_metadata or {}).items()
+    }
     owners: dict[str, str] = {}
     tasks: list[_Task] = []
     early_failures: list[dict[str, Any]] = []
@@ -1202,7 +1217,7 @@ def encode_files(
         if existing is not None:
             early_skips.extend(existing)
             continue
-        tasks.append(_Task(index, str(path), base))
+        tasks.append(_Task(index, str(path), base, extra.get(os.path.abspath(path), ())))
     dask = None
     if client is not None or dask_client_params is not None:
         from cadstore.dataset.distributed import DaskResources
@@ -1263,6 +1278,23 @@ def _dask_encode_task(task: _Task, settings: _Settings) -> list[dict[str, Any]]:
     return messages
 
 
+#: Categorical metadata of the sample parts: their family, one of ``PART_KINDS``.
+PART_FAMILY = "part_family"
+
+
+def sample_set_schema() -> dict[str, Any]:
+    """Return the schema :func:`encode_sample_set` gives its items.
+
+    The default schema of :func:`encode_files` plus the part family as categorical
+    metadata, so it lands in the ``.attribset`` and a split can be stratified on it.
+    """
+    builder = SchemaBuilder.from_dict(_default_schema())
+    builder.define_categorical_metadata(
+        PART_FAMILY, "str", "Family of the sample part", values=list(PART_KINDS)
+    )
+    return builder.build()
+
+
 def encode_sample_set(
     output_dir: str | os.PathLike[str],
     count: int = 12,
@@ -1278,6 +1310,8 @@ def encode_sample_set(
     The parts (brackets, plates with holes, shafts; see
     :func:`cadstore.cad.samples.sample_parts`) go to ``<output_dir>/parts_seed<seed>``; they
     are written only when one is missing, so running again resumes instead of starting over.
+    Every item is labelled with its part's family (metadata :data:`PART_FAMILY`, declared
+    categorical by :func:`sample_set_schema`), a label to stratify and train on.
 
     Parameters
     ----------
@@ -1298,9 +1332,13 @@ def encode_sample_set(
     """
     parts = Path(output_dir) / f"parts_seed{int(seed)}"
     # The names write_sample_set gives; should that change, the parts are just rewritten.
-    files = [parts / f"{PART_KINDS[i % len(PART_KINDS)]}_{i:03d}.step" for i in range(count)]
+    kinds = [PART_KINDS[i % len(PART_KINDS)] for i in range(count)]
+    files = [parts / f"{kind}_{i:03d}.step" for i, kind in enumerate(kinds)]
     if not all(path.is_file() for path in files):
         files = write_sample_set(parts, count=count, seed=seed)
+    options.setdefault("schema", sample_set_schema())
+    labels = {str(path): {PART_FAMILY: kind} for path, kind in zip(files, kinds, strict=True)}
+    options.setdefault("file_metadata", labels)
     return encode_files(
         files,
         output_dir,
