@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -432,6 +434,32 @@ def test_spawned_workers_encode_too(
         [item_name(files[0], 0), item_name(files[1], 0), item_name(files[1], 1)]
     )
 
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_spawned_workers(
+    good_dir: Path, tmp_path: Path
+) -> None:
+    # A user's script with no `if __name__ == "__main__":` guard, with a thread running
+    # (as zarr's or tqdm's), so that workers are spawned: each spawned child used to import
+    # the script again, which ran it from the top in every worker.
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import threading, time\n"
+        "from cadstore.cad.batch import encode_files\n"
+        f"open({str(runs)!r}, 'a').write('run\\n')\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        f"report = encode_files({str(good_dir / 'shaft_002.step')!r}, {str(tmp_path / 'out')!r},"
+        " workers=2)\n"
+        "assert report.ok, report.failed\n"
+        "print('encoded', len(report.encoded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "encoded 1" in done.stdout
+    assert runs.read_text() == "run\n"
 
 # ---------------------------------------------------------------------------- merge
 def test_merge_builds_a_dataset_of_every_item(good_dir: Path, tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import importlib.machinery
 import json
 import math
 import multiprocessing
@@ -829,6 +830,28 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+@contextmanager
+def _without_main_script() -> Iterator[None]:
+    """Start spawned workers without running the caller's script again in them.
+
+    A spawned child imports the parent's ``__main__`` by path, which runs every top-level
+    statement of a script that has no ``if __name__ == "__main__":`` guard (a user's
+    script calling ``encode_files`` would encode, in every worker, from the top). The
+    workers need nothing from ``__main__``: their code and settings come from cadstore.
+    A child whose parent's main module reports the name ``"__main__"`` skips that import
+    (as it does for ``python -m`` programs), so the name is given for the start only.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
+
+
 @dataclass
 class _Slot:
     """One worker process and what it is doing."""
@@ -865,7 +888,8 @@ class _Supervisor:
             name="cadstore-encode-worker",
             daemon=True,
         )
-        process.start()
+        with _without_main_script():
+            process.start()
         child_conn.close()  # so that the parent sees EOF when the worker dies
         slot = _Slot(process, parent_conn)
         self.slots.append(slot)
