@@ -435,7 +435,6 @@ def test_spawned_workers_encode_too(
     )
 
 
-
 def test_a_script_without_a_main_guard_is_not_run_again_by_spawned_workers(
     good_dir: Path, tmp_path: Path
 ) -> None:
@@ -460,6 +459,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_spawned_workers(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "encoded 1" in done.stdout
     assert runs.read_text() == "run\n"
+
 
 # ---------------------------------------------------------------------------- merge
 def test_merge_builds_a_dataset_of_every_item(good_dir: Path, tmp_path: Path) -> None:
