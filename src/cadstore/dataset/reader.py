@@ -211,6 +211,19 @@ class DatasetReader:
             self._ensure()
             return self._source.total_bytes()
 
+    def stored_nbytes(self, group: str, array: str) -> int:
+        """Bytes the chunks (shards) of ``group/array`` occupy as stored, metadata excluded.
+
+        Raises
+        ------
+        DatasetError
+            If the group or array is unknown.
+        """
+        with self._lock:
+            self._ensure()
+            self._check_array(group, array)
+            return self._hier.stored_nbytes(f"{group}/{array}")
+
     @property
     def groups(self) -> list[str]:
         """Names of the data groups."""
