@@ -398,6 +398,11 @@ def test_report_lands_beside_the_dataset_by_default(
     assert main(["report", str(flow)]) == 0
     assert expected.read_text().startswith("<!doctype html>")
     assert list(tmp_path.iterdir()) == []
+    # An output in folders that do not exist yet: they are created.
+    nested = tmp_path / "missing_dir" / "deeper" / "x.html"
+    assert main(["report", str(split_dataset), "-o", str(nested)]) == 0
+    assert nested.read_text().startswith("<!doctype html>")
+    assert [p.name for p in nested.parent.iterdir()] == ["x.html"]
 
 
 def test_output_option_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
