@@ -12,10 +12,11 @@ The hierarchy::
     │   └── SchemaValidationError          data that contradicts the schema (strict mode)
     ├── StorageClosedError    (ValueError) use of a storage after ``close()``
     ├── ReadOnlyStorageError  (PermissionError) a write to a read-only storage
-    ├── CorruptStoreError     (OSError)    a file that is not a readable store
-    │   ├── LimitExceededError             a file whose declared sizes exceed a safety limit
-    │   ├── StorageAccessError (PermissionError)  an object store refused the credentials
-    │   └── StorageUnavailableError (ConnectionError)  an object store cannot be reached
+    ├── StorageError          (OSError)    a store could not be read or written, naming it
+    │   ├── CorruptStoreError              the data is at fault: not a readable store
+    │   │   └── LimitExceededError         declared sizes exceed a safety limit
+    │   ├── StorageAccessError (PermissionError)  the store refused the credentials
+    │   └── StorageUnavailableError (ConnectionError)  the store cannot be reached
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
     └── DatasetError          (ValueError) a dataset query naming an unknown thing
 
@@ -24,6 +25,12 @@ The hierarchy::
 Each error class derives from the built-in exception a caller would naturally catch, so
 ``except KeyError`` keeps working for a missing key and ``except ValueError`` for a bad
 schema. Messages name the key, file or field and say what to do about it.
+
+The three kinds of :class:`StorageError` call for different actions: a
+:class:`CorruptStoreError` means this file is bad (skip it, list it, replace it), while a
+:class:`StorageAccessError` or :class:`StorageUnavailableError` means the store failed and
+the same file may be fine (fix the credentials or wait, then run again). Code that skips
+bad items catches ``CorruptStoreError``; the other two pass through it untouched.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ __all__ = [
     "SchemaValidationError",
     "StorageAccessError",
     "StorageClosedError",
+    "StorageError",
     "StorageUnavailableError",
     "UnsupportedTypeError",
 ]
@@ -199,15 +207,15 @@ class ReadOnlyStorageError(CadstoreError, PermissionError):
     """A write to a storage that was opened read-only."""
 
 
-class CorruptStoreError(CadstoreError, OSError):
-    """A file or directory that is not a readable store.
+class StorageError(CadstoreError, OSError):
+    """A store, file or object that could not be read or written.
 
     Parameters
     ----------
     path
-        The file or directory.
+        The file, directory or URL.
     problem
-        What is wrong with it.
+        What went wrong.
     """
 
     def __init__(self, path: object, problem: str) -> None:
@@ -225,22 +233,27 @@ class CorruptStoreError(CadstoreError, OSError):
         return (type(self), (self.path, self.problem), self.__dict__)
 
 
+class CorruptStoreError(StorageError):
+    """A file or directory that is not a readable store: the data itself is at fault."""
+
+
 class LimitExceededError(CorruptStoreError):
     """A file whose declared sizes exceed a safety limit (a possible decompression bomb)."""
 
 
-class StorageAccessError(CorruptStoreError, PermissionError):
+class StorageAccessError(StorageError, PermissionError):
     """An object store refused the request: wrong or missing credentials, or no permission.
 
-    It is a :class:`CorruptStoreError` naming the URL, and a ``PermissionError``.
+    A :class:`StorageError` naming the URL, and a ``PermissionError``; not a
+    :class:`CorruptStoreError`, since the data may be fine.
     """
 
 
-class StorageUnavailableError(CorruptStoreError, ConnectionError):
+class StorageUnavailableError(StorageError, ConnectionError):
     """An object store could not be reached, or went away during a request.
 
-    It is a :class:`CorruptStoreError` naming the URL, and a ``ConnectionError``: the
-    operation can be retried once the store is back.
+    A :class:`StorageError` naming the URL, and a ``ConnectionError``: the operation can be
+    retried once the store is back.
     """
 
 

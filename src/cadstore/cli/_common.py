@@ -32,8 +32,6 @@ from cadstore.errors import (
     CadstoreError,
     CorruptStoreError,
     SchemaError,
-    StorageAccessError,
-    StorageUnavailableError,
 )
 from cadstore.fs import is_url
 from cadstore.storage.base import (
@@ -385,8 +383,6 @@ def _open_zip(given: str, file: str, storage_options: dict[str, Any] | None = No
     fs = _url_filesystem(file, storage_options)
     try:
         source = ZipSource(file, fs=fs)
-    except (StorageAccessError, StorageUnavailableError):
-        raise  # the store failed (credentials, network); the file may be fine
     except CorruptStoreError as exc:
         raise _not_a_store(given, exc.problem) from exc
     return _open_hierarchy(given, file, source, is_zip=True, storage_options=storage_options)

@@ -1234,8 +1234,6 @@ def _decode_checked(
 ) -> dict[str, np.ndarray]:
     try:
         return read_item_arrays(path, keys, limits, storage_options)
-    except (StorageAccessError, StorageUnavailableError):
-        raise  # the store, not the item
     except CorruptStoreError as exc:
         # The scan verified every CRC; data that fails now was crafted to pass it.
         raise MergeError(f"item {path} changed or is corrupt beyond its checksums: {exc}") from exc

@@ -22,8 +22,7 @@ from typing import IO, NamedTuple
 from cadstore.errors import (
     CorruptStoreError,
     LimitExceededError,
-    StorageAccessError,
-    StorageUnavailableError,
+    StorageError,
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.fs import FileSystem, FsspecFileSystem, LocalFileSystem
@@ -295,8 +294,9 @@ class ZipSource(KeySource):
                 entries = read_central_directory(self._read_at, self._size)
             except _NeedZipfile:
                 entries = self._entries_from_zipfile()
-        except (MemoryError, KeyboardInterrupt, StorageAccessError, StorageUnavailableError):
-            # A store that refuses or cannot be reached says nothing about the file.
+        except (MemoryError, StorageError):
+            # Our own errors say what went wrong already; a store that refuses or cannot
+            # be reached says nothing about the file.
             self.close()
             raise
         except Exception as exc:  # struct, zipfile and decoding errors all mean "corrupt"
