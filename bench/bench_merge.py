@@ -37,7 +37,7 @@ from cadstore.testing.workload import write_workload
 CHILD_CADSTORE = textwrap.dedent(
     """
     import json, sys, time, resource
-    from cadstore.dataset.merge import merge_items
+    from cadstore.merging import merge_items
     files = json.load(open(sys.argv[1]))
     out, workers = sys.argv[2], int(sys.argv[3])
     t = time.perf_counter()

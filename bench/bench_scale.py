@@ -49,9 +49,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cadstore import OptStorage
-from cadstore.dataset.merge import MergeResult, merge_items
 from cadstore.dataset.reader import DatasetReader
-from cadstore.format.sources import PrefixSource, ZipSource
+from cadstore.io.sources import PrefixSource, ZipSource
+from cadstore.merging import MergeResult, merge_items
 from cadstore.testing.workload import write_workload
 
 BUCKET = "cadstore-bench"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cadstore import OptStorage
-from cadstore.fs import TEMP_PREFIX
+from cadstore.io.publish import TEMP_PREFIX
 
 # The child rewrites the same item over and over. Version k is derived from k alone, so a
 # reader can tell a complete file (every array agrees with the metadata) from a torn one.

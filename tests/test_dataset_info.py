@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cadstore import OptStorage, SchemaBuilder
-from cadstore.dataset.info import (
+from cadstore.errors import MergeError
+from cadstore.io.publish import TEMP_PREFIX
+from cadstore.merging.tables import (
     ATTRIBSET_COLUMNS,
     NOT_SET,
     PARQUET_METADATA_KEY,
@@ -25,8 +27,6 @@ from cadstore.dataset.info import (
     column_name,
     item_name_from_path,
 )
-from cadstore.errors import MergeError
-from cadstore.fs import TEMP_PREFIX
 
 FACE_TYPES = {"0": "Plane", "1": "Cylinder", "2": "Cone"}
 LABELS = ["bolt", "nut", "bracket"]

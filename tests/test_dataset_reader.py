@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cadstore.dataset.merge import merge_items
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CadstoreError, CorruptStoreError, DatasetError, KeyNotFoundError
+from cadstore.merging import merge_items
 from fuzzing import FUZZ_SETTINGS, json_values, set_field
 
 

@@ -20,12 +20,13 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cadstore.dataset.explorer import DatasetExplorer, resolve_flow_paths
+from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError, StorageAccessError, StorageUnavailableError
-from cadstore.format.sources import ZipSource
-from cadstore.fs import FsspecFileSystem
+from cadstore.format.manifest import resolve_flow_paths
+from cadstore.io.filesystems import FsspecFileSystem
+from cadstore.io.sources import ZipSource
 from s3dataset import FAST_FAIL, SUFFIXES, S3Dataset, s3_dataset
 from s3server import CutOffProxy
 
@@ -269,7 +270,7 @@ def test_damaged_shard_on_s3_is_a_corrupt_store_error(
 @pytest.fixture(scope="module")
 def dir_dataset(data: S3Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """The module's items merged as a directory dataset, uploaded: (prefix URL, local)."""
-    from cadstore.dataset.merge import merge_items
+    from cadstore.merging import merge_items
 
     out = tmp_path_factory.mktemp("dirdata") / "dir.dataset"
     encoded = sorted(str(p) for p in (Path(data.local_path()).parent / "encoded").glob("*.data"))

@@ -15,8 +15,8 @@ import pytest
 
 import cadstore
 from cadstore.dataset.explorer import DatasetExplorer
-from cadstore.dataset.merge import merge_items
 from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
+from cadstore.merging import merge_items
 
 FACE_TYPES = np.array([0, 1, 2, 3, 4, 5, 13, 14])
 

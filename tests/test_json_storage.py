@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cadstore import JsonStorageHandler
 from cadstore.errors import CorruptStoreError, KeyConflictError
-from cadstore.fs import TEMP_PREFIX
+from cadstore.io.publish import TEMP_PREFIX
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
 from fuzzing import FUZZ_SETTINGS, json_values

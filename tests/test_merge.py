@@ -13,11 +13,11 @@ import xarray as xr
 import zarr
 
 from cadstore import DatasetMerger, OptStorage, SchemaBuilder
-from cadstore.dataset.merge import merge_items
 from cadstore.errors import MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_layout
-from cadstore.format.sources import ZipSource
+from cadstore.io.sources import ZipSource
+from cadstore.merging import merge_items
 from conftest import write_items
 
 FACEFACE = ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
@@ -357,7 +357,8 @@ def test_one_call_merge_writes_dataset_tables_and_manifest(
 def test_append_equals_full_merge_and_is_idempotent(
     realistic_items: list[Any], tmp_path: Path
 ) -> None:
-    from cadstore.dataset import DatasetReader, append_items
+    from cadstore.dataset import DatasetReader
+    from cadstore.merging import append_items
 
     files = [p for p, _, _ in realistic_items[:12]]
     small = {"inner_bytes": 2048, "shard_bytes": 16384}
@@ -383,7 +384,7 @@ def test_append_equals_full_merge_and_is_idempotent(
 
 
 def test_append_refuses_what_does_not_fit(realistic_items: list[Any], tmp_path: Path) -> None:
-    from cadstore.dataset import append_items
+    from cadstore.merging import append_items
 
     merge_items([realistic_items[0][0]], tmp_path / "d.dataset")
     before = (tmp_path / "d.dataset").read_bytes()

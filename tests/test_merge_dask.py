@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from cadstore import DatasetMerger
-from cadstore.dataset.merge import merge_items
 from cadstore.errors import MergeError
-from cadstore.fs import TEMP_PREFIX
+from cadstore.io.publish import TEMP_PREFIX
+from cadstore.merging import merge_items
 from conftest import write_items
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")

@@ -20,8 +20,6 @@ import s3fs
 
 import cadstore
 from cadstore import DatasetMerger
-from cadstore.dataset.info import DatasetInfo
-from cadstore.dataset.merge import append_items, merge_items
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import (
     CorruptStoreError,
@@ -29,6 +27,7 @@ from cadstore.errors import (
     StorageAccessError,
     StorageUnavailableError,
 )
+from cadstore.merging import DatasetInfo, append_items, merge_items
 from conftest import write_items
 from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed
 

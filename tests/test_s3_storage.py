@@ -28,7 +28,9 @@ from cadstore.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from cadstore.fs import FsspecFileSystem, filesystem_for
+from cadstore.io.filesystems import FsspecFileSystem, filesystem_for
+from cadstore.io.location import resolve
+from cadstore.io.publish import conditional_writes_supported, copy_file, write_bytes_atomic
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
 from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed
@@ -225,7 +227,7 @@ def test_small_item_read_only_costs_no_listing_and_one_read(
 ) -> None:
     """Opening a published item with mode="r" looks for no working directory, and a small
     item is fetched whole once: its members cost no further request."""
-    from cadstore.fs import FsspecFileSystem
+    from cadstore.io.filesystems import FsspecFileSystem
 
     item = {"face_areas": np.arange(500, dtype=np.float32), "graph": {"n": 3}, "name": "p"}
     url = s3.url("small", "p1.zarr")
@@ -304,10 +306,10 @@ def test_fs_layer_on_s3(s3: S3) -> None:
     item, data = fs.join(root, "p.zarr"), fs.join(root, "p.zarr.data")
     assert fs.dirname(item) == root
     assert fs.basename(item) == "p.zarr"
-    assert fs.write_bytes_atomic(data, b"published") == 9
+    assert write_bytes_atomic(resolve(data, s3.options()), b"published") == 9
     # Keys with glob characters are ordinary names, never patterns.
     for name in ("zarr.json", "a*b/c/0", "x[1]/zarr.json"):
-        fs.write_bytes_atomic(fs.join(item, name), name.encode())
+        write_bytes_atomic(resolve(fs.join(item, name), s3.options()), name.encode())
     assert fs.isdir(item)
     assert not fs.isfile(item)
     assert fs.isfile(data)
@@ -321,7 +323,7 @@ def test_fs_layer_on_s3(s3: S3) -> None:
     with fs.open_read(data) as fh:
         fh.seek(3)
         assert fh.read(3) == b"lis"
-    fs.copy_file(data, fs.join(root, "copy"))
+    copy_file(resolve(data, s3.options()), resolve(fs.join(root, "copy"), s3.options()))
     assert fs.read_bytes(fs.join(root, "copy")) == b"published"
     fs.rmtree(item)
     # The sibling that shares the prefix "p.zarr" survives the removal of "p.zarr/".
@@ -339,21 +341,22 @@ def test_fs_layer_on_s3(s3: S3) -> None:
 def test_exclusive_write_is_a_conditional_put(s3: S3) -> None:
     fs, root = filesystem_for(s3.url("exclusive"), s3.options())
     assert isinstance(fs, FsspecFileSystem)
-    assert fs.conditional_writes_supported(root)  # SeaweedFS answers 412, like AWS
+    # SeaweedFS answers 412, like AWS.
+    assert conditional_writes_supported(resolve(root, s3.options()))
     assert not fs.isdir(root)  # the probe cleaned up after itself
-    pointer = fs.join(root, "version")
-    fs.write_bytes_atomic(pointer, b"1", exclusive=True)
+    pointer = resolve(fs.join(root, "version"), s3.options())
+    write_bytes_atomic(pointer, b"1", exclusive=True)
     with pytest.raises(FileExistsError):
-        fs.write_bytes_atomic(pointer, b"2", exclusive=True)
-    assert fs.read_bytes(pointer) == b"1"
+        write_bytes_atomic(pointer, b"2", exclusive=True)
+    assert fs.read_bytes(pointer.path) == b"1"
 
 
 def test_local_exclusive_write(tmp_path: Path) -> None:
     """The local counterpart of the conditional put: create-if-absent, atomically."""
     fs, path = filesystem_for(tmp_path / "version")
-    fs.write_bytes_atomic(path, b"1", exclusive=True)
+    write_bytes_atomic(resolve(path), b"1", exclusive=True)
     with pytest.raises(FileExistsError):
-        fs.write_bytes_atomic(path, b"2", exclusive=True)
+        write_bytes_atomic(resolve(path), b"2", exclusive=True)
     assert fs.read_bytes(path) == b"1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["version"]  # no temp file left
 

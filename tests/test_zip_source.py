@@ -11,9 +11,9 @@ import pytest
 
 from cadstore.errors import CorruptStoreError, LimitExceededError, StorageUnavailableError
 from cadstore.format.limits import Limits
-from cadstore.format.sources import ZipSource, check_member_name
-from cadstore.format.zipwriter import write_stored_zip
-from cadstore.fs import LocalFileSystem
+from cadstore.io.filesystems import LocalFileSystem
+from cadstore.io.sources import ZipSource, check_member_name
+from cadstore.io.zipwriter import write_stored_zip
 
 
 def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
 
 
 def test_repeated_documents_deflate_once_to_the_same_bytes(tmp_path: Path) -> None:
-    from cadstore.format import zipwriter
+    from cadstore.io import zipwriter
 
     doc = b'{"zarr_format":3,"node_type":"array","shape":[123],"data_type":"int32"}' * 4
     big = bytes(range(256)) * 40  # over the remembered size: deflated each time
@@ -131,7 +131,7 @@ def test_member_names(name: str, ok: bool) -> None:
 
 
 def test_stream_writer_zip64_member_count(tmp_path: Path) -> None:
-    from cadstore.format.zipwriter import ZipStreamWriter
+    from cadstore.io.zipwriter import ZipStreamWriter
 
     path = tmp_path / "big.zip"
     with open(path, "wb") as fh:

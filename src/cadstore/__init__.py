@@ -27,15 +27,19 @@ from cadstore.storage import DataStorage, JsonStorageHandler, MemoryStorage
 
 __version__ = "0.1.0"
 
-# Public names that live in modules with optional or heavy dependencies: name -> module.
+# Public names that live in modules with optional or heavy dependencies:
+# name -> (module, attribute).
 _LAZY = {
-    "OptStorage": "cadstore.storage.opt",
-    "DatasetMerger": "cadstore.dataset",
-    "DatasetExplorer": "cadstore.dataset",
-    "DatasetLoader": "cadstore.dataset",
-    "CADDataset": "cadstore.dataset",
-    "DatasetInfo": "cadstore.dataset",
-    "merge": "cadstore.dataset",
+    "OptStorage": ("cadstore.storage.opt", "OptStorage"),
+    "DatasetMerger": ("cadstore.merging", "DatasetMerger"),
+    "DatasetInfo": ("cadstore.merging", "DatasetInfo"),
+    "MergeOptions": ("cadstore.merging", "MergeOptions"),
+    "merge": ("cadstore.merging", "merge"),
+    "DatasetExplorer": ("cadstore.dataset", "DatasetExplorer"),
+    "DatasetLoader": ("cadstore.dataset", "DatasetLoader"),
+    "CADDataset": ("cadstore.dataset", "CADDataset"),
+    "open": ("cadstore.artefacts", "open_artefact"),
+    "resolve": ("cadstore.io.location", "resolve"),
 }
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "Group",
     "JsonStorageHandler",
     "KeyNotFoundError",
+    "MergeOptions",
     "MemoryStorage",
     "OptStorage",
     "Schema",
@@ -60,14 +65,16 @@ __all__ = [
     "StorageClosedError",
     "__version__",
     "merge",
+    "open",
+    "resolve",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'cadstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(where[0]), where[1])
     globals()[name] = value
     return value
 

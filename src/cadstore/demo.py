@@ -168,7 +168,7 @@ def run_demo(
         encoded = os.path.join(output, "encoded")
         summary = _generated_items(encoded, n_items, seed)
 
-    from cadstore.dataset.merger import merge
+    from cadstore.merging import merge
 
     dataset = os.path.join(output, "demo.dataset")
     result = merge(encoded, dataset, workers=workers, overwrite=True)

@@ -15,8 +15,11 @@ The hierarchy::
     ├── StorageError          (OSError)    a store could not be read or written, naming it
     │   ├── CorruptStoreError              the data is at fault: not a readable store
     │   │   └── LimitExceededError         declared sizes exceed a safety limit
+    │   ├── StorageNotFoundError (FileNotFoundError)  nothing is at the path
     │   ├── StorageAccessError (PermissionError)  the store refused the credentials
     │   └── StorageUnavailableError (ConnectionError)  the store cannot be reached
+    ├── UnknownFormatError    (ValueError) a path holding none of the files cadstore reads
+    ├── OutputExistsError     (FileExistsError) an output that would overwrite something
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
     └── DatasetError          (ValueError) a dataset query naming an unknown thing
 
@@ -49,13 +52,16 @@ __all__ = [
     "KeyNotFoundError",
     "LimitExceededError",
     "MergeError",
+    "OutputExistsError",
     "ReadOnlyStorageError",
     "SchemaError",
     "SchemaValidationError",
     "StorageAccessError",
     "StorageClosedError",
     "StorageError",
+    "StorageNotFoundError",
     "StorageUnavailableError",
+    "UnknownFormatError",
     "UnsupportedTypeError",
 ]
 
@@ -84,16 +90,15 @@ class CadstoreError(Exception):
 
     Attributes
     ----------
-    problem
-        For an error raised with :meth:`suggesting`: what is wrong, without the remedies.
     remedies
-        Options that would resolve it, each ``(option, what it does)``. The message spells
-        an option as the Python keyword (``overwrite=True``); the command line spells it as
-        its flag (``--overwrite``) through :meth:`cli_message`.
+        For an error raised with :meth:`suggesting`: options that would resolve it, each
+        ``(option, what it does)``. The message spells an option as the Python keyword
+        (``overwrite=True``); the command line spells it as its flag (``--overwrite``)
+        through :meth:`cli_message`.
     """
 
-    problem: str | None = None
     remedies: tuple[Remedy, ...] = ()
+    _unremedied: str = ""
 
     @classmethod
     def suggesting(cls: type[_E], problem: str, *remedies: Remedy) -> _E:
@@ -112,15 +117,15 @@ class CadstoreError(Exception):
         'x.dataset exists; pass overwrite=True to replace it'
         """
         error = cls(_with_remedies(problem, remedies, _python_option))
-        error.problem = problem
+        error._unremedied = problem
         error.remedies = tuple(remedies)
         return error
 
     def cli_message(self) -> str:
         """Return the message with remedies spelt as command-line flags (``--overwrite``)."""
-        if self.problem is None:
+        if not self.remedies:
             return str(self)
-        return _with_remedies(self.problem, self.remedies, _cli_option)
+        return _with_remedies(self._unremedied, self.remedies, _cli_option)
 
 
 class CadstoreWarning(UserWarning):
@@ -241,6 +246,10 @@ class LimitExceededError(CorruptStoreError):
     """A file whose declared sizes exceed a safety limit (a possible decompression bomb)."""
 
 
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """Nothing is at the path (or URL) cadstore was asked to open."""
+
+
 class StorageAccessError(StorageError, PermissionError):
     """An object store refused the request: wrong or missing credentials, or no permission.
 
@@ -255,6 +264,18 @@ class StorageUnavailableError(StorageError, ConnectionError):
     A :class:`StorageError` naming the URL, and a ``ConnectionError``: the operation can be
     retried once the store is back.
     """
+
+
+class UnknownFormatError(CadstoreError, ValueError):
+    """A path that holds none of the artefacts cadstore reads, or not the kind asked for.
+
+    The message says what was found and what was expected (an item, a dataset, a JSON
+    store, a manifest).
+    """
+
+
+class OutputExistsError(CadstoreError, FileExistsError):
+    """An output path where something is in the way: not what was expected, or not empty."""
 
 
 class MergeError(CadstoreError, ValueError):

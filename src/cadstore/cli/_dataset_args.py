@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cadstore.dataset.access import dataset_filesystem
+from cadstore.io.location import resolve
 
 __all__ = ["dataset_sources"]
 
@@ -24,16 +24,14 @@ def dataset_sources(path: str, storage_options: dict[str, Any] | None = None) ->
     FileNotFoundError
         If neither the path nor its sibling files exist.
     """
-    extra: dict[str, Any] = {"storage_options": storage_options} if storage_options else {}
-    fs, located = dataset_filesystem(path, storage_options)
-    if path.endswith(".flow"):
-        if not fs.exists(located):
+    where = resolve(path, storage_options, shared=True)
+    if where.path.endswith(".flow"):
+        if not where.exists():
             raise FileNotFoundError(f"no such manifest: {path}")
-        return {"flow_output_file": path, **extra}
-    if not fs.exists(located):
+        return {"flow_output_file": where}
+    if not where.exists():
         raise FileNotFoundError(f"no such dataset: {path}")
-    stem = path[: -len(".dataset")] if path.endswith(".dataset") else path
-    flow_fs, flow = dataset_filesystem(stem + ".flow", storage_options)
-    if flow_fs.exists(flow):
-        return {"flow_output_file": stem + ".flow", **extra}
-    return {"merged_store_path": path, **extra}
+    flow = where.with_suffix(".flow", replacing=".dataset")
+    if flow.exists():
+        return {"flow_output_file": flow}
+    return {"merged_store_path": where}

@@ -12,20 +12,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cadstore.artefacts import DATASET, Artefact, open_artefact
 from cadstore.cli._common import (
-    DATASET,
     CommandError,
-    Target,
     add_json_option,
     format_tree,
     format_value,
-    leaf_dtype_shape,
-    open_target,
     print_json,
     print_lines,
 )
+from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import KeyNotFoundError
+from cadstore.format.layout import BOUNDARY_DIM, ITEM_DIM
 from cadstore.storage.keys import validate_key
+from cadstore.tree import leaf_dtype_shape
 
 __all__ = ["read_value", "register", "run"]
 
@@ -67,7 +67,7 @@ def _choices(names: list[str]) -> str:
     return ", ".join(names) if names else "(none: it is empty)"
 
 
-def _missing_in_storage(target: Target, key: str) -> CommandError:
+def _missing_in_storage(target: Artefact, key: str) -> CommandError:
     storage = target.require_storage("cat")
     parts = key.split("/")
     # Name the choices where the lookup went wrong: the deepest group that exists.
@@ -88,7 +88,7 @@ def _missing_in_storage(target: Target, key: str) -> CommandError:
     )
 
 
-def _missing_in_dataset(target: Target, key: str) -> CommandError:
+def _missing_in_dataset(target: Artefact, key: str) -> CommandError:
     hierarchy = target.hierarchy
     assert hierarchy is not None
     parts = key.split("/")
@@ -126,10 +126,8 @@ def _item_code(reader: Any, text: str, path: str) -> int:
     return code
 
 
-def _item_rows(target: Target, reader: Any, path: str, code: int) -> Any:
+def _item_rows(target: Artefact, reader: Any, path: str, code: int) -> Any:
     """Return the part of dataset array ``path`` that belongs to item ``code``."""
-    from cadstore.dataset.layout import BOUNDARY_DIM, ITEM_DIM
-
     hierarchy = target.hierarchy
     assert hierarchy is not None
     meta = hierarchy.meta(path)
@@ -148,7 +146,7 @@ def _item_rows(target: Target, reader: Any, path: str, code: int) -> Any:
     return reader.read_rows(group, array, start, stop)
 
 
-def _dataset_value(target: Target, key: str, item: str | None) -> tuple[Any, int | None]:
+def _dataset_value(target: Artefact, key: str, item: str | None) -> tuple[Any, int | None]:
     hierarchy = target.hierarchy
     assert hierarchy is not None
     kind = hierarchy.kind(key)
@@ -156,9 +154,7 @@ def _dataset_value(target: Target, key: str, item: str | None) -> tuple[Any, int
         raise _missing_in_dataset(target, key)
     if item is None:
         return hierarchy.read_node(key), None
-    from cadstore.dataset.reader import DatasetReader
-
-    with DatasetReader(target.location, storage_options=target.storage_options) as reader:
+    with DatasetReader(target.location) as reader:
         code = _item_code(reader, item, target.path)
         if kind == "leaf":
             return _item_rows(target, reader, key, code), code
@@ -169,7 +165,7 @@ def _dataset_value(target: Target, key: str, item: str | None) -> tuple[Any, int
         }, code
 
 
-def read_value(target: Target, key: str, item: str | None = None) -> tuple[Any, int | None]:
+def read_value(target: Artefact, key: str, item: str | None = None) -> tuple[Any, int | None]:
     """Return the value stored under ``key`` and the item code it was restricted to.
 
     Parameters
@@ -223,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_target(args.path, args.storage_options) as target:
+    with open_artefact(args.path, args.storage_options) as target:
         value, code = read_value(target, args.key, args.item)
     if args.json:
         doc: dict[str, Any] = {"path": args.path, "key": args.key}

@@ -10,29 +10,22 @@ one-line summary rather than in full.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from cadstore.artefacts import DATASET, Artefact, open_artefact
 from cadstore.cli._common import (
-    DATASET,
     SCHEMA_KEY,
-    NodeInfo,
-    Target,
     add_json_option,
     format_bytes,
     format_ratio,
     format_table,
     format_tree,
-    hierarchy_nodes,
-    open_target,
     print_json,
     print_lines,
-    sized_totals,
-    storage_nodes,
 )
 from cadstore.format.hierarchy import default_dims
-from cadstore.fs import is_url
+from cadstore.tree import NodeInfo, hierarchy_nodes, sized_totals, storage_nodes
 
 __all__ = ["Inspection", "inspect_target", "register", "run"]
 
@@ -87,7 +80,7 @@ class Inspection:
         The metadata document without the schema, or ``None`` when not asked for.
     """
 
-    target: Target
+    target: Artefact
     nodes: list[NodeInfo]
     file_bytes: int
     zarr_format: int | None
@@ -117,7 +110,7 @@ class Inspection:
         """Return the ``--json`` document."""
         doc: dict[str, Any] = {
             "path": self.target.path,
-            "location": self.target.location,
+            "location": self.target.location.path,
             "kind": self.target.kind,
             "zarr_format": self.zarr_format,
             "file_bytes": self.file_bytes,
@@ -137,7 +130,7 @@ class Inspection:
         target = self.target
         where = (
             target.path
-            if target.location == target.path
+            if target.location.path == target.path
             else (f"{target.path} (reads {target.location})")
         )
         fmt = "JSON files" if self.zarr_format is None else f"zarr v{self.zarr_format}"
@@ -230,24 +223,12 @@ def _group_note(node: NodeInfo) -> str:
     return f"primary: {primary}" + (f" ({special})" if special else "")
 
 
-def _directory_bytes(target: Target) -> int:
-    directory = target.location
-    if is_url(directory):
-        from cadstore.dataset.access import dataset_filesystem
-
-        fs, _ = dataset_filesystem(directory, target.storage_options)
-        return sum(fs.file_sizes(directory).values())
-    total = 0
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                continue  # a file removed while we walk does not make the listing wrong
-    return total
+def _directory_bytes(target: Artefact) -> int:
+    where = target.location
+    return sum(where.fs.file_sizes(where.path).values())
 
 
-def inspect_target(target: Target, *, metadata: bool = True) -> Inspection:
+def inspect_target(target: Artefact, *, metadata: bool = True) -> Inspection:
     """Collect the tree, sizes and metadata of an opened target.
 
     Parameters
@@ -303,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_target(args.path, args.storage_options) as target:
+    with open_artefact(args.path, args.storage_options) as target:
         result = inspect_target(target, metadata=args.metadata)
     if args.json:
         print_json(result.to_dict())

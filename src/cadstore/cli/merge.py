@@ -39,11 +39,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Merge and print the summary; exit 1 if some items were skipped."""
-    from cadstore.dataset.merger import merge
+    from cadstore.merging import merge
 
     schema = None
     if args.schema:
-        from cadstore.cli.validate import load_schema_builder
+        from cadstore.validation import load_schema_builder
 
         schema = load_schema_builder(args.schema, args.storage_options).build()
     output = args.output if args.output.endswith(".dataset") else args.output + ".dataset"

@@ -12,8 +12,11 @@ import argparse
 import json
 from typing import Any
 
+from cadstore.artefacts import open_artefact
 from cadstore.cli import EXIT_OK
-from cadstore.cli._common import CommandError, open_target
+from cadstore.cli._common import CommandError, print_lines
+from cadstore.io.location import resolve
+from cadstore.io.publish import write_bytes_atomic
 
 
 def register(sub: Any) -> None:
@@ -57,19 +60,14 @@ def run(args: argparse.Namespace) -> int:
     int
         0; a target without a schema is a :class:`CommandError` (exit status 2).
     """
-    from cadstore.fs import filesystem_for
-
-    with open_target(args.path, args.storage_options) as target:
+    with open_artefact(args.path, args.storage_options) as target:
         schema = target.schema()
         if schema is None:
             raise CommandError(f"{args.path} stores no schema")
         text = json.dumps(schema.to_dict(), indent=2) + "\n"
     if args.output is None:
-        from cadstore.cli._common import print_lines
-
         print_lines([text.rstrip("\n")])
         return EXIT_OK
-    fs, located = filesystem_for(args.output, args.storage_options)
-    fs.write_bytes_atomic(located, text.encode("utf-8"))
+    write_bytes_atomic(resolve(args.output, args.storage_options, shared=True), text.encode())
     print(f"wrote the schema of {args.path} to {args.output}")
     return EXIT_OK

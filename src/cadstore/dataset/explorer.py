@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import logging
 import os
 import sys
@@ -39,16 +38,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from cadstore.dataset.access import (
-    dataset_filesystem,
-    options_for,
-    read_parquet_frame,
-    sibling_path,
-)
-from cadstore.dataset.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
-from cadstore.fs import is_url
+from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
+from cadstore.format.manifest import read_manifest, resolve_flow_paths
+from cadstore.io.location import Location, resolve
+from cadstore.io.parquet import read_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,61 +69,20 @@ def _choices(values: Sequence[Any] | set[Any]) -> str:
     return str(items)
 
 
-def resolve_flow_paths(
-    flow_output_file: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-) -> dict[str, str | None]:
-    """Read a ``.flow`` manifest and return the absolute paths (or URLs) it lists.
-
-    Parameters
-    ----------
-    flow_output_file
-        The manifest, a local path or a URL. Relative paths in it are relative to its
-        directory (its prefix, for a URL).
-    storage_options
-        fsspec options for a URL (ignored for a local path); they also serve the files
-        the manifest lists when those are URLs.
-
-    Returns
-    -------
-    dict
-        ``{"flow_data": ..., "flow_info": ..., "flow_attributes": ...}``; an entry the
-        manifest leaves out (or sets to null) is ``None``.
-
-    Raises
-    ------
-    CorruptStoreError
-        If the manifest is missing, is not a JSON object, has no ``flow_data``, or lists a
-        file that does not exist (the message names the entry and the file).
-    """
-    path = os.fspath(flow_output_file)
-    fs, located = dataset_filesystem(path, storage_options)
-    try:
-        doc = json.loads(fs.read_bytes(located).decode("utf-8"))
-    except FileNotFoundError:
-        raise CorruptStoreError(path, "no such .flow manifest") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptStoreError(path, f"not a .flow manifest (invalid JSON: {exc})") from exc
-    if not isinstance(doc, Mapping):
-        raise CorruptStoreError(path, "not a .flow manifest (not a JSON object)")
-    base = fs.dirname(located) if is_url(located) else os.path.dirname(os.path.abspath(path))
-    out: dict[str, str | None] = {}
-    for entry in ("flow_data", "flow_info", "flow_attributes"):
-        value = doc.get(entry)
-        if value in (None, ""):
-            out[entry] = None
-            continue
-        if not isinstance(value, str):
-            raise CorruptStoreError(path, f"{entry} is {value!r}, not a path")
-        full = value if is_url(value) or os.path.isabs(value) else fs.join(base, value)
-        listed_fs, listed = dataset_filesystem(full, storage_options)
-        if not listed_fs.exists(listed):
-            raise CorruptStoreError(
-                path, f"the manifest lists {entry} {value!r}, but {full} does not exist"
-            )
-        out[entry] = full
-    if out["flow_data"] is None:
-        raise CorruptStoreError(path, "the manifest names no dataset (flow_data)")
-    return out
+def _table(
+    given: Location | None, listed: Location | None, dataset: Location, suffix: str
+) -> Location | None:
+    """A table of the dataset: the one given (which must exist), the manifest's, or the
+    one beside the dataset when there is one."""
+    if given is not None:
+        if not given.isfile():
+            label = "parquet_file_path" if suffix == ".infoset" else "parquet_file_attribs"
+            raise CorruptStoreError(given.path, f"{label}: no such file")
+        return given
+    if listed is not None:
+        return listed
+    beside = dataset.with_suffix(suffix, replacing=".dataset")
+    return beside if beside.isfile() else None
 
 
 @functools.cache
@@ -223,37 +177,27 @@ class DatasetExplorer:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.storage_options = storage_options
-        listed: dict[str, str | None] = {}
-        if flow_output_file is not None:
-            listed = resolve_flow_paths(flow_output_file, storage_options)
-        dataset = os.fspath(merged_store_path) if merged_store_path else listed.get("flow_data")
-        if not dataset:
+
+        def where(path: str | os.PathLike[str] | None) -> Location | None:
+            return None if not path else resolve(path, storage_options, shared=True)
+
+        manifest = None if flow_output_file is None else read_manifest(where(flow_output_file))
+        dataset = where(merged_store_path) or (manifest.dataset if manifest else None)
+        if dataset is None:
             raise DatasetError(
                 "no dataset: pass flow_output_file (the .flow manifest) or merged_store_path"
             )
         self.flow_output_file = os.fspath(flow_output_file) if flow_output_file else None
-        self.merged_store_path = dataset
-        self.parquet_file_path = (
-            os.fspath(parquet_file_path)
-            if parquet_file_path
-            else listed.get("flow_info") or sibling_path(dataset, ".infoset", storage_options)
+        self.merged_store_path = dataset.path
+        self._infoset = _table(
+            where(parquet_file_path), manifest and manifest.infoset, dataset, ".infoset"
         )
-        self.parquet_file_attribs = (
-            os.fspath(parquet_file_attribs)
-            if parquet_file_attribs
-            else listed.get("flow_attributes")
-            or sibling_path(dataset, ".attribset", storage_options)
+        self._attribset = _table(
+            where(parquet_file_attribs), manifest and manifest.attribset, dataset, ".attribset"
         )
-        for label, path in (
-            ("parquet_file_path", self.parquet_file_path),
-            ("parquet_file_attribs", self.parquet_file_attribs),
-        ):
-            if path is None:
-                continue
-            fs, located = dataset_filesystem(path, storage_options)
-            if not fs.isfile(located):
-                raise CorruptStoreError(path, f"{label}: no such file")
-        self.reader = DatasetReader(dataset, storage_options=options_for(dataset, storage_options))
+        self.parquet_file_path = None if self._infoset is None else self._infoset.path
+        self.parquet_file_attribs = None if self._attribset is None else self._attribset.path
+        self.reader = DatasetReader(dataset)
         self._info: pd.DataFrame | None = None
         self._attribs: pd.DataFrame | None = None
         self._zarr_store: Any = None
@@ -263,6 +207,11 @@ class DatasetExplorer:
         self._dask_cluster: Any = None
         self._closed = False
         self._start_dask(dask_client_params)
+
+    @property
+    def infoset(self) -> Location | None:
+        """Where the ``.infoset`` is (``None`` when the dataset has none)."""
+        return self._infoset
 
     # ------------------------------------------------------------------ lifecycle
     def _start_dask(self, params: Mapping[str, Any] | None) -> None:
@@ -374,21 +323,20 @@ class DatasetExplorer:
         if self._zarr_store is None:
             import zarr
 
-            path = self.merged_store_path
-            options = options_for(path, self.storage_options)
-            fs, located = dataset_filesystem(path, options)
-            if is_url(located):
+            where = self.reader.location
+            if where.remote:
                 # A URL: zarr-python reads the zip (or the prefix) through fsspec.
-                url = path if fs.isdir(located) else f"zip::{path}"
-                protocol = path.partition("://")[0]
-                nested = {protocol: options or {}} if url.startswith("zip::") else options
+                options = dict(where.storage_options or {})
+                url = where.path if where.isdir() else f"zip::{where.path}"
+                protocol = where.path.partition("://")[0]
+                nested = {protocol: options} if url.startswith("zip::") else options
                 self._zarr_store = zarr.storage.FsspecStore.from_url(
                     url, storage_options=nested, read_only=True
                 )
-            elif os.path.isdir(self.merged_store_path):
-                self._zarr_store = zarr.storage.LocalStore(self.merged_store_path, read_only=True)
+            elif where.isdir():
+                self._zarr_store = zarr.storage.LocalStore(where.path, read_only=True)
             else:
-                self._zarr_store = zarr.storage.ZipStore(self.merged_store_path, mode="r")
+                self._zarr_store = zarr.storage.ZipStore(where.path, mode="r")
         return self._zarr_store
 
     def get_group_data(self, group: str) -> xr.Dataset:
@@ -809,10 +757,8 @@ class DatasetExplorer:
 
     # ------------------------------------------------------------------ tables
     def _info_frame(self, required: bool = True) -> pd.DataFrame | None:
-        if self._info is None and self.parquet_file_path is not None:
-            self._info = read_parquet_frame(
-                self.parquet_file_path, self.storage_options
-            ).sort_values("id")
+        if self._info is None and self._infoset is not None:
+            self._info = read_frame(self._infoset).sort_values("id")
             self._info = self._info.reset_index(drop=True)
         if self._info is None and required:
             raise DatasetError(
@@ -822,11 +768,11 @@ class DatasetExplorer:
 
     def _attrib_frame(self) -> pd.DataFrame:
         if self._attribs is None:
-            if self.parquet_file_attribs is None:
+            if self._attribset is None:
                 raise DatasetError(
                     "no .attribset: pass parquet_file_attribs (or open the dataset from its .flow)"
                 )
-            self._attribs = read_parquet_frame(self.parquet_file_attribs, self.storage_options)
+            self._attribs = read_frame(self._attribset)
         return self._attribs
 
     def reload_info(self) -> None:

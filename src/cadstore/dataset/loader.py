@@ -34,11 +34,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from cadstore.dataset.access import dataset_filesystem, read_parquet_schema, read_parquet_table
 from cadstore.dataset.explorer import DatasetExplorer
-from cadstore.dataset.layout import OFFSETS
 from cadstore.dataset.reader import Allocator, DatasetReader
 from cadstore.errors import CadstoreWarning, DatasetError
+from cadstore.format.layout import OFFSETS
+from cadstore.io.parquet import read_schema, read_table
+from cadstore.io.publish import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1023,13 +1024,13 @@ class DatasetLoader:
         return int(counts[0]), int(counts[1]), int(counts[2])
 
     def _record_split(self, assignment: np.ndarray) -> None:
-        if self.explorer is None or self.explorer.parquet_file_path is None:
+        if self.explorer is None or self.explorer.infoset is None:
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = self.explorer.parquet_file_path
-        table = read_parquet_table(path, self.storage_options)
+        infoset = self.explorer.infoset
+        table = read_table(infoset)
         ids = table.column("id").to_numpy()
         names = np.array([*SUBSETS, NO_SUBSET], dtype=object)
         valid = (ids >= 0) & (ids < self._n)
@@ -1048,8 +1049,7 @@ class DatasetLoader:
 
         # Local disk: temporary file and rename; object store: one upload of the whole
         # table, so a reader sees the old table or the new one.
-        fs, located = dataset_filesystem(path, self.storage_options)
-        fs.write_atomic(located, writer)
+        write_atomic(infoset, writer)
         self.explorer.reload_info()
 
     @property
@@ -1116,9 +1116,9 @@ class DatasetLoader:
 def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:
     # The infoset's Parquet metadata records each column's routing; categorical fields are
     # the labels a user defined (file_label, category, ...).
-    if explorer is None or explorer.parquet_file_path is None:
+    if explorer is None or explorer.infoset is None:
         return []
-    schema = read_parquet_schema(explorer.parquet_file_path, explorer.storage_options)
+    schema = read_schema(explorer.infoset)
     raw = (schema.metadata or {}).get(b"cadstore")
     if not raw:
         return []

@@ -7,13 +7,13 @@ inner chunks covering those rows are read and decoded. Decoded inner chunks are 
 small LRU cache, so neighbouring items share work.
 
 The dataset may be a URL (``s3://bucket/flows/demo.dataset``): the zip is then read in
-place through HTTP range requests (:class:`cadstore.format.sources.ZipSource` over
-:func:`cadstore.fs.filesystem_for`), so reading one item fetches its shard indexes and
-inner chunks, not the dataset.
+place through HTTP range requests (:class:`cadstore.io.sources.ZipSource` over the
+location's file system), so reading one item fetches its shard indexes and inner chunks,
+not the dataset.
 
 A :class:`DatasetReader` can be pickled (PyTorch ``DataLoader`` workers do): it carries
-only its path, storage options and settings, and reopens the file in each process on
-first use.
+only its location (path and storage options) and settings, and reopens the file in each
+process on first use.
 """
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.access import dataset_filesystem, prefix_source
-from cadstore.dataset.layout import ITEM_NAMES, OFFSETS, file_id_code_name
-from cadstore.dataset.merge import DATASET_FORMAT
 from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
 from cadstore.format.codecs import ChunkDecodeError, decode_into, direct_codec
 from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, read_index
-from cadstore.format.sources import DirectorySource, KeySource, ZipSource
-from cadstore.fs import FsspecFileSystem, LocalFileSystem
+from cadstore.io.location import Location, resolve
+from cadstore.io.sources import KeySource, open_source
 
 __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 
@@ -86,14 +84,15 @@ class DatasetReader:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Location,
         *,
         storage_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        self.path = os.fspath(path)
-        self.storage_options = storage_options
+        self.location = resolve(path, storage_options, shared=True)
+        self.path = self.location.path
+        self.storage_options = self.location.storage_options
         self.limits = limits
         self.cache_bytes = cache_bytes
         self._pid = -1
@@ -135,20 +134,7 @@ class DatasetReader:
         self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool, str]]] = {}
 
     def _open_source(self) -> KeySource:
-        fs, path = dataset_filesystem(self.path, self.storage_options)
-        if isinstance(fs, LocalFileSystem):
-            if not os.path.exists(path):
-                raise CorruptStoreError(self.path, "no such dataset")
-            if os.path.isdir(path):
-                return DirectorySource(path)
-            return ZipSource(path, limits=self.limits)
-        # One HEAD answers for the usual zip; only a miss costs a listing.
-        if fs.isfile(path):
-            return ZipSource(path, fs=fs, limits=self.limits)
-        if fs.isdir(path):
-            assert isinstance(fs, FsspecFileSystem)
-            return prefix_source(fs, path)
-        raise CorruptStoreError(self.path, "no such dataset (no object and no prefix)")
+        return open_source(self.location, self.limits, what="dataset")
 
     def _ensure(self) -> None:
         # A reader inherited through fork must not share the parent's file position or
@@ -179,16 +165,12 @@ class DatasetReader:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "storage_options": self.storage_options,
-            "limits": self.limits,
-            "cache_bytes": self.cache_bytes,
-        }
+        return {"location": self.location, "limits": self.limits, "cache_bytes": self.cache_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path = state["path"]
-        self.storage_options = state.get("storage_options")
+        self.location = state["location"]
+        self.path = self.location.path
+        self.storage_options = self.location.storage_options
         self.limits = state["limits"]
         self.cache_bytes = state["cache_bytes"]
         self._lock = threading.RLock()
@@ -210,6 +192,23 @@ class DatasetReader:
         with self._lock:
             self._ensure()
             return self._source.total_bytes()
+
+    def members(self) -> list[str]:
+        """The keys of every member of the store (zip members, or files below it)."""
+        with self._lock:
+            self._ensure()
+            return list(self._source.keys())
+
+    def member(self, key: str) -> bytes | None:
+        """The stored bytes of member ``key`` (``None`` if absent), as they are on disk."""
+        with self._lock:
+            self._ensure()
+            return self._source.get(key)
+
+    def group_attributes(self, group: str) -> dict[str, Any]:
+        """The Zarr attributes of ``group`` (``primary_dimension``, ``special_processing``)."""
+        self._check_group(group)
+        return dict(self._hier.group_attributes.get(group, {}))
 
     def stored_nbytes(self, group: str, array: str) -> int:
         """Bytes the chunks (shards) of ``group/array`` occupy as stored, metadata excluded.

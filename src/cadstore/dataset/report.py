@@ -37,11 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cadstore.dataset.access import dataset_filesystem, options_for, read_parquet_frame
-from cadstore.dataset.layout import OFFSETS, file_id_code_name
 from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
-from cadstore.fs import LocalFileSystem
+from cadstore.format.layout import OFFSETS, file_id_code_name
+from cadstore.io.location import Location, resolve
+from cadstore.io.parquet import read_frame
+from cadstore.io.publish import write_bytes_atomic
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
 if TYPE_CHECKING:
@@ -546,7 +547,6 @@ class _Context:
     attribs: pd.DataFrame | None
     info_codes: np.ndarray  # item code of each infoset row, -1 when unknown
     splits: np.ndarray  # split of each item code (NO_SUBSET when none)
-    storage_options: dict[str, Any] | None
 
     @property
     def has_splits(self) -> bool:
@@ -577,9 +577,8 @@ class _Context:
         return dict(default or {})
 
 
-def _read_table(path: str, storage_options: dict[str, Any] | None) -> pd.DataFrame | None:
-    fs, located = dataset_filesystem(path, storage_options)
-    return read_parquet_frame(path, storage_options) if fs.isfile(located) else None
+def _read_table(location: Location) -> pd.DataFrame | None:
+    return read_frame(location) if location.isfile() else None
 
 
 def _item_codes(info: pd.DataFrame | None, reader: DatasetReader) -> np.ndarray:
@@ -1327,12 +1326,11 @@ def _context(
     dataset: str,
     reader: DatasetReader,
     tables: tuple[pd.DataFrame | None, pd.DataFrame | None],
-    storage_options: dict[str, Any] | None,
 ) -> _Context:
     info, attribs = tables
     codes = _item_codes(info, reader)
     splits = _item_splits(info, codes, reader.n_items)
-    return _Context(dataset, reader, info, attribs, codes, splits, storage_options)
+    return _Context(dataset, reader, info, attribs, codes, splits)
 
 
 def write_report(
@@ -1364,18 +1362,18 @@ def write_report(
     import matplotlib
 
     started = time.perf_counter()
-    stem = dataset[: -len(".dataset")] if dataset.endswith(".dataset") else dataset
-    tables = (
-        _read_table(infoset or stem + ".infoset", storage_options),
-        _read_table(attribset or stem + ".attribset", storage_options),
-    )
-    name = title or dataset_filesystem(dataset, storage_options)[0].basename(stem)
-    options = options_for(dataset, storage_options)
-    with DatasetReader(dataset, storage_options=options) as reader, matplotlib.rc_context(_RC):
-        sections = _build_sections(_context(dataset, reader, tables, storage_options))
+    source = resolve(dataset, storage_options, shared=True)
+
+    def table(given: str | None, suffix: str) -> pd.DataFrame | None:
+        where = source.with_suffix(suffix, replacing=".dataset")
+        return _read_table(where if given is None else resolve(given, storage_options, shared=True))
+
+    tables = (table(infoset, ".infoset"), table(attribset, ".attribset"))
+    name = title or source.with_suffix("", replacing=".dataset").name
+    with DatasetReader(source) as reader, matplotlib.rc_context(_RC):
+        sections = _build_sections(_context(dataset, reader, tables))
     page = _page(name, dataset, sections, time.perf_counter() - started)
-    out_fs, out_path = dataset_filesystem(output, storage_options)
-    if isinstance(out_fs, LocalFileSystem):
-        out_fs = LocalFileSystem(durable=False)
-    out_fs.write_bytes_atomic(out_path, page.encode("utf-8"))
+    # A report can be made again: written atomically, not fsynced.
+    out = resolve(output, storage_options, shared=True)
+    write_bytes_atomic(out, page.encode("utf-8"), durable=False)
     return output

@@ -1,6 +1,6 @@
 """A Zarr hierarchy of cadstore nodes: read from a source, or built in memory and published.
 
-:class:`ReadHierarchy` opens any v2 or v3 hierarchy in a :class:`~cadstore.format.sources.KeySource`
+:class:`ReadHierarchy` opens any v2 or v3 hierarchy in a :class:`~cadstore.io.sources.KeySource`
 (consolidated or not) and returns stored leaves as the values they were saved as.
 :class:`BuildHierarchy` encodes nodes as they are saved, keeps the encoded bytes in memory,
 and writes each key exactly once when the item is published, so a zip never holds
@@ -19,14 +19,13 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cadstore.errors import CadstoreError, CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import ChunkDecodeError
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sources import KeySource, check_member_name
 from cadstore.format.zarr_nodes import (
     ArrayMeta,
     MetadataError,
@@ -34,7 +33,10 @@ from cadstore.format.zarr_nodes import (
     encode_array,
     parse_array_meta,
 )
-from cadstore.storage.values import Leaf, Node
+from cadstore.io.sources import KeySource, check_member_name
+
+if TYPE_CHECKING:
+    from cadstore.storage.values import Leaf, Node
 
 __all__ = [
     "KIND_ATTRIBUTE",

@@ -42,6 +42,7 @@ __all__ = [
     "decode",
     "decode_metadata",
     "dumps",
+    "to_jsonable",
     "encode",
     "encode_metadata",
     "loads",
@@ -288,3 +289,56 @@ def loads(text: str | bytes) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name!r}")
+
+
+def _plain_array(arr: np.ndarray) -> Any:
+    kind = arr.dtype.kind
+    if kind == "f":
+        if np.isfinite(arr).all():
+            return arr.tolist()
+        return np.vectorize(_float_token, otypes=[object])(arr).tolist() if arr.size else []
+    if kind == "c":
+        return np.vectorize(
+            lambda z: {"real": _float_token(z.real), "imag": _float_token(z.imag)},
+            otypes=[object],
+        )(arr).tolist()
+    if kind in "biu":
+        return arr.tolist()
+    # Strings, objects, bytes from other writers: element by element.
+    return to_jsonable(arr.tolist())
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert a value to plain JSON for people and other programs (``--json`` output).
+
+    Unlike :func:`encode`, nothing is tagged for a round trip: arrays become nested lists,
+    numpy scalars Python ones, non-finite floats the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``, complex numbers ``{"real", "imag"}`` objects, bytes text.
+
+    Parameters
+    ----------
+    value
+        Anything a storage returns, or a document built from such values.
+
+    Returns
+    -------
+    object
+        A value ``json.dumps(..., allow_nan=False)`` accepts.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _plain_array(value)
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return _float_token(value)
+    if isinstance(value, complex):
+        return {"real": _float_token(value.real), "imag": _float_token(value.imag)}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

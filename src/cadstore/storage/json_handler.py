@@ -27,7 +27,7 @@ stem, lists of numbers load as arrays.
 Every file is written atomically (temporary file, fsync, rename).
 
 ``json_dir_path`` may be a URL such as ``s3://bucket/debug/part_001`` (see
-:func:`cadstore.fs.filesystem_for`): each file is then an object under that prefix,
+:func:`cadstore.io.resolve`): each file is then an object under that prefix,
 published with a single upload. An object store has no empty directories, so a storage
 without files cannot be opened read-only there.
 """
@@ -42,7 +42,8 @@ import numpy as np
 
 from cadstore.errors import CorruptStoreError, KeyConflictError, ReadOnlyStorageError
 from cadstore.format import jsoncodec
-from cadstore.fs import TEMP_PREFIX, filesystem_for
+from cadstore.io.location import Location, resolve
+from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
 from cadstore.storage.base import DataStorage, NodeKind
 from cadstore.storage.values import Node
 
@@ -95,18 +96,19 @@ class JsonStorageHandler(DataStorage):
 
     def __init__(
         self,
-        json_dir_path: str | os.PathLike[str],
+        json_dir_path: str | os.PathLike[str] | Location,
         *,
         read_only: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(read_only=read_only)
-        self._fs, self._dir = filesystem_for(json_dir_path, storage_options)
-        if self._fs.exists(self._dir) and not self._fs.isdir(self._dir):
+        self._location = resolve(json_dir_path, storage_options)
+        self._fs, self._dir = self._location.fs, self._location.path
+        if self._location.exists() and not self._location.isdir():
             raise CorruptStoreError(self._dir, "exists and is not a directory")
         if not read_only:
-            self._fs.makedirs(self._dir)
-        elif not self._fs.isdir(self._dir):
+            self._location.makedirs()
+        elif not self._location.isdir():
             raise CorruptStoreError(self._dir, "no such storage directory")
         # key -> (file name, whether the file holds a dict)
         self._index: dict[str, tuple[str, bool]] = {}
@@ -140,7 +142,7 @@ class JsonStorageHandler(DataStorage):
 
     def _write_json(self, name: str, obj: Any) -> None:
         text = jsoncodec.dumps(obj, indent=1)
-        self._fs.write_bytes_atomic(self._path(name), text.encode("utf-8"))
+        write_bytes_atomic(self._location.child(name), text.encode("utf-8"))
 
     def _scan(self) -> None:
         if not self._fs.isdir(self._dir):

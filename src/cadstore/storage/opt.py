@@ -30,7 +30,7 @@ directory at ``store_path`` (with ``metadata.json``), which a later ``OptStorage
 same path reopens for writing.
 
 ``store_path`` may be a URL such as ``s3://bucket/parts/p1.zarr`` (see
-:func:`cadstore.fs.filesystem_for`): the ``.data`` object is then published with a single
+:func:`cadstore.io.resolve`): the ``.data`` object is then published with a single
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
@@ -53,8 +53,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from typing import IO, Any, Literal
 
@@ -68,21 +66,10 @@ from cadstore.format.hierarchy import (
     schema_item_dims,
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sources import (
-    DirectorySource,
-    KeySource,
-    PrefixSource,
-    ZipSource,
-)
-from cadstore.format.zipwriter import write_stored_zip
-from cadstore.fs import (
-    TEMP_PREFIX,
-    FileSystem,
-    FsspecFileSystem,
-    LocalFileSystem,
-    filesystem_for,
-    is_url,
-)
+from cadstore.io.location import Location, resolve
+from cadstore.io.publish import copy_file, sweep_temporaries, write_atomic, write_bytes_atomic
+from cadstore.io.sources import KeySource, open_source
+from cadstore.io.zipwriter import write_stored_zip
 from cadstore.storage.base import DataStorage, NodeKind
 from cadstore.storage.values import Node
 
@@ -93,11 +80,18 @@ __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 DEFAULT_COMPRESSION_LEVEL = 1
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
-# Temporary files older than this are leftovers of killed writers and are swept.
-_STALE_TEMP_SECONDS = 3600.0
-# Directories this process has already swept for stale temporary files.
-_SWEPT: set[str] = set()
-_SWEPT_LOCK = threading.Lock()
+
+
+def _item_locations(given: Location, extension: str) -> tuple[Location, Location]:
+    """Return the item's store (working directory) and its published file.
+
+    The specified argument is the store path (``part.zarr``); a user handing over the
+    published file itself (``part.zarr.data``) means the same item, so that is accepted.
+    """
+    store = given.with_path(given.path.rstrip("/") or given.path)
+    if extension and store.path.endswith(extension) and store.isfile():
+        return store.with_path(store.path[: -len(extension)]), store
+    return store, store.with_suffix(extension)
 
 
 def _is_json_member(name: str) -> bool:
@@ -165,7 +159,7 @@ class OptStorage(DataStorage):
 
     def __init__(
         self,
-        store_path: str | os.PathLike[str],
+        store_path: str | os.PathLike[str] | Location,
         compress_extension: str = ".data",
         *,
         zarr_format: int = 3,
@@ -180,13 +174,11 @@ class OptStorage(DataStorage):
     ) -> None:
         if mode not in (None, "r", "a", "w"):
             raise ValueError(f"mode must be None, 'r', 'a' or 'w', got {mode!r}")
-        fs, path = filesystem_for(store_path, storage_options)
-        self._fs = (
-            fs if durable or not isinstance(fs, LocalFileSystem) else LocalFileSystem(durable=False)
+        self._store, self._published = _item_locations(
+            resolve(store_path, storage_options), compress_extension
         )
-        self._store_path = path.rstrip("/") or path
         self._extension = compress_extension
-        self._zip_path = self._store_path + compress_extension
+        self._durable = durable
         self._limits = limits
         self._level = compression_level
         self.allows_nan = allow_nan
@@ -194,100 +186,91 @@ class OptStorage(DataStorage):
         self._dirty = False
         self._modified = False
         self._source: KeySource | None = None
-        parent = (
-            self._fs.dirname(os.path.abspath(self._store_path))
-            if isinstance(self._fs, LocalFileSystem)
-            else self._fs.dirname(self._store_path)
-        )
-        self._summary_fs = self._cache_fs = self._fs
-        if summary_dir is False:
-            self._summary_dir: str | None = None
-        elif summary_dir is None or summary_dir is True:
-            self._summary_dir = self._fs.join(parent, "files_summary")
-        else:
-            self._summary_fs, self._summary_dir = self._side_directory(summary_dir, storage_options)
-        if stream_cache_dir is not None:
-            self._cache_fs, self._stream_cache_dir = self._side_directory(
-                stream_cache_dir, storage_options
-            )
-        else:
-            self._stream_cache_dir = self._fs.join(parent, "stream_cache")
-
-        zip_exists = self._fs.isfile(self._zip_path)
-        # Read-only, a published file wins over whatever sits at store_path, so there is
-        # nothing to look for there (on an object store, a listing saved per open).
-        published_wins = mode == "r" and zip_exists
-        dir_exists = not published_wins and self._fs.isdir(self._store_path)
-        # On an object store, "exists and is not a directory" is one HEAD: isfile(). A
-        # published item is opened read-only whatever else sits at store_path, so the
-        # check (a request on an object store) only matters when there is no .data.
-        remote = isinstance(self._fs, FsspecFileSystem)
-        probe = self._fs.isfile if remote else self._fs.exists
-        needs_probe = (
-            not dir_exists and not published_wins and not (remote and zip_exists and mode is None)
-        )
-        if needs_probe and probe(self._store_path):
-            raise CorruptStoreError(self._store_path, "exists and is not a directory")
+        self._summary = self._beside(summary_dir, "files_summary", storage_options)
+        self._stream_cache = self._beside(stream_cache_dir, "stream_cache", storage_options)
+        zip_exists, dir_exists = self._what_exists(mode)
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
         super().__init__(read_only=read_only)
         self._hier: Hierarchy
         if read_only:
-            # The published file wins over a working directory left by an interrupted writer.
-            if zip_exists:
-                self._source = ZipSource(self._zip_path, self._fs, limits)
-            elif dir_exists:
-                self._source = self._directory_source()
-            else:
-                raise CorruptStoreError(self._zip_path, "no such store to open read-only")
-            self._hier = self._open_read(self._source)
-            try:
-                self._open_metadata()
-            except BaseException:
-                self._source.close()
-                raise
-            return
+            self._open_read_only(zip_exists, dir_exists)
         else:
-            self._hier = BuildHierarchy(zarr_format, compression_level, self._store_path, limits)
-            if mode == "w":
-                if dir_exists and self._dir_holds_store():
-                    self._fs.rmtree(self._store_path)
-            elif dir_exists and self._dir_holds_store():
-                self._load_existing(self._directory_source())
-            elif mode == "a" and zip_exists:
-                self._load_existing(ZipSource(self._zip_path, self._fs, limits))
-            self._fs.makedirs(self._store_path)
+            self._open_writable(mode, zip_exists, dir_exists, zarr_format)
         self._open_metadata()
 
     # ------------------------------------------------------------------ opening
-    def _side_directory(
-        self, where: str | os.PathLike[str], storage_options: dict[str, Any] | None
-    ) -> tuple[FileSystem, str]:
-        """Resolve a summary or cache directory, which may live on another file system."""
-        text = os.fspath(where)
-        if isinstance(self._fs, LocalFileSystem) and not is_url(text):
-            return self._fs, text
-        return filesystem_for(text, storage_options if is_url(text) else None)
+    def _beside(
+        self,
+        where: str | os.PathLike[str] | bool | None,
+        default: str,
+        storage_options: dict[str, Any] | None,
+    ) -> Location | None:
+        """A summary or cache directory: ``default`` next to the store, unless given."""
+        if where is False:
+            return None
+        if where is None or where is True:
+            return self._store.parent.child(default)
+        return resolve(where, storage_options, shared=True)
 
-    def _directory_source(self) -> KeySource:
-        if isinstance(self._fs, FsspecFileSystem):
-            return PrefixSource(self._fs, self._store_path)
-        return DirectorySource(self._store_path)
+    def _what_exists(self, mode: str | None) -> tuple[bool, bool]:
+        """Return whether the published file and the working directory exist.
 
-    def _open_read(self, source: KeySource) -> ReadHierarchy:
+        Raises
+        ------
+        CorruptStoreError
+            If something that is not a directory sits at the store path.
+        """
+        zip_exists = self._published.isfile()
+        # Read-only, a published file wins over whatever sits at store_path, so there is
+        # nothing to look for there (on an object store, a listing saved per open).
+        published_wins = mode == "r" and zip_exists
+        dir_exists = not published_wins and self._store.isdir()
+        # On an object store, "exists and is not a directory" is one HEAD: isfile(). A
+        # published item is opened read-only whatever else sits at store_path, so the
+        # check (a request on an object store) only matters when there is no .data.
+        remote = self._store.remote
+        needs_probe = (
+            not dir_exists and not published_wins and not (remote and zip_exists and mode is None)
+        )
+        if needs_probe and (self._store.isfile() if remote else self._store.exists()):
+            raise CorruptStoreError(self._store.path, "exists and is not a directory")
+        return zip_exists, dir_exists
+
+    def _open_read_only(self, zip_exists: bool, dir_exists: bool) -> None:
+        # The published file wins over a working directory left by an interrupted writer.
+        if zip_exists:
+            self._source = open_source(self._published, self._limits, kind="zip")
+        elif dir_exists:
+            self._source = open_source(self._store, self._limits, kind="directory")
+        else:
+            raise CorruptStoreError(self._published.path, "no such store to open read-only")
         try:
-            return ReadHierarchy(source, self._limits)
+            self._hier = ReadHierarchy(self._source, self._limits)
         except BaseException:
-            source.close()
+            self._source.close()
             raise
 
+    def _open_writable(
+        self, mode: str | None, zip_exists: bool, dir_exists: bool, zarr_format: int
+    ) -> None:
+        self._hier = BuildHierarchy(zarr_format, self._level, self._store.path, self._limits)
+        if mode == "w":
+            if dir_exists and self._dir_holds_store():
+                self._store.rmtree()
+        elif dir_exists and self._dir_holds_store():
+            self._load_existing(open_source(self._store, self._limits, kind="directory"))
+        elif mode == "a" and zip_exists:
+            self._load_existing(open_source(self._published, self._limits, kind="zip"))
+        self._store.makedirs()
+
     def _dir_holds_store(self) -> bool:
-        names = set(self._fs.listdir(self._store_path))
+        names = set(self._store.listdir())
         if names & {"zarr.json", ".zgroup", METADATA_FILE}:
             return True
         others = [n for n in names if not fnmatch.fnmatch(n, "visu*")]
         if others:
             raise CorruptStoreError(
-                self._store_path,
+                self._store.path,
                 "directory exists and is not a Zarr store (no zarr.json or "
                 ".zgroup); choose another store_path",
             )
@@ -391,45 +374,20 @@ class OptStorage(DataStorage):
         with self._lock:
             self._check_open()
             if self._read_only:
-                return self._fs.size(self._zip_path) if self._fs.isfile(self._zip_path) else 0
-            self._sweep_temp_files()
-            self._compressed_size = self._fs.write_atomic(self._zip_path, self._write_zip)
+                return self._published.size() if self._published.isfile() else 0
+            sweep_temporaries(self._published.parent)
+            self._compressed_size = write_atomic(
+                self._published, self._write_zip, durable=self._durable
+            )
             self._dirty = False
             return self._compressed_size
 
-    def _sweep_temp_files(self) -> None:
-        if not isinstance(self._fs, LocalFileSystem):
-            return
-        directory = os.path.dirname(os.path.abspath(self._zip_path))
-        # Listing is O(files in the directory): an encoder publishing a million items into
-        # one directory must not list it a million times. Once per process and directory
-        # finds what killed writers left behind.
-        with _SWEPT_LOCK:
-            if directory in _SWEPT:
-                return
-            _SWEPT.add(directory)
-        now = time.time()
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            return
-        for name in names:
-            if name.startswith(TEMP_PREFIX):
-                path = os.path.join(directory, name)
-                try:
-                    if now - os.stat(path).st_mtime > _STALE_TEMP_SECONDS:
-                        os.unlink(path)
-                except OSError:
-                    continue
-
     def _write_directory(self) -> None:
         """Persist the item as a Zarr directory store at ``store_path``."""
-        root = self._store_path
-        fs = self._fs
         for name, data in self._members():
-            target = fs.join(root, *name.split("/"))
-            fs.makedirs(fs.dirname(target))
-            fs.write_bytes_atomic(target, data)
+            target = self._store.child(*name.split("/"))
+            target.parent.makedirs()
+            write_bytes_atomic(target, data, durable=self._durable)
 
     def _close(self) -> None:
         if self._read_only:
@@ -441,63 +399,51 @@ class OptStorage(DataStorage):
             self.compress_store()
         elif not self._compressed_size and self._modified:
             self._write_directory()
-        if self._modified and self._summary_dir is not None:
+        if self._modified and self._summary is not None:
             # The summary duplicates metadata.json inside the .data file, so it is written
             # atomically but not fsynced: losing it to a power cut loses nothing.
-            scratch = (
-                LocalFileSystem(durable=False)
-                if isinstance(self._summary_fs, LocalFileSystem)
-                else self._summary_fs
-            )
-            scratch.makedirs(self._summary_dir)
-            scratch.write_bytes_atomic(
-                scratch.join(self._summary_dir, f"{name}.json"),
+            self._summary.makedirs()
+            write_bytes_atomic(
+                self._summary.child(f"{name}.json"),
                 jsoncodec.dumps(self._metadata, indent=1).encode("utf-8"),
+                durable=False,
             )
         self._copy_visualisations()
         if self._compressed_size:
-            self._fs.rmtree(self._store_path)
-        elif (
-            not self._modified
-            and self._fs.isdir(self._store_path)
-            and not self._fs.listdir(self._store_path)
-        ):
+            self._store.rmtree()
+        elif not self._modified and self._store.isdir() and not self._store.listdir():
             # An unused storage leaves nothing behind.
-            self._fs.rmtree(self._store_path)
+            self._store.rmtree()
 
     def _copy_visualisations(self) -> None:
-        if not self._fs.isdir(self._store_path):
+        if not self._store.isdir():
             return
-        visu = [n for n in self._fs.listdir(self._store_path) if fnmatch.fnmatch(n, "visu*")]
+        visu = [n for n in self._store.listdir() if fnmatch.fnmatch(n, "visu*")]
         if not visu:
             return
-        cache = self._cache_fs
-        cache.makedirs(self._stream_cache_dir)
+        assert self._stream_cache is not None
+        self._stream_cache.makedirs()
         for name in visu:
-            src = self._fs.join(self._store_path, name)
-            if self._fs.isfile(src):
-                dst = cache.join(self._stream_cache_dir, name)
-                if cache is self._fs:
-                    self._fs.copy_file(src, dst)
-                else:
-                    cache.write_bytes_atomic(dst, self._fs.read_bytes(src))
+            src = self._store.child(name)
+            if src.isfile():
+                copy_file(src, self._stream_cache.child(name), durable=self._durable)
 
     # ------------------------------------------------------------------ public
     @property
     def item_name(self) -> str:
         """The item's name: the store's file name without ``.zarr``."""
-        base = os.path.basename(self._store_path)
+        base = self._store.name
         return base[: -len(".zarr")] if base.endswith(".zarr") else base
 
     @property
     def store_path(self) -> str:
         """The working directory of the item."""
-        return self._store_path
+        return self._store.path
 
     @property
     def compressed_path(self) -> str:
         """The published ``.data`` file."""
-        return self._zip_path
+        return self._published.path
 
     @property
     def zarr_format(self) -> int:
@@ -515,10 +461,10 @@ class OptStorage(DataStorage):
         """
         self._check_open()
         if not data_key:
-            if self._compressed_size or self._read_only or self._fs.isfile(self._zip_path):
-                return self._zip_path
-            return self._store_path
-        return self._fs.join(self._store_path, *data_key.split("/"))
+            if self._compressed_size or self._read_only or self._published.isfile():
+                return self._published.path
+            return self._store.path
+        return self._store.child(*data_key.split("/")).path
 
     def get_array_dims(self, data_key: str) -> tuple[str, ...] | None:
         """Return the dimension names stored for array ``data_key``."""
@@ -529,4 +475,4 @@ class OptStorage(DataStorage):
             return self._hier.meta(data_key).dims
 
     def _describe(self) -> str:
-        return repr(self._zip_path if self._read_only else self._store_path)
+        return repr(self._published.path if self._read_only else self._store.path)

@@ -1,4 +1,6 @@
-"""The on-disk layout of a merged ``.dataset`` and how item arrays map onto it.
+"""The on-disk contract of a merged ``.dataset``: its names, dimensions and group rules.
+
+What the merge writes and every reader relies on; nothing here reads or writes files.
 
 A ``.dataset`` is a standard Zarr v3 hierarchy (a zip, or a directory)::
 
@@ -31,22 +33,27 @@ dimension of their group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 __all__ = [
+    "BOUNDARY_DIM",
+    "DATASET_FORMAT",
+    "DATASET_FAMILY",
     "FACEFACE_ARRAYS",
     "ITEM_DIM",
     "ITEM_NAMES",
+    "MATRIX_FLATTENING",
     "OFFSETS",
-    "ArrayPlan",
-    "GroupPlan",
     "assign_group",
     "default_primary_dim",
     "file_id_code_name",
 ]
+
+#: Format marker of a dataset, in its root ``zarr.json`` attributes (``cadstore``) and its
+#: ``metadata.json`` (``format``).
+DATASET_FORMAT = "cadstore-dataset/1"
+#: Prefix of the marker of every dataset format, current or future.
+DATASET_FAMILY = "cadstore-dataset/"
 
 #: Dimension of per-item arrays.
 ITEM_DIM = "item"
@@ -91,67 +98,3 @@ def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
         if token in name:
             return group, name
     return name, name
-
-
-@dataclass
-class ArrayPlan:
-    """How one output array is assembled.
-
-    Attributes
-    ----------
-    group, name
-        Output location ``<group>/<name>``.
-    per_item
-        One value per item (from 0-d item values) instead of rows.
-    dtype
-        The promoted dtype over all items.
-    trailing
-        Shape after the primary axis (after matrix flattening).
-    dims
-        Dimension names.
-    sources
-        Item leaf path per item code (``None`` where the item lacks the array).
-    dtypes_seen
-        Item code of the first item seen with each dtype, for error messages.
-    """
-
-    group: str
-    name: str
-    per_item: bool
-    dtype: np.dtype
-    trailing: tuple[int, ...]
-    dims: list[str] = field(default_factory=list)
-    sources: dict[int, str] = field(default_factory=dict)
-    dtypes_seen: dict[str, int] = field(default_factory=dict)
-    inner_rows: int = 1
-    shard_rows: int = 1
-
-    @property
-    def row_bytes(self) -> int:
-        """Bytes of one row."""
-        return int(np.prod(self.trailing, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def fill_value(self) -> Any:
-        """Value of rows an item does not provide: NaN for floats, 0/False otherwise."""
-        kind = self.dtype.kind
-        if kind in "fc":
-            return np.nan
-        return False if kind == "b" else 0
-
-
-@dataclass
-class GroupPlan:
-    """One output group: its primary dimension, arrays and per-item row counts."""
-
-    name: str
-    primary_dim: str
-    special: str | None
-    description: str = ""
-    arrays: dict[str, ArrayPlan] = field(default_factory=dict)
-    rows: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def is_matrix(self) -> bool:
-        """Whether item arrays are N x N matrices flattened to N² rows."""
-        return self.special == MATRIX_FLATTENING

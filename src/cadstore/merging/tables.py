@@ -77,17 +77,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import (
-    CorruptStoreError,
-    MergeError,
-    SchemaError,
-    StorageAccessError,
-    StorageUnavailableError,
-)
+from cadstore.errors import CorruptStoreError, MergeError, SchemaError
 from cadstore.format.jsoncodec import decode_metadata
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sources import ZipSource
-from cadstore.fs import FileSystem, filesystem_for, is_url
+from cadstore.io.location import Location, resolve
+from cadstore.io.publish import write_atomic
+from cadstore.io.sources import open_source
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.base import (
     ROUTING_METADATA_KEY,
@@ -376,13 +371,14 @@ class DatasetInfo:
         for name, path, doc in documents:
             self._ingest(name, path, doc)
 
-    def _fs(self, path: str) -> FileSystem:
-        return _filesystem(path, self.storage_options)
+    def _where(self, path: str) -> Location:
+        return resolve(path, self.storage_options, shared=True)
 
     def _load_document(self, path: str) -> dict[str, Any]:
-        if not self._fs(path).exists(path):
+        location = self._where(path)
+        if not location.exists():
             raise _Unreadable("no such file")
-        raw = self._read_raw(path)
+        raw = self._read_raw(location)
         if len(raw) > self.limits.max_metadata_bytes:
             raise _Unreadable(
                 f"metadata is {len(raw)} bytes, more than max_metadata_bytes="
@@ -400,33 +396,18 @@ class DatasetInfo:
             raise _Unreadable(f"not a JSON object (a {type(decoded).__name__})")
         return decoded
 
-    def _read_raw(self, path: str) -> bytes:
-        fs = self._fs(path)
-        if fs.isdir(path):
-            try:
-                return self._read_head(fs, fs.join(path, METADATA_FILE))
-            except (StorageAccessError, StorageUnavailableError):
-                raise  # the store is at fault, not the item: never skip it silently
-            except OSError as exc:
-                raise _Unreadable(f"store without a readable {METADATA_FILE}: {exc}") from None
-        if path.endswith(".json"):
-            try:
-                return self._read_head(fs, path)
-            except (StorageAccessError, StorageUnavailableError):
-                raise
-            except OSError as exc:
-                raise _Unreadable(f"cannot read: {exc}") from None
+    def _read_raw(self, location: Location) -> bytes:
+        if location.isdir():
+            return self._read_head(location.child(METADATA_FILE), "store without a readable")
+        if location.path.endswith(".json"):
+            return self._read_head(location, "cannot read")
         try:
-            source = ZipSource(path, fs=fs, limits=self.limits)
-        except (StorageAccessError, StorageUnavailableError):
-            raise
-        except (CorruptStoreError, OSError) as exc:
+            source = open_source(location, self.limits, kind="zip", what="item")
+        except CorruptStoreError as exc:
             raise _Unreadable(f"not a readable .data file: {exc}") from None
         try:
             raw = source.get(METADATA_FILE)
-        except (StorageAccessError, StorageUnavailableError):
-            raise
-        except (CorruptStoreError, OSError) as exc:
+        except CorruptStoreError as exc:
             raise _Unreadable(f"{METADATA_FILE} is unreadable: {exc}") from None
         finally:
             source.close()
@@ -434,10 +415,13 @@ class DatasetInfo:
             raise _Unreadable(f"the .data file has no {METADATA_FILE}")
         return raw
 
-    def _read_head(self, fs: FileSystem, path: str) -> bytes:
+    def _read_head(self, location: Location, failure: str) -> bytes:
         # At most one byte past the limit: enough to tell an oversized document.
-        with fs.open_read(path) as fh:
-            return fh.read(self.limits.max_metadata_bytes + 1)
+        try:
+            with location.open_read() as fh:
+                return fh.read(self.limits.max_metadata_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise _Unreadable(f"{failure} {location.name}: {exc}") from None
 
     def _schema_from(self, doc: Mapping[str, Any], path: str) -> Schema | None:
         stored = doc.get(SCHEMA_METADATA_KEY)
@@ -698,7 +682,8 @@ class DatasetInfo:
                 "before writing the infoset"
             )
 
-    def _infoset_table(self, table_name: str) -> pa.Table:
+    def infoset_table(self, table_name: str = "file_info") -> pa.Table:
+        """Return the ``.infoset`` as a pyarrow table, without writing it (appends extend it)."""
         pa = _pyarrow()
         self._require_codes()
         for item in self._items.values():
@@ -757,7 +742,7 @@ class DatasetInfo:
         MergeError
             If no item codes were set.
         """
-        table = self._infoset_table(table_name)
+        table = self.infoset_table(table_name)
         _write_table_atomic(self.merged_store_path, table, self.storage_options)
         self._infoset_written = self.merged_store_path
         self._rows_written = table.num_rows
@@ -846,7 +831,8 @@ class DatasetInfo:
                     f"keeping {known.name!r}"
                 )
 
-    def _attribset_table(self) -> pa.Table:
+    def attribset_table(self) -> pa.Table:
+        """Return the ``.attribset`` as a pyarrow table, without writing it."""
         pa = _pyarrow()
         ids: list[int] = []
         names: list[str] = []
@@ -876,7 +862,7 @@ class DatasetInfo:
         str
             The ``.attribset`` path.
         """
-        table = self._attribset_table()
+        table = self.attribset_table()
         _write_table_atomic(self.attribute_file_path, table, self.storage_options)
         self._attribset_written = self.attribute_file_path
         self._attribute_rows_written = table.num_rows
@@ -895,19 +881,16 @@ class DatasetInfo:
                 continue
             if item.path in self.deleted_files:
                 continue
-            remote = is_url(item.path)
-            try:
-                if remote:
-                    self._fs(item.path).remove(item.path)
-                else:
-                    os.remove(item.path)
-            except FileNotFoundError:
+            location = self._where(item.path)
+            if not location.isfile():
                 continue
+            try:
+                location.remove()
             except OSError as exc:
                 self._warn(f"could not delete {item.path}: {exc}")
                 continue
             self.deleted_files.append(item.path)
-            if not remote:  # object stores have no directories to tidy
+            if not location.remote:  # object stores have no directories to tidy
                 parents.add(os.path.dirname(os.path.abspath(item.path)))
         for parent in parents:
             # rmdir only succeeds on an empty directory: anything else left there stays.
@@ -999,22 +982,16 @@ def build_info(
 
 
 # ---------------------------------------------------------------------------- helpers
-def _filesystem(path: str, storage_options: Mapping[str, Any] | None) -> FileSystem:
-    """The file system of ``path``; options apply to URLs only (a mix is allowed)."""
-    return filesystem_for(path, dict(storage_options or {}) if is_url(path) else None)[0]
-
-
 def _expand_inputs(
     info_files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     if isinstance(info_files, str | os.PathLike):
-        path = os.fspath(info_files)
-        fs = _filesystem(path, storage_options)
-        if fs.isdir(path) and not fs.exists(fs.join(path, METADATA_FILE)):
+        where = resolve(info_files, storage_options, shared=True)
+        if where.isdir() and not where.child(METADATA_FILE).exists():
             # A files_summary/ directory: every JSON in it, in name order.
-            return sorted(fs.join(path, n) for n in fs.listdir(path) if n.endswith(".json"))
-        return [path]
+            return sorted(where.child(n).path for n in where.listdir() if n.endswith(".json"))
+        return [where.path]
     return [os.fspath(p) for p in info_files]
 
 
@@ -1065,14 +1042,14 @@ def _write_table_atomic(
 ) -> None:
     import pyarrow.parquet as pq
 
-    fs = _filesystem(path, storage_options)
+    location = resolve(path, storage_options, shared=True)
     # Locally this creates the directory; on an object store it checks the bucket.
-    fs.makedirs(fs.dirname(path) if is_url(path) else os.path.dirname(os.path.abspath(path)))
+    location.parent.makedirs()
 
     def writer(fh: IO[bytes]) -> None:
         pq.write_table(table, fh)
 
-    fs.write_atomic(path, writer)
+    write_atomic(location, writer)
 
 
 def _pyarrow() -> Any:

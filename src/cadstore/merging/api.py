@@ -12,83 +12,58 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cadstore.dataset.layout import assign_group
-from cadstore.dataset.merge import (
+from cadstore.cluster import DaskResources
+from cadstore.errors import MergeError
+from cadstore.format.layout import assign_group
+from cadstore.format.manifest import write_manifest
+from cadstore.io.location import Location, resolve
+from cadstore.io.publish import write_atomic
+from cadstore.merging.append import append_items
+from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
     DEFAULT_LEVEL,
     DEFAULT_SHARD_BYTES,
-    ItemScan,
+    MergeOptions,
     MergeResult,
-    _filesystem,
-    append_items,
-    dataset_exists,
-    item_name_of,
-    merge_items,
-    scan_item,
 )
-from cadstore.errors import MergeError
-from cadstore.format import jsoncodec
-from cadstore.fs import is_url
+from cadstore.merging.run import dataset_exists, run_merge
+from cadstore.merging.scan import ItemScan, item_name_of, scan_item
+from cadstore.merging.tables import DatasetInfo
+from cadstore.schema import Schema
 
 __all__ = ["DatasetMerger", "merge", "write_flow_manifest"]
 
-FLOW_FORMAT = "cadstore-flow/1"
-
-
-def _stem(path: str) -> str:
-    base = posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
-    for suffix in (".dataset", ".zarr"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    return base
-
 
 def write_flow_manifest(
-    path: str,
+    path: str | os.PathLike[str] | Location,
     *,
-    dataset: str,
-    infoset: str | None,
-    attribset: str | None,
+    dataset: str | os.PathLike[str] | Location,
+    infoset: str | os.PathLike[str] | Location | None,
+    attribset: str | os.PathLike[str] | Location | None,
     result: MergeResult,
     durations: Mapping[str, float],
     extra: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write the ``.flow`` manifest atomically; its presence marks a finished merge.
+    """Write the ``.flow`` manifest of a merge atomically; its presence marks it finished.
 
-    Paths are stored relative to the manifest's directory when they lie below it, so the
-    three files and the manifest can be moved together. ``path`` may be a URL
-    (``s3://...``, published with one PUT); ``storage_options`` are its fsspec options.
+    The document holds the specified keys and the merge's summary
+    (:mod:`cadstore.format.manifest`). ``path`` may be a URL (published with one PUT);
+    ``storage_options`` are the fsspec options for the URLs among the paths.
     """
-    remote = is_url(path)
-    if remote:
-        base, sep, full_of = path.rsplit("/", 1)[0], "/", str
-    else:
-        base, sep, full_of = os.path.dirname(os.path.abspath(path)), os.sep, os.path.abspath
 
-    def rel(p: str | None) -> str | None:
-        if p is None:
-            return None
-        full = full_of(p)
-        if not full.startswith(base + sep):
-            return full
-        return full[len(base) + 1 :] if remote else os.path.relpath(full, base)
+    def where(p: str | os.PathLike[str] | Location | None) -> Location | None:
+        return None if p is None else resolve(p, storage_options, shared=True)
 
     error_types: dict[str, int] = {}
     for err in result.errors:
         kind = err["error"].split(":")[0][:60]
         error_types[kind] = error_types.get(kind, 0) + 1
-    doc = {
-        "format": FLOW_FORMAT,
-        "flow_name": _stem(path),
-        "flow_data": rel(dataset),
-        "flow_info": rel(infoset),
-        "flow_attributes": rel(attribset),
+    fields = {
         "file_count": len(result.items),
         "groups": result.groups,
         "Duration [seconds]": {"total": sum(durations.values()), **durations},
@@ -99,9 +74,17 @@ def write_flow_manifest(
         "stored_bytes": result.stored_bytes,
         **(extra or {}),
     }
-    fs = _filesystem(path, storage_options)
-    fs.write_bytes_atomic(path, jsoncodec.dumps(doc, indent=1).encode("utf-8"))
-    return path
+    manifest = where(path)
+    dataset_location = where(dataset)
+    assert manifest is not None and dataset_location is not None
+    write_manifest(
+        manifest,
+        dataset=dataset_location,
+        infoset=where(infoset),
+        attribset=where(attribset),
+        fields=fields,
+    )
+    return manifest.path
 
 
 class DatasetMerger:
@@ -160,8 +143,6 @@ class DatasetMerger:
         scheduler: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from cadstore.dataset.distributed import DaskResources
-
         self.zip_files = [os.fspath(f) for f in (zip_files or [])]
         self.merged_store_path = os.fspath(merged_store_path) if merged_store_path else None
         self.file_id_codes = dict(file_id_codes) if file_id_codes else None
@@ -182,8 +163,6 @@ class DatasetMerger:
 
     def set_schema(self, schema: Any) -> None:
         """Use ``schema`` for groups, primary dimensions and dimension names."""
-        from cadstore.schema import Schema
-
         self._schema = Schema.from_any(schema)
         self._discovered = None
 
@@ -194,14 +173,9 @@ class DatasetMerger:
 
         A schema stored in the items is used when none was set.
         """
-        from cadstore.schema import Schema
-
         scans = [
             s
-            for s in (
-                scan_item(f, storage_options=self.storage_options)
-                for f in self.zip_files[:max_files_to_scan]
-            )
+            for s in (scan_item(f) for f in self._locations(self.zip_files[:max_files_to_scan]))
             if isinstance(s, ItemScan)
         ]
         schema = self._schema
@@ -291,31 +265,36 @@ class DatasetMerger:
         ):
             if rows is not None:
                 shard_rows.update(dict.fromkeys(groups, int(rows)))
-        result = merge_items(
-            self.zip_files,
-            self.merged_store_path,
-            schema=self._schema,
-            file_id_codes=self.file_id_codes,
+        options = MergeOptions(
             compression_level=compression_level,
             inner_bytes=DEFAULT_INNER_BYTES,
             shard_bytes=DEFAULT_SHARD_BYTES,
             shard_rows=shard_rows,
             directory=not force_compression,
             workers=self.workers,
-            overwrite=overwrite,
             progress=progress,
-            storage_options=self.storage_options,
+        )
+        items = self._locations(self.zip_files)
+        target = resolve(self.merged_store_path, self.storage_options, shared=True)
+        result = run_merge(
+            items,
+            target,
+            self._schema,
+            options,
+            self.file_id_codes,
+            overwrite=overwrite,
             client=self.dask_client,
         )
         self.result = result
         if self.delete_source_files:
             merged = set(result.items)
-            for path in self.zip_files:
-                if item_name_of(path) in merged:
-                    fs = _filesystem(path, self.storage_options)
-                    if fs.isfile(path):
-                        fs.remove(path)
+            for item in items:
+                if item_name_of(item) in merged and item.isfile():
+                    item.remove()
         return result
+
+    def _locations(self, paths: Sequence[str]) -> list[Location]:
+        return [resolve(p, self.storage_options, shared=True) for p in paths]
 
     @property
     def dask_client(self) -> Any:
@@ -333,7 +312,7 @@ class DatasetMerger:
         Items already in the dataset (same name) are skipped, so appending is idempotent.
         """
         if not self.merged_store_path or not dataset_exists(
-            self.merged_store_path, self.storage_options
+            resolve(self.merged_store_path, self.storage_options, shared=True)
         ):
             raise MergeError(f"no dataset at {self.merged_store_path!r} to append to")
         files = [os.fspath(f) for f in (zip_files if zip_files is not None else self.zip_files)]
@@ -411,44 +390,35 @@ def merge(
         The merge summary (also in the manifest).
     """
     files = _collect_inputs(inputs, storage_options)
-    stem = output[: -len(".dataset")] if output.endswith(".dataset") else output
-    infoset = infoset or stem + ".infoset"
-    attribset = attribset or stem + ".attribset"
-    flow = flow or stem + ".flow"
-    flow_fs = _filesystem(flow, storage_options)
-    if append and dataset_exists(output, storage_options):
-        return _append_with_tables(
-            files, output, infoset, attribset, flow, progress, storage_options
-        )
-    if flow_fs.isfile(flow) and not overwrite:
+    target = resolve(output, storage_options, shared=True)
+
+    def beside(given: str | None, suffix: str) -> Location:
+        if given is not None:
+            return resolve(given, storage_options, shared=True)
+        return target.with_suffix(suffix, replacing=".dataset")
+
+    tables = beside(infoset, ".infoset"), beside(attribset, ".attribset")
+    manifest = beside(flow, ".flow")
+    if append and dataset_exists(target):
+        return _append_with_tables(files, target, tables, manifest, progress)
+    if manifest.isfile() and not overwrite:
         raise MergeError.suggesting(
-            f"{flow} already exists",
+            f"{manifest} already exists",
             ("overwrite", "replace the dataset"),
             ("append", "add items to it"),
         )
     # The old manifest goes first: from here on the old dataset is no longer "finished".
-    flow_fs.remove(flow)
+    manifest.remove()
     t0 = time.perf_counter()
-    result = merge_items(
-        files,
-        output,
-        schema=schema,
-        workers=workers,
-        overwrite=overwrite,
-        compression_level=compression_level,
-        progress=progress,
-        storage_options=storage_options,
-        client=client,
-    )
+    options = MergeOptions(compression_level=compression_level, workers=workers, progress=progress)
+    result = run_merge(files, target, schema, options, overwrite=overwrite, client=client)
     t1 = time.perf_counter()
-    from cadstore.dataset.info import DatasetInfo
-
     merged = {name: code for code, name in enumerate(result.items)}
     by_name = {item_name_of(f): f for f in files}
     info = DatasetInfo(
-        [by_name[n] for n in result.items],
-        infoset,
-        attribset,
+        [by_name[n].path for n in result.items],
+        tables[0].path,
+        tables[1].path,
         schema=schema,
         storage_options=storage_options,
     )
@@ -457,91 +427,83 @@ def merge(
     info.store_info_to_parquet()  # writes the .attribset too
     t2 = time.perf_counter()
     write_flow_manifest(
-        flow,
-        dataset=output,
-        infoset=infoset,
-        attribset=attribset,
+        manifest,
+        dataset=target,
+        infoset=tables[0],
+        attribset=tables[1],
         result=result,
         durations={"merge": t1 - t0, "info": t2 - t1},
         extra={"info": info.summary()},
-        storage_options=storage_options,
     )
     return result
 
 
 def _collect_inputs(
-    inputs: Sequence[str] | str, storage_options: Mapping[str, Any] | None = None
-) -> list[str]:
+    inputs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Location]:
+    """The items among ``inputs``: ``.data`` files, and those in the directories given."""
     if isinstance(inputs, str | os.PathLike):
-        inputs = [os.fspath(inputs)]
-    files: list[str] = []
+        inputs = [inputs]
+    files: list[Location] = []
     for entry in inputs:
-        entry = os.fspath(entry)
-        fs = _filesystem(entry, storage_options)
+        where = resolve(entry, storage_options, shared=True)
         if (
-            not entry.endswith(".data")
-            and fs.isdir(entry)
-            and not fs.exists(fs.join(entry, "zarr.json"))
+            not where.path.endswith(".data")
+            and where.isdir()
+            and not where.child("zarr.json").exists()
         ):
-            files.extend(
-                sorted(fs.join(entry, n) for n in fs.listdir(entry) if n.endswith(".data"))
-            )
+            files.extend(where.child(n) for n in sorted(where.listdir()) if n.endswith(".data"))
         else:
-            files.append(entry)
+            files.append(where)
     if not files:
-        raise MergeError(f"no .data files found in {list(inputs)}")
+        raise MergeError(f"no .data files found in {[os.fspath(i) for i in inputs]}")
     return files
 
 
 def _append_with_tables(
-    files: list[str],
-    output: str,
-    infoset: str,
-    attribset: str,
-    flow: str,
+    files: list[Location],
+    target: Location,
+    tables: tuple[Location, Location],
+    manifest: Location,
     progress: bool,
-    storage_options: Mapping[str, Any] | None = None,
 ) -> MergeResult:
     """Append to a dataset and extend its Parquet tables with the new items' rows."""
     import pandas as pd
 
-    from cadstore.dataset.info import DatasetInfo
-
     t0 = time.perf_counter()
-    result = append_items(output, files, progress=progress, storage_options=storage_options)
+    result = append_items(target, files, progress=progress)
     t1 = time.perf_counter()
     first_code = result.total_items - len(result.items)
     if result.items:
         by_name = {item_name_of(f): f for f in files}
         # The new rows are built in memory and each table published once, merged.
         info = DatasetInfo(
-            [by_name[n] for n in result.items],
+            [by_name[n].path for n in result.items],
             os.devnull,
             os.devnull,
-            storage_options=storage_options,
+            storage_options=target.storage_options,
         )
         info.set_code_mappings({n: first_code + i for i, n in enumerate(result.items)})
         info.parse_info_files()
         new_tables = {
-            infoset: (info._infoset_table("file_info"), ["id"]),
-            attribset: (info._attribset_table(), ["table_name", "id"]),
+            tables[0]: (info.infoset_table("file_info"), ["id"]),
+            tables[1]: (info.attribset_table(), ["table_name", "id"]),
         }
-        for path, (new_table, keys) in new_tables.items():
-            fs = _filesystem(path, storage_options)
+        for where, (new_table, keys) in new_tables.items():
             frames = []
-            if fs.isfile(path):
-                frames.append(pd.read_parquet(io.BytesIO(fs.read_bytes(path))))
+            if where.isfile():
+                frames.append(pd.read_parquet(io.BytesIO(where.read_bytes())))
             frames.append(new_table.to_pandas())
             table = pd.concat(frames, ignore_index=True).drop_duplicates(subset=keys, keep="first")
-            fs.write_atomic(path, lambda fh, t=table: t.to_parquet(fh, index=False))
+            write_atomic(where, lambda fh, t=table: t.to_parquet(fh, index=False))
     write_flow_manifest(
-        flow,
-        dataset=output,
-        infoset=infoset,
-        attribset=attribset,
+        manifest,
+        dataset=target,
+        infoset=tables[0],
+        attribset=tables[1],
         result=result,
         durations={"append": t1 - t0, "info": time.perf_counter() - t1},
         extra={"file_count": result.total_items, "appended": len(result.items)},
-        storage_options=storage_options,
     )
     return result

@@ -1,23 +1,30 @@
-"""Key-value views of a store: a zip file, a directory, or a dict in memory.
+"""Key-value views of a store: a zip file, a directory, a prefix of objects, a dict.
 
 Every view returns bytes by key, lists its keys, and reports the size of what it holds
 (for the expansion limit). The zip view validates every member name (no absolute paths,
 no ``..``, no backslashes or control characters, no duplicates) and every declared size
 before it reads, and turns every failure of ``zipfile`` into a
 :class:`~cadstore.errors.CorruptStoreError` naming the file. Nothing is ever extracted.
+
+:func:`open_source` is the one way to open the store at a location, whatever it is: it
+decides between a zip and a directory (or, on an object store, a prefix), refuses anything
+that is neither (a named pipe, a device) before reading a byte, and reports a store that
+cannot be read as a :class:`~cadstore.errors.CorruptStoreError` naming it, while a store
+that refuses access or cannot be reached passes through as its own error.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 
 from cadstore.errors import (
     CorruptStoreError,
@@ -25,7 +32,10 @@ from cadstore.errors import (
     StorageError,
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.fs import FileSystem, FsspecFileSystem, LocalFileSystem
+from cadstore.io.filesystems import FileSystem, LocalFileSystem
+
+if TYPE_CHECKING:
+    from cadstore.io.location import Location
 
 __all__ = [
     "DictSource",
@@ -34,6 +44,7 @@ __all__ = [
     "PrefixSource",
     "ZipSource",
     "check_member_name",
+    "open_source",
 ]
 
 _LOCAL_LENGTHS = struct.Struct("<HH")
@@ -479,7 +490,7 @@ class ZipSource(KeySource):
 
     @property
     def batches_reads(self) -> bool:  # docstring inherited
-        return self._image is None and self._fd is None and isinstance(self._fs, FsspecFileSystem)
+        return self._image is None and self._fd is None and self._fs.remote
 
     def get_ranges(  # docstring inherited
         self, requests: Sequence[tuple[str, int, int]]
@@ -633,7 +644,7 @@ class PrefixSource(KeySource):
         The prefix (a URL).
     """
 
-    def __init__(self, fs: FsspecFileSystem, root: str) -> None:
+    def __init__(self, fs: FileSystem, root: str) -> None:
         self.location = root
         self._fs = fs
         self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
@@ -685,3 +696,72 @@ class PrefixSource(KeySource):
 
     def __contains__(self, key: str) -> bool:
         return key in self._sizes
+
+
+def open_source(
+    location: Location,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    kind: Literal["zip", "directory"] | None = None,
+    what: str = "store",
+) -> KeySource:
+    """Open the store at ``location`` for reading: a zip file or a directory of members.
+
+    Parameters
+    ----------
+    location
+        A zip file (``.data`` item, ``.dataset``) or a directory store; on an object
+        store an object, or a prefix of objects.
+    limits
+        Safety limits for reading.
+    kind
+        What the caller already knows is there (``"zip"`` or ``"directory"``), which saves
+        the probe; by default it is found out.
+    what
+        What the caller expects there (``"item"``, ``"dataset"``), for the message when
+        nothing is.
+
+    Returns
+    -------
+    KeySource
+        A :class:`ZipSource`, :class:`DirectorySource` or :class:`PrefixSource`.
+
+    Raises
+    ------
+    CorruptStoreError
+        If nothing is there, it is neither a regular file nor a directory (refused before
+        anything is read, so a named pipe cannot hang the reader), or it cannot be read.
+    StorageAccessError, StorageUnavailableError
+        If the object store refuses or cannot be reached: the store is at fault, not it.
+    """
+    fs, path = location.fs, location.path
+    try:
+        if kind is None:
+            kind = _kind_of(location, what)
+        if kind == "directory":
+            return PrefixSource(fs, path) if location.remote else DirectorySource(path)
+        return ZipSource(path, fs=fs, limits=limits)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise CorruptStoreError(path, f"cannot read: {exc}") from exc
+
+
+def _kind_of(location: Location, what: str) -> Literal["zip", "directory"]:
+    fs, path = location.fs, location.path
+    if location.remote:
+        # One HEAD answers for the usual zip; only a miss costs a listing.
+        if fs.isfile(path):
+            return "zip"
+        if fs.isdir(path):
+            return "directory"
+        raise CorruptStoreError(path, f"no such {what} (no object and no prefix)")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CorruptStoreError(path, f"no such {what}") from None
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if not stat.S_ISREG(mode):
+        raise CorruptStoreError(path, f"not a regular file or directory, so not a {what}")
+    return "zip"

@@ -1,20 +1,18 @@
-"""The one place through which cadstore touches files.
+"""The file systems cadstore reads through: local disk, and object stores through fsspec.
 
-Backends, the merger and the CLI never call ``open``/``os`` on user paths directly; they
-ask :func:`filesystem_for` for a :class:`FileSystem` and use its small set of operations.
-Local paths get :class:`LocalFileSystem`; URLs such as ``s3://bucket/key`` get
-:class:`FsspecFileSystem`, which serves the same interface through fsspec (s3fs for S3,
-gcsfs, adlfs, ...; install ``cadstore[cloud]``). Credentials and endpoints come from
-``storage_options`` or from the usual fsspec and environment configuration
-(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``,
-``FSSPEC_S3_*``).
+A :class:`FileSystem` serves the small set of operations cadstore needs on one kind of
+storage: queries (``exists``, ``isfile``, ``isdir``, ``listdir``, ``size``,
+``file_sizes``), reads (``read_bytes``, ``open_read``, ``read_ranges``), and the changes
+that are not publication (``makedirs``, ``remove``, ``rmtree``, ``upload``).
+:class:`LocalFileSystem` serves local paths; :class:`FsspecFileSystem` serves URLs such as
+``s3://bucket/key`` through fsspec (s3fs for S3, gcsfs, adlfs, ...; install
+``cadstore[cloud]``), translating its clients' errors into cadstore's. Publishing a file so
+that it is never seen partially written is :mod:`cadstore.io.publish`'s job, and which
+file system serves a path is decided once, by :func:`cadstore.io.location.resolve`.
 
-The operations that publish a file (:meth:`FileSystem.write_atomic`) never leave a partial
-file visible: on local disk they write a temporary file in the destination directory,
-fsync it, rename it over the destination and fsync the directory. Object stores have no
-rename, but a single PUT (or a multipart upload, which becomes visible only when it is
-completed) is atomic: the file is written to local scratch space first and published with
-one upload, so readers see the old complete object or the new complete object.
+Credentials and endpoints come from ``storage_options`` or from the usual fsspec and
+environment configuration (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ``FSSPEC_S3_*``).
 """
 
 from __future__ import annotations
@@ -24,14 +22,12 @@ import errno
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import stat
-import tempfile
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
@@ -43,17 +39,12 @@ from cadstore.errors import (
 )
 
 __all__ = [
-    "TEMP_PREFIX",
     "FileSystem",
     "FsspecFileSystem",
     "LocalFileSystem",
-    "create_temporary",
     "filesystem_for",
     "is_url",
 ]
-
-#: Prefix of every temporary file cadstore creates next to a destination.
-TEMP_PREFIX = ".tmp-cadstore-"
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -64,7 +55,16 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 
 class FileSystem(ABC):
-    """The file operations cadstore needs, on one kind of storage."""
+    """The file operations cadstore needs, on one kind of storage.
+
+    Attributes
+    ----------
+    remote
+        Whether paths are URLs of a remote store, where a file appears by an upload, not
+        by a rename, and every query is a request.
+    """
+
+    remote: bool
 
     def translate(self, path: str, exc: BaseException) -> BaseException:
         """Return the cadstore error that ``exc``, raised while using ``path``, stands for.
@@ -110,44 +110,12 @@ class FileSystem(ABC):
         """Open ``path`` for random-access binary reading."""
 
     @abstractmethod
-    def write_atomic(
-        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
-    ) -> int:
-        """Publish ``path`` atomically: ``writer`` fills a temporary file that replaces it.
-
-        Parameters
-        ----------
-        path
-            The destination.
-        writer
-            Called once with a binary file open for writing (and seeking).
-        exclusive
-            Publish only if ``path`` does not exist yet, atomically with the check: the
-            primitive for commit markers and version pointers that concurrent writers race
-            for. Object stores need conditional writes (``If-None-Match``) for it.
-
-        Returns
-        -------
-        int
-            The size of the published file.
-
-        Raises
-        ------
-        FileExistsError
-            With ``exclusive=True``, when ``path`` exists.
-        """
-
-    @abstractmethod
     def remove(self, path: str) -> None:
         """Delete file ``path``; no error if it is already gone."""
 
     @abstractmethod
     def rmtree(self, path: str) -> None:
         """Delete directory ``path`` recursively; no error if it is already gone."""
-
-    @abstractmethod
-    def copy_file(self, src: str, dst: str) -> None:
-        """Copy file ``src`` to ``dst`` (atomically at the destination)."""
 
     def join(self, *parts: str) -> str:
         """Join path components."""
@@ -161,13 +129,6 @@ class FileSystem(ABC):
         """Return the last component of ``path``."""
         return os.path.basename(path)
 
-    def write_bytes_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> int:
-        """Publish ``data`` at ``path`` atomically; return its size.
-
-        ``exclusive`` is as for :meth:`write_atomic`.
-        """
-        return self.write_atomic(path, lambda fh: fh.write(data), exclusive=exclusive)
-
     def read_ranges(
         self, fh: IO[bytes], path: str, ranges: Sequence[tuple[int, int]]
     ) -> list[bytes] | None:
@@ -179,34 +140,28 @@ class FileSystem(ABC):
         """
         return None
 
-    def publish_file(self, local_path: str, path: str) -> int:
-        """Publish the finished local file ``local_path`` at ``path`` atomically.
+    def file_sizes(self, path: str) -> dict[str, int]:
+        """Return ``{relative posix path: size}`` of every file below directory ``path``."""
+        return {rel: self.size(full) for rel, full in self.walk_files(path)}
 
-        The large-output counterpart of :meth:`write_atomic` for a file already complete
-        on local disk (a merged dataset built in scratch space): readers of ``path`` see
-        the old complete file or the new one. ``local_path`` is left in place.
+    @abstractmethod
+    def walk_files(self, path: str) -> Iterator[tuple[str, str]]:
+        """Yield ``(relative posix path, path)`` of every file below directory ``path``."""
 
-        Returns
-        -------
-        int
-            The size of the published file.
+    def upload(self, local_path: str, path: str, *, exclusive: bool = False) -> None:
+        """Copy the finished local file ``local_path`` to ``path`` in one request.
+
+        For remote file systems, where one upload is what makes an object appear whole;
+        :mod:`cadstore.io.publish` uses it. ``exclusive`` makes it conditional: a
+        ``FileExistsError`` if ``path`` exists.
         """
-        with open(local_path, "rb") as fin:
-            return self.write_atomic(path, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
+        raise NotImplementedError(f"{type(self).__name__} publishes with a rename, not an upload")
 
 
 class LocalFileSystem(FileSystem):
-    """Local disk.
+    """Local disk."""
 
-    Parameters
-    ----------
-    durable
-        When true (the default), published files and their directory entries are fsynced,
-        so a file that is visible survives a power cut too. Turn off only for scratch data.
-    """
-
-    def __init__(self, *, durable: bool = True) -> None:
-        self.durable = durable
+    remote = False
 
     def exists(self, path: str) -> bool:  # docstring inherited
         return os.path.exists(path)
@@ -233,34 +188,6 @@ class LocalFileSystem(FileSystem):
     def open_read(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 
-    def write_atomic(
-        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
-    ) -> int:
-        directory = os.path.dirname(os.path.abspath(path))
-        # O_EXCL on a random name in the destination's directory: same file system (so the
-        # rename is atomic) and no clash with another writer; cheaper than mkstemp.
-        tmp, fd = create_temporary(directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-                fh.flush()
-                if self.durable:
-                    os.fsync(fh.fileno())
-                size = fh.tell()
-            if exclusive:
-                # link() fails if the destination exists, atomically with creating it.
-                os.link(tmp, path)
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        if self.durable:
-            _fsync_dir(directory)
-        return size
-
     def remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -279,10 +206,6 @@ class LocalFileSystem(FileSystem):
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(path)
 
-    def copy_file(self, src: str, dst: str) -> None:
-        with open(src, "rb") as fin:
-            self.write_atomic(dst, lambda fout: shutil.copyfileobj(fin, fout))
-
     def walk_files(self, path: str) -> Iterator[tuple[str, str]]:
         """Yield ``(relative posix path, absolute path)`` of every regular file below ``path``.
 
@@ -295,43 +218,6 @@ class LocalFileSystem(FileSystem):
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     rel = os.path.relpath(full, path).replace(os.sep, "/")
                     yield rel, full
-
-
-def create_temporary(directory: str, suffix: str = "") -> tuple[str, int]:
-    """Create a new temporary file in ``directory``, creating missing folders on the way.
-
-    The name is :data:`TEMP_PREFIX`, the process id and a random token, so a later run
-    can tell whose it was; the file is opened exclusively (``O_EXCL``) on a random name in
-    the destination's own directory: the same file system, so the final rename is atomic,
-    and no clash with another writer. A destination whose folder does not exist yet gets
-    it, as a user writing ``-o new_folder/x.dataset`` expects.
-
-    Returns
-    -------
-    tuple of (str, int)
-        The temporary path and an open file descriptor for writing.
-    """
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        return tmp, os.open(tmp, flags, 0o666)
-    except FileNotFoundError:
-        # Only when the folder is missing: the common case costs no extra system call.
-        os.makedirs(directory, exist_ok=True)
-        return tmp, os.open(tmp, flags, 0o666)
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some file systems refuse directory fsync
-        pass
-    finally:
-        os.close(dfd)
 
 
 _LOCAL = LocalFileSystem()
@@ -422,10 +308,10 @@ class FsspecFileSystem(FileSystem):
     Paths are full URLs (``s3://bucket/parts/p1.zarr``), so that every path a storage
     reports or puts in an error message can be opened again as it is.
 
-    * :meth:`write_atomic` lets the writer fill a local scratch file, then publishes it
-      with a single upload (one PUT, or a multipart upload that becomes visible only when
-      it completes), so the object is never seen partially written. ``exclusive=True``
-      sends ``If-None-Match: *`` (S3 conditional writes).
+    * :meth:`upload` publishes a finished local file with a single request (one PUT, or a
+      multipart upload that becomes visible only when it completes), so the object is
+      never seen partially written; ``exclusive=True`` sends ``If-None-Match: *`` (S3
+      conditional writes).
     * :meth:`open_read` returns a seekable file whose reads are HTTP range requests with
       a small read-ahead; the object's ETag is pinned, so a read never mixes two versions
       of an object replaced meanwhile (it fails instead). :meth:`read_ranges` sends many
@@ -441,6 +327,8 @@ class FsspecFileSystem(FileSystem):
     fs
         The fsspec file system (e.g. an ``s3fs.S3FileSystem``).
     """
+
+    remote = True
 
     def __init__(self, fs: Any) -> None:
         self.fs = fs
@@ -690,9 +578,14 @@ class FsspecFileSystem(FileSystem):
         with self._errors(path):
             self.fs.makedirs(path, exist_ok=True)
 
-    def write_atomic(
-        self, path: str, writer: Callable[[IO[bytes]], Any], *, exclusive: bool = False
-    ) -> int:
+    def upload(self, local_path: str, path: str, *, exclusive: bool = False) -> None:
+        """Upload ``local_path`` to ``path`` in one PUT (or one multipart upload).
+
+        The object appears only when the upload completes, whole. ``exclusive`` sends
+        ``If-None-Match: *`` (S3 conditional writes): ``FileExistsError`` if ``path``
+        exists, where the store enforces it (:func:`cadstore.io.publish.
+        conditional_writes_supported` tells).
+        """
         options: dict[str, Any] = {}
         if exclusive:
             if self.protocol not in ("s3", "s3a"):
@@ -700,25 +593,9 @@ class FsspecFileSystem(FileSystem):
                     f"exclusive (conditional) writes are not supported for {self.protocol}://"
                 )
             options["mode"] = "create"
-        # The writer needs a seekable file, and a single upload needs the whole object:
-        # scratch space on local disk holds it, whatever its size.
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "w+b") as fh:
-                writer(fh)
-                fh.flush()
-                size = os.fstat(fh.fileno()).st_size
-            self._put(tmp, path, options, exclusive=exclusive)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return size
-
-    def _put(self, local: str, path: str, options: dict[str, Any], *, exclusive: bool) -> None:
-        """Upload ``local`` to ``path`` in one PUT (or one multipart upload)."""
         with self._errors(path):
             try:
-                self.fs.put_file(local, path, **options)
+                self.fs.put_file(local_path, path, **options)
             except FileNotFoundError:
                 self._check_bucket(path)
                 raise
@@ -727,39 +604,10 @@ class FsspecFileSystem(FileSystem):
                     raise FileExistsError(errno.EEXIST, "object exists", path) from exc
                 raise
 
-    def publish_file(self, local_path: str, path: str) -> int:  # docstring inherited
-        # Straight from the finished file: no second scratch copy of a large dataset.
-        size = os.stat(local_path).st_size
-        self._put(local_path, path, {}, exclusive=False)
-        return size
-
-    def conditional_writes_supported(self, directory: str) -> bool:
-        """Return whether the store enforces ``exclusive`` writes (probed once per bucket).
-
-        Some S3-compatible servers accept ``If-None-Match: *`` and ignore it, so a second
-        exclusive write silently replaces the first; only where this returns true do
-        exclusive writes settle a race between writers. The probe writes one object
-        below ``directory`` twice and deletes it.
-        """
-        bucket = self._bucket(directory) or directory
-        known = self._conditional.get(bucket)
-        if known is not None:
-            return known
-        if self.protocol not in ("s3", "s3a"):
-            return False
-        probe = self.join(directory, f"{TEMP_PREFIX}probe-{secrets.token_hex(8)}")
-        try:
-            self.write_bytes_atomic(probe, b"1", exclusive=True)
-            try:
-                self.write_bytes_atomic(probe, b"2", exclusive=True)
-            except FileExistsError:
-                supported = True
-            else:
-                supported = False
-        finally:
-            self.remove(probe)
-        self._conditional[bucket] = supported
-        return supported
+    def server_copy(self, src: str, dst: str) -> None:
+        """Copy object ``src`` to ``dst`` on the server: the destination appears in one step."""
+        with self._errors(dst):
+            self.fs.cp_file(src, dst)
 
     def remove(self, path: str) -> None:
         with self._errors(path), contextlib.suppress(FileNotFoundError):
@@ -775,11 +623,6 @@ class FsspecFileSystem(FileSystem):
                     self.fs.rm_file(key)
             elif keys:
                 self.fs.rm(keys)
-
-    def copy_file(self, src: str, dst: str) -> None:
-        # A server-side copy creates the destination in one step, like a PUT.
-        with self._errors(dst):
-            self.fs.cp_file(src, dst)
 
     # ------------------------------------------------------------------ paths
     def join(self, *parts: str) -> str:

@@ -1,9 +1,9 @@
-"""Merges (and encodes) on a Dask cluster.
+"""Merges on a Dask cluster: items scanned and shards encoded by the workers.
 
 What runs where
 ---------------
 * **Workers** open the items themselves, from a path every worker can read (shared disk)
-  or a URL (``s3://...``, with the ``storage_options`` sent along with each task). They
+  or a URL (``s3://...``; a location travels with its ``storage_options``). They
   scan items (metadata, per-item scalars, the CRC of every member) and encode *whole
   output shards*: each task owns a set of shards and gathers the rows of every item that
   overlaps them, so no two tasks ever produce the same chunk (partial-shard writes from
@@ -31,128 +31,29 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.layout import ArrayPlan, GroupPlan
-from cadstore.dataset.merge import (
-    ItemScan,
-    _decode_checked,
-    _shard_key,
-    _Writer,
-    scan_item,
-)
+from cadstore.cluster import require_distributed, worker_threads
 from cadstore.errors import (
     CadstoreError,
     CorruptStoreError,
     LimitExceededError,
     MergeError,
     StorageAccessError,
+    StorageError,
     StorageUnavailableError,
 )
 from cadstore.format.limits import Limits
 from cadstore.format.sharding import encode_shard
+from cadstore.io.location import Location
+from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
+from cadstore.merging.scan import ItemScan, decode_item, scan_item
+from cadstore.merging.write import ShardWriter, shard_key
 
-__all__ = [
-    "DaskResources",
-    "require_distributed",
-    "run_encode_on_dask",
-    "scan_on_dask",
-    "write_shards_on_dask",
-]
-
-_EXTRA_HINT = "install the dask extra: pip install 'cadstore[dask]'"
+__all__ = ["scan_on_dask", "write_shards_on_dask"]
 #: Items scanned by one task: enough to amortise a task's overhead (about 1 ms).
 SCAN_BATCH = 16
 #: Bounds of the decoded input bytes one shard task covers.
 MIN_TASK_BYTES = 2 * 1024 * 1024
 MAX_TASK_BYTES = 128 * 1024 * 1024
-
-
-def require_distributed() -> Any:
-    """Return the ``distributed`` module, or raise an ImportError naming the extra."""
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ImportError(
-            f"running on a Dask cluster needs dask.distributed; {_EXTRA_HINT}"
-        ) from exc
-    return distributed
-
-
-class DaskResources:
-    """The Dask client a merger runs on, and what it started to get it.
-
-    Parameters
-    ----------
-    client
-        An existing ``distributed.Client``; used as is and not closed by :meth:`close`
-        unless ``close_global=True``.
-    scheduler
-        The address of a running scheduler (``"tcp://host:8786"``); a client is connected
-        to it and closed by :meth:`close`.
-    params
-        Keyword arguments of ``distributed.LocalCluster`` (``n_workers``,
-        ``threads_per_worker``, ``processes``, ``memory_limit``, ...): a local cluster is
-        started on first use and closed by :meth:`close`. Its dashboard listens on a free
-        loopback port unless ``dashboard_address`` is given.
-
-    Raises
-    ------
-    ValueError
-        If more than one of ``client``, ``scheduler`` and ``params`` is given.
-    """
-
-    def __init__(
-        self,
-        client: Any = None,
-        scheduler: str | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> None:
-        given = [x is not None for x in (client, scheduler, params)]
-        if sum(given) > 1:
-            raise ValueError("give at most one of client=, scheduler= and dask_client_params=")
-        self._given = client
-        self._scheduler = scheduler
-        self._params = dict(params) if params is not None else None
-        self._client: Any = client
-        self._cluster: Any = None
-
-    @property
-    def client(self) -> Any:
-        """The client, connecting or starting a local cluster on first use."""
-        if self._client is None:
-            distributed = require_distributed()
-            if self._scheduler is not None:
-                self._client = distributed.Client(self._scheduler)
-            else:
-                # A fixed dashboard port (the default 8787) clashes with any other
-                # cluster on the machine: a free loopback port unless one is given.
-                params = {"dashboard_address": "127.0.0.1:0", **(self._params or {})}
-                self._cluster = distributed.LocalCluster(**params)
-                self._client = distributed.Client(self._cluster)
-        return self._client
-
-    @property
-    def started(self) -> bool:
-        """Whether a client exists (given, connected or started)."""
-        return self._client is not None
-
-    def close(self, close_global: bool = False) -> None:
-        """Close the client and cluster this object started; idempotent.
-
-        Parameters
-        ----------
-        close_global
-            Also close a client that was given rather than started here.
-        """
-        owned = self._client is not None and self._client is not self._given
-        if self._client is not None and (owned or close_global):
-            self._client.close()
-        if owned or close_global:
-            self._client = None
-        if close_global:
-            self._given = None
-        if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
 
 
 # ---------------------------------------------------------------------------- failures
@@ -170,9 +71,15 @@ class _Failure:
     message: str
 
 
-_PATH_ERRORS: dict[str, type[CorruptStoreError]] = {
+_PATH_ERRORS: dict[str, type[StorageError]] = {
     cls.__name__: cls
-    for cls in (CorruptStoreError, LimitExceededError, StorageAccessError, StorageUnavailableError)
+    for cls in (
+        StorageError,
+        CorruptStoreError,
+        LimitExceededError,
+        StorageAccessError,
+        StorageUnavailableError,
+    )
 }
 
 
@@ -217,25 +124,13 @@ def _result(future: Any, what: str) -> Any:
     return out
 
 
-def _worker_threads(client: Any) -> int:
-    try:
-        return max(1, sum(client.nthreads().values()))
-    except Exception:  # a scheduler that does not answer: one task at a time
-        return 1
-
-
 # ---------------------------------------------------------------------------- scan
-def _scan_batch(
-    paths: Sequence[str], limits: Limits, storage_options: Mapping[str, Any] | None
-) -> Any:
-    return _captured(lambda: [scan_item(p, limits, storage_options, scalars=True) for p in paths])
+def _scan_batch(locations: Sequence[Location], limits: Limits) -> Any:
+    return _captured(lambda: [scan_item(loc, limits, scalars=True) for loc in locations])
 
 
 def scan_on_dask(
-    client: Any,
-    files: Sequence[str],
-    limits: Limits,
-    storage_options: Mapping[str, Any] | None,
+    client: Any, files: Sequence[Location], limits: Limits
 ) -> Iterator[ItemScan | tuple[str, str]]:
     """Scan ``files`` on the cluster; yield each scan (or ``(path, reason)``) in order.
 
@@ -243,9 +138,7 @@ def scan_on_dask(
     decodes an item.
     """
     batches = [files[i : i + SCAN_BATCH] for i in range(0, len(files), SCAN_BATCH)]
-    futures = [
-        client.submit(_scan_batch, batch, limits, storage_options, pure=False) for batch in batches
-    ]
+    futures = [client.submit(_scan_batch, batch, limits, pure=False) for batch in batches]
     try:
         for future in futures:
             yield from _result(future, "scanning items")
@@ -272,11 +165,7 @@ class _Unit:
 
 
 def _encode_units(
-    units: Sequence[_Unit],
-    paths: Mapping[int, str],
-    level: int | None,
-    limits: Limits,
-    storage_options: Mapping[str, Any] | None,
+    units: Sequence[_Unit], items: Mapping[int, Location], level: int | None, limits: Limits
 ) -> Any:
     """Task: decode the items ``units`` need, each once, and encode every unit's shard."""
 
@@ -300,9 +189,7 @@ def _encode_units(
                     continue
                 arrays = decoded.get(code)
                 if arrays is None:
-                    arrays = decoded[code] = _decode_checked(
-                        paths[code], sorted(wanted[code]), limits, storage_options
-                    )
+                    arrays = decoded[code] = decode_item(items[code], sorted(wanted[code]), limits)
                 arr = arrays[key].reshape((n_rows, *unit.trailing)).astype(dtype, copy=False)
                 parts.append(arr[lo:hi])
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -356,7 +243,7 @@ def _plan_units(
                         )
                     code += 1
                 unit = _Unit(
-                    key=_shard_key(group, plan, index),
+                    key=shard_key(group, plan, index),
                     dtype=plan.dtype.str,
                     trailing=tuple(plan.trailing),
                     inner_rows=plan.inner_rows,
@@ -400,13 +287,10 @@ def _raw_bytes(scans: Sequence[ItemScan], groups: Mapping[str, GroupPlan]) -> in
 
 def write_shards_on_dask(
     client: Any,
-    scans: Sequence[ItemScan],
-    groups: Mapping[str, GroupPlan],
-    offsets: Mapping[str, np.ndarray],
+    plan: MergePlan,
     per_item: dict[tuple[str, str], list[Any]],
-    writer: _Writer,
+    writer: ShardWriter,
     limits: Limits,
-    storage_options: Mapping[str, Any] | None,
 ) -> int:
     """Encode every output shard on the cluster and write them in merge order.
 
@@ -415,21 +299,22 @@ def write_shards_on_dask(
     driver or on the workers stay few whatever the size of the dataset (nor do workers
     ever spill them to disk).
     """
+    scans, groups = plan.scans, plan.groups
     for group in groups.values():
-        for plan in group.arrays.values():
-            if plan.per_item:
-                values = per_item[(group.name, plan.name)]
+        for array in group.arrays.values():
+            if array.per_item:
+                values = per_item[(group.name, array.name)]
                 for code, scan in enumerate(scans):
-                    key = plan.sources.get(code)
+                    key = array.sources.get(code)
                     values.append(
                         scan.scalars[key]
                         if key is not None and key in scan.scalars
-                        else plan.fill_value
+                        else array.fill_value
                     )
-    planned = _plan_units(scans, groups, offsets)
+    planned = _plan_units(scans, groups, plan.offsets)
     if not planned:
         return _raw_bytes(scans, groups)
-    n_threads = _worker_threads(client)
+    n_threads = worker_threads(client)
     tasks = _bundle(planned, scans, n_threads)
     owner = {unit.key: t for t, task in enumerate(tasks) for unit in task}
     remaining = [len(task) for task in tasks]
@@ -442,15 +327,9 @@ def write_shards_on_dask(
 
     def submit(t: int) -> None:
         task = tasks[t]
-        paths = {c: scans[c].path for unit in task for c, k, *_ in unit.pieces if k is not None}
+        items = {c: scans[c].location for unit in task for c, k, *_ in unit.pieces if k is not None}
         futures[t] = client.submit(
-            _encode_units,
-            task,
-            paths,
-            writer.level,
-            limits,
-            storage_options,
-            key=f"cadstore-shards-{token}-{t}",
+            _encode_units, task, items, writer.level, limits, key=f"cadstore-shards-{token}-{t}"
         )
 
     try:
@@ -461,7 +340,8 @@ def write_shards_on_dask(
                 submit(submitted)
                 submitted += 1
             if need not in results:
-                results[need] = dict(_result(futures.pop(need), f"merging into {writer.sink.path}"))
+                where = f"merging into {writer.sink.location}"
+                results[need] = dict(_result(futures.pop(need), where))
             writer.put_encoded(key, results[need].pop(key))
             remaining[need] -= 1
             if not remaining[need]:
@@ -471,34 +351,3 @@ def write_shards_on_dask(
         for future in futures.values():
             future.cancel()
     return _raw_bytes(scans, groups)
-
-
-# ---------------------------------------------------------------------------- encode
-def run_encode_on_dask(
-    client: Any,
-    tasks: Sequence[Any],
-    settings: Any,
-    task_fn: Callable[[Any, Any], list[dict[str, Any]]],
-    collector: Any,
-) -> int:
-    """Run one encode task per CAD file on the cluster; feed their messages to ``collector``.
-
-    ``task_fn(task, settings)`` returns the messages a supervised local worker would have
-    sent for the file (see :mod:`cadstore.cad.batch`). A file whose task cannot finish
-    (its worker died repeatedly, or the cluster went away) is recorded as a crash. Returns
-    the number of worker threads used.
-    """
-    distributed = require_distributed()
-    futures = {client.submit(task_fn, task, settings, pure=False): task for task in tasks}
-    for future in distributed.as_completed(futures):
-        task = futures[future]
-        try:
-            messages = future.result()
-        except Exception as exc:  # KilledWorker, a lost scheduler, ...: this file only
-            collector.abort(
-                task.index, "crash", f"the Dask task failed ({type(exc).__name__}: {exc})", 0.0
-            )
-            continue
-        for message in messages:
-            collector.handle(message)
-    return _worker_threads(client)

@@ -1,0 +1,296 @@
+"""Opening any cadstore artefact by what it is: :func:`open_artefact` (``cadstore.open``).
+
+A user hands over a path and wants to look inside, whatever it is: an item (a ``.data``
+file, its store path without ``.data``, or an uncompressed item directory), a merged
+dataset (a ``.dataset`` zip or directory), a JSON store directory, or a ``.flow`` manifest
+(which stands for the dataset it names), on local disk or at a URL. The kind is found the
+way xarray's ``guess_engine`` picks a backend, from what is there: a zip or a directory,
+then its root document (a dataset carries the ``cadstore-dataset/`` marker), and the
+matching reader opens it, read-only, as an :class:`Artefact`.
+
+The command line (``inspect``, ``cat``, ``validate``, ``schema``, ``export-json``) is built
+on it; so can any program that receives paths it did not make.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from cadstore.errors import (
+    CorruptStoreError,
+    SchemaError,
+    StorageNotFoundError,
+    UnknownFormatError,
+)
+from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.layout import DATASET_FAMILY, DATASET_FORMAT
+from cadstore.format.manifest import FLOW_FORMAT, read_manifest
+from cadstore.io.location import Location, resolve
+from cadstore.io.sources import KeySource, open_source
+from cadstore.storage.base import SCHEMA_METADATA_KEY
+
+if TYPE_CHECKING:
+    from cadstore.schema import Schema
+    from cadstore.storage.base import DataStorage
+
+__all__ = ["DATASET", "EXPECTED", "ITEM", "JSON_STORE", "Artefact", "Kind", "open_artefact"]
+
+Kind = Literal["item", "dataset", "json"]
+ITEM: Kind = "item"
+DATASET: Kind = "dataset"
+JSON_STORE: Kind = "json"
+
+#: What a path may be, for error messages.
+EXPECTED = "an item (.data file or item directory), a dataset (.dataset) or a JSON store directory"
+
+
+@dataclass
+class Artefact:
+    """An artefact cadstore reads, opened read-only.
+
+    Attributes
+    ----------
+    kind
+        ``"item"``, ``"dataset"`` or ``"json"``.
+    path
+        The path as the user gave it.
+    location
+        What was actually opened (the ``.data`` file of an item given by its store path,
+        the dataset a ``.flow`` manifest names, ...).
+    storage
+        The item's ``OptStorage`` or the ``JsonStorageHandler``; ``None`` for a dataset.
+    hierarchy
+        The Zarr hierarchy of an item or dataset; ``None`` for a JSON store.
+    source
+        The key source under ``hierarchy``.
+    """
+
+    kind: Kind
+    path: str
+    location: Location
+    storage: DataStorage | None = None
+    hierarchy: ReadHierarchy | None = None
+    source: KeySource | None = None
+    _dataset_metadata: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        """What it is, in words (``"item"``, ``"dataset"``, ``"JSON store"``)."""
+        return "JSON store" if self.kind == JSON_STORE else self.kind
+
+    @property
+    def a_label(self) -> str:
+        """:attr:`label` with its article (``"an item"``, ``"a dataset"``)."""
+        return f"an {self.label}" if self.kind == ITEM else f"a {self.label}"
+
+    def require_storage(self, purpose: str) -> DataStorage:
+        """Return the storage of an item or JSON store.
+
+        Parameters
+        ----------
+        purpose
+            What needs it (a command name), for the message.
+
+        Raises
+        ------
+        UnknownFormatError
+            If the artefact is a dataset.
+        """
+        if self.storage is None:
+            raise UnknownFormatError(
+                f"{purpose} takes an item or a JSON store; {self.path} is {self.a_label}"
+            )
+        return self.storage
+
+    def dataset_metadata(self) -> dict[str, Any]:
+        """Return a dataset's ``metadata.json`` (``{}`` when it has none)."""
+        if self._dataset_metadata is None:
+            raw = self.source.get("metadata.json") if self.source is not None else None
+            doc: Any = {}
+            if raw:
+                try:
+                    doc = json.loads(raw)
+                except (ValueError, RecursionError) as exc:
+                    raise CorruptStoreError(
+                        self.location.path, f"metadata.json is not valid JSON: {exc}"
+                    ) from exc
+            if not isinstance(doc, dict):
+                raise CorruptStoreError(self.location.path, "metadata.json is not a JSON object")
+            self._dataset_metadata = doc
+        return self._dataset_metadata
+
+    def metadata(self) -> dict[str, Any]:
+        """Return the metadata document: the item's, or the dataset's ``metadata.json``."""
+        if self.storage is not None:
+            doc = self.storage.load_metadata()
+            return doc if isinstance(doc, dict) else {}
+        return dict(self.dataset_metadata())
+
+    def schema(self) -> Schema | None:
+        """Return the schema stored with the artefact, or ``None``."""
+        if self.storage is not None:
+            return self.storage.schema
+        stored = self.dataset_metadata().get(SCHEMA_METADATA_KEY)
+        if not isinstance(stored, Mapping) or not stored:
+            return None
+        from cadstore.schema import Schema
+
+        try:
+            return Schema.from_any(stored)
+        except SchemaError:
+            # A damaged schema must not stop a user from looking at the data.
+            return None
+
+    def close(self) -> None:
+        """Release the open files. Idempotent."""
+        try:
+            if self.storage is not None:
+                self.storage.close()
+        finally:
+            if self.source is not None:
+                self.source.close()
+                self.source = None
+
+    def __enter__(self) -> Artefact:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _not_an_artefact(path: str, why: str) -> UnknownFormatError:
+    return UnknownFormatError(f"{path} is not {EXPECTED}: {why}")
+
+
+def open_artefact(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Artefact:
+    """Open ``path`` read-only, whatever kind of artefact it is.
+
+    Parameters
+    ----------
+    path
+        An item ``.data`` file, an item's store path without ``.data``, an uncompressed
+        item directory, a ``.dataset`` zip or directory, a JSON store directory, or a
+        ``.flow`` manifest (which opens the dataset it names); local or a URL.
+    storage_options
+        fsspec options for a URL (ignored for a local path).
+
+    Returns
+    -------
+    Artefact
+        Close it (or use it as a context manager) when done.
+
+    Raises
+    ------
+    StorageNotFoundError
+        If nothing is at ``path``.
+    UnknownFormatError
+        If ``path`` is none of the above; the message names it and says what was expected.
+    CorruptStoreError
+        If it is a store of a known kind that cannot be read.
+    """
+    given = os.fspath(path)
+    # "dir/" and "dir" are the same store; a bare "/" must stay as it is.
+    where = resolve(given.rstrip("/") or given, storage_options, shared=True)
+    if where.isfile():
+        if where.path.endswith(".flow"):
+            return _open_manifest(given, where)
+        return _open_zip(given, where)
+    published = where.with_suffix(".data")
+    if published.isfile():
+        # The item's store path, as OptStorage takes it.
+        return _open_zip(given, published)
+    if where.isdir():
+        return _open_directory(given, where)
+    if not where.remote and os.path.lexists(where.path):
+        raise _not_an_artefact(given, "neither a regular file nor a directory")
+    nothing = "no such object or prefix" if where.remote else "no such file or directory"
+    raise StorageNotFoundError(given, f"{nothing}; expected {EXPECTED}")
+
+
+def _open_zip(given: str, where: Location) -> Artefact:
+    try:
+        source = open_source(where, kind="zip")
+    except CorruptStoreError as exc:
+        raise _not_an_artefact(given, exc.problem) from exc
+    return _open_hierarchy(given, where, source, is_zip=True)
+
+
+def _open_directory(given: str, where: Location) -> Artefact:
+    names = set(where.listdir())
+    if names & {"zarr.json", ".zgroup", ".zmetadata"}:
+        return _open_hierarchy(given, where, open_source(where, kind="directory"), is_zip=False)
+    if any(n.endswith(".json") for n in names):
+        from cadstore.storage import JsonStorageHandler
+
+        storage = JsonStorageHandler(where, read_only=True)
+        return Artefact(JSON_STORE, given, where, storage=storage)
+    raise _not_an_artefact(given, "the directory holds no zarr.json, .zgroup or .json files")
+
+
+def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: bool) -> Artefact:
+    try:
+        try:
+            hierarchy = ReadHierarchy(source)
+        except CorruptStoreError as exc:
+            raise _not_an_artefact(given, exc.problem) from exc
+        marker = hierarchy.group_attributes.get("", {}).get("cadstore")
+        if isinstance(marker, str) and marker.startswith(DATASET_FAMILY):
+            if marker != DATASET_FORMAT:
+                raise UnknownFormatError(
+                    f"{given} is a dataset of format {marker!r}; this cadstore reads "
+                    f"{DATASET_FORMAT!r}"
+                )
+            return Artefact(DATASET, given, where, hierarchy=hierarchy, source=source)
+        if not is_zip and where.with_suffix(".data").isfile():
+            # OptStorage reads a published .data in preference to the directory next to
+            # it; show the same file, so the tree and the values agree.
+            source.close()
+            return _open_zip(given, where.with_suffix(".data"))
+        storage = _open_item(given, where, is_zip=is_zip)
+        return Artefact(ITEM, given, where, storage=storage, hierarchy=hierarchy, source=source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _open_item(given: str, where: Location, *, is_zip: bool) -> DataStorage:
+    from cadstore.storage.opt import OptStorage
+
+    if not is_zip:
+        return OptStorage(where, mode="r", summary_dir=False)
+    stem, extension = os.path.splitext(where.path)
+    if not extension or "/" in extension:
+        raise _not_an_artefact(
+            given, "an item file needs an extension (such as .data) after its store path"
+        )
+    return OptStorage(where.with_path(stem), extension, mode="r", summary_dir=False)
+
+
+def _open_manifest(given: str, where: Location) -> Artefact:
+    try:
+        manifest = read_manifest(where)
+    except CorruptStoreError as exc:
+        raise _not_an_artefact(given, f"the .flow manifest is unusable ({exc.problem})") from exc
+    if not manifest.is_cadstore:
+        raise _not_an_artefact(given, f"not a {FLOW_FORMAT!r} manifest")
+    artefact = open_artefact(manifest.dataset.path, manifest.dataset.storage_options)
+    if artefact.kind != DATASET:
+        artefact.close()
+        raise UnknownFormatError(
+            f"manifest {given} lists {manifest.document.get('flow_data')!r}, which is "
+            f"{artefact.a_label}"
+        )
+    artefact.path = given
+    return artefact

@@ -1,0 +1,199 @@
+"""Exporting an item into a JSON store: every key, the metadata and the schema.
+
+Every top-level key of the item (an ``OptStorage`` item or another JSON store) is loaded
+and saved into a :class:`~cadstore.storage.JsonStorageHandler`, followed by the metadata
+and the schema. The JSON store records its own ``file_sizes_KB`` (the sizes of its JSON
+files), so the item's are not copied.
+
+The store is assembled in a temporary directory next to the destination and moved into
+place when complete (:func:`cadstore.io.publish.move_into_place`), so a failed export
+leaves the destination as it was. A non-empty destination is refused unless
+``overwrite``, and even then only when everything in it is a JSON store's file: nothing
+else is ever deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from cadstore.artefacts import Artefact
+from cadstore.errors import OutputExistsError, UnknownFormatError
+from cadstore.io.location import resolve
+from cadstore.io.publish import TEMP_PREFIX, move_into_place
+from cadstore.progress import progress
+from cadstore.storage import JsonStorageHandler
+from cadstore.storage.base import ROUTING_METADATA_KEY, SCHEMA_METADATA_KEY, SIZES_METADATA_KEY
+from cadstore.tree import leaf_dtype_shape
+
+__all__ = ["Export", "export_json"]
+
+#: Metadata the storages write for themselves: the destination writes its own.
+_STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
+
+
+@dataclass
+class Export:
+    """What an export wrote.
+
+    Attributes
+    ----------
+    output
+        The JSON store directory.
+    keys
+        One entry per top-level key: ``key``, ``type``, ``dtype``, ``shape``, ``file``,
+        ``bytes``.
+    metadata_fields
+        Top-level metadata fields copied.
+    schema
+        Whether a schema was copied.
+    files
+        Names of the files in the store.
+    """
+
+    output: str
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    metadata_fields: list[str] = field(default_factory=list)
+    schema: bool = False
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of every file written."""
+        return sum(
+            os.path.getsize(os.path.join(self.output, name))
+            for name in self.files
+            if os.path.isfile(os.path.join(self.output, name))
+        )
+
+
+def _store_files(directory: str) -> list[str]:
+    """Return the entries of ``directory`` if all belong to a JSON store, else refuse."""
+    entries = sorted(os.listdir(directory))
+    for name in entries:
+        full = os.path.join(directory, name)
+        # JSON files and the temporary files of interrupted writes are the store's own;
+        # anything else is the user's, and is not ours to delete.
+        owned = name.startswith(TEMP_PREFIX) or name.endswith(".json")
+        if not owned or not os.path.isfile(full) or os.path.islink(full):
+            raise OutputExistsError(
+                f"{directory} holds {name!r}, which is not a JSON store file; refusing to "
+                "overwrite it (choose an empty or new directory)"
+            )
+    return entries
+
+
+def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
+    """Return the files to replace in ``output`` (none if it is new or empty)."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise OutputExistsError(f"-o {output}: exists and is not a directory")
+    if os.path.isdir(output):
+        if os.path.realpath(output) == os.path.realpath(target.location.path):
+            raise UnknownFormatError(
+                f"-o {output} is {target.path} itself; choose another directory"
+            )
+        if os.listdir(output):
+            if not overwrite:
+                raise OutputExistsError.suggesting(
+                    f"-o {output} is not empty (choose an empty or new directory)",
+                    ("overwrite", "replace the JSON store there"),
+                )
+            return _store_files(output)
+    return []
+
+
+def _describe(value: Any) -> tuple[str, str | None, list[int] | None]:
+    if isinstance(value, dict):
+        return "group", None, None
+    dtype, shape = leaf_dtype_shape(value)
+    return "array", dtype, list(shape)
+
+
+def _copy(target: Artefact, scratch: str) -> Export:
+    source = target.require_storage("export-json")
+    result = Export(scratch)
+    destination = JsonStorageHandler(scratch)
+    try:
+        schema = source.get_schema()
+        if schema:
+            destination.set_schema(schema)
+            result.schema = True
+        keys = source.get_keys()
+        for key in progress(keys, total=len(keys), desc="exporting", unit="key"):
+            value = source.load_data(key)
+            destination.save_data(key, value)
+            kind, dtype, shape = _describe(value)
+            file = destination.get_file_path(key)
+            result.keys.append(
+                {
+                    "key": key,
+                    "type": kind,
+                    "dtype": dtype,
+                    "shape": shape,
+                    "file": os.path.basename(file),
+                    "bytes": os.path.getsize(file) if os.path.isfile(file) else None,
+                }
+            )
+        metadata = source.load_metadata()
+        for name, value in metadata.items():
+            if name in _STORAGE_METADATA:
+                # The destination writes these itself (sizes, routing) or took them
+                # through set_schema; save_metadata refuses or would make them stale.
+                continue
+            destination.save_metadata(name, value)
+            result.metadata_fields.append(name)
+    finally:
+        destination.close()
+    return result
+
+
+def export_json(target: Artefact, output: str, *, overwrite: bool = False) -> Export:
+    """Copy an item or JSON store into a JSON store at ``output``.
+
+    Parameters
+    ----------
+    target
+        From :func:`~cadstore.artefacts.open_artefact`; not a dataset.
+    output
+        The JSON store directory.
+    overwrite
+        Replace the JSON store already in ``output``.
+
+    Returns
+    -------
+    Export
+        What was written.
+
+    Raises
+    ------
+    UnknownFormatError
+        If ``target`` is a dataset, or ``output`` is ``target`` itself or a URL.
+    OutputExistsError
+        If ``output`` is a file, or is non-empty without ``overwrite``, or holds files that
+        are not a JSON store's.
+    """
+    target.require_storage("export-json")
+    output = output.rstrip("/") or output
+    if resolve(output).remote:
+        # The store is built beside the destination and moved into place in one rename;
+        # object stores have no rename, so the output stays local (the input may be a URL).
+        raise UnknownFormatError(
+            f"-o {output}: export-json writes a local directory; export there and upload it"
+        )
+    replaced = _check_output(output, overwrite, target)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    # Built beside the destination, so the final move stays on one file system.
+    scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX + "export-", dir=parent)
+    try:
+        result = _copy(target, scratch)
+        move_into_place(scratch, output, replaced)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    result.output = output
+    result.files = sorted(os.listdir(output))
+    return result

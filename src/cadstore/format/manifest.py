@@ -1,0 +1,191 @@
+"""The ``.flow`` manifest: the JSON file that names a dataset and its tables.
+
+A merge writes its manifest last, so a manifest marks a finished merge; readers
+(:class:`~cadstore.dataset.DatasetExplorer`, the loader, the command line) start from it.
+It holds the specified keys (``flow_name``, ``flow_data``, ``flow_info``,
+``flow_attributes``, ``file_count``, ``Duration [seconds]``, ``error_distribution``) and
+cadstore's own (``format``, ``groups``, ``errors``, ``warnings``, sizes). Paths are stored
+relative to the manifest's folder when they lie below it, so the four files can be moved
+together; a relative path is read relative to that folder (its prefix, on an object store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cadstore.errors import CorruptStoreError
+from cadstore.format import jsoncodec
+from cadstore.io.location import Location, resolve, resolve_relative
+from cadstore.io.publish import write_bytes_atomic
+
+__all__ = [
+    "FLOW_FORMAT",
+    "MANIFEST_ENTRIES",
+    "Manifest",
+    "read_manifest",
+    "resolve_flow_paths",
+    "write_manifest",
+]
+
+#: Format marker of the manifests cadstore writes.
+FLOW_FORMAT = "cadstore-flow/1"
+#: The manifest's entries naming the dataset, its infoset and its attribset.
+MANIFEST_ENTRIES = ("flow_data", "flow_info", "flow_attributes")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest that was read, with the files it lists resolved.
+
+    Attributes
+    ----------
+    location
+        The manifest itself.
+    document
+        Its JSON document.
+    dataset
+        The ``.dataset`` it names (``flow_data``).
+    infoset, attribset
+        The tables it names (``None`` where it names none).
+    """
+
+    location: Location
+    document: dict[str, Any]
+    dataset: Location
+    infoset: Location | None
+    attribset: Location | None
+
+    @property
+    def is_cadstore(self) -> bool:
+        """Whether cadstore wrote it (a manifest of the specified system lacks ``format``)."""
+        return self.document.get("format") == FLOW_FORMAT
+
+
+def _listed(manifest: Location, entry: str, value: object) -> Location | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise CorruptStoreError(manifest.path, f"{entry} is {value!r}, not a path")
+    if is_url(value) or os.path.isabs(value):
+        listed = resolve(value, manifest.storage_options, shared=True)
+    elif manifest.remote:
+        listed = manifest.parent.child(value)
+    else:
+        listed = manifest.with_path(
+            os.path.join(os.path.dirname(os.path.abspath(manifest.path)), value)
+        )
+    if not listed.exists():
+        raise CorruptStoreError(
+            manifest.path, f"the manifest lists {entry} {value!r}, but {listed} does not exist"
+        )
+    return listed
+
+
+def read_manifest(location: Location) -> Manifest:
+    """Read the manifest at ``location`` and resolve the files it lists.
+
+    Raises
+    ------
+    CorruptStoreError
+        If the manifest is missing, is not a JSON object, has no ``flow_data``, or lists a
+        file that does not exist (the message names the entry and the file).
+    """
+    try:
+        doc = json.loads(location.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CorruptStoreError(location.path, "no such .flow manifest") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptStoreError(
+            location.path, f"not a .flow manifest (invalid JSON: {exc})"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise CorruptStoreError(location.path, "not a .flow manifest (not a JSON object)")
+    dataset, infoset, attribset = (
+        _listed(location, entry, doc.get(entry)) for entry in MANIFEST_ENTRIES
+    )
+    if dataset is None:
+        raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
+    return Manifest(location, doc, dataset, infoset, attribset)
+
+
+def resolve_flow_paths(
+    flow_output_file: str | os.PathLike[str] | Location,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, str | None]:
+    """Read a ``.flow`` manifest and return the absolute paths (or URLs) it lists.
+
+    Parameters
+    ----------
+    flow_output_file
+        The manifest, a local path or a URL.
+    storage_options
+        fsspec options for a URL (ignored for a local path); they also serve the files
+        the manifest lists when those are URLs.
+
+    Returns
+    -------
+    dict
+        ``{"flow_data": ..., "flow_info": ..., "flow_attributes": ...}``; an entry the
+        manifest leaves out (or sets to null) is ``None``.
+    """
+    manifest = read_manifest(resolve(flow_output_file, storage_options, shared=True))
+    listed = (manifest.dataset, manifest.infoset, manifest.attribset)
+    return {
+        entry: None if where is None else where.path
+        for entry, where in zip(MANIFEST_ENTRIES, listed, strict=True)
+    }
+
+
+def _relative(manifest: Location, listed: Location | None) -> str | None:
+    if listed is None:
+        return None
+    if manifest.remote:
+        base = manifest.parent.path + "/"
+        return listed.path[len(base) :] if listed.path.startswith(base) else listed.path
+    base = os.path.dirname(os.path.abspath(manifest.path))
+    full = os.path.abspath(listed.path)
+    return os.path.relpath(full, base) if full.startswith(base + os.sep) else full
+
+
+def manifest_stem(location: Location) -> str:
+    """The flow's name: the file name without ``.flow``, ``.dataset`` or ``.zarr``."""
+    base = location.name
+    for suffix in (".flow", ".dataset", ".zarr"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def write_manifest(
+    location: Location,
+    *,
+    dataset: Location,
+    infoset: Location | None,
+    attribset: Location | None,
+    fields: Mapping[str, Any],
+) -> Location:
+    """Publish the manifest atomically; its presence marks a finished merge.
+
+    Parameters
+    ----------
+    location
+        The ``.flow`` file (one upload on an object store).
+    dataset, infoset, attribset
+        The files it names, stored relative to its folder when they lie below it.
+    fields
+        The rest of the document (counts, durations, errors, ...).
+    """
+    doc = {
+        "format": FLOW_FORMAT,
+        "flow_name": manifest_stem(location),
+        "flow_data": _relative(location, dataset),
+        "flow_info": _relative(location, infoset),
+        "flow_attributes": _relative(location, attribset),
+        **fields,
+    }
+    write_bytes_atomic(location, jsoncodec.dumps(doc, indent=1).encode("utf-8"))
+    return location

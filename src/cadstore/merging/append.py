@@ -1,0 +1,347 @@
+"""Appending items to an existing dataset, without merging the old ones again.
+
+Shards that hold only old rows are copied byte for byte; each array's last, partly filled
+shard is decoded and completed with the new rows; provenance, offsets, per-item values,
+names and metadata are written again. Items whose name is already in the dataset are
+skipped, so appending is idempotent, and the result is the dataset a full merge of the
+same items would give. The new dataset replaces the old one atomically, through the same
+:func:`cadstore.io.publish.open_sink` a merge uses.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import MergeError
+from cadstore.format.layout import ITEM_NAMES, OFFSETS, file_id_code_name
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.io.location import Location, resolve
+from cadstore.io.publish import TEMP_PREFIX, open_sink, publish_file
+from cadstore.merging.options import DEFAULT_LEVEL, MergeOptions, MergeResult
+from cadstore.merging.plan import ArrayPlan, GroupPlan, plan_groups
+from cadstore.merging.run import make_pool, order_files
+from cadstore.merging.scan import ItemScan, check_buckets, item_name_of, scan_all
+from cadstore.merging.write import (
+    RowBuffer,
+    ShardWriter,
+    group_summary,
+    shard_key,
+    stream_items,
+    write_root,
+    write_structure,
+)
+from cadstore.schema import Schema
+
+__all__ = ["append_items"]
+
+
+def append_items(
+    dataset: str | os.PathLike[str] | Location,
+    files: Sequence[str | os.PathLike[str] | Location],
+    *,
+    workers: int | None = 0,
+    progress: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    storage_options: Mapping[str, Any] | None = None,
+) -> MergeResult:
+    """Append new items to an existing dataset without re-merging the old ones.
+
+    A zip dataset at a URL is copied to local scratch space, appended to there and
+    published again with one upload; items may be URLs too. ``storage_options`` are the
+    fsspec options for URLs among the dataset and the items.
+
+    Raises
+    ------
+    MergeError
+        If a new item brings a group or array the dataset does not have, or a dtype or
+        shape that does not fit the existing array (re-merge everything in that case),
+        or the dataset is a directory-layout dataset at a URL.
+    """
+    target = resolve(dataset, storage_options, shared=True)
+    items = [resolve(f, storage_options, shared=True) for f in files]
+    options = MergeOptions(workers=workers, progress=progress, limits=limits)
+    if target.remote:
+        return _append_remote(target, items, options)
+    started = time.perf_counter()
+    with DatasetReader(target, limits=limits) as reader:
+        result = _append_local(reader, target, items, options)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _append_local(
+    reader: DatasetReader, target: Location, items: Sequence[Location], options: MergeOptions
+) -> MergeResult:
+    existing = set(reader.item_names)
+    errors: list[dict[str, str]] = []
+    warnings_: list[str] = []
+    new_items = []
+    for item in items:
+        name = item_name_of(item)
+        if name in existing:
+            warnings_.append(f"{name} is already in the dataset; skipped")
+        else:
+            new_items.append(item)
+    ordered = order_files(new_items, None)
+    check_buckets(ordered)
+    pool = make_pool(options) if len(ordered) > 1 else None
+    try:
+        scans = scan_all(ordered, options.limits, pool, errors, options.progress)
+        stored = reader.metadata.get("_storage_schema")
+        schema = Schema.from_any(stored) if stored else None
+        groups, kept, plan_warnings = plan_groups(scans, schema, errors)
+        if len(kept) != len(scans):
+            scans = [scans[c] for c in kept]
+            groups, _, plan_warnings = plan_groups(scans, schema, [])
+        warnings_ += plan_warnings
+        if scans:
+            _check_fits(reader, groups)
+            result = _write_appended(reader, target, scans, groups, pool, options, schema)
+        else:
+            result = MergeResult(
+                path=target.path,
+                items=[],
+                errors=[],
+                groups={},
+                raw_bytes=0,
+                stored_bytes=target.size() if target.isfile() else 0,
+                seconds=0.0,
+                total_items=len(existing),
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    result.errors = errors
+    result.warnings = warnings_
+    return result
+
+
+def _append_remote(
+    target: Location, items: Sequence[Location], options: MergeOptions
+) -> MergeResult:
+    """Append to a zip dataset at a URL: copy it to scratch, append, upload once."""
+    if not target.isfile():
+        if target.child("zarr.json").isfile():
+            raise MergeError(
+                f"{target}: appending to a directory-layout dataset on an object store is "
+                "not supported (objects cannot be swapped atomically); merge all items again"
+            )
+        raise MergeError(f"no dataset at {target.path!r} to append to")
+    scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    try:
+        local = os.path.join(scratch, "staged.dataset")
+        with target.open_read() as fin, open(local, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        staged = resolve(local)
+        started = time.perf_counter()
+        with DatasetReader(staged, limits=options.limits) as reader:
+            result = _append_local(reader, staged, items, options)
+        result.seconds = time.perf_counter() - started
+        result.stored_bytes = publish_file(local, target) if result.items else target.size()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.path = target.path
+    return result
+
+
+def _check_fits(reader: DatasetReader, groups: dict[str, GroupPlan]) -> None:
+    for group in groups.values():
+        if group.name not in reader.groups:
+            raise MergeError(
+                f"new items bring group {group.name!r}, which the dataset lacks; "
+                "merge all items again to add it"
+            )
+        for plan in group.arrays.values():
+            if plan.name not in reader.arrays(group.name):
+                raise MergeError(
+                    f"new items bring array {group.name}/{plan.name}, which the "
+                    "dataset lacks; merge all items again to add it"
+                )
+            meta = reader.array_meta(group.name, plan.name)
+            if tuple(meta.shape[1:]) != plan.trailing and not plan.per_item:
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items have trailing shape "
+                    f"{plan.trailing}, the dataset has {tuple(meta.shape[1:])}"
+                )
+            if not np.can_cast(plan.dtype, meta.dtype, "safe"):
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items hold {plan.dtype}, "
+                    f"which does not fit the dataset's {meta.dtype}"
+                )
+            plan.dtype = meta.dtype
+
+
+@dataclass
+class _Continuation:
+    """How the existing dataset continues: its groups, and what must be written again."""
+
+    plans: dict[str, GroupPlan]
+    old_totals: dict[str, int]
+    buffers: dict[tuple[str, str], RowBuffer] = field(default_factory=dict)
+    regenerated: set[str] = field(default_factory=lambda: {"zarr.json", "metadata.json"})
+
+
+def _continue_groups(reader: DatasetReader, groups: dict[str, GroupPlan]) -> dict[str, GroupPlan]:
+    """Every group and array of the dataset, whether or not the new items have it."""
+    plans: dict[str, GroupPlan] = {}
+    for name in reader.groups:
+        plan_group = groups.get(name) or GroupPlan(
+            name=name,
+            primary_dim=reader.primary_dimension(name),
+            special=reader.group_attributes(name).get("special_processing"),
+        )
+        plan_group.primary_dim = reader.primary_dimension(name)
+        for array in reader.arrays(name):
+            if array in (OFFSETS, file_id_code_name(name)):
+                continue
+            meta = reader.array_meta(name, array)
+            plan = plan_group.arrays.get(array)
+            if plan is None:
+                plan = plan_group.arrays[array] = ArrayPlan(
+                    group=name,
+                    name=array,
+                    per_item=reader.is_per_item(name, array),
+                    dtype=meta.dtype,
+                    trailing=tuple(meta.shape[1:]),
+                )
+            plan.dims = list(meta.dims or [])
+            plan.dtype = meta.dtype
+            if not plan.per_item:
+                config = meta.codecs[0].get("configuration") or {}
+                plan.inner_rows = int(config["chunk_shape"][0])
+                plan.shard_rows = int(meta.chunks[0])
+        plans[name] = plan_group
+    return plans
+
+
+def _carry_over(reader: DatasetReader, plans: dict[str, GroupPlan]) -> _Continuation:
+    """Decide which members are copied and which written again; load the partial shards."""
+    members = list(reader.members())
+    cont = _Continuation(plans, {})
+    cont.regenerated.update(k for k in members if k.startswith(f"{ITEM_NAMES}/"))
+    for group in plans.values():
+        old_total = int(reader.offsets(group.name)[-1])
+        cont.old_totals[group.name] = old_total
+        cont.regenerated.update(
+            k
+            for k in members
+            if k.startswith(f"{group.name}/{OFFSETS}/") or k == f"{group.name}/zarr.json"
+        )
+        code_array = file_id_code_name(group.name)
+        code_shard = reader.array_meta(group.name, code_array).chunks[0]
+        code_prefix = f"{group.name}/{code_array}/"
+        cont.regenerated.update(
+            k
+            for k in members
+            if k.startswith(code_prefix) and not _full_shard(k, code_prefix, code_shard, old_total)
+        )
+        for plan in group.arrays.values():
+            path = f"{group.name}/{plan.name}"
+            cont.regenerated.add(f"{path}/zarr.json")
+            if plan.per_item:
+                cont.regenerated.update(k for k in members if k.startswith(path + "/"))
+                continue
+            buf = RowBuffer(plan)
+            full = old_total // plan.shard_rows
+            buf.next_shard = full
+            if old_total > full * plan.shard_rows:
+                buf.append(
+                    reader.read_rows(group.name, plan.name, full * plan.shard_rows, old_total)
+                )
+                cont.regenerated.add(shard_key(group, plan, full))
+            cont.buffers[(group.name, plan.name)] = buf
+    return cont
+
+
+def _write_appended(
+    reader: DatasetReader,
+    target: Location,
+    scans: Sequence[ItemScan],
+    groups: dict[str, GroupPlan],
+    pool: cf.Executor | None,
+    options: MergeOptions,
+    schema: Schema | None,
+) -> MergeResult:
+    level = _existing_level(reader)
+    options = MergeOptions(
+        compression_level=level,
+        workers=options.workers,
+        progress=options.progress,
+        limits=options.limits,
+    )
+    cont = _carry_over(reader, _continue_groups(reader, groups))
+    plans = cont.plans
+    sink = open_sink(target, directory=target.isdir())
+    writer = ShardWriter(sink, pool, options)
+    try:
+        for key in reader.members():
+            if key not in cont.regenerated:
+                writer.add(key, reader.member(key) or b"")
+        per_item: dict[tuple[str, str], list[Any]] = {
+            (group.name, plan.name): list(reader.read_array(group.name, plan.name))
+            for group in plans.values()
+            for plan in group.arrays.values()
+            if plan.per_item
+        }
+        raw_total = stream_items(
+            scans, groups, plans, cont.buffers, per_item, writer, options, "append"
+        )
+        writer.flush()
+        offsets = {}
+        for group in plans.values():
+            new_rows = np.array([group.rows.get(c, 0) for c in range(len(scans))], dtype=np.int64)
+            old = reader.offsets(group.name)
+            offsets[group.name] = np.concatenate([old, old[-1] + np.cumsum(new_rows)])
+        names = [*reader.item_names, *(s.name for s in scans)]
+        docs = write_structure(writer, plans, offsets, per_item, names, code_start=cont.old_totals)
+        write_root(writer, docs, len(names), plans, offsets, schema)
+        writer.flush()
+        reader.close()
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    stored = target.size() if target.isfile() else writer.stored
+    return MergeResult(
+        path=target.path,
+        items=[s.name for s in scans],
+        errors=[],
+        groups=group_summary(plans, offsets),
+        raw_bytes=raw_total,
+        stored_bytes=stored,
+        seconds=0.0,
+        total_items=len(names),
+    )
+
+
+def _full_shard(key: str, prefix: str, shard_rows: int, total: int) -> bool:
+    """Whether chunk ``key`` (below ``prefix``) holds only rows below ``total``."""
+    rest = key[len(prefix) :]
+    if not rest.startswith("c/"):
+        return False
+    shard = int(rest.split("/")[1])
+    return (shard + 1) * shard_rows <= total
+
+
+def _existing_level(reader: DatasetReader) -> int | None:
+    """The zstd level the dataset's shards were written with (appended shards match it)."""
+    for group in reader.groups:
+        for array in reader.arrays(group):
+            codecs = reader.array_meta(group, array).codecs
+            if codecs and codecs[0].get("name") == "sharding_indexed":
+                inner = (codecs[0].get("configuration") or {}).get("codecs") or []
+                for codec in inner:
+                    if codec.get("name") == "zstd":
+                        return int((codec.get("configuration") or {}).get("level", DEFAULT_LEVEL))
+                return None
+    return DEFAULT_LEVEL

@@ -1,0 +1,125 @@
+"""What a merge is asked to do (:class:`MergeOptions`) and what it reports (:class:`MergeResult`).
+
+The options travel as one value through the stages of a merge (scan, plan, write, append,
+the Dask tasks), instead of a dozen parameters handed from function to function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+
+__all__ = [
+    "DEFAULT_INNER_BYTES",
+    "DEFAULT_LEVEL",
+    "DEFAULT_SHARD_BYTES",
+    "MergeOptions",
+    "MergeResult",
+]
+
+#: Target uncompressed size of an inner chunk.
+DEFAULT_INNER_BYTES = 64 * 1024
+#: Target uncompressed size of a shard (one zip member).
+DEFAULT_SHARD_BYTES = 16 * 1024 * 1024
+#: zstd level of the dataset's chunks.
+DEFAULT_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to merge: the layout and compression of the output, and the work in parallel.
+
+    Attributes
+    ----------
+    compression_level
+        zstd level of the output (``None``: uncompressed).
+    inner_bytes, shard_bytes
+        Target uncompressed sizes of inner chunks and shards; inner chunks of small rows
+        are cut to a few typical items' rows (:func:`cadstore.format.sharding.shard_layout`).
+    shard_rows
+        Fixed shard lengths per group (``{"faces": 500000}``), as the specified
+        ``face_chunk``/``edge_chunk``/``faceface_flat_chunk`` arguments give them.
+    directory
+        Write a directory store (a prefix of objects on an object store) instead of a zip.
+    workers
+        Workers decoding items and encoding shards: 0 or 1 work in the calling thread,
+        ``None`` uses every core.
+    executor
+        ``"thread"`` (default) or ``"process"``; only the calling thread writes, whole
+        shards, so no two workers ever touch the same chunk.
+    progress
+        Show progress bars (needs tqdm).
+    limits
+        Safety limits for reading items.
+    """
+
+    compression_level: int | None = DEFAULT_LEVEL
+    inner_bytes: int = DEFAULT_INNER_BYTES
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    shard_rows: Mapping[str, int] = field(default_factory=dict)
+    directory: bool = False
+    workers: int | None = 0
+    executor: str = "thread"
+    progress: bool = False
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("thread", "process"):
+            raise ValueError(f"executor must be 'thread' or 'process', got {self.executor!r}")
+
+    @property
+    def n_workers(self) -> int:
+        """The number of workers ``workers`` stands for."""
+        return (os.cpu_count() or 1) if self.workers is None else int(self.workers)
+
+
+@dataclass
+class MergeResult:
+    """What a merge produced.
+
+    Attributes
+    ----------
+    path
+        The ``.dataset``.
+    items
+        Names of the merged items, by code.
+    errors
+        ``{"file": path, "error": reason}`` for every item that was skipped.
+    groups
+        ``{group: {"rows": n, "arrays": [...]}}``.
+    raw_bytes, stored_bytes
+        Bytes of decoded item arrays read, and size of the output.
+    seconds
+        Wall time.
+    warnings
+        Notes on arrays that were not merged.
+    total_items
+        Items in the dataset after this merge or append, old ones included.
+    """
+
+    path: str
+    items: list[str]
+    errors: list[dict[str, str]]
+    groups: dict[str, dict[str, Any]]
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    total_items: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible summary."""
+        return {
+            "path": self.path,
+            "item_count": len(self.items),
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "groups": self.groups,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "seconds": self.seconds,
+        }

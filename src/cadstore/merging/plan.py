@@ -1,0 +1,344 @@
+"""Stage 2 of a merge: plan the dataset from the scans, before a single row is written.
+
+The plan decides, from the items' metadata alone: which group each item array goes to
+(:func:`cadstore.format.layout.assign_group`), the promoted dtype of every output array
+(an incompatible mix is a :class:`~cadstore.errors.MergeError` naming the array and the
+items), every item's rows per group and the offsets index derived from them, the
+dimension names, and the shard and inner-chunk sizes. Items whose arrays disagree with the
+rest are dropped and listed, and the others renumbered, so codes stay ``0..N-1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import CadstoreError, MergeError
+from cadstore.format.layout import (
+    ITEM_DIM,
+    MATRIX_FLATTENING,
+    assign_group,
+    default_primary_dim,
+)
+from cadstore.format.sharding import shard_layout
+from cadstore.merging.options import MergeOptions
+from cadstore.merging.scan import ItemScan
+from cadstore.schema import Schema
+
+__all__ = [
+    "ArrayPlan",
+    "GroupPlan",
+    "MergePlan",
+    "dims_for",
+    "plan_groups",
+    "plan_merge",
+    "schema_from",
+]
+
+
+@dataclass
+class ArrayPlan:
+    """How one output array is assembled.
+
+    Attributes
+    ----------
+    group, name
+        Output location ``<group>/<name>``.
+    per_item
+        One value per item (from 0-d item values) instead of rows.
+    dtype
+        The promoted dtype over all items.
+    trailing
+        Shape after the primary axis (after matrix flattening).
+    dims
+        Dimension names.
+    sources
+        Item leaf path per item code (``None`` where the item lacks the array).
+    dtypes_seen
+        Item code of the first item seen with each dtype, for error messages.
+    """
+
+    group: str
+    name: str
+    per_item: bool
+    dtype: np.dtype
+    trailing: tuple[int, ...]
+    dims: list[str] = field(default_factory=list)
+    sources: dict[int, str] = field(default_factory=dict)
+    dtypes_seen: dict[str, int] = field(default_factory=dict)
+    inner_rows: int = 1
+    shard_rows: int = 1
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row."""
+        return int(np.prod(self.trailing, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def fill_value(self) -> Any:
+        """Value of rows an item does not provide: NaN for floats, 0/False otherwise."""
+        kind = self.dtype.kind
+        if kind in "fc":
+            return np.nan
+        return False if kind == "b" else 0
+
+
+@dataclass
+class GroupPlan:
+    """One output group: its primary dimension, arrays and per-item row counts."""
+
+    name: str
+    primary_dim: str
+    special: str | None
+    description: str = ""
+    arrays: dict[str, ArrayPlan] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def is_matrix(self) -> bool:
+        """Whether item arrays are N x N matrices flattened to N² rows."""
+        return self.special == MATRIX_FLATTENING
+
+
+def schema_from(schema: Any, scans: Sequence[ItemScan]) -> Schema | None:
+    """The schema of the merge: the one given, else the first readable one in the items."""
+    if schema is not None:
+        return Schema.from_any(schema)
+    for scan in scans:
+        stored = scan.metadata.get("_storage_schema")
+        if isinstance(stored, Mapping) and stored:
+            try:
+                return Schema.from_any(stored)
+            except CadstoreError:
+                continue
+    return None
+
+
+def plan_groups(
+    scans: Sequence[ItemScan], schema: Schema | None, errors: list[dict[str, str]]
+) -> tuple[dict[str, GroupPlan], list[int], list[str]]:
+    """Plan output groups; return the groups, the codes that survive, and warnings.
+
+    Items whose arrays disagree with the rest (trailing shapes, row counts within a group,
+    non-square face-pair matrices) are dropped and recorded in ``errors``.
+    """
+    groups: dict[str, GroupPlan] = {}
+    warnings_: list[str] = []
+    kept: list[int] = []
+    for code, scan in enumerate(scans):
+        staged, problems = _stage_item(scan, groups, schema, warnings_)
+        if problems:
+            errors.append({"file": scan.path, "error": "; ".join(problems)})
+            continue
+        for group, array_name, key, trailing, dt, rows in staged:
+            _add_source(group, array_name, key, trailing, dt, rows, code)
+        kept.append(code)
+    # Groups registered only by items that were then dropped hold no arrays.
+    groups = {name: g for name, g in groups.items() if g.arrays}
+    for group in groups.values():
+        for plan in group.arrays.values():
+            plan.dtype = _promote(group.name, plan, scans)
+    return groups, kept, warnings_
+
+
+#: One item array placed in the plan: group, array name, item key, trailing shape,
+#: dtype (or "string"), and rows (``None`` for a per-item value).
+_Staged = tuple["GroupPlan", str, str, tuple[int, ...], "np.dtype | str", "int | None"]
+
+
+def _stage_item(
+    scan: ItemScan, groups: dict[str, GroupPlan], schema: Schema | None, warnings_: list[str]
+) -> tuple[list[_Staged], list[str]]:
+    """Place an item's arrays in their groups; return them, and what disagrees."""
+    problems: list[str] = []
+    staged: list[_Staged] = []
+    rows_by_group: dict[str, int] = {}
+    for key, (shape, dtype) in scan.arrays.items():
+        group_name, array_name = assign_group(key, schema)
+        group = groups.get(group_name)
+        if group is None:
+            group = groups[group_name] = _new_group(group_name, schema)
+        if dtype == "string":
+            if shape:
+                warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
+                continue
+            dt: np.dtype | str = "string"
+        else:
+            dt = np.dtype(dtype)
+        if not shape:
+            staged.append((group, array_name, key, (), dt, None))
+            continue
+        if group.is_matrix:
+            if len(shape) < 2 or shape[0] != shape[1]:
+                problems.append(f"{key!r} has shape {shape}, not N x N for face pairs")
+                continue
+            rows, trailing = shape[0] * shape[1], tuple(shape[2:])
+        else:
+            rows, trailing = shape[0], tuple(shape[1:])
+        previous = rows_by_group.setdefault(group_name, rows)
+        if previous != rows:
+            problems.append(
+                f"arrays of group {group_name!r} disagree on rows ({previous} vs {rows} "
+                f"for {key!r})"
+            )
+        staged.append((group, array_name, key, trailing, dt, rows))
+    for group, array_name, _key, trailing, _dt, rows in staged:
+        existing = group.arrays.get(array_name)
+        if existing is not None and rows is not None and existing.trailing != trailing:
+            problems.append(
+                f"{group.name}/{array_name} has trailing shape {trailing}, other items "
+                f"have {existing.trailing}"
+            )
+    return staged, problems
+
+
+def _add_source(
+    group: GroupPlan,
+    array_name: str,
+    key: str,
+    trailing: tuple[int, ...],
+    dt: np.dtype | str,
+    rows: int | None,
+    code: int,
+) -> None:
+    plan = group.arrays.get(array_name)
+    if plan is None:
+        plan = group.arrays[array_name] = ArrayPlan(
+            group=group.name,
+            name=array_name,
+            per_item=rows is None,
+            dtype=np.dtype("int64") if dt == "string" else np.dtype(dt),
+            trailing=trailing,
+        )
+    if dt == "string":
+        plan.dtype = np.dtype(object)
+    plan.sources[code] = key
+    plan.dtypes_seen.setdefault(str(dt), code)
+    if rows is not None:
+        group.rows[code] = rows
+
+
+def _new_group(name: str, schema: Schema | None) -> GroupPlan:
+    if schema is not None and name in schema.groups:
+        return GroupPlan(
+            name=name,
+            primary_dim=schema.primary_dimension(name),
+            special=schema.special_processing(name),
+        )
+    special = "matrix_flattening" if name == "faceface" else None
+    return GroupPlan(name=name, primary_dim=default_primary_dim(name), special=special)
+
+
+def _promote(group: str, plan: ArrayPlan, scans: Sequence[ItemScan]) -> np.dtype:
+    seen = plan.dtypes_seen
+    if "string" in seen:
+        if len(seen) > 1:
+            raise MergeError(_dtype_conflict(group, plan, scans))
+        return np.dtype(object)
+    dtypes = [np.dtype(d) for d in seen]
+    kinds = {d.kind for d in dtypes}
+    if len(kinds) > 1 and not kinds <= set("biuf"):
+        raise MergeError(_dtype_conflict(group, plan, scans))
+    return np.result_type(*dtypes)
+
+
+def _dtype_conflict(group: str, plan: ArrayPlan, scans: Sequence[ItemScan]) -> str:
+    examples = ", ".join(f"{d} in {scans[c].name!r}" for d, c in plan.dtypes_seen.items())
+    return f"array {group}/{plan.name} has incompatible dtypes across items: {examples}"
+
+
+def dims_for(group: GroupPlan, plan: ArrayPlan, schema: Schema | None) -> list[str]:
+    """The output array's dimension names: the schema's where it declares the array."""
+    if plan.per_item:
+        return [ITEM_DIM, *(f"{plan.name}_dim_{i + 1}" for i in range(len(plan.trailing)))]
+    if schema is not None:
+        found = schema.array_spec(f"{group.name}/{plan.name}") or schema.array_spec(plan.name)
+        if found is not None and found[0] == group.name:
+            dims = list(found[2].get("dims", []))
+            if len(dims) == 1 + len(plan.trailing):
+                return [group.primary_dim, *dims[1:]]
+    return [group.primary_dim, *(f"{plan.name}_dim_{i + 1}" for i in range(len(plan.trailing)))]
+
+
+def typical_rows(rows: np.ndarray) -> int | None:
+    """The median row count of the items that have rows in a group (``None`` if none do)."""
+    present = rows[rows > 0]
+    return int(np.median(present)) if present.size else None
+
+
+@dataclass
+class MergePlan:
+    """Everything the write stage needs, decided before any row is read.
+
+    Attributes
+    ----------
+    scans
+        The items that will be merged, in code order.
+    groups
+        The output groups and arrays.
+    schema
+        The schema of the merge (stored in the dataset), or ``None``.
+    offsets
+        ``{group: int64 [items + 1]}``: item ``c`` owns rows ``offsets[c]:offsets[c + 1]``.
+    warnings
+        Notes on arrays that are not merged.
+    """
+
+    scans: list[ItemScan]
+    groups: dict[str, GroupPlan]
+    schema: Schema | None
+    offsets: dict[str, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_merge(
+    scans: Sequence[ItemScan],
+    schema: Any,
+    options: MergeOptions,
+    errors: list[dict[str, str]],
+) -> MergePlan:
+    """Plan the merge of ``scans``; items that do not fit are dropped into ``errors``.
+
+    Raises
+    ------
+    MergeError
+        If no item can be merged, or an array has incompatible dtypes across items.
+    """
+    parsed = schema_from(schema, scans)
+    groups, kept, warnings_ = plan_groups(scans, parsed, errors)
+    if len(kept) != len(scans):
+        # Codes are positions among the merged items: plan again without the dropped.
+        scans = [scans[c] for c in kept]
+        groups, _, warnings_ = plan_groups(scans, parsed, [])
+    if not scans:
+        raise MergeError(f"no item could be merged: {errors[:3]}")
+    offsets = lay_out(groups, len(scans), parsed, options)
+    return MergePlan(list(scans), groups, parsed, offsets, warnings_)
+
+
+def lay_out(
+    groups: Mapping[str, GroupPlan],
+    n_items: int,
+    schema: Schema | None,
+    options: MergeOptions,
+) -> dict[str, np.ndarray]:
+    """Fix dims, shard and inner-chunk rows of every array; return the offsets per group."""
+    offsets: dict[str, np.ndarray] = {}
+    for group in groups.values():
+        rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
+        offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        item_rows = typical_rows(rows)
+        for plan in group.arrays.values():
+            plan.dims = dims_for(group, plan, schema)
+            if not plan.per_item:
+                plan.inner_rows, plan.shard_rows = shard_layout(
+                    plan.row_bytes,
+                    options.inner_bytes,
+                    options.shard_bytes,
+                    options.shard_rows.get(group.name),
+                    item_rows,
+                )
+    return offsets

@@ -1,0 +1,217 @@
+"""Stage 1 of a merge: scan the items, keeping what the plan needs and refusing bad items.
+
+Scanning an item opens it (:func:`cadstore.io.sources.open_source`), reads its array
+metadata (shapes and dtypes) and verifies the CRC of every member, so a damaged item is
+caught before its rows are planned into the dataset. An unreadable item is not an error
+of the merge: it is skipped and listed with its reason. A store that refuses access or
+cannot be reached is: it stops the merge (skipping every item of an unreachable bucket
+would publish an empty or partial dataset), so the merge can simply be run again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import CorruptStoreError, MergeError
+from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.io.location import Location
+from cadstore.io.sources import open_source
+from cadstore.progress import progress
+
+__all__ = [
+    "ItemScan",
+    "check_buckets",
+    "decode_item",
+    "item_name_of",
+    "keep_scans",
+    "scan_all",
+    "scan_item",
+]
+
+#: The key of the schema in an item's ``metadata.json``.
+_SCHEMA_KEY = "_storage_schema"
+
+
+def item_name_of(path: str | Location) -> str:
+    """Return an item's name from its file: ``dir/<name>.zarr.data`` gives ``<name>``."""
+    base = path.name if isinstance(path, Location) else str(path).rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".data", ".zarr"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+@dataclass
+class ItemScan:
+    """What the scan learned about one item.
+
+    Attributes
+    ----------
+    location
+        Where the item is.
+    name
+        Its name (:func:`item_name_of`).
+    arrays
+        ``{key: (shape, dtype string or "string")}`` of every array.
+    metadata
+        The item's schema only (``{"_storage_schema": ...}``): the tables read the rest.
+    nbytes, decoded_bytes
+        Stored bytes of its members, and decoded bytes of its arrays.
+    scalars
+        Values of the item's 0-d arrays, when the scan was asked for them (Dask merges
+        take per-item values from the scan instead of decoding items on the driver).
+    """
+
+    location: Location
+    name: str
+    arrays: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+    decoded_bytes: int = 0
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The item's path or URL."""
+        return self.location.path
+
+
+def scan_item(
+    location: Location, limits: Limits = DEFAULT_LIMITS, *, scalars: bool = False
+) -> ItemScan | tuple[str, str]:
+    """Scan one item; return an :class:`ItemScan`, or ``(path, reason)`` if it is unreadable.
+
+    Parameters
+    ----------
+    location
+        The item: a ``.data`` file or an item directory.
+    limits
+        Safety limits for reading.
+    scalars
+        Also decode the item's 0-d arrays into :attr:`ItemScan.scalars`.
+
+    Raises
+    ------
+    StorageAccessError, StorageUnavailableError
+        When the object store refuses or cannot be reached: the item is not at fault.
+    """
+    try:
+        source = open_source(location, limits, what="item")
+    except CorruptStoreError as exc:
+        return location.path, str(exc)
+    try:
+        hier = ReadHierarchy(source, limits)
+        scan = ItemScan(location=location, name=item_name_of(location))
+        for key in hier.arrays:
+            meta = hier.meta(key)
+            dtype = "string" if meta.is_string else meta.dtype.str
+            scan.arrays[key] = (meta.shape, dtype)
+            scan.decoded_bytes += meta.size * meta.itemsize
+            if scalars and not meta.shape:
+                scan.scalars[key] = hier.read_array(key)[()]
+        for key in source:
+            # Reading every member checks its CRC: a damaged item is caught here, before
+            # its rows are planned into the dataset.
+            data = source.get(key)
+            scan.nbytes += len(data or b"")
+            if key == "metadata.json" and data:
+                doc = json.loads(data)
+                # Only the schema is needed from an item's metadata (the tables read the
+                # rest); keeping whole documents for every item would grow with the count.
+                if isinstance(doc, dict) and isinstance(doc.get(_SCHEMA_KEY), dict):
+                    scan.metadata = {_SCHEMA_KEY: doc[_SCHEMA_KEY]}
+        return scan
+    except CorruptStoreError as exc:
+        return location.path, str(exc)
+    except (ValueError, KeyError, RecursionError) as exc:
+        # Malformed data the readers let through (invalid JSON, a bad value): the item's.
+        return location.path, f"unreadable: {exc}"
+    finally:
+        source.close()
+
+
+def decode_item(
+    location: Location, keys: Sequence[str], limits: Limits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Decode the arrays ``keys`` of one scanned item (raw arrays, no value-kind conversion).
+
+    Raises
+    ------
+    MergeError
+        If the item no longer reads: the scan verified every CRC, so data that fails now
+        changed meanwhile or was crafted to pass them.
+    """
+    try:
+        source = open_source(location, limits, what="item")
+        try:
+            hier = ReadHierarchy(source, limits)
+            return {key: hier.read_array(key) for key in keys if key in hier.arrays}
+        finally:
+            source.close()
+    except CorruptStoreError as exc:
+        raise MergeError(
+            f"item {location} changed or is corrupt beyond its checksums: {exc}"
+        ) from exc
+
+
+def check_buckets(locations: Sequence[Location]) -> None:
+    """Raise a clear error, naming a location, if the bucket of a URL among them is missing.
+
+    Checked before any item is read: otherwise every item of a misspelt bucket would be
+    skipped as unreadable, one by one.
+    """
+    seen: set[str] = set()
+    for location in locations:
+        if location.remote:
+            bucket = location.path.split("://", 1)[1].split("/", 1)[0]
+            if bucket not in seen:
+                seen.add(bucket)
+                # On an object store makedirs() creates nothing; it checks the bucket.
+                location.makedirs()
+
+
+def scan_all(
+    locations: Sequence[Location],
+    limits: Limits,
+    pool: cf.Executor | None,
+    errors: list[dict[str, str]],
+    show_progress: bool,
+) -> list[ItemScan]:
+    """Scan every item (in ``pool`` when given); keep the readable ones, in order.
+
+    The unreadable ones are appended to ``errors`` as ``{"file", "error"}``.
+    """
+    results: Iterable[ItemScan | tuple[str, str]]
+    if pool is None:
+        results = (scan_item(location, limits) for location in locations)
+    else:
+        results = pool.map(scan_item, locations, [limits] * len(locations), chunksize=16)
+    shown = progress(results, total=len(locations), desc="scan", unit="item", enabled=show_progress)
+    return keep_scans(shown, errors)
+
+
+def keep_scans(
+    results: Iterable[ItemScan | tuple[str, str]], errors: list[dict[str, str]]
+) -> list[ItemScan]:
+    """Keep the readable scans in order and record the rest in ``errors``."""
+    scans: list[ItemScan] = []
+    schemas: dict[str, dict[str, Any]] = {}
+    for res in results:
+        if isinstance(res, ItemScan):
+            schema = res.metadata.get(_SCHEMA_KEY)
+            if schema is not None:
+                # Items usually share one schema: keep a single copy.
+                res.metadata[_SCHEMA_KEY] = schemas.setdefault(
+                    json.dumps(schema, sort_keys=True), schema
+                )
+            scans.append(res)
+        else:
+            errors.append({"file": res[0], "error": res[1]})
+    return scans

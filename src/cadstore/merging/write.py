@@ -1,0 +1,517 @@
+"""Stage 3 of a merge: stream the items' rows into shards and the metadata around them.
+
+The items are decoded in code order (in a pool of workers when given, with the decoded
+bytes in flight bounded) and their rows appended to one :class:`RowBuffer` per output
+array; every time a buffer holds a whole shard, the shard is encoded (in the pool) and
+added to the :class:`~cadstore.io.publish.Sink` by the one :class:`ShardWriter`, in a fixed
+order, so the dataset is the same bytes whatever the number of workers. Memory holds one
+shard per array and the items in flight, whatever the number of items. Per-item values,
+provenance codes, offsets, item names, every ``zarr.json`` and ``metadata.json`` follow.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cadstore.format import jsoncodec
+from cadstore.format.codecs import encode_vlen_utf8, long_distance_for, zstd_compress
+from cadstore.format.layout import (
+    BOUNDARY_DIM,
+    DATASET_FORMAT,
+    ITEM_DIM,
+    ITEM_NAMES,
+    OFFSETS,
+    file_id_code_name,
+)
+from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
+from cadstore.io.publish import Sink
+from cadstore.merging.options import DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES, MergeOptions
+from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
+from cadstore.merging.scan import ItemScan, decode_item
+from cadstore.progress import progress
+from cadstore.schema import Schema
+
+__all__ = [
+    "RowBuffer",
+    "ShardWriter",
+    "array_doc",
+    "group_summary",
+    "shard_key",
+    "stream_items",
+    "finish_dataset",
+    "per_item_values",
+    "stream_plan",
+    "write_plain_array",
+    "write_root",
+    "write_structure",
+]
+
+
+def dump_json(doc: Any) -> bytes:
+    """Compact UTF-8 JSON of a metadata document."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class RowBuffer:
+    """Rows of one output array waiting to fill a shard.
+
+    A shard is cut from the front of the queued parts; only the rows of that one shard
+    are ever copied together, so a huge item does not get concatenated whole.
+    """
+
+    def __init__(self, plan: ArrayPlan) -> None:
+        self.plan = plan
+        self.parts: deque[np.ndarray] = deque()
+        self.count = 0
+        self.next_shard = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[0]:
+            self.parts.append(rows)
+            self.count += rows.shape[0]
+
+    def _take(self, n: int) -> np.ndarray:
+        first = self.parts[0]
+        if first.shape[0] >= n:
+            # Common for large items: a view, no copy.
+            block = first[:n]
+            if first.shape[0] > n:
+                self.parts[0] = first[n:]
+            else:
+                self.parts.popleft()
+        else:
+            pieces = []
+            need = n
+            while need:
+                part = self.parts[0]
+                if part.shape[0] <= need:
+                    pieces.append(self.parts.popleft())
+                    need -= part.shape[0]
+                else:
+                    pieces.append(part[:need])
+                    self.parts[0] = part[need:]
+                    need = 0
+            block = np.concatenate(pieces)
+        self.count -= n
+        return block
+
+    def take_full_shards(self) -> Iterator[tuple[int, np.ndarray]]:
+        size = self.plan.shard_rows
+        while self.count >= size:
+            yield self.next_shard, self._take(size)
+            self.next_shard += 1
+
+    def take_rest(self) -> tuple[int, np.ndarray] | None:
+        if not self.count:
+            return None
+        return self.next_shard, self._take(self.count)
+
+
+def encode_shard_job(
+    rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None
+) -> bytes:
+    return encode_shard(rows, inner_rows, shard_rows, level)
+
+
+class ShardWriter:
+    """Encodes shards (in a pool when given) and adds them to the sink, in order.
+
+    Only this writer adds members, from the calling thread, and whole shards at a time: no
+    two workers ever touch the same chunk (partial-chunk writes from several writers lose
+    data silently; see ``reliability-and-scale.md``).
+    """
+
+    def __init__(self, sink: Sink, pool: cf.Executor | None, options: MergeOptions) -> None:
+        self.sink = sink
+        self.pool = pool
+        self.level = options.compression_level
+        self.pending: deque[tuple[str, cf.Future[bytes] | bytes]] = deque()
+        self.window = max(2, 2 * options.n_workers)
+        self.stored = 0
+
+    def shard(self, key: str, rows: np.ndarray, plan: ArrayPlan) -> None:
+        if self.pool is None:
+            self._write(key, encode_shard(rows, plan.inner_rows, plan.shard_rows, self.level))
+            return
+        future = self.pool.submit(
+            encode_shard_job,
+            np.ascontiguousarray(rows),
+            plan.inner_rows,
+            plan.shard_rows,
+            self.level,
+        )
+        self.pending.append((key, future))
+        while len(self.pending) > self.window:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        key, job = self.pending.popleft()
+        self._write(key, job if isinstance(job, bytes) else job.result())
+
+    def _write(self, key: str, data: bytes) -> None:
+        self.sink.add(key, data)
+        self.stored += len(data)
+
+    def put_encoded(self, key: str, data: bytes) -> None:
+        """Write a shard encoded elsewhere (by a Dask worker), after those queued here."""
+        self.flush()
+        self._write(key, data)
+
+    def add(self, key: str, data: bytes, *, deflate: bool = False) -> None:
+        self.flush()
+        self.sink.add(key, data, deflate=deflate)
+        self.stored += len(data)
+
+    def flush(self) -> None:
+        while self.pending:
+            self._drain_one()
+
+
+def array_doc(
+    shape: Sequence[int],
+    dtype: np.dtype,
+    dims: Sequence[str],
+    chunk_shape: Sequence[int],
+    codecs: list[dict[str, Any]],
+    attributes: Mapping[str, Any],
+) -> dict[str, Any]:
+    fill: Any = False if dtype.kind == "b" else (0.0 if dtype.kind == "f" else 0)
+    if dtype.kind == "c":
+        fill = [0.0, 0.0]
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(shape),
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": codecs,
+        "attributes": dict(attributes),
+        "dimension_names": list(dims),
+    }
+
+
+def plain_codecs(dtype: np.dtype, level: int | None) -> list[dict[str, Any]]:
+    codecs: list[dict[str, Any]] = [
+        {"name": "bytes", "configuration": {"endian": "little"}}
+        if dtype.itemsize > 1
+        else {"name": "bytes"}
+    ]
+    if level is not None:
+        codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    return codecs
+
+
+def write_plain_array(
+    writer: ShardWriter,
+    path: str,
+    arr: np.ndarray,
+    dims: Sequence[str],
+    level: int | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a small array as one chunk; return its metadata document."""
+    attributes = attributes or {}
+    if arr.dtype.kind in "OU":
+        values = ["" if v is None else str(v) for v in arr.ravel().tolist()]
+        payload = encode_vlen_utf8(values)
+        codecs: list[dict[str, Any]] = [{"name": "vlen-utf8", "configuration": {}}]
+        if level is not None:
+            payload = zstd_compress(payload, level)
+            codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        doc = array_doc(
+            arr.shape, np.dtype("int8"), dims, [max(1, s) for s in arr.shape], codecs, attributes
+        )
+        doc["data_type"] = "string"
+        doc["fill_value"] = ""
+    else:
+        arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+        payload = arr.tobytes()
+        if level is not None:
+            payload = zstd_compress(payload, level, long_distance=long_distance_for(arr.dtype))
+        doc = array_doc(
+            arr.shape,
+            arr.dtype,
+            dims,
+            [max(1, s) for s in arr.shape],
+            plain_codecs(arr.dtype, level),
+            attributes,
+        )
+    if arr.size:
+        key = "c" if arr.ndim == 0 else "c/" + "/".join("0" for _ in arr.shape)
+        writer.add(f"{path}/{key}", payload)
+    return doc
+
+
+def stream_items(
+    scans: Sequence[ItemScan],
+    planned: Mapping[str, GroupPlan],
+    groups: Mapping[str, GroupPlan],
+    buffers: dict[tuple[str, str], RowBuffer],
+    per_item: dict[tuple[str, str], list[Any]],
+    writer: ShardWriter,
+    options: MergeOptions,
+    label: str,
+) -> int:
+    """Decode the items in code order and stream their rows into shards.
+
+    ``planned`` holds the arrays the items bring (what to decode); ``groups`` every output
+    group and array (items lacking one get fill rows). Full shards are written as they
+    fill, the partial rest of every buffer at the end. Returns the raw bytes decoded.
+    """
+    needed = sorted(
+        {k for g in planned.values() for p in g.arrays.values() for k in p.sources.values()}
+    )
+    raw_total = 0
+    decoded = decode_all(scans, needed, writer.pool, options)
+    shown = progress(decoded, total=len(scans), desc=label, unit="item", enabled=options.progress)
+    for code, arrays in enumerate(shown):
+        for group in groups.values():
+            n_rows = group.rows.get(code, 0)
+            for plan in group.arrays.values():
+                key = plan.sources.get(code)
+                arr = arrays.get(key) if key is not None else None
+                if arr is not None:
+                    raw_total += arr.nbytes
+                if plan.per_item:
+                    per_item[(group.name, plan.name)].append(
+                        arr[()] if arr is not None else plan.fill_value
+                    )
+                    continue
+                buf = buffers[(group.name, plan.name)]
+                if arr is None:
+                    rows = np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
+                else:
+                    rows = arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+                buf.append(rows)
+                for index, block in buf.take_full_shards():
+                    writer.shard(shard_key(group, plan, index), block, plan)
+    for (group_name, _), buf in buffers.items():
+        rest = buf.take_rest()
+        if rest is not None:
+            writer.shard(shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
+    return raw_total
+
+
+def shard_key(group: GroupPlan, plan: ArrayPlan, index: int) -> str:
+    """The member name of shard ``index`` of an array (``faces/face_areas/c/3``)."""
+    zeros = "".join("/0" for _ in plan.trailing)
+    return f"{group.name}/{plan.name}/c/{index}{zeros}"
+
+
+#: Decoded bytes the merge keeps in flight when decoding in parallel.
+IN_FLIGHT_BYTES = 256 * 1024 * 1024
+
+
+def decode_all(
+    scans: Sequence[ItemScan],
+    needed: Sequence[str],
+    pool: cf.Executor | None,
+    options: MergeOptions,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield each item's decoded arrays in code order.
+
+    In parallel, items are submitted ahead while their decoded size (known from the
+    scan) stays below :data:`IN_FLIGHT_BYTES`, and never more than a few per worker:
+    memory is bounded by bytes, not by a count that a few huge items would defeat.
+    """
+
+    def wanted(scan: ItemScan) -> list[str]:
+        return [k for k in needed if k in scan.arrays]
+
+    if pool is None:
+        for scan in scans:
+            yield decode_item(scan.location, wanted(scan), options.limits)
+        return
+    max_items = max(4, 4 * options.n_workers)
+    pending: deque[tuple[int, cf.Future[dict[str, np.ndarray]]]] = deque()
+    in_flight = 0
+    it = iter(scans)
+    nxt: ItemScan | None = next(it, None)
+    while nxt is not None or pending:
+        while (
+            nxt is not None
+            and len(pending) < max_items
+            and (not pending or in_flight + nxt.decoded_bytes <= IN_FLIGHT_BYTES)
+        ):
+            pending.append(
+                (
+                    nxt.decoded_bytes,
+                    pool.submit(decode_item, nxt.location, wanted(nxt), options.limits),
+                )
+            )
+            in_flight += nxt.decoded_bytes
+            nxt = next(it, None)
+        size, future = pending.popleft()
+        in_flight -= size
+        yield future.result()
+
+
+def write_structure(
+    writer: ShardWriter,
+    groups: dict[str, GroupPlan],
+    offsets: dict[str, np.ndarray],
+    per_item: dict[tuple[str, str], list[Any]],
+    names: Sequence[str],
+    code_start: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Write per-item arrays, provenance, offsets and item names; return every zarr.json.
+
+    ``code_start`` (per group) skips provenance shards that hold only rows below it:
+    when appending, those were copied from the existing dataset.
+    """
+    level = writer.level
+    docs: dict[str, dict[str, Any]] = {}
+    for group in groups.values():
+        total = int(offsets[group.name][-1])
+        attrs: dict[str, Any] = {"primary_dimension": group.primary_dim}
+        if group.special:
+            attrs["special_processing"] = group.special
+        docs[group.name] = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        for plan in group.arrays.values():
+            path = f"{group.name}/{plan.name}"
+            if plan.per_item:
+                values = per_item[(group.name, plan.name)]
+                arr = (
+                    np.array(values, dtype=plan.dtype)
+                    if values
+                    else np.zeros((0, *plan.trailing), dtype=plan.dtype)
+                )
+                docs[path] = write_plain_array(writer, path, arr, plan.dims, level)
+            else:
+                docs[path] = array_doc(
+                    (total, *plan.trailing),
+                    plan.dtype,
+                    plan.dims,
+                    (plan.shard_rows, *[max(1, t) for t in plan.trailing]),
+                    [sharding_codec((plan.inner_rows, *[max(1, t) for t in plan.trailing]), level)],
+                    {},
+                )
+        # Provenance: the item code of every row, written shard by shard.
+        code_plan = ArrayPlan(
+            group=group.name,
+            name=file_id_code_name(group.name),
+            per_item=False,
+            dtype=np.dtype("int64"),
+            trailing=(),
+        )
+        code_plan.inner_rows, code_plan.shard_rows = shard_layout(
+            8, DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES
+        )
+        bounds = offsets[group.name]
+        first = (code_start or {}).get(group.name, 0) // code_plan.shard_rows
+        for start in range(first * code_plan.shard_rows, total, code_plan.shard_rows):
+            stop = min(total, start + code_plan.shard_rows)
+            rows = np.arange(start, stop, dtype=np.int64)
+            codes = np.searchsorted(bounds, rows, side="right") - 1
+            writer.shard(
+                f"{group.name}/{code_plan.name}/c/{start // code_plan.shard_rows}",
+                codes.astype(np.int64),
+                code_plan,
+            )
+        docs[f"{group.name}/{code_plan.name}"] = array_doc(
+            (total,),
+            np.dtype("int64"),
+            [group.primary_dim],
+            (code_plan.shard_rows,),
+            [sharding_codec((code_plan.inner_rows,), level)],
+            {},
+        )
+        docs[f"{group.name}/{OFFSETS}"] = write_plain_array(
+            writer, f"{group.name}/{OFFSETS}", bounds, [BOUNDARY_DIM], level
+        )
+    docs[ITEM_NAMES] = write_plain_array(
+        writer, ITEM_NAMES, np.array(list(names), dtype=object), [ITEM_DIM], level
+    )
+    return docs
+
+
+def write_root(
+    writer: ShardWriter,
+    docs: dict[str, dict[str, Any]],
+    n_items: int,
+    groups: Mapping[str, GroupPlan],
+    offsets: Mapping[str, np.ndarray],
+    schema: Schema | None,
+) -> None:
+    """Write every node's zarr.json, the consolidated root and ``metadata.json``."""
+    for path, doc in docs.items():
+        writer.add(f"{path}/zarr.json", dump_json(doc), deflate=True)
+    root = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"cadstore": DATASET_FORMAT},
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": docs},
+    }
+    writer.add("zarr.json", dump_json(root), deflate=True)
+    metadata = {
+        "format": DATASET_FORMAT,
+        "item_count": n_items,
+        "groups": {
+            name: {
+                "primary_dimension": g.primary_dim,
+                "special_processing": g.special,
+                "rows": int(offsets[name][-1]),
+            }
+            for name, g in groups.items()
+        },
+    }
+    if schema is not None:
+        metadata["_storage_schema"] = schema.to_dict()
+    writer.add("metadata.json", jsoncodec.dumps(metadata).encode("utf-8"), deflate=True)
+
+
+def group_summary(
+    groups: Mapping[str, GroupPlan], offsets: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """``MergeResult.groups``: rows, primary dimension and arrays of every group."""
+    return {
+        name: {
+            "rows": int(offsets[name][-1]),
+            "primary_dimension": g.primary_dim,
+            "arrays": sorted(g.arrays),
+        }
+        for name, g in groups.items()
+    }
+
+
+def per_item_values(plan: MergePlan) -> dict[tuple[str, str], list[Any]]:
+    """Empty lists for the values of every per-item array, filled while streaming."""
+    return {
+        (g.name, p.name): [] for g in plan.groups.values() for p in g.arrays.values() if p.per_item
+    }
+
+
+def stream_plan(
+    plan: MergePlan,
+    per_item: dict[tuple[str, str], list[Any]],
+    writer: ShardWriter,
+    options: MergeOptions,
+) -> int:
+    """Stream every planned item into shards here (and in the writer's pool); raw bytes."""
+    buffers = {
+        (g.name, p.name): RowBuffer(p)
+        for g in plan.groups.values()
+        for p in g.arrays.values()
+        if not p.per_item
+    }
+    groups = plan.groups
+    return stream_items(plan.scans, groups, groups, buffers, per_item, writer, options, "merge")
+
+
+def finish_dataset(
+    writer: ShardWriter, plan: MergePlan, per_item: dict[tuple[str, str], list[Any]]
+) -> None:
+    """After the shards: per-item arrays, provenance, offsets, names and metadata."""
+    writer.flush()
+    names = [s.name for s in plan.scans]
+    docs = write_structure(writer, plan.groups, plan.offsets, per_item, names)
+    write_root(writer, docs, len(names), plan.groups, plan.offsets, plan.schema)
+    writer.flush()
