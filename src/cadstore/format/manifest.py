@@ -70,14 +70,7 @@ def _listed(manifest: Location, entry: str, value: object) -> Location | None:
         return None
     if not isinstance(value, str):
         raise CorruptStoreError(manifest.path, f"{entry} is {value!r}, not a path")
-    if is_url(value) or os.path.isabs(value):
-        listed = resolve(value, manifest.storage_options, shared=True)
-    elif manifest.remote:
-        listed = manifest.parent.child(value)
-    else:
-        listed = manifest.with_path(
-            os.path.join(os.path.dirname(os.path.abspath(manifest.path)), value)
-        )
+    listed = resolve_relative(manifest, value)
     if not listed.exists():
         raise CorruptStoreError(
             manifest.path, f"the manifest lists {entry} {value!r}, but {listed} does not exist"
