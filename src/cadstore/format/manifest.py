@@ -19,7 +19,7 @@ from typing import Any
 
 from cadstore.errors import CorruptStoreError
 from cadstore.format import jsoncodec
-from cadstore.io.location import Location, resolve
+from cadstore.io.location import Location, resolve, resolve_relative
 from cadstore.io.publish import write_bytes_atomic
 
 __all__ = [
