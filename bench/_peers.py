@@ -7,7 +7,7 @@ exactly the library calls and nothing of cadstore:
   ``path_without_ext`` (the peer adds its own suffix) and returns its path;
 * ``read_<peer>(path) -> dict`` opens the file and reads the whole item back, with
   nested dicts for groups and Python scalars for 0-d arrays, so that a faithful peer
-  round-trips :func:`cadstore.testing.workload.make_item` exactly;
+  round-trips :func:`cadstore.synthetic.make_item` exactly;
 * ``read_one_<peer>(path, key) -> numpy.ndarray`` opens the file and reads one array,
   ``key`` being ``/``-joined for nested arrays (``"graph/edges_source"``);
 * ``read_metadata_<peer>(path) -> dict`` reads the per-item metadata back.
@@ -205,7 +205,7 @@ def write_spec_design(
     path_without_ext : str
         Target path without a suffix; ``.zarr.data`` is appended.
     item : Mapping
-        The item, as from :func:`cadstore.testing.workload.make_item`.
+        The item, as from :func:`cadstore.synthetic.make_item`.
     metadata : Mapping
         JSON-serialisable per-item metadata.
 
@@ -325,7 +325,7 @@ def write_zarr_v3(
     path_without_ext : str
         Target path without a suffix; ``.zarr.zip`` is appended.
     item : Mapping
-        The item, as from :func:`cadstore.testing.workload.make_item`.
+        The item, as from :func:`cadstore.synthetic.make_item`.
     metadata : Mapping
         JSON-serialisable per-item metadata.
 
@@ -449,7 +449,7 @@ def write_h5py(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping
     path_without_ext : str
         Target path without a suffix; ``.h5`` is appended.
     item : Mapping
-        The item, as from :func:`cadstore.testing.workload.make_item`.
+        The item, as from :func:`cadstore.synthetic.make_item`.
     metadata : Mapping
         JSON-serialisable per-item metadata.
 
@@ -529,7 +529,7 @@ def write_npz(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[
     path_without_ext : str
         Target path without a suffix; ``.npz`` is appended.
     item : Mapping
-        The item, as from :func:`cadstore.testing.workload.make_item`.
+        The item, as from :func:`cadstore.synthetic.make_item`.
     metadata : Mapping
         JSON-serialisable per-item metadata.
 

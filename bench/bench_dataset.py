@@ -1,6 +1,6 @@
 """Benchmark: exploring and loading a merged dataset (DatasetExplorer, DatasetLoader).
 
-Builds a realistic workload (``cadstore.testing.workload`` items written with
+Builds a realistic workload (``cadstore.synthetic`` items written with
 ``OptStorage``, merged with ``cadstore.merge(workers=None)``; cached in ``--workdir``
 between runs), then measures against the targets of issue 5:
 
@@ -50,7 +50,7 @@ import cadstore
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
-from cadstore.testing.workload import write_workload
+from cadstore.synthetic import write_workload
 
 TARGET_ITEM_MS = 1.0
 TARGET_ITEMS_PER_S = 1000.0

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from cadstore.cad import OCP_VERSION
-from cadstore.cad.batch import PUSH_METHODS, encode_files
 from cadstore.cad.samples import write_sample_set
+from cadstore.encode import PUSH_METHODS, encode_files
 
 # The storage calls that write the item; the others are schema and metadata bookkeeping.
 WRITE_CALLS = ("save_data", "compress_store", "close")

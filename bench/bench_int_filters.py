@@ -1,7 +1,7 @@
 """Benchmark: do filters pay off for the integer arrays of an encoded CAD item?
 
 The specified design applies a Delta filter to every integer array. For each integer array
-of the realistic workload (``cadstore.testing.workload``) this compresses the array as
+of the realistic workload (``cadstore.synthetic``) this compresses the array as
 OptStorage stores it, at the default level, with:
 
 * ``zstd``: no filter (what Zarr v3 items hold: v3 has no standard delta codec, and
@@ -35,7 +35,7 @@ from numcodecs import blosc
 from cadstore.format.codecs import long_distance_for, zstd_compress
 from cadstore.format.zarr_nodes import MIN_COMPRESS_BYTES, delta_encode, encode_array
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
-from cadstore.testing.workload import iter_items
+from cadstore.synthetic import iter_items
 
 MODES = ("zstd", "delta + zstd", "blosc shuffle", "blosc bitshuffle", "chosen (v2)")
 

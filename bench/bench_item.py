@@ -40,7 +40,7 @@ import numpy as np
 
 from cadstore import OptStorage
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
-from cadstore.testing.workload import iter_items, raw_nbytes, write_item
+from cadstore.synthetic import iter_items, raw_nbytes, write_item
 
 try:
     from bench import _peers

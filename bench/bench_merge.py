@@ -1,6 +1,6 @@
 """Benchmark: merging realistic items into one dataset, against the specified approach.
 
-Generates ``--items`` realistic items (``cadstore.testing.workload``, written with
+Generates ``--items`` realistic items (``cadstore.synthetic``, written with
 ``OptStorage``; cached in ``--workdir`` between runs), then in one run:
 
 * ``cadstore`` merge in one thread (``workers=0``) and with two worker threads
@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cadstore.testing.workload import write_workload
+from cadstore.synthetic import write_workload
 
 CHILD_CADSTORE = textwrap.dedent(
     """

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.testing.workload import iter_items, raw_nbytes
+from cadstore.synthetic import iter_items, raw_nbytes
 
 try:
     from bench import _peers
@@ -47,7 +47,7 @@ def run(n_items: int, seed: int, key: str, out: Any = sys.stdout) -> dict[str, d
     Parameters
     ----------
     n_items : int
-        Number of items to generate (with :func:`cadstore.testing.workload.iter_items`).
+        Number of items to generate (with :func:`cadstore.synthetic.iter_items`).
     seed : int
         Workload seed.
     key : str

@@ -1,6 +1,6 @@
 """Benchmark: merging beyond one machine, against the local single-process merge.
 
-In one run, on the same ``--items`` realistic items (``cadstore.testing.workload``, the
+In one run, on the same ``--items`` realistic items (``cadstore.synthetic``, the
 items of ``bench_merge.py``, cached in ``--workdir``):
 
 * ``local``: inputs and output on local disk, one process (``workers=0``);
@@ -52,7 +52,7 @@ from cadstore import OptStorage
 from cadstore.dataset.reader import DatasetReader
 from cadstore.io.sources import PrefixSource, ZipSource
 from cadstore.merging import MergeResult, merge_items
-from cadstore.testing.workload import write_workload
+from cadstore.synthetic import write_workload
 
 BUCKET = "cadstore-bench"
 

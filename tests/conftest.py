@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cadstore.testing.workload import iter_items, write_item
+from cadstore.synthetic import iter_items, write_item
 
 
 def write_items(

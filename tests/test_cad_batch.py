@@ -4,7 +4,7 @@ Covers the item naming, the good items (readable, complete, with their metadata)
 isolated in ``error_summary.json``, resuming without touching existing items, the time
 limit, worker crashes, the memory guard, the merge and the command line.
 
-Fault tests replace a function of :mod:`cadstore.cad.batch` in this process and force the
+Fault tests replace a function of :mod:`cadstore.encode.work` in this process and force the
 ``fork`` start method, so that the workers inherit the replacement.
 """
 
@@ -28,9 +28,10 @@ import pytest
 
 pytest.importorskip("OCP")
 
-from cadstore import OptStorage
-from cadstore.cad import batch, samples
-from cadstore.cad.batch import (
+from cadstore import OptStorage, encode, workers
+from cadstore.cad import samples
+from cadstore.cli import main
+from cadstore.encode import (
     ENCODED_DIR,
     ERROR_SUMMARY,
     EncodeReport,
@@ -38,8 +39,9 @@ from cadstore.cad.batch import (
     find_cad_files,
     item_base_name,
     item_name,
+    naming,
+    work,
 )
-from cadstore.cli import main
 
 # Keys every item must hold with the default settings (histograms included).
 ITEM_KEYS = {
@@ -113,21 +115,21 @@ def forked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make workers fork, so that they inherit what the test patched in this process."""
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs the fork start method")
-    monkeypatch.setattr(batch, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(workers, "mp_context", lambda: multiprocessing.get_context("fork"))
 
 
 def _patch_body(
     monkeypatch: pytest.MonkeyPatch, fault: Callable[[], Any], match: str = "shaft"
 ) -> None:
     """Run ``fault`` instead of encoding the bodies of files whose name contains ``match``."""
-    real = batch._encode_body
+    real = work.encode_body
 
     def encode_body(model: Any, body: int, name: str, task: Any, settings: Any) -> Any:
         if match in os.path.basename(task.path):
             fault()
         return real(model, body, name, task, settings)
 
-    monkeypatch.setattr(batch, "_encode_body", encode_body)
+    monkeypatch.setattr(work, "encode_body", encode_body)
 
 
 def _expected_items(directory: Path) -> set[str]:
@@ -255,7 +257,7 @@ def test_bad_files_are_listed_with_their_reasons(
 def test_report_timings_and_json(mixed_run: tuple[EncodeReport, Path]) -> None:
     report, _ = mixed_run
     assert report.workers == 2
-    steps = {"load", "brep", "storage", *batch.PUSH_METHODS}
+    steps = {"load", "brep", "storage", *encode.PUSH_METHODS}
     assert set(report.timings) == steps
     assert all(seconds >= 0 for seconds in report.timings.values())
     assert report.timings["storage"] > 0
@@ -328,14 +330,14 @@ def test_one_failing_body_leaves_the_others_encoded(
 ) -> None:
     from OCP.Standard import Standard_Failure
 
-    real = batch._encode_body
+    real = work.encode_body
 
     def encode_body(model: Any, body: int, name: str, task: Any, settings: Any) -> Any:
         if body == 1:
             raise Standard_Failure("BRep_API: command not done")
         return real(model, body, name, task, settings)
 
-    monkeypatch.setattr(batch, "_encode_body", encode_body)
+    monkeypatch.setattr(work, "encode_body", encode_body)
     report = encode_files(good_dir / "two_bodies.step", tmp_path, workers=0)
     base = item_base_name(good_dir / "two_bodies.step")
     assert report.encoded == [f"{base}_0"]
@@ -354,7 +356,7 @@ def test_a_body_without_faces_fails_with_its_reason(
     def load(self: Any, path: Any) -> CADModel:
         return CADModel(samples.make_compound([]), [samples.make_compound([])], path, "step")
 
-    monkeypatch.setattr(batch.CADLoader, "create_from_file", load)
+    monkeypatch.setattr(work.CADLoader, "create_from_file", load)
     report = encode_files(good_dir / "shaft_002.step", tmp_path, workers=0)
     (failure,) = report.failed
     assert failure["reason"] == "no_faces"
@@ -418,7 +420,7 @@ def test_workers_that_cannot_start_stop_the_run(
     good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
 ) -> None:
     # Not the files' fault: no file may be blamed, and the run must not retry forever.
-    monkeypatch.setattr(batch, "_limit_memory", lambda limit: os._exit(7))
+    monkeypatch.setattr(workers, "limit_memory", lambda limit: os._exit(7))
     with pytest.raises(RuntimeError, match=r"fail to start .* exited with code 7"):
         encode_files(good_dir / "shaft_002.step", tmp_path, workers=1)
 
@@ -426,7 +428,7 @@ def test_workers_that_cannot_start_stop_the_run(
 def test_spawned_workers_encode_too(
     good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(workers, "mp_context", lambda: multiprocessing.get_context("spawn"))
     files = [good_dir / "shaft_002.step", good_dir / "two_bodies.step"]
     report = encode_files(files, tmp_path, workers=2)
     assert report.ok
@@ -445,7 +447,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_spawned_workers(
     script = tmp_path / "user_script.py"
     script.write_text(
         "import threading, time\n"
-        "from cadstore.cad.batch import encode_files\n"
+        "from cadstore.encode import encode_files\n"
         f"open({str(runs)!r}, 'a').write('run\\n')\n"
         "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
         f"report = encode_files({str(good_dir / 'shaft_002.step')!r}, {str(tmp_path / 'out')!r},"
@@ -514,14 +516,14 @@ def test_cli_missing_input_is_a_usage_error(
 
 # ---------------------------------------------------------------------------- the demo's job
 def test_encode_sample_set_writes_encodes_merges_and_resumes(tmp_path: Path) -> None:
-    report = batch.encode_sample_set(tmp_path / "demo", count=3, seed=1, workers=2)
+    report = encode.encode_sample_set(tmp_path / "demo", count=3, seed=1, workers=2)
     assert report.ok
     assert len(report.encoded) == 3
     assert report.dataset == str(tmp_path / "demo" / "demo.dataset")
     parts = sorted(p.name for p in (tmp_path / "demo" / "parts_seed1").iterdir())
     assert parts == ["bracket_000.step", "plate_001.step", "shaft_002.step"]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo" / "parts_seed1").iterdir()}
-    again = batch.encode_sample_set(tmp_path / "demo", count=3, seed=1, workers=2)
+    again = encode.encode_sample_set(tmp_path / "demo", count=3, seed=1, workers=2)
     assert again.encoded == [] and again.skipped == report.encoded
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
@@ -529,4 +531,4 @@ def test_encode_sample_set_writes_encodes_merges_and_resumes(tmp_path: Path) -> 
 def test_docstring_examples() -> None:
     import doctest
 
-    assert doctest.testmod(batch).failed == 0
+    assert doctest.testmod(naming).failed == 0

@@ -17,7 +17,7 @@ import pytest
 from cadstore import JsonStorageHandler, OptStorage, SchemaBuilder
 from cadstore.cli import main
 from cadstore.merging import merge_items
-from cadstore.testing.workload import write_item
+from cadstore.synthetic import write_item
 
 N_ITEMS = 3
 

@@ -195,8 +195,8 @@ def test_a_killed_worker_is_survived_or_reported(items: list[Path], tmp_path: Pa
 
 def test_encode_files_on_the_cluster(client: distributed.Client, tmp_path: Path) -> None:
     pytest.importorskip("OCP", reason="the cad extra is not installed")
-    from cadstore.cad.batch import encode_files
     from cadstore.cad.samples import write_sample_set
+    from cadstore.encode import encode_files
 
     parts = write_sample_set(tmp_path / "parts", count=3, seed=1)
     local = encode_files(parts, tmp_path / "local", workers=0, histograms=False)

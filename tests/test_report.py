@@ -297,7 +297,7 @@ def test_the_dataset_alone_is_enough(realistic_items: list[Any], tmp_path: Path)
 def test_missing_arrays_leave_their_sections_out(tmp_path: Path) -> None:
     from cadstore import merge
     from cadstore.dataset.report import write_report
-    from cadstore.testing.workload import iter_items, write_item
+    from cadstore.synthetic import iter_items, write_item
 
     (tmp_path / "items").mkdir()
     paths = []
@@ -317,7 +317,7 @@ def test_missing_arrays_leave_their_sections_out(tmp_path: Path) -> None:
 def test_per_face_labels_colour_the_parts_and_are_counted_per_split(tmp_path: Path) -> None:
     from cadstore import merge
     from cadstore.dataset.report import write_report
-    from cadstore.testing.workload import iter_items, write_item
+    from cadstore.synthetic import iter_items, write_item
 
     (tmp_path / "items").mkdir()
     paths = []

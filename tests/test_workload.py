@@ -1,4 +1,4 @@
-"""Tests for the deterministic CAD workload generator (cadstore.testing.workload)."""
+"""Tests for the deterministic CAD workload generator (cadstore.synthetic)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import pytest
 import zstandard
 
 from cadstore import OptStorage
-from cadstore.testing.conformance import assert_same
-from cadstore.testing.workload import (
+from cadstore.synthetic import (
     CATEGORIES,
     DEFAULT_CONFIG,
     FACE_TYPE_CODES,
@@ -30,6 +29,7 @@ from cadstore.testing.workload import (
     sample_face_counts,
     write_workload,
 )
+from cadstore.testing.conformance import assert_same
 
 SMALL = WorkloadConfig(pointsamples=7, ugrid=1, path_len=3, num_bins=10)
 CONFIGS = {

@@ -118,15 +118,16 @@ def run_on_dask(
     tasks: Sequence[Any],
     settings: Any,
     task_fn: Callable[[Any, Any], list[dict[str, Any]]],
-    collector: Any,
+    listener: Any,
 ) -> int:
-    """Run ``task_fn(task, settings)`` for each task on the cluster; feed the messages it returns
-    to ``collector.handle``.
+    """Run ``task_fn(task, settings)`` for each task on the cluster, reporting to ``listener``.
 
-    Used for encoding: one task per CAD file returns the messages a supervised local worker
-    would have sent for it. A task that cannot finish (its worker died repeatedly, or the
-    cluster went away) is reported with ``collector.abort(task.index, "crash", ...)``.
-    Returns the number of worker threads used.
+    Used for encoding: one task per CAD file returns the messages a supervised local
+    worker would have sent for it, which go to ``listener.message``, then
+    ``listener.done(task)``. A task that cannot finish (its worker died repeatedly, or the
+    cluster went away) is ``listener.lost(task, None, "crash", error, 0.0)``, as a
+    :class:`~cadstore.workers.Listener` hears it from a local pool. Returns the number of
+    worker threads used.
     """
     distributed = require_distributed()
     futures = {client.submit(task_fn, task, settings, pure=False): task for task in tasks}
@@ -134,11 +135,12 @@ def run_on_dask(
         task = futures[future]
         try:
             messages = future.result()
-        except Exception as exc:  # KilledWorker, a lost scheduler, ...: this file only
-            collector.abort(
-                task.index, "crash", f"the Dask task failed ({type(exc).__name__}: {exc})", 0.0
+        except Exception as exc:  # KilledWorker, a lost scheduler, ...: this task only
+            listener.lost(
+                task, None, "crash", f"the Dask task failed ({type(exc).__name__}: {exc})", 0.0
             )
             continue
         for message in messages:
-            collector.handle(message)
+            listener.message(message)
+        listener.done(task)
     return worker_threads(client)

@@ -2,7 +2,7 @@
 
 ``face_types``, ``edge_types`` and ``edge_convexities`` hold integer codes. The encoder
 (:mod:`cadstore.cad.encoder`) writes them, the workload generator
-(:mod:`cadstore.testing.workload`) draws them, and the report and the demo print their
+(:mod:`cadstore.synthetic`) draws them, and the report and the demo print their
 names. They all read the tables here, so a code means the same thing everywhere, and this
 module imports nothing heavier than the standard library, so a report or a test can name
 face types without the CAD kernel.

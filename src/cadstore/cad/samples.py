@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -43,6 +42,8 @@ from OCP.TopAbs import TopAbs_EDGE, TopAbs_SOLID
 from OCP.TopoDS import TopoDS_Compound, TopoDS_Edge, TopoDS_Shape
 
 from cadstore.cad._kernel import as_edge, indexed_map, iter_subshapes, quiet_kernel
+from cadstore.io.location import resolve
+from cadstore.io.publish import write_through_path
 
 __all__ = [
     "PART_KINDS",
@@ -443,17 +444,15 @@ def _publish(path: str | os.PathLike[str], write: Callable[[str], bool], what: s
     target = Path(path)
     if not target.parent.is_dir():
         raise FileNotFoundError(f"cannot write {target}: directory {target.parent} does not exist")
-    # Write to a temporary name and rename, so the target is never a half-written file.
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+
+    def produce(temp: str) -> None:
         with quiet_kernel():
             ok = write(temp)
         if not ok or os.path.getsize(temp) == 0:
             raise OSError(f"the kernel's {what} writer failed to write {target}")
-        os.replace(temp, target)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+
+    # Written under a temporary name and renamed: the target is never half written.
+    write_through_path(resolve(target), produce)
     return target
 
 

@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from cadstore.demo import run_demo
+    from cadstore.pipeline import run_demo
 
     run_demo(
         args.output, args.items, args.seed, cad=args.cad, parts=args.parts, workers=args.workers

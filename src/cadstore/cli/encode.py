@@ -1,6 +1,6 @@
 """``cadstore encode``: encode CAD files into per-body ``.data`` items, optionally merged.
 
-The command line of :func:`cadstore.cad.batch.encode_files`::
+The command line of :func:`cadstore.encode.encode_files`::
 
     cadstore encode parts/ -o out --workers 8 --merge
     cadstore encode 'parts/**/*.step' -o out --json > report.json
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cadstore.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from cadstore.cad.batch import EncodeReport
+    from cadstore.encode import EncodeReport
 
 # At most this many failures are printed; the rest are in error_summary.json.
 _SHOWN_FAILURES = 20
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         0 if every item was encoded or skipped, 1 if some failed, 2 without the kernel.
     """
     try:
-        from cadstore.cad.batch import DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIMEOUT, encode_files
+        from cadstore.encode import DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIMEOUT, encode_files
     except ImportError as exc:
         print(f"cadstore: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

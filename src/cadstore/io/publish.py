@@ -59,6 +59,7 @@ __all__ = [
     "sweep_temporaries",
     "write_atomic",
     "write_bytes_atomic",
+    "write_through_path",
 ]
 
 #: Prefix of every temporary file cadstore creates next to a destination.
@@ -169,6 +170,29 @@ def write_atomic(
     if durable:
         fsync_dir(directory)
     return size
+
+
+def write_through_path(location: Location, produce: Callable[[str], Any]) -> None:
+    """Publish a file that a writer needing a path (not a file object) produces.
+
+    Native writers (the CAD kernel's STEP and IGES writers) take a file name: ``produce``
+    gets a temporary name beside ``location``, writes the whole file there, and the file
+    is then fsynced and renamed over ``location``, as :func:`write_atomic` does. Local disk
+    only.
+    """
+    directory = _local_directory(location.path)
+    tmp, fd = create_temporary(directory)
+    os.close(fd)
+    try:
+        produce(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, location.path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
 
 
 def _upload_through_scratch(location: Location, writer: Writer, exclusive: bool) -> int:

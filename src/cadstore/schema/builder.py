@@ -22,13 +22,14 @@ import copy
 import functools
 import json
 import os
-import tempfile
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cadstore.errors import SchemaError
+from cadstore.io.location import resolve
+from cadstore.io.publish import write_bytes_atomic
 from cadstore.schema._common import (
     check_dims,
     check_metadata_name,
@@ -836,28 +837,15 @@ class SchemaBuilder:
     def save_to_file(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_json` to *path* atomically.
 
-        The text goes to a temporary file in the same directory, is flushed to disk and then
-        renamed over *path*, so readers see either the old file or the complete new one.
+        The text is published as every cadstore file is (:mod:`cadstore.io.publish`):
+        readers see either the old file or the complete new one.
 
         Parameters
         ----------
         path
-            Destination file; its directory must exist.
+            Destination file (a local path).
         """
-        target = Path(path)
-        text = self.to_json() + "\n"
-        fd, temp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(resolve(path), (self.to_json() + "\n").encode("utf-8"))
 
     @classmethod
     def from_dict(cls, schema: Mapping[str, Any]) -> SchemaBuilder:

@@ -1,4 +1,7 @@
-"""Deterministic, realistic CAD encoder workloads for tests and benchmarks.
+"""Synthetic CAD items: deterministic, realistic encoder output, for demos, tests and benchmarks.
+
+The demo's ``--no-cad`` mode, the test suite and every benchmark use this generator when
+they need many items without a CAD kernel or CAD files.
 
 The generator produces items with exactly the keys, shapes and dtypes that the
 vendor's ``BrepEncoder`` writes for the node-classification (MFR) flow: faces,
@@ -22,7 +25,7 @@ arguments return byte-identical arrays, and nothing is cached between calls.
 
 Examples
 --------
->>> from cadstore.testing.workload import iter_items, raw_nbytes
+>>> from cadstore.synthetic import iter_items, raw_nbytes
 >>> for name, item, metadata in iter_items(3, seed=1):
 ...     assert name.endswith("_0") and raw_nbytes(item) > 0
 """

@@ -1,11 +1,13 @@
-"""The main job on an embedded default: from parts to a training loop, end to end.
+"""The pipeline end to end: from CAD parts to a training loop, through every stage.
 
-``cadstore demo`` runs the whole pipeline on data it makes itself:
+This is the one module that joins the stages (:mod:`cadstore.encode`,
+:mod:`cadstore.merging`, :mod:`cadstore.dataset`, the report); each stage knows only the
+ones before it. ``cadstore demo`` runs it on data it makes itself:
 
 1. **items**: with OpenCascade installed (the ``cad`` extra), it builds the parametric
    sample parts (brackets, plates with holes, shafts), writes them as STEP files and
    encodes every body with :class:`~cadstore.cad.BrepEncoder` in worker processes;
-   without it, it generates realistic encoded items (:mod:`cadstore.testing.workload`).
+   without it, it generates realistic encoded items (:mod:`cadstore.synthetic`).
    Each item is one ``.data`` file, checked by reading it back.
 2. **merge** into ``demo.dataset`` with its ``.infoset``, ``.attribset`` and ``.flow``;
 3. **explore**: the table of contents, the part families and a face-type distribution;
@@ -30,7 +32,7 @@ from typing import Any
 from cadstore.schema import SchemaBuilder
 from cadstore.storage.opt import OptStorage
 from cadstore.storage.values import values_equal
-from cadstore.testing.workload import CATEGORIES, iter_items, write_item
+from cadstore.synthetic import CATEGORIES, iter_items, write_item
 
 __all__ = ["LABEL", "run_demo"]
 
@@ -80,7 +82,7 @@ def _generated_items(encoded: str, n_items: int, seed: int) -> dict[str, Any]:
 
 
 def _cad_items(output: str, parts: int, seed: int, workers: int | None) -> tuple[str, dict]:
-    from cadstore.cad.batch import encode_sample_set
+    from cadstore.encode import encode_sample_set
 
     report = encode_sample_set(
         os.path.join(output, "cad"), count=parts, seed=seed, workers=workers, merge=False

@@ -1,0 +1,460 @@
+"""Encoding many CAD files into per-body ``.data`` items, in parallel, every failure isolated.
+
+:func:`encode_files` is the function behind ``cadstore encode``::
+
+    from cadstore.encode import encode_files
+
+    report = encode_files("parts/", "out", workers=8, merge=True)
+    print(len(report.encoded), "items,", len(report.failed), "failures")
+
+**Output layout** (the specified flow layout, ``vendor-system.md`` §4)::
+
+    <output_dir>/encoded/<name>.zarr.data      one OptStorage item per body
+    <output_dir>/files_summary/<name>.json     each item's metadata (OptStorage.close())
+    <output_dir>/error_summary.json            what failed in the last run, and why
+    <output_dir>/<stem>.dataset/.infoset/.attribset/.flow   with merge=True
+
+Item names are :mod:`cadstore.encode.naming`'s; what an item holds and how a file's
+failures are caught, :mod:`cadstore.encode.work`'s. Files are processed in supervised
+worker processes (:class:`cadstore.workers.WorkerPool`), at most ``workers`` at a time,
+each worker replaced after :data:`MAX_TASKS_PER_CHILD` files: a time limit applies to
+reading each file and to encoding each body, a worker over it is killed (reason
+``"timeout"``); a memory guard caps each worker (``"memory"``); a worker that dies is
+recorded with its file (``"crash"``); two files whose items would share names are refused
+before any work (``"duplicate"``), and a failed merge is reported as ``"merge"``.
+
+**Resuming and user data.** With ``resume=True`` (the default) a body whose ``.data`` file
+exists is skipped, and a file whose bodies all exist is not even read. Nothing is ever
+deleted: a ``.data`` file is replaced (atomically) only with ``resume=False``, and the only
+files removed are the encoder's own scratch, the empty working directory and temporary
+file of a body whose worker was killed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from cadstore.cad.samples import PART_KINDS, write_sample_set
+from cadstore.encode.naming import find_cad_files, item_base_name
+from cadstore.encode.report import Collector, EncodeReport, write_error_summary
+from cadstore.encode.work import (
+    Settings,
+    Task,
+    complete_schema,
+    default_schema,
+    describe,
+    positive,
+    process_file,
+    push_plan,
+    traceback_lines,
+)
+from cadstore.errors import CadstoreError
+from cadstore.progress import Progress
+from cadstore.schema import Schema, SchemaBuilder
+from cadstore.storage.opt import OptStorage
+from cadstore.workers import WorkerPool, WorkerSpec
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT_MB",
+    "DEFAULT_TIMEOUT",
+    "ENCODED_DIR",
+    "ERROR_SUMMARY",
+    "MAX_TASKS_PER_CHILD",
+    "PART_FAMILY",
+    "SUMMARY_DIR",
+    "encode_files",
+    "encode_sample_set",
+    "sample_set_schema",
+]
+
+#: Default per-item time limit, seconds (the vendor's default).
+DEFAULT_TIMEOUT: Final = 120.0
+
+
+#: Default address-space cap of a worker, MiB.
+DEFAULT_MEMORY_LIMIT_MB: Final = 4096
+
+
+#: Files a worker handles before it is replaced by a fresh process.
+MAX_TASKS_PER_CHILD: Final = 16
+
+
+#: Sub-directory of the output directory holding the ``.data`` items.
+ENCODED_DIR: Final = "encoded"
+
+
+#: Sub-directory holding the per-item metadata JSON files.
+SUMMARY_DIR: Final = "files_summary"
+
+
+#: File listing the failures of the last run.
+ERROR_SUMMARY: Final = "error_summary.json"
+
+
+def _existing_bodies(encoded_dir: str, base: str, present: set[str]) -> list[str] | None:
+    """Return the item names of a file whose bodies are all encoded already, else None."""
+    first = f"{base}_0"
+    if f"{first}.zarr.data" not in present:
+        return None
+    try:
+        with OptStorage(os.path.join(encoded_dir, f"{first}.zarr"), mode="r") as storage:
+            count = storage.load_metadata("num_bodies")
+    except (CadstoreError, OSError, KeyError):
+        return None  # unreadable or older item: let a worker look at each body
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return None
+    names = [f"{base}_{i}" for i in range(count)]
+    return names if all(f"{n}.zarr.data" in present for n in names) else None
+
+
+def encode_files(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
+    pointsamples: int = 25,
+    ugrid: int = 5,
+    path_len: int = 16,
+    num_bins: int = 64,
+    histograms: bool = True,
+    schema: Any = None,
+    resume: bool = True,
+    merge: bool = False,
+    progress: bool = False,
+    dataset_name: str | None = None,
+    client: Any = None,
+    dask_client_params: Mapping[str, Any] | None = None,
+    file_metadata: Mapping[str | os.PathLike[str], Mapping[str, Any]] | None = None,
+) -> EncodeReport:
+    """Encode every body of every CAD file of ``inputs`` into ``output_dir/encoded``.
+
+    See the module docstring for the layout, the item names, the failure handling and what
+    resuming does.
+
+    Parameters
+    ----------
+    inputs
+        A directory (searched recursively), a glob pattern, a file, or a sequence of these;
+        see :func:`find_cad_files`.
+    output_dir
+        Created if needed. May already hold items from an earlier run.
+    workers
+        Worker processes; ``None`` uses every available core (at most one per file). ``0``
+        runs everything in the calling process, without time limit or memory guard, which
+        is for debugging and profiling only: a crash or a hang there takes the caller down.
+    timeout
+        Seconds allowed for reading a file and, separately, for each of its bodies; ``None``
+        for no limit.
+    memory_limit_mb
+        Address-space cap of each worker, MiB; ``None`` or 0 for no cap.
+    pointsamples, ugrid, path_len, num_bins
+        Arguments of ``push_face_discretization``, ``push_curvegrid``,
+        ``push_face_pair_edges_path`` and the two histogram methods.
+    histograms
+        Also run the two face-pair histogram methods (the largest arrays of an item).
+    schema
+        A schema (dict, ``SchemaBuilder`` or ``Schema``) set on every item before the
+        encoder adds its groups; by default one declaring the file-level metadata above.
+    resume
+        Skip bodies whose ``.data`` exists. ``False`` re-encodes them, replacing each file
+        atomically.
+    merge
+        Then merge every item of ``output_dir/encoded`` (this run's and earlier ones') into
+        ``output_dir/<dataset_name>.dataset`` with its ``.infoset``, ``.attribset`` and
+        ``.flow``, replacing an earlier merge there.
+    progress
+        Show a progress bar on stderr when tqdm is installed.
+    dataset_name
+        Stem of the merged dataset; defaults to the output directory's name.
+    client
+        A ``distributed.Client``: each file becomes one Dask task on its workers, which
+        must see ``inputs`` and ``output_dir`` at the same paths (shared disk), and the
+        merge (``merge=True``) runs on the cluster too. ``workers`` and ``timeout`` do not
+        apply (Dask runs one task per worker thread and cannot stop a running task), nor
+        does ``memory_limit_mb``: an address-space cap would also starve the worker's own
+        threads, so memory is bounded by the Dask workers' ``memory_limit`` instead. A
+        file whose worker dies is recorded as ``"crash"``.
+    dask_client_params
+        Keyword arguments of ``distributed.LocalCluster``: a local cluster is started
+        for this call and closed at its end (the ``dask`` extra).
+    file_metadata
+        Metadata per input file (its path as given or absolute): ``{path: {key: value}}``
+        saved into every item of that file, e.g. a label ``{"part_family": "bracket"}``
+        (define it in ``schema`` as categorical metadata to have it in the ``.attribset``).
+
+    Returns
+    -------
+    EncodeReport
+        What was encoded, skipped and failed, and where the time went.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the inputs designate no file, or an argument is invalid (including a
+        ``memory_limit_mb`` too small for a worker to start).
+    """
+    started = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or workers < 0):
+        raise ValueError(f"workers must be None or a non-negative int, got {workers!r}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout}")
+    if memory_limit_mb is not None and memory_limit_mb < 0:
+        raise ValueError(f"memory_limit_mb must be None or >= 0, got {memory_limit_mb}")
+    pushes = push_plan(
+        positive(pointsamples, "pointsamples"),
+        positive(ugrid, "ugrid"),
+        positive(path_len, "path_len"),
+        positive(num_bins, "num_bins"),
+        bool(histograms),
+    )
+    out = os.path.abspath(os.fspath(output_dir))
+    files = find_cad_files(inputs, exclude=out)
+    encoded_dir = os.path.join(out, ENCODED_DIR)
+    os.makedirs(encoded_dir, exist_ok=True)
+    settings = Settings(
+        encoded_dir=encoded_dir,
+        summary_dir=os.path.join(out, SUMMARY_DIR),
+        schema=complete_schema(
+            default_schema() if schema is None else Schema.from_any(schema).to_dict(), pushes
+        ),
+        pushes=pushes,
+        resume=bool(resume),
+    )
+    report = EncodeReport(
+        output_dir=out, files=len(files), error_summary=os.path.join(out, ERROR_SUMMARY)
+    )
+
+    # Plan: refuse name clashes, skip files that are fully encoded without starting a worker.
+    present = set(os.listdir(encoded_dir)) if resume else set()
+    extra = {
+        os.path.abspath(os.fspath(path)): tuple(dict(fields).items())
+        for path, fields in (file_metadata or {}).items()
+    }
+    owners: dict[str, str] = {}
+    tasks: list[Task] = []
+    early_failures: list[dict[str, Any]] = []
+    early_skips: list[str] = []
+    for index, path in enumerate(files):
+        base = item_base_name(path)
+        if base in owners:
+            early_failures.append(
+                {
+                    "item_index": index,
+                    "item": str(path),
+                    "name": None,
+                    "body_index": None,
+                    "worker_pid": None,
+                    "reason": "duplicate",
+                    "error": f"DuplicateName: its items would have the same names as those of "
+                    f"{owners[base]} (item names ignore the extension); rename one of them",
+                    "logs": [],
+                    "seconds": 0.0,
+                }
+            )
+            continue
+        owners[base] = str(path)
+        existing = _existing_bodies(encoded_dir, base, present) if resume else None
+        if existing is not None:
+            early_skips.extend(existing)
+            continue
+        tasks.append(Task(index, str(path), base, extra.get(os.path.abspath(path), ())))
+    dask = None
+    if client is not None or dask_client_params is not None:
+        from cadstore.cluster import DaskResources
+
+        dask = DaskResources(client=client, params=dask_client_params)
+    n_workers = 0 if workers == 0 else min(workers or _available_cores(), max(len(tasks), 1))
+    report.workers = n_workers if tasks else 0
+    bar = Progress(progress, len(files), desc="encoding", unit="file")
+    bar.update(len(files) - len(tasks))
+    collector = Collector(tasks, encoded_dir, bar.update)
+    try:
+        if not tasks:
+            pass
+        elif dask is not None:
+            from cadstore.cluster import run_on_dask
+
+            report.workers = run_on_dask(dask.client, tasks, settings, _dask_encode_task, collector)
+        elif n_workers == 0:
+            for task in tasks:
+                process_file(task, settings, collector.message)
+                collector.done(task)
+        else:
+            spec = WorkerSpec(
+                process_file,
+                settings,
+                memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
+                max_tasks_per_child=MAX_TASKS_PER_CHILD,
+            )
+            with WorkerPool(spec, n_workers, timeout, collector) as pool:
+                pool.run(tasks)
+    finally:
+        bar.close()
+        report.skipped.extend(early_skips)
+        collector.fill(report, early_failures)
+        report.skipped.sort(key=_order_key(files))
+        write_error_summary(report.error_summary, report.failed)
+
+    try:
+        if merge:
+            _merge(
+                report,
+                encoded_dir,
+                out,
+                dataset_name,
+                n_workers,
+                progress,
+                dask.client if dask is not None else None,
+            )
+    finally:
+        if dask is not None:
+            dask.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
+    """One file as a Dask task: the messages a supervised worker would have sent."""
+    messages: list[dict[str, Any]] = []
+    process_file(task, settings, messages.append)
+    return messages
+
+
+#: Categorical metadata of the sample parts: their family, one of ``PART_KINDS``.
+PART_FAMILY = "part_family"
+
+
+def sample_set_schema() -> dict[str, Any]:
+    """Return the schema :func:`encode_sample_set` gives its items.
+
+    The default schema of :func:`encode_files` plus the part family as categorical
+    metadata, so it lands in the ``.attribset`` and a split can be stratified on it.
+    """
+    builder = SchemaBuilder.from_dict(default_schema())
+    builder.define_categorical_metadata(
+        PART_FAMILY, "str", "Family of the sample part", values=list(PART_KINDS)
+    )
+    return builder.build()
+
+
+def encode_sample_set(
+    output_dir: str | os.PathLike[str],
+    count: int = 12,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    merge: bool = True,
+    progress: bool = False,
+    **options: Any,
+) -> EncodeReport:
+    """Write the parametric sample parts as STEP files and encode them (the demo's job).
+
+    The parts (brackets, plates with holes, shafts; see
+    :func:`cadstore.cad.samples.sample_parts`) go to ``<output_dir>/parts_seed<seed>``; they
+    are written only when one is missing, so running again resumes instead of starting over.
+    Every item is labelled with its part's family (metadata :data:`PART_FAMILY`, declared
+    categorical by :func:`sample_set_schema`), a label to stratify and train on.
+
+    Parameters
+    ----------
+    output_dir
+        Receives the parts, ``encoded/``, ``error_summary.json`` and, with ``merge=True``,
+        ``<output_dir name>.dataset`` and its companions.
+    count, seed
+        As for :func:`~cadstore.cad.samples.sample_parts`.
+    workers, merge, progress
+        As for :func:`encode_files`.
+    **options
+        Further keyword arguments of :func:`encode_files`.
+
+    Returns
+    -------
+    EncodeReport
+        The report of :func:`encode_files`.
+    """
+    parts = Path(output_dir) / f"parts_seed{int(seed)}"
+    # The names write_sample_set gives; should that change, the parts are just rewritten.
+    kinds = [PART_KINDS[i % len(PART_KINDS)] for i in range(count)]
+    files = [parts / f"{kind}_{i:03d}.step" for i, kind in enumerate(kinds)]
+    if not all(path.is_file() for path in files):
+        files = write_sample_set(parts, count=count, seed=seed)
+    options.setdefault("schema", sample_set_schema())
+    labels = {str(path): {PART_FAMILY: kind} for path, kind in zip(files, kinds, strict=True)}
+    options.setdefault("file_metadata", labels)
+    return encode_files(
+        files,
+        output_dir,
+        workers=workers,
+        merge=merge,
+        progress=progress,
+        **options,
+    )
+
+
+def _order_key(files: Sequence[Path]) -> Callable[[str], tuple[int, int]]:
+    position = {item_base_name(path): i for i, path in enumerate(files)}
+
+    def key(name: str) -> tuple[int, int]:
+        base, _, body = name.rpartition("_")
+        return position.get(base, len(position)), int(body)
+
+    return key
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _merge(
+    report: EncodeReport,
+    encoded_dir: str,
+    out: str,
+    dataset_name: str | None,
+    workers: int,
+    progress: bool,
+    client: Any = None,
+) -> None:
+    from cadstore.merging import merge as merge_dataset
+
+    items = sorted(n for n in os.listdir(encoded_dir) if n.endswith(".zarr.data"))
+    if not items:
+        return
+    stem = dataset_name or os.path.basename(out) or "dataset"
+    dataset = os.path.join(out, f"{stem}.dataset")
+    try:
+        merge_dataset(
+            [os.path.join(encoded_dir, n) for n in items],
+            dataset,
+            # A process pool costs more than it saves on a few hundred small items.
+            workers=0 if len(items) < 256 else workers,
+            overwrite=True,
+            progress=progress,
+            client=client,
+        )
+    except (CadstoreError, OSError) as exc:
+        report.failed.append(
+            {
+                "item_index": None,
+                "item": dataset,
+                "name": None,
+                "body_index": None,
+                "worker_pid": os.getpid(),
+                "reason": "merge",
+                "error": describe(exc),
+                "logs": traceback_lines(exc),
+                "seconds": 0.0,
+            }
+        )
+        write_error_summary(report.error_summary, report.failed)
+        return
+    report.dataset = dataset

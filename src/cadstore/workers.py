@@ -1,0 +1,354 @@
+"""Supervised worker processes: a time limit per step, a memory cap, and no hung worker.
+
+Encoding CAD files runs native kernel code that can hang, crash or exhaust memory on a bad
+file. :class:`WorkerPool` runs such work in worker processes it supervises itself, instead
+of ``concurrent.futures.ProcessPoolExecutor``, which on Python 3.11 cannot do what is
+needed: it refuses the ``fork`` start method together with ``max_tasks_per_child``, it
+deadlocks when a worker retires with tasks queued (CPython gh-115634), it cannot kill one
+hung worker without breaking the whole pool, and it cannot tell which task a crashed worker
+was running. The pool knows which task each worker is on, so:
+
+* a **time limit** applies to each step of a task: a worker reports progress with
+  messages, every message restarts its clock, and a worker silent for longer than the
+  limit is killed (``SIGKILL``, so a kernel call that never returns cannot hang the run);
+* a **memory guard** caps each worker's address space (``RLIMIT_AS``), so a task that
+  explodes raises ``MemoryError`` in its worker instead of driving the machine into swap;
+* a worker that **dies** (a segmentation fault, ``os._exit``, the OOM killer) is reported
+  with its task, its signal or exit code, and replaced;
+* a worker is **replaced** after ``max_tasks_per_child`` tasks, or at once when it asks
+  (after a ``MemoryError``, its heap may be fragmented), returning its memory to the system;
+* workers that die before taking any task, several in a row, stop the run with an error
+  (the cause is the environment, not a task), instead of being restarted forever.
+
+Workers are forked when that is safe and spawned otherwise (:mod:`cadstore.processes`);
+a spawned worker never runs the caller's main script.
+
+The work itself is a picklable top-level function ``work(task, settings, emit)`` that
+calls ``emit(message)`` with dict messages (never of ``"type"`` ``"ready"``, ``"fatal"`` or
+``"done"``, which are the pool's) as it goes, and returns when the task is done; a message
+with ``"recycle": True`` asks for the worker to be replaced after the task. A
+:class:`Listener` hears about every message, every task done and every task lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
+from typing import Any, Final, Protocol
+
+from cadstore.processes import mp_context, without_main_script
+
+__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "limit_memory"]
+
+#: What a worker calls with each message.
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Listener(Protocol):
+    """What a :class:`WorkerPool` reports to, in the parent process."""
+
+    def message(self, message: dict[str, Any]) -> None:
+        """A message a worker emitted."""
+
+    def done(self, task: Any) -> None:
+        """``task`` finished (its work function returned)."""
+
+    def lost(self, task: Any, pid: int | None, reason: str, error: str, seconds: float) -> None:
+        """``task`` was lost: ``reason`` ``"timeout"`` (killed) or ``"crash"`` (it died)."""
+
+
+# A fresh spawned worker imports what it needs before it can start; this bounds that wait.
+_STARTUP_SECONDS: Final = 120.0
+# Workers that die before ever becoming ready, in a row, before the run gives up.
+_MAX_STARTUP_FAILURES: Final = 3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker runs: picklable, so it can go to a spawned process.
+
+    Attributes
+    ----------
+    work
+        ``work(task, settings, emit)``, a top-level function.
+    settings
+        Passed to every call of ``work``.
+    memory_limit_mb
+        Address-space cap of each worker, MiB (``None``: no cap).
+    max_tasks_per_child
+        Tasks a worker runs before a fresh process replaces it.
+    """
+
+    work: Callable[[Any, Any, Emit], None]
+    settings: Any
+    memory_limit_mb: int | None = None
+    max_tasks_per_child: int = 16
+
+
+# ---------------------------------------------------------------------------- worker side
+def _address_space_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def limit_memory(limit_mb: int | None) -> str | None:
+    """Cap this process's address space; return why the cap cannot work, if it cannot."""
+    if not limit_mb:
+        return None
+    try:
+        import resource
+    except ImportError:  # Windows: no guard
+        return None
+    limit = int(limit_mb) * 2**20
+    baseline = _address_space_bytes()
+    if baseline is not None and baseline >= limit:
+        return (
+            f"memory_limit_mb={limit_mb} is below what a worker maps before its first task "
+            f"({baseline / 2**20:.0f} MiB); raise it"
+        )
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return None
+
+
+def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    """Body of a worker process: take tasks from ``conn`` until told to stop."""
+    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Native code writes some messages straight to stdout; keep stdout for the caller.
+    with suppress(OSError, ValueError):
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    problem = limit_memory(spec.memory_limit_mb)
+    if problem is not None:
+        conn.send({"type": "fatal", "error": problem})
+        return
+    conn.send({"type": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if task is None:
+            return
+        recycle = False
+
+        def emit(message: dict[str, Any]) -> None:
+            nonlocal recycle
+            recycle = recycle or bool(message.get("recycle"))
+            conn.send(message)
+
+        spec.work(task, spec.settings, emit)
+        conn.send({"type": "done", "recycle": recycle})
+
+
+# ---------------------------------------------------------------------------- parent side
+@dataclass
+class _Slot:
+    """One worker process and what it is doing."""
+
+    process: Any
+    conn: Connection
+    ready: bool = False
+    task: Any = None
+    deadline: float = math.inf
+    tasks_done: int = 0
+    retire: bool = False
+
+
+class WorkerPool:
+    """Run tasks on at most ``workers`` supervised worker processes (see the module docstring).
+
+    Parameters
+    ----------
+    spec
+        What the workers run.
+    workers
+        The most worker processes at once.
+    timeout
+        Seconds a worker may stay silent on a task before it is killed (``None``: no limit).
+    listener
+        Hears every message, every task done and every task lost.
+    """
+
+    def __init__(
+        self, spec: WorkerSpec, workers: int, timeout: float | None, listener: Listener
+    ) -> None:
+        self.spec = spec
+        self.workers = workers
+        self.timeout = math.inf if timeout is None else float(timeout)
+        self.listener = listener
+        self.slots: list[_Slot] = []
+        self.startup_failures = 0
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- process management
+    def _start(self) -> _Slot:
+        context = mp_context()
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_worker_main, args=(child_conn, self.spec), name="cadstore-worker", daemon=True
+        )
+        with without_main_script():
+            process.start()
+        child_conn.close()  # so that the parent sees EOF when the worker dies
+        slot = _Slot(process, parent_conn)
+        self.slots.append(slot)
+        return slot
+
+    def _drop(self, slot: _Slot, *, kill: bool) -> None:
+        if kill and slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=None if kill else 5.0)
+        if slot.process.is_alive():  # did not stop when asked: it is ours, kill it
+            slot.process.kill()
+            slot.process.join()
+        slot.conn.close()
+        self.slots.remove(slot)
+
+    def shutdown(self) -> None:
+        """Stop every worker: politely when idle, by force when busy. Idempotent."""
+        for slot in list(self.slots):
+            if slot.task is None and slot.process.is_alive():
+                with suppress(OSError):
+                    slot.conn.send(None)
+                self._drop(slot, kill=False)
+            else:
+                self._drop(slot, kill=True)
+
+    # -- main loop
+    def run(self, tasks: Sequence[Any]) -> None:
+        """Run every task; return when each is done or lost.
+
+        Raises
+        ------
+        RuntimeError
+            If workers keep dying before they take a task.
+        ValueError
+            If a worker cannot start as configured (a memory cap below its own size).
+        """
+        pending = deque(tasks)
+        while pending or any(slot.task is not None for slot in self.slots):
+            self._assign(pending)
+            busy = [slot for slot in self.slots if slot.task is not None or not slot.ready]
+            now = time.monotonic()
+            deadline = min((slot.deadline for slot in busy), default=now + 1.0)
+            waitables: list[Any] = [slot.conn for slot in busy]
+            waitables += [slot.process.sentinel for slot in busy]
+            wait_for(waitables, timeout=max(0.0, min(deadline - now, 3600.0)))
+            for slot in busy:
+                self._service(slot, pending)
+
+    def _assign(self, pending: deque[Any]) -> None:
+        while pending:
+            idle = next((s for s in self.slots if s.task is None and not s.retire), None)
+            if idle is None:
+                if len(self.slots) >= self.workers:
+                    return
+                idle = self._start()
+            try:
+                idle.conn.send(pending[0])
+            except OSError:
+                # The worker died while idle (killed from outside): replace it.
+                self._drop(idle, kill=True)
+                continue
+            idle.task = pending.popleft()
+            # Until the worker says it started, allow for its start-up (imports under spawn).
+            startup = 0.0 if idle.ready else _STARTUP_SECONDS
+            idle.deadline = time.monotonic() + startup + self.timeout
+
+    def _receive(self, slot: _Slot) -> bool:
+        """Handle every message waiting on ``slot``; return False once its pipe is closed."""
+        while True:
+            try:
+                if not slot.conn.poll():
+                    return True
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                return False
+            kind = message["type"]
+            if kind == "ready":
+                slot.ready = True
+                self.startup_failures = 0
+                continue
+            if kind == "fatal":
+                raise ValueError(message["error"])
+            slot.deadline = time.monotonic() + self.timeout
+            if kind == "done":
+                task, slot.task = slot.task, None
+                slot.deadline = math.inf
+                slot.tasks_done += 1
+                slot.retire = message["recycle"] or (
+                    slot.tasks_done >= self.spec.max_tasks_per_child
+                )
+                self.listener.done(task)
+                continue
+            self.listener.message(message)
+
+    def _service(self, slot: _Slot, pending: deque[Any]) -> None:
+        open_ = self._receive(slot)
+        if slot.task is None:
+            if slot.retire:
+                with suppress(OSError):
+                    slot.conn.send(None)
+                self._drop(slot, kill=False)
+            return
+        overdue = time.monotonic() > slot.deadline
+        if not open_ or not slot.process.is_alive() or (overdue and not slot.ready):
+            # A worker that never got ready counts as a start-up failure, not a timeout.
+            slot.process.join(timeout=0.0 if overdue else 5.0)
+            self._lost(slot, pending)
+        elif overdue:
+            task, pid = slot.task, slot.process.pid
+            self._drop(slot, kill=True)
+            limit = f"{self.timeout:g} s"
+            self.listener.lost(
+                task,
+                pid,
+                "timeout",
+                f"Timeout: exceeded the per-item time limit of {limit}; worker {pid} was killed",
+                self.timeout,
+            )
+
+    def _lost(self, slot: _Slot, pending: deque[Any]) -> None:
+        task = slot.task
+        pid, code, was_ready = slot.process.pid, slot.process.exitcode, slot.ready
+        self._drop(slot, kill=True)
+        if not was_ready:
+            # The worker died before it could take any task: not the task's fault.
+            self.startup_failures += 1
+            if self.startup_failures >= _MAX_STARTUP_FAILURES:
+                last = "hung" if code is None else f"exited with code {code}"
+                raise RuntimeError(
+                    f"workers fail to start ({self.startup_failures} in a row, the last one "
+                    f"{last}); run with workers=0 to see the error in this process"
+                )
+            pending.appendleft(task)
+            return
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        self.listener.lost(task, pid, "crash", f"WorkerCrash: worker {pid} {how}", 0.0)
