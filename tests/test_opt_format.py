@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -416,6 +417,21 @@ def test_reads_vendor_zarr2_items(name: str) -> None:
         assert set(storage.get_keys()) == {k.split("/")[0] for k in expected["arrays"]}
     finally:
         storage.close()
+
+
+def test_zarr2_codecs_are_an_extra_named_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MsgPack strings appear only in files zarr-python 2 wrote: msgpack is the zarr2 extra,
+    # imported when such a file is read, and its absence is an error naming the extra.
+    expected = json.loads((FIXTURES / "item_basic.expected.json").read_text())
+    key = next(iter(expected["strings"]))
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+    with OptStorage(FIXTURES / "item_basic.zarr") as storage:
+        with pytest.raises(ImportError, match=r"needs msgpack: pip install 'cadstore\[zarr2\]'"):
+            storage.load_data(key)
+        # The rest of the item reads without it.
+        assert storage.load_data("face_areas").shape == tuple(
+            expected["arrays"]["face_areas"]["shape"]
+        )
 
 
 def test_write_mode_replaces_an_item(tmp_path: Path) -> None:

@@ -188,3 +188,29 @@ def test_the_owners_define_their_helpers_once() -> None:
         ("cadstore.io.publish", "fsync_dir"),
         ("cadstore.progress", "progress"),
     ]
+
+
+def _requirement_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_dependencies_are_listed_once_and_the_core_stays_small() -> None:
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    core = {_requirement_name(r) for r in project["dependencies"]}
+    # What the core imports; numcodecs and msgpack serve only other tools' Zarr v2 files.
+    assert core == {"numpy", "zstandard"}
+    owners: dict[str, set[str]] = {}
+    for extra, requirements in project["optional-dependencies"].items():
+        for requirement in requirements:
+            name = _requirement_name(requirement)
+            if name != "cadstore":
+                owners.setdefault(name, set()).add(extra)
+    assert {name: extras for name, extras in owners.items() if len(extras) > 1} == {}
+    assert not core & set(owners)
+    assert owners["numcodecs"] == owners["msgpack"] == {"zarr2"}
+    # torch is a floor, so a machine with its own build (the CPU one) keeps it.
+    assert project["optional-dependencies"]["torch"] == ["torch>=2.1"]

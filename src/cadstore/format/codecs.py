@@ -14,6 +14,7 @@ pickle-based one) are refused before any chunk is touched.
 
 from __future__ import annotations
 
+import importlib
 import struct
 import threading
 import zlib
@@ -240,6 +241,27 @@ def decode_gzip(data: bytes, expected: int | None, limit: int, *, wbits: int) ->
     return out
 
 
+def _zarr2_module(name: str, what: str) -> Any:
+    """Import a codec library that only Zarr v2 files written by other tools need.
+
+    cadstore writes zstd (and, for v2 items, numcodecs' Delta, which it decodes itself);
+    blosc, lz4 and MsgPack strings appear only in files zarr-python 2 wrote, so their
+    libraries are the ``zarr2`` extra, not core dependencies.
+
+    Raises
+    ------
+    ImportError
+        Naming the extra to install.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ImportError(
+            f"reading {what} (Zarr v2 files written by zarr-python) needs {name.split('.')[0]}:"
+            " pip install 'cadstore[zarr2]'"
+        ) from exc
+
+
 def decode_blosc(data: bytes, expected: int | None, limit: int) -> bytes:
     """Decompress a blosc frame after checking its header against the expected size."""
     if len(data) < 16:
@@ -250,7 +272,7 @@ def decode_blosc(data: bytes, expected: int | None, limit: int) -> bytes:
         raise ChunkDecodeError(f"blosc header declares {nbytes} bytes, expected {bound}")
     if cbytes != len(data):
         raise ChunkDecodeError(f"blosc header declares {cbytes} compressed bytes, got {len(data)}")
-    from numcodecs import blosc
+    blosc = _zarr2_module("numcodecs.blosc", "blosc-compressed chunks")
 
     try:
         return bytes(blosc.decompress(data))
@@ -266,10 +288,10 @@ def decode_lz4(data: bytes, expected: int | None, limit: int) -> bytes:
     bound = expected if expected is not None else limit
     if declared > bound:
         raise ChunkDecodeError(f"lz4 header declares {declared} bytes, expected at most {bound}")
-    from numcodecs import LZ4
+    numcodecs = _zarr2_module("numcodecs", "lz4-compressed chunks")
 
     try:
-        return bytes(LZ4().decode(data))
+        return bytes(numcodecs.LZ4().decode(data))
     except Exception as exc:
         raise ChunkDecodeError(f"lz4 data is corrupt: {exc}") from exc
 
@@ -315,7 +337,7 @@ def decode_msgpack_strings(data: bytes, count: int, limit: int) -> list[Any]:
     Only ``str`` items (and ``None``, kept as is) are accepted; no extension types, no
     pickle, bounded buffer sizes.
     """
-    import msgpack
+    msgpack = _zarr2_module("msgpack", "MsgPack-encoded strings")
 
     try:
         items = msgpack.unpackb(
