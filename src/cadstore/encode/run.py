@@ -36,6 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -231,40 +232,8 @@ def encode_files(
         output_dir=out, files=len(files), error_summary=os.path.join(out, ERROR_SUMMARY)
     )
 
-    # Plan: refuse name clashes, skip files that are fully encoded without starting a worker.
-    present = set(os.listdir(encoded_dir)) if resume else set()
-    extra = {
-        os.path.abspath(os.fspath(path)): tuple(dict(fields).items())
-        for path, fields in (file_metadata or {}).items()
-    }
-    owners: dict[str, str] = {}
-    tasks: list[Task] = []
-    early_failures: list[dict[str, Any]] = []
-    early_skips: list[str] = []
-    for index, path in enumerate(files):
-        base = item_base_name(path)
-        if base in owners:
-            early_failures.append(
-                {
-                    "item_index": index,
-                    "item": str(path),
-                    "name": None,
-                    "body_index": None,
-                    "worker_pid": None,
-                    "reason": "duplicate",
-                    "error": f"DuplicateName: its items would have the same names as those of "
-                    f"{owners[base]} (item names ignore the extension); rename one of them",
-                    "logs": [],
-                    "seconds": 0.0,
-                }
-            )
-            continue
-        owners[base] = str(path)
-        existing = _existing_bodies(encoded_dir, base, present) if resume else None
-        if existing is not None:
-            early_skips.extend(existing)
-            continue
-        tasks.append(Task(index, str(path), base, extra.get(os.path.abspath(path), ())))
+    plan = _plan(files, encoded_dir, bool(resume), file_metadata)
+    tasks = plan.tasks
     dask = None
     if client is not None or dask_client_params is not None:
         from cadstore.cluster import DaskResources
@@ -276,16 +245,10 @@ def encode_files(
     bar.update(len(files) - len(tasks))
     collector = Collector(tasks, encoded_dir, bar.update)
     try:
-        if not tasks:
-            pass
-        elif dask is not None:
+        if dask is not None and tasks:
             from cadstore.cluster import run_on_dask
 
             report.workers = run_on_dask(dask.client, tasks, settings, _dask_encode_task, collector)
-        elif n_workers == 0:
-            for task in tasks:
-                process_file(task, settings, collector.message)
-                collector.done(task)
         else:
             spec = WorkerSpec(
                 process_file,
@@ -293,12 +256,11 @@ def encode_files(
                 memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
                 max_tasks_per_child=MAX_TASKS_PER_CHILD,
             )
-            with WorkerPool(spec, n_workers, timeout, collector) as pool:
-                pool.run(tasks)
+            _run_locally(tasks, spec, n_workers, timeout, collector)
     finally:
         bar.close()
-        report.skipped.extend(early_skips)
-        collector.fill(report, early_failures)
+        report.skipped.extend(plan.skipped)
+        collector.fill(report, plan.failures)
         report.skipped.sort(key=_order_key(files))
         write_error_summary(report.error_summary, report.failed)
 
@@ -318,6 +280,75 @@ def encode_files(
             dask.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass
+class _Plan:
+    """The files to encode, and those settled before any work: skipped or refused."""
+
+    tasks: list[Task] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _plan(
+    files: Sequence[Path],
+    encoded_dir: str,
+    resume: bool,
+    file_metadata: Mapping[str | os.PathLike[str], Mapping[str, Any]] | None,
+) -> _Plan:
+    """Refuse name clashes, skip files whose bodies are all encoded, give files metadata."""
+    plan = _Plan()
+    present = set(os.listdir(encoded_dir)) if resume else set()
+    extra = {
+        os.path.abspath(os.fspath(path)): tuple(dict(fields).items())
+        for path, fields in (file_metadata or {}).items()
+    }
+    owners: dict[str, str] = {}
+    for index, path in enumerate(files):
+        base = item_base_name(path)
+        if base in owners:
+            plan.failures.append(
+                {
+                    "item_index": index,
+                    "item": str(path),
+                    "name": None,
+                    "body_index": None,
+                    "worker_pid": None,
+                    "reason": "duplicate",
+                    "error": f"DuplicateName: its items would have the same names as those of "
+                    f"{owners[base]} (item names ignore the extension); rename one of them",
+                    "logs": [],
+                    "seconds": 0.0,
+                }
+            )
+            continue
+        owners[base] = str(path)
+        existing = _existing_bodies(encoded_dir, base, present) if resume else None
+        if existing is not None:
+            plan.skipped.extend(existing)
+            continue
+        plan.tasks.append(Task(index, str(path), base, extra.get(os.path.abspath(path), ())))
+    return plan
+
+
+def _run_locally(
+    tasks: Sequence[Task],
+    spec: WorkerSpec,
+    n_workers: int,
+    timeout: float | None,
+    collector: Collector,
+) -> None:
+    """Encode in supervised workers, or in this process with ``n_workers == 0``."""
+    if not tasks:
+        return
+    if n_workers == 0:
+        for task in tasks:
+            process_file(task, spec.settings, collector.message)
+            collector.done(task)
+        return
+    with WorkerPool(spec, n_workers, timeout, collector) as pool:
+        pool.run(tasks)
 
 
 def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -670,121 +670,169 @@ def encode_array(
         parsed metadata (what :func:`parse_array_meta` returns for those documents).
     """
     is_string = arr.dtype.kind in "UO"
-    dtype: Any = STRING if is_string else arr.dtype
-    shape = arr.shape
-    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(shape)
+    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
     raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
-    compress = level is not None and raw_bytes >= MIN_COMPRESS_BYTES
+    layout = _Layout(
+        arr.shape,
+        chunk_shape,
+        STRING if is_string else arr.dtype,
+        is_string,
+        level if level is not None and raw_bytes >= MIN_COMPRESS_BYTES else None,
+        zarr_format,
+    )
+    chunk_bytes, delta = _encode_chunks(arr, layout)
+    if zarr_format == 3:
+        doc, meta = _v3_documents(arr, layout, dims, attributes)
+        return {"zarr.json": doc}, chunk_bytes, meta
+    docs, meta = _v2_documents(arr, layout, dims, attributes, delta)
+    return docs, chunk_bytes, meta
+
+
+class _Layout(NamedTuple):
+    """How an array is being encoded: its grid, its type and its compression."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: Any  # a numpy dtype, or STRING
+    is_string: bool
+    level: int | None  # None: chunks stored uncompressed (small or level=None)
+    zarr_format: int
+
+
+def _encode_chunks(arr: np.ndarray, layout: _Layout) -> tuple[dict[str, bytes], bool]:
+    """Encode every chunk; return them by key, and whether a (v2) Delta filter was kept."""
     # v3 default chunk-key encoding, or v2's dotted keys.
-    prefix, separator = ("c", "/") if zarr_format == 3 else ("", ".")
-    out: dict[str, bytes] = {}
+    prefix, separator = ("c", "/") if layout.zarr_format == 3 else ("", ".")
+    level = layout.level
     # Zarr v2 has numcodecs' Delta filter; tried on integer arrays, kept where it shrinks
     # the compressed chunk (index arrays, sorted ids). Zarr v3 has no standard delta codec
     # (zarr-python warns on numcodecs codecs), so v3 arrays are bytes + zstd only.
-    try_delta = compress and zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
+    try_delta = (
+        level is not None and layout.zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
+    )
     long_distance = C.long_distance_for(arr.dtype)
 
     def zstd(payload: bytes | memoryview) -> bytes:
         assert level is not None
         return C.zstd_compress(payload, level, long_distance=long_distance)
 
+    out: dict[str, bytes] = {}
     delta: bool | None = None
-    if arr.size:
-        if chunk_shape == shape:
-            # Most item arrays fit one chunk: no grid walk, no slicing.
-            blocks: Iterable[tuple[tuple[int, ...], np.ndarray]] = [((0,) * arr.ndim, arr)]
-        else:
-            blocks = _blocks(arr, chunk_shape)
-        for index, block in blocks:
-            if is_string:
-                payload = C.encode_vlen_utf8(block.ravel().tolist())
-                if compress:
-                    payload = zstd(payload)
-            elif compress:
-                # zstd reads the array's buffer directly; the caller's array may be
-                # shared, so only compressed bytes (a new object) are kept.
-                data = np.ascontiguousarray(block)
-                if delta is None and try_delta:
-                    # The first chunk decides for the array (v2 filters are per array).
-                    plain = zstd(memoryview(data).cast("B"))
-                    differences = zstd(delta_encode(data).data)
-                    delta = len(differences) < len(plain)
-                    payload = differences if delta else plain
-                elif delta:
-                    payload = zstd(delta_encode(data).data)
-                else:
-                    payload = zstd(memoryview(data).cast("B"))
+    if not arr.size:
+        return out, False
+    if layout.chunks == layout.shape:
+        # Most item arrays fit one chunk: no grid walk, no slicing.
+        blocks: Iterable[tuple[tuple[int, ...], np.ndarray]] = [((0,) * arr.ndim, arr)]
+    else:
+        blocks = _blocks(arr, layout.chunks)
+    for index, block in blocks:
+        if layout.is_string:
+            payload = C.encode_vlen_utf8(block.ravel().tolist())
+            if level is not None:
+                payload = zstd(payload)
+        elif level is not None:
+            # zstd reads the array's buffer directly; the caller's array may be shared,
+            # so only compressed bytes (a new object) are kept.
+            data = np.ascontiguousarray(block)
+            if delta is None and try_delta:
+                # The first chunk decides for the array (v2 filters are per array).
+                plain = zstd(memoryview(data).cast("B"))
+                differences = zstd(delta_encode(data).data)
+                delta = len(differences) < len(plain)
+                payload = differences if delta else plain
+            elif delta:
+                payload = zstd(delta_encode(data).data)
             else:
-                payload = np.ascontiguousarray(block).tobytes()
-            out[format_chunk_key(zarr_format, prefix, separator, index)] = payload
-    if zarr_format == 3:
-        codecs: list[dict[str, Any]] = [
-            {"name": "vlen-utf8", "configuration": {}}
-            if is_string
-            else {"name": "bytes", "configuration": {"endian": "little"}}
-            if arr.dtype.itemsize > 1
-            else {"name": "bytes"}
-        ]
-        if compress:
-            codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
-        fill = _v3_fill(dtype)
-        doc: dict[str, Any] = {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": list(shape),
-            "data_type": "string" if is_string else _dtype_name(arr.dtype),
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill,
-            "codecs": codecs,
-            "attributes": dict(attributes),
-            "dimension_names": list(dims),
-        }
-        meta = ArrayMeta(
-            zarr_format=3,
-            shape=tuple(shape),
-            chunks=chunk_shape,
-            dtype=dtype,
-            fill_value=complex(*fill) if isinstance(fill, list) else fill,
-            dims=tuple(dims),
-            attributes=dict(attributes),
-            codecs=tuple(codecs),
-        )
-        return {"zarr.json": doc}, out, meta
+                payload = zstd(memoryview(data).cast("B"))
+        else:
+            payload = np.ascontiguousarray(block).tobytes()
+        out[format_chunk_key(layout.zarr_format, prefix, separator, index)] = payload
+    return out, bool(delta)
+
+
+def _v3_documents(
+    arr: np.ndarray, layout: _Layout, dims: Sequence[str], attributes: Mapping[str, Any]
+) -> tuple[dict[str, Any], ArrayMeta]:
+    """The ``zarr.json`` of an encoded array, and its parsed metadata."""
+    codecs: list[dict[str, Any]] = [
+        {"name": "vlen-utf8", "configuration": {}}
+        if layout.is_string
+        else {"name": "bytes", "configuration": {"endian": "little"}}
+        if arr.dtype.itemsize > 1
+        else {"name": "bytes"}
+    ]
+    if layout.level is not None:
+        codecs.append({"name": "zstd", "configuration": {"level": layout.level, "checksum": False}})
+    fill = _v3_fill(layout.dtype)
+    doc: dict[str, Any] = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(layout.shape),
+        "data_type": "string" if layout.is_string else _dtype_name(arr.dtype),
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(layout.chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": codecs,
+        "attributes": dict(attributes),
+        "dimension_names": list(dims),
+    }
+    meta = ArrayMeta(
+        zarr_format=3,
+        shape=tuple(layout.shape),
+        chunks=layout.chunks,
+        dtype=layout.dtype,
+        fill_value=complex(*fill) if isinstance(fill, list) else fill,
+        dims=tuple(dims),
+        attributes=dict(attributes),
+        codecs=tuple(codecs),
+    )
+    return doc, meta
+
+
+def _v2_documents(
+    arr: np.ndarray,
+    layout: _Layout,
+    dims: Sequence[str],
+    attributes: Mapping[str, Any],
+    delta: bool,
+) -> tuple[dict[str, Any], ArrayMeta]:
+    """The ``.zarray`` and ``.zattrs`` of an encoded array, and its parsed metadata."""
+    compressor = {"id": "zstd", "level": layout.level} if layout.level is not None else None
+    filters: list[dict[str, Any]] | None = (
+        [{"id": "vlen-utf8"}]
+        if layout.is_string
+        else [{"id": "delta", "dtype": arr.dtype.str, "astype": arr.dtype.str}]
+        if delta
+        else None
+    )
     zarray = {
         "zarr_format": 2,
-        "shape": list(shape),
-        "chunks": list(chunk_shape),
-        "dtype": _v2_dtype_str(dtype),
-        "compressor": {"id": "zstd", "level": level} if compress else None,
+        "shape": list(layout.shape),
+        "chunks": list(layout.chunks),
+        "dtype": _v2_dtype_str(layout.dtype),
+        "compressor": compressor,
         # null, not 0: xarray would otherwise mask zeros and turn ints into floats.
         "fill_value": None,
         "order": "C",
-        "filters": (
-            [{"id": "vlen-utf8"}]
-            if is_string
-            else [{"id": "delta", "dtype": arr.dtype.str, "astype": arr.dtype.str}]
-            if delta
-            else None
-        ),
+        "filters": filters,
         "dimension_separator": ".",
     }
     zattrs = {"_ARRAY_DIMENSIONS": list(dims), **attributes}
     meta = ArrayMeta(
         zarr_format=2,
-        shape=tuple(shape),
-        chunks=chunk_shape,
-        dtype=dtype,
-        fill_value="" if is_string else 0,
+        shape=tuple(layout.shape),
+        chunks=layout.chunks,
+        dtype=layout.dtype,
+        fill_value="" if layout.is_string else 0,
         dims=tuple(dims),
         attributes=dict(attributes),
-        codecs=(zarray["compressor"],) if zarray["compressor"] else (),
-        filters=tuple(zarray["filters"] or ()),
-        separator=separator,
-        chunk_prefix=prefix,
-        object_codec="vlen-utf8" if is_string else None,
+        codecs=(compressor,) if compressor else (),
+        filters=tuple(filters or ()),
+        separator=".",
+        chunk_prefix="",
+        object_codec="vlen-utf8" if layout.is_string else None,
     )
-    return {".zarray": zarray, ".zattrs": zattrs}, out, meta
+    return {".zarray": zarray, ".zattrs": zattrs}, meta
 
 
 def delta_encode(block: np.ndarray) -> np.ndarray:
