@@ -28,7 +28,7 @@ import pytest
 
 pytest.importorskip("OCP")
 
-from cadstore import OptStorage, encode, workers
+from cadstore import OptStorage, encode, synthetic, workers
 from cadstore.cad import samples
 from cadstore.cli import main
 from cadstore.encode import (
@@ -43,27 +43,9 @@ from cadstore.encode import (
     work,
 )
 
-# Keys every item must hold with the default settings (histograms included).
-ITEM_KEYS = {
-    "face_indices",
-    "face_types",
-    "face_areas",
-    "face_centroids",
-    "face_loops",
-    "face_discretization",
-    "face_neighborscount",
-    "edge_indices",
-    "edge_types",
-    "edge_lengths",
-    "edge_dihedral_angles",
-    "edge_convexities",
-    "edge_u_grids",
-    "graph",
-    "extended_adjacency",
-    "face_pair_edges_path",
-    "d2_distance",
-    "a3_distance",
-}
+# Keys every item must hold with the default settings (histograms included): the
+# synthetic workload mirrors the encoder, so its key list is the one to check against.
+ITEM_KEYS = set(synthetic.ITEM_KEYS)
 BAD_FILES = {
     "text.step": "not a STEP file",
     "empty.step": "empty",
