@@ -108,7 +108,8 @@ class DaskResources:
 def worker_threads(client: Any) -> int:
     """The number of worker threads of the cluster (1 when it does not answer)."""
     try:
-        return max(1, sum(client.nthreads().values()))
+        threads: int = sum(client.nthreads().values())
+        return max(1, threads)
     except Exception:  # a scheduler that does not answer: one task at a time
         return 1
 

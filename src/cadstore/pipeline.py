@@ -81,7 +81,9 @@ def _generated_items(encoded: str, n_items: int, seed: int) -> dict[str, Any]:
     return {"items": n_items, "source": "generated"}
 
 
-def _cad_items(output: str, parts: int, seed: int, workers: int | None) -> tuple[str, dict]:
+def _cad_items(
+    output: str, parts: int, seed: int, workers: int | None
+) -> tuple[str, dict[str, Any]]:
     from cadstore.encode import encode_sample_set
 
     report = encode_sample_set(

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 __all__ = ["mp_context", "without_main_script"]
 
 
-def mp_context() -> multiprocessing.context.BaseContext:
+def mp_context() -> multiprocessing.context.ForkContext | multiprocessing.context.SpawnContext:
     """Fork when this process has a single thread (fast, and the imports are inherited);
     spawn otherwise, since forking a threaded process can copy a held lock."""
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:

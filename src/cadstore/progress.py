@@ -27,7 +27,7 @@ def _bar_class() -> type | None:
     except ImportError:
         return None
 
-    class _Bar(tqdm):  # type: ignore[misc,type-arg]
+    class _Bar(tqdm):  # type: ignore[misc]  # tqdm ships no types: a subclass of Any
         # No monitor thread (see the module docstring); tqdm starts it when the first bar
         # is created, so the class attribute must say so beforehand.
         monitor_interval = 0

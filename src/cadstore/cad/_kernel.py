@@ -38,7 +38,7 @@ from OCP.TopoDS import TopoDS, TopoDS_Edge, TopoDS_Face, TopoDS_Shape
 try:  # OCP 7.8 / 7.9
     from OCP.TopTools import TopTools_IndexedMapOfShape as _IndexedMapOfShape
 except ImportError:  # OCP 8
-    from OCP.collections import (  # type: ignore[no-redef]
+    from OCP.collections import (
         IndexedMap_TopoDS_Shape_TopTools_ShapeMapHasher as _IndexedMapOfShape,
     )
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,8 +39,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BrepAccess"]
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-def _frozen(values: Sequence[int] | NDArray[np.generic], dtype: type) -> NDArray[np.generic]:
+
+def _frozen(
+    values: Sequence[int] | NDArray[np.generic], dtype: type[_ScalarT]
+) -> NDArray[_ScalarT]:
     array = np.asarray(values, dtype=dtype)
     # The tables are shared with every caller; a stray in-place edit would corrupt them all.
     array.setflags(write=False)
@@ -180,14 +184,14 @@ class BrepAccess:
 
     def face_index(self, face: TopoDS_Shape) -> int:
         """Return the index of ``face`` (any orientation), or raise ``KeyError``."""
-        index = self._face_map.FindIndex(face) - 1
+        index: int = self._face_map.FindIndex(face) - 1
         if index < 0:
             raise KeyError("the face is not part of this body")
         return index
 
     def edge_index(self, edge: TopoDS_Shape) -> int:
         """Return the index of ``edge`` (any orientation), or raise ``KeyError``."""
-        index = self._edge_map.FindIndex(edge) - 1
+        index: int = self._edge_map.FindIndex(edge) - 1
         if index < 0:
             raise KeyError("the edge is not part of this body")
         return index

@@ -100,8 +100,8 @@ row of zeros.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -135,6 +135,8 @@ __all__ = [
     "SMOOTH_ANGLE_TOLERANCE",
     "BrepEncoder",
 ]
+
+_ArrayT = TypeVar("_ArrayT", bound=NDArray[Any])
 
 #: ``face_types`` codes (:data:`cadstore.vocabulary.FACE_TYPES`).
 FACE_TYPE_DESCRIPTIONS: Final[Mapping[int, str]] = FACE_TYPES
@@ -410,7 +412,7 @@ class BrepEncoder:
         if schema != current:
             self.storage.set_schema(schema, strict=bool(getattr(self.storage, "strict", False)))
 
-    def _deliver(self, key: str, data: Any) -> Any:
+    def _deliver(self, key: str, data: _ArrayT) -> str | _ArrayT:
         """Save one array and return its key, or return the array when there is no storage."""
         if self.storage is None:
             return data
@@ -518,8 +520,8 @@ class BrepEncoder:
             self.brep.coedge_face.astype(np.int64) * n_faces + self.brep.coedge_mate_face
         )
         sources, targets = np.divmod(pairs, max(n_faces, 1))
-        data = np.bincount(sources[sources != targets], minlength=n_faces)
-        data = data.astype(np.int32)
+        counts = np.bincount(sources[sources != targets], minlength=n_faces)
+        data = counts.astype(np.int32)
         return self._deliver(key, data)
 
     # ------------------------------------------------------------------ edges
@@ -1048,17 +1050,22 @@ def _sample_curve(edge: TopoDS_Edge, count: int) -> NDArray[np.float64]:
 
 
 # ---------------------------------------------------------------------------- histograms
-def _distance_measure(diagonal: float) -> Any:
+#: Distances (or angles) between every row of ``a`` ``(S, 3)`` and every row of ``b``.
+_Measure = Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]]
+
+
+def _distance_measure(diagonal: float) -> _Measure:
     def measure(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
         # Explicit differences: |a|^2 + |b|^2 - 2ab loses precision for nearby points.
         diff = a[:, None, :] - b[None, :, :]
-        return np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)) / diagonal
+        squared: NDArray[np.float64] = np.einsum("ijk,ijk->ij", diff, diff)
+        return np.sqrt(squared) / diagonal
 
     return measure
 
 
 def _angle_measure(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    cosine = np.einsum("ik,jk->ij", a, b)
+    cosine: NDArray[np.float64] = np.einsum("ik,jk->ij", a, b)
     return np.arccos(np.clip(cosine, -1.0, 1.0)) / np.pi
 
 
@@ -1066,7 +1073,7 @@ def _pair_histograms(
     values: NDArray[np.float64],
     mask: NDArray[np.bool_],
     bins: int,
-    measure: Any,
+    measure: _Measure,
 ) -> NDArray[np.float32]:
     """Histogram ``measure`` over all sample pairs of every face pair, normalised per pair.
 

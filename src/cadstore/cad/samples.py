@@ -329,7 +329,7 @@ def _edges_near(
     shape: TopoDS_Shape, distance: Callable[[tuple[float, float, float]], float]
 ) -> list[TopoDS_Edge]:
     """Return the edges whose midpoint is within 1e-6 of the locus ``distance(p) == 0``."""
-    found = []
+    found: list[TopoDS_Edge] = []
     for sub in iter_subshapes(shape, TopAbs_EDGE):
         edge = as_edge(sub)
         curve = BRepAdaptor_Curve(edge)
@@ -478,7 +478,8 @@ def write_step(shape: TopoDS_Shape, path: str | os.PathLike[str]) -> Path:
         writer = STEPControl_Writer()
         if writer.Transfer(shape, STEPControl_AsIs) != IFSelect_RetDone:
             return False
-        return writer.Write(temp) == IFSelect_RetDone
+        written: bool = writer.Write(temp) == IFSelect_RetDone
+        return written
 
     return _publish(path, write, "STEP")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
+
 from cadstore.artefacts import DATASET, Artefact, open_artefact
 from cadstore.cli._common import (
     CommandError,
@@ -135,7 +137,11 @@ def _item_rows(target: Artefact, reader: Any, path: str, code: int) -> Any:
     if "/" not in path:
         # Root arrays (item_names) are per item and belong to no group.
         whole = hierarchy.read_leaf(path)
-        return whole[code] if first == ITEM_DIM else whole
+        if first == ITEM_DIM:
+            # A leaf with a named first axis is an array or a list; scalars have no axes.
+            assert isinstance(whole, np.ndarray | list)
+            return whole[code]
+        return whole
     group, array = path.split("/", 1)
     if first == BOUNDARY_DIM:
         # An offsets array: the item's own boundaries, start and stop.

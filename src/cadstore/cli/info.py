@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     with DatasetExplorer(**dataset_sources(args.dataset, args.storage_options)) as explorer:
         if args.json:
-            groups = {}
+            groups: dict[str, dict[str, dict[str, object]]] = {}
             for group in sorted(explorer.available_groups()):
                 groups[group] = {}
                 for array in sorted(explorer.available_arrays(group)):

@@ -34,7 +34,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -107,22 +107,27 @@ def _reader_backed_array_class() -> type:
             self.shape = tuple(int(n) for n in meta.shape)
             self.dtype = np.dtype(meta.dtype)
 
-        def __getitem__(self, key: Any) -> np.ndarray:
-            return indexing.explicit_indexing_adapter(
+        def __getitem__(self, key: Any) -> np.ndarray | np.generic:
+            # What _raw_getitem returns, further indexed for keys beyond basic indexing.
+            values: np.ndarray | np.generic = indexing.explicit_indexing_adapter(
                 key, self.shape, indexing.IndexingSupport.BASIC, self._raw_getitem
             )
+            return values
 
-        def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+        def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray | np.generic:
             first = key[0] if key else slice(None)
+            values: np.ndarray | np.generic  # a numpy scalar when the key takes one element
             if isinstance(first, slice):
                 start, stop, step = first.indices(self.shape[0])
                 if step > 0:
                     rows = self.reader.read_rows(self.group, self.array, start, max(start, stop))
                     return rows[(slice(None, None, step), *key[1:])]
-                return self.reader.read_array(self.group, self.array)[key]
+                values = self.reader.read_array(self.group, self.array)[key]
+                return values
             index = int(first)
             rows = self.reader.read_rows(self.group, self.array, index, index + 1)
-            return rows[0][key[1:]]
+            values = rows[0][key[1:]]
+            return values
 
     return ReaderBackedArray
 
@@ -181,7 +186,9 @@ class DatasetExplorer:
         def where(path: str | os.PathLike[str] | None) -> Location | None:
             return None if not path else resolve(path, storage_options, shared=True)
 
-        manifest = None if flow_output_file is None else read_manifest(where(flow_output_file))
+        # An empty path means none, as for the other paths.
+        manifest_location = where(flow_output_file)
+        manifest = None if manifest_location is None else read_manifest(manifest_location)
         dataset = where(merged_store_path) or (manifest.dataset if manifest else None)
         if dataset is None:
             raise DatasetError(
@@ -190,10 +197,16 @@ class DatasetExplorer:
         self.flow_output_file = os.fspath(flow_output_file) if flow_output_file else None
         self.merged_store_path = dataset.path
         self._infoset = _table(
-            where(parquet_file_path), manifest and manifest.infoset, dataset, ".infoset"
+            where(parquet_file_path),
+            None if manifest is None else manifest.infoset,
+            dataset,
+            ".infoset",
         )
         self._attribset = _table(
-            where(parquet_file_attribs), manifest and manifest.attribset, dataset, ".attribset"
+            where(parquet_file_attribs),
+            None if manifest is None else manifest.attribset,
+            dataset,
+            ".attribset",
         )
         self.parquet_file_path = None if self._infoset is None else self._infoset.path
         self.parquet_file_attribs = None if self._attribset is None else self._attribset.path
@@ -487,7 +500,7 @@ class DatasetExplorer:
         if mask.ndim == 0:
             raise DatasetError("where() must return a mask over rows, got a single value")
         if mask.ndim > 1:
-            mask = mask.reshape(mask.shape[0], -1).any(axis=1)
+            mask = np.asarray(mask.reshape(mask.shape[0], -1).any(axis=1))
         primary = self.reader.primary_dimension(group)
         offsets = self.reader.offsets(group)
         if dims[:1] == (ITEM_DIM,) or (len(mask) == self.n_items != offsets[-1]):
@@ -756,6 +769,10 @@ class DatasetExplorer:
         return matrix, np.arange(self.n_items, dtype=np.int64), categories
 
     # ------------------------------------------------------------------ tables
+    @overload
+    def _info_frame(self, required: Literal[True] = ...) -> pd.DataFrame: ...
+    @overload
+    def _info_frame(self, required: bool) -> pd.DataFrame | None: ...
     def _info_frame(self, required: bool = True) -> pd.DataFrame | None:
         if self._info is None and self._infoset is not None:
             self._info = read_frame(self._infoset).sort_values("id")

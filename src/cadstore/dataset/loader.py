@@ -91,7 +91,7 @@ def _pick(values: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) 
 
 def iterative_stratification(
     membership: np.ndarray,
-    fractions: Sequence[float],
+    fractions: Sequence[float] | np.ndarray,
     random_state: int | np.random.Generator | None = None,
     *,
     refine: bool = True,
@@ -219,9 +219,9 @@ def _refine_by_swaps(matrix: np.ndarray, assignment: np.ndarray, subsets: np.nda
                 )
                 gain[counts[s] == 0, :] = np.inf
                 gain[:, counts[t] == 0] = np.inf
-                a, b = np.unravel_index(int(np.argmin(gain)), gain.shape)
+                a, b = map(int, np.unravel_index(int(np.argmin(gain)), gain.shape))
                 if gain[a, b] < best[0] - 1e-12:
-                    best = (float(gain[a, b]), int(s), int(t), int(a), int(b))
+                    best = (float(gain[a, b]), int(s), int(t), a, b)
         if best[1] < 0:
             return
         _, s, t, a, b = best
@@ -280,7 +280,7 @@ def _lopsided(counts: Sequence[int], ratios: np.ndarray) -> bool:
     return bool(np.any(np.abs(np.asarray(counts, dtype=np.float64) - wanted) > allowed))
 
 
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+def _check_fractions(fractions: Sequence[float] | np.ndarray) -> np.ndarray:
     ratios = np.asarray(fractions, dtype=np.float64)
     names = ", ".join(f"{n}={f}" for n, f in zip(SUBSETS, fractions, strict=False))
     if ratios.ndim != 1 or len(ratios) == 0:
@@ -862,7 +862,8 @@ class DatasetLoader:
                 )
             values = np.asarray(self._source.labels)
             cats = np.unique(values) if categories is None else np.asarray(list(categories))
-            return (values[:, None] == cats[None, :]).astype(np.uint8)
+            matches: np.ndarray = values[:, None] == cats[None, :]
+            return matches.astype(np.uint8)
         if categories is not None:
             matrix, _, _ = self.explorer.build_membership_matrix(group, key, categories)
             return matrix

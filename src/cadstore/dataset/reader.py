@@ -252,7 +252,7 @@ class DatasetReader:
         if found is None:
             self._check_array(group, array)
             meta = self._hier.meta(f"{group}/{array}")
-            found = (meta, bool(meta.dims) and meta.dims[0] == "item")
+            found = (meta, bool(meta.dims and meta.dims[0] == "item"))
             self._arrays[(group, array)] = found
         return found
 
@@ -565,7 +565,7 @@ class DatasetReader:
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
     ) -> None:
         try:
-            decode_into(codec, raw, memoryview(target).cast("B"))
+            decode_into(codec, raw, target.data.cast("B"))
         except ChunkDecodeError as exc:
             raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 __all__ = ["write_report"]
 
@@ -92,7 +93,7 @@ _PALETTE = (
     "#bcbd22",
     "#17becf",
 )
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 9,
     "axes.spines.top": False,
@@ -354,7 +355,7 @@ def _unit_axis(ax: Axes, axis: str, unit: str | None) -> None:
         target.set_minor_formatter(NullFormatter())
     elif unit == "bytes":
         limits = ax.get_xlim() if axis == "x" else ax.get_ylim()
-        target.set_major_locator(FixedLocator(_binary_ticks(*limits)))
+        target.set_major_locator(FixedLocator(_binary_ticks(*limits).tolist()))
         (ax.set_xlim if axis == "x" else ax.set_ylim)(*limits)
     target.set_major_formatter(FuncFormatter(lambda v, _: fmt(v) if v >= 0 else ""))
 
@@ -780,7 +781,7 @@ def _label_figure(ctx: _Context, column: str) -> Markup | None:
     """Share of each value of ``column`` in each split (or counts when there is no split)."""
     text = _label_text(ctx, column)
     if not ctx.has_splits:
-        present = text[np.not_equal(text, None)].astype(str)
+        present = text[np.not_equal(text, np.array(None))].astype(str)
         found, counts = np.unique(present, return_counts=True)
         caption = f"{len(found)} distinct values over {int(counts.sum()):,} items"
         return figure(column, bar_chart(list(found), counts.tolist(), "items"), caption)
@@ -814,7 +815,7 @@ def _split_share_figure(ctx: _Context, title: str, per_item: np.ndarray) -> Mark
 
     Items without a value are left out; the 20 most frequent values are shown.
     """
-    labelled = np.not_equal(per_item, None)
+    labelled = np.not_equal(per_item, np.array(None))
     values = per_item[labelled].astype(str)
     found, counts = np.unique(values, return_counts=True)
     categories = found[np.argsort(-counts, kind="stable")][:20]
@@ -1047,7 +1048,14 @@ def render_part(samples: np.ndarray, colours: Sequence[str]) -> Figure:
     xyz = np.concatenate([np.repeat(quads, 2, axis=1), discs])
     normals = np.concatenate([quad_normals, disc_normals])
     screen, colour = _shade(xyz, normals, rgb[np.concatenate([quad_faces, disc_faces])], view)
-    ax.add_collection(PolyCollection(screen, facecolors=colour, edgecolors=colour, lw=0.3))
+    polygons = PolyCollection(
+        # matplotlib's stubs want a sequence of polygons; an (N, M, 2) array is its fast path.
+        screen,  # type: ignore[arg-type]
+        facecolors=colour,
+        edgecolors=colour,
+        lw=0.3,
+    )
+    ax.add_collection(polygons)
     _frame(ax, screen[..., 0], screen[..., 1])
     return fig
 
@@ -1126,8 +1134,9 @@ def _spacing(samples: np.ndarray) -> np.ndarray:
             ],
             axis=1,
         )
-        return np.median(steps, axis=1)
-    extent = np.linalg.norm(xyz.max(axis=1) - xyz.min(axis=1), axis=1)
+        median: np.ndarray = np.median(steps, axis=1)
+        return median
+    extent: np.ndarray = np.linalg.norm(xyz.max(axis=1) - xyz.min(axis=1), axis=1)
     return extent / max(1.0, math.sqrt(n_points))
 
 

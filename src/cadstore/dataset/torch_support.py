@@ -157,7 +157,8 @@ def _dataset_class() -> type:
                 allocator = _BatchAllocator()
                 batch = read_many(positions, allocator)
                 batch.tensors = allocator.tensors
-                return batch
+                items: list[Any] = batch  # an ItemBatch, carrying the tensors to the collate
+                return items
             return [self[i] for i in indices]
 
         def __repr__(self) -> str:
@@ -342,7 +343,8 @@ class _BatchAllocator:
             return np.empty(shape, dtype=dtype)
         tensor = _batch_tensor(shape, dtype)
         self.tensors[(group, array)] = tensor
-        return tensor.numpy()
+        buffer: np.ndarray = tensor.numpy()
+        return buffer
 
 
 def _prebuilt(

@@ -93,7 +93,7 @@ def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:
     # Python strings travel as object arrays: numpy's fixed-width "U" dtype would drop
     # trailing NUL characters.
     if isinstance(leaf, str):
-        arr = np.empty((), dtype=object)
+        arr: np.ndarray = np.empty((), dtype=object)
         arr[()] = leaf
         return arr, "str"
     if isinstance(leaf, list):
@@ -122,7 +122,13 @@ def _array_to_leaf(arr: np.ndarray, kind: Any) -> Leaf:
     if kind == "list_str":
         return [str(x) for x in arr.tolist()]
     if kind in ("int", "float", "bool", "complex"):
-        return {"int": int, "float": float, "bool": bool, "complex": complex}[kind](arr[()])
+        convert: Callable[[Any], bool | int | float | complex] = {
+            "int": int,
+            "float": float,
+            "bool": bool,
+            "complex": complex,
+        }[kind]
+        return convert(arr[()])
     return arr
 
 

@@ -155,7 +155,7 @@ def decode_inner(
     direct = C.direct_codec(codecs, dtype)
     if direct is not None:
         out = np.empty(tuple(inner_shape), dtype=dtype)
-        C.decode_into(direct, data, memoryview(out).cast("B"))
+        C.decode_into(direct, data, out.data.cast("B"))
         return out
     expected = math.prod(inner_shape) * dtype.itemsize
     for codec in reversed(codecs[1:]):

@@ -18,7 +18,8 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, NamedTuple
+from types import EllipsisType
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class ArrayMeta:
     filters: tuple[dict[str, Any], ...] = ()
     separator: str = "/"
     chunk_prefix: str = "c"
-    order: str = "C"
+    order: Literal["C", "F"] = "C"
     object_codec: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -262,6 +263,7 @@ def _parse_v3(doc: Mapping[str, Any], limits: Limits) -> ArrayMeta:
         raise MetadataError(f"unsupported chunk key separator {separator!r}")
     codecs = doc.get("codecs")
     names = _named_codecs(codecs, "codecs", C.V3_READABLE_CODECS)
+    assert isinstance(codecs, list)  # _named_codecs raised otherwise
     if names[0] == "sharding_indexed":
         _check_sharding(codecs, len(shape))
     elif "sharding_indexed" in names:
@@ -535,7 +537,7 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
     if direct is not None:
         # What cadstore writes: decode straight into a writable array, no copy.
         out = np.empty(meta.chunks, dtype=meta.dtype)
-        C.decode_into(direct, raw, memoryview(out.reshape(-1)).cast("B"))
+        C.decode_into(direct, raw, out.reshape(-1).data.cast("B"))
         return out
     a2a = []
     while codecs and codecs[0]["name"] == "transpose":
@@ -736,14 +738,14 @@ def _encode_chunks(arr: np.ndarray, layout: _Layout) -> tuple[dict[str, bytes], 
             data = np.ascontiguousarray(block)
             if delta is None and try_delta:
                 # The first chunk decides for the array (v2 filters are per array).
-                plain = zstd(memoryview(data).cast("B"))
+                plain = zstd(data.data.cast("B"))
                 differences = zstd(delta_encode(data).data)
                 delta = len(differences) < len(plain)
                 payload = differences if delta else plain
             elif delta:
                 payload = zstd(delta_encode(data).data)
             else:
-                payload = zstd(memoryview(data).cast("B"))
+                payload = zstd(data.data.cast("B"))
         else:
             payload = np.ascontiguousarray(block).tobytes()
         out[format_chunk_key(layout.zarr_format, prefix, separator, index)] = payload
@@ -857,7 +859,8 @@ def _blocks(
     for index in product(*(range(g) for g in grid)):
         region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunk_shape, strict=True))
         # The trailing Ellipsis keeps a 0-d object array an array, not its element.
-        block = arr[(*region, ...)]
+        key: tuple[slice | EllipsisType, ...] = (*region, ...)
+        block = arr[key]
         if block.shape != chunk_shape:
             # Zarr stores edge chunks at full size, padded with the fill value.
             padded = np.zeros(chunk_shape, dtype=arr.dtype)

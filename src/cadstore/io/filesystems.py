@@ -2,13 +2,14 @@
 
 A :class:`FileSystem` serves the small set of operations cadstore needs on one kind of
 storage: queries (``exists``, ``isfile``, ``isdir``, ``listdir``, ``size``,
-``file_sizes``), reads (``read_bytes``, ``open_read``, ``read_ranges``), and the changes
-that are not publication (``makedirs``, ``remove``, ``rmtree``, ``upload``).
-:class:`LocalFileSystem` serves local paths; :class:`FsspecFileSystem` serves URLs such as
-``s3://bucket/key`` through fsspec (s3fs for S3, gcsfs, adlfs, ...; install
-``cadstore[cloud]``), translating its clients' errors into cadstore's. Publishing a file so
-that it is never seen partially written is :mod:`cadstore.io.publish`'s job, and which
-file system serves a path is decided once, by :func:`cadstore.io.location.resolve`.
+``file_sizes``), reads (``read_bytes``, ``open_read``, ``read_ranges``,
+``read_object_ranges``), and the changes that are not publication (``makedirs``,
+``remove``, ``rmtree``, ``upload``). :class:`LocalFileSystem` serves local paths;
+:class:`FsspecFileSystem` serves URLs such as ``s3://bucket/key`` through fsspec (s3fs for
+S3, gcsfs, adlfs, ...; install ``cadstore[cloud]``), translating its clients' errors into
+cadstore's. Publishing a file so that it is never seen partially written is
+:mod:`cadstore.io.publish`'s job, and which file system serves a path is decided once, by
+:func:`cadstore.io.location.resolve`.
 
 Credentials and endpoints come from ``storage_options`` or from the usual fsspec and
 environment configuration (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -139,6 +140,43 @@ class FileSystem(ABC):
         send the requests concurrently, so a batch costs about one round trip.
         """
         return None
+
+    def read_object_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        """Read a range of each of several files, one after another.
+
+        Parameters
+        ----------
+        requests
+            ``(path, start, length)`` of each range: bytes ``[start, start + length)`` of
+            file ``path``. A length of 0 or less reads nothing.
+
+        Returns
+        -------
+        list of bytes or None
+            One entry per request, in order: the bytes (fewer where the file ends before
+            the range does), or ``None`` where the file does not exist.
+
+        Notes
+        -----
+        Object stores override this to send the requests concurrently.
+        """
+        out: list[bytes | None] = []
+        for path, start, length in requests:
+            try:
+                fh = self.open_read(path)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+            with fh:
+                try:
+                    fh.seek(start)
+                    out.append(fh.read(max(0, length)))
+                except Exception as exc:
+                    translated = self.translate(path, exc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
+        return out
 
     def file_sizes(self, path: str) -> dict[str, int]:
         """Return ``{relative posix path: size}`` of every file below directory ``path``."""

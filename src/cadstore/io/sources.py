@@ -557,7 +557,7 @@ class ZipSource(KeySource):
                 self.location,
                 f"local header of member {key!r} does not repeat its name (corrupt file)",
             )
-        start = info.header_offset + 30 + name_len + extra_len
+        start: int = info.header_offset + 30 + name_len + extra_len
         if start + info.compress_size > self._size:
             raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
         self._data_offsets[key] = start

@@ -10,6 +10,7 @@ one. Inputs and outputs may be URLs (``s3://bucket/...``) with ``storage_options
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -155,7 +156,7 @@ class DatasetMerger:
         self._dask: DaskResources | None = None
         if client is not None or scheduler is not None or params is not None:
             self._dask = DaskResources(client=client, scheduler=scheduler, params=params)
-        self._schema = None
+        self._schema: Schema | None = None
         self._discovered: dict[str, dict[str, list[str]]] | None = None
         self.result: MergeResult | None = None
         if schema is not None:
@@ -496,7 +497,7 @@ def _append_with_tables(
                 frames.append(pd.read_parquet(io.BytesIO(where.read_bytes())))
             frames.append(new_table.to_pandas())
             table = pd.concat(frames, ignore_index=True).drop_duplicates(subset=keys, keep="first")
-            write_atomic(where, lambda fh, t=table: t.to_parquet(fh, index=False))
+            write_atomic(where, functools.partial(table.to_parquet, index=False))
     write_flow_manifest(
         manifest,
         dataset=target,

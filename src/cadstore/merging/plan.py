@@ -185,9 +185,9 @@ def _stage_item(
                 f"for {key!r})"
             )
         staged.append((group, array_name, key, trailing, dt, rows))
-    for group, array_name, _key, trailing, _dt, rows in staged:
+    for group, array_name, _key, trailing, _dt, staged_rows in staged:
         existing = group.arrays.get(array_name)
-        if existing is not None and rows is not None and existing.trailing != trailing:
+        if existing is not None and staged_rows is not None and existing.trailing != trailing:
             problems.append(
                 f"{group.name}/{array_name} has trailing shape {trailing}, other items "
                 f"have {existing.trailing}"
@@ -223,9 +223,11 @@ def _add_source(
 
 def _new_group(name: str, schema: Schema | None) -> GroupPlan:
     if schema is not None and name in schema.groups:
+        primary_dim = schema.primary_dimension(name)
+        assert primary_dim is not None  # the schema has the group
         return GroupPlan(
             name=name,
-            primary_dim=schema.primary_dimension(name),
+            primary_dim=primary_dim,
             special=schema.special_processing(name),
         )
     special = "matrix_flattening" if name == "faceface" else None

@@ -700,7 +700,7 @@ class DatasetInfo:
                 f"only name and id: {_names_text(missing)}"
             )
         rows = [self._items.get(name) for name, _ in codes]
-        arrays: dict[str, pa.Array] = {
+        arrays: dict[str, Any] = {  # pyarrow arrays
             "name": pa.array([name for name, _ in codes], pa.string()),
             "id": pa.array([code for _, code in codes], pa.int64()),
             "description": pa.array(

@@ -224,7 +224,7 @@ def check_dtype(value: object, path: str) -> str:
             name = np.dtype(value).name
         except TypeError:
             name = None
-        if name in DTYPE_KINDS:
+        if name is not None and name in DTYPE_KINDS:
             return name
     raise SchemaError(f"{path}: unknown dtype {value!r}; allowed dtypes are {allowed}")
 
@@ -421,6 +421,7 @@ def _dtype_problem(dtype: str, value: object) -> str | None:
     elif kind in "iu":
         ok = isinstance(value, numbers.Integral) and not is_bool
         if ok:
+            assert isinstance(value, numbers.Integral)  # ok says so
             info = np.iinfo(dtype)
             if not info.min <= int(value) <= info.max:
                 return f"{value!r} does not fit in {dtype} ({info.min}..{info.max})"

@@ -280,7 +280,9 @@ class _BuilderMethod:
 
     def __init__(self, func: Callable[..., SchemaBuilder]) -> None:
         self._func = func
-        functools.update_wrapper(self, func)
+        # typeshed wants a callable wrapper; copying the name and docstring onto a
+        # descriptor works as well.
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def __get__(self, instance: object, owner: type | None = None) -> Callable[..., SchemaBuilder]:
         if instance is None:

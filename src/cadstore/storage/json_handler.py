@@ -167,7 +167,8 @@ class JsonStorageHandler(DataStorage):
         doc = self._read_json(name)
         try:
             if isinstance(doc, dict) and set(doc) == {"key", "value"}:
-                return jsoncodec.decode(doc["value"])
+                value: Node = jsoncodec.decode(doc["value"])
+                return value
             return _decode_foreign(doc)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStoreError(self._path(name), f"cannot decode value: {exc}") from exc
@@ -202,7 +203,7 @@ class JsonStorageHandler(DataStorage):
             return self._load_file_value(key)
         owner = self._file_ancestor(key)
         if owner is not None:
-            node: Any = self._load_file_value(owner)
+            node: Node = self._load_file_value(owner)
             for part in key[len(owner) + 1 :].split("/"):
                 if not isinstance(node, dict) or part not in node:
                     raise KeyError(key)
@@ -325,8 +326,8 @@ def _is_tagged_leaf(obj: dict[str, Any]) -> bool:
 
 def _decode_foreign(doc: Any) -> Node:
     """Decode a plain JSON file written by another tool (numbers lists become arrays)."""
-    value = jsoncodec.decode(doc)
-    return _arrays_from_lists(value)
+    node: Node = _arrays_from_lists(jsoncodec.decode(doc))
+    return node
 
 
 def _arrays_from_lists(value: Any) -> Any:

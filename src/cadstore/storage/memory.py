@@ -41,8 +41,8 @@ class MemoryStorage(DataStorage):
         self._open_metadata()
 
     # docstrings of the primitives are inherited from DataStorage
-    def _walk(self, key: str) -> Any:
-        node: Any = self._data
+    def _walk(self, key: str) -> Node:
+        node: Node = self._data
         for part in key.split("/"):
             if not isinstance(node, dict) or part not in node:
                 raise KeyError(key)
@@ -106,7 +106,7 @@ class MemoryStorage(DataStorage):
         return f"keys={len(self._data)}" if not self._closed else ""
 
 
-def _copy_node(node: Any) -> Any:
+def _copy_node(node: Node) -> Node:
     if isinstance(node, dict):
         return {k: _copy_node(v) for k, v in node.items()}
     if isinstance(node, np.ndarray):

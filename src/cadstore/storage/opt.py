@@ -341,7 +341,7 @@ class OptStorage(DataStorage):
         return self._hier.stored_nbytes(key)
 
     def _read_metadata_document(self) -> dict[str, Any]:
-        pre = getattr(self, "_preloaded_metadata", None)
+        pre: dict[str, Any] | None = getattr(self, "_preloaded_metadata", None)
         if pre is not None:
             return pre
         if self._source is not None:

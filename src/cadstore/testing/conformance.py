@@ -286,7 +286,7 @@ class StorageConformance:
         assert_same(self.roundtrip(tmp_path, "bools", (True, False)), np.array([True, False]))
 
     def test_nested_dict_roundtrip(self, storage: DataStorage, tmp_path: Path) -> None:
-        graph = {
+        graph: dict[str, Any] = {
             "edges_source": np.array([0, 1, 2], dtype=np.int32),
             "edges_destination": np.array([1, 2, 3], dtype=np.int32),
             "num_nodes": 4,
