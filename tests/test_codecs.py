@@ -1,7 +1,10 @@
-"""Decoding zstd chunks into their destination: both the one-shot and the streamed path."""
+"""Chunk codecs: zstd decoded into its destination (one-shot and streamed), and the crc32c
+checksums zarr-python writes, verified with or without the ``google_crc32c`` library."""
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 import zstandard
 
 from cadstore import OptStorage
+from cadstore.errors import CorruptStoreError
 from cadstore.format import codecs as C
 
 # One size on each side of the one-shot limit, so both decoding paths are exercised.
@@ -95,3 +99,93 @@ def test_long_distance_matching_for_large_float_arrays_only(
     with OptStorage(tmp_path / "p.zarr") as back:
         np.testing.assert_array_equal(back.load_data("hist"), hist)
         np.testing.assert_array_equal(back.load_data("paths"), paths)
+
+
+# ----------------------------------------------------------------------------- crc32c
+
+#: Whether the checksum is computed by google_crc32c or by cadstore's own table.
+CRC_IMPLEMENTATIONS = ["google_crc32c", "fallback"]
+
+
+def _use(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if implementation == "fallback":
+        monkeypatch.setitem(sys.modules, "google_crc32c", None)  # import raises ImportError
+    else:
+        pytest.importorskip("google_crc32c")
+
+
+@pytest.mark.parametrize("implementation", CRC_IMPLEMENTATIONS)
+def test_crc32c_is_castagnoli(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use(implementation, monkeypatch)
+    assert C.crc32c(b"123456789") == 0xE3069283  # the standard check value of CRC-32C
+    assert C.crc32c(b"") == 0
+    data = np.random.default_rng(3).bytes(10_000)
+    assert C.crc32c(memoryview(data)) == C.crc32c(data)
+    monkeypatch.undo()
+    google_crc32c = pytest.importorskip("google_crc32c")
+    assert C.crc32c(data) == google_crc32c.value(data)
+
+
+def _zarr_python_item(path: Path) -> dict[str, bytes]:
+    """An item zarr-python wrote: a sharded array (crc32c on its index, zarr-python's
+    default) and an array whose chunks carry a crc32c checksum. Returns its members."""
+    zarr = pytest.importorskip("zarr")
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    store = zarr.storage.ZipStore(path, mode="w")
+    group = zarr.open_group(store, mode="w")
+    sharded = group.create_array("sharded", shape=(100,), chunks=(10,), shards=(50,), dtype="i4")
+    sharded[:] = np.arange(100, dtype=np.int32)
+    checked = group.create_array(
+        "checked",
+        shape=(20,),
+        chunks=(20,),
+        dtype="f8",
+        serializer=BytesCodec(),
+        compressors=[Crc32cCodec()],
+    )
+    checked[:] = np.linspace(0.0, 1.0, 20)
+    store.close()
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    codecs = members["sharded/zarr.json"].decode()
+    assert '"crc32c"' in codecs and "index_codecs" in codecs
+    return members
+
+
+def _rewrite(path: Path, members: dict[str, bytes], member: str, position: int) -> bytes:
+    """Rewrite the item with one byte of ``member`` flipped (the zip's own CRC recomputed,
+    so only the Zarr checksum can tell)."""
+    changed = bytearray(members[member])
+    changed[position] ^= 0xFF
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, bytes(changed) if name == member else data)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("implementation", CRC_IMPLEMENTATIONS)
+def test_zarr_python_checksums_are_verified(
+    tmp_path: Path, implementation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flipped byte under a crc32c checksum is a corrupt store naming the array, whether
+    or not google_crc32c is installed; intact checksums read back the values."""
+    item = tmp_path / "zarr-python.data"
+    members = _zarr_python_item(item)
+    _use(implementation, monkeypatch)
+    with OptStorage(item, mode="r") as storage:
+        np.testing.assert_array_equal(storage.load_data("sharded"), np.arange(100))
+        np.testing.assert_array_equal(storage.load_data("checked"), np.linspace(0.0, 1.0, 20))
+
+    cases = [
+        ("sharded/c/0", -1, "sharded"),  # the shard index's checksum
+        ("sharded/c/1", -5, "sharded"),  # the shard index itself
+        ("checked/c/0", 3, "checked"),  # a value under the chunk's checksum
+    ]
+    for member, position, key in cases:
+        stored = _rewrite(item, members, member, position)
+        with OptStorage(item, mode="r") as storage:
+            with pytest.raises(CorruptStoreError, match="crc32c") as caught:
+                storage.load_data(key)
+            assert key in str(caught.value) and str(item) in str(caught.value)
+        assert item.read_bytes() == stored, "reading must not change the file"

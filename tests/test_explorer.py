@@ -61,6 +61,10 @@ def test_open_from_manifest_paths_or_dataset_alone(merged: Path) -> None:
         with DatasetExplorer(merged_store_path=f"{stem}.dataset") as c:
             assert c.parquet_file_path == str(stem) + ".infoset"
             assert "--- Dataset Table of Contents ---" in c.table_of_contents()
+        # An empty path is no path, for the manifest as for the others.
+        with DatasetExplorer(flow_output_file="", merged_store_path=f"{stem}.dataset") as d:
+            assert d.flow_output_file is None
+            assert d.parquet_file_path == str(stem) + ".infoset"
 
 
 def test_no_cluster_unless_asked(merged: Path) -> None:

@@ -246,3 +246,26 @@ def test_local_header_naming_another_member_is_corrupt(tmp_path: Path, chunk_byt
                 read(source)
         finally:
             source.close()
+
+
+def test_prefix_source_serves_ranges_on_any_file_system(tmp_path: Path) -> None:
+    """PrefixSource (object-store prefixes) relies only on the FileSystem base, so it reads
+    the same ranges over a local folder; a key deleted after listing reads as absent."""
+    from cadstore.io.sources import DirectorySource, PrefixSource
+
+    root = tmp_path / "store.zarr"
+    (root / "a" / "c").mkdir(parents=True)
+    (root / "zarr.json").write_bytes(b"{}")
+    (root / "a" / "c" / "0").write_bytes(bytes(range(100)))
+    (root / "a" / "c" / "1").write_bytes(b"gone soon")
+    prefix = PrefixSource(LocalFileSystem(), str(root))
+    (root / "a" / "c" / "1").unlink()
+    requests = [("a/c/0", 10, 5), ("a/c/0", 95, 50), ("a/c/0", 3, 0), ("a/c/1", 0, 4), ("b", 0, 1)]
+    assert prefix.get_ranges(requests) == [
+        bytes(range(10, 15)),
+        bytes(range(95, 100)),
+        b"",
+        None,
+        None,
+    ]
+    assert prefix.get_ranges(requests[:3]) == DirectorySource(str(root)).get_ranges(requests[:3])

@@ -26,6 +26,7 @@ import zstandard
 
 __all__ = [
     "ChunkDecodeError",
+    "crc32c",
     "decode_blosc",
     "decode_gzip",
     "decode_into",
@@ -36,6 +37,7 @@ __all__ = [
     "direct_codec",
     "encode_vlen_utf8",
     "long_distance_for",
+    "strip_crc32c",
     "zstd_compress",
 ]
 
@@ -294,6 +296,54 @@ def decode_lz4(data: bytes, expected: int | None, limit: int) -> bytes:
         return bytes(numcodecs.LZ4().decode(data))
     except Exception as exc:
         raise ChunkDecodeError(f"lz4 data is corrupt: {exc}") from exc
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """The CRC-32C (Castagnoli) checksum of ``data``, as the Zarr ``crc32c`` codec stores it.
+
+    ``google_crc32c`` computes it when installed (zarr-python depends on it); otherwise a
+    table-driven implementation here does, slower but with the same result, so a checksum
+    is never skipped for want of a library.
+    """
+    try:
+        import google_crc32c
+    except ImportError:
+        crc = 0xFFFFFFFF
+        table = _CRC32C_TABLE
+        for byte in bytes(data):
+            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        return crc ^ 0xFFFFFFFF
+    return int(google_crc32c.value(bytes(data)))
+
+
+def strip_crc32c(data: bytes, what: str) -> bytes:
+    """Check and remove the little-endian CRC-32C that the ``crc32c`` codec appends.
+
+    Raises
+    ------
+    ChunkDecodeError
+        When ``data`` is shorter than the checksum or the checksum does not match, naming
+        ``what`` (a chunk, a shard index).
+    """
+    if len(data) < 4:
+        raise ChunkDecodeError(f"{what} is shorter than its crc32c checksum")
+    body, stored = data[:-4], data[-4:]
+    if crc32c(body) != int.from_bytes(stored, "little"):
+        raise ChunkDecodeError(f"{what}: crc32c checksum mismatch")
+    return body
 
 
 def encode_vlen_utf8(items: Sequence[str]) -> bytes:

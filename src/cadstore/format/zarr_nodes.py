@@ -504,16 +504,7 @@ def _bytes_codec_decode(
     if name == "lz4":
         return C.decode_lz4(data, expected, limit)
     if name == "crc32c":
-        if len(data) < 4:
-            raise C.ChunkDecodeError("crc32c chunk shorter than its checksum")
-        body, stored = data[:-4], data[-4:]
-        try:
-            import google_crc32c
-        except ImportError:  # pragma: no cover - verification needs the optional library
-            return body
-        if google_crc32c.value(body).to_bytes(4, "little") != stored:
-            raise C.ChunkDecodeError("crc32c checksum mismatch")
-        return body
+        return C.strip_crc32c(data, "chunk")
     raise C.ChunkDecodeError(f"codec {name!r} is not on the allow-list")
 
 
