@@ -27,7 +27,18 @@ complete version, or the new complete version.
 
 If ``close()`` is called without ``compress_store()``, the item is kept as a standard Zarr
 directory at ``store_path`` (with ``metadata.json``), which a later ``OptStorage`` on the
-same path reopens for writing.
+same path reopens for writing. That directory is published whole too: it is assembled
+under a temporary name beside ``store_path`` and swapped in (two renames), so a reader, or
+a writer killed at any moment, finds the previous complete store, the new one, or (killed
+between the two renames) none; never a mix. A directory store is complete only with both
+its root document and ``metadata.json``, which cadstore writes with every store; one that
+lacks either (torn by a writer of an earlier cadstore, or a prefix of objects whose
+publication stopped before its root) is a :class:`~cadstore.errors.CorruptStoreError`
+naming the store and the missing file, and ``mode="w"`` starts over on it.
+
+Two writers of one item name at once (``.data`` or directory) each either succeed, the
+last complete version winning, or get a :class:`~cadstore.errors.StorageError` saying
+that another writer published the item meanwhile.
 
 ``store_path`` may be a URL such as ``s3://bucket/parts/p1.zarr`` (see
 :func:`cadstore.io.resolve`): the ``.data`` object is then published with a single
@@ -50,13 +61,16 @@ codec (``bench/bench_int_filters.py``).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
-from collections.abc import Iterator
+import stat
+import threading
+from collections.abc import Collection, Iterator
 from typing import IO, Any, Literal
 
-from cadstore.errors import CorruptStoreError, ReadOnlyStorageError
+from cadstore.errors import CorruptStoreError, ReadOnlyStorageError, StorageError
 from cadstore.format import jsoncodec
 from cadstore.format.hierarchy import (
     BuildHierarchy,
@@ -67,7 +81,16 @@ from cadstore.format.hierarchy import (
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
-from cadstore.io.publish import copy_file, sweep_temporaries, write_atomic, write_bytes_atomic
+from cadstore.io.publish import (
+    TEMP_PREFIX,
+    DirectorySink,
+    Sink,
+    copy_file,
+    open_sink,
+    sweep_dead_temporaries,
+    write_atomic,
+    write_bytes_atomic,
+)
 from cadstore.io.sources import KeySource, open_source
 from cadstore.io.zipwriter import write_stored_zip
 from cadstore.storage.base import DataStorage, NodeKind
@@ -80,6 +103,23 @@ __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
 DEFAULT_COMPRESSION_LEVEL = 1
 #: Name of the metadata document inside a store.
 METADATA_FILE = "metadata.json"
+#: The root documents of a Zarr hierarchy (format 3, format 2).
+_ROOT_FILES = frozenset(("zarr.json", ".zgroup"))
+#: What a store directory holding an item (complete or not) has at its top.
+_ITEM_FILES = _ROOT_FILES | {METADATA_FILE}
+#: What the directory of an array or a group holds.
+_NODE_FILES = frozenset(("zarr.json", ".zarray", ".zgroup", ".zattrs"))
+#: How often a step another writer of the same item can disturb (creating the store
+#: directory, loading it while it is swapped) is tried before giving up.
+_RACE_ATTEMPTS = 5
+#: Rename failures that mean another writer moved the store (ENOENT) or put its own in
+#: place (ENOTEMPTY, EEXIST) while this one published.
+_RACE_ERRNOS = frozenset((errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST))
+#: The problem another writer of the same item name causes.
+_PUBLISHED_MEANWHILE = (
+    "another writer published this item meanwhile; its complete version was kept and "
+    "this one was not written (write it again to replace that one)"
+)
 
 
 def _item_locations(given: Location, extension: str) -> tuple[Location, Location]:
@@ -125,7 +165,9 @@ class OptStorage(DataStorage):
         ``None`` follows the specification: read-only when only the ``.data`` file exists,
         writable otherwise. ``"r"`` forces read-only, ``"a"`` loads an existing ``.data``
         into a writable storage that ``compress_store()`` publishes again, ``"w"`` starts an
-        empty item whose ``compress_store()`` atomically replaces any existing ``.data``.
+        empty item whose ``compress_store()`` atomically replaces any existing ``.data``
+        (and whose ``close()`` replaces any directory store, complete or left incomplete
+        by a killed writer, at ``store_path``: it stays as it was until then).
     summary_dir
         Where ``close()`` exports the metadata as ``<name>.json``; defaults to
         ``files_summary/`` next to the store. ``False`` disables the export.
@@ -146,8 +188,16 @@ class OptStorage(DataStorage):
     Raises
     ------
     CorruptStoreError
-        If the ``.data`` file or the directory exists and is not a readable store, or the
-        bucket of a URL does not exist.
+        If the ``.data`` file or the directory exists and is not a readable store (a
+        directory store lacking its root document or ``metadata.json`` is incomplete:
+        the message names the missing file), or the bucket of a URL does not exist.
+    cadstore.errors.LimitExceededError
+        With ``mode="a"``, if the chunks of the ``.data`` would inflate out of proportion
+        to its size when republished (see
+        :func:`cadstore.format.hierarchy.BuildHierarchy.from_hierarchy`).
+    cadstore.errors.StorageError
+        If other writers of the same item keep replacing its directory store while it is
+        being opened.
     cadstore.errors.StorageAccessError
         If an object store refuses the credentials.
     cadstore.errors.StorageUnavailableError
@@ -186,6 +236,7 @@ class OptStorage(DataStorage):
         self._dirty = False
         self._modified = False
         self._source: KeySource | None = None
+        self._preloaded_metadata: dict[str, Any] | None = None
         self._summary = self._beside(summary_dir, "files_summary", storage_options)
         self._stream_cache = self._beside(stream_cache_dir, "stream_cache", storage_options)
         zip_exists, dir_exists = self._what_exists(mode)
@@ -224,15 +275,24 @@ class OptStorage(DataStorage):
         # Read-only, a published file wins over whatever sits at store_path, so there is
         # nothing to look for there (on an object store, a listing saved per open).
         published_wins = mode == "r" and zip_exists
-        dir_exists = not published_wins and self._store.isdir()
+        if published_wins:
+            return zip_exists, False
+        if not self._store.remote:
+            # One stat answers both questions at once: a directory that another writer of
+            # the same item creates or removes meanwhile is there or not, never "not a
+            # directory" (two checks, isdir() then exists(), could see it appear between).
+            try:
+                kind = os.stat(self._store.path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return zip_exists, False
+            if stat.S_ISDIR(kind):
+                return zip_exists, True
+            raise CorruptStoreError(self._store.path, "exists and is not a directory")
+        dir_exists = self._store.isdir()
         # On an object store, "exists and is not a directory" is one HEAD: isfile(). A
         # published item is opened read-only whatever else sits at store_path, so the
-        # check (a request on an object store) only matters when there is no .data.
-        remote = self._store.remote
-        needs_probe = (
-            not dir_exists and not published_wins and not (remote and zip_exists and mode is None)
-        )
-        if needs_probe and (self._store.isfile() if remote else self._store.exists()):
+        # check (a request) only matters when there is no .data.
+        if not dir_exists and not (zip_exists and mode is None) and self._store.isfile():
             raise CorruptStoreError(self._store.path, "exists and is not a directory")
         return zip_exists, dir_exists
 
@@ -246,6 +306,11 @@ class OptStorage(DataStorage):
             raise CorruptStoreError(self._published.path, "no such store to open read-only")
         try:
             self._hier = ReadHierarchy(self._source, self._limits)
+            # The root document is there (or ReadHierarchy said so): metadata.json, which
+            # cadstore writes with every directory store, must be there too. One stat (on
+            # an object store, the listing the source holds already).
+            if not zip_exists and not self._has_metadata_file(self._source):
+                raise self._incomplete(METADATA_FILE)
         except BaseException:
             self._source.close()
             raise
@@ -255,37 +320,224 @@ class OptStorage(DataStorage):
     ) -> None:
         self._hier = BuildHierarchy(zarr_format, self._level, self._store.path, self._limits)
         if mode == "w":
-            if dir_exists and self._dir_holds_store():
-                self._store.rmtree()
-        elif dir_exists and self._dir_holds_store():
-            self._load_existing(open_source(self._store, self._limits, kind="directory"))
-        elif mode == "a" and zip_exists:
-            self._load_existing(open_source(self._published, self._limits, kind="zip"))
-        self._store.makedirs()
+            # Whatever a killed writer left (a store, torn or not, or its temporaries) is
+            # started over: not removed now, which a kill could interrupt half-way, but
+            # replaced whole when this item is published. A directory holding files that
+            # are not an item's is refused.
+            if dir_exists:
+                self._store_contents()
+        else:
+            found = self._load_directory(zarr_format, zip_exists) if dir_exists else "none"
+            if found == "published" or (found == "none" and mode == "a" and zip_exists):
+                self._load_existing(open_source(self._published, self._limits, kind="zip"))
+        self._make_store_directory()
 
-    def _dir_holds_store(self) -> bool:
-        names = set(self._store.listdir())
-        if names & {"zarr.json", ".zgroup", METADATA_FILE}:
-            return True
-        others = [n for n in names if not fnmatch.fnmatch(n, "visu*")]
+    def _store_contents(self) -> set[str] | None:
+        """Return the names in the store directory if it holds an item's files.
+
+        ``None`` when it holds none (or is gone): nothing, visualisation files, or the
+        temporaries of a killed writer; the directory is then a fresh working directory.
+
+        Raises
+        ------
+        CorruptStoreError
+            If it holds other files: not a store of cadstore's, so not one to write into.
+        """
+        try:
+            names = set(self._store.listdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # removed meanwhile by another writer of the same item
+        if names & _ITEM_FILES:
+            return names
+        others = [
+            n for n in names if not (fnmatch.fnmatch(n, "visu*") or n.startswith(TEMP_PREFIX))
+        ]
+        if others and all(self._is_node_directory(n) for n in others):
+            # Arrays and groups without a root: what a removal of a store that was killed
+            # half-way (by cadstore before this version) leaves. An incomplete store.
+            return names
         if others:
             raise CorruptStoreError(
                 self._store.path,
                 "directory exists and is not a Zarr store (no zarr.json or "
                 ".zgroup); choose another store_path",
             )
-        return False
+        return None
+
+    def _is_node_directory(self, name: str) -> bool:
+        """Whether entry ``name`` of the store is a directory holding a Zarr node."""
+        node = self._store.child(name)
+        try:
+            return node.isdir() and not _NODE_FILES.isdisjoint(node.listdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _check_complete(self, names: Collection[str]) -> None:
+        """Refuse a directory store that lacks its root document or ``metadata.json``.
+
+        cadstore writes both with every directory store, the root first and
+        ``metadata.json`` last before this version (which publishes the store whole), so
+        a store with one and not the other was torn by a writer that stopped.
+        """
+        has_root = not _ROOT_FILES.isdisjoint(names)
+        if has_root and METADATA_FILE in names:
+            return
+        raise self._incomplete(METADATA_FILE if has_root else "the root zarr.json (or .zgroup)")
+
+    def _incomplete(self, missing: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            self._store.path,
+            f"incomplete directory store: {missing} is missing, so the writer of this "
+            "store stopped before finishing it; open it with mode='w' to start over",
+        )
+
+    def _has_metadata_file(self, source: KeySource) -> bool:
+        """Whether the directory store holds ``metadata.json`` now (one stat locally; on an
+        object store, the listing ``source`` made when it was opened)."""
+        if self._store.remote:
+            return METADATA_FILE in source
+        return self._store.child(METADATA_FILE).isfile()
+
+    def _identity(self) -> tuple[int, int] | None:
+        """The store directory's device and inode (a swap changes them); ``None`` if gone.
+
+        On an object store, where a prefix has no identity, always ``(0, 0)``.
+        """
+        if self._store.remote:
+            return (0, 0)
+        try:
+            found = os.stat(self._store.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (found.st_dev, found.st_ino)
+
+    def _load_directory(
+        self, zarr_format: int, published: bool
+    ) -> Literal["loaded", "none", "published"]:
+        """Load the directory store at ``store_path`` for writing.
+
+        Another writer of the same item may swap its new version in meanwhile. The store
+        is loaded again if its directory changed under the load, so what is loaded is one
+        version, never a mix of two; likewise if ``metadata.json``, which a removal of the
+        store deletes first and the load reads last, is gone once the chunks are read.
+
+        Parameters
+        ----------
+        zarr_format
+            The format of a new item, should the directory turn out to hold none.
+        published
+            Whether a ``.data`` exists. A directory store beside it that is incomplete, or
+            older than it, is what a writer killed while removing its working directory
+            after publishing left (:meth:`_remove_working_directory`): the ``.data`` is
+            then the item, and this returns ``"published"`` instead of refusing or loading
+            the directory.
+
+        Returns
+        -------
+        str
+            ``"loaded"``, ``"none"`` (the directory holds no item) or ``"published"``.
+        """
+        for attempt in range(_RACE_ATTEMPTS):
+            if attempt:
+                published = published or self._published.isfile()
+            before = self._identity()
+            names = self._store_contents() if before is not None else None
+            if names is None:
+                return "none"
+            try:
+                try:
+                    self._check_complete(names)
+                except CorruptStoreError:
+                    if published and self._identity() == before:
+                        return "published"
+                    raise
+                if published and self._published_after_directory():
+                    return "published"
+                source = open_source(self._store, self._limits, kind="directory")
+                self._load_existing(source)
+            except CorruptStoreError:
+                if self._identity() == before:
+                    raise
+            else:
+                if self._identity() == before and self._has_metadata_file(source):
+                    return "loaded"
+            # Swapped meanwhile: start again on the version now in place.
+            self._hier = BuildHierarchy(zarr_format, self._level, self._store.path, self._limits)
+            self._preloaded_metadata = None
+        raise StorageError(
+            self._store.path,
+            "other writers kept publishing this item while it was being opened; open it "
+            "again once they are done",
+        )
+
+    def _published_after_directory(self) -> bool:
+        """Whether the ``.data`` was published after the directory store was written.
+
+        ``close()`` removes the working directory once the ``.data`` is published; a
+        directory store older than the ``.data`` is one whose removal a kill prevented.
+        (Writing a directory store over an older ``.data`` makes the directory newer.) On
+        an object store, which keeps no usable times here, the directory is taken.
+        """
+        if self._store.remote:
+            return False
+        try:
+            published = os.stat(self._published.path).st_mtime_ns
+            written = os.stat(self._store.child(METADATA_FILE).path).st_mtime_ns
+        except OSError:
+            return False
+        return published >= written
+
+    def _make_store_directory(self) -> None:
+        """Create the working directory, again if another writer removes it meanwhile."""
+        for _ in range(_RACE_ATTEMPTS):
+            try:
+                self._store.makedirs()
+                return
+            except FileExistsError:
+                # os.makedirs found the directory, then not: another writer (mode "w")
+                # removed it in between. Something that is not a directory is an error.
+                if self._store.exists() and not self._store.isdir():
+                    raise CorruptStoreError(
+                        self._store.path, "exists and is not a directory"
+                    ) from None
+        self._store.makedirs()
+
+    def _remove_working_directory(self) -> None:
+        """Remove the store directory; one that another writer is filling is left to it.
+
+        Removing a directory takes many steps. ``metadata.json`` goes first and the root
+        document last, so a store whose removal a kill interrupts is an incomplete one
+        (see :meth:`_check_complete`), never one that opens with chunks missing, nor a
+        directory of arrays without a root that is no store at all.
+        """
+        try:
+            self._store.child(METADATA_FILE).remove()
+            if not self._store.remote:
+                # An object store deletes a prefix in a few batched requests instead.
+                for name in self._listdir() or ():
+                    if name not in _ROOT_FILES:
+                        entry = self._store.child(name)
+                        if entry.isdir():
+                            entry.rmtree()
+                        else:
+                            entry.remove()
+            self._store.rmtree()
+        except OSError as exc:
+            if exc.errno not in _RACE_ERRNOS:
+                raise
+
+    def _listdir(self) -> list[str] | None:
+        """The names in the store directory, ``None`` if it is not (or no longer) there."""
+        try:
+            return self._store.listdir() if self._store.isdir() else None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def _load_existing(self, source: KeySource) -> None:
         try:
-            stored = (
-                ReadHierarchy(source, self._limits)
-                if ("zarr.json" in source or ".zgroup" in source)
-                else None
-            )
-            if stored is not None:
-                level = self._level
-                self._hier = BuildHierarchy.from_hierarchy(stored, level)
+            # A store without a root document is refused here as when reading it.
+            stored = ReadHierarchy(source, self._limits)
+            self._hier = BuildHierarchy.from_hierarchy(stored, self._level)
             self._source = source
             self._preloaded_metadata = self._metadata_from(source)
         finally:
@@ -301,6 +553,9 @@ class OptStorage(DataStorage):
         try:
             # Files written by other tools may hold NaN tokens; accept them when reading.
             doc = json.loads(raw)
+            # Bounded depth: the recursive code downstream (deepcopy, the codecs) must
+            # not exhaust the interpreter's stack on a hostile document.
+            jsoncodec.check_nesting(doc)
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise CorruptStoreError(
                 source.location, f"metadata.json is not valid JSON: {exc}"
@@ -341,7 +596,7 @@ class OptStorage(DataStorage):
         return self._hier.stored_nbytes(key)
 
     def _read_metadata_document(self) -> dict[str, Any]:
-        pre: dict[str, Any] | None = getattr(self, "_preloaded_metadata", None)
+        pre = self._preloaded_metadata
         if pre is not None:
             return pre
         if self._source is not None:
@@ -375,7 +630,7 @@ class OptStorage(DataStorage):
             self._check_open()
             if self._read_only:
                 return self._published.size() if self._published.isfile() else 0
-            sweep_temporaries(self._published.parent)
+            _sweep_once(self._published.parent)
             self._compressed_size = write_atomic(
                 self._published, self._write_zip, durable=self._durable
             )
@@ -383,11 +638,74 @@ class OptStorage(DataStorage):
             return self._compressed_size
 
     def _write_directory(self) -> None:
-        """Persist the item as a Zarr directory store at ``store_path``."""
-        for name, data in self._members():
-            target = self._store.child(*name.split("/"))
-            target.parent.makedirs()
-            write_bytes_atomic(target, data, durable=self._durable)
+        """Publish the item as a Zarr directory store at ``store_path``, whole.
+
+        The store is assembled under a temporary name beside ``store_path`` and swapped in
+        (:func:`cadstore.io.publish.open_sink`); on an object store its root ``zarr.json``
+        is uploaded last. The ``visu*`` files of the working directory move along.
+
+        Raises
+        ------
+        StorageError
+            Naming the file being written, if it cannot be (disk full, permissions); or
+            saying that another writer published the item meanwhile. The previous store
+            stays as it was in either case.
+        """
+        _sweep_once(self._store.parent)
+        try:
+            sink = open_sink(self._store, directory=True, durable=self._durable)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise _write_failure(self._store.path, exc) from exc
+        try:
+            for name, data in self._members():
+                self._add_member(sink, name, data)
+            for name in self._listdir() or ():
+                if fnmatch.fnmatch(name, "visu*") and self._store.child(name).isfile():
+                    self._add_member(sink, name, self._store.child(name).read_bytes())
+        except BaseException:
+            sink.abort()
+            raise
+        self._commit(sink)
+
+    def _add_member(self, sink: Sink, name: str, data: bytes) -> None:
+        target = self._store.child(*name.split("/")).path
+        try:
+            sink.add(name, data)
+        except StorageError as exc:
+            # The sink names the store; the file being written is more use.
+            if type(exc) is not StorageError:
+                raise  # an object store that refuses or is gone: its own error
+            raise _write_failure(target, exc) from exc
+        except OSError as exc:
+            raise _write_failure(target, exc) from exc
+
+    def _commit(self, sink: Sink) -> None:
+        """Swap the assembled store in; tell a race with another writer from a failure."""
+        try:
+            sink.commit()
+        except OSError as exc:
+            if not isinstance(sink, DirectorySink):
+                if isinstance(exc, StorageError):
+                    raise
+                raise _write_failure(self._store.path, exc) from exc
+            sink.abort()
+            set_aside = self._store.with_path(f"{sink.tmp}-old")
+            if exc.errno not in _RACE_ERRNOS:
+                error = _write_failure(self._store.path, exc)
+                if set_aside.exists():
+                    # Failed after moving the previous store aside: say where it is.
+                    error = StorageError(
+                        error.path, f"{error.problem}; the previous store is at {set_aside}"
+                    )
+                raise error from exc
+            # Another writer moved the store away (ENOENT) or put its own in place
+            # (ENOTEMPTY, EEXIST) between this one's renames. The store set aside (the
+            # sink's "-old" directory), if any, is superseded by the one now in place.
+            if not _ROOT_FILES.isdisjoint(self._listdir() or ()):
+                set_aside.rmtree()
+            raise StorageError(self._store.path, _PUBLISHED_MEANWHILE) from exc
 
     def _close(self) -> None:
         if self._read_only:
@@ -409,16 +727,12 @@ class OptStorage(DataStorage):
                 durable=False,
             )
         self._copy_visualisations()
-        if self._compressed_size:
-            self._store.rmtree()
-        elif not self._modified and self._store.isdir() and not self._store.listdir():
-            # An unused storage leaves nothing behind.
-            self._store.rmtree()
+        if self._compressed_size or (not self._modified and self._listdir() == []):
+            # Published as a .data; or an unused storage, which leaves nothing behind.
+            self._remove_working_directory()
 
     def _copy_visualisations(self) -> None:
-        if not self._store.isdir():
-            return
-        visu = [n for n in self._store.listdir() if fnmatch.fnmatch(n, "visu*")]
+        visu = [n for n in self._listdir() or () if fnmatch.fnmatch(n, "visu*")]
         if not visu:
             return
         assert self._stream_cache is not None
@@ -476,3 +790,36 @@ class OptStorage(DataStorage):
 
     def _describe(self) -> str:
         return repr(self._published.path if self._read_only else self._store.path)
+
+
+_SWEPT: set[str] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
+def _sweep_once(directory: Location) -> None:
+    """Remove what killed writers left in ``directory`` (temporary files, and the
+    directories of directory stores being assembled), once per process and directory:
+    an encoder publishing a million items into one folder lists it once, not a million
+    times. See :func:`cadstore.io.publish.sweep_dead_temporaries`.
+    """
+    if directory.remote:
+        return
+    path = os.path.abspath(directory.path)
+    with _SWEPT_LOCK:
+        if path in _SWEPT:
+            return
+        _SWEPT.add(path)
+    sweep_dead_temporaries(directory)
+
+
+def _write_failure(path: str, exc: OSError) -> StorageError:
+    """A :class:`StorageError` naming ``path`` for the failed write ``exc``, keeping its errno."""
+    if isinstance(exc, StorageError):
+        problem = exc.problem
+    else:
+        code = errno.errorcode.get(exc.errno or 0)
+        problem = f"could not be written: {exc.strerror or exc}" + (f" ({code})" if code else "")
+    error = StorageError(path, problem)
+    error.errno = exc.errno
+    error.strerror = exc.strerror
+    return error
