@@ -23,6 +23,7 @@ import numpy as np
 
 from cadstore.artefacts import DATASET, Artefact
 from cadstore.errors import SchemaError, StorageNotFoundError, UnknownFormatError
+from cadstore.format.jsoncodec import parse_document
 from cadstore.format.layout import ITEM_DIM, ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.io.location import resolve
 from cadstore.progress import progress
@@ -140,9 +141,11 @@ def load_schema_builder(path: str, storage_options: Mapping[str, Any] | None = N
         ) from exc
     # The messages of SchemaBuilder.load_from_file, naming the path.
     try:
-        return SchemaBuilder.from_dict(json.loads(text))
+        return SchemaBuilder.from_dict(parse_document(text))
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path}: not a valid JSON schema file: {exc}") from exc
+    except ValueError as exc:  # nested too deeply
+        raise SchemaError(f"{path}: not a usable JSON schema file: {exc}") from exc
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from exc
 

@@ -13,13 +13,14 @@ not the dataset.
 
 A :class:`DatasetReader` can be pickled (PyTorch ``DataLoader`` workers do): it carries
 only its location (path and storage options) and settings, and reopens the file in each
-process on first use.
+process on first use. :meth:`DatasetReader.close` is final: afterwards every read raises
+:class:`~cadstore.errors.StorageClosedError` instead of quietly reopening the file, and a
+copy pickled from a closed reader is closed too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import threading
@@ -29,12 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, DatasetError, KeyNotFoundError
-from cadstore.format.codecs import ChunkDecodeError, decode_into, direct_codec
+from cadstore.errors import (
+    CorruptStoreError,
+    DatasetError,
+    KeyNotFoundError,
+    StorageClosedError,
+)
+from cadstore.format.codecs import ChunkDecodeError, decode_into, direct_codec, strip_crc32c
 from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
-from cadstore.format.sharding import MISSING, decode_inner, read_index
+from cadstore.format.sharding import MISSING, decode_inner, index_trailer, read_index
 from cadstore.io.location import Location, resolve
 from cadstore.io.sources import KeySource, open_source
 
@@ -43,6 +50,9 @@ __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
 _SPAN_SLACK = 64 * 1024
+
+# The dataset's own document (item count, groups, schema) at the root of the store.
+_METADATA = "metadata.json"
 
 
 _PROCESS_ID = [os.getpid()]
@@ -77,9 +87,17 @@ class DatasetReader:
     Raises
     ------
     CorruptStoreError
-        If ``path`` is not a readable cadstore dataset. On an object store its subclasses
-        say why: :class:`~cadstore.errors.StorageAccessError` for refused credentials,
-        :class:`~cadstore.errors.StorageUnavailableError` for an unreachable store.
+        If ``path`` is not a readable cadstore dataset: not a regular file or directory
+        (refused before anything is read), not a zip or Zarr store, or its root
+        ``metadata.json`` is not a JSON object (see
+        :func:`cadstore.format.jsoncodec.load_document`). On an object store its
+        subclasses say why: :class:`~cadstore.errors.StorageAccessError` for refused
+        credentials, :class:`~cadstore.errors.StorageUnavailableError` for an unreachable
+        store.
+
+    Notes
+    -----
+    After :meth:`close` every read raises :class:`~cadstore.errors.StorageClosedError`.
     """
 
     def __init__(
@@ -97,6 +115,7 @@ class DatasetReader:
         self.cache_bytes = cache_bytes
         self._pid = -1
         self._lock = threading.RLock()
+        self._closed = False
         self._open()
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,8 +128,19 @@ class DatasetReader:
                     self.path,
                     f"not a cadstore dataset (no {DATASET_FORMAT!r} marker in its root zarr.json)",
                 )
-            raw = source.get("metadata.json")
-            self.metadata: dict[str, Any] = json.loads(raw) if raw else {}
+            raw = source.get(_METADATA)
+            self.metadata: dict[str, Any] = (
+                load_document(
+                    raw,
+                    path=self.path,
+                    member=_METADATA,
+                    max_bytes=self.limits.max_metadata_bytes,
+                )
+                if raw
+                else {}
+            )
+            # Decoded here, so that a damaged chunk of it closes the file too.
+            names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
         except BaseException:
             source.close()
             raise
@@ -124,7 +154,6 @@ class DatasetReader:
         self._cached = 0
         # Bytes fetched ahead in one batch for the read under way (object stores only).
         self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
-        names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
         self._groups = [g for g in hier.children("") if g in hier.groups]
@@ -136,7 +165,22 @@ class DatasetReader:
     def _open_source(self) -> KeySource:
         return open_source(self.location, self.limits, what="dataset")
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageClosedError(
+                f"{self.path}: the dataset reader is closed; open a new DatasetReader to "
+                "read it again"
+            )
+
     def _ensure(self) -> None:
+        # Closing is final: without this check the next read would reopen the file and
+        # leave it open, since nothing would close it again.
+        self._check_open()
         # A reader inherited through fork must not share the parent's file position or
         # caches; a reader unpickled in a worker has nothing open yet.
         if self._pid != _PROCESS_ID[0]:
@@ -154,8 +198,9 @@ class DatasetReader:
             source.close()
 
     def close(self) -> None:
-        """Close the file. Idempotent."""
+        """Close the file, for good: later reads raise ``StorageClosedError``. Idempotent."""
         with self._lock:
+            self._closed = True
             self._release()
 
     def __enter__(self) -> DatasetReader:
@@ -165,7 +210,12 @@ class DatasetReader:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "limits": self.limits, "cache_bytes": self.cache_bytes}
+        return {
+            "location": self.location,
+            "limits": self.limits,
+            "cache_bytes": self.cache_bytes,
+            "closed": self._closed,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.location = state["location"]
@@ -175,10 +225,20 @@ class DatasetReader:
         self.cache_bytes = state["cache_bytes"]
         self._lock = threading.RLock()
         self._pid = -1
+        self._closed = bool(state.get("closed", False))
+        if self._closed:
+            # A copy of a closed reader is closed too, and opens nothing.
+            self._source = None  # type: ignore[assignment]
+            self.metadata = {}
+            self.item_names = []
+            self._codes = {}
+            self._arrays = {}
+            return
         self._open()
 
     def __repr__(self) -> str:
-        return f"<DatasetReader {self.path!r} items={len(self.item_names)}>"
+        state = " closed" if self._closed else ""
+        return f"<DatasetReader {self.path!r} items={len(self.item_names)}{state}>"
 
     # ------------------------------------------------------------------ structure
     @property
@@ -245,6 +305,7 @@ class DatasetReader:
 
     def array_meta(self, group: str, array: str) -> Any:
         """Validated Zarr metadata of ``group/array`` (shape, dtype, dims, ...)."""
+        self._check_open()
         return self._resolve(group, array)[0]
 
     def _resolve(self, group: str, array: str) -> tuple[Any, bool]:
@@ -266,16 +327,19 @@ class DatasetReader:
 
     def is_per_item(self, group: str, array: str) -> bool:
         """Whether ``group/array`` holds one value per item rather than rows."""
+        self._check_open()
         return self._resolve(group, array)[1]
 
     def code_of(self, name: str) -> int:
         """Return the code of the item called ``name``."""
+        self._check_open()
         try:
             return self._codes[name]
         except KeyError:
             raise KeyNotFoundError(name, f"no item named {name!r} in {self.path}") from None
 
     def _check_code(self, code: int) -> int:
+        self._check_open()
         code = int(code)
         if not 0 <= code < self.n_items:
             raise DatasetError(
@@ -411,6 +475,8 @@ class DatasetReader:
                 shard_rows // inner_shape[0],
                 "/0" * (len(meta.shape) - 1),
                 direct_codec(config["codecs"], meta.dtype),
+                # Bytes after the index entries: its crc32c checksum, when it has one.
+                index_trailer(config["index_codecs"]),
             )
             self._geometries[path] = geometry
         return geometry
@@ -424,7 +490,7 @@ class DatasetReader:
         its first row, the rows ``lo:hi`` wanted from it (array coordinates) and the
         inner chunks holding them.
         """
-        _, _, inner_rows, shard_rows, _, suffix, _ = self._geometry(path, meta)
+        _, _, inner_rows, shard_rows, _, suffix, _, _ = self._geometry(path, meta)
         for shard in range(start // shard_rows, (stop - 1) // shard_rows + 1):
             base = shard * shard_rows
             lo, hi = max(start, base), min(stop, base + shard_rows)
@@ -432,7 +498,9 @@ class DatasetReader:
             yield shard, f"{path}/c/{shard}{suffix}", base, lo, hi, inners
 
     def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
-        _, _, inner_rows, shard_rows, n_inner, suffix, direct = self._geometry(path, meta)
+        _, _, inner_rows, shard_rows, n_inner, suffix, direct, trailer = self._geometry(path, meta)
+        # The rows asked for, decoded into ``out``: within what the file may decode to.
+        self._source.budget.check(f"rows {start}:{stop} of {path}", out.nbytes)
         first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
         if first_shard == last_shard:
             base = first_shard * shard_rows
@@ -440,14 +508,13 @@ class DatasetReader:
             if first_inner == (stop - 1 - base) // inner_rows:
                 # The common case for one item: a single inner chunk holds every row.
                 key = f"{path}/c/{first_shard}{suffix}"
-                block = self._inner_chunk(
-                    key, first_shard, first_inner, self._shard_index(key, n_inner), meta, path
-                )
+                index = self._shard_index(key, n_inner, trailer)
+                block = self._inner_chunk(key, first_shard, first_inner, index, meta, path)
                 r0 = base + first_inner * inner_rows
                 out[...] = block[start - r0 : stop - r0]
                 return
         for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
-            index = self._shard_index(key, n_inner)
+            index = self._shard_index(key, n_inner, trailer)
             # Inner chunks wholly inside the rows belong to this item alone: decode them
             # straight into the output (no cache entry, no copy), from one read of their
             # contiguous bytes. Chunks shared with neighbours go through the cache.
@@ -508,21 +575,23 @@ class DatasetReader:
         find their bytes in :attr:`_prefetched`; anything this missed is read on demand, so
         it changes how many requests a read makes, never what it returns.
         """
-        shards: list[tuple[str, str, int, int, range]] = []
+        shards: list[tuple[str, str, int, int, int, range]] = []
         for path, meta, start, stop in reads:
             if stop > start and _is_sharded(meta):
-                n_inner = self._geometry(path, meta)[4]
+                geometry = self._geometry(path, meta)
+                n_inner, trailer = geometry[4], geometry[7]
                 for shard, key, _, _, _, inners in self._shard_spans(path, meta, start, stop):
-                    shards.append((key, path, shard, n_inner, inners))
+                    shards.append((key, path, shard, n_inner, trailer, inners))
         tails = {}
-        for key, _, _, n_inner, _ in shards:
+        for key, _, _, n_inner, trailer, _ in shards:
             size = self._source.size_of(key)
-            if (key, n_inner) not in self._indexes and size is not None and size >= 16 * n_inner:
-                tails[key] = (key, size - 16 * n_inner, 16 * n_inner)
+            n = 16 * n_inner + trailer
+            if (key, n_inner) not in self._indexes and size is not None and size >= n:
+                tails[key] = (key, size - n, n)
         self._fetch_ahead(list(tails.values()))
         wanted: dict[str, set[tuple[int, int]]] = {}
-        for key, path, shard, n_inner, inners in shards:
-            index = self._shard_index(key, n_inner)
+        for key, path, shard, n_inner, trailer, inners in shards:
+            index = self._shard_index(key, n_inner, trailer)
             for inner in inners:
                 offset, nbytes = index[inner]
                 if offset != MISSING and (path, shard, inner) not in self._chunks:
@@ -564,12 +633,19 @@ class DatasetReader:
     def _decode_into(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
     ) -> None:
+        """Decode an inner chunk straight into ``target``, its checksum verified first."""
         try:
             decode_into(codec, raw, target.data.cast("B"))
         except ChunkDecodeError as exc:
             raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
 
-    def _shard_index(self, key: str, n_inner: int) -> list[tuple[int, int]]:
+    def _shard_index(self, key: str, n_inner: int, trailer: int = 0) -> list[tuple[int, int]]:
+        """The ``(offset, nbytes)`` of each inner chunk of shard ``key``, checked.
+
+        ``trailer`` is 4 when the index ends with its crc32c (what cadstore and
+        zarr-python write), which is verified: a flipped bit in an index would otherwise
+        send the reader to the wrong bytes.
+        """
         cached = self._indexes.get((key, n_inner))
         if cached is not None:
             return cached
@@ -577,11 +653,14 @@ class DatasetReader:
         if size is None:
             index = [(MISSING, MISSING)] * n_inner
         else:
-            if size < 16 * n_inner:
+            n = 16 * n_inner + trailer
+            if size < n:
                 raise CorruptStoreError(self.path, f"shard {key!r} is shorter than its index")
-            tail = self._get_range(key, size - 16 * n_inner, 16 * n_inner)
+            tail = self._get_range(key, size - n, n)
             try:
-                index = read_index(tail, n_inner, size)
+                table = strip_crc32c(tail, "shard index") if trailer else tail
+                # Offsets are checked against the body: the shard less its index.
+                index = read_index(table, n_inner, size - trailer)
             except ChunkDecodeError as exc:
                 raise CorruptStoreError(self.path, f"shard {key!r}: {exc}") from exc
         self._indexes[(key, n_inner)] = index
@@ -602,6 +681,11 @@ class DatasetReader:
             self._chunks.move_to_end(cache_key)
             return block
         config, inner_shape, *_ = self._geometry(path, meta)
+        # Decoded next to the cached chunks: within what the file may decode to.
+        self._source.budget.check(
+            f"{key!r} inner chunk {inner}",
+            self._cached + math.prod(inner_shape) * meta.dtype.itemsize,
+        )
         offset, nbytes = index[inner]
         if offset == MISSING:
             block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)

@@ -25,6 +25,15 @@ numbers or the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; complex eleme
 
 Metadata uses :func:`encode_metadata`, which converts numpy values to plain Python
 (arrays become lists) and only tags non-finite floats.
+
+Documents read from files are untrusted. :func:`parse_document` (and
+:func:`load_document` for a store's ``metadata.json``) turn anything that is not JSON,
+too deep or of the wrong shape into an error naming the file, instead of the
+``JSONDecodeError``, ``RecursionError`` or ``AttributeError`` that would escape from
+``json.loads`` and the recursive code downstream. The nesting bound,
+:data:`MAX_NESTING`, is enforced the same way on writing (:func:`encode_metadata` and
+:func:`encode` refuse deeper values with :class:`~cadstore.errors.InvalidDataError`), so
+cadstore never writes a document it would refuse to read.
 """
 
 from __future__ import annotations
@@ -36,17 +45,32 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.errors import UnsupportedTypeError
+from cadstore.errors import CorruptStoreError, InvalidDataError, UnsupportedTypeError
 
 __all__ = [
+    "MAX_NESTING",
+    "check_nesting",
     "decode",
     "decode_metadata",
     "dumps",
-    "to_jsonable",
     "encode",
     "encode_metadata",
+    "load_document",
     "loads",
+    "parse_document",
+    "to_jsonable",
 ]
+
+#: The deepest nesting of lists and objects in a JSON document cadstore writes or reads
+#: (the document itself counts as one level: ``{"a": [1]}`` is 2 deep).
+#:
+#: Decoded documents are walked by recursive code (``copy.deepcopy``, the codecs of this
+#: module, ``json.dumps``, pandas and pyarrow when a value reaches a table), which takes up
+#: to two interpreter frames per level; 128 levels keep them all far below Python's
+#: default recursion limit of 1000, wherever they are called from. Metadata cadstore
+#: writes nests a few levels; deeper values are refused when written, and documents
+#: nested deeper are corrupt when read.
+MAX_NESTING = 128
 
 _COMPLEX_KEYS = frozenset(("real", "imag", "_numpy_complex"))
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -90,7 +114,19 @@ def encode(value: Any) -> Any:
     ------
     UnsupportedTypeError
         If the value is not a node.
+    InvalidDataError
+        If the encoded value would nest deeper than :data:`MAX_NESTING` levels with the
+        one-level envelope a JSON store file wraps it in.
     """
+    encoded = _encode(value, 2)
+    depth = _depth(encoded, MAX_NESTING)
+    if 1 + depth > MAX_NESTING:
+        raise InvalidDataError(_too_deep("the value"))
+    return encoded
+
+
+def _encode(value: Any, level: int) -> Any:
+    """:func:`encode`; ``level`` is where a container ``value`` would sit in its file."""
     if isinstance(value, np.ndarray):
         fn = _element_encoder(value.dtype.kind)
         data = value.tolist()
@@ -114,9 +150,153 @@ def encode(value: Any) -> Any:
     if isinstance(value, list):
         return list(value)
     if isinstance(value, dict):
-        out = {k: encode(v) for k, v in value.items()}
+        if level > MAX_NESTING:
+            # Stop before the recursion can exhaust the interpreter's stack.
+            raise InvalidDataError(_too_deep("the value"))
+        out = {k: _encode(v, level + 1) for k, v in value.items()}
         return {"__dict__": out} if _looks_tagged(value) else out
     raise UnsupportedTypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _too_deep(what: str) -> str:
+    return (
+        f"{what} nests lists and dicts deeper than MAX_NESTING={MAX_NESTING} levels "
+        "(cadstore.format.jsoncodec.MAX_NESTING), counting the document it is stored in"
+    )
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Levels of lists and dicts in ``value`` (0 for a scalar), counted up to ``limit + 1``.
+
+    Iterative, so a hostile document cannot exhaust the interpreter's stack; it stops as
+    soon as the count passes ``limit``.
+    """
+    if not isinstance(value, dict | list):
+        return 0
+    deepest = 1
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return deepest
+
+
+def check_nesting(value: Any, max_depth: int = MAX_NESTING) -> None:
+    """Raise ``ValueError`` if ``value`` (a decoded JSON document) nests too deeply.
+
+    Parameters
+    ----------
+    value
+        Lists, dicts and scalars, as ``json.loads`` returns them.
+    max_depth
+        Most levels allowed; the document itself is one.
+
+    Raises
+    ------
+    ValueError
+        If lists and dicts nest deeper than ``max_depth`` levels.
+    """
+    if _depth(value, max_depth) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels (MAX_NESTING)")
+
+
+def parse_document(raw: str | bytes, *, max_depth: int = MAX_NESTING, strict: bool = False) -> Any:
+    """Parse a JSON document read from a file, which may be hostile.
+
+    Parameters
+    ----------
+    raw
+        The file's bytes (UTF-8, or UTF-16/32 with the encoding JSON allows) or text.
+    max_depth
+        Most levels of nesting allowed (see :data:`MAX_NESTING`).
+    strict
+        Refuse the non-standard ``NaN``/``Infinity`` tokens (as :func:`loads`); by
+        default they are accepted, since Zarr writers emit them for fill values.
+
+    Returns
+    -------
+    object
+        The decoded document, nested at most ``max_depth`` levels.
+
+    Raises
+    ------
+    ValueError
+        For anything that is not such a document: malformed JSON, bytes that are not
+        text, or nesting deeper than ``max_depth`` (including documents so deep that the
+        parser itself gives up).
+    """
+    try:
+        doc = json.loads(raw, parse_constant=_reject_constant) if strict else json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels (MAX_NESTING)") from None
+    check_nesting(doc, max_depth)
+    return doc
+
+
+def load_document(
+    raw: str | bytes,
+    *,
+    path: str,
+    member: str,
+    max_bytes: int | None = None,
+    max_depth: int = MAX_NESTING,
+) -> dict[str, Any]:
+    """Parse a store's metadata document (``metadata.json``): a JSON object.
+
+    Parameters
+    ----------
+    raw
+        The member's bytes.
+    path
+        The store it was read from, for the message.
+    member
+        The member's key in the store (``"metadata.json"``), for the message.
+    max_bytes
+        Largest document accepted (``Limits.max_metadata_bytes``); ``None``: any.
+    max_depth
+        Most levels of nesting allowed.
+
+    Returns
+    -------
+    dict
+        The document (a JSON object), not otherwise decoded.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming ``path`` and ``member``, if the document is too large, not JSON, not an
+        object, or nested too deeply.
+    """
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise CorruptStoreError(
+            path, f"{member} is {len(raw)} bytes, more than max_metadata_bytes={max_bytes}"
+        )
+    try:
+        doc = parse_document(raw, max_depth=max_depth)
+    except ValueError as exc:
+        raise CorruptStoreError(path, f"{member} is not a valid JSON document: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CorruptStoreError(path, f"{member} is not a JSON object but {_json_kind(doc)}")
+    return doc
+
+
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (``"an array"``, ``"null"``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _looks_tagged(d: Mapping[str, Any]) -> bool:
@@ -224,33 +404,54 @@ def encode_metadata(key: str, value: Any) -> Any:
     numpy scalars become Python scalars, arrays and tuples become lists, non-finite floats
     are tagged (see the module docstring). ``None`` is allowed.
 
+    The metadata document must stay readable: stored under ``key`` (each ``/``-separated
+    part a section of the document, the document itself one level), the value may nest
+    lists and dicts at most :data:`MAX_NESTING` levels deep in all. Deeper values are
+    refused here, when written, rather than written and refused when read.
+
     Raises
     ------
     UnsupportedTypeError
         For values JSON cannot hold (complex, bytes, sets, objects), naming ``key``.
+    InvalidDataError
+        If the document would nest deeper than :data:`MAX_NESTING` levels, naming ``key``.
     """
+    sections = key.count("/") + 1
+    encoded = _encode_metadata(key, value, sections + 1)
+    if sections + _depth(encoded, MAX_NESTING) > MAX_NESTING:
+        raise InvalidDataError(_too_deep(f"metadata {key!r}"))
+    return encoded
+
+
+def _encode_metadata(key: str, value: Any, level: int) -> Any:
+    """:func:`encode_metadata`; ``level`` is where a container ``value`` would sit."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return _encode_float(value)
     if isinstance(value, np.generic):
         if value.dtype.kind in "biuf" or isinstance(value, np.str_):
-            return encode_metadata(key, value.item())
+            return _encode_metadata(key, value.item(), level)
     elif isinstance(value, np.ndarray):
         if value.dtype.kind in "biufU" or (
             value.dtype.kind == "O" and all(isinstance(x, str) for x in value.ravel())
         ):
-            return encode_metadata(key, value.tolist())
+            return _encode_metadata(key, value.tolist(), level)
     elif isinstance(value, list | tuple):
-        return [encode_metadata(key, v) for v in value]
+        if level > MAX_NESTING:
+            # Stop before the recursion can exhaust the interpreter's stack.
+            raise InvalidDataError(_too_deep(f"metadata {key!r}"))
+        return [_encode_metadata(key, v, level + 1) for v in value]
     elif isinstance(value, Mapping):
+        if level > MAX_NESTING:
+            raise InvalidDataError(_too_deep(f"metadata {key!r}"))
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise UnsupportedTypeError(
                     f"metadata dict keys must be str, got {type(k).__name__} {k!r} under {key!r}"
                 )
-            out[k] = encode_metadata(f"{key}/{k}", v)
+            out[k] = _encode_metadata(f"{key}/{k}", v, level + 1)
         return {"__dict__": out} if _looks_tagged(out) else out
     raise UnsupportedTypeError(
         f"metadata {key!r} has a value of type {type(value).__name__}; metadata holds bool, "
@@ -263,17 +464,31 @@ def decode_metadata(obj: Any) -> Any:
 
     Metadata may come from other tools: an object that only looks like a tag (an unknown
     ``__float__`` token, a ``__dict__`` that is not an object) is kept as it is.
+
+    Raises
+    ------
+    ValueError
+        If ``obj`` nests deeper than :data:`MAX_NESTING` levels: documents read through
+        :func:`parse_document` never do.
     """
+    return _decode_metadata(obj, 1)
+
+
+def _decode_metadata(obj: Any, level: int) -> Any:
+    if isinstance(obj, dict | list) and level > MAX_NESTING:
+        # A document that was not parsed by parse_document: refuse it before the
+        # recursion can exhaust the interpreter's stack.
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels (MAX_NESTING)")
     if isinstance(obj, dict):
         if set(obj) == {"__float__"}:
             token = obj["__float__"]
             if isinstance(token, str) and token in _NONFINITE:
                 return _NONFINITE[token]
         elif set(obj) == {"__dict__"} and isinstance(obj["__dict__"], dict):
-            return {k: decode_metadata(v) for k, v in obj["__dict__"].items()}
-        return {k: decode_metadata(v) for k, v in obj.items()}
+            return {k: _decode_metadata(v, level + 1) for k, v in obj["__dict__"].items()}
+        return {k: _decode_metadata(v, level + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [decode_metadata(x) for x in obj]
+        return [_decode_metadata(x, level + 1) for x in obj]
     return obj
 
 
@@ -283,8 +498,15 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse strict JSON; the non-standard ``NaN``/``Infinity`` tokens are rejected."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """Parse strict JSON; the non-standard ``NaN``/``Infinity`` tokens are rejected.
+
+    Raises
+    ------
+    ValueError
+        As :func:`parse_document`: malformed JSON, or nesting deeper than
+        :data:`MAX_NESTING`.
+    """
+    return parse_document(text, strict=True)
 
 
 def _reject_constant(name: str) -> Any:

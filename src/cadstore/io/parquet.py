@@ -4,11 +4,24 @@ pyarrow reads a local table itself and a remote one through the location's fsspe
 system, so every range request goes through the same client as the rest of cadstore's
 reads. Writing a table is a publication like any other
 (:func:`cadstore.io.publish.write_atomic` with a pyarrow writer).
+
+Tables may come from anywhere, like every file cadstore reads. A local path that is not a
+regular file (a named pipe, a device) is refused before pyarrow opens it, since opening a
+pipe blocks until a writer appears; and whatever pyarrow or pandas raise on a damaged
+table (``ArrowInvalid``, ``OSError``, a ``RecursionError`` in its pandas metadata) becomes
+a :class:`~cadstore.errors.CorruptStoreError` naming the file. A missing table is a
+:class:`~cadstore.errors.StorageNotFoundError` (a ``FileNotFoundError``); an object store
+that refuses or cannot be reached keeps its own error.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cadstore.errors import CadstoreError, CorruptStoreError, StorageNotFoundError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,28 +31,84 @@ if TYPE_CHECKING:
 
 __all__ = ["read_frame", "read_schema", "read_table"]
 
+_T = TypeVar("_T")
+
 
 def _filesystem(location: Location) -> Any:
     """The fsspec file system pyarrow should read with (``None`` for local disk)."""
     return getattr(location.fs, "fs", None) if location.remote else None
 
 
+def _read(location: Location, read: Callable[[], _T]) -> _T:
+    """Run ``read`` on the table at ``location``, with cadstore's checks and errors."""
+    path = location.path
+    if not location.remote:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise StorageNotFoundError(path, "no such Parquet table") from None
+        except OSError as exc:
+            raise CorruptStoreError(path, f"cannot read the Parquet table: {exc}") from exc
+        if not stat.S_ISREG(mode):
+            raise CorruptStoreError(
+                path, "not a regular file, so not a Parquet table; refused without reading it"
+            )
+    try:
+        return read()
+    except CadstoreError:
+        raise
+    except MemoryError:
+        raise
+    except FileNotFoundError as exc:
+        raise StorageNotFoundError(path, f"no such Parquet table ({exc})") from exc
+    except Exception as exc:
+        translated = location.fs.translate(path, exc)
+        if translated is not exc:
+            raise translated from exc
+        # Anything else pyarrow or pandas raise means the bytes are not a readable table:
+        # ArrowInvalid (a ValueError), OSError for a bad footer or thrift, RecursionError
+        # or KeyError from hostile pandas metadata, ...
+        raise CorruptStoreError(
+            path, f"not a readable Parquet table ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def read_table(location: Location) -> pa.Table:
-    """Read a Parquet file into a pyarrow table."""
+    """Read a Parquet file into a pyarrow table.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming the file, if it is not a regular file or not a readable Parquet table.
+    StorageNotFoundError
+        If there is no file.
+    """
     import pyarrow.parquet as pq
 
-    return pq.read_table(location.path, filesystem=_filesystem(location))
+    return _read(location, lambda: pq.read_table(location.path, filesystem=_filesystem(location)))
 
 
 def read_frame(location: Location) -> pd.DataFrame:
-    """Read a Parquet file into a pandas frame (as ``pandas.read_parquet`` does locally)."""
+    """Read a Parquet file into a pandas frame (as ``pandas.read_parquet`` does locally).
+
+    Raises
+    ------
+    CorruptStoreError, StorageNotFoundError
+        As :func:`read_table`.
+    """
     import pandas as pd
 
-    return pd.read_parquet(location.path, filesystem=_filesystem(location))
+    return _read(location, lambda: pd.read_parquet(location.path, filesystem=_filesystem(location)))
 
 
 def read_schema(location: Location) -> pa.Schema:
-    """Read only the schema (and its metadata) of a Parquet file."""
+    """Read only the schema (and its metadata) of a Parquet file.
+
+    Raises
+    ------
+    CorruptStoreError, StorageNotFoundError
+        As :func:`read_table`.
+    """
     import pyarrow.parquet as pq
 
-    return pq.read_schema(location.path, filesystem=_filesystem(location))
+    return _read(location, lambda: pq.read_schema(location.path, filesystem=_filesystem(location)))

@@ -1,8 +1,13 @@
 """Stage 1 of a merge: scan the items, keeping what the plan needs and refusing bad items.
 
-Scanning an item opens it (:func:`cadstore.io.sources.open_source`), reads its array
-metadata (shapes and dtypes) and verifies the CRC of every member, so a damaged item is
-caught before its rows are planned into the dataset. An unreadable item is not an error
+Scanning an item opens it (:func:`cadstore.io.sources.open_source`, which refuses
+anything but a regular file or a directory before reading a byte), reads its array
+metadata (shapes and dtypes), verifies the CRC of every member and parses its
+``metadata.json`` (a JSON object nested at most
+:data:`~cadstore.format.jsoncodec.MAX_NESTING` levels), so a damaged item is caught before
+its rows are planned into the dataset and its metadata copied into the tables. An item
+directory holding anything but regular files and directories (a named pipe, a socket, a
+device) is refused too: the later stages would block reading it. An unreadable item is not an error
 of the merge: it is skipped and listed with its reason. A store that refuses access or
 cannot be reached is: it stops the merge (skipping every item of an unreachable bucket
 would publish an empty or partial dataset), so the merge can simply be run again.
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +27,10 @@ import numpy as np
 
 from cadstore.errors import CorruptStoreError, MergeError
 from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.jsoncodec import load_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location
-from cadstore.io.sources import open_source
+from cadstore.io.sources import DirectorySource, open_source
 from cadstore.progress import progress
 
 __all__ = [
@@ -37,6 +45,9 @@ __all__ = [
 
 #: The key of the schema in an item's ``metadata.json``.
 _SCHEMA_KEY = "_storage_schema"
+
+#: The item's metadata document.
+_METADATA = "metadata.json"
 
 
 def item_name_of(path: str | Location) -> str:
@@ -107,6 +118,16 @@ def scan_item(
     except CorruptStoreError as exc:
         return location.path, str(exc)
     try:
+        if isinstance(source, DirectorySource):
+            _check_entries(location.path)
+            if _METADATA not in source:
+                # cadstore publishes a directory item whole, metadata.json included: one
+                # without it was torn by a writer that stopped (or written by another tool
+                # as an incomplete store).
+                return location.path, (
+                    f"incomplete directory store: {_METADATA} is missing, so its writer "
+                    "stopped before finishing it"
+                )
         hier = ReadHierarchy(source, limits)
         scan = ItemScan(location=location, name=item_name_of(location))
         for key in hier.arrays:
@@ -116,16 +137,26 @@ def scan_item(
             scan.decoded_bytes += meta.size * meta.itemsize
             if scalars and not meta.shape:
                 scan.scalars[key] = hier.read_array(key)[()]
+        # Arrays declaring more than the file may decode to (cadstore.format.limits) would
+        # stop the merge when decoded: the item is listed and skipped now instead.
+        source.budget.check(f"its {len(hier.arrays)} arrays", scan.decoded_bytes)
         for key in source:
             # Reading every member checks its CRC: a damaged item is caught here, before
             # its rows are planned into the dataset.
             data = source.get(key)
             scan.nbytes += len(data or b"")
-            if key == "metadata.json" and data:
-                doc = json.loads(data)
+            if key == _METADATA and data:
+                # Checked whole here, so that the tables, which copy it into the dataset,
+                # only ever see documents every reader accepts.
+                doc = load_document(
+                    data,
+                    path=location.path,
+                    member=_METADATA,
+                    max_bytes=limits.max_metadata_bytes,
+                )
                 # Only the schema is needed from an item's metadata (the tables read the
                 # rest); keeping whole documents for every item would grow with the count.
-                if isinstance(doc, dict) and isinstance(doc.get(_SCHEMA_KEY), dict):
+                if isinstance(doc.get(_SCHEMA_KEY), dict):
                     scan.metadata = {_SCHEMA_KEY: doc[_SCHEMA_KEY]}
         return scan
     except CorruptStoreError as exc:
@@ -135,6 +166,40 @@ def scan_item(
         return location.path, f"unreadable: {exc}"
     finally:
         source.close()
+
+
+def _check_entries(root: str) -> None:
+    """Refuse an item directory holding anything but regular files and directories.
+
+    The directory source skips such entries, but the tables read ``metadata.json`` by its
+    path: a named pipe there would block the merge forever, a device feed it forever.
+    Symbolic links are judged by their targets; linked directories are not entered.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming the directory and the first such entry.
+    """
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise CorruptStoreError(root, f"cannot list {directory}: {exc}") from exc
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+                continue
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError:
+                continue  # a dangling link: the member is absent, as the source sees it
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                relative = os.path.relpath(entry.path, root)
+                raise CorruptStoreError(
+                    root, f"{relative!r} is not a regular file or directory; not reading it"
+                )
 
 
 def decode_item(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cadstore.errors import SchemaError
+from cadstore.format.jsoncodec import parse_document
 from cadstore.io.location import resolve
 from cadstore.io.publish import write_bytes_atomic
 from cadstore.schema._common import (
@@ -896,9 +897,11 @@ class SchemaBuilder:
         """
         text = Path(path).read_text(encoding="utf-8")
         try:
-            data = json.loads(text)
+            data = parse_document(text)
         except json.JSONDecodeError as exc:
             raise SchemaError(f"{os.fspath(path)}: not a valid JSON schema file: {exc}") from exc
+        except ValueError as exc:  # nested too deeply for the schema's own recursion
+            raise SchemaError(f"{os.fspath(path)}: not a usable JSON schema file: {exc}") from exc
         try:
             return cls.from_dict(data)
         except SchemaError as exc:

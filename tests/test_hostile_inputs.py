@@ -1,0 +1,655 @@
+"""Hostile files and paths: clear cadstore errors naming the file, never a crash or a hang.
+
+Three families (cadstore issue 16, findings 8, 9 and 14b):
+
+* documents that are not what they claim (a dataset ``metadata.json`` that is not JSON, a
+  list, nested 10^5 deep; an item ``metadata.json`` nested deeper than
+  :data:`cadstore.format.jsoncodec.MAX_NESTING`; a corrupt ``.infoset``): a
+  :class:`~cadstore.errors.CorruptStoreError` naming the file and member, and a merge that
+  skips and lists the bad item;
+* paths that are not regular files or directories (named pipes, sockets, ``/dev/zero``):
+  refused before a byte is read. Each operation runs in a child process with a hard
+  timeout, so a regression fails instead of hanging the suite;
+* a :class:`~cadstore.dataset.reader.DatasetReader` used after ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import cadstore
+from cadstore import OptStorage
+from cadstore.cli import main
+from cadstore.dataset.explorer import DatasetExplorer
+from cadstore.dataset.loader import DatasetLoader
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import (
+    CorruptStoreError,
+    InvalidDataError,
+    StorageClosedError,
+    UnknownFormatError,
+)
+from cadstore.format.jsoncodec import MAX_NESTING
+from cadstore.io.location import resolve
+from cadstore.io.parquet import read_frame, read_schema, read_table
+from cadstore.storage import JsonStorageHandler
+from cadstore.synthetic import iter_items, write_item
+
+# A child process that hangs is killed after this many seconds and the test fails.
+HANG_SECONDS = 90
+
+
+# ------------------------------------------------------------------------------ helpers
+def _nested(depth: int) -> bytes:
+    """A JSON list nested ``depth`` containers deep."""
+    return b"[" * depth + b"]" * depth
+
+
+def _nested_value(depth: int) -> Any:
+    """A Python list nested ``depth`` containers deep (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _rewrite_member(src: Path, dst: Path, member: str, payload: bytes) -> Path:
+    """Copy the zip ``src`` to ``dst`` with ``member`` replaced by ``payload``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, payload if info.filename == member else zin.read(info))
+    return dst
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """The bytes of every regular file below ``root`` (or of ``root`` itself)."""
+    if root.is_file():
+        return {root.name: root.read_bytes()}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; fail (not hang) if it takes too long."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=HANG_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {HANG_SECONDS} s (a read of a non-regular file?):\n{code}")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a child process; fail (not hang) if it takes too long."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "cadstore", *args],
+            capture_output=True,
+            text=True,
+            timeout=HANG_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"'cadstore {' '.join(args)}' hung for {HANG_SECONDS} s")
+
+
+def _child_error(done: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    """``(type name, message)`` of the error a child printed as ``TYPE|message``."""
+    assert done.returncode == 0, done.stderr
+    kind, _, message = done.stdout.strip().splitlines()[-1].partition("|")
+    return kind, message
+
+
+# A child's report of what an operation raised, on its last line.
+_REPORT = """
+import sys
+def report(fn):
+    try:
+        fn()
+    except Exception as exc:
+        print(f"{type(exc).__name__}|{exc}")
+        return
+    print("OK|")
+"""
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three small realistic items as ``.data`` files."""
+    directory = tmp_path_factory.mktemp("hostile-items")
+    return [
+        Path(write_item(directory / f"{name}.zarr", item, meta))
+        for name, item, meta in iter_items(3, seed=5)
+    ]
+
+
+@pytest.fixture(scope="module")
+def dataset(items: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A merged dataset of :func:`items`, with its tables and manifest."""
+    out = tmp_path_factory.mktemp("hostile-dataset") / "good.dataset"
+    cadstore.merge([str(p) for p in items], str(out))
+    return out
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    """A named pipe called like a dataset; nobody ever writes to it."""
+    path = tmp_path / "pipe.dataset"
+    os.mkfifo(path)
+    return path
+
+
+# ============================================================ 8: malformed documents
+_BAD_DATASET_METADATA = {
+    "not-json": b"{not json",
+    "deep-1e5": _nested(100_000),
+    "a-list": b"[1, 2, 3]",
+    "deep-900": b'{"a": ' + _nested(900) + b"}",
+    "not-utf8": b'{"a": "\xff\xfe"}',
+}
+
+
+@pytest.fixture(params=sorted(_BAD_DATASET_METADATA))
+def bad_metadata_dataset(request: pytest.FixtureRequest, dataset: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`dataset` whose root ``metadata.json`` is malformed."""
+    return _rewrite_member(
+        dataset, tmp_path / "bad.dataset", "metadata.json", _BAD_DATASET_METADATA[request.param]
+    )
+
+
+def _assert_names_metadata(exc: BaseException, path: Path) -> None:
+    assert isinstance(exc, CorruptStoreError), repr(exc)
+    assert str(path) in str(exc)
+    assert "metadata.json" in str(exc)
+
+
+def test_bad_dataset_metadata_reader(bad_metadata_dataset: Path) -> None:
+    before = _snapshot(bad_metadata_dataset)
+    with pytest.raises(CorruptStoreError) as caught:
+        DatasetReader(bad_metadata_dataset)
+    _assert_names_metadata(caught.value, bad_metadata_dataset)
+    assert _snapshot(bad_metadata_dataset) == before
+
+
+def test_bad_dataset_metadata_explorer_and_loader(bad_metadata_dataset: Path) -> None:
+    with pytest.raises(CorruptStoreError) as caught:
+        DatasetExplorer(merged_store_path=bad_metadata_dataset)
+    _assert_names_metadata(caught.value, bad_metadata_dataset)
+    with pytest.raises(CorruptStoreError) as caught:
+        DatasetLoader(merged_store_path=str(bad_metadata_dataset))
+    _assert_names_metadata(caught.value, bad_metadata_dataset)
+
+
+def test_bad_dataset_metadata_open(bad_metadata_dataset: Path) -> None:
+    with (
+        cadstore.open(bad_metadata_dataset) as artefact,
+        pytest.raises(CorruptStoreError) as caught,
+    ):
+        artefact.metadata()
+    _assert_names_metadata(caught.value, bad_metadata_dataset)
+
+
+@pytest.mark.parametrize(
+    "command", [["info"], ["inspect"], ["cat", "faces/face_areas", "--item", "0"]]
+)
+def test_bad_dataset_metadata_cli(
+    bad_metadata_dataset: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([command[0], str(bad_metadata_dataset), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("cadstore: error: ")
+    assert str(bad_metadata_dataset) in err
+    assert "metadata.json" in err
+
+
+def _item_with_metadata(src: Path, directory: Path, name: str, payload: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return _rewrite_member(src, directory / f"{name}.zarr.data", "metadata.json", payload)
+
+
+def test_item_metadata_too_deep_is_a_corrupt_store(items: list[Path], tmp_path: Path) -> None:
+    """Deep enough to break recursive code below the parser's own limit."""
+    doc = json.loads(zipfile.ZipFile(items[0]).read("metadata.json"))
+    payload = json.dumps(doc)[:-1].encode() + b', "deep": ' + _nested(900) + b"}"
+    bad = _item_with_metadata(items[0], tmp_path, "deep_0", payload)
+    before = _snapshot(bad)
+    with (
+        OptStorage(str(bad)[: -len(".data")], mode="r") as storage,
+        pytest.raises(CorruptStoreError) as caught,
+    ):
+        storage.load_metadata()
+    assert str(bad) in str(caught.value)
+    assert "metadata.json" in str(caught.value)
+    assert f"{MAX_NESTING}" in str(caught.value)
+    assert _snapshot(bad) == before
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [_nested(900), _nested(100_000), b"[1, 2]", b"{bad"],
+    ids=["deep-900", "deep-1e5", "a-list", "not-json"],
+)
+def test_merge_skips_an_item_with_bad_metadata(
+    items: list[Path], tmp_path: Path, payload: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _item_with_metadata(items[0], tmp_path / "in", "bad_0", payload)
+    before = _snapshot(bad)
+    out = tmp_path / "out.dataset"
+    result = cadstore.merge([str(p) for p in items] + [str(bad)], str(out))
+    assert len(result.items) == len(items)
+    assert [e["file"] for e in result.errors] == [str(bad)]
+    assert "metadata.json" in result.errors[0]["error"]
+    with DatasetReader(out) as reader:
+        assert reader.n_items == len(items)
+    # The command line lists it too, and exits 1 (the merge ran but found problems).
+    code = main(["merge", *map(str, items), str(bad), "-o", str(tmp_path / "cli.dataset")])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert f"skipped {bad}" in printed
+    assert "metadata.json" in printed
+    assert _snapshot(bad) == before
+
+
+def test_metadata_deeper_than_the_limit_is_refused_when_written(tmp_path: Path) -> None:
+    storage = OptStorage(tmp_path / "p.zarr")
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    with pytest.raises(InvalidDataError, match="'deep'") as caught:
+        storage.save_metadata("deep", _nested_value(900))
+    assert f"{MAX_NESTING}" in str(caught.value)
+    # The limit counts the document's own levels: a section is one.
+    with pytest.raises(InvalidDataError, match="'a/b'"):
+        storage.save_metadata("a/b", _nested_value(MAX_NESTING - 1))
+    # Nothing was stored by the refused calls.
+    with pytest.raises(KeyError):
+        storage.load_metadata("deep")
+    storage.close()
+
+
+def test_metadata_at_the_limit_works_end_to_end(items: list[Path], tmp_path: Path) -> None:
+    """A document exactly MAX_NESTING deep: written, read, merged, read back."""
+    deepest = _nested_value(MAX_NESTING - 2)  # under "extra/deep": two more levels
+    storage = OptStorage(tmp_path / "in" / "deep_0.zarr")
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    storage.save_metadata("extra/deep", deepest)
+    storage.save_metadata("category", "bolt")
+    storage.compress_store()
+    storage.close()
+    data = tmp_path / "in" / "deep_0.zarr.data"
+    with OptStorage(tmp_path / "in" / "deep_0.zarr", mode="r") as again:
+        assert again.load_metadata("extra/deep") == deepest
+    out = tmp_path / "out.dataset"
+    result = cadstore.merge([str(data), *map(str, items)], str(out))
+    assert result.errors == []
+    assert "deep_0" in result.items
+    with DatasetExplorer(merged_store_path=out) as explorer:
+        info = explorer.get_file_info_all()
+        assert "deep_0" in set(info["name"])
+
+
+def test_json_store_file_too_deep(tmp_path: Path) -> None:
+    store = JsonStorageHandler(tmp_path / "js")
+    store.save_data("names", ["a", "b"])
+    store.close()
+    path = tmp_path / "js" / "deep.json"
+    path.write_bytes(b'{"key": "deep", "value": ' + _nested(900) + b"}")
+    before = _snapshot(tmp_path / "js")
+    with pytest.raises(CorruptStoreError) as caught:  # noqa: PT012 - opening may raise too
+        reopened = JsonStorageHandler(tmp_path / "js", read_only=True)
+        try:
+            reopened.load_data("deep")
+        finally:
+            reopened.close()
+    assert "deep.json" in str(caught.value)
+    assert _snapshot(tmp_path / "js") == before
+
+
+# -------------------------------------------------------------------- Parquet tables
+_BAD_TABLES: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda raw: b"not a parquet file at all",
+    "truncated": lambda raw: raw[: len(raw) // 2],
+    "bad-footer": lambda raw: raw[:-12] + b"\xff" * 8 + raw[-4:],
+    "empty": lambda raw: b"",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_BAD_TABLES))
+@pytest.mark.parametrize("suffix", [".infoset", ".attribset"])
+def test_corrupt_parquet_table(dataset: Path, tmp_path: Path, damage: str, suffix: str) -> None:
+    table = tmp_path / f"bad{suffix}"
+    table.write_bytes(_BAD_TABLES[damage](dataset.with_suffix(suffix).read_bytes()))
+    before = _snapshot(table)
+    where = resolve(table)
+    for read in (read_table, read_frame, read_schema):
+        with pytest.raises(CorruptStoreError, match=str(table)):
+            read(where)
+    assert _snapshot(table) == before
+
+
+def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.infoset"
+    bad.write_bytes(b"PAR1 not really PAR1")
+    with (
+        DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
+        pytest.raises(CorruptStoreError, match=r"bad\.infoset"),
+    ):
+        explorer.get_file_info_all()
+
+
+def test_corrupt_infoset_beside_a_dataset(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loader and ``cadstore info`` name the table, and exit 2."""
+    copy = tmp_path / "copy.dataset"
+    copy.write_bytes(dataset.read_bytes())
+    bad = copy.with_suffix(".infoset")
+    bad.write_bytes(b"PAR1" + bytes(100) + b"PAR1")
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptStoreError, match=r"copy\.infoset"):
+        DatasetLoader(merged_store_path=str(copy))
+    code = main(["info", str(copy)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("cadstore: error: ")
+    assert str(bad) in err
+    assert _snapshot(tmp_path) == before
+
+
+# ===================================================== 9: not regular files: no hang
+def test_pipe_as_dataset_reader(fifo: Path) -> None:
+    done = _run_child(
+        _REPORT
+        + f"""
+from cadstore.dataset.reader import DatasetReader
+report(lambda: DatasetReader({str(fifo)!r}))
+"""
+    )
+    kind, message = _child_error(done)
+    assert kind == "CorruptStoreError"
+    assert str(fifo) in message
+    assert "not a regular file" in message
+
+
+def test_pipe_as_dataset_explorer(fifo: Path) -> None:
+    done = _run_child(
+        _REPORT
+        + f"""
+from cadstore.dataset.explorer import DatasetExplorer
+report(lambda: DatasetExplorer(merged_store_path={str(fifo)!r}))
+"""
+    )
+    kind, message = _child_error(done)
+    assert kind == "CorruptStoreError"
+    assert str(fifo) in message
+
+
+def test_pipe_as_artefact(fifo: Path) -> None:
+    done = _run_child(
+        _REPORT
+        + f"""
+import cadstore
+report(lambda: cadstore.open({str(fifo)!r}))
+"""
+    )
+    kind, message = _child_error(done)
+    assert kind == UnknownFormatError.__name__
+    assert str(fifo) in message
+    assert "neither a regular file nor a directory" in message
+
+
+@pytest.mark.parametrize("command", [["info"], ["inspect"], ["cat", "faces/face_areas"]])
+def test_pipe_as_dataset_cli(fifo: Path, command: list[str]) -> None:
+    done = _run_cli(command[0], str(fifo), *command[1:])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("cadstore: error: ")
+    assert str(fifo) in done.stderr
+
+
+@pytest.fixture
+def pipe_item(tmp_path: Path) -> Path:
+    path = tmp_path / "in" / "pipe_0.zarr.data"
+    path.parent.mkdir()
+    os.mkfifo(path)
+    return path
+
+
+def _merge_child(call: str, items: list[Path], bad: Path, out: Path) -> str:
+    return (
+        _REPORT
+        + f"""
+import cadstore
+from cadstore.merging import DatasetMerger
+files = {[*map(str, items), str(bad)]!r}
+out = {str(out)!r}
+def run():
+    result = {call}
+    print("ITEMS", len(result.items))
+    print("ERRORS", [e["file"] for e in result.errors])
+report(run)
+"""
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "cadstore.merge(files, out)",
+        "DatasetMerger(files, out).merge_data()",
+    ],
+)
+def test_pipe_as_merge_input(items: list[Path], pipe_item: Path, tmp_path: Path, call: str) -> None:
+    done = _run_child(_merge_child(call, items, pipe_item, tmp_path / "out.dataset"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"ITEMS {len(items)}" in lines
+    assert f"ERRORS {[str(pipe_item)]!r}" in lines
+    assert lines[-1] == "OK|"
+
+
+def test_pipe_as_merge_input_cli(items: list[Path], pipe_item: Path, tmp_path: Path) -> None:
+    done = _run_cli("merge", *map(str, items), str(pipe_item), "-o", str(tmp_path / "o.dataset"))
+    assert done.returncode == 1, done.stderr
+    assert f"skipped {pipe_item}" in done.stdout
+    assert "not a regular file" in done.stdout
+
+
+def test_item_directory_with_a_pipe_inside(items: list[Path], tmp_path: Path) -> None:
+    """An item directory whose metadata.json is a named pipe: listed, not read."""
+    item = tmp_path / "in" / "dir_0.zarr"
+    item.mkdir(parents=True)
+    with zipfile.ZipFile(items[0]) as z:
+        for name in z.namelist():
+            target = item / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+    (item / "metadata.json").unlink()
+    os.mkfifo(item / "metadata.json")
+    done = _run_child(
+        _merge_child("cadstore.merge(files, out)", items, item, tmp_path / "out.dataset")
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"ERRORS {[str(item)]!r}" in lines
+    assert lines[-1] == "OK|"
+
+
+def test_pipe_as_info_file(pipe_item: Path, tmp_path: Path) -> None:
+    """The tables' own reader of item metadata refuses a pipe too (open_source, kind given)."""
+    done = _run_child(
+        _REPORT
+        + f"""
+from cadstore.merging import DatasetInfo
+info = DatasetInfo(
+    [{str(pipe_item)!r}], {str(tmp_path / "t.infoset")!r}, {str(tmp_path / "t.attribset")!r}
+)
+def run():
+    info.parse_info_files()
+    print("ERRORS", info.errors)
+report(run)
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(pipe_item) in done.stdout
+    assert "not a regular file" in done.stdout
+    assert done.stdout.splitlines()[-1] == "OK|"
+
+
+def test_pipe_as_parquet_table(tmp_path: Path) -> None:
+    pipe = tmp_path / "t.infoset"
+    os.mkfifo(pipe)
+    done = _run_child(
+        _REPORT
+        + f"""
+from cadstore.io.location import resolve
+from cadstore.io.parquet import read_frame
+report(lambda: read_frame(resolve({str(pipe)!r})))
+"""
+    )
+    kind, message = _child_error(done)
+    assert kind == "CorruptStoreError"
+    assert str(pipe) in message
+    assert "not a regular file" in message
+
+
+def test_json_store_with_a_pipe_inside(tmp_path: Path) -> None:
+    store = tmp_path / "js"
+    with JsonStorageHandler(store) as handler:
+        handler.save_data("names", ["a", "b"])
+    os.mkfifo(store / "pipe.json")
+    done = _run_child(
+        _REPORT
+        + f"""
+import cadstore
+report(lambda: cadstore.open({str(store)!r}))
+"""
+    )
+    kind, message = _child_error(done)
+    assert kind == "CorruptStoreError"
+    assert str(store) in message
+    assert "'pipe.json' is not a regular file" in message
+    done = _run_cli("inspect", str(store))
+    assert done.returncode == 2, done.stderr
+    assert "'pipe.json' is not a regular file" in done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_dev_zero_is_refused(items: list[Path], tmp_path: Path) -> None:
+    done = _run_child(
+        _REPORT
+        + f"""
+import cadstore
+from cadstore.dataset.reader import DatasetReader
+report(lambda: DatasetReader("/dev/zero"))
+report(lambda: cadstore.open("/dev/zero"))
+def merged():
+    result = cadstore.merge({[*map(str, items), "/dev/zero"]!r}, {str(tmp_path / "o.dataset")!r})
+    print("ERRORS", [e["file"] for e in result.errors])
+report(merged)
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("CorruptStoreError|/dev/zero")
+    assert lines[1].startswith("UnknownFormatError|/dev/zero")
+    assert "ERRORS ['/dev/zero']" in lines
+
+
+def test_socket_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.dataset"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+        with pytest.raises(CorruptStoreError, match="not a regular file"):
+            DatasetReader(path)
+    finally:
+        server.close()
+
+
+# ==================================================== 14b: a closed reader stays closed
+def _open_handles(path: Path) -> int:
+    """How many of this process's file descriptors point at ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+_READS: dict[str, Callable[[DatasetReader], object]] = {
+    "read_item": lambda r: r.read_item(0),
+    "read_items": lambda r: r.read_items([0, 1]),
+    "read_rows": lambda r: r.read_rows("faces", "face_areas", 0, 1),
+    "read_array": lambda r: r.read_array("faces", "face_areas"),
+    "offsets": lambda r: r.offsets("faces"),
+    "item_range": lambda r: r.item_range("faces", 0),
+    "members": lambda r: r.members(),
+    "member": lambda r: r.member("zarr.json"),
+    "stored_bytes": lambda r: r.stored_bytes,
+    "stored_nbytes": lambda r: r.stored_nbytes("faces", "face_areas"),
+    "groups": lambda r: r.groups,
+    "arrays": lambda r: r.arrays("faces"),
+    "array_meta": lambda r: r.array_meta("faces", "face_areas"),
+}
+
+
+@pytest.mark.parametrize("read", sorted(_READS))
+def test_closed_reader_refuses_every_read(dataset: Path, read: str) -> None:
+    reader = DatasetReader(dataset)
+    _READS[read](reader)
+    reader.close()
+    assert _open_handles(dataset) == 0
+    with pytest.raises(StorageClosedError, match=str(dataset)):
+        _READS[read](reader)
+    assert _open_handles(dataset) == 0
+    reader.close()  # idempotent
+    assert "closed" in repr(reader)
+
+
+def test_closed_reader_pickles_closed_and_open_reader_travels(dataset: Path) -> None:
+    reader = DatasetReader(dataset)
+    expected = reader.read_item(1)["faces"]["face_areas"]
+    clone = pickle.loads(pickle.dumps(reader))  # noqa: S301 - our own object
+    np.testing.assert_array_equal(clone.read_item(1)["faces"]["face_areas"], expected)
+    clone.close()
+    reader.close()
+    # Closing is final, also for a copy made afterwards: it opens nothing.
+    copy = pickle.loads(pickle.dumps(reader))  # noqa: S301 - our own object
+    assert _open_handles(dataset) == 0
+    with pytest.raises(StorageClosedError):
+        copy.read_item(1)
+
+
+def test_a_deeply_nested_schema_file_is_a_schema_error_naming_it(tmp_path: Path) -> None:
+    from cadstore.errors import SchemaError
+    from cadstore.schema import SchemaBuilder
+    from cadstore.validation import load_schema_builder
+
+    deep = tmp_path / "deep_schema.json"
+    deep.write_text('{"a":' * 2000 + "1" + "}" * 2000)
+    for load in (SchemaBuilder.load_from_file, load_schema_builder):
+        with pytest.raises(SchemaError, match="nested deeper") as refused:
+            load(str(deep))
+        assert str(deep) in str(refused.value)
