@@ -722,6 +722,124 @@ def render_summary(results: Path) -> tuple[list[str], str]:
     )
 
 
+# --------------------------------------------------------------------------- bench_integrity
+def render_integrity(results: Path) -> tuple[list[str], str]:
+    """bench_integrity.py: merge and read times with and without chunk checksums."""
+    d = load(results, "integrity.json")["checksums"]
+    rows = []
+    for label in ("with", "without"):
+        r = d[label]
+        rows.append(
+            (
+                f"{label} crc32c checksums",
+                fmt_seconds(r["merge_seconds"]),
+                fmt_int(r["merge_mb_per_s"]),
+                fmt_ms(r["item_ms"]),
+                fmt_ms(r["batch_item_ms"]),
+                fmt_mb(r["stored_bytes"]),
+            )
+        )
+    cost = d["overhead"]
+    rows.append(
+        (
+            "cost of the checksums",
+            f"{cost['merge']:+.1%}",
+            "",
+            f"{cost['item_read']:+.1%}",
+            f"{cost['batch_read']:+.1%}",
+            f"{cost['size']:+.2%}",
+        )
+    )
+    header = (
+        "dataset",
+        "merge seconds",
+        "merge MB/s",
+        "random item, ms",
+        "batch of 32, ms per item",
+        "dataset size",
+    )
+    caption = (
+        f"{fmt_int(d['items'])} realistic items merged and read with and without checksums; "
+        f"medians of {fmt_int(d['rounds'])} rounds, each merge in a fresh process, and "
+        f"{fmt_int(d['reads'])} random items and {fmt_int(4 * -(-d['reads'] // 100))} "
+        "batches of 32 read from both datasets in turn, in blocks of 100 items and 4 batches, "
+        "in one process."
+    )
+    return markdown_table(header, rows, "lrrrrr"), caption
+
+
+def render_checksum_alternatives(results: Path) -> tuple[list[str], str]:
+    """bench_integrity.py: zstd's frame checksum against crc32c, per inner chunk."""
+    d = load(results, "integrity.json")["alternatives"]
+    rows = []
+    for name, r in d.items():
+        base = r["decompress_us"]
+        rows.append(
+            (
+                f"`{name}`",
+                f"{fmt_int(r['raw_bytes'])} → {fmt_int(r['stored_bytes'])}",
+                _fixed(base, 1),
+                f"{_fixed(r['zstd_checksum_us'], 2)} ({fmt_pct(r['zstd_checksum_us'] / base)})",
+                f"{_fixed(r['crc32c_us'], 2)} ({fmt_pct(r['crc32c_us'] / base)})",
+            )
+        )
+    header = (
+        "inner chunk of",
+        "bytes, raw → stored",
+        "decompress, µs",
+        "+ zstd frame checksum, µs",
+        "+ crc32c of stored bytes, µs",
+    )
+    caption = "zstd level 3; best of 5 runs of 3,000 decompressions each, one thread."
+    return markdown_table(header, rows, "lrrrr"), caption
+
+
+def render_amplification(results: Path) -> tuple[list[str], str]:
+    """bench_integrity.py: dataset bytes against item bytes for many 1-byte arrays."""
+    d = load(results, "integrity.json")["amplification"]
+    rows = [
+        (name, fmt_int(r["bytes_in"]), fmt_int(r["bytes_out"]), f"{_fixed(r['ratio'], 2)}x")
+        for name, r in d.items()
+    ]
+    arrays = next(iter(d.values()))["arrays"]
+    caption = (
+        f"10 items of {fmt_int(arrays // 10)} one-byte arrays ({fmt_int(arrays)} arrays) merged "
+        "into one dataset; bytes of the .dataset against the bytes of the .data files."
+    )
+    return markdown_table(("arrays", "items, bytes", "dataset, bytes", "out / in"), rows, "lrrr"), (
+        caption
+    )
+
+
+# --------------------------------------------------------------------------- bench_item_open
+def render_item_open(results: Path) -> tuple[list[str], str]:
+    """bench_item_open.py: opening an item of many arrays for appending, by size."""
+    d = load(results, "item-open.json")
+    rows = [
+        (
+            fmt_int(r["arrays"]),
+            _fixed(r["file_kib"], 0),
+            fmt_ms(r["open_append_ms"]),
+            _fixed(r["append_us_per_array"], 1),
+            f"{_fixed(r['append_growth'], 2)}x" if "append_growth" in r else "",
+            fmt_ms(r["open_read_ms"]),
+        )
+        for r in d["rows"]
+    ]
+    header = (
+        "arrays",
+        "item, KiB",
+        'open mode="a" + close, ms',
+        "µs per array",
+        "growth from the row above",
+        'open mode="r", ms',
+    )
+    caption = (
+        f"Items of int32 arrays of 16 values; medians of {fmt_int(d['repeats'])} runs, one process."
+    )
+    return markdown_table(header, rows, "rrrrrr"), caption
+
+
 # --------------------------------------------------------------------------- registry
 class Table(NamedTuple):
     """A generated table: the results files it reads and how it renders them."""
@@ -745,6 +863,10 @@ TABLES: dict[str, Table] = {
     "scale": Table(("scale.json",), render_scale),
     "scale-s3-item": Table(("scale.json",), render_scale_item),
     "scale-s3-dataset": Table(("scale.json",), render_scale_dataset),
+    "integrity": Table(("integrity.json",), render_integrity),
+    "checksum-alternatives": Table(("integrity.json",), render_checksum_alternatives),
+    "amplification": Table(("integrity.json",), render_amplification),
+    "item-open": Table(("item-open.json",), render_item_open),
 }
 
 

@@ -5,6 +5,13 @@ and saved into a :class:`~cadstore.storage.JsonStorageHandler`, followed by the 
 and the schema. The JSON store records its own ``file_sizes_KB`` (the sizes of its JSON
 files), so the item's are not copied.
 
+JSON text is a costly form for arrays: ``json`` turns every number into a Python object
+and then into text, about 150 bytes of memory per element, all of a key at once. An
+export therefore refuses a key whose JSON would take more than ``max_json_bytes`` (see
+:data:`MAX_JSON_BYTES`), rather than letting a small file that declares big arrays (or a big
+item) take the machine's memory: a JSON store is for reading small items by eye, not for
+bulk data.
+
 The store is assembled in a temporary directory next to the destination and moved into
 place when complete (:func:`cadstore.io.publish.move_into_place`), so a failed export
 leaves the destination as it was. A non-empty destination is refused unless
@@ -20,8 +27,10 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cadstore.artefacts import Artefact
-from cadstore.errors import OutputExistsError, UnknownFormatError
+from cadstore.errors import LimitExceededError, OutputExistsError, UnknownFormatError
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, move_into_place
 from cadstore.progress import progress
@@ -29,7 +38,18 @@ from cadstore.storage import JsonStorageHandler
 from cadstore.storage.base import ROUTING_METADATA_KEY, SCHEMA_METADATA_KEY, SIZES_METADATA_KEY
 from cadstore.tree import leaf_dtype_shape
 
-__all__ = ["Export", "export_json"]
+__all__ = ["MAX_JSON_BYTES", "Export", "export_json", "json_cost"]
+
+#: Default bound on the memory one exported key may take while it is turned into JSON
+#: (estimated with :func:`json_cost`): about 800,000 numbers.
+MAX_JSON_BYTES = 128 * 1024**2
+# Memory per number of an array being written as JSON: its Python object, its place in the
+# nested lists and its text (measured on float64 arrays, the costliest).
+_JSON_BYTES_PER_NUMBER = 160
+# Memory per string: the objects around it, then up to six bytes of text per character
+# (\uXXXX escapes), held as text and as bytes.
+_JSON_BYTES_PER_STRING = 100
+_JSON_BYTES_PER_CHARACTER = 14
 
 #: Metadata the storages write for themselves: the destination writes its own.
 _STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
@@ -105,6 +125,25 @@ def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
     return []
 
 
+def json_cost(value: Any) -> int:
+    """Estimate the memory turning ``value`` (a loaded node) into JSON text takes at once.
+
+    Numbers cost about 160 bytes each (a Python object, a list slot and their text) and
+    strings 100 bytes plus 14 per character; an upper estimate, so that what passes fits.
+    """
+    if isinstance(value, dict):
+        return sum(json_cost(v) for v in value.values())
+    if isinstance(value, str):
+        return _JSON_BYTES_PER_STRING + _JSON_BYTES_PER_CHARACTER * len(value)
+    if isinstance(value, list):
+        return sum(json_cost(v) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return sum(json_cost(str(v)) for v in value.ravel().tolist())
+    if isinstance(value, np.ndarray):
+        return _JSON_BYTES_PER_NUMBER * int(value.size)
+    return _JSON_BYTES_PER_NUMBER
+
+
 def _describe(value: Any) -> tuple[str, str | None, list[int] | None]:
     if isinstance(value, dict):
         return "group", None, None
@@ -112,7 +151,7 @@ def _describe(value: Any) -> tuple[str, str | None, list[int] | None]:
     return "array", dtype, list(shape)
 
 
-def _copy(target: Artefact, scratch: str) -> Export:
+def _copy(target: Artefact, scratch: str, max_json_bytes: int) -> Export:
     source = target.require_storage("export-json")
     result = Export(scratch)
     destination = JsonStorageHandler(scratch)
@@ -124,8 +163,18 @@ def _copy(target: Artefact, scratch: str) -> Export:
         keys = source.get_keys()
         for key in progress(keys, total=len(keys), desc="exporting", unit="key"):
             value = source.load_data(key)
+            cost = json_cost(value)
+            if cost > max_json_bytes:
+                raise LimitExceededError(
+                    target.location.path,
+                    f"key {key!r} would take about {cost} bytes of memory as JSON, more than "
+                    f"export-json's max_json_bytes={max_json_bytes}; a JSON store is for "
+                    "small items (read this one with cadstore.OptStorage, or pass a larger "
+                    "max_json_bytes to cadstore.export.export_json)",
+                )
             destination.save_data(key, value)
             kind, dtype, shape = _describe(value)
+            del value
             file = destination.get_file_path(key)
             result.keys.append(
                 {
@@ -150,7 +199,13 @@ def _copy(target: Artefact, scratch: str) -> Export:
     return result
 
 
-def export_json(target: Artefact, output: str, *, overwrite: bool = False) -> Export:
+def export_json(
+    target: Artefact,
+    output: str,
+    *,
+    overwrite: bool = False,
+    max_json_bytes: int = MAX_JSON_BYTES,
+) -> Export:
     """Copy an item or JSON store into a JSON store at ``output``.
 
     Parameters
@@ -161,6 +216,9 @@ def export_json(target: Artefact, output: str, *, overwrite: bool = False) -> Ex
         The JSON store directory.
     overwrite
         Replace the JSON store already in ``output``.
+    max_json_bytes
+        The most memory one key may take while it is written as JSON (see
+        :func:`json_cost`); a bigger key is refused before it is written.
 
     Returns
     -------
@@ -174,6 +232,9 @@ def export_json(target: Artefact, output: str, *, overwrite: bool = False) -> Ex
     OutputExistsError
         If ``output`` is a file, or is non-empty without ``overwrite``, or holds files that
         are not a JSON store's.
+    LimitExceededError
+        If a key is too big for JSON (``max_json_bytes``), or the item declares more than
+        its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
     """
     target.require_storage("export-json")
     output = output.rstrip("/") or output
@@ -189,7 +250,7 @@ def export_json(target: Artefact, output: str, *, overwrite: bool = False) -> Ex
     # Built beside the destination, so the final move stays on one file system.
     scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX + "export-", dir=parent)
     try:
-        result = _copy(target, scratch)
+        result = _copy(target, scratch, max_json_bytes)
         move_into_place(scratch, output, replaced)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ import zstandard
 
 __all__ = [
     "ChunkDecodeError",
+    "append_crc32c",
     "crc32c",
     "decode_blosc",
     "decode_gzip",
@@ -122,7 +124,7 @@ def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool =
     return _compressor(level, long_distance and len(data) >= LDM_MIN_BYTES).compress(data)
 
 
-def decode_zstd(data: bytes, expected: int | None, limit: int) -> bytes:
+def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> bytes:
     """Decompress one zstd frame.
 
     Parameters
@@ -201,25 +203,49 @@ def decode_zstd_into(data: bytes | memoryview, out: memoryview) -> None:
         raise ChunkDecodeError(f"zstd frame decoded to {got}{more} bytes, expected {expected}")
 
 
+#: The direct codec chains (see :func:`direct_codec`), by their codec names after ``bytes``.
+_DIRECT_CHAINS: dict[tuple[str, ...], str] = {
+    (): "raw",
+    ("zstd",): "zstd",
+    ("crc32c",): "raw+crc32c",
+    ("zstd", "crc32c"): "zstd+crc32c",
+}
+
+
+#: The checked direct chains, and the chain their bytes follow once the checksum is off.
+_CHECKED = {"raw+crc32c": "raw", "zstd+crc32c": "zstd"}
+
+
 def direct_codec(codecs: Sequence[Mapping[str, Any]], dtype: np.dtype) -> str | None:
     """Whether a v3 codec chain can be decoded straight into an array of ``dtype``.
 
     Returns ``"zstd"`` for little-endian ``bytes`` then ``zstd``, ``"raw"`` for
-    little-endian ``bytes`` alone (what cadstore writes), ``None`` for anything else
-    (transposes, other compressors, big-endian data, strings), which takes the general path.
+    little-endian ``bytes`` alone, each with ``"+crc32c"`` when a ``crc32c`` checksum
+    ends the chain (what cadstore writes); ``None`` for anything else (transposes, other
+    compressors, big-endian data, strings), which takes the general path.
     """
     if not codecs or codecs[0].get("name") != "bytes" or dtype.byteorder == ">":
         return None
     if (codecs[0].get("configuration") or {}).get("endian", "little") != "little":
         return None
-    names = [c.get("name") for c in codecs[1:]]
-    if names == ["zstd"]:
-        return "zstd"
-    return "raw" if not names else None
+    return _DIRECT_CHAINS.get(tuple(str(c.get("name")) for c in codecs[1:]))
 
 
 def decode_into(kind: str, data: bytes | memoryview, out: memoryview) -> None:
-    """Decode one chunk of a :func:`direct_codec` chain of ``kind`` into ``out``, exactly."""
+    """Decode one chunk of a :func:`direct_codec` chain of ``kind`` into ``out``, exactly.
+
+    A ``+crc32c`` chain's checksum is verified first, over the stored bytes: a chunk that
+    changed on disk is refused before a byte of it is decoded.
+
+    Raises
+    ------
+    ChunkDecodeError
+        If the checksum does not match, or the chunk does not decode to ``out`` exactly.
+    """
+    base = _CHECKED.get(kind)
+    if base is not None:
+        data = strip_crc32c(data, "chunk")
+        kind = base
     if kind == "zstd":
         decode_zstd_into(data, out)
     elif len(data) != out.nbytes:
@@ -228,7 +254,7 @@ def decode_into(kind: str, data: bytes | memoryview, out: memoryview) -> None:
         out[:] = data
 
 
-def decode_gzip(data: bytes, expected: int | None, limit: int, *, wbits: int) -> bytes:
+def decode_gzip(data: bytes | memoryview, expected: int | None, limit: int, *, wbits: int) -> bytes:
     """Decompress gzip (``wbits=31``) or zlib (``wbits=15``) data without exceeding a bound."""
     bound = expected if expected is not None else limit
     d = zlib.decompressobj(wbits)
@@ -311,26 +337,48 @@ def _crc32c_table() -> tuple[int, ...]:
 _CRC32C_TABLE = _crc32c_table()
 
 
+def _crc32c_python(data: bytes | memoryview) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for byte in bytes(data):
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
 def crc32c(data: bytes | memoryview) -> int:
     """The CRC-32C (Castagnoli) checksum of ``data``, as the Zarr ``crc32c`` codec stores it.
 
-    ``google_crc32c`` computes it when installed (zarr-python depends on it); otherwise a
-    table-driven implementation here does, slower but with the same result, so a checksum
-    is never skipped for want of a library.
+    ``google_crc32c`` (a dependency of cadstore, as of zarr-python) computes it in
+    hardware; should it be missing, a table-driven implementation here gives the same
+    result, much slower, so a checksum is never skipped for want of a library.
     """
-    try:
-        import google_crc32c
-    except ImportError:
-        crc = 0xFFFFFFFF
-        table = _CRC32C_TABLE
-        for byte in bytes(data):
-            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-        return crc ^ 0xFFFFFFFF
-    return int(google_crc32c.value(bytes(data)))
+    # A core dependency, looked up at each call (a dict lookup, once imported) so that
+    # its absence can be simulated.
+    google: Any = sys.modules.get("google_crc32c")
+    if google is None:
+        try:
+            import google_crc32c as google
+        except ImportError:
+            return _crc32c_python(data)
+    # google_crc32c takes bytes; copying a compressed chunk costs less than wrapping it.
+    value: int = google.value(data if type(data) is bytes else bytes(data))
+    return value
 
 
-def strip_crc32c(data: bytes, what: str) -> bytes:
+def append_crc32c(data: bytes) -> bytes:
+    """``data`` followed by its little-endian CRC-32C, as the ``crc32c`` codec encodes it."""
+    return data + crc32c(data).to_bytes(4, "little")
+
+
+#: The CRC-32C of any bytes followed by their own little-endian CRC-32C: checking the
+#: whole stored value against it verifies the checksum without cutting it off first.
+CRC32C_RESIDUE = 0x48674BC7
+
+
+def strip_crc32c(data: bytes | memoryview, what: str) -> memoryview:
     """Check and remove the little-endian CRC-32C that the ``crc32c`` codec appends.
+
+    Returns a view of the bytes before the checksum (no copy).
 
     Raises
     ------
@@ -340,10 +388,9 @@ def strip_crc32c(data: bytes, what: str) -> bytes:
     """
     if len(data) < 4:
         raise ChunkDecodeError(f"{what} is shorter than its crc32c checksum")
-    body, stored = data[:-4], data[-4:]
-    if crc32c(body) != int.from_bytes(stored, "little"):
-        raise ChunkDecodeError(f"{what}: crc32c checksum mismatch")
-    return body
+    if crc32c(data) != CRC32C_RESIDUE:
+        raise ChunkDecodeError(f"{what}: crc32c checksum mismatch (the data changed on disk)")
+    return memoryview(data)[:-4]
 
 
 def encode_vlen_utf8(items: Sequence[str]) -> bytes:

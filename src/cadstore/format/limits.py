@@ -6,13 +6,42 @@ size against these limits *before* allocating, and raise
 :class:`~cadstore.errors.LimitExceededError` (a :class:`~cadstore.errors.CorruptStoreError`)
 naming the file and the limit. The defaults suit CAD items and merged datasets on a
 workstation; pass a different :class:`Limits` to a reader to change them.
+
+Limits per member, per chunk or per array are not enough: a small file can declare a dozen
+arrays that are each within bounds, or hundreds of metadata documents. So every opened
+file also gets a :class:`DecodeBudget`, the memory everything read from it may decode into
+(:meth:`Limits.decoded_budget`, which grows with the size of the file), shared by all its
+readers and charged before anything is allocated. With the defaults, whatever a file under
+:attr:`Limits.expansion_threshold` holds decodes into at most
+:attr:`Limits.expansion_allowance` bytes, so reading it keeps a process well under a few
+hundred megabytes.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_LIMITS", "Limits"]
+from cadstore.errors import LimitExceededError
+
+__all__ = ["DEFAULT_LIMITS", "JSON_EXPANSION", "DecodeBudget", "Limits", "is_metadata_key"]
+
+#: The most memory ``json.loads`` makes of one byte of JSON text: ``{},`` (three bytes)
+#: becomes an empty dict (64 bytes) and its pointer in a list. Metadata documents are
+#: charged to a file's :class:`DecodeBudget` at this rate before they are read, since
+#: their parsed objects stay in memory with the hierarchy.
+JSON_EXPANSION = 24
+
+#: Last path segments of the JSON documents of a store: Zarr metadata (v3 and v2,
+#: consolidated or not) and the item's or dataset's ``metadata.json``.
+METADATA_NAMES = frozenset(
+    ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata", "metadata.json")
+)
+
+
+def is_metadata_key(key: str) -> bool:
+    """Whether ``key`` names a JSON metadata document rather than a chunk."""
+    return key.rpartition("/")[2] in METADATA_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +58,18 @@ class Limits:
         Largest decoded chunk.
     max_array_bytes
         Largest decoded array.
-    max_expansion
-        An array may decode to at most ``max_expansion`` times the size of the file holding
-        it, plus ``expansion_allowance`` bytes. This catches a small file declaring a huge
-        shape (a decompression bomb) while allowing ordinary compressible data.
     expansion_allowance
-        See ``max_expansion``.
+        What any file may decode to, in total (its arrays, and its metadata documents at
+        :data:`JSON_EXPANSION` bytes per byte), whatever its size: see
+        :meth:`decoded_budget`. This catches a small file declaring huge shapes, many
+        arrays of fill values or chunks that decompress a thousandfold (decompression
+        bombs) while allowing ordinary compressible data.
+    expansion_threshold
+        Files up to this size get ``expansion_allowance`` and no more.
+    max_expansion
+        Each byte of a file beyond ``expansion_threshold`` adds this many bytes to its
+        budget. CAD items compress about 15:1 (up to about 21:1 at high zstd levels), so
+        large legitimate files stay well inside their budget.
     max_dims
         Most dimensions of an array.
     max_nodes
@@ -45,10 +80,98 @@ class Limits:
     max_members: int = 1_000_000
     max_chunk_bytes: int = 1024**3
     max_array_bytes: int = 64 * 1024**3
-    max_expansion: int = 2000
-    expansion_allowance: int = 256 * 1024**2
+    expansion_allowance: int = 160 * 1024**2
+    expansion_threshold: int = 10 * 1024**2
+    max_expansion: int = 64
     max_dims: int = 32
     max_nodes: int = 200_000
+
+    def decoded_budget(self, file_bytes: int) -> int:
+        """The bytes a file of ``file_bytes`` bytes may decode into, everything counted.
+
+        ``expansion_allowance`` for a file up to ``expansion_threshold`` bytes, and
+        ``max_expansion`` more bytes for each byte beyond. A small file can therefore
+        never make a reader allocate more than the allowance, however it is crafted; a
+        large one is allowed far more than the compression ratio of real data.
+        """
+        beyond = max(0, file_bytes - self.expansion_threshold)
+        return self.expansion_allowance + self.max_expansion * beyond
+
+
+class DecodeBudget:
+    """The memory one opened file may still decode into, shared by every read of it.
+
+    A key source (:class:`cadstore.io.sources.KeySource`) holds one; readers charge it
+    *before* they allocate: the decoded size of each array, and each metadata document
+    at :data:`JSON_EXPANSION` bytes per byte. A charge is made once per name (reading
+    the same array again costs nothing more, since the first read already proved it
+    fits), so a long-lived storage reading its arrays over and over is never refused,
+    while a file whose arrays add up to more than its budget is, whatever order they are
+    read in.
+
+    Parameters
+    ----------
+    location
+        The file, for messages.
+    file_bytes
+        Its size.
+    limits
+        The limits giving the budget (:meth:`Limits.decoded_budget`).
+    """
+
+    def __init__(self, location: str, file_bytes: int, limits: Limits) -> None:
+        self.location = location
+        self.file_bytes = file_bytes
+        self.total = limits.decoded_budget(file_bytes)
+        self.used = 0
+        self._charged: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not charged yet."""
+        return max(0, self.total - self.used)
+
+    def check(self, what: str, nbytes: int) -> None:
+        """Refuse a transient allocation of ``nbytes`` (a chunk being decoded) that does
+        not fit in what remains; nothing is charged.
+
+        Raises
+        ------
+        LimitExceededError
+            Naming the file, ``what`` and the budget.
+        """
+        if nbytes > self.remaining:
+            raise LimitExceededError(self.location, self._message(what, nbytes))
+
+    def charge(self, name: str, nbytes: int, what: str | None = None) -> None:
+        """Charge ``nbytes`` for ``name`` (an array path or a member key), once per name.
+
+        A second charge for the same name costs only what it adds to the first.
+
+        Raises
+        ------
+        LimitExceededError
+            If the budget would be exceeded, naming the file, ``what`` (``name`` by
+            default) and the budget; nothing is charged then.
+        """
+        with self._lock:
+            before = self._charged.get(name, 0)
+            if nbytes <= before:
+                return
+            if self.used - before + nbytes > self.total:
+                raise LimitExceededError(self.location, self._message(what or repr(name), nbytes))
+            self._charged[name] = nbytes
+            self.used += nbytes - before
+
+    def _message(self, what: str, nbytes: int) -> str:
+        return (
+            f"{what} would decode to {nbytes} bytes; with the {self.used} bytes already "
+            f"decoded from this {self.file_bytes}-byte file that exceeds its budget of "
+            f"{self.total} bytes (a decompression bomb, or a legitimate file compressed "
+            "beyond the limits: see cadstore.format.limits.Limits, expansion_allowance "
+            "and max_expansion)"
+        )
 
 
 DEFAULT_LIMITS = Limits()

@@ -6,16 +6,20 @@ thousands of zip members; sharding gives both: each *shard* (one zip member) hol
 small *inner chunks* followed by an index of ``(offset, nbytes)`` pairs, one per inner
 chunk, little-endian u64, ``(2**64-1, 2**64-1)`` for an absent chunk.
 
-cadstore shards only along axis 0: inner chunks and shards span every other axis. The
-index is encoded with the ``bytes`` codec only (no checksum), which zarr-python reads.
-Inner chunks are ``bytes`` + ``zstd`` (or ``bytes`` alone when uncompressed).
+cadstore shards only along axis 0: inner chunks and shards span every other axis. Inner
+chunks are ``bytes`` + ``zstd`` (or ``bytes`` alone when uncompressed), and the index is
+``bytes``; each followed by the standard ``crc32c`` codec, a CRC-32C of the stored bytes,
+which every reader verifies (cadstore's, and zarr-python's, hence xarray's): ranged reads
+of a shard skip the zip's own CRC, which covers whole members, and a zstd frame carries no
+checksum, so without it a flipped bit in a shard could be read back as a wrong value.
+Datasets written before checksums (``checksum=False`` here) stay readable.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,9 +29,11 @@ from cadstore.format import codecs as C
 __all__ = [
     "ITEMS_PER_INNER",
     "MIN_INNER_BYTES",
+    "MIN_SHARD_INNERS",
     "MISSING",
     "decode_inner",
     "encode_shard",
+    "index_trailer",
     "read_index",
     "sharding_codec",
     "shard_layout",
@@ -49,12 +55,21 @@ ITEMS_PER_INNER = 4
 MIN_INNER_BYTES = 16 * 1024
 
 
+#: The fewest inner chunks a shard has room for when the array is smaller than a full
+#: shard (see :func:`shard_layout`): the shard, and its index, then fit the rows, while an
+#: append that continues the array (with the same chunk grid) still fills shards of a
+#: useful size.
+MIN_SHARD_INNERS = 16
+
+
 def shard_layout(
     row_bytes: int,
     inner_target: int,
     shard_target: int,
     shard_rows: int | None = None,
     item_rows: int | None = None,
+    total_rows: int | None = None,
+    compressed: bool = True,
 ) -> tuple[int, int]:
     """Choose ``(inner_rows, shard_rows)`` for rows of ``row_bytes`` bytes.
 
@@ -64,6 +79,13 @@ def shard_layout(
     :data:`ITEMS_PER_INNER` items' worth (but not below :data:`MIN_INNER_BYTES`), which
     keeps random item reads cheap for arrays with small rows. Shard rows are always a
     multiple of inner rows, as zarr-python requires.
+
+    ``total_rows``, the rows the array will have, keeps a small array's output small: its
+    shard has room for the inner chunks the rows need (at least
+    :data:`MIN_SHARD_INNERS`), not for a whole default shard, whose index alone (16 bytes
+    per inner chunk, absent ones included) would be kilobytes for an array of a few bytes.
+    Uncompressed (``compressed`` false), an inner chunk holds no more than ``total_rows``
+    either: its padding would be stored as it is, while zstd reduces it to nothing.
     """
     row_bytes = max(1, row_bytes)
     inner = max(1, inner_target // row_bytes)
@@ -74,30 +96,55 @@ def shard_layout(
         per_shard = max(1, shard_rows // inner)
     else:
         per_shard = max(1, shard_target // (inner * row_bytes))
+    if total_rows is not None:
+        if not compressed:
+            inner = min(inner, max(1, total_rows))
+        needed = -(-max(1, total_rows) // inner)
+        per_shard = min(per_shard, max(MIN_SHARD_INNERS, needed))
     return inner, inner * per_shard
 
 
-def sharding_codec(inner_shape: Sequence[int], level: int | None) -> dict[str, Any]:
-    """Return the ``sharding_indexed`` codec description for a v3 ``zarr.json``."""
+#: The ``crc32c`` codec as a v3 codec list names it.
+CRC32C = {"name": "crc32c"}
+
+
+def sharding_codec(
+    inner_shape: Sequence[int], level: int | None, checksum: bool = True
+) -> dict[str, Any]:
+    """Return the ``sharding_indexed`` codec description for a v3 ``zarr.json``.
+
+    With ``checksum``, inner chunks and the index end with the ``crc32c`` codec.
+    """
     inner_codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
     if level is not None:
         inner_codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    index_codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if checksum:
+        inner_codecs.append(dict(CRC32C))
+        index_codecs.append(dict(CRC32C))
     return {
         "name": "sharding_indexed",
         "configuration": {
             "chunk_shape": list(inner_shape),
             "codecs": inner_codecs,
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "index_codecs": index_codecs,
             "index_location": "end",
         },
     }
 
 
-def encode_shard(rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None) -> bytes:
+def encode_shard(
+    rows: np.ndarray,
+    inner_rows: int,
+    shard_rows: int,
+    level: int | None,
+    checksum: bool = True,
+) -> bytes:
     """Encode up to ``shard_rows`` rows as one shard.
 
     Inner chunks past the end of ``rows`` are absent; a last, partial inner chunk is
-    padded with zeros to its full shape, as Zarr requires.
+    padded with zeros to its full shape, as Zarr requires. With ``checksum`` every inner
+    chunk and the index carry their CRC-32C (see :func:`sharding_codec`).
     """
     n_inner = shard_rows // inner_rows
     long_distance = C.long_distance_for(rows.dtype)
@@ -117,13 +164,24 @@ def encode_shard(rows: np.ndarray, inner_rows: int, shard_rows: int, level: int 
         payload = np.ascontiguousarray(block).tobytes()
         if level is not None:
             payload = C.zstd_compress(payload, level, long_distance=long_distance)
+        if checksum:
+            payload = C.append_crc32c(payload)
         index.append(_ENTRY.pack(offset, len(payload)))
         body.append(payload)
         offset += len(payload)
-    return b"".join(body) + b"".join(index)
+    table = b"".join(index)
+    return b"".join(body) + (C.append_crc32c(table) if checksum else table)
 
 
-def read_index(tail: bytes, n_inner: int, shard_size: int) -> list[tuple[int, int]]:
+def index_trailer(index_codecs: Sequence[Mapping[str, Any]]) -> int:
+    """Bytes after a shard index's entries: 4 for its ``crc32c``, else 0.
+
+    ``index_codecs`` is a checked index codec list (``bytes``, optionally ``crc32c``).
+    """
+    return 4 if len(index_codecs) == 2 else 0
+
+
+def read_index(tail: bytes | memoryview, n_inner: int, shard_size: int) -> list[tuple[int, int]]:
     """Parse and validate a shard index (the last ``16 * n_inner`` bytes of a shard)."""
     if len(tail) != 16 * n_inner:
         raise C.ChunkDecodeError("shard index is truncated")
@@ -140,17 +198,18 @@ def read_index(tail: bytes, n_inner: int, shard_size: int) -> list[tuple[int, in
 
 
 def decode_inner(
-    data: bytes,
+    data: bytes | memoryview,
     codecs: Sequence[dict[str, Any]],
     dtype: np.dtype,
     inner_shape: Sequence[int],
     limit: int,
 ) -> np.ndarray:
-    """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``).
+    """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``, + ``crc32c``).
 
     ``codecs`` is the checked inner codec list of a sharding configuration (``bytes``
-    first). What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing) is decoded
-    straight into a new writable array, with no intermediate ``bytes``.
+    first). What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing, then
+    ``crc32c``) is decoded straight into a new writable array, with no intermediate
+    ``bytes``; a checksum is verified before anything is decoded.
     """
     direct = C.direct_codec(codecs, dtype)
     if direct is not None:
@@ -164,6 +223,8 @@ def decode_inner(
             data = C.decode_zstd(data, expected, limit)
         elif name == "gzip":
             data = C.decode_gzip(data, expected, limit, wbits=31)
+        elif name == "crc32c":
+            data = C.strip_crc32c(data, "inner chunk")
         else:
             raise C.ChunkDecodeError(f"inner codec {name!r} is not on the allow-list")
     if len(data) != expected:
@@ -192,10 +253,10 @@ def decode_shard(
     index_codecs = config["index_codecs"]
     grid = [s // i for s, i in zip(shard_shape, inner_shape, strict=True)]
     n_inner = math.prod(grid)
-    index_size = 16 * n_inner + (4 if len(index_codecs) == 2 else 0)
+    index_size = 16 * n_inner + index_trailer(index_codecs)
     if len(data) < index_size:
         raise C.ChunkDecodeError("shard shorter than its index")
-    index = data[len(data) - index_size :]
+    index: bytes | memoryview = data[len(data) - index_size :]
     if len(index_codecs) == 2:  # bytes + crc32c, as zarr-python writes by default
         index = C.strip_crc32c(index, "shard index")
     # read_index checks offsets against the body: the shard less its index and checksum.

@@ -23,8 +23,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from cadstore.errors import LimitExceededError
 from cadstore.format import codecs as C
-from cadstore.format.limits import Limits
+from cadstore.format.limits import DecodeBudget, Limits
 
 __all__ = [
     "ArrayMeta",
@@ -309,7 +310,7 @@ def _named_codecs(value: Any, what: str, allowed: frozenset[str]) -> list[str]:
     return names
 
 
-_INNER_CODECS = frozenset(("bytes", "zstd", "gzip"))
+_INNER_CODECS = frozenset(("bytes", "zstd", "gzip", "crc32c"))
 _INDEX_CODECS = frozenset(("bytes", "crc32c"))
 
 
@@ -331,7 +332,7 @@ def _check_sharding(codecs: list[dict[str, Any]], ndim: int) -> None:
         raise MetadataError(f"inner chunk_shape {inner} does not match {ndim} dimensions")
     names = _named_codecs(config.get("codecs"), "inner codecs", _INNER_CODECS)
     if names[0] != "bytes" or "bytes" in names[1:]:
-        raise MetadataError("inner codecs must be bytes, then compressors")
+        raise MetadataError("inner codecs must be bytes, then compressors and checksums")
     index = _named_codecs(config.get("index_codecs"), "index_codecs", _INDEX_CODECS)
     if index not in (["bytes"], ["bytes", "crc32c"]):
         raise MetadataError(f"unsupported shard index codecs {index}")
@@ -407,10 +408,32 @@ def _parse_v2(doc: Mapping[str, Any], attrs: Mapping[str, Any], limits: Limits) 
 
 
 # ---------------------------------------------------------------------------- decoding
+#: Memory charged per decoded string beyond its UTF-8 bytes (charged four times over: a
+#: Python ``str`` holds up to four bytes per character): the ``str`` object's header and
+#: its pointer in the object array.
+STRING_OVERHEAD = 88
+#: Bytes a string payload (vlen-utf8, MsgPack) may decompress to per byte charged: its
+#: strings are charged at four bytes per byte (see :data:`STRING_OVERHEAD`).
+_STRING_BYTES_FACTOR = 4
+
+
 def decode_array(
-    meta: ArrayMeta, get_chunk: Callable[[str], bytes | None], limits: Limits, *, source_bytes: int
+    meta: ArrayMeta,
+    get_chunk: Callable[[str], bytes | None],
+    limits: Limits,
+    *,
+    source_bytes: int,
+    budget: DecodeBudget | None = None,
+    name: str = "array",
 ) -> np.ndarray:
     """Assemble a whole array from its chunks.
+
+    Everything the array will take is charged to ``budget`` before it is allocated: the
+    array itself (fill values included: an array without chunks costs its full size),
+    the chunk being decoded when it is not decoded in place, and for strings the decoded
+    payload and the ``str`` objects made of it, as each chunk is decoded. String chunks
+    are decompressed no further than what remains of the budget, so a compression bomb
+    stops there.
 
     Parameters
     ----------
@@ -421,22 +444,54 @@ def decode_array(
     limits
         Size limits.
     source_bytes
-        Size of the file the array comes from, for the expansion limit.
+        Size of the file the array comes from: sizes the budget when none is given.
+    budget
+        The decode budget of the file the array comes from, shared by every array read
+        from it (see :class:`~cadstore.format.limits.DecodeBudget`). By default a budget
+        of its own for this one array.
+    name
+        The array's path, the name it is charged under (once: reading it again costs
+        nothing more) and shown in messages.
 
     Raises
     ------
     MetadataError, C.ChunkDecodeError
-        For sizes beyond the limits or undecodable chunks.
+        For sizes beyond the limits (with no ``budget`` given) or undecodable chunks.
+    LimitExceededError
+        When the array does not fit in the given ``budget``, naming its file.
     """
-    nbytes = meta.size * meta.itemsize
-    bound = min(
-        limits.max_array_bytes, limits.max_expansion * source_bytes + limits.expansion_allowance
-    )
-    if nbytes > bound:
+    if budget is not None:
+        return _decode_array(meta, get_chunk, limits, budget, name)
+    own = DecodeBudget("", source_bytes, limits)
+    try:
+        return _decode_array(meta, get_chunk, limits, own, name)
+    except LimitExceededError as exc:
+        raise MetadataError(exc.problem) from exc
+
+
+def _decode_array(
+    meta: ArrayMeta,
+    get_chunk: Callable[[str], bytes | None],
+    limits: Limits,
+    budget: DecodeBudget,
+    name: str,
+) -> np.ndarray:
+    declared = meta.size * meta.itemsize
+    if declared > limits.max_array_bytes:
         raise MetadataError(
-            f"array declares {nbytes} bytes ({meta.shape}), more than the {bound} bytes allowed "
-            f"for a {source_bytes}-byte file (see cadstore.format.limits.Limits)"
+            f"array declares {declared} bytes ({meta.shape}), more than "
+            f"max_array_bytes={limits.max_array_bytes}"
         )
+    # Strings: the object array of pointers first; the strings as they are decoded.
+    held = meta.size * 8 if meta.is_string else declared
+    what = f"array {name!r} ({meta.shape}, {meta.dtype})"
+    budget.charge(name, held, what)
+    strings = None
+    if meta.is_string:
+        # Saved numpy string arrays (no cadstore_kind attribute) are given back as numpy
+        # fixed-width strings by cadstore.format.hierarchy: that copy is charged too.
+        fixed_width = meta.attributes.get("cadstore_kind") is None
+        strings = _StringCharge(budget, name, what, held, fixed_width=fixed_width)
     if meta.size and meta.chunks == meta.shape:
         # One chunk holding the whole array: the common case for CAD items.
         raw = get_chunk(meta.chunk_key((0,) * len(meta.shape)))
@@ -444,16 +499,19 @@ def decode_array(
             return np.full(
                 meta.shape, meta.fill_value, dtype=object if meta.is_string else meta.dtype
             )
-        chunk = _decode_chunk(meta, raw, limits)
-        return _strings_to_objects(chunk) if meta.is_string else chunk
+        chunk = _decode_chunk(meta, raw, limits, budget, strings)
+        return _strings_to_objects(chunk, strings) if strings is not None else chunk
     if meta.is_string:
         out = np.empty(meta.shape, dtype=object)
     else:
         out = np.empty(meta.shape, dtype=meta.dtype)
     if meta.size == 0:
         return out
+    if strings is None:
+        # Each chunk is decoded whole, then copied into place: one at a time, on top of
+        # the array (its edge chunks may reach far beyond the array's shape).
+        budget.check(f"a chunk of {what}", math.prod(meta.chunks) * meta.itemsize)
     grid = [math.ceil(s / c) for s, c in zip(meta.shape, meta.chunks, strict=True)]
-    single = all(g == 1 for g in grid) and meta.chunks == meta.shape
     for index in product(*(range(g) for g in grid)):
         raw = get_chunk(meta.chunk_key(index))
         region = tuple(
@@ -463,31 +521,77 @@ def decode_array(
         if raw is None:
             out[region] = meta.fill_value
             continue
-        chunk = _decode_chunk(meta, raw, limits)
-        if single:
-            out = chunk
-        else:
-            out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
-    if meta.is_string:
-        return _strings_to_objects(out)
+        chunk = _decode_chunk(meta, raw, limits, budget, strings)
+        out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
+    if strings is not None:
+        return _strings_to_objects(out, strings)
     return out
 
 
-def _strings_to_objects(arr: np.ndarray) -> np.ndarray:
+class _StringCharge:
+    """What an array of strings has cost so far, charged to the budget as it grows.
+
+    Decoded strings cost their payload (at up to four bytes per UTF-8 byte) plus
+    :data:`STRING_OVERHEAD` each; the payload of the next chunk may decompress to no more
+    than what remains of the budget allows.
+    """
+
+    def __init__(
+        self, budget: DecodeBudget, name: str, what: str, held: int, *, fixed_width: bool
+    ) -> None:
+        self.budget = budget
+        self.name = name
+        self.what = what
+        self.held = held
+        self.fixed_width = fixed_width
+
+    def cap(self, limits: Limits) -> int:
+        """The most bytes the next string payload may decompress to."""
+        return min(limits.max_chunk_bytes, self.budget.remaining // _STRING_BYTES_FACTOR)
+
+    def add(self, payload: int, count: int) -> None:
+        """Charge a decoded payload of ``payload`` bytes holding ``count`` strings."""
+        self.held += _STRING_BYTES_FACTOR * payload + STRING_OVERHEAD * count
+        self.budget.charge(self.name, self.held, self.what)
+
+    def add_fixed_width(self, arr: np.ndarray) -> None:
+        """Charge the copy of ``arr`` as numpy fixed-width strings, when a reader will make
+        it (every element as wide as the longest, at four bytes per character)."""
+        if not self.fixed_width:
+            return
+        longest = max((len(x) for x in arr.ravel().tolist() if isinstance(x, str)), default=0)
+        self.held += arr.size * longest * 4
+        self.budget.charge(self.name, self.held, self.what)
+
+
+def _strings_to_objects(arr: np.ndarray, strings: _StringCharge) -> np.ndarray:
     """Strings as an object array of ``str`` (missing values become ``""``).
 
     Object rather than numpy ``U``: ``U`` silently drops trailing NUL characters.
     """
+    strings.add_fixed_width(arr)
     out = np.empty(arr.shape, dtype=object)
     out.ravel()[:] = ["" if x is None else x for x in arr.ravel().tolist()]
     return out
 
 
-def _decode_chunk(meta: ArrayMeta, raw: bytes, limits: Limits) -> np.ndarray:
+def _decode_chunk(
+    meta: ArrayMeta,
+    raw: bytes,
+    limits: Limits,
+    budget: DecodeBudget,
+    strings: _StringCharge | None,
+) -> np.ndarray:
+    """Decode one chunk; payloads of unknown size decompress no further than the budget."""
     count = math.prod(meta.chunks)
+    cap = (
+        strings.cap(limits)
+        if strings is not None
+        else min(limits.max_chunk_bytes, budget.remaining)
+    )
     if meta.zarr_format == 3:
-        return _decode_chunk_v3(meta, raw, count, limits)
-    return _decode_chunk_v2(meta, raw, count, limits)
+        return _decode_chunk_v3(meta, raw, count, limits, cap, strings)
+    return _decode_chunk_v2(meta, raw, count, limits, cap, strings)
 
 
 def _bytes_codec_decode(
@@ -504,11 +608,18 @@ def _bytes_codec_decode(
     if name == "lz4":
         return C.decode_lz4(data, expected, limit)
     if name == "crc32c":
-        return C.strip_crc32c(data, "chunk")
+        return bytes(C.strip_crc32c(data, "chunk"))
     raise C.ChunkDecodeError(f"codec {name!r} is not on the allow-list")
 
 
-def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) -> np.ndarray:
+def _decode_chunk_v3(
+    meta: ArrayMeta,
+    raw: bytes,
+    count: int,
+    limits: Limits,
+    cap: int,
+    strings: _StringCharge | None,
+) -> np.ndarray:
     codecs = list(meta.codecs)
     if codecs[0]["name"] == "sharding_indexed":
         if meta.is_string or len(codecs) != 1:
@@ -546,7 +657,7 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
             codec.get("configuration") or {},
             data,
             expected if innermost else None,
-            limits.max_chunk_bytes,
+            cap,
         )
     inner_shape = meta.chunks
     for t in a2a:
@@ -555,6 +666,9 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
             raise C.ChunkDecodeError("transpose codec with an invalid order")
         inner_shape = tuple(inner_shape[o] for o in order)
     if a2b["name"] == "vlen-utf8":
+        if strings is None:
+            raise C.ChunkDecodeError("vlen-utf8 codec on an array that does not hold strings")
+        strings.add(len(data), count)
         arr = np.array(C.decode_vlen_utf8(data, count), dtype=object).reshape(inner_shape)
     else:
         if meta.is_string:
@@ -574,7 +688,14 @@ def _decode_chunk_v3(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
     return arr
 
 
-def _decode_chunk_v2(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) -> np.ndarray:
+def _decode_chunk_v2(
+    meta: ArrayMeta,
+    raw: bytes,
+    count: int,
+    limits: Limits,
+    cap: int,
+    strings: _StringCharge | None,
+) -> np.ndarray:
     data = raw
     # The stored dtype of the compressed buffer is the outermost filter's output.
     stored_dtype = meta.dtype
@@ -584,12 +705,15 @@ def _decode_chunk_v2(meta: ArrayMeta, raw: bytes, count: int, limits: Limits) ->
     expected = None if meta.is_string else count * stored_dtype.itemsize
     if meta.codecs:
         comp = meta.codecs[0]
-        data = _bytes_codec_decode(comp["id"], comp, data, expected, limits.max_chunk_bytes)
+        data = _bytes_codec_decode(comp["id"], comp, data, expected, cap)
     if meta.is_string:
+        if strings is None:
+            raise C.ChunkDecodeError("object codec on an array that does not hold strings")
+        strings.add(len(data), count)
         if meta.object_codec == "vlen-utf8":
             items: list[Any] = C.decode_vlen_utf8(data, count)
         else:
-            items = C.decode_msgpack_strings(data, count, limits.max_chunk_bytes)
+            items = C.decode_msgpack_strings(data, count, cap)
         return np.array(items, dtype=object).reshape(meta.chunks, order=meta.order)
     if len(data) != count * stored_dtype.itemsize:
         raise C.ChunkDecodeError(

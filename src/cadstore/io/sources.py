@@ -31,7 +31,13 @@ from cadstore.errors import (
     LimitExceededError,
     StorageError,
 )
-from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.limits import (
+    DEFAULT_LIMITS,
+    JSON_EXPANSION,
+    DecodeBudget,
+    Limits,
+    is_metadata_key,
+)
 from cadstore.io.filesystems import FileSystem, LocalFileSystem
 
 if TYPE_CHECKING:
@@ -84,10 +90,61 @@ def check_member_name(name: str) -> str | None:
 
 
 class KeySource(ABC):
-    """Read-only bytes by key."""
+    """Read-only bytes by key.
+
+    Every source carries the :class:`~cadstore.format.limits.DecodeBudget` of what it
+    holds (:attr:`budget`): the memory everything read from it may decode into. Sources
+    charge the metadata documents they return and the bytes they inflate; readers charge
+    the arrays they decode.
+    """
 
     #: Path shown in error messages.
     location: str
+    #: Safety limits for what is read from the source.
+    limits: Limits = DEFAULT_LIMITS
+    _budget: DecodeBudget | None = None
+
+    @property
+    def budget(self) -> DecodeBudget:
+        """The decode budget of this source, sized from :meth:`total_bytes` on first use."""
+        budget = self._budget
+        if budget is None:
+            budget = self._budget = DecodeBudget(self.location, self.total_bytes(), self.limits)
+        return budget
+
+    def _check_declared(self, key: str, size: int, *, inflated: bool) -> None:
+        """Refuse, before reading, a value whose declared ``size`` the limits do not allow.
+
+        A metadata document must be at most ``max_metadata_bytes`` and is charged to the
+        budget at :data:`~cadstore.format.limits.JSON_EXPANSION` bytes per byte (what its
+        parsed objects may take); any other value at most ``max_chunk_bytes``, and when it
+        is ``inflated`` from fewer stored bytes (a deflated zip member) its size is
+        charged too: stored bytes are bounded by the file, inflated ones only by the
+        header that declares them.
+
+        Raises
+        ------
+        LimitExceededError
+            Naming the file, the key and the limit.
+        """
+        limits = self.limits
+        if is_metadata_key(key):
+            if size > limits.max_metadata_bytes:
+                raise LimitExceededError(
+                    self.location,
+                    f"{key!r} is {size} bytes, more than max_metadata_bytes="
+                    f"{limits.max_metadata_bytes}",
+                )
+            self.budget.charge(key, JSON_EXPANSION * size, f"metadata document {key!r}")
+            return
+        if size > limits.max_chunk_bytes:
+            raise LimitExceededError(
+                self.location,
+                f"member {key!r} declares {size} bytes, more than "
+                f"max_chunk_bytes={limits.max_chunk_bytes}",
+            )
+        if inflated:
+            self.budget.charge(key, size, f"member {key!r} (inflated)")
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -383,17 +440,13 @@ class ZipSource(KeySource):
         info = self._members.get(key)
         if info is None:
             return None
-        limit = self.limits.max_chunk_bytes
-        if info.file_size > limit:
-            raise LimitExceededError(
-                self.location,
-                f"member {key!r} declares {info.file_size} bytes, more than "
-                f"max_chunk_bytes={limit}",
-            )
         if info.method == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise CorruptStoreError(self.location, f"stored member {key!r} has inconsistent sizes")
         if info.compress_size > self._size:
             raise CorruptStoreError(self.location, f"member {key!r} is larger than the file")
+        # The declared size, checked before a byte is read or inflated: a deflated member
+        # of a few kilobytes may declare (and really inflate to) a gigabyte.
+        self._check_declared(key, info.file_size, inflated=info.method != zipfile.ZIP_STORED)
         if info.method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             return self._read_member(key, info)
         return self._read_with_zipfile(key, info)
@@ -588,8 +641,9 @@ class ZipSource(KeySource):
 class DirectorySource(KeySource):
     """The files below a directory, keyed by their ``/``-separated relative path."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.location = root
+        self.limits = limits
         self._root = os.path.realpath(root)
 
     def _path(self, key: str) -> str | None:
@@ -606,7 +660,10 @@ class DirectorySource(KeySource):
         if path is None or not os.path.isfile(path):
             return None
         with open(path, "rb") as fh:
-            return fh.read()
+            # The size of the file opened, checked before it is read.
+            size = os.fstat(fh.fileno()).st_size
+            self._check_declared(key, size, inflated=False)
+            return fh.read(size)
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
         path = self._path(key)
@@ -642,16 +699,21 @@ class PrefixSource(KeySource):
         The object store.
     root
         The prefix (a URL).
+    limits
+        Safety limits for reading.
     """
 
-    def __init__(self, fs: FileSystem, root: str) -> None:
+    def __init__(self, fs: FileSystem, root: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.location = root
+        self.limits = limits
         self._fs = fs
         self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
-        if key not in self._sizes:
+        size = self._sizes.get(key)
+        if size is None:
             return None
+        self._check_declared(key, size, inflated=False)
         try:
             return self._fs.read_bytes(self._fs.join(self.location, key))
         except FileNotFoundError:
@@ -715,8 +777,10 @@ def open_source(
     limits
         Safety limits for reading.
     kind
-        What the caller already knows is there (``"zip"`` or ``"directory"``), which saves
-        the probe; by default it is found out.
+        What the caller expects there (``"zip"`` or ``"directory"``), which saves the
+        probe of an object store; by default it is found out. A local path is checked
+        either way (one ``stat``): a caller's expectation is no proof that the path is not
+        a named pipe or a device, which would block or never end.
     what
         What the caller expects there (``"item"``, ``"dataset"``), for the message when
         nothing is.
@@ -738,8 +802,14 @@ def open_source(
     try:
         if kind is None:
             kind = _kind_of(location, what)
+        elif not location.remote and _kind_of(location, what) != kind:
+            raise CorruptStoreError(
+                path, f"a {'directory' if kind == 'zip' else 'file'}, not the expected {kind}"
+            )
         if kind == "directory":
-            return PrefixSource(fs, path) if location.remote else DirectorySource(path)
+            if location.remote:
+                return PrefixSource(fs, path, limits)
+            return DirectorySource(path, limits)
         return ZipSource(path, fs=fs, limits=limits)
     except StorageError:
         raise
@@ -763,5 +833,8 @@ def _kind_of(location: Location, what: str) -> Literal["zip", "directory"]:
     if stat.S_ISDIR(mode):
         return "directory"
     if not stat.S_ISREG(mode):
-        raise CorruptStoreError(path, f"not a regular file or directory, so not a {what}")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CorruptStoreError(
+            path, f"not a regular file or directory, so not {article} {what}; not reading it"
+        )
     return "zip"

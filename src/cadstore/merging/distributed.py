@@ -165,7 +165,11 @@ class _Unit:
 
 
 def _encode_units(
-    units: Sequence[_Unit], items: Mapping[int, Location], level: int | None, limits: Limits
+    units: Sequence[_Unit],
+    items: Mapping[int, Location],
+    level: int | None,
+    limits: Limits,
+    checksum: bool = True,
 ) -> Any:
     """Task: decode the items ``units`` need, each once, and encode every unit's shard."""
 
@@ -193,7 +197,9 @@ def _encode_units(
                 arr = arrays[key].reshape((n_rows, *unit.trailing)).astype(dtype, copy=False)
                 parts.append(arr[lo:hi])
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            data = encode_shard(np.ascontiguousarray(rows), unit.inner_rows, unit.shard_rows, level)
+            data = encode_shard(
+                np.ascontiguousarray(rows), unit.inner_rows, unit.shard_rows, level, checksum
+            )
             out.append((unit.key, data))
             for code in [c for c, last in last_use.items() if last == i]:
                 # Past its last use in this task: free the item's arrays.
@@ -329,7 +335,13 @@ def write_shards_on_dask(
         task = tasks[t]
         items = {c: scans[c].location for unit in task for c, k, *_ in unit.pieces if k is not None}
         futures[t] = client.submit(
-            _encode_units, task, items, writer.level, limits, key=f"cadstore-shards-{token}-{t}"
+            _encode_units,
+            task,
+            items,
+            writer.level,
+            limits,
+            writer.checksum,
+            key=f"cadstore-shards-{token}-{t}",
         )
 
     try:

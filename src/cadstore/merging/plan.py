@@ -333,14 +333,19 @@ def lay_out(
         rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
         offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         item_rows = typical_rows(rows)
+        total = int(offsets[group.name][-1])
         for plan in group.arrays.values():
             plan.dims = dims_for(group, plan, schema)
             if not plan.per_item:
+                # Shards sized to the rows there are: a small array gets a small shard
+                # and index, so the output stays proportional to the input.
                 plan.inner_rows, plan.shard_rows = shard_layout(
                     plan.row_bytes,
                     options.inner_bytes,
                     options.shard_bytes,
                     options.shard_rows.get(group.name),
                     item_rows,
+                    total_rows=total,
+                    compressed=options.compression_level is not None,
                 )
     return offsets

@@ -7,6 +7,12 @@ added to the :class:`~cadstore.io.publish.Sink` by the one :class:`ShardWriter`,
 order, so the dataset is the same bytes whatever the number of workers. Memory holds one
 shard per array and the items in flight, whatever the number of items. Per-item values,
 provenance codes, offsets, item names, every ``zarr.json`` and ``metadata.json`` follow.
+
+Every chunk of a new dataset ends with the standard ``crc32c`` codec (shards' inner chunks
+and indexes too; see :mod:`cadstore.format.sharding`), which every reader verifies. An
+append continues a dataset as it was written: :meth:`ShardWriter.continuing` takes over
+the existing dataset's checksum setting and provenance layout, so that the arrays it
+extends keep their codecs and chunk grids.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ import concurrent.futures as cf
 import json
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cadstore.format import jsoncodec
-from cadstore.format.codecs import encode_vlen_utf8, long_distance_for, zstd_compress
+from cadstore.format.codecs import (
+    append_crc32c,
+    encode_vlen_utf8,
+    long_distance_for,
+    zstd_compress,
+)
 from cadstore.format.layout import (
     BOUNDARY_DIM,
     DATASET_FORMAT,
@@ -29,7 +40,7 @@ from cadstore.format.layout import (
     OFFSETS,
     file_id_code_name,
 )
-from cadstore.format.sharding import encode_shard, shard_layout, sharding_codec
+from cadstore.format.sharding import CRC32C, encode_shard, shard_layout, sharding_codec
 from cadstore.io.publish import Sink
 from cadstore.merging.options import DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES, MergeOptions
 from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
@@ -37,7 +48,11 @@ from cadstore.merging.scan import ItemScan, decode_item
 from cadstore.progress import progress
 from cadstore.schema import Schema
 
+if TYPE_CHECKING:
+    from cadstore.dataset.reader import DatasetReader
+
 __all__ = [
+    "CHECKSUMS",
     "RowBuffer",
     "ShardWriter",
     "array_doc",
@@ -113,10 +128,15 @@ class RowBuffer:
         return self.next_shard, self._take(self.count)
 
 
+#: Whether new datasets carry a ``crc32c`` checksum on every chunk. Always, for users: it
+#: is how a flipped bit is caught on read. The benchmarks turn it off to measure its cost.
+CHECKSUMS = True
+
+
 def encode_shard_job(
-    rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None
+    rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None, checksum: bool
 ) -> bytes:
-    return encode_shard(rows, inner_rows, shard_rows, level)
+    return encode_shard(rows, inner_rows, shard_rows, level, checksum)
 
 
 class ShardWriter:
@@ -127,17 +147,60 @@ class ShardWriter:
     data silently; see ``reliability-and-scale.md``).
     """
 
-    def __init__(self, sink: Sink, pool: cf.Executor | None, options: MergeOptions) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        pool: cf.Executor | None,
+        options: MergeOptions,
+        *,
+        checksum: bool | None = None,
+        code_layouts: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.sink = sink
         self.pool = pool
         self.level = options.compression_level
+        #: Whether chunks carry a crc32c checksum (:data:`CHECKSUMS` by default).
+        self.checksum = CHECKSUMS if checksum is None else checksum
+        #: ``{group: (inner_rows, shard_rows)}`` of existing provenance arrays (appends).
+        self.code_layouts = dict(code_layouts or {})
         self.pending: deque[tuple[str, cf.Future[bytes] | bytes]] = deque()
         self.window = max(2, 2 * options.n_workers)
         self.stored = 0
 
+    @classmethod
+    def continuing(
+        cls,
+        sink: Sink,
+        pool: cf.Executor | None,
+        options: MergeOptions,
+        reader: DatasetReader,
+    ) -> ShardWriter:
+        """A writer that continues the dataset ``reader`` reads, as it was written.
+
+        Its chunks carry checksums only if the dataset's do (a dataset written before
+        checksums stays without, or the shards copied from it would contradict their
+        metadata), and each group's provenance array keeps its chunk grid.
+        """
+        checksum = False
+        layouts: dict[str, tuple[int, int]] = {}
+        for group in reader.groups:
+            for array in reader.arrays(group):
+                meta = reader.array_meta(group, array)
+                if not meta.codecs or meta.codecs[0].get("name") != "sharding_indexed":
+                    continue
+                config = meta.codecs[0].get("configuration") or {}
+                names = [c.get("name") for c in config.get("codecs") or ()]
+                checksum = checksum or CRC32C["name"] in names
+                if array == file_id_code_name(group):
+                    layouts[group] = (int(config["chunk_shape"][0]), int(meta.chunks[0]))
+        return cls(sink, pool, options, checksum=checksum, code_layouts=layouts)
+
     def shard(self, key: str, rows: np.ndarray, plan: ArrayPlan) -> None:
         if self.pool is None:
-            self._write(key, encode_shard(rows, plan.inner_rows, plan.shard_rows, self.level))
+            self._write(
+                key,
+                encode_shard(rows, plan.inner_rows, plan.shard_rows, self.level, self.checksum),
+            )
             return
         future = self.pool.submit(
             encode_shard_job,
@@ -145,6 +208,7 @@ class ShardWriter:
             plan.inner_rows,
             plan.shard_rows,
             self.level,
+            self.checksum,
         )
         self.pending.append((key, future))
         while len(self.pending) > self.window:
@@ -198,7 +262,7 @@ def array_doc(
     }
 
 
-def plain_codecs(dtype: np.dtype, level: int | None) -> list[dict[str, Any]]:
+def plain_codecs(dtype: np.dtype, level: int | None, checksum: bool = True) -> list[dict[str, Any]]:
     codecs: list[dict[str, Any]] = [
         {"name": "bytes", "configuration": {"endian": "little"}}
         if dtype.itemsize > 1
@@ -206,6 +270,8 @@ def plain_codecs(dtype: np.dtype, level: int | None) -> list[dict[str, Any]]:
     ]
     if level is not None:
         codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    if checksum:
+        codecs.append(dict(CRC32C))
     return codecs
 
 
@@ -217,8 +283,10 @@ def write_plain_array(
     level: int | None,
     attributes: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a small array as one chunk; return its metadata document."""
+    """Write a small array as one chunk (with the writer's checksum setting); return its
+    metadata document."""
     attributes = attributes or {}
+    checksum = writer.checksum
     if arr.dtype.kind in "OU":
         values = ["" if v is None else str(v) for v in arr.ravel().tolist()]
         payload = encode_vlen_utf8(values)
@@ -226,6 +294,8 @@ def write_plain_array(
         if level is not None:
             payload = zstd_compress(payload, level)
             codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        if checksum:
+            codecs.append(dict(CRC32C))
         doc = array_doc(
             arr.shape, np.dtype("int8"), dims, [max(1, s) for s in arr.shape], codecs, attributes
         )
@@ -241,9 +311,11 @@ def write_plain_array(
             arr.dtype,
             dims,
             [max(1, s) for s in arr.shape],
-            plain_codecs(arr.dtype, level),
+            plain_codecs(arr.dtype, level, checksum),
             attributes,
         )
+    if checksum:
+        payload = append_crc32c(payload)
     if arr.size:
         key = "c" if arr.ndim == 0 else "c/" + "/".join("0" for _ in arr.shape)
         writer.add(f"{path}/{key}", payload)
@@ -391,7 +463,13 @@ def write_structure(
                     plan.dtype,
                     plan.dims,
                     (plan.shard_rows, *[max(1, t) for t in plan.trailing]),
-                    [sharding_codec((plan.inner_rows, *[max(1, t) for t in plan.trailing]), level)],
+                    [
+                        sharding_codec(
+                            (plan.inner_rows, *[max(1, t) for t in plan.trailing]),
+                            level,
+                            writer.checksum,
+                        )
+                    ],
                     {},
                 )
         # Provenance: the item code of every row, written shard by shard.
@@ -402,8 +480,16 @@ def write_structure(
             dtype=np.dtype("int64"),
             trailing=(),
         )
-        code_plan.inner_rows, code_plan.shard_rows = shard_layout(
-            8, DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES
+        # Sized to the group's rows (a small group gets a small shard and index), or as
+        # the dataset being continued has it.
+        code_plan.inner_rows, code_plan.shard_rows = writer.code_layouts.get(
+            group.name
+        ) or shard_layout(
+            8,
+            DEFAULT_INNER_BYTES,
+            DEFAULT_SHARD_BYTES,
+            total_rows=total,
+            compressed=level is not None,
         )
         bounds = offsets[group.name]
         first = (code_start or {}).get(group.name, 0) // code_plan.shard_rows
@@ -421,7 +507,7 @@ def write_structure(
             np.dtype("int64"),
             [group.primary_dim],
             (code_plan.shard_rows,),
-            [sharding_codec((code_plan.inner_rows,), level)],
+            [sharding_codec((code_plan.inner_rows,), level, writer.checksum)],
             {},
         )
         docs[f"{group.name}/{OFFSETS}"] = write_plain_array(
