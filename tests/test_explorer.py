@@ -129,6 +129,15 @@ def test_directory_dataset_uses_a_local_store(realistic_items: list[Any], tmp_pa
         got = ex.get_array_data("edges", "edge_lengths").values
         want = np.concatenate([i["edge_lengths"] for _, i, _ in realistic_items[:5]])
         np.testing.assert_array_equal(got, want)
+        # No .infoset beside it: the dataset carries its own tables.
+        assert ex.parquet_file_path is None
+        info = ex.get_file_info_all()
+        assert info["name"].tolist() == ex.reader.item_names
+        assert info["id"].tolist() == list(range(5))
+    # A dataset without them (written before versions were recorded) has no infoset.
+    for name in ("commit.json", "infoset.parquet", "attribset.parquet"):
+        (out / name).unlink()
+    with DatasetExplorer(merged_store_path=out) as ex:
         with pytest.raises(DatasetError, match=r"no \.infoset"):
             ex.get_file_info_all()
         assert "no .infoset" in ex.table_of_contents()

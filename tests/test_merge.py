@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_lay
 from cadstore.io.sources import ZipSource
 from cadstore.merging import merge_items
 from conftest import write_items
+from datasets import assert_same_dataset
 
 FACEFACE = ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
 
@@ -198,7 +198,7 @@ def test_parallel_merge_is_byte_identical(
 ) -> None:
     out = tmp_path / "parallel.dataset"
     merge_items([p for p, _, _ in realistic_items], out, workers=2, executor=executor)
-    assert filecmp.cmp(out, merged, shallow=False)
+    assert_same_dataset(out, merged)
 
 
 def test_directory_output(realistic_items: list[Any], tmp_path: Path) -> None:

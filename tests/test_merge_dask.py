@@ -7,7 +7,6 @@ clusters of their own.
 
 from __future__ import annotations
 
-import filecmp
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from cadstore.errors import MergeError
 from cadstore.io.publish import TEMP_PREFIX
 from cadstore.merging import merge_items
 from conftest import write_items
+from datasets import assert_same_dataset
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -62,7 +62,7 @@ def test_cluster_merge_is_byte_identical(
     local, dask = tmp_path / "local.dataset", tmp_path / "dask.dataset"
     expected = merge_items(items, local, shard_bytes=shard_bytes)
     result = merge_items(items, dask, shard_bytes=shard_bytes, client=client)
-    assert filecmp.cmp(local, dask, shallow=False)
+    assert_same_dataset(local, dask)
     assert result.items == expected.items
     assert result.raw_bytes == expected.raw_bytes
     assert result.stored_bytes == expected.stored_bytes == dask.stat().st_size
@@ -80,10 +80,7 @@ def test_directory_layout_and_bad_items(
     merge_items(inputs, local, directory=True, shard_bytes=SHARD_BYTES)
     result = merge_items(inputs, dask, directory=True, shard_bytes=SHARD_BYTES, client=client)
     assert [e["file"] for e in result.errors] == [str(bad)]
-    names = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
-    assert names == sorted(p.relative_to(dask) for p in dask.rglob("*") if p.is_file())
-    for name in names:
-        assert (local / name).read_bytes() == (dask / name).read_bytes(), name
+    assert_same_dataset(local, dask)
 
 
 def test_merger_with_an_address_keeps_the_cluster(
@@ -100,7 +97,7 @@ def test_merger_with_an_address_keeps_the_cluster(
         assert other.submit(sum, [1, 2]).result() == 3
     expected = tmp_path / "expected.dataset"
     DatasetMerger(items, expected).merge_data()
-    assert filecmp.cmp(out, expected, shallow=False)
+    assert_same_dataset(out, expected)
 
 
 def test_merger_starts_and_closes_its_local_cluster(
@@ -123,7 +120,7 @@ def test_merger_starts_and_closes_its_local_cluster(
     DatasetMerger(items, expected).merge_data(
         face_chunk=300, edge_chunk=700, faceface_flat_chunk=5000
     )
-    assert filecmp.cmp(out, expected, shallow=False)
+    assert_same_dataset(out, expected)
     merger.close_dask_resources()  # idempotent
 
 
@@ -190,7 +187,7 @@ def test_a_killed_worker_is_survived_or_reported(items: list[Path], tmp_path: Pa
         assert "Dask" in str(outcome["error"])
         assert not out.exists()
     else:
-        assert filecmp.cmp(out, local, shallow=False)
+        assert_same_dataset(out, local)
 
 
 def test_encode_files_on_the_cluster(client: distributed.Client, tmp_path: Path) -> None:

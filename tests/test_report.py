@@ -274,7 +274,8 @@ def test_thumbnails_are_drawn_from_the_samples(cad_dataset: Path) -> None:
 
 
 def test_the_dataset_alone_is_enough(realistic_items: list[Any], tmp_path: Path) -> None:
-    """No infoset, no attribset, no source files: thumbnails and geometry still come."""
+    """No .infoset, no .attribset, no source files: the dataset carries its tables, and
+    thumbnails and geometry come from its arrays."""
     from cadstore import merge
     from cadstore.dataset.report import MAX_THUMBNAILS, write_report
 
@@ -287,8 +288,8 @@ def test_the_dataset_alone_is_enough(realistic_items: list[Any], tmp_path: Path)
     write_report(str(alone), str(out))
     page = out.read_text()
     parts = sections_of(page)
-    assert "labels" not in parts and "items" not in parts
-    assert {"overview", "sizes", "geometry", "parts", "storage"} <= set(parts)
+    assert {"overview", "sizes", "geometry", "parts", "storage", "labels"} <= set(parts)
+    assert "category" in parts["labels"]
     thumbs = [i for i in images_of(parts["parts"]) if i.get("class") == "thumb"]
     assert len(thumbs) == MAX_THUMBNAILS < len(realistic_items)
     assert f"{MAX_THUMBNAILS} of {len(realistic_items)} items" in parts["parts"]

@@ -14,8 +14,8 @@ on it; so can any program that receives paths it did not make.
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -28,7 +28,9 @@ from cadstore.errors import (
     UnknownFormatError,
 )
 from cadstore.format.hierarchy import ReadHierarchy
+from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FAMILY, DATASET_FORMAT
+from cadstore.format.limits import DEFAULT_LIMITS
 from cadstore.format.manifest import FLOW_FORMAT, read_manifest
 from cadstore.io.location import Location, resolve
 from cadstore.io.sources import KeySource, open_source
@@ -108,20 +110,27 @@ class Artefact:
         return self.storage
 
     def dataset_metadata(self) -> dict[str, Any]:
-        """Return a dataset's ``metadata.json`` (``{}`` when it has none)."""
+        """Return a dataset's ``metadata.json`` (``{}`` when it has none).
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the dataset and ``metadata.json``, if it is not a JSON object nested at
+            most :data:`~cadstore.format.jsoncodec.MAX_NESTING` levels.
+        """
         if self._dataset_metadata is None:
             raw = self.source.get("metadata.json") if self.source is not None else None
-            doc: Any = {}
-            if raw:
-                try:
-                    doc = json.loads(raw)
-                except (ValueError, RecursionError) as exc:
-                    raise CorruptStoreError(
-                        self.location.path, f"metadata.json is not valid JSON: {exc}"
-                    ) from exc
-            if not isinstance(doc, dict):
-                raise CorruptStoreError(self.location.path, "metadata.json is not a JSON object")
-            self._dataset_metadata = doc
+            # The same checks as DatasetReader: an object, bounded in size and depth.
+            self._dataset_metadata = (
+                load_document(
+                    raw,
+                    path=self.location.path,
+                    member="metadata.json",
+                    max_bytes=DEFAULT_LIMITS.max_metadata_bytes,
+                )
+                if raw
+                else {}
+            )
         return self._dataset_metadata
 
     def metadata(self) -> dict[str, Any]:
@@ -173,7 +182,10 @@ def _not_an_artefact(path: str, why: str) -> UnknownFormatError:
 
 
 def open_artefact(
-    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    trust_manifest: bool = False,
 ) -> Artefact:
     """Open ``path`` read-only, whatever kind of artefact it is.
 
@@ -185,6 +197,9 @@ def open_artefact(
         ``.flow`` manifest (which opens the dataset it names); local or a URL.
     storage_options
         fsspec options for a URL (ignored for a local path).
+    trust_manifest
+        Follow the paths a ``.flow`` manifest lists outside its own folder (see
+        :mod:`cadstore.format.manifest`).
 
     Returns
     -------
@@ -205,7 +220,7 @@ def open_artefact(
     where = resolve(given.rstrip("/") or given, storage_options, shared=True)
     if where.isfile():
         if where.path.endswith(".flow"):
-            return _open_manifest(given, where)
+            return _open_manifest(given, where, trust_manifest)
         return _open_zip(given, where)
     published = where.with_suffix(".data")
     if published.isfile():
@@ -234,9 +249,34 @@ def _open_directory(given: str, where: Location) -> Artefact:
     if any(n.endswith(".json") for n in names):
         from cadstore.storage import JsonStorageHandler
 
+        if not where.remote:
+            _check_json_files(where, names)
         storage = JsonStorageHandler(where, read_only=True)
         return Artefact(JSON_STORE, given, where, storage=storage)
     raise _not_an_artefact(given, "the directory holds no zarr.json, .zgroup or .json files")
+
+
+def _check_json_files(where: Location, names: set[str]) -> None:
+    """Refuse a JSON store whose ``.json`` entries are not all regular files.
+
+    The store reads every one of them when opened: a named pipe there would block it
+    forever, a device feed it forever.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming the store and the first such entry.
+    """
+    for name in sorted(n for n in names if n.endswith(".json")):
+        try:
+            mode = os.stat(os.path.join(where.path, name)).st_mode
+        except OSError:
+            continue  # gone meanwhile, or a dangling link: the store reports it
+        if not stat.S_ISREG(mode):
+            raise CorruptStoreError(
+                where.path,
+                f"{name!r} is not a regular file, so not a JSON store file; not reading it",
+            )
 
 
 def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: bool) -> Artefact:
@@ -278,9 +318,9 @@ def _open_item(given: str, where: Location, *, is_zip: bool) -> DataStorage:
     return OptStorage(where.with_path(stem), extension, mode="r", summary_dir=False)
 
 
-def _open_manifest(given: str, where: Location) -> Artefact:
+def _open_manifest(given: str, where: Location, trust: bool) -> Artefact:
     try:
-        manifest = read_manifest(where)
+        manifest = read_manifest(where, trust_paths=trust)
     except CorruptStoreError as exc:
         raise _not_an_artefact(given, f"the .flow manifest is unusable ({exc.problem})") from exc
     if not manifest.is_cadstore:

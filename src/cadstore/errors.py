@@ -17,7 +17,8 @@ The hierarchy::
     │   │   └── LimitExceededError         declared sizes exceed a safety limit
     │   ├── StorageNotFoundError (FileNotFoundError)  nothing is at the path
     │   ├── StorageAccessError (PermissionError)  the store refused the credentials
-    │   └── StorageUnavailableError (ConnectionError)  the store cannot be reached
+    │   ├── StorageUnavailableError (ConnectionError)  the store cannot be reached
+    │   └── DatasetLockedError (BlockingIOError)  another process is writing the dataset
     ├── UnknownFormatError    (ValueError) a path holding none of the files cadstore reads
     ├── OutputExistsError     (FileExistsError) an output that would overwrite something
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
@@ -46,6 +47,7 @@ __all__ = [
     "CadstoreWarning",
     "CorruptStoreError",
     "DatasetError",
+    "DatasetLockedError",
     "InvalidDataError",
     "InvalidKeyError",
     "KeyConflictError",
@@ -263,6 +265,15 @@ class StorageUnavailableError(StorageError, ConnectionError):
 
     A :class:`StorageError` naming the URL, and a ``ConnectionError``: the operation can be
     retried once the store is back.
+    """
+
+
+class DatasetLockedError(StorageError, BlockingIOError):
+    """Another process is changing the dataset (a merge, an append or a split).
+
+    A :class:`StorageError` naming the dataset, and a ``BlockingIOError``; the message says
+    who holds the dataset's lock and since when. Nothing was changed: run the operation
+    again once the other writer has finished.
     """
 
 

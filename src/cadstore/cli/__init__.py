@@ -37,7 +37,18 @@ EXIT_USAGE = 2
 
 #: Subcommands whose paths may be URLs; they take ``--storage-option``.
 URL_COMMANDS = frozenset(
-    ("inspect", "cat", "validate", "schema", "merge", "info", "split", "export-json", "report")
+    (
+        "inspect",
+        "cat",
+        "validate",
+        "schema",
+        "merge",
+        "repair",
+        "info",
+        "split",
+        "export-json",
+        "report",
+    )
 )
 
 #: Subcommand modules, in the order ``--help`` lists them.
@@ -48,6 +59,7 @@ COMMANDS = (
     "validate",
     "schema",
     "merge",
+    "repair",
     "info",
     "split",
     "export_json",
@@ -94,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cadstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--trust-manifest",
+        action="store_true",
+        help="follow the paths a .flow manifest lists outside its own folder (off: a "
+        "manifest may come from anywhere)",
+    )
     add_storage_option(parser, dest="global_storage_option", explain=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -128,7 +128,8 @@ def parse_storage_options(pairs: Iterable[str] | None) -> dict[str, Any] | None:
                 "client_kwargs.endpoint_url=http://127.0.0.1:8333"
             )
         try:
-            value: Any = json.loads(text)
+            # Bounded like any JSON cadstore parses: a value nested too deeply is text.
+            value: Any = jsoncodec.parse_document(text)
         except ValueError:
             value = text
         node = options

@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_artefact(args.path, args.storage_options) as target:
+    with open_artefact(
+        args.path, args.storage_options, trust_manifest=args.trust_manifest
+    ) as target:
         value, code = read_value(target, args.key, args.item)
     if args.json:
         doc: dict[str, Any] = {"path": args.path, "key": args.key}

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_artefact(args.path, args.storage_options) as target:
+    with open_artefact(
+        args.path, args.storage_options, trust_manifest=args.trust_manifest
+    ) as target:
         result = export_json(target, args.output, overwrite=args.overwrite)
         label = target.label
     if args.json:

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from cadstore.cli._dataset_args import dataset_sources
     from cadstore.dataset.explorer import DatasetExplorer
 
-    with DatasetExplorer(**dataset_sources(args.dataset, args.storage_options)) as explorer:
+    sources = dataset_sources(args.dataset, args.storage_options)
+    with DatasetExplorer(**sources, trust_manifest=args.trust_manifest) as explorer:
         if args.json:
             groups: dict[str, dict[str, dict[str, object]]] = {}
             for group in sorted(explorer.available_groups()):

@@ -284,7 +284,9 @@ def run(args: argparse.Namespace) -> int:
     int
         0.
     """
-    with open_artefact(args.path, args.storage_options) as target:
+    with open_artefact(
+        args.path, args.storage_options, trust_manifest=args.trust_manifest
+    ) as target:
         result = inspect_target(target, metadata=args.metadata)
     if args.json:
         print_json(result.to_dict())

@@ -32,6 +32,14 @@ def register(sub: Any) -> None:
         "--append", action="store_true", help="add the inputs to an existing dataset"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another merge, append or split of the same dataset to "
+        "finish (0: fail at once)",
+    )
     parser.add_argument("--level", type=int, default=3, help="zstd level of the dataset")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         append=args.append,
         compression_level=args.level,
         progress=not args.json,
+        lock_timeout=args.wait,
         **remote,
     )
     summary = result.to_dict()
@@ -78,5 +87,7 @@ def run(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             print(f"  warning: {warning}")
         for error in result.errors:
-            print(f"  skipped {error['file']}: {error['error']}")
+            # Errors usually start with the file they name: say it once.
+            reason = error["error"].removeprefix(f"{error['file']}: ")
+            print(f"  skipped {error['file']}: {reason}")
     return 1 if result.errors else 0

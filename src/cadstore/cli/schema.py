@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     int
         0; a target without a schema is a :class:`CommandError` (exit status 2).
     """
-    with open_artefact(args.path, args.storage_options) as target:
+    with open_artefact(
+        args.path, args.storage_options, trust_manifest=args.trust_manifest
+    ) as target:
         schema = target.schema()
         if schema is None:
             raise CommandError(f"{args.path} stores no schema")

@@ -48,14 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from cadstore.dataset.loader import DatasetLoader
 
     sources = dataset_sources(args.dataset, args.storage_options)
-    if "merged_store_path" in sources:
-        stem = (
-            args.dataset[: -len(".dataset")]
-            if args.dataset.endswith(".dataset")
-            else (args.dataset)
-        )
-        sources["parquet_file_path"] = stem + ".infoset"
-    loader = DatasetLoader(**sources)
+    # The split is recorded in the .infoset beside the dataset (created from the tables the
+    # dataset carries when there is none yet).
+    loader = DatasetLoader(**sources, trust_manifest=args.trust_manifest)
     try:
         n_train, n_val, n_test = loader.split(
             key=args.key,

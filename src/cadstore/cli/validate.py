@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     """
     # The schema first: a bad schema file is the cheaper mistake to report.
     given = None if args.schema is None else load_schema(args.schema, args.storage_options)
-    with open_artefact(args.path, args.storage_options) as target:
+    with open_artefact(
+        args.path, args.storage_options, trust_manifest=args.trust_manifest
+    ) as target:
         schema = given or target.schema()
         if schema is None:
             raise CommandError(

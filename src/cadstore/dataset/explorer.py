@@ -43,7 +43,7 @@ from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
 from cadstore.io.location import Location, resolve
-from cadstore.io.parquet import read_frame
+from cadstore.lifecycle import TrustedTables, check_item_codes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,7 +77,8 @@ def _table(
     if given is not None:
         if not given.isfile():
             label = "parquet_file_path" if suffix == ".infoset" else "parquet_file_attribs"
-            raise CorruptStoreError(given.path, f"{label}: no such file")
+            problem = "not a regular file" if given.exists() else "no such file"
+            raise CorruptStoreError(given.path, f"{label}: {problem}")
         return given
     if listed is not None:
         return listed
@@ -158,13 +159,18 @@ class DatasetExplorer:
         credentials and endpoint come from the fsspec and environment configuration
         (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``FSSPEC_S3_*``, ...). Items are then
         read with HTTP range requests; the Parquet tables through pyarrow.
+    trust_manifest
+        Follow paths the manifest lists outside its own folder. Off by default: a
+        manifest may come from anywhere, and a split rewrites the infoset it names (see
+        :mod:`cadstore.format.manifest`).
 
     Raises
     ------
     DatasetError
         If neither a manifest nor a dataset path is given.
     CorruptStoreError
-        If the manifest lists a missing file, or the dataset is not a cadstore dataset.
+        If the manifest lists a missing file or one outside its folder, or the dataset is
+        not a cadstore dataset.
 
     Notes
     -----
@@ -180,6 +186,7 @@ class DatasetExplorer:
         dask_client_params: Mapping[str, Any] | None = None,
         *,
         storage_options: dict[str, Any] | None = None,
+        trust_manifest: bool = False,
     ) -> None:
         self.storage_options = storage_options
 
@@ -188,7 +195,11 @@ class DatasetExplorer:
 
         # An empty path means none, as for the other paths.
         manifest_location = where(flow_output_file)
-        manifest = None if manifest_location is None else read_manifest(manifest_location)
+        manifest = (
+            None
+            if manifest_location is None
+            else read_manifest(manifest_location, trust_paths=trust_manifest)
+        )
         dataset = where(merged_store_path) or (manifest.dataset if manifest else None)
         if dataset is None:
             raise DatasetError(
@@ -211,7 +222,11 @@ class DatasetExplorer:
         self.parquet_file_path = None if self._infoset is None else self._infoset.path
         self.parquet_file_attribs = None if self._attribset is None else self._attribset.path
         self.reader = DatasetReader(dataset)
+        # The tables of the version the reader has open: the files when they belong to
+        # it, otherwise those the dataset carries (cadstore.lifecycle).
+        self._tables = TrustedTables(self.reader)
         self._info: pd.DataFrame | None = None
+        self._info_metadata: dict[bytes, bytes] = {}
         self._attribs: pd.DataFrame | None = None
         self._zarr_store: Any = None
         self._group_data: dict[str, xr.Dataset] = {}
@@ -223,8 +238,17 @@ class DatasetExplorer:
 
     @property
     def infoset(self) -> Location | None:
-        """Where the ``.infoset`` is (``None`` when the dataset has none)."""
+        """Where the ``.infoset`` is, or would be written (a split records itself there):
+        the file given, listed or found beside the dataset, else beside the dataset when
+        the dataset carries an infoset; ``None`` when there is none at all."""
+        if self._infoset is None and self._tables.has("infoset"):
+            return self.reader.location.with_suffix(".infoset", replacing=".dataset")
         return self._infoset
+
+    @property
+    def dataset_location(self) -> Location:
+        """The dataset."""
+        return self.reader.location
 
     # ------------------------------------------------------------------ lifecycle
     def _start_dask(self, params: Mapping[str, Any] | None) -> None:
@@ -774,9 +798,13 @@ class DatasetExplorer:
     @overload
     def _info_frame(self, required: bool) -> pd.DataFrame | None: ...
     def _info_frame(self, required: bool = True) -> pd.DataFrame | None:
-        if self._info is None and self._infoset is not None:
-            self._info = read_frame(self._infoset).sort_values("id")
-            self._info = self._info.reset_index(drop=True)
+        if self._info is None:
+            found = self._tables.read("infoset", self._infoset)
+            if found is not None:
+                table, where = found
+                check_item_codes(table, where, self.reader.n_items)
+                self._info_metadata = dict(table.schema.metadata or {})
+                self._info = table.to_pandas().sort_values("id").reset_index(drop=True)
         if self._info is None and required:
             raise DatasetError(
                 "no .infoset: pass parquet_file_path (or open the dataset from its .flow)"
@@ -785,12 +813,26 @@ class DatasetExplorer:
 
     def _attrib_frame(self) -> pd.DataFrame:
         if self._attribs is None:
-            if self._attribset is None:
+            found = self._tables.read("attribset", self._attribset)
+            if found is None:
                 raise DatasetError(
                     "no .attribset: pass parquet_file_attribs (or open the dataset from its .flow)"
                 )
-            self._attribs = read_frame(self._attribset)
+            self._attribs = found[0].to_pandas()
         return self._attribs
+
+    def infoset_metadata(self) -> dict[bytes, bytes]:
+        """The Parquet schema metadata of the infoset read (what each column was made from,
+        under ``b"cadstore"``); empty without an infoset."""
+        if self._info_frame(required=False) is None:
+            return {}
+        return dict(self._info_metadata)
+
+    @property
+    def has_info(self) -> bool:
+        """Whether the explorer has an infoset: a ``.infoset`` file, or the one the
+        dataset carries (datasets merged by cadstore carry their tables)."""
+        return self._infoset is not None or self._tables.has("infoset")
 
     def reload_info(self) -> None:
         """Forget the cached ``.infoset`` so the next query reads the file again.

@@ -26,20 +26,26 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.reader import Allocator, DatasetReader
 from cadstore.errors import CadstoreWarning, DatasetError
+from cadstore.format.jsoncodec import parse_document
 from cadstore.format.layout import OFFSETS
-from cadstore.io.parquet import read_schema, read_table
-from cadstore.io.publish import write_atomic
+from cadstore.io.publish import write_bytes_atomic
+from cadstore.lifecycle import (
+    PublishedFiles,
+    Transaction,
+    TrustedTables,
+    check_item_codes,
+    table_bytes,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -651,6 +657,9 @@ class DatasetLoader:
     storage_options
         fsspec options for the paths that are URLs (see :class:`DatasetExplorer`); they
         travel with the item reader into ``DataLoader`` workers.
+    trust_manifest
+        Follow paths the manifest lists outside its own folder (see
+        :class:`DatasetExplorer`).
 
     Raises
     ------
@@ -679,6 +688,7 @@ class DatasetLoader:
         groups: Sequence[str] | None = None,
         arrays: Mapping[str, Sequence[str]] | None = None,
         storage_options: dict[str, Any] | None = None,
+        trust_manifest: bool = False,
     ) -> None:
         self.storage_options = storage_options
         self.explorer: DatasetExplorer | None = None
@@ -708,6 +718,7 @@ class DatasetLoader:
             merged_store_path=merged_store_path,
             parquet_file_path=parquet_file_path,
             storage_options=storage_options,
+            trust_manifest=trust_manifest,
         )
         try:
             self._n = self.explorer.n_items
@@ -750,7 +761,7 @@ class DatasetLoader:
 
     def _info(self) -> pd.DataFrame | None:
         assert self.explorer is not None
-        if self.explorer.parquet_file_path is None:
+        if not self.explorer.has_info:
             return None
         return self.explorer.get_file_info_all()
 
@@ -1025,33 +1036,46 @@ class DatasetLoader:
         return int(counts[0]), int(counts[1]), int(counts[2])
 
     def _record_split(self, assignment: np.ndarray) -> None:
-        if self.explorer is None or self.explorer.infoset is None:
+        """Write the split into the ``.infoset``'s ``subset`` column.
+
+        A split is a writer like a merge (:mod:`cadstore.lifecycle`): it holds the
+        dataset's lock, starts from the infoset of the dataset's current version (which
+        may have grown since this loader opened it: new items get no subset), and
+        publishes the copy atomically, stamped with that version's commit id.
+        """
+        explorer = self.explorer
+        if explorer is None or explorer.infoset is None:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        infoset = self.explorer.infoset
-        table = read_table(infoset)
-        ids = table.column("id").to_numpy()
-        names = np.array([*SUBSETS, NO_SUBSET], dtype=object)
-        valid = (ids >= 0) & (ids < self._n)
-        index = np.full(len(ids), len(SUBSETS), dtype=np.int64)
-        index[valid] = assignment[ids[valid]]
-        index[index < 0] = len(SUBSETS)
-        column = pa.array(names[index].tolist(), pa.string())
-        where = table.schema.get_field_index("subset")
-        if where < 0:
-            table = table.append_column(pa.field("subset", pa.string()), column)
-        else:
-            table = table.set_column(where, pa.field("subset", pa.string()), column)
-
-        def writer(fh: IO[bytes]) -> None:
-            pq.write_table(table, fh)
-
-        # Local disk: temporary file and rename; object store: one upload of the whole
-        # table, so a reader sees the old table or the new one.
-        write_atomic(infoset, writer)
-        self.explorer.reload_info()
+        infoset = explorer.infoset
+        dataset = explorer.dataset_location
+        with Transaction(dataset, "split", PublishedFiles(infoset=infoset)) as txn:
+            with DatasetReader(dataset) as reader:
+                found = TrustedTables(reader).read("infoset", infoset)
+                n_items = reader.n_items
+            if found is None:
+                return
+            table, where = found
+            check_item_codes(table, where, n_items)
+            ids = table.column("id").to_numpy()
+            names = np.array([*SUBSETS, NO_SUBSET], dtype=object)
+            valid = (ids >= 0) & (ids < self._n)
+            index = np.full(len(ids), len(SUBSETS), dtype=np.int64)
+            index[valid] = assignment[ids[valid]]
+            index[index < 0] = len(SUBSETS)
+            column = pa.array(names[index].tolist(), pa.string())
+            position = table.schema.get_field_index("subset")
+            field = pa.field("subset", pa.string())
+            if position < 0:
+                table = table.append_column(field, column)
+            else:
+                table = table.set_column(position, field, column)
+            stamp = None if txn.parent is None else txn.parent.id
+            # Local disk: temporary file and rename; object store: one upload of the whole
+            # table, so a reader sees the old table or the new one.
+            write_bytes_atomic(infoset, table_bytes(table, stamp))
+        explorer.reload_info()
 
     @property
     def item_source(self) -> ItemSource | GraphFileSource:
@@ -1117,14 +1141,13 @@ class DatasetLoader:
 def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:
     # The infoset's Parquet metadata records each column's routing; categorical fields are
     # the labels a user defined (file_label, category, ...).
-    if explorer is None or explorer.infoset is None:
+    if explorer is None or not explorer.has_info:
         return []
-    schema = read_schema(explorer.infoset)
-    raw = (schema.metadata or {}).get(b"cadstore")
+    raw = explorer.infoset_metadata().get(b"cadstore")
     if not raw:
         return []
     try:
-        fields = json.loads(raw).get("fields", {})
+        fields = parse_document(raw).get("fields", {})
     except (ValueError, AttributeError):
         return []
     return [

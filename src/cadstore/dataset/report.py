@@ -40,9 +40,9 @@ import numpy as np
 from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
-from cadstore.io.location import Location, resolve
-from cadstore.io.parquet import read_frame
+from cadstore.io.location import resolve
 from cadstore.io.publish import write_bytes_atomic
+from cadstore.lifecycle import TrustedTables
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
 if TYPE_CHECKING:
@@ -576,10 +576,6 @@ class _Context:
             if len(rows):
                 return {int(i): str(n) for i, n in zip(rows["id"], rows["name"], strict=True)}
         return dict(default or {})
-
-
-def _read_table(location: Location) -> pd.DataFrame | None:
-    return read_frame(location) if location.isfile() else None
 
 
 def _item_codes(info: pd.DataFrame | None, reader: DatasetReader) -> np.ndarray:
@@ -1373,13 +1369,19 @@ def write_report(
     started = time.perf_counter()
     source = resolve(dataset, storage_options, shared=True)
 
-    def table(given: str | None, suffix: str) -> pd.DataFrame | None:
-        where = source.with_suffix(suffix, replacing=".dataset")
-        return _read_table(where if given is None else resolve(given, storage_options, shared=True))
-
-    tables = (table(infoset, ".infoset"), table(attribset, ".attribset"))
     name = title or source.with_suffix("", replacing=".dataset").name
     with DatasetReader(source) as reader, matplotlib.rc_context(_RC):
+        trusted = TrustedTables(reader)
+
+        def table(given: str | None, kind: str) -> pd.DataFrame | None:
+            # The tables of the version the reader has open (cadstore.lifecycle).
+            where = source.with_suffix(f".{kind}", replacing=".dataset")
+            if given is not None:
+                where = resolve(given, storage_options, shared=True)
+            found = trusted.read(kind, where if where.isfile() else None)
+            return None if found is None else found[0].to_pandas()
+
+        tables = (table(infoset, "infoset"), table(attribset, "attribset"))
         sections = _build_sections(_context(dataset, reader, tables))
     page = _page(name, dataset, sections, time.perf_counter() - started)
     # A report can be made again: written atomically, not fsynced.

@@ -4,15 +4,26 @@ A merge writes its manifest last, so a manifest marks a finished merge; readers
 (:class:`~cadstore.dataset.DatasetExplorer`, the loader, the command line) start from it.
 It holds the specified keys (``flow_name``, ``flow_data``, ``flow_info``,
 ``flow_attributes``, ``file_count``, ``Duration [seconds]``, ``error_distribution``) and
-cadstore's own (``format``, ``groups``, ``errors``, ``warnings``, sizes). Paths are stored
-relative to the manifest's folder when they lie below it, so the four files can be moved
-together; a relative path is read relative to that folder (its prefix, on an object store).
+cadstore's own (``format``, ``commit``, ``groups``, ``errors``, ``warnings``, sizes). Paths
+are stored relative to the manifest's folder when they lie below it, so the four files can
+be moved together; a relative path is read relative to that folder (its prefix, on an
+object store).
+
+A manifest is a file like any other, and may come from anywhere: the paths it lists are
+followed only inside its own folder (or prefix), unless the caller trusts it
+(``trust_paths=True``). A path outside (``../elsewhere``, an absolute path elsewhere, a
+URL of another store) is refused before anything is opened, so a manifest cannot make a
+reader open, or a split rewrite, a file outside its folder. What it lists must be a
+regular file (a directory holding ``zarr.json``, for a directory dataset): never a pipe,
+a device or the root of a file system.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,40 +76,115 @@ class Manifest:
         return self.document.get("format") == FLOW_FORMAT
 
 
-def _listed(manifest: Location, entry: str, value: object) -> Location | None:
+#: Largest manifest read.
+_MAX_MANIFEST_BYTES = 16 * 1024**2
+
+
+def _inside(folder: Location, listed: Location) -> bool:
+    """Whether ``listed`` lies below ``folder`` (the same store, a path inside it)."""
+    if folder.remote != listed.remote:
+        return False
+    if folder.remote:
+        base = folder.path.rstrip("/")
+        scheme, _, key = listed.path.partition("://")
+        normal = f"{scheme}://{posixpath.normpath(key)}" if key else listed.path
+        return normal.startswith(base + "/") and listed.fs is folder.fs
+    base = os.path.abspath(folder.path)
+    full = os.path.abspath(listed.path)
+    return full != base and os.path.commonpath([base, full]) == base
+
+
+def _check_kind(manifest: Location, entry: str, listed: Location) -> None:
+    """Refuse a listed path that is not a regular file (or a dataset directory)."""
+    if listed.remote:
+        if listed.isfile() or (entry == "flow_data" and listed.child("zarr.json").isfile()):
+            return
+        raise CorruptStoreError(manifest.path, f"the manifest lists {entry} {listed}, not a file")
+    try:
+        mode = os.stat(listed.path).st_mode
+    except OSError as exc:
+        raise CorruptStoreError(
+            manifest.path, f"the manifest lists {entry} {listed}: {exc.strerror}"
+        ) from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode) and entry == "flow_data":
+        if os.path.isfile(os.path.join(listed.path, "zarr.json")):
+            return
+        raise CorruptStoreError(
+            manifest.path,
+            f"the manifest lists flow_data {listed}, a directory that is not a dataset",
+        )
+    raise CorruptStoreError(
+        manifest.path, f"the manifest lists {entry} {listed}, which is not a regular file"
+    )
+
+
+def _listed(manifest: Location, entry: str, value: object, trust_paths: bool) -> Location | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
         raise CorruptStoreError(manifest.path, f"{entry} is {value!r}, not a path")
+    if "\0" in value or len(value) > 4096:
+        raise CorruptStoreError(manifest.path, f"{entry} is not a usable path")
     listed = resolve_relative(manifest, value)
+    if not trust_paths and not _inside(manifest.parent, listed):
+        raise CorruptStoreError(
+            manifest.path,
+            f"the manifest lists {entry} {value!r}, outside its folder "
+            f"{manifest.parent.path}; pass trust_paths=True (--trust-manifest) to follow "
+            "it if you trust this manifest",
+        )
     if not listed.exists():
         raise CorruptStoreError(
             manifest.path, f"the manifest lists {entry} {value!r}, but {listed} does not exist"
         )
+    _check_kind(manifest, entry, listed)
     return listed
 
 
-def read_manifest(location: Location) -> Manifest:
+def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
     """Read the manifest at ``location`` and resolve the files it lists.
+
+    Parameters
+    ----------
+    location
+        The ``.flow`` file.
+    trust_paths
+        Follow paths outside the manifest's folder (see the module docstring).
 
     Raises
     ------
     CorruptStoreError
-        If the manifest is missing, is not a JSON object, has no ``flow_data``, or lists a
-        file that does not exist (the message names the entry and the file).
+        If the manifest is missing, not a regular file, not a JSON object, has no
+        ``flow_data``, or lists a file outside its folder (unless trusted), that does not
+        exist, or that is not a regular file (the message names the entry and the file).
     """
+    local = not location.remote and os.path.exists(location.path)
+    if local and not stat.S_ISREG(os.stat(location.path).st_mode):
+        raise CorruptStoreError(location.path, "not a .flow manifest (not a regular file)")
     try:
-        doc = json.loads(location.read_bytes().decode("utf-8"))
+        with location.open_read() as fh:
+            raw = fh.read(_MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise CorruptStoreError(location.path, "no such .flow manifest") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except IsADirectoryError:
+        raise CorruptStoreError(location.path, "not a .flow manifest (a directory)") from None
+    if len(raw) > _MAX_MANIFEST_BYTES:
         raise CorruptStoreError(
-            location.path, f"not a .flow manifest (invalid JSON: {exc})"
-        ) from exc
+            location.path, f"not a .flow manifest (larger than {_MAX_MANIFEST_BYTES} bytes)"
+        )
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CorruptStoreError(
+            location.path, f"not a .flow manifest (invalid JSON: {reason})"
+        ) from None
     if not isinstance(doc, dict):
         raise CorruptStoreError(location.path, "not a .flow manifest (not a JSON object)")
     dataset, infoset, attribset = (
-        _listed(location, entry, doc.get(entry)) for entry in MANIFEST_ENTRIES
+        _listed(location, entry, doc.get(entry), trust_paths) for entry in MANIFEST_ENTRIES
     )
     if dataset is None:
         raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
@@ -108,6 +194,8 @@ def read_manifest(location: Location) -> Manifest:
 def resolve_flow_paths(
     flow_output_file: str | os.PathLike[str] | Location,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    trust_paths: bool = False,
 ) -> dict[str, str | None]:
     """Read a ``.flow`` manifest and return the absolute paths (or URLs) it lists.
 
@@ -118,6 +206,8 @@ def resolve_flow_paths(
     storage_options
         fsspec options for a URL (ignored for a local path); they also serve the files
         the manifest lists when those are URLs.
+    trust_paths
+        Follow paths outside the manifest's folder.
 
     Returns
     -------
@@ -125,7 +215,8 @@ def resolve_flow_paths(
         ``{"flow_data": ..., "flow_info": ..., "flow_attributes": ...}``; an entry the
         manifest leaves out (or sets to null) is ``None``.
     """
-    manifest = read_manifest(resolve(flow_output_file, storage_options, shared=True))
+    where = resolve(flow_output_file, storage_options, shared=True)
+    manifest = read_manifest(where, trust_paths=trust_paths)
     listed = (manifest.dataset, manifest.infoset, manifest.attribset)
     return {
         entry: None if where is None else where.path

@@ -182,7 +182,7 @@ def resolve_relative(document: Location, written: str) -> Location:
     if document.remote:
         return document.parent.child(written)
     folder = os.path.dirname(os.path.abspath(document.path))
-    return document.with_path(os.path.join(folder, written))
+    return document.with_path(os.path.normpath(os.path.join(folder, written)))
 
 
 def _unpickle(path: str, storage_options: Mapping[str, Any] | None) -> Location:

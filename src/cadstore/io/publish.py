@@ -15,28 +15,40 @@ never a partial one. This module is the one place that promise is kept:
   in; a prefix of objects uploaded member by member with the root ``zarr.json``, which
   readers open first, uploaded last.
 
-Temporary files are named ``.tmp-cadstore-<pid>-<token>`` (:data:`TEMP_PREFIX`), so a
-later run can tell a leftover of a killed writer from a file of a live one, and
-:func:`sweep_temporaries` removes those that are stale. ``durable=False`` skips the fsyncs,
-for scratch data that can be made again (reports, summaries).
+Temporary files are named ``.tmp-cadstore-<pid>-<host>-<token>`` (:data:`TEMP_PREFIX`, the
+writer's pid, a tag of its host), so a later run can tell a leftover of a killed writer
+from a file of a live one: :func:`sweep_temporaries` removes those older than a bound, and
+:func:`sweep_dead_temporaries` those of processes of this host that are gone.
+``durable=False`` skips the fsyncs, for scratch data that can be made again (reports,
+summaries).
+
+A write that fails for want of space or on a failing disk raises a
+:class:`~cadstore.errors.StorageError` naming the file being written (with the ``errno``
+of the failure), and leaves no temporary file behind (:func:`writing`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
+import errno
+import functools
+import hashlib
 import os
 import secrets
 import shutil
+import socket
+import sys
 import tempfile
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import MergeError
+from cadstore.errors import CadstoreError, MergeError, StorageError
 from cadstore.io.zipwriter import ZipStreamWriter
 
 if TYPE_CHECKING:
@@ -52,14 +64,19 @@ __all__ = [
     "conditional_writes_supported",
     "copy_file",
     "create_temporary",
+    "exchange_paths",
     "fsync_dir",
     "move_into_place",
     "open_sink",
     "publish_file",
+    "recover_staged",
+    "rewrite_open_file",
+    "sweep_dead_temporaries",
     "sweep_temporaries",
     "write_atomic",
     "write_bytes_atomic",
     "write_through_path",
+    "writing",
 ]
 
 #: Prefix of every temporary file cadstore creates next to a destination.
@@ -70,10 +87,51 @@ STALE_TEMP_SECONDS = 3600.0
 Writer = Callable[[IO[bytes]], Any]
 
 
+#: Failures of a write that say the disk (not the data) is at fault.
+_WRITE_ERRNOS = frozenset(
+    code
+    for code in (
+        getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO", "EROFS")
+    )
+    if code is not None
+)
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+_HOST_TAG = _host_tag()
+
+
 # ---------------------------------------------------------------------------- primitives
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn a full or failing disk met while writing ``path`` into a ``StorageError``.
+
+    ``ENOSPC``, ``EDQUOT``, ``EFBIG``, ``EIO`` and ``EROFS`` become a
+    :class:`~cadstore.errors.StorageError` naming ``path`` and keeping the ``errno``; other
+    errors pass through unchanged.
+    """
+    try:
+        yield
+    except CadstoreError:
+        raise
+    except OSError as exc:
+        if exc.errno is None or exc.errno not in _WRITE_ERRNOS:
+            raise
+        error = StorageError(
+            path, f"could not be written: {exc.strerror or exc} ({errno.errorcode[exc.errno]})"
+        )
+        error.errno = exc.errno
+        error.strerror = exc.strerror
+        raise error from exc
+
+
 def temporary_name(directory: str, suffix: str = "") -> str:
-    """A fresh temporary path in ``directory``: :data:`TEMP_PREFIX`, the pid, a token."""
-    return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
+    """A fresh temporary path in ``directory``: :data:`TEMP_PREFIX`, pid, host tag, token."""
+    name = f"{TEMP_PREFIX}{os.getpid()}-{_HOST_TAG}-{secrets.token_hex(6)}{suffix}"
+    return os.path.join(directory, name)
 
 
 def create_temporary(directory: str, suffix: str = "") -> tuple[str, int]:
@@ -146,27 +204,28 @@ def write_atomic(
     FileExistsError
         With ``exclusive=True``, when something is there.
     """
-    if location.remote:
-        return _upload_through_scratch(location, writer, exclusive)
-    directory = _local_directory(location.path)
-    tmp, fd = create_temporary(directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-            size = fh.tell()
-        if exclusive:
-            # link() fails if the destination exists, atomically with creating it.
-            os.link(tmp, location.path)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, location.path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with writing(location.path):
+        if location.remote:
+            return _upload_through_scratch(location, writer, exclusive)
+        directory = _local_directory(location.path)
+        tmp, fd = create_temporary(directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+                fh.flush()
+                if durable:
+                    os.fsync(fh.fileno())
+                size = fh.tell()
+            if exclusive:
+                # link() fails if the destination exists, atomically with creating it.
+                os.link(tmp, location.path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, location.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     if durable:
         fsync_dir(directory)
     return size
@@ -181,17 +240,18 @@ def write_through_path(location: Location, produce: Callable[[str], Any]) -> Non
     only.
     """
     directory = _local_directory(location.path)
-    tmp, fd = create_temporary(directory)
-    os.close(fd)
-    try:
-        produce(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, location.path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with writing(location.path):
+        tmp, fd = create_temporary(directory)
+        os.close(fd)
+        try:
+            produce(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, location.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     fsync_dir(directory)
 
 
@@ -227,7 +287,8 @@ def publish_file(local_path: str, location: Location, *, durable: bool = True) -
     """
     if location.remote:
         size = os.stat(local_path).st_size
-        location.fs.upload(local_path, location.path)
+        with writing(location.path):
+            location.fs.upload(local_path, location.path)
         return size
     with open(local_path, "rb") as fin:
         return write_atomic(
@@ -295,6 +356,58 @@ def sweep_temporaries(directory: Location, max_age: float = STALE_TEMP_SECONDS) 
                     os.unlink(full)
             except OSError:
                 continue
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether the temporary ``name`` was made by a process of this host that is gone."""
+    parts = name[len(TEMP_PREFIX) :].split("-")
+    if len(parts) < 3 or parts[1] != _HOST_TAG or not parts[0].isdigit():
+        return False
+    pid = int(parts[0])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_dead_temporaries(directory: Location, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Delete the temporaries of dead writers from a local ``directory``; return their names.
+
+    A temporary is dead when the process of this host that made it is gone (however old
+    it is), or when nothing has written to it for ``max_age`` seconds (a writer of another
+    host sharing the folder). Directories (dataset versions being assembled) go too.
+    Unlike :func:`sweep_temporaries` it lists the directory on every call: a dataset's
+    writer calls it once per operation, holding the dataset's lock.
+    """
+    if directory.remote:
+        return []
+    path = os.path.abspath(directory.path)
+    try:
+        names = [n for n in os.listdir(path) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return []
+    now = time.time()
+    removed = []
+    for name in names:
+        full = os.path.join(path, name)
+        try:
+            stale = _owner_gone(name) or now - os.lstat(full).st_mtime > max_age
+        except OSError:
+            continue
+        if not stale:
+            continue
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+        removed.append(name)
+    return removed
 
 
 _CONDITIONAL: weakref.WeakKeyDictionary[FileSystem, dict[str, bool]] = weakref.WeakKeyDictionary()
@@ -380,30 +493,37 @@ class ZipSink(Sink):
         self._zip = ZipStreamWriter(self._fh)
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
-        self._zip.add(name, data, deflate=deflate)
+        with writing(self.location.path):
+            self._zip.add(name, data, deflate=deflate)
 
     def commit(self) -> None:
-        self._zip.close()
-        self._fh.flush()
-        if self.location.remote:
+        with writing(self.location.path):
+            self._zip.close()
+            self._fh.flush()
+            if self.location.remote:
+                self._fh.close()
+                try:
+                    self.size = publish_file(self.tmp, self.location)
+                finally:
+                    os.unlink(self.tmp)
+                return
+            if self.durable:
+                os.fsync(self._fh.fileno())
+            self.size = self._fh.tell()
             self._fh.close()
-            try:
-                self.size = publish_file(self.tmp, self.location)
-            finally:
-                os.unlink(self.tmp)
-            return
-        if self.durable:
-            os.fsync(self._fh.fileno())
-        self.size = self._fh.tell()
-        self._fh.close()
-        os.replace(self.tmp, self.location.path)
+            os.replace(self.tmp, self.location.path)
         if self.durable:
             fsync_dir(_local_directory(self.location.path))
 
     def abort(self) -> None:
-        self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        # Closing flushes what is buffered, which fails again on a full disk: the file
+        # goes anyway.
+        try:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
 
 class DirectorySink(Sink):
@@ -421,18 +541,29 @@ class DirectorySink(Sink):
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
         target = os.path.join(self.tmp, *name.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            if self.durable:
-                os.fsync(fh.fileno())
+        with writing(self.location.path):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                if self.durable:
+                    os.fsync(fh.fileno())
         self.size += len(data)
 
     def commit(self) -> None:
         path = self.location.path
         old = None
         if os.path.exists(path):
+            if exchange_paths(self.tmp, path):
+                # One atomic step: the new version is in place, the old one where the new
+                # one was staged.
+                if self.durable:
+                    fsync_dir(_local_directory(path))
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return
+            # Two renames where the file system cannot swap. A writer killed between them
+            # leaves the path empty; lifecycle.Transaction's journal knows both names, and
+            # recover_staged puts the new version in place.
             old = f"{self.tmp}-old"
             os.replace(path, old)
         os.replace(self.tmp, path)
@@ -498,6 +629,99 @@ class PrefixSink(Sink):
         with contextlib.suppress(Exception):
             for name in sorted(self._written):
                 self.location.child(name).remove()
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_NO_EXCHANGE = frozenset(
+    code
+    for code in (getattr(errno, name, None) for name in ("EINVAL", "ENOSYS", "EOPNOTSUPP"))
+    if code is not None
+)
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """glibc's ``renameat2`` (Linux), or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+def exchange_paths(first: str, second: str) -> bool:
+    """Swap two existing paths in one atomic step; ``False`` where it cannot be done.
+
+    Linux's ``renameat2(RENAME_EXCHANGE)`` swaps two directories atomically on the local
+    file systems that support it (ext4, xfs, btrfs, tmpfs): a reader sees the old one or
+    the new one, and a writer killed around the swap leaves both whole. Elsewhere
+    (another system, NFS) the caller falls back to two renames.
+    """
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        if code in _NO_EXCHANGE:
+            return False
+        raise OSError(code, os.strerror(code), second)
+    return True
+
+
+def recover_staged(destination: Location, staged: str, *, committing: bool) -> bool:
+    """Finish or remove what a killed writer staged for ``destination``; return whether
+    anything was there.
+
+    ``staged`` is the temporary name of a :class:`ZipSink` or :class:`DirectorySink` (the
+    writer's journal records it, :mod:`cadstore.lifecycle`). A directory caught between its
+    sink's two renames (``committing``, the destination missing) is complete, and is put
+    in place; everything else staged is removed: the destination is then the version from
+    before the writer, or the one it committed.
+    """
+    if destination.remote:
+        return False
+    folder = _local_directory(destination.path)
+    if _local_directory(staged) != folder or not os.path.basename(staged).startswith(TEMP_PREFIX):
+        return False  # not a name a sink of this destination would use: left alone
+    replaced = f"{staged}-old"
+    found = False
+    if committing and not os.path.exists(destination.path):
+        for complete in (staged, replaced):  # the new version, else the old one
+            if os.path.isdir(complete):
+                os.rename(complete, destination.path)
+                fsync_dir(folder)
+                found = True
+                break
+    for leftover in (staged, replaced):
+        if os.path.isdir(leftover) and not os.path.islink(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+            found = True
+        elif os.path.lexists(leftover):
+            os.unlink(leftover)
+            found = True
+    return found
+
+
+def rewrite_open_file(fd: int, data: bytes) -> None:
+    """Replace the whole content of the open file ``fd`` with ``data``, durably.
+
+    For a file that must keep its identity while it changes (a lock file, locked by
+    ``flock``): not atomic, so its readers must accept a torn content.
+    """
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
 
 
 def open_sink(location: Location, *, directory: bool = False, durable: bool = True) -> Sink:

@@ -10,10 +10,7 @@ one. Inputs and outputs may be URLs (``s3://bucket/...``) with ``storage_options
 
 from __future__ import annotations
 
-import functools
-import io
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +19,7 @@ from cadstore.errors import MergeError
 from cadstore.format.layout import assign_group
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
-from cadstore.io.publish import write_atomic
+from cadstore.lifecycle import PublishedFiles
 from cadstore.merging.append import append_items
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
@@ -31,9 +28,8 @@ from cadstore.merging.options import (
     MergeOptions,
     MergeResult,
 )
-from cadstore.merging.run import dataset_exists, run_merge
+from cadstore.merging.run import dataset_exists, run_merge, summary_fields
 from cadstore.merging.scan import ItemScan, item_name_of, scan_item
-from cadstore.merging.tables import DatasetInfo
 from cadstore.schema import Schema
 
 __all__ = ["DatasetMerger", "merge", "write_flow_manifest"]
@@ -60,24 +56,12 @@ def write_flow_manifest(
     def where(p: str | os.PathLike[str] | Location | None) -> Location | None:
         return None if p is None else resolve(p, storage_options, shared=True)
 
-    error_types: dict[str, int] = {}
-    for err in result.errors:
-        kind = err["error"].split(":")[0][:60]
-        error_types[kind] = error_types.get(kind, 0) + 1
-    fields = {
-        "file_count": len(result.items),
-        "groups": result.groups,
-        "Duration [seconds]": {"total": sum(durations.values()), **durations},
-        "error_distribution": error_types,
-        "errors": result.errors,
-        "warnings": result.warnings,
-        "raw_bytes": result.raw_bytes,
-        "stored_bytes": result.stored_bytes,
-        **(extra or {}),
-    }
     manifest = where(path)
     dataset_location = where(dataset)
     assert manifest is not None and dataset_location is not None
+    fields = summary_fields(result, durations, extra)
+    if result.commit is not None:
+        fields["commit"] = result.commit
     write_manifest(
         manifest,
         dataset=dataset_location,
@@ -355,8 +339,15 @@ def merge(
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
+    lock_timeout: float = 0.0,
 ) -> MergeResult:
     """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
+
+    The dataset is the truth and the commit point: it carries its own tables, and the
+    three files beside it are copies stamped with its commit id, published after it (see
+    :mod:`cadstore.lifecycle`). One writer at a time: the dataset's lock is held
+    throughout. A merge or append that was interrupted is finished or undone first, and
+    said so in :attr:`MergeResult.recovered`; running a killed merge again completes it.
 
     Parameters
     ----------
@@ -384,11 +375,22 @@ def merge(
     client
         A ``distributed.Client`` to scan and encode on (see :class:`DatasetMerger` for
         a cluster started on demand).
+    lock_timeout
+        Seconds to wait for another writer of the same dataset to finish (0: fail at
+        once).
 
     Returns
     -------
     MergeResult
         The merge summary (also in the manifest).
+
+    Raises
+    ------
+    MergeError
+        If the dataset exists (without ``overwrite`` or ``append``), or see
+        :func:`cadstore.merging.merge_items`.
+    DatasetLockedError
+        If another process is writing the dataset; nothing was changed.
     """
     files = _collect_inputs(inputs, storage_options)
     target = resolve(output, storage_options, shared=True)
@@ -400,43 +402,38 @@ def merge(
 
     tables = beside(infoset, ".infoset"), beside(attribset, ".attribset")
     manifest = beside(flow, ".flow")
-    if append and dataset_exists(target):
-        return _append_with_tables(files, target, tables, manifest, progress)
-    if manifest.isfile() and not overwrite:
-        raise MergeError.suggesting(
-            f"{manifest} already exists",
-            ("overwrite", "replace the dataset"),
-            ("append", "add items to it"),
-        )
-    # The old manifest goes first: from here on the old dataset is no longer "finished".
-    manifest.remove()
-    t0 = time.perf_counter()
-    options = MergeOptions(compression_level=compression_level, workers=workers, progress=progress)
-    result = run_merge(files, target, schema, options, overwrite=overwrite, client=client)
-    t1 = time.perf_counter()
-    merged = {name: code for code, name in enumerate(result.items)}
-    by_name = {item_name_of(f): f for f in files}
-    info = DatasetInfo(
-        [by_name[n].path for n in result.items],
-        tables[0].path,
-        tables[1].path,
-        schema=schema,
-        storage_options=storage_options,
-    )
-    info.set_code_mappings(merged)
-    info.parse_info_files()
-    info.store_info_to_parquet()  # writes the .attribset too
-    t2 = time.perf_counter()
-    write_flow_manifest(
-        manifest,
-        dataset=target,
+    published = PublishedFiles(
         infoset=tables[0],
         attribset=tables[1],
-        result=result,
-        durations={"merge": t1 - t0, "info": t2 - t1},
-        extra={"info": info.summary()},
+        flow=manifest,
     )
-    return result
+    options = MergeOptions(
+        compression_level=compression_level,
+        workers=workers,
+        progress=progress,
+        lock_timeout=lock_timeout,
+    )
+    if append:
+        return append_items(
+            target,
+            files,
+            workers=workers,
+            progress=progress,
+            published=published,
+            lock_timeout=lock_timeout,
+            create=True,
+            schema=schema,
+        )
+    return run_merge(
+        files,
+        target,
+        schema,
+        options,
+        overwrite=overwrite,
+        client=client,
+        published=published,
+        remedies=(("overwrite", "replace the dataset"), ("append", "add items to it")),
+    )
 
 
 def _collect_inputs(
@@ -460,51 +457,3 @@ def _collect_inputs(
     if not files:
         raise MergeError(f"no .data files found in {[os.fspath(i) for i in inputs]}")
     return files
-
-
-def _append_with_tables(
-    files: list[Location],
-    target: Location,
-    tables: tuple[Location, Location],
-    manifest: Location,
-    progress: bool,
-) -> MergeResult:
-    """Append to a dataset and extend its Parquet tables with the new items' rows."""
-    import pandas as pd
-
-    t0 = time.perf_counter()
-    result = append_items(target, files, progress=progress)
-    t1 = time.perf_counter()
-    first_code = result.total_items - len(result.items)
-    if result.items:
-        by_name = {item_name_of(f): f for f in files}
-        # The new rows are built in memory and each table published once, merged.
-        info = DatasetInfo(
-            [by_name[n].path for n in result.items],
-            os.devnull,
-            os.devnull,
-            storage_options=target.storage_options,
-        )
-        info.set_code_mappings({n: first_code + i for i, n in enumerate(result.items)})
-        info.parse_info_files()
-        new_tables = {
-            tables[0]: (info.infoset_table("file_info"), ["id"]),
-            tables[1]: (info.attribset_table(), ["table_name", "id"]),
-        }
-        for where, (new_table, keys) in new_tables.items():
-            frames = []
-            if where.isfile():
-                frames.append(pd.read_parquet(io.BytesIO(where.read_bytes())))
-            frames.append(new_table.to_pandas())
-            table = pd.concat(frames, ignore_index=True).drop_duplicates(subset=keys, keep="first")
-            write_atomic(where, functools.partial(table.to_parquet, index=False))
-    write_flow_manifest(
-        manifest,
-        dataset=target,
-        infoset=tables[0],
-        attribset=tables[1],
-        result=result,
-        durations={"append": t1 - t0, "info": time.perf_counter() - t1},
-        extra={"file_count": result.total_items, "appended": len(result.items)},
-    )
-    return result

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,24 @@ import numpy as np
 
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import MergeError
+from cadstore.format.commit import COMMIT_MEMBER, TABLE_KINDS, table_member
 from cadstore.format.layout import ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, open_sink, publish_file
+from cadstore.lifecycle import PublishedFiles, Transaction, TrustedTables
 from cadstore.merging.options import DEFAULT_LEVEL, MergeOptions, MergeResult
 from cadstore.merging.plan import ArrayPlan, GroupPlan, plan_groups
-from cadstore.merging.run import make_pool, order_files
+from cadstore.merging.run import (
+    dataset_exists,
+    make_pool,
+    merge_version,
+    order_files,
+    published_fields,
+    summary_fields,
+)
 from cadstore.merging.scan import ItemScan, check_buckets, item_name_of, scan_all
+from cadstore.merging.tables import extend_table, item_tables
 from cadstore.merging.write import (
     RowBuffer,
     ShardWriter,
@@ -53,34 +63,59 @@ def append_items(
     progress: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     storage_options: Mapping[str, Any] | None = None,
+    published: PublishedFiles | None = None,
+    lock_timeout: float = 0.0,
+    create: bool = False,
+    schema: Any = None,
 ) -> MergeResult:
     """Append new items to an existing dataset without re-merging the old ones.
 
     A zip dataset at a URL is copied to local scratch space, appended to there and
     published again with one upload; items may be URLs too. ``storage_options`` are the
-    fsspec options for URLs among the dataset and the items.
+    fsspec options for URLs among the dataset and the items. ``published`` are the copies
+    to publish after the commit (see :func:`cadstore.merge`); ``lock_timeout`` the seconds
+    to wait for another writer. With ``create``, a missing dataset is merged from the
+    items (with ``schema``), under the same lock, after recovery: a dataset an
+    interrupted writer left between two renames is appended to, not merged over.
 
     Raises
     ------
     MergeError
-        If a new item brings a group or array the dataset does not have, or a dtype or
-        shape that does not fit the existing array (re-merge everything in that case),
-        or the dataset is a directory-layout dataset at a URL.
+        If there is no dataset, a new item brings a group or array the dataset does not
+        have, or a dtype or shape that does not fit the existing array (re-merge
+        everything in that case), or the dataset is a directory-layout dataset at a URL.
+    DatasetLockedError
+        If another process is writing the dataset; nothing was changed.
     """
     target = resolve(dataset, storage_options, shared=True)
     items = [resolve(f, storage_options, shared=True) for f in files]
     options = MergeOptions(workers=workers, progress=progress, limits=limits)
-    if target.remote:
-        return _append_remote(target, items, options)
     started = time.perf_counter()
-    with DatasetReader(target, limits=limits) as reader:
-        result = _append_local(reader, target, items, options)
+    with Transaction(target, "append", published, timeout=lock_timeout) as txn:
+        if not dataset_exists(target):
+            if not create:
+                raise MergeError(f"no dataset at {target.path!r} to append to")
+            return merge_version(txn, items, target, schema, options)
+        if target.remote:
+            result = _append_remote(target, items, options, txn)
+        else:
+            with DatasetReader(target, limits=limits) as reader:
+                result = _append_local(reader, target, items, options, txn)
+        result.recovered = list(txn.recovered)
+        result.warnings[:0] = txn.recovered
+        if txn.committed:
+            txn.publish(**published_fields(txn, result.stored_bytes))
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _append_local(
-    reader: DatasetReader, target: Location, items: Sequence[Location], options: MergeOptions
+    reader: DatasetReader,
+    target: Location,
+    items: Sequence[Location],
+    options: MergeOptions,
+    txn: Transaction,
+    publish: Callable[[], None] | None = None,
 ) -> MergeResult:
     existing = set(reader.item_names)
     errors: list[dict[str, str]] = []
@@ -106,7 +141,9 @@ def _append_local(
         warnings_ += plan_warnings
         if scans:
             _check_fits(reader, groups)
-            result = _write_appended(reader, target, scans, groups, pool, options, schema)
+            result = _write_appended(
+                reader, target, scans, groups, pool, options, schema, txn, publish
+            )
         else:
             result = MergeResult(
                 path=target.path,
@@ -127,27 +164,29 @@ def _append_local(
 
 
 def _append_remote(
-    target: Location, items: Sequence[Location], options: MergeOptions
+    target: Location, items: Sequence[Location], options: MergeOptions, txn: Transaction
 ) -> MergeResult:
-    """Append to a zip dataset at a URL: copy it to scratch, append, upload once."""
+    """Append to a zip dataset at a URL: copy it to scratch, append, upload once (the
+    upload is the commit)."""
     if not target.isfile():
-        if target.child("zarr.json").isfile():
-            raise MergeError(
-                f"{target}: appending to a directory-layout dataset on an object store is "
-                "not supported (objects cannot be swapped atomically); merge all items again"
-            )
-        raise MergeError(f"no dataset at {target.path!r} to append to")
+        raise MergeError(
+            f"{target}: appending to a directory-layout dataset on an object store is "
+            "not supported (objects cannot be swapped atomically); merge all items again"
+        )
     scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     try:
         local = os.path.join(scratch, "staged.dataset")
         with target.open_read() as fin, open(local, "xb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
         staged = resolve(local)
-        started = time.perf_counter()
+        uploaded: list[int] = []
+
+        def upload() -> None:
+            uploaded.append(publish_file(local, target))
+
         with DatasetReader(staged, limits=options.limits) as reader:
-            result = _append_local(reader, staged, items, options)
-        result.seconds = time.perf_counter() - started
-        result.stored_bytes = publish_file(local, target) if result.items else target.size()
+            result = _append_local(reader, staged, items, options, txn, publish=upload)
+        result.stored_bytes = uploaded[0] if uploaded else target.size()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.path = target.path
@@ -188,7 +227,14 @@ class _Continuation:
     plans: dict[str, GroupPlan]
     old_totals: dict[str, int]
     buffers: dict[tuple[str, str], RowBuffer] = field(default_factory=dict)
-    regenerated: set[str] = field(default_factory=lambda: {"zarr.json", "metadata.json"})
+    regenerated: set[str] = field(
+        default_factory=lambda: {
+            "zarr.json",
+            "metadata.json",
+            COMMIT_MEMBER,
+            *(table_member(kind) for kind in TABLE_KINDS),
+        }
+    )
 
 
 def _continue_groups(reader: DatasetReader, groups: dict[str, GroupPlan]) -> dict[str, GroupPlan]:
@@ -271,7 +317,10 @@ def _write_appended(
     pool: cf.Executor | None,
     options: MergeOptions,
     schema: Schema | None,
+    txn: Transaction,
+    publish: Callable[[], None] | None = None,
 ) -> MergeResult:
+    started = time.perf_counter()
     level = _existing_level(reader)
     options = MergeOptions(
         compression_level=level,
@@ -282,7 +331,9 @@ def _write_appended(
     cont = _carry_over(reader, _continue_groups(reader, groups))
     plans = cont.plans
     sink = open_sink(target, directory=target.isdir())
-    writer = ShardWriter(sink, pool, options)
+    txn.begin(sink)
+    # As the dataset was written: its checksums (or none) and provenance chunk grids.
+    writer = ShardWriter.continuing(sink, pool, options, reader)
     try:
         for key in reader.members():
             if key not in cont.regenerated:
@@ -306,22 +357,67 @@ def _write_appended(
         docs = write_structure(writer, plans, offsets, per_item, names, code_start=cont.old_totals)
         write_root(writer, docs, len(names), plans, offsets, schema)
         writer.flush()
+        written = time.perf_counter()
+        info, tables = _appended_tables(reader, scans, schema, options, txn)
+        result = MergeResult(
+            path=target.path,
+            items=[s.name for s in scans],
+            errors=[],
+            groups=group_summary(plans, offsets),
+            raw_bytes=raw_total,
+            stored_bytes=0,
+            seconds=0.0,
+            total_items=len(names),
+        )
+        txn.durations = {"append": written - started, "info": time.perf_counter() - written}
+        extra = {"file_count": len(names), "appended": len(scans), "info": info.summary()}
+        record = txn.stage(sink, len(names), tables, summary_fields(result, None, extra))
+        result.version, result.commit = record.version, record.id
         reader.close()
-        sink.commit()
+
+        def commit() -> None:
+            sink.commit()
+            if publish is not None:
+                publish()
+
+        txn.commit(commit)  # the commit point
     except BaseException:
         sink.abort()
         raise
-    stored = target.size() if target.isfile() else writer.stored
-    return MergeResult(
-        path=target.path,
-        items=[s.name for s in scans],
-        errors=[],
-        groups=group_summary(plans, offsets),
-        raw_bytes=raw_total,
-        stored_bytes=stored,
-        seconds=0.0,
-        total_items=len(names),
+    result.stored_bytes = target.size() if target.isfile() else writer.stored
+    return result
+
+
+def _appended_tables(
+    reader: DatasetReader,
+    scans: Sequence[ItemScan],
+    schema: Schema | None,
+    options: MergeOptions,
+    txn: Transaction,
+) -> tuple[Any, dict[str, Any]]:
+    """The new version's tables: the current ones (the copies when they belong to the
+    version, else those it carries; a split recorded in the ``.infoset`` is kept) extended
+    with the new items' rows. A dataset written before versions were recorded, whose
+    tables cannot be found, gets none (readers keep using the files beside it)."""
+    first = len(reader.item_names)
+    info, infoset, attribset = item_tables(
+        [s.location for s in scans],
+        {s.name: first + i for i, s in enumerate(scans)},
+        schema,
+        options.limits,
     )
+    trusted = TrustedTables(reader)
+    published = txn.published.by_kind()
+    new = {"infoset": (infoset, ["id"]), "attribset": (attribset, ["table_name", "id"])}
+    tables: dict[str, Any] = {}
+    for kind in TABLE_KINDS:
+        copy = published.get(kind) or reader.location.with_suffix(f".{kind}", replacing=".dataset")
+        current = trusted.read(kind, copy)
+        if current is None and first:
+            return info, {}
+        table, keys = new[kind]
+        tables[kind] = extend_table(None if current is None else current[0], table, keys)
+    return info, tables
 
 
 def _full_shard(key: str, prefix: str, shard_rows: int, total: int) -> bool:

@@ -55,6 +55,9 @@ class MergeOptions:
         Show progress bars (needs tqdm).
     limits
         Safety limits for reading items.
+    lock_timeout
+        Seconds to wait for another writer of the same dataset to finish (0: fail at once
+        with :class:`~cadstore.errors.DatasetLockedError`).
     """
 
     compression_level: int | None = DEFAULT_LEVEL
@@ -66,6 +69,7 @@ class MergeOptions:
     executor: str = "thread"
     progress: bool = False
     limits: Limits = DEFAULT_LIMITS
+    lock_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.executor not in ("thread", "process"):
@@ -99,6 +103,12 @@ class MergeResult:
         Notes on arrays that were not merged.
     total_items
         Items in the dataset after this merge or append, old ones included.
+    version, commit
+        The version this merge or append published and its commit id (``None`` when it
+        published none: nothing new to append).
+    recovered
+        What was finished or undone of an earlier writer that was interrupted (see
+        :mod:`cadstore.lifecycle`); also among :attr:`warnings`.
     """
 
     path: str
@@ -110,6 +120,9 @@ class MergeResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     total_items: int = 0
+    version: int | None = None
+    commit: str | None = None
+    recovered: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible summary."""
@@ -122,4 +135,7 @@ class MergeResult:
             "raw_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
             "seconds": self.seconds,
+            "version": self.version,
+            "commit": self.commit,
+            "recovered": self.recovered,
         }

@@ -1,6 +1,8 @@
 """A merge from start to finish: scan, plan, write, and the one commit that publishes it.
 
-:func:`merge_items` runs the stages in order over the items, in item-code order:
+:func:`merge_items` runs the stages in order over the items, in item-code order, inside a
+:class:`~cadstore.lifecycle.Transaction` (the dataset's writer lock, held throughout, and
+recovery of what an interrupted writer left):
 
 1. **scan** (:mod:`~cadstore.merging.scan`): open each item, read its array metadata and
    verify the CRC of every member; unreadable items are skipped and listed;
@@ -8,9 +10,11 @@
    shard sizes, all before a row is read;
 3. **write** (:mod:`~cadstore.merging.write`): decode the items and stream their rows into
    shards, into a :class:`~cadstore.io.publish.Sink`, here and in a pool of workers, or on
-   a Dask cluster (:mod:`~cadstore.merging.distributed`);
+   a Dask cluster (:mod:`~cadstore.merging.distributed`); then the version's tables and
+   commit record (:mod:`~cadstore.format.commit`);
 4. **commit**: the sink publishes the dataset at once (a rename, or one upload). That is
-   the commit point: before it, the destination is untouched; after it, it is complete.
+   the commit point: before it, the destination is untouched; after it, it is complete,
+   tables included. The copies beside it (``.infoset``, ``.attribset``, ``.flow``) follow.
 
 With ``workers > 1`` a pool decodes items and encodes shards while only this thread adds
 them to the sink, whole shards in a fixed order, so the output is the same bytes whatever
@@ -25,10 +29,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cadstore.errors import MergeError
+from cadstore.errors import MergeError, Remedy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import open_sink
+from cadstore.lifecycle import PublishedFiles, Transaction
 from cadstore.merging.distributed import scan_on_dask, write_shards_on_dask
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
@@ -39,6 +44,7 @@ from cadstore.merging.options import (
 )
 from cadstore.merging.plan import plan_merge
 from cadstore.merging.scan import check_buckets, item_name_of, keep_scans, scan_all
+from cadstore.merging.tables import item_tables
 from cadstore.merging.write import (
     ShardWriter,
     finish_dataset,
@@ -48,7 +54,16 @@ from cadstore.merging.write import (
 )
 from cadstore.processes import mp_context
 
-__all__ = ["dataset_exists", "make_pool", "merge_items", "order_files"]
+__all__ = [
+    "dataset_exists",
+    "duration_field",
+    "make_pool",
+    "merge_items",
+    "merge_version",
+    "order_files",
+    "published_fields",
+    "summary_fields",
+]
 
 
 def dataset_exists(location: Location) -> bool:
@@ -143,11 +158,68 @@ def run_merge(
     file_id_codes: Mapping[str, int] | None = None,
     overwrite: bool = False,
     client: Any = None,
+    published: PublishedFiles | None = None,
+    remedies: tuple[Remedy, ...] = (("overwrite", "replace it"),),
 ) -> MergeResult:
-    """:func:`merge_items` on resolved locations and options."""
+    """:func:`merge_items` on resolved locations and options.
+
+    ``published`` are the copies to publish after the commit (the ``.infoset``,
+    ``.attribset`` and ``.flow`` of :func:`cadstore.merge`); without them the version
+    carries its tables and nothing else is written. ``remedies`` are the options the
+    error for an existing dataset suggests.
+    """
     started = time.perf_counter()
-    if dataset_exists(target) and not overwrite:
-        raise MergeError.suggesting(f"{target} already exists", ("overwrite", "replace it"))
+    with Transaction(target, "merge", published, timeout=options.lock_timeout) as txn:
+        if dataset_exists(target) and not overwrite:
+            resumed = _resumed(txn, target, items)
+            if resumed is not None:
+                return resumed
+            raise MergeError.suggesting(f"{target} already exists", *remedies)
+        result = merge_version(txn, items, target, schema, options, file_id_codes, client)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def merge_version(
+    txn: Transaction,
+    items: Sequence[Location],
+    target: Location,
+    schema: Any,
+    options: MergeOptions,
+    file_id_codes: Mapping[str, int] | None = None,
+    client: Any = None,
+) -> MergeResult:
+    """Merge ``items`` into a new version of ``target`` within ``txn``, whose lock is
+    held: scan, plan, write, commit, then publish the copies."""
+    result, size = _write_version(txn, items, target, schema, options, file_id_codes, client)
+    result.stored_bytes = size
+    txn.publish(**published_fields(txn, size))
+    return result
+
+
+def published_fields(txn: Transaction, size: int) -> dict[str, Any]:
+    """What the manifest a writer publishes holds besides its version's summary: what is
+    known only after the commit, or true only of this run."""
+    fields: dict[str, Any] = {
+        "stored_bytes": size,
+        "Duration [seconds]": duration_field(txn.durations),
+    }
+    if txn.recovered:
+        fields["recovered"] = list(txn.recovered)
+    return fields
+
+
+def _write_version(
+    txn: Transaction,
+    items: Sequence[Location],
+    target: Location,
+    schema: Any,
+    options: MergeOptions,
+    file_id_codes: Mapping[str, int] | None,
+    client: Any,
+) -> tuple[MergeResult, int]:
+    """Scan, plan, write and commit the new version; return its result and size."""
+    started = time.perf_counter()
     ordered = order_files(items, file_id_codes)
     check_buckets(ordered)
     errors: list[dict[str, str]] = []
@@ -161,6 +233,7 @@ def run_merge(
             raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
         plan = plan_merge(scans, schema, options, errors)
         sink = open_sink(target, directory=options.directory)
+        txn.begin(sink)
         try:
             writer = ShardWriter(sink, pool, options)
             per_item = per_item_values(plan)
@@ -169,24 +242,111 @@ def run_merge(
             else:
                 raw_total = stream_plan(plan, per_item, writer, options)
             finish_dataset(writer, plan, per_item)
-            sink.commit()  # the commit point
+            written = time.perf_counter()
+            names = [s.name for s in plan.scans]
+            info, infoset, attribset = item_tables(
+                [s.location for s in plan.scans],
+                {name: code for code, name in enumerate(names)},
+                plan.schema if schema is None else schema,
+                options.limits,
+            )
+            result = MergeResult(
+                path=target.path,
+                items=names,
+                errors=errors,
+                groups=group_summary(plan.groups, plan.offsets),
+                raw_bytes=raw_total,
+                stored_bytes=0,
+                seconds=0.0,
+                warnings=[*txn.recovered, *plan.warnings],
+                total_items=len(names),
+                recovered=list(txn.recovered),
+            )
+            txn.durations = {"merge": written - started, "info": time.perf_counter() - written}
+            summary = summary_fields(result, None, {"info": info.summary()})
+            summary["warnings"] = list(plan.warnings)  # what recovery did is this run's
+            record = txn.stage(
+                sink, len(names), {"infoset": infoset, "attribset": attribset}, summary
+            )
+            result.version, result.commit = record.version, record.id
+            txn.commit(sink.commit)  # the commit point
         except BaseException:
             sink.abort()
             raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    return result, sink.size
+
+
+def _resumed(txn: Transaction, target: Location, items: Sequence[Location]) -> MergeResult | None:
+    """The result of a merge of ``items`` that an interrupted run had already committed.
+
+    Running the same merge again after it was killed past its commit finds the version
+    it committed (its copies just published again by recovery) and reports it, instead of
+    refusing because the dataset exists. Only when that version is a merge of exactly
+    these items (those it skipped as unreadable included).
+    """
+    record = txn.resumed
+    if record is None or record.operation != "merge":
+        return None
+    names = {item_name_of(item) for item in items}
+    skipped = {
+        item_name_of(resolve(str(e.get("file", "")), target.storage_options, shared=True))
+        for e in record.summary.get("errors", [])
+        if isinstance(e, dict)
+    }
+    from cadstore.dataset.reader import DatasetReader
+
+    with DatasetReader(target) as reader:
+        merged = set(reader.item_names)
+    if merged | skipped != names or len(merged) != record.items:
+        return None
+    summary = record.summary
     return MergeResult(
         path=target.path,
-        items=[s.name for s in plan.scans],
-        errors=errors,
-        groups=group_summary(plan.groups, plan.offsets),
-        raw_bytes=raw_total,
-        stored_bytes=sink.size,
-        seconds=time.perf_counter() - started,
-        warnings=plan.warnings,
-        total_items=len(plan.scans),
+        items=list(reader.item_names),
+        errors=list(summary.get("errors", [])),
+        groups=dict(summary.get("groups", {})),
+        raw_bytes=int(summary.get("raw_bytes", 0)),
+        stored_bytes=target.size() if target.isfile() else 0,
+        seconds=0.0,
+        warnings=list(txn.recovered),
+        total_items=record.items,
+        version=record.version,
+        commit=record.id,
+        recovered=list(txn.recovered),
     )
+
+
+def summary_fields(
+    result: MergeResult,
+    durations: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a ``.flow`` manifest reports of a merge besides the paths (see
+    :mod:`cadstore.format.manifest`); the durations only when given."""
+    error_types: dict[str, int] = {}
+    for err in result.errors:
+        kind = str(err.get("error", "")).split(":")[0][:60]
+        error_types[kind] = error_types.get(kind, 0) + 1
+    fields: dict[str, Any] = {"file_count": len(result.items), "groups": result.groups}
+    if durations is not None:
+        fields["Duration [seconds]"] = duration_field(durations)
+    return {
+        **fields,
+        "error_distribution": error_types,
+        "errors": result.errors,
+        "warnings": result.warnings,
+        "raw_bytes": result.raw_bytes,
+        "stored_bytes": result.stored_bytes,
+        **(extra or {}),
+    }
+
+
+def duration_field(durations: Mapping[str, float]) -> dict[str, float]:
+    """The manifest's ``Duration [seconds]``: the total, then each stage."""
+    return {"total": sum(durations.values()), **durations}
 
 
 def make_pool(options: MergeOptions) -> cf.Executor | None:

@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from cadstore.errors import CorruptStoreError, MergeError, SchemaError
-from cadstore.format.jsoncodec import decode_metadata
+from cadstore.format.jsoncodec import decode_metadata, parse_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import write_atomic
@@ -104,7 +104,9 @@ __all__ = [
     "DatasetInfo",
     "build_info",
     "column_name",
+    "extend_table",
     "item_name_from_path",
+    "item_tables",
 ]
 
 FILE_LEVEL = "file_level"
@@ -386,12 +388,15 @@ class DatasetInfo:
             )
         try:
             # Lenient parse: files written by other tools may hold NaN tokens.
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
+            doc = parse_document(raw)
+        except ValueError as exc:
             raise _Unreadable(f"not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise _Unreadable(f"not a JSON object (a JSON {type(doc).__name__})")
-        decoded = decode_metadata(doc)
+        try:
+            decoded = decode_metadata(doc)
+        except ValueError as exc:
+            raise _Unreadable(f"not a metadata document: {exc}") from None
         if not isinstance(decoded, dict):  # a lone tagged float
             raise _Unreadable(f"not a JSON object (a {type(decoded).__name__})")
         return decoded
@@ -416,7 +421,10 @@ class DatasetInfo:
         return raw
 
     def _read_head(self, location: Location, failure: str) -> bytes:
-        # At most one byte past the limit: enough to tell an oversized document.
+        # At most one byte past the limit: enough to tell an oversized document. Never a
+        # pipe or a device: reading one would block, or never end.
+        if not location.remote and location.exists() and not location.isfile():
+            raise _Unreadable(f"{failure} {location.name}: not a regular file")
         try:
             with location.open_read() as fh:
                 return fh.read(self.limits.max_metadata_bytes + 1)
@@ -979,6 +987,52 @@ def build_info(
     info.parse_info_files()
     info.store_info_to_parquet()
     return info
+
+
+def item_tables(
+    items: Sequence[Location],
+    codes: Mapping[str, int],
+    schema: Any = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[DatasetInfo, pa.Table, pa.Table]:
+    """The ``.infoset`` and ``.attribset`` rows of ``items`` with the given codes, in memory.
+
+    What a merge or an append stores in the version it commits (see
+    :mod:`cadstore.lifecycle`); the builder is returned for its summary, errors and
+    warnings.
+    """
+    options = items[0].storage_options if items else None
+    info = DatasetInfo(
+        [item.path for item in items],
+        os.devnull,
+        os.devnull,
+        schema=schema,
+        limits=limits,
+        storage_options=options,
+    )
+    info.set_code_mappings(codes)
+    info.parse_info_files()
+    return info, info.infoset_table("file_info"), info.attribset_table()
+
+
+def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """``old`` followed by the rows of ``new`` whose ``keys`` it lacks (an append's tables).
+
+    Columns are united (missing values become null, types widen as pandas widens them);
+    the schema metadata of ``new`` is kept.
+    """
+    if old is None:
+        return new
+    import pandas as pd
+
+    pa = _pyarrow()
+    frame = pd.concat([old.to_pandas(), new.to_pandas()], ignore_index=True)
+    frame = frame.drop_duplicates(subset=list(keys), keep="first").reset_index(drop=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = dict(old.schema.metadata or {})
+    metadata.update(new.schema.metadata or {})
+    metadata.pop(b"pandas", None)
+    return table.replace_schema_metadata(metadata)
 
 
 # ---------------------------------------------------------------------------- helpers

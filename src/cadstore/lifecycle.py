@@ -1,0 +1,642 @@
+"""The life of a dataset: versions, one writer at a time, the commit, recovery, what readers trust.
+
+A dataset is four files that belong together: ``X.dataset``, ``X.infoset``,
+``X.attribset`` and ``X.flow``. They cannot all be replaced in one atomic step, so one of
+them is the truth and the others are copies:
+
+* **The dataset is the truth.** Each merge or append publishes a new *version* of it in one
+  atomic step (a rename on local disk, a single upload on an object store), and that
+  version carries its own commit record and its own tables
+  (:mod:`cadstore.format.commit`). Publishing the dataset is the **commit point**.
+* **The tables and the manifest are copies**, published after the commit, each stamped
+  with the id of the commit it belongs to. A reader trusts a copy only when its stamp is
+  the commit id of the dataset it has open (a copy without a stamp, written by older
+  cadstore versions or by ``DatasetInfo`` directly, is trusted as before); otherwise it
+  reads the tables the dataset carries. So a reader never pairs a dataset of one version
+  with tables of another, whatever was interrupted and whoever is writing.
+* **One writer at a time.** Every merge, append and split holds the dataset's writer lock
+  (:class:`cadstore.io.lock.WriterLock`) from before it reads the current version until
+  after it has published the copies. A second writer gets a
+  :class:`~cadstore.errors.DatasetLockedError` naming the first, and nothing is lost.
+* **Recovery.** The next writer (or ``cadstore repair``) finishes or undoes what a killed
+  writer left: before the commit, its staged files are removed (*rolled back*: the
+  dataset is the previous version, complete); after it, the copies are published again from
+  the dataset (*rolled forward*). The killed writer's lock record says which writer it was
+  and where it stopped; the stamps say what is out of date even without it.
+
+Splits change only the ``.infoset`` (its ``subset`` column). A split writes the copy under
+the lock, stamped with the current commit id, and does not make a new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import stat
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from cadstore.errors import CadstoreWarning, CorruptStoreError
+from cadstore.format.commit import (
+    COMMIT_MEMBER,
+    STAMP_KEY,
+    TABLE_KINDS,
+    CommitRecord,
+    is_sibling_name,
+    new_commit_id,
+    table_member,
+)
+from cadstore.format.manifest import write_manifest
+from cadstore.io.location import Location, resolve
+from cadstore.io.lock import LockRecord, WriterLock
+from cadstore.io.publish import (
+    Sink,
+    recover_staged,
+    sweep_dead_temporaries,
+    write_bytes_atomic,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "PublishedFiles",
+    "Transaction",
+    "TrustedTables",
+    "read_commit",
+    "repair",
+    "table_bytes",
+]
+
+#: The manifest entry holding the commit id of the version it describes.
+MANIFEST_COMMIT_KEY = "commit"
+
+
+def read_commit(dataset: Any) -> CommitRecord | None:
+    """The commit record of an open dataset (anything with ``member(key)``, such as a
+    :class:`~cadstore.dataset.reader.DatasetReader`), or ``None`` for a dataset written
+    before versions were recorded.
+
+    Raises
+    ------
+    CorruptStoreError
+        If the record is there but unreadable.
+    """
+    raw = dataset.member(COMMIT_MEMBER)
+    if raw is None:
+        return None
+    return CommitRecord.from_bytes(raw, str(getattr(dataset, "path", "dataset")))
+
+
+def table_bytes(table: pa.Table, commit_id: str | None) -> bytes:
+    """A table as stored, its schema stamped with ``commit_id`` (no stamp for ``None``)."""
+    import pyarrow.parquet as pq
+
+    metadata = dict(table.schema.metadata or {})
+    metadata.pop(STAMP_KEY, None)
+    if commit_id is not None:
+        metadata[STAMP_KEY] = commit_id.encode()
+    table = table.replace_schema_metadata(metadata)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def _parse_table(raw: bytes, where: str) -> tuple[pa.Table, str | None]:
+    """A stored table and its stamp; ``CorruptStoreError`` naming ``where`` if unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptStoreError(where, f"not a readable Parquet table ({exc})") from None
+    stamp = (table.schema.metadata or {}).get(STAMP_KEY)
+    return table, None if stamp is None else stamp.decode("utf-8", "replace")
+
+
+@dataclass
+class PublishedFiles:
+    """Where a writer publishes the copies of a version (any may be ``None``).
+
+    Attributes
+    ----------
+    infoset, attribset
+        The tables.
+    flow
+        The manifest (:mod:`cadstore.format.manifest`): it names the dataset and the two
+        tables, and holds the version's summary and commit id.
+    """
+
+    infoset: Location | None = None
+    attribset: Location | None = None
+    flow: Location | None = None
+
+    def by_kind(self) -> dict[str, Location]:
+        """The locations given, by kind."""
+        found = {"infoset": self.infoset, "attribset": self.attribset, "flow": self.flow}
+        return {kind: where for kind, where in found.items() if where is not None}
+
+    def siblings(self, dataset: Location) -> dict[str, str]:
+        """The copies that sit in the dataset's own folder, by kind, as plain names."""
+        folder = dataset.parent.path
+        return {
+            kind: where.name
+            for kind, where in self.by_kind().items()
+            if where.parent.path == folder and is_sibling_name(where.name)
+        }
+
+
+@dataclass
+class _Staged:
+    record: CommitRecord
+    tables: dict[str, bytes] = field(default_factory=dict)
+
+
+class Transaction:
+    """One writer's change to a dataset, from taking its lock to publishing its copies.
+
+    Use it as a context manager around the whole operation::
+
+        with Transaction(dataset, "append", published) as txn:
+            parent = txn.parent                 # the version being changed
+            txn.begin(sink)                     # journal: where it is staged
+            ... write the new version into the sink ...
+            record = txn.stage(sink, items, tables, summary)
+            txn.commit(sink.commit)             # the commit point
+            txn.publish()                       # the copies
+
+    Entering takes the lock and recovers what a killed writer left (see
+    :attr:`recovered`); leaving releases the lock, whatever happened.
+
+    Parameters
+    ----------
+    dataset
+        The dataset.
+    operation
+        ``"merge"``, ``"append"`` or ``"split"``.
+    published
+        Where this writer publishes the copies.
+    timeout
+        Seconds to wait for another writer to finish (0: fail at once).
+    """
+
+    def __init__(
+        self,
+        dataset: Location,
+        operation: str,
+        published: PublishedFiles | None = None,
+        *,
+        timeout: float = 0.0,
+    ) -> None:
+        self.dataset = dataset
+        self.operation = operation
+        self.published = published or PublishedFiles()
+        self.lock = WriterLock(dataset, operation, timeout=timeout)
+        self.recovered: list[str] = []
+        self.parent: CommitRecord | None = None
+        #: How long the operation's stages took, for the manifest (set by the caller).
+        self.durations: dict[str, float] = {}
+        #: The version an interrupted writer had committed, which this one found (the
+        #: same command run again can report it instead of failing).
+        self.resumed: CommitRecord | None = None
+        self.commit_id = new_commit_id()
+        self._staged: _Staged | None = None
+        self._committed = False
+
+    def __enter__(self) -> Transaction:
+        self.lock.acquire()
+        try:
+            self.recovered = recover(self.dataset, self.lock.previous, self.published)
+            self.parent = _current_commit(self.dataset)
+            previous = self.lock.previous
+            if (
+                previous is not None
+                and self.parent is not None
+                and previous.journal.get("commit") == self.parent.id
+            ):
+                self.resumed = self.parent
+        except BaseException:
+            self.lock.release()
+            raise
+        for message in self.recovered:
+            warnings.warn(f"{self.dataset.path}: {message}", CadstoreWarning, stacklevel=2)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.lock.release()
+
+    # ------------------------------------------------------------------ writing
+    def stage(
+        self,
+        sink: Sink,
+        items: int,
+        tables: Mapping[str, pa.Table],
+        summary: Mapping[str, Any],
+    ) -> CommitRecord:
+        """Add the new version's tables and commit record to ``sink`` (before the commit).
+
+        Parameters
+        ----------
+        sink
+            Where the new version is being written.
+        items
+            How many items it holds.
+        tables
+            Its tables by kind (``"infoset"``, ``"attribset"``).
+        summary
+            What its manifest reports besides the paths.
+        """
+        stored = {kind: table_bytes(table, self.commit_id) for kind, table in tables.items()}
+        record = CommitRecord.create(
+            self.commit_id,
+            self.parent,
+            self.operation,
+            items,
+            {kind: (stored[kind], tables[kind].num_rows) for kind in stored},
+            self.published.siblings(self.dataset),
+            {**summary, MANIFEST_COMMIT_KEY: self.commit_id},
+        )
+        for kind, data in stored.items():
+            sink.add(table_member(kind), data)
+        sink.add(COMMIT_MEMBER, record.to_bytes())
+        self._staged = _Staged(record, stored)
+        return record
+
+    def commit(self, publish: Callable[[], object]) -> None:
+        """Publish the staged version with ``publish`` (the sink's ``commit``, or an
+        upload): the commit point.
+
+        The lock's journal says first that the commit is under way (with :meth:`begin`, it
+        already says where the version is staged), so that the next writer can tell whether
+        it happened if this process dies meanwhile.
+        """
+        if self._staged is None:
+            raise RuntimeError("stage() the version before committing it")
+        self.lock.update("committing", commit=self.commit_id)
+        self.lock.check()
+        publish()
+        self._committed = True
+        self.lock.update("publishing")
+
+    def publish(self, **fields: Any) -> None:
+        """Publish the copies of the committed version: tables first, then the manifest.
+
+        ``fields`` are added to the manifest (what is known only after the commit, such
+        as the size published).
+        """
+        if self._staged is None or not self._committed:
+            raise RuntimeError("commit() the version before publishing its copies")
+        record = self._staged.record
+        if fields:
+            record = dataclasses.replace(record, summary={**record.summary, **fields})
+        _publish_copies(self.dataset, record, self._staged.tables, self.published)
+
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`commit` published a version."""
+        return self._committed
+
+    def begin(self, sink: Sink) -> None:
+        """Record where the new version is being staged, before writing it, so that the
+        next writer removes it if this process dies first."""
+        staged = getattr(sink, "tmp", None)
+        if staged is not None:
+            self.lock.update("writing", commit=self.commit_id, staged=staged)
+
+    @property
+    def record(self) -> CommitRecord | None:
+        """The version this transaction staged (``None`` before :meth:`stage`)."""
+        return None if self._staged is None else self._staged.record
+
+
+# ---------------------------------------------------------------------------- recovery
+def _current_commit(dataset: Location) -> CommitRecord | None:
+    """The commit record of the dataset's current version; ``None`` when there is no
+    dataset, or no readable record in it (the operation under way then meets the
+    problem itself and says so: a merge finds the path taken, an append cannot read it)."""
+    from cadstore.io.sources import open_source
+
+    if not _dataset_exists(dataset):
+        return None
+    try:
+        source = open_source(dataset, what="dataset")
+        try:
+            raw = source.get(COMMIT_MEMBER)
+        finally:
+            source.close()
+        return None if raw is None else CommitRecord.from_bytes(raw, dataset.path)
+    except CorruptStoreError:
+        return None
+
+
+def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes]:
+    """The tables a version carries, checked against their digests."""
+    from cadstore.io.sources import open_source
+
+    source = open_source(dataset, what="dataset")
+    try:
+        found = {}
+        for kind, ref in record.tables.items():
+            raw = source.get(ref.member)
+            if raw is None or hashlib.sha256(raw).hexdigest() != ref.sha256:
+                raise CorruptStoreError(
+                    dataset.path, f"member {ref.member} is missing or does not match its digest"
+                )
+            found[kind] = raw
+        return found
+    finally:
+        source.close()
+
+
+def _dataset_exists(dataset: Location) -> bool:
+    if not dataset.remote:
+        return dataset.exists()
+    return dataset.isfile() or dataset.child("zarr.json").isfile()
+
+
+def _read_copy(where: Location) -> bytes | None:
+    """The bytes of a published copy; ``None`` when there is none.
+
+    Raises
+    ------
+    CorruptStoreError
+        If something other than a regular file is there (a pipe would block the read).
+    """
+    if not where.remote:
+        try:
+            mode = os.stat(where.path).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(mode):
+            raise CorruptStoreError(where.path, "is not a regular file")
+    try:
+        return where.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _stamp_of(where: Location, kind: str) -> str | None:
+    """The commit id a published copy carries; ``""`` for a copy without one, ``None`` if
+    there is no readable copy."""
+    try:
+        raw = _read_copy(where)
+    except CorruptStoreError:
+        return None
+    if raw is None:
+        return None
+    if kind == "flow":
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        stamp = doc.get(MANIFEST_COMMIT_KEY) if isinstance(doc, dict) else None
+        return stamp if isinstance(stamp, str) else ""
+    try:
+        _, stamp = _parse_table(raw, where.path)
+    except CorruptStoreError:
+        return None
+    return "" if stamp is None else stamp
+
+
+def _publish_copies(
+    dataset: Location,
+    record: CommitRecord,
+    tables: Mapping[str, bytes],
+    published: PublishedFiles,
+    kinds: Iterable[str] | None = None,
+) -> list[str]:
+    """Publish the copies of ``record`` (those of ``kinds``, default all): the tables
+    first, then the manifest; return the names of those written."""
+    wanted = set((*TABLE_KINDS, "flow") if kinds is None else kinds)
+    written = []
+    targets = published.by_kind()
+    for kind in TABLE_KINDS:
+        where = targets.get(kind)
+        if where is None or kind not in tables or kind not in wanted:
+            continue
+        write_bytes_atomic(where, tables[kind])
+        written.append(where.name)
+    where = targets.get("flow")
+    if where is not None and "flow" in wanted:
+        write_manifest(
+            where,
+            dataset=dataset,
+            infoset=published.infoset,
+            attribset=published.attribset,
+            fields=record.summary,
+        )
+        written.append(where.name)
+    return written
+
+
+def _undo_staged(previous: LockRecord, dataset: Location) -> bool:
+    """Remove or finish what a killed writer staged; return whether anything was found."""
+    staged = previous.journal.get("staged")
+    if not isinstance(staged, str):
+        return False
+    return recover_staged(dataset, staged, committing=previous.phase == "committing")
+
+
+def recover(
+    dataset: Location, previous: LockRecord | None, published: PublishedFiles | None = None
+) -> list[str]:
+    """Finish or undo what a killed writer left; return what was done, as sentences.
+
+    Called with the dataset's lock held. ``previous`` is the killed writer's lock record
+    (``None`` if the lock was free); ``published`` are the copies the caller is about to
+    publish (they are checked too).
+
+    * Its staged files are removed; a directory dataset caught between its two renames is
+      put in place.
+    * Temporary files of processes that are gone are removed from the dataset's folder.
+    * If the current version's copies (the files it lists, and ``published``) are from
+      another version or missing, they are published again from the dataset.
+    """
+    done: list[str] = []
+    killed = ""
+    if previous is not None:
+        staged_found = _undo_staged(previous, dataset)
+        current = _current_commit(dataset)
+        killed = previous.describe()
+        if current is not None and previous.journal.get("commit") == current.id:
+            killed = f"{killed}, had committed version {current.version} ({current.items} items)"
+        else:
+            what = "what it had staged was removed" if staged_found else "it had staged nothing"
+            done.append(
+                f"rolled back: {killed} was interrupted before its commit; {what}, and the "
+                "dataset is the version it started from"
+            )
+            killed = ""
+    if not dataset.remote:
+        sweep_dead_temporaries(dataset.parent)
+    current = _current_commit(dataset)
+    if current is None or not current.tables:
+        return done
+    # The copies the version itself lists, in its own folder, are published again when
+    # missing or out of date; those the caller is about to publish (which may be
+    # elsewhere, or new) only when they exist and are out of date.
+    targets = PublishedFiles()
+    listed: dict[str, str] = {}
+    for kind, name in current.published.items():
+        setattr(targets, kind, dataset.parent.child(name))
+        listed[kind] = dataset.parent.child(name).path
+    for kind, where in (published.by_kind() if published else {}).items():
+        setattr(targets, kind, where)
+        if listed.get(kind) != where.path:
+            listed.pop(kind, None)
+    stale = [
+        kind
+        for kind, where in targets.by_kind().items()
+        if (stamp := _stamp_of(where, kind)) != current.id
+        and (stamp is not None or kind in listed)
+        and stamp != ""
+    ]
+    names = []
+    if stale:
+        tables = _embedded_tables(dataset, current)
+        names = _publish_copies(dataset, current, tables, targets, stale)
+    if names:
+        why = f"{killed} and was interrupted after it" if killed else "they were out of date"
+        done.append(
+            f"rolled forward: {why}; {', '.join(names)} published again from the dataset's "
+            f"version {current.version} ({current.items} items)"
+        )
+    elif killed:
+        done.append(f"{killed} and was interrupted after it; its copies were complete")
+    return done
+
+
+def repair(
+    dataset: str | os.PathLike[str] | Location,
+    published: PublishedFiles | None = None,
+    *,
+    timeout: float = 0.0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Finish or undo what an interrupted writer left of ``dataset``; see :func:`recover`.
+
+    Takes the dataset's lock (waiting up to ``timeout`` seconds for a live writer),
+    recovers, and releases it. ``published`` are more copies to check besides those the
+    current version lists. Returns what was done, as sentences: empty when nothing needed
+    doing.
+    """
+    where = resolve(dataset, storage_options, shared=True)
+    with WriterLock(where, "repair", timeout=timeout) as lock:
+        return recover(where, lock.previous, published)
+
+
+# ---------------------------------------------------------------------------- readers
+class TrustedTables:
+    """The tables of the version a reader has open: the copies when they belong to it,
+    otherwise the ones the dataset carries.
+
+    Parameters
+    ----------
+    dataset
+        The open dataset (anything with ``path`` and ``member(key)``).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._commit: CommitRecord | bool | None = False
+
+    @property
+    def commit(self) -> CommitRecord | None:
+        """The open version's commit record (``None`` for an unversioned dataset)."""
+        if self._commit is False:
+            self._commit = read_commit(self.dataset)
+        assert self._commit is not True
+        return self._commit
+
+    def has(self, kind: str) -> bool:
+        """Whether the open version carries table ``kind``."""
+        record = self.commit
+        return record is not None and kind in record.tables
+
+    def read(self, kind: str, copy: Location | None) -> tuple[pa.Table, str] | None:
+        """Table ``kind`` of the open version, and where it was read from.
+
+        Parameters
+        ----------
+        kind
+            ``"infoset"`` or ``"attribset"``.
+        copy
+            The published copy to prefer (``None``: none was given or found).
+
+        Returns
+        -------
+        tuple or None
+            The table and the path it came from (the copy, or ``<dataset>:<member>``);
+            ``None`` when there is neither a copy nor a table in the dataset.
+
+        Raises
+        ------
+        CorruptStoreError
+            If the copy or the dataset's table is unreadable, naming it.
+        """
+        record = self.commit
+        if copy is not None:
+            raw = _read_copy(copy)
+            if raw is not None:
+                table, stamp = _parse_table(raw, copy.path)
+                if record is None or stamp is None or stamp == record.id:
+                    return table, copy.path
+                if record.tables.get(kind) is None:
+                    return table, copy.path
+                warnings.warn(
+                    f"{copy.path} belongs to another version of {self.dataset.path} "
+                    f"(commit {stamp[:12]}, the dataset is at {record.id[:12]}, version "
+                    f"{record.version}): reading the tables the dataset carries",
+                    CadstoreWarning,
+                    stacklevel=3,
+                )
+        if record is None or kind not in record.tables:
+            return None
+        ref = record.tables[kind]
+        raw = self.dataset.member(ref.member)
+        where = f"{self.dataset.path}:{ref.member}"
+        if raw is None or hashlib.sha256(raw).hexdigest() != ref.sha256:
+            raise CorruptStoreError(
+                self.dataset.path, f"member {ref.member} is missing or does not match its digest"
+            )
+        table, _ = _parse_table(raw, where)
+        return table, where
+
+
+def check_item_codes(table: pa.Table, where: str, n_items: int | None = None) -> None:
+    """Check the ``id`` column of an infoset: integer item codes, within ``n_items``.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming ``where`` and the problem (string ids, negative or out-of-range codes).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "id" not in table.column_names:
+        raise CorruptStoreError(where, "the infoset has no 'id' column of item codes")
+    column = table.column("id")
+    if not pa.types.is_integer(column.type):
+        raise CorruptStoreError(
+            where, f"the infoset's 'id' column holds {column.type}, not integer item codes"
+        )
+    if n_items is not None and len(column) and column.null_count == 0:
+        low, high = pc.min(column).as_py(), pc.max(column).as_py()
+        if low < 0 or high >= n_items:
+            raise CorruptStoreError(
+                where,
+                f"the infoset's item codes run {low}..{high}; the dataset has {n_items} items",
+            )

@@ -1,0 +1,626 @@
+"""The dataset lifecycle (:mod:`cadstore.lifecycle`): versions, one writer, kills, recovery.
+
+A writer is killed at each step of a merge and of an append: a forked child runs the
+operation and ends with ``os._exit`` at the chosen point, so no ``finally``, no ``except``
+and no ``atexit`` runs (the kernel still releases its ``flock``, as it does for a real
+``SIGKILL``; ``tests/test_lifecycle_kill_harness.py`` sends real signals). After each kill:
+
+* a reader sees one consistent version: the dataset's items, the infoset's rows and codes,
+  the attribset, all of the same version, the old one or the new one;
+* the same command run again succeeds and says whether it rolled the interrupted writer
+  back or forward; afterwards the four files agree, carry the same commit id, and no
+  temporary file or lock is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import cadstore
+from cadstore import lifecycle
+from cadstore.dataset import DatasetExplorer, DatasetLoader, DatasetReader
+from cadstore.errors import (
+    CadstoreWarning,
+    CorruptStoreError,
+    DatasetLockedError,
+    MergeError,
+    StorageError,
+)
+from cadstore.format.commit import COMMIT_MEMBER, STAMP_KEY
+from cadstore.io import lock as lock_module
+from cadstore.io import publish
+from cadstore.io.publish import TEMP_PREFIX
+from cadstore.merging import merge_items
+
+FORK = multiprocessing.get_context("fork")
+KILLED = 137
+
+
+def _names(paths: list[Path]) -> list[str]:
+    return [p.name[: -len(".zarr.data")] for p in paths]
+
+
+@pytest.fixture
+def items(realistic_items: list[Any], tmp_path: Path) -> list[Path]:
+    """Twenty items, copied so that each test owns its inputs."""
+    folder = tmp_path / "items"
+    folder.mkdir()
+    out = []
+    for path, _, _ in realistic_items[:20]:
+        shutil.copy(path, folder / path.name)
+        out.append(folder / path.name)
+    return out
+
+
+# ---------------------------------------------------------------------------- checks
+def stamp_of_table(path: Path) -> str | None:
+    value = (pq.read_schema(path).metadata or {}).get(STAMP_KEY)
+    return None if value is None else value.decode()
+
+
+def commit_of(dataset: Path) -> dict[str, Any]:
+    with DatasetReader(dataset) as reader:
+        raw = reader.member(COMMIT_MEMBER)
+    assert raw is not None
+    return dict(json.loads(raw))
+
+
+def seen_by_a_reader(dataset: Path) -> list[str]:
+    """What a reader sees right now: the items of one version, with that version's tables.
+
+    Returns the item names, after checking that the infoset has one row per item with
+    codes 0..N-1 and the same names, and that the attribset is readable.
+    """
+    with warnings.catch_warnings():
+        # A copy from another version is expected here: the reader says so and reads the
+        # tables the dataset carries.
+        warnings.filterwarnings("ignore", ".*belongs to another version", CadstoreWarning)
+        with DatasetExplorer(merged_store_path=dataset) as explorer:
+            names = list(explorer.reader.item_names)
+            info = explorer.get_file_info_all()
+            attribs = explorer.get_descriptions("category")
+    assert info["id"].tolist() == list(range(len(names)))
+    assert info["name"].tolist() == names
+    assert len(attribs) > 0
+    return names
+
+
+def assert_settled(dataset: Path, names: list[str]) -> None:
+    """After a finished operation: the four files agree, carry the commit id, and nothing
+    is left over."""
+    assert seen_by_a_reader(dataset) == names
+    record = commit_of(dataset)
+    stem = dataset.with_suffix("")
+    for kind in ("infoset", "attribset"):
+        copy = stem.with_suffix(f".{kind}")
+        assert stamp_of_table(copy) == record["id"], kind
+    info = pd.read_parquet(stem.with_suffix(".infoset"))
+    assert info["name"].tolist() == names
+    flow = json.loads(stem.with_suffix(".flow").read_text())
+    assert flow["commit"] == record["id"]
+    assert flow["file_count"] == len(names) == record["items"]
+    leftovers = [p.name for p in dataset.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert leftovers == []
+    assert not Path(f"{dataset}.lock").exists()
+
+
+# ---------------------------------------------------------------------------- kills
+def _die() -> None:
+    os._exit(KILLED)
+
+
+def _after_calls(function: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """``function``, dying right after its ``n``-th call returns."""
+    calls = [0]
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] >= n:
+            _die()
+        return result
+
+    return wrapped
+
+
+def _on_call(n: int) -> Callable[..., Any]:
+    calls = [0]
+
+    def die_on_nth(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] >= n:
+            _die()
+
+    return die_on_nth
+
+
+def _die_after_phase(phase: str) -> None:
+    """Die once the lock's journal records ``phase``."""
+    original = lock_module.WriterLock.update
+
+    def update(self: Any, reached: str, **journal: Any) -> None:
+        original(self, reached, **journal)
+        if reached == phase:
+            _die()
+
+    lock_module.WriterLock.update = update  # type: ignore[method-assign]
+
+
+def _kill_at(point: str) -> None:
+    """Make this (forked) process die at ``point`` of the next operation."""
+    if point == "locked":  # the lock taken, nothing read yet
+
+        def die(*args: Any, **kwargs: Any) -> Any:
+            _die()
+
+        lifecycle.recover = die  # type: ignore[assignment]
+    elif point == "writing":  # the new version part-written in its staging file
+        for sink in (publish.ZipSink, publish.DirectorySink):
+            sink.add = _after_calls(sink.add, 5)  # type: ignore[method-assign]
+    elif point == "staged":  # complete, the journal says "committing", not yet published
+        _die_after_phase("committing")
+    elif point == "swapping":  # a directory version between its sink's two renames
+        original = publish.DirectorySink.commit
+
+        def commit(self: Any) -> None:
+            if os.path.exists(self.location.path):
+                os.replace(self.location.path, f"{self.tmp}-old")
+                _die()
+            original(self)
+
+        publish.DirectorySink.commit = commit  # type: ignore[method-assign]
+    elif point == "committed":  # published, no copy written yet
+        _die_after_phase("publishing")
+    elif point == "exchanged":  # a directory version swapped in, the old one not removed
+        publish.exchange_paths = _after_calls(publish.exchange_paths, 1)  # type: ignore[assignment]
+    elif point in ("infoset", "attribset"):  # after the first or both table copies
+        lifecycle.write_bytes_atomic = _after_calls(  # type: ignore[assignment]
+            publish.write_bytes_atomic, 1 if point == "infoset" else 2
+        )
+    elif point == "manifest":  # everything published, the lock not yet released
+        lock_module.WriterLock.release = _on_call(1)  # type: ignore[method-assign]
+    else:  # pragma: no cover
+        raise ValueError(point)
+
+
+def run_killed(operation: Callable[[], Any], point: str) -> None:
+    """Run ``operation`` in a forked child that dies at ``point``; it must die there."""
+
+    def child() -> None:
+        _kill_at(point)
+        try:
+            operation()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+
+    process = FORK.Process(target=child)
+    process.start()
+    process.join(120)
+    assert process.exitcode == KILLED, f"the writer was not killed at {point!r}"
+
+
+BEFORE_COMMIT = ["locked", "writing", "staged"]
+AFTER_COMMIT = ["committed", "infoset", "attribset", "manifest"]
+
+
+@pytest.mark.parametrize("point", BEFORE_COMMIT + AFTER_COMMIT)
+def test_a_killed_merge_is_finished_or_undone_by_running_it_again(
+    items: list[Path], tmp_path: Path, point: str
+) -> None:
+    out = tmp_path / "out" / "parts.dataset"
+    inputs = [str(p) for p in items[:8]]
+    run_killed(lambda: cadstore.merge(inputs, str(out)), point)
+    committed = point in AFTER_COMMIT
+    assert out.exists() == committed
+    if committed:  # a reader sees the whole new version, tables included
+        assert seen_by_a_reader(out) == _names(items[:8])
+    with pytest.warns(CadstoreWarning) as said:
+        result = cadstore.merge(inputs, str(out))  # the same command, again
+    assert result.items == _names(items[:8])
+    text = " ".join(str(w.message) for w in said)
+    if committed:
+        assert "had committed version 1" in text
+        assert ("rolled forward" in text) == (point != "manifest")
+    else:
+        assert "rolled back" in text and "before its commit" in text
+    assert any(m in text for m in result.recovered)
+    assert_settled(out, _names(items[:8]))
+
+
+@pytest.mark.parametrize("point", BEFORE_COMMIT + AFTER_COMMIT)
+@pytest.mark.parametrize("layout", ["zip", "directory"])
+def test_a_killed_append_is_finished_or_undone_by_running_it_again(
+    items: list[Path], tmp_path: Path, point: str, layout: str
+) -> None:
+    out = tmp_path / "parts.dataset"
+    first, more = [str(p) for p in items[:10]], [str(p) for p in items[10:15]]
+    if layout == "zip":
+        cadstore.merge(first, str(out))
+    else:
+        merge_items(first, out, directory=True)
+    before = seen_by_a_reader(out)
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), point)
+    seen = seen_by_a_reader(out)
+    assert seen == (_names(items[:15]) if point in AFTER_COMMIT else before)
+    with pytest.warns(CadstoreWarning):
+        result = cadstore.merge(more, str(out), append=True)
+    # Items already committed are not appended twice, and none is lost.
+    assert result.total_items == 15
+    assert sorted(result.items) == sorted(set(_names(items[10:15])) - set(seen))
+    assert result.recovered
+    assert_settled(out, _names(items[:15]))
+
+
+def test_a_directory_dataset_killed_between_its_renames_is_put_in_place(
+    items: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:10]], out, directory=True)
+    more = [str(p) for p in items[10:15]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "swapping")
+    assert not out.exists()  # caught between the renames: the path is empty
+    with pytest.warns(CadstoreWarning, match="had committed|rolled"):
+        cadstore.merge(more, str(out), append=True)
+    assert_settled(out, _names(items[:15]))
+
+
+def test_a_directory_version_is_swapped_in_at_once(items: list[Path], tmp_path: Path) -> None:
+    """Where the file system can (Linux renameat2), a directory dataset is replaced in one
+    atomic step: its path is never empty, and a kill right after leaves the new version."""
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:10]], out, directory=True)
+    assert publish.exchange_paths(str(tmp_path / "items"), str(out))  # this file system
+    assert publish.exchange_paths(str(tmp_path / "items"), str(out))  # and back
+    more = [str(p) for p in items[10:15]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "exchanged")
+    assert seen_by_a_reader(out) == _names(items[:15])
+    with pytest.warns(CadstoreWarning, match="had committed version 2"):
+        cadstore.merge(more, str(out), append=True)
+    assert_settled(out, _names(items[:15]))
+
+
+def test_repair_says_what_it_did_and_is_idempotent(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "committed")
+    done = lifecycle.repair(cadstore.io.resolve(str(out)))
+    assert len(done) == 1 and "rolled forward" in done[0]
+    assert "parts.infoset" in done[0] and "parts.flow" in done[0]
+    assert lifecycle.repair(cadstore.io.resolve(str(out))) == []
+    assert_settled(out, _names(items[:9]))
+
+
+# ---------------------------------------------------------------------------- readers
+def test_a_reader_keeps_its_version_while_a_writer_replaces_it(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """Finding 2: a live explorer saw 13 items with 10 infoset rows."""
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    with DatasetExplorer(flow_output_file=tmp_path / "parts.flow") as explorer:
+        assert explorer.reader.n_items == 10
+        cadstore.merge([str(p) for p in items[10:13]], str(out), append=True)
+        # The infoset is read now, after the append replaced every file: the explorer
+        # still reads the version it opened, whole.
+        with pytest.warns(CadstoreWarning, match="belongs to another version"):
+            info = explorer.get_file_info_all()
+        assert len(info) == explorer.reader.n_items == 10
+        assert info["name"].tolist() == explorer.reader.item_names
+    with DatasetExplorer(flow_output_file=tmp_path / "parts.flow") as fresh:
+        assert len(fresh.get_file_info_all()) == fresh.reader.n_items == 13
+
+
+def test_copies_from_another_version_are_not_trusted(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:5]], str(out))
+    old_infoset = (tmp_path / "parts.infoset").read_bytes()
+    cadstore.merge([str(p) for p in items[5:8]], str(out), append=True)
+    (tmp_path / "parts.infoset").write_bytes(old_infoset)  # a stale copy
+    with (
+        pytest.warns(CadstoreWarning, match="belongs to another version"),
+        DatasetExplorer(flow_output_file=tmp_path / "parts.flow") as explorer,
+    ):
+        info = explorer.get_file_info_all()
+    assert info["name"].tolist() == _names(items[:8])
+
+
+def test_the_dataset_carries_tables_that_zarr_python_ignores(
+    items: list[Path], tmp_path: Path
+) -> None:
+    import zarr
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    record = commit_of(out)
+    assert record["version"] == 1 and record["parent"] is None and record["items"] == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a warning about unknown members
+        group = zarr.open_group(zarr.storage.ZipStore(out, mode="r"), mode="r")
+        assert {"faces", "edges", "item_names"} <= set(group.keys())
+    cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
+    second = commit_of(out)
+    assert second["version"] == 2 and second["parent"] == record["id"]
+
+
+# ---------------------------------------------------------------------------- writers
+def _hold_lock_in_child(
+    dataset: Path, operation: Callable[[], Any], started: Any, release: Any
+) -> Any:
+    """Start ``operation`` in a forked child that stops, holding the lock, until released."""
+
+    def child() -> None:
+        original = lifecycle.recover
+
+        def recover(*args: Any, **kwargs: Any) -> Any:
+            started.set()
+            release.wait(60)
+            return original(*args, **kwargs)
+
+        lifecycle.recover = recover  # type: ignore[assignment]
+        try:
+            operation()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+
+    process = FORK.Process(target=child)
+    process.start()
+    assert started.wait(60)
+    return process
+
+
+def test_a_second_appender_is_refused_and_nothing_is_lost(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """Finding 3: two concurrent appenders both reported success, and 5 items were lost."""
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    first, second = [str(p) for p in items[10:15]], [str(p) for p in items[15:20]]
+    started, release = FORK.Event(), FORK.Event()
+    holder = _hold_lock_in_child(
+        out, lambda: cadstore.merge(first, str(out), append=True), started, release
+    )
+    before = out.read_bytes()
+    with pytest.raises(DatasetLockedError) as refused:
+        cadstore.merge(second, str(out), append=True)
+    message = str(refused.value)
+    assert str(out) in message and f"pid {holder.pid}" in message and "append" in message
+    assert "nothing was changed" in message
+    assert out.read_bytes() == before
+    release.set()
+    holder.join(60)
+    assert holder.exitcode == 0
+    cadstore.merge(second, str(out), append=True)  # run again once the other is done
+    assert_settled(out, _names(items[:20]))
+
+
+def test_a_writer_can_wait_for_the_lock(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    first, second = [str(p) for p in items[10:15]], [str(p) for p in items[15:20]]
+    started, release = FORK.Event(), FORK.Event()
+    holder = _hold_lock_in_child(
+        out, lambda: cadstore.merge(first, str(out), append=True), started, release
+    )
+    threading.Timer(0.5, release.set).start()
+    result = cadstore.merge(second, str(out), append=True, lock_timeout=60)
+    holder.join(60)
+    assert holder.exitcode == 0
+    assert result.total_items == 20
+    assert_settled(out, _names(items[:20]))
+
+
+def test_a_split_is_a_writer_too(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    loader = DatasetLoader(flow_output_file=str(tmp_path / "parts.flow"))
+    started, release = FORK.Event(), FORK.Event()
+    holder = _hold_lock_in_child(
+        out,
+        lambda: cadstore.merge([str(p) for p in items[10:12]], str(out), append=True),
+        started,
+        release,
+    )
+    before = (tmp_path / "parts.infoset").read_bytes()
+    with pytest.raises(DatasetLockedError, match="append"):
+        loader.split(key="random", train=0.6, validation=0.2, test=0.2, random_state=0)
+    assert (tmp_path / "parts.infoset").read_bytes() == before
+    release.set()
+    holder.join(60)
+    # The split now starts from the new version's infoset: the 2 new items get none, and
+    # the next append keeps the split of the others.
+    loader.split(key="random", train=0.6, validation=0.2, test=0.2, random_state=0)
+    loader.close_resources()
+    subsets = pd.read_parquet(tmp_path / "parts.infoset").set_index("name")["subset"]
+    assert stamp_of_table(tmp_path / "parts.infoset") == commit_of(out)["id"]
+    assert (subsets[_names(items[10:12])] == "N/A").all()
+    recorded = subsets[_names(items[:10])]
+    assert set(recorded) == {"train", "validation", "test"}
+    cadstore.merge([str(p) for p in items[12:14]], str(out), append=True)
+    kept = pd.read_parquet(tmp_path / "parts.infoset").set_index("name")["subset"]
+    pd.testing.assert_series_equal(kept[_names(items[:10])], recorded)
+
+
+# ---------------------------------------------------------------------------- temporaries
+def test_temporaries_of_dead_writers_are_swept(items: list[Path], tmp_path: Path) -> None:
+    """Finding 5: a killed merge left a dataset-sized temporary no later run removed."""
+    out = tmp_path / "parts.dataset"
+    inputs = [str(p) for p in items[:6]]
+    run_killed(lambda: cadstore.merge(inputs, str(out)), "writing")
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert left  # what the killed writer was staging
+    # Another writer's live temporary in the same folder is left alone.
+    live = Path(publish.temporary_name(str(tmp_path)))
+    live.write_bytes(b"being written")
+    with pytest.warns(CadstoreWarning, match="rolled back"):
+        cadstore.merge(inputs, str(out))
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == [live]
+
+
+# ---------------------------------------------------------------------------- full disk
+class _FullDisk:
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, fh: Any, room: list[int]) -> None:
+        self._fh = fh
+        self._room = room
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self._room[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room[0] -= size
+        return int(self._fh.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """After this, files cadstore publishes hold at most ``room[0]`` more bytes."""
+    room = [0]
+    real = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        return _FullDisk(real(fd, *args, **kwargs), room)
+
+    monkeypatch.setattr(publish.os, "fdopen", fdopen)
+    return room
+
+
+def test_a_full_disk_names_the_file_and_loses_nothing(
+    items: list[Path], tmp_path: Path, full_disk: list[int]
+) -> None:
+    """Finding 7: a bare ``OSError: [Errno 28]`` named no path."""
+    out = tmp_path / "parts.dataset"
+    full_disk[0] = 10**9
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for room in (0, 20_000, 200_000):  # at once, and part-way through the dataset
+        full_disk[0] = room
+        with pytest.raises(StorageError) as failed:
+            cadstore.merge([str(p) for p in items[6:10]], str(out), append=True)
+        assert failed.value.errno == errno.ENOSPC
+        assert str(out) in str(failed.value) and "No space left" in str(failed.value)
+        after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        assert after == before  # nothing published changed, no temporary left
+    full_disk[0] = 10**9
+    cadstore.merge([str(p) for p in items[6:10]], str(out), append=True)
+    assert_settled(out, _names(items[:10]))
+
+
+def test_a_full_disk_while_publishing_an_item_names_it(
+    tmp_path: Path, full_disk: list[int]
+) -> None:
+    storage = cadstore.OptStorage(tmp_path / "part.zarr")
+    storage.save_data("face_areas", np.arange(1000, dtype=np.float64))
+    with pytest.raises(StorageError) as failed:
+        storage.compress_store()
+    assert failed.value.errno == errno.ENOSPC
+    assert "part.zarr.data" in str(failed.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+# ---------------------------------------------------------------------------- merges
+def test_a_killed_merge_followed_by_an_append_is_consistent(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """Finding 4: following the hint "append to it" wrote a manifest naming a missing
+    .infoset."""
+    out = tmp_path / "parts.dataset"
+    run_killed(lambda: cadstore.merge([str(p) for p in items[:8]], str(out)), "committed")
+    assert not (tmp_path / "parts.infoset").exists()
+    with pytest.warns(CadstoreWarning, match="rolled forward"):
+        cadstore.merge([str(p) for p in items[6:12]], str(out), append=True)
+    assert_settled(out, _names(items[:12]))
+    flow = json.loads((tmp_path / "parts.flow").read_text())
+    assert (tmp_path / flow["flow_info"]).is_file()
+
+
+def test_a_merge_of_other_items_over_a_committed_one_still_refuses(
+    items: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "parts.dataset"
+    run_killed(lambda: cadstore.merge([str(p) for p in items[:8]], str(out)), "committed")
+    before = out.read_bytes()
+    with (
+        pytest.warns(CadstoreWarning, match="rolled forward"),
+        pytest.raises(MergeError, match="already exists"),
+    ):
+        cadstore.merge([str(p) for p in items[:9]], str(out))
+    assert out.read_bytes() == before
+    assert_settled(out, _names(items[:8]))
+
+
+def test_a_lock_left_by_a_dead_process_is_not_in_the_way(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    run_killed(
+        lambda: cadstore.merge([str(p) for p in items[4:6]], str(out), append=True), "locked"
+    )
+    record = json.loads(Path(f"{out}.lock").read_text())
+    assert record["operation"] == "append" and record["pid"] != os.getpid()
+    started = time.monotonic()
+    with pytest.warns(CadstoreWarning, match="rolled back"):
+        cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
+    assert time.monotonic() - started < 60  # never waits for a dead owner
+    assert_settled(out, _names(items[:6]))
+
+
+def test_a_hostile_commit_record_cannot_make_a_writer_publish_outside(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """A commit record lists the copies to publish again: only plain names count."""
+    out = tmp_path / "in" / "parts.dataset"
+    victim = tmp_path / "victim.infoset"
+    victim.write_bytes(b"precious")
+    merge_items([str(p) for p in items[:4]], out, directory=True)
+    record = json.loads((out / COMMIT_MEMBER).read_text())
+    record["published"] = {"infoset": "../victim.infoset", "flow": "/tmp/x.flow"}
+    (out / COMMIT_MEMBER).write_text(json.dumps(record))
+    assert lifecycle.repair(cadstore.io.resolve(str(out))) == []
+    assert victim.read_bytes() == b"precious"
+    (out / COMMIT_MEMBER).write_text("[" * 100_000)
+    with DatasetReader(out) as reader, pytest.raises(CorruptStoreError, match=r"commit\.json"):
+        lifecycle.read_commit(reader)
+
+
+def test_cadstore_repair_on_the_command_line(
+    items: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cadstore.cli import main
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "infoset")
+    assert main(["repair", str(tmp_path / "parts.flow")]) == 0
+    said = capsys.readouterr().out
+    assert "rolled forward" in said and "parts.attribset" in said and "parts.flow" in said
+    assert main(["repair", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: nothing to repair"
+    assert_settled(out, _names(items[:9]))
