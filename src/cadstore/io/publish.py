@@ -17,8 +17,8 @@ never a partial one. This module is the one place that promise is kept:
 
 Temporary files are named ``.tmp-cadstore-<pid>-<host>-<token>`` (:data:`TEMP_PREFIX`, the
 writer's pid, a tag of its host), so a later run can tell a leftover of a killed writer
-from a file of a live one: :func:`sweep_temporaries` removes those older than a bound, and
-:func:`sweep_dead_temporaries` those of processes of this host that are gone.
+from a file of a live one: :func:`sweep_dead_temporaries` removes those of processes of this
+host that are gone, and those older than a bound.
 ``durable=False`` skips the fsyncs, for scratch data that can be made again (reports,
 summaries).
 
@@ -72,7 +72,6 @@ __all__ = [
     "recover_staged",
     "rewrite_open_file",
     "sweep_dead_temporaries",
-    "sweep_temporaries",
     "write_atomic",
     "write_bytes_atomic",
     "write_through_path",
@@ -329,35 +328,6 @@ _SWEPT: set[str] = set()
 _SWEPT_LOCK = threading.Lock()
 
 
-def sweep_temporaries(directory: Location, max_age: float = STALE_TEMP_SECONDS) -> None:
-    """Delete temporary files older than ``max_age`` seconds from a local ``directory``.
-
-    They are what killed writers left behind. A directory is swept once per process:
-    listing is linear in its size, and an encoder publishing a million items into one
-    directory must not list it a million times.
-    """
-    if directory.remote:
-        return
-    path = os.path.abspath(directory.path)
-    with _SWEPT_LOCK:
-        if path in _SWEPT:
-            return
-        _SWEPT.add(path)
-    now = time.time()
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(TEMP_PREFIX):
-            full = os.path.join(path, name)
-            try:
-                if now - os.stat(full).st_mtime > max_age:
-                    os.unlink(full)
-            except OSError:
-                continue
-
-
 def _owner_gone(name: str) -> bool:
     """Whether the temporary ``name`` was made by a process of this host that is gone."""
     parts = name[len(TEMP_PREFIX) :].split("-")
@@ -375,18 +345,28 @@ def _owner_gone(name: str) -> bool:
     return False
 
 
-def sweep_dead_temporaries(directory: Location, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+def sweep_dead_temporaries(
+    directory: Location, max_age: float = STALE_TEMP_SECONDS, *, once: bool = False
+) -> list[str]:
     """Delete the temporaries of dead writers from a local ``directory``; return their names.
 
     A temporary is dead when the process of this host that made it is gone (however old
     it is), or when nothing has written to it for ``max_age`` seconds (a writer of another
     host sharing the folder). Directories (dataset versions being assembled) go too.
-    Unlike :func:`sweep_temporaries` it lists the directory on every call: a dataset's
-    writer calls it once per operation, holding the dataset's lock.
+
+    A dataset's writer sweeps on every operation, holding the dataset's lock. Item writers
+    pass ``once=True``: the directory is then swept once per process, since listing is
+    linear in its size and an encoder publishing a million items into one folder must not
+    list it a million times.
     """
     if directory.remote:
         return []
     path = os.path.abspath(directory.path)
+    if once:
+        with _SWEPT_LOCK:
+            if path in _SWEPT:
+                return []
+            _SWEPT.add(path)
     try:
         names = [n for n in os.listdir(path) if n.startswith(TEMP_PREFIX)]
     except OSError:

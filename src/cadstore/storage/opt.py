@@ -66,7 +66,6 @@ import fnmatch
 import json
 import os
 import stat
-import threading
 from collections.abc import Collection, Iterator
 from typing import IO, Any, Literal
 
@@ -630,7 +629,7 @@ class OptStorage(DataStorage):
             self._check_open()
             if self._read_only:
                 return self._published.size() if self._published.isfile() else 0
-            _sweep_once(self._published.parent)
+            sweep_dead_temporaries(self._published.parent, once=True)
             self._compressed_size = write_atomic(
                 self._published, self._write_zip, durable=self._durable
             )
@@ -651,7 +650,7 @@ class OptStorage(DataStorage):
             saying that another writer published the item meanwhile. The previous store
             stays as it was in either case.
         """
-        _sweep_once(self._store.parent)
+        sweep_dead_temporaries(self._store.parent, once=True)
         try:
             sink = open_sink(self._store, directory=True, durable=self._durable)
         except StorageError:
@@ -790,26 +789,6 @@ class OptStorage(DataStorage):
 
     def _describe(self) -> str:
         return repr(self._published.path if self._read_only else self._store.path)
-
-
-_SWEPT: set[str] = set()
-_SWEPT_LOCK = threading.Lock()
-
-
-def _sweep_once(directory: Location) -> None:
-    """Remove what killed writers left in ``directory`` (temporary files, and the
-    directories of directory stores being assembled), once per process and directory:
-    an encoder publishing a million items into one folder lists it once, not a million
-    times. See :func:`cadstore.io.publish.sweep_dead_temporaries`.
-    """
-    if directory.remote:
-        return
-    path = os.path.abspath(directory.path)
-    with _SWEPT_LOCK:
-        if path in _SWEPT:
-            return
-        _SWEPT.add(path)
-    sweep_dead_temporaries(directory)
 
 
 def _write_failure(path: str, exc: OSError) -> StorageError:
