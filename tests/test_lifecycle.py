@@ -19,6 +19,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -280,12 +282,175 @@ def test_a_directory_dataset_killed_between_its_renames_is_put_in_place(
     assert_settled(out, _names(items[:15]))
 
 
+def test_a_swap_interrupted_without_exchange_survives_other_writers_sweeps(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """Between the two renames (file systems without an atomic exchange) both versions sit
+    under temporary names of a dead writer: a writer of another dataset in the same folder
+    sweeps dead temporaries, and must leave them to this dataset's recovery."""
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:10]], out, directory=True)
+    more = [str(p) for p in items[10:15]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "swapping")
+    assert not out.exists()
+    staged = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX))
+    assert len(staged) == 2 and staged[1] == f"{staged[0]}-old"
+    cadstore.merge([str(p) for p in items[:3]], str(tmp_path / "other.dataset"))
+    assert lifecycle.repair(tmp_path / "other.dataset") == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)) == staged
+    with pytest.warns(CadstoreWarning, match="had committed|rolled"):
+        cadstore.merge(more, str(out), append=True)
+    assert_settled(out, _names(items[:15]))
+
+
+def test_a_live_writers_staging_folder_is_never_swept_however_old(tmp_path: Path) -> None:
+    """Same host: a temporary is dead when its process is, not when it is old (a large
+    dataset takes hours to assemble, and its staging folder's time stops changing)."""
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        old = time.time() - 10 * 3600
+        names = {}
+        for who, pid in (("live", live.pid), ("dead", dead.pid)):
+            folder = tmp_path / f"{TEMP_PREFIX}{pid}-{publish.HOST_TAG}-{who}"
+            (folder / "face").mkdir(parents=True)
+            (folder / "face" / "c0").write_bytes(b"shard")
+            os.utime(folder, (old, old))
+            names[who] = folder.name
+        foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+        foreign.write_bytes(b"x")
+        os.utime(foreign, (old, old))
+        removed = publish.sweep_dead_temporaries(cadstore.io.resolve(str(tmp_path)))
+        assert sorted(removed) == sorted([names["dead"], foreign.name])
+        assert (tmp_path / names["live"] / "face" / "c0").read_bytes() == b"shard"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_staging_folder_removed_under_a_writer_publishes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    sink = publish.DirectorySink(cadstore.io.resolve(str(out)))
+    sink.add("face/c/0", b"first shard")
+    shutil.rmtree(sink.tmp)
+    with pytest.raises(StorageError, match=r"staging folder .* was removed") as caught:
+        sink.add("face/c/1", b"second shard")
+    assert str(out) in str(caught.value)
+    sink.abort()
+    assert not out.exists()
+
+
+def test_forked_workers_do_not_keep_a_killed_writers_lock(tmp_path: Path) -> None:
+    """flock belongs to the open file, which forked children share: a merge's process
+    pool outliving its killed parent must not keep the dataset locked."""
+    dataset = cadstore.io.resolve(str(tmp_path / "parts.dataset"))
+    script = (
+        "import os, sys, time\n"
+        "from cadstore.io.location import resolve\n"
+        "from cadstore.io.lock import WriterLock\n"
+        "WriterLock(resolve(sys.argv[1]), 'merge').acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.close(1); os.close(2)  # the test reads the owner's output to its end\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os._exit(0)  # the owner dies; its forked worker lives on\n"
+    )
+    owner = subprocess.run(
+        [sys.executable, "-c", script, dataset.path], capture_output=True, text=True, check=True
+    )
+    worker = int(owner.stdout.strip())
+    try:
+        os.kill(worker, 0)  # still alive
+        lock = lock_module.WriterLock(dataset, "append")
+        previous = lock.acquire()
+        assert previous is not None and previous.operation == "merge"
+        lock.release()
+    finally:
+        os.kill(worker, 9)
+
+
+def test_a_full_disk_while_taking_the_lock_names_the_lock_and_keeps_its_record(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    run_killed(
+        lambda: cadstore.merge([str(p) for p in items[4:6]], str(out), append=True), "writing"
+    )
+    journal = Path(f"{out}.lock").read_bytes()
+    real = publish.os.pwrite
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(publish.os, "pwrite", full)
+    with pytest.raises(StorageError, match="No space left") as caught:
+        cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
+    assert caught.value.errno == errno.ENOSPC and f"{out}.lock" in str(caught.value)
+    assert Path(f"{out}.lock").read_bytes() == journal  # the killed writer's journal kept
+    monkeypatch.setattr(publish.os, "pwrite", real)
+    # The failed attempt let the lock go: this process takes it and recovers.
+    with pytest.warns(CadstoreWarning, match="rolled back"):
+        cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
+    assert_settled(out, _names(items[:6]))
+
+
+def test_a_lock_record_torn_by_a_kill_mid_rewrite_reads_as_the_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    old = lock_module.LockRecord("a" * 16, "h", 1, "merge", 1.0, 1.0, journal={"x": "y" * 500})
+    new = lock_module.LockRecord("b" * 16, "h", 2, "append", 2.0, 2.0)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        publish.rewrite_open_file(fd, old.to_bytes())
+        # A kill after the new record's write, before the cut: what is left on disk.
+        os.pwrite(fd, new.to_bytes() + b"\n", 0)
+        torn = path.read_bytes()
+        assert len(torn) > len(new.to_bytes()) + 1
+        assert lock_module.LockRecord.from_bytes(torn) == new
+        publish.rewrite_open_file(fd, new.to_bytes())
+        assert path.read_bytes() == new.to_bytes() + b"\n"
+    finally:
+        os.close(fd)
+
+
+def test_a_zip_sink_aborted_on_a_full_disk_removes_its_temporary(tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    sink = publish.ZipSink(cadstore.io.resolve(str(out)))
+    sink.add("zarr.json", b"{}")
+    real = sink._fh
+
+    class FullOnClose:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def close(self) -> None:
+            real.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    sink._fh = FullOnClose()  # type: ignore[assignment]
+    sink.abort()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_commit_record_with_many_skipped_items_stays_readable() -> None:
+    from cadstore.format.commit import CommitRecord
+
+    errors = [{"file": f"items/{i:06d}.zarr.data", "error": "E" * 400} for i in range(60_000)]
+    record = CommitRecord.create("c" * 32, None, "merge", 3, {}, {}, {"errors": errors})
+    raw = record.to_bytes()
+    back = CommitRecord.from_bytes(raw, "parts.dataset")
+    assert [e["file"] for e in back.summary["errors"]] == [e["file"] for e in errors]
+
+
 def test_a_directory_version_is_swapped_in_at_once(items: list[Path], tmp_path: Path) -> None:
     """Where the file system can (Linux renameat2), a directory dataset is replaced in one
     atomic step: its path is never empty, and a kill right after leaves the new version."""
     out = tmp_path / "parts.dataset"
     merge_items([str(p) for p in items[:10]], out, directory=True)
-    assert publish.exchange_paths(str(tmp_path / "items"), str(out))  # this file system
+    if not publish.exchange_paths(str(tmp_path / "items"), str(out)):
+        pytest.skip("this file system cannot exchange two paths (renameat2 RENAME_EXCHANGE)")
     assert publish.exchange_paths(str(tmp_path / "items"), str(out))  # and back
     more = [str(p) for p in items[10:15]]
     run_killed(lambda: cadstore.merge(more, str(out), append=True), "exchanged")
@@ -584,10 +749,9 @@ def test_a_lock_left_by_a_dead_process_is_not_in_the_way(items: list[Path], tmp_
     )
     record = json.loads(Path(f"{out}.lock").read_text())
     assert record["operation"] == "append" and record["pid"] != os.getpid()
-    started = time.monotonic()
+    # lock_timeout is 0: the dead owner's lock is taken at once, or this would raise.
     with pytest.warns(CadstoreWarning, match="rolled back"):
         cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
-    assert time.monotonic() - started < 60  # never waits for a dead owner
     assert_settled(out, _names(items[:6]))
 
 

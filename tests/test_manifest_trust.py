@@ -49,7 +49,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "where",
-    ["relative", "absolute", "http", "s3"],
+    ["relative", "absolute", "http", "s3", "symlink"],
 )
 def test_paths_outside_the_manifest_folder_are_refused(
     flow: Path, tmp_path: Path, where: str
@@ -63,7 +63,10 @@ def test_paths_outside_the_manifest_folder_are_refused(
         "absolute": str(victim),
         "http": "http://127.0.0.1:9/victim.infoset",
         "s3": "s3://bucket/victim.infoset",
+        "symlink": "sub/victim.infoset",  # sub -> ../outside: inside by name only
     }[where]
+    if where == "symlink":
+        (flow.parent / "sub").symlink_to("../outside")
     bad = _manifest(flow, "bad.flow", flow_info=value)
     before = _tree_bytes(tmp_path)
     for open_it in (

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cadstore.errors import CorruptStoreError
+from cadstore.errors import CorruptStoreError, MergeError
 
 __all__ = [
     "COMMIT_FORMAT",
@@ -177,7 +177,23 @@ class CommitRecord:
             "published": self.published,
             "summary": self.summary,
         }
-        return json.dumps(doc, indent=1, allow_nan=False, default=str).encode("utf-8")
+        raw = json.dumps(doc, indent=1, allow_nan=False, default=str).encode("utf-8")
+        # The summary lists every item skipped with its error: with many thousands of them
+        # the messages are shortened, then dropped (the files stay listed), so that no
+        # version is written that its readers would refuse as too large.
+        for keep in (200, 0):
+            if len(raw) <= _MAX_RECORD_BYTES:
+                return raw
+            errors = self.summary.get("errors")
+            if isinstance(errors, list):
+                doc["summary"] = {**self.summary, "errors": [_shorten(e, keep) for e in errors]}
+            raw = json.dumps(doc, indent=1, allow_nan=False, default=str).encode("utf-8")
+        if len(raw) > _MAX_RECORD_BYTES:
+            raise MergeError(
+                f"the commit record of this version would be {len(raw)} bytes, more than "
+                f"{_MAX_RECORD_BYTES}; nothing was committed"
+            )
+        return raw
 
     @classmethod
     def from_bytes(cls, raw: bytes, where: str) -> CommitRecord:
@@ -241,3 +257,11 @@ class CommitRecord:
             },
             summary=summary,
         )
+
+
+def _shorten(error: Any, keep: int) -> Any:
+    """A summary's error entry with its message cut to ``keep`` characters."""
+    if not isinstance(error, dict) or "error" not in error:
+        return error
+    message = str(error["error"])
+    return {**error, "error": message[:keep] + ("..." if len(message) > keep else "")}

@@ -89,8 +89,9 @@ def _inside(folder: Location, listed: Location) -> bool:
         scheme, _, key = listed.path.partition("://")
         normal = f"{scheme}://{posixpath.normpath(key)}" if key else listed.path
         return normal.startswith(base + "/") and listed.fs is folder.fs
-    base = os.path.abspath(folder.path)
-    full = os.path.abspath(listed.path)
+    # Symbolic links resolved: a link inside the folder may lead anywhere.
+    base = os.path.realpath(folder.path)
+    full = os.path.realpath(listed.path)
     return full != base and os.path.commonpath([base, full]) == base
 
 

@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -42,9 +43,12 @@ from typing import Any
 from cadstore.errors import CadstoreWarning, DatasetLockedError, StorageError
 from cadstore.io.location import Location
 from cadstore.io.publish import (
+    HOST_TAG,
     conditional_writes_supported,
+    pid_alive,
     rewrite_open_file,
     write_bytes_atomic,
+    writing,
 )
 
 try:  # POSIX; elsewhere the lock works as on an object store
@@ -97,6 +101,10 @@ class LockRecord:
     journal
         What it staged, for the next owner to finish or remove (see
         :mod:`cadstore.lifecycle`).
+    pid_space
+        The tag of the owner's pid space (:data:`cadstore.io.publish.HOST_TAG`: host and
+        pid namespace): only a process with the same tag can tell from the pid whether the
+        owner is alive.
     """
 
     token: str
@@ -107,6 +115,7 @@ class LockRecord:
     heartbeat: float
     phase: str = "writing"
     journal: dict[str, Any] = field(default_factory=dict)
+    pid_space: str = ""
 
     def to_bytes(self) -> bytes:
         """The record as it is stored."""
@@ -117,6 +126,8 @@ class LockRecord:
         """Parse a stored record; ``None`` for an empty, torn or foreign one."""
         if not raw or len(raw) > _MAX_RECORD_BYTES:
             return None
+        # The record is the first line (see cadstore.io.publish.rewrite_open_file).
+        raw = raw.split(b"\n", 1)[0]
         try:
             doc = json.loads(raw)
         except (ValueError, RecursionError):
@@ -134,6 +145,7 @@ class LockRecord:
                 heartbeat=float(doc["heartbeat"]),
                 phase=str(doc.get("phase", "writing")),
                 journal=dict(journal) if isinstance(journal, dict) else {},
+                pid_space=str(doc.get("pid_space", "")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -199,6 +211,7 @@ class WriterLock:
             operation=operation,
             started=now,
             heartbeat=now,
+            pid_space=HOST_TAG,
         )
         self.previous: LockRecord | None = None
         self._fd: int | None = None
@@ -207,6 +220,7 @@ class WriterLock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._mutex = threading.Lock()
+        _LOCKS.add(self)
 
     # ------------------------------------------------------------------ public
     def acquire(self) -> LockRecord | None:
@@ -277,6 +291,7 @@ class WriterLock:
         self._held = False
         _HELD.discard(self.record.token)
         if self._local:
+            _LOCAL_FDS.pop(self.record.token, None)
             assert self._fd is not None
             # Removed while still locked: a process that opened the old file finds, once
             # it gets the lock, that the path no longer leads to it, and starts again.
@@ -329,9 +344,16 @@ class WriterLock:
             if not same:  # released and removed between our open and our flock
                 os.close(fd)
                 continue
+            previous = LockRecord.from_bytes(os.pread(fd, _MAX_RECORD_BYTES, 0))
+            try:
+                with writing(path):
+                    rewrite_open_file(fd, self.record.to_bytes())
+            except BaseException:
+                os.close(fd)  # the lock with it: the previous record is still there
+                raise
             self._fd = fd
-            self.previous = LockRecord.from_bytes(os.pread(fd, _MAX_RECORD_BYTES, 0))
-            self._write_record()
+            self.previous = previous
+            _LOCAL_FDS[self.record.token] = fd
             return None
 
     # ------------------------------------------------------------------ object stores
@@ -373,7 +395,12 @@ class WriterLock:
 
         def beat() -> None:
             while not self._stop.wait(period):
-                current = self._read_remote()
+                # A store that fails now and then must not end the heartbeat (the lock
+                # would go stale under a live writer): errors are retried next period.
+                try:
+                    current = self._read_remote()
+                except Exception:  # noqa: S112 - retried next period
+                    continue
                 if current is None or current.token != self.record.token:
                     self._lost = True
                     return
@@ -390,7 +417,8 @@ class WriterLock:
         with self._mutex:
             if self._local:
                 assert self._fd is not None
-                rewrite_open_file(self._fd, raw)
+                with writing(self.location.path):
+                    rewrite_open_file(self._fd, raw)
             else:
                 write_bytes_atomic(self.location, raw)
 
@@ -403,19 +431,41 @@ _WARNED: set[str] = set()
 _HELD: set[str] = set()
 
 
+#: Descriptors of the local locks this process holds, by token.
+_LOCAL_FDS: dict[str, int] = {}
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close the descriptors of the parent's locks, and forget them.
+
+    ``flock`` belongs to the open file, which a forked child shares: a worker of a merge's
+    process pool would otherwise keep the dataset locked after the merge was killed. Closed,
+    not unlocked (unlocking would release the parent's lock too).
+    """
+    for fd in _LOCAL_FDS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCAL_FDS.clear()
+    _HELD.clear()
+    for lock in list(_LOCKS):
+        lock._fd = None
+        lock._held = False
+
+
+#: Every lock object of this process (to reset them in forked children).
+_LOCKS: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 def _gone(holder: LockRecord) -> bool:
-    """Whether the holder is a process of this host that no longer holds its lock."""
-    if holder.host != socket.gethostname():
+    """Whether the holder is a process of this pid space that no longer holds its lock."""
+    if holder.pid_space != HOST_TAG:
         return False
     if holder.pid == os.getpid():
         return holder.token not in _HELD
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(holder.pid)
 
 
 def _warn_unconditional(location: Location) -> None:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from cadstore.io.location import Location
 
 __all__ = [
+    "HOST_TAG",
     "TEMP_PREFIX",
     "DirectorySink",
     "PrefixSink",
@@ -68,6 +69,7 @@ __all__ = [
     "fsync_dir",
     "move_into_place",
     "open_sink",
+    "pid_alive",
     "publish_file",
     "recover_staged",
     "rewrite_open_file",
@@ -97,10 +99,16 @@ _WRITE_ERRNOS = frozenset(
 
 
 def _host_tag() -> str:
-    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+    """A tag of the pid space this process lives in: its host name, and on Linux its pid
+    namespace (containers sharing a host name, ``--net=host``, do not share pids)."""
+    identity = socket.gethostname()
+    with contextlib.suppress(OSError):
+        identity += f"/pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    return hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:8]
 
 
-_HOST_TAG = _host_tag()
+#: Processes with the same tag can tell whether each other's pids are alive.
+HOST_TAG = _host_tag()
 
 
 # ---------------------------------------------------------------------------- primitives
@@ -129,7 +137,7 @@ def writing(path: str) -> Iterator[None]:
 
 def temporary_name(directory: str, suffix: str = "") -> str:
     """A fresh temporary path in ``directory``: :data:`TEMP_PREFIX`, pid, host tag, token."""
-    name = f"{TEMP_PREFIX}{os.getpid()}-{_HOST_TAG}-{secrets.token_hex(6)}{suffix}"
+    name = f"{TEMP_PREFIX}{os.getpid()}-{HOST_TAG}-{secrets.token_hex(6)}{suffix}"
     return os.path.join(directory, name)
 
 
@@ -328,21 +336,25 @@ _SWEPT: set[str] = set()
 _SWEPT_LOCK = threading.Lock()
 
 
-def _owner_gone(name: str) -> bool:
-    """Whether the temporary ``name`` was made by a process of this host that is gone."""
+def _owner_on_this_host(name: str) -> int | None:
+    """The pid that made the temporary ``name``, if a process of this host made it."""
     parts = name[len(TEMP_PREFIX) :].split("-")
-    if len(parts) < 3 or parts[1] != _HOST_TAG or not parts[0].isdigit():
-        return False
-    pid = int(parts[0])
+    if len(parts) < 3 or parts[1] != HOST_TAG or not parts[0].isdigit():
+        return None
+    return int(parts[0])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this pid space (see :data:`HOST_TAG`) is alive."""
     if pid == os.getpid():
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
         return False
-    return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def sweep_dead_temporaries(
@@ -350,9 +362,14 @@ def sweep_dead_temporaries(
 ) -> list[str]:
     """Delete the temporaries of dead writers from a local ``directory``; return their names.
 
-    A temporary is dead when the process of this host that made it is gone (however old
-    it is), or when nothing has written to it for ``max_age`` seconds (a writer of another
-    host sharing the folder). Directories (dataset versions being assembled) go too.
+    A temporary made by a process of this host is dead when that process is gone, and
+    only then: a live writer may take hours to assemble a large dataset, and the age of a
+    staging folder says nothing (its entry stops changing once its subfolders exist). A
+    temporary of another host sharing the folder is dead when nothing has written to it
+    for ``max_age`` seconds. Directories (versions being assembled) go too, except a
+    directory whose swap into place was interrupted (``<name>`` with ``<name>-old`` beside
+    it, on file systems without an atomic exchange): both versions stay for the recovery of
+    their destination (:func:`recover_staged`), which alone knows which is which.
 
     A dataset's writer sweeps on every operation, holding the dataset's lock. Item writers
     pass ``once=True``: the directory is then swept once per process, since listing is
@@ -372,11 +389,19 @@ def sweep_dead_temporaries(
     except OSError:
         return []
     now = time.time()
+    present = set(names)
     removed = []
     for name in names:
         full = os.path.join(path, name)
+        if f"{name}-old" in present or (name.endswith("-old") and name[:-4] in present):
+            continue  # an interrupted swap: see above
+        owner = _owner_on_this_host(name.removesuffix("-old"))
         try:
-            stale = _owner_gone(name) or now - os.lstat(full).st_mtime > max_age
+            stale = (
+                not pid_alive(owner)
+                if owner is not None
+                else now - os.lstat(full).st_mtime > max_age
+            )
         except OSError:
             continue
         if not stale:
@@ -521,6 +546,14 @@ class DirectorySink(Sink):
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
         target = os.path.join(self.tmp, *name.split("/"))
+        if not os.path.isdir(self.tmp):
+            # Removed under us (by hand, or by a sweep that took this writer for dead):
+            # recreating it would publish a version without what was added before.
+            raise StorageError(
+                self.location.path,
+                f"its staging folder {os.path.basename(self.tmp)} was removed while it was "
+                "being written; nothing was published",
+            )
         with writing(self.location.path):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "xb") as fh:
@@ -697,10 +730,15 @@ def rewrite_open_file(fd: int, data: bytes) -> None:
     """Replace the whole content of the open file ``fd`` with ``data``, durably.
 
     For a file that must keep its identity while it changes (a lock file, locked by
-    ``flock``): not atomic, so its readers must accept a torn content.
+    ``flock``). ``data`` must not contain a newline: it is written first, followed by one,
+    and the file is cut after it, so a process killed between the two steps leaves the new
+    content followed by a tail of the old, and a reader taking the first line gets the new
+    content (never an empty file, which truncating first would leave).
     """
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    if b"\n" in data:
+        raise ValueError("rewrite_open_file: data must be one line")
+    os.pwrite(fd, data + b"\n", 0)
+    os.ftruncate(fd, len(data) + 1)
     os.fsync(fd)
 
 

@@ -331,10 +331,10 @@ def _write_appended(
     cont = _carry_over(reader, _continue_groups(reader, groups))
     plans = cont.plans
     sink = open_sink(target, directory=target.isdir())
-    txn.begin(sink)
-    # As the dataset was written: its checksums (or none) and provenance chunk grids.
-    writer = ShardWriter.continuing(sink, pool, options, reader)
     try:
+        txn.begin(sink)
+        # As the dataset was written: its checksums (or none) and provenance chunk grids.
+        writer = ShardWriter.continuing(sink, pool, options, reader)
         for key in reader.members():
             if key not in cont.regenerated:
                 writer.add(key, reader.member(key) or b"")

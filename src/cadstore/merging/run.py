@@ -233,8 +233,8 @@ def _write_version(
             raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
         plan = plan_merge(scans, schema, options, errors)
         sink = open_sink(target, directory=options.directory)
-        txn.begin(sink)
         try:
+            txn.begin(sink)
             writer = ShardWriter(sink, pool, options)
             per_item = per_item_values(plan)
             if client is not None:
