@@ -1,0 +1,289 @@
+"""Batches for training, decoded by threads of the training process itself.
+
+``DataLoader(num_workers=N)`` decodes items in worker processes and ships every batch to
+the training process through fresh shared memory, which costs the kernel about as much as
+decoding does (``docs/benchmarks.md``). Decoding releases the GIL (zstd, numpy copies), so
+threads of the training process can do the same work without the shipping:
+:class:`BatchLoader` runs a small pool of threads, each with its own reader of the dataset
+(readers hold a lock; sharing one would serialise the threads), decodes every batch straight
+into batch buffers that are reused from one batch to the next, collates it, and keeps the
+next batches in flight while the model trains on the current one.
+
+The items are those of :class:`~cadstore.dataset.loader.CADDataset`, collated as
+:class:`~cadstore.dataset.torch_support.GraphCollate` does (``DataLoader`` with
+``to_torch``'s dataset and collate function gives equal batches).
+
+Reusing buffers is safe: a buffer goes back to the pool only when nothing outside the
+loader refers to its memory any more (no batch, tensor or view of it is alive), which torch
+counts for every storage. A batch kept by the caller is therefore never overwritten; the
+loader then allocates a fresh buffer instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from cadstore.dataset.torch_support import GraphCollate, require_torch
+
+__all__ = ["BatchLoader", "BufferPool"]
+
+
+class BufferPool:
+    """Batch buffers (tensors) handed out by size and dtype, and taken back once unused.
+
+    Parameters
+    ----------
+    pin_memory
+        Allocate page-locked memory, which copies to a GPU asynchronously (only where CUDA
+        is available).
+    keep
+        Free buffers kept per dtype; more are let go (a caller that held many batches at
+        once does not leave the pool that large).
+
+    Notes
+    -----
+    A buffer is lent as a view of its first elements, shaped as asked; it is free again
+    when the storage it lives in is referred to by nothing but the pool (torch's use count
+    of the storage). Buffers grow by a quarter more than asked, so that batches of
+    slightly different sizes share them.
+    """
+
+    def __init__(self, *, pin_memory: bool = False, keep: int = 64) -> None:
+        self.torch = require_torch()
+        self.pin_memory = pin_memory
+        self.keep = keep
+        self._free: dict[Any, list[Any]] = collections.defaultdict(list)
+        self._lent: list[tuple[Any, Any]] = []
+        self._lock = threading.Lock()
+        self.allocated = 0  # buffers made, for tests and tuning
+        self.reused = 0
+        use_count = getattr(self.torch._C, "_storage_Use_Count", None)
+        self._use_count: Callable[[Any], int] | None = use_count
+        self._baseline = self._count(self.torch.empty(1)) if use_count is not None else -1
+
+    def _count(self, tensor: Any) -> int:
+        assert self._use_count is not None
+        return int(self._use_count(tensor.untyped_storage()._cdata))
+
+    def _reclaim(self) -> None:
+        """Return the lent buffers nothing refers to any more to the free lists."""
+        if self._use_count is None:
+            self._lent.clear()  # cannot tell: never reused
+            return
+        still = []
+        for dtype, base in self._lent:
+            if self._count(base) > self._baseline:
+                still.append((dtype, base))
+            elif len(self._free[dtype]) < self.keep:
+                self._free[dtype].append(base)
+        self._lent = still
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A tensor of ``shape`` and ``dtype``, of a free buffer if one is large enough."""
+        torch = self.torch
+        key = np.dtype(dtype)
+        numel = int(np.prod(shape, dtype=np.int64))
+        with self._lock:
+            self._reclaim()
+            free = self._free[key]
+            base = None
+            for i, candidate in enumerate(free):
+                if candidate.numel() >= numel:
+                    base = free.pop(i)
+                    self.reused += 1
+                    break
+            if base is None:
+                like = torch.from_numpy(np.empty(0, dtype=key))
+                base = torch.empty(
+                    max(1, numel + numel // 4), dtype=like.dtype, pin_memory=self.pin_memory
+                )
+                self.allocated += 1
+            self._lent.append((key, base))
+        return base[:numel].view(shape)
+
+
+class _PooledAllocator:
+    """The allocator of one batch (see ``DatasetReader.read_items``), drawing on a pool."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        self.pool = pool
+        self.tensors: dict[tuple[str, str], Any] = {}
+
+    def __call__(
+        self, group: str, array: str, shape: tuple[int, ...], dtype: np.dtype
+    ) -> np.ndarray:
+        if dtype.kind not in "biuf" or (dtype.kind == "u" and dtype.itemsize > 1):
+            return np.empty(shape, dtype=dtype)  # batched by the collate, as in DataLoader
+        tensor = self.pool.take(shape, dtype)
+        self.tensors[(group, array)] = tensor
+        buffer: np.ndarray = tensor.numpy()
+        return buffer
+
+
+class BatchLoader:
+    """Iterate over batches of a dataset's items, decoded by threads of this process.
+
+    Parameters
+    ----------
+    source
+        What reads the items: the ``source`` of ``CADDataset.to_torch()``'s dataset (an
+        :class:`~cadstore.dataset.loader.ItemSource` without ``item_loader_func``).
+    indices
+        The items' codes, in subset order.
+    batch_size
+        Items per batch.
+    shuffle
+        Visit the items in a new random order every epoch (see :meth:`set_epoch`).
+    seed
+        Seed of the shuffles: the order of epoch ``e`` depends on ``(seed, e)`` only.
+    drop_last
+        Leave out the last batch when it is smaller than ``batch_size``.
+    threads
+        Decoding threads, each with its own reader of the dataset.
+    prefetch
+        Batches decoded ahead of the one the caller is given.
+    collate_fn
+        Makes a batch of the items read (default: :class:`GraphCollate`). It receives an
+        :class:`~cadstore.dataset.reader.ItemBatch` whose arrays are already concatenated
+        in reused buffers (``tensors``), as ``GraphCollate`` expects.
+    pin_memory
+        Page-locked batch buffers (default: when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        threads: int = 2,
+        prefetch: int = 4,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if getattr(source, "item_loader_func", None) is not None:
+            raise ValueError(
+                "BatchLoader reads dataset items as they are stored; with an "
+                "item_loader_func, use DataLoader(dataset.to_torch()) instead"
+            )
+        if batch_size < 1 or threads < 1 or prefetch < 0:
+            raise ValueError("batch_size and threads must be at least 1, prefetch at least 0")
+        torch = require_torch()
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.threads = int(threads)
+        self.prefetch = int(prefetch)
+        self.collate_fn = collate_fn if collate_fn is not None else GraphCollate()
+        if pin_memory is None:
+            pin_memory = bool(torch.cuda.is_available())
+        self.pool = BufferPool(pin_memory=pin_memory)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of ``epoch`` for the next iteration (each iteration then counts
+        on from it), as ``DistributedSampler.set_epoch`` does."""
+        self.epoch = int(epoch)
+
+    def batches_of(self, epoch: int) -> list[np.ndarray]:
+        """The item codes of every batch of ``epoch``, in order."""
+        order = self.indices
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = order[rng.permutation(len(order))]
+        stops = range(0, len(order), self.batch_size)
+        batches = [order[i : i + self.batch_size] for i in stops]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def _make(self, readers: _Readers, codes: np.ndarray) -> Any:
+        source = readers.source()
+        allocator = _PooledAllocator(self.pool)
+        batch = source.read_many(codes.tolist(), allocator)
+        batch.tensors = allocator.tensors
+        return self.collate_fn(batch)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epoch
+        self.epoch += 1
+        plan = self.batches_of(epoch)
+        readers = _Readers(self.source)
+        pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="cadstore-batches")
+        pending: collections.deque[cf.Future[Any]] = collections.deque()
+        try:
+            todo = iter(plan)
+            for codes in todo:
+                pending.append(pool.submit(self._make, readers, codes))
+                if len(pending) >= self.threads + self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(self._make, readers, following))
+                yield batch
+                del batch
+        finally:
+            # Also when the caller stops early (break, an exception in the training step):
+            # batches not started are dropped, those under way finish, then every reader
+            # of this iteration is closed.
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            readers.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchLoader {len(self.indices)} items, {len(self)} batches of "
+            f"{self.batch_size}, {self.threads} threads>"
+        )
+
+
+class _Readers:
+    """The readers of one iteration: one per decoding thread, each with its own file."""
+
+    def __init__(self, source: Any) -> None:
+        self.shared = source
+        self.local = threading.local()
+        self.made: list[Any] = []
+        self.lock = threading.Lock()
+
+    def source(self) -> Any:
+        """This thread's copy of the source, reading through a reader of its own."""
+        mine = getattr(self.local, "source", None)
+        if mine is None:
+            from cadstore.dataset.reader import DatasetReader
+
+            shared = self.shared.reader
+            mine = copy.copy(self.shared)
+            mine.reader = DatasetReader(
+                shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
+            )
+            self.local.source = mine
+            with self.lock:
+                self.made.append(mine)
+        return mine
+
+    def close(self) -> None:
+        with self.lock:
+            made, self.made = self.made, []
+        for source in made:
+            source.reader.close()

@@ -1,0 +1,153 @@
+"""The in-process training loader (``cadstore.dataset.training.BatchLoader``): the same
+batches as ``DataLoader`` over ``to_torch()``, shuffled per epoch, with buffers that are
+reused only when nothing refers to them any more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import cadstore
+from cadstore.dataset import DatasetLoader
+from cadstore.dataset.training import BatchLoader
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def flow(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("training")
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:40]], str(folder / "parts.dataset"))
+    return folder / "parts.flow"
+
+
+@pytest.fixture
+def loader(flow: Path) -> Iterator[DatasetLoader]:
+    with DatasetLoader(flow_output_file=flow) as ld:
+        ld.split("random", train=0.8, validation=0.1, test=0.1, random_state=0)
+        yield ld
+
+
+def _flat(batch: Any, prefix: str = "") -> dict[str, Any]:
+    """A collated batch as ``{path: numpy array or list}``, for comparing two batches."""
+    out: dict[str, Any] = {}
+    if isinstance(batch, Mapping):
+        for key, value in batch.items():
+            out.update(_flat(value, f"{prefix}/{key}"))
+    elif isinstance(batch, torch.Tensor):
+        out[prefix] = batch.numpy().copy()
+    else:
+        out[prefix] = list(batch) if isinstance(batch, list | tuple) else batch
+    return out
+
+
+def _assert_same(a: Any, b: Any) -> None:
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+        if isinstance(fa[key], np.ndarray):
+            assert fa[key].dtype == fb[key].dtype, key
+            np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+        else:
+            assert fa[key] == fb[key], key
+
+
+def _batch_loader(loader: DatasetLoader, subset: str = "train", **kwargs: Any) -> BatchLoader:
+    dataset, _ = loader.get_dataset(subset).to_torch()
+    return BatchLoader(dataset.source, dataset.indices, **kwargs)
+
+
+def test_batches_equal_the_dataloaders(loader: DatasetLoader) -> None:
+    dataset, collate = loader.get_dataset("train").to_torch()
+    reference = list(
+        torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=False, collate_fn=collate)
+    )
+    batches = _batch_loader(loader, batch_size=6, shuffle=False, threads=2, prefetch=2)
+    mine = list(batches)
+    assert len(mine) == len(reference) == len(batches)
+    for ours, theirs in zip(mine, reference, strict=True):
+        _assert_same(ours, theirs)
+
+
+def test_every_epoch_is_a_seeded_permutation(loader: DatasetLoader) -> None:
+    indices = loader.get_dataset("train").indices.tolist()
+    batches = _batch_loader(loader, batch_size=5, seed=7)
+    first = [c for b in batches for c in b["file_id_code"].tolist()]
+    second = [c for b in batches for c in b["file_id_code"].tolist()]
+    assert sorted(first) == sorted(second) == sorted(indices)
+    assert first != second and first != indices
+    batches.set_epoch(0)
+    assert [c for b in batches for c in b["file_id_code"].tolist()] == first
+    again = _batch_loader(loader, batch_size=5, seed=7)
+    assert [c.tolist() for c in again.batches_of(1)] == [
+        second[i : i + 5] for i in range(0, len(second), 5)
+    ]
+    other = _batch_loader(loader, batch_size=5, seed=8)
+    assert [c.tolist() for c in other.batches_of(0)] != [c.tolist() for c in again.batches_of(0)]
+
+
+def test_drop_last_and_length(loader: DatasetLoader) -> None:
+    n = len(loader.get_dataset("train"))
+    assert n % 7
+    keep = _batch_loader(loader, batch_size=7)
+    drop = _batch_loader(loader, batch_size=7, drop_last=True)
+    assert len(keep) == -(-n // 7) and len(drop) == n // 7
+    assert [len(b["file_id_code"]) for b in drop] == [7] * (n // 7)
+    assert sum(len(b["file_id_code"]) for b in keep) == n
+
+
+def test_buffers_are_reused_when_batches_are_let_go(loader: DatasetLoader) -> None:
+    batches = _batch_loader(loader, batch_size=4, shuffle=False, threads=1, prefetch=1)
+    for _ in range(3):
+        for batch in batches:
+            assert batch["faces"]["face_areas"].shape[0] == int(batch["ptr"]["faces"][-1])
+            del batch
+    pool = batches.pool
+    assert pool.reused > pool.allocated
+
+
+def test_batches_kept_by_the_caller_are_never_overwritten(loader: DatasetLoader) -> None:
+    dataset, collate = loader.get_dataset("train").to_torch()
+    reference = list(
+        torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=collate)
+    )
+    batches = _batch_loader(loader, batch_size=4, shuffle=False, threads=2, prefetch=3)
+    kept = list(batches)  # every batch held while the next ones are decoded
+    views = [b["faceface"]["d2_distance"][:1] for b in batches]  # views only, batches dropped
+    again = list(batches)
+    for ours, theirs in zip(kept, reference, strict=True):
+        _assert_same(ours, theirs)
+    for ours, theirs in zip(again, reference, strict=True):
+        _assert_same(ours, theirs)
+    for view, theirs in zip(views, reference, strict=True):
+        np.testing.assert_array_equal(view.numpy(), theirs["faceface"]["d2_distance"][:1].numpy())
+
+
+def test_stopping_early_closes_the_readers(loader: DatasetLoader) -> None:
+    batches = _batch_loader(loader, batch_size=4, threads=2, prefetch=2)
+    for batch in batches:
+        assert len(batch["file_id_code"]) == 4
+        break  # the generator is closed here: its readers too, or a ResourceWarning fails
+    with pytest.raises(RuntimeError, match="training step"):
+        _train_and_fail(batches)
+
+
+def _train_and_fail(batches: BatchLoader) -> None:
+    for _ in batches:
+        raise RuntimeError("the training step failed")
+
+
+def test_a_transform_is_refused_with_the_way_that_works(flow: Path) -> None:
+    with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:
+        ld.split("random", random_state=0)
+        dataset, _ = ld.get_dataset("train").to_torch()
+        with pytest.raises(ValueError, match="DataLoader"):
+            BatchLoader(dataset.source, dataset.indices)
+
+
+def _face_count(item: dict[str, Any]) -> int:
+    return len(item["faces"]["face_areas"])
