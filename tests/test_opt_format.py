@@ -266,7 +266,9 @@ def test_reopen_reads_back_exactly(tmp_path: Path) -> None:
             assert_same(storage.load_data(key), value, key)
         with pytest.raises(ReadOnlyStorageError):
             storage.save_data("x", 1)
-        assert storage.get_file_path("") == str(tmp_path / "part.zarr.data")
+        # As specified: the store path; the published file is compressed_path.
+        assert storage.get_file_path("") == str(tmp_path / "part.zarr")
+        assert storage.compressed_path == str(tmp_path / "part.zarr.data")
 
 
 def test_size_tracking_reports_stored_bytes(tmp_path: Path) -> None:

@@ -170,3 +170,84 @@ def test_encoder_accepts_a_user_schema_with_graph_on_its_own_dimension(
     sources = explorer.get_array_data("graph", "edges_source").values
     assert len(sources) == 2 * HOOPSLoader().create_from_file(cad_file).get_brep().num_coedges
     explorer.close()
+
+
+# ---------------------------------------------------------------------------- 3. get_file_path
+def _encode_task(encoded_dir: Path, name: str, n_faces: int) -> str:
+    """A transform task body as the specified users write it; returns its file path."""
+    from cadstore.storage import OptStorage
+
+    storage = OptStorage(store_path=str(encoded_dir / f"{name}.zarr"))
+    storage.save_data("faces/face_areas", np.arange(n_faces, dtype=np.float32) + 1)
+    storage.save_metadata("Item", f"/cad/{name}.step")
+    storage.compress_store()
+    path = storage.get_file_path("")
+    storage.close()
+    return path
+
+
+def test_get_file_path_after_compress_is_the_store_path_users_append_data_to(
+    tmp_path: Path,
+) -> None:
+    from cadstore.storage.datasetstorage import DatasetMerger
+
+    encoded = tmp_path / "encoded"
+    returned = [_encode_task(encoded, f"part{i}", 3 + i) for i in range(3)]
+    assert returned[0] == str(encoded / "part0.zarr")
+    # The documented custom-merge task appends the extension itself.
+    zip_files = [path + ".data" for path in returned]
+    assert all(Path(f).is_file() for f in zip_files)
+    merger = DatasetMerger(
+        zip_files=zip_files,
+        merged_store_path=str(tmp_path / "custom.dataset"),
+        delete_source_files=False,
+    )
+    result = merger.merge_data()
+    assert len(result.items) == 3
+    # cadstore's own merge takes the returned store paths as they are.
+    import cadstore
+
+    assert len(cadstore.merge(returned, str(tmp_path / "direct.dataset")).items) == 3
+
+
+# ---------------------------------------------------------------------------- 4, 9. merger
+def test_merge_data_overwrites_an_existing_output_as_specified(tmp_path: Path) -> None:
+    import cadstore
+    from cadstore import DatasetExplorer
+    from cadstore.errors import MergeError
+    from cadstore.storage.datasetstorage import DatasetMerger
+
+    encoded = tmp_path / "encoded"
+    files = [_encode_task(encoded, f"part{i}", 2) + ".data" for i in range(3)]
+    out = str(tmp_path / "flow.dataset")
+    DatasetMerger(zip_files=files[:2], merged_store_path=out).merge_data()
+    # Re-running the custom merge task on the same output replaces it.
+    DatasetMerger(zip_files=files, merged_store_path=out).merge_data(batch_size=500)
+    explorer = DatasetExplorer(merged_store_path=out)
+    assert len(explorer.get_array_data("faces", "face_areas").values) == 6
+    explorer.close()
+    # cadstore's own API keeps its safe default; DatasetMerger can opt into it.
+    with pytest.raises(MergeError, match="overwrite"):
+        cadstore.merge(files, out)
+    with pytest.raises(MergeError):
+        DatasetMerger(zip_files=files, merged_store_path=out).merge_data(overwrite=False)
+
+
+def test_dask_client_params_without_the_extra_fail_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from cadstore.storage.datasetstorage import DatasetMerger
+
+    files = [_encode_task(tmp_path / "encoded", "part0", 2) + ".data"]
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were missing
+    with pytest.raises(ImportError, match=r"pip install 'cadstore\[dask\]'") as caught:
+        DatasetMerger(
+            zip_files=files,
+            merged_store_path=str(tmp_path / "m.dataset"),
+            delete_source_files=False,
+            dask_client_params={"n_workers": 16, "threads_per_worker": 2},
+        )
+    assert "dask_client_params" in str(caught.value)
+    DatasetMerger(files, str(tmp_path / "m.dataset"), dask_client_params={"disable": True})
