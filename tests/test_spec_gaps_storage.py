@@ -9,6 +9,7 @@ face_types_dict = brep_encoder.push_face_attributes()``, ``storage.get_file_path
 from __future__ import annotations
 
 import math
+import pathlib
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,171 @@ def test_dask_client_params_without_the_extra_fail_at_construction(
         )
     assert "dask_client_params" in str(caught.value)
     DatasetMerger(files, str(tmp_path / "m.dataset"), dask_client_params={"disable": True})
+
+
+# ---------------------------------------------------------------------------- 8. MsgPack strings
+def _zarr2_string_item(path: Path, strings: dict[str, tuple[list[int], str]]) -> None:
+    """Write a Zarr v2 ``.data`` zip as zarr-python 2 does for ``a[0] = text`` strings.
+
+    ``strings`` maps key -> (shape, text); shape ``[1]`` is what zarr-python 2 writes for
+    ``create_dataset(key, shape=(1,), dtype=object, object_codec=MsgPack())``, ``[]`` the
+    0-d layout. The MsgPack chunk is numcodecs' encoding: items, then dtype and shape.
+    """
+    import json
+    import zipfile
+
+    msgpack = pytest.importorskip("msgpack")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(".zgroup", json.dumps({"zarr_format": 2}))
+        archive.writestr("metadata.json", json.dumps({"Item": "/cad/part.step"}))
+        for key, (shape, text) in strings.items():
+            meta = {
+                "zarr_format": 2,
+                "shape": shape,
+                "chunks": shape,
+                "dtype": "|O",
+                "compressor": None,
+                "fill_value": 0,
+                "order": "C",
+                "filters": [{"id": "msgpack2", "raw": False, "use_bin_type": True}],
+            }
+            archive.writestr(f"{key}/.zarray", json.dumps(meta, indent=4))
+            archive.writestr(
+                f"{key}/.zattrs", json.dumps({"_ARRAY_DIMENSIONS": ["d"] * len(shape)})
+            )
+            # Chunk "0" in both layouts (a 0-d array has one chunk, also named "0").
+            archive.writestr(f"{key}/0", msgpack.packb([text, "|O", shape], use_bin_type=True))
+
+
+def test_zarr2_msgpack_strings_from_another_writer_load_as_str(tmp_path: Path) -> None:
+    from cadstore.storage import OptStorage
+
+    text = "High-complexity CAD part, Ø12, 試作"
+    _zarr2_string_item(
+        tmp_path / "part_001.zarr.data",
+        {"description": ([1], text), "material": ([], "steel")},
+    )
+    storage = OptStorage(str(tmp_path / "part_001.zarr"))
+    # The specified "Load strings" example: returns the str that was saved.
+    description = storage.load_data("description")
+    assert description == text and isinstance(description, str)
+    assert storage.load_data("material") == "steel"
+    storage.close()
+    # cadstore's own files keep what was saved: a one-element numpy string array stays one.
+    own = OptStorage(tmp_path / "own.zarr", zarr_format=2)
+    own.save_data("tags", np.array(["one"]))
+    own.save_data("text", "plain")
+    own.compress_store()
+    own.close()
+    reread = OptStorage(tmp_path / "own.zarr")
+    assert reread.load_data("tags").tolist() == ["one"]
+    assert reread.load_data("text") == "plain"
+    reread.close()
+
+
+# ---------------------------------------------------------------------------- 5. module paths
+def test_specified_module_paths_import_and_stay_light(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cadstore.storage.datasetstorage import DatasetMerger, DatasetInfo\n"
+        "from cadstore.storage.datasetstorage.schema_templates import SchemaTemplates\n"
+        "from cadstore.storage.datastorage.data_storage_handler_base import DataStorage\n"
+        "from cadstore.storage.datastorage.zarr_storage_handler import OptStorage\n"
+        "from cadstore.storage.helpers import generate_unique_id_from_path\n"
+        "from cadstore.storage.label_storage import LabelStorage\n"
+        "import cadstore, cadstore.merging\n"
+        "assert DatasetMerger is cadstore.DatasetMerger and DatasetInfo is cadstore.DatasetInfo\n"
+        "assert 'cad_basic' in SchemaTemplates.list_templates()\n"
+        "assert OptStorage is cadstore.OptStorage and issubclass(OptStorage, DataStorage)\n"
+        "heavy = sorted(m for m in ('OCP', 'torch') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_generate_unique_id_from_path_names_items_as_cadstore_encode_does(tmp_path: Path) -> None:
+    from cadstore.encode.naming import item_name
+    from cadstore.storage.helpers import generate_unique_id_from_path
+
+    cad_file = tmp_path / "parts" / "pn_verschr_r1.prt.step"
+    # The specified task scripts: hash of the path without its suffix, then "_<body>".
+    item_no_suffix = pathlib.Path(cad_file).with_suffix("")
+    hash_id = generate_unique_id_from_path(str(item_no_suffix))
+    assert f"{hash_id}_0" == item_name(cad_file, 0)
+    assert len(hash_id) == 32 and int(hash_id, 16) >= 0
+
+
+def test_label_storage_round_trips_each_kind_of_label(tmp_path: Path) -> None:
+    from cadstore.errors import InvalidDataError, KeyNotFoundError
+    from cadstore.storage.label_storage import LabelStorage
+
+    labels = LabelStorage(str(tmp_path / "labels" / "part.json"), total_faces=3, total_edges=4)
+    labels.save_graph_label("part_class", 7, "bracket")
+    labels.save_graph_node_label("segmentation", [0, 2, 2], ["stock", "hole", "hole"])
+    labels.save_graph_edge_label("edges", [1, 1, 0, 0], ["sharp", "sharp", "soft", "soft"])
+    labels.save_sparse_graph_edge_label("sparse", [3], [5], ["weld"])
+    again = LabelStorage(str(tmp_path / "labels" / "part.json"))
+    assert again.load_graph_label("part_class") == (7, "bracket")
+    assert again.load_graph_nodes_labels("segmentation") == ([0, 2, 2], ["stock", "hole", "hole"])
+    assert again.load_graph_edges_labels("edges")[0] == [1, 1, 0, 0]
+    assert again.load_sparse_graph_edge_label("sparse") == ([3], [5], ["weld"])
+    assert again.load_cadentity("part_class") == LabelStorage.GRAPH_CADENTITY
+    assert again.load_cadentity("segmentation") == LabelStorage.FACE_CADENTITY
+    with pytest.raises(InvalidDataError, match="'segmentation'"):
+        labels.save_graph_node_label("segmentation", [0, 1], ["a", "b"])  # 2 labels, 3 faces
+    assert again.load_graph_nodes_labels("segmentation")[0] == [0, 2, 2]  # nothing lost
+    with pytest.raises(KeyNotFoundError, match="'missing'"):
+        again.load_graph_label("missing")
+    # The constant is a storage key as the specified task scripts use it.
+    from cadstore.storage import MemoryStorage
+
+    storage = MemoryStorage()
+    storage.save_data(LabelStorage.GRAPH_CADENTITY, np.array([7]))
+    assert storage.load_data(LabelStorage.GRAPH_CADENTITY).tolist() == [7]
+
+
+# ---------------------------------------------------------------------------- 2. cadaccess
+def test_hoops_loader_model_and_tools_as_in_the_access_notebook(tmp_path: Path) -> None:
+    cad_file = _step_file(tmp_path, "make_cylinder")
+    from cadstore.cadaccess import HOOPSLoader, HOOPSModel, HOOPSTools
+    from cadstore.cadaccess.cad_loader import CADLoader
+    from cadstore.cadencoder.brep_encoder import BrepEncoder
+    from cadstore.errors import InvalidDataError, UnavailableFeatureError
+
+    loader = HOOPSLoader()
+    assert isinstance(loader, CADLoader)
+    general_options = loader.get_general_options()
+    assert general_options == {}
+    general_options["read_feature"] = True
+    general_options["read_solid"] = True
+    loader.set_general_options(general_options)
+    assert loader.get_general_options() == {"read_feature": True, "read_solid": True}
+    with pytest.raises(InvalidDataError, match="'read_meshes'"):
+        loader.set_general_options({"read_meshes": True})
+
+    model = loader.create_from_file(cad_file)
+    assert isinstance(model, HOOPSModel)
+    assert model.get_body_count() == 1
+    assert model.get_filesource() == cad_file
+
+    hoopstools = HOOPSTools()
+    faces = model.get_brep().num_faces
+    hoopstools.adapt_brep(model, None)  # defaults: the B-rep as read
+    assert model.get_brep().num_faces == faces
+    options = hoopstools.brep_options()
+    options["split_closed_faces"] = True
+    hoopstools.adapt_brep(model, options)
+    assert model.get_brep().num_faces == faces + 1  # the side split at its seam
+    with pytest.raises(InvalidDataError, match="'tolerance'"):
+        hoopstools.adapt_brep(model, {"tolerance": 0.1})
+    BrepEncoder(model.get_brep()).push_face_attributes()
+
+    exported = hoopstools.exportSTEP(model, str(tmp_path / "adapted.step"))
+    assert HOOPSLoader().create_from_file(exported).get_brep().num_faces == faces + 1
+    with pytest.raises(UnavailableFeatureError, match="StreamCache"):
+        hoopstools.exportStreamCache(model, str(tmp_path / "x"), is_white_background=True)
+    with pytest.raises(UnavailableFeatureError, match="feature tree"):
+        hoopstools.extract_holes(model)
