@@ -18,7 +18,6 @@ pytest.importorskip("OCP")
 
 from cadstore import MemoryStorage, OptStorage, SchemaBuilder
 from cadstore.cad import OCP_VERSION, BrepAccess, BrepEncoder, CADLoader, samples
-from cadstore.errors import SchemaError
 
 # (method, kwargs) -> {key: (shape with F faces / E co-edges, dtype)}
 TABLE: list[tuple[str, dict[str, Any], dict[str, tuple[tuple[Any, ...], str]]]] = [
@@ -217,9 +216,9 @@ def test_smooth_tolerance_is_configurable() -> None:
     _, _, dihedrals, convexities = default.push_edge_attributes()[0]
     crease = np.isclose(dihedrals, math.atan(0.05), atol=1e-5)
     assert crease.sum() == 2
-    assert (convexities[crease] == 3).all() and (convexities[~crease] == 2).all()
+    assert (convexities[crease] == 3).all() and (convexities[~crease] == 1).all()
     sharp = BrepEncoder(shape, smooth_angle_tolerance=math.radians(1))
-    assert set(sharp.push_edge_attributes()[0][3].tolist()) == {2}
+    assert set(sharp.push_edge_attributes()[0][3].tolist()) == {1}
 
 
 # ---------------------------------------------------------------------------- with storage
@@ -253,13 +252,15 @@ def test_storage_gets_keys_schema_and_descriptions(brep: BrepAccess) -> None:
 def test_push_returns_key_names_with_storage(brep: BrepAccess) -> None:
     encoder = BrepEncoder(brep, MemoryStorage())
     assert encoder.push_face_indices() == "face_indices"
-    assert encoder.push_edge_attributes() == [
+    keys, descriptions = encoder.push_edge_attributes()
+    assert keys == [
         "edge_types",
         "edge_lengths",
         "edge_dihedral_angles",
         "edge_convexities",
     ]
-    assert encoder.push_face_adjacency_graph() == "graph"
+    assert descriptions[1] == "Circle"
+    assert encoder.push_face_adjacency_graph() == ("graph", brep.num_faces, brep.num_coedges)
 
 
 def test_stored_keys_are_not_recomputed(brep: BrepAccess) -> None:
@@ -310,13 +311,26 @@ def test_strict_schema_mode_accepts_face_pair_arrays(brep: BrepAccess) -> None:
     assert "extended_adjacency" in storage.get_keys()
 
 
-def test_conflicting_group_dimension_is_an_error(brep: BrepAccess) -> None:
+def test_a_group_on_another_primary_dimension_keeps_it(brep: BrepAccess) -> None:
     builder = SchemaBuilder()
     builder.create_group("faces", "surface").create_array("face_areas", ["surface"], "float32")
     storage = MemoryStorage()
-    storage.set_schema(builder.build())
-    with pytest.raises(SchemaError, match="primary dimension 'surface'"):
-        BrepEncoder(brep, storage).push_face_attributes()
+    storage.set_schema(builder.build(), strict=True)
+    BrepEncoder(brep, storage).push_face_attributes()
+    arrays = storage.get_schema()["groups"]["faces"]["arrays"]
+    assert storage.get_schema()["groups"]["faces"]["primary_dimension"] == "surface"
+    assert arrays["face_areas"]["dims"] == ["surface"]
+    assert arrays["face_centroids"]["dims"] == ["surface", "dim"]
+
+
+def test_a_declaration_that_cannot_hold_the_array_is_replaced(brep: BrepAccess) -> None:
+    builder = SchemaBuilder()
+    builder.create_group("faces", "face").create_array("face_areas", ["face", "x"], "float64")
+    storage = MemoryStorage()
+    storage.set_schema(builder.build(), strict=True)
+    BrepEncoder(brep, storage).push_face_attributes()
+    declared = storage.get_schema()["groups"]["faces"]["arrays"]["face_areas"]
+    assert (declared["dims"], declared["dtype"]) == (["face"], "float32")
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -21,7 +21,7 @@ from cadstore import MemoryStorage
 from cadstore.cad import BrepAccess, BrepEncoder, CADLoader, samples
 
 HALF_PI = math.pi / 2
-CONCAVE, CONVEX, SMOOTH = 1, 2, 3
+CONVEX, CONCAVE, SMOOTH = 1, 2, 3
 
 PARTS: dict[str, Callable[[], Any]] = {
     "box": lambda: samples.make_box(10, 20, 30),

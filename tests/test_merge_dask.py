@@ -128,9 +128,9 @@ def test_missing_dask_names_the_extra(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
-    merger = DatasetMerger(items, tmp_path / "x.dataset", dask_client_params={"n_workers": 1})
+    # Said at construction, before any work: the setup is what is wrong.
     with pytest.raises(ImportError, match=r"cadstore\[dask\]"):
-        merger.merge_data()
+        DatasetMerger(items, tmp_path / "x.dataset", dask_client_params={"n_workers": 1})
     assert not (tmp_path / "x.dataset").exists()
     # {"disable": True} is the specified way to run without Dask.
     DatasetMerger(items, tmp_path / "y.dataset", dask_client_params={"disable": True}).merge_data()

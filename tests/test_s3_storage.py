@@ -157,7 +157,8 @@ def test_item_layout_on_s3(s3: S3) -> None:
     assert keys == [f"{base}/files_summary/p1.json", f"{base}/p1.zarr.data"]
     with OptStorage(url, storage_options=s3.options()) as storage:
         assert storage.read_only
-        assert storage.get_file_path("") == url + ".data"
+        assert storage.get_file_path("") == url
+        assert storage.compressed_path == url + ".data"
         assert storage.load_metadata("size_cadfile") == 1024
 
 

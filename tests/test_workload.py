@@ -375,8 +375,8 @@ def test_values_look_like_geometry() -> None:
     convexity = item["edge_convexities"]
     assert (np.abs(angles) <= np.pi + 1e-6).all()
     assert (angles[convexity == 3] == 0).all()
-    assert (angles[convexity == 2] > 0).all()
-    assert (angles[convexity == 1] < 0).all()
+    assert (angles[convexity == 1] > 0).all()
+    assert (angles[convexity == 2] < 0).all()
 
 
 def test_twin_coedges_share_their_curve() -> None:

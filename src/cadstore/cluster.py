@@ -16,14 +16,18 @@ __all__ = ["DaskResources", "require_distributed", "run_on_dask", "worker_thread
 _EXTRA_HINT = "install the dask extra: pip install 'cadstore[dask]'"
 
 
-def require_distributed() -> Any:
-    """Return the ``distributed`` module, or raise an ImportError naming the extra."""
+def require_distributed(what: str = "running on a Dask cluster") -> Any:
+    """Return the ``distributed`` module, or raise an ImportError naming the extra.
+
+    Parameters
+    ----------
+    what
+        What asked for Dask, named in the message.
+    """
     try:
         import distributed
     except ImportError as exc:
-        raise ImportError(
-            f"running on a Dask cluster needs dask.distributed; {_EXTRA_HINT}"
-        ) from exc
+        raise ImportError(f"{what} needs dask.distributed; {_EXTRA_HINT}") from exc
     return distributed
 
 

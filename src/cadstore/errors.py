@@ -22,7 +22,9 @@ The hierarchy::
     ├── UnknownFormatError    (ValueError) a path holding none of the files cadstore reads
     ├── OutputExistsError     (FileExistsError) an output that would overwrite something
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
-    └── DatasetError          (ValueError) a dataset query naming an unknown thing
+    ├── DatasetError          (ValueError) a dataset query naming an unknown thing
+    └── UnavailableFeatureError (NotImplementedError) a specified feature that needs the
+                                           specified system's proprietary kernel or viewer
 
     CadstoreWarning (UserWarning)
 
@@ -63,6 +65,7 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageUnavailableError",
+    "UnavailableFeatureError",
     "UnknownFormatError",
     "UnsupportedTypeError",
 ]
@@ -295,3 +298,12 @@ class MergeError(CadstoreError, ValueError):
 
 class DatasetError(CadstoreError, ValueError):
     """A dataset query that names an unknown group, array, code or table."""
+
+
+class UnavailableFeatureError(CadstoreError, NotImplementedError):
+    """A specified feature that only the specified system's proprietary software provides.
+
+    Raised, for example, by ``HOOPSTools.exportStreamCache`` (the proprietary viewer's
+    format) and ``HOOPSTools.extract_holes`` (feature trees of proprietary CAD formats);
+    the message names the feature and what cadstore offers instead.
+    """

@@ -699,7 +699,7 @@ def _edge_geometry(
     angle = np.arccos(np.clip(np.einsum("ij,ij->i", n_hat[u], n_hat[v]), -1.0, 1.0))
     smooth = (angle < 0.02) | (curved & (uni[5] < 0.4))
     convex = uni[6] < 0.6
-    convexity = np.where(smooth, 3, np.where(convex, 2, 1))
+    convexity = np.where(smooth, 3, np.where(convex, 1, 2))
     dihedral = np.where(smooth, 0.0, np.where(convex, angle, -angle))
     return {
         "types": etype,

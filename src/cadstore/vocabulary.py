@@ -51,5 +51,6 @@ EDGE_TYPES: Final[Mapping[int, str]] = MappingProxyType(
     }
 )
 
-#: ``edge_convexities`` codes (the values {1, 2, 3} observed in the specified system's output).
-CONVEXITIES: Final[Mapping[int, str]] = MappingProxyType({1: "concave", 2: "convex", 3: "smooth"})
+#: ``edge_convexities`` codes, as in the specified system's saved output: 1 for a positive
+#: dihedral angle (convex), 2 for a negative one (concave), 3 for a near-zero one (smooth).
+CONVEXITIES: Final[Mapping[int, str]] = MappingProxyType({1: "convex", 2: "concave", 3: "smooth"})

@@ -4,8 +4,20 @@ The open counterpart of ``hoops_ai.cadencoder.BrepEncoder``, on OpenCascade. Eac
 method computes one family of features of a :class:`~cadstore.cad.BrepAccess` body. With a
 storage, it first checks ``storage.get_keys()`` and does nothing when all its keys are
 already stored (so an interrupted encoding resumes cheaply; delete a key to recompute it),
-otherwise it declares its arrays in the storage's schema, saves them and returns the key
-names. Without a storage it returns the arrays.
+otherwise it declares its arrays in the storage's schema, saves them and returns what the
+specified encoder documents: the key name, except ``push_face_attributes()`` and
+``push_edge_attributes()``, which return ``(keys, {code: name})`` so that users' task code
+``face_attrs, face_types = encoder.push_face_attributes()`` works with or without a storage,
+and ``push_face_adjacency_graph()``, which returns ``("graph", num_nodes, num_edges)``.
+Without a storage every method returns the arrays (the two attribute methods as
+``(arrays, {code: name})``).
+
+A schema the storage already carries wins: a group it declares on another primary
+dimension (``graph`` on ``graphitem``, say) keeps it, and the encoder declares its arrays
+along that dimension; an array it declares with the rank and dtype the encoder stores keeps
+its declaration, and one whose declaration cannot describe the stored array is declared
+again as the encoder stores it, so every stored array validates against the schema the item
+carries.
 
 Keys, shapes and dtypes (``N_f`` faces, ``N_e`` co-edges, see :mod:`cadstore.cad.brep`):
 
@@ -63,12 +75,16 @@ both co-edges of an edge. At the middle of the edge (in its curve parameter), wi
 unit tangent in the co-edge's direction and ``n_f``, ``n_g`` the outward unit normals of the two
 faces, the **signed dihedral angle** is ``atan2((n_f x n_g) . t, n_f . n_g)``: the angle
 between the two normals, positive when the edge is convex, negative when it is concave, 0
-when the faces are tangent. It lies in ``(-pi, pi]``, is ``+pi/2`` on every edge of a box and
-``-pi/2`` where a drilled hole meets the top face, and is the same for both co-edges of an
-edge. ``edge_convexities`` follows the convention of the MFR datasets (occwl's
-``EdgeConvexity``), which matches the observed vendor values {1, 2, 3}:
-**1 concave, 2 convex, 3 smooth**, where smooth means ``|dihedral| <`` the smooth tolerance
-(5 degrees by default, the value those datasets use).
+when the faces are tangent. It lies in ``(-pi, pi]``, is ``+pi/2`` on every edge of a box,
+``+pi/3`` between two sides of a hexagonal prism, ``-pi/2`` on the rim of a blind hole's
+floor, and is the same for both co-edges of an edge. ``edge_convexities`` follows the
+specified system's saved output: **1 convex, 2 concave, 3 smooth**, where smooth means
+``|dihedral| <`` the smooth tolerance (5 degrees by default). In its published encoder
+example every positive angle (+pi/4, +pi/3 between the sides of a hexagonal prism, +pi/2)
+has code 1, every negative one code 2 and every zero one code 3, and its documentation
+names convex as code 1 (it writes the codes -1/0/1, which the product does not produce).
+The occwl ``EdgeConvexity`` order of the MFR datasets (1 concave, 2 convex) is the other
+way round.
 
 **Edge sampling.** ``edge_u_grids`` holds ``U`` points at equal arc-length steps along each
 co-edge, in the co-edge's direction (so the two co-edges of an edge list the same points in
@@ -119,7 +135,6 @@ from OCP.TopoDS import TopoDS_Shape
 
 from cadstore.cad._kernel import FaceClassifier
 from cadstore.cad.brep import BrepAccess
-from cadstore.errors import SchemaError
 from cadstore.schema import SchemaBuilder
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
@@ -150,7 +165,7 @@ CONVEXITY_DESCRIPTIONS: Final[Mapping[int, str]] = CONVEXITIES
 #: Dihedral angles smaller than this (radians, 5 degrees) count as smooth.
 SMOOTH_ANGLE_TOLERANCE: Final[float] = math.radians(5.0)
 
-_CONCAVE, _CONVEX, _SMOOTH = 1, 2, 3
+_CONVEX, _CONCAVE, _SMOOTH = 1, 2, 3
 
 _SURFACE_CODES: Final[dict[Any, int]] = {
     GeomAbs_SurfaceType.GeomAbs_Plane: 0,
@@ -225,10 +240,18 @@ _ARRAYS: Final[dict[str, _ArraySpec]] = {
     "edge_types": _ArraySpec("edges", ("edge",), "int32", "Curve type code (0 Line, 1 Circle)"),
     "edge_lengths": _ArraySpec("edges", ("edge",), "float32", "Length of each edge"),
     "edge_dihedral_angles": _ArraySpec(
-        "edges", ("edge",), "float32", "Signed dihedral angle, radians (+ convex, - concave)"
+        "edges",
+        ("edge",),
+        "float32",
+        "Signed angle between the outward normals of the two faces at mid-edge, radians in "
+        "(-pi, pi]: positive convex, negative concave, 0 tangent (+pi/2 on a box edge)",
     ),
     "edge_convexities": _ArraySpec(
-        "edges", ("edge",), "int32", "Convexity: 1 concave, 2 convex, 3 smooth"
+        "edges",
+        ("edge",),
+        "int32",
+        "Convexity code: 1 convex (dihedral angle > 0), 2 concave (< 0), 3 smooth "
+        "(|angle| below the smooth tolerance, 5 degrees by default)",
     ),
     "edge_u_grids": _ArraySpec(
         "edges",
@@ -298,16 +321,32 @@ class _EdgeFrames(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- encoder
+def _fits(declared: Mapping[str, Any], spec: _ArraySpec) -> bool:
+    """Whether a declaration (``{'dims', 'dtype', ...}``) describes what the encoder stores."""
+    dims = declared.get("dims")
+    return (
+        isinstance(dims, (list, tuple))
+        and len(dims) == len(spec.dims)
+        and declared.get("dtype") == spec.dtype
+    )
+
+
 def _declared(schema: Any, name: str) -> bool:
-    """Whether ``schema`` already declares array ``name`` where the encoder stores it."""
+    """Whether ``schema`` already declares array ``name`` where and as the encoder stores it."""
     spec = _ARRAYS[name]
     found = schema.array_spec(f"{spec.group}/{name}")
-    if found is None or found[0] != spec.group:
+    if found is None or found[0] != spec.group or not _fits(found[2], spec):
         return False
     wanted = _GROUPS[spec.group]
-    if schema.primary_dimension(spec.group) != wanted.primary:
-        return False
     return not wanted.special_processing or schema.special_processing(spec.group) is not None
+
+
+def _encoder_dims(spec: _ArraySpec, primary: str) -> list[str]:
+    """The encoder's dims of an array, along the group's ``primary`` dimension."""
+    dims = list(spec.dims)
+    if dims and dims[0] == _GROUPS[spec.group].primary:
+        dims[0] = primary
+    return dims
 
 
 class BrepEncoder:
@@ -336,8 +375,9 @@ class BrepEncoder:
     >>> from cadstore.cad.samples import make_box
     >>> storage = MemoryStorage()
     >>> encoder = BrepEncoder(make_box(10, 20, 30), storage)
-    >>> encoder.push_face_attributes()
-    ['face_types', 'face_areas', 'face_centroids', 'face_loops']
+    >>> keys, face_types = encoder.push_face_attributes()
+    >>> keys, face_types[0]
+    (['face_types', 'face_areas', 'face_centroids', 'face_loops'], 'Plane')
     >>> sorted(storage.load_data("face_areas").tolist())
     [200.0, 200.0, 300.0, 300.0, 600.0, 600.0]
     """
@@ -397,17 +437,17 @@ class BrepEncoder:
                     group_spec.description,
                     group_spec.special_processing,
                 )
-            elif group.primary_dimension != group_spec.primary:
-                raise SchemaError(
-                    f"groups.{spec.group}: the storage's schema gives it primary dimension "
-                    f"{group.primary_dimension!r}, but the encoder stores {name!r} along "
-                    f"{group_spec.primary!r}; fix or remove that group"
-                )
             elif group_spec.special_processing and group.special_processing is None:
                 # Without it the merger would concatenate N_f x N_f matrices unflattened.
                 group.special_processing = group_spec.special_processing
-            if name not in group:
-                group.create_array(name, list(spec.dims), spec.dtype, spec.description)
+            declared = group.get_array(name)
+            if declared is None or not _fits(declared, spec):
+                # The group's own primary dimension wins (a user schema may put ``graph``
+                # on ``graphitem``): the merger concatenates along it, whatever its name.
+                if declared is not None:
+                    group.remove_array(name)
+                dims = _encoder_dims(spec, group.primary_dimension)
+                group.create_array(name, dims, spec.dtype, spec.description)
         schema = builder.build()
         if schema != current:
             self.storage.set_schema(schema, strict=bool(getattr(self.storage, "strict", False)))
@@ -449,7 +489,7 @@ class BrepEncoder:
 
     def push_face_attributes(
         self,
-    ) -> list[str] | tuple[list[NDArray[Any]], dict[int, str]]:
+    ) -> tuple[list[str], dict[int, str]] | tuple[list[NDArray[Any]], dict[int, str]]:
         """Push ``face_types``, ``face_areas``, ``face_centroids`` and ``face_loops``.
 
         Types are the codes of :data:`FACE_TYPE_DESCRIPTIONS` (int32), areas in model units
@@ -459,19 +499,21 @@ class BrepEncoder:
 
         Returns
         -------
-        list of str or tuple
-            With a storage, the keys. Without, ``([face_types, face_areas, face_centroids,
-            face_loops], {code: name})``.
+        tuple
+            ``(values, {code: name})``, what the specified encoder returns in both cases, so
+            ``face_attrs, face_types = encoder.push_face_attributes()`` works either way:
+            ``values`` is the list of stored keys with a storage and ``[face_types,
+            face_areas, face_centroids, face_loops]`` without.
         """
         keys = ["face_types", "face_areas", "face_centroids", "face_loops"]
         if self._stored(keys):
-            return keys
+            return keys, dict(FACE_TYPE_DESCRIPTIONS)
         arrays = list(self._compute_face_attributes())
         if self.storage is None:
             return arrays, dict(FACE_TYPE_DESCRIPTIONS)
         self._save(dict(zip(keys, arrays, strict=True)), keys)
         self._save_descriptions("face_types", FACE_TYPE_DESCRIPTIONS)
-        return keys
+        return keys, dict(FACE_TYPE_DESCRIPTIONS)
 
     def push_face_discretization(self, pointsamples: int = 25) -> str | NDArray[np.float32]:
         """Push ``face_discretization`` ``(N_f, pointsamples, 7)`` float32.
@@ -541,30 +583,31 @@ class BrepEncoder:
 
     def push_edge_attributes(
         self,
-    ) -> list[str] | tuple[list[NDArray[Any]], dict[int, str]]:
+    ) -> tuple[list[str], dict[int, str]] | tuple[list[NDArray[Any]], dict[int, str]]:
         """Push ``edge_types``, ``edge_lengths``, ``edge_dihedral_angles``, ``edge_convexities``.
 
         One value per co-edge ``(N_e,)``: curve type codes of :data:`EDGE_TYPE_DESCRIPTIONS`
         (int32), edge lengths in model units (float32), signed dihedral angles in radians,
-        positive for convex edges (float32), and convexity codes 1 concave, 2 convex,
+        positive for convex edges (float32), and convexity codes 1 convex, 2 concave,
         3 smooth (int32). The module docstring gives the exact definitions. With a storage,
         the curve code table is also saved as the metadata ``descriptions/edge_types``.
 
         Returns
         -------
-        list of str or tuple
-            With a storage, the keys. Without, ``([edge_types, edge_lengths,
-            edge_dihedral_angles, edge_convexities], {code: name})``.
+        tuple
+            ``(values, {code: name})`` in both cases, as specified: ``values`` is the list of
+            stored keys with a storage and ``[edge_types, edge_lengths,
+            edge_dihedral_angles, edge_convexities]`` without.
         """
         keys = ["edge_types", "edge_lengths", "edge_dihedral_angles", "edge_convexities"]
         if self._stored(keys):
-            return keys
+            return keys, dict(EDGE_TYPE_DESCRIPTIONS)
         arrays = list(self._compute_edge_attributes())
         if self.storage is None:
             return arrays, dict(EDGE_TYPE_DESCRIPTIONS)
         self._save(dict(zip(keys, arrays, strict=True)), keys)
         self._save_descriptions("edge_types", EDGE_TYPE_DESCRIPTIONS)
-        return keys
+        return keys, dict(EDGE_TYPE_DESCRIPTIONS)
 
     def push_curvegrid(self, ugrid: int = 5) -> str | NDArray[np.float32]:
         """Push ``edge_u_grids`` ``(N_e, ugrid, 6)`` float32: points and tangents per co-edge.
@@ -590,7 +633,7 @@ class BrepEncoder:
         return self._deliver(key, data)
 
     # ------------------------------------------------------------------ graph
-    def push_face_adjacency_graph(self) -> str | Any:
+    def push_face_adjacency_graph(self) -> tuple[str, int, int] | Any:
         """Push ``graph``: one directed graph edge per co-edge, from its face to its mate's.
 
         Stored as ``{"edges_source": (N_e,) int32, "edges_destination": (N_e,) int32,
@@ -599,14 +642,17 @@ class BrepEncoder:
 
         Returns
         -------
-        str, networkx.DiGraph or dict
-            The key with a storage. Without one, a ``networkx.DiGraph`` with nodes
-            ``0 .. N_f-1`` (parallel co-edges between the same two faces become one graph
-            edge) when networkx is installed, else the dict above.
+        tuple, networkx.DiGraph or dict
+            With a storage, ``("graph", num_nodes, num_edges)`` as specified: the key, the
+            number of faces and the number of stored graph edges (co-edges). Without one, a
+            ``networkx.DiGraph`` with nodes ``0 .. N_f-1`` (parallel co-edges between the
+            same two faces become one graph edge) when networkx is installed, else the dict
+            above.
         """
         key = "graph"
+        counts = (self.brep.num_faces, self.brep.num_coedges)
         if self._stored([key]):
-            return key
+            return (key, *counts)
         graph = {
             "edges_source": np.array(self.brep.coedge_face, dtype=np.int32),
             "edges_destination": np.array(self.brep.coedge_mate_face, dtype=np.int32),
@@ -628,7 +674,7 @@ class BrepEncoder:
             )
             return digraph
         self._save({key: graph}, ["edges_source", "edges_destination", "num_nodes"])
-        return key
+        return (key, *counts)
 
     def push_extended_adjacency(self) -> str | NDArray[np.float32]:
         """Push ``extended_adjacency`` ``(N_f, N_f)`` float32: shortest-path hop counts.

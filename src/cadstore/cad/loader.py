@@ -29,8 +29,9 @@ from __future__ import annotations
 import errno
 import operator
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from OCP.BRep import BRep_Builder
@@ -44,7 +45,7 @@ from OCP.TopoDS import TopoDS_Shape
 from cadstore.cad._kernel import indexed_map, quiet_kernel
 from cadstore.cad.brep import BrepAccess
 from cadstore.cad.samples import make_compound
-from cadstore.errors import CorruptStoreError
+from cadstore.errors import CorruptStoreError, InvalidDataError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "CADLoader", "CADModel"]
 
@@ -58,6 +59,9 @@ SUPPORTED_EXTENSIONS: Final[dict[str, str]] = {
 }
 
 _FORMAT_NAMES: Final[dict[str, str]] = {"step": "STEP", "iges": "IGES", "brep": "BREP"}
+
+#: The options :meth:`CADLoader.set_general_options` accepts.
+_GENERAL_OPTIONS: Final = ("read_feature", "read_solid")
 # Enough of the head and tail of a file to recognise its format and its end marker.
 _SNIFF_BYTES: Final = 4096
 
@@ -106,6 +110,18 @@ class CADModel:
     def num_bodies(self) -> int:
         """Number of bodies (at least 1 for a model made by the loader)."""
         return len(self.bodies)
+
+    def get_body_count(self) -> int:
+        """Return the number of bodies, as the specified ``HOOPSModel.get_body_count()``."""
+        return self.num_bodies
+
+    def get_filesource(self) -> str:
+        """Return the path of the file the model was read from (specified name)."""
+        return str(self.source_path)
+
+    def get_body(self, body_index: int = 0) -> TopoDS_Shape:
+        """Return body ``body_index`` as a kernel shape (see :meth:`get_brep` for checks)."""
+        return self.get_brep(body_index).shape
 
     def get_brep(self, body_index: int = 0) -> BrepAccess:
         """Return body ``body_index`` wrapped for the encoder.
@@ -165,6 +181,46 @@ class CADLoader:
 
     def __init__(self) -> None:
         self._model: CADModel | None = None
+        self._options: dict[str, bool] = {}
+
+    def get_general_options(self) -> dict[str, bool]:
+        """Return a copy of the loading options set so far (``{}`` until some are set).
+
+        The specified loader shows ``{}`` by default and users set ``read_feature`` and
+        ``read_solid``; see :meth:`set_general_options` for what they do here.
+        """
+        return dict(self._options)
+
+    def set_general_options(self, general_options: Mapping[str, Any]) -> None:
+        """Set the loading options used by the next :meth:`create_from_file` calls.
+
+        Parameters
+        ----------
+        general_options
+            ``read_solid`` (bool, default ``True``): take the file's solids as its bodies;
+            ``False`` takes its shells and loose faces instead (a surface model, one body
+            per shell). ``read_feature`` (bool): the specified loader then also reads the
+            feature tree of proprietary formats; STEP, IGES and BREP files carry none the
+            kernel reads, so the option is accepted and changes nothing.
+
+        Raises
+        ------
+        InvalidDataError
+            For an unknown option (the message lists the known ones) or a value that is
+            not a bool; the options set before are kept.
+        """
+        checked: dict[str, bool] = {}
+        for name, value in dict(general_options).items():
+            if name not in _GENERAL_OPTIONS:
+                raise InvalidDataError(
+                    f"unknown loading option {name!r}; known: {', '.join(_GENERAL_OPTIONS)}"
+                )
+            if not isinstance(value, (bool, np.bool_)):
+                raise InvalidDataError(
+                    f"loading option {name!r} must be True or False, got {value!r}"
+                )
+            checked[name] = bool(value)
+        self._options = checked
 
     @staticmethod
     def supported_extensions() -> list[str]:
@@ -227,7 +283,7 @@ class CADLoader:
         file_format = _choose_format(file_path, head)
         _check_content(file_path, file_format, head)
         shape = _read_shape(file_path, file_format, tail)
-        bodies = _find_bodies(shape)
+        bodies = _find_bodies(shape, solids=self._options.get("read_solid", True))
         if not bodies:
             raise CorruptStoreError(
                 file_path,
@@ -352,13 +408,15 @@ def _read_brep(path: str) -> tuple[TopoDS_Shape | None, str | None]:
 _KERNEL_READERS = {"step": _read_step, "iges": _read_iges, "brep": _read_brep}
 
 
-def _find_bodies(shape: TopoDS_Shape) -> list[TopoDS_Shape]:
-    solids = indexed_map(shape, TopAbs_SOLID)
-    bodies = [
-        solids.FindKey(i)
-        for i in range(1, solids.Extent() + 1)
-        if indexed_map(solids.FindKey(i), TopAbs_FACE).Extent() > 0
-    ]
+def _find_bodies(shape: TopoDS_Shape, *, solids: bool = True) -> list[TopoDS_Shape]:
+    bodies: list[TopoDS_Shape] = []
+    if solids:
+        found = indexed_map(shape, TopAbs_SOLID)
+        bodies = [
+            found.FindKey(i)
+            for i in range(1, found.Extent() + 1)
+            if indexed_map(found.FindKey(i), TopAbs_FACE).Extent() > 0
+        ]
     if bodies:
         return bodies
     # A surface model: one body per shell, plus the faces that belong to no shell.

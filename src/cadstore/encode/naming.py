@@ -12,13 +12,13 @@ is refused as a duplicate.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from glob import glob
 from pathlib import Path
 
 from cadstore.cad.loader import SUPPORTED_EXTENSIONS
+from cadstore.storage.helpers import generate_unique_id_from_path
 
 __all__ = ["find_cad_files", "item_base_name", "item_name"]
 
@@ -46,9 +46,8 @@ def item_base_name(path: str | os.PathLike[str]) -> str:
     >>> len(item_base_name("/parts/bracket.step"))
     32
     """
-    stem = os.path.splitext(os.path.abspath(os.fspath(path)))[0]
-    # A name, not a security measure; usedforsecurity=False keeps FIPS builds working.
-    return hashlib.md5(stem.encode("utf-8"), usedforsecurity=False).hexdigest()
+    # The specified users name side files with the same function and the same argument.
+    return generate_unique_id_from_path(os.path.splitext(os.path.abspath(os.fspath(path)))[0])
 
 
 def item_name(path: str | os.PathLike[str], body_index: int) -> str:

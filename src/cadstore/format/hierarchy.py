@@ -253,9 +253,21 @@ class Hierarchy(ABC):
         return arr
 
     def read_leaf(self, path: str) -> Leaf:
-        """Return array ``path`` as the value that was saved."""
+        """Return array ``path`` as the value that was saved.
+
+        A single string stored with the MsgPack codec, as shape ``(1,)`` (what zarr-python
+        2 must write: it cannot encode a 0-d object array) or 0-d, is given back as the
+        ``str`` that was saved. cadstore never writes that codec (its strings are
+        ``vlen-utf8`` and carry ``cadstore_kind``), so such an array comes from another
+        writer, the specified system's ``save_data(key, text)`` among them.
+        """
         arr = self.read_array(path)
-        return _array_to_leaf(arr, self.meta(path).attributes.get(KIND_ATTRIBUTE))
+        meta = self.meta(path)
+        kind = meta.attributes.get(KIND_ATTRIBUTE)
+        if kind is None and meta.object_codec == "msgpack2" and arr.ndim <= 1 and arr.size == 1:
+            kind = "str"
+            arr = arr.reshape(())
+        return _array_to_leaf(arr, kind)
 
     def read_node(self, path: str) -> Node:
         """Return the leaf at ``path``, or a nested dict for a group; ``KeyError`` if absent."""

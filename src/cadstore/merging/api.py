@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cadstore.cluster import DaskResources
+from cadstore.cluster import DaskResources, require_distributed
 from cadstore.errors import MergeError
 from cadstore.format.layout import assign_group
 from cadstore.format.manifest import write_manifest
@@ -88,7 +88,8 @@ class DatasetMerger:
         ``threads_per_worker``, ``processes``, ``memory_limit``, ``dashboard_address``):
         the merge runs on a local Dask cluster started on first use and closed by
         :meth:`close_dask_resources`. ``{"disable": True}`` runs without Dask. Needs the
-        ``dask`` extra.
+        ``dask`` extra (``pip install 'cadstore[dask]'``); without it the constructor
+        raises an ``ImportError`` saying so.
     delete_source_files
         Delete the merged ``.data`` files after a successful merge. Off by default: the
         specified default destroys the inputs.
@@ -112,6 +113,9 @@ class DatasetMerger:
     ------
     ValueError
         If more than one of ``dask_client_params``, ``client`` and ``scheduler`` is given.
+    ImportError
+        If ``dask_client_params`` or ``scheduler`` asks for Dask and the ``dask`` extra is
+        not installed; the message names the extra.
     """
 
     def __init__(
@@ -138,6 +142,9 @@ class DatasetMerger:
         if params is not None and params.pop("disable", False):
             params = None
         self._dask: DaskResources | None = None
+        if scheduler is not None or params is not None:
+            # Here, not at the first merge: a missing extra is a setup error, said at once.
+            require_distributed(f"DatasetMerger(dask_client_params={dask_client_params!r})")
         if client is not None or scheduler is not None or params is not None:
             self._dask = DaskResources(client=client, scheduler=scheduler, params=params)
         self._schema: Schema | None = None
@@ -205,10 +212,10 @@ class DatasetMerger:
         use_streaming: bool = True,
         *,
         compression_level: int | None = DEFAULT_LEVEL,
-        overwrite: bool = False,
+        overwrite: bool = True,
         progress: bool = False,
     ) -> MergeResult:
-        """Merge the items.
+        """Merge the items, replacing an existing ``merged_store_path`` as specified.
 
         Parameters
         ----------
@@ -229,7 +236,12 @@ class DatasetMerger:
         compression_level
             zstd level of the output.
         overwrite
-            Replace an existing dataset.
+            Replace an existing dataset (the default, as in the specified system, whose
+            users re-run their merge task on the same output). The replacement is
+            transactional (:mod:`cadstore.lifecycle`): until the new dataset is committed
+            readers see the old one, and a merge killed midway leaves the old one. ``False``
+            refuses with a :class:`~cadstore.errors.MergeError` instead, as
+            :func:`merge` does by default.
         progress
             Show a progress bar.
 
@@ -279,7 +291,7 @@ class DatasetMerger:
         return result
 
     def _locations(self, paths: Sequence[str]) -> list[Location]:
-        return [resolve(p, self.storage_options, shared=True) for p in paths]
+        return [_item_file(resolve(p, self.storage_options, shared=True)) for p in paths]
 
     @property
     def dask_client(self) -> Any:
@@ -445,7 +457,7 @@ def _collect_inputs(
         inputs = [inputs]
     files: list[Location] = []
     for entry in inputs:
-        where = resolve(entry, storage_options, shared=True)
+        where = _item_file(resolve(entry, storage_options, shared=True))
         if (
             not where.path.endswith(".data")
             and where.isdir()
@@ -457,3 +469,16 @@ def _collect_inputs(
     if not files:
         raise MergeError(f"no .data files found in {[os.fspath(i) for i in inputs]}")
     return files
+
+
+def _item_file(where: Location) -> Location:
+    """The published ``.data`` file of an item named by its store path (``part.zarr``).
+
+    A task returns ``storage.get_file_path("")``, the store path, as specified; once the
+    item is compressed only ``part.zarr.data`` exists, and that is what is merged.
+    """
+    if where.path.endswith(".zarr") and not where.exists():
+        published = where.with_suffix(".data")
+        if published.isfile():
+            return published
+    return where

@@ -72,10 +72,12 @@ def _edges() -> dict[str, Any]:
             "edge_lengths": _array(["edge"], "float32", "Length of each edge"),
             "edge_types": _array(["edge"], "int32", "Curve type code (0 Line, 1 Circle, ...)"),
             "edge_dihedral_angles": _array(
-                ["edge"], "float32", "Signed dihedral angle across each edge, in radians"
+                ["edge"],
+                "float32",
+                "Signed dihedral angle across each edge, radians: + convex, - concave, 0 smooth",
             ),
             "edge_convexities": _array(
-                ["edge"], "int32", "Convexity code of each edge (1, 2 or 3)"
+                ["edge"], "int32", "Convexity code of each edge: 1 convex, 2 concave, 3 smooth"
             ),
             "edge_u_grids": _array(
                 ["edge", "u", "component"], "float32", "Points sampled on each edge: xyz, tangent"

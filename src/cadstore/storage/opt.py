@@ -769,13 +769,14 @@ class OptStorage(DataStorage):
         Parameters
         ----------
         data_key
-            A data key, or ``""`` for the item itself: the ``.data`` file once published
-            (or when opened read-only), the store directory otherwise.
+            A data key, or ``""`` for the item itself: the store path given to the
+            constructor (``.../part.zarr``), before and after :meth:`compress_store`, as
+            specified. The specified users' tasks return it and their merge tasks append
+            ``compress_extension`` to find the published file; :attr:`compressed_path` is
+            that file.
         """
         self._check_open()
         if not data_key:
-            if self._compressed_size or self._read_only or self._published.isfile():
-                return self._published.path
             return self._store.path
         return self._store.child(*data_key.split("/")).path
 
