@@ -27,7 +27,7 @@ from cadstore.errors import DatasetError
 from conftest import write_items
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 N_ITEMS = 40
 
