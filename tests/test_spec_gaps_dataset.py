@@ -326,3 +326,23 @@ def test_table_of_contents_as_printed_by_the_specified_system(explorer: DatasetE
             assert f" {description} " in row
     assert any(len(d) > 38 for d in frame["description"][:10])
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_to_torch_in_spawned_workers(flow: Path, metas: list[dict[str, Any]]) -> None:
+    # Spawned workers unpickle the dataset and collate there: the graph collate must be
+    # registered in the worker too.
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    with DatasetLoader(flow_output_file=flow) as loader:
+        loader.split(key="file_label", random_state=3)
+        train_torch = loader.get_dataset("train").to_torch()
+        batches = DataLoader(
+            train_torch, batch_size=16, num_workers=2, multiprocessing_context="spawn"
+        )
+        seen = []
+        for batch in batches:
+            assert batch["label"].tolist() == [metas[int(i)]["file_label"] for i in batch["id"]]
+            assert int(batch["graph"]["num_nodes"].sum()) == len(batch["graph"]["batch"])
+            seen.extend(batch["id"].tolist())
+        assert seen == loader.get_dataset("train").indices.tolist()
