@@ -14,7 +14,13 @@ Differences from the specified behaviour, all deliberate:
   :class:`cadstore.errors.DatasetError` naming the valid choices, instead of returning an
   empty result;
 * :meth:`DatasetExplorer.create_distribution` returns ``file_id_codes_in_bins`` (the
-  observed key), not ``file_ids_in_bins``;
+  observed key), not ``file_ids_in_bins``, and, for ``bins=None``, also ``categories``
+  (the value of each bin; ``bin_edges`` has the specified ``k + 1`` edges);
+* :meth:`DatasetExplorer.file_dataset` is read eagerly (its variables are
+  :class:`ComputedArray`, so ``.data.compute()`` works as on the specified Dask arrays);
+* ``graph/num_nodes`` is stored once per item and presented once per graph edge, as the
+  specified store holds it, except in distributions and statistics, which count items
+  (see ``docs/format.md``);
 * the ``item_offsets`` index of each group is an implementation detail and is not listed
   among a group's arrays.
 
