@@ -134,7 +134,7 @@ def measure_dataloader(
         train = loader.get_dataset("train")
         if len(train) > max_items:
             train.remove_indices(range(max_items, len(train)))
-        dataset, collate = train.to_torch()
+        dataset, collate = train.to_torch_with_collate()
         batches = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,

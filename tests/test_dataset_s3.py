@@ -382,7 +382,7 @@ def test_torch_dataloader_with_spawned_workers_reads_s3(data: S3Dataset) -> None
     ) as loader:
         loader.split("face_types", "faces", 0.5, 0.25, 0.25, random_state=1)
         validation = loader.get_dataset("validation")
-        dataset, collate = validation.to_torch()
+        dataset, collate = validation.to_torch_with_collate()
         batches = torch.utils.data.DataLoader(
             dataset,
             batch_size=8,

@@ -115,9 +115,14 @@ def test_group_data_is_lazy_xarray(explorer: DatasetExplorer, realistic_items: l
     )
     codes = np.repeat(np.arange(len(items)), [len(i["face_indices"]) for i in items])
     np.testing.assert_array_equal(ds["file_id_code_faces"].values, codes)
+    # num_nodes is stored once per item and presented once per graph edge (specified).
     arr = explorer.get_array_data("graph", "num_nodes")
-    assert arr.dims == ("item",)
-    np.testing.assert_array_equal(arr.values, [i["graph"]["num_nodes"] for i in items])
+    assert arr.dims == ("edge",)
+    assert not isinstance(arr.variable._data, np.ndarray)
+    per_edge = [np.full(len(i["graph"]["edges_source"]), i["graph"]["num_nodes"]) for i in items]
+    np.testing.assert_array_equal(arr.values, np.concatenate(per_edge))
+    np.testing.assert_array_equal(arr[5:40:3].values, np.concatenate(per_edge)[5:40:3])
+    assert int(arr[7]) == np.concatenate(per_edge)[7]
     assert explorer.get_group_data("faces") is ds
 
 
@@ -184,7 +189,8 @@ def test_file_dataset_matches_items_and_the_scan(
         pairs = explorer.file_dataset(code, "faceface")
         np.testing.assert_array_equal(pairs["d2_distance"], item["d2_distance"].reshape(n * n, -1))
         graph = explorer.file_dataset(code, "graph")
-        assert graph["num_nodes"].dims == ("item",)
+        assert graph["num_nodes"].dims == ("edge",)
+        assert graph["num_nodes"].shape == graph["edges_source"].shape
         assert int(graph["num_nodes"][0]) == item["graph"]["num_nodes"]
         # The specified approach: materialise the group, select rows by file_id_code.
         whole = explorer.get_group_data("edges").load()
@@ -241,9 +247,12 @@ def test_create_distribution_categorical_and_fallbacks(
     items, metas = _items(realistic_items), _metas(realistic_items)
     dist = explorer.create_distribution("face_types", bins=None)
     all_types = np.concatenate([i["face_types"] for i in items])
-    np.testing.assert_array_equal(dist["bin_edges"], np.unique(all_types))
-    np.testing.assert_array_equal(dist["hist"], np.unique(all_types, return_counts=True)[1])
-    for t, codes in zip(dist["bin_edges"], dist["file_id_codes_in_bins"], strict=True):
+    present = dist["hist"] > 0
+    np.testing.assert_array_equal(dist["categories"][present], np.unique(all_types))
+    np.testing.assert_array_equal(
+        dist["hist"][present], np.unique(all_types, return_counts=True)[1]
+    )
+    for t, codes in zip(dist["categories"], dist["file_id_codes_in_bins"], strict=True):
         assert codes.tolist() == [c for c, i in enumerate(items) if t in i["face_types"]]
     # Not in "faces": found in another group, and logged.
     with caplog.at_level(logging.INFO, logger="cadstore.dataset.explorer"):
@@ -253,7 +262,7 @@ def test_create_distribution_categorical_and_fallbacks(
     # Not in any group: an infoset column (categorical strings and integers).
     dist = explorer.create_distribution("category", bins=None)
     cats = sorted({m["category"] for m in metas})
-    assert dist["bin_edges"].tolist() == cats
+    assert dist["categories"].tolist() == cats
     for cat, codes in zip(cats, dist["file_id_codes_in_bins"], strict=True):
         assert codes.tolist() == [c for c, m in enumerate(metas) if m["category"] == cat]
     dist = explorer.create_distribution("file_label", bins=None)
@@ -350,7 +359,7 @@ def test_table_of_contents(explorer: DatasetExplorer, capsys: pytest.CaptureFixt
     explorer.print_table_of_contents()
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "--- Dataset Table of Contents ---"
+    assert lines[:2] == ["", "--- Dataset Table of Contents ---"]
     for group in ("FACES_GROUP:", "EDGES_GROUP:", "GRAPH_GROUP:", "FACEFACE_GROUP:"):
         assert group in lines
     n_faces = explorer.get_group_data("faces").sizes["face"]
@@ -360,7 +369,9 @@ def test_table_of_contents(explorer: DatasetExplorer, capsys: pytest.CaptureFixt
     ) in lines
     assert "  FILE_ID_CODE_FACES_DATA: Shape:" in out
     assert "ITEM_OFFSETS" not in out
-    assert "  file_label: int64" in lines
+    assert "Columns in file_info:" in lines
+    header = lines[lines.index("Columns in file_info:") + 1].split()
+    assert "file_label" in header and "name" in header
 
 
 def test_array_statistics(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:

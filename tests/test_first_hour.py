@@ -250,7 +250,7 @@ from torch.utils.data import DataLoader
 from cadstore.dataset.loader import DatasetLoader
 loader = DatasetLoader(merged_store_path={str(dataset)!r})
 loader.split("random", random_state=0)
-torch_ds, collate = loader.get_dataset("train").to_torch()
+torch_ds, collate = loader.get_dataset("train").to_torch_with_collate()
 for _ in DataLoader(torch_ds, batch_size=2, num_workers=2, collate_fn=collate):
     pass
 loader.close_resources()

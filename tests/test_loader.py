@@ -424,11 +424,11 @@ def _check_batch(batch: dict[str, Any], direct: list[dict[str, Any]]) -> None:
     assert batch["labels"]["category"] == [d["labels"]["category"] for d in direct]
 
 
-def test_to_torch_dataset_and_collate(loader: DatasetLoader) -> None:
+def test_to_torch_with_collate_dataset_and_collate(loader: DatasetLoader) -> None:
     torch = pytest.importorskip("torch")
     loader.split("face_types", random_state=0)
     train = loader.get_dataset("train")
-    dataset, collate = train.to_torch()
+    dataset, collate = train.to_torch_with_collate()
     assert isinstance(dataset, torch.utils.data.Dataset)
     assert len(dataset) == len(train)
     item = dataset[0]
@@ -443,14 +443,14 @@ def test_to_torch_dataset_and_collate(loader: DatasetLoader) -> None:
     np.testing.assert_array_equal(clone[3]["faces"]["face_areas"], item_at(dataset, 3))
     clone.source.reader.close()
     custom = object()
-    assert train.to_torch(collate_fn=custom)[1] is custom  # type: ignore[arg-type]
+    assert train.to_torch_with_collate(collate_fn=custom)[1] is custom  # type: ignore[arg-type]
 
 
 def test_batches_are_decoded_in_place(loader: DatasetLoader) -> None:
     """__getitems__ decodes a batch into one tensor per array, which the collate returns."""
     pytest.importorskip("torch")
     loader.split("face_types", random_state=0)
-    dataset, collate = loader.get_dataset("train").to_torch()
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
     positions = [4, 0, 2, 2]
     items = dataset.__getitems__(positions)
     batch = collate(items)
@@ -484,7 +484,7 @@ def test_dataloader_with_two_workers(loader: DatasetLoader, method: str) -> None
     torch = pytest.importorskip("torch")
     loader.split("face_types", random_state=0)
     val = loader.get_dataset("validation")
-    dataset, collate = val.to_torch()
+    dataset, collate = val.to_torch_with_collate()
     batches = torch.utils.data.DataLoader(
         dataset,
         batch_size=8,
@@ -501,10 +501,10 @@ def test_dataloader_with_two_workers(loader: DatasetLoader, method: str) -> None
     assert seen == val.indices.tolist()
 
 
-def test_to_torch_with_a_transform_uses_default_collate(flow: Path) -> None:
+def test_to_torch_with_collate_and_a_transform_uses_default_collate(flow: Path) -> None:
     torch = pytest.importorskip("torch")
     with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:
         ld.split("random", random_state=0)
-        dataset, collate = ld.get_dataset("train").to_torch()
+        dataset, collate = ld.get_dataset("train").to_torch_with_collate()
         batch = collate([dataset[0], dataset[1]])
         assert isinstance(batch[0], torch.Tensor) and batch[0].shape == (2,)

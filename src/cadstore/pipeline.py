@@ -116,7 +116,7 @@ def _epoch(loader: Any) -> str:
     from torch.utils.data import DataLoader
 
     train = loader.get_dataset("train")
-    dataset, collate = train.to_torch()
+    dataset, collate = train.to_torch_with_collate()
     batches = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2, collate_fn=collate)
     t0 = time.perf_counter()
     n_items = n_nodes = 0
@@ -193,8 +193,9 @@ def run_demo(
         pairs = ", ".join(
             f"{names.get(int(code), int(code))} {int(count)} ({len(codes)} items)"
             for code, count, codes in zip(
-                dist["bin_edges"], dist["hist"], dist["file_id_codes_in_bins"], strict=False
+                dist["categories"], dist["hist"], dist["file_id_codes_in_bins"], strict=True
             )
+            if count
         )
         print(f"      faces by type: {pairs}")
         families = explorer.get_file_info_all()[LABEL].value_counts().sort_index()

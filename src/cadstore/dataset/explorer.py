@@ -14,7 +14,13 @@ Differences from the specified behaviour, all deliberate:
   :class:`cadstore.errors.DatasetError` naming the valid choices, instead of returning an
   empty result;
 * :meth:`DatasetExplorer.create_distribution` returns ``file_id_codes_in_bins`` (the
-  observed key), not ``file_ids_in_bins``;
+  observed key), not ``file_ids_in_bins``, and, for ``bins=None``, also ``categories``
+  (the value of each bin; ``bin_edges`` has the specified ``k + 1`` edges);
+* :meth:`DatasetExplorer.file_dataset` is read eagerly (its variables are
+  :class:`ComputedArray`, so ``.data.compute()`` works as on the specified Dask arrays);
+* ``graph/num_nodes`` is stored once per item and presented once per graph edge, as the
+  specified store holds it, except in distributions and statistics, which count items
+  (see ``docs/format.md``);
 * the ``item_offsets`` index of each group is an implementation detail and is not listed
   among a group's arrays.
 
@@ -49,7 +55,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["DatasetExplorer", "resolve_flow_paths"]
+__all__ = ["ComputedArray", "DatasetExplorer", "resolve_flow_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,12 @@ _DASK_OWN_KEYS = frozenset((START_CLUSTER, "disable"))
 _STREAM_CACHE_COLUMNS = ("stream_cache_png", "stream_cache_3d")
 # Long lists of valid choices are cut in error messages.
 _CHOICES_SHOWN = 20
+# Integer categories spread wider than this get positional bins (not one per integer).
+_MAX_INTEGER_CATEGORIES = 4096
+# The table of contents: the rule before the infoset, rows shown and text width.
+_TOC_RULE = "=" * 34
+_TOC_ROWS = 20
+_TOC_TEXT_WIDTH = 38
 
 
 def _choices(values: Sequence[Any] | set[Any]) -> str:
@@ -84,6 +96,120 @@ def _table(
         return listed
     beside = dataset.with_suffix(suffix, replacing=".dataset")
     return beside if beside.isfile() else None
+
+
+def _categorical_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(categories, edges, index)`` for a categorical distribution.
+
+    Whole numbers get one unit bin per integer from the smallest to the largest, centred
+    on it (the specified layout); other values one unit bin per distinct value, centred on
+    its position. ``index`` is the bin of each value.
+    """
+    distinct = np.unique(values)
+    whole = values.dtype.kind in "biu" or (
+        values.dtype.kind == "f" and bool(np.all(distinct == np.round(distinct)))
+    )
+    if whole and len(distinct):
+        first, last = int(distinct[0]), int(distinct[-1])
+        if last - first < _MAX_INTEGER_CATEGORIES:
+            integers = np.arange(first, last + 1, dtype=np.int64)
+            edges = np.append(integers, last + 1).astype(np.float64) - 0.5
+            index = values.astype(np.int64) - first
+            return integers.astype(values.dtype), edges, index
+    edges = np.arange(len(distinct) + 1, dtype=np.float64) - 0.5
+    return distinct, edges, np.searchsorted(distinct, values).astype(np.int64)
+
+
+class ComputedArray(np.ndarray[Any, Any]):
+    """A numpy array that also answers ``.compute()``, as a Dask array does.
+
+    The specified explorer returns Dask-backed datasets, and its users read values with
+    ``ds["face_areas"].data.compute()``. :meth:`DatasetExplorer.file_dataset` reads an
+    item's rows eagerly (they are small, and found through the offsets index), so its
+    variables hold this subclass: everything numpy does works on it, indexing keeps it,
+    and ``compute()`` returns the plain ``numpy.ndarray``. No Dask is imported and no
+    cluster is started.
+    """
+
+    def compute(self, **kwargs: Any) -> np.ndarray:
+        """Return the values as a plain ``numpy.ndarray`` (keywords are accepted and
+        ignored, as there is nothing to schedule)."""
+        return np.asarray(self)
+
+
+def _computed(dims: tuple[str, ...], data: np.ndarray) -> Any:
+    """An ``xarray.Variable`` whose ``.data`` is a :class:`ComputedArray`."""
+    import xarray as xr
+
+    # fastpath keeps the subclass (xarray otherwise casts numpy subclasses away).
+    return xr.Variable(dims, np.asarray(data).view(ComputedArray), fastpath=True)
+
+
+def _frame_text(frame: pd.DataFrame) -> str:
+    """The infoset as the specified table of contents prints it.
+
+    The first and last 10 rows of a longer frame, and strings longer than
+    :data:`_TOC_TEXT_WIDTH` shown by their end (``...`` and the last characters), so
+    paths keep their file name.
+    """
+    from pandas.api.types import is_string_dtype
+
+    shown = frame.copy()
+    keep = _TOC_TEXT_WIDTH - 3
+
+    def shorten(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > _TOC_TEXT_WIDTH:
+            return "..." + value[-keep:]
+        return value
+
+    for column in shown.columns:
+        if shown[column].dtype == object or is_string_dtype(shown[column]):
+            shown[column] = shown[column].map(shorten)
+    text: str = shown.to_string(max_rows=_TOC_ROWS)
+    return text
+
+
+@functools.cache
+def _per_row_array_class() -> type:
+    """Return the xarray backend class of per-item arrays presented once per row."""
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class PerRowArray(BackendArray):
+        """A per-item array (``graph/num_nodes``) repeated for every row of its group.
+
+        The specified merged store holds such values once per row of the group (once
+        per graph edge for ``num_nodes``), and its users read them beside the rows
+        (``num_nodes[range_start]``). cadstore stores them once per item; this view
+        gives the specified layout without storing it.
+        """
+
+        def __init__(self, reader: DatasetReader, group: str, array: str) -> None:
+            meta = reader.array_meta(group, array)
+            self.reader = reader
+            self.group = group
+            self.array = array
+            n_rows = int(reader.offsets(group)[-1])
+            self.shape = (n_rows, *(int(n) for n in meta.shape[1:]))
+            self.dtype = np.dtype(meta.dtype)
+
+        def __getitem__(self, key: Any) -> np.ndarray | np.generic:
+            values: np.ndarray | np.generic = indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, self._raw_getitem
+            )
+            return values
+
+        def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray | np.generic:
+            first = key[0] if key else slice(None)
+            rows = np.arange(self.shape[0])[first]
+            offsets = self.reader.offsets(self.group)
+            codes = np.searchsorted(offsets, rows, side="right") - 1
+            picked = self.reader.read_array(self.group, self.array)[codes]
+            rest = key[1:] if np.ndim(rows) == 0 else (slice(None), *key[1:])
+            values: np.ndarray | np.generic = picked[rest]
+            return values
+
+    return PerRowArray
 
 
 @functools.cache
@@ -356,6 +482,45 @@ class DatasetExplorer:
                 f"unknown array {array!r} in group {group!r}; it has {sorted(arrays)}"
             )
 
+    def _per_row(self, group: str) -> list[str]:
+        """The per-item arrays of ``group`` that are presented once per row.
+
+        Those of a group that has rows (a ``file_id_code_<group>`` or another array on
+        the group's primary dimension): ``graph/num_nodes`` beside the graph edges, as the
+        specified merged store holds it. A group of per-item arrays only keeps them on
+        the ``item`` dimension.
+        """
+        arrays = self._data_arrays(group)
+        per_item = [a for a in arrays if self.reader.is_per_item(group, a)]
+        if not per_item or len(per_item) == len(arrays):
+            return []
+        return per_item
+
+    def _presented(self, group: str, array: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """Shape and dims of ``group/array`` as the explorer presents it."""
+        meta = self.reader.array_meta(group, array)
+        shape = tuple(int(n) for n in meta.shape)
+        dims = tuple(str(d) for d in meta.dims)
+        if array in self._per_row(group):
+            n_rows = int(self.reader.offsets(group)[-1])
+            return (n_rows, *shape[1:]), (self.reader.primary_dimension(group), *dims[1:])
+        return shape, dims
+
+    @staticmethod
+    def _names(
+        group: str | None, array: str | None, group_name: str | None, array_name: str | None
+    ) -> tuple[str, str]:
+        """The group and array of a call made positionally or with the specified
+        keywords ``group_name=`` / ``array_name=``."""
+        for label, given, alias in (("group", group, group_name), ("array", array, array_name)):
+            if given is not None and alias is not None:
+                raise DatasetError(f"pass either {label} or {label}_name, not both")
+        group = group if group is not None else group_name
+        array = array if array is not None else array_name
+        if group is None or array is None:
+            raise DatasetError("pass a group and an array (or group_name= and array_name=)")
+        return group, array
+
     def _open_zarr_store(self) -> Any:
         if self._zarr_store is None:
             import zarr
@@ -381,6 +546,10 @@ class DatasetExplorer:
 
         Nothing is read until values are asked for (``.values``, ``.load()``, arithmetic),
         and then only the chunks needed. Dask-backed only when a cluster was requested.
+        Per-item arrays of a group with rows (``graph/num_nodes``) appear once per row,
+        on the group's primary dimension, as in the specified merged store (so
+        ``num_nodes[range_start]`` beside the edges works); they are stored once per
+        item, see ``docs/format.md``.
 
         Parameters
         ----------
@@ -402,22 +571,41 @@ class DatasetExplorer:
         if found is None:
             import xarray as xr
 
+            per_row = self._per_row(group)
             found = xr.open_zarr(
                 self._open_zarr_store(),
                 group=group,
                 chunks={} if self._dask_client is not None else None,
-                drop_variables=[OFFSETS],
+                drop_variables=[OFFSETS, *per_row],
             )
+            if per_row:
+                from xarray.core import indexing
+
+                for array in per_row:
+                    backend = _per_row_array_class()(self.reader, group, array)
+                    _, dims = self._presented(group, array)
+                    lazy = indexing.LazilyIndexedArray(backend)
+                    found[array] = xr.Variable(dims, lazy)
             self._group_data[group] = found
         return found
 
-    def get_array_data(self, group: str, array: str) -> xr.DataArray:
+    def get_array_data(
+        self,
+        group: str | None = None,
+        array: str | None = None,
+        *,
+        group_name: str | None = None,
+        array_name: str | None = None,
+    ) -> xr.DataArray:
         """Return one array of ``group`` as a lazy ``xarray.DataArray``.
 
         Parameters
         ----------
         group, array
-            Group and array names.
+            Group and array names, positionally.
+        group_name, array_name
+            The same, by the specified keywords
+            (``get_array_data(group_name="faces", array_name="face_areas")``).
 
         Returns
         -------
@@ -427,8 +615,9 @@ class DatasetExplorer:
         Raises
         ------
         DatasetError
-            If the group or the array does not exist.
+            If the group or the array does not exist, or is not given (or given twice).
         """
+        group, array = self._names(group, array, group_name, array_name)
         self._check_array(group, array)
         return self.get_group_data(group)[array]
 
@@ -555,9 +744,13 @@ class DatasetExplorer:
         Returns
         -------
         xarray.Dataset
-            The item's arrays on the stored dimensions (per-item arrays on an ``item``
-            dimension of length 1), ``file_id_code_<group>``, and attributes
-            ``file_id_code``, ``name`` and ``primary_dimension``.
+            The item's arrays on the stored dimensions, ``file_id_code_<group>``, and
+            attributes ``file_id_code``, ``name`` and ``primary_dimension``. Per-item
+            arrays appear once per row of the item in a group with rows (``num_nodes``
+            beside the graph edges, as in the specified store), otherwise on an ``item``
+            dimension of length 1. Every variable's ``.data`` is a
+            :class:`ComputedArray`, so the specified users' ``.data.compute()`` returns
+            the numpy array, without Dask.
 
         Raises
         ------
@@ -572,15 +765,21 @@ class DatasetExplorer:
         wanted = [a for a in self._data_arrays(group) if a != provenance]
         values = self.reader.read_item(code, groups=[group], arrays={group: wanted})[group]
         start, stop = self.reader.item_range(group, code)
+        per_row = self._per_row(group)
         variables: dict[str, Any] = {}
         for array, data in values.items():
             dims = tuple(self.reader.array_meta(group, array).dims)
-            if self.reader.is_per_item(group, array):
+            if array in per_row:
+                _, dims = self._presented(group, array)
+                data = np.repeat(np.asarray(data)[np.newaxis, ...], stop - start, axis=0)
+            elif self.reader.is_per_item(group, array):
                 data = np.asarray(data)[np.newaxis, ...]
-            variables[array] = (dims, data)
+            variables[array] = _computed(dims, data)
         if provenance in self.reader.arrays(group):
             dims = tuple(self.reader.array_meta(group, provenance).dims)
-            variables[provenance] = (dims, np.full(stop - start, code, dtype=np.int64))
+            rows = np.full(stop - start, code, dtype=np.int64)
+            variables[provenance] = _computed(dims, rows)
+        variables = {name: variables[name] for name in sorted(variables)}
         return xr.Dataset(
             variables,
             attrs={
@@ -697,6 +896,12 @@ class DatasetExplorer:
     ) -> dict[str, Any]:
         """Histogram ``key`` and list the file id codes that fall in each bin.
 
+        The result has the specified shape for every kind of key: ``k`` bins have ``k + 1``
+        ``bin_edges``, so the plotting code of the specified system's users works
+        unchanged (``centers = 0.5 * (edges[1:] + edges[:-1])``, ``plt.bar(centers, hist,
+        width=edges[1] - edges[0])``, or ``plt.bar(edges[:-1], hist,
+        width=np.diff(edges), align="edge")``).
+
         Parameters
         ----------
         key
@@ -704,25 +909,42 @@ class DatasetExplorer:
             fallback), then the infoset columns.
         bins
             Number of equal-width bins or the bin edges, as for ``numpy.histogram``;
-            ``None`` counts each distinct value (categorical).
+            ``None`` counts each category (each distinct value) in a bin of its own.
         group
             The group to look in first (``None``: every group in order, then the infoset).
 
         Returns
         -------
         dict
-            ``bin_edges`` (the edges, or the categories when ``bins=None``), ``hist``
-            (values per bin, int64) and ``file_id_codes_in_bins`` (per bin, the sorted
-            codes of the items with at least one value in it).
+            ``bin_edges`` (float64, one more than the bins), ``hist`` (values per bin,
+            int64) and ``file_id_codes_in_bins`` (per bin, the sorted codes of the items
+            with at least one value in it). With ``bins=None`` also ``categories``: the
+            value each bin counts. Integer categories (and floats that are whole numbers)
+            get unit bins centred on the values, one per integer from the smallest to the
+            largest (those no item has are empty), as the specified system draws them:
+            codes 1..5 give edges 0.5, 1.5, ..., 5.5. Other categories (strings, or
+            integers spread over more than 4096 values) get unit bins centred on
+            ``0 .. k-1`` in sorted order, named by ``categories``.
 
         Raises
         ------
         DatasetError
             If the group or the key is unknown, or non-numeric values are given bins.
+
+        Notes
+        -----
+        Arrays stored once per item (``graph/num_nodes``) count once per item here. The
+        specified merged store repeats ``num_nodes`` for every graph edge, so its ``hist``
+        counts edges; its ``bin_edges`` and ``file_id_codes_in_bins`` (what the
+        tutorials plot) are the same as these.
         """
         values, codes = self.key_values(key, group)
-        edges, index = self._bin_index(values, bins)
-        n_bins = len(edges) if bins is None else len(edges) - 1
+        categories: np.ndarray | None = None
+        if bins is None:
+            categories, edges, index = _categorical_bins(values)
+        else:
+            edges, index = self._bin_index(values, bins)
+        n_bins = len(edges) - 1
         inside = index >= 0
         hist = np.bincount(index[inside], minlength=n_bins).astype(np.int64)
         # One sort of (bin, code) pairs instead of one np.unique per bin.
@@ -730,7 +952,14 @@ class DatasetExplorer:
         pair_bins = pairs // max(self.n_items, 1)
         split_at = np.searchsorted(pair_bins, np.arange(1, n_bins))
         in_bins = [part % max(self.n_items, 1) for part in np.split(pairs, split_at)]
-        return {"bin_edges": edges, "hist": hist, "file_id_codes_in_bins": in_bins}
+        result: dict[str, Any] = {
+            "bin_edges": edges,
+            "hist": hist,
+            "file_id_codes_in_bins": in_bins[:n_bins],
+        }
+        if categories is not None:
+            result["categories"] = categories
+        return result
 
     def build_membership_matrix(
         self,
@@ -977,28 +1206,29 @@ class DatasetExplorer:
         Returns
         -------
         str
-            The specified layout: a header, then per group ``<GROUP>_GROUP:`` and one
-            ``<ARRAY>_DATA: Shape: (...), Dims: (...), Size: n`` line per array, then the
-            infoset columns and their types.
+            The specified layout, line for line: a blank line, the header
+            ``--- Dataset Table of Contents ---``, then per group (sorted by name, so
+            ``Labels`` before ``edges``) ``<GROUP>_GROUP:`` and one ``<ARRAY>_DATA: Shape:
+            (...), Dims: (...), Size: n`` line per array (sorted by name), groups
+            separated by a blank line; then a rule of 34 ``=``, ``Columns in file_info:``
+            and the infoset frame (the first and last 10 rows of a longer one; strings
+            longer than 38 characters shown as ``...`` and their last 35). Shapes are
+            those :meth:`get_group_data` presents (``num_nodes`` once per graph edge).
         """
-        lines = ["--- Dataset Table of Contents ---", ""]
-        for group in self.reader.groups:
-            lines.append(f"{group.upper()}_GROUP:")
-            for array in self._data_arrays(group):
-                meta = self.reader.array_meta(group, array)
-                shape = tuple(int(n) for n in meta.shape)
+        lines = ["", "--- Dataset Table of Contents ---"]
+        for group in sorted(self.reader.groups):
+            lines.extend(("", f"{group.upper()}_GROUP:"))
+            for array in sorted(self._data_arrays(group)):
+                shape, dims = self._presented(group, array)
                 size = int(np.prod(shape, dtype=np.int64))
-                lines.append(
-                    f"  {array.upper()}_DATA: Shape: {shape}, Dims: {tuple(meta.dims)}, "
-                    f"Size: {size}"
-                )
-            lines.append("")
+                lines.append(f"  {array.upper()}_DATA: Shape: {shape}, Dims: {dims}, Size: {size}")
+        lines.append(_TOC_RULE)
         info = self._info_frame(required=False)
         if info is None:
-            lines.append("--- Info Columns: no .infoset ---")
+            lines.append("Columns in file_info: no .infoset")
         else:
-            lines.append(f"--- Info Columns ({len(info)} rows) ---")
-            lines.extend(f"  {column}: {dtype}" for column, dtype in info.dtypes.items())
+            lines.append("Columns in file_info:")
+            lines.append(_frame_text(info))
         return "\n".join(lines)
 
     def print_table_of_contents(self, file: IO[str] | None = None) -> None:
@@ -1011,13 +1241,22 @@ class DatasetExplorer:
         """
         print(self.table_of_contents(), file=file if file is not None else sys.stdout)
 
-    def get_array_statistics(self, group: str, array: str) -> dict[str, float]:
+    def get_array_statistics(
+        self,
+        group: str | None = None,
+        array: str | None = None,
+        *,
+        group_name: str | None = None,
+        array_name: str | None = None,
+    ) -> dict[str, float]:
         """Return summary statistics of one numeric array over all its values.
 
         Parameters
         ----------
         group, array
-            Group and array names.
+            Group and array names, positionally.
+        group_name, array_name
+            The same, by the specified keywords.
 
         Returns
         -------
@@ -1028,8 +1267,14 @@ class DatasetExplorer:
         Raises
         ------
         DatasetError
-            If the group or array is unknown or not numeric.
+            If the group or array is unknown, not given (or given twice) or not numeric.
+
+        Notes
+        -----
+        A per-item array (``graph/num_nodes``) counts each item once; the specified store,
+        which repeats it per graph edge, weights items by their edge count.
         """
+        group, array = self._names(group, array, group_name, array_name)
         self._check_array(group, array)
         data = self.reader.read_array(group, array)
         if data.dtype.kind not in "biuf":

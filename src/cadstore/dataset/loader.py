@@ -19,7 +19,9 @@ Examples
 >>> loader = DatasetLoader(flow_output_file="out/flow.flow")  # doctest: +SKIP
 >>> loader.split("face_types", "faces", 0.6, 0.2, 0.2, random_state=0)  # doctest: +SKIP
 (60, 20, 20)
->>> torch_ds, collate = loader.get_dataset("train").to_torch()  # doctest: +SKIP
+>>> train = torch.utils.data.DataLoader(loader.get_dataset("train").to_torch(), 32)
+... # doctest: +SKIP
+>>> torch_ds, collate = loader.get_dataset("train").to_torch_with_collate()  # doctest: +SKIP
 >>> batches = torch.utils.data.DataLoader(torch_ds, 32, collate_fn=collate, num_workers=2)
 ... # doctest: +SKIP
 """
@@ -52,12 +54,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SPLIT_BINS",
+    "FILES_FORM",
+    "ITEM_FORM",
     "SUBSETS",
     "CADDataset",
     "DatasetLoader",
     "GraphFileSource",
     "ItemIndexError",
     "ItemSource",
+    "item_loader_form",
     "iterative_stratification",
     "membership_matrix",
     "quantile_bins",
@@ -302,6 +307,56 @@ def _check_fractions(fractions: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- item sources
+#: ``item_loader_func`` called with the item dict (cadstore's form).
+ITEM_FORM = "item"
+#: ``item_loader_func`` called as ``f(graph_file, label_file, data_id)`` (the specified form).
+FILES_FORM = "files"
+#: Folder of per-item graph files in the specified flow layout, beside the dataset.
+GRAPH_DIR = "graph_data"
+
+
+def item_loader_form(func: Callable[..., Any]) -> str:
+    """Which way ``item_loader_func`` is called, from its signature.
+
+    A function that requires two or three positional arguments, or accepts three and
+    requires at least two, is called the specified way, ``f(graph_file, label_file,
+    data_id)``; one that requires one (or none) gets the item dict, ``f(item)``.
+
+    Parameters
+    ----------
+    func
+        The function.
+
+    Returns
+    -------
+    str
+        :data:`FILES_FORM` or :data:`ITEM_FORM`.
+
+    Raises
+    ------
+    DatasetError
+        If it can be called neither way (it requires two, or more than three, arguments).
+    """
+    import inspect
+
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return ITEM_FORM  # a builtin without a signature: one argument, as before
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(1 for p in positional if p.default is p.empty)
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    if required == 3 or (required == 2 and (varargs or len(positional) >= 3)):
+        return FILES_FORM
+    if required <= 1 and (positional or varargs):
+        return ITEM_FORM
+    raise DatasetError(
+        f"item_loader_func {getattr(func, '__name__', func)!r} must take one argument (the "
+        "item dict) or three (graph_file, label_file, data_id); it requires "
+        f"{required} positional argument(s)"
+    )
+
+
 class ItemSource:
     """Reads items of a merged dataset by code; picklable, reopening the file per process.
 
@@ -316,8 +371,14 @@ class ItemSource:
     labels
         ``{column: values indexed by code}`` added to each item under ``"labels"``.
     item_loader_func
-        Optional transform ``f(item_dict) -> Any`` applied to every item read (it must be
-        picklable for spawned ``DataLoader`` workers).
+        Optional function applied to every item read (it must be picklable for spawned
+        ``DataLoader`` workers), called the way its signature asks
+        (:func:`item_loader_form`): ``f(item_dict)``, or the specified
+        ``f(graph_file, label_file, data_id)`` where ``graph_file`` is the item's
+        ``graph_data/<name>.pt`` beside the dataset when that file exists (the specified
+        flow layout) and otherwise the item dict itself (cadstore datasets need no
+        per-item copies), ``label_file`` is the item's label (the value of
+        :attr:`label_column`, ``None`` without labels) and ``data_id`` its file id code.
     """
 
     def __init__(
@@ -326,13 +387,16 @@ class ItemSource:
         groups: Sequence[str] | None = None,
         arrays: Mapping[str, Sequence[str]] | None = None,
         labels: Mapping[str, np.ndarray] | None = None,
-        item_loader_func: Callable[[dict[str, Any]], Any] | None = None,
+        item_loader_func: Callable[..., Any] | None = None,
     ) -> None:
         self.reader = reader
         self.groups = list(groups) if groups is not None else None
         self.arrays = {g: list(a) for g, a in arrays.items()} if arrays is not None else None
         self.labels = dict(labels or {})
         self.item_loader_func = item_loader_func
+        self.loader_form = (
+            ITEM_FORM if item_loader_func is None else item_loader_form(item_loader_func)
+        )
 
     @property
     def path(self) -> str:
@@ -389,7 +453,36 @@ class ItemSource:
         item.update(arrays)
         if self.labels:
             item[LABELS_KEY] = {n: _scalar(values[code]) for n, values in self.labels.items()}
-        return self.item_loader_func(item) if self.item_loader_func is not None else item
+        if self.item_loader_func is None:
+            return item
+        if self.loader_form == FILES_FORM:
+            return self.item_loader_func(self._graph_file(item), self._label(item), code)
+        return self.item_loader_func(item)
+
+    def _graph_file(self, item: dict[str, Any]) -> Any:
+        """``graph_data/<name>.pt`` beside a local dataset when it exists, else the item.
+
+        The name comes from the dataset, so it is used only when it is a plain file name.
+        """
+        name = str(item["name"])
+        if self.reader.location.remote or name in ("", ".", "..") or os.path.basename(name) != name:
+            return item
+        path = os.path.join(os.path.dirname(self.reader.path), GRAPH_DIR, f"{name}.pt")
+        return path if os.path.isfile(path) else item
+
+    @property
+    def label_column(self) -> str | None:
+        """The label of an item where one is wanted (``label_file``, a training
+        ``label``): the first integer label column (class codes), else the first one;
+        ``None`` without labels."""
+        for name, values in self.labels.items():
+            if np.asarray(values).dtype.kind in "biu":
+                return name
+        return next(iter(self.labels), None)
+
+    def _label(self, item: dict[str, Any]) -> Any:
+        column = self.label_column
+        return None if column is None else item.get(LABELS_KEY, {}).get(column)
 
     def locate(self, position: int) -> dict[str, Any]:
         """Where an item lives, without reading it (see :meth:`CADDataset.get_raw_data`)."""
@@ -587,10 +680,59 @@ class CADDataset:
         self.indices = self.indices[keep]
         return mapping
 
-    def to_torch(
+    def to_torch(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> Any:
+        """Return this subset as a PyTorch ``Dataset``, used as the specified system
+        documents it: ``DataLoader(train_dataset.to_torch(), batch_size=32, ...)``.
+
+        Parameters
+        ----------
+        collate_fn
+            Kept as the dataset's ``collate_fn`` attribute, for
+            ``DataLoader(ds, collate_fn=ds.collate_fn)``; the default is PyTorch's default
+            collate function, which ``DataLoader`` uses anyway.
+
+        Returns
+        -------
+        torch.utils.data.Dataset
+            For a dataset read as it is stored: items ``{"graph", "label", "id",
+            "name"}`` (:class:`cadstore.dataset.torch_support.TorchGraphDataset`), so a
+            plain ``DataLoader`` gives ``batch["graph"]`` (one batch of disjoint graphs),
+            ``batch["label"]`` and ``batch["id"]``; ``label`` (the value of
+            :attr:`ItemSource.label_column`) and ``labels`` (every label column) are there
+            when the loader has labels (``DatasetLoader(labels=...)``, by default the
+            categorical metadata columns). With an ``item_loader_func`` or graph files:
+            what the function (or the file source) returns for each item. Picklable, so
+            ``DataLoader(num_workers=n)`` works with fork and spawn.
+
+        Raises
+        ------
+        ImportError
+            If PyTorch is not installed (``pip install 'cadstore[torch]'``).
+
+        See Also
+        --------
+        to_torch_with_collate : the faster form, ``(dataset, collate_fn)``, whose batches
+            are decoded straight into tensors.
+        """
+        from cadstore.dataset import torch_support
+
+        source = self.parent_dataset.item_source
+        dataset: Any
+        if isinstance(source, ItemSource) and source.item_loader_func is None:
+            dataset = torch_support.TorchGraphDataset(source, self.indices)
+        else:
+            dataset = torch_support.TorchCADDataset(source, self.indices, False)
+        dataset.collate_fn = collate_fn if collate_fn is not None else torch_support.default_collate
+        return dataset
+
+    def to_torch_with_collate(
         self, collate_fn: Callable[[list[Any]], Any] | None = None
     ) -> tuple[Any, Callable[[list[Any]], Any]]:
         """Return a PyTorch ``Dataset`` over this subset and a collate function.
+
+        cadstore's faster form of :meth:`to_torch`: with the default collate function,
+        ``DataLoader`` hands whole batches to the dataset, whose arrays are decoded
+        straight into one tensor each (in shared memory in a worker process).
 
         Parameters
         ----------
@@ -636,9 +778,13 @@ class DatasetLoader:
         The ``.infoset`` (defaults as in :class:`DatasetExplorer`); the split is recorded
         in its ``subset`` column (on an object store, with one atomic upload).
     item_loader_func
-        For a dataset, an optional transform ``f(item_dict) -> Any`` applied to every item;
-        for ``graph_files``, ``f(graph_file, label, file_id_code) -> Any`` that loads one.
-        Must be picklable (a module-level function) for spawned ``DataLoader`` workers.
+        Loads one item. The specified form ``f(graph_file, label_file, data_id)``: for
+        ``graph_files``, the file, its label and its code; for a dataset, the item's
+        ``graph_data/<name>.pt`` beside the dataset when it exists, otherwise the item
+        read from the dataset (a dict, see :class:`ItemSource`), its label and its code.
+        For a dataset, cadstore's form ``f(item_dict)`` also works: a function that
+        requires one argument gets the item dict (see :func:`item_loader_form`). Must be
+        picklable (a module-level function) for spawned ``DataLoader`` workers.
     graph_files
         Items as separate files instead of a dataset (the specified "direct graph" mode):
         ``split`` works on them, and ``item_loader_func`` loads them.
@@ -1113,16 +1259,23 @@ class DatasetLoader:
         positions = np.flatnonzero(self._assignment == SUBSETS.index(subset))
         return CADDataset(self, positions)
 
-    def reset_split_state(self) -> None:
+    def reset_split_state(self) -> DatasetLoader:
         """Forget the split, its history and removed items; mark every item ``"N/A"``.
 
         The infoset's ``subset`` column is rewritten too, so the forgotten split is not
         loaded again by the next loader.
+
+        Returns
+        -------
+        DatasetLoader
+            This loader, as the specified method returns it (so calls chain:
+            ``loader.reset_split_state().split(...)``).
         """
         self._history.clear()
         self._assignment = np.full(self._n, -1, dtype=np.int64)
         self._removed[:] = False
         self._record_split(self._assignment)
+        return self
 
     def close_resources(self, clear_split_history: bool = True) -> None:
         """Close the dataset files. Idempotent.

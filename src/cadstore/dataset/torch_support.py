@@ -22,10 +22,13 @@ import numpy as np
 
 # TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
 __all__ = [  # noqa: F822
+    "CADGraph",
     "GraphCollate",
     "TorchCADDataset",
+    "TorchGraphDataset",
     "collate_graphs",
     "default_collate",
+    "graph_item",
     "require_torch",
 ]
 
@@ -170,9 +173,144 @@ def _dataset_class() -> type:
     return TorchCADDataset
 
 
+class CADGraph:
+    """One item's graph in the items of :class:`TorchGraphDataset` (the ``"graph"`` key).
+
+    It holds the item as read from the dataset (``file_id_code``, ``name`` and
+    ``{group: {array: ndarray}}``). ``torch.utils.data.default_collate`` batches a list of
+    them with :data:`collate_graphs` (registered in its ``default_collate_fn_map``, the
+    extension point PyTorch documents), so ``DataLoader(dataset)`` without a
+    ``collate_fn`` yields ``batch["graph"]`` as one batch of disjoint graphs.
+
+    Parameters
+    ----------
+    item
+        The item's arrays, code and name.
+    """
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Mapping[str, Any]) -> None:
+        self.item = item
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"item": self.item}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.item = state["item"]
+
+    def __repr__(self) -> str:
+        return f"<CADGraph item {self.item.get('file_id_code')} {self.item.get('name')!r}>"
+
+
+def _collate_cad_graphs(batch: Sequence[CADGraph], **kwargs: Any) -> dict[str, Any]:
+    """Collate ``CADGraph`` objects (``default_collate_fn_map`` signature)."""
+    return collate_graphs([graph.item for graph in batch])
+
+
+def _register_graph_collate() -> None:
+    """Teach ``default_collate`` to batch :class:`CADGraph` (idempotent)."""
+    require_torch()
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    default_collate_fn_map.setdefault(CADGraph, _collate_cad_graphs)
+
+
+def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict[str, Any]:
+    """Turn an item read from the dataset into the specified training item.
+
+    Parameters
+    ----------
+    item
+        As :meth:`cadstore.dataset.loader.ItemSource.read` returns it.
+    label_column
+        The label column that gives ``label`` (default: the first one).
+
+    Returns
+    -------
+    dict
+        ``graph`` (a :class:`CADGraph`), ``id`` (the file id code), ``name`` and, when the
+        loader has labels, ``label`` (the value of ``label_column``) and ``labels``
+        (``{column: value}`` of every label column).
+    """
+    arrays = {key: value for key, value in item.items() if key != "labels"}
+    out: dict[str, Any] = {
+        "graph": CADGraph(arrays),
+        "id": int(item["file_id_code"]),
+        "name": item.get("name"),
+    }
+    labels = item.get("labels")
+    if labels:
+        column = label_column if label_column in labels else next(iter(labels))
+        out["label"] = labels[column]
+        out["labels"] = dict(labels)
+    return out
+
+
+@functools.cache
+def _graph_dataset_class() -> type:
+    torch = require_torch()
+    _register_graph_collate()
+
+    class TorchGraphDataset(torch.utils.data.Dataset):  # type: ignore[misc, name-defined]
+        """The PyTorch ``Dataset`` of :meth:`CADDataset.to_torch` (the specified form).
+
+        Items are ``{"graph": CADGraph, "label", "labels", "id": int, "name": str}`` (see
+        :func:`graph_item`), so the
+        documented loop works with a plain ``DataLoader`` and its default collate
+        function: ``batch["graph"]`` is one batch of disjoint graphs (see
+        :class:`GraphCollate`), ``batch["label"]`` and ``batch["id"]`` are tensors.
+
+        Parameters
+        ----------
+        source
+            An :class:`cadstore.dataset.loader.ItemSource`.
+        indices
+            Codes of the items.
+
+        Notes
+        -----
+        It holds only the source (a path, a label table) and the codes, so it pickles
+        small and works in ``DataLoader`` workers (fork or spawn).
+        """
+
+        def __init__(self, source: Any, indices: Sequence[int]) -> None:
+            self.source = source
+            self.indices = np.asarray(indices, dtype=np.int64)
+            #: What to pass as ``DataLoader(collate_fn=...)``; the default is what
+            #: ``DataLoader`` uses anyway.
+            self.collate_fn: Callable[[list[Any]], Any] = default_collate
+
+        def __len__(self) -> int:
+            return len(self.indices)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            n = len(self.indices)
+            if not -n <= int(i) < n:
+                raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+            item = self.source.read(int(self.indices[int(i)]))
+            return graph_item(item, getattr(self.source, "label_column", None))
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            # Unpickled in a spawned worker: the collate registration happens there too.
+            _register_graph_collate()
+            self.__dict__.update(state)
+
+        def __repr__(self) -> str:
+            return f"<TorchGraphDataset {len(self)} items>"
+
+    TorchGraphDataset.__module__ = __name__
+    TorchGraphDataset.__qualname__ = "TorchGraphDataset"
+    return TorchGraphDataset
+
+
 def __getattr__(name: str) -> Any:
     if name == "TorchCADDataset":
         cls = _dataset_class()
+        globals()[name] = cls
+        return cls
+    if name == "TorchGraphDataset":
+        cls = _graph_dataset_class()
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
