@@ -57,12 +57,12 @@ def _assert_same(a: Any, b: Any) -> None:
 
 
 def _batch_loader(loader: DatasetLoader, subset: str = "train", **kwargs: Any) -> BatchLoader:
-    dataset, _ = loader.get_dataset(subset).to_torch()
-    return BatchLoader(dataset.source, dataset.indices, **kwargs)
+    batches: BatchLoader = loader.get_dataset(subset).batches(**kwargs)
+    return batches
 
 
 def test_batches_equal_the_dataloaders(loader: DatasetLoader) -> None:
-    dataset, collate = loader.get_dataset("train").to_torch()
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
     reference = list(
         torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=False, collate_fn=collate)
     )
@@ -111,7 +111,7 @@ def test_buffers_are_reused_when_batches_are_let_go(loader: DatasetLoader) -> No
 
 
 def test_batches_kept_by_the_caller_are_never_overwritten(loader: DatasetLoader) -> None:
-    dataset, collate = loader.get_dataset("train").to_torch()
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
     reference = list(
         torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=collate)
     )
@@ -144,9 +144,8 @@ def _train_and_fail(batches: BatchLoader) -> None:
 def test_a_transform_is_refused_with_the_way_that_works(flow: Path) -> None:
     with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:
         ld.split("random", random_state=0)
-        dataset, _ = ld.get_dataset("train").to_torch()
         with pytest.raises(ValueError, match="DataLoader"):
-            BatchLoader(dataset.source, dataset.indices)
+            ld.get_dataset("train").batches()
 
 
 def _face_count(item: dict[str, Any]) -> int:

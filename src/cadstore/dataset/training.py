@@ -11,7 +11,8 @@ next batches in flight while the model trains on the current one.
 
 The items are those of :class:`~cadstore.dataset.loader.CADDataset`, collated as
 :class:`~cadstore.dataset.torch_support.GraphCollate` does (``DataLoader`` with
-``to_torch``'s dataset and collate function gives equal batches).
+``CADDataset.to_torch_with_collate()``'s dataset and collate function gives equal batches).
+``CADDataset.batches()`` makes one for a subset.
 
 Reusing buffers is safe: a buffer goes back to the pool only when nothing outside the
 loader refers to its memory any more (no batch, tensor or view of it is alive), which torch
@@ -133,7 +134,7 @@ class BatchLoader:
     Parameters
     ----------
     source
-        What reads the items: the ``source`` of ``CADDataset.to_torch()``'s dataset (an
+        What reads the items: a loader's ``item_source`` (an
         :class:`~cadstore.dataset.loader.ItemSource` without ``item_loader_func``).
     indices
         The items' codes, in subset order.
