@@ -765,6 +765,44 @@ class CADDataset:
             collate_fn = torch_support.GraphCollate() if graphs else torch_support.default_collate
         return dataset, collate_fn
 
+    def to_pyg(self, collate_fn: Any = None) -> tuple[Any, Any]:
+        """Return a PyTorch ``Dataset`` over this subset and a collate function making
+        ``torch_geometric.data.Batch`` objects, for ``DataLoader``.
+
+        Parameters
+        ----------
+        collate_fn
+            A :class:`cadstore.dataset.pyg.PygCollate` choosing the features, labels and
+            face-pair attributes (default: ``PygCollate()``).
+
+        Returns
+        -------
+        dataset : torch.utils.data.Dataset
+            As :meth:`to_torch_with_collate` gives it, handing whole batches to the
+            collate function.
+        collate_fn : PygCollate
+            Pass it to ``DataLoader(collate_fn=...)``. For the fastest loading, pass it to
+            :meth:`batches` instead.
+
+        Raises
+        ------
+        ValueError
+            With an ``item_loader_func``, whose items are not the dataset's.
+        ImportError
+            If PyTorch Geometric is not installed (``pip install 'cadstore[pyg]'``).
+        """
+        from cadstore.dataset import pyg, torch_support
+
+        pyg.require_pyg()
+        source = self.parent_dataset.item_source
+        if not isinstance(source, ItemSource) or source.item_loader_func is not None:
+            raise ValueError(
+                "to_pyg() collates the dataset's own items; with an item_loader_func or "
+                "graph files, use to_torch() and your own collate function"
+            )
+        dataset = torch_support.TorchCADDataset(source, self.indices, True)
+        return dataset, collate_fn if collate_fn is not None else pyg.PygCollate()
+
     def batches(
         self,
         batch_size: int = 32,

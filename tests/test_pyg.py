@@ -1,0 +1,167 @@
+"""PyTorch Geometric batches from a merged dataset (``cadstore.dataset.pyg``): the same
+graphs as built item by item, a ``Batch`` that PyG itself can split and rebuild, real
+``DataLoader`` workers, and a small GNN trained on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import cadstore
+from cadstore.dataset import DatasetLoader
+
+torch = pytest.importorskip("torch")
+pyg = pytest.importorskip("torch_geometric")
+from torch_geometric.data import Batch, Data  # noqa: E402
+
+from cadstore.dataset.pyg import PygCollate  # noqa: E402
+
+NODE = ["face_types", "face_areas", "face_centroids"]
+EDGE = ["edge_lengths", "edge_convexities"]
+
+
+@pytest.fixture(scope="module")
+def flow(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pyg")
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:24]], str(folder / "parts.dataset"))
+    return folder / "parts.flow"
+
+
+@pytest.fixture
+def loader(flow: Path) -> Iterator[DatasetLoader]:
+    with DatasetLoader(flow_output_file=flow) as ld:
+        ld.split("random", train=0.75, validation=0.125, test=0.125, random_state=0)
+        yield ld
+
+
+def _by_hand(loader: DatasetLoader, code: int) -> Data:
+    """The item's graph as a user would build it, one item at a time."""
+    item = loader.item_source.read(code)
+    faces, edges, graph = item["faces"], item["edges"], item["graph"]
+    n = len(faces["face_types"])
+    x = np.concatenate([np.asarray(faces[a]).reshape(n, -1) for a in NODE], axis=1)
+    e = len(graph["edges_source"])
+    edge_attr = np.concatenate([np.asarray(edges[a]).reshape(e, -1) for a in EDGE], axis=1)
+    return Data(
+        x=torch.from_numpy(x.astype(np.float32)),
+        edge_index=torch.from_numpy(
+            np.stack([graph["edges_source"], graph["edges_destination"]]).astype(np.int64)
+        ),
+        edge_attr=torch.from_numpy(edge_attr.astype(np.float32)),
+        y=torch.tensor([item["labels"]["file_label"]]),
+        d2_distance=torch.from_numpy(np.asarray(item["faceface"]["d2_distance"])),
+    )
+
+
+def test_batches_hold_the_graphs_built_item_by_item(loader: DatasetLoader) -> None:
+    collate = PygCollate(NODE, EDGE, graph_label="file_label", pair_arrays=["d2_distance"])
+    train = loader.get_dataset("train")
+    seen = []
+    for batch in train.batches(batch_size=5, shuffle=False, collate_fn=collate):
+        assert isinstance(batch, Batch)
+        codes = batch.file_id_code.tolist()
+        assert batch.num_graphs == len(codes)
+        assert batch.x.dtype == torch.float32 and batch.x.shape[1] == 1 + 1 + 3
+        assert batch.edge_attr.shape == (batch.edge_index.shape[1], 2)
+        for data, code in zip(batch.to_data_list(), codes, strict=True):
+            want = _by_hand(loader, code)
+            for key in ("x", "edge_index", "edge_attr", "y", "d2_distance"):
+                assert torch.equal(data[key], want[key]), (code, key)
+        # PyG rebuilds the same batch from its items.
+        again = Batch.from_data_list(batch.to_data_list())
+        for key in ("x", "edge_index", "edge_attr", "y", "batch", "ptr", "d2_distance"):
+            assert torch.equal(again[key], batch[key]), key
+        seen.extend(codes)
+    assert seen == train.indices.tolist()
+
+
+def test_defaults_take_every_numeric_array(loader: DatasetLoader) -> None:
+    dataset, collate = loader.get_dataset("test").to_pyg()
+    batch = collate([dataset[0], dataset[1]])
+    first = loader.item_source.read(int(dataset.indices[0]))
+    widths = [
+        int(np.prod(np.shape(v)[1:]))
+        for k, v in first["faces"].items()
+        if not k.endswith("_indices") and np.asarray(v).dtype.kind in "biuf"
+    ]
+    assert batch.x.shape[1] == sum(widths)
+    assert batch.y.tolist() == [
+        loader.item_source.read(int(c))["labels"]["file_label"] for c in dataset.indices[:2]
+    ]
+    assert {"d2_distance", "a3_distance", "extended_adjacency"} <= set(batch.keys())
+
+
+def test_node_labels_and_a_missing_label_are_named(loader: DatasetLoader) -> None:
+    train = loader.get_dataset("train")
+    batch = next(iter(train.batches(4, collate_fn=PygCollate(NODE, (), node_label="face_types"))))
+    assert torch.equal(batch.node_y, batch.x[:, 0].to(batch.node_y.dtype))
+    assert "edge_attr" not in batch
+    with pytest.raises(KeyError, match="'nope' is not a label"):
+        next(iter(train.batches(4, collate_fn=PygCollate(graph_label="nope"))))
+    with pytest.raises(KeyError, match="'nope' is not an array"):
+        next(iter(train.batches(4, collate_fn=PygCollate(["nope"]))))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_workers_make_pyg_batches(loader: DatasetLoader, method: str) -> None:
+    dataset, collate = loader.get_dataset("train").to_pyg(PygCollate(NODE, EDGE))
+    batches = torch.utils.data.DataLoader(
+        dataset, batch_size=6, num_workers=2, collate_fn=collate, multiprocessing_context=method
+    )
+    codes = []
+    for batch in batches:
+        assert isinstance(batch, Batch)
+        assert int(batch.ptr[-1]) == batch.x.shape[0] == batch.batch.shape[0]
+        codes.extend(batch.file_id_code.tolist())
+    assert codes == dataset.indices.tolist()
+
+
+def test_a_small_gnn_trains_for_an_epoch(flow: Path) -> None:
+    from torch_geometric.nn import GCNConv, global_mean_pool
+
+    torch.manual_seed(0)
+    with DatasetLoader(flow_output_file=flow, groups=["faces", "edges", "graph"]) as ld:
+        ld.split("random", random_state=0)
+        train = ld.get_dataset("train")
+        collate = PygCollate(NODE, EDGE, graph_label="file_label", pair_arrays=())
+        classes = (
+            int(max(ld.item_source.read(int(c))["labels"]["file_label"] for c in train.indices)) + 1
+        )
+
+        class Net(torch.nn.Module):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = GCNConv(len(NODE) + 2, 16)
+                self.out = torch.nn.Linear(16, classes)
+
+            def forward(self, batch: Any) -> Any:
+                h = self.conv(batch.x, batch.edge_index).relu()
+                return self.out(global_mean_pool(h, batch.batch))
+
+        model = Net()
+        before = [p.detach().clone() for p in model.parameters()]
+        optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for batch in train.batches(batch_size=6, collate_fn=collate):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    assert len(losses) == -(-len(train) // 6) and all(np.isfinite(losses))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_to_pyg_needs_the_datasets_own_items(flow: Path) -> None:
+    with DatasetLoader(flow_output_file=flow, item_loader_func=_faces) as ld:
+        ld.split("random", random_state=0)
+        with pytest.raises(ValueError, match="to_torch"):
+            ld.get_dataset("train").to_pyg()
+
+
+def _faces(item: dict[str, Any]) -> int:
+    return len(item["faces"]["face_types"])
