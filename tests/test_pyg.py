@@ -165,3 +165,66 @@ def test_to_pyg_needs_the_datasets_own_items(flow: Path) -> None:
 
 def _faces(item: dict[str, Any]) -> int:
     return len(item["faces"]["face_types"])
+
+
+def test_graph_files_for_code_that_reads_pt_files(loader: DatasetLoader, tmp_path: Path) -> None:
+    """The specified system's per-item ``.pt`` files, written from the dataset and read
+    back as its users read them (direct-graph mode of DatasetLoader)."""
+    from cadstore.storage import PyGGraphStoreHandler
+    from cadstore.storage.graphstorage import write_graph_files
+
+    collate = PygCollate(NODE, EDGE, graph_label="file_label", pair_arrays=())
+    train = loader.get_dataset("train")
+    paths = write_graph_files(train, tmp_path / "graph_data", collate, batch_size=4)
+    assert len(paths) == len(train)
+    for path, code in zip(paths, train.indices.tolist(), strict=True):
+        handler = PyGGraphStoreHandler()
+        data = handler.load_graph(path)
+        want = _by_hand(loader, code)
+        assert torch.equal(data.x, want.x) and torch.equal(data.edge_index, want.edge_index)
+        assert torch.equal(data.edge_attr, want.edge_attr)
+        assert torch.equal(handler.extra["graph_label"], want.y)
+        assert Path(path).name == f"{loader.item_source.read(code)['name']}.pt"
+    with DatasetLoader(graph_files=paths, item_loader_func=_load_pt) as files:
+        files.split("random", train=0.5, validation=0.25, test=0.25, random_state=0)
+        assert sum(len(files.get_dataset(s)) for s in ("train", "validation", "test")) == len(paths)
+
+
+def _load_pt(graph_file: str, label: Any, data_id: int) -> Any:
+    from cadstore.storage import PyGGraphStoreHandler
+
+    return PyGGraphStoreHandler().load_graph(graph_file)
+
+
+def test_a_pt_file_that_runs_code_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    from cadstore.errors import CorruptStoreError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "evil.pt"
+    torch.save({"data": Payload()}, hostile, pickle_module=pickle)
+    with pytest.raises(CorruptStoreError, match=r"evil\.pt"):
+        PyGGraphStoreHandler().load_graph(str(hostile))
+    assert not marker.exists()
+
+
+def test_the_graph_handler_checks_what_it_is_given() -> None:
+    from cadstore.storage import PyGGraphStoreHandler
+
+    handler = PyGGraphStoreHandler()
+    with pytest.raises(ValueError, match="setup_graph"):
+        handler.append_ndata(np.zeros((3, 1)), "x")
+    handler.setup_graph([0, 1], [1, 2], 3)
+    with pytest.raises(ValueError, match="2 rows for 3 nodes"):
+        handler.append_ndata(np.zeros((2, 1)), "x")
+    with pytest.raises(TypeError, match="numpy array"):
+        handler.append_edata([1.0, 2.0], "x")
+    handler.append_edata(np.ones((2, 4)), "x")
+    assert handler.data.edge_attr.shape == (2, 4) and handler.format() == "pyg"

@@ -15,13 +15,30 @@ from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
 
-__all__ = ["DataStorage", "JsonStorageHandler", "MemoryStorage", "OptStorage"]
+__all__ = [
+    "DataStorage",
+    "JsonStorageHandler",
+    "LabelStorage",
+    "MLStorage",
+    "MemoryStorage",
+    "OptStorage",
+    "PyGGraphStoreHandler",
+]
+
+# Names whose modules pull in heavier layers (the Zarr format, torch): imported on first
+# use, name -> module.
+_LAZY = {
+    "OptStorage": "cadstore.storage.opt",
+    "LabelStorage": "cadstore.storage.label_storage",
+    "MLStorage": "cadstore.storage.graphstorage.graph_storage_handler",
+    "PyGGraphStoreHandler": "cadstore.storage.graphstorage.graph_storage_handler",
+}
 
 
 def __getattr__(name: str) -> object:
-    # OptStorage pulls in the Zarr format layer; import it on first use.
-    if name == "OptStorage":
-        from cadstore.storage.opt import OptStorage
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cadstore.storage' has no attribute {name!r}")
+    import importlib
 
-        return OptStorage
-    raise AttributeError(f"module 'cadstore.storage' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,228 @@
+"""Per-item PyTorch Geometric ``.pt`` files, as the specified system writes them.
+
+The specified system trains on one ``graph_data/<name>.pt`` file per item, written by its
+transform tasks through ``PyGGraphStoreHandler``: ``{"data": Data(x, edge_attr,
+edge_index, num_nodes), "extra": {label tensors}}``. cadstore does not need them (it trains
+from the dataset: :mod:`cadstore.dataset.pyg`); these are thin adapters for code that still
+reads or writes such files, with the specified method names, and
+:func:`write_graph_files` writes them for every item of a dataset.
+
+Loading is safe: :meth:`PyGGraphStoreHandler.load_graph` unpickles with torch's
+``weights_only`` loader, which accepts tensors and the few PyG classes a graph is made of,
+and refuses anything else a file might hold.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle  # only for its error type: files are loaded by torch's weights_only loader
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from cadstore.errors import CorruptStoreError
+
+__all__ = ["MLStorage", "PyGGraphStoreHandler", "write_graph_files"]
+
+
+def _torch() -> Any:
+    from cadstore.dataset.torch_support import require_torch
+
+    return require_torch()
+
+
+def _pyg() -> Any:
+    from cadstore.dataset.pyg import require_pyg
+
+    return require_pyg()
+
+
+class MLStorage(ABC):
+    """One item's graph being built for a file: the specified system's interface."""
+
+    @abstractmethod
+    def setup_graph(self, source_nodes: Any, target_nodes: Any, num_nodes: int) -> None:
+        """Start the graph from its edge list and node count."""
+
+    @abstractmethod
+    def append_ndata(self, node_features: Any, feature_name: str, torch_type: Any = None) -> None:
+        """Add a node feature (one row per node)."""
+
+    @abstractmethod
+    def append_edata(self, edge_features: Any, feature_name: str, torch_type: Any = None) -> None:
+        """Add an edge feature (one row per edge)."""
+
+    @abstractmethod
+    def append_extra_data(self, extra_data: Any, feature_name: str, torch_type: Any = None) -> None:
+        """Add a tensor beside the graph (labels)."""
+
+    @abstractmethod
+    def save_graph(self, filepath: str) -> None:
+        """Write the graph to ``filepath``."""
+
+    @abstractmethod
+    def load_graph(self, filepath: str) -> Any:
+        """Read a graph written by :meth:`save_graph`."""
+
+    @abstractmethod
+    def file_extension(self) -> str:
+        """The extension of the files written."""
+
+    @abstractmethod
+    def format(self) -> str:
+        """The storage format's name."""
+
+    def concatenate_data(self, target_tensor: Any, source_tensor: Any) -> Any:
+        """``target_tensor`` and ``source_tensor`` side by side (along the last axis)."""
+        torch = _torch()
+        return torch.cat([target_tensor, source_tensor], dim=-1)
+
+
+def _tensor(values: Any, torch_type: Any, what: str) -> Any:
+    torch = _torch()
+    if not isinstance(values, np.ndarray | torch.Tensor):
+        raise TypeError(f"{what} must be a numpy array (or tensor), not {type(values).__name__}")
+    dtype = torch.float if torch_type is None else torch_type
+    return torch.as_tensor(np.asarray(values) if isinstance(values, np.ndarray) else values).to(
+        dtype
+    )
+
+
+class PyGGraphStoreHandler(MLStorage):
+    """An item's graph as a ``torch_geometric.data.Data``, saved as a ``.pt`` file.
+
+    The node feature named ``"x"`` becomes ``data.x`` and the edge feature named ``"x"``
+    becomes ``data.edge_attr``, as PyG names them; other features keep their names.
+    """
+
+    def __init__(self) -> None:
+        self.data: Any = None
+        self.extra: dict[str, Any] = {}
+
+    def format(self) -> str:  # docstring inherited
+        return "pyg"
+
+    def file_extension(self) -> str:  # docstring inherited
+        return ".pt"
+
+    def setup_graph(self, source_nodes: Any, target_nodes: Any, num_nodes: int) -> None:
+        torch = _torch()
+        src = torch.as_tensor(np.asarray(source_nodes), dtype=torch.long)
+        dst = torch.as_tensor(np.asarray(target_nodes), dtype=torch.long)
+        if src.shape != dst.shape or src.dim() != 1:
+            raise ValueError("source_nodes and target_nodes must be 1-D and of one length")
+        self.data = _pyg().data.Data(edge_index=torch.stack([src, dst]), num_nodes=int(num_nodes))
+        self.extra = {}
+
+    def _graph(self) -> Any:
+        if self.data is None:
+            raise ValueError("the graph is not set up: call setup_graph() first")
+        return self.data
+
+    def append_ndata(self, node_features: Any, feature_name: str, torch_type: Any = None) -> None:
+        data = self._graph()
+        value = _tensor(node_features, torch_type, "node_features")
+        if value.shape[0] != data.num_nodes:
+            raise ValueError(
+                f"node feature {feature_name!r} has {value.shape[0]} rows for "
+                f"{data.num_nodes} nodes"
+            )
+        data[feature_name] = value
+
+    def append_edata(self, edge_features: Any, feature_name: str, torch_type: Any = None) -> None:
+        data = self._graph()
+        value = _tensor(edge_features, torch_type, "edge_features")
+        if value.shape[0] != data.edge_index.shape[1]:
+            raise ValueError(
+                f"edge feature {feature_name!r} has {value.shape[0]} rows for "
+                f"{data.edge_index.shape[1]} edges"
+            )
+        data["edge_attr" if feature_name == "x" else feature_name] = value
+
+    def append_extra_data(self, extra_data: Any, feature_name: str, torch_type: Any = None) -> None:
+        self.extra[feature_name] = _tensor(extra_data, torch_type, "extra_data")
+
+    def save_graph(self, filepath: str) -> None:
+        """Write ``{"data": Data, "extra": {...}}`` to ``filepath``, atomically."""
+        from cadstore.io.location import resolve
+        from cadstore.io.publish import write_atomic
+
+        torch = _torch()
+        payload = {"data": self._graph(), "extra": dict(self.extra)}
+        write_atomic(resolve(filepath), lambda fh: torch.save(payload, fh))
+
+    def load_graph(self, filepath: str) -> Any:
+        """Read a graph file; its ``Data`` is returned and its extras kept in ``extra``.
+
+        Raises
+        ------
+        CorruptStoreError
+            If the file holds anything but tensors and a PyG ``Data`` (torch's
+            ``weights_only`` loader refuses it, so nothing in it runs).
+        """
+        torch = _torch()
+        pyg = _pyg()
+        from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+        from torch_geometric.data.storage import GlobalStorage
+
+        allowed = [pyg.data.Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                payload = torch.load(filepath, weights_only=True)
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+            AttributeError,
+            TypeError,
+        ) as exc:
+            raise CorruptStoreError(
+                os.fspath(filepath), f"not a graph file cadstore can load safely ({exc})"
+            ) from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), pyg.data.Data):
+            raise CorruptStoreError(
+                os.fspath(filepath), 'not a {"data": Data, "extra": {...}} file'
+            )
+        self.data = payload["data"]
+        self.extra = dict(payload.get("extra") or {})
+        return self.data
+
+
+def write_graph_files(
+    subset: Any,
+    folder: str | os.PathLike[str],
+    collate_fn: Any = None,
+    *,
+    batch_size: int = 32,
+) -> list[str]:
+    """Write one ``<name>.pt`` per item of ``subset`` (a :class:`CADDataset`) into ``folder``.
+
+    Each file holds the item's graph as :class:`PyGGraphStoreHandler` saves it: ``x``,
+    ``edge_index``, ``edge_attr`` and ``num_nodes`` from ``collate_fn`` (a
+    :class:`~cadstore.dataset.pyg.PygCollate`; its defaults otherwise), and the graph label
+    under ``extra["graph_label"]`` when the collate function gives one. Returns the paths,
+    in subset order.
+    """
+    from cadstore.dataset.pyg import PygCollate
+
+    collate = collate_fn if collate_fn is not None else PygCollate(pair_arrays=())
+    os.makedirs(folder, exist_ok=True)
+    paths: list[str] = []
+    batches: Iterable[Any] = subset.batches(batch_size, shuffle=False, collate_fn=collate)
+    for batch in batches:
+        for data, name in zip(batch.to_data_list(), batch.name, strict=True):
+            handler = PyGGraphStoreHandler()
+            src, dst = data.edge_index
+            handler.setup_graph(src, dst, data.num_nodes)
+            handler.append_ndata(data.x, "x")
+            if "edge_attr" in data:
+                handler.append_edata(data.edge_attr, "x")
+            if "y" in data:
+                handler.append_extra_data(data.y, "graph_label", _torch().long)
+            path = os.path.join(os.fspath(folder), f"{name}{handler.file_extension()}")
+            handler.save_graph(path)
+            paths.append(path)
+    return paths
