@@ -20,18 +20,18 @@ import pytest
 pytest.importorskip("OCP")
 pytest.importorskip("pandas")
 
-import cadstore  # noqa: E402
-from cadstore.cad import samples  # noqa: E402
-from cadstore.cadaccess import HOOPSLoader  # noqa: E402
-from cadstore.cadencoder import BrepEncoder  # noqa: E402
-from cadstore.dataset import DatasetExplorer, DatasetLoader  # noqa: E402
-from cadstore.encode import item_name  # noqa: E402
-from cadstore.errors import FlowError, OutputExistsError  # noqa: E402
-from cadstore.flowmanager import flowtask  # noqa: E402
-from cadstore.format.manifest import read_manifest  # noqa: E402
-from cadstore.io import resolve  # noqa: E402
-from cadstore.schema import SchemaBuilder  # noqa: E402
-from cadstore.storage import CADFileRetriever, DataStorage, LocalStorageProvider  # noqa: E402
+import cadstore
+from cadstore.cad import samples
+from cadstore.cadaccess import HOOPSLoader
+from cadstore.cadencoder import BrepEncoder
+from cadstore.dataset import DatasetExplorer, DatasetLoader
+from cadstore.encode import item_name
+from cadstore.errors import FlowError, OutputExistsError
+from cadstore.flowmanager import flowtask
+from cadstore.format.manifest import read_manifest
+from cadstore.io import resolve
+from cadstore.schema import SchemaBuilder
+from cadstore.storage import CADFileRetriever, DataStorage, LocalStorageProvider
 
 # ---------------------------------------------------------------------------- the tasks
 builder = SchemaBuilder(domain="Parts", version="1.0", description="flow test schema")
@@ -64,9 +64,7 @@ def _encode(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> Non
     storage.save_metadata("family", Path(cad_file).stem.split("_")[0])
 
 
-@flowtask.transform(
-    name="Preparing data", inputs=["cad_dataset"], outputs=["cad_files_encoded"]
-)
+@flowtask.transform(name="Preparing data", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
 def encode_data(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
     _encode(cad_file, cad_loader, storage)
     storage.compress_store()
@@ -160,7 +158,7 @@ def _names(parts: Path) -> list[str]:
 def test_a_flow_in_the_specified_style_runs_under_fork_into_the_specified_layout(
     forked_run: tuple[Any, dict[str, Any], str], parts: Path
 ) -> None:
-    output, summary, flow_file = forked_run
+    output, _, flow_file = forked_run
     folder = Path(flow_file).parent
     assert folder == Path(output.flow_dir)
     assert folder.parent.name == "flows" and folder.name == "parts_flow"
@@ -259,13 +257,15 @@ def test_debug_mode_runs_in_this_process_with_the_same_results(
     for name in _names(parts):
         fork_png, debug_png = (f / "stream_cache" / "png" / f"{name}.png" for f in folders)
         assert fork_png.read_bytes() == debug_png.read_bytes()
-    with DatasetExplorer(flow_output_file=forked_run[2]) as a:
-        with DatasetExplorer(flow_output_file=flow_file) as b:
-            for group, array in (("faces", "face_areas"), ("graph", "edges_source")):
-                np.testing.assert_array_equal(
-                    np.asarray(a.get_array_data(group, array)),
-                    np.asarray(b.get_array_data(group, array)),
-                )
+    with (
+        DatasetExplorer(flow_output_file=forked_run[2]) as a,
+        DatasetExplorer(flow_output_file=flow_file) as b,
+    ):
+        for group, array in (("faces", "face_areas"), ("graph", "edges_source")):
+            np.testing.assert_array_equal(
+                np.asarray(a.get_array_data(group, array)),
+                np.asarray(b.get_array_data(group, array)),
+            )
 
 
 def test_results_do_not_depend_on_the_number_of_workers(
@@ -281,7 +281,7 @@ def test_results_do_not_depend_on_the_number_of_workers(
     assert info == [4, 4]
 
 
-def OptStorageView(path: Path) -> str:  # noqa: N802 - reads like a value
+def OptStorageView(path: Path) -> str:
     """Every array and the metadata of an item as JSON, the flow's own folder left out."""
     with cadstore.OptStorage(str(path)) as item:
         content = {
@@ -339,9 +339,7 @@ def test_the_time_limit_kills_a_hung_task(parts: Path, tmp_path: Path) -> None:
     assert summary["file_count"] == 4 - len(shafts)
 
 
-def test_the_memory_guard_marks_an_exploding_item_too_heavy(
-    parts: Path, tmp_path: Path
-) -> None:
+def test_the_memory_guard_marks_an_exploding_item_too_heavy(parts: Path, tmp_path: Path) -> None:
     output, _, _ = _run(
         tmp_path,
         parts,
@@ -364,8 +362,9 @@ def test_time_limits_follow_the_file_size_buckets() -> None:
     assert limits.bucketing
     assert [limits.limit_for(s) for s in (10, 2_000_000, 20_000_000)] == [5, 50, 500]
     assert limits.limit_for(None) == 120
-    flat = TimeLimits.from_kwargs({"time_limit_overall": 7, "time_limit_large": 70,
-                                   "file_size_bucketing": False})
+    flat = TimeLimits.from_kwargs(
+        {"time_limit_overall": 7, "time_limit_large": 70, "file_size_bucketing": False}
+    )
     assert flat.limit_for(20_000_000) == 7
     with pytest.raises(ValueError, match="time_limit_typo"):
         TimeLimits.from_kwargs({"time_limit_typo": 1})
@@ -410,7 +409,9 @@ def test_clean_output_deletes_the_previous_flow_output(parts: Path, tmp_path: Pa
     stale = Path(output.flow_dir) / "encoded" / f"{'0' * 32}_0.data"
     stale.write_bytes(b"from an older run")
     flow = cadstore.create_flow(
-        name="parts_flow", tasks=[gather_files, encode_data], flows_outputdir=str(tmp_path),
+        name="parts_flow",
+        tasks=[gather_files, encode_data],
+        flows_outputdir=str(tmp_path),
         debug=True,
     )
     flow.process(inputs={"cad_datasources": [str(parts)]}, clean_output_dir=True)

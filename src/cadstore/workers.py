@@ -227,7 +227,7 @@ class WorkerPool:
 
     # -- process management
     def _start(self) -> _Slot:
-        context = (
+        context: Any = (
             mp_context()
             if self.start_method is None
             else multiprocessing.get_context(self.start_method)

@@ -286,7 +286,9 @@ class Flow:
         folder = self.flow_dir
         logger = setup_logger(f"cadstore.flow.{self.name}", os.path.join(folder, FLOW_LOG))
         try:
-            logger.info("flow %r started: %d task(s), output %s", self.name, len(self.tasks), folder)
+            logger.info(
+                "flow %r started: %d task(s), output %s", self.name, len(self.tasks), folder
+            )
             output = FlowOutput(data=dict(inputs or {}), flow_dir=folder)
             durations: dict[str, float] = {}
             for task in self.tasks:
@@ -401,7 +403,9 @@ class Flow:
     ) -> list[Any]:
         from cadstore.encode.naming import item_name
 
-        items = list(items) if isinstance(items, Sequence) and not isinstance(items, str) else [items]
+        items = (
+            list(items) if isinstance(items, Sequence) and not isinstance(items, str) else [items]
+        )
         folder = self.flow_dir
         settings = ItemSettings(
             function=task,
@@ -463,7 +467,10 @@ class Flow:
         assert outcome.failure is not None
         output.errors.append(outcome.failure)
         logger.warning(
-            "item %s (%s) failed: %s", outcome.task.name, outcome.task.item, outcome.failure["error"]
+            "item %s (%s) failed: %s",
+            outcome.task.name,
+            outcome.task.item,
+            outcome.failure["error"],
         )
 
     # ------------------------------------------------------------------ export
@@ -511,7 +518,7 @@ class Flow:
                     stage_durations=durations,
                 )
             except (CadstoreError, OSError) as exc:
-                entry = {
+                entry: dict[str, Any] = {
                     "item_index": None,
                     "item": dataset,
                     "name": None,
@@ -525,7 +532,9 @@ class Flow:
                 output.errors.append(entry)
                 logger.error("the dataset export failed: %s", entry["error"])
                 body = json.dumps(output.errors, indent=1, default=str).encode("utf-8")
-                write_bytes_atomic(resolve(os.path.join(folder, ERROR_SUMMARY)), body, durable=False)
+                write_bytes_atomic(
+                    resolve(os.path.join(folder, ERROR_SUMMARY)), body, durable=False
+                )
             else:
                 output.dataset = dataset
                 return self._summary(flow_file)

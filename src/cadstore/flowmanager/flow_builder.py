@@ -49,6 +49,16 @@ _ARITY = {"extract": 1, "transform": 3}
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
 
+def _mark(function: Callable[..., Any], attribute: str, value: Any) -> None:
+    """Set a task attribute (the specified names start with ``_``)."""
+    setattr(function, attribute, value)
+
+
+def _attr(function: Callable[..., Any], attribute: str) -> Any:
+    """A task attribute set by :func:`_mark`."""
+    return getattr(function, attribute)
+
+
 def _names(value: Sequence[str] | str | None, what: str, task: str) -> list[str]:
     if value is None:
         return []
@@ -71,13 +81,13 @@ class TaskDecorators:
     ) -> Callable[[F], F]:
         def decorate(function: F) -> F:
             task_name = name or function.__name__
-            setattr(function, "_task_type", kind)
-            setattr(function, "_task_name", task_name)
-            setattr(function, "_task_inputs", _names(inputs, "inputs", task_name))
-            setattr(function, "_task_outputs", _names(outputs, "outputs", task_name))
-            setattr(function, "_parallel_execution", bool(parallel_execution))
+            _mark(function, "_task_type", kind)
+            _mark(function, "_task_name", task_name)
+            _mark(function, "_task_inputs", _names(inputs, "inputs", task_name))
+            _mark(function, "_task_outputs", _names(outputs, "outputs", task_name))
+            _mark(function, "_parallel_execution", bool(parallel_execution))
             parallel = parallel_execution and kind == "transform"
-            setattr(function, "_task_class", "ParallelTask" if parallel else "SequentialTask")
+            _mark(function, "_task_class", "ParallelTask" if parallel else "SequentialTask")
             validate_function_signature(function)
             _REGISTRY[task_name] = function
             return function
@@ -167,12 +177,14 @@ def validate_tasks(tasks: Sequence[Callable[..., Any]]) -> bool:
         For an empty list, an undecorated function, a bad signature or two tasks of the
         same name.
     """
-    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
-        raise FlowError(f"tasks must be a non-empty list of decorated task functions, got {tasks!r}")
+    if not isinstance(tasks, list | tuple) or not tasks:
+        raise FlowError(
+            f"tasks must be a non-empty list of decorated task functions, got {tasks!r}"
+        )
     seen: set[str] = set()
     for task in tasks:
         validate_function_signature(task)
-        name = getattr(task, "_task_name")
+        name = _attr(task, "_task_name")
         if name in seen:
             raise FlowError(f"two tasks are named {name!r}; give each its own name=")
         seen.add(name)
@@ -184,10 +196,10 @@ def list_registered_tasks() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "type": getattr(fn, "_task_type"),
-            "inputs": list(getattr(fn, "_task_inputs")),
-            "outputs": list(getattr(fn, "_task_outputs")),
-            "parallel_execution": getattr(fn, "_parallel_execution"),
+            "type": _attr(fn, "_task_type"),
+            "inputs": list(_attr(fn, "_task_inputs")),
+            "outputs": list(_attr(fn, "_task_outputs")),
+            "parallel_execution": _attr(fn, "_parallel_execution"),
             "function": f"{fn.__module__}.{fn.__qualname__}",
         }
         for name, fn in _REGISTRY.items()

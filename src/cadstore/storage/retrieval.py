@@ -119,7 +119,9 @@ class CADFileRetriever:
             try:
                 self._regex = re.compile(filter_pattern)
             except re.error as exc:
-                raise ValueError(f"filter_pattern {filter_pattern!r} is not a regex: {exc}") from None
+                raise ValueError(
+                    f"filter_pattern {filter_pattern!r} is not a regex: {exc}"
+                ) from None
 
     def _matches(self, path: str) -> bool:
         if self.filter_pattern is None:

@@ -107,7 +107,7 @@ _KNOWN_KWARGS: Final = frozenset(
 )
 
 
-class StorageType(str, enum.Enum):
+class StorageType(enum.StrEnum):
     """The storage each item of a transform task gets."""
 
     #: :class:`~cadstore.storage.opt.OptStorage`, published as ``encoded/<item>.data``.
@@ -179,10 +179,14 @@ class TimeLimits:
         buckets = {"time_limit_small", "time_limit_medium", "time_limit_large"} & set(given)
         memory = given.get("memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB)
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int)):
-            raise ValueError(f"parallel_task_kwargs['memory_limit_mb'] must be an int, got {memory!r}")
+            raise ValueError(
+                f"parallel_task_kwargs['memory_limit_mb'] must be an int, got {memory!r}"
+            )
         method = given.get("start_method")
         if method not in (None, "fork", "spawn"):
-            raise ValueError(f"parallel_task_kwargs['start_method'] must be 'fork' or 'spawn', got {method!r}")
+            raise ValueError(
+                f"parallel_task_kwargs['start_method'] must be 'fork' or 'spawn', got {method!r}"
+            )
         return cls(
             overall=overall,
             small=_seconds(given, "time_limit_small", overall),
@@ -435,7 +439,9 @@ class _Collector:
     def done(self, task: ItemTask) -> None:
         self.advance()
 
-    def lost(self, task: ItemTask, pid: int | None, reason: str, error: str, seconds: float) -> None:
+    def lost(
+        self, task: ItemTask, pid: int | None, reason: str, error: str, seconds: float
+    ) -> None:
         from cadstore.encode.work import discard
 
         record = self.records[task.index]
@@ -469,10 +475,14 @@ def _outcome(record: _Record, task_name: str) -> ItemOutcome:
         return ItemOutcome(
             task, True, message.get("result"), None, list(message["logs"]), message["seconds"]
         )
-    source: Mapping[str, Any] = record.lost or message or {
-        "reason": "error",
-        "error": "the worker finished without a result",
-    }
+    source: Mapping[str, Any] = (
+        record.lost
+        or message
+        or {
+            "reason": "error",
+            "error": "the worker finished without a result",
+        }
+    )
     failure = {
         "item_index": task.index,
         "item": str(task.item),
@@ -593,7 +603,9 @@ class ParallelExecutor:
         ParallelTask
             ``task``.
         """
-        runner = self if specifications is None else ParallelExecutor(self.max_workers, specifications)
+        runner = (
+            self if specifications is None else ParallelExecutor(self.max_workers, specifications)
+        )
         return _execute(runner, task, items, force_sequential)
 
     def _pool(
