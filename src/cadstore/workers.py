@@ -48,7 +48,7 @@ from typing import Any, Final, Protocol
 
 from cadstore.processes import mp_context, without_main_script
 
-__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "limit_memory"]
+__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "address_space_mb", "limit_memory"]
 
 #: What a worker calls with each message.
 Emit = Callable[[dict[str, Any]], None]
@@ -102,6 +102,13 @@ def _address_space_bytes() -> int | None:
             return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def address_space_mb() -> int | None:
+    """This process's address space, MiB (what a forked worker starts with); ``None``
+    where it cannot be read."""
+    size = _address_space_bytes()
+    return None if size is None else size // 2**20
 
 
 def limit_memory(limit_mb: int | None) -> str | None:

@@ -21,8 +21,8 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
   above; 120 s each by default). A worker over it is killed (``SIGKILL``: a kernel call
   that never returns cannot hang the flow) and the item is listed with reason
   ``"timeout"``;
-* a **memory guard** caps each worker's address space (``memory_limit_mb``, 4096 by
-  default): an item that explodes fails with ``MemoryError`` (reason ``"memory"``)
+* a **memory guard** caps each worker's address space (``memory_limit_mb``; by default
+  4096 MiB more than the calling process maps): an item that explodes fails with ``MemoryError`` (reason ``"memory"``)
   instead of driving the machine into swap. It is tried once more alone, with twice the
   large-file limit, unless ``skip_heavy_files=True``; an item that fails that way twice,
   or at once with ``skip_heavy_files``, is listed as ``"too_heavy"``;
@@ -63,7 +63,7 @@ from cadstore.schema import SchemaBuilder
 from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
-from cadstore.workers import Emit, WorkerPool, WorkerSpec
+from cadstore.workers import Emit, WorkerPool, WorkerSpec, address_space_mb
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -81,7 +81,8 @@ __all__ = [
 
 #: Each time limit's default, seconds (the specified default).
 DEFAULT_TIME_LIMIT: Final = 120.0
-#: The memory guard's default, MiB of address space per worker.
+#: The memory guard's default: MiB of address space a worker may map beyond what the
+#: calling process maps when the workers start (a forked worker starts with that much).
 DEFAULT_MEMORY_LIMIT_MB: Final = 4096
 #: The metadata key holding an item's preview path (an infoset column).
 PREVIEW_METADATA: Final = "stream_cache_png"
@@ -152,7 +153,8 @@ class TimeLimits:
     skip_heavy_files
         Do not retry an item that failed on the memory guard.
     memory_limit_mb
-        The memory guard (address-space cap of a worker, MiB; ``None``: none).
+        The memory guard (address-space cap of a worker, MiB; 0: none). By default
+        (``None``) :data:`DEFAULT_MEMORY_LIMIT_MB` above what the calling process maps.
     start_method
         ``"fork"`` or ``"spawn"`` to impose one (``None``: see the module docstring).
     """
@@ -163,7 +165,7 @@ class TimeLimits:
     large: float | None = DEFAULT_TIME_LIMIT
     bucketing: bool = False
     skip_heavy_files: bool = False
-    memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB
+    memory_limit_mb: int | None = None
     start_method: str | None = None
 
     @classmethod
@@ -177,10 +179,12 @@ class TimeLimits:
             )
         overall = _seconds(given, "time_limit_overall", DEFAULT_TIME_LIMIT)
         buckets = {"time_limit_small", "time_limit_medium", "time_limit_large"} & set(given)
-        memory = given.get("memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB)
-        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int)):
+        memory = given.get("memory_limit_mb")
+        if memory is not None and (
+            isinstance(memory, bool) or not isinstance(memory, int) or memory < 0
+        ):
             raise ValueError(
-                f"parallel_task_kwargs['memory_limit_mb'] must be an int, got {memory!r}"
+                f"parallel_task_kwargs['memory_limit_mb'] must be an int >= 0, got {memory!r}"
             )
         method = given.get("start_method")
         if method not in (None, "fork", "spawn"):
@@ -194,7 +198,7 @@ class TimeLimits:
             large=_seconds(given, "time_limit_large", overall),
             bucketing=bool(given.get("file_size_bucketing", bool(buckets))),
             skip_heavy_files=bool(given.get("skip_heavy_files", False)),
-            memory_limit_mb=int(memory) if memory else None,
+            memory_limit_mb=None if memory is None else int(memory),
             start_method=method,
         )
 
@@ -617,10 +621,14 @@ class ParallelExecutor:
         method: str,
         timeout_of: Callable[[ItemTask], float | None],
     ) -> None:
+        memory = self.limits.memory_limit_mb
+        if memory is None:
+            baseline = address_space_mb()
+            memory = None if baseline is None else baseline + DEFAULT_MEMORY_LIMIT_MB
         spec = WorkerSpec(
             run_item,
             settings,
-            memory_limit_mb=self.limits.memory_limit_mb,
+            memory_limit_mb=memory or None,
             max_tasks_per_child=_TASKS_PER_CHILD,
         )
         with WorkerPool(
