@@ -23,8 +23,8 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
   ``"timeout"``;
 * a **memory guard** caps each worker's address space (``memory_limit_mb``; by default
   4096 MiB more than the calling process maps): an item that explodes fails with
-  ``MemoryError`` (reason ``"memory"``) instead of driving the machine into swap. It is tried once more alone, with twice the
-  large-file limit, unless ``skip_heavy_files=True``; an item that fails that way twice,
+  ``MemoryError`` (reason ``"memory"``) instead of driving the machine into swap. It is
+  tried once more alone, with twice the large-file limit, unless ``skip_heavy_files=True``; an item that fails that way twice,
   or at once with ``skip_heavy_files``, is listed as ``"too_heavy"``;
 * every failure (the task's exception, a timeout, a worker that died: ``"crash"``) is
   isolated to its item, which is listed in ``error_summary.json`` as
