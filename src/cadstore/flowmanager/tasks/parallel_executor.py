@@ -24,8 +24,9 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
 * a **memory guard** caps each worker's address space (``memory_limit_mb``; by default
   4096 MiB more than the calling process maps): an item that explodes fails with
   ``MemoryError`` (reason ``"memory"``) instead of driving the machine into swap. It is
-  tried once more alone, with twice the large-file limit, unless ``skip_heavy_files=True``; an item that fails that way twice,
-  or at once with ``skip_heavy_files``, is listed as ``"too_heavy"``;
+  tried once more alone, with twice the large-file limit, unless
+  ``skip_heavy_files=True``; an item that fails that way twice, or at once with
+  ``skip_heavy_files``, is listed as ``"too_heavy"``;
 * every failure (the task's exception, a timeout, a worker that died: ``"crash"``) is
   isolated to its item, which is listed in ``error_summary.json`` as
   ``{item_index, item, name, task, worker_pid, reason, error, logs, seconds}``; the run
