@@ -40,6 +40,7 @@ _LAZY = {
     "CADDataset": ("cadstore.dataset", "CADDataset"),
     "open": ("cadstore.artefacts", "open_artefact"),
     "resolve": ("cadstore.io.location", "resolve"),
+    "create_flow": ("cadstore.flowmanager", "create_flow"),
 }
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "SchemaValidationError",
     "StorageClosedError",
     "__version__",
+    "create_flow",
     "merge",
     "open",
     "resolve",

@@ -22,6 +22,7 @@ The hierarchy::
     ├── UnknownFormatError    (ValueError) a path holding none of the files cadstore reads
     ├── OutputExistsError     (FileExistsError) an output that would overwrite something
     ├── MergeError            (ValueError) a merge that cannot go on (see the message)
+    ├── FlowError             (ValueError) a flow that cannot run as defined (its tasks)
     ├── DatasetError          (ValueError) a dataset query naming an unknown thing
     └── UnavailableFeatureError (NotImplementedError) a specified feature that needs the
                                            specified system's proprietary kernel or viewer
@@ -50,6 +51,7 @@ __all__ = [
     "CorruptStoreError",
     "DatasetError",
     "DatasetLockedError",
+    "FlowError",
     "InvalidDataError",
     "InvalidKeyError",
     "KeyConflictError",
@@ -294,6 +296,11 @@ class OutputExistsError(CadstoreError, FileExistsError):
 
 class MergeError(CadstoreError, ValueError):
     """A merge that cannot proceed: conflicting dtypes, a different dataset at the output, ..."""
+
+
+class FlowError(CadstoreError, ValueError):
+    """A flow that cannot run as defined: a task without its decorator, inputs no task
+    produces, or a task function workers cannot import (the message names it)."""
 
 
 class DatasetError(CadstoreError, ValueError):

@@ -132,11 +132,21 @@ class PublishedFiles:
     flow
         The manifest (:mod:`cadstore.format.manifest`): it names the dataset and the two
         tables, and holds the version's summary and commit id.
+    fields
+        More entries for the manifest this writer publishes, from whoever produced the
+        items (a flow's ``Flow Specifications``); an ``error_distribution`` among them
+        is added to the writer's own counts. Not part of the version: a copy published
+        again by recovery lacks them.
+    durations
+        Seconds of the stages that produced the items (a flow's tasks, by name), shown in
+        the manifest's ``Duration [seconds]`` before the writer's own stages.
     """
 
     infoset: Location | None = None
     attribset: Location | None = None
     flow: Location | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    durations: Mapping[str, float] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, Location]:
         """The locations given, by kind."""

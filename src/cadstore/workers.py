@@ -33,6 +33,7 @@ with ``"recycle": True`` asks for the worker to be replaced after the task. A
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -47,7 +48,7 @@ from typing import Any, Final, Protocol
 
 from cadstore.processes import mp_context, without_main_script
 
-__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "limit_memory"]
+__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "address_space_mb", "limit_memory"]
 
 #: What a worker calls with each message.
 Emit = Callable[[dict[str, Any]], None]
@@ -101,6 +102,13 @@ def _address_space_bytes() -> int | None:
             return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def address_space_mb() -> int | None:
+    """This process's address space, MiB (what a forked worker starts with); ``None``
+    where it cannot be read."""
+    size = _address_space_bytes()
+    return None if size is None else size // 2**20
 
 
 def limit_memory(limit_mb: int | None) -> str | None:
@@ -166,6 +174,7 @@ class _Slot:
     ready: bool = False
     task: Any = None
     deadline: float = math.inf
+    limit: float = math.inf
     tasks_done: int = 0
     retire: bool = False
 
@@ -183,17 +192,39 @@ class WorkerPool:
         Seconds a worker may stay silent on a task before it is killed (``None``: no limit).
     listener
         Hears every message, every task done and every task lost.
+    timeout_of
+        The time limit of one task, when tasks have limits of their own (the flow
+        framework's limits by file size); ``None`` from it means no limit. Without it every
+        task has ``timeout``.
+    start_method
+        ``"fork"`` or ``"spawn"`` to impose one; ``None`` lets :func:`mp_context` choose.
     """
 
     def __init__(
-        self, spec: WorkerSpec, workers: int, timeout: float | None, listener: Listener
+        self,
+        spec: WorkerSpec,
+        workers: int,
+        timeout: float | None,
+        listener: Listener,
+        *,
+        timeout_of: Callable[[Any], float | None] | None = None,
+        start_method: str | None = None,
     ) -> None:
         self.spec = spec
         self.workers = workers
         self.timeout = math.inf if timeout is None else float(timeout)
         self.listener = listener
+        self.timeout_of = timeout_of
+        self.start_method = start_method
         self.slots: list[_Slot] = []
         self.startup_failures = 0
+
+    def _limit(self, task: Any) -> float:
+        """Seconds ``task`` may stay silent."""
+        if self.timeout_of is None:
+            return self.timeout
+        limit = self.timeout_of(task)
+        return math.inf if limit is None else float(limit)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -203,7 +234,11 @@ class WorkerPool:
 
     # -- process management
     def _start(self) -> _Slot:
-        context = mp_context()
+        context: Any = (
+            mp_context()
+            if self.start_method is None
+            else multiprocessing.get_context(self.start_method)
+        )
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
             target=_worker_main, args=(child_conn, self.spec), name="cadstore-worker", daemon=True
@@ -272,9 +307,10 @@ class WorkerPool:
                 self._drop(idle, kill=True)
                 continue
             idle.task = pending.popleft()
+            idle.limit = self._limit(idle.task)
             # Until the worker says it started, allow for its start-up (imports under spawn).
             startup = 0.0 if idle.ready else _STARTUP_SECONDS
-            idle.deadline = time.monotonic() + startup + self.timeout
+            idle.deadline = time.monotonic() + startup + idle.limit
 
     def _receive(self, slot: _Slot) -> bool:
         """Handle every message waiting on ``slot``; return False once its pipe is closed."""
@@ -292,7 +328,7 @@ class WorkerPool:
                 continue
             if kind == "fatal":
                 raise ValueError(message["error"])
-            slot.deadline = time.monotonic() + self.timeout
+            slot.deadline = time.monotonic() + slot.limit
             if kind == "done":
                 task, slot.task = slot.task, None
                 slot.deadline = math.inf
@@ -318,15 +354,15 @@ class WorkerPool:
             slot.process.join(timeout=0.0 if overdue else 5.0)
             self._lost(slot, pending)
         elif overdue:
-            task, pid = slot.task, slot.process.pid
+            task, pid, seconds = slot.task, slot.process.pid, slot.limit
             self._drop(slot, kill=True)
-            limit = f"{self.timeout:g} s"
+            limit = f"{seconds:g} s"
             self.listener.lost(
                 task,
                 pid,
                 "timeout",
                 f"Timeout: exceeded the per-item time limit of {limit}; worker {pid} was killed",
-                self.timeout,
+                seconds,
             )
 
     def _lost(self, slot: _Slot, pending: deque[Any]) -> None:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.typing import RcKeyType
 
-__all__ = ["write_report"]
+__all__ = ["render_part", "render_part_png", "write_report"]
 
 #: What a row of each merged group is called on the page (one name per thing).
 ROW_NAMES: Mapping[str, str] = {"faces": "faces", "edges": "co-edges", "faceface": "face pairs"}
@@ -1054,6 +1054,31 @@ def render_part(samples: np.ndarray, colours: Sequence[str]) -> Figure:
     ax.add_collection(polygons)
     _frame(ax, screen[..., 0], screen[..., 1])
     return fig
+
+
+def render_part_png(samples: np.ndarray, face_types: np.ndarray | None = None) -> bytes:
+    """The picture :func:`render_part` draws, as PNG bytes: a part's preview file.
+
+    Parameters
+    ----------
+    samples
+        ``face_discretization`` of the item, ``(F, P, 7)``.
+    face_types
+        ``(F,)`` face type codes to colour the faces by, as the report's thumbnails do;
+        ``None`` draws every face in one colour.
+
+    Returns
+    -------
+    bytes
+        A PNG image, the same bytes for the same arrays (no date is stored).
+    """
+    count = len(samples)
+    colour_by = "face_types" if face_types is not None else None
+    keys = np.asarray(face_types) if face_types is not None else np.zeros(count, dtype=int)
+    fig = render_part(samples, [_colour_of(int(k), colour_by) for k in keys])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96 * _PNG_SCALE, metadata={"Software": None})
+    return buf.getvalue()
 
 
 def _quads(samples: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -352,6 +352,8 @@ def merge(
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
     lock_timeout: float = 0.0,
+    manifest_fields: Mapping[str, Any] | None = None,
+    stage_durations: Mapping[str, float] | None = None,
 ) -> MergeResult:
     """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
 
@@ -390,6 +392,13 @@ def merge(
     lock_timeout
         Seconds to wait for another writer of the same dataset to finish (0: fail at
         once).
+    manifest_fields
+        More entries for the ``.flow`` manifest (what a flow adds: its specifications, the
+        failures of its tasks as ``error_distribution``); see
+        :class:`cadstore.lifecycle.PublishedFiles`.
+    stage_durations
+        Seconds of the stages that produced the items, by name, reported in the manifest's
+        ``Duration [seconds]`` before the merge's own.
 
     Returns
     -------
@@ -418,6 +427,8 @@ def merge(
         infoset=tables[0],
         attribset=tables[1],
         flow=manifest,
+        fields=dict(manifest_fields or {}),
+        durations=dict(stage_durations or {}),
     )
     options = MergeOptions(
         compression_level=compression_level,

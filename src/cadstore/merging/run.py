@@ -200,12 +200,22 @@ def merge_version(
 def published_fields(txn: Transaction, size: int) -> dict[str, Any]:
     """What the manifest a writer publishes holds besides its version's summary: what is
     known only after the commit, or true only of this run."""
+    given = txn.published
     fields: dict[str, Any] = {
         "stored_bytes": size,
-        "Duration [seconds]": duration_field(txn.durations),
+        "Duration [seconds]": duration_field({**given.durations, **txn.durations}),
     }
     if txn.recovered:
         fields["recovered"] = list(txn.recovered)
+    extra = dict(given.fields)
+    counts = extra.pop("error_distribution", None)
+    fields.update(extra)
+    if counts:
+        record = txn.record
+        own = dict(record.summary.get("error_distribution", {})) if record is not None else {}
+        for kind, count in counts.items():
+            own[kind] = own.get(kind, 0) + int(count)
+        fields["error_distribution"] = own
     return fields
 
 

@@ -7,6 +7,9 @@ Class                       format()    Use
 ``MemoryStorage``           ``memory``  tests and prototypes
 ``JsonStorageHandler``      ``json``    debugging, export, diffs
 ==========================  ==========  ==============================================
+
+``CADFileRetriever`` and ``LocalStorageProvider`` (:mod:`~cadstore.storage.retrieval`)
+find the CAD files a flow's extract task takes.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
+from cadstore.storage.retrieval import CADFileRetriever, LocalStorageProvider
 
 __all__ = [
+    "CADFileRetriever",
     "DataStorage",
     "JsonStorageHandler",
     "LabelStorage",
+    "LocalStorageProvider",
     "MLStorage",
     "MemoryStorage",
     "OptStorage",

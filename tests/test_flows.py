@@ -1,0 +1,578 @@
+"""The flow framework, run as the specified system's users write flows.
+
+The tasks below are written in the users' style (an extract task gathering STEP files with
+``CADFileRetriever``, a transform task that sets a schema, pushes encoder features, saves
+metadata, compresses and returns ``storage.get_file_path("")``) and run with
+``create_flow(...).process(...)`` on real sample parts, in real worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("OCP")
+pytest.importorskip("pandas")
+
+import cadstore
+from cadstore.cad import samples
+from cadstore.cadaccess import HOOPSLoader
+from cadstore.cadencoder import BrepEncoder
+from cadstore.dataset import DatasetExplorer, DatasetLoader
+from cadstore.encode import item_name
+from cadstore.errors import FlowError, OutputExistsError
+from cadstore.flowmanager import flowtask
+from cadstore.format.manifest import read_manifest
+from cadstore.io import resolve
+from cadstore.schema import SchemaBuilder
+from cadstore.storage import CADFileRetriever, DataStorage, LocalStorageProvider
+
+# ---------------------------------------------------------------------------- the tasks
+builder = SchemaBuilder(domain="Parts", version="1.0", description="flow test schema")
+builder.define_file_metadata("size_cadfile", "int64", "Size of the CAD file, bytes")
+builder.define_categorical_metadata("family", "str", "Part family")
+cad_schema = builder.build()
+
+#: Files whose name contains this fail (or hang, or explode) in the faulty tasks below.
+FAULTY = "shaft"
+
+
+@flowtask.extract(name="gather cad files", inputs=["cad_datasources"], outputs=["cad_dataset"])
+def gather_files(source: str) -> list[str]:
+    provider = LocalStorageProvider(directory_path=source)
+    retriever = CADFileRetriever(storage_provider=provider, formats=[".stp", ".step"])
+    return retriever.get_file_list()
+
+
+def _encode(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> None:
+    cad_model = cad_loader.create_from_file(cad_file)
+    storage.set_schema(cad_schema)
+    encoder = BrepEncoder(cad_model.get_brep(), storage)
+    encoder.push_face_indices()
+    encoder.push_face_attributes()
+    encoder.push_face_discretization(pointsamples=16)
+    encoder.push_edge_attributes()
+    encoder.push_face_adjacency_graph()
+    storage.save_metadata("Item", str(cad_file))
+    storage.save_metadata("size_cadfile", os.path.getsize(cad_file))
+    storage.save_metadata("family", Path(cad_file).stem.split("_")[0])
+
+
+@flowtask.transform(name="Preparing data", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+def encode_data(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    _encode(cad_file, cad_loader, storage)
+    storage.compress_store()
+    return storage.get_file_path("")
+
+
+@flowtask.transform(name="no compress", inputs=["cad_dataset"], outputs=["counts"])
+def encode_without_compress(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> Any:
+    _encode(cad_file, cad_loader, storage)
+    return (len(storage.load_data("face_areas")), len(storage.load_data("edge_lengths")))
+
+
+@flowtask.transform(name="faulty", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+def encode_or_fail(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    if FAULTY in os.path.basename(cad_file):
+        raise ValueError(f"cannot encode {os.path.basename(cad_file)}")
+    return encode_data(cad_file, cad_loader, storage)
+
+
+@flowtask.transform(name="hanging", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+def encode_or_hang(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    if FAULTY in os.path.basename(cad_file):
+        time.sleep(600)
+    return encode_data(cad_file, cad_loader, storage)
+
+
+@flowtask.transform(name="exploding", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+def encode_or_explode(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    if FAULTY in os.path.basename(cad_file):
+        np.ones(8 * 2**30, dtype=np.uint8)  # 8 GiB: refused by the memory guard
+    return encode_data(cad_file, cad_loader, storage)
+
+
+@flowtask.transform(name="counted", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+def encode_and_count(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    calls = os.environ["FLOW_TEST_CALLS"]
+    with open(calls, "a") as fh:
+        fh.write(os.path.basename(cad_file) + "\n")
+    return encode_data(cad_file, cad_loader, storage)
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four sample STEP parts (brackets, plates, a shaft) and a file that is not STEP."""
+    directory = tmp_path_factory.mktemp("parts")
+    samples.write_sample_set(directory, count=4, seed=5)
+    (directory / "notes.txt").write_text("not a CAD file")
+    return directory
+
+
+def _run(
+    out: Path, parts: Path, tasks: list[Any] | None = None, **options: Any
+) -> tuple[Any, dict[str, Any], str]:
+    clean = options.pop("clean", True)
+    flow = cadstore.create_flow(
+        name=options.pop("name", "parts_flow"),
+        tasks=tasks or [gather_files, encode_data],
+        flows_outputdir=str(out),
+        ml_task="Part classification test",
+        **options,
+    )
+    return flow.process(inputs={"cad_datasources": [str(parts)]}, clean_ouput_dir=clean)
+
+
+@pytest.fixture(scope="module")
+def forked_run(
+    tmp_path_factory: pytest.TempPathFactory, parts: Path
+) -> tuple[Any, dict[str, Any], str]:
+    """The flow run on two forked workers."""
+    return _run(tmp_path_factory.mktemp("forked"), parts, max_workers=2)
+
+
+@pytest.fixture(scope="module")
+def debug_run(
+    tmp_path_factory: pytest.TempPathFactory, parts: Path
+) -> tuple[Any, dict[str, Any], str]:
+    """The same flow with debug=True: in this process, one item after the other."""
+    return _run(tmp_path_factory.mktemp("debug"), parts, debug=True)
+
+
+def _step_files(parts: Path) -> list[Path]:
+    return sorted(parts.glob("*.step"))
+
+
+def _names(parts: Path) -> list[str]:
+    return sorted(item_name(p, 0) for p in _step_files(parts))
+
+
+# ---------------------------------------------------------------------------- the flow
+def test_a_flow_in_the_specified_style_runs_under_fork_into_the_specified_layout(
+    forked_run: tuple[Any, dict[str, Any], str], parts: Path
+) -> None:
+    output, _, flow_file = forked_run
+    folder = Path(flow_file).parent
+    assert folder == Path(output.flow_dir)
+    assert folder.parent.name == "flows" and folder.name == "parts_flow"
+    for name in ("parts_flow.flow", "parts_flow.dataset", "parts_flow.infoset"):
+        assert (folder / name).is_file(), name
+    assert (folder / "parts_flow.attribset").is_file()
+    assert json.loads((folder / "error_summary.json").read_text()) == []
+    assert "Merging 4 encoded files" in (folder / "flow_log.log").read_text()
+    names = _names(parts)
+    assert sorted(p.stem for p in (folder / "encoded").glob("*.data")) == names
+    # The transform's outputs: what each call returned, in input order.
+    assert output["cad_files_encoded"] == [
+        str(folder / "encoded" / f"{item_name(p, 0)}.data") for p in _step_files(parts)
+    ]
+    assert output["cad_dataset"] == [str(p) for p in _step_files(parts)]
+    # The layout opens where the specified users open it.
+    explorer = DatasetExplorer(flow_output_file=flow_file)
+    info = explorer.get_file_info_all()
+    assert sorted(info["name"]) == names
+    assert set(info["family"]) == {"bracket", "plate", "shaft"}
+    loader = DatasetLoader(
+        merged_store_path=str(folder / "parts_flow.dataset"),
+        parquet_file_path=str(folder / "parts_flow.infoset"),
+    )
+    train, validation, test = loader.split(
+        key="random", train=0.5, validation=0.25, test=0.25, random_state=0
+    )
+    assert (train, validation, test) == (2, 1, 1)
+    assert len(loader.get_dataset("train")) == 2
+    loader.close_resources()
+    explorer.close()
+
+
+def test_the_flow_file_and_summary_hold_the_specified_keys(
+    forked_run: tuple[Any, dict[str, Any], str],
+) -> None:
+    _, summary, flow_file = forked_run
+    document = json.loads(Path(flow_file).read_text())
+    for doc in (document, summary):
+        for key in (
+            "flow_name",
+            "flow_data",
+            "flow_info",
+            "flow_attributes",
+            "Duration [seconds]",
+            "file_count",
+            "error_distribution",
+            "Flow Specifications",
+        ):
+            assert key in doc, key
+        assert doc["flow_name"] == "parts_flow"
+        assert doc["file_count"] == 4
+        assert doc["error_distribution"] == {}
+        assert doc["Flow Specifications"] == {
+            "max_workers": 2,
+            "sequential_mode": False,
+            "storage_type": "optimized",
+            "ml_task": "Part classification test",
+        }
+        durations = doc["Duration [seconds]"]
+        assert {"total", "gather cad files", "Preparing data"} <= set(durations)
+        assert durations["total"] == pytest.approx(
+            sum(v for k, v in durations.items() if k != "total")
+        )
+    # cadstore's own reader still reads it, commit stamp included.
+    manifest = read_manifest(resolve(flow_file))
+    assert manifest.is_cadstore and document["commit"]
+    assert summary["flow_data"] == manifest.dataset.path
+    assert os.path.isabs(summary["flow_info"])
+
+
+def test_previews_are_drawn_and_listed_in_the_infoset(
+    forked_run: tuple[Any, dict[str, Any], str], parts: Path
+) -> None:
+    _, _, flow_file = forked_run
+    folder = Path(flow_file).parent
+    pngs = sorted((folder / "stream_cache" / "png").glob("*.png"))
+    assert [p.stem for p in pngs] == _names(parts)
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 1000  # a drawing, not an empty canvas
+    with DatasetExplorer(flow_output_file=flow_file) as explorer:
+        paths = explorer.get_stream_cache_paths()
+    listed = dict(zip(paths["name"], paths["stream_cache_png"], strict=True))
+    assert listed == {p.stem: str(p) for p in pngs}
+
+
+def test_debug_mode_runs_in_this_process_with_the_same_results(
+    forked_run: tuple[Any, dict[str, Any], str],
+    debug_run: tuple[Any, dict[str, Any], str],
+    parts: Path,
+) -> None:
+    _, summary, flow_file = debug_run
+    assert summary["Flow Specifications"]["sequential_mode"] is True
+    folders = Path(forked_run[2]).parent, Path(flow_file).parent
+    for name in _names(parts):
+        fork_png, debug_png = (f / "stream_cache" / "png" / f"{name}.png" for f in folders)
+        assert fork_png.read_bytes() == debug_png.read_bytes()
+    with (
+        DatasetExplorer(flow_output_file=forked_run[2]) as a,
+        DatasetExplorer(flow_output_file=flow_file) as b,
+    ):
+        for group, array in (("faces", "face_areas"), ("graph", "edges_source")):
+            np.testing.assert_array_equal(
+                np.asarray(a.get_array_data(group, array)),
+                np.asarray(b.get_array_data(group, array)),
+            )
+
+
+def test_results_do_not_depend_on_the_number_of_workers(
+    forked_run: tuple[Any, dict[str, Any], str], parts: Path, tmp_path: Path
+) -> None:
+    _, _, flow_file = _run(tmp_path, parts, max_workers=1)
+    two, one = Path(forked_run[2]).parent, Path(flow_file).parent
+    for name in _names(parts):
+        assert (two / "encoded" / f"{name}.data").read_bytes() != b""
+        items = [OptStorageView(f / "encoded" / f"{name}.data") for f in (two, one)]
+        assert items[0] == items[1]
+    info = [json.loads((f / f"{f.name}.flow").read_text())["file_count"] for f in (two, one)]
+    assert info == [4, 4]
+
+
+def OptStorageView(path: Path) -> str:
+    """Every array and the metadata of an item as JSON, the flow's own folder left out."""
+    with cadstore.OptStorage(str(path)) as item:
+        content = {
+            "arrays": {k: item.load_data(k) for k in item.get_keys()},
+            "metadata": item.load_metadata(),
+        }
+    text = json.dumps(content, sort_keys=True, default=lambda a: np.asarray(a).tolist())
+    return text.replace(str(path.parents[1]), "<flow>")
+
+
+def test_a_task_that_does_not_compress_is_finalised_by_the_framework(
+    parts: Path, tmp_path: Path
+) -> None:
+    output, summary, _ = _run(
+        tmp_path, parts, tasks=[gather_files, encode_without_compress], max_workers=2
+    )
+    assert output.errors == []
+    assert all(isinstance(c, tuple) and c[0] > 0 for c in output["counts"])
+    assert summary["file_count"] == 4
+    encoded = Path(output.flow_dir) / "encoded"
+    assert sorted(p.name for p in encoded.iterdir()) == [f"{n}.data" for n in _names(parts)]
+
+
+# ---------------------------------------------------------------------------- failures
+def test_a_failing_item_is_isolated_in_the_error_summary(parts: Path, tmp_path: Path) -> None:
+    output, summary, flow_file = _run(
+        tmp_path, parts, tasks=[gather_files, encode_or_fail], max_workers=2
+    )
+    shafts = [p for p in _step_files(parts) if FAULTY in p.name]
+    entries = json.loads((Path(flow_file).parent / "error_summary.json").read_text())
+    assert [e["item"] for e in entries] == [str(p) for p in shafts]
+    entry = entries[0]
+    assert entry["item_index"] == _step_files(parts).index(shafts[0])
+    assert entry["worker_pid"] not in (None, os.getpid())
+    assert entry["error"] == f"ValueError: cannot encode {shafts[0].name}"
+    assert any("encode_or_fail" in line for line in entry["logs"])
+    assert entry["task"] == "faulty" and entry["name"] == item_name(shafts[0], 0)
+    assert summary["error_distribution"] == {"ValueError": len(shafts)}
+    assert summary["file_count"] == 4 - len(shafts)
+    assert len(output["cad_files_encoded"]) == 4 - len(shafts)
+
+
+def test_the_time_limit_kills_a_hung_task(parts: Path, tmp_path: Path) -> None:
+    output, summary, _ = _run(
+        tmp_path,
+        parts,
+        tasks=[gather_files, encode_or_hang],
+        max_workers=2,
+        parallel_task_kwargs={"time_limit_overall": 2},
+    )
+    shafts = [str(p) for p in _step_files(parts) if FAULTY in p.name]
+    assert [e["item"] for e in output.errors] == shafts
+    assert {e["reason"] for e in output.errors} == {"timeout"}
+    assert "time limit of 2 s" in output.errors[0]["error"]
+    assert summary["file_count"] == 4 - len(shafts)
+
+
+def test_the_memory_guard_marks_an_exploding_item_too_heavy(parts: Path, tmp_path: Path) -> None:
+    output, _, _ = _run(
+        tmp_path,
+        parts,
+        tasks=[gather_files, encode_or_explode],
+        max_workers=2,
+        # The default guard: 4 GiB more than this process maps, whatever that is.
+        parallel_task_kwargs={"skip_heavy_files": True},
+    )
+    shafts = [str(p) for p in _step_files(parts) if FAULTY in p.name]
+    assert [e["item"] for e in output.errors] == shafts
+    assert {e["reason"] for e in output.errors} == {"too_heavy"}
+    assert "MemoryError" in output.errors[0]["error"]
+
+
+def test_time_limits_follow_the_file_size_buckets() -> None:
+    from cadstore.flowmanager.tasks.parallel_executor import TimeLimits
+
+    limits = TimeLimits.from_kwargs(
+        {"time_limit_small": 5, "time_limit_medium": 50, "time_limit_large": 500}
+    )
+    assert limits.bucketing
+    assert [limits.limit_for(s) for s in (10, 2_000_000, 20_000_000)] == [5, 50, 500]
+    assert limits.limit_for(None) == 120
+    flat = TimeLimits.from_kwargs(
+        {"time_limit_overall": 7, "time_limit_large": 70, "file_size_bucketing": False}
+    )
+    assert flat.limit_for(20_000_000) == 7
+    with pytest.raises(ValueError, match="time_limit_typo"):
+        TimeLimits.from_kwargs({"time_limit_typo": 1})
+
+
+# ---------------------------------------------------------------------------- storage types
+def test_memory_storage_warns_and_exports_nothing(parts: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="Memory storage cannot be merged into datasets"):
+        flow = cadstore.create_flow(
+            name="mem",
+            tasks=[gather_files, encode_without_compress],
+            flows_outputdir=str(tmp_path),
+            storage_type="memory",
+            max_workers=2,
+        )
+    output, summary, flow_file = flow.process(inputs={"cad_datasources": [str(parts)]})
+    assert len(output["counts"]) == 4 and output.errors == []
+    assert output.dataset is None and summary["flow_data"] is None
+    folder = Path(flow_file).parent
+    assert not list(folder.glob("*.dataset"))
+    assert json.loads(Path(flow_file).read_text())["Flow Specifications"]["storage_type"] == (
+        "memory"
+    )
+
+
+# ---------------------------------------------------------------------------- the folder
+def test_clean_output_refuses_a_folder_that_is_not_a_flow_output(
+    parts: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "flows" / "parts_flow"
+    folder.mkdir(parents=True)
+    precious = folder / "thesis.docx"
+    precious.write_text("years of work")
+    with pytest.raises(OutputExistsError, match="not a flow's output"):
+        _run(tmp_path, parts)
+    assert precious.read_text() == "years of work"
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.docx"]
+
+
+def test_clean_output_deletes_the_previous_flow_output(parts: Path, tmp_path: Path) -> None:
+    output, _, _ = _run(tmp_path, parts, debug=True)
+    stale = Path(output.flow_dir) / "encoded" / f"{'0' * 32}_0.data"
+    stale.write_bytes(b"from an older run")
+    flow = cadstore.create_flow(
+        name="parts_flow",
+        tasks=[gather_files, encode_data],
+        flows_outputdir=str(tmp_path),
+        debug=True,
+    )
+    flow.process(inputs={"cad_datasources": [str(parts)]}, clean_output_dir=True)
+    assert not stale.exists()
+    assert (Path(output.flow_dir) / ".cadstore-flow").is_file()
+
+
+def test_running_again_without_cleaning_resumes(
+    parts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FLOW_TEST_CALLS", str(calls))
+    out = tmp_path / "out"
+    output, _, _ = _run(out, parts, tasks=[gather_files, encode_and_count], max_workers=2)
+    assert len(calls.read_text().split()) == 4
+    encoded = Path(output.flow_dir) / "encoded"
+    first = _step_files(parts)[0]
+    (encoded / f"{item_name(first, 0)}.data").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in encoded.glob("*.data")}
+    calls.write_text("")
+    output, summary, _ = _run(
+        out, parts, tasks=[gather_files, encode_and_count], max_workers=2, clean=False
+    )
+    assert calls.read_text().split() == [first.name]
+    assert {p.name: p.stat().st_mtime_ns for p in encoded.glob("*.data") if p.name in kept} == kept
+    assert summary["file_count"] == 4
+    assert len(output["cad_files_encoded"]) == 4
+
+
+# ---------------------------------------------------------------------------- start methods
+def test_tasks_defined_in_a_notebook_cell_run_under_fork(parts: Path, tmp_path: Path) -> None:
+    # Defined inside this function, as in a notebook cell: no module can import it.
+    @flowtask.transform(name="cell", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+    def cell_task(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+        return encode_data(cad_file, cad_loader, storage)
+
+    output, summary, _ = _run(tmp_path, parts, tasks=[gather_files, cell_task], max_workers=2)
+    assert output.errors == [] and summary["file_count"] == 4
+
+
+def test_spawn_refuses_a_task_it_cannot_import_naming_it(parts: Path, tmp_path: Path) -> None:
+    @flowtask.transform(name="cell", inputs=["cad_dataset"], outputs=["cad_files_encoded"])
+    def cell_task(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+        return encode_data(cad_file, cad_loader, storage)
+
+    with pytest.raises(FlowError, match=r"cell_task is defined inside a function.*\.py module"):
+        _run(
+            tmp_path,
+            parts,
+            tasks=[gather_files, cell_task],
+            max_workers=2,
+            parallel_task_kwargs={"start_method": "spawn"},
+        )
+
+
+def test_spawned_workers_run_importable_tasks(parts: Path, tmp_path: Path) -> None:
+    output, summary, _ = _run(
+        tmp_path,
+        parts,
+        tasks=[gather_files, encode_data],
+        max_workers=2,
+        parallel_task_kwargs={"start_method": "spawn"},
+    )
+    assert output.errors == [] and summary["file_count"] == 4
+
+
+# ---------------------------------------------------------------------------- declarations
+def test_decorated_functions_carry_the_specified_attributes() -> None:
+    assert encode_data._task_type == "transform"  # type: ignore[attr-defined]
+    assert encode_data._task_name == "Preparing data"  # type: ignore[attr-defined]
+    assert encode_data._task_inputs == ["cad_dataset"]  # type: ignore[attr-defined]
+    assert encode_data._task_outputs == ["cad_files_encoded"]  # type: ignore[attr-defined]
+    assert encode_data._parallel_execution is True  # type: ignore[attr-defined]
+    assert encode_data._task_class == "ParallelTask"  # type: ignore[attr-defined]
+    assert gather_files._task_type == "extract"  # type: ignore[attr-defined]
+    from cadstore.flowmanager import list_registered_tasks
+
+    assert {"gather cad files", "Preparing data"} <= {t["name"] for t in list_registered_tasks()}
+
+
+def test_the_specified_module_paths_exist() -> None:
+    import importlib
+
+    for module, names in {
+        "cadstore.flowmanager": ["flowtask", "create_flow", "Flow", "FlowOutput", "ParallelTask"],
+        "cadstore.flowmanager.flow": ["Flow", "FlowOutput", "setup_logger"],
+        "cadstore.flowmanager.flow_builder": [
+            "create_flow",
+            "flowtask",
+            "list_registered_tasks",
+            "print_task_registry",
+            "validate_function_signature",
+            "validate_tasks",
+            "TaskDecorators",
+        ],
+        "cadstore.flowmanager.tasks.parallel_executor": [
+            "ParallelExecutor",
+            "ParallelTask",
+            "StorageType",
+        ],
+    }.items():
+        loaded = importlib.import_module(module)
+        assert all(hasattr(loaded, n) for n in names), module
+    assert cadstore.create_flow is cadstore.flowmanager.create_flow
+
+
+def test_bad_declarations_are_flow_errors(tmp_path: Path) -> None:
+    def plain(cad_file: str) -> None:
+        return None
+
+    with pytest.raises(FlowError, match="decorate it"):
+        cadstore.create_flow("x", [plain], tmp_path)
+    with pytest.raises(FlowError, match=r"cannot be called with \(cad_file, cad_loader"):
+        flowtask.transform(name="bad", inputs=["a"], outputs=["b"])(plain)
+    with pytest.raises(FlowError, match="plain folder name"):
+        cadstore.create_flow("../escape", [gather_files], tmp_path)
+    with pytest.raises(ValueError, match="storage_type"):
+        cadstore.create_flow("x", [gather_files], tmp_path, storage_type="zarr")
+
+
+def test_a_missing_input_names_what_is_there(parts: Path, tmp_path: Path) -> None:
+    flow = cadstore.create_flow("x", [gather_files, encode_data], tmp_path, debug=True)
+    with pytest.raises(FlowError, match=r"needs inputs \['cad_datasources'\].*'sources'"):
+        flow.process(inputs={"sources": [str(parts)]})
+
+
+def test_the_executor_runs_a_parallel_task_directly(parts: Path, tmp_path: Path) -> None:
+    from cadstore.flowmanager import ParallelExecutor, ParallelTask
+
+    task = ParallelTask(encode_or_fail, storage_type="optimized", output_dir=tmp_path)
+    ParallelExecutor(2).execute(task, [str(p) for p in _step_files(parts)])
+    assert len(task.results) == 4
+    failed = [r for r in task.results if r["error"] is not None]
+    assert len(failed) == len(task.errors) == 1
+    assert FAULTY in Path(failed[0]["error"]["item"]).name
+
+
+# ---------------------------------------------------------------------------- retrieval
+def test_cad_file_retriever_filters_by_format_and_pattern(tmp_path: Path) -> None:
+    for name in ("a_part.step", "b_part.STP", "c_bolt.step", "sub/d_part.iges", "e.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    provider = LocalStorageProvider(directory_path=tmp_path)
+    names = lambda files: [os.path.relpath(f, tmp_path) for f in files]  # noqa: E731
+    assert names(CADFileRetriever(provider).get_file_list()) == [
+        "a_part.step",
+        "b_part.STP",
+        "c_bolt.step",
+        "sub/d_part.iges",
+    ]
+    assert names(CADFileRetriever(provider, formats=["step"]).get_file_list()) == [
+        "a_part.step",
+        "c_bolt.step",
+    ]
+    by_glob = CADFileRetriever(provider, formats=[".step", ".stp"], filter_pattern="*_part*")
+    assert names(by_glob.get_file_list()) == ["a_part.step", "b_part.STP"]
+    by_regex = CADFileRetriever(provider, filter_pattern=r"^[cd]_", use_regex=True)
+    assert names(by_regex.get_file_list()) == ["c_bolt.step", "sub/d_part.iges"]
+    with pytest.raises(FileNotFoundError):
+        LocalStorageProvider(directory_path=tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a regex"):
+        CADFileRetriever(provider, filter_pattern="(", use_regex=True)
