@@ -576,3 +576,43 @@ def test_cad_file_retriever_filters_by_format_and_pattern(tmp_path: Path) -> Non
         LocalStorageProvider(directory_path=tmp_path / "missing")
     with pytest.raises(ValueError, match="not a regex"):
         CADFileRetriever(provider, filter_pattern="(", use_regex=True)
+
+
+# ---------------------------------------------------------------------------- Dask
+def test_a_flow_runs_on_a_dask_cluster_with_the_same_items(
+    forked_run: tuple[Any, dict[str, Any], str], parts: Path, tmp_path: Path
+) -> None:
+    """``parallel_task_kwargs={"dask_client": client}``: the items run as Dask tasks on
+    worker processes; they equal the local run's, and a failing item is still isolated."""
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        _, summary, flow_file = _run(
+            tmp_path,
+            parts,
+            tasks=[gather_files, encode_or_fail],
+            parallel_task_kwargs={"dask_client": client},
+        )
+        workers = {w["id"] for w in client.scheduler_info()["workers"].values()}
+    shafts = [p for p in _step_files(parts) if FAULTY in p.name]
+    entries = json.loads((Path(flow_file).parent / "error_summary.json").read_text())
+    assert [e["item"] for e in entries] == [str(p) for p in shafts]
+    assert entries[0]["error"] == f"ValueError: cannot encode {shafts[0].name}"
+    assert summary["file_count"] == 4 - len(shafts) and len(workers) == 2
+    local = Path(forked_run[2]).parent
+    for name in _names(parts):
+        if any(item_name(p, 0) == name for p in shafts):
+            continue
+        mine = OptStorageView(Path(flow_file).parent / "encoded" / f"{name}.data")
+        assert mine == OptStorageView(local / "encoded" / f"{name}.data")
+    with pytest.raises(ValueError, match=r"distributed\.Client"):
+        cadstore.create_flow(
+            name="bad",
+            tasks=[gather_files, encode_data],
+            flows_outputdir=str(tmp_path / "bad"),
+            parallel_task_kwargs={"dask_client": "tcp://127.0.0.1:8786"},
+        )

@@ -33,6 +33,14 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
   goes on;
 * results come back in **input order**, whatever the number of workers.
 
+**On a Dask cluster.** With ``parallel_task_kwargs={"dask_client": client}`` (a
+``distributed.Client``; cadstore's addition) the items run as Dask tasks instead, one per
+item, on the cluster's workers (which must see the input and output folders): a failing
+item is isolated and listed as above, and a task whose worker died repeatedly is listed as
+``"crash"``. Dask cannot stop a running task, so time limits and the memory guard apply
+only to local workers; the task function is shipped by Dask's serialisation (cloudpickle,
+so functions of a notebook work too).
+
 **Start method.** Workers fork when the calling process is single-threaded (the functions
 and the schema a notebook defined are simply inherited: nothing is pickled). A task whose
 function cannot be imported by a fresh interpreter (defined in ``__main__``, a notebook
@@ -95,6 +103,7 @@ _TASKS_PER_CHILD: Final = 64
 #: The keys ``parallel_task_kwargs`` understands.
 _KNOWN_KWARGS: Final = frozenset(
     {
+        "dask_client",  # taken by ParallelExecutor, not a limit
         "time_limit_overall",
         "time_limit_small",
         "time_limit_medium",
@@ -519,7 +528,16 @@ class ParallelExecutor:
         if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
             raise ValueError(f"max_workers must be None or a positive int, got {max_workers!r}")
         self.max_workers = max_workers
-        self.limits = TimeLimits.from_kwargs(parallel_task_kwargs)
+        given = dict(parallel_task_kwargs or {})
+        #: A ``distributed.Client`` to run the items on instead of local workers
+        #: (``parallel_task_kwargs["dask_client"]``, cadstore's addition).
+        self.dask_client = given.pop("dask_client", None)
+        if self.dask_client is not None and not hasattr(self.dask_client, "submit"):
+            raise ValueError(
+                "parallel_task_kwargs['dask_client'] must be a distributed.Client, got "
+                f"{type(self.dask_client).__name__}"
+            )
+        self.limits = TimeLimits.from_kwargs(given)
 
     def _start_method(self, function: Callable[..., Any]) -> str:
         problem = check_importable(function)
@@ -562,6 +580,10 @@ class ParallelExecutor:
             for task in tasks:
                 run_item(task, settings, collector.message)
                 collector.done(task)
+        elif tasks and self.dask_client is not None:
+            from cadstore.cluster import run_on_dask
+
+            run_on_dask(self.dask_client, tasks, settings, _dask_item, collector)
         elif tasks:
             method = self._start_method(settings.function)
             workers = min(self.max_workers or _available_cores(), len(tasks))
@@ -636,6 +658,13 @@ class ParallelExecutor:
             spec, workers, None, collector, timeout_of=timeout_of, start_method=method
         ) as pool:
             pool.run(tasks)
+
+
+def _dask_item(task: ItemTask, settings: ItemSettings) -> list[dict[str, Any]]:
+    """One item as a Dask task: the messages a supervised local worker would have sent."""
+    messages: list[dict[str, Any]] = []
+    run_item(task, settings, messages.append)
+    return messages
 
 
 class ParallelTask:
