@@ -169,10 +169,12 @@ def test_a_flow_in_the_specified_style_runs_under_fork_into_the_specified_layout
     assert "Merging 4 encoded files" in (folder / "flow_log.log").read_text()
     names = _names(parts)
     assert sorted(p.stem for p in (folder / "encoded").glob("*.data")) == names
-    # The transform's outputs: what each call returned, in input order.
+    # The transform's outputs: what each call returned (storage.get_file_path(""), the
+    # store path to which the specified custom-merge tasks append ".data"), in input order.
     assert output["cad_files_encoded"] == [
-        str(folder / "encoded" / f"{item_name(p, 0)}.data") for p in _step_files(parts)
+        str(folder / "encoded" / item_name(p, 0)) for p in _step_files(parts)
     ]
+    assert all(Path(f"{path}.data").is_file() for path in output["cad_files_encoded"])
     assert output["cad_dataset"] == [str(p) for p in _step_files(parts)]
     # The layout opens where the specified users open it.
     explorer = DatasetExplorer(flow_output_file=flow_file)
