@@ -48,7 +48,15 @@ from typing import Any, Final, Protocol
 
 from cadstore.processes import mp_context, without_main_script
 
-__all__ = ["Emit", "Listener", "WorkerPool", "WorkerSpec", "address_space_mb", "limit_memory"]
+__all__ = [
+    "Emit",
+    "Listener",
+    "WorkerPool",
+    "WorkerSpec",
+    "address_space_mb",
+    "available_cores",
+    "limit_memory",
+]
 
 #: What a worker calls with each message.
 Emit = Callable[[dict[str, Any]], None]
@@ -109,6 +117,15 @@ def address_space_mb() -> int | None:
     where it cannot be read."""
     size = _address_space_bytes()
     return None if size is None else size // 2**20
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count):
+    the default number of workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def limit_memory(limit_mb: int | None) -> str | None:

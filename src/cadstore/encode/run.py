@@ -58,7 +58,7 @@ from cadstore.errors import CadstoreError
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.opt import OptStorage
-from cadstore.workers import WorkerPool, WorkerSpec
+from cadstore.workers import WorkerPool, WorkerSpec, available_cores
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -239,7 +239,7 @@ def encode_files(
         from cadstore.cluster import DaskResources
 
         dask = DaskResources(client=client, params=dask_client_params)
-    n_workers = 0 if workers == 0 else min(workers or _available_cores(), max(len(tasks), 1))
+    n_workers = 0 if workers == 0 else min(workers or available_cores(), max(len(tasks), 1))
     report.workers = n_workers if tasks else 0
     bar = Progress(progress, len(files), desc="encoding", unit="file")
     bar.update(len(files) - len(tasks))
@@ -437,13 +437,6 @@ def _order_key(files: Sequence[Path]) -> Callable[[str], tuple[int, int]]:
         return position.get(base, len(position)), int(body)
 
     return key
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _merge(

@@ -72,7 +72,7 @@ from cadstore.schema import SchemaBuilder
 from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
-from cadstore.workers import Emit, WorkerPool, WorkerSpec, address_space_mb
+from cadstore.workers import Emit, WorkerPool, WorkerSpec, address_space_mb, available_cores
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -586,7 +586,7 @@ class ParallelExecutor:
             run_on_dask(self.dask_client, tasks, settings, _dask_item, collector)
         elif tasks:
             method = self._start_method(settings.function)
-            workers = min(self.max_workers or _available_cores(), len(tasks))
+            workers = min(self.max_workers or available_cores(), len(tasks))
             self._pool(tasks, settings, collector, workers, method, lambda t: t.timeout)
             heavy = [
                 r.task
@@ -693,13 +693,6 @@ class ParallelTask:
             raise ValueError(f"storage_type {self.storage_type.value!r} needs an output_dir")
         self.results: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _execute(
