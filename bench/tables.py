@@ -840,6 +840,76 @@ def render_item_open(results: Path) -> tuple[list[str], str]:
     return markdown_table(header, rows, "rrrrrr"), caption
 
 
+# --------------------------------------------------------------------------- bench_training
+#: The contenders of bench_training.py, by their JSON keys, as the page names them.
+TRAINING_PEERS = {"lance": "Lance", "hf": "HF datasets", "npy": "raw .npy floor"}
+
+
+def _training_cell(cell: Mapping[str, Any], key: str) -> str:
+    return fmt_ms(cell[key]) if key.endswith("_ms") else fmt_int(cell[key])
+
+
+def render_training(results: Path) -> tuple[list[str], str]:
+    """bench_training.py: cadstore's training reads against Lance, HF datasets and .npy."""
+    d = load(results, "training.json")
+    s = d["summary"]
+    measures = (
+        ("random item, 1 thread, median ms", "item", "median_ms"),
+        ("batch of 32 random items, ms per item", "batch", "median_ms"),
+        ("`DataLoader(num_workers=2, batch 32)`, items/s", "dataloader", "items_per_s"),
+        (
+            "`DataLoader`, items/s after the first batch",
+            "dataloader",
+            "items_per_s_after_first_batch",
+        ),
+        ("one process, 2 threads, items/s", "inprocess", "items_per_s"),
+    )
+    rows = []
+    for variant, label in (("all", "every group"), ("graph", "graph only (no face pairs)")):
+        for text, measure, key in measures:
+            cells = s[measure][variant]
+            ours = _training_cell(cells["cadstore"], key)
+            if measure == "item":
+                ours += f" ({_training_cell(cells['cadstore (cache off)'], key)} cache off)"
+            peers = [_training_cell(cells[p], key) for p in TRAINING_PEERS]
+            ratios = []
+            for p in ("lance", "hf"):
+                a, b = cells["cadstore"][key], cells[p][key]
+                ratios.append(fmt_times(b / a if key.endswith("_ms") else a / b))
+            rows.append((f"{label}: {text}", ours, *peers, *ratios))
+    b = d["builds"]
+    base = b["cadstore"]
+    rows.append(
+        (
+            "size on disk",
+            fmt_mb(base["bytes"]),
+            *(fmt_mb(b[p]["bytes"]) for p in TRAINING_PEERS),
+            *(fmt_times(b[p]["bytes"] / base["bytes"]) for p in ("lance", "hf")),
+        )
+    )
+    rows.append(
+        (
+            "build time, s",
+            fmt_seconds(base["build_s"]),
+            *(fmt_seconds(b[p]["build_s"]) for p in TRAINING_PEERS),
+            *(fmt_times(b[p]["build_s"] / base["build_s"]) for p in ("lance", "hf")),
+        )
+    )
+    header = ("measure", "cadstore", *TRAINING_PEERS.values(), "cadstore vs Lance", "vs HF")
+    v = d["versions"]
+    before = " ".join(f"{x:.1f}" for x in d["load_average_before"])
+    after = " ".join(f"{x:.1f}" for x in d["load_average_after"])
+    caption = (
+        f"{d['items']:,} items ({d['train_items']:,} in the training epochs), medians of "
+        f"{d['repeats']} repeats; {d['machine']}, load average {before} before and {after} "
+        f"after the run; Python {v['python']}, torch {v.get('torch')}, pylance "
+        f"{v.get('lance')} (file version {d['lance_version']}; DataLoader workers spawned), "
+        f"datasets {v.get('datasets')}, pyarrow {v.get('pyarrow')}. Ratios above 1x: "
+        "cadstore faster (or smaller)."
+    )
+    return markdown_table(header, rows, "lrrrrrr"), caption
+
+
 # --------------------------------------------------------------------------- registry
 class Table(NamedTuple):
     """A generated table: the results files it reads and how it renders them."""
@@ -867,6 +937,7 @@ TABLES: dict[str, Table] = {
     "checksum-alternatives": Table(("integrity.json",), render_checksum_alternatives),
     "amplification": Table(("integrity.json",), render_amplification),
     "item-open": Table(("item-open.json",), render_item_open),
+    "training": Table(("training.json",), render_training),
 }
 
 
