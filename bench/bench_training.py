@@ -26,8 +26,8 @@ The contenders and the choices made for them
 ``cadstore``
     Items written by :func:`cadstore.synthetic.write_workload`, merged with
     :func:`cadstore.merge` (build time = the merge). Reads: ``DatasetReader.read_item`` /
-    ``read_items``; DataLoader over ``to_torch()`` of the ``train`` subset (see
-    :func:`cadstore_torch`, the one place that depends on ``to_torch``'s signature);
+    ``read_items``; DataLoader over ``to_torch_with_collate()`` of the ``train`` subset
+    (see :func:`cadstore_torch`);
     in-process ``BatchLoader``.
 ``lance``
     pylance, one row per item, one column per array. Row arrays are flattened to 1-D
@@ -499,12 +499,12 @@ def _names(built: Built) -> list[str]:
 def cadstore_torch(flow: str, groups: Sequence[str] | None) -> tuple[Any, Any, Any]:
     """The ``train`` subset's torch dataset and collate: ``(loader, dataset, collate)``.
 
-    The only call that depends on ``CADDataset.to_torch()``'s signature (today it returns
-    ``(dataset, collate_fn)``); leave ``loader``'s context (``__exit__``) when done.
+    Uses ``CADDataset.to_torch_with_collate()`` (the form that decodes whole batches into
+    one tensor per array); leave ``loader``'s context (``__exit__``) when done.
     """
     loader = DatasetLoader(flow_output_file=flow, groups=groups, labels=[])
     loader.split("face_types", "faces", 0.8, 0.1, 0.1, random_state=0)
-    dataset, collate = loader.get_dataset("train").to_torch()
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
     return loader, dataset, collate
 
 
