@@ -352,6 +352,7 @@ def merge(
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
     lock_timeout: float = 0.0,
+    face_pair_layout: str = "auto",
 ) -> MergeResult:
     """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
 
@@ -390,6 +391,10 @@ def merge(
     lock_timeout
         Seconds to wait for another writer of the same dataset to finish (0: fail at
         once).
+    face_pair_layout
+        ``"auto"``: face-pair arrays symmetric in every item are stored as upper
+        triangles; ``"full"``: as ``N x N`` rows (see
+        :class:`~cadstore.merging.options.MergeOptions`). An append keeps the dataset's.
 
     Returns
     -------
@@ -424,6 +429,7 @@ def merge(
         workers=workers,
         progress=progress,
         lock_timeout=lock_timeout,
+        face_pair_layout=face_pair_layout,
     )
     if append:
         return append_items(
