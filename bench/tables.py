@@ -910,6 +910,43 @@ def render_training(results: Path) -> tuple[list[str], str]:
     return markdown_table(header, rows, "lrrrrrr"), caption
 
 
+# --------------------------------------------------------------------------- bench_triangle
+def render_triangle(results: Path) -> tuple[list[str], str]:
+    """bench_triangle.py: symmetric face-pair arrays as upper triangles against in full."""
+    d = load(results, "triangle.json")
+    full = d["layouts"]["full"]
+    rows = []
+    for name, label in (("full", "full N x N rows"), ("triangle", "upper triangles")):
+        r = d["layouts"][name]
+        rows.append(
+            (
+                label,
+                fmt_mb(r["dataset_bytes"]),
+                f"{fmt_mb(r['face_pair_bytes'])} "
+                f"({fmt_rel(r['face_pair_bytes'] / full['face_pair_bytes'])})",
+                fmt_seconds(r["merge_s"]),
+                fmt_ms(r["random_item_ms"]),
+                fmt_ms(r["batch32_ms_per_item"]),
+            )
+        )
+    header = (
+        "face-pair layout",
+        "dataset",
+        "face-pair arrays",
+        "merge, s",
+        "random item, ms",
+        "batch of 32, ms per item",
+    )
+    caption = (
+        f"{fmt_int(d['items'])} workload items, both layouts in one run, read alternately; "
+        f"medians of {fmt_int(d['repeats'])} repeats (200 random items with a fresh reader; "
+        "20 batches of 32 random items); load average "
+        f"{_fixed(d['loadavg_before'][0], 2)} before, {_fixed(d['loadavg_after'][0], 2)} after "
+        "on 2 shared cores."
+    )
+    return markdown_table(header, rows, "lrrrrr"), caption
+
+
 # --------------------------------------------------------------------------- registry
 class Table(NamedTuple):
     """A generated table: the results files it reads and how it renders them."""
@@ -938,6 +975,7 @@ TABLES: dict[str, Table] = {
     "amplification": Table(("integrity.json",), render_amplification),
     "item-open": Table(("item-open.json",), render_item_open),
     "training": Table(("training.json",), render_training),
+    "triangle": Table(("triangle.json",), render_triangle),
 }
 
 

@@ -205,11 +205,12 @@ def test_inner_chunk_layout_is_checked(
     """Inner chunks that split columns, do not divide shards or are bombs: a clear error."""
     out = tmp_path / "dir.dataset"
     merge_items([p for p, _, _ in realistic_items[:4]], out, directory=True)
-    docs = [out / "faceface" / "d2_distance" / "zarr.json", out / "zarr.json"]
+    # d2_distance is symmetric: stored as its upper triangle, in faceface_upper.
+    docs = [out / "faceface_upper" / "d2_distance" / "zarr.json", out / "zarr.json"]
     for path in docs:
         doc = json.loads(path.read_text())
         array = (
-            doc["consolidated_metadata"]["metadata"]["faceface/d2_distance"]
+            doc["consolidated_metadata"]["metadata"]["faceface_upper/d2_distance"]
             if path.parent == out
             else doc
         )
@@ -217,7 +218,7 @@ def test_inner_chunk_layout_is_checked(
         config["chunk_shape"] = inner(array["chunk_grid"]["configuration"]["chunk_shape"][0], 64)
         path.write_text(json.dumps(doc))
     with DatasetReader(out) as reader:
-        with pytest.raises(CorruptStoreError, match=f"faceface/d2_distance.*{problem}"):
+        with pytest.raises(CorruptStoreError, match=f"faceface_upper/d2_distance.*{problem}"):
             reader.read_item(0)
         # The other arrays still read.
         assert len(reader.read_item(0, groups=["faces"])["faces"]["face_areas"]) > 0
@@ -232,8 +233,8 @@ def test_damaged_inner_chunk_is_a_corrupt_store_error(
     out = tmp_path / "dir.dataset"
     files = [p for p, _, _ in realistic_items[:6]]
     merge_items(files, out, inner_bytes=2048, shard_bytes=1 << 20, directory=True)
-    shard = out / "faceface" / "a3_distance" / "c" / "0" / "0"
-    doc = json.loads((out / "faceface" / "a3_distance" / "zarr.json").read_text())
+    shard = out / "faceface_upper" / "a3_distance" / "c" / "0" / "0"
+    doc = json.loads((out / "faceface_upper" / "a3_distance" / "zarr.json").read_text())
     shard_rows = doc["chunk_grid"]["configuration"]["chunk_shape"][0]
     inner_rows = doc["codecs"][0]["configuration"]["chunk_shape"][0]
     n_inner = shard_rows // inner_rows
@@ -284,7 +285,14 @@ def fuzz_dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFa
 
 @FUZZ_SETTINGS
 @given(
-    array=st.sampled_from(["faceface/d2_distance", "faces/face_areas", "graph/num_nodes"]),
+    array=st.sampled_from(
+        [
+            "faceface_upper/d2_distance",
+            "faceface/face_pair_edges_path",
+            "faces/face_areas",
+            "graph/num_nodes",
+        ]
+    ),
     field=st.sampled_from(_SHARD_FIELDS),
     value=json_values(max_leaves=10),
 )

@@ -234,14 +234,14 @@ def test_damaged_shard_on_s3_is_a_corrupt_store_error(
     # The batched reads must report a damaged shard as the one-at-a-time reads do.
     from cadstore.format.sharding import read_index
 
-    member = "faceface/d2_distance/c/0/0"
+    member = "faceface_upper/d2_distance/c/0/0"
     image = bytearray(Path(data.local_path()).read_bytes())
     with DatasetReader(data.local_path()) as local:
         source = local._source
         assert isinstance(source, ZipSource)
         info = source._members[member]
         start = source._data_start(member, info)
-        meta = local.array_meta("faceface", "d2_distance")
+        meta = local.array_meta("faceface_upper", "d2_distance")
         n_inner = meta.chunks[0] // meta.codecs[0]["configuration"]["chunk_shape"][0]
         # The index ends with its crc32c (4 bytes) when the dataset carries checksums.
         trailer = 4 * (len(meta.codecs[0]["configuration"]["index_codecs"]) - 1)
@@ -306,7 +306,7 @@ def test_directory_dataset_on_s3_reads_item_ranges(
                 _assert_items_equal(item, local.read_item(code))
             source, reference = remote._source, local._source
             assert source.batches_reads and not reference.batches_reads
-            shard = "faceface/d2_distance/c/0/0"
+            shard = "faceface_upper/d2_distance/c/0/0"
             shard_size = reference.size_of(shard)
             assert shard_size is not None and source.size_of(shard) == shard_size
             requests = [

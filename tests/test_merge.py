@@ -53,6 +53,23 @@ def _expected(items: list[tuple[Path, Any, Any]], key: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _face_pairs_via_zarr(g: zarr.Group, name: str) -> np.ndarray:
+    """A face-pair array's full rows as zarr-python reads them: from ``faceface`` when
+    stored in full, else rebuilt from ``faceface_upper`` by the documented row formula."""
+    if name in g["faceface"]:
+        return np.asarray(g[f"faceface/{name}"][...])
+    tri = np.asarray(g[f"faceface_upper/{name}"][...])
+    full_offsets = np.asarray(g["faceface/item_offsets"][...])
+    tri_offsets = np.asarray(g["faceface_upper/item_offsets"][...])
+    parts = []
+    for c in range(len(full_offsets) - 1):
+        n = int(np.sqrt(full_offsets[c + 1] - full_offsets[c]))
+        i, j = np.divmod(np.arange(n * n), n)
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        parts.append(tri[tri_offsets[c] + lo * n - lo * (lo - 1) // 2 + (hi - lo)])
+    return np.concatenate(parts)
+
+
 @pytest.fixture(scope="module")
 def merged(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("merged") / "flow.dataset"
@@ -62,7 +79,8 @@ def merged(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory)
 
 def test_rows_and_values_match_the_items(merged: Path, realistic_items: list[Any]) -> None:
     g = _open(merged)
-    assert sorted(g.group_keys()) == ["edges", "faceface", "faces", "graph"]
+    # The symmetric face-pair arrays are stored as upper triangles, in a group of their own.
+    assert sorted(g.group_keys()) == ["edges", "faceface", "faceface_upper", "faces", "graph"]
     for group, keys in {
         "faces": (
             "face_areas",
@@ -79,7 +97,10 @@ def test_rows_and_values_match_the_items(merged: Path, realistic_items: list[Any
     }.items():
         for key in keys:
             name = key.split("/")[-1]
-            got = g[f"{group}/{name}"][...]
+            if group == "faceface":
+                got = _face_pairs_via_zarr(g, name)
+            else:
+                got = g[f"{group}/{name}"][...]
             expected = _expected(realistic_items, key)
             assert got.dtype == expected.dtype, key
             np.testing.assert_array_equal(got, expected, err_msg=key)
@@ -110,9 +131,16 @@ def test_facepair_rows_are_row_major(merged: Path, realistic_items: list[Any]) -
     code = 3
     item = realistic_items[code][1]
     n = len(item["face_indices"])
-    rows = g["faceface/d2_distance"][offsets[code] : offsets[code + 1]]
+    rows = g["faceface/face_pair_edges_path"][offsets[code] : offsets[code + 1]]
     i, j = 2, 5
-    np.testing.assert_array_equal(rows[i * n + j], item["d2_distance"][i, j])
+    np.testing.assert_array_equal(rows[i * n + j], item["face_pair_edges_path"][i, j])
+    # A triangle-stored array: pair (i, j), i <= j, at row i * n - i * (i - 1) // 2 + (j - i).
+    upper = g["faceface_upper/item_offsets"][...]
+    tri = g["faceface_upper/d2_distance"][upper[code] : upper[code + 1]]
+    assert len(tri) == n * (n + 1) // 2
+    np.testing.assert_array_equal(
+        tri[i * n - i * (i - 1) // 2 + (j - i)], item["d2_distance"][i, j]
+    )
 
 
 def test_per_item_scalars_are_stored_once(merged: Path, realistic_items: list[Any]) -> None:
@@ -133,7 +161,10 @@ def test_xarray_opens_every_group_with_named_dims(merged: Path) -> None:
     assert faces["face_areas"].dims == ("face",)
     assert faces["file_id_code_faces"].dims == ("face",)
     faceface = xr.open_zarr(store, group="faceface")
-    assert faceface["d2_distance"].dims[0] == "facepair"
+    assert faceface["face_pair_edges_path"].dims[0] == "facepair"
+    upper = xr.open_zarr(store, group="faceface_upper")
+    assert upper["d2_distance"].dims[0] == "facepair_upper"
+    assert upper["d2_distance"].attrs["cadstore_layout"] == "upper_triangle"
     graph = xr.open_zarr(store, group="graph")
     assert graph["edges_source"].dims == ("edge",)
     assert graph["num_nodes"].dims == ("item",)
@@ -146,7 +177,8 @@ def test_our_reader_agrees_with_zarr(merged: Path) -> None:
         g = _open(merged)
         for path in (
             "faces/face_discretization",
-            "faceface/a3_distance",
+            "faceface_upper/a3_distance",
+            "faceface/face_pair_edges_path",
             "graph/num_nodes",
             "edges/file_id_code_edges",
         ):
@@ -166,7 +198,7 @@ def test_inner_chunks_hold_a_few_items(merged: Path, realistic_items: list[Any])
         want = min(65536 // row_bytes, max(ITEMS_PER_INNER * typical, MIN_INNER_BYTES // row_bytes))
         assert g[path].chunks[0] == want, path
     # Rows of whole histograms are big: the byte target (64 KiB) still decides.
-    assert g["faceface/d2_distance"].chunks[0] == 64 * 1024 // 256
+    assert g["faceface_upper/d2_distance"].chunks[0] == 64 * 1024 // 256
 
 
 def test_shard_layout_caps_inner_chunks_by_item_rows() -> None:

@@ -132,6 +132,11 @@ def _item_rows(target: Artefact, reader: Any, path: str, code: int) -> Any:
     """Return the part of dataset array ``path`` that belongs to item ``code``."""
     hierarchy = target.hierarchy
     assert hierarchy is not None
+    if path not in hierarchy.arrays:
+        # A face-pair array stored as a triangle: its full rows, rebuilt by the reader.
+        group, array = path.split("/", 1)
+        start, stop = reader.item_range(group, code)
+        return reader.read_rows(group, array, start, stop)
     meta = hierarchy.meta(path)
     first = meta.dims[0] if meta.dims else None
     if "/" not in path:
@@ -156,19 +161,39 @@ def _dataset_value(target: Artefact, key: str, item: str | None) -> tuple[Any, i
     hierarchy = target.hierarchy
     assert hierarchy is not None
     kind = hierarchy.kind(key)
-    if kind is None:
-        raise _missing_in_dataset(target, key)
-    if item is None:
-        return hierarchy.read_node(key), None
     with DatasetReader(target.location) as reader:
+        # Face-pair arrays stored as upper triangles read as the full arrays they stand
+        # for, in their source group (their triangle group reads as stored).
+        virtual = {
+            f"{group}/{name}"
+            for group in reader.groups
+            for name in reader.arrays(group)
+            if reader.stored_as(group, name) != (group, name)
+        }
+        if kind is None and key in virtual:
+            kind = "leaf"
+        if kind is None:
+            raise _missing_in_dataset(target, key)
+        names = [
+            name
+            for name in (reader.arrays(key) if key in reader.groups else hierarchy.children(key))
+            if f"{key}/{name}" in hierarchy.arrays or f"{key}/{name}" in virtual
+        ]
+        if item is None:
+            if key in virtual:
+                group, array = key.split("/", 1)
+                return reader.read_array(group, array), None
+            node = hierarchy.read_node(key)
+            if isinstance(node, dict) and key in reader.groups:
+                for name in names:
+                    if f"{key}/{name}" in virtual:
+                        node[name] = reader.read_array(key, name)
+                node = {name: node[name] for name in names if name in node}
+            return node, None
         code = _item_code(reader, item, target.path)
         if kind == "leaf":
             return _item_rows(target, reader, key, code), code
-        return {
-            name: _item_rows(target, reader, f"{key}/{name}", code)
-            for name in hierarchy.children(key)
-            if f"{key}/{name}" in hierarchy.arrays
-        }, code
+        return {name: _item_rows(target, reader, f"{key}/{name}", code) for name in names}, code
 
 
 def read_value(target: Artefact, key: str, item: str | None = None) -> tuple[Any, int | None]:

@@ -586,8 +586,27 @@ class DatasetExplorer:
                     _, dims = self._presented(group, array)
                     lazy = indexing.LazilyIndexedArray(backend)
                     found[array] = xr.Variable(dims, lazy)
+            found = self._with_triangles(group, found)
             self._group_data[group] = found
         return found
+
+    def _with_triangles(self, group: str, found: xr.Dataset) -> xr.Dataset:
+        """``found`` with the group's triangle-stored face-pair arrays added, as their full
+        ``N x N`` rows read through the reader, in the group's array order."""
+        arrays = self.reader.arrays(group)
+        virtual = [a for a in arrays if self.reader.stored_as(group, a) != (group, a)]
+        if not virtual:
+            return found
+        import xarray as xr
+        from xarray.core import indexing
+
+        for array in virtual:
+            meta = self.reader.array_meta(group, array)
+            backend = _reader_backed_array_class()(self.reader, group, array)
+            found[array] = xr.Variable(tuple(meta.dims), indexing.LazilyIndexedArray(backend))
+        names = [str(v) for v in found.data_vars]
+        order = [a for a in arrays if a in names]
+        return found[order + [v for v in names if v not in order]]
 
     def get_array_data(
         self,

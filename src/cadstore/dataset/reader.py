@@ -21,6 +21,7 @@ copy pickled from a closed reader is closed too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import threading
@@ -42,6 +43,7 @@ from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, index_trailer, read_index
+from cadstore.format.triangle import UPPER_TRIANGLE, expand_into, triangle_count
 from cadstore.io.location import Location, resolve
 from cadstore.io.sources import KeySource, open_source
 
@@ -83,6 +85,13 @@ class DatasetReader:
         Safety limits for reading.
     cache_bytes
         Budget of the decoded-chunk cache.
+    stored_layout
+        Present the arrays as stored. By default a face-pair array stored as its upper
+        triangle (a group with ``cadstore_layout="upper_triangle"``, see
+        :mod:`cadstore.format.triangle`) is presented in its source group with its full
+        ``N x N`` rows, as every dataset stored it before, and the triangle group is not
+        listed; with ``stored_layout=True`` (what an append needs to continue the
+        dataset) the reader shows the groups and arrays as they are.
 
     Raises
     ------
@@ -107,8 +116,10 @@ class DatasetReader:
         storage_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         cache_bytes: int = 64 * 1024 * 1024,
+        stored_layout: bool = False,
     ) -> None:
         self.location = resolve(path, storage_options, shared=True)
+        self.stored_layout = stored_layout
         self.path = self.location.path
         self.storage_options = self.location.storage_options
         self.limits = limits
@@ -157,10 +168,42 @@ class DatasetReader:
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
         self._groups = [g for g in hier.children("") if g in hier.groups]
+        # Triangle-stored face-pair arrays: "source/array" -> (triangle group, array).
+        self._virtual: dict[str, tuple[str, str]] = {}
+        self._hidden: set[str] = set()
+        if not self.stored_layout:
+            self._find_triangles(hier)
         # (group, array) -> (metadata, per-item?) resolved once: item reads are hot.
         self._arrays: dict[tuple[str, str], tuple[Any, bool]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
         self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool, str]]] = {}
+
+    def _find_triangles(self, hier: ReadHierarchy) -> None:
+        """Register the triangle groups and the full arrays they stand for.
+
+        Raises
+        ------
+        CorruptStoreError
+            If a triangle group names no face-pair group of the dataset as its source.
+        """
+        for group in self._groups:
+            attrs = hier.group_attributes.get(group, {})
+            if attrs.get("cadstore_layout") != UPPER_TRIANGLE:
+                continue
+            source = attrs.get("source_group")
+            if not isinstance(source, str) or source not in self._groups or source == group:
+                raise CorruptStoreError(
+                    self.path, f"triangle group {group!r} has no valid source_group ({source!r})"
+                )
+            self._hidden.add(group)
+            for array in hier.children(group):
+                if array in (OFFSETS, file_id_code_name(group)):
+                    continue
+                if f"{source}/{array}" in hier.arrays:
+                    raise CorruptStoreError(
+                        self.path, f"{source}/{array} is stored both in full and in {group!r}"
+                    )
+                self._virtual[f"{source}/{array}"] = (group, array)
 
     def _open_source(self) -> KeySource:
         return open_source(self.location, self.limits, what="dataset")
@@ -215,6 +258,7 @@ class DatasetReader:
             "limits": self.limits,
             "cache_bytes": self.cache_bytes,
             "closed": self._closed,
+            "stored_layout": self.stored_layout,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -223,6 +267,7 @@ class DatasetReader:
         self.storage_options = self.location.storage_options
         self.limits = state["limits"]
         self.cache_bytes = state["cache_bytes"]
+        self.stored_layout = bool(state.get("stored_layout", False))
         self._lock = threading.RLock()
         self._pid = -1
         self._closed = bool(state.get("closed", False))
@@ -233,6 +278,8 @@ class DatasetReader:
             self.item_names = []
             self._codes = {}
             self._arrays = {}
+            self._virtual = {}
+            self._hidden = set()
             return
         self._open()
 
@@ -281,22 +328,37 @@ class DatasetReader:
         with self._lock:
             self._ensure()
             self._check_array(group, array)
-            return self._hier.stored_nbytes(f"{group}/{array}")
+            path = f"{group}/{array}"
+            stored = self._virtual.get(path)
+            return self._hier.stored_nbytes("/".join(stored) if stored else path)
 
     @property
     def groups(self) -> list[str]:
-        """Names of the data groups."""
+        """Names of the data groups (triangle groups left out unless ``stored_layout``)."""
         self._ensure()
-        return [g for g in self._hier.children("") if g in self._hier.groups]
+        return [
+            g for g in self._hier.children("") if g in self._hier.groups and g not in self._hidden
+        ]
 
     def _check_group(self, group: str) -> None:
-        if group not in self.groups:
+        # A triangle group is not listed, but can be read as stored.
+        if group not in self.groups and group not in self._hidden:
             raise DatasetError(f"unknown group {group!r}; the dataset has {sorted(self.groups)}")
 
     def arrays(self, group: str) -> list[str]:
-        """Names of the arrays in ``group`` (including ``file_id_code_*`` and offsets)."""
+        """Names of the arrays in ``group`` (including ``file_id_code_*`` and offsets);
+        those stored as triangles are listed in their source group."""
         self._check_group(group)
-        return self._hier.children(group)
+        names = self._hier.children(group)
+        virtual = [p.split("/", 1)[1] for p in self._virtual if p.startswith(f"{group}/")]
+        if not virtual:
+            return names
+        data = [n for n in names if n not in (OFFSETS, file_id_code_name(group))]
+        # In the order the arrays had before some moved to a triangle group.
+        order = self._hier.group_attributes.get(group, {}).get("array_order")
+        rank = {str(n): i for i, n in enumerate(order)} if isinstance(order, list) else {}
+        listed = sorted([*data, *virtual], key=lambda n: (rank.get(n, len(rank)), n))
+        return [*listed, *(n for n in names if n not in data)]
 
     def primary_dimension(self, group: str) -> str:
         """The group's primary dimension."""
@@ -312,18 +374,38 @@ class DatasetReader:
         found = self._arrays.get((group, array))
         if found is None:
             self._check_array(group, array)
-            meta = self._hier.meta(f"{group}/{array}")
-            found = (meta, bool(meta.dims and meta.dims[0] == "item"))
+            stored = self._virtual.get(f"{group}/{array}")
+            if stored is not None:
+                # The full array it stands for: the source group's rows and dimension.
+                meta = self._hier.meta("/".join(stored))
+                primary = self.primary_dimension(group)
+                meta = dataclasses.replace(
+                    meta,
+                    shape=(int(self.offsets(group)[-1]), *meta.shape[1:]),
+                    chunks=(max(1, int(self.offsets(group)[-1])), *meta.chunks[1:]),
+                    dims=(primary, *(meta.dims or ())[1:]) if meta.dims else None,
+                )
+                found = (meta, False)
+            else:
+                meta = self._hier.meta(f"{group}/{array}")
+                found = (meta, bool(meta.dims and meta.dims[0] == "item"))
             self._arrays[(group, array)] = found
         return found
 
     def _check_array(self, group: str, array: str) -> None:
         self._check_group(group)
-        if f"{group}/{array}" not in self._hier.arrays:
+        path = f"{group}/{array}"
+        if path not in self._hier.arrays and path not in self._virtual:
             raise DatasetError(
-                f"unknown array {array!r} in group {group!r}; it has "
-                f"{sorted(self._hier.children(group))}"
+                f"unknown array {array!r} in group {group!r}; it has {sorted(self.arrays(group))}"
             )
+
+    def stored_as(self, group: str, array: str) -> tuple[str, str]:
+        """Where ``group/array`` is stored: itself, or for a face-pair array stored as an
+        upper triangle, ``(triangle group, array)``, whose rows are the pairs ``i <= j``
+        (see :mod:`cadstore.format.triangle`)."""
+        self._check_array(group, array)
+        return self._virtual.get(f"{group}/{array}", (group, array))
 
     def is_per_item(self, group: str, array: str) -> bool:
         """Whether ``group/array`` holds one value per item rather than rows."""
@@ -374,6 +456,11 @@ class DatasetReader:
         self._check_array(group, array)
         with self._lock:
             self._ensure()
+            if f"{group}/{array}" in self._virtual:
+                meta = self._resolve(group, array)[0]
+                out = np.empty(meta.shape, dtype=meta.dtype)
+                self._read_into(f"{group}/{array}", meta, 0, meta.shape[0], out)
+                return out
             return self._hier.read_array(f"{group}/{array}")
 
     def read_rows(
@@ -429,7 +516,9 @@ class DatasetReader:
             )
         with self._lock:
             self._ensure()
-            if not _is_sharded(meta):
+            if path in self._virtual:
+                self._read_triangle(path, start, stop, out)
+            elif not _is_sharded(meta):
                 whole = self._whole.get(path)
                 if whole is None:
                     whole = self._hier.read_array(path)
@@ -437,6 +526,61 @@ class DatasetReader:
                 out[...] = whole[start:stop]
             elif stop > start:
                 self._read_sharded(path, meta, start, stop, out)
+
+    def _triangle_items(
+        self, path: str, start: int, stop: int
+    ) -> Iterator[tuple[int, int, int, int, int]]:
+        """The items whose full rows ``[start, stop)`` of triangle-stored ``path`` touch.
+
+        Yields ``(n, full_start, full_stop, tri_start, tri_stop)`` per item with rows: its
+        matrix side, and its rows in the full and in the triangle array.
+
+        Raises
+        ------
+        CorruptStoreError
+            If an item's full rows are not ``N²`` or its triangle rows not ``N (N + 1) / 2``.
+        """
+        source = path.split("/", 1)[0]
+        group = self._virtual[path][0]
+        full, tri = self.offsets(source), self.offsets(group)
+        code = max(0, int(np.searchsorted(full, start, side="right")) - 1)
+        while code < self.n_items and int(full[code]) < stop:
+            lo, hi = int(full[code]), int(full[code + 1])
+            t0, t1 = int(tri[code]), int(tri[code + 1])
+            n = math.isqrt(hi - lo)
+            if n * n != hi - lo or t1 - t0 != triangle_count(n):
+                raise CorruptStoreError(
+                    self.path,
+                    f"item {code} has {hi - lo} rows in {source!r} and {t1 - t0} in "
+                    f"{group!r}: not N x N and its upper triangle",
+                )
+            if hi > start:
+                yield n, lo, hi, t0, t1
+            code += 1
+
+    def _read_triangle(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Full rows ``[start, stop)`` of triangle-stored ``path``, rebuilt into ``out``."""
+        group, name = self._virtual[path]
+        stored = f"{group}/{name}"
+        meta = self._resolve(group, name)[0]
+        for n, lo, hi, t0, t1 in self._triangle_items(path, start, stop):
+            tri = np.empty((t1 - t0, *meta.shape[1:]), dtype=meta.dtype)
+            self._read_into(stored, meta, t0, t1, tri)
+            a, b = max(start, lo), min(stop, hi)
+            expand_into(tri, n, out[a - start : b - start], a - lo, b - lo)
+
+    def _stored_reads(
+        self, reads: Iterable[tuple[str, Any, int, int]]
+    ) -> Iterator[tuple[str, Any, int, int]]:
+        """``reads`` of full rows as the reads of the stored rows they come from."""
+        for path, meta, start, stop in reads:
+            stored = self._virtual.get(path)
+            if stored is None:
+                yield path, meta, start, stop
+                continue
+            spans = [(t0, t1) for *_, t0, t1 in self._triangle_items(path, start, stop)]
+            if spans:
+                yield "/".join(stored), self._resolve(*stored)[0], spans[0][0], spans[-1][1]
 
     def _geometry(self, path: str, meta: Any) -> tuple[Any, ...]:
         """The sharding layout of ``path``, checked: cadstore reads row-sharded arrays.
@@ -576,7 +720,7 @@ class DatasetReader:
         it changes how many requests a read makes, never what it returns.
         """
         shards: list[tuple[str, str, int, int, int, range]] = []
-        for path, meta, start, stop in reads:
+        for path, meta, start, stop in self._stored_reads(reads):
             if stop > start and _is_sharded(meta):
                 geometry = self._geometry(path, meta)
                 n_inner, trailer = geometry[4], geometry[7]

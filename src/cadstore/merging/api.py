@@ -354,6 +354,7 @@ def merge(
     lock_timeout: float = 0.0,
     manifest_fields: Mapping[str, Any] | None = None,
     stage_durations: Mapping[str, float] | None = None,
+    face_pair_layout: str = "auto",
 ) -> MergeResult:
     """Merge items into ``output`` and write its ``.infoset``, ``.attribset`` and ``.flow``.
 
@@ -399,6 +400,10 @@ def merge(
     stage_durations
         Seconds of the stages that produced the items, by name, reported in the manifest's
         ``Duration [seconds]`` before the merge's own.
+    face_pair_layout
+        ``"auto"``: face-pair arrays symmetric in every item are stored as upper
+        triangles; ``"full"``: as ``N x N`` rows (see
+        :class:`~cadstore.merging.options.MergeOptions`). An append keeps the dataset's.
 
     Returns
     -------
@@ -435,6 +440,7 @@ def merge(
         workers=workers,
         progress=progress,
         lock_timeout=lock_timeout,
+        face_pair_layout=face_pair_layout,
     )
     if append:
         return append_items(

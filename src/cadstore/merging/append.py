@@ -26,11 +26,12 @@ from cadstore.errors import MergeError
 from cadstore.format.commit import COMMIT_MEMBER, TABLE_KINDS, table_member
 from cadstore.format.layout import ITEM_NAMES, OFFSETS, file_id_code_name
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.triangle import UPPER_TRIANGLE
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, open_sink, publish_file
 from cadstore.lifecycle import PublishedFiles, Transaction, TrustedTables
 from cadstore.merging.options import DEFAULT_LEVEL, MergeOptions, MergeResult
-from cadstore.merging.plan import ArrayPlan, GroupPlan, plan_groups
+from cadstore.merging.plan import ArrayPlan, GroupPlan, plan_groups, split_triangles
 from cadstore.merging.run import (
     dataset_exists,
     make_pool,
@@ -99,7 +100,7 @@ def append_items(
         if target.remote:
             result = _append_remote(target, items, options, txn)
         else:
-            with DatasetReader(target, limits=limits) as reader:
+            with DatasetReader(target, limits=limits, stored_layout=True) as reader:
                 result = _append_local(reader, target, items, options, txn)
         result.recovered = list(txn.recovered)
         result.warnings[:0] = txn.recovered
@@ -140,6 +141,9 @@ def _append_local(
             groups, _, plan_warnings = plan_groups(scans, schema, [])
         warnings_ += plan_warnings
         if scans:
+            # Face-pair arrays keep the dataset's layout: triangles stay triangles (every
+            # new item must be symmetric in them), full arrays stay full.
+            groups = split_triangles(groups, scans, _triangles_of(reader))
             _check_fits(reader, groups)
             result = _write_appended(
                 reader, target, scans, groups, pool, options, schema, txn, publish
@@ -184,7 +188,7 @@ def _append_remote(
         def upload() -> None:
             uploaded.append(publish_file(local, target))
 
-        with DatasetReader(staged, limits=options.limits) as reader:
+        with DatasetReader(staged, limits=options.limits, stored_layout=True) as reader:
             result = _append_local(reader, staged, items, options, txn, publish=upload)
         result.stored_bytes = uploaded[0] if uploaded else target.size()
     finally:
@@ -220,6 +224,19 @@ def _check_fits(reader: DatasetReader, groups: dict[str, GroupPlan]) -> None:
             plan.dtype = meta.dtype
 
 
+def _triangles_of(reader: DatasetReader) -> dict[str, set[str]]:
+    """``{face-pair group: arrays}`` the dataset (read as stored) keeps as triangles."""
+    found: dict[str, set[str]] = {}
+    for group in reader.groups:
+        attrs = reader.group_attributes(group)
+        if attrs.get("cadstore_layout") == UPPER_TRIANGLE:
+            source = str(attrs.get("source_group"))
+            found[source] = {
+                a for a in reader.arrays(group) if a not in (OFFSETS, file_id_code_name(group))
+            }
+    return found
+
+
 @dataclass
 class _Continuation:
     """How the existing dataset continues: its groups, and what must be written again."""
@@ -241,12 +258,17 @@ def _continue_groups(reader: DatasetReader, groups: dict[str, GroupPlan]) -> dic
     """Every group and array of the dataset, whether or not the new items have it."""
     plans: dict[str, GroupPlan] = {}
     for name in reader.groups:
+        attrs = reader.group_attributes(name)
         plan_group = groups.get(name) or GroupPlan(
             name=name,
             primary_dim=reader.primary_dimension(name),
-            special=reader.group_attributes(name).get("special_processing"),
+            special=attrs.get("special_processing"),
         )
         plan_group.primary_dim = reader.primary_dimension(name)
+        if attrs.get("cadstore_layout") == UPPER_TRIANGLE:
+            plan_group.source = str(attrs.get("source_group"))
+        if not plan_group.order and isinstance(attrs.get("array_order"), list):
+            plan_group.order = [str(a) for a in attrs["array_order"]]
         for array in reader.arrays(name):
             if array in (OFFSETS, file_id_code_name(name)):
                 continue
@@ -262,6 +284,7 @@ def _continue_groups(reader: DatasetReader, groups: dict[str, GroupPlan]) -> dic
                 )
             plan.dims = list(meta.dims or [])
             plan.dtype = meta.dtype
+            plan.triangle = plan_group.source is not None and not plan.per_item
             if not plan.per_item:
                 config = meta.codecs[0].get("configuration") or {}
                 plan.inner_rows = int(config["chunk_shape"][0])

@@ -46,7 +46,7 @@ from cadstore.format.sharding import encode_shard
 from cadstore.io.location import Location
 from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
 from cadstore.merging.scan import ItemScan, decode_item, scan_item
-from cadstore.merging.write import ShardWriter, shard_key
+from cadstore.merging.write import ShardWriter, item_rows, shard_key
 
 __all__ = ["scan_on_dask", "write_shards_on_dask"]
 #: Items scanned by one task: enough to amortise a task's overhead (about 1 ms).
@@ -162,6 +162,8 @@ class _Unit:
     inner_rows: int
     shard_rows: int
     pieces: tuple[tuple[int, str | None, int, int, int], ...]
+    #: The items' arrays are stored as their upper triangles.
+    triangle: bool = False
 
 
 def _encode_units(
@@ -185,7 +187,8 @@ def _encode_units(
         out: list[tuple[str, bytes]] = []
         for i, unit in enumerate(units):
             dtype = np.dtype(unit.dtype)
-            fill = ArrayPlan("", "", False, dtype, unit.trailing).fill_value
+            layout = ArrayPlan("", "", False, dtype, unit.trailing, triangle=unit.triangle)
+            fill = layout.fill_value
             parts: list[np.ndarray] = []
             for code, key, lo, hi, n_rows in unit.pieces:
                 if key is None:
@@ -194,7 +197,7 @@ def _encode_units(
                 arrays = decoded.get(code)
                 if arrays is None:
                     arrays = decoded[code] = decode_item(items[code], sorted(wanted[code]), limits)
-                arr = arrays[key].reshape((n_rows, *unit.trailing)).astype(dtype, copy=False)
+                arr = item_rows(arrays[key], layout, n_rows, items[code].path, key)
                 parts.append(arr[lo:hi])
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
             data = encode_shard(
@@ -255,6 +258,7 @@ def _plan_units(
                     inner_rows=plan.inner_rows,
                     shard_rows=plan.shard_rows,
                     pieces=tuple(pieces),
+                    triangle=plan.triangle,
                 )
                 units.append((order, unit))
     return units

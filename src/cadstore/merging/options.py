@@ -58,6 +58,10 @@ class MergeOptions:
     lock_timeout
         Seconds to wait for another writer of the same dataset to finish (0: fail at once
         with :class:`~cadstore.errors.DatasetLockedError`).
+    face_pair_layout
+        ``"auto"`` (default): a face-pair array that is symmetric in every item is stored
+        as its upper triangle (see :mod:`cadstore.format.triangle`); ``"full"``: every
+        face-pair array keeps its ``N x N`` rows, the layout of datasets written before.
     """
 
     compression_level: int | None = DEFAULT_LEVEL
@@ -70,8 +74,13 @@ class MergeOptions:
     progress: bool = False
     limits: Limits = DEFAULT_LIMITS
     lock_timeout: float = 0.0
+    face_pair_layout: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.face_pair_layout not in ("auto", "full"):
+            raise ValueError(
+                f"face_pair_layout must be 'auto' or 'full', got {self.face_pair_layout!r}"
+            )
         if self.executor not in ("thread", "process"):
             raise ValueError(f"executor must be 'thread' or 'process', got {self.executor!r}")
 

@@ -24,6 +24,7 @@ from cadstore.format.layout import (
     default_primary_dim,
 )
 from cadstore.format.sharding import shard_layout
+from cadstore.format.triangle import UPPER_TRIANGLE, side_of, triangle_count
 from cadstore.merging.options import MergeOptions
 from cadstore.merging.scan import ItemScan
 from cadstore.schema import Schema
@@ -33,6 +34,8 @@ __all__ = [
     "GroupPlan",
     "MergePlan",
     "dims_for",
+    "split_triangles",
+    "triangle_group_name",
     "plan_groups",
     "plan_merge",
     "schema_from",
@@ -71,6 +74,9 @@ class ArrayPlan:
     dtypes_seen: dict[str, int] = field(default_factory=dict)
     inner_rows: int = 1
     shard_rows: int = 1
+    #: Stored as the upper triangle of each item's ``N x N`` matrix, in the group
+    #: :func:`triangle_group_name` of its face-pair group.
+    triangle: bool = False
 
     @property
     def row_bytes(self) -> int:
@@ -96,6 +102,12 @@ class GroupPlan:
     description: str = ""
     arrays: dict[str, ArrayPlan] = field(default_factory=dict)
     rows: dict[int, int] = field(default_factory=dict)
+    #: For a triangle group (``special == "upper_triangle"``): the face-pair group whose
+    #: arrays it stores.
+    source: str | None = None
+    #: For a face-pair group some of whose arrays moved to a triangle group: the order
+    #: of all its arrays, in which readers list them.
+    order: list[str] = field(default_factory=list)
 
     @property
     def is_matrix(self) -> bool:
@@ -258,7 +270,7 @@ def dims_for(group: GroupPlan, plan: ArrayPlan, schema: Schema | None) -> list[s
         return [ITEM_DIM, *(f"{plan.name}_dim_{i + 1}" for i in range(len(plan.trailing)))]
     if schema is not None:
         found = schema.array_spec(f"{group.name}/{plan.name}") or schema.array_spec(plan.name)
-        if found is not None and found[0] == group.name:
+        if found is not None and found[0] == (group.source or group.name):
             dims = list(found[2].get("dims", []))
             if len(dims) == 1 + len(plan.trailing):
                 return [group.primary_dim, *dims[1:]]
@@ -317,6 +329,8 @@ def plan_merge(
         groups, _, warnings_ = plan_groups(scans, parsed, [])
     if not scans:
         raise MergeError(f"no item could be merged: {errors[:3]}")
+    if options.face_pair_layout == "auto":
+        groups = split_triangles(groups, scans, None)
     offsets = lay_out(groups, len(scans), parsed, options)
     return MergePlan(list(scans), groups, parsed, offsets, warnings_)
 
@@ -349,3 +363,87 @@ def lay_out(
                     compressed=options.compression_level is not None,
                 )
     return offsets
+
+
+def triangle_group_name(group: str) -> str:
+    """The group holding the triangle-stored arrays of face-pair group ``group``."""
+    return f"{group}_upper"
+
+
+def split_triangles(
+    groups: Mapping[str, GroupPlan],
+    scans: Sequence[ItemScan],
+    required: Mapping[str, set[str]] | None,
+) -> dict[str, GroupPlan]:
+    """Move triangle-stored face-pair arrays into their own group, after their source.
+
+    Parameters
+    ----------
+    groups
+        The planned groups (changed in place: the moved arrays leave their group).
+    scans
+        The items, by code; :attr:`ItemScan.symmetric` says which arrays are symmetric.
+    required
+        ``None`` for a new dataset: every face-pair array symmetric in every item that
+        has it goes to the triangle group. Otherwise ``{face-pair group: arrays}`` an
+        existing dataset stores as triangles (an append): exactly those move, and every
+        item must be symmetric in them.
+
+    Returns
+    -------
+    dict
+        The groups, each triangle group right after its source. A triangle group has one
+        row per pair ``i <= j`` of each item: ``N (N + 1) / 2`` where the source has
+        ``N²``.
+
+    Raises
+    ------
+    MergeError
+        If ``required`` names an array an item holds asymmetric: a triangle cannot store
+        it, so the item cannot be appended (merge every item again instead).
+    """
+    out: dict[str, GroupPlan] = {}
+    for group in groups.values():
+        out[group.name] = group
+        if not group.is_matrix:
+            continue
+        tri_name = triangle_group_name(group.name)
+        if required is None and tri_name in groups:
+            continue  # the name is taken by a group of the items: keep the full layout
+        wanted = required.get(group.name, set()) if required is not None else None
+        moved: dict[str, ArrayPlan] = {}
+        for name, plan in group.arrays.items():
+            if plan.per_item or not plan.sources:
+                continue
+            if wanted is None:
+                if all(key in scans[c].symmetric for c, key in plan.sources.items()):
+                    moved[name] = plan
+            elif name in wanted:
+                for code, key in plan.sources.items():
+                    if key not in scans[code].symmetric:
+                        raise MergeError(
+                            f"{scans[code].path}: its {key!r} is not symmetric, but the "
+                            f"dataset stores {group.name}/{name} as an upper triangle "
+                            f"({tri_name}/{name}); merge every item again (overwrite=True) "
+                            "to store it in full"
+                        )
+                moved[name] = plan
+        if not moved and (required is None or group.name not in required):
+            continue
+        tri = GroupPlan(
+            name=tri_name,
+            primary_dim=f"{group.primary_dim}_upper",
+            special=UPPER_TRIANGLE,
+            description=f"upper triangles of {group.name}",
+            source=group.name,
+        )
+        if moved:
+            group.order = list(group.arrays)
+        for name, plan in moved.items():
+            del group.arrays[name]
+            plan.group = tri_name
+            plan.triangle = True
+            tri.arrays[name] = plan
+        tri.rows = {code: triangle_count(side_of(rows)) for code, rows in group.rows.items()}
+        out[tri_name] = tri
+    return out

@@ -95,6 +95,7 @@ def merge_items(
     limits: Limits = DEFAULT_LIMITS,
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
+    face_pair_layout: str = "auto",
 ) -> MergeResult:
     """Merge item files into one dataset; see the module docstring.
 
@@ -111,7 +112,7 @@ def merge_items(
         ``{item name: code}``; defaults to codes in the order of ``files``. Codes must be
         ``0..N-1``.
     compression_level, inner_bytes, shard_bytes, shard_rows, directory, workers, executor,
-    progress, limits
+    progress, limits, face_pair_layout
         As the attributes of :class:`~cadstore.merging.options.MergeOptions`.
     overwrite
         Replace an existing dataset at ``output``.
@@ -144,6 +145,7 @@ def merge_items(
         executor=executor,
         progress=progress,
         limits=limits,
+        face_pair_layout=face_pair_layout,
     )
     target = resolve(output, storage_options, shared=True)
     items = [resolve(f, storage_options, shared=True) for f in files]

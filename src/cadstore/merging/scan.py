@@ -29,6 +29,7 @@ from cadstore.errors import CorruptStoreError, MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.triangle import is_symmetric
 from cadstore.io.location import Location
 from cadstore.io.sources import DirectorySource, open_source
 from cadstore.progress import progress
@@ -78,6 +79,10 @@ class ItemScan:
     scalars
         Values of the item's 0-d arrays, when the scan was asked for them (Dask merges
         take per-item values from the scan instead of decoding items on the driver).
+    symmetric
+        Keys of its ``N x N (x k)`` arrays that equal their transpose over the first two
+        axes bit for bit: a merge stores a face-pair array as an upper triangle only when
+        every item's is (:mod:`cadstore.format.triangle`).
     """
 
     location: Location
@@ -87,6 +92,7 @@ class ItemScan:
     nbytes: int = 0
     decoded_bytes: int = 0
     scalars: dict[str, Any] = field(default_factory=dict)
+    symmetric: set[str] = field(default_factory=set)
 
     @property
     def path(self) -> str:
@@ -140,6 +146,12 @@ def scan_item(
         # Arrays declaring more than the file may decode to (cadstore.format.limits) would
         # stop the merge when decoded: the item is listed and skipped now instead.
         source.budget.check(f"its {len(hier.arrays)} arrays", scan.decoded_bytes)
+        for key, (shape, dtype) in scan.arrays.items():
+            # Square arrays only (face pairs): decoded here, so that the plan knows which
+            # arrays may be stored as a triangle before a row is written.
+            square = dtype != "string" and len(shape) >= 2 and shape[0] == shape[1]
+            if square and is_symmetric(hier.read_array(key)):
+                scan.symmetric.add(key)
         for key in source:
             # Reading every member checks its CRC: a damaged item is caught here, before
             # its rows are planned into the dataset.

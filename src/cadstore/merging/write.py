@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cadstore.errors import MergeError
 from cadstore.format import jsoncodec
 from cadstore.format.codecs import (
     append_crc32c,
@@ -41,6 +42,7 @@ from cadstore.format.layout import (
     file_id_code_name,
 )
 from cadstore.format.sharding import CRC32C, encode_shard, shard_layout, sharding_codec
+from cadstore.format.triangle import UPPER_TRIANGLE, is_symmetric, upper_rows
 from cadstore.io.publish import Sink
 from cadstore.merging.options import DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES, MergeOptions
 from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
@@ -57,6 +59,7 @@ __all__ = [
     "ShardWriter",
     "array_doc",
     "group_summary",
+    "item_rows",
     "shard_key",
     "stream_items",
     "finish_dataset",
@@ -358,10 +361,10 @@ def stream_items(
                     )
                     continue
                 buf = buffers[(group.name, plan.name)]
-                if arr is None:
+                if arr is None or key is None:
                     rows = np.full((n_rows, *plan.trailing), plan.fill_value, dtype=plan.dtype)
                 else:
-                    rows = arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+                    rows = item_rows(arr, plan, n_rows, scans[code].path, key)
                 buf.append(rows)
                 for index, block in buf.take_full_shards():
                     writer.shard(shard_key(group, plan, index), block, plan)
@@ -370,6 +373,38 @@ def stream_items(
         if rest is not None:
             writer.shard(shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
     return raw_total
+
+
+def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str) -> np.ndarray:
+    """An item array as the rows of ``plan``: flattened, its upper triangle for a
+    triangle-stored array, in the output dtype.
+
+    Raises
+    ------
+    MergeError
+        If a triangle-stored array is not symmetric: the scan found it symmetric, so the
+        item changed since (storing its triangle would lose the other half).
+    """
+    if plan.triangle:
+        if not is_symmetric(arr):
+            raise MergeError(
+                f"item {path} changed during the merge: its {key!r} was symmetric when "
+                "scanned and is not now"
+            )
+        arr = upper_rows(arr)
+    return arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+
+
+def triangle_attributes(group: GroupPlan, plan: ArrayPlan) -> dict[str, Any]:
+    """The attributes declaring a triangle-stored array (see :mod:`cadstore.format.triangle`)."""
+    pair = group.primary_dim.removesuffix("_upper")
+    return {
+        "cadstore_layout": UPPER_TRIANGLE,
+        "source_group": group.source,
+        "source_dims": [pair, *plan.dims[1:]],
+        "pair_dims": [f"{pair}_i", f"{pair}_j"],
+        "pair_row": "i * N - i * (i - 1) // 2 + (j - i) for i <= j; (j, i) for i > j",
+    }
 
 
 def shard_key(group: GroupPlan, plan: ArrayPlan, index: int) -> str:
@@ -446,6 +481,11 @@ def write_structure(
         attrs: dict[str, Any] = {"primary_dimension": group.primary_dim}
         if group.special:
             attrs["special_processing"] = group.special
+        if group.order:
+            attrs["array_order"] = list(group.order)
+        if group.source is not None:
+            attrs["cadstore_layout"] = UPPER_TRIANGLE
+            attrs["source_group"] = group.source
         docs[group.name] = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
         for plan in group.arrays.values():
             path = f"{group.name}/{plan.name}"
@@ -470,7 +510,7 @@ def write_structure(
                             writer.checksum,
                         )
                     ],
-                    {},
+                    triangle_attributes(group, plan) if plan.triangle else {},
                 )
         # Provenance: the item code of every row, written shard by shard.
         code_plan = ArrayPlan(
@@ -545,13 +585,30 @@ def write_root(
                 "primary_dimension": g.primary_dim,
                 "special_processing": g.special,
                 "rows": int(offsets[name][-1]),
+                **({"source_group": g.source, "arrays": sorted(g.arrays)} if g.source else {}),
             }
             for name, g in groups.items()
         },
     }
     if schema is not None:
-        metadata["_storage_schema"] = schema.to_dict()
+        metadata["_storage_schema"] = _declare_layouts(schema.to_dict(), groups)
     writer.add("metadata.json", jsoncodec.dumps(metadata).encode("utf-8"), deflate=True)
+
+
+def _declare_layouts(schema: dict[str, Any], groups: Mapping[str, GroupPlan]) -> dict[str, Any]:
+    """The schema with each triangle-stored array declared as such (``storage_layout`` and
+    ``stored_as`` in its spec), so that a reader of the schema alone knows the layout."""
+    declared = schema.get("groups") or {}
+    for group in groups.values():
+        if group.source is None:
+            continue
+        specs = (declared.get(group.source) or {}).get("arrays") or {}
+        for name in group.arrays:
+            spec = specs.get(name)
+            if isinstance(spec, dict):
+                spec["storage_layout"] = UPPER_TRIANGLE
+                spec["stored_as"] = f"{group.name}/{name}"
+    return schema
 
 
 def group_summary(
