@@ -947,6 +947,31 @@ def render_triangle(results: Path) -> tuple[list[str], str]:
     return markdown_table(header, rows, "lrrrrr"), caption
 
 
+# --------------------------------------------------------------------------- bench_pyg
+def render_pyg(results: Path) -> tuple[list[str], str]:
+    """bench_pyg.py: PyTorch Geometric batches against the plain batches, in-process."""
+    d = load(results, "pyg.json")
+    rows = [
+        (
+            label,
+            fmt_int(r["plain_items_per_s"]),
+            fmt_int(r["pyg_items_per_s"]),
+            f"{_fixed(r['pyg_vs_plain'], 2)}x",
+        )
+        for label, r in d["results"].items()
+    ]
+    header = ("groups read", "plain batches, items/s", "PyG Batch, items/s", "PyG / plain")
+    first = next(iter(d["results"].values()))
+    load_avg = ", ".join(f"{x:.1f}" for x in d["load_average"])
+    caption = (
+        f"`CADDataset.batches()` over the {fmt_int(first['items'])} training items, "
+        f"{d['threads']} decoding threads, batches of 32; medians of "
+        f"{fmt_int(d['repeats'])} epochs per collate, the two alternating; load average "
+        f"{load_avg} at the start."
+    )
+    return markdown_table(header, rows, "lrrr"), caption
+
+
 # --------------------------------------------------------------------------- registry
 class Table(NamedTuple):
     """A generated table: the results files it reads and how it renders them."""
@@ -974,6 +999,7 @@ TABLES: dict[str, Table] = {
     "checksum-alternatives": Table(("integrity.json",), render_checksum_alternatives),
     "amplification": Table(("integrity.json",), render_amplification),
     "item-open": Table(("item-open.json",), render_item_open),
+    "pyg": Table(("pyg.json",), render_pyg),
     "training": Table(("training.json",), render_training),
     "triangle": Table(("triangle.json",), render_triangle),
 }
