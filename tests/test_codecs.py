@@ -189,3 +189,15 @@ def test_zarr_python_checksums_are_verified(
                 storage.load_data(key)
             assert key in str(caught.value) and str(item) in str(caught.value)
         assert item.read_bytes() == stored, "reading must not change the file"
+
+
+def test_a_half_imported_google_crc32c_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread importing google_crc32c leaves it in sys.modules before it has its
+    functions: the checksum must not pick that half-initialised module up (it raised
+    AttributeError in a threaded benchmark)."""
+    import types
+
+    data = b"cadstore chunk bytes" * 100
+    expected = C.crc32c(data)
+    monkeypatch.setitem(sys.modules, "google_crc32c", types.ModuleType("google_crc32c"))
+    assert C.crc32c(data) == expected

@@ -345,6 +345,14 @@ def _crc32c_python(data: bytes | memoryview) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+try:  # a core dependency; the table below stands in should it be missing
+    import google_crc32c as _google_crc32c_module
+
+    _GOOGLE_CRC32C: Any = _google_crc32c_module
+except ImportError:  # pragma: no cover - installed with cadstore
+    _GOOGLE_CRC32C = None
+
+
 def crc32c(data: bytes | memoryview) -> int:
     """The CRC-32C (Castagnoli) checksum of ``data``, as the Zarr ``crc32c`` codec stores it.
 
@@ -352,14 +360,12 @@ def crc32c(data: bytes | memoryview) -> int:
     hardware; should it be missing, a table-driven implementation here gives the same
     result, much slower, so a checksum is never skipped for want of a library.
     """
-    # A core dependency, looked up at each call (a dict lookup, once imported) so that
-    # its absence can be simulated.
-    google: Any = sys.modules.get("google_crc32c")
-    if google is None:
-        try:
-            import google_crc32c as google
-        except ImportError:
-            return _crc32c_python(data)
+    # Imported once, with this module: looking it up in sys.modules at each call could
+    # meet it half-initialised while another thread imports it. sys.modules is consulted
+    # only to honour a simulated absence (an entry set to None, as the tests do).
+    google = _GOOGLE_CRC32C
+    if google is None or sys.modules.get("google_crc32c", google) is None:
+        return _crc32c_python(data)
     # google_crc32c takes bytes; copying a compressed chunk costs less than wrapping it.
     value: int = google.value(data if type(data) is bytes else bytes(data))
     return value
