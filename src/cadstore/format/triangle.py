@@ -134,4 +134,6 @@ def expand_into(
     index = full_index(n)
     if lo or (hi is not None and hi != n * n):
         index = index[lo:hi]
-    np.take(tri, index, axis=0, out=out)
+    # mode="clip": the indexes are valid by construction, and the default ("raise") makes
+    # numpy gather into a temporary buffer before copying it to out.
+    np.take(tri, index, axis=0, out=out, mode="clip")
