@@ -22,6 +22,7 @@ import numpy as np
 
 # TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
 __all__ = [  # noqa: F822
+    "BatchAllocator",
     "CADGraph",
     "GraphCollate",
     "TorchCADDataset",
@@ -157,7 +158,7 @@ def _dataset_class() -> type:
                 positions = [self._position(i) for i in indices]
                 # Each array of the batch is decoded straight into one tensor (in shared
                 # memory in a worker), which GraphCollate then returns as it is.
-                allocator = _BatchAllocator()
+                allocator = BatchAllocator()
                 batch = read_many(positions, allocator)
                 batch.tensors = allocator.tensors
                 items: list[Any] = batch  # an ItemBatch, carrying the tensors to the collate
@@ -464,22 +465,30 @@ class GraphCollate:
         return None
 
 
-class _BatchAllocator:
+class BatchAllocator:
     """Allocates a batch's arrays as tensors (see ``DatasetReader.read_items``).
 
     Dtypes that torch batches differently (unsigned integers wider than a byte, strings)
     get plain numpy buffers, which the collate function then converts as usual.
+
+    Parameters
+    ----------
+    make
+        ``make(shape, dtype) -> tensor`` gives each tensor: by default a new one (in
+        shared memory in a ``DataLoader`` worker); the in-process loader passes its pool's
+        (:class:`cadstore.dataset.training.BufferPool`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, make: Callable[[tuple[int, ...], np.dtype], Any] | None = None) -> None:
         self.tensors: dict[tuple[str, str], Any] = {}
+        self.make = make if make is not None else _batch_tensor
 
     def __call__(
         self, group: str, array: str, shape: tuple[int, ...], dtype: np.dtype
     ) -> np.ndarray:
         if dtype.kind not in "biuf" or (dtype.kind == "u" and dtype.itemsize > 1):
             return np.empty(shape, dtype=dtype)
-        tensor = _batch_tensor(shape, dtype)
+        tensor = self.make(shape, dtype)
         self.tensors[(group, array)] = tensor
         buffer: np.ndarray = tensor.numpy()
         return buffer

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.torch_support import GraphCollate, require_torch
+from cadstore.dataset.torch_support import BatchAllocator, GraphCollate, require_torch
 
 __all__ = ["BatchLoader", "BufferPool"]
 
@@ -108,24 +108,6 @@ class BufferPool:
                 self.allocated += 1
             self._lent.append((key, base))
         return base[:numel].view(shape)
-
-
-class _PooledAllocator:
-    """The allocator of one batch (see ``DatasetReader.read_items``), drawing on a pool."""
-
-    def __init__(self, pool: BufferPool) -> None:
-        self.pool = pool
-        self.tensors: dict[tuple[str, str], Any] = {}
-
-    def __call__(
-        self, group: str, array: str, shape: tuple[int, ...], dtype: np.dtype
-    ) -> np.ndarray:
-        if dtype.kind not in "biuf" or (dtype.kind == "u" and dtype.itemsize > 1):
-            return np.empty(shape, dtype=dtype)  # batched by the collate, as in DataLoader
-        tensor = self.pool.take(shape, dtype)
-        self.tensors[(group, array)] = tensor
-        buffer: np.ndarray = tensor.numpy()
-        return buffer
 
 
 class BatchLoader:
@@ -217,7 +199,7 @@ class BatchLoader:
 
     def _make(self, readers: _Readers, codes: np.ndarray) -> Any:
         source = readers.source()
-        allocator = _PooledAllocator(self.pool)
+        allocator = BatchAllocator(self.pool.take)
         batch = source.read_many(codes.tolist(), allocator)
         batch.tensors = allocator.tensors
         return self.collate_fn(batch)
