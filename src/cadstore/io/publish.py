@@ -73,10 +73,12 @@ __all__ = [
     "publish_file",
     "recover_staged",
     "rewrite_open_file",
+    "set_aside_name",
     "sweep_dead_temporaries",
     "write_atomic",
     "write_bytes_atomic",
     "write_through_path",
+    "write_error",
     "writing",
 ]
 
@@ -127,12 +129,27 @@ def writing(path: str) -> Iterator[None]:
     except OSError as exc:
         if exc.errno is None or exc.errno not in _WRITE_ERRNOS:
             raise
-        error = StorageError(
-            path, f"could not be written: {exc.strerror or exc} ({errno.errorcode[exc.errno]})"
-        )
-        error.errno = exc.errno
-        error.strerror = exc.strerror
-        raise error from exc
+        raise write_error(path, exc) from exc
+
+
+def write_error(path: str, exc: OSError) -> StorageError:
+    """The :class:`~cadstore.errors.StorageError` naming ``path`` for the failed write
+    ``exc``, keeping its ``errno`` (a ``StorageError`` keeps its own problem)."""
+    if isinstance(exc, StorageError):
+        problem = exc.problem
+    else:
+        code = errno.errorcode.get(exc.errno or 0)
+        problem = f"could not be written: {exc.strerror or exc}" + (f" ({code})" if code else "")
+    error = StorageError(path, problem)
+    error.errno = exc.errno
+    error.strerror = exc.strerror
+    return error
+
+
+def set_aside_name(staged: str) -> str:
+    """Where a :class:`DirectorySink` staged at ``staged`` moves the version it replaces,
+    on file systems that cannot exchange two paths (see :meth:`DirectorySink.commit`)."""
+    return f"{staged}-old"
 
 
 def temporary_name(directory: str, suffix: str = "") -> str:
@@ -393,9 +410,10 @@ def sweep_dead_temporaries(
     removed = []
     for name in names:
         full = os.path.join(path, name)
-        if f"{name}-old" in present or (name.endswith("-old") and name[:-4] in present):
+        staged = name.removesuffix(set_aside_name(""))
+        if set_aside_name(name) in present or (staged != name and staged in present):
             continue  # an interrupted swap: see above
-        owner = _owner_on_this_host(name.removesuffix("-old"))
+        owner = _owner_on_this_host(staged)
         try:
             stale = (
                 not pid_alive(owner)
@@ -577,7 +595,7 @@ class DirectorySink(Sink):
             # Two renames where the file system cannot swap. A writer killed between them
             # leaves the path empty; lifecycle.Transaction's journal knows both names, and
             # recover_staged puts the new version in place.
-            old = f"{self.tmp}-old"
+            old = set_aside_name(self.tmp)
             os.replace(path, old)
         os.replace(self.tmp, path)
         if self.durable:
@@ -707,7 +725,7 @@ def recover_staged(destination: Location, staged: str, *, committing: bool) -> b
     folder = _local_directory(destination.path)
     if _local_directory(staged) != folder or not os.path.basename(staged).startswith(TEMP_PREFIX):
         return False  # not a name a sink of this destination would use: left alone
-    replaced = f"{staged}-old"
+    replaced = set_aside_name(staged)
     found = False
     if committing and not os.path.exists(destination.path):
         for complete in (staged, replaced):  # the new version, else the old one

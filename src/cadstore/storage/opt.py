@@ -86,9 +86,11 @@ from cadstore.io.publish import (
     Sink,
     copy_file,
     open_sink,
+    set_aside_name,
     sweep_dead_temporaries,
     write_atomic,
     write_bytes_atomic,
+    write_error,
 )
 from cadstore.io.sources import KeySource, open_source
 from cadstore.io.zipwriter import write_stored_zip
@@ -656,7 +658,7 @@ class OptStorage(DataStorage):
         except StorageError:
             raise
         except OSError as exc:
-            raise _write_failure(self._store.path, exc) from exc
+            raise write_error(self._store.path, exc) from exc
         try:
             for name, data in self._members():
                 self._add_member(sink, name, data)
@@ -676,9 +678,9 @@ class OptStorage(DataStorage):
             # The sink names the store; the file being written is more use.
             if type(exc) is not StorageError:
                 raise  # an object store that refuses or is gone: its own error
-            raise _write_failure(target, exc) from exc
+            raise write_error(target, exc) from exc
         except OSError as exc:
-            raise _write_failure(target, exc) from exc
+            raise write_error(target, exc) from exc
 
     def _commit(self, sink: Sink) -> None:
         """Swap the assembled store in; tell a race with another writer from a failure."""
@@ -688,11 +690,11 @@ class OptStorage(DataStorage):
             if not isinstance(sink, DirectorySink):
                 if isinstance(exc, StorageError):
                     raise
-                raise _write_failure(self._store.path, exc) from exc
+                raise write_error(self._store.path, exc) from exc
             sink.abort()
-            set_aside = self._store.with_path(f"{sink.tmp}-old")
+            set_aside = self._store.with_path(set_aside_name(sink.tmp))
             if exc.errno not in _RACE_ERRNOS:
-                error = _write_failure(self._store.path, exc)
+                error = write_error(self._store.path, exc)
                 if set_aside.exists():
                     # Failed after moving the previous store aside: say where it is.
                     error = StorageError(
@@ -790,16 +792,3 @@ class OptStorage(DataStorage):
 
     def _describe(self) -> str:
         return repr(self._published.path if self._read_only else self._store.path)
-
-
-def _write_failure(path: str, exc: OSError) -> StorageError:
-    """A :class:`StorageError` naming ``path`` for the failed write ``exc``, keeping its errno."""
-    if isinstance(exc, StorageError):
-        problem = exc.problem
-    else:
-        code = errno.errorcode.get(exc.errno or 0)
-        problem = f"could not be written: {exc.strerror or exc}" + (f" ({code})" if code else "")
-    error = StorageError(path, problem)
-    error.errno = exc.errno
-    error.strerror = exc.strerror
-    return error
