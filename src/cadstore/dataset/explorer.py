@@ -172,32 +172,22 @@ def _frame_text(frame: pd.DataFrame) -> str:
 @functools.cache
 def _per_row_array_class() -> type:
     """Return the xarray backend class of per-item arrays presented once per row."""
-    from xarray.backends import BackendArray
-    from xarray.core import indexing
+    base: Any = _reader_backed_array_class()
 
-    class PerRowArray(BackendArray):
+    class PerRowArray(base):  # type: ignore[misc]
         """A per-item array (``graph/num_nodes``) repeated for every row of its group.
 
         The specified merged store holds such values once per row of the group (once
         per graph edge for ``num_nodes``), and its users read them beside the rows
         (``num_nodes[range_start]``). cadstore stores them once per item; this view
-        gives the specified layout without storing it.
+        gives the specified layout without storing it. Indexing is the reader-backed
+        array's; only the shape and the rows read differ.
         """
 
         def __init__(self, reader: DatasetReader, group: str, array: str) -> None:
-            meta = reader.array_meta(group, array)
-            self.reader = reader
-            self.group = group
-            self.array = array
-            n_rows = int(reader.offsets(group)[-1])
-            self.shape = (n_rows, *(int(n) for n in meta.shape[1:]))
-            self.dtype = np.dtype(meta.dtype)
-
-        def __getitem__(self, key: Any) -> np.ndarray | np.generic:
-            values: np.ndarray | np.generic = indexing.explicit_indexing_adapter(
-                key, self.shape, indexing.IndexingSupport.BASIC, self._raw_getitem
-            )
-            return values
+            super().__init__(reader, group, array)
+            trailing = reader.array_meta(group, array).shape[1:]
+            self.shape = (int(reader.offsets(group)[-1]), *(int(n) for n in trailing))
 
         def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray | np.generic:
             first = key[0] if key else slice(None)
