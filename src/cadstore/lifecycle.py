@@ -476,9 +476,11 @@ def recover(
     """
     done: list[str] = []
     killed = ""
+    staged_found = previous is not None and _undo_staged(previous, dataset)
+    # The version in place once what was staged is undone (or put in place): the sweep
+    # below removes temporaries only, so it stays the same.
+    current = _current_commit(dataset)
     if previous is not None:
-        staged_found = _undo_staged(previous, dataset)
-        current = _current_commit(dataset)
         killed = previous.describe()
         if current is not None and previous.journal.get("commit") == current.id:
             killed = f"{killed}, had committed version {current.version} ({current.items} items)"
@@ -491,7 +493,6 @@ def recover(
             killed = ""
     if not dataset.remote:
         sweep_dead_temporaries(dataset.parent)
-    current = _current_commit(dataset)
     if current is None or not current.tables:
         return done
     # The copies the version itself lists, in its own folder, are published again when
