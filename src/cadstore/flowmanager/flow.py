@@ -295,9 +295,10 @@ class Flow:
                 t0 = time.perf_counter()
                 self._run_task(task, output, logger, resume=not clean)
                 durations[_attribute(task, "_task_name")] = time.perf_counter() - t0
-            errors_path = os.path.join(folder, ERROR_SUMMARY)
-            body = json.dumps(output.errors, indent=1, default=str).encode("utf-8")
-            write_bytes_atomic(resolve(errors_path), body, durable=False)
+            # cadstore.encode imports OpenCascade: its writer is imported when needed.
+            from cadstore.encode.report import write_error_summary
+
+            write_error_summary(os.path.join(folder, ERROR_SUMMARY), output.errors)
             summary = self._export(output, durations, logger, started)
             output.summary = summary
             logger.info(
@@ -531,10 +532,9 @@ class Flow:
                 }
                 output.errors.append(entry)
                 logger.error("the dataset export failed: %s", entry["error"])
-                body = json.dumps(output.errors, indent=1, default=str).encode("utf-8")
-                write_bytes_atomic(
-                    resolve(os.path.join(folder, ERROR_SUMMARY)), body, durable=False
-                )
+                from cadstore.encode.report import write_error_summary
+
+                write_error_summary(os.path.join(folder, ERROR_SUMMARY), output.errors)
             else:
                 output.dataset = dataset
                 return self._summary(flow_file)
