@@ -8,6 +8,8 @@ module imports nothing heavier than the standard library, so a report or a test 
 face types without the CAD kernel.
 
 The tables are read-only mappings; ``dict(FACE_TYPES)`` gives a copy to hand to a user.
+:data:`CAD_EXTENSIONS`, the file formats the CAD loader reads, lives here for the same
+reason: a flow's file retriever filters by it without loading the kernel.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["CONVEXITIES", "EDGE_TYPES", "FACE_TYPES"]
+__all__ = ["CAD_EXTENSIONS", "CONVEXITIES", "EDGE_TYPES", "FACE_TYPES"]
+
+#: File extensions the CAD loader reads (case-insensitive) and the format each one selects.
+CAD_EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        ".step": "step",
+        ".stp": "step",
+        ".iges": "iges",
+        ".igs": "iges",
+        ".brep": "brep",
+    }
+)
 
 #: ``face_types`` codes. 0-5, 13 and 14 are the specified system's observed codes; 15 and 16
 #: are cadstore's for the kernel's offset and other surfaces, which it was not seen to emit.

@@ -46,17 +46,12 @@ from cadstore.cad._kernel import indexed_map, quiet_kernel
 from cadstore.cad.brep import BrepAccess
 from cadstore.cad.samples import make_compound
 from cadstore.errors import CorruptStoreError, InvalidDataError
+from cadstore.vocabulary import CAD_EXTENSIONS
 
 __all__ = ["SUPPORTED_EXTENSIONS", "CADLoader", "CADModel"]
 
 #: File extensions the loader reads (case-insensitive) and the format each one selects.
-SUPPORTED_EXTENSIONS: Final[dict[str, str]] = {
-    ".step": "step",
-    ".stp": "step",
-    ".iges": "iges",
-    ".igs": "iges",
-    ".brep": "brep",
-}
+SUPPORTED_EXTENSIONS: Final[Mapping[str, str]] = CAD_EXTENSIONS
 
 _FORMAT_NAMES: Final[dict[str, str]] = {"step": "STEP", "iges": "IGES", "brep": "BREP"}
 

@@ -22,10 +22,12 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cadstore.vocabulary import CAD_EXTENSIONS
+
 __all__ = ["CAD_FORMATS", "CADFileRetriever", "LocalStorageProvider"]
 
 #: The formats a retriever takes when none are given: those cadstore's loader reads.
-CAD_FORMATS = (".step", ".stp", ".iges", ".igs", ".brep")
+CAD_FORMATS = tuple(CAD_EXTENSIONS)
 
 
 class LocalStorageProvider:
