@@ -37,7 +37,13 @@ from cadstore.errors import (
     KeyNotFoundError,
     StorageClosedError,
 )
-from cadstore.format.codecs import ChunkDecodeError, decode_into, direct_codec, strip_crc32c
+from cadstore.format.codecs import (
+    ChunkDecodeError,
+    decode_into,
+    decode_range_into,
+    direct_codec,
+    strip_crc32c,
+)
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
@@ -653,9 +659,8 @@ class DatasetReader:
                 # The common case for one item: a single inner chunk holds every row.
                 key = f"{path}/c/{first_shard}{suffix}"
                 index = self._shard_index(key, n_inner, trailer)
-                block = self._inner_chunk(key, first_shard, first_inner, index, meta, path)
                 r0 = base + first_inner * inner_rows
-                out[...] = block[start - r0 : stop - r0]
+                self._read_part(key, first_shard, first_inner, index, meta, path, r0, start, out)
                 return
         for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
             index = self._shard_index(key, n_inner, trailer)
@@ -682,8 +687,55 @@ class DatasetReader:
                 if raw is not None:
                     self._decode_into(raw, out[a - start : b - start], direct, key, inner)
                     continue
-                block = self._inner_chunk(key, shard, inner, index, meta, path)
-                out[a - start : b - start] = block[a - r0 : b - r0]
+                self._read_part(
+                    key, shard, inner, index, meta, path, r0, a, out[a - start : b - start]
+                )
+
+    def _read_part(
+        self,
+        key: str,
+        shard: int,
+        inner: int,
+        index: list[tuple[int, int]],
+        meta: Any,
+        path: str,
+        r0: int,
+        first: int,
+        target: np.ndarray,
+    ) -> None:
+        """Rows ``first:first + len(target)`` of inner chunk ``inner`` (whose first row is
+        ``r0``) into ``target``.
+
+        An item-framed chunk decodes only the frames of those rows, straight into
+        ``target``; any other goes through the decoded-chunk cache, decoded whole.
+        """
+        cache_key = (path, shard, inner)
+        block = self._chunks.get(cache_key)
+        if block is None:
+            data = None
+            offset, nbytes = index[inner]
+            _, inner_shape, *_, direct, _ = self._geometry(path, meta)
+            if direct is not None and offset != MISSING and len(target):
+                data = self._get_range(key, offset, nbytes)
+                row_bytes = target.nbytes // len(target)
+                try:
+                    framed = decode_range_into(
+                        direct,
+                        data,
+                        target.data.cast("B"),
+                        (first - r0) * row_bytes,
+                        math.prod(inner_shape) * meta.dtype.itemsize,
+                    )
+                except ChunkDecodeError as exc:
+                    raise CorruptStoreError(
+                        self.path, f"{key!r} inner chunk {inner}: {exc}"
+                    ) from exc
+                if framed:
+                    return
+            block = self._inner_chunk(key, shard, inner, index, meta, path, data)
+        else:
+            self._chunks.move_to_end(cache_key)
+        target[...] = block[first - r0 : first - r0 + len(target)]
 
     def _fetch_span(
         self, key: str, index: list[tuple[int, int]], inners: list[int]
@@ -818,7 +870,10 @@ class DatasetReader:
         index: list[tuple[int, int]],
         meta: Any,
         path: str,
+        data: bytes | memoryview | None = None,
     ) -> np.ndarray:
+        """Inner chunk ``inner`` of shard ``key``, decoded whole, through the cache
+        (``data``: its stored bytes, when already read)."""
         cache_key = (path, shard, inner)
         block = self._chunks.get(cache_key)
         if block is not None:
@@ -834,7 +889,8 @@ class DatasetReader:
         if offset == MISSING:
             block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)
         else:
-            data = self._get_range(key, offset, nbytes)
+            if data is None:
+                data = self._get_range(key, offset, nbytes)
             try:
                 block = decode_inner(
                     data,

@@ -15,6 +15,7 @@ pickle-based one) are refused before any chunk is touched.
 from __future__ import annotations
 
 import importlib
+import itertools
 import struct
 import sys
 import threading
@@ -35,8 +36,12 @@ __all__ = [
     "decode_msgpack_strings",
     "decode_vlen_utf8",
     "decode_zstd",
+    "decode_frames_into",
+    "decode_range_into",
     "decode_zstd_into",
     "direct_codec",
+    "frame_table",
+    "item_frames_compress",
     "encode_vlen_utf8",
     "long_distance_for",
     "strip_crc32c",
@@ -124,6 +129,160 @@ def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool =
     return _compressor(level, long_distance and len(data) >= LDM_MIN_BYTES).compress(data)
 
 
+#: The magic number of the skippable zstd frame that opens an item-framed chunk (one of
+#: the sixteen that RFC 8878 reserves for skippable frames, ``0x184D2A50``-``5F``).
+FRAMES_MAGIC = 0x184D2A5C
+#: What the table in that skippable frame starts with (and its version).
+_FRAMES_TAG = b"CSF1"
+_SKIPPABLE = struct.Struct("<II")
+_FRAMES_HEAD = struct.Struct("<4sI")
+#: A table entry: a frame's decoded and stored sizes, in bytes.
+_FRAME_ENTRY = np.dtype([("raw", "<u4"), ("stored", "<u4")])
+
+
+def item_frames_compress(
+    data: bytes | memoryview, cuts: Sequence[int], level: int, *, long_distance: bool = True
+) -> bytes:
+    """Compress ``data`` as one zstd frame per piece between ``cuts``, with a table.
+
+    A merged dataset's inner chunk holds the rows of several items; compressed as one frame,
+    reading one item decodes its neighbours' rows too. Here each piece (an item's rows, cut
+    at ``cuts``: byte positions, increasing, strictly inside ``data``) is its own frame, and
+    a skippable frame at the front lists every frame's decoded and stored sizes, so a reader
+    decodes only the frames it needs (:func:`decode_range_into`).
+
+    The result is standard zstd data (RFC 8878: a skippable frame, then frames whose
+    decoded contents concatenate): any conforming decoder returns ``data``, zarr-python's
+    (numcodecs 0.16.4 or later) included. Without cuts it is :func:`zstd_compress`'s one
+    frame.
+    """
+    if not cuts:
+        return zstd_compress(data, level, long_distance=long_distance)
+    view = memoryview(data).cast("B")
+    bounds = [0, *cuts, len(view)]
+    frames = [
+        zstd_compress(view[a:b], level, long_distance=long_distance)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    table = np.empty(len(frames), dtype=_FRAME_ENTRY)
+    table["raw"] = np.diff(bounds)
+    table["stored"] = [len(f) for f in frames]
+    body = _FRAMES_HEAD.pack(_FRAMES_TAG, len(frames)) + table.tobytes()
+    return b"".join([_SKIPPABLE.pack(FRAMES_MAGIC, len(body)), body, *frames])
+
+
+def frame_table(data: bytes | memoryview, expected: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frames of an item-framed chunk (:func:`item_frames_compress`), checked.
+
+    Returns ``(raw_bounds, stored_bounds)``: ``n + 1`` byte positions each, frame ``k``
+    decoding to bytes ``raw_bounds[k]:raw_bounds[k + 1]`` of the chunk from stored bytes
+    ``stored_bounds[k]:stored_bounds[k + 1]`` of ``data``; ``None`` for a chunk that does
+    not open with the table (one frame, or a chunk another tool wrote).
+
+    Raises
+    ------
+    ChunkDecodeError
+        If the table is malformed, or its sizes do not add up to ``expected`` decoded bytes
+        and to the stored bytes of ``data`` (nothing in a file is trusted).
+    """
+    if len(data) < _SKIPPABLE.size:
+        return None
+    magic, size = _SKIPPABLE.unpack_from(data, 0)
+    if magic != FRAMES_MAGIC:
+        return None
+    start = _SKIPPABLE.size + _FRAMES_HEAD.size
+    if size < _FRAMES_HEAD.size or _SKIPPABLE.size + size > len(data):
+        raise ChunkDecodeError("item frame table is truncated")
+    tag, count = _FRAMES_HEAD.unpack_from(data, _SKIPPABLE.size)
+    if tag != _FRAMES_TAG or size != _FRAMES_HEAD.size + count * _FRAME_ENTRY.itemsize:
+        raise ChunkDecodeError("item frame table is malformed")
+    table = np.frombuffer(data, dtype=_FRAME_ENTRY, count=count, offset=start)
+    raw = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(table["raw"], out=raw[1:])
+    stored = np.empty(count + 1, dtype=np.int64)
+    stored[0] = _SKIPPABLE.size + size
+    np.cumsum(table["stored"], out=stored[1:])
+    stored[1:] += stored[0]
+    if raw[-1] != expected or stored[-1] != len(data):
+        raise ChunkDecodeError(
+            f"item frames add up to {int(raw[-1])} bytes from {int(stored[-1])} stored, "
+            f"expected {expected} from {len(data)}"
+        )
+    return raw, stored
+
+
+def decode_range_into(
+    kind: str, data: bytes | memoryview, out: memoryview, start: int, chunk_bytes: int
+) -> bool:
+    """Decode bytes ``start:start + len(out)`` of an item-framed chunk into ``out``.
+
+    Only the frames holding those bytes are decoded: an item's rows cost their own frames,
+    not the whole chunk. ``kind`` is a :func:`direct_codec` kind, ``chunk_bytes`` the size
+    the whole chunk decodes to. The checksum of a ``+crc32c`` chunk is verified over the
+    whole stored chunk first.
+
+    Returns ``False``, decoding nothing, when the chunk is not item-framed (the caller
+    decodes it whole).
+
+    Raises
+    ------
+    ChunkDecodeError
+        If the checksum, the table or a frame is corrupt.
+    """
+    base = _CHECKED.get(kind, kind)
+    if base != "zstd" or len(data) < _SKIPPABLE.size:
+        return False
+    if _SKIPPABLE.unpack_from(data, 0)[0] != FRAMES_MAGIC:
+        return False
+    if base != kind:
+        data = strip_crc32c(data, "chunk")
+    found = frame_table(data, chunk_bytes)
+    assert found is not None  # the magic was checked above
+    _decode_frames(data, found, out, start)
+    return True
+
+
+def _decode_frames(
+    data: bytes | memoryview,
+    bounds: tuple[np.ndarray, np.ndarray],
+    out: memoryview,
+    start: int,
+) -> None:
+    """Decode the frames covering bytes ``start:start + len(out)`` into ``out``.
+
+    A frame wholly inside the range is decoded in place; one that sticks out (a read that
+    does not follow item boundaries) is decoded aside and the part wanted copied.
+    """
+    raw, stored = bounds
+    stop = start + out.nbytes
+    first = int(np.searchsorted(raw, start, side="right")) - 1
+    view = memoryview(data)
+    for k in range(max(first, 0), len(raw) - 1):
+        a, b = int(raw[k]), int(raw[k + 1])
+        if a >= stop:
+            break
+        frame = view[int(stored[k]) : int(stored[k + 1])]
+        if start <= a and b <= stop:
+            decode_zstd_into(frame, out[a - start : b - start])
+        elif b > a:
+            whole = bytearray(b - a)
+            decode_zstd_into(frame, memoryview(whole))
+            lo, hi = max(a, start), min(b, stop)
+            out[lo - start : hi - start] = memoryview(whole)[lo - a : hi - a]
+
+
+def decode_frames_into(data: bytes | memoryview, out: memoryview) -> bool:
+    """Decode a whole item-framed zstd chunk (checksum already removed) into ``out``.
+
+    Returns ``False`` when ``data`` does not open with an item frame table.
+    """
+    found = frame_table(data, out.nbytes)
+    if found is None:
+        return False
+    _decode_frames(data, found, out, 0)
+    return True
+
+
 def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> bytes:
     """Decompress one zstd frame.
 
@@ -135,7 +294,16 @@ def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> b
         The exact decoded size, when known (fixed-size dtypes); ``None`` for vlen data.
     limit
         The most bytes the frame may decode to when ``expected`` is ``None``.
+
+    An item-framed chunk (:func:`item_frames_compress`) decodes frame by frame; it only
+    holds fixed-size rows, so ``expected`` must be known.
     """
+    if len(data) >= _SKIPPABLE.size and _SKIPPABLE.unpack_from(data, 0)[0] == FRAMES_MAGIC:
+        if expected is None:
+            raise ChunkDecodeError("item frames hold fixed-size rows, not variable-length data")
+        whole = bytearray(expected)
+        decode_frames_into(data, memoryview(whole))
+        return bytes(whole)
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
@@ -247,7 +415,8 @@ def decode_into(kind: str, data: bytes | memoryview, out: memoryview) -> None:
         data = strip_crc32c(data, "chunk")
         kind = base
     if kind == "zstd":
-        decode_zstd_into(data, out)
+        if not decode_frames_into(data, out):
+            decode_zstd_into(data, out)
     elif len(data) != out.nbytes:
         raise ChunkDecodeError(f"chunk has {len(data)} bytes, expected {out.nbytes}")
     else:

@@ -27,12 +27,14 @@ import numpy as np
 from cadstore.format import codecs as C
 
 __all__ = [
+    "FRAME_MIN_BYTES",
     "ITEMS_PER_INNER",
     "MIN_INNER_BYTES",
     "MIN_SHARD_INNERS",
     "MISSING",
     "decode_inner",
     "encode_shard",
+    "frame_cuts",
     "index_trailer",
     "read_index",
     "sharding_codec",
@@ -133,18 +135,46 @@ def sharding_codec(
     }
 
 
+#: The smallest average piece (bytes of one item's rows in an inner chunk) for which an
+#: inner chunk is written as item frames (see :func:`encode_shard`). Smaller pieces gain
+#: little from being decoded alone (a whole chunk of them decodes in microseconds) and
+#: would pay a frame header and a table entry (about 17 bytes) each.
+FRAME_MIN_BYTES = 4 * 1024
+
+
+def frame_cuts(starts: np.ndarray | None, r0: int, n_rows: int, row_bytes: int) -> list[int]:
+    """The byte positions inside an inner chunk at which its items' frames start.
+
+    ``starts`` are the rows (shard coordinates) at which items begin, ``r0`` and ``n_rows``
+    the inner chunk's first row and rows holding data. Empty when the chunk holds one item
+    or its pieces average under :data:`FRAME_MIN_BYTES`.
+    """
+    if starts is None or n_rows <= 1:
+        return []
+    lo, hi = np.searchsorted(starts, [r0 + 1, r0 + n_rows])
+    if hi <= lo or n_rows * row_bytes < (hi - lo + 1) * FRAME_MIN_BYTES:
+        return []
+    return [(int(r) - r0) * row_bytes for r in starts[lo:hi]]
+
+
 def encode_shard(
     rows: np.ndarray,
     inner_rows: int,
     shard_rows: int,
     level: int | None,
     checksum: bool = True,
+    starts: np.ndarray | None = None,
 ) -> bytes:
     """Encode up to ``shard_rows`` rows as one shard.
 
     Inner chunks past the end of ``rows`` are absent; a last, partial inner chunk is
     padded with zeros to its full shape, as Zarr requires. With ``checksum`` every inner
     chunk and the index carry their CRC-32C (see :func:`sharding_codec`).
+
+    ``starts``, the rows (increasing, from 0 at the shard's first row) at which items
+    begin, makes compressed inner chunks shared by items *item-framed*: one zstd frame per
+    item's rows, behind a table (:func:`cadstore.format.codecs.item_frames_compress`), so
+    that reading an item decodes its rows and not its neighbours'.
     """
     n_inner = shard_rows // inner_rows
     long_distance = C.long_distance_for(rows.dtype)
@@ -157,13 +187,16 @@ def encode_shard(
         if block.shape[0] == 0:
             index.append(_ENTRY.pack(MISSING, MISSING))
             continue
-        if block.shape[0] < inner_rows:
+        n_data = block.shape[0]
+        if n_data < inner_rows:
             padded = np.zeros(inner_shape, dtype=rows.dtype)
             padded[: block.shape[0]] = block
             block = padded
         payload = np.ascontiguousarray(block).tobytes()
         if level is not None:
-            payload = C.zstd_compress(payload, level, long_distance=long_distance)
+            row_bytes = block.nbytes // inner_rows
+            cuts = frame_cuts(starts, i * inner_rows, n_data, row_bytes)
+            payload = C.item_frames_compress(payload, cuts, level, long_distance=long_distance)
         if checksum:
             payload = C.append_crc32c(payload)
         index.append(_ENTRY.pack(offset, len(payload)))

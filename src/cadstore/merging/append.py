@@ -324,9 +324,11 @@ def _carry_over(reader: DatasetReader, plans: dict[str, GroupPlan]) -> _Continua
             full = old_total // plan.shard_rows
             buf.next_shard = full
             if old_total > full * plan.shard_rows:
-                buf.append(
-                    reader.read_rows(group.name, plan.name, full * plan.shard_rows, old_total)
-                )
+                lo = full * plan.shard_rows
+                old = reader.offsets(group.name)
+                # Where the old items of the partial shard begin, for its item frames.
+                starts = old[(old >= lo) & (old < old_total)].tolist()
+                buf.append(reader.read_rows(group.name, plan.name, lo, old_total), starts)
                 cont.regenerated.add(shard_key(group, plan, full))
             cont.buffers[(group.name, plan.name)] = buf
     return cont

@@ -190,7 +190,12 @@ def _encode_units(
             layout = ArrayPlan("", "", False, dtype, unit.trailing, triangle=unit.triangle)
             fill = layout.fill_value
             parts: list[np.ndarray] = []
+            starts: list[int] = []  # where items begin in the shard (item frames)
+            at = 0
             for code, key, lo, hi, n_rows in unit.pieces:
+                if lo == 0 and hi > 0:
+                    starts.append(at)
+                at += hi - lo
                 if key is None:
                     parts.append(np.full((hi - lo, *unit.trailing), fill, dtype=dtype))
                     continue
@@ -201,7 +206,12 @@ def _encode_units(
                 parts.append(arr[lo:hi])
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
             data = encode_shard(
-                np.ascontiguousarray(rows), unit.inner_rows, unit.shard_rows, level, checksum
+                np.ascontiguousarray(rows),
+                unit.inner_rows,
+                unit.shard_rows,
+                level,
+                checksum,
+                np.asarray(starts, dtype=np.int64),
             )
             out.append((unit.key, data))
             for code in [c for c, last in last_use.items() if last == i]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,10 +77,12 @@ def dump_json(doc: Any) -> bytes:
 
 
 class RowBuffer:
-    """Rows of one output array waiting to fill a shard.
+    """Rows of one output array waiting to fill a shard, and where its items begin.
 
     A shard is cut from the front of the queued parts; only the rows of that one shard
-    are ever copied together, so a huge item does not get concatenated whole.
+    are ever copied together, so a huge item does not get concatenated whole. The rows at
+    which items begin go with each shard (see :func:`~cadstore.format.sharding.encode_shard`,
+    which frames inner chunks by item).
     """
 
     def __init__(self, plan: ArrayPlan) -> None:
@@ -88,13 +90,19 @@ class RowBuffer:
         self.parts: deque[np.ndarray] = deque()
         self.count = 0
         self.next_shard = 0
+        self.starts: deque[int] = deque()
 
-    def append(self, rows: np.ndarray) -> None:
+    def append(self, rows: np.ndarray, starts: Iterable[int] | None = None) -> None:
+        """Queue one item's rows; or, with ``starts`` (array rows at which items begin),
+        rows of several items."""
         if rows.shape[0]:
+            at = self.next_shard * self.plan.shard_rows + self.count
+            self.starts.extend([at] if starts is None else starts)
             self.parts.append(rows)
             self.count += rows.shape[0]
 
-    def _take(self, n: int) -> np.ndarray:
+    def _take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        base = self.next_shard * self.plan.shard_rows
         first = self.parts[0]
         if first.shape[0] >= n:
             # Common for large items: a view, no copy.
@@ -117,18 +125,25 @@ class RowBuffer:
                     need = 0
             block = np.concatenate(pieces)
         self.count -= n
-        return block
+        starts = []
+        while self.starts and self.starts[0] < base + n:
+            starts.append(self.starts.popleft() - base)
+        self.next_shard += 1
+        return block, np.asarray(starts, dtype=np.int64)
 
-    def take_full_shards(self) -> Iterator[tuple[int, np.ndarray]]:
+    def take_full_shards(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(shard, rows, item starts)`` of every full shard queued."""
         size = self.plan.shard_rows
         while self.count >= size:
-            yield self.next_shard, self._take(size)
-            self.next_shard += 1
+            index = self.next_shard
+            yield index, *self._take(size)
 
-    def take_rest(self) -> tuple[int, np.ndarray] | None:
+    def take_rest(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """``(shard, rows, item starts)`` of the partial last shard, if any rows are left."""
         if not self.count:
             return None
-        return self.next_shard, self._take(self.count)
+        index = self.next_shard
+        return index, *self._take(self.count)
 
 
 #: Whether new datasets carry a ``crc32c`` checksum on every chunk. Always, for users: it
@@ -137,9 +152,14 @@ CHECKSUMS = True
 
 
 def encode_shard_job(
-    rows: np.ndarray, inner_rows: int, shard_rows: int, level: int | None, checksum: bool
+    rows: np.ndarray,
+    inner_rows: int,
+    shard_rows: int,
+    level: int | None,
+    checksum: bool,
+    starts: np.ndarray | None,
 ) -> bytes:
-    return encode_shard(rows, inner_rows, shard_rows, level, checksum)
+    return encode_shard(rows, inner_rows, shard_rows, level, checksum, starts)
 
 
 class ShardWriter:
@@ -198,11 +218,17 @@ class ShardWriter:
                     layouts[group] = (int(config["chunk_shape"][0]), int(meta.chunks[0]))
         return cls(sink, pool, options, checksum=checksum, code_layouts=layouts)
 
-    def shard(self, key: str, rows: np.ndarray, plan: ArrayPlan) -> None:
+    def shard(
+        self, key: str, rows: np.ndarray, plan: ArrayPlan, starts: np.ndarray | None = None
+    ) -> None:
+        """Encode and add shard ``key`` of ``rows``; ``starts`` are the rows at which its
+        items begin (item frames, see :func:`~cadstore.format.sharding.encode_shard`)."""
         if self.pool is None:
             self._write(
                 key,
-                encode_shard(rows, plan.inner_rows, plan.shard_rows, self.level, self.checksum),
+                encode_shard(
+                    rows, plan.inner_rows, plan.shard_rows, self.level, self.checksum, starts
+                ),
             )
             return
         future = self.pool.submit(
@@ -212,6 +238,7 @@ class ShardWriter:
             plan.shard_rows,
             self.level,
             self.checksum,
+            starts,
         )
         self.pending.append((key, future))
         while len(self.pending) > self.window:
@@ -366,12 +393,13 @@ def stream_items(
                 else:
                     rows = item_rows(arr, plan, n_rows, scans[code].path, key)
                 buf.append(rows)
-                for index, block in buf.take_full_shards():
-                    writer.shard(shard_key(group, plan, index), block, plan)
+                for index, block, starts in buf.take_full_shards():
+                    writer.shard(shard_key(group, plan, index), block, plan, starts)
     for (group_name, _), buf in buffers.items():
         rest = buf.take_rest()
         if rest is not None:
-            writer.shard(shard_key(groups[group_name], buf.plan, rest[0]), rest[1], buf.plan)
+            index, block, starts = rest
+            writer.shard(shard_key(groups[group_name], buf.plan, index), block, buf.plan, starts)
     return raw_total
 
 
