@@ -150,3 +150,31 @@ def test_a_transform_is_refused_with_the_way_that_works(flow: Path) -> None:
 
 def _face_count(item: dict[str, Any]) -> int:
     return len(item["faces"]["face_areas"])
+
+
+def test_the_pool_lends_the_smallest_free_buffer_that_fits() -> None:
+    from cadstore.dataset.training import BufferPool
+
+    pool = BufferPool()
+    f4 = np.dtype("float32")
+    big, small = pool.take((1000,), f4), pool.take((10,), f4)
+    big_ptr, small_ptr = big.data_ptr(), small.data_ptr()
+    del big, small  # both free again, the large one first in line
+    again = pool.take((8,), f4)
+    assert again.data_ptr() == small_ptr  # not the large buffer, kept for a large batch
+    large = pool.take((900,), f4)
+    assert large.data_ptr() == big_ptr
+    assert pool.allocated == 2 and pool.reused == 2
+
+
+def test_pool_buffers_come_in_power_of_two_size_classes() -> None:
+    from cadstore.dataset.training import BufferPool
+
+    pool = BufferPool()
+    first = pool.take((33, 3), np.dtype("int32"))
+    assert first.untyped_storage().nbytes() == 128 * 4  # 99 elements: class 128
+    ptr = first.data_ptr()
+    del first
+    # A larger batch within the class reuses the buffer instead of allocating.
+    second = pool.take((42, 3), np.dtype("int32"))
+    assert second.data_ptr() == ptr and pool.allocated == 1

@@ -59,6 +59,10 @@ __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 # Gap allowed between inner chunks read together (bytes read and thrown away).
 _SPAN_SLACK = 64 * 1024
 
+#: The largest scratch buffer a reader keeps for decoding triangles (``_scratch``): the
+#: triangle of a 700-face item's 64-bin histogram.
+SCRATCH_BYTES = 64 * 1024 * 1024
+
 # The dataset's own document (item count, groups, schema) at the root of the store.
 _METADATA = "metadata.json"
 
@@ -171,6 +175,7 @@ class DatasetReader:
         self._cached = 0
         # Bytes fetched ahead in one batch for the read under way (object stores only).
         self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
+        self._scratch_buffer = np.empty(0, dtype=np.uint8)
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
         self._groups = [g for g in hier.children("") if g in hier.groups]
@@ -564,13 +569,28 @@ class DatasetReader:
                 yield n, lo, hi, t0, t1
             code += 1
 
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape`` in this reader's scratch memory, for an item's triangle.
+
+        A triangle is decoded, expanded into the caller's array and dropped, item after
+        item; a fresh array for each large one costs the kernel its pages (every
+        allocation past malloc's mmap threshold is new memory). Up to
+        :data:`SCRATCH_BYTES`, one buffer is kept and reused. Callers hold the lock.
+        """
+        need = math.prod(shape) * dtype.itemsize
+        if need > SCRATCH_BYTES:
+            return np.empty(shape, dtype=dtype)
+        if self._scratch_buffer.nbytes < need:
+            self._scratch_buffer = np.empty(max(need, 2 * self._scratch_buffer.nbytes), np.uint8)
+        return self._scratch_buffer[:need].view(dtype).reshape(shape)
+
     def _read_triangle(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
         """Full rows ``[start, stop)`` of triangle-stored ``path``, rebuilt into ``out``."""
         group, name = self._virtual[path]
         stored = f"{group}/{name}"
         meta = self._resolve(group, name)[0]
         for n, lo, hi, t0, t1 in self._triangle_items(path, start, stop):
-            tri = np.empty((t1 - t0, *meta.shape[1:]), dtype=meta.dtype)
+            tri = self._scratch((t1 - t0, *meta.shape[1:]), meta.dtype)
             self._read_into(stored, meta, t0, t1, tri)
             a, b = max(start, lo), min(stop, hi)
             expand_into(tri, n, out[a - start : b - start], a - lo, b - lo)

@@ -52,8 +52,8 @@ class BufferPool:
     -----
     A buffer is lent as a view of its first elements, shaped as asked; it is free again
     when the storage it lives in is referred to by nothing but the pool (torch's use count
-    of the storage). Buffers grow by a quarter more than asked, so that batches of
-    slightly different sizes share them.
+    of the storage). Buffers are allocated in power-of-two size classes and lent
+    smallest-first, so that batches of different sizes share them.
     """
 
     def __init__(self, *, pin_memory: bool = False, keep: int = 64) -> None:
@@ -94,20 +94,29 @@ class BufferPool:
         with self._lock:
             self._reclaim()
             free = self._free[key]
+            # The smallest free buffer that fits: a large one lent for a small batch would
+            # leave the next large batch without one.
+            fits = [i for i, candidate in enumerate(free) if candidate.numel() >= numel]
             base = None
-            for i, candidate in enumerate(free):
-                if candidate.numel() >= numel:
-                    base = free.pop(i)
-                    self.reused += 1
-                    break
-            if base is None:
+            if fits:
+                base = free.pop(min(fits, key=lambda i: free[i].numel()))
+                self.reused += 1
+            else:
                 like = torch.from_numpy(np.empty(0, dtype=key))
-                base = torch.empty(
-                    max(1, numel + numel // 4), dtype=like.dtype, pin_memory=self.pin_memory
-                )
+                base = torch.empty(_size_class(numel), dtype=like.dtype, pin_memory=self.pin_memory)
                 self.allocated += 1
             self._lent.append((key, base))
         return base[:numel].view(shape)
+
+
+def _size_class(numel: int) -> int:
+    """Elements to allocate for a request of ``numel``: the next power of two.
+
+    Batch sizes vary with the items drawn; a buffer of the next size class serves every
+    later batch up to twice as large. Its pages past what a batch fills are never touched,
+    so the rounding costs address space, not memory.
+    """
+    return 1 << max(0, numel - 1).bit_length()
 
 
 class BatchLoader:
