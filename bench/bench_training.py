@@ -323,6 +323,11 @@ class Built:
         }[contender]
 
 
+#: The merged layout the cached cadstore dataset was written with: a dataset cached by an
+#: earlier layout is merged again (the peers, built from the decoded items, are kept).
+CADSTORE_LAYOUT = "item-frames-1"
+
+
 def build(workdir: str, n_items: int, seed: int, lance_version: str) -> Built:
     """Build (or reuse) every contender from the same items."""
     root = os.path.join(workdir, f"training-seed{seed}-n{n_items}-lance{lance_version}")
@@ -335,13 +340,18 @@ def build(workdir: str, n_items: int, seed: int, lance_version: str) -> Built:
     out_dir = os.path.join(root, "cadstore")
     flow = os.path.join(out_dir, "parts.flow")
     dataset = os.path.join(out_dir, "parts.dataset")
-    if "cadstore" not in builds or not os.path.exists(flow):
+    stale = builds.get("cadstore", {}).get("layout") != CADSTORE_LAYOUT
+    if "cadstore" not in builds or stale or not os.path.exists(flow):
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
         files = write_workload(os.path.join(workdir, f"items-seed{seed}"), n_items, seed)
         t = time.perf_counter()
         cadstore.merge(files, dataset, workers=None, overwrite=True)
-        builds["cadstore"] = {"build_s": time.perf_counter() - t, "how": "cadstore.merge"}
+        builds["cadstore"] = {
+            "build_s": time.perf_counter() - t,
+            "how": "cadstore.merge",
+            "layout": CADSTORE_LAYOUT,
+        }
         raw = sum(os.path.getsize(f) for f in files)
         builds["cadstore"]["item_files_bytes"] = raw
     with DatasetReader(dataset) as reader:
