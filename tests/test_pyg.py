@@ -57,11 +57,13 @@ def _by_hand(loader: DatasetLoader, code: int) -> Data:
     )
 
 
-def test_batches_hold_the_graphs_built_item_by_item(loader: DatasetLoader) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["threads", "processes"])
+def test_batches_hold_the_graphs_built_item_by_item(loader: DatasetLoader, processes: int) -> None:
     collate = PygCollate(NODE, EDGE, graph_label="file_label", pair_arrays=["d2_distance"])
     train = loader.get_dataset("train")
     seen = []
-    for batch in train.batches(batch_size=5, shuffle=False, collate_fn=collate):
+    batches = train.batches(batch_size=5, shuffle=False, collate_fn=collate, processes=processes)
+    for batch in batches:
         assert isinstance(batch, Batch)
         codes = batch.file_id_code.tolist()
         assert batch.num_graphs == len(codes)
@@ -76,6 +78,7 @@ def test_batches_hold_the_graphs_built_item_by_item(loader: DatasetLoader) -> No
         for key in ("x", "edge_index", "edge_attr", "y", "batch", "ptr", "d2_distance"):
             assert torch.equal(again[key], batch[key]), key
         seen.extend(codes)
+    batches.close()
     assert seen == train.indices.tolist()
 
 

@@ -4,6 +4,8 @@ reused only when nothing refers to them any more."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 import cadstore
 from cadstore.dataset import DatasetLoader
 from cadstore.dataset.training import BatchLoader
+from cadstore.errors import CorruptStoreError
 
 torch = pytest.importorskip("torch")
 
@@ -178,3 +181,88 @@ def test_pool_buffers_come_in_power_of_two_size_classes() -> None:
     # A larger batch within the class reuses the buffer instead of allocating.
     second = pool.take((42, 3), np.dtype("int32"))
     assert second.data_ptr() == ptr and pool.allocated == 1
+
+
+# ------------------------------------------------------------------ worker processes
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_processes_give_the_threads_batches(loader: DatasetLoader, context: str) -> None:
+    threads = _batch_loader(loader, batch_size=5, seed=3, threads=2)
+    with _batch_loader(
+        loader, batch_size=5, seed=3, processes=2, multiprocessing_context=context
+    ) as processes:
+        for _ in range(2):  # two epochs, through the same workers
+            for ours, theirs in zip(list(processes), list(threads), strict=True):
+                _assert_same(ours, theirs)
+        pids = [w.pid for w in processes._workers.workers]
+    assert processes._workers is None  # closed on leaving the block
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_worker_buffers_are_reused_but_kept_batches_never_overwritten(
+    loader: DatasetLoader,
+) -> None:
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
+    reference = list(
+        torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=collate)
+    )
+    with _batch_loader(loader, batch_size=4, shuffle=False, processes=2, prefetch=1) as batches:
+        for _ in range(2):
+            for batch in batches:
+                del batch
+        held = len(batches._workers.held)
+        for batch in batches:  # let go at once: the same buffers serve every epoch
+            del batch
+        assert len(batches._workers.held) == held
+        kept = list(batches)  # every batch held while the next ones are decoded
+        for ours, theirs in zip(kept, reference, strict=True):
+            _assert_same(ours, theirs)
+
+
+def test_stopping_early_leaves_the_workers_ready(loader: DatasetLoader) -> None:
+    with _batch_loader(loader, batch_size=3, seed=1, processes=2, prefetch=2) as batches:
+        for i, _ in enumerate(batches):
+            if i == 1:
+                break
+        batches.set_epoch(0)
+        full = [c for b in batches for c in b["file_id_code"].tolist()]
+        assert sorted(full) == sorted(loader.get_dataset("train").indices.tolist())
+
+
+def test_a_worker_error_reaches_the_caller(realistic_items: list[Any], tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:12]], str(folder / "parts.dataset"))
+    with DatasetLoader(flow_output_file=folder / "parts.flow") as ld:
+        ld.split("random", train=0.8, validation=0.1, test=0.1, random_state=0)
+        batches = ld.get_dataset("train").batches(batch_size=4, processes=2)
+        _spoil_face_pairs(folder / "parts.dataset")
+        with pytest.raises(CorruptStoreError, match=r"parts\.dataset"), batches:
+            list(batches)
+
+
+def _spoil_face_pairs(path: Path) -> None:
+    """Flip one byte inside every face-pair chunk member of a zip dataset, in place."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        infos = [i for i in zf.infolist() if "faceface" in i.filename and "/c/" in i.filename]
+    data = bytearray(path.read_bytes())
+    for info in infos:
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(loader: DatasetLoader) -> None:
+    with _batch_loader(loader, batch_size=2, processes=2, prefetch=0) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        os.kill(batches._workers.workers[1].pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            for _ in iterator:
+                pass
+        assert batches._workers.closed  # stopped, not left waiting

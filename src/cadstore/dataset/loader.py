@@ -813,14 +813,18 @@ class CADDataset:
         threads: int = 2,
         prefetch: int = 4,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        processes: int = 0,
+        multiprocessing_context: str | None = None,
     ) -> Any:
-        """Batches of this subset decoded by threads of this process, for training.
+        """Batches of this subset for training, decoded by threads of this process or, with
+        ``processes``, by worker processes that reuse their shared-memory buffers.
 
-        The fastest way to feed a model from a dataset: no worker processes and no shared
-        memory between them; see :class:`cadstore.dataset.training.BatchLoader` (whose
-        parameters these are). Each iteration is an epoch, shuffled anew unless
-        ``shuffle=False``; the batches equal those of ``DataLoader`` over
-        :meth:`to_torch_with_collate`.
+        The fastest way to feed a model from a dataset; see
+        :class:`cadstore.dataset.training.BatchLoader` (whose parameters these are). Each
+        iteration is an epoch, shuffled anew unless ``shuffle=False``; the batches equal
+        those of ``DataLoader`` over :meth:`to_torch_with_collate`. With ``processes``, the
+        workers live from one epoch to the next: ``close()`` the loader (or use it in a
+        ``with`` block) when done.
 
         Raises
         ------
@@ -841,6 +845,8 @@ class CADDataset:
             threads=threads,
             prefetch=prefetch,
             collate_fn=collate_fn,
+            processes=processes,
+            multiprocessing_context=multiprocessing_context,
         )
 
 

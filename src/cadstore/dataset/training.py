@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import copy
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 
 from cadstore.dataset.torch_support import BatchAllocator, GraphCollate, require_torch
 
-__all__ = ["BatchLoader", "BufferPool"]
+__all__ = ["BatchLoader", "BufferPool", "size_class"]
 
 
 class BufferPool:
@@ -73,6 +74,11 @@ class BufferPool:
         assert self._use_count is not None
         return int(self._use_count(tensor.untyped_storage()._cdata))
 
+    def in_use(self, tensor: Any) -> bool:
+        """Whether anything but ``tensor`` itself refers to its storage (always ``True``
+        when this torch cannot tell: such buffers are never reused)."""
+        return self._use_count is None or self._count(tensor) > self._baseline
+
     def _reclaim(self) -> None:
         """Return the lent buffers nothing refers to any more to the free lists."""
         if self._use_count is None:
@@ -103,13 +109,13 @@ class BufferPool:
                 self.reused += 1
             else:
                 like = torch.from_numpy(np.empty(0, dtype=key))
-                base = torch.empty(_size_class(numel), dtype=like.dtype, pin_memory=self.pin_memory)
+                base = torch.empty(size_class(numel), dtype=like.dtype, pin_memory=self.pin_memory)
                 self.allocated += 1
             self._lent.append((key, base))
         return base[:numel].view(shape)
 
 
-def _size_class(numel: int) -> int:
+def size_class(numel: int) -> int:
     """Elements to allocate for a request of ``numel``: the next power of two.
 
     Batch sizes vary with the items drawn; a buffer of the next size class serves every
@@ -146,7 +152,16 @@ class BatchLoader:
         :class:`~cadstore.dataset.reader.ItemBatch` whose arrays are already concatenated
         in reused buffers (``tensors``), as ``GraphCollate`` expects.
     pin_memory
-        Page-locked batch buffers (default: when CUDA is available).
+        Page-locked batch buffers (default: when CUDA is available; threads only).
+    processes
+        Decode in this many worker processes instead of threads (0, the default: threads).
+        Each worker keeps its batch buffers in shared memory and reuses them
+        (:mod:`cadstore.dataset.processes`): on two cores, two processes decode about
+        twice as fast as one, where a second thread adds little (``docs/benchmarks.md``).
+        The source and ``collate_fn`` must pickle under ``spawn``.
+    multiprocessing_context
+        ``"fork"``, ``"spawn"`` or ``"forkserver"`` for the worker processes (default:
+        the platform's, as for ``DataLoader``).
     """
 
     def __init__(
@@ -162,14 +177,18 @@ class BatchLoader:
         prefetch: int = 4,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         pin_memory: bool | None = None,
+        processes: int = 0,
+        multiprocessing_context: str | None = None,
     ) -> None:
         if getattr(source, "item_loader_func", None) is not None:
             raise ValueError(
                 "BatchLoader reads dataset items as they are stored; with an "
                 "item_loader_func, use DataLoader(dataset.to_torch()) instead"
             )
-        if batch_size < 1 or threads < 1 or prefetch < 0:
-            raise ValueError("batch_size and threads must be at least 1, prefetch at least 0")
+        if batch_size < 1 or threads < 1 or prefetch < 0 or processes < 0:
+            raise ValueError(
+                "batch_size and threads must be at least 1, prefetch and processes at least 0"
+            )
         torch = require_torch()
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -182,7 +201,10 @@ class BatchLoader:
         self.collate_fn = collate_fn if collate_fn is not None else GraphCollate()
         if pin_memory is None:
             pin_memory = bool(torch.cuda.is_available())
-        self.pool = BufferPool(pin_memory=pin_memory)
+        self.pool = BufferPool(pin_memory=pin_memory and not processes)
+        self.processes = int(processes)
+        self.multiprocessing_context = multiprocessing_context
+        self._workers: Any = None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -217,6 +239,13 @@ class BatchLoader:
         epoch = self.epoch
         self.epoch += 1
         plan = self.batches_of(epoch)
+        if self.processes:
+            if self._workers is None or self._workers.closed:
+                from cadstore.dataset.processes import WorkerProcesses
+
+                self._workers = WorkerProcesses(self)
+            yield from self._workers.run(plan)
+            return
         readers = _Readers(self.source)
         pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="cadstore-batches")
         pending: collections.deque[cf.Future[Any]] = collections.deque()
@@ -242,10 +271,33 @@ class BatchLoader:
             pool.shutdown(wait=True)
             readers.close()
 
+    def close(self) -> None:
+        """Stop the worker processes, if any (they are kept from one epoch to the next)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        workers = getattr(self, "_workers", None)
+        if workers is None:
+            return
+        try:
+            if not sys.is_finalizing():
+                workers.close()
+        except Exception:  # noqa: S110 - interpreter exit: the daemon workers end with it
+            pass
+
     def __repr__(self) -> str:
+        workers = f"{self.processes} processes" if self.processes else f"{self.threads} threads"
         return (
             f"<BatchLoader {len(self.indices)} items, {len(self)} batches of "
-            f"{self.batch_size}, {self.threads} threads>"
+            f"{self.batch_size}, {workers}>"
         )
 
 

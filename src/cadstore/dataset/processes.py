@@ -1,0 +1,288 @@
+"""Batches decoded by worker processes into shared-memory buffers they reuse.
+
+Threads of the training process (:class:`~cadstore.dataset.training.BatchLoader`) share
+one interpreter lock: the decoding itself releases it, but the bookkeeping around every
+chunk does not, and on two cores a second decoding thread adds almost nothing
+(``docs/benchmarks.md``). Processes do not share that lock. ``DataLoader(num_workers=N)``
+uses processes too, but every batch it ships goes through a *fresh* shared-memory segment,
+which the kernel must create, fill with zero pages and map again in the training process:
+about as costly as the decoding.
+
+Here each worker process keeps a pool of shared-memory buffers (power-of-two size classes,
+lent smallest-first as in :class:`~cadstore.dataset.training.BufferPool`) and decodes every
+batch straight into them. The training process receives the batch through a
+``torch.multiprocessing`` queue; a buffer it has received before maps to the storage it
+already holds (torch caches shared storages by file), so nothing is created or mapped
+again. Once the training process no longer refers to a batch's buffers (torch's use count
+of their storages, as for the thread loader's pool), it tells the worker, which lends them
+to a later batch. A batch the caller keeps is therefore never overwritten.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import pickle
+import queue
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from cadstore.dataset.torch_support import BatchAllocator, require_torch
+from cadstore.dataset.training import size_class
+
+__all__ = ["SharedBufferPool", "WorkerProcesses"]
+
+#: Seconds between checks that a worker process is still alive while waiting for a batch.
+_POLL_SECONDS = 1.0
+#: Seconds a worker process is given to exit at the end of an epoch before it is stopped.
+_JOIN_SECONDS = 10.0
+
+
+class SharedBufferPool:
+    """A worker's batch buffers in shared memory, lent until the training process frees them.
+
+    Buffers are tensors of power-of-two sizes (see
+    :func:`cadstore.dataset.training.size_class`) whose storage is shared memory; a batch
+    takes the smallest free one that fits each of its arrays. :meth:`lent_now` names the
+    buffers the last batch took (sent with it), :meth:`release` gives back those the
+    training process reported free.
+    """
+
+    def __init__(self) -> None:
+        self.torch = require_torch()
+        self._free: dict[np.dtype, list[tuple[int, Any]]] = collections.defaultdict(list)
+        self._lent: dict[int, tuple[np.dtype, Any]] = {}
+        self._now: dict[int, Any] = {}
+        self._next_id = 0
+        self.allocated = 0
+        self.reused = 0
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A tensor of ``shape`` and ``dtype`` in a free (or new) shared buffer."""
+        key = np.dtype(dtype)
+        numel = int(np.prod(shape, dtype=np.int64))
+        free = self._free[key]
+        fits = [i for i, (_, base) in enumerate(free) if base.numel() >= numel]
+        if fits:
+            ident, base = free.pop(min(fits, key=lambda i: free[i][1].numel()))
+            self.reused += 1
+        else:
+            like = self.torch.from_numpy(np.empty(0, dtype=key))
+            base = self.torch.empty(size_class(numel), dtype=like.dtype).share_memory_()
+            ident = self._next_id
+            self._next_id += 1
+            self.allocated += 1
+        self._lent[ident] = (key, base)
+        self._now[ident] = base
+        return base[:numel].view(shape)
+
+    def lent_now(self) -> dict[int, Any]:
+        """The buffers taken since the last call, by id (they go with the batch)."""
+        now, self._now = self._now, {}
+        return now
+
+    def release(self, idents: list[int]) -> None:
+        """Make the buffers ``idents`` free again (the training process let them go)."""
+        for ident in idents:
+            found = self._lent.pop(ident, None)
+            if found is not None:
+                self._free[found[0]].append((ident, found[1]))
+
+
+class _WorkerFailed:
+    """An exception raised in a worker process, carried to the training process."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.text = "".join(traceback.format_exception(exc))
+        try:
+            pickle.dumps(exc)
+            self.exc: BaseException | None = exc
+        except Exception:  # an exception that does not pickle: its text only
+            self.exc = None
+
+
+def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
+    """A worker process: decode the batches asked for into its pool, until ``None``."""
+    torch = require_torch()
+    torch.set_num_threads(1)  # one decoding thread per process; the processes are the pool
+    from cadstore.dataset.reader import DatasetReader
+
+    shared = source.reader
+    mine = copy.copy(source)
+    mine.reader = DatasetReader(
+        shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
+    )
+    pool = SharedBufferPool()
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                return
+            index, codes, freed = task
+            pool.release(freed)
+            try:
+                allocator = BatchAllocator(pool.take)
+                batch = mine.read_many(codes, allocator)
+                batch.tensors = allocator.tensors
+                results.put((index, collate_fn(batch), pool.lent_now()))
+            except BaseException as exc:  # reported, then the worker stops
+                pool.lent_now()
+                results.put((index, _WorkerFailed(exc), {}))
+                return
+    finally:
+        mine.reader.close()
+
+
+class WorkerProcesses:
+    """Worker processes that decode batches into their shared buffers, kept across epochs.
+
+    Started on first use, they stay until :meth:`close` (a new process would start with an
+    empty pool: every buffer created, zero-filled and mapped again). Batch ``k`` of an
+    epoch goes to worker ``k % processes``, so the batches come back in order.
+
+    Parameters
+    ----------
+    loader
+        The :class:`~cadstore.dataset.training.BatchLoader` whose source, collate
+        function, prefetch depth, multiprocessing context and pool (for torch's use counts)
+        are used.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        torch = require_torch()
+        self.n = int(loader.processes)
+        self.prefetch = int(loader.prefetch)
+        self.in_use = loader.pool.in_use  # torch's use count, as for the threads' pool
+        context = torch.multiprocessing.get_context(loader.multiprocessing_context)
+        self.tasks = [context.Queue() for _ in range(self.n)]
+        self.results = [context.Queue() for _ in range(self.n)]
+        self.workers = [
+            context.Process(
+                target=_work,
+                args=(loader.source, loader.collate_fn, self.tasks[w], self.results[w]),
+                name=f"cadstore-batches-{w}",
+                daemon=True,
+            )
+            for w in range(self.n)
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.held: dict[tuple[int, int], Any] = {}  # every buffer received, kept mapped
+        self.lent: list[tuple[int, int]] = []
+        self.freed: dict[int, list[int]] = collections.defaultdict(list)
+        self.closed = False
+        self.failed = False
+
+    def _reclaim(self) -> None:
+        """Note the buffers nothing refers to any more, for their workers' next task."""
+        still = []
+        for key in self.lent:
+            if self.in_use(self.held[key]):
+                still.append(key)
+            else:
+                self.freed[key[0]].append(key[1])
+        self.lent = still
+
+    def _receive(self, worker: int, index: int) -> Any:
+        process = self.workers[worker]
+        while True:
+            try:
+                got, batch, bases = self.results[worker].get(timeout=_POLL_SECONDS)
+                break
+            except queue.Empty:
+                if not process.is_alive():
+                    self.failed = True
+                    raise RuntimeError(
+                        f"batch decoding process {process.pid} exited unexpectedly "
+                        f"(exit code {process.exitcode})"
+                    ) from None
+            except Exception as exc:
+                # The batch's buffers come through the worker itself: a worker that died
+                # after queueing a batch leaves it unreadable (connection reset).
+                self.failed = True
+                process.join(_POLL_SECONDS)
+                state = (
+                    f"exited unexpectedly (exit code {process.exitcode})"
+                    if not process.is_alive()
+                    else "is alive"
+                )
+                raise RuntimeError(
+                    f"batch {index} from decoding process {process.pid} could not be "
+                    f"received ({exc}); the process {state}"
+                ) from exc
+        for ident, base in bases.items():
+            key = (worker, ident)
+            self.held.setdefault(key, base)
+            self.lent.append(key)
+        if isinstance(batch, _WorkerFailed):
+            self.failed = True
+            if batch.exc is not None:
+                raise batch.exc from RuntimeError(f"in a batch decoding process:\n{batch.text}")
+            raise RuntimeError(f"a batch decoding process failed:\n{batch.text}")
+        if got != index:  # pragma: no cover - a worker answers its tasks in order
+            self.failed = True
+            raise RuntimeError(f"batch {got} arrived when {index} was due")
+        return batch
+
+    def run(self, plan: list[np.ndarray]) -> Iterator[Any]:
+        """The batches of ``plan`` (item codes per batch), in order.
+
+        Raises
+        ------
+        RuntimeError
+            If a worker process dies without a word (killed, out of memory).
+        """
+        if self.closed:
+            raise RuntimeError("these worker processes are closed")
+        n = self.n
+        submitted = received = 0
+
+        def submit() -> None:
+            nonlocal submitted
+            worker = submitted % n
+            codes = plan[submitted].tolist()
+            self.tasks[worker].put((submitted, codes, self.freed.pop(worker, [])))
+            submitted += 1
+
+        try:
+            while submitted < min(len(plan), n * (1 + self.prefetch)):
+                submit()
+            while received < len(plan):
+                batch = self._receive(received % n, received)
+                received += 1
+                if submitted < len(plan):
+                    self._reclaim()
+                    submit()
+                yield batch
+                del batch
+        finally:
+            # Stopped early (break, an error in the training step): the batches under way
+            # are received and let go, so the next epoch starts with every worker idle.
+            if not self.failed:
+                while received < submitted:
+                    self._receive(received % n, received)
+                    received += 1
+            self._reclaim()
+            if self.failed:
+                self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (their shared buffers go with them)."""
+        if self.closed:
+            return
+        self.closed = True
+        for tasks in self.tasks:
+            tasks.put(None)
+        for worker in self.workers:
+            worker.join(_JOIN_SECONDS)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for q in (*self.tasks, *self.results):
+            q.cancel_join_thread()
+            q.close()
+        self.held.clear()
+        self.lent.clear()
