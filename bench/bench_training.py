@@ -17,6 +17,10 @@ in one run, alternating the contenders:
    training process: cadstore's :class:`~cadstore.dataset.training.BatchLoader`; for the
    peers a two-thread pool doing batch reads and the same collate, with the same
    prefetch depth.
+5. **worker processes**: items/s of the second of two epochs through two worker processes
+   kept between epochs: cadstore's ``BatchLoader(processes=2)`` (shared-memory batch
+   buffers reused), the peers' ``DataLoader(num_workers=2, persistent_workers=True)``;
+   the first epoch (start-up included) is kept in the JSON.
 
 Every measure is taken with every group and without the quadratic ``faceface`` group
 ("graph only"). Also recorded: each contender's size on disk and build time.
@@ -76,6 +80,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -107,7 +112,7 @@ FACEFACE = "faceface"
 CONTENDERS = ("cadstore", "lance", "hf", "npy")
 SEP = "__"  # group SEP array: a column name (Lance reads "." as a nested field)
 BATCH = 32
-MEASURES = ("item", "batch", "dataloader", "inprocess")
+MEASURES = ("item", "batch", "dataloader", "inprocess", "workers")
 THREADS = 2
 PREFETCH = 4  # BatchLoader's default, used for the peers' pools too
 
@@ -632,6 +637,40 @@ def dataloader_rate(
     }
 
 
+def worker_epochs_rate(make: Callable[[], Any]) -> dict[str, float]:
+    """Items/s of the second of two epochs through worker processes kept between epochs.
+
+    ``make()`` gives the batches (an iterable that starts its workers on first use and
+    keeps them: cadstore's ``BatchLoader(processes=2)``, a peer's ``DataLoader`` with
+    ``persistent_workers=True``). Training runs many epochs; the first (worker start-up,
+    buffers created) is recorded too.
+    """
+    batches = make()
+    try:
+        first = inprocess_rate(batches)
+        second = inprocess_rate(batches)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return {**second, "first_epoch_items_per_s": first["items_per_s"]}
+
+
+def peer_worker_loader(dataset: Any, collate: Any, seed: int, context: str | None) -> Any:
+    """A peer's ``DataLoader(num_workers=2, persistent_workers=True)``, batches of 32."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context=context,
+        persistent_workers=True,
+        timeout=300,
+    )
+
+
 def pool_batches(make: Callable[[np.ndarray], Any], plan: Sequence[np.ndarray]) -> Iterator[Any]:
     """Batches of ``plan`` made by ``THREADS`` threads, ``PREFETCH`` ahead, in order."""
     with cf.ThreadPoolExecutor(THREADS) as pool:
@@ -819,6 +858,29 @@ def run(
                             return collate(peer.read_codes(codes.tolist()))
 
                         record("inprocess", variant, name, inprocess_rate(pool_batches(make, plan)))
+                if "workers" in measures:
+                    for name in _rotated(CONTENDERS, turn):
+                        _, dataset, collate = torch_sets[variant][name]
+                        make_workers: Callable[[], Any]
+                        if name == "cadstore":
+                            make_workers = functools.partial(
+                                BatchLoader,
+                                dataset.source,
+                                dataset.indices,
+                                batch_size=BATCH,
+                                processes=THREADS,
+                                prefetch=PREFETCH,
+                                seed=plan_seed,
+                            )
+                        else:
+                            make_workers = functools.partial(
+                                peer_worker_loader,
+                                dataset,
+                                collate,
+                                plan_seed,
+                                "spawn" if name == "lance" else None,
+                            )
+                        record("workers", variant, name, worker_epochs_rate(make_workers))
     finally:
         for reader in readers.values():
             reader.close()
@@ -848,6 +910,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     if measure == "dataloader":
                         after = [r["items_per_s_after_first_batch"] for r in repeats]
                         cell[name]["items_per_s_after_first_batch"] = _median(after)
+                    if measure == "workers":
+                        first = [r["first_epoch_items_per_s"] for r in repeats]
+                        cell[name]["first_epoch_items_per_s"] = _median(first)
     # Ratios: cadstore against each peer, > 1 where cadstore is faster.
     for measure, variants in out.items():
         for cells in variants.values():
@@ -889,6 +954,8 @@ def report(results: dict[str, Any]) -> str:
         ("batch of 32, ms per item", "batch", "median_ms"),
         ("DataLoader(2 workers), items/s", "dataloader", "items_per_s"),
         ("in-process 2 threads, items/s", "inprocess", "items_per_s"),
+        ("2 worker processes, 2nd epoch, items/s", "workers", "items_per_s"),
+        ("2 worker processes, 1st epoch, items/s", "workers", "first_epoch_items_per_s"),
     ]
     names = [*CONTENDERS, "cadstore (cache off)"]
     lines.append(f"{'':42}" + "".join(f"{n:>22}" for n in names))

@@ -863,10 +863,18 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "items_per_s_after_first_batch",
         ),
         ("one process, 2 threads, items/s", "inprocess", "items_per_s"),
+        (
+            "2 worker processes kept between epochs, second epoch, items/s (cadstore: "
+            "`batches(processes=2)`; peers: `DataLoader(persistent_workers=True)`)",
+            "workers",
+            "items_per_s",
+        ),
     )
     rows = []
     for variant, label in (("all", "every group"), ("graph", "graph only (no face pairs)")):
         for text, measure, key in measures:
+            if measure not in s:  # a run that predates the measure
+                continue
             cells = s[measure][variant]
             ours = _training_cell(cells["cadstore"], key)
             if measure == "item":

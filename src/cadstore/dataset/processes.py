@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import io
 import pickle
 import queue
 import traceback
@@ -48,7 +49,8 @@ class SharedBufferPool:
     :func:`cadstore.dataset.training.size_class`) whose storage is shared memory; a batch
     takes the smallest free one that fits each of its arrays. :meth:`lent_now` names the
     buffers the last batch took (sent with it), :meth:`release` gives back those the
-    training process reported free.
+    training process reported free. A buffer's shared memory goes to the training process
+    once, the first time a batch uses it; later batches name it (see :class:`_Pickler`).
     """
 
     def __init__(self) -> None:
@@ -56,6 +58,8 @@ class SharedBufferPool:
         self._free: dict[np.dtype, list[tuple[int, Any]]] = collections.defaultdict(list)
         self._lent: dict[int, tuple[np.dtype, Any]] = {}
         self._now: dict[int, Any] = {}
+        self._by_pointer: dict[int, int] = {}
+        self._sent: set[int] = set()
         self._next_id = 0
         self.allocated = 0
         self.reused = 0
@@ -71,18 +75,29 @@ class SharedBufferPool:
             self.reused += 1
         else:
             like = self.torch.from_numpy(np.empty(0, dtype=key))
-            base = self.torch.empty(size_class(numel), dtype=like.dtype).share_memory_()
+            size = size_class(numel)
+            # Created in shared memory (share_memory_() would allocate, then copy there).
+            storage = self.torch.UntypedStorage._new_shared(size * key.itemsize)
+            base = self.torch.empty(0, dtype=like.dtype).set_(storage, 0, (size,))
             ident = self._next_id
             self._next_id += 1
             self.allocated += 1
+            self._by_pointer[base.untyped_storage().data_ptr()] = ident
         self._lent[ident] = (key, base)
         self._now[ident] = base
         return base[:numel].view(shape)
 
-    def lent_now(self) -> dict[int, Any]:
-        """The buffers taken since the last call, by id (they go with the batch)."""
+    def ident_of(self, tensor: Any) -> int | None:
+        """The id of the buffer ``tensor`` lives in, or ``None`` (not one of the pool's)."""
+        return self._by_pointer.get(tensor.untyped_storage().data_ptr())
+
+    def lent_now(self) -> tuple[list[int], dict[int, Any]]:
+        """The buffers taken since the last call (they go with the batch): their ids, and
+        those the training process has not received yet, by id."""
         now, self._now = self._now, {}
-        return now
+        new = {ident: base for ident, base in now.items() if ident not in self._sent}
+        self._sent.update(new)
+        return list(now), new
 
     def release(self, idents: list[int]) -> None:
         """Make the buffers ``idents`` free again (the training process let them go)."""
@@ -90,6 +105,52 @@ class SharedBufferPool:
             found = self._lent.pop(ident, None)
             if found is not None:
                 self._free[found[0]].append((ident, found[1]))
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a batch with its tensors in the pool's buffers as references to them.
+
+    Sending a shared-memory tensor through a ``torch.multiprocessing`` queue passes its
+    file descriptor, a round trip to the worker's descriptor-sharing thread each time
+    (which waits for the worker's interpreter lock while it decodes). A buffer the
+    training process already holds is named instead: ``(buffer id, offset, shape,
+    strides)``. Other tensors (a batch's few small ones) travel by value.
+    """
+
+    def __init__(self, file: Any, pool: SharedBufferPool) -> None:
+        super().__init__(file, protocol=5)
+        self.pool = pool
+        self.torch = pool.torch
+
+    def persistent_id(self, obj: Any) -> Any:
+        if not isinstance(obj, self.torch.Tensor) or obj.device.type != "cpu":
+            return None
+        ident = self.pool.ident_of(obj)
+        if ident is not None:
+            return (_BUFFER, ident, obj.storage_offset(), tuple(obj.shape), obj.stride())
+        if obj.requires_grad or obj.dtype == self.torch.bfloat16:
+            return None
+        return (_VALUE, obj.numpy().copy())
+
+
+_BUFFER, _VALUE = "cadstore-buffer", "cadstore-value"
+
+
+class _Unpickler(pickle.Unpickler):
+    """Rebuilds a batch :class:`_Pickler` made, as views of the buffers ``held``."""
+
+    def __init__(self, file: Any, held: dict[int, Any], torch: Any) -> None:
+        super().__init__(file)
+        self.held = held
+        self.torch = torch
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid[0] == _BUFFER:
+            _, ident, offset, shape, stride = pid
+            return self.held[ident].as_strided(shape, stride, offset)
+        if pid[0] == _VALUE:
+            return self.torch.from_numpy(pid[1])
+        raise pickle.UnpicklingError(f"unknown reference {pid[0]!r}")
 
 
 class _WorkerFailed:
@@ -127,11 +188,17 @@ def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
                 allocator = BatchAllocator(pool.take)
                 batch = mine.read_many(codes, allocator)
                 batch.tensors = allocator.tensors
-                results.put((index, collate_fn(batch), pool.lent_now()))
-            except BaseException as exc:  # reported, then the worker stops
+                collated = collate_fn(batch)
+                payload = io.BytesIO()
+                _Pickler(payload, pool).dump(collated)
+                del batch, collated
+                used, new = pool.lent_now()
+                results.put((index, payload.getvalue(), used, new))
+            except Exception as exc:
+                # Reported; the worker stays until told to stop, since batches it queued
+                # before can still need it to hand over their buffers.
                 pool.lent_now()
-                results.put((index, _WorkerFailed(exc), {}))
-                return
+                results.put((index, _WorkerFailed(exc), [], {}))
     finally:
         mine.reader.close()
 
@@ -170,7 +237,9 @@ class WorkerProcesses:
         ]
         for worker in self.workers:
             worker.start()
-        self.held: dict[tuple[int, int], Any] = {}  # every buffer received, kept mapped
+        # Every buffer received, by worker and id, kept mapped (and its storage alive).
+        self.held: list[dict[int, Any]] = [{} for _ in range(self.n)]
+        self.torch = torch
         self.lent: list[tuple[int, int]] = []
         self.freed: dict[int, list[int]] = collections.defaultdict(list)
         self.closed = False
@@ -180,7 +249,7 @@ class WorkerProcesses:
         """Note the buffers nothing refers to any more, for their workers' next task."""
         still = []
         for key in self.lent:
-            if self.in_use(self.held[key]):
+            if self.in_use(self.held[key[0]][key[1]]):
                 still.append(key)
             else:
                 self.freed[key[0]].append(key[1])
@@ -190,7 +259,7 @@ class WorkerProcesses:
         process = self.workers[worker]
         while True:
             try:
-                got, batch, bases = self.results[worker].get(timeout=_POLL_SECONDS)
+                got, payload, used, new = self.results[worker].get(timeout=_POLL_SECONDS)
                 break
             except queue.Empty:
                 if not process.is_alive():
@@ -213,19 +282,18 @@ class WorkerProcesses:
                     f"batch {index} from decoding process {process.pid} could not be "
                     f"received ({exc}); the process {state}"
                 ) from exc
-        for ident, base in bases.items():
-            key = (worker, ident)
-            self.held.setdefault(key, base)
-            self.lent.append(key)
-        if isinstance(batch, _WorkerFailed):
+        held = self.held[worker]
+        held.update(new)
+        self.lent.extend((worker, ident) for ident in used)
+        if isinstance(payload, _WorkerFailed):
             self.failed = True
-            if batch.exc is not None:
-                raise batch.exc from RuntimeError(f"in a batch decoding process:\n{batch.text}")
-            raise RuntimeError(f"a batch decoding process failed:\n{batch.text}")
+            if payload.exc is not None:
+                raise payload.exc from RuntimeError(f"in a batch decoding process:\n{payload.text}")
+            raise RuntimeError(f"a batch decoding process failed:\n{payload.text}")
         if got != index:  # pragma: no cover - a worker answers its tasks in order
             self.failed = True
             raise RuntimeError(f"batch {got} arrived when {index} was due")
-        return batch
+        return _Unpickler(io.BytesIO(payload), held, self.torch).load()
 
     def run(self, plan: list[np.ndarray]) -> Iterator[Any]:
         """The batches of ``plan`` (item codes per batch), in order.
@@ -248,7 +316,8 @@ class WorkerProcesses:
             submitted += 1
 
         try:
-            while submitted < min(len(plan), n * (1 + self.prefetch)):
+            # One batch under way per worker, and ``prefetch`` more queued among them.
+            while submitted < min(len(plan), n + self.prefetch):
                 submit()
             while received < len(plan):
                 batch = self._receive(received % n, received)
@@ -284,5 +353,5 @@ class WorkerProcesses:
         for q in (*self.tasks, *self.results):
             q.cancel_join_thread()
             q.close()
-        self.held.clear()
+        self.held = [{} for _ in range(self.n)]
         self.lent.clear()

@@ -146,7 +146,8 @@ class BatchLoader:
     threads
         Decoding threads, each with its own reader of the dataset.
     prefetch
-        Batches decoded ahead of the one the caller is given.
+        Batches decoded ahead of the one the caller is given (with ``processes``: queued
+        ahead, beyond the one each worker is decoding).
     collate_fn
         Makes a batch of the items read (default: :class:`GraphCollate`). It receives an
         :class:`~cadstore.dataset.reader.ItemBatch` whose arrays are already concatenated
