@@ -317,3 +317,12 @@ def test_any_sharded_array_metadata_is_a_clear_error(
     finally:
         for path, text in saved.items():
             path.write_text(text)
+
+
+def test_read_rows_into_a_strided_array(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        whole = reader.read_rows("faceface", "d2_distance", 0, 40)
+        wide = np.zeros((40, whole.shape[1] + 3), dtype=whole.dtype)
+        out = wide[:, : whole.shape[1]]  # not C-contiguous
+        reader.read_rows("faceface", "d2_distance", 0, 40, out=out)
+        np.testing.assert_array_equal(out, whole)

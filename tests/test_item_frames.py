@@ -28,6 +28,7 @@ from cadstore.errors import CorruptStoreError
 from cadstore.format import codecs as C
 from cadstore.format import sharding
 from cadstore.merging import merge_items
+from cadstore.merging import write as merge_write
 from cadstore.merging.append import append_items
 
 ROW = 24  # bytes per row in the codec-level tests
@@ -227,7 +228,12 @@ def test_one_item_decodes_its_own_rows(
             assert decoded[0] <= 1.1 * stored + 64 * 1024, (code, decoded[0], stored)
 
 
-def test_a_flipped_frame_table_names_the_chunk(framed: Path, tmp_path: Path) -> None:
+def test_a_flipped_frame_table_names_the_chunk(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without checksums, so that the table's own checks are what catches the flip.
+    monkeypatch.setattr(merge_write, "CHECKSUMS", False)
+    framed = _merge(realistic_items, tmp_path / "plain.dataset")
     bad = tmp_path / "bad.dataset"
     data = bytearray(framed.read_bytes())
     with zipfile.ZipFile(framed) as zf:

@@ -266,3 +266,51 @@ def test_a_killed_worker_is_an_error_not_a_hang(loader: DatasetLoader) -> None:
             for _ in iterator:
                 pass
         assert batches._workers.closed  # stopped, not left waiting
+
+
+class _ReinterpretingCollate:
+    """A collate whose batch holds views of the decoded buffers under other dtypes, and a
+    sparse tensor: what goes back from a worker must be what the collate made."""
+
+    def __init__(self) -> None:
+        from cadstore.dataset.torch_support import GraphCollate
+
+        self.inner = GraphCollate()
+
+    def __call__(self, items: Any) -> Any:
+        batch = self.inner(items)
+        areas = batch["faces"]["face_areas"]
+        return {
+            "file_id_code": batch["file_id_code"],
+            "areas": areas,
+            "area_bits": areas.view(torch.int32)[1:],
+            "area_bytes": areas.view(torch.uint8),
+            "sparse": torch.sparse_coo_tensor(
+                [[0, 1]], areas[:2].clone(), (4,), check_invariants=True
+            ),
+        }
+
+
+def test_worker_batches_keep_views_of_other_dtypes_and_sparse_tensors(
+    loader: DatasetLoader,
+) -> None:
+    train = loader.get_dataset("train")
+    options = {"batch_size": 4, "seed": 2, "collate_fn": _ReinterpretingCollate()}
+    expected = list(train.batches(**options))
+    with train.batches(**options, processes=2) as batches:
+        got = list(batches)
+    for ours, theirs in zip(got, expected, strict=True):
+        for key in ("file_id_code", "areas", "area_bits", "area_bytes"):
+            assert ours[key].dtype == theirs[key].dtype, key
+            assert torch.equal(ours[key], theirs[key]), key
+        assert torch.equal(ours["sparse"].to_dense(), theirs["sparse"].to_dense())
+
+
+def test_a_suspended_epoch_does_not_leak_into_the_next(loader: DatasetLoader) -> None:
+    with _batch_loader(loader, batch_size=3, seed=5, processes=2) as batches:
+        peek = next(iter(batches))  # as in a notebook: one batch, iterator left suspended
+        assert len(peek["file_id_code"]) == 3
+        batches.set_epoch(0)
+        codes = [c for b in batches for c in b["file_id_code"].tolist()]
+        assert codes[:3] == peek["file_id_code"].tolist()
+        assert sorted(codes) == sorted(loader.get_dataset("train").indices.tolist())

@@ -25,14 +25,14 @@ import copy
 import io
 import pickle
 import queue
+import signal
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.torch_support import BatchAllocator, require_torch
-from cadstore.dataset.training import size_class
+from cadstore.dataset.torch_support import BatchAllocator, require_torch, size_class
 
 __all__ = ["SharedBufferPool", "WorkerProcesses"]
 
@@ -46,7 +46,7 @@ class SharedBufferPool:
     """A worker's batch buffers in shared memory, lent until the training process frees them.
 
     Buffers are tensors of power-of-two sizes (see
-    :func:`cadstore.dataset.training.size_class`) whose storage is shared memory; a batch
+    :func:`cadstore.dataset.torch_support.size_class`) whose storage is shared memory; a batch
     takes the smallest free one that fits each of its arrays. :meth:`lent_now` names the
     buffers the last batch took (sent with it), :meth:`release` gives back those the
     training process reported free. A buffer's shared memory goes to the training process
@@ -88,8 +88,12 @@ class SharedBufferPool:
         return base[:numel].view(shape)
 
     def ident_of(self, tensor: Any) -> int | None:
-        """The id of the buffer ``tensor`` lives in, or ``None`` (not one of the pool's)."""
-        return self._by_pointer.get(tensor.untyped_storage().data_ptr())
+        """The id of the buffer ``tensor`` is a view of (same dtype), or ``None``."""
+        ident = self._by_pointer.get(tensor.untyped_storage().data_ptr())
+        lent = self._lent.get(ident) if ident is not None else None
+        if lent is None or lent[1].dtype != tensor.dtype:
+            return None
+        return ident
 
     def lent_now(self) -> tuple[list[int], dict[int, Any]]:
         """The buffers taken since the last call (they go with the batch): their ids, and
@@ -123,12 +127,22 @@ class _Pickler(pickle.Pickler):
         self.torch = pool.torch
 
     def persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, self.torch.Tensor) or obj.device.type != "cpu":
+        torch = self.torch
+        # Plain dense CPU tensors only: sparse, nested and subclassed tensors (PyG's
+        # EdgeIndex) and lazily negated or conjugated views keep their own pickling.
+        if (
+            type(obj) is not torch.Tensor
+            or obj.layout != torch.strided
+            or obj.device.type != "cpu"
+            or obj.requires_grad
+            or obj.is_neg()
+            or obj.is_conj()
+        ):
             return None
         ident = self.pool.ident_of(obj)
         if ident is not None:
             return (_BUFFER, ident, obj.storage_offset(), tuple(obj.shape), obj.stride())
-        if obj.requires_grad or obj.dtype == self.torch.bfloat16:
+        if obj.dtype == torch.bfloat16:  # numpy has no such dtype
             return None
         return (_VALUE, obj.numpy().copy())
 
@@ -159,9 +173,9 @@ class _WorkerFailed:
     def __init__(self, exc: BaseException) -> None:
         self.text = "".join(traceback.format_exception(exc))
         try:
-            pickle.dumps(exc)
+            pickle.loads(pickle.dumps(exc))  # noqa: S301 - bytes made on the line itself
             self.exc: BaseException | None = exc
-        except Exception:  # an exception that does not pickle: its text only
+        except Exception:  # an exception that does not pickle back: its text only
             self.exc = None
 
 
@@ -171,11 +185,17 @@ def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
     torch.set_num_threads(1)  # one decoding thread per process; the processes are the pool
     from cadstore.dataset.reader import DatasetReader
 
+    # Ctrl-C is for the training process, which stops the workers (as DataLoader's do).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     shared = source.reader
     mine = copy.copy(source)
     mine.reader = DatasetReader(
-        shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
+        shared.location,
+        limits=shared.limits,
+        cache_bytes=shared.cache_bytes,
+        stored_layout=shared.stored_layout,
     )
+    shared.close()  # the copy that came with the source (its own file under spawn)
     pool = SharedBufferPool()
     try:
         while True:
@@ -244,6 +264,8 @@ class WorkerProcesses:
         self.freed: dict[int, list[int]] = collections.defaultdict(list)
         self.closed = False
         self.failed = False
+        #: The plan of the iteration under way (see :meth:`run`), ``None`` when idle.
+        self.active: Any = None
 
     def _reclaim(self) -> None:
         """Note the buffers nothing refers to any more, for their workers' next task."""
@@ -306,6 +328,7 @@ class WorkerProcesses:
         if self.closed:
             raise RuntimeError("these worker processes are closed")
         n = self.n
+        self.active = plan
         submitted = received = 0
 
         def submit() -> None:
@@ -330,13 +353,19 @@ class WorkerProcesses:
         finally:
             # Stopped early (break, an error in the training step): the batches under way
             # are received and let go, so the next epoch starts with every worker idle.
-            if not self.failed:
-                while received < submitted:
-                    self._receive(received % n, received)
-                    received += 1
-            self._reclaim()
-            if self.failed:
-                self.close()
+            try:
+                if not self.failed:
+                    while received < submitted:
+                        self._receive(received % n, received)
+                        received += 1
+            except BaseException:
+                self.failed = True  # a worker failed or died meanwhile: start afresh
+                raise
+            finally:
+                self.active = None
+                self._reclaim()
+                if self.failed:
+                    self.close()
 
     def close(self) -> None:
         """Stop the worker processes (their shared buffers go with them)."""
@@ -346,7 +375,8 @@ class WorkerProcesses:
         for tasks in self.tasks:
             tasks.put(None)
         for worker in self.workers:
-            worker.join(_JOIN_SECONDS)
+            # After a failure the workers may be blocked writing results nobody reads.
+            worker.join(0.1 if self.failed else _JOIN_SECONDS)
             if worker.is_alive():
                 worker.terminate()
                 worker.join()

@@ -581,7 +581,8 @@ class DatasetReader:
         if need > SCRATCH_BYTES:
             return np.empty(shape, dtype=dtype)
         if self._scratch_buffer.nbytes < need:
-            self._scratch_buffer = np.empty(max(need, 2 * self._scratch_buffer.nbytes), np.uint8)
+            grown = min(max(need, 2 * self._scratch_buffer.nbytes), SCRATCH_BYTES)
+            self._scratch_buffer = np.empty(grown, np.uint8)
         return self._scratch_buffer[:need].view(dtype).reshape(shape)
 
     def _read_triangle(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
@@ -735,7 +736,12 @@ class DatasetReader:
             data = None
             offset, nbytes = index[inner]
             _, inner_shape, *_, direct, _ = self._geometry(path, meta)
-            if direct is not None and offset != MISSING and len(target):
+            if (
+                direct is not None
+                and offset != MISSING
+                and len(target)
+                and target.flags.c_contiguous
+            ):
                 data = self._get_range(key, offset, nbytes)
                 row_bytes = target.nbytes // len(target)
                 try:

@@ -31,6 +31,7 @@ __all__ = [  # noqa: F822
     "default_collate",
     "graph_item",
     "require_torch",
+    "size_class",
 ]
 
 
@@ -463,6 +464,16 @@ class GraphCollate:
         if self.node_group in ptr:
             return ptr[self.node_group].diff()
         return None
+
+
+def size_class(numel: int) -> int:
+    """Elements to allocate for a request of ``numel``: the next power of two.
+
+    Batch sizes vary with the items drawn; a buffer of the next size class serves every
+    later batch up to twice as large. Its pages past what a batch fills are never touched,
+    so the rounding costs address space, not memory.
+    """
+    return 1 << max(0, numel - 1).bit_length()
 
 
 class BatchAllocator:

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.torch_support import BatchAllocator, GraphCollate, require_torch
+from cadstore.dataset.torch_support import BatchAllocator, GraphCollate, require_torch, size_class
 
-__all__ = ["BatchLoader", "BufferPool", "size_class"]
+__all__ = ["BatchLoader", "BufferPool"]
 
 
 class BufferPool:
@@ -113,16 +113,6 @@ class BufferPool:
                 self.allocated += 1
             self._lent.append((key, base))
         return base[:numel].view(shape)
-
-
-def size_class(numel: int) -> int:
-    """Elements to allocate for a request of ``numel``: the next power of two.
-
-    Batch sizes vary with the items drawn; a buffer of the next size class serves every
-    later batch up to twice as large. Its pages past what a batch fills are never touched,
-    so the rounding costs address space, not memory.
-    """
-    return 1 << max(0, numel - 1).bit_length()
 
 
 class BatchLoader:
@@ -241,6 +231,10 @@ class BatchLoader:
         self.epoch += 1
         plan = self.batches_of(epoch)
         if self.processes:
+            if self._workers is not None and self._workers.active is not None:
+                # An earlier iteration left suspended (a peek with next(iter(...))): its
+                # batches would arrive in this one's place.
+                self._workers.close()
             if self._workers is None or self._workers.closed:
                 from cadstore.dataset.processes import WorkerProcesses
 

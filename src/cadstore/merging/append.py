@@ -327,7 +327,8 @@ def _carry_over(reader: DatasetReader, plans: dict[str, GroupPlan]) -> _Continua
                 lo = full * plan.shard_rows
                 old = reader.offsets(group.name)
                 # Where the old items of the partial shard begin, for its item frames.
-                starts = old[(old >= lo) & (old < old_total)].tolist()
+                # (unique: items without rows start where the next one does)
+                starts = np.unique(old[(old >= lo) & (old < old_total)]).tolist()
                 buf.append(reader.read_rows(group.name, plan.name, lo, old_total), starts)
                 cont.regenerated.add(shard_key(group, plan, full))
             cont.buffers[(group.name, plan.name)] = buf
