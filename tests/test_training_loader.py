@@ -214,9 +214,15 @@ def test_worker_buffers_are_reused_but_kept_batches_never_overwritten(
             for batch in batches:
                 del batch
         held = sum(map(len, batches._workers.held))
+        sample = next(iter(batches))
+        arrays = sum(len(v) for k, v in sample.items() if isinstance(v, dict) and k != "ptr")
+        del sample
         for batch in batches:  # let go at once: the same buffers serve every epoch
             del batch
-        assert sum(map(len, batches._workers.held)) == held
+        # Without reuse an epoch would add a set of buffers per batch (6 batches here);
+        # with it, at most a few (a worker may draw a batch larger than it has seen).
+        grown = sum(map(len, batches._workers.held)) - held
+        assert grown < 6 * arrays // 2, (grown, arrays)
         kept = list(batches)  # every batch held while the next ones are decoded
         for ours, theirs in zip(kept, reference, strict=True):
             _assert_same(ours, theirs)

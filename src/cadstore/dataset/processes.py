@@ -26,6 +26,7 @@ import io
 import pickle
 import queue
 import signal
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -179,8 +180,13 @@ class _WorkerFailed:
             self.exc = None
 
 
-def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
-    """A worker process: decode the batches asked for into its pool, until ``None``."""
+def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results: Any) -> None:
+    """Worker ``me``: decode the batches taken from ``tasks`` into its pool, until ``None``.
+
+    ``freed`` brings the ids of its buffers the training process let go; ``results``
+    takes ``(batch index, me, pickled batch, buffer ids used, buffers new to the training
+    process)``.
+    """
     torch = require_torch()
     torch.set_num_threads(1)  # one decoding thread per process; the processes are the pool
     from cadstore.dataset.reader import DatasetReader
@@ -202,8 +208,9 @@ def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
             task = tasks.get()
             if task is None:
                 return
-            index, codes, freed = task
-            pool.release(freed)
+            index, codes = task
+            while not freed.empty():
+                pool.release(freed.get())
             try:
                 allocator = BatchAllocator(pool.take)
                 batch = mine.read_many(codes, allocator)
@@ -213,12 +220,12 @@ def _work(source: Any, collate_fn: Any, tasks: Any, results: Any) -> None:
                 _Pickler(payload, pool).dump(collated)
                 del batch, collated
                 used, new = pool.lent_now()
-                results.put((index, payload.getvalue(), used, new))
+                results.put((index, me, payload.getvalue(), used, new))
             except Exception as exc:
                 # Reported; the worker stays until told to stop, since batches it queued
                 # before can still need it to hand over their buffers.
                 pool.lent_now()
-                results.put((index, _WorkerFailed(exc), [], {}))
+                results.put((index, me, _WorkerFailed(exc), [], {}))
     finally:
         mine.reader.close()
 
@@ -227,8 +234,10 @@ class WorkerProcesses:
     """Worker processes that decode batches into their shared buffers, kept across epochs.
 
     Started on first use, they stay until :meth:`close` (a new process would start with an
-    empty pool: every buffer created, zero-filled and mapped again). Batch ``k`` of an
-    epoch goes to worker ``k % processes``, so the batches come back in order.
+    empty pool: every buffer created, zero-filled and mapped again). Batches go to
+    whichever worker is free (one queue of tasks): items differ a hundredfold in size, and
+    a worker dealt a batch with a huge item would hold up one dealt batches in turn. The
+    batches are handed out in order.
 
     Parameters
     ----------
@@ -244,12 +253,20 @@ class WorkerProcesses:
         self.prefetch = int(loader.prefetch)
         self.in_use = loader.pool.in_use  # torch's use count, as for the threads' pool
         context = torch.multiprocessing.get_context(loader.multiprocessing_context)
-        self.tasks = [context.Queue() for _ in range(self.n)]
-        self.results = [context.Queue() for _ in range(self.n)]
+        self.tasks = context.Queue()
+        self.results = context.Queue()
+        self.freed_queues = [context.SimpleQueue() for _ in range(self.n)]
         self.workers = [
             context.Process(
                 target=_work,
-                args=(loader.source, loader.collate_fn, self.tasks[w], self.results[w]),
+                args=(
+                    loader.source,
+                    loader.collate_fn,
+                    w,
+                    self.tasks,
+                    self.freed_queues[w],
+                    self.results,
+                ),
                 name=f"cadstore-batches-{w}",
                 daemon=True,
             )
@@ -261,61 +278,88 @@ class WorkerProcesses:
         self.held: list[dict[int, Any]] = [{} for _ in range(self.n)]
         self.torch = torch
         self.lent: list[tuple[int, int]] = []
-        self.freed: dict[int, list[int]] = collections.defaultdict(list)
+        #: Batches received ahead of their turn, by index.
+        self.ready: dict[int, Any] = {}
         self.closed = False
         self.failed = False
         #: The plan of the iteration under way (see :meth:`run`), ``None`` when idle.
         self.active: Any = None
 
     def _reclaim(self) -> None:
-        """Note the buffers nothing refers to any more, for their workers' next task."""
+        """Give the workers back the buffers nothing refers to any more."""
         still = []
+        freed: dict[int, list[int]] = collections.defaultdict(list)
         for key in self.lent:
             if self.in_use(self.held[key[0]][key[1]]):
                 still.append(key)
             else:
-                self.freed[key[0]].append(key[1])
+                freed[key[0]].append(key[1])
         self.lent = still
+        for worker, idents in freed.items():
+            self.freed_queues[worker].put(idents)
 
-    def _receive(self, worker: int, index: int) -> Any:
-        process = self.workers[worker]
+    def _dead(self) -> Any:
+        """A worker process that has exited, if any."""
+        return next((w for w in self.workers if not w.is_alive()), None)
+
+    def _next_message(self) -> tuple[Any, ...]:
+        """The next result any worker sends (waiting, while every worker lives).
+
+        A dead worker is an error even when the others could go on: the batch it was
+        decoding would never come, and a pool that shrinks silently would halve the
+        rate unnoticed.
+        """
         while True:
+            dead = self._dead()
+            if dead is not None:
+                self.failed = True
+                raise RuntimeError(
+                    f"batch decoding process {dead.pid} exited unexpectedly "
+                    f"(exit code {dead.exitcode})"
+                )
             try:
-                got, payload, used, new = self.results[worker].get(timeout=_POLL_SECONDS)
-                break
+                message: tuple[Any, ...] = self.results.get(timeout=_POLL_SECONDS)
+                return message
             except queue.Empty:
-                if not process.is_alive():
+                dead = self._dead()
+                if dead is not None:
                     self.failed = True
                     raise RuntimeError(
-                        f"batch decoding process {process.pid} exited unexpectedly "
-                        f"(exit code {process.exitcode})"
+                        f"batch decoding process {dead.pid} exited unexpectedly "
+                        f"(exit code {dead.exitcode})"
                     ) from None
             except Exception as exc:
-                # The batch's buffers come through the worker itself: a worker that died
-                # after queueing a batch leaves it unreadable (connection reset).
+                # A batch's new buffers come through the worker itself: a worker that
+                # died after queueing a batch leaves it unreadable (connection reset).
                 self.failed = True
-                process.join(_POLL_SECONDS)
+                time.sleep(_POLL_SECONDS)
+                dead = self._dead()
                 state = (
-                    f"exited unexpectedly (exit code {process.exitcode})"
-                    if not process.is_alive()
-                    else "is alive"
+                    f"process {dead.pid} exited unexpectedly (exit code {dead.exitcode})"
+                    if dead is not None
+                    else "processes are alive"
                 )
                 raise RuntimeError(
-                    f"batch {index} from decoding process {process.pid} could not be "
-                    f"received ({exc}); the process {state}"
+                    f"a batch from the decoding processes could not be received ({exc}); "
+                    f"batch decoding {state}"
                 ) from exc
-        held = self.held[worker]
-        held.update(new)
+
+    def _receive(self, index: int) -> Any:
+        """Batch ``index``, unpickled (batches arriving before it are kept for later)."""
+        while index not in self.ready:
+            got, worker, payload, used, new = self._next_message()
+            self.held[worker].update(new)
+            self.ready[got] = (worker, payload, used)
+        worker, payload, used = self.ready.pop(index)
+        # Lent from now on: until its tensors exist, nothing but ``held`` refers to a
+        # buffer, and a batch waiting in ``ready`` must not see its buffers given back.
         self.lent.extend((worker, ident) for ident in used)
         if isinstance(payload, _WorkerFailed):
             self.failed = True
             if payload.exc is not None:
                 raise payload.exc from RuntimeError(f"in a batch decoding process:\n{payload.text}")
             raise RuntimeError(f"a batch decoding process failed:\n{payload.text}")
-        if got != index:  # pragma: no cover - a worker answers its tasks in order
-            self.failed = True
-            raise RuntimeError(f"batch {got} arrived when {index} was due")
-        return _Unpickler(io.BytesIO(payload), held, self.torch).load()
+        return _Unpickler(io.BytesIO(payload), self.held[worker], self.torch).load()
 
     def run(self, plan: list[np.ndarray]) -> Iterator[Any]:
         """The batches of ``plan`` (item codes per batch), in order.
@@ -333,9 +377,7 @@ class WorkerProcesses:
 
         def submit() -> None:
             nonlocal submitted
-            worker = submitted % n
-            codes = plan[submitted].tolist()
-            self.tasks[worker].put((submitted, codes, self.freed.pop(worker, [])))
+            self.tasks.put((submitted, plan[submitted].tolist()))
             submitted += 1
 
         try:
@@ -343,7 +385,7 @@ class WorkerProcesses:
             while submitted < min(len(plan), n + self.prefetch):
                 submit()
             while received < len(plan):
-                batch = self._receive(received % n, received)
+                batch = self._receive(received)
                 received += 1
                 if submitted < len(plan):
                     self._reclaim()
@@ -356,7 +398,7 @@ class WorkerProcesses:
             try:
                 if not self.failed:
                     while received < submitted:
-                        self._receive(received % n, received)
+                        self._receive(received)
                         received += 1
             except BaseException:
                 self.failed = True  # a worker failed or died meanwhile: start afresh
@@ -372,16 +414,19 @@ class WorkerProcesses:
         if self.closed:
             return
         self.closed = True
-        for tasks in self.tasks:
-            tasks.put(None)
+        for _ in self.workers:
+            self.tasks.put(None)
         for worker in self.workers:
             # After a failure the workers may be blocked writing results nobody reads.
             worker.join(0.1 if self.failed else _JOIN_SECONDS)
             if worker.is_alive():
                 worker.terminate()
                 worker.join()
-        for q in (*self.tasks, *self.results):
+        for q in (self.tasks, self.results):
             q.cancel_join_thread()
             q.close()
+        for freed in self.freed_queues:
+            freed.close()
+        self.ready.clear()
         self.held = [{} for _ in range(self.n)]
         self.lent.clear()
