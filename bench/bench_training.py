@@ -848,6 +848,9 @@ def run(
                                 seed=plan_seed,
                             )
                             record("inprocess", variant, name, inprocess_rate(loader))
+                            # Its batch buffers (hundreds of MB) must not stay alive during
+                            # the measures that follow (nor be inherited by forked workers).
+                            del loader
                             continue
                         peer = torch_sets[variant][name][1]
                         collate = GraphCollate()

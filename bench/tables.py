@@ -918,6 +918,37 @@ def render_training(results: Path) -> tuple[list[str], str]:
     return markdown_table(header, rows, "lrrrrrr"), caption
 
 
+def render_training_workers(results: Path) -> tuple[list[str], str]:
+    """bench_training.py --measures workers: two persistent worker processes per contender."""
+    d = load(results, "training-workers.json")
+    s = d["summary"]["workers"]
+    rows = []
+    for variant, label in (("all", "every group"), ("graph", "graph only (no face pairs)")):
+        cells = s[variant]
+        for key, text in (
+            ("items_per_s", "second epoch"),
+            ("first_epoch_items_per_s", "first epoch (start-up included)"),
+        ):
+            base = cells["cadstore"][key]
+            rows.append(
+                (
+                    f"{label}: {text}, items/s",
+                    fmt_int(base),
+                    *(fmt_int(cells[p][key]) for p in TRAINING_PEERS),
+                    *(fmt_times(base / cells[p][key]) for p in ("lance", "hf")),
+                )
+            )
+    header = ("measure", "cadstore", *TRAINING_PEERS.values(), "cadstore vs Lance", "vs HF")
+    before = " ".join(f"{x:.1f}" for x in d["load_average_before"])
+    caption = (
+        f"Two worker processes kept between epochs: cadstore `batches(processes=2)`, the "
+        f"peers `DataLoader(num_workers=2, persistent_workers=True)`; "
+        f"{d['train_items']:,} items per epoch, batches of {d['batch_size']}, medians of "
+        f"{d['repeats']} repeats, this measure alone; load average {before} before the run."
+    )
+    return markdown_table(header, rows, "lrrrrrr"), caption
+
+
 # --------------------------------------------------------------------------- bench_triangle
 def render_triangle(results: Path) -> tuple[list[str], str]:
     """bench_triangle.py: symmetric face-pair arrays as upper triangles against in full."""
@@ -1009,6 +1040,7 @@ TABLES: dict[str, Table] = {
     "item-open": Table(("item-open.json",), render_item_open),
     "pyg": Table(("pyg.json",), render_pyg),
     "training": Table(("training.json",), render_training),
+    "training-workers": Table(("training-workers.json",), render_training_workers),
     "triangle": Table(("triangle.json",), render_triangle),
 }
 
