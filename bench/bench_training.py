@@ -780,8 +780,13 @@ def run(
     batches: int,
     seed: int,
     measures: Sequence[str] = MEASURES,
+    worker_context: str | None = None,
 ) -> dict[str, Any]:
-    """Every measure for every contender, ``repeats`` times, contenders taking turns."""
+    """Every measure for every contender, ``repeats`` times, contenders taking turns.
+
+    ``worker_context`` is the start method of cadstore's worker processes (``None``: the
+    platform's, fork on Linux).
+    """
     all_groups = groups_of(built.layout)
     variants: dict[str, list[str] | None] = {
         "all": None,
@@ -874,6 +879,7 @@ def run(
                                 processes=THREADS,
                                 prefetch=PREFETCH,
                                 seed=plan_seed,
+                                multiprocessing_context=worker_context,
                             )
                         else:
                             make_workers = functools.partial(
@@ -993,6 +999,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(MEASURES),
         help="comma-separated subset of %(default)s (the tests use fewer)",
     )
+    parser.add_argument(
+        "--worker-context",
+        choices=["fork", "spawn", "forkserver"],
+        help="start method of cadstore's worker processes (default: the platform's)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     measures = [m for m in args.measures.split(",") if m]
@@ -1010,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         batches=args.batches,
         seed=args.seed,
         measures=measures,
+        worker_context=args.worker_context,
     )
     results: dict[str, Any] = {
         "items": args.items,
@@ -1018,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": args.samples,
         "batches": args.batches,
         "batch_size": BATCH,
+        "worker_context": args.worker_context,
         "threads": THREADS,
         "seed": args.seed,
         "lance_version": args.lance_version,
