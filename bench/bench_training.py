@@ -611,16 +611,7 @@ def dataloader_rate(
     fork on Linux; Lance, not fork-safe once used in the parent, needs spawn).
     """
     t = time.perf_counter()
-    batches = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=BATCH,
-        shuffle=True,
-        num_workers=2,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
-        multiprocessing_context=context,
-        timeout=300,  # a stuck worker fails the run instead of hanging it
-    )
+    batches = peer_worker_loader(dataset, collate, seed, context, persistent=False)
     seen = 0
     first = 0.0
     for batch in batches:
@@ -656,8 +647,11 @@ def worker_epochs_rate(make: Callable[[], Any]) -> dict[str, float]:
     return {**second, "first_epoch_items_per_s": first["items_per_s"]}
 
 
-def peer_worker_loader(dataset: Any, collate: Any, seed: int, context: str | None) -> Any:
-    """A peer's ``DataLoader(num_workers=2, persistent_workers=True)``, batches of 32."""
+def peer_worker_loader(
+    dataset: Any, collate: Any, seed: int, context: str | None, *, persistent: bool = True
+) -> Any:
+    """``DataLoader(num_workers=2, batch 32, shuffle)``, its workers kept between epochs
+    unless ``persistent`` is false."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=BATCH,
@@ -666,8 +660,8 @@ def peer_worker_loader(dataset: Any, collate: Any, seed: int, context: str | Non
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=context,
-        persistent_workers=True,
-        timeout=300,
+        persistent_workers=persistent,
+        timeout=300,  # a stuck worker fails the run instead of hanging it
     )
 
 

@@ -321,13 +321,7 @@ class WorkerProcesses:
                 message: tuple[Any, ...] = self.results.get(timeout=_POLL_SECONDS)
                 return message
             except queue.Empty:
-                dead = self._dead()
-                if dead is not None:
-                    self.failed = True
-                    raise RuntimeError(
-                        f"batch decoding process {dead.pid} exited unexpectedly "
-                        f"(exit code {dead.exitcode})"
-                    ) from None
+                continue  # the check above runs again: every worker still alive?
             except Exception as exc:
                 # A batch's new buffers come through the worker itself: a worker that
                 # died after queueing a batch leaves it unreadable (connection reset).
