@@ -15,6 +15,7 @@ import pytest
 
 import cadstore
 from cadstore.dataset import DatasetLoader
+from cadstore.dataset.reader import DatasetReader
 from cadstore.dataset.training import BatchLoader
 from cadstore.errors import CorruptStoreError
 
@@ -130,13 +131,36 @@ def test_batches_kept_by_the_caller_are_never_overwritten(loader: DatasetLoader)
         np.testing.assert_array_equal(view.numpy(), theirs["faceface"]["d2_distance"][:1].numpy())
 
 
-def test_stopping_early_closes_the_readers(loader: DatasetLoader) -> None:
+def test_stopping_early_leaves_the_loader_usable(loader: DatasetLoader) -> None:
     batches = _batch_loader(loader, batch_size=4, threads=2, prefetch=2)
     for batch in batches:
         assert len(batch["file_id_code"]) == 4
-        break  # the generator is closed here: its readers too, or a ResourceWarning fails
+        break  # the generator is closed here; its readers stay for the next epoch
     with pytest.raises(RuntimeError, match="training step"):
         _train_and_fail(batches)
+    assert sum(len(b["file_id_code"]) for b in batches) == len(batches.indices)
+    batches.close()  # or a ResourceWarning for the readers' files fails the test
+
+
+def test_readers_are_kept_across_epochs_and_closed_by_close(
+    loader: DatasetLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader made for each epoch started each epoch cold: shard indexes, decoded chunks
+    # and read plans were thrown away with it.
+    made: list[DatasetReader] = []
+    init = DatasetReader.__init__
+
+    def counting(self: DatasetReader, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetReader, "__init__", counting)
+    with _batch_loader(loader, batch_size=4, threads=2, prefetch=1) as batches:
+        for _ in range(3):
+            assert sum(len(b["file_id_code"]) for b in batches) == len(batches.indices)
+        assert 1 <= len(made) <= 2  # one per decoding thread at most, for every epoch
+        assert not any(reader.closed for reader in made)
+    assert all(reader.closed for reader in made)
 
 
 def _train_and_fail(batches: BatchLoader) -> None:

@@ -39,9 +39,13 @@ from cadstore.errors import (
 )
 from cadstore.format.codecs import (
     ChunkDecodeError,
+    FrameDecodeError,
+    decode_frames,
+    decode_frames_range,
     decode_into,
-    decode_range_into,
     direct_codec,
+    is_item_framed,
+    open_item_frames,
     strip_crc32c,
 )
 from cadstore.format.hierarchy import ReadHierarchy
@@ -58,6 +62,10 @@ __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
 _SPAN_SLACK = 64 * 1024
+
+#: What one remembered frame of an item-framed chunk, or one part of a remembered read,
+#: is counted as against ``cache_bytes`` (a dict entry and a small tuple, rounded up).
+_ENTRY_BYTES = 256
 
 #: The largest scratch buffer a reader keeps for decoding triangles (``_scratch``): the
 #: triangle of a 700-face item's 64-bin histogram.
@@ -173,6 +181,17 @@ class DatasetReader:
         self._indexes: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._chunks: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._cached = 0
+        # Frame tables of item-framed chunks already read and verified: (path, shard,
+        # inner) -> (shard key, chunk offset, {first byte: (stored start, stored stop,
+        # last byte)}), so that later items of the chunk fetch and decode their own frame;
+        # None for a chunk found not to be item-framed.
+        self._frames: OrderedDict[tuple[str, int, int], _FrameTable | None] = OrderedDict()
+        self._frame_count = 0
+        # How rows (path, start, stop) were last read, when every byte of them came from
+        # whole zstd chunks and remembered frames: the ranges to fetch and where each
+        # frame decodes to (see _recipe). An item read again costs a lookup and the fetches.
+        self._recipes: OrderedDict[tuple[str, int, int], _Recipe] = OrderedDict()
+        self._recipe_parts = 0
         # Bytes fetched ahead in one batch for the read under way (object stores only).
         self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
         self._scratch_buffer = np.empty(0, dtype=np.uint8)
@@ -511,12 +530,22 @@ class DatasetReader:
         self._read_into(path, meta, start, stop, out)
         return out
 
-    def _read_into(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
+    def _read_into(
+        self,
+        path: str,
+        meta: Any,
+        start: int,
+        stop: int,
+        out: np.ndarray,
+        plan: _Plan | None = None,
+    ) -> None:
         """:meth:`read_rows` without the argument checks (the caller made ``out``).
 
         The rows asked for come from the offsets index; an array whose own shape does not
         hold them (metadata edited or written by another tool) is a corrupt store, never
-        rows of fill values or a broadcasting error.
+        rows of fill values or a broadcasting error. With ``plan``, zstd frames that decode
+        straight into ``out`` are added to it, for the caller to decode together
+        (:func:`decode_frames`), instead of being decoded now.
         """
         shape = meta.shape
         if not shape or stop > shape[0] or out.shape[1:] != shape[1:]:
@@ -536,7 +565,7 @@ class DatasetReader:
                     self._whole[path] = whole
                 out[...] = whole[start:stop]
             elif stop > start:
-                self._read_sharded(path, meta, start, stop, out)
+                self._read_sharded(path, meta, start, stop, out, plan)
 
     def _triangle_items(
         self, path: str, start: int, stop: int
@@ -668,7 +697,15 @@ class DatasetReader:
             inners = range((lo - base) // inner_rows, (hi - 1 - base) // inner_rows + 1)
             yield shard, f"{path}/c/{shard}{suffix}", base, lo, hi, inners
 
-    def _read_sharded(self, path: str, meta: Any, start: int, stop: int, out: np.ndarray) -> None:
+    def _read_sharded(
+        self,
+        path: str,
+        meta: Any,
+        start: int,
+        stop: int,
+        out: np.ndarray,
+        plan: _Plan | None = None,
+    ) -> None:
         _, _, inner_rows, shard_rows, n_inner, suffix, direct, trailer = self._geometry(path, meta)
         # The rows asked for, decoded into ``out``: within what the file may decode to.
         self._source.budget.check(f"rows {start}:{stop} of {path}", out.nbytes)
@@ -681,7 +718,9 @@ class DatasetReader:
                 key = f"{path}/c/{first_shard}{suffix}"
                 index = self._shard_index(key, n_inner, trailer)
                 r0 = base + first_inner * inner_rows
-                self._read_part(key, first_shard, first_inner, index, meta, path, r0, start, out)
+                self._read_part(
+                    key, first_shard, first_inner, index, meta, path, r0, start, out, plan
+                )
                 return
         for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
             index = self._shard_index(key, n_inner, trailer)
@@ -705,12 +744,101 @@ class DatasetReader:
                 r0 = base + inner * inner_rows
                 a, b = max(lo, r0), min(hi, r0 + inner_rows)
                 raw = fetched.get(inner)
+                target = out[a - start : b - start]
                 if raw is not None:
-                    self._decode_into(raw, out[a - start : b - start], direct, key, inner)
+                    if plan is None or not self._plan_chunk(raw, target, direct, key, inner, plan):
+                        self._decode_into(raw, target, direct, key, inner)
                     continue
-                self._read_part(
-                    key, shard, inner, index, meta, path, r0, a, out[a - start : b - start]
+                self._read_part(key, shard, inner, index, meta, path, r0, a, target, plan)
+
+    def _recipe(
+        self, path: str, meta: Any, start: int, stop: int, row_bytes: int
+    ) -> _Recipe | None:
+        """How to read rows ``[start, stop)`` of sharded ``path`` as zstd frames alone.
+
+        A tuple of fetches ``(key, offset, nbytes, parts)``, each part ``(a, b, checked,
+        d0, d1)`` a frame at bytes ``a:b`` of the fetched range (``checked``: a whole inner
+        chunk ending with its crc32c, verified at every read) decoding to bytes ``d0:d1``
+        of the rows. ``None`` when some rows cannot be read so: a missing chunk, another
+        codec, or part of an item-framed chunk whose table is not known yet (the first
+        read verifies the chunk and remembers its table, in :meth:`_read_part`);
+        ``_NEVER`` when they never can be (another codec, a chunk that is not
+        item-framed).
+        """
+        _, _, inner_rows, _, n_inner, _, direct, trailer = self._geometry(path, meta)
+        if direct not in _CHECKED_ZSTD:
+            return _NEVER
+        checked = direct != "zstd"
+        fetches: list[tuple[str, int, int, tuple[tuple[int, int, bool, int, int], ...]]] = []
+        for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
+            index = self._shard_index(key, n_inner, trailer)
+            whole: list[tuple[int, int, int, int]] = []
+            for inner in inners:
+                r0 = base + inner * inner_rows
+                a, b = max(lo, r0), min(hi, r0 + inner_rows)
+                offset, nbytes = index[inner]
+                if offset == MISSING:
+                    return None
+                d0, d1 = (a - start) * row_bytes, (b - start) * row_bytes
+                if a == r0 and b == r0 + inner_rows:
+                    whole.append((offset, nbytes, d0, d1))
+                    continue
+                found = self._frames.get((path, shard, inner), _UNSEEN)
+                if found is None:
+                    return _NEVER  # rows of a chunk decoded whole, through the cache
+                hit = found[2].get((a - r0) * row_bytes) if found is not _UNSEEN else None
+                if hit is None or hit[2] != (b - r0) * row_bytes:
+                    return None
+                n = hit[1] - hit[0]
+                fetches.append((key, offset + hit[0], n, ((0, n, False, d0, d1),)))
+            # Whole chunks lying together are fetched in one range, as _fetch_span does.
+            whole.sort()
+            while whole:
+                first = whole[0][0]
+                end, take = first, 0
+                while take < len(whole) and whole[take][0] - end <= _SPAN_SLACK:
+                    end = max(end, whole[take][0] + whole[take][1])
+                    take += 1
+                parts = tuple(
+                    (o - first, o - first + n, checked, d0, d1) for o, n, d0, d1 in whole[:take]
                 )
+                fetches.append((key, first, end - first, parts))
+                del whole[:take]
+        return tuple(fetches)
+
+    def _keep_recipe(self, rows: tuple[str, int, int], recipe: _Recipe) -> None:
+        """Remember ``recipe`` for ``rows`` within the chunk cache's budget."""
+        parts = 1 if recipe is _NEVER else sum(len(fetch[3]) for fetch in recipe) + 1
+        limit = self.cache_bytes // _ENTRY_BYTES
+        if parts > limit or rows in self._recipes:
+            return
+        self._recipes[rows] = recipe
+        self._recipe_parts += parts
+        while self._recipe_parts > limit:
+            _, old = self._recipes.popitem(last=False)
+            self._recipe_parts -= 1 if old is _NEVER else sum(len(f[3]) for f in old) + 1
+
+    def _run_recipe(self, recipe: _Recipe, out: memoryview, plan: _Plan) -> None:
+        """Fetch a :meth:`_recipe`'s ranges and add its frames, decoding into ``out``, to
+        ``plan`` (checksums of whole chunks verified now)."""
+        for key, at, n, parts in recipe:
+            data = memoryview(self._get_range(key, at, n))
+            if len(data) != n:
+                raise CorruptStoreError(
+                    self.path, f"{key!r}: {len(data)} bytes at {at}, its index says {n}"
+                )
+            for a, b, checked, d0, d1 in parts:
+                frame = data[a:b]
+                target = out[d0:d1]
+                try:
+                    if checked:
+                        frame = strip_crc32c(frame, "chunk")
+                    if is_item_framed(frame):
+                        decode_into("zstd", frame, target)
+                        continue
+                except ChunkDecodeError as exc:
+                    raise CorruptStoreError(self.path, f"{key!r}: {exc}") from exc
+                plan.add(frame, target, key)
 
     def _read_part(
         self,
@@ -723,14 +851,30 @@ class DatasetReader:
         r0: int,
         first: int,
         target: np.ndarray,
+        plan: _Plan | None = None,
     ) -> None:
         """Rows ``first:first + len(target)`` of inner chunk ``inner`` (whose first row is
         ``r0``) into ``target``.
 
         An item-framed chunk decodes only the frames of those rows, straight into
-        ``target``; any other goes through the decoded-chunk cache, decoded whole.
+        ``target``; any other goes through the decoded-chunk cache, decoded whole. Once an
+        item-framed chunk has been read (its checksum verified, its table remembered in
+        ``_frames``), rows that are one of its frames are fetched alone: into ``plan``
+        when there is one, else decoded now.
         """
         cache_key = (path, shard, inner)
+        found = self._frames.get(cache_key)
+        if found is not None and len(target) and target.flags.c_contiguous:
+            row_bytes = target.nbytes // len(target)
+            hit = found[2].get((first - r0) * row_bytes)
+            if hit is not None and hit[2] == (first - r0 + len(target)) * row_bytes:
+                self._frames.move_to_end(cache_key)
+                frame = self._get_range(found[0], found[1] + hit[0], hit[1] - hit[0])
+                pending = plan if plan is not None else _Plan()
+                pending.add(frame, target.data.cast("B"), key)
+                if plan is None:
+                    self._decode_plan(pending)
+                return
         block = self._chunks.get(cache_key)
         if block is None:
             data = None
@@ -745,23 +889,154 @@ class DatasetReader:
                 data = self._get_range(key, offset, nbytes)
                 row_bytes = target.nbytes // len(target)
                 try:
-                    framed = decode_range_into(
-                        direct,
-                        data,
-                        target.data.cast("B"),
-                        (first - r0) * row_bytes,
-                        math.prod(inner_shape) * meta.dtype.itemsize,
+                    framed = open_item_frames(
+                        direct, data, math.prod(inner_shape) * meta.dtype.itemsize
                     )
+                    if framed is not None:
+                        body, raw, stored = framed
+                        decode_frames_range(
+                            body, (raw, stored), target.data.cast("B"), (first - r0) * row_bytes
+                        )
                 except ChunkDecodeError as exc:
                     raise CorruptStoreError(
                         self.path, f"{key!r} inner chunk {inner}: {exc}"
                     ) from exc
-                if framed:
+                if framed is not None:
+                    self._keep_frames(cache_key, key, offset, raw, stored)
                     return
+                self._remember_frames(cache_key, None)
             block = self._inner_chunk(key, shard, inner, index, meta, path, data)
         else:
             self._chunks.move_to_end(cache_key)
         target[...] = block[first - r0 : first - r0 + len(target)]
+
+    def _keep_frames(
+        self,
+        cache_key: tuple[str, int, int],
+        key: str,
+        offset: int,
+        raw: np.ndarray,
+        stored: np.ndarray,
+    ) -> None:
+        """Remember the frame table of a chunk just read and verified (see ``_frames``)."""
+        starts, stops = raw.tolist(), stored.tolist()
+        table = {
+            starts[k]: (stops[k], stops[k + 1], starts[k + 1])
+            for k in range(len(starts) - 1)
+            if starts[k + 1] > starts[k]
+        }
+        self._remember_frames(cache_key, (key, offset, table))
+
+    def _remember_frames(self, cache_key: tuple[str, int, int], entry: _FrameTable | None) -> None:
+        """Keep ``entry`` (``None``: the chunk is not item-framed) in ``_frames``.
+
+        Kept within the chunk cache's budget (an entry per frame of about
+        :data:`_ENTRY_BYTES`): with ``cache_bytes=0`` every read decodes from the
+        file, verifying the chunk's checksum each time.
+        """
+        limit = self.cache_bytes // _ENTRY_BYTES
+        count = len(entry[2]) if entry is not None else 1
+        if count > limit or cache_key in self._frames:
+            return
+        self._frames[cache_key] = entry
+        self._frame_count += count
+        while self._frame_count > limit:
+            _, old = self._frames.popitem(last=False)
+            self._frame_count -= len(old[2]) if old is not None else 1
+
+    def _read_spans(
+        self, path: str, meta: Any, spans: Sequence[tuple[int, int]], out: np.ndarray
+    ) -> None:
+        """Rows ``[start, stop)`` of each span, one after the other, into ``out``.
+
+        What :meth:`read_items` does per array: the zstd frames that decode straight into
+        ``out`` (whole inner chunks, and items' frames of item-framed chunks already
+        verified) are gathered over every span and decoded in one call
+        (:func:`decode_frames`).
+        """
+        with self._lock:
+            self._ensure()
+            if path in self._virtual:
+                self._read_triangle_spans(path, spans, out)
+                return
+            plan = _Plan()
+            recipes = self._recipes
+            # Read plans are kept for sharded arrays decoded into a plain buffer (and not
+            # at all without a cache).
+            whole = (
+                out.data.cast("B")
+                if self.cache_bytes and _is_sharded(meta) and out.flags.c_contiguous and out.size
+                else None
+            )
+            row_bytes = out.nbytes // len(out) if len(out) else 0
+            shape = meta.shape
+            at = 0
+            for start, stop in spans:
+                rows = (path, start, stop)
+                recipe = recipes.get(rows) if whole is not None else _NEVER
+                if recipe is None and 0 <= start < stop <= shape[0]:
+                    recipe = self._recipe(path, meta, start, stop, row_bytes)
+                    if recipe is not None:
+                        self._keep_recipe(rows, recipe)
+                elif recipe is not None and recipe is not _NEVER:
+                    recipes.move_to_end(rows)
+                if recipe is None or recipe is _NEVER:
+                    self._read_into(path, meta, start, stop, out[at : at + stop - start], plan)
+                else:
+                    assert whole is not None
+                    nbytes = (stop - start) * row_bytes
+                    self._source.budget.check(f"rows {start}:{stop} of {path}", nbytes)
+                    self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
+                at += stop - start
+            self._decode_plan(plan)
+
+    def _plan_chunk(
+        self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int, plan: _Plan
+    ) -> bool:
+        """Add a whole inner chunk of one zstd frame to ``plan``, its checksum verified now;
+        ``False`` (nothing added) for any other chunk, which the caller decodes itself."""
+        if _CHECKED_ZSTD.get(codec) is None or not target.flags.c_contiguous:
+            return False
+        try:
+            frame = strip_crc32c(raw, "chunk") if codec != "zstd" else raw
+        except ChunkDecodeError as exc:
+            raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
+        if is_item_framed(frame):
+            return False
+        plan.add(frame, target.data.cast("B"), key)
+        return True
+
+    def _decode_plan(self, plan: _Plan) -> None:
+        """Decode every frame of ``plan`` into its place (see :func:`decode_frames`)."""
+        if not plan.frames:
+            return
+        try:
+            decode_frames(plan.frames, plan.targets)
+        except FrameDecodeError as exc:
+            raise CorruptStoreError(self.path, f"{plan.keys[exc.position]!r}: {exc}") from exc
+
+    def _read_triangle_spans(
+        self, path: str, spans: Sequence[tuple[int, int]], out: np.ndarray
+    ) -> None:
+        """:meth:`_read_spans` of a triangle-stored array: every item's triangle read in one
+        go into scratch memory, then each expanded to its full rows."""
+        group, name = self._virtual[path]
+        stored = f"{group}/{name}"
+        meta = self._resolve(group, name)[0]
+        pieces: list[tuple[int, int, int, int, int, int]] = []
+        triangles: list[tuple[int, int]] = []
+        at = rows = 0
+        for start, stop in spans:
+            for n, lo, hi, t0, t1 in self._triangle_items(path, start, stop):
+                a, b = max(start, lo), min(stop, hi)
+                pieces.append((n, rows, t1 - t0, at + a - start, a - lo, b - lo))
+                triangles.append((t0, t1))
+                rows += t1 - t0
+            at += stop - start
+        tri = self._scratch((rows, *meta.shape[1:]), meta.dtype)
+        self._read_spans(stored, meta, triangles, tri)
+        for n, first, count, place, a, b in pieces:
+            expand_into(tri[first : first + count], n, out[place : place + b - a], a, b)
 
     def _fetch_span(
         self, key: str, index: list[tuple[int, int]], inners: list[int]
@@ -1082,14 +1357,48 @@ class DatasetReader:
                 views = []
                 at = 0
                 for start, stop in spans:
-                    rows = buffer[at : at + stop - start]
-                    self._read_into(path, meta, start, stop, rows)
-                    views.append(rows)
+                    views.append(buffer[at : at + stop - start])
                     at += stop - start
+                self._read_spans(path, meta, spans, buffer)
             for item, view in zip(batch, views, strict=True):
                 item[group][array] = view
             batch.buffers[(group, array)] = buffer
             batch.views[(group, array)] = views
+
+
+class _Plan:
+    """zstd frames gathered to be decoded in one call, each with the memory it fills and
+    the member it came from (for errors)."""
+
+    __slots__ = ("frames", "keys", "targets")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes | memoryview] = []
+        self.targets: list[memoryview] = []
+        self.keys: list[str] = []
+
+    def add(self, frame: bytes | memoryview, target: memoryview, key: str) -> None:
+        self.frames.append(frame)
+        self.targets.append(target)
+        self.keys.append(key)
+
+
+#: How to read some rows as zstd frames alone (see ``DatasetReader._recipe``).
+_Recipe = tuple[tuple[str, int, int, tuple[tuple[int, int, bool, int, int], ...]], ...]
+
+#: A verified item-framed chunk: (shard key, chunk offset, {first byte: (stored start,
+#: stored stop, last byte)}).
+_FrameTable = tuple[str, int, dict[int, tuple[int, int, int]]]
+
+#: The recipe of rows that are never read as frames alone (remembered, not retried);
+#: told apart by identity, never run.
+_NEVER: _Recipe = (("", -1, -1, ()),)
+
+#: Not in ``DatasetReader._frames`` (a chunk not read yet).
+_UNSEEN: Any = object()
+
+#: The direct codec kinds whose chunks are one zstd frame (with or without a checksum).
+_CHECKED_ZSTD = {"zstd": "zstd", "zstd+crc32c": "zstd"}
 
 
 #: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.

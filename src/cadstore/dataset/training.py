@@ -196,6 +196,7 @@ class BatchLoader:
         self.processes = int(processes)
         self.multiprocessing_context = multiprocessing_context
         self._workers: Any = None
+        self._readers: _Readers | None = None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -220,9 +221,12 @@ class BatchLoader:
         return batches
 
     def _make(self, readers: _Readers, codes: np.ndarray) -> Any:
-        source = readers.source()
-        allocator = BatchAllocator(self.pool.take)
-        batch = source.read_many(codes.tolist(), allocator)
+        source = readers.acquire()
+        try:
+            allocator = BatchAllocator(self.pool.take)
+            batch = source.read_many(codes.tolist(), allocator)
+        finally:
+            readers.release(source)
         batch.tensors = allocator.tensors
         return self.collate_fn(batch)
 
@@ -241,7 +245,9 @@ class BatchLoader:
                 self._workers = WorkerProcesses(self)
             yield from self._workers.run(plan)
             return
-        readers = _Readers(self.source)
+        if self._readers is None:
+            self._readers = _Readers(self.source)
+        readers = self._readers
         pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="cadstore-batches")
         pending: collections.deque[cf.Future[Any]] = collections.deque()
         try:
@@ -264,10 +270,13 @@ class BatchLoader:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True)
-            readers.close()
 
     def close(self) -> None:
-        """Stop the worker processes, if any (they are kept from one epoch to the next)."""
+        """Close the decoding threads' readers and stop the worker processes, if any (both
+        are kept from one epoch to the next, with what they have cached)."""
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
         if self._workers is not None:
             self._workers.close()
             self._workers = None
@@ -279,6 +288,9 @@ class BatchLoader:
         self.close()
 
     def __del__(self) -> None:
+        readers = getattr(self, "_readers", None)
+        if readers is not None:
+            readers.close()
         workers = getattr(self, "_workers", None)
         if workers is None:
             return
@@ -297,32 +309,44 @@ class BatchLoader:
 
 
 class _Readers:
-    """The readers of one iteration: one per decoding thread, each with its own file."""
+    """The decoding threads' copies of the source, each reading through a reader of its own.
+
+    Kept from one epoch to the next: a reader's caches (shard indexes, decoded chunks, the
+    frame tables and read plans of items already read) make every epoch after the first
+    cheaper, and a reader made anew for each epoch started every epoch cold. A thread
+    takes a free copy for each batch and gives it back, so there are never more copies
+    than threads decoding at once.
+    """
 
     def __init__(self, source: Any) -> None:
         self.shared = source
-        self.local = threading.local()
+        self.free: list[Any] = []
         self.made: list[Any] = []
         self.lock = threading.Lock()
 
-    def source(self) -> Any:
-        """This thread's copy of the source, reading through a reader of its own."""
-        mine = getattr(self.local, "source", None)
-        if mine is None:
-            from cadstore.dataset.reader import DatasetReader
+    def acquire(self) -> Any:
+        """A copy of the source no other thread is using (made when none is free)."""
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        from cadstore.dataset.reader import DatasetReader
 
-            shared = self.shared.reader
-            mine = copy.copy(self.shared)
-            mine.reader = DatasetReader(
-                shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
-            )
-            self.local.source = mine
-            with self.lock:
-                self.made.append(mine)
+        shared = self.shared.reader
+        mine = copy.copy(self.shared)
+        mine.reader = DatasetReader(
+            shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
+        )
+        with self.lock:
+            self.made.append(mine)
         return mine
+
+    def release(self, source: Any) -> None:
+        """Give back a copy from :meth:`acquire`."""
+        with self.lock:
+            self.free.append(source)
 
     def close(self) -> None:
         with self.lock:
-            made, self.made = self.made, []
+            made, self.made, self.free = self.made, [], []
         for source in made:
             source.reader.close()

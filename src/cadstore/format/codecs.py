@@ -28,6 +28,7 @@ import zstandard
 
 __all__ = [
     "ChunkDecodeError",
+    "FrameDecodeError",
     "append_crc32c",
     "crc32c",
     "decode_blosc",
@@ -38,6 +39,10 @@ __all__ = [
     "decode_zstd",
     "decode_frames_into",
     "decode_range_into",
+    "decode_frames",
+    "decode_frames_range",
+    "is_item_framed",
+    "open_item_frames",
     "decode_zstd_into",
     "direct_codec",
     "frame_table",
@@ -59,6 +64,14 @@ V2_READABLE_FILTERS = frozenset(("delta", "vlen-utf8", "msgpack2", "astype"))
 
 class ChunkDecodeError(ValueError):
     """A chunk that cannot be decoded; readers re-raise it as a corrupt-store error."""
+
+
+class FrameDecodeError(ChunkDecodeError):
+    """A frame of :func:`decode_frames` is corrupt; ``position`` is its index."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 _local = threading.local()
@@ -229,20 +242,106 @@ def decode_range_into(
     ChunkDecodeError
         If the checksum, the table or a frame is corrupt.
     """
+    framed = open_item_frames(kind, data, chunk_bytes)
+    if framed is None:
+        return False
+    decode_frames_range(framed[0], framed[1:], out, start)
+    return True
+
+
+def open_item_frames(
+    kind: str, data: bytes | memoryview, chunk_bytes: int
+) -> tuple[bytes | memoryview, np.ndarray, np.ndarray] | None:
+    """An item-framed chunk's body and frame table, checked; ``None`` if not item-framed.
+
+    ``kind`` is a :func:`direct_codec` kind: a ``+crc32c`` chunk's checksum is verified
+    over the whole stored chunk first. Returns ``(body, raw_bounds, stored_bounds)`` as
+    :func:`frame_table` does, ``body`` being ``data`` less its checksum; the stored
+    bounds are positions in ``data`` too (the checksum trails the chunk). A reader that
+    keeps the table can later fetch and decode a single frame of the chunk
+    (:func:`decode_frames`) without reading the rest.
+
+    Raises
+    ------
+    ChunkDecodeError
+        If the checksum or the table is corrupt.
+    """
     base = _CHECKED.get(kind, kind)
     if base != "zstd" or len(data) < _SKIPPABLE.size:
-        return False
+        return None
     if _SKIPPABLE.unpack_from(data, 0)[0] != FRAMES_MAGIC:
-        return False
+        return None
     if base != kind:
         data = strip_crc32c(data, "chunk")
     found = frame_table(data, chunk_bytes)
     assert found is not None  # the magic was checked above
-    _decode_frames(data, found, out, start)
-    return True
+    return data, found[0], found[1]
 
 
-def _decode_frames(
+def is_item_framed(data: bytes | memoryview) -> bool:
+    """Whether a zstd chunk (checksum removed) opens with an item frame table."""
+    return len(data) >= _SKIPPABLE.size and _SKIPPABLE.unpack_from(data, 0)[0] == FRAMES_MAGIC
+
+
+def decode_frames(frames: Sequence[bytes | memoryview], targets: Sequence[memoryview]) -> None:
+    """Decode many whole zstd frames, ``frames[k]`` into ``targets[k]`` (byte views).
+
+    One call into zstd decodes every frame with the interpreter lock released once. The
+    frames a batch needs (each item's rows of each array: a few dozen KiB apiece) decoded
+    one call at a time hand the lock between loader threads at every frame, and those
+    hand-offs, more than the decoding, kept two threads at the speed of one
+    (``docs/benchmarks.md``). Each frame must decode to exactly its target's size.
+
+    Raises
+    ------
+    FrameDecodeError
+        If a frame is corrupt or decodes to another size; ``position`` says which.
+    """
+    sizes = [t.nbytes for t in targets]
+    first = 0
+    while first < len(frames):
+        # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
+        # memory that large comes from mmap, fresh pages faulted in at every call.
+        stop, total = first + 1, sizes[first]
+        while stop < len(frames) and total + sizes[stop] <= DECODE_CALL_BYTES:
+            total += sizes[stop]
+            stop += 1
+        _decode_frame_run(frames, targets, sizes, first, stop)
+        first = stop
+
+
+#: The most bytes :func:`decode_frames` decodes in one call into zstd (but one frame).
+DECODE_CALL_BYTES = 4 * 1024 * 1024
+
+
+def _decode_frame_run(
+    frames: Sequence[bytes | memoryview],
+    targets: Sequence[memoryview],
+    sizes: list[int],
+    first: int,
+    stop: int,
+) -> None:
+    wanted = np.asarray(sizes[first:stop], dtype=np.uint64)
+    try:
+        decoded = _decompressor().multi_decompress_to_buffer(
+            list(frames[first:stop]), decompressed_sizes=wanted.tobytes()
+        )
+    except zstandard.ZstdError as exc:
+        message = str(exc)
+        # zstandard names the frame: "error decompressing item 3: ..."
+        head = message.split(":", 1)[0].rsplit(" ", 1)[-1]
+        position = first + int(head) if head.isdigit() and int(head) < stop - first else first
+        raise FrameDecodeError(f"zstd data is corrupt: {message}", position) from exc
+    for k in range(first, stop):
+        segment = memoryview(decoded[k - first])  # type: ignore[arg-type]  # a buffer
+        if segment.nbytes != sizes[k]:  # zstandard checks this too; never spill
+            raise FrameDecodeError(
+                f"zstd frame decoded to {segment.nbytes} bytes, expected {sizes[k]}", k
+            )
+        targets[k][:] = segment
+
+
+def decode_frames_range(
     data: bytes | memoryview,
     bounds: tuple[np.ndarray, np.ndarray],
     out: memoryview,
@@ -279,7 +378,7 @@ def decode_frames_into(data: bytes | memoryview, out: memoryview) -> bool:
     found = frame_table(data, out.nbytes)
     if found is None:
         return False
-    _decode_frames(data, found, out, 0)
+    decode_frames_range(data, found, out, 0)
     return True
 
 

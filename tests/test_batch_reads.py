@@ -1,0 +1,210 @@
+"""Batches of items read with one call into zstd per array, and read plans kept.
+
+Two loader threads decoding item after item, array after array, handed the interpreter
+lock to each other at every zstd frame, and ran no faster than one (issue 18). A batch
+now gathers every frame it needs per array and decodes them in one call
+(:func:`cadstore.format.codecs.decode_frames`); a reader remembers how it read each
+item's rows (the verified tables of item-framed chunks, the ranges to fetch), so an item
+read again costs its own frames and no planning. These tests hold the values to the
+items' sources through every path: first reads, second reads from the plans, repeats in
+a batch, a reader with its cache off, and corrupt bytes.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zstandard
+
+import cadstore.dataset.reader as reader_module
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import CorruptStoreError
+from cadstore.format import codecs as C
+from cadstore.merging import merge_items
+
+PAIR = ("d2_distance", "a3_distance", "extended_adjacency", "face_pair_edges_path")
+
+
+def _full(item: dict[str, Any], name: str) -> np.ndarray:
+    arr = np.asarray(item[name])
+    n = len(item["face_indices"])
+    return arr.reshape(n * n, *arr.shape[2:]) if name in PAIR else arr
+
+
+@pytest.fixture(scope="module")
+def dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("batch-reads") / "parts.dataset"
+    merge_items([p for p, _, _ in realistic_items], out, inner_bytes=64 * 1024)
+    return out
+
+
+# ------------------------------------------------------------------------- the codec
+
+
+def _frame(n: int, seed: int) -> tuple[bytes, bytes]:
+    raw = np.random.default_rng(seed).integers(0, 9, size=n, dtype=np.uint8).tobytes()
+    return raw, zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+@pytest.mark.parametrize("call_bytes", [C.DECODE_CALL_BYTES, 1000])
+def test_decode_frames_fills_every_target(monkeypatch: pytest.MonkeyPatch, call_bytes: int) -> None:
+    # A small DECODE_CALL_BYTES splits the frames over several calls (one frame larger
+    # than it goes alone).
+    monkeypatch.setattr(C, "DECODE_CALL_BYTES", call_bytes)
+    pieces = [_frame(n, seed) for seed, n in enumerate([300, 0, 4000, 17, 900, 2500])]
+    out = bytearray(sum(len(raw) for raw, _ in pieces) + 8)
+    view = memoryview(out)
+    targets, at = [], 4
+    for raw, _ in pieces:
+        targets.append(view[at : at + len(raw)])
+        at += len(raw)
+    C.decode_frames([f for _, f in pieces], targets)
+    assert bytes(out[4:-4]) == b"".join(raw for raw, _ in pieces)
+    assert out[:4] == out[-4:] == b"\0\0\0\0"  # nothing written outside the targets
+
+
+@pytest.mark.parametrize("call_bytes", [C.DECODE_CALL_BYTES, 1000])
+@pytest.mark.parametrize("fault", ["short target", "long target", "corrupt frame"])
+def test_decode_frames_names_the_frame_at_fault(
+    monkeypatch: pytest.MonkeyPatch, call_bytes: int, fault: str
+) -> None:
+    monkeypatch.setattr(C, "DECODE_CALL_BYTES", call_bytes)
+    pieces = [_frame(n, seed) for seed, n in enumerate([700, 800, 900, 1000])]
+    frames = [f for _, f in pieces]
+    sizes = [len(raw) for raw, _ in pieces]
+    if fault == "short target":
+        sizes[2] -= 1
+    elif fault == "long target":
+        sizes[2] += 1
+    else:
+        frames[2] = frames[2][:-3]  # the frame's last block cut short
+    targets = [memoryview(bytearray(n)) for n in sizes]
+    with pytest.raises(C.FrameDecodeError) as caught:
+        C.decode_frames(frames, targets)
+    assert caught.value.position == 2
+    assert isinstance(caught.value, C.ChunkDecodeError)
+
+
+# ------------------------------------------------------------------------- the reader
+
+
+def _check_batch(batch: Any, codes: list[int], items: list[Any]) -> None:
+    for got, code in zip(batch, codes, strict=True):
+        flat = {a: v for group in got.values() for a, v in group.items()}
+        item = items[code][1]
+        for name in ("face_areas", "face_discretization", "edge_u_grids", *PAIR):
+            np.testing.assert_array_equal(flat[name], _full(item, name), err_msg=f"{code} {name}")
+
+
+@pytest.mark.parametrize("cache_bytes", [64 * 1024 * 1024, 0])
+def test_batches_read_again_equal_their_sources(
+    dataset: Path, realistic_items: list[Any], cache_bytes: int
+) -> None:
+    rng = np.random.default_rng(5)
+    with DatasetReader(dataset, cache_bytes=cache_bytes) as reader:
+        for _ in range(4):  # the first round plans, the next ones run the plans
+            codes = rng.choice(len(realistic_items), size=12).tolist()  # repeats too
+            _check_batch(reader.read_items(codes), codes, realistic_items)
+        every = list(range(len(realistic_items)))
+        _check_batch(reader.read_items(every), every, realistic_items)
+        _check_batch(reader.read_items(every[::-1]), every[::-1], realistic_items)
+
+
+class _Counting:
+    """Counts the bytes a reader fetches and the calls into :func:`decode_frames`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, reader: DatasetReader) -> None:
+        self.fetched = 0
+        self.calls: list[int] = []
+        source = reader._source
+        get_range = source.get_range
+
+        def counting_range(key: str, start: int, length: int) -> bytes | None:
+            data = get_range(key, start, length)
+            self.fetched += len(data or b"")
+            return data
+
+        decode = reader_module.decode_frames
+
+        def counting_decode(frames: Any, targets: Any) -> None:
+            self.calls.append(len(frames))
+            decode(frames, targets)
+
+        monkeypatch.setattr(source, "get_range", counting_range)
+        monkeypatch.setattr(reader_module, "decode_frames", counting_decode)
+
+
+def test_an_item_read_again_fetches_its_own_frames(
+    dataset: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DatasetReader(dataset) as reader:
+        counting = _Counting(monkeypatch, reader)
+        codes = list(range(8))
+        reader.read_items(codes, groups=["faceface"])  # verifies whole chunks, plans
+        first = counting.fetched
+        counting.fetched, counting.calls = 0, []
+        batch = reader.read_items(codes, groups=["faceface"])
+        _check_batch_pairs(batch, codes, realistic_items)
+        assert 0 < counting.fetched < first
+        # One call into zstd per array of the batch, not one per item and array.
+        assert 0 < len(counting.calls) <= len(PAIR)
+        assert sum(counting.calls) >= len(codes)
+
+
+def _check_batch_pairs(batch: Any, codes: list[int], items: list[Any]) -> None:
+    for got, code in zip(batch, codes, strict=True):
+        for name in PAIR:
+            np.testing.assert_array_equal(got["faceface"][name], _full(items[code][1], name))
+
+
+def test_with_its_cache_off_a_reader_rereads_every_chunk(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        counting = _Counting(monkeypatch, reader)
+        reader.read_items(list(range(8)), groups=["faceface"])  # and the shard indexes
+        counting.fetched = 0
+        reader.read_items(list(range(8)), groups=["faceface"])
+        second = counting.fetched
+        counting.fetched = 0
+        reader.read_items(list(range(8)), groups=["faceface"])
+        assert counting.fetched == second  # nothing remembered: every checksum read again
+    with DatasetReader(dataset) as reader:
+        counting = _Counting(monkeypatch, reader)
+        reader.read_items(list(range(8)), groups=["faceface"])
+        counting.fetched = 0
+        reader.read_items(list(range(8)), groups=["faceface"])
+        assert counting.fetched < second  # where a cache keeps the plans
+
+
+def _flip_in_whole_chunk(src: Path, dst: Path) -> str:
+    """Copy ``src`` with one byte flipped inside the first stored inner chunk of the
+    triangle ``d2_distance`` shard; return that shard's member name."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        name = next(n for n in zf.namelist() if n.startswith("faceface_upper/d2_distance/c/"))
+        info = zf.getinfo(name)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 40] ^= 0x10  # inside the shard's first inner chunk
+    dst.write_bytes(bytes(data))
+    return name
+
+
+@pytest.mark.parametrize("cache_bytes", [64 * 1024 * 1024, 0])
+def test_a_flipped_byte_is_refused_on_every_batch_read(
+    dataset: Path, tmp_path: Path, cache_bytes: int
+) -> None:
+    bad = tmp_path / "bad.dataset"
+    member = _flip_in_whole_chunk(dataset, bad)
+    pristine = bad.read_bytes()
+    with DatasetReader(bad, cache_bytes=cache_bytes) as reader:
+        every = list(range(reader.n_items))
+        for _ in range(2):  # the second time through the read plans of the good items
+            with pytest.raises(CorruptStoreError, match="d2_distance") as caught:
+                reader.read_items(every, groups=["faceface"])
+            assert member.rsplit("/c/", 1)[0] in str(caught.value)
+    assert bad.read_bytes() == pristine
