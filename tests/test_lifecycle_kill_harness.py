@@ -109,6 +109,9 @@ def test_appends_killed_at_random_moments(realistic_items: list[Any], tmp_path: 
         assert seen in (names[:present], names[: present + 3])
         if child.returncode == 0:
             tally["finished before the kill"] += 1
+            # Faster than the timed run (which a busy machine can slow down): aim the
+            # next kills earlier, so that most trials still land in the work itself.
+            duration *= 0.75
         else:
             tally[
                 "killed: reader saw the new version"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,34 @@ class _ReinterpretingCollate:
                 [[0, 1]], areas[:2].clone(), (4,), check_invariants=True
             ),
         }
+
+
+def test_a_killed_worker_ends_its_pipe(loader: DatasetLoader) -> None:
+    # A worker killed in the middle of sending a batch must not leave the training
+    # process reading the rest of it forever: its pipe's sending end lives in that worker
+    # alone, so its death ends the pipe (through one queue shared by every worker, whose
+    # sending end the training process held too, a half-sent batch was never finished).
+    import multiprocessing.connection
+
+    with _batch_loader(loader, batch_size=2, processes=2, prefetch=0) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        workers = batches._workers
+        os.kill(workers.workers[1].pid, signal.SIGKILL)
+        workers.workers[1].join(10)
+        pipe = workers.results[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if multiprocessing.connection.wait([pipe], timeout=0.2):
+                try:
+                    pipe.recv()  # a batch it sent whole before it died, if any
+                except EOFError:
+                    break
+        else:
+            pytest.fail("the killed worker's pipe did not end")
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            for _ in iterator:
+                pass
 
 
 def test_worker_batches_keep_views_of_other_dtypes_and_sparse_tensors(

@@ -23,8 +23,8 @@ from __future__ import annotations
 import collections
 import copy
 import io
+import multiprocessing.connection
 import pickle
-import queue
 import signal
 import time
 import traceback
@@ -183,8 +183,9 @@ class _WorkerFailed:
 def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results: Any) -> None:
     """Worker ``me``: decode the batches taken from ``tasks`` into its pool, until ``None``.
 
-    ``freed`` brings the ids of its buffers the training process let go; ``results``
-    takes ``(batch index, me, pickled batch, buffer ids used, buffers new to the training
+    ``freed`` brings the ids of its buffers the training process let go; ``results`` is
+    the sending end of this worker's own pipe to the training process, which takes
+    ``(batch index, me, pickled batch, buffer ids used, buffers new to the training
     process)``.
     """
     torch = require_torch()
@@ -220,12 +221,12 @@ def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results
                 _Pickler(payload, pool).dump(collated)
                 del batch, collated
                 used, new = pool.lent_now()
-                results.put((index, me, payload.getvalue(), used, new))
+                results.send((index, me, payload.getvalue(), used, new))
             except Exception as exc:
                 # Reported; the worker stays until told to stop, since batches it queued
                 # before can still need it to hand over their buffers.
                 pool.lent_now()
-                results.put((index, me, _WorkerFailed(exc), [], {}))
+                results.send((index, me, _WorkerFailed(exc), [], {}))
     finally:
         mine.reader.close()
 
@@ -238,6 +239,13 @@ class WorkerProcesses:
     whichever worker is free (one queue of tasks): items differ a hundredfold in size, and
     a worker dealt a batch with a huge item would hold up one dealt batches in turn. The
     batches are handed out in order.
+
+    Each worker sends its batches through a pipe of its own, whose sending end only that
+    worker holds: a worker killed in the middle of a message (out of memory) closes the
+    pipe, and the training process reads the end of it as an error. Through one queue
+    shared by every worker (and written by the training process's copy of its end too),
+    the half-sent message would have left the training process waiting for the rest
+    forever.
 
     Parameters
     ----------
@@ -254,10 +262,12 @@ class WorkerProcesses:
         self.in_use = loader.pool.in_use  # torch's use count, as for the threads' pool
         context = torch.multiprocessing.get_context(loader.multiprocessing_context)
         self.tasks = context.Queue()
-        self.results = context.Queue()
         self.freed_queues = [context.SimpleQueue() for _ in range(self.n)]
-        self.workers = [
-            context.Process(
+        self.results: list[multiprocessing.connection.Connection] = []
+        self.workers = []
+        for w in range(self.n):
+            receiving, sending = context.Pipe(duplex=False)
+            worker = context.Process(
                 target=_work,
                 args=(
                     loader.source,
@@ -265,15 +275,17 @@ class WorkerProcesses:
                     w,
                     self.tasks,
                     self.freed_queues[w],
-                    self.results,
+                    sending,
                 ),
                 name=f"cadstore-batches-{w}",
                 daemon=True,
             )
-            for w in range(self.n)
-        ]
-        for worker in self.workers:
             worker.start()
+            # Only the worker keeps the sending end (and workers started later never get
+            # it): when it dies, reading its pipe ends instead of waiting.
+            sending.close()
+            self.results.append(receiving)
+            self.workers.append(worker)
         # Every buffer received, by worker and id, kept mapped (and its storage alive).
         self.held: list[dict[int, Any]] = [{} for _ in range(self.n)]
         self.torch = torch
@@ -317,14 +329,17 @@ class WorkerProcesses:
                     f"batch decoding process {dead.pid} exited unexpectedly "
                     f"(exit code {dead.exitcode})"
                 )
-            try:
-                message: tuple[Any, ...] = self.results.get(timeout=_POLL_SECONDS)
-                return message
-            except queue.Empty:
+            ready = multiprocessing.connection.wait(self.results, timeout=_POLL_SECONDS)
+            if not ready:
                 continue  # the check above runs again: every worker still alive?
+            try:
+                pipe = next(r for r in self.results if r in ready)
+                message: tuple[Any, ...] = pipe.recv()
+                return message
             except Exception as exc:
-                # A batch's new buffers come through the worker itself: a worker that
-                # died after queueing a batch leaves it unreadable (connection reset).
+                # A worker that died in the middle of a message ends its pipe (EOFError);
+                # a batch's new buffers come through the worker itself, so one that died
+                # after sending a batch leaves it unreadable (connection reset).
                 self.failed = True
                 time.sleep(_POLL_SECONDS)
                 dead = self._dead()
@@ -416,9 +431,10 @@ class WorkerProcesses:
             if worker.is_alive():
                 worker.terminate()
                 worker.join()
-        for q in (self.tasks, self.results):
-            q.cancel_join_thread()
-            q.close()
+        self.tasks.cancel_join_thread()
+        self.tasks.close()
+        for receiving in self.results:
+            receiving.close()
         for freed in self.freed_queues:
             freed.close()
         self.ready.clear()
