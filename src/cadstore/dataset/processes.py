@@ -25,7 +25,9 @@ import copy
 import io
 import multiprocessing.connection
 import pickle
+import queue
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -204,6 +206,12 @@ def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results
     )
     shared.close()  # the copy that came with the source (its own file under spawn)
     pool = SharedBufferPool()
+    # Sent by a thread: a batch larger than the pipe holds waits there until the training
+    # process reads it (between its training steps), and the next batch is decoded
+    # meanwhile, as a multiprocessing queue's feeder thread would let it.
+    outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_all, args=(outbox, results), daemon=True)
+    sender.start()
     try:
         while True:
             task = tasks.get()
@@ -221,14 +229,28 @@ def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results
                 _Pickler(payload, pool).dump(collated)
                 del batch, collated
                 used, new = pool.lent_now()
-                results.send((index, me, payload.getvalue(), used, new))
+                outbox.put((index, me, payload.getvalue(), used, new))
             except Exception as exc:
                 # Reported; the worker stays until told to stop, since batches it queued
                 # before can still need it to hand over their buffers.
                 pool.lent_now()
-                results.send((index, me, _WorkerFailed(exc), [], {}))
+                outbox.put((index, me, _WorkerFailed(exc), [], {}))
     finally:
+        outbox.put(None)
+        sender.join()
         mine.reader.close()
+
+
+def _send_all(outbox: queue.SimpleQueue[Any], pipe: Any) -> None:
+    """Send every message of ``outbox`` through ``pipe``, in order, until ``None``."""
+    while True:
+        message = outbox.get()
+        if message is None:
+            return
+        try:
+            pipe.send(message)
+        except OSError:  # the training process closed its end: nobody is listening
+            return
 
 
 class WorkerProcesses:

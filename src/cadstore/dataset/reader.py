@@ -887,22 +887,26 @@ class DatasetReader:
                 and target.flags.c_contiguous
             ):
                 data = self._get_range(key, offset, nbytes)
-                row_bytes = target.nbytes // len(target)
+                begin = (first - r0) * (target.nbytes // len(target))
                 try:
                     framed = open_item_frames(
                         direct, data, math.prod(inner_shape) * meta.dtype.itemsize
                     )
                     if framed is not None:
                         body, raw, stored = framed
-                        decode_frames_range(
-                            body, (raw, stored), target.data.cast("B"), (first - r0) * row_bytes
-                        )
+                        table = self._keep_frames(cache_key, key, offset, raw, stored)
+                        hit = table.get(begin)
+                        if plan is not None and hit is not None and hit[2] == begin + target.nbytes:
+                            # The rows are one frame: decoded with the batch's others.
+                            own = memoryview(body)[hit[0] : hit[1]]
+                            plan.add(own, target.data.cast("B"), key)
+                        else:
+                            decode_frames_range(body, (raw, stored), target.data.cast("B"), begin)
                 except ChunkDecodeError as exc:
                     raise CorruptStoreError(
                         self.path, f"{key!r} inner chunk {inner}: {exc}"
                     ) from exc
                 if framed is not None:
-                    self._keep_frames(cache_key, key, offset, raw, stored)
                     return
                 self._remember_frames(cache_key, None)
             block = self._inner_chunk(key, shard, inner, index, meta, path, data)
@@ -917,8 +921,9 @@ class DatasetReader:
         offset: int,
         raw: np.ndarray,
         stored: np.ndarray,
-    ) -> None:
-        """Remember the frame table of a chunk just read and verified (see ``_frames``)."""
+    ) -> dict[int, tuple[int, int, int]]:
+        """Remember the frame table of a chunk just read and verified (see ``_frames``), and
+        return it: ``{first byte: (stored start, stored stop, last byte)}`` per frame."""
         starts, stops = raw.tolist(), stored.tolist()
         table = {
             starts[k]: (stops[k], stops[k + 1], starts[k + 1])
@@ -926,6 +931,7 @@ class DatasetReader:
             if starts[k + 1] > starts[k]
         }
         self._remember_frames(cache_key, (key, offset, table))
+        return table
 
     def _remember_frames(self, cache_key: tuple[str, int, int], entry: _FrameTable | None) -> None:
         """Keep ``entry`` (``None``: the chunk is not item-framed) in ``_frames``.
