@@ -862,7 +862,8 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "dataloader",
             "items_per_s_after_first_batch",
         ),
-        ("one process, 2 threads, items/s", "inprocess", "items_per_s"),
+        ("one process, 2 threads, second epoch, items/s", "inprocess", "items_per_s"),
+        ("one process, 2 threads, first epoch, items/s", "inprocess", "first_epoch_items_per_s"),
         (
             "2 worker processes kept between epochs, second epoch, items/s (cadstore: "
             "`batches(processes=2)`; peers: `DataLoader(persistent_workers=True)`)",

@@ -1,9 +1,10 @@
 """Batches decoded by worker processes into shared-memory buffers they reuse.
 
 Threads of the training process (:class:`~cadstore.dataset.training.BatchLoader`) share
-one interpreter lock: the decoding itself releases it, but the bookkeeping around every
-chunk does not, and on two cores a second decoding thread adds almost nothing
-(``docs/benchmarks.md``). Processes do not share that lock. ``DataLoader(num_workers=N)``
+one interpreter lock: the decoding itself releases it, the bookkeeping around every chunk
+does not. Batches whose arrays are mostly bookkeeping (graph-only items: many small
+arrays, little to decode) go faster in processes, which do not share that lock
+(``docs/benchmarks.md``). ``DataLoader(num_workers=N)``
 uses processes too, but every batch it ships goes through a *fresh* shared-memory segment,
 which the kernel must create, fill with zero pages and map again in the training process:
 about as costly as the decoding.

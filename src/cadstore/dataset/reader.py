@@ -102,7 +102,12 @@ class DatasetReader:
     limits
         Safety limits for reading.
     cache_bytes
-        Budget of the decoded-chunk cache.
+        Budget of the decoded-chunk cache. Within the same budget (counted per entry), the
+        reader also remembers the frame tables of item-framed chunks it has verified and
+        how it read each item's rows, so that an item read again fetches and decodes its
+        own frames only: a chunk's checksum is verified when it is first read, not at each
+        later read of one of its frames. With ``0`` nothing is remembered and every read
+        verifies whole chunks.
     stored_layout
         Present the arrays as stored. By default a face-pair array stored as its upper
         triangle (a group with ``cadstore_layout="upper_triangle"``, see

@@ -7,7 +7,11 @@ threads of the training process can do the same work without the shipping:
 :class:`BatchLoader` runs a small pool of threads, each with its own reader of the dataset
 (readers hold a lock; sharing one would serialise the threads), decodes every batch straight
 into batch buffers that are reused from one batch to the next, collates it, and keeps the
-next batches in flight while the model trains on the current one.
+next batches in flight while the model trains on the current one. A batch decodes the
+zstd frames of each array in one call (:meth:`DatasetReader.read_items
+<cadstore.dataset.reader.DatasetReader.read_items>`), so the threads hand the interpreter
+lock to each other a few times per batch rather than at every frame; the readers are kept
+from one epoch to the next, with the read plans they remember for each item.
 
 The items are those of :class:`~cadstore.dataset.loader.CADDataset`, collated as
 :class:`~cadstore.dataset.torch_support.GraphCollate` does (``DataLoader`` with
@@ -147,8 +151,9 @@ class BatchLoader:
     processes
         Decode in this many worker processes instead of threads (0, the default: threads).
         Each worker keeps its batch buffers in shared memory and reuses them
-        (:mod:`cadstore.dataset.processes`): on two cores, two processes decode about
-        twice as fast as one, where a second thread adds little (``docs/benchmarks.md``).
+        (:mod:`cadstore.dataset.processes`). Processes do not share the interpreter
+        lock: they are the faster way for batches that are mostly bookkeeping (graph-only
+        items), threads as fast or faster for whole items (``docs/benchmarks.md``).
         The source and ``collate_fn`` must pickle under ``spawn``.
     multiprocessing_context
         ``"fork"``, ``"spawn"`` or ``"forkserver"`` for the worker processes (default:
