@@ -67,6 +67,22 @@ def test_decode_frames_fills_every_target(monkeypatch: pytest.MonkeyPatch, call_
     assert out[:4] == out[-4:] == b"\0\0\0\0"  # nothing written outside the targets
 
 
+def test_an_empty_target_takes_a_frame_of_nothing_only() -> None:
+    # zstandard reads a wanted size of 0 as "whatever the frame declares".
+    huge = (
+        (0xFD2FB528).to_bytes(4, "little")
+        + bytes([0xC0, 0x00])  # 8-byte content size, a window descriptor
+        + (1 << 40).to_bytes(8, "little")
+        + bytes([0x01, 0x00, 0x00])  # the last block: raw, empty
+    )
+    assert zstandard.frame_content_size(huge) == 1 << 40
+    _, empty = _frame(0, 0)
+    C.decode_frames([empty, empty], [memoryview(bytearray(0))] * 2)
+    with pytest.raises(C.FrameDecodeError) as caught:
+        C.decode_frames([empty, huge], [memoryview(bytearray(0))] * 2)
+    assert caught.value.position == 1
+
+
 @pytest.mark.parametrize("call_bytes", [C.DECODE_CALL_BYTES, 1000])
 @pytest.mark.parametrize("fault", ["short target", "long target", "corrupt frame"])
 def test_decode_frames_names_the_frame_at_fault(

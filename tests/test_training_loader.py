@@ -373,3 +373,42 @@ def test_a_suspended_epoch_does_not_leak_into_the_next(loader: DatasetLoader) ->
         codes = [c for b in batches for c in b["file_id_code"].tolist()]
         assert codes[:3] == peek["file_id_code"].tolist()
         assert sorted(codes) == sorted(loader.get_dataset("train").indices.tolist())
+
+
+class _HeavyCollate:
+    """A collate adding 2 MB that travel by value: more than a pipe holds."""
+
+    def __init__(self) -> None:
+        from cadstore.dataset.torch_support import GraphCollate
+
+        self.inner = GraphCollate()
+
+    def __call__(self, items: Any) -> Any:
+        batch = self.inner(items)
+        batch["ballast"] = torch.ones(1 << 19)
+        return batch
+
+
+def test_closing_stops_workers_still_sending(loader: DatasetLoader) -> None:
+    # A peek leaves batches under way; the workers sending them block on a full pipe.
+    # Closing the training process's ends makes their sends fail, so they stop on their
+    # own: a forked worker used to hold copies of those ends, its send never failed, and
+    # close() waited for it, then killed it.
+    subset = loader.get_dataset("train")
+    batches = subset.batches(batch_size=2, processes=2, prefetch=2, collate_fn=_HeavyCollate())
+    first = next(iter(batches))
+    assert first["ballast"].shape == (1 << 19,)
+    workers = batches._workers.workers
+    batches.close()
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
+def test_a_suspended_thread_epoch_resumed_after_close_is_refused(loader: DatasetLoader) -> None:
+    batches = _batch_loader(loader, batch_size=2, threads=2, prefetch=0)
+    epoch = iter(batches)
+    next(epoch)
+    batches.close()
+    with pytest.raises(RuntimeError, match="closed during the epoch"):
+        list(epoch)  # and no reader is left open (a ResourceWarning fails the test)
+    assert sum(len(b["file_id_code"]) for b in batches) == len(batches.indices)
+    batches.close()

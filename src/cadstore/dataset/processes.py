@@ -22,9 +22,11 @@ to a later batch. A batch the caller keeps is therefore never overwritten.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import io
 import multiprocessing.connection
+import os
 import pickle
 import queue
 import signal
@@ -183,14 +185,27 @@ class _WorkerFailed:
             self.exc = None
 
 
-def _work(source: Any, collate_fn: Any, me: int, tasks: Any, freed: Any, results: Any) -> None:
+def _work(
+    source: Any,
+    collate_fn: Any,
+    me: int,
+    tasks: Any,
+    freed: Any,
+    results: Any,
+    inherited: tuple[int, ...] = (),
+) -> None:
     """Worker ``me``: decode the batches taken from ``tasks`` into its pool, until ``None``.
 
     ``freed`` brings the ids of its buffers the training process let go; ``results`` is
     the sending end of this worker's own pipe to the training process, which takes
     ``(batch index, me, pickled batch, buffer ids used, buffers new to the training
-    process)``.
+    process)``. ``inherited`` are the descriptors of the training process's receiving
+    ends that a forked worker holds copies of: closed first, so that a send to a
+    training process that closed its end fails instead of blocking forever.
     """
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     torch = require_torch()
     torch.set_num_threads(1)  # one decoding thread per process; the processes are the pool
     from cadstore.dataset.reader import DatasetReader
@@ -288,8 +303,11 @@ class WorkerProcesses:
         self.freed_queues = [context.SimpleQueue() for _ in range(self.n)]
         self.results: list[multiprocessing.connection.Connection] = []
         self.workers = []
+        forked = context.get_start_method() == "fork"
         for w in range(self.n):
             receiving, sending = context.Pipe(duplex=False)
+            # A forked worker inherits every receiving end made so far, its own included.
+            inherited = tuple(r.fileno() for r in (*self.results, receiving)) if forked else ()
             worker = context.Process(
                 target=_work,
                 args=(
@@ -299,6 +317,7 @@ class WorkerProcesses:
                     self.tasks,
                     self.freed_queues[w],
                     sending,
+                    inherited,
                 ),
                 name=f"cadstore-batches-{w}",
                 daemon=True,
@@ -448,6 +467,9 @@ class WorkerProcesses:
         self.closed = True
         for _ in self.workers:
             self.tasks.put(None)
+        # Closed first: a worker still sending a batch nobody will read fails and stops.
+        for receiving in self.results:
+            receiving.close()
         for worker in self.workers:
             # After a failure the workers may be blocked writing results nobody reads.
             worker.join(0.1 if self.failed else _JOIN_SECONDS)
@@ -456,8 +478,6 @@ class WorkerProcesses:
                 worker.join()
         self.tasks.cancel_join_thread()
         self.tasks.close()
-        for receiving in self.results:
-            receiving.close()
         for freed in self.freed_queues:
             freed.close()
         self.ready.clear()

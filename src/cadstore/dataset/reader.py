@@ -102,12 +102,12 @@ class DatasetReader:
     limits
         Safety limits for reading.
     cache_bytes
-        Budget of the decoded-chunk cache. Within the same budget (counted per entry), the
-        reader also remembers the frame tables of item-framed chunks it has verified and
-        how it read each item's rows, so that an item read again fetches and decodes its
-        own frames only: a chunk's checksum is verified when it is first read, not at each
-        later read of one of its frames. With ``0`` nothing is remembered and every read
-        verifies whole chunks.
+        Budget of the decoded-chunk cache. Each within a budget of the same size (counted
+        per entry), the reader also remembers the frame tables of item-framed chunks it
+        has verified and how it read each item's rows, so that an item read again fetches
+        and decodes its own frames only: a chunk's checksum is verified when it is first
+        read, not at each later read of one of its frames. With ``0`` nothing is
+        remembered and every read verifies whole chunks.
     stored_layout
         Present the arrays as stored. By default a face-pair array stored as its upper
         triangle (a group with ``cadstore_layout="upper_triangle"``, see
@@ -875,6 +875,12 @@ class DatasetReader:
             if hit is not None and hit[2] == (first - r0 + len(target)) * row_bytes:
                 self._frames.move_to_end(cache_key)
                 frame = self._get_range(found[0], found[1] + hit[0], hit[1] - hit[0])
+                if len(frame) != hit[1] - hit[0]:
+                    raise CorruptStoreError(
+                        self.path,
+                        f"{key!r} inner chunk {inner}: {len(frame)} bytes of a "
+                        f"{hit[1] - hit[0]}-byte frame",
+                    )
                 pending = plan if plan is not None else _Plan()
                 pending.add(frame, target.data.cast("B"), key)
                 if plan is None:

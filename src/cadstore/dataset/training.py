@@ -328,10 +328,19 @@ class _Readers:
         self.free: list[Any] = []
         self.made: list[Any] = []
         self.lock = threading.Lock()
+        self.closed = threading.Event()
 
     def acquire(self) -> Any:
-        """A copy of the source no other thread is using (made when none is free)."""
+        """A copy of the source no other thread is using (made when none is free).
+
+        Raises
+        ------
+        RuntimeError
+            If the loader was closed meanwhile (an epoch left suspended, then resumed).
+        """
         with self.lock:
+            if self.closed.is_set():
+                raise RuntimeError("this BatchLoader was closed during the epoch under way")
             if self.free:
                 return self.free.pop()
         from cadstore.dataset.reader import DatasetReader
@@ -339,19 +348,29 @@ class _Readers:
         shared = self.shared.reader
         mine = copy.copy(self.shared)
         mine.reader = DatasetReader(
-            shared.location, limits=shared.limits, cache_bytes=shared.cache_bytes
+            shared.location,
+            limits=shared.limits,
+            cache_bytes=shared.cache_bytes,
+            stored_layout=shared.stored_layout,
         )
         with self.lock:
-            self.made.append(mine)
-        return mine
+            if not self.closed.is_set():
+                self.made.append(mine)
+                return mine
+        mine.reader.close()
+        raise RuntimeError("this BatchLoader was closed during the epoch under way")
 
     def release(self, source: Any) -> None:
-        """Give back a copy from :meth:`acquire`."""
+        """Give back a copy from :meth:`acquire` (closed if the loader was closed)."""
         with self.lock:
-            self.free.append(source)
+            if not self.closed.is_set():
+                self.free.append(source)
+                return
+        source.reader.close()
 
     def close(self) -> None:
         with self.lock:
+            self.closed.set()
             made, self.made, self.free = self.made, [], []
         for source in made:
             source.reader.close()

@@ -298,12 +298,23 @@ def decode_frames(frames: Sequence[bytes | memoryview], targets: Sequence[memory
         If a frame is corrupt or decodes to another size; ``position`` says which.
     """
     sizes = [t.nbytes for t in targets]
+    for k, size in enumerate(sizes):
+        if not size:
+            # zstandard reads a wanted size of 0 as "the frame says": an empty target is
+            # checked here instead, against the frame's own header.
+            try:
+                decode_zstd_into(frames[k], targets[k])
+            except ChunkDecodeError as exc:
+                raise FrameDecodeError(str(exc), k) from exc
     first = 0
     while first < len(frames):
+        if not sizes[first]:
+            first += 1
+            continue
         # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
         # memory that large comes from mmap, fresh pages faulted in at every call.
         stop, total = first + 1, sizes[first]
-        while stop < len(frames) and total + sizes[stop] <= DECODE_CALL_BYTES:
+        while stop < len(frames) and sizes[stop] and total + sizes[stop] <= DECODE_CALL_BYTES:
             total += sizes[stop]
             stop += 1
         _decode_frame_run(frames, targets, sizes, first, stop)
@@ -326,7 +337,7 @@ def _decode_frame_run(
         decoded = _decompressor().multi_decompress_to_buffer(
             list(frames[first:stop]), decompressed_sizes=wanted.tobytes()
         )
-    except zstandard.ZstdError as exc:
+    except (zstandard.ZstdError, ValueError, MemoryError) as exc:
         message = str(exc)
         # zstandard names the frame: "error decompressing item 3: ..."
         head = message.split(":", 1)[0].rsplit(" ", 1)[-1]
