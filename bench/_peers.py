@@ -57,6 +57,7 @@ __all__ = [
     "PEERS",
     "Peer",
     "assert_items_equal",
+    "flatten",
     "read_h5py",
     "read_metadata_h5py",
     "read_metadata_npz",
@@ -69,6 +70,7 @@ __all__ = [
     "read_one_zarr_v3",
     "read_spec_design",
     "read_zarr_v3",
+    "unflatten",
     "write_h5py",
     "write_npz",
     "write_spec_design",
@@ -95,19 +97,19 @@ def _from_stored(data: np.ndarray) -> Any:
     return data.item() if data.ndim == 0 else data
 
 
-def _flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     """Flatten nested dicts to ``/``-joined keys, scalars to 0-d arrays."""
     flat: dict[str, np.ndarray] = {}
     for key, value in item.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
+            flat.update(flatten(value, f"{prefix}{key}/"))
         else:
             flat[f"{prefix}{key}"] = np.asarray(value)
     return flat
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Invert :func:`_flatten`."""
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Invert :func:`flatten`."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         *parents, leaf = key.split("/")
@@ -539,7 +541,7 @@ def write_npz(path_without_ext: str, item: Mapping[str, Any], metadata: Mapping[
         Path of the file written.
     """
     target = f"{path_without_ext}.npz"
-    flat = _flatten(item)
+    flat = flatten(item)
     flat[_NPZ_METADATA] = np.asarray(json.dumps(metadata))
     np.savez_compressed(target, **flat)
     return target
@@ -560,7 +562,7 @@ def read_npz(path: str) -> dict[str, Any]:
     """
     with np.load(path, allow_pickle=False) as npz:
         flat = {k: _from_stored(npz[k]) for k in npz.files if k != _NPZ_METADATA}
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def read_one_npz(path: str, key: str) -> np.ndarray:

@@ -177,16 +177,6 @@ def make_zarr2_env(env: str) -> None:
     subprocess.run([os.path.join(env, "bin", "pip"), "install", *ZARR2_PACKAGES], check=True)
 
 
-def _flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in item.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = np.asarray(value)
-    return flat
-
-
 def prepare_inputs(
     items: Sequence[tuple[str, dict[str, Any], dict[str, Any]]], directory: str
 ) -> dict[int, tuple[str, str]]:
@@ -195,7 +185,7 @@ def prepare_inputs(
     inputs = {}
     for index, (_, item, metadata) in enumerate(items):
         npz, meta = (os.path.join(directory, f"{index}{ext}") for ext in (".npz", ".json"))
-        np.savez(npz, **_flatten(item))
+        np.savez(npz, **_peers.flatten(item))
         with open(meta, "w", encoding="utf-8") as fh:
             json.dump(metadata, fh)
         inputs[index] = (npz, meta)

@@ -899,6 +899,11 @@ def render_item_open(results: Path) -> tuple[list[str], str]:
 TRAINING_PEERS = {"lance": "Lance", "hf": "HF datasets", "npy": "raw .npy floor"}
 
 
+def _loads(values: Sequence[float]) -> str:
+    """Load averages (1, 5, 15 minutes) as the training captions print them."""
+    return " ".join(f"{x:.1f}" for x in values)
+
+
 def _training_cell(cell: Mapping[str, Any], key: str) -> str:
     return fmt_ms(cell[key]) if key.endswith("_ms") else fmt_int(cell[key])
 
@@ -960,8 +965,7 @@ def render_training(results: Path) -> tuple[list[str], str]:
     )
     header = ("measure", "cadstore", *TRAINING_PEERS.values(), "cadstore vs Lance", "vs HF")
     v = d["versions"]
-    before = " ".join(f"{x:.1f}" for x in d["load_average_before"])
-    after = " ".join(f"{x:.1f}" for x in d["load_average_after"])
+    before, after = _loads(d["load_average_before"]), _loads(d["load_average_after"])
     caption = (
         f"{d['items']:,} items ({d['train_items']:,} in the training epochs), medians of "
         f"{d['repeats']} repeats; {d['machine']}, load average {before} before and {after} "
@@ -994,7 +998,7 @@ def render_training_workers(results: Path) -> tuple[list[str], str]:
                 )
             )
     header = ("measure", "cadstore", *TRAINING_PEERS.values(), "cadstore vs Lance", "vs HF")
-    before = " ".join(f"{x:.1f}" for x in d["load_average_before"])
+    before = _loads(d["load_average_before"])
     caption = (
         f"Two worker processes kept between epochs: cadstore `batches(processes=2)`, the "
         f"peers `DataLoader(num_workers=2, persistent_workers=True)`; "

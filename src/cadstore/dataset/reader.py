@@ -27,7 +27,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,8 @@ __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
 _SPAN_SLACK = 64 * 1024
+
+_T = TypeVar("_T")
 
 #: What one remembered frame of an item-framed chunk, or one part of a remembered read,
 #: is counted as against ``cache_bytes`` (a dict entry and a small tuple, rounded up).
@@ -771,7 +773,7 @@ class DatasetReader:
         item-framed).
         """
         _, _, inner_rows, _, n_inner, _, direct, trailer = self._geometry(path, meta)
-        if direct not in _CHECKED_ZSTD:
+        if direct not in _ZSTD_KINDS:
             return _NEVER
         checked = direct != "zstd"
         fetches: list[tuple[str, int, int, tuple[tuple[int, int, bool, int, int], ...]]] = []
@@ -796,19 +798,10 @@ class DatasetReader:
                     return None
                 n = hit[1] - hit[0]
                 fetches.append((key, offset + hit[0], n, ((0, n, False, d0, d1),)))
-            # Whole chunks lying together are fetched in one range, as _fetch_span does.
-            whole.sort()
-            while whole:
-                first = whole[0][0]
-                end, take = first, 0
-                while take < len(whole) and whole[take][0] - end <= _SPAN_SLACK:
-                    end = max(end, whole[take][0] + whole[take][1])
-                    take += 1
-                parts = tuple(
-                    (o - first, o - first + n, checked, d0, d1) for o, n, d0, d1 in whole[:take]
-                )
+            # Whole chunks lying together are fetched in one range, as _prefetch does.
+            for first, end, run in _coalesce([(o, n, (d0, d1)) for o, n, d0, d1 in whole]):
+                parts = tuple((o - first, o - first + n, checked, d0, d1) for o, n, (d0, d1) in run)
                 fetches.append((key, first, end - first, parts))
-                del whole[:take]
         return tuple(fetches)
 
     def _keep_recipe(self, rows: tuple[str, int, int], recipe: _Recipe) -> None:
@@ -1012,7 +1005,7 @@ class DatasetReader:
     ) -> bool:
         """Add a whole inner chunk of one zstd frame to ``plan``, its checksum verified now;
         ``False`` (nothing added) for any other chunk, which the caller decodes itself."""
-        if _CHECKED_ZSTD.get(codec) is None or not target.flags.c_contiguous:
+        if codec not in _ZSTD_KINDS or not target.flags.c_contiguous:
             return False
         try:
             frame = strip_crc32c(raw, "chunk") if codec != "zstd" else raw
@@ -1110,17 +1103,11 @@ class DatasetReader:
                 offset, nbytes = index[inner]
                 if offset != MISSING and (path, shard, inner) not in self._chunks:
                     wanted.setdefault(key, set()).add((offset, nbytes))
-        requests = []
-        for key, chunks in wanted.items():
-            ordered = sorted(chunks)
-            at, end = ordered[0][0], ordered[0][0] + ordered[0][1]
-            for offset, nbytes in ordered[1:]:
-                if offset - end > _SPAN_SLACK:
-                    requests.append((key, at, end - at))
-                    at, end = offset, offset + nbytes
-                else:
-                    end = max(end, offset + nbytes)
-            requests.append((key, at, end - at))
+        requests = [
+            (key, at, end - at)
+            for key, chunks in wanted.items()
+            for at, end, _ in _coalesce([(offset, nbytes, None) for offset, nbytes in chunks])
+        ]
         self._fetch_ahead(requests)
 
     def _fetch_ahead(self, requests: list[tuple[str, int, int]]) -> None:
@@ -1415,7 +1402,27 @@ _NEVER: _Recipe = (("", -1, -1, ()),)
 _UNSEEN: Any = object()
 
 #: The direct codec kinds whose chunks are one zstd frame (with or without a checksum).
-_CHECKED_ZSTD = {"zstd": "zstd", "zstd+crc32c": "zstd"}
+_ZSTD_KINDS = frozenset({"zstd", "zstd+crc32c"})
+
+
+def _coalesce(
+    ranges: list[tuple[int, int, _T]],
+) -> list[tuple[int, int, list[tuple[int, int, _T]]]]:
+    """Byte ranges ``(offset, nbytes, tag)`` grouped into runs read as one range each.
+
+    Ranges no more than :data:`_SPAN_SLACK` apart join a run (the gap is read and
+    dropped: one request instead of two). Returns ``(start, stop, members)`` per run, in
+    file order.
+    """
+    runs: list[tuple[int, int, list[tuple[int, int, _T]]]] = []
+    for offset, nbytes, tag in sorted(ranges, key=lambda r: (r[0], r[1])):
+        if runs and offset - runs[-1][1] <= _SPAN_SLACK:
+            start, stop, members = runs[-1]
+            members.append((offset, nbytes, tag))
+            runs[-1] = (start, max(stop, offset + nbytes), members)
+        else:
+            runs.append((offset, offset + nbytes, [(offset, nbytes, tag)]))
+    return runs
 
 
 #: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.
