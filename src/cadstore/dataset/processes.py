@@ -446,14 +446,16 @@ class WorkerProcesses:
         finally:
             # Stopped early (break, an error in the training step): the batches under way
             # are received and let go, so the next epoch starts with every worker idle.
+            # Nothing raises from here: this runs as the generator is closed (by a loop's
+            # end or the garbage collector), where an error could only be reported as
+            # ignored; a worker that failed or died meanwhile means starting afresh.
             try:
                 if not self.failed:
                     while received < submitted:
                         self._receive(received)
                         received += 1
-            except BaseException:
-                self.failed = True  # a worker failed or died meanwhile: start afresh
-                raise
+            except Exception:
+                self.failed = True
             finally:
                 self.active = None
                 self._reclaim()
