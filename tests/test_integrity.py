@@ -48,6 +48,14 @@ def _read_all(path: Path, *, batched: bool = False) -> Values:
         return {code: reader.read_item(code) for code in range(reader.n_items)}
 
 
+def _read_provenance(path: Path) -> dict[str, np.ndarray]:
+    """Every group's ``file_id_code_<group>`` array (the code of each row), which item
+    reads do not return: chunks an item read never opens must be read to be checked."""
+    with DatasetReader(path) as reader:
+        groups = [*reader.groups, *sorted(reader._hidden)]  # triangle groups included
+        return {g: reader.read_array(g, f"file_id_code_{g}") for g in groups}
+
+
 def _same(a: Values, b: Values) -> bool:
     if a.keys() != b.keys():
         return False
@@ -199,12 +207,17 @@ def test_single_bit_flips_are_caught_or_harmless(
     exactly the original values."""
     out = _merge(realistic_items[:6], tmp_path / "flips.dataset")
     original = _read_all(out)
+    provenance = _read_provenance(out)
+    assert {"faces", "faceface_upper"} <= provenance.keys()
     positions = _flip_positions(out, 300, seed=5)
 
     def read() -> Values:
         single = _read_all(out)
         batched = _read_all(out, batched=True)
         assert _same(single, batched)
+        codes = _read_provenance(out)
+        assert codes.keys() == provenance.keys()
+        assert all(np.array_equal(codes[g], provenance[g]) for g in codes)
         return single
 
     seen = list(

@@ -17,6 +17,7 @@ from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_layout
 from cadstore.io.sources import ZipSource
 from cadstore.merging import merge_items
+from cadstore.merging.options import DEFAULT_INNER_BYTES
 from conftest import write_items
 from datasets import assert_same_dataset
 
@@ -188,17 +189,24 @@ def test_our_reader_agrees_with_zarr(merged: Path) -> None:
 
 
 def test_inner_chunks_hold_a_few_items(merged: Path, realistic_items: list[Any]) -> None:
-    """Small rows get inner chunks of a few items' rows, not 64 KiB of them."""
+    """Small rows get inner chunks of a few items' rows, not 256 KiB of them; face pairs,
+    hundreds of kilobytes per item, get the whole byte target."""
     g = _open(merged)
-    for path, key, row_bytes in (
-        ("faces/face_areas", "face_areas", 4),
-        ("edges/edge_u_grids", "edge_u_grids", 120),
+
+    def rows(key: str) -> list[int]:
+        return [len(item[key]) for _, item, _ in realistic_items]
+
+    def upper(n: int) -> int:  # an item's face pairs are N x N: N (N + 1) / 2 stored rows
+        return n * (n + 1) // 2
+
+    for path, typical, row_bytes in (
+        ("faces/face_areas", np.median(rows("face_areas")), 4),
+        ("edges/edge_u_grids", np.median(rows("edge_u_grids")), 120),
+        ("faceface_upper/d2_distance", np.median([upper(r) for r in rows("d2_distance")]), 256),
     ):
-        typical = int(np.median([len(item[key]) for _, item, _ in realistic_items]))
-        want = min(65536 // row_bytes, max(ITEMS_PER_INNER * typical, MIN_INNER_BYTES // row_bytes))
-        assert g[path].chunks[0] == want, path
-    # Rows of whole histograms are big: the byte target (64 KiB) still decides.
-    assert g["faceface_upper/d2_distance"].chunks[0] == 64 * 1024 // 256
+        wanted = max(ITEMS_PER_INNER * int(typical), MIN_INNER_BYTES // row_bytes)
+        assert g[path].chunks[0] == min(DEFAULT_INNER_BYTES // row_bytes, wanted), path
+    assert DEFAULT_INNER_BYTES == 256 * 1024
 
 
 def test_shard_layout_caps_inner_chunks_by_item_rows() -> None:

@@ -222,7 +222,7 @@ class DatasetMerger:
         face_chunk, edge_chunk, faceface_flat_chunk
             Shard lengths (rows) of the ``faces``, ``edges``/``graph`` and ``faceface``
             groups; by default shards hold about 16 MiB and inner chunks at most about
-            64 KiB, fewer rows when a few typical items fit in less (see
+            256 KiB, fewer rows when a few typical items fit in less (see
             :func:`cadstore.format.sharding.shard_layout`).
         batch_size
             Accepted for compatibility: the merge always streams, so memory does not grow
