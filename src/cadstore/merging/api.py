@@ -348,6 +348,7 @@ def merge(
     overwrite: bool = False,
     append: bool = False,
     compression_level: int | None = DEFAULT_LEVEL,
+    face_pair_level: int | None = None,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
@@ -383,6 +384,11 @@ def merge(
         its tables; without an existing dataset this is an ordinary merge.
     compression_level
         zstd level of the dataset.
+    face_pair_level
+        zstd level of the face-pair arrays (default: ``compression_level``, at least
+        :data:`~cadstore.merging.options.FACE_PAIR_LEVEL`; see
+        :class:`~cadstore.merging.options.MergeOptions`). An append keeps each array's
+        level as the dataset has it.
     progress
         Show progress bars.
     storage_options
@@ -437,6 +443,7 @@ def merge(
     )
     options = MergeOptions(
         compression_level=compression_level,
+        face_pair_level=face_pair_level,
         workers=workers,
         progress=progress,
         lock_timeout=lock_timeout,

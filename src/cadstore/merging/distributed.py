@@ -164,12 +164,13 @@ class _Unit:
     pieces: tuple[tuple[int, str | None, int, int, int], ...]
     #: The items' arrays are stored as their upper triangles.
     triangle: bool = False
+    #: zstd level of the shard (``None``: uncompressed).
+    level: int | None = None
 
 
 def _encode_units(
     units: Sequence[_Unit],
     items: Mapping[int, Location],
-    level: int | None,
     limits: Limits,
     checksum: bool = True,
 ) -> Any:
@@ -209,7 +210,7 @@ def _encode_units(
                 np.ascontiguousarray(rows),
                 unit.inner_rows,
                 unit.shard_rows,
-                level,
+                unit.level,
                 checksum,
                 np.asarray(starts, dtype=np.int64),
             )
@@ -227,6 +228,7 @@ def _plan_units(
     scans: Sequence[ItemScan],
     groups: Mapping[str, GroupPlan],
     offsets: Mapping[str, np.ndarray],
+    level_of: Callable[[ArrayPlan], int | None],
 ) -> list[tuple[tuple[int, ...], _Unit]]:
     """Every output shard with the position at which the single-process merge writes it.
 
@@ -269,6 +271,7 @@ def _plan_units(
                     shard_rows=plan.shard_rows,
                     pieces=tuple(pieces),
                     triangle=plan.triangle,
+                    level=level_of(plan),
                 )
                 units.append((order, unit))
     return units
@@ -331,7 +334,7 @@ def write_shards_on_dask(
                         if key is not None and key in scan.scalars
                         else array.fill_value
                     )
-    planned = _plan_units(scans, groups, plan.offsets)
+    planned = _plan_units(scans, groups, plan.offsets, writer.level_of)
     if not planned:
         return _raw_bytes(scans, groups)
     n_threads = worker_threads(client)
@@ -352,7 +355,6 @@ def write_shards_on_dask(
             _encode_units,
             task,
             items,
-            writer.level,
             limits,
             writer.checksum,
             key=f"cadstore-shards-{token}-{t}",

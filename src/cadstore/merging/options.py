@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_INNER_BYTES",
     "DEFAULT_LEVEL",
     "DEFAULT_SHARD_BYTES",
+    "FACE_PAIR_LEVEL",
     "MergeOptions",
     "MergeResult",
 ]
@@ -33,6 +34,12 @@ DEFAULT_INNER_BYTES = 256 * 1024
 DEFAULT_SHARD_BYTES = 16 * 1024 * 1024
 #: zstd level of the dataset's chunks.
 DEFAULT_LEVEL = 3
+#: The lowest zstd level of face-pair arrays (see :attr:`MergeOptions.face_pair_level`).
+#: On the face-pair histograms of 1,200 realistic items, in 256 KiB item-framed chunks,
+#: level 5 against 3 stored ``a3_distance`` in 36% fewer bytes and decoded it 1.6x
+#: faster (``d2_distance`` 1.2x, ``face_pair_edges_path`` 1.15x): fewer literals to
+#: decode. Higher levels gained little more and merged slower (``docs/benchmarks.md``).
+FACE_PAIR_LEVEL = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,11 @@ class MergeOptions:
     ----------
     compression_level
         zstd level of the output (``None``: uncompressed).
+    face_pair_level
+        zstd level of the face-pair groups' arrays (``N x N`` per item, most of a
+        dataset's bytes, decoded for every item a model reads); ``None`` (default):
+        ``compression_level``, but at least :data:`FACE_PAIR_LEVEL`. Unused when
+        ``compression_level`` is ``None``.
     inner_bytes, shard_bytes
         Target uncompressed sizes of inner chunks and shards; inner chunks of small rows
         are cut to a few typical items' rows (:func:`cadstore.format.sharding.shard_layout`).
@@ -81,6 +93,7 @@ class MergeOptions:
     limits: Limits = DEFAULT_LIMITS
     lock_timeout: float = 0.0
     face_pair_layout: str = "auto"
+    face_pair_level: int | None = None
 
     def __post_init__(self) -> None:
         if self.face_pair_layout not in ("auto", "full"):
@@ -89,6 +102,15 @@ class MergeOptions:
             )
         if self.executor not in ("thread", "process"):
             raise ValueError(f"executor must be 'thread' or 'process', got {self.executor!r}")
+
+    @property
+    def face_pairs_level(self) -> int | None:
+        """The zstd level face-pair arrays are written with (``None``: uncompressed)."""
+        if self.compression_level is None:
+            return None
+        if self.face_pair_level is not None:
+            return self.face_pair_level
+        return max(self.compression_level, FACE_PAIR_LEVEL)
 
     @property
     def n_workers(self) -> int:

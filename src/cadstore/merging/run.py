@@ -47,6 +47,7 @@ from cadstore.merging.scan import check_buckets, item_name_of, keep_scans, scan_
 from cadstore.merging.tables import item_tables
 from cadstore.merging.write import (
     ShardWriter,
+    array_levels,
     finish_dataset,
     group_summary,
     per_item_values,
@@ -84,6 +85,7 @@ def merge_items(
     schema: Any = None,
     file_id_codes: Mapping[str, int] | None = None,
     compression_level: int | None = DEFAULT_LEVEL,
+    face_pair_level: int | None = None,
     inner_bytes: int = DEFAULT_INNER_BYTES,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     shard_rows: Mapping[str, int] | None = None,
@@ -111,8 +113,8 @@ def merge_items(
     file_id_codes
         ``{item name: code}``; defaults to codes in the order of ``files``. Codes must be
         ``0..N-1``.
-    compression_level, inner_bytes, shard_bytes, shard_rows, directory, workers, executor,
-    progress, limits, face_pair_layout
+    compression_level, face_pair_level, inner_bytes, shard_bytes, shard_rows, directory,
+    workers, executor, progress, limits, face_pair_layout
         As the attributes of :class:`~cadstore.merging.options.MergeOptions`.
     overwrite
         Replace an existing dataset at ``output``.
@@ -137,6 +139,7 @@ def merge_items(
     """
     options = MergeOptions(
         compression_level=compression_level,
+        face_pair_level=face_pair_level,
         inner_bytes=inner_bytes,
         shard_bytes=shard_bytes,
         shard_rows=dict(shard_rows or {}),
@@ -247,7 +250,7 @@ def _write_version(
         sink = open_sink(target, directory=options.directory)
         try:
             txn.begin(sink)
-            writer = ShardWriter(sink, pool, options)
+            writer = ShardWriter(sink, pool, options, levels=array_levels(plan.groups, options))
             per_item = per_item_values(plan)
             if client is not None:
                 raw_total = write_shards_on_dask(client, plan, per_item, writer, options.limits)

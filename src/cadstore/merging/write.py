@@ -44,7 +44,12 @@ from cadstore.format.layout import (
 from cadstore.format.sharding import CRC32C, encode_shard, shard_layout, sharding_codec
 from cadstore.format.triangle import UPPER_TRIANGLE, is_symmetric, upper_rows
 from cadstore.io.publish import Sink
-from cadstore.merging.options import DEFAULT_INNER_BYTES, DEFAULT_SHARD_BYTES, MergeOptions
+from cadstore.merging.options import (
+    DEFAULT_INNER_BYTES,
+    DEFAULT_LEVEL,
+    DEFAULT_SHARD_BYTES,
+    MergeOptions,
+)
 from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
 from cadstore.merging.scan import ItemScan, decode_item
 from cadstore.progress import progress
@@ -58,6 +63,7 @@ __all__ = [
     "RowBuffer",
     "ShardWriter",
     "array_doc",
+    "array_levels",
     "group_summary",
     "item_rows",
     "shard_key",
@@ -151,6 +157,24 @@ class RowBuffer:
 CHECKSUMS = True
 
 
+def array_levels(
+    groups: Mapping[str, GroupPlan], options: MergeOptions
+) -> dict[tuple[str, str], int | None]:
+    """``{(group, array): zstd level}`` of the arrays not written at the dataset's level:
+    the rows of face-pair groups, full or triangle (see
+    :attr:`MergeOptions.face_pair_level`)."""
+    level = options.face_pairs_level
+    if level == options.compression_level:
+        return {}
+    return {
+        (group.name, plan.name): level
+        for group in groups.values()
+        if group.is_matrix or group.special == UPPER_TRIANGLE
+        for plan in group.arrays.values()
+        if not plan.per_item
+    }
+
+
 def encode_shard_job(
     rows: np.ndarray,
     inner_rows: int,
@@ -178,10 +202,15 @@ class ShardWriter:
         *,
         checksum: bool | None = None,
         code_layouts: Mapping[str, tuple[int, int]] | None = None,
+        levels: Mapping[tuple[str, str], int | None] | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
+        #: The dataset's zstd level: of every array not in ``levels``.
         self.level = options.compression_level
+        #: ``{(group, array): zstd level}`` of the arrays written at another level (the
+        #: face-pair arrays, see :func:`array_levels`).
+        self.levels = dict(levels or {})
         #: Whether chunks carry a crc32c checksum (:data:`CHECKSUMS` by default).
         self.checksum = CHECKSUMS if checksum is None else checksum
         #: ``{group: (inner_rows, shard_rows)}`` of existing provenance arrays (appends).
@@ -202,21 +231,36 @@ class ShardWriter:
 
         Its chunks carry checksums only if the dataset's do (a dataset written before
         checksums stays without, or the shards copied from it would contradict their
-        metadata), and each group's provenance array keeps its chunk grid.
+        metadata), each group's provenance array keeps its chunk grid and each array its
+        zstd level.
         """
         checksum = False
         layouts: dict[str, tuple[int, int]] = {}
+        levels: dict[tuple[str, str], int | None] = {}
         for group in reader.groups:
             for array in reader.arrays(group):
                 meta = reader.array_meta(group, array)
                 if not meta.codecs or meta.codecs[0].get("name") != "sharding_indexed":
                     continue
                 config = meta.codecs[0].get("configuration") or {}
-                names = [c.get("name") for c in config.get("codecs") or ()]
+                inner = config.get("codecs") or ()
+                names = [c.get("name") for c in inner]
                 checksum = checksum or CRC32C["name"] in names
                 if array == file_id_code_name(group):
                     layouts[group] = (int(config["chunk_shape"][0]), int(meta.chunks[0]))
-        return cls(sink, pool, options, checksum=checksum, code_layouts=layouts)
+                levels[(group, array)] = next(
+                    (
+                        int((c.get("configuration") or {}).get("level", DEFAULT_LEVEL))
+                        for c in inner
+                        if c.get("name") == "zstd"
+                    ),
+                    None,
+                )
+        return cls(sink, pool, options, checksum=checksum, code_layouts=layouts, levels=levels)
+
+    def level_of(self, plan: ArrayPlan) -> int | None:
+        """The zstd level of ``plan``'s chunks (``None``: uncompressed)."""
+        return self.levels.get((plan.group, plan.name), self.level)
 
     def shard(
         self, key: str, rows: np.ndarray, plan: ArrayPlan, starts: np.ndarray | None = None
@@ -227,7 +271,12 @@ class ShardWriter:
             self._write(
                 key,
                 encode_shard(
-                    rows, plan.inner_rows, plan.shard_rows, self.level, self.checksum, starts
+                    rows,
+                    plan.inner_rows,
+                    plan.shard_rows,
+                    self.level_of(plan),
+                    self.checksum,
+                    starts,
                 ),
             )
             return
@@ -236,7 +285,7 @@ class ShardWriter:
             np.ascontiguousarray(rows),
             plan.inner_rows,
             plan.shard_rows,
-            self.level,
+            self.level_of(plan),
             self.checksum,
             starts,
         )
@@ -534,7 +583,7 @@ def write_structure(
                     [
                         sharding_codec(
                             (plan.inner_rows, *[max(1, t) for t in plan.trailing]),
-                            level,
+                            writer.level_of(plan),
                             writer.checksum,
                         )
                     ],

@@ -1,0 +1,119 @@
+"""zstd levels per array: face-pair arrays at their own level, kept by appends."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+import cadstore
+from cadstore.dataset import DatasetReader
+from cadstore.merging import merge_items
+from cadstore.merging.options import DEFAULT_LEVEL, FACE_PAIR_LEVEL
+
+FACE_PAIRS = {
+    "faceface/face_pair_edges_path",
+    "faceface_upper/d2_distance",
+    "faceface_upper/a3_distance",
+    "faceface_upper/extended_adjacency",
+}
+
+
+def _levels(path: Path) -> dict[str, int | None]:
+    """``{"group/array": zstd level}`` of every sharded array (``None``: no zstd)."""
+    out: dict[str, int | None] = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if not name.endswith("/zarr.json"):
+                continue
+            doc = json.loads(zf.read(name))
+            codecs = doc.get("codecs") or []
+            if doc.get("node_type") != "array" or codecs[0]["name"] != "sharding_indexed":
+                continue
+            inner = codecs[0]["configuration"]["codecs"]
+            levels = [c["configuration"]["level"] for c in inner if c["name"] == "zstd"]
+            out[name.rsplit("/", 1)[0]] = levels[0] if levels else None
+    return out
+
+
+def _chunks(path: Path, prefix: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if n.startswith(prefix + "/c/")}
+
+
+def test_face_pairs_get_their_own_level(realistic_items: list[Any], tmp_path: Path) -> None:
+    files = [p for p, _, _ in realistic_items[:8]]
+    default = tmp_path / "default.dataset"
+    merge_items(files, default)
+    levels = _levels(default)
+    assert levels.keys() >= FACE_PAIRS
+    assert {levels[a] for a in FACE_PAIRS} == {FACE_PAIR_LEVEL}
+    others = {a: level for a, level in levels.items() if a not in FACE_PAIRS}
+    assert "faces/face_areas" in others and "faceface/file_id_code_faceface" in others
+    assert set(others.values()) == {DEFAULT_LEVEL}
+
+    # The level is really the one written: at the dataset's level the face pairs' chunks
+    # differ (and take more bytes), the rest are the same bytes.
+    flat = tmp_path / "flat.dataset"
+    merge_items(files, flat, face_pair_level=DEFAULT_LEVEL)
+    assert set(_levels(flat).values()) == {DEFAULT_LEVEL}
+    for array in FACE_PAIRS - {"faceface_upper/extended_adjacency"}:
+        ours, theirs = _chunks(default, array), _chunks(flat, array)
+        assert ours.keys() == theirs.keys() and ours != theirs, array
+        assert sum(map(len, ours.values())) < sum(map(len, theirs.values())), array
+    assert _chunks(default, "faces/face_areas") == _chunks(flat, "faces/face_areas")
+
+    # Standard readers decode either: the level is the encoder's business only.
+    with zarr.storage.ZipStore(default, mode="r") as store, DatasetReader(flat) as reader:
+        group = zarr.open_group(store, mode="r")
+        for array in FACE_PAIRS:
+            name, key = array.split("/")
+            np.testing.assert_array_equal(group[name][key][:], reader.read_array(name, key))
+
+
+def test_explicit_levels(realistic_items: list[Any], tmp_path: Path) -> None:
+    files = [p for p, _, _ in realistic_items[:4]]
+    cases: list[tuple[dict[str, Any], int | None, int | None]] = [
+        ({"compression_level": 12}, 12, 12),
+        ({"face_pair_level": 1}, 1, DEFAULT_LEVEL),
+        ({"compression_level": 1, "face_pair_level": 9}, 9, 1),
+        ({"compression_level": None}, None, None),
+        ({"compression_level": None, "face_pair_level": 9}, None, None),
+    ]
+    for n, (options, face_pairs, rest) in enumerate(cases):
+        out = tmp_path / f"{n}.dataset"
+        merge_items(files, out, **options)
+        levels = _levels(out)
+        assert {levels[a] for a in FACE_PAIRS} == {face_pairs}, options
+        assert {v for a, v in levels.items() if a not in FACE_PAIRS} == {rest}, options
+
+
+def test_an_append_keeps_each_arrays_level(realistic_items: list[Any], tmp_path: Path) -> None:
+    """A dataset merged with its face pairs at level 3 (as every dataset was before face
+    pairs had their own level) is continued at level 3, not at today's default."""
+    files = [p for p, _, _ in realistic_items[:10]]
+    small: dict[str, Any] = {"inner_bytes": 2048, "shard_bytes": 16384}
+    inc, whole = tmp_path / "inc.dataset", tmp_path / "whole.dataset"
+    merge_items(files[:6], inc, face_pair_level=DEFAULT_LEVEL, **small)
+    cadstore.merge([str(f) for f in files[6:]], str(inc), append=True)
+    merge_items(files, whole, face_pair_level=DEFAULT_LEVEL, **small)
+    assert set(_levels(inc).values()) == {DEFAULT_LEVEL}
+    for array in FACE_PAIRS:
+        assert _chunks(inc, array) == _chunks(whole, array), array
+    with DatasetReader(inc) as a, DatasetReader(whole) as b:
+        for code in range(len(files)):
+            got, expected = a.read_item(code), b.read_item(code)
+            for name, value in expected["faceface"].items():
+                np.testing.assert_array_equal(got["faceface"][name], value)
+
+    # And one merged at today's levels is continued at them.
+    new = tmp_path / "new.dataset"
+    merge_items(files[:6], new, **small)
+    cadstore.merge([str(f) for f in files[6:]], str(new), append=True)
+    levels = _levels(new)
+    assert {levels[a] for a in FACE_PAIRS} == {FACE_PAIR_LEVEL}
+    assert _chunks(new, "faceface_upper/d2_distance") != _chunks(inc, "faceface_upper/d2_distance")
