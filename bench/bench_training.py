@@ -331,7 +331,7 @@ class Built:
 
 #: The merged layout the cached cadstore dataset was written with: a dataset cached by an
 #: earlier layout is merged again (the peers, built from the decoded items, are kept).
-CADSTORE_LAYOUT = "inner-256k"
+CADSTORE_LAYOUT = "inner-256k-face-pairs-zstd5"
 
 
 def build(workdir: str, n_items: int, seed: int, lance_version: str) -> Built:

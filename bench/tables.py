@@ -1045,6 +1045,50 @@ def render_triangle(results: Path) -> tuple[list[str], str]:
     return markdown_table(header, rows, "lrrrrr"), caption
 
 
+# --------------------------------------------------------------------------- bench_chunking
+def render_chunking(results: Path) -> tuple[list[str], str]:
+    """bench_chunking.py: inner-chunk size and face-pair zstd level, side by side."""
+    d = load(results, "chunking.json")
+    layouts = d["layouts"]
+    before = next(iter(layouts.values()))
+    rows = []
+    for name, r in layouts.items():
+        runs = r["two_threads_runs"]
+        rows.append(
+            (
+                name,
+                fmt_mb(r["dataset_bytes"]),
+                f"{fmt_mb(r['face_pair_bytes'])} "
+                f"({fmt_rel(r['face_pair_bytes'] / before['face_pair_bytes'])})",
+                fmt_seconds(r["merge_s"]),
+                f"{fmt_ms(r['random_item_ms'])} / {fmt_ms(r['random_item_p95_ms'])}",
+                fmt_ms(r["cpu_ms_per_item"]),
+                f"{fmt_int(r['two_threads_items_per_s'])} "
+                f"({fmt_int(min(runs))}-{fmt_int(max(runs))})",
+            )
+        )
+    header = (
+        "inner chunks, face-pair level",
+        "dataset",
+        "face-pair arrays",
+        "merge, s",
+        "random item, cache off, median / p95 ms",
+        "CPU ms per item, 1 thread",
+        "2 threads, 2nd epoch, items/s (range)",
+    )
+    caption = (
+        f"{fmt_int(d['items'])} workload items (those of `bench_training.py`), every layout "
+        f"merged from them and read in turn; {fmt_int(d['repeats'])} repeats of "
+        f"{fmt_int(d['samples'])} random items (one reader, cache off), of the CPU time of "
+        "one thread reading a second epoch, and of two epochs of "
+        f"{fmt_int(d['epoch_items'])} items in batches of {d['batch_size']} by two threads "
+        "(a reader each); every other array at zstd level 3; load average "
+        f"{_fixed(d['loadavg_before'][0], 2)} before, {_fixed(d['loadavg_after'][0], 2)} after "
+        "on 2 shared cores."
+    )
+    return markdown_table(header, rows, "lrrrrrr"), caption
+
+
 # --------------------------------------------------------------------------- bench_pyg
 def render_pyg(results: Path) -> tuple[list[str], str]:
     """bench_pyg.py: PyTorch Geometric batches against the plain batches, in-process."""
@@ -1103,6 +1147,7 @@ TABLES: dict[str, Table] = {
     "training": Table(("training.json",), render_training),
     "training-workers": Table(("training-workers.json",), render_training_workers),
     "triangle": Table(("triangle.json",), render_triangle),
+    "chunking": Table(("chunking.json",), render_chunking),
 }
 
 
