@@ -46,8 +46,8 @@ _ENTRY = struct.Struct("<QQ")
 
 
 #: An inner chunk aims to hold about this many typical items' rows, so that reading one
-#: item decodes little beyond its own bytes. Without it, a 1-D per-face array with 64 KiB
-#: inner chunks packs 16,384 rows (hundreds of items) into each: a random item then decodes
+#: item decodes little beyond its own bytes. Without it, a 1-D per-face array with 256 KiB
+#: inner chunks packs 65,536 rows (thousands of items) into each: a random item then decodes
 #: a whole chunk per array to keep a few dozen rows (bench/bench_dataset.py).
 ITEMS_PER_INNER = 4
 #: The smallest inner chunk chosen for item-sized rows. Smaller chunks lose zstd ratio and
