@@ -51,9 +51,8 @@ def _read_all(path: Path, *, batched: bool = False) -> Values:
 def _read_provenance(path: Path) -> dict[str, np.ndarray]:
     """Every group's ``file_id_code_<group>`` array (the code of each row), which item
     reads do not return: chunks an item read never opens must be read to be checked."""
-    with DatasetReader(path) as reader:
-        groups = [*reader.groups, *sorted(reader._hidden)]  # triangle groups included
-        return {g: reader.read_array(g, f"file_id_code_{g}") for g in groups}
+    with DatasetReader(path, stored_layout=True) as reader:  # triangle groups included
+        return {g: reader.read_array(g, f"file_id_code_{g}") for g in reader.groups}
 
 
 def _same(a: Values, b: Values) -> bool:

@@ -117,3 +117,84 @@ def test_an_append_keeps_each_arrays_level(realistic_items: list[Any], tmp_path:
     levels = _levels(new)
     assert {levels[a] for a in FACE_PAIRS} == {FACE_PAIR_LEVEL}
     assert _chunks(new, "faceface_upper/d2_distance") != _chunks(inc, "faceface_upper/d2_distance")
+
+
+def _pairs_first_items(directory: Path, n: int, seed: int) -> list[str]:
+    """Items whose first array is a face-pair one: the dataset's first group is then the
+    face-pair group, and its first sharded array is at the face pairs' level."""
+    from cadstore import OptStorage
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for k in range(n):
+        faces = int(rng.integers(2, 9))
+        m = rng.random((faces, faces, 8)).astype(np.float32)
+        path = directory / f"p{seed}-{k}.zarr"
+        with OptStorage(str(path)) as item:
+            item.save_data("d2_distance", m + m.transpose(1, 0, 2))
+            item.save_data("face_pair_edges_path", rng.integers(0, 9, (faces, faces, 4)))
+            item.save_data("face_areas", rng.random(faces).astype(np.float32))
+            item.compress_store()
+        files.append(f"{path}.data")
+    return files
+
+
+def test_an_append_is_the_full_merge_whatever_the_first_group(tmp_path: Path) -> None:
+    """Appending gives the bytes of one merge of every item: each array at its own level,
+    and the zarr.json of every array naming the level of its shards."""
+    from datasets import assert_same_dataset
+
+    files = _pairs_first_items(tmp_path, 6, seed=1) + _pairs_first_items(tmp_path, 5, seed=2)
+    small: dict[str, Any] = {"inner_bytes": 1024, "shard_bytes": 8192}
+    inc, whole = tmp_path / "inc.dataset", tmp_path / "whole.dataset"
+    merge_items(files[:6], inc, **small)
+    with DatasetReader(inc, stored_layout=True) as reader:
+        assert reader.groups[0] == "faceface", reader.groups
+    cadstore.merge(files[6:], str(inc), append=True)
+    merge_items(files, whole, **small)
+    levels = _levels(inc)
+    assert levels["faceface/face_pair_edges_path"] == FACE_PAIR_LEVEL
+    assert levels["faceface/file_id_code_faceface"] == DEFAULT_LEVEL
+    assert levels["faces/face_areas"] == DEFAULT_LEVEL
+    assert_same_dataset(inc, whole, same_operation=False)
+
+
+def test_every_entry_point_takes_the_face_pair_level(
+    realistic_items: list[Any], tmp_path: Path, capsys: Any
+) -> None:
+    from cadstore import DatasetMerger
+    from cadstore.cli import main
+
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    cli = tmp_path / "cli.dataset"
+    assert main(["merge", *files, "-o", str(cli), "--face-pair-level", "9", "--json"]) == 0
+    capsys.readouterr()
+    spec = tmp_path / "spec.dataset"
+    DatasetMerger(files, spec).merge_data(face_pair_level=2)
+    for path, level in ((cli, 9), (spec, 2)):
+        levels = _levels(path)
+        assert {levels[a] for a in FACE_PAIRS} == {level}, path
+        assert levels["faces/face_areas"] == DEFAULT_LEVEL
+
+
+def test_a_level_zstd_does_not_have_is_refused(realistic_items: list[Any], tmp_path: Path) -> None:
+    import pytest
+
+    files = [p for p, _, _ in realistic_items[:2]]
+    out = tmp_path / "bad.dataset"
+    for options in ({"face_pair_level": 23}, {"compression_level": "3"}, {"face_pair_level": True}):
+        name = next(iter(options))
+        with pytest.raises(ValueError, match=f"{name} must be a zstd level"):
+            merge_items(files, out, **options)
+        assert not out.exists()
+
+
+def test_an_append_that_creates_the_dataset_takes_the_levels(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    out = tmp_path / "new.dataset"
+    cadstore.merge(files, str(out), append=True, compression_level=4, face_pair_level=8)
+    levels = _levels(out)
+    assert {levels[a] for a in FACE_PAIRS} == {8}
+    assert {v for a, v in levels.items() if a not in FACE_PAIRS} == {4}

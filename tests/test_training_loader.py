@@ -359,7 +359,9 @@ def test_an_epoch_stopped_after_a_worker_died_closes_quietly(loader: DatasetLoad
     # died meanwhile, that must not raise out of the generator's close() (a training loop's
     # ``break`` or the garbage collector would report it as an exception nobody can catch),
     # and the next epoch starts on fresh workers.
-    expected = [b["file_id_code"] for b in _batch_loader(loader, batch_size=2, seed=3)]
+    reference = _batch_loader(loader, batch_size=2, seed=3)
+    list(reference)  # the first epoch: the one stopped below
+    expected = [b["file_id_code"] for b in reference]
     with _batch_loader(loader, batch_size=2, seed=3, processes=2, prefetch=1) as batches:
         iterator = iter(batches)
         next(iterator)
@@ -374,7 +376,34 @@ def test_an_epoch_stopped_after_a_worker_died_closes_quietly(loader: DatasetLoad
         assert batches._workers is not first
     assert len(got) == len(expected)
     for ours, theirs in zip(got, expected, strict=True):
-        assert ours.shape == theirs.shape
+        assert torch.equal(ours, theirs)
+
+
+def test_an_interrupt_while_an_epoch_stops_closes_the_workers(
+    loader: DatasetLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while the batches under way are received goes through, and the pool closes:
+    # kept, its batches still on their way would be taken for the next epoch's.
+    reference = _batch_loader(loader, batch_size=2, seed=4)
+    list(reference)  # the first epoch: the one stopped below
+    expected = [b["file_id_code"] for b in reference]
+    with _batch_loader(loader, batch_size=2, seed=4, processes=2, prefetch=2) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        first = batches._workers
+
+        def interrupted(index: int) -> Any:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(first, "_receive", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            iterator.close()
+        assert first.closed
+        got = [b["file_id_code"] for b in batches]
+        assert batches._workers is not first
+    assert len(got) == len(expected)
+    for ours, theirs in zip(got, expected, strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_worker_batches_keep_views_of_other_dtypes_and_sparse_tensors(

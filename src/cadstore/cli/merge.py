@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
         "finish (0: fail at once)",
     )
     parser.add_argument("--level", type=int, default=3, help="zstd level of the dataset")
+    parser.add_argument(
+        "--face-pair-level",
+        type=int,
+        help="zstd level of the face-pair arrays (default: --level, at least 5)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         append=args.append,
         compression_level=args.level,
+        face_pair_level=args.face_pair_level,
         progress=not args.json,
         lock_timeout=args.wait,
         **remote,

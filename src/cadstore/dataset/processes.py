@@ -446,16 +446,20 @@ class WorkerProcesses:
         finally:
             # Stopped early (break, an error in the training step): the batches under way
             # are received and let go, so the next epoch starts with every worker idle.
-            # Nothing raises from here: this runs as the generator is closed (by a loop's
+            # No error raises from here: this runs as the generator is closed (by a loop's
             # end or the garbage collector), where an error could only be reported as
-            # ignored; a worker that failed or died meanwhile means starting afresh.
+            # ignored; a worker that failed or died meanwhile means starting afresh. An
+            # interrupt (Ctrl-C) still goes through, the pool closed all the same: its
+            # batches under way would otherwise arrive in the next epoch's place.
             try:
                 if not self.failed:
                     while received < submitted:
                         self._receive(received)
                         received += 1
-            except Exception:
+            except BaseException as exc:
                 self.failed = True
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 self.active = None
                 self._reclaim()

@@ -212,6 +212,7 @@ class DatasetMerger:
         use_streaming: bool = True,
         *,
         compression_level: int | None = DEFAULT_LEVEL,
+        face_pair_level: int | None = None,
         overwrite: bool = True,
         progress: bool = False,
     ) -> MergeResult:
@@ -235,6 +236,9 @@ class DatasetMerger:
             Accepted for compatibility; the merge always streams.
         compression_level
             zstd level of the output.
+        face_pair_level
+            zstd level of the face-pair arrays (default: ``compression_level``, at least
+            :data:`~cadstore.merging.options.FACE_PAIR_LEVEL`).
         overwrite
             Replace an existing dataset (the default, as in the specified system, whose
             users re-run their merge task on the same output). The replacement is
@@ -264,6 +268,7 @@ class DatasetMerger:
                 shard_rows.update(dict.fromkeys(groups, int(rows)))
         options = MergeOptions(
             compression_level=compression_level,
+            face_pair_level=face_pair_level,
             inner_bytes=DEFAULT_INNER_BYTES,
             shard_bytes=DEFAULT_SHARD_BYTES,
             shard_rows=shard_rows,
@@ -459,6 +464,8 @@ def merge(
             lock_timeout=lock_timeout,
             create=True,
             schema=schema,
+            compression_level=compression_level,
+            face_pair_level=face_pair_level,
         )
     return run_merge(
         files,

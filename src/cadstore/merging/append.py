@@ -68,6 +68,8 @@ def append_items(
     lock_timeout: float = 0.0,
     create: bool = False,
     schema: Any = None,
+    compression_level: int | None = DEFAULT_LEVEL,
+    face_pair_level: int | None = None,
 ) -> MergeResult:
     """Append new items to an existing dataset without re-merging the old ones.
 
@@ -76,8 +78,10 @@ def append_items(
     fsspec options for URLs among the dataset and the items. ``published`` are the copies
     to publish after the commit (see :func:`cadstore.merge`); ``lock_timeout`` the seconds
     to wait for another writer. With ``create``, a missing dataset is merged from the
-    items (with ``schema``), under the same lock, after recovery: a dataset an
-    interrupted writer left between two renames is appended to, not merged over.
+    items (with ``schema``, ``compression_level`` and ``face_pair_level``), under the
+    same lock, after recovery: a dataset an interrupted writer left between two renames is
+    appended to, not merged over. An existing dataset is continued at the zstd levels it
+    has, whatever these say.
 
     Raises
     ------
@@ -90,7 +94,13 @@ def append_items(
     """
     target = resolve(dataset, storage_options, shared=True)
     items = [resolve(f, storage_options, shared=True) for f in files]
-    options = MergeOptions(workers=workers, progress=progress, limits=limits)
+    options = MergeOptions(
+        compression_level=compression_level,
+        face_pair_level=face_pair_level,
+        workers=workers,
+        progress=progress,
+        limits=limits,
+    )
     started = time.perf_counter()
     with Transaction(target, "append", published, timeout=lock_timeout) as txn:
         if not dataset_exists(target):
@@ -456,14 +466,20 @@ def _full_shard(key: str, prefix: str, shard_rows: int, total: int) -> bool:
 
 
 def _existing_level(reader: DatasetReader) -> int | None:
-    """The zstd level the dataset's shards were written with (appended shards match it)."""
+    """The dataset's zstd level (appended shards and small arrays match it).
+
+    Read from a provenance array (``file_id_code_<group>``), which is always at the
+    dataset's level: a data array may be at another (the face pairs').
+    """
     for group in reader.groups:
-        for array in reader.arrays(group):
-            codecs = reader.array_meta(group, array).codecs
-            if codecs and codecs[0].get("name") == "sharding_indexed":
-                inner = (codecs[0].get("configuration") or {}).get("codecs") or []
-                for codec in inner:
-                    if codec.get("name") == "zstd":
-                        return int((codec.get("configuration") or {}).get("level", DEFAULT_LEVEL))
-                return None
+        name = file_id_code_name(group)
+        if name not in reader.arrays(group):
+            continue
+        codecs = reader.array_meta(group, name).codecs
+        if codecs and codecs[0].get("name") == "sharding_indexed":
+            inner = (codecs[0].get("configuration") or {}).get("codecs") or []
+            for codec in inner:
+                if codec.get("name") == "zstd":
+                    return int((codec.get("configuration") or {}).get("level", DEFAULT_LEVEL))
+            return None
     return DEFAULT_LEVEL

@@ -40,6 +40,8 @@ DEFAULT_LEVEL = 3
 #: faster (``d2_distance`` 1.2x, ``face_pair_edges_path`` 1.15x): fewer literals to
 #: decode. Higher levels gained little more and merged slower (``docs/benchmarks.md``).
 FACE_PAIR_LEVEL = 5
+#: The zstd levels there are (negative levels trade ratio for speed).
+MIN_LEVEL, MAX_LEVEL = -(1 << 17), 22
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,17 @@ class MergeOptions:
             )
         if self.executor not in ("thread", "process"):
             raise ValueError(f"executor must be 'thread' or 'process', got {self.executor!r}")
+        for name in ("compression_level", "face_pair_level"):
+            level = getattr(self, name)
+            if level is not None and (
+                isinstance(level, bool)
+                or not isinstance(level, int)
+                or not MIN_LEVEL <= level <= MAX_LEVEL
+            ):
+                raise ValueError(
+                    f"{name} must be a zstd level from {MIN_LEVEL} to {MAX_LEVEL} or None, "
+                    f"got {level!r}"
+                )
 
     @property
     def face_pairs_level(self) -> int | None:

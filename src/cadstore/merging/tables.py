@@ -1019,7 +1019,9 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
     """``old`` followed by the rows of ``new`` whose ``keys`` it lacks (an append's tables).
 
     Columns are united (missing values become null, types widen as pandas widens them);
-    the schema metadata of ``new`` is kept.
+    the schema metadata of ``new`` is kept. Text columns keep the tables' ``string`` type
+    (pandas hands them back as ``large_string``), so that an append writes the tables a
+    merge of every item would.
     """
     if old is None:
         return new
@@ -1029,6 +1031,12 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
     frame = pd.concat([old.to_pandas(), new.to_pandas()], ignore_index=True)
     frame = frame.drop_duplicates(subset=list(keys), keep="first").reset_index(drop=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
+    wanted = {f.name: f.type for f in old.schema} | {f.name: f.type for f in new.schema}
+    for i, column in enumerate(table.schema):
+        if pa.types.is_large_string(column.type) and wanted.get(column.name) == pa.string():
+            table = table.set_column(
+                i, column.with_type(pa.string()), table.column(i).cast(pa.string())
+            )
     metadata = dict(old.schema.metadata or {})
     metadata.update(new.schema.metadata or {})
     metadata.pop(b"pandas", None)

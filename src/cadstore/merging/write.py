@@ -624,7 +624,7 @@ def write_structure(
             np.dtype("int64"),
             [group.primary_dim],
             (code_plan.shard_rows,),
-            [sharding_codec((code_plan.inner_rows,), level, writer.checksum)],
+            [sharding_codec((code_plan.inner_rows,), writer.level_of(code_plan), writer.checksum)],
             {},
         )
         docs[f"{group.name}/{OFFSETS}"] = write_plain_array(
