@@ -582,12 +582,19 @@ def test_legitimate_items_read_within_the_default_budget(tmp_path: Path) -> None
     default limits."""
     from cadstore.synthetic import make_item, raw_nbytes, write_item
 
-    item = make_item(0, n_faces=200)
-    path = write_item(tmp_path / "dense.zarr", item, {}, compression_level=9)
-    assert raw_nbytes(item) > 12 * os.path.getsize(path)  # compresses more than 12:1
-    with OptStorage(tmp_path / "dense.zarr", mode="r") as storage:
-        for key in storage.get_keys():
-            storage.load_data(key)
+    # 200 faces, and 515: a file under 10 MiB decoding to more than 160 MiB, which the
+    # budget refused while files that size got 160 MiB however well they compress.
+    for faces in (200, 515):
+        item = make_item(0, n_faces=faces)
+        path = write_item(tmp_path / f"dense{faces}.zarr", item, {}, compression_level=9)
+        assert raw_nbytes(item) > 12 * os.path.getsize(path)  # compresses more than 12:1
+        with OptStorage(tmp_path / f"dense{faces}.zarr", mode="r") as storage:
+            for key in storage.get_keys():
+                storage.load_data(key)
+    assert raw_nbytes(item) > 160 * MiB and os.path.getsize(path) < 10 * MiB
+    limits = Limits()
+    for size in (limits.expansion_threshold, 4 * MiB, 10 * MiB):  # 64:1 from 2.5 MiB on
+        assert limits.decoded_budget(size) == 64 * size
     labels = ["q" * 3000] + [""] * 49_999  # as fixed-width strings: 600 MB
     with OptStorage(tmp_path / "labels.zarr") as storage:
         storage.save_data("labels", labels)
