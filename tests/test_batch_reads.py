@@ -130,6 +130,38 @@ def test_batches_read_again_equal_their_sources(
         _check_batch(reader.read_items(every[::-1]), every[::-1], realistic_items)
 
 
+def test_rows_of_cached_chunks_are_copied_without_a_read_each(
+    dataset: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small rows (a few bytes per face) share chunks decoded whole and kept in the cache;
+    # a batch read again copies each item's rows from them, with no read path per item
+    # and array, and gives the same values.
+    codes = list(range(len(realistic_items)))
+    groups = ["faces", "edges", "graph"]
+    with DatasetReader(dataset) as reader, DatasetReader(dataset, cache_bytes=0) as cold:
+        reader.read_items(codes, groups)
+        calls: list[str] = []
+        read_into = reader._read_into
+
+        def counting(path: str, *args: Any, **kwargs: Any) -> None:
+            calls.append(path)
+            read_into(path, *args, **kwargs)
+
+        monkeypatch.setattr(reader, "_read_into", counting)
+        again = reader.read_items(codes[::-1], groups)
+        assert "faces/face_areas" not in calls and "graph/edges_source" not in calls
+        expected = cold.read_items(codes[::-1], groups)
+        for ours, theirs in zip(again, expected, strict=True):
+            for group in groups:
+                assert ours[group].keys() == theirs[group].keys()
+                for name, value in theirs[group].items():
+                    np.testing.assert_array_equal(ours[group][name], value, err_msg=name)
+        for got, code in zip(again, codes[::-1], strict=True):
+            np.testing.assert_array_equal(
+                got["faces"]["face_areas"], realistic_items[code][1]["face_areas"]
+            )
+
+
 class _Counting:
     """Counts the bytes a reader fetches and the calls into :func:`decode_frames`."""
 

@@ -980,6 +980,14 @@ class DatasetReader:
             )
             row_bytes = out.nbytes // len(out) if len(out) else 0
             shape = meta.shape
+            # Rows of a chunk decoded whole and still in the cache (small rows shared by
+            # many items) are copied from it here: through _read_into, each item's rows of
+            # each array went through five calls to the same lookup.
+            cached = (
+                self._geometry(path, meta)
+                if self._chunks and _is_sharded(meta) and out.shape[1:] == tuple(shape[1:])
+                else None
+            )
             at = 0
             for start, stop in spans:
                 rows = (path, start, stop)
@@ -990,7 +998,14 @@ class DatasetReader:
                         self._keep_recipe(rows, recipe)
                 elif recipe is not None and recipe is not _NEVER:
                     recipes.move_to_end(rows)
-                if recipe is None or recipe is _NEVER:
+                if (
+                    recipe is _NEVER
+                    and cached is not None
+                    and 0 <= start < stop <= shape[0]
+                    and self._copy_cached(path, cached, start, stop, out[at : at + stop - start])
+                ):
+                    pass
+                elif recipe is None or recipe is _NEVER:
                     self._read_into(path, meta, start, stop, out[at : at + stop - start], plan)
                 else:
                     assert whole is not None
@@ -999,6 +1014,28 @@ class DatasetReader:
                     self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
                 at += stop - start
             self._decode_plan(plan)
+
+    def _copy_cached(
+        self, path: str, geometry: tuple[Any, ...], start: int, stop: int, out: np.ndarray
+    ) -> bool:
+        """Copy rows ``[start, stop)`` of sharded ``path`` into ``out`` from the decoded
+        inner chunk that holds them all, if it is in the cache; ``False`` if it is not
+        (nothing copied). ``geometry`` is :meth:`_geometry`'s. Callers hold the lock."""
+        inner_rows, shard_rows = geometry[2], geometry[3]
+        shard = start // shard_rows
+        base = shard * shard_rows
+        inner = (start - base) // inner_rows
+        if (stop - 1) // shard_rows != shard or (stop - 1 - base) // inner_rows != inner:
+            return False
+        cache_key = (path, shard, inner)
+        block = self._chunks.get(cache_key)
+        if block is None:
+            return False
+        self._chunks.move_to_end(cache_key)
+        self._source.budget.check(f"rows {start}:{stop} of {path}", out.nbytes)
+        r0 = base + inner * inner_rows
+        out[...] = block[start - r0 : stop - r0]
+        return True
 
     def _plan_chunk(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int, plan: _Plan
