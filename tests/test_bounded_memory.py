@@ -314,6 +314,20 @@ def fill_value_arrays(base: Path, dst: Path) -> tuple[Path, str]:
     return _write_zip(dst, members), "fill0"
 
 
+def padded_fill_value_arrays(base: Path, dst: Path) -> tuple[Path, str]:
+    """Twelve arrays of 120 MiB of fill values, beside 9.5 MB of incompressible padding:
+    a file just under 10 MB gets no more room than a small one (a budget of 64 times the
+    file's size let four of its arrays be decoded, 560 MiB)."""
+    root, members = _root_and_docs(base)
+    for i in range(12):
+        doc = _array_doc(
+            [15 * MiB], [MiB], "float64", [{"name": "bytes", "configuration": {"endian": "little"}}]
+        )
+        _set_array(root, members, f"fill{i}", doc)
+    members["padding.bin"] = np.random.default_rng(0).bytes(9_500_000)
+    return _write_zip(dst, members), "fill0"
+
+
 def string_zstd_bomb(base: Path, dst: Path) -> tuple[Path, str]:
     """A vlen-utf8 + zstd string chunk holding one 512 MiB string."""
     root, members = _root_and_docs(base)
@@ -416,6 +430,7 @@ HOSTILE_ITEMS = [
     metadata_deflate_bomb,
     metadata_json_bomb,
     fill_value_arrays,
+    padded_fill_value_arrays,
     string_zstd_bomb,
     string_gzip_bomb,
     v2_object_bomb,
@@ -583,7 +598,7 @@ def test_legitimate_items_read_within_the_default_budget(tmp_path: Path) -> None
     from cadstore.synthetic import make_item, raw_nbytes, write_item
 
     # 200 faces, and 515: a file under 10 MiB decoding to more than 160 MiB, which the
-    # budget refused while files that size got 160 MiB however well they compress.
+    # budget refused when files that size got 160 MiB (16:1 at 10 MiB).
     for faces in (200, 515):
         item = make_item(0, n_faces=faces)
         path = write_item(tmp_path / f"dense{faces}.zarr", item, {}, compression_level=9)
@@ -592,9 +607,9 @@ def test_legitimate_items_read_within_the_default_budget(tmp_path: Path) -> None
             for key in storage.get_keys():
                 storage.load_data(key)
     assert raw_nbytes(item) > 160 * MiB and os.path.getsize(path) < 10 * MiB
-    limits = Limits()
-    for size in (limits.expansion_threshold, 4 * MiB, 10 * MiB):  # 64:1 from 2.5 MiB on
-        assert limits.decoded_budget(size) == 64 * size
+    # 19:1 for the largest files under 10 MiB, and no more than 192 MiB for any of them:
+    # a hostile one keeps a reader under 256 MiB (test_hostile_item_keeps_memory_bounded).
+    assert Limits().decoded_budget(10 * MiB) == 192 * MiB
     labels = ["q" * 3000] + [""] * 49_999  # as fixed-width strings: 600 MB
     with OptStorage(tmp_path / "labels.zarr") as storage:
         storage.save_data("labels", labels)

@@ -198,3 +198,8 @@ def test_an_append_that_creates_the_dataset_takes_the_levels(
     levels = _levels(out)
     assert {levels[a] for a in FACE_PAIRS} == {8}
     assert {v for a, v in levels.items() if a not in FACE_PAIRS} == {4}
+    full = tmp_path / "full.dataset"
+    cadstore.merge(files, str(full), append=True, face_pair_layout="full")
+    with DatasetReader(full, stored_layout=True) as reader:
+        assert "faceface_upper" not in reader.groups
+        assert "d2_distance" in reader.arrays("faceface")

@@ -985,7 +985,10 @@ class DatasetReader:
             # each array went through five calls to the same lookup.
             cached = (
                 self._geometry(path, meta)
-                if self._chunks and _is_sharded(meta) and out.shape[1:] == tuple(shape[1:])
+                if self._chunks
+                and _is_sharded(meta)
+                and out.shape[1:] == tuple(shape[1:])
+                and any(start < stop for start, stop in spans)
                 else None
             )
             at = 0

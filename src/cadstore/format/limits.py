@@ -14,8 +14,7 @@ file also gets a :class:`DecodeBudget`, the memory everything read from it may d
 readers and charged before anything is allocated. With the defaults, whatever a file under
 :attr:`Limits.expansion_threshold` holds decodes into at most
 :attr:`Limits.expansion_allowance` bytes, so reading it keeps a process well under a few
-hundred megabytes; a larger file decodes into at most :attr:`Limits.max_expansion` times
-its size.
+hundred megabytes.
 """
 
 from __future__ import annotations
@@ -66,11 +65,11 @@ class Limits:
         arrays of fill values or chunks that decompress a thousandfold (decompression
         bombs) while allowing ordinary compressible data.
     expansion_threshold
-        Files up to this size get ``expansion_allowance`` and no more. By default
-        ``expansion_allowance / max_expansion`` (2.5 MiB), where the two rules meet: a
-        larger file may decode into ``max_expansion`` times its size. With a higher
-        threshold the files just under it got a ratio of 16:1 only (160 MiB for 10 MiB),
-        and a legitimate item of 515 faces at zstd level 9 (8.6 MB, 19.8:1) was refused.
+        Files up to this size get ``expansion_allowance`` and no more: a hostile file under
+        10 MiB keeps a reader under 256 MiB in all. The default allowance, 192 MiB, lets
+        the largest of them decode 19:1 (160 MiB, 16:1, refused a generated item of
+        10.4 MB decoding to 169 MB, and one of 515 faces at zstd level 9, 8.6 MB decoding
+        to 171 MB); pass more for files under the threshold compressed further.
     max_expansion
         Each byte of a file beyond ``expansion_threshold`` adds this many bytes to its
         budget. CAD items compress about 15:1 (up to about 21:1 at high zstd levels), so
@@ -85,8 +84,8 @@ class Limits:
     max_members: int = 1_000_000
     max_chunk_bytes: int = 1024**3
     max_array_bytes: int = 64 * 1024**3
-    expansion_allowance: int = 160 * 1024**2
-    expansion_threshold: int = 160 * 1024**2 // 64
+    expansion_allowance: int = 192 * 1024**2
+    expansion_threshold: int = 10 * 1024**2
     max_expansion: int = 64
     max_dims: int = 32
     max_nodes: int = 200_000

@@ -466,6 +466,7 @@ def merge(
             schema=schema,
             compression_level=compression_level,
             face_pair_level=face_pair_level,
+            face_pair_layout=face_pair_layout,
         )
     return run_merge(
         files,

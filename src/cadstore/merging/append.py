@@ -70,6 +70,7 @@ def append_items(
     schema: Any = None,
     compression_level: int | None = DEFAULT_LEVEL,
     face_pair_level: int | None = None,
+    face_pair_layout: str = "auto",
 ) -> MergeResult:
     """Append new items to an existing dataset without re-merging the old ones.
 
@@ -78,7 +79,8 @@ def append_items(
     fsspec options for URLs among the dataset and the items. ``published`` are the copies
     to publish after the commit (see :func:`cadstore.merge`); ``lock_timeout`` the seconds
     to wait for another writer. With ``create``, a missing dataset is merged from the
-    items (with ``schema``, ``compression_level`` and ``face_pair_level``), under the
+    items (with ``schema``, ``compression_level``, ``face_pair_level`` and
+    ``face_pair_layout``), under the
     same lock, after recovery: a dataset an interrupted writer left between two renames is
     appended to, not merged over. An existing dataset is continued at the zstd levels it
     has, whatever these say.
@@ -97,6 +99,7 @@ def append_items(
     options = MergeOptions(
         compression_level=compression_level,
         face_pair_level=face_pair_level,
+        face_pair_layout=face_pair_layout,
         workers=workers,
         progress=progress,
         limits=limits,
