@@ -716,19 +716,14 @@ class DatasetReader:
         _, _, inner_rows, shard_rows, n_inner, suffix, direct, trailer = self._geometry(path, meta)
         # The rows asked for, decoded into ``out``: within what the file may decode to.
         self._source.budget.check(f"rows {start}:{stop} of {path}", out.nbytes)
-        first_shard, last_shard = start // shard_rows, (stop - 1) // shard_rows
-        if first_shard == last_shard:
-            base = first_shard * shard_rows
-            first_inner = (start - base) // inner_rows
-            if first_inner == (stop - 1 - base) // inner_rows:
-                # The common case for one item: a single inner chunk holds every row.
-                key = f"{path}/c/{first_shard}{suffix}"
-                index = self._shard_index(key, n_inner, trailer)
-                r0 = base + first_inner * inner_rows
-                self._read_part(
-                    key, first_shard, first_inner, index, meta, path, r0, start, out, plan
-                )
-                return
+        one = _one_chunk(inner_rows, shard_rows, start, stop)
+        if one is not None:
+            # The common case for one item: a single inner chunk holds every row.
+            shard, inner, r0 = one
+            key = f"{path}/c/{shard}{suffix}"
+            index = self._shard_index(key, n_inner, trailer)
+            self._read_part(key, shard, inner, index, meta, path, r0, start, out, plan)
+            return
         for shard, key, base, lo, hi, inners in self._shard_spans(path, meta, start, stop):
             index = self._shard_index(key, n_inner, trailer)
             # Inner chunks wholly inside the rows belong to this item alone: decode them
@@ -1001,15 +996,15 @@ class DatasetReader:
                         self._keep_recipe(rows, recipe)
                 elif recipe is not None and recipe is not _NEVER:
                     recipes.move_to_end(rows)
-                if (
-                    recipe is _NEVER
-                    and cached is not None
-                    and 0 <= start < stop <= shape[0]
-                    and self._copy_cached(path, cached, start, stop, out[at : at + stop - start])
-                ):
-                    pass
-                elif recipe is None or recipe is _NEVER:
-                    self._read_into(path, meta, start, stop, out[at : at + stop - start], plan)
+                if recipe is None or recipe is _NEVER:
+                    target = out[at : at + stop - start]
+                    if not (
+                        recipe is _NEVER
+                        and cached is not None
+                        and 0 <= start < stop <= shape[0]
+                        and self._copy_cached(path, cached, start, stop, target)
+                    ):
+                        self._read_into(path, meta, start, stop, target, plan)
                 else:
                     assert whole is not None
                     nbytes = (stop - start) * row_bytes
@@ -1024,19 +1019,16 @@ class DatasetReader:
         """Copy rows ``[start, stop)`` of sharded ``path`` into ``out`` from the decoded
         inner chunk that holds them all, if it is in the cache; ``False`` if it is not
         (nothing copied). ``geometry`` is :meth:`_geometry`'s. Callers hold the lock."""
-        inner_rows, shard_rows = geometry[2], geometry[3]
-        shard = start // shard_rows
-        base = shard * shard_rows
-        inner = (start - base) // inner_rows
-        if (stop - 1) // shard_rows != shard or (stop - 1 - base) // inner_rows != inner:
+        one = _one_chunk(geometry[2], geometry[3], start, stop)
+        if one is None:
             return False
+        shard, inner, r0 = one
         cache_key = (path, shard, inner)
         block = self._chunks.get(cache_key)
         if block is None:
             return False
         self._chunks.move_to_end(cache_key)
         self._source.budget.check(f"rows {start}:{stop} of {path}", out.nbytes)
-        r0 = base + inner * inner_rows
         out[...] = block[start - r0 : stop - r0]
         return True
 
@@ -1472,6 +1464,19 @@ Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
 def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
     """The arrays of ``group`` that ``arrays`` asks for (``None``: all of them)."""
     return tuple(arrays[group]) if arrays is not None and group in arrays else None
+
+
+def _one_chunk(
+    inner_rows: int, shard_rows: int, start: int, stop: int
+) -> tuple[int, int, int] | None:
+    """``(shard, inner chunk, its first row)`` of the one inner chunk that holds rows
+    ``[start, stop)`` (``start < stop``), or ``None`` when they span several."""
+    shard = start // shard_rows
+    base = shard * shard_rows
+    inner = (start - base) // inner_rows
+    if (stop - 1) // shard_rows != shard or (stop - 1 - base) // inner_rows != inner:
+        return None
+    return shard, inner, base + inner * inner_rows
 
 
 def _is_sharded(meta: Any) -> bool:

@@ -46,6 +46,7 @@ from cadstore.merging.write import (
     RowBuffer,
     ShardWriter,
     group_summary,
+    inner_zstd_level,
     shard_key,
     stream_items,
     write_root,
@@ -480,9 +481,5 @@ def _existing_level(reader: DatasetReader) -> int | None:
             continue
         codecs = reader.array_meta(group, name).codecs
         if codecs and codecs[0].get("name") == "sharding_indexed":
-            inner = (codecs[0].get("configuration") or {}).get("codecs") or []
-            for codec in inner:
-                if codec.get("name") == "zstd":
-                    return int((codec.get("configuration") or {}).get("level", DEFAULT_LEVEL))
-            return None
+            return inner_zstd_level(codecs)
     return DEFAULT_LEVEL

@@ -64,6 +64,7 @@ __all__ = [
     "ShardWriter",
     "array_doc",
     "array_levels",
+    "inner_zstd_level",
     "group_summary",
     "item_rows",
     "shard_key",
@@ -157,6 +158,20 @@ class RowBuffer:
 CHECKSUMS = True
 
 
+def inner_zstd_level(codecs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The zstd level of a ``sharding_indexed`` array's inner chunks, as its codec list
+    (``zarr.json`` ``codecs``) names it; ``None`` for chunks without zstd."""
+    inner = (codecs[0].get("configuration") or {}).get("codecs") or ()
+    return next(
+        (
+            int((c.get("configuration") or {}).get("level", DEFAULT_LEVEL))
+            for c in inner
+            if c.get("name") == "zstd"
+        ),
+        None,
+    )
+
+
 def array_levels(
     groups: Mapping[str, GroupPlan], options: MergeOptions
 ) -> dict[tuple[str, str], int | None]:
@@ -243,19 +258,11 @@ class ShardWriter:
                 if not meta.codecs or meta.codecs[0].get("name") != "sharding_indexed":
                     continue
                 config = meta.codecs[0].get("configuration") or {}
-                inner = config.get("codecs") or ()
-                names = [c.get("name") for c in inner]
+                names = [c.get("name") for c in config.get("codecs") or ()]
                 checksum = checksum or CRC32C["name"] in names
                 if array == file_id_code_name(group):
                     layouts[group] = (int(config["chunk_shape"][0]), int(meta.chunks[0]))
-                levels[(group, array)] = next(
-                    (
-                        int((c.get("configuration") or {}).get("level", DEFAULT_LEVEL))
-                        for c in inner
-                        if c.get("name") == "zstd"
-                    ),
-                    None,
-                )
+                levels[(group, array)] = inner_zstd_level(meta.codecs)
         return cls(sink, pool, options, checksum=checksum, code_layouts=layouts, levels=levels)
 
     def level_of(self, plan: ArrayPlan) -> int | None:
