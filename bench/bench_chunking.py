@@ -41,6 +41,11 @@ from cadstore.merging import merge_items
 from cadstore.merging.options import DEFAULT_INNER_BYTES, FACE_PAIR_LEVEL
 from cadstore.synthetic import write_workload
 
+try:
+    from bench.bench_triangle import face_pair_bytes, loadavg
+except ImportError:  # run as a script: bench/ itself is sys.path[0]
+    from bench_triangle import face_pair_bytes, loadavg  # type: ignore[no-redef]
+
 KIB = 1024
 #: ``name: (inner bytes, face-pair zstd level)``; every other array at level 3.
 LAYOUTS: dict[str, tuple[int, int]] = {
@@ -52,11 +57,6 @@ LAYOUTS: dict[str, tuple[int, int]] = {
 }
 BATCH = 32
 EPOCH = 960
-
-
-def _loadavg() -> list[float]:
-    with open("/proc/loadavg") as fh:
-        return [float(v) for v in fh.read().split()[:3]]
 
 
 def random_item_ms(path: Path, codes: np.ndarray) -> list[float]:
@@ -108,16 +108,6 @@ def cpu_ms_per_item(path: Path, n_items: int, seed: int) -> float:
     return spent * 1e3 / EPOCH
 
 
-def face_pair_bytes(path: Path) -> int:
-    with DatasetReader(path, stored_layout=True) as reader:
-        return sum(
-            reader.stored_nbytes(g, a)
-            for g in reader.groups
-            if g.startswith("faceface")
-            for a in reader.arrays(g)
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1200)
@@ -128,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-chunking-"))
     files = write_workload(root / f"items-seed0-n{args.items}", args.items, 0)
-    load_before = _loadavg()
+    load_before = loadavg()
     paths = {name: root / f"layout{i}.dataset" for i, name in enumerate(LAYOUTS)}
     merge_s: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     for _ in range(2):
@@ -180,7 +170,7 @@ def main() -> None:
         "epoch_items": EPOCH,
         "batch_size": BATCH,
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": loadavg(),
         "layouts": rows,
     }
     text = json.dumps(doc, indent=2)

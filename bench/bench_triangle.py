@@ -31,9 +31,20 @@ from cadstore.synthetic import write_workload
 LAYOUTS = ("full", "auto")
 
 
-def _loadavg() -> list[float]:
+def loadavg() -> list[float]:
     with open("/proc/loadavg") as fh:
         return [float(v) for v in fh.read().split()[:3]]
+
+
+def face_pair_bytes(path: Path) -> int:
+    """Stored bytes of a dataset's face-pair groups (``faceface`` and ``faceface_upper``)."""
+    with DatasetReader(path, stored_layout=True) as reader:
+        return sum(
+            reader.stored_nbytes(g, a)
+            for g in reader.groups
+            if g.startswith("faceface")
+            for a in reader.arrays(g)
+        )
 
 
 def _random_item_ms(path: Path, codes: np.ndarray) -> float:
@@ -65,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-triangle-"))
     files = write_workload(root / "items", args.items)
-    load_before = _loadavg()
+    load_before = loadavg()
     merge_s: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
     paths = {layout: root / f"{layout}.dataset" for layout in LAYOUTS}
     for _ in range(2):
@@ -84,16 +95,9 @@ def main() -> None:
             batch_ms[layout].append(_batch_ms_per_item(paths[layout], batches))
     rows: dict[str, Any] = {}
     for layout in LAYOUTS:
-        with DatasetReader(paths[layout], stored_layout=True) as reader:
-            face_pairs = sum(
-                reader.stored_nbytes(g, a)
-                for g in reader.groups
-                if g.startswith("faceface")
-                for a in reader.arrays(g)
-            )
         rows["triangle" if layout == "auto" else "full"] = {
             "dataset_bytes": os.path.getsize(paths[layout]),
-            "face_pair_bytes": face_pairs,
+            "face_pair_bytes": face_pair_bytes(paths[layout]),
             "merge_s": statistics.median(merge_s[layout]),
             "random_item_ms": statistics.median(item_ms[layout]),
             "batch32_ms_per_item": statistics.median(batch_ms[layout]),
@@ -104,7 +108,7 @@ def main() -> None:
         "items": args.items,
         "repeats": args.repeats,
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": loadavg(),
         "layouts": rows,
     }
     text = json.dumps(doc, indent=2)

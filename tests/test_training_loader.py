@@ -354,14 +354,26 @@ def test_a_killed_worker_ends_its_pipe(loader: DatasetLoader) -> None:
                 pass
 
 
+def _assert_next_epoch_on_fresh_workers(
+    batches: BatchLoader, stopped: Any, loader: DatasetLoader, seed: int
+) -> None:
+    """The epoch after one stopped on worker processes ``stopped``: new workers, giving
+    the batches a thread loader gives in its second epoch (batches of 2, ``seed``)."""
+    got = [b["file_id_code"] for b in batches]
+    assert batches._workers is not stopped
+    reference = _batch_loader(loader, batch_size=2, seed=seed)
+    list(reference)  # the first epoch: the one stopped
+    expected = [b["file_id_code"] for b in reference]
+    assert len(got) == len(expected)
+    for ours, theirs in zip(got, expected, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_an_epoch_stopped_after_a_worker_died_closes_quietly(loader: DatasetLoader) -> None:
     # Stopping an epoch early receives the batches still under way; when a worker has
     # died meanwhile, that must not raise out of the generator's close() (a training loop's
     # ``break`` or the garbage collector would report it as an exception nobody can catch),
     # and the next epoch starts on fresh workers.
-    reference = _batch_loader(loader, batch_size=2, seed=3)
-    list(reference)  # the first epoch: the one stopped below
-    expected = [b["file_id_code"] for b in reference]
     with _batch_loader(loader, batch_size=2, seed=3, processes=2, prefetch=1) as batches:
         iterator = iter(batches)
         next(iterator)
@@ -372,11 +384,7 @@ def test_an_epoch_stopped_after_a_worker_died_closes_quietly(loader: DatasetLoad
         iterator.close()
         assert first.closed
         assert not any(worker.is_alive() for worker in first.workers)
-        got = [b["file_id_code"] for b in batches]
-        assert batches._workers is not first
-    assert len(got) == len(expected)
-    for ours, theirs in zip(got, expected, strict=True):
-        assert torch.equal(ours, theirs)
+        _assert_next_epoch_on_fresh_workers(batches, first, loader, seed=3)
 
 
 def test_an_interrupt_while_an_epoch_stops_closes_the_workers(
@@ -384,9 +392,6 @@ def test_an_interrupt_while_an_epoch_stops_closes_the_workers(
 ) -> None:
     # Ctrl-C while the batches under way are received goes through, and the pool closes:
     # kept, its batches still on their way would be taken for the next epoch's.
-    reference = _batch_loader(loader, batch_size=2, seed=4)
-    list(reference)  # the first epoch: the one stopped below
-    expected = [b["file_id_code"] for b in reference]
     with _batch_loader(loader, batch_size=2, seed=4, processes=2, prefetch=2) as batches:
         iterator = iter(batches)
         next(iterator)
@@ -399,11 +404,7 @@ def test_an_interrupt_while_an_epoch_stops_closes_the_workers(
         with pytest.raises(KeyboardInterrupt):
             iterator.close()
         assert first.closed
-        got = [b["file_id_code"] for b in batches]
-        assert batches._workers is not first
-    assert len(got) == len(expected)
-    for ours, theirs in zip(got, expected, strict=True):
-        assert torch.equal(ours, theirs)
+        _assert_next_epoch_on_fresh_workers(batches, first, loader, seed=4)
 
 
 def test_worker_batches_keep_views_of_other_dtypes_and_sparse_tensors(
