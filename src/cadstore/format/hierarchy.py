@@ -18,9 +18,11 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -28,6 +30,14 @@ import numpy as np
 from cadstore.errors import CadstoreError, CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import ChunkDecodeError
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.triangle import (
+    ITEM_SHAPE,
+    expand_in_place,
+    item_attributes,
+    item_layout,
+    symmetric_upper_rows,
+    triangle_count,
+)
 from cadstore.format.zarr_nodes import (
     ArrayMeta,
     MetadataError,
@@ -221,16 +231,42 @@ class Hierarchy(ABC):
             doc, attrs = self._raw[path]
             try:
                 meta = parse_array_meta(doc, self.limits, attrs=attrs)
+                meta = _with_item_layout(meta, self.limits)
             except MetadataError as exc:
                 raise CorruptStoreError(self.location, f"array {path!r}: {exc}") from exc
             self.arrays[path] = meta
         return meta
 
     def read_array(self, path: str) -> np.ndarray:
-        """Decode array ``path`` as stored (no ``cadstore_kind`` conversion)."""
+        """Decode array ``path`` as it is read (no ``cadstore_kind`` conversion): a
+        face-pair array stored as its upper triangle comes back ``N x N (x k)``."""
         meta = self.meta(path)
+        if meta.item_shape is None:
+            return self.read_stored(path)
+        shape = meta.item_shape
+        n = shape[0]
+        if isinstance(self, ReadHierarchy):
+            # The full matrix is charged before it is allocated; the triangle is decoded
+            # into its first rows and expanded in place (never both held at once).
+            self.source.budget.charge(
+                path, math.prod(shape) * meta.itemsize, f"array {path!r} ({shape}, {meta.dtype})"
+            )
+        buf = np.empty((n * n, *shape[2:]), dtype=meta.dtype)
+        self._decode(path, meta, buf[: triangle_count(n)].reshape(meta.shape))
+        expand_in_place(buf, n)
+        return buf.reshape(shape)
+
+    def read_stored(self, path: str) -> np.ndarray:
+        """Decode array ``path`` as stored: a triangle-stored array as its triangle rows."""
+        arr = self._decode(path, self.meta(path))
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return arr
+
+    def _decode(self, path: str, meta: ArrayMeta, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode the chunks of array ``path`` (into ``out`` if given)."""
         try:
-            arr = decode_array(
+            return decode_array(
                 meta,
                 lambda rel: self._chunk(path, rel),
                 self.limits,
@@ -238,6 +274,7 @@ class Hierarchy(ABC):
                 # A stored file's arrays share its decode budget (cadstore.format.limits).
                 budget=self.source.budget if isinstance(self, ReadHierarchy) else None,
                 name=path,
+                out=out,
             )
         except MetadataError as exc:
             raise LimitExceededError(self.location, f"array {path!r}: {exc}") from exc
@@ -248,9 +285,6 @@ class Hierarchy(ABC):
             raise CorruptStoreError(
                 self.location, f"array {path!r} cannot be decoded ({type(exc).__name__}: {exc})"
             ) from exc
-        if not arr.flags.writeable:
-            arr = arr.copy()
-        return arr
 
     def read_leaf(self, path: str) -> Leaf:
         """Return array ``path`` as the value that was saved.
@@ -483,35 +517,86 @@ class BuildHierarchy(Hierarchy):
         self.doc_json: dict[str, bytes] = {}
         self.chunks: dict[str, dict[str, bytes]] = {}
 
-    def put(self, path: str, node: Node, dims_for: Callable[[str, int], list[str]]) -> None:
-        """Encode ``node`` at ``path``, replacing the subtree there."""
+    def put(
+        self,
+        path: str,
+        node: Node,
+        dims_for: Callable[[str, int], list[str]],
+        triangle: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Encode ``node`` at ``path``, replacing the subtree there.
+
+        ``triangle(path)`` says whether an array at ``path`` is a face-pair array, to be
+        stored as its upper triangle when it is symmetric (Zarr format 3 only; see
+        :mod:`cadstore.format.triangle`).
+        """
         if self.kind(path) is not None:
             self.delete(path)
-        self._put(path, node, dims_for)
+        self._put(path, node, dims_for, triangle)
 
-    def _put(self, path: str, node: Node, dims_for: Callable[[str, int], list[str]]) -> None:
+    def _put(
+        self,
+        path: str,
+        node: Node,
+        dims_for: Callable[[str, int], list[str]],
+        triangle: Callable[[str], bool] | None,
+    ) -> None:
         if isinstance(node, dict):
             self._link(path, group=True)
             for name, child in node.items():
-                self._put(f"{path}/{name}", child, dims_for)
+                self._put(f"{path}/{name}", child, dims_for, triangle)
             return
         arr, kind = _leaf_to_array(node)
-        attrs = {KIND_ATTRIBUTE: kind} if kind else {}
+        attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
         dims = dims_for(path, arr.ndim)
+        read_shape = arr.shape
+        if (
+            triangle is not None
+            and self.zarr_format == 3
+            and arr.ndim >= 2
+            and arr.shape[0] > 1
+            and arr.dtype.kind in "biufc"
+            and triangle(path)
+            and (tri := symmetric_upper_rows(arr)) is not None
+        ):
+            attrs.update(item_attributes(arr.shape, dims))
+            arr = tri
+            dims = [f"{path.replace('/', '_')}_upper", *dims[2:]]
         docs, chunks, meta = encode_array(
             arr, dims=dims, attributes=attrs, level=self.level, zarr_format=self.zarr_format
         )
+        if read_shape != arr.shape:
+            meta = _with_item_layout(meta, self.limits)
         self.docs[path] = docs
         if self.zarr_format == 3:
             # A v3 array's zarr.json is a function of these alone (v2 documents also
             # record whether a Delta filter paid off for the data).
-            key = (arr.shape, arr.dtype.str, tuple(dims), kind, self.level)
+            key = (arr.shape, arr.dtype.str, tuple(dims), kind, self.level, read_shape)
             self.doc_json[path] = _array_doc_json(key, docs["zarr.json"])
         else:
             self.doc_json.pop(path, None)
         self.chunks[path] = chunks
         self.arrays[path] = meta
         self._link(path)
+
+    def decoded_nbytes(self) -> int:
+        """Bytes every array decodes to, as read (triangles as their full matrices)."""
+        return sum(math.prod(m.read_shape) * m.itemsize for m in map(self.meta, self.arrays))
+
+    def store_triangles_in_full(self) -> bool:
+        """Encode every triangle-stored array again in full; return whether any was."""
+        found = [path for path in self.arrays if self.meta(path).item_shape is not None]
+        for path in found:
+            meta = self.meta(path)
+            full = self.read_array(path)
+            dims = list(meta.item_dims or default_dims(path, full.ndim))
+
+            def named(_path: str, _ndim: int, dims: list[str] = dims) -> list[str]:
+                return dims
+
+            # Replaced in place: the array keeps its position among its group's members.
+            self._put(path, full, named, None)
+        return bool(found)
 
     def delete(self, path: str) -> None:
         """Remove the subtree at ``path``; ``KeyError`` if absent."""
@@ -677,6 +762,37 @@ def _check_copy_size(
             "out of proportion, as in a zip bomb), so it is not opened for rewriting; "
             "open it with mode='r' to read it, or mode='w' to write a new item in its place",
         )
+
+
+def _with_item_layout(meta: ArrayMeta, limits: Limits) -> ArrayMeta:
+    """``meta`` with the shape and dims it is read as, if it is a triangle-stored item
+    array (:func:`cadstore.format.triangle.item_layout`).
+
+    Raises
+    ------
+    MetadataError
+        If its layout attributes do not describe it, or the full array would exceed
+        ``limits.max_array_bytes``.
+    """
+    if ITEM_SHAPE not in meta.attributes:
+        return meta
+    if meta.is_string:
+        raise MetadataError("a string array cannot be stored as a triangle")
+    try:
+        layout = item_layout(meta.attributes, meta.shape)
+    except ValueError as exc:
+        raise MetadataError(str(exc)) from exc
+    assert layout is not None
+    shape, dims = layout
+    if len(shape) > limits.max_dims:
+        raise MetadataError(f"{len(shape)} dimensions exceed the limit of {limits.max_dims}")
+    if math.prod(shape) * meta.itemsize > limits.max_array_bytes:
+        raise MetadataError(
+            f"{ITEM_SHAPE} {list(shape)} exceeds max_array_bytes={limits.max_array_bytes}"
+        )
+    if dims is None and meta.dims is not None:
+        dims = (f"{meta.dims[0]}_i", f"{meta.dims[0]}_j", *meta.dims[1:])
+    return replace(meta, item_shape=shape, item_dims=dims)
 
 
 def _attributes(value: Any, path: str) -> dict[str, Any]:

@@ -13,6 +13,12 @@ is read from ``t(j, i)``. The merge checks the symmetry of every item before sto
 triangle (:func:`is_symmetric`); the readers rebuild the full rows with one gather
 (:func:`expand_into`).
 
+An item (a ``.data`` file) stores its symmetric face-pair arrays the same way, each on
+its own: array ``d2_distance`` of an item with ``N`` faces is stored with shape
+``(N (N + 1) / 2, 64)`` and attributes naming the layout and the shape it is read as
+(:func:`item_attributes`); :func:`item_layout` validates them when the item is read,
+since a file's attributes are not trusted.
+
 Nothing here reads or writes files.
 """
 
@@ -21,16 +27,26 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "ITEM_DIMS",
+    "ITEM_SHAPE",
+    "LAYOUT",
+    "PAIR_ROW",
     "UPPER_TRIANGLE",
+    "expand_in_place",
     "expand_into",
     "full_index",
     "is_symmetric",
+    "item_attributes",
+    "item_layout",
     "pair_count",
     "side_of",
+    "symmetric_upper_rows",
     "triangle_count",
     "triangle_row",
     "upper_rows",
@@ -39,6 +55,15 @@ __all__ = [
 #: The layout name: in the attributes of a triangle array and of its group
 #: (``cadstore_layout``) and in the dataset's ``metadata.json``.
 UPPER_TRIANGLE = "upper_triangle"
+#: The attribute naming an array's layout (``UPPER_TRIANGLE``).
+LAYOUT = "cadstore_layout"
+#: Item arrays only: the ``N x N (x k)`` shape a triangle-stored array is read as.
+ITEM_SHAPE = "cadstore_shape"
+#: Item arrays only: the dimension names of the array as read.
+ITEM_DIMS = "cadstore_dims"
+#: The attribute spelling out :func:`triangle_row` for readers of the Zarr view.
+PAIR_ROW = "pair_row"
+_PAIR_ROW_TEXT = "i * N - i * (i - 1) // 2 + (j - i) for i <= j; (j, i) for i > j"
 
 
 def triangle_count(n: int) -> int:
@@ -90,6 +115,52 @@ def is_symmetric(arr: np.ndarray) -> bool:
     return bool(np.array_equal(bits, bits.swapaxes(0, 1)))
 
 
+_PAIR_LOCK = threading.Lock()
+_PAIRS: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+#: Matrix sides whose pair indexes are kept (about 1 MB for a side of 100).
+_PAIR_SIDES = 64
+
+
+def _pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions ``i * n + j`` of the pairs ``i <= j`` in triangle-row order, and of
+    their mirrors ``j * n + i`` (memoised for recent sides)."""
+    with _PAIR_LOCK:
+        found = _PAIRS.get(n)
+        if found is not None:
+            _PAIRS.move_to_end(n)
+            return found
+    iu, ju = np.triu_indices(n)
+    pairs = (iu * n + ju, ju * n + iu)
+    for index in pairs:
+        index.setflags(write=False)
+    with _PAIR_LOCK:
+        _PAIRS[n] = pairs
+        while len(_PAIRS) > _PAIR_SIDES:
+            _PAIRS.popitem(last=False)
+    return pairs
+
+
+def symmetric_upper_rows(arr: np.ndarray) -> np.ndarray | None:
+    """The triangle rows of ``N x N (x k)`` ``arr`` if it is symmetric bit for bit (as
+    :func:`is_symmetric`), else ``None``.
+
+    One gather of the triangle and one of its mirror, compared as unsigned integers: a
+    few times faster than checking the transpose and gathering the triangle apart.
+    """
+    if arr.ndim < 2 or arr.shape[0] != arr.shape[1] or arr.dtype.kind in "OUSV":
+        return None
+    n = arr.shape[0]
+    rest = arr.shape[2:]
+    flat = np.ascontiguousarray(arr).reshape(n * n, math.prod(rest))
+    size = flat.dtype.itemsize
+    bits = flat.view(f"<u{size}") if size in (1, 2, 4, 8) else flat.view(np.uint8)
+    upper, mirror = _pair_index(n)
+    tri = np.take(bits, upper, axis=0)
+    if not np.array_equal(tri, np.take(bits, mirror, axis=0)):
+        return None
+    return tri.view(arr.dtype).reshape((len(upper), *rest))
+
+
 def upper_rows(arr: np.ndarray) -> np.ndarray:
     """The triangle rows (``N (N + 1) / 2``, trailing axes kept) of ``N x N (x k)`` ``arr``."""
     n = arr.shape[0]
@@ -137,3 +208,103 @@ def expand_into(
     # mode="clip": the indexes are valid by construction, and the default ("raise") makes
     # numpy gather into a temporary buffer before copying it to out.
     np.take(tri, index, axis=0, out=out, mode="clip")
+
+
+#: Full matrices up to this size are expanded through a copy of their triangle; larger
+#: ones in place, so that reading one never holds its triangle and its matrix at once.
+_COPY_EXPAND_BYTES = 4 * 1024**2
+
+
+def expand_in_place(buf: np.ndarray, n: int) -> None:
+    """Turn ``buf`` (``n * n`` rows), whose first ``n (n + 1) / 2`` rows are a triangle,
+    into the full matrix, row-major.
+
+    Full row ``r`` of pair ``(i, j)`` comes from triangle row ``t(i, j)``, which is never
+    beyond ``r`` nor beyond its mirror's row: written from the last matrix row to the
+    first, no triangle row is overwritten before both its pairs have been read. A matrix
+    row whose triangle rows all lie before it is gathered straight into place; the first
+    ``O(sqrt(n))`` rows, whose sources reach into them, go through a copy of one row.
+    """
+    total = n * n
+    if total == 0:
+        return
+    if buf.nbytes <= _COPY_EXPAND_BYTES:
+        tri = buf[: triangle_count(n)].copy()
+        np.take(tri, full_index(n), axis=0, out=buf, mode="clip")
+        return
+    index = full_index(n)
+    for i in range(n - 1, -1, -1):
+        lo, hi = i * n, (i + 1) * n
+        rows = index[lo:hi]
+        # The last source of row i is t(i, n - 1) = i * n + n - 1 - i (i + 1) / 2.
+        if lo + n - 1 - i * (i + 1) // 2 < lo:
+            np.take(buf[:lo], rows, axis=0, out=buf[lo:hi], mode="clip")
+        else:
+            buf[lo:hi] = np.take(buf, rows, axis=0)
+
+
+def item_attributes(shape: Sequence[int], dims: Sequence[str]) -> dict[str, Any]:
+    """The attributes of an item array of ``shape`` (``N x N (x k)``, read with ``dims``)
+    stored as its upper triangle."""
+    return {
+        LAYOUT: UPPER_TRIANGLE,
+        ITEM_SHAPE: [int(v) for v in shape],
+        ITEM_DIMS: [str(d) for d in dims],
+        PAIR_ROW: _PAIR_ROW_TEXT,
+    }
+
+
+def item_layout(
+    attributes: Mapping[str, Any], stored_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[str, ...] | None] | None:
+    """The shape and dimension names an item array is read as, if stored as a triangle.
+
+    Parameters
+    ----------
+    attributes
+        The array's attributes, as found in the file.
+    stored_shape
+        Its shape as stored.
+
+    Returns
+    -------
+    tuple or None
+        ``(shape, dims)`` (``dims`` ``None`` when not recorded); ``None`` for an array
+        stored as it is read (no :data:`ITEM_SHAPE` attribute). A merged dataset's
+        triangle arrays hold many items and carry no :data:`ITEM_SHAPE`: they are read
+        by the dataset reader, not here.
+
+    Raises
+    ------
+    ValueError
+        If the attributes do not describe the stored array: a shape that is not
+        ``N x N (x k)``, or whose triangle is not the stored shape.
+    """
+    declared = attributes.get(ITEM_SHAPE)
+    if declared is None:
+        return None
+    if attributes.get(LAYOUT) != UPPER_TRIANGLE:
+        raise ValueError(f"{ITEM_SHAPE} is set but {LAYOUT} is not {UPPER_TRIANGLE!r}")
+    if (
+        not isinstance(declared, list)
+        or len(declared) < 2
+        or not all(type(v) is int and v >= 0 for v in declared)
+    ):
+        raise ValueError(f"{ITEM_SHAPE} {declared!r} is not a list of two or more sizes")
+    n = declared[0]
+    if declared[1] != n:
+        raise ValueError(f"{ITEM_SHAPE} {declared!r} is not N x N")
+    expected = (triangle_count(n), *declared[2:])
+    if tuple(stored_shape) != expected:
+        raise ValueError(
+            f"stored shape {tuple(stored_shape)} is not the upper triangle {expected} of "
+            f"{ITEM_SHAPE} {declared!r}"
+        )
+    dims = attributes.get(ITEM_DIMS)
+    if dims is not None and (
+        not isinstance(dims, list)
+        or len(dims) != len(declared)
+        or not all(isinstance(d, str) for d in dims)
+    ):
+        raise ValueError(f"{ITEM_DIMS} {dims!r} does not name the {len(declared)} axes")
+    return tuple(declared), None if dims is None else tuple(dims)

@@ -91,6 +91,10 @@ class ArrayMeta:
         ``"c"`` for v3 default chunk keys, ``""`` otherwise.
     order
         ``"C"`` or ``"F"`` (v2 only).
+    item_shape, item_dims
+        For an item array stored as its upper triangle
+        (:func:`cadstore.format.triangle.item_layout`): the ``N x N (x k)`` shape and the
+        dimension names it is read as; ``None`` otherwise.
     """
 
     zarr_format: int
@@ -107,6 +111,19 @@ class ArrayMeta:
     order: Literal["C", "F"] = "C"
     object_codec: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    item_shape: tuple[int, ...] | None = None
+    item_dims: tuple[str, ...] | None = None
+
+    @property
+    def read_shape(self) -> tuple[int, ...]:
+        """The shape the array is read as: :attr:`item_shape` for a triangle, else
+        :attr:`shape`."""
+        return self.shape if self.item_shape is None else self.item_shape
+
+    @property
+    def read_dims(self) -> tuple[str, ...] | None:
+        """The dimension names the array is read with (see :attr:`read_shape`)."""
+        return self.dims if self.item_shape is None else self.item_dims
 
     @property
     def is_string(self) -> bool:
@@ -425,6 +442,7 @@ def decode_array(
     source_bytes: int,
     budget: DecodeBudget | None = None,
     name: str = "array",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assemble a whole array from its chunks.
 
@@ -453,6 +471,10 @@ def decode_array(
         The array's path, the name it is charged under (once: reading it again costs
         nothing more) and shown in messages.
 
+    out
+        A C-contiguous numeric array of ``meta.shape`` and dtype to decode into, instead
+        of a new one (the caller has charged it; the chunk being decoded is checked).
+
     Raises
     ------
     MetadataError, C.ChunkDecodeError
@@ -461,10 +483,10 @@ def decode_array(
         When the array does not fit in the given ``budget``, naming its file.
     """
     if budget is not None:
-        return _decode_array(meta, get_chunk, limits, budget, name)
+        return _decode_array(meta, get_chunk, limits, budget, name, out)
     own = DecodeBudget("", source_bytes, limits)
     try:
-        return _decode_array(meta, get_chunk, limits, own, name)
+        return _decode_array(meta, get_chunk, limits, own, name, out)
     except LimitExceededError as exc:
         raise MetadataError(exc.problem) from exc
 
@@ -475,6 +497,7 @@ def _decode_array(
     limits: Limits,
     budget: DecodeBudget,
     name: str,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     declared = meta.size * meta.itemsize
     if declared > limits.max_array_bytes:
@@ -492,7 +515,10 @@ def _decode_array(
         # fixed-width strings by cadstore.format.hierarchy: that copy is charged too.
         fixed_width = meta.attributes.get("cadstore_kind") is None
         strings = _StringCharge(budget, name, what, held, fixed_width=fixed_width)
-    if meta.size and meta.chunks == meta.shape:
+    if out is not None:
+        if meta.is_string or out.shape != meta.shape or out.dtype != meta.dtype:
+            raise ValueError(f"cannot decode {what} into an array of {out.shape}, {out.dtype}")
+    elif meta.size and meta.chunks == meta.shape:
         # One chunk holding the whole array: the common case for CAD items.
         raw = get_chunk(meta.chunk_key((0,) * len(meta.shape)))
         if raw is None:
@@ -501,10 +527,8 @@ def _decode_array(
             )
         chunk = _decode_chunk(meta, raw, limits, budget, strings)
         return _strings_to_objects(chunk, strings) if strings is not None else chunk
-    if meta.is_string:
-        out = np.empty(meta.shape, dtype=object)
-    else:
-        out = np.empty(meta.shape, dtype=meta.dtype)
+    if out is None:
+        out = np.empty(meta.shape, dtype=object if meta.is_string else meta.dtype)
     if meta.size == 0:
         return out
     if strings is None:

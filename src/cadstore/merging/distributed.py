@@ -184,6 +184,9 @@ def _encode_units(
                 if key is not None:
                     wanted.setdefault(code, set()).add(key)
                     last_use[code] = i
+        triangles = frozenset(
+            key for unit in units if unit.triangle for _, key, _, _, _ in unit.pieces if key
+        )
         decoded: dict[int, dict[str, np.ndarray]] = {}
         out: list[tuple[str, bytes]] = []
         for i, unit in enumerate(units):
@@ -202,7 +205,9 @@ def _encode_units(
                     continue
                 arrays = decoded.get(code)
                 if arrays is None:
-                    arrays = decoded[code] = decode_item(items[code], sorted(wanted[code]), limits)
+                    arrays = decoded[code] = decode_item(
+                        items[code], sorted(wanted[code]), limits, triangles
+                    )
                 arr = item_rows(arrays[key], layout, n_rows, items[code].path, key)
                 parts.append(arr[lo:hi])
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)

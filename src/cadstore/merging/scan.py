@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import math
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,10 +140,14 @@ def scan_item(
         for key in hier.arrays:
             meta = hier.meta(key)
             dtype = "string" if meta.is_string else meta.dtype.str
-            scan.arrays[key] = (meta.shape, dtype)
-            scan.decoded_bytes += meta.size * meta.itemsize
-            if scalars and not meta.shape:
+            shape = meta.read_shape
+            scan.arrays[key] = (shape, dtype)
+            scan.decoded_bytes += math.prod(shape) * meta.itemsize
+            if scalars and not shape:
                 scan.scalars[key] = hier.read_array(key)[()]
+            if meta.item_shape is not None:
+                # Stored as its upper triangle: symmetric by construction.
+                scan.symmetric.add(key)
         # Arrays declaring more than the file may decode to (cadstore.format.limits) would
         # stop the merge when decoded: the item is listed and skipped now instead.
         source.budget.check(f"its {len(hier.arrays)} arrays", scan.decoded_bytes)
@@ -150,7 +155,7 @@ def scan_item(
             # Square arrays only (face pairs): decoded here, so that the plan knows which
             # arrays may be stored as a triangle before a row is written.
             square = dtype != "string" and len(shape) >= 2 and shape[0] == shape[1]
-            if square and is_symmetric(hier.read_array(key)):
+            if square and key not in scan.symmetric and is_symmetric(hier.read_array(key)):
                 scan.symmetric.add(key)
         for key in source:
             # Reading every member checks its CRC: a damaged item is caught here, before
@@ -215,9 +220,16 @@ def _check_entries(root: str) -> None:
 
 
 def decode_item(
-    location: Location, keys: Sequence[str], limits: Limits = DEFAULT_LIMITS
+    location: Location,
+    keys: Sequence[str],
+    limits: Limits = DEFAULT_LIMITS,
+    triangles: Collection[str] = (),
 ) -> dict[str, np.ndarray]:
     """Decode the arrays ``keys`` of one scanned item (raw arrays, no value-kind conversion).
+
+    An array of ``triangles`` (those the dataset stores as upper triangles) that the item
+    stores as its triangle too is given as its triangle rows, ``N (N + 1) / 2 (x k)``,
+    not rebuilt into the full matrix only to be cut back.
 
     Raises
     ------
@@ -229,7 +241,13 @@ def decode_item(
         source = open_source(location, limits, what="item")
         try:
             hier = ReadHierarchy(source, limits)
-            return {key: hier.read_array(key) for key in keys if key in hier.arrays}
+            return {
+                key: hier.read_stored(key)
+                if key in triangles and hier.meta(key).item_shape is not None
+                else hier.read_array(key)
+                for key in keys
+                if key in hier.arrays
+            }
         finally:
             source.close()
     except CorruptStoreError as exc:

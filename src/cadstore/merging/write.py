@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from cadstore.format.layout import (
     file_id_code_name,
 )
 from cadstore.format.sharding import CRC32C, encode_shard, shard_layout, sharding_codec
-from cadstore.format.triangle import UPPER_TRIANGLE, is_symmetric, upper_rows
+from cadstore.format.triangle import UPPER_TRIANGLE, symmetric_upper_rows
 from cadstore.io.publish import Sink
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
@@ -427,8 +428,15 @@ def stream_items(
     needed = sorted(
         {k for g in planned.values() for p in g.arrays.values() for k in p.sources.values()}
     )
+    triangles = frozenset(
+        k
+        for g in planned.values()
+        for p in g.arrays.values()
+        if p.triangle
+        for k in p.sources.values()
+    )
     raw_total = 0
-    decoded = decode_all(scans, needed, writer.pool, options)
+    decoded = decode_all(scans, needed, writer.pool, options, triangles)
     shown = progress(decoded, total=len(scans), desc=label, unit="item", enabled=options.progress)
     for code, arrays in enumerate(shown):
         for group in groups.values():
@@ -436,8 +444,10 @@ def stream_items(
             for plan in group.arrays.values():
                 key = plan.sources.get(code)
                 arr = arrays.get(key) if key is not None else None
-                if arr is not None:
-                    raw_total += arr.nbytes
+                if arr is not None and key is not None:
+                    # The decoded size of the item's array, triangle or not.
+                    shape, _ = scans[code].arrays[key]
+                    raw_total += math.prod(shape) * arr.itemsize
                 if plan.per_item:
                     per_item[(group.name, plan.name)].append(
                         arr[()] if arr is not None else plan.fill_value
@@ -470,12 +480,14 @@ def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str
         item changed since (storing its triangle would lose the other half).
     """
     if plan.triangle:
-        if not is_symmetric(arr):
+        # The item's triangle rows as it stores them (decode_item), or its full matrix.
+        tri = arr if arr.ndim == 1 + len(plan.trailing) else symmetric_upper_rows(arr)
+        if tri is None:
             raise MergeError(
                 f"item {path} changed during the merge: its {key!r} was symmetric when "
                 "scanned and is not now"
             )
-        arr = upper_rows(arr)
+        arr = tri
     return arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
 
 
@@ -506,8 +518,10 @@ def decode_all(
     needed: Sequence[str],
     pool: cf.Executor | None,
     options: MergeOptions,
+    triangles: frozenset[str] = frozenset(),
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield each item's decoded arrays in code order.
+    """Yield each item's decoded arrays in code order (``triangles``: see
+    :func:`~cadstore.merging.scan.decode_item`).
 
     In parallel, items are submitted ahead while their decoded size (known from the
     scan) stays below :data:`IN_FLIGHT_BYTES`, and never more than a few per worker:
@@ -519,7 +533,7 @@ def decode_all(
 
     if pool is None:
         for scan in scans:
-            yield decode_item(scan.location, wanted(scan), options.limits)
+            yield decode_item(scan.location, wanted(scan), options.limits, triangles)
         return
     max_items = max(4, 4 * options.n_workers)
     pending: deque[tuple[int, cf.Future[dict[str, np.ndarray]]]] = deque()
@@ -535,7 +549,7 @@ def decode_all(
             pending.append(
                 (
                     nxt.decoded_bytes,
-                    pool.submit(decode_item, nxt.location, wanted(nxt), options.limits),
+                    pool.submit(decode_item, nxt.location, wanted(nxt), options.limits, triangles),
                 )
             )
             in_flight += nxt.decoded_bytes

@@ -78,6 +78,7 @@ from cadstore.format.hierarchy import (
     default_dims,
     schema_item_dims,
 )
+from cadstore.format.layout import FACEFACE_ARRAYS, MATRIX_FLATTENING
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import (
@@ -185,6 +186,14 @@ class OptStorage(DataStorage):
     durable
         fsync published files and directories (default). Turning it off is only for
         scratch data.
+    face_pair_layout
+        ``"auto"`` (default): a face-pair array (``d2_distance``, ``a3_distance``,
+        ``extended_adjacency``, ``face_pair_edges_path``, or an array of a schema group
+        with ``matrix_flattening``) that equals its transpose over its first two axes,
+        bit for bit, is stored as its upper triangle, which halves what is compressed
+        and stored; it is read back ``N x N (x k)`` by cadstore, and zarr-python sees the
+        triangle (``docs/format.md``). ``"full"``: every array is stored as saved. Zarr
+        format 2 items, the layout the specified system reads, are always stored in full.
 
     Raises
     ------
@@ -222,9 +231,13 @@ class OptStorage(DataStorage):
         limits: Limits = DEFAULT_LIMITS,
         storage_options: dict[str, Any] | None = None,
         durable: bool = True,
+        face_pair_layout: Literal["auto", "full"] = "auto",
     ) -> None:
         if mode not in (None, "r", "a", "w"):
             raise ValueError(f"mode must be None, 'r', 'a' or 'w', got {mode!r}")
+        if face_pair_layout not in ("auto", "full"):
+            raise ValueError(f"face_pair_layout must be 'auto' or 'full', got {face_pair_layout!r}")
+        self._triangles = face_pair_layout == "auto"
         self._store, self._published = _item_locations(
             resolve(store_path, storage_options), compress_extension
         )
@@ -571,8 +584,17 @@ class OptStorage(DataStorage):
 
     def _put_node(self, key: str, node: Node) -> None:
         assert isinstance(self._hier, BuildHierarchy)
-        self._hier.put(key, node, self._dims_for)
+        self._hier.put(key, node, self._dims_for, self._is_face_pair if self._triangles else None)
         self._dirty = self._modified = True
+
+    def _is_face_pair(self, path: str) -> bool:
+        """Whether the array at ``path`` is a face-pair matrix: declared in a schema group
+        with ``matrix_flattening``, or, undeclared, one of the specified encoder's."""
+        if self._schema is not None:
+            group = self._schema.group_for_array(path)
+            if group is not None:
+                return self._schema.special_processing(group) == MATRIX_FLATTENING
+        return path in FACEFACE_ARRAYS
 
     def _dims_for(self, path: str, ndim: int) -> list[str]:
         if self._schema is not None:
@@ -613,8 +635,25 @@ class OptStorage(DataStorage):
     # ------------------------------------------------------------------ publishing
     def _members(self) -> Iterator[tuple[str, bytes]]:
         assert isinstance(self._hier, BuildHierarchy)
+        self._keep_readable()
         yield from self._hier.members()
         yield METADATA_FILE, jsoncodec.dumps(self._metadata).encode("utf-8")
+
+    def _keep_readable(self) -> None:
+        """Store the triangles in full if the item would otherwise decode to more than
+        its file's size lets a reader decode (:meth:`Limits.decoded_budget
+        <cadstore.format.limits.Limits.decoded_budget>`, a tenth kept for the metadata
+        documents, which readers charge too).
+
+        Triangles make a large item's file about a quarter smaller for the same decoded
+        size: a file of 7 to 11 MB could then decode beyond the flat allowance files under
+        10 MiB get, and be refused. Stored in full, it is larger and within its budget.
+        """
+        assert isinstance(self._hier, BuildHierarchy)
+        hier = self._hier
+        budget = self._limits.decoded_budget(hier.stored_nbytes(""))
+        if hier.decoded_nbytes() > 0.9 * budget:
+            hier.store_triangles_in_full()
 
     def _write_zip(self, fh: IO[bytes]) -> None:
         write_stored_zip(fh, list(self._members()), deflate=_is_json_member)
@@ -788,7 +827,7 @@ class OptStorage(DataStorage):
             self._check_open()
             if data_key not in self._hier.arrays:
                 return None
-            return self._hier.meta(data_key).dims
+            return self._hier.meta(data_key).read_dims
 
     def _describe(self) -> str:
         return repr(self._published.path if self._read_only else self._store.path)
