@@ -326,3 +326,176 @@ def test_an_item_its_triangles_would_make_unreadable_is_stored_in_full(tmp_path:
     assert _zarr_group(small)["d2_distance"].shape == (triangle_count(300), 64)
     result = merge_items([str(data), str(small)], str(tmp_path / "two.dataset"))
     assert result.errors == [] and result.total_items == 2
+
+
+# ------------------------------------------------------------- review regressions
+PAIR_SCHEMA = {
+    "groups": {
+        "faceface": {
+            "primary_dimension": "pair",
+            "special_processing": "matrix_flattening",
+            "arrays": {"extended_adjacency": {"dims": ["face_a", "face_b"], "dtype": "int8"}},
+        }
+    }
+}
+
+
+def test_the_dims_read_back_are_the_items_own(tmp_path: Path) -> None:
+    """Array documents are cached per process by what makes them: an item whose schema
+    names the axes does not get the names of an earlier item saved without one."""
+    adjacency = np.zeros((5, 5), np.int8)
+    adjacency[1, 2] = adjacency[2, 1] = 1
+    with OptStorage(tmp_path / "plain.zarr") as storage:
+        storage.save_data("extended_adjacency", adjacency)
+        storage.compress_store()
+    with OptStorage(tmp_path / "named.zarr") as storage:
+        storage.set_schema(PAIR_SCHEMA)
+        storage.save_data("extended_adjacency", adjacency)
+        storage.compress_store()
+    for name, dims in (
+        ("plain", ("extended_adjacency_dim_0", "extended_adjacency_dim_1")),
+        ("named", ("face_a", "extended_adjacency_face_b")),
+    ):
+        with OptStorage(tmp_path / f"{name}.zarr", mode="r") as storage:
+            assert storage.get_array_dims("extended_adjacency") == dims, name
+        stored = _zarr_group(tmp_path / f"{name}.zarr.data")["extended_adjacency"]
+        assert tuple(stored.attrs["cadstore_dims"]) == dims, name
+
+
+def test_an_item_near_its_budget_reads_back_under_the_same_limits(tmp_path: Path) -> None:
+    """A triangle is decoded a chunk at a time into its full matrix: an item that needs
+    that chunk on top of its arrays to read is published in full, and reads."""
+    limits = Limits(expansion_allowance=8 * 1024**2)
+    rng = np.random.default_rng(0)
+    half = rng.random((500, 500, 2)).astype(np.float32)
+    d2 = half + half.transpose(1, 0, 2)  # 2 MB in full, 1 MB as a triangle (one chunk)
+    features = [rng.random(275_000).astype(np.float32) for _ in range(5)]  # 5 x 1.1 MB
+    with OptStorage(tmp_path / "near.zarr", limits=limits) as storage:
+        for i, values in enumerate(features):
+            storage.save_data(f"face_f{i}", values)
+        storage.save_data("d2_distance", d2)
+        storage.compress_store()
+    with OptStorage(tmp_path / "near.zarr", mode="r", limits=limits) as storage:
+        for i in range(5):
+            storage.load_data(f"face_f{i}")
+        assert _bits(storage.load_data("d2_distance")) == _bits(d2)
+        # What metadata.json records is what the file stores: here the full array.
+        recorded = storage.load_metadata()["file_sizes_KB"]["d2_distance"]
+    with zipfile.ZipFile(tmp_path / "near.zarr.data") as archive:
+        stored = sum(
+            i.file_size for i in archive.infolist() if i.filename.startswith("d2_distance/c")
+        )
+    assert recorded == round(stored / 1024, 3)
+
+
+def test_a_null_layout_shape_is_a_corrupt_item_and_a_merge_lists_it(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.zarr", make_item(0, n_faces=6))
+    bad = _edit_attributes(
+        good, tmp_path / "bad.zarr.data", "d2_distance", {"cadstore_shape": None}
+    )
+    storage = OptStorage(tmp_path / "bad.zarr", mode="r")
+    with storage, pytest.raises(CorruptStoreError, match=r"bad\.zarr\.data.*d2_dist.*not a list"):
+        storage.load_data("d2_distance")
+    result = merge_items([str(good), str(bad)], str(tmp_path / "one.dataset"))
+    assert result.total_items == 1
+    assert [e["file"] for e in result.errors] == [str(bad)]
+
+
+def _fill_only_triangle(path: Path, n: int, trailing: list[int], dtype: str) -> Path:
+    """An item whose ``d2_distance`` declares an ``n x n`` triangle and stores no chunk."""
+    doc = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [triangle_count(n), *trailing],
+        "data_type": dtype,
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [1024, *[max(1, t) for t in trailing]]},
+        },
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": {"cadstore_layout": "upper_triangle", "cadstore_shape": [n, n, *trailing]},
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group"}))
+        archive.writestr("d2_distance/zarr.json", json.dumps(doc))
+        archive.writestr("metadata.json", "{}")
+    return path
+
+
+def test_expanding_builds_no_index_larger_than_the_matrix(tmp_path: Path) -> None:
+    """A 1 KB file declaring a 1,000,000 x 1,000,000 matrix of empty rows reads as that
+    (0 bytes), and one of 3,000 x 3,000 int8 (9 MB, within the budget) reads without
+    an index of 8 bytes per pair; nothing is kept in the index memo."""
+    from cadstore.format import triangle
+
+    _fill_only_triangle(tmp_path / "empty.zarr.data", 1_000_000, [0], "float32")
+    with OptStorage(tmp_path / "empty.zarr", mode="r") as storage:
+        assert storage.load_data("d2_distance").shape == (1_000_000, 1_000_000, 0)
+    _fill_only_triangle(tmp_path / "bytes.zarr.data", 3000, [], "int8")
+    before = dict(triangle._INDEXES)
+    with OptStorage(tmp_path / "bytes.zarr", mode="r") as storage:
+        values = storage.load_data("d2_distance")
+    assert values.shape == (3000, 3000) and not values.any()
+    assert dict(triangle._INDEXES).keys() == before.keys()
+
+
+def test_appending_to_a_hostile_triangle_item_allocates_nothing_first(tmp_path: Path) -> None:
+    """Opened for appending, a 1 KB item declaring a 41 GB matrix: reading it is refused
+    before any allocation, and the item can still be appended to (its chunks are copied,
+    never decoded)."""
+    _fill_only_triangle(tmp_path / "h.zarr.data", 9000, [64], "float64")
+    with OptStorage(tmp_path / "h.zarr", mode="a") as storage:
+        with pytest.raises(LimitExceededError, match=r"h\.zarr.*d2_distance"):
+            storage.load_data("d2_distance")
+        storage.save_data("extra", np.arange(3))
+        storage.compress_store()
+    with zipfile.ZipFile(tmp_path / "h.zarr.data") as archive:
+        doc = json.loads(archive.read("d2_distance/zarr.json"))
+    assert doc["attributes"]["cadstore_shape"] == [9000, 9000, 64]
+
+
+def test_a_dataset_array_claiming_an_item_layout_is_corrupt(tmp_path: Path) -> None:
+    from cadstore.dataset.reader import DatasetReader
+
+    # 1 + 2 faces: faces/face_areas has 3 rows, the triangle of a 2 x 2 matrix.
+    items = [_write(tmp_path / f"i{n}.zarr", make_item(n, n_faces=1 + n)) for n in range(2)]
+    merge_items([str(p) for p in items], str(tmp_path / "d.dataset"))
+    bad = _edit_attributes(
+        tmp_path / "d.dataset",
+        tmp_path / "bad.dataset",
+        "faces/face_areas",
+        {"cadstore_shape": [2, 2]},
+    )
+    with (
+        DatasetReader(str(bad)) as reader,
+        pytest.raises(CorruptStoreError, match=r"bad\.dataset.*face_areas.*a dataset's cannot"),
+    ):
+        reader.read_array("faces", "face_areas")
+
+
+def test_pair_indexes_are_kept_within_their_byte_bound() -> None:
+    from cadstore.format import triangle
+
+    for n in range(600, 640):
+        sym = np.zeros((n, n), np.int8)
+        assert triangle.symmetric_upper_rows(sym) is not None
+    kept = sum(a.nbytes + b.nbytes for a, b in triangle._PAIRS.values())
+    assert kept == triangle._pair_bytes[0] <= triangle._PAIR_BYTES
+
+
+def test_a_symmetric_array_beyond_the_read_limits_saves_as_in_full(tmp_path: Path) -> None:
+    """Saving is not bound by the read limits (the full layout saves the same array);
+    reading it back under those limits is refused, naming the array."""
+    limits = Limits(max_array_bytes=1000)
+    sym = np.ones((20, 20, 4), dtype=np.float32)
+    with OptStorage(tmp_path / "big.zarr", limits=limits) as storage:
+        storage.save_data("d2_distance", sym)
+        storage.compress_store()
+    assert _zarr_group(tmp_path / "big.zarr.data")["d2_distance"].shape == (210, 4)
+    with (
+        OptStorage(tmp_path / "big.zarr", mode="r", limits=limits) as storage,
+        pytest.raises(CorruptStoreError, match="d2_distance"),
+    ):
+        storage.load_data("d2_distance")

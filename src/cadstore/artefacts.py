@@ -292,6 +292,7 @@ def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: b
                     f"{given} is a dataset of format {marker!r}; this cadstore reads "
                     f"{DATASET_FORMAT!r}"
                 )
+            hierarchy.item_layouts = False  # see ReadHierarchy: no item triangles here
             return Artefact(DATASET, given, where, hierarchy=hierarchy, source=source)
         if not is_zip and where.with_suffix(".data").isfile():
             # OptStorage reads a published .data in preference to the directory next to

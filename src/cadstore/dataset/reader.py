@@ -158,7 +158,7 @@ class DatasetReader:
     def _open(self) -> None:
         source = self._open_source()
         try:
-            hier = ReadHierarchy(source, self.limits)
+            hier = ReadHierarchy(source, self.limits, item_layouts=False)
             if hier.group_attributes.get("", {}).get("cadstore") != DATASET_FORMAT:
                 raise CorruptStoreError(
                     self.path,

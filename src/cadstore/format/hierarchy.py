@@ -29,7 +29,7 @@ import numpy as np
 
 from cadstore.errors import CadstoreError, CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import ChunkDecodeError
-from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.limits import DEFAULT_LIMITS, DecodeBudget, Limits
 from cadstore.format.triangle import (
     ITEM_SHAPE,
     expand_in_place,
@@ -178,6 +178,10 @@ class Hierarchy(ABC):
     limits: Limits
     location: str
 
+    #: Whether arrays may be item arrays stored as triangles (``cadstore_shape``); a
+    #: merged dataset's arrays may not (its triangles hold many items).
+    item_layouts: bool = True
+
     def __init__(self) -> None:
         # Array metadata, parsed on first use: opening an item to read one array should
         # not pay for validating all of them.
@@ -231,6 +235,10 @@ class Hierarchy(ABC):
             doc, attrs = self._raw[path]
             try:
                 meta = parse_array_meta(doc, self.limits, attrs=attrs)
+                if ITEM_SHAPE in meta.attributes and not self.item_layouts:
+                    raise MetadataError(
+                        f"{ITEM_SHAPE} describes an item's array; a dataset's cannot carry it"
+                    )
                 meta = _with_item_layout(meta, self.limits)
             except MetadataError as exc:
                 raise CorruptStoreError(self.location, f"array {path!r}: {exc}") from exc
@@ -245,12 +253,19 @@ class Hierarchy(ABC):
             return self.read_stored(path)
         shape = meta.item_shape
         n = shape[0]
+        # The full matrix is charged before it is allocated; the triangle is decoded into
+        # its first rows (a chunk at a time, each checked against what remains) and
+        # expanded in place, so the triangle is never held beside the matrix.
+        what = f"array {path!r} ({shape}, {meta.dtype})"
         if isinstance(self, ReadHierarchy):
-            # The full matrix is charged before it is allocated; the triangle is decoded
-            # into its first rows and expanded in place (never both held at once).
-            self.source.budget.charge(
-                path, math.prod(shape) * meta.itemsize, f"array {path!r} ({shape}, {meta.dtype})"
-            )
+            self.source.budget.charge(path, math.prod(shape) * meta.itemsize, what)
+        else:
+            try:
+                DecodeBudget(self.location, self._source_bytes(), self.limits).charge(
+                    path, math.prod(shape) * meta.itemsize, what
+                )
+            except LimitExceededError as exc:
+                raise LimitExceededError(self.location, f"array {path!r}: {exc.problem}") from exc
         buf = np.empty((n * n, *shape[2:]), dtype=meta.dtype)
         self._decode(path, meta, buf[: triangle_count(n)].reshape(meta.shape))
         expand_in_place(buf, n)
@@ -332,8 +347,11 @@ class ReadHierarchy(Hierarchy):
     """
 
     @_without_cyclic_gc
-    def __init__(self, source: KeySource, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, source: KeySource, limits: Limits = DEFAULT_LIMITS, *, item_layouts: bool = True
+    ) -> None:
         super().__init__()
+        self.item_layouts = item_layouts
         self.source = source
         self.limits = limits
         self.location = source.location
@@ -516,6 +534,8 @@ class BuildHierarchy(Hierarchy):
         # zarr.json of v3 arrays, serialised (see _array_doc_json).
         self.doc_json: dict[str, bytes] = {}
         self.chunks: dict[str, dict[str, bytes]] = {}
+        #: Arrays stored as triangles by :meth:`put` (not carried over from a file).
+        self.triangles_put: set[str] = set()
 
     def put(
         self,
@@ -548,7 +568,7 @@ class BuildHierarchy(Hierarchy):
             return
         arr, kind = _leaf_to_array(node)
         attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
-        dims = dims_for(path, arr.ndim)
+        dims = read_dims = dims_for(path, arr.ndim)
         read_shape = arr.shape
         if (
             triangle is not None
@@ -566,12 +586,23 @@ class BuildHierarchy(Hierarchy):
             arr, dims=dims, attributes=attrs, level=self.level, zarr_format=self.zarr_format
         )
         if read_shape != arr.shape:
-            meta = _with_item_layout(meta, self.limits)
+            meta = replace(meta, item_shape=read_shape, item_dims=tuple(read_dims))
+            self.triangles_put.add(path)
+        else:
+            self.triangles_put.discard(path)
         self.docs[path] = docs
         if self.zarr_format == 3:
             # A v3 array's zarr.json is a function of these alone (v2 documents also
             # record whether a Delta filter paid off for the data).
-            key = (arr.shape, arr.dtype.str, tuple(dims), kind, self.level, read_shape)
+            key = (
+                arr.shape,
+                arr.dtype.str,
+                tuple(dims),
+                kind,
+                self.level,
+                read_shape,
+                tuple(read_dims),
+            )
             self.doc_json[path] = _array_doc_json(key, docs["zarr.json"])
         else:
             self.doc_json.pop(path, None)
@@ -583,9 +614,13 @@ class BuildHierarchy(Hierarchy):
         """Bytes every array decodes to, as read (triangles as their full matrices)."""
         return sum(math.prod(m.read_shape) * m.itemsize for m in map(self.meta, self.arrays))
 
-    def store_triangles_in_full(self) -> bool:
-        """Encode every triangle-stored array again in full; return whether any was."""
-        found = [path for path in self.arrays if self.meta(path).item_shape is not None]
+    def store_triangles_in_full(self) -> list[str]:
+        """Encode every array :meth:`put` stored as a triangle again in full; return them.
+
+        Triangles carried over from a file are left as they are: their chunks are copied,
+        never decoded, when an item is reopened for appending.
+        """
+        found = [path for path in self.arrays if path in self.triangles_put]
         for path in found:
             meta = self.meta(path)
             full = self.read_array(path)
@@ -596,13 +631,14 @@ class BuildHierarchy(Hierarchy):
 
             # Replaced in place: the array keeps its position among its group's members.
             self._put(path, full, named, None)
-        return bool(found)
+        return found
 
     def delete(self, path: str) -> None:
         """Remove the subtree at ``path``; ``KeyError`` if absent."""
         if self.kind(path) is None:
             raise KeyError(path)
         for array in list(self.iter_arrays(path)):
+            self.triangles_put.discard(array)
             del self.arrays[array]
             self.docs.pop(array, None)
             self.doc_json.pop(array, None)

@@ -117,8 +117,10 @@ def is_symmetric(arr: np.ndarray) -> bool:
 
 _PAIR_LOCK = threading.Lock()
 _PAIRS: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-#: Matrix sides whose pair indexes are kept (about 1 MB for a side of 100).
-_PAIR_SIDES = 64
+#: Bytes of pair indexes kept (those of a side of 100 take 80 KB; of 500, 2 MB); a side
+#: whose indexes alone exceed a quarter of it is not kept.
+_PAIR_BYTES = 16 * 1024 * 1024
+_pair_bytes = [0]
 
 
 def _pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +133,18 @@ def _pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
             return found
     iu, ju = np.triu_indices(n)
     pairs = (iu * n + ju, ju * n + iu)
+    size = pairs[0].nbytes + pairs[1].nbytes
+    if size > _PAIR_BYTES // 4:
+        return pairs
     for index in pairs:
         index.setflags(write=False)
     with _PAIR_LOCK:
-        _PAIRS[n] = pairs
-        while len(_PAIRS) > _PAIR_SIDES:
-            _PAIRS.popitem(last=False)
+        if n not in _PAIRS:
+            _PAIRS[n] = pairs
+            _pair_bytes[0] += size
+            while _pair_bytes[0] > _PAIR_BYTES:
+                _, (a, b) = _PAIRS.popitem(last=False)
+                _pair_bytes[0] -= a.nbytes + b.nbytes
     return pairs
 
 
@@ -223,21 +231,23 @@ def expand_in_place(buf: np.ndarray, n: int) -> None:
     beyond ``r`` nor beyond its mirror's row: written from the last matrix row to the
     first, no triangle row is overwritten before both its pairs have been read. A matrix
     row whose triangle rows all lie before it is gathered straight into place; the first
-    ``O(sqrt(n))`` rows, whose sources reach into them, go through a copy of one row.
+    ``O(sqrt(n))`` rows, whose sources reach into them, go through a copy of one row. No
+    index of ``n * n`` entries is built for a large matrix (it could outweigh the matrix).
     """
-    total = n * n
-    if total == 0:
-        return
-    if buf.nbytes <= _COPY_EXPAND_BYTES:
+    if n * n == 0 or buf.size == 0:
+        return  # nothing to move (no pairs, or rows of no bytes)
+    if buf.nbytes <= _COPY_EXPAND_BYTES and n * n * 8 <= _COPY_EXPAND_BYTES:
         tri = buf[: triangle_count(n)].copy()
         np.take(tri, full_index(n), axis=0, out=buf, mode="clip")
         return
-    index = full_index(n)
+    # One matrix row's sources at a time (an index of n, never of n * n).
+    j = np.arange(n, dtype=np.intp)
     for i in range(n - 1, -1, -1):
         lo, hi = i * n, (i + 1) * n
-        rows = index[lo:hi]
+        a, b = np.minimum(i, j), np.maximum(i, j)
+        rows = a * n - a * (a - 1) // 2 + (b - a)
         # The last source of row i is t(i, n - 1) = i * n + n - 1 - i (i + 1) / 2.
-        if lo + n - 1 - i * (i + 1) // 2 < lo:
+        if n - 1 - i * (i + 1) // 2 < 0:
             np.take(buf[:lo], rows, axis=0, out=buf[lo:hi], mode="clip")
         else:
             buf[lo:hi] = np.take(buf, rows, axis=0)
@@ -280,9 +290,9 @@ def item_layout(
         If the attributes do not describe the stored array: a shape that is not
         ``N x N (x k)``, or whose triangle is not the stored shape.
     """
-    declared = attributes.get(ITEM_SHAPE)
-    if declared is None:
+    if ITEM_SHAPE not in attributes:
         return None
+    declared = attributes[ITEM_SHAPE]
     if attributes.get(LAYOUT) != UPPER_TRIANGLE:
         raise ValueError(f"{ITEM_SHAPE} is set but {LAYOUT} is not {UPPER_TRIANGLE!r}")
     if (

@@ -64,6 +64,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import json
+import math
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -192,8 +193,10 @@ class OptStorage(DataStorage):
         with ``matrix_flattening``) that equals its transpose over its first two axes,
         bit for bit, is stored as its upper triangle, which halves what is compressed
         and stored; it is read back ``N x N (x k)`` by cadstore, and zarr-python sees the
-        triangle (``docs/format.md``). ``"full"``: every array is stored as saved. Zarr
-        format 2 items, the layout the specified system reads, are always stored in full.
+        triangle (``docs/format.md``). ``"full"``: every array saved is stored as saved
+        (those carried over from an item reopened with ``mode="a"`` keep the layout they
+        were read with). Zarr format 2 items, the layout the specified system reads, are
+        always stored in full.
 
     Raises
     ------
@@ -648,12 +651,21 @@ class OptStorage(DataStorage):
         Triangles make a large item's file about a quarter smaller for the same decoded
         size: a file of 7 to 11 MB could then decode beyond the flat allowance files under
         10 MiB get, and be refused. Stored in full, it is larger and within its budget.
+        Only the arrays saved in this session are converted: those carried over from the
+        file an item was reopened from keep the layout it was read with.
         """
         assert isinstance(self._hier, BuildHierarchy)
         hier = self._hier
+        if not hier.triangles_put:
+            return
+        # A triangle is decoded a chunk at a time into its full matrix: one chunk on top.
+        metas = [hier.meta(path) for path in hier.triangles_put]
+        chunk = max(math.prod(meta.chunks) * meta.itemsize for meta in metas)
         budget = self._limits.decoded_budget(hier.stored_nbytes(""))
-        if hier.decoded_nbytes() > 0.9 * budget:
-            hier.store_triangles_in_full()
+        if hier.decoded_nbytes() + chunk > 0.9 * budget:
+            for path in hier.store_triangles_in_full():
+                # metadata.json records what each array stores.
+                self._record_size(path, hier.stored_nbytes(path))
 
     def _write_zip(self, fh: IO[bytes]) -> None:
         write_stored_zip(fh, list(self._members()), deflate=_is_json_member)
