@@ -136,11 +136,6 @@ class DecodeBudget:
         """Bytes not charged yet."""
         return max(0, self.total - self.used)
 
-    def charged(self, name: str) -> int:
-        """What ``name`` has been charged so far (``0`` if nothing)."""
-        with self._lock:
-            return self._charged.get(name, 0)
-
     def check(self, what: str, nbytes: int) -> None:
         """Refuse a transient allocation of ``nbytes`` (a chunk being decoded) that does
         not fit in what remains; nothing is charged.

@@ -49,7 +49,6 @@ __all__ = [
     "symmetric_upper_rows",
     "triangle_count",
     "triangle_row",
-    "upper_rows",
 ]
 
 #: The layout name: in the attributes of a triangle array and of its group
@@ -97,24 +96,6 @@ def triangle_row(i: int, j: int, n: int) -> int:
     return i * n - i * (i - 1) // 2 + (j - i)
 
 
-def _bits(arr: np.ndarray) -> np.ndarray:
-    """The bytes of every element of ``arr`` (shape ``(N, N, rest)``), for exact comparison."""
-    n = arr.shape[0]
-    flat = np.ascontiguousarray(arr).reshape(n, n, -1)
-    return flat.view(np.uint8)
-
-
-def is_symmetric(arr: np.ndarray) -> bool:
-    """Whether ``arr`` (``N x N (x k)``) equals its transpose over its first two axes,
-    bit for bit (so NaN payloads and signed zeros count, as a byte copy would keep them)."""
-    if arr.ndim < 2 or arr.shape[0] != arr.shape[1] or arr.dtype.kind in "OUS":
-        return False
-    if arr.shape[0] <= 1 or arr.size == 0:
-        return True
-    bits = _bits(arr)
-    return bool(np.array_equal(bits, bits.swapaxes(0, 1)))
-
-
 _PAIR_LOCK = threading.Lock()
 _PAIRS: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 #: Bytes of pair indexes kept (those of a side of 100 take 80 KB; of 500, 2 MB); a side
@@ -155,7 +136,7 @@ def symmetric_upper_rows(arr: np.ndarray) -> np.ndarray | None:
     One gather of the triangle and one of its mirror, compared as unsigned integers: a
     few times faster than checking the transpose and gathering the triangle apart.
     """
-    if arr.ndim < 2 or arr.shape[0] != arr.shape[1] or arr.dtype.kind in "OUSV":
+    if arr.ndim < 2 or arr.shape[0] != arr.shape[1] or arr.dtype.kind in "OUS":
         return None
     n = arr.shape[0]
     rest = arr.shape[2:]
@@ -169,11 +150,10 @@ def symmetric_upper_rows(arr: np.ndarray) -> np.ndarray | None:
     return tri.view(arr.dtype).reshape((len(upper), *rest))
 
 
-def upper_rows(arr: np.ndarray) -> np.ndarray:
-    """The triangle rows (``N (N + 1) / 2``, trailing axes kept) of ``N x N (x k)`` ``arr``."""
-    n = arr.shape[0]
-    iu, ju = np.triu_indices(n)
-    return np.ascontiguousarray(arr[iu, ju])
+def is_symmetric(arr: np.ndarray) -> bool:
+    """Whether ``arr`` (``N x N (x k)``) equals its transpose over its first two axes,
+    bit for bit (so NaN payloads and signed zeros count, as a byte copy would keep them)."""
+    return symmetric_upper_rows(arr) is not None
 
 
 _INDEX_LOCK = threading.Lock()
