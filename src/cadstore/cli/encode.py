@@ -79,6 +79,13 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--merge", action="store_true", help="merge the items into OUT/<OUT name>.dataset"
     )
+    parser.add_argument(
+        "--durability",
+        choices=("batch", "item"),
+        default="batch",
+        help="sync items to disk once per batch (default; a resumed run checks the items "
+        "a crash may have left unsynced) or fsync every item as it is written",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         merge=args.merge,
         progress=not (args.no_progress or args.json),
+        durability=args.durability,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1, default=str))
@@ -128,6 +136,12 @@ def _print_summary(report: EncodeReport) -> None:
         f"file{'s' * (report.files != 1)} in {report.seconds:.1f} s "
         f"({skipped} skipped as already encoded, {failed} failed)"
     )
+    if report.damaged:
+        count = len(report.damaged)
+        print(
+            f"{count} item{'s' * (count != 1)} left damaged by an earlier run (not yet "
+            "synced when it stopped) encoded again"
+        )
     print(f"items: {report.output_dir}/encoded")
     for failure in report.failed[:_SHOWN_FAILURES]:
         where = failure["item"]

@@ -42,6 +42,10 @@ class EncodeReport:
         Names of the items encoded by this run, in input order.
     skipped
         Names of the items that already existed and were left untouched (``resume=True``).
+    damaged
+        Names of items found present but not whole when resuming (not yet made durable
+        by the run that wrote them, and failing their check: see
+        :mod:`cadstore.encode.durability`); each was encoded again.
     failed
         The entries of ``error_summary.json`` (see the module docstring).
     seconds
@@ -70,6 +74,7 @@ class EncodeReport:
     files: int = 0
     encoded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -126,14 +131,22 @@ class Collector:
         Where the items go (for the scratch of lost workers).
     on_finished
         Called once per file finished (done or lost): the progress bar.
+    on_item
+        Called with the name of every item a worker published (the batch durability of
+        :mod:`cadstore.encode.durability`).
     """
 
     def __init__(
-        self, tasks: Sequence[Task], encoded_dir: str, on_finished: Callable[[], None]
+        self,
+        tasks: Sequence[Task],
+        encoded_dir: str,
+        on_finished: Callable[[], None],
+        on_item: Callable[[str], None] | None = None,
     ) -> None:
         self.files = {task.index: _FileState(task) for task in tasks}
         self.encoded_dir = encoded_dir
         self._on_finished = on_finished
+        self._on_item = on_item
 
     def done(self, task: Task) -> None:
         """A worker finished ``task``."""
@@ -173,6 +186,8 @@ class Collector:
                 state.failures.append(self._failure(state, message))
             else:
                 state.items.append(message)
+                if message["status"] == "encoded" and self._on_item is not None:
+                    self._on_item(message["name"])
         elif kind == "failed":
             state.failures.append(self._failure(state, message))
 

@@ -25,22 +25,33 @@ before any work (``"duplicate"``), and a failed merge is reported as ``"merge"``
 
 **Resuming and user data.** With ``resume=True`` (the default) a body whose ``.data`` file
 exists is skipped, and a file whose bodies all exist is not even read. Nothing is ever
-deleted: a ``.data`` file is replaced (atomically) only with ``resume=False``, and the only
-files removed are the encoder's own scratch, the empty working directory and temporary
-file of a body whose worker was killed.
+deleted: a ``.data`` file is replaced (atomically) only with ``resume=False``, or when a
+resumed run finds it damaged (below), and the only files removed are the encoder's own
+scratch, the empty working directory and temporary file of a body whose worker was killed.
+
+**Durability.** Items are made durable in batches (``durability="batch"``, the default):
+workers publish them without fsync and the supervisor syncs the file system once per
+batch, then logs the items in ``<output_dir>/durable_items.jsonl``
+(:mod:`cadstore.encode.durability`). A resumed run trusts logged items and checks the
+others (every member's CRC, the metadata, the summary JSON) before skipping them; one
+that does not read whole, as a power cut can leave an item written but not yet synced, is
+listed in :attr:`EncodeReport.damaged` and encoded again. ``durability="item"`` fsyncs
+every item as it is published instead.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from cadstore.cad.samples import PART_KINDS, write_sample_set
+from cadstore.encode.durability import DURABILITY_MODES, BatchSync, DurableLog
 from cadstore.encode.naming import find_cad_files, item_base_name
 from cadstore.encode.report import Collector, EncodeReport, write_error_summary
 from cadstore.encode.work import (
@@ -97,6 +108,46 @@ SUMMARY_DIR: Final = "files_summary"
 ERROR_SUMMARY: Final = "error_summary.json"
 
 
+def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume: bool) -> list[str]:
+    """Log the items a resumed run may trust; return those found damaged.
+
+    A directory without a durability log gets one first, listing its items: every run
+    before batch durability fsynced each item. Then (``resume``) each item present but
+    not logged, which a crashed run may have left unsynced, is read whole: every member
+    (its CRC), the metadata and the summary JSON. Those that read are synced and logged;
+    the others are returned, to be encoded again.
+    """
+    present = [n[: -len(".zarr.data")] for n in os.listdir(encoded_dir) if n.endswith(".zarr.data")]
+    log = sync.log
+    if not log.exists():
+        log.append(sorted(present))
+        return []
+    if not resume:
+        return []
+    from cadstore.io.location import resolve
+    from cadstore.merging.scan import scan_item
+
+    logged = log.names()
+    damaged = []
+    for name in sorted(set(present) - logged):
+        scan = scan_item(resolve(os.path.join(encoded_dir, f"{name}.zarr.data")))
+        if isinstance(scan, tuple) or not _summary_reads(summary_dir, name):
+            damaged.append(name)
+        else:
+            sync.add(name)
+    sync.flush()
+    return damaged
+
+
+def _summary_reads(summary_dir: str, name: str) -> bool:
+    """Whether ``name``'s summary JSON is there and holds a JSON object."""
+    try:
+        with open(os.path.join(summary_dir, f"{name}.json"), "rb") as fh:
+            return isinstance(json.loads(fh.read()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def _existing_bodies(encoded_dir: str, base: str, present: set[str]) -> list[str] | None:
     """Return the item names of a file whose bodies are all encoded already, else None."""
     first = f"{base}_0"
@@ -133,6 +184,7 @@ def encode_files(
     client: Any = None,
     dask_client_params: Mapping[str, Any] | None = None,
     file_metadata: Mapping[str | os.PathLike[str], Mapping[str, Any]] | None = None,
+    durability: str = "batch",
 ) -> EncodeReport:
     """Encode every body of every CAD file of ``inputs`` into ``output_dir/encoded``.
 
@@ -189,6 +241,11 @@ def encode_files(
         Metadata per input file (its path as given or absolute): ``{path: {key: value}}``
         saved into every item of that file, e.g. a label ``{"part_family": "bracket"}``
         (define it in ``schema`` as categorical metadata to have it in the ``.attribset``).
+    durability
+        ``"batch"`` (default): items are synced to disk together, once per batch, and a
+        resumed run checks those a crash may have left unsynced; ``"item"``: every item
+        is fsynced as it is published (about 1 ms more per item on ext4). Either way an
+        item is published atomically. Dask workers always fsync each item.
 
     Returns
     -------
@@ -208,6 +265,8 @@ def encode_files(
         raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout}")
     if memory_limit_mb is not None and memory_limit_mb < 0:
         raise ValueError(f"memory_limit_mb must be None or >= 0, got {memory_limit_mb}")
+    if durability not in DURABILITY_MODES:
+        raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
     pushes = push_plan(
         positive(pointsamples, "pointsamples"),
         positive(ugrid, "ugrid"),
@@ -219,6 +278,7 @@ def encode_files(
     files = find_cad_files(inputs, exclude=out)
     encoded_dir = os.path.join(out, ENCODED_DIR)
     os.makedirs(encoded_dir, exist_ok=True)
+    remote = client is not None or dask_client_params is not None
     settings = Settings(
         encoded_dir=encoded_dir,
         summary_dir=os.path.join(out, SUMMARY_DIR),
@@ -227,15 +287,21 @@ def encode_files(
         ),
         pushes=pushes,
         resume=bool(resume),
+        # Dask workers may write from other machines, where this one's syncfs cannot reach.
+        fsync_items=durability == "item" or remote,
     )
     report = EncodeReport(
         output_dir=out, files=len(files), error_summary=os.path.join(out, ERROR_SUMMARY)
     )
+    sync = BatchSync(
+        DurableLog(out), [encoded_dir, settings.summary_dir], synced=settings.fsync_items
+    )
+    report.damaged = _check_unlogged(sync, encoded_dir, settings.summary_dir, bool(resume))
 
-    plan = _plan(files, encoded_dir, bool(resume), file_metadata)
+    plan = _plan(files, encoded_dir, bool(resume), file_metadata, set(report.damaged))
     tasks = plan.tasks
     dask = None
-    if client is not None or dask_client_params is not None:
+    if remote:
         from cadstore.cluster import DaskResources
 
         dask = DaskResources(client=client, params=dask_client_params)
@@ -243,7 +309,7 @@ def encode_files(
     report.workers = n_workers if tasks else 0
     bar = Progress(progress, len(files), desc="encoding", unit="file")
     bar.update(len(files) - len(tasks))
-    collector = Collector(tasks, encoded_dir, bar.update)
+    collector = Collector(tasks, encoded_dir, bar.update, on_item=sync.add)
     try:
         if dask is not None and tasks:
             from cadstore.cluster import run_on_dask
@@ -259,6 +325,7 @@ def encode_files(
             _run_locally(tasks, spec, n_workers, timeout, collector)
     finally:
         bar.close()
+        sync.flush()
         report.skipped.extend(plan.skipped)
         collector.fill(report, plan.failures)
         report.skipped.sort(key=_order_key(files))
@@ -296,10 +363,19 @@ def _plan(
     encoded_dir: str,
     resume: bool,
     file_metadata: Mapping[str | os.PathLike[str], Mapping[str, Any]] | None,
+    damaged: Collection[str] = (),
 ) -> _Plan:
-    """Refuse name clashes, skip files whose bodies are all encoded, give files metadata."""
+    """Refuse name clashes, skip files whose bodies are all encoded, give files metadata.
+
+    ``damaged`` items are treated as missing: their files' tasks encode them again.
+    """
     plan = _Plan()
-    present = set(os.listdir(encoded_dir)) if resume else set()
+    present = (
+        set(os.listdir(encoded_dir)) - {f"{n}.zarr.data" for n in damaged} if resume else set()
+    )
+    redo: dict[str, list[str]] = {}
+    for name in damaged:
+        redo.setdefault(name.rsplit("_", 1)[0], []).append(name)
     extra = {
         os.path.abspath(os.fspath(path)): tuple(dict(fields).items())
         for path, fields in (file_metadata or {}).items()
@@ -328,7 +404,15 @@ def _plan(
         if existing is not None:
             plan.skipped.extend(existing)
             continue
-        plan.tasks.append(Task(index, str(path), base, extra.get(os.path.abspath(path), ())))
+        plan.tasks.append(
+            Task(
+                index,
+                str(path),
+                base,
+                extra.get(os.path.abspath(path), ()),
+                tuple(sorted(redo.get(base, ()))),
+            )
+        )
     return plan
 
 

@@ -89,6 +89,9 @@ class Settings:
     schema: dict[str, Any]
     pushes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     resume: bool
+    #: Fsync each item as it is published (``durability="item"``); otherwise the
+    #: supervisor makes them durable in batches (:mod:`cadstore.encode.durability`).
+    fsync_items: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Task:
     base: str
     #: Metadata the caller gives for this file, saved into each of its items.
     metadata: tuple[tuple[str, Any], ...] = ()
+    #: Items of this file present but not whole (found on resume): encoded again.
+    redo: tuple[str, ...] = ()
 
 
 def default_schema() -> dict[str, Any]:
@@ -260,7 +265,9 @@ def encode_body(
     store_path = os.path.join(settings.encoded_dir, f"{name}.zarr")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    opened = OptStorage(store_path, mode="w", summary_dir=settings.summary_dir)
+    opened = OptStorage(
+        store_path, mode="w", summary_dir=settings.summary_dir, durable=settings.fsync_items
+    )
     timer = CallTimer(opened)
     timer.record("open", time.perf_counter() - t0)
     storage = cast(DataStorage, timer)
@@ -338,8 +345,10 @@ def process_file(task: Task, settings: Settings, emit: Emit) -> None:
             "name": name,
             "body_index": body,
         }
-        if settings.resume and os.path.exists(
-            os.path.join(settings.encoded_dir, f"{name}.zarr.data")
+        if (
+            settings.resume
+            and name not in task.redo
+            and os.path.exists(os.path.join(settings.encoded_dir, f"{name}.zarr.data"))
         ):
             emit({**message, "status": "skipped"})
             continue

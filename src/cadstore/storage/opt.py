@@ -185,8 +185,9 @@ class OptStorage(DataStorage):
         "client_kwargs": {"endpoint_url": ...}}``. Without them, credentials and endpoint
         come from fsspec's configuration and the environment.
     durable
-        fsync published files and directories (default). Turning it off is only for
-        scratch data.
+        fsync published files and directories (default). Turn it off for scratch data,
+        or to make many items durable at once afterwards
+        (:func:`cadstore.io.publish.sync_file_system`, as the encoder does).
     face_pair_layout
         ``"auto"`` (default): a face-pair array (``d2_distance``, ``a3_distance``,
         ``extended_adjacency``, ``face_pair_edges_path``, or an array of a schema group
