@@ -137,10 +137,10 @@ def _print_summary(report: EncodeReport) -> None:
         f"({skipped} skipped as already encoded, {failed} failed)"
     )
     if report.damaged:
-        count = len(report.damaged)
+        count, again = len(report.damaged), len(set(report.damaged) & set(report.encoded))
         print(
             f"{count} item{'s' * (count != 1)} left damaged by an earlier run (not yet "
-            "synced when it stopped) encoded again"
+            f"synced when it stopped); {again} encoded again"
         )
     print(f"items: {report.output_dir}/encoded")
     for failure in report.failed[:_SHOWN_FAILURES]:

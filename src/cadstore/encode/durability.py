@@ -6,23 +6,29 @@ costs two journal commits per item, about 1 ms of an item's few-millisecond writ
 ext4. With ``durability="batch"`` (the default of :func:`~cadstore.encode.encode_files`)
 workers publish items without fsync, and the supervisor makes them durable together:
 every :data:`SYNC_EVERY_ITEMS` items or :data:`SYNC_EVERY_SECONDS` seconds, and at the end
-of the run, one ``syncfs`` (:func:`~cadstore.io.publish.sync_file_system`) writes back the
-file system, then the names of the items it covered are appended to the log
-``<output_dir>/`` :data:`DURABLE_LOG` and the log is fsynced.
+of the run, one ``syncfs`` (:class:`~cadstore.io.publish.FileSystemSync`, on a directory
+opened before the first item, so that a failed write-back is reported) writes back the
+file system, then the items it covered are appended to the log ``<output_dir>/``
+:data:`DURABLE_LOG` and the log is fsynced. A sync that fails logs nothing, then or later
+in the run.
 
-So after a crash at any point an item is either in the log, and durable, or it is
-checked before it is trusted: a resumed run reads every item present in ``encoded/`` but
-absent from the log (every member's CRC, the metadata, the summary JSON) and encodes it
-again if it does not read whole. A run that was only killed (no power cut) loses nothing,
-as the kernel still holds what it wrote; its unlogged items pass the check and are logged.
+A log entry names an item *and the file it was*: its inode, size and modification time.
+An item is trusted when the file present is the one logged; any other (not logged, or
+written again since, by ``resume=False`` or after its file was deleted) is checked
+before it is trusted: a resumed run reads it whole (every member's CRC and its metadata)
+and encodes it again if it does not read, as a power cut can leave an item renamed into
+place but not written back. A run that was only killed (no power cut) loses nothing, as
+the kernel still holds what it wrote; its unlogged items pass the check, are synced and
+logged. A summary JSON lost with them is written again from the item's metadata.
 
 An output directory without a log was written by runs that fsynced every item: its items
-are trusted as they are, and the log starts with their names. ``durability="item"``
-fsyncs each item as it is published (and logs it too, without a ``syncfs``); Dask workers,
-which may write on other machines, always do.
+are trusted as they are, and the log starts with them. ``durability="item"`` fsyncs each
+item as it is published (and logs it too, without a ``syncfs``); Dask workers, which may
+write on other machines, always do.
 
-The log holds one JSON string per line (an item name), appended; a line torn by a crash
-while appending is ignored (its items are then checked on the next resume).
+The log holds one JSON object per line, appended; a line torn by a crash while appending
+is ignored (its items are then checked on the next resume). When it holds more than
+twice as many lines as items, the next run rewrites it atomically.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-from cadstore.io.publish import append_durably, sync_file_system
+from cadstore.errors import StorageError
+from cadstore.io.location import resolve
+from cadstore.io.publish import FileSystemSync, append_durably, write_bytes_atomic
 
 __all__ = [
     "DURABILITY_MODES",
@@ -42,6 +50,7 @@ __all__ = [
     "SYNC_EVERY_SECONDS",
     "BatchSync",
     "DurableLog",
+    "file_identity",
 ]
 
 #: The log of durable items, in the output directory.
@@ -56,6 +65,18 @@ SYNC_EVERY_ITEMS: Final = 512
 #: Seconds between two syncs, at most, while items keep coming (a crash then leaves at
 #: most this long's items to check on resume).
 SYNC_EVERY_SECONDS: Final = 30.0
+
+#: What identifies one version of an item's file: inode, size, modification time (ns).
+Identity = tuple[int, int, int]
+
+
+def file_identity(path: str) -> Identity | None:
+    """The :data:`Identity` of the file at ``path``; ``None`` if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class DurableLog:
@@ -72,54 +93,80 @@ class DurableLog:
 
     def exists(self) -> bool:
         """Whether the directory has a log (a run since batch durability wrote here)."""
-        return os.path.isfile(self.path)
+        return os.path.lexists(self.path)
 
-    def names(self) -> set[str]:
-        """The item names logged, whole lines only (an empty set without a log)."""
+    def read(self) -> tuple[dict[str, Identity], int]:
+        """The logged items (the last entry of each name) and the number of lines.
+
+        Only whole lines count: the last piece, without its newline, was torn by a crash
+        or is empty; a line that is not an entry (torn, or zeros a power cut left) is
+        skipped.
+
+        Raises
+        ------
+        StorageError
+            Naming the log, when it cannot be read.
+        """
         try:
             with open(self.path, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            return set()
-        names = set()
-        for line in data.split(b"\n")[:-1]:  # the last piece has no newline: torn or empty
+            return {}, 0
+        except OSError as exc:
+            raise StorageError(self.path, f"cannot be read: {exc.strerror or exc}") from exc
+        entries: dict[str, Identity] = {}
+        lines = data.split(b"\n")[:-1]
+        for line in lines:
             try:
-                name = json.loads(line)
-            except ValueError:
-                continue  # torn by a crash and appended after: its items get checked
+                doc = json.loads(line)
+                name, ident = doc["name"], (int(doc["ino"]), int(doc["size"]), int(doc["mtime_ns"]))
+            except (ValueError, TypeError, KeyError):
+                continue
             if isinstance(name, str):
-                names.add(name)
-        return names
+                entries[name] = ident
+        return entries, len(lines)
 
-    def append(self, names: Iterable[str]) -> None:
-        """Append ``names`` and fsync the log: they are durable from now on.
+    def append(self, entries: Mapping[str, Identity]) -> None:
+        """Append ``entries`` and fsync the log: those files are durable from now on.
 
-        The caller made the items durable first (:func:`sync_file_system`, or an fsync of
-        each).
+        The caller made them durable first (:class:`FileSystemSync`, or an fsync of each).
 
         Raises
         ------
         StorageError
             When the disk is full or failing, naming the log.
         """
-        lines = b"".join(json.dumps(name).encode("utf-8") + b"\n" for name in names)
-        # A line torn by an earlier crash is closed first, so that the names appended
+        lines = _lines(entries)
+        # A line torn by an earlier crash is closed first, so that the entries appended
         # now start on a line of their own.
-        if not _ends_with_newline(self.path):
+        if not self._ends_with_newline():
             lines = b"\n" + lines
         append_durably(self.path, lines)
 
+    def rewrite(self, entries: Mapping[str, Identity]) -> None:
+        """Replace the log by ``entries``, atomically and durably (compaction)."""
+        write_bytes_atomic(resolve(self.path), _lines(entries))
 
-def _ends_with_newline(path: str) -> bool:
-    """Whether ``path`` is missing, empty or ends with a newline (no torn last line)."""
-    try:
-        with open(path, "rb") as fh:
-            if not fh.seek(0, os.SEEK_END):
-                return True
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) == b"\n"
-    except FileNotFoundError:
-        return True
+    def _ends_with_newline(self) -> bool:
+        """Whether the log is missing, empty or ends with a newline (no torn last line)."""
+        try:
+            with open(self.path, "rb") as fh:
+                if not fh.seek(0, os.SEEK_END):
+                    return True
+                fh.seek(-1, os.SEEK_END)
+                return fh.read(1) == b"\n"
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            raise StorageError(self.path, f"cannot be read: {exc.strerror or exc}") from exc
+
+
+def _lines(entries: Mapping[str, Identity]) -> bytes:
+    return b"".join(
+        json.dumps({"name": name, "ino": ino, "size": size, "mtime_ns": mtime}).encode("utf-8")
+        + b"\n"
+        for name, (ino, size, mtime) in entries.items()
+    )
 
 
 class BatchSync:
@@ -127,26 +174,45 @@ class BatchSync:
 
     :meth:`add` is called by the supervisor for every item a worker published; every
     :data:`SYNC_EVERY_ITEMS` items or :data:`SYNC_EVERY_SECONDS` seconds, and at
-    :meth:`flush`, the file systems of ``directories`` are synced once and the items
-    logged. With ``synced=False`` the items were fsynced one by one as they were written
-    (``durability="item"``, Dask workers): they are only logged.
+    :meth:`flush`, the file systems are synced once and the items logged. With
+    ``synced=True`` the items were fsynced one by one as they were written
+    (``durability="item"``, Dask workers): they are only logged. Once a sync has failed,
+    nothing more is logged in this run (a retry could succeed where the first write-back
+    failed: Linux reports a failure once).
 
     Parameters
     ----------
     log
         The output directory's log.
+    encoded_dir
+        Where the items are (``<name>.zarr.data``).
     directories
-        Where the items and their summaries are written (one ``syncfs`` per file system).
+        Every directory written to (items, summaries): one sync per file system among
+        them. They are opened now, before any item is written.
     synced
-        Whether the writers fsynced every item already.
+        Whether the writers fsync every item already.
     """
 
-    def __init__(self, log: DurableLog, directories: Collection[str], *, synced: bool) -> None:
+    def __init__(
+        self, log: DurableLog, encoded_dir: str, directories: Iterable[str], *, synced: bool
+    ) -> None:
         self.log = log
-        self.directories = list(directories)
+        self.encoded_dir = encoded_dir
         self.synced = synced
         self.pending: list[str] = []
+        self.failed = False
         self._since = time.monotonic()
+        self._syncs: list[FileSystemSync] = []
+        devices: set[int] = set()
+        try:
+            for directory in directories:
+                device = os.stat(directory).st_dev
+                if device not in devices:
+                    devices.add(device)
+                    self._syncs.append(FileSystemSync(directory))
+        except BaseException:
+            self.close()
+            raise
 
     def add(self, name: str) -> None:
         """Item ``name`` was published; sync and log when a batch is due."""
@@ -155,20 +221,29 @@ class BatchSync:
         if due or len(self.pending) >= SYNC_EVERY_ITEMS:
             self.flush()
 
-    def flush(self) -> None:
-        """Make every pending item durable and log it."""
+    def flush(self, *, sync: bool = False) -> None:
+        """Make every pending item durable and log it (``sync``: sync even if the
+        writers fsynced each item, for items found written by an earlier run)."""
         self._since = time.monotonic()
-        if not self.pending:
+        if self.failed or not self.pending:
             return
-        if not self.synced:
-            devices: set[int] = set()
-            for directory in self.directories:
-                try:
-                    device = os.stat(directory).st_dev
-                except FileNotFoundError:
-                    continue
-                if device not in devices:
-                    devices.add(device)
-                    sync_file_system(directory)
-        self.log.append(self.pending)
+        if sync or not self.synced:
+            try:
+                for fs in self._syncs:
+                    fs.sync()
+            except BaseException:
+                self.failed = True
+                raise
+        entries = {}
+        for name in self.pending:
+            ident = file_identity(os.path.join(self.encoded_dir, f"{name}.zarr.data"))
+            if ident is not None:
+                entries[name] = ident
+        self.log.append(entries)
         self.pending = []
+
+    def close(self) -> None:
+        """Close the directories opened for syncing."""
+        for fs in self._syncs:
+            fs.close()
+        self._syncs = []

@@ -45,7 +45,9 @@ class EncodeReport:
     damaged
         Names of items found present but not whole when resuming (not yet made durable
         by the run that wrote them, and failing their check: see
-        :mod:`cadstore.encode.durability`); each was encoded again.
+        :mod:`cadstore.encode.durability`). Those of this run's files were encoded again
+        (see :attr:`encoded` and :attr:`failed`); any other is a failure with reason
+        ``"damaged"``.
     failed
         The entries of ``error_summary.json`` (see the module docstring).
     seconds

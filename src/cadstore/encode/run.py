@@ -33,14 +33,16 @@ scratch, the empty working directory and temporary file of a body whose worker w
 workers publish them without fsync and the supervisor syncs the file system once per
 batch, then logs the items in ``<output_dir>/durable_items.jsonl``
 (:mod:`cadstore.encode.durability`). A resumed run trusts logged items and checks the
-others (every member's CRC, the metadata, the summary JSON) before skipping them; one
+others (every member's CRC and the metadata) before skipping them; one
 that does not read whole, as a power cut can leave an item written but not yet synced, is
-listed in :attr:`EncodeReport.damaged` and encoded again. ``durability="item"`` fsyncs
+listed in :attr:`EncodeReport.damaged` and encoded again (one whose CAD file is not among
+the run's inputs is a failure with reason ``"damaged"``). ``durability="item"`` fsyncs
 every item as it is published instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -51,7 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cadstore.cad.samples import PART_KINDS, write_sample_set
-from cadstore.encode.durability import DURABILITY_MODES, BatchSync, DurableLog
+from cadstore.encode.durability import DURABILITY_MODES, BatchSync, DurableLog, file_identity
 from cadstore.encode.naming import find_cad_files, item_base_name
 from cadstore.encode.report import Collector, EncodeReport, write_error_summary
 from cadstore.encode.work import (
@@ -112,30 +114,45 @@ def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume:
     """Log the items a resumed run may trust; return those found damaged.
 
     A directory without a durability log gets one first, listing its items: every run
-    before batch durability fsynced each item. Then (``resume``) each item present but
-    not logged, which a crashed run may have left unsynced, is read whole: every member
-    (its CRC), the metadata and the summary JSON. Those that read are synced and logged;
-    the others are returned, to be encoded again.
+    before batch durability fsynced each item. A log grown past twice its items is
+    rewritten. Then (``resume``) each item whose file is not the one logged, which a
+    crashed run may have left unsynced, is read whole: every member (its CRC) and the
+    metadata. Those that read are synced and logged (a summary JSON lost with them is
+    written again from the item); the others are returned, to be encoded again.
     """
-    present = [n[: -len(".zarr.data")] for n in os.listdir(encoded_dir) if n.endswith(".zarr.data")]
+    present = {
+        n[: -len(".zarr.data")]: os.path.join(encoded_dir, n)
+        for n in os.listdir(encoded_dir)
+        if n.endswith(".zarr.data")
+    }
     log = sync.log
     if not log.exists():
-        log.append(sorted(present))
+        log.append({n: i for n, p in present.items() if (i := file_identity(p)) is not None})
         return []
+    logged, lines = log.read()
+    if lines > 2 * len(logged) + 64:
+        log.rewrite(logged)
     if not resume:
         return []
     from cadstore.io.location import resolve
     from cadstore.merging.scan import scan_item
 
-    logged = log.names()
     damaged = []
-    for name in sorted(set(present) - logged):
-        scan = scan_item(resolve(os.path.join(encoded_dir, f"{name}.zarr.data")))
-        if isinstance(scan, tuple) or not _summary_reads(summary_dir, name):
+    for name, path in sorted(present.items()):
+        if name in logged and logged[name] == file_identity(path):
+            continue
+        if isinstance(scan_item(resolve(path)), tuple):
             damaged.append(name)
-        else:
-            sync.add(name)
-    sync.flush()
+            continue
+        if not _summary_reads(summary_dir, name):
+            item = OptStorage(path[: -len(".data")], mode="r", summary_dir=summary_dir)
+            try:
+                item.write_summary()
+            finally:
+                item.close()
+        sync.pending.append(name)
+    # Read from the page cache, they may not be on disk yet: synced whatever the mode.
+    sync.flush(sync=True)
     return damaged
 
 
@@ -146,6 +163,31 @@ def _summary_reads(summary_dir: str, name: str) -> bool:
             return isinstance(json.loads(fh.read()), dict)
     except (OSError, ValueError):
         return False
+
+
+def _orphans(
+    damaged: Sequence[str], tasks: Sequence[Task], encoded_dir: str
+) -> list[dict[str, Any]]:
+    """Failures for the damaged items that no task of this run encodes again: their CAD
+    file is not among this run's inputs."""
+    bases = {task.base for task in tasks}
+    return [
+        {
+            "item_index": None,
+            "item": os.path.join(encoded_dir, f"{name}.zarr.data"),
+            "name": name,
+            "body_index": None,
+            "worker_pid": None,
+            "reason": "damaged",
+            "error": "DamagedItem: the item does not read whole (a run stopped before it "
+            "was synced to disk) and its CAD file is not among this run's inputs: encode "
+            "that file again, or delete the item",
+            "logs": [],
+            "seconds": 0.0,
+        }
+        for name in damaged
+        if name.rsplit("_", 1)[0] not in bases
+    ]
 
 
 def _existing_bodies(encoded_dir: str, base: str, present: set[str]) -> list[str] | None:
@@ -293,43 +335,65 @@ def encode_files(
     report = EncodeReport(
         output_dir=out, files=len(files), error_summary=os.path.join(out, ERROR_SUMMARY)
     )
+    os.makedirs(settings.summary_dir, exist_ok=True)
+    # Opened before any item is written, so that a failed write-back is reported.
     sync = BatchSync(
-        DurableLog(out), [encoded_dir, settings.summary_dir], synced=settings.fsync_items
+        DurableLog(out),
+        encoded_dir,
+        [encoded_dir, settings.summary_dir],
+        synced=settings.fsync_items,
     )
-    report.damaged = _check_unlogged(sync, encoded_dir, settings.summary_dir, bool(resume))
-
-    plan = _plan(files, encoded_dir, bool(resume), file_metadata, set(report.damaged))
-    tasks = plan.tasks
     dask = None
-    if remote:
-        from cadstore.cluster import DaskResources
-
-        dask = DaskResources(client=client, params=dask_client_params)
-    n_workers = 0 if workers == 0 else min(workers or available_cores(), max(len(tasks), 1))
-    report.workers = n_workers if tasks else 0
-    bar = Progress(progress, len(files), desc="encoding", unit="file")
-    bar.update(len(files) - len(tasks))
-    collector = Collector(tasks, encoded_dir, bar.update, on_item=sync.add)
     try:
-        if dask is not None and tasks:
-            from cadstore.cluster import run_on_dask
+        report.damaged = _check_unlogged(sync, encoded_dir, settings.summary_dir, bool(resume))
+        plan = _plan(files, encoded_dir, bool(resume), file_metadata, set(report.damaged))
+        tasks = plan.tasks
+        orphans = _orphans(report.damaged, tasks, encoded_dir)
+        if remote:
+            from cadstore.cluster import DaskResources
 
-            report.workers = run_on_dask(dask.client, tasks, settings, _dask_encode_task, collector)
+            dask = DaskResources(client=client, params=dask_client_params)
+        n_workers = 0 if workers == 0 else min(workers or available_cores(), max(len(tasks), 1))
+        report.workers = n_workers if tasks else 0
+        bar = Progress(progress, len(files), desc="encoding", unit="file")
+        bar.update(len(files) - len(tasks))
+        collector = Collector(tasks, encoded_dir, bar.update, on_item=sync.add)
+        try:
+            if dask is not None and tasks:
+                from cadstore.cluster import run_on_dask
+
+                report.workers = run_on_dask(
+                    dask.client, tasks, settings, _dask_encode_task, collector
+                )
+            else:
+                spec = WorkerSpec(
+                    process_file,
+                    settings,
+                    memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
+                    max_tasks_per_child=MAX_TASKS_PER_CHILD,
+                )
+                _run_locally(tasks, spec, n_workers, timeout, collector)
+        except BaseException:
+            # The run's own error is the one to raise; items left unlogged by a failed
+            # sync here are checked when the run is resumed.
+            with contextlib.suppress(Exception):
+                sync.flush()
+            raise
         else:
-            spec = WorkerSpec(
-                process_file,
-                settings,
-                memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
-                max_tasks_per_child=MAX_TASKS_PER_CHILD,
-            )
-            _run_locally(tasks, spec, n_workers, timeout, collector)
+            sync.flush()
+        finally:
+            bar.close()
+            report.skipped.extend(plan.skipped)
+            collector.fill(report, plan.failures)
+            report.failed.extend(orphans)
+            report.skipped.sort(key=_order_key(files))
+            write_error_summary(report.error_summary, report.failed)
+    except BaseException:
+        if dask is not None:
+            dask.close()
+        raise
     finally:
-        bar.close()
-        sync.flush()
-        report.skipped.extend(plan.skipped)
-        collector.fill(report, plan.failures)
-        report.skipped.sort(key=_order_key(files))
-        write_error_summary(report.error_summary, report.failed)
+        sync.close()
 
     try:
         if merge:

@@ -62,6 +62,7 @@ __all__ = [
     "append_durably",
     "TEMP_PREFIX",
     "DirectorySink",
+    "FileSystemSync",
     "PrefixSink",
     "Sink",
     "ZipSink",
@@ -213,8 +214,8 @@ def _syncfs() -> Callable[[int], int] | None:
     return function
 
 
-def sync_file_system(directory: str) -> None:
-    """Make every file written on the file system holding ``directory`` durable, at once.
+class FileSystemSync:
+    """Makes every file written on the file system holding ``directory`` durable, at once.
 
     Files published with ``durable=False`` are whole and atomic for every reader, but a
     power cut may lose what the kernel had not yet written back. One ``syncfs`` (Linux)
@@ -223,24 +224,68 @@ def sync_file_system(directory: str) -> None:
     files is made durable for the price of one. Elsewhere ``os.sync()`` does the same for
     every file system.
 
+    The directory is opened once, when this object is made: Linux reports a failed
+    write-back (``EIO``, ``ENOSPC``) to ``syncfs`` on a descriptor opened before the
+    failure, once. So open it before the files are written, and keep using it.
+
     Raises
     ------
     StorageError
-        Naming ``directory``, when the file system reports a failed write-back (``EIO``,
-        ``ENOSPC``: Linux reports those to ``syncfs`` since 5.8), or cannot be opened.
+        Naming ``directory``, when it cannot be opened.
     """
-    function = _syncfs()
-    with writing(directory):
-        if function is None:
-            os.sync()
-            return
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._fd: int | None = None
         try:
-            if function(fd):
+            self._fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise write_error(directory, exc) from exc
+
+    def sync(self) -> None:
+        """Write back everything written on the file system since the last sync.
+
+        Raises
+        ------
+        StorageError
+            Naming the directory, when the file system reports a failed write-back since
+            this object was made or last synced: what was written since may be lost.
+        """
+        if self._fd is None:
+            raise StorageError(self.directory, "synced after close()")
+        function = _syncfs()
+        try:
+            if function is None:
+                os.sync()
+            elif function(self._fd):
                 code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code), directory)
-        finally:
-            os.close(fd)
+                raise OSError(code, os.strerror(code), self.directory)
+        except OSError as exc:
+            raise write_error(self.directory, exc) from exc
+
+    def close(self) -> None:
+        """Close the directory (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileSystemSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sync_file_system(directory: str) -> None:
+    """Sync the file system holding ``directory`` once (see :class:`FileSystemSync`).
+
+    Raises
+    ------
+    StorageError
+        Naming ``directory``, when it cannot be opened or a write-back failed.
+    """
+    with FileSystemSync(directory) as fs:
+        fs.sync()
 
 
 def append_durably(path: str, data: bytes) -> None:

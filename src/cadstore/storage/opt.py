@@ -765,24 +765,35 @@ class OptStorage(DataStorage):
             if self._source is not None:
                 self._source.close()
             return
-        name = self.item_name
         if self._compressed_size and self._dirty:
             self.compress_store()
         elif not self._compressed_size and self._modified:
             self._write_directory()
-        if self._modified and self._summary is not None:
-            # The summary duplicates metadata.json inside the .data file, so it is written
-            # atomically but not fsynced: losing it to a power cut loses nothing.
-            self._summary.makedirs()
-            write_bytes_atomic(
-                self._summary.child(f"{name}.json"),
-                jsoncodec.dumps(self._metadata, indent=1).encode("utf-8"),
-                durable=False,
-            )
+        if self._modified:
+            self.write_summary()
         self._copy_visualisations()
         if self._compressed_size or (not self._modified and self._listdir() == []):
             # Published as a .data; or an unused storage, which leaves nothing behind.
             self._remove_working_directory()
+
+    def write_summary(self) -> None:
+        """Export the item's metadata to ``files_summary/<item name>.json``.
+
+        :meth:`close` does it for an item it wrote; called on an item opened read-only,
+        it writes the summary again from the metadata stored in the item (the encoder
+        does so when a crash lost a summary but not its item). The summary duplicates
+        ``metadata.json`` inside the item, so it is written atomically but not fsynced:
+        losing it to a power cut loses nothing. Nothing is written with
+        ``summary_dir=False``.
+        """
+        if self._summary is None:
+            return
+        self._summary.makedirs()
+        write_bytes_atomic(
+            self._summary.child(f"{self.item_name}.json"),
+            jsoncodec.dumps(self._metadata, indent=1).encode("utf-8"),
+            durable=False,
+        )
 
     def _copy_visualisations(self) -> None:
         visu = [n for n in self._listdir() or () if fnmatch.fnmatch(n, "visu*")]
