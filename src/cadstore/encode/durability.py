@@ -201,6 +201,8 @@ class BatchSync:
         self.synced = synced
         self.pending: list[str] = []
         self.failed = False
+        #: Seconds spent syncing and logging.
+        self.seconds = 0.0
         self._since = time.monotonic()
         self._syncs: list[FileSystemSync] = []
         devices: set[int] = set()
@@ -224,9 +226,15 @@ class BatchSync:
     def flush(self, *, sync: bool = False) -> None:
         """Make every pending item durable and log it (``sync``: sync even if the
         writers fsynced each item, for items found written by an earlier run)."""
-        self._since = time.monotonic()
+        self._since = started = time.monotonic()
         if self.failed or not self.pending:
             return
+        try:
+            self._flush(sync)
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _flush(self, sync: bool) -> None:
         if sync or not self.synced:
             try:
                 for fs in self._syncs:

@@ -64,6 +64,9 @@ class EncodeReport:
         fsync, ``"close"``), seconds summed over this run's items.
     bytes_written
         Total size of the ``.data`` files written.
+    sync_seconds
+        Seconds the supervisor spent making items durable and logging them (see
+        :mod:`cadstore.encode.durability`), not counted in :attr:`timings`.
     dataset
         The merged ``.dataset`` (``merge=True`` and at least one item), else ``None``.
     error_summary
@@ -82,6 +85,7 @@ class EncodeReport:
     timings: dict[str, float] = field(default_factory=dict)
     storage_timings: dict[str, float] = field(default_factory=dict)
     bytes_written: int = 0
+    sync_seconds: float = 0.0
     dataset: str | None = None
     error_summary: str = ""
     workers: int = 0

@@ -393,6 +393,7 @@ def encode_files(
             dask.close()
         raise
     finally:
+        report.sync_seconds = sync.seconds
         sync.close()
 
     try:
