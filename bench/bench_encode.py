@@ -6,7 +6,11 @@ Writes ``--parts`` parametric parts (brackets, plates with holes, shafts; see
 1. encodes them **in this process** (``encode_files(workers=0)``), which gives a clean
    per-step profile: reading the STEP file, building the body's topology, each push method
    (computation only) and the storage (schema, ``save_data``, ``save_metadata``,
-   ``compress_store``, ``close``, fsync included), each timed from inside the run;
+   ``compress_store``, ``close``), each timed from inside the run. The pass runs four
+   times, in turns: items made durable per batch (the default, one ``syncfs`` per run
+   here) and each fsynced (``durability="item"``), twice each; the profile is the first
+   batch pass, and the writes per part of each mode, syncing included, are the best of
+   its two;
 2. encodes them again with ``--workers`` worker processes (the ``cadstore encode`` path,
    process start-up, supervision and error summary included) for the end-to-end rate.
 
@@ -57,11 +61,23 @@ def run(parts: int, workers: int, seed: int, histograms: bool) -> dict[str, Any]
         files = write_sample_set(root / "parts", count=parts, seed=seed)
         generate = time.perf_counter() - t0
 
-        profile = encode_files(
-            root / "parts", root / "inproc", workers=0, histograms=histograms, progress=False
-        )
-        if not profile.ok:
-            raise SystemExit(f"in-process encoding failed: {profile.failed[:2]}")
+        # Pass 1 twice, items made durable per batch (the default) and one by one, in
+        # turns, so that the two durability modes meet the same machine.
+        profiles: dict[str, list[Any]] = {"batch": [], "item": []}
+        for turn in range(2):
+            for mode in ("batch", "item") if turn == 0 else ("item", "batch"):
+                report = encode_files(
+                    root / "parts",
+                    root / f"inproc-{mode}-{turn}",
+                    workers=0,
+                    histograms=histograms,
+                    progress=False,
+                    durability=mode,
+                )
+                if not report.ok:
+                    raise SystemExit(f"in-process encoding failed: {report.failed[:2]}")
+                profiles[mode].append(report)
+        profile = profiles["batch"][0]
         parallel = encode_files(
             root / "parts", root / "pool", workers=workers, histograms=histograms
         )
@@ -93,6 +109,21 @@ def run(parts: int, workers: int, seed: int, histograms: bool) -> dict[str, Any]
         "parallel_seconds": parallel.seconds,
         "parallel_parts_per_second": len(parallel.encoded) / parallel.seconds,
         "bytes_per_item": profile.bytes_written / items,
+        # Per part, the best of the two turns: storage writes (save_data, compress_store,
+        # close) plus the supervisor's syncing and logging.
+        "durability_write_ms": {
+            mode: min(
+                1e3
+                * (sum(r.storage_timings.get(c, 0.0) for c in WRITE_CALLS) + r.sync_seconds)
+                / len(r.encoded)
+                for r in reports
+            )
+            for mode, reports in profiles.items()
+        },
+        "durability_sync_ms": {
+            mode: min(1e3 * r.sync_seconds / len(r.encoded) for r in reports)
+            for mode, reports in profiles.items()
+        },
         "machine": {
             "python": platform.python_version(),
             "ocp": OCP_VERSION,

@@ -5,7 +5,10 @@ starting with the next contender, so that machine noise hits all alike):
 
 * ``cadstore-L<n>``: :class:`cadstore.OptStorage` at zstd level ``n``, long-distance
   matching on chunks of 128 KiB or more (all ``save_data``, metadata, ``compress_store``,
-  ``close``);
+  ``close``), each item fsynced as it is published;
+* ``cadstore-L<default> batch-synced``: the same at the default level, published without
+  fsync, and one ``syncfs`` after each block of ten makes them durable, its time shared
+  among the block's items: how ``cadstore encode`` writes (it syncs once per 512 items);
 * ``spec_zarr2``: the specified design on the library the specification names,
   zarr-python 2.18 (``DirectoryStore``, Zstd 12, Delta on integers, ``_ARRAY_DIMENSIONS``,
   ``metadata.json``, then ``copy_store`` into a ``ZipStore``), run in a throwaway venv as
@@ -55,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from cadstore import OptStorage
+from cadstore.io.publish import sync_file_system
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
 from cadstore.synthetic import iter_items, raw_nbytes, write_item
 
@@ -88,6 +92,9 @@ class Contender:
     size: list[int] = field(default_factory=list)
     overhead: list[int] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
+    #: Makes a block's writes durable at once (the encoder's batch durability), timed and
+    #: shared among the block's items; ``None``: each write is durable by itself.
+    sync: Callable[[str], None] | None = None
 
 
 class Zarr2Contender(Contender):
@@ -192,12 +199,23 @@ def prepare_inputs(
     return inputs
 
 
-def cadstore_contender(level: int) -> Contender:
-    """Return OptStorage at zstd ``level`` as a contender."""
+#: Name suffix of the contender whose items are made durable per block, not per item.
+BATCH_SYNCED = " batch-synced"
+
+
+def cadstore_contender(level: int, batch: bool = False) -> Contender:
+    """Return OptStorage at zstd ``level`` as a contender.
+
+    With ``batch`` each item is published without fsync and one ``syncfs`` after each
+    block of :data:`BLOCK` items makes them durable (what ``cadstore encode`` does, once
+    per 512 items): its time is shared among the block's items.
+    """
 
     def write(stem: str, item: dict[str, Any], metadata: dict[str, Any]) -> str:
         store = stem + ".zarr"
-        return write_item(store, item, metadata, compression_level=level, summary_dir=False)
+        return write_item(
+            store, item, metadata, compression_level=level, summary_dir=False, durable=not batch
+        )
 
     def read(path: str) -> dict[str, Any]:
         with OptStorage(path[: -len(".data")]) as storage:
@@ -207,6 +225,10 @@ def cadstore_contender(level: int) -> Contender:
         with OptStorage(path[: -len(".data")]) as storage:
             return storage.load_data(key)
 
+    if batch:
+        return Contender(
+            f"cadstore-L{level}{BATCH_SYNCED}", write, read, read_one, sync=sync_file_system
+        )
     default = " (default)" if level == DEFAULT_COMPRESSION_LEVEL else ""
     return Contender(f"cadstore-L{level}{default}", write, read, read_one)
 
@@ -241,6 +263,7 @@ def run(
     ``zarr2`` is the Python of a zarr-python 2.18 venv: with it, ``spec_zarr2`` runs too.
     """
     contenders = [cadstore_contender(level) for level in levels]
+    contenders.append(cadstore_contender(DEFAULT_COMPRESSION_LEVEL, batch=True))
     contenders += [Contender(p.name, p.write, p.read, p.read_one) for p in _peers.PEERS.values()]
     zarr2_contender = None
     if zarr2 is not None:
@@ -328,6 +351,11 @@ def _measure(
                     chunks = _chunk_bytes(path)
                     c.chunk_bytes.append(chunks)
                     c.overhead.append(os.path.getsize(path) - chunks)
+            sync = c.sync
+            if sync is not None:
+                ms, _ = _timed(lambda sync=sync: sync(workdir))
+                share = ms / len(paths)
+                c.write_ms[-len(paths) :] = [w + share for w in c.write_ms[-len(paths) :]]
             for path in paths:
                 c.read_ms.append(_timed(lambda c=c, path=path: c.read(path))[0])
             for path in paths:

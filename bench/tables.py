@@ -197,7 +197,9 @@ ITEM_PEERS = {
     "h5py": "h5py, gzip 4",
     "npz": "numpy `savez_compressed`",
 }
-_CADSTORE_LEVEL = re.compile(r"cadstore-L(?P<level>\d+)(?P<default> \(default\))?$")
+_CADSTORE_LEVEL = re.compile(
+    r"cadstore-L(?P<level>\d+)(?P<batch> batch-synced)?(?P<default> \(default\))?$"
+)
 
 #: The issue's targets for one item, by result key: comparison, value, how the page shows it.
 ITEM_TARGETS: dict[str, tuple[str, float, str]] = {
@@ -216,6 +218,8 @@ def _item_label(name: str) -> str:
     match = _CADSTORE_LEVEL.match(name)
     if match:
         label = f"cadstore, zstd {match['level']}"
+        if match["batch"]:
+            return f"{label}, synced per block of 10 items (as `cadstore encode` writes)"
         return f"**{label} (default)**" if match["default"] else label
     return ITEM_PEERS.get(name, name)
 
@@ -346,6 +350,12 @@ def _item_targets(summary: Mapping[str, Any]) -> tuple[list[str], str]:
         ok = value >= target if op == ">=" else value <= target
         spec_cell = fmt(spec[key]) if key in spec else ""
         rows.append((label, shown, fmt(value), spec_cell, met(ok)))
+        batch = summary["results"].get(f"{name.removesuffix(' (default)')} batch-synced")
+        if batch is not None and key in ("write_ms", f"write_speedup_vs_spec{suffix}"):
+            # The same writes made durable per block, as the encoder makes them.
+            value = batch[key]
+            ok = value >= target if op == ">=" else value <= target
+            rows.append((f"{label}, synced per block", shown, fmt(value), spec_cell, met(ok)))
     header = ("measure", "target", _item_label(name).strip("*"), ref_label, "met")
     return markdown_table(header, rows, "lrrrl"), _item_caption(summary)
 
@@ -418,6 +428,18 @@ def render_encode(results: Path) -> tuple[list[str], str]:
         ("storage writes per part (`save_data` + `compress_store` + `close`)", f"{writes} ms"),
         ("item size", f"{fmt_kib(d['bytes_per_item'] / 1024)} KiB"),
     ]
+    durability = d.get("durability_write_ms")
+    if durability:
+        syncs = d["durability_sync_ms"]
+        rows.insert(
+            -1,
+            (
+                "storage writes and syncing per part: items durable per batch (default) / "
+                'each item fsynced (`durability="item"`), best of two turns',
+                f"{fmt_ms(durability['batch'])} ms (sync {fmt_ms(syncs['batch'])}) / "
+                f"{fmt_ms(durability['item'])} ms",
+            ),
+        )
     m = d["machine"]
     caption = (
         f"{d['items']} sample parts from {d['files']} STEP files, histograms "
