@@ -434,11 +434,11 @@ def test_expanding_builds_no_index_larger_than_the_matrix(tmp_path: Path) -> Non
     with OptStorage(tmp_path / "empty.zarr", mode="r") as storage:
         assert storage.load_data("d2_distance").shape == (1_000_000, 1_000_000, 0)
     _fill_only_triangle(tmp_path / "bytes.zarr.data", 3000, [], "int8")
-    before = dict(triangle._INDEXES)
+    before = triangle._INDEXES.sides()
     with OptStorage(tmp_path / "bytes.zarr", mode="r") as storage:
         values = storage.load_data("d2_distance")
     assert values.shape == (3000, 3000) and not values.any()
-    assert dict(triangle._INDEXES).keys() == before.keys()
+    assert triangle._INDEXES.sides() == before
 
 
 def test_appending_to_a_hostile_triangle_item_allocates_nothing_first(tmp_path: Path) -> None:
@@ -482,7 +482,7 @@ def test_pair_indexes_are_kept_within_their_byte_bound() -> None:
         sym = np.zeros((n, n), np.int8)
         assert triangle.symmetric_upper_rows(sym) is not None
     kept = sum(a.nbytes + b.nbytes for a, b in triangle._PAIRS.values())
-    assert kept == triangle._pair_bytes[0] <= triangle._PAIR_BYTES
+    assert kept == triangle._PAIRS.nbytes <= triangle._PAIRS.max_bytes
 
 
 def test_a_symmetric_array_beyond_the_read_limits_saves_as_in_full(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,36 +96,75 @@ def triangle_row(i: int, j: int, n: int) -> int:
     return i * n - i * (i - 1) // 2 + (j - i)
 
 
-_PAIR_LOCK = threading.Lock()
-_PAIRS: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-#: Bytes of pair indexes kept (those of a side of 100 take 80 KB; of 500, 2 MB); a side
-#: whose indexes alone exceed a quarter of it is not kept.
-_PAIR_BYTES = 16 * 1024 * 1024
-_pair_bytes = [0]
+class _BoundedMemo:
+    """Index arrays built for recent matrix sides, within a byte budget (thread-safe).
+
+    ``largest`` (bytes): a value above it is returned without being kept; without it the
+    newest value is always kept, alone if it outweighs the budget (the dataset reader
+    expands one large item's rows after another with the same index).
+    """
+
+    def __init__(self, max_bytes: int, largest: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.largest = largest
+        self._lock = threading.Lock()
+        self._values: OrderedDict[int, Any] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values kept."""
+        return self._bytes
+
+    def sides(self) -> list[int]:
+        """The sides whose values are kept, oldest first."""
+        with self._lock:
+            return list(self._values)
+
+    def values(self) -> list[Any]:
+        """The values kept, oldest first."""
+        with self._lock:
+            return list(self._values.values())
+
+    def get(self, n: int, build: Callable[[int], Any]) -> Any:
+        """The value for side ``n``: remembered, or built now (arrays made read-only)."""
+        with self._lock:
+            found = self._values.get(n)
+            if found is not None:
+                self._values.move_to_end(n)
+                return found
+        value = build(n)
+        arrays = value if isinstance(value, tuple) else (value,)
+        size = sum(a.nbytes for a in arrays)
+        if self.largest is not None and size > self.largest:
+            return value
+        for a in arrays:
+            a.setflags(write=False)
+        with self._lock:
+            if n not in self._values:
+                self._values[n] = value
+                self._bytes += size
+                while self._bytes > self.max_bytes and len(self._values) > 1:
+                    _, old = self._values.popitem(last=False)
+                    old_arrays = old if isinstance(old, tuple) else (old,)
+                    self._bytes -= sum(a.nbytes for a in old_arrays)
+        return value
+
+
+#: Pair indexes of recent sides (those of a side of 100 take 80 KB; of 500, 2 MB); a side
+#: whose indexes alone exceed a quarter of the budget is not kept.
+_PAIRS = _BoundedMemo(16 * 1024 * 1024, largest=4 * 1024 * 1024)
+
+
+def _build_pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+    iu, ju = np.triu_indices(n)
+    return iu * n + ju, ju * n + iu
 
 
 def _pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions ``i * n + j`` of the pairs ``i <= j`` in triangle-row order, and of
     their mirrors ``j * n + i`` (memoised for recent sides)."""
-    with _PAIR_LOCK:
-        found = _PAIRS.get(n)
-        if found is not None:
-            _PAIRS.move_to_end(n)
-            return found
-    iu, ju = np.triu_indices(n)
-    pairs = (iu * n + ju, ju * n + iu)
-    size = pairs[0].nbytes + pairs[1].nbytes
-    if size > _PAIR_BYTES // 4:
-        return pairs
-    for index in pairs:
-        index.setflags(write=False)
-    with _PAIR_LOCK:
-        if n not in _PAIRS:
-            _PAIRS[n] = pairs
-            _pair_bytes[0] += size
-            while _pair_bytes[0] > _PAIR_BYTES:
-                _, (a, b) = _PAIRS.popitem(last=False)
-                _pair_bytes[0] -= a.nbytes + b.nbytes
+    pairs: tuple[np.ndarray, np.ndarray] = _PAIRS.get(n, _build_pair_index)
     return pairs
 
 
@@ -156,32 +195,21 @@ def is_symmetric(arr: np.ndarray) -> bool:
     return symmetric_upper_rows(arr) is not None
 
 
-_INDEX_LOCK = threading.Lock()
-_INDEXES: OrderedDict[int, np.ndarray] = OrderedDict()
-#: Bytes of gather indexes kept (one per matrix side seen recently).
-_INDEX_BYTES = 16 * 1024 * 1024
-_index_bytes = [0]
+#: Gather indexes of recent sides (one per matrix side seen recently).
+_INDEXES = _BoundedMemo(16 * 1024 * 1024)
 
 
-def full_index(n: int) -> np.ndarray:
-    """For each of the ``n * n`` full rows, the triangle row it comes from (memoised)."""
-    with _INDEX_LOCK:
-        found = _INDEXES.get(n)
-        if found is not None:
-            _INDEXES.move_to_end(n)
-            return found
+def _build_full_index(n: int) -> np.ndarray:
     i = np.arange(n, dtype=np.intp)[:, None]
     j = np.arange(n, dtype=np.intp)[None, :]
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     index: np.ndarray = (lo * n - lo * (lo - 1) // 2 + (hi - lo)).reshape(-1)
-    index.setflags(write=False)
-    with _INDEX_LOCK:
-        if n not in _INDEXES:
-            _INDEXES[n] = index
-            _index_bytes[0] += index.nbytes
-            while _index_bytes[0] > _INDEX_BYTES and len(_INDEXES) > 1:
-                _, old = _INDEXES.popitem(last=False)
-                _index_bytes[0] -= old.nbytes
+    return index
+
+
+def full_index(n: int) -> np.ndarray:
+    """For each of the ``n * n`` full rows, the triangle row it comes from (memoised)."""
+    index: np.ndarray = _INDEXES.get(n, _build_full_index)
     return index
 
 
