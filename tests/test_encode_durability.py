@@ -24,6 +24,7 @@ from cadstore.cad import samples
 from cadstore.cli import main
 from cadstore.encode import ENCODED_DIR, ERROR_SUMMARY, SUMMARY_DIR, encode_files, item_name
 from cadstore.encode import durability as durability_module
+from cadstore.encode import run as run_module
 from cadstore.encode.durability import DURABLE_LOG, BatchSync, DurableLog, file_identity
 from cadstore.errors import StorageError
 from cadstore.io import publish
@@ -69,7 +70,7 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 def _crash_before_syncing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the runs that follow stop short of syncing and logging, as a crash would."""
-    monkeypatch.setattr(BatchSync, "flush", lambda self, sync=False: None)
+    monkeypatch.setattr(BatchSync, "flush", lambda self: None)
 
 
 def _no_checks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +95,7 @@ def test_batch_durability_syncs_once_not_per_item(
     counts.update(fsync=0, syncfs=0)
     each = encode_files(parts, tmp_path / "item", workers=0, histograms=False, durability="item")
     assert each.ok and len(each.encoded) == 4
-    assert counts["syncfs"] == 0
+    assert counts["syncfs"] == 1  # for the summaries, which are never fsynced one by one
     assert counts["fsync"] >= 2 * len(each.encoded)  # each item and its directory
     assert _logged(tmp_path / "item") == sorted(each.encoded)
 
@@ -182,8 +183,61 @@ def test_items_checked_in_item_mode_are_synced_before_they_are_logged(
     counts = _count_calls(monkeypatch)
     again = encode_files(parts, tmp_path, workers=0, histograms=False, durability="item")
     assert again.damaged == [] and sorted(again.skipped) == sorted(crashed.encoded)
-    assert counts["syncfs"] == 1
+    # Each checked item fsynced on a descriptor of its own (a write-back that failed
+    # before is reported there), one sync, one append to the log.
+    assert counts["fsync"] == len(crashed.encoded) + 1 and counts["syncfs"] == 1
     assert _logged(tmp_path) == sorted(crashed.encoded)
+
+
+def test_an_item_whose_write_back_failed_is_encoded_again(
+    parts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        _crash_before_syncing(m)
+        crashed = encode_files(parts, tmp_path, workers=0, histograms=False)
+    lost = sorted(crashed.encoded)[1]
+    real = run_module.fsync_file
+
+    def fsync_file(path: str) -> None:
+        if lost in path:  # what Linux reports for blocks it could not write back
+            raise StorageError(path, "could not be written: Input/output error (EIO)")
+        real(path)
+
+    monkeypatch.setattr(run_module, "fsync_file", fsync_file)
+    again = encode_files(parts, tmp_path, workers=0, histograms=False)
+    assert again.damaged == [lost] and again.encoded == [lost] and again.ok
+    assert _logged(tmp_path) == sorted(crashed.encoded)
+
+
+def test_a_lost_summary_of_a_logged_item_is_written_again(
+    parts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = encode_files(parts, tmp_path, workers=0, histograms=False, durability="item")
+    name = sorted(first.encoded)[0]
+    summary = tmp_path / SUMMARY_DIR / f"{name}.json"
+    kept = json.loads(summary.read_text())
+    summary.unlink()
+    _no_checks(monkeypatch)
+    again = encode_files(parts, tmp_path, workers=0, histograms=False)
+    assert again.encoded == [] and again.damaged == []
+    assert json.loads(summary.read_text()) == kept
+
+
+def test_an_item_replaced_after_it_was_added_is_not_logged_as_synced(tmp_path: Path) -> None:
+    (tmp_path / "items").mkdir()
+    path = tmp_path / "items" / "x.zarr.data"
+    path.write_bytes(b"first")
+    sync = BatchSync(DurableLog(str(tmp_path)), str(tmp_path / "items"), [str(tmp_path)])
+    try:
+        sync.add("x")
+        first = file_identity(str(path))
+        path.with_suffix(".new").write_bytes(b"second")
+        os.replace(path.with_suffix(".new"), path)  # another writer, before the sync
+        sync.flush()
+    finally:
+        sync.close()
+    assert DurableLog(str(tmp_path)).read()[0] == {"x": first}
+    assert file_identity(str(path)) != first  # so a resumed run checks it
 
 
 def test_a_damaged_item_of_a_file_not_in_the_run_is_a_failure(
@@ -203,7 +257,7 @@ def test_a_damaged_item_of_a_file_not_in_the_run_is_a_failure(
     (failure,) = doc["failed"]
     assert failure["reason"] == "damaged" and failure["name"] == victim
     assert failure["item"] == str(_item(tmp_path, victim))
-    assert "not among this run's inputs" in failure["error"]
+    assert "not among the inputs" in failure["error"]
     assert json.loads((tmp_path / ERROR_SUMMARY).read_text()) == doc["failed"]
     assert _item(tmp_path, victim).read_bytes() == b"\0" * 100  # nothing deleted
     assert set(first.encoded) - {victim} <= set(_logged(tmp_path))
@@ -243,8 +297,10 @@ def test_a_directory_without_a_log_trusts_its_items(
     first = encode_files(parts, tmp_path, workers=0, histograms=False, durability="item")
     (tmp_path / DURABLE_LOG).unlink()  # as runs before batch durability left it
     _no_checks(monkeypatch)
+    counts = _count_calls(monkeypatch)
     again = encode_files(parts, tmp_path, workers=0, histograms=False)
     assert again.encoded == [] and again.damaged == []
+    assert counts["syncfs"] == 1  # before the log starts: a copy may not be on disk yet
     assert _logged(tmp_path) == sorted(first.encoded)
 
 
@@ -295,7 +351,6 @@ def test_batch_sync_syncs_each_file_system_once(
         DurableLog(str(tmp_path)),
         str(tmp_path / "items"),
         [str(tmp_path / "items"), str(tmp_path / "summaries")],
-        synced=False,
     )
     try:
         sync.flush()
@@ -307,7 +362,7 @@ def test_batch_sync_syncs_each_file_system_once(
         sync.add("z")
         assert counts["syncfs"] == 1  # two directories of one file system
         entries, _ = sync.log.read()
-        assert set(entries) == {"x", "y", "z"} and sync.pending == []
+        assert set(entries) == {"x", "y", "z"} and sync.pending == {}
         assert entries["x"] == file_identity(str(tmp_path / "items" / "x.zarr.data"))
     finally:
         sync.close()

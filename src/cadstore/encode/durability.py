@@ -18,13 +18,18 @@ written again since, by ``resume=False`` or after its file was deleted) is check
 before it is trusted: a resumed run reads it whole (every member's CRC and its metadata)
 and encodes it again if it does not read, as a power cut can leave an item renamed into
 place but not written back. A run that was only killed (no power cut) loses nothing, as
-the kernel still holds what it wrote; its unlogged items pass the check, are synced and
-logged. A summary JSON lost with them is written again from the item's metadata.
+the kernel still holds what it wrote; its unlogged items pass the check and are logged.
+
+An item checked on resume is fsynced on a descriptor of its own before it is logged: Linux
+reports a failed write-back to the first ``fsync`` of the file after it, so an item whose
+blocks never reached the disk (still readable from memory) is encoded again, not trusted.
+Summaries missing beside any item present are written again from the item.
 
 An output directory without a log was written by runs that fsynced every item: its items
-are trusted as they are, and the log starts with them. ``durability="item"`` fsyncs each
-item as it is published (and logs it too, without a ``syncfs``); Dask workers, which may
-write on other machines, always do.
+are trusted as they are (after one sync, which covers a copy not yet written back), and the
+log starts with them. ``durability="item"`` fsyncs each item as it is published, and still
+syncs the file system per batch for the summaries; Dask workers, which may write on other
+machines, always fsync each item.
 
 The log holds one JSON object per line, appended; a line torn by a crash while appending
 is ignored (its items are then checked on the next resume). When it holds more than
@@ -120,7 +125,7 @@ class DurableLog:
             try:
                 doc = json.loads(line)
                 name, ident = doc["name"], (int(doc["ino"]), int(doc["size"]), int(doc["mtime_ns"]))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, OverflowError):
                 continue
             if isinstance(name, str):
                 entries[name] = ident
@@ -172,13 +177,12 @@ def _lines(entries: Mapping[str, Identity]) -> bytes:
 class BatchSync:
     """Makes the items a run encodes durable in batches, and logs them.
 
-    :meth:`add` is called by the supervisor for every item a worker published; every
-    :data:`SYNC_EVERY_ITEMS` items or :data:`SYNC_EVERY_SECONDS` seconds, and at
-    :meth:`flush`, the file systems are synced once and the items logged. With
-    ``synced=True`` the items were fsynced one by one as they were written
-    (``durability="item"``, Dask workers): they are only logged. Once a sync has failed,
-    nothing more is logged in this run (a retry could succeed where the first write-back
-    failed: Linux reports a failure once).
+    :meth:`add` is called by the supervisor for every item a worker published (its file's
+    identity is taken then); every :data:`SYNC_EVERY_ITEMS` items or
+    :data:`SYNC_EVERY_SECONDS` seconds, and at :meth:`flush`, the file systems are synced
+    once (whatever the durability mode: the summaries are never fsynced one by one) and
+    the items logged. Once a sync has failed, nothing more is logged in this run (a retry
+    could succeed where the first write-back failed: Linux reports a failure once).
 
     Parameters
     ----------
@@ -189,17 +193,12 @@ class BatchSync:
     directories
         Every directory written to (items, summaries): one sync per file system among
         them. They are opened now, before any item is written.
-    synced
-        Whether the writers fsync every item already.
     """
 
-    def __init__(
-        self, log: DurableLog, encoded_dir: str, directories: Iterable[str], *, synced: bool
-    ) -> None:
+    def __init__(self, log: DurableLog, encoded_dir: str, directories: Iterable[str]) -> None:
         self.log = log
         self.encoded_dir = encoded_dir
-        self.synced = synced
-        self.pending: list[str] = []
+        self.pending: dict[str, Identity] = {}
         self.failed = False
         #: Seconds spent syncing and logging.
         self.seconds = 0.0
@@ -216,39 +215,41 @@ class BatchSync:
             self.close()
             raise
 
-    def add(self, name: str) -> None:
-        """Item ``name`` was published; sync and log when a batch is due."""
-        self.pending.append(name)
+    def add(self, name: str, identity: Identity | None = None) -> None:
+        """Item ``name`` was published; sync and log when a batch is due.
+
+        ``identity`` is that of the file published (default: the file there now). It is
+        taken before the sync: a file replaced after it is not the one logged, and is
+        checked when the run is resumed.
+        """
+        if identity is None:
+            identity = file_identity(os.path.join(self.encoded_dir, f"{name}.zarr.data"))
+        if identity is not None:
+            self.pending[name] = identity
         due = time.monotonic() - self._since >= SYNC_EVERY_SECONDS
         if due or len(self.pending) >= SYNC_EVERY_ITEMS:
             self.flush()
 
-    def flush(self, *, sync: bool = False) -> None:
-        """Make every pending item durable and log it (``sync``: sync even if the
-        writers fsynced each item, for items found written by an earlier run)."""
+    def sync(self) -> None:
+        """Sync the file systems now (before a log starts, for example)."""
+        try:
+            for fs in self._syncs:
+                fs.sync()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def flush(self) -> None:
+        """Make every pending item durable and log it."""
         self._since = started = time.monotonic()
         if self.failed or not self.pending:
             return
         try:
-            self._flush(sync)
+            self.sync()
+            self.log.append(self.pending)
+            self.pending = {}
         finally:
             self.seconds += time.monotonic() - started
-
-    def _flush(self, sync: bool) -> None:
-        if sync or not self.synced:
-            try:
-                for fs in self._syncs:
-                    fs.sync()
-            except BaseException:
-                self.failed = True
-                raise
-        entries = {}
-        for name in self.pending:
-            ident = file_identity(os.path.join(self.encoded_dir, f"{name}.zarr.data"))
-            if ident is not None:
-                entries[name] = ident
-        self.log.append(entries)
-        self.pending = []
 
     def close(self) -> None:
         """Close the directories opened for syncing."""

@@ -67,7 +67,8 @@ from cadstore.encode.work import (
     push_plan,
     traceback_lines,
 )
-from cadstore.errors import CadstoreError
+from cadstore.errors import CadstoreError, StorageError
+from cadstore.io.publish import fsync_file
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.opt import OptStorage
@@ -113,12 +114,14 @@ ERROR_SUMMARY: Final = "error_summary.json"
 def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume: bool) -> list[str]:
     """Log the items a resumed run may trust; return those found damaged.
 
-    A directory without a durability log gets one first, listing its items: every run
-    before batch durability fsynced each item. A log grown past twice its items is
-    rewritten. Then (``resume``) each item whose file is not the one logged, which a
-    crashed run may have left unsynced, is read whole: every member (its CRC) and the
-    metadata. Those that read are synced and logged (a summary JSON lost with them is
-    written again from the item); the others are returned, to be encoded again.
+    A directory without a durability log gets one first, listing its items (after one
+    sync): every run before batch durability fsynced each item. A log grown past twice
+    its items is rewritten. Then (``resume``) each item whose file is not the one logged,
+    which a crashed run may have left unsynced, is read whole (every member's CRC, the
+    metadata) and fsynced on a descriptor of its own, which reports a write-back that
+    failed before (the data then read from memory never reached the disk): those that
+    pass are logged, the others returned, to be encoded again. A summary JSON missing
+    beside an item present is written again from the item.
     """
     present = {
         n[: -len(".zarr.data")]: os.path.join(encoded_dir, n)
@@ -127,6 +130,8 @@ def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume:
     }
     log = sync.log
     if not log.exists():
+        if present:
+            sync.sync()
         log.append({n: i for n, p in present.items() if (i := file_identity(p)) is not None})
         return []
     logged, lines = log.read()
@@ -137,22 +142,32 @@ def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume:
     from cadstore.io.location import resolve
     from cadstore.merging.scan import scan_item
 
+    summaries = set(os.listdir(summary_dir))
     damaged = []
     for name, path in sorted(present.items()):
-        if name in logged and logged[name] == file_identity(path):
+        identity = file_identity(path)
+        if identity is None:
             continue
-        if isinstance(scan_item(resolve(path)), tuple):
-            damaged.append(name)
-            continue
-        if not _summary_reads(summary_dir, name):
+        trusted = logged.get(name) == identity
+        if not trusted:
+            # Taken before the checks: a file replaced meanwhile is not the one logged.
+            try:
+                if isinstance(scan_item(resolve(path)), tuple):
+                    raise StorageError(path, "does not read whole")
+                fsync_file(path)
+            except StorageError:
+                damaged.append(name)
+                continue
+        if not (f"{name}.json" in summaries and (trusted or _summary_reads(summary_dir, name))):
             item = OptStorage(path[: -len(".data")], mode="r", summary_dir=summary_dir)
             try:
                 item.write_summary()
             finally:
                 item.close()
-        sync.pending.append(name)
-    # Read from the page cache, they may not be on disk yet: synced whatever the mode.
-    sync.flush(sync=True)
+        if not trusted:
+            sync.pending[name] = identity
+    # One sync for the summaries written again, then the checked items are logged.
+    sync.flush()
     return damaged
 
 
@@ -165,12 +180,10 @@ def _summary_reads(summary_dir: str, name: str) -> bool:
         return False
 
 
-def _orphans(
-    damaged: Sequence[str], tasks: Sequence[Task], encoded_dir: str
-) -> list[dict[str, Any]]:
-    """Failures for the damaged items that no task of this run encodes again: their CAD
-    file is not among this run's inputs."""
-    bases = {task.base for task in tasks}
+def _not_encoded_again(report: EncodeReport, encoded_dir: str) -> list[dict[str, Any]]:
+    """Failures for the damaged items this run did not encode again, nor report failing:
+    their CAD file is not among the run's inputs, or no longer has that body."""
+    done = set(report.encoded) | {f.get("name") for f in report.failed}
     return [
         {
             "item_index": None,
@@ -180,13 +193,14 @@ def _orphans(
             "worker_pid": None,
             "reason": "damaged",
             "error": "DamagedItem: the item does not read whole (a run stopped before it "
-            "was synced to disk) and its CAD file is not among this run's inputs: encode "
-            "that file again, or delete the item",
+            "reached the disk) and this run did not encode it again: its CAD file is not "
+            "among the inputs, or has no such body now; encode that file again, or delete "
+            "the item",
             "logs": [],
             "seconds": 0.0,
         }
-        for name in damaged
-        if name.rsplit("_", 1)[0] not in bases
+        for name in report.damaged
+        if name not in done
     ]
 
 
@@ -337,28 +351,25 @@ def encode_files(
     )
     os.makedirs(settings.summary_dir, exist_ok=True)
     # Opened before any item is written, so that a failed write-back is reported.
-    sync = BatchSync(
-        DurableLog(out),
-        encoded_dir,
-        [encoded_dir, settings.summary_dir],
-        synced=settings.fsync_items,
-    )
+    sync = BatchSync(DurableLog(out), encoded_dir, [encoded_dir, settings.summary_dir])
     dask = None
+    plan = _Plan()
+    bar: Progress | None = None
+    collector: Collector | None = None
     try:
-        report.damaged = _check_unlogged(sync, encoded_dir, settings.summary_dir, bool(resume))
-        plan = _plan(files, encoded_dir, bool(resume), file_metadata, set(report.damaged))
-        tasks = plan.tasks
-        orphans = _orphans(report.damaged, tasks, encoded_dir)
-        if remote:
-            from cadstore.cluster import DaskResources
-
-            dask = DaskResources(client=client, params=dask_client_params)
-        n_workers = 0 if workers == 0 else min(workers or available_cores(), max(len(tasks), 1))
-        report.workers = n_workers if tasks else 0
-        bar = Progress(progress, len(files), desc="encoding", unit="file")
-        bar.update(len(files) - len(tasks))
-        collector = Collector(tasks, encoded_dir, bar.update, on_item=sync.add)
         try:
+            report.damaged = _check_unlogged(sync, encoded_dir, settings.summary_dir, bool(resume))
+            plan = _plan(files, encoded_dir, bool(resume), file_metadata, set(report.damaged))
+            tasks = plan.tasks
+            if remote:
+                from cadstore.cluster import DaskResources
+
+                dask = DaskResources(client=client, params=dask_client_params)
+            n_workers = 0 if workers == 0 else min(workers or available_cores(), max(len(tasks), 1))
+            report.workers = n_workers if tasks else 0
+            bar = Progress(progress, len(files), desc="encoding", unit="file")
+            bar.update(len(files) - len(tasks))
+            collector = Collector(tasks, encoded_dir, bar.update, on_item=sync.add)
             if dask is not None and tasks:
                 from cadstore.cluster import run_on_dask
 
@@ -382,10 +393,14 @@ def encode_files(
         else:
             sync.flush()
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             report.skipped.extend(plan.skipped)
-            collector.fill(report, plan.failures)
-            report.failed.extend(orphans)
+            if collector is not None:
+                collector.fill(report, plan.failures)
+            else:
+                report.failed = list(plan.failures)
+            report.failed.extend(_not_encoded_again(report, encoded_dir))
             report.skipped.sort(key=_order_key(files))
             write_error_summary(report.error_summary, report.failed)
     except BaseException:

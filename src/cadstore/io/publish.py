@@ -71,6 +71,7 @@ __all__ = [
     "create_temporary",
     "exchange_paths",
     "fsync_dir",
+    "fsync_file",
     "move_into_place",
     "open_sink",
     "pid_alive",
@@ -224,9 +225,10 @@ class FileSystemSync:
     files is made durable for the price of one. Elsewhere ``os.sync()`` does the same for
     every file system.
 
-    The directory is opened once, when this object is made: Linux reports a failed
-    write-back (``EIO``, ``ENOSPC``) to ``syncfs`` on a descriptor opened before the
-    failure, once. So open it before the files are written, and keep using it.
+    The directory is opened once, when this object is made: Linux (5.8 and later) reports
+    a failed write-back (``EIO``, ``ENOSPC``) to ``syncfs`` on a descriptor opened before
+    the failure, once. So open it before the files are written, and keep using it. The
+    ``os.sync()`` fallback reports no failure at all.
 
     Raises
     ------
@@ -286,6 +288,28 @@ def sync_file_system(directory: str) -> None:
     """
     with FileSystemSync(directory) as fs:
         fs.sync()
+
+
+def fsync_file(path: str) -> None:
+    """Fsync the local file ``path`` on a descriptor of its own.
+
+    Linux reports a failed write-back of a file to the first ``fsync`` made after it on
+    any descriptor of that file, even one opened later: so this tells whether a file
+    written earlier (and perhaps still readable only from memory) reached the disk.
+
+    Raises
+    ------
+    StorageError
+        Naming ``path``, when it cannot be opened or its write-back failed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def append_durably(path: str, data: bytes) -> None:
