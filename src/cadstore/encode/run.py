@@ -165,7 +165,7 @@ def _check_unlogged(sync: BatchSync, encoded_dir: str, summary_dir: str, resume:
             finally:
                 item.close()
         if not trusted:
-            sync.pending[name] = identity
+            sync.add(name, identity)
     # One sync for the summaries written again, then the checked items are logged.
     sync.flush()
     return damaged

@@ -134,7 +134,7 @@ class _BoundedMemo:
                 self._values.move_to_end(n)
                 return found
         value = build(n)
-        arrays = value if isinstance(value, tuple) else (value,)
+        arrays = _arrays(value)
         size = sum(a.nbytes for a in arrays)
         if self.largest is not None and size > self.largest:
             return value
@@ -146,9 +146,13 @@ class _BoundedMemo:
                 self._bytes += size
                 while self._bytes > self.max_bytes and len(self._values) > 1:
                     _, old = self._values.popitem(last=False)
-                    old_arrays = old if isinstance(old, tuple) else (old,)
-                    self._bytes -= sum(a.nbytes for a in old_arrays)
+                    self._bytes -= sum(a.nbytes for a in _arrays(old))
         return value
+
+
+def _arrays(value: Any) -> tuple[np.ndarray, ...]:
+    """The arrays of a memoised value (one array, or a tuple of them)."""
+    return value if isinstance(value, tuple) else (value,)
 
 
 #: Pair indexes of recent sides (those of a side of 100 take 80 KB; of 500, 2 MB); a side

@@ -201,18 +201,24 @@ def fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-@functools.cache
-def _syncfs() -> Callable[[int], int] | None:
-    """glibc's ``syncfs`` (Linux), or ``None`` where there is none."""
+def _glibc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """glibc's function ``name`` returning an ``int`` (Linux), or ``None`` where there is
+    none; its ``errno`` is kept for ``ctypes.get_errno()``."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    return function
+    return function  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """glibc's ``syncfs`` (Linux), or ``None`` where there is none."""
+    return _glibc("syncfs", [ctypes.c_int])
 
 
 class FileSystemSync:
@@ -818,21 +824,9 @@ _NO_EXCHANGE = frozenset(
 @functools.cache
 def _renameat2() -> Callable[..., int] | None:
     """glibc's ``renameat2`` (Linux), or ``None`` where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    function.restype = ctypes.c_int
-    return function
+    return _glibc(
+        "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    )
 
 
 def exchange_paths(first: str, second: str) -> bool:
