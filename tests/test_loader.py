@@ -501,6 +501,65 @@ def test_dataloader_with_two_workers(loader: DatasetLoader, method: str) -> None
     assert seen == val.indices.tolist()
 
 
+def _storages(batch: dict[str, Any]) -> set[int]:
+    """The distinct memory blocks of a collated batch's tensors (labels left out)."""
+    torch = pytest.importorskip("torch")
+    found: set[int] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            found.add(value.untyped_storage().data_ptr())
+        elif isinstance(value, dict):
+            for inner in value.values():
+                visit(inner)
+
+    visit({key: value for key, value in batch.items() if key != "labels"})
+    return found
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_worker_ships_each_batch_in_two_blocks(loader: DatasetLoader, method: str) -> None:
+    """A DataLoader worker's batch is two shared-memory segments, not one per tensor.
+
+    Each segment a worker sends costs a segment made, a file descriptor passed and a
+    mapping in the main process; the arrays share one block, the index tensors another.
+    """
+    torch = pytest.importorskip("torch")
+    loader.split("face_types", random_state=0)
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
+    batches = torch.utils.data.DataLoader(
+        dataset, batch_size=8, num_workers=2, collate_fn=collate, multiprocessing_context=method
+    )
+    seen = 0
+    for batch in batches:
+        _check_batch(batch, _direct(loader, batch["file_id_code"].tolist()))
+        assert len(_storages(batch)) == 2
+        assert all(t.is_shared() for t in batch["faces"].values())
+        seen += len(batch["file_id_code"])
+    assert seen == len(dataset)
+
+
+def test_collating_numpy_items_fills_one_block(loader: DatasetLoader) -> None:
+    """Items read one by one (numpy arrays) are concatenated into one block too."""
+    torch = pytest.importorskip("torch")
+    codes = [3, 0, 7]
+    direct = _direct(loader, codes)
+    batch = cadstore.dataset.torch_support.collate_graphs(direct)
+    _check_batch(batch, direct)
+    assert len(_storages(batch)) == 2
+    assert batch["graph"]["num_nodes"].dtype == torch.int64
+    # A uint16 array is widened to int64, as torch has few kernels for uint16.
+    edited = _direct(loader, codes)
+    for item in edited:
+        item["faces"]["face_types"] = item["faces"]["face_types"].astype(np.uint16)
+    again = cadstore.dataset.torch_support.collate_graphs(edited)
+    assert again["faces"]["face_types"].dtype == torch.int64
+    np.testing.assert_array_equal(
+        again["faces"]["face_types"].numpy(),
+        np.concatenate([d["faces"]["face_types"] for d in direct]),
+    )
+
+
 def test_to_torch_with_collate_and_a_transform_uses_default_collate(flow: Path) -> None:
     torch = pytest.importorskip("torch")
     with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:

@@ -1332,7 +1332,10 @@ class DatasetReader:
         allocate
             ``allocate(group, array, shape, dtype) -> ndarray`` makes each batch buffer
             (``numpy.empty`` by default); a PyTorch worker passes one that allocates in
-            shared memory, so the batch needs no copy on its way to the main process.
+            shared memory, so the batch needs no copy on its way to the main process. One
+            with a ``reserve(specs)`` method is first given ``(group, array, shape,
+            dtype)`` of every buffer of the batch, in the order it is then asked for them,
+            so that it can place them all in one block.
 
         Returns
         -------
@@ -1357,39 +1360,62 @@ class DatasetReader:
                         else:
                             yield path, meta, int(offsets[code]), int(offsets[code + 1])
 
+        layouts = {
+            group: self._batch_layout(group, index, _selected(arrays, group)) for group in wanted
+        }
+        reserve = getattr(make, "reserve", None)
+        if reserve is not None:
+            reserve(
+                [
+                    (group, array, shape, dtype)
+                    for group, (_, entries) in layouts.items()
+                    for array, _, _, _, shape, dtype in entries
+                ]
+            )
         with self._batched(reads):
-            for group in wanted:
-                self._read_group_batch(batch, group, codes, index, _selected(arrays, group), make)
+            for group, layout in layouts.items():
+                self._read_group_batch(batch, group, codes, layout, make)
         return batch
+
+    def _batch_layout(
+        self, group: str, index: np.ndarray, selected: tuple[str, ...] | None
+    ) -> tuple[np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]]:
+        """The rows of each item of a batch (``index``: its codes) in ``group``, and
+        ``(array, meta, per_item, path, shape, dtype)`` of each batch buffer."""
+        offsets = self.offsets(group)
+        counts = offsets[index + 1] - offsets[index]
+        total = int(counts.sum())
+        entries = []
+        for array, meta, per_item, path in self._item_plan(group, selected):
+            shape = (len(index),) if per_item else (total, *meta.shape[1:])
+            entries.append((array, meta, per_item, path, shape, _numpy_dtype(meta)))
+        return counts, entries
 
     def _read_group_batch(
         self,
         batch: ItemBatch,
         group: str,
         codes: list[int],
-        index: np.ndarray,
-        selected: tuple[str, ...] | None,
+        layout: tuple[np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]],
         make: Allocator,
     ) -> None:
-        """Decode one group of :meth:`read_items` into its batch buffers."""
-        offsets = self.offsets(group)
-        starts, stops = offsets[index], offsets[index + 1]
-        counts = stops - starts
+        """Decode one group of :meth:`read_items` into its batch buffers (``layout``: its
+        :meth:`_batch_layout`)."""
+        counts, entries = layout
         batch.counts[group] = counts
-        total = int(counts.sum())
-        spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
+        offsets = self.offsets(group)
+        index = np.asarray(codes, dtype=np.int64)
+        spans = list(zip(offsets[index].tolist(), offsets[index + 1].tolist(), strict=True))
         for item in batch:
             item[group] = {}
-        for array, meta, per_item, path in self._item_plan(group, selected):
+        for array, meta, per_item, path, shape, dtype in entries:
             views: list[Any]
-            dtype = _numpy_dtype(meta)
+            buffer = make(group, array, shape, dtype)
             if per_item:
-                buffer = make(group, array, (len(codes),), dtype)
                 for i, code in enumerate(codes):
                     self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
                 views = [buffer[i] for i in range(len(codes))]
             else:
-                buffer = make(group, array, (total, *meta.shape[1:]), dtype)
                 views = []
                 at = 0
                 for start, stop in spans:

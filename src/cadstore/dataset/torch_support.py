@@ -15,6 +15,7 @@ nodes of the items before them, and a ``batch`` vector maps every node to its it
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [  # noqa: F822
     "GraphCollate",
     "TorchCADDataset",
     "TorchGraphDataset",
+    "batch_tensors",
     "collate_graphs",
     "default_collate",
     "graph_item",
@@ -396,57 +398,48 @@ class GraphCollate:
         ------
         ValueError
             If the batch is empty.
+
+        Notes
+        -----
+        The arrays are views of one buffer, and ``file_id_code``, ``ptr``, ``num_nodes``,
+        ``batch`` and ``edge_index`` of a second (:func:`batch_tensors`): in a
+        ``DataLoader`` worker each buffer is one shared-memory segment. A tensor kept
+        after its batch keeps its whole buffer; ``clone()`` what you keep.
         """
-        torch = require_torch()
         if not items:
             raise ValueError("cannot collate an empty batch")
-        size = len(items)
-        out: dict[str, Any] = {
-            "file_id_code": torch.tensor([int(it["file_id_code"]) for it in items]),
-            "name": [it.get("name") for it in items],
-        }
-        ptr: dict[str, Any] = {}
+        out: dict[str, Any] = {"file_id_code": None, "name": [it.get("name") for it in items]}
+        rows: dict[str, np.ndarray] = {}
+        # Arrays of numpy numbers are concatenated into one buffer, allocated once their
+        # shapes are all known.
+        placed: list[tuple[str, str, list[np.ndarray], tuple[int, ...], np.dtype]] = []
         for group, first in items[0].items():
             if group == "labels" or not isinstance(first, Mapping):
                 continue
             merged: dict[str, Any] = {}
-            rows = None
             for array in first:
                 values = [it[group][array] for it in items]
+                counts: np.ndarray | None
                 made = _prebuilt(items, group, array, values)
-                merged[array], counts = made if made is not None else _concatenate(values)
-                if rows is None and counts is not None:
-                    rows = counts
-            if rows is not None:
-                ptr[group] = torch.from_numpy(np.concatenate([[0], np.cumsum(rows)]))
+                layout = _numeric_layout(values) if made is None else None
+                if layout is not None:
+                    arrays, shape, dtype, counts = layout
+                    placed.append((group, array, arrays, shape, dtype))
+                    merged[array] = None
+                else:
+                    merged[array], counts = made if made is not None else _concatenate(values)
+                if group not in rows and counts is not None:
+                    rows[group] = counts
             out[group] = merged
-        out["ptr"] = ptr
-        counts = self._node_counts(out, ptr)
-        if counts is not None:
-            node_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-            out["num_nodes"] = counts
-            out["batch"] = torch.repeat_interleave(torch.arange(size), counts)
-            present = [
-                (group, array)
-                for group, array in self.edge_arrays
-                if group in ptr and array in out[group]
-            ]
-            lengths = {len(out[group][array]) for group, array in present}
-            if len(lengths) == 1:
-                n_edges = lengths.pop()
-                # edge_index and the per-group endpoint arrays are views of one storage:
-                # one shared-memory segment per batch instead of three copies.
-                edge_index = torch.empty((len(present), n_edges), dtype=torch.int64)
-                for row, (group, array) in enumerate(present):
-                    offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
-                    torch.add(out[group][array], offset, out=edge_index[row])
-                    out[group][array] = edge_index[row]
-                if len(present) == 2:
-                    out["edge_index"] = edge_index
+        tensors = batch_tensors([(shape, dtype) for *_, shape, dtype in placed])
+        for (group, array, arrays, _, _), tensor in zip(placed, tensors, strict=True):
+            target = tensor.numpy()
+            if arrays[0].ndim == 0:
+                np.stack(arrays, out=target)
             else:
-                for group, array in present:
-                    offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
-                    out[group][array] = out[group][array].to(torch.int64) + offset
+                np.concatenate(arrays, axis=0, out=target)
+            out[group][array] = tensor
+        self._index(out, items, rows)
         if "labels" in items[0]:
             out["labels"] = {
                 name: _collate_values([it["labels"][name] for it in items])
@@ -454,15 +447,68 @@ class GraphCollate:
             }
         return out
 
-    def _node_counts(self, out: Mapping[str, Any], ptr: Mapping[str, Any]) -> Any:
+    def _index(
+        self, out: dict[str, Any], items: list[Mapping[str, Any]], rows: Mapping[str, np.ndarray]
+    ) -> None:
+        """Add ``file_id_code``, ``ptr``, ``num_nodes``, ``batch`` and ``edge_index`` to
+        ``out`` (whose arrays are collated), all in one buffer."""
+        torch = require_torch()
+        size = len(items)
+        counts = self._node_counts(out, rows)
+        present = [
+            (group, array)
+            for group, array in self.edge_arrays
+            if group in rows and array in out.get(group, {})
+        ]
+        lengths = {len(out[group][array]) for group, array in present}
+        # One int64 buffer for every index tensor: file_id_code, the ptr of each group,
+        # then num_nodes, batch and edge_index when there are nodes.
+        shapes: list[tuple[int, ...]] = [(size,)]
+        shapes += [(size + 1,)] * len(rows)
+        if counts is not None:
+            shapes += [(size,), (int(counts.sum()),)]
+            if len(lengths) == 1:
+                shapes.append((len(present), lengths.pop()))
+        made = iter(batch_tensors([(shape, np.dtype(np.int64)) for shape in shapes]))
+        codes = next(made)
+        codes.numpy()[:] = [int(it["file_id_code"]) for it in items]
+        out["file_id_code"] = codes
+        ptr: dict[str, Any] = {}
+        for group, group_rows in rows.items():
+            offsets = ptr[group] = next(made)
+            offsets.numpy()[0] = 0
+            np.cumsum(group_rows, out=offsets.numpy()[1:])
+        out["ptr"] = ptr
+        if counts is None:
+            return
+        out["num_nodes"] = next(made)
+        out["num_nodes"].numpy()[:] = counts
+        out["batch"] = next(made)
+        out["batch"].numpy()[:] = np.repeat(np.arange(size, dtype=np.int64), counts)
+        node_ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]))
+        edge_index = next(made, None)
+        for row, (group, array) in enumerate(present):
+            offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
+            if edge_index is None:
+                out[group][array] = out[group][array].to(torch.int64) + offset
+                continue
+            # edge_index and the per-group endpoint arrays are views of one storage.
+            torch.add(out[group][array], offset, out=edge_index[row])
+            out[group][array] = edge_index[row]
+        if edge_index is not None and len(present) == 2:
+            out["edge_index"] = edge_index
+
+    def _node_counts(self, out: Mapping[str, Any], rows: Mapping[str, np.ndarray]) -> Any:
+        """Nodes of each item (int64 ``[B]``): the ``num_nodes`` array's values when there
+        is one, else the row counts of ``node_group``; ``None`` without either."""
         torch = require_torch()
         if self.num_nodes is not None:
             group, array = self.num_nodes
             values = out.get(group, {}).get(array)
             if isinstance(values, torch.Tensor) and values.dim() == 1:
-                return values.to(torch.int64)
-        if self.node_group in ptr:
-            return ptr[self.node_group].diff()
+                return values.numpy().astype(np.int64)
+        if self.node_group in rows:
+            return np.asarray(rows[self.node_group], dtype=np.int64)
         return None
 
 
@@ -476,6 +522,12 @@ def size_class(numel: int) -> int:
     return 1 << max(0, numel - 1).bit_length()
 
 
+def _tensor_kind(dtype: np.dtype) -> bool:
+    """Whether torch batches arrays of ``dtype`` as they are (not unsigned integers wider
+    than a byte, which it has few kernels for, nor strings)."""
+    return dtype.kind in "biuf" and not (dtype.kind == "u" and dtype.itemsize > 1)
+
+
 class BatchAllocator:
     """Allocates a batch's arrays as tensors (see ``DatasetReader.read_items``).
 
@@ -485,24 +537,125 @@ class BatchAllocator:
     Parameters
     ----------
     make
-        ``make(shape, dtype) -> tensor`` gives each tensor: by default a new one (in
-        shared memory in a ``DataLoader`` worker); the in-process loader passes its pool's
-        (:class:`cadstore.dataset.training.BufferPool`).
+        ``make(shape, dtype) -> tensor`` gives each tensor: the in-process loader passes
+        its pool's (:class:`cadstore.dataset.training.BufferPool`). By default the reader
+        announces the whole batch first (:meth:`reserve`) and its tensors are views of one
+        buffer (:func:`batch_tensors`; one shared-memory segment in a ``DataLoader``
+        worker).
     """
 
     def __init__(self, make: Callable[[tuple[int, ...], np.dtype], Any] | None = None) -> None:
         self.tensors: dict[tuple[str, str], Any] = {}
-        self.make = make if make is not None else _batch_tensor
+        self.make = make
+        self._reserved: dict[tuple[str, str], tuple[tuple[int, ...], np.dtype, Any]] = {}
+
+    def reserve(self, specs: Sequence[tuple[str, str, tuple[int, ...], np.dtype]]) -> None:
+        """Allocate every array of a batch, ``(group, array, shape, dtype)`` each, at once.
+
+        ``DatasetReader.read_items`` calls this before it asks for the first buffer. The
+        tensors are views of one buffer: each tensor a ``DataLoader`` worker sends in a
+        shared-memory segment of its own costs a segment created, a file descriptor passed
+        and a mapping made in the main process. Nothing is reserved with a ``make`` of its
+        own (its buffers are reused from batch to batch).
+        """
+        if self.make is not None:
+            return
+        wanted = [(g, a, tuple(s), np.dtype(d)) for g, a, s, d in specs if _tensor_kind(d)]
+        tensors = batch_tensors([(shape, dtype) for *_, shape, dtype in wanted])
+        self._reserved = {
+            (group, array): (shape, dtype, tensor)
+            for (group, array, shape, dtype), tensor in zip(wanted, tensors, strict=True)
+        }
 
     def __call__(
         self, group: str, array: str, shape: tuple[int, ...], dtype: np.dtype
     ) -> np.ndarray:
-        if dtype.kind not in "biuf" or (dtype.kind == "u" and dtype.itemsize > 1):
+        if not _tensor_kind(dtype):
             return np.empty(shape, dtype=dtype)
-        tensor = self.make(shape, dtype)
+        reserved = self._reserved.pop((group, array), None)
+        if reserved is not None and reserved[:2] == (tuple(shape), dtype):
+            tensor = reserved[2]
+        else:
+            tensor = (self.make or _batch_tensor)(shape, dtype)
         self.tensors[(group, array)] = tensor
         buffer: np.ndarray = tensor.numpy()
         return buffer
+
+
+#: Where each tensor of a :func:`batch_tensors` buffer starts: a multiple of this many
+#: bytes (a cache line, and of every dtype's size).
+BATCH_ALIGNMENT = 64
+
+
+@functools.cache
+def _torch_dtype(dtype: np.dtype) -> Any:
+    return require_torch().from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def batch_tensors(specs: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[Any]:
+    """Empty tensors of the ``(shape, dtype)`` of ``specs``, all views of one buffer.
+
+    In a ``DataLoader`` worker the buffer is one shared-memory segment (see
+    :func:`_batch_tensor`). Every tensor a worker sends in a segment of its own costs a
+    segment created and sized, a file descriptor passed through torch's resource sharer
+    and a mapping made in the main process: in ``bench/bench_training.py``'s batches of
+    about 25 tensors that was most of what shipping them cost (see
+    ``docs/benchmarks.md``). The tensors keep the whole buffer alive, as views do.
+
+    Parameters
+    ----------
+    specs
+        Shape and numpy dtype of each tensor (dtypes torch has).
+
+    Returns
+    -------
+    list of torch.Tensor
+        One contiguous tensor per spec, each starting on :data:`BATCH_ALIGNMENT` bytes.
+    """
+    torch = require_torch()
+    sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in specs]
+    starts, total = [], 0
+    for nbytes in sizes:
+        starts.append(total)
+        total += -(-nbytes // BATCH_ALIGNMENT) * BATCH_ALIGNMENT
+    whole = _batch_tensor((total,), np.dtype(np.uint8))
+    out = []
+    for (shape, dtype), start, nbytes in zip(specs, starts, sizes, strict=True):
+        like = _torch_dtype(np.dtype(dtype))
+        if nbytes:
+            out.append(whole[start : start + nbytes].view(like).view(shape))
+        else:
+            out.append(torch.empty(shape, dtype=like))
+    return out
+
+
+def _numeric_layout(
+    values: list[Any],
+) -> tuple[list[np.ndarray], tuple[int, ...], np.dtype, np.ndarray | None] | None:
+    """How numpy values of one array concatenate over a batch.
+
+    Returns ``(arrays, shape, dtype, counts)``: the values as arrays, the batch array's
+    shape and dtype (unsigned integers wider than a byte widened to int64, as
+    :func:`_to_tensor` does) and each item's row count (``None`` for per-item values,
+    which are stacked). ``None`` for anything else (tensors, strings, items whose dtypes
+    or trailing dimensions differ), which :func:`_concatenate` takes as before.
+    """
+    torch = require_torch()
+    if isinstance(values[0], torch.Tensor):
+        return None
+    arrays = [np.asarray(v) for v in values]
+    first = arrays[0]
+    if first.dtype.kind not in "biuf" or any(
+        a.dtype != first.dtype or a.ndim != first.ndim or a.shape[1:] != first.shape[1:]
+        for a in arrays
+    ):
+        return None
+    dtype = first.dtype if _tensor_kind(first.dtype) else np.dtype(np.int64)
+    dtype = dtype.newbyteorder("=")
+    if first.ndim == 0:
+        return arrays, (len(arrays),), dtype, None
+    counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    return arrays, (int(counts.sum()), *first.shape[1:]), dtype, counts
 
 
 def _prebuilt(
