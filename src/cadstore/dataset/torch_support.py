@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from cadstore.dataset.worker_memory import RecycledBatch, worker_blocks
+
 # TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
 __all__ = [  # noqa: F822
     "BatchAllocator",
@@ -445,7 +447,10 @@ class GraphCollate:
                 name: _collate_values([it["labels"][name] for it in items])
                 for name in items[0]["labels"]
             }
-        return out
+        blocks = worker_blocks()
+        # In a DataLoader worker: the batch's blocks are reused once the training
+        # process lets them go (see cadstore.dataset.worker_memory).
+        return RecycledBatch(out, blocks) if blocks is not None else out
 
     def _index(
         self, out: dict[str, Any], items: list[Mapping[str, Any]], rows: Mapping[str, np.ndarray]
@@ -618,7 +623,10 @@ def batch_tensors(specs: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[Any
     for nbytes in sizes:
         starts.append(total)
         total += -(-nbytes // BATCH_ALIGNMENT) * BATCH_ALIGNMENT
-    whole = _batch_tensor((total,), np.dtype(np.uint8))
+    blocks = worker_blocks() if total else None
+    whole = (
+        blocks.take(total) if blocks is not None else _batch_tensor((total,), np.dtype(np.uint8))
+    )
     out = []
     for (shape, dtype), start, nbytes in zip(specs, starts, sizes, strict=True):
         like = _torch_dtype(np.dtype(dtype))

@@ -1,0 +1,212 @@
+"""Shared-memory batch blocks that a ``DataLoader`` worker reuses once they are let go.
+
+A ``torch.utils.data.DataLoader`` worker sends every batch to the training process in
+shared memory. Made afresh for each batch, a segment costs the kernel its pages (torch
+reserves them all when it creates the segment, zeroed), the worker a page fault for each
+page it fills and the training process a new mapping: for whole items, about as much as
+decoding them (``docs/benchmarks.md``). :func:`batch_tensors
+<cadstore.dataset.torch_support.batch_tensors>` places a batch's tensors in one block;
+in a worker the block comes from here, and a block the training process no longer holds
+is filled again for a later batch, its pages already there.
+
+How the worker learns that a block is free: each worker process keeps a small *board* in
+shared memory, one int64 per block slot. A block goes out with a generation number (one
+more at every send); when the batch is unpickled in the training process,
+:func:`_received` attaches a finalizer to the block's storage, which writes that
+generation into the block's slot of the board once nothing refers to the storage any more
+(torch keeps a storage's Python object alive as long as any tensor, view or autograd graph
+uses the storage, so the finalizer runs when the memory is really unused). The worker
+reuses a block only when the board shows the generation it last sent. So a batch, or a
+tensor of it, that the training code keeps is never overwritten.
+
+A block is kept for reuse only once its batch has been pickled for the training process
+(:class:`RecycledBatch`): a batch that a custom collate function rebuilt into another
+object, or that never left the worker, is freed as usual and its block is not reused.
+
+Not covered: a batch that the training process sends on to a third process through
+``torch.multiprocessing`` (the third process maps the block itself, which the training
+process's finalizer cannot see). Clone such tensors first, as with any reused buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RecycledBatch", "WorkerBlocks", "worker_blocks"]
+
+#: Slots on a worker's board: blocks alive in the worker at once (more are made afresh).
+SLOTS = 64
+#: Free blocks a worker keeps for reuse (the largest); more are let go. A batch is two
+#: blocks (its arrays, its index tensors), and a worker has few batches in flight: its
+#: prefetched ones (``prefetch_factor``, 2 by default), the one the training step holds.
+KEPT = 4
+
+
+class WorkerBlocks:
+    """The reusable shared-memory blocks of one ``DataLoader`` worker process.
+
+    :meth:`take` lends a block for the batch being made; :meth:`handed` gives the blocks
+    taken since its last call (for the batch's :class:`RecycledBatch`); :meth:`commit`
+    keeps them for reuse once the batch is pickled. Safe to use from the worker's main
+    thread and the queue's feeder thread, which pickles the batches.
+    """
+
+    def __init__(self) -> None:
+        import torch  # only ever made in a DataLoader worker, torch loaded
+
+        self.torch: Any = torch
+        self.board = self.torch.full((SLOTS,), -1, dtype=self.torch.int64).share_memory_()
+        self._freed = self.board.numpy()
+        # Reentrant: a block's storage can die (and its finalizer take the lock) in any
+        # code that drops a reference, this class's own included.
+        self._lock = threading.RLock()
+        # Sent blocks, each waiting for its generation on the board: slot -> (block, gen).
+        self._sent: dict[int, tuple[Any, int]] = {}
+        # Slots whose block storage is alive in this process (sent, lent or in a batch).
+        self._live: set[int] = set()
+        self._gens = [0] * SLOTS
+        self._taken: list[tuple[int, int, Any]] = []
+        self.made = 0
+        self.reused = 0
+
+    def take(self, nbytes: int) -> Any:
+        """A uint8 tensor of ``nbytes`` in shared memory: a free block, or a new one."""
+        torch = self.torch
+        with self._lock:
+            free = [
+                (block.numel(), slot)
+                for slot, (block, gen) in self._sent.items()
+                if self._freed[slot] >= gen and block.numel() >= nbytes
+            ]
+            if free:
+                slot = min(free)[1]
+                block = self._sent.pop(slot)[0]
+                self.reused += 1
+            else:
+                storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
+                block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+                self.made += 1
+                idle = [s for s in range(SLOTS) if s not in self._live]
+                if not idle:
+                    return block[:nbytes]  # every slot busy: an ordinary fresh segment
+                slot = idle[0]
+                self._live.add(slot)
+                weakref.finalize(storage, self._dead, slot)
+            self._gens[slot] += 1
+            # Held weakly: a batch that never reaches handed() (another collate function)
+            # must not be kept alive here. A storage lives while any view of it does.
+            self._taken = [t for t in self._taken if t[2]() is not None]
+            self._taken.append((slot, self._gens[slot], weakref.ref(block.untyped_storage())))
+        return block[:nbytes]
+
+    def _dead(self, slot: int) -> None:
+        with self._lock:
+            self._live.discard(slot)
+
+    def handed(self) -> list[tuple[int, int, Any]]:
+        """``(slot, generation, block)`` of the blocks taken since the last call (and still
+        in use)."""
+        torch = self.torch
+        with self._lock:
+            taken, self._taken = self._taken, []
+        entries = []
+        for slot, gen, ref in taken:
+            storage = ref()
+            if storage is not None:
+                block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+                entries.append((slot, gen, block))
+        return entries
+
+    def commit(self, entries: list[tuple[int, int, Any]]) -> None:
+        """Keep the blocks of a batch being sent, to reuse once the board frees them.
+
+        Of the blocks already free, the :data:`KEPT` largest are kept, and as many small
+        ones (under :data:`_GRANULE`: a batch's index tensors), the others let go.
+        """
+        with self._lock:
+            for slot, gen, block in entries:
+                if gen == self._gens[slot]:
+                    self._sent[slot] = (block, gen)
+            free = sorted(
+                (block.numel(), slot)
+                for slot, (block, gen) in self._sent.items()
+                if self._freed[slot] >= gen
+            )
+            small = [slot for size, slot in free if size < _GRANULE]
+            large = [slot for size, slot in free if size >= _GRANULE]
+            extra = small[: max(0, len(small) - KEPT)] + large[: max(0, len(large) - KEPT)]
+            dropped = [self._sent.pop(slot) for slot in extra]
+        # Let go outside the lock.
+        del dropped
+
+
+_BLOCKS: list[Any] = [None, -1]
+
+
+def worker_blocks() -> WorkerBlocks | None:
+    """This ``DataLoader`` worker's :class:`WorkerBlocks`; ``None`` outside a worker
+    (callers have imported torch)."""
+    import torch
+
+    if torch.utils.data.get_worker_info() is None:
+        return None
+    if _BLOCKS[1] != os.getpid():
+        _BLOCKS[:] = [WorkerBlocks(), os.getpid()]
+    blocks: WorkerBlocks = _BLOCKS[0]
+    return blocks
+
+
+class RecycledBatch(dict):  # type: ignore[type-arg]
+    """A collated batch whose blocks its worker reuses once the training process is done.
+
+    It pickles as a plain ``dict`` rebuilt by :func:`_received` in the training process;
+    pickling it (what sending it does) is what keeps its blocks in the worker for reuse.
+    """
+
+    def __init__(self, batch: dict[str, Any], blocks: WorkerBlocks) -> None:
+        super().__init__(batch)
+        self.blocks = blocks
+        self.entries = blocks.handed()
+
+    def __reduce__(self) -> Any:
+        self.blocks.commit(self.entries)
+        return _received, (dict(self), self.blocks.board, self.entries)
+
+
+_RELEASE_LOCK = threading.Lock()
+
+
+def _released(board: np.ndarray, slot: int, gen: int) -> None:
+    """Write on the worker's board that generation ``gen`` of block ``slot`` is free."""
+    with _RELEASE_LOCK:
+        if board[slot] < gen:
+            board[slot] = gen
+
+
+def _received(batch: dict[str, Any], board: Any, entries: list[tuple[int, int, Any]]) -> Any:
+    """Unpickle a :class:`RecycledBatch` in the training process: the batch as a plain
+    dict, with a finalizer on each block's storage that frees it on the worker's board."""
+    freed = board.numpy()
+    for slot, gen, block in entries:
+        weakref.finalize(block.untyped_storage(), _released, freed, slot, gen)
+    return batch
+
+
+#: Blocks are made in multiples of this many bytes (of :data:`_PAGE` when smaller).
+_GRANULE = 2 * 1024 * 1024
+_PAGE = 4096
+
+
+def _capacity(nbytes: int) -> int:
+    """Bytes of a new block for a batch of ``nbytes``: a quarter more, so that later
+    batches a little larger fit too, in whole pages (whole :data:`_GRANULE` multiples
+    from that size on). Torch reserves and zeroes every page of a new segment, so a
+    power-of-two size class would cost up to twice the memory and the time."""
+    want = nbytes + nbytes // 4
+    unit = _GRANULE if want >= _GRANULE else _PAGE
+    return -(-want // unit) * unit
