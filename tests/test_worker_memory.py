@@ -201,3 +201,25 @@ def test_a_recycled_batch_unpickles_as_a_plain_dict() -> None:
     out = rebuild(*args)
     assert type(out) is dict and out["a"].data_ptr() == block.data_ptr()
     assert list(blocks._sent) == [0]
+
+
+def test_the_training_side_frees_a_block_only_when_no_view_is_left() -> None:
+    """``_received`` frees a block on the board once nothing uses its storage, and never
+    for a block that is not the batch's own memory."""
+    board = torch.full((4,), -1, dtype=torch.int64)
+    block = torch.zeros(4096, dtype=torch.uint8)
+    batch = {"faces": {"face_areas": block[:64].view(torch.float32)}, "name": ["a"]}
+    out = worker_memory._received(batch, board, [(1, 3, block)])
+    kept = out["faces"]["face_areas"][2:5]
+    del out, batch, block
+    gc.collect()
+    assert int(board[1]) == -1  # a slice of the batch is still in use
+    del kept
+    gc.collect()
+    assert int(board[1]) == 3
+    # A block mapped apart from the batch's tensors is never freed by them.
+    other = torch.zeros(4096, dtype=torch.uint8)
+    worker_memory._received({"a": torch.zeros(8)}, board, [(2, 1, other)])
+    del other
+    gc.collect()
+    assert int(board[2]) == -1

@@ -45,6 +45,9 @@ SLOTS = 64
 #: blocks (its arrays, its index tensors), and a worker has few batches in flight: its
 #: prefetched ones (``prefetch_factor``, 2 by default), the one the training step holds.
 KEPT = 4
+#: Sent blocks a worker waits for at most (the training code may keep many batches); it
+#: forgets the oldest beyond, which are then freed as usual.
+WAITING = 16
 
 
 class WorkerBlocks:
@@ -140,6 +143,12 @@ class WorkerBlocks:
             small = [slot for size, slot in free if size < _GRANULE]
             large = [slot for size, slot in free if size >= _GRANULE]
             extra = small[: max(0, len(small) - KEPT)] + large[: max(0, len(large) - KEPT)]
+            # Blocks still held there wait for the board; beyond WAITING of them the
+            # oldest are forgotten (the training process keeps its own mapping).
+            waiting = sorted(
+                (gen, slot) for slot, (_, gen) in self._sent.items() if self._freed[slot] < gen
+            )
+            extra += [slot for _, slot in waiting[: max(0, len(waiting) - WAITING)]]
             dropped = [self._sent.pop(slot) for slot in extra]
         # Let go outside the lock.
         del dropped
@@ -192,9 +201,24 @@ def _received(batch: dict[str, Any], board: Any, entries: list[tuple[int, int, A
     """Unpickle a :class:`RecycledBatch` in the training process: the batch as a plain
     dict, with a finalizer on each block's storage that frees it on the worker's board."""
     freed = board.numpy()
+    held = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
     for slot, gen, block in entries:
-        weakref.finalize(block.untyped_storage(), _released, freed, slot, gen)
+        storage = block.untyped_storage()
+        # The batch's tensors and the block must be one mapping (torch maps a shared
+        # file once per process while it is in use): the finalizer then runs when none of
+        # them is used any more. Were they not, the block would stay unused here.
+        if storage.data_ptr() in held:
+            weakref.finalize(storage, _released, freed, slot, gen)
     return batch
+
+
+def _tensors(value: Any) -> list[Any]:
+    """The tensors in a collated batch (nested dicts and lists)."""
+    if isinstance(value, dict):
+        return [t for inner in value.values() for t in _tensors(inner)]
+    if isinstance(value, list | tuple):
+        return [t for inner in value for t in _tensors(inner)]
+    return [value] if hasattr(value, "untyped_storage") else []
 
 
 #: Blocks are made in multiples of this many bytes (of :data:`_PAGE` when smaller).
