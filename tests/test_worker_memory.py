@@ -7,6 +7,7 @@ still holds, a whole batch or a slice of one, is ever overwritten.
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import weakref
@@ -26,6 +27,7 @@ torch = pytest.importorskip("torch")
 from cadstore.dataset import worker_memory  # noqa: E402
 from cadstore.dataset.worker_memory import (  # noqa: E402
     KEPT,
+    WAITING,
     RecycledBatch,
     WorkerBlocks,
     _capacity,
@@ -109,13 +111,18 @@ def test_what_the_training_code_keeps_is_never_overwritten(
         blocks.add(_inode(batch["faces"]["face_areas"]))
         codes = batch["file_id_code"].tolist()
         if number % 4 == 0:
-            kept.append((batch, _expected(loader, codes)))
+            index = {k: batch[k].clone() for k in ("file_id_code", "batch", "edge_index")}
+            index["ptr"] = batch["ptr"]["faces"].clone()
+            kept.append((batch, _expected(loader, codes), index))
         elif number % 4 == 1:
             want = _expected(loader, codes)[("faceface", "d2_distance")][:5]
             slices.append((batch["faceface"]["d2_distance"][:5], want))
     assert len(blocks) < number + 1  # reuse happened meanwhile
-    for batch, expected in kept:
+    for batch, expected, index in kept:
         _check(batch, expected)
+        for key in ("file_id_code", "batch", "edge_index"):
+            assert torch.equal(batch[key], index[key])
+        assert torch.equal(batch["ptr"]["faces"], index["ptr"])
     for values, want in slices:
         np.testing.assert_array_equal(values.numpy(), want)
 
@@ -141,23 +148,70 @@ class _Rebuild:
         return dict(self.collate(items))
 
 
+class _KeepAll:
+    """A collate function that keeps every batch it made in the worker (a cache, say)
+    and fails if a later batch overwrote one."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+        self.made: list[tuple[Any, Any]] = []
+
+    def __call__(self, items: list[Any]) -> Any:
+        for batch, copy in self.made:
+            if not torch.equal(batch["faceface"]["d2_distance"], copy):
+                raise AssertionError("a batch kept in the worker was overwritten")
+        batch = self.collate(items)
+        self.made.append((batch, batch["faceface"]["d2_distance"].clone()))
+        return batch
+
+
+def test_what_the_worker_keeps_is_never_overwritten(loader: DatasetLoader) -> None:
+    collate = loader.get_dataset("train").to_torch_with_collate()[1]
+    seen = 0
+    for batch in _batches(loader, "fork", collate_fn=_KeepAll(collate)):
+        _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+        seen += 1
+    assert seen == 20
+
+
 # ------------------------------------------------------------------ the worker's side alone
+def _release(blocks: WorkerBlocks, slot: int, gen: int) -> None:
+    worker_memory._released(blocks.board.numpy(), slot, gen, os.getpid())
+
+
 def test_a_block_is_reused_only_once_the_board_frees_it() -> None:
     blocks = WorkerBlocks()
     first = blocks.take(1000)
+    pointer = first.data_ptr()
     entries = blocks.handed()
     assert [(slot, gen) for slot, gen, _ in entries] == [(0, 1)]
     blocks.commit(entries)
+    del first, entries
     second = blocks.take(800)  # the first is still held by the training process
-    assert second.data_ptr() != first.data_ptr() and blocks.made == 2
+    assert second.data_ptr() != pointer and blocks.made == 2
     blocks.commit(blocks.handed())
-    worker_memory._released(blocks.board.numpy(), 0, 1)
+    _release(blocks, 0, 1)
     third = blocks.take(900)
-    assert third.data_ptr() == first.data_ptr() and blocks.reused == 1
-    assert blocks.take(10**6).data_ptr() not in (first.data_ptr(), second.data_ptr())
+    assert third.data_ptr() == pointer and blocks.reused == 1
+    assert blocks.take(10**6).data_ptr() not in (pointer, second.data_ptr())
     # A late release of an older generation never takes the board back.
-    worker_memory._released(blocks.board.numpy(), 0, 0)
+    _release(blocks, 0, 0)
     assert int(blocks.board[0]) == 1
+
+
+def test_a_block_the_worker_still_uses_is_not_reused() -> None:
+    """Freed on the board, but a tensor of the worker (a kept batch) still views it."""
+    blocks = WorkerBlocks()
+    kept = blocks.take(1000)[:10]
+    pointer = kept.data_ptr()
+    blocks.commit(blocks.handed())
+    _release(blocks, 0, 1)
+    other = blocks.take(1000)
+    assert other.data_ptr() != pointer
+    blocks.commit(blocks.handed())
+    del kept
+    gc.collect()
+    assert blocks.take(1000).data_ptr() == pointer
 
 
 def test_a_block_never_sent_is_let_go() -> None:
@@ -176,31 +230,52 @@ def test_a_block_never_sent_is_let_go() -> None:
     assert again.numel() == 1000
 
 
-def test_only_a_few_free_blocks_are_kept() -> None:
+def test_only_a_few_blocks_are_kept() -> None:
     blocks = WorkerBlocks()
     taken = [blocks.take((n + 1) * 4 * 1024 * 1024) for n in range(KEPT + 2)]
     taken += [blocks.take(64) for _ in range(KEPT + 2)]
     entries = blocks.handed()
     del taken
-    board = blocks.board.numpy()
     for slot, gen, _ in entries:
-        worker_memory._released(board, slot, gen)
+        _release(blocks, slot, gen)
     blocks.commit(entries)
-    sizes = sorted(block.numel() for block, _ in blocks._sent.values())
+    del entries
+    sizes = sorted(block.numel() for block, _, _ in blocks._sent.values())
     # KEPT small ones and the KEPT largest: the two smallest large blocks went.
     assert sizes == sorted(
         [_capacity(64)] * KEPT + [_capacity((n + 1) * 4 * 1024 * 1024) for n in range(2, KEPT + 2)]
     )
+    # Of the blocks the training process still holds, the WAITING sent last are kept.
+    held = WorkerBlocks()
+    sent, views = [], []
+    for _ in range(WAITING + 3):
+        views.append(held.take(64))  # the training process's views, say
+        (entry,) = held.handed()
+        held.commit([entry])
+        sent.append(entry[0])
+    assert sorted(held._sent) == sorted(sent[3:])
 
 
-def test_a_recycled_batch_unpickles_as_a_plain_dict() -> None:
+def test_a_release_counts_only_in_the_process_that_received_the_block() -> None:
+    """A process forked from the training process drops its copies of a batch: that says
+    nothing about the training process's use of the block."""
     blocks = WorkerBlocks()
-    block = blocks.take(64)
-    batch = RecycledBatch({"a": block.view(torch.int64)}, blocks)
+    worker_memory._released(blocks.board.numpy(), 0, 5, os.getpid() + 1)
+    assert int(blocks.board[0]) == -1
+
+
+def test_a_recycled_batch_sends_only_the_blocks_it_uses() -> None:
+    blocks = WorkerBlocks()
+    used = blocks.take(64)
+    unused = blocks.take(64)  # arrays decoded for items the collate did not get
+    batch = RecycledBatch({"a": used.view(torch.int64)}, blocks)
+    assert [slot for slot, _, _ in batch.entries] == [0]
+    assert type(copy.copy(batch)) is dict and blocks._sent == {}
     rebuild, args = batch.__reduce__()
     out = rebuild(*args)
-    assert type(out) is dict and out["a"].data_ptr() == block.data_ptr()
+    assert type(out) is dict and out["a"].data_ptr() == used.data_ptr()
     assert list(blocks._sent) == [0]
+    del unused
 
 
 def test_the_training_side_frees_a_block_only_when_no_view_is_left() -> None:

@@ -4,10 +4,11 @@ Threads of the training process (:class:`~cadstore.dataset.training.BatchLoader`
 one interpreter lock: the decoding itself releases it, the bookkeeping around every chunk
 does not. Batches whose arrays are mostly bookkeeping (graph-only items: many small
 arrays, little to decode) go faster in processes, which do not share that lock
-(``docs/benchmarks.md``). ``DataLoader(num_workers=N)``
-uses processes too, but every batch it ships goes through a *fresh* shared-memory segment,
-which the kernel must create, fill with zero pages and map again in the training process:
-about as costly as the decoding.
+(``docs/benchmarks.md``). ``DataLoader(num_workers=N)`` uses processes too; its workers
+start afresh at every epoch unless ``persistent_workers=True``, and a new shared-memory
+segment, which the kernel must create, fill with zero pages and map in the training
+process, costs about as much as the decoding (its workers reuse theirs within an epoch:
+:mod:`cadstore.dataset.worker_memory`).
 
 Here each worker process keeps a pool of shared-memory buffers (power-of-two size classes,
 lent smallest-first as in :class:`~cadstore.dataset.training.BufferPool`) and decodes every

@@ -600,12 +600,12 @@ def _torch_dtype(dtype: np.dtype) -> Any:
 def batch_tensors(specs: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[Any]:
     """Empty tensors of the ``(shape, dtype)`` of ``specs``, all views of one buffer.
 
-    In a ``DataLoader`` worker the buffer is one shared-memory segment (see
-    :func:`_batch_tensor`). Every tensor a worker sends in a segment of its own costs a
-    segment created and sized, a file descriptor passed through torch's resource sharer
-    and a mapping made in the main process: in ``bench/bench_training.py``'s batches of
-    about 25 tensors that was most of what shipping them cost (see
-    ``docs/benchmarks.md``). The tensors keep the whole buffer alive, as views do.
+    In a ``DataLoader`` worker the buffer is a shared-memory block the worker reuses once
+    the training process is done with it (:mod:`cadstore.dataset.worker_memory`);
+    elsewhere, ordinary memory. Every tensor a worker sends in a segment of its own costs
+    a segment created and sized, a file descriptor passed through torch's resource sharer
+    and a mapping made in the main process (``docs/benchmarks.md`` has a check of what
+    that costs). The tensors keep the whole buffer alive, as views do.
 
     Parameters
     ----------

@@ -1,9 +1,10 @@
 """Batches for training, decoded by threads of the training process itself.
 
 ``DataLoader(num_workers=N)`` decodes items in worker processes and ships every batch to
-the training process through fresh shared memory, which costs the kernel about as much as
-decoding does (``docs/benchmarks.md``). Decoding releases the GIL (zstd, numpy copies), so
-threads of the training process can do the same work without the shipping:
+the training process through shared memory (blocks the workers reuse once the training
+process lets them go, :mod:`cadstore.dataset.worker_memory`). Decoding releases the GIL
+(zstd, numpy copies), so threads of the training process can do the same work without
+the shipping:
 :class:`BatchLoader` runs a small pool of threads, each with its own reader of the dataset
 (readers hold a lock; sharing one would serialise the threads), decodes every batch straight
 into batch buffers that are reused from one batch to the next, collates it, and keeps the

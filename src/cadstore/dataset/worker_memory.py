@@ -16,8 +16,10 @@ more at every send); when the batch is unpickled in the training process,
 generation into the block's slot of the board once nothing refers to the storage any more
 (torch keeps a storage's Python object alive as long as any tensor, view or autograd graph
 uses the storage, so the finalizer runs when the memory is really unused). The worker
-reuses a block only when the board shows the generation it last sent. So a batch, or a
-tensor of it, that the training code keeps is never overwritten.
+reuses a block only when the board shows the generation it last sent and nothing in the
+worker refers to it either (torch's use count of the storage: a collate function may keep
+batches). So a batch, or a tensor of it, that the training code keeps is never
+overwritten.
 
 A block is kept for reuse only once its batch has been pickled for the training process
 (:class:`RecycledBatch`): a batch that a custom collate function rebuilt into another
@@ -46,7 +48,7 @@ SLOTS = 64
 #: prefetched ones (``prefetch_factor``, 2 by default), the one the training step holds.
 KEPT = 4
 #: Sent blocks a worker waits for at most (the training code may keep many batches); it
-#: forgets the oldest beyond, which are then freed as usual.
+#: forgets those sent first beyond, which are then freed as usual.
 WAITING = 16
 
 
@@ -68,23 +70,52 @@ class WorkerBlocks:
         # Reentrant: a block's storage can die (and its finalizer take the lock) in any
         # code that drops a reference, this class's own included.
         self._lock = threading.RLock()
-        # Sent blocks, each waiting for its generation on the board: slot -> (block, gen).
-        self._sent: dict[int, tuple[Any, int]] = {}
+        # Sent blocks, each waiting for its generation on the board: slot -> (block,
+        # generation, order of sending).
+        self._sent: dict[int, tuple[Any, int, int]] = {}
         # Slots whose block storage is alive in this process (sent, lent or in a batch).
         self._live: set[int] = set()
         self._gens = [0] * SLOTS
         self._taken: list[tuple[int, int, Any]] = []
+        self._order = 0
         self.made = 0
         self.reused = 0
+        # Tensors referring to a kept block's storage when only this class holds it (torch's
+        # use count): more means the worker itself still uses it (a collate function that
+        # keeps the last batch, a dataset caching what it read). None: torch cannot tell.
+        self._use_count: Any = getattr(torch._C, "_storage_Use_Count", None)
+        probe = self._block(self.torch.UntypedStorage(8))
+        self._baseline = self._count(probe) if self._use_count is not None else -1
+
+    def _block(self, storage: Any) -> Any:
+        """A uint8 tensor over the whole of ``storage``."""
+        return self.torch.empty(0, dtype=self.torch.uint8).set_(storage, 0, (storage.nbytes(),))
+
+    def _count(self, block: Any) -> int:
+        return int(self._use_count(block.untyped_storage()._cdata))
+
+    def _reusable(self, slot: int, block: Any, gen: int) -> bool:
+        """Whether the training process let generation ``gen`` of ``block`` go and nothing
+        in this process refers to it."""
+        if self._freed[slot] < gen or self._use_count is None:
+            return False
+        return self._count(block) <= self._baseline
 
     def take(self, nbytes: int) -> Any:
-        """A uint8 tensor of ``nbytes`` in shared memory: a free block, or a new one."""
+        """A uint8 tensor of ``nbytes`` in shared memory: a free block, or a new one.
+
+        The smallest free block that holds ``nbytes`` is taken; a small request (under
+        :data:`_GRANULE`: a batch's index tensors) only takes a small block.
+        """
         torch = self.torch
         with self._lock:
+            small = nbytes < _GRANULE
             free = [
                 (block.numel(), slot)
-                for slot, (block, gen) in self._sent.items()
-                if self._freed[slot] >= gen and block.numel() >= nbytes
+                for slot, (block, gen, _) in self._sent.items()
+                if block.numel() >= nbytes
+                and (not small or block.numel() < _GRANULE)
+                and self._reusable(slot, block, gen)
             ]
             if free:
                 slot = min(free)[1]
@@ -92,14 +123,14 @@ class WorkerBlocks:
                 self.reused += 1
             else:
                 storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
-                block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+                block = self._block(storage)
                 self.made += 1
                 idle = [s for s in range(SLOTS) if s not in self._live]
                 if not idle:
                     return block[:nbytes]  # every slot busy: an ordinary fresh segment
                 slot = idle[0]
                 self._live.add(slot)
-                weakref.finalize(storage, self._dead, slot)
+                weakref.finalize(storage, self._dead, slot).atexit = False
             self._gens[slot] += 1
             # Held weakly: a batch that never reaches handed() (another collate function)
             # must not be kept alive here. A storage lives while any view of it does.
@@ -117,36 +148,38 @@ class WorkerBlocks:
         torch = self.torch
         with self._lock:
             taken, self._taken = self._taken, []
+        del torch
         entries = []
         for slot, gen, ref in taken:
             storage = ref()
             if storage is not None:
-                block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-                entries.append((slot, gen, block))
+                entries.append((slot, gen, self._block(storage)))
         return entries
 
     def commit(self, entries: list[tuple[int, int, Any]]) -> None:
         """Keep the blocks of a batch being sent, to reuse once the board frees them.
 
         Of the blocks already free, the :data:`KEPT` largest are kept, and as many small
-        ones (under :data:`_GRANULE`: a batch's index tensors), the others let go.
+        ones (under :data:`_GRANULE`: a batch's index tensors); of those still held by the
+        training process, the :data:`WAITING` sent last. The others are let go.
         """
         with self._lock:
             for slot, gen, block in entries:
-                if gen == self._gens[slot]:
-                    self._sent[slot] = (block, gen)
+                if gen == self._gens[slot] and slot not in self._sent:
+                    self._order += 1
+                    self._sent[slot] = (block, gen, self._order)
             free = sorted(
                 (block.numel(), slot)
-                for slot, (block, gen) in self._sent.items()
+                for slot, (block, gen, _) in self._sent.items()
                 if self._freed[slot] >= gen
             )
             small = [slot for size, slot in free if size < _GRANULE]
             large = [slot for size, slot in free if size >= _GRANULE]
             extra = small[: max(0, len(small) - KEPT)] + large[: max(0, len(large) - KEPT)]
-            # Blocks still held there wait for the board; beyond WAITING of them the
-            # oldest are forgotten (the training process keeps its own mapping).
             waiting = sorted(
-                (gen, slot) for slot, (_, gen) in self._sent.items() if self._freed[slot] < gen
+                (order, slot)
+                for slot, (_, gen, order) in self._sent.items()
+                if self._freed[slot] < gen
             )
             extra += [slot for _, slot in waiting[: max(0, len(waiting) - WAITING)]]
             dropped = [self._sent.pop(slot) for slot in extra]
@@ -175,23 +208,37 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
 
     It pickles as a plain ``dict`` rebuilt by :func:`_received` in the training process;
     pickling it (what sending it does) is what keeps its blocks in the worker for reuse.
+    Only the blocks its tensors use go with it: a block taken for arrays that the collate
+    function then did not use (it was given rebuilt items) is freed in the worker.
+    ``copy.copy`` gives a plain ``dict``.
     """
 
     def __init__(self, batch: dict[str, Any], blocks: WorkerBlocks) -> None:
         super().__init__(batch)
         self.blocks = blocks
-        self.entries = blocks.handed()
+        used = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
+        self.entries = [e for e in blocks.handed() if e[2].data_ptr() in used]
 
     def __reduce__(self) -> Any:
         self.blocks.commit(self.entries)
         return _received, (dict(self), self.blocks.board, self.entries)
 
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
 
 _RELEASE_LOCK = threading.Lock()
 
 
-def _released(board: np.ndarray, slot: int, gen: int) -> None:
-    """Write on the worker's board that generation ``gen`` of block ``slot`` is free."""
+def _released(board: np.ndarray, slot: int, gen: int, pid: int) -> None:
+    """Write on the worker's board that generation ``gen`` of block ``slot`` is free.
+
+    Only in the process that received the block (``pid``): a process forked from it (a
+    later epoch's worker) holds copies of its objects, whose end says nothing about the
+    training process's use of the block.
+    """
+    if os.getpid() != pid:
+        return
     with _RELEASE_LOCK:
         if board[slot] < gen:
             board[slot] = gen
@@ -208,7 +255,8 @@ def _received(batch: dict[str, Any], board: Any, entries: list[tuple[int, int, A
         # file once per process while it is in use): the finalizer then runs when none of
         # them is used any more. Were they not, the block would stay unused here.
         if storage.data_ptr() in held:
-            weakref.finalize(storage, _released, freed, slot, gen)
+            finalizer = weakref.finalize(storage, _released, freed, slot, gen, os.getpid())
+            finalizer.atexit = False  # nothing to tell a worker once the process exits
     return batch
 
 
