@@ -12,7 +12,9 @@ in one run, alternating the contenders:
 3. **DataLoader**: items/s through ``torch.utils.data.DataLoader(num_workers=2,
    batch_size=32, shuffle=True)`` over one epoch of the training split (80% of the
    items), worker start-up included, batches collated by cadstore's ``GraphCollate`` for
-   every contender (same batch content: rows concatenated, ``edge_index`` shifted).
+   every contender (same batch content: rows concatenated, ``edge_index`` shifted; in a
+   worker it also reuses the batch's shared memory once the training process lets it
+   go, for every contender alike: ``cadstore.dataset.worker_memory``).
 4. **in-process, 2 threads**: items/s of the second of two epochs decoded by two threads
    of the training process: cadstore's :class:`~cadstore.dataset.training.BatchLoader`
    (its readers, and what they cached, kept between epochs); for the peers a two-thread

@@ -145,10 +145,8 @@ class WorkerBlocks:
     def handed(self) -> list[tuple[int, int, Any]]:
         """``(slot, generation, block)`` of the blocks taken since the last call (and still
         in use)."""
-        torch = self.torch
         with self._lock:
             taken, self._taken = self._taken, []
-        del torch
         entries = []
         for slot, gen, ref in taken:
             storage = ref()
