@@ -1368,7 +1368,7 @@ class DatasetReader:
             reserve(
                 [
                     (group, array, shape, dtype)
-                    for group, (_, entries) in layouts.items()
+                    for group, (_, _, entries) in layouts.items()
                     for array, _, _, _, shape, dtype in entries
                 ]
             )
@@ -1379,33 +1379,26 @@ class DatasetReader:
 
     def _batch_layout(
         self, group: str, index: np.ndarray, selected: tuple[str, ...] | None
-    ) -> tuple[np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]]:
-        """The rows of each item of a batch (``index``: its codes) in ``group``, and
-        ``(array, meta, per_item, path, shape, dtype)`` of each batch buffer."""
+    ) -> _BatchLayout:
+        """Where each item of a batch (``index``: its codes) starts and stops in ``group``,
+        and ``(array, meta, per_item, path, shape, dtype)`` of each batch buffer."""
         offsets = self.offsets(group)
-        counts = offsets[index + 1] - offsets[index]
-        total = int(counts.sum())
+        starts, stops = offsets[index], offsets[index + 1]
+        total = int((stops - starts).sum())
         entries = []
         for array, meta, per_item, path in self._item_plan(group, selected):
             shape = (len(index),) if per_item else (total, *meta.shape[1:])
             entries.append((array, meta, per_item, path, shape, _numpy_dtype(meta)))
-        return counts, entries
+        return starts, stops, entries
 
     def _read_group_batch(
-        self,
-        batch: ItemBatch,
-        group: str,
-        codes: list[int],
-        layout: tuple[np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]],
-        make: Allocator,
+        self, batch: ItemBatch, group: str, codes: list[int], layout: _BatchLayout, make: Allocator
     ) -> None:
         """Decode one group of :meth:`read_items` into its batch buffers (``layout``: its
         :meth:`_batch_layout`)."""
-        counts, entries = layout
-        batch.counts[group] = counts
-        offsets = self.offsets(group)
-        index = np.asarray(codes, dtype=np.int64)
-        spans = list(zip(offsets[index].tolist(), offsets[index + 1].tolist(), strict=True))
+        starts, stops, entries = layout
+        batch.counts[group] = stops - starts
+        spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
         for item in batch:
             item[group] = {}
         for array, meta, per_item, path, shape, dtype in entries:
@@ -1485,6 +1478,13 @@ def _coalesce(
 
 #: ``allocate(group, array, shape, dtype) -> ndarray`` for :meth:`DatasetReader.read_items`.
 Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
+
+#: A batch's rows in one group, as :meth:`DatasetReader._batch_layout` gives them: where
+#: each item's rows start and stop (offsets), then ``(array, meta, per_item, path, shape,
+#: dtype)`` of each batch buffer.
+_BatchLayout = tuple[
+    np.ndarray, np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]
+]
 
 
 def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
