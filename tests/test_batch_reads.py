@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 import zstandard
 
 import cadstore.dataset.reader as reader_module
@@ -255,4 +256,124 @@ def test_a_flipped_byte_is_refused_on_every_batch_read(
             with pytest.raises(CorruptStoreError, match="d2_distance") as caught:
                 reader.read_items(every, groups=["faceface"])
             assert member.rsplit("/c/", 1)[0] in str(caught.value)
+    assert bad.read_bytes() == pristine
+
+
+# ------------------------------------------------------------ small arrays, kept whole
+
+
+@pytest.fixture(scope="module")
+def many_chunks(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The items merged with small inner chunks and shards: the per-face and per-edge
+    arrays then lie in several shards of several inner chunks each."""
+    out = tmp_path_factory.mktemp("small-arrays") / "parts.dataset"
+    merge_items([p for p, _, _ in realistic_items], out, inner_bytes=1024, shard_bytes=2048)
+    with zipfile.ZipFile(out) as zf:
+        shards = [n for n in zf.namelist() if n.startswith("faces/face_areas/c/")]
+    assert len(shards) >= 2
+    return out
+
+
+def _small_reads(monkeypatch: pytest.MonkeyPatch, reader: DatasetReader) -> list[str]:
+    """The member keys of ``faces/face_areas`` the reader fetches from now on."""
+    keys: list[str] = []
+    source = reader._source
+    get_range, get = source.get_range, source.get
+
+    def counting_range(key: str, start: int, length: int) -> bytes | None:
+        if key.startswith("faces/face_areas/"):
+            keys.append(key)
+        return get_range(key, start, length)
+
+    def counting_get(key: str) -> bytes | None:
+        if key.startswith("faces/face_areas/"):
+            keys.append(key)
+        return get(key)
+
+    monkeypatch.setattr(source, "get_range", counting_range)
+    monkeypatch.setattr(source, "get", counting_get)
+    return keys
+
+
+def test_a_batch_reads_small_arrays_once_whatever_items_it_holds(
+    many_chunks: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrays of small rows are decoded whole by the first batch that needs them and
+    # gathered from then on: a later batch of other items, in other chunks and shards,
+    # fetches nothing more of them (read chunk by chunk, it fetched their chunks).
+    groups = ["faces", "edges", "graph"]
+    with DatasetReader(many_chunks) as reader, DatasetReader(many_chunks, cache_bytes=0) as cold:
+        reads = _small_reads(monkeypatch, reader)
+        reader.read_items([0, 1], groups)
+        assert reads
+        reads.clear()
+        codes = [29, 3, 17, 3, 28, 11, 0, 22]  # repeats, out of order, across shards
+        batch = reader.read_items(codes, groups)
+        assert reads == []
+        expected = cold.read_items(codes, groups)
+        for ours, theirs, code in zip(batch, expected, codes, strict=True):
+            for group in groups:
+                assert ours[group].keys() == theirs[group].keys()
+                for name, value in theirs[group].items():
+                    np.testing.assert_array_equal(ours[group][name], value, err_msg=name)
+            np.testing.assert_array_equal(
+                ours["faces"]["face_areas"], realistic_items[code][1]["face_areas"]
+            )
+            assert ours["graph"]["num_nodes"] == len(realistic_items[code][1]["face_indices"])
+
+
+@pytest.mark.parametrize("cap", [0, 1 << 62])
+def test_small_arrays_read_the_same_kept_whole_or_not(
+    many_chunks: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    # Beyond SMALL_ARRAY_BYTES an array is read chunk by chunk, as are the arrays that
+    # would take the kept ones past a quarter of the cache; every path gives the items.
+    monkeypatch.setattr(reader_module, "SMALL_ARRAY_BYTES", cap)
+    every = list(range(len(realistic_items)))
+    for cache_bytes in (64 * 1024 * 1024, 8 * 1024):
+        with DatasetReader(many_chunks, cache_bytes=cache_bytes) as reader:
+            for codes in (every, every[::-1], [5, 5, 12]):
+                _check_batch(reader.read_items(codes), codes, realistic_items)
+
+
+def _flip_in_small_array(src: Path, dst: Path) -> tuple[str, list[int]]:
+    """Copy ``src`` with one byte flipped in the last shard of ``faces/face_areas``;
+    return that shard's member name and the items with rows in it."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("faces/face_areas/c/"))
+        name = names[-1]
+        info = zf.getinfo(name)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 20] ^= 0x10  # inside the shard's first inner chunk
+    dst.write_bytes(bytes(data))
+    with zarr.storage.ZipStore(src, mode="r") as store:
+        array = zarr.open_array(store, path="faces/face_areas", mode="r")
+        first = int(name.rsplit("/", 1)[1]) * array.shards[0]
+        stop = first + array.chunks[0]  # the shard's first inner chunk
+    with DatasetReader(src) as reader:
+        offsets = reader.offsets("faces")
+    inside = [c for c in range(len(offsets) - 1) if offsets[c] < stop and offsets[c + 1] > first]
+    return name, inside
+
+
+def test_a_damaged_chunk_of_a_small_array_fails_its_items_only(
+    many_chunks: Path, realistic_items: list[Any], tmp_path: Path
+) -> None:
+    # The array cannot be kept whole; the reader falls back to its chunks: the items
+    # outside the damaged one still read, those in it are refused, naming the array.
+    bad = tmp_path / "bad.dataset"
+    member, inside = _flip_in_small_array(many_chunks, bad)
+    pristine = bad.read_bytes()
+    outside = [c for c in range(len(realistic_items)) if c not in inside]
+    assert inside and outside
+    with DatasetReader(bad) as reader:
+        batch = reader.read_items(outside, ["faces"])
+        for got, code in zip(batch, outside, strict=True):
+            np.testing.assert_array_equal(
+                got["faces"]["face_areas"], realistic_items[code][1]["face_areas"]
+            )
+        with pytest.raises(CorruptStoreError, match="face_areas") as caught:
+            reader.read_items([outside[0], inside[-1]], ["faces"])
+        assert member.rsplit("/c/", 1)[0] in str(caught.value)
     assert bad.read_bytes() == pristine

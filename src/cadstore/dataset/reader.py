@@ -108,8 +108,10 @@ class DatasetReader:
         per entry), the reader also remembers the frame tables of item-framed chunks it
         has verified and how it read each item's rows, so that an item read again fetches
         and decodes its own frames only: a chunk's checksum is verified when it is first
-        read, not at each later read of one of its frames. With ``0`` nothing is
-        remembered and every read verifies whole chunks.
+        read, not at each later read of one of its frames. Within a quarter of it, batch
+        reads (:meth:`read_items`) keep arrays of small rows decoded whole (each at most
+        :data:`SMALL_ARRAY_BYTES`). With ``0`` nothing is remembered and every read
+        verifies whole chunks.
     stored_layout
         Present the arrays as stored. By default a face-pair array stored as its upper
         triangle (a group with ``cadstore_layout="upper_triangle"``, see
@@ -185,6 +187,10 @@ class DatasetReader:
         self._pid = _PROCESS_ID[0]
         self._offsets: dict[str, np.ndarray] = {}
         self._whole: dict[str, np.ndarray] = {}
+        # Small sharded arrays decoded whole for batch reads (see _small_array): path ->
+        # the array, or None when it is too large to keep.
+        self._small: dict[str, np.ndarray | None] = {}
+        self._small_bytes = 0
         self._indexes: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._chunks: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._cached = 0
@@ -986,6 +992,10 @@ class DatasetReader:
                 and any(start < stop for start, stop in spans)
                 else None
             )
+            if self.cache_bytes and out.shape[1:] == tuple(shape[1:]):
+                small = self._small_array(path, meta)
+                if small is not None and _gather_rows(small, spans, out):
+                    return
             at = 0
             for start, stop in spans:
                 rows = (path, start, stop)
@@ -1012,6 +1022,53 @@ class DatasetReader:
                     self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
                 at += stop - start
             self._decode_plan(plan)
+
+    def _small_array(self, path: str, meta: Any) -> np.ndarray | None:
+        """Sharded array ``path`` decoded whole, when it is small enough to keep whole
+        (memoised); ``None`` otherwise.
+
+        Arrays of small rows (a face's area, an edge's type: a few bytes per row) are
+        most of an item's arrays but few of its bytes, and a batch's items lie all over
+        them: copied item by item from their inner chunks, they cost a batch of 32 items
+        hundreds of lookups and numpy calls, more than its bytes. Kept whole, each is one
+        gather per batch. An array is kept when it decodes to at most
+        :data:`SMALL_ARRAY_BYTES` and the arrays kept stay within a quarter of
+        ``cache_bytes``, and the dataset is not on an object store; it is decoded
+        through the hierarchy (every chunk's checksum verified), once. Callers hold the
+        lock.
+        """
+        if not _is_sharded(meta):
+            whole = self._whole.get(path)
+            if whole is None:
+                whole = self._whole[path] = self._hier.read_array(path)
+            return whole
+        found = self._small.get(path, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[no-any-return]
+        nbytes = math.prod(meta.shape) * meta.dtype.itemsize
+        small: np.ndarray | None = None
+        # Not on an object store: there a batch fetches what it needs in a few requests,
+        # and a whole array would cost a request per shard.
+        if (
+            not self._source.batches_reads
+            and not meta.is_string
+            and nbytes <= SMALL_ARRAY_BYTES
+            and self._small_bytes + nbytes <= self.cache_bytes // 4
+        ):
+            try:
+                small = self._hier.read_stored(path)
+            except CorruptStoreError:
+                # A damaged chunk: read chunk by chunk instead, so that the items it does
+                # not hold still read and those it holds report it.
+                small = None
+            if small is not None and (
+                small.shape != tuple(meta.shape) or small.dtype != meta.dtype
+            ):
+                small = None
+            if small is not None:
+                self._small_bytes += nbytes
+        self._small[path] = small
+        return small
 
     def _copy_cached(
         self, path: str, geometry: tuple[Any, ...], start: int, stop: int, out: np.ndarray
@@ -1405,8 +1462,7 @@ class DatasetReader:
             views: list[Any]
             buffer = make(group, array, shape, dtype)
             if per_item:
-                for i, code in enumerate(codes):
-                    self._read_into(path, meta, code, code + 1, buffer[i : i + 1])
+                self._read_spans(path, meta, [(code, code + 1) for code in codes], buffer)
                 views = [buffer[i] for i in range(len(codes))]
             else:
                 views = []
@@ -1490,6 +1546,35 @@ _BatchLayout = tuple[
 def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
     """The arrays of ``group`` that ``arrays`` asks for (``None``: all of them)."""
     return tuple(arrays[group]) if arrays is not None and group in arrays else None
+
+
+#: The largest sharded array a reader decodes whole for batch reads (see
+#: ``DatasetReader._small_array``): the per-face and per-edge arrays of tens of thousands
+#: of items, not their grids or face pairs.
+SMALL_ARRAY_BYTES = 4 * 1024 * 1024
+
+
+def _gather_rows(source: np.ndarray, spans: Sequence[tuple[int, int]], out: np.ndarray) -> bool:
+    """Rows ``[start, stop)`` of ``source`` for each span, one after the other, into
+    ``out`` in one gather; ``False`` (nothing copied) when the spans do not fit ``source``
+    or fill ``out`` exactly."""
+    if not out.flags.c_contiguous or out.shape[1:] != source.shape[1:] or out.dtype != source.dtype:
+        return False
+    if not spans:
+        return not len(out)
+    bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    starts, lengths = bounds[:, 0], bounds[:, 1] - bounds[:, 0]
+    if (lengths < 0).any() or int(lengths.sum()) != len(out):
+        return False
+    if int(starts.min()) < 0 or int(bounds[:, 1].max()) > len(source):
+        return False
+    first = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=first[1:])
+    rows = np.repeat(starts - first, lengths) + np.arange(len(out), dtype=np.int64)
+    # Every row was just checked to lie in ``source``: "clip" gathers straight into
+    # ``out`` ("raise" gathers into a copy first).
+    np.take(source, rows, axis=0, out=out, mode="clip")
+    return True
 
 
 def _one_chunk(
