@@ -69,6 +69,9 @@ _T = TypeVar("_T")
 #: is counted as against ``cache_bytes`` (a dict entry and a small tuple, rounded up).
 _ENTRY_BYTES = 256
 
+#: No scratch buffer yet (see ``DatasetReader._scratch``).
+_NO_SCRATCH = np.empty(0, dtype=np.uint8)
+
 #: The largest scratch buffer a reader keeps for decoding triangles (``_scratch``): the
 #: triangle of a 700-face item's 64-bin histogram.
 SCRATCH_BYTES = 64 * 1024 * 1024
@@ -207,7 +210,8 @@ class DatasetReader:
         self._recipe_parts = 0
         # Bytes fetched ahead in one batch for the read under way (object stores only).
         self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
-        self._scratch_buffer = np.empty(0, dtype=np.uint8)
+        # Per thread: a thread rebuilds triangles from its scratch after the lock is let go.
+        self._local = threading.local()
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
         self._groups = [g for g in hier.children("") if g in hier.groups]
@@ -335,6 +339,20 @@ class DatasetReader:
     def n_items(self) -> int:
         """Number of items."""
         return len(self.item_names)
+
+    @property
+    def shares_threads(self) -> bool:
+        """Whether threads can share this reader and decode at the same time.
+
+        They can for a dataset on disk: a batch read holds the lock only to plan its
+        reads, and the threads then share what the reader has learned (the verified frame
+        tables, the read plans, the decoded chunks) instead of each learning it again. On
+        an object store a batch read holds the reader while it fetches its bytes ahead:
+        threads there are better off with a reader each.
+        """
+        with self._lock:
+            self._ensure()
+            return not self._source.batches_reads
 
     @property
     def stored_bytes(self) -> int:
@@ -617,15 +635,18 @@ class DatasetReader:
         A triangle is decoded, expanded into the caller's array and dropped, item after
         item; a fresh array for each large one costs the kernel its pages (every
         allocation past malloc's mmap threshold is new memory). Up to
-        :data:`SCRATCH_BYTES`, one buffer is kept and reused. Callers hold the lock.
+        :data:`SCRATCH_BYTES`, one buffer per thread is kept and reused (a thread uses it
+        for one array at a time, and may use it after letting the lock go).
         """
         need = math.prod(shape) * dtype.itemsize
         if need > SCRATCH_BYTES:
             return np.empty(shape, dtype=dtype)
-        if self._scratch_buffer.nbytes < need:
-            grown = min(max(need, 2 * self._scratch_buffer.nbytes), SCRATCH_BYTES)
-            self._scratch_buffer = np.empty(grown, np.uint8)
-        return self._scratch_buffer[:need].view(dtype).reshape(shape)
+        buffer: np.ndarray = getattr(self._local, "scratch", _NO_SCRATCH)
+        if buffer.nbytes < need:
+            buffer = self._local.scratch = np.empty(
+                min(max(need, 2 * buffer.nbytes), SCRATCH_BYTES), np.uint8
+            )
+        return buffer[:need].view(dtype).reshape(shape)
 
     def _read_triangle(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
         """Full rows ``[start, stop)`` of triangle-stored ``path``, rebuilt into ``out``."""
@@ -963,65 +984,75 @@ class DatasetReader:
         What :meth:`read_items` does per array: the zstd frames that decode straight into
         ``out`` (whole inner chunks, and items' frames of item-framed chunks already
         verified) are gathered over every span and decoded in one call
-        (:func:`decode_frames`).
+        (:func:`decode_frames`). The reads are planned under the reader's lock; the
+        decoding, and the rebuilding of triangle-stored rows, happen after it is released
+        (they touch only ``out`` and bytes already read), so that threads sharing a
+        reader decode at the same time and share what it has learned.
         """
         with self._lock:
             self._ensure()
-            if path in self._virtual:
-                self._read_triangle_spans(path, spans, out)
-                return
             plan = _Plan()
-            recipes = self._recipes
-            # Read plans are kept for sharded arrays decoded into a plain buffer (and not
-            # at all without a cache).
-            whole = (
-                out.data.cast("B")
-                if self.cache_bytes and _is_sharded(meta) and out.flags.c_contiguous and out.size
-                else None
-            )
-            row_bytes = out.nbytes // len(out) if len(out) else 0
-            shape = meta.shape
-            # Rows of a chunk decoded whole and still in the cache (small rows shared by
-            # many items) are copied from it here: through _read_into, each item's rows of
-            # each array went through five calls to the same lookup.
-            cached = (
-                self._geometry(path, meta)
-                if self._chunks
-                and _is_sharded(meta)
-                and out.shape[1:] == tuple(shape[1:])
-                and any(start < stop for start, stop in spans)
-                else None
-            )
-            if self.cache_bytes and out.shape[1:] == tuple(shape[1:]):
-                small = self._small_array(path, meta)
-                if small is not None and _gather_rows(small, spans, out):
-                    return
-            at = 0
-            for start, stop in spans:
-                rows = (path, start, stop)
-                recipe = recipes.get(rows) if whole is not None else _NEVER
-                if recipe is None and 0 <= start < stop <= shape[0]:
-                    recipe = self._recipe(path, meta, start, stop, row_bytes)
-                    if recipe is not None:
-                        self._keep_recipe(rows, recipe)
-                elif recipe is not None and recipe is not _NEVER:
-                    recipes.move_to_end(rows)
-                if recipe is None or recipe is _NEVER:
-                    target = out[at : at + stop - start]
-                    if not (
-                        recipe is _NEVER
-                        and cached is not None
-                        and 0 <= start < stop <= shape[0]
-                        and self._copy_cached(path, cached, start, stop, target)
-                    ):
-                        self._read_into(path, meta, start, stop, target, plan)
-                else:
-                    assert whole is not None
-                    nbytes = (stop - start) * row_bytes
-                    self._source.budget.check(f"rows {start}:{stop} of {path}", nbytes)
-                    self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
-                at += stop - start
-            self._decode_plan(plan)
+            self._plan_spans(path, meta, spans, out, plan)
+        self._decode_plan(plan)
+
+    def _plan_spans(
+        self, path: str, meta: Any, spans: Sequence[tuple[int, int]], out: np.ndarray, plan: _Plan
+    ) -> None:
+        """Add to ``plan`` what :meth:`_read_spans` decodes (rows that need no zstd call
+        of their own, such as cached ones, are copied now). Callers hold the lock."""
+        if path in self._virtual:
+            self._plan_triangle_spans(path, spans, out, plan)
+            return
+        recipes = self._recipes
+        # Read plans are kept for sharded arrays decoded into a plain buffer (and not
+        # at all without a cache).
+        whole = (
+            out.data.cast("B")
+            if self.cache_bytes and _is_sharded(meta) and out.flags.c_contiguous and out.size
+            else None
+        )
+        row_bytes = out.nbytes // len(out) if len(out) else 0
+        shape = meta.shape
+        # Rows of a chunk decoded whole and still in the cache (small rows shared by
+        # many items) are copied from it here: through _read_into, each item's rows of
+        # each array went through five calls to the same lookup.
+        cached = (
+            self._geometry(path, meta)
+            if self._chunks
+            and _is_sharded(meta)
+            and out.shape[1:] == tuple(shape[1:])
+            and any(start < stop for start, stop in spans)
+            else None
+        )
+        if self.cache_bytes and out.shape[1:] == tuple(shape[1:]):
+            small = self._small_array(path, meta)
+            if small is not None and _gather_rows(small, spans, out):
+                return
+        at = 0
+        for start, stop in spans:
+            rows = (path, start, stop)
+            recipe = recipes.get(rows) if whole is not None else _NEVER
+            if recipe is None and 0 <= start < stop <= shape[0]:
+                recipe = self._recipe(path, meta, start, stop, row_bytes)
+                if recipe is not None:
+                    self._keep_recipe(rows, recipe)
+            elif recipe is not None and recipe is not _NEVER:
+                recipes.move_to_end(rows)
+            if recipe is None or recipe is _NEVER:
+                target = out[at : at + stop - start]
+                if not (
+                    recipe is _NEVER
+                    and cached is not None
+                    and 0 <= start < stop <= shape[0]
+                    and self._copy_cached(path, cached, start, stop, target)
+                ):
+                    self._read_into(path, meta, start, stop, target, plan)
+            else:
+                assert whole is not None
+                nbytes = (stop - start) * row_bytes
+                self._source.budget.check(f"rows {start}:{stop} of {path}", nbytes)
+                self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
+            at += stop - start
 
     def _small_array(self, path: str, meta: Any) -> np.ndarray | None:
         """Sharded array ``path`` decoded whole, when it is small enough to keep whole
@@ -1106,19 +1137,22 @@ class DatasetReader:
         return True
 
     def _decode_plan(self, plan: _Plan) -> None:
-        """Decode every frame of ``plan`` into its place (see :func:`decode_frames`)."""
-        if not plan.frames:
-            return
-        try:
-            decode_frames(plan.frames, plan.targets)
-        except FrameDecodeError as exc:
-            raise CorruptStoreError(self.path, f"{plan.keys[exc.position]!r}: {exc}") from exc
+        """Decode every frame of ``plan`` into its place (see :func:`decode_frames`), then
+        run its steps after decoding."""
+        if plan.frames:
+            try:
+                decode_frames(plan.frames, plan.targets)
+            except FrameDecodeError as exc:
+                raise CorruptStoreError(self.path, f"{plan.keys[exc.position]!r}: {exc}") from exc
+        for step in plan.after:
+            step()
 
-    def _read_triangle_spans(
-        self, path: str, spans: Sequence[tuple[int, int]], out: np.ndarray
+    def _plan_triangle_spans(
+        self, path: str, spans: Sequence[tuple[int, int]], out: np.ndarray, plan: _Plan
     ) -> None:
-        """:meth:`_read_spans` of a triangle-stored array: every item's triangle read in one
-        go into scratch memory, then each expanded to its full rows."""
+        """:meth:`_plan_spans` of a triangle-stored array: every item's triangle read in
+        one go into the thread's scratch memory, then (a step after decoding) each expanded
+        to its full rows."""
         group, name = self._virtual[path]
         stored = f"{group}/{name}"
         meta = self._resolve(group, name)[0]
@@ -1133,9 +1167,13 @@ class DatasetReader:
                 rows += t1 - t0
             at += stop - start
         tri = self._scratch((rows, *meta.shape[1:]), meta.dtype)
-        self._read_spans(stored, meta, triangles, tri)
-        for n, first, count, place, a, b in pieces:
-            expand_into(tri[first : first + count], n, out[place : place + b - a], a, b)
+        self._plan_spans(stored, meta, triangles, tri, plan)
+
+        def expand() -> None:
+            for n, first, count, place, a, b in pieces:
+                expand_into(tri[first : first + count], n, out[place : place + b - a], a, b)
+
+        plan.after.append(expand)
 
     def _fetch_span(
         self, key: str, index: list[tuple[int, int]], inners: list[int]
@@ -1208,17 +1246,22 @@ class DatasetReader:
 
     @contextlib.contextmanager
     def _batched(self, reads: Callable[[], Iterable[tuple[str, Any, int, int]]]) -> Iterator[None]:
-        """Within the block, reads on an object store find their bytes fetched ahead."""
+        """Within the block, reads on an object store find their bytes fetched ahead.
+
+        The lock is held for the whole block there (the bytes fetched ahead are this
+        reader's, for this read); elsewhere each read takes it for itself, and threads
+        sharing the reader decode side by side (see :meth:`_read_spans`).
+        """
         with self._lock:
             self._ensure()
-            if not self._source.batches_reads:
-                yield
+            if self._source.batches_reads:
+                try:
+                    self._prefetch(reads())
+                    yield
+                finally:
+                    self._prefetched.clear()
                 return
-            try:
-                self._prefetch(reads())
-                yield
-            finally:
-                self._prefetched.clear()
+        yield
 
     def _decode_into(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
@@ -1481,12 +1524,14 @@ class _Plan:
     """zstd frames gathered to be decoded in one call, each with the memory it fills and
     the member it came from (for errors)."""
 
-    __slots__ = ("frames", "keys", "targets")
+    __slots__ = ("after", "frames", "keys", "targets")
 
     def __init__(self) -> None:
         self.frames: list[bytes | memoryview] = []
         self.targets: list[memoryview] = []
         self.keys: list[str] = []
+        # What to do once the frames are decoded (rebuild triangle-stored rows), in order.
+        self.after: list[Callable[[], None]] = []
 
     def add(self, frame: bytes | memoryview, target: memoryview, key: str) -> None:
         self.frames.append(frame)

@@ -5,14 +5,16 @@ the training process through shared memory (blocks the workers reuse once the tr
 process lets them go, :mod:`cadstore.dataset.worker_memory`). Decoding releases the GIL
 (zstd, numpy copies), so threads of the training process can do the same work without
 the shipping:
-:class:`BatchLoader` runs a small pool of threads, each with its own reader of the dataset
-(readers hold a lock; sharing one would serialise the threads), decodes every batch straight
-into batch buffers that are reused from one batch to the next, collates it, and keeps the
-next batches in flight while the model trains on the current one. A batch decodes the
-zstd frames of each array in one call (:meth:`DatasetReader.read_items
-<cadstore.dataset.reader.DatasetReader.read_items>`), so the threads hand the interpreter
-lock to each other a few times per batch rather than at every frame; the readers are kept
-from one epoch to the next, with the read plans they remember for each item.
+:class:`BatchLoader` runs a small pool of threads sharing one reader of the dataset (a
+reader holds its lock to plan a read, not to decode it: :attr:`DatasetReader.shares_threads
+<cadstore.dataset.reader.DatasetReader.shares_threads>`; on an object store each thread
+has a reader of its own), decodes every batch straight into batch buffers that are reused
+from one batch to the next, collates it, and keeps the next batches in flight while the
+model trains on the current one. A batch decodes the zstd frames of each array in one call
+(:meth:`DatasetReader.read_items <cadstore.dataset.reader.DatasetReader.read_items>`), so
+the threads hand the interpreter lock to each other a few times per batch rather than at
+every frame; the reader is kept from one epoch to the next, with the read plans it
+remembers for each item, whichever thread read it.
 
 The items are those of :class:`~cadstore.dataset.loader.CADDataset`, collated as
 :class:`~cadstore.dataset.torch_support.GraphCollate` does (``DataLoader`` with
@@ -139,7 +141,7 @@ class BatchLoader:
     drop_last
         Leave out the last batch when it is smaller than ``batch_size``.
     threads
-        Decoding threads, each with its own reader of the dataset.
+        Decoding threads (sharing one reader of a dataset on disk).
     prefetch
         Batches decoded ahead of the one the caller is given (with ``processes``: queued
         ahead, beyond the one each worker is decoding).
@@ -315,63 +317,88 @@ class BatchLoader:
 
 
 class _Readers:
-    """The decoding threads' copies of the source, each reading through a reader of its own.
+    """The decoding threads' copy of the source, with a reader of its own.
 
     Kept from one epoch to the next: a reader's caches (shard indexes, decoded chunks, the
     frame tables and read plans of items already read) make every epoch after the first
-    cheaper, and a reader made anew for each epoch started every epoch cold. A thread
-    takes a free copy for each batch and gives it back, so there are never more copies
-    than threads decoding at once.
+    cheaper, and a reader made anew for each epoch started every epoch cold. For a
+    dataset on disk the threads share one copy (:attr:`DatasetReader.shares_threads
+    <cadstore.dataset.reader.DatasetReader.shares_threads>`): what one thread's reads
+    teach the reader serves the others, where a reader per thread met, in the second
+    epoch, about half of the items for the first time. On an object store a thread takes
+    a free copy for each batch and gives it back, so there are never more copies than
+    threads decoding at once.
     """
 
     def __init__(self, source: Any) -> None:
         self.shared = source
         self.free: list[Any] = []
         self.made: list[Any] = []
+        # The copy every thread reads through, once made (a reader that shares threads).
+        self.one: Any = None
         self.lock = threading.Lock()
+        self.making = threading.Lock()
         self.closed = threading.Event()
 
     def acquire(self) -> Any:
-        """A copy of the source no other thread is using (made when none is free).
+        """The copy every thread shares, or a copy of the source no other thread is using
+        (made when none is free).
 
         Raises
         ------
         RuntimeError
             If the loader was closed meanwhile (an epoch left suspended, then resumed).
         """
+        found = self._available()
+        if found is not None:
+            return found
+        # One copy made at a time: threads starting together find the shared one made.
+        with self.making:
+            found = self._available()
+            if found is not None:
+                return found
+            from cadstore.dataset.reader import DatasetReader
+
+            shared = self.shared.reader
+            mine = copy.copy(self.shared)
+            mine.reader = DatasetReader(
+                shared.location,
+                limits=shared.limits,
+                cache_bytes=shared.cache_bytes,
+                stored_layout=shared.stored_layout,
+            )
+            shares = mine.reader.shares_threads
+            with self.lock:
+                if not self.closed.is_set():
+                    self.made.append(mine)
+                    if shares:
+                        self.one = mine
+                    return mine
+        mine.reader.close()
+        raise RuntimeError("this BatchLoader was closed during the epoch under way")
+
+    def _available(self) -> Any:
+        """The shared copy, or a free one, or ``None``; refused once closed."""
         with self.lock:
             if self.closed.is_set():
                 raise RuntimeError("this BatchLoader was closed during the epoch under way")
-            if self.free:
-                return self.free.pop()
-        from cadstore.dataset.reader import DatasetReader
-
-        shared = self.shared.reader
-        mine = copy.copy(self.shared)
-        mine.reader = DatasetReader(
-            shared.location,
-            limits=shared.limits,
-            cache_bytes=shared.cache_bytes,
-            stored_layout=shared.stored_layout,
-        )
-        with self.lock:
-            if not self.closed.is_set():
-                self.made.append(mine)
-                return mine
-        mine.reader.close()
-        raise RuntimeError("this BatchLoader was closed during the epoch under way")
+            if self.one is not None:
+                return self.one
+            return self.free.pop() if self.free else None
 
     def release(self, source: Any) -> None:
         """Give back a copy from :meth:`acquire` (closed if the loader was closed)."""
         with self.lock:
             if not self.closed.is_set():
-                self.free.append(source)
+                if source is not self.one:
+                    self.free.append(source)
                 return
-        source.reader.close()
+        if source is not self.one:
+            source.reader.close()
 
     def close(self) -> None:
         with self.lock:
             self.closed.set()
-            made, self.made, self.free = self.made, [], []
+            made, self.made, self.free, self.one = self.made, [], [], None
         for source in made:
             source.reader.close()
