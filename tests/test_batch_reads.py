@@ -23,7 +23,7 @@ import zstandard
 
 import cadstore.dataset.reader as reader_module
 from cadstore.dataset.reader import DatasetReader
-from cadstore.errors import CorruptStoreError
+from cadstore.errors import CorruptStoreError, StorageClosedError
 from cadstore.format import codecs as C
 from cadstore.merging import merge_items
 
@@ -377,3 +377,45 @@ def test_a_damaged_chunk_of_a_small_array_fails_its_items_only(
             reader.read_items([outside[0], inside[-1]], ["faces"])
         assert member.rsplit("/c/", 1)[0] in str(caught.value)
     assert bad.read_bytes() == pristine
+
+
+def test_closing_waits_for_a_batch_under_way(dataset: Path, realistic_items: list[Any]) -> None:
+    # A batch read lets the reader's lock go between arrays (other threads plan theirs
+    # meanwhile); a close from another thread still waits for it to finish, rather than
+    # failing it halfway with StorageClosedError.
+    import threading
+    import time
+
+    started, closing = threading.Event(), threading.Event()
+    events: list[str] = []
+    outcome: dict[str, Any] = {}
+
+    def allocate(group: str, array: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if not started.is_set():
+            started.set()
+            assert closing.wait(10)
+            time.sleep(0.2)  # close() is called meanwhile
+        return np.empty(shape, dtype=dtype)
+
+    reader = DatasetReader(dataset)
+    codes = list(range(6))
+
+    def read() -> None:
+        try:
+            outcome["batch"] = reader.read_items(codes, allocate=allocate)
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+        events.append("read done")
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert started.wait(10)
+    closing.set()
+    reader.close()
+    events.append("closed")
+    thread.join(10)
+    assert "error" not in outcome, outcome.get("error")
+    assert events == ["read done", "closed"]
+    _check_batch(outcome["batch"], codes, realistic_items)
+    with pytest.raises(StorageClosedError):
+        reader.read_items(codes)

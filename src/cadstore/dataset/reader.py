@@ -69,12 +69,11 @@ _T = TypeVar("_T")
 #: is counted as against ``cache_bytes`` (a dict entry and a small tuple, rounded up).
 _ENTRY_BYTES = 256
 
-#: No scratch buffer yet (see ``DatasetReader._scratch``).
-_NO_SCRATCH = np.empty(0, dtype=np.uint8)
-
 #: The largest scratch buffer a reader keeps for decoding triangles (``_scratch``): the
 #: triangle of a 700-face item's 64-bin histogram.
 SCRATCH_BYTES = 64 * 1024 * 1024
+#: Scratch buffers a reader keeps (the largest): as many as reads decoding at once.
+SCRATCH_KEPT = 4
 
 # The dataset's own document (item count, groups, schema) at the root of the store.
 _METADATA = "metadata.json"
@@ -156,6 +155,7 @@ class DatasetReader:
         self.cache_bytes = cache_bytes
         self._pid = -1
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
         self._closed = False
         self._open()
 
@@ -210,7 +210,11 @@ class DatasetReader:
         self._recipe_parts = 0
         # Bytes fetched ahead in one batch for the read under way (object stores only).
         self._prefetched: dict[str, list[tuple[int, bytes]]] = {}
-        # Per thread: a thread rebuilds triangles from its scratch after the lock is let go.
+        # Scratch buffers for triangles (see _take_scratch), smallest first.
+        self._scratch_free: list[np.ndarray] = []
+        # Batch reads under way, which close() waits for (they let the lock go between
+        # arrays); per thread, those of the thread itself.
+        self._reading = 0
         self._local = threading.local()
         self.item_names: list[str] = [str(n) for n in names.tolist()]
         self._codes = {name: code for code, name in enumerate(self.item_names)}
@@ -288,8 +292,15 @@ class DatasetReader:
             source.close()
 
     def close(self) -> None:
-        """Close the file, for good: later reads raise ``StorageClosedError``. Idempotent."""
+        """Close the file, for good: later reads raise ``StorageClosedError``. Idempotent.
+
+        Reads under way in other threads finish first.
+        """
         with self._lock:
+            local = getattr(self, "_local", None)
+            own = getattr(local, "reading", 0)
+            while getattr(self, "_reading", 0) > own:
+                self._idle.wait()
             self._closed = True
             self._release()
 
@@ -316,6 +327,7 @@ class DatasetReader:
         self.cache_bytes = state["cache_bytes"]
         self.stored_layout = bool(state.get("stored_layout", False))
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
         self._pid = -1
         self._closed = bool(state.get("closed", False))
         if self._closed:
@@ -629,24 +641,36 @@ class DatasetReader:
                 yield n, lo, hi, t0, t1
             code += 1
 
-    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An array of ``shape`` in this reader's scratch memory, for an item's triangle.
+    def _take_scratch(self, need: int) -> np.ndarray:
+        """A byte buffer of at least ``need`` bytes from this reader's scratch memory, for
+        triangles being decoded; give it back with :meth:`_give_scratch`.
 
         A triangle is decoded, expanded into the caller's array and dropped, item after
         item; a fresh array for each large one costs the kernel its pages (every
         allocation past malloc's mmap threshold is new memory). Up to
-        :data:`SCRATCH_BYTES`, one buffer per thread is kept and reused (a thread uses it
-        for one array at a time, and may use it after letting the lock go).
+        :data:`SCRATCH_BYTES`, buffers given back are kept (the :data:`SCRATCH_KEPT`
+        largest) and lent again: one per read decoding at once, since threads sharing
+        the reader expand their triangles after letting the lock go. Callers hold the
+        lock.
         """
-        need = math.prod(shape) * dtype.itemsize
         if need > SCRATCH_BYTES:
-            return np.empty(shape, dtype=dtype)
-        buffer: np.ndarray = getattr(self._local, "scratch", _NO_SCRATCH)
-        if buffer.nbytes < need:
-            buffer = self._local.scratch = np.empty(
-                min(max(need, 2 * buffer.nbytes), SCRATCH_BYTES), np.uint8
-            )
-        return buffer[:need].view(dtype).reshape(shape)
+            return np.empty(need, np.uint8)
+        free = self._scratch_free
+        for i, buffer in enumerate(free):  # smallest first
+            if buffer.nbytes >= need:
+                return free.pop(i)
+        largest = free[-1].nbytes if free else 0
+        return np.empty(min(max(need, 2 * largest), SCRATCH_BYTES), np.uint8)
+
+    def _give_scratch(self, buffer: np.ndarray) -> None:
+        """Keep ``buffer`` (from :meth:`_take_scratch`) for later reads. Callers hold the
+        lock."""
+        if buffer.nbytes > SCRATCH_BYTES:
+            return
+        free = self._scratch_free
+        free.append(buffer)
+        free.sort(key=lambda b: b.nbytes)
+        del free[:-SCRATCH_KEPT]
 
     def _read_triangle(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
         """Full rows ``[start, stop)`` of triangle-stored ``path``, rebuilt into ``out``."""
@@ -654,10 +678,14 @@ class DatasetReader:
         stored = f"{group}/{name}"
         meta = self._resolve(group, name)[0]
         for n, lo, hi, t0, t1 in self._triangle_items(path, start, stop):
-            tri = self._scratch((t1 - t0, *meta.shape[1:]), meta.dtype)
+            shape = (t1 - t0, *meta.shape[1:])
+            need = math.prod(shape) * meta.dtype.itemsize
+            buffer = self._take_scratch(need)
+            tri = buffer[:need].view(meta.dtype).reshape(shape)
             self._read_into(stored, meta, t0, t1, tri)
             a, b = max(start, lo), min(stop, hi)
             expand_into(tri, n, out[a - start : b - start], a - lo, b - lo)
+            self._give_scratch(buffer)
 
     def _stored_reads(
         self, reads: Iterable[tuple[str, Any, int, int]]
@@ -1166,12 +1194,17 @@ class DatasetReader:
                 triangles.append((t0, t1))
                 rows += t1 - t0
             at += stop - start
-        tri = self._scratch((rows, *meta.shape[1:]), meta.dtype)
+        shape = (rows, *meta.shape[1:])
+        need = math.prod(shape) * meta.dtype.itemsize
+        buffer = self._take_scratch(need)
+        tri = buffer[:need].view(meta.dtype).reshape(shape)
         self._plan_spans(stored, meta, triangles, tri, plan)
 
         def expand() -> None:
             for n, first, count, place, a, b in pieces:
                 expand_into(tri[first : first + count], n, out[place : place + b - a], a, b)
+            with self._lock:
+                self._give_scratch(buffer)
 
         plan.after.append(expand)
 
@@ -1261,7 +1294,18 @@ class DatasetReader:
                 finally:
                     self._prefetched.clear()
                 return
-        yield
+            local = self._local
+            self._reading += 1
+            local.reading = getattr(local, "reading", 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                local.reading -= 1
+                if local is self._local:  # not a reader reopened meanwhile (after a fork)
+                    self._reading -= 1
+                    if not self._reading:
+                        self._idle.notify_all()
 
     def _decode_into(
         self, raw: memoryview, target: np.ndarray, codec: str, key: str, inner: int
