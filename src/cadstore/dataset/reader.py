@@ -356,8 +356,10 @@ class DatasetReader:
     def shares_threads(self) -> bool:
         """Whether threads can share this reader and decode at the same time.
 
-        They can for a dataset on disk: a batch read holds the lock only to plan its
-        reads, and the threads then share what the reader has learned (the verified frame
+        They can for a dataset on disk: a batch read holds the lock to plan its reads
+        (and to decode a chunk met for the first time, which the reader keeps) and
+        decodes the planned frames after letting it go, and the threads share what the
+        reader has learned (the verified frame
         tables, the read plans, the decoded chunks) instead of each learning it again. On
         an object store a batch read holds the reader while it fetches its bytes ahead:
         threads there are better off with a reader each.

@@ -6,7 +6,8 @@ process lets them go, :mod:`cadstore.dataset.worker_memory`). Decoding releases 
 (zstd, numpy copies), so threads of the training process can do the same work without
 the shipping:
 :class:`BatchLoader` runs a small pool of threads sharing one reader of the dataset (a
-reader holds its lock to plan a read, not to decode it: :attr:`DatasetReader.shares_threads
+reader holds its lock to plan a read and decodes the planned frames after letting it go:
+:attr:`DatasetReader.shares_threads
 <cadstore.dataset.reader.DatasetReader.shares_threads>`; on an object store each thread
 has a reader of its own), decodes every batch straight into batch buffers that are reused
 from one batch to the next, collates it, and keeps the next batches in flight while the
