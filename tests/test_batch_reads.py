@@ -327,7 +327,7 @@ def test_small_arrays_read_the_same_kept_whole_or_not(
     many_chunks: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch, cap: int
 ) -> None:
     # Beyond SMALL_ARRAY_BYTES an array is read chunk by chunk, as are the arrays that
-    # would take the kept ones past a quarter of the cache; every path gives the items.
+    # would take the kept ones past their share of the cache; every path gives the items.
     monkeypatch.setattr(reader_module, "SMALL_ARRAY_BYTES", cap)
     every = list(range(len(realistic_items)))
     for cache_bytes in (64 * 1024 * 1024, 8 * 1024):

@@ -110,10 +110,10 @@ class DatasetReader:
         per entry), the reader also remembers the frame tables of item-framed chunks it
         has verified and how it read each item's rows, so that an item read again fetches
         and decodes its own frames only: a chunk's checksum is verified when it is first
-        read, not at each later read of one of its frames. Within a quarter of it, batch
-        reads (:meth:`read_items`) keep arrays of small rows decoded whole (each at most
-        :data:`SMALL_ARRAY_BYTES`). With ``0`` nothing is remembered and every read
-        verifies whole chunks.
+        read, not at each later read of one of its frames. Within half of it, batch reads
+        (:meth:`read_items`) keep arrays of small rows decoded whole (each at most
+        :data:`SMALL_ARRAY_BYTES`), the decoded chunks making room for them. With ``0``
+        nothing is remembered and every read verifies whole chunks.
     stored_layout
         Present the arrays as stored. By default a face-pair array stored as its upper
         triangle (a group with ``cadstore_layout="upper_triangle"``, see
@@ -1093,10 +1093,10 @@ class DatasetReader:
         them: copied item by item from their inner chunks, they cost a batch of 32 items
         hundreds of lookups and numpy calls, more than its bytes. Kept whole, each is one
         gather per batch. An array is kept when it decodes to at most
-        :data:`SMALL_ARRAY_BYTES` and the arrays kept stay within a quarter of
-        ``cache_bytes``, and the dataset is not on an object store; it is decoded
-        through the hierarchy (every chunk's checksum verified), once. Callers hold the
-        lock.
+        :data:`SMALL_ARRAY_BYTES` and the arrays kept stay within
+        ``cache_bytes // SMALL_ARRAYS_SHARE``, and the dataset is not on an object store;
+        it is decoded through the hierarchy (every chunk's checksum verified), once.
+        Callers hold the lock.
         """
         if not _is_sharded(meta):
             whole = self._whole.get(path)
@@ -1114,7 +1114,7 @@ class DatasetReader:
             not self._source.batches_reads
             and not meta.is_string
             and nbytes <= SMALL_ARRAY_BYTES
-            and self._small_bytes + nbytes <= self.cache_bytes // 4
+            and self._small_bytes + nbytes <= self.cache_bytes // SMALL_ARRAYS_SHARE
         ):
             try:
                 small = self._hier.read_stored(path)
@@ -1128,6 +1128,10 @@ class DatasetReader:
                 small = None
             if small is not None:
                 self._small_bytes += nbytes
+                self._cached += nbytes
+                while self._cached > self.cache_bytes and self._chunks:
+                    _, old = self._chunks.popitem(last=False)
+                    self._cached -= old.nbytes
         self._small[path] = small
         return small
 
@@ -1642,7 +1646,10 @@ def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[s
 #: The largest sharded array a reader decodes whole for batch reads (see
 #: ``DatasetReader._small_array``): the per-face and per-edge arrays of tens of thousands
 #: of items, not their grids or face pairs.
-SMALL_ARRAY_BYTES = 4 * 1024 * 1024
+SMALL_ARRAY_BYTES = 8 * 1024 * 1024
+#: The arrays kept whole stay within ``cache_bytes // SMALL_ARRAYS_SHARE``, counted in the
+#: cache's bytes (the decoded chunks make room for them).
+SMALL_ARRAYS_SHARE = 2
 
 
 def _gather_rows(source: np.ndarray, spans: Sequence[tuple[int, int]], out: np.ndarray) -> bool:
