@@ -359,10 +359,10 @@ class DatasetReader:
         They can for a dataset on disk: a batch read holds the lock to plan its reads
         (and to decode a chunk met for the first time, which the reader keeps) and
         decodes the planned frames after letting it go, and the threads share what the
-        reader has learned (the verified frame
-        tables, the read plans, the decoded chunks) instead of each learning it again. On
-        an object store a batch read holds the reader while it fetches its bytes ahead:
-        threads there are better off with a reader each.
+        reader has learned (the verified frame tables, the read plans, the decoded chunks)
+        instead of each learning it again. On an object store a batch read holds the
+        reader while it fetches its bytes ahead: threads there are better off with a
+        reader each.
         """
         with self._lock:
             self._ensure()
@@ -604,11 +604,7 @@ class DatasetReader:
             if path in self._virtual:
                 self._read_triangle(path, start, stop, out)
             elif not _is_sharded(meta):
-                whole = self._whole.get(path)
-                if whole is None:
-                    whole = self._hier.read_array(path)
-                    self._whole[path] = whole
-                out[...] = whole[start:stop]
+                out[...] = self._whole_array(path)[start:stop]
             elif stop > start:
                 self._read_sharded(path, meta, start, stop, out, plan)
 
@@ -643,9 +639,12 @@ class DatasetReader:
                 yield n, lo, hi, t0, t1
             code += 1
 
-    def _take_scratch(self, need: int) -> np.ndarray:
-        """A byte buffer of at least ``need`` bytes from this reader's scratch memory, for
-        triangles being decoded; give it back with :meth:`_give_scratch`.
+    def _take_scratch(
+        self, shape: tuple[int, ...], dtype: np.dtype
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An array of ``shape`` and ``dtype`` in this reader's scratch memory, for
+        triangles being decoded, and the byte buffer it lives in, to give back with
+        :meth:`_give_scratch`.
 
         A triangle is decoded, expanded into the caller's array and dropped, item after
         item; a fresh array for each large one costs the kernel its pages (every
@@ -655,14 +654,17 @@ class DatasetReader:
         the reader expand their triangles after letting the lock go. Callers hold the
         lock.
         """
-        if need > SCRATCH_BYTES:
-            return np.empty(need, np.uint8)
+        need = math.prod(shape) * dtype.itemsize
         free = self._scratch_free
-        for i, buffer in enumerate(free):  # smallest first
-            if buffer.nbytes >= need:
-                return free.pop(i)
-        largest = free[-1].nbytes if free else 0
-        return np.empty(min(max(need, 2 * largest), SCRATCH_BYTES), np.uint8)
+        fits = [i for i, buffer in enumerate(free) if buffer.nbytes >= need]  # smallest first
+        if fits:
+            buffer = free.pop(fits[0])
+        elif need > SCRATCH_BYTES:
+            buffer = np.empty(need, np.uint8)
+        else:
+            largest = free[-1].nbytes if free else 0
+            buffer = np.empty(min(max(need, 2 * largest), SCRATCH_BYTES), np.uint8)
+        return buffer[:need].view(dtype).reshape(shape), buffer
 
     def _give_scratch(self, buffer: np.ndarray) -> None:
         """Keep ``buffer`` (from :meth:`_take_scratch`) for later reads. Callers hold the
@@ -680,10 +682,7 @@ class DatasetReader:
         stored = f"{group}/{name}"
         meta = self._resolve(group, name)[0]
         for n, lo, hi, t0, t1 in self._triangle_items(path, start, stop):
-            shape = (t1 - t0, *meta.shape[1:])
-            need = math.prod(shape) * meta.dtype.itemsize
-            buffer = self._take_scratch(need)
-            tri = buffer[:need].view(meta.dtype).reshape(shape)
+            tri, buffer = self._take_scratch((t1 - t0, *meta.shape[1:]), meta.dtype)
             self._read_into(stored, meta, t0, t1, tri)
             a, b = max(start, lo), min(stop, hi)
             expand_into(tri, n, out[a - start : b - start], a - lo, b - lo)
@@ -1033,6 +1032,11 @@ class DatasetReader:
         if path in self._virtual:
             self._plan_triangle_spans(path, spans, out, plan)
             return
+        shape = meta.shape
+        if self.cache_bytes and out.shape[1:] == tuple(shape[1:]):
+            small = self._small_array(path, meta)
+            if small is not None and _gather_rows(small, spans, out):
+                return
         recipes = self._recipes
         # Read plans are kept for sharded arrays decoded into a plain buffer (and not
         # at all without a cache).
@@ -1042,7 +1046,6 @@ class DatasetReader:
             else None
         )
         row_bytes = out.nbytes // len(out) if len(out) else 0
-        shape = meta.shape
         # Rows of a chunk decoded whole and still in the cache (small rows shared by
         # many items) are copied from it here: through _read_into, each item's rows of
         # each array went through five calls to the same lookup.
@@ -1054,10 +1057,6 @@ class DatasetReader:
             and any(start < stop for start, stop in spans)
             else None
         )
-        if self.cache_bytes and out.shape[1:] == tuple(shape[1:]):
-            small = self._small_array(path, meta)
-            if small is not None and _gather_rows(small, spans, out):
-                return
         at = 0
         for start, stop in spans:
             rows = (path, start, stop)
@@ -1084,6 +1083,13 @@ class DatasetReader:
                 self._run_recipe(recipe, whole[at * row_bytes : at * row_bytes + nbytes], plan)
             at += stop - start
 
+    def _whole_array(self, path: str) -> np.ndarray:
+        """Unsharded array ``path``, read whole once and kept. Callers hold the lock."""
+        whole = self._whole.get(path)
+        if whole is None:
+            whole = self._whole[path] = self._hier.read_array(path)
+        return whole
+
     def _small_array(self, path: str, meta: Any) -> np.ndarray | None:
         """Sharded array ``path`` decoded whole, when it is small enough to keep whole
         (memoised); ``None`` otherwise.
@@ -1099,10 +1105,7 @@ class DatasetReader:
         Callers hold the lock.
         """
         if not _is_sharded(meta):
-            whole = self._whole.get(path)
-            if whole is None:
-                whole = self._whole[path] = self._hier.read_array(path)
-            return whole
+            return self._whole_array(path)
         found = self._small.get(path, _UNSEEN)
         if found is not _UNSEEN:
             return found  # type: ignore[no-any-return]
@@ -1129,9 +1132,7 @@ class DatasetReader:
             if small is not None:
                 self._small_bytes += nbytes
                 self._cached += nbytes
-                while self._cached > self.cache_bytes and self._chunks:
-                    _, old = self._chunks.popitem(last=False)
-                    self._cached -= old.nbytes
+                self._trim_chunks(keep=0)
         self._small[path] = small
         return small
 
@@ -1200,10 +1201,7 @@ class DatasetReader:
                 triangles.append((t0, t1))
                 rows += t1 - t0
             at += stop - start
-        shape = (rows, *meta.shape[1:])
-        need = math.prod(shape) * meta.dtype.itemsize
-        buffer = self._take_scratch(need)
-        tri = buffer[:need].view(meta.dtype).reshape(shape)
+        tri, buffer = self._take_scratch((rows, *meta.shape[1:]), meta.dtype)
         self._plan_spans(stored, meta, triangles, tri, plan)
 
         def expand() -> None:
@@ -1390,10 +1388,15 @@ class DatasetReader:
                 raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
         self._chunks[cache_key] = block
         self._cached += block.nbytes
-        while self._cached > self.cache_bytes and len(self._chunks) > 1:
+        self._trim_chunks(keep=1)
+        return block
+
+    def _trim_chunks(self, keep: int) -> None:
+        """Drop the least recently used decoded chunks until the cache is within
+        ``cache_bytes`` (the ``keep`` most recent stay regardless). Callers hold the lock."""
+        while self._cached > self.cache_bytes and len(self._chunks) > keep:
             _, old = self._chunks.popitem(last=False)
             self._cached -= old.nbytes
-        return block
 
     def _item_plan(
         self, group: str, selected: tuple[str, ...] | None
