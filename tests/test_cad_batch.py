@@ -330,6 +330,26 @@ def test_one_failing_body_leaves_the_others_encoded(
     assert _scratch_left(tmp_path) == []
 
 
+def test_encoding_makes_no_working_directory_per_item(
+    good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(os.fspath(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    report = encode_files(good_dir / "two_bodies.step", tmp_path, workers=0)
+    assert len(report.encoded) == 2
+    assert [p for p in made if p.endswith(".zarr")] == []
+    assert _scratch_left(tmp_path) == []
+    for name in report.encoded:
+        with OptStorage(str(tmp_path / ENCODED_DIR / f"{name}.zarr")) as item:
+            assert item.read_only and "face_areas" in item.get_keys()
+
+
 def test_a_body_without_faces_fails_with_its_reason(
     good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -308,6 +308,45 @@ def test_close_without_compress_keeps_a_zarr_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "part.zarr.data").exists()
 
 
+def test_without_working_directory_nothing_is_made_at_store_path(tmp_path: Path) -> None:
+    store = tmp_path / "part.zarr"
+    storage = OptStorage(store, working_directory=False)
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    assert not store.exists()
+    storage.compress_store()
+    storage.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["files_summary", "part.zarr.data"]
+    with zipfile.ZipFile(tmp_path / "part.zarr.data") as zf:
+        group = zarr.open_group(zarr.storage.ZipStore(zf.filename, mode="r"), mode="r")
+        np.testing.assert_array_equal(group["face_areas"][...], np.ones(3))
+    # Closed without compress_store(), the item is published as a directory store.
+    storage = OptStorage(tmp_path / "other.zarr", working_directory=False)
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    assert not (tmp_path / "other.zarr").exists()
+    storage.close()
+    group = zarr.open_group(
+        zarr.storage.LocalStore(tmp_path / "other.zarr", read_only=True), mode="r"
+    )
+    np.testing.assert_array_equal(group["face_areas"][...], np.ones(3))
+
+
+def test_without_working_directory_a_killed_writers_store_is_replaced(tmp_path: Path) -> None:
+    store = tmp_path / "part.zarr"
+    storage = OptStorage(store, summary_dir=False)
+    storage.save_data("old", np.arange(3))
+    storage.close()  # a directory store, as a writer killed before compress_store() leaves
+    (store / "metadata.json").unlink()  # ... torn
+    before = sorted(p.name for p in store.iterdir())
+    storage = OptStorage(store, mode="w", working_directory=False, summary_dir=False)
+    storage.save_data("new", np.arange(4))
+    assert sorted(p.name for p in store.iterdir()) == before  # untouched until published
+    storage.compress_store()
+    storage.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.zarr.data"]
+    with OptStorage(store) as again:
+        assert again.get_keys() == ["new"]
+
+
 def test_unused_storage_leaves_nothing(tmp_path: Path) -> None:
     OptStorage(tmp_path / "part.zarr").close()
     assert list(tmp_path.iterdir()) == []

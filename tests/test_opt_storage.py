@@ -32,3 +32,23 @@ class TestOptStorageDirectory(TestOptStorage):
     def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
         storage.close()
         return OptStorage(tmp_path / "item.zarr")
+
+
+class TestOptStorageWithoutWorkingDirectory(TestOptStorage):
+    """``working_directory=False`` (the encoder's way) behaves the same in every respect."""
+
+    def make_storage(self, tmp_path: Path) -> OptStorage:
+        return OptStorage(tmp_path / "item.zarr", working_directory=False)
+
+    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
+        storage.compress_store()
+        storage.close()
+        return OptStorage(tmp_path / "item.zarr", working_directory=False)
+
+
+class TestOptStorageDirectoryWithoutWorkingDirectory(TestOptStorageWithoutWorkingDirectory):
+    """Closed without compress_store(), it still publishes a directory store."""
+
+    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage:
+        storage.close()
+        return OptStorage(tmp_path / "item.zarr", working_directory=False)

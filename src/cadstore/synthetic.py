@@ -1086,7 +1086,14 @@ def _write_range(args: tuple[str, int, int, int]) -> list[str]:
         metadata = make_item_metadata(index, seed)
         store = os.path.join(directory, f"{item_name(metadata['Item'])}.zarr")
         if not os.path.exists(store + ".data"):
-            write_item(store, make_item(index, seed), metadata, summary_dir=False, durable=False)
+            write_item(
+                store,
+                make_item(index, seed),
+                metadata,
+                summary_dir=False,
+                durable=False,
+                working_directory=False,
+            )
         paths.append(store + ".data")
     return paths
 

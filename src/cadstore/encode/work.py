@@ -265,8 +265,13 @@ def encode_body(
     store_path = os.path.join(settings.encoded_dir, f"{name}.zarr")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    # The encoder puts no files of its own in the store directory: none is made.
     opened = OptStorage(
-        store_path, mode="w", summary_dir=settings.summary_dir, durable=settings.fsync_items
+        store_path,
+        mode="w",
+        summary_dir=settings.summary_dir,
+        durable=settings.fsync_items,
+        working_directory=False,
     )
     timer = CallTimer(opened)
     timer.record("open", time.perf_counter() - t0)

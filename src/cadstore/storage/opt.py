@@ -198,6 +198,14 @@ class OptStorage(DataStorage):
         (those carried over from an item reopened with ``mode="a"`` keep the layout they
         were read with). Zarr format 2 items, the layout the specified system reads, are
         always stored in full.
+    working_directory
+        Create the working directory (``store_path``) when a writable storage opens, as
+        specified, for files such as ``visu*`` previews that ``close()`` copies to
+        ``stream_cache_dir``; ``close()`` removes it once the item is published. ``False``
+        creates nothing there: the item is published all the same (as a ``.data`` by
+        ``compress_store()``, as a directory store by ``close()`` without it). Writers
+        that put no files of their own in the store directory, as the encoder, save a
+        directory creation and removal per item (about a tenth of a small item's write).
 
     Raises
     ------
@@ -236,6 +244,7 @@ class OptStorage(DataStorage):
         storage_options: dict[str, Any] | None = None,
         durable: bool = True,
         face_pair_layout: Literal["auto", "full"] = "auto",
+        working_directory: bool = True,
     ) -> None:
         if mode not in (None, "r", "a", "w"):
             raise ValueError(f"mode must be None, 'r', 'a' or 'w', got {mode!r}")
@@ -247,6 +256,8 @@ class OptStorage(DataStorage):
         )
         self._extension = compress_extension
         self._durable = durable
+        self._working_directory = working_directory
+        self._has_directory = False  # whether close() has a working directory to remove
         self._limits = limits
         self._level = compression_level
         self.allows_nan = allow_nan
@@ -348,7 +359,11 @@ class OptStorage(DataStorage):
             found = self._load_directory(zarr_format, zip_exists) if dir_exists else "none"
             if found == "published" or (found == "none" and mode == "a" and zip_exists):
                 self._load_existing(open_source(self._published, self._limits, kind="zip"))
-        self._make_store_directory()
+        # A directory found here (a killed writer's) is replaced or removed on publishing
+        # even when this storage makes none.
+        self._has_directory = dir_exists or self._working_directory
+        if self._working_directory:
+            self._make_store_directory()
 
     def _store_contents(self) -> set[str] | None:
         """Return the names in the store directory if it holds an item's files.
@@ -662,8 +677,10 @@ class OptStorage(DataStorage):
         # A triangle is decoded a chunk at a time into its full matrix: one chunk on top.
         metas = [hier.meta(path) for path in hier.triangles_put]
         chunk = max(math.prod(meta.chunks) * meta.itemsize for meta in metas)
-        budget = self._limits.decoded_budget(hier.stored_nbytes(""))
-        if hier.decoded_nbytes() + chunk > 0.9 * budget:
+        decoded = hier.decoded_nbytes() + chunk
+        if decoded <= 0.9 * self._limits.expansion_allowance:
+            return  # within what any file may decode to, whatever its size
+        if decoded > 0.9 * self._limits.decoded_budget(hier.stored_nbytes("")):
             for path in hier.store_triangles_in_full():
                 # metadata.json records what each array stores.
                 self._record_size(path, hier.stored_nbytes(path))
@@ -772,6 +789,8 @@ class OptStorage(DataStorage):
         if self._modified:
             self.write_summary()
         self._copy_visualisations()
+        if not self._has_directory:
+            return
         if self._compressed_size or (not self._modified and self._listdir() == []):
             # Published as a .data; or an unused storage, which leaves nothing behind.
             self._remove_working_directory()
