@@ -157,8 +157,8 @@ class _KeepAll:
         self.made: list[tuple[Any, Any]] = []
 
     def __call__(self, items: list[Any]) -> Any:
-        for batch, copy in self.made:
-            if not torch.equal(batch["faceface"]["d2_distance"], copy):
+        for batch, kept in self.made:
+            if not torch.equal(batch["faceface"]["d2_distance"], kept):
                 raise AssertionError("a batch kept in the worker was overwritten")
         batch = self.collate(items)
         self.made.append((batch, batch["faceface"]["d2_distance"].clone()))

@@ -568,8 +568,9 @@ class BuildHierarchy(Hierarchy):
             return
         arr, kind = _leaf_to_array(node)
         attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
-        dims = read_dims = dims_for(path, arr.ndim)
-        read_shape = arr.shape
+        dims = dims_for(path, arr.ndim)
+        item_shape: tuple[int, ...] | None = None
+        item_dims: tuple[str, ...] | None = None
         if (
             triangle is not None
             and self.zarr_format == 3
@@ -580,13 +581,19 @@ class BuildHierarchy(Hierarchy):
             and (tri := symmetric_upper_rows(arr)) is not None
         ):
             attrs.update(item_attributes(arr.shape, dims))
+            item_shape, item_dims = arr.shape, tuple(dims)
             arr = tri
             dims = [f"{path.replace('/', '_')}_upper", *dims[2:]]
         docs, chunks, meta = encode_array(
-            arr, dims=dims, attributes=attrs, level=self.level, zarr_format=self.zarr_format
+            arr,
+            dims=dims,
+            attributes=attrs,
+            level=self.level,
+            zarr_format=self.zarr_format,
+            item_shape=item_shape,
+            item_dims=item_dims,
         )
-        if read_shape != arr.shape:
-            meta = replace(meta, item_shape=read_shape, item_dims=tuple(read_dims))
+        if item_shape is not None:
             self.triangles_put.add(path)
         else:
             self.triangles_put.discard(path)
@@ -600,8 +607,8 @@ class BuildHierarchy(Hierarchy):
                 tuple(dims),
                 kind,
                 self.level,
-                read_shape,
-                tuple(read_dims),
+                item_shape,
+                item_dims,
             )
             self.doc_json[path] = _array_doc_json(key, docs["zarr.json"])
         else:

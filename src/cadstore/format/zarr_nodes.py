@@ -16,7 +16,7 @@ import functools
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from types import EllipsisType
 from typing import Any, Literal, NamedTuple
@@ -785,6 +785,8 @@ def encode_array(
     level: int | None,
     zarr_format: int = 3,
     chunks: Sequence[int] | None = None,
+    item_shape: tuple[int, ...] | None = None,
+    item_dims: tuple[str, ...] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes], ArrayMeta]:
     """Encode an array into standard Zarr metadata and chunk bytes.
 
@@ -802,6 +804,9 @@ def encode_array(
         3 (``zarr.json``) or 2 (``.zarray`` and ``.zattrs``).
     chunks
         Chunk shape; :func:`chunk_rows` by default.
+    item_shape, item_dims
+        For an item array stored as its upper triangle, the shape and dimension names it
+        is read as (recorded in the parsed metadata; the attributes carry them in the file).
 
     Returns
     -------
@@ -823,9 +828,11 @@ def encode_array(
     )
     chunk_bytes, delta = _encode_chunks(arr, layout)
     if zarr_format == 3:
-        doc, meta = _v3_documents(arr, layout, dims, attributes)
+        doc, meta = _v3_documents(arr, layout, dims, attributes, item_shape, item_dims)
         return {"zarr.json": doc}, chunk_bytes, meta
     docs, meta = _v2_documents(arr, layout, dims, attributes, delta)
+    if item_shape is not None:
+        meta = replace(meta, item_shape=item_shape, item_dims=item_dims)
     return docs, chunk_bytes, meta
 
 
@@ -892,7 +899,12 @@ def _encode_chunks(arr: np.ndarray, layout: _Layout) -> tuple[dict[str, bytes], 
 
 
 def _v3_documents(
-    arr: np.ndarray, layout: _Layout, dims: Sequence[str], attributes: Mapping[str, Any]
+    arr: np.ndarray,
+    layout: _Layout,
+    dims: Sequence[str],
+    attributes: Mapping[str, Any],
+    item_shape: tuple[int, ...] | None,
+    item_dims: tuple[str, ...] | None,
 ) -> tuple[dict[str, Any], ArrayMeta]:
     """The ``zarr.json`` of an encoded array, and its parsed metadata."""
     codecs: list[dict[str, Any]] = [
@@ -926,6 +938,8 @@ def _v3_documents(
         dims=tuple(dims),
         attributes=dict(attributes),
         codecs=tuple(codecs),
+        item_shape=item_shape,
+        item_dims=item_dims,
     )
     return doc, meta
 

@@ -33,13 +33,19 @@ def _never(name: str) -> bool:
     return False
 
 
+#: Deflate level of metadata documents (see :func:`_deflate`).
+_LEVEL = 3
+
+
 def _deflate(data: bytes) -> bytes:
     """Raw deflate with a window just large enough for ``data``.
 
     zlib's defaults size the window and hash for 32 KiB; setting them up costs more than
     compressing a 400-byte metadata document. A window covering the whole input finds the
     same matches, so the output is as small. Small documents are remembered (see
-    :func:`_deflate_small`).
+    :func:`_deflate_small`). Level 3 deflates an item's consolidated ``zarr.json``
+    (about 9 KB) in 23 us where the default level 6 takes 61 us, for about 110 more
+    bytes (0.5% of a small real item's file).
     """
     if len(data) <= _REMEMBERED_BYTES:
         return _deflate_small(data)
@@ -48,7 +54,7 @@ def _deflate(data: bytes) -> bytes:
 
 def _deflate_now(data: bytes) -> bytes:
     bits = max(9, min(15, (len(data) - 1).bit_length()))
-    packer = zlib.compressobj(6, zlib.DEFLATED, -bits, max(1, min(9, bits - 7)))
+    packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, -bits, max(1, min(9, bits - 7)))
     return packer.compress(data) + packer.flush()
 
 

@@ -30,6 +30,12 @@ MAX_SEGMENT_BYTES = 255
 # C0 and C1 control characters, DEL, backslash and colon.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\:]")
 
+#: Keys (plain ``str``) already accepted: an encoder saves the same few dozen keys for every
+#: item, and checking one costs a few microseconds. Emptied when it reaches
+#: :data:`_ACCEPTED_KEPT`.
+_ACCEPTED: set[str] = set()
+_ACCEPTED_KEPT = 4096
+
 
 def validate_key(key: object, *, what: str = "key") -> str:
     """Check ``key`` against the key grammar and return it.
@@ -53,6 +59,8 @@ def validate_key(key: object, *, what: str = "key") -> str:
     InvalidKeyError
         If ``key`` breaks a rule of the grammar.
     """
+    if type(key) is str and key in _ACCEPTED:
+        return key
     if not isinstance(key, str):
         raise UnsupportedTypeError(f"{what} must be a str, got {type(key).__name__}: {key!r}")
     if not key:
@@ -81,6 +89,10 @@ def validate_key(key: object, *, what: str = "key") -> str:
             raise InvalidKeyError(key, f"segment {segment!r} starts with '__', which Zarr reserves")
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidKeyError(key, f"segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    if type(key) is str:
+        if len(_ACCEPTED) >= _ACCEPTED_KEPT:
+            _ACCEPTED.clear()
+        _ACCEPTED.add(key)
     return key
 
 

@@ -204,6 +204,8 @@ def contains_nan(key: str, node: Node) -> None:
 
     The message names the full key of the offending leaf and the number of NaN values.
     """
+    if type(node) is np.ndarray and node.dtype.kind not in "fc":
+        return  # an integer or string array: nothing to look at, no leaves to walk
     for leaf_key, leaf in iter_leaves(node, key):
         if isinstance(leaf, np.ndarray | np.generic) and leaf.dtype.kind in "fc":
             # The minimum of a real array is NaN exactly when it holds one: one pass, no

@@ -460,8 +460,11 @@ class StorageConformance:
                 storage.save_data("with_nan", arr)
             with pytest.raises(InvalidDataError, match="g/inner"):
                 storage.save_data("g", {"inner": np.array([np.nan])})
+            with pytest.raises(InvalidDataError, match="cplx"):
+                storage.save_data("cplx", np.array([1 + 1j, complex(0.0, np.nan)]))
             assert "with_nan" not in storage
             assert "g" not in storage
+            assert "cplx" not in storage
 
     # ------------------------------------------------------------------ lifecycle
     def test_close_is_idempotent_and_final(self, storage: DataStorage) -> None:
