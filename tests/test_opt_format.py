@@ -114,6 +114,45 @@ def test_xarray_reads_named_dimensions(tmp_path: Path, fmt: int) -> None:
     assert tree["graph"]["edges_source"].dims == ("graph_edges_source_dim_0",)
 
 
+def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> None:
+    """Array documents made once per process are shared by items of the same shapes; what
+    differs between such items (declared names, a triangle or not, a scalar's kind) must
+    not carry over from one item's file to the next."""
+    builder = SchemaBuilder(domain="CAD")
+    builder.create_group("faces", "face", "Face data").create_array(
+        "face_areas", ["face"], "float32"
+    )
+    sym = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
+    sym = sym + sym.transpose(1, 0, 2)
+    asym = sym.copy()
+    asym[0, 1, 0] += 1
+    values: list[dict[str, Any]] = [
+        {"face_areas": np.ones(5, np.float32), "d2_distance": sym, "n": 3},
+        {"face_areas": np.ones(5, np.float32), "d2_distance": asym, "n": np.int64(3)},
+    ]
+    for name, item, schema in (("a", values[0], builder.build()), ("b", values[1], None)):
+        storage = OptStorage(tmp_path / f"{name}.zarr", summary_dir=False)
+        if schema is not None:
+            storage.set_schema(schema)
+        for key, value in item.items():
+            storage.save_data(key, value)
+        storage.compress_store()
+        storage.close()
+    a = zarr.open_group(zarr.storage.ZipStore(tmp_path / "a.zarr.data", mode="r"), mode="r")
+    b = zarr.open_group(zarr.storage.ZipStore(tmp_path / "b.zarr.data", mode="r"), mode="r")
+    assert a["face_areas"].metadata.dimension_names == ("face",)
+    assert b["face_areas"].metadata.dimension_names == ("face_areas_dim_0",)
+    assert a["d2_distance"].shape == (10, 2)  # the upper triangle, pairs (i <= j)
+    assert b["d2_distance"].shape == (4, 4, 2)
+    assert "cadstore_layout" in a["d2_distance"].attrs
+    assert "cadstore_layout" not in b["d2_distance"].attrs
+    assert a["n"].attrs.asdict() != b["n"].attrs.asdict()  # int and numpy scalar kinds
+    for name, item in (("a", values[0]), ("b", values[1])):
+        with OptStorage(tmp_path / f"{name}.zarr") as again:
+            assert_same(again.load_data("d2_distance"), item["d2_distance"])
+            assert type(again.load_data("n")) is type(item["n"])
+
+
 def _int_arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
     return {

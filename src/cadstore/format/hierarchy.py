@@ -43,6 +43,7 @@ from cadstore.format.zarr_nodes import (
     MetadataError,
     decode_array,
     encode_array,
+    encode_v3_chunks,
     parse_array_meta,
 )
 from cadstore.io.sources import KeySource, ZipSource, check_member_name
@@ -71,8 +72,14 @@ _PY_SCALARS: dict[type, tuple[str, str]] = {
 
 def default_dims(path: str, ndim: int) -> list[str]:
     """Return the specified default dimension names, ``<path_with_underscores>_dim_<i>``."""
+    return list(_default_dims(path, ndim))
+
+
+@functools.lru_cache(maxsize=4096)
+def _default_dims(path: str, ndim: int) -> tuple[str, ...]:
+    # Every item saves the same keys: the names are made once per key and rank.
     stem = path.replace("/", "_")
-    return [f"{stem}_dim_{i}" for i in range(ndim)]
+    return tuple(f"{stem}_dim_{i}" for i in range(ndim))
 
 
 def schema_item_dims(path: str, declared: Sequence[str]) -> list[str]:
@@ -531,7 +538,7 @@ class BuildHierarchy(Hierarchy):
         self.location = location
         self.limits = limits
         self.docs: dict[str, dict[str, Any]] = {}
-        # zarr.json of v3 arrays, serialised (see _array_doc_json).
+        # zarr.json of v3 arrays, serialised (see _ENCODED_DOCS).
         self.doc_json: dict[str, bytes] = {}
         self.chunks: dict[str, dict[str, bytes]] = {}
         #: Arrays stored as triangles by :meth:`put` (not carried over from a file).
@@ -584,35 +591,37 @@ class BuildHierarchy(Hierarchy):
             item_shape, item_dims = arr.shape, tuple(dims)
             arr = tri
             dims = [f"{path.replace('/', '_')}_upper", *dims[2:]]
-        docs, chunks, meta = encode_array(
-            arr,
-            dims=dims,
-            attributes=attrs,
-            level=self.level,
-            zarr_format=self.zarr_format,
-            item_shape=item_shape,
-            item_dims=item_dims,
-        )
+        if self.zarr_format == 3:
+            # A v3 array's zarr.json (its attributes too) is a function of these alone;
+            # v2 documents also record whether a Delta filter paid off for the data.
+            key = (arr.shape, arr.dtype.str, tuple(dims), kind, self.level, item_shape, item_dims)
+            known = _ENCODED_DOCS.get(key)
+            if known is None:
+                docs, chunks, meta = encode_array(
+                    arr,
+                    dims=dims,
+                    attributes=attrs,
+                    level=self.level,
+                    item_shape=item_shape,
+                    item_dims=item_dims,
+                )
+                known = docs, meta, _compact_json(docs["zarr.json"])
+                if len(_ENCODED_DOCS) >= _ENCODED_DOCS_KEPT:
+                    _ENCODED_DOCS.clear()
+                _ENCODED_DOCS[key] = known
+            else:
+                chunks = encode_v3_chunks(arr, level=self.level)
+            docs, meta, self.doc_json[path] = known
+        else:
+            docs, chunks, meta = encode_array(
+                arr, dims=dims, attributes=attrs, level=self.level, zarr_format=2
+            )
+            self.doc_json.pop(path, None)
         if item_shape is not None:
             self.triangles_put.add(path)
         else:
             self.triangles_put.discard(path)
         self.docs[path] = docs
-        if self.zarr_format == 3:
-            # A v3 array's zarr.json is a function of these alone (v2 documents also
-            # record whether a Delta filter paid off for the data).
-            key = (
-                arr.shape,
-                arr.dtype.str,
-                tuple(dims),
-                kind,
-                self.level,
-                item_shape,
-                item_dims,
-            )
-            self.doc_json[path] = _array_doc_json(key, docs["zarr.json"])
-        else:
-            self.doc_json.pop(path, None)
         self.chunks[path] = chunks
         self.arrays[path] = meta
         self._link(path)
@@ -663,6 +672,8 @@ class BuildHierarchy(Hierarchy):
         return sum(len(b) for c in self.chunks.values() for b in c.values())
 
     def stored_nbytes(self, path: str) -> int:  # docstring inherited
+        if path in self.arrays:  # an array: what save_data asks after each save
+            return sum(map(len, self.chunks.get(path, {}).values()))
         return sum(len(b) for a in self.iter_arrays(path) for b in self.chunks.get(a, {}).values())
 
     def members(
@@ -852,20 +863,11 @@ def _compact_json(doc: Any) -> bytes:
 
 
 # Items of equal face and edge counts repeat their array documents (86% of them over
-# 1,000 workload items), so each is serialised once per process; bounded.
-_DOC_JSON: dict[tuple[Any, ...], bytes] = {}
-_DOC_JSON_MAX = 4096
-
-
-def _array_doc_json(key: tuple[Any, ...], doc: Mapping[str, Any]) -> bytes:
-    """``doc`` serialised, from the cache when an array of the same ``key`` was seen."""
-    found = _DOC_JSON.get(key)
-    if found is None:
-        found = _compact_json(doc)
-        if len(_DOC_JSON) >= _DOC_JSON_MAX:
-            _DOC_JSON.clear()
-        _DOC_JSON[key] = found
-    return found
+# 1,000 workload items), so each v3 array's documents, parsed metadata and serialised
+# zarr.json are made once per process and shared (none of them is ever modified);
+# bounded. Keyed by what makes them (see BuildHierarchy._put).
+_ENCODED_DOCS: dict[tuple[Any, ...], tuple[dict[str, Any], ArrayMeta, bytes]] = {}
+_ENCODED_DOCS_KEPT = 4096
 
 
 # Printable ASCII but '"' and '\\': a JSON string needs nothing but quotes around it.

@@ -33,6 +33,7 @@ __all__ = [
     "chunk_rows",
     "decode_array",
     "encode_array",
+    "encode_v3_chunks",
     "parse_array_meta",
 ]
 
@@ -815,17 +816,7 @@ def encode_array(
         or ``{".zarray": doc, ".zattrs": attrs}``), the chunk bytes by relative key, and the
         parsed metadata (what :func:`parse_array_meta` returns for those documents).
     """
-    is_string = arr.dtype.kind in "UO"
-    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
-    raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
-    layout = _Layout(
-        arr.shape,
-        chunk_shape,
-        STRING if is_string else arr.dtype,
-        is_string,
-        level if level is not None and raw_bytes >= MIN_COMPRESS_BYTES else None,
-        zarr_format,
-    )
+    layout = _layout(arr, level, zarr_format, chunks)
     chunk_bytes, delta = _encode_chunks(arr, layout)
     if zarr_format == 3:
         doc, meta = _v3_documents(arr, layout, dims, attributes, item_shape, item_dims)
@@ -834,6 +825,30 @@ def encode_array(
     if item_shape is not None:
         meta = replace(meta, item_shape=item_shape, item_dims=item_dims)
     return docs, chunk_bytes, meta
+
+
+def encode_v3_chunks(arr: np.ndarray, *, level: int | None) -> dict[str, bytes]:
+    """Encode the chunks of a Zarr v3 array as :func:`encode_array` does, without its
+    metadata: for a writer that already holds the documents of an array of the same
+    shape, dtype and level (the documents are a function of those and the names)."""
+    chunk_bytes, _ = _encode_chunks(arr, _layout(arr, level, 3, None))
+    return chunk_bytes
+
+
+def _layout(
+    arr: np.ndarray, level: int | None, zarr_format: int, chunks: Sequence[int] | None
+) -> _Layout:
+    is_string = arr.dtype.kind in "UO"
+    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
+    raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
+    return _Layout(
+        arr.shape,
+        chunk_shape,
+        STRING if is_string else arr.dtype,
+        is_string,
+        level if level is not None and raw_bytes >= MIN_COMPRESS_BYTES else None,
+        zarr_format,
+    )
 
 
 class _Layout(NamedTuple):
