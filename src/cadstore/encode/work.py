@@ -210,9 +210,12 @@ def collect_warnings(logs: list[str]) -> Iterator[None]:
 
 
 def discard(store_path: str) -> None:
-    """Remove the (empty) working directory of a body that failed."""
-    # Nothing is written to the working directory before the publish, so on failure it is
-    # empty; rmdir (never rmtree) cannot remove anything else.
+    """Remove the empty working directory of a body that failed, if there is one.
+
+    The encoder makes none (``working_directory=False``); encoders of cadstore before it
+    did, and left it empty when a body failed or the worker was killed. rmdir (never
+    rmtree) cannot remove anything else.
+    """
     with suppress(OSError):
         os.rmdir(store_path)
 
