@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import threading
 import zipfile
@@ -16,7 +17,7 @@ import xarray as xr
 import zarr
 
 from cadstore import OptStorage, SchemaBuilder
-from cadstore.errors import ReadOnlyStorageError
+from cadstore.errors import InvalidKeyError, ReadOnlyStorageError
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
 from cadstore.testing.conformance import assert_same
 
@@ -151,6 +152,31 @@ def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> No
         with OptStorage(tmp_path / f"{name}.zarr") as again:
             assert_same(again.load_data("d2_distance"), item["d2_distance"])
             assert type(again.load_data("n")) is type(item["n"])
+
+
+def test_a_full_document_cache_starts_over_and_writes_the_same_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cadstore.format import hierarchy
+    from cadstore.storage import keys
+
+    def write(name: str) -> bytes:
+        storage = OptStorage(tmp_path / f"{name}.zarr", summary_dir=False)
+        for key, value in _item().items():
+            storage.save_data(key, value)
+        storage.compress_store()
+        storage.close()
+        return (tmp_path / f"{name}.zarr.data").read_bytes()
+
+    reference = write("plenty")
+    monkeypatch.setattr(hierarchy, "_ENCODED_DOCS", {})
+    monkeypatch.setattr(hierarchy, "_ENCODED_DOCS_KEPT", 2)
+    monkeypatch.setattr(keys, "_ACCEPTED", set())
+    monkeypatch.setattr(keys, "_ACCEPTED_KEPT", 2)
+    assert write("first") == write("again") == reference
+    assert len(hierarchy._ENCODED_DOCS) <= 2 and len(keys._ACCEPTED) <= 2
+    with pytest.raises(InvalidKeyError, match=re.escape("'..' segment")):
+        keys.validate_key("face_areas/../x")
 
 
 def _int_arrays() -> dict[str, np.ndarray]:
@@ -367,6 +393,20 @@ def test_without_working_directory_nothing_is_made_at_store_path(tmp_path: Path)
         zarr.storage.LocalStore(tmp_path / "other.zarr", read_only=True), mode="r"
     )
     np.testing.assert_array_equal(group["face_areas"][...], np.ones(3))
+
+
+def test_without_working_directory_a_directory_made_meanwhile_is_handled(tmp_path: Path) -> None:
+    store = tmp_path / "part.zarr"
+    storage = OptStorage(store, working_directory=False, stream_cache_dir=tmp_path / "cache")
+    storage.save_data("face_areas", np.ones(3, dtype=np.float32))
+    store.mkdir()  # a caller putting a preview where get_file_path("") says
+    (store / "visu_preview.png").write_bytes(b"png")
+    storage.compress_store()
+    storage.close()
+    assert (tmp_path / "cache" / "visu_preview.png").read_bytes() == b"png"
+    assert not store.exists()  # else the next open would find a writable, empty item
+    with OptStorage(store) as again:
+        assert again.read_only and again.get_keys() == ["face_areas"]
 
 
 def test_without_working_directory_a_killed_writers_store_is_replaced(tmp_path: Path) -> None:

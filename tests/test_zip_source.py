@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
 
@@ -51,6 +52,21 @@ def test_repeated_documents_deflate_once_to_the_same_bytes(tmp_path: Path) -> No
     with zipfile.ZipFile(second) as zf:
         assert zf.getinfo("a/zarr.json").compress_type == zipfile.ZIP_DEFLATED
         assert zf.read("a/zarr.json") == doc and zf.read("b.json") == big
+
+
+def test_the_zip64_writer_deflates_metadata_at_the_fast_writers_level(tmp_path: Path) -> None:
+    from cadstore.io import zipwriter
+
+    doc = b"".join(b'{"shape":[%d],"dimension_names":["face_%d"]},' % (i, i) for i in range(300))
+    path = tmp_path / "many.zip"
+    filler = [(f"c/{i}", b"") for i in range(0xFFFF)]  # past the fast writer's member limit
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("zarr.json", doc), *filler], deflate=lambda n: n.endswith(".json"))
+    expected = len(zlib.compress(doc, zipwriter._LEVEL, -15))
+    assert expected != len(zlib.compress(doc, 6, -15))  # zipfile's default level would show
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("zarr.json").compress_size == expected
+        assert zf.read("zarr.json") == doc
 
 
 def test_zip64_archive_falls_back_to_zipfile(tmp_path: Path) -> None:

@@ -814,7 +814,8 @@ def encode_array(
     tuple
         The metadata document(s) by file name relative to the array (``{"zarr.json": doc}``
         or ``{".zarray": doc, ".zattrs": attrs}``), the chunk bytes by relative key, and the
-        parsed metadata (what :func:`parse_array_meta` returns for those documents).
+        parsed metadata (what :func:`parse_array_meta` returns for those documents, with
+        ``item_shape`` and ``item_dims`` set as given).
     """
     layout = _layout(arr, level, zarr_format, chunks)
     chunk_bytes, delta = _encode_chunks(arr, layout)
@@ -828,9 +829,24 @@ def encode_array(
 
 
 def encode_v3_chunks(arr: np.ndarray, *, level: int | None) -> dict[str, bytes]:
-    """Encode the chunks of a Zarr v3 array as :func:`encode_array` does, without its
-    metadata: for a writer that already holds the documents of an array of the same
-    shape, dtype and level (the documents are a function of those and the names)."""
+    """Encode the chunks of a Zarr v3 array exactly as :func:`encode_array` does.
+
+    For a writer that already holds the metadata of an array of the same shape, dtype,
+    level and names (the metadata is a function of those), so that only the data is
+    encoded again.
+
+    Parameters
+    ----------
+    arr
+        As for :func:`encode_array`, in the default chunk shape (:func:`chunk_rows`).
+    level
+        zstd level, or ``None`` to store chunks uncompressed.
+
+    Returns
+    -------
+    dict
+        The chunk bytes by key relative to the array (``c/0``, ...).
+    """
     chunk_bytes, _ = _encode_chunks(arr, _layout(arr, level, 3, None))
     return chunk_bytes
 

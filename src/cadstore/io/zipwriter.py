@@ -33,7 +33,7 @@ def _never(name: str) -> bool:
     return False
 
 
-#: Deflate level of metadata documents (see :func:`_deflate`).
+#: Deflate level of metadata documents (see :func:`_deflate`), in both writers.
 _LEVEL = 3
 
 
@@ -135,7 +135,7 @@ def _write_with_zipfile(
             info.create_system = 3
             if deflate(name):
                 info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
+            zf.writestr(info, data, compresslevel=_LEVEL)
 
 
 class ZipStreamWriter:

@@ -203,7 +203,8 @@ class OptStorage(DataStorage):
         specified, for files such as ``visu*`` previews that ``close()`` copies to
         ``stream_cache_dir``; ``close()`` removes it once the item is published. ``False``
         creates nothing there: the item is published all the same (as a ``.data`` by
-        ``compress_store()``, as a directory store by ``close()`` without it). Writers
+        ``compress_store()``, as a directory store by ``close()`` without it), and a
+        directory found at ``store_path`` on closing is handled as with ``True``. Writers
         that put no files of their own in the store directory, as the encoder, save a
         directory creation and removal per item (about a tenth of a small item's write).
 
@@ -257,7 +258,6 @@ class OptStorage(DataStorage):
         self._extension = compress_extension
         self._durable = durable
         self._working_directory = working_directory
-        self._has_directory = False  # whether close() has a working directory to remove
         self._limits = limits
         self._level = compression_level
         self.allows_nan = allow_nan
@@ -359,9 +359,6 @@ class OptStorage(DataStorage):
             found = self._load_directory(zarr_format, zip_exists) if dir_exists else "none"
             if found == "published" or (found == "none" and mode == "a" and zip_exists):
                 self._load_existing(open_source(self._published, self._limits, kind="zip"))
-        # A directory found here (a killed writer's) is replaced or removed on publishing
-        # even when this storage makes none.
-        self._has_directory = dir_exists or self._working_directory
         if self._working_directory:
             self._make_store_directory()
 
@@ -788,9 +785,14 @@ class OptStorage(DataStorage):
             self._write_directory()
         if self._modified:
             self.write_summary()
-        self._copy_visualisations()
-        if not self._has_directory:
+        # Whoever made it (this storage, a killed writer, a caller putting visu* files in
+        # it with working_directory=False), a directory at store_path is copied from and,
+        # once the item is published as a .data, removed: left beside the .data it would
+        # make the next OptStorage(store_path) open a writable, empty item instead.
+        names = self._listdir()
+        if names is None:
             return
+        self._copy_visualisations(names)
         if self._compressed_size or (not self._modified and self._listdir() == []):
             # Published as a .data; or an unused storage, which leaves nothing behind.
             self._remove_working_directory()
@@ -814,8 +816,9 @@ class OptStorage(DataStorage):
             durable=False,
         )
 
-    def _copy_visualisations(self) -> None:
-        visu = [n for n in self._listdir() or () if fnmatch.fnmatch(n, "visu*")]
+    def _copy_visualisations(self, names: list[str]) -> None:
+        """Copy the ``visu*`` files among ``names`` (the store directory's) to the cache."""
+        visu = [n for n in names if fnmatch.fnmatch(n, "visu*")]
         if not visu:
             return
         assert self._stream_cache is not None
