@@ -506,6 +506,40 @@ def test_copies_from_another_version_are_not_trusted(items: list[Path], tmp_path
     assert info["name"].tolist() == _names(items[:8])
 
 
+def test_reading_the_tables_starts_no_arrow_threads(items: list[Path], tmp_path: Path) -> None:
+    """An Arrow pool thread alive at exit can abort the interpreter (apache/arrow#34314):
+    appending (which unites the old tables with the new rows) and reading the infoset, the
+    attribset and the commit record must start none."""
+    dataset = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(dataset))
+    script = f"""
+import os, sys
+import pandas, pyarrow
+import cadstore
+from cadstore import lifecycle
+from cadstore.dataset import DatasetReader
+from cadstore.io import parquet, resolve
+before = sorted(os.listdir("/proc/self/task"))
+cadstore.merge({[str(p) for p in items[4:]]!r}, {str(dataset)!r}, append=True)
+reader = DatasetReader({str(dataset)!r})
+for name in ("parts.infoset", "parts.attribset"):
+    table = resolve({str(tmp_path)!r} + "/" + name)
+    parquet.read_table(table)
+    parquet.read_frame(table)
+    parquet.read_schema(table)
+lifecycle.read_commit(reader)
+after = sorted(os.listdir("/proc/self/task"))
+reader.close()
+print(len(before), len(after))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = map(int, done.stdout.split())
+    assert after == before
+
+
 def test_the_dataset_carries_tables_that_zarr_python_ignores(
     items: list[Path], tmp_path: Path
 ) -> None:

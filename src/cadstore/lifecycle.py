@@ -55,6 +55,7 @@ from cadstore.format.commit import (
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
 from cadstore.io.lock import LockRecord, WriterLock
+from cadstore.io.parquet import parse_table
 from cadstore.io.publish import (
     Sink,
     recover_staged,
@@ -111,10 +112,9 @@ def table_bytes(table: pa.Table, commit_id: str | None) -> bytes:
 def _parse_table(raw: bytes, where: str) -> tuple[pa.Table, str | None]:
     """A stored table and its stamp; ``CorruptStoreError`` naming ``where`` if unreadable."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(raw))
+        table = parse_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise CorruptStoreError(where, f"not a readable Parquet table ({exc})") from None
     stamp = (table.schema.metadata or {}).get(STAMP_KEY)

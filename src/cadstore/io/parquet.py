@@ -5,6 +5,12 @@ system, so every range request goes through the same client as the rest of cadst
 reads. Writing a table is a publication like any other
 (:func:`cadstore.io.publish.write_atomic` with a pyarrow writer).
 
+Tables are read without Arrow's thread pools (``ParquetFile(pre_buffer=False)`` and
+``use_threads=False``): they hold a row per item, which one thread reads in a
+millisecond, and a pool thread still alive when the interpreter exits can abort the process
+(``terminate called without an active exception``, apache/arrow#34314): a script that
+merged and read back a dataset died that way about once in a hundred runs here.
+
 Tables may come from anywhere, like every file cadstore reads. A local path that is not a
 regular file (a named pipe, a device) is refused before pyarrow opens it, since opening a
 pipe blocks until a writer appears; and whatever pyarrow or pandas raise on a damaged
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
 
     from cadstore.io.location import Location
 
-__all__ = ["read_frame", "read_schema", "read_table"]
+__all__ = ["parse_table", "read_frame", "read_schema", "read_table"]
 
 _T = TypeVar("_T")
 
@@ -73,6 +79,22 @@ def _read(location: Location, read: Callable[[], _T]) -> _T:
         ) from exc
 
 
+def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
+    """Read a whole Parquet table in the calling thread, with no Arrow thread pool.
+
+    Parameters
+    ----------
+    source
+        A path (on ``filesystem``, local when ``None``) or a ``pyarrow.BufferReader``.
+    filesystem
+        An fsspec or pyarrow file system, or ``None``.
+    """
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(source, filesystem=filesystem, pre_buffer=False) as table_file:
+        return table_file.read(use_threads=False)
+
+
 def read_table(location: Location) -> pa.Table:
     """Read a Parquet file into a pyarrow table.
 
@@ -83,22 +105,21 @@ def read_table(location: Location) -> pa.Table:
     StorageNotFoundError
         If there is no file.
     """
-    import pyarrow.parquet as pq
-
-    return _read(location, lambda: pq.read_table(location.path, filesystem=_filesystem(location)))
+    return _read(location, lambda: parse_table(location.path, _filesystem(location)))
 
 
 def read_frame(location: Location) -> pd.DataFrame:
-    """Read a Parquet file into a pandas frame (as ``pandas.read_parquet`` does locally).
+    """Read a Parquet file into a pandas frame (as ``pandas.read_parquet`` does).
 
     Raises
     ------
     CorruptStoreError, StorageNotFoundError
         As :func:`read_table`.
     """
-    import pandas as pd
-
-    return _read(location, lambda: pd.read_parquet(location.path, filesystem=_filesystem(location)))
+    return _read(
+        location,
+        lambda: parse_table(location.path, _filesystem(location)).to_pandas(use_threads=False),
+    )
 
 
 def read_schema(location: Location) -> pa.Schema:

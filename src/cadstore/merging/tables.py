@@ -1028,9 +1028,11 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
     import pandas as pd
 
     pa = _pyarrow()
-    frame = pd.concat([old.to_pandas(), new.to_pandas()], ignore_index=True)
+    # Single-threaded, as every table cadstore handles (see cadstore.io.parquet).
+    parts = [old.to_pandas(use_threads=False), new.to_pandas(use_threads=False)]
+    frame = pd.concat(parts, ignore_index=True)
     frame = frame.drop_duplicates(subset=list(keys), keep="first").reset_index(drop=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
     wanted = {f.name: f.type for f in old.schema} | {f.name: f.type for f in new.schema}
     for i, column in enumerate(table.schema):
         if pa.types.is_large_string(column.type) and wanted.get(column.name) == pa.string():
