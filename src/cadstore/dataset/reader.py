@@ -974,12 +974,11 @@ class DatasetReader:
         cache_key: tuple[str, int, int],
         key: str,
         offset: int,
-        raw: np.ndarray,
-        stored: np.ndarray,
+        starts: list[int],
+        stops: list[int],
     ) -> dict[int, tuple[int, int, int]]:
         """Remember the frame table of a chunk just read and verified (see ``_frames``), and
         return it: ``{first byte: (stored start, stored stop, last byte)}`` per frame."""
-        starts, stops = raw.tolist(), stored.tolist()
         table = {
             starts[k]: (stops[k], stops[k + 1], starts[k + 1])
             for k in range(len(starts) - 1)
