@@ -64,6 +64,27 @@ def test_every_range_of_a_framed_chunk_decodes_exactly(n: int, data: Any) -> Non
     assert bytes(whole) == raw
 
 
+def test_a_table_longer_than_any_item_chunks_reads_the_same() -> None:
+    """Past C._INT_TABLE_MAX entries the table is read into numpy arrays (compact for a
+    hostile table); the decoded bytes are the same as through the short-table path."""
+    n = C._INT_TABLE_MAX + 50
+    raw = _rows(n)
+    stored = C.item_frames_compress(raw, [r * ROW for r in range(1, n)], 1)
+    bounds = C.frame_table(stored, len(raw))
+    assert bounds is not None and isinstance(bounds[0], np.ndarray)
+    assert len(bounds[0]) == n + 1
+    whole = bytearray(len(raw))
+    C.decode_into("zstd", stored, memoryview(whole))
+    assert bytes(whole) == raw
+    for lo, hi in ((0, 1), (5, 400), (n - 3, n)):
+        out = bytearray((hi - lo) * ROW)
+        assert C.decode_range_into("zstd", stored, memoryview(out), lo * ROW, len(raw))
+        assert bytes(out) == raw[lo * ROW : hi * ROW]
+    short = C.item_frames_compress(raw[: 40 * ROW], [r * ROW for r in range(1, 40)], 1)
+    found = C.frame_table(short, 40 * ROW)
+    assert found is not None and found[0] == [r * ROW for r in range(41)]
+
+
 def test_framed_chunks_are_standard_zstd() -> None:
     raw = _rows(50)
     framed = C.item_frames_compress(raw, [10 * ROW, 30 * ROW], 3)

@@ -39,6 +39,7 @@ from cadstore.errors import (
 )
 from cadstore.format.codecs import (
     ChunkDecodeError,
+    FrameBounds,
     FrameDecodeError,
     decode_frames,
     decode_frames_range,
@@ -974,11 +975,13 @@ class DatasetReader:
         cache_key: tuple[str, int, int],
         key: str,
         offset: int,
-        starts: list[int],
-        stops: list[int],
+        raw: FrameBounds,
+        stored: FrameBounds,
     ) -> dict[int, tuple[int, int, int]]:
         """Remember the frame table of a chunk just read and verified (see ``_frames``), and
         return it: ``{first byte: (stored start, stored stop, last byte)}`` per frame."""
+        starts = raw.tolist() if isinstance(raw, np.ndarray) else raw
+        stops = stored.tolist() if isinstance(stored, np.ndarray) else stored
         table = {
             starts[k]: (stops[k], stops[k + 1], starts[k + 1])
             for k in range(len(starts) - 1)

@@ -28,6 +28,7 @@ import numpy as np
 import zstandard
 
 __all__ = [
+    "FrameBounds",
     "ChunkDecodeError",
     "FrameDecodeError",
     "append_crc32c",
@@ -152,6 +153,12 @@ _SKIPPABLE = struct.Struct("<II")
 _FRAMES_HEAD = struct.Struct("<4sI")
 #: A table entry: a frame's decoded and stored sizes, in bytes.
 _FRAME_ENTRY = np.dtype([("raw", "<u4"), ("stored", "<u4")])
+#: Positions of an item-framed chunk's frames (see :func:`frame_table`): Python integers
+#: for the usual short tables, a numpy array for a long one.
+FrameBounds = list[int] | np.ndarray
+#: Frame tables up to this many entries are read into Python integers, longer ones (no
+#: item chunk's) into numpy arrays, which hold a hostile table's entries in 16 bytes each.
+_INT_TABLE_MAX = 1024
 
 
 def item_frames_compress(
@@ -185,7 +192,7 @@ def item_frames_compress(
     return b"".join([_SKIPPABLE.pack(FRAMES_MAGIC, len(body)), body, *frames])
 
 
-def frame_table(data: bytes | memoryview, expected: int) -> tuple[list[int], list[int]] | None:
+def frame_table(data: bytes | memoryview, expected: int) -> tuple[FrameBounds, FrameBounds] | None:
     """The frames of an item-framed chunk (:func:`item_frames_compress`), checked.
 
     Returns ``(raw_bounds, stored_bounds)``: ``n + 1`` byte positions each, frame ``k``
@@ -210,14 +217,26 @@ def frame_table(data: bytes | memoryview, expected: int) -> tuple[list[int], lis
     tag, count = _FRAMES_HEAD.unpack_from(data, _SKIPPABLE.size)
     if tag != _FRAMES_TAG or size != _FRAMES_HEAD.size + count * _FRAME_ENTRY.itemsize:
         raise ChunkDecodeError("item frame table is malformed")
-    # A few dozen entries at most in practice: plain integers cost a reader a few
-    # microseconds where numpy's per-call overhead cost it four times that, per chunk read.
-    sizes = struct.unpack_from(f"<{2 * count}I", data, start)
-    raw = list(itertools.accumulate(sizes[0::2], initial=0))
-    stored = list(itertools.accumulate(sizes[1::2], initial=_SKIPPABLE.size + size))
+    raw: FrameBounds
+    stored: FrameBounds
+    if count <= _INT_TABLE_MAX:
+        # A few dozen entries in practice: plain integers cost a reader a few microseconds
+        # where numpy's per-call overhead cost it four times that, per chunk read.
+        sizes = struct.unpack_from(f"<{2 * count}I", data, start)
+        raw = list(itertools.accumulate(sizes[0::2], initial=0))
+        stored = list(itertools.accumulate(sizes[1::2], initial=_SKIPPABLE.size + size))
+    else:
+        # A table this long is no item chunk's, but is read as compactly as it is stored.
+        table = np.frombuffer(data, dtype=_FRAME_ENTRY, count=count, offset=start)
+        raw = np.zeros(count + 1, dtype=np.int64)
+        np.cumsum(table["raw"], out=raw[1:])
+        stored = np.empty(count + 1, dtype=np.int64)
+        stored[0] = _SKIPPABLE.size + size
+        np.cumsum(table["stored"], out=stored[1:])
+        stored[1:] += stored[0]
     if raw[-1] != expected or stored[-1] != len(data):
         raise ChunkDecodeError(
-            f"item frames add up to {raw[-1]} bytes from {stored[-1]} stored, "
+            f"item frames add up to {int(raw[-1])} bytes from {int(stored[-1])} stored, "
             f"expected {expected} from {len(data)}"
         )
     return raw, stored
@@ -250,7 +269,7 @@ def decode_range_into(
 
 def open_item_frames(
     kind: str, data: bytes | memoryview, chunk_bytes: int
-) -> tuple[bytes | memoryview, list[int], list[int]] | None:
+) -> tuple[bytes | memoryview, FrameBounds, FrameBounds] | None:
     """An item-framed chunk's body and frame table, checked; ``None`` if not item-framed.
 
     ``kind`` is a :func:`direct_codec` kind: a ``+crc32c`` chunk's checksum is verified
@@ -353,7 +372,7 @@ def _decode_frame_run(
 
 def decode_frames_range(
     data: bytes | memoryview,
-    bounds: tuple[Sequence[int], Sequence[int]],
+    bounds: tuple[FrameBounds, FrameBounds],
     out: memoryview,
     start: int,
 ) -> None:
