@@ -319,6 +319,31 @@ def test_any_sharded_array_metadata_is_a_clear_error(
             path.write_text(text)
 
 
+@pytest.mark.parametrize("fill", [[None, None], 3.4028235677973366e38, "0x123456789"])
+def test_a_fill_value_its_dtype_cannot_hold_is_a_clear_error(fuzz_dataset: Path, fill: Any) -> None:
+    """Found by the fuzz test above: a complex fill value for a real array, or one beyond
+    float32's range, surfaced as a numpy warning when a missing chunk was filled."""
+    array = "faceface_upper/d2_distance"
+    own = fuzz_dataset / array / "zarr.json"
+    root = fuzz_dataset / "zarr.json"
+    saved = {own: own.read_text(), root: root.read_text()}
+    try:
+        doc, root_doc = json.loads(saved[own]), json.loads(saved[root])
+        doc["fill_value"] = fill
+        root_doc["consolidated_metadata"]["metadata"][array]["fill_value"] = fill
+        own.write_text(json.dumps(doc))
+        root.write_text(json.dumps(root_doc))
+        with DatasetReader(fuzz_dataset) as reader:
+            for read in (lambda: reader.read_item(0), lambda: reader.read_items([1, 0, 1])):
+                with pytest.raises(CorruptStoreError, match="fill_value") as caught:
+                    read()
+                assert "d2_distance" in str(caught.value)
+            assert reader.read_item(0, ["faces"])["faces"]["face_areas"].size  # the rest reads
+    finally:
+        for path, text in saved.items():
+            path.write_text(text)
+
+
 def test_read_rows_into_a_strided_array(dataset: Path) -> None:
     with DatasetReader(dataset, cache_bytes=0) as reader:
         whole = reader.read_rows("faceface", "d2_distance", 0, 40)

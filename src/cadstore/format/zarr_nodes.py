@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -189,6 +190,32 @@ def _check_sizes(
 
 
 def _parse_fill(value: Any, dtype: Any) -> Any:
+    """The fill value of a ``dtype`` array from its metadata, refused unless it is one.
+
+    A value the dtype cannot hold (a complex value for a real array, a float beyond its
+    range, an integer out of its bounds) would otherwise surface as a numpy warning or
+    error when a missing chunk is filled, not as a clear error naming the array.
+    """
+    try:
+        parsed = _parse_fill_value(value, dtype)
+    except MetadataError:
+        raise
+    except (ArithmeticError, ValueError) as exc:  # a hex value too long for the dtype, ...
+        raise MetadataError(f"fill_value {value!r} does not fit {dtype} ({exc})") from None
+    if isinstance(dtype, str):
+        return parsed
+    if isinstance(parsed, complex) and dtype.kind != "c":
+        raise MetadataError(f"fill_value {value!r} is complex; the array holds {dtype}")
+    try:
+        with np.errstate(all="raise"), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.array(parsed, dtype=dtype)
+    except (ArithmeticError, ValueError, TypeError, Warning) as exc:
+        raise MetadataError(f"fill_value {value!r} does not fit {dtype} ({exc})") from None
+    return parsed
+
+
+def _parse_fill_value(value: Any, dtype: Any) -> Any:
     if isinstance(dtype, str):
         return "" if value is None else value
     if value is None:
@@ -202,7 +229,8 @@ def _parse_fill(value: Any, dtype: Any) -> Any:
             return np.frombuffer(raw, dtype=dtype.newbyteorder(">"))[0]
         raise MetadataError(f"unsupported fill_value {value!r}")
     if isinstance(value, list) and len(value) == 2:
-        return complex(_parse_fill(value[0], np.dtype("f8")), _parse_fill(value[1], np.dtype("f8")))
+        real, imag = (_parse_fill_value(v, np.dtype("f8")) for v in value)
+        return complex(real, imag)
     if isinstance(value, bool | int | float):
         return value
     raise MetadataError(f"unsupported fill_value {value!r}")
