@@ -347,13 +347,37 @@ def test_the_memory_guard_marks_an_exploding_item_too_heavy(parts: Path, tmp_pat
         parts,
         tasks=[gather_files, encode_or_explode],
         max_workers=2,
-        # The default guard: 4 GiB more than this process maps, whatever that is.
+        # The default guard: 4 GiB more than each worker maps when it starts.
         parallel_task_kwargs={"skip_heavy_files": True},
     )
     shafts = [str(p) for p in _step_files(parts) if FAULTY in p.name]
     assert [e["item"] for e in output.errors] == shafts
     assert {e["reason"] for e in output.errors} == {"too_heavy"}
     assert "MemoryError" in output.errors[0]["error"]
+
+
+def test_the_default_memory_guard_counts_from_the_spawned_workers_size(
+    parts: Path, tmp_path: Path
+) -> None:
+    """A spawned worker starts far smaller than its parent: a default cap of the parent's
+    size plus 4 GiB let it allocate 8 GiB when the parent mapped 6 GiB more (seen in the
+    full suite, whose process had grown large)."""
+    import mmap
+
+    reserved = mmap.mmap(-1, 6 * 2**30, prot=mmap.PROT_READ)  # address space, no memory
+    try:
+        output, _, _ = _run(
+            tmp_path,
+            parts,
+            tasks=[gather_files, encode_or_explode],
+            max_workers=2,
+            parallel_task_kwargs={"skip_heavy_files": True, "start_method": "spawn"},
+        )
+    finally:
+        reserved.close()
+    shafts = [str(p) for p in _step_files(parts) if FAULTY in p.name]
+    assert [e["item"] for e in output.errors] == shafts
+    assert {e["reason"] for e in output.errors} == {"too_heavy"}
 
 
 def test_time_limits_follow_the_file_size_buckets() -> None:

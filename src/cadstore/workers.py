@@ -92,15 +92,21 @@ class WorkerSpec:
     settings
         Passed to every call of ``work``.
     memory_limit_mb
-        Address-space cap of each worker, MiB (``None``: no cap).
+        Address-space cap of each worker, MiB (``None``: no cap, or the headroom's).
     max_tasks_per_child
         Tasks a worker runs before a fresh process replaces it.
+    memory_headroom_mb
+        Without ``memory_limit_mb``: cap each worker at what it maps when it starts plus
+        this many MiB. A spawned worker starts far smaller than the process that made
+        it, so a cap computed from the parent's size would give it the parent's size more
+        room than asked.
     """
 
     work: Callable[[Any, Any, Emit], None]
     settings: Any
     memory_limit_mb: int | None = None
     max_tasks_per_child: int = 16
+    memory_headroom_mb: int | None = None
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -158,7 +164,11 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     with suppress(OSError, ValueError):
         sys.stdout.flush()
         os.dup2(2, 1)
-    problem = limit_memory(spec.memory_limit_mb)
+    limit_mb = spec.memory_limit_mb
+    if limit_mb is None and spec.memory_headroom_mb:
+        start = address_space_mb()
+        limit_mb = None if start is None else start + spec.memory_headroom_mb
+    problem = limit_memory(limit_mb)
     if problem is not None:
         conn.send({"type": "fatal", "error": problem})
         return

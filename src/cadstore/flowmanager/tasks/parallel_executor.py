@@ -22,7 +22,7 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
   that never returns cannot hang the flow) and the item is listed with reason
   ``"timeout"``;
 * a **memory guard** caps each worker's address space (``memory_limit_mb``; by default
-  4096 MiB more than the calling process maps): an item that explodes fails with
+  4096 MiB more than each worker maps when it starts): an item that explodes fails with
   ``MemoryError`` (reason ``"memory"``) instead of driving the machine into swap. It is
   tried once more alone, with twice the large-file limit, unless
   ``skip_heavy_files=True``; an item that fails that way twice, or at once with
@@ -72,7 +72,7 @@ from cadstore.schema import SchemaBuilder
 from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
-from cadstore.workers import Emit, WorkerPool, WorkerSpec, address_space_mb, available_cores
+from cadstore.workers import Emit, WorkerPool, WorkerSpec, available_cores
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -90,8 +90,8 @@ __all__ = [
 
 #: Each time limit's default, seconds (the specified default).
 DEFAULT_TIME_LIMIT: Final = 120.0
-#: The memory guard's default: MiB of address space a worker may map beyond what the
-#: calling process maps when the workers start (a forked worker starts with that much).
+#: The memory guard's default: MiB of address space a worker may map beyond what it maps
+#: when it starts (a forked worker starts with its parent's, a spawned one far less).
 DEFAULT_MEMORY_LIMIT_MB: Final = 4096
 #: The metadata key holding an item's preview path (an infoset column).
 PREVIEW_METADATA: Final = "stream_cache_png"
@@ -164,7 +164,8 @@ class TimeLimits:
         Do not retry an item that failed on the memory guard.
     memory_limit_mb
         The memory guard (address-space cap of a worker, MiB; 0: none). By default
-        (``None``) :data:`DEFAULT_MEMORY_LIMIT_MB` above what the calling process maps.
+        (``None``) :data:`DEFAULT_MEMORY_LIMIT_MB` above what each worker maps when it
+        starts.
     start_method
         ``"fork"`` or ``"spawn"`` to impose one (``None``: see the module docstring).
     """
@@ -645,14 +646,13 @@ class ParallelExecutor:
         timeout_of: Callable[[ItemTask], float | None],
     ) -> None:
         memory = self.limits.memory_limit_mb
-        if memory is None:
-            baseline = address_space_mb()
-            memory = None if baseline is None else baseline + DEFAULT_MEMORY_LIMIT_MB
         spec = WorkerSpec(
             run_item,
             settings,
             memory_limit_mb=memory or None,
             max_tasks_per_child=_TASKS_PER_CHILD,
+            # The default: each worker may map this much more than it does when it starts.
+            memory_headroom_mb=DEFAULT_MEMORY_LIMIT_MB if memory is None else None,
         )
         with WorkerPool(
             spec, workers, None, collector, timeout_of=timeout_of, start_method=method
