@@ -19,6 +19,7 @@ import zarr
 from cadstore import OptStorage, SchemaBuilder
 from cadstore.errors import InvalidKeyError, ReadOnlyStorageError
 from cadstore.storage.opt import DEFAULT_COMPRESSION_LEVEL
+from cadstore.synthetic import write_item
 from cadstore.testing.conformance import assert_same
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vendor_v2"
@@ -132,13 +133,7 @@ def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> No
         {"face_areas": np.ones(5, np.float32), "d2_distance": asym, "n": np.int64(3)},
     ]
     for name, item, schema in (("a", values[0], builder.build()), ("b", values[1], None)):
-        storage = OptStorage(tmp_path / f"{name}.zarr", summary_dir=False)
-        if schema is not None:
-            storage.set_schema(schema)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        storage.compress_store()
-        storage.close()
+        write_item(tmp_path / f"{name}.zarr", item, {}, schema=schema, summary_dir=False)
     a = zarr.open_group(zarr.storage.ZipStore(tmp_path / "a.zarr.data", mode="r"), mode="r")
     b = zarr.open_group(zarr.storage.ZipStore(tmp_path / "b.zarr.data", mode="r"), mode="r")
     assert a["face_areas"].metadata.dimension_names == ("face",)
@@ -161,12 +156,9 @@ def test_a_full_document_cache_starts_over_and_writes_the_same_files(
     from cadstore.storage import keys
 
     def write(name: str) -> bytes:
-        storage = OptStorage(tmp_path / f"{name}.zarr", summary_dir=False)
-        for key, value in _item().items():
-            storage.save_data(key, value)
-        storage.compress_store()
-        storage.close()
-        return (tmp_path / f"{name}.zarr.data").read_bytes()
+        return Path(
+            write_item(tmp_path / f"{name}.zarr", _item(), {}, summary_dir=False)
+        ).read_bytes()
 
     reference = write("plenty")
     monkeypatch.setattr(hierarchy, "_ENCODED_DOCS", {})
@@ -251,15 +243,8 @@ def test_array_documents_follow_each_array(tmp_path: Path) -> None:
     ]
     seen = []
     for i, (options, item) in enumerate(cases):
-        options = dict(options)
-        chosen_schema = options.pop("schema", None)
-        storage = OptStorage(tmp_path / f"p{i}.zarr", summary_dir=False, **options)
-        if chosen_schema is not None:
-            storage.set_schema(chosen_schema)
-        for key, value in item.items():
-            storage.save_data(key, value)
-        storage.compress_store()
-        storage.close()
+        # "schema" among the options goes to write_item's schema, the rest to OptStorage.
+        write_item(tmp_path / f"p{i}.zarr", item, {}, summary_dir=False, **options)
         with zipfile.ZipFile(tmp_path / f"p{i}.zarr.data") as zf:
             doc = json.loads(zf.read("face_areas/zarr.json"))
             root = json.loads(zf.read("zarr.json"))

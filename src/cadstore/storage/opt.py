@@ -793,7 +793,7 @@ class OptStorage(DataStorage):
         if names is None:
             return
         self._copy_visualisations(names)
-        if self._compressed_size or (not self._modified and self._listdir() == []):
+        if self._compressed_size or (not self._modified and names == []):
             # Published as a .data; or an unused storage, which leaves nothing behind.
             self._remove_working_directory()
 
