@@ -13,6 +13,7 @@ module                      owns
                             :func:`open_source`, the one way to open one
 :mod:`~.zipwriter`          the zip container writer
 :mod:`~.parquet`            the Parquet tables beside a dataset
+:mod:`~.native`             the C library calls Python lacks (syncfs, renameat2, madvise)
 ==========================  ===========================================================
 
 Nothing else in cadstore touches files directly.

@@ -41,7 +41,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -51,6 +50,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from cadstore.errors import CadstoreError, MergeError, StorageError
+from cadstore.io.native import glibc_function
 from cadstore.io.zipwriter import ZipStreamWriter
 
 if TYPE_CHECKING:
@@ -201,24 +201,10 @@ def fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-def _glibc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
-    """glibc's function ``name`` returning an ``int`` (Linux), or ``None`` where there is
-    none; its ``errno`` is kept for ``ctypes.get_errno()``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = argtypes
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
-
-
 @functools.cache
 def _syncfs() -> Callable[[int], int] | None:
     """glibc's ``syncfs`` (Linux), or ``None`` where there is none."""
-    return _glibc("syncfs", [ctypes.c_int])
+    return glibc_function("syncfs", [ctypes.c_int])
 
 
 class FileSystemSync:
@@ -824,7 +810,7 @@ _NO_EXCHANGE = frozenset(
 @functools.cache
 def _renameat2() -> Callable[..., int] | None:
     """glibc's ``renameat2`` (Linux), or ``None`` where there is none."""
-    return _glibc(
+    return glibc_function(
         "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     )
 
