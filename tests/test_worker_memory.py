@@ -26,7 +26,7 @@ from conftest import write_items
 
 torch = pytest.importorskip("torch")
 
-from cadstore.dataset import worker_memory  # noqa: E402
+from cadstore.dataset import torch_support, worker_memory  # noqa: E402
 from cadstore.dataset.worker_memory import (  # noqa: E402
     KEPT,
     WAITING,
@@ -322,3 +322,52 @@ def test_a_new_block_is_mapped_before_the_batch_is_decoded_into_it() -> None:
     # batch comes.
     whole = blocks.handed()[0][2]
     assert whole.numel() == _capacity(nbytes) > nbytes
+
+
+def _frozen_in_worker(batch: Any) -> int:
+    """A collate function reporting how many objects the worker has frozen."""
+    return gc.get_freeze_count()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("form", ["batches", "items", "graphs"])
+def test_a_worker_freezes_what_it_inherited_and_the_training_process_nothing(
+    loader: DatasetLoader, method: str, form: str
+) -> None:
+    """Each worker takes what it started with out of the collector's sight on its first
+    read (its full collections would walk the training process's objects again and
+    again); the training process itself is left as it was."""
+    subset = loader.get_dataset("train")
+    if form == "batches":
+        dataset = subset.to_torch_with_collate()[0]
+    elif form == "graphs":
+        dataset = subset.to_torch()
+    else:
+        dataset = torch_support.TorchCADDataset(loader.item_source, subset.indices)
+    before = gc.get_freeze_count()
+    counts = list(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=4,
+            num_workers=2,
+            collate_fn=_frozen_in_worker,
+            multiprocessing_context=method,
+        )
+    )
+    assert len(counts) == 10
+    # Everything the worker had once torch and cadstore were loaded: tens of thousands.
+    assert min(counts) > 10_000, counts
+    assert gc.get_freeze_count() == before
+    # Read in the training process, the dataset freezes nothing either.
+    dataset[0]
+    assert gc.get_freeze_count() == before
+
+
+def test_a_batch_loader_worker_freezes_what_it_inherited(loader: DatasetLoader) -> None:
+    before = gc.get_freeze_count()
+    with loader.get_dataset("train").batches(
+        4, processes=1, collate_fn=_frozen_in_worker, shuffle=False
+    ) as batches:
+        counts = list(batches)
+    assert len(counts) == 10 and min(counts) > 10_000, counts
+    assert gc.get_freeze_count() == before

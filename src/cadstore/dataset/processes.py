@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from cadstore.dataset.torch_support import BatchAllocator, require_torch, size_class
+from cadstore.dataset.worker_memory import freeze_inherited
 
 __all__ = ["SharedBufferPool", "WorkerProcesses"]
 
@@ -207,6 +208,7 @@ def _work(
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
+    freeze_inherited()
     torch = require_torch()
     torch.set_num_threads(1)  # one decoding thread per process; the processes are the pool
     from cadstore.dataset.reader import DatasetReader

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.worker_memory import RecycledBatch, worker_blocks
+from cadstore.dataset.worker_memory import RecycledBatch, settle_worker, worker_blocks
 
 # TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
 __all__ = [  # noqa: F822
@@ -144,6 +144,7 @@ def _dataset_class() -> type:
             return int(self.indices[int(i)])
 
         def _read(self, i: int) -> Any:
+            settle_worker()
             return self.source.read(self._position(i))
 
         def _converts(self) -> bool:
@@ -161,6 +162,7 @@ def _dataset_class() -> type:
                 if read_many is None:
                     return [self._read(i) for i in indices]
                 positions = [self._position(i) for i in indices]
+                settle_worker()
                 # Each array of the batch is decoded straight into one tensor (in shared
                 # memory in a worker), which GraphCollate then returns as it is.
                 allocator = BatchAllocator()
@@ -294,6 +296,7 @@ def _graph_dataset_class() -> type:
             n = len(self.indices)
             if not -n <= int(i) < n:
                 raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+            settle_worker()
             item = self.source.read(int(self.indices[int(i)]))
             return graph_item(item, getattr(self.source, "label_column", None))
 
