@@ -19,6 +19,7 @@ from cadstore.dataset import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
 from cadstore.dataset.training import BatchLoader
 from cadstore.errors import CorruptStoreError
+from conftest import needs_populate_write, page_faults_writing
 
 torch = pytest.importorskip("torch")
 
@@ -286,6 +287,20 @@ def test_pool_buffers_come_in_power_of_two_size_classes() -> None:
     # A larger batch within the class reuses the buffer instead of allocating.
     second = pool.take((42, 3), np.dtype("int32"))
     assert second.data_ptr() == ptr and pool.allocated == 1
+
+
+@needs_populate_write
+def test_a_new_large_pool_buffer_is_mapped_before_a_batch_is_decoded_into_it() -> None:
+    """Past malloc's largest threshold (32 MiB) a buffer is fresh memory: its pages are
+    mapped in one call as it is made, not faulted in one by one as the batch fills it."""
+    from cadstore.dataset.training import BufferPool
+
+    pool = BufferPool()
+    rows = 48 * 1024 * 1024 // 256
+    buffer = pool.take((rows, 64), np.dtype("float32"))
+    faults = page_faults_writing(lambda: buffer.numpy().fill(1.5))
+    assert faults < buffer.nbytes // 4096 // 8, f"{faults} page faults filling a new buffer"
+    assert float(buffer[-1, -1]) == 1.5 and pool.allocated == 1
 
 
 # ------------------------------------------------------------------ worker processes

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import gc
 import os
-import resource
-import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 import cadstore
 from cadstore.dataset import DatasetLoader
-from conftest import write_items
+from conftest import needs_populate_write, page_faults_writing, write_items
 
 torch = pytest.importorskip("torch")
 
@@ -302,20 +300,14 @@ def test_the_training_side_frees_a_block_only_when_no_view_is_left() -> None:
     assert int(board[2]) == -1
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or tuple(map(int, os.uname().release.split(".")[:2])) < (5, 14),
-    reason="MADV_POPULATE_WRITE needs Linux 5.14",
-)
+@needs_populate_write
 def test_a_new_block_is_mapped_before_the_batch_is_decoded_into_it() -> None:
     """A new segment's pages are mapped in one call, not faulted in one by one as the
     reader first writes each (about twice the kernel time for a whole-item batch)."""
     nbytes = 32 * 1024 * 1024
     blocks = WorkerBlocks()
     block = blocks.take(nbytes)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block.numpy()[:] = 7
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults = page_faults_writing(lambda: block.numpy().fill(7))
     assert faults < nbytes // 4096 // 8, f"{faults} page faults writing a new block"
     assert int(block[::4096].sum()) == 7 * (nbytes // 4096)
     # The capacity beyond the batch is left unmapped: it only costs memory when a larger

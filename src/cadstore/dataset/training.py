@@ -41,8 +41,15 @@ from typing import Any
 import numpy as np
 
 from cadstore.dataset.torch_support import BatchAllocator, GraphCollate, require_torch, size_class
+from cadstore.io.native import populate_pages
 
 __all__ = ["BatchLoader", "BufferPool"]
+
+
+#: Buffers of at least this many bytes have their pages mapped as they are made
+#: (:func:`~cadstore.io.native.populate_pages`); smaller ones come from the allocator's
+#: own pool, mostly mapped already.
+_POPULATED_BYTES = 1 << 20
 
 
 class BufferPool:
@@ -118,6 +125,10 @@ class BufferPool:
             else:
                 like = torch.from_numpy(np.empty(0, dtype=key))
                 base = torch.empty(size_class(numel), dtype=like.dtype, pin_memory=self.pin_memory)
+                if not self.pin_memory and numel * key.itemsize >= _POPULATED_BYTES:
+                    # Decoded into at once: its pages mapped in one call rather than
+                    # faulted in one at a time (the first epoch's buffers are all new).
+                    populate_pages(base.data_ptr(), numel * key.itemsize)
                 self.allocated += 1
             self._lent.append((key, base))
         return base[:numel].view(shape)
