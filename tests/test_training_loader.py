@@ -4,6 +4,7 @@ reused only when nothing refers to them any more."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -290,17 +291,34 @@ def test_pool_buffers_come_in_power_of_two_size_classes() -> None:
 
 
 @needs_populate_write
-def test_a_new_large_pool_buffer_is_mapped_before_a_batch_is_decoded_into_it() -> None:
+def test_a_new_large_pool_buffer_is_mapped_before_a_batch_is_decoded_into_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Past malloc's largest threshold (32 MiB) a buffer is fresh memory: its pages are
-    mapped in one call as it is made, not faulted in one by one as the batch fills it."""
-    from cadstore.dataset.training import BufferPool
+    mapped in one call as it is made, not faulted in one by one as the batch fills it.
+    A reused buffer is not mapped again, nor a small one."""
+    from cadstore.dataset import training
+    from cadstore.io.native import populate_pages
 
-    pool = BufferPool()
+    calls: list[tuple[int, int]] = []
+
+    def recorded(address: int, nbytes: int) -> bool:
+        calls.append((address, nbytes))
+        return populate_pages(address, nbytes)
+
+    monkeypatch.setattr(training, "populate_pages", recorded)
+    pool = training.BufferPool()
     rows = 48 * 1024 * 1024 // 256
     buffer = pool.take((rows, 64), np.dtype("float32"))
-    faults = page_faults_writing(lambda: buffer.numpy().fill(1.5))
+    assert calls == [(buffer.data_ptr(), buffer.nbytes)]
+    faults = page_faults_writing(functools.partial(np.ndarray.fill, buffer.numpy(), 1.5))
     assert faults < buffer.nbytes // 4096 // 8, f"{faults} page faults filling a new buffer"
     assert float(buffer[-1, -1]) == 1.5 and pool.allocated == 1
+    buffer = None
+    again = pool.take((rows - 1, 64), np.dtype("float32"))
+    small = pool.take((100, 64), np.dtype("float32"))
+    assert pool.reused == 1 and len(calls) == 1
+    del again, small
 
 
 # ------------------------------------------------------------------ worker processes

@@ -41,6 +41,7 @@ import numpy as np
 
 from cadstore.dataset.torch_support import BatchAllocator, require_torch, size_class
 from cadstore.dataset.worker_memory import freeze_inherited
+from cadstore.io.native import populate_pages
 
 __all__ = ["SharedBufferPool", "WorkerProcesses"]
 
@@ -93,6 +94,9 @@ class SharedBufferPool:
             self._by_pointer[base.untyped_storage().data_ptr()] = ident
         self._lent[ident] = (key, base)
         self._now[ident] = base
+        if not fits:
+            # A new segment, decoded into at once: its pages mapped in one call.
+            populate_pages(base.data_ptr(), numel * key.itemsize)
         return base[:numel].view(shape)
 
     def ident_of(self, tensor: Any) -> int | None:

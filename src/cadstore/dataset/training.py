@@ -125,13 +125,17 @@ class BufferPool:
             else:
                 like = torch.from_numpy(np.empty(0, dtype=key))
                 base = torch.empty(size_class(numel), dtype=like.dtype, pin_memory=self.pin_memory)
-                if not self.pin_memory and numel * key.itemsize >= _POPULATED_BYTES:
-                    # Decoded into at once: its pages mapped in one call rather than
-                    # faulted in one at a time (the first epoch's buffers are all new).
-                    populate_pages(base.data_ptr(), numel * key.itemsize)
                 self.allocated += 1
             self._lent.append((key, base))
-        return base[:numel].view(shape)
+            # Made under the lock: until a view exists, _reclaim would find it unused.
+            view = base[:numel].view(shape)
+        nbytes = numel * key.itemsize
+        if not fits and not self.pin_memory and nbytes >= _POPULATED_BYTES:
+            # Decoded into at once: its pages mapped in one call rather than faulted in
+            # one at a time (the first epoch's buffers are all new). Outside the lock,
+            # which the other threads need to take their buffers meanwhile.
+            populate_pages(view.data_ptr(), nbytes)
+        return view
 
 
 class BatchLoader:

@@ -2,9 +2,10 @@
 
 A ``torch.utils.data.DataLoader`` worker sends every batch to the training process in
 shared memory. Made afresh for each batch, a segment costs the kernel its pages (torch
-reserves them all when it creates the segment, zeroed), the worker a page fault for each
-page it fills and the training process a new mapping: for whole items, about as much as
-decoding them (``docs/benchmarks.md``). :func:`batch_tensors
+reserves them all when it creates the segment, zeroed), the worker the mapping of each
+page it fills (in one call for a new block here:
+:func:`~cadstore.io.native.populate_pages`) and the training process a new mapping: for
+whole items, about as much as decoding them (``docs/benchmarks.md``). :func:`batch_tensors
 <cadstore.dataset.torch_support.batch_tensors>` places a batch's tensors in one block;
 in a worker the block comes from here, and a block the training process no longer holds
 is filled again for a later batch, its pages already there.
@@ -111,6 +112,7 @@ class WorkerBlocks:
         :data:`_GRANULE`: a batch's index tensors) only takes a small block.
         """
         torch = self.torch
+        fresh = False
         with self._lock:
             small = nbytes < _GRANULE
             free = [
@@ -127,22 +129,28 @@ class WorkerBlocks:
             else:
                 storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
                 block = self._block(storage)
-                # The batch is decoded straight into the block: its pages mapped in one
-                # call cost about half what a fault at each first write does.
-                populate_pages(storage.data_ptr(), nbytes)
                 self.made += 1
+                fresh = True
                 idle = [s for s in range(SLOTS) if s not in self._live]
-                if not idle:
-                    return block[:nbytes]  # every slot busy: an ordinary fresh segment
-                slot = idle[0]
-                self._live.add(slot)
-                weakref.finalize(storage, self._dead, slot).atexit = False
-            self._gens[slot] += 1
-            # Held weakly: a batch that never reaches handed() (another collate function)
-            # must not be kept alive here. A storage lives while any view of it does.
-            self._taken = [t for t in self._taken if t[2]() is not None]
-            self._taken.append((slot, self._gens[slot], weakref.ref(block.untyped_storage())))
-        return block[:nbytes]
+                if idle:
+                    slot = idle[0]
+                    self._live.add(slot)
+                    weakref.finalize(storage, self._dead, slot).atexit = False
+                else:
+                    slot = -1  # every slot busy: an ordinary fresh segment, not tracked
+            if slot >= 0:
+                self._gens[slot] += 1
+                # Held weakly: a batch that never reaches handed() (another collate
+                # function) must not be kept alive here. A storage lives while any view
+                # of it does.
+                self._taken = [t for t in self._taken if t[2]() is not None]
+                self._taken.append((slot, self._gens[slot], weakref.ref(block.untyped_storage())))
+        view = block[:nbytes]
+        if fresh:
+            # Outside the lock, which the queue's feeder thread takes to send the batch
+            # before: the pages of the batch's bytes mapped in one call.
+            populate_pages(view.data_ptr(), nbytes)
+        return view
 
     def _dead(self, slot: int) -> None:
         with self._lock:
@@ -192,8 +200,9 @@ class WorkerBlocks:
 
 
 def freeze_inherited() -> None:
-    """Take every object this worker process has so far out of the garbage collector's
-    sight (``gc.freeze()``), where its later collections no longer walk them.
+    """Take the objects this worker process holds so far out of the garbage collector's
+    sight (``gc.freeze()``, after a collection of the young generations), where its later
+    full collections no longer walk them.
 
     A worker forked from the training process holds a copy of all of that process's
     objects, hundreds of thousands once a few libraries are loaded, and decoding batches
@@ -202,30 +211,28 @@ def freeze_inherited() -> None:
     for each page of them it touches). Measured in ``bench/bench_training.py``: after
     Hugging Face ``datasets`` and Lance had been used in the training process, a
     graph-only ``DataLoader`` worker spent twice the CPU per batch (17 ms of user time
-    and 1,500 page faults instead of 9.6 ms and 420). The objects stay alive as before,
-    and what the worker makes itself is collected as usual; Python's documentation
-    recommends this for forked workers.
+    and 1,500 page faults instead of 9.6 ms and 420). Python's documentation advises
+    ``gc.freeze()`` before forking for the same reason; a library cannot do that in the
+    training process, so each worker does it first thing. Frozen objects are still freed
+    when nothing refers to them; only a reference cycle among them would be kept for the
+    worker's life. What the worker makes from then on is collected as usual.
     """
+    gc.collect(1)
     gc.freeze()
 
 
-_SETTLED = [False]
-
-
-def _forked() -> None:
-    _SETTLED[0] = False
-
-
-os.register_at_fork(after_in_child=_forked)
+#: The process :func:`settle_worker` last looked at.
+_SETTLED = [-1]
 
 
 def settle_worker() -> None:
     """Prepare a ``DataLoader`` worker process on its first read (:func:`freeze_inherited`);
     nothing in any other process, the training process included. Cheap after the first
     call in a process."""
-    if _SETTLED[0]:
+    pid = os.getpid()
+    if _SETTLED[0] == pid:
         return
-    _SETTLED[0] = True
+    _SETTLED[0] = pid
     import torch
 
     if torch.utils.data.get_worker_info() is not None:
