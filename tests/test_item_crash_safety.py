@@ -548,6 +548,43 @@ def _same_name_writer(target: str, writer: int, mode: str | None, compress: bool
     return failures
 
 
+def test_a_version_swapped_in_while_the_store_is_loaded_is_loaded_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a directory store for writing while another writer of the same item swaps
+    its version in: a file listed a moment before is gone (version 2 has no ``a5``). The
+    store is loaded again, whole, in its new version; no ``FileNotFoundError`` (found by
+    the two-process test below, about one run in thirty)."""
+    from cadstore.io.sources import DirectorySource
+
+    target = tmp_path / "item.zarr"
+    _write_directory_store(target, 3)
+    real_get = DirectorySource.get
+    swapped: list[str] = []
+
+    def get(self: DirectorySource, key: str) -> bytes | None:
+        if key.startswith("a5/") and not swapped:
+            # Between get's check that the file is there and its open(), the other
+            # writer publishes its version (a directory swapped in, the old one removed).
+            path = self._path(key)
+            assert path is not None and os.path.isfile(path)
+            swapped.append(key)
+            _write_directory_store(target, 2)
+            with open(path, "rb") as fh:
+                return fh.read()
+        return real_get(self, key)
+
+    monkeypatch.setattr(DirectorySource, "get", get)
+    storage = OptStorage(target, summary_dir=False)
+    monkeypatch.setattr(DirectorySource, "get", real_get)
+    assert swapped, "the load never reached a5"
+    with storage:
+        assert storage.load_metadata("version") == 2
+        assert sorted(storage.get_keys()) == _expected_keys(2)
+        assert all(np.all(storage.load_data(f"a{i}") == 2) for i in range(ARRAYS[2]))
+    assert state(target) == 2
+
+
 @pytest.mark.parametrize(
     ("mode", "compress"), [("w", True), ("w", False), ("a", True), (None, False)]
 )

@@ -488,6 +488,10 @@ class OptStorage(DataStorage):
             except CorruptStoreError:
                 if self._identity() == before:
                     raise
+            except (FileNotFoundError, NotADirectoryError):
+                # A file listed a moment before is gone: another writer swapped its version
+                # in (or removed the store) under the load. Loaded again, as a swap is.
+                pass
             else:
                 if self._identity() == before and self._has_metadata_file(source):
                     return "loaded"
