@@ -548,6 +548,32 @@ def _same_name_writer(target: str, writer: int, mode: str | None, compress: bool
     return failures
 
 
+@pytest.mark.parametrize("first", ["a0", "a5", "metadata"])
+def test_a_reader_of_a_directory_item_replaced_meanwhile_is_refused_not_torn(
+    tmp_path: Path, first: str
+) -> None:
+    """A directory item opened read-only is read file by file; another writer publishing
+    its version swaps a new directory in. Whatever is read next (an array both versions
+    have, one only the old has, the metadata not read yet) is a ``StorageError`` saying
+    so, never values of the new version beside the old one's, nor a bare
+    ``FileNotFoundError`` (both seen before, with a writer and a reader in two processes;
+    and an array only the old version had read as fill values). Opened again, the new
+    version reads whole."""
+    target = tmp_path / "item.zarr"
+    _write_directory_store(target, 3)
+    reader = OptStorage(target, mode="r", summary_dir=False)
+    assert sorted(reader.get_keys()) == _expected_keys(3)
+    _write_directory_store(target, 2, mode="w")  # the other writer
+    read: Callable[[], Any] = (
+        (lambda: reader.load_metadata("version"))
+        if first == "metadata"
+        else (lambda: reader.load_data(first))
+    )
+    with reader, pytest.raises(StorageError, match="another writer replaced this item"):
+        read()
+    assert state(target) == 2
+
+
 def test_a_version_swapped_in_while_the_store_is_loaded_is_loaded_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

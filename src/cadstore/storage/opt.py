@@ -67,8 +67,8 @@ import json
 import math
 import os
 import stat
-from collections.abc import Collection, Iterator
-from typing import IO, Any, Literal
+from collections.abc import Callable, Collection, Iterator
+from typing import IO, Any, Literal, TypeVar
 
 from cadstore.errors import CorruptStoreError, ReadOnlyStorageError, StorageError
 from cadstore.format import jsoncodec
@@ -118,6 +118,7 @@ _RACE_ATTEMPTS = 5
 #: Rename failures that mean another writer moved the store (ENOENT) or put its own in
 #: place (ENOTEMPTY, EEXIST) while this one published.
 _RACE_ERRNOS = frozenset((errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST))
+_T = TypeVar("_T")
 #: The problem another writer of the same item name causes.
 _PUBLISHED_MEANWHILE = (
     "another writer published this item meanwhile; its complete version was kept and "
@@ -265,6 +266,8 @@ class OptStorage(DataStorage):
         self._dirty = False
         self._modified = False
         self._source: KeySource | None = None
+        # The identity of a directory store opened read-only (see _unchanged).
+        self._opened_as: tuple[int, int] | None = None
         self._preloaded_metadata: dict[str, Any] | None = None
         self._summary = self._beside(summary_dir, "files_summary", storage_options)
         self._stream_cache = self._beside(stream_cache_dir, "stream_cache", storage_options)
@@ -328,21 +331,54 @@ class OptStorage(DataStorage):
     def _open_read_only(self, zip_exists: bool, dir_exists: bool) -> None:
         # The published file wins over a working directory left by an interrupted writer.
         if zip_exists:
-            self._source = open_source(self._published, self._limits, kind="zip")
+            source = open_source(self._published, self._limits, kind="zip")
         elif dir_exists:
-            self._source = open_source(self._store, self._limits, kind="directory")
+            self._opened_as = self._identity()
+            source = open_source(self._store, self._limits, kind="directory")
         else:
             raise CorruptStoreError(self._published.path, "no such store to open read-only")
+        self._source = source
         try:
-            self._hier = ReadHierarchy(self._source, self._limits)
+            self._hier = self._unchanged(lambda: ReadHierarchy(source, self._limits))
             # The root document is there (or ReadHierarchy said so): metadata.json, which
             # cadstore writes with every directory store, must be there too. One stat (on
             # an object store, the listing the source holds already).
-            if not zip_exists and not self._has_metadata_file(self._source):
+            if not zip_exists and not self._has_metadata_file(source):
                 raise self._incomplete(METADATA_FILE)
         except BaseException:
-            self._source.close()
+            source.close()
             raise
+
+    def _unchanged(self, read: Callable[[], _T]) -> _T:
+        """``read()``, from a directory store opened read-only that no other writer of the
+        item has replaced since it was opened.
+
+        A directory store is read file by file, as it is asked for; another writer
+        publishing its version swaps a new directory in at the same path and removes the
+        old one. Files read after the swap would belong to the new version and those read
+        before to the old: a torn item. Any read that meets a file gone, or finds the
+        directory no longer the one opened, is refused instead. (A ``.data`` file is read
+        through the file it opened, which a new version replaces without changing.)
+
+        Raises
+        ------
+        StorageError
+            If the store was replaced: open it again to read the version now there.
+        """
+        if self._opened_as is None:
+            return read()
+        try:
+            value = read()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        else:
+            if self._identity() == self._opened_as:
+                return value
+        raise StorageError(
+            self._store.path,
+            "another writer replaced this item while it was being read; open it again to "
+            "read the version now in place",
+        )
 
     def _open_writable(
         self, mode: str | None, zip_exists: bool, dir_exists: bool, zarr_format: int
@@ -600,7 +636,7 @@ class OptStorage(DataStorage):
 
     # ------------------------------------------------------------------ primitives
     def _get_node(self, key: str) -> Node:
-        return self._hier.read_node(key)
+        return self._unchanged(lambda: self._hier.read_node(key))
 
     def _put_node(self, key: str, node: Node) -> None:
         assert isinstance(self._hier, BuildHierarchy)
@@ -642,8 +678,9 @@ class OptStorage(DataStorage):
         pre = self._preloaded_metadata
         if pre is not None:
             return pre
-        if self._source is not None:
-            return self._metadata_from(self._source)
+        source = self._source
+        if source is not None:
+            return self._unchanged(lambda: self._metadata_from(source))
         return {}
 
     def _write_metadata_document(self, doc: dict[str, Any]) -> None:
