@@ -547,7 +547,33 @@ def rows_bomb(base_dataset: Path, dst: Path) -> Path:
     return _write_zip(dst, members)
 
 
-@pytest.mark.parametrize("build", [inner_chunk_bomb, rows_bomb], ids=lambda f: f.__name__)
+def frame_table_bomb(base_dataset: Path, dst: Path) -> Path:
+    """An item-framed inner chunk whose frame table lists 1.19 million frames (9.5 MB):
+    its sizes add up, as the reader checks, but every frame but the last is stored in no
+    bytes. Held as a table it is ~16 bytes a frame; as Python objects, a dict entry per
+    frame, it was over 200 MB."""
+    root, members = _dataset_docs(base_dataset)
+    doc = root["consolidated_metadata"]["metadata"]["faces/face_areas"]
+    rows = 1_190_000
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [rows]
+    doc["codecs"][0]["configuration"]["chunk_shape"] = [rows]
+    last = zstandard.ZstdCompressor().compress(bytes(4))
+    table = np.zeros(rows, dtype=[("raw", "<u4"), ("stored", "<u4")])
+    table["raw"] = 4
+    table["stored"][-1] = len(last)
+    body = b"CSF1" + rows.to_bytes(4, "little") + table.tobytes()
+    framed = (0x184D2A5C).to_bytes(4, "little") + len(body).to_bytes(4, "little") + body + last
+    chunk = append_crc32c(framed)
+    index = append_crc32c((0).to_bytes(8, "little") + len(chunk).to_bytes(8, "little"))
+    members["faces/face_areas/c/0"] = chunk + index
+    members["faces/face_areas/zarr.json"] = json.dumps(doc).encode()
+    members["zarr.json"] = json.dumps(root).encode()
+    return _write_zip(dst, members)
+
+
+@pytest.mark.parametrize(
+    "build", [inner_chunk_bomb, rows_bomb, frame_table_bomb], ids=lambda f: f.__name__
+)
 def test_hostile_dataset_keeps_memory_bounded(tmp_path: Path, build: Any) -> None:
     base = _base_item(tmp_path)
     data = build(_base_dataset(base, tmp_path), tmp_path / "hostile.dataset")

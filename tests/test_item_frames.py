@@ -83,6 +83,23 @@ def test_a_table_longer_than_any_item_chunks_reads_the_same() -> None:
     short = C.item_frames_compress(raw[: 40 * ROW], [r * ROW for r in range(1, 40)], 1)
     found = C.frame_table(short, 40 * ROW)
     assert found is not None and found[0] == [r * ROW for r in range(41)]
+    # A frame is found where it begins, in either kind of table, and nowhere else.
+    assert C.frame_at(*bounds, 5 * ROW) == (bounds[1][5], bounds[1][6], 6 * ROW)
+    assert C.frame_at(*found, 5 * ROW) == (found[1][5], found[1][6], 6 * ROW)
+    for table in (bounds, found):
+        assert C.frame_at(*table, 5 * ROW + 1) is None
+        assert C.frame_at(*table, -ROW) is None
+        assert C.frame_at(*table, int(table[0][-1])) is None
+
+
+def test_a_frame_is_found_past_empty_frames() -> None:
+    """Frames of no bytes (an item without rows) begin where the next one does: the frame
+    found there is the one holding bytes."""
+    raw = [0, 0, 8, 8, 8, 12]
+    stored = [16, 16, 30, 30, 30, 41]
+    assert C.frame_at(raw, stored, 0) == (16, 30, 8)
+    assert C.frame_at(raw, stored, 8) == (30, 41, 12)
+    assert C.frame_at(np.array(raw), np.array(stored), 8) == (30, 41, 12)
 
 
 def test_framed_chunks_are_standard_zstd() -> None:

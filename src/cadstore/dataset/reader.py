@@ -45,6 +45,7 @@ from cadstore.format.codecs import (
     decode_frames_range,
     decode_into,
     direct_codec,
+    frame_at,
     is_item_framed,
     open_item_frames,
     strip_crc32c,
@@ -950,8 +951,8 @@ class DatasetReader:
                     )
                     if framed is not None:
                         body, raw, stored = framed
-                        table = self._keep_frames(cache_key, key, offset, raw, stored)
-                        hit = table.get(begin)
+                        self._keep_frames(cache_key, key, offset, raw, stored)
+                        hit = frame_at(raw, stored, begin)
                         if plan is not None and hit is not None and hit[2] == begin + target.nbytes:
                             # The rows are one frame: decoded with the batch's others.
                             own = memoryview(body)[hit[0] : hit[1]]
@@ -977,9 +978,16 @@ class DatasetReader:
         offset: int,
         raw: FrameBounds,
         stored: FrameBounds,
-    ) -> dict[int, tuple[int, int, int]]:
-        """Remember the frame table of a chunk just read and verified (see ``_frames``), and
-        return it: ``{first byte: (stored start, stored stop, last byte)}`` per frame."""
+    ) -> None:
+        """Remember the frame table of a chunk just read and verified (see ``_frames``):
+        ``{first byte: (stored start, stored stop, last byte)}`` per frame.
+
+        A table longer than the cache's budget is not kept, and no entry of it is built:
+        a hostile chunk can list a million frames in a few megabytes, which as Python
+        objects would be hundreds.
+        """
+        if len(raw) - 1 > self.cache_bytes // _ENTRY_BYTES or cache_key in self._frames:
+            return
         starts = raw.tolist() if isinstance(raw, np.ndarray) else raw
         stops = stored.tolist() if isinstance(stored, np.ndarray) else stored
         table = {
@@ -988,7 +996,6 @@ class DatasetReader:
             if starts[k + 1] > starts[k]
         }
         self._remember_frames(cache_key, (key, offset, table))
-        return table
 
     def _remember_frames(self, cache_key: tuple[str, int, int], entry: _FrameTable | None) -> None:
         """Keep ``entry`` (``None``: the chunk is not item-framed) in ``_frames``.

@@ -370,6 +370,19 @@ def _decode_frame_run(
         targets[k][:] = segment
 
 
+def frame_at(raw: FrameBounds, stored: FrameBounds, start: int) -> tuple[int, int, int] | None:
+    """The frame of a :func:`frame_table` whose decoded bytes begin at ``start``.
+
+    Returns ``(stored start, stored stop, decoded stop)``, or ``None`` when no frame holding
+    bytes begins there (a read that does not follow the chunk's item boundaries). Found by
+    bisection, so that a long table is never expanded into per-frame objects.
+    """
+    k = bisect.bisect_right(raw, start) - 1
+    if k < 0 or k >= len(raw) - 1 or raw[k] != start:
+        return None
+    return int(stored[k]), int(stored[k + 1]), int(raw[k + 1])
+
+
 def decode_frames_range(
     data: bytes | memoryview,
     bounds: tuple[FrameBounds, FrameBounds],
