@@ -403,6 +403,12 @@ class ItemSource:
         """The dataset path."""
         return self.reader.path
 
+    def warm_before_fork(self) -> None:
+        """Have the reader learn what reads of these items look up just before this
+        process next forks (:meth:`DatasetReader.warm_before_fork`): torch datasets ask
+        for it, so that the ``DataLoader`` workers of every epoch start warm."""
+        self.reader.warm_before_fork(self.groups, self.arrays)
+
     def code_of(self, position: int) -> int:
         """File id code of the item at ``position`` (the same number in a dataset)."""
         return int(position)

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -82,15 +83,38 @@ _METADATA = "metadata.json"
 
 
 _PROCESS_ID = [os.getpid()]
+#: Every open reader of this process, which a forked child takes over (``_forked``).
+_READERS: weakref.WeakSet[DatasetReader] = weakref.WeakSet()
+#: Readers to warm before this process next forks: ``reader -> (groups, arrays)``.
+_WARM_AT_FORK: weakref.WeakKeyDictionary[
+    DatasetReader, tuple[tuple[str, ...] | None, dict[str, tuple[str, ...]] | None]
+] = weakref.WeakKeyDictionary()
+
+
+def _before_fork() -> None:
+    while _WARM_AT_FORK:
+        reader, (groups, arrays) = _WARM_AT_FORK.popitem()
+        try:
+            warmed = reader.warm(groups, arrays, wait=False)
+        except Exception:
+            # A head start only, in the middle of someone's fork: the reads report
+            # whatever it met (a closed reader, a damaged file).
+            warmed = True
+        if not warmed:
+            _WARM_AT_FORK[reader] = (groups, arrays)  # busy in another thread: next time
+            return
 
 
 def _after_fork() -> None:
+    parent = _PROCESS_ID[0]
     _PROCESS_ID[0] = os.getpid()
+    for reader in list(_READERS):
+        reader._forked(parent)
 
 
 # Item reads check which process they run in (a forked DataLoader worker must reopen the
 # file); asking the kernel on every read is a system call, the fork hook is not.
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 
 
 class DatasetReader:
@@ -230,6 +254,7 @@ class DatasetReader:
         self._arrays: dict[tuple[str, str], tuple[Any, bool]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
         self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool, str]]] = {}
+        _READERS.add(self)
 
     def _find_triangles(self, hier: ReadHierarchy) -> None:
         """Register the triangle groups and the full arrays they stand for.
@@ -273,12 +298,42 @@ class DatasetReader:
                 "read it again"
             )
 
+    def _forked(self, parent: int) -> None:
+        """Take over, in a child process just forked, the reader open in the parent.
+
+        The locks are made the child's own. When the parent's reader was at rest (no
+        other thread of the parent inside it as the process forked) and its source can be
+        read from the child as it is (:meth:`KeySource.after_fork`: a local file read by
+        position), the child keeps what the parent learned (small arrays decoded whole,
+        frame tables, shard indexes; see :meth:`warm`), shared copy-on-write: the
+        ``DataLoader`` workers of every epoch start where the training process got to,
+        instead of each learning it again. Otherwise the file is opened again on the
+        child's first read.
+        """
+        lock = self._lock
+        free = lock.acquire(blocking=False)
+        if free:
+            lock.release()
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._local = threading.local()
+        self._reading = 0
+        source = getattr(self, "_source", None)
+        if (
+            free
+            and not self._closed
+            and source is not None
+            and self._pid == parent
+            and source.after_fork()
+        ):
+            self._pid = _PROCESS_ID[0]
+
     def _ensure(self) -> None:
         # Closing is final: without this check the next read would reopen the file and
         # leave it open, since nothing would close it again.
         self._check_open()
-        # A reader inherited through fork must not share the parent's file position or
-        # caches; a reader unpickled in a worker has nothing open yet.
+        # A reader inherited through fork and not taken over (_forked), or unpickled in a
+        # worker, opens the file in this process.
         if self._pid != _PROCESS_ID[0]:
             self._release()
             self._open()
@@ -526,6 +581,121 @@ class DatasetReader:
         code = self._check_code(code)
         o = self.offsets(group)
         return int(o[code]), int(o[code + 1])
+
+    # ------------------------------------------------------------------ warming
+    def warm(
+        self,
+        groups: Iterable[str] | None = None,
+        arrays: Mapping[str, Iterable[str]] | None = None,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """Learn now what item reads of ``groups`` (default: all) look up as they go.
+
+        That is the groups' offsets and shard indexes, the arrays of small rows decoded
+        whole (see :data:`SMALL_ARRAY_BYTES`), and the frame table of every item-framed
+        chunk, each chunk read once and its checksum verified: within the cache's budget
+        (``cache_bytes``), at most :data:`WARM_READ_BYTES` of chunks read, and only for a
+        dataset on a local disk. Item reads would learn
+        the same one by one; warming is for a process that forks readers. A ``DataLoader``
+        without ``persistent_workers`` starts new worker processes every epoch, and each
+        learned it all again; forked from a warm reader, they share it copy-on-write
+        (see :meth:`warm_before_fork`).
+
+        Parameters
+        ----------
+        groups, arrays
+            What to warm, as :meth:`read_item` takes them.
+        wait
+            If false, return ``False`` at once when another thread is reading.
+
+        Returns
+        -------
+        bool
+            ``False`` when ``wait`` is false and another thread was reading: nothing was
+            done. A damaged chunk is left for the read that needs it to report.
+
+        Raises
+        ------
+        DatasetError
+            If a group or array is not in the dataset.
+        StorageClosedError
+            If the reader is closed.
+        """
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            self._ensure()
+            if not self.cache_bytes or self._source.batches_reads:
+                return True
+            allowance = WARM_READ_BYTES
+            for group in list(groups) if groups is not None else self.groups:
+                self.offsets(group)
+                for _, meta, _, path in self._item_plan(group, _selected(arrays, group)):
+                    stored = self._virtual.get(path)
+                    if stored is not None:
+                        path = "/".join(stored)
+                        meta = self._hier.meta(path)
+                    if not _is_sharded(meta) or meta.is_string:
+                        continue
+                    # Batch reads take the rows of small arrays from the whole array,
+                    # single items' reads from their frames: both are learned.
+                    self._small_array(path, meta)
+                    read = self._learn_frames(path, meta, allowance)
+                    if read is None:
+                        return True  # the tables fill the cache, or enough was read
+                    allowance -= read
+            return True
+        finally:
+            self._lock.release()
+
+    def warm_before_fork(
+        self,
+        groups: Iterable[str] | None = None,
+        arrays: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """Have this reader :meth:`warm` ``groups`` (default: all) just before this process
+        next forks, so that every child forked from then on starts warm.
+
+        What ``TorchCADDataset`` and ``TorchGraphDataset`` ask for: the training process
+        itself seldom reads, its ``DataLoader`` workers do, and they are forked anew each
+        epoch. Warmed once, when the first worker is about to be forked; nothing happens
+        in a process that never forks (or that starts its workers with ``spawn``).
+        """
+        picked = {g: tuple(a) for g, a in arrays.items()} if arrays is not None else None
+        spec = (tuple(groups) if groups is not None else None, picked)
+        pending = _WARM_AT_FORK.get(self)
+        # Asked for by two datasets over the reader (train and validation): everything.
+        _WARM_AT_FORK[self] = spec if pending is None or pending == spec else (None, None)
+
+    def _learn_frames(self, path: str, meta: Any, allowance: int) -> int | None:
+        """Read every item-framed chunk of sharded ``path`` once and keep its frame table
+        (:meth:`_keep_frames`); return the bytes read, or ``None`` when the cache's
+        budget for tables is full or ``allowance`` bytes were read. Callers hold the
+        lock."""
+        _, inner_shape, _, shard_rows, n_inner, suffix, direct, trailer = self._geometry(path, meta)
+        if direct is None:
+            return 0
+        limit = self.cache_bytes // _ENTRY_BYTES
+        expected = math.prod(inner_shape) * meta.dtype.itemsize
+        read = 0
+        for shard in range(-(-meta.shape[0] // shard_rows)):
+            key = f"{path}/c/{shard}{suffix}"
+            for inner, (offset, nbytes) in enumerate(self._shard_index(key, n_inner, trailer)):
+                cache_key = (path, shard, inner)
+                if offset == MISSING or cache_key in self._frames:
+                    continue
+                if self._frame_count >= limit or read >= allowance:
+                    return None
+                data = self._get_range(key, offset, nbytes)
+                read += len(data)
+                try:
+                    framed = open_item_frames(direct, data, expected)
+                except ChunkDecodeError:
+                    continue  # damaged: the read that needs it says so
+                if framed is not None:
+                    self._keep_frames(cache_key, key, offset, framed[1], framed[2])
+        return read
 
     # ------------------------------------------------------------------ reading
     def read_array(self, group: str, array: str) -> np.ndarray:
@@ -1659,6 +1829,11 @@ def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[s
 #: ``DatasetReader._small_array``): the per-face and per-edge arrays of tens of thousands
 #: of items, not their grids or face pairs.
 SMALL_ARRAY_BYTES = 8 * 1024 * 1024
+#: The most chunk bytes :meth:`DatasetReader.warm` reads to learn frame tables: enough
+#: for a dataset of a few thousand items, read from the page cache in a fraction of a
+#: second; a larger dataset's first fork does not wait for gigabytes to be read, its
+#: workers learn the rest as they go.
+WARM_READ_BYTES = 256 * 1024 * 1024
 #: The arrays kept whole stay within ``cache_bytes // SMALL_ARRAYS_SHARE``, counted in the
 #: cache's bytes (the decoded chunks make room for them).
 SMALL_ARRAYS_SHARE = 2

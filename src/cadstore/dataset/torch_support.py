@@ -102,6 +102,15 @@ def item_to_tensors(item: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def warm_before_fork(source: Any) -> None:
+    """Have ``source`` (an :class:`~cadstore.dataset.loader.ItemSource`) warm its reader
+    before this process next forks, when it can: ``DataLoader`` workers, forked anew each
+    epoch, then inherit what it learned instead of learning it again."""
+    ahead = getattr(source, "warm_before_fork", None)
+    if ahead is not None:
+        ahead()
+
+
 @functools.cache
 def _dataset_class() -> type:
     torch = require_torch()
@@ -133,6 +142,7 @@ def _dataset_class() -> type:
             self.source = source
             self.indices = np.asarray(indices, dtype=np.int64)
             self.numpy_batches = numpy_batches
+            warm_before_fork(source)
 
         def __len__(self) -> int:
             return len(self.indices)
@@ -285,6 +295,7 @@ def _graph_dataset_class() -> type:
         def __init__(self, source: Any, indices: Sequence[int]) -> None:
             self.source = source
             self.indices = np.asarray(indices, dtype=np.int64)
+            warm_before_fork(source)
             #: What to pass as ``DataLoader(collate_fn=...)``; the default is what
             #: ``DataLoader`` uses anyway.
             self.collate_fn: Callable[[list[Any]], Any] = default_collate

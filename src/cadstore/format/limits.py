@@ -131,6 +131,16 @@ class DecodeBudget:
         self._charged: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def after_fork(self) -> bool:
+        """In a child process just forked: make the budget usable there, and say whether
+        what it has charged can be trusted (``False`` when another thread of the parent
+        was charging it as the process forked, which leaves it half updated)."""
+        free = self._lock.acquire(blocking=False)
+        if free:
+            self._lock.release()
+        self._lock = threading.Lock()
+        return free
+
     @property
     def remaining(self) -> int:
         """Bytes not charged yet."""

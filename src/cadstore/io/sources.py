@@ -191,6 +191,16 @@ class KeySource(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
 
+    def after_fork(self) -> bool:
+        """In a child process just forked: whether the source can go on being used there,
+        as it is, by what the parent read through it.
+
+        Sources that hold no per-process state (network sessions, a shared file position)
+        say yes, after making their locks the child's own; the default is no, and the
+        caller opens the file again.
+        """
+        return False
+
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
@@ -636,6 +646,28 @@ class ZipSource(KeySource):
                 self._zip.close()
         finally:
             self._fh.close()
+
+    def after_fork(self) -> bool:  # docstring inherited
+        # Positioned reads of a local file share nothing with the parent (the file
+        # position two processes would share is never used), and the child reads the
+        # very file the parent opened, whatever has replaced it at its path since. Read
+        # through zipfile or a file object (another compression method, a remote file),
+        # the members would move that shared position: opened again.
+        free = self._lock.acquire(blocking=False)
+        if free:
+            self._lock.release()
+        self._lock = threading.Lock()
+        if self._budget is not None and not self._budget.after_fork():
+            free = False
+        return (
+            free
+            and self._fd is not None
+            and self._zip is None
+            and all(
+                m.method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+                for m in self._members.values()
+            )
+        )
 
 
 class DirectorySource(KeySource):

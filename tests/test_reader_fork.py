@@ -1,0 +1,264 @@
+"""A dataset reader warmed in one process and inherited by the processes it forks.
+
+``DataLoader`` without ``persistent_workers`` forks new workers every epoch; each used to
+open the dataset again and learn, item by item, what the reader looks up (small arrays
+decoded whole, frame tables of item-framed chunks). A reader now learns it once
+(:meth:`DatasetReader.warm`, before the first fork when a torch dataset asks for it) and
+a forked child takes it over, when the file can be read from the child as it is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import cadstore
+from cadstore.dataset import DatasetLoader
+from cadstore.dataset.reader import DatasetReader
+from cadstore.errors import CorruptStoreError, DatasetError, StorageClosedError
+from cadstore.io.sources import ZipSource
+
+FORK = multiprocessing.get_context("fork")
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fork")
+    out = folder / "parts.dataset"
+    # Items with 0 and 1 faces are among them: triangles of empty and 1 x 1 matrices.
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:24]], str(out))
+    return out
+
+
+def _every_item(reader: DatasetReader) -> list[dict[str, Any]]:
+    return [reader.read_item(code) for code in range(reader.n_items)]
+
+
+def _assert_same_items(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for group in x:
+            if isinstance(x[group], dict):
+                assert x[group].keys() == y[group].keys(), group
+                for name in x[group]:
+                    np.testing.assert_array_equal(x[group][name], y[group][name], f"{group}/{name}")
+            else:
+                assert x[group] == y[group], group
+
+
+def _in_child(work: Callable[[], Any], timeout: float = 60) -> Any:
+    """Run ``work`` in a forked child; return what it returns (or raise what it raised).
+    A child that does not finish within ``timeout`` is killed and fails the test."""
+    receive, send = FORK.Pipe(duplex=False)
+
+    def main() -> None:
+        try:
+            send.send(("ok", work()))
+        except BaseException as exc:  # reported to the test
+            send.send(("error", f"{type(exc).__name__}: {exc}"))
+
+    child = FORK.Process(target=main)
+    child.start()
+    try:
+        if not receive.poll(timeout):
+            pytest.fail(f"the forked child did not answer within {timeout} s (hung)")
+        status, value = receive.recv()
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if status != "ok":
+        raise AssertionError(value)
+    return value
+
+
+def _learned(reader: DatasetReader) -> dict[str, int]:
+    """Frame tables (of item-framed chunks) and small arrays kept whole, counted."""
+    frames = sum(table is not None for table in reader._frames.values())
+    return {"frames": frames, "small": len(reader._small)}
+
+
+def test_warm_learns_what_reads_look_up_and_reads_the_same(dataset: Path) -> None:
+    with DatasetReader(dataset) as cold:
+        expected = _every_item(cold)
+    # A small cache: some arrays are kept whole, the others' frame tables learned.
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        assert _learned(reader) == {"frames": 0, "small": 0}
+        assert reader.warm() is True
+        learned = _learned(reader)
+        assert learned["frames"] > 0 and learned["small"] > 0
+        # Triangle-stored face pairs among what was learned, through their stored group.
+        triangles = {reader.stored_as(g, a)[0] for g in reader.groups for a in reader.arrays(g)}
+        stored_only = triangles - set(reader.groups)
+        assert any(path.split("/")[0] in stored_only for path, *_ in reader._frames)
+        _assert_same_items(_every_item(reader), expected)
+        # Reading after warming found no frame table it did not know.
+        assert _learned(reader)["frames"] == learned["frames"]
+
+
+def test_warm_reads_a_bounded_amount(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large dataset's first fork does not wait for all of it to be read: past
+    ``WARM_READ_BYTES`` of chunks, the workers learn the rest as they go."""
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        reader.warm()
+        unbounded = _learned(reader)["frames"]
+    monkeypatch.setattr("cadstore.dataset.reader.WARM_READ_BYTES", 1)
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        assert reader.warm() is True
+        assert _learned(reader)["frames"] <= 1 < unbounded
+        with DatasetReader(dataset) as other:
+            _assert_same_items(_every_item(reader), _every_item(other))
+
+
+def test_warm_within_no_cache_does_nothing(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=0) as reader:
+        assert reader.warm() is True
+        assert _learned(reader) == {"frames": 0, "small": 0}
+        with DatasetReader(dataset) as other:
+            _assert_same_items(_every_item(reader), _every_item(other))
+
+
+def test_warm_some_groups_and_arrays(dataset: Path) -> None:
+    with DatasetReader(dataset) as reader:
+        reader.warm(["faces"], {"faces": ["face_areas"]})
+        assert set(reader._small) == {"faces/face_areas"}
+        with pytest.raises(DatasetError, match="unknown group 'nope'"):
+            reader.warm(["nope"])
+    with pytest.raises(StorageClosedError):
+        reader.warm()
+
+
+def test_warm_leaves_a_damaged_chunk_to_the_read_that_needs_it(
+    dataset: Path, tmp_path: Path
+) -> None:
+    spoiled = tmp_path / "spoiled.dataset"
+    data = bytearray(dataset.read_bytes())
+    with zipfile.ZipFile(dataset) as zf:
+        info = next(
+            i for i in zf.infolist() if i.filename.startswith("faces/face_discretization/c/")
+        )
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 40] ^= 0xFF  # inside the first inner chunk
+    spoiled.write_bytes(bytes(data))
+    before = spoiled.read_bytes()
+    with DatasetReader(spoiled) as reader:
+        assert reader.warm() is True
+        with pytest.raises(CorruptStoreError, match=r"spoiled\.dataset.*face_discretization"):
+            _every_item(reader)
+    assert spoiled.read_bytes() == before
+
+
+def test_a_forked_child_keeps_what_a_warm_reader_learned(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        expected = _every_item(reader)
+        learned = _learned(reader)
+        source = id(reader._source)
+
+        def child() -> tuple[dict[str, int], bool, list[dict[str, Any]]]:
+            items = _every_item(reader)
+            # Not opened again: the parent's source and what it had learned, kept.
+            return _learned(reader), id(reader._source) == source, items
+
+        in_child, same_source, items = _in_child(child)
+        assert in_child == learned
+        assert same_source
+        _assert_same_items(items, expected)
+        # The parent's reader is untouched by what the child did.
+        _assert_same_items(_every_item(reader), expected)
+
+
+def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) -> None:
+    """A thread of the parent inside the reader as the process forks leaves its lock held
+    (and its caches perhaps half updated) in the child: the child gets locks of its own
+    and opens the file again (before, it waited forever for that lock)."""
+    with DatasetReader(dataset) as reader:
+        expected = _every_item(reader)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with reader._lock:
+                held.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        try:
+            assert held.wait(10)
+
+            def child() -> tuple[bool, list[dict[str, Any]]]:
+                items = _every_item(reader)
+                return len(reader._frames) < 1_000_000, items
+
+            _, items = _in_child(child, timeout=30)
+        finally:
+            release.set()
+            thread.join()
+        _assert_same_items(items, expected)
+
+
+def test_zip_sources_read_by_position_carry_over_a_fork(dataset: Path, tmp_path: Path) -> None:
+    source = ZipSource(str(dataset))
+    try:
+        assert _in_child(source.after_fork) is True
+    finally:
+        source.close()
+    # A member compressed another way is read through zipfile, which moves the file
+    # position the child would share with its parent: opened again.
+    other = tmp_path / "bz2.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("zarr.json", b"{}", compress_type=zipfile.ZIP_BZIP2)
+    source = ZipSource(str(other))
+    try:
+        assert _in_child(source.after_fork) is False
+    finally:
+        source.close()
+
+
+@pytest.fixture
+def loader(dataset: Path) -> Iterator[DatasetLoader]:
+    with DatasetLoader(flow_output_file=dataset.with_suffix(".flow")) as ld:
+        ld.split("random", train=0.8, validation=0.1, test=0.1, random_state=0)
+        yield ld
+
+
+def _inherited(_: int) -> None:
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    reader = info.dataset.source.reader
+    # What the worker's reader knows before the worker has read anything.
+    info.dataset.learned_at_start.put(len(reader._small) + len(reader._frames))
+
+
+def test_dataloader_workers_of_every_epoch_start_warm(loader: DatasetLoader) -> None:
+    torch = pytest.importorskip("torch")
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
+    reader = dataset.source.reader
+    assert not reader._small and not reader._frames  # the training process read nothing
+    dataset.learned_at_start = FORK.Queue()
+    expected = sorted(reader.item_names[int(c)] for c in dataset.indices)
+    for _ in range(2):
+        batches = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=4,
+            num_workers=2,
+            collate_fn=collate,
+            multiprocessing_context="fork",
+            worker_init_fn=_inherited,
+        )
+        names = [name for batch in batches for name in batch["name"]]
+        assert sorted(names) == expected
+        assert reader._small  # the training process warmed its reader
+        starts = [dataset.learned_at_start.get(timeout=10) for _ in range(2)]
+        # Warmed once, just before the first worker was forked: both inherit it.
+        assert min(starts) > 0, starts
