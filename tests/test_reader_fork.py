@@ -21,6 +21,7 @@ import pytest
 
 import cadstore
 from cadstore.dataset import DatasetLoader
+from cadstore.dataset import reader as reader_module
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError, DatasetError, StorageClosedError
 from cadstore.io.sources import ZipSource
@@ -213,6 +214,31 @@ def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) 
             release.set()
             thread.join()
         _assert_same_items(items, expected)
+
+
+def test_a_reader_busy_at_fork_is_warmed_at_the_next_fork(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        reader.warm_before_fork()
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with reader._lock:
+                held.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        try:
+            assert held.wait(10)
+            assert _in_child(lambda: True) is True  # the fork does not wait for the thread
+            assert _learned(reader) == {"frames": 0, "small": 0}
+        finally:
+            release.set()
+            thread.join()
+        assert _in_child(lambda: _learned(reader)) == _learned(reader)
+        assert _learned(reader)["frames"] > 0
+        # Warmed once: a third fork has nothing left to do.
+        assert reader not in reader_module._WARM_AT_FORK
 
 
 def test_zip_sources_read_by_position_carry_over_a_fork(dataset: Path, tmp_path: Path) -> None:

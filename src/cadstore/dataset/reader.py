@@ -93,17 +93,16 @@ _WARM_AT_FORK: weakref.WeakKeyDictionary[
 
 
 def _before_fork() -> None:
+    busy = []
     while _WARM_AT_FORK:
-        reader, (groups, arrays) = _WARM_AT_FORK.popitem()
+        reader, spec = _WARM_AT_FORK.popitem()
         try:
-            warmed = reader.warm(groups, arrays, wait=False)
-        except Exception:
-            # A head start only, in the middle of someone's fork: the reads report
-            # whatever it met (a closed reader, a damaged file).
-            warmed = True
-        if not warmed:
-            _WARM_AT_FORK[reader] = (groups, arrays)  # busy in another thread: next time
-            return
+            if not reader.warm(*spec, wait=False):
+                busy.append((reader, spec))  # read by another thread: at the next fork
+        except Exception:  # noqa: S110 - a head start only, in the middle of a fork
+            pass  # the reads report whatever it met (a closed reader, a damaged file)
+    for reader, spec in busy:
+        _WARM_AT_FORK[reader] = spec
 
 
 def _after_fork() -> None:
@@ -598,11 +597,10 @@ class DatasetReader:
         each chunk read once and its checksum verified, and from them where each item's
         rows of the other arrays are (the reads' plans): within the cache's budget
         (``cache_bytes``), at most :data:`WARM_READ_BYTES` of chunks read, and only for a
-        dataset on a local disk. Item reads would learn
-        the same one by one; warming is for a process that forks readers. A ``DataLoader``
-        without ``persistent_workers`` starts new worker processes every epoch, and each
-        learned it all again; forked from a warm reader, they share it copy-on-write
-        (see :meth:`warm_before_fork`).
+        dataset on a local disk. Item reads would learn the same one by one; warming is for
+        a process that forks readers. A ``DataLoader`` without ``persistent_workers``
+        starts new worker processes every epoch, and each learned it all again; forked
+        from a warm reader, they share it copy-on-write (see :meth:`warm_before_fork`).
 
         Parameters
         ----------
