@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 import os
 import threading
@@ -593,9 +592,8 @@ class DatasetReader:
         """Learn now what item reads of ``groups`` (default: all) look up as they go.
 
         That is the groups' offsets and shard indexes, the arrays of small rows decoded
-        whole (see :data:`SMALL_ARRAY_BYTES`), the frame table of every item-framed chunk,
-        each chunk read once and its checksum verified, and from them where each item's
-        rows of the other arrays are (the reads' plans): within the cache's budget
+        whole (see :data:`SMALL_ARRAY_BYTES`), and the frame table of every item-framed
+        chunk, each chunk read once and its checksum verified: within the cache's budget
         (``cache_bytes``), at most :data:`WARM_READ_BYTES` of chunks read, and only for a
         dataset on a local disk. Item reads would learn the same one by one; warming is for
         a process that forks readers. A ``DataLoader`` without ``persistent_workers``
@@ -631,7 +629,7 @@ class DatasetReader:
             allowance = WARM_READ_BYTES
             for group in list(groups) if groups is not None else self.groups:
                 self.offsets(group)
-                for _, meta, per_item, path in self._item_plan(group, _selected(arrays, group)):
+                for _, meta, _, path in self._item_plan(group, _selected(arrays, group)):
                     stored = self._virtual.get(path)
                     if stored is not None:
                         path = "/".join(stored)
@@ -640,13 +638,11 @@ class DatasetReader:
                         continue
                     # Batch reads take the rows of small arrays from the whole array,
                     # single items' reads from their frames: both are learned.
-                    small = self._small_array(path, meta)
+                    self._small_array(path, meta)
                     read = self._learn_frames(path, meta, allowance)
                     if read is None:
                         return True  # the tables fill the cache, or enough was read
                     allowance -= read
-                    if small is None and not per_item:
-                        self._learn_recipes(path, meta)
             return True
         finally:
             self._lock.release()
@@ -669,22 +665,6 @@ class DatasetReader:
         pending = _WARM_AT_FORK.get(self)
         # Asked for by two datasets over the reader (train and validation): everything.
         _WARM_AT_FORK[self] = spec if pending is None or pending == spec else (None, None)
-
-    def _learn_recipes(self, path: str, meta: Any) -> None:
-        """Work out how each item's rows of sharded ``path`` are read (:meth:`_recipe`),
-        from the frame tables learned, within the cache's budget. Callers hold the lock."""
-        offsets = self.offsets(path.split("/", 1)[0]).tolist()
-        row_bytes = math.prod(meta.shape[1:]) * meta.dtype.itemsize
-        limit = self.cache_bytes // _ENTRY_BYTES
-        for start, stop in itertools.pairwise(offsets):
-            rows = (path, start, stop)
-            if start >= stop or rows in self._recipes:
-                continue
-            if self._recipe_parts >= limit:
-                return
-            recipe = self._recipe(path, meta, start, stop, row_bytes)
-            if recipe is not None:
-                self._keep_recipe(rows, recipe)
 
     def _learn_frames(self, path: str, meta: Any, allowance: int) -> int | None:
         """Read every item-framed chunk of sharded ``path`` once and keep its frame table
