@@ -12,6 +12,7 @@ a batch, a reader with its cache off, and corrupt bytes.
 
 from __future__ import annotations
 
+import itertools
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import cadstore.dataset.reader as reader_module
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError, StorageClosedError
 from cadstore.format import codecs as C
+from cadstore.io import native
 from cadstore.merging import merge_items
 
 PAIR = ("d2_distance", "a3_distance", "extended_adjacency", "face_pair_edges_path")
@@ -46,13 +48,27 @@ def dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory
 # ------------------------------------------------------------------------- the codec
 
 
+@pytest.fixture(params=["libzstd", "python-zstandard"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a codec test through both decoders: the system's libzstd, straight into the
+    targets, and python-zstandard (what runs where there is no libzstd)."""
+    if request.param == "libzstd":
+        if native.zstd_decoder() is None:
+            pytest.skip("no libzstd on this system")
+    else:
+        monkeypatch.setattr(C, "zstd_decoder", lambda: None)
+    return str(request.param)
+
+
 def _frame(n: int, seed: int) -> tuple[bytes, bytes]:
     raw = np.random.default_rng(seed).integers(0, 9, size=n, dtype=np.uint8).tobytes()
     return raw, zstandard.ZstdCompressor(level=3).compress(raw)
 
 
 @pytest.mark.parametrize("call_bytes", [C.DECODE_CALL_BYTES, 1000])
-def test_decode_frames_fills_every_target(monkeypatch: pytest.MonkeyPatch, call_bytes: int) -> None:
+def test_decode_frames_fills_every_target(
+    monkeypatch: pytest.MonkeyPatch, call_bytes: int, decoder: str
+) -> None:
     # A small DECODE_CALL_BYTES splits the frames over several calls (one frame larger
     # than it goes alone).
     monkeypatch.setattr(C, "DECODE_CALL_BYTES", call_bytes)
@@ -68,7 +84,7 @@ def test_decode_frames_fills_every_target(monkeypatch: pytest.MonkeyPatch, call_
     assert out[:4] == out[-4:] == b"\0\0\0\0"  # nothing written outside the targets
 
 
-def test_an_empty_target_takes_a_frame_of_nothing_only() -> None:
+def test_an_empty_target_takes_a_frame_of_nothing_only(decoder: str) -> None:
     # zstandard reads a wanted size of 0 as "whatever the frame declares".
     huge = (
         (0xFD2FB528).to_bytes(4, "little")
@@ -86,8 +102,9 @@ def test_an_empty_target_takes_a_frame_of_nothing_only() -> None:
 
 @pytest.mark.parametrize("call_bytes", [C.DECODE_CALL_BYTES, 1000])
 @pytest.mark.parametrize("fault", ["short target", "long target", "corrupt frame"])
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "one buffer"])
 def test_decode_frames_names_the_frame_at_fault(
-    monkeypatch: pytest.MonkeyPatch, call_bytes: int, fault: str
+    monkeypatch: pytest.MonkeyPatch, call_bytes: int, fault: str, together: bool, decoder: str
 ) -> None:
     monkeypatch.setattr(C, "DECODE_CALL_BYTES", call_bytes)
     pieces = [_frame(n, seed) for seed, n in enumerate([700, 800, 900, 1000])]
@@ -99,11 +116,52 @@ def test_decode_frames_names_the_frame_at_fault(
         sizes[2] += 1
     else:
         frames[2] = frames[2][:-3]  # the frame's last block cut short
-    targets = [memoryview(bytearray(n)) for n in sizes]
+    if together:  # the targets follow one another, as an array's items in a batch do
+        view = memoryview(bytearray(sum(sizes)))
+        bounds = list(itertools.accumulate(sizes, initial=0))
+        targets = [view[a:b] for a, b in itertools.pairwise(bounds)]
+    else:
+        targets = [memoryview(bytearray(n)) for n in sizes]
     with pytest.raises(C.FrameDecodeError) as caught:
         C.decode_frames(frames, targets)
     assert caught.value.position == 2
     assert isinstance(caught.value, C.ChunkDecodeError)
+
+
+def test_frames_in_one_buffer_are_decoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = native.zstd_decoder()
+    if found is None:
+        pytest.skip("no libzstd on this system")
+    calls: list[int] = []
+    decompress = found.decompress_into
+
+    def counting(address: int, length: int, into: int, capacity: int) -> int:
+        calls.append(capacity)
+        return decompress(address, length, into, capacity)
+
+    monkeypatch.setattr(found, "decompress_into", counting)
+    pieces = [_frame(n, seed) for seed, n in enumerate([300, 4000, 17, 0, 900, 2500])]
+    raws = [raw for raw, _ in pieces]
+    out = bytearray(sum(map(len, raws)) + 100)
+    view = memoryview(out)
+    # Three targets one after the other, an empty one, then two after a gap.
+    places = [0, 300, 4300, 4317, 4417, 5317]
+    targets = [view[at : at + len(raw)] for at, raw in zip(places, raws, strict=True)]
+    C.decode_frames([f for _, f in pieces], targets)
+    assert [bytes(t) for t in targets] == raws
+    assert calls == [4317, 3400]
+    assert out[4317:4417] == bytes(100)  # the gap untouched
+
+
+def test_a_frame_holding_two_is_not_spread_over_its_neighbours(decoder: str) -> None:
+    """Frames decoded in one call must not spill: bytes holding a second frame after the
+    first would decode into the next item's place, and the run would come out long."""
+    (a, fa), (_, fb), (c, fc) = (_frame(n, seed) for seed, n in enumerate([400, 500, 600]))
+    view = memoryview(bytearray(1000))
+    # The first "frame" is a's frame, then b's; the second is c's.
+    C.decode_frames([fa + fb, fc], [view[:400], view[400:]])
+    assert bytes(view[:400]) == a
+    assert bytes(view[400:]) == c
 
 
 # ------------------------------------------------------------------------- the reader

@@ -6,7 +6,9 @@ import ctypes
 import mmap
 
 import pytest
+import zstandard
 
+from cadstore.io import native
 from cadstore.io.native import glibc_function, populate_pages
 from conftest import needs_populate_write, page_faults_writing
 
@@ -40,3 +42,29 @@ def test_populated_pages_are_written_without_a_fault(offset: int) -> None:
 
 def test_nothing_is_populated_for_an_empty_range() -> None:
     assert populate_pages(0, 0) is False
+
+
+def test_libzstd_decodes_frames_in_a_row_into_place_and_never_past_capacity() -> None:
+    decoder = native.zstd_decoder()
+    if decoder is None:
+        pytest.skip("no libzstd on this system")
+    parts = [bytes([k]) * 700 for k in range(1, 4)]
+    compressor = zstandard.ZstdCompressor(write_content_size=True)
+    data = b"".join(compressor.compress(p) for p in parts)
+    source = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.create_string_buffer(2200)
+    assert (
+        decoder.decompress_into(ctypes.addressof(source), len(data), ctypes.addressof(out), 2100)
+        == 2100
+    )
+    assert out.raw[:2100] == b"".join(parts) and out.raw[2100:] == bytes(100)
+    # Too little room: an error, and nothing written past what was given.
+    out = ctypes.create_string_buffer(2200)
+    assert (
+        decoder.decompress_into(ctypes.addressof(source), len(data), ctypes.addressof(out), 1000)
+        == -1
+    )
+    assert out.raw[1000:] == bytes(1200)
+    # Not zstd at all.
+    junk = ctypes.create_string_buffer(b"not a zstd frame", 16)
+    assert decoder.decompress_into(ctypes.addressof(junk), 16, ctypes.addressof(out), 100) == -1
