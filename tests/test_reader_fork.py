@@ -162,6 +162,69 @@ def test_warm_leaves_a_damaged_chunk_to_the_read_that_needs_it(
     assert spoiled.read_bytes() == before
 
 
+def test_warm_skips_a_damaged_shard_index(dataset: Path, tmp_path: Path) -> None:
+    spoiled = tmp_path / "index.dataset"
+    data = bytearray(dataset.read_bytes())
+    with zipfile.ZipFile(dataset) as zf:
+        info = next(
+            i for i in zf.infolist() if i.filename.startswith("faces/face_discretization/c/")
+        )
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size - 6] ^= 0xFF  # in the shard's index, at its end
+    spoiled.write_bytes(bytes(data))
+    with DatasetReader(spoiled, cache_bytes=MiB) as reader:
+        assert reader.warm() is True  # the other arrays warmed, nothing raised
+        assert _learned(reader)["frames"] > 0
+        with pytest.raises(CorruptStoreError, match=r"index\.dataset.*face_discretization"):
+            _every_item(reader)
+
+
+def _zip64_copy(dataset: Path, out: Path) -> Path:
+    """The dataset's members in a ZIP64 archive, its directory records included (as an
+    archive past 4 GiB is written), which is listed through zipfile."""
+    limit = zipfile.ZIP64_LIMIT
+    zipfile.ZIP64_LIMIT = 1000  # type: ignore[misc]  # ZIP64 records from 1,000 bytes on
+    try:
+        with zipfile.ZipFile(dataset) as src, zipfile.ZipFile(out, "w") as dst:
+            for name in src.namelist():
+                with dst.open(name, "w", force_zip64=True) as fh:
+                    fh.write(src.read(name))
+    finally:
+        zipfile.ZIP64_LIMIT = limit  # type: ignore[misc]
+    source = ZipSource(str(out))
+    try:
+        assert source._zip is not None  # listed through zipfile, read by position
+    finally:
+        source.close()
+    return out
+
+
+def _directory_copy(dataset: Path, out: Path) -> Path:
+    with zipfile.ZipFile(dataset) as src:
+        src.extractall(out)
+    return out
+
+
+@pytest.mark.parametrize("copy", [_zip64_copy, _directory_copy], ids=["zip64", "directory"])
+def test_zip64_and_directory_datasets_are_taken_over_too(
+    dataset: Path, tmp_path: Path, copy: Callable[[Path, Path], Path]
+) -> None:
+    path = copy(dataset, tmp_path / "copy.dataset")
+    with DatasetReader(dataset) as original:
+        expected = _every_item(original)
+    with DatasetReader(path, cache_bytes=MiB) as reader:
+        reader.warm()
+        learned, source = _learned(reader), id(reader._source)
+
+        def child() -> tuple[dict[str, int], bool, list[dict[str, Any]]]:
+            items = _every_item(reader)
+            return _learned(reader), id(reader._source) == source, items
+
+        in_child, same_source, items = _in_child(child)
+    assert same_source and in_child["frames"] >= learned["frames"] > 0
+    _assert_same_items(items, expected)
+
+
 def test_a_forked_child_keeps_what_a_warm_reader_learned(dataset: Path) -> None:
     with DatasetReader(dataset, cache_bytes=MiB) as reader:
         expected = _every_item(reader)
@@ -199,14 +262,17 @@ def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) 
         try:
             assert held.wait(10)
 
+            parent_source = id(reader._source)
+
             def child() -> tuple[bool, list[dict[str, Any]]]:
                 items = _every_item(reader)
-                return len(reader._frames) < 1_000_000, items
+                return id(reader._source) != parent_source, items
 
-            _, items = _in_child(child, timeout=30)
+            reopened, items = _in_child(child, timeout=30)
         finally:
             release.set()
             thread.join()
+        assert reopened
         _assert_same_items(items, expected)
 
 

@@ -58,6 +58,7 @@ from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, index_trailer, read_index
 from cadstore.format.triangle import UPPER_TRIANGLE, expand_into, triangle_count
 from cadstore.io.location import Location, resolve
+from cadstore.io.native import zstd_decoder
 from cadstore.io.sources import KeySource, open_source
 
 __all__ = ["Allocator", "DatasetReader", "ItemBatch"]
@@ -611,7 +612,8 @@ class DatasetReader:
         -------
         bool
             ``False`` when ``wait`` is false and another thread was reading: nothing was
-            done. A damaged chunk is left for the read that needs it to report.
+            done. A damaged chunk or shard index is skipped, left for the read that needs
+            it to report.
 
         Raises
         ------
@@ -624,6 +626,8 @@ class DatasetReader:
             return False
         try:
             self._ensure()
+            # Looked up here, before a fork, rather than by every forked worker.
+            zstd_decoder()
             if not self.cache_bytes or self._source.batches_reads:
                 return True
             allowance = WARM_READ_BYTES
@@ -638,8 +642,11 @@ class DatasetReader:
                         continue
                     # Batch reads take the rows of small arrays from the whole array,
                     # single items' reads from their frames: both are learned.
-                    self._small_array(path, meta)
-                    read = self._learn_frames(path, meta, allowance)
+                    try:
+                        self._small_array(path, meta)
+                        read = self._learn_frames(path, meta, allowance)
+                    except CorruptStoreError:
+                        continue  # damaged: the read that needs it says so
                     if read is None:
                         return True  # the tables fill the cache, or enough was read
                     allowance -= read
@@ -657,8 +664,10 @@ class DatasetReader:
 
         What ``TorchCADDataset`` and ``TorchGraphDataset`` ask for: the training process
         itself seldom reads, its ``DataLoader`` workers do, and they are forked anew each
-        epoch. Warmed once, when the first worker is about to be forked; nothing happens
-        in a process that never forks (or that starts its workers with ``spawn``).
+        epoch. Warmed once, in an ``os.register_at_fork`` hook, when this process next
+        forks, whatever forks it (errors are left for the reads to report); nothing
+        happens in a process that never forks, nor under ``spawn`` or ``forkserver``,
+        which fork nothing from it.
         """
         picked = {g: tuple(a) for g, a in arrays.items()} if arrays is not None else None
         spec = (tuple(groups) if groups is not None else None, picked)
@@ -691,7 +700,11 @@ class DatasetReader:
                     framed = open_item_frames(direct, data, expected)
                 except ChunkDecodeError:
                     continue  # damaged: the read that needs it says so
-                if framed is not None:
+                if framed is None:
+                    # Not item-framed (one item's rows, an older writer, another tool):
+                    # remembered, so that reads go straight to decoding it whole.
+                    self._remember_frames(cache_key, None)
+                else:
                     self._keep_frames(cache_key, key, offset, framed[1], framed[2])
         return read
 

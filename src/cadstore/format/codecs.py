@@ -328,21 +328,8 @@ def decode_frames(frames: Sequence[bytes | memoryview], targets: Sequence[memory
             except ChunkDecodeError as exc:
                 raise FrameDecodeError(str(exc), k) from exc
     decoder = zstd_decoder()
-    if decoder is not None and _decode_in_place(decoder, frames, targets, sizes):
-        return
-    first = 0
-    while first < len(frames):
-        if not sizes[first]:
-            first += 1
-            continue
-        # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
-        # memory that large comes from mmap, fresh pages faulted in at every call.
-        stop, total = first + 1, sizes[first]
-        while stop < len(frames) and sizes[stop] and total + sizes[stop] <= DECODE_CALL_BYTES:
-            total += sizes[stop]
-            stop += 1
-        _decode_frame_run(frames, targets, sizes, first, stop)
-        first = stop
+    if decoder is None or not _decode_in_place(decoder, frames, targets, sizes):
+        _decode_with_zstandard(frames, targets, sizes, 0, len(frames))
 
 
 def _decode_in_place(
@@ -354,14 +341,16 @@ def _decode_in_place(
     """:func:`decode_frames` through the system's libzstd, straight into the targets.
 
     Frames whose targets follow one another in memory (an array's items in a batch
-    buffer) are decoded in one call: the interpreter lock let go once, nothing allocated,
-    nothing copied after. No frame's bytes can land in another's target: each frame must
-    declare its target's size (checked first), libzstd checks that every frame decodes
-    to the size it declares, and the run must decode to the sum of the targets exactly,
-    so bytes that hide a second frame after the first would have to decode to nothing.
-    Returns ``False``, having decoded nothing, when a frame does not declare its size or
-    a target is not writable memory (python-zstandard then does it all); a run libzstd
-    refuses is decoded again through python-zstandard, which names the faulty frame.
+    buffer) are joined and decoded in one call: the interpreter lock let go once, and
+    the decoded bytes written in place, never copied after. No frame's bytes land in
+    another's target: each frame must declare its target's size and be exactly one
+    whole zstd frame (both checked before anything is decoded), libzstd checks that
+    every frame decodes to the size it declares, and the run must fill its targets
+    exactly. Returns ``False``, having decoded nothing, when a frame does not declare its
+    size or a target is not writable memory (python-zstandard then does it all); a run
+    that fails those checks goes through python-zstandard, which raises naming the faulty
+    frame (or, for bytes holding more than one frame, decodes the first, as it does
+    everywhere).
     """
     n = len(frames)
     places = [0] * n
@@ -384,10 +373,40 @@ def _decode_in_place(
             stop += 1
         data = b"".join(frames[first:stop])
         start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-        if decoder.decompress_into(start, len(data), places[first], total) != total:
-            _decode_frame_run(frames, targets, sizes, first, stop)  # raises, naming the frame
+        whole, at = True, 0
+        for k in range(first, stop):
+            length = memoryview(frames[k]).nbytes
+            if decoder.frame_size(start + at, length) != length:
+                whole = False
+                break
+            at += length
+        if not whole or decoder.decompress_into(start, len(data), places[first], total) != total:
+            _decode_with_zstandard(frames, targets, sizes, first, stop)
         first = stop
     return True
+
+
+def _decode_with_zstandard(
+    frames: Sequence[bytes | memoryview],
+    targets: Sequence[memoryview],
+    sizes: list[int],
+    first: int,
+    stop: int,
+) -> None:
+    """Frames ``first:stop`` (none empty) decoded through python-zstandard, in calls of at
+    most :data:`DECODE_CALL_BYTES` (but one frame)."""
+    while first < stop:
+        if not sizes[first]:
+            first += 1
+            continue
+        # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
+        # memory that large comes from mmap, fresh pages faulted in at every call.
+        end, total = first + 1, sizes[first]
+        while end < stop and sizes[end] and total + sizes[end] <= DECODE_CALL_BYTES:
+            total += sizes[end]
+            end += 1
+        _decode_frame_run(frames, targets, sizes, first, end)
+        first = end
 
 
 #: The most bytes :func:`decode_frames` decodes in one call into zstd (but one frame).

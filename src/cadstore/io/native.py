@@ -101,6 +101,12 @@ class ZstdDecoder:
         self._lib = library
         self._local = threading.local()
 
+    def frame_size(self, address: int, length: int) -> int:
+        """The stored size of the zstd frame that starts at ``address`` (within ``length``
+        readable bytes); -1 if no whole frame starts there."""
+        size: int = self._lib.ZSTD_findFrameCompressedSize(address, length)
+        return -1 if self._lib.ZSTD_isError(size) else size
+
     def decompress_into(self, address: int, length: int, into: int, capacity: int) -> int:
         """Decode every frame of the ``length`` bytes at ``address``, one after the other,
         into the ``capacity`` bytes at ``into``; return the bytes decoded, or -1 if the
@@ -132,9 +138,12 @@ class _DecodingContext:
 def zstd_decoder() -> ZstdDecoder | None:
     """The system's zstd library as a :class:`ZstdDecoder`, or ``None`` where there is
     none (the callers then decode through python-zstandard)."""
-    for name in ("libzstd.so.1", ctypes.util.find_library("zstd")):
-        if not name:
-            continue
+    for name in ("libzstd.so.1", None):
+        if name is None:
+            # Only now: find_library runs ldconfig (or a compiler) to search.
+            name = ctypes.util.find_library("zstd")
+            if not name:
+                continue
         try:
             lib = ctypes.CDLL(name)
             lib.ZSTD_createDCtx.restype = ctypes.c_void_p
@@ -149,6 +158,8 @@ def zstd_decoder() -> ZstdDecoder | None:
                 ctypes.c_void_p,
                 ctypes.c_size_t,
             ]
+            lib.ZSTD_findFrameCompressedSize.restype = ctypes.c_size_t
+            lib.ZSTD_findFrameCompressedSize.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
             lib.ZSTD_isError.restype = ctypes.c_uint
             lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
         except (OSError, AttributeError):

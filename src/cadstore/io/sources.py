@@ -652,7 +652,9 @@ class ZipSource(KeySource):
         # position two processes would share is never used), and the child reads the
         # very file the parent opened, whatever has replaced it at its path since. Read
         # through zipfile or a file object (another compression method, a remote file),
-        # the members would move that shared position: opened again.
+        # the members would move that shared position: opened again. (A ZIP64 archive's
+        # directory is listed through zipfile, but its members are still read by
+        # position.)
         free = self._lock.acquire(blocking=False)
         if free:
             self._lock.release()
@@ -662,7 +664,6 @@ class ZipSource(KeySource):
         return (
             free
             and self._fd is not None
-            and self._zip is None
             and all(
                 m.method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
                 for m in self._members.values()
@@ -716,6 +717,10 @@ class DirectorySource(KeySource):
 
     def total_bytes(self) -> int:  # docstring inherited
         return sum(os.path.getsize(p) for _, p in LocalFileSystem().walk_files(self._root))
+
+    def after_fork(self) -> bool:  # docstring inherited
+        # Files are opened by path at each read: nothing is shared with the parent.
+        return self._budget is None or self._budget.after_fork()
 
 
 class PrefixSource(KeySource):
