@@ -301,6 +301,29 @@ def test_a_reader_busy_at_fork_is_warmed_at_the_next_fork(dataset: Path) -> None
         assert reader not in reader_module._WARM_AT_FORK
 
 
+def test_two_datasets_over_one_reader_warm_what_either_reads(dataset: Path) -> None:
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        reader.warm_before_fork(["faces"], {"faces": ["face_areas"]})
+        reader.warm_before_fork(["faces", "edges"], {"faces": ["face_types"]})
+        assert reader_module._WARM_AT_FORK[reader] == (
+            ("faces", "edges"),
+            {"faces": ("face_areas", "face_types")},
+        )
+        # A group one of them reads whole is warmed whole.
+        reader.warm_before_fork(["faces"])
+        assert reader_module._WARM_AT_FORK[reader] == (("faces", "edges"), None)
+        reader.warm_before_fork()
+        assert reader_module._WARM_AT_FORK[reader] == (None, None)
+        reader_module._WARM_AT_FORK.pop(reader)
+        reader.warm_before_fork(["faces"], {"faces": ["face_areas"]})
+        reader.warm_before_fork(["edges"], {"faces": ["face_types"]})
+        assert _in_child(lambda: True)  # the fork that warms
+        warmed = set(reader._small) | {path for path, *_ in reader._frames}
+        faces = {path for path in warmed if path.startswith("faces/")}
+        assert faces == {"faces/face_areas", "faces/face_types"}
+        assert any(path.startswith("edges/") for path in warmed)
+
+
 def test_zip_sources_read_by_position_carry_over_a_fork(dataset: Path, tmp_path: Path) -> None:
     source = ZipSource(str(dataset))
     try:

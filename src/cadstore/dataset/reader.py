@@ -672,8 +672,8 @@ class DatasetReader:
         picked = {g: tuple(a) for g, a in arrays.items()} if arrays is not None else None
         spec = (tuple(groups) if groups is not None else None, picked)
         pending = _WARM_AT_FORK.get(self)
-        # Asked for by two datasets over the reader (train and validation): everything.
-        _WARM_AT_FORK[self] = spec if pending is None or pending == spec else (None, None)
+        # Asked for by two datasets over the reader (train and validation): what either reads.
+        _WARM_AT_FORK[self] = spec if pending is None else _either(pending, spec)
 
     def _learn_frames(self, path: str, meta: Any, allowance: int) -> int | None:
         """Read every item-framed chunk of sharded ``path`` once and keep its frame table
@@ -1829,6 +1829,32 @@ Allocator = Callable[[str, str, tuple[int, ...], np.dtype], np.ndarray]
 _BatchLayout = tuple[
     np.ndarray, np.ndarray, list[tuple[str, Any, bool, str, tuple[int, ...], np.dtype]]
 ]
+
+
+_WarmSpec = tuple[tuple[str, ...] | None, dict[str, tuple[str, ...]] | None]
+
+
+def _either(a: _WarmSpec, b: _WarmSpec) -> _WarmSpec:
+    """The groups and arrays that reads of ``a`` or of ``b`` look up (``None``: all)."""
+    (groups_a, arrays_a), (groups_b, arrays_b) = a, b
+    groups = (
+        None
+        if groups_a is None or groups_b is None
+        else tuple(dict.fromkeys([*groups_a, *groups_b]))
+    )
+    if arrays_a is None or arrays_b is None:
+        return groups, None
+    arrays: dict[str, tuple[str, ...]] = {}
+    for group in dict.fromkeys([*arrays_a, *arrays_b]):
+        # A group one side reads without naming its arrays is read whole.
+        whole = any(
+            group not in picked and (read is None or group in read)
+            for read, picked in ((groups_a, arrays_a), (groups_b, arrays_b))
+        )
+        if not whole:
+            names = [*arrays_a.get(group, ()), *arrays_b.get(group, ())]
+            arrays[group] = tuple(dict.fromkeys(names))
+    return groups, arrays
 
 
 def _selected(arrays: Mapping[str, Iterable[str]] | None, group: str) -> tuple[str, ...] | None:
