@@ -9,6 +9,7 @@ a forked child takes it over, when the file can be read from the child as it is.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import zipfile
@@ -244,34 +245,40 @@ def test_a_forked_child_keeps_what_a_warm_reader_learned(dataset: Path) -> None:
         _assert_same_items(_every_item(reader), expected)
 
 
+@contextlib.contextmanager
+def _held_by_another_thread(reader: DatasetReader) -> Iterator[None]:
+    """While inside: another thread holds ``reader``'s lock, as a read under way does."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with reader._lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
 def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) -> None:
     """A thread of the parent inside the reader as the process forks leaves its lock held
     (and its caches perhaps half updated) in the child: the child gets locks of its own
     and opens the file again (before, it waited forever for that lock)."""
     with DatasetReader(dataset) as reader:
         expected = _every_item(reader)
-        held, release = threading.Event(), threading.Event()
+        parent_source = id(reader._source)
 
-        def hold() -> None:
-            with reader._lock:
-                held.set()
-                release.wait(30)
+        def child() -> tuple[bool, list[dict[str, Any]]]:
+            items = _every_item(reader)
+            return id(reader._source) != parent_source, items
 
-        thread = threading.Thread(target=hold)
-        thread.start()
-        try:
-            assert held.wait(10)
-
-            parent_source = id(reader._source)
-
-            def child() -> tuple[bool, list[dict[str, Any]]]:
-                items = _every_item(reader)
-                return id(reader._source) != parent_source, items
-
+        with _held_by_another_thread(reader):
             reopened, items = _in_child(child, timeout=30)
-        finally:
-            release.set()
-            thread.join()
         assert reopened
         _assert_same_items(items, expected)
 
@@ -279,22 +286,9 @@ def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) 
 def test_a_reader_busy_at_fork_is_warmed_at_the_next_fork(dataset: Path) -> None:
     with DatasetReader(dataset, cache_bytes=MiB) as reader:
         reader.warm_before_fork()
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with reader._lock:
-                held.set()
-                release.wait(30)
-
-        thread = threading.Thread(target=hold)
-        thread.start()
-        try:
-            assert held.wait(10)
+        with _held_by_another_thread(reader):
             assert _in_child(lambda: True) is True  # the fork does not wait for the thread
             assert _learned(reader) == {"frames": 0, "small": 0}
-        finally:
-            release.set()
-            thread.join()
         assert _in_child(lambda: _learned(reader)) == _learned(reader)
         assert _learned(reader)["frames"] > 0
         # Warmed once: a third fork has nothing left to do.

@@ -22,7 +22,7 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -362,15 +362,12 @@ def _decode_in_place(
                 places[k] = ctypes.addressof(ctypes.c_char.from_buffer(targets[k]))
     except (zstandard.ZstdError, TypeError, ValueError):
         return False
-    first = 0
-    while first < n:
-        if not sizes[first]:
-            first += 1
-            continue
-        stop, total = first + 1, sizes[first]
-        while stop < n and sizes[stop] and places[stop] == places[stop - 1] + sizes[stop - 1]:
-            total += sizes[stop]
-            stop += 1
+
+    def follows(k: int, _: int) -> bool:
+        # A run: frames whose targets follow one another in memory.
+        return places[k] == places[k - 1] + sizes[k - 1]
+
+    for first, stop, total in _runs(sizes, 0, n, follows):
         data = b"".join(frames[first:stop])
         start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
         whole, at = True, 0
@@ -382,8 +379,24 @@ def _decode_in_place(
             at += length
         if not whole or decoder.decompress_into(start, len(data), places[first], total) != total:
             _decode_with_zstandard(frames, targets, sizes, first, stop)
-        first = stop
     return True
+
+
+def _runs(
+    sizes: list[int], first: int, stop: int, joins: Callable[[int, int], bool]
+) -> Iterator[tuple[int, int, int]]:
+    """The runs of non-empty frames among ``first:stop``: ``(start, stop, total bytes)``
+    each, frame ``k`` joining the run before it when ``joins(k, bytes so far)``."""
+    while first < stop:
+        if not sizes[first]:
+            first += 1
+            continue
+        end, total = first + 1, sizes[first]
+        while end < stop and sizes[end] and joins(end, total):
+            total += sizes[end]
+            end += 1
+        yield first, end, total
+        first = end
 
 
 def _decode_with_zstandard(
@@ -393,20 +406,16 @@ def _decode_with_zstandard(
     first: int,
     stop: int,
 ) -> None:
-    """Frames ``first:stop`` (none empty) decoded through python-zstandard, in calls of at
-    most :data:`DECODE_CALL_BYTES` (but one frame)."""
-    while first < stop:
-        if not sizes[first]:
-            first += 1
-            continue
-        # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
-        # memory that large comes from mmap, fresh pages faulted in at every call.
-        end, total = first + 1, sizes[first]
-        while end < stop and sizes[end] and total + sizes[end] <= DECODE_CALL_BYTES:
-            total += sizes[end]
-            end += 1
-        _decode_frame_run(frames, targets, sizes, first, end)
-        first = end
+    """Frames ``first:stop`` (empty ones left out) decoded through python-zstandard, in
+    calls of at most :data:`DECODE_CALL_BYTES` (but one frame)."""
+
+    # Calls of at most DECODE_CALL_BYTES: zstandard allocates the output of each, and
+    # memory that large comes from mmap, fresh pages faulted in at every call.
+    def fits(k: int, total: int) -> bool:
+        return total + sizes[k] <= DECODE_CALL_BYTES
+
+    for start, end, _ in _runs(sizes, first, stop, fits):
+        _decode_frame_run(frames, targets, sizes, start, end)
 
 
 #: The most bytes :func:`decode_frames` decodes in one call into zstd (but one frame).
