@@ -25,7 +25,7 @@ from cadstore.dataset import DatasetLoader
 from cadstore.dataset import reader as reader_module
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError, DatasetError, StorageClosedError
-from cadstore.io.sources import ZipSource
+from cadstore.io.sources import DirectorySource, KeySource, ZipSource
 
 FORK = multiprocessing.get_context("fork")
 MiB = 1024**2
@@ -246,12 +246,12 @@ def test_a_forked_child_keeps_what_a_warm_reader_learned(dataset: Path) -> None:
 
 
 @contextlib.contextmanager
-def _held_by_another_thread(reader: DatasetReader) -> Iterator[None]:
-    """While inside: another thread holds ``reader``'s lock, as a read under way does."""
+def _held_by_another_thread(lock: Any) -> Iterator[None]:
+    """While inside: another thread holds ``lock`` (a reader's, as a read under way does)."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with reader._lock:
+        with lock:
             held.set()
             release.wait(30)
 
@@ -277,7 +277,7 @@ def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) 
             items = _every_item(reader)
             return id(reader._source) != parent_source, items
 
-        with _held_by_another_thread(reader):
+        with _held_by_another_thread(reader._lock):
             reopened, items = _in_child(child, timeout=30)
         assert reopened
         _assert_same_items(items, expected)
@@ -286,7 +286,7 @@ def test_a_reader_busy_in_another_thread_at_fork_is_opened_again(dataset: Path) 
 def test_a_reader_busy_at_fork_is_warmed_at_the_next_fork(dataset: Path) -> None:
     with DatasetReader(dataset, cache_bytes=MiB) as reader:
         reader.warm_before_fork()
-        with _held_by_another_thread(reader):
+        with _held_by_another_thread(reader._lock):
             assert _in_child(lambda: True) is True  # the fork does not wait for the thread
             assert _learned(reader) == {"frames": 0, "small": 0}
         assert _in_child(lambda: _learned(reader)) == _learned(reader)
@@ -332,6 +332,38 @@ def test_zip_sources_read_by_position_carry_over_a_fork(dataset: Path, tmp_path:
     source = ZipSource(str(other))
     try:
         assert _in_child(source.after_fork) is False
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("kind", ["zip", "directory"])
+def test_a_budget_being_charged_at_fork_is_not_carried_over(
+    dataset: Path, tmp_path: Path, kind: str
+) -> None:
+    """Every source takes its decode budget over in the child (``KeySource.after_fork``):
+    one another thread of the parent was charging as the process forked is half updated,
+    and the source is opened again; its new lock is the child's own (no hang)."""
+    if kind == "zip":
+        source: KeySource = ZipSource(str(dataset))
+    else:
+        (tmp_path / "store").mkdir()
+        (tmp_path / "store" / "zarr.json").write_bytes(b"{}")
+        source = DirectorySource(str(tmp_path / "store"))
+    try:
+        budget = source.budget
+        budget.charge("a", 1)
+        assert _in_child(source.after_fork) is True
+
+        def child() -> tuple[bool, int]:
+            carried = source.after_fork()
+            budget.charge("b", 2)  # the child's own lock: taken at once
+            return carried, budget.used
+
+        with _held_by_another_thread(budget._lock):
+            carried, used = _in_child(child, timeout=30)
+        assert carried is False
+        assert used == 3
+        assert budget.used == 1  # the parent's untouched
     finally:
         source.close()
 

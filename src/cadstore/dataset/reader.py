@@ -38,6 +38,7 @@ from cadstore.errors import (
     KeyNotFoundError,
     StorageClosedError,
 )
+from cadstore.forking import renew_lock
 from cadstore.format.codecs import (
     ChunkDecodeError,
     FrameBounds,
@@ -310,11 +311,7 @@ class DatasetReader:
         instead of each learning it again. Otherwise the file is opened again on the
         child's first read.
         """
-        lock = self._lock
-        free = lock.acquire(blocking=False)
-        if free:
-            lock.release()
-        self._lock = threading.RLock()
+        self._lock, free = renew_lock(self._lock, threading.RLock)
         self._idle = threading.Condition(self._lock)
         self._local = threading.local()
         self._reading = 0

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 
 from cadstore.errors import LimitExceededError
+from cadstore.forking import renew_lock
 
 __all__ = ["DEFAULT_LIMITS", "JSON_EXPANSION", "DecodeBudget", "Limits", "is_metadata_key"]
 
@@ -135,10 +136,7 @@ class DecodeBudget:
         """In a child process just forked: make the budget usable there, and say whether
         what it has charged can be trusted (``False`` when another thread of the parent
         was charging it as the process forked, which leaves it half updated)."""
-        free = self._lock.acquire(blocking=False)
-        if free:
-            self._lock.release()
-        self._lock = threading.Lock()
+        self._lock, free = renew_lock(self._lock, threading.Lock)
         return free
 
     @property

@@ -31,6 +31,7 @@ from cadstore.errors import (
     LimitExceededError,
     StorageError,
 )
+from cadstore.forking import renew_lock
 from cadstore.format.limits import (
     DEFAULT_LIMITS,
     JSON_EXPANSION,
@@ -196,9 +197,16 @@ class KeySource(ABC):
         as it is, by what the parent read through it.
 
         Sources that hold no per-process state (network sessions, a shared file position)
-        say yes, after making their locks the child's own; the default is no, and the
-        caller opens the file again.
+        say yes, after making their locks the child's own (:meth:`_continues_in_child`);
+        the default is no, and the caller opens the file again. The decode budget, when
+        there is one, is taken over here for every source: what it has charged is kept
+        only if no thread of the parent was charging it as the process forked.
         """
+        budget = self._budget is None or self._budget.after_fork()
+        return self._continues_in_child() and budget
+
+    def _continues_in_child(self) -> bool:
+        """:meth:`after_fork` less the budget: what a source overrides."""
         return False
 
     def __contains__(self, key: str) -> bool:
@@ -647,7 +655,7 @@ class ZipSource(KeySource):
         finally:
             self._fh.close()
 
-    def after_fork(self) -> bool:  # docstring inherited
+    def _continues_in_child(self) -> bool:  # docstring inherited
         # Positioned reads of a local file share nothing with the parent (the file
         # position two processes would share is never used), and the child reads the
         # very file the parent opened, whatever has replaced it at its path since. Read
@@ -655,12 +663,7 @@ class ZipSource(KeySource):
         # the members would move that shared position: opened again. (A ZIP64 archive's
         # directory is listed through zipfile, but its members are still read by
         # position.)
-        free = self._lock.acquire(blocking=False)
-        if free:
-            self._lock.release()
-        self._lock = threading.Lock()
-        if self._budget is not None and not self._budget.after_fork():
-            free = False
+        self._lock, free = renew_lock(self._lock, threading.Lock)
         return (
             free
             and self._fd is not None
@@ -718,9 +721,9 @@ class DirectorySource(KeySource):
     def total_bytes(self) -> int:  # docstring inherited
         return sum(os.path.getsize(p) for _, p in LocalFileSystem().walk_files(self._root))
 
-    def after_fork(self) -> bool:  # docstring inherited
+    def _continues_in_child(self) -> bool:  # docstring inherited
         # Files are opened by path at each read: nothing is shared with the parent.
-        return self._budget is None or self._budget.after_fork()
+        return True
 
 
 class PrefixSource(KeySource):
