@@ -8,6 +8,7 @@ import functools
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -533,6 +534,29 @@ def test_worker_batches_keep_views_of_other_dtypes_and_sparse_tensors(
             assert ours[key].dtype == theirs[key].dtype, key
             assert torch.equal(ours[key], theirs[key]), key
         assert torch.equal(ours["sparse"].to_dense(), theirs["sparse"].to_dense())
+
+
+def test_sparse_tensors_received_from_workers_are_not_kept_for_torch_load(
+    loader: DatasetLoader, tmp_path: Path
+) -> None:
+    """Torch rebuilds an unpickled sparse tensor into a global list that ``torch.load``
+    checks and empties; batches received from worker processes left theirs there: every
+    sparse tensor a worker ever sent stayed alive, and every later
+    ``torch.load(weights_only=True)`` of the process warned about them."""
+    import torch._utils
+
+    train = loader.get_dataset("train")
+    options = {"batch_size": 4, "seed": 2, "collate_fn": _ReinterpretingCollate()}
+    with train.batches(**options, processes=2) as batches:
+        got = list(batches)
+    assert got and all(b["sparse"].is_sparse for b in got)
+    assert torch._utils._sparse_tensors_to_validate == []
+    torch.save({"x": torch.arange(3)}, tmp_path / "plain.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(
+            torch.load(tmp_path / "plain.pt", weights_only=True)["x"], torch.arange(3)
+        )
 
 
 def test_a_suspended_epoch_does_not_leak_into_the_next(loader: DatasetLoader) -> None:

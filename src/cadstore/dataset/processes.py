@@ -170,6 +170,21 @@ class _Unpickler(pickle.Unpickler):
         self.held = held
         self.torch = torch
 
+    def load(self) -> Any:
+        """The batch. Sparse tensors in it are rebuilt by torch, which also appends each
+        to a list of its own for ``torch.load`` to check and empty once the file is
+        read; unpickled here, they are taken off it again (a batch made by this loader's
+        own worker processes), or they would stay alive for the life of the process and
+        every later ``torch.load(weights_only=True)`` would warn about them."""
+        pending = getattr(getattr(self.torch, "_utils", None), "_sparse_tensors_to_validate", None)
+        before = list(pending) if pending else []
+        try:
+            return super().load()
+        finally:
+            if pending:
+                kept = {id(t) for t in before}
+                pending[:] = [t for t in pending if id(t) in kept]
+
     def persistent_load(self, pid: Any) -> Any:
         if pid[0] == _BUFFER:
             _, ident, offset, shape, stride = pid
