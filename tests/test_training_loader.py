@@ -118,6 +118,28 @@ def test_buffers_are_reused_when_batches_are_let_go(loader: DatasetLoader) -> No
     assert pool.reused > pool.allocated
 
 
+def test_a_batch_takes_one_pool_buffer_for_all_its_arrays(loader: DatasetLoader) -> None:
+    """Each buffer lent is checked at every later lending (under the interpreter lock the
+    decoding threads share): a batch lays its arrays out in one buffer, not one each."""
+    batches = _batch_loader(loader, batch_size=4, shuffle=False, threads=1, prefetch=1)
+    n_batches = len(batches)
+    for _ in range(3):
+        for batch in batches:
+            storages = {
+                tensor.untyped_storage().data_ptr()
+                for group in ("faces", "edges", "faceface")
+                for tensor in batch[group].values()
+                if tensor.dtype != torch.int64  # edge endpoints go to the index buffer
+            }
+            assert len(storages) == 1
+            del batch
+    pool = batches.pool
+    # One lending per batch (before, one per array: dozens), most of them of a buffer
+    # made for an earlier batch.
+    assert pool.allocated + pool.reused == 3 * n_batches
+    assert pool.reused > 2 * pool.allocated
+
+
 def test_batches_kept_by_the_caller_are_never_overwritten(loader: DatasetLoader) -> None:
     dataset, collate = loader.get_dataset("train").to_torch_with_collate()
     reference = list(

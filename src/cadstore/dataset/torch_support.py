@@ -556,16 +556,25 @@ class BatchAllocator:
     Parameters
     ----------
     make
-        ``make(shape, dtype) -> tensor`` gives each tensor: the in-process loader passes
-        its pool's (:class:`cadstore.dataset.training.BufferPool`). By default the reader
-        announces the whole batch first (:meth:`reserve`) and its tensors are views of one
-        buffer (:func:`batch_tensors`; one shared-memory segment in a ``DataLoader``
-        worker).
+        ``make(shape, dtype) -> tensor`` gives each tensor (the worker processes of
+        :class:`cadstore.dataset.training.BatchLoader` pass their pool's). By default the
+        reader announces the whole batch first (:meth:`reserve`) and its tensors are views
+        of one buffer (:func:`batch_tensors`; one shared-memory segment in a
+        ``DataLoader`` worker).
+    block
+        ``block(nbytes) -> uint8 tensor`` gives that one buffer instead (the in-process
+        loader passes its pool's :meth:`~cadstore.dataset.training.BufferPool.take_block`,
+        so that a batch takes one reused buffer, not one per array).
     """
 
-    def __init__(self, make: Callable[[tuple[int, ...], np.dtype], Any] | None = None) -> None:
+    def __init__(
+        self,
+        make: Callable[[tuple[int, ...], np.dtype], Any] | None = None,
+        block: Callable[[int], Any] | None = None,
+    ) -> None:
         self.tensors: dict[tuple[str, str], Any] = {}
         self.make = make
+        self.block = block
         self._reserved: dict[tuple[str, str], tuple[tuple[int, ...], np.dtype, Any]] = {}
 
     def reserve(self, specs: Sequence[tuple[str, str, tuple[int, ...], np.dtype]]) -> None:
@@ -580,7 +589,7 @@ class BatchAllocator:
         if self.make is not None:
             return
         wanted = [(g, a, tuple(s), np.dtype(d)) for g, a, s, d in specs if _tensor_kind(d)]
-        tensors = batch_tensors([(shape, dtype) for *_, shape, dtype in wanted])
+        tensors = batch_tensors([(shape, dtype) for *_, shape, dtype in wanted], self.block)
         self._reserved = {
             (group, array): (shape, dtype, tensor)
             for (group, array, shape, dtype), tensor in zip(wanted, tensors, strict=True)
@@ -611,20 +620,27 @@ def _torch_dtype(dtype: np.dtype) -> Any:
     return require_torch().from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-def batch_tensors(specs: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[Any]:
+def batch_tensors(
+    specs: Sequence[tuple[tuple[int, ...], np.dtype]], block: Callable[[int], Any] | None = None
+) -> list[Any]:
     """Empty tensors of the ``(shape, dtype)`` of ``specs``, all views of one buffer.
 
-    In a ``DataLoader`` worker the buffer is a shared-memory block the worker reuses once
-    the training process is done with it (:mod:`cadstore.dataset.worker_memory`);
-    elsewhere, ordinary memory. Every tensor a worker sends in a segment of its own costs
-    a segment created and sized, a file descriptor passed through torch's resource sharer
-    and a mapping made in the main process (``docs/benchmarks.md`` has a check of what
-    that costs). The tensors keep the whole buffer alive, as views do.
+    The buffer is ``block(nbytes)`` when given (a uint8 tensor: the in-process loader's
+    pool lends one it reuses); otherwise, in a ``DataLoader`` worker, a shared-memory
+    block the worker reuses once the training process is done with it
+    (:mod:`cadstore.dataset.worker_memory`); elsewhere, ordinary memory. Every tensor a
+    worker sends in a segment of its own costs a segment created and sized, a file
+    descriptor passed through torch's resource sharer and a mapping made in the main
+    process (``docs/benchmarks.md`` has a check of what that costs). The tensors keep the
+    whole buffer alive, as views do.
 
     Parameters
     ----------
     specs
         Shape and numpy dtype of each tensor (dtypes torch has).
+    block
+        ``block(nbytes) -> uint8 tensor`` of at least ``nbytes``, starting on
+        :data:`BATCH_ALIGNMENT` bytes.
 
     Returns
     -------
@@ -637,10 +653,13 @@ def batch_tensors(specs: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[Any
     for nbytes in sizes:
         starts.append(total)
         total += -(-nbytes // BATCH_ALIGNMENT) * BATCH_ALIGNMENT
-    blocks = worker_blocks() if total else None
-    whole = (
-        blocks.take(total) if blocks is not None else _batch_tensor((total,), np.dtype(np.uint8))
-    )
+    blocks = worker_blocks() if total and block is None else None
+    if block is not None and total:
+        whole = block(total)
+    elif blocks is not None:
+        whole = blocks.take(total)
+    else:
+        whole = _batch_tensor((total,), np.dtype(np.uint8))
     out = []
     for (shape, dtype), start, nbytes in zip(specs, starts, sizes, strict=True):
         like = _torch_dtype(np.dtype(dtype))

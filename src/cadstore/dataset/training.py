@@ -137,6 +137,15 @@ class BufferPool:
             populate_pages(view.data_ptr(), nbytes)
         return view
 
+    def take_block(self, nbytes: int) -> Any:
+        """A uint8 tensor of ``nbytes``, of a free buffer if one is large enough: the one
+        buffer a batch's arrays are laid out in (see
+        :func:`~cadstore.dataset.torch_support.batch_tensors`). One buffer per batch
+        rather than one per array: each buffer lent is a use count checked at every
+        later lending, dozens per batch, under the interpreter lock the decoding threads
+        share."""
+        return self.take((nbytes,), np.dtype(np.uint8))
+
 
 class BatchLoader:
     """Iterate over batches of a dataset's items, decoded by threads of this process.
@@ -247,7 +256,7 @@ class BatchLoader:
     def _make(self, readers: _Readers, codes: np.ndarray) -> Any:
         source = readers.acquire()
         try:
-            allocator = BatchAllocator(self.pool.take)
+            allocator = BatchAllocator(block=self.pool.take_block)
             batch = source.read_many(codes.tolist(), allocator)
         finally:
             readers.release(source)
