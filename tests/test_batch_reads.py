@@ -477,3 +477,36 @@ def test_closing_waits_for_a_batch_under_way(dataset: Path, realistic_items: lis
     _check_batch(outcome["batch"], codes, realistic_items)
     with pytest.raises(StorageClosedError):
         reader.read_items(codes)
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [[(4, 7), (0, 2), (7, 7), (9, 10)], [(3, 3)], [(0, 10)]],
+)
+def test_a_groups_spans_gather_its_rows_with_one_index(spans: list[tuple[int, int]]) -> None:
+    """Every array of a group is read with the same spans: the gather index is worked out
+    once (``_Spans``) and gathers what the spans as a plain list gather."""
+    source = np.arange(40, dtype=np.float32).reshape(10, 4)
+    expected = np.concatenate([source[a:b] for a, b in spans])
+    bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    group = reader_module._Spans(bounds[:, 0], bounds[:, 1])
+    assert list(group) == spans
+    for given in (spans, group, group):
+        out = np.full_like(expected, -1)
+        assert reader_module._gather_rows(source, given, out)
+        np.testing.assert_array_equal(out, expected)
+    first = group.gather_index()
+    assert first is not None and group.gather_index() is first
+
+
+@pytest.mark.parametrize("spans", [[(8, 11)], [(-1, 2)], [(5, 3)], [(0, 2), (2, 4)]])
+def test_spans_that_do_not_fit_the_array_gather_nothing(spans: list[tuple[int, int]]) -> None:
+    """Offsets past the array, negative or reversed (a damaged offsets index), or rows
+    that do not fill the output: nothing is copied and the caller reads otherwise."""
+    source = np.arange(40, dtype=np.float32).reshape(10, 4)
+    bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    rows = max(1, int(np.clip(bounds[:, 1] - bounds[:, 0], 0, None).sum()) - (len(spans) > 1))
+    for given in (spans, reader_module._Spans(bounds[:, 0], bounds[:, 1])):
+        out = np.full((rows, 4), -1, dtype=np.float32)
+        assert not reader_module._gather_rows(source, given, out)
+        assert (out == -1).all()

@@ -1738,14 +1738,16 @@ class DatasetReader:
         :meth:`_batch_layout`)."""
         starts, stops, entries = layout
         batch.counts[group] = stops - starts
-        spans = list(zip(starts.tolist(), stops.tolist(), strict=True))
+        spans = _Spans(starts, stops)
+        index = np.asarray(codes, dtype=np.int64)
+        one_each = _Spans(index, index + 1)
         for item in batch:
             item[group] = {}
         for array, meta, per_item, path, shape, dtype in entries:
             views: list[Any]
             buffer = make(group, array, shape, dtype)
             if per_item:
-                self._read_spans(path, meta, [(code, code + 1) for code in codes], buffer)
+                self._read_spans(path, meta, one_each, buffer)
                 views = [buffer[i] for i in range(len(codes))]
             else:
                 views = []
@@ -1876,24 +1878,64 @@ SMALL_ARRAYS_SHARE = 2
 def _gather_rows(source: np.ndarray, spans: Sequence[tuple[int, int]], out: np.ndarray) -> bool:
     """Rows ``[start, stop)`` of ``source`` for each span, one after the other, into
     ``out`` in one gather; ``False`` (nothing copied) when the spans do not fit ``source``
-    or fill ``out`` exactly."""
+    or fill ``out`` exactly. :class:`_Spans` bring their gather index, worked out once."""
     if not out.flags.c_contiguous or out.shape[1:] != source.shape[1:] or out.dtype != source.dtype:
         return False
     if not spans:
         return not len(out)
-    bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    starts, lengths = bounds[:, 0], bounds[:, 1] - bounds[:, 0]
-    if (lengths < 0).any() or int(lengths.sum()) != len(out):
+    if isinstance(spans, _Spans):
+        index = spans.gather_index()
+    else:
+        bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        index = _gather_index(bounds[:, 0], bounds[:, 1])
+    if index is None:
         return False
-    if int(starts.min()) < 0 or int(bounds[:, 1].max()) > len(source):
+    rows, lowest, highest = index
+    if len(rows) != len(out) or lowest < 0 or highest > len(source):
         return False
-    first = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=first[1:])
-    rows = np.repeat(starts - first, lengths) + np.arange(len(out), dtype=np.int64)
     # Every row was just checked to lie in ``source``: "clip" gathers straight into
     # ``out`` ("raise" gathers into a copy first).
     np.take(source, rows, axis=0, out=out, mode="clip")
     return True
+
+
+def _gather_index(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """The rows of spans ``starts[i]:stops[i]`` one after the other (for ``np.take``), the
+    lowest start and the highest stop; ``None`` if a span ends before it starts."""
+    if not len(starts):
+        return np.zeros(0, dtype=np.int64), 0, 0
+    lengths = stops - starts
+    if (lengths < 0).any():
+        return None
+    first = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=first[1:])
+    total = int(first[-1] + lengths[-1])
+    rows = np.repeat(starts - first, lengths) + np.arange(total, dtype=np.int64)
+    return rows, int(starts.min()), int(stops.max())
+
+
+class _Spans(list[tuple[int, int]]):
+    """A batch's row spans ``(start, stop)`` in one group, one per item, as
+    :meth:`DatasetReader._read_spans` takes them.
+
+    Every array of the group is read with the same spans; those kept whole are gathered
+    with one index (:func:`_gather_rows`), worked out here once for all of them instead
+    of once per array (a dozen numpy calls each, under the interpreter lock the decoding
+    threads share).
+    """
+
+    def __init__(self, starts: np.ndarray, stops: np.ndarray) -> None:
+        super().__init__(zip(starts.tolist(), stops.tolist(), strict=True))
+        self._bounds = (np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64))
+        self._index: tuple[np.ndarray, int, int] | None = None
+        self._known = False
+
+    def gather_index(self) -> tuple[np.ndarray, int, int] | None:
+        """:func:`_gather_index` of these spans (memoised)."""
+        if not self._known:
+            self._index = _gather_index(*self._bounds)
+            self._known = True
+        return self._index
 
 
 def _one_chunk(
