@@ -406,3 +406,17 @@ def test_dataloader_workers_of_every_epoch_start_warm(loader: DatasetLoader) -> 
         starts = [dataset.learned_at_start.get(timeout=10) for _ in range(2)]
         # Warmed once, just before the first worker was forked: both inherit it.
         assert min(starts) > 0, starts
+
+
+def test_a_reentrant_lock_held_by_the_forking_thread_is_not_free_in_the_child() -> None:
+    """The thread that forks is the child's only thread: a reentrant lock it held would
+    let itself be taken again there, though what it guards was being changed."""
+    from cadstore.forking import renew_lock
+
+    lock = threading.RLock()
+    assert _in_child(lambda: renew_lock(lock, threading.RLock)[1]) is True
+    with lock:
+        assert _in_child(lambda: renew_lock(lock, threading.RLock)[1]) is False
+    plain = threading.Lock()
+    with _held_by_another_thread(plain):
+        assert _in_child(lambda: renew_lock(plain, threading.Lock)[1]) is False

@@ -129,7 +129,8 @@ def test_a_batch_takes_one_pool_buffer_for_all_its_arrays(loader: DatasetLoader)
                 tensor.untyped_storage().data_ptr()
                 for group in ("faces", "edges", "faceface")
                 for tensor in batch[group].values()
-                if tensor.dtype != torch.int64  # edge endpoints go to the index buffer
+                # Edge endpoints go to the index buffer; an empty array has no memory.
+                if tensor.dtype != torch.int64 and tensor.numel()
             }
             assert len(storages) == 1
             del batch
@@ -138,6 +139,20 @@ def test_a_batch_takes_one_pool_buffer_for_all_its_arrays(loader: DatasetLoader)
     # made for an earlier batch.
     assert pool.allocated + pool.reused == 3 * n_batches
     assert pool.reused > 2 * pool.allocated
+
+
+def test_a_batch_allocator_takes_its_buffers_one_way() -> None:
+    from cadstore.dataset.torch_support import BatchAllocator
+    from cadstore.dataset.training import BufferPool
+
+    pool = BufferPool()
+    with pytest.raises(ValueError, match="not both"):
+        BatchAllocator(pool.take, block=pool.take_block)
+    # An array the reader did not announce still comes from the pool's blocks.
+    allocate = BatchAllocator(block=pool.take_block)
+    buffer = allocate("faces", "face_areas", (5, 3), np.dtype("float32"))
+    assert buffer.shape == (5, 3) and pool.allocated == 1
+    assert allocate.tensors[("faces", "face_areas")].untyped_storage().nbytes() >= 60
 
 
 def test_batches_kept_by_the_caller_are_never_overwritten(loader: DatasetLoader) -> None:
@@ -569,16 +584,59 @@ def test_sparse_tensors_received_from_workers_are_not_kept_for_torch_load(
 
     train = loader.get_dataset("train")
     options = {"batch_size": 4, "seed": 2, "collate_fn": _ReinterpretingCollate()}
+    before = list(torch._utils._sparse_tensors_to_validate)
     with train.batches(**options, processes=2) as batches:
         got = list(batches)
     assert got and all(b["sparse"].is_sparse for b in got)
-    assert torch._utils._sparse_tensors_to_validate == []
+    after = torch._utils._sparse_tensors_to_validate
+    assert len(after) == len(before) and all(a is b for a, b in zip(after, before, strict=True))
     torch.save({"x": torch.arange(3)}, tmp_path / "plain.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(
             torch.load(tmp_path / "plain.pt", weights_only=True)["x"], torch.arange(3)
         )
+
+
+#: A sparse tensor another thread's ``torch.load`` rebuilds while a batch is unpickled.
+_FOREIGN: list[Any] = []
+
+
+def _foreign_load() -> str:
+    tensor = torch.sparse_coo_tensor([[0]], [1.0], (2,), check_invariants=True)
+    _FOREIGN.append(tensor)
+    torch._utils._sparse_tensors_to_validate.append(tensor)
+    return "loaded elsewhere"
+
+
+class _LoadedElsewhere:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _foreign_load, ()
+
+
+def test_only_the_batchs_own_sparse_tensors_are_taken_off_torchs_list() -> None:
+    """What another thread's ``torch.load`` put on the list meanwhile stays there, for it to
+    check (a checkpoint loaded with ``weights_only=True`` is validated through it)."""
+    import io
+    import pickle
+
+    import torch._utils
+
+    from cadstore.dataset.processes import _Unpickler
+
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (4,), check_invariants=True)
+    payload = pickle.dumps({"sparse": sparse, "other": _LoadedElsewhere()}, protocol=5)
+    pending = torch._utils._sparse_tensors_to_validate
+    before = list(pending)
+    try:
+        got = _Unpickler(io.BytesIO(payload), {}, torch).load()
+        assert torch.equal(got["sparse"].to_dense(), sparse.to_dense())
+        assert got["other"] == "loaded elsewhere"
+        assert len(pending) == len(before) + 1 and pending[-1] is _FOREIGN[-1]
+        assert not any(t is got["sparse"] for t in pending)
+    finally:
+        pending[:] = [t for t in pending if not any(t is f for f in _FOREIGN)]
+        _FOREIGN.clear()
 
 
 def test_a_suspended_epoch_does_not_leak_into_the_next(loader: DatasetLoader) -> None:

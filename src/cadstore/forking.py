@@ -40,10 +40,13 @@ def renew_lock(lock: _Lock, make: Callable[[], _L]) -> tuple[_L, bool]:
     Returns
     -------
     tuple
-        ``(new lock, free)``: when ``free`` is false another thread of the parent was
-        inside what ``lock`` guards, which the child must not trust.
+        ``(new lock, free)``: when ``free`` is false a thread of the parent (another one,
+        or the one that forked, for a reentrant lock) was inside what ``lock`` guards,
+        which the child must not trust.
     """
-    free = lock.acquire(blocking=False)
+    # A reentrant lock held by the very thread that forked would let itself be taken.
+    owned = getattr(lock, "_is_owned", None)
+    free = not (owned is not None and owned()) and lock.acquire(blocking=False)
     if free:
         lock.release()
     return make(), free

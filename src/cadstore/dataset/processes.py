@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -170,20 +170,11 @@ class _Unpickler(pickle.Unpickler):
         self.held = held
         self.torch = torch
 
-    def load(self) -> Any:
-        """The batch. Sparse tensors in it are rebuilt by torch, which also appends each
-        to a list of its own for ``torch.load`` to check and empty once the file is
-        read; unpickled here, they are taken off it again (a batch made by this loader's
-        own worker processes), or they would stay alive for the life of the process and
-        every later ``torch.load(weights_only=True)`` would warn about them."""
-        pending = getattr(getattr(self.torch, "_utils", None), "_sparse_tensors_to_validate", None)
-        before = list(pending) if pending else []
-        try:
-            return super().load()
-        finally:
-            if pending:
-                kept = {id(t) for t in before}
-                pending[:] = [t for t in pending if id(t) in kept]
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if (module, name) == ("torch._utils", "_rebuild_sparse_tensor"):
+            return _unlisted(found, self.torch)
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         if pid[0] == _BUFFER:
@@ -192,6 +183,30 @@ class _Unpickler(pickle.Unpickler):
         if pid[0] == _VALUE:
             return self.torch.from_numpy(pid[1])
         raise pickle.UnpicklingError(f"unknown reference {pid[0]!r}")
+
+
+def _unlisted(rebuild: Callable[..., Any], torch: Any) -> Callable[..., Any]:
+    """Torch's rebuilding of an unpickled sparse tensor, without what it leaves behind.
+
+    ``torch._utils._rebuild_sparse_tensor`` appends each tensor it makes to a list that
+    ``torch.load`` checks and empties once the file is read. A batch from this loader's
+    own worker processes is unpickled outside ``torch.load``: its tensors are taken off
+    the list again, each by identity (and only it: a checkpoint another thread is loading
+    meanwhile keeps its own there to be checked), or they would stay alive for the life of
+    the process and every later ``torch.load(weights_only=True)`` would warn about them.
+    """
+
+    def rebuild_sparse(*args: Any) -> Any:
+        tensor = rebuild(*args)
+        pending = getattr(getattr(torch, "_utils", None), "_sparse_tensors_to_validate", None)
+        if pending is not None:
+            for i in range(len(pending) - 1, -1, -1):
+                if pending[i] is tensor:
+                    del pending[i]
+                    break
+        return tensor
+
+    return rebuild_sparse
 
 
 class _WorkerFailed:

@@ -1714,7 +1714,7 @@ class DatasetReader:
             )
         with self._batched(reads):
             for group, layout in layouts.items():
-                self._read_group_batch(batch, group, codes, layout, make)
+                self._read_group_batch(batch, group, index, layout, make)
         return batch
 
     def _batch_layout(
@@ -1732,14 +1732,13 @@ class DatasetReader:
         return starts, stops, entries
 
     def _read_group_batch(
-        self, batch: ItemBatch, group: str, codes: list[int], layout: _BatchLayout, make: Allocator
+        self, batch: ItemBatch, group: str, index: np.ndarray, layout: _BatchLayout, make: Allocator
     ) -> None:
-        """Decode one group of :meth:`read_items` into its batch buffers (``layout``: its
-        :meth:`_batch_layout`)."""
+        """Decode one group of :meth:`read_items` into its batch buffers (``index``: the
+        items' codes; ``layout``: the group's :meth:`_batch_layout`)."""
         starts, stops, entries = layout
         batch.counts[group] = stops - starts
         spans = _Spans(starts, stops)
-        index = np.asarray(codes, dtype=np.int64)
         one_each = _Spans(index, index + 1)
         for item in batch:
             item[group] = {}
@@ -1748,7 +1747,7 @@ class DatasetReader:
             buffer = make(group, array, shape, dtype)
             if per_item:
                 self._read_spans(path, meta, one_each, buffer)
-                views = [buffer[i] for i in range(len(codes))]
+                views = [buffer[i] for i in range(len(index))]
             else:
                 views = []
                 at = 0

@@ -572,6 +572,8 @@ class BatchAllocator:
         make: Callable[[tuple[int, ...], np.dtype], Any] | None = None,
         block: Callable[[int], Any] | None = None,
     ) -> None:
+        if make is not None and block is not None:
+            raise ValueError("give BatchAllocator make or block, not both")
         self.tensors: dict[tuple[str, str], Any] = {}
         self.make = make
         self.block = block
@@ -603,6 +605,8 @@ class BatchAllocator:
         reserved = self._reserved.pop((group, array), None)
         if reserved is not None and reserved[:2] == (tuple(shape), dtype):
             tensor = reserved[2]
+        elif self.block is not None:
+            tensor = batch_tensors([(tuple(shape), dtype)], self.block)[0]
         else:
             tensor = (self.make or _batch_tensor)(shape, dtype)
         self.tensors[(group, array)] = tensor

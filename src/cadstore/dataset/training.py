@@ -25,7 +25,8 @@ The items are those of :class:`~cadstore.dataset.loader.CADDataset`, collated as
 Reusing buffers is safe: a buffer goes back to the pool only when nothing outside the
 loader refers to its memory any more (no batch, tensor or view of it is alive), which torch
 counts for every storage. A batch kept by the caller is therefore never overwritten; the
-loader then allocates a fresh buffer instead.
+loader then allocates a fresh buffer instead. A batch's arrays share one buffer, so a
+single tensor kept keeps all of it: ``clone()`` what you keep.
 """
 
 from __future__ import annotations
@@ -186,6 +187,13 @@ class BatchLoader:
     multiprocessing_context
         ``"fork"``, ``"spawn"`` or ``"forkserver"`` for the worker processes (default:
         the platform's, as for ``DataLoader``).
+
+    Notes
+    -----
+    A batch's arrays are views of one buffer (with threads, lent by the loader's
+    :class:`BufferPool`), lent again once nothing refers to any of them: a tensor kept
+    after its batch (a per-item value gathered for metrics, say) keeps the whole buffer
+    out of the pool, and the loader makes another. ``clone()`` what you keep.
     """
 
     def __init__(
