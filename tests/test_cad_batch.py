@@ -404,13 +404,41 @@ def test_a_crashing_worker_fails_only_its_file(
 def test_the_memory_guard_turns_an_explosion_into_a_memory_error(
     good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
 ) -> None:
-    # 8 GiB of address space: allowed without the guard (nothing is touched), refused with it.
+    # 8 GiB of address space: allowed without the guard (nothing is touched), refused with
+    # the default one (4 GiB more than a worker maps when it starts, however large the
+    # process it was forked from).
     _patch_body(monkeypatch, lambda: np.empty(8 * 2**30, dtype=np.uint8))
-    report = encode_files(good_dir, tmp_path, workers=2, memory_limit_mb=4096)
+    report = encode_files(good_dir, tmp_path, workers=2)
     shafts = {p for p in find_cad_files(good_dir) if "shaft" in p.name}
     assert {Path(f["item"]) for f in report.failed} == shafts
     assert {f["reason"] for f in report.failed} == {"memory"}
     assert len(report.encoded) == len(_expected_items(good_dir)) - len(shafts)
+
+
+def test_the_default_memory_guard_leaves_room_above_a_large_process(
+    good_dir: Path, tmp_path: Path, forked: None
+) -> None:
+    """A notebook that has used torch maps gigabytes before it encodes (3.8 GiB here after
+    torch, a DataLoader and OpenCascade; 6 GiB after this test suite's training tests),
+    and forked workers start that large: a default cap of 4 GiB in all refused to start
+    them ("raise it") or left them a few hundred MiB. By default a worker may map
+    ``DEFAULT_MEMORY_LIMIT_MB`` more than it starts with."""
+    import mmap
+
+    from cadstore.flowmanager.tasks.parallel_executor import DEFAULT_MEMORY_LIMIT_MB
+
+    reserved = mmap.mmap(-1, (DEFAULT_MEMORY_LIMIT_MB + 1024) * 2**20)  # never touched
+    try:
+        assert (workers.address_space_mb() or 0) > DEFAULT_MEMORY_LIMIT_MB
+        report = encode_files(good_dir / "shaft_002.step", tmp_path, workers=1)
+        assert not report.failed and len(report.encoded) == 1
+        # An explicit cap is still the whole address space: this one cannot be met.
+        with pytest.raises(ValueError, match="memory_limit_mb=4096 is below"):
+            encode_files(
+                good_dir / "shaft_002.step", tmp_path / "capped", workers=1, memory_limit_mb=4096
+            )
+    finally:
+        reserved.close()
 
 
 def test_a_memory_limit_too_small_to_start_is_an_error(good_dir: Path, tmp_path: Path) -> None:

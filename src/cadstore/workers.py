@@ -49,6 +49,7 @@ from typing import Any, Final, Protocol
 from cadstore.processes import mp_context, without_main_script
 
 __all__ = [
+    "DEFAULT_MEMORY_LIMIT_MB",
     "Emit",
     "Listener",
     "WorkerPool",
@@ -79,6 +80,12 @@ class Listener(Protocol):
 _STARTUP_SECONDS: Final = 120.0
 # Workers that die before ever becoming ready, in a row, before the run gives up.
 _MAX_STARTUP_FAILURES: Final = 3
+
+
+#: The memory guard's default: MiB of address space a worker may map beyond what it maps
+#: when it starts (a forked worker starts with its parent's address space, which after
+#: torch and OpenCascade are loaded is several GiB; a spawned one far less).
+DEFAULT_MEMORY_LIMIT_MB: Final = 4096
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="MB",
-        help="address-space cap per worker in MiB, 0 for none (default: 4096)",
+        help="address-space cap per worker in MiB, 0 for none (default: 4096 MiB more "
+        "than a worker maps when it starts)",
     )
     parser.add_argument(
         "--no-histograms",
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         0 if every item was encoded or skipped, 1 if some failed, 2 without the kernel.
     """
     try:
-        from cadstore.encode import DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIMEOUT, encode_files
+        from cadstore.encode import DEFAULT_TIMEOUT, encode_files
     except ImportError as exc:
         print(f"cadstore: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         workers=args.workers,
         timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
-        memory_limit_mb=DEFAULT_MEMORY_LIMIT_MB if args.memory_limit is None else args.memory_limit,
+        memory_limit_mb=args.memory_limit,
         histograms=not args.no_histograms,
         resume=not args.no_resume,
         merge=args.merge,

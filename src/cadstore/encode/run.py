@@ -72,7 +72,7 @@ from cadstore.io.publish import fsync_file
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.opt import OptStorage
-from cadstore.workers import WorkerPool, WorkerSpec, available_cores
+from cadstore.workers import DEFAULT_MEMORY_LIMIT_MB, WorkerPool, WorkerSpec, available_cores
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -89,10 +89,6 @@ __all__ = [
 
 #: Default per-item time limit, seconds (the vendor's default).
 DEFAULT_TIMEOUT: Final = 120.0
-
-
-#: Default address-space cap of a worker, MiB.
-DEFAULT_MEMORY_LIMIT_MB: Final = 4096
 
 
 #: Files a worker handles before it is replaced by a fresh process.
@@ -226,7 +222,7 @@ def encode_files(
     *,
     workers: int | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
-    memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
+    memory_limit_mb: int | None = None,
     pointsamples: int = 25,
     ugrid: int = 5,
     path_len: int = 16,
@@ -262,7 +258,10 @@ def encode_files(
         Seconds allowed for reading a file and, separately, for each of its bodies; ``None``
         for no limit.
     memory_limit_mb
-        Address-space cap of each worker, MiB; ``None`` or 0 for no cap.
+        The memory guard: the address-space cap of each worker, MiB; 0 for none. By
+        default (``None``) each worker may map :data:`DEFAULT_MEMORY_LIMIT_MB` more than
+        it maps when it starts (a worker forked from a process that has loaded torch and
+        OpenCascade starts with several GiB mapped).
     pointsamples, ugrid, path_len, num_bins
         Arguments of ``push_face_discretization``, ``push_curvegrid``,
         ``push_face_pair_edges_path`` and the two histogram methods.
@@ -382,6 +381,7 @@ def encode_files(
                     settings,
                     memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
                     max_tasks_per_child=MAX_TASKS_PER_CHILD,
+                    memory_headroom_mb=DEFAULT_MEMORY_LIMIT_MB if memory_limit_mb is None else None,
                 )
                 _run_locally(tasks, spec, n_workers, timeout, collector)
         except BaseException:

@@ -72,7 +72,13 @@ from cadstore.schema import SchemaBuilder
 from cadstore.storage.base import DataStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
-from cadstore.workers import Emit, WorkerPool, WorkerSpec, available_cores
+from cadstore.workers import (
+    DEFAULT_MEMORY_LIMIT_MB,
+    Emit,
+    WorkerPool,
+    WorkerSpec,
+    available_cores,
+)
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -90,9 +96,6 @@ __all__ = [
 
 #: Each time limit's default, seconds (the specified default).
 DEFAULT_TIME_LIMIT: Final = 120.0
-#: The memory guard's default: MiB of address space a worker may map beyond what it maps
-#: when it starts (a forked worker starts with its parent's, a spawned one far less).
-DEFAULT_MEMORY_LIMIT_MB: Final = 4096
 #: The metadata key holding an item's preview path (an infoset column).
 PREVIEW_METADATA: Final = "stream_cache_png"
 #: File size bounds of the time-limit buckets, bytes.
