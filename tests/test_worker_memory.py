@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import multiprocessing
 import os
 import weakref
 from collections.abc import Iterator
@@ -366,3 +367,132 @@ def test_a_batch_loader_worker_freezes_what_it_inherited(loader: DatasetLoader) 
         counts = list(batches)
     assert len(counts) == 10 and min(counts) > 10_000, counts
     assert gc.get_freeze_count() == before
+
+
+# ------------------------------------------------------------ blocks kept between epochs
+@pytest.fixture
+def none_kept() -> Iterator[None]:
+    """Each test starts and ends with no block kept by this process."""
+    worker_memory.release_kept_blocks()
+    yield
+    worker_memory.release_kept_blocks()
+
+
+def _epoch_loader(loader: DatasetLoader, method: str = "fork") -> Any:
+    """Workers started anew at every epoch (no ``persistent_workers``), batches of 4."""
+    dataset, collate = loader.get_dataset("train").to_torch_with_collate()
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=4, num_workers=2, collate_fn=collate, multiprocessing_context=method
+    )
+
+
+def _kept_inodes() -> set[int]:
+    kept = worker_memory._KEPT[0]
+    return set() if kept is None else {inode for _, _, inode in kept.blocks.values()}
+
+
+def test_later_epochs_workers_fill_the_blocks_earlier_ones_made(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    """Each epoch forks new workers; they take the blocks the training process kept from
+    the workers before them instead of making new ones (whose pages the kernel clears),
+    and every batch is right."""
+    batches = _epoch_loader(loader)
+    seen: list[set[int]] = []
+    for _ in range(3):
+        inodes = set()
+        for batch in batches:
+            _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+            inodes.add(_inode(batch["faceface"]["d2_distance"]))
+        seen.append(inodes)
+    kept = _kept_inodes()
+    assert 0 < len(kept) <= worker_memory.KEPT_BETWEEN_EPOCHS
+    assert seen[1] & kept and seen[2] & kept
+
+
+def test_a_batch_kept_from_an_earlier_epoch_is_never_overwritten(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    batches = _epoch_loader(loader)
+    held = [(b, _expected(loader, b["file_id_code"].tolist())) for b in batches]
+    slices = [
+        (b["faceface"]["d2_distance"][:3], want[("faceface", "d2_distance")][:3])
+        for b, want in held[::2]
+    ]
+    held = held[1::2]  # the others' dicts dropped, slices of them kept
+    for _ in range(2):
+        for batch in batches:
+            _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+    assert _kept_inodes()
+    for batch, want in held:
+        _check(batch, want)
+    for values, want_rows in slices:
+        np.testing.assert_array_equal(values.numpy(), want_rows)
+
+
+def test_two_loaders_at_once_never_share_a_kept_block(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    first, second = _epoch_loader(loader), _epoch_loader(loader)
+    assert sum(1 for _ in first)  # no batch of it held
+    assert _kept_inodes()
+    for _ in range(2):
+        for one, other in zip(first, second, strict=True):
+            _check(one, _expected(loader, one["file_id_code"].tolist()))
+            _check(other, _expected(loader, other["file_id_code"].tolist()))
+
+
+def test_spawned_workers_blocks_are_not_kept_and_kept_blocks_can_be_let_go(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    for batch in _epoch_loader(loader, "spawn"):
+        _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+    assert worker_memory._KEPT[0] is None or not _kept_inodes()
+    assert sum(1 for _ in _epoch_loader(loader))
+    kept = worker_memory._KEPT[0]
+    assert kept is not None and kept.blocks
+    worker_memory.release_kept_blocks()
+    assert worker_memory._KEPT[0] is None and not kept.blocks
+    assert (kept.board[:, kept.OWNER] == -1).all()  # a worker forked before: nothing to take
+    for batch in _epoch_loader(loader):
+        _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+
+
+def _claims_in_child(kept: worker_memory.KeptBlocks, sizes: list[int]) -> list[bool]:
+    """``kept.claim(n)`` for each of ``sizes`` in a forked child, the storages kept: which
+    got a block."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        storages = [kept.claim(n) for n in sizes]
+        send.send([s is not None for s in storages])
+
+    process = context.Process(target=child)
+    process.start()
+    try:
+        assert receive.poll(60), "the child did not answer"
+        return receive.recv()  # type: ignore[no-any-return]
+    finally:
+        process.join(10)
+
+
+def test_a_kept_block_is_taken_only_when_no_process_uses_it(none_kept: None) -> None:
+    kept = worker_memory._kept_here()
+    assert kept is not None
+    storage = torch.UntypedStorage._new_shared(4 * 2**20)
+    exited = multiprocessing.get_context("fork").Process(target=int)
+    exited.start()
+    exited.join()
+    kept.hold(storage, sender=os.getpid())  # owned by a running process, and held
+    assert _claims_in_child(kept, [2**20]) == [False]
+    kept.board[0, kept.OWNER] = exited.pid  # its owner gone, the batch still held here
+    assert _claims_in_child(kept, [2**20]) == [False]
+    del storage
+    gc.collect()
+    assert int(kept.board[0, kept.HELD]) == 0
+    kept.board[0, kept.OWNER] = os.getpid()  # let go here, its owner still running
+    assert _claims_in_child(kept, [2**20]) == [False]
+    kept.board[0, kept.OWNER] = exited.pid  # let go, its owner gone: taken once, not twice
+    assert _claims_in_child(kept, [8 * 2**20, 2**20, 2**20]) == [False, True, False]
+    assert int(kept.board[0, kept.OWNER]) not in (0, exited.pid, os.getpid())

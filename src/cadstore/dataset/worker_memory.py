@@ -26,6 +26,10 @@ A block is kept for reuse only once its batch has been pickled for the training 
 (:class:`RecycledBatch`): a batch that a custom collate function rebuilt into another
 object, or that never left the worker, is freed as usual and its block is not reused.
 
+A worker's blocks go when it exits, and without ``persistent_workers`` each epoch's
+workers are new: the training process keeps the large blocks its forked workers sent for
+the workers of later epochs (:class:`KeptBlocks`), whose pages are then already there.
+
 Not covered: a batch that the training process sends on to a third process through
 ``torch.multiprocessing`` (the third process maps the block itself, which the training
 process's finalizer cannot see). Clone such tensors first, as with any reused buffer.
@@ -43,7 +47,16 @@ import numpy as np
 
 from cadstore.io.native import populate_pages
 
-__all__ = ["RecycledBatch", "WorkerBlocks", "freeze_inherited", "settle_worker", "worker_blocks"]
+__all__ = [
+    "KeptBlocks",
+    "RecycledBatch",
+    "WorkerBlocks",
+    "freeze_inherited",
+    "inherited_blocks",
+    "release_kept_blocks",
+    "settle_worker",
+    "worker_blocks",
+]
 
 #: Slots on a worker's board: blocks alive in the worker at once (more are made afresh).
 SLOTS = 64
@@ -84,6 +97,7 @@ class WorkerBlocks:
         self._order = 0
         self.made = 0
         self.reused = 0
+        self.claimed = 0  # blocks an earlier epoch's workers made (see KeptBlocks)
         # Tensors referring to a kept block's storage when only this class holds it (torch's
         # use count): more means the worker itself still uses it (a collate function that
         # keeps the last batch, a dataset caching what it read). None: torch cannot tell.
@@ -127,9 +141,14 @@ class WorkerBlocks:
                 block = self._sent.pop(slot)[0]
                 self.reused += 1
             else:
-                storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
+                kept = inherited_blocks()
+                storage = kept.claim(nbytes) if kept is not None and not small else None
+                if storage is not None:
+                    self.claimed += 1
+                else:
+                    storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
+                    self.made += 1
                 block = self._block(storage)
-                self.made += 1
                 fresh = True
                 idle = [s for s in range(SLOTS) if s not in self._live]
                 if idle:
@@ -148,7 +167,8 @@ class WorkerBlocks:
         view = block[:nbytes]
         if fresh:
             # Outside the lock, which the queue's feeder thread takes to send the batch
-            # before: the pages of the batch's bytes mapped in one call.
+            # before: the pages of the batch's bytes mapped in one call (those of a kept
+            # block are there already, and only mapped).
             populate_pages(view.data_ptr(), nbytes)
         return view
 
@@ -273,7 +293,10 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
 
     def __reduce__(self) -> Any:
         self.blocks.commit(self.entries)
-        return _received, (dict(self), self.blocks.board, self.entries)
+        # The training process keeps blocks of the workers it forked (_ORIGIN is then its
+        # pid); spawned workers' would be of no use to later ones.
+        sender = os.getpid() if os.getppid() == _ORIGIN[0] else 0
+        return _received, (dict(self), self.blocks.board, self.entries, sender)
 
     def __copy__(self) -> dict[str, Any]:
         return dict(self)
@@ -296,11 +319,16 @@ def _released(board: np.ndarray, slot: int, gen: int, pid: int) -> None:
             board[slot] = gen
 
 
-def _received(batch: dict[str, Any], board: Any, entries: list[tuple[int, int, Any]]) -> Any:
+def _received(
+    batch: dict[str, Any], board: Any, entries: list[tuple[int, int, Any]], sender: int = 0
+) -> Any:
     """Unpickle a :class:`RecycledBatch` in the training process: the batch as a plain
-    dict, with a finalizer on each block's storage that frees it on the worker's board."""
+    dict, with a finalizer on each block's storage that frees it on the worker's board.
+    ``sender``: the worker's pid when it was forked from this process (its blocks are
+    kept for later epochs' workers, :class:`KeptBlocks`), else 0."""
     freed = board.numpy()
     held = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
+    kept = _kept_here() if sender else None
     for slot, gen, block in entries:
         storage = block.untyped_storage()
         # The batch's tensors and the block must be one mapping (torch maps a shared
@@ -309,7 +337,183 @@ def _received(batch: dict[str, Any], board: Any, entries: list[tuple[int, int, A
         if storage.data_ptr() in held:
             finalizer = weakref.finalize(storage, _released, freed, slot, gen, os.getpid())
             finalizer.atexit = False  # nothing to tell a worker once the process exits
+            if kept is not None:
+                kept.hold(storage, sender)
     return batch
+
+
+# ------------------------------------------------------------------ blocks kept between epochs
+#: Blocks the training process keeps for the workers of later epochs (the first this many
+#: of at least :data:`_GRANULE` bytes its forked workers send).
+KEPT_BETWEEN_EPOCHS = 8
+
+#: The process whose memory this one holds: the one it was forked from (noted just before
+#: each fork), else itself (a spawned process imports this module afresh).
+_ORIGIN = [os.getpid()]
+
+
+def _note_origin() -> None:
+    _ORIGIN[0] = os.getpid()
+
+
+os.register_at_fork(before=_note_origin)
+
+
+class KeptBlocks:
+    """Shared-memory blocks kept by the training process from one epoch's ``DataLoader``
+    workers for the next epoch's.
+
+    Without ``persistent_workers`` every epoch forks new workers, and each made its
+    blocks afresh: the kernel clears every page of a new block, which for whole items was
+    about a third of a worker's time (``docs/benchmarks.md``). The training process keeps
+    the first :data:`KEPT_BETWEEN_EPOCHS` large blocks its forked workers send (an open
+    descriptor of each shared-memory file, kept until :func:`release_kept_blocks`), and
+    workers forked later take one instead of making a new one when none of their own is
+    free.
+
+    A block is written by one process at a time: a shared *board* holds, per kept block,
+    the worker that may write it (its pid; 0 for none) and whether the training process
+    holds a batch in it. A worker takes a block (:meth:`claim`, under a lock shared by
+    the processes forked from the training process) only when no worker owns it, or its
+    owner has exited, and the training process holds no batch in it; from then on it
+    reuses the block as one of its own (:class:`WorkerBlocks`), and it stays its own until
+    it exits. So a batch the training code keeps from an earlier epoch is never
+    overwritten, and two workers (of one loader or of two) never share a block. A block
+    of a worker that was killed is taken again once its process is gone.
+    """
+
+    OWNER, HELD = 0, 1
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        import torch
+
+        self.pid = os.getpid()
+        self.board = torch.zeros((KEPT_BETWEEN_EPOCHS, 2), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        self._view = self.board.numpy()
+        # slot -> (descriptor, bytes, inode), in the training process and, as it was at
+        # the fork, in each worker.
+        self.blocks: dict[int, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+        self._claiming = multiprocessing.get_context("fork").Lock()
+        # In a worker: the claiming lock was not had within a second once (a worker
+        # killed while holding it): no more claims from this process.
+        self._stuck = False
+
+    # -- in the training process
+    def hold(self, storage: Any, sender: int) -> None:
+        """A batch in ``storage`` arrived from worker ``sender``: the block is held until
+        the storage dies, and kept if it is new, large and there is room."""
+        try:
+            fd, nbytes = storage._share_fd_cpu_()
+            inode = os.fstat(fd).st_ino
+        except (AttributeError, OSError, RuntimeError):
+            return
+        with self._lock:
+            slot = next((k for k, (_, _, i) in self.blocks.items() if i == inode), None)
+            if slot is None:
+                if nbytes < _GRANULE or len(self.blocks) >= KEPT_BETWEEN_EPOCHS:
+                    return
+                slot = len(self.blocks)
+                self.blocks[slot] = (os.dup(fd), nbytes, inode)
+                self._view[slot, self.OWNER] = sender
+            self._view[slot, self.HELD] = 1
+        weakref.finalize(storage, self._let_go, slot, os.getpid()).atexit = False
+
+    def _let_go(self, slot: int, pid: int) -> None:
+        if os.getpid() == pid:  # not in a worker forked while the storage lived
+            self._view[slot, self.HELD] = 0
+
+    def close(self) -> None:
+        """Let every kept block go (closing the descriptors frees the memory of those no
+        process maps any more)."""
+        with self._lock:
+            blocks, self.blocks = self.blocks, {}
+            for fd, _, _ in blocks.values():
+                os.close(fd)
+            self._view[:, self.OWNER] = -1  # nothing to take any more
+
+    # -- in a worker
+    def claim(self, nbytes: int) -> Any | None:
+        """The storage of a kept block of at least ``nbytes`` that no process is using,
+        now this worker's own; ``None`` if there is none (or the lock is not had within
+        a second)."""
+        fitting = sorted((n, k) for k, (_, n, _) in self.blocks.items() if n >= nbytes)
+        if not fitting or self._stuck:
+            return None
+        if not self._claiming.acquire(timeout=1):
+            self._stuck = True
+            return None
+        try:
+            for _, slot in fitting:
+                owner, held = (int(v) for v in self._view[slot])
+                # Owned by a running process (this one included): its own to reuse.
+                if held or owner < 0 or (owner and _alive(owner)):
+                    continue
+                self._view[slot, self.OWNER] = os.getpid()
+                break
+            else:
+                return None
+        finally:
+            self._claiming.release()
+        import torch
+
+        fd, nbytes, _ = self.blocks[slot]
+        storages: Any = torch.UntypedStorage
+        # A storage over the file (torch maps a duplicate of the descriptor).
+        return storages._new_shared_fd_cpu(fd, nbytes)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (not exited, nor exited and not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+_KEPT: list[KeptBlocks | None] = [None]
+
+
+def _kept_here() -> KeptBlocks | None:
+    """The training process's :class:`KeptBlocks` (made on first use); ``None`` when
+    torch shares memory otherwise than by file descriptor."""
+    import torch.multiprocessing
+
+    strategy = torch.multiprocessing.get_sharing_strategy()  # type: ignore[no-untyped-call]
+    if strategy != "file_descriptor":
+        return None
+    kept = _KEPT[0]
+    if kept is None or kept.pid != os.getpid():
+        kept = _KEPT[0] = KeptBlocks()
+    return kept
+
+
+def inherited_blocks() -> KeptBlocks | None:
+    """In a ``DataLoader`` worker forked from the training process: its
+    :class:`KeptBlocks`, if it has one; ``None`` anywhere else."""
+    kept = _KEPT[0]
+    if kept is None or kept.pid == os.getpid() or kept.pid != os.getppid():
+        return None
+    return kept
+
+
+def release_kept_blocks() -> None:
+    """Let go of the blocks this training process keeps for later epochs' workers (see
+    :class:`KeptBlocks`): the memory of those no worker is using is freed. Workers forked
+    afterwards make their own again."""
+    kept = _KEPT[0]
+    if kept is not None and kept.pid == os.getpid():
+        kept.close()
+        _KEPT[0] = None
 
 
 def _tensors(value: Any) -> list[Any]:
