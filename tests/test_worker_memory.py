@@ -11,6 +11,7 @@ import copy
 import gc
 import multiprocessing
 import os
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,6 +392,21 @@ def _kept_inodes() -> set[int]:
     return set() if kept is None else {inode for _, _, inode in kept.blocks.values()}
 
 
+def _checked_epoch(
+    loader: DatasetLoader, batches: Any, keep: int = 0
+) -> tuple[set[int], list[Any]]:
+    """One epoch, every batch checked as it arrives: the blocks its arrays came in, and
+    every ``keep``-th batch (with what it must hold), kept."""
+    inodes, kept = set(), []
+    for number, batch in enumerate(batches):
+        want = _expected(loader, batch["file_id_code"].tolist())
+        _check(batch, want)
+        inodes.add(_inode(batch["faceface"]["d2_distance"]))
+        if keep and number % keep == 0:
+            kept.append((batch, want))
+    return inodes, kept
+
+
 def test_later_epochs_workers_fill_the_blocks_earlier_ones_made(
     loader: DatasetLoader, none_kept: None
 ) -> None:
@@ -398,32 +414,32 @@ def test_later_epochs_workers_fill_the_blocks_earlier_ones_made(
     the workers before them instead of making new ones (whose pages the kernel clears),
     and every batch is right."""
     batches = _epoch_loader(loader)
-    seen: list[set[int]] = []
-    for _ in range(3):
-        inodes = set()
-        for batch in batches:
-            _check(batch, _expected(loader, batch["file_id_code"].tolist()))
-            inodes.add(_inode(batch["faceface"]["d2_distance"]))
-        seen.append(inodes)
-    kept = _kept_inodes()
-    assert 0 < len(kept) <= worker_memory.KEPT_BETWEEN_EPOCHS
-    assert seen[1] & kept and seen[2] & kept
+    _checked_epoch(loader, batches)
+    first = _kept_inodes()
+    assert 0 < len(first) <= worker_memory.KEPT_BETWEEN_EPOCHS
+    for _ in range(2):
+        inodes, _ = _checked_epoch(loader, batches)
+        assert inodes & first  # batches decoded into blocks an earlier epoch made
 
 
 def test_a_batch_kept_from_an_earlier_epoch_is_never_overwritten(
     loader: DatasetLoader, none_kept: None
 ) -> None:
+    """Some batches of the first epoch kept (whole, or a slice of one), the others let go:
+    later epochs' workers take the blocks let go and never those kept."""
     batches = _epoch_loader(loader)
-    held = [(b, _expected(loader, b["file_id_code"].tolist())) for b in batches]
+    _, held = _checked_epoch(loader, batches, keep=3)
+    first = _kept_inodes()
     slices = [
         (b["faceface"]["d2_distance"][:3], want[("faceface", "d2_distance")][:3])
         for b, want in held[::2]
     ]
     held = held[1::2]  # the others' dicts dropped, slices of them kept
+    taken = set()
     for _ in range(2):
-        for batch in batches:
-            _check(batch, _expected(loader, batch["file_id_code"].tolist()))
-    assert _kept_inodes()
+        inodes, _ = _checked_epoch(loader, batches)
+        taken |= inodes & first
+    assert taken  # kept blocks were filled again meanwhile
     for batch, want in held:
         _check(batch, want)
     for values, want_rows in slices:
@@ -434,12 +450,18 @@ def test_two_loaders_at_once_never_share_a_kept_block(
     loader: DatasetLoader, none_kept: None
 ) -> None:
     first, second = _epoch_loader(loader), _epoch_loader(loader)
-    assert sum(1 for _ in first)  # no batch of it held
+    _checked_epoch(loader, first)  # blocks kept, none held
     assert _kept_inodes()
+    held = []
     for _ in range(2):
-        for one, other in zip(first, second, strict=True):
-            _check(one, _expected(loader, one["file_id_code"].tolist()))
-            _check(other, _expected(loader, other["file_id_code"].tolist()))
+        for number, (one, other) in enumerate(zip(first, second, strict=True)):
+            for batch in (one, other):
+                want = _expected(loader, batch["file_id_code"].tolist())
+                _check(batch, want)
+                if number % 4 == 0:
+                    held.append((batch, want))
+    for batch, want in held:
+        _check(batch, want)
 
 
 def test_spawned_workers_blocks_are_not_kept_and_kept_blocks_can_be_let_go(
@@ -477,22 +499,49 @@ def _claims_in_child(kept: worker_memory.KeptBlocks, sizes: list[int]) -> list[b
         process.join(10)
 
 
+def _zombie() -> Any:
+    """A child process that has exited and not been reaped yet."""
+    process = multiprocessing.get_context("fork").Process(target=int)
+    process.start()
+    for _ in range(500):
+        with open(f"/proc/{process.pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return process
+        time.sleep(0.01)
+    raise AssertionError("the child did not exit")
+
+
 def test_a_kept_block_is_taken_only_when_no_process_uses_it(none_kept: None) -> None:
+    context = multiprocessing.get_context("fork")
     kept = worker_memory._kept_here()
     assert kept is not None
-    storage = torch.UntypedStorage._new_shared(4 * 2**20)
-    exited = multiprocessing.get_context("fork").Process(target=int)
+    running = context.Process(target=time.sleep, args=(120,))
+    running.start()
+    exited = context.Process(target=int)
     exited.start()
     exited.join()
-    kept.hold(storage, sender=os.getpid())  # owned by a running process, and held
-    assert _claims_in_child(kept, [2**20]) == [False]
-    kept.board[0, kept.OWNER] = exited.pid  # its owner gone, the batch still held here
-    assert _claims_in_child(kept, [2**20]) == [False]
-    del storage
-    gc.collect()
-    assert int(kept.board[0, kept.HELD]) == 0
-    kept.board[0, kept.OWNER] = os.getpid()  # let go here, its owner still running
-    assert _claims_in_child(kept, [2**20]) == [False]
-    kept.board[0, kept.OWNER] = exited.pid  # let go, its owner gone: taken once, not twice
-    assert _claims_in_child(kept, [8 * 2**20, 2**20, 2**20]) == [False, True, False]
-    assert int(kept.board[0, kept.OWNER]) not in (0, exited.pid, os.getpid())
+    zombie = _zombie()
+    try:
+        storage = torch.UntypedStorage._new_shared(4 * 2**20)
+        # Kept only from a worker this process forked.
+        assert kept.hold(storage, sender=os.getpid()) is None
+        slot = kept.hold(storage, sender=running.pid)  # owned by a running worker, held
+        assert slot == 0
+        assert _claims_in_child(kept, [2**20]) == [False]
+        kept.board[0, kept.OWNER] = exited.pid  # its owner gone, the batch still held here
+        assert _claims_in_child(kept, [2**20]) == [False]
+        kept.let_go(slot, os.getpid())
+        kept.board[0, kept.OWNER] = running.pid  # let go here, its owner still running
+        assert _claims_in_child(kept, [2**20]) == [False]
+        kept.board[0, kept.OWNER] = exited.pid  # let go, its owner gone: taken once, not twice
+        assert _claims_in_child(kept, [8 * 2**20, 2**20, 2**20]) == [False, True, False]
+        assert int(kept.board[0, kept.OWNER]) not in (0, exited.pid, os.getpid())
+        kept.board[0, kept.OWNER] = zombie.pid  # exited, not reaped yet: gone too
+        assert _claims_in_child(kept, [2**20]) == [True]
+        worker_memory.release_kept_blocks()  # once let go, nothing is taken
+        kept.board[0, kept.OWNER] = 0
+        assert _claims_in_child(kept, [2**20]) == [False]
+    finally:
+        running.terminate()
+        running.join()
+        zombie.join()

@@ -37,10 +37,12 @@ process's finalizer cannot see). Clone such tensors first, as with any reused bu
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -295,7 +297,7 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
         self.blocks.commit(self.entries)
         # The training process keeps blocks of the workers it forked (_ORIGIN is then its
         # pid); spawned workers' would be of no use to later ones.
-        sender = os.getpid() if os.getppid() == _ORIGIN[0] else 0
+        sender = os.getpid() if os.getppid() == _ORIGIN[0] and _by_descriptor() else 0
         return _received, (dict(self), self.blocks.board, self.entries, sender)
 
     def __copy__(self) -> dict[str, Any]:
@@ -329,17 +331,34 @@ def _received(
     freed = board.numpy()
     held = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
     kept = _kept_here() if sender else None
+    pid = os.getpid()
     for slot, gen, block in entries:
         storage = block.untyped_storage()
         # The batch's tensors and the block must be one mapping (torch maps a shared
         # file once per process while it is in use): the finalizer then runs when none of
         # them is used any more. Were they not, the block would stay unused here.
-        if storage.data_ptr() in held:
-            finalizer = weakref.finalize(storage, _released, freed, slot, gen, os.getpid())
-            finalizer.atexit = False  # nothing to tell a worker once the process exits
-            if kept is not None:
-                kept.hold(storage, sender)
+        if storage.data_ptr() not in held:
+            continue
+        kept_slot = kept.hold(storage, sender) if kept is not None else None
+        # atexit off: nothing to tell a worker once the process exits.
+        if kept is None or kept_slot is None:
+            weakref.finalize(storage, _released, freed, slot, gen, pid).atexit = False
+        else:
+            # One finalizer, in this order: the kept board says the block is let go
+            # before the worker's board does (the worker may then fill it again, and the
+            # batch it sends in it be held again).
+            weakref.finalize(
+                storage, _released_kept, kept, kept_slot, freed, slot, gen, pid
+            ).atexit = False
     return batch
+
+
+def _released_kept(
+    kept: KeptBlocks, kept_slot: int, board: np.ndarray, slot: int, gen: int, pid: int
+) -> None:
+    """:func:`_released` of a block the training process keeps (see :class:`KeptBlocks`)."""
+    kept.let_go(kept_slot, pid)
+    _released(board, slot, gen, pid)
 
 
 # ------------------------------------------------------------------ blocks kept between epochs
@@ -385,67 +404,100 @@ class KeptBlocks:
     OWNER, HELD = 0, 1
 
     def __init__(self) -> None:
-        import multiprocessing
+        import tempfile
 
         import torch
 
         self.pid = os.getpid()
-        self.board = torch.zeros((KEPT_BETWEEN_EPOCHS, 2), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        board = torch.zeros((KEPT_BETWEEN_EPOCHS, 2), dtype=torch.int64)
+        self.board = board.share_memory_()  # type: ignore[no-untyped-call]
         self._view = self.board.numpy()
         # slot -> (descriptor, bytes, inode), in the training process and, as it was at
-        # the fork, in each worker.
+        # the fork, in each worker. Slot numbers are never reused.
         self.blocks: dict[int, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
-        self._claiming = multiprocessing.get_context("fork").Lock()
-        # In a worker: the claiming lock was not had within a second once (a worker
-        # killed while holding it): no more claims from this process.
-        self._stuck = False
+        self._closed = False
+        # The claiming lock: a POSIX record lock on an unlinked file the forked processes
+        # share, which the kernel lets go when its holder exits, however it exits.
+        self._claiming, name = tempfile.mkstemp(prefix="cadstore-kept-")
+        os.unlink(name)
+        self._closing = weakref.finalize(self, _close_quietly, self._claiming)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (in this process, or before it was forked)."""
+        return self._closed
+
+    @contextlib.contextmanager
+    def _claim_lock(self) -> Iterator[None]:
+        import fcntl  # POSIX only: blocks are kept only for workers forked from here
+
+        fd = self._claiming
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
 
     # -- in the training process
-    def hold(self, storage: Any, sender: int) -> None:
-        """A batch in ``storage`` arrived from worker ``sender``: the block is held until
-        the storage dies, and kept if it is new, large and there is room."""
+    def hold(self, storage: Any, sender: int) -> int | None:
+        """A batch in ``storage`` arrived from worker ``sender``: the block is held (until
+        :meth:`let_go`), and kept if it is new, large and there is room. Returns its slot
+        (``None``: not kept)."""
         try:
             fd, nbytes = storage._share_fd_cpu_()
             inode = os.fstat(fd).st_ino
         except (AttributeError, OSError, RuntimeError):
-            return
+            return None
         with self._lock:
+            if self._closed:
+                return None
             slot = next((k for k, (_, _, i) in self.blocks.items() if i == inode), None)
             if slot is None:
-                if nbytes < _GRANULE or len(self.blocks) >= KEPT_BETWEEN_EPOCHS:
-                    return
+                if (
+                    nbytes < _GRANULE
+                    or len(self.blocks) >= KEPT_BETWEEN_EPOCHS
+                    or _parent_of(sender) != self.pid  # a worker this process forked
+                ):
+                    return None
                 slot = len(self.blocks)
                 self.blocks[slot] = (os.dup(fd), nbytes, inode)
                 self._view[slot, self.OWNER] = sender
             self._view[slot, self.HELD] = 1
-        weakref.finalize(storage, self._let_go, slot, os.getpid()).atexit = False
+        return slot
 
-    def _let_go(self, slot: int, pid: int) -> None:
+    def let_go(self, slot: int, pid: int) -> None:
+        """The training process (``pid``) holds no batch in block ``slot`` any more."""
         if os.getpid() == pid:  # not in a worker forked while the storage lived
             self._view[slot, self.HELD] = 0
 
     def close(self) -> None:
         """Let every kept block go (closing the descriptors frees the memory of those no
-        process maps any more)."""
-        with self._lock:
+        process maps any more); no worker takes one from then on."""
+        with self._lock, self._claim_lock():
+            self._closed = True
             blocks, self.blocks = self.blocks, {}
-            for fd, _, _ in blocks.values():
-                os.close(fd)
             self._view[:, self.OWNER] = -1  # nothing to take any more
+        for fd, _, _ in blocks.values():
+            os.close(fd)
+        self._closing()
+
+    def forget_inherited(self) -> None:
+        """In a process forked from the one that kept the blocks and about to keep its own:
+        close its copies of the descriptors."""
+        blocks, self.blocks = self.blocks, {}
+        for fd, _, _ in blocks.values():
+            _close_quietly(fd)
+        self._closing()
 
     # -- in a worker
     def claim(self, nbytes: int) -> Any | None:
         """The storage of a kept block of at least ``nbytes`` that no process is using,
-        now this worker's own; ``None`` if there is none (or the lock is not had within
-        a second)."""
+        now this worker's own; ``None`` if there is none."""
         fitting = sorted((n, k) for k, (_, n, _) in self.blocks.items() if n >= nbytes)
-        if not fitting or self._stuck:
+        if not fitting:
             return None
-        if not self._claiming.acquire(timeout=1):
-            self._stuck = True
-            return None
-        try:
+        with self._claim_lock():
             for _, slot in fitting:
                 owner, held = (int(v) for v in self._view[slot])
                 # Owned by a running process (this one included): its own to reuse.
@@ -455,14 +507,32 @@ class KeptBlocks:
                 break
             else:
                 return None
-        finally:
-            self._claiming.release()
         import torch
 
-        fd, nbytes, _ = self.blocks[slot]
+        fd, size, _ = self.blocks[slot]
         storages: Any = torch.UntypedStorage
-        # A storage over the file (torch maps a duplicate of the descriptor).
-        return storages._new_shared_fd_cpu(fd, nbytes)
+        try:
+            # A storage over the file (torch maps a duplicate of the descriptor).
+            return storages._new_shared_fd_cpu(fd, size)
+        except BaseException:
+            with self._claim_lock():
+                if int(self._view[slot, self.OWNER]) == os.getpid():
+                    self._view[slot, self.OWNER] = 0
+            raise
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of process ``pid`` (``None`` where ``/proc`` does not say)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -486,22 +556,30 @@ _KEPT: list[KeptBlocks | None] = [None]
 def _kept_here() -> KeptBlocks | None:
     """The training process's :class:`KeptBlocks` (made on first use); ``None`` when
     torch shares memory otherwise than by file descriptor."""
-    import torch.multiprocessing
-
-    strategy = torch.multiprocessing.get_sharing_strategy()  # type: ignore[no-untyped-call]
-    if strategy != "file_descriptor":
+    if not _by_descriptor():
         return None
     kept = _KEPT[0]
     if kept is None or kept.pid != os.getpid():
+        if kept is not None:
+            kept.forget_inherited()
         kept = _KEPT[0] = KeptBlocks()
     return kept
+
+
+def _by_descriptor() -> bool:
+    """Whether torch shares memory between processes by file descriptor (the blocks a
+    training process keeps are descriptors)."""
+    import torch.multiprocessing
+
+    strategy = torch.multiprocessing.get_sharing_strategy()  # type: ignore[no-untyped-call]
+    return bool(strategy == "file_descriptor")
 
 
 def inherited_blocks() -> KeptBlocks | None:
     """In a ``DataLoader`` worker forked from the training process: its
     :class:`KeptBlocks`, if it has one; ``None`` anywhere else."""
     kept = _KEPT[0]
-    if kept is None or kept.pid == os.getpid() or kept.pid != os.getppid():
+    if kept is None or kept.pid == os.getpid() or kept.pid != os.getppid() or kept.closed:
         return None
     return kept
 
