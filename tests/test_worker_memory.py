@@ -545,3 +545,19 @@ def test_a_kept_block_is_taken_only_when_no_process_uses_it(none_kept: None) -> 
         running.terminate()
         running.join()
         zombie.join()
+
+
+def test_without_a_lock_file_blocks_are_not_kept_and_batches_still_come(
+    loader: DatasetLoader, none_kept: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No anonymous file and a read-only temporary directory: the training process keeps
+    nothing (before, an error there would have failed the batch's receipt)."""
+    import tempfile
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    inodes, _ = _checked_epoch(loader, _epoch_loader(loader))
+    assert inodes and worker_memory._KEPT[0] is None

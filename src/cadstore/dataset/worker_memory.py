@@ -417,10 +417,14 @@ class KeptBlocks:
         self.blocks: dict[int, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
         self._closed = False
-        # The claiming lock: a POSIX record lock on an unlinked file the forked processes
-        # share, which the kernel lets go when its holder exits, however it exits.
-        self._claiming, name = tempfile.mkstemp(prefix="cadstore-kept-")
-        os.unlink(name)
+        # The claiming lock: a POSIX record lock on a file with no name that the forked
+        # processes share, which the kernel lets go when its holder exits, however it
+        # exits. (OSError when no such file can be made: then nothing is kept.)
+        try:
+            self._claiming = os.memfd_create("cadstore-kept-blocks", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            self._claiming, name = tempfile.mkstemp(prefix="cadstore-kept-")
+            os.unlink(name)
         self._closing = weakref.finalize(self, _close_quietly, self._claiming)
 
     @property
@@ -562,7 +566,11 @@ def _kept_here() -> KeptBlocks | None:
     if kept is None or kept.pid != os.getpid():
         if kept is not None:
             kept.forget_inherited()
-        kept = _KEPT[0] = KeptBlocks()
+            _KEPT[0] = None
+        try:
+            kept = _KEPT[0] = KeptBlocks()
+        except OSError:  # no shared memory or lock file to be had: blocks are not kept
+            return None
     return kept
 
 
