@@ -561,3 +561,38 @@ def test_without_a_lock_file_blocks_are_not_kept_and_batches_still_come(
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     inodes, _ = _checked_epoch(loader, _epoch_loader(loader))
     assert inodes and worker_memory._KEPT[0] is None
+
+
+def test_blocks_of_a_killed_worker_are_taken_again_and_batches_stay_right(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    """A worker killed mid-epoch leaves the blocks it owned; once it is gone, the next
+    epoch's workers take them, and every batch is right."""
+    import signal
+
+    batches = _epoch_loader(loader)
+    _checked_epoch(loader, batches)
+    first = _kept_inodes()
+    assert first
+    iterator = iter(batches)
+    next(iterator)
+    victim = iterator._workers[0].pid  # type: ignore[attr-defined]
+    kept = worker_memory._KEPT[0]
+    assert kept is not None
+    os.kill(victim, signal.SIGKILL)
+    # Its first batch came in a block the first epoch's workers made.
+    owned = {
+        slot for slot in range(len(kept.blocks)) if int(kept.board[slot, kept.OWNER]) == victim
+    }
+    assert owned
+    with pytest.raises(RuntimeError, match=r"exited unexpectedly|killed"):
+        for _ in iterator:
+            pass
+    del iterator
+    gc.collect()
+    taken = set()
+    for _ in range(2):
+        inodes, _ = _checked_epoch(loader, batches)
+        taken |= inodes & first
+    assert taken
+    assert all(int(kept.board[slot, kept.OWNER]) not in (0, victim) for slot in owned)
