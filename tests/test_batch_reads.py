@@ -495,8 +495,8 @@ def test_a_groups_spans_gather_its_rows_with_one_index(spans: list[tuple[int, in
         out = np.full_like(expected, -1)
         assert reader_module._gather_rows(source, given, out)
         np.testing.assert_array_equal(out, expected)
-    first = group.gather_index()
-    assert first is not None and group.gather_index() is first
+    first = group.gather_index
+    assert first is not None and group.gather_index is first
 
 
 @pytest.mark.parametrize("spans", [[(8, 11)], [(-1, 2)], [(5, 3)], [(0, 2), (2, 4)]])

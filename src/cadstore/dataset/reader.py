@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import threading
@@ -1883,7 +1884,7 @@ def _gather_rows(source: np.ndarray, spans: Sequence[tuple[int, int]], out: np.n
     if not spans:
         return not len(out)
     if isinstance(spans, _Spans):
-        index = spans.gather_index()
+        index = spans.gather_index
     else:
         bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
         index = _gather_index(bounds[:, 0], bounds[:, 1])
@@ -1926,15 +1927,11 @@ class _Spans(list[tuple[int, int]]):
     def __init__(self, starts: np.ndarray, stops: np.ndarray) -> None:
         super().__init__(zip(starts.tolist(), stops.tolist(), strict=True))
         self._bounds = (np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64))
-        self._index: tuple[np.ndarray, int, int] | None = None
-        self._known = False
 
+    @functools.cached_property
     def gather_index(self) -> tuple[np.ndarray, int, int] | None:
-        """:func:`_gather_index` of these spans (memoised)."""
-        if not self._known:
-            self._index = _gather_index(*self._bounds)
-            self._known = True
-        return self._index
+        """:func:`_gather_index` of these spans (worked out on first use)."""
+        return _gather_index(*self._bounds)
 
 
 def _one_chunk(

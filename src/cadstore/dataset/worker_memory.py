@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from cadstore.io.native import populate_pages
+from cadstore.io.publish import pid_alive
 
 __all__ = [
     "KeptBlocks",
@@ -530,28 +531,26 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-def _parent_of(pid: int) -> int | None:
-    """The parent of process ``pid`` (``None`` where ``/proc`` does not say)."""
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent, ...);
+    empty where ``/proc`` does not say."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of process ``pid`` (``None`` where ``/proc`` does not say)."""
+    fields = _proc_stat(pid)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` is running (not exited, nor exited and not yet reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
+    """Whether process ``pid`` is running: alive (:func:`~cadstore.io.publish.pid_alive`)
+    and not a zombie (exited, not yet reaped)."""
+    return pid_alive(pid) and _proc_stat(pid)[:1] != [b"Z"]
 
 
 _KEPT: list[KeptBlocks | None] = [None]
