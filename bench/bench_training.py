@@ -333,7 +333,7 @@ class Built:
 
 #: The merged layout the cached cadstore dataset was written with: a dataset cached by an
 #: earlier layout is merged again (the peers, built from the decoded items, are kept).
-CADSTORE_LAYOUT = "inner-256k-face-pairs-zstd5"
+CADSTORE_LAYOUT = "inner-256k-face-pairs-zstd5-small-rows-stored"
 
 
 def build(workdir: str, n_items: int, seed: int, lance_version: str) -> Built:

@@ -1,4 +1,5 @@
-"""zstd levels per array: face-pair arrays at their own level, kept by appends."""
+"""zstd levels per array: face-pair arrays at their own level, arrays of small rows
+stored as they are, each kept by appends."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import zarr
 import cadstore
 from cadstore.dataset import DatasetReader
 from cadstore.merging import merge_items
-from cadstore.merging.options import DEFAULT_LEVEL, FACE_PAIR_LEVEL
+from cadstore.merging.options import (
+    DEFAULT_LEVEL,
+    FACE_PAIR_LEVEL,
+    SMALL_ROW_BYTES,
+    SMALL_ROWS_LEVEL,
+)
 
 FACE_PAIRS = {
     "faceface/face_pair_edges_path",
@@ -40,6 +46,25 @@ def _levels(path: Path) -> dict[str, int | None]:
     return out
 
 
+def _small_rows(path: Path) -> set[str]:
+    """The sharded arrays of rows of at most SMALL_ROW_BYTES bytes outside the face-pair
+    groups, provenance left out: those a merge stores as they are (SMALL_ROWS_LEVEL)."""
+    out = set()
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if not name.endswith("/zarr.json") or name.startswith("faceface"):
+                continue
+            doc = json.loads(zf.read(name))
+            codecs = doc.get("codecs") or []
+            if doc.get("node_type") != "array" or codecs[0]["name"] != "sharding_indexed":
+                continue
+            array = name.rsplit("/", 1)[0]
+            row = int(np.prod(doc["shape"][1:])) * np.dtype(doc["data_type"]).itemsize
+            if row <= SMALL_ROW_BYTES and not array.rsplit("/", 1)[-1].startswith("file_id_code"):
+                out.add(array)
+    return out
+
+
 def _chunks(path: Path, prefix: str) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as zf:
         return {n: zf.read(n) for n in zf.namelist() if n.startswith(prefix + "/c/")}
@@ -52,25 +77,29 @@ def test_face_pairs_get_their_own_level(realistic_items: list[Any], tmp_path: Pa
     levels = _levels(default)
     assert levels.keys() >= FACE_PAIRS
     assert {levels[a] for a in FACE_PAIRS} == {FACE_PAIR_LEVEL}
-    others = {a: level for a, level in levels.items() if a not in FACE_PAIRS}
-    assert "faces/face_areas" in others and "faceface/file_id_code_faceface" in others
+    raw = _small_rows(default)
+    assert {"faces/face_areas", "faces/face_centroids", "graph/edges_source"} <= raw
+    assert {levels[a] for a in raw} == {SMALL_ROWS_LEVEL}
+    others = {a: level for a, level in levels.items() if a not in FACE_PAIRS | raw}
+    assert "faces/face_discretization" in others and "faceface/file_id_code_faceface" in others
     assert set(others.values()) == {DEFAULT_LEVEL}
 
     # The level is really the one written: at the dataset's level the face pairs' chunks
     # differ (and take more bytes), the rest are the same bytes.
     flat = tmp_path / "flat.dataset"
     merge_items(files, flat, face_pair_level=DEFAULT_LEVEL)
-    assert set(_levels(flat).values()) == {DEFAULT_LEVEL}
+    assert {v for a, v in _levels(flat).items() if a not in raw} == {DEFAULT_LEVEL}
     for array in FACE_PAIRS - {"faceface_upper/extended_adjacency"}:
         ours, theirs = _chunks(default, array), _chunks(flat, array)
         assert ours.keys() == theirs.keys() and ours != theirs, array
         assert sum(map(len, ours.values())) < sum(map(len, theirs.values())), array
-    assert _chunks(default, "faces/face_areas") == _chunks(flat, "faces/face_areas")
+    for array in ("faces/face_areas", "faces/face_discretization"):
+        assert _chunks(default, array) == _chunks(flat, array), array
 
     # Standard readers decode either: the level is the encoder's business only.
     with zarr.storage.ZipStore(default, mode="r") as store, DatasetReader(flat) as reader:
         group = zarr.open_group(store, mode="r")
-        for array in FACE_PAIRS:
+        for array in FACE_PAIRS | raw:
             name, key = array.split("/")
             np.testing.assert_array_equal(group[name][key][:], reader.read_array(name, key))
 
@@ -87,9 +116,11 @@ def test_explicit_levels(realistic_items: list[Any], tmp_path: Path) -> None:
     for n, (options, face_pairs, rest) in enumerate(cases):
         out = tmp_path / f"{n}.dataset"
         merge_items(files, out, **options)
-        levels = _levels(out)
+        levels, raw = _levels(out), _small_rows(out)
+        small = SMALL_ROWS_LEVEL if rest is not None else None
+        assert raw and {levels[a] for a in raw} == {small}, options
         assert {levels[a] for a in FACE_PAIRS} == {face_pairs}, options
-        assert {v for a, v in levels.items() if a not in FACE_PAIRS} == {rest}, options
+        assert {v for a, v in levels.items() if a not in FACE_PAIRS | raw} == {rest}, options
 
 
 def test_an_append_keeps_each_arrays_level(realistic_items: list[Any], tmp_path: Path) -> None:
@@ -101,8 +132,9 @@ def test_an_append_keeps_each_arrays_level(realistic_items: list[Any], tmp_path:
     merge_items(files[:6], inc, face_pair_level=DEFAULT_LEVEL, **small)
     cadstore.merge([str(f) for f in files[6:]], str(inc), append=True)
     merge_items(files, whole, face_pair_level=DEFAULT_LEVEL, **small)
-    assert set(_levels(inc).values()) == {DEFAULT_LEVEL}
-    for array in FACE_PAIRS:
+    raw = _small_rows(inc)
+    assert {v for a, v in _levels(inc).items() if a not in raw} == {DEFAULT_LEVEL}
+    for array in FACE_PAIRS | raw:
         assert _chunks(inc, array) == _chunks(whole, array), array
     with DatasetReader(inc) as a, DatasetReader(whole) as b:
         for code in range(len(files)):
@@ -155,7 +187,7 @@ def test_an_append_is_the_full_merge_whatever_the_first_group(tmp_path: Path) ->
     levels = _levels(inc)
     assert levels["faceface/face_pair_edges_path"] == FACE_PAIR_LEVEL
     assert levels["faceface/file_id_code_faceface"] == DEFAULT_LEVEL
-    assert levels["faces/face_areas"] == DEFAULT_LEVEL
+    assert levels["faces/face_areas"] == SMALL_ROWS_LEVEL
     assert_same_dataset(inc, whole, same_operation=False)
 
 
@@ -174,7 +206,8 @@ def test_every_entry_point_takes_the_face_pair_level(
     for path, level in ((cli, 9), (spec, 2)):
         levels = _levels(path)
         assert {levels[a] for a in FACE_PAIRS} == {level}, path
-        assert levels["faces/face_areas"] == DEFAULT_LEVEL
+        assert levels["faces/face_discretization"] == DEFAULT_LEVEL
+        assert levels["faces/face_areas"] == SMALL_ROWS_LEVEL
 
 
 def test_a_level_zstd_does_not_have_is_refused(realistic_items: list[Any], tmp_path: Path) -> None:
@@ -196,10 +229,108 @@ def test_an_append_that_creates_the_dataset_takes_the_levels(
     out = tmp_path / "new.dataset"
     cadstore.merge(files, str(out), append=True, compression_level=4, face_pair_level=8)
     levels = _levels(out)
+    raw = _small_rows(out)
     assert {levels[a] for a in FACE_PAIRS} == {8}
-    assert {v for a, v in levels.items() if a not in FACE_PAIRS} == {4}
+    assert raw and {levels[a] for a in raw} == {SMALL_ROWS_LEVEL}
+    assert {v for a, v in levels.items() if a not in FACE_PAIRS | raw} == {4}
     full = tmp_path / "full.dataset"
     cadstore.merge(files, str(full), append=True, face_pair_layout="full")
     with DatasetReader(full, stored_layout=True) as reader:
         assert "faceface_upper" not in reader.groups
         assert "d2_distance" in reader.arrays("faceface")
+
+
+def _inner_chunks(path: Path, array: str) -> list[bytes]:
+    """The stored inner chunks (crc32c included) of every shard of ``array``, in order."""
+    from cadstore.format.sharding import read_index
+
+    with zipfile.ZipFile(path) as zf:
+        doc = json.loads(zf.read(f"{array}/zarr.json"))
+        config = doc["codecs"][0]["configuration"]
+        n_inner = doc["chunk_grid"]["configuration"]["chunk_shape"][0] // config["chunk_shape"][0]
+        shards = sorted(
+            (n for n in zf.namelist() if n.startswith(f"{array}/c/")),
+            key=lambda n: int(n.rsplit("/", 1)[-1]),
+        )
+        out = []
+        for name in shards:
+            data = zf.read(name)
+            index = read_index(data[-16 * n_inner - 4 : -4], n_inner, len(data) - 4)
+            out += [data[o : o + n] for o, n in index if n != 2**64 - 1]
+    return out
+
+
+def test_small_rows_are_stored_as_they_are(realistic_items: list[Any], tmp_path: Path) -> None:
+    """A full inner chunk of an array of small rows holds its bytes as they are (a zstd
+    frame header and the checksum around them), whatever the dataset's level; the last,
+    padded one is compressed, so that its padding takes no room; zarr-python and the
+    reader read the values."""
+    files = [p for p, _, _ in realistic_items[:12]]
+    out = tmp_path / "small.dataset"
+    # 64-row shards: inner chunks of 64 rows, several of them full.
+    merge_items(files, out, compression_level=9, shard_rows={"faces": 64, "edges": 64})
+    assert _levels(out)["faces/face_types"] == SMALL_ROWS_LEVEL
+    expected = {
+        key: np.concatenate([item[key] for _, item, _ in realistic_items[:12]])
+        for key in ("face_types", "face_areas", "face_centroids")
+    }
+    with zarr.storage.ZipStore(out, mode="r") as store, DatasetReader(out) as reader:
+        group = zarr.open_group(store, mode="r")
+        for key, values in expected.items():
+            row_bytes = values[0].nbytes
+            chunks = _inner_chunks(out, f"faces/{key}")
+            full, last = chunks[:-1], chunks[-1]
+            assert len(full) == len(values) // 64 and len(values) % 64, key
+            for chunk in full:
+                # zstd's frame header (at most 18 bytes) and a block header, and the crc.
+                assert 64 * row_bytes < len(chunk) <= 64 * row_bytes + 24, (key, len(chunk))
+            padding = (64 - len(values) % 64) * row_bytes
+            assert len(last) < 64 * row_bytes - padding // 2, (key, len(last))
+            np.testing.assert_array_equal(group["faces"][key][:], values)
+            np.testing.assert_array_equal(reader.read_array("faces", key), values)
+        # The other arrays keep the dataset's level.
+        levels = _levels(out)
+        assert levels["faces/face_discretization"] == 9
+        assert levels["faces/file_id_code_faces"] == 9
+
+
+def test_a_padded_chunk_compresses_its_padding_at_any_level() -> None:
+    """At a negative level zstd stores bytes as they are: a last, partial inner chunk is
+    compressed at level 1 at least, or its padding would take the room of real rows."""
+    from cadstore.format.codecs import decode_zstd
+    from cadstore.format.sharding import encode_shard, read_index
+
+    rows = np.arange(100, dtype=np.int32) * 7919 % 1000
+    for level in (SMALL_ROWS_LEVEL, -5, 1, 3):
+        shard = encode_shard(rows, 64, 256, level, checksum=False)
+        index = read_index(shard[-16 * 4 :], 4, len(shard))
+        (o1, n1), (o2, n2) = index[:2]
+        assert index[2:] == [(2**64 - 1, 2**64 - 1)] * 2
+        assert n2 < 36 * 4 + 64, (level, n2)  # 36 rows and their padding of 28
+        assert bytes(decode_zstd(shard[o1 : o1 + n1], 256, 256)) == rows[:64].tobytes()
+        padded = np.zeros(64, dtype=np.int32)
+        padded[:36] = rows[64:]
+        assert bytes(decode_zstd(shard[o2 : o2 + n2], 256, 256)) == padded.tobytes()
+
+
+def test_an_append_keeps_small_rows_compressed_in_a_dataset_merged_before(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A dataset merged before arrays of small rows were stored as they are (at the
+    dataset's level) is continued at its level: its shards stay what they were."""
+    import cadstore.merging.plan as plan_module
+
+    files = [p for p, _, _ in realistic_items[:10]]
+    inc = tmp_path / "inc.dataset"
+    with monkeypatch.context() as patched:
+        patched.setattr(plan_module, "SMALL_ROW_BYTES", 0)
+        merge_items(files[:6], inc)
+    before = _levels(inc)
+    assert before["faces/face_areas"] == DEFAULT_LEVEL
+    cadstore.merge([str(f) for f in files[6:]], str(inc), append=True)
+    assert _levels(inc) == before
+    with DatasetReader(inc) as reader:
+        got = reader.read_array("faces", "face_areas")
+    np.testing.assert_array_equal(
+        got, np.concatenate([item["face_areas"] for _, item, _ in realistic_items[:10]])
+    )

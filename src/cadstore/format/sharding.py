@@ -168,8 +168,9 @@ def encode_shard(
     """Encode up to ``shard_rows`` rows as one shard.
 
     Inner chunks past the end of ``rows`` are absent; a last, partial inner chunk is
-    padded with zeros to its full shape, as Zarr requires. With ``checksum`` every inner
-    chunk and the index carry their CRC-32C (see :func:`sharding_codec`).
+    padded with zeros to its full shape, as Zarr requires, and compressed at level 1 at
+    least (at a negative level zstd would store its padding as it is). With ``checksum``
+    every inner chunk and the index carry their CRC-32C (see :func:`sharding_codec`).
 
     ``starts``, the rows (increasing, from 0 at the shard's first row) at which items
     begin, makes compressed inner chunks shared by items *item-framed*: one zstd frame per
@@ -188,15 +189,19 @@ def encode_shard(
             index.append(_ENTRY.pack(MISSING, MISSING))
             continue
         n_data = block.shape[0]
+        chunk_level = level
         if n_data < inner_rows:
             padded = np.zeros(inner_shape, dtype=rows.dtype)
             padded[: block.shape[0]] = block
             block = padded
+            chunk_level = None if level is None else max(level, 1)
         payload = np.ascontiguousarray(block).tobytes()
-        if level is not None:
+        if chunk_level is not None:
             row_bytes = block.nbytes // inner_rows
             cuts = frame_cuts(starts, i * inner_rows, n_data, row_bytes)
-            payload = C.item_frames_compress(payload, cuts, level, long_distance=long_distance)
+            payload = C.item_frames_compress(
+                payload, cuts, chunk_level, long_distance=long_distance
+            )
         if checksum:
             payload = C.append_crc32c(payload)
         index.append(_ENTRY.pack(offset, len(payload)))

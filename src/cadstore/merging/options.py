@@ -42,6 +42,16 @@ DEFAULT_LEVEL = 3
 FACE_PAIR_LEVEL = 5
 #: The zstd levels there are (negative levels trade ratio for speed).
 MIN_LEVEL, MAX_LEVEL = -(1 << 17), 22
+#: Arrays of rows of at most this many bytes (a face's area or type, an edge's length, a
+#: centroid) outside the face-pair groups are written at :data:`SMALL_ROWS_LEVEL`. An
+#: item's rows of them are a few hundred bytes in inner chunks that hold a hundred items'
+#: rows (:data:`cadstore.format.sharding.MIN_INNER_BYTES`), so a read that does not find
+#: such a chunk cached decodes all of it for those bytes: 13 of the 19 chunks a random
+#: realistic item decoded, for a few percent of a dataset's bytes (``docs/benchmarks.md``).
+SMALL_ROW_BYTES = 16
+#: The zstd level of arrays of small rows (:data:`SMALL_ROW_BYTES`): the fastest there is,
+#: at which zstd stores the bytes as they are, decoded at the speed of a copy.
+SMALL_ROWS_LEVEL = MIN_LEVEL
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,10 @@ class MergeOptions:
     Attributes
     ----------
     compression_level
-        zstd level of the output (``None``: uncompressed).
+        zstd level of the output (``None``: uncompressed). Arrays of small rows (at most
+        :data:`SMALL_ROW_BYTES`, outside the face-pair groups) are written at
+        :data:`SMALL_ROWS_LEVEL` whatever the level: see
+        :func:`cadstore.merging.plan.small_rows`.
     face_pair_level
         zstd level of the face-pair groups' arrays (``N x N`` per item, most of a
         dataset's bytes, decoded for every item a model reads); ``None`` (default):

@@ -25,7 +25,7 @@ from cadstore.format.layout import (
 )
 from cadstore.format.sharding import shard_layout
 from cadstore.format.triangle import UPPER_TRIANGLE, side_of, triangle_count
-from cadstore.merging.options import MergeOptions
+from cadstore.merging.options import SMALL_ROW_BYTES, MergeOptions
 from cadstore.merging.scan import ItemScan
 from cadstore.schema import Schema
 
@@ -39,6 +39,7 @@ __all__ = [
     "plan_groups",
     "plan_merge",
     "schema_from",
+    "small_rows",
 ]
 
 
@@ -113,6 +114,26 @@ class GroupPlan:
     def is_matrix(self) -> bool:
         """Whether item arrays are N x N matrices flattened to N² rows."""
         return self.special == MATRIX_FLATTENING
+
+
+def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
+    """Whether ``plan`` is an array of small rows, whose chunks are written at
+    :data:`~cadstore.merging.options.SMALL_ROWS_LEVEL` (stored as they are) whatever the
+    merge's level.
+
+    Arrays of rows of at most :data:`~cadstore.merging.options.SMALL_ROW_BYTES` bytes
+    (the scalars and small vectors of each face or edge): an item's rows of them are a
+    small part of an inner chunk shared by many items, which a read would otherwise
+    decode whole, and they are few of a dataset's bytes. Not the face-pair groups'
+    arrays (``N x N`` rows per item, most of a dataset's bytes, whatever their row size)
+    nor per-item values (stored whole, see :func:`cadstore.merging.write.write_plain_array`).
+    """
+    return (
+        not plan.per_item
+        and plan.row_bytes <= SMALL_ROW_BYTES
+        and not group.is_matrix
+        and group.special != UPPER_TRIANGLE
+    )
 
 
 def schema_from(schema: Any, scans: Sequence[ItemScan]) -> Schema | None:

@@ -49,9 +49,10 @@ from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
     DEFAULT_LEVEL,
     DEFAULT_SHARD_BYTES,
+    SMALL_ROWS_LEVEL,
     MergeOptions,
 )
-from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
+from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan, small_rows
 from cadstore.merging.scan import ItemScan, decode_item
 from cadstore.progress import progress
 from cadstore.schema import Schema
@@ -178,17 +179,21 @@ def array_levels(
 ) -> dict[tuple[str, str], int | None]:
     """``{(group, array): zstd level}`` of the arrays not written at the dataset's level:
     the rows of face-pair groups, full or triangle (see
-    :attr:`MergeOptions.face_pair_level`)."""
-    level = options.face_pairs_level
-    if level == options.compression_level:
+    :attr:`MergeOptions.face_pair_level`), and arrays of small rows, stored as they are
+    (:data:`~cadstore.merging.options.SMALL_ROWS_LEVEL`, see
+    :func:`~cadstore.merging.plan.small_rows`)."""
+    if options.compression_level is None:
         return {}
-    return {
-        (group.name, plan.name): level
-        for group in groups.values()
-        if group.is_matrix or group.special == UPPER_TRIANGLE
-        for plan in group.arrays.values()
-        if not plan.per_item
-    }
+    level = options.face_pairs_level
+    levels: dict[tuple[str, str], int | None] = {}
+    for group in groups.values():
+        face_pairs = group.is_matrix or group.special == UPPER_TRIANGLE
+        for plan in group.arrays.values():
+            if face_pairs and not plan.per_item and level != options.compression_level:
+                levels[(group.name, plan.name)] = level
+            elif small_rows(group, plan):
+                levels[(group.name, plan.name)] = SMALL_ROWS_LEVEL
+    return levels
 
 
 def encode_shard_job(
