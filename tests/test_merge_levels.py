@@ -334,3 +334,26 @@ def test_an_append_keeps_small_rows_compressed_in_a_dataset_merged_before(
     np.testing.assert_array_equal(
         got, np.concatenate([item["face_areas"] for _, item, _ in realistic_items[:10]])
     )
+
+
+def test_small_rows_that_items_have_by_the_thousand_keep_the_level(tmp_path: Path) -> None:
+    """Small rows are stored as they are only where an item has few of them: an item's
+    thousands of centroids fill a chunk of their own, which zstd should compress."""
+    from cadstore import OptStorage
+
+    rng = np.random.default_rng(3)
+    files = []
+    for k in range(4):
+        faces = 1500 + k  # 18 KB of centroids per item
+        path = tmp_path / f"many{k}.zarr"
+        with OptStorage(str(path)) as item:
+            item.save_data("face_centroids", rng.random((faces, 3)).astype(np.float32))
+            item.save_data("face_types", rng.integers(0, 5, faces).astype(np.int32))
+            item.compress_store()
+        files.append(f"{path}.data")
+    out = tmp_path / "many.dataset"
+    merge_items(files, out)
+    levels = _levels(out)
+    assert levels["faces/face_centroids"] == DEFAULT_LEVEL
+    # 6 KB of types per item: also more than an item frame's worth.
+    assert levels["faces/face_types"] == DEFAULT_LEVEL

@@ -43,10 +43,11 @@ FACE_PAIR_LEVEL = 5
 #: The zstd levels there are (negative levels trade ratio for speed).
 MIN_LEVEL, MAX_LEVEL = -(1 << 17), 22
 #: Arrays of rows of at most this many bytes (a face's area or type, an edge's length, a
-#: centroid) outside the face-pair groups are written at :data:`SMALL_ROWS_LEVEL`. An
-#: item's rows of them are a few hundred bytes in inner chunks that hold a hundred items'
-#: rows (:data:`cadstore.format.sharding.MIN_INNER_BYTES`), so a read that does not find
-#: such a chunk cached decodes all of it for those bytes: 13 of the 19 chunks a random
+#: centroid) outside the face-pair groups, of which items have a few hundred bytes each,
+#: are written at :data:`SMALL_ROWS_LEVEL` (:func:`cadstore.merging.plan.small_rows`).
+#: An item's rows of them lie in inner chunks that hold a hundred items' rows
+#: (:data:`cadstore.format.sharding.MIN_INNER_BYTES`), so a read that does not find such
+#: a chunk cached decodes all of it for those bytes: 13 of the 19 chunks a random
 #: realistic item decoded, for a few percent of a dataset's bytes (``docs/benchmarks.md``).
 SMALL_ROW_BYTES = 16
 #: The zstd level of arrays of small rows (:data:`SMALL_ROW_BYTES`): the fastest there is,

@@ -23,7 +23,7 @@ from cadstore.format.layout import (
     assign_group,
     default_primary_dim,
 )
-from cadstore.format.sharding import shard_layout
+from cadstore.format.sharding import FRAME_MIN_BYTES, shard_layout
 from cadstore.format.triangle import UPPER_TRIANGLE, side_of, triangle_count
 from cadstore.merging.options import SMALL_ROW_BYTES, MergeOptions
 from cadstore.merging.scan import ItemScan
@@ -122,18 +122,26 @@ def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
     merge's level.
 
     Arrays of rows of at most :data:`~cadstore.merging.options.SMALL_ROW_BYTES` bytes
-    (the scalars and small vectors of each face or edge): an item's rows of them are a
+    (the scalars and small vectors of each face or edge) of which a typical item has
+    fewer bytes than an item frame is worth
+    (:data:`~cadstore.format.sharding.FRAME_MIN_BYTES`): an item's rows of them are a
     small part of an inner chunk shared by many items, which a read would otherwise
     decode whole, and they are few of a dataset's bytes. Not the face-pair groups'
-    arrays (``N x N`` rows per item, most of a dataset's bytes, whatever their row size)
-    nor per-item values (stored whole, see :func:`cadstore.merging.write.write_plain_array`).
+    arrays (``N x N`` rows per item, most of a dataset's bytes, whatever their row
+    size), per-item values (stored whole, see
+    :func:`cadstore.merging.write.write_plain_array`), nor small rows that items have by
+    the thousand (a point cloud's), whose chunks hold an item's rows or a few.
     """
-    return (
-        not plan.per_item
-        and plan.row_bytes <= SMALL_ROW_BYTES
-        and not group.is_matrix
-        and group.special != UPPER_TRIANGLE
-    )
+    if (
+        plan.per_item
+        or plan.row_bytes > SMALL_ROW_BYTES
+        or group.is_matrix
+        or group.special == UPPER_TRIANGLE
+    ):
+        return False
+    counts = np.fromiter(group.rows.values(), dtype=np.int64, count=len(group.rows))
+    typical = typical_rows(counts)
+    return typical is not None and typical * plan.row_bytes < FRAME_MIN_BYTES
 
 
 def schema_from(schema: Any, scans: Sequence[ItemScan]) -> Schema | None:
