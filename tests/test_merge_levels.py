@@ -295,8 +295,9 @@ def test_small_rows_are_stored_as_they_are(realistic_items: list[Any], tmp_path:
 
 
 def test_a_padded_chunk_compresses_its_padding_at_any_level() -> None:
-    """At a negative level zstd stores bytes as they are: a last, partial inner chunk is
-    compressed at level 1 at least, or its padding would take the room of real rows."""
+    """At its most negative levels zstd stores bytes as they are: a last, partial inner
+    chunk at a negative level is compressed at level 1, or its padding would take the
+    room of real rows."""
     from cadstore.format.codecs import decode_zstd
     from cadstore.format.sharding import encode_shard, read_index
 
@@ -321,14 +322,19 @@ def test_an_append_keeps_small_rows_compressed_in_a_dataset_merged_before(
     import cadstore.merging.plan as plan_module
 
     files = [p for p, _, _ in realistic_items[:10]]
-    inc = tmp_path / "inc.dataset"
+    small: dict[str, Any] = {"inner_bytes": 2048, "shard_bytes": 16384}
+    inc, whole = tmp_path / "inc.dataset", tmp_path / "whole.dataset"
     with monkeypatch.context() as patched:
         patched.setattr(plan_module, "SMALL_ROW_BYTES", 0)
-        merge_items(files[:6], inc)
+        merge_items(files[:6], inc, **small)
+        merge_items(files, whole, **small)
     before = _levels(inc)
     assert before["faces/face_areas"] == DEFAULT_LEVEL
     cadstore.merge([str(f) for f in files[6:]], str(inc), append=True)
     assert _levels(inc) == before
+    # The appended shards are those of one merge of every item the way it was written.
+    for array in ("faces/face_areas", "edges/edge_types", "graph/edges_source"):
+        assert _chunks(inc, array) == _chunks(whole, array), array
     with DatasetReader(inc) as reader:
         got = reader.read_array("faces", "face_areas")
     np.testing.assert_array_equal(

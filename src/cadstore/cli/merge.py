@@ -40,7 +40,13 @@ def register(sub: Any) -> None:
         help="wait this long for another merge, append or split of the same dataset to "
         "finish (0: fail at once)",
     )
-    parser.add_argument("--level", type=int, default=3, help="zstd level of the dataset")
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=3,
+        help="zstd level of the dataset (arrays of a few small rows per item are stored as "
+        "they are, at zstd's fastest level)",
+    )
     parser.add_argument(
         "--face-pair-level",
         type=int,

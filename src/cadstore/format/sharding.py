@@ -168,9 +168,11 @@ def encode_shard(
     """Encode up to ``shard_rows`` rows as one shard.
 
     Inner chunks past the end of ``rows`` are absent; a last, partial inner chunk is
-    padded with zeros to its full shape, as Zarr requires, and compressed at level 1 at
-    least (at a negative level zstd would store its padding as it is). With ``checksum``
-    every inner chunk and the index carry their CRC-32C (see :func:`sharding_codec`).
+    padded with zeros to its full shape, as Zarr requires; at a negative ``level`` it is
+    compressed at level 1 (at zstd's most negative levels, such as
+    :data:`cadstore.merging.options.SMALL_ROWS_LEVEL`, its padding would be stored as it
+    is). With ``checksum`` every inner chunk and the index carry their CRC-32C (see
+    :func:`sharding_codec`).
 
     ``starts``, the rows (increasing, from 0 at the shard's first row) at which items
     begin, makes compressed inner chunks shared by items *item-framed*: one zstd frame per
@@ -194,7 +196,7 @@ def encode_shard(
             padded = np.zeros(inner_shape, dtype=rows.dtype)
             padded[: block.shape[0]] = block
             block = padded
-            chunk_level = None if level is None else max(level, 1)
+            chunk_level = 1 if level is not None and level < 0 else level
         payload = np.ascontiguousarray(block).tobytes()
         if chunk_level is not None:
             row_bytes = block.nbytes // inner_rows

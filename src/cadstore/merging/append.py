@@ -473,7 +473,8 @@ def _existing_level(reader: DatasetReader) -> int | None:
     """The dataset's zstd level (appended shards and small arrays match it).
 
     Read from a provenance array (``file_id_code_<group>``), which is always at the
-    dataset's level: a data array may be at another (the face pairs').
+    dataset's level: a data array may be at another (the face pairs', or small rows'
+    stored as they are).
     """
     for group in reader.groups:
         name = file_id_code_name(group)

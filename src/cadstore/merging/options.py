@@ -62,9 +62,9 @@ class MergeOptions:
     Attributes
     ----------
     compression_level
-        zstd level of the output (``None``: uncompressed). Arrays of small rows (at most
-        :data:`SMALL_ROW_BYTES`, outside the face-pair groups) are written at
-        :data:`SMALL_ROWS_LEVEL` whatever the level: see
+        zstd level of the output (``None``: uncompressed). Unless ``None``, arrays of a
+        few small rows per item (at most :data:`SMALL_ROW_BYTES` a row, outside the
+        face-pair groups) are written at :data:`SMALL_ROWS_LEVEL`: see
         :func:`cadstore.merging.plan.small_rows`.
     face_pair_level
         zstd level of the face-pair groups' arrays (``N x N`` per item, most of a

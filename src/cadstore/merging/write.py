@@ -230,7 +230,7 @@ class ShardWriter:
         #: The dataset's zstd level: of every array not in ``levels``.
         self.level = options.compression_level
         #: ``{(group, array): zstd level}`` of the arrays written at another level (the
-        #: face-pair arrays, see :func:`array_levels`).
+        #: face-pair arrays and arrays of small rows, see :func:`array_levels`).
         self.levels = dict(levels or {})
         #: Whether chunks carry a crc32c checksum (:data:`CHECKSUMS` by default).
         self.checksum = CHECKSUMS if checksum is None else checksum
