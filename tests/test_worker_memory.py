@@ -590,9 +590,15 @@ def test_blocks_of_a_killed_worker_are_taken_again_and_batches_stay_right(
     handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         os.kill(victim, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        # DataLoader's own report; or, when the worker had queued a batch before it died,
+        # the reset of the connection over which torch fetches that batch's descriptor
+        # from the worker (torch's file_descriptor sharing, cadstore or not).
+        with pytest.raises((RuntimeError, ConnectionError)) as raised:
             for _ in iterator:
                 pass
+        assert isinstance(raised.value, ConnectionError) or "exited unexpectedly" in str(
+            raised.value
+        )
         iterator._shutdown_workers()  # type: ignore[attr-defined]
     finally:
         signal.signal(signal.SIGCHLD, handler)
