@@ -115,11 +115,17 @@ class GroupPlan:
         """Whether item arrays are N x N matrices flattened to N² rows."""
         return self.special == MATRIX_FLATTENING
 
+    @property
+    def holds_face_pairs(self) -> bool:
+        """Whether the group holds face-pair rows (``N x N`` per item): flattened
+        matrices, or their upper triangles."""
+        return self.is_matrix or self.special == UPPER_TRIANGLE
+
 
 def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
     """Whether ``plan`` is an array of small rows, whose chunks are written at
-    :data:`~cadstore.merging.options.SMALL_ROWS_LEVEL` (stored as they are) whatever the
-    merge's level.
+    :data:`~cadstore.merging.options.SMALL_ROWS_LEVEL` (stored as they are) in a compressed
+    merge, whatever its level.
 
     Arrays of rows of at most :data:`~cadstore.merging.options.SMALL_ROW_BYTES` bytes
     (the scalars and small vectors of each face or edge) of which a typical item has
@@ -132,12 +138,7 @@ def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
     :func:`cadstore.merging.write.write_plain_array`), nor small rows that items have by
     the thousand (a point cloud's), whose chunks hold an item's rows or a few.
     """
-    if (
-        plan.per_item
-        or plan.row_bytes > SMALL_ROW_BYTES
-        or group.is_matrix
-        or group.special == UPPER_TRIANGLE
-    ):
+    if plan.per_item or plan.row_bytes > SMALL_ROW_BYTES or group.holds_face_pairs:
         return False
     counts = np.fromiter(group.rows.values(), dtype=np.int64, count=len(group.rows))
     typical = typical_rows(counts)

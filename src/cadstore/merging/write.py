@@ -187,9 +187,8 @@ def array_levels(
     level = options.face_pairs_level
     levels: dict[tuple[str, str], int | None] = {}
     for group in groups.values():
-        face_pairs = group.is_matrix or group.special == UPPER_TRIANGLE
         for plan in group.arrays.values():
-            if face_pairs and not plan.per_item and level != options.compression_level:
+            if group.holds_face_pairs and not plan.per_item and level != options.compression_level:
                 levels[(group.name, plan.name)] = level
             elif small_rows(group, plan):
                 levels[(group.name, plan.name)] = SMALL_ROWS_LEVEL
