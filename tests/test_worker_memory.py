@@ -547,6 +547,75 @@ def test_a_kept_block_is_taken_only_when_no_process_uses_it(none_kept: None) -> 
         zombie.join()
 
 
+def _claiming_child(kept: worker_memory.KeptBlocks) -> tuple[Any, Any, Any]:
+    """A child forked now that, once sent a list of sizes, claims a block for each and
+    answers with the bytes of each storage it got (0: none): ``(process, ask, answer)``."""
+    context = multiprocessing.get_context("fork")
+    receive_sizes, ask = context.Pipe(duplex=False)
+    answer, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        storages = [kept.claim(n) for n in receive_sizes.recv()]
+        send.send([0 if s is None else s.nbytes() for s in storages])
+
+    process = context.Process(target=child)
+    process.start()
+    return process, ask, answer
+
+
+def test_a_larger_block_takes_the_place_of_the_smallest_unused_kept_one(
+    none_kept: None,
+) -> None:
+    """Once KEPT_BETWEEN_EPOCHS blocks are kept, a larger one that arrives replaces the
+    smallest no process uses (kept as they first came, later epochs' workers kept making
+    new blocks for their larger batches); a worker forked before the replacement never
+    takes the new block in the old one's place."""
+    mib = 2**20
+    count = worker_memory.KEPT_BETWEEN_EPOCHS
+    context = multiprocessing.get_context("fork")
+    kept = worker_memory._kept_here()
+    assert kept is not None
+    running = context.Process(target=time.sleep, args=(120,))
+    running.start()
+    stale = None
+    try:
+        sizes = [(4 + k) * mib for k in range(count)]
+        storages = [torch.UntypedStorage._new_shared(n) for n in sizes]
+        assert [kept.hold(s, sender=running.pid) for s in storages] == list(range(count))
+        for slot in range(count):
+            kept.let_go(slot, os.getpid())
+        big = torch.UntypedStorage._new_shared(64 * mib)
+        # Every kept block still owned by its (running) worker: none is replaced.
+        assert kept.hold(big, sender=running.pid) is None
+        kept.board[:, kept.OWNER] = 0  # that worker gone
+        kept.board[0, kept.HELD] = 1  # a batch held here in the smallest
+        stale, ask, answer = _claiming_child(kept)  # forked before the replacement
+        slot = kept.hold(big, sender=running.pid)
+        assert slot == 1  # the smallest unused one: not the held one
+        inode = os.fstat(big._share_fd_cpu_()[0]).st_ino
+        assert kept.blocks[1][1:] == (64 * mib, inode)
+        assert kept.board[1].tolist() == [running.pid, 1, inode]
+        assert sorted(n for _, n, _ in kept.blocks.values()) == sorted(
+            [64 * mib, *sizes[:1], *sizes[2:]]
+        )
+        # A block smaller than every unused kept one replaces none.
+        assert kept.hold(torch.UntypedStorage._new_shared(5 * mib), sender=running.pid) is None
+        kept.let_go(1, os.getpid())
+        kept.board[1, kept.OWNER] = 0
+        # The worker forked before knows a 5 MiB block in slot 1: it takes the next that
+        # fits, never the 64 MiB one now there; a worker forked now takes that one.
+        ask.send([5 * mib, 40 * mib])
+        assert answer.poll(60), "the child did not answer"
+        assert answer.recv() == [6 * mib, 0]
+        assert _claims_in_child(kept, [40 * mib]) == [True]
+        assert int(kept.board[1, kept.OWNER]) not in (0, running.pid)
+    finally:
+        running.terminate()
+        running.join()
+        if stale is not None:
+            stale.join(10)
+
+
 def test_without_a_lock_file_blocks_are_not_kept_and_batches_still_come(
     loader: DatasetLoader, none_kept: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -363,8 +363,8 @@ def _released_kept(
 
 
 # ------------------------------------------------------------------ blocks kept between epochs
-#: Blocks the training process keeps for the workers of later epochs (the first this many
-#: of at least :data:`_GRANULE` bytes its forked workers send).
+#: Blocks the training process keeps for the workers of later epochs (the largest this
+#: many of at least :data:`_GRANULE` bytes its forked workers send).
 KEPT_BETWEEN_EPOCHS = 8
 
 #: The process whose memory this one holds: the one it was forked from (noted just before
@@ -386,23 +386,29 @@ class KeptBlocks:
     Without ``persistent_workers`` every epoch forks new workers, and each made its
     blocks afresh: the kernel clears every page of a new block, which for whole items was
     about a third of a worker's time (``docs/benchmarks.md``). The training process keeps
-    the first :data:`KEPT_BETWEEN_EPOCHS` large blocks its forked workers send (an open
-    descriptor of each shared-memory file, kept until :func:`release_kept_blocks`), and
-    workers forked later take one instead of making a new one when none of their own is
-    free.
+    :data:`KEPT_BETWEEN_EPOCHS` large blocks its forked workers send (an open descriptor
+    of each shared-memory file, kept until :func:`release_kept_blocks`), and workers
+    forked later take one instead of making a new one when none of their own is free.
+    Once that many are kept, a larger block that arrives takes the place of the smallest
+    kept one no process is using: the blocks kept are then the largest, which a later
+    worker's batch fits (batches of whole items range over a factor of ten; kept as they
+    first came, a later epoch's workers still made one or two new blocks each).
 
     A block is written by one process at a time: a shared *board* holds, per kept block,
-    the worker that may write it (its pid; 0 for none) and whether the training process
-    holds a batch in it. A worker takes a block (:meth:`claim`, under a lock shared by
-    the processes forked from the training process) only when no worker owns it, or its
-    owner has exited, and the training process holds no batch in it; from then on it
-    reuses the block as one of its own (:class:`WorkerBlocks`), and it stays its own until
-    it exits. So a batch the training code keeps from an earlier epoch is never
-    overwritten, and two workers (of one loader or of two) never share a block. A block
-    of a worker that was killed is taken again once its process is gone.
+    the worker that may write it (its pid; 0 for none), whether the training process
+    holds a batch in it, and which block it is (its file's inode). A worker takes a block
+    (:meth:`claim`, under a lock shared by the processes forked from the training
+    process) only when no worker owns it, or its owner has exited, the training process
+    holds no batch in it, and it is still the block the worker knows in that place (one
+    forked before a replacement knows the block replaced); from then on it reuses the
+    block as one of its own (:class:`WorkerBlocks`), and it stays its own until it exits.
+    A kept block is replaced, under the same lock, only when no process could be using
+    it. So a batch the training code keeps from an earlier epoch is never overwritten,
+    and two workers (of one loader or of two) never share a block. A block of a worker
+    that was killed is taken again once its process is gone.
     """
 
-    OWNER, HELD = 0, 1
+    OWNER, HELD, INODE = 0, 1, 2
 
     def __init__(self) -> None:
         import tempfile
@@ -410,7 +416,7 @@ class KeptBlocks:
         import torch
 
         self.pid = os.getpid()
-        board = torch.zeros((KEPT_BETWEEN_EPOCHS, 2), dtype=torch.int64)
+        board = torch.zeros((KEPT_BETWEEN_EPOCHS, 3), dtype=torch.int64)
         self.board = board.share_memory_()  # type: ignore[no-untyped-call]
         self._view = self.board.numpy()
         # slot -> (descriptor, bytes, inode), in the training process and, as it was at
@@ -447,29 +453,48 @@ class KeptBlocks:
     # -- in the training process
     def hold(self, storage: Any, sender: int) -> int | None:
         """A batch in ``storage`` arrived from worker ``sender``: the block is held (until
-        :meth:`let_go`), and kept if it is new, large and there is room. Returns its slot
-        (``None``: not kept)."""
+        :meth:`let_go`), and kept if it is new and large, and there is room or a smaller
+        kept block no process uses to replace. Returns its slot (``None``: not kept)."""
         try:
             fd, nbytes = storage._share_fd_cpu_()
             inode = os.fstat(fd).st_ino
         except (AttributeError, OSError, RuntimeError):
             return None
+        replaced = None
         with self._lock:
             if self._closed:
                 return None
             slot = next((k for k, (_, _, i) in self.blocks.items() if i == inode), None)
             if slot is None:
-                if (
-                    nbytes < _GRANULE
-                    or len(self.blocks) >= KEPT_BETWEEN_EPOCHS
-                    or _parent_of(sender) != self.pid  # a worker this process forked
-                ):
+                if nbytes < _GRANULE or _parent_of(sender) != self.pid:  # a worker forked here
                     return None
-                slot = len(self.blocks)
+                if len(self.blocks) < KEPT_BETWEEN_EPOCHS:
+                    slot = len(self.blocks)  # a slot no worker forked before knows
+                    self._view[slot] = (sender, 1, inode)
+                else:
+                    with self._claim_lock():
+                        slot = self._unused_smaller(nbytes)
+                        if slot is None:
+                            return None
+                        replaced = self.blocks[slot][0]
+                        self._view[slot] = (sender, 1, inode)
                 self.blocks[slot] = (os.dup(fd), nbytes, inode)
-                self._view[slot, self.OWNER] = sender
             self._view[slot, self.HELD] = 1
+        if replaced is not None:
+            os.close(replaced)  # its memory goes once no process maps it
         return slot
+
+    def _unused_smaller(self, nbytes: int) -> int | None:
+        """The slot of the smallest kept block of fewer than ``nbytes`` that no process is
+        using (no batch held here, its owner gone), or ``None``. Under the claiming lock:
+        a worker cannot take it meanwhile."""
+        for size, slot in sorted((n, k) for k, (_, n, _) in self.blocks.items()):
+            if size >= nbytes:
+                break
+            owner, held = int(self._view[slot, self.OWNER]), int(self._view[slot, self.HELD])
+            if not held and owner >= 0 and not (owner and _alive(owner)):
+                return slot
+        return None
 
     def let_go(self, slot: int, pid: int) -> None:
         """The training process (``pid``) holds no batch in block ``slot`` any more."""
@@ -504,9 +529,11 @@ class KeptBlocks:
             return None
         with self._claim_lock():
             for _, slot in fitting:
-                owner, held = (int(v) for v in self._view[slot])
+                owner, held, inode = (int(v) for v in self._view[slot])
                 # Owned by a running process (this one included): its own to reuse.
                 if held or owner < 0 or (owner and _alive(owner)):
+                    continue
+                if inode != self.blocks[slot][2]:  # replaced since this worker was forked
                     continue
                 self._view[slot, self.OWNER] = os.getpid()
                 break
