@@ -569,7 +569,7 @@ def test_a_larger_block_takes_the_place_of_the_smallest_unused_kept_one(
     """Once KEPT_BETWEEN_EPOCHS blocks are kept, a larger one that arrives replaces the
     smallest no process uses (kept as they first came, later epochs' workers kept making
     new blocks for their larger batches); a worker forked before the replacement never
-    takes the new block in the old one's place."""
+    writes the block evicted, which its copy of the descriptor still reaches."""
     mib = 2**20
     count = worker_memory.KEPT_BETWEEN_EPOCHS
     context = multiprocessing.get_context("fork")
@@ -584,14 +584,20 @@ def test_a_larger_block_takes_the_place_of_the_smallest_unused_kept_one(
         assert [kept.hold(s, sender=running.pid) for s in storages] == list(range(count))
         for slot in range(count):
             kept.let_go(slot, os.getpid())
-        big = torch.UntypedStorage._new_shared(64 * mib)
-        # Every kept block still owned by its (running) worker: none is replaced.
-        assert kept.hold(big, sender=running.pid) is None
+        # Every kept block still owned by its (running) worker: none is replaced, and
+        # that block is not looked at again when it brings later batches.
+        refused = torch.UntypedStorage._new_shared(64 * mib)
+        assert kept.hold(refused, sender=running.pid) is None
         kept.board[:, kept.OWNER] = 0  # that worker gone
+        assert kept.hold(refused, sender=running.pid) is None
         kept.board[0, kept.HELD] = 1  # a batch held here in the smallest
         stale, ask, answer = _claiming_child(kept)  # forked before the replacement
+        evicted = kept.blocks[1][0]
+        big = torch.UntypedStorage._new_shared(64 * mib)
         slot = kept.hold(big, sender=running.pid)
         assert slot == 1  # the smallest unused one: not the held one
+        with pytest.raises(OSError, match="Bad file descriptor"):  # closed here
+            os.fstat(evicted)
         inode = os.fstat(big._share_fd_cpu_()[0]).st_ino
         assert kept.blocks[1][1:] == (64 * mib, inode)
         assert kept.board[1].tolist() == [running.pid, 1, inode]
@@ -602,18 +608,22 @@ def test_a_larger_block_takes_the_place_of_the_smallest_unused_kept_one(
         assert kept.hold(torch.UntypedStorage._new_shared(5 * mib), sender=running.pid) is None
         kept.let_go(1, os.getpid())
         kept.board[1, kept.OWNER] = 0
-        # The worker forked before knows a 5 MiB block in slot 1: it takes the next that
-        # fits, never the 64 MiB one now there; a worker forked now takes that one.
-        ask.send([5 * mib, 40 * mib])
+        kept.board[2:, kept.OWNER] = running.pid  # the others in use
+        # The worker forked before knows the evicted 5 MiB block in slot 1, free on the
+        # board: it takes nothing (through its descriptor it would write the block that
+        # is gone, which a second such worker could take too). A worker forked now takes
+        # the 64 MiB block there.
+        ask.send([5 * mib])
         assert answer.poll(60), "the child did not answer"
-        assert answer.recv() == [6 * mib, 0]
+        assert answer.recv() == [0]
         assert _claims_in_child(kept, [40 * mib]) == [True]
         assert int(kept.board[1, kept.OWNER]) not in (0, running.pid)
     finally:
         running.terminate()
         running.join()
         if stale is not None:
-            stale.join(10)
+            stale.terminate()
+            stale.join()
 
 
 def test_without_a_lock_file_blocks_are_not_kept_and_batches_still_come(

@@ -367,6 +367,10 @@ def _released_kept(
 #: many of at least :data:`_GRANULE` bytes its forked workers send).
 KEPT_BETWEEN_EPOCHS = 8
 
+#: Refused blocks a training process remembers (see :meth:`KeptBlocks.hold`); more and it
+#: starts again.
+_REFUSED_KEPT = 256
+
 #: The process whose memory this one holds: the one it was forked from (noted just before
 #: each fork), else itself (a spawned process imports this module afresh).
 _ORIGIN = [os.getpid()]
@@ -420,8 +424,12 @@ class KeptBlocks:
         self.board = board.share_memory_()  # type: ignore[no-untyped-call]
         self._view = self.board.numpy()
         # slot -> (descriptor, bytes, inode), in the training process and, as it was at
-        # the fork, in each worker. Slot numbers are never reused.
+        # the fork, in each worker. A slot's block may be replaced by a larger one: the
+        # board's INODE column says which block is there now.
         self.blocks: dict[int, tuple[int, int, int]] = {}
+        # (sender, inode) of blocks found no place when they first came: not looked at
+        # again (a later epoch's workers send new blocks, which are).
+        self._refused: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self._closed = False
         # The claiming lock: a POSIX record lock on a file with no name that the forked
@@ -466,22 +474,41 @@ class KeptBlocks:
                 return None
             slot = next((k for k, (_, _, i) in self.blocks.items() if i == inode), None)
             if slot is None:
-                if nbytes < _GRANULE or _parent_of(sender) != self.pid:  # a worker forked here
+                full = len(self.blocks) >= KEPT_BETWEEN_EPOCHS
+                if (
+                    nbytes < _GRANULE
+                    or (sender, inode) in self._refused
+                    # Smaller than every kept block: none to replace (checked first: this
+                    # runs for every batch in a block that is not kept).
+                    or (full and nbytes <= min(n for _, n, _ in self.blocks.values()))
+                    or _parent_of(sender) != self.pid  # a worker forked here
+                ):
                     return None
-                if len(self.blocks) < KEPT_BETWEEN_EPOCHS:
+                try:
+                    mine = os.dup(fd)
+                except OSError:  # out of descriptors: not kept, the batch comes all the same
+                    return None
+                if not full:
                     slot = len(self.blocks)  # a slot no worker forked before knows
                     self._view[slot] = (sender, 1, inode)
                 else:
                     with self._claim_lock():
                         slot = self._unused_smaller(nbytes)
-                        if slot is None:
-                            return None
-                        replaced = self.blocks[slot][0]
-                        self._view[slot] = (sender, 1, inode)
-                self.blocks[slot] = (os.dup(fd), nbytes, inode)
+                        if slot is not None:
+                            replaced = self.blocks[slot][0]
+                            self._view[slot] = (sender, 1, inode)
+                    if slot is None:
+                        os.close(mine)
+                        if len(self._refused) >= _REFUSED_KEPT:
+                            self._refused.clear()
+                        self._refused.add((sender, inode))
+                        return None
+                self.blocks[slot] = (mine, nbytes, inode)
             self._view[slot, self.HELD] = 1
         if replaced is not None:
-            os.close(replaced)  # its memory goes once no process maps it
+            # Its memory goes once no process maps it or has it open (workers forked
+            # before the replacement hold a copy of the descriptor until they exit).
+            os.close(replaced)
         return slot
 
     def _unused_smaller(self, nbytes: int) -> int | None:
@@ -533,7 +560,10 @@ class KeptBlocks:
                 # Owned by a running process (this one included): its own to reuse.
                 if held or owner < 0 or (owner and _alive(owner)):
                     continue
-                if inode != self.blocks[slot][2]:  # replaced since this worker was forked
+                if inode != self.blocks[slot][2]:
+                    # Replaced since this worker was forked: its copy of the descriptor is
+                    # of the block evicted, which is nobody's to write any more (another
+                    # worker forked before would take it too).
                     continue
                 self._view[slot, self.OWNER] = os.getpid()
                 break
