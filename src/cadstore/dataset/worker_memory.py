@@ -462,7 +462,9 @@ class KeptBlocks:
     def hold(self, storage: Any, sender: int) -> int | None:
         """A batch in ``storage`` arrived from worker ``sender``: the block is held (until
         :meth:`let_go`), and kept if it is new and large, and there is room or a smaller
-        kept block no process uses to replace. Returns its slot (``None``: not kept)."""
+        kept block no process uses to replace. A block that finds no place the first time
+        is not looked at again when it brings later batches (its worker's; a later epoch's
+        workers send new blocks). Returns its slot (``None``: not kept)."""
         try:
             fd, nbytes = storage._share_fd_cpu_()
             inode = os.fstat(fd).st_ino
