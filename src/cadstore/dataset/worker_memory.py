@@ -520,10 +520,16 @@ class KeptBlocks:
         for size, slot in sorted((n, k) for k, (_, n, _) in self.blocks.items()):
             if size >= nbytes:
                 break
-            owner, held = int(self._view[slot, self.OWNER]), int(self._view[slot, self.HELD])
-            if not held and owner >= 0 and not (owner and _alive(owner)):
+            if self._unused(slot):
                 return slot
         return None
+
+    def _unused(self, slot: int) -> bool:
+        """Whether no process uses kept block ``slot``: no batch in it is held here, and no
+        running process (this one included) owns it, nor was it let go for good. Callers
+        hold the claiming lock."""
+        owner, held = int(self._view[slot, self.OWNER]), int(self._view[slot, self.HELD])
+        return not held and owner >= 0 and not (owner and _alive(owner))
 
     def let_go(self, slot: int, pid: int) -> None:
         """The training process (``pid``) holds no batch in block ``slot`` any more."""
@@ -558,11 +564,10 @@ class KeptBlocks:
             return None
         with self._claim_lock():
             for _, slot in fitting:
-                owner, held, inode = (int(v) for v in self._view[slot])
                 # Owned by a running process (this one included): its own to reuse.
-                if held or owner < 0 or (owner and _alive(owner)):
+                if not self._unused(slot):
                     continue
-                if inode != self.blocks[slot][2]:
+                if int(self._view[slot, self.INODE]) != self.blocks[slot][2]:
                     # Replaced since this worker was forked: its copy of the descriptor is
                     # of the block evicted, which is nobody's to write any more (another
                     # worker forked before would take it too).

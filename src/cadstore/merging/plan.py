@@ -121,6 +121,12 @@ class GroupPlan:
         matrices, or their upper triangles."""
         return self.is_matrix or self.special == UPPER_TRIANGLE
 
+    @property
+    def item_rows(self) -> int | None:
+        """The median row count of the items that have rows in the group (``None`` if
+        none do): what its inner chunks and its arrays' levels are sized by."""
+        return typical_rows(np.fromiter(self.rows.values(), dtype=np.int64, count=len(self.rows)))
+
 
 def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
     """Whether ``plan`` is an array of small rows, whose chunks are written at
@@ -140,8 +146,7 @@ def small_rows(group: GroupPlan, plan: ArrayPlan) -> bool:
     """
     if plan.per_item or plan.row_bytes > SMALL_ROW_BYTES or group.holds_face_pairs:
         return False
-    counts = np.fromiter(group.rows.values(), dtype=np.int64, count=len(group.rows))
-    typical = typical_rows(counts)
+    typical = group.item_rows
     return typical is not None and typical * plan.row_bytes < FRAME_MIN_BYTES
 
 
@@ -376,7 +381,7 @@ def lay_out(
     for group in groups.values():
         rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
         offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        item_rows = typical_rows(rows)
+        item_rows = group.item_rows
         total = int(offsets[group.name][-1])
         for plan in group.arrays.values():
             plan.dims = dims_for(group, plan, schema)
