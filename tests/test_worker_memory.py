@@ -670,16 +670,18 @@ def test_blocks_of_a_killed_worker_are_taken_again_and_batches_stay_right(
     try:
         os.kill(victim, signal.SIGKILL)
         # DataLoader's own report; or, when the worker had queued a batch before it died,
-        # the reset of the connection over which torch fetches that batch's descriptor
-        # from the worker (torch's file_descriptor sharing, cadstore or not).
-        with pytest.raises((RuntimeError, ConnectionError)) as raised:
+        # the reset or end of the connection over which torch fetches that batch's
+        # descriptor from the worker (torch's file_descriptor sharing, cadstore or not).
+        with pytest.raises((RuntimeError, ConnectionError, EOFError)) as raised:
             for _ in iterator:
                 pass
-        assert isinstance(raised.value, ConnectionError) or "exited unexpectedly" in str(
+        assert not isinstance(raised.value, RuntimeError) or "exited unexpectedly" in str(
             raised.value
         )
-        iterator._shutdown_workers()  # type: ignore[attr-defined]
     finally:
+        # The dead worker unregistered before DataLoader's SIGCHLD handler is back: with
+        # it registered, any child's exit (while pytest reports a failure, say) raises.
+        iterator._shutdown_workers()  # type: ignore[attr-defined]
         signal.signal(signal.SIGCHLD, handler)
     del iterator
     gc.collect()
