@@ -404,6 +404,74 @@ def test_worker_buffers_are_reused_but_kept_batches_never_overwritten(
             _assert_same(ours, theirs)
 
 
+def test_a_worker_batch_is_one_shared_block_and_few_blocks_are_held(
+    loader: DatasetLoader,
+) -> None:
+    """Each worker batch's decoded arrays are views of one shared block (one buffer per
+    array, in power-of-two sizes, kept being made, and zeroed, for whole epochs), and after
+    several epochs the training process holds only the few blocks the workers keep."""
+    from cadstore.dataset.processes import FREE_BLOCKS
+
+    train = loader.get_dataset("train")
+    expected = list(train.batches(batch_size=4, shuffle=False))
+    with train.batches(batch_size=4, shuffle=False, processes=2, prefetch=1) as batches:
+        kept = [list(batches) for _ in range(4)]  # four epochs' batches held at once
+        for ours, theirs in zip(kept[0], expected, strict=True):
+            _assert_same(ours, theirs)  # not overwritten by the epochs after it
+        for batch in kept[-1]:
+            # The decoded arrays (graph/edges_* are made anew by the collate, in int64).
+            storages = {
+                tensor.untyped_storage().data_ptr()
+                for group in ("faces", "edges", "faceface")
+                for tensor in batch[group].values()
+            }
+            assert len(storages) == 1, storages
+        many = [len(blocks) for blocks in batches._workers.held]
+        del kept, batch
+        for _ in range(2):
+            for batch in batches:  # let go at once
+                del batch
+        few = [len(blocks) for blocks in batches._workers.held]
+    # Each worker keeps FREE_BLOCKS free blocks beyond those its batches under way hold
+    # (one decoding, one queued, one the loop holds); the training process forgets the rest.
+    assert sum(many) == 4 * len(expected)
+    assert sum(few) < sum(many), (few, many)
+    assert all(0 < n <= FREE_BLOCKS + 3 for n in few), few
+
+
+def test_the_shared_pool_lends_the_smallest_free_block_and_keeps_the_largest() -> None:
+    from cadstore.dataset.processes import FREE_BLOCKS, SharedBufferPool
+    from cadstore.dataset.worker_memory import block_capacity
+
+    pool = SharedBufferPool()
+    sizes = [(n + 1) * 100_000 for n in range(FREE_BLOCKS + 2)]
+    blocks = [pool.take_block(n) for n in sizes]
+    assert [b.numel() for b in blocks] == sizes
+    assert [b.untyped_storage().nbytes() for b in blocks] == [block_capacity(n) for n in sizes]
+    used, new, dropped = pool.lent_now()
+    assert used == sorted(new) and len(used) == FREE_BLOCKS + 2 and dropped == []
+    assert pool.ident_of(blocks[2][64:].view(torch.float32)) == used[2]
+    assert pool.ident_of(torch.zeros(3)) is None
+    pointers = {i: b.data_ptr() for i, b in zip(used, blocks, strict=True)}
+    del blocks
+    pool.release(used)
+    # The FREE_BLOCKS largest stay; the two smallest are let go, named with the next batch.
+    again = pool.take_block(150_000)
+    assert again.data_ptr() == pointers[used[2]]  # the smallest kept one that fits
+    assert pool.ident_of(again) == used[2]
+    now, new, dropped = pool.lent_now()
+    assert now == [used[2]] and new == {} and dropped == used[:2]
+    assert pool.allocated == FREE_BLOCKS + 2 and pool.reused == 1
+    # A batch that failed gives its new block back, which a later one then sends.
+    failed = pool.take_block(10 * sizes[-1])
+    pool.abandon()
+    assert pool.ident_of(failed) is None
+    later = pool.take_block(10 * sizes[-1])
+    assert later.data_ptr() == failed.data_ptr()
+    now, new, _ = pool.lent_now()
+    assert list(new) == now
+
+
 def test_stopping_early_leaves_the_workers_ready(loader: DatasetLoader) -> None:
     with _batch_loader(loader, batch_size=3, seed=1, processes=2, prefetch=2) as batches:
         for i, _ in enumerate(batches):

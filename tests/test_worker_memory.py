@@ -32,7 +32,7 @@ from cadstore.dataset.worker_memory import (  # noqa: E402
     WAITING,
     RecycledBatch,
     WorkerBlocks,
-    _capacity,
+    block_capacity,
 )
 
 ARRAYS = (("faces", "face_areas"), ("faceface", "d2_distance"), ("graph", "edges_source"))
@@ -245,7 +245,8 @@ def test_only_a_few_blocks_are_kept() -> None:
     sizes = sorted(block.numel() for block, _, _ in blocks._sent.values())
     # KEPT small ones and the KEPT largest: the two smallest large blocks went.
     assert sizes == sorted(
-        [_capacity(64)] * KEPT + [_capacity((n + 1) * 4 * 1024 * 1024) for n in range(2, KEPT + 2)]
+        [block_capacity(64)] * KEPT
+        + [block_capacity((n + 1) * 4 * 1024 * 1024) for n in range(2, KEPT + 2)]
     )
     # Of the blocks the training process still holds, the WAITING sent last are kept.
     held = WorkerBlocks()
@@ -315,7 +316,7 @@ def test_a_new_block_is_mapped_before_the_batch_is_decoded_into_it() -> None:
     # Only the batch's bytes are mapped; the block has room beyond them (its capacity),
     # for a larger batch later.
     whole = blocks.handed()[0][2]
-    assert whole.numel() == _capacity(nbytes) > nbytes
+    assert whole.numel() == block_capacity(nbytes) > nbytes
 
 
 def _frozen_in_worker(batch: Any) -> int:

@@ -10,14 +10,14 @@ segment, which the kernel must create, fill with zero pages and map in the train
 process, costs about as much as the decoding (its workers reuse theirs within an epoch:
 :mod:`cadstore.dataset.worker_memory`).
 
-Here each worker process keeps a pool of shared-memory buffers (power-of-two size classes,
-lent smallest-first as in :class:`~cadstore.dataset.training.BufferPool`) and decodes every
-batch straight into them. The training process receives the batch through a
-``torch.multiprocessing`` queue; a buffer it has received before maps to the storage it
-already holds (torch caches shared storages by file), so nothing is created or mapped
-again. Once the training process no longer refers to a batch's buffers (torch's use count
-of their storages, as for the thread loader's pool), it tells the worker, which lends them
-to a later batch. A batch the caller keeps is therefore never overwritten.
+Here each worker process keeps a few shared-memory blocks (:class:`SharedBufferPool`) and
+decodes every batch straight into one of them, its arrays laid out as in a ``DataLoader``
+worker. The training process receives the batch through a pipe; a block it has received
+before maps to the storage it already holds (torch caches shared storages by file), so
+nothing is created or mapped again. Once the training process no longer refers to a
+batch's block (torch's use count of its storage, as for the thread loader's pool), it
+tells the worker, which lends it to a later batch. A batch the caller keeps is therefore
+never overwritten.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.dataset.torch_support import BatchAllocator, require_torch, size_class
-from cadstore.dataset.worker_memory import freeze_inherited
+from cadstore.dataset.torch_support import BatchAllocator, require_torch
+from cadstore.dataset.worker_memory import block_capacity, freeze_inherited
 from cadstore.io.native import populate_pages
 
 __all__ = ["SharedBufferPool", "WorkerProcesses"]
 
+#: Free blocks a worker keeps for later batches (the largest); more are let go. With 4, a
+#: worker made blocks more often and read 4% slower than with 8 (``docs/benchmarks.md``).
+FREE_BLOCKS = 8
 #: Seconds between checks that a worker process is still alive while waiting for a batch.
 _POLL_SECONDS = 1.0
 #: Seconds a worker process is given to exit at the end of an epoch before it is stopped.
@@ -52,85 +55,106 @@ _JOIN_SECONDS = 10.0
 
 
 class SharedBufferPool:
-    """A worker's batch buffers in shared memory, lent until the training process frees them.
+    """A worker's batch blocks in shared memory, lent until the training process frees them.
 
-    Buffers are tensors of power-of-two sizes (see
-    :func:`cadstore.dataset.torch_support.size_class`) whose storage is shared memory; a batch
-    takes the smallest free one that fits each of its arrays. :meth:`lent_now` names the
-    buffers the last batch took (sent with it), :meth:`release` gives back those the
-    training process reported free. A buffer's shared memory goes to the training process
-    once, the first time a batch uses it; later batches name it (see :class:`_Pickler`).
+    A batch's arrays are laid out in one block (as in a ``DataLoader`` worker: see
+    :func:`~cadstore.dataset.torch_support.batch_tensors`), the smallest free one that
+    holds the batch, or a new one a quarter larger than asked
+    (:func:`~cadstore.dataset.worker_memory.block_capacity`). One block per batch, not one
+    buffer per array: the kernel reserves and zeroes every page of a new shared segment,
+    and per-array buffers of power-of-two sizes kept being made well into the second epoch
+    (78-141 per worker over three epochs against 9-12 blocks), batches of whole items
+    ranging from 24 to 280 MB. Where new pages are dear (in the benchmark's process, the
+    kernel zeroing them took 61% of the workers' time in its slowest repeat) one block per
+    batch read 15% more items per second (``docs/benchmarks.md``).
+
+    :meth:`lent_now` names the blocks the last batch took (sent with it) and those no
+    longer kept; :meth:`release` gives back those the training process reported free, of
+    which the :data:`FREE_BLOCKS` largest stay for reuse. A block's shared memory goes to
+    the training process once, the first time a batch uses it; later batches name it (see
+    :class:`_Pickler`).
     """
 
     def __init__(self) -> None:
         self.torch = require_torch()
-        self._free: dict[np.dtype, list[tuple[int, Any]]] = collections.defaultdict(list)
-        self._lent: dict[int, tuple[np.dtype, Any]] = {}
-        self._now: dict[int, Any] = {}
+        self._free: list[tuple[int, Any]] = []
+        self._lent: dict[int, Any] = {}
+        self._now: list[int] = []
         self._by_pointer: dict[int, int] = {}
         self._sent: set[int] = set()
+        self._dropped: list[int] = []
         self._next_id = 0
         self.allocated = 0
         self.reused = 0
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
-        """A tensor of ``shape`` and ``dtype`` in a free (or new) shared buffer."""
-        key = np.dtype(dtype)
-        numel = int(np.prod(shape, dtype=np.int64))
-        free = self._free[key]
-        fits = [i for i, (_, base) in enumerate(free) if base.numel() >= numel]
+    def take_block(self, nbytes: int) -> Any:
+        """A uint8 tensor of ``nbytes`` in a free (or new) shared block."""
+        torch = self.torch
+        fits = [i for i, (_, block) in enumerate(self._free) if block.numel() >= nbytes]
         if fits:
-            ident, base = free.pop(min(fits, key=lambda i: free[i][1].numel()))
+            ident, block = self._free.pop(min(fits, key=lambda i: self._free[i][1].numel()))
             self.reused += 1
         else:
-            like = self.torch.from_numpy(np.empty(0, dtype=key))
-            size = size_class(numel)
             # Created in shared memory (share_memory_() would allocate, then copy there).
-            storage = self.torch.UntypedStorage._new_shared(size * key.itemsize)
-            base = self.torch.empty(0, dtype=like.dtype).set_(storage, 0, (size,))
+            storage = torch.UntypedStorage._new_shared(block_capacity(nbytes))
+            block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
             ident = self._next_id
             self._next_id += 1
             self.allocated += 1
-            self._by_pointer[base.untyped_storage().data_ptr()] = ident
-        self._lent[ident] = (key, base)
-        self._now[ident] = base
+            self._by_pointer[storage.data_ptr()] = ident
+        self._lent[ident] = block
+        self._now.append(ident)
         if not fits:
             # A new segment, decoded into at once: its pages mapped in one call.
-            populate_pages(base.data_ptr(), numel * key.itemsize)
-        return base[:numel].view(shape)
+            populate_pages(block.data_ptr(), nbytes)
+        return block[:nbytes]
 
     def ident_of(self, tensor: Any) -> int | None:
-        """The id of the buffer ``tensor`` is a view of (same dtype), or ``None``."""
+        """The id of the lent block ``tensor`` is a view of, or ``None``."""
         ident = self._by_pointer.get(tensor.untyped_storage().data_ptr())
-        lent = self._lent.get(ident) if ident is not None else None
-        if lent is None or lent[1].dtype != tensor.dtype:
-            return None
-        return ident
+        return ident if ident in self._lent else None
 
-    def lent_now(self) -> tuple[list[int], dict[int, Any]]:
-        """The buffers taken since the last call (they go with the batch): their ids, and
-        those the training process has not received yet, by id."""
-        now, self._now = self._now, {}
-        new = {ident: base for ident, base in now.items() if ident not in self._sent}
+    def lent_now(self) -> tuple[list[int], dict[int, Any], list[int]]:
+        """What goes with the batch made since the last call: the ids of the blocks it
+        took, those blocks the training process has not received yet (by id), and the ids
+        of blocks let go since (for the training process to let go too)."""
+        now, self._now = self._now, []
+        new = {ident: self._lent[ident] for ident in now if ident not in self._sent}
         self._sent.update(new)
-        return list(now), new
+        dropped, self._dropped = self._dropped, []
+        return now, new, dropped
+
+    def abandon(self) -> None:
+        """Free the blocks taken since :meth:`lent_now` (their batch failed, never sent)."""
+        now, self._now = self._now, []
+        self._give_back(now)
 
     def release(self, idents: list[int]) -> None:
-        """Make the buffers ``idents`` free again (the training process let them go)."""
+        """Make the blocks ``idents`` free again (the training process let them go)."""
+        self._give_back(idents)
+
+    def _give_back(self, idents: list[int]) -> None:
         for ident in idents:
-            found = self._lent.pop(ident, None)
-            if found is not None:
-                self._free[found[0]].append((ident, found[1]))
+            block = self._lent.pop(ident, None)
+            if block is not None:
+                self._free.append((ident, block))
+        if len(self._free) > FREE_BLOCKS:
+            self._free.sort(key=lambda entry: entry[1].numel())
+            extra, self._free = self._free[:-FREE_BLOCKS], self._free[-FREE_BLOCKS:]
+            for ident, block in extra:
+                del self._by_pointer[block.untyped_storage().data_ptr()]
+                self._sent.discard(ident)
+                self._dropped.append(ident)
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles a batch with its tensors in the pool's buffers as references to them.
+    """Pickles a batch with its tensors in the pool's blocks as references to them.
 
     Sending a shared-memory tensor through a ``torch.multiprocessing`` queue passes its
     file descriptor, a round trip to the worker's descriptor-sharing thread each time
-    (which waits for the worker's interpreter lock while it decodes). A buffer the
-    training process already holds is named instead: ``(buffer id, offset, shape,
-    strides)``. Other tensors (a batch's few small ones) travel by value.
+    (which waits for the worker's interpreter lock while it decodes). A tensor in a block
+    the training process already holds is named instead: ``(block id, dtype, offset,
+    shape, strides)``. Other tensors (a batch's few small ones) travel by value.
     """
 
     def __init__(self, file: Any, pool: SharedBufferPool) -> None:
@@ -153,7 +177,8 @@ class _Pickler(pickle.Pickler):
             return None
         ident = self.pool.ident_of(obj)
         if ident is not None:
-            return (_BUFFER, ident, obj.storage_offset(), tuple(obj.shape), obj.stride())
+            dtype = str(obj.dtype).removeprefix("torch.")
+            return (_BUFFER, ident, dtype, obj.storage_offset(), tuple(obj.shape), obj.stride())
         if obj.dtype == torch.bfloat16:  # numpy has no such dtype
             return None
         return (_VALUE, obj.numpy().copy())
@@ -163,7 +188,7 @@ _BUFFER, _VALUE = "cadstore-buffer", "cadstore-value"
 
 
 class _Unpickler(pickle.Unpickler):
-    """Rebuilds a batch :class:`_Pickler` made, as views of the buffers ``held``."""
+    """Rebuilds a batch :class:`_Pickler` made, as views of the blocks ``held``."""
 
     def __init__(self, file: Any, held: dict[int, Any], torch: Any) -> None:
         super().__init__(file)
@@ -178,8 +203,12 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if pid[0] == _BUFFER:
-            _, ident, offset, shape, stride = pid
-            return self.held[ident].as_strided(shape, stride, offset)
+            _, ident, name, offset, shape, stride = pid
+            dtype = getattr(self.torch, name, None)
+            if not isinstance(dtype, self.torch.dtype):
+                raise pickle.UnpicklingError(f"unknown tensor type {name!r}")
+            storage = self.held[ident].untyped_storage()
+            return self.torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
         if pid[0] == _VALUE:
             return self.torch.from_numpy(pid[1])
         raise pickle.UnpicklingError(f"unknown reference {pid[0]!r}")
@@ -232,12 +261,12 @@ def _work(
 ) -> None:
     """Worker ``me``: decode the batches taken from ``tasks`` into its pool, until ``None``.
 
-    ``freed`` brings the ids of its buffers the training process let go; ``results`` is
+    ``freed`` brings the ids of its blocks the training process let go; ``results`` is
     the sending end of this worker's own pipe to the training process, which takes
-    ``(batch index, me, pickled batch, buffer ids used, buffers new to the training
-    process)``. ``inherited`` are the descriptors of the training process's receiving
-    ends that a forked worker holds copies of: closed first, so that a send to a
-    training process that closed its end fails instead of blocking forever.
+    ``(batch index, me, pickled batch, block ids used, blocks new to the training process,
+    block ids let go)``. ``inherited`` are the descriptors of the training process's
+    receiving ends that a forked worker holds copies of: closed first, so that a send to
+    a training process that closed its end fails instead of blocking forever.
     """
     for fd in inherited:
         with contextlib.suppress(OSError):
@@ -274,20 +303,19 @@ def _work(
             while not freed.empty():
                 pool.release(freed.get())
             try:
-                allocator = BatchAllocator(pool.take)
+                allocator = BatchAllocator(block=pool.take_block)
                 batch = mine.read_many(codes, allocator)
                 batch.tensors = allocator.tensors
                 collated = collate_fn(batch)
                 payload = io.BytesIO()
                 _Pickler(payload, pool).dump(collated)
                 del batch, collated
-                used, new = pool.lent_now()
-                outbox.put((index, me, payload.getvalue(), used, new))
+                outbox.put((index, me, payload.getvalue(), *pool.lent_now()))
             except Exception as exc:
                 # Reported; the worker stays until told to stop, since batches it queued
                 # before can still need it to hand over their buffers.
-                pool.lent_now()
-                outbox.put((index, me, _WorkerFailed(exc), [], {}))
+                pool.abandon()
+                outbox.put((index, me, _WorkerFailed(exc), *pool.lent_now()))
     finally:
         outbox.put(None)
         sender.join()
@@ -435,8 +463,10 @@ class WorkerProcesses:
     def _receive(self, index: int) -> Any:
         """Batch ``index``, unpickled (batches arriving before it are kept for later)."""
         while index not in self.ready:
-            got, worker, payload, used, new = self._next_message()
+            got, worker, payload, used, new, dropped = self._next_message()
             self.held[worker].update(new)
+            for ident in dropped:  # let go by the worker: never named again
+                self.held[worker].pop(ident, None)
             self.ready[got] = (worker, payload, used)
         worker, payload, used = self.ready.pop(index)
         # Lent from now on: until its tensors exist, nothing but ``held`` refers to a

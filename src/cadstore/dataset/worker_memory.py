@@ -54,6 +54,7 @@ __all__ = [
     "KeptBlocks",
     "RecycledBatch",
     "WorkerBlocks",
+    "block_capacity",
     "freeze_inherited",
     "inherited_blocks",
     "release_kept_blocks",
@@ -149,7 +150,7 @@ class WorkerBlocks:
                 if storage is not None:
                     self.claimed += 1
                 else:
-                    storage = torch.UntypedStorage._new_shared(_capacity(nbytes))
+                    storage = torch.UntypedStorage._new_shared(block_capacity(nbytes))
                     self.made += 1
                 block = self._block(storage)
                 fresh = True
@@ -679,7 +680,7 @@ _GRANULE = 2 * 1024 * 1024
 _PAGE = 4096
 
 
-def _capacity(nbytes: int) -> int:
+def block_capacity(nbytes: int) -> int:
     """Bytes of a new block for a batch of ``nbytes``: a quarter more, so that later
     batches a little larger fit too, in whole pages (whole :data:`_GRANULE` multiples
     from that size on). Torch reserves and zeroes every page of a new segment, so a
