@@ -12,9 +12,9 @@ process, costs about as much as the decoding (its workers reuse theirs within an
 
 Here each worker process keeps a few shared-memory blocks (:class:`SharedBufferPool`) and
 decodes every batch straight into one of them, its arrays laid out as in a ``DataLoader``
-worker. The training process receives the batch through a pipe; a block it has received
-before maps to the storage it already holds (torch caches shared storages by file), so
-nothing is created or mapped again. Once the training process no longer refers to a
+worker. The training process receives the batch through a pipe; a block goes to it once,
+the first time a batch uses it, and later batches name it by id, so nothing is created or
+mapped again. Once the training process no longer refers to a
 batch's block (torch's use count of its storage, as for the thread loader's pool), it
 tells the worker, which lends it to a later batch. A batch the caller keeps is therefore
 never overwritten.
@@ -239,13 +239,19 @@ def _unlisted(rebuild: Callable[..., Any], torch: Any) -> Callable[..., Any]:
 
 
 class _WorkerFailed:
-    """An exception raised in a worker process, carried to the training process."""
+    """An exception raised in a worker process, carried to the training process.
+
+    What travels is a copy of it, made by pickling it back on the spot: the exception
+    itself can hold tensors of the failed batch (a collate function's error naming one),
+    whose block the worker lends to its next batch; sent as they are they would reach the
+    training process as views of that shared memory, and change under it.
+    """
 
     def __init__(self, exc: BaseException) -> None:
         self.text = "".join(traceback.format_exception(exc))
         try:
-            pickle.loads(pickle.dumps(exc))  # noqa: S301 - bytes made on the line itself
-            self.exc: BaseException | None = exc
+            carried: BaseException = pickle.loads(pickle.dumps(exc))  # noqa: S301 - made here
+            self.exc: BaseException | None = carried
         except Exception:  # an exception that does not pickle back: its text only
             self.exc = None
 
@@ -393,7 +399,8 @@ class WorkerProcesses:
             sending.close()
             self.results.append(receiving)
             self.workers.append(worker)
-        # Every buffer received, by worker and id, kept mapped (and its storage alive).
+        # Every block received, by worker and id, kept mapped (and its storage alive) until
+        # its worker lets it go.
         self.held: list[dict[int, Any]] = [{} for _ in range(self.n)]
         self.torch = torch
         self.lent: list[tuple[int, int]] = []
