@@ -14,10 +14,9 @@ Here each worker process keeps a few shared-memory blocks (:class:`SharedBufferP
 decodes every batch straight into one of them, its arrays laid out as in a ``DataLoader``
 worker. The training process receives the batch through a pipe; a block goes to it once,
 the first time a batch uses it, and later batches name it by id, so nothing is created or
-mapped again. Once the training process no longer refers to a
-batch's block (torch's use count of its storage, as for the thread loader's pool), it
-tells the worker, which lends it to a later batch. A batch the caller keeps is therefore
-never overwritten.
+mapped again. Once the training process no longer refers to a batch's block (torch's use
+count of its storage, as for the thread loader's pool), it tells the worker, which lends
+it to a later batch. A batch the caller keeps is therefore never overwritten.
 """
 
 from __future__ import annotations
