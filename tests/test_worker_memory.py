@@ -276,7 +276,10 @@ def test_a_recycled_batch_sends_only_the_blocks_it_uses() -> None:
     assert type(copy.copy(batch)) is dict and blocks._sent == {}
     rebuild, args = batch.__reduce__()
     out = rebuild(*args)
-    assert type(out) is dict and out["a"].data_ptr() == used.data_ptr()
+    # The block's memory (mapped anew on the training side, as from another process).
+    assert type(out) is dict and _inode(out["a"]) == _inode(used)
+    used[:8] = 9
+    assert out["a"][0].item() == int.from_bytes(bytes([9] * 8), "little")
     assert list(blocks._sent) == [0]
     del unused
 
@@ -692,3 +695,187 @@ def test_blocks_of_a_killed_worker_are_taken_again_and_batches_stay_right(
         taken |= inodes & first
     assert taken
     assert all(int(kept.board[slot, kept.OWNER]) not in (0, victim) for slot in owned)
+
+
+# ------------------------------------------------------------------ blocks named, not resent
+def _fds_of(inode: int) -> int:
+    """Descriptors of this process open on the shared-memory file ``inode``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_a_block_crosses_to_the_training_process_once(
+    loader: DatasetLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torch passes a shared tensor's memory as a descriptor fetched from the worker, a
+    round trip to the worker per block and per batch; a block goes with its first batch
+    only, and the worker's board with its first: the training process fetches each block
+    once, not three descriptors per batch, and every batch is right."""
+    from multiprocessing import resource_sharer
+
+    fetched = []
+    original = resource_sharer.DupFd.detach
+
+    def counting(self: Any) -> int:
+        fd: int = original(self)
+        fetched.append(os.fstat(fd).st_ino)
+        return fd
+
+    # Patched here, where the descriptors are fetched (the workers pickle the class).
+    monkeypatch.setattr(resource_sharer.DupFd, "detach", counting)
+    seen, blocks = 0, set()
+    batches = _batches(loader, "fork", persistent_workers=True)
+    for _ in range(2):
+        for batch in batches:
+            _check(batch, _expected(loader, batch["file_id_code"].tolist()))
+            blocks.add(_inode(batch["faces"]["face_areas"]))  # the batch's arrays
+            blocks.add(_inode(batch["batch"]))  # its index tensors
+            assert type(batch["labels"]["file_label"]) is torch.Tensor
+            seen += 1
+    assert seen == 40
+    # Each block and each worker's board once: before, three descriptors per batch and
+    # one more for its labels (160).
+    assert len(fetched) == len(set(fetched)) == len(blocks) + 2 < seen
+
+
+def _sent(blocks: WorkerBlocks, nbytes: int) -> tuple[Any, Any]:
+    """A batch in a new block of ``blocks``, pickled and received in this process as the
+    training process receives it: ``(what the worker sent, the batch received)``."""
+    block = blocks.take(nbytes)
+    batch = RecycledBatch({"a": block.view(torch.uint8), "name": ["x"]}, blocks)
+    rebuild, args = batch.__reduce__()
+    return args, rebuild(*args)
+
+
+def test_the_training_process_closes_a_block_the_worker_let_go() -> None:
+    blocks = WorkerBlocks()
+    args, out = _sent(blocks, 64)
+    ((slot, gen, serial),) = args[2]
+    assert args[-1] == os.getpid() and list(args[3]) == [serial]
+    first = _inode(out["a"])
+    # The worker's block, the training side's descriptor of it, the batch's own mapping.
+    assert _fds_of(first) == 3
+    del out, args
+    gc.collect()
+    assert int(blocks.board[slot]) == gen  # received here, freed on the board
+    # More free blocks than the worker keeps: the first, the smallest, is let go, and the
+    # next batch says so.
+    held = [_sent(blocks, 8192) for _ in range(KEPT + 1)]
+    del held
+    gc.collect()
+    args, out = _sent(blocks, 8192)
+    assert args[4] == [serial]
+    assert _fds_of(first) == 0
+    assert serial not in worker_memory._senders()._workers[blocks.token].fds
+    del out
+
+
+def test_a_later_batch_names_its_block_and_maps_it_anew() -> None:
+    """A block the training process has: sent as its number, mapped from its descriptor
+    (a mapping of its own, whose end frees the block on the board)."""
+    blocks = WorkerBlocks()
+    args, out = _sent(blocks, 4096)
+    ((slot, gen, serial),) = args[2]
+    assert list(args[3]) == [serial] and args[1] is not None  # the block and the board
+    out["a"][:4] = torch.tensor([1, 2, 3, 4], dtype=torch.uint8)
+    del out
+    gc.collect()
+    assert int(blocks.board[slot]) == gen
+    again = blocks.take(1000)
+    labels = torch.tensor([7, 8])
+    batch = RecycledBatch({"a": again[:8], "n": np.int64(3), "labels": labels}, blocks)
+    rebuild, args = batch.__reduce__()
+    assert args[3] == {} and args[1] is None  # named only
+    assert type(args[0]["a"]) is worker_memory.NamedTensor
+    assert type(args[0]["labels"]) is worker_memory.TensorValue  # small: by value
+    out = rebuild(*args)
+    assert out["a"].tolist() == [1, 2, 3, 4, 0, 0, 0, 0] and out["n"] == 3
+    assert out["labels"].tolist() == [7, 8]
+    assert out["a"].data_ptr() != again.data_ptr()  # a mapping of the training side's own
+    del out
+    gc.collect()
+    assert int(blocks.board[slot]) == gen + 1
+
+
+class _Holder:
+    """Not a container a named batch may hold (picklable)."""
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+
+def test_a_batch_holding_other_objects_goes_as_it_did() -> None:
+    """A block's tensor inside another object would reach the training process as a
+    second mapping that the release of the batch does not account for: such a batch is
+    sent as torch sends it, and so is one whose tensor of a block is not plain."""
+    blocks = WorkerBlocks()
+    block = blocks.take(64)
+    batch = RecycledBatch({"a": block, "held": _Holder(block[:4])}, blocks)
+    assert batch.__reduce__()[0] is worker_memory._received
+    other = blocks.take(64).view(torch.float32)
+    odd = RecycledBatch({"a": other.conj_physical()._neg_view()}, blocks)
+    assert odd.__reduce__()[0] is worker_memory._received
+
+
+def test_a_batch_naming_what_was_never_received_is_refused() -> None:
+    blocks = WorkerBlocks()
+    _, out = _sent(blocks, 64)
+    senders = worker_memory._senders()
+    stranger = ("nobody", 4242)
+    with pytest.raises(RuntimeError, match="worker process 4242 names shared memory"):
+        senders.storages(stranger[0], stranger[1], None, [], {}, [])
+    with pytest.raises(RuntimeError, match=f"worker process {os.getpid()} names shared block 9"):
+        senders.storages(blocks.token, os.getpid(), None, [(5, 1, 9)], {}, [])
+    assert list(senders._workers[blocks.token].fds) == [1]  # nothing lost
+    del out
+
+
+def test_descriptors_of_exited_workers_are_closed() -> None:
+    """Found gone when another worker first sends, and before this process forks."""
+    process = multiprocessing.get_context("fork").Process(target=int)
+    process.start()
+    process.join()
+    senders = worker_memory._senders()
+    block = torch.UntypedStorage._new_shared(4096)
+    inode = os.fstat(block._share_fd_cpu_()[0]).st_ino
+    board = torch.zeros(4, dtype=torch.int64).share_memory_()
+    tensor = torch.empty(0, dtype=torch.uint8).set_(block, 0, (4096,))
+    senders.storages("gone-worker", process.pid, board, [], {1: tensor}, [])
+    del tensor, block
+    gc.collect()
+    assert _fds_of(inode) == 1  # the descriptor kept for the worker alone
+    blocks = WorkerBlocks()
+    _, out = _sent(blocks, 64)  # a new worker's first batch
+    assert "gone-worker" not in senders._workers and _fds_of(inode) == 0
+    del out
+
+
+def test_a_forked_child_closes_the_descriptors_it_inherits() -> None:
+    blocks = WorkerBlocks()
+    args, out = _sent(blocks, 64)
+    inode = _inode(out["a"])
+    del out, args
+    gc.collect()
+    held = _fds_of(inode)
+    assert held >= 1
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        send.send((worker_memory._SENDERS[0] is None, _fds_of(inode)))
+
+    process = context.Process(target=child)
+    process.start()
+    assert receive.poll(60), "the child did not answer"
+    forgotten, in_child = receive.recv()
+    process.join(10)
+    # The child holds only the worker's block (inherited from this process's WorkerBlocks,
+    # which stands for the worker here), not the training side's descriptor.
+    assert forgotten and in_child == held - 1
+    assert _fds_of(inode) == held

@@ -22,6 +22,13 @@ worker refers to it either (torch's use count of the storage: a collate function
 batches). So a batch, or a tensor of it, that the training code keeps is never
 overwritten.
 
+A block's memory crosses to the training process once: torch sends a shared tensor as
+the descriptor of its memory, which the training process fetches from the worker (a round
+trip per block and per batch, answered once the busy worker lets its interpreter lock
+go). A block goes with its first batch only; later batches name it
+(:meth:`WorkerBlocks.describe`), and the training process maps it again from the
+descriptor it kept (:func:`_received_named`).
+
 A block is kept for reuse only once its batch has been pickled for the training process
 (:class:`RecycledBatch`): a batch that a custom collate function rebuilt into another
 object, or that never left the worker, is freed as usual and its block is not reused.
@@ -102,6 +109,15 @@ class WorkerBlocks:
         self.made = 0
         self.reused = 0
         self.claimed = 0  # blocks an earlier epoch's workers made (see KeptBlocks)
+        # Naming blocks to the training process (see describe()): this worker's name
+        # there, each tracked block's number (slot -> serial), the numbers it has been
+        # sent, and those of blocks let go since the last batch sent.
+        self.token = os.urandom(8).hex()
+        self._serial = 0
+        self._serials: dict[int, int] = {}
+        self._announced: set[int] = set()
+        self._gone: list[int] = []
+        self._board_sent = False
         # Tensors referring to a kept block's storage when only this class holds it (torch's
         # use count): more means the worker itself still uses it (a collate function that
         # keeps the last batch, a dataset caching what it read). None: torch cannot tell.
@@ -158,6 +174,8 @@ class WorkerBlocks:
                 if idle:
                     slot = idle[0]
                     self._live.add(slot)
+                    self._serial += 1
+                    self._serials[slot] = self._serial
                     weakref.finalize(storage, self._dead, slot).atexit = False
                 else:
                     slot = -1  # every slot busy: an ordinary fresh segment, not tracked
@@ -179,6 +197,11 @@ class WorkerBlocks:
     def _dead(self, slot: int) -> None:
         with self._lock:
             self._live.discard(slot)
+            serial = self._serials.pop(slot, None)
+            if serial in self._announced:
+                # The training process keeps a descriptor of it: told with the next batch.
+                self._announced.discard(serial)
+                self._gone.append(serial)
 
     def handed(self) -> list[tuple[int, int, Any]]:
         """``(slot, generation, block)`` of the blocks taken since the last call (and still
@@ -221,6 +244,156 @@ class WorkerBlocks:
             dropped = [self._sent.pop(slot) for slot in extra]
         # Let go outside the lock.
         del dropped
+
+    def describe(
+        self, batch: dict[str, Any], entries: list[tuple[int, int, Any]]
+    ) -> tuple[Any, ...] | None:
+        """What :class:`RecycledBatch` sends instead of ``batch`` and its blocks' memory.
+
+        Sending a tensor in shared memory through a ``DataLoader``'s queue passes the
+        descriptor of its memory: the training process asks the worker's
+        descriptor-sharing thread for it, a round trip per block and per batch (plus one
+        for the board), answered once the worker, busy decoding the next batch, lets its
+        interpreter lock go. For graph-only batches those round trips were most of the
+        training process's time (``docs/benchmarks.md``). Here a block goes with its
+        first batch only (the training process keeps a descriptor of it,
+        :func:`_received_named`); later batches name it, their tensors sent as ``(block,
+        dtype, offset, shape, strides)``, and the blocks let go since are named too, for
+        the training process to close its descriptors.
+
+        Returns ``(skeleton, board, named entries, new blocks, blocks gone, token)``, or
+        ``None`` when the batch holds something other than dicts, lists, tuples, plain
+        values and plain tensors (a tensor of its blocks inside another object would
+        reach the training process as a second mapping of the block, which the release
+        of the first would not account for): it is then sent as it is.
+        """
+        torch = self.torch
+        with self._lock:
+            serials = {}
+            for slot, _, block in entries:
+                serial = self._serials.get(slot)
+                if serial is None:
+                    return None
+                serials[block.untyped_storage().data_ptr()] = serial
+        try:
+            skeleton = _named_copy(batch, serials, torch)
+        except _Unnamed:
+            return None
+        with self._lock:
+            named = [
+                (slot, gen, serials[block.untyped_storage().data_ptr()])
+                for slot, gen, block in entries
+            ]
+            new = {}
+            for _, _, block in entries:
+                serial = serials[block.untyped_storage().data_ptr()]
+                if serial not in self._announced:
+                    self._announced.add(serial)
+                    new[serial] = block
+            gone, self._gone = self._gone, []
+            board = None if self._board_sent else self.board
+            self._board_sent = True
+        return skeleton, board, named, new, gone, self.token
+
+
+def _plain_tensor(value: Any, torch: Any) -> bool:
+    """Whether ``value`` is a dense CPU tensor pickled as its memory alone (not sparse,
+    nested, a subclass, lazily negated or conjugated, nor part of an autograd graph)."""
+    return (
+        type(value) is torch.Tensor
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and not value.requires_grad
+        and not value.is_neg()
+        and not value.is_conj()
+    )
+
+
+class NamedTensor(tuple):  # type: ignore[type-arg]
+    """A tensor of a named block, as sent: ``(block, dtype name, storage offset, shape,
+    strides)`` (see :meth:`WorkerBlocks.describe`)."""
+
+    __slots__ = ()
+
+
+class TensorValue(tuple):  # type: ignore[type-arg]
+    """A small tensor outside the batch's blocks, as sent: ``(numpy array,)`` (see
+    :func:`_named_copy`)."""
+
+    __slots__ = ()
+
+
+#: Tensors of a named batch outside its blocks (its labels, say) of at most this many
+#: bytes travel by value: torch would move each to a shared segment of its own, whose
+#: descriptor the training process then fetches from the worker (a round trip per batch).
+BY_VALUE_BYTES = 1024 * 1024
+
+
+class _Unnamed(Exception):
+    """A batch that cannot be sent with its blocks named (see :func:`_named_copy`)."""
+
+
+def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
+    """``value`` with every plain tensor in the blocks ``serials`` (storage address ->
+    block) as a :class:`NamedTensor`.
+
+    Raises
+    ------
+    _Unnamed
+        If ``value`` holds anything else than dicts, lists, tuples, strings, numbers,
+        ``None``, numeric numpy arrays and tensors, or a tensor of the blocks that is not
+        plain.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: _named_copy(inner, serials, torch) for key, inner in value.items()}
+    if kind is list:
+        return [_named_copy(inner, serials, torch) for inner in value]
+    if kind is tuple:
+        return tuple(_named_copy(inner, serials, torch) for inner in value)
+    if isinstance(value, torch.Tensor):
+        serial = serials.get(value.untyped_storage().data_ptr())
+        if serial is None and kind is torch.Tensor:
+            # Not in a block of the batch: small ones by value, others as torch sends them.
+            if (
+                _plain_tensor(value, torch)
+                and value.nbytes <= BY_VALUE_BYTES
+                and value.dtype != torch.bfloat16  # numpy has no such dtype
+            ):
+                return TensorValue((value.numpy().copy(),))
+            return value
+        if serial is None or not _plain_tensor(value, torch):
+            raise _Unnamed
+        dtype = str(value.dtype).removeprefix("torch.")
+        return NamedTensor(
+            (serial, dtype, value.storage_offset(), tuple(value.shape), value.stride())
+        )
+    if kind in (str, bytes, int, float, bool, type(None)) or isinstance(value, np.generic):
+        return value
+    if kind is np.ndarray and value.dtype.kind not in "OV":
+        return value  # sent by value
+    raise _Unnamed
+
+
+def _from_named(value: Any, storages: dict[int, Any], torch: Any) -> Any:
+    """:func:`_named_copy` undone: each :class:`NamedTensor` a view of its block's
+    storage in ``storages``."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _from_named(inner, storages, torch) for key, inner in value.items()}
+    if kind is list:
+        return [_from_named(inner, storages, torch) for inner in value]
+    if kind is tuple:
+        return tuple(_from_named(inner, storages, torch) for inner in value)
+    if kind is NamedTensor:
+        serial, name, offset, shape, stride = value
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype) or serial not in storages:
+            raise RuntimeError(f"a batch names a tensor of an unknown block or type: {value}")
+        return torch.empty(0, dtype=dtype).set_(storages[serial], offset, shape, stride)
+    if kind is TensorValue:
+        return torch.from_numpy(value[0])
+    return value
 
 
 def freeze_inherited() -> None:
@@ -297,9 +470,13 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
 
     def __reduce__(self) -> Any:
         self.blocks.commit(self.entries)
+        by_descriptor = _by_descriptor()
         # The training process keeps blocks of the workers it forked (_ORIGIN is then its
         # pid); spawned workers' would be of no use to later ones.
-        sender = os.getpid() if os.getppid() == _ORIGIN[0] and _by_descriptor() else 0
+        sender = os.getpid() if os.getppid() == _ORIGIN[0] and by_descriptor else 0
+        named = self.blocks.describe(dict(self), self.entries) if by_descriptor else None
+        if named is not None:
+            return _received_named, (*named, sender, os.getpid())
         return _received, (dict(self), self.blocks.board, self.entries, sender)
 
     def __copy__(self) -> dict[str, Any]:
@@ -353,6 +530,167 @@ def _received(
                 storage, _released_kept, kept, kept_slot, freed, slot, gen, pid
             ).atexit = False
     return batch
+
+
+def _received_named(
+    skeleton: Any,
+    board: Any,
+    named: list[tuple[int, int, int]],
+    new: dict[int, Any],
+    gone: list[int],
+    token: str,
+    sender: int,
+    pid: int,
+) -> Any:
+    """Unpickle a :class:`RecycledBatch` sent with its blocks named
+    (:meth:`WorkerBlocks.describe`): the blocks new to this process are kept (a
+    descriptor each), those the worker let go are closed, each named block is mapped
+    again from its descriptor, and the batch rebuilt over them is received as
+    :func:`_received` receives one."""
+    import torch as torch_module
+
+    torch: Any = torch_module
+    board, storages = _senders().storages(token, pid, board, named, new, gone)
+    batch = _from_named(skeleton, storages, torch)
+    entries = []
+    for slot, gen, serial in named:
+        storage = storages[serial]
+        block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+        entries.append((slot, gen, block))
+    return _received(batch, board, entries, sender)
+
+
+class _Sender:
+    """A worker whose batches name their blocks: its process, its board and a
+    descriptor of each of its blocks (block number -> (descriptor, bytes))."""
+
+    def __init__(self, pid: int, board: Any) -> None:
+        self.pid = pid
+        self.board = board
+        self.fds: dict[int, tuple[int, int]] = {}
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd, _ in fds.values():
+            _close_quietly(fd)
+
+
+class _Senders:
+    """The workers sending named blocks to this process (see :func:`_received_named`).
+
+    A block's descriptor is kept from its first batch until its worker says it let the
+    block go, or the worker is found gone (when a new worker first sends, and before this
+    process forks): so a block lives here no longer than in its worker, give or take a
+    batch.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._workers: dict[str, _Sender] = {}
+
+    def storages(
+        self,
+        token: str,
+        pid: int,
+        board: Any,
+        named: list[tuple[int, int, int]],
+        new: dict[int, Any],
+        gone: list[int],
+    ) -> tuple[Any, dict[int, Any]]:
+        """The worker's board and a storage of each block of a batch (see
+        :func:`_received_named`).
+
+        Raises
+        ------
+        RuntimeError
+            If the batch names a worker or a block this process never received (the
+            worker's earlier batches were not all received here).
+        """
+        import torch
+
+        untyped: Any = torch.UntypedStorage
+        storages: dict[int, Any] = {}
+        with self._lock:
+            sender = self._workers.get(token)
+            if sender is None:
+                if board is None:
+                    raise RuntimeError(
+                        f"a batch from worker process {pid} names shared memory this "
+                        "process never received (its first batch went elsewhere)"
+                    )
+                self._sweep()
+                sender = self._workers[token] = _Sender(pid, board)
+            for serial in gone:
+                fd, _ = sender.fds.pop(serial, (-1, 0))
+                if fd >= 0:
+                    _close_quietly(fd)
+            for serial, block in new.items():
+                fd, nbytes = block.untyped_storage()._share_fd_cpu_()
+                mine = os.dup(fd)
+                old, _ = sender.fds.get(serial, (-1, 0))
+                if old >= 0:
+                    _close_quietly(old)
+                sender.fds[serial] = (mine, nbytes)
+            for _, _, serial in named:
+                found = sender.fds.get(serial)
+                if found is None:
+                    raise RuntimeError(
+                        f"a batch from worker process {pid} names shared block {serial}, "
+                        "which this process never received"
+                    )
+                # A mapping of its own: the batch's storage dies with its last view,
+                # which is how the worker learns the block is free (_received).
+                storages[serial] = untyped._new_shared_fd_cpu(*found)
+            return sender.board, storages
+
+    def _sweep(self) -> None:
+        """Close the descriptors of workers that exited. Callers hold the lock."""
+        for token, sender in list(self._workers.items()):
+            if not _alive(sender.pid):
+                del self._workers[token]
+                sender.close()
+
+    def sweep(self) -> None:
+        """Close the descriptors of workers that exited."""
+        with self._lock:
+            self._sweep()
+
+    def forget_inherited(self) -> None:
+        """In a process forked from the one receiving: close its copies of the
+        descriptors (without the lock, which another thread may have held at the fork)."""
+        workers, self._workers = self._workers, {}
+        for sender in workers.values():
+            sender.close()
+
+
+_SENDERS: list[_Senders | None] = [None]
+
+
+def _senders() -> _Senders:
+    """This process's :class:`_Senders` (made on first use)."""
+    senders = _SENDERS[0]
+    if senders is None or senders.pid != os.getpid():
+        senders = _SENDERS[0] = _Senders()
+    return senders
+
+
+def _sweep_before_fork() -> None:
+    # Workers of an epoch that ended are gone: their blocks' descriptors would otherwise
+    # be inherited by the next epoch's workers and outlive them.
+    senders = _SENDERS[0]
+    if senders is not None and senders.pid == os.getpid():
+        senders.sweep()
+
+
+def _forget_after_fork() -> None:
+    senders = _SENDERS[0]
+    if senders is not None and senders.pid != os.getpid():
+        _SENDERS[0] = None
+        senders.forget_inherited()
+
+
+os.register_at_fork(before=_sweep_before_fork, after_in_child=_forget_after_fork)
 
 
 def _released_kept(
