@@ -680,6 +680,11 @@ def test_decode_budget_accounting() -> None:
         budget.check("a chunk", 31)
     budget.check("a chunk", 30)
     assert budget.used == 70
+    # Rows of an array: the same refusal, naming them.
+    with pytest.raises(LimitExceededError, match=r"rows 5:9 of faces/face_areas would decode"):
+        budget.check_rows("faces/face_areas", 5, 9, 31)
+    budget.check_rows("faces/face_areas", 5, 9, 30)
+    assert budget.used == 70
 
 
 # ------------------------------------------------------------------------------ merging

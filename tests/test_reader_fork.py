@@ -111,6 +111,43 @@ def test_warm_learns_what_reads_look_up_and_reads_the_same(dataset: Path) -> Non
         _assert_same_items([dict(item) for item in batch], expected)
 
 
+def test_warm_learns_how_batches_read_each_item(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forked worker's batches work out no read plan of their own: warming made them,
+    for every item of every array not kept whole (triangle-stored face pairs too), and
+    batches read with them give the same items."""
+    with DatasetReader(dataset) as cold:
+        expected = _every_item(cold)
+    with DatasetReader(dataset, cache_bytes=MiB) as reader:
+        reader.warm()
+        planned = {path for path, _, _ in reader._recipes}
+        assert any(path.startswith("faceface_upper/") for path in planned), planned
+        made = []
+        original = DatasetReader._recipe
+
+        def counting(self: DatasetReader, *args: Any) -> Any:
+            recipe = original(self, *args)
+            if recipe is not None:  # None: rows not read as frames alone, not kept
+                made.append(args[0])
+            return recipe
+
+        monkeypatch.setattr(DatasetReader, "_recipe", counting)
+        batch = reader.read_items(list(range(reader.n_items)))
+        _assert_same_items([dict(item) for item in batch], expected)
+        assert made == []
+
+
+def test_warm_keeps_read_plans_within_the_cache(dataset: Path) -> None:
+    """A cache too small for every plan: warming stops when it is full, the plans kept
+    within it, and reads are the same."""
+    with DatasetReader(dataset, cache_bytes=64 * reader_module._ENTRY_BYTES) as reader:
+        assert reader.warm() is True
+        assert 0 < reader._recipe_parts <= 64
+        with DatasetReader(dataset) as other:
+            _assert_same_items(_every_item(reader), _every_item(other))
+
+
 def test_warm_reads_a_bounded_amount(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A large dataset's first fork does not wait for all of it to be read: past
     ``WARM_READ_BYTES`` of chunks, the workers learn the rest as they go."""

@@ -156,6 +156,19 @@ class DecodeBudget:
         if nbytes > self.remaining:
             raise LimitExceededError(self.location, self._message(what, nbytes))
 
+    def check_rows(self, path: str, start: int, stop: int, nbytes: int) -> None:
+        """:meth:`check` of rows ``start:stop`` of array ``path`` decoding to ``nbytes``,
+        its message made only when refused (this runs for every array of every item
+        read, where formatting it each time cost a reader more than the check).
+
+        Raises
+        ------
+        LimitExceededError
+            Naming the file, the rows and the budget.
+        """
+        if nbytes > self.total - self.used:
+            self.check(f"rows {start}:{stop} of {path}", nbytes)
+
     def charge(self, name: str, nbytes: int, what: str | None = None) -> None:
         """Charge ``nbytes`` for ``name`` (an array path or a member key), once per name.
 
