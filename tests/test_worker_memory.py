@@ -879,3 +879,80 @@ def test_a_forked_child_closes_the_descriptors_it_inherits() -> None:
     # which stands for the worker here), not the training side's descriptor.
     assert forgotten and in_child == held - 1
     assert _fds_of(inode) == held
+
+
+class _PairCollate:
+    """A collate function that sends the last batch's face pairs again with the next one
+    (pairs of consecutive batches): a tensor of a block of an earlier batch."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+        self.last: Any = None
+
+    def __call__(self, items: list[Any]) -> Any:
+        batch = self.collate(items)
+        if self.last is not None:
+            batch["last"] = self.last["faceface"]["d2_distance"]
+        self.last = batch
+        return batch
+
+
+def test_a_tensor_of_an_earlier_batch_sent_again_is_never_overwritten(
+    loader: DatasetLoader,
+) -> None:
+    """The training code keeps only the earlier batch's tensor that came with a later
+    batch: the block stays its, whichever way each batch was sent."""
+    collate = loader.get_dataset("train").to_torch_with_collate()[1]
+    batches = _batches(loader, "fork", collate_fn=_PairCollate(collate), persistent_workers=True)
+    kept = []
+    for _ in range(3):
+        for batch in batches:
+            if "last" in batch:
+                kept.append((batch["last"], batch["last"].clone()))
+            del batch
+            time.sleep(0.02)  # the worker runs ahead, reusing what was let go
+    assert len(kept) >= 50
+    overwritten = sum(not torch.equal(held, copied) for held, copied in kept)
+    assert overwritten == 0, f"{overwritten} of {len(kept)} kept tensors overwritten"
+
+
+def test_a_tensor_numpy_cannot_hold_travels_as_torch_sends_it() -> None:
+    """A small tensor outside the blocks goes by value as a numpy array: one of a dtype
+    numpy has not goes as torch sends it, and the batch still comes."""
+    blocks = WorkerBlocks()
+    block = blocks.take(64)
+    odd = torch.zeros(4, dtype=torch.float8_e4m3fn)
+    rebuild, args = RecycledBatch({"a": block, "odd": odd}, blocks).__reduce__()
+    assert rebuild is worker_memory._received_named and args[0]["odd"] is odd
+    out = rebuild(*args)
+    assert out["odd"].dtype == torch.float8_e4m3fn
+
+
+def test_a_deep_copy_in_the_worker_leaves_the_batch_to_be_sent() -> None:
+    """Pickling tells the training process of a block once; a deep copy made in the
+    worker (a plain dict) does not use that up."""
+    blocks = WorkerBlocks()
+    block = blocks.take(64)
+    batch = RecycledBatch({"a": block[:8]}, blocks)
+    copied = copy.deepcopy(batch)
+    assert type(copied) is dict and torch.equal(copied["a"], block[:8])
+    rebuild, args = batch.__reduce__()
+    assert args[1] is not None and list(args[3]) == [args[2][0][2]]  # board and block
+    assert rebuild(*args)["a"].tolist() == block[:8].tolist()
+
+
+def test_releasing_kept_blocks_closes_what_exited_workers_sent(
+    loader: DatasetLoader, none_kept: None
+) -> None:
+    """Once a loader's workers exited, ``release_kept_blocks()`` leaves this process no
+    descriptor of their blocks (otherwise closed at the next fork or worker)."""
+    inodes = set()
+    batches = _epoch_loader(loader)
+    for batch in batches:
+        inodes.add(_inode(batch["faces"]["face_areas"]))
+        inodes.add(_inode(batch["batch"]))
+    del batch, batches
+    gc.collect()
+    assert any(_fds_of(inode) for inode in inodes)  # kept for later epochs, or sent
+    worker_memory.release_kept_blocks()
+    assert not any(_fds_of(inode) for inode in inodes)

@@ -647,18 +647,18 @@ class DatasetReader:
                     try:
                         small = self._small_array(path, meta)
                         read = self._learn_frames(path, meta, allowance)
+                        if read is None:
+                            return True  # the tables fill the cache, or enough was read
+                        allowance -= read
+                        # And how a batch reads each item's rows of the other arrays.
+                        if (
+                            small is None
+                            and not per_item
+                            and not self._learn_plans(path, meta, self.offsets(rows_of))
+                        ):
+                            return True
                     except CorruptStoreError:
                         continue  # damaged: the read that needs it says so
-                    if read is None:
-                        return True  # the tables fill the cache, or enough was read
-                    allowance -= read
-                    # And how a batch reads each item's rows of the other arrays.
-                    if (
-                        small is None
-                        and not per_item
-                        and not self._learn_plans(path, meta, self.offsets(rows_of))
-                    ):
-                        return True
             return True
         finally:
             self._lock.release()

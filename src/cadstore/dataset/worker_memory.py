@@ -45,6 +45,7 @@ process's finalizer cannot see). Clone such tensors first, as with any reused bu
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 import threading
@@ -115,6 +116,8 @@ class WorkerBlocks:
         self.token = os.urandom(8).hex()
         self._serial = 0
         self._serials: dict[int, int] = {}
+        # Storage address -> slot of every tracked block alive here.
+        self._pointers: dict[int, int] = {}
         self._announced: set[int] = set()
         self._gone: list[int] = []
         self._board_sent = False
@@ -176,7 +179,8 @@ class WorkerBlocks:
                     self._live.add(slot)
                     self._serial += 1
                     self._serials[slot] = self._serial
-                    weakref.finalize(storage, self._dead, slot).atexit = False
+                    self._pointers[storage.data_ptr()] = slot
+                    weakref.finalize(storage, self._dead, slot, storage.data_ptr()).atexit = False
                 else:
                     slot = -1  # every slot busy: an ordinary fresh segment, not tracked
             if slot >= 0:
@@ -194,9 +198,11 @@ class WorkerBlocks:
             populate_pages(view.data_ptr(), nbytes)
         return view
 
-    def _dead(self, slot: int) -> None:
+    def _dead(self, slot: int, pointer: int) -> None:
         with self._lock:
             self._live.discard(slot)
+            if self._pointers.get(pointer) == slot:
+                del self._pointers[pointer]
             serial = self._serials.pop(slot, None)
             if serial in self._announced:
                 # The training process keeps a descriptor of it: told with the next batch.
@@ -224,7 +230,8 @@ class WorkerBlocks:
         """
         with self._lock:
             for slot, gen, block in entries:
-                if gen == self._gens[slot] and slot not in self._sent:
+                # A block lent again (renewed) replaces its earlier generation.
+                if gen == self._gens[slot] and self._sent.get(slot, (None, -1))[1] != gen:
                     self._order += 1
                     self._sent[slot] = (block, gen, self._order)
             free = sorted(
@@ -245,6 +252,29 @@ class WorkerBlocks:
         # Let go outside the lock.
         del dropped
 
+    def renewed(
+        self, storages: dict[int, Any], handed: list[tuple[int, int, Any]]
+    ) -> list[tuple[int, int, Any]]:
+        """Entries (as :meth:`handed`'s) for the blocks of earlier batches that a batch
+        being sent uses too (``storages``: its tensors' storages by address, less those
+        of ``handed``), each lent again under a new generation.
+
+        A collate function may send part of an earlier batch again (pairs of consecutive
+        batches): the training process may have let that batch go already, and the block
+        would then be refilled under the tensor it keeps of the later one. Renewed, the
+        block waits for the later batch to be let go too.
+        """
+        have = {block.untyped_storage().data_ptr() for _, _, block in handed}
+        entries = []
+        with self._lock:
+            for pointer, storage in storages.items():
+                slot = self._pointers.get(pointer)
+                if slot is None or pointer in have:
+                    continue
+                self._gens[slot] += 1
+                entries.append((slot, self._gens[slot], self._block(storage)))
+        return entries
+
     def describe(
         self, batch: dict[str, Any], entries: list[tuple[int, int, Any]]
     ) -> tuple[Any, ...] | None:
@@ -263,9 +293,10 @@ class WorkerBlocks:
 
         Returns ``(skeleton, board, named entries, new blocks, blocks gone, token)``, or
         ``None`` when the batch holds something other than dicts, lists, tuples, plain
-        values and plain tensors (a tensor of its blocks inside another object would
-        reach the training process as a second mapping of the block, which the release
-        of the first would not account for): it is then sent as it is.
+        values and plain tensors, or a tensor of a block of an earlier batch (either
+        would reach the training process as a second mapping of a block, which the
+        release of the first would not account for; torch maps a file once per process
+        while it is in use): it is then sent as it is.
         """
         torch = self.torch
         with self._lock:
@@ -275,8 +306,11 @@ class WorkerBlocks:
                 if serial is None:
                     return None
                 serials[block.untyped_storage().data_ptr()] = serial
+            # Blocks of earlier batches: a tensor of one (a collate function that sends
+            # part of the last batch again) is sent as torch sends it, with the batch.
+            others = set(self._pointers).difference(serials)
         try:
-            skeleton = _named_copy(batch, serials, torch)
+            skeleton = _named_copy(batch, serials, others, torch)
         except _Unnamed:
             return None
         with self._lock:
@@ -333,7 +367,7 @@ class _Unnamed(Exception):
     """A batch that cannot be sent with its blocks named (see :func:`_named_copy`)."""
 
 
-def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
+def _named_copy(value: Any, serials: dict[int, int], others: set[int], torch: Any) -> Any:
     """``value`` with every plain tensor in the blocks ``serials`` (storage address ->
     block) as a :class:`NamedTensor`.
 
@@ -341,26 +375,26 @@ def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
     ------
     _Unnamed
         If ``value`` holds anything else than dicts, lists, tuples, strings, numbers,
-        ``None``, numeric numpy arrays and tensors, or a tensor of the blocks that is not
-        plain.
+        ``None``, numeric numpy arrays and tensors, a tensor of the blocks that is not
+        plain, or a tensor in one of the blocks ``others`` (storage addresses).
     """
     kind = type(value)
     if kind is dict:
-        return {key: _named_copy(inner, serials, torch) for key, inner in value.items()}
+        return {key: _named_copy(inner, serials, others, torch) for key, inner in value.items()}
     if kind is list:
-        return [_named_copy(inner, serials, torch) for inner in value]
+        return [_named_copy(inner, serials, others, torch) for inner in value]
     if kind is tuple:
-        return tuple(_named_copy(inner, serials, torch) for inner in value)
+        return tuple(_named_copy(inner, serials, others, torch) for inner in value)
     if isinstance(value, torch.Tensor):
-        serial = serials.get(value.untyped_storage().data_ptr())
-        if serial is None and kind is torch.Tensor:
-            # Not in a block of the batch: small ones by value, others as torch sends them.
-            if (
-                _plain_tensor(value, torch)
-                and value.nbytes <= BY_VALUE_BYTES
-                and value.dtype != torch.bfloat16  # numpy has no such dtype
-            ):
-                return TensorValue((value.numpy().copy(),))
+        pointer = value.untyped_storage().data_ptr()
+        serial = serials.get(pointer)
+        if serial is None and kind is torch.Tensor and pointer not in others:
+            # Not in a block: small ones by value, others as torch sends them.
+            if _plain_tensor(value, torch) and value.nbytes <= BY_VALUE_BYTES:
+                try:
+                    return TensorValue((value.numpy().copy(),))
+                except (TypeError, RuntimeError):  # a dtype numpy has not (bfloat16, ...)
+                    return value
             return value
         if serial is None or not _plain_tensor(value, torch):
             raise _Unnamed
@@ -465,10 +499,16 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
     def __init__(self, batch: dict[str, Any], blocks: WorkerBlocks) -> None:
         super().__init__(batch)
         self.blocks = blocks
+        self._taken = blocks.handed()
         used = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
-        self.entries = [e for e in blocks.handed() if e[2].data_ptr() in used]
+        self.entries = [e for e in self._taken if e[2].data_ptr() in used]
 
     def __reduce__(self) -> Any:
+        # As the batch is now: a collate function may have added to it since (part of an
+        # earlier batch, whose block is then lent again with this one).
+        used = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in _tensors(self)}
+        handed = [e for e in self._taken if e[2].data_ptr() in used]
+        self.entries = handed + self.blocks.renewed(used, handed)
         self.blocks.commit(self.entries)
         by_descriptor = _by_descriptor()
         # The training process keeps blocks of the workers it forked (_ORIGIN is then its
@@ -481,6 +521,11 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
 
     def __copy__(self) -> dict[str, Any]:
         return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        # A plain dict: pickling (what a deep copy would do through __reduce__) is for
+        # sending the batch, and tells the training process of its blocks once.
+        return copy.deepcopy(dict(self), memo)
 
 
 _RELEASE_LOCK = threading.Lock()
@@ -617,7 +662,8 @@ class _Senders:
                 if board is None:
                     raise RuntimeError(
                         f"a batch from worker process {pid} names shared memory this "
-                        "process never received (its first batch went elsewhere)"
+                        "process never received: an earlier batch of that worker was "
+                        "pickled elsewhere (a batch is pickled once, to be sent)"
                     )
                 self._sweep()
                 sender = self._workers[token] = _Sender(pid, board)
@@ -627,7 +673,13 @@ class _Senders:
                     _close_quietly(fd)
             for serial, block in new.items():
                 fd, nbytes = block.untyped_storage()._share_fd_cpu_()
-                mine = os.dup(fd)
+                try:
+                    mine = os.dup(fd)
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"cannot keep a descriptor of worker process {pid}'s shared block "
+                        f"{serial}: {exc}"
+                    ) from exc
                 old, _ = sender.fds.get(serial, (-1, 0))
                 if old >= 0:
                     _close_quietly(old)
@@ -637,11 +689,10 @@ class _Senders:
                 if found is None:
                     raise RuntimeError(
                         f"a batch from worker process {pid} names shared block {serial}, "
-                        "which this process never received"
+                        "which this process never received: an earlier batch of that "
+                        "worker was pickled elsewhere, or its block could not be kept"
                     )
-                # A mapping of its own: the batch's storage dies with its last view,
-                # which is how the worker learns the block is free (_received).
-                storages[serial] = untyped._new_shared_fd_cpu(*found)
+                storages[serial] = _mapping(untyped, *found)
             return sender.board, storages
 
     def _sweep(self) -> None:
@@ -664,6 +715,27 @@ class _Senders:
             sender.close()
 
 
+def _mapping(untyped: Any, fd: int, nbytes: int) -> Any:
+    """A storage over the shared-memory file ``fd`` of ``nbytes``: the one this process
+    maps already, if any, else a new mapping.
+
+    A batch's storage dies with its last view, which is how the worker learns the block is
+    free (:func:`_received`). Torch maps a shared file once per process while it is in use
+    (its ``shared_cache``), so that a tensor of the block that comes another way (a
+    batch sent as torch sends it, holding part of an earlier one) keeps that storage
+    alive too; the mappings made here are known to it the same way.
+    """
+    from torch.multiprocessing import reductions as torch_reductions
+
+    reductions: Any = torch_reductions  # untyped
+    key = reductions.fd_id(fd)
+    storage = reductions.storage_from_cache(untyped, key)
+    if storage is None:
+        storage = untyped._new_shared_fd_cpu(fd, nbytes)
+        reductions.shared_cache[key] = reductions.StorageWeakRef(storage)
+    return storage
+
+
 _SENDERS: list[_Senders | None] = [None]
 
 
@@ -675,12 +747,17 @@ def _senders() -> _Senders:
     return senders
 
 
-def _sweep_before_fork() -> None:
-    # Workers of an epoch that ended are gone: their blocks' descriptors would otherwise
-    # be inherited by the next epoch's workers and outlive them.
+def _sweep_senders() -> None:
+    """Close the descriptors this process keeps of the blocks of workers that exited."""
     senders = _SENDERS[0]
     if senders is not None and senders.pid == os.getpid():
         senders.sweep()
+
+
+def _sweep_before_fork() -> None:
+    # Workers of an epoch that ended are gone: their blocks' descriptors would otherwise
+    # be inherited by the next epoch's workers and outlive them.
+    _sweep_senders()
 
 
 def _forget_after_fork() -> None:
@@ -996,12 +1073,15 @@ def inherited_blocks() -> KeptBlocks | None:
 
 def release_kept_blocks() -> None:
     """Let go of the blocks this training process keeps for later epochs' workers (see
-    :class:`KeptBlocks`): the memory of those no worker is using is freed. Workers forked
+    :class:`KeptBlocks`), and of the descriptors it keeps of the blocks of workers that
+    exited (see :class:`_Senders`; otherwise closed when another worker first sends or
+    this process forks): the memory of those no worker is using is freed. Workers forked
     afterwards make their own again."""
     kept = _KEPT[0]
     if kept is not None and kept.pid == os.getpid():
         kept.close()
         _KEPT[0] = None
+    _sweep_senders()
 
 
 def _tensors(value: Any) -> list[Any]:
