@@ -39,7 +39,10 @@ the workers of later epochs (:class:`KeptBlocks`), whose pages are then already 
 
 Not covered: a batch that the training process sends on to a third process through
 ``torch.multiprocessing`` (the third process maps the block itself, which the training
-process's finalizer cannot see). Clone such tensors first, as with any reused buffer.
+process's finalizer cannot see); and a tensor of an earlier batch that a collate function
+sends outside the collated batch's dicts, lists and tuples (beside it in a tuple, inside
+another object), whose block is not lent again with it (:meth:`WorkerBlocks.renewed`).
+Clone such tensors first, as with any reused buffer.
 """
 
 from __future__ import annotations
@@ -499,15 +502,14 @@ class RecycledBatch(dict):  # type: ignore[type-arg]
     def __init__(self, batch: dict[str, Any], blocks: WorkerBlocks) -> None:
         super().__init__(batch)
         self.blocks = blocks
-        self._taken = blocks.handed()
         used = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
-        self.entries = [e for e in self._taken if e[2].data_ptr() in used]
+        self.entries = [e for e in blocks.handed() if e[2].data_ptr() in used]
 
     def __reduce__(self) -> Any:
         # As the batch is now: a collate function may have added to it since (part of an
         # earlier batch, whose block is then lent again with this one).
         used = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in _tensors(self)}
-        handed = [e for e in self._taken if e[2].data_ptr() in used]
+        handed = [e for e in self.entries if e[2].data_ptr() in used]
         self.entries = handed + self.blocks.renewed(used, handed)
         self.blocks.commit(self.entries)
         by_descriptor = _by_descriptor()
