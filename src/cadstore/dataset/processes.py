@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 
 from cadstore.dataset.torch_support import BatchAllocator, require_torch
-from cadstore.dataset.worker_memory import block_capacity, freeze_inherited
+from cadstore.dataset.worker_memory import (
+    block_capacity,
+    freeze_inherited,
+    plain_tensor,
+    tensor_at,
+    tensor_place,
+    tensor_value,
+)
 from cadstore.io.native import populate_pages
 
 __all__ = ["SharedBufferPool", "WorkerProcesses"]
@@ -162,25 +169,13 @@ class _Pickler(pickle.Pickler):
         self.torch = pool.torch
 
     def persistent_id(self, obj: Any) -> Any:
-        torch = self.torch
-        # Plain dense CPU tensors only: sparse, nested and subclassed tensors (PyG's
-        # EdgeIndex) and lazily negated or conjugated views keep their own pickling.
-        if (
-            type(obj) is not torch.Tensor
-            or obj.layout != torch.strided
-            or obj.device.type != "cpu"
-            or obj.requires_grad
-            or obj.is_neg()
-            or obj.is_conj()
-        ):
-            return None
+        if not plain_tensor(obj, self.torch):
+            return None  # their own pickling
         ident = self.pool.ident_of(obj)
         if ident is not None:
-            dtype = str(obj.dtype).removeprefix("torch.")
-            return (_BUFFER, ident, dtype, obj.storage_offset(), tuple(obj.shape), obj.stride())
-        if obj.dtype == torch.bfloat16:  # numpy has no such dtype
-            return None
-        return (_VALUE, obj.numpy().copy())
+            return (_BUFFER, ident, *tensor_place(obj))
+        value = tensor_value(obj)
+        return None if value is None else (_VALUE, value)
 
 
 _BUFFER, _VALUE = "cadstore-buffer", "cadstore-value"
@@ -202,12 +197,11 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if pid[0] == _BUFFER:
-            _, ident, name, offset, shape, stride = pid
-            dtype = getattr(self.torch, name, None)
-            if not isinstance(dtype, self.torch.dtype):
-                raise pickle.UnpicklingError(f"unknown tensor type {name!r}")
-            storage = self.held[ident].untyped_storage()
-            return self.torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
+            _, ident, *place = pid
+            try:
+                return tensor_at(self.torch, self.held[ident].untyped_storage(), tuple(place))
+            except ValueError as exc:
+                raise pickle.UnpicklingError(str(exc)) from exc
         if pid[0] == _VALUE:
             return self.torch.from_numpy(pid[1])
         raise pickle.UnpicklingError(f"unknown reference {pid[0]!r}")

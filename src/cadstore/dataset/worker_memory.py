@@ -68,8 +68,12 @@ __all__ = [
     "block_capacity",
     "freeze_inherited",
     "inherited_blocks",
+    "plain_tensor",
     "release_kept_blocks",
     "settle_worker",
+    "tensor_at",
+    "tensor_place",
+    "tensor_value",
     "worker_blocks",
 ]
 
@@ -296,46 +300,43 @@ class WorkerBlocks:
 
         Returns ``(skeleton, board, named entries, new blocks, blocks gone, token)``, or
         ``None`` when the batch holds something other than dicts, lists, tuples, plain
-        values and plain tensors, or a tensor of a block of an earlier batch (either
-        would reach the training process as a second mapping of a block, which the
-        release of the first would not account for; torch maps a file once per process
-        while it is in use): it is then sent as it is.
+        values and plain tensors (a tensor of a block inside another object would reach
+        the training process as torch sends it): it is then sent as it is, its blocks'
+        tensors mapped once with the rest (torch maps a file once per process while it
+        is in use, and so does :func:`_received_named`).
         """
-        torch = self.torch
+        # ``entries`` hold every tracked block the batch uses, those of earlier batches
+        # lent again (renewed()).
         with self._lock:
-            serials = {}
-            for slot, _, block in entries:
+            named = []
+            for slot, gen, block in entries:
                 serial = self._serials.get(slot)
                 if serial is None:
                     return None
-                serials[block.untyped_storage().data_ptr()] = serial
-            # Blocks of earlier batches: a tensor of one (a collate function that sends
-            # part of the last batch again) is sent as torch sends it, with the batch.
-            others = set(self._pointers).difference(serials)
+                named.append((slot, gen, serial, block))
+        serials = {block.untyped_storage().data_ptr(): serial for *_, serial, block in named}
         try:
-            skeleton = _named_copy(batch, serials, others, torch)
+            skeleton = _named_copy(batch, serials, self.torch)
         except _Unnamed:
             return None
         with self._lock:
-            named = [
-                (slot, gen, serials[block.untyped_storage().data_ptr()])
-                for slot, gen, block in entries
-            ]
             new = {}
-            for _, _, block in entries:
-                serial = serials[block.untyped_storage().data_ptr()]
+            for *_, serial, block in named:
                 if serial not in self._announced:
                     self._announced.add(serial)
                     new[serial] = block
             gone, self._gone = self._gone, []
             board = None if self._board_sent else self.board
             self._board_sent = True
-        return skeleton, board, named, new, gone, self.token
+        return skeleton, board, [entry[:3] for entry in named], new, gone, self.token
 
 
-def _plain_tensor(value: Any, torch: Any) -> bool:
-    """Whether ``value`` is a dense CPU tensor pickled as its memory alone (not sparse,
-    nested, a subclass, lazily negated or conjugated, nor part of an autograd graph)."""
+# -- a shared-memory tensor described by its place in a block, by both worker kinds
+# (here, and cadstore.dataset.processes for BatchLoader's worker processes)
+def plain_tensor(value: Any, torch: Any) -> bool:
+    """Whether ``value`` is a dense CPU tensor that can be sent as its place in memory
+    alone (not sparse, nested, a subclass such as PyG's ``EdgeIndex``, lazily negated or
+    conjugated, nor part of an autograd graph): those keep their own pickling."""
     return (
         type(value) is torch.Tensor
         and value.layout == torch.strided
@@ -344,6 +345,40 @@ def _plain_tensor(value: Any, torch: Any) -> bool:
         and not value.is_neg()
         and not value.is_conj()
     )
+
+
+def tensor_place(tensor: Any) -> tuple[str, int, tuple[int, ...], tuple[int, ...]]:
+    """``(dtype name, storage offset, shape, strides)`` of a :func:`plain_tensor`: what
+    :func:`tensor_at` rebuilds it from over its storage."""
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return dtype, tensor.storage_offset(), tuple(tensor.shape), tensor.stride()
+
+
+def tensor_at(
+    torch: Any, storage: Any, place: tuple[str, int, tuple[int, ...], tuple[int, ...]]
+) -> Any:
+    """The tensor at ``place`` (:func:`tensor_place`) in ``storage``.
+
+    Raises
+    ------
+    ValueError
+        If the dtype named is not one of torch's.
+    """
+    name, offset, shape, stride = place
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown tensor type {name!r}")
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
+
+
+def tensor_value(tensor: Any) -> np.ndarray | None:
+    """A copy of a :func:`plain_tensor`'s values, to send by value; ``None`` for a dtype
+    numpy has not (``bfloat16``, the float8 types, ...)."""
+    try:
+        copied: np.ndarray = tensor.numpy().copy()
+    except (TypeError, RuntimeError):
+        return None
+    return copied
 
 
 class NamedTensor(tuple):  # type: ignore[type-arg]
@@ -370,7 +405,7 @@ class _Unnamed(Exception):
     """A batch that cannot be sent with its blocks named (see :func:`_named_copy`)."""
 
 
-def _named_copy(value: Any, serials: dict[int, int], others: set[int], torch: Any) -> Any:
+def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
     """``value`` with every plain tensor in the blocks ``serials`` (storage address ->
     block) as a :class:`NamedTensor`.
 
@@ -378,33 +413,28 @@ def _named_copy(value: Any, serials: dict[int, int], others: set[int], torch: An
     ------
     _Unnamed
         If ``value`` holds anything else than dicts, lists, tuples, strings, numbers,
-        ``None``, numeric numpy arrays and tensors, a tensor of the blocks that is not
-        plain, or a tensor in one of the blocks ``others`` (storage addresses).
+        ``None``, numeric numpy arrays and tensors, or a tensor of the blocks that is not
+        plain.
     """
     kind = type(value)
     if kind is dict:
-        return {key: _named_copy(inner, serials, others, torch) for key, inner in value.items()}
+        return {key: _named_copy(inner, serials, torch) for key, inner in value.items()}
     if kind is list:
-        return [_named_copy(inner, serials, others, torch) for inner in value]
+        return [_named_copy(inner, serials, torch) for inner in value]
     if kind is tuple:
-        return tuple(_named_copy(inner, serials, others, torch) for inner in value)
+        return tuple(_named_copy(inner, serials, torch) for inner in value)
     if isinstance(value, torch.Tensor):
-        pointer = value.untyped_storage().data_ptr()
-        serial = serials.get(pointer)
-        if serial is None and kind is torch.Tensor and pointer not in others:
+        serial = serials.get(value.untyped_storage().data_ptr())
+        if serial is None and kind is torch.Tensor:
             # Not in a block: small ones by value, others as torch sends them.
-            if _plain_tensor(value, torch) and value.nbytes <= BY_VALUE_BYTES:
-                try:
-                    return TensorValue((value.numpy().copy(),))
-                except (TypeError, RuntimeError):  # a dtype numpy has not (bfloat16, ...)
-                    return value
+            if plain_tensor(value, torch) and value.nbytes <= BY_VALUE_BYTES:
+                copied = tensor_value(value)
+                if copied is not None:
+                    return TensorValue((copied,))
             return value
-        if serial is None or not _plain_tensor(value, torch):
+        if serial is None or not plain_tensor(value, torch):
             raise _Unnamed
-        dtype = str(value.dtype).removeprefix("torch.")
-        return NamedTensor(
-            (serial, dtype, value.storage_offset(), tuple(value.shape), value.stride())
-        )
+        return NamedTensor((serial, *tensor_place(value)))
     if kind in (str, bytes, int, float, bool, type(None)) or isinstance(value, np.generic):
         return value
     if kind is np.ndarray and value.dtype.kind not in "OV":
@@ -423,11 +453,15 @@ def _from_named(value: Any, storages: dict[int, Any], torch: Any) -> Any:
     if kind is tuple:
         return tuple(_from_named(inner, storages, torch) for inner in value)
     if kind is NamedTensor:
-        serial, name, offset, shape, stride = value
-        dtype = getattr(torch, name, None)
-        if not isinstance(dtype, torch.dtype) or serial not in storages:
-            raise RuntimeError(f"a batch names a tensor of an unknown block or type: {value}")
-        return torch.empty(0, dtype=dtype).set_(storages[serial], offset, shape, stride)
+        serial, *place = value
+        try:
+            if serial not in storages:
+                raise ValueError(f"unknown block {serial}")
+            return tensor_at(torch, storages[serial], tuple(place))
+        except ValueError as exc:
+            raise RuntimeError(
+                f"a batch names a tensor of an unknown block or type: {exc}"
+            ) from exc
     if kind is TensorValue:
         return torch.from_numpy(value[0])
     return value
@@ -756,12 +790,6 @@ def _sweep_senders() -> None:
         senders.sweep()
 
 
-def _sweep_before_fork() -> None:
-    # Workers of an epoch that ended are gone: their blocks' descriptors would otherwise
-    # be inherited by the next epoch's workers and outlive them.
-    _sweep_senders()
-
-
 def _forget_after_fork() -> None:
     senders = _SENDERS[0]
     if senders is not None and senders.pid != os.getpid():
@@ -769,7 +797,9 @@ def _forget_after_fork() -> None:
         senders.forget_inherited()
 
 
-os.register_at_fork(before=_sweep_before_fork, after_in_child=_forget_after_fork)
+# Before a fork: workers of an epoch that ended are gone, and their blocks' descriptors
+# would otherwise be inherited by the next epoch's workers and outlive them.
+os.register_at_fork(before=_sweep_senders, after_in_child=_forget_after_fork)
 
 
 def _released_kept(

@@ -166,7 +166,7 @@ class DecodeBudget:
         LimitExceededError
             Naming the file, the rows and the budget.
         """
-        if nbytes > self.total - self.used:
+        if nbytes > self.remaining:
             self.check(f"rows {start}:{stop} of {path}", nbytes)
 
     def charge(self, name: str, nbytes: int, what: str | None = None) -> None:
