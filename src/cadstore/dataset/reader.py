@@ -1598,18 +1598,14 @@ class DatasetReader:
             if data is None:
                 data = self._get_range(key, offset, nbytes)
             try:
-                if direct is not None:
-                    # The chain worked out once (_geometry), not again for every chunk.
-                    block = np.empty(inner_shape, dtype=meta.dtype)
-                    decode_into(direct, data, block.data.cast("B"))
-                else:
-                    block = decode_inner(
-                        data,
-                        config["codecs"],
-                        meta.dtype,
-                        inner_shape,
-                        self.limits.max_chunk_bytes,
-                    )
+                block = decode_inner(
+                    data,
+                    config["codecs"],
+                    meta.dtype,
+                    inner_shape,
+                    self.limits.max_chunk_bytes,
+                    direct=direct,  # worked out once (_geometry), not for every chunk
+                )
             except ChunkDecodeError as exc:
                 raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner}: {exc}") from exc
         self._chunks[cache_key] = block

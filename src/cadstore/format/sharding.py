@@ -243,15 +243,20 @@ def decode_inner(
     dtype: np.dtype,
     inner_shape: Sequence[int],
     limit: int,
+    *,
+    direct: str | None = "auto",
 ) -> np.ndarray:
     """Decode one inner chunk encoded with ``bytes`` (+ ``zstd``/``gzip``, + ``crc32c``).
 
     ``codecs`` is the checked inner codec list of a sharding configuration (``bytes``
     first). What cadstore writes (little-endian ``bytes``, then ``zstd`` or nothing, then
     ``crc32c``) is decoded straight into a new writable array, with no intermediate
-    ``bytes``; a checksum is verified before anything is decoded.
+    ``bytes``; a checksum is verified before anything is decoded. ``direct`` is
+    :func:`~cadstore.format.codecs.direct_codec` of the chain when the caller has it (a
+    reader works it out once per array, not for every chunk); ``"auto"`` works it out.
     """
-    direct = C.direct_codec(codecs, dtype)
+    if direct == "auto":
+        direct = C.direct_codec(codecs, dtype)
     if direct is not None:
         out = np.empty(tuple(inner_shape), dtype=dtype)
         C.decode_into(direct, data, out.data.cast("B"))
