@@ -53,7 +53,7 @@ import gc
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -405,6 +405,21 @@ class _Unnamed(Exception):
     """A batch that cannot be sent with its blocks named (see :func:`_named_copy`)."""
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with its dicts, lists and tuples rebuilt and every other object ``leaf(o)``.
+
+    The one walk of a batch's containers that naming its tensors and rebuilding them share.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: _map_leaves(inner, leaf) for key, inner in value.items()}
+    if kind is list:
+        return [_map_leaves(inner, leaf) for inner in value]
+    if kind is tuple:
+        return tuple(_map_leaves(inner, leaf) for inner in value)
+    return leaf(value)
+
+
 def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
     """``value`` with every plain tensor in the blocks ``serials`` (storage address ->
     block) as a :class:`NamedTensor`.
@@ -416,55 +431,51 @@ def _named_copy(value: Any, serials: dict[int, int], torch: Any) -> Any:
         ``None``, numeric numpy arrays and tensors, or a tensor of the blocks that is not
         plain.
     """
-    kind = type(value)
-    if kind is dict:
-        return {key: _named_copy(inner, serials, torch) for key, inner in value.items()}
-    if kind is list:
-        return [_named_copy(inner, serials, torch) for inner in value]
-    if kind is tuple:
-        return tuple(_named_copy(inner, serials, torch) for inner in value)
-    if isinstance(value, torch.Tensor):
-        serial = serials.get(value.untyped_storage().data_ptr())
-        if serial is None and kind is torch.Tensor:
-            # Not in a block: small ones by value, others as torch sends them.
-            if plain_tensor(value, torch) and value.nbytes <= BY_VALUE_BYTES:
-                copied = tensor_value(value)
-                if copied is not None:
-                    return TensorValue((copied,))
+
+    def name(value: Any) -> Any:
+        kind = type(value)
+        if isinstance(value, torch.Tensor):
+            serial = serials.get(value.untyped_storage().data_ptr())
+            if serial is None and kind is torch.Tensor:
+                # Not in a block: small ones by value, others as torch sends them.
+                if plain_tensor(value, torch) and value.nbytes <= BY_VALUE_BYTES:
+                    copied = tensor_value(value)
+                    if copied is not None:
+                        return TensorValue((copied,))
+                return value
+            if serial is None or not plain_tensor(value, torch):
+                raise _Unnamed
+            return NamedTensor((serial, *tensor_place(value)))
+        if kind in (str, bytes, int, float, bool, type(None)) or isinstance(value, np.generic):
             return value
-        if serial is None or not plain_tensor(value, torch):
-            raise _Unnamed
-        return NamedTensor((serial, *tensor_place(value)))
-    if kind in (str, bytes, int, float, bool, type(None)) or isinstance(value, np.generic):
-        return value
-    if kind is np.ndarray and value.dtype.kind not in "OV":
-        return value  # sent by value
-    raise _Unnamed
+        if kind is np.ndarray and value.dtype.kind not in "OV":
+            return value  # sent by value
+        raise _Unnamed
+
+    return _map_leaves(value, name)
 
 
 def _from_named(value: Any, storages: dict[int, Any], torch: Any) -> Any:
     """:func:`_named_copy` undone: each :class:`NamedTensor` a view of its block's
     storage in ``storages``."""
-    kind = type(value)
-    if kind is dict:
-        return {key: _from_named(inner, storages, torch) for key, inner in value.items()}
-    if kind is list:
-        return [_from_named(inner, storages, torch) for inner in value]
-    if kind is tuple:
-        return tuple(_from_named(inner, storages, torch) for inner in value)
-    if kind is NamedTensor:
-        serial, *place = value
-        try:
-            if serial not in storages:
-                raise ValueError(f"unknown block {serial}")
-            return tensor_at(torch, storages[serial], tuple(place))
-        except ValueError as exc:
-            raise RuntimeError(
-                f"a batch names a tensor of an unknown block or type: {exc}"
-            ) from exc
-    if kind is TensorValue:
-        return torch.from_numpy(value[0])
-    return value
+
+    def rebuild(value: Any) -> Any:
+        kind = type(value)
+        if kind is NamedTensor:
+            serial, *place = value
+            try:
+                if serial not in storages:
+                    raise ValueError(f"unknown block {serial}")
+                return tensor_at(torch, storages[serial], tuple(place))
+            except ValueError as exc:
+                raise RuntimeError(
+                    f"a batch names a tensor of an unknown block or type: {exc}"
+                ) from exc
+        if kind is TensorValue:
+            return torch.from_numpy(value[0])
+        return value
+
+    return _map_leaves(value, rebuild)
 
 
 def freeze_inherited() -> None:
