@@ -318,3 +318,133 @@ def test_append_frames_new_items_and_reads_old_plain_ones(
             root["faceface"]["face_pair_edges_path"][...],
             reader.read_array("faceface", "face_pair_edges_path"),
         )
+
+
+# ------------------------------------------------------- chunks zstd stored as they are
+
+
+def _stored(raw: bytes, **options: Any) -> bytes:
+    """``raw`` as a merge writes an array of small rows: zstd at its fastest level (raw
+    blocks), then the chunk's crc32c."""
+    import zstandard
+
+    from cadstore.merging.options import SMALL_ROWS_LEVEL
+
+    compressor = zstandard.ZstdCompressor(level=SMALL_ROWS_LEVEL, **options)
+    return C.append_crc32c(compressor.compress(raw))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 7000), data=st.data())
+def test_every_range_of_a_stored_chunk_copies_exactly(n: int, data: Any) -> None:
+    # Up to 168 KB: past zstd's 128 KiB blocks, so ranges cross from one block to the next.
+    raw = np.random.default_rng(n).integers(0, 2**31, n * ROW // 4).astype("<u4").tobytes()
+    stored = _stored(raw)
+    lo = data.draw(st.integers(0, n - 1))
+    hi = data.draw(st.integers(lo + 1, n))
+    out = bytearray((hi - lo) * ROW)
+    assert C.copy_stored_range("zstd+crc32c", stored, memoryview(out), lo * ROW, len(raw))
+    assert bytes(out) == raw[lo * ROW : hi * ROW]
+    # Without the checksum (the "zstd" chain) the same bytes.
+    out2 = bytearray(len(out))
+    assert C.copy_stored_range("zstd", stored[:-4], memoryview(out2), lo * ROW, len(raw))
+    assert out2 == out
+
+
+def _not_stored() -> Iterator[tuple[str, bytes, int]]:
+    raw = _rows(200)
+    n = len(raw)
+    yield "compressed", C.append_crc32c(C.zstd_compress(raw, 3)), n
+    yield "content checksum", _stored(raw, write_checksum=True), n
+    yield "size unknown", _stored(raw, write_content_size=False), n
+    good = _stored(raw)
+    yield "other size", good, n - ROW
+    yield "truncated", C.append_crc32c(good[:-40]), n
+    yield "trailing bytes", C.append_crc32c(good[:-4] + b"\0\0\0"), n
+    yield "two frames", C.append_crc32c(good[:-4] + good[:-4]), n
+    yield "not zstd", C.append_crc32c(raw), n
+
+
+@pytest.mark.parametrize(("what", "stored", "size"), list(_not_stored()), ids=lambda v: str(v)[:16])
+def test_a_chunk_not_stored_as_it_is_is_left_to_zstd(what: str, stored: bytes, size: int) -> None:
+    out = bytearray(ROW)
+    assert not C.copy_stored_range("zstd+crc32c", stored, memoryview(out), ROW, size)
+    assert bytes(out) == bytes(ROW)  # nothing written
+
+
+def test_a_stored_chunk_is_copied_only_after_its_checksum() -> None:
+    raw = _rows(100)
+    stored = bytearray(_stored(raw))
+    stored[40] ^= 0x01  # a byte of the rows themselves
+    out = bytearray(ROW)
+    with pytest.raises(C.ChunkDecodeError, match="crc32c"):
+        C.copy_stored_range("zstd+crc32c", bytes(stored), memoryview(out), 0, len(raw))
+    assert bytes(out) == bytes(ROW)
+
+
+@pytest.fixture(scope="module")
+def small_chunks(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The items merged with inner chunks of small rows holding a few items each (512
+    bytes, not 16 KiB), so that thirty items fill many of them, as a large dataset's do:
+    a chunk's padding past an array's last row is zeros, which zstd compresses even at
+    its fastest level."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sharding, "MIN_INNER_BYTES", 512)
+        return _merge(realistic_items, tmp_path_factory.mktemp("small") / "s.dataset")
+
+
+def test_small_rows_read_without_the_cache_decode_nothing(
+    small_chunks: Path, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item's rows of an array of small rows are copied out of the stored chunk: before,
+    each read with the cache off decompressed the whole chunk they share with other items
+    (16 KiB, a hundred items, in a large dataset), for each of a dozen arrays."""
+    from cadstore.dataset.reader import DatasetReader as Reader
+
+    decoded: list[tuple[str, int]] = []
+    whole = Reader._inner_chunk
+
+    def counting(self: Reader, key: str, shard: int, inner: int, *args: Any) -> np.ndarray:
+        decoded.append((key, inner))
+        return whole(self, key, shard, inner, *args)
+
+    monkeypatch.setattr(Reader, "_inner_chunk", counting)
+    small = ("face_areas", "face_types", "face_centroids")
+    with DatasetReader(small_chunks, cache_bytes=0) as reader:
+        for code, (_, item, _) in enumerate(realistic_items):
+            got = reader.read_item(code, ["faces"], arrays={"faces": small})["faces"]
+            for name in small:
+                np.testing.assert_array_equal(got[name], np.asarray(item[name]), err_msg=name)
+        # Only an array's last chunk, padded with zeros past its rows, is decoded whole.
+        last = {}
+        for name in small:
+            meta = reader._resolve("faces", name)[0]
+            _, _, rows, shard_rows, _, suffix, *_ = reader._geometry(f"faces/{name}", meta)
+            final = meta.shape[0] - 1
+            last[f"faces/{name}/c/{final // shard_rows}{suffix}"] = (final % shard_rows) // rows
+    assert len(decoded) < len(realistic_items)
+    assert all(last[key] == inner for key, inner in decoded), decoded
+
+
+def test_a_flipped_byte_of_small_rows_names_the_array(small_chunks: Path, tmp_path: Path) -> None:
+    framed = small_chunks
+    bad = tmp_path / "bad.dataset"
+    data = bytearray(framed.read_bytes())
+    with zipfile.ZipFile(framed) as zf:
+        info = zf.getinfo("faces/face_areas/c/0")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    # Past the first chunk's frame header (10 bytes): one of its rows.
+    data[start + 24] ^= 0x40
+    bad.write_bytes(bytes(data))
+    pristine = framed.read_bytes()
+
+    def read_every_item(reader: DatasetReader) -> None:
+        for code in range(reader.n_items):
+            reader.read_item(code, arrays={"faces": ("face_areas",)})
+
+    with DatasetReader(bad, cache_bytes=0) as reader:
+        with pytest.raises(CorruptStoreError, match=r"face_areas.*crc32c"):
+            read_every_item(reader)
+        # The other arrays of those items still read.
+        reader.read_item(0, ["faces"], arrays={"faces": ("face_types",)})
+    assert framed.read_bytes() == pristine

@@ -45,6 +45,7 @@ from cadstore.format.codecs import (
     ChunkDecodeError,
     FrameBounds,
     FrameDecodeError,
+    copy_stored_range,
     decode_frames,
     decode_frames_range,
     decode_into,
@@ -1157,10 +1158,19 @@ class DatasetReader:
             ):
                 data = self._get_range(key, offset, nbytes)
                 begin = (first - r0) * (target.nbytes // len(target))
+                chunk_bytes = math.prod(inner_shape) * meta.dtype.itemsize
                 try:
-                    framed = open_item_frames(
-                        direct, data, math.prod(inner_shape) * meta.dtype.itemsize
-                    )
+                    framed = open_item_frames(direct, data, chunk_bytes)
+                    if (
+                        framed is None
+                        and chunk_bytes > self.cache_bytes
+                        and copy_stored_range(
+                            direct, data, target.data.cast("B"), begin, chunk_bytes
+                        )
+                    ):
+                        # Stored as it is (small rows), and no cache to keep it in: the
+                        # rows copied from the stored bytes, nothing decoded.
+                        return
                     if framed is not None:
                         body, raw, stored = framed
                         self._keep_frames(cache_key, key, offset, raw, stored)

@@ -35,6 +35,7 @@ __all__ = [
     "ChunkDecodeError",
     "FrameDecodeError",
     "append_crc32c",
+    "copy_stored_range",
     "crc32c",
     "decode_blosc",
     "decode_gzip",
@@ -297,6 +298,106 @@ def open_item_frames(
     found = frame_table(data, chunk_bytes)
     assert found is not None  # the magic was checked above
     return data, found[0], found[1]
+
+
+#: A zstd frame's magic number (RFC 8878, 3.1.1).
+_ZSTD_MAGIC = 0xFD2FB528
+#: The largest block a zstd frame may hold (RFC 8878, 3.1.1.2: Block_Maximum_Size).
+_ZSTD_BLOCK_MAX = 128 * 1024
+
+
+def _stored_blocks(frame: memoryview, expected: int) -> list[tuple[int, int]] | None:
+    """Where the decoded bytes of zstd ``frame`` lie in it, when it stores them as they are.
+
+    Returns ``(position in frame, size)`` per block, in order, for a single frame that
+    declares ``expected`` bytes, uses no dictionary and no content checksum, and holds
+    only raw blocks adding up to ``expected`` with nothing after the last; ``None`` for
+    anything else (compressed or RLE blocks, a malformed header), which the caller
+    decodes with zstd. Every size is checked against the frame (RFC 8878, 3.1.1).
+    """
+    n = len(frame)
+    if n < 6 or int.from_bytes(frame[:4], "little") != _ZSTD_MAGIC:
+        return None
+    descriptor = frame[4]
+    # Bits 0-1 a dictionary, bit 2 a content checksum (which a copy would not verify),
+    # bit 3 reserved: a frame with any of them is left to zstd.
+    if descriptor & 0x0F:
+        return None
+    single = descriptor & 0x20
+    pos = 5
+    if single:
+        window = expected
+    else:
+        exponent, mantissa = frame[5] >> 3, frame[5] & 7
+        base = 1 << (10 + exponent)
+        window = base + (base >> 3) * mantissa
+        pos = 6
+    size_bytes = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+    if not size_bytes or pos + size_bytes > n:
+        return None
+    declared = int.from_bytes(frame[pos : pos + size_bytes], "little")
+    if size_bytes == 2:
+        declared += 256
+    if declared != expected:
+        return None
+    pos += size_bytes
+    block_max = min(window, _ZSTD_BLOCK_MAX)
+    blocks = []
+    total = 0
+    while pos + 3 <= n:
+        header = int.from_bytes(frame[pos : pos + 3], "little")
+        size = header >> 3
+        pos += 3
+        if header & 0b110 or size > block_max or pos + size > n:
+            return None  # not a raw block, or one zstd would refuse
+        blocks.append((pos, size))
+        pos += size
+        total += size
+        if header & 1:  # the last block
+            return blocks if total == expected and pos == n else None
+    return None
+
+
+def copy_stored_range(
+    kind: str, data: bytes | memoryview, out: memoryview, start: int, chunk_bytes: int
+) -> bool:
+    """Copy bytes ``start:start + len(out)`` of a chunk that zstd stored as it was.
+
+    Arrays of small rows are merged at zstd's fastest level, where zstd keeps its input
+    in raw blocks. An item's rows are a few hundred bytes of such a chunk (16 KiB, shared
+    by a hundred items); read with no chunk cache, decompressing it whole cost a buffer
+    and two copies of bytes nobody wanted, for each of a dozen arrays per item. Here the
+    rows are copied out of the stored blocks. ``kind`` is a :func:`direct_codec` kind; a
+    ``+crc32c`` chunk's checksum is verified over the whole stored chunk before anything
+    is copied.
+
+    Returns ``False``, copying nothing, for a chunk that is not one zstd frame of raw
+    blocks decoding to ``chunk_bytes`` (see :func:`_stored_blocks`): the caller decodes it.
+
+    Raises
+    ------
+    ChunkDecodeError
+        If the checksum does not match.
+    """
+    base = _CHECKED.get(kind, kind)
+    view = memoryview(data)
+    if base != "zstd" or len(view) < 4 or start < 0 or start + out.nbytes > chunk_bytes:
+        return False
+    blocks = _stored_blocks(view[:-4] if base != kind else view, chunk_bytes)
+    if blocks is None:
+        return False
+    if base != kind:
+        strip_crc32c(data, "chunk")  # ``data``, not a view: bytes are checked uncopied
+    stop = start + out.nbytes
+    at = 0
+    for pos, size in blocks:
+        lo, hi = max(start, at), min(stop, at + size)
+        if lo < hi:
+            out[lo - start : hi - start] = view[pos + lo - at : pos + hi - at]
+        at += size
+        if at >= stop:
+            break
+    return True
 
 
 def is_item_framed(data: bytes | memoryview) -> bool:
