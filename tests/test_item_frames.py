@@ -448,3 +448,31 @@ def test_a_flipped_byte_of_small_rows_names_the_array(small_chunks: Path, tmp_pa
         # The other arrays of those items still read.
         reader.read_item(0, ["faces"], arrays={"faces": ("face_types",)})
     assert framed.read_bytes() == pristine
+
+
+def test_a_frame_changed_after_its_chunk_was_verified_names_the_array(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """A chunk read once is verified whole and its frame table kept; later reads of an
+    item fetch its frame alone and zstd decodes it, refusing what is no longer a frame."""
+    dataset = _merge(realistic_items, tmp_path / "f.dataset")
+    name, path = "face_discretization", "faces/face_discretization"
+    with DatasetReader(dataset) as reader:
+        wanted = {"faces": (name,)}
+        first = reader.read_item(5, ["faces"], arrays=wanted)["faces"][name]
+        np.testing.assert_array_equal(first, realistic_items[5][1][name])
+        meta = reader._resolve("faces", name)[0]
+        _, _, rows, shard_rows, *_ = reader._geometry(path, meta)
+        start = int(reader.offsets("faces")[5])
+        shard, inner = start // shard_rows, (start % shard_rows) // rows
+        key, offset, table = reader._frames[(path, shard, inner)]
+        begin = (start - shard * shard_rows - inner * rows) * first.nbytes // len(first)
+        frame_start = table[begin][0]
+        with zipfile.ZipFile(dataset) as zf:
+            info = zf.getinfo(key)
+        member = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        with open(dataset, "r+b") as fh:
+            fh.seek(member + offset + frame_start)
+            fh.write(b"\0\0\0\0")  # the frame's zstd magic number
+        with pytest.raises(CorruptStoreError, match=name):
+            reader.read_item(5, ["faces"], arrays=wanted)

@@ -49,6 +49,7 @@ from cadstore.format.codecs import (
     decode_frames,
     decode_frames_range,
     decode_into,
+    decode_zstd_into,
     direct_codec,
     frame_at,
     is_item_framed,
@@ -1140,10 +1141,16 @@ class DatasetReader:
                         f"{key!r} inner chunk {inner}: {len(frame)} bytes of a "
                         f"{hit[1] - hit[0]}-byte frame",
                     )
-                pending = plan if plan is not None else _Plan()
-                pending.add(frame, target.data.cast("B"), key)
-                if plan is None:
-                    self._decode_plan(pending)
+                if plan is not None:
+                    plan.add(frame, target.data.cast("B"), key)
+                    return
+                # One frame alone: python-zstandard decodes a frame of tens of KiB (a grid
+                # of an item) and copies it into place faster than a call into libzstd
+                # through ctypes decodes it there (13.5 against 17.4 us for 15 KB).
+                try:
+                    decode_zstd_into(frame, target.data.cast("B"))
+                except ChunkDecodeError as exc:
+                    raise CorruptStoreError(self.path, f"{key!r}: {exc}") from exc
                 return
         block = self._chunks.get(cache_key)
         if block is None:
