@@ -1689,16 +1689,27 @@ class DatasetReader:
                 offsets = self.offsets(group)
                 start, stop = int(offsets[code]), int(offsets[code + 1])
                 values: dict[str, Any] = {}
-                for array, meta, per_item, path in self._item_plan(group, _selected(arrays, group)):
-                    if per_item:
-                        row = np.empty((1,), dtype=_numpy_dtype(meta))
-                        self._read_into(path, meta, code, code + 1, row)
-                        values[array] = row[0]
-                    else:
-                        shape = (stop - start, *meta.shape[1:])
-                        rows = np.empty(shape, dtype=_numpy_dtype(meta))
-                        self._read_into(path, meta, start, stop, rows)
-                        values[array] = rows
+                with self._lock:  # once for the group's arrays, not for each
+                    self._ensure()
+                    plan = self._item_plan(group, _selected(arrays, group))
+                    for array, meta, per_item, path in plan:
+                        if per_item:
+                            row = np.empty((1,), dtype=_numpy_dtype(meta))
+                            self._read_into(path, meta, code, code + 1, row)
+                            values[array] = row[0]
+                        else:
+                            shape = (stop - start, *meta.shape[1:])
+                            rows = np.empty(shape, dtype=_numpy_dtype(meta))
+                            # An array of small rows: its chunk is most often cached,
+                            # copied from without the steps of a read from the file.
+                            cached = self._geometries.get(path)
+                            if not (
+                                cached is not None
+                                and start < stop <= meta.shape[0]
+                                and self._copy_cached(path, cached, start, stop, rows)
+                            ):
+                                self._read_into(path, meta, start, stop, rows)
+                            values[array] = rows
                 out[group] = values
         return out
 
