@@ -47,8 +47,9 @@ MIN_LEVEL, MAX_LEVEL = -(1 << 17), 22
 #: are written at :data:`SMALL_ROWS_LEVEL` (:func:`cadstore.merging.plan.small_rows`).
 #: An item's rows of them lie in inner chunks that hold a hundred items' rows
 #: (:data:`cadstore.format.sharding.MIN_INNER_BYTES`), so a read that does not find such
-#: a chunk cached decodes all of it for those bytes: 13 of the 19 chunks a random
-#: realistic item decoded, for a few percent of a dataset's bytes (``docs/benchmarks.md``).
+#: a chunk cached would decode all of it for those bytes (13 of the 19 chunks a random
+#: realistic item decoded, for a few percent of a dataset's bytes): stored as they are, the
+#: item's rows are copied out of the chunk instead (``docs/benchmarks.md``).
 SMALL_ROW_BYTES = 16
 #: The zstd level of arrays of small rows (:data:`SMALL_ROW_BYTES`): the fastest there is,
 #: at which zstd stores the bytes as they are, decoded at the speed of a copy.
