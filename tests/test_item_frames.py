@@ -351,6 +351,43 @@ def test_every_range_of_a_stored_chunk_copies_exactly(n: int, data: Any) -> None
     assert out2 == out
 
 
+def _raw_frame(payload: bytes, exponent: int | None, blocks: list[int]) -> bytes:
+    """A zstd frame of raw blocks made by hand (RFC 8878): single-segment when
+    ``exponent`` is None, else with a Window_Descriptor of that exponent (window
+    ``2 ** (10 + exponent)``); ``blocks`` are the block sizes, summing to the payload's."""
+    assert sum(blocks) == len(payload) and 256 <= len(payload) < 65536 + 256
+    size = (len(payload) - 256).to_bytes(2, "little")  # a 2-byte content size
+    head = bytes([0x60]) if exponent is None else bytes([0x40, exponent << 3])
+    out, at = [struct.pack("<I", 0xFD2FB528), head, size], 0
+    for k, n in enumerate(blocks):
+        last = k == len(blocks) - 1
+        out += [((n << 3) | last).to_bytes(3, "little"), payload[at : at + n]]
+        at += n
+    return b"".join(out)
+
+
+def test_a_windowed_stored_frame_copies_as_zstd_decodes() -> None:
+    """Frames written in a stream (not single-segment) have a window, whose size bounds
+    each block: a 1 KiB window, blocks of 1 KiB."""
+    import zstandard
+
+    raw = _rows(100)  # 2,400 bytes
+    frame = _raw_frame(raw, 0, [1024, 1024, len(raw) - 2048])
+    assert zstandard.ZstdDecompressor().decompress(frame) == raw
+    out = bytearray(10 * ROW)
+    assert C.copy_stored_range("zstd", frame, memoryview(out), 40 * ROW, len(raw))
+    assert bytes(out) == raw[40 * ROW : 50 * ROW]
+    # As zstd writes it, in a stream with a 1 KiB window.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        -(1 << 17), window_log=10, write_content_size=True
+    )
+    writer = zstandard.ZstdCompressor(compression_params=params).compressobj(size=len(raw))
+    streamed = writer.compress(raw) + writer.flush()
+    assert streamed[4] & 0x20 == 0  # not single-segment
+    assert C.copy_stored_range("zstd", streamed, memoryview(out), 40 * ROW, len(raw))
+    assert bytes(out) == raw[40 * ROW : 50 * ROW]
+
+
 def _not_stored() -> Iterator[tuple[str, bytes, int]]:
     raw = _rows(200)
     n = len(raw)
@@ -363,6 +400,12 @@ def _not_stored() -> Iterator[tuple[str, bytes, int]]:
     yield "trailing bytes", C.append_crc32c(good[:-4] + b"\0\0\0"), n
     yield "two frames", C.append_crc32c(good[:-4] + good[:-4]), n
     yield "not zstd", C.append_crc32c(raw), n
+    # A window of 2**32 bytes, beyond what zstd decodes: zstd refuses the frame.
+    yield "window too large", C.append_crc32c(_raw_frame(raw, 22, [n])), n
+    # Empty blocks before the last (valid zstd, never written by it): left to zstd, whose
+    # C walks millions of them in milliseconds where a walk in Python took seconds.
+    yield "empty blocks", C.append_crc32c(_raw_frame(raw, None, [0, 0, 0, n])), n
+    yield "short blocks", C.append_crc32c(_raw_frame(raw, 5, [1000, n - 1000])), n
 
 
 @pytest.mark.parametrize(("what", "stored", "size"), list(_not_stored()), ids=lambda v: str(v)[:16])

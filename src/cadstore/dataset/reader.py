@@ -1166,19 +1166,17 @@ class DatasetReader:
                 data = self._get_range(key, offset, nbytes)
                 begin = (first - r0) * (target.nbytes // len(target))
                 chunk_bytes = math.prod(inner_shape) * meta.dtype.itemsize
+                copied = False
                 try:
                     framed = open_item_frames(direct, data, chunk_bytes)
-                    if (
-                        framed is None
-                        and chunk_bytes > self.cache_bytes
-                        and copy_stored_range(
-                            direct, data, target.data.cast("B"), begin, chunk_bytes
-                        )
-                    ):
+                    if framed is None:
+                        self._remember_frames(cache_key, None)
                         # Stored as it is (small rows), and no cache to keep it in: the
                         # rows copied from the stored bytes, nothing decoded.
-                        return
-                    if framed is not None:
+                        copied = chunk_bytes > self.cache_bytes and copy_stored_range(
+                            direct, data, target.data.cast("B"), begin, chunk_bytes
+                        )
+                    else:
                         body, raw, stored = framed
                         self._keep_frames(cache_key, key, offset, raw, stored)
                         hit = frame_at(raw, stored, begin)
@@ -1192,9 +1190,8 @@ class DatasetReader:
                     raise CorruptStoreError(
                         self.path, f"{key!r} inner chunk {inner}: {exc}"
                     ) from exc
-                if framed is not None:
+                if framed is not None or copied:
                     return
-                self._remember_frames(cache_key, None)
             block = self._inner_chunk(key, shard, inner, index, meta, path, data)
         else:
             self._chunks.move_to_end(cache_key)

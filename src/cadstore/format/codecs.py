@@ -304,6 +304,8 @@ def open_item_frames(
 _ZSTD_MAGIC = 0xFD2FB528
 #: The largest block a zstd frame may hold (RFC 8878, 3.1.1.2: Block_Maximum_Size).
 _ZSTD_BLOCK_MAX = 128 * 1024
+#: The largest Window_Descriptor exponent zstd decodes (a window of 2**31 bytes).
+_ZSTD_WINDOW_EXPONENT_MAX = 21
 
 
 def _stored_blocks(frame: memoryview, expected: int) -> list[tuple[int, int]] | None:
@@ -311,9 +313,10 @@ def _stored_blocks(frame: memoryview, expected: int) -> list[tuple[int, int]] | 
 
     Returns ``(position in frame, size)`` per block, in order, for a single frame that
     declares ``expected`` bytes, uses no dictionary and no content checksum, and holds
-    only raw blocks adding up to ``expected`` with nothing after the last; ``None`` for
-    anything else (compressed or RLE blocks, a malformed header), which the caller
-    decodes with zstd. Every size is checked against the frame (RFC 8878, 3.1.1).
+    only raw blocks adding up to ``expected``, each full but the last (as zstd writes
+    them), with nothing after the last; ``None`` for anything else (compressed or RLE
+    blocks, a malformed header or a window zstd refuses), which the caller decodes with
+    zstd. Every size is checked against the frame (RFC 8878, 3.1.1).
     """
     n = len(frame)
     if n < 6 or int.from_bytes(frame[:4], "little") != _ZSTD_MAGIC:
@@ -329,6 +332,8 @@ def _stored_blocks(frame: memoryview, expected: int) -> list[tuple[int, int]] | 
         window = expected
     else:
         exponent, mantissa = frame[5] >> 3, frame[5] & 7
+        if exponent > _ZSTD_WINDOW_EXPONENT_MAX:
+            return None  # a window zstd refuses (more than 2 GiB)
         base = 1 << (10 + exponent)
         window = base + (base >> 3) * mantissa
         pos = 6
@@ -350,6 +355,10 @@ def _stored_blocks(frame: memoryview, expected: int) -> list[tuple[int, int]] | 
         pos += 3
         if header & 0b110 or size > block_max or pos + size > n:
             return None  # not a raw block, or one zstd would refuse
+        if not header & 1 and size != block_max:
+            # zstd fills every block but the last: anything else (empty blocks by the
+            # million, say) is left to zstd, which walks them in C.
+            return None
         blocks.append((pos, size))
         pos += size
         total += size
