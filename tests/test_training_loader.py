@@ -404,10 +404,10 @@ def test_worker_buffers_are_reused_but_kept_batches_never_overwritten(
         # one waiting to be received and the one it decodes. Which worker draws which batch
         # is a matter of timing, so a worker may meet a large batch while its large blocks
         # are all lent, in any epoch (one epoch alone saw 0 to 3 new blocks, 3 under load);
-        # the blocks it keeps then serve it, and over six epochs 40 runs, on an idle and on
-        # a loaded machine, made 0 to 3 in all.
+        # the blocks it keeps then serve it, and over six epochs 80 runs, on an idle and on
+        # a loaded machine, made 0 to 3 in all. A block lost an epoch would make 6.
         assert batches_seen == 36
-        assert made <= 6, made
+        assert made <= 4, made
         kept = list(batches)  # every batch held while the next ones are decoded
         for ours, theirs in zip(kept, reference, strict=True):
             _assert_same(ours, theirs)
