@@ -14,7 +14,15 @@ in one run, alternating the contenders:
    items), worker start-up included, batches collated by cadstore's ``GraphCollate`` for
    every contender (same batch content: rows concatenated, ``edge_index`` shifted; in a
    worker it also reuses the batch's shared memory once the training process lets it
-   go, for every contender alike: ``cadstore.dataset.worker_memory``).
+   go, for every contender alike: ``cadstore.dataset.worker_memory``). The training
+   process keeps the largest of those blocks for later epochs' workers, whichever
+   contender's workers made them, so before the repeats each contender runs one epoch
+   with none kept (``dataloader_first``, a training run's first epoch): left to the
+   repeats, the first contender of the first repeat made the blocks that every other
+   one then reused. An epoch with none kept is slower for every contender (in a probe
+   alternating the two, cadstore 651-787 items/s against 759-1,066 with blocks kept, HF
+   287-638 against 381-731); cadstore, first in the first repeat, had read 263 and 388
+   items/s there in two runs, against 736-1,313 in the other repeats.
 4. **in-process, 2 threads**: items/s of the second of two epochs decoded by two threads
    of the training process: cadstore's :class:`~cadstore.dataset.training.BatchLoader`
    (its readers, and what they cached, kept between epochs); for the peers a two-thread
@@ -106,6 +114,7 @@ from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
 from cadstore.dataset.torch_support import GraphCollate
 from cadstore.dataset.training import BatchLoader
+from cadstore.dataset.worker_memory import release_kept_blocks
 from cadstore.synthetic import write_workload
 
 # Only the peers' DataLoader workers use Lance (spawned); forked workers of the others don't.
@@ -819,6 +828,16 @@ def run(
     train_codes = torch_sets["all"]["cadstore"][1].indices
 
     try:
+        if "dataloader" in measures:
+            # Each contender's first epoch in this process, with no blocks kept (see the
+            # module docstring): the repeats then all find the blocks kept.
+            for variant in variants:
+                for name in CONTENDERS:
+                    release_kept_blocks()
+                    _, dataset, collate = torch_sets[variant][name]
+                    context = "spawn" if name == "lance" else None
+                    rate = dataloader_rate(dataset, collate, seed - 1, context)
+                    record("dataloader_first", variant, name, rate)
         for turn in range(repeats):
             print(f"repeat {turn + 1} of {repeats}", file=sys.stderr)
             codes = rng.choice(n_items, min(samples, n_items), replace=False)
@@ -971,6 +990,7 @@ def report(results: dict[str, Any]) -> str:
         ("random item, ms", "item", "median_ms"),
         ("batch of 32, ms per item", "batch", "median_ms"),
         ("DataLoader(2 workers), items/s", "dataloader", "items_per_s"),
+        ("DataLoader, the process's 1st epoch, items/s", "dataloader_first", "items_per_s"),
         ("in-process 2 threads, 2nd epoch, items/s", "inprocess", "items_per_s"),
         ("in-process 2 threads, 1st epoch, items/s", "inprocess", "first_epoch_items_per_s"),
         ("2 worker processes, 2nd epoch, items/s", "workers", "items_per_s"),

@@ -944,6 +944,11 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "dataloader",
             "items_per_s_after_first_batch",
         ),
+        (
+            "`DataLoader`, first epoch of the process (no worker blocks kept yet), items/s",
+            "dataloader_first",
+            "items_per_s",
+        ),
         ("one process, 2 threads, second epoch, items/s", "inprocess", "items_per_s"),
         ("one process, 2 threads, first epoch, items/s", "inprocess", "first_epoch_items_per_s"),
         (

@@ -126,3 +126,7 @@ def test_every_measure_including_dataloaders(workdir: Path) -> None:
         assert {"cadstore", "lance", "hf", "npy"} <= set(cells)
         for cell in cells.values():
             assert cell["items_per_s"] > 0
+        # Each contender's first epoch in the process, once, before the repeats.
+        first = results["raw"]["dataloader_first"][variant]
+        assert set(first) == {"cadstore", "lance", "hf", "npy"}
+        assert all(len(epochs) == 1 and epochs[0]["items"] > 0 for epochs in first.values())
