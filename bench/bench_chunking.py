@@ -50,10 +50,11 @@ KIB = 1024
 #: ``name: (inner bytes, face-pair zstd level)``; every other array at level 3.
 LAYOUTS: dict[str, tuple[int, int]] = {
     "64 KiB, face pairs level 3 (before)": (64 * KIB, 3),
-    "256 KiB, face pairs level 3": (256 * KIB, 3),
-    "256 KiB, face pairs level 5 (default)": (DEFAULT_INNER_BYTES, FACE_PAIR_LEVEL),
-    "256 KiB, face pairs level 7": (256 * KIB, 7),
-    "1 MiB, face pairs level 5": (1024 * KIB, 5),
+    **{
+        f"{DEFAULT_INNER_BYTES // KIB} KiB, face pairs level {level}"
+        + (" (default)" if level == FACE_PAIR_LEVEL else ""): (DEFAULT_INNER_BYTES, level)
+        for level in sorted({5, 7, 9, 12, FACE_PAIR_LEVEL})
+    },
 }
 BATCH = 32
 EPOCH = 960

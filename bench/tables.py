@@ -945,7 +945,8 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "items_per_s_after_first_batch",
         ),
         (
-            "`DataLoader`, first epoch of the process (no worker blocks kept yet), items/s",
+            "`DataLoader`, first epoch of the process (no worker blocks kept yet; one epoch), "
+            "items/s",
             "dataloader_first",
             "items_per_s",
         ),

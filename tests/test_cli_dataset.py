@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cadstore.cli import main
+from cadstore.merging.options import FACE_PAIR_LEVEL
 
 
 def test_merge_command(
@@ -36,7 +37,10 @@ def test_merge_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["merge", "--help"])
     assert info.value.code == 0
-    assert "--append" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--append" in out
+    # The help names the library's face-pair level, whatever it is now.
+    assert f"at least {FACE_PAIR_LEVEL}" in " ".join(out.split())
 
 
 def test_info_and_split_commands(

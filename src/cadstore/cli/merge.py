@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--face-pair-level",
         type=int,
-        help="zstd level of the face-pair arrays (default: --level, at least 5)",
+        help="zstd level of the face-pair arrays (default: --level, at least 7)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
