@@ -38,9 +38,9 @@ DEFAULT_LEVEL = 3
 #: On the face-pair histograms of 1,200 realistic items, in 256 KiB item-framed chunks,
 #: level 5 against 3 stored ``a3_distance`` in 36% fewer bytes and decoded it 1.6x
 #: faster (``d2_distance`` 1.2x, ``face_pair_edges_path`` 1.15x): fewer literals to
-#: decode. Level 7 decodes an item's face pairs in 13% less time again than level 5
-#: (level 9 17%, level 12 26%) for a merge about 5-12% longer (level 9 about 40%, level
-#: 12 twice as long): every epoch of training reads them, a dataset is merged once
+#: decode. Level 7 decodes them in 10% less time again than level 5 (level 9 12%), for
+#: 30% longer compressing them and a merge 5-12% longer (level 9 20-40%, level 12 twice
+#: as long): every epoch of training reads them, a dataset is merged once
 #: (``docs/benchmarks.md``).
 FACE_PAIR_LEVEL = 7
 #: The zstd levels there are (negative levels trade ratio for speed).
