@@ -662,6 +662,12 @@ def worker_epochs_rate(make: Callable[[], Any]) -> dict[str, float]:
             close()
 
 
+def start_method(contender: str) -> str | None:
+    """The start method of ``contender``'s ``DataLoader`` workers: spawn for Lance (not
+    fork-safe once used in the parent), the platform's default (fork) for the others."""
+    return "spawn" if contender == "lance" else None
+
+
 def peer_worker_loader(
     dataset: Any, collate: Any, seed: int, context: str | None, *, persistent: bool = True
 ) -> Any:
@@ -851,8 +857,7 @@ def run(
                 for name in CONTENDERS:
                     release_kept_blocks()
                     _, dataset, collate = torch_sets[variant][name]
-                    context = "spawn" if name == "lance" else None
-                    rate = dataloader_rate(dataset, collate, seed - 1, context)
+                    rate = dataloader_rate(dataset, collate, seed - 1, start_method(name))
                     record("dataloader_first", variant, name, rate)
         for turn in range(repeats):
             print(f"repeat {turn + 1} of {repeats}", file=sys.stderr)
@@ -873,8 +878,7 @@ def run(
                 if "dataloader" in measures:
                     for name in _rotated(CONTENDERS, turn):
                         _, dataset, collate = torch_sets[variant][name]
-                        context = "spawn" if name == "lance" else None
-                        rate = dataloader_rate(dataset, collate, plan_seed, context)
+                        rate = dataloader_rate(dataset, collate, plan_seed, start_method(name))
                         record("dataloader", variant, name, rate)
                 if "inprocess" in measures:
                     plan = epoch_plan(train_codes, plan_seed)
@@ -931,7 +935,7 @@ def run(
                                 dataset,
                                 collate,
                                 plan_seed,
-                                "spawn" if name == "lance" else None,
+                                start_method(name),
                             )
                         record("workers", variant, name, worker_epochs_rate(make_workers))
     finally:
