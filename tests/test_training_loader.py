@@ -785,3 +785,58 @@ def test_a_suspended_thread_epoch_resumed_after_close_is_refused(loader: Dataset
         list(epoch)  # and no reader is left open (a ResourceWarning fails the test)
     assert sum(len(b["file_id_code"]) for b in batches) == len(batches.indices)
     batches.close()
+
+
+_COLLATE_THREADS = """
+import os, sys
+import numpy as np
+import torch
+from cadstore.dataset.torch_support import GraphCollate
+
+torch.set_num_threads(2)
+rng = np.random.default_rng(0)
+items = []
+for code in range(4):
+    faces, edges = 3 + code, 5 + code
+    items.append({
+        "file_id_code": code,
+        "name": f"item{code}",
+        "faces": {"face_areas": rng.random(faces).astype(np.float32)},
+        "graph": {
+            "edges_source": rng.integers(0, faces, edges).astype(np.int32),
+            "edges_destination": rng.integers(0, faces, edges).astype(np.int32),
+            "num_nodes": np.int64(faces),
+        },
+    })
+torch.zeros(8) + 1  # torch's own start-up, outside what is counted
+before = len(os.listdir("/proc/self/task"))
+batch = GraphCollate()(items)
+after = len(os.listdir("/proc/self/task"))
+first = np.concatenate([[0], np.cumsum([3, 4, 5, 6])[:-1]])
+expected = np.concatenate(
+    [it["graph"]["edges_source"] + f for it, f in zip(items, first)]
+)
+assert np.array_equal(batch["edge_index"][0].numpy(), expected)
+print(before, after)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_collating_a_batch_starts_no_openmp_threads() -> None:
+    """GraphCollate runs no parallel region of torch's: after one, torch's OpenMP threads
+    spin for a while, taking a core from the threads decoding the next batches and from
+    the model (libgomp starts them at the first parallel region, so counting the
+    process's threads shows whether one ran)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLATE_THREADS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    assert after == before, f"{after - before} thread(s) started by collating one batch"

@@ -504,15 +504,21 @@ class GraphCollate:
         out["num_nodes"].numpy()[:] = counts
         out["batch"] = next(made)
         out["batch"].numpy()[:] = np.repeat(np.arange(size, dtype=np.int64), counts)
-        node_ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]))
+        # Each item's first node in the batch, added to its edges' endpoints. In numpy:
+        # torch.repeat_interleave (and torch's elementwise ops on large tensors) run an
+        # OpenMP parallel region, after which torch's OpenMP threads spin for a while,
+        # taking a core from the threads decoding the next batches and from the model.
+        first_node = np.zeros(size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=first_node[1:])
         edge_index = next(made, None)
         for row, (group, array) in enumerate(present):
-            offset = torch.repeat_interleave(node_ptr[:-1], ptr[group].diff())
+            offset = np.repeat(first_node, rows[group])
+            ends = out[group][array].numpy()
             if edge_index is None:
-                out[group][array] = out[group][array].to(torch.int64) + offset
+                out[group][array] = torch.from_numpy(np.add(ends, offset, dtype=np.int64))
                 continue
             # edge_index and the per-group endpoint arrays are views of one storage.
-            torch.add(out[group][array], offset, out=edge_index[row])
+            np.add(ends, offset, out=edge_index[row].numpy())
             out[group][array] = edge_index[row]
         if edge_index is not None and len(present) == 2:
             out["edge_index"] = edge_index
