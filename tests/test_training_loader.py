@@ -808,15 +808,30 @@ for code in range(4):
             "num_nodes": np.int64(faces),
         },
     })
+    # Large enough that torch.cat would concatenate them in a parallel region.
+    items[-1]["faces"]["face_grid"] = rng.random((faces, 256, 256)).astype(np.float32)
+# Items as TorchCADDataset gives them without numpy batches: tensors.
+tensors = [
+    {k: {a: torch.from_numpy(np.asarray(v)) for a, v in g.items()} if isinstance(g, dict) else g
+     for k, g in it.items()}
+    for it in items
+]
 torch.zeros(8) + 1  # torch's own start-up, outside what is counted
 before = len(os.listdir("/proc/self/task"))
 batch = GraphCollate()(items)
+from_tensors = GraphCollate()(tensors)
 after = len(os.listdir("/proc/self/task"))
 first = np.concatenate([[0], np.cumsum([3, 4, 5, 6])[:-1]])
 expected = np.concatenate(
     [it["graph"]["edges_source"] + f for it, f in zip(items, first)]
 )
 assert np.array_equal(batch["edge_index"][0].numpy(), expected)
+for b in (batch, from_tensors):
+    assert b["faces"]["face_areas"].dtype == torch.float32
+    assert torch.equal(b["faces"]["face_areas"], batch["faces"]["face_areas"])
+    assert torch.equal(b["faces"]["face_grid"], batch["faces"]["face_grid"])
+    assert torch.equal(b["edge_index"], batch["edge_index"])
+    assert torch.equal(b["num_nodes"], torch.tensor([3, 4, 5, 6]))
 print(before, after)
 """
 

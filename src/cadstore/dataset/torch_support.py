@@ -688,13 +688,18 @@ def _numeric_layout(
     Returns ``(arrays, shape, dtype, counts)``: the values as arrays, the batch array's
     shape and dtype (unsigned integers wider than a byte widened to int64, as
     :func:`_to_tensor` does) and each item's row count (``None`` for per-item values,
-    which are stacked). ``None`` for anything else (tensors, strings, items whose dtypes
+    which are stacked). Tensors that numpy can view (:func:`_tensor_views`) are taken as
+    their views. ``None`` for anything else (other tensors, strings, items whose dtypes
     or trailing dimensions differ), which :func:`_concatenate` takes as before.
     """
     torch = require_torch()
     if isinstance(values[0], torch.Tensor):
-        return None
-    arrays = [np.asarray(v) for v in values]
+        views = _tensor_views(values, torch)
+        if views is None:
+            return None
+        arrays = views
+    else:
+        arrays = [np.asarray(v) for v in values]
     first = arrays[0]
     if first.dtype.kind not in "biuf" or any(
         a.dtype != first.dtype or a.ndim != first.ndim or a.shape[1:] != first.shape[1:]
@@ -707,6 +712,26 @@ def _numeric_layout(
         return arrays, (len(arrays),), dtype, None
     counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     return arrays, (int(counts.sum()), *first.shape[1:]), dtype, counts
+
+
+def _tensor_views(values: list[Any], torch: Any) -> list[np.ndarray] | None:
+    """numpy views of ``values`` if they are all tensors that numpy can view (in CPU
+    memory, outside autograd, of a dtype numpy has); else ``None``.
+
+    Tensor items (``TorchCADDataset`` without numpy batches) are then copied into the
+    batch's one buffer by numpy, like numpy items, rather than by ``torch.cat``: torch
+    concatenates large tensors in an OpenMP parallel region, after which its OpenMP
+    threads spin for a while, taking a core from the training process.
+    """
+    views = []
+    for value in values:
+        if not isinstance(value, torch.Tensor) or value.requires_grad:
+            return None
+        try:
+            views.append(value.numpy())
+        except (TypeError, RuntimeError):  # not in CPU memory, or no numpy dtype (bfloat16)
+            return None
+    return views
 
 
 def _prebuilt(
