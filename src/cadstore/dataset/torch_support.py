@@ -512,7 +512,7 @@ class GraphCollate:
         np.cumsum(counts[:-1], out=first_node[1:])
         edge_index = next(made, None)
         for row, (group, array) in enumerate(present):
-            offset = np.repeat(first_node, rows[group])
+            offset = np.repeat(first_node, np.asarray(rows[group], dtype=np.int64))
             ends = out[group][array].numpy()
             if edge_index is None:
                 out[group][array] = torch.from_numpy(np.add(ends, offset, dtype=np.int64))
