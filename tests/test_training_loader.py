@@ -856,3 +856,39 @@ def test_collating_a_batch_starts_no_openmp_threads() -> None:
     assert done.returncode == 0, done.stderr
     before, after = map(int, done.stdout.split())
     assert after == before, f"{after - before} thread(s) started by collating one batch"
+
+
+def test_edge_arrays_of_other_groups_are_shifted_to_batch_nodes_each() -> None:
+    """Endpoint arrays in groups of different lengths make no ``edge_index``; each is
+    shifted by its item's first node in the batch, as int64, whatever its stored dtype."""
+    import torch
+
+    from cadstore.dataset.torch_support import GraphCollate
+
+    rng = np.random.default_rng(3)
+    items = []
+    for code, (faces, edges, coedges) in enumerate([(3, 4, 8), (1, 0, 0), (5, 7, 13)]):
+        items.append(
+            {
+                "file_id_code": code,
+                "name": f"item{code}",
+                "faces": {"face_areas": rng.random(faces).astype(np.float32)},
+                "graph": {"edges_source": rng.integers(0, faces, edges).astype(np.int32)},
+                "coedges": {"coedge_face": rng.integers(0, faces, coedges).astype(np.uint8)},
+            }
+        )
+    collate = GraphCollate(
+        edge_arrays=[("graph", "edges_source"), ("coedges", "coedge_face")], num_nodes=None
+    )
+    batch = collate(items)
+    assert "edge_index" not in batch
+    first = [0, 3, 4]
+    for group, array in (("graph", "edges_source"), ("coedges", "coedge_face")):
+        expected = np.concatenate(
+            [it[group][array].astype(np.int64) + f for it, f in zip(items, first, strict=True)]
+        )
+        got = batch[group][array]
+        assert got.dtype == torch.int64
+        assert np.array_equal(got.numpy(), expected), (group, array)
+    assert batch["num_nodes"].tolist() == [3, 1, 5]
+    assert batch["batch"].tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2]
