@@ -99,6 +99,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -626,7 +627,14 @@ def dataloader_rate(
     Wall time from creating the loader to the last batch (worker start-up included), and
     the rate after the first batch. ``context`` is the workers' start method (default:
     fork on Linux; Lance, not fork-safe once used in the parent, needs spawn).
+
+    Also the CPU time the epoch took per item, user and system, of this process (its
+    threads) and of the workers (counted once they have exited and been reaped, which an
+    epoch without ``persistent_workers`` does at its end): on a machine whose speed
+    varies from one epoch to the next, what each item costs varies far less than the
+    rate (``docs/benchmarks.md``).
     """
+    main0, workers0 = _cpu_seconds()
     t = time.perf_counter()
     batches = peer_worker_loader(dataset, collate, seed, context, persistent=False)
     seen = 0
@@ -636,13 +644,24 @@ def dataloader_rate(
             first = time.perf_counter() - t
         seen += _count(batch)
     seconds = time.perf_counter() - t
+    main1, workers1 = _cpu_seconds()  # the epoch's end joined (reaped) its workers
     return {
         "items": seen,
         "seconds": seconds,
         "items_per_s": seen / seconds,
         "first_batch_s": first,
         "items_per_s_after_first_batch": (seen - BATCH) / max(seconds - first, 1e-9),
+        "main_cpu_per_item_ms": (main1 - main0) / seen * 1e3,
+        "workers_cpu_per_item_ms": (workers1 - workers0) / seen * 1e3,
+        "cpu_per_item_ms": (main1 - main0 + workers1 - workers0) / seen * 1e3,
     }
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by this process and by its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def worker_epochs_rate(make: Callable[[], Any]) -> dict[str, float]:
@@ -967,6 +986,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     if measure == "dataloader":
                         after = [r["items_per_s_after_first_batch"] for r in repeats]
                         cell[name]["items_per_s_after_first_batch"] = _median(after)
+                        for key in ("cpu_per_item_ms", "workers_cpu_per_item_ms"):
+                            cell[name][key] = _median([r[key] for r in repeats])
                     if measure in ("workers", "inprocess"):
                         first = [r["first_epoch_items_per_s"] for r in repeats]
                         cell[name]["first_epoch_items_per_s"] = _median(first)

@@ -945,6 +945,11 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "items_per_s_after_first_batch",
         ),
         (
+            "`DataLoader`, CPU ms per item (training process and its workers)",
+            "dataloader",
+            "cpu_per_item_ms",
+        ),
+        (
             "`DataLoader`, first epoch of the process (no worker blocks kept yet; one epoch), "
             "items/s",
             "dataloader_first",
@@ -962,8 +967,8 @@ def render_training(results: Path) -> tuple[list[str], str]:
     rows = []
     for variant, label in (("all", "every group"), ("graph", "graph only (no face pairs)")):
         for text, measure, key in measures:
-            if measure not in s:  # a run that predates the measure
-                continue
+            if measure not in s or key not in s[measure][variant]["cadstore"]:
+                continue  # a run that predates the measure
             cells = s[measure][variant]
             ours = _training_cell(cells["cadstore"], key)
             if measure == "item":
