@@ -11,22 +11,24 @@ in one run, alternating the contenders:
 2. **batch of 32**: 32 random items read together, ms per item (median over batches).
 3. **DataLoader**: items/s through ``torch.utils.data.DataLoader(num_workers=2,
    batch_size=32, shuffle=True)`` over one epoch of the training split (80% of the
-   items), worker start-up included, batches collated by cadstore's ``GraphCollate`` for
-   every contender (same batch content: rows concatenated, ``edge_index`` shifted; in a
-   worker it also reuses the batch's shared memory once the training process lets it
-   go, for every contender alike: ``cadstore.dataset.worker_memory``). The training
-   process keeps the largest of those blocks for later epochs' workers, whichever
-   contender's workers made them, so before the repeats each contender runs one epoch
-   with none kept (``dataloader_first``, a training run's first epoch): left to the
-   repeats, the first contender of the first repeat made the blocks that every other
-   one then reused. An epoch with none kept is slower for every contender (in a probe
-   alternating the two, cadstore 651-787 items/s against 759-1,066 with blocks kept, HF
-   287-638 against 381-731); cadstore, first in the first repeat, had read 263 items/s
-   there in the run recorded at 9b11ea4 (736-1,313 in the other repeats), 388 in a run
-   that was not recorded. An untimed epoch of a few items comes before them all: the
-   process's first ``DataLoader`` sets up what torch's workers share for every later one
-   (measured first, cadstore's graph-only epoch had read 1,539 items/s against
-   2,500-3,914 in the repeats, HF's, second, 3,238 against 2,029-3,530).
+   items), worker start-up included, and the CPU time per item of the training process
+   and its workers (far steadier than the rate on a shared machine), batches collated
+   by cadstore's ``GraphCollate`` for every contender (same batch content: rows
+   concatenated, ``edge_index`` shifted; in a worker it also reuses the batch's shared
+   memory once the training process lets it go, for every contender alike:
+   ``cadstore.dataset.worker_memory``). The training process keeps the largest of those
+   blocks for later epochs' workers, whichever contender's workers made them, so before
+   the repeats each contender runs one epoch with none kept (``dataloader_first``, a
+   training run's first epoch): left to the repeats, the first contender of the first
+   repeat made the blocks that every other one then reused. An epoch with none kept is
+   slower for every contender (in a probe alternating the two, cadstore 651-787 items/s
+   against 759-1,066 with blocks kept, HF 287-638 against 381-731); cadstore, first in
+   the first repeat, had read 263 items/s there in the run recorded at 9b11ea4
+   (736-1,313 in the other repeats), 388 in a run that was not recorded. An untimed
+   epoch of a few items comes before them all: the process's first ``DataLoader`` sets
+   up what torch's workers share for every later one (measured first, cadstore's
+   graph-only epoch had read 1,539 items/s against 2,500-3,914 in the repeats, HF's,
+   second, 3,238 against 2,029-3,530).
 4. **in-process, 2 threads**: items/s of the second of two epochs decoded by two threads
    of the training process: cadstore's :class:`~cadstore.dataset.training.BatchLoader`
    (its readers, and what they cached, kept between epochs); for the peers a two-thread
@@ -628,8 +630,8 @@ def dataloader_rate(
     the rate after the first batch. ``context`` is the workers' start method (default:
     fork on Linux; Lance, not fork-safe once used in the parent, needs spawn).
 
-    Also the CPU time the epoch took per item, user and system, of this process (its
-    threads) and of the workers (counted once they have exited and been reaped, which an
+    Also the CPU time (user and system together) the epoch took per item, of this process
+    (its threads) and of the workers (counted once they have exited and been reaped, which an
     epoch without ``persistent_workers`` does at its end): on a machine whose speed
     varies from one epoch to the next, what each item costs varies far less than the
     rate (``docs/benchmarks.md``).

@@ -126,8 +126,7 @@ def test_every_measure_including_dataloaders(workdir: Path) -> None:
         assert {"cadstore", "lance", "hf", "npy"} <= set(cells)
         for cell in cells.values():
             assert cell["items_per_s"] > 0
-            # CPU per item counts the reaped workers: they decode, so more than the
-            # training process alone.
+            # CPU per item: the training process's and its reaped workers', both at work.
             assert cell["cpu_per_item_ms"] > cell["workers_cpu_per_item_ms"] > 0
         # Each contender's first epoch in the process, once, before the repeats.
         first = results["raw"]["dataloader_first"][variant]
