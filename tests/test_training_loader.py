@@ -543,6 +543,9 @@ def test_a_killed_worker_is_an_error_not_a_hang(loader: DatasetLoader) -> None:
         iterator = iter(batches)
         next(iterator)
         os.kill(batches._workers.workers[1].pid, signal.SIGKILL)
+        # Gone before the loop goes on: until the kernel has ended it, the other worker
+        # could decode every batch left and the epoch end without anyone waiting on it.
+        batches._workers.workers[1].join(10)
         with pytest.raises(RuntimeError, match="exited unexpectedly"):
             for _ in iterator:
                 pass
