@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import cadstore
+from cadstore.dataset import torch_support
 from cadstore.dataset.loader import (
     SUBSETS,
     CADDataset,
@@ -19,7 +20,7 @@ from cadstore.dataset.loader import (
     ItemIndexError,
     iterative_stratification,
 )
-from cadstore.errors import CorruptStoreError, DatasetError
+from cadstore.errors import CorruptStoreError, DatasetError, InvalidDataError
 from conftest import write_items
 
 N_ITEMS = 120
@@ -544,7 +545,7 @@ def test_collating_numpy_items_fills_one_block(loader: DatasetLoader) -> None:
     torch = pytest.importorskip("torch")
     codes = [3, 0, 7]
     direct = _direct(loader, codes)
-    batch = cadstore.dataset.torch_support.collate_graphs(direct)
+    batch = torch_support.collate_graphs(direct)
     _check_batch(batch, direct)
     assert len(_storages(batch)) == 2
     assert batch["graph"]["num_nodes"].dtype == torch.int64
@@ -552,12 +553,48 @@ def test_collating_numpy_items_fills_one_block(loader: DatasetLoader) -> None:
     edited = _direct(loader, codes)
     for item in edited:
         item["faces"]["face_types"] = item["faces"]["face_types"].astype(np.uint16)
-    again = cadstore.dataset.torch_support.collate_graphs(edited)
+    again = torch_support.collate_graphs(edited)
     assert again["faces"]["face_types"].dtype == torch.int64
     np.testing.assert_array_equal(
         again["faces"]["face_types"].numpy(),
         np.concatenate([d["faces"]["face_types"] for d in direct]),
     )
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_uint64_values_int64_cannot_hold_are_an_error_not_a_wrap(
+    loader: DatasetLoader, as_tensor: bool
+) -> None:
+    """Batches widen uint64 to int64; a value from 2**63 would wrap to a negative number,
+    so it is an error naming the array, and the largest value int64 holds still passes."""
+    torch = pytest.importorskip("torch")
+    ts = torch_support
+    codes = [3, 0, 7]
+
+    def edited(top: int) -> list[dict]:
+        items = _direct(loader, codes)
+        for item in items:
+            values = item["faces"]["face_types"].astype(np.uint64)
+            values[-1:] = top
+            item["faces"]["face_types"] = torch.from_numpy(values) if as_tensor else values
+        return items
+
+    fits = ts.collate_graphs(edited(np.iinfo(np.int64).max))
+    assert fits["faces"]["face_types"].dtype == torch.int64
+    assert int(fits["faces"]["face_types"].max()) == np.iinfo(np.int64).max
+    items = edited(2**63 + 5)
+    kept = [item["faces"]["face_types"] for item in items]
+    with pytest.raises(InvalidDataError, match=r"faces/face_types.*9223372036854775813"):
+        ts.collate_graphs(items)
+    # The items handed in are left as they were.
+    assert all(item["faces"]["face_types"] is k for item, k in zip(items, kept, strict=True))
+    assert int(np.asarray(kept[0])[-1]) == 2**63 + 5
+    if not as_tensor:
+        with pytest.raises(InvalidDataError, match="faces/face_types"):
+            ts.item_to_tensors(items[0])
+        item = dict(items[0], faces={"count": np.uint64(2**64 - 1)})
+        with pytest.raises(InvalidDataError, match="faces/count"):
+            ts.item_to_tensors(item)
 
 
 def test_to_torch_with_collate_and_a_transform_uses_default_collate(flow: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cadstore.dataset.worker_memory import RecycledBatch, settle_worker, worker_blocks
+from cadstore.errors import InvalidDataError
 
 # TorchCADDataset is made by the module __getattr__ on first use, so torch loads lazily.
 __all__ = [  # noqa: F822
@@ -61,13 +62,40 @@ def require_torch() -> Any:
     return torch
 
 
-def _to_tensor(value: Any) -> Any:
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _check_widening(arrays: Sequence[np.ndarray], name: str) -> None:
+    """Raise if widening ``arrays`` to int64 would change a value.
+
+    torch has few kernels for uint16/32/64, so batches hold them as int64, which holds
+    every uint16 and uint32 value but not uint64 values from ``2**63``: those would wrap to
+    negative numbers silently.
+
+    Raises
+    ------
+    InvalidDataError
+        If a uint64 value does not fit int64, naming the array (``name``) and the value.
+    """
+    for array in arrays:
+        if array.dtype.kind != "u" or array.dtype.itemsize < 8 or not array.size:
+            continue
+        largest = int(array.max())
+        if largest > _INT64_MAX:
+            raise InvalidDataError(
+                f"{name or 'array'}: uint64 value {largest} does not fit int64, "
+                "which torch batches hold unsigned integers wider than a byte as"
+            )
+
+
+def _to_tensor(value: Any, name: str = "") -> Any:
     torch = require_torch()
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "USO":
             return value
         if value.dtype.kind == "u" and value.dtype.itemsize > 1:
-            # torch has few kernels for uint16/32/64; int64 holds every value they do.
+            # torch has few kernels for uint16/32/64: batches hold them as int64.
+            _check_widening([value], name)
             value = value.astype(np.int64)
         if not value.flags.writeable:
             value = value.copy()
@@ -75,7 +103,10 @@ def _to_tensor(value: Any) -> Any:
     if isinstance(value, np.generic):
         if value.dtype.kind in "USO":
             return value.item()
-        return torch.as_tensor(value.item() if value.dtype.kind == "u" else value)
+        if value.dtype.kind == "u":
+            _check_widening([np.asarray(value)], name)
+            return torch.as_tensor(value.item())
+        return torch.as_tensor(value)
     return value
 
 
@@ -98,7 +129,7 @@ def item_to_tensors(item: Mapping[str, Any]) -> dict[str, Any]:
         if key == "labels" or not isinstance(value, Mapping):
             out[key] = value
         else:
-            out[key] = {name: _to_tensor(data) for name, data in value.items()}
+            out[key] = {name: _to_tensor(data, f"{key}/{name}") for name, data in value.items()}
     return out
 
 
@@ -437,13 +468,16 @@ class GraphCollate:
                 values = [it[group][array] for it in items]
                 counts: np.ndarray | None
                 made = _prebuilt(items, group, array, values)
-                layout = _numeric_layout(values) if made is None else None
+                name = f"{group}/{array}"
+                layout = _numeric_layout(values, name) if made is None else None
                 if layout is not None:
                     arrays, shape, dtype, counts = layout
                     placed.append((group, array, arrays, shape, dtype))
                     merged[array] = None
+                elif made is not None:
+                    merged[array], counts = made
                 else:
-                    merged[array], counts = made if made is not None else _concatenate(values)
+                    merged[array], counts = _concatenate(values, name)
                 if group not in rows and counts is not None:
                     rows[group] = counts
             out[group] = merged
@@ -681,7 +715,7 @@ def batch_tensors(
 
 
 def _numeric_layout(
-    values: list[Any],
+    values: list[Any], name: str = ""
 ) -> tuple[list[np.ndarray], tuple[int, ...], np.dtype, np.ndarray | None] | None:
     """How numpy values of one array concatenate over a batch.
 
@@ -691,13 +725,19 @@ def _numeric_layout(
     which are stacked). Tensors that numpy can view (:func:`_tensor_views`) are taken as
     their views. ``None`` for anything else (other tensors, strings, items whose dtypes
     or trailing dimensions differ), which :func:`_concatenate` takes as before.
+
+    Raises
+    ------
+    InvalidDataError
+        If a uint64 value does not fit the int64 it is widened to (``name`` is the
+        array's ``group/array`` for the message).
     """
     torch = require_torch()
+    arrays: list[np.ndarray] | None
     if isinstance(values[0], torch.Tensor):
-        views = _tensor_views(values, torch)
-        if views is None:
+        arrays = _tensor_views(values, torch)
+        if arrays is None:
             return None
-        arrays = views
     else:
         arrays = [np.asarray(v) for v in values]
     first = arrays[0]
@@ -706,7 +746,11 @@ def _numeric_layout(
         for a in arrays
     ):
         return None
-    dtype = first.dtype if _tensor_kind(first.dtype) else np.dtype(np.int64)
+    if _tensor_kind(first.dtype):
+        dtype = first.dtype
+    else:
+        _check_widening(arrays, name)
+        dtype = np.dtype(np.int64)
     dtype = dtype.newbyteorder("=")
     if first.ndim == 0:
         return arrays, (len(arrays),), dtype, None
@@ -754,7 +798,7 @@ def _prebuilt(
     return tensor, None if per_item else np.asarray(items.counts[group])  # type: ignore[attr-defined]
 
 
-def _concatenate(values: list[Any]) -> tuple[Any, np.ndarray | None]:
+def _concatenate(values: list[Any], name: str = "") -> tuple[Any, np.ndarray | None]:
     """Concatenate one array over a batch; return it and the row count of each item.
 
     Items may hold numpy arrays (the fast path) or tensors. Per-item values (0-d) are
@@ -770,10 +814,11 @@ def _concatenate(values: list[Any]) -> tuple[Any, np.ndarray | None]:
     if arrays[0].dtype.kind in "USO":
         return list(values), None
     if arrays[0].ndim == 0:
-        return _to_tensor(np.stack(arrays)), None
+        return _to_tensor(np.stack(arrays), name), None
     counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     dtype = arrays[0].dtype
     if dtype.kind == "u" and dtype.itemsize > 1:
+        _check_widening(arrays, name)
         dtype = np.dtype(np.int64)
     out = _batch_tensor((int(counts.sum()), *arrays[0].shape[1:]), dtype)
     np.concatenate(arrays, axis=0, out=out.numpy())
