@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -51,6 +50,11 @@ from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.loader import DatasetLoader
 from cadstore.dataset.reader import DatasetReader
 from cadstore.synthetic import write_workload
+
+try:
+    from bench._cpu import EpochCpu
+except ImportError:  # run as a script: bench/ itself is sys.path[0]
+    from _cpu import EpochCpu  # type: ignore[no-redef]
 
 TARGET_ITEM_MS = 1.0
 TARGET_ITEMS_PER_S = 1000.0
@@ -143,8 +147,7 @@ def measure_dataloader(
             collate_fn=collate,
             generator=torch.Generator().manual_seed(0),
         )
-        main0 = resource.getrusage(resource.RUSAGE_SELF)
-        workers0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        clock = EpochCpu()
         t = time.perf_counter()
         seen = 0
         first = None
@@ -155,14 +158,7 @@ def measure_dataloader(
         seconds = time.perf_counter() - t
         # The workers end with the epoch; once reaped, their CPU time is the children's.
         del batch, batches
-        main1 = resource.getrusage(resource.RUSAGE_SELF)
-        workers1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-
-    def per_item(before: Any, after: Any) -> dict[str, float]:
-        return {
-            "user": (after.ru_utime - before.ru_utime) * 1e3 / seen,
-            "system": (after.ru_stime - before.ru_stime) * 1e3 / seen,
-        }
+        cpu = clock.per_item(seen)
 
     return {
         "items": seen,
@@ -170,8 +166,7 @@ def measure_dataloader(
         "items_per_s": seen / seconds,
         "first_batch_s": first,
         "items_per_s_after_first_batch": (seen - batch_size) / (seconds - (first or 0.0)),
-        "worker_cpu_ms_per_item": per_item(workers0, workers1),
-        "main_cpu_ms_per_item": per_item(main0, main1),
+        **cpu,
     }
 
 

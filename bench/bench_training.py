@@ -101,7 +101,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -124,6 +123,11 @@ from cadstore.dataset.training import BatchLoader
 from cadstore.dataset.worker_memory import release_kept_blocks
 from cadstore.merging.options import FACE_PAIR_LEVEL
 from cadstore.synthetic import write_workload
+
+try:
+    from bench._cpu import EpochCpu, total
+except ImportError:  # run as a script: bench/ itself is sys.path[0]
+    from _cpu import EpochCpu, total  # type: ignore[no-redef]
 
 # Only the peers' DataLoader workers use Lance (spawned); forked workers of the others don't.
 warnings.filterwarnings("ignore", message="lance is not fork-safe")
@@ -623,20 +627,19 @@ def _count(batch: Any) -> int:
 
 def dataloader_rate(
     dataset: Any, collate: Any, seed: int, context: str | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Items/s of one epoch through DataLoader(num_workers=2, batch 32, shuffle).
 
     Wall time from creating the loader to the last batch (worker start-up included), and
     the rate after the first batch. ``context`` is the workers' start method (default:
     fork on Linux; Lance, not fork-safe once used in the parent, needs spawn).
 
-    Also the CPU time (user and system together) the epoch took per item, of this process
-    (its threads) and of the workers (counted once they have exited and been reaped, which an
-    epoch without ``persistent_workers`` does at its end): on a machine whose speed
-    varies from one epoch to the next, what each item costs varies far less than the
-    rate (``docs/benchmarks.md``).
+    Also the user and system CPU time the epoch took per item, of this process (its
+    threads) and of the workers (:class:`EpochCpu`): on a machine whose speed varies
+    from one epoch to the next, what each item costs varies far less than the rate
+    (``docs/benchmarks.md``).
     """
-    main0, workers0 = _cpu_seconds()
+    clock = EpochCpu()
     t = time.perf_counter()
     batches = peer_worker_loader(dataset, collate, seed, context, persistent=False)
     seen = 0
@@ -646,24 +649,15 @@ def dataloader_rate(
             first = time.perf_counter() - t
         seen += _count(batch)
     seconds = time.perf_counter() - t
-    main1, workers1 = _cpu_seconds()  # the epoch's end joined (reaped) its workers
+    cpu = clock.per_item(seen)  # the epoch's end joined (reaped) its workers
     return {
         "items": seen,
         "seconds": seconds,
         "items_per_s": seen / seconds,
         "first_batch_s": first,
         "items_per_s_after_first_batch": (seen - BATCH) / max(seconds - first, 1e-9),
-        "main_cpu_per_item_ms": (main1 - main0) / seen * 1e3,
-        "workers_cpu_per_item_ms": (workers1 - workers0) / seen * 1e3,
-        "cpu_per_item_ms": (main1 - main0 + workers1 - workers0) / seen * 1e3,
+        **cpu,
     }
-
-
-def _cpu_seconds() -> tuple[float, float]:
-    """CPU seconds (user + system) used so far by this process and by its reaped children."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def worker_epochs_rate(make: Callable[[], Any]) -> dict[str, float]:
@@ -813,6 +807,24 @@ def _rotated(names: Sequence[str], turn: int) -> list[str]:
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def _cpu_summary(epochs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Medians over ``DataLoader`` epochs of the CPU ms per item (:class:`EpochCpu`): in
+    all (training process and workers), of the workers, and of their user and system
+    time apart (the user time is the decoding or copying, the system time mostly the
+    kernel's cost for shared memory, which varies with the machine)."""
+
+    def median(cpu: Callable[[dict[str, Any]], float]) -> float:
+        return _median([cpu(epoch) for epoch in epochs])
+
+    workers = "worker_cpu_ms_per_item"
+    return {
+        "cpu_per_item_ms": median(lambda e: total(e["main_cpu_ms_per_item"]) + total(e[workers])),
+        "workers_cpu_per_item_ms": median(lambda e: total(e[workers])),
+        "workers_user_cpu_per_item_ms": median(lambda e: e[workers]["user"]),
+        "workers_system_cpu_per_item_ms": median(lambda e: e[workers]["system"]),
+    }
 
 
 def run(
@@ -988,8 +1000,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     if measure == "dataloader":
                         after = [r["items_per_s_after_first_batch"] for r in repeats]
                         cell[name]["items_per_s_after_first_batch"] = _median(after)
-                        for key in ("cpu_per_item_ms", "workers_cpu_per_item_ms"):
-                            cell[name][key] = _median([r[key] for r in repeats])
+                        cell[name].update(_cpu_summary(repeats))
                     if measure in ("workers", "inprocess"):
                         first = [r["first_epoch_items_per_s"] for r in repeats]
                         cell[name]["first_epoch_items_per_s"] = _median(first)

@@ -128,6 +128,8 @@ def test_every_measure_including_dataloaders(workdir: Path) -> None:
             assert cell["items_per_s"] > 0
             # CPU per item: the training process's and its reaped workers', both at work.
             assert cell["cpu_per_item_ms"] > cell["workers_cpu_per_item_ms"] > 0
+            assert cell["workers_user_cpu_per_item_ms"] > 0
+            assert cell["workers_system_cpu_per_item_ms"] >= 0
         # Each contender's first epoch in the process, once, before the repeats.
         first = results["raw"]["dataloader_first"][variant]
         assert set(first) == {"cadstore", "lance", "hf", "npy"}
