@@ -597,6 +597,47 @@ def test_uint64_values_int64_cannot_hold_are_an_error_not_a_wrap(
             ts.item_to_tensors(item)
 
 
+def test_items_of_different_dtypes_make_a_batch_that_holds_every_value(
+    loader: DatasetLoader,
+) -> None:
+    """Items whose array has other dtypes than the first item's (edited items, a custom
+    source) are batched in a dtype that holds every value: before, they were cast to the
+    first item's dtype, so int64 values cut to int32 and uint64 ones wrapped, silently."""
+    torch = pytest.importorskip("torch")
+    big = 2**40 + 3
+    items = _direct(loader, [3, 0])
+    items[0]["faces"]["face_types"] = items[0]["faces"]["face_types"].astype(np.int32)
+    items[1]["faces"]["face_types"] = np.full(4, big, dtype=np.int64)
+    items[0]["graph"]["num_nodes"] = np.int32(items[0]["graph"]["num_nodes"])
+    items[1]["graph"]["num_nodes"] = np.uint64(items[1]["graph"]["num_nodes"])
+    batch = torch_support.collate_graphs(items)
+    types = batch["faces"]["face_types"]
+    assert types.dtype == torch.int64
+    np.testing.assert_array_equal(
+        types.numpy(), np.concatenate([items[0]["faces"]["face_types"], np.full(4, big)])
+    )
+    assert batch["graph"]["num_nodes"].dtype == torch.int64
+    # int64 first, a uint64 value int64 cannot hold second: an error, not a wrap.
+    items[0]["faces"]["face_types"] = items[0]["faces"]["face_types"].astype(np.int64)
+    items[1]["faces"]["face_types"] = np.full(4, 2**63 + 1, dtype=np.uint64)
+    with pytest.raises(InvalidDataError, match="faces/face_types"):
+        torch_support.collate_graphs(items)
+    assert int(items[1]["faces"]["face_types"][0]) == 2**63 + 1
+
+
+def test_a_uint64_label_int64_cannot_hold_is_an_error(loader: DatasetLoader) -> None:
+    """Label columns are widened to int64 like arrays, and checked alike."""
+    pytest.importorskip("torch")
+    items = _direct(loader, [3, 0])
+    for value, item in zip((1, 2**63 + 7), items, strict=True):
+        item["labels"] = {"part_id": np.uint64(value)}
+    with pytest.raises(InvalidDataError, match=r"labels/part_id.*9223372036854775815"):
+        torch_support.collate_graphs(items)
+    items[1]["labels"] = {"part_id": np.uint64(2**63 - 1)}
+    batch = torch_support.collate_graphs(items)
+    assert batch["labels"]["part_id"].tolist() == [1, 2**63 - 1]
+
+
 def test_to_torch_with_collate_and_a_transform_uses_default_collate(flow: Path) -> None:
     torch = pytest.importorskip("torch")
     with DatasetLoader(flow_output_file=flow, item_loader_func=_face_count) as ld:

@@ -72,6 +72,14 @@ def _check_widening(arrays: Sequence[np.ndarray], name: str) -> None:
     every uint16 and uint32 value but not uint64 values from ``2**63``: those would wrap to
     negative numbers silently.
 
+    Parameters
+    ----------
+    arrays
+        The values of one array (or label column) over a batch; only uint64 ones are
+        looked at.
+    name
+        What to call them in the error: ``group/array`` or ``labels/column``.
+
     Raises
     ------
     InvalidDataError
@@ -83,9 +91,29 @@ def _check_widening(arrays: Sequence[np.ndarray], name: str) -> None:
         largest = int(array.max())
         if largest > _INT64_MAX:
             raise InvalidDataError(
-                f"{name or 'array'}: uint64 value {largest} does not fit int64, "
-                "which torch batches hold unsigned integers wider than a byte as"
+                f"{name or 'array'}: uint64 value {largest} does not fit int64, the dtype "
+                "torch batches hold unsigned integers wider than a byte in"
             )
+
+
+def _batch_dtype(arrays: Sequence[np.ndarray], name: str) -> np.dtype:
+    """The dtype of a batch array of ``arrays``, whose dtypes may differ between items.
+
+    Unsigned integers wider than a byte become int64 (after :func:`_check_widening`),
+    then numpy's promotion picks a dtype that holds every item's values: int32 and int64
+    items give int64, not the first item's int32 (which ``np.concatenate`` into the first
+    item's dtype would have cut without a word), and int64 with uint64 no float64.
+
+    Raises
+    ------
+    InvalidDataError
+        If a uint64 value does not fit int64.
+    """
+    _check_widening(arrays, name)
+    dtypes = {np.dtype(np.int64) if not _tensor_kind(a.dtype) else a.dtype for a in arrays}
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    return np.result_type(*dtypes)
 
 
 def _to_tensor(value: Any, name: str = "") -> Any:
@@ -123,6 +151,11 @@ def item_to_tensors(item: Mapping[str, Any]) -> dict[str, Any]:
     dict
         The same structure; numeric arrays and per-item values become tensors (sharing
         memory with the arrays), strings and labels are left as they are.
+
+    Raises
+    ------
+    InvalidDataError
+        If a uint64 value does not fit the int64 it is widened to, naming the array.
     """
     out: dict[str, Any] = {}
     for key, value in item.items():
@@ -372,17 +405,28 @@ def default_collate(batch: list[Any]) -> Any:
     return require_torch().utils.data.default_collate(batch)
 
 
-def _collate_values(values: list[Any]) -> Any:
+def _collate_values(values: list[Any], name: str = "") -> Any:
+    """A label column over a batch: a tensor of numbers, else the values as a list.
+
+    Raises
+    ------
+    InvalidDataError
+        If an unsigned value does not fit the int64 it is widened to (``name``, the
+        column, in the message).
+    """
     torch = require_torch()
     first = values[0]
     if isinstance(first, str | bytes) or first is None:
         return list(values)
     try:
         array = np.asarray(values)
-    except ValueError:
+    except (ValueError, OverflowError):
         return list(values)
+    if array.dtype.kind == "u":
+        _check_widening([array], name)
+        array = array.astype(np.int64)
     if array.dtype.kind in "biuf":
-        return torch.as_tensor(array.astype(np.int64) if array.dtype.kind == "u" else array)
+        return torch.as_tensor(array)
     return list(values)
 
 
@@ -445,6 +489,10 @@ class GraphCollate:
         ------
         ValueError
             If the batch is empty.
+        InvalidDataError
+            If an unsigned value (an array's or a label's) does not fit the int64 that
+            unsigned integers wider than a byte are widened to; the message names the
+            array (``group/array``) or label (``labels/column``).
 
         Notes
         -----
@@ -492,7 +540,7 @@ class GraphCollate:
         self._index(out, items, rows)
         if "labels" in items[0]:
             out["labels"] = {
-                name: _collate_values([it["labels"][name] for it in items])
+                name: _collate_values([it["labels"][name] for it in items], f"labels/{name}")
                 for name in items[0]["labels"]
             }
         blocks = worker_blocks()
@@ -802,7 +850,14 @@ def _concatenate(values: list[Any], name: str = "") -> tuple[Any, np.ndarray | N
     """Concatenate one array over a batch; return it and the row count of each item.
 
     Items may hold numpy arrays (the fast path) or tensors. Per-item values (0-d) are
-    stacked, and the row counts are ``None`` for them.
+    stacked, and the row counts are ``None`` for them. numpy items of different dtypes
+    make a batch of a dtype that holds them all (:func:`_batch_dtype`).
+
+    Raises
+    ------
+    InvalidDataError
+        If a uint64 value does not fit the int64 it is widened to (``name``, the array's
+        ``group/array``, in the message).
     """
     torch = require_torch()
     first = values[0]
@@ -813,13 +868,10 @@ def _concatenate(values: list[Any], name: str = "") -> tuple[Any, np.ndarray | N
     arrays = [np.asarray(v) for v in values]
     if arrays[0].dtype.kind in "USO":
         return list(values), None
+    dtype = _batch_dtype(arrays, name)
     if arrays[0].ndim == 0:
-        return _to_tensor(np.stack(arrays), name), None
+        return _to_tensor(np.stack(arrays, dtype=dtype), name), None
     counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
-    dtype = arrays[0].dtype
-    if dtype.kind == "u" and dtype.itemsize > 1:
-        _check_widening(arrays, name)
-        dtype = np.dtype(np.int64)
     out = _batch_tensor((int(counts.sum()), *arrays[0].shape[1:]), dtype)
     np.concatenate(arrays, axis=0, out=out.numpy())
     return out, counts
