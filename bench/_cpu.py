@@ -1,10 +1,11 @@
 """CPU time an epoch costs per item, in this process and in its worker processes.
 
 On a shared two-core machine the rate of one measure varies 2-5x between repeats; the CPU
-time each item costs varies far less, so the training benchmarks record it beside the
-rate. Worker processes are counted once they have exited and been reaped (their time
-then joins this process's ``RUSAGE_CHILDREN``), which a ``DataLoader`` epoch without
-``persistent_workers`` does at its end.
+time each item costs varies far less, so ``bench_dataset.py`` and ``bench_training.py``
+record it beside the rate of their ``DataLoader`` epochs. Worker processes are counted
+once they have exited and been reaped (their time then joins this process's
+``RUSAGE_CHILDREN``), which a ``DataLoader`` epoch without ``persistent_workers`` does at
+its end.
 """
 
 from __future__ import annotations
@@ -39,8 +40,20 @@ class EpochCpu:
         self._main, self._workers = _usage()
 
     def per_item(self, items: int) -> dict[str, dict[str, float]]:
-        """User and system CPU ms per item so far: ``main_cpu_ms_per_item`` (this process,
-        every thread) and ``worker_cpu_ms_per_item`` (its reaped children)."""
+        """CPU time used since the clock was made, per item.
+
+        Parameters
+        ----------
+        items
+            Items the epoch delivered.
+
+        Returns
+        -------
+        dict
+            ``main_cpu_ms_per_item`` (this process, every thread) and
+            ``worker_cpu_ms_per_item`` (its reaped children), each ``{"user": ms,
+            "system": ms}``.
+        """
         main, workers = _usage()
         return {
             "main_cpu_ms_per_item": _split(self._main, main, items),

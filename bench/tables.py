@@ -950,6 +950,16 @@ def render_training(results: Path) -> tuple[list[str], str]:
             "cpu_per_item_ms",
         ),
         (
+            "`DataLoader` workers, user CPU ms per item (decoding, copying)",
+            "dataloader",
+            "workers_user_cpu_per_item_ms",
+        ),
+        (
+            "`DataLoader` workers, system CPU ms per item (the kernel: pages, shared memory)",
+            "dataloader",
+            "workers_system_cpu_per_item_ms",
+        ),
+        (
             "`DataLoader`, first epoch of the process (no worker blocks kept yet; one epoch), "
             "items/s",
             "dataloader_first",
@@ -977,6 +987,9 @@ def render_training(results: Path) -> tuple[list[str], str]:
             ratios = []
             for p in ("lance", "hf"):
                 a, b = cells["cadstore"][key], cells[p][key]
+                if not (a and b):  # a CPU time too small for the clock to see
+                    ratios.append("-")
+                    continue
                 ratios.append(fmt_times(b / a if key.endswith("_ms") else a / b))
             rows.append((f"{label}: {text}", ours, *peers, *ratios))
     b = d["builds"]
