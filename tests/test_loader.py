@@ -597,26 +597,37 @@ def test_uint64_values_int64_cannot_hold_are_an_error_not_a_wrap(
             ts.item_to_tensors(item)
 
 
+@pytest.mark.parametrize("as_tensors", [False, True], ids=["numpy", "tensors"])
 def test_items_of_different_dtypes_make_a_batch_that_holds_every_value(
-    loader: DatasetLoader,
+    loader: DatasetLoader, as_tensors: bool
 ) -> None:
     """Items whose array has other dtypes than the first item's (edited items, a custom
-    source) are batched in a dtype that holds every value: before, they were cast to the
-    first item's dtype, so int64 values cut to int32 and uint64 ones wrapped, silently."""
+    source) are batched in a dtype that holds every value: before, numpy items were cast
+    to the first item's dtype, so int64 values cut to int32 and uint64 ones wrapped, and
+    tensor items went through torch's promotion, int64 with float32 to float32 (integers
+    from 2**24 rounded), all without a word."""
     torch = pytest.importorskip("torch")
     big = 2**40 + 3
     items = _direct(loader, [3, 0])
     items[0]["faces"]["face_types"] = items[0]["faces"]["face_types"].astype(np.int32)
     items[1]["faces"]["face_types"] = np.full(4, big, dtype=np.int64)
+    items[0]["faces"]["face_areas"] = items[0]["faces"]["face_areas"].astype(np.float32)
+    items[1]["faces"]["face_areas"] = np.full(4, big, dtype=np.int64)
     items[0]["graph"]["num_nodes"] = np.int32(items[0]["graph"]["num_nodes"])
     items[1]["graph"]["num_nodes"] = np.uint64(items[1]["graph"]["num_nodes"])
-    batch = torch_support.collate_graphs(items)
+    given = [torch_support.item_to_tensors(it) for it in items] if as_tensors else items
+    batch = torch_support.collate_graphs(given)
     types = batch["faces"]["face_types"]
     assert types.dtype == torch.int64
     np.testing.assert_array_equal(
         types.numpy(), np.concatenate([items[0]["faces"]["face_types"], np.full(4, big)])
     )
+    areas = batch["faces"]["face_areas"]
+    assert areas.dtype == torch.float64
+    assert areas[-1].item() == big
     assert batch["graph"]["num_nodes"].dtype == torch.int64
+    if as_tensors:
+        return
     # int64 first, a uint64 value int64 cannot hold second: an error, not a wrap.
     items[0]["faces"]["face_types"] = items[0]["faces"]["face_types"].astype(np.int64)
     items[1]["faces"]["face_types"] = np.full(4, 2**63 + 1, dtype=np.uint64)

@@ -109,6 +109,26 @@ def test_node_labels_and_a_missing_label_are_named(loader: DatasetLoader) -> Non
         next(iter(train.batches(4, collate_fn=PygCollate(["nope"]))))
 
 
+def test_a_batch_without_edges(loader: DatasetLoader) -> None:
+    """Items with faces but no edges (a single closed face, say) make a batch whose
+    ``edge_index`` and ``edge_attr`` have no rows (it raised a reshape error)."""
+    items = []
+    for code in (0, 1):
+        item = loader.item_source.read(code)
+        item["edges"] = {name: values[:0] for name, values in item["edges"].items()}
+        for name in ("edges_source", "edges_destination"):
+            item["graph"][name] = item["graph"][name][:0]
+        items.append(item)
+    batch = PygCollate(NODE, EDGE)(items)
+    faces = sum(len(item["faces"]["face_types"]) for item in items)
+    assert batch.x.shape == (faces, 5)
+    assert batch.edge_index.shape == (2, 0)
+    assert batch.edge_attr.shape == (0, 2)
+    assert [g.num_nodes for g in batch.to_data_list()] == [
+        len(item["faces"]["face_types"]) for item in items
+    ]
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_dataloader_workers_make_pyg_batches(loader: DatasetLoader, method: str) -> None:
     dataset, collate = loader.get_dataset("train").to_pyg(PygCollate(NODE, EDGE))

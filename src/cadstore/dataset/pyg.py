@@ -14,6 +14,7 @@ Needs the ``pyg`` extra (``torch_geometric``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -186,7 +187,10 @@ def _features(group: Mapping[str, Any], names: Sequence[str] | None, rows: int) 
     for name in names:
         if name not in group:
             raise KeyError(f"{name!r} is not an array of this group (arrays: {sorted(group)})")
-        columns.append(np.asarray(group[name]).reshape(rows, -1))
+        values = np.asarray(group[name])
+        # Not reshape(rows, -1): with no rows (a batch of items without edges) numpy
+        # cannot infer the width.
+        columns.append(values.reshape(rows, math.prod(values.shape[1:])))
     out = np.empty((rows, sum(c.shape[1] for c in columns)), dtype=np.float32)
     start = 0
     for column in columns:

@@ -771,8 +771,9 @@ def _numeric_layout(
     shape and dtype (unsigned integers wider than a byte widened to int64, as
     :func:`_to_tensor` does) and each item's row count (``None`` for per-item values,
     which are stacked). Tensors that numpy can view (:func:`_tensor_views`) are taken as
-    their views. ``None`` for anything else (other tensors, strings, items whose dtypes
-    or trailing dimensions differ), which :func:`_concatenate` takes as before.
+    their views; items of different dtypes make a batch of a dtype that holds them all
+    (:func:`_batch_dtype`). ``None`` for anything else (other tensors, strings, items
+    whose trailing dimensions differ), which :func:`_concatenate` takes as before.
 
     Raises
     ------
@@ -789,12 +790,22 @@ def _numeric_layout(
     else:
         arrays = [np.asarray(v) for v in values]
     first = arrays[0]
-    if first.dtype.kind not in "biuf" or any(
-        a.dtype != first.dtype or a.ndim != first.ndim or a.shape[1:] != first.shape[1:]
-        for a in arrays
-    ):
+    mixed = False
+    for a in arrays:
+        if a.dtype != first.dtype:
+            if a.dtype.kind not in "biuf":
+                return None
+            mixed = True
+        if a.ndim != first.ndim or a.shape[1:] != first.shape[1:]:
+            return None
+    if first.dtype.kind not in "biuf":
         return None
-    if _tensor_kind(first.dtype):
+    if mixed:
+        # Items of different dtypes (edited items, a custom source): a dtype that holds
+        # every value, as for numpy items in _concatenate; torch.cat would promote int64
+        # and float32 items to float32, rounding integers from 2**24.
+        dtype = _batch_dtype(arrays, name)
+    elif _tensor_kind(first.dtype):
         dtype = first.dtype
     else:
         _check_widening(arrays, name)
