@@ -21,6 +21,7 @@ from cadstore.dataset.loader import (
     iterative_stratification,
 )
 from cadstore.errors import CorruptStoreError, DatasetError, InvalidDataError
+from cadstore.synthetic import iter_items, write_item
 from conftest import write_items
 
 N_ITEMS = 120
@@ -647,6 +648,42 @@ def test_a_uint64_label_int64_cannot_hold_is_an_error(loader: DatasetLoader) -> 
     items[1]["labels"] = {"part_id": np.uint64(2**63 - 1)}
     batch = torch_support.collate_graphs(items)
     assert batch["labels"]["part_id"].tolist() == [1, 2**63 - 1]
+
+
+def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_fails(
+    tmp_path: Path,
+) -> None:
+    """An integer infoset column with a missing value went through pandas as floats:
+    every item's class code became a float, integers from 2**53 were rounded, the
+    column stopped being the default ``label`` and PyG's ``y`` vanished, without a word.
+    Now the values are kept as stored, and a batch holding an item without a value is an
+    error naming the column and the item."""
+    torch = pytest.importorskip("torch")
+    paths = []
+    for i, (name, item, meta) in enumerate(iter_items(4, seed=7)):
+        if i != 3:
+            meta = dict(meta, part_number=2**53 + 2 * i + 1)
+        paths.append(write_item(tmp_path / "enc" / f"{name}.zarr", item, meta))
+    cadstore.merge(paths, str(tmp_path / "parts.dataset"))
+    infoset = tmp_path / "parts.infoset"
+    stored = infoset.read_bytes()
+    with DatasetLoader(flow_output_file=tmp_path / "parts.flow", labels=["part_number"]) as ld:
+        source = ld.item_source
+        dataset = CADDataset(ld, [0, 1, 2, 3])
+        first = next(iter(dataset.batches(batch_size=3, shuffle=False)))
+        codes = first["labels"]["part_number"]
+        assert codes.dtype == torch.int64
+        assert codes.tolist() == [2**53 + 1, 2**53 + 3, 2**53 + 5]
+        assert source.label_column == "part_number"
+        assert source.integer_labels == ("part_number",)
+        name = source.reader.item_names[3]
+        with pytest.raises(InvalidDataError, match=rf"labels/part_number: .*{name}"):
+            list(dataset.batches(batch_size=4, shuffle=False))
+        graphs = dataset.to_torch()
+        assert graphs[0]["label"] == 2**53 + 1
+        with pytest.raises(InvalidDataError, match=rf"labels/part_number: .*{name}.*code 3"):
+            graphs[3]
+    assert infoset.read_bytes() == stored  # reading labels changed nothing stored
 
 
 def test_to_torch_with_collate_and_a_transform_uses_default_collate(flow: Path) -> None:

@@ -342,6 +342,7 @@ class DatasetExplorer:
         # it, otherwise those the dataset carries (cadstore.lifecycle).
         self._tables = TrustedTables(self.reader)
         self._info: pd.DataFrame | None = None
+        self._info_table: Any = None  # the pyarrow Table the frame above was made from
         self._info_metadata: dict[bytes, bytes] = {}
         self._attribs: pd.DataFrame | None = None
         self._zarr_store: Any = None
@@ -1043,6 +1044,7 @@ class DatasetExplorer:
                 check_item_codes(table, where, self.reader.n_items)
                 self._info_metadata = dict(table.schema.metadata or {})
                 self._info = table.to_pandas().sort_values("id").reset_index(drop=True)
+                self._info_table = table
         if self._info is None and required:
             raise DatasetError(
                 "no .infoset: pass parquet_file_path (or open the dataset from its .flow)"
@@ -1079,6 +1081,40 @@ class DatasetExplorer:
         rewrote it, e.g. to record a split.
         """
         self._info = None
+        self._info_table = None
+
+    def _info_values(self, column: str) -> np.ndarray:
+        """One infoset column's values by item code (``n_items`` of them), as stored.
+
+        :meth:`get_file_info_all` goes through pandas, which makes an integer column with
+        a missing value floats (rounding integers from 2**53, class codes 9 -> 9.0) and a
+        boolean one objects. Here integer and boolean columns give arrays of their own
+        dtype when every item has a value, else object arrays of Python values with ``None``
+        for the items without one. Other columns are as pandas gives them (NaN or
+        ``None`` where missing).
+        """
+        import pyarrow as pa
+
+        info = self._info_frame()
+        table = self._info_table
+        n = self.reader.n_items
+        values = table.column(column) if column in table.column_names else None
+        ids = table.column("id")
+        exact = values is not None and (
+            pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)
+        )
+        codes = ids.to_numpy() if exact and ids.null_count == 0 else None
+        if values is None or codes is None or len(np.unique(codes)) != len(codes):
+            # Not an integer or boolean column (or ids pandas would refuse, as before).
+            by_code: np.ndarray = info.set_index("id").reindex(range(n))[column].to_numpy()
+            return by_code
+        if values.null_count == 0 and len(codes) == n:
+            out = np.empty(n, dtype=np.dtype(values.type.to_pandas_dtype()))
+            out[codes] = values.to_numpy()
+            return out
+        out = np.full(n, None, dtype=object)
+        out[codes] = np.array(values.to_pylist(), dtype=object)
+        return out
 
     def get_file_info_all(self) -> pd.DataFrame:
         """Return the whole ``.infoset`` (one row per item, sorted by ``id``).

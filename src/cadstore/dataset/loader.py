@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -476,15 +477,22 @@ class ItemSource:
         path = os.path.join(os.path.dirname(self.reader.path), GRAPH_DIR, f"{name}.pt")
         return path if os.path.isfile(path) else item
 
-    @property
+    @functools.cached_property
     def label_column(self) -> str | None:
         """The label of an item where one is wanted (``label_file``, a training
-        ``label``): the first integer label column (class codes), else the first one;
-        ``None`` without labels."""
+        ``label``): the first integer label column (class codes, some items possibly
+        without one), else the first one; ``None`` without labels."""
         for name, values in self.labels.items():
-            if np.asarray(values).dtype.kind in "biu":
+            if _integer_labels(values):
                 return name
         return next(iter(self.labels), None)
+
+    @functools.cached_property
+    def integer_labels(self) -> tuple[str, ...]:
+        """The label columns of integers (class codes): a batch of them is a tensor, so
+        an item without a value in one of them cannot be batched (see
+        :func:`cadstore.dataset.torch_support.graph_item`)."""
+        return tuple(name for name, values in self.labels.items() if _integer_labels(values))
 
     def _label(self, item: dict[str, Any]) -> Any:
         column = self.label_column
@@ -1020,8 +1028,9 @@ class DatasetLoader:
         info = self._info()
         if not columns or info is None:
             return {}
-        by_code = info.set_index("id").reindex(range(self._n))
-        return {c: by_code[c].to_numpy() for c in columns}
+        assert self.explorer is not None
+        # As stored: through pandas an integer column with a missing value became floats.
+        return {c: self.explorer._info_values(c)[: self._n] for c in columns}
 
     def _recorded_split(self) -> np.ndarray:
         assignment = np.full(self._n, -1, dtype=np.int64)
@@ -1379,6 +1388,18 @@ class DatasetLoader:
             self.explorer.close()
         if clear_split_history:
             self._history.clear()
+
+
+def _integer_labels(values: Any) -> bool:
+    """Whether a label column holds integers (or booleans): of an integer dtype, or
+    objects that are Python integers where an item has a value (``None`` elsewhere)."""
+    array = np.asarray(values)
+    if array.dtype.kind in "biu":
+        return True
+    if array.dtype.kind != "O":
+        return False
+    present = [v for v in array if v is not None]
+    return bool(present) and all(isinstance(v, int | np.integer | np.bool_) for v in present)
 
 
 def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:

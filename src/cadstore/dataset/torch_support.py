@@ -298,7 +298,11 @@ def _register_graph_collate() -> None:
     default_collate_fn_map.setdefault(CADGraph, _collate_cad_graphs)
 
 
-def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict[str, Any]:
+def graph_item(
+    item: Mapping[str, Any],
+    label_column: str | None = None,
+    integer_labels: Sequence[str] = (),
+) -> dict[str, Any]:
     """Turn an item read from the dataset into the specified training item.
 
     Parameters
@@ -307,6 +311,9 @@ def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict
         As :meth:`cadstore.dataset.loader.ItemSource.read` returns it.
     label_column
         The label column that gives ``label`` (default: the first one).
+    integer_labels
+        Label columns of integers, which every item must have a value of: torch's
+        default collate makes a tensor of them, which a missing value cannot be in.
 
     Returns
     -------
@@ -314,6 +321,12 @@ def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict
         ``graph`` (a :class:`CADGraph`), ``id`` (the file id code), ``name`` and, when the
         loader has labels, ``label`` (the value of ``label_column``) and ``labels``
         (``{column: value}`` of every label column).
+
+    Raises
+    ------
+    InvalidDataError
+        If the item has no value for one of ``integer_labels``, naming the item and the
+        column.
     """
     arrays = {key: value for key, value in item.items() if key != "labels"}
     out: dict[str, Any] = {
@@ -323,6 +336,13 @@ def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict
     }
     labels = item.get("labels")
     if labels:
+        for name in integer_labels:
+            if name in labels and labels[name] is None:
+                raise InvalidDataError(
+                    f"labels/{name}: no value for item {item.get('name')!r} (code "
+                    f"{item['file_id_code']}); a batch of integer labels needs one for "
+                    f"every item: {_MISSING_LABEL_HINT}"
+                )
         column = label_column if label_column in labels else next(iter(labels))
         out["label"] = labels[column]
         out["labels"] = dict(labels)
@@ -373,7 +393,11 @@ def _graph_dataset_class() -> type:
                 raise IndexError(f"item {i} is out of range for a dataset of {n} items")
             settle_worker()
             item = self.source.read(int(self.indices[int(i)]))
-            return graph_item(item, getattr(self.source, "label_column", None))
+            return graph_item(
+                item,
+                getattr(self.source, "label_column", None),
+                getattr(self.source, "integer_labels", ()),
+            )
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             # Unpickled in a spawned worker: the collate registration happens there too.
@@ -405,16 +429,33 @@ def default_collate(batch: list[Any]) -> Any:
     return require_torch().utils.data.default_collate(batch)
 
 
-def _collate_values(values: list[Any], name: str = "") -> Any:
+#: What to do about an item without a value in a label column of integers.
+_MISSING_LABEL_HINT = (
+    "give every item one in the infoset, leave those items out (remove_indices), or load "
+    "without that column (DatasetLoader(labels=[...]))"
+)
+
+
+def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()) -> Any:
     """A label column over a batch: a tensor of numbers, else the values as a list.
 
     Raises
     ------
     InvalidDataError
-        If an unsigned value does not fit the int64 it is widened to (``name``, the
-        column, in the message).
+        If an unsigned value does not fit the int64 it is widened to, or if some items
+        of a column of integers (class codes) have no value: as floats with NaN their
+        codes would change type, and as a list the batch would not be a tensor. The
+        message names the column (``name``) and those items (``items``: their names).
     """
     torch = require_torch()
+    missing = [i for i, v in enumerate(values) if v is None]
+    present = [v for v in values if v is not None]
+    if missing and present and all(isinstance(v, int | np.integer | np.bool_) for v in present):
+        who = [items[i] if i < len(items) else i for i in missing]
+        raise InvalidDataError(
+            f"{name or 'label'}: no value for item(s) {who} in this batch of integer "
+            f"labels: {_MISSING_LABEL_HINT}"
+        )
     first = values[0]
     if isinstance(first, str | bytes) or first is None:
         return list(values)
@@ -540,7 +581,11 @@ class GraphCollate:
         self._index(out, items, rows)
         if "labels" in items[0]:
             out["labels"] = {
-                name: _collate_values([it["labels"][name] for it in items], f"labels/{name}")
+                name: _collate_values(
+                    [it["labels"][name] for it in items],
+                    f"labels/{name}",
+                    [it.get("name") for it in items],
+                )
                 for name in items[0]["labels"]
             }
         blocks = worker_blocks()
