@@ -662,7 +662,7 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
     paths = []
     for i, (name, item, meta) in enumerate(iter_items(4, seed=7)):
         if i != 3:
-            meta = dict(meta, part_number=2**53 + 2 * i + 1)
+            meta = dict(meta, part_number=2**53 + 2 * i + 1, is_metal=bool(i % 2))
         paths.append(write_item(tmp_path / "enc" / f"{name}.zarr", item, meta))
     cadstore.merge(paths, str(tmp_path / "parts.dataset"))
     infoset = tmp_path / "parts.infoset"
@@ -677,12 +677,28 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
         assert source.label_column == "part_number"
         assert source.integer_labels == ("part_number",)
         name = source.reader.item_names[3]
-        with pytest.raises(InvalidDataError, match=rf"labels/part_number: .*{name}"):
+        missing = rf"labels/part_number: .*{name}.*code 3"
+        with pytest.raises(InvalidDataError, match=missing):
             list(dataset.batches(batch_size=4, shuffle=False))
+        # A batch of that item alone too (its column is known to hold integers).
+        alone = CADDataset(ld, [3])
+        with pytest.raises(InvalidDataError, match=missing):
+            list(alone.batches(batch_size=1))
+        tensors, collate = alone.to_torch_with_collate()
+        with pytest.raises(InvalidDataError, match=missing):
+            collate(tensors.__getitems__([0]))
+        with pytest.raises(InvalidDataError, match=missing):
+            tensors[0]
         graphs = dataset.to_torch()
         assert graphs[0]["label"] == 2**53 + 1
-        with pytest.raises(InvalidDataError, match=rf"labels/part_number: .*{name}.*code 3"):
+        with pytest.raises(InvalidDataError, match=missing):
             graphs[3]
+        # Read alone, outside training, the item's label is None.
+        assert dataset[3]["labels"]["part_number"] is None
+    # A column of booleans with a gap is batched as a list, as before: no class codes.
+    with DatasetLoader(flow_output_file=tmp_path / "parts.flow", labels=["is_metal"]) as ld:
+        batch = next(iter(CADDataset(ld, [0, 1, 2, 3]).batches(batch_size=4, shuffle=False)))
+        assert batch["labels"]["is_metal"] == [False, True, False, None]
     assert infoset.read_bytes() == stored  # reading labels changed nothing stored
 
 

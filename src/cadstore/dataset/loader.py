@@ -449,6 +449,7 @@ class ItemSource:
             of the whole batch); ``item_loader_func``, if set, is applied to each item.
         """
         codes = [int(p) for p in positions]
+        self.check_labels(codes)
         batch = self.reader.read_items(codes, self.groups, self.arrays, allocate)
         for i, code in enumerate(codes):
             batch[i] = self._finish(code, batch[i])
@@ -489,10 +490,39 @@ class ItemSource:
 
     @functools.cached_property
     def integer_labels(self) -> tuple[str, ...]:
-        """The label columns of integers (class codes): a batch of them is a tensor, so
-        an item without a value in one of them cannot be batched (see
-        :func:`cadstore.dataset.torch_support.graph_item`)."""
+        """The label columns of integers (class codes), some items possibly without a
+        value: batches hold them as tensors (see :meth:`check_labels`). Computed once:
+        :attr:`labels` is not to be changed after."""
         return tuple(name for name, values in self.labels.items() if _integer_labels(values))
+
+    @functools.cached_property
+    def _gapped_labels(self) -> tuple[str, ...]:
+        # The integer label columns some items have no value in (object arrays with None).
+        return tuple(
+            name for name in self.integer_labels if np.asarray(self.labels[name]).dtype.kind == "O"
+        )
+
+    def check_labels(self, positions: Sequence[int]) -> None:
+        """Raise if an item at ``positions`` has no value in an integer label column.
+
+        The training paths (batches, ``to_torch``, ``to_pyg``, their ``DataLoader``
+        workers) call it before reading, so that whatever else a batch holds, such an
+        item is an error naming it; reading an item alone (``CADDataset[i]``) gives the
+        label as ``None``.
+
+        Raises
+        ------
+        InvalidDataError
+            Naming the column and the item, and what to do about it.
+        """
+        for column in self._gapped_labels:
+            values = self.labels[column]
+            for position in positions:
+                code = int(position)
+                if values[code] is None:
+                    from cadstore.dataset.torch_support import missing_label_error
+
+                    raise missing_label_error(column, self.reader.item_names[code], code)
 
     def _label(self, item: dict[str, Any]) -> Any:
         column = self.label_column
@@ -1398,8 +1428,12 @@ def _integer_labels(values: Any) -> bool:
         return True
     if array.dtype.kind != "O":
         return False
+    # Python ints where items have a value: not bools (a bool column with gaps stays a
+    # column of objects, batched as a list, as before).
     present = [v for v in array if v is not None]
-    return bool(present) and all(isinstance(v, int | np.integer | np.bool_) for v in present)
+    return bool(present) and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present
+    )
 
 
 def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:

@@ -219,7 +219,11 @@ def _dataset_class() -> type:
 
         def _read(self, i: int) -> Any:
             settle_worker()
-            return self.source.read(self._position(i))
+            position = self._position(i)
+            check = getattr(self.source, "check_labels", None)
+            if check is not None:
+                check([position])
+            return self.source.read(position)
 
         def _converts(self) -> bool:
             return getattr(self.source, "item_loader_func", None) is None
@@ -338,11 +342,7 @@ def graph_item(
     if labels:
         for name in integer_labels:
             if name in labels and labels[name] is None:
-                raise InvalidDataError(
-                    f"labels/{name}: no value for item {item.get('name')!r} (code "
-                    f"{item['file_id_code']}); a batch of integer labels needs one for "
-                    f"every item: {_MISSING_LABEL_HINT}"
-                )
+                raise missing_label_error(name, item.get("name"), item["file_id_code"])
         column = label_column if label_column in labels else next(iter(labels))
         out["label"] = labels[column]
         out["labels"] = dict(labels)
@@ -436,26 +436,68 @@ _MISSING_LABEL_HINT = (
 )
 
 
+def missing_label_error(column: str, name: Any, code: Any) -> InvalidDataError:
+    """The error for an item read for training without a value in a label column of
+    integers (class codes): batches hold such a column as a tensor, which has no place
+    for a missing value, and floats with NaN would change every item's codes.
+
+    Parameters
+    ----------
+    column
+        The label column.
+    name, code
+        The item's name and file id code, for the message.
+
+    Returns
+    -------
+    InvalidDataError
+        Naming the column and the item, saying what to do.
+    """
+    return InvalidDataError(
+        f"labels/{column}: no value for item {name!r} (code {code}); batches hold integer "
+        f"labels as tensors, which need one for every item: {_MISSING_LABEL_HINT}"
+    )
+
+
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer, not a boolean (a Python ``bool`` is an ``int``)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()) -> Any:
     """A label column over a batch: a tensor of numbers, else the values as a list.
+
+    Parameters
+    ----------
+    values
+        The column's value of each item of the batch.
+    name
+        ``labels/<column>``, for messages.
+    items
+        What to call each item in a message (its name, else its code).
+
+    Returns
+    -------
+    torch.Tensor or list
+        A tensor when the values are numbers (unsigned integers as int64), else the
+        values as they are.
 
     Raises
     ------
     InvalidDataError
         If an unsigned value does not fit the int64 it is widened to, or if some items
-        of a column of integers (class codes) have no value: as floats with NaN their
-        codes would change type, and as a list the batch would not be a tensor. The
-        message names the column (``name``) and those items (``items``: their names).
+        of a batch of integers have no value. (Items read from a dataset are checked
+        when read, whatever their batch holds: ``ItemSource.check_labels``.)
     """
     torch = require_torch()
-    missing = [i for i, v in enumerate(values) if v is None]
-    present = [v for v in values if v is not None]
-    if missing and present and all(isinstance(v, int | np.integer | np.bool_) for v in present):
-        who = [items[i] if i < len(items) else i for i in missing]
-        raise InvalidDataError(
-            f"{name or 'label'}: no value for item(s) {who} in this batch of integer "
-            f"labels: {_MISSING_LABEL_HINT}"
-        )
+    if None in values:
+        present = [v for v in values if v is not None]
+        if present and all(_is_integer(v) for v in present):
+            who = [items[i] for i, v in enumerate(values) if v is None and i < len(items)]
+            raise InvalidDataError(
+                f"{name or 'label'}: no value for item(s) {who} in this batch of integer "
+                f"labels: {_MISSING_LABEL_HINT}"
+            )
     first = values[0]
     if isinstance(first, str | bytes) or first is None:
         return list(values)
@@ -584,7 +626,7 @@ class GraphCollate:
                 name: _collate_values(
                     [it["labels"][name] for it in items],
                     f"labels/{name}",
-                    [it.get("name") for it in items],
+                    [it.get("name", it.get("file_id_code")) for it in items],
                 )
                 for name in items[0]["labels"]
             }
