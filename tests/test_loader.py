@@ -637,6 +637,17 @@ def test_items_of_different_dtypes_make_a_batch_that_holds_every_value(
     assert int(items[1]["faces"]["face_types"][0]) == 2**63 + 1
 
 
+def test_array_labels_of_a_custom_item_are_collated(loader: DatasetLoader) -> None:
+    """A label that is an array (a multi-label vector an item loader made) is stacked; the
+    check for missing labels does not compare arrays with ``None`` (which raised)."""
+    torch = pytest.importorskip("torch")
+    items = _direct(loader, [3, 0])
+    for k, item in enumerate(items):
+        item["labels"] = {"tags": np.array([k, 1, 0], dtype=np.int64)}
+    batch = torch_support.collate_graphs(items)
+    assert torch.equal(batch["labels"]["tags"], torch.tensor([[0, 1, 0], [1, 1, 0]]))
+
+
 def test_a_uint64_label_int64_cannot_hold_is_an_error(loader: DatasetLoader) -> None:
     """Label columns are widened to int64 like arrays, and checked alike."""
     pytest.importorskip("torch")

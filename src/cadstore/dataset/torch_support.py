@@ -490,7 +490,7 @@ def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()
         when read, whatever their batch holds: ``ItemSource.check_labels``.)
     """
     torch = require_torch()
-    if None in values:
+    if any(v is None for v in values):  # not `None in values`: array labels compare by element
         present = [v for v in values if v is not None]
         if present and all(_is_integer(v) for v in present):
             who = [items[i] for i, v in enumerate(values) if v is None and i < len(items)]
