@@ -1428,12 +1428,12 @@ def _integer_labels(values: Any) -> bool:
         return True
     if array.dtype.kind != "O":
         return False
+    from cadstore.dataset.torch_support import is_integer_label
+
     # Python ints where items have a value: not bools (a bool column with gaps stays a
     # column of objects, batched as a list, as before).
     present = [v for v in array if v is not None]
-    return bool(present) and all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present
-    )
+    return bool(present) and all(is_integer_label(v) for v in present)
 
 
 def _categorical_columns(explorer: DatasetExplorer | None) -> list[str]:

@@ -220,9 +220,7 @@ def _dataset_class() -> type:
         def _read(self, i: int) -> Any:
             settle_worker()
             position = self._position(i)
-            check = getattr(self.source, "check_labels", None)
-            if check is not None:
-                check([position])
+            _check_labels(self.source, position)
             return self.source.read(position)
 
         def _converts(self) -> bool:
@@ -302,11 +300,7 @@ def _register_graph_collate() -> None:
     default_collate_fn_map.setdefault(CADGraph, _collate_cad_graphs)
 
 
-def graph_item(
-    item: Mapping[str, Any],
-    label_column: str | None = None,
-    integer_labels: Sequence[str] = (),
-) -> dict[str, Any]:
+def graph_item(item: Mapping[str, Any], label_column: str | None = None) -> dict[str, Any]:
     """Turn an item read from the dataset into the specified training item.
 
     Parameters
@@ -315,9 +309,6 @@ def graph_item(
         As :meth:`cadstore.dataset.loader.ItemSource.read` returns it.
     label_column
         The label column that gives ``label`` (default: the first one).
-    integer_labels
-        Label columns of integers, which every item must have a value of: torch's
-        default collate makes a tensor of them, which a missing value cannot be in.
 
     Returns
     -------
@@ -325,12 +316,6 @@ def graph_item(
         ``graph`` (a :class:`CADGraph`), ``id`` (the file id code), ``name`` and, when the
         loader has labels, ``label`` (the value of ``label_column``) and ``labels``
         (``{column: value}`` of every label column).
-
-    Raises
-    ------
-    InvalidDataError
-        If the item has no value for one of ``integer_labels``, naming the item and the
-        column.
     """
     arrays = {key: value for key, value in item.items() if key != "labels"}
     out: dict[str, Any] = {
@@ -340,9 +325,6 @@ def graph_item(
     }
     labels = item.get("labels")
     if labels:
-        for name in integer_labels:
-            if name in labels and labels[name] is None:
-                raise missing_label_error(name, item.get("name"), item["file_id_code"])
         column = label_column if label_column in labels else next(iter(labels))
         out["label"] = labels[column]
         out["labels"] = dict(labels)
@@ -392,12 +374,10 @@ def _graph_dataset_class() -> type:
             if not -n <= int(i) < n:
                 raise IndexError(f"item {i} is out of range for a dataset of {n} items")
             settle_worker()
-            item = self.source.read(int(self.indices[int(i)]))
-            return graph_item(
-                item,
-                getattr(self.source, "label_column", None),
-                getattr(self.source, "integer_labels", ()),
-            )
+            position = int(self.indices[int(i)])
+            _check_labels(self.source, position)
+            item = self.source.read(position)
+            return graph_item(item, getattr(self.source, "label_column", None))
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             # Unpickled in a spawned worker: the collate registration happens there too.
@@ -459,9 +439,18 @@ def missing_label_error(column: str, name: Any, code: Any) -> InvalidDataError:
     )
 
 
-def _is_integer(value: Any) -> bool:
-    """Whether ``value`` is an integer, not a boolean (a Python ``bool`` is an ``int``)."""
+def is_integer_label(value: Any) -> bool:
+    """Whether a label value is an integer (a class code), not a boolean (a Python
+    ``bool`` is an ``int``)."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_labels(source: Any, position: int) -> None:
+    """Have ``source`` check the item at ``position`` has every integer label before it
+    is read for training (``ItemSource.check_labels``; other sources have none)."""
+    check = getattr(source, "check_labels", None)
+    if check is not None:
+        check([position])
 
 
 def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()) -> Any:
@@ -492,7 +481,7 @@ def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()
     torch = require_torch()
     if any(v is None for v in values):  # not `None in values`: array labels compare by element
         present = [v for v in values if v is not None]
-        if present and all(_is_integer(v) for v in present):
+        if present and all(is_integer_label(v) for v in present):
             who = [items[i] for i, v in enumerate(values) if v is None and i < len(items)]
             raise InvalidDataError(
                 f"{name or 'label'}: no value for item(s) {who} in this batch of integer "
@@ -887,16 +876,10 @@ def _numeric_layout(
             return None
     if first.dtype.kind not in "biuf":
         return None
-    if mixed:
-        # Items of different dtypes (edited items, a custom source): a dtype that holds
-        # every value, as for numpy items in _concatenate; torch.cat would promote int64
-        # and float32 items to float32, rounding integers from 2**24.
-        dtype = _batch_dtype(arrays, name)
-    elif _tensor_kind(first.dtype):
-        dtype = first.dtype
-    else:
-        _check_widening(arrays, name)
-        dtype = np.dtype(np.int64)
+    # Items of different dtypes (edited items, a custom source), or unsigned ones to widen:
+    # a dtype that holds every value, as in _concatenate (torch.cat would promote int64
+    # and float32 items to float32, rounding integers from 2**24).
+    dtype = first.dtype if not mixed and _tensor_kind(first.dtype) else _batch_dtype(arrays, name)
     dtype = dtype.newbyteorder("=")
     if first.ndim == 0:
         return arrays, (len(arrays),), dtype, None
