@@ -113,6 +113,112 @@ def test_google_crc32c_is_a_core_dependency() -> None:
     assert any(dep.startswith("google-crc32c") for dep in project["dependencies"])
 
 
+# ---------------------------------------------------------------------- missing chunks
+def _read_everything(path: Path) -> None:
+    """Read every item, one at a time and in a batch, and every stored array whole."""
+    _read_all(path)
+    _read_all(path, batched=True)
+    with DatasetReader(path, stored_layout=True) as reader:
+        for group in reader.groups:
+            for array in reader.arrays(group):
+                reader.read_array(group, array)
+
+
+def _names_missing(message: str, member: str) -> bool:
+    """Whether ``message`` names ``member`` as missing: a shard by its key, a chunk of an
+    unsharded array by the array and the chunk's key within it."""
+    array, _, chunk = member.partition("/c/")
+    return f"shard '{member}' is missing" in message or (
+        f"array '{array}'" in message and f"chunk 'c/{chunk}' is missing" in message
+    )
+
+
+def _without(path: Path, member: str, out: Path) -> Path:
+    """A copy of the zip dataset ``path`` without ``member``, every other member as it is."""
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            if info.filename != member:
+                zout.writestr(info, zin.read(info))
+    return out
+
+
+def test_a_missing_chunk_file_is_an_error_naming_it(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """The merger stores every chunk holding values (every shard and inner chunk holding
+    rows): one missing, a file deleted or an object a store lost, is damage, reported by
+    name. Zarr reads an absent chunk as fill values; reads gave zeros as data."""
+    out = _merge(realistic_items[:4], tmp_path / "dir.dataset", directory=True)
+    original = _read_all(out)
+    chunks = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and "/c/" in p.relative_to(out).as_posix()
+    )
+    rng = np.random.default_rng(3)
+    picked = set(rng.choice(chunks, 24, replace=False).tolist())
+    # The kinds of array a dataset holds: names, offsets, provenance codes, triangles.
+    picked |= {
+        min(c for c in chunks if c.startswith(prefix))
+        for prefix in ("item_names/", "faces/item_offsets/", "faces/file_id_code", "faceface_")
+    }
+    for member in sorted(picked):
+        target = out / member
+        pristine = target.read_bytes()
+        target.unlink()
+        try:
+            with pytest.raises(CorruptStoreError) as info:
+                _read_everything(out)
+            assert _names_missing(str(info.value), member), (member, str(info.value))
+        finally:
+            target.write_bytes(pristine)
+    assert _same(_read_all(out), original)
+
+
+def test_a_zip_dataset_without_a_chunk_member_is_an_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    out = _merge(realistic_items[:4], tmp_path / "zip.dataset")
+    with zipfile.ZipFile(out) as zf:
+        chunks = [n for n in zf.namelist() if "/c/" in n]
+    for member in (chunks[0], next(n for n in chunks if n.startswith("faces/")), chunks[-1]):
+        damaged = _without(out, member, tmp_path / "damaged.dataset")
+        with pytest.raises(CorruptStoreError) as info:
+            _read_everything(damaged)
+        assert _names_missing(str(info.value), member), (member, str(info.value))
+
+
+def test_a_missing_inner_chunk_is_an_error_naming_it(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """A shard whose index marks an inner chunk holding rows absent (with a valid index
+    checksum): the merger never writes one, so it is damage, not fill values."""
+    from cadstore.format.codecs import append_crc32c
+    from cadstore.format.sharding import MISSING
+
+    out = _merge(realistic_items[:4], tmp_path / "dir.dataset", directory=True)
+    original = _read_all(out)
+    with DatasetReader(out) as reader:
+        meta = reader.array_meta("faces", "face_areas")
+        n_inner = meta.chunks[0] // meta.codecs[0]["configuration"]["chunk_shape"][0]
+    member = "faces/face_areas/c/0"
+    target = out / member
+    pristine = target.read_bytes()
+    index_at = len(pristine) - 4 - 16 * n_inner  # the index, then its crc32c
+    index = bytearray(pristine[index_at:-4])
+    index[:16] = MISSING.to_bytes(8, "little") * 2  # inner chunk 0 (every row): absent
+    target.write_bytes(pristine[:index_at] + append_crc32c(bytes(index)))
+    with pytest.raises(CorruptStoreError, match=f"'{member}' inner chunk 0 is missing"):
+        _read_all(out)
+    with (
+        pytest.raises(CorruptStoreError, match="'faces/face_areas': inner chunk 0 is missing"),
+        DatasetReader(out) as reader,
+    ):
+        reader.read_array("faces", "face_areas")
+    target.write_bytes(pristine)
+    assert _same(_read_all(out), original)
+
+
 # --------------------------------------------------------------------------- bit flips
 def _member_spans(path: Path) -> dict[str, tuple[int, int]]:
     """Where each member's stored bytes lie in the zip: ``{name: (start, length)}``."""

@@ -194,7 +194,8 @@ class DatasetReader:
     def _open(self) -> None:
         source = self._open_source()
         try:
-            hier = ReadHierarchy(source, self.limits, item_layouts=False)
+            # The merger stores every chunk holding rows: one missing is damage.
+            hier = ReadHierarchy(source, self.limits, item_layouts=False, complete=True)
             if hier.group_attributes.get("", {}).get("cadstore") != DATASET_FORMAT:
                 raise CorruptStoreError(
                     self.path,
@@ -1565,20 +1566,22 @@ class DatasetReader:
         cached = self._indexes.get((key, n_inner))
         if cached is not None:
             return cached
-        size = self._source.size_of(key)
+        size = self._source.locate(key)
         if size is None:
-            index = [(MISSING, MISSING)] * n_inner
-        else:
-            n = 16 * n_inner + trailer
-            if size < n:
-                raise CorruptStoreError(self.path, f"shard {key!r} is shorter than its index")
-            tail = self._get_range(key, size - n, n)
-            try:
-                table = strip_crc32c(tail, "shard index") if trailer else tail
-                # Offsets are checked against the body: the shard less its index.
-                index = read_index(table, n_inner, size - trailer)
-            except ChunkDecodeError as exc:
-                raise CorruptStoreError(self.path, f"shard {key!r}: {exc}") from exc
+            # Shards are asked for by the rows they hold, and the merger stores every
+            # shard holding rows: one missing was lost (reading it as fill values would
+            # hand out zeros as data).
+            raise CorruptStoreError(self.path, f"shard {key!r} is missing")
+        n = 16 * n_inner + trailer
+        if size < n:
+            raise CorruptStoreError(self.path, f"shard {key!r} is shorter than its index")
+        tail = self._get_range(key, size - n, n)
+        try:
+            table = strip_crc32c(tail, "shard index") if trailer else tail
+            # Offsets are checked against the body: the shard less its index.
+            index = read_index(table, n_inner, size - trailer)
+        except ChunkDecodeError as exc:
+            raise CorruptStoreError(self.path, f"shard {key!r}: {exc}") from exc
         self._indexes[(key, n_inner)] = index
         return index
 
@@ -1607,7 +1610,8 @@ class DatasetReader:
             budget.check(f"{key!r} inner chunk {inner}", need)
         offset, nbytes = index[inner]
         if offset == MISSING:
-            block = np.full(inner_shape, meta.fill_value, dtype=meta.dtype)
+            # Asked for by the rows it holds: the merger stores every such inner chunk.
+            raise CorruptStoreError(self.path, f"{key!r} inner chunk {inner} is missing")
         else:
             if data is None:
                 data = self._get_range(key, offset, nbytes)

@@ -188,6 +188,10 @@ class Hierarchy(ABC):
     #: Whether arrays may be item arrays stored as triangles (``cadstore_shape``); a
     #: merged dataset's arrays may not (its triangles hold many items).
     item_layouts: bool = True
+    #: Whether every chunk holding values was stored (a merged dataset's were): a missing
+    #: one is then damage, not fill values (see :func:`~cadstore.format.zarr_nodes.
+    #: decode_array`).
+    complete: bool = False
 
     def __init__(self) -> None:
         # Array metadata, parsed on first use: opening an item to read one array should
@@ -297,6 +301,7 @@ class Hierarchy(ABC):
                 budget=self.source.budget if isinstance(self, ReadHierarchy) else None,
                 name=path,
                 out=out,
+                complete=self.complete,
             )
         except MetadataError as exc:
             raise LimitExceededError(self.location, f"array {path!r}: {exc}") from exc
@@ -347,6 +352,10 @@ class Hierarchy(ABC):
 class ReadHierarchy(Hierarchy):
     """A hierarchy stored in a key source (zip, directory), v3 or v2.
 
+    ``complete`` says the writer stored every chunk holding values (a merged dataset):
+    a chunk the source does not list is then looked up in the store
+    (:meth:`~cadstore.io.sources.KeySource.locate`) and, missing there too, reported.
+
     Raises
     ------
     CorruptStoreError
@@ -355,10 +364,16 @@ class ReadHierarchy(Hierarchy):
 
     @_without_cyclic_gc
     def __init__(
-        self, source: KeySource, limits: Limits = DEFAULT_LIMITS, *, item_layouts: bool = True
+        self,
+        source: KeySource,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        item_layouts: bool = True,
+        complete: bool = False,
     ) -> None:
         super().__init__()
         self.item_layouts = item_layouts
+        self.complete = complete
         self.source = source
         self.limits = limits
         self.location = source.location
@@ -469,7 +484,11 @@ class ReadHierarchy(Hierarchy):
             self._add(path, doc, attrs=attrs)
 
     def _chunk(self, path: str, rel: str) -> bytes | None:  # docstring inherited
-        return self.source.get(f"{path}/{rel}")
+        key = f"{path}/{rel}"
+        data = self.source.get(key)
+        if data is None and self.complete and self.source.locate(key) is not None:
+            data = self.source.get(key)
+        return data
 
     def _source_bytes(self) -> int:  # docstring inherited
         return self._size

@@ -286,11 +286,14 @@ def decode_shard(
     shard_shape: Sequence[int],
     limit: int,
     fill: Callable[[tuple[int, ...]], np.ndarray],
+    required: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Decode a whole shard into an array of ``shard_shape`` (absent chunks filled).
 
     ``config`` is a configuration that metadata parsing has checked (inner chunk shape,
-    codecs, index codecs and location: ``zarr_nodes._check_sharding``).
+    codecs, index codecs and location: ``zarr_nodes._check_sharding``). ``required`` is
+    the extent of the shard that holds the array's values, when the writer stored every
+    inner chunk holding any (cadstore's datasets): an absent one is then an error.
     """
     inner_shape = tuple(config["chunk_shape"])
     if any(s % i for s, i in zip(shard_shape, inner_shape, strict=True)):
@@ -310,6 +313,11 @@ def decode_shard(
     codecs = config["codecs"]
     for flat, (offset, nbytes) in enumerate(entries):
         if offset == MISSING:
+            if required is not None and all(
+                p * i < r
+                for p, i, r in zip(np.unravel_index(flat, grid), inner_shape, required, strict=True)
+            ):
+                raise C.ChunkDecodeError(f"inner chunk {flat} is missing")
             continue
         pos = np.unravel_index(flat, grid)
         region = tuple(slice(p * i, (p + 1) * i) for p, i in zip(pos, inner_shape, strict=True))

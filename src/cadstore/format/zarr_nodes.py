@@ -472,6 +472,7 @@ def decode_array(
     budget: DecodeBudget | None = None,
     name: str = "array",
     out: np.ndarray | None = None,
+    complete: bool = False,
 ) -> np.ndarray:
     """Assemble a whole array from its chunks.
 
@@ -503,6 +504,10 @@ def decode_array(
     out
         A C-contiguous numeric array of ``meta.shape`` and dtype to decode into, instead
         of a new one (the caller has charged it; the chunk being decoded is checked).
+    complete
+        The writer stored every chunk holding values, and every inner chunk of a shard
+        holding values (cadstore's datasets do): a missing one is damage, an error naming
+        it, not fill values. Zarr lets other writers leave chunks out.
 
     Raises
     ------
@@ -512,10 +517,10 @@ def decode_array(
         When the array does not fit in the given ``budget``, naming its file.
     """
     if budget is not None:
-        return _decode_array(meta, get_chunk, limits, budget, name, out)
+        return _decode_array(meta, get_chunk, limits, budget, name, out, complete)
     own = DecodeBudget("", source_bytes, limits)
     try:
-        return _decode_array(meta, get_chunk, limits, own, name, out)
+        return _decode_array(meta, get_chunk, limits, own, name, out, complete)
     except LimitExceededError as exc:
         raise MetadataError(exc.problem) from exc
 
@@ -527,6 +532,7 @@ def _decode_array(
     budget: DecodeBudget,
     name: str,
     out: np.ndarray | None = None,
+    complete: bool = False,
 ) -> np.ndarray:
     declared = meta.size * meta.itemsize
     if declared > limits.max_array_bytes:
@@ -549,12 +555,15 @@ def _decode_array(
             raise ValueError(f"cannot decode {what} into an array of {out.shape}, {out.dtype}")
     elif meta.size and meta.chunks == meta.shape:
         # One chunk holding the whole array: the common case for CAD items.
-        raw = get_chunk(meta.chunk_key((0,) * len(meta.shape)))
+        key = meta.chunk_key((0,) * len(meta.shape))
+        raw = get_chunk(key)
         if raw is None:
+            if complete:
+                raise C.ChunkDecodeError(f"chunk {key!r} is missing")
             return np.full(
                 meta.shape, meta.fill_value, dtype=object if meta.is_string else meta.dtype
             )
-        chunk = _decode_chunk(meta, raw, limits, budget, strings)
+        chunk = _decode_chunk(meta, raw, limits, budget, strings, meta.shape if complete else None)
         return _strings_to_objects(chunk, strings) if strings is not None else chunk
     if out is None:
         out = np.empty(meta.shape, dtype=object if meta.is_string else meta.dtype)
@@ -566,15 +575,19 @@ def _decode_array(
         budget.check(f"a chunk of {what}", math.prod(meta.chunks) * meta.itemsize)
     grid = [math.ceil(s / c) for s, c in zip(meta.shape, meta.chunks, strict=True)]
     for index in product(*(range(g) for g in grid)):
-        raw = get_chunk(meta.chunk_key(index))
+        key = meta.chunk_key(index)
+        raw = get_chunk(key)
         region = tuple(
             slice(i * c, min((i + 1) * c, s))
             for i, c, s in zip(index, meta.chunks, meta.shape, strict=True)
         )
         if raw is None:
+            if complete:
+                raise C.ChunkDecodeError(f"chunk {key!r} is missing")
             out[region] = meta.fill_value
             continue
-        chunk = _decode_chunk(meta, raw, limits, budget, strings)
+        extent = tuple(r.stop - r.start for r in region) if complete else None
+        chunk = _decode_chunk(meta, raw, limits, budget, strings, extent)
         out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
     if strings is not None:
         return _strings_to_objects(out, strings)
@@ -634,8 +647,13 @@ def _decode_chunk(
     limits: Limits,
     budget: DecodeBudget,
     strings: _StringCharge | None,
+    held: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Decode one chunk; payloads of unknown size decompress no further than the budget."""
+    """Decode one chunk; payloads of unknown size decompress no further than the budget.
+
+    ``held`` is the extent of the chunk that lies within the array, when every inner
+    chunk of a shard holding any of it must be stored (see :func:`decode_array`).
+    """
     count = math.prod(meta.chunks)
     cap = (
         strings.cap(limits)
@@ -643,7 +661,7 @@ def _decode_chunk(
         else min(limits.max_chunk_bytes, budget.remaining)
     )
     if meta.zarr_format == 3:
-        return _decode_chunk_v3(meta, raw, count, limits, cap, strings)
+        return _decode_chunk_v3(meta, raw, count, limits, cap, strings, held)
     return _decode_chunk_v2(meta, raw, count, limits, cap, strings)
 
 
@@ -672,6 +690,7 @@ def _decode_chunk_v3(
     limits: Limits,
     cap: int,
     strings: _StringCharge | None,
+    held: Sequence[int] | None = None,
 ) -> np.ndarray:
     codecs = list(meta.codecs)
     if codecs[0]["name"] == "sharding_indexed":
@@ -687,6 +706,7 @@ def _decode_chunk_v3(
             meta.chunks,
             limits.max_chunk_bytes,
             lambda shape: np.full(shape, meta.fill_value, dtype=meta.dtype),
+            required=held,
         )
     direct = None if meta.is_string else C.direct_codec(meta.codecs, meta.dtype)
     if direct is not None:

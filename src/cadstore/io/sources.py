@@ -189,6 +189,17 @@ class KeySource(ABC):
         data = self.get(key)
         return None if data is None else len(data)
 
+    def locate(self, key: str) -> int | None:
+        """:meth:`size_of` for a key that must exist: ``None`` only if the store has none.
+
+        A source that listed its keys when it was opened asks the store again for a key
+        the listing lacked: an object store's listing can miss an object it holds (a
+        server that crashed while writing has been seen to), and a reader that knows a
+        member must be there (a cadstore dataset's chunks) should read it rather than
+        take it for absent. Other sources answer from what they hold.
+        """
+        return self.size_of(key)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
 
@@ -792,6 +803,18 @@ class PrefixSource(KeySource):
 
     def size_of(self, key: str) -> int | None:  # docstring inherited
         return self._sizes.get(key)
+
+    def locate(self, key: str) -> int | None:  # docstring inherited
+        size = self._sizes.get(key)
+        if size is not None or check_member_name(key):
+            return size
+        try:
+            size = self._fs.size(self._fs.join(self.location, key))
+        except FileNotFoundError:
+            return None
+        # Found by asking for it: reads of it go to the store from now on.
+        self._sizes[key] = size
+        return size
 
     def total_bytes(self) -> int:  # docstring inherited
         return sum(self._sizes.values())
