@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import s3fs
@@ -319,9 +320,29 @@ def test_server_killed_mid_merge_publishes_nothing_and_a_rerun_completes(
         )
     if directory:
         prefix = out[len("s3://") :] + "/"
-        remote = {k[len(prefix) :] for k in client.find(out)}
-        assert remote == {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-        assert client.cat_file(out + "/zarr.json") == (local / "zarr.json").read_bytes()
+        listed = {k[len(prefix) :] for k in client.find(out)}
+        members = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        # Nothing but the dataset's members: the failed merge left nothing behind.
+        assert listed <= set(members)
+        # Every member, fetched by name: SeaweedFS, killed during the first merge and
+        # restarted, has listed the rerun's dataset without a shard a GET returned (about
+        # one run in twenty on a loaded machine); the reader asks for a shard its listing
+        # lacks (tests/test_dataset_s3.py), so the dataset is whole, and reads whole.
+        copy = tmp_path / "copy.dataset"
+        for name in members:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_bytes(client.cat_file(f"{out}/{name}"))
+        assert_same_dataset(copy, local)
+        with (
+            DatasetReader(out, storage_options=own_server.storage_options()) as remote,
+            DatasetReader(local) as reference,
+        ):
+            codes = list(range(reference.n_items))
+            pairs = zip(remote.read_items(codes), reference.read_items(codes), strict=True)
+            for got, want in pairs:
+                for group in want:
+                    for name in want[group]:
+                        np.testing.assert_array_equal(got[group][name], want[group][name])
     else:
         assert_same_dataset(_download(own_server, out, tmp_path / "copy"), local)
 
