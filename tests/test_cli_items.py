@@ -276,6 +276,24 @@ def test_inspect_and_cat_a_directory_dataset(
     assert json.loads(text)["value"] == _item(2)["face_types"].tolist()
 
 
+def test_cat_and_validate_a_dataset_missing_a_shard_name_it(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """A shard gone from a directory dataset is reported, not printed as zeros (whole
+    arrays are read through the hierarchy, which took it for Zarr fill values)."""
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p in items], str(out), directory=True)
+    (out / "faces/face_areas/c/0").unlink()
+    for argv in (("cat", out, "faces/face_areas"), ("cat", out, "faces"), ("validate", out)):
+        code, text, err = run(capsys, *argv)
+        # As any damaged file: exit 2 and one line naming the file, the array, the chunk.
+        assert code == 2, (argv, err)
+        assert err.startswith(f"cadstore: error: {out}: array 'faces/face_areas': chunk 'c/0' is")
+        assert err.count("\n") == 1 and text == "", argv
+    code, text, _ = run(capsys, "cat", out, "faces/face_types", "--json")
+    assert code == 0  # the other arrays still read
+
+
 def test_inspect_json_store(capsys: pytest.CaptureFixture[str], json_store: Path) -> None:
     code, out, _ = run(capsys, "inspect", json_store, "--json")
     assert code == 0

@@ -337,7 +337,7 @@ def test_directory_dataset_on_s3_reads_a_shard_its_listing_lacks(
 
     def lacking(self: FsspecFileSystem, path: str) -> dict[str, int]:
         found = listing(self, path)
-        del found[member]
+        del found[member], found["metadata.json"]
         return found
 
     monkeypatch.setattr(FsspecFileSystem, "file_sizes", lacking)
@@ -346,6 +346,7 @@ def test_directory_dataset_on_s3_reads_a_shard_its_listing_lacks(
         DatasetReader(out) as local,
     ):
         assert remote._source.size_of(member) is None  # the listing lacked it
+        assert remote.metadata == local.metadata and remote.metadata  # the schema too
         for code in (0, 37):
             _assert_items_equal(remote.read_item(code), local.read_item(code))
     with (
@@ -359,7 +360,7 @@ def test_directory_dataset_on_s3_reads_a_shard_its_listing_lacks(
 
 
 def test_directory_dataset_on_s3_missing_a_shard_is_an_error(
-    data: S3Dataset, dir_dataset: tuple[str, Path]
+    data: S3Dataset, dir_dataset: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shard object gone from a directory dataset is damage, named: the merger stores
     every shard holding rows, so none may read as fill values."""
@@ -369,11 +370,21 @@ def test_directory_dataset_on_s3_missing_a_shard_is_an_error(
     client.put(str(out), prefix, recursive=True)
     member = "faceface_upper/d2_distance/c/0/0"
     client.rm_file(f"{prefix}/{member}")
+    asked: list[str] = []
+    size = FsspecFileSystem.size
+
+    def counted(self: FsspecFileSystem, path: str) -> int:
+        asked.append(path)
+        return size(self, path)
+
+    monkeypatch.setattr(FsspecFileSystem, "size", counted)
     with DatasetReader(prefix, storage_options=data.options()) as remote:
         with pytest.raises(CorruptStoreError, match=f"shard '{member}' is missing"):
             remote.read_item(0)
         with pytest.raises(CorruptStoreError, match=f"shard '{member}' is missing"):
             remote.read_items([0, 1])
+        # The store was asked once whether it holds the shard, not at every read.
+        assert asked.count(f"{prefix}/{member}") == 1, asked
         faces = remote.read_item(0, groups=["faces"])  # the other groups still read
     with DatasetReader(out) as local:
         _assert_items_equal(faces, local.read_item(0, groups=["faces"]))

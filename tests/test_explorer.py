@@ -148,6 +148,40 @@ def test_directory_dataset_uses_a_local_store(realistic_items: list[Any], tmp_pa
         assert "no .infoset" in ex.table_of_contents()
 
 
+@pytest.mark.parametrize("layout", ["directory", "zip"])
+def test_group_data_of_a_dataset_missing_a_shard_is_an_error(
+    realistic_items: list[Any], tmp_path: Path, layout: str
+) -> None:
+    """zarr-python reads an absent chunk as fill values: through the explorer's xarray
+    views a shard lost from a merged dataset read as zeros. It is an error naming it."""
+    import pickle
+    import zipfile
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:5]], str(out), directory=True)
+    member = "edges/edge_lengths/c/0"
+    (out / member).unlink()
+    if layout == "zip":
+        # The same members in a zip, without the lost one.
+        packed = tmp_path / "zip.dataset"
+        with zipfile.ZipFile(packed, "w") as zf:
+            for path in sorted(p for p in out.rglob("*") if p.is_file()):
+                zf.write(path, path.relative_to(out).as_posix())
+        out = packed
+    with DatasetExplorer(merged_store_path=out) as ex:
+        lazy = ex.get_array_data("edges", "edge_lengths")  # opening reads no chunk
+        with pytest.raises(CorruptStoreError, match=f"chunk '{member}' is missing"):
+            lazy.values  # noqa: B018 - reading is the point
+        with pytest.raises(CorruptStoreError, match=f"chunk '{member}' is missing"):
+            ex.get_group_data("edges").load()
+        got = ex.get_array_data("edges", "edge_types").values  # the others still read
+        want = np.concatenate([i["edge_types"] for _, i, _ in realistic_items[:5]])
+        np.testing.assert_array_equal(got, want)
+        # The view goes to Dask workers (a cluster) by pickle.
+        store = pickle.loads(pickle.dumps(ex._open_zarr_store()))  # noqa: S301 - our own bytes
+        assert type(store).__name__ == "CompleteStore" and store.location == str(out)
+
+
 # ---------------------------------------------------------------------------- per item
 def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
     items = _items(realistic_items)

@@ -293,6 +293,7 @@ def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: b
                     f"{DATASET_FORMAT!r}"
                 )
             hierarchy.item_layouts = False  # see ReadHierarchy: no item triangles here
+            hierarchy.complete = True  # the merger stores every chunk holding values
             return Artefact(DATASET, given, where, hierarchy=hierarchy, source=source)
         if not is_zip and where.with_suffix(".data").isfile():
             # OptStorage reads a published .data in preference to the directory next to

@@ -516,20 +516,25 @@ class DatasetExplorer:
         if self._zarr_store is None:
             import zarr
 
+            from cadstore.dataset.zarr_view import CompleteStore
+
             where = self.reader.location
+            store: Any
             if where.remote:
                 # A URL: zarr-python reads the zip (or the prefix) through fsspec.
                 options = dict(where.storage_options or {})
                 url = where.path if where.isdir() else f"zip::{where.path}"
                 protocol = where.path.partition("://")[0]
                 nested = {protocol: options} if url.startswith("zip::") else options
-                self._zarr_store = zarr.storage.FsspecStore.from_url(
+                store = zarr.storage.FsspecStore.from_url(
                     url, storage_options=nested, read_only=True
                 )
             elif where.isdir():
-                self._zarr_store = zarr.storage.LocalStore(where.path, read_only=True)
+                store = zarr.storage.LocalStore(where.path, read_only=True)
             else:
-                self._zarr_store = zarr.storage.ZipStore(where.path, mode="r")
+                store = zarr.storage.ZipStore(where.path, mode="r")
+            # A chunk the merger stored and that is gone is an error, not fill values.
+            self._zarr_store = CompleteStore(store, where.path)
         return self._zarr_store
 
     def get_group_data(self, group: str) -> xr.Dataset:

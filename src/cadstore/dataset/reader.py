@@ -201,7 +201,8 @@ class DatasetReader:
                     self.path,
                     f"not a cadstore dataset (no {DATASET_FORMAT!r} marker in its root zarr.json)",
                 )
-            raw = source.get(_METADATA)
+            # Written by every merge: asked for by name if a listing lacked it.
+            raw = source.get(_METADATA) if source.locate(_METADATA) is not None else None
             self.metadata: dict[str, Any] = (
                 load_document(
                     raw,

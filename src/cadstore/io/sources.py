@@ -759,6 +759,8 @@ class PrefixSource(KeySource):
         self.limits = limits
         self._fs = fs
         self._sizes = {k: n for k, n in fs.file_sizes(root).items() if not check_member_name(k)}
+        # Keys the listing lacked and the store did not have either (see locate).
+        self._absent: set[str] = set()
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
         size = self._sizes.get(key)
@@ -806,11 +808,12 @@ class PrefixSource(KeySource):
 
     def locate(self, key: str) -> int | None:  # docstring inherited
         size = self._sizes.get(key)
-        if size is not None or check_member_name(key):
+        if size is not None or key in self._absent or check_member_name(key):
             return size
         try:
             size = self._fs.size(self._fs.join(self.location, key))
         except FileNotFoundError:
+            self._absent.add(key)  # asked once: a damaged dataset is not asked again
             return None
         # Found by asking for it: reads of it go to the store from now on.
         self._sizes[key] = size

@@ -1,0 +1,64 @@
+"""zarr-python's view of a merged dataset, with cadstore's rule for a missing chunk.
+
+Zarr reads a chunk that is not stored as the array's fill value: writers may leave out
+chunks holding nothing else. cadstore's merger stores every shard, and every inner chunk,
+that holds rows (see :class:`~cadstore.dataset.reader.DatasetReader`), so a chunk of a
+merged dataset that is not there was lost (a file deleted, an object a store dropped),
+and reading it as fill values would give zeros as data. :class:`CompleteStore` wraps the
+store zarr-python reads the dataset through (for :class:`~cadstore.dataset.explorer.
+DatasetExplorer`'s xarray views) so that such a read is a
+:class:`~cadstore.errors.CorruptStoreError` naming the chunk instead.
+
+This module imports zarr-python: import it only where zarr-python is in use.
+"""
+
+from __future__ import annotations
+
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
+
+from cadstore.errors import CorruptStoreError
+
+__all__ = ["CompleteStore"]
+
+#: The names of metadata documents, the only keys zarr-python asks for that may be absent.
+_METADATA_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"))
+
+
+class CompleteStore(WrapperStore[Store]):
+    """A store of a merged dataset in which every chunk asked for must be there.
+
+    zarr-python asks a store for metadata documents, which may be absent (it probes for
+    the Zarr format and for consolidated metadata), and for the chunks of arrays within
+    their shape, which a merged dataset always holds: one that is absent is reported.
+
+    Parameters
+    ----------
+    store
+        The store zarr-python would read (``LocalStore``, ``ZipStore``, ``FsspecStore``).
+    location
+        The dataset, shown in the error.
+    """
+
+    def __init__(self, store: Store, location: str = "") -> None:
+        super().__init__(store)
+        self.location = location
+
+    def _with_store(self, store: Store) -> CompleteStore:
+        return type(self)(store, self.location)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """The bytes at ``key`` (see zarr's ``Store.get``); a chunk that is absent raises.
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the dataset and the chunk's key.
+        """
+        found = await self._store.get(key, prototype, byte_range)
+        if found is None and key.rpartition("/")[2] not in _METADATA_NAMES:
+            raise CorruptStoreError(self.location, f"chunk {key!r} is missing")
+        return found
