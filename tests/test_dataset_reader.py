@@ -41,6 +41,35 @@ def _check_item(reader: DatasetReader, code: int, item: dict[str, Any]) -> None:
     assert got["graph"]["num_nodes"] == item["graph"]["num_nodes"]
 
 
+@pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
+def test_arrays_with_a_zero_length_axis_read(tmp_path: Path, directory: bool) -> None:
+    """Rows of no values (a face array of shape (n_faces, 0)) merge, and read as what was
+    stored, by every path: they raised a decoding error ("zstd frame declares 0 bytes")."""
+    from cadstore.synthetic import iter_items, write_item
+
+    items = []
+    for index, (_, item, meta) in enumerate(iter_items(4, seed=1)):
+        item = dict(item)
+        n = len(item["face_areas"])
+        item["face_empty"] = np.zeros((n, 0), np.float32)
+        item["face_empty_3"] = np.zeros((n, 3, 0), np.int64)
+        items.append((write_item(tmp_path / f"i{index}.zarr", item, meta), item))
+    out = tmp_path / "zero.dataset"
+    merge_items([p for p, _ in items], out, directory=directory)
+    for cache_bytes in (0, 1 << 26):
+        with DatasetReader(out, cache_bytes=cache_bytes) as reader:
+            reader.warm()
+            batch = reader.read_items(list(range(len(items))))
+            for code, (_, item) in enumerate(items):
+                for got in (reader.read_item(code)["faces"], batch[code]["faces"]):
+                    for name in ("face_empty", "face_empty_3"):
+                        assert got[name].shape == item[name].shape, name
+                        assert got[name].dtype == item[name].dtype, name
+                np.testing.assert_array_equal(got["face_areas"], item["face_areas"])
+            whole = reader.read_array("faces", "face_empty_3")
+            assert whole.shape == (sum(len(i["face_areas"]) for _, i in items), 3, 0)
+
+
 def test_every_item_reads_back(dataset: Path, realistic_items: list[Any]) -> None:
     with DatasetReader(dataset, cache_bytes=0) as reader:
         assert reader.n_items == len(realistic_items)

@@ -817,6 +817,8 @@ class DatasetReader:
                 f"{path}: rows {start}..{stop} of shape {out.shape[1:]} do not fit its "
                 f"shape {shape}",
             )
+        if not out.size:
+            return  # no values (no rows, or rows of a zero-length axis): nothing to read
         with self._lock:
             self._ensure()
             if path in self._virtual:
