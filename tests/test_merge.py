@@ -437,6 +437,44 @@ def test_append_refuses_what_does_not_fit(realistic_items: list[Any], tmp_path: 
     assert (tmp_path / "d.dataset").read_bytes() == before
 
 
+def test_append_continues_a_per_item_string_array(tmp_path: Path) -> None:
+    """An item's own string (a title, one per item) appends as it merges: appending to a
+    dataset holding one raised "data type 'string' not understood". Numbers where the
+    dataset holds strings, or the other way round, are refused, naming the array."""
+    from cadstore.dataset import DatasetReader
+    from cadstore.merging import append_items
+    from cadstore.synthetic import iter_items, write_item
+
+    files = []
+    for index, (_, item, meta) in enumerate(iter_items(5, seed=1)):
+        item = dict(item)
+        item["title"] = np.array(f"part {index}", dtype=object) if index < 4 else np.float64(4)
+        files.append(write_item(tmp_path / f"i{index}.zarr", item, meta))
+    merge_items(files[:2], tmp_path / "inc.dataset")
+    append_items(tmp_path / "inc.dataset", files[2:3])
+    append_items(tmp_path / "inc.dataset", files[3:4])
+    merge_items(files[:4], tmp_path / "full.dataset")
+    with (
+        DatasetReader(tmp_path / "inc.dataset") as inc,
+        DatasetReader(tmp_path / "full.dataset") as full,
+    ):
+        assert [inc.read_item(c)["title"]["title"] for c in range(4)] == [
+            f"part {c}" for c in range(4)
+        ]
+        for group in full.groups:
+            for array in full.arrays(group):
+                np.testing.assert_array_equal(
+                    inc.read_array(group, array), full.read_array(group, array)
+                )
+    before = (tmp_path / "inc.dataset").read_bytes()
+    with pytest.raises(MergeError, match="title: new items hold float64, the dataset holds str"):
+        append_items(tmp_path / "inc.dataset", files[4:])
+    assert (tmp_path / "inc.dataset").read_bytes() == before
+    merge_items([files[4]], tmp_path / "numbers.dataset")
+    with pytest.raises(MergeError, match="title: new items hold strings, the dataset holds f"):
+        append_items(tmp_path / "numbers.dataset", files[:1])
+
+
 def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path) -> None:
     import json
 

@@ -230,6 +230,16 @@ def _check_fits(reader: DatasetReader, groups: dict[str, GroupPlan]) -> None:
                     f"{group.name}/{plan.name}: new items have trailing shape "
                     f"{plan.trailing}, the dataset has {tuple(meta.shape[1:])}"
                 )
+            # Strings (a merge plans them as objects) continue strings, numbers numbers.
+            strings = plan.dtype == np.dtype(object)
+            if strings != meta.is_string:
+                new = "strings" if strings else str(plan.dtype)
+                stored = "strings" if meta.is_string else str(meta.dtype)
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items hold {new}, the dataset holds {stored}"
+                )
+            if strings:
+                continue
             if not np.can_cast(plan.dtype, meta.dtype, "safe"):
                 raise MergeError(
                     f"{group.name}/{plan.name}: new items hold {plan.dtype}, "
@@ -287,17 +297,19 @@ def _continue_groups(reader: DatasetReader, groups: dict[str, GroupPlan]) -> dic
             if array in (OFFSETS, file_id_code_name(name)):
                 continue
             meta = reader.array_meta(name, array)
+            # Strings are planned as objects, as a merge plans them.
+            dtype = np.dtype(object) if meta.is_string else meta.dtype
             plan = plan_group.arrays.get(array)
             if plan is None:
                 plan = plan_group.arrays[array] = ArrayPlan(
                     group=name,
                     name=array,
                     per_item=reader.is_per_item(name, array),
-                    dtype=meta.dtype,
+                    dtype=dtype,
                     trailing=tuple(meta.shape[1:]),
                 )
             plan.dims = list(meta.dims or [])
-            plan.dtype = meta.dtype
+            plan.dtype = dtype
             plan.triangle = plan_group.source is not None and not plan.per_item
             if not plan.per_item:
                 config = meta.codecs[0].get("configuration") or {}
