@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 
 from cadstore import DatasetMerger, OptStorage, SchemaBuilder
+from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_layout
@@ -473,6 +474,61 @@ def test_append_continues_a_per_item_string_array(tmp_path: Path) -> None:
     merge_items([files[4]], tmp_path / "numbers.dataset")
     with pytest.raises(MergeError, match="title: new items hold strings, the dataset holds f"):
         append_items(tmp_path / "numbers.dataset", files[:1])
+
+
+def _item_of(path: Path, **arrays: Any) -> str:
+    """A ``.data`` item holding ``arrays`` (``a__b`` is the key ``a/b``)."""
+    storage = OptStorage(path)
+    for key, value in arrays.items():
+        storage.save_data(key.replace("__", "/"), value)
+    storage.compress_store()
+    storage.close()
+    return f"{path}.data"
+
+
+def test_items_whose_arrays_cannot_be_stored_as_they_are_are_dropped_and_named(
+    tmp_path: Path,
+) -> None:
+    """Two keys of an item that meet in one dataset array (``g/b_c`` and ``g/b/c``: the
+    second silently replaced the first), keys taking a name the dataset keeps for itself
+    (a raw "duplicate zip member" error), and an array that is one value in some items
+    and rows in others (a numpy error naming nothing): each item is left out and named
+    in the merge's errors, with what is wrong; the other items merge."""
+    good = _item_of(tmp_path / "good.zarr", faces__x=np.arange(3), q=1.0)
+    cases = {
+        "meet": ({"g__b_c": np.arange(3), "g__b__c": np.ones(3)}, "'g/b_c' and 'g/b/c' would"),
+        "offsets": ({"faces__item_offsets": np.arange(3)}, "faces/item_offsets, a name"),
+        "codes": ({"faces__file_id_code_faces": np.arange(3)}, "faces/file_id_code_faces, a"),
+        "rows": ({"q": np.array([1.0, 2.0])}, "'q' (q/q) is rows in this item, one value in"),
+    }
+    for name, (arrays, problem) in cases.items():
+        odd = _item_of(tmp_path / f"{name}.zarr", **arrays)
+        result = merge_items([good, odd], tmp_path / f"{name}.dataset")
+        assert result.items == ["good"], name
+        assert [e["file"] for e in result.errors] == [odd], name
+        assert problem in result.errors[0]["error"], (name, result.errors)
+    with DatasetReader(tmp_path / "meet.dataset") as reader:
+        np.testing.assert_array_equal(reader.read_item(0)["faces"]["x"], np.arange(3))
+
+
+def test_append_refuses_one_value_where_the_dataset_holds_rows(tmp_path: Path) -> None:
+    """The new item's ``q`` is one value, the dataset's rows: the append read back an
+    empty array for it, without a word. Both ways round it is a MergeError, and the
+    dataset is unchanged."""
+    from cadstore.merging import append_items
+
+    rows = _item_of(tmp_path / "rows.zarr", q=np.array([1.0, 2.0]))
+    one = _item_of(tmp_path / "one.zarr", q=3.0)
+    for first, new, message in (
+        (rows, one, "q/q: new items hold one value per item, the dataset holds rows"),
+        (one, rows, "q/q: new items hold rows, the dataset holds one value per item"),
+    ):
+        out = tmp_path / f"{Path(first).name}.dataset"
+        merge_items([first], out)
+        before = out.read_bytes()
+        with pytest.raises(MergeError, match=message):
+            append_items(out, [new])
+        assert out.read_bytes() == before
 
 
 def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path) -> None:

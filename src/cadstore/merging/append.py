@@ -225,6 +225,13 @@ def _check_fits(reader: DatasetReader, groups: dict[str, GroupPlan]) -> None:
                     "dataset lacks; merge all items again to add it"
                 )
             meta = reader.array_meta(group.name, plan.name)
+            stored_per_item = reader.is_per_item(group.name, plan.name)
+            if plan.per_item != stored_per_item:
+                one, rows = "one value per item", "rows"
+                new, stored = (one, rows) if plan.per_item else (rows, one)
+                raise MergeError(
+                    f"{group.name}/{plan.name}: new items hold {new}, the dataset holds {stored}"
+                )
             if tuple(meta.shape[1:]) != plan.trailing and not plan.per_item:
                 raise MergeError(
                     f"{group.name}/{plan.name}: new items have trailing shape "

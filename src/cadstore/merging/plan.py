@@ -19,9 +19,12 @@ import numpy as np
 from cadstore.errors import CadstoreError, MergeError
 from cadstore.format.layout import (
     ITEM_DIM,
+    ITEM_NAMES,
     MATRIX_FLATTENING,
+    OFFSETS,
     assign_group,
     default_primary_dim,
+    file_id_code_name,
 )
 from cadstore.format.sharding import FRAME_MIN_BYTES, shard_layout
 from cadstore.format.triangle import UPPER_TRIANGLE, side_of, triangle_count
@@ -203,8 +206,23 @@ def _stage_item(
     problems: list[str] = []
     staged: list[_Staged] = []
     rows_by_group: dict[str, int] = {}
+    placed: dict[tuple[str, str], str] = {}
     for key, (shape, dtype) in scan.arrays.items():
         group_name, array_name = assign_group(key, schema)
+        # Nested keys are joined with '_' (a/b/c is a/b_c): two keys may meet, and names
+        # the dataset keeps for itself are not an item's to take.
+        other = placed.setdefault((group_name, array_name), key)
+        if other != key:
+            problems.append(
+                f"{other!r} and {key!r} would both be stored as {group_name}/{array_name}"
+            )
+            continue
+        if array_name in (OFFSETS, file_id_code_name(group_name)) or group_name == ITEM_NAMES:
+            problems.append(
+                f"{key!r} would be stored as {group_name}/{array_name}, a name the "
+                "dataset keeps for itself"
+            )
+            continue
         group = groups.get(group_name)
         if group is None:
             group = groups[group_name] = _new_group(group_name, schema)
@@ -232,8 +250,15 @@ def _stage_item(
                 f"for {key!r})"
             )
         staged.append((group, array_name, key, trailing, dt, rows))
-    for group, array_name, _key, trailing, _dt, staged_rows in staged:
+    for group, array_name, key, trailing, _dt, staged_rows in staged:
         existing = group.arrays.get(array_name)
+        if existing is not None and existing.per_item != (staged_rows is None):
+            this, others = ("one value", "rows") if staged_rows is None else ("rows", "one value")
+            problems.append(
+                f"{key!r} ({group.name}/{array_name}) is {this} in this item, {others} in "
+                "other items"
+            )
+            continue
         if existing is not None and staged_rows is not None and existing.trailing != trailing:
             problems.append(
                 f"{group.name}/{array_name} has trailing shape {trailing}, other items "
