@@ -511,6 +511,48 @@ def test_items_whose_arrays_cannot_be_stored_as_they_are_are_dropped_and_named(
         np.testing.assert_array_equal(reader.read_item(0)["faces"]["x"], np.arange(3))
 
 
+def test_integers_a_floating_point_array_cannot_hold_exactly_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Items of int64 beside items of float32 make a float64 array, which holds integers
+    exactly only up to 2**53: 2**53 + 1 came back as 2**53, uint64 2**64 - 1 beside
+    int64 as 1.8e19, without a word (rows, per-item values, appends). Now a MergeError
+    names the item, the array and the value; values it holds exactly still merge."""
+    from cadstore.merging import append_items
+
+    floats = _item_of(tmp_path / "floats.zarr", faces__x=np.array([0.5], np.float32), q=0.5)
+    cases = {
+        "rows": ({"faces__x": np.array([3, 2**53 + 1])}, "'faces/x': the integer 9007199254740993"),
+        "u64": ({"faces__x": np.array([2**64 - 1], np.uint64)}, "18446744073709551615"),
+        "one": ({"q": np.int64(2**53 + 1)}, "'q': the integer 9007199254740993"),
+    }
+    for name, (arrays, message) in cases.items():
+        big = _item_of(tmp_path / f"{name}.zarr", **arrays)
+        others = (
+            [_item_of(tmp_path / "signed.zarr", faces__x=np.array([-1]))]
+            if name == "u64"
+            else [floats]
+        )
+        out = tmp_path / f"{name}.dataset"
+        with pytest.raises(MergeError, match=message) as info:
+            merge_items([big, *others], out)
+        assert big in str(info.value) and "float64" in str(info.value)
+        assert not out.exists()
+    exact = _item_of(tmp_path / "exact.zarr", faces__x=np.array([2**53, -(2**63), 7]))
+    merge_items([exact, floats], tmp_path / "exact.dataset")
+    with DatasetReader(tmp_path / "exact.dataset") as reader:
+        got = reader.read_item(0)["faces"]["x"]
+        assert got.dtype == np.float64 and got.tolist() == [2**53, -(2**63), 7]
+    # A float64 dataset takes int64 items ("safe" in numpy's rules), 2**53 + 1 aside.
+    doubles = _item_of(tmp_path / "doubles.zarr", faces__x=np.array([0.5]), q=0.5)
+    merge_items([doubles], tmp_path / "appended.dataset")
+    before = (tmp_path / "appended.dataset").read_bytes()
+    big = _item_of(tmp_path / "big.zarr", faces__x=np.array([2**53 + 1]), q=1.0)
+    with pytest.raises(MergeError, match="the integer 9007199254740993 cannot be stored"):
+        append_items(tmp_path / "appended.dataset", [big])
+    assert (tmp_path / "appended.dataset").read_bytes() == before
+
+
 def test_append_refuses_one_value_where_the_dataset_holds_rows(tmp_path: Path) -> None:
     """The new item's ``q`` is one value, the dataset's rows: the append read back an
     empty array for it, without a word. Both ways round it is a MergeError, and the

@@ -453,6 +453,8 @@ def stream_items(
                     shape, _ = scans[code].arrays[key]
                     raw_total += math.prod(shape) * arr.itemsize
                 if plan.per_item:
+                    if arr is not None and arr.dtype.kind in "iu" and plan.dtype.kind in "fc":
+                        arr = exact_cast(arr, plan.dtype, f"item {scans[code].path}: {key!r}")
                     per_item[(group.name, plan.name)].append(
                         arr[()] if arr is not None else plan.fill_value
                     )
@@ -473,6 +475,34 @@ def stream_items(
     return raw_total
 
 
+def exact_cast(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``arr`` in ``dtype``, the type its dataset array takes to hold every item's values.
+
+    Items of integers beside items of floats make a floating-point array (numpy's
+    promotion), which holds integers exactly only up to ``2**53`` (float64; ``2**24``
+    for float32): a larger one would come back as another number.
+
+    Raises
+    ------
+    MergeError
+        Naming ``what`` and a value that ``dtype`` cannot hold exactly.
+    """
+    if arr.dtype == dtype:
+        return arr
+    out = arr.astype(dtype, copy=False)
+    if arr.dtype.kind in "iu" and dtype.kind in "fc" and arr.size:
+        limit = 2 ** (np.finfo(dtype).nmant + 1)
+        for value in arr[(arr > limit) | (arr < -limit)].tolist():
+            if int(dtype.type(value).real) != value:
+                raise MergeError(
+                    f"{what}: the integer {value} cannot be stored exactly as {dtype}, the "
+                    "type of its dataset array (integers beside floating-point numbers, or "
+                    "signed beside unsigned 64-bit integers, make floating point); store "
+                    "the array with one dtype in every item"
+                )
+    return out
+
+
 def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str) -> np.ndarray:
     """An item array as the rows of ``plan``: flattened, its upper triangle for a
     triangle-stored array, in the output dtype.
@@ -481,7 +511,8 @@ def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str
     ------
     MergeError
         If a triangle-stored array is not symmetric: the scan found it symmetric, so the
-        item changed since (storing its triangle would lose the other half).
+        item changed since (storing its triangle would lose the other half); or if the
+        output dtype cannot hold its values exactly (see :func:`exact_cast`).
     """
     if plan.triangle:
         # The item's triangle rows as it stores them (decode_item), or its full matrix.
@@ -492,7 +523,7 @@ def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str
                 "scanned and is not now"
             )
         arr = tri
-    return arr.reshape((n_rows, *plan.trailing)).astype(plan.dtype, copy=False)
+    return exact_cast(arr.reshape((n_rows, *plan.trailing)), plan.dtype, f"item {path}: {key!r}")
 
 
 def triangle_attributes(group: GroupPlan, plan: ArrayPlan) -> dict[str, Any]:
