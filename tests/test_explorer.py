@@ -182,6 +182,32 @@ def test_group_data_of_a_dataset_missing_a_shard_is_an_error(
         assert type(store).__name__ == "CompleteStore" and store.location == str(out)
 
 
+def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:
+    """A group of per-item values only (``volume``, one per item) read as an empty array
+    (its values repeated once per row, and it has none); a group holding a per-item
+    string made every view of the group raise "data type 'string' not understood"."""
+    from cadstore import OptStorage
+
+    files = []
+    for name, volume, rows, title in (("a", 10.0, 2, "first"), ("b", 11.0, 3, "second")):
+        storage = OptStorage(tmp_path / f"{name}.zarr")
+        storage.save_data("volume", volume)
+        storage.save_data("faces/x", np.arange(rows))
+        storage.save_data("faces/title", title)
+        storage.compress_store()
+        storage.close()
+        files.append(f"{tmp_path / name}.zarr.data")
+    out = tmp_path / "values.dataset"
+    merge_items(files, out)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        assert ex.get_array_data("volume", "volume").values.tolist() == [10.0, 11.0]
+        assert ex.file_dataset(1, "volume")["volume"].values.tolist() == [11.0]
+        faces = ex.get_group_data("faces")
+        assert faces["title"].values.tolist() == ["first"] * 2 + ["second"] * 3
+        assert faces["x"].values.tolist() == [0, 1, 0, 1, 2]
+        assert ex.get_array_data("faces", "title").values.tolist()[2] == "second"
+
+
 # ---------------------------------------------------------------------------- per item
 def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
     items = _items(realistic_items)

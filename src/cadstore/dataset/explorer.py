@@ -222,7 +222,7 @@ def _reader_backed_array_class() -> type:
             self.group = group
             self.array = array
             self.shape = tuple(int(n) for n in meta.shape)
-            self.dtype = np.dtype(meta.dtype)
+            self.dtype = np.dtype(object) if meta.is_string else np.dtype(meta.dtype)
 
         def __getitem__(self, key: Any) -> np.ndarray | np.generic:
             # What _raw_getitem returns, further indexed for keys beyond basic indexing.
@@ -476,14 +476,15 @@ class DatasetExplorer:
     def _per_row(self, group: str) -> list[str]:
         """The per-item arrays of ``group`` that are presented once per row.
 
-        Those of a group that has rows (a ``file_id_code_<group>`` or another array on
-        the group's primary dimension): ``graph/num_nodes`` beside the graph edges, as the
-        specified merged store holds it. A group of per-item arrays only keeps them on
-        the ``item`` dimension.
+        Those of a group that has arrays of rows on the group's primary dimension:
+        ``graph/num_nodes`` beside the graph edges, as the specified merged store holds
+        it. A group of per-item arrays only (its ``file_id_code_<group>`` has no rows)
+        keeps them on the ``item`` dimension.
         """
         arrays = self._data_arrays(group)
         per_item = [a for a in arrays if self.reader.is_per_item(group, a)]
-        if not per_item or len(per_item) == len(arrays):
+        codes = file_id_code_name(group)
+        if not any(a not in per_item and a != codes for a in arrays):
             return []
         return per_item
 
