@@ -21,6 +21,7 @@ from cadstore.dataset.loader import (
     iterative_stratification,
 )
 from cadstore.errors import CorruptStoreError, DatasetError, InvalidDataError
+from cadstore.merging import merge_items
 from cadstore.synthetic import iter_items, write_item
 from conftest import write_items
 
@@ -635,6 +636,39 @@ def test_items_of_different_dtypes_make_a_batch_that_holds_every_value(
     with pytest.raises(InvalidDataError, match="faces/face_types"):
         torch_support.collate_graphs(items)
     assert int(items[1]["faces"]["face_types"][0]) == 2**63 + 1
+
+
+@pytest.mark.parametrize("processes", [0, 2], ids=["threads", "processes"])
+def test_complex_arrays_batch_as_complex_tensors(tmp_path: Path, processes: int) -> None:
+    """Complex arrays are saved and merged; their batches were made int64 (torch batches
+    only "biuf" kinds as they are) and raised "Cannot cast ... to int64"."""
+    torch = pytest.importorskip("torch")
+    from cadstore import OptStorage
+
+    paths, values = [], []
+    for index in range(4):
+        dtype = np.complex64 if index % 2 else np.complex128
+        value = np.array([1 + 2j, index - 3j, 0.5j], dtype=dtype)
+        storage = OptStorage(tmp_path / f"c{index}.zarr")
+        storage.save_data("faces/c", value)
+        storage.save_data("faces/x", np.arange(3.0))
+        storage.compress_store()
+        storage.close()
+        paths.append(f"{tmp_path / f'c{index}'}.zarr.data")
+        values.append(value.astype(np.complex128))
+    merge_items(paths, tmp_path / "c.dataset")
+    with DatasetLoader(merged_store_path=tmp_path / "c.dataset") as loader:
+        loader.split("random", train=1.0, validation=0.0, test=0.0, random_state=0)
+        subset = loader.get_dataset("train")
+        with subset.batches(batch_size=4, shuffle=False, processes=processes) as batches:
+            got = next(iter(batches))["faces"]["c"]
+    assert got.dtype == torch.complex128
+    np.testing.assert_array_equal(got.numpy(), np.concatenate(values))
+    mixed = [
+        {"file_id_code": i, "faces": {"c": v.astype(np.complex64 if i % 2 else np.complex128)}}
+        for i, v in enumerate(values)
+    ]
+    assert torch_support.collate_graphs(mixed)["faces"]["c"].dtype == torch.complex128
 
 
 def test_array_labels_of_a_custom_item_are_collated(loader: DatasetLoader) -> None:

@@ -708,7 +708,7 @@ def size_class(numel: int) -> int:
 def _tensor_kind(dtype: np.dtype) -> bool:
     """Whether torch batches arrays of ``dtype`` as they are (not unsigned integers wider
     than a byte, which it has few kernels for, nor strings)."""
-    return dtype.kind in "biuf" and not (dtype.kind == "u" and dtype.itemsize > 1)
+    return dtype.kind in "biufc" and not (dtype.kind == "u" and dtype.itemsize > 1)
 
 
 class BatchAllocator:
