@@ -335,6 +335,40 @@ def test_create_distribution_categorical_and_fallbacks(
         explorer.create_distribution("face_types", group="Labels")
 
 
+def test_distributions_of_non_finite_and_huge_values(tmp_path: Path) -> None:
+    """NaN and infinities, uint64 values from 2**63 and whole floats as large as 1e20 raised
+    OverflowError or numpy's "range is not finite" (bins=None and bins=k): they are
+    binned, or left out of every bin when they are not finite."""
+    from cadstore import OptStorage
+
+    files = []
+    for name, v, u, w in (
+        ("a", [0.5, np.inf, 2.0], [2**64 - 1], [1e20]),
+        ("b", [np.nan, 1.0, 1.0], [2**63], [2.0]),
+    ):
+        storage = OptStorage(tmp_path / f"{name}.zarr", allow_nan=True)
+        storage.save_data("faces/v", np.array(v))
+        storage.save_data("u", np.array(u, dtype=np.uint64))
+        storage.save_data("w", np.array(w))
+        storage.compress_store()
+        storage.close()
+        files.append(f"{tmp_path / name}.zarr.data")
+    merge_items(files, tmp_path / "odd.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "odd.dataset") as ex:
+        dist = ex.create_distribution("v", bins=3)
+        assert dist["bin_edges"].tolist() == [0.5, 1.0, 1.5, 2.0]
+        assert dist["hist"].tolist() == [1, 2, 1]  # NaN and inf in no bin
+        assert [c.tolist() for c in dist["file_id_codes_in_bins"]] == [[0], [1], [0]]
+        for key, group in (("u", "u"), ("w", "w")):
+            assert ex.create_distribution(key, bins=None, group=group)["hist"].sum() == 2
+        dist = ex.create_distribution("v", bins=None)
+        assert dist["categories"].tolist() == [0.5, 1.0, 2.0, np.inf]  # NaN in no bin
+        assert dist["hist"].tolist() == [1, 2, 1, 1]
+        dist = ex.create_distribution("u", bins=None, group="u")
+        assert dist["categories"].tolist() == [2**63, 2**64 - 1]
+        assert ex.create_distribution("u", bins=2, group="u")["hist"].tolist() == [1, 1]
+
+
 def test_build_membership_matrix(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
     items = _items(realistic_items)
     matrix, codes, cats = explorer.build_membership_matrix("faces", "face_types", None)

@@ -107,11 +107,14 @@ def _categorical_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     """
     distinct = np.unique(values)
     whole = values.dtype.kind in "biu" or (
-        values.dtype.kind == "f" and bool(np.all(distinct == np.round(distinct)))
+        values.dtype.kind == "f"
+        and bool(np.all(np.isfinite(distinct)))
+        and bool(np.all(distinct == np.round(distinct)))
     )
     if whole and len(distinct):
         first, last = int(distinct[0]), int(distinct[-1])
-        if last - first < _MAX_INTEGER_CATEGORIES:
+        # Unit bins need int64 codes: uint64 values from 2**63, or floats as large, do not.
+        if last - first < _MAX_INTEGER_CATEGORIES and first >= -(2**63) and last < 2**63 - 1:
             integers = np.arange(first, last + 1, dtype=np.int64)
             edges = np.append(integers, last + 1).astype(np.float64) - 0.5
             index = values.astype(np.int64) - first
@@ -896,7 +899,12 @@ class DatasetExplorer:
         if isinstance(bins, int | np.integer):
             if bins < 1:
                 raise DatasetError(f"bins must be >= 1, got {bins}")
-            edges = np.histogram_bin_edges(numeric, bins=int(bins))
+            # Edges span the finite values; NaN and infinities fall in no bin (numpy's
+            # automatic range refuses them).
+            finite = numeric[np.isfinite(numeric)]
+            if not len(finite) and len(numeric):
+                raise DatasetError("no finite values to bin; pass bin edges or bins=None")
+            edges = np.histogram_bin_edges(finite, bins=int(bins))
         else:
             edges = np.asarray(bins, dtype=np.float64)
             if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) < 0):
@@ -904,7 +912,7 @@ class DatasetExplorer:
         index = np.searchsorted(edges, numeric, side="right") - 1
         # np.histogram's last bin is closed on the right.
         index[numeric == edges[-1]] = len(edges) - 2
-        index[(numeric < edges[0]) | (numeric > edges[-1])] = -1
+        index[(numeric < edges[0]) | (numeric > edges[-1]) | np.isnan(numeric)] = -1
         return edges, index
 
     def create_distribution(
@@ -945,7 +953,9 @@ class DatasetExplorer:
         Raises
         ------
         DatasetError
-            If the group or the key is unknown, or non-numeric values are given bins.
+            If the group or the key is unknown, non-numeric values are given bins, or a
+            number of bins is given for values none of which is finite (NaN and
+            infinities fall in no bin).
 
         Notes
         -----
