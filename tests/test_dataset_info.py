@@ -332,6 +332,28 @@ def test_default_rules_without_any_schema(tmp_path: Path) -> None:
     assert any("'tags'" in w for w in info.warnings)
 
 
+def test_integers_a_float_column_would_round_are_kept_exact(tmp_path: Path) -> None:
+    """A field holding 2**53 + 1 in one item and 0.5 in another (or 2**63 + 1, beyond
+    int64) went to a float64 column: 9007199254740992.0, without a warning. Its column
+    now holds the exact values as strings, and says so; fields float64 holds exactly stay
+    float64."""
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    for name, big, huge in (("p", 2**53 + 1, 2**63 + 1), ("q", 0.5, 2)):
+        doc = {"Item": f"{name}.step", "big": big, "huge": huge, "fine": 3 if name == "p" else 0.5}
+        (summaries / f"{name}.json").write_text(json.dumps(doc))
+    info = DatasetInfo(summaries, tmp_path / "i", tmp_path / "a")
+    info.parse_info_files()
+    info.set_code_mappings({"p": 0, "q": 1})
+    info.store_info_to_parquet()
+    table = pq.read_table(tmp_path / "i").to_pydict()
+    assert table["big"] == ["9007199254740993", "0.5"]
+    assert table["huge"] == ["9223372036854775809", "2"]
+    assert table["fine"] == [3.0, 0.5]
+    for field, value in (("big", 2**53 + 1), ("huge", 2**63 + 1)):
+        assert any(f"{field!r} holds the integer {value}" in w for w in info.warnings)
+
+
 def test_schema_comes_from_first_item(tmp_path: Path) -> None:
     summaries = tmp_path / "files_summary"
     summaries.mkdir()

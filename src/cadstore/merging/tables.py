@@ -659,7 +659,18 @@ class DatasetInfo:
             # A field declared float stays float even when every value happens to be whole.
             return "float64" if spec.get("dtype") in _FLOAT_DTYPES else "int64"
         if all(isinstance(v, int | float) for v in values):
-            return "float64"
+            inexact = next((v for v in values if _is_int(v) and float(v) != v), None)
+            if inexact is None:
+                return "float64"
+            # A float64 column would round it (beyond 2**53, or beyond int64 alone).
+            self._warn_field_once(
+                fld.key,
+                "inexact",
+                f"field {fld.key!r} holds the integer {inexact}, which neither an int64 nor "
+                "a float64 column holds exactly beside its other values; its column holds "
+                "them as strings",
+            )
+            return "string"
         if not all(isinstance(v, str) for v in values):
             self._warn_field_once(
                 fld.key,
