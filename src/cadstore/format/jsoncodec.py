@@ -50,6 +50,7 @@ from cadstore.errors import CorruptStoreError, InvalidDataError, UnsupportedType
 __all__ = [
     "MAX_NESTING",
     "check_nesting",
+    "check_utf8",
     "decode",
     "decode_metadata",
     "dumps",
@@ -398,6 +399,27 @@ def _decode_numpy(obj: Mapping[str, Any]) -> Any:
     return arr
 
 
+def check_utf8(texts: list[str], what: str) -> None:
+    """Refuse strings that UTF-8, the encoding of everything cadstore stores, cannot hold.
+
+    A Python ``str`` may hold a lone surrogate (``"\\ud800"``, from decoding bytes with
+    ``surrogateescape``, or from JSON's ``\\ud800`` escape); encoding it fails, so
+    it is refused when it is given, naming ``what``, not when the file is written.
+
+    Raises
+    ------
+    InvalidDataError
+        Naming ``what`` and the character.
+    """
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise InvalidDataError(
+            f"{what}: a string holds {bad!r}, a lone surrogate, which UTF-8 cannot encode"
+        ) from None
+
+
 def encode_metadata(key: str, value: Any) -> Any:
     """Convert a metadata value into plain JSON-compatible Python.
 
@@ -414,7 +436,8 @@ def encode_metadata(key: str, value: Any) -> Any:
     UnsupportedTypeError
         For values JSON cannot hold (complex, bytes, sets, objects), naming ``key``.
     InvalidDataError
-        If the document would nest deeper than :data:`MAX_NESTING` levels, naming ``key``.
+        If the document would nest deeper than :data:`MAX_NESTING` levels, or a string
+        holds a lone surrogate (see :func:`check_utf8`), naming ``key``.
     """
     sections = key.count("/") + 1
     encoded = _encode_metadata(key, value, sections + 1)
@@ -425,7 +448,10 @@ def encode_metadata(key: str, value: Any) -> Any:
 
 def _encode_metadata(key: str, value: Any, level: int) -> Any:
     """:func:`encode_metadata`; ``level`` is where a container ``value`` would sit."""
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        check_utf8([value], f"metadata {key!r}")
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return _encode_float(value)
@@ -451,6 +477,7 @@ def _encode_metadata(key: str, value: Any, level: int) -> Any:
                 raise UnsupportedTypeError(
                     f"metadata dict keys must be str, got {type(k).__name__} {k!r} under {key!r}"
                 )
+            check_utf8([k], f"metadata {key!r}")
             out[k] = _encode_metadata(f"{key}/{k}", v, level + 1)
         return {"__dict__": out} if _looks_tagged(out) else out
     raise UnsupportedTypeError(

@@ -31,6 +31,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from cadstore.errors import InvalidDataError, UnsupportedTypeError
+from cadstore.format.jsoncodec import check_utf8
 from cadstore.storage.keys import validate_key
 
 __all__ = [
@@ -76,6 +77,8 @@ def normalize_value(key: str, value: object, *, copy: bool = True) -> Node:
     ------
     UnsupportedTypeError
         If ``value`` or anything nested in it cannot be represented.
+    InvalidDataError
+        If a string holds a lone surrogate, which UTF-8 cannot encode.
     """
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
@@ -108,6 +111,7 @@ def normalize_value(key: str, value: object, *, copy: bool = True) -> Node:
     if isinstance(value, complex):
         return complex(value)
     if isinstance(value, str):
+        check_utf8([value], f"key {key!r}")
         return str(value)
     if isinstance(value, list | tuple):
         return _normalize_sequence(key, value)
@@ -126,10 +130,12 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
             raise UnsupportedTypeError(f"structured arrays are not supported (key {key!r})")
         return np.array(arr, copy=True, order="C") if copy else np.asarray(arr, order="C")
     if kind == "U":
+        check_utf8(arr.ravel().tolist(), f"key {key!r}")
         return np.array(arr, copy=True, order="C")
     if kind == "O" or kind == "T":
         flat = arr.ravel().tolist()
         if all(isinstance(x, str) for x in flat):
+            check_utf8(flat, f"key {key!r}")
             if not flat:
                 return np.empty(arr.shape, dtype="<U1")
             return np.array(flat, dtype=str).reshape(arr.shape)
@@ -156,6 +162,7 @@ def _normalize_numpy_scalar(key: str, value: np.generic) -> np.generic | str:
 
 def _normalize_sequence(key: str, seq: list[Any] | tuple[Any, ...]) -> np.ndarray | list[str]:
     if seq and all(isinstance(x, str) for x in seq):
+        check_utf8(list(seq), f"key {key!r}")
         return [str(x) for x in seq]
     if any(isinstance(x, str | bytes | Mapping) or x is None for x in _flatten(seq)):
         raise UnsupportedTypeError(

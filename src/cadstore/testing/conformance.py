@@ -451,6 +451,29 @@ class StorageConformance:
         assert "bad_value" not in storage
         assert storage.get_keys() == []
 
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "x\ud800",
+            ["ok", "\udcff"],
+            np.array(["ok", "\ud800"], dtype=object),
+            np.array(["a\udfff"]),
+            {"inner": "\ud800"},
+        ],
+        ids=["str", "list", "object-array", "unicode-array", "nested"],
+    )
+    def test_strings_utf8_cannot_encode_are_refused(self, storage: DataStorage, value: Any) -> None:
+        """A lone surrogate is a Python string that no stored form holds: refused when
+        saved, naming the key (it was accepted, and the file could not be written)."""
+        storage.save_data("kept", np.arange(3))
+        with pytest.raises(InvalidDataError, match=r"'bad_text.*lone surrogate"):
+            storage.save_data("bad_text", value)
+        with pytest.raises(InvalidDataError, match=r"'bad_meta.*lone surrogate"):
+            storage.save_metadata("bad_meta", value if isinstance(value, str) else {"k": "\ud800"})
+        assert "bad_text" not in storage
+        assert storage.get_keys() == ["kept"]
+        assert_same(storage.load_data("kept"), np.arange(3))
+
     def test_nan_policy(self, storage: DataStorage, tmp_path: Path) -> None:
         arr = np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)
         if storage.allows_nan:
