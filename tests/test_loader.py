@@ -341,6 +341,16 @@ def test_graph_files_mode(tmp_path: Path) -> None:
     for subset in SUBSETS:
         got = [labels[i] for i in ld.get_dataset(subset).indices]
         assert np.bincount(got).tolist() == [len(got) // 3] * 3
+    ld.close_resources()
+    # Without labels an item has no label (it was None, which torch's default_collate
+    # cannot batch: "found NoneType").
+    ld = DatasetLoader(graph_files=files)
+    ld.split("random", random_state=0)
+    assert "label" not in ld.get_dataset("train").get_item(0)
+    torch = pytest.importorskip("torch")
+    batch = next(iter(torch.utils.data.DataLoader(ld.get_dataset("train").to_torch(), 4)))
+    assert len(batch["graph_file"]) == 4 and "label" not in batch
+    ld.close_resources()
     ld = DatasetLoader(graph_files=files, item_loader_func=_load_graph)
     ld.split("random", random_state=0)
     assert ld.get_dataset("test").get_item(0)[0].endswith(".pt")
@@ -742,8 +752,16 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
         assert dataset[3]["labels"]["part_number"] is None
     # A column of booleans with a gap is batched as a list, as before: no class codes.
     with DatasetLoader(flow_output_file=tmp_path / "parts.flow", labels=["is_metal"]) as ld:
-        batch = next(iter(CADDataset(ld, [0, 1, 2, 3]).batches(batch_size=4, shuffle=False)))
+        dataset = CADDataset(ld, [0, 1, 2, 3])
+        batch = next(iter(dataset.batches(batch_size=4, shuffle=False)))
         assert batch["labels"]["is_metal"] == [False, True, False, None]
+        # to_torch() items go to torch's default_collate, which failed on the gap with
+        # "Could not infer dtype of NoneType": the item is named instead.
+        loader = torch.utils.data.DataLoader(dataset.to_torch(), batch_size=4)
+        with pytest.raises(InvalidDataError, match=r"labels/is_metal: .*code 3.*to_torch"):
+            next(iter(loader))
+        first = next(iter(torch.utils.data.DataLoader(CADDataset(ld, [0, 1]).to_torch(), 2)))
+        assert first["label"].tolist() == [False, True]
     assert infoset.read_bytes() == stored  # reading labels changed nothing stored
 
 

@@ -586,12 +586,11 @@ class GraphFileSource:
         if self.item_loader_func is not None:
             return self.item_loader_func(path, self._label(position), code)
         name = os.path.basename(path)
-        return {
-            "file_id_code": code,
-            "name": name,
-            "graph_file": path,
-            "label": self._label(position),
-        }
+        item = {"file_id_code": code, "name": name, "graph_file": path}
+        if self.labels is not None:
+            # Without labels, no key: torch's default_collate cannot batch None.
+            item["label"] = self._label(position)
+        return item
 
     def locate(self, position: int) -> dict[str, Any]:
         """The file and label of an item."""

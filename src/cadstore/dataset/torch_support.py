@@ -377,6 +377,7 @@ def _graph_dataset_class() -> type:
             position = int(self.indices[int(i)])
             _check_labels(self.source, position)
             item = self.source.read(position)
+            _check_default_collatable(item, self.source)
             return graph_item(item, getattr(self.source, "label_column", None))
 
         def __setstate__(self, state: dict[str, Any]) -> None:
@@ -437,6 +438,39 @@ def missing_label_error(column: str, name: Any, code: Any) -> InvalidDataError:
         f"labels/{column}: no value for item {name!r} (code {code}); batches hold integer "
         f"labels as tensors, which need one for every item: {_MISSING_LABEL_HINT}"
     )
+
+
+def _check_default_collatable(item: Mapping[str, Any], source: Any) -> None:
+    """Refuse an item of :meth:`CADDataset.to_torch` without a value in a label column.
+
+    Its items are batched by torch's ``default_collate``, which has no place for a
+    missing value (``None``, or pandas' NaN in a column of strings or booleans) and fails
+    with an error naming neither the column nor the item. NaN in a column of floats is a
+    value, and stays.
+
+    Raises
+    ------
+    InvalidDataError
+        Naming the column and the item, and the paths that batch such a column.
+    """
+    labels = item.get("labels")
+    if not labels:
+        return
+    stored = getattr(source, "labels", None) or {}
+    for column, value in labels.items():
+        missing = value is None or (
+            isinstance(value, float)
+            and math.isnan(value)
+            and np.asarray(stored.get(column, ())).dtype.kind not in "fc"
+        )
+        if missing:
+            raise InvalidDataError(
+                f"labels/{column}: no value for item {item.get('name')!r} (code "
+                f"{item.get('file_id_code')}); to_torch() items are batched by torch's "
+                "default_collate, which has no place for a missing value: use "
+                f"to_torch_with_collate() or batches() (a batch of such a column is a list), "
+                f"or {_MISSING_LABEL_HINT}"
+            )
 
 
 def is_integer_label(value: Any) -> bool:
