@@ -341,6 +341,7 @@ def test_integers_a_float_column_would_round_are_kept_exact(tmp_path: Path) -> N
     summaries.mkdir()
     for name, big, huge in (("p", 2**53 + 1, 2**63 + 1), ("q", 0.5, 2)):
         doc = {"Item": f"{name}.step", "big": big, "huge": huge, "fine": 3 if name == "p" else 0.5}
+        doc["vast"] = 10**400 if name == "p" else 0.5  # float() of it raises OverflowError
         (summaries / f"{name}.json").write_text(json.dumps(doc))
     info = DatasetInfo(summaries, tmp_path / "i", tmp_path / "a")
     info.parse_info_files()
@@ -350,6 +351,7 @@ def test_integers_a_float_column_would_round_are_kept_exact(tmp_path: Path) -> N
     assert table["big"] == ["9007199254740993", "0.5"]
     assert table["huge"] == ["9223372036854775809", "2"]
     assert table["fine"] == [3.0, 0.5]
+    assert table["vast"] == [str(10**400), "0.5"]
     for field, value in (("big", 2**53 + 1), ("huge", 2**63 + 1)):
         assert any(f"{field!r} holds the integer {value}" in w for w in info.warnings)
 

@@ -522,9 +522,12 @@ def test_integers_a_floating_point_array_cannot_hold_exactly_are_refused(
 
     floats = _item_of(tmp_path / "floats.zarr", faces__x=np.array([0.5], np.float32), q=0.5)
     cases = {
-        "rows": ({"faces__x": np.array([3, 2**53 + 1])}, "'faces/x': the integer 9007199254740993"),
+        "rows": (
+            {"faces__x": np.array([3, 2**53 + 1])},
+            r"'faces/x' \(faces/x\): the integer 9007199254740993",
+        ),
         "u64": ({"faces__x": np.array([2**64 - 1], np.uint64)}, "18446744073709551615"),
-        "one": ({"q": np.int64(2**53 + 1)}, "'q': the integer 9007199254740993"),
+        "one": ({"q": np.int64(2**53 + 1)}, r"'q' \(q/q\): the integer 9007199254740993"),
     }
     for name, (arrays, message) in cases.items():
         big = _item_of(tmp_path / f"{name}.zarr", **arrays)
@@ -551,6 +554,22 @@ def test_integers_a_floating_point_array_cannot_hold_exactly_are_refused(
     with pytest.raises(MergeError, match="the integer 9007199254740993 cannot be stored"):
         append_items(tmp_path / "appended.dataset", [big])
     assert (tmp_path / "appended.dataset").read_bytes() == before
+
+
+def test_string_arrays_left_out_take_no_name_and_missing_strings_are_empty(
+    tmp_path: Path,
+) -> None:
+    """A string array of rows is left out of a merge (with a warning) before names are
+    checked, so it does not make its item collide with another key; an item without a
+    per-item string gets "" (it got "0", the fill value of numbers)."""
+    both = {"faces__x": np.arange(3), "faces__n__m": np.array(["a", "b", "c"])}
+    first = _item_of(tmp_path / "a.zarr", **both, faces__n_m=np.arange(3.0), title="one")
+    second = _item_of(tmp_path / "b.zarr", **both, faces__n_m=np.arange(3.0))
+    result = merge_items([first, second], tmp_path / "s.dataset")
+    assert result.items == ["a", "b"] and result.errors == []
+    assert any("'faces/n/m' is not merged" in w for w in result.warnings)
+    with DatasetReader(tmp_path / "s.dataset") as reader:
+        assert reader.read_array("title", "title").tolist() == ["one", ""]
 
 
 def test_append_refuses_one_value_where_the_dataset_holds_rows(tmp_path: Path) -> None:

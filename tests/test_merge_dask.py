@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cadstore import DatasetMerger
@@ -81,6 +82,29 @@ def test_directory_layout_and_bad_items(
     result = merge_items(inputs, dask, directory=True, shard_bytes=SHARD_BYTES, client=client)
     assert [e["file"] for e in result.errors] == [str(bad)]
     assert_same_dataset(local, dask)
+
+
+def test_cluster_merge_refuses_per_item_integers_float_cannot_hold(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """A per-item uint64 beside an int64 makes float64: a merge on the cluster took the
+    values from its scans and rounded 2**64 - 1 to 1.8e19, where a local merge refuses."""
+    from cadstore import OptStorage
+    from cadstore.errors import MergeError
+
+    paths = []
+    for name, value in (("a", np.uint64(2**64 - 1)), ("b", np.int64(-1))):
+        storage = OptStorage(tmp_path / f"{name}.zarr")
+        storage.save_data("u", value)
+        storage.save_data("faces/x", np.arange(3))
+        storage.compress_store()
+        storage.close()
+        paths.append(f"{tmp_path / name}.zarr.data")
+    out = tmp_path / "u.dataset"
+    for options in ({"client": client}, {}):
+        with pytest.raises(MergeError, match=r"u/u.*18446744073709551615"):
+            merge_items(paths, out, **options)
+        assert not out.exists()
 
 
 def test_merger_with_an_address_keeps_the_cluster(

@@ -406,6 +406,13 @@ def check_utf8(texts: list[str], what: str) -> None:
     ``surrogateescape``, or from JSON's ``\\ud800`` escape); encoding it fails, so
     it is refused when it is given, naming ``what``, not when the file is written.
 
+    Parameters
+    ----------
+    texts
+        The strings.
+    what
+        What holds them (``key 'names'``), for the message.
+
     Raises
     ------
     InvalidDataError

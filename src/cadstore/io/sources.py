@@ -197,6 +197,16 @@ class KeySource(ABC):
         server that crashed while writing has been seen to), and a reader that knows a
         member must be there (a cadstore dataset's chunks) should read it rather than
         take it for absent. Other sources answer from what they hold.
+
+        Parameters
+        ----------
+        key
+            A member key.
+
+        Returns
+        -------
+        int or None
+            Its size in bytes, or ``None`` when the store holds no such member.
         """
         return self.size_of(key)
 

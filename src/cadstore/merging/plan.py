@@ -89,10 +89,13 @@ class ArrayPlan:
 
     @property
     def fill_value(self) -> Any:
-        """Value of rows an item does not provide: NaN for floats, 0/False otherwise."""
+        """Value of rows an item does not provide: NaN for floats, "" for strings (not
+        ``"0"``), 0/False otherwise."""
         kind = self.dtype.kind
         if kind in "fc":
             return np.nan
+        if kind == "O":
+            return ""
         return False if kind == "b" else 0
 
 
@@ -209,6 +212,9 @@ def _stage_item(
     placed: dict[tuple[str, str], str] = {}
     for key, (shape, dtype) in scan.arrays.items():
         group_name, array_name = assign_group(key, schema)
+        if dtype == "string" and shape:
+            warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
+            continue
         # Nested keys are joined with '_' (a/b/c is a/b_c): two keys may meet, and names
         # the dataset keeps for itself are not an item's to take.
         other = placed.setdefault((group_name, array_name), key)
@@ -226,13 +232,7 @@ def _stage_item(
         group = groups.get(group_name)
         if group is None:
             group = groups[group_name] = _new_group(group_name, schema)
-        if dtype == "string":
-            if shape:
-                warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
-                continue
-            dt: np.dtype | str = "string"
-        else:
-            dt = np.dtype(dtype)
+        dt: np.dtype | str = "string" if dtype == "string" else np.dtype(dtype)
         if not shape:
             staged.append((group, array_name, key, (), dt, None))
             continue

@@ -186,6 +186,15 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _float_holds(value: int) -> bool:
+    """Whether a float64 holds the integer ``value`` exactly (``float()`` of one beyond
+    its range raises)."""
+    try:
+        return float(value) == value
+    except OverflowError:
+        return False
+
+
 def _is_scalar(value: object) -> bool:
     return isinstance(value, bool | int | float | str)
 
@@ -659,7 +668,7 @@ class DatasetInfo:
             # A field declared float stays float even when every value happens to be whole.
             return "float64" if spec.get("dtype") in _FLOAT_DTYPES else "int64"
         if all(isinstance(v, int | float) for v in values):
-            inexact = next((v for v in values if _is_int(v) and float(v) != v), None)
+            inexact = next((v for v in values if _is_int(v) and not _float_holds(v)), None)
             if inexact is None:
                 return "float64"
             # A float64 column would round it (beyond 2**53, or beyond int64 alone).

@@ -454,7 +454,8 @@ def stream_items(
                     raw_total += math.prod(shape) * arr.itemsize
                 if plan.per_item:
                     if arr is not None and arr.dtype.kind in "iu" and plan.dtype.kind in "fc":
-                        arr = exact_cast(arr, plan.dtype, f"item {scans[code].path}: {key!r}")
+                        what = f"item {scans[code].path}: {key!r} ({group.name}/{plan.name})"
+                        arr = exact_cast(arr, plan.dtype, what)
                     per_item[(group.name, plan.name)].append(
                         arr[()] if arr is not None else plan.fill_value
                     )
@@ -481,6 +482,20 @@ def exact_cast(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     Items of integers beside items of floats make a floating-point array (numpy's
     promotion), which holds integers exactly only up to ``2**53`` (float64; ``2**24``
     for float32): a larger one would come back as another number.
+
+    Parameters
+    ----------
+    arr
+        An item's values (or every item's, for a per-item array).
+    dtype
+        The dataset array's dtype.
+    what
+        The item and array, for the message.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``arr`` as ``dtype`` (``arr`` itself when it has that dtype already).
 
     Raises
     ------
@@ -523,7 +538,8 @@ def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str
                 "scanned and is not now"
             )
         arr = tri
-    return exact_cast(arr.reshape((n_rows, *plan.trailing)), plan.dtype, f"item {path}: {key!r}")
+    what = f"item {path}: {key!r} ({plan.group}/{plan.name})"
+    return exact_cast(arr.reshape((n_rows, *plan.trailing)), plan.dtype, what)
 
 
 def triangle_attributes(group: GroupPlan, plan: ArrayPlan) -> dict[str, Any]:
@@ -624,6 +640,14 @@ def write_structure(
             path = f"{group.name}/{plan.name}"
             if plan.per_item:
                 values = per_item[(group.name, plan.name)]
+                if plan.dtype.kind in "fc":
+                    # Values that came from elsewhere (a Dask merge's scans) are checked
+                    # here: integers the float dtype cannot hold exactly are refused.
+                    for value in values:
+                        if isinstance(value, int | np.integer) and not isinstance(
+                            value, bool | np.bool_
+                        ):
+                            exact_cast(np.asarray(value), plan.dtype, path)
                 arr = (
                     np.array(values, dtype=plan.dtype)
                     if values

@@ -76,6 +76,14 @@ def validate_key(key: object, *, what: str = "key") -> str:
             f"{what} contains the forbidden character {bad.group()!r} (control characters, "
             "NUL, backslash and colon are not allowed)",
         )
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(
+                key.encode("utf-8", "backslashreplace").decode("ascii"),
+                f"{what} holds a lone surrogate, which UTF-8 cannot encode",
+            ) from None
     if key.startswith("/"):
         raise InvalidKeyError(key, f"{what} must be relative, not start with '/'")
     for segment in key.split("/"):

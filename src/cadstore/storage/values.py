@@ -130,8 +130,12 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
             raise UnsupportedTypeError(f"structured arrays are not supported (key {key!r})")
         return np.array(arr, copy=True, order="C") if copy else np.asarray(arr, order="C")
     if kind == "U":
-        check_utf8(arr.ravel().tolist(), f"key {key!r}")
-        return np.array(arr, copy=True, order="C")
+        out = np.array(arr, copy=True, order="C")
+        # UCS-4 code points: a lone surrogate is one in 0xD800..0xDFFF.
+        points = out.reshape(-1).view(np.uint32) if out.dtype.itemsize else out.reshape(-1)
+        if np.any((points >= 0xD800) & (points <= 0xDFFF)):
+            check_utf8(out.ravel().tolist(), f"key {key!r}")
+        return out
     if kind == "O" or kind == "T":
         flat = arr.ravel().tolist()
         if all(isinstance(x, str) for x in flat):

@@ -471,6 +471,10 @@ class StorageConformance:
         with pytest.raises(InvalidDataError, match=r"'bad_meta.*lone surrogate"):
             storage.save_metadata("bad_meta", value if isinstance(value, str) else {"k": "\ud800"})
         assert "bad_text" not in storage
+        with pytest.raises(InvalidKeyError, match="lone surrogate"):
+            storage.save_data("bad\ud800", np.arange(2))
+        with pytest.raises(InvalidKeyError, match="lone surrogate"):
+            storage.save_data("bad", {"inner\udfff": np.arange(2)})
         assert storage.get_keys() == ["kept"]
         assert_same(storage.load_data("kept"), np.arange(3))
 
