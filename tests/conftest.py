@@ -38,6 +38,19 @@ def page_faults_writing(write: Callable[[], object]) -> int:
     return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 
 
+def write_arrays(path: Path, arrays: dict[str, Any], **options: Any) -> str:
+    """Write one ``.data`` item holding ``arrays`` (``{key: value}``, keys nested with
+    ``/``) with :class:`cadstore.OptStorage` (``options``); return its path."""
+    from cadstore import OptStorage
+
+    storage = OptStorage(path, **options)
+    for key, value in arrays.items():
+        storage.save_data(key, value)
+    storage.compress_store()
+    storage.close()
+    return f"{path}.data"
+
+
 def write_items(
     directory: Path, n: int, seed: int = 0, schema: Any = None, start: int = 0
 ) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:

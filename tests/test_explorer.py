@@ -17,6 +17,7 @@ import cadstore
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
 from cadstore.merging import merge_items
+from conftest import write_arrays
 
 FACE_TYPES = np.array([0, 1, 2, 3, 4, 5, 13, 14])
 
@@ -186,17 +187,13 @@ def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> N
     """A group of per-item values only (``volume``, one per item) read as an empty array
     (its values repeated once per row, and it has none); a group holding a per-item
     string made every view of the group raise "data type 'string' not understood"."""
-    from cadstore import OptStorage
-
-    files = []
-    for name, volume, rows, title in (("a", 10.0, 2, "first"), ("b", 11.0, 3, "second")):
-        storage = OptStorage(tmp_path / f"{name}.zarr")
-        storage.save_data("volume", volume)
-        storage.save_data("faces/x", np.arange(rows))
-        storage.save_data("faces/title", title)
-        storage.compress_store()
-        storage.close()
-        files.append(f"{tmp_path / name}.zarr.data")
+    files = [
+        write_arrays(
+            tmp_path / f"{name}.zarr",
+            {"volume": volume, "faces/x": np.arange(rows), "faces/title": title},
+        )
+        for name, volume, rows, title in (("a", 10.0, 2, "first"), ("b", 11.0, 3, "second"))
+    ]
     out = tmp_path / "values.dataset"
     merge_items(files, out)
     with DatasetExplorer(merged_store_path=out) as ex:
@@ -339,20 +336,13 @@ def test_distributions_of_non_finite_and_huge_values(tmp_path: Path) -> None:
     """NaN and infinities, uint64 values from 2**63 and whole floats as large as 1e20 raised
     OverflowError or numpy's "range is not finite" (bins=None and bins=k): they are
     binned, or left out of every bin when they are not finite."""
-    from cadstore import OptStorage
-
     files = []
     for name, v, u, w in (
         ("a", [0.5, np.inf, 2.0], [2**64 - 1], [1e20]),
         ("b", [np.nan, 1.0, 1.0], [2**63], [2.0]),
     ):
-        storage = OptStorage(tmp_path / f"{name}.zarr", allow_nan=True)
-        storage.save_data("faces/v", np.array(v))
-        storage.save_data("u", np.array(u, dtype=np.uint64))
-        storage.save_data("w", np.array(w))
-        storage.compress_store()
-        storage.close()
-        files.append(f"{tmp_path / name}.zarr.data")
+        arrays = {"faces/v": np.array(v), "u": np.array(u, np.uint64), "w": np.array(w)}
+        files.append(write_arrays(tmp_path / f"{name}.zarr", arrays, allow_nan=True))
     merge_items(files, tmp_path / "odd.dataset")
     with DatasetExplorer(merged_store_path=tmp_path / "odd.dataset") as ex:
         dist = ex.create_distribution("v", bins=3)

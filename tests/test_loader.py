@@ -23,7 +23,7 @@ from cadstore.dataset.loader import (
 from cadstore.errors import CorruptStoreError, DatasetError, InvalidDataError
 from cadstore.merging import merge_items
 from cadstore.synthetic import iter_items, write_item
-from conftest import write_items
+from conftest import write_arrays, write_items
 
 N_ITEMS = 120
 #: Every subset keeps each label's overall proportion within this, for labels with at
@@ -653,18 +653,12 @@ def test_complex_arrays_batch_as_complex_tensors(tmp_path: Path, processes: int)
     """Complex arrays are saved and merged; their batches were made int64 (torch batches
     only "biuf" kinds as they are) and raised "Cannot cast ... to int64"."""
     torch = pytest.importorskip("torch")
-    from cadstore import OptStorage
-
     paths, values = [], []
     for index in range(4):
         dtype = np.complex64 if index % 2 else np.complex128
         value = np.array([1 + 2j, index - 3j, 0.5j], dtype=dtype)
-        storage = OptStorage(tmp_path / f"c{index}.zarr")
-        storage.save_data("faces/c", value)
-        storage.save_data("faces/x", np.arange(3.0))
-        storage.compress_store()
-        storage.close()
-        paths.append(f"{tmp_path / f'c{index}'}.zarr.data")
+        arrays = {"faces/c": value, "faces/x": np.arange(3.0)}
+        paths.append(write_arrays(tmp_path / f"c{index}.zarr", arrays))
         values.append(value.astype(np.complex128))
     merge_items(paths, tmp_path / "c.dataset")
     with DatasetLoader(merged_store_path=tmp_path / "c.dataset") as loader:

@@ -19,7 +19,7 @@ from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_lay
 from cadstore.io.sources import ZipSource
 from cadstore.merging import merge_items
 from cadstore.merging.options import DEFAULT_INNER_BYTES
-from conftest import write_items
+from conftest import write_arrays, write_items
 from datasets import assert_same_dataset
 
 FACEFACE = ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
@@ -478,12 +478,7 @@ def test_append_continues_a_per_item_string_array(tmp_path: Path) -> None:
 
 def _item_of(path: Path, **arrays: Any) -> str:
     """A ``.data`` item holding ``arrays`` (``a__b`` is the key ``a/b``)."""
-    storage = OptStorage(path)
-    for key, value in arrays.items():
-        storage.save_data(key.replace("__", "/"), value)
-    storage.compress_store()
-    storage.close()
-    return f"{path}.data"
+    return write_arrays(path, {key.replace("__", "/"): value for key, value in arrays.items()})
 
 
 def test_items_whose_arrays_cannot_be_stored_as_they_are_are_dropped_and_named(

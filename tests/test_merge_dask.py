@@ -22,7 +22,7 @@ from cadstore import DatasetMerger
 from cadstore.errors import MergeError
 from cadstore.io.publish import TEMP_PREFIX
 from cadstore.merging import merge_items
-from conftest import write_items
+from conftest import write_arrays, write_items
 from datasets import assert_same_dataset
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -89,17 +89,12 @@ def test_cluster_merge_refuses_per_item_integers_float_cannot_hold(
 ) -> None:
     """A per-item uint64 beside an int64 makes float64: a merge on the cluster took the
     values from its scans and rounded 2**64 - 1 to 1.8e19, where a local merge refuses."""
-    from cadstore import OptStorage
     from cadstore.errors import MergeError
 
-    paths = []
-    for name, value in (("a", np.uint64(2**64 - 1)), ("b", np.int64(-1))):
-        storage = OptStorage(tmp_path / f"{name}.zarr")
-        storage.save_data("u", value)
-        storage.save_data("faces/x", np.arange(3))
-        storage.compress_store()
-        storage.close()
-        paths.append(f"{tmp_path / name}.zarr.data")
+    paths = [
+        write_arrays(tmp_path / f"{name}.zarr", {"u": value, "faces/x": np.arange(3)})
+        for name, value in (("a", np.uint64(2**64 - 1)), ("b", np.int64(-1)))
+    ]
     out = tmp_path / "u.dataset"
     for options in ({"client": client}, {}):
         with pytest.raises(MergeError, match=r"u/u.*18446744073709551615"):
