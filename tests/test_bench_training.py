@@ -128,7 +128,9 @@ def test_every_measure_including_dataloaders(workdir: Path) -> None:
             assert cell["items_per_s"] > 0
             # CPU per item: the training process's and its reaped workers', both at work.
             assert cell["cpu_per_item_ms"] > cell["workers_cpu_per_item_ms"] > 0
-            assert cell["workers_user_cpu_per_item_ms"] > 0
+            # Split into user and system time, each a median of its own: on this test's few
+            # items a worker's user time can be under the kernel's accounting tick (0).
+            assert cell["workers_user_cpu_per_item_ms"] >= 0
             assert cell["workers_system_cpu_per_item_ms"] >= 0
         # Each contender's first epoch in the process, once, before the repeats.
         first = results["raw"]["dataloader_first"][variant]
