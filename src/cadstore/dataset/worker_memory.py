@@ -522,11 +522,19 @@ _BLOCKS: list[Any] = [None, -1]
 
 
 def worker_blocks() -> WorkerBlocks | None:
-    """This ``DataLoader`` worker's :class:`WorkerBlocks`; ``None`` outside a worker
-    (callers have imported torch)."""
+    """This ``DataLoader`` worker's :class:`WorkerBlocks`; ``None`` outside a worker, or
+    when torch shares memory otherwise than by file descriptor (callers have imported
+    torch).
+
+    Under torch's ``file_system`` strategy a segment is a file that lives until every
+    process holding it lets it go; a worker exits without letting go of the blocks it
+    keeps for reuse, so each epoch's blocks would stay in ``/dev/shm`` until the training
+    process ends (about 100 MiB an epoch, measured). Workers then make each batch's
+    tensors anew, as torch's own collate does.
+    """
     import torch
 
-    if torch.utils.data.get_worker_info() is None:
+    if torch.utils.data.get_worker_info() is None or not _by_descriptor():
         return None
     if _BLOCKS[1] != os.getpid():
         _BLOCKS[:] = [WorkerBlocks(), os.getpid()]
