@@ -711,7 +711,9 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
     paths = []
     for i, (name, item, meta) in enumerate(iter_items(4, seed=7)):
         if i != 3:
-            meta = dict(meta, part_number=2**53 + 2 * i + 1, is_metal=bool(i % 2))
+            meta = dict(
+                meta, part_number=2**53 + 2 * i + 1, is_metal=bool(i % 2), material=f"m{i}"
+            )
         paths.append(write_item(tmp_path / "enc" / f"{name}.zarr", item, meta))
     cadstore.merge(paths, str(tmp_path / "parts.dataset"))
     infoset = tmp_path / "parts.infoset"
@@ -756,6 +758,15 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
             next(iter(loader))
         first = next(iter(torch.utils.data.DataLoader(CADDataset(ld, [0, 1]).to_torch(), 2)))
         assert first["label"].tolist() == [False, True]
+    # A column of strings with a gap likewise (batched as a list, named for to_torch()).
+    with DatasetLoader(flow_output_file=tmp_path / "parts.flow", labels=["material"]) as ld:
+        dataset = CADDataset(ld, [0, 1, 2, 3])
+        batch = next(iter(dataset.batches(batch_size=4, shuffle=False)))
+        assert batch["labels"]["material"][:3] == ["m0", "m1", "m2"]
+        graphs = dataset.to_torch()
+        assert graphs[2]["label"] == "m2"
+        with pytest.raises(InvalidDataError, match=r"labels/material: .*code 3.*to_torch"):
+            graphs[3]
     assert infoset.read_bytes() == stored  # reading labels changed nothing stored
 
 

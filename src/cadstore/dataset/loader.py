@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -496,33 +497,47 @@ class ItemSource:
         return tuple(name for name, values in self.labels.items() if _integer_labels(values))
 
     @functools.cached_property
-    def _gapped_labels(self) -> tuple[str, ...]:
-        # The integer label columns some items have no value in (object arrays with None).
-        return tuple(
-            name for name in self.integer_labels if np.asarray(self.labels[name]).dtype.kind == "O"
-        )
+    def _label_gaps(self) -> tuple[tuple[str, bool, np.ndarray], ...]:
+        # (column, whether it holds integers, which codes have no value) of every label
+        # column some item has no value in: None, or NaN in a column of objects (pandas'
+        # mark in a column of strings or booleans). NaN in a column of floats is a value.
+        gaps = []
+        for name, values in self.labels.items():
+            array = np.asarray(values)
+            if array.dtype.kind != "O":
+                continue
+            missing = np.fromiter(map(_missing_label, array), dtype=bool, count=len(array))
+            if missing.any():
+                gaps.append((name, name in self.integer_labels, missing))
+        return tuple(gaps)
 
-    def check_labels(self, positions: Sequence[int]) -> None:
-        """Raise if an item at ``positions`` has no value in an integer label column.
+    def check_labels(self, positions: Sequence[int], every_kind: bool = False) -> None:
+        """Raise if an item at ``positions`` has no value in a label column batches
+        cannot hold without one.
 
         The training paths (batches, ``to_torch``, ``to_pyg``, their ``DataLoader``
         workers) call it before reading, so that whatever else a batch holds, such an
         item is an error naming it; reading an item alone (``CADDataset[i]``) gives the
-        label as ``None``.
+        label as ``None``. A column of integers needs a value everywhere (batches hold it
+        as a tensor); with ``every_kind`` (the items of ``to_torch()``, batched by
+        torch's ``default_collate``, which has no place for a missing value) a column of
+        strings or booleans does too (other paths batch those as lists).
 
         Raises
         ------
         InvalidDataError
             Naming the column and the item, and what to do about it.
         """
-        for column in self._gapped_labels:
-            values = self.labels[column]
+        from cadstore.dataset.torch_support import missing_label_error
+
+        for column, integers, missing in self._label_gaps:
+            if not (integers or every_kind):
+                continue
             for position in positions:
                 code = int(position)
-                if values[code] is None:
-                    from cadstore.dataset.torch_support import missing_label_error
-
-                    raise missing_label_error(column, self.reader.item_names[code], code)
+                if missing[code]:
+                    name = self.reader.item_names[code]
+                    raise missing_label_error(column, name, code, integers)
 
     def _label(self, item: dict[str, Any]) -> Any:
         column = self.label_column
@@ -1417,6 +1432,12 @@ class DatasetLoader:
             self.explorer.close()
         if clear_split_history:
             self._history.clear()
+
+
+def _missing_label(value: Any) -> bool:
+    """Whether a label value in a column of objects marks a missing value (``None``, or
+    the NaN pandas puts in a column of strings or booleans)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _integer_labels(values: Any) -> bool:

@@ -375,9 +375,8 @@ def _graph_dataset_class() -> type:
                 raise IndexError(f"item {i} is out of range for a dataset of {n} items")
             settle_worker()
             position = int(self.indices[int(i)])
-            _check_labels(self.source, position)
+            _check_labels(self.source, position, every_kind=True)
             item = self.source.read(position)
-            _check_default_collatable(item, self.source)
             return graph_item(item, getattr(self.source, "label_column", None))
 
         def __setstate__(self, state: dict[str, Any]) -> None:
@@ -417,10 +416,16 @@ _MISSING_LABEL_HINT = (
 )
 
 
-def missing_label_error(column: str, name: Any, code: Any) -> InvalidDataError:
-    """The error for an item read for training without a value in a label column of
-    integers (class codes): batches hold such a column as a tensor, which has no place
-    for a missing value, and floats with NaN would change every item's codes.
+def missing_label_error(
+    column: str, name: Any, code: Any, integers: bool = True
+) -> InvalidDataError:
+    """The error for an item read for training without a value in a label column that
+    its batches cannot hold without one.
+
+    A column of integers (class codes) is batched as a tensor, which has no place for a
+    missing value (floats with NaN would change every item's codes); any column of the
+    items of :meth:`CADDataset.to_torch` is batched by torch's ``default_collate``, which
+    has none either and fails with an error naming neither the column nor the item.
 
     Parameters
     ----------
@@ -428,49 +433,26 @@ def missing_label_error(column: str, name: Any, code: Any) -> InvalidDataError:
         The label column.
     name, code
         The item's name and file id code, for the message.
+    integers
+        Whether the column holds integers; else it is one of strings or booleans, refused
+        only for ``to_torch()`` items.
 
     Returns
     -------
     InvalidDataError
         Naming the column and the item, saying what to do.
     """
-    return InvalidDataError(
-        f"labels/{column}: no value for item {name!r} (code {code}); batches hold integer "
-        f"labels as tensors, which need one for every item: {_MISSING_LABEL_HINT}"
-    )
-
-
-def _check_default_collatable(item: Mapping[str, Any], source: Any) -> None:
-    """Refuse an item of :meth:`CADDataset.to_torch` without a value in a label column.
-
-    Its items are batched by torch's ``default_collate``, which has no place for a
-    missing value (``None``, or pandas' NaN in a column of strings or booleans) and fails
-    with an error naming neither the column nor the item. NaN in a column of floats is a
-    value, and stays.
-
-    Raises
-    ------
-    InvalidDataError
-        Naming the column and the item, and the paths that batch such a column.
-    """
-    labels = item.get("labels")
-    if not labels:
-        return
-    stored = getattr(source, "labels", None) or {}
-    for column, value in labels.items():
-        missing = value is None or (
-            isinstance(value, float)
-            and math.isnan(value)
-            and np.asarray(stored.get(column, ())).dtype.kind not in "fc"
+    if integers:
+        why = "batches hold integer labels as tensors, which need one for every item:"
+    else:
+        why = (
+            "to_torch() items are batched by torch's default_collate, which has no place "
+            "for a missing value: use to_torch_with_collate() or batches() (a batch of "
+            "such a column is a list), or"
         )
-        if missing:
-            raise InvalidDataError(
-                f"labels/{column}: no value for item {item.get('name')!r} (code "
-                f"{item.get('file_id_code')}); to_torch() items are batched by torch's "
-                "default_collate, which has no place for a missing value: use "
-                f"to_torch_with_collate() or batches() (a batch of such a column is a list), "
-                f"or {_MISSING_LABEL_HINT}"
-            )
+    return InvalidDataError(
+        f"labels/{column}: no value for item {name!r} (code {code}); {why} {_MISSING_LABEL_HINT}"
+    )
 
 
 def is_integer_label(value: Any) -> bool:
@@ -479,12 +461,13 @@ def is_integer_label(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _check_labels(source: Any, position: int) -> None:
-    """Have ``source`` check the item at ``position`` has every integer label before it
-    is read for training (``ItemSource.check_labels``; other sources have none)."""
+def _check_labels(source: Any, position: int, every_kind: bool = False) -> None:
+    """Have ``source`` check the item at ``position`` has the labels its batches need
+    before it is read for training (``ItemSource.check_labels``; other sources have
+    none)."""
     check = getattr(source, "check_labels", None)
     if check is not None:
-        check([position])
+        check([position], every_kind)
 
 
 def _collate_values(values: list[Any], name: str = "", items: Sequence[Any] = ()) -> Any:
