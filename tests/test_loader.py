@@ -711,9 +711,7 @@ def test_integer_labels_some_items_lack_stay_exact_and_a_batch_of_a_missing_one_
     paths = []
     for i, (name, item, meta) in enumerate(iter_items(4, seed=7)):
         if i != 3:
-            meta = dict(
-                meta, part_number=2**53 + 2 * i + 1, is_metal=bool(i % 2), material=f"m{i}"
-            )
+            meta = dict(meta, part_number=2**53 + 2 * i + 1, is_metal=bool(i % 2), material=f"m{i}")
         paths.append(write_item(tmp_path / "enc" / f"{name}.zarr", item, meta))
     cadstore.merge(paths, str(tmp_path / "parts.dataset"))
     infoset = tmp_path / "parts.infoset"

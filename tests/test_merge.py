@@ -494,7 +494,7 @@ def test_items_whose_arrays_cannot_be_stored_as_they_are_are_dropped_and_named(
         "meet": ({"g__b_c": np.arange(3), "g__b__c": np.ones(3)}, "'g/b_c' and 'g/b/c' would"),
         "offsets": ({"faces__item_offsets": np.arange(3)}, "faces/item_offsets, a name"),
         "codes": ({"faces__file_id_code_faces": np.arange(3)}, "faces/file_id_code_faces, a"),
-        "rows": ({"q": np.array([1.0, 2.0])}, "'q' (q/q) is rows in this item, one value in"),
+        "rows": ({"q": np.array([1.0, 2.0])}, "'q' (q/q): this item holds rows, other"),
     }
     for name, (arrays, problem) in cases.items():
         odd = _item_of(tmp_path / f"{name}.zarr", **arrays)

@@ -31,7 +31,7 @@ from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, open_sink, publish_file
 from cadstore.lifecycle import PublishedFiles, Transaction, TrustedTables
 from cadstore.merging.options import DEFAULT_LEVEL, MergeOptions, MergeResult
-from cadstore.merging.plan import ArrayPlan, GroupPlan, plan_groups, split_triangles
+from cadstore.merging.plan import ArrayPlan, GroupPlan, holding, plan_groups, split_triangles
 from cadstore.merging.run import (
     dataset_exists,
     make_pool,
@@ -227,10 +227,9 @@ def _check_fits(reader: DatasetReader, groups: dict[str, GroupPlan]) -> None:
             meta = reader.array_meta(group.name, plan.name)
             stored_per_item = reader.is_per_item(group.name, plan.name)
             if plan.per_item != stored_per_item:
-                one, rows = "one value per item", "rows"
-                new, stored = (one, rows) if plan.per_item else (rows, one)
                 raise MergeError(
-                    f"{group.name}/{plan.name}: new items hold {new}, the dataset holds {stored}"
+                    f"{group.name}/{plan.name}: new items hold {holding(plan.per_item)}, the "
+                    f"dataset holds {holding(stored_per_item)}"
                 )
             if tuple(meta.shape[1:]) != plan.trailing and not plan.per_item:
                 raise MergeError(

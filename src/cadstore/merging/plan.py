@@ -253,10 +253,9 @@ def _stage_item(
     for group, array_name, key, trailing, _dt, staged_rows in staged:
         existing = group.arrays.get(array_name)
         if existing is not None and existing.per_item != (staged_rows is None):
-            this, others = ("one value", "rows") if staged_rows is None else ("rows", "one value")
             problems.append(
-                f"{key!r} ({group.name}/{array_name}) is {this} in this item, {others} in "
-                "other items"
+                f"{key!r} ({group.name}/{array_name}): this item holds "
+                f"{holding(staged_rows is None)}, other items {holding(existing.per_item)}"
             )
             continue
         if existing is not None and staged_rows is not None and existing.trailing != trailing:
@@ -265,6 +264,11 @@ def _stage_item(
                 f"have {existing.trailing}"
             )
     return staged, problems
+
+
+def holding(per_item: bool) -> str:
+    """What items hold of an array, for messages: one value per item, or rows."""
+    return "one value per item" if per_item else "rows"
 
 
 def _add_source(
