@@ -181,6 +181,26 @@ def test_group_data_of_a_dataset_missing_a_shard_is_an_error(
         # The view goes to Dask workers (a cluster) by pickle.
         store = pickle.loads(pickle.dumps(ex._open_zarr_store()))  # noqa: S301 - our own bytes
         assert type(store).__name__ == "CompleteStore" and store.location == str(out)
+    # zarr's other ways of asking a store for chunks (which WrapperStore hands to the
+    # wrapped store, past get) report it too, and still return what is there.
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    async def many(requests: list[Any]) -> dict[str, Any]:
+        return {key: value async for key, value in store._get_many(requests)}
+
+    proto = default_buffer_prototype()
+    present = "edges/edge_types/c/0"
+    if layout == "directory":
+        assert (out / present).is_file()
+    got = sync(store.get_partial_values(proto, [(present, None), ("zarr.json", None)]))
+    assert got[0] is not None and got[0].to_bytes() == sync(store.get(present, proto)).to_bytes()
+    assert sync(many([(present, proto, None)]))[present] is not None
+    with pytest.raises(CorruptStoreError, match=f"chunk '{member}' is missing"):
+        sync(store.get_partial_values(proto, [(present, None), (member, None)]))
+    with pytest.raises(CorruptStoreError, match=f"chunk '{member}' is missing"):
+        sync(many([(present, proto, None), (member, proto, None)]))
+    assert sync(store.get_partial_values(proto, [("edges/nothing/zarr.json", None)])) == [None]
 
 
 def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:

@@ -14,6 +14,9 @@ This module imports zarr-python: import it only where zarr-python is in use.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator, Iterable
+
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
@@ -58,7 +61,35 @@ class CompleteStore(WrapperStore[Store]):
         CorruptStoreError
             Naming the dataset and the chunk's key.
         """
-        found = await self._store.get(key, prototype, byte_range)
+        return self._checked(key, await self._store.get(key, prototype, byte_range))
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Several byte ranges at once (see zarr's ``Store.get_partial_values``); a chunk
+        that is absent raises, as in :meth:`get`.
+
+        Asked of the wrapped store key by key, through ``get``: zarr's stores do not
+        agree on an absent key here (``LocalStore`` raises ``FileNotFoundError``, others
+        give ``None``).
+        """
+        return list(
+            await asyncio.gather(
+                *(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)
+            )
+        )
+
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        # WrapperStore hands these to the wrapped store, past get: checked here too.
+        async for key, value in self._store._get_many(requests):
+            yield key, self._checked(key, value)
+
+    def _checked(self, key: str, found: Buffer | None) -> Buffer | None:
+        """``found``, unless it is ``None`` for a key that must be there."""
         if found is None and key.rpartition("/")[2] not in _METADATA_NAMES:
             raise CorruptStoreError(self.location, f"chunk {key!r} is missing")
         return found
