@@ -653,3 +653,42 @@ def test_a_deeply_nested_schema_file_is_a_schema_error_naming_it(tmp_path: Path)
         with pytest.raises(SchemaError, match="nested deeper") as refused:
             load(str(deep))
         assert str(deep) in str(refused.value)
+
+
+def test_pipes_where_schema_json_and_graph_files_are_read(tmp_path: Path) -> None:
+    """A schema file, a JSON store's file or its metadata document, and a ``.pt`` graph
+    file that are pipes hung their readers (each read the path as it was); now each is a
+    ``CorruptStoreError`` naming it, and the JSON store's other data is untouched."""
+    pipe = tmp_path / "schema.json"
+    os.mkfifo(pipe)
+    store = tmp_path / "json"
+    calls = {
+        "builder": f"SchemaBuilder.load_from_file({str(pipe)!r})",
+        "validation": f"load_schema({str(pipe)!r})",
+        "graph": f"PyGGraphStoreHandler().load_graph({str(tmp_path / 'item.pt')!r})",
+        "json-data": f"JsonStorageHandler({str(store)!r})",
+        "json-metadata": f"JsonStorageHandler({str(tmp_path / 'meta')!r}).load_metadata()",
+    }
+    os.mkfifo(tmp_path / "item.pt")
+    good = JsonStorageHandler(str(store))
+    good.save_data("face_areas", np.arange(3.0))
+    good.close()
+    os.mkfifo(store / "pipe.json")
+    (tmp_path / "meta").mkdir()
+    os.mkfifo(tmp_path / "meta" / "metadata.json")
+    imports = """
+from cadstore.schema import SchemaBuilder
+from cadstore.storage import JsonStorageHandler
+from cadstore.storage.graphstorage import PyGGraphStoreHandler
+from cadstore.validation import load_schema
+"""
+    for name, call in calls.items():
+        done = _run_child(_REPORT + imports + f"report(lambda: {call})\n")
+        assert done.returncode == 0, (name, done.stderr)
+        kind, _, message = done.stdout.splitlines()[-1].partition("|")
+        assert kind == "CorruptStoreError", (name, done.stdout)
+        assert "not a regular file" in message and str(tmp_path) in message, (name, message)
+    os.unlink(store / "pipe.json")
+    np.testing.assert_array_equal(
+        JsonStorageHandler(str(store), read_only=True).load_data("face_areas"), np.arange(3.0)
+    )

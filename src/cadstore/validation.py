@@ -14,7 +14,6 @@ metadata, so metadata is not checked). A per-item array (one value per item on t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,10 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cadstore.artefacts import DATASET, Artefact
-from cadstore.errors import SchemaError, StorageNotFoundError, UnknownFormatError
-from cadstore.format.jsoncodec import parse_document
 from cadstore.format.layout import ITEM_DIM, ITEM_NAMES, OFFSETS, file_id_code_name
-from cadstore.io.location import resolve
 from cadstore.progress import progress
 from cadstore.storage.base import ROUTING_METADATA_KEY, SCHEMA_METADATA_KEY, SIZES_METADATA_KEY
 from cadstore.tree import iter_leaves
@@ -113,8 +109,9 @@ def load_schema(path: str, storage_options: Mapping[str, Any] | None = None) -> 
 
     Raises
     ------
-    CommandError
-        If the file cannot be read.
+    StorageNotFoundError, UnknownFormatError, CorruptStoreError
+        If the file is absent, a directory or not text, or not a regular file (see
+        ``SchemaBuilder.load_from_file``).
     SchemaError
         If it is not JSON or not a schema; the message names the file and the bad field.
     """
@@ -124,30 +121,10 @@ def load_schema(path: str, storage_options: Mapping[str, Any] | None = None) -> 
 
 
 def load_schema_builder(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Read a schema JSON file into a ``SchemaBuilder``; as :func:`load_schema`."""
+    """Read a schema JSON file into a ``SchemaBuilder``: ``SchemaBuilder.load_from_file``."""
     from cadstore.schema import SchemaBuilder
 
-    where = resolve(path, storage_options, shared=True)
-    if where.isdir():
-        raise UnknownFormatError(f"schema file {path} is a directory, not a JSON file")
-    try:
-        text = where.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        nothing = "no such object" if where.remote else "no such file"
-        raise StorageNotFoundError(path, nothing) from None
-    except UnicodeDecodeError as exc:
-        raise UnknownFormatError(
-            f"schema file {path} is not UTF-8 JSON text ({exc.reason})"
-        ) from exc
-    # The messages of SchemaBuilder.load_from_file, naming the path.
-    try:
-        return SchemaBuilder.from_dict(parse_document(text))
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}: not a valid JSON schema file: {exc}") from exc
-    except ValueError as exc:  # nested too deeply
-        raise SchemaError(f"{path}: not a usable JSON schema file: {exc}") from exc
-    except SchemaError as exc:
-        raise SchemaError(f"{path}: {exc}") from exc
+    return SchemaBuilder.load_from_file(path, storage_options)
 
 
 def _lookup(doc: Mapping[str, Any], key: str) -> tuple[bool, Any]:

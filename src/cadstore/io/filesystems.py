@@ -220,11 +220,34 @@ class LocalFileSystem(FileSystem):
         return os.stat(path).st_size
 
     def read_bytes(self, path: str) -> bytes:
-        with open(path, "rb") as fh:
+        with self.open_read(path) as fh:
             return fh.read()
 
     def open_read(self, path: str) -> IO[bytes]:
-        return open(path, "rb")
+        """Open regular file ``path`` for binary reading; never anything else.
+
+        Opened without blocking, then checked: a FIFO would block the open or the read
+        until a writer came, a device might never end.
+
+        Raises
+        ------
+        IsADirectoryError
+            If ``path`` is a directory (as ``open`` would).
+        CorruptStoreError
+            If ``path`` is a FIFO, a device or a socket, naming it.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            if not stat.S_ISREG(mode):
+                raise CorruptStoreError(path, "not a regular file (a pipe, device or socket)")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -24,10 +24,9 @@ import json
 import os
 import types
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from cadstore.errors import SchemaError
+from cadstore.errors import SchemaError, StorageNotFoundError, UnknownFormatError
 from cadstore.format.jsoncodec import parse_document
 from cadstore.io.location import resolve
 from cadstore.io.publish import write_bytes_atomic
@@ -875,13 +874,19 @@ class SchemaBuilder:
         return builder
 
     @classmethod
-    def load_from_file(cls, path: str | os.PathLike[str]) -> SchemaBuilder:
+    def load_from_file(
+        cls,
+        path: str | os.PathLike[str],
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> SchemaBuilder:
         """Read a JSON schema file written by :meth:`save_to_file` or by ``json.dump``.
 
         Parameters
         ----------
         path
-            The JSON file.
+            The JSON file, a local path or a URL.
+        storage_options
+            fsspec options for a URL.
 
         Returns
         -------
@@ -891,22 +896,38 @@ class SchemaBuilder:
         Raises
         ------
         FileNotFoundError
-            If *path* does not exist.
+            If *path* does not exist (a :class:`~cadstore.errors.StorageNotFoundError`).
+        UnknownFormatError
+            If *path* is a directory or not UTF-8 text.
+        CorruptStoreError
+            If *path* is a pipe, a device or a socket (never read: it could block).
         SchemaError
-            If the file is not JSON or not a valid schema.
+            If the file is not JSON or not a valid schema; the message names the file.
         """
-        text = Path(path).read_text(encoding="utf-8")
+        where = resolve(os.fspath(path), storage_options, shared=True)
+        shown = os.fspath(path)
+        if where.isdir():
+            raise UnknownFormatError(f"schema file {shown} is a directory, not a JSON file")
+        try:
+            text = where.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            nothing = "no such object" if where.remote else "no such file"
+            raise StorageNotFoundError(shown, nothing) from None
+        except UnicodeDecodeError as exc:
+            raise UnknownFormatError(
+                f"schema file {shown} is not UTF-8 JSON text ({exc.reason})"
+            ) from exc
         try:
             data = parse_document(text)
         except json.JSONDecodeError as exc:
-            raise SchemaError(f"{os.fspath(path)}: not a valid JSON schema file: {exc}") from exc
+            raise SchemaError(f"{shown}: not a valid JSON schema file: {exc}") from exc
         except ValueError as exc:  # nested too deeply for the schema's own recursion
-            raise SchemaError(f"{os.fspath(path)}: not a usable JSON schema file: {exc}") from exc
+            raise SchemaError(f"{shown}: not a usable JSON schema file: {exc}") from exc
         try:
             return cls.from_dict(data)
         except SchemaError as exc:
             # The field path alone does not say which of several schema files is broken.
-            raise SchemaError(f"{os.fspath(path)}: {exc}") from exc
+            raise SchemaError(f"{shown}: {exc}") from exc
 
     def __repr__(self) -> str:
         return (

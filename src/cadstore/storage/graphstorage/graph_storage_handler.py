@@ -160,8 +160,11 @@ class PyGGraphStoreHandler(MLStorage):
         ------
         CorruptStoreError
             If the file holds anything but tensors and a PyG ``Data`` (torch's
-            ``weights_only`` loader refuses it, so nothing in it runs).
+            ``weights_only`` loader refuses it, so nothing in it runs), or is not a
+            regular file (a pipe would block the read).
         """
+        from cadstore.io.location import resolve
+
         torch = _torch()
         pyg = _pyg()
         from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
@@ -169,8 +172,9 @@ class PyGGraphStoreHandler(MLStorage):
 
         allowed = [pyg.data.Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
         try:
-            with torch.serialization.safe_globals(allowed):
-                payload = torch.load(filepath, weights_only=True)
+            # Opened as cadstore opens files: a pipe or a device is refused, never read.
+            with resolve(filepath).open_read() as fh, torch.serialization.safe_globals(allowed):
+                payload = torch.load(fh, weights_only=True)
         except (
             pickle.UnpicklingError,
             RuntimeError,
