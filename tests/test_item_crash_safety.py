@@ -253,6 +253,40 @@ def test_temporary_files_of_a_killed_writer_do_not_block_the_store(tmp_path: Pat
         assert state(store) == 1
 
 
+def test_a_published_item_beside_an_empty_working_directory_is_the_item(tmp_path: Path) -> None:
+    """A writer killed between ``compress_store()`` and ``close()`` leaves its empty
+    working directory beside the published ``.data``. Opened in the default mode, that
+    made an empty writable item, which replaced the published one when published again:
+    the item's arrays and metadata were lost. The ``.data`` is the item: read-only, as
+    when it is alone."""
+    store = tmp_path / "part.zarr"
+    writer = OptStorage(store, summary_dir=False)
+    writer.save_data("face_areas", np.arange(3.0))
+    writer.save_metadata("size_cadfile", 1234)
+    writer.compress_store()  # the writer is killed here: its working directory stays
+    published = Path(f"{store}.data")
+    stored = published.read_bytes()
+    for leftover in ([], ["visu_mesh.bin"], [f"{TEMP_PREFIX}9-x"]):
+        for name in leftover:
+            (store / name).write_bytes(b"left")
+        assert store.is_dir()
+        reopened = OptStorage(store, summary_dir=False)
+        assert reopened.read_only
+        assert reopened.get_keys() == ["face_areas"]
+        assert reopened.load_metadata("size_cadfile") == 1234
+        with pytest.raises(CadstoreError, match="read-only"):
+            reopened.save_data("face_types", np.arange(3))
+        reopened.close()
+        assert published.read_bytes() == stored
+    # Appending still starts from the published item.
+    appended = OptStorage(store, mode="a", summary_dir=False)
+    appended.save_data("face_types", np.arange(3))
+    appended.close()
+    with OptStorage(store, summary_dir=False) as final:
+        assert sorted(final.get_keys()) == ["face_areas", "face_types"]
+        assert final.load_metadata("size_cadfile") == 1234
+
+
 def test_a_store_removed_half_way_is_incomplete(tmp_path: Path) -> None:
     """A store whose removal an earlier cadstore started and a kill stopped (arrays left,
     no root document): refused naming the store, except by mode="w", which starts over."""

@@ -272,6 +272,11 @@ class OptStorage(DataStorage):
         self._summary = self._beside(summary_dir, "files_summary", storage_options)
         self._stream_cache = self._beside(stream_cache_dir, "stream_cache", storage_options)
         zip_exists, dir_exists = self._what_exists(mode)
+        if mode is None and zip_exists and dir_exists and self._store_contents() is None:
+            # A working directory holding no item beside a .data (a writer killed between
+            # compress_store() and close()): the .data is the item, opened as if alone.
+            # Opened writable and empty, it would replace the item when published.
+            dir_exists = False
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
         super().__init__(read_only=read_only)
         self._hier: Hierarchy
