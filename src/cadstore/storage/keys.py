@@ -13,6 +13,10 @@ Rules, each enforced with an :class:`~cadstore.errors.InvalidKeyError` naming th
 * no NUL, control character, backslash or colon anywhere (colons make drive letters on
   Windows and URL schemes elsewhere);
 * no segment starts with ``__`` (reserved by the Zarr specification);
+* no segment is the name of a Zarr metadata document (``zarr.json``, ``.zarray``,
+  ``.zattrs``, ``.zgroup``, ``.zmetadata``), and the first is not ``metadata.json`` (the
+  item's metadata document): a store would hold the key's file and its own document at
+  one path;
 * each segment is at most :data:`MAX_SEGMENT_BYTES` bytes in UTF-8.
 """
 
@@ -26,6 +30,11 @@ __all__ = ["MAX_KEY_LENGTH", "MAX_SEGMENT_BYTES", "join_key", "split_key", "vali
 
 MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_BYTES = 255
+
+#: Names of the documents a store keeps beside its data (Zarr's, at every level).
+_DOCUMENT_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"))
+#: The item's metadata document, at the root of a store.
+_ROOT_DOCUMENT = "metadata.json"
 
 # C0 and C1 control characters, DEL, backslash and colon.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\:]")
@@ -86,6 +95,10 @@ def validate_key(key: object, *, what: str = "key") -> str:
             ) from None
     if key.startswith("/"):
         raise InvalidKeyError(key, f"{what} must be relative, not start with '/'")
+    if key.partition("/")[0] == _ROOT_DOCUMENT:
+        raise InvalidKeyError(
+            key, f"{_ROOT_DOCUMENT!r} is the name of the item's metadata document"
+        )
     for segment in key.split("/"):
         if not segment:
             raise InvalidKeyError(key, f"{what} has an empty segment (leading, trailing or '//')")
@@ -95,6 +108,10 @@ def validate_key(key: object, *, what: str = "key") -> str:
             )
         if segment.startswith("__"):
             raise InvalidKeyError(key, f"segment {segment!r} starts with '__', which Zarr reserves")
+        if segment in _DOCUMENT_NAMES:
+            raise InvalidKeyError(
+                key, f"segment {segment!r} is the name of a Zarr metadata document"
+            )
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidKeyError(key, f"segment is longer than {MAX_SEGMENT_BYTES} bytes")
     if type(key) is str:

@@ -79,6 +79,13 @@ BAD_KEYS = [
     "C:drive",
     "__reserved",
     "ok/__reserved",
+    "graph/zarr.json",
+    "zarr.json",
+    "a/.zarray",
+    ".zgroup",
+    ".zmetadata",
+    "metadata.json",
+    "metadata.json/x",
     "x" * 2000,
 ]
 
