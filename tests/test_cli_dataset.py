@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cadstore.cli import main
@@ -87,3 +88,45 @@ def test_info_and_split_commands(
     assert main(["split", str(tmp_path / "d.dataset"), "--key", "no_such_key"]) == 2
     err = capsys.readouterr().err
     assert err.count("cadstore: error:") == 2 and "Traceback" not in err
+
+
+def test_report_and_schema_outputs_never_replace_what_they_read(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report -o`` and ``schema -o`` wrote over whatever the path named, exiting 0:
+    ``-o parts.dataset`` replaced the dataset with an HTML page (its tables and manifest
+    likewise), ``schema ITEM -o ITEM`` the item with JSON. Now only an earlier output of
+    the same kind is replaced; anything else is a one-line error, exit 2, and stays."""
+    pytest.importorskip("matplotlib")
+    from cadstore import OptStorage
+    from cadstore.schema import SchemaBuilder
+
+    builder = SchemaBuilder(domain="CAD")
+    builder.create_group("faces", "face").create_array("face_areas", ["face"], "float64")
+    storage = OptStorage(tmp_path / "enc" / "part.zarr", summary_dir=False)
+    storage.set_schema(builder.build())
+    storage.save_data("faces/face_areas", np.arange(3.0))
+    storage.compress_store()
+    storage.close()
+    item = f"{tmp_path / 'enc' / 'part.zarr'}.data"
+    files = [str(p) for p, _, _ in realistic_items[:4]]
+    assert main(["merge", *files, "-o", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("my notes")
+    kept = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    kept[Path(item)] = Path(item).read_bytes()
+    for target in ("d.dataset", "d.infoset", "d.attribset", "d.flow", "notes.txt", "folder"):
+        out = str(tmp_path / target)
+        assert main(["report", str(tmp_path / "d.dataset"), "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert out in err and ("is not an HTML report" in err or "is a directory" in err)
+    for target in (item, str(tmp_path / "d.flow"), str(tmp_path / "d.dataset")):
+        assert main(["schema", item, "-o", target]) == 2
+        assert f"{target}: exists and is not a schema JSON file" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in kept} == kept
+    # An earlier output of the same kind is replaced, as before.
+    for _ in range(2):
+        assert main(["report", str(tmp_path / "d.dataset"), "-o", str(tmp_path / "r.html")]) == 0
+        assert main(["schema", item, "-o", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["groups"]

@@ -16,7 +16,7 @@ from cadstore.artefacts import open_artefact
 from cadstore.cli import EXIT_OK
 from cadstore.cli._common import CommandError, print_lines
 from cadstore.io.location import resolve
-from cadstore.io.publish import write_bytes_atomic
+from cadstore.io.publish import check_replaceable, write_bytes_atomic
 
 
 def register(sub: Any) -> None:
@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _is_schema(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a schema's JSON (``domain`` and
+    ``groups`` are in the first lines of every schema cadstore writes)."""
+    return head.lstrip().startswith(b"{") and b'"domain"' in head and b'"groups"' in head
+
+
 def run(args: argparse.Namespace) -> int:
     """Export the schema.
 
@@ -70,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         print_lines([text.rstrip("\n")])
         return EXIT_OK
-    write_bytes_atomic(resolve(args.output, args.storage_options, shared=True), text.encode())
+    out = resolve(args.output, args.storage_options, shared=True)
+    # Never over the item or dataset read, nor any file but a schema written before.
+    check_replaceable(out, "a schema JSON file", _is_schema)
+    write_bytes_atomic(out, text.encode())
     print(f"wrote the schema of {args.path} to {args.output}")
     return EXIT_OK

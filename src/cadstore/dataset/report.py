@@ -41,7 +41,7 @@ from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
 from cadstore.io.location import resolve
-from cadstore.io.publish import write_bytes_atomic
+from cadstore.io.publish import check_replaceable, write_bytes_atomic
 from cadstore.lifecycle import TrustedTables
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
@@ -1363,6 +1363,11 @@ def _context(
     return _Context(dataset, reader, info, attribs, codes, splits)
 
 
+def _is_report(head: bytes) -> bool:
+    """Whether a file's first bytes are those of an HTML page (a report made before)."""
+    return head.lstrip()[:15].lower().startswith(b"<!doctype html")
+
+
 def write_report(
     dataset: str,
     output: str,
@@ -1388,11 +1393,20 @@ def write_report(
     storage_options
         fsspec options for whichever of these paths are URLs (``s3://...``); the report
         itself may be written to a URL too (one upload).
+
+    Raises
+    ------
+    OutputExistsError
+        If ``output`` holds anything but an HTML page (the dataset, its tables, its
+        manifest, a directory), which is left as it is.
     """
     import matplotlib
 
     started = time.perf_counter()
     source = resolve(dataset, storage_options, shared=True)
+    out = resolve(output, storage_options, shared=True)
+    # Never over the dataset, its tables or its manifest, nor any file but a report.
+    check_replaceable(out, "an HTML report", _is_report)
 
     name = title or source.with_suffix("", replacing=".dataset").name
     with DatasetReader(source) as reader, matplotlib.rc_context(_RC):
@@ -1410,6 +1424,5 @@ def write_report(
         sections = _build_sections(_context(dataset, reader, tables))
     page = _page(name, dataset, sections, time.perf_counter() - started)
     # A report can be made again: written atomically, not fsynced.
-    out = resolve(output, storage_options, shared=True)
     write_bytes_atomic(out, page.encode("utf-8"), durable=False)
     return output

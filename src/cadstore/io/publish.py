@@ -438,6 +438,50 @@ def write_bytes_atomic(
     return write_atomic(location, lambda fh: fh.write(data), exclusive=exclusive, durable=durable)
 
 
+def check_replaceable(
+    location: Location, what: str, is_same_kind: Callable[[bytes], bool], head: int = 4096
+) -> None:
+    """Refuse to write an output over anything but an earlier output of its kind.
+
+    An output path is the user's to choose, and one mistyped (``-o parts.dataset``)
+    would otherwise replace the dataset, or any other file, without a word. What is
+    there is recognised by its first ``head`` bytes.
+
+    Parameters
+    ----------
+    location
+        Where the output is to be written.
+    what
+        What the output is (``"an HTML report"``), for the message.
+    is_same_kind
+        Whether the first bytes of an existing file are those of such an output.
+
+    Raises
+    ------
+    OutputExistsError
+        If a directory, something other than a regular file, or a file of another kind
+        is there, naming it.
+    """
+    from cadstore.errors import CorruptStoreError, OutputExistsError
+
+    if location.isdir():
+        raise OutputExistsError(f"{location.path}: is a directory; give the file to write")
+    try:
+        with location.open_read() as fh:
+            first = fh.read(head)
+    except FileNotFoundError:
+        return
+    except CorruptStoreError:
+        raise OutputExistsError(
+            f"{location.path}: is not a regular file; not writing {what} there"
+        ) from None
+    if not is_same_kind(first):
+        raise OutputExistsError(
+            f"{location.path}: exists and is not {what}; not replacing it (choose another "
+            "path, or remove it first)"
+        )
+
+
 def publish_file(local_path: str, location: Location, *, durable: bool = True) -> int:
     """Publish the finished local file ``local_path`` at ``location``; return its size.
 
