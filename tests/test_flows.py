@@ -576,6 +576,75 @@ def test_the_executor_runs_a_parallel_task_directly(parts: Path, tmp_path: Path)
     assert FAULTY in Path(failed[0]["error"]["item"]).name
 
 
+def _record_source(cad_file: Any, cad_loader: Any, storage: DataStorage) -> str:
+    storage.save_data("source", np.frombuffer(str(cad_file).encode(), dtype=np.uint8))
+    return str(cad_file)
+
+
+def test_the_executor_refuses_a_second_item_of_one_name(tmp_path: Path) -> None:
+    """Two inputs whose items have one name (names ignore the extension) were both run,
+    the second replacing the first's store, and both reported done; as in a flow, the
+    second is now a duplicate, named in its error, and the first's store is its own."""
+    from cadstore import OptStorage
+    from cadstore.flowmanager import ParallelExecutor, ParallelTask
+
+    task = ParallelTask(_record_source, storage_type="optimized", output_dir=tmp_path)
+    ParallelExecutor(2).execute(task, ["parts/bracket.step", "parts/bracket.stl", "parts/nut"])
+    assert [r["error"] is None for r in task.results] == [True, False, True]
+    assert len(task.errors) == 1 and task.errors[0]["reason"] == "duplicate"
+    assert task.errors[0]["item"] == "parts/bracket.stl"
+    assert "parts/bracket.step" in task.errors[0]["error"]
+    stored = tmp_path / "encoded" / f"{item_name('parts/bracket.step', 0)}"
+    with OptStorage(stored, mode="r") as storage:
+        assert bytes(storage.load_data("source")) == b"parts/bracket.step"
+
+
+def test_flow_items_of_any_iterable_are_each_an_item(tmp_path: Path) -> None:
+    """A transform's items given as an array or a generator ran as one item (the whole
+    collection); an extract returning one path, or an array of paths, raised a raw error
+    that stopped the flow. Each element is an item now; a set (no order) is refused."""
+
+    @flowtask.transform(name="t", inputs=["cad_files"], outputs=["out"])
+    def record(cad_file: Any, cad_loader: Any, storage: DataStorage) -> str:
+        return _record_source(cad_file, cad_loader, storage)
+
+    given = {
+        "array": np.array(["a.step", "b.step"]),
+        "generator": (f for f in ["a.step", "b.step"]),
+        "tuple": ("a.step", "b.step"),
+    }
+    for name, files in given.items():
+        flow = cadstore.create_flow(name, [record], tmp_path, debug=True)
+        out, _, _ = flow.process(inputs={"cad_files": files})
+        assert out["out"] == ["a.step", "b.step"], name
+    flow = cadstore.create_flow("set", [record], tmp_path, debug=True)
+    with pytest.raises(FlowError, match=r"task 't'.*a set, which has no order"):
+        flow.process(inputs={"cad_files": {"a.step", "b.step"}})
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for stem in ("a", "b"):
+        (folder / f"{stem}.step").write_text("x")
+    for form in ("path", "array", "set"):
+
+        @flowtask.extract(name="gather", inputs=["src"], outputs=["cad_files"])
+        def gather(source: str, form: str = form) -> Any:
+            files = sorted(Path(source).glob("*.step"))
+            if form == "path":
+                return files[0]
+            return np.array([str(f) for f in files]) if form == "array" else set(files)
+
+        flow = cadstore.create_flow(f"x-{form}", [gather, record], tmp_path, debug=True)
+        out, _, _ = flow.process(inputs={"src": [str(folder)]})
+        want = {
+            "path": [str(folder / "a.step")],
+            "array": [str(folder / f"{s}.step") for s in "ab"],
+        }
+        assert out["out"] == want.get(form, []), form
+        if form == "set":  # that source's failure, not the flow's
+            assert [e["item"] for e in out.errors] == [str(folder)]
+            assert "no order" in out.errors[0]["error"]
+
+
 # ---------------------------------------------------------------------------- retrieval
 def test_cad_file_retriever_filters_by_format_and_pattern(tmp_path: Path) -> None:
     for name in ("a_part.step", "b_part.STP", "c_bolt.step", "sub/d_part.iges", "e.txt"):

@@ -43,7 +43,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,6 +55,7 @@ from cadstore.flowmanager.tasks.parallel_executor import (
     ParallelExecutor,
     StorageType,
     TimeLimits,
+    named_items,
 )
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
@@ -148,6 +149,28 @@ class FlowOutput:
 
 def _attribute(task: Callable[..., Any], name: str) -> Any:
     return getattr(task, name)
+
+
+def _item_list(items: Any, task_name: str) -> list[Any]:
+    """The items a transform runs over: those of a list, tuple, array or generator, or
+    a single path (``str``, ``bytes``, ``os.PathLike``) or other value as one item.
+
+    Raises
+    ------
+    FlowError
+        For a set or a mapping, whose order (each item's index in the outputs and in
+        ``error_summary.json``) is not the caller's.
+    """
+    if isinstance(items, str | bytes | os.PathLike):
+        return [items]
+    if isinstance(items, Set | Mapping):
+        raise FlowError(
+            f"task {task_name!r}: its items are a {type(items).__name__}, which has no "
+            "order of its own; give them as a list"
+        )
+    if isinstance(items, Iterable):
+        return list(items)
+    return [items]
 
 
 def _is_flow_output(folder: str, name: str) -> bool:
@@ -353,18 +376,20 @@ class Flow:
     def _extract(
         self, task: Callable[..., Any], args: list[Any], output: FlowOutput, logger: logging.Logger
     ) -> list[Any]:
-        sources = args[0] if args else []
-        if isinstance(sources, str | os.PathLike) or not isinstance(sources, Sequence):
-            sources = [sources]
+        name = _attribute(task, "_task_name")
+        sources = _item_list(args[0], name) if args else []
         found: list[Any] = []
         with Progress(None, len(sources), _BAR_LABELS["extract"], "source") as bar:
             for index, source in enumerate(sources):
                 try:
                     items = task(source)
+                    # What it returns, as a transform takes it (one path, a list, an
+                    # array...); a set is this source's failure, not the flow's.
+                    gathered = [] if items is None else _item_list(items, name)
                 except Exception as exc:  # one source failing does not stop the others
                     self._failure(output, logger, task, index, source, exc)
                 else:
-                    found.extend([items] if isinstance(items, str) else list(items or []))
+                    found.extend(gathered)
                 bar.update()
         logger.info("task %r gathered %d item(s)", _attribute(task, "_task_name"), len(found))
         return found
@@ -402,11 +427,7 @@ class Flow:
         logger: logging.Logger,
         resume: bool,
     ) -> list[Any]:
-        from cadstore.encode.naming import item_name
-
-        items = (
-            list(items) if isinstance(items, Sequence) and not isinstance(items, str) else [items]
-        )
+        items = _item_list(items, _attribute(task, "_task_name"))
         folder = self.flow_dir
         settings = ItemSettings(
             function=task,
@@ -421,25 +442,10 @@ class Flow:
             os.makedirs(settings.encoded_dir, exist_ok=True)
         todo: list[ItemTask] = []
         kept: dict[int, Any] = {}
-        owners: dict[str, Any] = {}
-        for index, item in enumerate(items):
-            name = item_name(os.fspath(item) if isinstance(item, os.PathLike) else str(item), 0)
-            if name in owners:
-                entry = {
-                    "item_index": index,
-                    "item": str(item),
-                    "name": name,
-                    "task": settings.task_name,
-                    "worker_pid": None,
-                    "reason": "duplicate",
-                    "error": f"DuplicateName: its item would have the same name as that of "
-                    f"{owners[name]} (names ignore the extension); rename one of them",
-                    "logs": [],
-                    "seconds": 0.0,
-                }
-                output.errors.append(entry)
+        for index, item, name, duplicate in named_items(items, settings.task_name):
+            if duplicate is not None:
+                output.errors.append(duplicate)
                 continue
-            owners[name] = item
             published = os.path.join(settings.encoded_dir, f"{name}.data")
             if resume and self.storage_type is StorageType.OPTIMIZED and os.path.isfile(published):
                 kept[index] = published

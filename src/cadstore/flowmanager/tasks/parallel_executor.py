@@ -59,7 +59,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -698,14 +698,48 @@ class ParallelTask:
         self.errors: list[dict[str, Any]] = []
 
 
+def named_items(
+    items: Sequence[Any], task_name: str
+) -> Iterator[tuple[int, Any, str, dict[str, Any] | None]]:
+    """Each item with the name of the store it is written to, and, for an item whose
+    name an earlier item has (names ignore the extension: ``part.step`` and
+    ``part.stl``), its ``error_summary.json`` entry instead of a run: two items of one
+    name would write one store, the later replacing the earlier.
+
+    Yields
+    ------
+    tuple
+        ``(index, item, name, duplicate)``; ``duplicate`` is ``None`` for an item to run.
+    """
+    from cadstore.encode.naming import item_name
+
+    owners: dict[str, Any] = {}
+    for index, item in enumerate(items):
+        name = item_name(os.fspath(item) if isinstance(item, os.PathLike) else str(item), 0)
+        if name not in owners:
+            owners[name] = item
+            yield index, item, name, None
+            continue
+        yield index, item, name, {
+            "item_index": index,
+            "item": str(item),
+            "name": name,
+            "task": task_name,
+            "worker_pid": None,
+            "reason": "duplicate",
+            "error": f"DuplicateName: its item would have the same name as that of "
+            f"{owners[name]} (names ignore the extension); rename one of them",
+            "logs": [],
+            "seconds": 0.0,
+        }
+
+
 def _execute(
     executor: ParallelExecutor,
     task: ParallelTask,
     items: Sequence[Any],
     force_sequential: bool,
 ) -> ParallelTask:
-    from cadstore.encode.naming import item_name
-
     out = task.output_dir or os.path.abspath(".")
     settings = ItemSettings(
         function=task.function,
@@ -718,11 +752,18 @@ def _execute(
     )
     if task.storage_type is not StorageType.MEMORY:
         os.makedirs(settings.encoded_dir, exist_ok=True)
-    tasks = [
-        ItemTask(i, item, item_name(str(item), 0), executor.limits.limit_for(_size(item)))
-        for i, item in enumerate(items)
-    ]
-    outcomes = executor.run(tasks, settings, sequential=force_sequential)
+    tasks: list[ItemTask] = []
+    duplicates: list[ItemOutcome] = []
+    for index, item, name, duplicate in named_items(items, settings.task_name):
+        run = ItemTask(index, item, name, executor.limits.limit_for(_size(item)))
+        if duplicate is None:
+            tasks.append(run)
+        else:
+            duplicates.append(ItemOutcome(run, False, failure=duplicate))
+    outcomes = sorted(
+        [*executor.run(tasks, settings, sequential=force_sequential), *duplicates],
+        key=lambda o: o.task.index,
+    )
     task.results = [{"result": o.result, "error": None if o.ok else o.failure} for o in outcomes]
     task.errors = [o.failure for o in outcomes if o.failure is not None]
     return task
