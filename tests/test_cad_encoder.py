@@ -221,6 +221,32 @@ def test_smooth_tolerance_is_configurable() -> None:
     assert set(sharp.push_edge_attributes()[0][3].tolist()) == {1}
 
 
+def test_a_mirrored_body_keeps_its_convexity(tmp_path: Path) -> None:
+    """An assembly's mirrored instance (a left/right pair, placed with a mirror) got every
+    dihedral angle negated and convex and concave swapped: the formula takes each face
+    to lie left of its co-edges, which a mirror turns round. Convexity does not change
+    under a mirror: the instance, the mirror baked into the geometry and the part agree."""
+    from OCP.BRepBuilderAPI import BRepBuilderAPI_Transform
+    from OCP.gp import gp_Ax2, gp_Dir, gp_Pnt, gp_Trsf
+    from OCP.TopLoc import TopLoc_Location
+
+    part = samples.make_bracket()
+    mirror = gp_Trsf()
+    mirror.SetMirror(gp_Ax2(gp_Pnt(-10, 0, 0), gp_Dir(1, 0, 0)))
+    placed = part.Moved(TopLoc_Location(mirror))
+    baked = BRepBuilderAPI_Transform(part, mirror, True).Shape()
+    path = samples.write_step(samples.make_compound([part, placed, baked]), tmp_path / "lr.step")
+    loaded = CADLoader().create_from_file(path)
+    assert loaded.num_bodies == 3
+    edges = [BrepEncoder(loaded.get_brep(i)).push_edge_attributes()[0] for i in range(3)]
+    assert loaded.get_brep(1).faces[0].Location().Transformation().IsNegative()
+    _, _, dihedrals, convexities = edges[0]
+    assert (convexities == 1).sum() > 0 and (convexities == 2).sum() > 0
+    for other in edges[1:]:
+        np.testing.assert_array_equal(np.sort(other[3]), np.sort(convexities))
+        np.testing.assert_allclose(np.sort(other[2]), np.sort(dihedrals), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- with storage
 def test_storage_gets_keys_schema_and_descriptions(brep: BrepAccess) -> None:
     storage = MemoryStorage()

@@ -870,6 +870,14 @@ class BrepEncoder:
         n_own = frames.normals
         n_mate = frames.normals[brep.coedge_mate]
         sine = np.einsum("ij,ij->i", np.cross(n_own, n_mate), frames.tangents)
+        # The formula takes the face to lie left of its co-edge, as the kernel's loops run
+        # in a body placed without a mirror. A mirror (an assembly's left-hand instance)
+        # runs them the other way round: the sign turns back, so convexity is the body's.
+        mirrored = np.array(
+            [f.Location().Transformation().IsNegative() for f in brep.faces], dtype=bool
+        )
+        if mirrored.any():
+            sine[mirrored[brep.coedge_face]] *= -1.0
         cosine = np.einsum("ij,ij->i", n_own, n_mate)
         dihedral = np.arctan2(sine, cosine)
         convexity = np.where(dihedral > 0, _CONVEX, _CONCAVE).astype(np.int32)
