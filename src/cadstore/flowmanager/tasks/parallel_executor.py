@@ -720,18 +720,23 @@ def named_items(
             owners[name] = item
             yield index, item, name, None
             continue
-        yield index, item, name, {
-            "item_index": index,
-            "item": str(item),
-            "name": name,
-            "task": task_name,
-            "worker_pid": None,
-            "reason": "duplicate",
-            "error": f"DuplicateName: its item would have the same name as that of "
-            f"{owners[name]} (names ignore the extension); rename one of them",
-            "logs": [],
-            "seconds": 0.0,
-        }
+        yield (
+            index,
+            item,
+            name,
+            {
+                "item_index": index,
+                "item": str(item),
+                "name": name,
+                "task": task_name,
+                "worker_pid": None,
+                "reason": "duplicate",
+                "error": f"DuplicateName: its item would have the same name as that of "
+                f"{owners[name]} (names ignore the extension); rename one of them",
+                "logs": [],
+                "seconds": 0.0,
+            },
+        )
 
 
 def _execute(
