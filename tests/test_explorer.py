@@ -400,6 +400,24 @@ def test_build_membership_matrix(explorer: DatasetExplorer, realistic_items: lis
     assert labels.sum() == len(items)
     with pytest.raises(DatasetError, match="do not match"):
         explorer.build_membership_matrix("faces", "face_types", ["plane"])
+    # A category the values cannot hold was cast to them and counted the items of
+    # another: 1.5 as 1, a name one character longer as the name cut to the values'
+    # width, and a bare string was split into characters.
+    with pytest.raises(DatasetError, match=r"\[1\.5, 2\.7\] are not values 'face_types'"):
+        explorer.build_membership_matrix("faces", "face_types", [1.5, 2.7, 3])
+    for single in ("13", 2.5):
+        with pytest.raises(DatasetError, match="give None, a number of bins or a list"):
+            explorer.build_membership_matrix("faces", "face_types", single)  # type: ignore[arg-type]
+    values, _ = explorer.key_values("name")
+    longest = max(values.tolist(), key=len)
+    longer = longest + "x"
+    if values.dtype.kind == "U":  # of the longest name's width: a longer one is refused
+        with pytest.raises(DatasetError, match=f"{longer!r}"):
+            explorer.build_membership_matrix(None, "name", [longer, longest])
+    else:  # held as it is: it matches no item
+        named, _, cats = explorer.build_membership_matrix(None, "name", [longer, longest])
+        assert cats.tolist() == [longer, longest] and named[:, 0].sum() == 0
+    assert explorer.build_membership_matrix(None, "name", [longest])[0].sum() == 1
 
 
 # ---------------------------------------------------------------------------- tables

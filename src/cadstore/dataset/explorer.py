@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -1021,20 +1021,16 @@ class DatasetExplorer:
         Raises
         ------
         DatasetError
-            If the group or the key is unknown.
+            If the group or the key is unknown, or a category is not a value the key's
+            values can hold (``1.5`` among integers, ``"housings"`` among strings of
+            at most 7 characters): it could match none of them.
         """
         values, codes = self.key_values(key, group)
         if bins_or_categories is None or isinstance(bins_or_categories, int | np.integer):
             categories, index = self._bin_index(values, bins_or_categories)
             n_cols = len(categories) - (0 if bins_or_categories is None else 1)
         else:
-            try:
-                categories = np.asarray(list(bins_or_categories), dtype=values.dtype)
-            except (TypeError, ValueError) as exc:
-                raise DatasetError(
-                    f"categories {list(bins_or_categories)!r} do not match the values of "
-                    f"{key!r} (dtype {values.dtype})"
-                ) from exc
+            categories = _categories_of(key, values.dtype, bins_or_categories)
             order = np.argsort(categories, kind="stable")
             ordered = categories[order]
             pos = np.clip(np.searchsorted(ordered, values), 0, max(len(ordered) - 1, 0))
@@ -1355,3 +1351,43 @@ class DatasetExplorer:
             "q25": float(q25),
             "q75": float(q75),
         }
+
+
+def _categories_of(key: str, dtype: np.dtype, given: Any) -> np.ndarray:
+    """The categories asked for ``key`` as an array of its values' ``dtype``, each equal
+    to the one given: a cast that changed one (a float truncated to an integer, a string
+    cut to the values' width) would count items of another category.
+
+    Raises
+    ------
+    DatasetError
+        For a string or another single value where a sequence is expected, or a category
+        the values cannot hold, naming it.
+    """
+    if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+        raise DatasetError(
+            f"categories of {key!r}: give None, a number of bins or a list of categories, "
+            f"not {type(given).__name__} {given!r}"
+        )
+    asked = list(given)
+    try:
+        categories = np.asarray(asked, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DatasetError(
+            f"categories {asked!r} do not match the values of {key!r} (dtype {dtype})"
+        ) from exc
+    changed = [a for a, c in zip(asked, categories.tolist(), strict=True) if not _same(a, c)]
+    if changed:
+        raise DatasetError(
+            f"categories {changed!r} are not values {key!r} can hold (dtype {dtype}): "
+            "no item could be in them"
+        )
+    return categories
+
+
+def _same(asked: Any, cast: Any) -> bool:
+    """Whether a category survived its cast to the values' dtype unchanged."""
+    try:
+        return bool(asked == cast)
+    except (TypeError, ValueError):  # an array, or a value that does not compare
+        return False
