@@ -458,11 +458,19 @@ def _encode_metadata(key: str, value: Any, level: int) -> Any:
     if isinstance(value, str):
         check_utf8([value], f"metadata {key!r}")
         return value
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return _checked_int(key, value)
     if isinstance(value, float):
         return _encode_float(value)
     if isinstance(value, np.generic):
+        if value.dtype.kind == "f" and value.dtype.itemsize > 8:
+            # .item() keeps extended precision as it is: JSON's numbers cannot hold it.
+            raise UnsupportedTypeError(
+                f"metadata {key!r} is a {value.dtype} (extended precision), which JSON "
+                "cannot hold; convert it to float64 or a string"
+            )
         if value.dtype.kind in "biuf" or isinstance(value, np.str_):
             return _encode_metadata(key, value.item(), level)
     elif isinstance(value, np.ndarray):
@@ -491,6 +499,27 @@ def _encode_metadata(key: str, value: Any, level: int) -> Any:
         f"metadata {key!r} has a value of type {type(value).__name__}; metadata holds bool, "
         "int, float, str, None, lists, dicts and numpy numbers or arrays of these"
     )
+
+
+#: Integers this wide are checked against the interpreter's limit on converting
+#: integers to text (4,300 digits by default, ``sys.set_int_max_str_digits``).
+_WIDE_INT_BITS = 4000
+
+
+def _checked_int(key: str, value: int) -> int:
+    """``value``, if the metadata document can be written with it: an integer of more
+    digits than Python converts to text fails when the document is written (at
+    ``close()``, losing the item), so it is refused when it is given."""
+    if value.bit_length() > _WIDE_INT_BITS:
+        try:
+            str(value)
+        except ValueError:
+            raise InvalidDataError(
+                f"metadata {key!r}: an integer of about {int(value.bit_length() * 0.30103)} "
+                "digits is beyond what Python writes as text (sys.get_int_max_str_digits()); "
+                "store it as a string"
+            ) from None
+    return value
 
 
 def decode_metadata(obj: Any) -> Any:

@@ -121,9 +121,25 @@ def normalize_value(key: str, value: object, *, copy: bool = True) -> Node:
     )
 
 
+def _check_numeric(key: str, dtype: np.dtype) -> None:
+    """Refuse extended-precision floats (``float128``, ``complex256``): no Zarr data type
+    holds them, so an item saved with one could not be read back."""
+    if dtype.kind in "fc" and dtype.itemsize > (8 if dtype.kind == "f" else 16):
+        raise UnsupportedTypeError(
+            f"{dtype} (extended precision) is not supported (key {key!r}), as Zarr has no "
+            "such data type; convert it to float64 or complex128"
+        )
+
+
 def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray:
     kind = arr.dtype.kind
+    if isinstance(arr, np.ma.MaskedArray):
+        raise UnsupportedTypeError(
+            f"masked array under key {key!r}: its mask would be lost; save "
+            "arr.filled(value) and the mask (np.ma.getmaskarray(arr)) as arrays of their own"
+        )
     if kind in _NUMERIC_KINDS:
+        _check_numeric(key, arr.dtype)
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _little()):
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         elif arr.dtype.fields is not None:
@@ -158,6 +174,7 @@ def _normalize_numpy_scalar(key: str, value: np.generic) -> np.generic | str:
     if isinstance(value, np.str_):
         return str(value)
     if value.dtype.kind in _NUMERIC_KINDS and value.dtype.fields is None:
+        _check_numeric(key, value.dtype)
         return value.dtype.type(value)
     raise UnsupportedTypeError(
         f"numpy scalars of dtype {value.dtype} are not supported (key {key!r})"
@@ -183,6 +200,7 @@ def _normalize_sequence(key: str, seq: list[Any] | tuple[Any, ...]) -> np.ndarra
         raise UnsupportedTypeError(
             f"list under key {key!r} does not convert to a numeric array (got dtype {arr.dtype})"
         )
+    _check_numeric(key, arr.dtype)
     return np.ascontiguousarray(arr)
 
 

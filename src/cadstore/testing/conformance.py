@@ -436,6 +436,11 @@ class StorageConformance:
             {1: "int key"},
             np.zeros(2, dtype="V4"),
             [None, 1],
+            np.ones(2, dtype=np.longdouble),
+            np.longdouble(1.5),
+            [np.longdouble(1.5)],
+            np.ones(2, dtype=np.clongdouble),
+            np.ma.masked_array([1.5, -999.0], mask=[False, True]),
         ],
         ids=[
             "None",
@@ -450,6 +455,11 @@ class StorageConformance:
             "int-key",
             "void",
             "list-None",
+            "longdouble-array",
+            "longdouble",
+            "longdouble-list",
+            "clongdouble-array",
+            "masked",
         ],
     )
     def test_unsupported_values(self, storage: DataStorage, value: Any) -> None:
@@ -595,6 +605,21 @@ class StorageConformance:
             storage.save_metadata("obj", object())
         with pytest.raises(TypeError):
             storage.save_metadata("cplx", 1 + 2j)
+        # Values a metadata document cannot be written with are refused when given; they
+        # were taken, and the document then failed to be written (at close(), losing the
+        # item; a JSON store failed every later save), or recursed without end.
+        before = storage.load_metadata()
+        with pytest.raises(TypeError, match=r"'precise'.*extended precision"):
+            storage.save_metadata("precise", np.longdouble(1.5))
+        with pytest.raises(TypeError, match=r"'deep/x'.*extended precision"):
+            storage.save_metadata("deep", {"x": np.ones(2, dtype=np.longdouble)})
+        with pytest.raises(InvalidDataError, match=r"'checksum'.*digits"):
+            storage.save_metadata("checksum", 10**5000)
+        assert storage.load_metadata() == before
+        storage.save_metadata("wide", 10**1000)  # wide, but written as text
+        storage.save_data("after", np.arange(2))
+        storage.compress_store()
+        assert storage.load_metadata("wide") == 10**1000
 
     def test_data_and_metadata_are_separate(self, storage: DataStorage, tmp_path: Path) -> None:
         # The specified JSON example saves a data key named "metadata" next to metadata.
