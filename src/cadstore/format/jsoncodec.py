@@ -522,6 +522,27 @@ def _checked_int(key: str, value: int) -> int:
     return value
 
 
+def metadata_section(encoded: Any) -> dict[str, Any] | None:
+    """The dict of keys an encoded metadata value holds, if it is a section (a dict),
+    else ``None``: the dict itself, or the one inside its ``{"__dict__": ...}`` wrapper
+    (a dict with a key like ``"__build__"`` is wrapped, see :func:`encode_metadata`).
+    A tagged float (``{"__float__": "NaN"}``) is a value, not a section."""
+    if not isinstance(encoded, dict):
+        return None
+    if set(encoded) == {"__dict__"} and isinstance(encoded["__dict__"], dict):
+        inner: dict[str, Any] = encoded["__dict__"]
+        return inner
+    if set(encoded) == {"__float__"}:
+        return None
+    return encoded
+
+
+def as_metadata_section(keys: dict[str, Any]) -> dict[str, Any]:
+    """The encoded form of a section holding ``keys``: wrapped when a key looks like a tag,
+    so that :func:`decode_metadata` gives ``keys`` back."""
+    return {"__dict__": keys} if _looks_tagged(keys) else keys
+
+
 def decode_metadata(obj: Any) -> Any:
     """Invert :func:`encode_metadata` (tagged floats back to floats).
 

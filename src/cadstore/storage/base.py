@@ -58,7 +58,7 @@ from cadstore.errors import (
     SchemaValidationError,
     StorageClosedError,
 )
-from cadstore.format.jsoncodec import encode_metadata
+from cadstore.format.jsoncodec import as_metadata_section, encode_metadata, metadata_section
 from cadstore.storage.keys import validate_key
 from cadstore.storage.values import Node, contains_nan, normalize_value
 
@@ -434,18 +434,15 @@ class DataStorage(ABC):
         parts = key.split("/")
         node = self._metadata
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            child = metadata_section(node.setdefault(part, {}))
+            if child is None:
                 where = "/".join(parts[: i + 1])
                 raise KeyConflictError(
                     f"cannot save metadata {key!r}: {where!r} holds a value, not a section"
                 )
             node = child
         last = parts[-1]
-        if isinstance(encoded, dict) and isinstance(node.get(last), dict):
-            _deep_merge(node[last], encoded)
-        else:
-            node[last] = encoded
+        node[last] = _merged(node.get(last), encoded)
 
     def load_metadata(self, key: str | None = None) -> Any:
         """Return the metadata value (or section, as a dict) stored under ``key``.
@@ -581,9 +578,14 @@ class DataStorage(ABC):
         return f"<{type(self).__name__}{' ' + where if where else ''} {state}>"
 
 
-def _deep_merge(target: dict[str, Any], source: Mapping[str, Any]) -> None:
-    for k, v in source.items():
-        if isinstance(v, dict) and isinstance(target.get(k), dict):
-            _deep_merge(target[k], v)
-        else:
-            target[k] = v
+def _merged(stored: Any, encoded: Any) -> Any:
+    """An encoded metadata value saved over ``stored``: sections (dicts) merge key by key,
+    anything else replaces. Sections are merged as the keys they hold, whether wrapped
+    for keys like ``"__build__"`` or not (see :func:`metadata_section`), and the result
+    is wrapped as its keys need."""
+    old, new = metadata_section(stored), metadata_section(encoded)
+    if old is None or new is None:
+        return encoded
+    for k, v in new.items():
+        old[k] = _merged(old.get(k), v)
+    return as_metadata_section(old)

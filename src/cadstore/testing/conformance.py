@@ -21,6 +21,7 @@ The suite needs ``pytest`` and ``hypothesis``; it is imported by test modules on
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -589,6 +590,33 @@ class StorageConformance:
                 }
                 assert again.load_metadata("size_cadfile") == 1024000
                 assert np.isnan(again.load_metadata("weird"))
+
+    def test_metadata_sections_with_dunder_keys_merge(
+        self, storage: DataStorage, tmp_path: Path
+    ) -> None:
+        """A section holding a key like ``"__build__"`` is stored wrapped; merging into it,
+        or it into a section, merged the wrapper itself: ``{"version": "1.0", "__dict__":
+        {"__build__": 42}}`` came back instead of the keys."""
+        storage.save_metadata("tool", {"version": "1.0"})
+        storage.save_metadata("tool", {"__build__": 42})
+        storage.save_metadata("tool2", {"__build__": 42})
+        storage.save_metadata("tool2/version", "1.0")
+        storage.save_metadata("tool2", {"__deep": {"a": 1}})
+        storage.save_metadata("tool2", {"__deep": {"b": float("inf")}})
+        storage.save_metadata("nan", float("nan"))
+        storage.save_metadata("nan", {"a": 1})  # a value replaced by a section
+        want = {
+            "tool": {"version": "1.0", "__build__": 42},
+            "tool2": {"__build__": 42, "version": "1.0", "__deep": {"a": 1, "b": math.inf}},
+            "nan": {"a": 1},
+        }
+        for key, value in want.items():
+            assert storage.load_metadata(key) == value, key
+        again = self.reopen(storage, tmp_path)
+        if again is not None:
+            with again:
+                for key, value in want.items():
+                    assert again.load_metadata(key) == value, key
 
     def test_metadata_errors(self, storage: DataStorage) -> None:
         storage.save_metadata("scalar", 1)
