@@ -503,7 +503,8 @@ class Schema:
             As for :meth:`array_spec`; a key the schema does not declare is always valid
             (schemas are extensible).
         data
-            The value about to be stored.
+            The value about to be stored; a dict (a group saved at once) is checked array
+            by array, each at its own key.
 
         Returns
         -------
@@ -514,6 +515,13 @@ class Schema:
         """
         info = self._resolve(key)
         if info is None:
+            if isinstance(data, Mapping):
+                # A group saved at once: each of its arrays is checked at its own key.
+                return [
+                    problem
+                    for name, child in data.items()
+                    for problem in self.validate_array(f"{key}/{name}", child)
+                ]
             return []
         if isinstance(data, Mapping):
             return [

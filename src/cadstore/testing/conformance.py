@@ -759,6 +759,16 @@ class StorageConformance:
         assert isinstance(info.value, ValueError)
         assert_same(storage.load_data("face_areas"), np.array([1.0, 2.0], dtype=np.float32))
         storage.save_data("not_in_schema", np.ones((2, 2, 2)))
+        # The same array inside a group saved at once is checked at its own key (it was
+        # accepted: only the group's key was looked up).
+        bad = np.array([[1, 2], [3, 4]], dtype=np.int32)
+        for key in ("faces", "other"):
+            with pytest.raises(SchemaValidationError, match=f"{key}/face_areas: expected 1"):
+                storage.save_data(key, {"face_areas": bad, "free": np.ones(2)})
+            assert storage.validate_data_against_schema(key, {"face_areas": bad}) is False
+            assert key not in storage
+        storage.save_data("faces", {"face_areas": np.ones(3, dtype=np.float32)})
+        assert storage.validate_data_against_schema("g", {"free": {"deeper": np.ones(2)}})
 
     def test_metadata_routing(self, storage: DataStorage, tmp_path: Path) -> None:
         storage.set_schema(self._schema_dict())
