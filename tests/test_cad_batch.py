@@ -92,6 +92,29 @@ def mixed_run(
     return report, out
 
 
+def test_a_name_that_is_not_utf8_fails_alone(tmp_path: Path) -> None:
+    """One file name that is not UTF-8 (a Latin-1 name) stopped the whole batch before
+    any work, with a raw UnicodeEncodeError naming no file: the items' names hash the
+    path as UTF-8. Names hash the path's bytes now; the file fails alone, named."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    box = samples.write_step(samples.make_box(), directory / "a_box.step")
+    samples.write_step(samples.make_cylinder(), directory / "c_cyl.step")
+    os.link(box, os.fsencode(directory) + b"/b_caf\xe9.step")
+    report = encode_files(directory, tmp_path / "out", workers=1, histograms=False)
+    assert len(report.encoded) == 2
+    assert len(report.failed) == 1
+    failed = report.failed[0]
+    assert failed["item"] == os.fsdecode(os.fsencode(directory) + b"/b_caf\xe9.step")
+    assert "its name is not UTF-8 text" in failed["error"]
+    # A UTF-8 path keeps the id it had (the MD5 of its UTF-8 bytes).
+    from cadstore.storage.helpers import generate_unique_id_from_path
+
+    name = str(directory / "a_box")
+    digest = hashlib.md5(name.encode("utf-8"), usedforsecurity=False).hexdigest()
+    assert generate_unique_id_from_path(name) == digest
+
+
 @pytest.fixture
 def forked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make workers fork, so that they inherit what the test patched in this process."""

@@ -134,6 +134,39 @@ def test_directory_is_refused(tmp_path: Path) -> None:
         CADLoader().create_from_file(folder)
 
 
+def test_pipes_odd_names_and_byte_order_marks_are_named(tmp_path: Path) -> None:
+    """A pipe named like a CAD file blocked the loader in open() until a writer came; a
+    file name that is not UTF-8 raised the kernel binding's raw TypeError; a STEP file
+    behind a byte-order mark was called corrupt with no word of the mark."""
+    import os
+    import subprocess
+    import sys
+
+    pipe = tmp_path / "pipe.step"
+    os.mkfifo(pipe)
+    code = (
+        "from cadstore.cad import CADLoader\n"
+        "try:\n"
+        f"    CADLoader().create_from_file({str(pipe)!r})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.startswith("CorruptStoreError")
+    assert f"{pipe}: not a regular file" in done.stdout
+    box = samples.write_step(samples.make_box(), tmp_path / "box.step")
+    odd = os.fsencode(tmp_path) + b"/caf\xe9.step"
+    os.link(box, odd)
+    with pytest.raises(CorruptStoreError, match="its name is not UTF-8 text"):
+        CADLoader().create_from_file(os.fsdecode(odd))
+    marked = tmp_path / "marked.step"
+    marked.write_bytes(b"\xef\xbb\xbf" + Path(box).read_bytes())
+    with pytest.raises(CorruptStoreError, match=r"byte-order mark.*remove its first 3 bytes"):
+        CADLoader().create_from_file(marked)
+
+
 @pytest.mark.parametrize("suffix", [".step", ".igs", ".brep"])
 def test_empty_file(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"empty{suffix}"

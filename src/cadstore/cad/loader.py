@@ -46,6 +46,7 @@ from cadstore.cad._kernel import indexed_map, quiet_kernel
 from cadstore.cad.brep import BrepAccess
 from cadstore.cad.samples import make_compound
 from cadstore.errors import CorruptStoreError, InvalidDataError
+from cadstore.io.filesystems import LocalFileSystem
 from cadstore.vocabulary import CAD_EXTENSIONS
 
 __all__ = ["SUPPORTED_EXTENSIONS", "CADLoader", "CADModel"]
@@ -256,7 +257,8 @@ class CADLoader:
             If ``path`` is a directory.
         CorruptStoreError
             If the file is empty, not a CAD file of a supported format, truncated, corrupt,
-            rejected by the kernel, or has no solid, shell or face. The message says which.
+            rejected by the kernel, or has no solid, shell or face, or is not a regular file
+            (a pipe, a device). The message says which.
         """
         file_path = Path(os.fspath(path))
         if not file_path.exists():
@@ -266,18 +268,29 @@ class CADLoader:
         if file_path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory, not a CAD file", str(file_path))
         try:
-            size = file_path.stat().st_size
-            with open(file_path, "rb") as handle:
+            # Opened as cadstore opens files: a pipe or a device is refused, never read
+            # (a pipe would block the open until a writer came).
+            with LocalFileSystem().open_read(str(file_path)) as handle:
+                size = os.fstat(handle.fileno()).st_size
                 head = handle.read(_SNIFF_BYTES)
                 handle.seek(max(0, size - _SNIFF_BYTES))
                 tail = handle.read(_SNIFF_BYTES)
+        except CorruptStoreError:
+            raise
         except OSError as exc:
             raise CorruptStoreError(file_path, f"cannot be read: {exc.strerror or exc}") from exc
         if size == 0:
             raise CorruptStoreError(file_path, "the file is empty (0 bytes)")
+        try:
+            str(file_path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptStoreError(
+                file_path,
+                "its name is not UTF-8 text, which the kernel's readers cannot open; rename it",
+            ) from None
         file_format = _choose_format(file_path, head)
         _check_content(file_path, file_format, head)
-        shape = _read_shape(file_path, file_format, tail)
+        shape = _read_shape(file_path, file_format, head, tail)
         bodies = _find_bodies(shape, solids=self._options.get("read_solid", True))
         if not bodies:
             raise CorruptStoreError(
@@ -350,7 +363,7 @@ def _describe_head(head: bytes) -> str:
     return f" (it starts with {first!r})"
 
 
-def _read_shape(path: Path, file_format: str, tail: bytes) -> TopoDS_Shape:
+def _read_shape(path: Path, file_format: str, head: bytes, tail: bytes) -> TopoDS_Shape:
     name = _FORMAT_NAMES[file_format]
     try:
         with quiet_kernel():
@@ -359,9 +372,18 @@ def _read_shape(path: Path, file_format: str, tail: bytes) -> TopoDS_Shape:
         problem = f"the kernel's {name} reader failed ({type(exc).__name__}: {exc})"
         shape = None
     if shape is None or shape.IsNull():
-        truncated = _truncation_hint(file_format, tail)
-        raise CorruptStoreError(path, (problem or "no shape could be read from it") + truncated)
+        hint = _truncation_hint(file_format, tail)
+        if head.startswith(_BOM):
+            hint += (
+                "; the file starts with a UTF-8 byte-order mark, which the kernel's readers "
+                "do not accept: remove its first 3 bytes"
+            )
+        raise CorruptStoreError(path, (problem or "no shape could be read from it") + hint)
     return shape
+
+
+#: The UTF-8 byte-order mark some editors put before a text file.
+_BOM: Final = b"\xef\xbb\xbf"
 
 
 def _truncation_hint(file_format: str, tail: bytes) -> str:

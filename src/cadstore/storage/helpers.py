@@ -16,7 +16,9 @@ __all__ = ["generate_unique_id_from_path"]
 
 
 def generate_unique_id_from_path(path: str | os.PathLike[str]) -> str:
-    """Return the 32-hex id of ``path``: the MD5 digest of its absolute form, as UTF-8.
+    """Return the 32-hex id of ``path``: the MD5 digest of its absolute form's bytes
+    (UTF-8; a name that is not UTF-8 as the bytes the file system holds, so that every
+    file has an id).
 
     The specified users pass the CAD file's path without its extension; the result is then
     the stem ``<hash>`` of the items ``<hash>_<body>`` encoded from that file. The id is a
@@ -39,4 +41,4 @@ def generate_unique_id_from_path(path: str | os.PathLike[str]) -> str:
     32
     """
     absolute = os.path.abspath(os.fspath(path))
-    return hashlib.md5(absolute.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return hashlib.md5(os.fsencode(absolute), usedforsecurity=False).hexdigest()
