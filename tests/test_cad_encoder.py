@@ -247,6 +247,26 @@ def test_a_mirrored_body_keeps_its_convexity(tmp_path: Path) -> None:
         np.testing.assert_allclose(np.sort(other[2]), np.sort(dihedrals), atol=1e-5)
 
 
+def test_an_unbounded_face_is_invalid_data(tmp_path: Path) -> None:
+    """A face of an infinite plane without trimming loops was encoded "successfully"
+    with face_areas [inf], centroids and samples of -inf; now an InvalidDataError naming
+    the face (a failure of reason invalid_data in a batch), and nothing is stored."""
+    from OCP.BRepBuilderAPI import BRepBuilderAPI_MakeFace
+    from OCP.gp import gp_Dir, gp_Pln, gp_Pnt
+
+    from cadstore.errors import InvalidDataError
+
+    plane = BRepBuilderAPI_MakeFace(gp_Pln(gp_Pnt(0, 0, 0), gp_Dir(0, 0, 1))).Face()
+    path = samples.write_brep(plane, tmp_path / "plane.brep")
+    brep = CADLoader().create_from_file(path).get_brep()
+    storage = MemoryStorage()
+    encoder = BrepEncoder(brep, storage)
+    for push in (encoder.push_face_attributes, encoder.push_face_discretization):
+        with pytest.raises(InvalidDataError, match=r"face 0 is unbounded"):
+            push()
+    assert storage.get_keys() == []
+
+
 # ---------------------------------------------------------------------------- with storage
 def test_storage_gets_keys_schema_and_descriptions(brep: BrepAccess) -> None:
     storage = MemoryStorage()

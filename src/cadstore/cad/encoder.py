@@ -135,6 +135,7 @@ from OCP.TopoDS import TopoDS_Shape
 
 from cadstore.cad._kernel import FaceClassifier
 from cadstore.cad.brep import BrepAccess
+from cadstore.errors import InvalidDataError
 from cadstore.schema import SchemaBuilder
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
@@ -794,6 +795,7 @@ class BrepEncoder:
             areas = np.empty(n_faces, dtype=np.float64)
             centroids = np.empty((n_faces, 3), dtype=np.float64)
             for f, face in enumerate(self.brep.faces):
+                _face_bounds(f, face)  # an unbounded face has no finite area or centroid
                 types[f] = _SURFACE_CODES.get(self._surface(f).GetType(), 16)
                 props = GProp_GProps()
                 BRepGProp.SurfaceProperties_s(face, props)
@@ -827,7 +829,7 @@ class BrepEncoder:
         self, index: int, face: TopoDS_Face, nu: int, nv: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
         surface = self._surface(index)
-        bounds = BRepTools.UVBounds_s(face)
+        bounds = _face_bounds(index, face)
         umin, umax, vmin, vmax = bounds
         classifier = FaceClassifier(face, BRep_Tool.Tolerance_s(face))
         grid = [(u, v) for u in np.linspace(umin, umax, nu) for v in np.linspace(vmin, vmax, nv)]
@@ -909,7 +911,7 @@ class BrepEncoder:
         normals = _normal_rows(du, dv)
         for c in np.flatnonzero(~normals.any(axis=1)).tolist():
             f = int(brep.coedge_face[c])
-            bounds = BRepTools.UVBounds_s(brep.face(f))
+            bounds = _face_bounds(f, brep.face(f))
             normals[c] = _nudged_normal(self._surface(f), *where[c], bounds)
         # The kernel's adaptors ignore orientation: a reversed co-edge runs against its
         # curve, and a reversed face's outward normal is minus the surface normal.
@@ -1003,6 +1005,28 @@ class BrepEncoder:
 
 
 # ---------------------------------------------------------------------------- geometry
+#: Parameters this large are the kernel's infinity (``Precision::Infinite()``, 2e100).
+_UNBOUNDED: Final = 1e100
+
+
+def _face_bounds(index: int, face: Any) -> tuple[float, float, float, float]:
+    """The ``(umin, umax, vmin, vmax)`` box of face ``index``'s trimming loops.
+
+    Raises
+    ------
+    InvalidDataError
+        For a face without trimming loops over an infinite surface (an unbounded plane):
+        its area, centroid and samples would be infinite, stored as if they were values.
+    """
+    bounds: tuple[float, float, float, float] = BRepTools.UVBounds_s(face)
+    if not all(math.isfinite(b) and abs(b) < _UNBOUNDED for b in bounds):
+        raise InvalidDataError(
+            f"face {index} is unbounded (parameter box {bounds}): a face of an infinite "
+            "surface without trimming loops has no finite area, centroid or samples"
+        )
+    return bounds
+
+
 _Triple = tuple[float, float, float]
 _ZERO: Final[_Triple] = (0.0, 0.0, 0.0)
 
