@@ -645,6 +645,23 @@ def test_flow_items_of_any_iterable_are_each_an_item(tmp_path: Path) -> None:
             assert "no order" in out.errors[0]["error"]
 
 
+def test_an_extract_or_transform_declares_one_output() -> None:
+    """A transform declaring two outputs had its per-item results dealt out among them by
+    position: with two items, one output held item 0's tuple and the other item 1's; with
+    three the flow failed after encoding every item. Refused when declared."""
+    for kind in ("transform", "extract"):
+        decorate = getattr(flowtask, kind)
+        with pytest.raises(FlowError, match=rf"'count': an {kind} task gives one list"):
+
+            @decorate(name="count", inputs=["cad_files"], outputs=["faces", "edges"])
+            def count(*args: Any) -> Any:
+                return None
+
+    @flowtask.custom(name="pair", inputs=["x"], outputs=["a", "b"])
+    def pair(x: Any) -> tuple[Any, Any]:  # a custom task returns one value per output
+        return x, x
+
+
 # ---------------------------------------------------------------------------- retrieval
 def test_cad_file_retriever_filters_by_format_and_pattern(tmp_path: Path) -> None:
     for name in ("a_part.step", "b_part.STP", "c_bolt.step", "sub/d_part.iges", "e.txt"):

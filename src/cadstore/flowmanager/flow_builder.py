@@ -84,7 +84,16 @@ class TaskDecorators:
             _mark(function, "_task_type", kind)
             _mark(function, "_task_name", task_name)
             _mark(function, "_task_inputs", _names(inputs, "inputs", task_name))
-            _mark(function, "_task_outputs", _names(outputs, "outputs", task_name))
+            declared = _names(outputs, "outputs", task_name)
+            if kind != "custom" and len(declared) > 1:
+                # Its value is one list (a result per item, or the items found): given
+                # several outputs, the list was dealt out among them by position.
+                raise FlowError(
+                    f"task {task_name!r}: an {kind} task gives one list, a value per item, "
+                    f"so it declares one output, not {declared}; return a tuple per item "
+                    "and take it apart in a custom task"
+                )
+            _mark(function, "_task_outputs", declared)
             _mark(function, "_parallel_execution", bool(parallel_execution))
             parallel = parallel_execution and kind == "transform"
             _mark(function, "_task_class", "ParallelTask" if parallel else "SequentialTask")
