@@ -106,6 +106,16 @@ def encode_and_count(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorag
     return encode_data(cad_file, cad_loader, storage)
 
 
+@flowtask.transform(name="half way", inputs=["cad_files"], outputs=["out"])
+def save_then_stop(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+    if "bad" in cad_file:
+        raise RuntimeError("failed half way")
+    if "slow" in cad_file:
+        time.sleep(600)
+    return cad_file
+
+
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -660,6 +670,42 @@ def test_an_extract_or_transform_declares_one_output() -> None:
     @flowtask.custom(name="pair", inputs=["x"], outputs=["a", "b"])
     def pair(x: Any) -> tuple[Any, Any]:  # a custom task returns one value per output
         return x, x
+
+
+@pytest.mark.parametrize("kind", ["optimized", "json"])
+def test_a_failed_or_timed_out_item_leaves_no_store(tmp_path: Path, kind: str) -> None:
+    """A transform that failed (or ran out of time) after saving left a store in
+    encoded/ that read as an item: an optimized store was published when the failed
+    storage was closed, and a JSON store kept the files it wrote. Only the items done are
+    there now; a JSON store there before the run stays."""
+    flow = cadstore.create_flow(
+        "f",
+        [save_then_stop],
+        tmp_path,
+        max_workers=2,
+        storage_type=kind,
+        export_visualization=False,
+        auto_dataset_export=False,
+        parallel_task_kwargs={"time_limit_overall": 3},
+    )
+    files = ["good.step", "bad.step", "slow.step"]
+    out, _, _ = flow.process(inputs={"cad_files": files})
+    assert out["out"] == ["good.step"]
+    assert sorted((e["item"], e["reason"]) for e in out.errors) == [
+        ("bad.step", "error"),
+        ("slow.step", "timeout"),
+    ]
+    encoded = Path(out.flow_dir) / "encoded"
+    good = item_name("good.step", 0)
+    want = [f"{good}.data"] if kind == "optimized" else [good]
+    assert sorted(p.name for p in encoded.iterdir() if not p.name.startswith(".")) == want
+    # Resumed with a store of the failing item there before the run: it is not removed.
+    earlier = encoded / item_name("bad.step", 0)
+    earlier.mkdir()
+    (earlier / "kept.json").write_text("{}")
+    out, _, _ = flow.process(inputs={"cad_files": files[:2]}, clean_ouput_dir=False)
+    assert [e["item"] for e in out.errors] == ["bad.step"]
+    assert (earlier / "kept.json").read_text() == "{}"
 
 
 # ---------------------------------------------------------------------------- retrieval

@@ -843,6 +843,16 @@ class OptStorage(DataStorage):
             # Published as a .data; or an unused storage, which leaves nothing behind.
             self._remove_working_directory()
 
+    def abandon(self) -> None:
+        """Close without publishing what was saved: for a writer that failed half-way
+        (an encoder that raised), whose item must not look done. Nothing at the store
+        path is replaced; an empty working directory this storage made is removed."""
+        with self._lock:
+            if not self._read_only:
+                self._modified = self._dirty = False
+                self._compressed_size = 0
+        self.close()
+
     def write_summary(self) -> None:
         """Export the item's metadata to ``files_summary/<item name>.json``.
 

@@ -358,12 +358,13 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     finalised (see the module docstring); a failed item's store is discarded.
     """
     # The encode package needs the CAD kernel; imported here, importing a flow does not.
-    from cadstore.encode.work import collect_warnings, describe, discard, traceback_lines
+    from cadstore.encode.work import collect_warnings, describe, traceback_lines
 
     emit({"type": "start", "index": task.index, "pid": os.getpid()})
     logs: list[str] = []
     started = time.perf_counter()
     storage: DataStorage | None = None
+    existed = os.path.lexists(os.path.join(settings.encoded_dir, task.name))
     try:
         with collect_warnings(logs):
             storage = _new_storage(settings, task.name)
@@ -377,9 +378,11 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     except Exception as exc:
         if storage is not None and not storage.closed:
             with suppress(Exception):
-                storage.close()
-        if settings.storage_type is StorageType.OPTIMIZED:
-            discard(os.path.join(settings.encoded_dir, task.name))
+                # Closed without publishing: close() would publish what the function
+                # saved before it failed, as if the item were done.
+                abandon = getattr(storage, "abandon", storage.close)
+                abandon()
+        discard_item(settings.storage_type, settings.encoded_dir, task.name, existed)
         memory = isinstance(exc, MemoryError)
         emit(
             {
@@ -437,15 +440,43 @@ class _Record:
     lost: dict[str, Any] | None = None
 
 
+def discard_item(kind: StorageType, encoded_dir: str, name: str, existed: bool) -> None:
+    """Remove what a failed or lost item of this run left in ``encoded_dir``.
+
+    An optimized store is never published by a failed item: an empty working directory
+    may be left, removed with ``rmdir`` (never anything else). A JSON store writes each
+    key as it is saved: its directory, made by this run (``existed`` false), is removed
+    with what the item wrote; one there before the run is left as it is.
+    """
+    store = os.path.join(encoded_dir, name)
+    if kind is StorageType.JSON and not existed:
+        from cadstore.io.filesystems import LocalFileSystem
+
+        with suppress(OSError):
+            LocalFileSystem().rmtree(store)  # a symlink there is unlinked, never followed
+        return
+    with suppress(OSError):
+        os.rmdir(store)
+
+
 class _Collector:
     """The pool's listener: each item's outcome, and the progress bar."""
 
     def __init__(
-        self, tasks: Sequence[ItemTask], encoded_dir: str, advance: Callable[[], None]
+        self,
+        tasks: Sequence[ItemTask],
+        settings: ItemSettings,
+        advance: Callable[[], None],
     ) -> None:
         self.records = {task.index: _Record(task) for task in tasks}
-        self.encoded_dir = encoded_dir
+        self.encoded_dir = settings.encoded_dir
+        self.kind = settings.storage_type
         self.advance = advance
+        # The item stores there before the run, which a lost item's cleanup leaves alone.
+        try:
+            self.existing = frozenset(os.listdir(self.encoded_dir))
+        except OSError:
+            self.existing = frozenset()
 
     def message(self, message: dict[str, Any]) -> None:
         record = self.records[message["index"]]
@@ -460,8 +491,6 @@ class _Collector:
     def lost(
         self, task: ItemTask, pid: int | None, reason: str, error: str, seconds: float
     ) -> None:
-        from cadstore.encode.work import discard
-
         record = self.records[task.index]
         record.lost = {"reason": reason, "error": error, "seconds": seconds}
         if pid is not None:  # a killed worker's temporary files and empty store
@@ -471,7 +500,7 @@ class _Collector:
                     if name.startswith(prefix):
                         with suppress(OSError):
                             os.unlink(os.path.join(self.encoded_dir, name))
-        discard(os.path.join(self.encoded_dir, task.name))
+        discard_item(self.kind, self.encoded_dir, task.name, task.name in self.existing)
         self.advance()
 
 
@@ -579,7 +608,7 @@ class ParallelExecutor:
         advance
             Called once per item finished (a progress bar).
         """
-        collector = _Collector(tasks, settings.encoded_dir, advance)
+        collector = _Collector(tasks, settings, advance)
         if tasks and sequential:
             for task in tasks:
                 run_item(task, settings, collector.message)
