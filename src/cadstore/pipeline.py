@@ -205,21 +205,24 @@ def run_demo(
         )
 
     from cadstore.dataset.loader import DatasetLoader
+    from cadstore.errors import DatasetError
 
     loader = DatasetLoader(flow_output_file=flow)
     try:
-        split = loader.split(
-            LABEL,
-            train=0.6,
-            validation=0.2,
-            test=0.2,
-            random_state=seed,
-            force_reset=True,
-        )
-        print(
-            f"[4/6] split stratified on {LABEL}: train {split[0]}, validation "
-            f"{split[1]}, test {split[2]}"
-        )
+
+        def split_on(key: str) -> Any:
+            return loader.split(
+                key, train=0.6, validation=0.2, test=0.2, random_state=seed, force_reset=True
+            )
+
+        try:
+            split = split_on(LABEL)
+            how = f"stratified on {LABEL}"
+        except DatasetError:
+            # A few items, each of a family of its own: nothing to stratify on.
+            split = split_on("random")
+            how = f"at random (too few items per {LABEL} to stratify)"
+        print(f"[4/6] split {how}: train {split[0]}, validation {split[1]}, test {split[2]}")
         if _has("torch"):
             print(f"[5/6] {_epoch(loader)}")
         else:

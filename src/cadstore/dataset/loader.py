@@ -1187,7 +1187,8 @@ class DatasetLoader:
             raise DatasetError(
                 f"cannot stratify on {key!r}: {alone} of {self._n} items have a value of "
                 "their own (it names items rather than classing them); keys that suit: "
-                f"{', '.join(self.get_available_stratification_keys())}, or 'random'"
+                f"{', '.join(k for k in self.get_available_stratification_keys() if k != key)}"
+                ", or 'random'"
             )
         return membership_matrix(index, codes, self._n, len(classes))
 
