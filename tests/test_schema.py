@@ -1824,3 +1824,21 @@ def test_item_face_pair_matrices_match_flattened_dims() -> None:
     assert schema.validate_array("extended_adjacency", np.zeros((5, 5), np.float32)) == []
     assert schema.validate_array("d2_distance", np.zeros((25, 64), np.float32)) == []
     assert schema.validate_array("d2_distance", np.zeros((5, 4, 64), np.float32)) != []
+
+
+def test_declared_values_of_a_float32_array_match_its_data() -> None:
+    """A values rule of [0.1, 0.5] on a float32 array refused float32 data equal to the
+    declared values ("value 0.10000000149011612 ... is not one of the allowed values"):
+    compared as float64. They are compared as the array's dtype holds them."""
+    from cadstore.schema import Schema
+
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face")
+    faces.create_array("ratio", ["face"], "float32", values=[0.1, 0.5])
+    faces.create_array("half", ["face"], "float16", values=[0.1, 1])
+    schema = Schema.from_any(builder.build())
+    assert schema.validate_array("ratio", np.array([0.1, 0.5, 0.1], dtype=np.float32)) == []
+    assert schema.validate_array("half", np.array([0.1, 1], dtype=np.float16)) == []
+    assert schema.validate_array("ratio", np.array([0.1, 0.5])) == []  # float64 as before
+    (problem,) = schema.validate_array("ratio", np.array([0.1, 0.2], dtype=np.float32))
+    assert "at index [1] is not one of the allowed values [0.1, 0.5]" in problem

@@ -185,6 +185,19 @@ def _values_problem(info: _ArrayInfo, arr: np.ndarray, key: str) -> str | None:
             return None
         value = flat[position]
     else:
+        if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:
+            # A float32 array holds 0.1 as float32(0.1): the declared values are compared
+            # as the array's dtype holds them, not as float64.
+            held = {
+                np.asarray(v, dtype=arr.dtype).item()
+                for v in allowed
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            plain = is_allowed
+
+            def is_allowed(item: object) -> bool:
+                return item in held or plain(item)
+
         bad = [item for item in np.unique(arr).tolist() if not is_allowed(item)]
         if not bad:
             return None
