@@ -9,8 +9,8 @@ Given                                     Stored and loaded back as
 ========================================  ===========================================
 ``numpy.ndarray`` of bool, int, uint,     the same dtype (native byte order) and shape,
 float (16/32/64) or complex (64/128)      including 0-d and empty arrays
-``numpy.ndarray`` of str (``U``), or of   a ``numpy`` ``U`` array of the same shape
-``object`` holding only ``str``
+``numpy.ndarray`` of str (``U``), or of   a ``numpy`` ``U`` array of the same shape,
+``object`` holding only ``str``           as wide as its longest string (at least 1)
 numpy scalar (``np.float32(1.5)``, ...)   the same numpy scalar type
 ``bool``, ``int``, ``float``, ``complex``  the same Python type (``int`` within int64)
 ``str``                                   ``str``
@@ -151,6 +151,11 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
         points = out.reshape(-1).view(np.uint32) if out.dtype.itemsize else out.reshape(-1)
         if np.any((points >= 0xD800) & (points <= 0xDFFF)):
             check_utf8(out.ravel().tolist(), f"key {key!r}")
+        # As wide as its longest string, as every backend gives it back (a Zarr string
+        # array keeps no width): a <U16 array of "face" is a <U4 array in all of them.
+        width = max(1, int(np.char.str_len(out).max())) if out.size else 1
+        if out.dtype != np.dtype(f"<U{width}"):
+            out = out.astype(f"<U{width}")
         return out
     if kind == "O" or kind == "T":
         flat = arr.ravel().tolist()

@@ -591,6 +591,33 @@ class StorageConformance:
                 assert again.load_metadata("size_cadfile") == 1024000
                 assert np.isnan(again.load_metadata("weird"))
 
+    def test_string_arrays_are_as_wide_as_their_longest_string(
+        self, storage: DataStorage, tmp_path: Path
+    ) -> None:
+        """A <U16 array of "face" came back <U16 from memory and <U4 from JSON and Zarr
+        (writing "cylinder" into it then kept 8 characters or 4): every backend gives
+        the width of the longest string now."""
+        saved = {
+            "padded": np.array(["face", "", ""], dtype="<U16"),
+            "empty": np.array([], dtype="<U7"),
+            "big_endian": np.array([["ab", "c"]], dtype=">U5"),
+        }
+        want = {"padded": "<U4", "empty": "<U1", "big_endian": "<U2"}
+        for key, value in saved.items():
+            storage.save_data(key, value)
+
+        def check(reader: DataStorage) -> None:
+            for key, value in saved.items():
+                got = reader.load_data(key)
+                assert got.dtype == np.dtype(want[key]), (key, got.dtype)
+                assert got.tolist() == value.tolist()
+
+        check(storage)
+        again = self.reopen(storage, tmp_path)
+        if again is not None:
+            with again:
+                check(again)
+
     def test_metadata_sections_with_dunder_keys_merge(
         self, storage: DataStorage, tmp_path: Path
     ) -> None:
