@@ -420,3 +420,43 @@ def test_hoops_loader_model_and_tools_as_in_the_access_notebook(tmp_path: Path) 
         hoopstools.exportStreamCache(model, str(tmp_path / "x"), is_white_background=True)
     with pytest.raises(UnavailableFeatureError, match="feature tree"):
         hoopstools.extract_holes(model)
+
+
+def test_a_malformed_label_file_is_a_corrupt_store_error_naming_it(tmp_path: Path) -> None:
+    """A label file written by hand or another tool raised raw KeyError ('codes'),
+    IndexError, ValueError or TypeError; a missing task's KeyNotFoundError read 'key "no
+    part_label labels..." does not exist'. Each names the file and the task now."""
+    import json
+
+    from cadstore.errors import CorruptStoreError, KeyNotFoundError
+    from cadstore.storage.label_storage import LabelStorage
+
+    path = tmp_path / "labels.json"
+    bad = {
+        "no codes": ({"entity": "part_label"}, "'codes' is not a list of integers"),
+        "no label": ({"entity": "part_label", "codes": [], "texts": []}, "one code and one"),
+        "text code": ({"entity": "part_label", "codes": ["x"], "texts": ["a"]}, "integers"),
+        "bool code": ({"entity": "part_label", "codes": [True], "texts": ["a"]}, "integers"),
+        "not lists": ({"entity": "face_labels", "codes": 5, "texts": "ab"}, "integers"),
+        "fewer texts": ({"entity": "face_labels", "codes": [1, 2], "texts": ["a"]}, "2 code"),
+        "sparse": (
+            {"entity": "sparse_edge_labels", "indices": [0], "codes": [1, 2]},
+            "1 edge indices for 2 codes",
+        ),
+    }
+    for name, (entry, problem) in bad.items():
+        path.write_text(json.dumps({"seg": entry}))
+        labels = LabelStorage(str(path))
+        load = {
+            "part_label": labels.load_graph_label,
+            "face_labels": labels.load_graph_nodes_labels,
+            "sparse_edge_labels": labels.load_sparse_graph_edge_label,
+        }[entry["entity"]]
+        with pytest.raises(CorruptStoreError, match=problem) as refused:
+            load("seg")
+        assert str(path) in str(refused.value) and "'seg'" in str(refused.value), name
+    with pytest.raises(KeyNotFoundError) as missing:
+        LabelStorage(str(tmp_path / "none.json")).load_graph_label("seg")
+    assert str(missing.value).startswith("no part_label labels for task 'seg'")
+    path.write_text(json.dumps({"seg": {"entity": "part_label", "codes": [3], "texts": ["a"]}}))
+    assert LabelStorage(str(path)).load_graph_label("seg") == (3, "a")

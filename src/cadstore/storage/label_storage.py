@@ -118,11 +118,41 @@ class LabelStorage:
 
     def _entry(self, task: str, *kinds: str) -> dict[str, Any]:
         entry: dict[str, Any] | None = self._read().get(task)
-        if entry is None or entry.get("entity") not in kinds:
+        if entry is None or not isinstance(entry, dict) or entry.get("entity") not in kinds:
             raise KeyNotFoundError(
-                f"no {' or '.join(kinds)} labels for task {task!r} in {self._location.path}"
+                task, f"no {' or '.join(kinds)} labels for task {task!r} in {self._location.path}"
             )
         return entry
+
+    def _stored(self, task: str, entry: dict[str, Any], field: str) -> list[Any]:
+        """Field ``codes``, ``indices`` (integers) or ``texts`` (strings) of a stored entry,
+        checked: the file may have been written by hand or by another tool."""
+        values = entry.get(field)
+        strings = field == "texts"
+        if not isinstance(values, list) or not all(
+            isinstance(v, str) if strings else isinstance(v, int) and not isinstance(v, bool)
+            for v in values
+        ):
+            kind = "strings" if strings else "integers"
+            raise CorruptStoreError(
+                self._location.path, f"task {task!r}: {field!r} is not a list of {kind}"
+            )
+        return values
+
+    def _labels(
+        self, task: str, entry: dict[str, Any], single: bool = False
+    ) -> tuple[list[int], list[str]]:
+        """The codes and descriptions of a stored entry, one description per code (one
+        code with ``single``)."""
+        codes, texts = self._stored(task, entry, "codes"), self._stored(task, entry, "texts")
+        if len(texts) != len(codes) or (single and len(codes) != 1):
+            want = "one code and one description" if single else "one description per code"
+            raise CorruptStoreError(
+                self._location.path,
+                f"task {task!r}: {len(codes)} code(s) and {len(texts)} description(s), "
+                f"where {want} belong",
+            )
+        return codes, texts
 
     def _check_count(self, task: str, count: int, total: int, what: str) -> None:
         if total and count != total:
@@ -140,7 +170,8 @@ class LabelStorage:
     def load_graph_label(self, mlTask: str) -> tuple[int, str]:
         """Return ``(code, description)`` of the part's label for ``mlTask``."""
         entry = self._entry(mlTask, self.GRAPH_CADENTITY)
-        return int(entry["codes"][0]), str(entry["texts"][0])
+        codes, texts = self._labels(mlTask, entry, single=True)
+        return codes[0], texts[0]
 
     # ------------------------------------------------------------------ faces (nodes)
     def save_graph_node_label(
@@ -158,7 +189,7 @@ class LabelStorage:
     def load_graph_nodes_labels(self, mlTask: str) -> tuple[list[int], list[str]]:
         """Return the face label codes and descriptions of ``mlTask``."""
         entry = self._entry(mlTask, self.FACE_CADENTITY)
-        return list(entry["codes"]), list(entry["texts"])
+        return self._labels(mlTask, entry)
 
     # ------------------------------------------------------------------ edges
     def save_graph_edge_label(
@@ -176,7 +207,7 @@ class LabelStorage:
     def load_graph_edges_labels(self, mlTask: str) -> tuple[list[int], list[str]]:
         """Return the edge label codes and descriptions of ``mlTask``."""
         entry = self._entry(mlTask, self.EDGE_CADENTITY)
-        return list(entry["codes"]), list(entry["texts"])
+        return self._labels(mlTask, entry)
 
     def save_sparse_graph_edge_label(
         self,
@@ -212,8 +243,18 @@ class LabelStorage:
     ) -> tuple[list[int], list[int], list[str] | None]:
         """Return ``(edge indices, codes, descriptions or None)`` of ``mlTask``."""
         entry = self._entry(mlTask, "sparse_" + self.EDGE_CADENTITY)
-        texts = entry.get("texts")
-        return list(entry["indices"]), list(entry["codes"]), None if texts is None else texts
+        indices = self._stored(mlTask, entry, "indices")
+        if entry.get("texts") is None:
+            codes: list[int] = self._stored(mlTask, entry, "codes")
+            texts = None
+        else:
+            codes, texts = self._labels(mlTask, entry)
+        if len(indices) != len(codes):
+            raise CorruptStoreError(
+                self._location.path,
+                f"task {mlTask!r}: {len(indices)} edge indices for {len(codes)} codes",
+            )
+        return list(indices), list(codes), texts
 
     # ------------------------------------------------------------------ entities
     def load_cadentity(self, mlTask: str) -> str:
