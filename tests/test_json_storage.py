@@ -215,3 +215,37 @@ def test_values_that_do_not_fit_their_dtype_are_refused(tmp_path: Path, value: A
         pytest.raises(CorruptStoreError, match=r"x\.json"),
     ):
         storage.load_data("x")
+
+
+def test_two_files_of_one_key_read_the_keys_own_file(tmp_path: Path) -> None:
+    """A copy of a key's file (``face_areas_old.json``, same envelope key) made the store
+    load the copy after reopening: the last file in sorted order won, silently. The key's
+    own file wins now, with a warning naming the other; two files neither of which is the
+    key's own are refused, naming both."""
+    import shutil
+    import warnings
+
+    from cadstore.errors import CadstoreWarning, CorruptStoreError
+
+    store = tmp_path / "js"
+    first = JsonStorageHandler(str(store))
+    first.save_data("face_areas", np.array([1.0, 2.0]))
+    first.close()
+    shutil.copy(store / "face_areas.json", store / "face_areas_old.json")
+    with pytest.warns(CadstoreWarning, match="face_areas_old.json holds key 'face_areas'"):
+        again = JsonStorageHandler(str(store))
+    np.testing.assert_array_equal(again.load_data("face_areas"), [1.0, 2.0])
+    again.save_data("face_areas", np.array([7.0, 8.0, 9.0]))
+    again.close()
+    with pytest.warns(CadstoreWarning, match="face_areas_old.json holds key 'face_areas'"):
+        reopened = JsonStorageHandler(str(store), read_only=True)
+    np.testing.assert_array_equal(reopened.load_data("face_areas"), [7.0, 8.0, 9.0])
+    assert reopened.get_keys() == ["face_areas"]
+    (store / "face_areas.json").rename(store / "face_areas_new.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CorruptStoreError, match="neither is the key's own file") as refused:
+            JsonStorageHandler(str(store), read_only=True)
+    assert "face_areas_old.json" in str(refused.value) and "face_areas_new.json" in str(
+        refused.value
+    )

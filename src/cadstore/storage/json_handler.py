@@ -36,11 +36,17 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, KeyConflictError, ReadOnlyStorageError
+from cadstore.errors import (
+    CadstoreWarning,
+    CorruptStoreError,
+    KeyConflictError,
+    ReadOnlyStorageError,
+)
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
@@ -160,6 +166,27 @@ class JsonStorageHandler(DataStorage):
                 # A plain JSON file from another tool: its stem is the key.
                 key = name[: -len(".json")]
                 is_group = isinstance(doc, dict) and not _is_tagged_leaf(doc)
+            earlier = self._index.get(key)
+            if earlier is not None:
+                # Two files hold one key (a copy of a file made by hand, a file of another
+                # tool): the one this storage writes the key to is the key's; any other
+                # choice would read a value the storage never saved last.
+                own = _file_name(key)
+                if own not in (earlier[0], name):
+                    raise CorruptStoreError(
+                        self._path(name),
+                        f"holds key {key!r}, as does {earlier[0]!r}, and neither is the key's "
+                        f"own file ({own!r}); remove one of them",
+                    )
+                other = name if earlier[0] == own else earlier[0]
+                warnings.warn(
+                    f"{self._path(other)} holds key {key!r} too; read from {own!r}, the key's "
+                    "own file",
+                    CadstoreWarning,
+                    stacklevel=4,
+                )
+                if earlier[0] == own:
+                    continue
             self._index[key] = (name, is_group)
 
     def _load_file_value(self, key: str) -> Node:
