@@ -464,6 +464,7 @@ def test_running_again_without_cleaning_resumes(
     out = tmp_path / "out"
     output, _, _ = _run(out, parts, tasks=[gather_files, encode_and_count], max_workers=2)
     assert len(calls.read_text().split()) == 4
+    results = output["cad_files_encoded"]
     encoded = Path(output.flow_dir) / "encoded"
     first = _step_files(parts)[0]
     (encoded / f"{item_name(first, 0)}.data").unlink()
@@ -475,7 +476,18 @@ def test_running_again_without_cleaning_resumes(
     assert calls.read_text().split() == [first.name]
     assert {p.name: p.stat().st_mtime_ns for p in encoded.glob("*.data") if p.name in kept} == kept
     assert summary["file_count"] == 4
-    assert len(output["cad_files_encoded"]) == 4
+    # The kept items give the results their run gave (they gave their .data paths).
+    assert output["cad_files_encoded"] == results
+    # An item whose result was not kept (lost, or not one JSON gives back as it is) is
+    # encoded again rather than given another value.
+    second = _step_files(parts)[1]
+    (Path(output.flow_dir) / "item_results" / f"{item_name(second, 0)}.json").unlink()
+    calls.write_text("")
+    output, _, _ = _run(
+        out, parts, tasks=[gather_files, encode_and_count], max_workers=2, clean=False
+    )
+    assert calls.read_text().split() == [second.name]
+    assert output["cad_files_encoded"] == results
 
 
 # ---------------------------------------------------------------------------- start methods
@@ -774,3 +786,24 @@ def test_a_flow_runs_on_a_dask_cluster_with_the_same_items(
             flows_outputdir=str(tmp_path / "bad"),
             parallel_task_kwargs={"dask_client": "tcp://127.0.0.1:8786"},
         )
+
+
+def test_a_resumed_run_gives_each_kept_item_its_result(tmp_path: Path) -> None:
+    """Resumed (``clean_ouput_dir=False``), a transform's output held each kept item's
+    .data path instead of what the task returned for it ([6, 7] became two paths). The
+    results are kept beside the items; one JSON cannot give back as it is (a tuple) makes
+    its item run again."""
+
+    @flowtask.transform(name="count", inputs=["cad_files"], outputs=["counts"])
+    def count(cad_file: str, cad_loader: Any, storage: DataStorage) -> Any:
+        storage.save_data("x", np.arange(3, dtype=np.float32))
+        return (1, 2) if cad_file.startswith("t") else len(cad_file)
+
+    flow = cadstore.create_flow("f", [count], tmp_path, debug=True, export_visualization=False)
+    files = ["a.step", "bb.step", "t.step"]
+    first, _, _ = flow.process(inputs={"cad_files": files})
+    assert first["counts"] == [6, 7, (1, 2)]
+    again, _, _ = flow.process(inputs={"cad_files": files}, clean_ouput_dir=False)
+    assert again["counts"] == [6, 7, (1, 2)]
+    kept = sorted(p.name for p in (Path(again.flow_dir) / "item_results").iterdir())
+    assert kept == sorted(f"{item_name(f, 0)}.json" for f in files[:2])

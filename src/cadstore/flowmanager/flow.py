@@ -37,6 +37,7 @@ resumes: items whose ``.data`` exists are not transformed again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,9 +70,12 @@ FLOW_MARKER: Final = ".cadstore-flow"
 ERROR_SUMMARY: Final = "error_summary.json"
 #: The flow's log file.
 FLOW_LOG: Final = "flow_log.log"
-#: Folders of the specified layout.
+#: Where each item's result is kept, for a resumed run to give it back (see
+#: :func:`_keep_result`).
+RESULTS_DIR: Final = "item_results"
+#: Folders of the specified layout, and the results of items.
 _LAYOUT_DIRS: Final = frozenset(
-    {"encoded", "files_summary", "stream_cache", "graph_data", "flowtrainer"}
+    {"encoded", "files_summary", "stream_cache", "graph_data", "flowtrainer", RESULTS_DIR}
 )
 #: Progress bar labels of the specified 1.1 flows, by task type.
 _BAR_LABELS: Final = {"extract": "DATA INGESTION", "transform": "DATA TRANSFORMATION"}
@@ -171,6 +175,62 @@ def _item_list(items: Any, task_name: str) -> list[Any]:
     if isinstance(items, Iterable):
         return list(items)
     return [items]
+
+
+def _result_file(folder: str, name: str) -> str:
+    return os.path.join(folder, RESULTS_DIR, f"{name}.json")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are equal and of the same types throughout (NaN equal)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and a != a:
+        return bool(b != b)
+    return bool(a == b)
+
+
+def _keep_result(folder: str, task: str, name: str, result: Any) -> None:
+    """Keep item ``name``'s result, for a resumed run to give back unchanged.
+
+    Kept as JSON when JSON gives it back as it is (a path, a number, lists and dicts of
+    these); otherwise not kept, and a resumed run encodes the item again rather than
+    give something else in its place.
+    """
+    from cadstore.format import jsoncodec
+
+    path = _result_file(folder, name)
+    try:
+        encoded = jsoncodec.encode_metadata("result", result)
+        exact = _same(jsoncodec.decode_metadata(encoded), result)
+    except (CadstoreError, ValueError, TypeError):
+        exact = False
+    if not exact:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = jsoncodec.dumps({"task": task, "result": encoded})
+    write_bytes_atomic(resolve(path), text.encode("utf-8"), durable=False)
+
+
+def _kept_result(folder: str, task: str, name: str) -> tuple[bool, Any]:
+    """``(True, result)`` kept for item ``name`` of ``task`` by an earlier run, else
+    ``(False, None)`` (none kept, another task's, or a file that does not read)."""
+    from cadstore.format import jsoncodec
+
+    try:
+        raw = resolve(_result_file(folder, name)).read_bytes()
+        doc = jsoncodec.loads(raw)
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(doc, dict) or doc.get("task") != task or "result" not in doc:
+        return False, None
+    return True, jsoncodec.decode_metadata(doc["result"])
 
 
 def _is_flow_output(folder: str, name: str) -> bool:
@@ -448,8 +508,11 @@ class Flow:
                 continue
             published = os.path.join(settings.encoded_dir, f"{name}.data")
             if resume and self.storage_type is StorageType.OPTIMIZED and os.path.isfile(published):
-                kept[index] = published
-                continue
+                # Kept with the result its run gave; without one, encoded again.
+                found, result = _kept_result(folder, settings.task_name, name)
+                if found:
+                    kept[index] = result
+                    continue
             todo.append(ItemTask(index, item, name, self.limits.limit_for(_size(item))))
         if kept:
             logger.info("resuming: %d item(s) already encoded are kept", len(kept))
@@ -460,6 +523,8 @@ class Flow:
         results: dict[int, Any] = dict(kept)
         for outcome in outcomes:
             self._record(outcome, results, output, logger)
+            if outcome.ok and self.storage_type is StorageType.OPTIMIZED:
+                _keep_result(folder, settings.task_name, outcome.task.name, outcome.result)
         return [results[i] for i in sorted(results)]
 
     @staticmethod
