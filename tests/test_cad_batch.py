@@ -424,6 +424,46 @@ def test_a_crashing_worker_fails_only_its_file(
     assert len(report.encoded) == len(_expected_items(good_dir)) - len(shafts)
 
 
+@pytest.mark.parametrize("fault", ["hang", "crash"])
+def test_a_lost_body_does_not_keep_the_later_bodies_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None, fault: str
+) -> None:
+    """A worker killed at the time limit (or crashing) on body 1 of a 3-body file was
+    the end of that file: body 2 was "not attempted", and never encoded on any run (a
+    rerun met body 1 again). A new worker takes the bodies after a lost one."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    parts = [samples.make_box(), samples.make_cylinder(), samples.make_bracket()]
+    shape = samples.make_compound([p.Moved(_shift(40.0 * i)) for i, p in enumerate(parts)])
+    path = samples.write_step(shape, directory / "three.step")
+    real = work.encode_body
+
+    def encode_body(model: Any, body: int, name: str, task: Any, settings: Any) -> Any:
+        if body == 1:
+            time.sleep(300) if fault == "hang" else os.kill(os.getpid(), signal.SIGKILL)
+        return real(model, body, name, task, settings)
+
+    monkeypatch.setattr(work, "encode_body", encode_body)
+    for run in range(2):
+        report = encode_files(directory, tmp_path / "out", workers=1, timeout=2.0)
+        names = [item_name(path, b) for b in range(3)]
+        assert report.encoded == ([] if run else [names[0], names[2]])
+        assert sorted(report.skipped) == ([names[0], names[2]] if run else [])
+        (failure,) = report.failed
+        assert failure["name"] == names[1] and failure["body_index"] == 1
+        assert failure["reason"] == ("timeout" if fault == "hang" else "crash")
+        assert "not attempted" not in failure["error"]
+
+
+def _shift(x: float) -> Any:
+    from OCP.gp import gp_Trsf, gp_Vec
+    from OCP.TopLoc import TopLoc_Location
+
+    move = gp_Trsf()
+    move.SetTranslation(gp_Vec(x, 0.0, 0.0))
+    return TopLoc_Location(move)
+
+
 def test_the_memory_guard_turns_an_explosion_into_a_memory_error(
     good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
 ) -> None:

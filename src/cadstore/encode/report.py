@@ -120,6 +120,8 @@ class _FileState:
     failures: list[dict[str, Any]] = field(default_factory=list)
     load_seconds: float = 0.0
     finished: bool = False
+    #: Bodies after the one a lost worker was on, for another worker to encode.
+    continues: bool = False
 
 
 class Collector:
@@ -224,8 +226,8 @@ class Collector:
             where = "finishing the file"
         else:
             where = f"encoding body {body}"
-            if state.num_bodies - body > 1:
-                where += f" (bodies {body + 1}..{state.num_bodies - 1} were not attempted)"
+            # The bodies after it go to another worker (see unfinished).
+            state.continues = body + 1 < state.num_bodies
         state.failures.append(
             self._failure(
                 state,
@@ -239,6 +241,23 @@ class Collector:
             )
         )
         self._finish(state)
+
+    def unfinished(self) -> list[Task]:
+        """The files whose worker was lost on a body with bodies after it, as tasks that
+        leave alone every body done or lost so far: a body that always exceeds the time
+        limit (or crashes the kernel) must not keep a file's later bodies from ever being
+        encoded. Each call gives a file at most once per loss, so passes end."""
+        again = []
+        for state in self.files.values():
+            if not state.continues:
+                continue
+            state.continues = False
+            handled = {item["body_index"] for item in state.items}
+            handled |= {f["body_index"] for f in state.failures if f["body_index"] is not None}
+            leave = tuple(sorted(handled | set(state.task.leave)))
+            state.task = dataclasses.replace(state.task, leave=leave)
+            again.append(state.task)
+        return again
 
     def _finish(self, state: _FileState) -> None:
         if not state.finished:

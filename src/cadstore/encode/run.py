@@ -513,6 +513,9 @@ def _run_locally(
         return
     with WorkerPool(spec, n_workers, timeout, collector) as pool:
         pool.run(tasks)
+        # Files whose worker was lost on a body: their later bodies, in new workers.
+        while again := collector.unfinished():
+            pool.run(again)
 
 
 def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:

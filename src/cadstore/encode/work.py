@@ -105,6 +105,9 @@ class Task:
     metadata: tuple[tuple[str, Any], ...] = ()
     #: Items of this file present but not whole (found on resume): encoded again.
     redo: tuple[str, ...] = ()
+    #: Bodies a worker leaves alone: done, or lost with a worker, earlier in this run (the
+    #: file is given to a new worker for the bodies after one that was lost).
+    leave: tuple[int, ...] = ()
 
 
 def default_schema() -> dict[str, Any]:
@@ -346,6 +349,8 @@ def process_file(task: Task, settings: Settings, emit: Emit) -> None:
         }
     )
     for body in range(model.num_bodies):
+        if body in task.leave:
+            continue
         name = f"{task.base}_{body}"
         message: dict[str, Any] = {
             "type": "item",
