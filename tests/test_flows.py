@@ -673,7 +673,7 @@ def test_an_extract_or_transform_declares_one_output() -> None:
     three the flow failed after encoding every item. Refused when declared."""
     for kind in ("transform", "extract"):
         decorate = getattr(flowtask, kind)
-        with pytest.raises(FlowError, match=rf"'count': an {kind} task gives one list"):
+        with pytest.raises(FlowError, match=rf"'count': an? {kind} task gives one list"):
 
             @decorate(name="count", inputs=["cad_files"], outputs=["faces", "edges"])
             def count(*args: Any) -> Any:
@@ -718,6 +718,32 @@ def test_a_failed_or_timed_out_item_leaves_no_store(tmp_path: Path, kind: str) -
     out, _, _ = flow.process(inputs={"cad_files": files[:2]}, clean_ouput_dir=False)
     assert [e["item"] for e in out.errors] == ["bad.step"]
     assert (earlier / "kept.json").read_text() == "{}"
+
+
+@flowtask.transform(name="repr", inputs=["cad_files"], outputs=["out"])
+def record_repr(cad_file: Any, cad_loader: Any, storage: DataStorage) -> str:
+    storage.save_data("x", np.arange(2))
+    return "done"
+
+
+def test_an_item_no_worker_can_take_fails_alone(tmp_path: Path) -> None:
+    """An item that cannot be sent to a worker process (it holds a lock) raised a raw
+    TypeError that stopped the parallel flow, losing the other items' work and writing no
+    error summary; ParallelExecutor.execute(function) raised a raw AttributeError."""
+    import threading
+
+    from cadstore.flowmanager import ParallelExecutor
+
+    flow = cadstore.create_flow("f", [record_repr], tmp_path, max_workers=2)
+    lock = threading.Lock()
+    out, _, _ = flow.process(inputs={"cad_files": ["a.step", lock, "c.step"]})
+    assert out["out"] == ["done", "done"]
+    (failure,) = out.errors
+    assert failure["item_index"] == 1 and "cannot be sent to a worker process" in failure["error"]
+    summary = json.loads((Path(out.flow_dir) / "error_summary.json").read_text())
+    assert [entry["item_index"] for entry in summary] == [1]
+    with pytest.raises(FlowError, match="execute\\(\\) takes a ParallelTask"):
+        ParallelExecutor(1).execute(record_repr, ["a.step"])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- retrieval

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import time
@@ -339,6 +340,19 @@ class WorkerPool:
             except OSError:
                 # The worker died while idle (killed from outside): replace it.
                 self._drop(idle, kill=True)
+                continue
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                # This task cannot travel to a worker (it holds a lock, a generator...):
+                # pickled before a byte is sent, so the worker is untouched. Its failure
+                # alone; the other tasks go on.
+                task = pending.popleft()
+                self.listener.lost(
+                    task,
+                    None,
+                    "error",
+                    f"{type(exc).__name__}: cannot be sent to a worker process ({exc})",
+                    0.0,
+                )
                 continue
             idle.task = pending.popleft()
             idle.limit = self._limit(idle.task)

@@ -89,7 +89,8 @@ class TaskDecorators:
                 # Its value is one list (a result per item, or the items found): given
                 # several outputs, the list was dealt out among them by position.
                 raise FlowError(
-                    f"task {task_name!r}: an {kind} task gives one list, a value per item, "
+                    f"task {task_name!r}: {'an' if kind == 'extract' else 'a'} {kind} task "
+                    "gives one list, a value per item, "
                     f"so it declares one output, not {declared}; return a tuple per item "
                     "and take it apart in a custom task"
                 )

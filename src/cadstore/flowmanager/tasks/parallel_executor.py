@@ -663,6 +663,11 @@ class ParallelExecutor:
         ParallelTask
             ``task``.
         """
+        if not isinstance(task, ParallelTask):
+            raise FlowError(
+                f"execute() takes a ParallelTask, got {type(task).__name__} {task!r}: wrap "
+                "the function as ParallelTask(function, storage_type=..., output_dir=...)"
+            )
         runner = (
             self if specifications is None else ParallelExecutor(self.max_workers, specifications)
         )
