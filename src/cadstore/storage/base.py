@@ -466,9 +466,11 @@ class DataStorage(ABC):
             validate_key(key, what="metadata key")
             node: Any = self._metadata
             for part in key.split("/"):
-                if not isinstance(node, dict) or part not in node:
+                # Through a section's keys, wrapped or not (see metadata_section).
+                section = metadata_section(node)
+                if section is None or part not in section:
                     raise KeyNotFoundError(key, f"metadata key {key!r} does not exist in {self!r}")
-                node = node[part]
+                node = section[part]
             return decode_metadata(copy.deepcopy(node))
 
     def get_metadata_routing(self, key: str | None = None) -> Any:
