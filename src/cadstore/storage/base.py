@@ -59,7 +59,7 @@ from cadstore.errors import (
     StorageClosedError,
 )
 from cadstore.format.jsoncodec import as_metadata_section, encode_metadata, metadata_section
-from cadstore.storage.keys import validate_key
+from cadstore.storage.keys import check_storable, validate_key
 from cadstore.storage.values import Node, contains_nan, normalize_value
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ class DataStorage(ABC):
             self._check_writable()
             key = validate_key(data_key)
             node = normalize_value(key, data, copy=self._copy_on_save)
+            check_storable(key, node)
             if not self.allows_nan:
                 contains_nan(key, node)
             if self._strict and self._schema is not None:

@@ -13,10 +13,11 @@ Rules, each enforced with an :class:`~cadstore.errors.InvalidKeyError` naming th
 * no NUL, control character, backslash or colon anywhere (colons make drive letters on
   Windows and URL schemes elsewhere);
 * no segment starts with ``__`` (reserved by the Zarr specification);
-* no segment is the name of a Zarr metadata document (``zarr.json``, ``.zarray``,
-  ``.zattrs``, ``.zgroup``, ``.zmetadata``), and the first is not ``metadata.json`` (the
-  item's metadata document): a store would hold the key's file and its own document at
-  one path;
+* a data key saved (:func:`check_storable`) has no segment named like a Zarr metadata
+  document (``zarr.json``, ``.zarray``, ``.zattrs``, ``.zgroup``, ``.zmetadata``) and does
+  not start with ``metadata.json`` (the item's metadata document): a store would hold the
+  key's file and its own document at one path. Reading such a key, and metadata keys (no
+  file of their own), are left alone: items written before may hold them;
 * each segment is at most :data:`MAX_SEGMENT_BYTES` bytes in UTF-8.
 """
 
@@ -26,7 +27,14 @@ import re
 
 from cadstore.errors import InvalidKeyError, UnsupportedTypeError
 
-__all__ = ["MAX_KEY_LENGTH", "MAX_SEGMENT_BYTES", "join_key", "split_key", "validate_key"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_SEGMENT_BYTES",
+    "check_storable",
+    "join_key",
+    "split_key",
+    "validate_key",
+]
 
 MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_BYTES = 255
@@ -95,10 +103,6 @@ def validate_key(key: object, *, what: str = "key") -> str:
             ) from None
     if key.startswith("/"):
         raise InvalidKeyError(key, f"{what} must be relative, not start with '/'")
-    if key.partition("/")[0] == _ROOT_DOCUMENT:
-        raise InvalidKeyError(
-            key, f"{_ROOT_DOCUMENT!r} is the name of the item's metadata document"
-        )
     for segment in key.split("/"):
         if not segment:
             raise InvalidKeyError(key, f"{what} has an empty segment (leading, trailing or '//')")
@@ -108,10 +112,6 @@ def validate_key(key: object, *, what: str = "key") -> str:
             )
         if segment.startswith("__"):
             raise InvalidKeyError(key, f"segment {segment!r} starts with '__', which Zarr reserves")
-        if segment in _DOCUMENT_NAMES:
-            raise InvalidKeyError(
-                key, f"segment {segment!r} is the name of a Zarr metadata document"
-            )
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidKeyError(key, f"segment is longer than {MAX_SEGMENT_BYTES} bytes")
     if type(key) is str:
@@ -119,6 +119,29 @@ def validate_key(key: object, *, what: str = "key") -> str:
             _ACCEPTED.clear()
         _ACCEPTED.add(key)
     return key
+
+
+def check_storable(key: str, node: object) -> None:
+    """Refuse to save data under ``key`` (or, for a dict, any key below it) whose file
+    would meet a store's own document: a segment named like a Zarr metadata document,
+    or a first segment ``metadata.json``. ``key`` is already valid (:func:`validate_key`).
+
+    Raises
+    ------
+    InvalidKeyError
+        Naming the key and the document.
+    """
+    parts = key.split("/")
+    if parts[0] == _ROOT_DOCUMENT:
+        raise InvalidKeyError(
+            key, f"{_ROOT_DOCUMENT!r} is the name of the item's metadata document"
+        )
+    bad = next((p for p in parts if p in _DOCUMENT_NAMES), None)
+    if bad is not None:
+        raise InvalidKeyError(key, f"segment {bad!r} is the name of a Zarr metadata document")
+    if isinstance(node, dict):
+        for name, child in node.items():
+            check_storable(f"{key}/{name}", child)
 
 
 def split_key(key: str) -> list[str]:

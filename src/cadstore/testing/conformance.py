@@ -44,7 +44,14 @@ from cadstore.errors import (
 from cadstore.storage.base import DataStorage
 from cadstore.storage.values import values_equal
 
-__all__ = ["ALL_DTYPES", "BAD_KEYS", "StorageConformance", "assert_same", "node_trees"]
+__all__ = [
+    "ALL_DTYPES",
+    "BAD_KEYS",
+    "UNSTORABLE_KEYS",
+    "StorageConformance",
+    "assert_same",
+    "node_trees",
+]
 
 ALL_DTYPES = [
     "bool",
@@ -64,6 +71,17 @@ ALL_DTYPES = [
 ]
 SHAPES = [(), (0,), (1,), (7,), (3, 4), (0, 3), (2, 3, 4), (2, 1, 2, 3)]
 
+#: Valid keys no data may be saved under: their files would meet a store's own documents.
+UNSTORABLE_KEYS = [
+    "graph/zarr.json",
+    "zarr.json",
+    "a/.zarray",
+    ".zgroup",
+    ".zmetadata",
+    "metadata.json",
+    "metadata.json/x",
+]
+
 BAD_KEYS = [
     "",
     "/absolute",
@@ -80,13 +98,6 @@ BAD_KEYS = [
     "C:drive",
     "__reserved",
     "ok/__reserved",
-    "graph/zarr.json",
-    "zarr.json",
-    "a/.zarray",
-    ".zgroup",
-    ".zmetadata",
-    "metadata.json",
-    "metadata.json/x",
     "x" * 2000,
 ]
 
@@ -410,6 +421,28 @@ class StorageConformance:
             storage.load_data(key)
         assert storage.get_keys() == ["keep"]
         assert key not in storage
+
+    @pytest.mark.parametrize("key", UNSTORABLE_KEYS)
+    def test_keys_of_a_stores_own_documents_are_not_saved(
+        self, storage: DataStorage, key: str
+    ) -> None:
+        """Saving data under ``graph/zarr.json`` was accepted, and close() then failed
+        to publish ("File exists"), the storage closed with every array saved lost. Data
+        is refused such keys (at any depth of a dict too); metadata keys, which have no
+        file, and reading stay as they were (items written before may hold them)."""
+        storage.save_data("keep", 1)
+        with pytest.raises(InvalidKeyError, match="metadata document"):
+            storage.save_data(key, np.ones(2))
+        parent, _, leaf = key.rpartition("/")
+        if parent or leaf != "metadata.json":  # that one is the root's document only
+            with pytest.raises(InvalidKeyError, match="metadata document"):
+                storage.save_data(parent or "group", {leaf: np.ones(2)})
+        with pytest.raises(KeyNotFoundError):
+            storage.load_data(key)
+        storage.save_metadata(key, 1)
+        assert storage.load_metadata(key) == 1
+        assert storage.get_keys() == ["keep"]
+        assert isinstance(storage.compress_store(), int)
 
     def test_bad_key_inside_dict(self, storage: DataStorage) -> None:
         with pytest.raises((InvalidKeyError, UnsupportedTypeError)):
