@@ -130,3 +130,5 @@ def test_report_and_schema_outputs_never_replace_what_they_read(
         assert main(["report", str(tmp_path / "d.dataset"), "-o", str(tmp_path / "r.html")]) == 0
         assert main(["schema", item, "-o", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["groups"]
+    (tmp_path / "empty.json").touch()  # made by touch or mktemp: free to write
+    assert main(["schema", item, "-o", str(tmp_path / "empty.json")]) == 0

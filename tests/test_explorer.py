@@ -408,6 +408,19 @@ def test_build_membership_matrix(explorer: DatasetExplorer, realistic_items: lis
     for single in ("13", 2.5):
         with pytest.raises(DatasetError, match="give None, a number of bins or a list"):
             explorer.build_membership_matrix("faces", "face_types", single)  # type: ignore[arg-type]
+    # Floats are matched as the values' dtype holds them: a float32 value asked as its
+    # shortest decimal (0.1 for float32(0.1)) counts the items holding it.
+    areas, area_codes = explorer.key_values("face_areas", "faces")
+    assert areas.dtype == np.float32
+    some = areas[0]
+    asked = float(str(some))
+    assert asked != float(some)  # not the float64 of the stored float32
+    hits, _, _ = explorer.build_membership_matrix("faces", "face_areas", [asked])
+    assert hits[:, 0].tolist() == [
+        int(c in set(area_codes[areas == some].tolist())) for c in range(len(hits))
+    ]
+    with pytest.raises(DatasetError, match=r"\[1e\+300\] are not values"):
+        explorer.build_membership_matrix("faces", "face_areas", [1e300])
     values, _ = explorer.key_values("name")
     longest = max(values.tolist(), key=len)
     longer = longest + "x"

@@ -1371,12 +1371,22 @@ def _categories_of(key: str, dtype: np.dtype, given: Any) -> np.ndarray:
         )
     asked = list(given)
     try:
-        categories = np.asarray(asked, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond range: refused below
+            categories = np.asarray(asked, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise DatasetError(
             f"categories {asked!r} do not match the values of {key!r} (dtype {dtype})"
         ) from exc
-    changed = [a for a, c in zip(asked, categories.tolist(), strict=True) if not _same(a, c)]
+    if dtype.kind in "fc":
+        # Floats are taken as the values' dtype holds them (0.1 as float32(0.1)); only a
+        # number beyond its range (1e300 as float32: inf) is not one of its values.
+        changed = [
+            a
+            for a, c in zip(asked, categories.tolist(), strict=True)
+            if not (np.all(np.isfinite(c)) or not np.all(np.isfinite(np.asarray(a))))
+        ]
+    else:
+        changed = [a for a, c in zip(asked, categories.tolist(), strict=True) if not _same(a, c)]
     if changed:
         raise DatasetError(
             f"categories {changed!r} are not values {key!r} can hold (dtype {dtype}): "

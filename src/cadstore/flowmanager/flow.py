@@ -156,24 +156,30 @@ def _attribute(task: Callable[..., Any], name: str) -> Any:
 
 
 def _item_list(items: Any, task_name: str) -> list[Any]:
-    """The items a transform runs over: those of a list, tuple, array or generator, or
-    a single path (``str``, ``bytes``, ``os.PathLike``) or other value as one item.
+    """The items a task runs over: those of a list, tuple, array, generator or dict (its
+    keys), a set's sorted, or a single path (``str``, ``bytes``, ``os.PathLike``) or other
+    value as one item.
 
     Raises
     ------
     FlowError
-        For a set or a mapping, whose order (each item's index in the outputs and in
-        ``error_summary.json``) is not the caller's.
+        For a set whose values do not sort: it has no order (each item's index in the
+        outputs and in ``error_summary.json``) of its own.
     """
     if isinstance(items, str | bytes | os.PathLike):
         return [items]
-    if isinstance(items, Set | Mapping):
-        raise FlowError(
-            f"task {task_name!r}: its items are a {type(items).__name__}, which has no "
-            "order of its own; give them as a list"
-        )
+    if isinstance(items, Set):
+        # No order of its own (strings hash differently in each process): sorted, so
+        # that each item's index is the same from run to run.
+        try:
+            return sorted(items)
+        except TypeError:
+            raise FlowError(
+                f"task {task_name!r}: its items are a {type(items).__name__} of values that "
+                "do not sort, so they have no order; give them as a list"
+            ) from None
     if isinstance(items, Iterable):
-        return list(items)
+        return list(items)  # a dict: its keys, in order
     return [items]
 
 

@@ -196,6 +196,10 @@ class FileSystem(ABC):
         raise NotImplementedError(f"{type(self).__name__} publishes with a rename, not an upload")
 
 
+#: Opening a pipe without it blocks until a writer comes (POSIX; Windows has none).
+_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+
+
 class LocalFileSystem(FileSystem):
     """Local disk."""
 
@@ -236,14 +240,16 @@ class LocalFileSystem(FileSystem):
         CorruptStoreError
             If ``path`` is a FIFO, a device or a socket, naming it.
         """
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags | _NONBLOCK)
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             if not stat.S_ISREG(mode):
                 raise CorruptStoreError(path, "not a regular file (a pipe, device or socket)")
-            os.set_blocking(fd, True)
+            if _NONBLOCK:
+                os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)

@@ -475,7 +475,7 @@ def check_replaceable(
         raise OutputExistsError(
             f"{location.path}: is not a regular file; not writing {what} there"
         ) from None
-    if not is_same_kind(first):
+    if first and not is_same_kind(first):  # an empty file (made by touch, mktemp) is free
         raise OutputExistsError(
             f"{location.path}: exists and is not {what}; not replacing it (choose another "
             "path, or remove it first)"
