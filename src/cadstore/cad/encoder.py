@@ -795,13 +795,16 @@ class BrepEncoder:
             areas = np.empty(n_faces, dtype=np.float64)
             centroids = np.empty((n_faces, 3), dtype=np.float64)
             for f, face in enumerate(self.brep.faces):
-                _face_bounds(f, face)  # an unbounded face has no finite area or centroid
                 types[f] = _SURFACE_CODES.get(self._surface(f).GetType(), 16)
                 props = GProp_GProps()
                 BRepGProp.SurfaceProperties_s(face, props)
                 areas[f] = abs(props.Mass())
                 centre = props.CentreOfMass()
                 centroids[f] = (centre.X(), centre.Y(), centre.Z())
+                # Stored as float32: beyond its range (or not finite) is an unbounded face.
+                if not (abs(areas[f]) < _FLOAT32_MAX and (abs(centroids[f]) < _FLOAT32_MAX).all()):
+                    _face_bounds(f, face)  # an unbounded face: named there
+                    raise InvalidDataError(f"face {f}: its area or centroid is not a float32")
             self._face_attributes = (
                 types,
                 areas.astype(np.float32),
@@ -1005,6 +1008,8 @@ class BrepEncoder:
 
 
 # ---------------------------------------------------------------------------- geometry
+#: The largest float32, the dtype of face areas and centroids.
+_FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
 #: Parameters this large are the kernel's infinity (``Precision::Infinite()``, 2e100).
 _UNBOUNDED: Final = 1e100
 

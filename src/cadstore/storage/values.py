@@ -153,7 +153,13 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
             check_utf8(out.ravel().tolist(), f"key {key!r}")
         # As wide as its longest string, as every backend gives it back (a Zarr string
         # array keeps no width): a <U16 array of "face" is a <U4 array in all of them.
-        width = max(1, int(np.char.str_len(out).max())) if out.size else 1
+        # The width is the last column of code points some string fills: looked for from
+        # the end, where numpy's own arrays (as wide as their longest string) stop at once.
+        width = out.dtype.itemsize // 4
+        columns = points.reshape(out.size, width) if out.size and width else None
+        while columns is not None and width > 1 and not columns[:, width - 1].any():
+            width -= 1
+        width = max(width, 1) if out.size else 1
         if out.dtype != np.dtype(f"<U{width}"):
             out = out.astype(f"<U{width}")
         return out
