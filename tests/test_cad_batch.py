@@ -455,6 +455,46 @@ def test_a_lost_body_does_not_keep_the_later_bodies_of_its_file(
         assert "not attempted" not in failure["error"]
 
 
+def test_a_file_whose_later_workers_are_lost_too_is_not_retried_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
+) -> None:
+    """The worker that took the bodies after a lost one was itself lost while reading the
+    file: the loss was put on the body the first worker was on, and the file retried for
+    it, again and again (a reviewer ran 732 loads before stopping it). Each loss is its
+    own now, and a loss while reading ends the file."""
+    from cadstore.cad.loader import CADLoader
+
+    directory = tmp_path / "in"
+    directory.mkdir()
+    parts = [samples.make_box(), samples.make_cylinder(), samples.make_bracket()]
+    shape = samples.make_compound([p.Moved(_shift(40.0 * i)) for i, p in enumerate(parts)])
+    path = samples.write_step(shape, directory / "three.step")
+    loads = tmp_path / "loads"
+    real_body, real_load = work.encode_body, CADLoader.create_from_file
+
+    def encode_body(model: Any, body: int, name: str, task: Any, settings: Any) -> Any:
+        if body == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_body(model, body, name, task, settings)
+
+    def create_from_file(self: Any, file: Any) -> Any:
+        with open(loads, "a") as fh:
+            fh.write("x")
+        if loads.stat().st_size > 1:  # every worker after the first dies reading the file
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_load(self, file)
+
+    monkeypatch.setattr(work, "encode_body", encode_body)
+    monkeypatch.setattr(CADLoader, "create_from_file", create_from_file)
+    report = encode_files(directory, tmp_path / "out", workers=1, timeout=30.0)
+    assert loads.stat().st_size == 2
+    assert report.encoded == [item_name(path, 0)]
+    got = sorted(
+        (f["body_index"] is None, f["error"].rsplit(" while ", 1)[1]) for f in report.failed
+    )
+    assert got == [(False, "encoding body 1"), (True, "reading the file")]
+
+
 def _shift(x: float) -> Any:
     from OCP.gp import gp_Trsf, gp_Vec
     from OCP.TopLoc import TopLoc_Location

@@ -182,7 +182,10 @@ class Collector:
         kind = message["type"]
         state = self.files[message["index"]]
         if kind == "start":
+            # A worker starts the file (again, for the bodies after a lost one): what the
+            # last worker was on says nothing of where this one is lost.
             state.pid = message["pid"]
+            state.body = state.num_bodies = None
         elif kind == "loaded":
             state.num_bodies = message["num_bodies"]
             state.load_seconds = message["seconds"]
