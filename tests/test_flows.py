@@ -744,6 +744,33 @@ def test_an_item_no_worker_can_take_fails_alone(tmp_path: Path) -> None:
         ParallelExecutor(1).execute(record_repr, ["a.step"])  # type: ignore[arg-type]
 
 
+def test_an_interrupted_run_resumes_from_the_items_it_finished(tmp_path: Path) -> None:
+    """Results were kept once the whole run was over: a run interrupted half-way (Ctrl-C,
+    a kill) kept none, so a resumed run transformed every item again. Each result is
+    kept as it arrives."""
+    calls: list[str] = []
+
+    class Stopped(BaseException):
+        """What Ctrl-C is to a run (not an item's failure), without stopping pytest."""
+
+    @flowtask.transform(name="count", inputs=["cad_files"], outputs=["counts"])
+    def count(cad_file: str, cad_loader: Any, storage: DataStorage) -> int:
+        calls.append(cad_file)
+        if cad_file == "stop.step" and len(calls) == 3:
+            raise Stopped  # the user stops the first run here
+        storage.save_data("x", np.arange(3, dtype=np.float32))
+        return len(cad_file)
+
+    flow = cadstore.create_flow("f", [count], tmp_path, debug=True, export_visualization=False)
+    files = ["a.step", "bb.step", "stop.step", "dddd.step"]
+    with pytest.raises(Stopped):
+        flow.process(inputs={"cad_files": files})
+    calls.clear()
+    out, _, _ = flow.process(inputs={"cad_files": files}, clean_ouput_dir=False)
+    assert calls == ["stop.step", "dddd.step"]
+    assert out["counts"] == [6, 7, 9, 9]
+
+
 # ---------------------------------------------------------------------------- retrieval
 def test_cad_file_retriever_filters_by_format_and_pattern(tmp_path: Path) -> None:
     for name in ("a_part.step", "b_part.STP", "c_bolt.step", "sub/d_part.iges", "e.txt"):

@@ -525,12 +525,18 @@ class Flow:
         sequential = self.debug or not _attribute(task, "_parallel_execution")
         with Progress(None, len(items), _BAR_LABELS["transform"], "file") as bar:
             bar.update(len(kept))
-            outcomes = self.executor.run(todo, settings, sequential=sequential, advance=bar.update)
+            keep = None
+            if self.storage_type is StorageType.OPTIMIZED:
+
+                def keep(task: ItemTask, result: Any) -> None:
+                    _keep_result(folder, settings.task_name, task.name, result)
+
+            outcomes = self.executor.run(
+                todo, settings, sequential=sequential, advance=bar.update, keep=keep
+            )
         results: dict[int, Any] = dict(kept)
         for outcome in outcomes:
             self._record(outcome, results, output, logger)
-            if outcome.ok and self.storage_type is StorageType.OPTIMIZED:
-                _keep_result(folder, settings.task_name, outcome.task.name, outcome.result)
         return [results[i] for i in sorted(results)]
 
     @staticmethod

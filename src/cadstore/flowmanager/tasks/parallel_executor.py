@@ -467,8 +467,10 @@ class _Collector:
         tasks: Sequence[ItemTask],
         settings: ItemSettings,
         advance: Callable[[], None],
+        keep: Callable[[ItemTask, Any], None] | None = None,
     ) -> None:
         self.records = {task.index: _Record(task) for task in tasks}
+        self.keep = keep
         self.encoded_dir = settings.encoded_dir
         self.kind = settings.storage_type
         self.advance = advance
@@ -484,6 +486,8 @@ class _Collector:
             record.pid = message["pid"]
         elif message["type"] == "result":
             record.message = message
+            if self.keep is not None and message["status"] == "ok":
+                self.keep(record.task, message.get("result"))
 
     def done(self, task: ItemTask) -> None:
         self.advance()
@@ -593,6 +597,7 @@ class ParallelExecutor:
         *,
         sequential: bool = False,
         advance: Callable[[], None] = lambda: None,
+        keep: Callable[[ItemTask, Any], None] | None = None,
     ) -> list[ItemOutcome]:
         """Run the task on every item; return the outcomes in input order.
 
@@ -607,8 +612,12 @@ class ParallelExecutor:
             guard (``debug=True``): a hang or a crash there stops the flow.
         advance
             Called once per item finished (a progress bar).
+        keep
+            Called with each item done and its result as soon as the result arrives, not
+            when the run ends (a flow keeps it for a resumed run, even if this one is
+            interrupted).
         """
-        collector = _Collector(tasks, settings, advance)
+        collector = _Collector(tasks, settings, advance, keep)
         if tasks and sequential:
             for task in tasks:
                 run_item(task, settings, collector.message)
