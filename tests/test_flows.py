@@ -109,6 +109,8 @@ def encode_and_count(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorag
 @flowtask.transform(name="half way", inputs=["cad_files"], outputs=["out"])
 def save_then_stop(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
     storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+    if "published" in cad_file:  # the task publishes the item itself, then fails
+        storage.compress_store()
     if "bad" in cad_file:
         raise RuntimeError("failed half way")
     if "slow" in cad_file:
@@ -698,11 +700,12 @@ def test_a_failed_or_timed_out_item_leaves_no_store(tmp_path: Path, kind: str) -
         auto_dataset_export=False,
         parallel_task_kwargs={"time_limit_overall": 3},
     )
-    files = ["good.step", "bad.step", "slow.step"]
+    files = ["good.step", "bad.step", "slow.step", "bad_published.step"]
     out, _, _ = flow.process(inputs={"cad_files": files})
     assert out["out"] == ["good.step"]
     assert sorted((e["item"], e["reason"]) for e in out.errors) == [
         ("bad.step", "error"),
+        ("bad_published.step", "error"),
         ("slow.step", "timeout"),
     ]
     encoded = Path(out.flow_dir) / "encoded"

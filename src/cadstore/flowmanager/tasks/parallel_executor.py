@@ -59,7 +59,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -364,7 +364,11 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     logs: list[str] = []
     started = time.perf_counter()
     storage: DataStorage | None = None
-    existed = os.path.lexists(os.path.join(settings.encoded_dir, task.name))
+    before = {
+        entry
+        for entry in (task.name, f"{task.name}.data")
+        if os.path.lexists(os.path.join(settings.encoded_dir, entry))
+    }
     try:
         with collect_warnings(logs):
             storage = _new_storage(settings, task.name)
@@ -382,7 +386,7 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
                 # saved before it failed, as if the item were done.
                 abandon = getattr(storage, "abandon", storage.close)
                 abandon()
-        discard_item(settings.storage_type, settings.encoded_dir, task.name, existed)
+        discard_item(settings.storage_type, settings.encoded_dir, task.name, before)
         memory = isinstance(exc, MemoryError)
         emit(
             {
@@ -440,21 +444,28 @@ class _Record:
     lost: dict[str, Any] | None = None
 
 
-def discard_item(kind: StorageType, encoded_dir: str, name: str, existed: bool) -> None:
-    """Remove what a failed or lost item of this run left in ``encoded_dir``.
+def discard_item(kind: StorageType, encoded_dir: str, name: str, before: Collection[str]) -> None:
+    """Remove what a failed or lost item of this run left in ``encoded_dir``, so that
+    nothing of it reads as an item (nor is merged into the flow's dataset).
 
-    An optimized store is never published by a failed item: an empty working directory
-    may be left, removed with ``rmdir`` (never anything else). A JSON store writes each
-    key as it is saved: its directory, made by this run (``existed`` false), is removed
-    with what the item wrote; one there before the run is left as it is.
+    ``before`` holds the names of ``encoded_dir`` there before the item ran: those are
+    left as they are. An optimized store the framework would publish is abandoned, but
+    the task may have published it itself (``compress_store()``, then a failure or a
+    kill): that ``.data`` is removed, and an empty working directory with ``rmdir``
+    (never anything else). A JSON store writes each key as it is saved: its directory,
+    made by this run, is removed with what the item wrote.
     """
     store = os.path.join(encoded_dir, name)
-    if kind is StorageType.JSON and not existed:
-        from cadstore.io.filesystems import LocalFileSystem
+    if kind is StorageType.JSON:
+        if name not in before:
+            from cadstore.io.filesystems import LocalFileSystem
 
-        with suppress(OSError):
-            LocalFileSystem().rmtree(store)  # a symlink there is unlinked, never followed
+            with suppress(OSError):
+                LocalFileSystem().rmtree(store)  # a symlink there is unlinked, not followed
         return
+    if kind is StorageType.OPTIMIZED and f"{name}.data" not in before:
+        with suppress(FileNotFoundError):
+            os.unlink(f"{store}.data")
     with suppress(OSError):
         os.rmdir(store)
 
@@ -504,7 +515,7 @@ class _Collector:
                     if name.startswith(prefix):
                         with suppress(OSError):
                             os.unlink(os.path.join(self.encoded_dir, name))
-        discard_item(self.kind, self.encoded_dir, task.name, task.name in self.existing)
+        discard_item(self.kind, self.encoded_dir, task.name, self.existing)
         self.advance()
 
 
