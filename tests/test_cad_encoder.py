@@ -267,6 +267,53 @@ def test_an_unbounded_face_is_invalid_data(tmp_path: Path) -> None:
     assert storage.get_keys() == []
 
 
+@pytest.mark.parametrize("fins", [3, 4])
+def test_faces_on_a_non_manifold_edge_are_all_neighbours(tmp_path: Path, fins: int) -> None:
+    """Three faces on one edge (a surface model's T junction): the mates follow the faces
+    cyclically, and the neighbour counts, hop matrix and paths followed them: one
+    neighbour per face, an asymmetric hop matrix with 2 hops between faces sharing the
+    edge. Every face on the edge is a neighbour of the others now, both ways."""
+    from OCP.BRep import BRep_Builder
+    from OCP.BRepBuilderAPI import (
+        BRepBuilderAPI_MakeEdge,
+        BRepBuilderAPI_MakeFace,
+        BRepBuilderAPI_MakeWire,
+    )
+    from OCP.gp import gp_Pnt
+    from OCP.TopoDS import TopoDS_Shell
+
+    p0, p1 = gp_Pnt(0, 0, 0), gp_Pnt(0, 0, 1)
+    spine = BRepBuilderAPI_MakeEdge(p0, p1).Edge()  # the one edge every fin shares
+    shell = TopoDS_Shell()
+    builder = BRep_Builder()
+    builder.MakeShell(shell)
+    for k in range(fins):
+        angle = 2 * math.pi * k / fins
+        a = gp_Pnt(math.cos(angle), math.sin(angle), 1)
+        b = gp_Pnt(math.cos(angle), math.sin(angle), 0)
+        wire = BRepBuilderAPI_MakeWire(
+            spine,
+            BRepBuilderAPI_MakeEdge(p1, a).Edge(),
+            BRepBuilderAPI_MakeEdge(a, b).Edge(),
+            BRepBuilderAPI_MakeEdge(b, p0).Edge(),
+        ).Wire()
+        builder.Add(shell, BRepBuilderAPI_MakeFace(wire, True).Face())
+    path = samples.write_brep(shell, tmp_path / "fins.brep")
+    brep = CADLoader().create_from_file(path).get_brep()
+    encoder = BrepEncoder(brep)
+    assert encoder.push_face_neighbors_count().tolist() == [fins - 1] * fins
+    hops = encoder.push_extended_adjacency()
+    np.testing.assert_array_equal(hops, 1 - np.eye(fins))
+    paths = encoder.push_face_pair_edges_path()
+    face = np.asarray(brep.coedge_face)
+    for i in range(fins):
+        for j in range(fins):
+            first = paths[i, j, 0]
+            assert (first == -1) == (i == j)
+            if i != j:  # one step, by a co-edge of face i on the shared edge
+                assert face[first] == i and paths[i, j, 1] == -1
+
+
 # ---------------------------------------------------------------------------- with storage
 def test_storage_gets_keys_schema_and_descriptions(brep: BrepAccess) -> None:
     storage = MemoryStorage()

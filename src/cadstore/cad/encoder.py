@@ -93,7 +93,11 @@ opposite orders), each ``x, y, z, tx, ty, tz`` with the unit tangent along the c
 **Graph.** Co-edge ``c`` is the directed graph edge ``coedge_face[c] -> coedge_mate_face[c]``:
 ``edges_source``/``edges_destination`` have one entry per co-edge, so the graph is symmetric
 and ``graph`` lines up with the ``edges`` arrays. ``face_neighborscount`` is the number of
-distinct other faces a face shares an edge with.
+distinct other faces a face shares an edge with. At an edge shared by ``k > 2`` faces
+(non-manifold, in surface models) the co-edges' mates follow the faces cyclically, so the
+graph there is not symmetric; ``face_neighborscount``, ``extended_adjacency`` and
+``face_pair_edges_path`` take every face on such an edge as a neighbour of the others,
+by the co-edge of the face a step leaves.
 
 **Face pairs.** ``extended_adjacency[i, j]`` is the number of hops on the shortest path from
 face ``i`` to face ``j`` in the graph (0 on the diagonal, -1 when ``j`` cannot be reached,
@@ -314,6 +318,15 @@ class _FaceSamples(NamedTuple):
     points: NDArray[np.float64]  # (N_f, S, 3)
     normals: NDArray[np.float64]  # (N_f, S, 3), zero where undefined
     inside: NDArray[np.bool_]  # (N_f, S)
+
+
+class _Steps(NamedTuple):
+    """Steps between faces sharing an edge: from ``source`` to ``target`` by ``coedge`` (a
+    co-edge of the source face on that edge)."""
+
+    source: NDArray[np.int64]
+    target: NDArray[np.int64]
+    coedge: NDArray[np.int64]
 
 
 class _EdgeFrames(NamedTuple):
@@ -559,9 +572,8 @@ class BrepEncoder:
             return key
         n_faces = self.brep.num_faces
         # Each (face, neighbour) pair once, whatever the number of edges they share.
-        pairs = np.unique(
-            self.brep.coedge_face.astype(np.int64) * n_faces + self.brep.coedge_mate_face
-        )
+        steps = self._steps()
+        pairs = np.unique(steps.source.astype(np.int64) * n_faces + steps.target)
         sources, targets = np.divmod(pairs, max(n_faces, 1))
         counts = np.bincount(sources[sources != targets], minlength=n_faces)
         data = counts.astype(np.int32)
@@ -951,12 +963,13 @@ class BrepEncoder:
         hops = np.full((n, n), -1, dtype=np.int32)
         parent = np.full((n, n), -1, dtype=np.int32)
         np.fill_diagonal(hops, 0)
-        source = np.asarray(brep.coedge_face, dtype=np.intp)
-        order = np.argsort(np.asarray(brep.coedge_mate_face), kind="stable")
-        target_sorted = np.asarray(brep.coedge_mate_face)[order]
+        steps = self._steps()
+        source = np.asarray(steps.source, dtype=np.intp)
+        order = np.argsort(steps.target, kind="stable")
+        target_sorted = steps.target[order]
         if order.size:
             targets, starts = np.unique(target_sorted, return_index=True)
-            coedge_sorted = order.astype(np.int64)
+            coedge_sorted = steps.coedge[order].astype(np.int64)
             sentinel = np.int64(brep.num_coedges)
             frontier = np.eye(n, dtype=bool)
             reached = frontier.copy()
@@ -981,6 +994,37 @@ class BrepEncoder:
                 frontier = new
         self._shortest = (hops, parent)
         return self._shortest
+
+    def _steps(self) -> _Steps:
+        """Every step from a face to a face it shares an edge with, by the co-edge of the
+        first face on that edge: each co-edge to its mate's face and, at an edge shared by
+        ``k > 2`` faces (non-manifold, whose mates follow the faces cyclically), to each of
+        the other faces too, so that such faces are each other's neighbours both ways.
+        A body without such edges gives its co-edges, as they are."""
+        brep = self.brep
+        face = np.asarray(brep.coedge_face, dtype=np.int64)
+        mate_face = np.asarray(brep.coedge_mate_face, dtype=np.int64)
+        coedge = np.arange(len(face), dtype=np.int64)
+        edges, counts = np.unique(np.asarray(brep.coedge_edge), return_counts=True)
+        shared = edges[counts > 2]
+        if shared.size == 0:
+            return _Steps(face, mate_face, coedge)
+        extra: list[tuple[int, int, int]] = []
+        edge_of = np.asarray(brep.coedge_edge)
+        for e in shared.tolist():
+            uses = np.flatnonzero(edge_of == e).tolist()
+            for c in uses:
+                extra.extend(
+                    (int(face[c]), int(face[d]), c)
+                    for d in uses
+                    if face[d] != face[c] and face[d] != mate_face[c]
+                )
+        more = np.array(extra, dtype=np.int64).reshape(-1, 3)
+        return _Steps(
+            np.concatenate([face, more[:, 0]]),
+            np.concatenate([mate_face, more[:, 1]]),
+            np.concatenate([coedge, more[:, 2]]),
+        )
 
     def _compute_paths(self, width: int) -> NDArray[np.int32]:
         hops, parent = self._shortest_paths()
