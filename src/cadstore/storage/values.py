@@ -146,9 +146,10 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
             raise UnsupportedTypeError(f"structured arrays are not supported (key {key!r})")
         return np.array(arr, copy=True, order="C") if copy else np.asarray(arr, order="C")
     if kind == "U":
-        out = np.array(arr, copy=True, order="C")
+        # Little-endian first (a big-endian array's code points read as other numbers).
+        out = np.array(arr, dtype=arr.dtype.newbyteorder("<"), copy=True, order="C")
         # UCS-4 code points: a lone surrogate is one in 0xD800..0xDFFF.
-        points = out.reshape(-1).view(np.uint32) if out.dtype.itemsize else out.reshape(-1)
+        points = out.reshape(-1).view("<u4") if out.dtype.itemsize else out.reshape(-1)
         if np.any((points >= 0xD800) & (points <= 0xDFFF)):
             check_utf8(out.ravel().tolist(), f"key {key!r}")
         # As wide as its longest string, as every backend gives it back (a Zarr string

@@ -509,9 +509,10 @@ class StorageConformance:
             ["ok", "\udcff"],
             np.array(["ok", "\ud800"], dtype=object),
             np.array(["a\udfff"]),
+            np.array(["a\udfff"]).astype(">U2"),
             {"inner": "\ud800"},
         ],
-        ids=["str", "list", "object-array", "unicode-array", "nested"],
+        ids=["str", "list", "object-array", "unicode-array", "big-endian-array", "nested"],
     )
     def test_strings_utf8_cannot_encode_are_refused(self, storage: DataStorage, value: Any) -> None:
         """A lone surrogate is a Python string that no stored form holds: refused when
