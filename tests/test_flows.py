@@ -392,7 +392,7 @@ def test_the_default_memory_guard_counts_from_the_spawned_workers_size(
     assert {e["reason"] for e in output.errors} == {"too_heavy"}
 
 
-def test_time_limits_follow_the_file_size_buckets() -> None:
+def test_time_limits_follow_the_file_size_buckets(tmp_path: Path) -> None:
     from cadstore.flowmanager.tasks.parallel_executor import TimeLimits
 
     limits = TimeLimits.from_kwargs(
@@ -401,6 +401,13 @@ def test_time_limits_follow_the_file_size_buckets() -> None:
     assert limits.bucketing
     assert [limits.limit_for(s) for s in (10, 2_000_000, 20_000_000)] == [5, 50, 500]
     assert limits.limit_for(None) == 120
+    # A flow item: by its file's size; an item that names no file takes the overall limit.
+    big = tmp_path / "big.step"
+    with open(big, "wb") as f:
+        f.truncate(20_000_000)
+    assert [limits.limit_of(big), limits.limit_of(str(big))] == [500, 500]
+    assert limits.limit_of(tmp_path / "missing.step") == 120
+    assert limits.limit_of({"part": 1}) == 120
     flat = TimeLimits.from_kwargs(
         {"time_limit_overall": 7, "time_limit_large": 70, "file_size_bucketing": False}
     )

@@ -1383,7 +1383,7 @@ def _categories_of(key: str, dtype: np.dtype, given: Any) -> np.ndarray:
         changed = [
             a
             for a, c in zip(asked, categories.tolist(), strict=True)
-            if not (np.all(np.isfinite(c)) or not np.all(np.isfinite(np.asarray(a))))
+            if np.all(np.isfinite(np.asarray(a))) and not np.all(np.isfinite(c))
         ]
     else:
         changed = [a for a, c in zip(asked, categories.tolist(), strict=True) if not _same(a, c)]

@@ -519,7 +519,7 @@ class Flow:
                 if found:
                     kept[index] = result
                     continue
-            todo.append(ItemTask(index, item, name, self.limits.limit_for(_size(item))))
+            todo.append(ItemTask(index, item, name, self.limits.limit_of(item)))
         if kept:
             logger.info("resuming: %d item(s) already encoded are kept", len(kept))
         sequential = self.debug or not _attribute(task, "_parallel_execution")
@@ -656,12 +656,3 @@ class Flow:
         body = json.dumps(summary, indent=1, default=str).encode("utf-8")
         write_bytes_atomic(resolve(flow_file), body)
         return summary
-
-
-def _size(item: Any) -> int | None:
-    if isinstance(item, str | os.PathLike):
-        try:
-            return os.path.getsize(item)
-        except OSError:
-            return None
-    return None

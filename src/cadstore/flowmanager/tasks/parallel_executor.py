@@ -224,6 +224,14 @@ class TimeLimits:
             return self.small
         return self.medium if size <= _LARGE_BYTES else self.large
 
+    def limit_of(self, item: Any) -> float | None:
+        """The limit of a flow item: by its file's size when it names a file."""
+        size = None
+        if isinstance(item, str | os.PathLike):
+            with suppress(OSError):
+                size = os.path.getsize(item)
+        return self.limit_for(size)
+
 
 @dataclass(frozen=True)
 class ItemTask:
@@ -814,7 +822,7 @@ def _execute(
     tasks: list[ItemTask] = []
     duplicates: list[ItemOutcome] = []
     for index, item, name, duplicate in named_items(items, settings.task_name):
-        run = ItemTask(index, item, name, executor.limits.limit_for(_size(item)))
+        run = ItemTask(index, item, name, executor.limits.limit_of(item))
         if duplicate is None:
             tasks.append(run)
         else:
@@ -826,10 +834,3 @@ def _execute(
     task.results = [{"result": o.result, "error": None if o.ok else o.failure} for o in outcomes]
     task.errors = [o.failure for o in outcomes if o.failure is not None]
     return task
-
-
-def _size(item: Any) -> int | None:
-    if isinstance(item, str | os.PathLike):
-        with suppress(OSError):
-            return os.path.getsize(item)
-    return None
