@@ -21,7 +21,107 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_datastorage_import() -> None:
     from cadstore.storage.datastorage import DataStorage
 
-    assert DataStorage.__abstractmethods__
+    # The specified core abstract methods, and nothing a user's storage cannot know of.
+    assert DataStorage.__abstractmethods__ == {
+        "save_data",
+        "load_data",
+        "save_metadata",
+        "load_metadata",
+        "get_keys",
+        "get_file_path",
+        "close",
+        "format",
+    }
+
+
+def _user_storage_class() -> type:
+    from cadstore.storage.datastorage import DataStorage
+
+    class UserStorage(DataStorage):
+        def __init__(self) -> None:
+            self.data: dict[str, object] = {}
+            self.meta: dict[str, object] = {}
+            self.closed_calls = 0
+
+        def save_data(self, data_key: str, data: object) -> None:
+            self.data[data_key] = data
+
+        def load_data(self, data_key: str) -> object:
+            return self.data[data_key]
+
+        def save_metadata(self, key: str, value: object) -> None:
+            self.meta[key] = value
+
+        def load_metadata(self, key: str) -> object:
+            return self.meta[key]
+
+        def get_keys(self) -> list[str]:
+            return list(self.data)
+
+        def get_file_path(self, data_key: str) -> str:
+            return f"In-memory storage: No file path for key '{data_key}'"
+
+        def close(self) -> None:
+            self.closed_calls += 1
+
+        def format(self) -> str:
+            return "user"
+
+    return UserStorage
+
+
+def test_a_users_own_storage_implements_the_specified_methods_only() -> None:
+    """A subclass implementing the specified abstract methods could not be made: the
+    abstract methods were cadstore's private primitives (``_get_node``, ...)."""
+    from cadstore.storage.datasetstorage import SchemaBuilder
+
+    storage = _user_storage_class()()
+    assert storage.compress_store() == 0
+    assert storage.get_schema() == {}
+    assert storage.get_group_for_array("face_areas") is None
+    assert storage.validate_data_against_schema("face_areas", np.zeros((2, 2)))
+
+    builder = SchemaBuilder(domain="CAD_analysis")
+    builder.create_group("faces", "face", "Face data").create_array(
+        "face_areas", ["face"], "float32"
+    )
+    storage.set_schema(builder.build())
+    # As specified, the default set_schema keeps the schema in the storage's metadata.
+    assert storage.meta["_storage_schema"] == builder.build()
+    assert storage.get_schema() == builder.build()
+    assert storage.get_group_for_array("face_areas") == "faces"
+    assert storage.validate_data_against_schema("face_areas", np.ones(3, dtype=np.float32))
+    assert not storage.validate_data_against_schema("face_areas", np.ones((3, 2)))
+    with storage as same:
+        same.save_data("face_areas", np.ones(3, dtype=np.float32))
+    assert storage.closed_calls == 1
+    assert storage.get_keys() == ["face_areas"]
+
+
+def test_the_encoder_writes_into_a_users_own_storage(tmp_path: Path) -> None:
+    pytest.importorskip("OCP")
+    from cadstore.cad.samples import make_box
+    from cadstore.cadencoder import BrepEncoder
+    from cadstore.storage import MemoryStorage
+
+    storage = _user_storage_class()()
+    encoder = BrepEncoder(make_box(), storage)
+    assert encoder.push_face_indices() == "face_indices"
+    encoder.push_face_adjacency_graph()
+    assert storage.get_group_for_array("face_indices") == "faces"
+    reference = MemoryStorage()
+    theirs = BrepEncoder(make_box(), reference)
+    theirs.push_face_indices()
+    theirs.push_face_adjacency_graph()
+    assert sorted(storage.get_keys()) == sorted(reference.get_keys())
+    for key in reference.get_keys():
+        expected, got = reference.load_data(key), storage.load_data(key)
+        if isinstance(expected, dict):
+            assert got.keys() == expected.keys()
+            for k in expected:
+                np.testing.assert_array_equal(got[k], expected[k])
+        else:
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_set_schema_example() -> None:

@@ -38,7 +38,7 @@ from cadstore.storage.base import SCHEMA_METADATA_KEY
 
 if TYPE_CHECKING:
     from cadstore.schema import Schema
-    from cadstore.storage.base import DataStorage
+    from cadstore.storage.base import NodeStorage
 
 __all__ = ["DATASET", "EXPECTED", "ITEM", "JSON_STORE", "Artefact", "Kind", "open_artefact"]
 
@@ -75,7 +75,7 @@ class Artefact:
     kind: Kind
     path: str
     location: Location
-    storage: DataStorage | None = None
+    storage: NodeStorage | None = None
     hierarchy: ReadHierarchy | None = None
     source: KeySource | None = None
     _dataset_metadata: dict[str, Any] | None = field(default=None, repr=False)
@@ -90,7 +90,7 @@ class Artefact:
         """:attr:`label` with its article (``"an item"``, ``"a dataset"``)."""
         return f"an {self.label}" if self.kind == ITEM else f"a {self.label}"
 
-    def require_storage(self, purpose: str) -> DataStorage:
+    def require_storage(self, purpose: str) -> NodeStorage:
         """Return the storage of an item or JSON store.
 
         Parameters
@@ -307,7 +307,7 @@ def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: b
         raise
 
 
-def _open_item(given: str, where: Location, *, is_zip: bool) -> DataStorage:
+def _open_item(given: str, where: Location, *, is_zip: bool) -> NodeStorage:
     from cadstore.storage.opt import OptStorage
 
     if not is_zip:

@@ -464,7 +464,12 @@ class BrepEncoder:
                 group.create_array(name, dims, spec.dtype, spec.description)
         schema = builder.build()
         if schema != current:
-            self.storage.set_schema(schema, strict=bool(getattr(self.storage, "strict", False)))
+            from cadstore.storage.base import NodeStorage
+
+            if isinstance(self.storage, NodeStorage):
+                self.storage.set_schema(schema, strict=self.storage.strict)
+            else:  # a storage of the user's own: the specified set_schema(schema)
+                self.storage.set_schema(schema)
 
     def _deliver(self, key: str, data: _ArrayT) -> str | _ArrayT:
         """Save one array and return its key, or return the array when there is no storage."""

@@ -32,7 +32,7 @@ from cadstore.cad.loader import CADLoader, CADModel
 from cadstore.cad.samples import make_box
 from cadstore.errors import CadstoreError, CorruptStoreError, InvalidDataError
 from cadstore.schema import SchemaBuilder
-from cadstore.storage.base import DataStorage
+from cadstore.storage.base import NodeStorage
 from cadstore.storage.memory import MemoryStorage
 from cadstore.storage.opt import OptStorage
 from cadstore.workers import Emit
@@ -281,7 +281,7 @@ def encode_body(
     )
     timer = CallTimer(opened)
     timer.record("open", time.perf_counter() - t0)
-    storage = cast(DataStorage, timer)
+    storage = cast(NodeStorage, timer)
     try:
         brep = model.get_brep(body_index)
         if brep.num_faces == 0:

@@ -1,13 +1,22 @@
-"""The ``DataStorage`` contract that every backend implements.
+"""The ``DataStorage`` contract, and the one implementation of it every backend shares.
 
 A storage maps *keys* (``/``-separated paths, see :mod:`cadstore.storage.keys`) to *values*
 (arrays, scalars, strings, lists and nested dicts, see :mod:`cadstore.storage.values`), and
-keeps a separate nested *metadata* document. The public methods are the ones of the
-specified module (``save_data``, ``load_data``, ``save_metadata``, ``load_metadata``,
-``get_keys``, ``get_file_path``, ``close``, ``format``, ``compress_store``, ``set_schema``,
-``get_schema``, ``get_group_for_array``, ``validate_data_against_schema``) and they are
-implemented once, here. A backend supplies a handful of primitives on already-validated
-keys and normalised values:
+keeps a separate nested *metadata* document.
+
+:class:`DataStorage` is the specified abstract base class: a storage of a user's own
+implements its abstract methods (``save_data``, ``load_data``, ``save_metadata``,
+``load_metadata``, ``get_keys``, ``get_file_path``, ``close``, ``format``) and inherits
+``compress_store`` (0), the schema methods (``set_schema`` saves the schema as the metadata
+``_storage_schema``, as specified; ``get_schema``, ``get_group_for_array``,
+``validate_data_against_schema`` read it back) and the context manager. Such a storage
+works wherever the specification takes one (an encoder's ``storage_handler``, a flow's
+own code).
+
+:class:`NodeStorage` implements every public method once, for cadstore's backends
+(``OptStorage``, ``MemoryStorage``, ``JsonStorageHandler``), so that all of them validate
+keys, convert values, track sizes, apply the schema and route metadata the same way. A
+backend supplies a handful of primitives on already-validated keys and normalised values:
 
 ``_get_node(key)``
     Return the node stored at ``key`` (a leaf, or a dict for a group); raise ``KeyError``
@@ -47,7 +56,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from cadstore.errors import (
     InvalidKeyError,
@@ -65,7 +74,7 @@ from cadstore.storage.values import Node, contains_nan, normalize_value
 if TYPE_CHECKING:
     from cadstore.schema import Schema
 
-__all__ = ["DataStorage", "NodeKind"]
+__all__ = ["DataStorage", "NodeKind", "NodeStorage"]
 
 NodeKind = Literal["leaf", "group"]
 
@@ -81,11 +90,134 @@ _UNROUTED_METADATA = frozenset((SIZES_METADATA_KEY, *_RESERVED_METADATA))
 
 
 class DataStorage(ABC):
-    """Abstract base class of every storage backend.
+    """The specified storage contract: what every storage provides.
+
+    Subclass it for a storage of your own: implement the abstract methods below; the
+    schema methods, ``compress_store`` and the context manager come with the class. A
+    schema is kept in the storage's own metadata (``_storage_schema``), so it is saved
+    and loaded with the rest of the storage's metadata.
+
+    cadstore's backends derive from :class:`NodeStorage`, which implements all of this.
+    """
+
+    # ------------------------------------------------------------------ the contract
+    @abstractmethod
+    def save_data(self, data_key: str, data: Any) -> None:
+        """Store ``data`` under ``data_key``, replacing what was there."""
+
+    @abstractmethod
+    def load_data(self, data_key: str) -> Any:
+        """Return the value stored under ``data_key``; raise ``KeyError`` if there is none."""
+
+    @abstractmethod
+    def save_metadata(self, key: str, value: Any) -> None:
+        """Store a metadata value under ``key`` (``/`` nests)."""
+
+    @abstractmethod
+    def load_metadata(self, key: str) -> Any:
+        """Return the metadata value under ``key``; raise ``KeyError`` if there is none."""
+
+    @abstractmethod
+    def get_keys(self) -> list[str]:
+        """Return the top-level data keys."""
+
+    @abstractmethod
+    def get_file_path(self, data_key: str) -> str:
+        """Return where ``data_key`` lives on disk, or a message for in-memory storage.
+
+        Parameters
+        ----------
+        data_key
+            The data key.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the storage's resources."""
+
+    @abstractmethod
+    def format(self) -> str:
+        """Return the storage format identifier (``"zarr"``, ``"memory"``, ``"json"``, ...)."""
+
+    # ------------------------------------------------------------------ defaults
+    def compress_store(self) -> int:
+        """Compress the storage into a single file if the backend supports it.
+
+        Returns
+        -------
+        int
+            The size of the compressed file in bytes, or 0 when not applicable (this
+            default).
+        """
+        return 0
+
+    def set_schema(self, schema: Any) -> None:
+        """Apply a schema, saved as the metadata ``_storage_schema`` (as specified).
+
+        Parameters
+        ----------
+        schema
+            What ``SchemaBuilder.build()`` returns (or a ``SchemaBuilder`` or ``Schema``).
+
+        Raises
+        ------
+        SchemaError
+            If the schema has the wrong shape; the message names the bad field. Nothing is
+            saved then.
+        """
+        from cadstore.schema import Schema
+
+        self.save_metadata(SCHEMA_METADATA_KEY, Schema.from_any(schema).to_dict())
+
+    def get_schema(self) -> dict[str, Any]:
+        """Return the schema in the ``SchemaBuilder.build()`` form, or ``{}`` if none is set."""
+        try:
+            stored = self.load_metadata(SCHEMA_METADATA_KEY)
+        except KeyError:
+            return {}
+        return dict(stored) if isinstance(stored, Mapping) else {}
+
+    def _parsed_schema(self) -> Schema | None:
+        from cadstore.schema import Schema
+
+        stored = self.get_schema()
+        return Schema.from_any(stored) if stored else None
+
+    def get_group_for_array(self, array_name: str) -> str | None:
+        """Return the schema group that declares ``array_name``, or ``None``."""
+        schema = self._parsed_schema()
+        return None if schema is None else schema.group_for_array(array_name)
+
+    def validate_data_against_schema(self, data_key: str, data: Any) -> bool:
+        """Check ``data`` against the schema entry for ``data_key``.
+
+        Returns
+        -------
+        bool
+            ``True`` when valid, when no schema is set, or when the key is not in the schema.
+            The rules are those of :meth:`cadstore.schema.Schema.validate_array`.
+        """
+        schema = self._parsed_schema()
+        return schema is None or not schema.validate_array(data_key, data)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NodeStorage(DataStorage):
+    """Every public method of :class:`DataStorage`, implemented once for cadstore's backends.
 
     Subclasses implement the primitives listed in the module docstring; everything public
-    is implemented here once, so every backend validates keys, converts values, tracks
-    sizes, applies the schema and routes metadata the same way.
+    is implemented here, so every backend validates keys, converts values, tracks sizes,
+    applies the schema and routes metadata the same way.
 
     Attributes
     ----------
@@ -97,6 +229,9 @@ class DataStorage(ABC):
 
     format_name: ClassVar[str] = "abstract"
     allows_nan: bool = True
+    #: Whether :meth:`close` ends the storage. A backend whose every call stands alone
+    #: (nothing held open, nothing pending) may stay usable after it.
+    close_is_final: ClassVar[bool] = True
     # Backends that encode a value as soon as it is saved, keeping only the encoded bytes,
     # set this to False to skip copying every array first.
     _copy_on_save: ClassVar[bool] = True
@@ -156,7 +291,7 @@ class DataStorage(ABC):
             The data key.
         """
 
-    def _close(self) -> None:  # noqa: B027 - optional hook, empty by design
+    def _close(self) -> None:
         """Release backend resources; called once, under the lock."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -229,25 +364,19 @@ class DataStorage(ABC):
             )
 
     def close(self) -> None:
-        """Release resources. Idempotent and safe to call from several threads."""
+        """Release resources. Idempotent and safe to call from several threads.
+
+        Any other call after it raises :class:`~cadstore.errors.StorageClosedError`,
+        unless the backend's ``close_is_final`` is false (``JsonStorageHandler``, whose
+        close the specification makes a no-op).
+        """
         with self._lock:
             if self._closed:
                 return
             try:
                 self._close()
             finally:
-                self._closed = True
-
-    def __enter__(self) -> DataStorage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+                self._closed = self.close_is_final
 
     def format(self) -> str:
         """Return the storage format identifier (``"zarr"``, ``"memory"`` or ``"json"``)."""

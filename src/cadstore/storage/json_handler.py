@@ -50,7 +50,7 @@ from cadstore.errors import (
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
-from cadstore.storage.base import DataStorage, NodeKind
+from cadstore.storage.base import NodeKind, NodeStorage
 from cadstore.storage.values import Node
 
 __all__ = ["JsonStorageHandler", "sanitize_key"]
@@ -71,7 +71,7 @@ def _file_name(key: str) -> str:
     return f"{stem}.data.json" if stem == "metadata" else f"{stem}.json"
 
 
-class JsonStorageHandler(DataStorage):
+class JsonStorageHandler(NodeStorage):
     """Store each key as a JSON file in ``json_dir_path``.
 
     Parameters
@@ -99,6 +99,9 @@ class JsonStorageHandler(DataStorage):
     """
 
     format_name = "json"
+    # Every file is written when its key is saved: as specified, close() is a no-op and
+    # the handler stays usable after it.
+    close_is_final = False
 
     def __init__(
         self,

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.storage.base import DataStorage, NodeKind
+from cadstore.storage.base import NodeKind, NodeStorage
 from cadstore.storage.values import Node, iter_leaves
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(DataStorage):
+class MemoryStorage(NodeStorage):
     """Keep data and metadata in RAM.
 
     Data lives in ``self._data`` (a nested dict of nodes) and metadata in
@@ -40,7 +40,7 @@ class MemoryStorage(DataStorage):
         self._data: dict[str, Any] = {}
         self._open_metadata()
 
-    # docstrings of the primitives are inherited from DataStorage
+    # docstrings of the primitives are inherited from NodeStorage
     def _walk(self, key: str) -> Node:
         node: Node = self._data
         for part in key.split("/"):

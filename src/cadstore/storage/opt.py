@@ -96,7 +96,7 @@ from cadstore.io.publish import (
 )
 from cadstore.io.sources import KeySource, open_source
 from cadstore.io.zipwriter import write_stored_zip
-from cadstore.storage.base import DataStorage, NodeKind
+from cadstore.storage.base import NodeKind, NodeStorage
 from cadstore.storage.values import Node
 
 __all__ = ["DEFAULT_COMPRESSION_LEVEL", "METADATA_FILE", "OptStorage"]
@@ -146,7 +146,7 @@ def _is_json_member(name: str) -> bool:
     )
 
 
-class OptStorage(DataStorage):
+class OptStorage(NodeStorage):
     """Store one item as a Zarr hierarchy in a single compressed ``.data`` file.
 
     Parameters

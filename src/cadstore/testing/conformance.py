@@ -41,7 +41,7 @@ from cadstore.errors import (
     StorageClosedError,
     UnsupportedTypeError,
 )
-from cadstore.storage.base import DataStorage
+from cadstore.storage.base import NodeStorage
 from cadstore.storage.values import values_equal
 
 __all__ = [
@@ -163,17 +163,17 @@ def node_trees(max_leaves: int = 12) -> st.SearchStrategy[dict[str, Any]]:
 
 
 class StorageConformance:
-    """Behaviour shared by every :class:`~cadstore.storage.base.DataStorage` backend."""
+    """Behaviour shared by every :class:`~cadstore.storage.base.NodeStorage` backend."""
 
     #: What ``format()`` must return.
     expected_format: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ hooks
-    def make_storage(self, tmp_path: Path) -> DataStorage:
+    def make_storage(self, tmp_path: Path) -> NodeStorage:
         """Return a new, empty, writable storage rooted under ``tmp_path``."""
         raise NotImplementedError
 
-    def reopen(self, storage: DataStorage, tmp_path: Path) -> DataStorage | None:
+    def reopen(self, storage: NodeStorage, tmp_path: Path) -> NodeStorage | None:
         """Close ``storage`` and return a new handle on what it persisted, or ``None``."""
         return None
 
@@ -207,16 +207,16 @@ class StorageConformance:
         return second
 
     # ------------------------------------------------------------------ basics
-    def test_format(self, storage: DataStorage) -> None:
+    def test_format(self, storage: NodeStorage) -> None:
         assert storage.format() == self.expected_format
 
-    def test_repr_names_class_and_state(self, storage: DataStorage) -> None:
+    def test_repr_names_class_and_state(self, storage: NodeStorage) -> None:
         text = repr(storage)
         assert type(storage).__name__ in text
         storage.close()
-        assert "closed" in repr(storage)
+        assert ("closed" in repr(storage)) == storage.close_is_final
 
-    def test_empty_storage(self, storage: DataStorage) -> None:
+    def test_empty_storage(self, storage: NodeStorage) -> None:
         assert storage.get_keys() == []
         assert "anything" not in storage
         assert storage.get_schema() == {}
@@ -224,13 +224,13 @@ class StorageConformance:
     @pytest.mark.parametrize("dtype", ALL_DTYPES)
     @pytest.mark.parametrize("shape", SHAPES, ids=str)
     def test_array_roundtrip(
-        self, storage: DataStorage, tmp_path: Path, dtype: str, shape: tuple[int, ...]
+        self, storage: NodeStorage, tmp_path: Path, dtype: str, shape: tuple[int, ...]
     ) -> None:
         arr = _sample_array(dtype, shape, seed=3)
         assert_same(self.roundtrip(tmp_path, "arr", arr), arr)
 
     @pytest.mark.parametrize("dtype", ALL_DTYPES)
-    def test_numpy_scalar_roundtrip(self, storage: DataStorage, tmp_path: Path, dtype: str) -> None:
+    def test_numpy_scalar_roundtrip(self, storage: NodeStorage, tmp_path: Path, dtype: str) -> None:
         value = _sample_array(dtype, (1,), seed=5)[0]
         assert isinstance(value, np.generic)
         assert_same(self.roundtrip(tmp_path, "scalar", value), value)
@@ -256,7 +256,7 @@ class StorageConformance:
         ids=repr,
     )
     def test_python_scalar_roundtrip(
-        self, storage: DataStorage, tmp_path: Path, value: Any
+        self, storage: NodeStorage, tmp_path: Path, value: Any
     ) -> None:
         assert_same(self.roundtrip(tmp_path, "num_faces", value), value)
 
@@ -271,7 +271,7 @@ class StorageConformance:
         ],
         ids=lambda v: repr(v)[:20],
     )
-    def test_string_roundtrip(self, storage: DataStorage, tmp_path: Path, value: str) -> None:
+    def test_string_roundtrip(self, storage: NodeStorage, tmp_path: Path, value: str) -> None:
         assert_same(self.roundtrip(tmp_path, "description", value), value)
 
     def test_strings_keep_nul_and_trailing_characters(self, tmp_path: Path) -> None:
@@ -280,12 +280,12 @@ class StorageConformance:
             assert_same(self.roundtrip(tmp_path, "s", value), value)
         assert_same(self.roundtrip(tmp_path, "l", ["a\x00", "\x00"]), ["a\x00", "\x00"])
 
-    def test_list_of_strings_roundtrip(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_list_of_strings_roundtrip(self, storage: NodeStorage, tmp_path: Path) -> None:
         value = ["bracket", "", "Größe", "零件"]
         assert_same(self.roundtrip(tmp_path, "tags", value), value)
         assert_same(self.roundtrip(tmp_path, "tup", ("a", "b")), ["a", "b"])
 
-    def test_string_arrays(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_string_arrays(self, storage: NodeStorage, tmp_path: Path) -> None:
         u = np.array([["a", "bc"], ["Größe", ""]])
         got = self.roundtrip(tmp_path, "u", u)
         assert got.dtype.kind == "U"
@@ -296,7 +296,7 @@ class StorageConformance:
         assert got.dtype.kind == "U"
         assert got.tolist() == ["x", "yz"]
 
-    def test_lists_become_arrays(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_lists_become_arrays(self, storage: NodeStorage, tmp_path: Path) -> None:
         assert_same(self.roundtrip(tmp_path, "ints", [1, 2, 3]), np.array([1, 2, 3]))
         assert_same(
             self.roundtrip(tmp_path, "nested", [[1.0, 2.0], [3.0, 4.0]]),
@@ -304,7 +304,7 @@ class StorageConformance:
         )
         assert_same(self.roundtrip(tmp_path, "bools", (True, False)), np.array([True, False]))
 
-    def test_nested_dict_roundtrip(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_nested_dict_roundtrip(self, storage: NodeStorage, tmp_path: Path) -> None:
         graph: dict[str, Any] = {
             "edges_source": np.array([0, 1, 2], dtype=np.int32),
             "edges_destination": np.array([1, 2, 3], dtype=np.int32),
@@ -318,11 +318,11 @@ class StorageConformance:
         assert_same(storage.load_data("graph/deeper/weights"), graph["deeper"]["weights"])
         assert storage.get_keys() == ["graph"]
 
-    def test_empty_dict_is_allowed(self, storage: DataStorage) -> None:
+    def test_empty_dict_is_allowed(self, storage: NodeStorage) -> None:
         storage.save_data("group", {"inner": {}, "x": 1})
         assert storage.load_data("group/x") == 1
 
-    def test_hierarchical_keys(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_hierarchical_keys(self, storage: NodeStorage, tmp_path: Path) -> None:
         a = np.arange(3, dtype=np.float32)
         b = np.arange(4, dtype=np.int64)
         storage.save_data("faces/areas", a)
@@ -340,7 +340,7 @@ class StorageConformance:
                 assert_same(again.load_data("faces"), {"areas": a, "ids": b})
                 assert again.load_data("metadata") == {"description": "CAD part analysis"}
 
-    def test_overwrite(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_overwrite(self, storage: NodeStorage, tmp_path: Path) -> None:
         storage.save_data("x", np.zeros(10, dtype=np.float64))
         storage.save_data("x", np.ones((2, 2), dtype=np.int8))
         assert_same(storage.load_data("x"), np.ones((2, 2), dtype=np.int8))
@@ -356,19 +356,19 @@ class StorageConformance:
                 assert again.load_data("g") == 5
                 assert again.load_data("x") == "now a string"
 
-    def test_overwrite_inside_group(self, storage: DataStorage) -> None:
+    def test_overwrite_inside_group(self, storage: NodeStorage) -> None:
         storage.save_data("graph", {"num_nodes": 4, "edges": np.arange(3)})
         storage.save_data("graph/num_nodes", 5)
         assert storage.load_data("graph/num_nodes") == 5
         assert_same(storage.load_data("graph/edges"), np.arange(3))
 
-    def test_key_below_leaf_conflicts(self, storage: DataStorage) -> None:
+    def test_key_below_leaf_conflicts(self, storage: NodeStorage) -> None:
         storage.save_data("leaf", np.arange(3))
         with pytest.raises(KeyConflictError, match="leaf"):
             storage.save_data("leaf/child", 1)
         assert_same(storage.load_data("leaf"), np.arange(3))
 
-    def test_saved_arrays_are_copied(self, storage: DataStorage) -> None:
+    def test_saved_arrays_are_copied(self, storage: NodeStorage) -> None:
         arr = np.arange(5, dtype=np.float64)
         storage.save_data("a", arr)
         arr[:] = -1
@@ -377,7 +377,7 @@ class StorageConformance:
         loaded[:] = 7
         assert_same(storage.load_data("a"), np.arange(5, dtype=np.float64))
 
-    def test_missing_key(self, storage: DataStorage) -> None:
+    def test_missing_key(self, storage: NodeStorage) -> None:
         storage.save_data("present", 1)
         with pytest.raises(KeyError) as info:
             storage.load_data("absent")
@@ -388,7 +388,7 @@ class StorageConformance:
         with pytest.raises(KeyNotFoundError):
             storage.delete_data("absent")
 
-    def test_delete(self, storage: DataStorage) -> None:
+    def test_delete(self, storage: NodeStorage) -> None:
         storage.save_data("a", 1)
         storage.save_data("g/b", 2)
         storage.save_data("g/c", 3)
@@ -399,19 +399,19 @@ class StorageConformance:
         with pytest.raises(KeyNotFoundError):
             storage.load_metadata("file_sizes_KB/a")
 
-    def test_get_file_path(self, storage: DataStorage) -> None:
+    def test_get_file_path(self, storage: NodeStorage) -> None:
         storage.save_data("face_areas", np.ones(3))
         path = storage.get_file_path("face_areas")
         assert isinstance(path, str)
         assert "face_areas" in path
 
-    def test_compress_store_returns_int(self, storage: DataStorage) -> None:
+    def test_compress_store_returns_int(self, storage: NodeStorage) -> None:
         storage.save_data("face_areas", np.ones(3))
         assert isinstance(storage.compress_store(), int)
 
     # ------------------------------------------------------------------ bad input
     @pytest.mark.parametrize("key", BAD_KEYS, ids=lambda k: repr(k)[:20])
-    def test_bad_keys_are_refused(self, storage: DataStorage, key: str) -> None:
+    def test_bad_keys_are_refused(self, storage: NodeStorage, key: str) -> None:
         storage.save_data("keep", 1)
         with pytest.raises(InvalidKeyError):
             storage.save_data(key, np.ones(2))
@@ -424,7 +424,7 @@ class StorageConformance:
 
     @pytest.mark.parametrize("key", UNSTORABLE_KEYS)
     def test_keys_of_a_stores_own_documents_are_not_saved(
-        self, storage: DataStorage, key: str
+        self, storage: NodeStorage, key: str
     ) -> None:
         """Saving data under ``graph/zarr.json`` was accepted, and close() then failed
         to publish ("File exists"), the storage closed with every array saved lost. Data
@@ -444,14 +444,14 @@ class StorageConformance:
         assert storage.get_keys() == ["keep"]
         assert isinstance(storage.compress_store(), int)
 
-    def test_bad_key_inside_dict(self, storage: DataStorage) -> None:
+    def test_bad_key_inside_dict(self, storage: NodeStorage) -> None:
         with pytest.raises((InvalidKeyError, UnsupportedTypeError)):
             storage.save_data("g", {"ok": 1, "../bad": 2})
         with pytest.raises((InvalidKeyError, UnsupportedTypeError)):
             storage.save_data("g", {"a/b": 2})
         assert storage.get_keys() == []
 
-    def test_non_str_key(self, storage: DataStorage) -> None:
+    def test_non_str_key(self, storage: NodeStorage) -> None:
         with pytest.raises(TypeError):
             storage.save_data(3, 1)  # type: ignore[arg-type]
 
@@ -496,7 +496,7 @@ class StorageConformance:
             "masked",
         ],
     )
-    def test_unsupported_values(self, storage: DataStorage, value: Any) -> None:
+    def test_unsupported_values(self, storage: NodeStorage, value: Any) -> None:
         with pytest.raises(TypeError, match="bad_value"):
             storage.save_data("bad_value", value)
         assert "bad_value" not in storage
@@ -514,7 +514,7 @@ class StorageConformance:
         ],
         ids=["str", "list", "object-array", "unicode-array", "big-endian-array", "nested"],
     )
-    def test_strings_utf8_cannot_encode_are_refused(self, storage: DataStorage, value: Any) -> None:
+    def test_strings_utf8_cannot_encode_are_refused(self, storage: NodeStorage, value: Any) -> None:
         """A lone surrogate is a Python string that no stored form holds: refused when
         saved, naming the key (it was accepted, and the file could not be written)."""
         storage.save_data("kept", np.arange(3))
@@ -530,7 +530,7 @@ class StorageConformance:
         assert storage.get_keys() == ["kept"]
         assert_same(storage.load_data("kept"), np.arange(3))
 
-    def test_nan_policy(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_nan_policy(self, storage: NodeStorage, tmp_path: Path) -> None:
         arr = np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)
         if storage.allows_nan:
             assert_same(self.roundtrip(tmp_path, "with_nan", arr), arr)
@@ -546,11 +546,22 @@ class StorageConformance:
             assert "cplx" not in storage
 
     # ------------------------------------------------------------------ lifecycle
-    def test_close_is_idempotent_and_final(self, storage: DataStorage) -> None:
+    def test_close_is_idempotent_and_final(self, storage: NodeStorage, tmp_path: Path) -> None:
         storage.save_data("a", 1)
         storage.close()
         storage.close()
-        assert storage.closed
+        assert storage.closed == storage.close_is_final
+        if not storage.close_is_final:
+            # A close the specification makes a no-op (JSON): the storage goes on.
+            storage.save_data("b", np.arange(3))
+            storage.save_metadata("m", 1)
+            assert sorted(storage.get_keys()) == ["a", "b"]
+            assert storage.load_metadata("m") == 1
+            again = self.reopen(storage, tmp_path)
+            if again is not None:
+                with again:
+                    assert_same(again.load_data("b"), np.arange(3), "'b' after reopening")
+            return
         for call in (
             lambda: storage.load_data("a"),
             lambda: storage.save_data("b", 1),
@@ -564,9 +575,9 @@ class StorageConformance:
     def test_context_manager(self, tmp_path: Path) -> None:
         with self.make_storage(tmp_path) as s:
             s.save_data("a", 1)
-        assert s.closed
+        assert s.closed == s.close_is_final
 
-    def test_concurrent_close(self, storage: DataStorage) -> None:
+    def test_concurrent_close(self, storage: NodeStorage) -> None:
         storage.save_data("a", np.arange(100))
         storage.save_metadata("m", 1)
         errors: list[BaseException] = []
@@ -585,10 +596,10 @@ class StorageConformance:
         for t in threads:
             t.join()
         assert errors == []
-        assert storage.closed
+        assert storage.closed == storage.close_is_final
 
     # ------------------------------------------------------------------ metadata
-    def test_metadata_nesting_and_merge(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_metadata_nesting_and_merge(self, storage: NodeStorage, tmp_path: Path) -> None:
         storage.save_metadata("size_cadfile", 1024000)
         storage.save_metadata("file_sizes_KB/face_areas", 45.2)
         storage.save_metadata("file_sizes_KB/edge_lengths", 12.3)
@@ -626,7 +637,7 @@ class StorageConformance:
                 assert np.isnan(again.load_metadata("weird"))
 
     def test_string_arrays_are_as_wide_as_their_longest_string(
-        self, storage: DataStorage, tmp_path: Path
+        self, storage: NodeStorage, tmp_path: Path
     ) -> None:
         """A <U16 array of "face" came back <U16 from memory and <U4 from JSON and Zarr
         (writing "cylinder" into it then kept 8 characters or 4): every backend gives
@@ -640,7 +651,7 @@ class StorageConformance:
         for key, value in saved.items():
             storage.save_data(key, value)
 
-        def check(reader: DataStorage) -> None:
+        def check(reader: NodeStorage) -> None:
             for key, value in saved.items():
                 got = reader.load_data(key)
                 assert got.dtype == np.dtype(want[key]), (key, got.dtype)
@@ -653,7 +664,7 @@ class StorageConformance:
                 check(again)
 
     def test_metadata_sections_with_dunder_keys_merge(
-        self, storage: DataStorage, tmp_path: Path
+        self, storage: NodeStorage, tmp_path: Path
     ) -> None:
         """A section holding a key like ``"__build__"`` is stored wrapped; merging into it,
         or it into a section, merged the wrapper itself: ``{"version": "1.0", "__dict__":
@@ -682,7 +693,7 @@ class StorageConformance:
                 for key, value in want.items():
                     assert again.load_metadata(key) == value, key
 
-    def test_metadata_errors(self, storage: DataStorage) -> None:
+    def test_metadata_errors(self, storage: NodeStorage) -> None:
         storage.save_metadata("scalar", 1)
         with pytest.raises(KeyError, match="missing"):
             storage.load_metadata("missing")
@@ -713,7 +724,7 @@ class StorageConformance:
         storage.compress_store()
         assert storage.load_metadata("wide") == 10**1000
 
-    def test_data_and_metadata_are_separate(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_data_and_metadata_are_separate(self, storage: NodeStorage, tmp_path: Path) -> None:
         # The specified JSON example saves a data key named "metadata" next to metadata.
         storage.save_data("metadata", {"version": "1.0", "author": "HOOPS AI"})
         storage.save_metadata("export_timestamp", "2025-10-30T10:30:00")
@@ -726,7 +737,7 @@ class StorageConformance:
                 assert again.load_data("metadata") == {"version": "1.0", "author": "HOOPS AI"}
                 assert again.load_metadata("version") == "meta"
 
-    def test_size_tracking(self, storage: DataStorage) -> None:
+    def test_size_tracking(self, storage: NodeStorage) -> None:
         storage.save_data("face_areas", np.arange(10_000, dtype=np.float64))
         storage.save_data("graph", {"a": np.arange(10), "n": 3})
         storage.save_data("faces/ids", np.arange(50, dtype=np.int32))
@@ -756,7 +767,7 @@ class StorageConformance:
         )
         return builder.build()
 
-    def test_schema_roundtrip_and_lookup(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_schema_roundtrip_and_lookup(self, storage: NodeStorage, tmp_path: Path) -> None:
         schema = self._schema_dict()
         storage.set_schema(schema)
         assert storage.get_schema() == schema
@@ -770,7 +781,7 @@ class StorageConformance:
                 assert again.get_group_for_array("face_areas") == "faces"
 
     @pytest.mark.parametrize("form", ["built", "json", "single-nested", "builder-object"])
-    def test_schema_forms(self, storage: DataStorage, form: str) -> None:
+    def test_schema_forms(self, storage: NodeStorage, form: str) -> None:
         from cadstore.schema import SchemaBuilder
 
         schema = self._schema_dict()
@@ -785,12 +796,12 @@ class StorageConformance:
         storage.set_schema(given_schema)
         assert storage.get_schema() == schema
 
-    def test_bad_schema(self, storage: DataStorage) -> None:
+    def test_bad_schema(self, storage: NodeStorage) -> None:
         with pytest.raises(SchemaError, match="groups"):
             storage.set_schema({"groups": [1, 2]})
         assert storage.get_schema() == {}
 
-    def test_validation(self, storage: DataStorage) -> None:
+    def test_validation(self, storage: NodeStorage) -> None:
         assert storage.validate_data_against_schema("face_areas", np.array([[1.0]]))  # no schema
         storage.set_schema(self._schema_dict())
         valid = np.array([1.5, 2.3, 4.1], dtype=np.float32)
@@ -811,7 +822,7 @@ class StorageConformance:
         storage.save_data("face_areas", np.array([[1.0]]))  # lenient by default
         assert "face_areas" in storage
 
-    def test_strict_mode(self, storage: DataStorage) -> None:
+    def test_strict_mode(self, storage: NodeStorage) -> None:
         storage.set_schema(self._schema_dict(), strict=True)
         assert storage.strict
         storage.save_data("face_areas", np.array([1.0, 2.0], dtype=np.float32))
@@ -834,7 +845,7 @@ class StorageConformance:
         storage.save_data("faces", {"face_areas": np.ones(3, dtype=np.float32)})
         assert storage.validate_data_against_schema("g", {"free": {"deeper": np.ones(2)}})
 
-    def test_metadata_routing(self, storage: DataStorage, tmp_path: Path) -> None:
+    def test_metadata_routing(self, storage: NodeStorage, tmp_path: Path) -> None:
         storage.set_schema(self._schema_dict())
         storage.save_metadata("size_cadfile", 1024)
         storage.save_metadata("processing_time", 1.5)

@@ -69,7 +69,7 @@ from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
 from cadstore.processes import mp_context
 from cadstore.schema import SchemaBuilder
-from cadstore.storage.base import DataStorage
+from cadstore.storage.base import NodeStorage
 from cadstore.storage.json_handler import JsonStorageHandler
 from cadstore.storage.memory import MemoryStorage
 from cadstore.workers import (
@@ -287,7 +287,7 @@ def _loader() -> Any:
     return _LOADER[0]
 
 
-def _new_storage(settings: ItemSettings, name: str) -> DataStorage:
+def _new_storage(settings: ItemSettings, name: str) -> NodeStorage:
     if settings.storage_type is StorageType.MEMORY:
         return MemoryStorage()
     store = os.path.join(settings.encoded_dir, name)
@@ -303,12 +303,12 @@ def _new_storage(settings: ItemSettings, name: str) -> DataStorage:
     )
 
 
-def _find_key(storage: DataStorage, array: str) -> str | None:
+def _find_key(storage: NodeStorage, array: str) -> str | None:
     keys = storage.get_keys()
     return next((k for k in keys if k == array or k.endswith("/" + array)), None)
 
 
-def _preview(storage: DataStorage, settings: ItemSettings, name: str, logs: list[str]) -> None:
+def _preview(storage: NodeStorage, settings: ItemSettings, name: str, logs: list[str]) -> None:
     """Draw the item's preview from its stored geometry and record its path."""
     samples_key = _find_key(storage, "face_discretization")
     if samples_key is None:
@@ -332,7 +332,7 @@ def _preview(storage: DataStorage, settings: ItemSettings, name: str, logs: list
     storage.save_metadata(PREVIEW_METADATA, path)
 
 
-def _finalise(storage: DataStorage, settings: ItemSettings, name: str, logs: list[str]) -> Any:
+def _finalise(storage: NodeStorage, settings: ItemSettings, name: str, logs: list[str]) -> Any:
     """Preview, publish and close the item's store; return what stays of it."""
     if settings.storage_type is StorageType.MEMORY:
         return None
@@ -371,7 +371,7 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     emit({"type": "start", "index": task.index, "pid": os.getpid()})
     logs: list[str] = []
     started = time.perf_counter()
-    storage: DataStorage | None = None
+    storage: NodeStorage | None = None
     before = {
         entry
         for entry in (task.name, f"{task.name}.data")
