@@ -620,3 +620,76 @@ def test_vendor_layout_items_merge(tmp_path: Path) -> None:
         item = reader.read_item(code, groups=["faces", "graph"])
         assert list(item["faces"]["face_areas"].shape) == expected["arrays"]["face_areas"]["shape"]
         assert item["graph"]["num_nodes"] == expected["scalars"]["graph/num_nodes"]
+
+
+# ---------------------------------------------------------------------------- output paths
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_overwrite_does_not_replace_the_folder_of_the_items(tmp_path: Path) -> None:
+    """A directory merge whose output was the items' own folder (``overwrite`` is the
+    specified default of ``merge_data``) swapped the folder for the dataset and deleted
+    it: every item, merged or not, and the user's own files."""
+    from cadstore.errors import OutputExistsError
+
+    encoded = tmp_path / "encoded"
+    files = [
+        write_arrays(encoded / f"p{i}.zarr", {"face_areas": np.ones(3, np.float32)})
+        for i in range(3)
+    ]
+    (encoded / "notes.txt").write_text("the user's own file")
+    before = _listing(encoded)
+    with pytest.raises(
+        OutputExistsError, match="encoded: is a folder that is not a cadstore dataset"
+    ):
+        DatasetMerger(files[:2], str(encoded)).merge_data(force_compression=False)
+    assert _listing(encoded) == before
+
+
+def test_overwrite_does_not_replace_one_of_the_inputs(tmp_path: Path) -> None:
+    """``merge([a, b], a, overwrite=True)`` replaced item ``a`` with the dataset."""
+    import cadstore
+    from cadstore.errors import OutputExistsError
+
+    a = write_arrays(tmp_path / "a.zarr", {"face_areas": np.arange(3, dtype=np.float32)})
+    b = write_arrays(tmp_path / "b.zarr", {"face_areas": np.ones(2, np.float32)})
+    before = _listing(tmp_path)
+    with pytest.raises(OutputExistsError, match=r"a\.zarr\.data: is a file that is not a cadstore"):
+        cadstore.merge([a, b], a, overwrite=True)
+    assert _listing(tmp_path) == before
+
+
+def test_overwrite_replaces_an_earlier_dataset_an_empty_file_or_folder(tmp_path: Path) -> None:
+    import cadstore
+
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(i + 1)}) for i in range(2)
+    ]
+    for name, make in (
+        ("earlier.dataset", lambda p: cadstore.merge(files[:1], p)),
+        ("empty.dataset", lambda p: Path(p).touch()),
+        ("folder.dataset", lambda p: Path(p).mkdir()),
+    ):
+        out = str(tmp_path / name)
+        make(out)
+        merge_items(files, out, overwrite=True, directory=name == "folder.dataset")
+        with DatasetReader(out) as reader:
+            assert reader.n_items == 2
+
+
+def test_a_table_copy_is_not_written_over_a_file_of_another_kind(tmp_path: Path) -> None:
+    import cadstore
+    from cadstore.errors import OutputExistsError
+
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(i + 1)}) for i in range(2)
+    ]
+    notes = tmp_path / "parts.infoset"
+    notes.write_text("not a table")
+    with pytest.raises(OutputExistsError, match=r"parts\.infoset: exists and is not an \.infoset"):
+        cadstore.merge(files, tmp_path / "parts.dataset")
+    assert notes.read_text() == "not a table"
+    assert not (tmp_path / "parts.dataset").exists()

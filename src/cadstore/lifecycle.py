@@ -70,6 +70,7 @@ __all__ = [
     "PublishedFiles",
     "Transaction",
     "TrustedTables",
+    "dataset_exists",
     "read_commit",
     "repair",
     "table_bytes",
@@ -338,7 +339,7 @@ def _current_commit(dataset: Location) -> CommitRecord | None:
     problem itself and says so: a merge finds the path taken, an append cannot read it)."""
     from cadstore.io.sources import open_source
 
-    if not _dataset_exists(dataset):
+    if not dataset_exists(dataset):
         return None
     try:
         source = open_source(dataset, what="dataset")
@@ -370,7 +371,12 @@ def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes
         source.close()
 
 
-def _dataset_exists(dataset: Location) -> bool:
+def dataset_exists(dataset: Location) -> bool:
+    """Return whether a dataset is published at ``dataset``.
+
+    On an object store a directory-layout dataset exists once its root ``zarr.json``
+    does: objects left by a merge that died part-way do not count.
+    """
     if not dataset.remote:
         return dataset.exists()
     return dataset.isfile() or dataset.child("zarr.json").isfile()

@@ -24,16 +24,17 @@ the number of workers.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cadstore.errors import MergeError, Remedy
+from cadstore.errors import CadstoreError, MergeError, OutputExistsError, Remedy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
-from cadstore.io.publish import open_sink
-from cadstore.lifecycle import PublishedFiles, Transaction
+from cadstore.io.publish import check_replaceable, open_sink
+from cadstore.lifecycle import PublishedFiles, Transaction, dataset_exists
 from cadstore.merging.distributed import scan_on_dask, write_shards_on_dask
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
@@ -67,15 +68,58 @@ __all__ = [
 ]
 
 
-def dataset_exists(location: Location) -> bool:
-    """Return whether a dataset is published at ``location``.
+def check_replaceable_dataset(target: Location) -> None:
+    """Refuse to replace anything at ``target`` but a dataset (or an empty file or folder).
 
-    On an object store a directory-layout dataset exists once its root ``zarr.json``
-    does: objects left by a merge that died part-way do not count.
+    ``overwrite`` replaces an earlier merge; an output path mistyped as the folder of the
+    items, or as one of them, would otherwise have them all deleted.
+
+    Raises
+    ------
+    OutputExistsError
+        Naming ``target`` and what is there.
     """
-    if not location.remote:
-        return location.exists()
-    return location.isfile() or location.child("zarr.json").isfile()
+    from cadstore.format.layout import DATASET_FAMILY
+    from cadstore.io.sources import open_source
+
+    if target.isdir() and not target.listdir():
+        return
+    if target.isfile() and target.size() == 0:
+        return
+    marker = None
+    try:
+        source = open_source(target, what="dataset")
+        try:
+            raw = source.get("zarr.json")
+        finally:
+            source.close()
+        document = json.loads(raw) if raw is not None else None
+        if isinstance(document, dict) and isinstance(document.get("attributes"), dict):
+            marker = document["attributes"].get("cadstore")
+    except (CadstoreError, OSError, ValueError):
+        marker = None
+    if not (isinstance(marker, str) and marker.startswith(DATASET_FAMILY)):
+        kind = "a folder" if target.isdir() else "a file"
+        raise OutputExistsError(
+            f"{target.path}: is {kind} that is not a cadstore dataset; overwrite replaces "
+            "only an earlier merge, not this (choose another output path, or remove it "
+            "first)"
+        )
+
+
+def check_replaceable_copies(published: PublishedFiles) -> None:
+    """Refuse to publish a table or manifest copy over a file of another kind.
+
+    Raises
+    ------
+    OutputExistsError
+        Naming the file.
+    """
+    for kind, where in published.by_kind().items():
+        if kind == "flow":
+            check_replaceable(where, "a .flow manifest", lambda head: head.lstrip()[:1] == b"{")
+        else:
+            check_replaceable(where, f"an .{kind}", lambda head: head[:4] == b"PAR1")
 
 
 def merge_items(
@@ -175,11 +219,15 @@ def run_merge(
     """
     started = time.perf_counter()
     with Transaction(target, "merge", published, timeout=options.lock_timeout) as txn:
-        if dataset_exists(target) and not overwrite:
-            resumed = _resumed(txn, target, items)
-            if resumed is not None:
-                return resumed
-            raise MergeError.suggesting(f"{target} already exists", *remedies)
+        if dataset_exists(target):
+            if not overwrite:
+                resumed = _resumed(txn, target, items)
+                if resumed is not None:
+                    return resumed
+                raise MergeError.suggesting(f"{target} already exists", *remedies)
+            check_replaceable_dataset(target)
+        if published is not None:
+            check_replaceable_copies(published)
         result = merge_version(txn, items, target, schema, options, file_id_codes, client)
     result.seconds = time.perf_counter() - started
     return result
