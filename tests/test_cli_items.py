@@ -659,6 +659,36 @@ def test_export_json_refuses_non_empty_dirs_unless_overwrite(
     assert (out_dir / "notes.txt").read_text() == "mine"
 
 
+def test_export_json_overwrite_keeps_a_users_own_json_files(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """``--overwrite`` into a folder holding no JSON store but a user's own ``.json``
+    files (``package.json``) deleted them: any ``.json`` file was taken for the store's."""
+    project = tmp_path / "project"
+    project.mkdir()
+    mine = {"package.json": '{"name": "my-app"}', "tsconfig.json": "{}"}
+    for name, text in mine.items():
+        (project / name).write_text(text)
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", project, "--overwrite"), "no JSON store"
+    )
+    # Beside a JSON store too: a .json file that is not one of its envelopes is the user's.
+    store = tmp_path / "store"
+    with JsonStorageHandler(store) as stale:
+        stale.save_data("stale", np.arange(3))
+    (store / "package.json").write_text(mine["package.json"])
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", store, "--overwrite"), "'package.json'"
+    )
+    assert {p.name: p.read_text() for p in project.iterdir()} == mine
+    assert (store / "package.json").read_text() == mine["package.json"]
+    assert sorted(p.name for p in store.iterdir()) == [
+        "metadata.json",
+        "package.json",
+        "stale.json",
+    ]
+
+
 def test_export_json_bad_input(
     capsys: pytest.CaptureFixture[str],
     items: list[Path],

@@ -21,6 +21,7 @@ else is ever deleted.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ from cadstore.io.publish import TEMP_PREFIX, move_into_place
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
 from cadstore.storage.base import ROUTING_METADATA_KEY, SCHEMA_METADATA_KEY, SIZES_METADATA_KEY
+from cadstore.storage.json_handler import METADATA_FILE
 from cadstore.tree import leaf_dtype_shape
 
 __all__ = ["MAX_JSON_BYTES", "Export", "export_json", "json_cost"]
@@ -91,19 +93,43 @@ class Export:
 
 
 def _store_files(directory: str) -> list[str]:
-    """Return the entries of ``directory`` if all belong to a JSON store, else refuse."""
+    """Return the entries of ``directory`` if all belong to a JSON store, else refuse.
+
+    A JSON store's files are its ``metadata.json``, one envelope per key (``{"key": ...,
+    "value": ...}``, as :class:`~cadstore.storage.JsonStorageHandler` writes them) and
+    the temporary files of interrupted writes. Any other file, a ``.json`` file of the
+    user's own (``package.json``) included, is not ours to delete.
+    """
     entries = sorted(os.listdir(directory))
+    if METADATA_FILE not in entries:
+        raise OutputExistsError(
+            f"{directory} holds no JSON store (no {METADATA_FILE}); refusing to overwrite "
+            "its files (choose an empty or new directory)"
+        )
     for name in entries:
         full = os.path.join(directory, name)
-        # JSON files and the temporary files of interrupted writes are the store's own;
-        # anything else is the user's, and is not ours to delete.
-        owned = name.startswith(TEMP_PREFIX) or name.endswith(".json")
-        if not owned or not os.path.isfile(full) or os.path.islink(full):
+        if os.path.islink(full) or not os.path.isfile(full) or not _is_store_file(full, name):
             raise OutputExistsError(
                 f"{directory} holds {name!r}, which is not a JSON store file; refusing to "
                 "overwrite it (choose an empty or new directory)"
             )
     return entries
+
+
+def _is_store_file(path: str, name: str) -> bool:
+    """Whether the regular file ``path`` is one a JSON store writes."""
+    if name.startswith(TEMP_PREFIX):
+        return True
+    if not name.endswith(".json"):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    if name == METADATA_FILE:
+        return isinstance(doc, dict)
+    return isinstance(doc, dict) and set(doc) == {"key", "value"}
 
 
 def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
