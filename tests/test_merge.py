@@ -693,3 +693,27 @@ def test_a_table_copy_is_not_written_over_a_file_of_another_kind(tmp_path: Path)
         cadstore.merge(files, tmp_path / "parts.dataset")
     assert notes.read_text() == "not a table"
     assert not (tmp_path / "parts.dataset").exists()
+
+
+def test_one_odd_item_first_does_not_drop_the_consistent_items(tmp_path: Path) -> None:
+    """The first item decided what every array held: an odd item first had the five
+    consistent items after it all dropped as disagreeing. What most items hold decides."""
+    odd = write_arrays(
+        tmp_path / "a_odd.zarr",
+        {"face_centroids": np.zeros((4, 2), np.float32), "part_mass": np.float32(1.0)},
+    )
+    rest = [
+        write_arrays(
+            tmp_path / f"p{i}.zarr",
+            {"face_centroids": np.full((4, 3), i, np.float32), "part_mass": np.ones(2)},
+        )
+        for i in range(5)
+    ]
+    result = merge_items([odd, *rest], tmp_path / "x.dataset")
+    assert [Path(e["file"]).name for e in result.errors] == ["a_odd.zarr.data"]
+    assert "other items have (3,)" in result.errors[0]["error"]
+    assert "other items rows" in result.errors[0]["error"]
+    with DatasetReader(tmp_path / "x.dataset") as reader:
+        assert reader.n_items == 5
+        centroids = reader.read_item(2, None)
+        assert centroids["faces"]["face_centroids"].shape == (4, 3)

@@ -10,6 +10,7 @@ rest are dropped and listed, and the others renumbered, so codes stay ``0..N-1``
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,13 +177,17 @@ def plan_groups(
     """Plan output groups; return the groups, the codes that survive, and warnings.
 
     Items whose arrays disagree with the rest (trailing shapes, row counts within a group,
-    non-square face-pair matrices) are dropped and recorded in ``errors``.
+    non-square face-pair matrices) are dropped and recorded in ``errors``. What "the rest"
+    hold of an array (one value per item or rows, and the rows' trailing shape) is what
+    most items hold, the first item's in a tie: one odd item first must not have every
+    other item dropped.
     """
     groups: dict[str, GroupPlan] = {}
     warnings_: list[str] = []
     kept: list[int] = []
+    expected = _most_common_shapes(scans, schema)
     for code, scan in enumerate(scans):
-        staged, problems = _stage_item(scan, groups, schema, warnings_)
+        staged, problems = _stage_item(scan, groups, schema, warnings_, expected)
         if problems:
             errors.append({"file": scan.path, "error": "; ".join(problems)})
             continue
@@ -202,10 +207,36 @@ def plan_groups(
 _Staged = tuple["GroupPlan", str, str, tuple[int, ...], "np.dtype | str", "int | None"]
 
 
+#: What an item holds of a dataset array: whether one value per item, and the trailing
+#: shape of its rows.
+_Shape = tuple[bool, tuple[int, ...]]
+
+
+def _most_common_shapes(
+    scans: Sequence[ItemScan], schema: Schema | None
+) -> dict[tuple[str, str], _Shape]:
+    """What most items hold of each dataset array (the earliest in a tie), counted over
+    the items that are consistent in themselves."""
+    counts: dict[tuple[str, str], Counter[_Shape]] = {}
+    for scan in scans:
+        staged, problems = _stage_item(scan, {}, schema, [], {})
+        if problems:
+            continue
+        for group, array_name, _key, trailing, _dt, rows in staged:
+            counts.setdefault((group.name, array_name), Counter())[(rows is None, trailing)] += 1
+    # most_common keeps first-seen order among equal counts.
+    return {name: seen.most_common(1)[0][0] for name, seen in counts.items()}
+
+
 def _stage_item(
-    scan: ItemScan, groups: dict[str, GroupPlan], schema: Schema | None, warnings_: list[str]
+    scan: ItemScan,
+    groups: dict[str, GroupPlan],
+    schema: Schema | None,
+    warnings_: list[str],
+    expected: Mapping[tuple[str, str], _Shape],
 ) -> tuple[list[_Staged], list[str]]:
-    """Place an item's arrays in their groups; return them, and what disagrees."""
+    """Place an item's arrays in their groups; return them, and what disagrees with what
+    most items hold (``expected``)."""
     problems: list[str] = []
     staged: list[_Staged] = []
     rows_by_group: dict[str, int] = {}
@@ -251,17 +282,20 @@ def _stage_item(
             )
         staged.append((group, array_name, key, trailing, dt, rows))
     for group, array_name, key, trailing, _dt, staged_rows in staged:
-        existing = group.arrays.get(array_name)
-        if existing is not None and existing.per_item != (staged_rows is None):
+        want = expected.get((group.name, array_name))
+        if want is None:
+            continue
+        per_item, want_trailing = want
+        if per_item != (staged_rows is None):
             problems.append(
                 f"{key!r} ({group.name}/{array_name}): this item holds "
-                f"{holding(staged_rows is None)}, other items {holding(existing.per_item)}"
+                f"{holding(staged_rows is None)}, other items {holding(per_item)}"
             )
             continue
-        if existing is not None and staged_rows is not None and existing.trailing != trailing:
+        if staged_rows is not None and want_trailing != trailing:
             problems.append(
                 f"{group.name}/{array_name} has trailing shape {trailing}, other items "
-                f"have {existing.trailing}"
+                f"have {want_trailing}"
             )
     return staged, problems
 
