@@ -717,3 +717,37 @@ def test_one_odd_item_first_does_not_drop_the_consistent_items(tmp_path: Path) -
         assert reader.n_items == 5
         centroids = reader.read_item(2, None)
         assert centroids["faces"]["face_centroids"].shape == (4, 3)
+
+
+def test_a_dataset_changes_layout_when_merged_again(tmp_path: Path) -> None:
+    """A zip merged over a directory-layout dataset failed, after all the work, with a
+    raw IsADirectoryError naming a temporary file; a directory merged over a zip left the
+    old zip beside it as a temporary file."""
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(i + 1)}) for i in range(3)
+    ]
+    out = tmp_path / "out" / "x.dataset"
+    merge_items(files[:1], out, directory=True)
+    merge_items(files[:2], out, overwrite=True)  # a zip over the folder
+    assert out.is_file()
+    with DatasetReader(out) as reader:
+        assert reader.n_items == 2
+    merge_items(files, out, directory=True, overwrite=True)  # a folder over the zip
+    assert out.is_dir()
+    with DatasetReader(out) as reader:
+        assert reader.n_items == 3
+    assert [p.name for p in out.parent.iterdir()] == ["x.dataset"]
+
+
+def test_output_paths_a_merge_cannot_write_are_refused_before_the_work(tmp_path: Path) -> None:
+    """``x.dataset/`` failed with NotADirectoryError naming a temporary file after the
+    whole merge; an output below a file with a bare FileExistsError."""
+    from cadstore.errors import OutputExistsError
+
+    files = [write_arrays(tmp_path / "a.zarr", {"face_areas": np.ones(3)})]
+    result = merge_items(files, f"{tmp_path / 'x.dataset'}/")
+    assert result.path == str(tmp_path / "x.dataset") and (tmp_path / "x.dataset").is_file()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"notes\.txt is a file, not a folder"):
+        merge_items(files, tmp_path / "notes.txt" / "sub" / "x.dataset")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -66,6 +66,8 @@ __all__ = [
     "PrefixSink",
     "Sink",
     "ZipSink",
+    "check_output_folder",
+    "check_replaceable",
     "conditional_writes_supported",
     "copy_file",
     "create_temporary",
@@ -438,6 +440,32 @@ def write_bytes_atomic(
     return write_atomic(location, lambda fh: fh.write(data), exclusive=exclusive, durable=durable)
 
 
+def check_output_folder(location: Location) -> None:
+    """Refuse an output below something that is not a folder (``notes.txt/x.dataset``),
+    before any work is done for it: the folders a new output needs are made on the way,
+    and one cannot be made where a file is.
+
+    Raises
+    ------
+    OutputExistsError
+        Naming the output and the file in its way.
+    """
+    from cadstore.errors import OutputExistsError
+
+    if location.remote:
+        return  # an object store has no folders, only prefixes
+    folder = _local_directory(location.path)
+    while not os.path.lexists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+    if not os.path.isdir(folder):
+        raise OutputExistsError(
+            f"{location.path}: {folder} is a file, not a folder; cannot write the output below it"
+        )
+
+
 def check_replaceable(
     location: Location, what: str, is_same_kind: Callable[[bytes], bool], head: int = 4096
 ) -> None:
@@ -714,6 +742,11 @@ class ZipSink(Sink):
                 os.fsync(self._fh.fileno())
             self.size = self._fh.tell()
             self._fh.close()
+            if os.path.isdir(self.location.path) and not os.path.islink(self.location.path):
+                # A directory-layout version replaced by a zip: a file cannot be renamed
+                # over a directory.
+                _put_in_place(self.tmp, self.location.path, self.durable)
+                return
             os.replace(self.tmp, self.location.path)
         if self.durable:
             fsync_dir(_local_directory(self.location.path))
@@ -762,29 +795,45 @@ class DirectorySink(Sink):
         self.size += len(data)
 
     def commit(self) -> None:
-        path = self.location.path
-        old = None
-        if os.path.exists(path):
-            if exchange_paths(self.tmp, path):
-                # One atomic step: the new version is in place, the old one where the new
-                # one was staged.
-                if self.durable:
-                    fsync_dir(_local_directory(path))
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return
-            # Two renames where the file system cannot swap. A writer killed between them
-            # leaves the path empty; lifecycle.Transaction's journal knows both names, and
-            # recover_staged puts the new version in place.
-            old = set_aside_name(self.tmp)
-            os.replace(path, old)
-        os.replace(self.tmp, path)
-        if self.durable:
-            fsync_dir(_local_directory(path))
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _put_in_place(self.tmp, self.location.path, self.durable)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _put_in_place(staged: str, path: str, durable: bool) -> None:
+    """Publish the complete version ``staged`` (a folder, or a file replacing a folder) at
+    ``path``, and remove the version it replaces, folder or file.
+
+    Where the file system can swap two paths, one atomic step; elsewhere two renames. A
+    writer killed between them leaves the path empty; lifecycle.Transaction's journal
+    knows both names, and :func:`recover_staged` puts a version in place.
+    """
+    old = None
+    if os.path.lexists(path):
+        if exchange_paths(staged, path):
+            # The new version is in place, the old one where the new one was staged.
+            if durable:
+                fsync_dir(_local_directory(path))
+            _remove(staged)
+            return
+        old = set_aside_name(staged)
+        os.replace(path, old)
+    os.replace(staged, path)
+    if durable:
+        fsync_dir(_local_directory(path))
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: str) -> None:
+    """Remove a replaced version, a folder or a file (best effort: a later writer's sweep
+    takes what is left)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 class PrefixSink(Sink):

@@ -33,7 +33,7 @@ from typing import Any
 from cadstore.errors import CadstoreError, MergeError, OutputExistsError, Remedy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
-from cadstore.io.publish import check_replaceable, open_sink
+from cadstore.io.publish import check_output_folder, check_replaceable, open_sink
 from cadstore.lifecycle import PublishedFiles, Transaction, dataset_exists
 from cadstore.merging.distributed import scan_on_dask, write_shards_on_dask
 from cadstore.merging.options import (
@@ -218,6 +218,9 @@ def run_merge(
     error for an existing dataset suggests.
     """
     started = time.perf_counter()
+    # "x.dataset/" names the dataset x.dataset, as it does for a directory-layout one.
+    target = target.with_path(target.path.rstrip("/") or target.path)
+    check_output_folder(target)
     with Transaction(target, "merge", published, timeout=options.lock_timeout) as txn:
         if dataset_exists(target):
             if not overwrite:
