@@ -751,3 +751,26 @@ def test_output_paths_a_merge_cannot_write_are_refused_before_the_work(tmp_path:
     with pytest.raises(OutputExistsError, match=r"notes\.txt is a file, not a folder"):
         merge_items(files, tmp_path / "notes.txt" / "sub" / "x.dataset")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Path) -> None:
+    """The specified name rules send ``*duration*`` and ``*size*`` to ``file``; each such
+    array got a group of its own."""
+    files = [
+        write_arrays(
+            tmp_path / f"p{i}.zarr",
+            {
+                "face_areas": np.ones(2, np.float32),
+                "encode_duration": np.float64(0.5 + i),
+                "model_size": np.int64(100 * i),
+                "edge_size": np.ones(3),  # *edge* comes first
+            },
+        )
+        for i in range(2)
+    ]
+    merge_items(files, tmp_path / "x.dataset")
+    with DatasetReader(tmp_path / "x.dataset") as reader:
+        item = reader.read_item(1, None)
+    assert sorted(item) == ["edges", "faces", "file"]
+    assert item["file"]["encode_duration"] == 1.5 and item["file"]["model_size"] == 100
+    assert item["edges"]["edge_size"].shape == (3,)

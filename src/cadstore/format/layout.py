@@ -24,7 +24,8 @@ Where an item array goes:
 1. a key ``group/array`` goes to ``group`` (deeper paths are joined with ``_``);
 2. a bare key goes to the schema group that declares it;
 3. otherwise name rules: the four face-pair arrays to ``faceface``, ``*face*`` to
-   ``faces``, ``*edge*`` to ``edges``, ``*graph*`` to ``graph``;
+   ``faces``, ``*edge*`` to ``edges``, ``*graph*`` to ``graph``, ``*duration*`` and
+   ``*size*`` to ``file``;
 4. anything else gets a group of its own, named after the array.
 
 0-d values (Python and numpy scalars, 0-d arrays) become per-item arrays on the ``item``
@@ -82,6 +83,17 @@ def default_primary_dim(group: str) -> str:
     return _PRIMARY_DIMS.get(group, f"{group}_row")
 
 
+#: The specified name rules, in order: the first token found in a bare array name gives
+#: its group.
+_NAME_RULES = (
+    ("face", "faces"),
+    ("edge", "edges"),
+    ("graph", "graph"),
+    ("duration", "file"),
+    ("size", "file"),
+)
+
+
 def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
     """Return ``(group, array)`` for an item leaf at ``path`` (see the module docstring)."""
     parts = path.split("/")
@@ -94,7 +106,7 @@ def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
             return group, name
     if name in FACEFACE_ARRAYS:
         return "faceface", name
-    for token, group in (("face", "faces"), ("edge", "edges"), ("graph", "graph")):
+    for token, group in _NAME_RULES:
         if token in name:
             return group, name
     return name, name
