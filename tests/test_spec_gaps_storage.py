@@ -327,8 +327,14 @@ def test_specified_module_paths_import_and_stay_light(tmp_path: Path) -> None:
         "from cadstore.storage.datastorage.zarr_storage_handler import OptStorage\n"
         "from cadstore.storage.helpers import generate_unique_id_from_path\n"
         "from cadstore.storage.label_storage import LabelStorage\n"
+        "from cadstore.storage import DatasetMerger as M, DatasetInfo as I, convert_storage\n"
+        "from cadstore.storage.datasetstorage.schema_builder import create_cad_schema\n"
+        "from cadstore.dataset.dataset_loader import CADDataset\n"
+        "from cadstore import set_license\n"
         "import cadstore, cadstore.merging\n"
         "assert DatasetMerger is cadstore.DatasetMerger and DatasetInfo is cadstore.DatasetInfo\n"
+        "assert M is DatasetMerger and I is DatasetInfo and CADDataset is cadstore.CADDataset\n"
+        "assert 'faces' in create_cad_schema().build()['groups']\n"
         "assert 'cad_basic' in SchemaTemplates.list_templates()\n"
         "assert OptStorage is cadstore.OptStorage and issubclass(OptStorage, DataStorage)\n"
         "heavy = sorted(m for m in ('OCP', 'torch') if m in sys.modules)\n"
@@ -460,3 +466,53 @@ def test_a_malformed_label_file_is_a_corrupt_store_error_naming_it(tmp_path: Pat
     assert str(missing.value).startswith("no part_label labels for task 'seg'")
     path.write_text(json.dumps({"seg": {"entity": "part_label", "codes": [3], "texts": ["a"]}}))
     assert LabelStorage(str(path)).load_graph_label("seg") == (3, "a")
+
+
+def test_convert_storage_copies_between_any_two_storages(tmp_path: Path) -> None:
+    """The specified ``convert_storage(source_handler, dest_handler)``: an item through
+    every backend and back keeps its data, schema and metadata."""
+    from cadstore.storage import JsonStorageHandler, MemoryStorage, OptStorage, convert_storage
+
+    schema = SchemaBuilder(domain="CAD_analysis")
+    schema.create_group("faces", "face", "Face data").create_array(
+        "face_areas", ["face"], "float32"
+    )
+    schema.define_file_metadata("size_cadfile", "int64", "File size")
+    source = MemoryStorage()
+    source.set_schema(schema.build())
+    source.save_data("face_areas", np.array([1.5, 2.5], dtype=np.float32))
+    source.save_data("graph", {"edges_source": np.array([0, 1]), "num_nodes": 2})
+    source.save_metadata("size_cadfile", 1024)
+    source.save_metadata("processing/duration", 1.5)
+
+    item = OptStorage(tmp_path / "item.zarr")
+    convert_storage(source, item)
+    item.compress_store()
+    item.close()
+    json_store = JsonStorageHandler(tmp_path / "json")
+    with OptStorage(tmp_path / "item.zarr") as published:
+        convert_storage(published, json_store)
+    back = MemoryStorage()
+    convert_storage(json_store, back)
+    for copy in (json_store, back):
+        assert sorted(copy.get_keys()) == ["face_areas", "graph"]
+        np.testing.assert_array_equal(copy.load_data("face_areas"), [1.5, 2.5])
+        assert copy.load_data("face_areas").dtype == np.float32
+        assert copy.load_data("graph")["num_nodes"] == 2
+        assert copy.get_schema() == source.get_schema()
+        assert copy.load_metadata("size_cadfile") == 1024
+        assert copy.load_metadata("processing") == {"duration": 1.5}
+        assert copy.get_metadata_routing("size_cadfile") == "file_level"
+
+
+def test_set_license_is_accepted_and_does_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import cadstore
+
+    with caplog.at_level(logging.INFO, logger="cadstore"):
+        assert cadstore.set_license("KEY", validate=True) is None
+        cadstore.set_license("KEY", validate=False, silent=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "cadstore needs no license; set_license does nothing"
+    ]

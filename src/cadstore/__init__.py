@@ -69,7 +69,29 @@ __all__ = [
     "merge",
     "open",
     "resolve",
+    "set_license",
 ]
+
+
+def set_license(key: str | None = None, validate: bool = True, silent: bool = False) -> None:
+    """Accept the specified system's license call: cadstore is open and needs no license.
+
+    Scripts written for the specified system call ``set_license(key, validate=...,
+    silent=...)`` before anything else; here the call does nothing, so they run with only
+    the package name changed. Nothing is checked, stored or sent anywhere.
+
+    Parameters
+    ----------
+    key, validate
+        Ignored.
+    silent
+        When false, a log record (level INFO, logger ``cadstore``) says no license is
+        needed.
+    """
+    if not silent:
+        import logging
+
+        logging.getLogger("cadstore").info("cadstore needs no license; set_license does nothing")
 
 
 def __getattr__(name: str) -> Any:

@@ -36,7 +36,7 @@ from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, move_into_place
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
-from cadstore.storage.base import ROUTING_METADATA_KEY, SCHEMA_METADATA_KEY, SIZES_METADATA_KEY
+from cadstore.storage.convert import STORAGE_METADATA
 from cadstore.storage.json_handler import METADATA_FILE
 from cadstore.tree import leaf_dtype_shape
 
@@ -52,9 +52,6 @@ _JSON_BYTES_PER_NUMBER = 160
 # (\uXXXX escapes), held as text and as bytes.
 _JSON_BYTES_PER_STRING = 100
 _JSON_BYTES_PER_CHARACTER = 14
-
-#: Metadata the storages write for themselves: the destination writes its own.
-_STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
 
 
 @dataclass
@@ -214,7 +211,7 @@ def _copy(target: Artefact, scratch: str, max_json_bytes: int) -> Export:
             )
         metadata = source.load_metadata()
         for name, value in metadata.items():
-            if name in _STORAGE_METADATA:
+            if name in STORAGE_METADATA:
                 # The destination writes these itself (sizes, routing) or took them
                 # through set_schema; save_metadata refuses or would make them stale.
                 continue

@@ -9,7 +9,9 @@ Class                       format()    Use
 ==========================  ==========  ==============================================
 
 ``CADFileRetriever`` and ``LocalStorageProvider`` (:mod:`~cadstore.storage.retrieval`)
-find the CAD files a flow's extract task takes.
+find the CAD files a flow's extract task takes; :func:`~cadstore.storage.convert.convert_storage`
+copies one storage into another. ``DatasetMerger`` and ``DatasetInfo`` are importable from
+here too, as the specified documentation imports them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from cadstore.storage.retrieval import CADFileRetriever, LocalStorageProvider
 __all__ = [
     "CADFileRetriever",
     "DataStorage",
+    "DatasetInfo",
+    "DatasetMerger",
     "JsonStorageHandler",
     "LabelStorage",
     "LocalStorageProvider",
@@ -29,6 +33,7 @@ __all__ = [
     "MemoryStorage",
     "OptStorage",
     "PyGGraphStoreHandler",
+    "convert_storage",
 ]
 
 # Names whose modules pull in heavier layers (the Zarr format, torch): imported on first
@@ -38,6 +43,9 @@ _LAZY = {
     "LabelStorage": "cadstore.storage.label_storage",
     "MLStorage": "cadstore.storage.graphstorage.graph_storage_handler",
     "PyGGraphStoreHandler": "cadstore.storage.graphstorage.graph_storage_handler",
+    "DatasetMerger": "cadstore.merging",
+    "DatasetInfo": "cadstore.merging",
+    "convert_storage": "cadstore.storage.convert",
 }
 
 

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from cadstore.schema import Group, SchemaBuilder
+from cadstore.schema import (
+    Group,
+    SchemaBuilder,
+    create_cad_schema,
+    create_custom_schema,
+    create_manufacturing_schema,
+    create_sensor_schema,
+)
 
-__all__ = ["Group", "SchemaBuilder"]
+__all__ = [
+    "Group",
+    "SchemaBuilder",
+    "create_cad_schema",
+    "create_custom_schema",
+    "create_manufacturing_schema",
+    "create_sensor_schema",
+]
