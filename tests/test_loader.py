@@ -272,6 +272,66 @@ def test_remove_indices_updates_the_parent(loader: DatasetLoader) -> None:
         val.remove_indices([1000])
 
 
+def test_loader_remove_indices_leaves_items_out_of_every_split(loader: DatasetLoader) -> None:
+    """The specified ``DatasetLoader.remove_indices`` (an old -> new index map) was
+    missing."""
+    n = loader.explorer.n_items
+    mapping = loader.remove_indices([0, 5])
+    assert mapping[1] == 0 and mapping[6] == 4 and 0 not in mapping and 5 not in mapping
+    assert len(mapping) == n - 2
+    # Items are named by code; the map gives their places among the remaining items.
+    again = loader.remove_indices([7])
+    assert 5 not in again and again[4] == 4 and again[6] == 5 and len(again) == n - 3
+    loader.split("random", random_state=0)
+    kept = np.concatenate([loader.get_dataset(s).indices for s in SUBSETS])
+    assert not {0, 5, 7} & set(kept.tolist()) and len(kept) == n - 3
+    with pytest.raises(ItemIndexError, match="out of range"):
+        loader.remove_indices([n])
+    assert loader.validate_configuration()["removed"] == 3
+
+
+def test_validate_configuration_and_file_codes(flow: Path, items: list[Any]) -> None:
+    """The specified ``validate_configuration()`` and ``diagnose_file_codes_mismatch()``
+    were missing."""
+    with DatasetLoader(flow_output_file=flow) as ld:
+        report = ld.validate_configuration()
+        assert report["valid"] and report["issues"] == []
+        assert report["n_items"] == len(items) and report["infoset"] is True
+        assert report["split"] is None
+        assert report["file_codes"]["match"]
+        ld.split("random", random_state=0)
+        assert sum(ld.validate_configuration()["split"].values()) == len(items)
+        codes = ld.diagnose_file_codes_mismatch([0, 1, 2, 10_000])
+        assert codes["missing_in_dataset"] == [10_000] and not codes["match"]
+        assert codes["n_missing_in_given"] == len(items) - 3
+        assert codes["missing_in_given"] == list(range(3, 23))
+    ld = DatasetLoader(graph_files=[flow.parent / "absent.pt"])
+    report = ld.validate_configuration()
+    assert not report["valid"] and "absent.pt" in report["issues"][0]
+
+
+def test_subsets_list_their_files_and_labels(flow: Path, tmp_path: Path) -> None:
+    """``CADDataset.data_files`` and ``label_datas`` (specified) were missing."""
+    with DatasetLoader(flow_output_file=flow, labels="file_label") as ld:
+        ld.split("random", random_state=0)
+        train = ld.get_dataset("train")
+        assert train.data_files == [None] * len(train)
+        labels = [train.get_item(i)["labels"]["file_label"] for i in range(len(train))]
+        assert train.label_datas == labels
+        # An item with its own graph file (as PyGGraphStoreHandler writes them) lists it.
+        name = train.get_item(0)["name"]
+        graph_dir = flow.parent / "graph_data"
+        graph_dir.mkdir()
+        (graph_dir / f"{name}.pt").write_bytes(b"")
+        assert train.data_files[0] == str(graph_dir / f"{name}.pt")
+    files = [tmp_path / f"g{i}.pt" for i in range(6)]
+    ld = DatasetLoader(graph_files=files, labels=[0, 1, 2] * 2)
+    ld.split("random", random_state=0)
+    test = ld.get_dataset("test")
+    assert test.data_files == [str(files[i]) for i in test.indices]
+    assert test.label_datas == [int(i) % 3 for i in test.indices]
+
+
 def test_selection_labels_and_transform(flow: Path, items: list[Any]) -> None:
     with DatasetLoader(
         flow_output_file=flow,

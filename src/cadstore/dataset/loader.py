@@ -469,15 +469,30 @@ class ItemSource:
         return self.item_loader_func(item)
 
     def _graph_file(self, item: dict[str, Any]) -> Any:
-        """``graph_data/<name>.pt`` beside a local dataset when it exists, else the item.
+        """``graph_data/<name>.pt`` beside a local dataset when it exists, else the item."""
+        path = self._graph_file_of(str(item["name"]))
+        return item if path is None else path
+
+    def _graph_file_of(self, name: str) -> str | None:
+        """``graph_data/<name>.pt`` beside a local dataset when it exists.
 
         The name comes from the dataset, so it is used only when it is a plain file name.
         """
-        name = str(item["name"])
         if self.reader.location.remote or name in ("", ".", "..") or os.path.basename(name) != name:
-            return item
+            return None
         path = os.path.join(os.path.dirname(self.reader.path), GRAPH_DIR, f"{name}.pt")
-        return path if os.path.isfile(path) else item
+        return path if os.path.isfile(path) else None
+
+    def data_file(self, position: int) -> str | None:
+        """The item's own graph file (``graph_data/<name>.pt`` beside the dataset, as
+        :class:`~cadstore.storage.PyGGraphStoreHandler` writes them), ``None`` when it has
+        none: a cadstore dataset needs no per-item files."""
+        return self._graph_file_of(str(self.reader.item_names[int(position)]))
+
+    def label_of(self, position: int) -> Any:
+        """The item's label (the value of :attr:`label_column`), ``None`` without one."""
+        column = self.label_column
+        return None if column is None else _scalar(self.labels[column][int(position)])
 
     @functools.cached_property
     def label_column(self) -> str | None:
@@ -594,6 +609,14 @@ class GraphFileSource:
     def _label(self, position: int) -> Any:
         return None if self.labels is None else self.labels[position]
 
+    def data_file(self, position: int) -> str:
+        """The item's graph file."""
+        return self.graph_files[int(position)]
+
+    def label_of(self, position: int) -> Any:
+        """The item's label, ``None`` without labels."""
+        return self._label(int(position))
+
     def read(self, position: int) -> Any:
         """Load one file with ``item_loader_func`` (or describe it)."""
         path = self.graph_files[position]
@@ -647,6 +670,23 @@ class CADDataset:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def data_files(self) -> list[str | None]:
+        """Each item's own file, in subset order: its graph file in the "direct graph"
+        mode; for a dataset, its ``graph_data/<name>.pt`` when one was written (for users
+        who still want files, see :class:`~cadstore.storage.PyGGraphStoreHandler`), else
+        ``None`` (the item is read from the dataset)."""
+        source = self.parent_dataset.item_source
+        return [source.data_file(int(p)) for p in self.indices]
+
+    @property
+    def label_datas(self) -> list[Any]:
+        """Each item's label, in subset order (``None`` where an item has none, or the
+        loader has no labels); the label is the one training reads (see
+        :attr:`ItemSource.label_column`)."""
+        source = self.parent_dataset.item_source
+        return [source.label_of(int(p)) for p in self.indices]
 
     def len(self) -> int:
         """Number of items (the specified spelling of ``len(dataset)``)."""
@@ -1376,6 +1416,130 @@ class DatasetLoader:
         positions = np.asarray(positions, dtype=np.int64)
         self._assignment[positions] = -1
         self._removed[positions] = True
+
+    def remove_indices(self, indices: Iterable[int]) -> dict[int, int]:
+        """Leave items out of the loader: of the current split, of every subset, and of
+        the splits made after.
+
+        Parameters
+        ----------
+        indices
+            Positions in the loader (an item's code in a dataset, as
+            :attr:`CADDataset.indices` holds them; the file's place in ``graph_files``).
+
+        Returns
+        -------
+        dict
+            ``{old index: new index}`` of the items kept: their places among the
+            loader's remaining items, before and after (codes themselves never change).
+
+        Raises
+        ------
+        ItemIndexError
+            If a position is out of range; nothing is removed then.
+
+        Notes
+        -----
+        As with :meth:`CADDataset.remove_indices`, the removal holds for this loader; the
+        infoset's ``subset`` column is not rewritten.
+        """
+        drop = set()
+        for i in indices:
+            index = int(i)
+            if not 0 <= index < self._n:
+                raise ItemIndexError(f"item {i} is out of range for a loader of {self._n} items")
+            drop.add(index)
+        remaining = np.flatnonzero(~self._removed)
+        self._exclude(np.array(sorted(drop), dtype=np.int64))
+        kept = [int(p) for p in remaining if int(p) not in drop]
+        old_index = {int(p): i for i, p in enumerate(remaining)}
+        return {old_index[p]: new for new, p in enumerate(kept)}
+
+    def diagnose_file_codes_mismatch(
+        self, file_codes: Iterable[int] | None = None
+    ) -> dict[str, Any]:
+        """Compare item codes with the dataset's: which are missing on either side.
+
+        The usual cause of a split or a label lookup that finds no items is a table (or a
+        list of codes) from another merge than the dataset.
+
+        Parameters
+        ----------
+        file_codes
+            The codes to check (default: the infoset's ``id`` column).
+
+        Returns
+        -------
+        dict
+            ``n_items`` (the loader's), ``n_given``, ``missing_in_dataset`` and
+            ``missing_in_given`` (sorted codes, at most 20 each, with the full counts in
+            ``n_missing_in_dataset`` and ``n_missing_in_given``), and ``match``.
+        """
+        if file_codes is None:
+            info = self._info()
+            given = (
+                np.zeros(0, dtype=np.int64) if info is None else info["id"].to_numpy(dtype=np.int64)
+            )
+        else:
+            given = np.asarray([int(c) for c in file_codes], dtype=np.int64)
+        codes = np.array([self._source.code_of(p) for p in range(self._n)], dtype=np.int64)
+        not_in_dataset = np.setdiff1d(given, codes)
+        not_given = np.setdiff1d(codes, given)
+        return {
+            "n_items": self._n,
+            "n_given": len(np.unique(given)),
+            "n_missing_in_dataset": len(not_in_dataset),
+            "missing_in_dataset": not_in_dataset[:20].tolist(),
+            "n_missing_in_given": len(not_given),
+            "missing_in_given": not_given[:20].tolist(),
+            "match": not len(not_in_dataset) and not len(not_given),
+        }
+
+    def validate_configuration(self) -> dict[str, Any]:
+        """Check what the loader was given, before training on it.
+
+        Returns
+        -------
+        dict
+            ``valid`` (no issue found), ``issues`` (what is wrong, in words), ``n_items``,
+            ``dataset`` (its path; ``None`` for graph files), ``infoset`` (whether one is
+            read), ``label_columns``, ``split`` (items per subset, ``None`` before a
+            split), ``removed`` (items left out) and ``file_codes`` (see
+            :meth:`diagnose_file_codes_mismatch`; ``None`` without an infoset).
+        """
+        issues: list[str] = []
+        codes = None
+        has_info = self.explorer is not None and self.explorer.has_info
+        if self._n == 0:
+            issues.append("the loader has no items")
+        if has_info:
+            codes = self.diagnose_file_codes_mismatch()
+            if not codes["match"]:
+                issues.append(
+                    f"the infoset's ids do not match the dataset's codes "
+                    f"({codes['n_missing_in_dataset']} not in the dataset, "
+                    f"{codes['n_missing_in_given']} items without a row)"
+                )
+        if self._source.__class__ is GraphFileSource:
+            missing = [f for f in self._source.graph_files if not os.path.isfile(f)]
+            if missing:
+                issues.append(f"{len(missing)} graph file(s) do not exist, e.g. {missing[0]}")
+        split = None
+        if np.any(self._assignment >= 0):
+            split = {
+                name: int(np.count_nonzero(self._assignment == i)) for i, name in enumerate(SUBSETS)
+            }
+        return {
+            "valid": not issues,
+            "issues": issues,
+            "n_items": self._n,
+            "dataset": None if self.explorer is None else self.explorer.merged_store_path,
+            "infoset": has_info,
+            "label_columns": list(self.label_columns),
+            "split": split,
+            "removed": int(np.count_nonzero(self._removed)),
+            "file_codes": codes,
+        }
 
     def get_dataset(self, subset: str) -> CADDataset:
         """Return one subset of the current split.
