@@ -102,6 +102,26 @@ def test_cluster_merge_refuses_per_item_integers_float_cannot_hold(
         assert not out.exists()
 
 
+def test_cluster_merge_names_the_array_of_rows_float_cannot_hold(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """Rows of int64 beside rows of float64 make float64: the error of a merge on the
+    cluster for 2**62 + 1 named the dataset array ``(/)`` (an empty group and name); it
+    names ``(faces/v)``, as a local merge's does."""
+    paths = [
+        write_arrays(tmp_path / f"{name}.zarr", {"faces/v": value})
+        for name, value in (("a", np.array([2**62 + 1, 3])), ("b", np.array([0.5, 1.5])))
+    ]
+    out = tmp_path / "v.dataset"
+    for options in ({"client": client}, {}):
+        with pytest.raises(
+            MergeError,
+            match=r"a\.zarr\.data: 'faces/v' \(faces/v\): the integer 4611686018427387905",
+        ):
+            merge_items(paths, out, **options)
+        assert not out.exists()
+
+
 def test_merger_with_an_address_keeps_the_cluster(
     cluster: distributed.LocalCluster, items: list[Path], local_merge: Path, tmp_path: Path
 ) -> None:

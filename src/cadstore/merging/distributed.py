@@ -153,10 +153,13 @@ class _Unit:
     """One output shard and the item rows that fill it.
 
     ``pieces`` are ``(item code, item key or None for fill rows, first row, stop row,
-    item rows)``, in output order.
+    item rows)``, in output order. ``group`` and ``name`` are the dataset array's, for
+    error messages (an item whose rows do not fit names the array, as a local merge does).
     """
 
     key: str
+    group: str
+    name: str
     dtype: str
     trailing: tuple[int, ...]
     inner_rows: int
@@ -191,7 +194,9 @@ def _encode_units(
         out: list[tuple[str, bytes]] = []
         for i, unit in enumerate(units):
             dtype = np.dtype(unit.dtype)
-            layout = ArrayPlan("", "", False, dtype, unit.trailing, triangle=unit.triangle)
+            layout = ArrayPlan(
+                unit.group, unit.name, False, dtype, unit.trailing, triangle=unit.triangle
+            )
             fill = layout.fill_value
             parts: list[np.ndarray] = []
             starts: list[int] = []  # where items begin in the shard (item frames)
@@ -270,6 +275,8 @@ def _plan_units(
                     code += 1
                 unit = _Unit(
                     key=shard_key(group, plan, index),
+                    group=plan.group,
+                    name=plan.name,
                     dtype=plan.dtype.str,
                     trailing=tuple(plan.trailing),
                     inner_rows=plan.inner_rows,
