@@ -774,3 +774,32 @@ def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Pat
     assert sorted(item) == ["edges", "faces", "file"]
     assert item["file"]["encode_duration"] == 1.5 and item["file"]["model_size"] == 100
     assert item["edges"]["edge_size"].shape == (3,)
+
+
+def test_merger_append_data_publishes_the_copies_beside_the_dataset(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """``DatasetMerger.append_data()`` committed the new version but left the ``.flow``,
+    ``.infoset`` and ``.attribset`` beside it at the previous one (``file_count`` 2 for a
+    4-item dataset), as ``cadstore.merge(append=True)`` does not. It publishes the copies
+    that exist; a dataset without copies (``merge_data()`` writes none) gets none."""
+    import json
+    import warnings
+
+    import pandas as pd
+
+    from cadstore import merge
+
+    files = [str(p) for p, _, _ in realistic_items[:4]]
+    merge(files[:2], str(tmp_path / "x.dataset"))
+    result = DatasetMerger(files, str(tmp_path / "x.dataset")).append_data(files[2:])
+    manifest = json.loads((tmp_path / "x.flow").read_text())
+    assert manifest["file_count"] == 4 and manifest["commit"] == result.commit
+    assert pd.read_parquet(tmp_path / "x.infoset")["id"].tolist() == [0, 1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a copy of another version would warn
+        with DatasetReader(tmp_path / "x.dataset") as reader:
+            assert len(reader.item_names) == 4
+    DatasetMerger(files[:2], str(tmp_path / "bare.dataset")).merge_data()
+    DatasetMerger(files, str(tmp_path / "bare.dataset")).append_data(files[2:])
+    assert sorted(p.name for p in tmp_path.glob("bare.*")) == ["bare.dataset"]

@@ -312,19 +312,36 @@ class DatasetMerger:
         """Append items to the existing ``merged_store_path`` without re-merging old ones.
 
         Items already in the dataset (same name) are skipped, so appending is idempotent.
+        The ``.infoset``, ``.attribset`` and ``.flow`` copies beside the dataset (those
+        :func:`merge` writes) are published again for the new version, each one that
+        exists: left at the previous version, readers would warn about them and the
+        manifest would describe the old dataset. None is created (:meth:`merge_data`
+        writes none).
         """
-        if not self.merged_store_path or not dataset_exists(
+        target = (
             resolve(self.merged_store_path, self.storage_options, shared=True)
-        ):
+            if self.merged_store_path
+            else None
+        )
+        if target is None or not dataset_exists(target):
             raise MergeError(f"no dataset at {self.merged_store_path!r} to append to")
+        infoset, attribset, flow = (
+            where if where.isfile() else None
+            for where in (
+                target.with_suffix(suffix, replacing=".dataset")
+                for suffix in (".infoset", ".attribset", ".flow")
+            )
+        )
+        published = PublishedFiles(infoset=infoset, attribset=attribset, flow=flow)
         files = [os.fspath(f) for f in (zip_files if zip_files is not None else self.zip_files)]
         # Appending re-encodes at most one partial shard per array: it runs on the driver.
         result = append_items(
-            self.merged_store_path,
+            target,
             files,
             workers=self.workers,
             progress=progress,
             storage_options=self.storage_options,
+            published=published,
         )
         self.result = result
         return result
