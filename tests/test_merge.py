@@ -803,3 +803,26 @@ def test_merger_append_data_publishes_the_copies_beside_the_dataset(
     DatasetMerger(files[:2], str(tmp_path / "bare.dataset")).merge_data()
     DatasetMerger(files, str(tmp_path / "bare.dataset")).append_data(files[2:])
     assert sorted(p.name for p in tmp_path.glob("bare.*")) == ["bare.dataset"]
+
+
+def test_append_lists_the_items_it_skipped_in_the_manifest(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """An append that skipped an unreadable item listed it in ``result.errors`` only: its
+    ``.flow`` said ``errors: []`` and ``error_distribution: {}``, where a merge's lists
+    them. The manifest lists the skipped items (and the append's warnings: an item already
+    in the dataset), as a merge's does."""
+    import json
+
+    from cadstore import merge
+
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    bad = tmp_path / "bad.zarr.data"
+    bad.write_bytes(Path(files[2]).read_bytes()[:-50])  # truncated
+    merge(files[:1], str(tmp_path / "x.dataset"))
+    result = merge([*files[:2], str(bad)], str(tmp_path / "x.dataset"), append=True)
+    assert [Path(e["file"]).name for e in result.errors] == ["bad.zarr.data"]
+    manifest = json.loads((tmp_path / "x.flow").read_text())
+    assert manifest["errors"] == result.errors
+    assert sum(manifest["error_distribution"].values()) == 1
+    assert any("already in the dataset" in w for w in manifest["warnings"])

@@ -160,7 +160,17 @@ def _append_local(
             groups = split_triangles(groups, scans, _triangles_of(reader))
             _check_fits(reader, groups)
             result = _write_appended(
-                reader, target, scans, groups, pool, options, schema, txn, publish
+                reader,
+                target,
+                scans,
+                groups,
+                pool,
+                options,
+                schema,
+                txn,
+                publish,
+                errors=errors,
+                warnings=warnings_,
             )
         else:
             result = MergeResult(
@@ -377,7 +387,13 @@ def _write_appended(
     schema: Schema | None,
     txn: Transaction,
     publish: Callable[[], None] | None = None,
+    *,
+    errors: Sequence[dict[str, str]] = (),
+    warnings: Sequence[str] = (),
 ) -> MergeResult:
+    """Write and commit the new version; ``errors`` (the items skipped) and ``warnings``
+    of this append go into the version's summary, so its ``.flow`` lists them as a
+    merge's does."""
     started = time.perf_counter()
     level = _existing_level(reader)
     options = MergeOptions(
@@ -420,11 +436,12 @@ def _write_appended(
         result = MergeResult(
             path=target.path,
             items=[s.name for s in scans],
-            errors=[],
+            errors=list(errors),
             groups=group_summary(plans, offsets),
             raw_bytes=raw_total,
             stored_bytes=0,
             seconds=0.0,
+            warnings=list(warnings),
             total_items=len(names),
         )
         txn.durations = {"append": written - started, "info": time.perf_counter() - written}
