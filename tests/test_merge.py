@@ -826,3 +826,56 @@ def test_append_lists_the_items_it_skipped_in_the_manifest(
     assert manifest["errors"] == result.errors
     assert sum(manifest["error_distribution"].values()) == 1
     assert any("already in the dataset" in w for w in manifest["warnings"])
+
+
+def _items_with_metadata(folder: Path, metadata: list[dict[str, Any]]) -> list[str]:
+    """One small ``.data`` item per ``{field: value}``, named ``p0``, ``p1``..."""
+    files = []
+    for index, fields in enumerate(metadata):
+        with OptStorage(folder / f"p{index}.zarr") as item:
+            item.save_data("face_areas", np.ones(2, dtype=np.float32))
+            for key, value in fields.items():
+                item.save_metadata(key, value)
+            item.compress_store()
+        files.append(str(folder / f"p{index}.zarr.data"))
+    return files
+
+
+def _stored_tables(dataset: Path) -> dict[str, Any]:
+    """The ``.infoset`` and ``.attribset`` beside ``dataset``, without their commit stamp."""
+    import pyarrow.parquet as pq
+
+    from cadstore.format.commit import STAMP_KEY
+
+    tables = {}
+    for kind in ("infoset", "attribset"):
+        table = pq.read_table(dataset.with_suffix(f".{kind}"))
+        metadata = dict(table.schema.metadata or {})
+        metadata.pop(STAMP_KEY, None)
+        tables[kind] = table.replace_schema_metadata(metadata)
+    return tables
+
+
+def _assert_same_tables(appended: Path, full: Path) -> None:
+    got, expected = _stored_tables(appended), _stored_tables(full)
+    for kind in expected:
+        assert got[kind].schema.equals(expected[kind].schema, check_metadata=True), kind
+        assert got[kind].to_pylist() == expected[kind].to_pylist(), kind
+
+
+def test_append_keeps_integer_columns_of_the_infoset(tmp_path: Path) -> None:
+    """An append turned the int64 ``part_id`` column into float64 (pandas widens an
+    integer column with a null), rounding 2**60 + 1 to 1.152921504606847e+18. The
+    appended tables equal those of a full merge of the same items: types, values, column
+    order and the ``cadstore`` column descriptions."""
+    from cadstore import merge
+
+    files = _items_with_metadata(
+        tmp_path, [{"part_id": 2**60 + 1}, {"part_id": 7, "mass": 2.5}, {"label": 3}]
+    )
+    merge(files, str(tmp_path / "full.dataset"))
+    merge(files[:2], str(tmp_path / "inc.dataset"))
+    merge(files[2:], str(tmp_path / "inc.dataset"), append=True)
+    _assert_same_tables(tmp_path / "inc.dataset", tmp_path / "full.dataset")
+    infoset = _stored_tables(tmp_path / "inc.dataset")["infoset"]
+    assert infoset.column("part_id").to_pylist() == [2**60 + 1, 7, None]

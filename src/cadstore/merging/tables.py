@@ -1038,31 +1038,111 @@ def item_tables(
 def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa.Table:
     """``old`` followed by the rows of ``new`` whose ``keys`` it lacks (an append's tables).
 
-    Columns are united (missing values become null, types widen as pandas widens them);
-    the schema metadata of ``new`` is kept. Text columns keep the tables' ``string`` type
-    (pandas hands them back as ``large_string``), so that an append writes the tables a
-    merge of every item would.
+    What a merge of every item would write, when the rows of ``new`` are those of the
+    items after the ones of ``old``: columns in a merge's order (the fixed ones, then the
+    file-level fields, then the categorical ones, the earlier items' fields first, then
+    ``subset`` and ``table_name``), a column missing on one side null there, and the
+    column types kept. The types are kept because the tables are joined with Arrow, not
+    pandas: pandas turns an int64 column with a null into float64, which rounds integers
+    beyond 2**53. The ``cadstore`` schema metadata describes the columns of both sides;
+    other metadata of ``new`` wins over ``old``'s.
     """
     if old is None:
         return new
-    import pandas as pd
-
     pa = _pyarrow()
-    # Single-threaded, as every table cadstore handles (see cadstore.io.parquet).
-    parts = [old.to_pandas(use_threads=False), new.to_pandas(use_threads=False)]
-    frame = pd.concat(parts, ignore_index=True)
-    frame = frame.drop_duplicates(subset=list(keys), keep="first").reset_index(drop=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
-    wanted = {f.name: f.type for f in old.schema} | {f.name: f.type for f in new.schema}
-    for i, column in enumerate(table.schema):
-        if pa.types.is_large_string(column.type) and wanted.get(column.name) == pa.string():
-            table = table.set_column(
-                i, column.with_type(pa.string()), table.column(i).cast(pa.string())
-            )
+    old, new = _plain_strings(old), _plain_strings(new)
+    fields = {**_described_columns(new), **_described_columns(old)}
+    order = _column_order(
+        [*old.column_names, *(c for c in new.column_names if c not in old.column_names)], fields
+    )
+    columns: dict[str, Any] = {}
+    for name in order:
+        first = old.column(name) if name in old.column_names else None
+        second = new.column(name) if name in new.column_names else None
+        columns[name] = _joined_column(name, first, second, old.num_rows, new.num_rows)
+    table = pa.table(columns)
+    table = table.filter(pa.array(_first_of_each_key(table, keys, old.num_rows), pa.bool_()))
     metadata = dict(old.schema.metadata or {})
     metadata.update(new.schema.metadata or {})
     metadata.pop(b"pandas", None)
-    return table.replace_schema_metadata(metadata)
+    if fields:
+        note = _note(new) or _note(old)
+        note["fields"] = {name: fields[name] for name in order if name in fields}
+        metadata[PARQUET_METADATA_KEY] = json.dumps(note).encode("utf-8")
+    return table.combine_chunks().replace_schema_metadata(metadata)
+
+
+def _note(table: pa.Table) -> dict[str, Any]:
+    """The table's ``cadstore`` schema metadata (``{}`` if it has none, or not a mapping)."""
+    raw = (table.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    try:
+        note = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def _described_columns(table: pa.Table) -> dict[str, Any]:
+    """``{column: {"field": key, "route": route}}`` of an infoset (``{}`` otherwise)."""
+    fields = _note(table).get("fields")
+    return dict(fields) if isinstance(fields, Mapping) else {}
+
+
+def _column_order(names: list[str], fields: Mapping[str, Any]) -> list[str]:
+    """``names`` in the order a merge writes an infoset's columns (stable otherwise)."""
+    if not fields:
+        return names
+
+    def rank(name: str) -> int:
+        route = (fields.get(name) or {}).get("route")
+        if route == FILE_LEVEL:
+            return 1
+        if route == CATEGORICAL:
+            return 2
+        return 0 if name in FIXED_INFOSET_COLUMNS[:3] else 3
+
+    return sorted(names, key=rank)
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """``table`` with ``large_string`` columns (written through pandas) as ``string``."""
+    pa = _pyarrow()
+    for i, column in enumerate(table.schema):
+        if pa.types.is_large_string(column.type):
+            table = table.set_column(
+                i, column.with_type(pa.string()), table.column(i).cast(pa.string())
+            )
+    return table
+
+
+def _joined_column(
+    name: str, first: pa.ChunkedArray | None, second: pa.ChunkedArray | None, n1: int, n2: int
+) -> pa.ChunkedArray:
+    """Column ``name`` of an appended table: ``first`` (``n1`` rows, or ``None``: nulls)
+    then ``second`` (``n2`` rows, or ``None``)."""
+    pa = _pyarrow()
+    if first is None:
+        assert second is not None
+        first = pa.chunked_array([pa.nulls(n1, second.type)])
+    if second is None:
+        second = pa.chunked_array([pa.nulls(n2, first.type)])
+    if first.type == second.type:
+        return pa.chunked_array([*first.chunks, *second.chunks], first.type)
+    joined = pa.concat_tables(
+        [pa.table({name: first}), pa.table({name: second})], promote_options="permissive"
+    )
+    return joined.column(name)
+
+
+def _first_of_each_key(table: pa.Table, keys: Sequence[str], n_old: int) -> list[bool]:
+    """Whether each row is the first with its ``keys`` (the rows of ``old`` all are)."""
+    keep = [True] * n_old
+    seen = set(zip(*(table.column(k).slice(0, n_old).to_pylist() for k in keys), strict=True))
+    added = zip(*(table.column(k).slice(n_old).to_pylist() for k in keys), strict=True)
+    for key in added:
+        keep.append(key not in seen)
+        seen.add(key)
+    return keep
 
 
 # ---------------------------------------------------------------------------- helpers
