@@ -879,3 +879,45 @@ def test_append_keeps_integer_columns_of_the_infoset(tmp_path: Path) -> None:
     _assert_same_tables(tmp_path / "inc.dataset", tmp_path / "full.dataset")
     infoset = _stored_tables(tmp_path / "inc.dataset")["infoset"]
     assert infoset.column("part_id").to_pylist() == [2**60 + 1, 7, None]
+
+
+def test_append_of_a_field_of_another_type_gives_the_merged_column(tmp_path: Path) -> None:
+    """``revision`` 3 in the dataset, ``"B"`` in the new item: the append failed with a
+    raw ``pyarrow.lib.ArrowInvalid`` where a full merge stores the column as strings. It
+    writes the tables the full merge writes. Where the stored column cannot give the
+    merged one (float64 turning into strings: 2.0 may have been the integer 2, which a
+    merge writes "2"; a categorical field of integers, their own codes, turning into
+    numbered strings), a MergeError names the item and the field, and nothing changes."""
+    import json
+
+    from cadstore import merge
+
+    cases = {
+        "revision": [{"revision": 3, "mass": 2**60 + 1}, {"revision": "B", "mass": 0.5}],
+        "numbers": [{"w": 3}, {"w": 2.5}, {"w": True}],
+    }
+    for name, metadata in cases.items():
+        files = _items_with_metadata(tmp_path / name, metadata)
+        merge(files, str(tmp_path / name / "full.dataset"))
+        merge(files[:1], str(tmp_path / name / "inc.dataset"))
+        merge(files[1:], str(tmp_path / name / "inc.dataset"), append=True)
+        _assert_same_tables(tmp_path / name / "inc.dataset", tmp_path / name / "full.dataset")
+    infoset = _stored_tables(tmp_path / "revision" / "inc.dataset")["infoset"]
+    assert infoset.column("revision").to_pylist() == ["3", "B"]
+    assert infoset.column("mass").to_pylist() == [str(2**60 + 1), "0.5"]
+    refused = {
+        "floats": ([{"w": 2.0}, {"w": "B"}], r"item 'p1': field 'w' holds 'B'; .*float64"),
+        "codes": (
+            [{"category": 1}, {"category": 2}, {"category": "B"}],
+            r"item 'p2': field 'category' holds 'B'; .*own codes",
+        ),
+    }
+    for name, (metadata, message) in refused.items():
+        files = _items_with_metadata(tmp_path / name, metadata)
+        out = tmp_path / name / "inc.dataset"
+        merge(files[:1], str(out))
+        before = {p.name: p.read_bytes() for p in out.parent.glob("inc.*")}
+        with pytest.raises(MergeError, match=message):
+            merge(files[1:], str(out), append=True)
+        assert {p.name: p.read_bytes() for p in out.parent.glob("inc.*")} == before
+        assert json.loads((out.parent / "inc.flow").read_text())["file_count"] == 1

@@ -41,7 +41,7 @@ from cadstore.merging.run import (
     summary_fields,
 )
 from cadstore.merging.scan import ItemScan, check_buckets, item_name_of, scan_all
-from cadstore.merging.tables import extend_table, item_tables
+from cadstore.merging.tables import extend_attribset, extend_table, item_tables
 from cadstore.merging.write import (
     RowBuffer,
     ShardWriter,
@@ -483,16 +483,18 @@ def _appended_tables(
     )
     trusted = TrustedTables(reader)
     published = txn.published.by_kind()
-    new = {"infoset": (infoset, ["id"]), "attribset": (attribset, ["table_name", "id"])}
-    tables: dict[str, Any] = {}
+    current: dict[str, Any] = {}
     for kind in TABLE_KINDS:
         copy = published.get(kind) or reader.location.with_suffix(f".{kind}", replacing=".dataset")
-        current = trusted.read(kind, copy)
-        if current is None and first:
+        found = trusted.read(kind, copy)
+        if found is None and first:
             return info, {}
-        table, keys = new[kind]
-        tables[kind] = extend_table(None if current is None else current[0], table, keys)
-    return info, tables
+        current[kind] = None if found is None else found[0]
+    extended = extend_table(current["infoset"], infoset, ["id"], info.field_values)
+    return info, {
+        "infoset": extended,
+        "attribset": extend_attribset(current["attribset"], attribset, extended, info),
+    }
 
 
 def _full_shard(key: str, prefix: str, shard_rows: int, total: int) -> bool:

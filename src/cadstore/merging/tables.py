@@ -73,7 +73,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -104,6 +104,7 @@ __all__ = [
     "DatasetInfo",
     "build_info",
     "column_name",
+    "extend_attribset",
     "extend_table",
     "item_name_from_path",
     "item_tables",
@@ -193,6 +194,38 @@ def _float_holds(value: int) -> bool:
         return float(value) == value
     except OverflowError:
         return False
+
+
+def _file_level_kind(values: Sequence[Any], declared_float: bool) -> tuple[str, Any]:
+    """The column type of a file-level field holding ``values`` (``None`` skipped), and
+    why it holds strings when numbers are among them: the integer no column type holds
+    exactly beside the others, or ``"mixed"``.
+
+    ``declared_float``: the schema declares the field a float, so integers make float64.
+    """
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool", None
+    if present and all(_is_int(v) and _INT64_MIN <= v <= _INT64_MAX for v in present):
+        # A field declared float stays float even when every value happens to be whole.
+        return ("float64" if declared_float else "int64"), None
+    if all(isinstance(v, int | float) for v in present):
+        inexact = next((v for v in present if _is_int(v) and not _float_holds(v)), None)
+        return ("float64", None) if inexact is None else ("string", inexact)
+    if not all(isinstance(v, str) for v in present):
+        return "string", "mixed"
+    return "string", None
+
+
+def _categorical_value_kind(values: Sequence[Any]) -> str:
+    """``"bool"``, ``"int"`` (values are their own codes) or ``"str"`` (values numbered)
+    for a categorical field holding ``values`` (``None`` skipped)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if all(isinstance(v, int) and _INT64_MIN <= v <= _INT64_MAX for v in present):
+        return "int"
+    return "str"
 
 
 def _is_scalar(value: object) -> bool:
@@ -660,48 +693,52 @@ class DatasetInfo:
         if fld.route == CATEGORICAL:
             kind = self._categorical_kind(fld.key, values)
             return {"int": "int64", "bool": "bool"}.get(kind, "string")
-        if values and all(isinstance(v, bool) for v in values):
-            return "bool"
-        if values and all(_is_int(v) and _INT64_MIN <= v <= _INT64_MAX for v in values):
-            assert self._schema is not None
-            spec = self._schema.metadata_definition(fld.key) or {}
-            # A field declared float stays float even when every value happens to be whole.
-            return "float64" if spec.get("dtype") in _FLOAT_DTYPES else "int64"
-        if all(isinstance(v, int | float) for v in values):
-            inexact = next((v for v in values if _is_int(v) and not _float_holds(v)), None)
-            if inexact is None:
-                return "float64"
+        assert self._schema is not None
+        spec = self._schema.metadata_definition(fld.key) or {}
+        kind, why = _file_level_kind(values, spec.get("dtype") in _FLOAT_DTYPES)
+        if isinstance(why, int):
             # A float64 column would round it (beyond 2**53, or beyond int64 alone).
             self._warn_field_once(
                 fld.key,
                 "inexact",
-                f"field {fld.key!r} holds the integer {inexact}, which neither an int64 nor "
+                f"field {fld.key!r} holds the integer {why}, which neither an int64 nor "
                 "a float64 column holds exactly beside its other values; its column holds "
                 "them as strings",
             )
-            return "string"
-        if not all(isinstance(v, str) for v in values):
+        elif why is not None:
             self._warn_field_once(
                 fld.key,
                 "mixed",
                 f"field {fld.key!r} mixes strings and numbers across items; its column "
                 "holds them as strings",
             )
-        return "string"
+        return kind
 
     def _categorical_kind(self, key: str, values: list[Any]) -> str:
-        if values and all(isinstance(v, bool) for v in values):
-            return "bool"
-        if all(isinstance(v, int) and _INT64_MIN <= v <= _INT64_MAX for v in values):
-            return "int"
-        if not all(isinstance(v, str) for v in values):
+        kind = _categorical_value_kind(values)
+        if kind == "str" and not all(isinstance(v, str) for v in values):
             self._warn_field_once(
                 key,
                 "mixed",
                 f"categorical field {key!r} mixes value types across items; its values are "
                 "coded as strings",
             )
-        return "str"
+        return kind
+
+    def categorical_fields(self) -> list[str]:
+        """The fields routed to the ``.attribset``, in column order."""
+        return [f.key for f in self._fields.values() if f.route == CATEGORICAL]
+
+    def description_tables(self) -> set[str]:
+        """The attribute tables given as descriptions (items' or :meth:`set_attributes`)."""
+        return set(self._descriptions) | set(self._explicit_tables)
+
+    def field_values(self, key: str) -> list[Any]:
+        """The values of field ``key`` in the infoset's row order (``None`` where an item
+        lacks it), as the items hold them: an append joins them to the stored column."""
+        codes = sorted(self.code_mappings.items(), key=lambda kv: kv[1])
+        rows = [self._items.get(name) for name, _ in codes]
+        return [None if item is None else item.values.get(key) for item in rows]
 
     def _require_codes(self) -> None:
         if not self.code_mappings:
@@ -1035,7 +1072,12 @@ def item_tables(
     return info, info.infoset_table("file_info"), info.attribset_table()
 
 
-def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa.Table:
+def extend_table(
+    old: pa.Table | None,
+    new: pa.Table,
+    keys: Sequence[str],
+    values: Callable[[str], list[Any]] | None = None,
+) -> pa.Table:
     """``old`` followed by the rows of ``new`` whose ``keys`` it lacks (an append's tables).
 
     What a merge of every item would write, when the rows of ``new`` are those of the
@@ -1046,6 +1088,21 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
     pandas: pandas turns an int64 column with a null into float64, which rounds integers
     beyond 2**53. The ``cadstore`` schema metadata describes the columns of both sides;
     other metadata of ``new`` wins over ``old``'s.
+
+    A field whose values make the two sides' columns differ in type (``revision`` 3 in
+    the earlier items, ``"B"`` in the new ones) gets the column a merge of every item
+    gives (strings here), from the stored values and the new items' own ``values(field)``
+    (in the rows' order; the column of ``new`` when not given).
+
+    Raises
+    ------
+    MergeError
+        If that column cannot be made from what is stored, naming the field and the first
+        new item that makes it change: float64 values turning into strings (a merge writes
+        an integer ``3`` as ``"3"`` but ``3.0`` as ``"3.0"``, and the stored 3.0 can be
+        either), or a categorical field of integers (their own codes in the
+        ``.attribset``) turning into strings (numbered, which would renumber the earlier
+        items).
     """
     if old is None:
         return new
@@ -1059,7 +1116,15 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
     for name in order:
         first = old.column(name) if name in old.column_names else None
         second = new.column(name) if name in new.column_names else None
-        columns[name] = _joined_column(name, first, second, old.num_rows, new.num_rows)
+        if first is not None and second is not None and first.type != second.type:
+            field = fields.get(name) or {}
+            key = str(field.get("field", name))
+            given = values(key) if values is not None else second.to_pylist()
+            columns[name] = _retyped_column(
+                key, field.get("route") == CATEGORICAL, first, second, given, new
+            )
+        else:
+            columns[name] = _joined_column(first, second, old.num_rows, new.num_rows)
     table = pa.table(columns)
     table = table.filter(pa.array(_first_of_each_key(table, keys, old.num_rows), pa.bool_()))
     metadata = dict(old.schema.metadata or {})
@@ -1070,6 +1135,36 @@ def extend_table(old: pa.Table | None, new: pa.Table, keys: Sequence[str]) -> pa
         note["fields"] = {name: fields[name] for name in order if name in fields}
         metadata[PARQUET_METADATA_KEY] = json.dumps(note).encode("utf-8")
     return table.combine_chunks().replace_schema_metadata(metadata)
+
+
+def extend_attribset(
+    old: pa.Table | None, new: pa.Table, infoset: pa.Table, info: DatasetInfo
+) -> pa.Table:
+    """The ``.attribset`` of an append: ``old`` extended with ``new``, the new items'
+    table (built by ``info``), as a merge of every item would write it.
+
+    ``infoset`` is the appended ``.infoset`` (from :func:`extend_table`): its column
+    descriptions say how each field is routed over all the items, the earlier items'
+    route winning as in a merge. A field the new items alone route to the attribset but
+    the dataset to the infoset (``revision`` 3 earlier, ``"B"`` now) adds no rows.
+    """
+    if old is None:
+        return new
+    routes = {
+        str(field.get("field")): field.get("route")
+        for field in _described_columns(infoset).values()
+    }
+    described = info.description_tables()
+    dropped = {
+        key
+        for key in info.categorical_fields()
+        if routes.get(key) != CATEGORICAL and key not in described
+    }
+    if dropped:
+        pa = _pyarrow()
+        tables = new.column("table_name").to_pylist()
+        new = new.filter(pa.array([t not in dropped for t in tables], pa.bool_()))
+    return extend_table(old, new, ["table_name", "id"])
 
 
 def _note(table: pa.Table) -> dict[str, Any]:
@@ -1116,22 +1211,80 @@ def _plain_strings(table: pa.Table) -> pa.Table:
 
 
 def _joined_column(
-    name: str, first: pa.ChunkedArray | None, second: pa.ChunkedArray | None, n1: int, n2: int
+    first: pa.ChunkedArray | None, second: pa.ChunkedArray | None, n1: int, n2: int
 ) -> pa.ChunkedArray:
-    """Column ``name`` of an appended table: ``first`` (``n1`` rows, or ``None``: nulls)
-    then ``second`` (``n2`` rows, or ``None``)."""
+    """A column of an appended table: ``first`` (``n1`` rows, or ``None``: nulls) then
+    ``second`` (``n2`` rows, or ``None``), of one type."""
     pa = _pyarrow()
     if first is None:
         assert second is not None
         first = pa.chunked_array([pa.nulls(n1, second.type)])
     if second is None:
         second = pa.chunked_array([pa.nulls(n2, first.type)])
-    if first.type == second.type:
-        return pa.chunked_array([*first.chunks, *second.chunks], first.type)
-    joined = pa.concat_tables(
-        [pa.table({name: first}), pa.table({name: second})], promote_options="permissive"
+    return pa.chunked_array([*first.chunks, *second.chunks], first.type)
+
+
+_KINDS = {"int": "int64", "bool": "bool", "str": "string"}
+
+
+def _retyped_column(
+    key: str,
+    categorical: bool,
+    first: pa.ChunkedArray,
+    second: pa.ChunkedArray,
+    given: list[Any],
+    new: pa.Table,
+) -> pa.Array:
+    """Field ``key``'s column over the stored rows (``first``) and the new items' (whose
+    values are ``given``), when the two sides' types differ: the type a merge of every
+    item gives (see :func:`extend_table` for when none can be made)."""
+    pa = _pyarrow()
+    stored = first.to_pylist()
+    values = [*stored, *given]
+    declared_float = pa.float64() in (first.type, second.type)
+    if categorical:
+        kind = _KINDS[_categorical_value_kind(values)]
+    else:
+        kind = _file_level_kind(values, declared_float)[0]
+    names = new.column("name").to_pylist() if "name" in new.column_names else []
+    first_kind = {pa.int64(): "int64", pa.float64(): "float64", pa.bool_(): "bool"}.get(
+        first.type, "string"
     )
-    return joined.column(name)
+    problem = None
+    if kind == "string" and categorical and first_kind in ("int64", "bool"):
+        problem = (
+            f"the dataset's items hold {first_kind} values, which are their own codes in "
+            "the .attribset; strings are numbered, which would renumber the earlier items"
+        )
+    elif (
+        kind == "string"
+        and first_kind == "float64"
+        and any(isinstance(v, float) and v.is_integer() for v in stored)
+    ):
+        problem = (
+            "its column would hold strings, and the dataset's float64 column cannot "
+            "tell which of its whole numbers were integers (a merge writes 3 as '3', "
+            "3.0 as '3.0')"
+        )
+    if problem is not None:
+        at = next((i for i, v in enumerate(given) if v is not None and not _fits(v, first_kind)), 0)
+        item = names[at] if at < len(names) else "?"
+        raise MergeError(
+            f"item {item!r}: field {key!r} holds {given[at]!r}; {problem}; merge all "
+            "items again, without append, to store it"
+        )
+    return _column_array(values, kind)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of the kind a column of type ``kind`` holds as it is."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int64":
+        return isinstance(value, int)
+    if kind == "float64":
+        return isinstance(value, float) or (_is_int(value) and _float_holds(value))
+    return isinstance(value, str)
 
 
 def _first_of_each_key(table: pa.Table, keys: Sequence[str], n_old: int) -> list[bool]:
