@@ -921,3 +921,33 @@ def test_append_of_a_field_of_another_type_gives_the_merged_column(tmp_path: Pat
             merge(files[1:], str(out), append=True)
         assert {p.name: p.read_bytes() for p in out.parent.glob("inc.*")} == before
         assert json.loads((out.parent / "inc.flow").read_text())["file_count"] == 1
+
+
+def test_append_keeps_the_codes_of_categorical_strings(tmp_path: Path) -> None:
+    """The new items' values of a categorical string field were numbered 0..k-1 on their
+    own, and the rows of codes the dataset had were dropped as duplicates: ``material``
+    steel, zinc then alu, brass, zinc became ``[(0, steel), (1, zinc), (2, zinc)]``, alu
+    and brass lost. Earlier values keep their codes, new ones take the next codes (in
+    sorted order); each item's value and the table's values are a full merge's."""
+    from cadstore import merge
+
+    materials = ["steel", "zinc", "alu", "brass", "zinc", "copper"]
+    files = _items_with_metadata(tmp_path, [{"material": m} for m in materials])
+    merge(files[:5], str(tmp_path / "full.dataset"))
+    merge(files[:2], str(tmp_path / "inc.dataset"))
+
+    def codes(dataset: str) -> list[tuple[int, str]]:
+        table = _stored_tables(tmp_path / dataset)["attribset"].to_pylist()
+        return [(r["id"], r["name"]) for r in table if r["table_name"] == "material"]
+
+    def values(dataset: str) -> list[str]:
+        return _stored_tables(tmp_path / dataset)["infoset"].column("material").to_pylist()
+
+    assert codes("inc.dataset") == [(0, "steel"), (1, "zinc")]
+    merge(files[2:5], str(tmp_path / "inc.dataset"), append=True)
+    assert codes("inc.dataset") == [(0, "steel"), (1, "zinc"), (2, "alu"), (3, "brass")]
+    assert values("inc.dataset") == values("full.dataset") == materials[:5]
+    assert {n for _, n in codes("inc.dataset")} == {n for _, n in codes("full.dataset")}
+    merge(files[5:], str(tmp_path / "inc.dataset"), append=True)
+    assert codes("inc.dataset")[4:] == [(4, "copper")]
+    assert values("inc.dataset") == materials

@@ -40,9 +40,10 @@ an item to its label would be lost. The same fields also get their tables in the
 * one table per categorical field, with a row per distinct value seen. Integer (and bool)
   values are their own ids, named by the schema's ``labels`` when
   ``define_categorical_metadata(values=, labels=)`` gives one, else ``str(value)``. Other
-  values are strings numbered 0..k-1 in sorted order; a schema label for one of them goes to
-  ``description``. When a description table has the field's name, its rows come first and
-  the field adds only the codes it lacks.
+  values are strings numbered 0..k-1 in sorted order (an append keeps the codes the
+  dataset has and numbers new values after them, see :func:`extend_attribset`); a schema
+  label for one of them goes to ``description``. When a description table has the
+  field's name, its rows come first and the field adds only the codes it lacks.
 
 Routing of one field, first match wins: the route recorded in the document's
 ``_metadata_routing`` (what the storage decided when the value was saved), then the schema
@@ -1141,30 +1142,87 @@ def extend_attribset(
     old: pa.Table | None, new: pa.Table, infoset: pa.Table, info: DatasetInfo
 ) -> pa.Table:
     """The ``.attribset`` of an append: ``old`` extended with ``new``, the new items'
-    table (built by ``info``), as a merge of every item would write it.
+    table (built by ``info``), in a merge's order (tables as a merge orders them, rows by
+    code).
 
     ``infoset`` is the appended ``.infoset`` (from :func:`extend_table`): its column
     descriptions say how each field is routed over all the items, the earlier items'
     route winning as in a merge. A field the new items alone route to the attribset but
     the dataset to the infoset (``revision`` 3 earlier, ``"B"`` now) adds no rows.
+
+    The codes of a categorical field of strings are kept: the new items' table numbers
+    their values 0..k-1 on its own, which would give the codes of earlier values to new
+    ones. A value the dataset has keeps its code, and new values get the next codes, in
+    sorted order. A merge of every item numbers all values in sorted order, so the codes
+    of an append differ from a merge's where a new value sorts before an earlier one;
+    each item's value (the infoset column) and the table's values are the same.
     """
     if old is None:
         return new
-    routes = {
-        str(field.get("field")): field.get("route")
-        for field in _described_columns(infoset).values()
-    }
+    pa = _pyarrow()
+    described_columns = _described_columns(infoset)
+    routes = {str(f.get("field")): f.get("route") for f in described_columns.values()}
     described = info.description_tables()
-    dropped = {
+    remade = {
         key
         for key in info.categorical_fields()
         if routes.get(key) != CATEGORICAL and key not in described
     }
-    if dropped:
-        pa = _pyarrow()
+    added: list[dict[str, Any]] = []
+    new_ids = set(info.code_mappings.values())
+    ids = infoset.column("id").to_pylist()
+    old_rows = old.to_pylist()
+    for column, described_field in described_columns.items():
+        key = str(described_field.get("field"))
+        if described_field.get("route") != CATEGORICAL or key in described:
+            continue
+        if infoset.schema.field(column).type != pa.string():
+            continue
+        remade.add(key)
+        values = infoset.column(column).to_pylist()
+        earlier = {
+            v for v, i in zip(values, ids, strict=True) if v is not None and i not in new_ids
+        }
+        later = sorted(
+            {v for v, i in zip(values, ids, strict=True) if v is not None and i in new_ids}
+        )
+        rows = [r for r in old_rows if r["table_name"] == key]
+        codes = {r["name"]: r["id"] for r in rows}
+        if rows and (set(codes) != earlier or sorted(codes.values()) != list(range(len(rows)))):
+            continue  # a description table of the field's name: a merge adds nothing either
+        labels = {r["name"]: r["description"] for r in new.to_pylist() if r["table_name"] == key}
+        code = len(rows)
+        for text in later:
+            if text not in codes:
+                added.append(
+                    {
+                        "id": code,
+                        "name": text,
+                        "description": labels.get(text, NOT_SET),
+                        "table_name": key,
+                    }
+                )
+                code += 1
+    if remade:
         tables = new.column("table_name").to_pylist()
-        new = new.filter(pa.array([t not in dropped for t in tables], pa.bool_()))
-    return extend_table(old, new, ["table_name", "id"])
+        new = new.filter(pa.array([t not in remade for t in tables], pa.bool_()))
+    if added:
+        new = pa.concat_tables([new, pa.Table.from_pylist(added, schema=new.schema)])
+    joined = extend_table(old, new, ["table_name", "id"])
+    # A merge writes the description tables, then the categorical fields', each by code.
+    fields = set(info.categorical_fields()) | {
+        k for k, route in routes.items() if route == CATEGORICAL
+    }
+    order: dict[str, tuple[int, int]] = {}
+    for name in joined.column("table_name").to_pylist():
+        order.setdefault(name, (int(name in fields and name not in described), len(order)))
+    rank = [
+        (order[t], i)
+        for t, i in zip(
+            joined.column("table_name").to_pylist(), joined.column("id").to_pylist(), strict=True
+        )
+    ]
+    return joined.take(pa.array(sorted(range(len(rank)), key=rank.__getitem__), pa.int64()))
 
 
 def _note(table: pa.Table) -> dict[str, Any]:
