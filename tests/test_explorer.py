@@ -233,8 +233,13 @@ def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) ->
         got = explorer.get_file_list("faces", lambda ds, t=face_type: ds["face_types"] == t)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, want)
-    # A per-item array selects items directly.
-    want = [c for c, i in enumerate(items) if i["graph"]["num_nodes"] > 40]
+    # A per-item array beside rows is presented once per row (an item without edges has
+    # no row to match).
+    want = [
+        c
+        for c, i in enumerate(items)
+        if i["graph"]["num_nodes"] > 40 and len(i["graph"]["edges_source"])
+    ]
     np.testing.assert_array_equal(
         explorer.get_file_list("graph", lambda ds: ds["num_nodes"] > 40), want
     )
@@ -248,6 +253,38 @@ def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) ->
         explorer.get_file_list("faces", lambda ds: ds["face_types"])
     with pytest.raises(DatasetError, match="rows"):
         explorer.get_file_list("faces", lambda ds: ds["face_types"][:3] == 1)
+
+
+def test_get_file_list_per_item_values_beside_rows(tmp_path: Path) -> None:
+    """A mask joining ``num_nodes`` (stored per item) and ``edges_source`` (per edge) is
+    true where one item's own edges match: ``num_nodes`` was on the ``item`` dimension,
+    so xarray broadcast every item against every edge of the dataset and selected items
+    for other items' edges."""
+    files = [
+        write_arrays(
+            tmp_path / f"{name}.zarr",
+            {"graph/num_nodes": np.int32(nodes), "graph/edges_source": np.array(edges)},
+        )
+        for name, nodes, edges in (
+            ("a", 10, [0, 1]),
+            ("b", 2, [20, 30]),
+            ("c", 8, np.zeros(0, dtype=np.int64)),
+            ("d", 7, [3, 15]),
+        )
+    ]
+    out = tmp_path / "graph.dataset"
+    merge_items(files, out)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        both = ex.get_file_list("graph", lambda ds: (ds.num_nodes > 5) & (ds.edges_source > 10))
+        np.testing.assert_array_equal(both, [3])
+        # get_group_data presents num_nodes the same way, and gives the same items.
+        data = ex.get_group_data("graph")
+        rows = ((data.num_nodes > 5) & (data.edges_source > 10)).values
+        np.testing.assert_array_equal(np.unique(data["file_id_code_graph"].values[rows]), [3])
+        # num_nodes alone: once per edge, so c (no edges) has no row to match.
+        np.testing.assert_array_equal(
+            ex.get_file_list("graph", lambda ds: ds.num_nodes > 5), [0, 3]
+        )
 
 
 def test_file_dataset_matches_items_and_the_scan(

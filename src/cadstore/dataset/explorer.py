@@ -641,18 +641,28 @@ class DatasetExplorer:
         return self.get_group_data(group)[array]
 
     def _view(self, group: str) -> xr.Dataset:
-        # A Dataset whose variables read through DatasetReader on demand.
+        """``group`` as a Dataset whose variables read through ``DatasetReader`` on demand.
+
+        Per-item arrays of a group with rows (``graph/num_nodes``) are presented once per
+        row, on the group's primary dimension, as :meth:`get_group_data` presents them: on
+        a dimension of their own, a mask combining them with the rows would be broadcast
+        to every item times every row.
+        """
         found = self._views.get(group)
         if found is None:
             import xarray as xr
             from xarray.core import indexing
 
+            per_row = self._per_row(group)
             variables = {}
             for array in self._data_arrays(group):
-                meta = self.reader.array_meta(group, array)
-                backend = _reader_backed_array_class()(self.reader, group, array)
+                if array in per_row:
+                    backend = _per_row_array_class()(self.reader, group, array)
+                else:
+                    backend = _reader_backed_array_class()(self.reader, group, array)
+                _, dims = self._presented(group, array)
                 lazy = indexing.LazilyIndexedArray(backend)
-                variables[array] = xr.Variable(tuple(meta.dims), lazy)
+                variables[array] = xr.Variable(dims, lazy)
             found = xr.Dataset(
                 variables, attrs={"primary_dimension": self.reader.primary_dimension(group)}
             )
@@ -709,8 +719,11 @@ class DatasetExplorer:
             ``where(ds)`` gets the group as an ``xarray.Dataset`` and returns a boolean
             ``DataArray`` (or array) over the group's rows, e.g.
             ``lambda ds: ds["face_types"] == 3``. Only the arrays it touches are read.
-            A mask with extra dimensions matches a row when any of its values is true; a
-            mask over the ``item`` dimension (per-item arrays) selects items directly.
+            A mask with extra dimensions matches a row when any of its values is true. The
+            group's arrays are presented as in :meth:`get_group_data`: a per-item array of
+            a group with rows (``graph/num_nodes``) once per row, beside the rows, so an
+            item without rows in the group is never selected; in a group of per-item
+            arrays only, a mask over the ``item`` dimension selects items directly.
 
         Returns
         -------
