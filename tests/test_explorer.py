@@ -287,6 +287,29 @@ def test_get_file_list_per_item_values_beside_rows(tmp_path: Path) -> None:
         )
 
 
+def test_get_file_list_of_a_group_without_rows(tmp_path: Path) -> None:
+    """Every item has no faces: a mask with a trailing dimension (``face_centroids``, N x 3)
+    has shape (0, 3) and gives no items; reshaping it with -1 raised numpy's "cannot
+    reshape array of size 0"."""
+    files = [
+        write_arrays(
+            tmp_path / f"e{k}.zarr",
+            {
+                "face_areas": np.zeros(0, dtype=np.float32),
+                "face_centroids": np.zeros((0, 3), dtype=np.float32),
+            },
+        )
+        for k in range(2)
+    ]
+    out = tmp_path / "empty.dataset"
+    merge_items(files, out)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        for where in (lambda ds: ds["face_areas"] > 0, lambda ds: ds["face_centroids"] > 0):
+            got = ex.get_file_list("faces", where)
+            assert got.dtype == np.int64
+            assert got.tolist() == []
+
+
 def test_file_dataset_matches_items_and_the_scan(
     explorer: DatasetExplorer, realistic_items: list[Any]
 ) -> None:

@@ -745,7 +745,9 @@ class DatasetExplorer:
         if mask.ndim == 0:
             raise DatasetError("where() must return a mask over rows, got a single value")
         if mask.ndim > 1:
-            mask = np.asarray(mask.reshape(mask.shape[0], -1).any(axis=1))
+            # The trailing size is given, not -1, so that a mask with no rows reshapes too.
+            trailing = int(np.prod(mask.shape[1:]))
+            mask = np.asarray(mask.reshape(mask.shape[0], trailing).any(axis=1))
         primary = self.reader.primary_dimension(group)
         offsets = self.reader.offsets(group)
         if dims[:1] == (ITEM_DIM,) or (len(mask) == self.n_items != offsets[-1]):
