@@ -439,6 +439,37 @@ def test_distributions_of_non_finite_and_huge_values(tmp_path: Path) -> None:
         assert ex.create_distribution("u", bins=2, group="u")["hist"].tolist() == [1, 1]
 
 
+def test_infoset_columns_with_a_missing_value_keep_their_type(tmp_path: Path) -> None:
+    """A boolean metadata column one item lacks came back as the strings 'True'/'False'
+    (categories of strings, and ``[True]`` refused as a category), and an integer one as
+    floats (2**53 + 1 rounded): pandas makes them objects and floats."""
+    from cadstore import OptStorage
+
+    files = []
+    for k, (flag, count) in enumerate(((True, 2**53 + 1), (False, None), (None, 3), (True, 3))):
+        with OptStorage(tmp_path / f"m{k}.zarr") as storage:
+            storage.save_data("face_areas", np.arange(k + 1, dtype=np.float32))
+            if flag is not None:
+                storage.save_metadata("flag", flag)
+            if count is not None:
+                storage.save_metadata("count", count)
+            storage.compress_store()
+        files.append(str(tmp_path / f"m{k}.zarr.data"))
+    cadstore.merge(files, str(tmp_path / "x.dataset"))
+    with DatasetExplorer(flow_output_file=tmp_path / "x.flow") as ex:
+        values, codes = ex.key_values("flag")
+        assert values.dtype == np.bool_ and values.tolist() == [True, False, True]
+        assert codes.tolist() == [0, 1, 3]
+        assert ex.create_distribution("flag", bins=None)["categories"].tolist() == [False, True]
+        matrix, _, _ = ex.build_membership_matrix(None, "flag", [True])
+        assert matrix.ravel().tolist() == [1, 0, 0, 1]
+        values, codes = ex.key_values("count")
+        assert values.dtype.kind == "i" and values.tolist() == [2**53 + 1, 3, 3]
+        assert codes.tolist() == [0, 2, 3]
+        dist = ex.create_distribution("count", bins=None)
+        assert dist["categories"].tolist() == [3, 2**53 + 1]
+
+
 def test_build_membership_matrix(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
     items = _items(realistic_items)
     matrix, codes, cats = explorer.build_membership_matrix("faces", "face_types", None)

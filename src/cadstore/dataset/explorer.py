@@ -866,7 +866,9 @@ class DatasetExplorer:
         values, codes : numpy.ndarray
             One entry per row (or per item for per-item arrays and infoset columns). Arrays
             with trailing dimensions are flattened, each value keeping its row's code.
-            Missing values (NaN, null) are dropped.
+            Missing values (NaN, null) are dropped; the others keep their type (an
+            integer or boolean infoset column with a missing value gives integers or
+            booleans, not the floats or objects pandas makes of it).
 
         Raises
         ------
@@ -876,6 +878,9 @@ class DatasetExplorer:
         where, found = self._locate_key(key, group)
         if where == "info":
             info = self._info_frame()
+            exact = self._exact_info_values(key)
+            if exact is not None:
+                return exact
             column = info[key]
             keep = column.notna().to_numpy()
             values = column.to_numpy()[keep]
@@ -898,6 +903,27 @@ class DatasetExplorer:
             if not keep.all():
                 values, codes = values[keep], codes[keep]
         return values, codes
+
+    def _exact_info_values(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``key_values`` of an integer or boolean infoset column, in the column's dtype.
+
+        pandas makes such a column with a missing value floats (or objects, which were
+        then turned into the strings ``'True'``/``'False'``); read from the Parquet table,
+        its present values keep their type once the missing ones are dropped. Ordered by
+        item code as the infoset frame is. ``None`` for a column of another type.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self._info_table.column(key)
+        if not (pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
+            return None
+        ids = self._info_table.column("id")
+        keep = pc.and_(pc.is_valid(column), pc.is_valid(ids))
+        values = np.asarray(pc.filter(column, keep).to_numpy())
+        codes = np.asarray(pc.filter(ids, keep).to_numpy()).astype(np.int64)
+        order = np.argsort(codes, kind="stable")
+        return values[order], codes[order]
 
     def _bin_index(
         self, values: np.ndarray, bins: int | Sequence[float] | None
