@@ -438,6 +438,35 @@ def test_cat_dataset_item_rows(
     assert json.loads(out)["shape"] == [sum(3 + i for i in range(N_ITEMS))]
 
 
+def test_cat_item_names_that_look_like_numbers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--item`` took any text ``int()`` accepts as a code: ``1_0`` printed item 10, ``+1``
+    item 1, and an item named ``0`` could not be selected. A name is matched first; only
+    plain digits are a code."""
+    names = ["x", "0", "1_0", "+1"]
+    files = []
+    for code_, name in enumerate(names):
+        with OptStorage(tmp_path / f"{name}.zarr") as storage:
+            storage.save_data("face_areas", np.full(2, float(code_), dtype=np.float32))
+            storage.compress_store()
+        files.append(str(tmp_path / f"{name}.zarr.data"))
+    dataset = tmp_path / "names.dataset"
+    merge_items(files, str(dataset))
+    for given, want in (("1_0", 2), ("0", 1), ("+1", 3), ("x", 0), ("3", 3), ("2", 2)):
+        code, out, _ = run(capsys, "cat", dataset, "faces/face_areas", "--item", given, "--json")
+        assert code == 0
+        doc = json.loads(out)
+        assert doc["item"] == want, given
+        assert doc["value"] == [float(want)] * 2
+    for given in (" 2", "-1", "2_0"):
+        assert_usage_error(
+            *run(capsys, "cat", dataset, "faces/face_areas", "--item", given),
+            f"no item named {given!r}",
+            "0..3",
+        )
+
+
 def test_cat_missing_keys_list_the_valid_ones(
     capsys: pytest.CaptureFixture[str], items: list[Path], dataset: Path
 ) -> None:

@@ -2,9 +2,9 @@
 
 Arrays print with numpy's formatting, summarised above a thousand elements unless
 ``--full``; strings print raw; groups print as an indented tree. In a dataset ``KEY`` is
-``group/array`` (or a group, or ``item_names``), and ``--item CODE`` keeps only the rows of
-one item, found through the group's ``item_offsets``: only the shards holding those rows
-are read.
+``group/array`` (or a group, or ``item_names``), and ``--item ITEM`` keeps only the rows
+of one item (an item's name is matched first, then plain digits as a code), found through
+the group's ``item_offsets``: only the shards holding those rows are read.
 """
 
 from __future__ import annotations
@@ -59,8 +59,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--item",
-        metavar="CODE",
-        help="datasets only: print the rows of this item (its code or its name)",
+        metavar="ITEM",
+        help=(
+            "datasets only: print the rows of this item, given by its name or its code "
+            "(plain digits 0-9); a name is matched first, so an item named like a code "
+            "is selected by that name"
+        ),
     )
     parser.set_defaults(func=run)
 
@@ -111,16 +115,22 @@ def _missing_in_dataset(target: Artefact, key: str) -> CommandError:
 
 
 def _item_code(reader: Any, text: str, path: str) -> int:
+    """The code of the item ``--item text`` selects.
+
+    ``text`` is an item's name if one is called that, else a code if it is plain decimal
+    digits (``0``-``9`` only): every item is then selectable by its name, and a name such
+    as ``1_0``, `` 1`` or ``+1`` (which ``int()`` reads as a number) is never taken for
+    another item's code.
+    """
     count = reader.n_items
     try:
-        code = int(text)
-    except ValueError:
-        try:
-            return int(reader.code_of(text))
-        except KeyNotFoundError:
+        return int(reader.code_of(text))
+    except KeyNotFoundError:
+        if not text.isascii() or not text.isdigit():
             raise CommandError(
                 f"no item named {text!r} in {path}; pass a code 0..{count - 1} or an item name"
             ) from None
+    code = int(text)
     if not 0 <= code < count:
         raise CommandError(
             f"item code {code} is out of range: {path} has {count} items (codes 0..{count - 1})"
