@@ -341,6 +341,43 @@ def test_per_face_labels_colour_the_parts_and_are_counted_per_split(tmp_path: Pa
     assert "<h3>Face types (items having one)</h3>" in labels
 
 
+@pytest.mark.parametrize(
+    ("discretization", "tile"),
+    [((4, 7), "no faces"), ((20,), "not faces x points x 7")],
+    ids=["an item without faces", "samples not (F, P, 7)"],
+)
+def test_an_undrawable_item_is_an_empty_tile(
+    tmp_path: Path, discretization: tuple[int, ...], tile: str
+) -> None:
+    """An item with no faces (its samples (0, P, 7)), or face samples not shaped
+    (F, P, 7), stopped the whole report with numpy's "cannot reshape array" (exit 2, no
+    page): its thumbnail is an empty tile saying why, and the page is written."""
+    from cadstore import OptStorage, merge
+    from cadstore.dataset.reader import DatasetReader
+    from cadstore.dataset.report import render_part
+
+    paths = []
+    for name, n in (("full", 3), ("empty", 0)):
+        with OptStorage(tmp_path / f"{name}.zarr") as storage:
+            storage.save_data("face_areas", np.ones(n, dtype=np.float32))
+            storage.save_data("face_types", np.zeros(n, dtype=np.int32))
+            samples = np.ones((n, *discretization), dtype=np.float32)
+            storage.save_data("face_discretization", samples)
+            storage.compress_store()
+        paths.append(str(tmp_path / f"{name}.zarr.data"))
+    dataset = tmp_path / "odd.dataset"
+    merge(paths, str(dataset))
+    out = tmp_path / "odd.html"
+    assert main(["report", str(dataset), "-o", str(out)]) == 0
+    parts = sections_of(out.read_text())["parts"]
+    assert 'title="empty"' in parts and 'title="full"' in parts
+    with DatasetReader(dataset) as reader:
+        code = 1 if tile == "no faces" else 0
+        samples = reader.read_item(code)["faces"]["face_discretization"]
+    fig = render_part(samples, ["#ff0000"] * len(samples))
+    assert any(tile in text.get_text() for text in fig.axes[0].texts)
+
+
 # ---------------------------------------------------------------------- helpers
 def test_html_helpers_always_escape() -> None:
     from cadstore.dataset.report import Markup, join, tag, void

@@ -1023,7 +1023,9 @@ def render_part(samples: np.ndarray, colours: Sequence[str]) -> Figure:
         becomes quads (those with at least three corners on the face); the samples of a face
         without such a quad (a narrow ring, a small fillet) become small discs in their
         tangent planes. All are shaded by the stored normals and drawn back to front (an
-        isometric view, z up).
+        isometric view, z up). An item without faces, or whose samples are not
+        ``(F, P, 7)`` with one colour per face, is an empty tile saying so: one item must
+        not stop the report or the flow drawing it.
     """
     from matplotlib.collections import PolyCollection
     from matplotlib.colors import to_rgb
@@ -1031,7 +1033,11 @@ def render_part(samples: np.ndarray, colours: Sequence[str]) -> Figure:
     fig = _new_figure(_THUMB, _THUMB)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
-    samples = np.asarray(samples, dtype=float).reshape(len(colours), -1, 7)
+    samples = np.asarray(samples, dtype=float)
+    problem = _undrawable(samples, len(colours))
+    if problem is not None:
+        ax.text(0.5, 0.5, problem, ha="center", va="center", color="#8795a5")
+        return fig
     inside = samples[..., 6] > 0.5
     if not inside.any():
         ax.text(0.5, 0.5, "no samples", ha="center", va="center", color="#8795a5")
@@ -1054,6 +1060,18 @@ def render_part(samples: np.ndarray, colours: Sequence[str]) -> Figure:
     ax.add_collection(polygons)
     _frame(ax, screen[..., 0], screen[..., 1])
     return fig
+
+
+def _undrawable(samples: np.ndarray, n_colours: int) -> str | None:
+    """Why ``samples`` cannot be drawn (the text of its empty tile), ``None`` if they can."""
+    if samples.ndim == 3 and samples.shape[0] == 0:
+        return "no faces"
+    if samples.ndim != 3 or samples.shape[2] != 7 or samples.shape[1] == 0:
+        shape = " x ".join(str(n) for n in samples.shape) or "a scalar"
+        return f"samples {shape},\nnot faces x points x 7"
+    if samples.shape[0] != n_colours:
+        return f"{samples.shape[0]} faces,\n{n_colours} colours"
+    return None
 
 
 def render_part_png(samples: np.ndarray, face_types: np.ndarray | None = None) -> bytes:
