@@ -822,3 +822,72 @@ def test_cadstore_repair_on_the_command_line(
     assert main(["repair", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"{out}: nothing to repair"
     assert_settled(out, _names(items[:9]))
+
+
+def _not_a_dataset(tmp_path: Path, kind: str) -> Path:
+    """A path named like a dataset that is not one."""
+    path = tmp_path / "parts.dataset"
+    if kind == "missing parent":
+        return tmp_path / "typo" / "sub" / "parts.dataset"
+    if kind == "truncated zip":
+        path.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "text file":
+        path.write_text("not a zip\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "plain directory":
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    elif kind == "symlink loop":
+        path.symlink_to(path.name)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("missing", "no such dataset"),
+        ("missing parent", "no such dataset"),
+        ("truncated zip", "not a readable zip file"),
+        ("empty file", "not a readable zip file"),
+        ("text file", "not a readable zip file"),
+        ("fifo", "not a regular file or directory"),
+        ("plain directory", "not a Zarr store"),
+        ("symlink loop", "symbolic links"),
+    ],
+)
+def test_repair_of_something_not_a_dataset_is_an_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, problem: str
+) -> None:
+    """repair said "nothing to repair" (exit 0) for a path that is no dataset, and took
+    the lock of a mistyped path, creating its missing folders."""
+    from cadstore.cli import main
+
+    path = _not_a_dataset(tmp_path, kind)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(CorruptStoreError, match=problem) as caught:
+        lifecycle.repair(path)
+    assert str(path) in str(caught.value)
+    assert main(["repair", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{path}: " in captured.err and problem in captured.err
+    assert "nothing to repair" not in captured.err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_repair_of_a_killed_first_merge_without_its_dataset(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """A first merge killed before its commit leaves a lock and no dataset: repair rolls
+    it back, and is no error then."""
+    out = tmp_path / "out" / "parts.dataset"
+    run_killed(lambda: cadstore.merge([str(p) for p in items[:4]], str(out)), "staged")
+    assert not out.exists()
+    done = lifecycle.repair(out)
+    assert len(done) == 1 and done[0].startswith("rolled back")
+    assert [p.name for p in out.parent.iterdir()] == []
+    with pytest.raises(CorruptStoreError, match="no such dataset"):
+        lifecycle.repair(out)

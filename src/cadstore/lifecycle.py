@@ -54,7 +54,7 @@ from cadstore.format.commit import (
 )
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
-from cadstore.io.lock import LockRecord, WriterLock
+from cadstore.io.lock import LockRecord, WriterLock, lock_location
 from cadstore.io.parquet import parse_table
 from cadstore.io.publish import (
     Sink,
@@ -548,10 +548,41 @@ def repair(
     recovers, and releases it. ``published`` are more copies to check besides those the
     current version lists. Returns what was done, as sentences: empty when nothing needed
     doing.
+
+    Raises
+    ------
+    CorruptStoreError
+        If ``dataset`` is not a readable dataset (missing, a truncated zip, a text file, a
+        pipe, a plain folder, ...), naming the path and the problem as
+        :class:`cadstore.dataset.DatasetReader` does: "nothing to repair" would hide a
+        mistyped path. Without a writer's lock beside it this is checked before the lock
+        is taken, so nothing is created (taking the lock made a missing path's folders).
+        With one, after the recovery, which may have rolled back a first merge and left
+        no dataset: that is no error.
     """
     where = resolve(dataset, storage_options, shared=True)
+    locked = lock_location(where).exists()
+    if not locked:
+        _check_dataset(where)
     with WriterLock(where, "repair", timeout=timeout) as lock:
-        return recover(where, lock.previous, published)
+        done = recover(where, lock.previous, published)
+    if locked and (not done or dataset_exists(where)):
+        _check_dataset(where)
+    return done
+
+
+def _check_dataset(dataset: Location) -> None:
+    """Open ``dataset`` (its metadata only; a pipe is refused unread) and close it.
+
+    Raises
+    ------
+    CorruptStoreError
+        If it is not a readable cadstore dataset, naming the path and the problem.
+    """
+    from cadstore.dataset.reader import DatasetReader
+
+    with DatasetReader(dataset):
+        pass
 
 
 # ---------------------------------------------------------------------------- readers

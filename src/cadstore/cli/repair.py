@@ -15,7 +15,8 @@ def register(sub: Any) -> None:
         "split that was killed left behind: staged files are removed (rolled back), or the "
         ".infoset, .attribset and .flow are published again from the dataset (rolled "
         "forward). Any later merge, append or split does the same first; this does only "
-        "that.",
+        "that. A path that is not a dataset (missing, unreadable, not a cadstore dataset) "
+        "is an error, unless a killed writer's lock is beside it.",
     )
     parser.add_argument("dataset", help="the .dataset (or its .flow manifest)")
     parser.add_argument(
