@@ -84,6 +84,12 @@ def test_info_and_split_commands(
         == 2
     )
     assert "add up to 1" in capsys.readouterr().err
+    # A negative seed: numpy's bare "expected non-negative integer" named no option.
+    before = (tmp_path / "d.infoset").read_bytes()
+    assert main(["split", str(tmp_path / "d.dataset"), "--key", "file_label", "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be a non-negative integer, got -1" in err
+    assert (tmp_path / "d.infoset").read_bytes() == before
     assert main(["info", str(tmp_path / "nope.dataset")]) == 2
     assert main(["split", str(tmp_path / "d.dataset"), "--key", "no_such_key"]) == 2
     err = capsys.readouterr().err

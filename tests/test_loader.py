@@ -143,6 +143,19 @@ def test_split_bad_input(loader: DatasetLoader) -> None:
         loader.split("face_types", "Labels")
 
 
+def test_split_bad_random_state(flow: Path, loader: DatasetLoader) -> None:
+    """A seed numpy refuses raised numpy's own ValueError ("expected non-negative
+    integer") or TypeError, naming nothing; the infoset is left as it was."""
+    infoset = flow.with_suffix(".infoset")
+    before = infoset.read_bytes()
+    for seed in (-1, 1.5, "3", True, np.int64(-2)):
+        with pytest.raises(DatasetError, match=r"random_state .*non-negative integer") as info:
+            loader.split("random", random_state=seed)  # type: ignore[arg-type]
+        assert repr(seed) in str(info.value)
+    assert infoset.read_bytes() == before
+    assert loader.split("random", random_state=np.int64(3)) == (72, 24, 24)
+
+
 @pytest.mark.parametrize("key", ["processing_time", "size_cadfile"])
 def test_split_on_a_measurement_uses_quantile_bins(
     loader: DatasetLoader, items: list[Any], key: str

@@ -37,16 +37,20 @@ def register(sub: Any) -> None:
         help="quantile bins of a numeric key such as size_cadfile or processing_time "
         f"(default: {DEFAULT_SPLIT_BINS}, fewer when items are few)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random state")
+    parser.add_argument("--seed", type=int, default=0, help="random state, a non-negative integer")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Split and print the subset sizes."""
+    from cadstore.cli._common import CommandError
     from cadstore.cli._dataset_args import dataset_sources
     from cadstore.dataset.loader import DatasetLoader
 
+    if args.seed < 0:
+        # numpy's own refusal ("expected non-negative integer") names no option.
+        raise CommandError(f"--seed must be a non-negative integer, got {args.seed}")
     sources = dataset_sources(args.dataset, args.storage_options)
     # The split is recorded in the .infoset beside the dataset (created from the tables the
     # dataset carries when there is none yet).

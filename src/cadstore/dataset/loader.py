@@ -359,6 +359,21 @@ def item_loader_form(func: Callable[..., Any]) -> str:
     )
 
 
+def _check_random_state(random_state: object) -> None:
+    """Refuse a seed numpy would refuse (``-1``: "expected non-negative integer", ``1.5``)
+    with a message naming ``random_state``; a bool is no seed either."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return
+    if (
+        isinstance(random_state, bool | np.bool_)
+        or not isinstance(random_state, int | np.integer)
+        or random_state < 0
+    ):
+        raise DatasetError(
+            f"random_state must be None or a non-negative integer, got {random_state!r}"
+        )
+
+
 class ItemSource:
     """Reads items of a merged dataset by code; picklable, reopening the file per process.
 
@@ -1295,7 +1310,8 @@ class DatasetLoader:
         train, validation, test
             Fractions of the items; they must add up to 1 (within 1e-6).
         random_state
-            Seed; the same seed gives the same split. ``None`` draws a fresh one.
+            Seed, a non-negative integer; the same seed gives the same split. ``None``
+            draws a fresh one.
         categories
             The classes to stratify on (values outside them count as unlabelled). Default:
             every distinct value of a class-like key. A numeric key that measures rather
@@ -1319,7 +1335,8 @@ class DatasetLoader:
         Raises
         ------
         DatasetError
-            If the fractions are invalid, the key or group is unknown, or the key names
+            If the fractions are invalid, ``random_state`` is not ``None`` or a
+            non-negative integer, the key or group is unknown, or the key names
             items rather than classing them (``name``, ``description``: most items have a
             value of their own); the message lists the keys that suit.
 
@@ -1335,6 +1352,7 @@ class DatasetLoader:
         loader has an infoset.
         """
         ratios = _check_fractions((train, validation, test))
+        _check_random_state(random_state)
         if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
             raise DatasetError(f"bins must be a positive int, got {bins!r}")
         cats = None if categories is None else tuple(categories)
