@@ -516,3 +516,62 @@ def test_set_license_is_accepted_and_does_nothing(caplog: pytest.LogCaptureFixtu
     assert [r.getMessage() for r in caplog.records] == [
         "cadstore needs no license; set_license does nothing"
     ]
+
+
+@pytest.mark.parametrize("backend", ["memory", "opt", "json"])
+def test_metric_storage_keeps_a_training_runs_metrics(tmp_path: Path, backend: str) -> None:
+    """The specified ``MetricStorage(store)`` (``<package>.storage.MetricStorage``) was
+    missing: trend, category and matrix metrics per epoch, and per-item predictions."""
+    from cadstore.storage import JsonStorageHandler, MemoryStorage, MetricStorage, OptStorage
+
+    make = {
+        "memory": MemoryStorage,
+        "opt": lambda: OptStorage(tmp_path / "run.zarr"),
+        "json": lambda: JsonStorageHandler(tmp_path / "run"),
+    }[backend]
+    store = make()
+    metrics = MetricStorage(store)
+    assert metrics.get_storage() is store
+    for epoch, loss in ((1, 0.5), (0, 0.9), (1, 0.4)):  # a repeated epoch replaces
+        metrics.push_trend_metric("train_loss", epoch, loss)
+    metrics.push_category_metric("per_class_accuracy", 0, [0, 1, 2], [0.5, 0.75, 1.0])
+    confusion = np.array([[5, 1], [2, 7]], dtype=np.int64)
+    metrics.push_matrix_metric("confusion_matrix", 3, confusion)
+    metrics.push_data("face_predictions", 12, np.array([0, 2, 1], dtype=np.int32))
+    metrics.push_data("face_predictions", 4, np.array([1], dtype=np.int32))
+    if backend == "opt":
+        store.compress_store()
+        store.close()
+        store = OptStorage(tmp_path / "run.zarr")
+        metrics = MetricStorage(store)
+    assert metrics.pull_trend_metric("train_loss") == ([0, 1], [0.9, 0.4])
+    assert metrics.pull_category_metric("per_class_accuracy", 0) == ([0, 1, 2], [0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(metrics.pull_matrix_metric("confusion_matrix", 3), confusion)
+    assert metrics.list_data_ids("face_predictions") == [4, 12]
+    assert metrics.list_data_ids("absent") == []
+    np.testing.assert_array_equal(metrics.pull_data("face_predictions", 12), [0, 2, 1])
+    with pytest.raises(ValueError, match="no epoch 2 of metric 'per_class_accuracy'"):
+        metrics.pull_category_metric("per_class_accuracy", 2)
+    with pytest.raises(ValueError, match="no epoch 0 of metric 'confusion_matrix'"):
+        metrics.pull_matrix_metric("confusion_matrix", 0)
+    with pytest.raises(ValueError, match="no trend metric 'val_loss'"):
+        metrics.pull_trend_metric("val_loss")
+    with pytest.raises(ValueError, match="no data 5 under 'face_predictions'"):
+        metrics.pull_data("face_predictions", 5)
+    store.close()
+
+
+def test_metric_storage_refuses_what_it_cannot_keep() -> None:
+    from cadstore.storage import MemoryStorage, MetricStorage
+
+    store = MemoryStorage()
+    metrics = MetricStorage(store)
+    with pytest.raises(ValueError, match="3 categories for 2 values"):
+        metrics.push_category_metric("iou", 0, [0, 1, 2], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"expected a 2-D array, got \(3,\)"):
+        metrics.push_matrix_metric("confusion_matrix", 0, [1, 2, 3])
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        metrics.push_trend_metric("loss", -1, 0.1)
+    with pytest.raises(ValueError, match="without '/'"):
+        metrics.push_trend_metric("a/b", 0, 0.1)
+    assert store.get_keys() == []

@@ -31,6 +31,7 @@ __all__ = [
     "LocalStorageProvider",
     "MLStorage",
     "MemoryStorage",
+    "MetricStorage",
     "OptStorage",
     "PyGGraphStoreHandler",
     "convert_storage",
@@ -46,6 +47,7 @@ _LAZY = {
     "DatasetMerger": "cadstore.merging",
     "DatasetInfo": "cadstore.merging",
     "convert_storage": "cadstore.storage.convert",
+    "MetricStorage": "cadstore.storage.metric_storage",
 }
 
 
