@@ -243,3 +243,59 @@ def test_encode_files_on_the_cluster(client: distributed.Client, tmp_path: Path)
     assert report.dataset is not None and Path(report.dataset).is_file()
     names = sorted(p.name for p in (tmp_path / "dask" / "encoded").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "local" / "encoded").iterdir())
+
+
+class _KillOnBody1(distributed.WorkerPlugin):
+    """On every worker (restarted ones too): body 1 kills the worker, as a kernel crash
+    on one body of a file does."""
+
+    def setup(self, worker: distributed.Worker) -> None:
+        from cadstore.encode import work
+
+        real = work.encode_body
+
+        def encode_body(model: object, body: int, name: str, task: object, settings: object):  # type: ignore[no-untyped-def]
+            if body == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(model, body, name, task, settings)
+
+        work.encode_body = encode_body
+
+
+def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path) -> None:
+    """A worker dying on body 1 of a 3-body file lost the whole file: Dask ran the task
+    again from body 0 until its allowed failures were spent, body 2 was never encoded,
+    and body 0, published by a dead worker, was not reported. Each attempt continues
+    where the last one died, as the local supervisor does."""
+    pytest.importorskip("OCP", reason="the cad extra is not installed")
+    from OCP.gp import gp_Trsf, gp_Vec
+    from OCP.TopLoc import TopLoc_Location
+
+    from cadstore.cad import samples
+    from cadstore.encode import encode_files
+    from cadstore.encode.naming import item_name
+
+    def shifted(shape: object, x: float) -> object:
+        move = gp_Trsf()
+        move.SetTranslation(gp_Vec(x, 0.0, 0.0))
+        return shape.Moved(TopLoc_Location(move))  # type: ignore[attr-defined]
+
+    parts = [samples.make_box(), samples.make_cylinder(), samples.make_bracket()]
+    compound = samples.make_compound([shifted(p, 40.0 * i) for i, p in enumerate(parts)])
+    (tmp_path / "in").mkdir()
+    path = samples.write_step(compound, tmp_path / "in" / "three.step")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(_KillOnBody1())
+        report = encode_files(tmp_path / "in", tmp_path / "out", client=client, histograms=False)
+    names = [item_name(path, b) for b in range(3)]
+    assert report.encoded == [names[0], names[2]]
+    (failure,) = report.failed
+    assert failure["name"] == names[1] and failure["body_index"] == 1
+    assert failure["reason"] == "crash" and "died while encoding" in failure["error"]
+    encoded = sorted(p.name for p in (tmp_path / "out" / "encoded").iterdir())
+    assert encoded == sorted(f"{n}.zarr.data" for n in (names[0], names[2]))

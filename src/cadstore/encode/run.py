@@ -43,6 +43,7 @@ every item as it is published instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -288,7 +289,10 @@ def encode_files(
         apply (Dask runs one task per worker thread and cannot stop a running task), nor
         does ``memory_limit_mb``: an address-space cap would also starve the worker's own
         threads, so memory is bounded by the Dask workers' ``memory_limit`` instead. A
-        file whose worker dies is recorded as ``"crash"``.
+        body whose worker dies is recorded as ``"crash"``, and the file's later bodies
+        are encoded by the task's next attempt (Dask runs a task whose worker died
+        again, up to its ``allowed-failures``); a worker lost while reading a file ends
+        that file, as it does locally.
     dask_client_params
         Keyword arguments of ``distributed.LocalCluster``: a local cluster is started
         for this call and closed at its end (the ``dask`` extra).
@@ -372,9 +376,14 @@ def encode_files(
             if dask is not None and tasks:
                 from cadstore.cluster import run_on_dask
 
-                report.workers = run_on_dask(
-                    dask.client, tasks, settings, _dask_encode_task, collector
-                )
+                # A journal is this run's: one left by an earlier run that died is not.
+                _remove_journals(tasks, settings)
+                try:
+                    report.workers = run_on_dask(
+                        dask.client, tasks, settings, _dask_encode_task, collector
+                    )
+                finally:
+                    _remove_journals(tasks, settings)
             else:
                 spec = WorkerSpec(
                     process_file,
@@ -518,11 +527,123 @@ def _run_locally(
             pool.run(again)
 
 
+#: The journal of a file's Dask task in the items' folder: the messages of each attempt
+#: as they are sent, read by the next attempt when a worker died on the file.
+DASK_JOURNAL_PREFIX = ".cadstore-dask-"
+
+
+def _dask_journal(task: Task, settings: Settings) -> str:
+    return os.path.join(settings.encoded_dir, f"{DASK_JOURNAL_PREFIX}{task.base}.jsonl")
+
+
 def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
-    """One file as a Dask task: the messages a supervised worker would have sent."""
-    messages: list[dict[str, Any]] = []
-    process_file(task, settings, messages.append)
+    """One file as a Dask task: the messages a supervised worker would have sent.
+
+    A worker that dies on a body (a kernel crash) takes the messages of its attempt with
+    it, and Dask runs the task again on another worker, which would meet the same body
+    again, up to the scheduler's ``allowed-failures``, and never encode the bodies after
+    it. So each attempt journals its messages as it sends them (the items' folder is on
+    the disk every worker shares), and an attempt that finds a journal continues the
+    file as a local supervisor does (:meth:`~cadstore.encode.report.Collector.unfinished`):
+    the bodies done are kept, the body a worker died on is failed (``"crash"``), and a
+    worker lost while reading the file ends it.
+    """
+    journal = _dask_journal(task, settings)
+    earlier = _read_journal(journal)
+    carried, leave, lost_reading = _continued(task, earlier)
+    messages: list[dict[str, Any]] = list(carried)
+    if lost_reading:
+        messages.append(
+            {
+                "type": "failed",
+                "index": task.index,
+                "reason": "crash",
+                "error": "the Dask worker died while reading the file",
+                "logs": [],
+                "seconds": 0.0,
+            }
+        )
+    else:
+        with open(journal, "a", encoding="utf-8") as fh:
+
+            def emit(message: dict[str, Any]) -> None:
+                messages.append(message)
+                fh.write(json.dumps(message, default=str) + "\n")
+                fh.flush()
+
+            process_file(
+                dataclasses.replace(task, leave=tuple(sorted(set(task.leave) | leave))),
+                settings,
+                emit,
+            )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(journal)
     return messages
+
+
+def _remove_journals(tasks: Iterable[Task], settings: Settings) -> None:
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_dask_journal(task, settings))
+
+
+def _read_journal(path: str) -> list[dict[str, Any]]:
+    """The messages journaled by earlier attempts (a line cut short by the death is
+    dropped)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict):
+                found.append(message)
+    return found
+
+
+def _continued(
+    task: Task, earlier: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], set[int], bool]:
+    """What earlier attempts of ``task`` settled: their item messages (a body a worker
+    died on becomes a ``"crash"`` failure), the bodies to leave, and whether a worker
+    died while reading the file."""
+    carried: dict[int, dict[str, Any]] = {}
+    lost_reading = False
+    attempts: list[list[dict[str, Any]]] = []
+    for message in earlier:
+        if message.get("type") == "start" or not attempts:
+            attempts.append([])
+        attempts[-1].append(message)
+    for attempt in attempts:
+        kinds = [m.get("type") for m in attempt]
+        if "failed" in kinds:
+            continue  # the file could not be read: that attempt ended normally
+        if "loaded" not in kinds:
+            lost_reading = True
+            continue
+        current = None
+        for message in attempt:
+            if message.get("type") == "body":
+                current = int(message["body_index"])
+            elif message.get("type") == "item":
+                carried[int(message["body_index"])] = message
+                current = None
+        if current is not None and current not in carried:
+            carried[current] = {
+                "type": "item",
+                "index": task.index,
+                "name": f"{task.base}_{current}",
+                "body_index": current,
+                "status": "failed",
+                "reason": "crash",
+                "error": "the Dask worker died while encoding this body",
+                "logs": [],
+                "seconds": 0.0,
+            }
+    return [carried[b] for b in sorted(carried)], set(carried), lost_reading
 
 
 #: Categorical metadata of the sample parts: their family, one of ``PART_KINDS``.
