@@ -951,3 +951,49 @@ def test_append_keeps_the_codes_of_categorical_strings(tmp_path: Path) -> None:
     merge(files[5:], str(tmp_path / "inc.dataset"), append=True)
     assert codes("inc.dataset")[4:] == [(4, "copper")]
     assert values("inc.dataset") == materials
+
+
+def test_appends_do_not_write_copies_over_a_users_files(tmp_path: Path) -> None:
+    """The check that keeps a merge's table and manifest copies off files of another kind
+    was a merge's only: DatasetMerger.append_data() replaced a user's own x.flow beside
+    the dataset, and merge(append=True) creating the dataset a user's y.flow."""
+    import cadstore
+    from cadstore.errors import OutputExistsError
+
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(i + 1)}) for i in range(3)
+    ]
+    notes = b"my own flow notes, not JSON\n"
+    merger = DatasetMerger(files[:2], str(tmp_path / "x.dataset"), delete_source_files=False)
+    merger.merge_data()
+    (tmp_path / "x.flow").write_bytes(notes)
+    before = (tmp_path / "x.dataset").read_bytes()
+    with pytest.raises(OutputExistsError, match=r"x\.flow: exists and is not a \.flow manifest"):
+        DatasetMerger(
+            files[2:], str(tmp_path / "x.dataset"), delete_source_files=False
+        ).append_data()
+    assert (tmp_path / "x.flow").read_bytes() == notes
+    assert (tmp_path / "x.dataset").read_bytes() == before
+    (tmp_path / "y.flow").write_bytes(notes)
+    with pytest.raises(OutputExistsError, match=r"y\.flow: exists and is not a \.flow manifest"):
+        cadstore.merge(files, str(tmp_path / "y.dataset"), append=True)
+    assert (tmp_path / "y.flow").read_bytes() == notes
+    assert not (tmp_path / "y.dataset").exists()
+
+
+def test_an_append_takes_the_output_paths_a_merge_takes(tmp_path: Path) -> None:
+    """``x.dataset/`` failed an append after all its work with a raw NotADirectoryError,
+    and an output below a file was not refused first."""
+    import cadstore
+    from cadstore.errors import OutputExistsError
+
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(i + 1)}) for i in range(3)
+    ]
+    out = tmp_path / "out" / "x.dataset"
+    cadstore.merge(files[:2], f"{out}/")
+    result = cadstore.merge(files[2:], f"{out}/", append=True)
+    assert result.total_items == 3 and out.is_file()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"notes\.txt is a file, not a folder"):
+        cadstore.merge(files, str(tmp_path / "notes.txt" / "x.dataset"), append=True)

@@ -189,6 +189,32 @@ def test_directory_layout_on_s3_has_the_same_members(
     assert len(client.find(url)) == sum(1 for p in small.rglob("*") if p.is_file())
 
 
+def test_a_directory_merge_into_the_items_own_prefix_deletes_nothing(
+    server: WeedServer, items: list[Path]
+) -> None:
+    """A directory-layout merge whose output was the items' own prefix deleted every
+    item and the user's files there (objects the merge did not write are deleted at its
+    commit, and a prefix without a root zarr.json did not count as taken)."""
+    from cadstore.errors import OutputExistsError
+
+    options = server.storage_options()
+    client = _client(server)
+    prefix = _url("encoded")
+    for path in items[:3]:
+        client.put_file(str(path), f"{prefix}/{path.name}")
+    client.pipe(f"{prefix}/notes.txt", b"the user's own")
+    before = sorted(client.find(prefix))
+    with pytest.raises(OutputExistsError, match=r"holds objects that are not a dataset's"):
+        merge_items(
+            [f"{prefix}/{p.name}" for p in items[:3]],
+            prefix,
+            directory=True,
+            storage_options=options,
+        )
+    assert sorted(client.find(prefix)) == before
+    assert client.cat(f"{prefix}/notes.txt") == b"the user's own"
+
+
 def test_append_on_s3_equals_the_local_append(
     server: WeedServer, items: list[Path], tmp_path: Path
 ) -> None:

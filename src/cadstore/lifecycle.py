@@ -58,6 +58,7 @@ from cadstore.io.lock import LockRecord, WriterLock, lock_location
 from cadstore.io.parquet import parse_table
 from cadstore.io.publish import (
     Sink,
+    check_replaceable,
     recover_staged,
     sweep_dead_temporaries,
     write_bytes_atomic,
@@ -154,6 +155,21 @@ class PublishedFiles:
         found = {"infoset": self.infoset, "attribset": self.attribset, "flow": self.flow}
         return {kind: where for kind, where in found.items() if where is not None}
 
+    def check_replaceable(self) -> None:
+        """Refuse to publish a copy over a file of another kind (a user's own notes named
+        ``parts.flow``): each is a table (Parquet) or a manifest (JSON), or nothing yet.
+
+        Raises
+        ------
+        OutputExistsError
+            Naming the file.
+        """
+        for kind, where in self.by_kind().items():
+            if kind == "flow":
+                check_replaceable(where, "a .flow manifest", _is_manifest)
+            else:
+                check_replaceable(where, f"an .{kind}", _is_parquet)
+
     def siblings(self, dataset: Location) -> dict[str, str]:
         """The copies that sit in the dataset's own folder, by kind, as plain names."""
         folder = dataset.parent.path
@@ -225,6 +241,7 @@ class Transaction:
         self.lock.acquire()
         try:
             self.recovered = recover(self.dataset, self.lock.previous, self.published)
+            self.published.check_replaceable()
             self.parent = _current_commit(self.dataset)
             previous = self.lock.previous
             if (
@@ -369,6 +386,14 @@ def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes
         return found
     finally:
         source.close()
+
+
+def _is_manifest(head: bytes) -> bool:
+    return head.lstrip()[:1] == b"{"
+
+
+def _is_parquet(head: bytes) -> bool:
+    return head[:4] == b"PAR1"
 
 
 def dataset_exists(dataset: Location) -> bool:

@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from cadstore.errors import CadstoreError, MergeError, StorageError
@@ -836,6 +836,40 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
+#: Documents a store keeps beside its root ``zarr.json`` (an item's metadata, a dataset's
+#: commit record and tables), uploaded before the root.
+_ROOT_DOCUMENTS = frozenset(
+    ("metadata.json", "commit.json", "infoset.parquet", "attribset.parquet")
+)
+
+
+#: The documents of a Zarr v3 or v2 node.
+_ZARR_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def _hierarchy_member(name: str, names: Collection[str]) -> bool:
+    """Whether the object ``name`` (relative to a prefix holding ``names``) is part of a
+    Zarr hierarchy there, complete or cut short: a ``zarr.json``, a store's own root
+    document, a chunk, or below a folder holding a node's document (the root included)."""
+    parts = name.split("/")
+    if parts[-1] in _ZARR_DOCUMENTS or name in _ROOT_DOCUMENTS or _chunk_key(parts):
+        return True
+    return any(
+        "/".join((*parts[:i], document)) in names
+        for i in range(len(parts))
+        for document in _ZARR_DOCUMENTS
+    )
+
+
+def _chunk_key(parts: Sequence[str]) -> bool:
+    """Whether ``parts`` name a Zarr v3 chunk (``<array path>/c/<i>/<j>...``), which a
+    merge that died may have uploaded before its array's ``zarr.json``."""
+    if "c" not in parts[1:]:
+        return False
+    at = len(parts) - 1 - parts[::-1].index("c")
+    return at >= 1 and at < len(parts) - 1 and all(p.isdigit() for p in parts[at + 1 :])
+
+
 class PrefixSink(Sink):
     """A directory-layout dataset on an object store: one object per member.
 
@@ -853,6 +887,18 @@ class PrefixSink(Sink):
         self.location = location.with_path(location.path.rstrip("/"))
         self.location.makedirs()  # checks the bucket, with a clear error when it is missing
         self._old = set(self.location.fs.file_sizes(self.location.path))
+        # Members of an earlier dataset, or of a merge that died before its root, are
+        # replaced and the rest deleted at commit; anything else is not a dataset's to
+        # delete (a merge given the items' own prefix as its output).
+        strangers = sorted(n for n in self._old if not _hierarchy_member(n, self._old))
+        if strangers:
+            from cadstore.errors import OutputExistsError
+
+            raise OutputExistsError(
+                f"{self.location.path}: holds objects that are not a dataset's (e.g. "
+                f"{strangers[0]!r}); not writing a dataset over them (choose another "
+                "prefix, or remove them first)"
+            )
         if "zarr.json" in self._old:
             self.location.child("zarr.json").remove()
         self._root: bytes | None = None

@@ -39,6 +39,7 @@ from cadstore.merging.run import (
     order_files,
     published_fields,
     summary_fields,
+    writable_target,
 )
 from cadstore.merging.scan import ItemScan, check_buckets, item_name_of, scan_all
 from cadstore.merging.tables import extend_attribset, extend_table, item_tables
@@ -95,7 +96,7 @@ def append_items(
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
     """
-    target = resolve(dataset, storage_options, shared=True)
+    target = writable_target(resolve(dataset, storage_options, shared=True))
     items = [resolve(f, storage_options, shared=True) for f in files]
     options = MergeOptions(
         compression_level=compression_level,

@@ -33,7 +33,7 @@ from typing import Any
 from cadstore.errors import CadstoreError, MergeError, OutputExistsError, Remedy
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
-from cadstore.io.publish import check_output_folder, check_replaceable, open_sink
+from cadstore.io.publish import check_output_folder, open_sink
 from cadstore.lifecycle import PublishedFiles, Transaction, dataset_exists
 from cadstore.merging.distributed import scan_on_dask, write_shards_on_dask
 from cadstore.merging.options import (
@@ -65,7 +65,23 @@ __all__ = [
     "order_files",
     "published_fields",
     "summary_fields",
+    "writable_target",
 ]
+
+
+def writable_target(target: Location) -> Location:
+    """The dataset a merge or an append writes at ``target``, checked before any work:
+    ``x.dataset/`` names ``x.dataset`` (as it does for a directory-layout one), and an
+    output below a file is refused.
+
+    Raises
+    ------
+    OutputExistsError
+        If a file is where a folder of the output's path must be.
+    """
+    target = target.with_path(target.path.rstrip("/") or target.path)
+    check_output_folder(target)
+    return target
 
 
 def check_replaceable_dataset(target: Location) -> None:
@@ -105,21 +121,6 @@ def check_replaceable_dataset(target: Location) -> None:
             "only an earlier merge, not this (choose another output path, or remove it "
             "first)"
         )
-
-
-def check_replaceable_copies(published: PublishedFiles) -> None:
-    """Refuse to publish a table or manifest copy over a file of another kind.
-
-    Raises
-    ------
-    OutputExistsError
-        Naming the file.
-    """
-    for kind, where in published.by_kind().items():
-        if kind == "flow":
-            check_replaceable(where, "a .flow manifest", lambda head: head.lstrip()[:1] == b"{")
-        else:
-            check_replaceable(where, f"an .{kind}", lambda head: head[:4] == b"PAR1")
 
 
 def merge_items(
@@ -218,9 +219,7 @@ def run_merge(
     error for an existing dataset suggests.
     """
     started = time.perf_counter()
-    # "x.dataset/" names the dataset x.dataset, as it does for a directory-layout one.
-    target = target.with_path(target.path.rstrip("/") or target.path)
-    check_output_folder(target)
+    target = writable_target(target)
     with Transaction(target, "merge", published, timeout=options.lock_timeout) as txn:
         if dataset_exists(target):
             if not overwrite:
@@ -229,8 +228,6 @@ def run_merge(
                     return resumed
                 raise MergeError.suggesting(f"{target} already exists", *remedies)
             check_replaceable_dataset(target)
-        if published is not None:
-            check_replaceable_copies(published)
         result = merge_version(txn, items, target, schema, options, file_id_codes, client)
     result.seconds = time.perf_counter() - started
     return result
