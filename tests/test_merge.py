@@ -776,6 +776,33 @@ def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Pat
     assert item["edges"]["edge_size"].shape == (3,)
 
 
+def test_rows_named_like_sizes_keep_groups_of_their_own(tmp_path: Path) -> None:
+    """The file group is for one value per item: rows of sizes of different lengths
+    (``bbox_size`` (3,), ``voxel_size`` (N,)) in one group would disagree on rows, and
+    every item was dropped. An append keeps a file-level value where the dataset has it
+    (a dataset merged by an earlier cadstore gave each a group of its own)."""
+    files = [
+        write_arrays(
+            tmp_path / f"p{i}.zarr",
+            {"bbox_size": np.ones(3), "voxel_size": np.ones(10 + i), "mesh_size": 0.5 + i},
+        )
+        for i in range(3)
+    ]
+    result = merge_items(files, tmp_path / "x.dataset")
+    assert len(result.items) == 3 and result.errors == []
+    assert sorted(result.groups) == ["bbox_size", "file", "voxel_size"]
+    # An earlier layout: mesh_size in a group of its own (here by its nested key).
+    old = [write_arrays(tmp_path / f"o{i}.zarr", {"mesh_size/mesh_size": 1.5}) for i in range(2)]
+    merge_items(old[:1], tmp_path / "old.dataset")
+    new = write_arrays(tmp_path / "n.zarr", {"mesh_size": 2.5})
+    from cadstore.merging import append_items
+
+    appended = append_items(tmp_path / "old.dataset", [new])
+    assert appended.errors == [] and sorted(appended.groups) == ["mesh_size"]
+    with DatasetReader(tmp_path / "old.dataset") as reader:
+        assert reader.read_item(1, None) == {"mesh_size": {"mesh_size": 2.5}}
+
+
 def test_merger_append_data_publishes_the_copies_beside_the_dataset(
     realistic_items: list[Any], tmp_path: Path
 ) -> None:

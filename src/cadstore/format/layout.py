@@ -24,8 +24,8 @@ Where an item array goes:
 1. a key ``group/array`` goes to ``group`` (deeper paths are joined with ``_``);
 2. a bare key goes to the schema group that declares it;
 3. otherwise name rules: the four face-pair arrays to ``faceface``, ``*face*`` to
-   ``faces``, ``*edge*`` to ``edges``, ``*graph*`` to ``graph``, ``*duration*`` and
-   ``*size*`` to ``file``;
+   ``faces``, ``*edge*`` to ``edges``, ``*graph*`` to ``graph``, and one value per item
+   named ``*duration*`` or ``*size*`` to ``file``;
 4. anything else gets a group of its own, named after the array.
 
 0-d values (Python and numpy scalars, 0-d arrays) become per-item arrays on the ``item``
@@ -34,6 +34,7 @@ dimension of their group.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -85,17 +86,36 @@ def default_primary_dim(group: str) -> str:
 
 #: The specified name rules, in order: the first token found in a bare array name gives
 #: its group.
-_NAME_RULES = (
-    ("face", "faces"),
-    ("edge", "edges"),
-    ("graph", "graph"),
-    ("duration", "file"),
-    ("size", "file"),
-)
+_NAME_RULES = (("face", "faces"), ("edge", "edges"), ("graph", "graph"))
+#: The specified rules for an item's file-level values: one value per item, in ``file``.
+_FILE_RULES = ("duration", "size")
 
 
-def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
-    """Return ``(group, array)`` for an item leaf at ``path`` (see the module docstring)."""
+def assign_group(
+    path: str,
+    schema: Any | None,
+    *,
+    per_item: bool = False,
+    known: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """Return ``(group, array)`` for an item leaf at ``path`` (see the module docstring).
+
+    Parameters
+    ----------
+    path
+        The item key.
+    schema
+        The merge's schema, or ``None``.
+    per_item
+        Whether the item holds one value there (a 0-d value): ``*duration*`` and
+        ``*size*`` values then go to ``file``, the specified group of file-level values.
+        Rows of such a name keep a group of their own, since the rows of one group must
+        agree in count.
+    known
+        The group of each array a dataset being appended to holds, by name: a file-level
+        value keeps the group it has there (a dataset merged by an earlier cadstore gave
+        each such value a group of its own).
+    """
     parts = path.split("/")
     if len(parts) > 1:
         return parts[0], "_".join(parts[1:])
@@ -109,4 +129,6 @@ def assign_group(path: str, schema: Any | None) -> tuple[str, str]:
     for token, group in _NAME_RULES:
         if token in name:
             return group, name
+    if per_item and any(token in name for token in _FILE_RULES):
+        return (known or {}).get(name, "file"), name
     return name, name

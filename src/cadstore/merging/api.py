@@ -179,8 +179,8 @@ class DatasetMerger:
                     break
         groups: dict[str, dict[str, list[str]]] = {}
         for scan in scans:
-            for key in scan.arrays:
-                group, array = assign_group(key, schema)
+            for key, (shape, _dtype) in scan.arrays.items():
+                group, array = assign_group(key, schema, per_item=not shape)
                 entry = groups.setdefault(group, {"arrays": [], "sources": []})
                 if array not in entry["arrays"]:
                     entry["arrays"].append(array)

@@ -150,10 +150,11 @@ def _append_local(
         scans = scan_all(ordered, options.limits, pool, errors, options.progress)
         stored = reader.metadata.get("_storage_schema")
         schema = Schema.from_any(stored) if stored else None
-        groups, kept, plan_warnings = plan_groups(scans, schema, errors)
+        known = _array_groups(reader)
+        groups, kept, plan_warnings = plan_groups(scans, schema, errors, known)
         if len(kept) != len(scans):
             scans = [scans[c] for c in kept]
-            groups, _, plan_warnings = plan_groups(scans, schema, [])
+            groups, _, plan_warnings = plan_groups(scans, schema, [], known)
         warnings_ += plan_warnings
         if scans:
             # Face-pair arrays keep the dataset's layout: triangles stay triangles (every
@@ -190,6 +191,18 @@ def _append_local(
     result.errors = errors
     result.warnings = warnings_
     return result
+
+
+def _array_groups(reader: DatasetReader) -> dict[str, str]:
+    """The group of each array the dataset holds, by name (names in two groups left out):
+    the new items' arrays go where the dataset has them."""
+    found: dict[str, str] = {}
+    twice: set[str] = set()
+    for group in reader.groups:
+        for name in reader.arrays(group):
+            if found.setdefault(name, group) != group:
+                twice.add(name)
+    return {name: group for name, group in found.items() if name not in twice}
 
 
 def _append_remote(

@@ -172,9 +172,15 @@ def schema_from(schema: Any, scans: Sequence[ItemScan]) -> Schema | None:
 
 
 def plan_groups(
-    scans: Sequence[ItemScan], schema: Schema | None, errors: list[dict[str, str]]
+    scans: Sequence[ItemScan],
+    schema: Schema | None,
+    errors: list[dict[str, str]],
+    known: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, GroupPlan], list[int], list[str]]:
     """Plan output groups; return the groups, the codes that survive, and warnings.
+
+    ``known`` are the groups of the arrays of a dataset being appended to, by name (see
+    :func:`~cadstore.format.layout.assign_group`).
 
     Items whose arrays disagree with the rest (trailing shapes, row counts within a group,
     non-square face-pair matrices) are dropped and recorded in ``errors``. What "the rest"
@@ -185,9 +191,9 @@ def plan_groups(
     groups: dict[str, GroupPlan] = {}
     warnings_: list[str] = []
     kept: list[int] = []
-    expected = _most_common_shapes(scans, schema)
+    expected = _most_common_shapes(scans, schema, known)
     for code, scan in enumerate(scans):
-        staged, problems = _stage_item(scan, groups, schema, warnings_, expected)
+        staged, problems = _stage_item(scan, groups, schema, warnings_, expected, known)
         if problems:
             errors.append({"file": scan.path, "error": "; ".join(problems)})
             continue
@@ -213,13 +219,13 @@ _Shape = tuple[bool, tuple[int, ...]]
 
 
 def _most_common_shapes(
-    scans: Sequence[ItemScan], schema: Schema | None
+    scans: Sequence[ItemScan], schema: Schema | None, known: Mapping[str, str] | None
 ) -> dict[tuple[str, str], _Shape]:
     """What most items hold of each dataset array (the earliest in a tie), counted over
     the items that are consistent in themselves."""
     counts: dict[tuple[str, str], Counter[_Shape]] = {}
     for scan in scans:
-        staged, problems = _stage_item(scan, {}, schema, [], {})
+        staged, problems = _stage_item(scan, {}, schema, [], {}, known)
         if problems:
             continue
         for group, array_name, _key, trailing, _dt, rows in staged:
@@ -234,6 +240,7 @@ def _stage_item(
     schema: Schema | None,
     warnings_: list[str],
     expected: Mapping[tuple[str, str], _Shape],
+    known: Mapping[str, str] | None = None,
 ) -> tuple[list[_Staged], list[str]]:
     """Place an item's arrays in their groups; return them, and what disagrees with what
     most items hold (``expected``)."""
@@ -242,7 +249,7 @@ def _stage_item(
     rows_by_group: dict[str, int] = {}
     placed: dict[tuple[str, str], str] = {}
     for key, (shape, dtype) in scan.arrays.items():
-        group_name, array_name = assign_group(key, schema)
+        group_name, array_name = assign_group(key, schema, per_item=not shape, known=known)
         if dtype == "string" and shape:
             warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
             continue
