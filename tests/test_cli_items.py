@@ -710,6 +710,14 @@ def test_export_json_overwrite_keeps_a_users_own_json_files(
         *run(capsys, "export-json", items[0], "-o", store, "--overwrite"), "'package.json'"
     )
     assert {p.name: p.read_text() for p in project.iterdir()} == mine
+    # A metadata.json of the user's own (no file_sizes_KB) does not make a JSON store.
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "metadata.json").write_text('{"title": "my thesis data"}')
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", thesis, "--overwrite"), "not a JSON store's"
+    )
+    assert (thesis / "metadata.json").read_text() == '{"title": "my thesis data"}'
     assert (store / "package.json").read_text() == mine["package.json"]
     assert sorted(p.name for p in store.iterdir()) == [
         "metadata.json",

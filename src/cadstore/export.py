@@ -36,7 +36,8 @@ from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, move_into_place
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
-from cadstore.storage.convert import STORAGE_METADATA
+from cadstore.storage.base import SIZES_METADATA_KEY
+from cadstore.storage.convert import copy_storage
 from cadstore.storage.json_handler import METADATA_FILE
 from cadstore.tree import leaf_dtype_shape
 
@@ -110,6 +111,16 @@ def _store_files(directory: str) -> list[str]:
                 f"{directory} holds {name!r}, which is not a JSON store file; refusing to "
                 "overwrite it (choose an empty or new directory)"
             )
+    # A store's metadata.json records the size of every key it holds: a metadata.json
+    # of the user's own alone is not a store.
+    with open(os.path.join(directory, METADATA_FILE), "rb") as fh:
+        document = json.load(fh)
+    if SIZES_METADATA_KEY not in document:
+        raise OutputExistsError(
+            f"{directory} holds a {METADATA_FILE} that is not a JSON store's (no "
+            f"{SIZES_METADATA_KEY}); refusing to overwrite it (choose an empty or new "
+            "directory)"
+        )
     return entries
 
 
@@ -178,47 +189,45 @@ def _copy(target: Artefact, scratch: str, max_json_bytes: int) -> Export:
     source = target.require_storage("export-json")
     result = Export(scratch)
     destination = JsonStorageHandler(scratch)
-    try:
-        schema = source.get_schema()
-        if schema:
-            destination.set_schema(schema)
-            result.schema = True
-        keys = source.get_keys()
-        for key in progress(keys, total=len(keys), desc="exporting", unit="key"):
-            value = source.load_data(key)
-            cost = json_cost(value)
-            if cost > max_json_bytes:
-                raise LimitExceededError(
-                    target.location.path,
-                    f"key {key!r} would take about {cost} bytes of memory as JSON, more than "
-                    f"export-json's max_json_bytes={max_json_bytes}; a JSON store is for "
-                    "small items (read this one with cadstore.OptStorage, or pass a larger "
-                    "max_json_bytes to cadstore.export.export_json)",
-                )
-            destination.save_data(key, value)
-            kind, dtype, shape = _describe(value)
-            del value
-            file = destination.get_file_path(key)
-            result.keys.append(
-                {
-                    "key": key,
-                    "type": kind,
-                    "dtype": dtype,
-                    "shape": shape,
-                    "file": os.path.basename(file),
-                    "bytes": os.path.getsize(file) if os.path.isfile(file) else None,
-                }
+
+    def check(key: str, value: Any) -> None:
+        cost = json_cost(value)
+        if cost > max_json_bytes:
+            raise LimitExceededError(
+                target.location.path,
+                f"key {key!r} would take about {cost} bytes of memory as JSON, more than "
+                f"export-json's max_json_bytes={max_json_bytes}; a JSON store is for "
+                "small items (read this one with cadstore.OptStorage, or pass a larger "
+                "max_json_bytes to cadstore.export.export_json)",
             )
-        metadata = source.load_metadata()
-        for name, value in metadata.items():
-            if name in STORAGE_METADATA:
-                # The destination writes these itself (sizes, routing) or took them
-                # through set_schema; save_metadata refuses or would make them stale.
-                continue
-            destination.save_metadata(name, value)
-            result.metadata_fields.append(name)
+
+    def saved(key: str, value: Any) -> None:
+        kind, dtype, shape = _describe(value)
+        file = destination.get_file_path(key)
+        result.keys.append(
+            {
+                "key": key,
+                "type": kind,
+                "dtype": dtype,
+                "shape": shape,
+                "file": os.path.basename(file),
+                "bytes": os.path.getsize(file) if os.path.isfile(file) else None,
+            }
+        )
+
+    try:
+        keys = source.get_keys()
+        copied = copy_storage(
+            source,
+            destination,
+            keys=progress(keys, total=len(keys), desc="exporting", unit="key"),
+            check=check,
+            saved=saved,
+        )
     finally:
         destination.close()
+    result.schema = copied.schema
+    result.metadata_fields = copied.metadata_fields
     return result
 
 

@@ -8,6 +8,10 @@ methods alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
 from cadstore.storage.base import (
     ROUTING_METADATA_KEY,
     SCHEMA_METADATA_KEY,
@@ -16,11 +20,64 @@ from cadstore.storage.base import (
     NodeStorage,
 )
 
-__all__ = ["STORAGE_METADATA", "convert_storage"]
+__all__ = ["STORAGE_METADATA", "Copied", "convert_storage", "copy_storage"]
 
 #: Metadata a storage writes for itself (the schema, routing, sizes): a destination
 #: writes its own.
 STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
+
+
+@dataclass
+class Copied:
+    """What :func:`copy_storage` copied: whether a schema, the keys, the metadata fields."""
+
+    schema: bool = False
+    keys: list[str] = field(default_factory=list)
+    metadata_fields: list[str] = field(default_factory=list)
+
+
+def copy_storage(
+    source: DataStorage,
+    dest: DataStorage,
+    *,
+    keys: Iterable[str] | None = None,
+    check: Callable[[str, Any], None] | None = None,
+    saved: Callable[[str, Any], None] | None = None,
+) -> Copied:
+    """:func:`convert_storage`, with hooks for a caller that watches each key.
+
+    Parameters
+    ----------
+    source, dest
+        As in :func:`convert_storage`.
+    keys
+        The data keys to copy, in order (default: every key of ``source``); pass them
+        through a progress bar here.
+    check
+        Called with each key and its loaded value before it is saved; raise to stop.
+    saved
+        Called with each key and its value once saved.
+    """
+    copied = Copied()
+    schema = source.get_schema()
+    if schema:
+        dest.set_schema(schema)
+        copied.schema = True
+    for key in source.get_keys() if keys is None else keys:
+        value = source.load_data(key)
+        if check is not None:
+            check(key, value)
+        dest.save_data(key, value)
+        if saved is not None:
+            saved(key, value)
+        copied.keys.append(key)
+        del value
+    if isinstance(source, NodeStorage):
+        for name, value in source.load_metadata().items():
+            if name not in STORAGE_METADATA:
+                dest.save_metadata(name, value)
+                copied.metadata_fields.append(name)
+    return copied
 
 
 def convert_storage(source_handler: DataStorage, dest_handler: DataStorage) -> None:
@@ -46,12 +103,4 @@ def convert_storage(source_handler: DataStorage, dest_handler: DataStorage) -> N
     cadstore's storages, which give their whole metadata document, and not from a storage
     of another kind.
     """
-    schema = source_handler.get_schema()
-    if schema:
-        dest_handler.set_schema(schema)
-    for key in source_handler.get_keys():
-        dest_handler.save_data(key, source_handler.load_data(key))
-    if isinstance(source_handler, NodeStorage):
-        for name, value in source_handler.load_metadata().items():
-            if name not in STORAGE_METADATA:
-                dest_handler.save_metadata(name, value)
+    copy_storage(source_handler, dest_handler)
