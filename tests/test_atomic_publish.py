@@ -147,16 +147,3 @@ def test_stale_temp_files_of_killed_writers_are_swept_once(tmp_path: Path) -> No
         storage.compress_store()
     assert again.exists()
     assert (tmp_path / "b.zarr.data").is_file() and not (tmp_path / "b.zarr").exists()
-
-
-def test_what_a_dataset_prefix_may_replace_is_a_hierarchy_s_own() -> None:
-    """A directory-layout output on an object store replaces what an earlier dataset or
-    a merge that died left there, and nothing else (see PrefixSink)."""
-    from cadstore.io.publish import _hierarchy_member
-
-    cut_short = {"commit.json", "faces/face_areas/c/0", "faces/zarr.json", "graph/num_nodes/c/3"}
-    v2 = {".zgroup", "face_areas/.zarray", "face_areas/0", "metadata.json"}
-    for names in (cut_short, v2, {"zarr.json", "anything/inside.bin"}):
-        assert all(_hierarchy_member(n, names) for n in names), names
-    users = {"p0.zarr.data", "notes.txt", "c/0", "sub/c/x", "faces/face_areas/c/0/notes"}
-    assert not any(_hierarchy_member(n, users) for n in users)

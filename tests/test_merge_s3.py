@@ -213,6 +213,17 @@ def test_a_directory_merge_into_the_items_own_prefix_deletes_nothing(
         )
     assert sorted(client.find(prefix)) == before
     assert client.cat(f"{prefix}/notes.txt") == b"the user's own"
+    # Zarr stores of the user's own there (items kept as directories) are not a
+    # dataset's either: they looked like one's leftovers to a check by the objects' names.
+    stores = _url("stores")
+    for i in range(2):
+        with cadstore.OptStorage(f"{stores}/kept_{i}.zarr", storage_options=options) as item:
+            item.save_data("face_areas", np.ones(3, dtype=np.float32))
+    before = sorted(client.find(stores))
+    assert any(name.endswith("kept_0.zarr/zarr.json") for name in before)
+    with pytest.raises(OutputExistsError, match=r"holds objects that are not a dataset's"):
+        merge_items(items[:2], stores, directory=True, storage_options=options)
+    assert sorted(client.find(stores)) == before
 
 
 def test_append_on_s3_equals_the_local_append(

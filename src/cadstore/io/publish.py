@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from cadstore.errors import CadstoreError, MergeError, StorageError
@@ -61,6 +61,7 @@ __all__ = [
     "HOST_TAG",
     "append_durably",
     "TEMP_PREFIX",
+    "WRITING_MARKER",
     "DirectorySink",
     "FileSystemSync",
     "PrefixSink",
@@ -836,38 +837,9 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
-#: Documents a store keeps beside its root ``zarr.json`` (an item's metadata, a dataset's
-#: commit record and tables), uploaded before the root.
-_ROOT_DOCUMENTS = frozenset(
-    ("metadata.json", "commit.json", "infoset.parquet", "attribset.parquet")
-)
-
-
-#: The documents of a Zarr v3 or v2 node.
-_ZARR_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
-
-
-def _hierarchy_member(name: str, names: Collection[str]) -> bool:
-    """Whether the object ``name`` (relative to a prefix holding ``names``) is part of a
-    Zarr hierarchy there, complete or cut short: a ``zarr.json``, a store's own root
-    document, a chunk, or below a folder holding a node's document (the root included)."""
-    parts = name.split("/")
-    if parts[-1] in _ZARR_DOCUMENTS or name in _ROOT_DOCUMENTS or _chunk_key(parts):
-        return True
-    return any(
-        "/".join((*parts[:i], document)) in names
-        for i in range(len(parts))
-        for document in _ZARR_DOCUMENTS
-    )
-
-
-def _chunk_key(parts: Sequence[str]) -> bool:
-    """Whether ``parts`` name a Zarr v3 chunk (``<array path>/c/<i>/<j>...``), which a
-    merge that died may have uploaded before its array's ``zarr.json``."""
-    if "c" not in parts[1:]:
-        return False
-    at = len(parts) - 1 - parts[::-1].index("c")
-    return at >= 1 and at < len(parts) - 1 and all(p.isdigit() for p in parts[at + 1 :])
+#: The object a dataset's writer uploads to an object-store prefix before anything else,
+#: and removes once the store is complete: objects beside it are a writer's leftovers.
+WRITING_MARKER = ".cadstore-writing"
 
 
 class PrefixSink(Sink):
@@ -879,28 +851,34 @@ class PrefixSink(Sink):
     or of a crashed attempt that this one did not write are deleted, and the root
     ``zarr.json``, which readers open first, is uploaded last. A merge that dies part-way
     leaves unreferenced objects and no root, which the next run overwrites or deletes.
+
+    With ``exclusive`` (a dataset's writer), the prefix must hold a store already (its
+    root ``zarr.json``), the leftovers of a writer that stopped before its root (its
+    :data:`WRITING_MARKER`, uploaded before anything else and removed after the root), or
+    nothing: objects of any other origin (a merge given the items' own prefix as its
+    output) are not the writer's to delete, and it refuses to start.
     """
 
     _UPLOADS_IN_FLIGHT = 16
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, *, exclusive: bool = False) -> None:
         self.location = location.with_path(location.path.rstrip("/"))
         self.location.makedirs()  # checks the bucket, with a clear error when it is missing
         self._old = set(self.location.fs.file_sizes(self.location.path))
-        # Members of an earlier dataset, or of a merge that died before its root, are
-        # replaced and the rest deleted at commit; anything else is not a dataset's to
-        # delete (a merge given the items' own prefix as its output).
-        strangers = sorted(n for n in self._old if not _hierarchy_member(n, self._old))
-        if strangers:
+        self._marked = False
+        if exclusive and self._old and not self._old & {"zarr.json", WRITING_MARKER}:
             from cadstore.errors import OutputExistsError
 
             raise OutputExistsError(
                 f"{self.location.path}: holds objects that are not a dataset's (e.g. "
-                f"{strangers[0]!r}); not writing a dataset over them (choose another "
-                "prefix, or remove them first)"
+                f"{sorted(self._old)[0]!r}); not writing a dataset over them (choose "
+                "another prefix, or remove them first)"
             )
         if "zarr.json" in self._old:
             self.location.child("zarr.json").remove()
+        if exclusive:
+            write_bytes_atomic(self.location.child(WRITING_MARKER), b"")
+            self._marked = True
         self._root: bytes | None = None
         self._written: set[str] = set()
         # Uploads are latency-bound: a few in parallel keep the connection pool busy.
@@ -920,12 +898,14 @@ class PrefixSink(Sink):
     def commit(self) -> None:
         while self._pending:
             self._pending.popleft().result()
-        for stale in sorted(self._old - self._written - {"zarr.json"}):
+        for stale in sorted(self._old - self._written - {"zarr.json", WRITING_MARKER}):
             self.location.child(stale).remove()
         if self._root is None:
             raise MergeError(f"{self.location}: no root zarr.json was produced")
         write_bytes_atomic(self.location.child("zarr.json"), self._root)
         self.size += len(self._root)
+        if self._marked or WRITING_MARKER in self._old:
+            self.location.child(WRITING_MARKER).remove()
         self._pool.shutdown()
 
     def abort(self) -> None:
@@ -1023,7 +1003,9 @@ def rewrite_open_file(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-def open_sink(location: Location, *, directory: bool = False, durable: bool = True) -> Sink:
+def open_sink(
+    location: Location, *, directory: bool = False, durable: bool = True, exclusive: bool = False
+) -> Sink:
     """Return the sink that publishes a dataset at ``location``.
 
     Parameters
@@ -1034,9 +1016,12 @@ def open_sink(location: Location, *, directory: bool = False, durable: bool = Tr
         A directory store (a prefix of objects on an object store) instead of a zip.
     durable
         fsync what is published (local disk).
+    exclusive
+        On an object store, refuse a prefix holding objects that are not a store's (see
+        :class:`PrefixSink`).
     """
     if not directory:
         return ZipSink(location, durable=durable)
     if location.remote:
-        return PrefixSink(location)
+        return PrefixSink(location, exclusive=exclusive)
     return DirectorySink(location, durable=durable)

@@ -418,7 +418,7 @@ def _write_appended(
     )
     cont = _carry_over(reader, _continue_groups(reader, groups))
     plans = cont.plans
-    sink = open_sink(target, directory=target.isdir())
+    sink = open_sink(target, directory=target.isdir(), exclusive=True)
     try:
         txn.begin(sink)
         # As the dataset was written: its checksums (or none) and provenance chunk grids.

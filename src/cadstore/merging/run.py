@@ -295,7 +295,7 @@ def _write_version(
         if not scans:
             raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
         plan = plan_merge(scans, schema, options, errors)
-        sink = open_sink(target, directory=options.directory)
+        sink = open_sink(target, directory=options.directory, exclusive=True)
         try:
             txn.begin(sink)
             writer = ShardWriter(sink, pool, options, levels=array_levels(plan.groups, options))
