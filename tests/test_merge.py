@@ -1024,3 +1024,17 @@ def test_an_append_takes_the_output_paths_a_merge_takes(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match=r"notes\.txt is a file, not a folder"):
         cadstore.merge(files, str(tmp_path / "notes.txt" / "x.dataset"), append=True)
+
+
+def test_a_key_held_as_one_value_by_most_items_stays_one_array(tmp_path: Path) -> None:
+    """``file_size`` as one value in two items and as rows (shape (1,)) in a third was
+    split, silently, into file/file_size and a group of its own (one value per item
+    decides the group under the name rules); the odd item is dropped and named."""
+    files = [
+        write_arrays(tmp_path / f"p{i}.zarr", {"face_areas": np.ones(2), "file_size": value})
+        for i, value in enumerate([1.0, 2.0, np.array([5.0])])
+    ]
+    result = merge_items(files, tmp_path / "x.dataset")
+    assert sorted(result.groups) == ["faces", "file"]
+    assert [Path(e["file"]).name for e in result.errors] == ["p2.zarr.data"]
+    assert "this item holds rows, other items one value per item" in result.errors[0]["error"]

@@ -191,9 +191,12 @@ def plan_groups(
     groups: dict[str, GroupPlan] = {}
     warnings_: list[str] = []
     kept: list[int] = []
-    expected = _most_common_shapes(scans, schema, known)
+    # Whether a key is one value per item decides its group under the name rules (see
+    # assign_group): what most items hold decides, so an odd item meets the others there.
+    per_item = _most_common_per_item(scans)
+    expected = _most_common_shapes(scans, schema, known, per_item)
     for code, scan in enumerate(scans):
-        staged, problems = _stage_item(scan, groups, schema, warnings_, expected, known)
+        staged, problems = _stage_item(scan, groups, schema, warnings_, expected, known, per_item)
         if problems:
             errors.append({"file": scan.path, "error": "; ".join(problems)})
             continue
@@ -218,14 +221,27 @@ _Staged = tuple["GroupPlan", str, str, tuple[int, ...], "np.dtype | str", "int |
 _Shape = tuple[bool, tuple[int, ...]]
 
 
+def _most_common_per_item(scans: Sequence[ItemScan]) -> dict[str, bool]:
+    """For each item key, whether most items hold one value there (the earliest in a
+    tie)."""
+    counts: dict[str, Counter[bool]] = {}
+    for scan in scans:
+        for key, (shape, _dtype) in scan.arrays.items():
+            counts.setdefault(key, Counter())[not shape] += 1
+    return {key: seen.most_common(1)[0][0] for key, seen in counts.items()}
+
+
 def _most_common_shapes(
-    scans: Sequence[ItemScan], schema: Schema | None, known: Mapping[str, str] | None
+    scans: Sequence[ItemScan],
+    schema: Schema | None,
+    known: Mapping[str, str] | None,
+    per_item: Mapping[str, bool],
 ) -> dict[tuple[str, str], _Shape]:
     """What most items hold of each dataset array (the earliest in a tie), counted over
     the items that are consistent in themselves."""
     counts: dict[tuple[str, str], Counter[_Shape]] = {}
     for scan in scans:
-        staged, problems = _stage_item(scan, {}, schema, [], {}, known)
+        staged, problems = _stage_item(scan, {}, schema, [], {}, known, per_item)
         if problems:
             continue
         for group, array_name, _key, trailing, _dt, rows in staged:
@@ -241,6 +257,7 @@ def _stage_item(
     warnings_: list[str],
     expected: Mapping[tuple[str, str], _Shape],
     known: Mapping[str, str] | None = None,
+    per_item: Mapping[str, bool] | None = None,
 ) -> tuple[list[_Staged], list[str]]:
     """Place an item's arrays in their groups; return them, and what disagrees with what
     most items hold (``expected``)."""
@@ -249,7 +266,8 @@ def _stage_item(
     rows_by_group: dict[str, int] = {}
     placed: dict[tuple[str, str], str] = {}
     for key, (shape, dtype) in scan.arrays.items():
-        group_name, array_name = assign_group(key, schema, per_item=not shape, known=known)
+        one_value = (per_item or {}).get(key, not shape)
+        group_name, array_name = assign_group(key, schema, per_item=one_value, known=known)
         if dtype == "string" and shape:
             warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
             continue
@@ -292,11 +310,11 @@ def _stage_item(
         want = expected.get((group.name, array_name))
         if want is None:
             continue
-        per_item, want_trailing = want
-        if per_item != (staged_rows is None):
+        want_one_value, want_trailing = want
+        if want_one_value != (staged_rows is None):
             problems.append(
                 f"{key!r} ({group.name}/{array_name}): this item holds "
-                f"{holding(staged_rows is None)}, other items {holding(per_item)}"
+                f"{holding(staged_rows is None)}, other items {holding(want_one_value)}"
             )
             continue
         if staged_rows is not None and want_trailing != trailing:
