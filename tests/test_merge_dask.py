@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,17 +250,119 @@ class _KillOnBody1(distributed.WorkerPlugin):
     """On every worker (restarted ones too): body 1 kills the worker, as a kernel crash
     on one body of a file does."""
 
+    def __init__(self, bodies: tuple[int, ...] = (1,)) -> None:
+        self.bodies = bodies
+
     def setup(self, worker: distributed.Worker) -> None:
         from cadstore.encode import work
 
         real = work.encode_body
+        bodies = self.bodies
 
         def encode_body(model: object, body: int, name: str, task: object, settings: object):  # type: ignore[no-untyped-def]
-            if body == 1:
+            if body in bodies:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(model, body, name, task, settings)
 
         work.encode_body = encode_body
+
+
+def _three_bodies(directory: Path) -> Path:
+    """A STEP file of three bodies (a box, a cylinder, a bracket side by side)."""
+    from OCP.gp import gp_Trsf, gp_Vec
+    from OCP.TopLoc import TopLoc_Location
+
+    from cadstore.cad import samples
+
+    def shifted(shape: Any, x: float) -> Any:
+        move = gp_Trsf()
+        move.SetTranslation(gp_Vec(x, 0.0, 0.0))
+        return shape.Moved(TopLoc_Location(move))
+
+    parts = [samples.make_box(), samples.make_cylinder(), samples.make_bracket()]
+    compound = samples.make_compound([shifted(p, 40.0 * i) for i, p in enumerate(parts)])
+    directory.mkdir()
+    return Path(samples.write_step(compound, directory / "three.step"))
+
+
+def test_a_file_dask_gives_up_on_reports_what_its_attempts_did(tmp_path: Path) -> None:
+    """When the workers died as often as the scheduler allows, the file was one failure
+    "while reading the file", and the bodies its attempts had published were not
+    reported. Its journal tells what they did."""
+    pytest.importorskip("OCP", reason="the cad extra is not installed")
+    import dask
+
+    from cadstore.encode import encode_files
+    from cadstore.encode.naming import item_name
+
+    path = _three_bodies(tmp_path / "in")
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(_KillOnBody1())
+        report = encode_files(tmp_path / "in", tmp_path / "out", client=client, histograms=False)
+    names = [item_name(path, b) for b in range(3)]
+    assert report.encoded == [names[0]]
+    got = sorted((f["body_index"] is None, f["name"], f["error"]) for f in report.failed)
+    assert got[0][:2] == (False, names[1]) and "died while encoding this body" in got[0][2]
+    assert got[1][:2] == (True, None) and "bodies [2] were not encoded" in got[1][2]
+    assert sorted(p.name for p in (tmp_path / "out" / "encoded").iterdir()) == [
+        f"{names[0]}.zarr.data"
+    ]
+
+
+def test_a_journal_settles_a_body_after_two_deaths_and_spares_a_live_attempt() -> None:
+    """One death on a body may be another task's (a worker runs tasks in threads): the
+    body is tried again, and failed after a second death, or at once when no attempt
+    follows. An earlier attempt still alive on this machine is not taken for dead."""
+    import subprocess
+
+    from cadstore.encode.run import _settled, _still_running
+    from cadstore.encode.work import Task
+    from cadstore.io.publish import HOST_TAG
+
+    task = Task(index=0, path="three.step", base="b")
+
+    def attempt(pid: int, *events: tuple[str, int]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [
+            {"type": "start", "index": 0, "pid": pid, "host": HOST_TAG},
+            {"type": "loaded", "index": 0, "num_bodies": 3, "seconds": 0.1},
+        ]
+        for kind, body in events:
+            if kind == "body":
+                out.append({"type": "body", "index": 0, "body_index": body})
+            else:
+                out.append(
+                    {
+                        "type": "item",
+                        "index": 0,
+                        "name": f"b_{body}",
+                        "body_index": body,
+                        "status": "encoded",
+                    }
+                )
+        return out
+
+    once = attempt(1, ("body", 0), ("item", 0), ("body", 1))
+    settled = _settled(task, once, final=False)
+    assert settled.leave == {0} and settled.num_bodies == 3
+    assert _settled(task, once, final=True).leave == {0, 1}
+    twice = once + attempt(2, ("body", 1))
+    crash = _settled(task, twice, final=False)
+    assert crash.leave == {0, 1} and crash.carried[1]["reason"] == "crash"
+    reading = [{"type": "start", "index": 0, "pid": 1}] * 2
+    assert _settled(task, reading, final=False).lost_reading
+    assert not _settled(task, reading[:1], final=False).lost_reading
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            assert _still_running(attempt(live.pid, ("body", 0)))
+        finally:
+            live.kill()
+    assert not _still_running(attempt(live.pid, ("body", 0)))  # reaped: dead
 
 
 def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path) -> None:
@@ -268,22 +371,10 @@ def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path
     and body 0, published by a dead worker, was not reported. Each attempt continues
     where the last one died, as the local supervisor does."""
     pytest.importorskip("OCP", reason="the cad extra is not installed")
-    from OCP.gp import gp_Trsf, gp_Vec
-    from OCP.TopLoc import TopLoc_Location
-
-    from cadstore.cad import samples
     from cadstore.encode import encode_files
     from cadstore.encode.naming import item_name
 
-    def shifted(shape: object, x: float) -> object:
-        move = gp_Trsf()
-        move.SetTranslation(gp_Vec(x, 0.0, 0.0))
-        return shape.Moved(TopLoc_Location(move))  # type: ignore[attr-defined]
-
-    parts = [samples.make_box(), samples.make_cylinder(), samples.make_bracket()]
-    compound = samples.make_compound([shifted(p, 40.0 * i) for i, p in enumerate(parts)])
-    (tmp_path / "in").mkdir()
-    path = samples.write_step(compound, tmp_path / "in" / "three.step")
+    path = _three_bodies(tmp_path / "in")
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
@@ -296,6 +387,7 @@ def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path
     assert report.encoded == [names[0], names[2]]
     (failure,) = report.failed
     assert failure["name"] == names[1] and failure["body_index"] == 1
-    assert failure["reason"] == "crash" and "died while encoding" in failure["error"]
+    assert failure["reason"] == "crash"
+    assert "died while encoding this body (2 times)" in failure["error"]
     encoded = sorted(p.name for p in (tmp_path / "out" / "encoded").iterdir())
     assert encoded == sorted(f"{n}.zarr.data" for n in (names[0], names[2]))

@@ -69,7 +69,7 @@ from cadstore.encode.work import (
     traceback_lines,
 )
 from cadstore.errors import CadstoreError, StorageError
-from cadstore.io.publish import fsync_file
+from cadstore.io.publish import HOST_TAG, fsync_file, pid_alive
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.opt import OptStorage
@@ -289,10 +289,9 @@ def encode_files(
         apply (Dask runs one task per worker thread and cannot stop a running task), nor
         does ``memory_limit_mb``: an address-space cap would also starve the worker's own
         threads, so memory is bounded by the Dask workers' ``memory_limit`` instead. A
-        body whose worker dies is recorded as ``"crash"``, and the file's later bodies
+        body two workers died on is recorded as ``"crash"``, and the file's later bodies
         are encoded by the task's next attempt (Dask runs a task whose worker died
-        again, up to its ``allowed-failures``); a worker lost while reading a file ends
-        that file, as it does locally.
+        again, up to its ``allowed-failures``); see ``_dask_encode_task``.
     dask_client_params
         Keyword arguments of ``distributed.LocalCluster``: a local cluster is started
         for this call and closed at its end (the ``dask`` extra).
@@ -380,7 +379,11 @@ def encode_files(
                 _remove_journals(tasks, settings)
                 try:
                     report.workers = run_on_dask(
-                        dask.client, tasks, settings, _dask_encode_task, collector
+                        dask.client,
+                        tasks,
+                        settings,
+                        _dask_encode_task,
+                        _DaskListener(collector, settings),
                     )
                 finally:
                     _remove_journals(tasks, settings)
@@ -540,45 +543,84 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
     """One file as a Dask task: the messages a supervised worker would have sent.
 
     A worker that dies on a body (a kernel crash) takes the messages of its attempt with
-    it, and Dask runs the task again on another worker, which would meet the same body
-    again, up to the scheduler's ``allowed-failures``, and never encode the bodies after
-    it. So each attempt journals its messages as it sends them (the items' folder is on
-    the disk every worker shares), and an attempt that finds a journal continues the
-    file as a local supervisor does (:meth:`~cadstore.encode.report.Collector.unfinished`):
-    the bodies done are kept, the body a worker died on is failed (``"crash"``), and a
-    worker lost while reading the file ends it.
+    it, and Dask runs the task again on another worker, up to the scheduler's
+    ``allowed-failures``: started over, it would meet the same body again and never
+    encode the bodies after it. So each attempt journals its messages as it sends them
+    (the items' folder is on the disk every worker shares), and an attempt that finds a
+    journal continues the file: the bodies done are kept, and a body that two workers
+    died on is failed (``"crash"``) and left, so the bodies after it are encoded. Two
+    deaths, not one: a worker running several tasks in threads dies for whichever of them
+    crashed it, and the others' bodies deserve another try. A file that two workers died
+    reading is failed the same way. An earlier attempt still running on this machine (a
+    worker the scheduler lost contact with) is not taken for dead: the file is encoded
+    again from the start, as before journals.
     """
     journal = _dask_journal(task, settings)
     earlier = _read_journal(journal)
-    carried, leave, lost_reading = _continued(task, earlier)
-    messages: list[dict[str, Any]] = list(carried)
-    if lost_reading:
-        messages.append(
-            {
-                "type": "failed",
-                "index": task.index,
-                "reason": "crash",
-                "error": "the Dask worker died while reading the file",
-                "logs": [],
-                "seconds": 0.0,
-            }
-        )
+    if _still_running(earlier):
+        messages: list[dict[str, Any]] = []
+        process_file(task, settings, messages.append)
+        return messages
+    settled = _settled(task, earlier, final=False)
+    messages = list(settled.carried)
+    if settled.lost_reading:
+        messages.append(settled.reading_failure(task))
     else:
         with open(journal, "a", encoding="utf-8") as fh:
 
             def emit(message: dict[str, Any]) -> None:
                 messages.append(message)
-                fh.write(json.dumps(message, default=str) + "\n")
+                noted = {**message, "host": HOST_TAG} if message["type"] == "start" else message
+                fh.write(json.dumps(noted, default=str) + "\n")
                 fh.flush()
 
-            process_file(
-                dataclasses.replace(task, leave=tuple(sorted(set(task.leave) | leave))),
-                settings,
-                emit,
-            )
+            leave = tuple(sorted(set(task.leave) | settled.leave))
+            process_file(dataclasses.replace(task, leave=leave), settings, emit)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(journal)
     return messages
+
+
+class _DaskListener:
+    """The collector, as :func:`~cadstore.cluster.run_on_dask` reports to it: a file
+    whose task Dask gave up on (its workers died ``allowed-failures`` times) is reported
+    from its journal: the bodies its attempts published, the bodies they died on, and
+    the bodies never reached."""
+
+    def __init__(self, collector: Collector, settings: Settings) -> None:
+        self.collector = collector
+        self.settings = settings
+
+    def message(self, message: dict[str, Any]) -> None:
+        self.collector.message(message)
+
+    def done(self, task: Task) -> None:
+        self.collector.done(task)
+
+    def lost(self, task: Task, pid: int | None, reason: str, error: str, seconds: float) -> None:
+        earlier = _read_journal(_dask_journal(task, self.settings))
+        if not earlier:
+            self.collector.lost(task, pid, reason, error, seconds)
+            return
+        settled = _settled(task, earlier, final=True)
+        for message in settled.carried:
+            self.collector.message(message)
+        if settled.lost_reading:
+            self.collector.message(settled.reading_failure(task))
+        elif settled.num_bodies is not None:
+            missing = [b for b in range(settled.num_bodies) if b not in settled.leave]
+            if missing:
+                self.collector.message(
+                    {
+                        "type": "failed",
+                        "index": task.index,
+                        "reason": reason,
+                        "error": f"{error}; bodies {missing} were not encoded",
+                        "logs": [],
+                        "seconds": seconds,
+                    }
+                )
+        self.collector.done(task)
 
 
 def _remove_journals(tasks: Iterable[Task], settings: Settings) -> None:
@@ -599,51 +641,103 @@ def _read_journal(path: str) -> list[dict[str, Any]]:
     for line in lines:
         with contextlib.suppress(ValueError):
             message = json.loads(line)
-            if isinstance(message, dict):
+            if isinstance(message, dict) and "type" in message:
                 found.append(message)
     return found
 
 
-def _continued(
-    task: Task, earlier: Sequence[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], set[int], bool]:
-    """What earlier attempts of ``task`` settled: their item messages (a body a worker
-    died on becomes a ``"crash"`` failure), the bodies to leave, and whether a worker
-    died while reading the file."""
-    carried: dict[int, dict[str, Any]] = {}
-    lost_reading = False
+def _attempts(earlier: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The journaled messages by attempt (each begins with its ``start``)."""
     attempts: list[list[dict[str, Any]]] = []
     for message in earlier:
         if message.get("type") == "start" or not attempts:
             attempts.append([])
         attempts[-1].append(message)
-    for attempt in attempts:
+    return attempts
+
+
+def _still_running(earlier: Sequence[dict[str, Any]]) -> bool:
+    """Whether the last journaled attempt is a live process of this machine (not this
+    one): Dask started this attempt while that one still runs."""
+    attempts = _attempts(earlier)
+    if not attempts:
+        return False
+    start = attempts[-1][0]
+    pid = start.get("pid")
+    return (
+        start.get("type") == "start"
+        and start.get("host") == HOST_TAG
+        and isinstance(pid, int)
+        and pid != os.getpid()
+        and pid_alive(pid)
+    )
+
+
+@dataclass
+class _Settled:
+    """What the earlier attempts of a file's task settled (see :func:`_settled`)."""
+
+    carried: list[dict[str, Any]]
+    leave: set[int]
+    lost_reading: bool
+    num_bodies: int | None
+
+    @staticmethod
+    def reading_failure(task: Task) -> dict[str, Any]:
+        return {
+            "type": "failed",
+            "index": task.index,
+            "reason": "crash",
+            "error": "the Dask workers died while reading the file",
+            "logs": [],
+            "seconds": 0.0,
+        }
+
+
+def _settled(task: Task, earlier: Sequence[dict[str, Any]], *, final: bool) -> _Settled:
+    """What earlier attempts of ``task`` settled: their item messages, the bodies to
+    leave, whether the file is lost reading it, and its number of bodies.
+
+    A body (or the read) that workers died on is failed as ``"crash"`` once two of them
+    did, or at once when ``final`` (no attempt follows).
+    """
+    carried: dict[int, dict[str, Any]] = {}
+    deaths: dict[int | None, int] = {}  # body (None: reading) -> attempts that died there
+    num_bodies = None
+    for attempt in _attempts(earlier):
         kinds = [m.get("type") for m in attempt]
         if "failed" in kinds:
             continue  # the file could not be read: that attempt ended normally
-        if "loaded" not in kinds:
-            lost_reading = True
-            continue
-        current = None
+        current: int | None = None
         for message in attempt:
-            if message.get("type") == "body":
+            kind = message.get("type")
+            if kind == "loaded":
+                num_bodies = int(message["num_bodies"])
+            elif kind == "body":
                 current = int(message["body_index"])
-            elif message.get("type") == "item":
+            elif kind == "item":
                 carried[int(message["body_index"])] = message
                 current = None
-        if current is not None and current not in carried:
-            carried[current] = {
+        if "loaded" not in kinds:
+            deaths[None] = deaths.get(None, 0) + 1
+        elif current is not None and current not in carried:
+            deaths[current] = deaths.get(current, 0) + 1
+    needed = 1 if final else 2
+    for body, count in deaths.items():
+        if body is not None and count >= needed and body not in carried:
+            carried[body] = {
                 "type": "item",
                 "index": task.index,
-                "name": f"{task.base}_{current}",
-                "body_index": current,
+                "name": f"{task.base}_{body}",
+                "body_index": body,
                 "status": "failed",
                 "reason": "crash",
-                "error": "the Dask worker died while encoding this body",
+                "error": f"the Dask worker died while encoding this body ({count} times)",
                 "logs": [],
                 "seconds": 0.0,
             }
-    return [carried[b] for b in sorted(carried)], set(carried), lost_reading
+    lost_reading = deaths.get(None, 0) >= needed and num_bodies is None
+    return _Settled([carried[b] for b in sorted(carried)], set(carried), lost_reading, num_bodies)
 
 
 #: Categorical metadata of the sample parts: their family, one of ``PART_KINDS``.
