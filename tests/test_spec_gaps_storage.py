@@ -570,8 +570,30 @@ def test_metric_storage_refuses_what_it_cannot_keep() -> None:
         metrics.push_category_metric("iou", 0, [0, 1, 2], [0.5, 0.5])
     with pytest.raises(ValueError, match=r"expected a 2-D array, got \(3,\)"):
         metrics.push_matrix_metric("confusion_matrix", 0, [1, 2, 3])
-    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+    with pytest.raises(ValueError, match="epoch must be a non-negative 64-bit integer, got -1"):
         metrics.push_trend_metric("loss", -1, 0.1)
+    with pytest.raises(ValueError, match=r"got 1180591620717411303424"):
+        metrics.push_trend_metric("loss", 2**70, 0.1)
+    with pytest.raises(ValueError, match=r"categories must be integers .*'car'"):
+        metrics.push_category_metric("iou", 0, ["car", "truck"], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"flat lists, got shapes \(1, 2\)"):
+        metrics.push_category_metric("iou", 0, [[0, 1]], [[0.5, 0.5]])
     with pytest.raises(ValueError, match="without '/'"):
         metrics.push_trend_metric("a/b", 0, 0.1)
     assert store.get_keys() == []
+
+
+def test_metric_storage_nan_on_an_item_file_as_documented(tmp_path: Path) -> None:
+    """A NaN loss: an OptStorage refuses NaN as specified (naming the key), and keeps it
+    with allow_nan=True, as MetricStorage's documentation says."""
+    from cadstore.errors import InvalidDataError
+    from cadstore.storage import MetricStorage, OptStorage
+
+    with OptStorage(tmp_path / "strict.zarr") as strict:
+        with pytest.raises(InvalidDataError, match="trend/loss"):
+            MetricStorage(strict).push_trend_metric("loss", 0, float("nan"))
+    with OptStorage(tmp_path / "run.zarr", allow_nan=True) as run:
+        metrics = MetricStorage(run)
+        metrics.push_trend_metric("loss", 0, float("nan"))
+        epochs, values = metrics.pull_trend_metric("loss")
+        assert epochs == [0] and np.isnan(values[0])

@@ -118,8 +118,9 @@ def _store_files(directory: str) -> list[str]:
     if SIZES_METADATA_KEY not in document:
         raise OutputExistsError(
             f"{directory} holds a {METADATA_FILE} that is not a JSON store's (no "
-            f"{SIZES_METADATA_KEY}); refusing to overwrite it (choose an empty or new "
-            "directory)"
+            f"{SIZES_METADATA_KEY}; a store of metadata alone has none either, so it "
+            "cannot be told from a file of your own); refusing to overwrite it (choose an "
+            "empty or new directory, or remove this one first)"
         )
     return entries
 

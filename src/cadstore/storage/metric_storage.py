@@ -17,11 +17,14 @@ data            ``push_data(name, data_id, data)`` (one    ``pull_data(name, dat
 ==============  =========================================  ==============================
 
 Every push is saved into the storage at once (keys ``trend/<name>``,
-``category/<name>/epoch_<e>``, ``matrix/<name>/epoch_<e>``, ``data/<name>/<id>``), so a run
-killed at epoch 40 keeps epochs 0-39; publish the storage (``compress_store()`` and
-``close()`` for an ``OptStorage``) when the run ends. A pushed epoch replaces the same
-epoch pushed before. Pulling an epoch, a name or an id never pushed raises ``ValueError``
-naming it (the specification's error for a missing epoch).
+``category/<name>/epoch_<e>``, ``matrix/<name>/epoch_<e>``, ``data/<name>/<id>``). What
+survives a run killed at epoch 40 is the storage's to say: a ``JsonStorageHandler`` has
+written epochs 0-39 to disk, an ``OptStorage`` publishes its file only at
+``compress_store()`` / ``close()``, as its items do (call ``compress_store()`` now and then
+in a long run, and reopen it with ``mode="a"`` to go on). An ``OptStorage`` refuses NaN as
+specified: a loss that may be NaN needs ``OptStorage(..., allow_nan=True)``. A pushed epoch
+replaces the same epoch pushed before. Pulling an epoch, a name or an id never pushed
+raises ``ValueError`` naming it (the specification's error for a missing epoch).
 
 The vendor documents these methods by name; their exact behaviour here (write-through,
 the keys above, what ``pull_trend_metric`` returns) is cadstore's.
@@ -108,9 +111,20 @@ class MetricStorage:
         ValueError
             If ``categories`` and ``values`` differ in length.
         """
-        cats = np.asarray(list(categories), dtype=np.int64)
-        vals = np.asarray(list(values), dtype=np.float64)
-        if cats.shape != vals.shape or cats.ndim != 1:
+        try:
+            cats = np.asarray(list(categories), dtype=np.int64)
+            vals = np.asarray(list(values), dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"category metric {name!r}: categories must be integers (class codes) and "
+                f"values numbers, got {list(categories)!r} and {list(values)!r}"
+            ) from None
+        if cats.ndim != 1 or vals.ndim != 1:
+            raise ValueError(
+                f"category metric {name!r}: categories and values must be flat lists, got "
+                f"shapes {cats.shape} and {vals.shape}"
+            )
+        if cats.shape != vals.shape:
             raise ValueError(
                 f"category metric {name!r}: {cats.size} categories for {vals.size} values"
             )
@@ -198,6 +212,10 @@ def _name(name: str) -> str:
 
 def _epoch(value: int, what: str = "epoch") -> int:
     """An epoch (or id): a non-negative integer."""
-    if isinstance(value, bool | float) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    if (
+        isinstance(value, bool | float)
+        or not isinstance(value, int | np.integer)
+        or not 0 <= value < 2**63
+    ):
+        raise ValueError(f"{what} must be a non-negative 64-bit integer, got {value!r}")
     return int(value)
