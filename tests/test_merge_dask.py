@@ -285,10 +285,10 @@ def _three_bodies(directory: Path) -> Path:
     return Path(samples.write_step(compound, directory / "three.step"))
 
 
-def test_a_file_dask_gives_up_on_reports_what_its_attempts_did(tmp_path: Path) -> None:
-    """When the workers died as often as the scheduler allows, the file was one failure
-    "while reading the file", and the bodies its attempts had published were not
-    reported. Its journal tells what they did."""
+def _encode_killing_body_1(tmp_path: Path, allowed_failures: int) -> tuple[Any, list[str]]:
+    """Encode a 3-body file on a one-worker cluster whose workers die on body 1 (the
+    scheduler allowing ``allowed_failures`` deaths per task); return the report and the
+    items' names."""
     pytest.importorskip("OCP", reason="the cad extra is not installed")
     import dask
 
@@ -297,7 +297,7 @@ def test_a_file_dask_gives_up_on_reports_what_its_attempts_did(tmp_path: Path) -
 
     path = _three_bodies(tmp_path / "in")
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}),
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
         ) as cluster,
@@ -305,7 +305,14 @@ def test_a_file_dask_gives_up_on_reports_what_its_attempts_did(tmp_path: Path) -
     ):
         client.register_plugin(_KillOnBody1())
         report = encode_files(tmp_path / "in", tmp_path / "out", client=client, histograms=False)
-    names = [item_name(path, b) for b in range(3)]
+    return report, [item_name(path, b) for b in range(3)]
+
+
+def test_a_file_dask_gives_up_on_reports_what_its_attempts_did(tmp_path: Path) -> None:
+    """When the workers died as often as the scheduler allows, the file was one failure
+    "while reading the file", and the bodies its attempts had published were not
+    reported. Its journal tells what they did."""
+    report, names = _encode_killing_body_1(tmp_path, allowed_failures=1)
     assert report.encoded == [names[0]]
     got = sorted((f["body_index"] is None, f["name"], f["error"]) for f in report.failed)
     assert got[0][:2] == (False, names[1]) and "died while encoding this body" in got[0][2]
@@ -370,20 +377,7 @@ def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path
     again from body 0 until its allowed failures were spent, body 2 was never encoded,
     and body 0, published by a dead worker, was not reported. Each attempt continues
     where the last one died, as the local supervisor does."""
-    pytest.importorskip("OCP", reason="the cad extra is not installed")
-    from cadstore.encode import encode_files
-    from cadstore.encode.naming import item_name
-
-    path = _three_bodies(tmp_path / "in")
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.register_plugin(_KillOnBody1())
-        report = encode_files(tmp_path / "in", tmp_path / "out", client=client, histograms=False)
-    names = [item_name(path, b) for b in range(3)]
+    report, names = _encode_killing_body_1(tmp_path, allowed_failures=3)
     assert report.encoded == [names[0], names[2]]
     (failure,) = report.failed
     assert failure["name"] == names[1] and failure["body_index"] == 1

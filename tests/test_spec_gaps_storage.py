@@ -589,9 +589,11 @@ def test_metric_storage_nan_on_an_item_file_as_documented(tmp_path: Path) -> Non
     from cadstore.errors import InvalidDataError
     from cadstore.storage import MetricStorage, OptStorage
 
-    with OptStorage(tmp_path / "strict.zarr") as strict:
-        with pytest.raises(InvalidDataError, match="trend/loss"):
-            MetricStorage(strict).push_trend_metric("loss", 0, float("nan"))
+    with (
+        OptStorage(tmp_path / "strict.zarr") as strict,
+        pytest.raises(InvalidDataError, match="trend/loss"),
+    ):
+        MetricStorage(strict).push_trend_metric("loss", 0, float("nan"))
     with OptStorage(tmp_path / "run.zarr", allow_nan=True) as run:
         metrics = MetricStorage(run)
         metrics.push_trend_metric("loss", 0, float("nan"))
