@@ -837,6 +837,11 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
+#: The documents of a store's root, uploaded last (in this order: readers open the last
+#: ones first), so that a store whose upload died part-way has no root: Zarr v2's
+#: attributes, consolidated metadata and group document, or v3's ``zarr.json``.
+_ROOT_DOCUMENTS = (".zattrs", ".zmetadata", ".zgroup", "zarr.json")
+
 #: The object a dataset's writer uploads to an object-store prefix before anything else,
 #: and removes once the store is complete: objects beside it are a writer's leftovers.
 WRITING_MARKER = ".cadstore-writing"
@@ -846,11 +851,12 @@ class PrefixSink(Sink):
     """A directory-layout dataset on an object store: one object per member.
 
     Object stores cannot swap a prefix atomically, so publication is ordered instead: an
-    existing root ``zarr.json`` is deleted first (readers then find no dataset rather than
-    a mix of old and new members), every member is uploaded, members of an earlier dataset
-    or of a crashed attempt that this one did not write are deleted, and the root
-    ``zarr.json``, which readers open first, is uploaded last. A merge that dies part-way
-    leaves unreferenced objects and no root, which the next run overwrites or deletes.
+    existing root ``zarr.json`` (or a Zarr v2 item's root documents) is deleted first
+    (readers then find no store rather than a mix of old and new members), every member is
+    uploaded, members of an earlier store or of a crashed attempt that this one did not
+    write are deleted, and the root, which readers open first, is uploaded last. A merge
+    that dies part-way leaves unreferenced objects and no root, which the next run
+    overwrites or deletes.
 
     With ``exclusive`` (a dataset's writer), the prefix must hold a store already (its
     root ``zarr.json``), the leftovers of a writer that stopped before its root (its
@@ -866,7 +872,7 @@ class PrefixSink(Sink):
         self.location.makedirs()  # checks the bucket, with a clear error when it is missing
         self._old = set(self.location.fs.file_sizes(self.location.path))
         self._marked = False
-        if exclusive and self._old and not self._old & {"zarr.json", WRITING_MARKER}:
+        if exclusive and self._old and not self._old & {*_ROOT_DOCUMENTS, WRITING_MARKER}:
             from cadstore.errors import OutputExistsError
 
             raise OutputExistsError(
@@ -874,20 +880,21 @@ class PrefixSink(Sink):
                 f"{sorted(self._old)[0]!r}); not writing a dataset over them (choose "
                 "another prefix, or remove them first)"
             )
-        if "zarr.json" in self._old:
-            self.location.child("zarr.json").remove()
+        for root in _ROOT_DOCUMENTS:
+            if root in self._old:
+                self.location.child(root).remove()
         if exclusive:
             write_bytes_atomic(self.location.child(WRITING_MARKER), b"")
             self._marked = True
-        self._root: bytes | None = None
+        self._roots: dict[str, bytes] = {}
         self._written: set[str] = set()
         # Uploads are latency-bound: a few in parallel keep the connection pool busy.
         self._pool = cf.ThreadPoolExecutor(8, thread_name_prefix="cadstore-upload")
         self._pending: deque[cf.Future[int]] = deque()
 
     def add(self, name: str, data: bytes, *, deflate: bool = False) -> None:
-        if name == "zarr.json":
-            self._root = data
+        if name in _ROOT_DOCUMENTS:
+            self._roots[name] = data
             return
         self._written.add(name)
         self._pending.append(self._pool.submit(write_bytes_atomic, self.location.child(name), data))
@@ -898,12 +905,14 @@ class PrefixSink(Sink):
     def commit(self) -> None:
         while self._pending:
             self._pending.popleft().result()
-        for stale in sorted(self._old - self._written - {"zarr.json", WRITING_MARKER}):
+        for stale in sorted(self._old - self._written - {*_ROOT_DOCUMENTS, WRITING_MARKER}):
             self.location.child(stale).remove()
-        if self._root is None:
-            raise MergeError(f"{self.location}: no root zarr.json was produced")
-        write_bytes_atomic(self.location.child("zarr.json"), self._root)
-        self.size += len(self._root)
+        if not {"zarr.json", ".zgroup"} & set(self._roots):
+            raise MergeError(f"{self.location}: no root zarr.json (or .zgroup) was produced")
+        for root in _ROOT_DOCUMENTS:  # the one readers open first goes last
+            if root in self._roots:
+                write_bytes_atomic(self.location.child(root), self._roots[root])
+                self.size += len(self._roots[root])
         if self._marked or WRITING_MARKER in self._old:
             self.location.child(WRITING_MARKER).remove()
         self._pool.shutdown()
