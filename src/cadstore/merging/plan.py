@@ -194,9 +194,10 @@ def plan_groups(
     # Whether a key is one value per item decides its group under the name rules (see
     # assign_group): what most items hold decides, so an odd item meets the others there.
     per_item = _most_common_per_item(scans)
-    expected = _most_common_shapes(scans, schema, known, per_item)
-    for code, scan in enumerate(scans):
-        staged, problems = _stage_item(scan, groups, schema, warnings_, expected, known, per_item)
+    placed = [_stage_item(scan, groups, schema, warnings_, known, per_item) for scan in scans]
+    expected = _most_common_shapes(placed)
+    for code, (scan, (staged, problems)) in enumerate(zip(scans, placed, strict=True)):
+        problems = [*problems, *_disagreements(staged, expected)]
         if problems:
             errors.append({"file": scan.path, "error": "; ".join(problems)})
             continue
@@ -232,16 +233,13 @@ def _most_common_per_item(scans: Sequence[ItemScan]) -> dict[str, bool]:
 
 
 def _most_common_shapes(
-    scans: Sequence[ItemScan],
-    schema: Schema | None,
-    known: Mapping[str, str] | None,
-    per_item: Mapping[str, bool],
+    placed: Sequence[tuple[list[_Staged], list[str]]],
 ) -> dict[tuple[str, str], _Shape]:
     """What most items hold of each dataset array (the earliest in a tie), counted over
-    the items that are consistent in themselves."""
+    the items that are consistent in themselves (``placed``: each item's staged arrays and
+    problems, from :func:`_stage_item`)."""
     counts: dict[tuple[str, str], Counter[_Shape]] = {}
-    for scan in scans:
-        staged, problems = _stage_item(scan, {}, schema, [], {}, known, per_item)
+    for staged, problems in placed:
         if problems:
             continue
         for group, array_name, _key, trailing, _dt, rows in staged:
@@ -255,18 +253,18 @@ def _stage_item(
     groups: dict[str, GroupPlan],
     schema: Schema | None,
     warnings_: list[str],
-    expected: Mapping[tuple[str, str], _Shape],
-    known: Mapping[str, str] | None = None,
-    per_item: Mapping[str, bool] | None = None,
+    known: Mapping[str, str] | None,
+    per_item: Mapping[str, bool],
 ) -> tuple[list[_Staged], list[str]]:
-    """Place an item's arrays in their groups; return them, and what disagrees with what
-    most items hold (``expected``)."""
+    """Place an item's arrays in their groups (made in ``groups`` when new); return them,
+    and what is wrong with the item in itself (see :func:`_disagreements` for what
+    disagrees with the other items)."""
     problems: list[str] = []
     staged: list[_Staged] = []
     rows_by_group: dict[str, int] = {}
     placed: dict[tuple[str, str], str] = {}
     for key, (shape, dtype) in scan.arrays.items():
-        one_value = (per_item or {}).get(key, not shape)
+        one_value = per_item.get(key, not shape)
         group_name, array_name = assign_group(key, schema, per_item=one_value, known=known)
         if dtype == "string" and shape:
             warnings_.append(f"string array {key!r} is not merged (item {scan.name})")
@@ -306,6 +304,14 @@ def _stage_item(
                 f"for {key!r})"
             )
         staged.append((group, array_name, key, trailing, dt, rows))
+    return staged, problems
+
+
+def _disagreements(
+    staged: Sequence[_Staged], expected: Mapping[tuple[str, str], _Shape]
+) -> list[str]:
+    """What an item's ``staged`` arrays hold unlike what most items hold (``expected``)."""
+    problems: list[str] = []
     for group, array_name, key, trailing, _dt, staged_rows in staged:
         want = expected.get((group.name, array_name))
         if want is None:
@@ -322,7 +328,7 @@ def _stage_item(
                 f"{group.name}/{array_name} has trailing shape {trailing}, other items "
                 f"have {want_trailing}"
             )
-    return staged, problems
+    return problems
 
 
 def holding(per_item: bool) -> str:
