@@ -71,6 +71,7 @@ __all__ = [
     "PublishedFiles",
     "Transaction",
     "TrustedTables",
+    "copy_beside",
     "dataset_exists",
     "read_commit",
     "repair",
@@ -386,6 +387,12 @@ def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes
         return found
     finally:
         source.close()
+
+
+def copy_beside(dataset: Location, kind: str) -> Location:
+    """Where a dataset's copy of ``kind`` (``"infoset"``, ``"attribset"``, ``"flow"``)
+    sits unless given elsewhere: beside it, ``parts.dataset`` -> ``parts.infoset``."""
+    return dataset.with_suffix(f".{kind}", replacing=".dataset")
 
 
 def _is_manifest(head: bytes) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cadstore.io.location import resolve
+from cadstore.lifecycle import copy_beside
 
 __all__ = ["dataset_sources"]
 
@@ -31,7 +32,7 @@ def dataset_sources(path: str, storage_options: dict[str, Any] | None = None) ->
         return {"flow_output_file": where}
     if not where.exists():
         raise FileNotFoundError(f"no such dataset: {path}")
-    flow = where.with_suffix(".flow", replacing=".dataset")
+    flow = copy_beside(where, "flow")
     if flow.exists():
         return {"flow_output_file": flow}
     return {"merged_store_path": where}

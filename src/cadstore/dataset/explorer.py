@@ -49,7 +49,7 @@ from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
 from cadstore.io.location import Location, resolve
-from cadstore.lifecycle import TrustedTables, check_item_codes
+from cadstore.lifecycle import TrustedTables, check_item_codes, copy_beside
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,19 +82,19 @@ def _choices(values: Sequence[Any] | set[Any]) -> str:
 
 
 def _table(
-    given: Location | None, listed: Location | None, dataset: Location, suffix: str
+    given: Location | None, listed: Location | None, dataset: Location, kind: str
 ) -> Location | None:
     """A table of the dataset: the one given (which must exist), the manifest's, or the
     one beside the dataset when there is one."""
     if given is not None:
         if not given.isfile():
-            label = "parquet_file_path" if suffix == ".infoset" else "parquet_file_attribs"
+            label = "parquet_file_path" if kind == "infoset" else "parquet_file_attribs"
             problem = "not a regular file" if given.exists() else "no such file"
             raise CorruptStoreError(given.path, f"{label}: {problem}")
         return given
     if listed is not None:
         return listed
-    beside = dataset.with_suffix(suffix, replacing=".dataset")
+    beside = copy_beside(dataset, kind)
     return beside if beside.isfile() else None
 
 
@@ -330,13 +330,13 @@ class DatasetExplorer:
             where(parquet_file_path),
             None if manifest is None else manifest.infoset,
             dataset,
-            ".infoset",
+            "infoset",
         )
         self._attribset = _table(
             where(parquet_file_attribs),
             None if manifest is None else manifest.attribset,
             dataset,
-            ".attribset",
+            "attribset",
         )
         self.parquet_file_path = None if self._infoset is None else self._infoset.path
         self.parquet_file_attribs = None if self._attribset is None else self._attribset.path
@@ -362,7 +362,7 @@ class DatasetExplorer:
         the file given, listed or found beside the dataset, else beside the dataset when
         the dataset carries an infoset; ``None`` when there is none at all."""
         if self._infoset is None and self._tables.has("infoset"):
-            return self.reader.location.with_suffix(".infoset", replacing=".dataset")
+            return copy_beside(self.reader.location, "infoset")
         return self._infoset
 
     @property

@@ -42,7 +42,7 @@ from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
 from cadstore.io.location import resolve
 from cadstore.io.publish import check_replaceable, write_bytes_atomic
-from cadstore.lifecycle import TrustedTables
+from cadstore.lifecycle import TrustedTables, copy_beside
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
 if TYPE_CHECKING:
@@ -1432,7 +1432,7 @@ def write_report(
 
         def table(given: str | None, kind: str) -> pd.DataFrame | None:
             # The tables of the version the reader has open (cadstore.lifecycle).
-            where = source.with_suffix(f".{kind}", replacing=".dataset")
+            where = copy_beside(source, kind)
             if given is not None:
                 where = resolve(given, storage_options, shared=True)
             found = trusted.read(kind, where if where.isfile() else None)

@@ -19,7 +19,7 @@ from cadstore.errors import MergeError
 from cadstore.format.layout import assign_group
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
-from cadstore.lifecycle import PublishedFiles
+from cadstore.lifecycle import PublishedFiles, copy_beside
 from cadstore.merging.append import append_items
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
@@ -326,11 +326,8 @@ class DatasetMerger:
         if target is None or not dataset_exists(target):
             raise MergeError(f"no dataset at {self.merged_store_path!r} to append to")
         infoset, attribset, flow = (
-            where if where.isfile() else None
-            for where in (
-                target.with_suffix(suffix, replacing=".dataset")
-                for suffix in (".infoset", ".attribset", ".flow")
-            )
+            where if (where := copy_beside(target, kind)).isfile() else None
+            for kind in ("infoset", "attribset", "flow")
         )
         published = PublishedFiles(infoset=infoset, attribset=attribset, flow=flow)
         files = [os.fspath(f) for f in (zip_files if zip_files is not None else self.zip_files)]
@@ -449,13 +446,13 @@ def merge(
     files = _collect_inputs(inputs, storage_options)
     target = resolve(output, storage_options, shared=True)
 
-    def beside(given: str | None, suffix: str) -> Location:
+    def beside(given: str | None, kind: str) -> Location:
         if given is not None:
             return resolve(given, storage_options, shared=True)
-        return target.with_suffix(suffix, replacing=".dataset")
+        return copy_beside(target, kind)
 
-    tables = beside(infoset, ".infoset"), beside(attribset, ".attribset")
-    manifest = beside(flow, ".flow")
+    tables = beside(infoset, "infoset"), beside(attribset, "attribset")
+    manifest = beside(flow, "flow")
     published = PublishedFiles(
         infoset=tables[0],
         attribset=tables[1],

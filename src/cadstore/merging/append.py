@@ -29,7 +29,7 @@ from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.triangle import UPPER_TRIANGLE
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, open_sink, publish_file
-from cadstore.lifecycle import PublishedFiles, Transaction, TrustedTables
+from cadstore.lifecycle import PublishedFiles, Transaction, TrustedTables, copy_beside
 from cadstore.merging.options import DEFAULT_LEVEL, MergeOptions, MergeResult
 from cadstore.merging.plan import ArrayPlan, GroupPlan, holding, plan_groups, split_triangles
 from cadstore.merging.run import (
@@ -499,7 +499,7 @@ def _appended_tables(
     published = txn.published.by_kind()
     current: dict[str, Any] = {}
     for kind in TABLE_KINDS:
-        copy = published.get(kind) or reader.location.with_suffix(f".{kind}", replacing=".dataset")
+        copy = published.get(kind) or copy_beside(reader.location, kind)
         found = trusted.read(kind, copy)
         if found is None and first:
             return info, {}
