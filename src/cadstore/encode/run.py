@@ -611,14 +611,9 @@ class _DaskListener:
             missing = [b for b in range(settled.num_bodies) if b not in settled.leave]
             if missing:
                 self.collector.message(
-                    {
-                        "type": "failed",
-                        "index": task.index,
-                        "reason": reason,
-                        "error": f"{error}; bodies {missing} were not encoded",
-                        "logs": [],
-                        "seconds": seconds,
-                    }
+                    _file_failure(
+                        task, reason, f"{error}; bodies {missing} were not encoded", seconds
+                    )
                 )
         self.collector.done(task)
 
@@ -684,14 +679,19 @@ class _Settled:
 
     @staticmethod
     def reading_failure(task: Task) -> dict[str, Any]:
-        return {
-            "type": "failed",
-            "index": task.index,
-            "reason": "crash",
-            "error": "the Dask workers died while reading the file",
-            "logs": [],
-            "seconds": 0.0,
-        }
+        return _file_failure(task, "crash", "the Dask workers died while reading the file")
+
+
+def _file_failure(task: Task, reason: str, error: str, seconds: float = 0.0) -> dict[str, Any]:
+    """The message of a worker that could not finish ``task``'s file (its ``failed``)."""
+    return {
+        "type": "failed",
+        "index": task.index,
+        "reason": reason,
+        "error": error,
+        "logs": [],
+        "seconds": seconds,
+    }
 
 
 def _settled(task: Task, earlier: Sequence[dict[str, Any]], *, final: bool) -> _Settled:

@@ -1172,6 +1172,7 @@ def extend_attribset(
     new_ids = set(info.code_mappings.values())
     ids = infoset.column("id").to_pylist()
     old_rows = old.to_pylist()
+    new_rows = new.to_pylist()
     for column, described_field in described_columns.items():
         key = str(described_field.get("field"))
         if described_field.get("route") != CATEGORICAL or key in described:
@@ -1190,7 +1191,7 @@ def extend_attribset(
         codes = {r["name"]: r["id"] for r in rows}
         if rows and (set(codes) != earlier or sorted(codes.values()) != list(range(len(rows)))):
             continue  # a description table of the field's name: a merge adds nothing either
-        labels = {r["name"]: r["description"] for r in new.to_pylist() if r["table_name"] == key}
+        labels = {r["name"]: r["description"] for r in new_rows if r["table_name"] == key}
         code = len(rows)
         for text in later:
             if text not in codes:
