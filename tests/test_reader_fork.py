@@ -35,7 +35,7 @@ MiB = 1024**2
 def dataset(realistic_items: list[Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("fork")
     out = folder / "parts.dataset"
-    # Items with 0 and 1 faces are among them: triangles of empty and 1 x 1 matrices.
+    # Items of 4 to 100 faces (those of 0 and 1 faces: tests/test_small_items.py).
     cadstore.merge([str(p) for p, _, _ in realistic_items[:24]], str(out))
     return out
 
