@@ -251,3 +251,89 @@ def test_the_graph_handler_checks_what_it_is_given() -> None:
         handler.append_edata([1.0, 2.0], "x")
     handler.append_edata(np.ones((2, 4)), "x")
     assert handler.data.edge_attr.shape == (2, 4) and handler.format() == "pyg"
+
+
+def _graph_file(path: Path) -> Any:
+    """A small graph file as the handler writes it; returns the handler that wrote it."""
+    from cadstore.storage import PyGGraphStoreHandler
+
+    handler = PyGGraphStoreHandler()
+    handler.setup_graph([0, 1, 2, 3], [1, 2, 3, 0], 4)
+    handler.append_ndata(np.arange(12, dtype=np.float32).reshape(4, 3), "x")
+    handler.append_edata(np.linspace(0, 1, 8, dtype=np.float32).reshape(4, 2), "x")
+    handler.append_extra_data(np.array([3]), "graph_label", torch.long)
+    handler.save_graph(str(path))
+    return handler
+
+
+def _same_graph(a: Any, extra_a: dict[str, Any], b: Any, extra_b: dict[str, Any]) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    return (
+        da.keys() == db.keys()
+        and all(torch.equal(da[k], db[k]) if torch.is_tensor(da[k]) else da[k] == db[k] for k in da)
+        and extra_a.keys() == extra_b.keys()
+        and all(torch.equal(extra_a[k], extra_b[k]) for k in extra_a)
+    )
+
+
+def test_a_damaged_pt_file_is_refused_never_read_wrong(tmp_path: Path) -> None:
+    """Every byte of a graph file flipped in turn: the load either gives the graph written
+    or raises a CorruptStoreError naming the file. torch's reader does not check the zip
+    members' CRCs, so a flip in a tensor's bytes loaded other values without a word; and
+    some flips in the pickle escaped as a bare KeyError."""
+    from cadstore.errors import CorruptStoreError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    written = _graph_file(tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    damaged = tmp_path / "damaged.pt"
+    refused, unnamed = 0, []
+    for position in range(len(data)):
+        spoiled = bytearray(data)
+        spoiled[position] ^= 0x5A
+        damaged.write_bytes(bytes(spoiled))
+        handler = PyGGraphStoreHandler()
+        try:
+            got = handler.load_graph(str(damaged))
+        except CorruptStoreError as exc:
+            unnamed += [] if "damaged.pt" in str(exc) else [str(exc)]
+            refused += 1
+            continue
+        assert _same_graph(got, handler.extra, written.data, written.extra), position
+    assert not unnamed, unnamed
+    assert refused > len(data) // 2
+    for cut in range(0, len(data), 7):
+        damaged.write_bytes(data[:cut])
+        with pytest.raises(CorruptStoreError, match=r"damaged\.pt"):
+            PyGGraphStoreHandler().load_graph(str(damaged))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[1, 2], "ab", torch.ones(3), {1: torch.ones(1)}],
+    ids=["list", "str", "tensor", "int-key"],
+)
+def test_a_pt_file_whose_extras_are_not_named_tensors_is_refused(
+    tmp_path: Path, extra: Any
+) -> None:
+    from cadstore.errors import CorruptStoreError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    written = _graph_file(tmp_path / "good.pt")
+    odd = tmp_path / "odd.pt"
+    torch.save({"data": written.data, "extra": extra}, odd)
+    with pytest.raises(CorruptStoreError, match=r"odd\.pt.*extra"):
+        PyGGraphStoreHandler().load_graph(str(odd))
+
+
+def test_a_missing_graph_file_or_a_folder_is_a_cadstore_error_naming_it(tmp_path: Path) -> None:
+    from cadstore.errors import CorruptStoreError, StorageNotFoundError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    with pytest.raises(StorageNotFoundError, match=r"missing\.pt"):
+        PyGGraphStoreHandler().load_graph(str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError):  # still what a caller catching OSErrors expects
+        PyGGraphStoreHandler().load_graph(str(tmp_path / "missing.pt"))
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CorruptStoreError, match=r"folder\.pt"):
+        PyGGraphStoreHandler().load_graph(str(tmp_path / "folder.pt"))

@@ -14,15 +14,16 @@ and refuses anything else a file might hold.
 
 from __future__ import annotations
 
+import io
 import os
-import pickle  # only for its error type: files are loaded by torch's weights_only loader
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError
+from cadstore.errors import CorruptStoreError, StorageNotFoundError
 
 __all__ = ["MLStorage", "PyGGraphStoreHandler", "write_graph_files"]
 
@@ -158,10 +159,14 @@ class PyGGraphStoreHandler(MLStorage):
 
         Raises
         ------
+        StorageNotFoundError
+            If there is no file at ``filepath`` (a ``FileNotFoundError`` too).
         CorruptStoreError
-            If the file holds anything but tensors and a PyG ``Data`` (torch's
-            ``weights_only`` loader refuses it, so nothing in it runs), or is not a
-            regular file (a pipe would block the read).
+            If the file is damaged (its zip archive's records, or a member failing its
+            CRC-32, which torch's reader does not check), holds anything but tensors and a
+            PyG ``Data`` (torch's ``weights_only`` loader refuses it, so nothing in it
+            runs), holds extras that are not ``{name: tensor}``, or is not a regular file
+            (a folder; a pipe would block the read). The message names the file.
         """
         from cadstore.io.location import resolve
 
@@ -170,29 +175,79 @@ class PyGGraphStoreHandler(MLStorage):
         from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
         from torch_geometric.data.storage import GlobalStorage
 
-        allowed = [pyg.data.Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+        shown = os.fspath(filepath)
         try:
             # Opened as cadstore opens files: a pipe or a device is refused, never read.
-            with resolve(filepath).open_read() as fh, torch.serialization.safe_globals(allowed):
-                payload = torch.load(fh, weights_only=True)
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            ValueError,
-            AttributeError,
-            TypeError,
-        ) as exc:
+            with resolve(filepath).open_read() as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            raise StorageNotFoundError(shown, "no such graph file") from None
+        except IsADirectoryError:
+            raise CorruptStoreError(shown, "a folder, not a graph file") from None
+        try:
+            raw = _verified_archive(raw)
+        except _Damaged as exc:
+            raise CorruptStoreError(shown, f"damaged graph file: {exc}") from None
+        allowed = [pyg.data.Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                payload = torch.load(io.BytesIO(raw), weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as exc:  # whatever damaged or foreign bytes make torch raise
             raise CorruptStoreError(
-                os.fspath(filepath), f"not a graph file cadstore can load safely ({exc})"
+                shown, f"not a graph file cadstore can load safely ({type(exc).__name__}: {exc})"
             ) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), pyg.data.Data):
-            raise CorruptStoreError(
-                os.fspath(filepath), 'not a {"data": Data, "extra": {...}} file'
-            )
+            raise CorruptStoreError(shown, 'not a {"data": Data, "extra": {...}} file')
+        extra = payload.get("extra")
+        extra = {} if extra is None else extra
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in extra.items()
+        ):
+            raise CorruptStoreError(shown, 'its "extra" is not a {name: tensor} dict')
         self.data = payload["data"]
-        self.extra = dict(payload.get("extra") or {})
+        self.extra = dict(extra)
         return self.data
+
+
+class _Damaged(Exception):
+    """A graph file's zip archive does not read as its own records describe it."""
+
+
+def _verified_archive(raw: bytes) -> bytes:
+    """The zip archive ``raw`` (torch's format since 1.6) rebuilt from its members, each
+    read and checked against the CRC-32 its archive records; bytes that are not a zip
+    archive at all (torch's legacy format, or no archive) as they are, for ``torch.load``.
+
+    torch's reader takes members as the archive's records place them and checks no CRC: a
+    flipped byte in a tensor loaded other values, and one in a member's attributes left
+    the tensor's memory unfilled, without a word. It reads the rebuilt archive, whose
+    records are zipfile's own, holding exactly the verified bytes.
+
+    Raises
+    ------
+    _Damaged
+        If a member fails its CRC, the archive's records are damaged, or a name repeats.
+    """
+    out = io.BytesIO()
+    try:
+        if not zipfile.is_zipfile(io.BytesIO(raw)):
+            return raw
+        with (
+            zipfile.ZipFile(io.BytesIO(raw)) as source,
+            zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as rebuilt,
+        ):
+            names = source.namelist()
+            if len(set(names)) != len(names):
+                raise _Damaged("a member name repeats")
+            for info in source.infolist():
+                rebuilt.writestr(info.filename, source.read(info))
+    except _Damaged:
+        raise
+    except Exception as exc:  # zipfile raises many kinds on damaged bytes
+        raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+    return out.getvalue()
 
 
 def write_graph_files(
