@@ -337,3 +337,36 @@ def test_a_missing_graph_file_or_a_folder_is_a_cadstore_error_naming_it(tmp_path
     (tmp_path / "folder.pt").mkdir()
     with pytest.raises(CorruptStoreError, match=r"folder\.pt"):
         PyGGraphStoreHandler().load_graph(str(tmp_path / "folder.pt"))
+
+
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [
+        (lambda h: h.setup_graph([0, 5], [1, 2], 3), r"source_nodes.*5.*3 nodes"),
+        (lambda h: h.setup_graph([0, 1], [1, -1], 3), r"target_nodes.*-1.*3 nodes"),
+        (lambda h: h.setup_graph([0.5], [1.2], 3), r"source_nodes.*integer"),
+        (lambda h: h.setup_graph(["a"], ["b"], 3), r"source_nodes.*integer"),
+        (lambda h: h.setup_graph([], [], -2), r"num_nodes.*-2"),
+        (lambda h: h.setup_graph([0], [1], 2.5), r"num_nodes.*2\.5"),
+        (lambda h: h.append_ndata(np.array(1.0), "area"), r"'area'.*one row per node"),
+        (lambda h: h.append_ndata(np.float32(1.0), "mass"), r"'mass'.*numpy array"),
+        (lambda h: h.append_ndata(np.array(["a", "b", "c"]), "kind"), r"'kind'.*numbers"),
+        (lambda h: h.append_edata(np.ones((3, 1)), "length"), r"'length'.*3 rows for 2 edges"),
+    ],
+)
+def test_the_graph_handler_refuses_bad_graphs_with_cadstore_errors_naming_them(
+    call: Any, problem: str
+) -> None:
+    """Edges to nodes the graph lacks were kept (a PyG model fails on them later, far
+    from the file that holds them), and some bad inputs raised torch's or numpy's errors."""
+    from cadstore.errors import CadstoreError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    handler = PyGGraphStoreHandler()
+    handler.setup_graph([0, 1], [1, 2], 3)
+    with pytest.raises(CadstoreError, match=problem):
+        call(handler)
+    empty = PyGGraphStoreHandler()
+    empty.setup_graph([], [], 0)  # a graph of no nodes and no edges is fine
+    empty.append_ndata(np.zeros((0, 4)), "x")
+    assert empty.data.x.shape == (0, 4) and empty.data.edge_index.shape == (2, 0)

@@ -15,6 +15,7 @@ and refuses anything else a file might hold.
 from __future__ import annotations
 
 import io
+import operator
 import os
 import zipfile
 from abc import ABC, abstractmethod
@@ -23,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, StorageNotFoundError
+from cadstore.errors import (
+    CorruptStoreError,
+    InvalidDataError,
+    StorageNotFoundError,
+    UnsupportedTypeError,
+)
 
 __all__ = ["MLStorage", "PyGGraphStoreHandler", "write_graph_files"]
 
@@ -81,14 +87,32 @@ class MLStorage(ABC):
         return torch.cat([target_tensor, source_tensor], dim=-1)
 
 
-def _tensor(values: Any, torch_type: Any, what: str) -> Any:
+def _tensor(values: Any, torch_type: Any, what: str, name: str) -> Any:
     torch = _torch()
     if not isinstance(values, np.ndarray | torch.Tensor):
-        raise TypeError(f"{what} must be a numpy array (or tensor), not {type(values).__name__}")
+        raise UnsupportedTypeError(
+            f"{what} {name!r} must be a numpy array (or tensor), not {type(values).__name__}"
+        )
+    if isinstance(values, np.ndarray) and values.dtype.kind not in "biuf":
+        raise InvalidDataError(f"{what} {name!r} must hold numbers, not {values.dtype}")
     dtype = torch.float if torch_type is None else torch_type
-    return torch.as_tensor(np.asarray(values) if isinstance(values, np.ndarray) else values).to(
-        dtype
-    )
+    return torch.as_tensor(values).to(dtype)
+
+
+def _node_indices(values: Any, what: str, num_nodes: int) -> Any:
+    """``values`` as an int64 tensor of node indices, each in ``[0, num_nodes)``."""
+    torch = _torch()
+    arr = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidDataError(f"{what} must be integer node indices, not {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidDataError(f"{what} must be 1-D, not of shape {arr.shape}")
+    if arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        bad = low if low < 0 else high if high >= num_nodes else None
+        if bad is not None:
+            raise InvalidDataError(f"{what} holds node {bad}, outside a graph of {num_nodes} nodes")
+    return torch.as_tensor(arr.astype(np.int64, copy=False))
 
 
 class PyGGraphStoreHandler(MLStorage):
@@ -109,12 +133,26 @@ class PyGGraphStoreHandler(MLStorage):
         return ".pt"
 
     def setup_graph(self, source_nodes: Any, target_nodes: Any, num_nodes: int) -> None:
+        """Start the graph from its edge list and node count.
+
+        Raises
+        ------
+        InvalidDataError
+            If ``num_nodes`` is not a count, or the endpoints are not 1-D integer node
+            indices of one length, each in ``[0, num_nodes)``.
+        """
         torch = _torch()
-        src = torch.as_tensor(np.asarray(source_nodes), dtype=torch.long)
-        dst = torch.as_tensor(np.asarray(target_nodes), dtype=torch.long)
-        if src.shape != dst.shape or src.dim() != 1:
-            raise ValueError("source_nodes and target_nodes must be 1-D and of one length")
-        self.data = _pyg().data.Data(edge_index=torch.stack([src, dst]), num_nodes=int(num_nodes))
+        try:
+            nodes = operator.index(num_nodes)
+        except TypeError:
+            nodes = -1
+        if nodes < 0:
+            raise InvalidDataError(f"num_nodes must be a count of nodes, not {num_nodes!r}")
+        src = _node_indices(source_nodes, "source_nodes", nodes)
+        dst = _node_indices(target_nodes, "target_nodes", nodes)
+        if src.shape != dst.shape:
+            raise InvalidDataError("source_nodes and target_nodes must be of one length")
+        self.data = _pyg().data.Data(edge_index=torch.stack([src, dst]), num_nodes=nodes)
         self.extra = {}
 
     def _graph(self) -> Any:
@@ -124,26 +162,27 @@ class PyGGraphStoreHandler(MLStorage):
 
     def append_ndata(self, node_features: Any, feature_name: str, torch_type: Any = None) -> None:
         data = self._graph()
-        value = _tensor(node_features, torch_type, "node_features")
-        if value.shape[0] != data.num_nodes:
-            raise ValueError(
-                f"node feature {feature_name!r} has {value.shape[0]} rows for "
-                f"{data.num_nodes} nodes"
+        value = _tensor(node_features, torch_type, "node feature", feature_name)
+        if value.dim() == 0 or value.shape[0] != data.num_nodes:
+            rows = value.shape[0] if value.dim() else "no"
+            raise InvalidDataError(
+                f"node feature {feature_name!r} has {rows} rows for {data.num_nodes} nodes: "
+                "it needs one row per node"
             )
         data[feature_name] = value
 
     def append_edata(self, edge_features: Any, feature_name: str, torch_type: Any = None) -> None:
         data = self._graph()
-        value = _tensor(edge_features, torch_type, "edge_features")
-        if value.shape[0] != data.edge_index.shape[1]:
-            raise ValueError(
+        value = _tensor(edge_features, torch_type, "edge feature", feature_name)
+        if value.dim() == 0 or value.shape[0] != data.edge_index.shape[1]:
+            raise InvalidDataError(
                 f"edge feature {feature_name!r} has {value.shape[0]} rows for "
                 f"{data.edge_index.shape[1]} edges"
             )
         data["edge_attr" if feature_name == "x" else feature_name] = value
 
     def append_extra_data(self, extra_data: Any, feature_name: str, torch_type: Any = None) -> None:
-        self.extra[feature_name] = _tensor(extra_data, torch_type, "extra_data")
+        self.extra[feature_name] = _tensor(extra_data, torch_type, "extra data", feature_name)
 
     def save_graph(self, filepath: str) -> None:
         """Write ``{"data": Data, "extra": {...}}`` to ``filepath``, atomically."""
