@@ -385,3 +385,55 @@ def test_encode_on_the_cluster_continues_a_file_after_a_lost_body(tmp_path: Path
     assert "died while encoding this body (2 times)" in failure["error"]
     encoded = sorted(p.name for p in (tmp_path / "out" / "encoded").iterdir())
     assert encoded == sorted(f"{n}.zarr.data" for n in (names[0], names[2]))
+
+
+def test_cluster_merge_detects_symmetry_in_every_item(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """Face pairs on the cluster as in one process: an array symmetric in every item is
+    stored as triangles, whatever layout each item stored it in (triangles or full); one
+    item not symmetric in an array (by one value, or by a signed zero alone) keeps that
+    array in full, and every item reads back bit for bit. Items of 0 and 1 faces among them.
+    """
+    from cadstore.dataset import DatasetReader
+    from cadstore.synthetic import make_item, write_item
+
+    pairs = ("d2_distance", "a3_distance", "extended_adjacency", "face_pair_edges_path")
+    written = []
+    for index, faces in enumerate([3, 1, 5, 0, 9, 1, 30, 4, 12, 2]):
+        item = make_item(index, n_faces=max(faces, 1))
+        if not faces:  # every row gone: faces, edges, graph edges and face pairs
+            item = {k: v[:0, :0] if k in pairs else v[:0] for k, v in item.items() if k != "graph"}
+            item["graph"] = {"edges_source": np.zeros(0, np.int32), "num_nodes": 0}
+        if index == 4:  # one value off the mirror
+            item["d2_distance"] = item["d2_distance"].copy()
+            item["d2_distance"][0, 1, 3] += 1.0
+        if index == 7:  # +0.0 against -0.0: equal as numbers, not as stored bits
+            adjacency = item["extended_adjacency"].copy()
+            adjacency[0, 1], adjacency[1, 0] = 0.0, -0.0
+            item["extended_adjacency"] = adjacency
+        layout = "full" if index % 3 == 0 else "auto"
+        path = write_item(
+            tmp_path / f"item{index}.zarr", item, {}, summary_dir=False, face_pair_layout=layout
+        )
+        written.append((Path(path), item))
+    files = [p for p, _ in written]
+    local, dask = tmp_path / "local.dataset", tmp_path / "dask.dataset"
+    assert not merge_items(files, local, shard_bytes=20_000).errors
+    assert merge_items(files, dask, shard_bytes=20_000, client=client).items == [
+        p.name[: -len(".zarr.data")] for p in files
+    ]
+    assert_same_dataset(local, dask)
+    with DatasetReader(dask, stored_layout=True) as stored:
+        assert {"d2_distance", "extended_adjacency"} <= set(stored.arrays("faceface"))
+        assert "a3_distance" in stored.arrays("faceface_upper")
+    with DatasetReader(dask) as reader:
+        for code, (_, item) in enumerate(written):
+            got = reader.read_item(code)
+            for name in (*pairs, "face_areas"):
+                group = "faces" if name == "face_areas" else "faceface"
+                expected = np.ascontiguousarray(item[name])
+                value = np.asarray(got[group][name])
+                assert value.dtype == expected.dtype, (code, name)
+                assert value.size == expected.size, (code, name)
+                assert value.tobytes() == expected.tobytes(), (code, name)
