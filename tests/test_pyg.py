@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cadstore
-from cadstore.dataset import DatasetLoader
+from cadstore.dataset import CADDataset, DatasetLoader
 
 torch = pytest.importorskip("torch")
 pyg = pytest.importorskip("torch_geometric")
@@ -370,3 +370,32 @@ def test_the_graph_handler_refuses_bad_graphs_with_cadstore_errors_naming_them(
     empty.setup_graph([], [], 0)  # a graph of no nodes and no edges is fine
     empty.append_ndata(np.zeros((0, 4)), "x")
     assert empty.data.x.shape == (0, 4) and empty.data.edge_index.shape == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "absolute", "", "..", "dup"])
+def test_graph_files_are_written_only_under_plain_item_names(
+    flow: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Item names come from the dataset: one that is not a plain file name (a hostile or
+    damaged dataset) made write_graph_files write outside its folder, and two items of one
+    name wrote one file twice. Reading already took ``graph_data/<name>.pt`` only for plain
+    names; writing now refuses the others, naming the item, before writing anything."""
+    from cadstore.dataset.reader import DatasetReader
+    from cadstore.errors import DatasetError
+    from cadstore.storage.graphstorage import write_graph_files
+
+    init = DatasetReader.__init__
+
+    def renamed(self: DatasetReader, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if self.item_names:
+            given = {"dup": self.item_names[5], "absolute": str(tmp_path / "outside")}
+            self.item_names[3] = given.get(name, name)
+
+    monkeypatch.setattr(DatasetReader, "__init__", renamed)
+    folder = tmp_path / "deep" / "graph_data"
+    with DatasetLoader(flow_output_file=flow) as ld:
+        subset = CADDataset(ld, range(8))
+        with pytest.raises(DatasetError, match=r"parts\.dataset: items? 3\b"):
+            write_graph_files(subset, folder, PygCollate(NODE, EDGE, pair_arrays=()))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -26,6 +26,7 @@ import numpy as np
 
 from cadstore.errors import (
     CorruptStoreError,
+    DatasetError,
     InvalidDataError,
     StorageNotFoundError,
     UnsupportedTypeError,
@@ -303,9 +304,30 @@ def write_graph_files(
     :class:`~cadstore.dataset.pyg.PygCollate`; its defaults otherwise), and the graph label
     under ``extra["graph_label"]`` when the collate function gives one. Returns the paths,
     in subset order.
+
+    Raises
+    ------
+    DatasetError
+        Before any file is written, if an item's name is not a plain file name (a path,
+        ``..``, empty: the names come from the dataset, and such a name would write
+        outside ``folder``) or two items share one name.
     """
     from cadstore.dataset.pyg import PygCollate
 
+    reader = subset.parent_dataset.item_source.reader
+    seen: dict[str, int] = {}
+    for code in (int(c) for c in subset.indices):
+        name = str(reader.item_names[code])
+        if name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name:
+            raise DatasetError(
+                f"{reader.path}: item {code} is named {name!r}, not a plain file name; "
+                "no graph file can be written for it"
+            )
+        if seen.setdefault(name, code) != code:
+            raise DatasetError(
+                f"{reader.path}: items {seen[name]} and {code} are both named {name!r}; "
+                "their graph files would be one file"
+            )
     collate = collate_fn if collate_fn is not None else PygCollate(pair_arrays=())
     os.makedirs(folder, exist_ok=True)
     paths: list[str] = []
