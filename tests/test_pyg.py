@@ -308,6 +308,45 @@ def test_a_damaged_pt_file_is_refused_never_read_wrong(tmp_path: Path) -> None:
             PyGGraphStoreHandler().load_graph(str(damaged))
 
 
+def test_a_pt_file_with_a_compressed_member_is_refused_unread(tmp_path: Path) -> None:
+    """torch writes its members stored; a deflated member's declared size is the file's
+    word, not a bound: a few kilobytes can inflate to gigabytes. Such a file is refused
+    before any member is inflated, naming the file and the member."""
+    import zipfile
+
+    from cadstore.errors import CorruptStoreError
+    from cadstore.storage import PyGGraphStoreHandler
+
+    _graph_file(tmp_path / "good.pt")
+    bomb = tmp_path / "bomb.pt"
+    with (
+        zipfile.ZipFile(tmp_path / "good.pt") as source,
+        zipfile.ZipFile(bomb, "w") as out,
+    ):
+        for info in source.infolist():
+            out.writestr(info.filename, source.read(info), zipfile.ZIP_STORED)
+        # 1 GiB of zeros deflates to about a megabyte; the archive declares the member.
+        member = zipfile.ZipInfo("good/padding")
+        member.compress_type = zipfile.ZIP_DEFLATED
+        with out.open(member, "w", force_zip64=True) as fh:
+            block = bytes(1 << 20)
+            for _ in range(1024):
+                fh.write(block)
+    assert bomb.stat().st_size < 8 << 20
+    opened = []
+    original = zipfile.ZipFile.open
+
+    def spy(self: zipfile.ZipFile, name: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(getattr(name, "filename", name))
+        return original(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zipfile.ZipFile, "open", spy)
+        with pytest.raises(CorruptStoreError, match=r"bomb\.pt.*good/padding.*compressed"):
+            PyGGraphStoreHandler().load_graph(str(bomb))
+    assert "good/padding" not in opened
+
+
 @pytest.mark.parametrize(
     "extra",
     [[1, 2], "ab", torch.ones(3), {1: torch.ones(1)}],

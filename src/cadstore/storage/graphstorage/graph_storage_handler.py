@@ -268,7 +268,9 @@ def _verified_archive(raw: bytes) -> bytes:
     Raises
     ------
     _Damaged
-        If a member fails its CRC, the archive's records are damaged, or a name repeats.
+        If a member fails its CRC or is compressed (torch stores members, so the rebuilt
+        archive is never larger than the file), the archive's records are damaged, or a
+        name repeats.
     """
     out = io.BytesIO()
     try:
@@ -282,6 +284,10 @@ def _verified_archive(raw: bytes) -> bytes:
             if len(set(names)) != len(names):
                 raise _Damaged("a member name repeats")
             for info in source.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    # torch stores its members; a compressed one's size is only the
+                    # file's word, and would be inflated before its CRC could refuse it.
+                    raise _Damaged(f"member {info.filename!r} is compressed; torch stores them")
                 rebuilt.writestr(info.filename, source.read(info))
     except _Damaged:
         raise
