@@ -163,6 +163,24 @@ def test_merge_creates_missing_output_folders(
     assert (tmp_path / "new" / "d.dataset" / "zarr.json").is_file()
 
 
+def test_encode_refuses_a_url_instead_of_writing_a_local_folder_named_like_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The encoder writes local folders only: '-o s3://bucket/out' used to become the
+    # local folder ./s3:/bucket/out, and the run reported success.
+    from cadstore.cad import samples
+
+    samples.write_sample_set(tmp_path / "parts", count=1, seed=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["encode", "parts", "-o", "s3://bucket/out", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the encode output folder must be a local path" in err
+    assert "'s3://bucket/out'" in err
+    assert main(["encode", "s3://bucket/parts", "-o", "out", "--no-progress"]) == 2
+    assert "must be a local path, not the URL 's3://bucket/parts'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+
+
 # ---------------------------------------------------------------------------- CLI details
 def test_errors_suggest_options_in_cli_spelling(
     dataset: Path, encoded: list[Path], capsys: pytest.CaptureFixture[str]

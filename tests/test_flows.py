@@ -590,6 +590,16 @@ def test_bad_declarations_are_flow_errors(tmp_path: Path) -> None:
         cadstore.create_flow("x", [gather_files], tmp_path, storage_type="zarr")
 
 
+def test_an_output_folder_that_is_a_url_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flow writes to a local folder: 's3://bucket/x' used to become ./s3:/bucket/x.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FlowError, match=r"flows_outputdir must be a local path.*'s3://b/x'"):
+        cadstore.create_flow("x", [gather_files, encode_data], "s3://b/x")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_input_names_what_is_there(parts: Path, tmp_path: Path) -> None:
     flow = cadstore.create_flow("x", [gather_files, encode_data], tmp_path, debug=True)
     with pytest.raises(FlowError, match=r"needs inputs \['cad_datasources'\].*'sources'"):

@@ -18,6 +18,7 @@ from glob import glob
 from pathlib import Path
 
 from cadstore.cad.loader import SUPPORTED_EXTENSIONS
+from cadstore.io.filesystems import local_path
 from cadstore.storage.helpers import generate_unique_id_from_path
 
 __all__ = ["find_cad_files", "item_base_name", "item_name"]
@@ -109,13 +110,19 @@ def find_cad_files(
     FileNotFoundError
         If an input does not exist or a pattern matches nothing.
     ValueError
-        If the inputs hold no file at all.
+        If the inputs hold no file at all, or an input is a URL (CAD files are read from
+        local paths).
     """
     entries = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     skip = os.path.abspath(os.fspath(exclude)) if exclude is not None else None
     found: dict[str, None] = {}
     for entry in entries:
         text = os.fspath(entry)
+        local_path(
+            text,
+            "a CAD file to encode",
+            "copy the files to a local folder (or one the Dask workers share) first",
+        )
         if os.path.isdir(text):
             found.update(dict.fromkeys(_walk(os.path.abspath(text), skip)))
         elif os.path.exists(text):

@@ -69,6 +69,7 @@ from cadstore.encode.work import (
     traceback_lines,
 )
 from cadstore.errors import CadstoreError, StorageError
+from cadstore.io.filesystems import local_path
 from cadstore.io.publish import HOST_TAG, fsync_file, pid_alive
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
@@ -314,7 +315,8 @@ def encode_files(
     ------
     FileNotFoundError, ValueError
         If the inputs designate no file, or an argument is invalid (including a
-        ``memory_limit_mb`` too small for a worker to start).
+        ``memory_limit_mb`` too small for a worker to start, and an input or
+        ``output_dir`` that is a URL: encoding reads and writes local folders).
     """
     started = time.perf_counter()
     if workers is not None and (isinstance(workers, bool) or workers < 0):
@@ -332,7 +334,12 @@ def encode_files(
         positive(num_bins, "num_bins"),
         bool(histograms),
     )
-    out = os.path.abspath(os.fspath(output_dir))
+    out = local_path(
+        output_dir,
+        "the encode output folder",
+        "encode into a local folder (one the Dask workers share), then merge its encoded/ "
+        "items to the URL",
+    )
     files = find_cad_files(inputs, exclude=out)
     encoded_dir = os.path.join(out, ENCODED_DIR)
     os.makedirs(encoded_dir, exist_ok=True)

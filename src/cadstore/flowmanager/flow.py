@@ -58,6 +58,7 @@ from cadstore.flowmanager.tasks.parallel_executor import (
     TimeLimits,
     named_items,
 )
+from cadstore.io.filesystems import local_path
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
 from cadstore.progress import Progress
@@ -282,7 +283,15 @@ class Flow:
     ) -> None:
         self.name = name
         self.tasks = list(tasks)
-        self.flows_outputdir = os.path.abspath(os.fspath(flows_outputdir))
+        try:
+            self.flows_outputdir = local_path(
+                flows_outputdir,
+                "flows_outputdir",
+                "run the flow into a local folder (one the Dask workers share), then merge "
+                "its encoded/ items to the URL with cadstore.merge",
+            )
+        except ValueError as exc:
+            raise FlowError(str(exc)) from None
         self.max_workers = max_workers
         self.ml_task = ml_task
         self.debug = bool(debug)

@@ -248,7 +248,7 @@ def create_flow(
     tasks
         Decorated task functions, in the order they run.
     flows_outputdir
-        Where the ``flows/`` folder goes.
+        Where the ``flows/`` folder goes: a local folder (one the Dask workers share).
     max_workers
         Worker processes for transform tasks (``None``: every available core).
     ml_task
@@ -277,7 +277,8 @@ def create_flow(
     Raises
     ------
     FlowError
-        For tasks that are not decorated task functions, or a bad name.
+        For tasks that are not decorated task functions, a bad name, or a
+        ``flows_outputdir`` that is a URL (a flow writes to a local folder).
     ValueError
         For a bad ``storage_type``, ``max_workers`` or ``parallel_task_kwargs``.
 

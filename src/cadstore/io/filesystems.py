@@ -45,6 +45,7 @@ __all__ = [
     "LocalFileSystem",
     "filesystem_for",
     "is_url",
+    "local_path",
 ]
 
 
@@ -53,6 +54,39 @@ def is_url(path: str | os.PathLike[str]) -> bool:
     text = os.fspath(path)
     scheme, sep, _ = text.partition("://")
     return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+def local_path(path: str | os.PathLike[str], what: str, instead: str) -> str:
+    """Return ``path`` as an absolute local path, refusing a URL.
+
+    For what only works on local disk (the encoder's inputs and output folder, a flow's
+    output folder): given ``s3://bucket/out``, ``os.path.abspath`` would make a local
+    folder named ``s3:`` and report success.
+
+    Parameters
+    ----------
+    path
+        The path a caller gave.
+    what
+        What the path is, for the message (``"the encode output folder"``).
+    instead
+        What to do instead, for the message.
+
+    Returns
+    -------
+    str
+        The absolute local path.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a URL; the message names it, says that ``what`` must be local and
+        gives ``instead``.
+    """
+    text = os.fspath(path)
+    if is_url(text):
+        raise ValueError(f"{what} must be a local path, not the URL {text!r}: {instead}")
+    return os.path.abspath(text)
 
 
 class FileSystem(ABC):
