@@ -138,3 +138,31 @@ def test_report_and_schema_outputs_never_replace_what_they_read(
     assert json.loads((tmp_path / "s.json").read_text())["groups"]
     (tmp_path / "empty.json").touch()  # made by touch or mktemp: free to write
     assert main(["schema", item, "-o", str(tmp_path / "empty.json")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["merge", "x.data", "-o", "x.dataset", "--wait", "nan"], "argument --wait"),
+        (["merge", "x.data", "-o", "x.dataset", "--wait", "-1"], "argument --wait"),
+        (["merge", "x.data", "-o", "x.dataset", "--workers", "-1"], "argument --workers"),
+        (["repair", "x.dataset", "--wait", "nan"], "argument --wait"),
+        (["encode", "parts", "-o", "out", "--workers", "-1"], "argument --workers"),
+        (["demo", "--workers", "-1"], "argument --workers"),
+    ],
+)
+def test_bad_wait_and_workers_options_are_usage_errors(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # '--wait nan' waited forever for a lock another writer held; negative values were
+    # taken silently.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

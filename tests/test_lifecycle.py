@@ -626,6 +626,29 @@ def test_a_writer_can_wait_for_the_lock(items: list[Path], tmp_path: Path) -> No
     assert_settled(out, _names(items[:20]))
 
 
+@pytest.mark.parametrize("wait", [float("nan"), -1.0, "5"])
+def test_a_wait_that_is_not_a_number_of_seconds_is_refused(
+    items: list[Path], tmp_path: Path, wait: Any
+) -> None:
+    # NaN made a deadline never reached: a writer finding the lock taken waited forever.
+    out = tmp_path / "parts.dataset"
+    with pytest.raises(ValueError, match=r"lock_timeout must be a number of seconds >= 0"):
+        cadstore.merge([str(p) for p in items[:2]], str(out), lock_timeout=wait)
+    with pytest.raises(ValueError, match=r"lock_timeout must be a number of seconds >= 0"):
+        cadstore.merge([str(p) for p in items[:2]], str(out), append=True, lock_timeout=wait)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items"]
+    cadstore.merge([str(p) for p in items[:2]], str(out))
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0"):
+        lifecycle.repair(str(out), timeout=wait)
+
+
+def test_merge_refuses_a_negative_number_of_workers(items: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "parts.dataset"
+    with pytest.raises(ValueError, match=r"workers must be None or an int >= 0, got -2"):
+        cadstore.merge([str(p) for p in items[:2]], str(out), workers=-2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items"]
+
+
 def test_a_split_is_a_writer_too(items: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "parts.dataset"
     cadstore.merge([str(p) for p in items[:10]], str(out))

@@ -18,6 +18,7 @@ Errors meant for the user are :class:`CommandError`; the framework in
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -48,9 +49,11 @@ __all__ = [
     "format_table",
     "format_tree",
     "format_value",
+    "non_negative_int",
     "parse_storage_options",
     "print_json",
     "print_lines",
+    "wait_seconds",
 ]
 
 #: Metadata the storages write for themselves: the schema (commands show a summary of it),
@@ -68,6 +71,64 @@ class CommandError(CadstoreError, ValueError):
 
     Deriving from ``ValueError`` makes the framework exit with status 2 (bad input).
     """
+
+
+def wait_seconds(text: str) -> float:
+    """Parse a ``--wait SECONDS`` value: a number >= 0 (``inf`` waits as long as it takes).
+
+    Parameters
+    ----------
+    text
+        The option's value as typed.
+
+    Returns
+    -------
+    float
+        The seconds.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not a number, is ``nan`` (which would wait forever) or is negative.
+    """
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse a ``--workers N`` value: an integer >= 0.
+
+    Parameters
+    ----------
+    text
+        The option's value as typed.
+
+    Returns
+    -------
+    int
+        The number.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not an integer or is negative.
+    """
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def add_storage_option(

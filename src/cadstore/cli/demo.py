@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cadstore.cli._common import non_negative_int
+
 
 def register(sub: Any) -> None:
     """Add the ``demo`` subcommand."""
@@ -22,7 +24,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed of generated data and split"
     )
-    parser.add_argument("--workers", type=int, default=None, help="default: every core")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=None, help="default: every core"
+    )
     cad = parser.add_mutually_exclusive_group()
     cad.add_argument(
         "--cad",

@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cadstore.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from cadstore.cli._common import non_negative_int
 
 if TYPE_CHECKING:
     from cadstore.encode import EncodeReport
@@ -52,7 +53,11 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output dir")
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="worker processes (default: cores)"
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: cores)",
     )
     parser.add_argument(
         "--timeout",

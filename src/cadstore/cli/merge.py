@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from cadstore.cli._common import non_negative_int, wait_seconds
+
 
 def register(sub: Any) -> None:
     """Add the ``merge`` subcommand."""
@@ -24,9 +26,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--schema", help="schema JSON file (default: the items' own schema)")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=None,
-        help="threads decoding and encoding (default: every core)",
+        help="threads decoding and encoding (0: this thread only; default: every core)",
     )
     parser.add_argument(
         "--append", action="store_true", help="add the inputs to an existing dataset"
@@ -34,7 +36,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument(
         "--wait",
-        type=float,
+        type=wait_seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait this long for another merge, append or split of the same dataset to "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cadstore.cli._common import wait_seconds
+
 
 def register(sub: Any) -> None:
     """Add the ``repair`` subcommand."""
@@ -21,7 +23,7 @@ def register(sub: Any) -> None:
     parser.add_argument("dataset", help="the .dataset (or its .flow manifest)")
     parser.add_argument(
         "--wait",
-        type=float,
+        type=wait_seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait this long for a writer still at work (0: fail at once)",

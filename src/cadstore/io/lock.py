@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -62,6 +63,7 @@ __all__ = [
     "LOCK_SUFFIX",
     "LockRecord",
     "WriterLock",
+    "check_wait",
     "lock_location",
 ]
 
@@ -75,6 +77,36 @@ DEFAULT_STALE_SECONDS = 300.0
 _MAX_RECORD_BYTES = 1 << 16
 #: How often a waiting writer tries the lock again (seconds).
 _POLL_SECONDS = 0.2
+
+
+def check_wait(seconds: Any, name: str = "timeout") -> float:
+    """Return ``seconds``, how long a writer waits for a dataset's lock, once checked.
+
+    Parameters
+    ----------
+    seconds
+        A number of seconds: 0 gives up at once, ``math.inf`` waits as long as it takes.
+    name
+        The argument's name, for the message.
+
+    Returns
+    -------
+    float
+        ``seconds`` as a float.
+
+    Raises
+    ------
+    ValueError
+        If ``seconds`` is not a number, is NaN (a deadline never reached: the writer
+        would wait forever) or is negative; the message names the argument and the value.
+    """
+    try:
+        value = math.nan if isinstance(seconds, bool | str | bytes) else float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
+    return value
 
 
 def lock_location(dataset: Location) -> Location:
@@ -201,7 +233,7 @@ class WriterLock:
     ) -> None:
         self.dataset = dataset
         self.location = lock_location(dataset)
-        self.timeout = timeout
+        self.timeout = check_wait(timeout)
         self.stale_after = stale_after
         now = time.time()
         self.record = LockRecord(

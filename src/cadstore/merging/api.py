@@ -417,7 +417,7 @@ def merge(
         a cluster started on demand).
     lock_timeout
         Seconds to wait for another writer of the same dataset to finish (0: fail at
-        once).
+        once, ``math.inf``: as long as it takes).
     manifest_fields
         More entries for the ``.flow`` manifest (what a flow adds: its specifications, the
         failures of its tasks as ``error_distribution``); see
@@ -442,6 +442,9 @@ def merge(
         :func:`cadstore.merging.merge_items`.
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
+    ValueError
+        If ``workers`` is negative, ``lock_timeout`` is negative or NaN, or a level or
+        ``face_pair_layout`` is not one the options take; nothing was written.
     """
     files = _collect_inputs(inputs, storage_options)
     target = resolve(output, storage_options, shared=True)

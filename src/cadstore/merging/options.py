@@ -6,12 +6,14 @@ the Dask tasks), instead of a dozen parameters handed from function to function.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.io.lock import check_wait
 
 __all__ = [
     "DEFAULT_INNER_BYTES",
@@ -120,6 +122,14 @@ class MergeOptions:
             raise ValueError(
                 f"face_pair_layout must be 'auto' or 'full', got {self.face_pair_layout!r}"
             )
+        check_wait(self.lock_timeout, "lock_timeout")
+        if self.workers is not None:
+            try:
+                count = -1 if isinstance(self.workers, bool) else operator.index(self.workers)
+            except TypeError:
+                count = -1
+            if count < 0:
+                raise ValueError(f"workers must be None or an int >= 0, got {self.workers!r}")
         if self.executor not in ("thread", "process"):
             raise ValueError(f"executor must be 'thread' or 'process', got {self.executor!r}")
         for name in ("compression_level", "face_pair_level"):
