@@ -245,6 +245,32 @@ def test_storage_option_is_explained_once(capsys: pytest.CaptureFixture[str]) ->
         assert "see 'cadstore --help'" in " ".join(out.split())
 
 
+@pytest.mark.parametrize("command", ["encode", "demo"])
+def test_storage_options_for_a_local_only_command_are_refused(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given before the command they used to be dropped silently: 'encode' and 'demo'
+    # take no --storage-option of their own and read and write local paths only.
+    import cadstore.pipeline
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr(cadstore.pipeline, "run_demo", must_not_run)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--storage-option", "anon=true", command, "-o", "out"]
+    argv += ["parts"] if command == "encode" else []
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"'cadstore {command}' reads and writes local paths only" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_closed_pipe_ends_the_command_quietly(dataset: Path) -> None:
     # `cadstore info X --json | head -2` where head has already gone: the reading end
     # is closed before the command writes, so its first write fails with EPIPE.

@@ -132,6 +132,12 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         owner = subparsers.choices.get(command, parser) if command else parser
         owner.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.global_storage_option and args.command not in URL_COMMANDS:
+        # Taken before the command, it would be ignored: the command reads local paths.
+        parser.error(
+            f"--storage-option: 'cadstore {args.command}' reads and writes local paths only, "
+            "so storage options do not apply to it"
+        )
     return args
 
 
