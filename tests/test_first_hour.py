@@ -233,6 +233,15 @@ def test_every_option_has_help_showing_its_default() -> None:
     assert checked > 40
 
 
+def test_demo_help_does_not_call_no_cad_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in out
+    assert "--cad use OpenCascade sample parts (default when installed)" in out
+    assert "--no-cad use generated realistic items (default without OpenCascade)" in out
+
+
 def test_storage_option_is_explained_once(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -36,7 +36,11 @@ def register(sub: Any) -> None:
         help="use OpenCascade sample parts (default when installed)",
     )
     cad.add_argument(
-        "--no-cad", dest="cad", action="store_false", help="use generated realistic items"
+        "--no-cad",
+        dest="cad",
+        action="store_false",
+        default=None,  # store_false's own default, True, showed as '(default: True)'
+        help="use generated realistic items (default without OpenCascade)",
     )
     parser.set_defaults(func=run)
 
