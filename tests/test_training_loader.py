@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import time
 import warnings
@@ -79,6 +80,27 @@ def test_batches_equal_the_dataloaders(loader: DatasetLoader) -> None:
     assert len(mine) == len(reference) == len(batches)
     for ours, theirs in zip(mine, reference, strict=True):
         _assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "least"),
+    [
+        ("batch_size", 0, 1),
+        ("batch_size", 2.5, 1),
+        ("batch_size", "4", 1),
+        ("threads", 0, 1),
+        ("prefetch", -1, 0),
+        ("processes", -2, 0),
+    ],
+)
+def test_a_bad_batching_argument_is_named(
+    loader: DatasetLoader, argument: str, value: Any, least: int
+) -> None:
+    # One message listed all four arguments whatever was wrong; a float batch size was
+    # cut silently, and a string one was a TypeError from a comparison.
+    expected = f"{argument} must be an int >= {least}, got {value!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        _batch_loader(loader, **{argument: value})
 
 
 def test_every_epoch_is_a_seeded_permutation(loader: DatasetLoader) -> None:

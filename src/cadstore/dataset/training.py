@@ -217,10 +217,14 @@ class BatchLoader:
                 "BatchLoader reads dataset items as they are stored; with an "
                 "item_loader_func, use DataLoader(dataset.to_torch()) instead"
             )
-        if batch_size < 1 or threads < 1 or prefetch < 0 or processes < 0:
-            raise ValueError(
-                "batch_size and threads must be at least 1, prefetch and processes at least 0"
-            )
+        for name, value, least in (
+            ("batch_size", batch_size, 1),
+            ("threads", threads, 1),
+            ("prefetch", prefetch, 0),
+            ("processes", processes, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         torch = require_torch()
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
