@@ -354,6 +354,18 @@ def test_sources_are_kept_unless_asked(realistic_items: list[Any], tmp_path: Pat
     assert (tmp_path / "delete.dataset").exists()
 
 
+def test_merger_refuses_one_path_for_its_list_of_files(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    # A string is iterable: DatasetMerger("items", ...) took its characters for files
+    # and failed with "duplicate item name 'o': o and o" (or merged what they named).
+    folder = realistic_items[0][0].parent
+    for given in (str(folder), folder):
+        with pytest.raises(MergeError, match=r"zip_files must be a list of \.data files"):
+            DatasetMerger(given, tmp_path / "x.dataset")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.dataset").exists()
+
+
 def test_file_id_codes_order(realistic_items: list[Any], tmp_path: Path) -> None:
     files = [p for p, _, _ in realistic_items[:3]]
     names = [p.name[: -len(".zarr.data")] for p in files]

@@ -111,6 +111,8 @@ class DatasetMerger:
 
     Raises
     ------
+    MergeError
+        If ``zip_files`` is one path (a string) rather than a list of them.
     ValueError
         If more than one of ``dask_client_params``, ``client`` and ``scheduler`` is given.
     ImportError
@@ -132,6 +134,13 @@ class DatasetMerger:
         scheduler: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if isinstance(zip_files, str | os.PathLike):
+            # A string is iterable: its characters were taken for file names.
+            raise MergeError(
+                f"zip_files must be a list of .data files, got the path "
+                f"{os.fspath(zip_files)!r}: pass [path] for one file, or merge a folder "
+                "of items with cadstore.merge(folder, output)"
+            )
         self.zip_files = [os.fspath(f) for f in (zip_files or [])]
         self.merged_store_path = os.fspath(merged_store_path) if merged_store_path else None
         self.file_id_codes = dict(file_id_codes) if file_id_codes else None
