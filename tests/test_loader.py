@@ -85,6 +85,18 @@ def _check_proportions(matrix: np.ndarray, assignment: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------- split
+def test_one_group_or_array_may_be_given_as_a_string(flow: Path) -> None:
+    # As labels="file_label" always was: groups="faces" was taken character by character
+    # ("unknown group 'f'"), and so was each array list of arrays=.
+    with DatasetLoader(flow_output_file=flow, groups="faces") as one:
+        one.split("random", random_state=0)
+        item = one.get_dataset("train")[0]
+        assert "faces" in item and not {"edges", "graph", "faceface"} & set(item)
+    with DatasetLoader(flow_output_file=flow, arrays={"faces": "face_areas"}) as some:
+        some.split("random", random_state=0)
+        assert list(some.get_dataset("train")[0]["faces"]) == ["face_areas"]
+
+
 def test_split_is_stratified_recorded_and_reproducible(
     flow: Path, loader: DatasetLoader, items: list[Any]
 ) -> None:

@@ -98,6 +98,15 @@ def test_defaults_take_every_numeric_array(loader: DatasetLoader) -> None:
     assert {"d2_distance", "a3_distance", "extended_adjacency"} <= set(batch.keys())
 
 
+def test_one_array_may_be_given_as_a_string(loader: DatasetLoader) -> None:
+    # node_arrays="face_areas" was taken character by character (['f', 'a', 'c', ...]).
+    collate = PygCollate(node_arrays="face_areas", edge_arrays="edge_lengths", pair_arrays=())
+    assert collate.node_arrays == ["face_areas"] and collate.edge_arrays == ["edge_lengths"]
+    dataset, _ = loader.get_dataset("test").to_pyg()
+    batch = collate([dataset[0], dataset[1]])
+    assert batch.x.shape[1] == 1 and batch.edge_attr.shape[1] == 1
+
+
 def test_node_labels_and_a_missing_label_are_named(loader: DatasetLoader) -> None:
     train = loader.get_dataset("train")
     batch = next(iter(train.batches(4, collate_fn=PygCollate(NODE, (), node_label="face_types"))))

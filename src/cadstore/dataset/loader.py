@@ -996,7 +996,8 @@ class DatasetLoader:
         The ``.flow`` manifest, instead of the paths.
     groups, arrays
         Read only these groups, or ``{group: [array, ...]}``, for each item (default:
-        everything). Leaving out ``faceface`` makes items much smaller.
+        everything); one name may be given as a string. Leaving out ``faceface`` makes
+        items much smaller.
     storage_options
         fsspec options for the paths that are URLs (see :class:`DatasetExplorer`); they
         travel with the item reader into ``DataLoader`` workers.
@@ -1028,8 +1029,8 @@ class DatasetLoader:
         file_code_start: int = 0,
         *,
         flow_output_file: str | os.PathLike[str] | None = None,
-        groups: Sequence[str] | None = None,
-        arrays: Mapping[str, Sequence[str]] | None = None,
+        groups: Sequence[str] | str | None = None,
+        arrays: Mapping[str, Sequence[str] | str] | None = None,
         storage_options: dict[str, Any] | None = None,
         trust_manifest: bool = False,
     ) -> None:
@@ -1063,6 +1064,12 @@ class DatasetLoader:
             storage_options=storage_options,
             trust_manifest=trust_manifest,
         )
+        # One name is one group (or array), as for ``labels``: a string is iterable, and
+        # its characters were taken for group names.
+        if isinstance(groups, str):
+            groups = [groups]
+        if arrays is not None:
+            arrays = {g: [a] if isinstance(a, str) else a for g, a in arrays.items()}
         try:
             self._n = self.explorer.n_items
             self._check_selection(groups, arrays)

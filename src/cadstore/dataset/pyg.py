@@ -36,6 +36,14 @@ def require_pyg() -> Any:
     return torch_geometric
 
 
+def _names(names: Sequence[str] | str | None) -> list[str] | None:
+    """The array names given, as a list: one name may be a string (a string is iterable,
+    and its characters were taken for names)."""
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else list(names)
+
+
 class PygCollate:
     """Collate dataset items into a ``torch_geometric.data.Batch``.
 
@@ -60,27 +68,28 @@ class PygCollate:
         as batched attributes under their own names, concatenated over the batch. Default:
         all those read; ``()`` for none (a loader made with ``groups=["faces", "edges",
         "graph"]`` does not read them at all, which is much faster).
+        Each of the three lists may be one name, given as a string.
     node_group, edge_group, pair_group
         The dataset's groups of faces, edges and face pairs.
     """
 
     def __init__(
         self,
-        node_arrays: Sequence[str] | None = None,
-        edge_arrays: Sequence[str] | None = None,
+        node_arrays: Sequence[str] | str | None = None,
+        edge_arrays: Sequence[str] | str | None = None,
         graph_label: str | None = None,
         node_label: str | None = None,
-        pair_arrays: Sequence[str] | None = None,
+        pair_arrays: Sequence[str] | str | None = None,
         *,
         node_group: str = "faces",
         edge_group: str = "edges",
         pair_group: str = "faceface",
     ) -> None:
-        self.node_arrays = None if node_arrays is None else list(node_arrays)
-        self.edge_arrays = None if edge_arrays is None else list(edge_arrays)
+        self.node_arrays = _names(node_arrays)
+        self.edge_arrays = _names(edge_arrays)
         self.graph_label = graph_label
         self.node_label = node_label
-        self.pair_arrays = None if pair_arrays is None else list(pair_arrays)
+        self.pair_arrays = _names(pair_arrays)
         self.node_group = node_group
         self.edge_group = edge_group
         self.pair_group = pair_group
