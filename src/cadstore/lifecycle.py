@@ -83,9 +83,19 @@ MANIFEST_COMMIT_KEY = "commit"
 
 
 def read_commit(dataset: Any) -> CommitRecord | None:
-    """The commit record of an open dataset (anything with ``member(key)``, such as a
-    :class:`~cadstore.dataset.reader.DatasetReader`), or ``None`` for a dataset written
-    before versions were recorded.
+    """Return the commit record of an open dataset: which version it is, its parent, its
+    items and its tables' digests.
+
+    Parameters
+    ----------
+    dataset
+        The open dataset: anything with ``member(key)``, such as a
+        :class:`~cadstore.dataset.reader.DatasetReader`.
+
+    Returns
+    -------
+    CommitRecord or None
+        The record, or ``None`` for a dataset written before versions were recorded.
 
     Raises
     ------
@@ -576,13 +586,32 @@ def repair(
 ) -> list[str]:
     """Finish or undo what an interrupted writer left of ``dataset``; see :func:`recover`.
 
-    Takes the dataset's lock (waiting up to ``timeout`` seconds for a live writer),
-    recovers, and releases it. ``published`` are more copies to check besides those the
-    current version lists. Returns what was done, as sentences: empty when nothing needed
-    doing.
+    What ``cadstore repair`` does: take the dataset's lock, recover, and release it. Any
+    later merge, append or split does the same first.
+
+    Parameters
+    ----------
+    dataset
+        The ``.dataset`` (a path, a URL or a :class:`~cadstore.io.location.Location`).
+    published
+        More copies to check besides those the current version lists.
+    timeout
+        Seconds to wait for a writer still at work (0: fail at once).
+    storage_options
+        fsspec options (credentials, endpoint) when ``dataset`` is a URL.
+
+    Returns
+    -------
+    list of str
+        What was done, as sentences (rolled back, rolled forward, temporaries removed):
+        empty when nothing needed doing.
 
     Raises
     ------
+    DatasetLockedError
+        If another writer still holds the lock after ``timeout`` seconds.
+    ValueError
+        If ``timeout`` is negative or NaN.
     CorruptStoreError
         If ``dataset`` is not a readable dataset (missing, a truncated zip, a text file, a
         pipe, a plain folder, ...), naming the path and the problem as

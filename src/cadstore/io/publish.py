@@ -437,7 +437,30 @@ def _upload_through_scratch(location: Location, writer: Writer, exclusive: bool)
 def write_bytes_atomic(
     location: Location, data: bytes, *, exclusive: bool = False, durable: bool = True
 ) -> int:
-    """Publish ``data`` at ``location`` atomically; as :func:`write_atomic`."""
+    """Publish ``data`` at ``location`` atomically: readers see the old file or all of
+    ``data``, never part of it (as :func:`write_atomic`).
+
+    Parameters
+    ----------
+    location
+        The destination (:func:`cadstore.io.resolve` makes one of a path or URL).
+    data
+        The file's whole content.
+    exclusive
+        Publish only if nothing is there yet, atomically with the check.
+    durable
+        fsync the file and its directory (local disk). Off only for scratch data.
+
+    Returns
+    -------
+    int
+        The size of the published file.
+
+    Raises
+    ------
+    FileExistsError
+        With ``exclusive=True``, when something is there.
+    """
     return write_atomic(location, lambda fh: fh.write(data), exclusive=exclusive, durable=durable)
 
 
