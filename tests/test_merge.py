@@ -366,6 +366,20 @@ def test_merger_refuses_one_path_for_its_list_of_files(
     assert not (tmp_path / "x.dataset").exists()
 
 
+def test_a_merge_of_only_unreadable_items_names_each_in_one_sentence(tmp_path: Path) -> None:
+    # The message held a Python list of dicts: [{'file': ..., 'error': ...}, ...].
+    bad = []
+    for n in range(5):
+        bad.append(tmp_path / f"bad{n}.zarr.data")
+        bad[-1].write_text("not a zip")
+    with pytest.raises(MergeError) as refused:
+        merge_items(bad, tmp_path / "x.dataset")
+    message = str(refused.value)
+    assert message.startswith(f"no readable item among 5 file(s): {bad[0]}: ")
+    assert f"; {bad[2]}: " in message and message.endswith(" (and 2 more)")
+    assert "{" not in message and str(bad[3]) not in message
+
+
 def test_file_id_codes_order(realistic_items: list[Any], tmp_path: Path) -> None:
     files = [p for p, _, _ in realistic_items[:3]]
     names = [p.name[: -len(".zarr.data")] for p in files]

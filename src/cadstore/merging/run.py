@@ -293,7 +293,9 @@ def _write_version(
         else:
             scans = scan_all(ordered, options.limits, pool, errors, options.progress)
         if not scans:
-            raise MergeError(f"no readable item among {len(ordered)} file(s): {errors[:3]}")
+            shown = "; ".join(error["error"] for error in errors[:3])
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise MergeError(f"no readable item among {len(ordered)} file(s): {shown}{more}")
         plan = plan_merge(scans, schema, options, errors)
         sink = open_sink(target, directory=options.directory, exclusive=True)
         try:
