@@ -914,3 +914,24 @@ def test_repair_of_a_killed_first_merge_without_its_dataset(
     assert [p.name for p in out.parent.iterdir()] == []
     with pytest.raises(CorruptStoreError, match="no such dataset"):
         lifecycle.repair(out)
+
+
+def test_a_failed_merge_leaves_no_folder_it_made(items: list[Path], tmp_path: Path) -> None:
+    """The writer's lock sits beside the dataset, so taking it made the output's folders;
+    a merge that failed (no readable item) left them behind, empty. The folders the lock
+    made are removed with it when nothing was published there; folders that were there
+    before, and those a published dataset lives in, stay."""
+    with pytest.raises(MergeError, match=r"no readable item"):
+        cadstore.merge([str(tmp_path / "missing.data")], str(tmp_path / "new" / "sub" / "p"))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(MergeError, match=r"no readable item"):
+        cadstore.merge([str(tmp_path / "missing.data")], str(tmp_path / "kept" / "p"))
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+    result = cadstore.merge(
+        [str(p) for p in items[:3]], str(tmp_path / "made" / "sub" / "p.dataset")
+    )
+    assert Path(result.path).is_file() and Path(result.path).parent == tmp_path / "made" / "sub"
+    assert sorted(os.listdir(tmp_path / "made" / "sub")) == [
+        f"p.{kind}" for kind in ("attribset", "dataset", "flow", "infoset")
+    ]

@@ -247,6 +247,9 @@ class WriterLock:
         )
         self.previous: LockRecord | None = None
         self._fd: int | None = None
+        #: Folders that taking the (local) lock created, deepest first: a writer that
+        #: publishes nothing there leaves none of them behind.
+        self._made_folders: list[str] = []
         self._held = False
         self._lost = False
         self._stop = threading.Event()
@@ -265,7 +268,11 @@ class WriterLock:
         """
         deadline = time.monotonic() + self.timeout
         while True:
-            holder = self._try_local() if self._local else self._try_remote()
+            try:
+                holder = self._try_local() if self._local else self._try_remote()
+            except BaseException:
+                self._remove_made_folders()
+                raise
             if holder is None:
                 self._held = True
                 _HELD.add(self.record.token)
@@ -331,6 +338,7 @@ class WriterLock:
                 os.unlink(self.location.path)
             os.close(self._fd)
             self._fd = None
+            self._remove_made_folders()
             return
         with contextlib.suppress(Exception):
             current = self._read_remote()
@@ -357,9 +365,13 @@ class WriterLock:
     def _try_local(self) -> LockRecord | None:
         """Take the local lock, or return the holder's record (empty token if unknown)."""
         path = self.location.path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(path))
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            self._make_folders(folder)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except FileNotFoundError:  # its folder removed since, by a writer done with it
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -387,6 +399,31 @@ class WriterLock:
             self.previous = previous
             _LOCAL_FDS[self.record.token] = fd
             return None
+
+    def _make_folders(self, folder: str) -> None:
+        """Create ``folder`` and its missing parents, noting those made (deepest first)."""
+        missing = []
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        for made in reversed(missing):
+            try:
+                os.mkdir(made)
+            except FileExistsError:
+                continue  # made meanwhile by another writer: not ours to remove
+            self._made_folders.insert(0, made)
+
+    def _remove_made_folders(self) -> None:
+        """Remove the folders the lock made that are empty (nothing was published there)."""
+        for folder in self._made_folders:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (a dataset, another writer's lock), or gone
+                break
+        self._made_folders = []
 
     # ------------------------------------------------------------------ object stores
     def _try_remote(self) -> LockRecord | None:
