@@ -480,6 +480,13 @@ def test_cat_missing_keys_list_the_valid_ones(
         "graph/edges_source, graph/num_nodes",
     )
     assert_usage_error(*run(capsys, "cat", items[0], "label/x"), "'label'", "not a group")
+    # A metadata field is named as such, with where its value is shown.
+    assert_usage_error(
+        *run(capsys, "cat", items[0], "file_label"),
+        "'file_label'",
+        "is metadata, not a data key",
+        f"cadstore inspect {items[0]}",
+    )
     assert_usage_error(
         *run(capsys, "cat", dataset, "face_areas"),
         "valid top-level keys: ",

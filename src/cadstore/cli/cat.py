@@ -88,6 +88,12 @@ def _missing_in_storage(target: Artefact, key: str) -> CommandError:
                 f"no key {key!r} in {target.label} {target.path}; "
                 f"group {prefix!r} holds {_choices(keys)}"
             )
+    metadata = storage.load_metadata()
+    if isinstance(metadata, dict) and key in metadata:
+        return CommandError(
+            f"{key!r} in {target.label} {target.path} is metadata, not a data key: "
+            f"'cadstore inspect {target.path}' lists the metadata with its values"
+        )
     return CommandError(
         f"no key {key!r} in {target.label} {target.path}; "
         f"valid top-level keys: {_choices(storage.get_keys())}"
