@@ -674,6 +674,14 @@ def test_export_json_refuses_non_empty_dirs_unless_overwrite(
     assert_usage_error(
         *run(capsys, "export-json", items[0], "-o", out_dir), "not empty", "--overwrite"
     )
+    # A folder of the user's own: --overwrite would refuse it too, so it is not offered.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "export-json", items[0], "-o", own)
+    assert code == 2 and "not empty" in err and "no JSON store" in err
+    assert "--overwrite" not in err
+    assert [p.name for p in own.iterdir()] == ["notes.txt"]
     code, out, _ = run(capsys, "export-json", items[0], "-o", out_dir, "--overwrite", "--json")
     assert code == 0
     doc = json.loads(out)

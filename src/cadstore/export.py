@@ -151,12 +151,17 @@ def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
                 f"-o {output} is {target.path} itself; choose another directory"
             )
         if os.listdir(output):
-            if not overwrite:
-                raise OutputExistsError.suggesting(
-                    f"-o {output} is not empty (choose an empty or new directory)",
-                    ("overwrite", "replace the JSON store there"),
-                )
-            return _store_files(output)
+            if overwrite:
+                return _store_files(output)
+            try:
+                _store_files(output)
+            except OutputExistsError as exc:
+                # Not a JSON store: --overwrite would refuse it too, so it is not offered.
+                raise OutputExistsError(f"-o {output} is not empty: {exc}") from None
+            raise OutputExistsError.suggesting(
+                f"-o {output} is not empty (choose an empty or new directory)",
+                ("overwrite", "replace the JSON store there"),
+            )
     return []
 
 
