@@ -1,0 +1,419 @@
+"""Datasets written before issue 18's layout still read, with the values they were given.
+
+The fixtures in ``tests/fixtures/old_format/`` were written by cadstore at commit 4254135
+(``scripts/make_old_format_fixtures.py``, see its README): four items of 3, 0, 1 and 5
+faces with every face-pair array, merged into the zip form (with a recorded split) and
+the directory form. That layout has no item frames and keeps every face-pair array in
+full in ``faceface`` (no ``faceface_upper``). The items' generated arrays are stored
+beside them in ``expected.npz``: the generator changed after that commit, so the same
+seed no longer gives the same items.
+
+Every test reads a copy of the fixtures, and checks after it ran that reading left the
+copy as it was; the append writes to a copy of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import cadstore
+from cadstore import OptStorage
+from cadstore.dataset import CADDataset, DatasetExplorer, DatasetLoader, DatasetReader
+from cadstore.synthetic import WorkloadConfig, make_item, make_item_metadata, write_item
+
+FIXTURES = Path(__file__).parent / "fixtures" / "old_format"
+OLD_COMMIT = "42541351c2eddef40114c82fbad9b6ff8b57923f"
+FACE_PAIRS = ("d2_distance", "a3_distance", "extended_adjacency", "face_pair_edges_path")
+EDGES = ("edge_indices", "edge_types", "edge_lengths", "edge_dihedral_angles")
+EDGES += ("edge_convexities", "edge_u_grids")
+FACES = ("face_indices", "face_types", "face_areas", "face_centroids", "face_loops")
+FACES += ("face_discretization", "face_neighborscount")
+FORMS = {"zip": Path("zip/old.dataset"), "directory": Path("directory/old.dataset")}
+
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+NAMES = sorted(EXPECTED["items"])
+
+
+def _arrays() -> dict[str, dict[str, np.ndarray]]:
+    with np.load(FIXTURES / "expected.npz", allow_pickle=False) as npz:
+        out: dict[str, dict[str, np.ndarray]] = {name: {} for name in NAMES}
+        for key in npz.files:
+            name, rest = key.split("/", 1)
+            out[name][rest] = npz[key]
+    return out
+
+
+ARRAYS = _arrays()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def copied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("old") / "old_format"
+    shutil.copytree(FIXTURES, folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _unchanged(copied: Path) -> Iterator[None]:
+    """Reading an old dataset writes nothing: the copy is the checked-in fixture after."""
+    yield
+    assert _digest(copied) == _digest(FIXTURES)
+
+
+def _same(got: Any, expected: np.ndarray, what: str) -> None:
+    got = got.numpy() if hasattr(got, "numpy") else np.asarray(got)
+    assert got.dtype == expected.dtype, (what, got.dtype, expected.dtype)
+    assert got.shape == expected.shape, (what, got.shape, expected.shape)
+    assert np.ascontiguousarray(got).tobytes() == expected.tobytes(), what
+
+
+def _expected_rows(name: str, group: str) -> dict[str, np.ndarray]:
+    """An item's rows of ``group`` as the dataset presents them (face pairs flattened)."""
+    item = ARRAYS[name]
+    n = int(EXPECTED["items"][name]["faces"])
+    if group == "faces":
+        return {a: item[a] for a in FACES}
+    if group == "edges":
+        return {a: item[a] for a in EDGES}
+    if group == "graph":
+        return {a: item[f"graph/{a}"] for a in ("edges_source", "edges_destination")}
+    assert group == "faceface"
+    return {a: item[a].reshape(n * n, *item[a].shape[2:]) for a in FACE_PAIRS}
+
+
+def _assert_item(read: dict[str, Any], name: str) -> None:
+    for group in ("faces", "edges", "faceface", "graph"):
+        for array, expected in _expected_rows(name, group).items():
+            _same(read[group][array], expected, f"{group}/{array} of {name}")
+    assert int(read["graph"]["num_nodes"]) == int(ARRAYS[name]["graph/num_nodes"]), name
+
+
+# ------------------------------------------------------------------ the fixtures
+
+
+def test_the_fixtures_are_the_old_layout(copied: Path) -> None:
+    assert EXPECTED["written_by"].startswith(f"cadstore {OLD_COMMIT}")
+    assert [EXPECTED["items"][n]["faces"] for n in NAMES] == [3, 0, 1, 5]
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    assert total < 200_000
+    for form in FORMS.values():
+        with DatasetReader(copied / form, stored_layout=True) as reader:
+            assert sorted(reader.groups) == ["edges", "faceface", "faces", "graph"]
+            stored = set(reader.arrays("faceface"))
+            assert stored == {*FACE_PAIRS, "item_offsets", "file_id_code_faceface"}
+            assert "cadstore_layout" not in reader.group_attributes("faceface")
+
+
+def test_old_items_read_with_their_values(copied: Path) -> None:
+    for name in NAMES:
+        with OptStorage(copied / "items" / f"{name}.zarr") as item:
+            for key, expected in ARRAYS[name].items():
+                if key == "graph/num_nodes":
+                    assert int(item.load_data(key)) == int(expected), name
+                else:
+                    _same(item.load_data(key), expected, f"{key} of {name}")
+            for key, value in EXPECTED["items"][name]["metadata"].items():
+                assert item.load_metadata(key) == value, (name, key)
+
+
+# ------------------------------------------------------------------ readers
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_reader_gives_every_item(copied: Path, form: str) -> None:
+    with DatasetReader(copied / FORMS[form]) as reader:
+        assert reader.item_names == NAMES
+        assert sorted(reader.groups) == ["edges", "faceface", "faces", "graph"]
+        for code, name in enumerate(NAMES):
+            _assert_item(reader.read_item(code), name)
+        order = [3, 1, 2, 0, 1]
+        batch = reader.read_items(order)
+        for k, code in enumerate(order):
+            _assert_item(batch[k], NAMES[code])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_zarr_python_reads_the_arrays(copied: Path, form: str) -> None:
+    path = copied / FORMS[form]
+    store = zarr.storage.ZipStore(path, mode="r") if form == "zip" else path
+    root = zarr.open_group(store, mode="r")
+    try:
+        assert [str(n) for n in root["item_names"][...]] == NAMES
+        for group in ("faces", "edges", "faceface", "graph"):
+            offsets = root[f"{group}/item_offsets"][...]
+            for array in _expected_rows(NAMES[0], group):
+                values = root[f"{group}/{array}"][...]
+                for code, name in enumerate(NAMES):
+                    rows = values[offsets[code] : offsets[code + 1]]
+                    _same(rows, _expected_rows(name, group)[array], f"{group}/{array} {name}")
+        counts = [int(ARRAYS[n]["graph/num_nodes"]) for n in NAMES]
+        assert root["graph/num_nodes"][...].tolist() == counts
+    finally:
+        if form == "zip":
+            store.close()
+
+
+def test_xarray_reads_a_group(copied: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    faces = xr.open_zarr(copied / FORMS["directory"], group="faces", consolidated=False)
+    offsets = faces["item_offsets"].values
+    for code, name in enumerate(NAMES):
+        rows = faces["face_discretization"].values[offsets[code] : offsets[code + 1]]
+        _same(rows, ARRAYS[name]["face_discretization"], name)
+
+
+# ------------------------------------------------------------------ loader and batches
+
+
+def _loader(copied: Path, form: str) -> DatasetLoader:
+    if form == "zip":
+        return DatasetLoader(flow_output_file=copied / "zip" / "old.flow")
+    return DatasetLoader(copied / FORMS[form])
+
+
+def _assert_dataset_item(item: dict[str, Any], code: int) -> None:
+    name = NAMES[code]
+    assert item["file_id_code"] == code and item["name"] == name
+    _assert_item(item, name)
+    metadata = EXPECTED["items"][name]["metadata"]
+    assert item["labels"]["file_label"] == metadata["file_label"], name
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_cad_dataset_gives_every_item(copied: Path, form: str) -> None:
+    with _loader(copied, form) as loader:
+        dataset = CADDataset(loader, range(len(NAMES)))
+        for code in range(len(NAMES)):
+            _assert_dataset_item(dataset[code], code)
+
+
+def test_the_recorded_split_is_loaded(copied: Path) -> None:
+    with _loader(copied, "zip") as loader:
+        for part, codes in EXPECTED["split"]["codes"].items():
+            subset = loader.get_dataset(part)
+            assert subset.indices.tolist() == codes, part
+            for k, code in enumerate(codes):
+                _assert_dataset_item(subset[k], code)
+
+
+def _assert_batch(batch: dict[str, Any], codes: list[int]) -> None:
+    """A collated batch holds each item's rows, its graph shifted to the batch's nodes."""
+    assert batch["file_id_code"].tolist() == codes
+    first_node = 0
+    for k, code in enumerate(codes):
+        name = NAMES[code]
+        for group in ("faces", "edges", "faceface", "graph"):
+            lo, hi = int(batch["ptr"][group][k]), int(batch["ptr"][group][k + 1])
+            for array, expected in _expected_rows(name, group).items():
+                if group == "graph":
+                    expected = expected.astype(np.int64) + first_node
+                _same(batch[group][array][lo:hi], expected, f"{group}/{array} of {name}")
+        first_node += int(ARRAYS[name]["graph/num_nodes"])
+    counts = [int(ARRAYS[NAMES[c]]["graph/num_nodes"]) for c in codes]
+    assert batch["num_nodes"].tolist() == counts
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"threads": 2}, {"processes": 2, "multiprocessing_context": "fork"}],
+    ids=["threads", "fork"],
+)
+@pytest.mark.parametrize("form", FORMS)
+def test_in_process_batches(copied: Path, form: str, options: dict[str, Any]) -> None:
+    pytest.importorskip("torch")
+    with _loader(copied, form) as loader:
+        subset = CADDataset(loader, [1, 3, 2, 0, 1, 2])
+        with subset.batches(batch_size=2, shuffle=False, prefetch=2, **options) as batches:
+            for _ in range(2):  # the second epoch through reused buffers
+                seen = []
+                for batch in batches:
+                    codes = batch["file_id_code"].tolist()
+                    _assert_batch(batch, codes)
+                    seen += codes
+                assert seen == [1, 3, 2, 0, 1, 2]
+
+
+def test_dataloader_workers(copied: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with _loader(copied, "zip") as loader:
+        dataset, collate = CADDataset(loader, [2, 1, 0, 3]).to_torch_with_collate()
+        batches = torch.utils.data.DataLoader(
+            dataset, batch_size=2, num_workers=2, collate_fn=collate
+        )
+        seen = []
+        for batch in batches:
+            codes = batch["file_id_code"].tolist()
+            _assert_batch(batch, codes)
+            seen += codes
+        assert seen == [2, 1, 0, 3]
+
+
+def test_pyg_batches(copied: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("torch_geometric")
+    from cadstore.dataset.pyg import PygCollate
+
+    collate = PygCollate(
+        ["face_areas"], ["edge_lengths"], graph_label="file_label", pair_arrays=FACE_PAIRS
+    )
+    with _loader(copied, "zip") as loader:
+        subset = CADDataset(loader, [0, 1, 2, 3])
+        with subset.batches(batch_size=3, shuffle=False, collate_fn=collate) as batches:
+            seen = []
+            for batch in batches:
+                for data, code in zip(
+                    batch.to_data_list(), batch.file_id_code.tolist(), strict=True
+                ):
+                    name = NAMES[code]
+                    item = ARRAYS[name]
+                    _same(data.x[:, 0], item["face_areas"], f"x of {name}")
+                    edges = np.stack([item["graph/edges_source"], item["graph/edges_destination"]])
+                    _same(data.edge_index, edges.astype(np.int64), f"edge_index of {name}")
+                    label = EXPECTED["items"][name]["metadata"]["file_label"]
+                    assert data.y.tolist() == [label], name
+                    for array, rows in _expected_rows(name, "faceface").items():
+                        _same(data[array], rows, f"{array} of {name}")
+                    seen.append(code)
+            assert seen == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------ explorer
+
+
+def test_the_explorer_reads_the_old_dataset(copied: Path, tmp_path: Path) -> None:
+    """Item by item as stored, and as the same items merged by this code."""
+    items = sorted((copied / "items").glob("*.data"))
+    cadstore.merge([str(p) for p in items], str(tmp_path / "new.dataset"))
+    old = DatasetExplorer(flow_output_file=copied / "zip" / "old.flow")
+    new = DatasetExplorer(flow_output_file=tmp_path / "new.flow")
+    try:
+        assert old.n_items == len(NAMES)
+        assert old.available_groups() == new.available_groups()
+        for group in ("faces", "edges", "faceface", "graph"):
+            got, want = old.get_group_data(group), new.get_group_data(group)
+            assert got.equals(want), group
+            assert got.attrs["primary_dimension"] == want.attrs["primary_dimension"], group
+            for code, name in enumerate(NAMES):
+                rows = old.file_dataset(code, group)
+                assert rows.equals(new.file_dataset(code, group)), (group, name)
+                for array, expected in _expected_rows(name, group).items():
+                    _same(rows[array].values, expected, f"{group}/{array} of {name}")
+        got = old.create_distribution("d2_distance", bins=4, group="faceface")
+        want = new.create_distribution("d2_distance", bins=4, group="faceface")
+        np.testing.assert_array_equal(got["hist"], want["hist"])
+        np.testing.assert_array_equal(got["bin_edges"], want["bin_edges"])
+        assert old.decode_file_id_code(3) == NAMES[3]
+        info = old.get_file_info_all()
+        assert info["subset"].tolist() == ["train", "validation", "train", "test"]
+        text = old.table_of_contents()
+        for array in FACE_PAIRS:
+            assert array.upper() in text
+    finally:
+        old.close()
+        new.close()
+
+
+# ------------------------------------------------------------------ append
+
+
+def _new_item(folder: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    config = WorkloadConfig(**EXPECTED["workload_config"])
+    item = make_item(11, seed=3, config=config, n_faces=4)
+    metadata = make_item_metadata(11, seed=3, config=config, n_faces=4)
+    path = write_item(folder / "new_item.zarr", item, metadata, summary_dir=False)
+    return Path(path), item, metadata
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_appending_to_a_copy(copied: Path, tmp_path: Path, form: str) -> None:
+    dataset = tmp_path / FORMS[form]
+    shutil.copytree(copied / FORMS[form].parent, dataset.parent)
+    path, item, metadata = _new_item(tmp_path)
+    result = cadstore.merge([str(path)], str(dataset), append=True)
+    assert result.items == ["new_item"] and not result.errors
+
+    n = 4
+    new_rows = {
+        "faces": {a: item[a] for a in FACES},
+        "edges": {a: item[a] for a in EDGES},
+        "graph": {a: item["graph"][a] for a in ("edges_source", "edges_destination")},
+        "faceface": {a: item[a].reshape(n * n, *item[a].shape[2:]) for a in FACE_PAIRS},
+    }
+    with DatasetReader(dataset) as reader:
+        assert reader.item_names == [*NAMES, "new_item"]
+        for code, name in enumerate(NAMES):
+            _assert_item(reader.read_item(code), name)
+        read = reader.read_item(len(NAMES))
+        for group, arrays in new_rows.items():
+            for array, expected in arrays.items():
+                _same(read[group][array], expected, f"{group}/{array} of new_item")
+        assert int(read["graph"]["num_nodes"]) == n
+
+    flow = dataset.with_suffix(".flow")
+    with DatasetLoader(flow_output_file=flow) as loader:
+        items = CADDataset(loader, range(len(NAMES) + 1))
+        for code in range(len(NAMES)):
+            _assert_dataset_item(items[code], code)
+        assert items[len(NAMES)]["labels"]["file_label"] == metadata["file_label"]
+        if form == "zip":  # the old split is kept; the new item is in no subset
+            for part, codes in EXPECTED["split"]["codes"].items():
+                assert loader.get_dataset(part).indices.tolist() == codes, part
+    explorer = DatasetExplorer(flow_output_file=flow)
+    try:
+        rows = explorer.file_dataset(len(NAMES), "faceface")
+        _same(rows["d2_distance"].values, new_rows["faceface"]["d2_distance"], "explorer")
+    finally:
+        explorer.close()
+
+
+def test_splitting_a_copy_again(copied: Path, tmp_path: Path) -> None:
+    shutil.copytree(copied / "zip", tmp_path / "zip")
+    flow = tmp_path / "zip" / "old.flow"
+    with DatasetLoader(flow_output_file=flow) as loader:
+        counts = loader.split("file_label", train=0.5, validation=0.25, test=0.25, random_state=1)
+        assert sum(counts) == len(NAMES)
+    with DatasetLoader(flow_output_file=flow) as loader:  # the new split, recorded
+        seen = []
+        for part in ("train", "validation", "test"):
+            subset = loader.get_dataset(part)
+            for k, code in enumerate(subset.indices.tolist()):
+                _assert_dataset_item(subset[k], code)
+                seen.append(code)
+        assert sorted(seen) == list(range(len(NAMES)))
+
+
+def test_graph_files_from_the_old_dataset(copied: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("torch_geometric")
+    from cadstore.dataset.pyg import PygCollate
+    from cadstore.storage.graphstorage import PyGGraphStoreHandler, write_graph_files
+
+    with _loader(copied, "directory") as loader:
+        subset = CADDataset(loader, range(len(NAMES)))
+        collate = PygCollate(["face_areas"], ["edge_lengths"], pair_arrays=())
+        paths = write_graph_files(subset, tmp_path / "graph_data", collate, batch_size=3)
+    assert [Path(p).name for p in paths] == [f"{name}.pt" for name in NAMES]
+    for path, name in zip(paths, NAMES, strict=True):
+        graph = PyGGraphStoreHandler().load_graph(path)
+        item = ARRAYS[name]
+        assert graph.num_nodes == int(item["graph/num_nodes"]), name
+        _same(graph.x[:, 0], item["face_areas"], f"x of {name}")
+        edges = np.stack([item["graph/edges_source"], item["graph/edges_destination"]])
+        _same(graph.edge_index, edges.astype(np.int64), f"edge_index of {name}")
