@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,82 @@ def test_stale_temp_files_of_killed_writers_are_swept_once(tmp_path: Path) -> No
         storage.compress_store()
     assert again.exists()
     assert (tmp_path / "b.zarr.data").is_file() and not (tmp_path / "b.zarr").exists()
+
+
+def _publish_bytes(path: Path) -> None:
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import write_bytes_atomic
+
+    write_bytes_atomic(resolve(str(path)), b"data")
+
+
+def _publish_through_a_path(path: Path) -> None:
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import write_through_path
+
+    write_through_path(resolve(str(path)), lambda tmp: Path(tmp).write_bytes(b"data"))
+
+
+def _save_a_schema(path: Path) -> None:
+    from cadstore.schema import SchemaBuilder
+
+    SchemaBuilder().save_to_file(path)
+
+
+def _publish_an_item(path: Path) -> None:
+    store = path.with_name(path.name.removesuffix(".data"))
+    with OptStorage(store, summary_dir=False) as storage:
+        storage.save_data("x", np.arange(5))
+        storage.compress_store()
+
+
+@pytest.mark.parametrize(
+    "publish", [_publish_bytes, _publish_through_a_path, _save_a_schema, _publish_an_item]
+)
+def test_a_folder_where_a_file_is_published_is_refused_naming_it(
+    tmp_path: Path, publish: Any
+) -> None:
+    """Every writer publishing through cadstore.io.publish raised a bare IsADirectoryError
+    whose message named the temporary file first, after writing it in full. Now an
+    OutputExistsError naming the destination, before anything is written; the folder is
+    left as it was and no temporary file beside it."""
+    from cadstore.errors import OutputExistsError
+
+    folder = tmp_path / "out.zarr.data"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("kept")
+    before = {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(OutputExistsError, match=r"out\.zarr\.data: is a directory") as raised:
+        publish(folder)
+    assert str(folder) in str(raised.value) and TEMP_PREFIX not in str(raised.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert {p.name for p in tmp_path.iterdir()} >= before
+    assert [p.name for p in folder.iterdir()] == ["mine.txt"]
+    assert (folder / "mine.txt").read_text() == "kept"
+
+
+def test_a_folder_made_during_the_write_is_refused_and_a_link_to_one_replaced(
+    tmp_path: Path,
+) -> None:
+    from cadstore.errors import OutputExistsError
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import write_atomic
+
+    target = tmp_path / "late.bin"
+
+    def writer(fh: Any) -> None:
+        target.mkdir()  # another process makes a folder there while the file is written
+        fh.write(b"data")
+
+    with pytest.raises(OutputExistsError, match=r"late\.bin: is a directory"):
+        write_atomic(resolve(str(target)), writer)
+    assert target.is_dir() and not list(target.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+    # A link to a folder is replaced by the file, as a rename does; the folder stays.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    link = tmp_path / "link.bin"
+    link.symlink_to(kept, target_is_directory=True)
+    write_atomic(resolve(str(link)), lambda fh: fh.write(b"data"))
+    assert not link.is_symlink() and link.read_bytes() == b"data" and kept.is_dir()

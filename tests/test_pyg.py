@@ -387,6 +387,26 @@ def test_a_missing_graph_file_or_a_folder_is_a_cadstore_error_naming_it(tmp_path
         PyGGraphStoreHandler().load_graph(str(tmp_path / "folder.pt"))
 
 
+def test_saving_a_graph_over_a_folder_is_a_cadstore_error_naming_it(tmp_path: Path) -> None:
+    """It was a bare IsADirectoryError naming the temporary file the graph was written to
+    first; the folder is left as it was and no temporary file is left beside it."""
+    from cadstore.errors import OutputExistsError
+    from cadstore.io.publish import TEMP_PREFIX
+    from cadstore.storage import PyGGraphStoreHandler
+
+    folder = tmp_path / "graph.pt"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("kept")
+    handler = PyGGraphStoreHandler()
+    handler.setup_graph([0, 1], [1, 0], 2)
+    with pytest.raises(OutputExistsError, match=r"graph\.pt: is a directory") as raised:
+        handler.save_graph(str(folder))
+    assert str(folder) in str(raised.value) and TEMP_PREFIX not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.pt"]
+    assert [p.name for p in folder.iterdir()] == ["mine.txt"]
+    assert (folder / "mine.txt").read_text() == "kept"
+
+
 @pytest.mark.parametrize(
     ("call", "problem"),
     [

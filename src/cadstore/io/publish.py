@@ -41,6 +41,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -49,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import CadstoreError, MergeError, StorageError
+from cadstore.errors import CadstoreError, MergeError, OutputExistsError, StorageError
 from cadstore.io.native import glibc_function
 from cadstore.io.zipwriter import ZipStreamWriter
 
@@ -339,6 +340,36 @@ def _local_directory(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------- files
+def _folder_in_the_way(path: str) -> OutputExistsError:
+    return OutputExistsError(f"{path}: is a directory; give the file to write")
+
+
+def _refuse_folder(path: str) -> None:
+    """Refuse a local destination that is a folder (not a link to one, which a rename
+    replaces): a file cannot replace it, and the rename's error named the temporary file.
+
+    Raises
+    ------
+    OutputExistsError
+        Naming ``path``.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # nothing there (or nothing to tell): the rename decides
+    if stat.S_ISDIR(mode):
+        raise _folder_in_the_way(path)
+
+
+def _replace_file(tmp: str, path: str) -> None:
+    """``os.replace(tmp, path)``; a folder made at ``path`` meanwhile is refused as
+    :func:`_refuse_folder` refuses it (the caller removes ``tmp``)."""
+    try:
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        raise _folder_in_the_way(path) from None
+
+
 def write_atomic(
     location: Location, writer: Writer, *, exclusive: bool = False, durable: bool = True
 ) -> int:
@@ -366,10 +397,15 @@ def write_atomic(
     ------
     FileExistsError
         With ``exclusive=True``, when something is there.
+    OutputExistsError
+        If a folder is at ``location`` (local disk), naming it; checked before
+        ``writer`` runs, and the folder is left as it was.
     """
     with writing(location.path):
         if location.remote:
             return _upload_through_scratch(location, writer, exclusive)
+        if not exclusive:
+            _refuse_folder(location.path)
         directory = _local_directory(location.path)
         tmp, fd = create_temporary(directory)
         try:
@@ -384,7 +420,7 @@ def write_atomic(
                 os.link(tmp, location.path)
                 os.unlink(tmp)
             else:
-                os.replace(tmp, location.path)
+                _replace_file(tmp, location.path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -399,18 +435,19 @@ def write_through_path(location: Location, produce: Callable[[str], Any]) -> Non
 
     Native writers (the CAD kernel's STEP and IGES writers) take a file name: ``produce``
     gets a temporary name beside ``location``, writes the whole file there, and the file
-    is then fsynced and renamed over ``location``, as :func:`write_atomic` does. Local disk
-    only.
+    is then fsynced and renamed over ``location``, as :func:`write_atomic` does (a folder
+    there is refused as it refuses one). Local disk only.
     """
     directory = _local_directory(location.path)
     with writing(location.path):
+        _refuse_folder(location.path)
         tmp, fd = create_temporary(directory)
         os.close(fd)
         try:
             produce(tmp)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, location.path)
+            _replace_file(tmp, location.path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -474,8 +511,6 @@ def check_output_folder(location: Location) -> None:
     OutputExistsError
         Naming the output and the file in its way.
     """
-    from cadstore.errors import OutputExistsError
-
     if location.remote:
         return  # an object store has no folders, only prefixes
     folder = _local_directory(location.path)
@@ -514,10 +549,10 @@ def check_replaceable(
         If a directory, something other than a regular file, or a file of another kind
         is there, naming it.
     """
-    from cadstore.errors import CorruptStoreError, OutputExistsError
+    from cadstore.errors import CorruptStoreError
 
     if location.isdir():
-        raise OutputExistsError(f"{location.path}: is a directory; give the file to write")
+        raise _folder_in_the_way(location.path)
     try:
         with location.open_read() as fh:
             first = fh.read(head)
@@ -896,8 +931,6 @@ class PrefixSink(Sink):
         self._old = set(self.location.fs.file_sizes(self.location.path))
         self._marked = False
         if exclusive and self._old and not self._old & {*_ROOT_DOCUMENTS, WRITING_MARKER}:
-            from cadstore.errors import OutputExistsError
-
             raise OutputExistsError(
                 f"{self.location.path}: holds objects that are not a dataset's (e.g. "
                 f"{sorted(self._old)[0]!r}); not writing a dataset over them (choose "
