@@ -492,6 +492,67 @@ def test_a_reader_keeps_its_version_while_a_writer_replaces_it(
         assert len(fresh.get_file_info_all()) == fresh.reader.n_items == 13
 
 
+def test_a_reader_opened_again_after_its_dataset_was_replaced_refuses_to_read(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """A DataLoader worker (spawned, or forked while another thread read) opens the
+    dataset again by path: after a merge with overwrite it read the new version's items
+    under the codes, names and labels of the version the training process opened, without
+    a word. It now refuses, saying why; a reader open across the replacement, and one
+    pickled when nothing was replaced, read as before."""
+    import pickle
+
+    pytest.importorskip("torch")
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    with DatasetLoader(flow_output_file=tmp_path / "parts.flow") as loader:
+        loader.split("random", train=0.8, validation=0.1, test=0.1, random_state=0)
+        dataset, _ = loader.get_dataset("train").to_torch_with_collate()
+        reader = dataset.source.reader
+        before = reader.read_item(0)
+        pickled = pickle.dumps(dataset)
+        unchanged = pickle.loads(pickled)  # noqa: S301 - our own bytes
+        assert unchanged.source.reader.read_item(0)["faces"].keys() == before["faces"].keys()
+        unchanged.source.reader.close()
+        cadstore.merge([str(p) for p in items[10:20]], str(out), overwrite=True)
+
+        worker = pickle.loads(pickled)  # noqa: S301 - what a spawned DataLoader worker gets
+        with pytest.raises(StorageError, match=r"replaced by another version.*open the dataset"):
+            worker[0]
+        with pytest.raises(StorageError, match="replaced by another version"):
+            worker.source.reader.read_item(0)
+        worker.source.reader.close()
+
+        def in_forked_child() -> str:
+            reader._release()  # as a reader busy in another thread at fork: opened again
+            try:
+                reader.read_item(0)
+            except StorageError as exc:
+                return str(exc)
+            return "read"
+
+        assert "replaced by another version" in _run_in_child(in_forked_child)
+        # The training process's own reader still reads the version it opened.
+        for name, array in before["faces"].items():
+            np.testing.assert_array_equal(reader.read_item(0)["faces"][name], array)
+    with DatasetReader(out) as fresh:
+        assert fresh.item_names == _names(items[10:20])
+        with pickle.loads(pickle.dumps(fresh)) as again:  # noqa: S301 - our own bytes
+            assert again.item_names == fresh.item_names
+            assert again.read_item(0)["faces"].keys() == fresh.read_item(0)["faces"].keys()
+
+
+def _run_in_child(work: Callable[[], str]) -> str:
+    receive, send = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=lambda: send.send(work()))
+    child.start()
+    try:
+        assert receive.poll(60), "the forked child did not answer"
+        return str(receive.recv())
+    finally:
+        child.join(10)
+
+
 def test_copies_from_another_version_are_not_trusted(items: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "parts.dataset"
     cadstore.merge([str(p) for p in items[:5]], str(out))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import math
 import os
@@ -39,6 +40,7 @@ from cadstore.errors import (
     DatasetError,
     KeyNotFoundError,
     StorageClosedError,
+    StorageError,
 )
 from cadstore.forking import renew_lock
 from cadstore.format.codecs import (
@@ -56,6 +58,7 @@ from cadstore.format.codecs import (
     open_item_frames,
     strip_crc32c,
 )
+from cadstore.format.commit import COMMIT_MEMBER
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
@@ -120,6 +123,33 @@ def _after_fork() -> None:
 # Item reads check which process they run in (a forked DataLoader worker must reopen the
 # file); asking the kernel on every read is a system call, the fork hook is not.
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
+
+
+def _version_of(source: KeySource, metadata: bytes | None, names: np.ndarray) -> str:
+    """What tells this version of a dataset from any other: its commit record (a fresh
+    id per version), else (a dataset written before versions were recorded) its
+    ``metadata.json`` and item names."""
+    digest = hashlib.sha256()
+    record = source.get(COMMIT_MEMBER) if source.locate(COMMIT_MEMBER) is not None else None
+    if record is not None:
+        digest.update(record)
+    else:
+        digest.update(metadata or b"")
+        digest.update("\0".join(str(n) for n in names.tolist()).encode())
+    return digest.hexdigest()
+
+
+def _replaced_error(path: str) -> StorageError:
+    """The error of a reader opened again after its dataset was replaced."""
+    error = StorageError(
+        path,
+        "was replaced by another version (an append or a merge) since this reader "
+        "opened it, and this process cannot read the version it opened (it opens "
+        "the file again: a DataLoader worker, a forked process); open the dataset again "
+        "to read the version now in place",
+    )
+    error.replaced = True  # type: ignore[attr-defined]
+    return error
 
 
 class DatasetReader:
@@ -188,6 +218,10 @@ class DatasetReader:
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        #: Which version of the dataset this reader reads (see _version_of).
+        self._version: str | None = None
+        #: Unpickled after its dataset was replaced: every read says so.
+        self._replaced = False
         self._open()
 
     # ------------------------------------------------------------------ lifecycle
@@ -215,9 +249,18 @@ class DatasetReader:
             )
             # Decoded here, so that a damaged chunk of it closes the file too.
             names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
+            version = _version_of(source, raw, names)
+            opened = getattr(self, "_version", None)
+            if opened is not None and version != opened:
+                # Opened again (in a worker process, or after a fork), by path: another
+                # writer has replaced the dataset since. What this reader's user learned
+                # from the version it opened (its item codes, a split's labels) would be
+                # paired with the other version's items.
+                raise _replaced_error(self.path)
         except BaseException:
             source.close()
             raise
+        self._version = version
         self._source = source
         self._hier = hier
         self._pid = _PROCESS_ID[0]
@@ -304,6 +347,8 @@ class DatasetReader:
                 f"{self.path}: the dataset reader is closed; open a new DatasetReader to "
                 "read it again"
             )
+        if self._replaced:
+            raise _replaced_error(self.path)
 
     def _forked(self, parent: int) -> None:
         """Take over, in a child process just forked, the reader open in the parent.
@@ -377,6 +422,7 @@ class DatasetReader:
             "cache_bytes": self.cache_bytes,
             "closed": self._closed,
             "stored_layout": self.stored_layout,
+            "version": getattr(self, "_version", None),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -390,17 +436,27 @@ class DatasetReader:
         self._idle = threading.Condition(self._lock)
         self._pid = -1
         self._closed = bool(state.get("closed", False))
-        if self._closed:
-            # A copy of a closed reader is closed too, and opens nothing.
-            self._source = None  # type: ignore[assignment]
-            self.metadata = {}
-            self.item_names = []
-            self._codes = {}
-            self._arrays = {}
-            self._virtual = {}
-            self._hidden = set()
-            return
-        self._open()
+        self._version = state.get("version")
+        self._replaced = False
+        if not self._closed:
+            try:
+                self._open()
+                return
+            except StorageError as exc:
+                if not getattr(exc, "replaced", False):
+                    raise
+                # Replaced since it was pickled: said at every read, as to a reader
+                # open across the replacement, not while unpickling (a DataLoader worker
+                # dying as it starts says nothing of why).
+                self._replaced = True
+        # A copy of a closed (or replaced) reader opens nothing.
+        self._source = None  # type: ignore[assignment]
+        self.metadata = {}
+        self.item_names = []
+        self._codes = {}
+        self._arrays = {}
+        self._virtual = {}
+        self._hidden = set()
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
