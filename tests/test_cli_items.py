@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cadstore import JsonStorageHandler, OptStorage, SchemaBuilder
+from cadstore.artefacts import open_artefact
 from cadstore.cli import main
 from cadstore.merging import merge_items
 from cadstore.synthetic import write_item
@@ -739,6 +740,98 @@ def test_export_json_overwrite_keeps_a_users_own_json_files(
         "package.json",
         "stale.json",
     ]
+
+
+def _store_files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _export_killed_at(source: Path, out: Path, call: int) -> bool:
+    """Export ``source`` over ``out`` in a forked child that dies (``os._exit``: no
+    cleanup runs, as under ``SIGKILL``) at its ``call``-th file-system change; return
+    whether it died before finishing."""
+    import multiprocessing
+
+    from cadstore.export import export_json
+
+    def child() -> None:
+        calls = [0]
+
+        def counted(function: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                if calls[0] == call:
+                    os._exit(137)
+                return function(*args, **kwargs)
+
+            return wrapper
+
+        for name in ("rename", "replace", "remove", "unlink", "rmdir", "link"):
+            setattr(os, name, counted(getattr(os, name)))
+        export_json(open_artefact(str(source)), str(out), overwrite=True)
+        os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    assert process.exitcode in (0, 137), process.exitcode
+    return process.exitcode == 137
+
+
+def test_export_json_killed_while_replacing_a_store_leaves_one_whole_store(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """``--overwrite`` removed the old store's files, then moved the new ones in one by
+    one: a writer killed between two of those steps left a mix of both items' keys (or
+    keys without their metadata.json, which a rerun refused to overwrite). The old
+    store is now swapped for the new one in one step."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for item, where in ((items[0], old), (items[1], new)):
+        assert run(capsys, "export-json", item, "-o", where)[0] == 0
+    versions = [_store_files(old), _store_files(new)]
+    assert versions[0] != versions[1]
+    call = 1
+    while True:
+        out = tmp_path / f"out{call}"
+        shutil.copytree(old, out)
+        killed = _export_killed_at(items[1], out, call)
+        assert _store_files(out) in versions, f"killed at call {call}: a mix of two stores"
+        code, _, err = run(capsys, "export-json", items[1], "-o", out, "--overwrite")
+        assert code == 0, err
+        assert _store_files(out) == versions[1]
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
+        if not killed:
+            break
+        call += 1
+    assert call > 5
+
+
+def test_two_exports_into_one_new_folder_never_mix_their_stores(
+    items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports into one new folder: the second, which found the folder absent,
+    moved its files into the first's store once that was published, leaving one store
+    holding both items' keys. It now refuses, and the first's store stays whole."""
+    from cadstore import export as export_module
+    from cadstore.errors import OutputExistsError
+    from cadstore.export import export_json
+
+    out = tmp_path / "out"
+    copy = export_module._copy
+
+    def copy_while_another_export_finishes(*args: Any) -> Any:
+        result = copy(*args)
+        monkeypatch.setattr(export_module, "_copy", copy)
+        with open_artefact(str(json_store)) as first:
+            export_json(first, str(out))
+        return result
+
+    monkeypatch.setattr(export_module, "_copy", copy_while_another_export_finishes)
+    with open_artefact(str(items[0])) as second, pytest.raises(OutputExistsError, match="another"):
+        export_json(second, str(out))
+    with JsonStorageHandler(out, read_only=True) as store:
+        assert sorted(store.get_keys()) == ["areas", "graph", "names"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "store_json"]
 
 
 def test_export_json_bad_input(

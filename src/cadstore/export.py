@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,12 @@ import numpy as np
 from cadstore.artefacts import Artefact
 from cadstore.errors import LimitExceededError, OutputExistsError, UnknownFormatError
 from cadstore.io.location import resolve
-from cadstore.io.publish import TEMP_PREFIX, move_into_place
+from cadstore.io.publish import (
+    TEMP_PREFIX,
+    move_into_place,
+    sweep_dead_temporaries,
+    temporary_name,
+)
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
 from cadstore.storage.base import SIZES_METADATA_KEY
@@ -285,8 +289,11 @@ def export_json(
     replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
-    # Built beside the destination, so the final move stays on one file system.
-    scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX + "export-", dir=parent)
+    # Built beside the destination, so the final move stays on one file system; named
+    # as every temporary, so that what a killed export leaves is swept (as here).
+    sweep_dead_temporaries(resolve(parent))
+    scratch = temporary_name(parent, "-export")
+    os.mkdir(scratch)
     try:
         result = _copy(target, scratch, max_json_bytes)
         move_into_place(scratch, output, replaced)

@@ -599,14 +599,51 @@ def copy_file(src: Location, dst: Location, *, durable: bool = True) -> None:
 
 
 def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None:
-    """Move the finished local directory ``scratch`` to ``destination``.
+    """Move the finished local directory ``scratch`` to ``destination``, in one step.
 
-    A new destination is one rename. Into an existing one, the files listed in
-    ``replaced`` (the caller checked they are its own) are removed and every file of
-    ``scratch`` renamed into it, then ``scratch`` removed: each file appears whole.
+    ``replaced`` lists what the caller found in ``destination`` and checked was its own
+    to replace (nothing: a new or empty destination). A new or empty destination is one
+    rename, which fails if another writer has filled it meanwhile. A destination holding
+    the files listed is swapped with ``scratch`` in one step where the file system can
+    (:func:`exchange_paths`), and the old version, now at ``scratch``, removed: a writer
+    killed at any moment leaves the old version or the new one, whole, and at worst a
+    temporary that :func:`sweep_dead_temporaries` takes. Elsewhere the listed files are
+    removed and those of ``scratch`` renamed in one by one (each file appears whole).
+
+    Raises
+    ------
+    OutputExistsError
+        If ``destination`` no longer holds what the caller checked (another writer filled
+        or changed it meanwhile); ``scratch`` is left for the caller to remove.
     """
-    if not os.path.exists(destination):
-        os.rename(scratch, destination)
+    folder = _local_directory(destination)
+
+    def changed() -> OutputExistsError:
+        return OutputExistsError(
+            f"{destination}: another writer changed it while this one was writing; "
+            "nothing of this one was published (run it again)"
+        )
+
+    with contextlib.suppress(OSError):  # a folder replaced keeps its mode
+        os.chmod(scratch, stat.S_IMODE(os.stat(destination).st_mode))
+    if not replaced and not os.path.islink(destination):
+        try:
+            os.rename(scratch, destination)  # replaces an empty folder, never a full one
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise changed() from None
+            raise
+        fsync_dir(folder)
+        return
+    try:
+        present = sorted(os.listdir(destination))
+    except FileNotFoundError:
+        raise changed() from None
+    if present != sorted(replaced):
+        raise changed()
+    if not os.path.islink(destination) and exchange_paths(scratch, destination):
+        fsync_dir(folder)
+        _remove(scratch)  # the old version
         return
     for name in replaced:
         os.remove(os.path.join(destination, name))
