@@ -249,3 +249,40 @@ def test_two_files_of_one_key_read_the_keys_own_file(tmp_path: Path) -> None:
     assert "face_areas_old.json" in str(refused.value) and "face_areas_new.json" in str(
         refused.value
     )
+
+
+@pytest.mark.parametrize("new", [{"b": np.arange(5), "d": 1}, np.arange(4.0)])
+def test_a_writer_killed_before_removing_the_keys_a_save_replaced_leaves_them_unread(
+    tmp_path: Path, new: Any
+) -> None:
+    """Saving ``a`` over ``a/b`` and ``a/c`` writes ``a.json``, then removes the files of
+    ``a/b`` and ``a/c``; a writer killed in between left them, and a reopened storage
+    read ``a/b`` as its old value beside the new ``a`` (and ``a/c``, which ``a`` had
+    replaced). They are now ignored, and removed by the next writer."""
+    import multiprocessing
+
+    where = tmp_path / "store"
+    storage = JsonStorageHandler(where)
+    storage.save_data("a/b", np.arange(3))
+    storage.save_data("a/c", np.arange(2))
+
+    def killed() -> None:
+        storage._fs.remove = lambda path: os._exit(137)  # type: ignore[method-assign]
+        storage.save_data("a", new)
+        os._exit(0)
+
+    child = multiprocessing.get_context("fork").Process(target=killed)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 137
+    assert sorted(os.listdir(where)) == ["a.json", "a_b.json", "a_c.json", "metadata.json"]
+    with JsonStorageHandler(where, read_only=True) as reader:
+        assert_same(reader.load_data("a"), new, "a")
+        assert reader.get_keys() == ["a"]
+        assert "a/c" not in reader
+        if isinstance(new, dict):
+            assert_same(reader.load_data("a/b"), new["b"], "a/b")
+    assert sorted(os.listdir(where)) == ["a.json", "a_b.json", "a_c.json", "metadata.json"]
+    with JsonStorageHandler(where) as writer:
+        assert_same(writer.load_data("a"), new, "a")
+    assert sorted(os.listdir(where)) == ["a.json", "metadata.json"]

@@ -34,6 +34,7 @@ without files cannot be opened read-only there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -191,6 +192,16 @@ class JsonStorageHandler(NodeStorage):
                 if earlier[0] == own:
                     continue
             self._index[key] = (name, is_group)
+        # A file of a key below another stored key is a leftover: saving a key writes its
+        # file, then removes those of the keys below it, and a writer killed in between
+        # leaves them behind the key's own (newer) file. Read, they would give the old
+        # values of keys the new one replaced; they are ignored, and removed by a writer.
+        stale = [key for key in self._index if self._file_ancestor(key) is not None]
+        for key in stale:
+            name = self._index.pop(key)[0]
+            if not self._read_only:
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.remove(self._path(name))
 
     def _load_file_value(self, key: str) -> Node:
         name, _ = self._index[key]
