@@ -741,6 +741,27 @@ def test_a_split_is_a_writer_too(items: list[Path], tmp_path: Path) -> None:
     pd.testing.assert_series_equal(kept[_names(items[:10])], recorded)
 
 
+def test_a_split_of_a_loader_opened_before_a_merge_over_its_dataset_is_not_recorded(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """A loader opened on one version, split after a merge with overwrite replaced it,
+    recorded the split it computed on the old items under the codes of the new ones:
+    the infoset of the new version carried a split that was never made on its items
+    (stratified on labels it does not have). It is now refused, and nothing recorded."""
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:10]], str(out))
+    with DatasetLoader(flow_output_file=str(tmp_path / "parts.flow")) as loader:
+        cadstore.merge([str(p) for p in items[10:20]], str(out), overwrite=True)
+        before = (tmp_path / "parts.infoset").read_bytes()
+        with pytest.raises(StorageError, match=r"replaced by another version.*not recorded"):
+            loader.split(key="random", train=0.6, validation=0.2, test=0.2, random_state=0)
+        assert (tmp_path / "parts.infoset").read_bytes() == before
+    with DatasetLoader(flow_output_file=str(tmp_path / "parts.flow")) as fresh:
+        assert sum(fresh.split("random", train=0.6, validation=0.2, test=0.2)) == 10
+    subsets = pd.read_parquet(tmp_path / "parts.infoset").set_index("name")["subset"]
+    assert set(subsets[_names(items[10:20])]) == {"train", "validation", "test"}
+
+
 # ---------------------------------------------------------------------------- temporaries
 def test_temporaries_of_dead_writers_are_swept(items: list[Path], tmp_path: Path) -> None:
     """Finding 5: a killed merge left a dataset-sized temporary no later run removed."""

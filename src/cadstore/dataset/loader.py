@@ -39,7 +39,7 @@ import numpy as np
 
 from cadstore.dataset.explorer import DatasetExplorer
 from cadstore.dataset.reader import Allocator, DatasetReader
-from cadstore.errors import CadstoreWarning, DatasetError
+from cadstore.errors import CadstoreWarning, DatasetError, StorageError
 from cadstore.format.jsoncodec import parse_document
 from cadstore.format.layout import OFFSETS
 from cadstore.io.publish import write_bytes_atomic
@@ -1409,6 +1409,17 @@ class DatasetLoader:
             with DatasetReader(dataset) as reader:
                 found = TrustedTables(reader).read("infoset", infoset)
                 n_items = reader.n_items
+                current = reader.item_names[: self._n]
+            if current != explorer.reader.item_names[: self._n]:
+                # Replaced (a merge with overwrite) since this loader opened it: the codes
+                # name other items now, which the split was not computed on. (An append
+                # keeps the codes: its new items get no subset.)
+                raise StorageError(
+                    dataset.path,
+                    "was replaced by another version (a merge with overwrite) since this "
+                    "loader opened it; the split, computed on the items of the version it "
+                    "opened, was not recorded: open the dataset again and split it",
+                )
             if found is None:
                 return
             table, where = found
