@@ -879,3 +879,45 @@ def test_console_script_entry_point(items: list[Path], tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.startswith("cadstore: error: no key 'nope'")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_export_json_overwrite_killed_at_random_moments_leaves_one_whole_store(
+    tmp_path: Path,
+) -> None:
+    """Real ``SIGKILL``s of ``cadstore export-json --overwrite`` alternating two items
+    over one store (``CADSTORE_KILLS`` trials, 30 by default): after each, the store is
+    one item's, whole, and after a rerun no temporary is left beside it."""
+    import random
+    import time
+
+    rng = random.Random(20261207)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = (
+        str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    sources = []
+    for i in range(2):
+        with OptStorage(tmp_path / f"item{i}.zarr") as storage:
+            for k in range(12):
+                storage.save_data(f"k{k}_{i}", np.arange(2000) + i)
+            storage.compress_store()
+        sources.append(str(tmp_path / f"item{i}.zarr.data"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cadstore", "export-json"]
+    subprocess.run([*command, sources[0], "-o", str(out)], check=True, env=env)
+    for trial in range(int(os.environ.get("CADSTORE_KILLS", "30"))):
+        proc = subprocess.Popen(
+            [*command, sources[trial % 2], "-o", str(out), "--overwrite"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.kill()
+        proc.wait()
+        names = sorted(os.listdir(out))
+        keys = {n.rsplit("_", 1)[-1] for n in names if n != "metadata.json"}
+        assert "metadata.json" in names and len(names) == 13 and len(keys) == 1, (trial, names)
+    subprocess.run([*command, sources[1], "-o", str(out), "--overwrite"], check=True, env=env)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
