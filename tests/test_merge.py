@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -530,6 +531,33 @@ def test_items_whose_arrays_cannot_be_stored_as_they_are_are_dropped_and_named(
         assert problem in result.errors[0]["error"], (name, result.errors)
     with DatasetReader(tmp_path / "meet.dataset") as reader:
         np.testing.assert_array_equal(reader.read_item(0)["faces"]["x"], np.arange(3))
+
+
+@pytest.mark.parametrize("directory", [False, True])
+@pytest.mark.parametrize("name", ["commit.json", "infoset.parquet", "attribset.parquet"])
+def test_items_taking_the_name_of_a_dataset_member_are_dropped_and_named(
+    tmp_path: Path, name: str, directory: bool
+) -> None:
+    """A group named like a member the dataset keeps at its root (``commit.json``, its
+    tables): the directory form failed the whole merge with a raw FileExistsError, and
+    the zip form held ``commit.json`` both as a file and as a folder, which no directory
+    store (nor ``unzip``) can hold. The item is left out and named, the others merge."""
+    good = _item_of(tmp_path / "good.zarr", faces__x=np.arange(3))
+    rows = _item_of(tmp_path / "rows.zarr", faces__x=np.arange(2), **{name: np.arange(4.0)})
+    one = _item_of(tmp_path / "one.zarr", faces__x=np.arange(2), **{f"{name}__v": 1.5})
+    out = tmp_path / "x.dataset"
+    result = merge_items([good, rows, one], out, directory=directory)
+    assert result.items == ["good"]
+    assert sorted(e["file"] for e in result.errors) == sorted([rows, one])
+    for error in result.errors:
+        assert "a name the dataset keeps for itself" in error["error"], result.errors
+    with DatasetReader(out) as reader:
+        np.testing.assert_array_equal(reader.read_item(0)["faces"]["x"], np.arange(3))
+    if not directory:
+        with zipfile.ZipFile(out) as zf:
+            members = zf.namelist()
+        prefixes = {m.rsplit("/", 1)[0] for m in members if "/" in m}
+        assert not prefixes & set(members)
 
 
 def test_integers_a_floating_point_array_cannot_hold_exactly_are_refused(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cadstore.errors import CadstoreError, MergeError
+from cadstore.format.commit import COMMIT_MEMBER, TABLE_KINDS, table_member
 from cadstore.format.layout import (
     ITEM_DIM,
     ITEM_NAMES,
@@ -45,6 +46,19 @@ __all__ = [
     "schema_from",
     "small_rows",
 ]
+
+#: Names at the root of a dataset that are not an item's group: the item names, and the
+#: members beside the hierarchy (a group of the same name would make a folder where the
+#: member is a file, which a directory dataset cannot hold and a zip should not).
+_ROOT_NAMES = frozenset(
+    (
+        ITEM_NAMES,
+        "zarr.json",
+        "metadata.json",
+        COMMIT_MEMBER,
+        *(table_member(kind) for kind in TABLE_KINDS),
+    )
+)
 
 
 @dataclass
@@ -277,7 +291,7 @@ def _stage_item(
                 f"{other!r} and {key!r} would both be stored as {group_name}/{array_name}"
             )
             continue
-        if array_name in (OFFSETS, file_id_code_name(group_name)) or group_name == ITEM_NAMES:
+        if array_name in (OFFSETS, file_id_code_name(group_name)) or group_name in _ROOT_NAMES:
             problems.append(
                 f"{key!r} would be stored as {group_name}/{array_name}, a name the "
                 "dataset keeps for itself"
