@@ -234,6 +234,53 @@ def test_schema_gives_dims_and_groups(tmp_path: Path) -> None:
     assert "face_areas" in groups["faces"]["arrays"]
 
 
+@pytest.mark.parametrize("layout", ["auto", "full"])
+def test_a_dimension_declared_with_two_lengths_in_a_group_is_qualified_by_each_array(
+    tmp_path: Path, layout: str
+) -> None:
+    """The schema names dimensions per group, and the encoder declares both histograms on
+    ``bin`` with a ``num_bins`` each: D2 on 64 bins and A3 on 32 made a group in which
+    ``bin`` had two lengths, which neither xarray (open_zarr, open_datatree) nor the
+    explorer could open ("conflicting sizes for dimension 'bin'"). Such a name is now
+    qualified by each array, as items qualify theirs; a name of one length stays."""
+    from cadstore.dataset import DatasetExplorer
+    from cadstore.merging import append_items
+
+    schema = SchemaBuilder(domain="CAD").from_template("cad_advanced").build()
+    rng = np.random.default_rng(0)
+    files = []
+    for n, faces in enumerate((2, 3, 0, 4)):
+        arrays: dict[str, Any] = {"face_areas": rng.random(faces).astype(np.float32)}
+        for key, bins in (("d2_distance", 64), ("a3_distance", 32)):
+            half = rng.random((faces, faces, bins)).astype(np.float32)
+            arrays[key] = half + half.transpose(1, 0, 2)
+        arrays["face_pair_edges_path"] = rng.integers(-1, 9, (faces, faces, 5)).astype(np.int32)
+        path = tmp_path / f"p{n}.zarr"
+        storage = OptStorage(path)
+        storage.set_schema(schema)
+        for key, value in arrays.items():
+            storage.save_data(key, value)
+        storage.compress_store()
+        storage.close()
+        files.append(f"{path}.data")
+    out = tmp_path / "x.dataset"
+    merge_items(files[:3], out, face_pair_layout=layout)
+    append_items(out, files[3:])
+    pairs = "faceface_upper" if layout == "auto" else "faceface"
+    with _store(out) as store:
+        ds = xr.open_zarr(store, group=pairs)
+        assert ds["d2_distance"].dims[1:] == ("d2_distance_bin",)
+        assert ds["a3_distance"].dims[1:] == ("a3_distance_bin",)
+        assert xr.open_zarr(store, group="faceface")["face_pair_edges_path"].dims[1:] == (
+            "dim_path",
+        )
+        xr.open_datatree(store, engine="zarr")
+    with DatasetExplorer(merged_store_path=out) as explorer:
+        view = explorer.get_group_data("faceface")
+        assert view["d2_distance"].shape == (4 + 9 + 0 + 16, 64)
+        assert view["a3_distance"].shape == (29, 32)
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_parallel_merge_is_byte_identical(
     realistic_items: list[Any], merged: Path, tmp_path: Path, executor: str

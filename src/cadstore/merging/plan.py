@@ -20,6 +20,7 @@ import numpy as np
 from cadstore.errors import CadstoreError, MergeError
 from cadstore.format.commit import COMMIT_MEMBER, TABLE_KINDS, table_member
 from cadstore.format.layout import (
+    BOUNDARY_DIM,
     ITEM_DIM,
     ITEM_NAMES,
     MATRIX_FLATTENING,
@@ -489,10 +490,13 @@ def lay_out(
     for group in groups.values():
         rows = np.array([group.rows.get(c, 0) for c in range(n_items)], dtype=np.int64)
         offsets[group.name] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        for plan in group.arrays.values():
+            plan.dims = dims_for(group, plan, schema)
+    _qualify_clashing_dims(groups)
+    for group in groups.values():
         item_rows = group.item_rows
         total = int(offsets[group.name][-1])
         for plan in group.arrays.values():
-            plan.dims = dims_for(group, plan, schema)
             if not plan.per_item:
                 # Shards sized to the rows there are: a small array gets a small shard
                 # and index, so the output stays proportional to the input.
@@ -506,6 +510,34 @@ def lay_out(
                     compressed=options.compression_level is not None,
                 )
     return offsets
+
+
+def _qualify_clashing_dims(groups: Mapping[str, GroupPlan]) -> None:
+    """Qualify by its array a trailing dimension name that would have two lengths where
+    the arrays are read together (a group, with its triangle group: the explorer presents
+    them as one), or that takes the name of a dimension the dataset keeps (the primary
+    one, ``item``, ``item_boundary``): the schema names dimensions per group, but xarray
+    needs one length per name (``bin`` of 64 in ``d2_distance`` and 32 in
+    ``a3_distance`` become ``d2_distance_bin`` and ``a3_distance_bin``)."""
+    families: dict[str, list[GroupPlan]] = {}
+    for group in groups.values():
+        families.setdefault(group.source or group.name, []).append(group)
+    for members in families.values():
+        kept = {ITEM_DIM, BOUNDARY_DIM, *(g.primary_dim for g in members)}
+        lengths: dict[str, set[int]] = {}
+        for group in members:
+            for plan in group.arrays.values():
+                for name, length in zip(plan.dims[1:], plan.trailing, strict=True):
+                    lengths.setdefault(name, set()).add(length)
+        for group in members:
+            for plan in group.arrays.values():
+                plan.dims = [
+                    plan.dims[0],
+                    *(
+                        f"{plan.name}_{name}" if name in kept or len(lengths[name]) > 1 else name
+                        for name in plan.dims[1:]
+                    ),
+                ]
 
 
 def triangle_group_name(group: str) -> str:
