@@ -540,6 +540,15 @@ def test_a_reader_opened_again_after_its_dataset_was_replaced_refuses_to_read(
         with pickle.loads(pickle.dumps(fresh)) as again:  # noqa: S301 - our own bytes
             assert again.item_names == fresh.item_names
             assert again.read_item(0)["faces"].keys() == fresh.read_item(0)["faces"].keys()
+        # An append keeps the items a reader knew, under the same codes: a worker opening
+        # the dataset again after one reads them (and the new items too).
+        pickled = pickle.dumps(fresh)
+        first = fresh.read_item(3)
+        cadstore.merge([str(p) for p in items[:2]], str(out), append=True)
+        with pickle.loads(pickled) as after_append:  # noqa: S301 - our own bytes
+            assert after_append.item_names == _names(items[10:20]) + _names(items[:2])
+            for name, array in first["faces"].items():
+                np.testing.assert_array_equal(after_append.read_item(3)["faces"][name], array)
 
 
 def _run_in_child(work: Callable[[], str]) -> str:

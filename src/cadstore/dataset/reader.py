@@ -58,7 +58,6 @@ from cadstore.format.codecs import (
     open_item_frames,
     strip_crc32c,
 )
-from cadstore.format.commit import COMMIT_MEMBER
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
@@ -125,28 +124,23 @@ def _after_fork() -> None:
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 
 
-def _version_of(source: KeySource, metadata: bytes | None, names: np.ndarray) -> str:
-    """What tells this version of a dataset from any other: its commit record (a fresh
-    id per version), else (a dataset written before versions were recorded) its
-    ``metadata.json`` and item names."""
-    digest = hashlib.sha256()
-    record = source.get(COMMIT_MEMBER) if source.locate(COMMIT_MEMBER) is not None else None
-    if record is not None:
-        digest.update(record)
-    else:
-        digest.update(metadata or b"")
-        digest.update("\0".join(str(n) for n in names.tolist()).encode())
-    return digest.hexdigest()
+def _items_digest(names: np.ndarray | list[Any], count: int) -> str:
+    """A digest of the first ``count`` item names, in order: what a reader's user learned
+    of a version (item codes, and through them a split's labels) holds in another version
+    exactly when its first items are these."""
+    listed = names[:count].tolist() if isinstance(names, np.ndarray) else names[:count]
+    joined = "\0".join(map(str, listed)).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(joined).hexdigest()
 
 
 def _replaced_error(path: str) -> StorageError:
     """The error of a reader opened again after its dataset was replaced."""
     error = StorageError(
         path,
-        "was replaced by another version (an append or a merge) since this reader "
-        "opened it, and this process cannot read the version it opened (it opens "
-        "the file again: a DataLoader worker, a forked process); open the dataset again "
-        "to read the version now in place",
+        "was replaced by another version whose first items are not those this reader "
+        "opened (a merge with overwrite), and this process cannot read the version it "
+        "opened (it opens the file again: a DataLoader worker, a forked process); open "
+        "the dataset again to read the version now in place",
     )
     error.replaced = True  # type: ignore[attr-defined]
     return error
@@ -218,8 +212,9 @@ class DatasetReader:
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._closed = False
-        #: Which version of the dataset this reader reads (see _version_of).
-        self._version: str | None = None
+        #: The items this reader opened: their count and a digest of their names, in
+        #: order (see _items_digest), checked when it opens the file again.
+        self._version: tuple[int, str] | None = None
         #: Unpickled after its dataset was replaced: every read says so.
         self._replaced = False
         self._open()
@@ -249,14 +244,19 @@ class DatasetReader:
             )
             # Decoded here, so that a damaged chunk of it closes the file too.
             names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
-            version = _version_of(source, raw, names)
             opened = getattr(self, "_version", None)
-            if opened is not None and version != opened:
+            if opened is None:
+                version = (len(names), _items_digest(names, len(names)))
+            else:
                 # Opened again (in a worker process, or after a fork), by path: another
-                # writer has replaced the dataset since. What this reader's user learned
-                # from the version it opened (its item codes, a split's labels) would be
-                # paired with the other version's items.
-                raise _replaced_error(self.path)
+                # writer may have replaced the dataset since. An append keeps the items
+                # this reader knew as the first ones, under the same codes; any other
+                # version would pair what this reader's user learned of the version it
+                # opened (item codes, a split's labels) with other items.
+                count, digest = opened
+                if len(names) < count or _items_digest(names, count) != digest:
+                    raise _replaced_error(self.path)
+                version = opened
         except BaseException:
             source.close()
             raise
@@ -436,7 +436,8 @@ class DatasetReader:
         self._idle = threading.Condition(self._lock)
         self._pid = -1
         self._closed = bool(state.get("closed", False))
-        self._version = state.get("version")
+        version = state.get("version")
+        self._version = None if version is None else (int(version[0]), str(version[1]))
         self._replaced = False
         if not self._closed:
             try:
