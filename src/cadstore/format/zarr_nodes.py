@@ -937,11 +937,13 @@ def _encode_chunks(arr: np.ndarray, layout: _Layout) -> tuple[dict[str, bytes], 
     try_delta = (
         level is not None and layout.zarr_format == 2 and arr.dtype.kind in "iu" and arr.size > 1
     )
-    long_distance = C.long_distance_for(arr.dtype)
 
     def zstd(payload: bytes | memoryview) -> bytes:
         assert level is not None
-        return C.zstd_compress(payload, level, long_distance=long_distance)
+        # Without long-distance matching: an item's chunks are written once and read
+        # once, by the merger, which compresses the dataset itself. On items it bought
+        # a little size for much write time (docs/benchmarks.md, "Why zstd level 1").
+        return C.zstd_compress(payload, level, long_distance=False)
 
     out: dict[str, bytes] = {}
     delta: bool | None = None

@@ -45,18 +45,16 @@ that another writer published the item meanwhile.
 upload, so it is just as atomic, and read back with ranged requests. The summary and
 visualisation directories follow the store onto the object store unless given elsewhere.
 
-The default compression is zstd level 1 with long-distance matching for floating-point
-chunks of 128 KiB or more (see :func:`cadstore.format.codecs.long_distance_for`). Face-pair
-arrays repeat themselves a whole matrix row apart, which only long-distance matching finds
-at a fast level: on the realistic workload plain level 3 writes files about 15% larger than
-the specified design (Zstd 12 with Delta filters), level 1 with long-distance matching
-about 4% larger and level 3 with it about 5% smaller. Item files are the encoder's output,
-written once each and read once by the merger (which compresses the dataset itself), so
-the default is the fastest level within the 1.1x size budget: level 1 compresses the
-median item in about two thirds of level 3's time. ``compression_level=3`` trades that for 9%
-smaller files; ``bench/bench_item.py`` measures both. Integer arrays of a Zarr v2 item get
-numcodecs' Delta filter where it shrinks them (index arrays); v3 has no standard delta
-codec (``bench/bench_int_filters.py``).
+The default compression is zstd level 1. Symmetric face-pair arrays are stored as their
+upper triangles (:mod:`cadstore.format.triangle`), which removes the mirror image that
+made them worth zstd's long-distance matching; items are written without it. Item files
+are the encoder's output, written once each and read once by the merger (which compresses
+the dataset itself), so the default is the fastest setting that keeps them within 1.1x
+the size of the specified design's (Zstd 12 with Delta filters); ``compression_level=3``
+makes them smaller for more time. ``bench/bench_item.py`` measures both, and
+``docs/benchmarks.md`` says why. Integer arrays of a Zarr v2 item get numcodecs' Delta
+filter where it shrinks them (index arrays); v3 has no standard delta codec
+(``bench/bench_int_filters.py``).
 """
 
 from __future__ import annotations
