@@ -314,6 +314,24 @@ def test_faces_on_a_non_manifold_edge_are_all_neighbours(tmp_path: Path, fins: i
                 assert face[first] == i and paths[i, j, 1] == -1
 
 
+def test_the_face_steps_are_found_once_per_body(
+    brep: BrepAccess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The neighbour counts and the shortest paths both walk the steps between faces;
+    they were found twice per body (with a Python loop at non-manifold edges)."""
+    found = []
+    real = BrepEncoder._find_steps
+
+    def counted(self: BrepEncoder) -> Any:
+        found.append(self)
+        return real(self)
+
+    monkeypatch.setattr(BrepEncoder, "_find_steps", counted)
+    encoder = BrepEncoder(brep, MemoryStorage())
+    push_everything(encoder)
+    assert len(found) == 1
+
+
 # ---------------------------------------------------------------------------- with storage
 def test_storage_gets_keys_schema_and_descriptions(brep: BrepAccess) -> None:
     storage = MemoryStorage()

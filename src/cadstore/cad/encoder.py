@@ -422,6 +422,7 @@ class BrepEncoder:
         self._face_attributes: tuple[NDArray[Any], ...] | None = None
         self._edge_attributes: tuple[NDArray[Any], ...] | None = None
         self._shortest: tuple[NDArray[np.int32], NDArray[np.int32]] | None = None
+        self._steps_found: _Steps | None = None
 
     # ------------------------------------------------------------------ storage plumbing
     def _stored(self, keys: Sequence[str]) -> bool:
@@ -1005,7 +1006,13 @@ class BrepEncoder:
         first face on that edge: each co-edge to its mate's face and, at an edge shared by
         ``k > 2`` faces (non-manifold, whose mates follow the faces cyclically), to each of
         the other faces too, so that such faces are each other's neighbours both ways.
-        A body without such edges gives its co-edges, as they are."""
+        A body without such edges gives its co-edges, as they are. Found once per body
+        (the neighbour counts and the shortest paths both walk them)."""
+        if self._steps_found is None:
+            self._steps_found = self._find_steps()
+        return self._steps_found
+
+    def _find_steps(self) -> _Steps:
         brep = self.brep
         face = np.asarray(brep.coedge_face, dtype=np.int64)
         mate_face = np.asarray(brep.coedge_mate_face, dtype=np.int64)
