@@ -124,12 +124,15 @@ def _after_fork() -> None:
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 
 
-def _items_digest(names: np.ndarray | list[Any], count: int) -> str:
+def _items_digest(names: list[str], count: int) -> str:
     """A digest of the first ``count`` item names, in order: what a reader's user learned
     of a version (item codes, and through them a split's labels) holds in another version
-    exactly when its first items are these."""
-    listed = names[:count].tolist() if isinstance(names, np.ndarray) else names[:count]
-    joined = "\0".join(map(str, listed)).encode("utf-8", "surrogatepass")
+    exactly when its first items are these.
+
+    Computed only when a reader is pickled (and when a copy opens the file again): opening
+    a dataset of a million items does not hash a million names.
+    """
+    joined = "\0".join(names[:count]).encode("utf-8", "surrogatepass")
     return hashlib.sha256(joined).hexdigest()
 
 
@@ -213,8 +216,9 @@ class DatasetReader:
         self._idle = threading.Condition(self._lock)
         self._closed = False
         #: The items this reader opened: their count and a digest of their names, in
-        #: order (see _items_digest), checked when it opens the file again.
-        self._version: tuple[int, str] | None = None
+        #: order (see _items_digest; None until the reader is pickled: the names are
+        #: still at hand until then), checked when it opens the file again.
+        self._version: tuple[int, str | None] | None = None
         #: Unpickled after its dataset was replaced: every read says so.
         self._replaced = False
         self._open()
@@ -244,9 +248,10 @@ class DatasetReader:
             )
             # Decoded here, so that a damaged chunk of it closes the file too.
             names = hier.read_array(ITEM_NAMES) if ITEM_NAMES in hier.arrays else np.array([])
-            opened = getattr(self, "_version", None)
+            item_names = [str(n) for n in names.tolist()]
+            opened: tuple[int, str | None] | None = getattr(self, "_version", None)
             if opened is None:
-                version = (len(names), _items_digest(names, len(names)))
+                version: tuple[int, str | None] = (len(item_names), None)
             else:
                 # Opened again (in a worker process, or after a fork), by path: another
                 # writer may have replaced the dataset since. An append keeps the items
@@ -254,7 +259,11 @@ class DatasetReader:
                 # version would pair what this reader's user learned of the version it
                 # opened (item codes, a split's labels) with other items.
                 count, digest = opened
-                if len(names) < count or _items_digest(names, count) != digest:
+                if len(item_names) < count or (
+                    item_names[:count] != getattr(self, "item_names", [])[:count]
+                    if digest is None  # a forked copy: the names it opened are at hand
+                    else _items_digest(item_names, count) != digest
+                ):
                     raise _replaced_error(self.path)
                 version = opened
         except BaseException:
@@ -292,7 +301,7 @@ class DatasetReader:
         # arrays); per thread, those of the thread itself.
         self._reading = 0
         self._local = threading.local()
-        self.item_names: list[str] = [str(n) for n in names.tolist()]
+        self.item_names: list[str] = item_names
         self._codes = {name: code for code, name in enumerate(self.item_names)}
         self._groups = [g for g in hier.children("") if g in hier.groups]
         # Triangle-stored face-pair arrays: "source/array" -> (triangle group, array).
@@ -422,8 +431,20 @@ class DatasetReader:
             "cache_bytes": self.cache_bytes,
             "closed": self._closed,
             "stored_layout": self.stored_layout,
-            "version": getattr(self, "_version", None),
+            "version": self._version_record(),
         }
+
+    def _version_record(self) -> tuple[int, str] | None:
+        """:attr:`_version` with its digest, computed (once) for a copy of this reader,
+        which has not the names at hand."""
+        version = getattr(self, "_version", None)
+        if version is None:
+            return None
+        count, digest = version
+        if digest is None:
+            digest = _items_digest(self.item_names, count)
+            self._version = (count, digest)
+        return count, digest
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.location = state["location"]
