@@ -1026,3 +1026,49 @@ def test_a_failed_merge_leaves_no_folder_it_made(items: list[Path], tmp_path: Pa
     assert sorted(os.listdir(tmp_path / "made" / "sub")) == [
         f"p.{kind}" for kind in ("attribset", "dataset", "flow", "infoset")
     ]
+
+
+_TAKE_LOCK = """
+import sys
+from cadstore.errors import CadstoreError
+from cadstore.io.location import resolve
+from cadstore.io.lock import WriterLock
+
+try:
+    WriterLock(resolve(sys.argv[1]), "merge").acquire()
+except CadstoreError as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("acquired")
+"""
+
+
+@pytest.mark.parametrize("dangling", ["folder", "lock"])
+def test_a_lock_beside_a_link_to_a_missing_folder_is_an_error_not_a_hang(
+    tmp_path: Path, dangling: str
+) -> None:
+    """Since the lock removes the folders it made (02a65e8), it made them itself and
+    opened its file again whenever the file's folder was missing: where the dataset's
+    folder, or the lock path, is a link to a missing folder (a drive not mounted), the
+    folder could never be made and the open never succeeded, and the writer spun at full
+    speed for ever (it was a FileExistsError or FileNotFoundError before). It is now a
+    cadstore error naming the path."""
+    (tmp_path / "parts").symlink_to(tmp_path / "unmounted" / "parts")
+    if dangling == "folder":
+        dataset, expected = tmp_path / "parts" / "p.dataset", "OutputExistsError"
+    else:
+        (tmp_path / "p.dataset.lock").symlink_to(tmp_path / "parts" / "p.dataset.lock")
+        dataset, expected = tmp_path / "p.dataset", "StorageError"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _TAKE_LOCK, str(dataset)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(expected), done.stdout
+    assert str(tmp_path / "parts") in done.stdout or str(tmp_path / "p.dataset") in done.stdout
+    assert not (tmp_path / "unmounted").exists()

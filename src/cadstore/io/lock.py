@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
-from cadstore.errors import CadstoreWarning, DatasetLockedError, StorageError
+from cadstore.errors import CadstoreWarning, DatasetLockedError, OutputExistsError, StorageError
 from cadstore.io.location import Location
 from cadstore.io.publish import (
     HOST_TAG,
@@ -77,6 +77,9 @@ DEFAULT_STALE_SECONDS = 300.0
 _MAX_RECORD_BYTES = 1 << 16
 #: How often a waiting writer tries the lock again (seconds).
 _POLL_SECONDS = 0.2
+#: Opens of a local lock file whose folder vanished in between (another writer removed
+#: the folder it made) before the lock path is taken for one that cannot be created.
+_MAX_OPEN_ATTEMPTS = 100
 
 
 def check_wait(seconds: Any, name: str = "timeout") -> float:
@@ -366,12 +369,20 @@ class WriterLock:
         """Take the local lock, or return the holder's record (empty token if unknown)."""
         path = self.location.path
         folder = os.path.dirname(os.path.abspath(path))
+        attempt = 0
         while True:
+            attempt += 1
             self._make_folders(folder)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-            except FileNotFoundError:  # its folder removed since, by a writer done with it
-                continue
+            except FileNotFoundError:
+                # Its folder removed since, by a writer done with it: made again. Not for
+                # ever: a lock path that is a link to a missing folder fails the same way.
+                if attempt < _MAX_OPEN_ATTEMPTS:
+                    continue
+                raise StorageError(
+                    path, "cannot create the lock file (a link to a missing folder?)"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -413,7 +424,12 @@ class WriterLock:
             try:
                 os.mkdir(made)
             except FileExistsError:
-                continue  # made meanwhile by another writer: not ours to remove
+                if os.path.isdir(made):
+                    continue  # made meanwhile by another writer: not ours to remove
+                raise OutputExistsError(
+                    f"{self.location.path}: {made} is not a folder (a file, or a link to "
+                    "a missing folder); cannot make the lock there"
+                ) from None
             self._made_folders.insert(0, made)
 
     def _remove_made_folders(self) -> None:
