@@ -806,6 +806,37 @@ def test_export_json_killed_while_replacing_a_store_leaves_one_whole_store(
     assert call > 5
 
 
+@pytest.mark.parametrize("existing", ["empty", "store"])
+def test_export_json_into_the_current_folder(
+    capsys: pytest.CaptureFixture[str],
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    existing: str,
+) -> None:
+    """'-o .' from inside the folder (empty, or a JSON store with --overwrite): the store
+    was renamed or swapped by the name '.', which the kernel refuses, and the export
+    failed with a bare '[Errno 16] Device or resource busy' after writing everything (it
+    worked before the store was published in one step)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    options = []
+    if existing == "store":
+        assert run(capsys, "export-json", items[0], "-o", here)[0] == 0
+        options = ["--overwrite"]
+    monkeypatch.chdir(here)
+    code, out, err = run(capsys, "export-json", items[1], "-o", ".", *options)
+    assert code == 0, err
+    assert "face_areas.json" in out
+    assert _store_files(here) == _store_files(_exported(capsys, items[1], tmp_path / "ref"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
+
+
+def _exported(capsys: pytest.CaptureFixture[str], item: Path, where: Path) -> Path:
+    assert run(capsys, "export-json", item, "-o", where)[0] == 0
+    return where
+
+
 def test_two_exports_into_one_new_folder_never_mix_their_stores(
     items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

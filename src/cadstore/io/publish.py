@@ -616,6 +616,9 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         If ``destination`` no longer holds what the caller checked (another writer filled
         or changed it meanwhile); ``scratch`` is left for the caller to remove.
     """
+    # Renamed by absolute path: "." or ".." cannot be renamed (EBUSY, EINVAL), and an
+    # export run inside the folder it replaces says "-o .".
+    scratch, destination = os.path.abspath(scratch), os.path.abspath(destination)
     folder = _local_directory(destination)
 
     def changed() -> OutputExistsError:
