@@ -286,3 +286,18 @@ def test_a_writer_killed_before_removing_the_keys_a_save_replaced_leaves_them_un
     with JsonStorageHandler(where) as writer:
         assert_same(writer.load_data("a"), new, "a")
     assert sorted(os.listdir(where)) == ["a.json", "metadata.json"]
+
+
+def test_a_plain_json_file_dropped_in_the_folder_removes_no_saved_key(tmp_path: Path) -> None:
+    """A file of another tool (no envelope: its stem is its key) named like the parent of
+    saved keys (config.json beside config/lr): the leftover cleanup of a killed save took
+    it for the newer file of a save over those keys, and a writable open deleted the
+    saved keys' files, which nothing of cadstore had replaced. Only a file this storage
+    wrote makes the files below it leftovers."""
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("config/lr", np.array([0.5]))
+    (where / "config.json").write_text('{"batch": 8}')
+    with JsonStorageHandler(where) as writer:
+        assert_same(writer.load_data("config/lr"), np.array([0.5]), "config/lr")
+    assert sorted(os.listdir(where)) == ["config.json", "config_lr.json", "metadata.json"]

@@ -157,6 +157,7 @@ class JsonStorageHandler(NodeStorage):
     def _scan(self) -> None:
         if not self._fs.isdir(self._dir):
             return
+        foreign: set[str] = set()  # plain JSON files, written by other tools
         for name in sorted(self._fs.listdir(self._dir)):
             if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
                 continue
@@ -170,6 +171,7 @@ class JsonStorageHandler(NodeStorage):
                 # A plain JSON file from another tool: its stem is the key.
                 key = name[: -len(".json")]
                 is_group = isinstance(doc, dict) and not _is_tagged_leaf(doc)
+                foreign.add(name)
             earlier = self._index.get(key)
             if earlier is not None:
                 # Two files hold one key (a copy of a file made by hand, a file of another
@@ -196,7 +198,14 @@ class JsonStorageHandler(NodeStorage):
         # file, then removes those of the keys below it, and a writer killed in between
         # leaves them behind the key's own (newer) file. Read, they would give the old
         # values of keys the new one replaced; they are ignored, and removed by a writer.
-        stale = [key for key in self._index if self._file_ancestor(key) is not None]
+        # Only below a file this storage wrote: a plain JSON file of another tool dropped
+        # in the folder says nothing of the keys saved there.
+        stale = [
+            key
+            for key in self._index
+            if (owner := self._file_ancestor(key)) is not None
+            and self._index[owner][0] not in foreign
+        ]
         for key in stale:
             name = self._index.pop(key)[0]
             if not self._read_only:
