@@ -825,10 +825,15 @@ def test_export_json_into_the_current_folder(
         assert run(capsys, "export-json", items[0], "-o", here)[0] == 0
         options = ["--overwrite"]
     monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
     code, out, err = run(capsys, "export-json", items[1], "-o", ".", *options)
     assert code == 0, err
     assert "face_areas.json" in out
     assert _store_files(here) == _store_files(_exported(capsys, items[1], tmp_path / "ref"))
+    # The folder the user stands in is kept (not swapped out for a new one and deleted,
+    # which left their shell in a removed folder that lists nothing).
+    assert os.stat(".").st_ino == inode == here.stat().st_ino
+    assert sorted(os.listdir(".")) == sorted(os.listdir(here))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
 
 

@@ -607,8 +607,10 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     the files listed is swapped with ``scratch`` in one step where the file system can
     (:func:`exchange_paths`), and the old version, now at ``scratch``, removed: a writer
     killed at any moment leaves the old version or the new one, whole, and at worst a
-    temporary that :func:`sweep_dead_temporaries` takes. Elsewhere the listed files are
-    removed and those of ``scratch`` renamed in one by one (each file appears whole).
+    temporary that :func:`sweep_dead_temporaries` takes. Elsewhere, and where this
+    process's working directory is ``destination`` or below it (the folder is kept, not
+    replaced, for whoever stands in it), the listed files are removed and those of
+    ``scratch`` renamed in one by one (each file appears whole).
 
     Raises
     ------
@@ -629,7 +631,11 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
 
     with contextlib.suppress(OSError):  # a folder replaced keeps its mode
         os.chmod(scratch, stat.S_IMODE(os.stat(destination).st_mode))
-    if not replaced and not os.path.islink(destination):
+    # The folder this process stands in (an export run inside it, "-o ."), and with it
+    # the user's shell, keeps its place: files are moved into it rather than the folder
+    # replaced, which would leave them in a deleted folder that lists nothing.
+    in_place = _holds_working_directory(destination)
+    if not replaced and not in_place and not os.path.islink(destination):
         try:
             os.rename(scratch, destination)  # replaces an empty folder, never a full one
         except OSError as exc:
@@ -644,8 +650,10 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         raise changed() from None
     if present != sorted(replaced):
         raise changed()
-    if not os.path.islink(destination) and exchange_paths(scratch, destination):
+    if not in_place and not os.path.islink(destination) and exchange_paths(scratch, destination):
         fsync_dir(folder)
+        with contextlib.suppress(OSError):  # an old version made read-only is removed too
+            os.chmod(scratch, stat.S_IRWXU)
         _remove(scratch)  # the old version
         return
     for name in replaced:
@@ -653,6 +661,16 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     for name in os.listdir(scratch):
         os.replace(os.path.join(scratch, name), os.path.join(destination, name))
     os.rmdir(scratch)
+
+
+def _holds_working_directory(folder: str) -> bool:
+    """Whether this process's working directory is ``folder`` or lies below it."""
+    try:
+        here = os.path.realpath(os.getcwd())
+    except OSError:  # the working directory was removed
+        return False
+    there = os.path.realpath(folder)
+    return here == there or here.startswith(there.rstrip(os.sep) + os.sep)
 
 
 # ---------------------------------------------------------------------------- leftovers
