@@ -1409,8 +1409,8 @@ class DatasetLoader:
             with DatasetReader(dataset) as reader:
                 found = TrustedTables(reader).read("infoset", infoset)
                 n_items = reader.n_items
-                current = reader.item_names[: self._n]
-            if current != explorer.reader.item_names[: self._n]:
+                kept = reader.keeps_items_of(explorer.reader)
+            if not kept:
                 # Replaced (a merge with overwrite) since this loader opened it: the codes
                 # name other items now, which the split was not computed on. (An append
                 # keeps the codes: its new items get no subset.)

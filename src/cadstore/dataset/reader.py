@@ -136,6 +136,12 @@ def _items_digest(names: list[str], count: int) -> str:
     return hashlib.sha256(joined).hexdigest()
 
 
+def _first_items_are(names: Sequence[str], first: Sequence[str]) -> bool:
+    """Whether ``names`` begins with ``first``, in order: what a version's item codes (and
+    a split's labels) need to hold in another version; an append keeps them."""
+    return len(names) >= len(first) and list(names[: len(first)]) == list(first)
+
+
 def _replaced_error(path: str) -> StorageError:
     """The error of a reader opened again after its dataset was replaced."""
     error = StorageError(
@@ -260,7 +266,7 @@ class DatasetReader:
                 # opened (item codes, a split's labels) with other items.
                 count, digest = opened
                 if len(item_names) < count or (
-                    item_names[:count] != getattr(self, "item_names", [])[:count]
+                    not _first_items_are(item_names, getattr(self, "item_names", [])[:count])
                     if digest is None  # a forked copy: the names it opened are at hand
                     else _items_digest(item_names, count) != digest
                 ):
@@ -489,6 +495,12 @@ class DatasetReader:
     def n_items(self) -> int:
         """Number of items."""
         return len(self.item_names)
+
+    def keeps_items_of(self, other: DatasetReader) -> bool:
+        """Whether this version of the dataset holds ``other``'s items first, in order,
+        so that ``other``'s item codes (and a split computed on them) still name the same
+        items here: an append keeps them, a merge with overwrite need not."""
+        return _first_items_are(self.item_names, other.item_names)
 
     @property
     def shares_threads(self) -> bool:
