@@ -852,6 +852,11 @@ def test_output_paths_a_merge_cannot_write_are_refused_before_the_work(tmp_path:
     with pytest.raises(OutputExistsError, match=r"notes\.txt is a file, not a folder"):
         merge_items(files, tmp_path / "notes.txt" / "sub" / "x.dataset")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    # A link to a folder that is not there (a drive not mounted) is named as such.
+    (tmp_path / "drive").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(OutputExistsError, match=r"drive is a link to a missing folder"):
+        merge_items(files, tmp_path / "drive" / "x.dataset")
+    assert not (tmp_path / "unmounted").exists()
 
 
 def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Path) -> None:

@@ -520,8 +520,9 @@ def check_output_folder(location: Location) -> None:
             return
         folder = parent
     if not os.path.isdir(folder):
+        what = "a link to a missing folder" if os.path.islink(folder) else "a file"
         raise OutputExistsError(
-            f"{location.path}: {folder} is a file, not a folder; cannot write the output below it"
+            f"{location.path}: {folder} is {what}, not a folder; cannot write the output below it"
         )
 
 
