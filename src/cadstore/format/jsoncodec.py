@@ -356,7 +356,11 @@ def _decode(obj: Any) -> Any:
             return _decode_complex_element(obj)
         return {k: _decode(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [str(x) for x in obj] if all(isinstance(x, str) for x in obj) else obj
+        if all(isinstance(x, str) for x in obj):
+            return [str(x) for x in obj]
+        # Tagged values inside a plain list (the specified system writes a complex array as
+        # a list of {"real", "imag", "_numpy_complex"} objects) are decoded too.
+        return [_decode(x) if isinstance(x, (dict, list)) else x for x in obj]
     return obj
 
 
