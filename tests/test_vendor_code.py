@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cadstore.storage.datastorage import JsonStorageHandler
 
@@ -35,3 +36,33 @@ def test_a_complex_array_written_as_the_specification_shows_loads_as_complex(
     nested = storage.load_data("nested")["z"]
     assert nested.dtype == np.complex128 and nested.shape == (1, 1)
     assert nested[0, 0] == 0.5 - 1j
+
+
+def test_push_facegrid_of_older_task_code_stores_face_uv_grids(tmp_path: Path) -> None:
+    # The reference: push_face_discretization replaces push_facegrid(ugrid=5, vgrid=5),
+    # which produced face_uv_grids (N_f, U, V, 7). Task code written for it still runs.
+    pytest.importorskip("OCP")
+    from cadstore.cad import samples
+    from cadstore.cadaccess import HOOPSLoader
+    from cadstore.cadencoder import BrepEncoder
+    from cadstore.storage import MemoryStorage
+
+    step = samples.write_step(samples.make_box_with_hole(), tmp_path / "part.step")
+    brep = HOOPSLoader().create_from_file(str(step)).get_brep()
+    storage = MemoryStorage()
+    encoder = BrepEncoder(brep, storage)
+    assert encoder.push_facegrid() == "face_uv_grids"
+    grids = storage.load_data("face_uv_grids")
+    n_faces = brep.num_faces
+    assert grids.shape == (n_faces, 5, 5, 7) and grids.dtype == np.float32
+    assert storage.get_group_for_array("face_uv_grids") == "faces"
+    # The same samples as push_face_discretization's 5 x 5 grid, u-major.
+    encoder.push_face_discretization(pointsamples=25)
+    flat = storage.load_data("face_discretization")
+    np.testing.assert_array_equal(grids.reshape(n_faces, 25, 7), flat)
+    # Without a storage the array is returned; ugrid and vgrid may differ.
+    bare = BrepEncoder(brep).push_facegrid(ugrid=3, vgrid=4)
+    assert isinstance(bare, np.ndarray) and bare.shape == (n_faces, 3, 4, 7)
+    assert set(np.unique(bare[..., 6])) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="vgrid"):
+        BrepEncoder(brep).push_facegrid(vgrid=0)

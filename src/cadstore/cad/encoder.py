@@ -31,6 +31,8 @@ method                                         keys (shape)                     
                                                ``face_loops`` i32
 ``push_face_discretization(pointsamples=25)``  ``face_discretization            faces
                                                (N_f, P, 7)`` f32
+``push_facegrid(ugrid=5, vgrid=5)``            ``face_uv_grids                  faces
+                                               (N_f, U, V, 7)`` f32
 ``push_face_neighbors_count()``                ``face_neighborscount`` i32      faces
 ``push_edge_indices()``                        ``edge_indices (N_e,)`` i32      edges
 ``push_edge_attributes()``                     ``edge_types`` i32,              edges
@@ -237,6 +239,12 @@ _ARRAYS: Final[dict[str, _ArraySpec]] = {
         ("face", "sample", "component"),
         "float32",
         "Points sampled on each face: xyz, normal, inside flag",
+    ),
+    "face_uv_grids": _ArraySpec(
+        "faces",
+        ("face", "u", "v", "component"),
+        "float32",
+        "UV grid over each face's parameter box: xyz, normal, inside flag",
     ),
     "face_neighborscount": _ArraySpec(
         "faces", ("face",), "int32", "Number of distinct adjacent faces"
@@ -563,6 +571,36 @@ class BrepEncoder:
         if pick is not None:
             data = data[:, pick]
         data = data.astype(np.float32)
+        return self._deliver(key, data)
+
+    def push_facegrid(self, ugrid: int = 5, vgrid: int = 5) -> str | NDArray[np.float32]:
+        """Push ``face_uv_grids`` ``(N_f, ugrid, vgrid, 7)`` float32 (the older call).
+
+        The specified system's predecessor of :meth:`push_face_discretization`, kept so that
+        task code written for it runs: the same samples (``x, y, z, nx, ny, nz, inside``) on
+        a ``ugrid x vgrid`` grid over the face's (u, v) parameter box, ``[f, i, j]`` at the
+        ``i``-th u and ``j``-th v value, both ends included.
+
+        Parameters
+        ----------
+        ugrid, vgrid
+            Samples along u and along v.
+
+        Returns
+        -------
+        str or numpy.ndarray
+            The key with a storage, the array without.
+        """
+        nu = _positive_int(ugrid, "ugrid")
+        nv = _positive_int(vgrid, "vgrid")
+        key = "face_uv_grids"
+        if self._stored([key]):
+            return key
+        grid = self._face_samples(nu, nv)
+        data = np.concatenate(
+            [grid.points, grid.normals, grid.inside[..., None].astype(np.float64)], axis=-1
+        )
+        data = data.reshape(self.brep.num_faces, nu, nv, 7).astype(np.float32)
         return self._deliver(key, data)
 
     def push_face_neighbors_count(self) -> str | NDArray[np.int32]:
