@@ -41,7 +41,7 @@ def test_layout_is_one_readable_file_per_key(tmp_path: Path) -> None:
     assert names == ["face_areas.json", "face_normals.json", "metadata.data.json", "metadata.json"]
     doc = json.loads((tmp_path / "face_areas.json").read_text())
     assert doc["key"] == "face_areas"
-    assert doc["value"]["data"] == [1.5, 2.299999952316284, 4.099999904632568]
+    assert doc["value"]["data"] == [1.5, 2.3, 4.1]  # float32 written as its shortest text
     assert doc["value"]["__numpy__"] == "<f4"
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert meta["export_timestamp"] == "2025-10-30T10:30:00"

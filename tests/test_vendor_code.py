@@ -66,3 +66,35 @@ def test_push_facegrid_of_older_task_code_stores_face_uv_grids(tmp_path: Path) -
     assert set(np.unique(bare[..., 6])) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="vgrid"):
         BrepEncoder(brep).push_facegrid(vgrid=0)
+
+
+def test_float32_values_are_written_as_the_specification_shows_them(tmp_path: Path) -> None:
+    # The specification: save_data("face_areas", np.array([1.5, 2.3, 4.1], dtype=float32))
+    # is "Saved as: face_areas.json -> [1.5, 2.3, 4.1]" and loads back as float32.
+    storage = JsonStorageHandler(str(tmp_path / "json_data"))
+    areas = np.array([1.5, 2.3, 4.1], dtype=np.float32)
+    storage.save_data("face_areas", areas)
+    storage.save_data("count", np.float32(0.1))
+    storage.save_data("waves", np.array([0.1 + 0.2j], dtype=np.complex64))
+    doc = json.loads((tmp_path / "json_data" / "face_areas.json").read_text())
+    assert doc["value"]["data"] == [1.5, 2.3, 4.1]
+    assert json.loads((tmp_path / "json_data" / "count.json").read_text())["value"]["scalar"] == 0.1
+    waves = json.loads((tmp_path / "json_data" / "waves.json").read_text())["value"]["data"]
+    assert waves == [{"real": 0.1, "imag": 0.2, "_numpy_complex": True}]
+    # Still lossless: the same bits come back, special values included.
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.standard_normal(2000) * 10.0 ** rng.integers(-44, 38, 2000),
+            [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3.4028235e38],
+        ]
+    ).astype(np.float32)
+    halves = np.clip(values, -60000, 60000).astype(np.float16)
+    storage.save_data("values", values)
+    storage.save_data("halves", halves)
+    reopened = JsonStorageHandler(str(tmp_path / "json_data"))
+    for key, expected in [("values", values), ("halves", halves)]:
+        loaded = reopened.load_data(key)
+        assert loaded.dtype == expected.dtype
+        assert loaded.tobytes() == expected.tobytes()
+    assert reopened.load_data("count") == np.float32(0.1)

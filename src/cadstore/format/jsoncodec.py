@@ -102,6 +102,26 @@ def _element_encoder(kind: str) -> Any:
     return None
 
 
+def _shortest(value: np.ndarray) -> np.ndarray:
+    """Float16/float32 (and complex64) values as the float64 of their shortest decimal.
+
+    ``tolist()`` widens ``float32(2.3)`` to ``2.299999952316284``; the file is meant to be
+    read by people, and the specification shows ``[1.5, 2.3, 4.1]``. The shortest text that
+    reads back as the same float32 is what numpy prints; parsed as float64 and cast back it
+    gives the same bits (float64 holds more than twice float32's precision, so the double
+    rounding is exact), so the round trip stays lossless.
+    """
+    kind, size = value.dtype.kind, value.dtype.itemsize
+    if kind == "f" and size < 8:
+        return value.astype(str).astype(np.float64)
+    if kind == "c" and size < 16:
+        out = np.empty(value.shape, dtype=np.complex128)
+        out.real = value.real.astype(str).astype(np.float64)
+        out.imag = value.imag.astype(str).astype(np.float64)
+        return out
+    return value
+
+
 def _encode_nested(data: Any, fn: Any) -> Any:
     if isinstance(data, list):
         return [_encode_nested(x, fn) for x in data]
@@ -130,7 +150,7 @@ def _encode(value: Any, level: int) -> Any:
     """:func:`encode`; ``level`` is where a container ``value`` would sit in its file."""
     if isinstance(value, np.ndarray):
         fn = _element_encoder(value.dtype.kind)
-        data = value.tolist()
+        data = _shortest(value).tolist()
         if fn is not None:
             data = _encode_nested(data, fn)
         return {
@@ -140,7 +160,7 @@ def _encode(value: Any, level: int) -> Any:
         }
     if isinstance(value, np.generic):
         fn = _element_encoder(value.dtype.kind)
-        item = value.item()
+        item = _shortest(np.asarray(value)).item()
         return {"__numpy__": value.dtype.str, "scalar": fn(item) if fn else item}
     if isinstance(value, bool | int | str):
         return value
