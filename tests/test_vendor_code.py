@@ -98,3 +98,30 @@ def test_float32_values_are_written_as_the_specification_shows_them(tmp_path: Pa
         assert loaded.dtype == expected.dtype
         assert loaded.tobytes() == expected.tobytes()
     assert reopened.load_data("count") == np.float32(0.1)
+
+
+def test_set_attributes_after_store_info_to_parquet_reaches_the_attribset(
+    tmp_path: Path,
+) -> None:
+    # The reference: set_attributes(metadata, table_name) writes categorical tables; in a
+    # custom merge task it may well come after store_info_to_parquet().
+    import pandas as pd
+
+    from cadstore.storage import DatasetInfo
+
+    summary = tmp_path / "files_summary"
+    summary.mkdir()
+    for name in ("a_0", "b_0"):
+        (summary / f"{name}.json").write_text(json.dumps({"size_cadfile": 10}))
+    info = DatasetInfo(
+        info_files=sorted(str(p) for p in summary.iterdir()),
+        merged_store_path=str(tmp_path / "x.infoset"),
+        attribute_file_path=str(tmp_path / "x.attribset"),
+    )
+    info.parse_info_files()
+    info.build_code_mappings([str(tmp_path / "a_0.data"), str(tmp_path / "b_0.data")])
+    info.store_info_to_parquet()
+    info.set_attributes({0: "bracket", 1: "shaft"}, "part_label")
+    table = pd.read_parquet(tmp_path / "x.attribset")
+    rows = table[table["table_name"] == "part_label"]
+    assert rows[["id", "name"]].values.tolist() == [[0, "bracket"], [1, "shaft"]]

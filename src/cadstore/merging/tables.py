@@ -830,8 +830,16 @@ class DatasetInfo:
         table_name
             The table; rows merge with a description table or categorical field of the same
             name, the first label of a code winning (with a warning on a conflict).
+
+        Notes
+        -----
+        The specified call writes the table. Called after the ``.attribset`` was written
+        (by :meth:`store_info_to_parquet`), it writes the ``.attribset`` again, atomically,
+        so that the table is not silently left out of it.
         """
         self._merge_table(self._explicit_tables, table_name, metadata, "set_attributes")
+        if self._attribset_written:
+            self.store_attributes_to_parquet()
 
     def _attribute_tables(self) -> dict[str, dict[int, _Attribute]]:
         tables: dict[str, dict[int, _Attribute]] = {
