@@ -98,6 +98,12 @@ def test_float32_values_are_written_as_the_specification_shows_them(tmp_path: Pa
         assert loaded.dtype == expected.dtype
         assert loaded.tobytes() == expected.tobytes()
     assert reopened.load_data("count") == np.float32(0.1)
+    # Every finite float16, each through its shortest decimal, comes back bit for bit.
+    every = np.arange(1 << 16, dtype="<u2").view(np.float16)
+    every = every[np.isfinite(every)]
+    storage.save_data("every_half", every)
+    loaded = JsonStorageHandler(str(tmp_path / "json_data")).load_data("every_half")
+    assert loaded.tobytes() == every.tobytes()
 
 
 def test_set_attributes_after_store_info_to_parquet_reaches_the_attribset(

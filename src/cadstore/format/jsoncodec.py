@@ -107,19 +107,34 @@ def _shortest(value: np.ndarray) -> np.ndarray:
 
     ``tolist()`` widens ``float32(2.3)`` to ``2.299999952316284``; the file is meant to be
     read by people, and the specification shows ``[1.5, 2.3, 4.1]``. The shortest text that
-    reads back as the same float32 is what numpy prints; parsed as float64 and cast back it
-    gives the same bits (float64 holds more than twice float32's precision, so the double
-    rounding is exact), so the round trip stays lossless.
+    reads back as the same float32 is what numpy prints; the reader parses it as float64
+    and casts it back, which gives the same bits, and an element for which it would not
+    (checked here, as a NaN's payload) is written exactly, as before: lossless either way.
     """
     kind, size = value.dtype.kind, value.dtype.itemsize
     if kind == "f" and size < 8:
-        return value.astype(str).astype(np.float64)
+        return _shortest_real(value)
     if kind == "c" and size < 16:
         out = np.empty(value.shape, dtype=np.complex128)
-        out.real = value.real.astype(str).astype(np.float64)
-        out.imag = value.imag.astype(str).astype(np.float64)
+        out.real = _shortest_real(value.real)
+        out.imag = _shortest_real(value.imag)
         return out
     return value
+
+
+def _shortest_real(value: np.ndarray) -> np.ndarray:
+    """:func:`_shortest` of a float16/float32 array, checked: an element whose decimal
+    would not give back its exact bits keeps its exact float64 value (NaN and infinities
+    are written as the codec writes them, whatever this gives)."""
+    # A signalling NaN raises numpy's "invalid" flag when widened; its bits are kept.
+    with np.errstate(invalid="ignore", over="ignore"):
+        exact = value.astype(np.float64)
+        short = value.astype(str).astype(np.float64)
+        bits = f"<u{value.dtype.itemsize}"
+        back = short.astype(value.dtype).view(bits)
+    lost = back != value.copy().view(bits)
+    short[lost] = exact[lost]
+    return short
 
 
 def _encode_nested(data: Any, fn: Any) -> Any:
