@@ -124,11 +124,12 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def long_distance_for(dtype: np.dtype) -> bool:
-    """Whether chunks of ``dtype`` should be compressed with long-distance matching.
+    """Whether a merged dataset's chunks of ``dtype`` are compressed with long-distance
+    matching (items are written without it: :mod:`cadstore.storage.opt`).
 
-    It finds the mirrored rows of floating-point face-pair features; on integer arrays
-    (the workload's face-pair edge paths hold 98% of the integer bytes) it measured three
-    times the compression time for 5% larger output.
+    It finds repeated rows of floating-point face-pair features far apart; on integer
+    arrays (the workload's face-pair edge paths hold 98% of the integer bytes) it measured
+    three times the compression time for 5% larger output.
     """
     return dtype.kind not in "biu"
 
@@ -139,11 +140,10 @@ def zstd_compress(data: bytes | memoryview, level: int, *, long_distance: bool =
     Payloads of :data:`LDM_MIN_BYTES` or more use zstd's long-distance matching unless
     ``long_distance`` is false. CAD arrays repeat themselves far apart (a face-pair
     histogram ``[i, j]`` equals ``[j, i]``, a whole row of the matrix away), which the
-    regular match finder of the fast levels cannot see: on the realistic workload, level 3
-    with long-distance matching writes smaller files than level 5 without it in half the
-    time (``bench/bench_item.py``). Callers turn it off where it does not pay (see
-    :func:`long_distance_for`). The frames are ordinary zstd frames; any decoder reads
-    them.
+    regular match finder of the fast levels cannot see. Callers turn it off where it does
+    not pay: item writes since their symmetric face pairs are stored as triangles, and
+    integer chunks (see :func:`long_distance_for`). The frames are ordinary zstd frames;
+    any decoder reads them.
     """
     return _compressor(level, long_distance and len(data) >= LDM_MIN_BYTES).compress(data)
 
