@@ -564,14 +564,10 @@ class BrepEncoder:
         if self._stored([key]):
             return key
         nu, nv, pick = _grid_layout(samples)
-        grid = self._face_samples(nu, nv)
-        data = np.concatenate(
-            [grid.points, grid.normals, grid.inside[..., None].astype(np.float64)], axis=-1
-        )
+        rows = self._sample_rows(nu, nv)
         if pick is not None:
-            data = data[:, pick]
-        data = data.astype(np.float32)
-        return self._deliver(key, data)
+            rows = rows[:, pick]
+        return self._deliver(key, rows.astype(np.float32))
 
     def push_facegrid(self, ugrid: int = 5, vgrid: int = 5) -> str | NDArray[np.float32]:
         """Push ``face_uv_grids`` ``(N_f, ugrid, vgrid, 7)`` float32 (the older call).
@@ -596,12 +592,17 @@ class BrepEncoder:
         key = "face_uv_grids"
         if self._stored([key]):
             return key
+        rows = self._sample_rows(nu, nv)
+        return self._deliver(key, rows.reshape(self.brep.num_faces, nu, nv, 7).astype(np.float32))
+
+    def _sample_rows(self, nu: int, nv: int) -> NDArray[np.float64]:
+        """Each face's ``nu x nv`` grid samples as rows ``x, y, z, nx, ny, nz, inside``
+        (``(N_f, nu * nv, 7)``, u-major): what both face sampling pushes store."""
         grid = self._face_samples(nu, nv)
-        data = np.concatenate(
+        rows: NDArray[np.float64] = np.concatenate(
             [grid.points, grid.normals, grid.inside[..., None].astype(np.float64)], axis=-1
         )
-        data = data.reshape(self.brep.num_faces, nu, nv, 7).astype(np.float32)
-        return self._deliver(key, data)
+        return rows
 
     def push_face_neighbors_count(self) -> str | NDArray[np.int32]:
         """Push ``face_neighborscount``: distinct faces sharing an edge with each face (int32).
