@@ -18,7 +18,6 @@ Errors meant for the user are :class:`CommandError`; the framework in
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -89,17 +88,19 @@ def wait_seconds(text: str) -> float:
     Raises
     ------
     argparse.ArgumentTypeError
-        If ``text`` is not a number, is ``nan`` (which would wait forever) or is negative.
+        If ``text`` is not a number, is ``nan`` (which would wait forever) or is negative:
+        what :func:`cadstore.io.lock.check_wait` refuses.
     """
     import argparse
 
+    from cadstore.io.lock import check_wait
+
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
+        return check_wait(float(text))
+    except ValueError:  # not a number, or one the lock refuses
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds >= 0, got {text!r}"
+        ) from None
 
 
 def non_negative_int(text: str) -> int:
