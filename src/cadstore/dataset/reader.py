@@ -142,17 +142,20 @@ def _first_items_are(names: Sequence[str], first: Sequence[str]) -> bool:
     return len(names) >= len(first) and list(names[: len(first)]) == list(first)
 
 
+class _DatasetReplaced(StorageError):
+    """A reader opened again after its dataset was replaced (a :class:`StorageError`; its
+    own class only so that unpickling can tell it from other failures to open)."""
+
+
 def _replaced_error(path: str) -> StorageError:
     """The error of a reader opened again after its dataset was replaced."""
-    error = StorageError(
+    return _DatasetReplaced(
         path,
         "was replaced by another version whose first items are not those this reader "
         "opened (a merge with overwrite), and this process cannot read the version it "
         "opened (it opens the file again: a DataLoader worker, a forked process); open "
         "the dataset again to read the version now in place",
     )
-    error.replaced = True  # type: ignore[attr-defined]
-    return error
 
 
 class DatasetReader:
@@ -470,9 +473,7 @@ class DatasetReader:
             try:
                 self._open()
                 return
-            except StorageError as exc:
-                if not getattr(exc, "replaced", False):
-                    raise
+            except _DatasetReplaced:
                 # Replaced since it was pickled: said at every read, as to a reader
                 # open across the replacement, not while unpickling (a DataLoader worker
                 # dying as it starts says nothing of why).
