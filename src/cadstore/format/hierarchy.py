@@ -62,6 +62,8 @@ __all__ = [
 
 KIND_ATTRIBUTE = "cadstore_kind"
 _METADATA_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup"))
+#: Keys below the root that end with one of these are metadata documents.
+_METADATA_SUFFIXES = tuple(f"/{name}" for name in sorted(_METADATA_NAMES))
 _PY_SCALARS: dict[type, tuple[str, str]] = {
     bool: ("bool", "bool"),
     int: ("int", "int64"),
@@ -227,6 +229,10 @@ class Hierarchy(ABC):
         return list(self.groups.get(path, {}))
 
     def _link(self, path: str, *, group: bool = False) -> None:
+        root = self.groups.get("")
+        if root is not None and not group and "/" not in path:
+            root[path] = None  # an array at the root, the common case
+            return
         if group:
             self.groups.setdefault(path, {})
             self.group_attributes.setdefault(path, {})
@@ -562,6 +568,8 @@ class BuildHierarchy(Hierarchy):
         self.chunks: dict[str, dict[str, bytes]] = {}
         #: Arrays stored as triangles by :meth:`put` (not carried over from a file).
         self.triangles_put: set[str] = set()
+        #: What arrays :meth:`put` stored decode to, in bytes (see decoded_nbytes).
+        self.decoded_sizes: dict[str, int] = {}
 
     def put(
         self,
@@ -624,18 +632,19 @@ class BuildHierarchy(Hierarchy):
                     item_shape=item_shape,
                     item_dims=item_dims,
                 )
-                known = docs, meta, _compact_json(docs["zarr.json"])
+                known = docs, meta, _compact_json(docs["zarr.json"]), _decoded_nbytes(meta)
                 if len(_ENCODED_DOCS) >= _ENCODED_DOCS_KEPT:
                     _ENCODED_DOCS.clear()
                 _ENCODED_DOCS[key] = known
             else:
                 chunks = encode_v3_chunks(arr, level=self.level)
-            docs, meta, self.doc_json[path] = known
+            docs, meta, self.doc_json[path], self.decoded_sizes[path] = known
         else:
             docs, chunks, meta = encode_array(
                 arr, dims=dims, attributes=attrs, level=self.level, zarr_format=2
             )
             self.doc_json.pop(path, None)
+            self.decoded_sizes.pop(path, None)
         if item_shape is not None:
             self.triangles_put.add(path)
         else:
@@ -647,7 +656,11 @@ class BuildHierarchy(Hierarchy):
 
     def decoded_nbytes(self) -> int:
         """Bytes every array decodes to, as read (triangles as their full matrices)."""
-        return sum(math.prod(m.read_shape) * m.itemsize for m in map(self.meta, self.arrays))
+        known = self.decoded_sizes
+        return sum(
+            size if (size := known.get(path)) is not None else _decoded_nbytes(self.meta(path))
+            for path in self.arrays
+        )
 
     def store_triangles_in_full(self) -> list[str]:
         """Encode every array :meth:`put` stored as a triangle again in full; return them.
@@ -674,6 +687,7 @@ class BuildHierarchy(Hierarchy):
             raise KeyError(path)
         for array in list(self.iter_arrays(path)):
             self.triangles_put.discard(array)
+            self.decoded_sizes.pop(array, None)
             del self.arrays[array]
             self.docs.pop(array, None)
             self.doc_json.pop(array, None)
@@ -707,11 +721,11 @@ class BuildHierarchy(Hierarchy):
         root_attrs = dict(root_attributes or self.group_attributes.get("", {}))
         below = list(self._members_below("", dump))
         # Each document is serialised once; the consolidated copy splices in those bytes.
-        docs = [(k, d) for k, d in below if k.rsplit("/", 1)[-1] in _METADATA_NAMES]
+        docs = [(k, d) for k, d in below if k.endswith(_METADATA_SUFFIXES)]
         if self.zarr_format == 3:
             # Inline consolidated metadata lets zarr-python open the hierarchy without
             # listing the store, so it never stumbles over metadata.json.
-            entries = b",".join(_json_string(k[: -len("/zarr.json")]) + b":" + d for k, d in docs)
+            entries = b",".join(_json_key(k[: -len("/zarr.json")]) + d for k, d in docs)
             yield (
                 "zarr.json",
                 (
@@ -749,7 +763,9 @@ class BuildHierarchy(Hierarchy):
                 if self.zarr_format == 3:
                     yield (
                         f"{child}/zarr.json",
-                        dump({"zarr_format": 3, "node_type": "group", "attributes": attrs}),
+                        dump({"zarr_format": 3, "node_type": "group", "attributes": attrs})
+                        if attrs
+                        else _EMPTY_V3_GROUP,
                     )
                 else:
                     yield f"{child}/.zgroup", dump({"zarr_format": 2})
@@ -886,12 +902,28 @@ def _compact_json(doc: Any) -> bytes:
 # zarr.json are made once per process and shared (none of them is ever modified);
 # bounded (about 3.8 KB an entry, 15 MB when full). Keyed by what makes them (see
 # BuildHierarchy._put).
-_ENCODED_DOCS: dict[tuple[Any, ...], tuple[dict[str, Any], ArrayMeta, bytes]] = {}
+_ENCODED_DOCS: dict[tuple[Any, ...], tuple[dict[str, Any], ArrayMeta, bytes, int]] = {}
 _ENCODED_DOCS_KEPT = 4096
 
 
 # Printable ASCII but '"' and '\\': a JSON string needs nothing but quotes around it.
 _PLAIN_STRING = re.compile(r"[ !#-\[\]-~]*")
+
+
+#: The ``zarr.json`` of a v3 group without attributes (an item's ``graph``).
+_EMPTY_V3_GROUP = _compact_json({"zarr_format": 3, "node_type": "group", "attributes": {}})
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_key(text: str) -> bytes:
+    """``text`` as a JSON object key with its colon (remembered: every item of an encoder
+    writes the same keys)."""
+    return _json_string(text) + b":"
+
+
+def _decoded_nbytes(meta: ArrayMeta) -> int:
+    """Bytes an array decodes to, as read (a triangle as its full matrix)."""
+    return math.prod(meta.read_shape) * meta.itemsize
 
 
 def _json_string(text: str) -> bytes:

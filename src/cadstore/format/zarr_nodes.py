@@ -902,13 +902,33 @@ def encode_v3_chunks(arr: np.ndarray, *, level: int | None) -> dict[str, bytes]:
 def _layout(
     arr: np.ndarray, level: int | None, zarr_format: int, chunks: Sequence[int] | None
 ) -> _Layout:
-    is_string = arr.dtype.kind in "UO"
-    chunk_shape = tuple(chunks) if chunks is not None else chunk_rows(arr.shape)
-    raw_bytes = arr.size * (4 if is_string else arr.dtype.itemsize)
+    if chunks is None:
+        return _default_layout(arr.shape, arr.dtype, level, zarr_format)
+    return _make_layout(arr.shape, arr.dtype, level, zarr_format, tuple(chunks))
+
+
+@functools.lru_cache(maxsize=1024)
+def _default_layout(
+    shape: tuple[int, ...], dtype: np.dtype, level: int | None, zarr_format: int
+) -> _Layout:
+    # Item writers save arrays of the same few shapes over and over: their layout (in the
+    # default chunks) is worked out once per shape, type and level.
+    return _make_layout(shape, dtype, level, zarr_format, chunk_rows(shape))
+
+
+def _make_layout(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    level: int | None,
+    zarr_format: int,
+    chunk_shape: tuple[int, ...],
+) -> _Layout:
+    is_string = dtype.kind in "UO"
+    raw_bytes = math.prod(shape) * (4 if is_string else dtype.itemsize)
     return _Layout(
-        arr.shape,
+        shape,
         chunk_shape,
-        STRING if is_string else arr.dtype,
+        STRING if is_string else dtype,
         is_string,
         level if level is not None and raw_bytes >= MIN_COMPRESS_BYTES else None,
         zarr_format,
@@ -975,8 +995,12 @@ def _encode_chunks(arr: np.ndarray, layout: _Layout) -> tuple[dict[str, bytes], 
                 payload = zstd(data.data.cast("B"))
         else:
             payload = np.ascontiguousarray(block).tobytes()
-        out[format_chunk_key(layout.zarr_format, prefix, separator, index)] = payload
+        out[_chunk_key(layout.zarr_format, prefix, separator, index)] = payload
     return out, bool(delta)
+
+
+#: :func:`format_chunk_key` remembered: most item arrays are one chunk, ``c/0/0``.
+_chunk_key = functools.lru_cache(maxsize=4096)(format_chunk_key)
 
 
 def _v3_documents(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from cadstore.io.filesystems import FileSystem, filesystem_for, is_url
@@ -79,7 +79,9 @@ class Location:
 
     def with_path(self, path: str) -> Location:
         """Another path on the same file system, with the same options."""
-        return replace(self, path=path)
+        # Not dataclasses.replace, which inspects the fields on every call: an item
+        # writer derives a handful of locations per item.
+        return type(self)(path, self.fs, self.storage_options)
 
     def with_suffix(self, suffix: str, *, replacing: str = "") -> Location:
         """This path with ``replacing`` cut from its end (when there) and ``suffix`` added.

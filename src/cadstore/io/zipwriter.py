@@ -65,6 +65,36 @@ _REMEMBERED_BYTES = 2048
 _deflate_small = functools.lru_cache(maxsize=4096)(_deflate_now)
 
 
+_PACK_LOCAL = struct.Struct("<IHHHHHIIIHH").pack
+_PACK_CENTRAL_HEAD = struct.Struct("<IHHHHHHIIIHHHHHI").pack
+_OFFSET = struct.Struct("<I")
+
+#: Records of deflated members by (name, bytes), for documents of up to
+#: :data:`_REMEMBERED_BYTES` (bounded: about 2 KB an entry, 8 MB when full).
+_REMEMBERED: dict[tuple[str, bytes], tuple[bytes, bytes, bytes, bytes]] = {}
+_REMEMBERED_KEPT = 4096
+
+
+def _records(name: str, data: bytes, deflate: bool) -> tuple[bytes, bytes, bytes, bytes]:
+    """A member's local entry (its header with the name, and the payload), and its
+    central directory record before and after the local entry's offset (which depends on
+    the archive)."""
+    raw_name = name.encode("utf-8")
+    flags = 0 if raw_name.isascii() else _UTF8_FLAG
+    size = len(data)
+    method, payload = 0, data
+    if deflate:
+        packed = _deflate(data)
+        if len(packed) < size:
+            method, payload = 8, packed
+    header = (_DOS_TIME, _DOS_DATE, zlib.crc32(data), len(payload), size, len(raw_name))
+    local = _PACK_LOCAL(0x04034B50, _VERSION, flags, method, *header, 0) + raw_name
+    head = _PACK_CENTRAL_HEAD(
+        0x02014B50, _MADE_BY, _VERSION, flags, method, *header, 0, 0, 0, 0, _EXTERNAL_ATTR
+    )
+    return local, payload, head, raw_name
+
+
 def write_stored_zip(
     fh: IO[bytes], members: Sequence[tuple[str, bytes]], *, deflate: Callable[[str], bool] = _never
 ) -> None:
@@ -74,47 +104,42 @@ def write_stored_zip(
     are deflated when that makes them smaller (metadata documents, not zstd chunks). Names
     must be unique; the caller guarantees it (each key is produced once).
     """
-    total = sum(len(d) + 30 + 2 * len(n) + 46 for n, d in members)
-    if len(members) >= 0xFFFF or total >= _LIMIT:
-        _write_with_zipfile(fh, members, deflate)
-        return
-    # One write of the whole archive: the members of an item are small and already in
-    # memory, and a single write is cheaper than three buffered writes per member.
+    if len(members) < 0xFFFF:
+        try:
+            archive = _archive(members, deflate)
+        except struct.error:
+            pass  # an offset or a size beyond 32 bits: only ZIP64 can record it
+        else:
+            # One write of the whole archive: the members of an item are small and
+            # already in memory, and a single write is cheaper than three per member.
+            fh.write(archive)
+            return
+    _write_with_zipfile(fh, members, deflate)
+
+
+def _archive(members: Sequence[tuple[str, bytes]], deflate: Callable[[str], bool]) -> bytes:
+    """The bytes of a zip of ``members`` without ZIP64 (``struct.error`` if it needs it)."""
     local: list[bytes] = []
     central: list[bytes] = []
     offset = 0
-    pack_local = struct.Struct("<IHHHHHIIIHH").pack
-    pack_central = struct.Struct("<IHHHHHHIIIHHHHHII").pack
     for name, data in members:
-        raw_name = name.encode("utf-8")
-        flags = 0 if raw_name.isascii() else _UTF8_FLAG
-        crc = zlib.crc32(data)
-        size = len(data)
-        method, payload = 0, data
         if deflate(name):
-            packed = _deflate(data)
-            if len(packed) < size:
-                method, payload = 8, packed
-        header = (_DOS_TIME, _DOS_DATE, crc, len(payload), size, len(raw_name))
-        local += (pack_local(0x04034B50, _VERSION, flags, method, *header, 0), raw_name, payload)
-        central.append(
-            pack_central(
-                0x02014B50,
-                _MADE_BY,
-                _VERSION,
-                flags,
-                method,
-                *header,
-                0,
-                0,
-                0,
-                0,
-                _EXTERNAL_ATTR,
-                offset,
-            )
-        )
-        central.append(raw_name)
-        offset += 30 + len(raw_name) + len(payload)
+            # Metadata documents repeat from item to item (the same array documents under
+            # the same names): their records are made once (see _records).
+            key = (name, data)
+            records = _REMEMBERED.get(key)
+            if records is None:
+                records = _records(name, data, True)
+                if len(data) <= _REMEMBERED_BYTES:
+                    if len(_REMEMBERED) >= _REMEMBERED_KEPT:
+                        _REMEMBERED.clear()
+                    _REMEMBERED[key] = records
+        else:
+            records = _records(name, data, False)
+        header, payload, head, tail = records
+        local += (header, payload)
+        central += (head, _OFFSET.pack(offset), tail)
+        offset += len(header) + len(payload)
     directory = b"".join(central)
     local += (
         directory,
@@ -122,7 +147,7 @@ def write_stored_zip(
             "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), offset, 0
         ),
     )
-    fh.write(b"".join(local))
+    return b"".join(local)
 
 
 def _write_with_zipfile(

@@ -136,8 +136,8 @@ def check_storable(key: str, node: object) -> None:
         raise InvalidKeyError(
             key, f"{_ROOT_DOCUMENT!r} is the name of the item's metadata document"
         )
-    bad = next((p for p in parts if p in _DOCUMENT_NAMES), None)
-    if bad is not None:
+    if not _DOCUMENT_NAMES.isdisjoint(parts):
+        bad = next(p for p in parts if p in _DOCUMENT_NAMES)
         raise InvalidKeyError(key, f"segment {bad!r} is the name of a Zarr metadata document")
     if isinstance(node, dict):
         for name, child in node.items():

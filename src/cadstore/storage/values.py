@@ -25,6 +25,7 @@ Anything else (``None``, ``bytes``, sets, objects, datetimes, ragged or mixed li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
@@ -80,6 +81,8 @@ def normalize_value(key: str, value: object, *, copy: bool = True) -> Node:
     InvalidDataError
         If a string holds a lone surrogate, which UTF-8 cannot encode.
     """
+    if type(value) is np.ndarray:
+        return _normalize_array(key, value, copy)  # the common case, before the ABC check
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for name, child in value.items():
@@ -245,8 +248,13 @@ def contains_nan(key: str, node: Node) -> None:
 
     The message names the full key of the offending leaf and the number of NaN values.
     """
-    if type(node) is np.ndarray and node.dtype.kind not in "fc":
-        return  # an integer or string array: nothing to look at, no leaves to walk
+    if type(node) is np.ndarray:
+        # The common case, a single array: no leaves to walk. An integer or string array
+        # has nothing to look at; the minimum of a real array is NaN exactly when it holds
+        # one (one pass, no mask allocated, no floating-point warnings).
+        kind = node.dtype.kind
+        if kind not in "fc" or not node.size or (kind == "f" and not math.isnan(node.min())):
+            return
     for leaf_key, leaf in iter_leaves(node, key):
         if isinstance(leaf, np.ndarray | np.generic) and leaf.dtype.kind in "fc":
             # The minimum of a real array is NaN exactly when it holds one: one pass, no
