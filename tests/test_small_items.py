@@ -11,6 +11,7 @@ batches made only of such items and batches mixing them with larger ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,45 @@ def test_pyg_batches_in_the_in_process_loader(subset: CADDataset, processes: int
     ) as batches:
         for _ in range(2):
             _assert_pyg_epoch(batches, subset)
+
+
+@pytest.mark.parametrize("labels", ["default", "node_label"])
+def test_graph_files_hold_the_graphs_of_to_pyg(
+    items: tuple[Path, list[dict[str, Any]]], tmp_path: Path, labels: str
+) -> None:
+    """``write_graph_files`` writes, for each item (of several faces, of one, of none), the
+    ``Data`` that ``to_pyg()`` makes of it, attribute by attribute: it left out the node
+    labels and the face-pair arrays. Each file holds its item's tensors only, whatever the
+    batch: they were views of the batch's tensors, and torch saved the whole batch."""
+    pytest.importorskip("torch_geometric")
+    from cadstore.dataset.pyg import PygCollate
+    from cadstore.storage.graphstorage import PyGGraphStoreHandler, write_graph_files
+
+    given = None if labels == "default" else PygCollate(node_label="face_types")
+    with DatasetLoader(flow_output_file=items[0]) as loader:
+        subset = CADDataset(loader, range(len(FACES)))
+        dataset, collate = subset.to_pyg(given)
+        graphs = collate([dataset[i] for i in range(len(dataset))]).to_data_list()
+        paths = write_graph_files(subset, tmp_path / "batched", given, batch_size=4)
+        alone = write_graph_files(subset, tmp_path / "alone", given, batch_size=1)
+    assert {0, 1, 7} <= set(FACES)
+    for code, (want, path) in enumerate(zip(graphs, paths, strict=True)):
+        handler = PyGGraphStoreHandler()
+        got = handler.load_graph(path)
+        # num_nodes is also stored explicitly, as the specified system's files hold it.
+        assert set(got.keys()) == set(want.keys()) | {"num_nodes"}, code
+        assert got.num_nodes == want.num_nodes == FACES[code], code
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype, (code, key)
+                assert torch.equal(got[key], value), (code, key)
+                # Saved alone, not as a view of the batch's tensor.
+                stored = got[key].untyped_storage().nbytes()
+                assert stored == value.numel() * value.element_size(), (code, key)
+            else:
+                assert got[key] == value, (code, key)
+        assert {"node_y", *FACE_PAIRS} & set(got.keys()) == (
+            set(FACE_PAIRS) | ({"node_y"} if given is not None else set())
+        )
+        assert torch.equal(handler.extra["graph_label"], want.y), code
+        assert os.path.getsize(path) == os.path.getsize(alone[code]), code

@@ -5,7 +5,8 @@ transform tasks through ``PyGGraphStoreHandler``: ``{"data": Data(x, edge_attr,
 edge_index, num_nodes), "extra": {label tensors}}``. cadstore does not need them (it trains
 from the dataset: :mod:`cadstore.dataset.pyg`); these are thin adapters for code that still
 reads or writes such files, with the specified method names, and
-:func:`write_graph_files` writes them for every item of a dataset.
+:func:`write_graph_files` writes them for every item of a dataset (each ``Data`` with every
+attribute of the item's graph from ``to_pyg()``: labels and face-pair arrays too).
 
 Loading is safe: :meth:`PyGGraphStoreHandler.load_graph` unpickles with torch's
 ``weights_only`` loader, which accepts tensors and the few PyG classes a graph is made of,
@@ -296,6 +297,35 @@ def _verified_archive(raw: bytes) -> bytes:
     return out.getvalue()
 
 
+def _item_graph(data: Any) -> PyGGraphStoreHandler:
+    """A handler holding ``data``, one graph of a :class:`~cadstore.dataset.pyg.PygCollate`
+    batch, with every attribute it has, and its label (``y``) also under
+    ``extra["graph_label"]``.
+
+    Each tensor is copied: the graphs of ``Batch.to_data_list()`` are views of the batch's
+    tensors, and ``torch.save`` writes a view's whole storage, so every file held its
+    whole batch.
+    """
+    torch = _torch()
+    handler = PyGGraphStoreHandler()
+    src, dst = data.edge_index
+    handler.setup_graph(src, dst, data.num_nodes)
+    for key, value in data.items():
+        if key == "edge_index":
+            continue
+        if not isinstance(value, torch.Tensor):
+            handler.data[key] = value  # the item's name
+        elif key == "x":
+            handler.append_ndata(value.clone(), "x", value.dtype)
+        elif key == "edge_attr":
+            handler.append_edata(value.clone(), "x", value.dtype)
+        else:  # labels, face-pair arrays, file_id_code: as the batch's graph has them
+            handler.data[key] = value.clone()
+    if "y" in data:
+        handler.append_extra_data(data.y.clone(), "graph_label", torch.long)
+    return handler
+
+
 def write_graph_files(
     subset: Any,
     folder: str | os.PathLike[str],
@@ -305,11 +335,15 @@ def write_graph_files(
 ) -> list[str]:
     """Write one ``<name>.pt`` per item of ``subset`` (a :class:`CADDataset`) into ``folder``.
 
-    Each file holds the item's graph as :class:`PyGGraphStoreHandler` saves it: ``x``,
-    ``edge_index``, ``edge_attr`` and ``num_nodes`` from ``collate_fn`` (a
-    :class:`~cadstore.dataset.pyg.PygCollate`; its defaults otherwise), and the graph label
-    under ``extra["graph_label"]`` when the collate function gives one. Returns the paths,
-    in subset order.
+    Each file holds the item's graph as :class:`PyGGraphStoreHandler` saves it: the
+    ``Data`` that ``subset.to_pyg(collate_fn)`` makes of the item, with every attribute
+    (``x``, ``edge_index``, ``edge_attr``, the labels ``y`` and ``node_y``, the face-pair
+    arrays, ``file_id_code`` and ``name``, as ``collate_fn`` gives them) and ``num_nodes``;
+    the graph label also under ``extra["graph_label"]``, as the specified system's files
+    hold it. ``collate_fn`` is a :class:`~cadstore.dataset.pyg.PygCollate` (default:
+    that of :meth:`~cadstore.dataset.CADDataset.to_pyg`, with every face-pair array; pass
+    ``PygCollate(pair_arrays=())`` for smaller files without them). Returns the paths, in
+    subset order.
 
     Raises
     ------
@@ -317,9 +351,10 @@ def write_graph_files(
         Before any file is written, if an item's name is not a plain file name (a path,
         ``..``, empty: the names come from the dataset, and such a name would write
         outside ``folder``) or two items share one name.
+    ValueError
+        If ``subset`` reads its items through an ``item_loader_func`` (as ``to_pyg``).
     """
-    from cadstore.dataset.pyg import PygCollate
-
+    _, collate = subset.to_pyg(collate_fn)
     reader = subset.parent_dataset.item_source.reader
     seen: dict[str, int] = {}
     for code in (int(c) for c in subset.indices):
@@ -334,20 +369,12 @@ def write_graph_files(
                 f"{reader.path}: items {seen[name]} and {code} are both named {name!r}; "
                 "their graph files would be one file"
             )
-    collate = collate_fn if collate_fn is not None else PygCollate(pair_arrays=())
     os.makedirs(folder, exist_ok=True)
     paths: list[str] = []
     batches: Iterable[Any] = subset.batches(batch_size, shuffle=False, collate_fn=collate)
     for batch in batches:
         for data, name in zip(batch.to_data_list(), batch.name, strict=True):
-            handler = PyGGraphStoreHandler()
-            src, dst = data.edge_index
-            handler.setup_graph(src, dst, data.num_nodes)
-            handler.append_ndata(data.x, "x")
-            if "edge_attr" in data:
-                handler.append_edata(data.edge_attr, "x")
-            if "y" in data:
-                handler.append_extra_data(data.y, "graph_label", _torch().long)
+            handler = _item_graph(data)
             path = os.path.join(os.fspath(folder), f"{name}{handler.file_extension()}")
             handler.save_graph(path)
             paths.append(path)
