@@ -89,6 +89,11 @@ _RESERVED_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY))
 _UNROUTED_METADATA = frozenset((SIZES_METADATA_KEY, *_RESERVED_METADATA))
 
 
+def size_in_kb(nbytes: int) -> float:
+    """``nbytes`` as :data:`SIZES_METADATA_KEY` records it: KiB, to three decimals."""
+    return round(nbytes / 1024.0, 3)
+
+
 class DataStorage(ABC):
     """The specified storage contract: what every storage provides.
 
@@ -513,7 +518,7 @@ class NodeStorage(DataStorage):
                 # A size recorded for a former leaf is stale once a group replaces it.
                 child = node[part] = {}
             node = child
-        node[parts[-1]] = round(nbytes / 1024.0, 3)
+        node[parts[-1]] = size_in_kb(nbytes)
         self._write_metadata_document(self._metadata)
 
     @staticmethod
