@@ -301,3 +301,68 @@ def test_a_plain_json_file_dropped_in_the_folder_removes_no_saved_key(tmp_path: 
     with JsonStorageHandler(where) as writer:
         assert_same(writer.load_data("config/lr"), np.array([0.5]), "config/lr")
     assert sorted(os.listdir(where)) == ["config.json", "config_lr.json", "metadata.json"]
+
+
+def _kb(path: Path) -> float:
+    return round(path.stat().st_size / 1024.0, 3)
+
+
+@pytest.mark.parametrize("case", ["replaced", "new", "inside_a_dict", "over_a_group"])
+def test_sizes_are_those_on_disk_after_a_kill_before_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """``save_data`` publishes the key's file, then ``metadata.json`` with its size: a
+    writer killed in between left ``file_sizes_KB`` claiming the old size (or none) for a
+    file on disk. A reopened storage now records the size of the file it holds, in
+    memory when read-only, in ``metadata.json`` too when writable; the saved data is
+    all there."""
+    where = tmp_path / "store"
+    storage = JsonStorageHandler(where)
+    storage.save_data("face_areas", np.arange(3.0))
+    storage.save_data("graph", {"a": np.arange(2), "n": 3})
+    storage.save_data("faces/ids", np.arange(4))
+    storage.save_metadata("author", "me")
+    key, value = {
+        "replaced": ("face_areas", np.arange(2000.0)),
+        "new": ("edges", np.arange(700)),
+        "inside_a_dict": ("graph/b", np.arange(900)),
+        "over_a_group": ("faces", np.arange(800.0)),
+    }[case]
+    before = (where / "metadata.json").read_bytes()
+
+    def killed(doc: dict[str, Any]) -> None:
+        raise KeyboardInterrupt("killed before metadata.json")
+
+    monkeypatch.setattr(storage, "_write_metadata_document", killed)
+    with pytest.raises(KeyboardInterrupt):
+        storage.save_data(key, value)
+    assert (where / "metadata.json").read_bytes() == before  # the kill's state on disk
+    # Each file's key, and its file (the size of a dict's file is recorded at its key).
+    sized = {"face_areas": "face_areas.json", "graph": "graph.json"}
+    if case == "over_a_group":
+        sized["faces"] = "faces.json"
+    else:
+        sized["faces/ids"] = "faces_ids.json"
+    if case == "new":
+        sized["edges"] = "edges.json"
+    for read_only in (True, False):
+        with JsonStorageHandler(where, read_only=read_only) as reopened:
+            for size_key, name in sized.items():
+                recorded = reopened.load_metadata(f"file_sizes_KB/{size_key}")
+                assert recorded == _kb(where / name), (read_only, size_key)
+            assert_same(reopened.load_data(key), value, key)
+            assert_same(reopened.load_data("graph/a"), np.arange(2), "graph/a")
+            assert reopened.load_metadata("author") == "me"
+            if case != "over_a_group":
+                assert_same(reopened.load_data("faces/ids"), np.arange(4), "faces/ids")
+            if case != "replaced":
+                assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
+        on_disk = json.loads((where / "metadata.json").read_text())["file_sizes_KB"]
+        if read_only:  # a reader writes nothing
+            assert (where / "metadata.json").read_bytes() == before
+        else:
+            for size_key, name in sized.items():
+                node = on_disk
+                for part in size_key.split("/"):
+                    node = node[part]
+                assert node == _kb(where / name), size_key

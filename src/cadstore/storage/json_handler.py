@@ -26,6 +26,15 @@ stem, lists of numbers load as arrays.
 
 Every file is written atomically (temporary file, fsync, rename).
 
+``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
+the file: a writer killed between the two left it claiming the file's old size, or none.
+The sizes are therefore checked against the files when the storage reads its metadata
+(one size query per file; their contents are read at open anyway): each size
+recorded for a key held in a file is that file's size, and each key saved to a file has
+one. A writable storage does this when it opens, and writes ``metadata.json`` if a size
+was wrong; a read-only one corrects what it reports only. Sizes recorded for keys with no
+file are left as they are (they may be the user's own metadata).
+
 ``json_dir_path`` may be a URL such as ``s3://bucket/debug/part_001`` (see
 :func:`cadstore.io.resolve`): each file is then an object under that prefix,
 published with a single upload. An object store has no empty directories, so a storage
@@ -51,7 +60,7 @@ from cadstore.errors import (
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
-from cadstore.storage.base import NodeKind, NodeStorage
+from cadstore.storage.base import SIZES_METADATA_KEY, NodeKind, NodeStorage, size_in_kb
 from cadstore.storage.values import Node
 
 __all__ = ["JsonStorageHandler", "sanitize_key"]
@@ -122,8 +131,13 @@ class JsonStorageHandler(NodeStorage):
             raise CorruptStoreError(self._dir, "no such storage directory")
         # key -> (file name, whether the file holds a dict)
         self._index: dict[str, tuple[str, bool]] = {}
+        # Names of plain JSON files of other tools (no envelope): not this storage's.
+        self._foreign: set[str] = set()
         self._scan()
         self._open_metadata()
+        if not read_only:
+            # Reading the document repairs the sizes a killed writer left (see _true_sizes).
+            self._metadata  # noqa: B018
 
     @property
     def json_dir_path(self) -> str:
@@ -157,7 +171,7 @@ class JsonStorageHandler(NodeStorage):
     def _scan(self) -> None:
         if not self._fs.isdir(self._dir):
             return
-        foreign: set[str] = set()  # plain JSON files, written by other tools
+        foreign = self._foreign
         for name in sorted(self._fs.listdir(self._dir)):
             if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
                 continue
@@ -337,12 +351,77 @@ class JsonStorageHandler(NodeStorage):
 
     def _read_metadata_document(self) -> dict[str, Any]:
         path = self._path(METADATA_FILE)
-        if not self._fs.exists(path):
-            return {}
-        doc = self._read_json(METADATA_FILE)
-        if not isinstance(doc, dict):
-            raise CorruptStoreError(path, "metadata document is not a JSON object")
+        doc: dict[str, Any] = {}
+        if self._fs.exists(path):
+            stored = self._read_json(METADATA_FILE)
+            if not isinstance(stored, dict):
+                raise CorruptStoreError(path, "metadata document is not a JSON object")
+            doc = stored
+        if self._true_sizes(doc) and not self._read_only:
+            self._write_json(METADATA_FILE, doc)
         return doc
+
+    def _true_sizes(self, doc: dict[str, Any]) -> bool:
+        """Make the sizes ``doc`` records (``file_sizes_KB``) those of the files on disk;
+        return whether any changed.
+
+        Every size recorded at a key held in a file (the key's own, or the dict file of a
+        key above it) becomes that file's size; a size below the key of a file holding no
+        dict (the file replaced a group), and a missing size of a key saved to its own
+        file, become one size at the file's key. Sizes of keys with no file are kept.
+        """
+        if not self._index:
+            return False
+        on_disk: dict[str, float | None] = {}
+
+        def size_of(key: str) -> float | None:
+            name = self._index[key][0]
+            if name not in on_disk:
+                try:
+                    on_disk[name] = size_in_kb(self._fs.size(self._path(name)))
+                except FileNotFoundError:  # removed since the storage opened
+                    on_disk[name] = None
+            return on_disk[name]
+
+        sizes = doc.get(SIZES_METADATA_KEY)
+        changed = False
+        if isinstance(sizes, dict):
+            pending: list[tuple[dict[str, Any], str]] = [(sizes, "")]
+            while pending:
+                node, prefix = pending.pop()
+                for part, value in node.items():
+                    key = prefix + part
+                    if _is_section(value):
+                        pending.append((value, key + "/"))
+                        continue
+                    owner = key if key in self._index else self._file_ancestor(key)
+                    if not _is_size(value) or owner is None:
+                        continue
+                    if owner == key or self._index[owner][1]:
+                        want = size_of(owner)
+                        if want is not None and value != want:
+                            node[part] = want
+                            changed = True
+        for key, (name, holds_dict) in self._index.items():
+            if name in self._foreign:
+                continue
+            recorded = _nested(sizes, key)
+            if _is_size(recorded) or (holds_dict and _is_section(recorded) and recorded):
+                continue
+            want = size_of(key)
+            if want is None:
+                continue
+            if not isinstance(sizes, dict):
+                sizes = doc[SIZES_METADATA_KEY] = {}
+            node = sizes
+            parts = key.split("/")
+            for part in parts[:-1]:
+                if not _is_section(node.get(part)):
+                    node[part] = {}
+                node = node[part]
+            node[parts[-1]] = want
+            changed = True
+        return changed
 
     def _write_metadata_document(self, doc: dict[str, Any]) -> None:
         if self._read_only:
@@ -372,6 +451,25 @@ class JsonStorageHandler(NodeStorage):
 
 def _is_tagged_leaf(obj: dict[str, Any]) -> bool:
     return "__numpy__" in obj or "__float__" in obj or obj.get("_numpy_complex") is True
+
+
+def _is_size(value: Any) -> bool:
+    """Whether ``value`` is a size as ``file_sizes_KB`` records one (a plain number)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_section(value: Any) -> bool:
+    """Whether ``value`` is a section of ``file_sizes_KB`` (a dict, not a tagged value)."""
+    return isinstance(value, dict) and not _is_tagged_leaf(value)
+
+
+def _nested(doc: Any, key: str) -> Any:
+    """The value at the ``/``-separated ``key`` of nested dicts ``doc``, or ``None``."""
+    for part in key.split("/"):
+        if not _is_section(doc):
+            return None
+        doc = doc.get(part)
+    return doc
 
 
 def _decode_foreign(doc: Any) -> Node:
