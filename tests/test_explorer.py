@@ -255,6 +255,20 @@ def test_get_file_list(explorer: DatasetExplorer, realistic_items: list[Any]) ->
         explorer.get_file_list("faces", lambda ds: ds["face_types"][:3] == 1)
 
 
+@pytest.mark.parametrize("where", ["face_types == 3", None, np.ones(3, dtype=bool)])
+def test_get_file_list_with_a_where_that_is_not_callable_is_refused(
+    explorer: DatasetExplorer, where: Any
+) -> None:
+    """A string (or anything else not callable) given as ``where`` raised a bare
+    ``TypeError`` ('str' object is not callable) from inside; now a :class:`DatasetError`
+    names the argument and what it must be."""
+    with pytest.raises(DatasetError, match=r"where must be a callable.*got") as info:
+        explorer.get_file_list("faces", where)
+    assert type(where).__name__ in str(info.value)
+    # The explorer still answers.
+    assert len(explorer.get_file_list("faces", lambda ds: ds["face_types"] == 99)) == 0
+
+
 def test_get_file_list_per_item_values_beside_rows(tmp_path: Path) -> None:
     """A mask joining ``num_nodes`` (stored per item) and ``edges_source`` (per edge) is
     true where one item's own edges match: ``num_nodes`` was on the ``item`` dimension,

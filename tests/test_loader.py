@@ -315,6 +315,30 @@ def test_loader_remove_indices_leaves_items_out_of_every_split(loader: DatasetLo
     assert loader.validate_configuration()["removed"] == 3
 
 
+@pytest.mark.parametrize("bad", [0, "12", [1.5], ["a"], [None], [True]])
+def test_remove_indices_of_something_other_than_positions_is_refused(
+    loader: DatasetLoader, bad: Any
+) -> None:
+    """``remove_indices(0)`` raised a bare ``TypeError`` ('int' object is not iterable),
+    ``remove_indices("12")`` removed items 1 and 2 and ``[1.5]`` removed item 1: now each
+    is a :class:`DatasetError` naming the argument, and nothing is removed."""
+    loader.split("random", random_state=0)
+    train = loader.get_dataset("train")
+    before = train.indices.copy()
+    with pytest.raises(DatasetError, match=r"local must be .*integer") as info:
+        train.remove_indices(bad)
+    assert not isinstance(info.value, ItemIndexError)
+    with pytest.raises(DatasetError, match=r"indices must be .*integer"):
+        loader.remove_indices(bad)
+    np.testing.assert_array_equal(train.indices, before)
+    np.testing.assert_array_equal(loader.get_dataset("train").indices, before)
+    assert loader.validate_configuration()["removed"] == 0
+    # Positions given as numpy integers, or an array of them, still work.
+    assert len(train.remove_indices(np.array([0]))) == len(before) - 1
+    n = loader.explorer.n_items
+    assert len(loader.remove_indices([np.int64(train.indices[0])])) == n - 2
+
+
 def test_validate_configuration_and_file_codes(flow: Path, items: list[Any]) -> None:
     """The specified ``validate_configuration()`` and ``diagnose_file_codes_mismatch()``
     were missing."""

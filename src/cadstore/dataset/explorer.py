@@ -733,9 +733,16 @@ class DatasetExplorer:
         Raises
         ------
         DatasetError
-            If the group does not exist or the mask does not cover the group's rows.
+            If the group does not exist, ``where`` is not callable (a string such as
+            ``"face_types == 3"``), or the mask does not cover the group's rows.
         """
         self._check_group(group)
+        if not callable(where):
+            raise DatasetError(
+                "where must be a callable taking the group's xarray.Dataset and returning a "
+                f"boolean mask, e.g. lambda ds: ds['face_types'] == 3; got "
+                f"{type(where).__name__} {where!r}"
+            )
         ds = self._view(group)
         result = where(ds)
         dims = tuple(getattr(result, "dims", ()))

@@ -374,6 +374,25 @@ def _check_random_state(random_state: object) -> None:
         )
 
 
+def _check_positions(name: str, positions: object) -> list[int]:
+    """The integers of ``positions``, or a :class:`DatasetError` naming the argument.
+
+    ``remove_indices(0)`` failed deep inside with a bare ``TypeError``, a string was taken
+    as its characters (``"12"`` removed items 1 and 2) and ``1.5`` was truncated to 1; a
+    bool is no position either. Ranges are the caller's to check.
+    """
+    expected = f"{name} must be an iterable of integers"
+    if isinstance(positions, str | bytes) or not isinstance(positions, Iterable):
+        raise DatasetError(f"{expected}, got {type(positions).__name__} {positions!r}")
+    values = list(positions)
+    for value in values:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+            raise DatasetError(
+                f"{expected}, got {type(value).__name__} {value!r} among {positions!r}"
+            )
+    return [int(value) for value in values]
+
+
 class ItemSource:
     """Reads items of a merged dataset by code; picklable, reopening the file per process.
 
@@ -773,7 +792,10 @@ class CADDataset:
         Raises
         ------
         ItemIndexError
-            If a position is out of range.
+            If a position is out of range; nothing is removed then.
+        DatasetError
+            If ``local`` is not an iterable of integers (a single int, a string, a
+            float among them); nothing is removed then.
 
         Notes
         -----
@@ -782,10 +804,9 @@ class CADDataset:
         """
         n = len(self.indices)
         drop = set()
-        for i in local:
-            index = int(i)
+        for index in _check_positions("local", local):
             if not -n <= index < n:
-                raise ItemIndexError(f"item {i} is out of range for a subset of {n} items")
+                raise ItemIndexError(f"item {index} is out of range for a subset of {n} items")
             drop.add(index % n)
         keep = [i for i in range(n) if i not in drop]
         self.parent_dataset._exclude(self.indices[sorted(drop)])
@@ -1473,6 +1494,9 @@ class DatasetLoader:
         ------
         ItemIndexError
             If a position is out of range; nothing is removed then.
+        DatasetError
+            If ``indices`` is not an iterable of integers (a single int, a string, a
+            float among them); nothing is removed then.
 
         Notes
         -----
@@ -1480,10 +1504,11 @@ class DatasetLoader:
         infoset's ``subset`` column is not rewritten.
         """
         drop = set()
-        for i in indices:
-            index = int(i)
+        for index in _check_positions("indices", indices):
             if not 0 <= index < self._n:
-                raise ItemIndexError(f"item {i} is out of range for a loader of {self._n} items")
+                raise ItemIndexError(
+                    f"item {index} is out of range for a loader of {self._n} items"
+                )
             drop.add(index)
         remaining = np.flatnonzero(~self._removed)
         self._exclude(np.array(sorted(drop), dtype=np.int64))
