@@ -34,6 +34,31 @@ def test_merge_command(
     assert json.loads(capsys.readouterr().out)["item_count"] == 0
 
 
+def test_merge_refuses_an_output_named_like_an_item(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore merge ITEMS -o x.data`` wrote ``x.data.dataset`` (and its tables
+    ``x.data.infoset`` ...): an output with the item suffix is a mistake; it is refused
+    with exit 2 and a message naming the path, and nothing is written. ``.dataset`` is
+    still added to other names, and not twice (``-o d.dataset/``)."""
+    files = [str(p) for p, _, _ in realistic_items[:2]]
+    out = tmp_path / "out"
+    out.mkdir()
+    for given in ("x.data", "x.data/"):
+        assert main(["merge", *files, "-o", str(out / given)]) == 2
+        err = capsys.readouterr().err
+        assert str(out / "x.data") in err and "'.data'" in err
+    assert list(out.iterdir()) == []
+    assert main(["merge", *files, "-o", str(out / "d.dataset/"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_count"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "d.attribset",
+        "d.dataset",
+        "d.flow",
+        "d.infoset",
+    ]
+
+
 def test_merge_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["merge", "--help"])

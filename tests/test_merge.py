@@ -751,15 +751,20 @@ def test_overwrite_does_not_replace_the_folder_of_the_items(tmp_path: Path) -> N
 
 
 def test_overwrite_does_not_replace_one_of_the_inputs(tmp_path: Path) -> None:
-    """``merge([a, b], a, overwrite=True)`` replaced item ``a`` with the dataset."""
+    """``merge([a, b], a, overwrite=True)`` replaced item ``a`` with the dataset. An item's
+    name is refused as a dataset's whatever is there; any other file that is not a
+    dataset is refused by what it holds."""
     import cadstore
     from cadstore.errors import OutputExistsError
 
     a = write_arrays(tmp_path / "a.zarr", {"face_areas": np.arange(3, dtype=np.float32)})
     b = write_arrays(tmp_path / "b.zarr", {"face_areas": np.ones(2, np.float32)})
+    (tmp_path / "notes.bin").write_bytes(b"mine")
     before = _listing(tmp_path)
-    with pytest.raises(OutputExistsError, match=r"a\.zarr\.data: is a file that is not a cadstore"):
+    with pytest.raises(MergeError, match=r"a\.zarr\.data: a dataset cannot be named with"):
         cadstore.merge([a, b], a, overwrite=True)
+    with pytest.raises(OutputExistsError, match=r"notes\.bin: is a file that is not a cadstore"):
+        cadstore.merge([a, b], str(tmp_path / "notes.bin"), overwrite=True)
     assert _listing(tmp_path) == before
 
 
@@ -857,6 +862,43 @@ def test_output_paths_a_merge_cannot_write_are_refused_before_the_work(tmp_path:
     with pytest.raises(OutputExistsError, match=r"drive is a link to a missing folder"):
         merge_items(files, tmp_path / "drive" / "x.dataset")
     assert not (tmp_path / "unmounted").exists()
+
+
+def test_a_dataset_named_like_an_item_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """``merge(items, "x.data")`` wrote a dataset named like an item: a later merge of its
+    folder took it for one (and dropped it, its arrays clashing with the dataset's own
+    names). Every entry point now refuses ``.data`` for a dataset, naming the path, before
+    a lock or a byte is written; an existing ``x.data`` is left as it was."""
+    import cadstore
+    from cadstore.merging import append_items
+
+    files = [
+        write_arrays(tmp_path / "items" / f"p{i}.zarr", {"face_areas": np.ones(i + 1)})
+        for i in range(2)
+    ]
+    (tmp_path / "kept.data").write_bytes(b"not mine to replace")
+    outputs = ["x.data", "x.data/", "kept.data"]
+    calls = {
+        "merge_items": lambda out: merge_items(files, out, overwrite=True),
+        "merge": lambda out: cadstore.merge(files, out, overwrite=True),
+        "merge_append": lambda out: cadstore.merge(files, out, append=True),
+        "append_items": lambda out: append_items(out, files, create=True),
+        "DatasetMerger": lambda out: DatasetMerger(files, out).merge_data(),
+    }
+    for name, call in calls.items():
+        for output in outputs:
+            with pytest.raises(MergeError, match=r"x\.data|kept\.data") as info:
+                call(str(tmp_path / output))
+            message = str(info.value)
+            assert str(tmp_path / output.rstrip("/")) in message, (name, message)
+            assert "'.data'" in message and ".dataset" in message, (name, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items", "kept.data"]
+    assert (tmp_path / "kept.data").read_bytes() == b"not mine to replace"
+    # Other names, with or without .dataset, still merge.
+    assert merge_items(files, tmp_path / "x.data.dataset").total_items == 2
+    assert merge_items(files, tmp_path / "plain").total_items == 2
 
 
 def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Path) -> None:

@@ -61,13 +61,14 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Merge and print the summary; exit 1 if some items were skipped."""
     from cadstore.merging import merge
+    from cadstore.merging.api import dataset_output_path
 
     schema = None
     if args.schema:
         from cadstore.validation import load_schema_builder
 
         schema = load_schema_builder(args.schema, args.storage_options).build()
-    output = args.output if args.output.endswith(".dataset") else args.output + ".dataset"
+    output = dataset_output_path(args.output)
     # Only when given: a merge of local paths needs no options and must not receive them.
     remote: dict[str, Any] = (
         {"storage_options": args.storage_options} if args.storage_options else {}

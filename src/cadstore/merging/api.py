@@ -28,11 +28,11 @@ from cadstore.merging.options import (
     MergeOptions,
     MergeResult,
 )
-from cadstore.merging.run import dataset_exists, run_merge, summary_fields
+from cadstore.merging.run import check_dataset_name, dataset_exists, run_merge, summary_fields
 from cadstore.merging.scan import ItemScan, item_name_of, scan_item
 from cadstore.schema import Schema
 
-__all__ = ["DatasetMerger", "merge", "write_flow_manifest"]
+__all__ = ["DatasetMerger", "dataset_output_path", "merge", "write_flow_manifest"]
 
 
 def write_flow_manifest(
@@ -80,7 +80,8 @@ class DatasetMerger:
     zip_files
         The item files, in code order unless ``file_id_codes`` says otherwise.
     merged_store_path
-        The ``.dataset`` to write.
+        The ``.dataset`` to write; a name ending with the item suffix ``.data`` is
+        refused by :meth:`merge_data` before anything is written.
     file_id_codes
         ``{item name: code}`` (what ``DatasetInfo.build_code_mappings`` returns).
     dask_client_params
@@ -447,7 +448,8 @@ def merge(
     Raises
     ------
     MergeError
-        If the dataset exists (without ``overwrite`` or ``append``), or see
+        If the dataset exists (without ``overwrite`` or ``append``), ``output`` ends with
+        the item suffix ``.data`` (nothing is written), or see
         :func:`cadstore.merging.merge_items`.
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
@@ -504,6 +506,38 @@ def merge(
         published=published,
         remedies=(("overwrite", "replace the dataset"), ("append", "add items to it")),
     )
+
+
+def dataset_output_path(output: str) -> str:
+    """The dataset ``cadstore merge -o OUTPUT`` writes: ``OUTPUT`` with ``.dataset`` added
+    unless it ends so; a trailing ``/`` is not part of the name (``d.dataset/`` is
+    ``d.dataset``, not ``d.dataset/.dataset``).
+
+    Parameters
+    ----------
+    output
+        The path or URL given on the command line.
+
+    Returns
+    -------
+    str
+        The dataset's path; its tables and manifest are named after it.
+
+    Raises
+    ------
+    MergeError
+        If ``output`` ends with the item suffix ``.data`` (see
+        :func:`~cadstore.merging.run.check_dataset_name`): ``x.data`` became
+        ``x.data.dataset``.
+
+    Examples
+    --------
+    >>> dataset_output_path("runs/parts"), dataset_output_path("parts.dataset/")
+    ('runs/parts.dataset', 'parts.dataset')
+    """
+    check_dataset_name(output)
+    stem = output.rstrip("/") or output
+    return stem if stem.endswith(".dataset") else stem + ".dataset"
 
 
 def _collect_inputs(

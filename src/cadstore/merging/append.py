@@ -90,9 +90,11 @@ def append_items(
     Raises
     ------
     MergeError
-        If there is no dataset, a new item brings a group or array the dataset does not
-        have, or a dtype or shape that does not fit the existing array (re-merge
-        everything in that case), or the dataset is a directory-layout dataset at a URL.
+        If there is no dataset, its name ends with the item suffix ``.data`` (see
+        :func:`~cadstore.merging.run.check_dataset_name`), a new item brings a group or
+        array the dataset does not have, or a dtype or shape that does not fit the
+        existing array (re-merge everything in that case), or the dataset is a
+        directory-layout dataset at a URL.
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
     """

@@ -57,6 +57,7 @@ from cadstore.merging.write import (
 from cadstore.processes import mp_context
 
 __all__ = [
+    "check_dataset_name",
     "dataset_exists",
     "duration_field",
     "make_pool",
@@ -69,16 +70,52 @@ __all__ = [
 ]
 
 
-def writable_target(target: Location) -> Location:
-    """The dataset a merge or an append writes at ``target``, checked before any work:
-    ``x.dataset/`` names ``x.dataset`` (as it does for a directory-layout one), and an
-    output below a file is refused.
+#: The suffix of an item file, which a dataset's name must not end with.
+ITEM_SUFFIX = ".data"
+
+
+def check_dataset_name(path: str) -> None:
+    """Refuse a dataset path ending with the item suffix ``.data`` (``x.data``, ``x.data/``).
+
+    Such a dataset is taken for an item wherever items are looked for by name: a later
+    merge of its folder lists it among the items. A name like that is a mistake for
+    ``x.dataset``, so it is refused before anything is written, rather than written as
+    given (the library) or as ``x.data.dataset`` (the command line, which adds
+    ``.dataset``).
+
+    Parameters
+    ----------
+    path
+        The dataset's path or URL, as given.
 
     Raises
     ------
+    MergeError
+        Naming the path and the name to use instead.
+    """
+    stem = path.rstrip("/") or path
+    if stem.endswith(ITEM_SUFFIX):
+        raise MergeError(
+            f"{stem}: a dataset cannot be named with the item suffix {ITEM_SUFFIX!r} (a "
+            "merge of its folder would take it for an item); name it "
+            f"{stem[: -len(ITEM_SUFFIX)]}.dataset"
+        )
+
+
+def writable_target(target: Location) -> Location:
+    """The dataset a merge or an append writes at ``target``, checked before any work:
+    ``x.dataset/`` names ``x.dataset`` (as it does for a directory-layout one), a name
+    ending with the item suffix is refused (:func:`check_dataset_name`), and so is an
+    output below a file.
+
+    Raises
+    ------
+    MergeError
+        If the name ends with ``.data``.
     OutputExistsError
         If a file is where a folder of the output's path must be.
     """
+    check_dataset_name(target.path)
     target = target.with_path(target.path.rstrip("/") or target.path)
     check_output_folder(target)
     return target
@@ -175,7 +212,8 @@ def merge_items(
     Raises
     ------
     MergeError
-        If ``output`` exists (without ``overwrite``), names repeat, codes are not
+        If ``output`` ends with the item suffix ``.data`` (refused before anything is
+        written), exists (without ``overwrite``), names repeat, codes are not
         ``0..N-1``, no item is readable, an array has incompatible dtypes across items,
         or a Dask worker was lost for good.
     StorageAccessError, StorageUnavailableError
