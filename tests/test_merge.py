@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -607,36 +608,56 @@ def test_items_taking_the_name_of_a_dataset_member_are_dropped_and_named(
         assert not prefixes & set(members)
 
 
-def test_integers_a_floating_point_array_cannot_hold_exactly_are_refused(
+def test_items_with_integers_a_floating_point_array_cannot_hold_exactly_are_skipped(
     tmp_path: Path,
 ) -> None:
     """Items of int64 beside items of float32 make a float64 array, which holds integers
     exactly only up to 2**53: 2**53 + 1 came back as 2**53, uint64 2**64 - 1 beside
-    int64 as 1.8e19, without a word (rows, per-item values, appends). Now a MergeError
-    names the item, the array and the value; values it holds exactly still merge."""
+    int64 as 1.8e19, without a word (rows, per-item values, appends). Then one such item
+    aborted the whole merge, after the work, with a MergeError. Now the item is skipped
+    and listed in the merge's errors, naming its key and the value, as other items that do
+    not fit are, and the other items merge; values the array holds exactly still merge.
+    An append still refuses such an item, as it refuses any that does not fit the
+    dataset, leaving it unchanged."""
     from cadstore.merging import append_items
 
     floats = _item_of(tmp_path / "floats.zarr", faces__x=np.array([0.5], np.float32), q=0.5)
+    signed = _item_of(tmp_path / "signed.zarr", faces__x=np.array([-1]), q=2.0)
     cases = {
         "rows": (
-            {"faces__x": np.array([3, 2**53 + 1])},
+            {"faces__x": np.array([3, 2**53 + 1]), "q": 1.0},
             r"'faces/x' \(faces/x\): the integer 9007199254740993",
         ),
         "u64": ({"faces__x": np.array([2**64 - 1], np.uint64)}, "18446744073709551615"),
-        "one": ({"q": np.int64(2**53 + 1)}, r"'q' \(q/q\): the integer 9007199254740993"),
+        "one": (
+            {"faces__x": np.array([1.5]), "q": np.int64(2**63 - 1)},
+            r"'q' \(q/q\): the integer 9223372036854775807",
+        ),
     }
     for name, (arrays, message) in cases.items():
         big = _item_of(tmp_path / f"{name}.zarr", **arrays)
-        others = (
-            [_item_of(tmp_path / "signed.zarr", faces__x=np.array([-1]))]
-            if name == "u64"
-            else [floats]
-        )
+        others = [signed] if name == "u64" else [floats, signed]
         out = tmp_path / f"{name}.dataset"
-        with pytest.raises(MergeError, match=message) as info:
-            merge_items([big, *others], out)
-        assert big in str(info.value) and "float64" in str(info.value)
-        assert not out.exists()
+        result = merge_items([big, *others], out)
+        assert [e["file"] for e in result.errors] == [big], result.errors
+        assert re.search(message, result.errors[0]["error"]), result.errors
+        assert "float64" in result.errors[0]["error"]
+        assert result.items == [Path(o).name.removesuffix(".zarr.data") for o in others]
+        with DatasetReader(out) as reader:
+            assert reader.n_items == len(others)
+            got = [reader.read_item(c)["faces"]["x"].tolist() for c in range(len(others))]
+        assert got == ([[-1]] if name == "u64" else [[0.5], [-1.0]])
+    # Every item skipped: the merge is refused, naming them, and a dataset already at the
+    # output is left as it was.
+    kept = tmp_path / "kept.dataset"
+    merge_items([floats], kept)
+    before = kept.read_bytes()
+    rows = _item_of(tmp_path / "rows2.zarr", faces__x=np.array([2**53 + 1]))
+    u64 = _item_of(tmp_path / "u642.zarr", faces__x=np.array([2**64 - 1], np.uint64))
+    with pytest.raises(MergeError, match="no item could be merged") as info:
+        merge_items([rows, u64], kept, overwrite=True)
+    assert rows in str(info.value) and u64 in str(info.value)
+    assert kept.read_bytes() == before
     exact = _item_of(tmp_path / "exact.zarr", faces__x=np.array([2**53, -(2**63), 7]))
     merge_items([exact, floats], tmp_path / "exact.dataset")
     with DatasetReader(tmp_path / "exact.dataset") as reader:

@@ -8,6 +8,7 @@ clusters of their own.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -85,42 +86,45 @@ def test_directory_layout_and_bad_items(
     assert_same_dataset(local, dask)
 
 
-def test_cluster_merge_refuses_per_item_integers_float_cannot_hold(
+def test_cluster_merge_skips_an_item_of_per_item_integers_float_cannot_hold(
     client: distributed.Client, tmp_path: Path
 ) -> None:
     """A per-item uint64 beside an int64 makes float64: a merge on the cluster took the
-    values from its scans and rounded 2**64 - 1 to 1.8e19, where a local merge refuses."""
-    from cadstore.errors import MergeError
-
+    values from its scans and rounded 2**64 - 1 to 1.8e19, where a local merge refused.
+    Both now skip the item, naming it, the key and the value, and merge the others."""
     paths = [
         write_arrays(tmp_path / f"{name}.zarr", {"u": value, "faces/x": np.arange(3)})
         for name, value in (("a", np.uint64(2**64 - 1)), ("b", np.int64(-1)))
     ]
-    out = tmp_path / "u.dataset"
-    for options in ({"client": client}, {}):
-        with pytest.raises(MergeError, match=r"u/u.*18446744073709551615"):
-            merge_items(paths, out, **options)
-        assert not out.exists()
+    outputs = {"dask": tmp_path / "dask.dataset", "local": tmp_path / "local.dataset"}
+    for name, options in (("dask", {"client": client}), ("local", {})):
+        result = merge_items(paths, outputs[name], **options)
+        assert result.items == ["b"] and [e["file"] for e in result.errors] == [paths[0]]
+        assert re.search(
+            r"'u' \(u/u\): the integer 18446744073709551615", result.errors[0]["error"]
+        )
+    assert_same_dataset(outputs["local"], outputs["dask"])
 
 
 def test_cluster_merge_names_the_array_of_rows_float_cannot_hold(
     client: distributed.Client, tmp_path: Path
 ) -> None:
     """Rows of int64 beside rows of float64 make float64: the error of a merge on the
-    cluster for 2**62 + 1 named the dataset array ``(/)`` (an empty group and name); it
-    names ``(faces/v)``, as a local merge's does."""
+    cluster for 2**62 + 1 named the dataset array ``(/)`` (an empty group and name); the
+    item is now skipped, its error naming ``'faces/v' (faces/v)``, as a local merge's
+    does."""
     paths = [
         write_arrays(tmp_path / f"{name}.zarr", {"faces/v": value})
         for name, value in (("a", np.array([2**62 + 1, 3])), ("b", np.array([0.5, 1.5])))
     ]
-    out = tmp_path / "v.dataset"
-    for options in ({"client": client}, {}):
-        with pytest.raises(
-            MergeError,
-            match=r"a\.zarr\.data: 'faces/v' \(faces/v\): the integer 4611686018427387905",
-        ):
-            merge_items(paths, out, **options)
-        assert not out.exists()
+    outputs = {"dask": tmp_path / "dask.dataset", "local": tmp_path / "local.dataset"}
+    for name, options in (("dask", {"client": client}), ("local", {})):
+        result = merge_items(paths, outputs[name], **options)
+        assert result.items == ["b"] and [e["file"] for e in result.errors] == [paths[0]]
+        assert result.errors[0]["error"].startswith(
+            "'faces/v' (faces/v): the integer 4611686018427387905"
+        )
+    assert_same_dataset(outputs["local"], outputs["dask"])
 
 
 def test_merger_with_an_address_keeps_the_cluster(

@@ -51,6 +51,7 @@ from cadstore.merging.write import (
     array_levels,
     finish_dataset,
     group_summary,
+    inexact_items,
     per_item_values,
     stream_plan,
 )
@@ -335,6 +336,14 @@ def _write_version(
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             raise MergeError(f"no readable item among {len(ordered)} file(s): {shown}{more}")
         plan = plan_merge(scans, schema, options, errors)
+        while inexact := inexact_items(plan, pool, options):
+            # Skipped and listed like the items plan_merge drops; without them the arrays'
+            # dtypes may change, so the plan is made again, and checked again.
+            errors.extend({"file": plan.scans[c].path, "error": e} for c, e in inexact.items())
+            kept = [scan for code, scan in enumerate(plan.scans) if code not in inexact]
+            if not kept:
+                raise MergeError(f"no item could be merged: {errors[:3]}")
+            plan = plan_merge(kept, schema, options, errors)
         sink = open_sink(target, directory=options.directory, exclusive=True)
         try:
             txn.begin(sink)

@@ -59,6 +59,8 @@ from cadstore.schema import Schema
 
 if TYPE_CHECKING:
     from cadstore.dataset.reader import DatasetReader
+    from cadstore.format.limits import Limits
+    from cadstore.io.location import Location
 
 __all__ = [
     "CHECKSUMS",
@@ -68,6 +70,7 @@ __all__ = [
     "array_levels",
     "inner_zstd_level",
     "group_summary",
+    "inexact_items",
     "item_rows",
     "shard_key",
     "stream_items",
@@ -481,7 +484,9 @@ def exact_cast(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
 
     Items of integers beside items of floats make a floating-point array (numpy's
     promotion), which holds integers exactly only up to ``2**53`` (float64; ``2**24``
-    for float32): a larger one would come back as another number.
+    for float32): a larger one would come back as another number. A merge skips the items
+    holding one before it writes (:func:`inexact_items`); here the check guards what is
+    written (an item changed since, an append, values from a Dask merge's scans).
 
     Parameters
     ----------
@@ -516,6 +521,100 @@ def exact_cast(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
                     "the array with one dtype in every item"
                 )
     return out
+
+
+def _may_round(stored: str, dtype: np.dtype) -> bool:
+    """Whether integers of the dtype ``stored`` can be beyond what ``dtype`` (floating
+    point) holds exactly: int64 in float64, int32 in float32, not int16 in float32."""
+    try:
+        source = np.dtype(stored)
+    except TypeError:
+        return False
+    if source.kind not in "iu" or dtype.kind not in "fc":
+        return False
+    value_bits = source.itemsize * 8 - (source.kind == "i")
+    return value_bits > np.finfo(dtype).nmant + 1
+
+
+def _inexact(arr: np.ndarray, dtype: np.dtype, what: str) -> str | None:
+    """What :func:`exact_cast` would refuse in ``arr``, or ``None``."""
+    try:
+        exact_cast(arr, dtype, what)
+    except MergeError as error:
+        return str(error)
+    return None
+
+
+def _inexact_problems(
+    location: Location, checks: Sequence[tuple[str, str, str]], limits: Limits
+) -> list[str]:
+    """Decode the arrays ``checks`` names (``(key, dtype, what)``) of one item and say
+    which hold an integer ``dtype`` cannot hold exactly."""
+    arrays = decode_item(location, [key for key, _, _ in checks], limits)
+    found = (
+        _inexact(arrays[key], np.dtype(dtype), what) for key, dtype, what in checks if key in arrays
+    )
+    return [problem for problem in found if problem is not None]
+
+
+def inexact_items(
+    plan: MergePlan, pool: cf.Executor | None, options: MergeOptions
+) -> dict[int, str]:
+    """The items holding an integer that their dataset array's floating-point dtype
+    cannot hold exactly, ``{code: what is wrong}``, found before any row is written.
+
+    Items of integers beside items of floating-point numbers make a floating-point array
+    (see :func:`exact_cast`). Whether one of an item's integers is beyond what it holds
+    exactly is a property of that item's values, which the scan does not read: the
+    arrays that can hold such integers (int64 in float64, int32 in float32) are decoded
+    here, for those items only, so that such an item is skipped and listed like any
+    other item that does not fit, instead of failing the merge midway.
+
+    Parameters
+    ----------
+    plan
+        The merge plan.
+    pool
+        Workers to decode on (``None``: this thread).
+    options
+        The merge's options (its limits).
+
+    Returns
+    -------
+    dict
+        ``{code: message}`` in code order, the message naming each key, its dataset array
+        and a value the array cannot hold exactly; empty when every item fits.
+    """
+    found: dict[int, list[str]] = {}
+    checks: dict[int, list[tuple[str, str, str]]] = {}
+    for group in plan.groups.values():
+        for array in group.arrays.values():
+            if array.dtype.kind not in "fc":
+                continue
+            for code, key in array.sources.items():
+                scan = plan.scans[code]
+                if not _may_round(scan.arrays.get(key, ((), "string"))[1], array.dtype):
+                    continue
+                what = f"{key!r} ({group.name}/{array.name})"
+                if array.per_item and key in scan.scalars:
+                    # A Dask merge's scan holds the value already: nothing to decode.
+                    problem = _inexact(np.asarray(scan.scalars[key]), array.dtype, what)
+                    if problem is not None:
+                        found.setdefault(code, []).append(problem)
+                    continue
+                checks.setdefault(code, []).append((key, array.dtype.str, what))
+    codes = sorted(checks)
+    locations = [plan.scans[code].location for code in codes]
+    arguments = (locations, [checks[code] for code in codes], [options.limits] * len(codes))
+    results: Iterable[list[str]] = (
+        map(_inexact_problems, *arguments)
+        if pool is None
+        else pool.map(_inexact_problems, *arguments)
+    )
+    for code, problems in zip(codes, results, strict=True):
+        if problems:
+            found.setdefault(code, []).extend(problems)
+    return {code: "; ".join(found[code]) for code in sorted(found)}
 
 
 def item_rows(arr: np.ndarray, plan: ArrayPlan, n_rows: int, path: str, key: str) -> np.ndarray:
