@@ -356,6 +356,33 @@ def test_integers_a_float_column_would_round_are_kept_exact(tmp_path: Path) -> N
         assert any(f"{field!r} holds the integer {value}" in w for w in info.warnings)
 
 
+def test_integers_a_declared_float_column_would_round_are_kept_exact(tmp_path: Path) -> None:
+    """A field the schema declares float64 whose items all hold integers went to a float64
+    column even when one of them is beyond what it holds exactly: 2**53 + 1 became
+    9007199254740992.0 and 2**63 - 1 9.223372036854776e18, without a warning (the same
+    field with one float among its values kept them exact, as strings). Its column now
+    holds them as strings too, with the warning naming the field and the value; a field
+    declared float whose integers float64 holds stays float64."""
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    values = {"p": (1, 2**53 + 1, 7), "q": (2, 2**63 - 1, 8)}
+    for name, (small, big, fine) in values.items():
+        doc = {"Item": f"{name}.step", "mass": small, "big": big, "fine": fine}
+        (summaries / f"{name}.json").write_text(json.dumps(doc))
+    builder = SchemaBuilder()
+    for field in ("mass", "big", "fine"):
+        builder.define_file_metadata(field, "float64")
+    info = DatasetInfo(summaries, tmp_path / "i", tmp_path / "a", builder.build())
+    info.parse_info_files()
+    info.set_code_mappings({"p": 0, "q": 1})
+    info.store_info_to_parquet()
+    table = pq.read_table(tmp_path / "i").to_pydict()
+    assert table["big"] == ["9007199254740993", "9223372036854775807"]
+    assert table["mass"] == [1.0, 2.0] and table["fine"] == [7.0, 8.0]
+    assert any("'big' holds the integer 9007199254740993" in w for w in info.warnings)
+    assert not any("'mass'" in w or "'fine'" in w for w in info.warnings)
+
+
 def test_schema_comes_from_first_item(tmp_path: Path) -> None:
     summaries = tmp_path / "files_summary"
     summaries.mkdir()

@@ -202,14 +202,20 @@ def _file_level_kind(values: Sequence[Any], declared_float: bool) -> tuple[str, 
     why it holds strings when numbers are among them: the integer no column type holds
     exactly beside the others, or ``"mixed"``.
 
-    ``declared_float``: the schema declares the field a float, so integers make float64.
+    ``declared_float``: the schema declares the field a float, so integers make float64,
+    unless one of them is beyond what float64 holds exactly: that field's column holds
+    strings, as it does when the integer is beside floats (it was rounded, unannounced).
     """
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return "bool", None
-    if present and all(_is_int(v) and _INT64_MIN <= v <= _INT64_MAX for v in present):
-        # A field declared float stays float even when every value happens to be whole.
-        return ("float64" if declared_float else "int64"), None
+    if (
+        present
+        and not declared_float
+        and all(_is_int(v) and _INT64_MIN <= v <= _INT64_MAX for v in present)
+    ):
+        return "int64", None
+    # A field declared float stays float even when every value happens to be whole.
     if all(isinstance(v, int | float) for v in present):
         inexact = next((v for v in present if _is_int(v) and not _float_holds(v)), None)
         return ("float64", None) if inexact is None else ("string", inexact)
