@@ -34,7 +34,7 @@ dimension of their group.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "assign_group",
     "default_primary_dim",
     "file_id_code_name",
+    "qualify_dims",
 ]
 
 #: Format marker of a dataset, in its root ``zarr.json`` attributes (``cadstore``) and its
@@ -82,6 +83,49 @@ def file_id_code_name(group: str) -> str:
 def default_primary_dim(group: str) -> str:
     """Primary dimension of a group the schema does not declare."""
     return _PRIMARY_DIMS.get(group, f"{group}_row")
+
+
+def qualify_dims(
+    arrays: Iterable[tuple[str, Sequence[str], Sequence[int]]], primary_dims: Iterable[str]
+) -> list[list[str]]:
+    """Return the dimension names of arrays read together, a clashing trailing name
+    qualified by its array.
+
+    The schema names dimensions per group, but xarray needs one length per name where
+    arrays are read together (a group, with its triangle group: the explorer presents them
+    as one). A trailing name that has two lengths among the arrays, or that takes the name
+    of a dimension the dataset keeps (a primary one, ``item``, ``item_boundary``), becomes
+    ``<array>_<name>``: ``bin`` of 64 in ``d2_distance`` and 32 in ``a3_distance`` become
+    ``d2_distance_bin`` and ``a3_distance_bin``. The merger names a new dataset's
+    dimensions so; the reader presents a dataset merged before it did so too.
+
+    Parameters
+    ----------
+    arrays
+        ``(array name, dims, trailing shape)`` of each array: ``dims`` is the row (or
+        ``item``) dimension followed by one name for each trailing length.
+    primary_dims
+        The primary dimensions of the groups read together.
+
+    Returns
+    -------
+    list of list of str
+        The dims of each array, in the order given: the first unchanged, each trailing
+        name qualified or kept.
+    """
+    given = [(name, list(dims), tuple(trailing)) for name, dims, trailing in arrays]
+    kept = {ITEM_DIM, BOUNDARY_DIM, *primary_dims}
+    lengths: dict[str, set[int]] = {}
+    for _, dims, trailing in given:
+        for dim, length in zip(dims[1:], trailing, strict=True):
+            lengths.setdefault(dim, set()).add(int(length))
+    return [
+        [
+            dims[0],
+            *(f"{name}_{dim}" if dim in kept or len(lengths[dim]) > 1 else dim for dim in dims[1:]),
+        ]
+        for name, dims, _ in given
+    ]
 
 
 #: The specified name rules, in order: the first token found in a bare array name gives

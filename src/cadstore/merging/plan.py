@@ -20,7 +20,6 @@ import numpy as np
 from cadstore.errors import CadstoreError, MergeError
 from cadstore.format.commit import COMMIT_MEMBER, TABLE_KINDS, table_member
 from cadstore.format.layout import (
-    BOUNDARY_DIM,
     ITEM_DIM,
     ITEM_NAMES,
     MATRIX_FLATTENING,
@@ -28,6 +27,7 @@ from cadstore.format.layout import (
     assign_group,
     default_primary_dim,
     file_id_code_name,
+    qualify_dims,
 )
 from cadstore.format.sharding import FRAME_MIN_BYTES, shard_layout
 from cadstore.format.triangle import UPPER_TRIANGLE, side_of, triangle_count
@@ -513,31 +513,20 @@ def lay_out(
 
 
 def _qualify_clashing_dims(groups: Mapping[str, GroupPlan]) -> None:
-    """Qualify by its array a trailing dimension name that would have two lengths where
-    the arrays are read together (a group, with its triangle group: the explorer presents
-    them as one), or that takes the name of a dimension the dataset keeps (the primary
-    one, ``item``, ``item_boundary``): the schema names dimensions per group, but xarray
-    needs one length per name (``bin`` of 64 in ``d2_distance`` and 32 in
-    ``a3_distance`` become ``d2_distance_bin`` and ``a3_distance_bin``)."""
+    """Qualify by its array a trailing dimension name that would clash where the arrays
+    are read together (a group, with its triangle group): see
+    :func:`~cadstore.format.layout.qualify_dims`."""
     families: dict[str, list[GroupPlan]] = {}
     for group in groups.values():
         families.setdefault(group.source or group.name, []).append(group)
     for members in families.values():
-        kept = {ITEM_DIM, BOUNDARY_DIM, *(g.primary_dim for g in members)}
-        lengths: dict[str, set[int]] = {}
-        for group in members:
-            for plan in group.arrays.values():
-                for name, length in zip(plan.dims[1:], plan.trailing, strict=True):
-                    lengths.setdefault(name, set()).add(length)
-        for group in members:
-            for plan in group.arrays.values():
-                plan.dims = [
-                    plan.dims[0],
-                    *(
-                        f"{plan.name}_{name}" if name in kept or len(lengths[name]) > 1 else name
-                        for name in plan.dims[1:]
-                    ),
-                ]
+        plans = [plan for group in members for plan in group.arrays.values()]
+        named = qualify_dims(
+            [(plan.name, plan.dims, plan.trailing) for plan in plans],
+            [group.primary_dim for group in members],
+        )
+        for plan, dims in zip(plans, named, strict=True):
+            plan.dims = dims
 
 
 def triangle_group_name(group: str) -> str:
