@@ -8,6 +8,12 @@ full in ``faceface`` (no ``faceface_upper``). The items' generated arrays are st
 beside them in ``expected.npz``: the generator changed after that commit, so the same
 seed no longer gives the same items.
 
+The fixtures in ``tests/fixtures/old_format_bins/`` were written by cadstore at 02ba2f1
+(``scripts/make_old_format_bins_fixtures.py``), before 1c9d8a3 qualified a dimension name
+declared with two lengths in one group: ``bin`` is 64 long in ``d2_distance`` and 32 in
+``a3_distance``, in ``faceface`` or ``faceface_upper``. Their tests copy them to their own
+``tmp_path``.
+
 Every test reads a copy of the fixtures, and checks after it ran that reading left the
 copy as it was; the append writes to a copy of its own.
 """
@@ -417,3 +423,165 @@ def test_graph_files_from_the_old_dataset(copied: Path, tmp_path: Path) -> None:
         _same(graph.x[:, 0], item["face_areas"], f"x of {name}")
         edges = np.stack([item["graph/edges_source"], item["graph/edges_destination"]])
         _same(graph.edge_index, edges.astype(np.int64), f"edge_index of {name}")
+
+
+# ------------------------------------------------------------------ a dimension of two lengths
+
+# Written by cadstore at 02ba2f1, before 1c9d8a3 qualified by its array a dimension name
+# declared with two lengths in one group (scripts/make_old_format_bins_fixtures.py):
+# 'bin' is 64 long in d2_distance and 32 in a3_distance, in faceface ("full") or in
+# faceface_upper ("auto"). The explorer presents each such name qualified by its array, as
+# the merger names it now.
+BINS = Path(__file__).parent / "fixtures" / "old_format_bins"
+BINS_COMMIT = "02ba2f1df19831c18ac481781fc979a2ab9d8a14"
+BINS_EXPECTED = json.loads((BINS / "expected.json").read_text())
+BINS_NAMES = sorted(BINS_EXPECTED["items"])
+BIN_PAIRS = {
+    "d2_distance": ("facepair", "d2_distance_bin"),
+    "a3_distance": ("facepair", "a3_distance_bin"),
+    "face_pair_edges_path": ("facepair", "dim_path"),
+}
+LAYOUTS = ("auto", "full")
+
+with np.load(BINS / "expected.npz", allow_pickle=False) as _npz:
+    BINS_ARRAYS = {
+        name: {key.split("/", 1)[1]: _npz[key] for key in _npz.files if key.startswith(name)}
+        for name in BINS_NAMES
+    }
+
+
+@pytest.fixture
+def bins(tmp_path: Path) -> Iterator[Path]:
+    """A copy of the fixtures, which reading must leave byte for byte as it was."""
+    folder = tmp_path / "old_format_bins"
+    shutil.copytree(BINS, folder)
+    before = _digest(folder)
+    assert before == _digest(BINS)
+    yield folder
+    assert _digest(folder) == before
+
+
+def _bins_rows(name: str, array: str) -> np.ndarray:
+    """An item's rows of face-pair array ``array``: its N x N (x k) matrix flattened."""
+    value = BINS_ARRAYS[name][array]
+    n = int(BINS_EXPECTED["items"][name]["faces"])
+    return value.reshape(n * n, *value.shape[2:])
+
+
+def test_the_bins_fixtures_store_one_name_with_two_lengths(bins: Path) -> None:
+    assert BINS_EXPECTED["written_by"].startswith(f"cadstore {BINS_COMMIT}")
+    assert [BINS_EXPECTED["items"][n]["faces"] for n in BINS_NAMES] == [2, 0, 3, 1]
+    total = sum(p.stat().st_size for p in BINS.rglob("*") if p.is_file())
+    assert total < 100_000
+    for layout, group in (("auto", "faceface_upper"), ("full", "faceface")):
+        store = zarr.storage.ZipStore(bins / layout / "bins.dataset", mode="r")
+        try:
+            root = zarr.open_group(store, mode="r")
+            pairs = ("d2_distance", "a3_distance")
+            lengths = {a: root[f"{group}/{a}"].shape[1] for a in pairs}
+            assert lengths == {"d2_distance": 64, "a3_distance": 32}
+            for array in pairs:
+                assert root[f"{group}/{array}"].metadata.dimension_names[1] == "bin"
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_explorer_presents_a_dimension_of_two_lengths(bins: Path, layout: str) -> None:
+    """Each ``bin`` is qualified by its array in every view of the explorer; the values
+    are the items' (xarray refused the group: 'conflicting sizes for dimension bin')."""
+    explorer = DatasetExplorer(flow_output_file=bins / layout / "bins.flow")
+    try:
+        assert explorer.available_groups() == {"faces", "faceface"}
+        view = explorer.get_group_data("faceface")
+        offsets = explorer.reader.offsets("faceface")
+        for array, dims in BIN_PAIRS.items():
+            expected = np.concatenate([_bins_rows(name, array) for name in BINS_NAMES])
+            assert view[array].dims == dims, array
+            got = explorer.get_array_data("faceface", array)
+            assert got.dims == dims and got.shape == expected.shape, array
+            _same(got.values, expected, array)
+            _same(view[array].values, expected, array)
+            for code, name in enumerate(BINS_NAMES):
+                rows = view[array].values[offsets[code] : offsets[code + 1]]
+                _same(rows, _bins_rows(name, array), f"{array} of {name}")
+        for code, name in enumerate(BINS_NAMES):
+            item = explorer.file_dataset(code, "faceface")
+            assert item.attrs["name"] == name
+            for array, dims in BIN_PAIRS.items():
+                assert item[array].dims == dims, (array, name)
+                _same(item[array].values, _bins_rows(name, array), f"{array} of {name}")
+        codes = explorer.get_file_list("faceface", lambda ds: ds["a3_distance"] > 1.9)
+        wanted = [
+            code
+            for code, name in enumerate(BINS_NAMES)
+            if (BINS_ARRAYS[name]["a3_distance"] > 1.9).any()
+        ]
+        assert codes.tolist() == wanted
+        text = explorer.table_of_contents()
+        assert "D2_DISTANCE_DATA: Shape: (14, 64), Dims: ('facepair', 'd2_distance_bin')" in text
+        assert "A3_DISTANCE_DATA: Shape: (14, 32), Dims: ('facepair', 'a3_distance_bin')" in text
+        hist = explorer.create_distribution("a3_distance", bins=4, group="faceface")
+        assert int(hist["hist"].sum()) == 14 * 32
+    finally:
+        explorer.close()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_old_dataset_is_presented_as_the_same_items_merged_now(
+    bins: Path, tmp_path: Path, layout: str
+) -> None:
+    """The old dataset's views are those of the same items merged by this code, which
+    qualifies the names itself; the reader shows the stored names on asking."""
+    items = sorted(str(p) for p in (bins / "items").glob("*.data"))
+    cadstore.merge(items, str(tmp_path / "new.dataset"), face_pair_layout=layout)
+    old = DatasetExplorer(flow_output_file=bins / layout / "bins.flow")
+    new = DatasetExplorer(flow_output_file=tmp_path / "new.flow")
+    try:
+        for group in ("faces", "faceface"):
+            assert old.get_group_data(group).equals(new.get_group_data(group)), group
+            for code in range(len(BINS_NAMES)):
+                assert old.file_dataset(code, group).equals(new.file_dataset(code, group))
+        for array in BIN_PAIRS:
+            old_meta = old.reader.array_meta("faceface", array)
+            assert old_meta.dims == new.reader.array_meta("faceface", array).dims, array
+    finally:
+        old.close()
+        new.close()
+    stored = "faceface_upper" if layout == "auto" else "faceface"
+    with DatasetReader(bins / layout / "bins.dataset", stored_layout=True) as reader:
+        for array in ("d2_distance", "a3_distance"):
+            assert reader.array_meta(stored, array).dims[1:] == ("bin",), array
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_loader_reads_a_dimension_of_two_lengths(bins: Path, layout: str) -> None:
+    with DatasetLoader(flow_output_file=bins / layout / "bins.flow") as loader:
+        dataset = CADDataset(loader, range(len(BINS_NAMES)))
+        for code, name in enumerate(BINS_NAMES):
+            item = dataset[code]
+            assert item["file_id_code"] == code and item["name"] == name
+            for array in BIN_PAIRS:
+                _same(item["faceface"][array], _bins_rows(name, array), f"{array} of {name}")
+            _same(item["faces"]["face_areas"], BINS_ARRAYS[name]["face_areas"], name)
+            label = BINS_EXPECTED["items"][name]["metadata"]["file_label"]
+            assert item["labels"]["file_label"] == label, name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batches_of_a_dimension_of_two_lengths(bins: Path, layout: str) -> None:
+    pytest.importorskip("torch")
+    with DatasetLoader(flow_output_file=bins / layout / "bins.flow") as loader:
+        subset = CADDataset(loader, [2, 1, 0, 3])
+        with subset.batches(batch_size=3, shuffle=False, threads=2) as batches:
+            seen = []
+            for batch in batches:
+                codes = batch["file_id_code"].tolist()
+                for k, code in enumerate(codes):
+                    name = BINS_NAMES[code]
+                    lo, hi = (int(p) for p in batch["ptr"]["faceface"][k : k + 2])
+                    for array in BIN_PAIRS:
+                        rows = batch["faceface"][array][lo:hi]
+                        _same(rows, _bins_rows(name, array), f"{array} of {name}")
+                seen += codes
+            assert seen == [2, 1, 0, 3]

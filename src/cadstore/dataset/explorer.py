@@ -576,7 +576,7 @@ class DatasetExplorer:
                 self._open_zarr_store(),
                 group=group,
                 chunks={} if self._dask_client is not None else None,
-                drop_variables=[OFFSETS, *per_row],
+                drop_variables=[OFFSETS, *per_row, *self._renamed(group)],
             )
             if per_row:
                 from xarray.core import indexing
@@ -586,15 +586,34 @@ class DatasetExplorer:
                     _, dims = self._presented(group, array)
                     lazy = indexing.LazilyIndexedArray(backend)
                     found[array] = xr.Variable(dims, lazy)
-            found = self._with_triangles(group, found)
+            found = self._with_reader_arrays(group, found)
             self._group_data[group] = found
         return found
 
-    def _with_triangles(self, group: str, found: xr.Dataset) -> xr.Dataset:
-        """``found`` with the group's triangle-stored face-pair arrays added, as their full
-        ``N x N`` rows read through the reader, in the group's array order."""
+    def _renamed(self, group: str) -> list[str]:
+        """The arrays stored in ``group`` whose dimension names the reader presents
+        qualified (a dataset merged before 1c9d8a3 may store ``bin`` 64 long in
+        ``d2_distance`` and 32 in ``a3_distance``, which xarray refuses in one group)."""
+        return [
+            array
+            for array in self.reader.arrays(group)
+            if self.reader.stored_as(group, array) == (group, array)
+            and self.reader.array_meta(group, array).dims != self.reader.stored_dims(group, array)
+        ]
+
+    def _with_reader_arrays(self, group: str, found: xr.Dataset) -> xr.Dataset:
+        """``found`` with the group's arrays zarr-python cannot present added, read through
+        the reader, in the group's array order: the triangle-stored face-pair arrays as
+        their full ``N x N`` rows, and those whose dimension names the reader qualifies
+        (see :meth:`_renamed`), on those names."""
         arrays = self.reader.arrays(group)
-        virtual = [a for a in arrays if self.reader.stored_as(group, a) != (group, a)]
+        renamed = set(self._renamed(group))
+        per_row = set(self._per_row(group))  # added on their presented dims already
+        virtual = [
+            a
+            for a in arrays
+            if a not in per_row and (a in renamed or self.reader.stored_as(group, a) != (group, a))
+        ]
         if not virtual:
             return found
         import xarray as xr

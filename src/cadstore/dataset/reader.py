@@ -60,7 +60,13 @@ from cadstore.format.codecs import (
 )
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
-from cadstore.format.layout import DATASET_FORMAT, ITEM_NAMES, OFFSETS, file_id_code_name
+from cadstore.format.layout import (
+    DATASET_FORMAT,
+    ITEM_NAMES,
+    OFFSETS,
+    file_id_code_name,
+    qualify_dims,
+)
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.sharding import MISSING, decode_inner, index_trailer, read_index
 from cadstore.format.triangle import UPPER_TRIANGLE, expand_into, triangle_count
@@ -186,8 +192,12 @@ class DatasetReader:
         triangle (a group with ``cadstore_layout="upper_triangle"``, see
         :mod:`cadstore.format.triangle`) is presented in its source group with its full
         ``N x N`` rows, as every dataset stored it before, and the triangle group is not
-        listed; with ``stored_layout=True`` (what an append needs to continue the
-        dataset) the reader shows the groups and arrays as they are.
+        listed. A trailing dimension name with two lengths among the arrays so presented
+        together (``bin`` in ``d2_distance`` and ``a3_distance`` of a dataset merged
+        before 1c9d8a3) is presented qualified by each array, as the merger names it now
+        (:func:`~cadstore.format.layout.qualify_dims`). With ``stored_layout=True`` (what
+        an append needs to continue the dataset) the reader shows the groups, arrays and
+        dimension names as they are.
 
     Raises
     ------
@@ -320,6 +330,8 @@ class DatasetReader:
             self._find_triangles(hier)
         # (group, array) -> (metadata, per-item?) resolved once: item reads are hot.
         self._arrays: dict[tuple[str, str], tuple[Any, bool]] = {}
+        # group -> {array: dims as presented} (see _presented_dims).
+        self._dims: dict[str, dict[str, tuple[str, ...]]] = {}
         self._geometries: dict[str, tuple[Any, ...]] = {}
         self._plans: dict[tuple[str, tuple[str, ...] | None], list[tuple[str, Any, bool, str]]] = {}
         _READERS.add(self)
@@ -484,6 +496,7 @@ class DatasetReader:
         self.item_names = []
         self._codes = {}
         self._arrays = {}
+        self._dims = {}
         self._virtual = {}
         self._hidden = set()
 
@@ -599,23 +612,60 @@ class DatasetReader:
     def _resolve(self, group: str, array: str) -> tuple[Any, bool]:
         found = self._arrays.get((group, array))
         if found is None:
-            self._check_array(group, array)
-            stored = self._virtual.get(f"{group}/{array}")
-            if stored is not None:
-                # The full array it stands for: the source group's rows and dimension.
-                meta = self._hier.meta("/".join(stored))
-                primary = self.primary_dimension(group)
-                meta = dataclasses.replace(
-                    meta,
-                    shape=(int(self.offsets(group)[-1]), *meta.shape[1:]),
-                    chunks=(max(1, int(self.offsets(group)[-1])), *meta.chunks[1:]),
-                    dims=(primary, *(meta.dims or ())[1:]) if meta.dims else None,
-                )
-                found = (meta, False)
-            else:
-                meta = self._hier.meta(f"{group}/{array}")
-                found = (meta, bool(meta.dims and meta.dims[0] == "item"))
+            meta, per_item = self._unqualified(group, array)
+            if not self.stored_layout and meta.dims:
+                dims = self._presented_dims(group).get(array, meta.dims)
+                if dims != meta.dims:
+                    meta = dataclasses.replace(meta, dims=dims)
+            found = (meta, per_item)
             self._arrays[(group, array)] = found
+        return found
+
+    def _unqualified(self, group: str, array: str) -> tuple[Any, bool]:
+        """Metadata of ``group/array`` and whether it is per item, its dimension names as
+        stored (a triangle-stored array's first one its source group's primary)."""
+        self._check_array(group, array)
+        stored = self._virtual.get(f"{group}/{array}")
+        if stored is None:
+            meta = self._hier.meta(f"{group}/{array}")
+            return meta, bool(meta.dims and meta.dims[0] == "item")
+        # The full array it stands for: the source group's rows and dimension.
+        meta = self._hier.meta("/".join(stored))
+        primary = self.primary_dimension(group)
+        meta = dataclasses.replace(
+            meta,
+            shape=(int(self.offsets(group)[-1]), *meta.shape[1:]),
+            chunks=(max(1, int(self.offsets(group)[-1])), *meta.chunks[1:]),
+            dims=(primary, *(meta.dims or ())[1:]) if meta.dims else None,
+        )
+        return meta, False
+
+    def _presented_dims(self, group: str) -> dict[str, tuple[str, ...]]:
+        """The dimension names of ``group``'s arrays as presented, by array.
+
+        The arrays of a group and of its triangle group are presented as one group: a
+        trailing name with two lengths among them is qualified by its array
+        (``d2_distance_bin``), as :func:`~cadstore.format.layout.qualify_dims` names it,
+        which the merger does since 1c9d8a3. A dataset merged before may store ``bin``
+        with 64 values in ``d2_distance`` and 32 in ``a3_distance`` in one group, which
+        xarray refuses; it is presented as a dataset merged now stores it. The file is
+        not changed.
+        """
+        found = self._dims.get(group)
+        if found is None:
+            named = []
+            for array in self.arrays(group):
+                meta = self._unqualified(group, array)[0]
+                if meta.dims:
+                    named.append((array, meta.dims, meta.shape[1:]))
+            primaries = [self.primary_dimension(group)]
+            for triangle in sorted(self._hidden):
+                attrs = self._hier.group_attributes.get(triangle, {})
+                if attrs.get("source_group") == group:
+                    primaries.append(self.primary_dimension(triangle))
+            dims = qualify_dims(named, primaries)
+            found = {array: tuple(d) for (array, _, _), d in zip(named, dims, strict=True)}
+            self._dims[group] = found
         return found
 
     def _check_array(self, group: str, array: str) -> None:
@@ -632,6 +682,14 @@ class DatasetReader:
         (see :mod:`cadstore.format.triangle`)."""
         self._check_array(group, array)
         return self._virtual.get(f"{group}/{array}", (group, array))
+
+    def stored_dims(self, group: str, array: str) -> tuple[str, ...] | None:
+        """The dimension names of ``group/array`` as the file stores them (those of the
+        triangle-stored array for one :meth:`stored_as` names elsewhere); :meth:`array_meta`
+        gives them as presented, which may qualify a name (see ``_presented_dims``)."""
+        self._check_open()
+        dims: tuple[str, ...] | None = self._hier.meta("/".join(self.stored_as(group, array))).dims
+        return dims
 
     def is_per_item(self, group: str, array: str) -> bool:
         """Whether ``group/array`` holds one value per item rather than rows."""
