@@ -224,6 +224,25 @@ def test_array_keywords_of_the_documentation(
         explorer.get_array_data("faces", "face_areas", array_name="face_types")
 
 
+def test_create_distribution_incore_is_the_distribution_by_the_later_documentation(
+    explorer: DatasetExplorer,
+) -> None:
+    """The specified system's later documentation names an in-memory variant with the group
+    before the bins; cadstore's distribution is computed in memory already."""
+    want = explorer.create_distribution("face_areas", bins=5, group="faces")
+    got = explorer.create_distribution_incore("face_areas", "faces", 5)
+    assert got.keys() == want.keys()
+    np.testing.assert_array_equal(got["bin_edges"], want["bin_edges"])
+    np.testing.assert_array_equal(got["hist"], want["hist"])
+    for a, b in zip(got["file_id_codes_in_bins"], want["file_id_codes_in_bins"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(got["hist"].sum()) > 0
+    categorical = explorer.create_distribution_incore("face_types", group="faces", bins=None)
+    assert "categories" in categorical
+    with pytest.raises(DatasetError, match="no_such_key"):
+        explorer.create_distribution_incore("no_such_key", "faces", 5)
+
+
 def custom_loader(graph_file: Any, label_file: Any, data_id: int) -> dict[str, Any]:
     """The documentation's custom item loader, returning what it was given."""
     return {"graph": graph_file, "label": label_file, "id": data_id}

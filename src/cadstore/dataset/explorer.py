@@ -1054,6 +1054,30 @@ class DatasetExplorer:
             result["categories"] = categories
         return result
 
+    def create_distribution_incore(
+        self, key: str, group: str | None = "faces", bins: int | Sequence[float] | None = 10
+    ) -> dict[str, Any]:
+        """:meth:`create_distribution` under the name and argument order of the specified
+        system's later documentation (``create_distribution_incore(key, group, bins)``).
+
+        The specified system computes :meth:`create_distribution` on its Dask cluster and
+        documents this method as the variant that loads the values into memory instead.
+        cadstore's :meth:`create_distribution` already works in memory (the values are read
+        through the dataset reader, without Dask), so both give the same result; this name
+        lets code written against either documentation run.
+
+        Parameters
+        ----------
+        key, group, bins
+            As for :meth:`create_distribution` (``group`` comes before ``bins`` here).
+
+        Returns
+        -------
+        dict
+            As :meth:`create_distribution` returns it.
+        """
+        return self.create_distribution(key, bins=bins, group=group)
+
     def build_membership_matrix(
         self,
         group: str | None,
