@@ -75,19 +75,24 @@ _REMEMBERED: dict[tuple[str, bytes], tuple[bytes, bytes, bytes, bytes]] = {}
 _REMEMBERED_KEPT = 4096
 
 
+def _encoded(name: str, data: bytes, deflate: bool) -> tuple[bytes, int, int, bytes]:
+    """A member's name as stored, its flags (UTF-8 or not), its method (0 stored, 8
+    deflated) and its payload: deflated when ``deflate`` asks and that makes it smaller."""
+    raw_name = name.encode("utf-8")
+    flags = 0 if raw_name.isascii() else _UTF8_FLAG
+    if deflate:
+        packed = _deflate(data)
+        if len(packed) < len(data):
+            return raw_name, flags, 8, packed
+    return raw_name, flags, 0, data
+
+
 def _records(name: str, data: bytes, deflate: bool) -> tuple[bytes, bytes, bytes, bytes]:
     """A member's local entry (its header with the name, and the payload), and its
     central directory record before and after the local entry's offset (which depends on
     the archive)."""
-    raw_name = name.encode("utf-8")
-    flags = 0 if raw_name.isascii() else _UTF8_FLAG
-    size = len(data)
-    method, payload = 0, data
-    if deflate:
-        packed = _deflate(data)
-        if len(packed) < size:
-            method, payload = 8, packed
-    header = (_DOS_TIME, _DOS_DATE, zlib.crc32(data), len(payload), size, len(raw_name))
+    raw_name, flags, method, payload = _encoded(name, data, deflate)
+    header = (_DOS_TIME, _DOS_DATE, zlib.crc32(data), len(payload), len(data), len(raw_name))
     local = _PACK_LOCAL(0x04034B50, _VERSION, flags, method, *header, 0) + raw_name
     head = _PACK_CENTRAL_HEAD(
         0x02014B50, _MADE_BY, _VERSION, flags, method, *header, 0, 0, 0, 0, _EXTERNAL_ATTR
@@ -188,15 +193,9 @@ class ZipStreamWriter:
         if name in self._names:
             raise ValueError(f"duplicate zip member {name!r}")
         self._names.add(name)
-        raw_name = name.encode("utf-8")
-        flags = 0 if raw_name.isascii() else _UTF8_FLAG
+        raw_name, flags, method, payload = _encoded(name, data, deflate)
         crc = zlib.crc32(data)
         size = len(data)
-        method, payload = 0, data
-        if deflate:
-            packed = _deflate(data)
-            if len(packed) < size:
-                method, payload = 8, packed
         big = size >= _LIMIT or len(payload) >= _LIMIT
         version = 45 if big or self._offset >= _LIMIT else _VERSION
         local_extra = struct.pack("<HHQQ", 1, 16, size, len(payload)) if big else b""
