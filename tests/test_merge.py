@@ -19,6 +19,7 @@ from cadstore.errors import MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.sharding import ITEMS_PER_INNER, MIN_INNER_BYTES, shard_layout
 from cadstore.io.sources import ZipSource
+from cadstore.lifecycle import read_commit
 from cadstore.merging import merge_items
 from cadstore.merging.options import DEFAULT_INNER_BYTES
 from conftest import write_arrays, write_items
@@ -724,6 +725,40 @@ def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path)
     assert info["name"].tolist() == [p.name[: -len(".zarr.data")] for p in files]
     manifest = json.loads((tmp_path / "f.flow").read_text())
     assert manifest["file_count"] == 6 and manifest["appended"] == 2
+
+
+def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> None:
+    """The ``.flow``'s ``info`` said ``infoset_rows: 0`` and ``infoset: null`` (and no
+    ``attribset``) after a merge or an append that wrote both tables: it was the summary
+    of a builder that had written nothing itself (the tables are written with the
+    version). It gives the rows of the tables written (an append's all of them) and the
+    paths of their copies."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from cadstore import merge
+
+    files = _items_with_metadata(
+        tmp_path, [{"category": "bolt"}, {"category": "nut"}, {"category": "gear"}]
+    )
+    for step, (chosen, append) in enumerate([(files[:2], False), (files[2:], True)]):
+        merge(chosen, str(tmp_path / "x.dataset"), append=append)
+        info = json.loads((tmp_path / "x.flow").read_text())["info"]
+        infoset = pq.read_table(tmp_path / "x.infoset")
+        attribset = pq.read_table(tmp_path / "x.attribset")
+        assert infoset.num_rows == 2 + step
+        assert info["infoset_rows"] == infoset.num_rows
+        assert info["attribute_rows"] == attribset.num_rows > 0
+        assert info["attribute_tables"] == {"category": attribset.num_rows}
+        assert info["infoset"] == str(tmp_path / "x.infoset")
+        assert info["attribset"] == str(tmp_path / "x.attribset")
+    bare = merge_items(files, tmp_path / "bare.dataset")  # tables stored, no copies
+    with DatasetReader(tmp_path / "bare.dataset") as reader:
+        record = read_commit(reader)
+    assert bare.commit and record is not None
+    assert record.summary["info"]["infoset_rows"] == 3
+    assert record.summary["info"]["infoset"] is None
 
 
 def test_vendor_layout_items_merge(tmp_path: Path) -> None:

@@ -86,6 +86,25 @@ def test_directory_layout_and_bad_items(
     assert_same_dataset(local, dask)
 
 
+def test_cluster_merge_manifest_states_the_tables_written(
+    client: distributed.Client, items: list[Path], tmp_path: Path
+) -> None:
+    """The ``.flow`` of a merge on the cluster said ``infoset_rows: 0`` and ``infoset:
+    null`` in its ``info``, as a local merge's did: it gives the rows and paths written."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from cadstore import merge
+
+    merge([str(p) for p in items[:6]], str(tmp_path / "x.dataset"), client=client)
+    info = json.loads((tmp_path / "x.flow").read_text())["info"]
+    assert info["infoset_rows"] == pq.read_table(tmp_path / "x.infoset").num_rows == 6
+    assert info["attribute_rows"] == pq.read_table(tmp_path / "x.attribset").num_rows
+    assert info["infoset"] == str(tmp_path / "x.infoset")
+    assert info["attribset"] == str(tmp_path / "x.attribset")
+
+
 def test_cluster_merge_skips_an_item_of_per_item_integers_float_cannot_hold(
     client: distributed.Client, tmp_path: Path
 ) -> None:

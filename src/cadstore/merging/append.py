@@ -42,7 +42,12 @@ from cadstore.merging.run import (
     writable_target,
 )
 from cadstore.merging.scan import ItemScan, check_buckets, item_name_of, scan_all
-from cadstore.merging.tables import extend_attribset, extend_table, item_tables
+from cadstore.merging.tables import (
+    extend_attribset,
+    extend_table,
+    item_tables,
+    tables_summary,
+)
 from cadstore.merging.write import (
     RowBuffer,
     ShardWriter,
@@ -461,7 +466,8 @@ def _write_appended(
             total_items=len(names),
         )
         txn.durations = {"append": written - started, "info": time.perf_counter() - written}
-        extra = {"file_count": len(names), "appended": len(scans), "info": info.summary()}
+        info_summary = tables_summary(info, tables, txn.published.by_kind())
+        extra = {"file_count": len(names), "appended": len(scans), "info": info_summary}
         record = txn.stage(sink, len(names), tables, summary_fields(result, None, extra))
         result.version, result.commit = record.version, record.id
         reader.close()

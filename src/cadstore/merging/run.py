@@ -45,7 +45,7 @@ from cadstore.merging.options import (
 )
 from cadstore.merging.plan import plan_merge
 from cadstore.merging.scan import check_buckets, item_name_of, keep_scans, scan_all
-from cadstore.merging.tables import item_tables
+from cadstore.merging.tables import item_tables, tables_summary
 from cadstore.merging.write import (
     ShardWriter,
     array_levels,
@@ -375,11 +375,11 @@ def _write_version(
                 recovered=list(txn.recovered),
             )
             txn.durations = {"merge": written - started, "info": time.perf_counter() - written}
-            summary = summary_fields(result, None, {"info": info.summary()})
+            tables = {"infoset": infoset, "attribset": attribset}
+            info_summary = tables_summary(info, tables, txn.published.by_kind())
+            summary = summary_fields(result, None, {"info": info_summary})
             summary["warnings"] = list(plan.warnings)  # what recovery did is this run's
-            record = txn.stage(
-                sink, len(names), {"infoset": infoset, "attribset": attribset}, summary
-            )
+            record = txn.stage(sink, len(names), tables, summary)
             result.version, result.commit = record.version, record.id
             txn.commit(sink.commit)  # the commit point
         except BaseException:

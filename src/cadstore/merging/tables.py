@@ -109,6 +109,7 @@ __all__ = [
     "extend_table",
     "item_name_from_path",
     "item_tables",
+    "tables_summary",
 ]
 
 FILE_LEVEL = "file_level"
@@ -1085,6 +1086,51 @@ def item_tables(
     info.set_code_mappings(codes)
     info.parse_info_files()
     return info, info.infoset_table("file_info"), info.attribset_table()
+
+
+def tables_summary(
+    info: DatasetInfo,
+    tables: Mapping[str, pa.Table],
+    copies: Mapping[str, Location],
+) -> dict[str, Any]:
+    """The ``info`` section of a merge's or an append's ``.flow``: what was written.
+
+    :meth:`DatasetInfo.summary` counts what the builder wrote itself; a merge or an
+    append builds the tables in memory (:func:`item_tables`, and for an append
+    :func:`extend_table`) and has them written with its version, so the counts and paths
+    are taken from those tables and where their copies are published instead.
+
+    Parameters
+    ----------
+    info
+        The builder of the new items' rows (their fields, errors and warnings).
+    tables
+        The tables the version stores, by kind (``"infoset"``, ``"attribset"``); a kind
+        left out is not written.
+    copies
+        Where the copies are published, by kind; a kind left out has no copy.
+
+    Returns
+    -------
+    dict
+        :meth:`DatasetInfo.summary` with ``infoset_rows``, ``attribute_tables``,
+        ``attribute_rows``, ``infoset`` and ``attribset`` those of the tables written
+        (an append's include the rows the dataset already had).
+    """
+    summary = info.summary()
+    infoset = tables.get("infoset")
+    attribset = tables.get("attribset")
+    summary["infoset_rows"] = 0 if infoset is None else infoset.num_rows
+    counts: dict[str, int] = {}
+    if attribset is not None:
+        for name in attribset.column("table_name").to_pylist():
+            counts[name] = counts.get(name, 0) + 1
+    summary["attribute_tables"] = counts
+    summary["attribute_rows"] = 0 if attribset is None else attribset.num_rows
+    for kind in ("infoset", "attribset"):
+        where = copies.get(kind)
+        summary[kind] = where.path if where is not None and kind in tables else None
+    return summary
 
 
 def extend_table(
