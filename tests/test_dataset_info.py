@@ -379,8 +379,65 @@ def test_integers_a_declared_float_column_would_round_are_kept_exact(tmp_path: P
     table = pq.read_table(tmp_path / "i").to_pydict()
     assert table["big"] == ["9007199254740993", "9223372036854775807"]
     assert table["mass"] == [1.0, 2.0] and table["fine"] == [7.0, 8.0]
-    assert any("'big' holds the integer 9007199254740993" in w for w in info.warnings)
+    assert any(
+        "'big' holds integers such as 9007199254740993 (2 items, first 'p')" in w
+        for w in info.warnings
+    )
     assert not any("'mass'" in w or "'fine'" in w for w in info.warnings)
+
+
+def test_warnings_name_the_items_they_are_about(tmp_path: Path) -> None:
+    """The warnings on fields the tables do not hold as the items do named the field
+    only ("field 'mass' mixes strings and numbers across items"): which of thousands of
+    items to look at was left to guess. Each names the items involved: the one, or how
+    many and the first."""
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    docs = {
+        "p": {"mass": 2.5, "big": 2**53 + 1, "tags": ["a"], "category": 1},
+        "q": {"mass": "heavy", "big": 0.5, "tags": ["b"], "category": "bolt"},
+        "r": {"mass": "light", "big": 2**53 + 3, "tags": "c", "category": 2},
+    }
+    for name, doc in docs.items():
+        (summaries / f"{name}.json").write_text(json.dumps(doc))
+    info = DatasetInfo(summaries, tmp_path / "i", tmp_path / "a")
+    info.parse_info_files()
+    info.set_code_mappings({"p": 0, "q": 1, "r": 2})
+    info.store_info_to_parquet()
+    expected = [
+        "field 'mass' mixes strings (2 items, first 'q') and numbers (item 'p')",
+        f"field 'big' holds integers such as {2**53 + 1} (2 items, first 'p')",
+        "field 'tags' holds a list (2 items, first 'p'), which is not exported",
+        "categorical field 'category' mixes value types across items (int: 2 items, "
+        "first 'p'; str: item 'q')",
+    ]
+    for text in expected:
+        assert any(text in w for w in info.warnings), (text, info.warnings)
+    assert info.summary()["warnings"] == info.warnings
+    # One item holding the integer: named alone.
+    (summaries / "r.json").write_text(json.dumps({"big": 1}))
+    info.parse_info_files()
+    info.store_info_to_parquet()
+    assert any(f"'big' holds the integer {2**53 + 1} (item 'p')" in w for w in info.warnings)
+
+
+def test_a_field_routed_two_ways_names_the_items_of_each_route(tmp_path: Path) -> None:
+    """A field routed one way by some items and the other way by others named the path
+    of the first dissenting item only; it says how many items took each route, and the
+    first of each."""
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    recorded = "_metadata_routing"
+    routes = {"p": "file_level", "q": "categorical", "r": "categorical", "s": "file_level"}
+    for name, route in routes.items():
+        doc = {"grade": 1, recorded: {"grade": route}}
+        (summaries / f"{name}.json").write_text(json.dumps(doc))
+    info = DatasetInfo(summaries, tmp_path / "i", tmp_path / "a")
+    info.parse_info_files()
+    assert (
+        "field 'grade' is routed 'file_level' (2 items, first 'p') and 'categorical' "
+        "(2 items, first 'q'); keeping 'file_level'"
+    ) in info.warnings
 
 
 def test_schema_comes_from_first_item(tmp_path: Path) -> None:

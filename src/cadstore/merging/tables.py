@@ -248,6 +248,13 @@ def _flatten(key: str, value: Any) -> Iterable[tuple[str, Any]]:
         yield key, value
 
 
+def _items_text(names: Sequence[str]) -> str:
+    """The items a warning is about: ``item 'p0'``, or ``3 items, first 'p0'``."""
+    if len(names) == 1:
+        return f"item {names[0]!r}"
+    return f"{len(names)} items, first {names[0]!r}"
+
+
 def _names_text(names: Sequence[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
     more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
@@ -354,6 +361,10 @@ class DatasetInfo:
         self._descriptions: dict[str, dict[int, _Attribute]] = {}
         self._explicit_tables: dict[str, dict[int, _Attribute]] = {}
         self._warned_fields: set[tuple[str, str]] = set()
+        # Items holding what a field's warning is about, by field: collected while parsing,
+        # warned of once every input is read (see _warn_parsed_fields).
+        self._unexported: dict[str, tuple[str, list[str]]] = {}
+        self._rerouted: dict[str, list[str]] = {}
         self._route_cache: dict[tuple[str, type], str] = {}
         self._infoset_written: str | None = None
         self._attribset_written: str | None = None
@@ -394,6 +405,8 @@ class DatasetInfo:
         self._fields = {}
         self._descriptions = {}
         self._warned_fields = set()
+        self._unexported = {}
+        self._rerouted = {}
         self.errors = []
         self._error_keys = set()
         self.warnings = []
@@ -422,6 +435,29 @@ class DatasetInfo:
             self._schema = Schema.from_any(SchemaBuilder())
         for name, path, doc in documents:
             self._ingest(name, path, doc)
+        self._warn_parsed_fields()
+
+    def _warn_parsed_fields(self) -> None:
+        """Warn of the fields some items hold in a way that is not exported as it is,
+        naming those items (how many, and the first)."""
+        for key, (kind, names) in self._unexported.items():
+            self._warn(
+                f"field {key!r} holds a {kind} ({_items_text(names)}), which is not exported "
+                "(only numbers, strings and booleans become columns or attribute rows)"
+            )
+        for key, names in self._rerouted.items():
+            fld = self._fields[key]
+            other = CATEGORICAL if fld.route == FILE_LEVEL else FILE_LEVEL
+            moved = set(names)
+            kept = [
+                item.name
+                for item in self._items.values()
+                if key in item.values and item.name not in moved
+            ]
+            self._warn(
+                f"field {key!r} is routed {fld.route!r} ({_items_text(kept)}) and "
+                f"{other!r} ({_items_text(names)}); keeping {fld.route!r}"
+            )
 
     def _where(self, path: str) -> Location:
         return resolve(path, self.storage_options, shared=True)
@@ -516,24 +552,14 @@ class DatasetInfo:
         if value is None:
             return
         if not _is_scalar(value):
-            self._warn_field_once(
-                key,
-                "type",
-                f"field {key!r} holds a {type(value).__name__}, which is not exported "
-                "(only numbers, strings and booleans become columns or attribute rows)",
-            )
+            self._unexported.setdefault(key, (type(value).__name__, []))[1].append(item.name)
             return
         route = self._route(key, value, recorded)
         fld = self._fields.get(key)
         if fld is None:
             fld = self._fields[key] = _Field(key, route)
         elif fld.route != route:
-            self._warn_field_once(
-                key,
-                "route",
-                f"field {key!r} is routed both {fld.route!r} and {route!r} by different "
-                f"items (first seen in another input, then {item.path}); keeping {fld.route!r}",
-            )
+            self._rerouted.setdefault(key, []).append(item.name)
         item.values[key] = value
 
     def _route(self, key: str, value: Any, recorded: Mapping[str, Any]) -> str:
@@ -695,6 +721,14 @@ class DatasetInfo:
     def _values_of(self, key: str) -> list[Any]:
         return [item.values[key] for item in self._items.values() if key in item.values]
 
+    def _holders(self, key: str, holds: Callable[[Any], bool]) -> list[str]:
+        """The items whose value of field ``key`` ``holds`` says yes to, in input order."""
+        return [
+            item.name
+            for item in self._items.values()
+            if key in item.values and holds(item.values[key])
+        ]
+
     def _column_kind(self, fld: _Field) -> str:
         """``"int64"``, ``"float64"``, ``"bool"`` or ``"string"`` for the field's column."""
         values = self._values_of(fld.key)
@@ -706,30 +740,40 @@ class DatasetInfo:
         kind, why = _file_level_kind(values, spec.get("dtype") in _FLOAT_DTYPES)
         if isinstance(why, int):
             # A float64 column would round it (beyond 2**53, or beyond int64 alone).
+            inexact = self._holders(fld.key, lambda v: _is_int(v) and not _float_holds(v))
+            held = f"the integer {why}" if len(inexact) == 1 else f"integers such as {why}"
             self._warn_field_once(
                 fld.key,
                 "inexact",
-                f"field {fld.key!r} holds the integer {why}, which neither an int64 nor "
-                "a float64 column holds exactly beside its other values; its column holds "
-                "them as strings",
+                f"field {fld.key!r} holds {held} ({_items_text(inexact)}), which neither an "
+                "int64 nor a float64 column holds exactly beside its other values; its "
+                ".infoset column holds them as strings",
             )
         elif why is not None:
+            strings = self._holders(fld.key, lambda v: isinstance(v, str))
+            numbers = self._holders(fld.key, lambda v: not isinstance(v, str))
             self._warn_field_once(
                 fld.key,
                 "mixed",
-                f"field {fld.key!r} mixes strings and numbers across items; its column "
-                "holds them as strings",
+                f"field {fld.key!r} mixes strings ({_items_text(strings)}) and numbers "
+                f"({_items_text(numbers)}) across items; its .infoset column holds them as "
+                "strings",
             )
         return kind
 
     def _categorical_kind(self, key: str, values: list[Any]) -> str:
         kind = _categorical_value_kind(values)
         if kind == "str" and not all(isinstance(v, str) for v in values):
+            by_type: dict[str, list[str]] = {}
+            for item in self._items.values():
+                if item.values.get(key) is not None:
+                    by_type.setdefault(type(item.values[key]).__name__, []).append(item.name)
+            held = "; ".join(f"{name}: {_items_text(items)}" for name, items in by_type.items())
             self._warn_field_once(
                 key,
                 "mixed",
-                f"categorical field {key!r} mixes value types across items; its values are "
-                "coded as strings",
+                f"categorical field {key!r} mixes value types across items ({held}); its "
+                "values are coded as strings",
             )
         return kind
 
