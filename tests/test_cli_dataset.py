@@ -59,6 +59,29 @@ def test_merge_refuses_an_output_named_like_an_item(
     ]
 
 
+def test_merge_prints_the_tables_warnings_naming_the_items(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore merge`` printed no warning when an item's metadata went to the
+    ``.infoset`` otherwise than it holds it (the warning was in the ``.flow`` only); it
+    prints it, naming the item, and lists it in ``--json``."""
+    from cadstore import OptStorage
+
+    files = []
+    for index, mass in enumerate([2.5, "heavy"]):
+        with OptStorage(tmp_path / f"p{index}.zarr") as item:
+            item.save_data("face_areas", np.ones(2, dtype=np.float32))
+            item.save_metadata("mass", mass)
+            item.compress_store()
+        files.append(str(tmp_path / f"p{index}.zarr.data"))
+    mixed = "field 'mass' mixes strings (item 'p1') and numbers (item 'p0')"
+    assert main(["merge", *files, "-o", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert f"  warning: {mixed}" in out
+    assert main(["merge", *files, "-o", str(tmp_path / "e"), "--json"]) == 0
+    assert any(mixed in w for w in json.loads(capsys.readouterr().out)["warnings"])
+
+
 def test_merge_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["merge", "--help"])

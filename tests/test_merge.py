@@ -1094,6 +1094,29 @@ def _assert_same_tables(appended: Path, full: Path) -> None:
         assert got[kind].to_pylist() == expected[kind].to_pylist(), kind
 
 
+def test_the_tables_warnings_reach_the_result_naming_the_items(tmp_path: Path) -> None:
+    """A warning on how the ``.infoset`` holds a field ("field 'mass' mixes strings and
+    numbers across items") reached only the ``.flow``'s ``info.warnings``, not
+    ``MergeResult.warnings``, and named no item. A merge's and an append's result carry
+    them, naming the items; the manifest keeps them in its info section."""
+    import json
+
+    from cadstore import merge
+
+    files = _items_with_metadata(
+        tmp_path, [{"mass": 2.5}, {"mass": "heavy"}, {"mass": 1.5}, {"size": [1, 2]}]
+    )
+    mixed = "field 'mass' mixes strings (item 'p1') and numbers (item 'p0')"
+    result = merge(files[:2], str(tmp_path / "x.dataset"))
+    assert any(mixed in w for w in result.warnings), result.warnings
+    manifest = json.loads((tmp_path / "x.flow").read_text())
+    assert [w for w in result.warnings if "'mass'" in w] == manifest["info"]["warnings"]
+    appended = merge(files[2:], str(tmp_path / "x.dataset"), append=True)
+    assert any("field 'size' holds a list (item 'p3')" in w for w in appended.warnings)
+    bare = merge_items(files[:2], tmp_path / "bare.dataset")  # tables in the dataset only
+    assert any(mixed in w for w in bare.warnings)
+
+
 def test_append_keeps_integer_columns_of_the_infoset(tmp_path: Path) -> None:
     """An append turned the int64 ``part_id`` column into float64 (pandas widens an
     integer column with a null), rounding 2**60 + 1 to 1.152921504606847e+18. The

@@ -190,13 +190,13 @@ def _append_local(
                 raw_bytes=0,
                 stored_bytes=target.size() if target.isfile() else 0,
                 seconds=0.0,
+                warnings=warnings_,
                 total_items=len(existing),
             )
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     result.errors = errors
-    result.warnings = warnings_
     return result
 
 
@@ -469,6 +469,7 @@ def _write_appended(
         info_summary = tables_summary(info, tables, txn.published.by_kind())
         extra = {"file_count": len(names), "appended": len(scans), "info": info_summary}
         record = txn.stage(sink, len(names), tables, summary_fields(result, None, extra))
+        result.warnings += info.warnings  # in the manifest, they are in its info section
         result.version, result.commit = record.version, record.id
         reader.close()
 

@@ -178,7 +178,8 @@ class MergeResult:
     seconds
         Wall time.
     warnings
-        Notes on arrays that were not merged.
+        Notes on arrays that were not merged, and on item metadata the ``.infoset`` and
+        ``.attribset`` do not hold as the items do (naming the items).
     total_items
         Items in the dataset after this merge or append, old ones included.
     version, commit

@@ -370,7 +370,7 @@ def _write_version(
                 raw_bytes=raw_total,
                 stored_bytes=0,
                 seconds=0.0,
-                warnings=[*txn.recovered, *plan.warnings],
+                warnings=[*txn.recovered, *plan.warnings, *info.warnings],
                 total_items=len(names),
                 recovered=list(txn.recovered),
             )
@@ -378,7 +378,8 @@ def _write_version(
             tables = {"infoset": infoset, "attribset": attribset}
             info_summary = tables_summary(info, tables, txn.published.by_kind())
             summary = summary_fields(result, None, {"info": info_summary})
-            summary["warnings"] = list(plan.warnings)  # what recovery did is this run's
+            # What recovery did is this run's; the tables' warnings are in its info section.
+            summary["warnings"] = list(plan.warnings)
             record = txn.stage(sink, len(names), tables, summary)
             result.version, result.commit = record.version, record.id
             txn.commit(sink.commit)  # the commit point
