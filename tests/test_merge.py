@@ -732,12 +732,14 @@ def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> 
     ``attribset``) after a merge or an append that wrote both tables: it was the summary
     of a builder that had written nothing itself (the tables are written with the
     version). It gives the rows of the tables written (an append's all of them) and the
-    paths of their copies."""
+    paths of their copies, also when recovery publishes it again; the dataset's own
+    record names no path (it is the same bytes wherever it is published)."""
     import json
 
     import pyarrow.parquet as pq
 
     from cadstore import merge
+    from cadstore.lifecycle import repair
 
     files = _items_with_metadata(
         tmp_path, [{"category": "bolt"}, {"category": "nut"}, {"category": "gear"}]
@@ -753,12 +755,16 @@ def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> 
         assert info["attribute_tables"] == {"category": attribset.num_rows}
         assert info["infoset"] == str(tmp_path / "x.infoset")
         assert info["attribset"] == str(tmp_path / "x.attribset")
-    bare = merge_items(files, tmp_path / "bare.dataset")  # tables stored, no copies
-    with DatasetReader(tmp_path / "bare.dataset") as reader:
-        record = read_commit(reader)
-    assert bare.commit and record is not None
-    assert record.summary["info"]["infoset_rows"] == 3
-    assert record.summary["info"]["infoset"] is None
+    (tmp_path / "x.flow").unlink()
+    assert repair(tmp_path / "x.dataset")  # publishes the manifest again
+    again = json.loads((tmp_path / "x.flow").read_text())["info"]
+    assert again["infoset_rows"] == 3 and again["infoset"] == str(tmp_path / "x.infoset")
+    merge_items(files, tmp_path / "bare.dataset")  # tables stored, no copies
+    for dataset in ("x.dataset", "bare.dataset"):
+        with DatasetReader(tmp_path / dataset) as reader:
+            record = read_commit(reader)
+        assert record is not None and record.summary["info"]["infoset_rows"] == 3
+        assert record.summary["info"]["infoset"] is None
 
 
 def test_vendor_layout_items_merge(tmp_path: Path) -> None:

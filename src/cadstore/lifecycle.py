@@ -493,10 +493,30 @@ def _publish_copies(
             dataset=dataset,
             infoset=published.infoset,
             attribset=published.attribset,
-            fields=record.summary,
+            fields=_with_copy_paths(record.summary, tables, targets),
         )
         written.append(where.name)
     return written
+
+
+def _with_copy_paths(
+    summary: Mapping[str, Any], tables: Mapping[str, bytes], targets: Mapping[str, Location]
+) -> dict[str, Any]:
+    """``summary`` with the paths of the table copies in its ``info`` section.
+
+    The version's record says nothing of where its copies go (``infoset`` and
+    ``attribset`` are ``None`` there): that depends on where it was published, and the
+    dataset is the same bytes wherever it is written. The manifest gives the paths of the
+    copies published beside it (``None`` for a table the version does not have).
+    """
+    info = summary.get("info")
+    if not isinstance(info, Mapping):
+        return dict(summary)
+    paths = {
+        kind: where.path if kind in tables and (where := targets.get(kind)) else None
+        for kind in TABLE_KINDS
+    }
+    return {**summary, "info": {**info, **paths}}
 
 
 def _undo_staged(previous: LockRecord, dataset: Location) -> bool:

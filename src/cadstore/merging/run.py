@@ -376,7 +376,7 @@ def _write_version(
             )
             txn.durations = {"merge": written - started, "info": time.perf_counter() - written}
             tables = {"infoset": infoset, "attribset": attribset}
-            info_summary = tables_summary(info, tables, txn.published.by_kind())
+            info_summary = tables_summary(info, tables)
             summary = summary_fields(result, None, {"info": info_summary})
             # What recovery did is this run's; the tables' warnings are in its info section.
             summary["warnings"] = list(plan.warnings)

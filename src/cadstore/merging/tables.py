@@ -1132,17 +1132,15 @@ def item_tables(
     return info, info.infoset_table("file_info"), info.attribset_table()
 
 
-def tables_summary(
-    info: DatasetInfo,
-    tables: Mapping[str, pa.Table],
-    copies: Mapping[str, Location],
-) -> dict[str, Any]:
-    """The ``info`` section of a merge's or an append's ``.flow``: what was written.
+def tables_summary(info: DatasetInfo, tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+    """The ``info`` section of a merge's or an append's summary: the tables it stores.
 
     :meth:`DatasetInfo.summary` counts what the builder wrote itself; a merge or an
     append builds the tables in memory (:func:`item_tables`, and for an append
-    :func:`extend_table`) and has them written with its version, so the counts and paths
-    are taken from those tables and where their copies are published instead.
+    :func:`extend_table`) and stores them in its version, so the counts are taken from
+    those tables instead. Where their copies are published is not the version's to say:
+    ``infoset`` and ``attribset`` stay ``None`` here, and the ``.flow`` manifest gives
+    the paths (see :mod:`cadstore.lifecycle`).
 
     Parameters
     ----------
@@ -1150,16 +1148,14 @@ def tables_summary(
         The builder of the new items' rows (their fields, errors and warnings).
     tables
         The tables the version stores, by kind (``"infoset"``, ``"attribset"``); a kind
-        left out is not written.
-    copies
-        Where the copies are published, by kind; a kind left out has no copy.
+        left out is not stored.
 
     Returns
     -------
     dict
-        :meth:`DatasetInfo.summary` with ``infoset_rows``, ``attribute_tables``,
-        ``attribute_rows``, ``infoset`` and ``attribset`` those of the tables written
-        (an append's include the rows the dataset already had).
+        :meth:`DatasetInfo.summary` with ``infoset_rows``, ``attribute_tables`` and
+        ``attribute_rows`` those of the tables stored (an append's include the rows the
+        dataset already had).
     """
     summary = info.summary()
     infoset = tables.get("infoset")
@@ -1171,9 +1167,7 @@ def tables_summary(
             counts[name] = counts.get(name, 0) + 1
     summary["attribute_tables"] = counts
     summary["attribute_rows"] = 0 if attribset is None else attribset.num_rows
-    for kind in ("infoset", "attribset"):
-        where = copies.get(kind)
-        summary[kind] = where.path if where is not None and kind in tables else None
+    summary["infoset"] = summary["attribset"] = None
     return summary
 
 
