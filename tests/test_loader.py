@@ -339,6 +339,25 @@ def test_remove_indices_of_something_other_than_positions_is_refused(
     assert len(loader.remove_indices([np.int64(train.indices[0])])) == n - 2
 
 
+def test_remove_indices_takes_positions_as_tensors(loader: DatasetLoader) -> None:
+    """A torch tensor of positions (``torch.randperm(n)[:k]``, a sampler's indices) holds
+    0-d tensors, which the argument check first refused; they are integers. A boolean
+    tensor, and a 0-d array, are still refused."""
+    torch = pytest.importorskip("torch")
+    loader.split("random", random_state=0)
+    train = loader.get_dataset("train")
+    before = len(train)
+    for bad in (torch.tensor([True]), np.array(3), torch.tensor(1)):
+        with pytest.raises(DatasetError, match=r"local must be .*integer"):
+            train.remove_indices(bad)
+    assert len(train) == before
+    assert len(train.remove_indices(torch.tensor([0, 1]))) == before - 2
+    codes = loader.get_dataset("test").indices[:2].copy()
+    loader.remove_indices(torch.from_numpy(codes)[torch.randperm(2)])
+    assert loader.validate_configuration()["removed"] == 4
+    assert not set(codes.tolist()) & set(loader.get_dataset("test").indices.tolist())
+
+
 def test_validate_configuration_and_file_codes(flow: Path, items: list[Any]) -> None:
     """The specified ``validate_configuration()`` and ``diagnose_file_codes_mismatch()``
     were missing."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import zarr
 import cadstore
 from cadstore import OptStorage
 from cadstore.dataset import CADDataset, DatasetExplorer, DatasetLoader, DatasetReader
+from cadstore.errors import CorruptStoreError
 from cadstore.synthetic import WorkloadConfig, make_item, make_item_metadata, write_item
 
 FIXTURES = Path(__file__).parent / "fixtures" / "old_format"
@@ -585,3 +587,41 @@ def test_batches_of_a_dimension_of_two_lengths(bins: Path, layout: str) -> None:
                         _same(rows, _bins_rows(name, array), f"{array} of {name}")
                 seen += codes
             assert seen == [2, 1, 0, 3]
+
+
+def _with_damaged_d2_distance(tmp_path: Path) -> Path:
+    """The 'full' old_format_bins dataset, faceface/d2_distance's data_type made invalid."""
+    dst = tmp_path / "bins.dataset"
+    with (
+        zipfile.ZipFile(BINS / "full" / "bins.dataset") as zin,
+        zipfile.ZipFile(dst, "w") as zout,
+    ):
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "zarr.json":
+                doc = json.loads(data)
+                arrays = doc["consolidated_metadata"]["metadata"]
+                arrays["faceface/d2_distance"]["data_type"] = "bogus"
+                data = json.dumps(doc).encode()
+            elif info.filename == "faceface/d2_distance/zarr.json":
+                doc = json.loads(data)
+                doc["data_type"] = "bogus"
+                data = json.dumps(doc).encode()
+            zout.writestr(info, data)
+    return dst
+
+
+def test_a_damaged_array_does_not_stop_reading_its_healthy_siblings(tmp_path: Path) -> None:
+    """Presenting a group's dimension names (for datasets merged before 1c9d8a3) looked at
+    every array of the group, so one array's damaged metadata made its healthy siblings
+    unreadable (array_meta, read_item of chosen arrays); the damaged one alone is refused
+    when it is read."""
+    path = _with_damaged_d2_distance(tmp_path)
+    with DatasetReader(path) as reader:
+        assert reader.array_meta("faceface", "face_pair_edges_path").dims[0] == "facepair"
+        item = reader.read_item(
+            0, groups=["faceface"], arrays={"faceface": ["face_pair_edges_path"]}
+        )
+        assert item["faceface"]["face_pair_edges_path"].shape == (4, 5)
+        with pytest.raises(CorruptStoreError, match="d2_distance"):
+            reader.read_item(0, groups=["faceface"], arrays={"faceface": ["d2_distance"]})

@@ -75,14 +75,12 @@ def test_the_zip64_writer_deflates_metadata_at_the_fast_writers_level(tmp_path: 
 def test_offsets_beyond_the_fast_writers_fields_go_through_zip64(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An archive whose offsets do not fit the fast writer's 32-bit fields (here one byte,
-    so that the test needs no 4 GiB) is written by zipfile with ZIP64, whole and readable,
-    and not left half written."""
-    import struct
-
+    """An archive whose offsets reach the fast writer's limit (0xFFFFFFFF, which the zip
+    format reserves as "see ZIP64"; here lowered so that the test needs no 4 GiB) is
+    written by zipfile with ZIP64, whole and readable, and not left half written."""
     from cadstore.io import zipwriter
 
-    monkeypatch.setattr(zipwriter, "_OFFSET", struct.Struct("<B"))
+    monkeypatch.setattr(zipwriter, "_LIMIT", 300)
     members = [(f"a/c/{i}", bytes([i]) * 100) for i in range(5)] + [("zarr.json", b"{}" * 50)]
     path = tmp_path / "big.zip"
     with open(path, "wb") as fh:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -374,6 +375,10 @@ def _check_random_state(random_state: object) -> None:
         )
 
 
+#: How numpy and torch name their boolean types (``str(dtype)``).
+_BOOL_DTYPES = frozenset(("bool", "torch.bool"))
+
+
 def _check_positions(name: str, positions: object) -> list[int]:
     """The integers of ``positions``, or a :class:`DatasetError` naming the argument.
 
@@ -382,15 +387,25 @@ def _check_positions(name: str, positions: object) -> list[int]:
     bool is no position either. Ranges are the caller's to check.
     """
     expected = f"{name} must be an iterable of integers"
-    if isinstance(positions, str | bytes) or not isinstance(positions, Iterable):
+    if (
+        isinstance(positions, str | bytes)
+        or not isinstance(positions, Iterable)
+        or getattr(positions, "ndim", None) == 0  # a 0-d array or tensor: not iterable
+    ):
         raise DatasetError(f"{expected}, got {type(positions).__name__} {positions!r}")
-    values = list(positions)
-    for value in values:
-        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+    found = []
+    for value in positions:
+        # operator.index takes what is an integer (Python, numpy, a one-element integer
+        # tensor of torch.randperm) and refuses floats and strings; a bool is no position.
+        try:
+            if isinstance(value, bool) or str(getattr(value, "dtype", "")) in _BOOL_DTYPES:
+                raise TypeError
+            found.append(operator.index(value))
+        except TypeError:
             raise DatasetError(
                 f"{expected}, got {type(value).__name__} {value!r} among {positions!r}"
-            )
-    return [int(value) for value in values]
+            ) from None
+    return found
 
 
 class ItemSource:

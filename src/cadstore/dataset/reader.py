@@ -655,7 +655,12 @@ class DatasetReader:
         if found is None:
             named = []
             for array in self.arrays(group):
-                meta = self._unqualified(group, array)[0]
+                try:
+                    meta = self._unqualified(group, array)[0]
+                except CorruptStoreError:
+                    # Damaged metadata is reported when that array is read, not when a
+                    # sibling is: its names are left out of the qualification.
+                    continue
                 if meta.dims:
                     named.append((array, meta.dims, meta.shape[1:]))
             primaries = [self.primary_dimension(group)]

@@ -903,17 +903,19 @@ def _layout(
     arr: np.ndarray, level: int | None, zarr_format: int, chunks: Sequence[int] | None
 ) -> _Layout:
     if chunks is None:
-        return _default_layout(arr.shape, arr.dtype, level, zarr_format)
+        return _default_layout(arr.shape, arr.dtype.str, level, zarr_format)
     return _make_layout(arr.shape, arr.dtype, level, zarr_format, tuple(chunks))
 
 
 @functools.lru_cache(maxsize=1024)
 def _default_layout(
-    shape: tuple[int, ...], dtype: np.dtype, level: int | None, zarr_format: int
+    shape: tuple[int, ...], dtype: str, level: int | None, zarr_format: int
 ) -> _Layout:
     # Item writers save arrays of the same few shapes over and over: their layout (in the
-    # default chunks) is worked out once per shape, type and level.
-    return _make_layout(shape, dtype, level, zarr_format, chunk_rows(shape))
+    # default chunks) is worked out once per shape, type and level. Keyed by the type's
+    # string, not the dtype: dtypes differing in their metadata (h5py's enums) compare
+    # equal, and one array's would become another's.
+    return _make_layout(shape, np.dtype(dtype), level, zarr_format, chunk_rows(shape))
 
 
 def _make_layout(

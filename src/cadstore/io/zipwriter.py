@@ -70,7 +70,8 @@ _PACK_CENTRAL_HEAD = struct.Struct("<IHHHHHHIIIHHHHHI").pack
 _OFFSET = struct.Struct("<I")
 
 #: Records of deflated members by (name, bytes), for documents of up to
-#: :data:`_REMEMBERED_BYTES` (bounded: about 2 KB an entry, 8 MB when full).
+#: :data:`_REMEMBERED_BYTES` (bounded: up to about 4 KB an entry with its key, 16 MB when
+#: full; an item's array documents are about 400 bytes, 1 KB an entry).
 _REMEMBERED: dict[tuple[str, bytes], tuple[bytes, bytes, bytes, bytes]] = {}
 _REMEMBERED_KEPT = 4096
 
@@ -112,8 +113,8 @@ def write_stored_zip(
     if len(members) < 0xFFFF:
         try:
             archive = _archive(members, deflate)
-        except struct.error:
-            pass  # an offset or a size beyond 32 bits: only ZIP64 can record it
+        except _NeedsZip64:
+            pass
         else:
             # One write of the whole archive: the members of an item are small and
             # already in memory, and a single write is cheaper than three per member.
@@ -122,12 +123,25 @@ def write_stored_zip(
     _write_with_zipfile(fh, members, deflate)
 
 
+class _NeedsZip64(Exception):
+    """An archive with a size or an offset of :data:`_LIMIT` or more (``0xFFFFFFFF`` says
+    "see the ZIP64 record"): only ZIP64 records it."""
+
+
 def _archive(members: Sequence[tuple[str, bytes]], deflate: Callable[[str], bool]) -> bytes:
-    """The bytes of a zip of ``members`` without ZIP64 (``struct.error`` if it needs it)."""
+    """The bytes of a zip of ``members`` without ZIP64.
+
+    Raises
+    ------
+    _NeedsZip64
+        If a member's size or offset, or the central directory's offset, needs ZIP64.
+    """
     local: list[bytes] = []
     central: list[bytes] = []
     offset = 0
     for name, data in members:
+        if offset >= _LIMIT or len(data) >= _LIMIT:
+            raise _NeedsZip64  # (a deflated payload is never larger than its data)
         if deflate(name):
             # Metadata documents repeat from item to item (the same array documents under
             # the same names): their records are made once (see _records).
@@ -146,6 +160,8 @@ def _archive(members: Sequence[tuple[str, bytes]], deflate: Callable[[str], bool
         central += (head, _OFFSET.pack(offset), tail)
         offset += len(header) + len(payload)
     directory = b"".join(central)
+    if offset >= _LIMIT:
+        raise _NeedsZip64
     local += (
         directory,
         struct.pack(

@@ -147,6 +147,10 @@ def _normalize_array(key: str, arr: np.ndarray, copy: bool = True) -> np.ndarray
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         elif arr.dtype.fields is not None:
             raise UnsupportedTypeError(f"structured arrays are not supported (key {key!r})")
+        if arr.dtype.metadata is not None:
+            # No storage keeps a dtype's metadata (h5py's enums): the saved array is the
+            # plain type, in this session as after reopening.
+            arr = arr.view(np.dtype(arr.dtype.str))
         return np.array(arr, copy=True, order="C") if copy else np.asarray(arr, order="C")
     if kind == "U":
         # Little-endian first (a big-endian array's code points read as other numbers).
