@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cadstore import JsonStorageHandler
-from cadstore.errors import CorruptStoreError, KeyConflictError
+from cadstore.errors import CorruptStoreError, KeyConflictError, KeyNotFoundError
 from cadstore.io.publish import TEMP_PREFIX
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
@@ -305,6 +305,44 @@ def test_a_plain_json_file_dropped_in_the_folder_removes_no_saved_key(tmp_path: 
 
 def _kb(path: Path) -> float:
     return round(path.stat().st_size / 1024.0, 3)
+
+
+@pytest.mark.parametrize("key", ["face_areas", "graph/a", "faces"])
+def test_a_kill_during_a_delete_leaves_no_size_for_data_that_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """``delete_data`` removed the key's file, then wrote ``metadata.json`` without its
+    size: a writer killed in between left a size for data that was gone. The size goes
+    first now; killed after the data is gone, the store records no size for it, and the
+    rest is all there. A key that is not there is refused before anything changes."""
+    where = tmp_path / "store"
+    storage = JsonStorageHandler(where)
+    storage.save_data("face_areas", np.arange(3.0))
+    storage.save_data("graph", {"a": np.arange(2), "n": 3})
+    storage.save_data("faces/ids", np.arange(4))
+    before = (where / "metadata.json").read_bytes()
+    with pytest.raises(KeyNotFoundError, match="nope"):
+        storage.delete_data("nope")
+    assert (where / "metadata.json").read_bytes() == before
+    real = storage._delete_node
+
+    def killed_after(target: str) -> None:
+        real(target)
+        raise KeyboardInterrupt("killed after the data went")
+
+    monkeypatch.setattr(storage, "_delete_node", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        storage.delete_data(key)
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert key not in reopened
+        sizes = reopened.load_metadata("file_sizes_KB")
+        node: Any = sizes
+        for part in key.split("/")[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        assert not (isinstance(node, dict) and key.split("/")[-1] in node), sizes
+        gone = {key, f"{key}/ids"}
+        for kept in {"face_areas", "graph/n", "faces/ids"} - gone:
+            assert kept in reopened, kept
 
 
 @pytest.mark.parametrize("case", ["replaced", "new", "inside_a_dict", "over_a_group"])

@@ -462,15 +462,19 @@ class NodeStorage(DataStorage):
         with self._lock:
             self._check_writable()
             key = validate_key(data_key)
-            try:
-                self._delete_node(key)
-            except KeyError:
-                raise KeyNotFoundError(
-                    key, f"data key {key!r} does not exist in {self!r}"
-                ) from None
+            missing = KeyNotFoundError(key, f"data key {key!r} does not exist in {self!r}")
+            if self._node_kind(key) is None:
+                raise missing
+            # The size record goes first: a writer killed between the two steps leaves the
+            # data without a size (which a storage that checks its sizes on open gives back,
+            # see JsonStorageHandler), never a size for data that is gone.
             sizes = self._metadata.get(SIZES_METADATA_KEY)
             if isinstance(sizes, dict) and self._pop_nested(sizes, key.split("/")):
                 self._write_metadata_document(self._metadata)
+            try:
+                self._delete_node(key)
+            except KeyError:
+                raise missing from None
 
     def get_keys(self) -> list[str]:
         """Return the top-level data keys (arrays and groups)."""
