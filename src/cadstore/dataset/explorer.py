@@ -572,11 +572,12 @@ class DatasetExplorer:
             import xarray as xr
 
             per_row = self._per_row(group)
+            renamed = self._renamed(group)
             found = xr.open_zarr(
                 self._open_zarr_store(),
                 group=group,
                 chunks={} if self._dask_client is not None else None,
-                drop_variables=[OFFSETS, *per_row, *self._renamed(group)],
+                drop_variables=[OFFSETS, *per_row, *renamed],
             )
             if per_row:
                 from xarray.core import indexing
@@ -586,7 +587,7 @@ class DatasetExplorer:
                     _, dims = self._presented(group, array)
                     lazy = indexing.LazilyIndexedArray(backend)
                     found[array] = xr.Variable(dims, lazy)
-            found = self._with_reader_arrays(group, found)
+            found = self._with_reader_arrays(group, found, set(per_row), set(renamed))
             self._group_data[group] = found
         return found
 
@@ -601,14 +602,15 @@ class DatasetExplorer:
             and self.reader.array_meta(group, array).dims != self.reader.stored_dims(group, array)
         ]
 
-    def _with_reader_arrays(self, group: str, found: xr.Dataset) -> xr.Dataset:
+    def _with_reader_arrays(
+        self, group: str, found: xr.Dataset, per_row: set[str], renamed: set[str]
+    ) -> xr.Dataset:
         """``found`` with the group's arrays zarr-python cannot present added, read through
         the reader, in the group's array order: the triangle-stored face-pair arrays as
-        their full ``N x N`` rows, and those whose dimension names the reader qualifies
-        (see :meth:`_renamed`), on those names."""
+        their full ``N x N`` rows, and ``renamed``, those whose dimension names the reader
+        qualifies (see :meth:`_renamed`), on those names. ``per_row`` arrays (see
+        :meth:`_per_row`) were added on their presented dimensions already."""
         arrays = self.reader.arrays(group)
-        renamed = set(self._renamed(group))
-        per_row = set(self._per_row(group))  # added on their presented dims already
         virtual = [
             a
             for a in arrays
