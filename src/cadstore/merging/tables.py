@@ -449,11 +449,8 @@ class DatasetInfo:
             fld = self._fields[key]
             other = CATEGORICAL if fld.route == FILE_LEVEL else FILE_LEVEL
             moved = set(names)
-            kept = [
-                item.name
-                for item in self._items.values()
-                if key in item.values and item.name not in moved
-            ]
+            kept = self._holders(key, lambda _: True)
+            kept = [name for name in kept if name not in moved]
             self._warn(
                 f"field {key!r} is routed {fld.route!r} ({_items_text(kept)}) and "
                 f"{other!r} ({_items_text(names)}); keeping {fld.route!r}"
