@@ -252,18 +252,11 @@ def contains_nan(key: str, node: Node) -> None:
 
     The message names the full key of the offending leaf and the number of NaN values.
     """
-    if type(node) is np.ndarray:
-        # The common case, a single array: no leaves to walk. An integer or string array
-        # has nothing to look at; the minimum of a real array is NaN exactly when it holds
-        # one (one pass, no mask allocated, no floating-point warnings).
-        kind = node.dtype.kind
-        if kind not in "fc" or not node.size or (kind == "f" and not math.isnan(node.min())):
-            return
+    if type(node) is np.ndarray and not _may_hold_nan(node):
+        return  # the common case, a single array: no leaves to walk
     for leaf_key, leaf in iter_leaves(node, key):
         if isinstance(leaf, np.ndarray | np.generic) and leaf.dtype.kind in "fc":
-            # The minimum of a real array is NaN exactly when it holds one: one pass, no
-            # mask allocated, no floating-point warnings. Complex arrays take the mask.
-            if leaf.size == 0 or (leaf.dtype.kind == "f" and not np.isnan(leaf.min())):
+            if not _may_hold_nan(leaf):
                 continue
             count = int(np.count_nonzero(np.isnan(leaf)))
             if count:
@@ -276,6 +269,17 @@ def contains_nan(key: str, node: Node) -> None:
                 f"data for key {leaf_key!r} is NaN; this storage refuses NaN "
                 "(or open the storage with allow_nan=True)"
             )
+
+
+def _may_hold_nan(arr: np.ndarray | np.generic) -> bool:
+    """Whether ``arr`` may hold NaN: a non-empty floating array whose minimum is NaN (the
+    minimum of a real array is NaN exactly when it holds one: one pass, no mask
+    allocated, no floating-point warnings), or a non-empty complex one (which takes the
+    mask)."""
+    kind = arr.dtype.kind
+    if kind not in "fc" or not arr.size:
+        return False
+    return kind == "c" or math.isnan(arr.min())
 
 
 def node_nbytes(node: Node) -> int:
