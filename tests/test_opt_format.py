@@ -171,6 +171,56 @@ def test_a_full_document_cache_starts_over_and_writes_the_same_files(
         keys.validate_key("face_areas/../x")
 
 
+def test_array_documents_spliced_from_their_family_are_the_serialised_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Documents of new shapes are made from the text their family shares (the shape and
+    # chunk shape spliced in): every zarr.json must be the document itself, serialised,
+    # for items of sizes met first, met again, and with the families made by other sizes.
+    from cadstore.format import hierarchy
+
+    def item(n: int) -> dict[str, Any]:
+        rng = np.random.default_rng(n)
+        pairs = rng.random((n, n, 4)).astype(np.float32)
+        return {
+            **_item(),
+            "face_areas": rng.random(n).astype(np.float32),
+            "face_centroids": rng.random((n, 3)).astype(np.float32),
+            "face_pairs": pairs + pairs.transpose(1, 0, 2),  # stored as a triangle
+            "names": np.array([f"f{i}" for i in range(n)]),
+            "Größe": np.arange(n, dtype=np.int64),
+            "scalar": np.float64(n),
+            "big": rng.standard_normal((n * 9_000, 3)).astype(np.float32),
+        }
+
+    def write(name: str, n: int) -> bytes:
+        hierarchy._ENCODED_DOCS.clear()
+        return Path(
+            write_item(tmp_path / f"{name}.zarr", item(n), {}, summary_dir=False)
+        ).read_bytes()
+
+    monkeypatch.setattr(hierarchy, "_ENCODED_DOCS", {})
+    monkeypatch.setattr(hierarchy, "_ARRAY_JSON_PARTS", {})
+    sizes = (1, 7, 30, 7, 2)
+    spliced = [write(f"spliced-{i}", n) for i, n in enumerate(sizes)]
+    assert hierarchy._ARRAY_JSON_PARTS  # the families were made and used
+    assert spliced[1] == spliced[3]
+    monkeypatch.setattr(hierarchy, "_array_json_parts", lambda doc: ())
+    for i, n in enumerate(sizes):
+        assert write(f"whole-{i}", n) == spliced[i]
+    with zipfile.ZipFile(tmp_path / "spliced-2.zarr.data") as zf:
+        documents = [name for name in zf.namelist() if name.endswith("zarr.json")]
+        assert "face_pairs/zarr.json" in documents and "names/zarr.json" in documents
+        for name in documents:
+            text = zf.read(name)
+            assert text == json.dumps(
+                json.loads(text), separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+    assert json.loads(
+        zipfile.ZipFile(tmp_path / "spliced-2.zarr.data").read("face_areas/zarr.json")
+    )["shape"] == [30]
+
+
 def _int_arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
     return {

@@ -632,7 +632,8 @@ class BuildHierarchy(Hierarchy):
                     item_shape=item_shape,
                     item_dims=item_dims,
                 )
-                known = docs, meta, _compact_json(docs["zarr.json"]), _decoded_nbytes(meta)
+                family = (*key[1:], len(meta.codecs))
+                known = docs, meta, _array_json(family, docs["zarr.json"]), _decoded_nbytes(meta)
                 if len(_ENCODED_DOCS) >= _ENCODED_DOCS_KEPT:
                     _ENCODED_DOCS.clear()
                 _ENCODED_DOCS[key] = known
@@ -900,6 +901,61 @@ def _compact_json(doc: Any) -> bytes:
 # Made once: json.dumps with any non-default argument builds an encoder on every call, a
 # fifth of the time of serialising an array's zarr.json.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _array_json(family: tuple[Any, ...], doc: Mapping[str, Any]) -> bytes:
+    """``doc``, a v3 array's ``zarr.json``, serialised as :func:`_compact_json` would.
+
+    An item whose face or edge count the process has not met before needs new documents
+    for most of its arrays, and serialising each costs about as much as compressing its
+    data. Arrays of one ``family`` (type, names, kind, level and codecs: all of the
+    document but its shape and chunk shape) share the rest of the text, so that text is
+    made once and the two integer lists are spliced in.
+    """
+    parts = _ARRAY_JSON_PARTS.get(family)
+    if parts is None:
+        parts = _ARRAY_JSON_PARTS[family] = _array_json_parts(doc)
+    if not parts:
+        return _compact_json(doc)
+    head, middle, tail = parts
+    chunks = doc["chunk_grid"]["configuration"]["chunk_shape"]
+    return head + _int_list(doc["shape"]) + middle + _int_list(chunks) + tail
+
+
+#: Text of v3 array documents around their shape and chunk shape, by family (see
+#: :func:`_array_json`); an empty tuple where a document does not split so. Bounded by the
+#: kinds of arrays a process writes (an item schema's arrays, about 1 KB each).
+_ARRAY_JSON_PARTS: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+
+_SHAPE_MARK = "\x00shape"
+_CHUNKS_MARK = "\x00chunks"
+
+
+def _array_json_parts(doc: Mapping[str, Any]) -> tuple[bytes, ...]:
+    """The text of ``doc`` before its shape, between shape and chunk shape, and after."""
+    grid = doc.get("chunk_grid")
+    if not isinstance(grid, Mapping) or "shape" not in doc:
+        return ()
+    config = grid.get("configuration")
+    if not isinstance(config, Mapping) or "chunk_shape" not in config:
+        return ()
+    marked = {
+        **doc,
+        "shape": _SHAPE_MARK,
+        "chunk_grid": {**grid, "configuration": {**config, "chunk_shape": _CHUNKS_MARK}},
+    }
+    text = _compact_json(marked)
+    head, _, rest = text.partition(_compact_json(_SHAPE_MARK))
+    middle, _, tail = rest.partition(_compact_json(_CHUNKS_MARK))
+    # Made from this document, the parts must give it back (a name holding a mark, or a
+    # document of another order, does not split so).
+    spliced = head + _int_list(doc["shape"]) + middle + _int_list(config["chunk_shape"]) + tail
+    return (head, middle, tail) if spliced == _compact_json(doc) else ()
+
+
+def _int_list(values: Sequence[int]) -> bytes:
+    """A list of Python ints as compact JSON (what the encoder writes for it)."""
+    return ("[" + ",".join(map(str, values)) + "]").encode("ascii")
 
 
 # Items of equal face and edge counts repeat their array documents (86% of them over
