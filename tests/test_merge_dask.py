@@ -146,6 +146,37 @@ def test_cluster_merge_names_the_array_of_rows_float_cannot_hold(
     assert_same_dataset(outputs["local"], outputs["dask"])
 
 
+def test_cluster_merge_checks_integers_on_the_workers(
+    client: distributed.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether an item's int64 rows fit the float64 array was checked by decoding the
+    items on the driver, one after the other: a driver that cannot read the items' paths
+    (they are the workers') failed the merge, and a large one waited on it. The items are
+    now decoded on the workers; the driver decodes none (its decoder refuses here)."""
+    from cadstore.merging import write
+
+    def driver_decodes(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the driver decoded an item")
+
+    paths = [
+        write_arrays(tmp_path / f"{name}.zarr", {"faces/v": value})
+        for name, value in (
+            ("a", np.array([2**62 + 1, 3])),
+            ("b", np.array([0.5, 1.5])),
+            ("c", np.array([7, 8])),
+        )
+    ]
+    local = merge_items(paths, tmp_path / "local.dataset")
+    monkeypatch.setattr(write, "decode_item", driver_decodes)
+    result = merge_items(paths, tmp_path / "dask.dataset", client=client)
+    assert result.items == local.items == ["b", "c"]
+    assert result.errors == local.errors
+    assert result.errors[0]["error"].startswith(
+        "'faces/v' (faces/v): the integer 4611686018427387905"
+    )
+    assert_same_dataset(tmp_path / "local.dataset", tmp_path / "dask.dataset")
+
+
 def test_merger_with_an_address_keeps_the_cluster(
     cluster: distributed.LocalCluster, items: list[Path], local_merge: Path, tmp_path: Path
 ) -> None:

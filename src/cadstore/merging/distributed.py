@@ -24,8 +24,9 @@ Dask is optional: install ``cadstore[dask]``.
 
 from __future__ import annotations
 
+import functools
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,31 @@ def _result(future: Any, what: str) -> Any:
     if isinstance(out, _Failure):
         _raise_failure(out)
     return out
+
+
+def _call_captured(fn: Callable[..., Any], *args: Any) -> Any:
+    return _captured(lambda: fn(*args))
+
+
+def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
+    """A ``map`` that runs each call on the cluster's workers, for work the driver must
+    not do itself (it may not be able to read the items the workers read).
+
+    The returned function takes ``(fn, *iterables)`` like :func:`map`, submits one task
+    per call and returns the results in order; a cadstore error in a task is raised
+    again here, and cluster failures as a :class:`~cadstore.errors.MergeError` naming
+    ``what``.
+    """
+
+    def run(fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
+        futures = client.map(functools.partial(_call_captured, fn), *iterables, pure=False)
+        try:
+            return [_result(future, what) for future in futures]
+        finally:
+            for future in futures:
+                future.release()
+
+    return run
 
 
 # ---------------------------------------------------------------------------- scan

@@ -35,7 +35,7 @@ from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import check_output_folder, open_sink
 from cadstore.lifecycle import PublishedFiles, Transaction, dataset_exists
-from cadstore.merging.distributed import scan_on_dask, write_shards_on_dask
+from cadstore.merging.distributed import dask_map, scan_on_dask, write_shards_on_dask
 from cadstore.merging.options import (
     DEFAULT_INNER_BYTES,
     DEFAULT_LEVEL,
@@ -336,7 +336,15 @@ def _write_version(
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             raise MergeError(f"no readable item among {len(ordered)} file(s): {shown}{more}")
         plan = plan_merge(scans, schema, options, errors)
-        while inexact := inexact_items(plan, pool, options):
+        # The driver of a Dask merge decodes no item: the workers check the integers.
+        run_map = (
+            dask_map(client, "checking the items' integers")
+            if client is not None
+            else map
+            if pool is None
+            else pool.map
+        )
+        while inexact := inexact_items(plan, run_map, options):
             # Skipped and listed like the items plan_merge drops; without them the arrays'
             # dtypes may change, so the plan is made again, and checked again.
             errors.extend({"file": plan.scans[c].path, "error": e} for c, e in inexact.items())

@@ -21,7 +21,7 @@ import concurrent.futures as cf
 import json
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -558,7 +558,7 @@ def _inexact_problems(
 
 
 def inexact_items(
-    plan: MergePlan, pool: cf.Executor | None, options: MergeOptions
+    plan: MergePlan, run_map: Callable[..., Iterable[list[str]]], options: MergeOptions
 ) -> dict[int, str]:
     """The items holding an integer that their dataset array's floating-point dtype
     cannot hold exactly, ``{code: what is wrong}``, found before any row is written.
@@ -574,8 +574,10 @@ def inexact_items(
     ----------
     plan
         The merge plan.
-    pool
-        Workers to decode on (``None``: this thread).
+    run_map
+        How the items are decoded, a ``map``: :func:`map` (this thread), a pool's
+        ``map``, or :func:`~cadstore.merging.distributed.dask_map` (on a cluster's
+        workers, so that the driver decodes no item).
     options
         The merge's options (its limits).
 
@@ -606,11 +608,7 @@ def inexact_items(
     codes = sorted(checks)
     locations = [plan.scans[code].location for code in codes]
     arguments = (locations, [checks[code] for code in codes], [options.limits] * len(codes))
-    results: Iterable[list[str]] = (
-        map(_inexact_problems, *arguments)
-        if pool is None
-        else pool.map(_inexact_problems, *arguments)
-    )
+    results = run_map(_inexact_problems, *arguments) if codes else ()
     for code, problems in zip(codes, results, strict=True):
         if problems:
             found.setdefault(code, []).extend(problems)
