@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cadstore import JsonStorageHandler
 from cadstore.errors import CorruptStoreError, KeyConflictError, KeyNotFoundError
 from cadstore.io.publish import TEMP_PREFIX
-from cadstore.storage.base import DataStorage
+from cadstore.storage.base import DataStorage, NodeStorage
 from cadstore.testing.conformance import StorageConformance, assert_same
 from fuzzing import FUZZ_SETTINGS, json_values
 
@@ -404,3 +404,70 @@ def test_sizes_are_those_on_disk_after_a_kill_before_the_metadata(
                 for part in size_key.split("/"):
                     node = node[part]
                 assert node == _kb(where / name), size_key
+
+
+# Tagged values a metadata.json can hold where a size record belongs: a NaN saved as
+# metadata, and a dict whose key looks like a tag (kept wrapped in "__dict__").
+_TAGGED_SIZES = [float("nan"), {"__build__": 1}]
+
+
+@pytest.mark.parametrize("backend", ["json", "opt"])
+@pytest.mark.parametrize("tagged", _TAGGED_SIZES, ids=["nan", "wrapped_dict"])
+def test_save_data_replaces_a_tagged_size_record_instead_of_writing_into_it(
+    tmp_path: Path, backend: str, tagged: Any
+) -> None:
+    """``NodeStorage._record_size`` set ``file_sizes_KB/graph/a`` by writing into
+    whatever dict it found at ``file_sizes_KB/graph``: a tagged value there (not a size
+    section) came out as ``{"__float__": "NaN", "a": ...}``, neither a size nor a section.
+    It is replaced by a section now, as the JSON store's check on open replaces it; the
+    other sizes, the metadata and the data are all kept."""
+    from cadstore import OptStorage
+
+    where = tmp_path / "store"
+    storage: NodeStorage = JsonStorageHandler(where) if backend == "json" else OptStorage(where)
+    storage.save_data("face_areas", np.arange(3.0))
+    storage.save_metadata("author", "me")
+    storage.save_metadata("file_sizes_KB/graph", tagged)
+    face_size = storage.load_metadata("file_sizes_KB/face_areas")
+    storage.save_data("graph/a", np.arange(4))
+    recorded = storage.load_metadata("file_sizes_KB/graph")
+    assert list(recorded) == ["a"], recorded
+    assert recorded["a"] > 0
+    assert storage.load_metadata("file_sizes_KB/face_areas") == face_size
+    assert storage.load_metadata("author") == "me"
+    assert_same(storage.load_data("graph/a"), np.arange(4), "graph/a")
+    assert_same(storage.load_data("face_areas"), np.arange(3.0), "face_areas")
+    if backend == "json":
+        on_disk = json.loads((where / "metadata.json").read_text())["file_sizes_KB"]
+        assert on_disk["graph"] == {"a": _kb(where / "graph_a.json")}
+    storage.close()
+
+
+@pytest.mark.parametrize("tagged", _TAGGED_SIZES, ids=["nan", "wrapped_dict"])
+def test_the_check_on_open_replaces_a_tagged_size_record(tmp_path: Path, tagged: Any) -> None:
+    """The JSON store's check of its sizes on open (``_true_sizes``) sets a size with the
+    same helper as ``save_data``: a tagged value found where the size of a dict file
+    (``graph``) or the sizes of a group of files (``faces``) belong is replaced by them;
+    the other metadata and the data are kept."""
+    from cadstore.format.jsoncodec import encode_metadata
+
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("graph", {"a": np.arange(2), "n": 3})
+        storage.save_data("faces/ids", np.arange(4))
+        storage.save_metadata("author", "me")
+    doc = json.loads((where / "metadata.json").read_text())
+    doc["file_sizes_KB"]["graph"] = encode_metadata("x", tagged)
+    doc["file_sizes_KB"]["faces"] = encode_metadata("x", tagged)
+    (where / "metadata.json").write_text(json.dumps(doc))
+    want = {"graph": _kb(where / "graph.json"), "faces": {"ids": _kb(where / "faces_ids.json")}}
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert reopened.load_metadata("file_sizes_KB") == want
+        assert reopened.load_metadata("author") == "me"
+        assert_same(reopened.load_data("faces/ids"), np.arange(4), "faces/ids")
+        assert_same(reopened.load_data("graph/a"), np.arange(2), "graph/a")
+    with JsonStorageHandler(where) as writer:
+        writer.save_metadata("touched", 1)
+    on_disk = json.loads((where / "metadata.json").read_text())
+    assert on_disk["file_sizes_KB"] == want
+    assert on_disk["author"] == "me"

@@ -56,7 +56,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeGuard
 
 from cadstore.errors import (
     InvalidKeyError,
@@ -92,6 +92,72 @@ _UNROUTED_METADATA = frozenset((SIZES_METADATA_KEY, *_RESERVED_METADATA))
 def size_in_kb(nbytes: int) -> float:
     """``nbytes`` as :data:`SIZES_METADATA_KEY` records it: KiB, to three decimals."""
     return round(nbytes / 1024.0, 3)
+
+
+def is_size(value: Any) -> bool:
+    """Whether ``value`` is a size record of one key: a plain number (not a bool).
+
+    Parameters
+    ----------
+    value
+        A value found in :data:`SIZES_METADATA_KEY`.
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_size_section(value: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether ``value`` is a size record of a group of keys: a dict of size records.
+
+    A dict that is a tagged value (a key starting with ``__``, such as the
+    ``{"__float__": "NaN"}`` of a NaN saved as metadata, or a complex number's
+    ``{"_numpy_complex": true, ...}``) is not: no data key starts with ``__``.
+
+    Parameters
+    ----------
+    value
+        A value found in :data:`SIZES_METADATA_KEY`.
+    """
+    if not isinstance(value, dict) or value.get("_numpy_complex") is True:
+        return False
+    return not any(isinstance(k, str) and k.startswith("__") for k in value)
+
+
+def set_nested_size(sizes: dict[str, Any], key: str, kb: float) -> None:
+    """Record the size ``kb`` of data key ``key`` in the sizes section ``sizes``.
+
+    The one way a size is set at a ``/``-nested key: each part above the key becomes a
+    section (see :func:`is_size_section`). Anything else found there (a number, the
+    size of a former leaf, or a tagged value or other damage) is replaced by a new
+    section, never written into.
+
+    Parameters
+    ----------
+    sizes
+        The :data:`SIZES_METADATA_KEY` section, a dict of size records.
+    key
+        The data key, ``/``-separated.
+    kb
+        Its size, as :func:`size_in_kb` gives it.
+    """
+    parts = key.split("/")
+    node = sizes
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not is_size_section(child):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = kb
+
+
+def sizes_section(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return the :data:`SIZES_METADATA_KEY` section of metadata document ``doc``,
+    creating it (or replacing what is not a section, see :func:`is_size_section`)."""
+    sizes = doc.get(SIZES_METADATA_KEY)
+    if is_size_section(sizes):
+        return sizes
+    fresh: dict[str, Any] = {}
+    doc[SIZES_METADATA_KEY] = fresh
+    return fresh
 
 
 class DataStorage(ABC):
@@ -511,18 +577,7 @@ class NodeStorage(DataStorage):
 
     # ------------------------------------------------------------------ sizes
     def _record_size(self, key: str, nbytes: int) -> None:
-        sizes = self._metadata.setdefault(SIZES_METADATA_KEY, {})
-        if not isinstance(sizes, dict):
-            sizes = self._metadata[SIZES_METADATA_KEY] = {}
-        parts = key.split("/")
-        node = sizes
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                # A size recorded for a former leaf is stale once a group replaces it.
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = size_in_kb(nbytes)
+        set_nested_size(sizes_section(self._metadata), key, size_in_kb(nbytes))
         self._write_metadata_document(self._metadata)
 
     @staticmethod

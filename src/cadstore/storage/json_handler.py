@@ -60,7 +60,16 @@ from cadstore.errors import (
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
-from cadstore.storage.base import SIZES_METADATA_KEY, NodeKind, NodeStorage, size_in_kb
+from cadstore.storage.base import (
+    SIZES_METADATA_KEY,
+    NodeKind,
+    NodeStorage,
+    is_size,
+    is_size_section,
+    set_nested_size,
+    size_in_kb,
+    sizes_section,
+)
 from cadstore.storage.values import Node
 
 __all__ = ["JsonStorageHandler", "sanitize_key"]
@@ -369,6 +378,9 @@ class JsonStorageHandler(NodeStorage):
         key above it) becomes that file's size; a size below the key of a file holding no
         dict (the file replaced a group), and a missing size of a key saved to its own
         file, become one size at the file's key. Sizes of keys with no file are kept.
+        A size record that is neither a number nor a section (a tagged value, other
+        damage) is replaced, never written into (see
+        :func:`~cadstore.storage.base.set_nested_size`).
         """
         if not self._index:
             return False
@@ -385,17 +397,17 @@ class JsonStorageHandler(NodeStorage):
 
         sizes = doc.get(SIZES_METADATA_KEY)
         changed = False
-        if isinstance(sizes, dict):
+        if is_size_section(sizes):
             pending: list[tuple[dict[str, Any], str]] = [(sizes, "")]
             while pending:
                 node, prefix = pending.pop()
                 for part, value in node.items():
                     key = prefix + part
-                    if _is_section(value):
+                    if is_size_section(value):
                         pending.append((value, key + "/"))
                         continue
                     owner = key if key in self._index else self._file_ancestor(key)
-                    if not _is_size(value) or owner is None:
+                    if not is_size(value) or owner is None:
                         continue
                     if owner == key or self._index[owner][1]:
                         want = size_of(owner)
@@ -406,20 +418,13 @@ class JsonStorageHandler(NodeStorage):
             if name in self._foreign:
                 continue
             recorded = _nested(sizes, key)
-            if _is_size(recorded) or (holds_dict and _is_section(recorded) and recorded):
+            if is_size(recorded) or (holds_dict and is_size_section(recorded) and recorded):
                 continue
             want = size_of(key)
             if want is None:
                 continue
-            if not isinstance(sizes, dict):
-                sizes = doc[SIZES_METADATA_KEY] = {}
-            node = sizes
-            parts = key.split("/")
-            for part in parts[:-1]:
-                if not _is_section(node.get(part)):
-                    node[part] = {}
-                node = node[part]
-            node[parts[-1]] = want
+            sizes = sizes_section(doc)
+            set_nested_size(sizes, key, want)
             changed = True
         return changed
 
@@ -453,20 +458,10 @@ def _is_tagged_leaf(obj: dict[str, Any]) -> bool:
     return "__numpy__" in obj or "__float__" in obj or obj.get("_numpy_complex") is True
 
 
-def _is_size(value: Any) -> bool:
-    """Whether ``value`` is a size as ``file_sizes_KB`` records one (a plain number)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_section(value: Any) -> bool:
-    """Whether ``value`` is a section of ``file_sizes_KB`` (a dict, not a tagged value)."""
-    return isinstance(value, dict) and not _is_tagged_leaf(value)
-
-
 def _nested(doc: Any, key: str) -> Any:
     """The value at the ``/``-separated ``key`` of nested dicts ``doc``, or ``None``."""
     for part in key.split("/"):
-        if not _is_section(doc):
+        if not is_size_section(doc):
             return None
         doc = doc.get(part)
     return doc
