@@ -352,8 +352,8 @@ def test_sizes_are_those_on_disk_after_a_kill_before_the_metadata(
     """``save_data`` publishes the key's file, then ``metadata.json`` with its size: a
     writer killed in between left ``file_sizes_KB`` claiming the old size (or none) for a
     file on disk. A reopened storage now records the size of the file it holds, in
-    memory when read-only, in ``metadata.json`` too when writable; the saved data is
-    all there."""
+    memory; a writable one writes it to ``metadata.json`` with its first change (not
+    when it opens); the saved data is all there."""
     where = tmp_path / "store"
     storage = JsonStorageHandler(where)
     storage.save_data("face_areas", np.arange(3.0))
@@ -395,10 +395,12 @@ def test_sizes_are_those_on_disk_after_a_kill_before_the_metadata(
                 assert_same(reopened.load_data("faces/ids"), np.arange(4), "faces/ids")
             if case != "replaced":
                 assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
-        on_disk = json.loads((where / "metadata.json").read_text())["file_sizes_KB"]
-        if read_only:  # a reader writes nothing
-            assert (where / "metadata.json").read_bytes() == before
-        else:
+        # Opening (and closing) writes nothing, writable or not.
+        assert (where / "metadata.json").read_bytes() == before
+        if not read_only:  # the first change writes the corrected sizes
+            with JsonStorageHandler(where) as writer:
+                writer.save_metadata("touched", 1)
+            on_disk = json.loads((where / "metadata.json").read_text())["file_sizes_KB"]
             for size_key, name in sized.items():
                 node = on_disk
                 for part in size_key.split("/"):
@@ -471,3 +473,46 @@ def test_the_check_on_open_replaces_a_tagged_size_record(tmp_path: Path, tagged:
     on_disk = json.loads((where / "metadata.json").read_text())
     assert on_disk["file_sizes_KB"] == want
     assert on_disk["author"] == "me"
+
+
+def _stale_sizes_store(where: Path) -> None:
+    """A store whose ``metadata.json`` the check on open corrects, from ordinary use: the
+    size recorded for ``graph/b`` is that of ``graph.json`` before ``graph/c`` was added."""
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("face_areas", np.arange(3.0))
+        storage.save_data("graph", {"a": np.arange(3)})
+        storage.save_data("graph/b", np.arange(300))
+        storage.save_data("graph/c", np.arange(300))
+        storage.save_metadata("author", "me")
+
+
+@pytest.mark.parametrize("case", ["clean", "needs_mending"])
+def test_opening_writable_and_closing_writes_nothing(tmp_path: Path, case: str) -> None:
+    """A writable open rewrote ``metadata.json`` when its check on open corrected a size,
+    which with a second process writing the store could replace that writer's newer
+    ``metadata.json``. An open and a close with no change now leave it byte for byte and
+    its mtime as they were; the storage reports the corrected sizes meanwhile, and its
+    first change (here ``save_metadata``) writes them, the rest of the metadata kept."""
+    where = tmp_path / "store"
+    _stale_sizes_store(where)
+    meta = where / "metadata.json"
+    if case == "clean":
+        with JsonStorageHandler(where) as storage:
+            storage.save_metadata("touched", 0)  # writes the corrected sizes
+    before = meta.read_bytes()
+    os.utime(meta, ns=(1_000_000_000, 1_000_000_000))
+    graph_kb = _kb(where / "graph.json")
+    with JsonStorageHandler(where) as storage:
+        assert storage.load_metadata("file_sizes_KB/graph") == {"b": graph_kb, "c": graph_kb}
+        assert storage.load_metadata("author") == "me"
+        assert_same(storage.load_data("graph/b"), np.arange(300), "graph/b")
+    assert meta.read_bytes() == before
+    assert meta.stat().st_mtime_ns == 1_000_000_000
+    stored = json.loads(before)["file_sizes_KB"]["graph"]
+    assert (stored == {"b": graph_kb, "c": graph_kb}) == (case == "clean")
+    with JsonStorageHandler(where) as storage:
+        storage.save_metadata("touched", 1)
+    doc = json.loads(meta.read_text())
+    assert doc["file_sizes_KB"]["graph"] == {"b": graph_kb, "c": graph_kb}
+    assert doc["file_sizes_KB"]["face_areas"] == _kb(where / "face_areas.json")
+    assert (doc["author"], doc["touched"]) == ("me", 1)

@@ -31,9 +31,13 @@ the file: a writer killed between the two left it claiming the file's old size, 
 The sizes are therefore checked against the files when the storage reads its metadata
 (one size query per file; their contents are read at open anyway): each size
 recorded for a key held in a file is that file's size, and each key saved to a file has
-one. A writable storage does this when it opens, and writes ``metadata.json`` if a size
-was wrong; a read-only one corrects what it reports only. Sizes recorded for keys with no
-file are left as they are (they may be the user's own metadata).
+one. Sizes recorded for keys with no file are left as they are (they may be the user's
+own metadata). The corrected sizes are what the storage reports; opening it writes
+nothing, writable or not. A writable storage writes them with the next ``metadata.json``
+it writes for a change of the user's (``save_data``, ``save_metadata``, ``set_schema``,
+a ``delete_data`` that drops a size): an open, or an open and a close, with no change
+leaves ``metadata.json`` as it was, so that it never replaces a newer one another writer
+published meanwhile. The next storage to open it finds the same sizes to correct.
 
 ``json_dir_path`` may be a URL such as ``s3://bucket/debug/part_001`` (see
 :func:`cadstore.io.resolve`): each file is then an object under that prefix,
@@ -143,10 +147,9 @@ class JsonStorageHandler(NodeStorage):
         # Names of plain JSON files of other tools (no envelope): not this storage's.
         self._foreign: set[str] = set()
         self._scan()
+        # Read on first use; the sizes a killed writer left are corrected then, in memory,
+        # and written with the first change (see _true_sizes): opening writes nothing.
         self._open_metadata()
-        if not read_only:
-            # Reading the document repairs the sizes a killed writer left (see _true_sizes).
-            self._metadata  # noqa: B018
 
     @property
     def json_dir_path(self) -> str:
@@ -366,8 +369,8 @@ class JsonStorageHandler(NodeStorage):
             if not isinstance(stored, dict):
                 raise CorruptStoreError(path, "metadata document is not a JSON object")
             doc = stored
-        if self._true_sizes(doc) and not self._read_only:
-            self._write_json(METADATA_FILE, doc)
+        # Corrected in memory only: written with the next change, never by an open.
+        self._true_sizes(doc)
         return doc
 
     def _true_sizes(self, doc: dict[str, Any]) -> bool:
