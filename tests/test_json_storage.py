@@ -516,3 +516,56 @@ def test_opening_writable_and_closing_writes_nothing(tmp_path: Path, case: str) 
     assert doc["file_sizes_KB"]["graph"] == {"b": graph_kb, "c": graph_kb}
     assert doc["file_sizes_KB"]["face_areas"] == _kb(where / "face_areas.json")
     assert (doc["author"], doc["touched"]) == ("me", 1)
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_opening_queries_each_files_size_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
+) -> None:
+    """The scan of the directory queried each file's size (against the limit on what it
+    parses), and the check of the recorded sizes queried it again: two HEAD requests per
+    file to open a store on S3. The check uses the scan's size now: one query per file,
+    counted through the file system's ``size``, for a store whose sizes need correcting
+    (so that the check looks at every file) and whose data all reads back."""
+    from cadstore.io.filesystems import LocalFileSystem
+
+    where = tmp_path / "store"
+    _stale_sizes_store(where)
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("faces/ids", np.arange(4))
+        storage.save_data("faces/n", 7)
+    calls: dict[str, int] = {}
+    real = LocalFileSystem.size
+
+    def counted(self: LocalFileSystem, path: str) -> int:
+        calls[os.path.basename(path)] = calls.get(os.path.basename(path), 0) + 1
+        return real(self, path)
+
+    monkeypatch.setattr(LocalFileSystem, "size", counted)
+    with JsonStorageHandler(where, read_only=read_only) as storage:
+        sizes = storage.load_metadata("file_sizes_KB")
+        names = sorted(os.listdir(where))
+        assert calls == dict.fromkeys(names, 1), calls
+        assert sizes["graph"] == {"b": _kb(where / "graph.json"), "c": _kb(where / "graph.json")}
+        assert sizes["faces"] == {
+            "ids": _kb(where / "faces_ids.json"),
+            "n": _kb(where / "faces_n.json"),
+        }
+        assert_same(storage.load_data("faces/ids"), np.arange(4), "faces/ids")
+        assert_same(storage.load_data("graph/c"), np.arange(300), "graph/c")
+
+
+def test_a_file_written_before_the_check_is_sized_as_written(tmp_path: Path) -> None:
+    """The check of the sizes runs when the metadata is first read, which for a writable
+    storage may be after its first save has rewritten a file the scan sized: the size
+    it records for that file is the new one, not the scan's."""
+    where = tmp_path / "store"
+    _stale_sizes_store(where)
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("graph/d", np.arange(500))  # rewrites graph.json first
+    graph_kb = _kb(where / "graph.json")
+    on_disk = json.loads((where / "metadata.json").read_text())["file_sizes_KB"]
+    assert on_disk["graph"] == {"b": graph_kb, "c": graph_kb, "d": graph_kb}
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert_same(reopened.load_data("graph/d"), np.arange(500), "graph/d")
+        assert reopened.load_metadata("author") == "me"

@@ -146,6 +146,10 @@ class JsonStorageHandler(NodeStorage):
         self._index: dict[str, tuple[str, bool]] = {}
         # Names of plain JSON files of other tools (no envelope): not this storage's.
         self._foreign: set[str] = set()
+        # Bytes of each file as the scan found them, until the check of the recorded sizes
+        # (see _true_sizes) has used them: one size query per file to open, not two (a
+        # HEAD request each on an object store). Dropped for a file this storage writes.
+        self._scanned_sizes: dict[str, int] = {}
         self._scan()
         # Read on first use; the sizes a killed writer left are corrected then, in memory,
         # and written with the first change (see _true_sizes): opening writes nothing.
@@ -160,10 +164,13 @@ class JsonStorageHandler(NodeStorage):
     def _path(self, name: str) -> str:
         return self._fs.join(self._dir, name)
 
-    def _read_json(self, name: str) -> Any:
+    def _read_json(self, name: str, *, sizes: dict[str, int] | None = None) -> Any:
+        """Parse the JSON file ``name``; record its size in ``sizes`` if given."""
         path = self._path(name)
         try:
             size = self._fs.size(path)
+            if sizes is not None:
+                sizes[name] = size
             if size > MAX_JSON_BYTES:
                 raise CorruptStoreError(
                     path,
@@ -177,6 +184,7 @@ class JsonStorageHandler(NodeStorage):
             raise CorruptStoreError(path, f"not valid JSON: {exc}") from exc
 
     def _write_json(self, name: str, obj: Any) -> None:
+        self._scanned_sizes.pop(name, None)
         text = jsoncodec.dumps(obj, indent=1)
         write_bytes_atomic(self._location.child(name), text.encode("utf-8"))
 
@@ -187,7 +195,7 @@ class JsonStorageHandler(NodeStorage):
         for name in sorted(self._fs.listdir(self._dir)):
             if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
                 continue
-            doc = self._read_json(name)
+            doc = self._read_json(name, sizes=self._scanned_sizes)
             if isinstance(doc, dict) and set(doc) == {"key", "value"}:
                 key = doc["key"]
                 if not isinstance(key, str):
@@ -236,7 +244,7 @@ class JsonStorageHandler(NodeStorage):
             name = self._index.pop(key)[0]
             if not self._read_only:
                 with contextlib.suppress(FileNotFoundError):
-                    self._fs.remove(self._path(name))
+                    self._remove(name)
 
     def _load_file_value(self, key: str) -> Node:
         name, _ = self._index[key]
@@ -259,6 +267,11 @@ class JsonStorageHandler(NodeStorage):
             )
         self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
         self._index[key] = (name, isinstance(node, dict))
+
+    def _remove(self, name: str) -> None:
+        """Delete the file ``name`` of the storage's directory."""
+        self._scanned_sizes.pop(name, None)
+        self._fs.remove(self._path(name))
 
     def _file_ancestor(self, key: str) -> str | None:
         """Return the stored key of a file holding a dict that contains ``key``."""
@@ -313,13 +326,13 @@ class JsonStorageHandler(NodeStorage):
         stale = self._descendants(key)
         self._store_file(key, node)
         for child in stale:
-            self._fs.remove(self._path(self._index.pop(child)[0]))
+            self._remove(self._index.pop(child)[0])
 
     def _delete_node(self, key: str) -> None:
         if key in self._index:
-            self._fs.remove(self._path(self._index.pop(key)[0]))
+            self._remove(self._index.pop(key)[0])
             for child in self._descendants(key):
-                self._fs.remove(self._path(self._index.pop(child)[0]))
+                self._remove(self._index.pop(child)[0])
             return
         owner = self._file_ancestor(key)
         if owner is not None:
@@ -337,7 +350,7 @@ class JsonStorageHandler(NodeStorage):
         if not children:
             raise KeyError(key)
         for child in children:
-            self._fs.remove(self._path(self._index.pop(child)[0]))
+            self._remove(self._index.pop(child)[0])
 
     def _node_kind(self, key: str) -> NodeKind | None:
         if key in self._index:
@@ -371,6 +384,7 @@ class JsonStorageHandler(NodeStorage):
             doc = stored
         # Corrected in memory only: written with the next change, never by an open.
         self._true_sizes(doc)
+        self._scanned_sizes.clear()  # they served this one check
         return doc
 
     def _true_sizes(self, doc: dict[str, Any]) -> bool:
@@ -392,8 +406,10 @@ class JsonStorageHandler(NodeStorage):
         def size_of(key: str) -> float | None:
             name = self._index[key][0]
             if name not in on_disk:
+                scanned = self._scanned_sizes.pop(name, None)
                 try:
-                    on_disk[name] = size_in_kb(self._fs.size(self._path(name)))
+                    nbytes = self._fs.size(self._path(name)) if scanned is None else scanned
+                    on_disk[name] = size_in_kb(nbytes)
                 except FileNotFoundError:  # removed since the storage opened
                     on_disk[name] = None
             return on_disk[name]
