@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 import cadstore
-from cadstore.dataset import DatasetLoader
+from cadstore.dataset import CADDataset, DatasetLoader
 from cadstore.dataset import reader as reader_module
 from cadstore.dataset.reader import DatasetReader
-from cadstore.errors import CorruptStoreError, DatasetError, StorageClosedError
+from cadstore.errors import CorruptStoreError, DatasetError, StorageClosedError, StorageError
 from cadstore.io.sources import DirectorySource, KeySource, ZipSource
 
 FORK = multiprocessing.get_context("fork")
@@ -457,3 +457,60 @@ def test_a_reentrant_lock_held_by_the_forking_thread_is_not_free_in_the_child() 
     plain = threading.Lock()
     with _held_by_another_thread(plain):
         assert _in_child(lambda: renew_lock(plain, threading.Lock)[1]) is False
+
+
+@pytest.mark.parametrize("change", ["overwrite", "append"])
+def test_a_forked_reader_opens_its_replaced_dataset_once(
+    realistic_items: list[Any], tmp_path: Path, change: str
+) -> None:
+    """A reader busy in another thread at fork is opened again in the child, by path. After
+    a merge with overwrite (other items under the codes) the child refuses to read, as it
+    should, but it opened the file, parsed its directory and decoded its item names again
+    at every read, only to refuse once more. It now opens it once and refuses the later
+    reads at once; after an append (the items it knew still first) it opens the new file
+    once and reads from it, the new items included."""
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:3]], str(out))
+    new = [str(p) for p, _, _ in realistic_items[3:6]]
+    with DatasetLoader(out) as loader:
+        dataset = CADDataset(loader, range(3))
+        reader = loader.item_source.reader
+        first = reader.read_item(0)["faces"]["face_areas"]
+        if change == "overwrite":
+            cadstore.merge(new, str(out), overwrite=True)
+        else:
+            cadstore.merge(new, str(out), append=True)
+
+        def child() -> tuple[int, list[str], int]:
+            opened: list[str] = []
+            real = DatasetReader._open_source
+
+            def counted(self: DatasetReader) -> KeySource:
+                opened.append(self.path)
+                return real(self)
+
+            DatasetReader._open_source = counted  # type: ignore[method-assign]
+            outcomes = []
+            for read in (lambda: dataset[0], lambda: reader.read_item(0), lambda: dataset[0]):
+                try:
+                    item = read()
+                    np.testing.assert_array_equal(item["faces"]["face_areas"], first)
+                    outcomes.append("read")
+                except StorageError as exc:
+                    outcomes.append(str(exc))
+            if change == "append":  # an item only the new file holds
+                added = reader.read_item(3)["faces"]["face_areas"]
+                np.testing.assert_array_equal(added, realistic_items[3][1]["face_areas"])
+            return len(opened), outcomes, reader.n_items
+
+        with _held_by_another_thread(reader._lock):
+            opens, outcomes, n_items = _in_child(child, timeout=60)
+        assert opens == 1
+        if change == "overwrite":
+            assert all("replaced by another version" in o for o in outcomes), outcomes
+            assert n_items == 3
+        else:
+            assert outcomes == ["read"] * 3
+            assert n_items == 6
+        # The training process's own reader still reads the version it opened.
+        np.testing.assert_array_equal(reader.read_item(0)["faces"]["face_areas"], first)

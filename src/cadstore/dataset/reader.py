@@ -238,7 +238,8 @@ class DatasetReader:
         #: order (see _items_digest; None until the reader is pickled: the names are
         #: still at hand until then), checked when it opens the file again.
         self._version: tuple[int, str | None] | None = None
-        #: Unpickled after its dataset was replaced: every read says so.
+        #: Opened again (unpickled, or in a forked child) after its dataset was replaced by
+        #: a version with other first items: every read says so, opening nothing.
         self._replaced = False
         self._open()
 
@@ -414,7 +415,15 @@ class DatasetReader:
         # worker, opens the file in this process.
         if self._pid != _PROCESS_ID[0]:
             self._release()
-            self._open()
+            try:
+                self._open()
+            except _DatasetReplaced:
+                # Replaced by a version whose first items are others: said at every read
+                # from now on (by _check_open), as to a copy unpickled after it, without
+                # opening the file again (each read opened it and decoded its item names
+                # only to refuse once more).
+                self._replaced = True
+                raise
 
     def _release(self) -> None:
         # The source may have been opened in a parent process: after a fork this process
