@@ -283,6 +283,85 @@ def test_a_dimension_declared_with_two_lengths_in_a_group_is_qualified_by_each_a
         assert view["a3_distance"].shape == (29, 32)
 
 
+@pytest.mark.parametrize("layout", ["auto", "full"])
+def test_a_qualified_dimension_name_never_takes_a_name_the_group_declares(
+    tmp_path: Path, layout: str
+) -> None:
+    """``bin`` of two lengths is qualified by each array (``d2_distance_bin``), but a
+    group may declare that very name itself: here ``face_pair_edges_path`` is on
+    ``d2_distance_bin`` (5 long). The merger gave D2's 64 bins the same name, and xarray
+    and the explorer refused the group ("conflicting sizes for dimension
+    'd2_distance_bin'"). A qualified name that is taken gets the first free ``_2``,
+    ``_3``, ...; the declared name stays with its array."""
+    from cadstore.dataset import DatasetExplorer
+
+    schema = SchemaBuilder(domain="CAD").from_template("cad_advanced").build()
+    path_spec = schema["groups"]["faceface"]["arrays"]["face_pair_edges_path"]
+    path_spec["dims"] = ["facepair", "d2_distance_bin"]
+    rng = np.random.default_rng(1)
+    files, items = [], []
+    for n, faces in enumerate((2, 0, 3)):
+        arrays: dict[str, Any] = {"face_areas": rng.random(faces).astype(np.float32)}
+        for key, bins in (("d2_distance", 64), ("a3_distance", 32)):
+            half = rng.random((faces, faces, bins)).astype(np.float32)
+            arrays[key] = half + half.transpose(1, 0, 2)
+        arrays["face_pair_edges_path"] = rng.integers(-1, 9, (faces, faces, 5)).astype(np.int32)
+        path = tmp_path / f"p{n}.zarr"
+        with OptStorage(path) as storage:
+            storage.set_schema(schema)
+            for key, value in arrays.items():
+                storage.save_data(key, value)
+            storage.compress_store()
+        files.append(f"{path}.data")
+        items.append(arrays)
+    out = tmp_path / "x.dataset"
+    merge_items(files, out, face_pair_layout=layout)
+    pairs = "faceface_upper" if layout == "auto" else "faceface"
+    with _store(out) as store:
+        ds = xr.open_zarr(store, group=pairs)
+        assert ds["d2_distance"].dims[1:] == ("d2_distance_bin_2",)
+        assert ds["a3_distance"].dims[1:] == ("a3_distance_bin",)
+        path_dims = xr.open_zarr(store, group="faceface")["face_pair_edges_path"].dims
+        assert path_dims[1:] == ("d2_distance_bin",)
+        xr.open_datatree(store, engine="zarr")
+    with DatasetExplorer(merged_store_path=out) as explorer:
+        view = explorer.get_group_data("faceface")
+        assert view["d2_distance"].dims == ("facepair", "d2_distance_bin_2")
+        assert view["face_pair_edges_path"].dims == ("facepair", "d2_distance_bin")
+        assert view.sizes["d2_distance_bin_2"] == 64 and view.sizes["d2_distance_bin"] == 5
+        for code, arrays in enumerate(items):
+            rows = explorer.file_dataset(code, "faceface")
+            for key in ("d2_distance", "a3_distance", "face_pair_edges_path"):
+                n, _, width = arrays[key].shape
+                expected = arrays[key].reshape(n * n, width)
+                np.testing.assert_array_equal(rows[key].values, expected, f"{key} of {code}")
+
+
+def test_qualified_dimension_names_are_distinct_in_any_order() -> None:
+    """Two qualified names can meet too: ``a`` on ``b_c`` and ``a_b`` on ``c`` (each name
+    of two lengths) were both ``a_b_c``, of lengths 2 and 4. Every qualified name is now
+    one no other dimension has, the same whatever order the arrays come in (the merger
+    and the reader list them in different orders)."""
+    from cadstore.format.layout import qualify_dims
+
+    arrays = [
+        ("a", ["row", "b_c"], (2,)),
+        ("x", ["row", "b_c"], (3,)),
+        ("a_b", ["row", "c"], (4,)),
+        ("y", ["row", "c"], (5,)),
+    ]
+    named = dict(zip([a for a, _, _ in arrays], qualify_dims(arrays, ["row"]), strict=True))
+    assert named == {
+        "a": ["row", "a_b_c"],
+        "a_b": ["row", "a_b_c_2"],
+        "x": ["row", "x_b_c"],
+        "y": ["row", "y_c"],
+    }
+    backwards = arrays[::-1]
+    again = dict(zip([a for a, _, _ in backwards], qualify_dims(backwards, ["row"]), strict=True))
+    assert again == named
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_parallel_merge_is_byte_identical(
     realistic_items: list[Any], merged: Path, tmp_path: Path, executor: str

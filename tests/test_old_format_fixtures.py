@@ -625,3 +625,84 @@ def test_a_damaged_array_does_not_stop_reading_its_healthy_siblings(tmp_path: Pa
         assert item["faceface"]["face_pair_edges_path"].shape == (4, 5)
         with pytest.raises(CorruptStoreError, match="d2_distance"):
             reader.read_item(0, groups=["faceface"], arrays={"faceface": ["d2_distance"]})
+
+
+def _with_a_declared_qualified_name(tmp_path: Path, layout: str) -> Path:
+    """A copy of the ``layout`` old_format_bins dataset (with its tables and manifest) in
+    which ``face_pair_edges_path`` is on ``d2_distance_bin`` (5 long): the name the reader
+    would give D2's 64 bins is one the group declares."""
+    folder = tmp_path / layout
+    shutil.copytree(BINS / layout, folder)
+    dst = folder / "bins.dataset"
+    dst.unlink()
+    with (
+        zipfile.ZipFile(BINS / layout / "bins.dataset") as zin,
+        zipfile.ZipFile(dst, "w") as zout,
+    ):
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "zarr.json":
+                doc = json.loads(data)
+                arrays = doc["consolidated_metadata"]["metadata"]
+                arrays["faceface/face_pair_edges_path"]["dimension_names"][1] = "d2_distance_bin"
+                data = json.dumps(doc).encode()
+            elif info.filename == "faceface/face_pair_edges_path/zarr.json":
+                doc = json.loads(data)
+                doc["dimension_names"][1] = "d2_distance_bin"
+                data = json.dumps(doc).encode()
+            zout.writestr(info, data)
+    return folder
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_qualified_name_the_group_declares_is_not_given_twice(
+    tmp_path: Path, layout: str
+) -> None:
+    """The reader presents ``bin`` (64 in D2, 32 in A3) qualified by each array; the name
+    it gave D2, ``d2_distance_bin``, was also the name the group declares for
+    ``face_pair_edges_path`` (5 long), so the explorer refused every view of the group
+    ("conflicting sizes for dimension 'd2_distance_bin'"). D2's bins now get the first
+    free name, ``d2_distance_bin_2``; every array reads with its values."""
+    folder = _with_a_declared_qualified_name(tmp_path, layout)
+    presented = {
+        "d2_distance": ("facepair", "d2_distance_bin_2"),
+        "a3_distance": ("facepair", "a3_distance_bin"),
+        "face_pair_edges_path": ("facepair", "d2_distance_bin"),
+    }
+    with DatasetReader(folder / "bins.dataset") as reader:
+        for array, dims in presented.items():
+            assert reader.array_meta("faceface", array).dims == dims, array
+        for code, name in enumerate(BINS_NAMES):
+            item = reader.read_item(code)["faceface"]
+            for array in presented:
+                _same(item[array], _bins_rows(name, array), f"{array} of {name}")
+    explorer = DatasetExplorer(flow_output_file=folder / "bins.flow")
+    try:
+        view = explorer.get_group_data("faceface")
+        assert dict(view.sizes) == {
+            "facepair": 14,
+            "d2_distance_bin_2": 64,
+            "a3_distance_bin": 32,
+            "d2_distance_bin": 5,
+        }
+        for array, dims in presented.items():
+            expected = np.concatenate([_bins_rows(name, array) for name in BINS_NAMES])
+            assert view[array].dims == dims, array
+            _same(view[array].values, expected, array)
+            _same(explorer.get_array_data("faceface", array).values, expected, array)
+        for code, name in enumerate(BINS_NAMES):
+            rows = explorer.file_dataset(code, "faceface")
+            for array, dims in presented.items():
+                assert rows[array].dims == dims, (array, name)
+                _same(rows[array].values, _bins_rows(name, array), f"{array} of {name}")
+        codes = explorer.get_file_list("faceface", lambda ds: ds["face_pair_edges_path"] > 7)
+        wanted = [
+            code
+            for code, name in enumerate(BINS_NAMES)
+            if (BINS_ARRAYS[name]["face_pair_edges_path"] > 7).any()
+        ]
+        assert codes.tolist() == wanted
+        text = explorer.table_of_contents()
+        assert "Dims: ('facepair', 'd2_distance_bin_2')" in text
+    finally:
+        explorer.close()

@@ -654,7 +654,8 @@ class DatasetReader:
 
         The arrays of a group and of its triangle group are presented as one group: a
         trailing name with two lengths among them is qualified by its array
-        (``d2_distance_bin``), as :func:`~cadstore.format.layout.qualify_dims` names it,
+        (``d2_distance_bin``; ``d2_distance_bin_2`` where the group declares that name
+        itself), as :func:`~cadstore.format.layout.qualify_dims` names it,
         which the merger does since 1c9d8a3. A dataset merged before may store ``bin``
         with 64 values in ``d2_distance`` and 32 in ``a3_distance`` in one group, which
         xarray refuses; it is presented as a dataset merged now stores it. The file is

@@ -96,8 +96,13 @@ def qualify_dims(
     as one). A trailing name that has two lengths among the arrays, or that takes the name
     of a dimension the dataset keeps (a primary one, ``item``, ``item_boundary``), becomes
     ``<array>_<name>``: ``bin`` of 64 in ``d2_distance`` and 32 in ``a3_distance`` become
-    ``d2_distance_bin`` and ``a3_distance_bin``. The merger names a new dataset's
-    dimensions so; the reader presents a dataset merged before it did so too.
+    ``d2_distance_bin`` and ``a3_distance_bin``. A qualified name is never one of the
+    names the arrays declare, nor one given to another qualified dimension: when
+    ``<array>_<name>`` is taken (an array of the group declares ``d2_distance_bin`` of its
+    own), the first free of ``<array>_<name>_2``, ``<array>_<name>_3``, ... is used, the
+    arrays taken in name order, so that the names do not depend on the order the arrays
+    are given in. The merger names a new dataset's dimensions so; the reader presents a
+    dataset merged before it did so too.
 
     Parameters
     ----------
@@ -116,16 +121,22 @@ def qualify_dims(
     given = [(name, list(dims), tuple(trailing)) for name, dims, trailing in arrays]
     kept = {ITEM_DIM, BOUNDARY_DIM, *primary_dims}
     lengths: dict[str, set[int]] = {}
+    taken = set(kept)  # every name declared, then every qualified name given
     for _, dims, trailing in given:
+        taken.update(dims)
         for dim, length in zip(dims[1:], trailing, strict=True):
             lengths.setdefault(dim, set()).add(int(length))
-    return [
-        [
-            dims[0],
-            *(f"{name}_{dim}" if dim in kept or len(lengths[dim]) > 1 else dim for dim in dims[1:]),
-        ]
-        for name, dims, _ in given
-    ]
+    named = [list(dims) for _, dims, _ in given]
+    for k in sorted(range(len(given)), key=lambda k: given[k][0]):
+        name, dims, _ = given[k]
+        for position, dim in enumerate(dims[1:], start=1):
+            if dim in kept or len(lengths[dim]) > 1:
+                qualified, n = f"{name}_{dim}", 2
+                while qualified in taken:
+                    qualified, n = f"{name}_{dim}_{n}", n + 1
+                taken.add(qualified)
+                named[k][position] = qualified
+    return named
 
 
 #: The specified name rules, in order: the first token found in a bare array name gives
