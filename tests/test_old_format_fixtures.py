@@ -706,3 +706,101 @@ def test_a_qualified_name_the_group_declares_is_not_given_twice(
         assert "Dims: ('facepair', 'd2_distance_bin_2')" in text
     finally:
         explorer.close()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_append_continues_the_stored_names_of_a_dimension_of_two_lengths(
+    tmp_path: Path, layout: str
+) -> None:
+    """An append to a dataset merged before 1c9d8a3 writes the new items' rows under the
+    names the stored arrays have (``bin`` in D2 and A3, both lengths), so the file stays
+    consistent and zarr-python opens every array; the reader and the explorer present the
+    old items and the new ones qualified, each with its values."""
+    from cadstore.schema import SchemaBuilder
+    from cadstore.synthetic import write_item
+
+    folder = tmp_path / layout
+    shutil.copytree(BINS / layout, folder)
+    dataset = folder / "bins.dataset"
+    schema = SchemaBuilder(domain="CAD").from_template("cad_advanced").build()
+    rng = np.random.default_rng(7)
+    new: dict[str, dict[str, np.ndarray]] = {}
+    paths = []
+    for name, faces in (("bins_new_0", 3), ("bins_new_1", 0)):
+        item = {"face_areas": rng.random(faces).astype(np.float32)}
+        for key, bins in BINS_EXPECTED["bins"].items():
+            half = rng.random((faces, faces, bins)).astype(np.float32)
+            item[key] = half + half.transpose(1, 0, 2)
+        shape = (faces, faces, BINS_EXPECTED["path_len"])
+        item["face_pair_edges_path"] = rng.integers(-1, 9, shape).astype(np.int32)
+        store = tmp_path / "items" / f"{name}.zarr"
+        paths.append(write_item(store, item, {"file_label": 1}, schema=schema, summary_dir=False))
+        new[name] = item
+    result = cadstore.merge(paths, str(dataset), append=True)
+    assert result.items == list(new) and not result.errors
+
+    arrays = {**BINS_ARRAYS, **new}
+    names = [*BINS_NAMES, *new]
+
+    def rows(name: str, array: str) -> np.ndarray:
+        value = arrays[name][array]
+        if array == "face_areas":
+            return value
+        n = value.shape[0]
+        return value.reshape(n * n, *value.shape[2:])
+
+    with DatasetReader(dataset) as reader:
+        assert reader.item_names == names
+        for array, dims in BIN_PAIRS.items():
+            assert reader.array_meta("faceface", array).dims == dims, array
+        for code, name in enumerate(names):
+            item = reader.read_item(code)
+            _same(item["faces"]["face_areas"], rows(name, "face_areas"), name)
+            for array in BIN_PAIRS:
+                _same(item["faceface"][array], rows(name, array), f"{array} of {name}")
+    stored = "faceface_upper" if layout == "auto" else "faceface"
+    with DatasetReader(dataset, stored_layout=True) as reader:
+        for array in ("d2_distance", "a3_distance"):
+            assert reader.array_meta(stored, array).dims[1:] == ("bin",), array
+
+    explorer = DatasetExplorer(flow_output_file=folder / "bins.flow")
+    try:
+        view = explorer.get_group_data("faceface")
+        offsets = explorer.reader.offsets("faceface")
+        for array, dims in BIN_PAIRS.items():
+            assert view[array].dims == dims, array
+            values = view[array].values
+            for code, name in enumerate(names):
+                got = values[offsets[code] : offsets[code + 1]]
+                _same(got, rows(name, array), f"{array} of {name}")
+        for code, name in enumerate(names):
+            item = explorer.file_dataset(code, "faceface")
+            assert item.attrs["name"] == name
+            for array, dims in BIN_PAIRS.items():
+                assert item[array].dims == dims, (array, name)
+                _same(item[array].values, rows(name, array), f"{array} of {name}")
+            faces = explorer.file_dataset(code, "faces")
+            _same(faces["face_areas"].values, rows(name, "face_areas"), name)
+    finally:
+        explorer.close()
+
+    # zarr-python opens the appended arrays, on the names they are stored with.
+    store = zarr.storage.ZipStore(dataset, mode="r")
+    try:
+        for array in ("d2_distance", "a3_distance", "face_pair_edges_path"):
+            group = stored if array != "face_pair_edges_path" else "faceface"
+            opened = zarr.open_array(store, path=f"{group}/{array}", mode="r")
+            want = "dim_path" if array == "face_pair_edges_path" else "bin"
+            assert opened.metadata.dimension_names[1] == want, array
+            offsets = zarr.open_array(store, path=f"{group}/item_offsets", mode="r")[...]
+            values = opened[...]
+            for code, name in enumerate(names):
+                got = values[offsets[code] : offsets[code + 1]]
+                matrix = arrays[name][array]
+                if group == "faceface_upper":  # pairs i <= j, row-major
+                    expected = matrix[np.triu_indices(matrix.shape[0])]
+                else:
+                    expected = rows(name, array)
+                _same(got, expected, f"{group}/{array} of {name}")
+    finally:
+        store.close()
