@@ -59,6 +59,26 @@ def test_merge_refuses_an_output_named_like_an_item(
     ]
 
 
+def test_merge_refuses_an_output_named_like_the_manifest(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore merge ITEMS -o d.flow --append`` (the manifest the explorer and the
+    other commands take for the dataset) wrote a new dataset ``d.flow.dataset`` with
+    tables and manifest ``d.flow.flow`` beside ``d.dataset``, instead of appending to it.
+    It is refused with exit 2, naming the path and ``d.dataset``; nothing changes."""
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    assert main(["merge", *files[:2], "-o", str(tmp_path / "d"), "--json"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for output in ("d.flow", "d.infoset", "d.attribset"):
+        for extra in ([], ["--append"]):
+            assert main(["merge", files[2], "-o", str(tmp_path / output), *extra]) == 2
+            err = capsys.readouterr().err
+            assert str(tmp_path / output) in err and str(tmp_path / "d.dataset") in err
+            assert err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
 def test_merge_prints_the_tables_warnings_naming_the_items(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1042,6 +1042,38 @@ def test_a_dataset_named_like_an_item_is_refused_before_anything_is_written(
     assert merge_items(files, tmp_path / "plain").total_items == 2
 
 
+def test_a_dataset_named_like_its_manifest_or_tables_is_refused(tmp_path: Path) -> None:
+    """``merge(items, "x.flow")`` wrote the dataset's zip as ``x.flow`` and its manifest as
+    ``x.flow.flow``: the explorer, given ``x.flow`` as its manifest, then failed to parse
+    a zip, and a later ``merge(items, "x")`` was refused for its manifest ``x.flow``.
+    Names ending with ``.flow``, ``.infoset`` or ``.attribset`` are refused by every
+    entry point, naming the path and the name to use, before anything is written."""
+    import cadstore
+    from cadstore.merging import append_items
+
+    files = [
+        write_arrays(tmp_path / "items" / f"p{i}.zarr", {"face_areas": np.ones(i + 1)})
+        for i in range(2)
+    ]
+    calls = {
+        "merge_items": lambda out: merge_items(files, out, overwrite=True),
+        "merge": lambda out: cadstore.merge(files, out, overwrite=True),
+        "merge_append": lambda out: cadstore.merge(files, out, append=True),
+        "append_items": lambda out: append_items(out, files, create=True),
+        "DatasetMerger": lambda out: DatasetMerger(files, out).merge_data(),
+    }
+    for name, call in calls.items():
+        for suffix in (".flow", ".infoset", ".attribset"):
+            for output in (f"x{suffix}", f"x{suffix}/"):
+                with pytest.raises(MergeError) as info:
+                    call(str(tmp_path / output))
+                message = str(info.value)
+                assert str(tmp_path / f"x{suffix}") in message, (name, message)
+                assert repr(suffix) in message, (name, message)
+                assert str(tmp_path / "x.dataset") in message, (name, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items"]
+
+
 def test_without_a_schema_durations_and_sizes_go_to_the_file_group(tmp_path: Path) -> None:
     """The specified name rules send ``*duration*`` and ``*size*`` to ``file``; each such
     array got a group of its own."""

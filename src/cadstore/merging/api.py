@@ -80,8 +80,9 @@ class DatasetMerger:
     zip_files
         The item files, in code order unless ``file_id_codes`` says otherwise.
     merged_store_path
-        The ``.dataset`` to write; a name ending with the item suffix ``.data`` is
-        refused by :meth:`merge_data` before anything is written.
+        The ``.dataset`` to write; a name ending with the item suffix ``.data`` (or
+        ``.flow``, ``.infoset``, ``.attribset``) is refused by :meth:`merge_data` before
+        anything is written.
     file_id_codes
         ``{item name: code}`` (what ``DatasetInfo.build_code_mappings`` returns).
     dask_client_params
@@ -449,7 +450,8 @@ def merge(
     ------
     MergeError
         If the dataset exists (without ``overwrite`` or ``append``), ``output`` ends with
-        the item suffix ``.data`` (nothing is written), or see
+        the item suffix ``.data`` or with ``.flow``, ``.infoset`` or ``.attribset``
+        (nothing is written), or see
         :func:`cadstore.merging.merge_items`.
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
@@ -526,9 +528,10 @@ def dataset_output_path(output: str) -> str:
     Raises
     ------
     MergeError
-        If ``output`` ends with the item suffix ``.data`` (see
+        If ``output`` ends with the item suffix ``.data`` or with ``.flow``,
+        ``.infoset`` or ``.attribset`` (see
         :func:`~cadstore.merging.run.check_dataset_name`): ``x.data`` became
-        ``x.data.dataset``.
+        ``x.data.dataset``, ``x.flow`` ``x.flow.dataset``.
 
     Examples
     --------

@@ -95,7 +95,8 @@ def append_items(
     Raises
     ------
     MergeError
-        If there is no dataset, its name ends with the item suffix ``.data`` (see
+        If there is no dataset, its name ends with the item suffix ``.data`` or with
+        ``.flow``, ``.infoset`` or ``.attribset`` (see
         :func:`~cadstore.merging.run.check_dataset_name`), a new item brings a group or
         array the dataset does not have, or a dtype or shape that does not fit the
         existing array (re-merge everything in that case), or the dataset is a

@@ -73,16 +73,22 @@ __all__ = [
 
 #: The suffix of an item file, which a dataset's name must not end with.
 ITEM_SUFFIX = ".data"
+#: The suffixes of the files a merge publishes beside its dataset, which a dataset's name
+#: must not end with either.
+COPY_SUFFIXES = (".flow", ".infoset", ".attribset")
 
 
 def check_dataset_name(path: str) -> None:
-    """Refuse a dataset path ending with the item suffix ``.data`` (``x.data``, ``x.data/``).
+    """Refuse a dataset path ending with the item suffix ``.data`` (``x.data``, ``x.data/``)
+    or with the suffix of a file published beside a dataset (``.flow``, ``.infoset``,
+    ``.attribset``).
 
-    Such a dataset is taken for an item wherever items are looked for by name: a later
-    merge of its folder lists it among the items. A name like that is a mistake for
-    ``x.dataset``, so it is refused before anything is written, rather than written as
-    given (the library) or as ``x.data.dataset`` (the command line, which adds
-    ``.dataset``).
+    A dataset named like an item is taken for one wherever items are looked for by name:
+    a later merge of its folder lists it among the items. A dataset named ``x.flow`` is
+    a zip where its readers look for a manifest, and gets ``x.flow.flow`` beside it (or,
+    on the command line, which adds ``.dataset``, a new ``x.flow.dataset``, also under
+    ``--append`` to the dataset whose manifest ``x.flow`` is). Such names are a mistake
+    for ``x.dataset``, so they are refused before anything is written.
 
     Parameters
     ----------
@@ -101,18 +107,26 @@ def check_dataset_name(path: str) -> None:
             "merge of its folder would take it for an item); name it "
             f"{stem[: -len(ITEM_SUFFIX)]}.dataset"
         )
+    for suffix in COPY_SUFFIXES:
+        if stem.endswith(suffix):
+            raise MergeError(
+                f"{stem}: a dataset cannot be named with the suffix {suffix!r} of the "
+                f"{suffix[1:]} a merge writes beside it; name the dataset "
+                f"{stem[: -len(suffix)]}.dataset (its {suffix[1:]} is then "
+                f"{stem[: -len(suffix)]}{suffix})"
+            )
 
 
 def writable_target(target: Location) -> Location:
     """The dataset a merge or an append writes at ``target``, checked before any work:
     ``x.dataset/`` names ``x.dataset`` (as it does for a directory-layout one), a name
-    ending with the item suffix is refused (:func:`check_dataset_name`), and so is an
-    output below a file.
+    ending with the item suffix or that of a file published beside a dataset is refused
+    (:func:`check_dataset_name`), and so is an output below a file.
 
     Raises
     ------
     MergeError
-        If the name ends with ``.data``.
+        If the name ends with ``.data``, ``.flow``, ``.infoset`` or ``.attribset``.
     OutputExistsError
         If a file is where a folder of the output's path must be.
     """
