@@ -957,3 +957,45 @@ def test_export_json_overwrite_killed_at_random_moments_leaves_one_whole_store(
         assert "metadata.json" in names and len(names) == 13 and len(keys) == 1, (trial, names)
     subprocess.run([*command, sources[1], "-o", str(out), "--overwrite"], check=True, env=env)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-cadstore")]
+
+
+def test_a_dataset_table_or_the_dataset_given_for_another_names_what_it_is(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """``cadstore info parts.infoset`` (and inspect, validate, cat, report, split, repair)
+    said "not a readable zip file (no end of central directory record)";
+    ``DatasetExplorer(flow_output_file="parts.dataset")`` said "invalid JSON: 'utf-8'
+    codec can't decode byte ...". Each now says what the file is and names the file to
+    give instead; nothing is written beside the dataset."""
+    import cadstore
+    from cadstore import DatasetExplorer, DatasetLoader
+    from cadstore.errors import CorruptStoreError
+
+    dataset = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items], str(dataset))
+    folder = dataset.parent
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    flow = dataset.with_suffix(".flow")
+    for table in (dataset.with_suffix(".infoset"), dataset.with_suffix(".attribset")):
+        for argv in (
+            ["info", table],
+            ["inspect", table],
+            ["validate", table],
+            ["cat", table, "faces/face_areas"],
+            ["report", table, "-o", folder / "r.html"],
+            ["split", table, "--key", "file_label"],
+            ["repair", table],
+        ):
+            assert_usage_error(*run(capsys, *argv), str(table), "Parquet table", str(dataset))
+        for explorer in (DatasetExplorer, DatasetLoader):
+            with pytest.raises(CorruptStoreError, match="Parquet table") as info:
+                explorer(flow_output_file=table)
+            assert str(table) in str(info.value) and str(flow) in str(info.value)
+    for explorer in (DatasetExplorer, DatasetLoader):
+        with pytest.raises(CorruptStoreError, match="zip file") as info:
+            explorer(flow_output_file=dataset)
+        assert str(dataset) in str(info.value) and str(flow) in str(info.value)
+        with pytest.raises(CorruptStoreError, match="JSON document") as info:
+            explorer(merged_store_path=flow)
+        assert str(flow) in str(info.value) and str(dataset) in str(info.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

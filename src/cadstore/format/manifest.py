@@ -32,6 +32,7 @@ from cadstore.errors import CorruptStoreError
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve, resolve_relative
 from cadstore.io.publish import write_bytes_atomic
+from cadstore.io.sources import file_beside, other_kind
 
 __all__ = [
     "FLOW_FORMAT",
@@ -178,6 +179,9 @@ def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        kind = _other_kind(location, raw)
+        if kind is not None:
+            raise CorruptStoreError(location.path, f"not a .flow manifest but {kind}") from None
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise CorruptStoreError(
             location.path, f"not a .flow manifest (invalid JSON: {reason})"
@@ -190,6 +194,20 @@ def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
     if dataset is None:
         raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
     return Manifest(location, doc, dataset, infoset, attribset)
+
+
+def _other_kind(location: Location, raw: bytes) -> str | None:
+    """What a file given for a manifest is instead, when cadstore writes such files beside
+    a dataset, with the manifest beside it when there is one; ``None`` if neither.
+
+    ``parts.dataset`` (a zip) and ``parts.infoset`` (Parquet) are easily given where
+    ``parts.flow`` is meant.
+    """
+    kind = other_kind(raw[:4], "json")
+    if kind is None:
+        return None
+    manifest = file_beside(location.path, location.fs.isfile, ".flow")
+    return kind + (f"; the manifest beside it is {manifest}" if manifest else "")
 
 
 def resolve_flow_paths(

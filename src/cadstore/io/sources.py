@@ -51,7 +51,9 @@ __all__ = [
     "PrefixSource",
     "ZipSource",
     "check_member_name",
+    "file_beside",
     "open_source",
+    "other_kind",
 ]
 
 _LOCAL_LENGTHS = struct.Struct("<HH")
@@ -342,6 +344,77 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
     return members
 
 
+#: The suffixes of the files cadstore writes for a dataset, each easily given for another.
+_DATASET_FILE_SUFFIXES = (".dataset", ".infoset", ".attribset", ".flow")
+
+
+def other_kind(head: bytes, expected: str) -> str | None:
+    """Name the kind of file whose first bytes are ``head``, when it is one cadstore writes
+    beside a dataset, for a message refusing it as the ``expected`` kind.
+
+    A dataset's ``.infoset`` and ``.attribset`` (Parquet) and its ``.flow`` manifest (JSON)
+    sit beside it with the same stem, and are easily given for it, or it for them.
+
+    Parameters
+    ----------
+    head
+        The file's first bytes (four suffice).
+    expected
+        ``"zip"`` or ``"json"``: the kind the caller looked for, never named here (a
+        damaged zip still starts like one).
+
+    Returns
+    -------
+    str or None
+        ``"a Parquet table (...)"``, ``"a zip file (...)"`` or ``"a JSON document
+        (...)"``; ``None`` when the file is none of these, or of the ``expected`` kind.
+
+    Examples
+    --------
+    >>> other_kind(b"PAR1", "zip")
+    "a Parquet table (such as a dataset's .infoset or .attribset)"
+    >>> other_kind(b"PK\\x03\\x04", "zip") is None
+    True
+    """
+    if head[:4] == b"PAR1":
+        return "a Parquet table (such as a dataset's .infoset or .attribset)"
+    if expected != "zip" and head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "a zip file (such as a .dataset or an item .data)"
+    if expected != "json" and head.lstrip()[:1] == b"{":
+        return "a JSON document (such as a dataset's .flow manifest)"
+    return None
+
+
+def file_beside(path: str, isfile: Callable[[str], bool], suffix: str) -> str | None:
+    """The file of a dataset's files with ``suffix`` beside ``path``, itself one of them
+    (``parts.infoset`` -> ``parts.dataset``), if it exists.
+
+    Parameters
+    ----------
+    path
+        A path or URL ending with ``.dataset``, ``.infoset``, ``.attribset`` or
+        ``.flow`` (for any other, ``None``).
+    isfile
+        Whether a file is at a path; an error it raises counts as no.
+    suffix
+        The suffix of the file looked for.
+
+    Returns
+    -------
+    str or None
+        Its path, when it exists and is not ``path``.
+    """
+    stem = path.rstrip("/") or path
+    for own in _DATASET_FILE_SUFFIXES:
+        if stem.endswith(own) and own != suffix:
+            other = stem[: -len(own)] + suffix
+            try:
+                return other if isfile(other) else None
+            except Exception:  # a hint only: the refusal does not depend on it
+                return None
+    return None
+
+
 class ZipSource(KeySource):
     """The members of a zip file, read in place.
 
@@ -407,8 +480,11 @@ class ZipSource(KeySource):
             self.close()
             raise
         except Exception as exc:  # struct, zipfile and decoding errors all mean "corrupt"
+            kind = self._other_kind()
             self.close()
             self._raise_if_unreachable(exc)
+            if kind:
+                raise CorruptStoreError(path, f"not a zip file {kind}") from exc
             raise CorruptStoreError(path, f"not a readable zip file ({exc})") from exc
         if len(entries) > limits.max_members:
             self.close()
@@ -446,6 +522,22 @@ class ZipSource(KeySource):
         except Exception as exc:
             self._raise_if_unreachable(exc)
             raise
+
+    def _other_kind(self) -> str:
+        """What the file is, when it is a file cadstore writes beside a zip, with the
+        dataset beside it if any: the end of the message refusing it, or ``""``.
+
+        A dataset's ``.infoset`` or ``.attribset`` (Parquet) and its ``.flow`` manifest
+        (JSON) sit beside it with the same stem, and are easily given for it.
+        """
+        try:
+            kind = other_kind(self._read_at(0, 4), "zip")
+        except Exception:  # the refusal that follows says what went wrong
+            return ""
+        if kind is None:
+            return ""
+        dataset = file_beside(self.location, self._fs.isfile, ".dataset")
+        return f"but {kind}" + (f"; the dataset beside it is {dataset}" if dataset else "")
 
     def _raise_if_unreachable(self, exc: Exception) -> None:
         """Raise the file system's access or availability error for ``exc``, if it is one.
