@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cadstore import OptStorage
+from cadstore.errors import ReadOnlyStorageError
 from cadstore.storage.base import DataStorage
 from cadstore.testing.conformance import StorageConformance
 
@@ -75,3 +77,35 @@ def test_a_dtypes_metadata_is_not_kept_nor_given_to_another_array(tmp_path: Path
         storage.compress_store()
     with OptStorage(tmp_path / "x.zarr") as storage:
         assert storage.load_data("a").dtype == np.dtype("i1")
+
+
+def test_a_write_to_a_published_item_says_how_to_write_it(tmp_path: Path) -> None:
+    """Running the README's first block twice: ``OptStorage("items/part_001.zarr")``
+    opens the published ``.data`` read-only, and ``save_data`` said "open it at a new
+    path to write, or reopen the uncompressed store" (there is none). The refusal names
+    the published file and the modes that write it; the file is unchanged, and the mode
+    named does write it."""
+    store = tmp_path / "items" / "part_001.zarr"
+    with OptStorage(store) as item:
+        item.save_data("face_areas", np.array([1.0, 2.0], dtype=np.float32))
+        item.compress_store()
+    published = tmp_path / "items" / "part_001.zarr.data"
+    before = published.read_bytes()
+    for mode, why in ((None, f"{published} is published"), ("r", "mode='r'")):
+        with OptStorage(store, mode=mode) as item:
+            for write in (
+                lambda: item.save_data("face_areas", np.zeros(3, dtype=np.float32)),
+                lambda: item.save_metadata("material", "steel"),
+                lambda: item.delete_data("face_areas"),
+            ):
+                with pytest.raises(ReadOnlyStorageError) as info:
+                    write()
+                message = str(info.value)
+                assert why in message and "mode='a'" in message and "mode='w'" in message
+                assert "uncompressed store" not in message
+    assert published.read_bytes() == before
+    with OptStorage(store, mode="w") as item:
+        item.save_data("face_areas", np.zeros(3, dtype=np.float32))
+        item.compress_store()
+    with OptStorage(store) as item:
+        assert item.load_data("face_areas").tolist() == [0.0, 0.0, 0.0]

@@ -429,10 +429,12 @@ class NodeStorage(DataStorage):
     def _check_writable(self) -> None:
         self._check_open()
         if self._read_only:
-            raise ReadOnlyStorageError(
-                f"{self!r} is read-only; open it at a new path to write, or reopen the "
-                "uncompressed store"
-            )
+            raise ReadOnlyStorageError(f"{self!r} is read-only; {self._how_to_write()}")
+
+    def _how_to_write(self) -> str:
+        """How to write what this read-only storage holds: the end of the message
+        refusing a write. Backends that know why they are read-only say more."""
+        return "open it at a new path to write, or reopen the uncompressed store"
 
     def close(self) -> None:
         """Release resources. Idempotent and safe to call from several threads.

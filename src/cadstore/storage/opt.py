@@ -277,12 +277,26 @@ class OptStorage(NodeStorage):
             dir_exists = False
         read_only = mode == "r" or (mode is None and zip_exists and not dir_exists)
         super().__init__(read_only=read_only)
+        self._mode = mode
         self._hier: Hierarchy
         if read_only:
             self._open_read_only(zip_exists, dir_exists)
         else:
             self._open_writable(mode, zip_exists, dir_exists, zarr_format)
         self._open_metadata()
+
+    def _how_to_write(self) -> str:  # docstring inherited
+        path = repr(self._store.path)
+        if self._mode == "r":
+            why = "it was opened with mode='r'"
+        else:
+            # Opened without a mode: read-only because only the published file exists.
+            why = f"{self._published.path} is published"
+        return (
+            f"{why}; OptStorage({path}, mode='a') adds to the item and mode='w' starts "
+            "it anew, each published again by compress_store() in place of the file; or "
+            "write at a new path"
+        )
 
     # ------------------------------------------------------------------ opening
     def _beside(
