@@ -999,3 +999,42 @@ def test_a_dataset_table_or_the_dataset_given_for_another_names_what_it_is(
             explorer(merged_store_path=flow)
         assert str(flow) in str(info.value) and str(dataset) in str(info.value)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_the_output_folder_of_a_merge_names_its_manifest(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """The folder a merge wrote into (``cadstore encode --merge -o OUT``'s ``OUT``) given
+    for its dataset: inspect and validate read it as a JSON store of one foreign key
+    (``error_summary.json``), export-json copied that, and info, split, report and repair
+    said "not a Zarr store". Each is now an error naming the manifest to pass; nothing is
+    written."""
+    import cadstore
+    from cadstore import DatasetExplorer
+    from cadstore.errors import CorruptStoreError, UnknownFormatError
+
+    folder = tmp_path / "out"
+    cadstore.merge([str(p) for p in items], str(folder / "parts.dataset"))
+    (folder / "error_summary.json").write_text("[]")
+    flow = folder / "parts.flow"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for given in (str(folder), f"{folder}/"):
+        for argv in (
+            ["inspect", given],
+            ["validate", given],
+            ["schema", given],
+            ["cat", given, "error_summary"],
+            ["export-json", given, "-o", tmp_path / "exported"],
+            ["info", given],
+            ["split", given, "--key", "file_label"],
+            ["report", given, "-o", tmp_path / "r.html"],
+            ["repair", given],
+        ):
+            assert_usage_error(*run(capsys, *argv), str(folder), f"pass its manifest {flow}")
+    with pytest.raises(UnknownFormatError, match="output folder") as info:
+        open_artefact(folder)
+    assert str(flow) in str(info.value)
+    with pytest.raises(CorruptStoreError, match="output folder") as caught:
+        DatasetExplorer(merged_store_path=folder)
+    assert str(flow) in str(caught.value)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

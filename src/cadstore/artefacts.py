@@ -31,7 +31,7 @@ from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import DATASET_FAMILY, DATASET_FORMAT
 from cadstore.format.limits import DEFAULT_LIMITS
-from cadstore.format.manifest import FLOW_FORMAT, read_manifest
+from cadstore.format.manifest import FLOW_FORMAT, folder_hint, read_manifest
 from cadstore.io.location import Location, resolve
 from cadstore.io.sources import KeySource, open_source
 from cadstore.storage.base import SCHEMA_METADATA_KEY
@@ -246,6 +246,9 @@ def _open_directory(given: str, where: Location) -> Artefact:
     names = set(where.listdir())
     if names & {"zarr.json", ".zgroup", ".zmetadata"}:
         return _open_hierarchy(given, where, open_source(where, kind="directory"), is_zip=False)
+    if "metadata.json" not in names and any(n.endswith(".flow") for n in names):
+        # Its JSON files (error_summary.json) would read as a JSON store of foreign keys.
+        raise _not_an_artefact(given, folder_hint(where))
     if any(n.endswith(".json") for n in names):
         from cadstore.storage import JsonStorageHandler
 

@@ -68,6 +68,7 @@ from cadstore.format.layout import (
     qualify_dims,
 )
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
+from cadstore.format.manifest import folder_hint
 from cadstore.format.sharding import MISSING, decode_inner, index_trailer, read_index
 from cadstore.format.triangle import UPPER_TRIANGLE, expand_into, triangle_count
 from cadstore.io.location import Location, resolve
@@ -248,7 +249,13 @@ class DatasetReader:
         source = self._open_source()
         try:
             # The merger stores every chunk holding rows: one missing is damage.
-            hier = ReadHierarchy(source, self.limits, item_layouts=False, complete=True)
+            try:
+                hier = ReadHierarchy(source, self.limits, item_layouts=False, complete=True)
+            except CorruptStoreError as exc:
+                hint = folder_hint(self.location) if self.location.isdir() else ""
+                if not hint:
+                    raise
+                raise CorruptStoreError(self.path, f"{exc.problem}; {hint}") from exc
             if hier.group_attributes.get("", {}).get("cadstore") != DATASET_FORMAT:
                 raise CorruptStoreError(
                     self.path,

@@ -38,6 +38,8 @@ __all__ = [
     "FLOW_FORMAT",
     "MANIFEST_ENTRIES",
     "Manifest",
+    "folder_hint",
+    "manifests_in",
     "read_manifest",
     "resolve_flow_paths",
     "write_manifest",
@@ -208,6 +210,47 @@ def _other_kind(location: Location, raw: bytes) -> str | None:
         return None
     manifest = file_beside(location.path, location.fs.isfile, ".flow")
     return kind + (f"; the manifest beside it is {manifest}" if manifest else "")
+
+
+def manifests_in(folder: Location) -> list[str]:
+    """The ``.flow`` manifests in ``folder``, for a message refusing the folder where a
+    dataset or an item is expected: the output folder of ``cadstore encode --merge``, of
+    a merge or of a flow holds its dataset's manifest, and is easily given for it.
+
+    Parameters
+    ----------
+    folder
+        A directory (or an object store prefix).
+
+    Returns
+    -------
+    list of str
+        Their paths, sorted; empty when there is none or the folder cannot be listed.
+    """
+    try:
+        names = folder.listdir()
+    except Exception:  # a hint only: the refusal does not depend on it
+        return []
+    return sorted(folder.child(n).path for n in names if n.endswith(".flow"))
+
+
+def folder_hint(folder: Location) -> str:
+    """The end of a message refusing ``folder`` that names the manifests it holds (see
+    :func:`manifests_in`), or ``""``.
+
+    Examples
+    --------
+    ``"it is the output folder of a merge or a flow: pass its manifest out/parts.flow (or
+    the dataset beside it)"``
+    """
+    found = manifests_in(folder)
+    if not found:
+        return ""
+    listed = " or ".join(found[:3]) + (f" (or {len(found) - 3} more)" if len(found) > 3 else "")
+    return (
+        "it is the output folder of a merge or a flow: pass its manifest "
+        f"{listed} (or the dataset beside it)"
+    )
 
 
 def resolve_flow_paths(
