@@ -105,3 +105,43 @@ def _run_against_s3(
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_the_ways_to_feed_a_model_are_counted_and_run_as_shown(tmp_path: Path) -> None:
+    """docs/training.md said "three ways" over a table of four, and showed
+    ``DataLoader(*subset.to_torch_with_collate())``, which passes the collate function
+    as ``batch_size`` (a ``ValueError``). The count matches the rows, and each way's code
+    in the table's first column runs as written: assignments first, then each expression
+    gives a batch."""
+    torch_data = pytest.importorskip("torch.utils.data")
+    import cadstore
+    from cadstore.dataset import DatasetLoader
+    from cadstore.synthetic import iter_items, write_item
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    intro = re.search(r"cadstore gives\s+(\w+) ways to feed a model", text)
+    assert intro is not None
+    rows = re.findall(r"^\| (`.*?) \| .* \| .* \|$", text, re.MULTILINE)
+    words = {"two": 2, "three": 3, "four": 4, "five": 5}
+    assert words[intro.group(1)] == len(rows), rows
+    items = [
+        write_item(str(tmp_path / f"{name}.zarr"), item, meta) for name, item, meta in iter_items(4)
+    ]
+    cadstore.merge(items, str(tmp_path / "p.dataset"))
+    with DatasetLoader(flow_output_file=tmp_path / "p.flow") as loader:
+        loader.split("random", train=0.5, validation=0.25, test=0.25, random_state=0)
+        scope: dict[str, object] = {
+            "subset": loader.get_dataset("train"),
+            "batch_size": 2,
+            "DataLoader": torch_data.DataLoader,
+        }
+        for row in rows:
+            spans = re.findall(r"`([^`]+)`", row)
+            for span in (s for s in spans if " = " in s):
+                exec(span, scope)  # noqa: S102 - the page's own code, as test_page_code_runs_as_written runs it
+            for span in (s for s in spans if " = " not in s):
+                ways = eval(span, scope)  # noqa: S307 - likewise
+                try:
+                    assert next(iter(ways)) is not None, span
+                finally:
+                    getattr(ways, "close", lambda: None)()
