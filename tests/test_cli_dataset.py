@@ -234,3 +234,40 @@ def test_bad_wait_and_workers_options_are_usage_errors(
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_and_repair_open_the_dataset_a_manifest_names(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore report M.flow`` and ``cadstore repair M.flow`` took ``M.dataset`` for
+    the dataset whatever the manifest lists, and said "M.dataset: no such dataset" for a
+    manifest written with ``merge(..., flow=...)``, which info and split open. They open
+    the dataset the manifest names; a manifest listing a dataset outside its folder is
+    refused as info refuses it, unless ``--trust-manifest``."""
+    import cadstore
+
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    out = tmp_path / "out"
+    cadstore.merge(files, str(out / "parts.dataset"), flow=str(out / "run.flow"))
+    manifest = out / "run.flow"
+    assert main(["info", str(manifest)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(manifest)]) == 0
+    assert capsys.readouterr().out == f"wrote {out / 'parts.report.html'}\n"
+    assert (out / "parts.report.html").stat().st_size > 0
+    assert not (out / "run.dataset").exists() and not (out / "run.report.html").exists()
+    assert main(["repair", str(manifest)]) == 0
+    assert capsys.readouterr().out == f"{out / 'parts.dataset'}: nothing to repair\n"
+    # A manifest elsewhere naming that dataset: followed only when trusted.
+    moved = tmp_path / "elsewhere" / "run.flow"
+    moved.parent.mkdir()
+    doc = json.loads(manifest.read_text())
+    for entry in ("flow_data", "flow_info", "flow_attributes"):
+        doc[entry] = str(out / doc[entry])
+    moved.write_text(json.dumps(doc))
+    for argv in (["report", str(moved), "-o", str(tmp_path / "r.html")], ["repair", str(moved)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(moved) in err and "outside" in err, err
+        assert main(["--trust-manifest", *argv]) == 0
+        capsys.readouterr()

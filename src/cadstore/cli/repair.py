@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from cadstore.cli.report import dataset_of
     from cadstore.lifecycle import repair
 
-    dataset = dataset_of(args.dataset)
+    dataset = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
     done = repair(dataset, timeout=args.wait, storage_options=args.storage_options)
     for sentence in done:
         print(sentence)

@@ -7,6 +7,7 @@ lands with the data it describes whatever folder the command runs from.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 #: What the default output file is called, after the dataset's stem.
@@ -37,10 +38,49 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def dataset_of(path: str) -> str:
-    """The ``.dataset`` that ``path`` names: itself, or the one beside a ``.flow``."""
+def dataset_of(
+    path: str, storage_options: dict[str, Any] | None = None, *, trust_manifest: bool = False
+) -> str:
+    """The ``.dataset`` that ``path`` names: itself, or the one a ``.flow`` manifest lists.
+
+    Parameters
+    ----------
+    path
+        A ``.dataset`` or a ``.flow`` manifest, a path or a URL.
+    storage_options
+        fsspec options for a URL.
+    trust_manifest
+        Follow a manifest's path outside its own folder (``--trust-manifest``).
+
+    Returns
+    -------
+    str
+        The dataset's path or URL, spelled as given when it is the ``.dataset`` beside
+        the manifest. For a manifest that is not there, that ``.dataset`` (which a
+        killed first merge may have left, with its lock, for repair).
+
+    Raises
+    ------
+    CorruptStoreError
+        If the manifest is there and unusable (see
+        :func:`cadstore.format.manifest.read_manifest`).
+    """
     path = path.rstrip("/\\") or path
-    return path[: -len(".flow")] + ".dataset" if path.endswith(".flow") else path
+    if not path.endswith(".flow"):
+        return path
+    from cadstore.format.manifest import read_manifest
+    from cadstore.io.location import resolve
+
+    beside = path[: -len(".flow")] + ".dataset"
+    where = resolve(path, storage_options, shared=True)
+    if not where.exists():
+        return beside
+    listed = read_manifest(where, trust_paths=trust_manifest).dataset.path
+    # The dataset beside the manifest, as it usually is, keeps the spelling given.
+    same = listed == beside or (
+        not where.remote and os.path.abspath(listed) == os.path.abspath(beside)
+    )
+    return beside if same else listed
 
 
 def default_output(dataset: str) -> str:
@@ -57,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         from cadstore.dataset.report import write_report
     except ImportError as exc:
         raise ValueError("the report needs matplotlib: pip install 'cadstore[report]'") from exc
-    dataset = dataset_of(args.dataset)
+    dataset = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
     output = args.output or default_output(dataset)
     path = write_report(dataset, output, title=args.title, storage_options=args.storage_options)
     print(f"wrote {path}")
