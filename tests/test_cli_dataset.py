@@ -271,3 +271,33 @@ def test_report_and_repair_open_the_dataset_a_manifest_names(
         assert str(moved) in err and "outside" in err, err
         assert main(["--trust-manifest", *argv]) == 0
         capsys.readouterr()
+
+
+def test_a_table_copy_removed_beside_its_dataset_names_the_repair(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``parts.infoset`` removed, ``cadstore info parts.dataset`` (and the explorer
+    given the manifest) said only that the manifest lists a file that does not exist.
+    The dataset carries its tables: the error names the repair that publishes the copy
+    again, and that repair, run as named, makes the dataset readable."""
+    import shlex
+
+    import cadstore
+    from cadstore import DatasetExplorer
+    from cadstore.errors import CorruptStoreError
+
+    dataset = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:3]], str(dataset))
+    (tmp_path / "parts.infoset").unlink()
+    assert main(["info", str(dataset)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "parts.infoset" in err
+    command = err.split("'cadstore ")[1].split("'")[0]
+    assert command == f"repair {dataset}"
+    with pytest.raises(CorruptStoreError, match=r"cadstore\.lifecycle\.repair"):
+        DatasetExplorer(flow_output_file=tmp_path / "parts.flow")
+    assert main(shlex.split(command)) == 0
+    capsys.readouterr()
+    assert (tmp_path / "parts.infoset").exists()
+    assert main(["info", str(dataset), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 3

@@ -124,7 +124,13 @@ def _check_kind(manifest: Location, entry: str, listed: Location) -> None:
     )
 
 
-def _listed(manifest: Location, entry: str, value: object, trust_paths: bool) -> Location | None:
+def _listed(
+    manifest: Location,
+    entry: str,
+    value: object,
+    trust_paths: bool,
+    dataset: Location | None = None,
+) -> Location | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
@@ -140,8 +146,16 @@ def _listed(manifest: Location, entry: str, value: object, trust_paths: bool) ->
             "it if you trust this manifest",
         )
     if not listed.exists():
+        # A table copy gone beside its dataset, which carries the tables: repair makes it.
+        remedy = (
+            ""
+            if dataset is None
+            else f"; a cadstore dataset carries its tables: 'cadstore repair {dataset.path}' "
+            "(cadstore.lifecycle.repair) publishes the copy again from it"
+        )
         raise CorruptStoreError(
-            manifest.path, f"the manifest lists {entry} {value!r}, but {listed} does not exist"
+            manifest.path,
+            f"the manifest lists {entry} {value!r}, but {listed} does not exist{remedy}",
         )
     _check_kind(manifest, entry, listed)
     return listed
@@ -190,11 +204,13 @@ def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
         ) from None
     if not isinstance(doc, dict):
         raise CorruptStoreError(location.path, "not a .flow manifest (not a JSON object)")
-    dataset, infoset, attribset = (
-        _listed(location, entry, doc.get(entry), trust_paths) for entry in MANIFEST_ENTRIES
-    )
+    data_entry, *table_entries = MANIFEST_ENTRIES
+    dataset = _listed(location, data_entry, doc.get(data_entry), trust_paths)
     if dataset is None:
         raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
+    infoset, attribset = (
+        _listed(location, entry, doc.get(entry), trust_paths, dataset) for entry in table_entries
+    )
     return Manifest(location, doc, dataset, infoset, attribset)
 
 
