@@ -683,3 +683,23 @@ def test_bad_manifests_and_paths(merged: Path, realistic_items: list[Any], tmp_p
         DatasetExplorer(
             merged_store_path=merged.with_suffix(".dataset"), parquet_file_path=tmp_path / "x"
         )
+
+
+def test_a_mistyped_key_names_the_key_meant(explorer: DatasetExplorer, merged: Path) -> None:
+    """``create_distribution("face_area")`` and ``split("file_lable")`` listed every
+    array and column, the list cut after 20 arrays, and left the user to spot the one
+    meant; the error names it first. A name like none gets no guess."""
+    from cadstore.dataset import DatasetLoader
+
+    with pytest.raises(
+        DatasetError, match=r"unknown key 'face_area' \(did you mean 'face_areas'\?\)"
+    ):
+        explorer.create_distribution("face_area", bins=5, group="faces")
+    with DatasetLoader(flow_output_file=merged) as loader:
+        before = loader.explorer.get_file_info_all()["subset"].tolist()
+        with pytest.raises(DatasetError, match=r"did you mean 'file_label'\?"):
+            loader.split("file_lable", train=0.5, validation=0.25, test=0.25)
+        assert loader.explorer.get_file_info_all()["subset"].tolist() == before
+    with pytest.raises(DatasetError) as info:
+        explorer.create_distribution("zzzz")
+    assert "did you mean" not in str(info.value)

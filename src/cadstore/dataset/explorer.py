@@ -33,6 +33,7 @@ Examples
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import logging
@@ -873,9 +874,12 @@ class DatasetExplorer:
             return "info", None
         columns = [] if info is None else list(info.columns)
         arrays = sorted({a for g in groups for a in self._data_arrays(g)})
+        # A typo's name first: the lists below may be long, and are cut.
+        close = difflib.get_close_matches(key, [*arrays, *map(str, columns)], n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
         raise DatasetError(
-            f"unknown key {key!r}: it is neither an array of any group ({_choices(arrays)}) "
-            f"nor an infoset column ({columns})"
+            f"unknown key {key!r}{guess}: it is neither an array of any group "
+            f"({_choices(arrays)}) nor an infoset column ({columns})"
         )
 
     def key_values(self, key: str, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
