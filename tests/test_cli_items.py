@@ -1038,3 +1038,35 @@ def test_the_output_folder_of_a_merge_names_its_manifest(
         DatasetExplorer(merged_store_path=folder)
     assert str(flow) in str(caught.value)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_cat_of_a_dataset_array_without_its_group_names_the_keys_meant(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``cadstore cat X.dataset face_areas`` (the key as an item spells it) listed the
+    top-level groups only, and ``faceface/d2_distanc`` listed the group's stored arrays
+    without the face-pair arrays it presents (stored as triangles, read in full by
+    ``cat faceface/d2_distance``). The error names GROUP/ARRAY keys that exist."""
+    import cadstore
+
+    rng = np.random.default_rng(0)
+    for n in range(2):
+        with OptStorage(tmp_path / f"s{n}.zarr") as item:
+            half = rng.random((3, 3, 2)).astype(np.float32)
+            item.save_data("d2_distance", half + half.transpose(1, 0, 2))
+            item.save_data("face_areas", np.ones(3, dtype=np.float32))
+            item.compress_store()
+    dataset = tmp_path / "sym.dataset"
+    cadstore.merge([str(tmp_path / f"s{n}.zarr.data") for n in range(2)], str(dataset))
+    assert_usage_error(
+        *run(capsys, "cat", dataset, "face_areas"), "(did you mean faces/face_areas?)"
+    )
+    assert_usage_error(
+        *run(capsys, "cat", dataset, "d2_distance"),
+        "(did you mean faceface/d2_distance or faceface_upper/d2_distance?)",
+    )
+    assert_usage_error(*run(capsys, "cat", dataset, "faceface/d2_distanc"), "faceface/d2_distance")
+    code, out, _ = run(capsys, "cat", dataset, "faceface/d2_distance")
+    assert code == 0 and len(out.strip().splitlines()) == 18  # 2 items of 3 x 3 pairs
+    code, _, err = run(capsys, "cat", dataset, "nothing_like_it")
+    assert code == 2 and "did you mean" not in err

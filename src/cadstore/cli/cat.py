@@ -100,7 +100,9 @@ def _missing_in_storage(target: Artefact, key: str) -> CommandError:
     )
 
 
-def _missing_in_dataset(target: Artefact, key: str) -> CommandError:
+def _missing_in_dataset(target: Artefact, key: str, virtual: set[str]) -> CommandError:
+    """The error for ``key``, absent from the dataset; ``virtual`` holds the keys the
+    dataset presents without storing them (face-pair arrays stored as triangles)."""
     hierarchy = target.hierarchy
     assert hierarchy is not None
     parts = key.split("/")
@@ -110,12 +112,21 @@ def _missing_in_dataset(target: Artefact, key: str) -> CommandError:
             return CommandError(f"{prefix!r} in {target.path} is an array, not a group")
         if prefix in hierarchy.groups:
             keys = [f"{prefix}/{name}" for name in hierarchy.children(prefix)]
+            keys += sorted(k for k in virtual if k.rpartition("/")[0] == prefix)
             return CommandError(
                 f"no array {key!r} in dataset {target.path}; group {prefix!r} holds "
                 f"{_choices(keys)}"
             )
+    # An array named without its group, as an item names it: say where it is.
+    holders = [
+        f"{group}/{key}"
+        for group in hierarchy.children("")
+        if group in hierarchy.groups
+        and (f"{group}/{key}" in virtual or f"{group}/{key}" in hierarchy.arrays)
+    ]
+    meant = f" (did you mean {' or '.join(holders)}?)" if holders else ""
     return CommandError(
-        f"no key {key!r} in dataset {target.path}; valid top-level keys: "
+        f"no key {key!r} in dataset {target.path}{meant}; valid top-level keys: "
         f"{_choices(hierarchy.children(''))} (arrays are GROUP/ARRAY)"
     )
 
@@ -189,7 +200,7 @@ def _dataset_value(target: Artefact, key: str, item: str | None) -> tuple[Any, i
         if kind is None and key in virtual:
             kind = "leaf"
         if kind is None:
-            raise _missing_in_dataset(target, key)
+            raise _missing_in_dataset(target, key, virtual)
         names = [
             name
             for name in (reader.arrays(key) if key in reader.groups else hierarchy.children(key))
