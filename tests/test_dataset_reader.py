@@ -413,3 +413,35 @@ def test_read_rows_into_a_strided_array(dataset: Path) -> None:
         out = wide[:, : whole.shape[1]]  # not C-contiguous
         reader.read_rows("faceface", "d2_distance", 0, 40, out=out)
         np.testing.assert_array_equal(out, whole)
+
+
+def test_an_item_code_or_position_that_is_no_whole_number_is_refused(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """``read_item(2.7)``, ``file_dataset(np.float32(2.7), ...)`` and ``subset[1.5]``
+    read item 2 (or position 1): ``int()`` truncated them; ``True`` read item 1. Each is
+    a ``DatasetError`` naming the value; whole numbers (``2``, ``2.0``, ``np.int64(2)``,
+    ``"2"``) read as before."""
+    import cadstore
+
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:4]], str(tmp_path / "d.dataset"))
+    flow = tmp_path / "d.flow"
+    with (
+        DatasetReader(tmp_path / "d.dataset") as reader,
+        cadstore.DatasetExplorer(flow_output_file=flow) as explorer,
+        cadstore.DatasetLoader(flow_output_file=flow) as loader,
+    ):
+        loader.split("random", train=0.5, validation=0.25, test=0.25, random_state=0)
+        subset = loader.get_dataset("train")
+        calls = {
+            "item code": lambda c: reader.read_item(c)["faces"]["face_areas"].tolist(),
+            "file id code": lambda c: explorer.file_dataset(c, "faces").attrs["file_id_code"],
+            "item position": lambda c: subset[c]["file_id_code"],
+        }
+        for what, call in calls.items():
+            for bad in (2.7, np.float32(1.5), True, np.bool_(False), "1.5", float("nan")):
+                with pytest.raises(DatasetError, match=f"{what} .* not an integer"):
+                    call(bad)
+            expected = call(1)
+            for good in (1.0, np.int64(1), np.float32(1.0), "1"):
+                assert call(good) == expected, (what, good)

@@ -45,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from cadstore.dataset.reader import DatasetReader
+from cadstore.dataset.reader import DatasetReader, whole_number
 from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
@@ -698,12 +698,7 @@ class DatasetExplorer:
         return np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(offsets))
 
     def _check_code(self, file_id_code: Any) -> int:
-        try:
-            code = int(file_id_code)
-        except (TypeError, ValueError):
-            raise DatasetError(f"file id code {file_id_code!r} is not an integer") from None
-        if isinstance(file_id_code, float) and code != file_id_code:
-            raise DatasetError(f"file id code {file_id_code!r} is not an integer")
+        code = whole_number(file_id_code, "file id code")
         if not 0 <= code < self.n_items:
             raise DatasetError(
                 f"unknown file id code {code}: valid codes are 0..{self.n_items - 1}"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cadstore.dataset.explorer import DatasetExplorer
-from cadstore.dataset.reader import Allocator, DatasetReader
+from cadstore.dataset.reader import Allocator, DatasetReader, whole_number
 from cadstore.errors import CadstoreWarning, DatasetError, StorageError
 from cadstore.format.jsoncodec import parse_document
 from cadstore.format.layout import OFFSETS
@@ -746,7 +746,7 @@ class CADDataset:
 
     def _position(self, i: int) -> int:
         n = len(self.indices)
-        index = int(i)
+        index = whole_number(i, "item position")
         if not -n <= index < n:
             raise ItemIndexError(f"item {i} is out of range for a subset of {n} items")
         return int(self.indices[index])
@@ -769,6 +769,8 @@ class CADDataset:
         ------
         ItemIndexError
             If ``i`` is out of range (a :class:`DatasetError` and an ``IndexError``).
+        DatasetError
+            If ``i`` is not a whole number (``1.5``, ``True``).
         """
         return self.parent_dataset.item_source.read(self._position(i))
 

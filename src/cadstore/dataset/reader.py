@@ -26,6 +26,7 @@ import functools
 import hashlib
 import itertools
 import math
+import operator
 import os
 import threading
 import weakref
@@ -75,7 +76,7 @@ from cadstore.io.location import Location, resolve
 from cadstore.io.native import zstd_decoder
 from cadstore.io.sources import KeySource, open_source
 
-__all__ = ["Allocator", "DatasetReader", "ItemBatch"]
+__all__ = ["Allocator", "DatasetReader", "ItemBatch", "whole_number"]
 
 
 # Gap allowed between inner chunks read together (bytes read and thrown away).
@@ -95,6 +96,43 @@ SCRATCH_KEPT = 4
 
 # The dataset's own document (item count, groups, schema) at the root of the store.
 _METADATA = "metadata.json"
+
+
+def whole_number(value: Any, what: str) -> int:
+    """``value`` as an ``int``, when it is a whole number: an integer (Python, numpy, a
+    one-element integer tensor), a float with no fraction, or decimal text.
+
+    ``int()`` alone truncated ``2.7`` (and ``np.float32(2.7)``) to item 2, and took
+    ``True`` for item 1.
+
+    Parameters
+    ----------
+    value
+        The code or position given.
+    what
+        What it is, for the message (``"item code"``).
+
+    Raises
+    ------
+    DatasetError
+        Naming ``what`` and ``value``, for a boolean, a fraction or anything else.
+    """
+    if type(value) is int:  # the common case, first: every read of an item asks
+        return value
+    if isinstance(value, bool | np.bool_) or str(getattr(value, "dtype", "")) == "torch.bool":
+        raise DatasetError(f"{what} {value!r} is a boolean, not an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        number = int(value)
+        whole = isinstance(value, str) or bool(number == value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise DatasetError(f"{what} {value!r} is not an integer")
+    return number
 
 
 _PROCESS_ID = [os.getpid()]
@@ -728,7 +766,7 @@ class DatasetReader:
 
     def _check_code(self, code: int) -> int:
         self._check_open()
-        code = int(code)
+        code = whole_number(code, "item code")
         if not 0 <= code < self.n_items:
             raise DatasetError(
                 f"item code {code} is out of range: valid codes are 0..{self.n_items - 1}"
