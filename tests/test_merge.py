@@ -1382,3 +1382,38 @@ def test_a_key_held_as_one_value_by_most_items_stays_one_array(tmp_path: Path) -
     assert sorted(result.groups) == ["faces", "file"]
     assert [Path(e["file"]).name for e in result.errors] == ["p2.zarr.data"]
     assert "this item holds rows, other items one value per item" in result.errors[0]["error"]
+
+
+def test_a_dataset_given_as_an_item_says_what_it_is(tmp_path: Path) -> None:
+    """``cadstore merge parts.dataset -o x`` (a dataset among the inputs) refused it with
+    a MergeError listing, as Python dicts, every array of the dataset under "a name the
+    dataset keeps for itself". The dataset is skipped as "a merged dataset, not an
+    item", naming the append that adds items to it; the refusal of a merge with no item
+    left lists "file: reason", as the one with no readable item does."""
+    import cadstore
+
+    files = [
+        write_arrays(tmp_path / "items" / f"p{i}.zarr", {"face_areas": np.ones(i + 1)})
+        for i in range(2)
+    ]
+    dataset = tmp_path / "d.dataset"
+    cadstore.merge(files, str(dataset))
+    before = dataset.read_bytes()
+    with pytest.raises(MergeError) as info:
+        cadstore.merge([str(dataset)], str(tmp_path / "e.dataset"))
+    assert str(info.value) == (
+        f"no readable item among 1 file(s): {dataset}: a merged dataset, not an item: "
+        "merge the items it was made from, or add items to it by giving it as the output "
+        "with append=True (--append)"
+    )
+    result = cadstore.merge([str(dataset), *files], str(tmp_path / "f.dataset"))
+    assert len(result.items) == 2
+    assert [e["file"] for e in result.errors] == [str(dataset)]
+    assert "a merged dataset, not an item" in result.errors[0]["error"]
+    assert dataset.read_bytes() == before
+    # Items that scan but cannot be planned: the refusal lists file: reason, not dicts.
+    taken = write_arrays(tmp_path / "taken.zarr", {"faces/item_offsets": np.ones(2)})
+    with pytest.raises(MergeError, match="no item could be merged") as info:
+        cadstore.merge([taken], str(tmp_path / "g.dataset"))
+    message = str(info.value)
+    assert f"no item could be merged: {taken}: " in message and "{" not in message

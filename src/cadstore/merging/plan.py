@@ -39,6 +39,7 @@ __all__ = [
     "ArrayPlan",
     "GroupPlan",
     "MergePlan",
+    "describe_errors",
     "dims_for",
     "split_triangles",
     "triangle_group_name",
@@ -47,6 +48,32 @@ __all__ = [
     "schema_from",
     "small_rows",
 ]
+
+
+def describe_errors(errors: Sequence[Mapping[str, str]], shown: int = 3) -> str:
+    """The first ``shown`` of the skipped items' errors, each ``file: reason``, for the
+    message refusing a merge that has no item left.
+
+    Parameters
+    ----------
+    errors
+        ``{"file": ..., "error": ...}`` entries, as :class:`MergeResult` lists them.
+    shown
+        How many to spell out; the others are counted.
+
+    Examples
+    --------
+    >>> describe_errors([{"file": "a.data", "error": "a.data: truncated"}, {"file": "b.data",
+    ...     "error": "no rows"}])
+    'a.data: truncated; b.data: no rows'
+    """
+    said = "; ".join(
+        f"{error['file']}: {error['error'].removeprefix(error['file'] + ': ')}"
+        for error in errors[:shown]
+    )
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return said + more
+
 
 #: Names at the root of a dataset that are not an item's group: the item names, and the
 #: members beside the hierarchy (a group of the same name would make a folder where the
@@ -472,7 +499,7 @@ def plan_merge(
         scans = [scans[c] for c in kept]
         groups, _, warnings_ = plan_groups(scans, parsed, [])
     if not scans:
-        raise MergeError(f"no item could be merged: {errors[:3]}")
+        raise MergeError(f"no item could be merged: {describe_errors(errors)}")
     if options.face_pair_layout == "auto":
         groups = split_triangles(groups, scans, None)
     offsets = lay_out(groups, len(scans), parsed, options)

@@ -43,7 +43,7 @@ from cadstore.merging.options import (
     MergeOptions,
     MergeResult,
 )
-from cadstore.merging.plan import plan_merge
+from cadstore.merging.plan import describe_errors, plan_merge
 from cadstore.merging.scan import check_buckets, item_name_of, keep_scans, scan_all
 from cadstore.merging.tables import item_tables, tables_summary
 from cadstore.merging.write import (
@@ -346,9 +346,9 @@ def _write_version(
         else:
             scans = scan_all(ordered, options.limits, pool, errors, options.progress)
         if not scans:
-            shown = "; ".join(error["error"] for error in errors[:3])
-            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise MergeError(f"no readable item among {len(ordered)} file(s): {shown}{more}")
+            raise MergeError(
+                f"no readable item among {len(ordered)} file(s): {describe_errors(errors)}"
+            )
         plan = plan_merge(scans, schema, options, errors)
         # The driver of a Dask merge decodes no item: the workers check the integers.
         run_map = (
@@ -364,7 +364,7 @@ def _write_version(
             errors.extend({"file": plan.scans[c].path, "error": e} for c, e in inexact.items())
             kept = [scan for code, scan in enumerate(plan.scans) if code not in inexact]
             if not kept:
-                raise MergeError(f"no item could be merged: {errors[:3]}")
+                raise MergeError(f"no item could be merged: {describe_errors(errors)}")
             plan = plan_merge(kept, schema, options, errors)
         sink = open_sink(target, directory=options.directory, exclusive=True)
         try:

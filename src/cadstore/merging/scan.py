@@ -29,6 +29,7 @@ import numpy as np
 from cadstore.errors import CorruptStoreError, MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
+from cadstore.format.layout import DATASET_FAMILY
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.triangle import is_symmetric
 from cadstore.io.location import Location
@@ -136,6 +137,14 @@ def scan_item(
                     "stopped before finishing it"
                 )
         hier = ReadHierarchy(source, limits)
+        marker = hier.group_attributes.get("", {}).get("cadstore")
+        if isinstance(marker, str) and marker.startswith(DATASET_FAMILY):
+            # Its arrays would be taken for one item's, each refused for a name the
+            # dataset keeps (item_offsets, file_id_code_<group>): say what it is instead.
+            return location.path, (
+                "a merged dataset, not an item: merge the items it was made from, or add "
+                "items to it by giving it as the output with append=True (--append)"
+            )
         scan = ItemScan(location=location, name=item_name_of(location))
         for key in hier.arrays:
             meta = hier.meta(key)
