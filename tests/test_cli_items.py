@@ -1070,3 +1070,32 @@ def test_cat_of_a_dataset_array_without_its_group_names_the_keys_meant(
     assert code == 0 and len(out.strip().splitlines()) == 18  # 2 items of 3 x 3 pairs
     code, _, err = run(capsys, "cat", dataset, "nothing_like_it")
     assert code == 2 and "did you mean" not in err
+
+
+def test_an_item_dataset_or_manifest_given_as_a_schema_file_names_the_export(
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+) -> None:
+    """``cadstore validate ITEM --schema parts.dataset`` (the dataset whose schema is
+    meant) said "is not UTF-8 JSON text (invalid continuation byte)", and ``--schema
+    parts.flow`` "schema: unknown key 'format'". Each names what the file is and the
+    ``cadstore schema`` command that exports its schema; that command, run as named with
+    a file for FILE, gives a schema the validation takes."""
+    import shlex
+
+    import cadstore
+    from cadstore import SchemaBuilder
+    from cadstore.errors import SchemaError, UnknownFormatError
+
+    dataset = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items], str(dataset))
+    for given in (dataset, items[1], tmp_path / "parts.flow"):
+        code, out, err = run(capsys, "validate", items[0], "--schema", given)
+        assert_usage_error(code, out, err, str(given), f"'cadstore schema {given} -o FILE'")
+        with pytest.raises((UnknownFormatError, SchemaError), match="cadstore schema"):
+            SchemaBuilder.load_from_file(given)
+        command = err.split("'cadstore ")[1].split("'")[0].replace("FILE", str(tmp_path / "s.json"))
+        assert main(shlex.split(command)) == 0
+        assert main(["validate", str(items[0]), "--schema", str(tmp_path / "s.json")]) == 0
+        capsys.readouterr()
+    code, out, err = run(capsys, "validate", items[0], "--schema", tmp_path / "parts.infoset")
+    assert_usage_error(code, out, err, "Parquet table")

@@ -28,8 +28,10 @@ from typing import Any
 
 from cadstore.errors import SchemaError, StorageNotFoundError, UnknownFormatError
 from cadstore.format.jsoncodec import parse_document
+from cadstore.format.manifest import FLOW_FORMAT
 from cadstore.io.location import resolve
 from cadstore.io.publish import write_bytes_atomic
+from cadstore.io.sources import other_kind
 from cadstore.schema._common import (
     check_dims,
     check_metadata_name,
@@ -898,24 +900,34 @@ class SchemaBuilder:
         FileNotFoundError
             If *path* does not exist (a :class:`~cadstore.errors.StorageNotFoundError`).
         UnknownFormatError
-            If *path* is a directory or not UTF-8 text.
+            If *path* is a directory or not UTF-8 text (the message says when it is an
+            item or a dataset, and how to export the schema it stores).
         CorruptStoreError
             If *path* is a pipe, a device or a socket (never read: it could block).
         SchemaError
-            If the file is not JSON or not a valid schema; the message names the file.
+            If the file is not JSON or not a valid schema (a ``.flow`` manifest, say); the
+            message names the file.
         """
         where = resolve(os.fspath(path), storage_options, shared=True)
         shown = os.fspath(path)
         if where.isdir():
             raise UnknownFormatError(f"schema file {shown} is a directory, not a JSON file")
+        # An item, a dataset or a manifest holds a schema: given for the file, say so.
+        export = f"'cadstore schema {shown} -o FILE' exports the schema it stores"
         try:
-            text = where.read_bytes().decode("utf-8")
+            raw = where.read_bytes()
         except FileNotFoundError:
             nothing = "no such object" if where.remote else "no such file"
             raise StorageNotFoundError(shown, nothing) from None
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
+            kind = other_kind(raw[:4], "json")
+            instead = "" if kind is None else f"; it is {kind}"
+            if kind is not None and "zip" in kind:
+                instead += f": {export}"
             raise UnknownFormatError(
-                f"schema file {shown} is not UTF-8 JSON text ({exc.reason})"
+                f"schema file {shown} is not UTF-8 JSON text ({exc.reason}){instead}"
             ) from exc
         try:
             data = parse_document(text)
@@ -923,6 +935,8 @@ class SchemaBuilder:
             raise SchemaError(f"{shown}: not a valid JSON schema file: {exc}") from exc
         except ValueError as exc:  # nested too deeply for the schema's own recursion
             raise SchemaError(f"{shown}: not a usable JSON schema file: {exc}") from exc
+        if isinstance(data, dict) and data.get("format") == FLOW_FORMAT:
+            raise SchemaError(f"{shown}: a dataset's .flow manifest, not a schema file: {export}")
         try:
             return cls.from_dict(data)
         except SchemaError as exc:
