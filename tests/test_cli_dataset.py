@@ -301,3 +301,43 @@ def test_a_table_copy_removed_beside_its_dataset_names_the_repair(
     assert (tmp_path / "parts.infoset").exists()
     assert main(["info", str(dataset), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["merge", "ITEM", "-o", "OUT/d", "--level", "100"], "--level"),
+        (["merge", "ITEM", "-o", "OUT/d", "--face-pair-level", "-200000"], "--face-pair-level"),
+        (["encode", "IN", "-o", "OUT", "--timeout", "0"], "--timeout"),
+        (["encode", "IN", "-o", "OUT", "--memory-limit", "-5"], "--memory-limit"),
+        (["demo", "-o", "OUT", "--parts", "0"], "--parts"),
+        (["demo", "-o", "OUT", "--no-cad", "-n", "0"], "-n/--items"),
+        (["demo", "-o", "OUT", "--no-cad", "--seed", "-1"], "--seed"),
+    ],
+)
+def test_an_option_out_of_range_is_refused_in_its_own_spelling(
+    realistic_items: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    option: str,
+) -> None:
+    """``--level 100`` was refused as "compression_level must be ...", ``--timeout 0`` as
+    "timeout must be ...", ``-n 0`` as "no median for empty data" after the demo had
+    begun, and ``--parts 0`` as "no CAD files found in []" after creating its folders.
+    Each is a usage error naming the option, before anything is written."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    item = realistic_items[0][0]
+    given = [
+        a.replace("ITEM", str(item))
+        .replace("OUT", str(tmp_path / "out"))
+        .replace("IN", str(inputs))
+        for a in argv
+    ]
+    with pytest.raises(SystemExit) as info:
+        main(given)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {option}: expected " in err.splitlines()[-1], err
+    assert not (tmp_path / "out").exists()

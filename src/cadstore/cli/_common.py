@@ -103,6 +103,102 @@ def wait_seconds(text: str) -> float:
         ) from None
 
 
+def zstd_level(text: str) -> int:
+    """Parse a ``--level`` value: a zstd level, an integer in the range the merge takes.
+
+    Parameters
+    ----------
+    text
+        The option's value as typed.
+
+    Returns
+    -------
+    int
+        The level.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not an integer from
+        :data:`~cadstore.merging.options.MIN_LEVEL` to
+        :data:`~cadstore.merging.options.MAX_LEVEL`: what the merge refuses, there
+        under its keyword's name (``compression_level``).
+    """
+    import argparse
+
+    from cadstore.merging.options import MAX_LEVEL, MIN_LEVEL
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = MAX_LEVEL + 1
+    if not MIN_LEVEL <= value <= MAX_LEVEL:
+        raise argparse.ArgumentTypeError(
+            f"expected a zstd level, an integer from {MIN_LEVEL} to {MAX_LEVEL}, got {text!r}"
+        )
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a ``--timeout S`` value: a finite number of seconds > 0.
+
+    Parameters
+    ----------
+    text
+        The option's value as typed.
+
+    Returns
+    -------
+    float
+        The seconds.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not a number, or is not finite and positive: what the encoder
+        refuses, there under its keyword's name (``timeout``).
+    """
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Parse a count that must be at least one (``cadstore demo --parts N``).
+
+    Parameters
+    ----------
+    text
+        The option's value as typed.
+
+    Returns
+    -------
+    int
+        The number.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not an integer or is less than 1.
+    """
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """Parse a ``--workers N`` value: an integer >= 0.
 

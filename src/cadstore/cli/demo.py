@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cadstore.cli._common import non_negative_int
+from cadstore.cli._common import non_negative_int, positive_int
 
 
 def register(sub: Any) -> None:
@@ -18,11 +18,18 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("-o", "--output", default="demo_output", help="output directory")
     parser.add_argument(
-        "-n", "--items", type=int, default=200, help="generated items when CAD is not used"
+        "-n",
+        "--items",
+        type=positive_int,
+        default=200,
+        help="generated items when CAD is not used",
     )
-    parser.add_argument("--parts", type=int, default=24, help="sample CAD parts to encode")
+    parser.add_argument("--parts", type=positive_int, default=24, help="sample CAD parts to encode")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed of generated data and split"
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="random seed of generated data and split",
     )
     parser.add_argument(
         "--workers", type=non_negative_int, default=None, help="default: every core"

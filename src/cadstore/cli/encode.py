@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cadstore.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
-from cadstore.cli._common import non_negative_int
+from cadstore.cli._common import non_negative_int, positive_seconds
 
 if TYPE_CHECKING:
     from cadstore.encode import EncodeReport
@@ -61,14 +61,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=None,
         metavar="S",
         help="seconds allowed per file read and per body (default: 120)",
     )
     parser.add_argument(
         "--memory-limit",
-        type=int,
+        type=non_negative_int,
         default=None,
         metavar="MB",
         help="address-space cap per worker in MiB, 0 for none (default: 4096 MiB more "

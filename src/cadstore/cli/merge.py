@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from cadstore.cli._common import non_negative_int, wait_seconds
+from cadstore.cli._common import non_negative_int, wait_seconds, zstd_level
 
 
 def register(sub: Any) -> None:
@@ -44,14 +44,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--level",
-        type=int,
+        type=zstd_level,
         default=3,
         help="zstd level of the dataset (arrays of a few small rows per item are stored as "
         "they are, at zstd's fastest level)",
     )
     parser.add_argument(
         "--face-pair-level",
-        type=int,
+        type=zstd_level,
         help="zstd level of the face-pair arrays (default: --level, at least 7)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
