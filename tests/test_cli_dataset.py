@@ -313,6 +313,7 @@ def test_a_table_copy_removed_beside_its_dataset_names_the_repair(
         (["demo", "-o", "OUT", "--parts", "0"], "--parts"),
         (["demo", "-o", "OUT", "--no-cad", "-n", "0"], "-n/--items"),
         (["demo", "-o", "OUT", "--no-cad", "--seed", "-1"], "--seed"),
+        (["split", "OUT/d.flow", "--key", "size_cadfile", "--bins", "0"], "--bins"),
     ],
 )
 def test_an_option_out_of_range_is_refused_in_its_own_spelling(
@@ -323,9 +324,10 @@ def test_an_option_out_of_range_is_refused_in_its_own_spelling(
     option: str,
 ) -> None:
     """``--level 100`` was refused as "compression_level must be ...", ``--timeout 0`` as
-    "timeout must be ...", ``-n 0`` as "no median for empty data" after the demo had
-    begun, and ``--parts 0`` as "no CAD files found in []" after creating its folders.
-    Each is a usage error naming the option, before anything is written."""
+    "timeout must be ...", ``--bins 0`` as "bins must be ...", ``-n 0`` as "no median
+    for empty data" after the demo had begun, and ``--parts 0`` as "no CAD files found
+    in []" after creating its folders. Each is a usage error naming the option, before
+    anything is written."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     item = realistic_items[0][0]

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from cadstore.cli._common import positive_int
 from cadstore.dataset.loader import DEFAULT_SPLIT_BINS
 
 
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--test", type=float, default=0.2, help="fraction of items to test on")
     parser.add_argument(
         "--bins",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="quantile bins of a numeric key such as size_cadfile or processing_time "
