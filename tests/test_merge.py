@@ -901,11 +901,16 @@ def test_overwrite_does_not_replace_one_of_the_inputs(tmp_path: Path) -> None:
     a = write_arrays(tmp_path / "a.zarr", {"face_areas": np.arange(3, dtype=np.float32)})
     b = write_arrays(tmp_path / "b.zarr", {"face_areas": np.ones(2, np.float32)})
     (tmp_path / "notes.bin").write_bytes(b"mine")
+    (tmp_path / "notes.dataset").write_bytes(b"mine too")
     before = _listing(tmp_path)
     with pytest.raises(MergeError, match=r"a\.zarr\.data: a dataset cannot be named with"):
         cadstore.merge([a, b], a, overwrite=True)
+    # merge() adds .dataset to "notes": the file refused is notes.dataset.
+    with pytest.raises(OutputExistsError, match=r"notes\.dataset: is a file that is not a"):
+        cadstore.merge([a, b], str(tmp_path / "notes"), overwrite=True)
+    # The specified merger writes the path it is given.
     with pytest.raises(OutputExistsError, match=r"notes\.bin: is a file that is not a cadstore"):
-        cadstore.merge([a, b], str(tmp_path / "notes.bin"), overwrite=True)
+        DatasetMerger([a, b], str(tmp_path / "notes.bin")).merge_data()
     assert _listing(tmp_path) == before
 
 
@@ -1350,6 +1355,66 @@ def test_appends_do_not_write_copies_over_a_users_files(tmp_path: Path) -> None:
         cadstore.merge(files, str(tmp_path / "y.dataset"), append=True)
     assert (tmp_path / "y.flow").read_bytes() == notes
     assert not (tmp_path / "y.dataset").exists()
+
+
+def test_merge_names_a_bare_output_as_the_command_line_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``merge(items, "out")`` wrote the dataset at ``out`` where ``cadstore merge -o out``
+    wrote ``out.dataset``: the library and the command line share one naming rule
+    (:func:`~cadstore.merging.api.dataset_output_path`) and write the same files. A
+    dataset stored under a bare name (as ``merge`` wrote it before) is not silently left
+    beside a new ``out.dataset`` whose tables would take its copies' names: the merge is
+    refused naming both paths, and nothing stored changes."""
+    import json
+
+    import cadstore
+    from cadstore.cli import main
+
+    files = [
+        write_arrays(tmp_path / "items" / f"p{i}.zarr", {"face_areas": np.ones(i + 1)})
+        for i in range(3)
+    ]
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "cli").mkdir()
+    result = cadstore.merge(files[:2], str(tmp_path / "lib" / "out"))
+    assert result.path == str(tmp_path / "lib" / "out.dataset")
+    assert main(["merge", *files[:2], "-o", str(tmp_path / "cli" / "out")]) == 0
+    assert str(tmp_path / "cli" / "out.dataset") in capsys.readouterr().out
+    expected = [f"out.{kind}" for kind in ("attribset", "dataset", "flow", "infoset")]
+    for side in ("lib", "cli"):
+        assert sorted(p.name for p in (tmp_path / side).iterdir()) == expected, side
+        manifest = json.loads((tmp_path / side / "out.flow").read_text())
+        assert manifest["flow_data"] == "out.dataset" and manifest["file_count"] == 2
+    appended = cadstore.merge(files[2:], tmp_path / "lib" / "out", append=True)
+    assert appended.path == str(tmp_path / "lib" / "out.dataset")
+    assert appended.total_items == 3
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == expected
+
+    old = tmp_path / "old"
+    old.mkdir()
+    merge_items(files[:2], old / "parts")  # a dataset stored under a bare name
+    cadstore.merge(files[:2], str(old / "kept.dataset"))
+    before = _listing(old)
+    for call in (
+        lambda: cadstore.merge(files[2:], str(old / "parts"), append=True),
+        lambda: cadstore.merge(files, str(old / "parts"), overwrite=True),
+        lambda: cadstore.merge(files, str(old / "parts")),
+    ):
+        with pytest.raises(MergeError) as info:
+            call()
+        message = str(info.value)
+        assert f"{old / 'parts'}: is a dataset named without the .dataset suffix" in message
+        assert f"rename it to {old / 'parts.dataset'}" in message
+        assert _listing(old) == before
+    assert main(["merge", *files[2:], "-o", str(old / "parts"), "--append"]) == 2
+    assert f"{old / 'parts'}: is a dataset named without" in capsys.readouterr().err
+    assert _listing(old) == before
+    with DatasetReader(old / "parts") as reader:
+        assert reader.item_names == ["p0", "p1"]
+    # A bare name that is not a dataset (a folder of items, here) is no obstacle.
+    assert cadstore.merge(files, str(tmp_path / "items")).total_items == 3
+    assert (tmp_path / "items.dataset").is_file()
 
 
 def test_an_append_takes_the_output_paths_a_merge_takes(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ def register(sub: Any) -> None:
         "inputs", nargs="+", help=".data files or directories holding them (paths or URLs)"
     )
     parser.add_argument(
-        "-o", "--output", required=True, help="the .dataset to write (a path or a URL)"
+        "-o",
+        "--output",
+        required=True,
+        help="the .dataset to write (a path or a URL; .dataset is added to a name without it)",
     )
     parser.add_argument("--schema", help="schema JSON file (default: the items' own schema)")
     parser.add_argument(
@@ -61,21 +64,19 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Merge and print the summary; exit 1 if some items were skipped."""
     from cadstore.merging import merge
-    from cadstore.merging.api import dataset_output_path
 
     schema = None
     if args.schema:
         from cadstore.validation import load_schema_builder
 
         schema = load_schema_builder(args.schema, args.storage_options).build()
-    output = dataset_output_path(args.output)
     # Only when given: a merge of local paths needs no options and must not receive them.
     remote: dict[str, Any] = (
         {"storage_options": args.storage_options} if args.storage_options else {}
     )
     result = merge(
         args.inputs,
-        output,
+        args.output,  # merge() names the dataset (adds .dataset), as it does for everyone
         schema=schema,
         workers=args.workers,
         overwrite=args.overwrite,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
     else:
         print(
-            f"merged {len(result.items)} item(s) into {output} in {result.seconds:.1f} s "
+            f"merged {len(result.items)} item(s) into {result.path} in {result.seconds:.1f} s "
             f"({result.raw_bytes / 1e6:.1f} MB raw -> {result.stored_bytes / 1e6:.1f} MB)"
         )
         for name, group in result.groups.items():

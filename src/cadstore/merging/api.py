@@ -28,7 +28,13 @@ from cadstore.merging.options import (
     MergeOptions,
     MergeResult,
 )
-from cadstore.merging.run import check_dataset_name, dataset_exists, run_merge, summary_fields
+from cadstore.merging.run import (
+    check_dataset_name,
+    dataset_exists,
+    is_cadstore_dataset,
+    run_merge,
+    summary_fields,
+)
 from cadstore.merging.scan import ItemScan, item_name_of, scan_item
 from cadstore.schema import Schema
 
@@ -368,7 +374,7 @@ class DatasetMerger:
 
 def merge(
     inputs: Sequence[str] | str,
-    output: str,
+    output: str | os.PathLike[str],
     *,
     schema: Any = None,
     infoset: str | None = None,
@@ -400,7 +406,9 @@ def merge(
     inputs
         ``.data`` files, or a directory searched for ``*.data``; local paths or URLs.
     output
-        The ``.dataset`` path or URL; the other files default to the same stem.
+        The ``.dataset`` path or URL; ``.dataset`` is added to a name that does not end
+        with it (``"runs/parts"`` writes ``runs/parts.dataset``), as ``cadstore merge -o``
+        does (:func:`dataset_output_path`). The other files default to the same stem.
     schema
         Schema for groups and metadata routing (default: the one stored in the items).
     infoset, attribset, flow
@@ -451,16 +459,18 @@ def merge(
     MergeError
         If the dataset exists (without ``overwrite`` or ``append``), ``output`` ends with
         the item suffix ``.data`` or with ``.flow``, ``.infoset`` or ``.attribset``
-        (nothing is written), or see
-        :func:`cadstore.merging.merge_items`.
+        (nothing is written), ``output`` lacks ``.dataset`` and names a dataset written
+        under that bare name (nothing is written: rename it to the ``.dataset`` name), or
+        see :func:`cadstore.merging.merge_items`.
     DatasetLockedError
         If another process is writing the dataset; nothing was changed.
     ValueError
         If ``workers`` is negative, ``lock_timeout`` is negative or NaN, or a level or
         ``face_pair_layout`` is not one the options take; nothing was written.
     """
+    target = resolve(dataset_output_path(output), storage_options, shared=True)
+    _refuse_bare_named_dataset(output, target, storage_options)
     files = _collect_inputs(inputs, storage_options)
-    target = resolve(output, storage_options, shared=True)
 
     def beside(given: str | None, kind: str) -> Location:
         if given is not None:
@@ -510,15 +520,19 @@ def merge(
     )
 
 
-def dataset_output_path(output: str) -> str:
-    """The dataset ``cadstore merge -o OUTPUT`` writes: ``OUTPUT`` with ``.dataset`` added
-    unless it ends so; a trailing ``/`` is not part of the name (``d.dataset/`` is
-    ``d.dataset``, not ``d.dataset/.dataset``).
+def dataset_output_path(output: str | os.PathLike[str]) -> str:
+    """The dataset :func:`merge` and ``cadstore merge -o OUTPUT`` write: ``OUTPUT`` with
+    ``.dataset`` added unless it ends so; a trailing ``/`` is not part of the name
+    (``d.dataset/`` is ``d.dataset``, not ``d.dataset/.dataset``).
+
+    The one owner of that rule: the library and the command line both name the dataset
+    here, so ``merge(items, "out")`` and ``cadstore merge ITEMS -o out`` write the same
+    ``out.dataset``, ``out.infoset``, ``out.attribset`` and ``out.flow``.
 
     Parameters
     ----------
     output
-        The path or URL given on the command line.
+        The path or URL given.
 
     Returns
     -------
@@ -530,7 +544,7 @@ def dataset_output_path(output: str) -> str:
     MergeError
         If ``output`` ends with the item suffix ``.data`` or with ``.flow``,
         ``.infoset`` or ``.attribset`` (see
-        :func:`~cadstore.merging.run.check_dataset_name`): ``x.data`` became
+        :func:`~cadstore.merging.run.check_dataset_name`): ``x.data`` would become
         ``x.data.dataset``, ``x.flow`` ``x.flow.dataset``.
 
     Examples
@@ -538,9 +552,42 @@ def dataset_output_path(output: str) -> str:
     >>> dataset_output_path("runs/parts"), dataset_output_path("parts.dataset/")
     ('runs/parts.dataset', 'parts.dataset')
     """
-    check_dataset_name(output)
-    stem = output.rstrip("/") or output
+    given = os.fspath(output)
+    check_dataset_name(given)
+    stem = given.rstrip("/") or given
     return stem if stem.endswith(".dataset") else stem + ".dataset"
+
+
+def _refuse_bare_named_dataset(
+    output: str | os.PathLike[str], target: Location, storage_options: Mapping[str, Any] | None
+) -> None:
+    """Refuse ``output`` when it lacks ``.dataset`` and a dataset is stored under it.
+
+    Before :func:`merge` added ``.dataset``, ``merge(items, "out")`` wrote the dataset
+    at ``out``, beside ``out.infoset``, ``out.attribset`` and ``out.flow``. The same call
+    now writes ``out.dataset`` and publishes its tables to those same three names: an
+    append would start a second dataset holding only the new items, and the old
+    dataset's copies would describe another one. Nothing is written; renaming the
+    dataset to ``out.dataset`` (its copies keep their names) makes it the one merged
+    into.
+
+    Raises
+    ------
+    MergeError
+        Naming the bare path and the name to give it.
+    """
+    given = os.fspath(output)
+    stem = given.rstrip("/") or given
+    if stem.endswith(".dataset"):
+        return
+    bare = resolve(stem, storage_options, shared=True)
+    if bare.path != target.path and is_cadstore_dataset(bare):
+        raise MergeError(
+            f"{bare.path}: is a dataset named without the .dataset suffix, and a merge to "
+            f"{given!r} writes {target.path} (the suffix is added); rename it to "
+            f"{target.path} (its .infoset, .attribset and .flow keep their names), then "
+            "run again"
+        )
 
 
 def _collect_inputs(

@@ -61,6 +61,7 @@ __all__ = [
     "check_dataset_name",
     "dataset_exists",
     "duration_field",
+    "is_cadstore_dataset",
     "make_pool",
     "merge_items",
     "merge_version",
@@ -136,6 +137,30 @@ def writable_target(target: Location) -> Location:
     return target
 
 
+def is_cadstore_dataset(target: Location) -> bool:
+    """Whether ``target`` holds a dataset cadstore wrote (its root ``zarr.json`` says so).
+
+    Anything else there (a folder of items, an item, a file of notes, nothing) is not;
+    a store that cannot be read is not either.
+    """
+    from cadstore.format.layout import DATASET_FAMILY
+    from cadstore.io.sources import open_source
+
+    try:
+        source = open_source(target, what="dataset")
+        try:
+            raw = source.get("zarr.json")
+        finally:
+            source.close()
+        document = json.loads(raw) if raw is not None else None
+    except (CadstoreError, OSError, ValueError):
+        return False
+    if not (isinstance(document, dict) and isinstance(document.get("attributes"), dict)):
+        return False
+    marker = document["attributes"].get("cadstore")
+    return isinstance(marker, str) and marker.startswith(DATASET_FAMILY)
+
+
 def check_replaceable_dataset(target: Location) -> None:
     """Refuse to replace anything at ``target`` but a dataset (or an empty file or folder).
 
@@ -147,26 +172,11 @@ def check_replaceable_dataset(target: Location) -> None:
     OutputExistsError
         Naming ``target`` and what is there.
     """
-    from cadstore.format.layout import DATASET_FAMILY
-    from cadstore.io.sources import open_source
-
     if target.isdir() and not target.listdir():
         return
     if target.isfile() and target.size() == 0:
         return
-    marker = None
-    try:
-        source = open_source(target, what="dataset")
-        try:
-            raw = source.get("zarr.json")
-        finally:
-            source.close()
-        document = json.loads(raw) if raw is not None else None
-        if isinstance(document, dict) and isinstance(document.get("attributes"), dict):
-            marker = document["attributes"].get("cadstore")
-    except (CadstoreError, OSError, ValueError):
-        marker = None
-    if not (isinstance(marker, str) and marker.startswith(DATASET_FAMILY)):
+    if not is_cadstore_dataset(target):
         kind = "a folder" if target.isdir() else "a file"
         raise OutputExistsError(
             f"{target.path}: is {kind} that is not a cadstore dataset; overwrite replaces "
