@@ -846,6 +846,55 @@ def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> 
         assert record.summary["info"]["infoset"] is None
 
 
+def test_the_manifest_info_section_of_an_append_is_of_the_whole_dataset(
+    tmp_path: Path,
+) -> None:
+    """After an append, the ``.flow``'s ``info`` counted the rows of the whole dataset
+    but listed the fields, documents, codes and warnings of the appended items alone
+    (``file_level_fields: []`` beside an ``.infoset`` with a ``mass`` column). Every
+    entry is now of the whole dataset, and what the appended items brought is under
+    ``appended_items``; a merge's section is unchanged (it saw every item)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from cadstore import merge
+
+    files = _items_with_metadata(
+        tmp_path,
+        [{"mass": 2.5}, {"mass": "heavy"}, {"category": "bolt"}, {"category": "nut", "size": [1]}],
+    )
+    merge(files[:2], str(tmp_path / "x.dataset"))
+    merged = json.loads((tmp_path / "x.flow").read_text())["info"]
+    assert "appended_items" not in merged
+    assert merged["codes"] == merged["infoset_rows"] == 2
+    assert merged["file_level_fields"] == ["mass"] and merged["categorical_fields"] == []
+    assert any("'mass' mixes strings" in w for w in merged["warnings"])
+
+    result = merge(files[2:], str(tmp_path / "x.dataset"), append=True)
+    manifest = json.loads((tmp_path / "x.flow").read_text())
+    info = manifest["info"]
+    infoset = pq.read_table(tmp_path / "x.infoset")
+    attribset = pq.read_table(tmp_path / "x.attribset")
+    assert manifest["file_count"] == info["codes"] == info["infoset_rows"] == 4
+    assert infoset.num_rows == 4 and info["attribute_rows"] == attribset.num_rows == 2
+    assert info["file_level_fields"] == ["mass"]  # the earlier items' field is still there
+    assert info["categorical_fields"] == ["category"]
+    assert {"mass", "category"} <= set(infoset.column_names)
+    # Nothing of the appended items alone sits beside the whole dataset's entries.
+    assert not {"items", "info_files", "errors", "warnings"} & set(info)
+    new = info["appended_items"]
+    assert new["codes"] == new["items"] == new["info_files"] == 2
+    assert new["file_level_fields"] == [] and new["categorical_fields"] == ["category"]
+    listed = "field 'size' holds a list (item 'p3')"
+    assert len(new["warnings"]) == 1 and listed in new["warnings"][0]
+    assert new["warnings"][0] in result.warnings and new["errors"] == []
+    with DatasetReader(tmp_path / "x.dataset") as reader:
+        record = read_commit(reader)
+    assert record is not None
+    assert record.summary["info"] == {**info, "infoset": None, "attribset": None}
+
+
 def test_vendor_layout_items_merge(tmp_path: Path) -> None:
     import json
 

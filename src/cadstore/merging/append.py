@@ -467,10 +467,10 @@ def _write_appended(
             total_items=len(names),
         )
         txn.durations = {"append": written - started, "info": time.perf_counter() - written}
-        info_summary = tables_summary(info, tables)
+        info_summary = tables_summary(info, tables, appended=True)
         extra = {"file_count": len(names), "appended": len(scans), "info": info_summary}
         record = txn.stage(sink, len(names), tables, summary_fields(result, None, extra))
-        result.warnings += info.warnings  # in the manifest, they are in its info section
+        result.warnings += info.warnings  # in the manifest, in its info.appended_items
         result.version, result.commit = record.version, record.id
         reader.close()
 

@@ -1129,7 +1129,9 @@ def item_tables(
     return info, info.infoset_table("file_info"), info.attribset_table()
 
 
-def tables_summary(info: DatasetInfo, tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+def tables_summary(
+    info: DatasetInfo, tables: Mapping[str, pa.Table], *, appended: bool = False
+) -> dict[str, Any]:
     """The ``info`` section of a merge's or an append's summary: the tables it stores.
 
     :meth:`DatasetInfo.summary` counts what the builder wrote itself; a merge or an
@@ -1139,33 +1141,71 @@ def tables_summary(info: DatasetInfo, tables: Mapping[str, pa.Table]) -> dict[st
     ``infoset`` and ``attribset`` stay ``None`` here, and the ``.flow`` manifest gives
     the paths (see :mod:`cadstore.lifecycle`).
 
+    Every entry but ``appended_items`` is of the whole dataset. A merge's builder saw
+    every item, so its summary is the section. An append's builder saw only the new
+    items: the section gives the whole dataset's counts and fields (from the tables
+    stored, whose ``cadstore`` metadata routes every column) and puts the builder's
+    summary, the new items' documents, fields, errors and warnings, under
+    ``appended_items``; a count the version cannot know of the earlier items (documents
+    parsed, inputs deleted) is only there.
+
     Parameters
     ----------
     info
-        The builder of the new items' rows (their fields, errors and warnings).
+        The builder of the items' rows (their fields, errors and warnings): every item's
+        for a merge, the new items' for an append.
     tables
         The tables the version stores, by kind (``"infoset"``, ``"attribset"``); a kind
         left out is not stored.
+    appended
+        Whether ``info`` built only the rows an append adds to ``tables``.
 
     Returns
     -------
     dict
-        :meth:`DatasetInfo.summary` with ``infoset_rows``, ``attribute_tables`` and
-        ``attribute_rows`` those of the tables stored (an append's include the rows the
-        dataset already had).
+        For a merge, :meth:`DatasetInfo.summary` with ``infoset_rows``,
+        ``attribute_tables`` and ``attribute_rows`` those of the tables stored. For an
+        append, ``codes`` (items with a code), ``infoset_rows``, ``file_level_fields``,
+        ``categorical_fields``, ``attribute_tables``, ``attribute_rows``, ``infoset``,
+        ``attribset`` of the whole dataset, and ``appended_items``:
+        :meth:`DatasetInfo.summary` of the new items alone.
     """
     summary = info.summary()
     infoset = tables.get("infoset")
     attribset = tables.get("attribset")
-    summary["infoset_rows"] = 0 if infoset is None else infoset.num_rows
     counts: dict[str, int] = {}
     if attribset is not None:
         for name in attribset.column("table_name").to_pylist():
             counts[name] = counts.get(name, 0) + 1
-    summary["attribute_tables"] = counts
-    summary["attribute_rows"] = 0 if attribset is None else attribset.num_rows
-    summary["infoset"] = summary["attribset"] = None
-    return summary
+    stored = {
+        "infoset_rows": 0 if infoset is None else infoset.num_rows,
+        "attribute_tables": counts,
+        "attribute_rows": 0 if attribset is None else attribset.num_rows,
+        "infoset": None,
+        "attribset": None,
+    }
+    if not appended:
+        return {**summary, **stored}
+    routes: dict[str, list[str]] = {FILE_LEVEL: [], CATEGORICAL: []}
+    if infoset is not None:
+        described = _described_columns(infoset)
+        for column in infoset.column_names:
+            entry = described.get(column)
+            if isinstance(entry, Mapping) and entry.get("route") in routes:
+                routes[str(entry["route"])].append(str(entry.get("field")))
+    for key in ("infoset", "attribset", "infoset_rows", "attribute_tables", "attribute_rows"):
+        summary.pop(key, None)
+    return {
+        "codes": stored["infoset_rows"],
+        "infoset_rows": stored["infoset_rows"],
+        "file_level_fields": routes[FILE_LEVEL],
+        "categorical_fields": routes[CATEGORICAL],
+        "attribute_tables": counts,
+        "attribute_rows": stored["attribute_rows"],
+        "infoset": None,
+        "attribset": None,
+        "appended_items": summary,
+    }
 
 
 def extend_table(
