@@ -230,6 +230,31 @@ def test_description_conflict_keeps_first_and_warns(tmp_path: Path) -> None:
     assert any("'Plane'" in w and "'Flat'" in w for w in info.warnings)
 
 
+def test_a_set_attributes_conflict_names_the_items(tmp_path: Path) -> None:
+    """A label given by :meth:`DatasetInfo.set_attributes` and another by the items'
+    descriptions was warned of as "in the items", naming none. It names the items giving
+    the other label; the label of ``set_attributes`` is kept in the ``.attribset``."""
+    files = []
+    for index, label in enumerate(["plane", "flat"]):
+        with OptStorage(tmp_path / f"p{index}.zarr") as item:
+            item.save_data("face_areas", np.ones(2, dtype=np.float32))
+            item.save_metadata("descriptions", {"face_types": {"0": label, "1": "cone"}})
+            item.compress_store()
+        files.append(str(tmp_path / f"p{index}.zarr.data"))
+    info = DatasetInfo(files, tmp_path / "f.infoset", tmp_path / "f.attribset")
+    info.set_attributes({0: "round", 1: "cone"}, "face_types")
+    info.parse_info_files()
+    info.build_code_mappings(files)
+    info.store_info_to_parquet()
+    warning = (
+        "attribute table 'face_types': code 0 is 'round' from set_attributes and 'plane' in "
+        "the items' descriptions (item 'p0'); keeping 'round'"
+    )
+    assert info.warnings.count(warning) == 1, info.warnings
+    assert warning in info.summary()["warnings"]
+    assert attribute_rows(tmp_path / "f.attribset", "face_types") == {0: "round", 1: "cone"}
+
+
 def test_set_attributes_adds_a_table(items: Any, tmp_path: Path) -> None:
     data, summaries = items
     info = DatasetInfo(summaries, tmp_path / "f.infoset", tmp_path / "f.attribset")

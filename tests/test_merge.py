@@ -1243,6 +1243,51 @@ def _items_with_metadata(folder: Path, metadata: list[dict[str, Any]]) -> list[s
     return files
 
 
+def test_description_table_warnings_reach_the_result_naming_the_items(tmp_path: Path) -> None:
+    """The warnings on description tables named no item: a code labelled two ways by
+    the items named only the path of one of them (once per item), a categorical field of
+    strings beside a description table of its name and a description label against the
+    schema's named none. Each names the items now, once, and reaches
+    ``MergeResult.warnings``; the first label is kept, as before."""
+    import pyarrow.parquet as pq
+
+    from cadstore import merge
+
+    files = _items_with_metadata(
+        tmp_path,
+        [
+            {"descriptions": {"face_types": {"0": "plane", "1": "cylinder"}}, "grade": "A"},
+            {
+                "descriptions": {"face_types": {"0": "flat"}, "grade": {"0": "good"}},
+                "grade": "B",
+                "kind": 1,
+            },
+            {"descriptions": {"face_types": {"0": "flat"}, "kind": {"0": "screw"}}, "kind": 0},
+            {"kind": 0},
+        ],
+    )
+    schema = SchemaBuilder()
+    schema.define_categorical_metadata("kind", "int64", values=[0, 1], labels=["bolt", "nut"])
+    result = merge(files, str(tmp_path / "x.dataset"), schema=schema)
+    expected = [
+        "description table 'face_types': code 0 is 'plane' (item 'p0') and 'flat' (2 items, "
+        "first 'p1'); keeping 'plane'",
+        "categorical field 'grade' holds strings (2 items, first 'p0') but a description "
+        "table of the same name exists (item 'p1'); the table is kept and the field's "
+        "values are only in the infoset column",
+        "attribute table 'kind': code 0 is 'screw' in the description table (item 'p2') "
+        "and 'bolt' in the schema labels (the value of 2 items, first 'p2'); keeping "
+        "'screw'",
+    ]
+    for warning in expected:
+        assert result.warnings.count(warning) == 1, (warning, result.warnings)
+    rows = pq.read_table(tmp_path / "x.attribset").to_pylist()
+    labels = {(r["table_name"], r["id"]): r["name"] for r in rows}
+    assert labels[("face_types", 0)] == "plane" and labels[("face_types", 1)] == "cylinder"
+    assert labels[("grade", 0)] == "good" and labels[("kind", 0)] == "screw"
+    assert labels[("kind", 1)] == "nut"
+
+
 def _stored_tables(dataset: Path) -> dict[str, Any]:
     """The ``.infoset`` and ``.attribset`` beside ``dataset``, without their commit stamp."""
     import pyarrow.parquet as pq

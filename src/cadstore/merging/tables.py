@@ -36,7 +36,7 @@ an item to its label would be lost. The same fields also get their tables in the
 
 * description tables, the ``descriptions`` metadata section (``{table: {code: label}}``,
   e.g. ``face_types``) merged across items; a code given two labels keeps the first, with a
-  warning;
+  warning naming the items that give each label;
 * one table per categorical field, with a row per distinct value seen. Integer (and bool)
   values are their own ids, named by the schema's ``labels`` when
   ``define_categorical_metadata(values=, labels=)`` gives one, else ``str(value)``. Other
@@ -71,6 +71,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -255,6 +256,11 @@ def _items_text(names: Sequence[str]) -> str:
     return f"{len(names)} items, first {names[0]!r}"
 
 
+def _is_code(value: Any, code: int) -> bool:
+    """Whether an integer or bool ``value`` of a categorical field is its own ``code``."""
+    return (isinstance(value, int) or _is_numpy_int(value)) and int(value) == code
+
+
 def _names_text(names: Sequence[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
     more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
@@ -365,6 +371,10 @@ class DatasetInfo:
         # warned of once every input is read (see _warn_parsed_fields).
         self._unexported: dict[str, tuple[str, list[str]]] = {}
         self._rerouted: dict[str, list[str]] = {}
+        # The items giving each label of a description table, by (table, code), and the
+        # codes items label two ways (warned of once every input is read).
+        self._labelled: dict[tuple[str, int], dict[tuple[str, str], list[str]]] = {}
+        self._clashes: dict[tuple[str, int], None] = {}
         self._route_cache: dict[tuple[str, type], str] = {}
         self._infoset_written: str | None = None
         self._attribset_written: str | None = None
@@ -407,6 +417,8 @@ class DatasetInfo:
         self._warned_fields = set()
         self._unexported = {}
         self._rerouted = {}
+        self._labelled = {}
+        self._clashes = {}
         self.errors = []
         self._error_keys = set()
         self.warnings = []
@@ -454,6 +466,14 @@ class DatasetInfo:
             self._warn(
                 f"field {key!r} is routed {fld.route!r} ({_items_text(kept)}) and "
                 f"{other!r} ({_items_text(names)}); keeping {fld.route!r}"
+            )
+        for table, code in self._clashes:
+            labels = self._labelled[(table, code)]
+            held = [f"{name!r} ({_items_text(items)})" for (name, _), items in labels.items()]
+            first = next(iter(labels))[0]
+            self._warn(
+                f"description table {table!r}: code {code} is {', '.join(held[:-1])} and "
+                f"{held[-1]}; keeping {first!r}"
             )
 
     def _where(self, path: str) -> Location:
@@ -539,7 +559,7 @@ class DatasetInfo:
             if key in _INTERNAL_KEYS or key == SOURCE_KEY:
                 continue
             if key == DESCRIPTIONS_KEY:
-                self._merge_descriptions(value, path)
+                self._merge_descriptions(value, path, name)
                 continue
             for leaf, leaf_value in _flatten(key, value):
                 self._ingest_value(item, leaf, leaf_value, recorded)
@@ -596,7 +616,7 @@ class DatasetInfo:
             return str(rules["default_numeric"])
         return str(rules["default_categorical"])
 
-    def _merge_descriptions(self, section: Any, path: str) -> None:
+    def _merge_descriptions(self, section: Any, path: str, item: str) -> None:
         if not isinstance(section, Mapping):
             self._warn(
                 f"{path}: {DESCRIPTIONS_KEY!r} is a {type(section).__name__}, not a section "
@@ -604,11 +624,23 @@ class DatasetInfo:
             )
             return
         for table, entries in section.items():
-            self._merge_table(self._descriptions, str(table), entries, path)
+            self._merge_table(self._descriptions, str(table), entries, path, item)
 
     def _merge_table(
-        self, tables: dict[str, dict[int, _Attribute]], table: str, entries: Any, where: str
+        self,
+        tables: dict[str, dict[int, _Attribute]],
+        table: str,
+        entries: Any,
+        where: str,
+        item: str | None = None,
     ) -> None:
+        """Add ``entries`` to ``tables[table]``, the first label of a code winning.
+
+        ``item`` names the item whose descriptions they are (``None``: given by
+        :meth:`set_attributes`, ``where``): the items giving each label are recorded, and
+        a code labelled two ways is warned of once every input is read, naming the items
+        of each label (:meth:`_warn_parsed_fields`).
+        """
         if isinstance(entries, Mapping):
             pairs = list(entries.items())
         elif isinstance(entries, list | tuple):
@@ -630,9 +662,14 @@ class DatasetInfo:
                 )
                 continue
             attribute = _as_attribute(label)
+            if item is not None:
+                labels = self._labelled.setdefault((table, code), {})
+                labels.setdefault((attribute.name, attribute.description), []).append(item)
             known = rows.get(code)
             if known is None:
                 rows[code] = attribute
+            elif known != attribute and item is not None:
+                self._clashes[(table, code)] = None
             elif known != attribute:
                 self._warn(
                     f"description table {table!r}: code {code} is {known.name!r} and "
@@ -717,6 +754,29 @@ class DatasetInfo:
 
     def _values_of(self, key: str) -> list[Any]:
         return [item.values[key] for item in self._items.values() if key in item.values]
+
+    def _label_source(self, table: str, code: int, attribute: _Attribute) -> str:
+        """Who gave ``attribute`` as the label of ``code`` in description table ``table``:
+        ``set_attributes`` and/or the items whose descriptions hold it."""
+        sources = []
+        if self._explicit_tables.get(table, {}).get(code) == attribute:
+            sources.append("set_attributes")
+        labels = self._labelled.get((table, code), {})
+        items = labels.get((attribute.name, attribute.description), [])
+        if items:
+            sources.append(_items_text(items))
+        return " and ".join(sources) or "no item"
+
+    def _table_source(self, table: str) -> str:
+        """Who gave description table ``table``: ``set_attributes`` and/or its items."""
+        sources = ["set_attributes"] if table in self._explicit_tables else []
+        items: list[str] = []
+        for (name, _code), labels in self._labelled.items():
+            if name == table:
+                items += [i for held in labels.values() for i in held if i not in items]
+        if items:
+            sources.append(_items_text(items))
+        return " and ".join(sources) or "no item"
 
     def _holders(self, key: str, holds: Callable[[Any], bool]) -> list[str]:
         """The items whose value of field ``key`` ``holds`` says yes to, in input order."""
@@ -902,7 +962,8 @@ class DatasetInfo:
                 elif known != attribute:
                     self._warn(
                         f"attribute table {name!r}: code {code} is {known.name!r} from "
-                        f"set_attributes and {attribute.name!r} in the items; keeping "
+                        f"set_attributes and {attribute.name!r} in the items' descriptions "
+                        f"({self._label_source(name, code, attribute)}); keeping "
                         f"{known.name!r}"
                     )
         for fld in self._fields.values():
@@ -936,10 +997,11 @@ class DatasetInfo:
         if kind == "str":
             # A description table numbers these values its own way; positional codes would
             # contradict it.
+            strings = self._holders(key, lambda v: isinstance(v, str))
             self._warn(
-                f"categorical field {key!r} holds strings but a description table of the "
-                "same name exists; the table is kept and the field's values are only in the "
-                "infoset column"
+                f"categorical field {key!r} holds strings ({_items_text(strings)}) but a "
+                f"description table of the same name exists ({self._table_source(key)}); "
+                "the table is kept and the field's values are only in the infoset column"
             )
             return
         for code, attribute in rows.items():
@@ -947,10 +1009,12 @@ class DatasetInfo:
             if known is None:
                 existing[code] = attribute
             elif known.name != attribute.name and attribute.name != str(code):
+                valued = self._holders(key, functools.partial(_is_code, code=code))
                 self._warn(
                     f"attribute table {key!r}: code {code} is {known.name!r} in the "
-                    f"description table and {attribute.name!r} in the schema labels; "
-                    f"keeping {known.name!r}"
+                    f"description table ({self._label_source(key, code, known)}) and "
+                    f"{attribute.name!r} in the schema labels (the value of "
+                    f"{_items_text(valued)}); keeping {known.name!r}"
                 )
 
     def attribset_table(self) -> pa.Table:
