@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,50 @@ def test_report_and_repair_open_the_dataset_a_manifest_names(
         assert str(moved) in err and "outside" in err, err
         assert main(["--trust-manifest", *argv]) == 0
         capsys.readouterr()
+
+
+def test_repair_through_the_manifest_mends_a_removed_copy_and_a_torn_manifest(
+    realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore repair M.flow`` read the manifest strictly to find the dataset: with a
+    table copy it lists removed, or the manifest itself torn, it failed on exactly what a
+    repair mends (the same command on ``M.dataset`` mended both). The copies a manifest
+    lists are not checked to find the dataset, and a torn manifest stands for the
+    ``.dataset`` beside it; a FIFO for a manifest is never opened."""
+    import cadstore
+
+    dataset = tmp_path / "parts.dataset"
+    manifest = tmp_path / "parts.flow"
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:3]], str(dataset))
+    kept = {name: (tmp_path / name).read_bytes() for name in ("parts.infoset", "parts.flow")}
+    before = dataset.read_bytes()
+    (tmp_path / "parts.infoset").unlink()
+    assert main(["repair", str(manifest)]) == 0
+    assert "parts.infoset" in capsys.readouterr().out
+    assert (tmp_path / "parts.infoset").read_bytes() == kept["parts.infoset"]
+    manifest.write_bytes(kept["parts.flow"][:20])  # torn
+    assert main(["repair", str(manifest)]) == 0
+    assert "parts.flow" in capsys.readouterr().out
+    assert (
+        json.loads(manifest.read_text())["flow_data"] == json.loads(kept["parts.flow"])["flow_data"]
+    )
+    assert main(["info", str(manifest), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 3
+    assert dataset.read_bytes() == before
+    # Torn, with no dataset beside it: the manifest's own error, naming it.
+    lone = tmp_path / "lone.flow"
+    lone.write_bytes(kept["parts.flow"][:20])
+    assert main(["repair", str(lone)]) == 2
+    err = capsys.readouterr().err
+    assert str(lone) in err and "invalid JSON" in err, err
+    # A FIFO named like a manifest: not opened (it would block), the dataset beside it
+    # is repaired.
+    manifest.unlink()
+    os.mkfifo(manifest)
+    assert main(["repair", str(manifest)]) == 0
+    capsys.readouterr()
+    assert manifest.is_file() and json.loads(manifest.read_text())["flow_data"] == ("parts.dataset")
+    assert dataset.read_bytes() == before
 
 
 def test_a_table_copy_removed_beside_its_dataset_names_the_repair(

@@ -56,26 +56,32 @@ def dataset_of(
     -------
     str
         The dataset's path or URL, spelled as given when it is the ``.dataset`` beside
-        the manifest. For a manifest that is not there, that ``.dataset`` (which a
-        killed first merge may have left, with its lock, for repair).
+        the manifest. For a manifest that is not there, or that is not readable JSON
+        (torn), that ``.dataset``: what a repair mends, from the tables the dataset
+        carries (a killed first merge may have left it, with its lock). The table
+        copies the manifest lists are not checked: one that is gone is what a repair
+        publishes again.
 
     Raises
     ------
     CorruptStoreError
         If the manifest is there and unusable (see
-        :func:`cadstore.format.manifest.read_manifest`).
+        :func:`cadstore.format.manifest.read_manifest`) and no ``.dataset`` is beside it,
+        or if it lists a dataset it may not (outside its folder, not trusted).
     """
     path = path.rstrip("/\\") or path
     if not path.endswith(".flow"):
         return path
-    from cadstore.format.manifest import read_manifest
+    from cadstore.format.manifest import manifest_dataset
     from cadstore.io.location import resolve
 
     beside = path[: -len(".flow")] + ".dataset"
     where = resolve(path, storage_options, shared=True)
     if not where.exists():
         return beside
-    listed = read_manifest(where, trust_paths=trust_manifest).dataset.path
+    listed = manifest_dataset(
+        where, resolve(beside, storage_options, shared=True), trust_paths=trust_manifest
+    ).path
     # The dataset beside the manifest, as it usually is, keeps the spelling given.
     same = listed == beside or (
         not where.remote and os.path.abspath(listed) == os.path.abspath(beside)

@@ -39,6 +39,7 @@ __all__ = [
     "MANIFEST_ENTRIES",
     "Manifest",
     "folder_hint",
+    "manifest_dataset",
     "manifests_in",
     "read_manifest",
     "resolve_flow_paths",
@@ -161,7 +162,9 @@ def _listed(
     return listed
 
 
-def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
+def read_manifest(
+    location: Location, *, trust_paths: bool = False, tables: bool = True
+) -> Manifest:
     """Read the manifest at ``location`` and resolve the files it lists.
 
     Parameters
@@ -170,6 +173,9 @@ def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
         The ``.flow`` file.
     trust_paths
         Follow paths outside the manifest's folder (see the module docstring).
+    tables
+        Resolve and check the ``.infoset`` and ``.attribset`` it lists too; without,
+        they are ``None`` (for a repair, which publishes a missing copy again).
 
     Raises
     ------
@@ -208,10 +214,59 @@ def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
     dataset = _listed(location, data_entry, doc.get(data_entry), trust_paths)
     if dataset is None:
         raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
+    if not tables:
+        return Manifest(location, doc, dataset, None, None)
     infoset, attribset = (
         _listed(location, entry, doc.get(entry), trust_paths, dataset) for entry in table_entries
     )
     return Manifest(location, doc, dataset, infoset, attribset)
+
+
+def manifest_dataset(
+    location: Location, beside: Location, *, trust_paths: bool = False
+) -> Location:
+    """The dataset that the manifest at ``location`` stands for, as a repair sees it.
+
+    A repair mends a dataset's manifest and table copies from the tables the dataset
+    carries, so what it must not need is exactly what it mends: the table copies the
+    manifest lists are not checked (one that is gone is published again), and a manifest
+    torn to something that is not a JSON object stands for ``beside``, the ``.dataset``
+    of the same stem, when that is there.
+
+    Parameters
+    ----------
+    location
+        The ``.flow`` file (it exists).
+    beside
+        The ``.dataset`` of the same stem.
+    trust_paths
+        Follow a path outside the manifest's folder.
+
+    Raises
+    ------
+    CorruptStoreError
+        As :func:`read_manifest` for a manifest that parses (one naming no dataset, or
+        one outside its folder when not trusted), and for a torn one with no ``beside``.
+    """
+    try:
+        return read_manifest(location, trust_paths=trust_paths, tables=False).dataset
+    except CorruptStoreError:
+        if not _parses(location) and beside.exists():
+            return beside
+        raise
+
+
+def _parses(location: Location) -> bool:
+    """Whether ``location`` is a file holding a JSON object (whatever it lists); never
+    opens what is not a regular file (a FIFO would block)."""
+    if not location.remote and not os.path.isfile(location.path):
+        return False
+    try:
+        with location.open_read() as fh:
+            doc = json.loads(fh.read(_MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict)
 
 
 def _other_kind(location: Location, raw: bytes) -> str | None:
