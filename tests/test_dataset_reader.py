@@ -445,3 +445,54 @@ def test_an_item_code_or_position_that_is_no_whole_number_is_refused(
             expected = call(1)
             for good in (1.0, np.int64(1), np.float32(1.0), "1"):
                 assert call(good) == expected, (what, good)
+
+
+def test_one_rule_for_positions_in_the_torch_wrappers_and_remove_indices(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """The torch wrappers of a subset (``to_torch()``, ``to_torch_with_collate()``) kept their
+    own ``int()``: ``to_torch()[1.5]`` read position 1, ``[True]`` position 1 and
+    ``[np.float32(0.9)]`` position 0; and a 0-d boolean array passed as a code read item
+    1. Every code and position now follows one rule (``whole_number``): the same
+    ``DatasetError`` for those, the same item for whole numbers, in the wrappers as in
+    the subset, and ``remove_indices`` takes the positions a subset takes."""
+    pytest.importorskip("torch")
+    import torch
+
+    import cadstore
+
+    cadstore.merge([str(p) for p, _, _ in realistic_items[:4]], str(tmp_path / "d.dataset"))
+    with (
+        DatasetReader(tmp_path / "d.dataset") as reader,
+        cadstore.DatasetLoader(flow_output_file=tmp_path / "d.flow") as loader,
+    ):
+        for bad in (np.array(True), torch.tensor(True)):
+            with pytest.raises(DatasetError, match=r"item code .* is a boolean"):
+                reader.read_item(bad)
+        loader.split("random", train=0.5, validation=0.25, test=0.25, random_state=0)
+        subset = loader.get_dataset("train")
+        wrappers = {
+            "to_torch": subset.to_torch(),
+            "to_torch_with_collate": subset.to_torch_with_collate()[0],
+        }
+        for name, wrapper in wrappers.items():
+            for bad in (1.5, True, np.float32(0.9), np.array(True), "x"):
+                with pytest.raises(
+                    DatasetError, match=r"item position .* (not an integer|is a boolean)"
+                ):
+                    wrapper[bad]
+
+            def code(item: Any) -> int:
+                return int(item["id"] if "id" in item else item["file_id_code"])
+
+            want = code(wrapper[1])
+            assert code(wrapper[-len(wrapper) + 1]) == want
+            for good in (1.0, np.int64(1), torch.tensor(1)):
+                assert code(wrapper[good]) == want, (name, good)
+            with pytest.raises(IndexError):
+                wrapper[len(wrapper)]
+        first = int(subset.indices[0])
+        assert len(subset.remove_indices([0.0])) == 1
+        assert first not in subset.indices
+        with pytest.raises(DatasetError, match=r"local must be .*integer"):
+            subset.remove_indices([np.array(True)])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -375,10 +374,6 @@ def _check_random_state(random_state: object) -> None:
         )
 
 
-#: How numpy and torch name their boolean types (``str(dtype)``).
-_BOOL_DTYPES = frozenset(("bool", "torch.bool"))
-
-
 def _check_positions(name: str, positions: object) -> list[int]:
     """The integers of ``positions``, or a :class:`DatasetError` naming the argument.
 
@@ -395,13 +390,11 @@ def _check_positions(name: str, positions: object) -> list[int]:
         raise DatasetError(f"{expected}, got {type(positions).__name__} {positions!r}")
     found = []
     for value in positions:
-        # operator.index takes what is an integer (Python, numpy, a one-element integer
-        # tensor of torch.randperm) and refuses floats and strings; a bool is no position.
+        # Each as a position anywhere (whole_number): an integer (Python, numpy, a 0-d
+        # integer tensor of torch.randperm) or a whole number; a bool is no position.
         try:
-            if isinstance(value, bool) or str(getattr(value, "dtype", "")) in _BOOL_DTYPES:
-                raise TypeError
-            found.append(operator.index(value))
-        except TypeError:
+            found.append(whole_number(value, "position"))
+        except DatasetError:
             raise DatasetError(
                 f"{expected}, got {type(value).__name__} {value!r} among {positions!r}"
             ) from None

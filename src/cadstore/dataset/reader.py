@@ -98,12 +98,18 @@ SCRATCH_KEPT = 4
 _METADATA = "metadata.json"
 
 
+#: How numpy and torch name their boolean types (``str(dtype)``).
+_BOOL_DTYPES = frozenset(("bool", "torch.bool"))
+
+
 def whole_number(value: Any, what: str) -> int:
     """``value`` as an ``int``, when it is a whole number: an integer (Python, numpy, a
     one-element integer tensor), a float with no fraction, or decimal text.
 
-    ``int()`` alone truncated ``2.7`` (and ``np.float32(2.7)``) to item 2, and took
-    ``True`` for item 1.
+    The one rule for an item code or position, wherever one is given (a reader's code,
+    the explorer's ``file_id_code``, a subset's or a torch wrapper's position, the
+    positions of ``remove_indices``): ``int()`` alone truncated ``2.7`` (and
+    ``np.float32(2.7)``) to item 2, and took ``True`` (or a boolean array) for item 1.
 
     Parameters
     ----------
@@ -117,9 +123,11 @@ def whole_number(value: Any, what: str) -> int:
     DatasetError
         Naming ``what`` and ``value``, for a boolean, a fraction or anything else.
     """
-    if type(value) is int:  # the common case, first: every read of an item asks
+    if type(value) is int:  # the common cases first: every read of an item asks
         return value
-    if isinstance(value, bool | np.bool_) or str(getattr(value, "dtype", "")) == "torch.bool":
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, bool | np.bool_) or str(getattr(value, "dtype", "")) in _BOOL_DTYPES:
         raise DatasetError(f"{what} {value!r} is a boolean, not an integer")
     try:
         return operator.index(value)

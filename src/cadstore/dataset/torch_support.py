@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cadstore.dataset.reader import whole_number
 from cadstore.dataset.worker_memory import RecycledBatch, settle_worker, worker_blocks
 from cadstore.errors import InvalidDataError
 
@@ -166,6 +167,17 @@ def item_to_tensors(item: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _position_of(indices: np.ndarray, i: Any) -> int:
+    """The item code at position ``i`` of a torch wrapper's ``indices``: ``i`` as any
+    position (:func:`~cadstore.dataset.reader.whole_number`), an ``IndexError`` beyond
+    them, as a sequence gives."""
+    k = whole_number(i, "item position")
+    n = len(indices)
+    if not -n <= k < n:
+        raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+    return int(indices[k])
+
+
 def warm_before_fork(source: Any) -> None:
     """Have ``source`` (an :class:`~cadstore.dataset.loader.ItemSource`) warm its reader
     before this process next forks, when it can: ``DataLoader`` workers, forked anew each
@@ -212,10 +224,7 @@ def _dataset_class() -> type:
             return len(self.indices)
 
         def _position(self, i: int) -> int:
-            n = len(self.indices)
-            if not -n <= int(i) < n:
-                raise IndexError(f"item {i} is out of range for a dataset of {n} items")
-            return int(self.indices[int(i)])
+            return _position_of(self.indices, i)
 
         def _read(self, i: int) -> Any:
             settle_worker()
@@ -370,11 +379,8 @@ def _graph_dataset_class() -> type:
             return len(self.indices)
 
         def __getitem__(self, i: int) -> dict[str, Any]:
-            n = len(self.indices)
-            if not -n <= int(i) < n:
-                raise IndexError(f"item {i} is out of range for a dataset of {n} items")
+            position = _position_of(self.indices, i)
             settle_worker()
-            position = int(self.indices[int(i)])
             _check_labels(self.source, position, every_kind=True)
             item = self.source.read(position)
             return graph_item(item, getattr(self.source, "label_column", None))
