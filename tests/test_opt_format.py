@@ -203,7 +203,15 @@ def test_array_documents_spliced_from_their_family_are_the_serialised_documents(
     monkeypatch.setattr(hierarchy, "_ARRAY_JSON_PARTS", {})
     sizes = (1, 7, 30, 7, 2)
     spliced = [write(f"spliced-{i}", n) for i, n in enumerate(sizes)]
-    assert hierarchy._ARRAY_JSON_PARTS  # the families were made and used
+    families = hierarchy._ARRAY_JSON_PARTS
+    assert families  # the families were made and used
+    # A triangle's document holds its item shape: written whole, making no family; and
+    # the families are bounded.
+    assert not any((7, 7, 4) in family for family in families), list(families)
+    monkeypatch.setattr(hierarchy, "_ARRAY_JSON_PARTS", {})
+    monkeypatch.setattr(hierarchy, "_ARRAY_JSON_PARTS_KEPT", 3)
+    assert write("bounded", 7) == spliced[1]
+    assert 0 < len(hierarchy._ARRAY_JSON_PARTS) <= 3
     assert spliced[1] == spliced[3]
     monkeypatch.setattr(hierarchy, "_array_json_parts", lambda doc: ())
     for i, n in enumerate(sizes):

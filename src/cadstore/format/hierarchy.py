@@ -632,8 +632,14 @@ class BuildHierarchy(Hierarchy):
                     item_shape=item_shape,
                     item_dims=item_dims,
                 )
-                family = (*key[1:], len(meta.codecs))
-                known = docs, meta, _array_json(family, docs["zarr.json"]), _decoded_nbytes(meta)
+                doc = docs["zarr.json"]
+                text = (
+                    # A triangle's attributes hold its item shape: no family to share.
+                    _compact_json(doc)
+                    if item_shape is not None
+                    else _array_json((*key[1:], len(meta.codecs)), doc)
+                )
+                known = docs, meta, text, _decoded_nbytes(meta)
                 if len(_ENCODED_DOCS) >= _ENCODED_DOCS_KEPT:
                     _ENCODED_DOCS.clear()
                 _ENCODED_DOCS[key] = known
@@ -914,6 +920,8 @@ def _array_json(family: tuple[Any, ...], doc: Mapping[str, Any]) -> bytes:
     """
     parts = _ARRAY_JSON_PARTS.get(family)
     if parts is None:
+        if len(_ARRAY_JSON_PARTS) >= _ARRAY_JSON_PARTS_KEPT:
+            _ARRAY_JSON_PARTS.clear()
         parts = _ARRAY_JSON_PARTS[family] = _array_json_parts(doc)
     if not parts:
         return _compact_json(doc)
@@ -923,9 +931,11 @@ def _array_json(family: tuple[Any, ...], doc: Mapping[str, Any]) -> bytes:
 
 
 #: Text of v3 array documents around their shape and chunk shape, by family (see
-#: :func:`_array_json`); an empty tuple where a document does not split so. Bounded by the
-#: kinds of arrays a process writes (an item schema's arrays, about 1 KB each).
+#: :func:`_array_json`); an empty tuple where a document does not split so. An encoder
+#: writes a few dozen families (an item schema's arrays, about 1 KB each; string arrays
+#: make one per width); bounded, started over when full.
 _ARRAY_JSON_PARTS: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+_ARRAY_JSON_PARTS_KEPT = 1024
 
 _SHAPE_MARK = "\x00shape"
 _CHUNKS_MARK = "\x00chunks"
