@@ -770,12 +770,13 @@ class DatasetInfo:
     def _table_source(self, table: str) -> str:
         """Who gave description table ``table``: ``set_attributes`` and/or its items."""
         sources = ["set_attributes"] if table in self._explicit_tables else []
-        items: list[str] = []
+        items: dict[str, None] = {}  # ordered, each once (a list's `in` made it quadratic)
         for (name, _code), labels in self._labelled.items():
             if name == table:
-                items += [i for held in labels.values() for i in held if i not in items]
+                for held in labels.values():
+                    items.update(dict.fromkeys(held))
         if items:
-            sources.append(_items_text(items))
+            sources.append(_items_text(list(items)))
         return " and ".join(sources) or "no item"
 
     def _holders(self, key: str, holds: Callable[[Any], bool]) -> list[str]:
