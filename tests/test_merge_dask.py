@@ -168,7 +168,19 @@ def test_cluster_merge_checks_integers_on_the_workers(
     ]
     local = merge_items(paths, tmp_path / "local.dataset")
     monkeypatch.setattr(write, "decode_item", driver_decodes)
+    # The checks go to the cluster in batches, as scans do: one task per round of checks
+    # (two rounds: once 'a' is skipped the plan is made again, and 'c' checked again).
+    submitted: list[Any] = []
+    submit = client.submit
+
+    def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(fn)
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", counted)
     result = merge_items(paths, tmp_path / "dask.dataset", client=client)
+    monkeypatch.undo()
+    assert [fn.__name__ for fn in submitted].count("_call_batch") == 2
     assert result.items == local.items == ["b", "c"]
     assert result.errors == local.errors
     assert result.errors[0]["error"].startswith(

@@ -24,7 +24,6 @@ Dask is optional: install ``cadstore[dask]``.
 
 from __future__ import annotations
 
-import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,24 +124,27 @@ def _result(future: Any, what: str) -> Any:
     return out
 
 
-def _call_captured(fn: Callable[..., Any], *args: Any) -> Any:
-    return _captured(lambda: fn(*args))
+def _call_batch(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Any:
+    return _captured(lambda: [fn(*args) for args in calls])
 
 
 def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
     """A ``map`` that runs each call on the cluster's workers, for work the driver must
     not do itself (it may not be able to read the items the workers read).
 
-    The returned function takes ``(fn, *iterables)`` like :func:`map`, submits one task
-    per call and returns the results in order; a cadstore error in a task is raised
-    again here, and cluster failures as a :class:`~cadstore.errors.MergeError` naming
-    ``what``.
+    The returned function takes ``(fn, *iterables)`` like :func:`map` and returns the
+    results in order. Calls go to the cluster :data:`SCAN_BATCH` to a task, as scans do
+    (a task per call would load the scheduler with one per item); a cadstore error in a
+    call is raised again here, and cluster failures as a
+    :class:`~cadstore.errors.MergeError` naming ``what``.
     """
 
     def run(fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
-        futures = client.map(functools.partial(_call_captured, fn), *iterables, pure=False)
+        calls = list(zip(*iterables, strict=True))
+        batches = [calls[i : i + SCAN_BATCH] for i in range(0, len(calls), SCAN_BATCH)]
+        futures = [client.submit(_call_batch, fn, batch, pure=False) for batch in batches]
         try:
-            return [_result(future, what) for future in futures]
+            return [out for future in futures for out in _result(future, what)]
         finally:
             for future in futures:
                 future.release()
