@@ -171,41 +171,25 @@ def positive_seconds(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    """Parse a count that must be at least one (``cadstore demo --parts N``).
-
-    Parameters
-    ----------
-    text
-        The option's value as typed.
-
-    Returns
-    -------
-    int
-        The number.
-
-    Raises
-    ------
-    argparse.ArgumentTypeError
-        If ``text`` is not an integer or is less than 1.
-    """
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    """Parse a count that must be at least one (``cadstore demo --parts N``); see
+    :func:`int_at_least`."""
+    return int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """Parse a ``--workers N`` value: an integer >= 0.
+    """Parse a ``--workers N`` value, an integer >= 0; see :func:`int_at_least`."""
+    return int_at_least(text, 0)
+
+
+def int_at_least(text: str, minimum: int) -> int:
+    """Parse an option's integer value that must be at least ``minimum``.
 
     Parameters
     ----------
     text
         The option's value as typed.
+    minimum
+        The least value taken.
 
     Returns
     -------
@@ -215,16 +199,17 @@ def non_negative_int(text: str) -> int:
     Raises
     ------
     argparse.ArgumentTypeError
-        If ``text`` is not an integer or is negative.
+        If ``text`` is not an integer or is less than ``minimum`` (argparse makes it a
+        usage error naming the option).
     """
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
     return value
 
 
