@@ -162,9 +162,7 @@ def _listed(
     return listed
 
 
-def read_manifest(
-    location: Location, *, trust_paths: bool = False, tables: bool = True
-) -> Manifest:
+def read_manifest(location: Location, *, trust_paths: bool = False) -> Manifest:
     """Read the manifest at ``location`` and resolve the files it lists.
 
     Parameters
@@ -173,9 +171,6 @@ def read_manifest(
         The ``.flow`` file.
     trust_paths
         Follow paths outside the manifest's folder (see the module docstring).
-    tables
-        Resolve and check the ``.infoset`` and ``.attribset`` it lists too; without,
-        they are ``None`` (for a repair, which publishes a missing copy again).
 
     Raises
     ------
@@ -184,6 +179,19 @@ def read_manifest(
         ``flow_data``, or lists a file outside its folder (unless trusted), that does not
         exist, or that is not a regular file (the message names the entry and the file).
     """
+    doc = _manifest_document(location)
+    dataset = _listed_dataset(location, doc, trust_paths)
+    infoset, attribset = (
+        _listed(location, entry, doc.get(entry), trust_paths, dataset)
+        for entry in MANIFEST_ENTRIES[1:]
+    )
+    return Manifest(location, doc, dataset, infoset, attribset)
+
+
+def _manifest_document(location: Location) -> dict[str, Any]:
+    """The JSON object of the manifest at ``location``: a :class:`CorruptStoreError`
+    naming it when it is missing, not a regular file (never opened: a FIFO would block),
+    too large, or not a JSON object (torn, or another file given for it)."""
     local = not location.remote and os.path.exists(location.path)
     if local and not stat.S_ISREG(os.stat(location.path).st_mode):
         raise CorruptStoreError(location.path, "not a .flow manifest (not a regular file)")
@@ -210,16 +218,15 @@ def read_manifest(
         ) from None
     if not isinstance(doc, dict):
         raise CorruptStoreError(location.path, "not a .flow manifest (not a JSON object)")
-    data_entry, *table_entries = MANIFEST_ENTRIES
-    dataset = _listed(location, data_entry, doc.get(data_entry), trust_paths)
+    return doc
+
+
+def _listed_dataset(location: Location, doc: Mapping[str, Any], trust_paths: bool) -> Location:
+    """The dataset manifest document ``doc`` lists (see :func:`_listed`)."""
+    dataset = _listed(location, MANIFEST_ENTRIES[0], doc.get(MANIFEST_ENTRIES[0]), trust_paths)
     if dataset is None:
         raise CorruptStoreError(location.path, "the manifest names no dataset (flow_data)")
-    if not tables:
-        return Manifest(location, doc, dataset, None, None)
-    infoset, attribset = (
-        _listed(location, entry, doc.get(entry), trust_paths, dataset) for entry in table_entries
-    )
-    return Manifest(location, doc, dataset, infoset, attribset)
+    return dataset
 
 
 def manifest_dataset(
@@ -230,8 +237,8 @@ def manifest_dataset(
     A repair mends a dataset's manifest and table copies from the tables the dataset
     carries, so what it must not need is exactly what it mends: the table copies the
     manifest lists are not checked (one that is gone is published again), and a manifest
-    torn to something that is not a JSON object stands for ``beside``, the ``.dataset``
-    of the same stem, when that is there.
+    that is no JSON object (torn, or not a regular file) stands for ``beside``, the
+    ``.dataset`` of the same stem, when that is there.
 
     Parameters
     ----------
@@ -249,24 +256,12 @@ def manifest_dataset(
         one outside its folder when not trusted), and for a torn one with no ``beside``.
     """
     try:
-        return read_manifest(location, trust_paths=trust_paths, tables=False).dataset
+        doc = _manifest_document(location)
     except CorruptStoreError:
-        if not _parses(location) and beside.exists():
+        if beside.exists():
             return beside
         raise
-
-
-def _parses(location: Location) -> bool:
-    """Whether ``location`` is a file holding a JSON object (whatever it lists); never
-    opens what is not a regular file (a FIFO would block)."""
-    if not location.remote and not os.path.isfile(location.path):
-        return False
-    try:
-        with location.open_read() as fh:
-            doc = json.loads(fh.read(_MAX_MANIFEST_BYTES + 1).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict)
+    return _listed_dataset(location, doc, trust_paths)
 
 
 def _other_kind(location: Location, raw: bytes) -> str | None:
