@@ -29,7 +29,7 @@ from cadstore.errors import (
 )
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
-from cadstore.format.layout import DATASET_FAMILY, DATASET_FORMAT
+from cadstore.format.layout import DATASET_FORMAT, dataset_marker
 from cadstore.format.limits import DEFAULT_LIMITS
 from cadstore.format.manifest import FLOW_FORMAT, folder_hint, read_manifest
 from cadstore.io.location import Location, resolve
@@ -288,8 +288,8 @@ def _open_hierarchy(given: str, where: Location, source: KeySource, *, is_zip: b
             hierarchy = ReadHierarchy(source)
         except CorruptStoreError as exc:
             raise _not_an_artefact(given, exc.problem) from exc
-        marker = hierarchy.group_attributes.get("", {}).get("cadstore")
-        if isinstance(marker, str) and marker.startswith(DATASET_FAMILY):
+        marker = dataset_marker(hierarchy.group_attributes.get(""))
+        if marker is not None:
             if marker != DATASET_FORMAT:
                 raise UnknownFormatError(
                     f"{given} is a dataset of format {marker!r}; this cadstore reads "

@@ -47,6 +47,7 @@ __all__ = [
     "MATRIX_FLATTENING",
     "OFFSETS",
     "assign_group",
+    "dataset_marker",
     "default_primary_dim",
     "file_id_code_name",
     "qualify_dims",
@@ -57,6 +58,17 @@ __all__ = [
 DATASET_FORMAT = "cadstore-dataset/1"
 #: Prefix of the marker of every dataset format, current or future.
 DATASET_FAMILY = "cadstore-dataset/"
+
+
+def dataset_marker(root_attributes: Any) -> str | None:
+    """The dataset format marker in a hierarchy's root attributes (``cadstore``), when
+    they hold one of any dataset format (:data:`DATASET_FAMILY`); else ``None`` (an item,
+    another store, or attributes that are no mapping)."""
+    if not isinstance(root_attributes, Mapping):
+        return None
+    marker = root_attributes.get("cadstore")
+    return marker if isinstance(marker, str) and marker.startswith(DATASET_FAMILY) else None
+
 
 #: Dimension of per-item arrays.
 ITEM_DIM = "item"

@@ -143,7 +143,7 @@ def is_cadstore_dataset(target: Location) -> bool:
     Anything else there (a folder of items, an item, a file of notes, nothing) is not;
     a store that cannot be read is not either.
     """
-    from cadstore.format.layout import DATASET_FAMILY
+    from cadstore.format.layout import dataset_marker
     from cadstore.io.sources import open_source
 
     try:
@@ -155,10 +155,7 @@ def is_cadstore_dataset(target: Location) -> bool:
         document = json.loads(raw) if raw is not None else None
     except (CadstoreError, OSError, ValueError):
         return False
-    if not (isinstance(document, dict) and isinstance(document.get("attributes"), dict)):
-        return False
-    marker = document["attributes"].get("cadstore")
-    return isinstance(marker, str) and marker.startswith(DATASET_FAMILY)
+    return isinstance(document, dict) and dataset_marker(document.get("attributes")) is not None
 
 
 def check_replaceable_dataset(target: Location) -> None:

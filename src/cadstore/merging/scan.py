@@ -29,7 +29,7 @@ import numpy as np
 from cadstore.errors import CorruptStoreError, MergeError
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
-from cadstore.format.layout import DATASET_FAMILY
+from cadstore.format.layout import dataset_marker
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.format.triangle import is_symmetric
 from cadstore.io.location import Location
@@ -137,8 +137,7 @@ def scan_item(
                     "stopped before finishing it"
                 )
         hier = ReadHierarchy(source, limits)
-        marker = hier.group_attributes.get("", {}).get("cadstore")
-        if isinstance(marker, str) and marker.startswith(DATASET_FAMILY):
+        if dataset_marker(hier.group_attributes.get("")) is not None:
             # Its arrays would be taken for one item's, each refused for a name the
             # dataset keeps (item_offsets, file_id_code_<group>): say what it is instead.
             return location.path, (
