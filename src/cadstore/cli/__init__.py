@@ -13,7 +13,9 @@ Exit codes scripts can rely on:
 ====  =========================================================================
 
 Errors are one line on stderr (``cadstore: error: ...``), never a traceback, unless
-``--debug`` is given.
+``--debug`` is given. Warnings the library issues while a command runs are one line too
+(``cadstore: warning: ...``), each printed once; Python's filters (``-W``,
+``PYTHONWARNINGS``) still decide which are shown.
 
 Every PATH may be a URL (``s3://bucket/flows/demo.dataset``). ``--storage-option
 KEY=VALUE`` (repeatable, before or after the command) gives fsspec options for them;
@@ -27,7 +29,9 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "HelpFormatter", "main"]
 
@@ -148,8 +152,47 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+@contextmanager
+def _warnings_as_messages() -> Iterator[None]:
+    """Within, print each warning shown as one ``cadstore: warning: MESSAGE`` line on stderr.
+
+    Python's own format names the file and line of cadstore's code that issued the
+    warning and quotes that line, which means nothing to someone running a command. Each
+    message is printed once, however often and from however many places it is issued.
+    The filters are left as they are, so ``-W error`` or ``-W ignore`` keep working; on
+    leaving, ``warnings.showwarning`` and the filters are restored, so a program calling
+    :func:`main` keeps its own.
+    """
+    printed: set[tuple[type[Warning], str]] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        if (category, text) in printed:
+            return
+        printed.add((category, text))
+        # stderr gone or closed: a warning is not worth failing for.
+        with suppress(OSError, ValueError):
+            print(f"cadstore: warning: {text or category.__name__}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    with _warnings_as_messages():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
     try:
