@@ -112,3 +112,140 @@ def test_each_warning_is_printed_once_and_main_restores_the_warnings_machinery(
     # Outside main(), the library's warnings are Python's again.
     with pytest.warns(CadstoreWarning, match="holds key 'areas' too"):
         JsonStorageHandler(doubled_json_store, read_only=True).close()
+
+
+# ---------------------------------------------------------------------------- OS errors
+def _one_error_line(code: int, out: str, err: str, *needles: str) -> str:
+    """Exit 2, nothing on stdout, one ``cadstore: error:`` line naming the needles and
+    carrying no ``[Errno N]`` nor Python's quoting of the file name."""
+    assert code == 2, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cadstore: error: ")
+    assert "Errno" not in err and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _main(
+    capsys: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]
+) -> tuple[int, str, str]:
+    code = main([os.fspath(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small_dataset(realistic_items: list[tuple[Path, object, object]], tmp_path: Path) -> Path:
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    assert main(["merge", *files, "-o", str(tmp_path / "d"), "--json"]) == 0
+    return tmp_path / "d.dataset"
+
+
+def test_report_below_a_file_names_the_file_in_the_way(
+    small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore report D -o notes.txt/r.html`` said ``[Errno 20] Not a directory:
+    'notes.txt/r.html'``, after drawing the whole report."""
+    pytest.importorskip("matplotlib")
+    capsys.readouterr()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    before = _files(tmp_path)
+    line = _one_error_line(*_main(capsys, "report", small_dataset, "-o", notes / "r.html"))
+    assert f"{notes} is a file, not a folder" in line
+    assert _files(tmp_path) == before
+
+
+def test_export_json_below_a_file_names_the_file_in_the_way(
+    realistic_items: list[tuple[Path, object, object]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``cadstore export-json ITEM -o notes.txt/x`` said ``[Errno 17] File exists:
+    '…/notes.txt'``."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    before = _files(tmp_path)
+    item = realistic_items[0][0]
+    line = _one_error_line(*_main(capsys, "export-json", item, "-o", notes / "x"))
+    assert f"{notes} is a file, not a folder" in line
+    assert _files(tmp_path) == before
+
+
+def test_encode_of_a_missing_input_names_it_without_errno(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore encode missing -o out`` said ``[Errno 2] No such CAD file or directory:
+    'missing'``; nothing is made."""
+    missing = tmp_path / "missing"
+    out = tmp_path / "out"
+    line = _one_error_line(*_main(capsys, "encode", missing, "-o", out, "--no-progress"))
+    assert line == f"cadstore: error: {missing}: no such CAD file or directory"
+    assert not out.exists() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            PermissionError(13, "Permission denied", "parts/x.data"),
+            "parts/x.data: permission denied",
+        ),
+        (OSError(18, "Invalid cross-device link", "a.tmp", None, "b"), "a.tmp -> b: "),
+        (OSError(5, "Input/output error"), "input/output error"),
+        (OSError(28, None), os.strerror(28).lower()),
+        (OSError("the disk is on fire"), "the disk is on fire"),
+    ],
+)
+def test_an_os_error_is_the_file_and_the_problem(
+    error: OSError,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any ``OSError`` a command lets through is printed as ``FILE: problem`` (the
+    system's text for its errno), not as ``[Errno N] Problem: 'FILE'``; exit 2."""
+    import cadstore.cli.info
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cadstore.cli.info, "run", fail)
+    line = _one_error_line(*_main(capsys, "info", tmp_path / "d.dataset"))
+    assert line.startswith(f"cadstore: error: {expected}"), line
+    assert "'" not in line
+
+
+def test_merge_of_an_item_folder_that_cannot_be_listed_says_why(
+    realistic_items: list[tuple[Path, object, object]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An item directory the merge may not list was skipped with ``cannot list …:
+    [Errno 13] Permission denied: '…'``; now ``cannot list …: permission denied``."""
+    import zipfile
+
+    import cadstore.merging.scan
+
+    folder = tmp_path / "one.zarr"
+    with zipfile.ZipFile(realistic_items[0][0]) as zf:
+        zf.extractall(folder)
+    locked = folder / "face_areas"
+    scandir = os.scandir
+
+    def refuse(path: str) -> object:
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(cadstore.merging.scan.os, "scandir", refuse)
+    good = realistic_items[1][0]
+    code, out, err = _main(capsys, "merge", folder, good, "-o", tmp_path / "d", "--workers", "0")
+    assert code == 1, err
+    assert f"skipped {folder}: cannot list {locked}: permission denied" in out
+    assert "Errno" not in out + err

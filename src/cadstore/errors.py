@@ -42,6 +42,7 @@ bad items catches ``CorruptStoreError``; the other two pass through it untouched
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -70,6 +71,8 @@ __all__ = [
     "UnavailableFeatureError",
     "UnknownFormatError",
     "UnsupportedTypeError",
+    "os_error_message",
+    "os_problem",
 ]
 
 
@@ -314,3 +317,68 @@ class UnavailableFeatureError(CadstoreError, NotImplementedError):
     format) and ``HOOPSTools.extract_holes`` (feature trees of proprietary CAD formats);
     the message names the feature and what cadstore offers instead.
     """
+
+
+def os_problem(exc: OSError) -> str:
+    """What went wrong in ``exc``, in the system's words, without its errno or file name.
+
+    ``str(exc)`` of an ``OSError`` reads ``[Errno 2] No such file or directory: 'x.data'``;
+    a message that names the file itself wants only the problem.
+
+    Parameters
+    ----------
+    exc
+        The error.
+
+    Returns
+    -------
+    str
+        Its ``strerror`` (or ``os.strerror`` of its ``errno``) with a capitalised first
+        word in lower case, e.g. ``"no such file or directory"``; ``str(exc)`` for an
+        error that carries neither.
+
+    Examples
+    --------
+    >>> os_problem(FileNotFoundError(2, "No such file or directory", "x.data"))
+    'no such file or directory'
+    """
+    text = exc.strerror or (os.strerror(exc.errno) if exc.errno else "")
+    if not text:
+        return str(exc)
+    first = text.split(" ", 1)[0]
+    # "No such ..." reads as the rest of a sentence; "I/O error" keeps its spelling.
+    if first[:1].isupper() and first[1:].islower():
+        return text[:1].lower() + text[1:]
+    return text
+
+
+def os_error_message(exc: OSError) -> str:
+    """``exc`` as ``FILE: problem``, for a person: the file(s) it names, then
+    :func:`os_problem`.
+
+    Parameters
+    ----------
+    exc
+        The error.
+
+    Returns
+    -------
+    str
+        ``"x.data: no such file or directory"``; ``"a -> b: ..."`` for an error naming
+        two files (a rename); the problem alone when it names none; ``str(exc)`` for an
+        error that carries no errno.
+
+    Examples
+    --------
+    >>> os_error_message(PermissionError(13, "Permission denied", "parts/x.data"))
+    'parts/x.data: permission denied'
+    """
+    problem = os_problem(exc)
+    if not (exc.strerror or exc.errno):
+        return problem
+    names = [
+        os.fsdecode(name) if isinstance(name, str | bytes | os.PathLike) else str(name)
+        for name in (exc.filename, exc.filename2)
+        if name is not None
+    ]
+    return f"{' -> '.join(names)}: {problem}" if names else problem

@@ -34,6 +34,7 @@ from cadstore.errors import LimitExceededError, OutputExistsError, UnknownFormat
 from cadstore.io.location import resolve
 from cadstore.io.publish import (
     TEMP_PREFIX,
+    check_output_folder,
     move_into_place,
     sweep_dead_temporaries,
     temporary_name,
@@ -273,7 +274,7 @@ def export_json(
         If ``target`` is a dataset, or ``output`` is ``target`` itself or a URL.
     OutputExistsError
         If ``output`` is a file, or is non-empty without ``overwrite``, or holds files that
-        are not a JSON store's.
+        are not a JSON store's, or lies below a file (``notes.txt/x``).
     LimitExceededError
         If a key is too big for JSON (``max_json_bytes``), or the item declares more than
         its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
@@ -286,6 +287,8 @@ def export_json(
         raise UnknownFormatError(
             f"-o {output}: export-json writes a local directory; export there and upload it"
         )
+    # notes.txt/x: the folders are made below, and one cannot be made where a file is.
+    check_output_folder(resolve(output))
     replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)

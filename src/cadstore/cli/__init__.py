@@ -212,10 +212,16 @@ def _run(argv: Sequence[str] | None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from cadstore.errors import CadstoreError
+        from cadstore.errors import CadstoreError, os_error_message
 
         code = EXIT_USAGE if isinstance(exc, CadstoreError | OSError | ValueError) else 1
-        text = exc.cli_message() if isinstance(exc, CadstoreError) else str(exc)
+        if isinstance(exc, CadstoreError):
+            text = exc.cli_message()
+        elif isinstance(exc, OSError):
+            # "x.data: no such file or directory", not "[Errno 2] No such ...: 'x.data'".
+            text = os_error_message(exc)
+        else:
+            text = str(exc)
         message = text.splitlines()[0] if text else type(exc).__name__
         print(f"cadstore: error: {message}", file=sys.stderr)
         return code

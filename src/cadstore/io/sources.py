@@ -30,6 +30,7 @@ from cadstore.errors import (
     CorruptStoreError,
     LimitExceededError,
     StorageError,
+    os_problem,
 )
 from cadstore.forking import renew_lock
 from cadstore.format.limits import (
@@ -485,7 +486,8 @@ class ZipSource(KeySource):
             self._raise_if_unreachable(exc)
             if kind:
                 raise CorruptStoreError(path, f"not a zip file {kind}") from exc
-            raise CorruptStoreError(path, f"not a readable zip file ({exc})") from exc
+            reason = os_problem(exc) if isinstance(exc, OSError) else str(exc)
+            raise CorruptStoreError(path, f"not a readable zip file ({reason})") from exc
         if len(entries) > limits.max_members:
             self.close()
             raise LimitExceededError(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, MergeError
+from cadstore.errors import CorruptStoreError, MergeError, os_problem
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import dataset_marker
@@ -211,7 +211,7 @@ def _check_entries(root: str) -> None:
         try:
             entries = list(os.scandir(directory))
         except OSError as exc:
-            raise CorruptStoreError(root, f"cannot list {directory}: {exc}") from exc
+            raise CorruptStoreError(root, f"cannot list {directory}: {os_problem(exc)}") from exc
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 pending.append(entry.path)

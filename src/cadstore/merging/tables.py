@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import CorruptStoreError, MergeError, SchemaError
+from cadstore.errors import CorruptStoreError, MergeError, SchemaError, os_problem
 from cadstore.format.jsoncodec import decode_metadata, parse_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
@@ -532,7 +532,7 @@ class DatasetInfo:
             with location.open_read() as fh:
                 return fh.read(self.limits.max_metadata_bytes + 1)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise _Unreadable(f"{failure} {location.name}: {exc}") from None
+            raise _Unreadable(f"{failure} {location.name}: {os_problem(exc)}") from None
 
     def _schema_from(self, doc: Mapping[str, Any], path: str) -> Schema | None:
         stored = doc.get(SCHEMA_METADATA_KEY)
@@ -1074,7 +1074,7 @@ class DatasetInfo:
             try:
                 location.remove()
             except OSError as exc:
-                self._warn(f"could not delete {item.path}: {exc}")
+                self._warn(f"could not delete {item.path}: {os_problem(exc)}")
                 continue
             self.deleted_files.append(item.path)
             if not location.remote:  # object stores have no directories to tidy
