@@ -249,3 +249,69 @@ def test_merge_of_an_item_folder_that_cannot_be_listed_says_why(
     assert code == 1, err
     assert f"skipped {folder}: cannot list {locked}: permission denied" in out
     assert "Errno" not in out + err
+
+
+# ---------------------------------------------------------------------------- progress
+def _bars(err: str) -> bool:
+    """Whether ``err`` holds a tqdm bar: its carriage returns and counts."""
+    return "\r" in err or "item/s" in err or "file/s" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "terminal", "shown"),
+    [
+        ([], False, False),  # a log or CI: no carriage-return garbage
+        ([], True, True),  # a person watching
+        (["--progress"], False, True),  # asked for
+        (["--no-progress"], True, False),  # refused
+        (["--json"], True, False),  # as before: --json shows none unless asked
+        (["--json", "--progress"], False, True),
+    ],
+)
+def test_merge_shows_progress_on_a_terminal_or_when_asked(
+    realistic_items: list[tuple[Path, object, object]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    terminal: bool,
+    shown: bool,
+) -> None:
+    """``cadstore merge`` wrote its bars to stderr even when stderr was a file or a pipe."""
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    files = [str(p) for p, _, _ in realistic_items[:3]]
+    code = main(["merge", *files, "-o", str(tmp_path / "d"), "--workers", "0", *options])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert _bars(err) is shown, err
+    assert "Errno" not in err and "warning" not in err
+
+
+def test_encode_shows_no_progress_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore encode`` wrote its bar into logs; ``--progress`` still shows it."""
+    pytest.importorskip("OCP")
+    pytest.importorskip("tqdm")
+    from cadstore.cad import samples
+
+    samples.write_sample_set(tmp_path / "parts", count=2, seed=5)
+    assert (
+        main(["encode", str(tmp_path / "parts"), "-o", str(tmp_path / "a"), "--workers", "1"]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert out.startswith("encoded ")
+    assert not _bars(err), err
+    command = ["encode", str(tmp_path / "parts"), "-o", str(tmp_path / "b"), "--workers", "1"]
+    assert main([*command, "--progress"]) == 0
+    assert _bars(capsys.readouterr().err)
+
+
+def test_progress_option_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("merge", "encode"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--progress, --no-progress" in text
+        assert "when stderr is a terminal" in text

@@ -42,6 +42,7 @@ __all__ = [
     "SCHEMA_KEY",
     "STORAGE_METADATA",
     "add_json_option",
+    "add_progress_option",
     "add_storage_option",
     "format_bytes",
     "format_ratio",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_storage_options",
     "print_json",
     "print_lines",
+    "show_progress",
     "wait_seconds",
 ]
 
@@ -314,6 +316,52 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of text"
     )
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--progress`` / ``--no-progress``, for commands that draw progress bars.
+
+    Without either, bars are drawn only when stderr is a terminal (see
+    :func:`show_progress`): in a log or a CI job a bar is carriage-return garbage.
+
+    Parameters
+    ----------
+    parser
+        The subcommand's parser.
+    """
+    import argparse
+
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars on stderr, or not (default: when stderr is a terminal "
+        "and --json is not given)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command draws progress bars: as ``--progress`` / ``--no-progress`` say,
+    else when stderr is a terminal and the output is not ``--json``.
+
+    Parameters
+    ----------
+    args
+        The parsed arguments of a command given :func:`add_progress_option`.
+
+    Returns
+    -------
+    bool
+        The ``progress`` to pass to the library.
+    """
+    if args.progress is not None:
+        return bool(args.progress)
+    if getattr(args, "json", False):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
 
 
 # ---------------------------------------------------------------------------- text output

@@ -18,7 +18,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cadstore.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
-from cadstore.cli._common import non_negative_int, positive_seconds
+from cadstore.cli._common import (
+    add_progress_option,
+    non_negative_int,
+    positive_seconds,
+    show_progress,
+)
 
 if TYPE_CHECKING:
     from cadstore.encode import EncodeReport
@@ -93,7 +98,7 @@ def register(sub: Any) -> None:
         "a crash may have left unsynced) or fsync every item as it is written",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         histograms=not args.no_histograms,
         resume=not args.no_resume,
         merge=args.merge,
-        progress=not (args.no_progress or args.json),
+        progress=show_progress(args),
         durability=args.durability,
     )
     if args.json:

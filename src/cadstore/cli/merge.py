@@ -6,7 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from cadstore.cli._common import non_negative_int, wait_seconds, zstd_level
+from cadstore.cli._common import (
+    add_progress_option,
+    non_negative_int,
+    show_progress,
+    wait_seconds,
+    zstd_level,
+)
 
 
 def register(sub: Any) -> None:
@@ -58,6 +64,7 @@ def register(sub: Any) -> None:
         help="zstd level of the face-pair arrays (default: --level, at least 7)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_progress_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         append=args.append,
         compression_level=args.level,
         face_pair_level=args.face_pair_level,
-        progress=not args.json,
+        progress=show_progress(args),
         lock_timeout=args.wait,
         **remote,
     )
