@@ -315,3 +315,71 @@ def test_progress_option_in_help(capsys: pytest.CaptureFixture[str]) -> None:
         text = " ".join(capsys.readouterr().out.split())
         assert "--progress, --no-progress" in text
         assert "when stderr is a terminal" in text
+
+
+# ---------------------------------------------------------------------------- empty folders
+def test_inspect_of_an_empty_folder_says_it_is_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cadstore inspect .`` in a new, empty folder said it held "no zarr.json, .zgroup or
+    .json files", which a new user cannot read as "there is nothing here". It says the
+    folder is empty and holds no cadstore item or dataset; exit 2, as ``cadstore merge``
+    of an empty folder."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _one_error_line(*_main(capsys, "inspect", empty))
+    assert line == (
+        f"cadstore: error: {empty} is an empty directory: it holds no cadstore item, "
+        "dataset or JSON store"
+    )
+    monkeypatch.chdir(empty)
+    for path in (".", "./"):
+        line = _one_error_line(*_main(capsys, "inspect", path))
+        assert line.startswith(
+            f"cadstore: error: {path} (the current directory) is an empty directory: it holds "
+            "no cadstore item, dataset or JSON store"
+        ), line
+    assert main(["merge", ".", "-o", str(tmp_path / "d")]) == 2  # the same exit status
+    capsys.readouterr()
+    assert list(empty.iterdir()) == []
+
+
+def test_inspect_of_a_folder_of_items_or_datasets_names_what_to_give(
+    realistic_items: list[tuple[Path, object, object]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder holding items (or a dataset) but none itself is told apart from an empty
+    one: the message names what is inside, to be given instead."""
+    folder = tmp_path / "encoded"
+    folder.mkdir()
+    for path, _, _ in realistic_items[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    first = sorted(p.name for p in folder.iterdir())[0]
+    before = _files(tmp_path)
+    line = _one_error_line(*_main(capsys, "inspect", folder))
+    assert f"{folder} is a folder holding 2 items (.data files)" in line
+    assert str(folder / first) in line and "merge them" in line
+    assert _files(tmp_path) == before
+    assert main(["merge", str(folder), "-o", str(tmp_path / "out" / "d"), "--json"]) == 0
+    capsys.readouterr()
+    line = _one_error_line(*_main(capsys, "inspect", tmp_path / "out"))
+    # The merge's output folder names its manifest, as before.
+    assert "d.flow" in line
+    (tmp_path / "out" / "d.flow").unlink()
+    line = _one_error_line(*_main(capsys, "inspect", tmp_path / "out"))
+    assert (
+        f"{tmp_path / 'out'} is a folder holding the dataset {tmp_path / 'out' / 'd.dataset'}"
+        in line
+    )
+
+
+def test_inspect_of_a_folder_without_cadstore_files_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "bracket.step").write_text("ISO-10303-21;")
+    line = _one_error_line(*_main(capsys, "inspect", parts))
+    assert f"{parts} is not an item" in line
+    assert "it holds no cadstore item, dataset or JSON store" in line

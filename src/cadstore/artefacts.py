@@ -256,7 +256,43 @@ def _open_directory(given: str, where: Location) -> Artefact:
             _check_json_files(where, names)
         storage = JsonStorageHandler(where, read_only=True)
         return Artefact(JSON_STORE, given, where, storage=storage)
-    raise _not_an_artefact(given, "the directory holds no zarr.json, .zgroup or .json files")
+    raise _no_artefact_in(given, where, names)
+
+
+def _no_artefact_in(given: str, where: Location, names: set[str]) -> UnknownFormatError:
+    """The error for a directory that is none of the artefacts: say what is (not) in it.
+
+    An empty folder (``cadstore inspect .`` in a new one) is called empty; a folder of
+    items or datasets names them, since one of them is what was meant.
+    """
+    shown = given
+    if not where.remote and os.path.abspath(where.path) == os.getcwd():
+        shown = f"{given} (the current directory)"
+    if not names:
+        return UnknownFormatError(
+            f"{shown} is an empty directory: it holds no cadstore item, dataset or JSON store"
+        )
+    items = sorted(n for n in names if n.endswith(".data"))
+    datasets = sorted(n for n in names if n.endswith(".dataset"))
+    if datasets:
+        listed = " and ".join(where.child(n).path for n in datasets[:2])
+        more = f" (and {len(datasets) - 2} more)" if len(datasets) > 2 else ""
+        noun = "the dataset" if len(datasets) == 1 else "the datasets"
+        return UnknownFormatError(
+            f"{shown} is a folder holding {noun} {listed}{more}, not {EXPECTED}: give "
+            f"{'it' if len(datasets) == 1 else 'one of them'}"
+        )
+    if items:
+        count = "1 item (a .data file)" if len(items) == 1 else f"{len(items)} items (.data files)"
+        return UnknownFormatError(
+            f"{shown} is a folder holding {count}, not {EXPECTED}: give one of them, "
+            f"e.g. {where.child(items[0]).path}, or merge them into a dataset first"
+        )
+    return _not_an_artefact(
+        shown,
+        "it holds no cadstore item, dataset or JSON store (no .data file, .dataset, "
+        "zarr.json, .zgroup or .json file)",
+    )
 
 
 def _check_json_files(where: Location, names: set[str]) -> None:
