@@ -50,6 +50,7 @@ __all__ = [
     "dataset_marker",
     "default_primary_dim",
     "file_id_code_name",
+    "free_dim_name",
     "qualify_dims",
 ]
 
@@ -95,6 +96,21 @@ def file_id_code_name(group: str) -> str:
 def default_primary_dim(group: str) -> str:
     """Primary dimension of a group the schema does not declare."""
     return _PRIMARY_DIMS.get(group, f"{group}_row")
+
+
+def free_dim_name(name: str, taken: set[str]) -> str:
+    """Return the first of ``name``, ``name_2``, ``name_3``, ... not in ``taken``, and
+    add it to ``taken``.
+
+    The one rule by which a dimension name that would meet another is told apart: the
+    merger's and the reader's qualified names (:func:`qualify_dims`) and an item's
+    (:func:`cadstore.format.hierarchy.item_dim_names`).
+    """
+    free, n = name, 2
+    while free in taken:
+        free, n = f"{name}_{n}", n + 1
+    taken.add(free)
+    return free
 
 
 def qualify_dims(
@@ -143,11 +159,7 @@ def qualify_dims(
         name, dims, _ = given[k]
         for position, dim in enumerate(dims[1:], start=1):
             if dim in kept or len(lengths[dim]) > 1:
-                qualified, n = f"{name}_{dim}", 2
-                while qualified in taken:
-                    qualified, n = f"{name}_{dim}_{n}", n + 1
-                taken.add(qualified)
-                named[k][position] = qualified
+                named[k][position] = free_dim_name(f"{name}_{dim}", taken)
     return named
 
 
