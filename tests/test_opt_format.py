@@ -116,6 +116,132 @@ def test_xarray_reads_named_dimensions(tmp_path: Path, fmt: int) -> None:
     assert tree["graph"]["edges_source"].dims == ("graph_edges_source_dim_0",)
 
 
+def _meeting_names_schema() -> dict[str, Any]:
+    """``face`` on ``discretization_component`` and ``face_discretization`` on
+    ``component``: both qualify to ``face_discretization_component``."""
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face", ["face", "discretization_component"], "float32")
+    faces.create_array("face_discretization", ["face", "component"], "float32")
+    faces.create_array("face_centroids", ["face", "coordinate"], "float32")
+    # A primary dimension of another group spelt as face_grid's qualified "x".
+    marks = builder.create_group("marks", "face_grid_x", "Marks")
+    marks.create_array("mark", ["face_grid_x"], "int32")
+    builder.create_group("grid", "cell", "Grid").create_array("face_grid", ["cell", "x"], "int32")
+    return builder.build()
+
+
+def _dims(data: Path, key: str, fmt: int) -> list[str]:
+    arr = zarr.open_group(zarr.storage.ZipStore(data, mode="r"), mode="r")[key]
+    return list(arr.metadata.dimension_names if fmt == 3 else arr.attrs["_ARRAY_DIMENSIONS"])
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("component", [6, 7])
+def test_qualified_item_dimensions_never_meet(
+    tmp_path: Path, fmt: int, reverse: bool, component: int
+) -> None:
+    """Two arrays' qualified names may be spelt alike (``face`` on ``discretization_component``
+    and ``face_discretization`` on ``component``; an undeclared ``a_b`` and ``a/b``): xarray
+    refused the item when the lengths differed and took both for one dimension when they
+    did not. The first claimant in key order keeps the name, the next takes ``_2``; a
+    declared primary dimension keeps its name; items without such a meeting keep theirs,
+    whatever order the arrays were saved in."""
+    arrays: dict[str, np.ndarray] = {
+        "face": np.arange(3 * 7, dtype=np.float32).reshape(3, 7),
+        "face_discretization": np.arange(3 * component, dtype=np.float32).reshape(3, component),
+        "face_centroids": np.zeros((3, 3), np.float32),
+        "mark": np.arange(4, dtype=np.int32),
+        "face_grid": np.ones((2, 5), np.int32),
+        "a_b": np.arange(2),
+        "a/b": np.arange(5),
+    }
+    storage = OptStorage(tmp_path / "part.zarr", zarr_format=fmt)
+    storage.set_schema(_meeting_names_schema())
+    for key in sorted(arrays, reverse=reverse):
+        storage.save_data(key, arrays[key])
+    storage.compress_store()
+    storage.close()
+    data = tmp_path / "part.zarr.data"
+    expected = {
+        "face": ["face", "face_discretization_component"],
+        "face_discretization": ["face", "face_discretization_component_2"],
+        "face_centroids": ["face", "face_centroids_coordinate"],
+        "mark": ["face_grid_x"],  # a primary dimension keeps its name
+        "face_grid": ["cell", "face_grid_x_2"],
+        "a_b": ["a_b_dim_0_2"],  # "a/b" comes first in key order
+        "a/b": ["a_b_dim_0"],
+    }
+    assert {key: _dims(data, key, fmt) for key in expected} == expected
+    ds = xr.open_zarr(zarr.storage.ZipStore(data, mode="r"))
+    assert ds.sizes["face_discretization_component"] == 7
+    assert ds.sizes["face_discretization_component_2"] == component
+    assert ds.sizes["face"] == 3
+    assert ds.sizes["face_grid_x"] == 4
+    assert ds.sizes["face_grid_x_2"] == 5
+    for key in ("face", "face_discretization", "face_centroids", "mark", "face_grid", "a_b"):
+        np.testing.assert_array_equal(ds[key].values, arrays[key], err_msg=key)
+    tree = xr.open_datatree(zarr.storage.ZipStore(data, mode="r"), engine="zarr")
+    np.testing.assert_array_equal(tree["a"]["b"].values, arrays["a/b"])
+    with OptStorage(tmp_path / "part.zarr") as item:
+        for key, value in arrays.items():
+            assert_same(item.load_data(key), value, key)
+
+
+def test_a_triangle_meeting_another_arrays_names_is_read_with_its_own(tmp_path: Path) -> None:
+    """A face-pair array stored as its triangle is told apart too: in its stored names
+    and in the names it is read with (``cadstore_dims``)."""
+    sym = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
+    sym = sym + sym.transpose(1, 0, 2)
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        storage.save_data("d2_distance", sym)  # d2_distance_dim_<i>, stored as a triangle
+        storage.save_data("d2/distance", np.zeros((1, 1, 3), np.float32))  # the same names
+        storage.compress_store()
+    data = tmp_path / "part.zarr.data"
+    assert _dims(data, "d2/distance", 3) == [f"d2_distance_dim_{i}" for i in range(3)]
+    group = zarr.open_group(zarr.storage.ZipStore(data, mode="r"), mode="r")
+    assert group["d2_distance"].attrs["cadstore_dims"] == [
+        f"d2_distance_dim_{i}_2" for i in range(3)
+    ]
+    assert _dims(data, "d2_distance", 3) == ["d2_distance_upper", "d2_distance_dim_2_2"]
+    tree = xr.open_datatree(zarr.storage.ZipStore(data, mode="r"), engine="zarr")
+    assert tree["d2"].sizes["d2_distance_dim_2"] == 3
+    assert tree.sizes["d2_distance_dim_2_2"] == 2
+    with OptStorage(tmp_path / "part.zarr") as item:
+        assert_same(item.load_data("d2_distance"), sym, "d2_distance")
+
+
+def test_an_item_reopened_keeps_its_arrays_names(tmp_path: Path) -> None:
+    """Arrays carried over from the file an item is reopened from keep their names; a
+    new array whose name meets one of theirs takes the suffix, and one re-saved is named
+    anew."""
+    schema = _meeting_names_schema()
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        storage.set_schema(schema)
+        storage.save_data("face_discretization", np.zeros((3, 6), np.float32))
+        storage.compress_store()
+    data = tmp_path / "part.zarr.data"
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(schema)
+        storage.save_data("face", np.zeros((3, 7), np.float32))
+        storage.compress_store()
+    assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component"]
+    assert _dims(data, "face", 3) == ["face", "face_discretization_component_2"]
+    assert xr.open_zarr(zarr.storage.ZipStore(data, mode="r")).sizes == {
+        "face": 3,
+        "face_discretization_component": 6,
+        "face_discretization_component_2": 7,
+    }
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(schema)
+        storage.save_data("face_discretization", np.zeros((3, 6), np.float32))
+        storage.compress_store()
+    # Both new or both carried over: key order decides again.
+    assert _dims(data, "face", 3) == ["face", "face_discretization_component_2"]
+    assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component"]
+
+
 def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> None:
     """Array documents made once per process are shared by items of the same shapes; what
     differs between such items (declared names, a triangle or not, a scalar's kind) must

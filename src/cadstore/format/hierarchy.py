@@ -21,7 +21,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -29,8 +29,10 @@ import numpy as np
 
 from cadstore.errors import CadstoreError, CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import ChunkDecodeError
+from cadstore.format.layout import free_dim_name
 from cadstore.format.limits import DEFAULT_LIMITS, DecodeBudget, Limits
 from cadstore.format.triangle import (
+    ITEM_DIMS,
     ITEM_SHAPE,
     expand_in_place,
     item_attributes,
@@ -54,9 +56,11 @@ if TYPE_CHECKING:
 __all__ = [
     "KIND_ATTRIBUTE",
     "BuildHierarchy",
+    "DimsFor",
     "Hierarchy",
     "ReadHierarchy",
     "default_dims",
+    "item_dim_names",
     "schema_item_dims",
 ]
 
@@ -94,6 +98,9 @@ def schema_item_dims(path: str, declared: Sequence[str]) -> list[str]:
     side in one Zarr group, where xarray needs each name to have one length, and
     ``component`` is 7 long on face samples and 6 long on edge samples. The merged
     dataset puts each group in a Zarr group of its own and keeps the declared names.
+    Two arrays' qualified names may still be spelt alike (``face`` on
+    ``discretization_component``, ``face_discretization`` on ``component``): the item
+    tells them apart when it is published (:func:`item_dim_names`).
 
     Parameters
     ----------
@@ -104,6 +111,64 @@ def schema_item_dims(path: str, declared: Sequence[str]) -> list[str]:
     """
     stem = path.replace("/", "_")
     return [*declared[:1], *(f"{stem}_{name}" for name in declared[1:])]
+
+
+#: How :meth:`BuildHierarchy.put` names an array's dimensions: called with the array's
+#: path and number of dimensions, it gives the names (:func:`schema_item_dims`,
+#: :func:`default_dims`) and how many of the first are shared with other arrays (1 for a
+#: declared primary dimension, 0 when every name is the array's own).
+DimsFor = Callable[[str, int], tuple[list[str], int]]
+
+
+def item_dim_names(
+    arrays: Mapping[str, tuple[Sequence[str], int]], kept: Iterable[str] = ()
+) -> dict[str, list[str]]:
+    """Return the dimension names of an item's arrays, no name of one array's own given
+    to another dimension.
+
+    An item names most dimensions after their array (:func:`default_dims`,
+    :func:`schema_item_dims`), but two arrays' names may be spelt alike: ``face`` on
+    ``discretization_component`` and ``face_discretization`` on ``component`` both give
+    ``face_discretization_component``, and the undeclared ``a_b`` and ``a/b`` both
+    ``a_b_dim_0``. xarray, which reads an item's arrays together, would refuse the item
+    (two lengths for one name) or take both for one dimension. A name is kept by its
+    first claimant: a name in ``kept``, then a shared (primary) name, then the arrays'
+    own names, arrays in path order and each array's names in order; every later
+    claimant takes the first free name by :func:`~cadstore.format.layout.free_dim_name`
+    (``face_discretization_component_2``), free of every name given here or in ``kept``.
+    An item where no two claimants meet keeps every name as given.
+
+    Parameters
+    ----------
+    arrays
+        Path of each array to name -> ``(names, shared)``: its names as made when it was
+        saved, of which the first ``shared`` are shared with other arrays (a declared
+        primary dimension) and are never changed.
+    kept
+        Names that stay as they are: those of arrays carried over from the file an item
+        was reopened from.
+
+    Returns
+    -------
+    dict
+        Path -> names, for every path in ``arrays``.
+    """
+    taken = set(kept)
+    claimed = set(taken)
+    for names, shared in arrays.values():
+        taken.update(names)
+        claimed.update(names[:shared])
+    named: dict[str, list[str]] = {}
+    for path in sorted(arrays):
+        names, shared = arrays[path]
+        given = list(names)
+        for position in range(shared, len(given)):
+            if given[position] in claimed:
+                given[position] = free_dim_name(given[position], taken)
+            else:
+                claimed.add(given[position])
+        named[path] = given
+    return named
 
 
 def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:
@@ -570,19 +635,24 @@ class BuildHierarchy(Hierarchy):
         self.triangles_put: set[str] = set()
         #: What arrays :meth:`put` stored decode to, in bytes (see decoded_nbytes).
         self.decoded_sizes: dict[str, int] = {}
+        #: The dimension names each array :meth:`put` stored was named with, as read (a
+        #: triangle's in full), and how many of them are shared (see :data:`DimsFor`).
+        self.named: dict[str, tuple[tuple[str, ...], int]] = {}
 
     def put(
         self,
         path: str,
         node: Node,
-        dims_for: Callable[[str, int], list[str]],
+        dims_for: DimsFor,
         triangle: Callable[[str], bool] | None = None,
     ) -> None:
         """Encode ``node`` at ``path``, replacing the subtree there.
 
-        ``triangle(path)`` says whether an array at ``path`` is a face-pair array, to be
-        stored as its upper triangle when it is symmetric (Zarr format 3 only; see
-        :mod:`cadstore.format.triangle`).
+        ``dims_for`` names each array's dimensions (see :data:`DimsFor`); names that
+        meet another array's are told apart when the hierarchy is published
+        (:meth:`settle_dims`). ``triangle(path)`` says whether an array at ``path`` is a
+        face-pair array, to be stored as its upper triangle when it is symmetric (Zarr
+        format 3 only; see :mod:`cadstore.format.triangle`).
         """
         if self.kind(path) is not None:
             self.delete(path)
@@ -592,7 +662,7 @@ class BuildHierarchy(Hierarchy):
         self,
         path: str,
         node: Node,
-        dims_for: Callable[[str, int], list[str]],
+        dims_for: DimsFor,
         triangle: Callable[[str], bool] | None,
     ) -> None:
         if isinstance(node, dict):
@@ -602,7 +672,8 @@ class BuildHierarchy(Hierarchy):
             return
         arr, kind = _leaf_to_array(node)
         attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
-        dims = dims_for(path, arr.ndim)
+        dims, shared = dims_for(path, arr.ndim)
+        self.named[path] = (tuple(dims), shared)
         item_shape: tuple[int, ...] | None = None
         item_dims: tuple[str, ...] | None = None
         if (
@@ -617,7 +688,7 @@ class BuildHierarchy(Hierarchy):
             attrs.update(item_attributes(arr.shape, dims))
             item_shape, item_dims = arr.shape, tuple(dims)
             arr = tri
-            dims = [f"{path.replace('/', '_')}_upper", *dims[2:]]
+            dims = [_upper_dim(path), *dims[2:]]
         if self.zarr_format == 3:
             # A v3 array's zarr.json (its attributes too) is a function of these alone;
             # v2 documents also record whether a Delta filter paid off for the data.
@@ -677,12 +748,13 @@ class BuildHierarchy(Hierarchy):
         """
         found = [path for path in self.arrays if path in self.triangles_put]
         for path in found:
-            meta = self.meta(path)
             full = self.read_array(path)
-            dims = list(meta.item_dims or default_dims(path, full.ndim))
+            dims, shared = self.named[path]
 
-            def named(_path: str, _ndim: int, dims: list[str] = dims) -> list[str]:
-                return dims
+            def named(
+                _path: str, _ndim: int, dims: tuple[str, ...] = dims, shared: int = shared
+            ) -> tuple[list[str], int]:
+                return list(dims), shared
 
             # Replaced in place: the array keeps its position among its group's members.
             self._put(path, full, named, None)
@@ -695,6 +767,7 @@ class BuildHierarchy(Hierarchy):
         for array in list(self.iter_arrays(path)):
             self.triangles_put.discard(array)
             self.decoded_sizes.pop(array, None)
+            self.named.pop(array, None)
             del self.arrays[array]
             self.docs.pop(array, None)
             self.doc_json.pop(array, None)
@@ -716,14 +789,78 @@ class BuildHierarchy(Hierarchy):
             return sum(map(len, self.chunks.get(path, {}).values()))
         return sum(len(b) for a in self.iter_arrays(path) for b in self.chunks.get(a, {}).values())
 
+    def settle_dims(self) -> None:
+        """Give the arrays :meth:`put` stored dimension names that meet no other array's.
+
+        The names :meth:`put` was given are settled over the whole hierarchy by
+        :func:`item_dim_names`; the names of arrays carried over from a file
+        (:meth:`from_hierarchy`) are kept. Only the documents of arrays whose names
+        change are rewritten (their chunks do not depend on names); settled again, the
+        names follow the arrays then stored, from the names they were saved with.
+        """
+        if not self.named:
+            return
+        kept: set[str] = set()
+        arrays: dict[str, tuple[Sequence[str], int]] = {}
+        for path in self.arrays:
+            meta = self.meta(path)
+            named = self.named.get(path)
+            if named is None:
+                kept.update(meta.dims or ())
+                kept.update(meta.item_dims or ())
+            elif meta.item_shape is None:
+                arrays[path] = named
+            else:  # a triangle's stored first dimension is a name of its own too
+                arrays[path] = ((*named[0], _upper_dim(path)), named[1])
+        for path, names in item_dim_names(arrays, kept).items():
+            meta = self.meta(path)
+            if meta.item_shape is None:
+                if tuple(names) != meta.dims:
+                    self._rename_dims(path, names, None)
+            else:
+                read, stored = names[:-1], [names[-1], *names[2:-1]]
+                if tuple(stored) != meta.dims or tuple(read) != meta.item_dims:
+                    self._rename_dims(path, stored, read)
+
+    def _rename_dims(self, path: str, stored: list[str], read: list[str] | None) -> None:
+        """Name the dimensions of the array at ``path`` ``stored`` in its documents (and
+        ``read``, the names a triangle is read with, in its attributes)."""
+        meta = self.meta(path)
+        attributes = dict(meta.attributes)
+        if read is not None:
+            attributes[ITEM_DIMS] = list(read)
+        # The documents may be shared with other arrays (_ENCODED_DOCS): copied, not changed.
+        if self.zarr_format == 3:
+            doc = {
+                **self.docs[path]["zarr.json"],
+                "attributes": attributes,
+                "dimension_names": list(stored),
+            }
+            self.docs[path] = {"zarr.json": doc}
+            self.doc_json[path] = _compact_json(doc)
+        else:
+            docs = self.docs[path]
+            self.docs[path] = {
+                ".zarray": docs[".zarray"],
+                ".zattrs": {**docs[".zattrs"], "_ARRAY_DIMENSIONS": list(stored)},
+            }
+        self.arrays[path] = replace(
+            meta,
+            dims=tuple(stored),
+            attributes=attributes,
+            item_dims=None if read is None else tuple(read),
+        )
+
     def members(
         self, root_attributes: Mapping[str, Any] | None = None
     ) -> Iterator[tuple[str, bytes]]:
         """Yield ``(key, bytes)`` for every metadata document and chunk, each key once.
 
         Groups come before their children, each array's metadata before its chunks, so a
-        reader streaming the zip sees metadata first.
+        reader streaming the zip sees metadata first. The dimension names are settled
+        first (:meth:`settle_dims`).
         """
+        self.settle_dims()
         dump = _compact_json
         root_attrs = dict(root_attributes or self.group_attributes.get("", {}))
         below = list(self._members_below("", dump))
@@ -839,6 +976,11 @@ class BuildHierarchy(Hierarchy):
 COPY_EXPANSION = 16
 #: See :data:`COPY_EXPANSION`: what a small zip may always expand to.
 COPY_ALLOWANCE = 1024**2
+
+
+def _upper_dim(path: str) -> str:
+    """The stored first dimension of the item array at ``path`` stored as a triangle."""
+    return f"{path.replace('/', '_')}_upper"
 
 
 def _check_copy_size(

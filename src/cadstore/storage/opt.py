@@ -17,7 +17,9 @@ with ``zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")`` and xa
 names (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in v2): ``<key>_dim_<i>`` for an
 array the schema does not declare; for one it declares, the declared primary dimension and
 the other declared names qualified by the key (``face``, ``face_discretization_sample``,
-see :func:`cadstore.format.hierarchy.schema_item_dims`), so that xarray opens every item.
+see :func:`cadstore.format.hierarchy.schema_item_dims`), so that xarray opens every item;
+two arrays' names spelt alike are told apart when the item is published
+(:func:`cadstore.format.hierarchy.item_dim_names`).
 The item's metadata is ``metadata.json`` at the root of the zip.
 
 Arrays are encoded by cadstore itself (see :mod:`cadstore.format.zarr_nodes`) and every zip
@@ -669,12 +671,14 @@ class OptStorage(NodeStorage):
                 return self._schema.special_processing(group) == MATRIX_FLATTENING
         return path in FACEFACE_ARRAYS
 
-    def _dims_for(self, path: str, ndim: int) -> list[str]:
+    def _dims_for(self, path: str, ndim: int) -> tuple[list[str], int]:
+        """The dimension names of the array at ``path`` and how many are shared (see
+        :data:`cadstore.format.hierarchy.DimsFor`): the declared primary dimension is."""
         if self._schema is not None:
             dims = self._schema.dims_for(path)
             if dims is not None and len(dims) == ndim:
-                return schema_item_dims(path, dims)
-        return default_dims(path, ndim)
+                return schema_item_dims(path, dims), min(ndim, 1)
+        return default_dims(path, ndim), 0
 
     def _delete_node(self, key: str) -> None:
         assert isinstance(self._hier, BuildHierarchy)
