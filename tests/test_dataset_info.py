@@ -255,6 +255,97 @@ def test_a_set_attributes_conflict_names_the_items(tmp_path: Path) -> None:
     assert attribute_rows(tmp_path / "f.attribset", "face_types") == {0: "round", 1: "cone"}
 
 
+def _described_items(folder: Path, labels: list[Any]) -> list[str]:
+    """One small item per ``face_types`` label of code 0, named ``p0``, ``p1``..."""
+    files = []
+    for index, label in enumerate(labels):
+        with OptStorage(folder / f"p{index}.zarr") as item:
+            item.save_data("face_areas", np.ones(2, dtype=np.float32))
+            item.save_metadata("descriptions", {"face_types": {"0": label}})
+            item.compress_store()
+        files.append(str(folder / f"p{index}.zarr.data"))
+    return files
+
+
+def _attribute_descriptions(path: Path, table: str) -> dict[int, tuple[str, str]]:
+    frame = pd.read_parquet(path)
+    rows = frame[frame["table_name"] == table]
+    return {
+        int(code): (name, description)
+        for code, name, description in zip(
+            rows["id"], rows["name"], rows["description"], strict=True
+        )
+    }
+
+
+def test_a_label_given_two_descriptions_is_warned_of_by_its_descriptions(
+    tmp_path: Path,
+) -> None:
+    """A code given one label name with two descriptions was warned of as "code 0 is
+    'plane' (item 'p0') and 'plane' (item 'p1'); keeping 'plane'": the same name twice,
+    not what differs. The warning quotes the descriptions, naming the items of each; the
+    first label is kept, description and all. Labels differing in their names are named as
+    before, and, when some names are alike too, each with its description."""
+    plane = {"name": "plane", "description": "Flat face"}
+    files = _described_items(
+        tmp_path,
+        [plane, {"name": "plane", "description": "Planar surface"}, "plane", plane],
+    )
+    info = DatasetInfo(files, tmp_path / "f.infoset", tmp_path / "f.attribset")
+    info.parse_info_files()
+    info.build_code_mappings(files)
+    info.store_info_to_parquet()
+    warning = (
+        "description table 'face_types': code 0 is 'plane' with different descriptions, "
+        "'Flat face' (2 items, first 'p0'), 'Planar surface' (item 'p1') and none (item "
+        "'p2'); keeping 'Flat face'"
+    )
+    assert info.warnings.count(warning) == 1, info.warnings
+    assert _attribute_descriptions(tmp_path / "f.attribset", "face_types") == {
+        0: ("plane", "Flat face")
+    }
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    files = _described_items(mixed, [plane, {"name": "plane"}, {"name": "flat"}])
+    info = DatasetInfo(files, mixed / "f.infoset", mixed / "f.attribset")
+    info.parse_info_files()
+    info.build_code_mappings(files)
+    info.store_info_to_parquet()
+    warning = (
+        "description table 'face_types': code 0 is 'plane' described 'Flat face' (item "
+        "'p0'), 'plane' with no description (item 'p1') and 'flat' with no description "
+        "(item 'p2'); keeping 'plane' described 'Flat face'"
+    )
+    assert info.warnings.count(warning) == 1, info.warnings
+
+
+def test_set_attributes_giving_a_label_another_description_is_warned_of_by_it(
+    tmp_path: Path,
+) -> None:
+    """The same for a label of :meth:`DatasetInfo.set_attributes` against the items'
+    (and against an earlier call's): the descriptions are quoted, the first kept."""
+    files = _described_items(tmp_path, [{"name": "plane", "description": "Planar surface"}])
+    info = DatasetInfo(files, tmp_path / "f.infoset", tmp_path / "f.attribset")
+    info.parse_info_files()
+    info.set_attributes({0: {"name": "plane", "description": "Flat face"}}, "face_types")
+    info.set_attributes({0: {"name": "plane", "description": "Even face"}}, "face_types")
+    info.build_code_mappings(files)
+    info.store_info_to_parquet()
+    expected = [
+        "description table 'face_types': code 0 is 'plane' with different descriptions, "
+        "'Flat face' and 'Even face' (in set_attributes); keeping 'Flat face'",
+        "attribute table 'face_types': code 0 is 'plane' with different descriptions, "
+        "'Flat face' from set_attributes and 'Planar surface' in the items' descriptions "
+        "(item 'p0'); keeping 'Flat face'",
+    ]
+    for warning in expected:
+        assert info.warnings.count(warning) == 1, info.warnings
+    assert _attribute_descriptions(tmp_path / "f.attribset", "face_types") == {
+        0: ("plane", "Flat face")
+    }
+
+
 def test_set_attributes_adds_a_table(items: Any, tmp_path: Path) -> None:
     data, summaries = items
     info = DatasetInfo(summaries, tmp_path / "f.infoset", tmp_path / "f.attribset")

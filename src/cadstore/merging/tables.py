@@ -256,6 +256,47 @@ def _items_text(names: Sequence[str]) -> str:
     return f"{len(names)} items, first {names[0]!r}"
 
 
+def _labels_clash_text(labels: Sequence[tuple[_Attribute, str]]) -> str:
+    """What a warning says of a code given several labels, the first kept: ``is ...;
+    keeping ...``.
+
+    ``labels`` are ``(label, whose)``, ``whose`` saying where each comes from (``(item
+    'p0')``, ``from set_attributes``; may be empty). Labels of different names are named;
+    one name with different descriptions is named once, with the descriptions quoted
+    (``is 'plane' with different descriptions, 'Flat face' (item 'p0') and 'Planar'
+    (item 'p1'); keeping 'Flat face'``); when some names differ and some are alike, each
+    label is named with its description.
+    """
+
+    def listed(parts: list[str]) -> str:
+        return f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+    def placed(text: str, whose: str) -> str:
+        return f"{text} {whose}" if whose else text
+
+    def description(attribute: _Attribute) -> str:
+        return "none" if attribute.description == NOT_SET else repr(attribute.description)
+
+    def described(attribute: _Attribute) -> str:
+        if attribute.description == NOT_SET:
+            return f"{attribute.name!r} with no description"
+        return f"{attribute.name!r} described {attribute.description!r}"
+
+    first = labels[0][0]
+    names = {attribute.name for attribute, _ in labels}
+    if len(names) == len(labels):
+        held = [placed(repr(attribute.name), whose) for attribute, whose in labels]
+        return f"is {listed(held)}; keeping {first.name!r}"
+    if len(names) == 1:
+        held = [placed(description(attribute), whose) for attribute, whose in labels]
+        return (
+            f"is {first.name!r} with different descriptions, {listed(held)}; "
+            f"keeping {description(first)}"
+        )
+    held = [placed(described(attribute), whose) for attribute, whose in labels]
+    return f"is {listed(held)}; keeping {described(first)}"
+
+
 def _is_code(value: Any, code: int) -> bool:
     """Whether an integer or bool ``value`` of a categorical field is its own ``code``."""
     return (isinstance(value, int) or _is_numpy_int(value)) and int(value) == code
@@ -469,12 +510,11 @@ class DatasetInfo:
             )
         for table, code in self._clashes:
             labels = self._labelled[(table, code)]
-            held = [f"{name!r} ({_items_text(items)})" for (name, _), items in labels.items()]
-            first = next(iter(labels))[0]
-            self._warn(
-                f"description table {table!r}: code {code} is {', '.join(held[:-1])} and "
-                f"{held[-1]}; keeping {first!r}"
-            )
+            held = [
+                (_Attribute(name, description), f"({_items_text(items)})")
+                for (name, description), items in labels.items()
+            ]
+            self._warn(f"description table {table!r}: code {code} {_labels_clash_text(held)}")
 
     def _where(self, path: str) -> Location:
         return resolve(path, self.storage_options, shared=True)
@@ -671,10 +711,8 @@ class DatasetInfo:
             elif known != attribute and item is not None:
                 self._clashes[(table, code)] = None
             elif known != attribute:
-                self._warn(
-                    f"description table {table!r}: code {code} is {known.name!r} and "
-                    f"{attribute.name!r} (in {where}); keeping {known.name!r}"
-                )
+                clash = _labels_clash_text([(known, ""), (attribute, f"(in {where})")])
+                self._warn(f"description table {table!r}: code {code} {clash}")
 
     # ------------------------------------------------------------------ codes
     def build_code_mappings(self, zip_files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
@@ -961,12 +999,14 @@ class DatasetInfo:
                 if known is None:
                     target[code] = attribute
                 elif known != attribute:
-                    self._warn(
-                        f"attribute table {name!r}: code {code} is {known.name!r} from "
-                        f"set_attributes and {attribute.name!r} in the items' descriptions "
-                        f"({self._label_source(name, code, attribute)}); keeping "
-                        f"{known.name!r}"
+                    items = self._label_source(name, code, attribute)
+                    clash = _labels_clash_text(
+                        [
+                            (known, "from set_attributes"),
+                            (attribute, f"in the items' descriptions ({items})"),
+                        ]
                     )
+                    self._warn(f"attribute table {name!r}: code {code} {clash}")
         for fld in self._fields.values():
             if fld.route == CATEGORICAL:
                 self._add_categorical_table(tables, fld.key)
