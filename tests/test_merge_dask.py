@@ -503,3 +503,120 @@ def test_cluster_merge_detects_symmetry_in_every_item(
                 assert value.dtype == expected.dtype, (code, name)
                 assert value.size == expected.size, (code, name)
                 assert value.tobytes() == expected.tobytes(), (code, name)
+
+
+@pytest.fixture
+def threads_client() -> Iterator[distributed.Client]:
+    """A client of an in-process cluster (worker threads), whose tasks see the test's
+    monkeypatches."""
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+def _nothing_published(out: Path) -> None:
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.mark.parametrize("step", ["scan", "shards"])
+def test_an_os_error_in_a_task_is_reported_as_itself(
+    threads_client: distributed.Client,
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """An OSError raised by a task (a read the file system refused: EIO on a shared disk)
+    was reported as "lost the Dask cluster ... run the merge again", which no rerun
+    mends. It is reported as the StorageError it is, naming the item and the problem;
+    nothing is published."""
+    import errno
+
+    from cadstore.errors import StorageError
+    from cadstore.merging import distributed as on_dask
+
+    failing = items[5]
+    name = "scan_item" if step == "scan" else "decode_item"
+    real = getattr(on_dask, name)
+
+    def refused(location: Any, *args: Any, **kwargs: Any) -> Any:
+        if location.path == str(failing):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(location, *args, **kwargs)
+
+    monkeypatch.setattr(on_dask, name, refused)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    with pytest.raises(StorageError) as caught:
+        merge_items(items, out, shard_bytes=SHARD_BYTES, client=threads_client)
+    assert caught.value.path == str(failing)
+    assert "Input/output error" in caught.value.problem
+    assert "lost the Dask cluster" not in str(caught.value)
+    _nothing_published(out)
+
+
+def test_an_os_error_in_a_mapped_call_is_raised_as_itself(
+    threads_client: distributed.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the checks the driver maps onto the cluster (integers into floats):
+    the task's OSError is raised as it is, naming its file."""
+    from cadstore.merging import write
+
+    paths = [
+        write_arrays(tmp_path / f"{name}.zarr", {"faces/v": value})
+        for name, value in (("a", np.array([2**62 + 1, 3])), ("b", np.array([0.5, 1.5])))
+    ]
+
+    def refused(location: Any, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", location.path)
+
+    monkeypatch.setattr(write, "decode_item", refused)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    with pytest.raises(PermissionError, match="Permission denied") as caught:
+        merge_items(paths, out, client=threads_client)
+    assert caught.value.filename == str(paths[0])
+    _nothing_published(out)
+
+
+def test_a_cluster_lost_during_a_merge_is_reported_as_lost(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the loss of the cluster itself is "lost the Dask cluster": here its scheduler
+    and workers close while shard tasks run."""
+    from cadstore.merging import distributed as on_dask
+
+    real = on_dask.decode_item
+    started = threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        time.sleep(2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(on_dask, "decode_item", slow)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+    )
+    with distributed.Client(cluster) as dask_client:
+
+        def close_when_started() -> None:
+            if started.wait(60):
+                cluster.close()
+
+        closer = threading.Thread(target=close_when_started)
+        closer.start()
+        try:
+            with pytest.raises(MergeError, match="lost the Dask cluster"):
+                merge_items(items, out, shard_bytes=SHARD_BYTES, client=dask_client)
+        finally:
+            closer.join()
+            cluster.close()
+    _nothing_published(out)

@@ -16,18 +16,22 @@ What runs where
 
 Tasks are pure functions of their inputs, so a task whose worker dies is simply run again
 elsewhere (Dask does this up to ``distributed.scheduler.allowed-failures`` times). When a
-task cannot be completed the merge stops with a :class:`~cadstore.errors.MergeError` and
-nothing is published.
+task cannot be completed (its workers kept dying, or the cluster was lost) the merge stops
+with a :class:`~cadstore.errors.MergeError` and nothing is published; an error a task
+raised itself stops it as that error (an OSError reading an item as a
+:class:`~cadstore.errors.StorageError` naming the item), as in one process.
 
 Dask is optional: install ``cadstore[dask]``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -83,6 +87,36 @@ _PATH_ERRORS: dict[str, type[StorageError]] = {
 }
 
 
+_T = TypeVar("_T")
+
+
+def _reading(location: Location, read: Callable[[], _T]) -> _T:
+    """``read()`` of the item at ``location`` in a task, an OSError it raises (a read
+    the file system refused, such as EIO on a shared disk) made a StorageError naming
+    the item: raised as it is, it would reach the driver naming no item (and a
+    :class:`~cadstore.errors.CadstoreError` travels back as a :class:`_Failure`)."""
+    try:
+        return read()
+    except CadstoreError:
+        raise
+    except OSError as exc:
+        raise StorageError(
+            location.path, f"reading it on a Dask worker failed ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _let_go(futures: Iterable[Any], cancel: bool = False) -> None:
+    """Release (or cancel) ``futures``, whatever the state of the cluster: once it is
+    lost, the client refuses to (``ClosedClientError``), and that must not take the
+    place of the error that ended the work."""
+    for future in futures:
+        with contextlib.suppress(Exception):
+            if cancel:
+                future.cancel()
+            else:
+                future.release()
+
+
 def _captured(run: Callable[[], Any]) -> Any:
     try:
         return run()
@@ -103,7 +137,12 @@ def _raise_failure(failure: _Failure) -> None:
 
 
 def _result(future: Any, what: str) -> Any:
-    """The result of ``future``, with cluster failures turned into a MergeError."""
+    """The result of ``future``, with cluster failures turned into a MergeError.
+
+    An error the task raised itself (the future's status is ``"error"``; an OSError
+    among them) is raised as it is: only the loss of the scheduler or the workers (a
+    cancelled future, a closed connection) is reported as a lost cluster.
+    """
     distributed = require_distributed()
     try:
         out = future.result()
@@ -115,6 +154,8 @@ def _result(future: Any, what: str) -> Any:
             "was published. Check the workers' memory limit and logs, then run again"
         ) from exc
     except (OSError, TimeoutError, distributed.client.FutureCancelledError) as exc:
+        if future.status == "error":
+            raise  # the task's own error, not the cluster's
         raise MergeError(
             f"{what}: lost the Dask cluster ({type(exc).__name__}: {exc}); nothing was "
             "published, run the merge again"
@@ -146,15 +187,17 @@ def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
         try:
             return [out for future in futures for out in _result(future, what)]
         finally:
-            for future in futures:
-                future.release()
+            _let_go(futures)
 
     return run
 
 
 # ---------------------------------------------------------------------------- scan
 def _scan_batch(locations: Sequence[Location], limits: Limits) -> Any:
-    return _captured(lambda: [scan_item(loc, limits, scalars=True) for loc in locations])
+    def scan(location: Location) -> ItemScan | tuple[str, str]:
+        return _reading(location, functools.partial(scan_item, location, limits, scalars=True))
+
+    return _captured(lambda: [scan(location) for location in locations])
 
 
 def scan_on_dask(
@@ -171,8 +214,7 @@ def scan_on_dask(
         for future in futures:
             yield from _result(future, "scanning items")
     finally:
-        for future in futures:
-            future.release()
+        _let_go(futures)
 
 
 # ---------------------------------------------------------------------------- shards
@@ -238,8 +280,12 @@ def _encode_units(
                     continue
                 arrays = decoded.get(code)
                 if arrays is None:
-                    arrays = decoded[code] = decode_item(
-                        items[code], sorted(wanted[code]), limits, triangles
+                    location = items[code]
+                    arrays = decoded[code] = _reading(
+                        location,
+                        functools.partial(
+                            decode_item, location, sorted(wanted[code]), limits, triangles
+                        ),
                     )
                 arr = item_rows(arrays[key], layout, n_rows, items[code].path, key)
                 parts.append(arr[lo:hi])
@@ -416,6 +462,5 @@ def write_shards_on_dask(
                 del results[need]
                 finished += 1
     finally:
-        for future in futures.values():
-            future.cancel()
+        _let_go(futures.values(), cancel=True)
     return _raw_bytes(scans, groups)
