@@ -240,6 +240,14 @@ def test_an_item_reopened_keeps_its_arrays_names(tmp_path: Path) -> None:
     # Both new or both carried over: key order decides again.
     assert _dims(data, "face", 3) == ["face", "face_discretization_component_2"]
     assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component"]
+    with OptStorage(tmp_path / "part.zarr", mode="w") as storage:
+        storage.set_schema(schema)
+        storage.save_data("face", np.zeros((3, 7), np.float32))
+        storage.save_data("face_discretization", np.zeros((3, 6), np.float32))
+        storage.compress_store()
+        assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component_2"]
+        storage.delete_data("face")  # no longer met: the name it was saved with
+    assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component"]
 
 
 def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> None:

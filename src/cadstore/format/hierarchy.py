@@ -638,6 +638,8 @@ class BuildHierarchy(Hierarchy):
         #: The dimension names each array :meth:`put` stored was named with, as read (a
         #: triangle's in full), and how many of them are shared (see :data:`DimsFor`).
         self.named: dict[str, tuple[tuple[str, ...], int]] = {}
+        #: Arrays :meth:`settle_dims` gave names other than those (until put again).
+        self.renamed: set[str] = set()
 
     def put(
         self,
@@ -674,6 +676,7 @@ class BuildHierarchy(Hierarchy):
         attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
         dims, shared = dims_for(path, arr.ndim)
         self.named[path] = (tuple(dims), shared)
+        self.renamed.discard(path)
         item_shape: tuple[int, ...] | None = None
         item_dims: tuple[str, ...] | None = None
         if (
@@ -768,6 +771,7 @@ class BuildHierarchy(Hierarchy):
             self.triangles_put.discard(array)
             self.decoded_sizes.pop(array, None)
             self.named.pop(array, None)
+            self.renamed.discard(array)
             del self.arrays[array]
             self.docs.pop(array, None)
             self.doc_json.pop(array, None)
@@ -801,26 +805,44 @@ class BuildHierarchy(Hierarchy):
         if not self.named:
             return
         kept: set[str] = set()
+        if len(self.named) < len(self.arrays):
+            for path in self.arrays:
+                if path not in self.named:
+                    meta = self.meta(path)
+                    kept.update(meta.dims or ())
+                    kept.update(meta.item_dims or ())
+        if not self.renamed and not self._names_meet(kept):
+            return  # every array keeps the names it was saved with: the usual item
         arrays: dict[str, tuple[Sequence[str], int]] = {}
-        for path in self.arrays:
-            meta = self.meta(path)
-            named = self.named.get(path)
-            if named is None:
-                kept.update(meta.dims or ())
-                kept.update(meta.item_dims or ())
-            elif meta.item_shape is None:
-                arrays[path] = named
-            else:  # a triangle's stored first dimension is a name of its own too
+        for path, named in self.named.items():
+            if path in self.triangles_put:  # a triangle's stored first dimension too
                 arrays[path] = ((*named[0], _upper_dim(path)), named[1])
+            else:
+                arrays[path] = named
         for path, names in item_dim_names(arrays, kept).items():
             meta = self.meta(path)
-            if meta.item_shape is None:
+            if path not in self.triangles_put:
                 if tuple(names) != meta.dims:
                     self._rename_dims(path, names, None)
             else:
                 read, stored = names[:-1], [names[-1], *names[2:-1]]
                 if tuple(stored) != meta.dims or tuple(read) != meta.item_dims:
                     self._rename_dims(path, stored, read)
+            if names != list(arrays[path][0]):
+                self.renamed.add(path)
+            else:
+                self.renamed.discard(path)
+
+    def _names_meet(self, kept: set[str]) -> bool:
+        """Whether a name of an array's own, among the arrays :meth:`put` stored, is
+        another array's too, or one of ``kept`` (see :meth:`settle_dims`)."""
+        claimed = set(kept)
+        own: list[str] = [_upper_dim(path) for path in self.triangles_put]
+        for names, shared in self.named.values():
+            claimed.update(names[:shared])
+            own.extend(names[shared:])
+        distinct = set(own)
+        return len(distinct) < len(own) or not distinct.isdisjoint(claimed)
 
     def _rename_dims(self, path: str, stored: list[str], read: list[str] | None) -> None:
         """Name the dimensions of the array at ``path`` ``stored`` in its documents (and
