@@ -476,14 +476,20 @@ def test_the_check_on_open_replaces_a_tagged_size_record(tmp_path: Path, tagged:
 
 
 def _stale_sizes_store(where: Path) -> None:
-    """A store whose ``metadata.json`` the check on open corrects, from ordinary use: the
-    size recorded for ``graph/b`` is that of ``graph.json`` before ``graph/c`` was added."""
+    """A store whose ``metadata.json`` the check on open corrects: the size recorded for
+    ``graph/b`` is that of ``graph.json`` before ``graph/c`` was added, as cadstore left
+    it before a save into a dict file recorded the file's size for all its entries."""
     with JsonStorageHandler(where) as storage:
         storage.save_data("face_areas", np.arange(3.0))
         storage.save_data("graph", {"a": np.arange(3)})
         storage.save_data("graph/b", np.arange(300))
+        old_kb = _kb(where / "graph.json")
         storage.save_data("graph/c", np.arange(300))
         storage.save_metadata("author", "me")
+    doc = json.loads((where / "metadata.json").read_text())
+    assert doc["file_sizes_KB"]["graph"]["b"] != old_kb
+    doc["file_sizes_KB"]["graph"]["b"] = old_kb
+    (where / "metadata.json").write_text(json.dumps(doc))
 
 
 @pytest.mark.parametrize("case", ["clean", "needs_mending"])
@@ -569,3 +575,42 @@ def test_a_file_written_before_the_check_is_sized_as_written(tmp_path: Path) -> 
     with JsonStorageHandler(where, read_only=True) as reopened:
         assert_same(reopened.load_data("graph/d"), np.arange(500), "graph/d")
         assert reopened.load_metadata("author") == "me"
+
+
+@pytest.mark.parametrize("change", ["save", "save_again", "delete", "delete_from_a_saved_dict"])
+def test_a_change_inside_a_dict_file_records_its_size_for_every_entry(
+    tmp_path: Path, change: str
+) -> None:
+    """Saving ``graph/c`` into ``graph.json`` recorded the new size of the file at
+    ``graph/c`` only: the size recorded for ``graph/b``, held in the same file, stayed
+    that of the file before. Every open corrected it in memory and the next change wrote
+    it, unless that change was another save into the file, so ordinary use left sizes an
+    open would correct, again and again. A change inside a dict file now records the
+    file's new size for each entry it holds: a reopened storage has nothing to correct,
+    and a change of its own writes the sizes as they were."""
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("face_areas", np.arange(3.0))
+        storage.save_data("graph", {"a": np.arange(3)})
+        storage.save_data("graph/b", np.arange(300))
+        storage.save_data("graph/c", np.arange(300))
+        if change == "save_again":
+            storage.save_data("graph/b", np.arange(600))
+        elif change == "delete":
+            storage.save_data("graph/d", np.arange(900))
+            storage.delete_data("graph/d")
+        elif change == "delete_from_a_saved_dict":
+            storage.save_data("graph", {"a": np.arange(3), "b": np.arange(900)})
+            storage.delete_data("graph/b")
+    graph_kb = _kb(where / "graph.json")
+    doc = json.loads((where / "metadata.json").read_text())
+    if change == "delete_from_a_saved_dict":
+        assert doc["file_sizes_KB"]["graph"] == graph_kb
+    else:
+        assert doc["file_sizes_KB"]["graph"] == {"b": graph_kb, "c": graph_kb}
+    with JsonStorageHandler(where) as reopened:
+        assert reopened.load_metadata("file_sizes_KB") == doc["file_sizes_KB"]
+        reopened.save_metadata("touched", 1)
+    again = json.loads((where / "metadata.json").read_text())
+    assert again.pop("touched") == 1
+    assert again == doc

@@ -27,7 +27,9 @@ stem, lists of numbers load as arrays.
 Every file is written atomically (temporary file, fsync, rename).
 
 ``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
-the file: a writer killed between the two left it claiming the file's old size, or none.
+the file. Saving a key into a dict file (or deleting one from it) rewrites the file, and
+the size recorded for each key the file holds becomes the file's new size. A writer
+killed between writing a file and ``metadata.json`` left it claiming the old size, or none.
 The sizes are therefore checked against the files when the storage reads its metadata
 (one size query per file; their contents are read at open anyway): each size
 recorded for a key held in a file is that file's size, and each key saved to a file has
@@ -183,10 +185,12 @@ class JsonStorageHandler(NodeStorage):
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise CorruptStoreError(path, f"not valid JSON: {exc}") from exc
 
-    def _write_json(self, name: str, obj: Any) -> None:
+    def _write_json(self, name: str, obj: Any) -> int:
+        """Write ``obj`` to the file ``name``, atomically; return the bytes written."""
         self._scanned_sizes.pop(name, None)
-        text = jsoncodec.dumps(obj, indent=1)
-        write_bytes_atomic(self._location.child(name), text.encode("utf-8"))
+        data = jsoncodec.dumps(obj, indent=1).encode("utf-8")
+        write_bytes_atomic(self._location.child(name), data)
+        return len(data)
 
     def _scan(self) -> None:
         if not self._fs.isdir(self._dir):
@@ -257,7 +261,8 @@ class JsonStorageHandler(NodeStorage):
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStoreError(self._path(name), f"cannot decode value: {exc}") from exc
 
-    def _store_file(self, key: str, node: Node) -> None:
+    def _store_file(self, key: str, node: Node) -> int:
+        """Write ``node`` to the file of ``key``; return the bytes written."""
         name = _file_name(key)
         owner = next((k for k, (n, _) in self._index.items() if n == name and k != key), None)
         if owner is not None:
@@ -265,8 +270,9 @@ class JsonStorageHandler(NodeStorage):
                 f"key {key!r} and the stored key {owner!r} both map to the file {name!r}; "
                 "rename one of them"
             )
-        self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
+        written = self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
         self._index[key] = (name, isinstance(node, dict))
+        return written
 
     def _remove(self, name: str) -> None:
         """Delete the file ``name`` of the storage's directory."""
@@ -344,7 +350,10 @@ class JsonStorageHandler(NodeStorage):
             if not isinstance(parent, dict) or parts[-1] not in parent:
                 raise KeyError(key)
             del parent[parts[-1]]
-            self._store_file(owner, value)
+            written = self._store_file(owner, value)
+            # The file's other entries have its new size (the key's own went first).
+            if self._size_dict_file(owner, size_in_kb(written)):
+                self._write_metadata_document(self._metadata)
             return
         children = self._descendants(key)
         if not children:
@@ -446,6 +455,41 @@ class JsonStorageHandler(NodeStorage):
             set_nested_size(sizes, key, want)
             changed = True
         return changed
+
+    def _record_size(self, key: str, nbytes: int) -> None:
+        # A key saved into a dict file changed that file: each entry it holds has the
+        # file's new size, not only the key saved (as the check on open would find).
+        owner = self._file_ancestor(key)
+        if owner is not None:
+            self._size_dict_file(owner, size_in_kb(nbytes))
+        super()._record_size(key, nbytes)
+
+    def _size_dict_file(self, owner: str, kb: float) -> bool:
+        """Record ``kb``, the size of the dict file of ``owner``, for every key it holds;
+        return whether any record changed.
+
+        Each size recorded at or below ``owner`` becomes ``kb``; with none recorded
+        there, ``kb`` is recorded at ``owner``: the sizes :meth:`_true_sizes` gives,
+        so that a storage opened after the change has none to correct.
+        """
+        doc = self._metadata
+        recorded = _nested(doc.get(SIZES_METADATA_KEY), owner)
+        if is_size_section(recorded) and recorded:
+            changed = False
+            pending = [recorded]
+            while pending:
+                node = pending.pop()
+                for part, value in node.items():
+                    if is_size_section(value):
+                        pending.append(value)
+                    elif is_size(value) and value != kb:
+                        node[part] = kb
+                        changed = True
+            return changed
+        if is_size(recorded) and recorded == kb:
+            return False
+        set_nested_size(sizes_section(doc), owner, kb)
+        return True
 
     def _write_metadata_document(self, doc: dict[str, Any]) -> None:
         if self._read_only:
