@@ -525,14 +525,16 @@ def test_opening_writable_and_closing_writes_nothing(tmp_path: Path, case: str) 
 
 
 @pytest.mark.parametrize("read_only", [True, False])
-def test_opening_queries_each_files_size_once(
+def test_opening_queries_no_files_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
 ) -> None:
     """The scan of the directory queried each file's size (against the limit on what it
     parses), and the check of the recorded sizes queried it again: two HEAD requests per
-    file to open a store on S3. The check uses the scan's size now: one query per file,
-    counted through the file system's ``size``, for a store whose sizes need correcting
-    (so that the check looks at every file) and whose data all reads back."""
+    file to open a store on S3. The scan took one out; the read of each file now gives
+    its size too (it is bounded instead, see ``test_a_file_over_the_limit_is_refused``):
+    no query of a size, counted through the file system's ``size``, for a store whose
+    sizes need correcting (so that the check looks at every file) and whose data all
+    reads back."""
     from cadstore.io.filesystems import LocalFileSystem
 
     where = tmp_path / "store"
@@ -550,8 +552,7 @@ def test_opening_queries_each_files_size_once(
     monkeypatch.setattr(LocalFileSystem, "size", counted)
     with JsonStorageHandler(where, read_only=read_only) as storage:
         sizes = storage.load_metadata("file_sizes_KB")
-        names = sorted(os.listdir(where))
-        assert calls == dict.fromkeys(names, 1), calls
+        assert calls == {}, calls
         assert sizes["graph"] == {"b": _kb(where / "graph.json"), "c": _kb(where / "graph.json")}
         assert sizes["faces"] == {
             "ids": _kb(where / "faces_ids.json"),
@@ -614,3 +615,32 @@ def test_a_change_inside_a_dict_file_records_its_size_for_every_entry(
     again = json.loads((where / "metadata.json").read_text())
     assert again.pop("touched") == 1
     assert again == doc
+
+
+def test_a_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is read once, with no size query first, and at most one byte past the
+    limit on what the store parses: a file that gives them is refused, named, whether
+    the scan at open or a load reads it; a file within the limit reads whole."""
+    from cadstore.io.filesystems import LocalFileSystem
+    from cadstore.storage import json_handler
+
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("small", 1)
+        storage.save_data("big", np.arange(200))
+    limit = (where / "small.json").stat().st_size
+    asked: list[int] = []
+    real = LocalFileSystem.read_at_most
+
+    def counted(self: LocalFileSystem, path: str, nbytes: int) -> bytes:
+        asked.append(nbytes)
+        return real(self, path, nbytes)
+
+    monkeypatch.setattr(LocalFileSystem, "read_at_most", counted)
+    monkeypatch.setattr(json_handler, "MAX_JSON_BYTES", limit)
+    with pytest.raises(CorruptStoreError, match=rf"big\.json.*{limit} byte limit"):
+        JsonStorageHandler(where, read_only=True)
+    assert set(asked) == {limit + 1}
+    (where / "big.json").unlink()
+    with JsonStorageHandler(where, read_only=True) as reader:
+        assert reader.load_data("small") == 1

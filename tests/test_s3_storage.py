@@ -487,3 +487,83 @@ def test_a_zarr_v2_item_is_a_directory_of_objects_too(s3: S3) -> None:
         again.save_data("edge_lengths", np.ones(2))
     with OptStorage(url, storage_options=s3.options(), mode="r") as reader:
         assert reader.get_keys() == ["edge_lengths"]
+
+
+def _count_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record ``(operation, key name)`` of every request s3fs sends from now on."""
+    sent: list[tuple[str, str]] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self: s3fs.S3FileSystem, method: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, str(kwargs.get("Key", "")).rsplit("/", 1)[-1]))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    return sent
+
+
+def test_a_json_value_loads_with_one_request(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a value of a JSON store queried its file's size (a HEAD, against the limit
+    on what it parses) and then read it (a GET): two requests. It is one ranged GET now,
+    of at most one byte past the limit, for a key with its own file, a key inside a dict
+    file and a group of files (one per file); opening queries no file's size either."""
+    url = s3.url("json_requests", "store")
+    values: dict[str, Any] = {
+        "face_areas": np.arange(3.0),
+        "graph": {"a": np.arange(2), "n": 3},
+        "graph/a": np.arange(2),
+        "faces": {"ids": np.arange(4), "n": 7},
+    }
+    files = {
+        "face_areas": ["face_areas.json"],
+        "graph": ["graph.json"],
+        "graph/a": ["graph.json"],
+        "faces": ["faces_ids.json", "faces_n.json"],
+    }
+    with JsonStorageHandler(url, storage_options=s3.options()) as storage:
+        for key in ("face_areas", "graph", "faces/ids", "faces/n"):
+            value = values[key] if key in values else values["faces"][key.split("/")[1]]
+            storage.save_data(key, value)
+    sent = _count_requests(monkeypatch)
+    with JsonStorageHandler(url, storage_options=s3.options(), read_only=True) as storage:
+        storage.load_metadata()
+        names = {name for names in files.values() for name in names} | {"metadata.json"}
+        opened = sorted(r for r in sent if r[1].endswith(".json"))
+        assert opened == [("get_object", name) for name in sorted(names)], sent
+        for key, value in values.items():
+            sent.clear()
+            assert_same(storage.load_data(key), value, key)
+            assert sorted(sent) == [("get_object", name) for name in files[key]], (key, sent)
+
+
+def test_a_json_file_over_the_limit_is_refused_on_s3(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit on what a JSON store parses holds without a size query: the one read
+    fetches at most one byte more than the limit, and a file that fills it is refused."""
+    from cadstore.storage import json_handler
+
+    url = s3.url("json_limit", "store")
+    with JsonStorageHandler(url, storage_options=s3.options()) as storage:
+        storage.save_data("small", 1)
+        storage.save_data("big", np.arange(200))
+        small = len(s3.client().cat_file(f"{url}/small.json"))
+    monkeypatch.setattr(json_handler, "MAX_JSON_BYTES", small)
+    with pytest.raises(CorruptStoreError, match=rf"big\.json.*{small} byte limit"):
+        JsonStorageHandler(url, storage_options=s3.options(), read_only=True)
+
+
+def test_an_empty_json_file_on_s3_is_named_as_not_json(s3: S3) -> None:
+    """A ranged read of an empty object is refused by the server (416: no byte 0): it
+    reads as empty, and the store names the file as not valid JSON, as on local disk."""
+    url = s3.url("json_empty", "store")
+    with JsonStorageHandler(url, storage_options=s3.options()) as storage:
+        storage.save_data("a", 1)
+    s3.client().pipe_file(f"{url}/empty.json", b"")
+    fs, _ = filesystem_for(url, s3.options())
+    assert fs.read_at_most(f"{url}/empty.json", 10) == b""
+    assert fs.read_at_most(f"{url}/a.json", 4) == s3.client().cat_file(f"{url}/a.json")[:4]
+    with pytest.raises(FileNotFoundError):
+        fs.read_at_most(f"{url}/missing.json", 10)
+    with pytest.raises(CorruptStoreError, match=r"empty\.json.*not valid JSON"):
+        JsonStorageHandler(url, storage_options=s3.options(), read_only=True)

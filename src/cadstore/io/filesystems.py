@@ -140,6 +140,20 @@ class FileSystem(ABC):
     def read_bytes(self, path: str) -> bytes:
         """Return the contents of file ``path``."""
 
+    def read_at_most(self, path: str, nbytes: int) -> bytes:
+        """Return the first ``nbytes`` bytes of file ``path``: all of it if it is shorter.
+
+        One request on an object store, and no size query: a caller with a limit on
+        what it reads asks for one byte past it, and refuses the file if it gets them.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        """
+        with self.open_read(path) as fh:
+            return _read_up_to(fh, nbytes)
+
     @abstractmethod
     def open_read(self, path: str) -> IO[bytes]:
         """Open ``path`` for random-access binary reading."""
@@ -260,6 +274,12 @@ class LocalFileSystem(FileSystem):
     def read_bytes(self, path: str) -> bytes:
         with self.open_read(path) as fh:
             return fh.read()
+
+    def read_at_most(self, path: str, nbytes: int) -> bytes:  # docstring inherited
+        with self.open_read(path) as fh:
+            # Sized first, so that a small file is not read into a buffer of ``nbytes``.
+            size = os.fstat(fh.fileno()).st_size
+            return _read_up_to(fh, nbytes, first=min(size + 1, nbytes))
 
     def open_read(self, path: str) -> IO[bytes]:
         """Open regular file ``path`` for binary reading; never anything else.
@@ -589,6 +609,21 @@ class FsspecFileSystem(FileSystem):
                 self._check_bucket(path)
                 raise
 
+    def read_at_most(self, path: str, nbytes: int) -> bytes:
+        """One ranged GET for the first ``nbytes`` bytes (see :meth:`FileSystem.read_at_most`)."""
+        if nbytes <= 0:
+            return b""
+        with self._errors(path):
+            try:
+                return bytes(self.fs.cat_file(path, start=0, end=nbytes))
+            except FileNotFoundError:
+                self._check_bucket(path)
+                raise
+            except OSError as exc:
+                if _error_response(exc)[1] == 416:
+                    return b""  # an empty object has no first byte for a range to start at
+                raise
+
     def open_read(self, path: str) -> IO[bytes]:
         with self._errors(path):
             try:
@@ -738,6 +773,28 @@ class FsspecFileSystem(FileSystem):
     def basename(self, path: str) -> str:
         return posixpath.basename(path.rstrip("/"))
 
+
+def _read_up_to(fh: IO[bytes], nbytes: int, *, first: int | None = None) -> bytes:
+    """Read ``fh`` from its position until ``nbytes`` bytes or its end, whichever first.
+
+    ``first`` is the size of the first read (the file's size and one, where known):
+    what is left is read in pieces, so that no read allocates ``nbytes`` at once.
+    """
+    chunks: list[bytes] = []
+    left = nbytes
+    step = _READ_STEP_BYTES if first is None else first
+    while left > 0:
+        chunk = fh.read(min(step, left))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        step = _READ_STEP_BYTES
+    return b"".join(chunks)
+
+
+#: What :func:`_read_up_to` reads at a time past its first read.
+_READ_STEP_BYTES = 1024 * 1024
 
 # One FsspecFileSystem per fsspec instance, so a bucket is checked once per process.
 _REMOTE: weakref.WeakKeyDictionary[Any, FsspecFileSystem] = weakref.WeakKeyDictionary()

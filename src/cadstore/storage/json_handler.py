@@ -24,14 +24,16 @@ sanitised names never contain a dot, the data key ``metadata`` is stored as
 Plain JSON files written by other tools (no envelope) are read too: their key is the file
 stem, lists of numbers load as arrays.
 
-Every file is written atomically (temporary file, fsync, rename).
+Every file is written atomically (temporary file, fsync, rename). Each is read with one
+request on an object store (no size query first): at most one byte past
+:data:`MAX_JSON_BYTES`, and a file that gives them is refused.
 
 ``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
 the file. Saving a key into a dict file (or deleting one from it) rewrites the file, and
 the size recorded for each key the file holds becomes the file's new size. A writer
 killed between writing a file and ``metadata.json`` left it claiming the old size, or none.
 The sizes are therefore checked against the files when the storage reads its metadata
-(one size query per file; their contents are read at open anyway): each size
+(with no size query: each file is read whole at open, which gives its size): each size
 recorded for a key held in a file is that file's size, and each key saved to a file has
 one. Sizes recorded for keys with no file are left as they are (they may be the user's
 own metadata). The corrected sizes are what the storage reports; opening it writes
@@ -149,8 +151,9 @@ class JsonStorageHandler(NodeStorage):
         # Names of plain JSON files of other tools (no envelope): not this storage's.
         self._foreign: set[str] = set()
         # Bytes of each file as the scan found them, until the check of the recorded sizes
-        # (see _true_sizes) has used them: one size query per file to open, not two (a
-        # HEAD request each on an object store). Dropped for a file this storage writes.
+        # (see _true_sizes) has used them: the read of each file gives its size, and
+        # opening needs no size query (a HEAD request each on an object store). Dropped
+        # for a file this storage writes.
         self._scanned_sizes: dict[str, int] = {}
         self._scan()
         # Read on first use; the sizes a killed writer left are corrected then, in memory,
@@ -167,21 +170,22 @@ class JsonStorageHandler(NodeStorage):
         return self._fs.join(self._dir, name)
 
     def _read_json(self, name: str, *, sizes: dict[str, int] | None = None) -> Any:
-        """Parse the JSON file ``name``; record its size in ``sizes`` if given."""
+        """Parse the JSON file ``name``; record its size in ``sizes`` if given.
+
+        One read (one request on an object store), with no size query first: it reads at
+        most one byte past :data:`MAX_JSON_BYTES`, and a file that gives them is refused.
+        """
         path = self._path(name)
+        data = self._fs.read_at_most(path, MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise CorruptStoreError(
+                path,
+                f"file exceeds the {MAX_JSON_BYTES} byte limit for JSON storage files",
+            )
+        if sizes is not None:
+            sizes[name] = len(data)
         try:
-            size = self._fs.size(path)
-            if sizes is not None:
-                sizes[name] = size
-            if size > MAX_JSON_BYTES:
-                raise CorruptStoreError(
-                    path,
-                    f"file of {size} bytes exceeds the {MAX_JSON_BYTES} "
-                    "byte limit for JSON storage files",
-                )
-            return jsoncodec.loads(self._fs.read_bytes(path))
-        except CorruptStoreError:
-            raise
+            return jsoncodec.loads(data)
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise CorruptStoreError(path, f"not valid JSON: {exc}") from exc
 
@@ -386,8 +390,11 @@ class JsonStorageHandler(NodeStorage):
     def _read_metadata_document(self) -> dict[str, Any]:
         path = self._path(METADATA_FILE)
         doc: dict[str, Any] = {}
-        if self._fs.exists(path):
+        try:  # one read, not a query whether it exists first
             stored = self._read_json(METADATA_FILE)
+        except FileNotFoundError:
+            pass
+        else:
             if not isinstance(stored, dict):
                 raise CorruptStoreError(path, "metadata document is not a JSON object")
             doc = stored
