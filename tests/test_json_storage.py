@@ -258,7 +258,8 @@ def test_a_writer_killed_before_removing_the_keys_a_save_replaced_leaves_them_un
     """Saving ``a`` over ``a/b`` and ``a/c`` writes ``a.json``, then removes the files of
     ``a/b`` and ``a/c``; a writer killed in between left them, and a reopened storage
     read ``a/b`` as its old value beside the new ``a`` (and ``a/c``, which ``a`` had
-    replaced). They are now ignored, and removed by the next writer."""
+    replaced). They are now ignored, and removed by the next save of ``a`` (not by a
+    writable open, which removes nothing)."""
     import multiprocessing
 
     where = tmp_path / "store"
@@ -285,6 +286,9 @@ def test_a_writer_killed_before_removing_the_keys_a_save_replaced_leaves_them_un
     assert sorted(os.listdir(where)) == ["a.json", "a_b.json", "a_c.json", "metadata.json"]
     with JsonStorageHandler(where) as writer:
         assert_same(writer.load_data("a"), new, "a")
+    assert sorted(os.listdir(where)) == ["a.json", "a_b.json", "a_c.json", "metadata.json"]
+    with JsonStorageHandler(where) as writer:
+        writer.save_data("a", new)
     assert sorted(os.listdir(where)) == ["a.json", "metadata.json"]
 
 
@@ -644,3 +648,112 @@ def test_a_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     (where / "big.json").unlink()
     with JsonStorageHandler(where, read_only=True) as reader:
         assert reader.load_data("small") == 1
+
+
+def _store_with_leftovers(where: Path) -> dict[str, bytes]:
+    """A store whose ``a.json`` shadows the files of ``a/b`` and ``a/c`` a save of ``a``
+    replaced, as a writer killed before removing them leaves it; return its files."""
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("a/b", np.arange(3))
+        storage.save_data("a/c", np.arange(2))
+        storage.save_data("x/y", np.arange(5))
+        old = {name: (where / name).read_bytes() for name in ("a_b.json", "a_c.json")}
+        storage.save_data("a", {"b": np.arange(5), "d": 1})
+    for name, data in old.items():
+        (where / name).write_bytes(data)
+    return _files(where)
+
+
+def _files(where: Path) -> dict[str, bytes]:
+    return {name: (where / name).read_bytes() for name in sorted(os.listdir(where))}
+
+
+def test_a_writable_open_removes_no_file(tmp_path: Path) -> None:
+    """A writable open removed the files of keys below another stored file (leftovers
+    of a save killed before removing them): opening a store deleted files. It leaves
+    every file byte for byte now, reads the newer file all the same, and so does a
+    change elsewhere in the store (``x/z``, metadata)."""
+    where = tmp_path / "store"
+    files = _store_with_leftovers(where)
+    assert {"a_b.json", "a_c.json"} <= set(files)
+    with JsonStorageHandler(where) as writer:
+        assert_same(writer.load_data("a/b"), np.arange(5), "a/b")
+        assert "a/c" not in writer
+    assert _files(where) == files
+    with JsonStorageHandler(where) as writer:
+        writer.save_data("x/z", 1)
+        writer.save_metadata("touched", 1)
+    after = _files(where)
+    assert {name: after[name] for name in files if name != "metadata.json"} == {
+        name: data for name, data in files.items() if name != "metadata.json"
+    }
+
+
+@pytest.mark.parametrize(
+    "change", ["save_into", "save_over", "delete_inside", "delete", "same_name"]
+)
+def test_a_change_to_the_newer_file_removes_the_leftovers_below_it(
+    tmp_path: Path, change: str
+) -> None:
+    """The leftovers a writable open no longer removes go with the first change that
+    writes or removes the file that shadows them (the change supersedes them): never
+    after it, so that deleting ``a`` cannot bring back the old ``a/b`` and ``a/c``. A
+    key saved to a leftover's file name (``a_b``) takes the file over: it is kept."""
+    where = tmp_path / "store"
+    assert {"a_b.json", "a_c.json"} <= set(_store_with_leftovers(where))
+    with JsonStorageHandler(where) as writer:
+        if change == "save_into":
+            writer.save_data("a/e", 2)
+        elif change == "save_over":
+            writer.save_data("a", np.arange(4))
+        elif change == "delete_inside":
+            writer.delete_data("a/d")
+        elif change == "delete":
+            writer.delete_data("a")
+        elif change == "same_name":
+            writer.save_data("a_b", 7)
+            writer.delete_data("a")
+    names = set(os.listdir(where))
+    assert "a_c.json" not in names
+    assert ("a_b.json" in names) == (change == "same_name")
+    assert {"x_y.json", "metadata.json"} <= names
+    assert ("a.json" in names) == (change not in ("delete", "same_name"))
+    with JsonStorageHandler(where, read_only=True) as reader:
+        assert "a/c" not in reader
+        if change in ("delete", "same_name"):
+            assert "a" not in reader
+            assert "a/b" not in reader
+        elif change == "save_over":
+            assert_same(reader.load_data("a"), np.arange(4), "a")
+            assert "a/b" not in reader
+        else:
+            assert_same(reader.load_data("a/b"), np.arange(5), "a/b")
+        if change == "same_name":
+            assert reader.load_data("a_b") == 7
+        assert_same(reader.load_data("x/y"), np.arange(5), "x/y")
+
+
+@pytest.mark.parametrize("change", ["save", "delete"])
+def test_a_change_above_the_newer_file_removes_the_leftovers_below_it(
+    tmp_path: Path, change: str
+) -> None:
+    """Leftovers below ``g/a`` (whose file shadows them) go with a save or delete of
+    ``g``, which replaces or removes ``g/a``: they never come back as ``g/a/b``."""
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("g/a/b", np.arange(3))
+        old = (where / "g_a_b.json").read_bytes()
+        storage.save_data("g/a", {"c": 1})
+    (where / "g_a_b.json").write_bytes(old)
+    with JsonStorageHandler(where) as writer:
+        assert "g/a/b" not in writer
+        if change == "save":
+            writer.save_data("g", 5)
+        else:
+            writer.delete_data("g")
+    assert sorted(os.listdir(where)) == (
+        ["g.json", "metadata.json"] if change == "save" else ["metadata.json"]
+    )
+    with JsonStorageHandler(where, read_only=True) as reader:
+        assert "g/a/b" not in reader
+        assert "g/a" not in reader

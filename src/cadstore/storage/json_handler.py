@@ -24,6 +24,11 @@ sanitised names never contain a dot, the data key ``metadata`` is stored as
 Plain JSON files written by other tools (no envelope) are read too: their key is the file
 stem, lists of numbers load as arrays.
 
+Saving a key writes its file, then removes the files of the keys below it; a writer
+killed in between leaves them (leftovers) behind the newer file. They are never read, and
+opening a storage removes nothing, writable or not: the first change that writes or
+removes the newer file (a save or delete at or inside its key, or above it) removes them.
+
 Every file is written atomically (temporary file, fsync, rename). Each is read with one
 request on an object store (no size query first): at most one byte past
 :data:`MAX_JSON_BYTES`, and a file that gives them is refused.
@@ -51,7 +56,6 @@ without files cannot be opened read-only there.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import warnings
@@ -150,6 +154,9 @@ class JsonStorageHandler(NodeStorage):
         self._index: dict[str, tuple[str, bool]] = {}
         # Names of plain JSON files of other tools (no envelope): not this storage's.
         self._foreign: set[str] = set()
+        # key -> file name of each leftover: a file of a key below another stored file
+        # (see _scan), unread, until a change at or above that file's key removes it.
+        self._leftovers: dict[str, str] = {}
         # Bytes of each file as the scan found them, until the check of the recorded sizes
         # (see _true_sizes) has used them: the read of each file gives its size, and
         # opening needs no size query (a HEAD request each on an object store). Dropped
@@ -239,9 +246,10 @@ class JsonStorageHandler(NodeStorage):
         # A file of a key below another stored key is a leftover: saving a key writes its
         # file, then removes those of the keys below it, and a writer killed in between
         # leaves them behind the key's own (newer) file. Read, they would give the old
-        # values of keys the new one replaced; they are ignored, and removed by a writer.
-        # Only below a file this storage wrote: a plain JSON file of another tool dropped
-        # in the folder says nothing of the keys saved there.
+        # values of keys the new one replaced; they are ignored. Opening removes nothing,
+        # writable or not: a change that writes or removes the newer file removes them
+        # (see _drop_leftovers). Only below a file this storage wrote: a plain JSON file
+        # of another tool dropped in the folder says nothing of the keys saved there.
         stale = [
             key
             for key in self._index
@@ -249,10 +257,18 @@ class JsonStorageHandler(NodeStorage):
             and self._index[owner][0] not in foreign
         ]
         for key in stale:
-            name = self._index.pop(key)[0]
-            if not self._read_only:
-                with contextlib.suppress(FileNotFoundError):
-                    self._remove(name)
+            self._leftovers[key] = self._index.pop(key)[0]
+
+    def _drop_leftovers(self, key: str) -> None:
+        """Remove the leftover files (see :meth:`_scan`) of the keys below ``key``.
+
+        Called by a change that writes or removes the file of ``key``, or of a key above
+        the leftovers' newer file: before a file that shadows them is removed, so that
+        they never come back as the values of their keys.
+        """
+        prefix = key + "/"
+        for below in [k for k in self._leftovers if k.startswith(prefix)]:
+            self._remove(self._leftovers.pop(below))
 
     def _load_file_value(self, key: str) -> Node:
         name, _ = self._index[key]
@@ -276,6 +292,9 @@ class JsonStorageHandler(NodeStorage):
             )
         written = self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
         self._index[key] = (name, isinstance(node, dict))
+        # A leftover of the same name (a key that sanitises alike) was just replaced.
+        for left in [k for k, n in self._leftovers.items() if n == name]:
+            del self._leftovers[left]
         return written
 
     def _remove(self, name: str) -> None:
@@ -332,19 +351,23 @@ class JsonStorageHandler(NodeStorage):
                 parent = parent.setdefault(part, {})
             parent[parts[-1]] = node
             self._store_file(owner, value)
+            self._drop_leftovers(owner)
             return
         stale = self._descendants(key)
         self._store_file(key, node)
+        self._drop_leftovers(key)
         for child in stale:
             self._remove(self._index.pop(child)[0])
 
     def _delete_node(self, key: str) -> None:
+        # First: the files that shadow the leftovers below the key may go next.
+        owner = self._file_ancestor(key)
+        self._drop_leftovers(key if owner is None else owner)
         if key in self._index:
             self._remove(self._index.pop(key)[0])
             for child in self._descendants(key):
                 self._remove(self._index.pop(child)[0])
             return
-        owner = self._file_ancestor(key)
         if owner is not None:
             value = self._load_file_value(owner)
             parent: Any = value
