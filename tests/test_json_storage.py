@@ -622,10 +622,11 @@ def test_a_change_inside_a_dict_file_records_its_size_for_every_entry(
 
 
 def test_a_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each file is read once, with no size query first, and at most one byte past the
-    limit on what the store parses: a file that gives them is refused, named, whether
-    the scan at open or a load reads it; a file within the limit reads whole."""
-    from cadstore.io.filesystems import LocalFileSystem
+    """Each file is read once, with no size query first; a file over the limit on what
+    the store parses is refused, named, whether the scan at open or a load meets it, and
+    unread: its size is known once it is open (a 4 GiB file used to be read up to the
+    limit, 256 MiB, before it was refused). A file within the limit reads whole."""
+    from cadstore.io import filesystems
     from cadstore.storage import json_handler
 
     where = tmp_path / "store"
@@ -633,21 +634,39 @@ def test_a_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
         storage.save_data("small", 1)
         storage.save_data("big", np.arange(200))
     limit = (where / "small.json").stat().st_size
-    asked: list[int] = []
-    real = LocalFileSystem.read_at_most
+    read: list[int] = []
+    real = filesystems._read_up_to
 
-    def counted(self: LocalFileSystem, path: str, nbytes: int) -> bytes:
-        asked.append(nbytes)
-        return real(self, path, nbytes)
+    def counted(fh: Any, nbytes: int, *, first: int | None = None) -> bytes:
+        data = real(fh, nbytes, first=first)
+        read.append(len(data))
+        return data
 
-    monkeypatch.setattr(LocalFileSystem, "read_at_most", counted)
+    monkeypatch.setattr(filesystems, "_read_up_to", counted)
     monkeypatch.setattr(json_handler, "MAX_JSON_BYTES", limit)
     with pytest.raises(CorruptStoreError, match=rf"big\.json.*{limit} byte limit"):
         JsonStorageHandler(where, read_only=True)
-    assert set(asked) == {limit + 1}
+    assert all(n <= limit for n in read)  # the big file was not read
     (where / "big.json").unlink()
     with JsonStorageHandler(where, read_only=True) as reader:
         assert reader.load_data("small") == 1
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    """A 4 GiB file (sparse) among a store's files is refused at open without reading
+    it: the process does not grow by the limit's 256 MiB."""
+    import resource
+
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("a", 1)
+    with open(where / "big.json", "wb") as fh:
+        fh.truncate(4 * 1024**3)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CorruptStoreError, match=r"big\.json.*byte limit"):
+        JsonStorageHandler(where, read_only=True)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024
 
 
 def _store_with_leftovers(where: Path) -> dict[str, bytes]:

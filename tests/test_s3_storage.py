@@ -539,15 +539,38 @@ def test_a_json_value_loads_with_one_request(s3: S3, monkeypatch: pytest.MonkeyP
 def test_a_json_file_over_the_limit_is_refused_on_s3(
     s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The limit on what a JSON store parses holds without a size query: the one read
-    fetches at most one byte more than the limit, and a file that fills it is refused."""
+    """The limit on what a JSON store parses holds without a size query for a small
+    file: one ranged read. An object longer than the first read is sized before more is
+    fetched, so an object far over the limit is refused after two small requests, not a
+    download of the limit's bytes; one within it is read whole."""
+    from cadstore.io import filesystems
     from cadstore.storage import json_handler
 
     url = s3.url("json_limit", "store")
     with JsonStorageHandler(url, storage_options=s3.options()) as storage:
         storage.save_data("small", 1)
-        storage.save_data("big", np.arange(200))
+        storage.save_data("big", np.arange(2000))
         small = len(s3.client().cat_file(f"{url}/small.json"))
+        big = s3.client().cat_file(f"{url}/big.json")
+    monkeypatch.setattr(filesystems, "_PROBE_BYTES", small)
+    fs, _ = filesystem_for(url, s3.options())
+    ranges: list[str] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self: s3fs.S3FileSystem, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "get_object":
+            ranges.append(str(kwargs.get("Range")))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    assert fs.read_limited(f"{url}/small.json", len(big)) is not None
+    assert ranges == [f"bytes=0-{small}"]  # one read of the probe's bytes and one more
+    ranges.clear()
+    assert fs.read_limited(f"{url}/big.json", len(big)) == big  # the probe, then whole
+    assert ranges == [f"bytes=0-{small}", f"bytes=0-{len(big)}"]
+    ranges.clear()
+    assert fs.read_limited(f"{url}/big.json", len(big) - 1) is None  # the probe alone
+    assert ranges == [f"bytes=0-{small}"]
     monkeypatch.setattr(json_handler, "MAX_JSON_BYTES", small)
     with pytest.raises(CorruptStoreError, match=rf"big\.json.*{small} byte limit"):
         JsonStorageHandler(url, storage_options=s3.options(), read_only=True)
@@ -561,9 +584,11 @@ def test_an_empty_json_file_on_s3_is_named_as_not_json(s3: S3) -> None:
         storage.save_data("a", 1)
     s3.client().pipe_file(f"{url}/empty.json", b"")
     fs, _ = filesystem_for(url, s3.options())
-    assert fs.read_at_most(f"{url}/empty.json", 10) == b""
-    assert fs.read_at_most(f"{url}/a.json", 4) == s3.client().cat_file(f"{url}/a.json")[:4]
+    assert fs.read_limited(f"{url}/empty.json", 10) == b""
+    whole = s3.client().cat_file(f"{url}/a.json")
+    assert fs.read_limited(f"{url}/a.json", len(whole)) == whole
+    assert fs.read_limited(f"{url}/a.json", len(whole) - 1) is None
     with pytest.raises(FileNotFoundError):
-        fs.read_at_most(f"{url}/missing.json", 10)
+        fs.read_limited(f"{url}/missing.json", 10)
     with pytest.raises(CorruptStoreError, match=r"empty\.json.*not valid JSON"):
         JsonStorageHandler(url, storage_options=s3.options(), read_only=True)

@@ -140,11 +140,14 @@ class FileSystem(ABC):
     def read_bytes(self, path: str) -> bytes:
         """Return the contents of file ``path``."""
 
-    def read_at_most(self, path: str, nbytes: int) -> bytes:
-        """Return the first ``nbytes`` bytes of file ``path``: all of it if it is shorter.
+    def read_limited(self, path: str, limit: int) -> bytes | None:
+        """Return the contents of file ``path`` if it holds at most ``limit`` bytes, else
+        ``None``, having read no more than ``limit + 1`` bytes of it.
 
-        One request on an object store, and no size query: a caller with a limit on
-        what it reads asks for one byte past it, and refuses the file if it gets them.
+        For a caller with a limit on what it parses: a file over the limit is refused
+        without being read where its size is known at no cost (an open local file), and a
+        file within it costs one request on an object store (:class:`FsspecFileSystem`),
+        no size query first.
 
         Raises
         ------
@@ -152,7 +155,8 @@ class FileSystem(ABC):
             If ``path`` does not exist.
         """
         with self.open_read(path) as fh:
-            return _read_up_to(fh, nbytes)
+            data = _read_up_to(fh, limit + 1)
+        return data if len(data) <= limit else None
 
     @abstractmethod
     def open_read(self, path: str) -> IO[bytes]:
@@ -275,11 +279,15 @@ class LocalFileSystem(FileSystem):
         with self.open_read(path) as fh:
             return fh.read()
 
-    def read_at_most(self, path: str, nbytes: int) -> bytes:  # docstring inherited
+    def read_limited(self, path: str, limit: int) -> bytes | None:  # docstring inherited
         with self.open_read(path) as fh:
-            # Sized first, so that a small file is not read into a buffer of ``nbytes``.
+            # Sized first: a file over the limit is refused unread, and a small one is
+            # not read into a buffer of ``limit`` bytes.
             size = os.fstat(fh.fileno()).st_size
-            return _read_up_to(fh, nbytes, first=min(size + 1, nbytes))
+            if size > limit:
+                return None
+            data = _read_up_to(fh, limit + 1, first=size + 1)
+        return data if len(data) <= limit else None  # grown since: refused all the same
 
     def open_read(self, path: str) -> IO[bytes]:
         """Open regular file ``path`` for binary reading; never anything else.
@@ -609,10 +617,26 @@ class FsspecFileSystem(FileSystem):
                 self._check_bucket(path)
                 raise
 
-    def read_at_most(self, path: str, nbytes: int) -> bytes:
-        """One ranged GET for the first ``nbytes`` bytes (see :meth:`FileSystem.read_at_most`)."""
-        if nbytes <= 0:
-            return b""
+    def read_limited(self, path: str, limit: int) -> bytes | None:
+        """The object at ``path`` if it holds at most ``limit`` bytes, else ``None`` (see
+        :meth:`FileSystem.read_limited`).
+
+        One ranged GET of the first :data:`_PROBE_BYTES` and one more: an object shorter
+        than that (the usual JSON file) is read whole by it. A longer one is sized (a
+        HEAD) before anything more is fetched, so that an object far over the limit
+        costs two small requests, not a download of ``limit`` bytes.
+        """
+        probe = min(limit, _PROBE_BYTES)
+        data = self._read_range(path, probe + 1)
+        if len(data) <= probe:
+            return data
+        if len(data) > limit or self.size(path) > limit:
+            return None
+        data = self._read_range(path, limit + 1)
+        return data if len(data) <= limit else None
+
+    def _read_range(self, path: str, nbytes: int) -> bytes:
+        """The first ``nbytes`` bytes of the object at ``path`` (all, if it is shorter)."""
         with self._errors(path):
             try:
                 return bytes(self.fs.cat_file(path, start=0, end=nbytes))
@@ -795,6 +819,9 @@ def _read_up_to(fh: IO[bytes], nbytes: int, *, first: int | None = None) -> byte
 
 #: What :func:`_read_up_to` reads at a time past its first read.
 _READ_STEP_BYTES = 1024 * 1024
+
+#: What :meth:`FsspecFileSystem.read_limited` fetches before it asks an object's size.
+_PROBE_BYTES = 4 * 1024 * 1024
 
 # One FsspecFileSystem per fsspec instance, so a bucket is checked once per process.
 _REMOTE: weakref.WeakKeyDictionary[Any, FsspecFileSystem] = weakref.WeakKeyDictionary()

@@ -30,8 +30,9 @@ opening a storage removes nothing, writable or not: the first change that writes
 removes the newer file (a save or delete at or inside its key, or above it) removes them.
 
 Every file is written atomically (temporary file, fsync, rename). Each is read with one
-request on an object store (no size query first): at most one byte past
-:data:`MAX_JSON_BYTES`, and a file that gives them is refused.
+request on an object store (no size query first) unless it is larger than a few MiB; a
+file over :data:`MAX_JSON_BYTES` is refused, and never read past one byte beyond it
+(locally, not read at all).
 
 ``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
 the file. Saving a key into a dict file (or deleting one from it) rewrites the file, and
@@ -179,12 +180,13 @@ class JsonStorageHandler(NodeStorage):
     def _read_json(self, name: str, *, sizes: dict[str, int] | None = None) -> Any:
         """Parse the JSON file ``name``; record its size in ``sizes`` if given.
 
-        One read (one request on an object store), with no size query first: it reads at
-        most one byte past :data:`MAX_JSON_BYTES`, and a file that gives them is refused.
+        One read (one request on an object store for a file of up to a few MiB), with no
+        size query first; a file over :data:`MAX_JSON_BYTES` is refused, unread where its
+        size is known first (see :meth:`~cadstore.io.filesystems.FileSystem.read_limited`).
         """
         path = self._path(name)
-        data = self._fs.read_at_most(path, MAX_JSON_BYTES + 1)
-        if len(data) > MAX_JSON_BYTES:
+        data = self._fs.read_limited(path, MAX_JSON_BYTES)
+        if data is None:
             raise CorruptStoreError(
                 path,
                 f"file exceeds the {MAX_JSON_BYTES} byte limit for JSON storage files",
