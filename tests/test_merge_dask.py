@@ -524,38 +524,54 @@ def _nothing_published(out: Path) -> None:
 
 
 @pytest.mark.parametrize("step", ["scan", "shards"])
+@pytest.mark.parametrize(
+    ("code", "kind", "problem"),
+    [
+        ("EIO", "StorageError", "input/output error"),
+        ("EACCES", "StorageAccessError", "permission denied"),
+        ("ENOENT", "StorageNotFoundError", "no such file or directory"),
+    ],
+)
 def test_an_os_error_in_a_task_is_reported_as_itself(
     threads_client: distributed.Client,
     items: list[Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     step: str,
+    code: str,
+    kind: str,
+    problem: str,
 ) -> None:
     """An OSError raised by a task (a read the file system refused: EIO on a shared disk)
     was reported as "lost the Dask cluster ... run the merge again", which no rerun
-    mends. It is reported as the StorageError it is, naming the item and the problem;
-    nothing is published."""
+    mends. It is reported as the StorageError it is, naming the item and the problem in
+    words (no "[Errno N]"), of the same kind (a PermissionError stays one, as in one
+    process); nothing is published."""
     import errno
 
-    from cadstore.errors import StorageError
+    from cadstore import errors
     from cadstore.merging import distributed as on_dask
 
     failing = items[5]
     name = "scan_item" if step == "scan" else "decode_item"
     real = getattr(on_dask, name)
+    number = getattr(errno, code)
 
     def refused(location: Any, *args: Any, **kwargs: Any) -> Any:
         if location.path == str(failing):
-            raise OSError(errno.EIO, "Input/output error")
+            raise OSError(number, os.strerror(number), location.path)
         return real(location, *args, **kwargs)
 
     monkeypatch.setattr(on_dask, name, refused)
     out = tmp_path / "out" / "flow.dataset"
     out.parent.mkdir()
-    with pytest.raises(StorageError) as caught:
+    with pytest.raises(errors.StorageError) as caught:
         merge_items(items, out, shard_bytes=SHARD_BYTES, client=threads_client)
+    assert type(caught.value) is getattr(errors, kind)
+    assert isinstance(caught.value, type(OSError(number, "x")))  # PermissionError...
     assert caught.value.path == str(failing)
-    assert "Input/output error" in caught.value.problem
+    assert caught.value.problem.endswith(problem)
+    assert "Errno" not in str(caught.value) and str(failing) not in caught.value.problem
     assert "lost the Dask cluster" not in str(caught.value)
     _nothing_published(out)
 

@@ -18,8 +18,11 @@ Tasks are pure functions of their inputs, so a task whose worker dies is simply 
 elsewhere (Dask does this up to ``distributed.scheduler.allowed-failures`` times). When a
 task cannot be completed (its workers kept dying, or the cluster was lost) the merge stops
 with a :class:`~cadstore.errors.MergeError` and nothing is published; an error a task
-raised itself stops it as that error (an OSError reading an item as a
-:class:`~cadstore.errors.StorageError` naming the item), as in one process.
+raised itself stops it as that error; an OSError reading an item comes back as a
+:class:`~cadstore.errors.StorageError` naming the item, of the same kind
+(:class:`~cadstore.errors.StorageAccessError` is a ``PermissionError``,
+:class:`~cadstore.errors.StorageNotFoundError` a ``FileNotFoundError``), since the error a
+worker raised may name no file (EIO on a shared disk).
 
 Dask is optional: install ``cadstore[dask]``.
 """
@@ -43,7 +46,9 @@ from cadstore.errors import (
     MergeError,
     StorageAccessError,
     StorageError,
+    StorageNotFoundError,
     StorageUnavailableError,
+    os_problem,
 )
 from cadstore.format.limits import Limits
 from cadstore.format.sharding import encode_shard
@@ -82,6 +87,7 @@ _PATH_ERRORS: dict[str, type[StorageError]] = {
         CorruptStoreError,
         LimitExceededError,
         StorageAccessError,
+        StorageNotFoundError,
         StorageUnavailableError,
     )
 }
@@ -100,9 +106,16 @@ def _reading(location: Location, read: Callable[[], _T]) -> _T:
     except CadstoreError:
         raise
     except OSError as exc:
-        raise StorageError(
-            location.path, f"reading it on a Dask worker failed ({type(exc).__name__}: {exc})"
-        ) from exc
+        # The kind of error kept (a PermissionError stays one, as in one process), its
+        # text without "[Errno N]" and the path it repeats.
+        kind: type[StorageError] = StorageError
+        if isinstance(exc, PermissionError):
+            kind = StorageAccessError
+        elif isinstance(exc, FileNotFoundError):
+            kind = StorageNotFoundError
+        elif isinstance(exc, ConnectionError):
+            kind = StorageUnavailableError
+        raise kind(location.path, f"reading it on a Dask worker: {os_problem(exc)}") from exc
 
 
 def _let_go(futures: Iterable[Any], cancel: bool = False) -> None:
