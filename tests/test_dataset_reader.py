@@ -406,6 +406,47 @@ def test_a_fill_value_its_dtype_cannot_hold_is_a_clear_error(fuzz_dataset: Path,
             path.write_text(text)
 
 
+def test_a_fill_value_check_leaves_other_threads_warnings_alone(dataset: Path) -> None:
+    """Checking an array's fill value turned every warning into an error for the whole
+    process while it ran (a warnings filter is the process's): a harmless warning in
+    another thread, reading or training beside a reader opening a dataset, was raised
+    as an exception. Opened many times in one thread while another warns, no warning
+    is raised and every one is seen as a warning."""
+    import threading
+    import warnings
+
+    from cadstore.format.zarr_nodes import MetadataError, _parse_fill
+
+    raised: list[BaseException] = []
+    stop = threading.Event()
+
+    def warn() -> None:
+        while not stop.is_set():
+            try:
+                warnings.warn("harmless", UserWarning, stacklevel=1)
+            except UserWarning as exc:  # the check's filter, in this thread
+                raised.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = threading.Thread(target=warn)
+        other.start()
+        try:
+            for _ in range(20):
+                with DatasetReader(dataset) as reader:
+                    reader.read_item(0)
+            for _ in range(20_000):  # the check alone, as each array's metadata runs it
+                _parse_fill(1.5, np.dtype("float32"))
+        finally:
+            stop.set()
+            other.join()
+    assert raised == []
+    # The check still refuses a value its dtype cannot hold (int8 from 300).
+    with pytest.raises(MetadataError, match="300 does not fit int8"):
+        _parse_fill(300, np.dtype("int8"))
+    assert _parse_fill(-128, np.dtype("int8")) == -128
+
+
 def test_read_rows_into_a_strided_array(dataset: Path) -> None:
     with DatasetReader(dataset, cache_bytes=0) as reader:
         whole = reader.read_rows("faceface", "d2_distance", 0, 40)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 import struct
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -206,11 +205,20 @@ def _parse_fill(value: Any, dtype: Any) -> Any:
         return parsed
     if isinstance(parsed, complex) and dtype.kind != "c":
         raise MetadataError(f"fill_value {value!r} is complex; the array holds {dtype}")
+    if (
+        dtype.kind in "iu"
+        and isinstance(parsed, int)
+        and not np.iinfo(dtype).min <= parsed <= np.iinfo(dtype).max
+    ):
+        # Checked here: numpy before 2.0 only warns of an integer out of bounds.
+        raise MetadataError(f"fill_value {value!r} does not fit {dtype}")
     try:
-        with np.errstate(all="raise"), warnings.catch_warnings():
-            warnings.simplefilter("error")
+        # np.errstate, not a warnings filter: the filters are the process's, and a
+        # filter turning warnings into errors here would also raise, in another thread,
+        # a warning that has nothing to do with this (readers parse metadata in threads).
+        with np.errstate(all="raise"):
             np.array(parsed, dtype=dtype)
-    except (ArithmeticError, ValueError, TypeError, Warning) as exc:
+    except (ArithmeticError, ValueError, TypeError) as exc:
         raise MetadataError(f"fill_value {value!r} does not fit {dtype} ({exc})") from None
     return parsed
 
