@@ -203,6 +203,56 @@ def test_group_data_of_a_dataset_missing_a_shard_is_an_error(
     assert sync(store.get_partial_values(proto, [("edges/nothing/zarr.json", None)])) == [None]
 
 
+def _flip_member_byte(dataset: Path, member: str, at: int, *, keep_zip_crc: bool) -> None:
+    """Flip one bit of ``member``'s byte ``at`` in a zip dataset: in place (the zip's
+    CRC-32 no longer matches), or rewriting the member (a valid zip, whose chunk's own
+    ``crc32c`` no longer matches)."""
+    import zipfile
+
+    raw = dataset.read_bytes()
+    with zipfile.ZipFile(dataset) as zf:
+        info = zf.getinfo(member)
+        content = bytearray(zf.read(member))
+        entries = [(i, zf.read(i)) for i in zf.infolist()]
+    if keep_zip_crc:
+        content[at] ^= 0x10
+        with zipfile.ZipFile(dataset, "w") as zf:
+            for entry, data in entries:
+                zf.writestr(entry, bytes(content) if entry.filename == member else data)
+        return
+    assert info.compress_type == zipfile.ZIP_STORED
+    start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26 :][:2], "little")
+    start += int.from_bytes(raw[info.header_offset + 28 :][:2], "little")
+    patched = bytearray(raw)
+    patched[start + at] ^= 0x10
+    dataset.write_bytes(bytes(patched))
+
+
+@pytest.mark.parametrize("keep_zip_crc", [False, True], ids=["zip-crc", "chunk-crc32c"])
+def test_group_data_of_a_damaged_chunk_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path, keep_zip_crc: bool
+) -> None:
+    """Found by a byte-flipping campaign: a flipped byte in a stored chunk, read through
+    the explorer's xarray views, escaped as zipfile's ``BadZipFile`` (the zip's CRC-32)
+    or zarr-python's bare ``ValueError`` (the chunk's ``crc32c``). It is a
+    ``CorruptStoreError`` naming the dataset and the array."""
+    out = tmp_path / "flip.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out))
+    _flip_member_byte(out, "edges/edge_lengths/c/0", 10, keep_zip_crc=keep_zip_crc)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        for read in (
+            lambda: ex.get_array_data("edges", "edge_lengths").values,
+            lambda: ex.get_group_data("edges").load(),
+            lambda: ex.get_array_data("edges", "edge_lengths")[1:4].values,
+        ):
+            with pytest.raises(CorruptStoreError, match="edges/edge_lengths") as caught:
+                read()
+            assert str(out) in str(caught.value)
+        got = ex.get_array_data("edges", "edge_types").values  # the others still read
+        want = np.concatenate([i["edge_types"] for _, i, _ in realistic_items[:3]])
+        np.testing.assert_array_equal(got, want)
+
+
 def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:
     """A group of per-item values only (``volume``, one per item) read as an empty array
     (its values repeated once per row, and it has none); a group holding a per-item

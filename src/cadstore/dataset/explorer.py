@@ -40,13 +40,15 @@ import logging
 import os
 import sys
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from cadstore.dataset.reader import DatasetReader, whole_number
-from cadstore.errors import CadstoreWarning, CorruptStoreError, DatasetError
+from cadstore.errors import CadstoreError, CadstoreWarning, CorruptStoreError, DatasetError
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
 from cadstore.io.location import Location, resolve
@@ -204,6 +206,96 @@ def _per_row_array_class() -> type:
             return values
 
     return PerRowArray
+
+
+#: What zarr-python lets out when a stored chunk is damaged: zipfile's ``BadZipFile`` (a
+#: CRC-32 or a local header that does not match), the ``crc32c`` codec's and the
+#: decompressors' ``ValueError`` or ``RuntimeError``, zlib's error, a short read.
+_DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    RuntimeError,
+    EOFError,
+    IndexError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+@functools.cache
+def _guarded_array_class() -> type:
+    """Return the xarray backend class guarding zarr-python's reads (see
+    :func:`_guard_zarr_reads`); built on first use so xarray loads lazily."""
+    from xarray.backends import BackendArray
+
+    class GuardedArray(BackendArray):
+        """An array zarr-python reads, whose damaged chunks raise a cadstore error.
+
+        Parameters
+        ----------
+        inner
+            xarray's backend array for the zarr array.
+        location
+            The dataset, shown in the error.
+        name
+            ``group/array``, shown in the error.
+        """
+
+        def __init__(self, inner: Any, location: str, name: str) -> None:
+            self.inner = inner
+            self.location = location
+            self.name = name
+            self.shape = inner.shape
+            self.dtype = inner.dtype
+
+        def get_array(self) -> Any:
+            """The zarr array (as xarray's own wrapper gives it)."""
+            return self.inner.get_array()
+
+        def _damaged(self, exc: Exception) -> CorruptStoreError:
+            return CorruptStoreError(
+                self.location,
+                f"array {self.name} holds a damaged chunk ({type(exc).__name__}: {exc})",
+            )
+
+        def __getitem__(self, key: Any) -> Any:
+            try:
+                return self.inner[key]
+            except CadstoreError:
+                raise
+            except _DAMAGED_CHUNK_ERRORS as exc:
+                raise self._damaged(exc) from exc
+
+        async def async_getitem(self, key: Any) -> Any:
+            """``self[key]``, awaited (xarray's asynchronous loading)."""
+            try:
+                return await self.inner.async_getitem(key)
+            except CadstoreError:
+                raise
+            except _DAMAGED_CHUNK_ERRORS as exc:
+                raise self._damaged(exc) from exc
+
+    return GuardedArray
+
+
+def _guard_zarr_reads(found: xr.Dataset, location: str, group: str) -> None:
+    """Make a damaged chunk of ``found`` (a group xarray opened with zarr-python) a
+    :class:`~cadstore.errors.CorruptStoreError` naming ``location`` and the array.
+
+    Each lazy variable's backend array (below xarray's caching and copy-on-write
+    wrappers) is wrapped in place; Dask-backed variables are left as they are.
+    """
+    from xarray.backends import BackendArray
+
+    guarded = _guarded_array_class()
+    for name, variable in found.variables.items():
+        node: Any = variable._data
+        while hasattr(node, "array"):  # xarray's lazy wrappers, down to the backend array
+            inner = node.array
+            if isinstance(inner, BackendArray):
+                if not isinstance(inner, guarded):
+                    node.array = guarded(inner, location, f"{group}/{name}")
+                break
+            node = inner
 
 
 @functools.cache
@@ -566,6 +658,9 @@ class DatasetExplorer:
         ------
         DatasetError
             If the group does not exist.
+        CorruptStoreError
+            When values are read, if a chunk they need is missing or damaged, naming the
+            dataset and the chunk or array.
         """
         self._check_group(group)
         found = self._group_data.get(group)
@@ -580,6 +675,7 @@ class DatasetExplorer:
                 chunks={} if self._dask_client is not None else None,
                 drop_variables=[OFFSETS, *per_row, *renamed],
             )
+            _guard_zarr_reads(found, self.reader.location.path, group)
             if per_row:
                 from xarray.core import indexing
 
