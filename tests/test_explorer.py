@@ -253,6 +253,27 @@ def test_group_data_of_a_damaged_chunk_is_a_corrupt_store_error(
         np.testing.assert_array_equal(got, want)
 
 
+def test_group_metadata_zarr_python_refuses_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """Found by a byte-flipping campaign: one flipped bit in the root ``zarr.json`` turned
+    ``dimension_names`` into ``dimelsion_names``, which cadstore's reader ignores and
+    zarr-python refuses: ``get_group_data`` let out zarr's ``MetadataValidationError``.
+    It is a ``CorruptStoreError`` naming the dataset and the group."""
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    root = json.loads((out / "zarr.json").read_text())
+    meta = root["consolidated_metadata"]["metadata"]["edges/edge_lengths"]
+    meta["dimelsion_names"] = meta.pop("dimension_names")
+    (out / "zarr.json").write_text(json.dumps(root))
+    with DatasetExplorer(merged_store_path=out) as ex:
+        with pytest.raises(CorruptStoreError, match="edges") as caught:
+            ex.get_group_data("edges")
+        assert str(out) in str(caught.value)
+        with pytest.raises(CorruptStoreError, match="edges"):
+            ex.get_array_data("edges", "edge_types")
+
+
 def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:
     """A group of per-item values only (``volume``, one per item) read as an empty array
     (its values repeated once per row, and it has none); a group holding a per-item

@@ -220,6 +220,13 @@ _DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (
     zlib.error,
 )
 
+#: What zarr-python and xarray let out opening a group whose metadata they refuse.
+_REFUSED_METADATA_ERRORS: tuple[type[Exception], ...] = (
+    *_DAMAGED_CHUNK_ERRORS,
+    TypeError,
+    KeyError,
+)
+
 
 @functools.cache
 def _guarded_array_class() -> type:
@@ -659,8 +666,9 @@ class DatasetExplorer:
         DatasetError
             If the group does not exist.
         CorruptStoreError
-            When values are read, if a chunk they need is missing or damaged, naming the
-            dataset and the chunk or array.
+            If zarr-python refuses the group's metadata; and when values are read, if a
+            chunk they need is missing or damaged; naming the dataset and the group, chunk
+            or array.
         """
         self._check_group(group)
         found = self._group_data.get(group)
@@ -669,13 +677,25 @@ class DatasetExplorer:
 
             per_row = self._per_row(group)
             renamed = self._renamed(group)
-            found = xr.open_zarr(
-                self._open_zarr_store(),
-                group=group,
-                chunks={} if self._dask_client is not None else None,
-                drop_variables=[OFFSETS, *per_row, *renamed],
-            )
-            _guard_zarr_reads(found, self.reader.location.path, group)
+            where = self.reader.location.path
+            try:
+                found = xr.open_zarr(
+                    self._open_zarr_store(),
+                    group=group,
+                    chunks={} if self._dask_client is not None else None,
+                    drop_variables=[OFFSETS, *per_row, *renamed],
+                )
+            except CadstoreError:
+                raise
+            except _REFUSED_METADATA_ERRORS as exc:
+                # Metadata cadstore's reader accepts and zarr-python or xarray refuses (zarr's
+                # MetadataValidationError is a ValueError).
+                raise CorruptStoreError(
+                    where,
+                    f"group {group} cannot be opened with zarr-python "
+                    f"({type(exc).__name__}: {exc})",
+                ) from exc
+            _guard_zarr_reads(found, where, group)
             if per_row:
                 from xarray.core import indexing
 
