@@ -346,6 +346,30 @@ def test_corrupt_parquet_table(dataset: Path, tmp_path: Path, damage: str, suffi
     assert _snapshot(table) == before
 
 
+def test_parquet_strings_that_are_not_utf8_are_refused(dataset: Path, tmp_path: Path) -> None:
+    """Found by a byte-flipping campaign: a flipped bit in an infoset's item name made it
+    invalid UTF-8, which pyarrow reads without checking; the frame came back and failed
+    later, where it was shown or compared, with pyarrow's ``ArrowException``. The table is
+    refused on reading, naming the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.infoset"
+    table = pa.table({"id": [0, 1], "name": ["part_alpha", "part_omega"]})
+    pq.write_table(table, bad, compression="none", use_dictionary=False, write_statistics=False)
+    raw = bad.read_bytes()
+    assert raw.count(b"part_omega") == 1
+    bad.write_bytes(raw.replace(b"part_omega", b"part_\xffmega"))
+    for read in (read_table, read_frame):
+        with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*UTF-?8"):
+            read(resolve(bad))
+    with (
+        DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
+        pytest.raises(CorruptStoreError, match=r"bad\.infoset"),
+    ):
+        explorer.get_file_info_all()
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

@@ -82,17 +82,28 @@ def _read(location: Location, read: Callable[[], _T]) -> _T:
 def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     """Read a whole Parquet table in the calling thread, with no Arrow thread pool.
 
+    The table is validated in full: pyarrow reads strings that are not UTF-8 (a flipped
+    bit in an item name) and dictionary indices out of range without a word, and they
+    fail later, wherever the table is shown or converted.
+
     Parameters
     ----------
     source
         A path (on ``filesystem``, local when ``None``) or a ``pyarrow.BufferReader``.
     filesystem
         An fsspec or pyarrow file system, or ``None``.
+
+    Raises
+    ------
+    pyarrow.ArrowInvalid
+        If the table's values are not valid (strings that are not UTF-8, ...).
     """
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(source, filesystem=filesystem, pre_buffer=False) as table_file:
-        return table_file.read(use_threads=False)
+        table = table_file.read(use_threads=False)
+    table.validate(full=True)
+    return table
 
 
 def read_table(location: Location) -> pa.Table:
