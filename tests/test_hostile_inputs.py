@@ -370,6 +370,31 @@ def test_parquet_strings_that_are_not_utf8_are_refused(dataset: Path, tmp_path: 
         explorer.get_file_info_all()
 
 
+def test_a_flipped_bit_in_a_written_table_is_detected(tmp_path: Path) -> None:
+    """Found by a byte-flipping campaign: a flipped bit in the values of an ``.infoset``
+    read back as other values, silently (a Parquet page carries no checksum unless its
+    writer adds one). The tables cadstore writes carry page checksums, verified on
+    reading."""
+    import pyarrow as pa
+
+    from cadstore.lifecycle import table_bytes
+
+    values = [0x1122334455667788 + i * 0x0101010101010101 for i in range(5)]
+    raw = table_bytes(pa.table({"id": list(range(5)), "size_cadfile": values}), None)
+    middle = values[2].to_bytes(8, "little")  # neither the minimum nor the maximum
+    assert raw.count(middle) == 1
+    flipped = bytearray(raw)
+    flipped[raw.index(middle)] ^= 0x01
+    bad = tmp_path / "flipped.infoset"
+    bad.write_bytes(bytes(flipped))
+    for read in (read_table, read_frame):
+        with pytest.raises(CorruptStoreError, match=r"flipped\.infoset.*checksum"):
+            read(resolve(bad))
+    good = tmp_path / "good.infoset"
+    good.write_bytes(raw)
+    assert read_table(resolve(good)).column("size_cadfile").to_pylist() == values
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

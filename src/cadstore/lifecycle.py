@@ -118,7 +118,9 @@ def table_bytes(table: pa.Table, commit_id: str | None) -> bytes:
         metadata[STAMP_KEY] = commit_id.encode()
     table = table.replace_schema_metadata(metadata)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    # Page checksums, verified on reading (cadstore.io.parquet): a flipped bit in a value
+    # is an error, not another value.
+    pq.write_table(table, buffer, write_page_checksum=True)
     return buffer.getvalue()
 
 

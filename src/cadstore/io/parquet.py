@@ -84,7 +84,9 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
 
     The table is validated in full: pyarrow reads strings that are not UTF-8 (a flipped
     bit in an item name) and dictionary indices out of range without a word, and they
-    fail later, wherever the table is shown or converted.
+    fail later, wherever the table is shown or converted. Page checksums are verified
+    where the writer stored them (cadstore's tables carry them): a flipped bit in a value
+    is an error, not another value.
 
     Parameters
     ----------
@@ -97,10 +99,14 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     ------
     pyarrow.ArrowInvalid
         If the table's values are not valid (strings that are not UTF-8, ...).
+    OSError
+        If a page does not match its checksum.
     """
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(source, filesystem=filesystem, pre_buffer=False) as table_file:
+    with pq.ParquetFile(
+        source, filesystem=filesystem, pre_buffer=False, page_checksum_verification=True
+    ) as table_file:
         table = table_file.read(use_threads=False)
     table.validate(full=True)
     return table

@@ -1663,7 +1663,8 @@ def _write_table_atomic(
     location.parent.makedirs()
 
     def writer(fh: IO[bytes]) -> None:
-        pq.write_table(table, fh)
+        # Page checksums, verified on reading (cadstore.io.parquet).
+        pq.write_table(table, fh, write_page_checksum=True)
 
     write_atomic(location, writer)
 
