@@ -147,6 +147,25 @@ def test_lying_size_header(tmp_path: Path) -> None:
         source.close()
 
 
+@pytest.mark.parametrize("short", [1, 5])
+def test_central_directory_shorter_than_its_entries_is_corrupt(tmp_path: Path, short: int) -> None:
+    """Found by a byte-flipping campaign: an end record declaring a central directory one
+    byte short cut the last entry's name (``metadata.json`` became ``metadata.jso``), and
+    the item read as one without metadata. An entry running past the directory's end is
+    a corrupt archive, as ``zipfile`` also decides."""
+    members = [("a/zarr.json", b"{}"), ("metadata.json", b'{"label": 3}')]
+    path = tmp_path / "short.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    raw = bytearray(path.read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    size = int.from_bytes(raw[end + 12 : end + 16], "little")
+    raw[end + 12 : end + 16] = (size - short).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match=r"short\.zip.*central directory"):
+        ZipSource(str(path))
+
+
 @pytest.mark.parametrize(
     ("name", "ok"),
     [

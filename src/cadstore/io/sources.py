@@ -335,6 +335,9 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
             raise ValueError("bad central directory entry")
         if 0xFFFFFFFF in (csize, usize, offset):
             raise _NeedZipfile
+        if at + 46 + n_len + e_len + c_len > cd_size:
+            # Slicing would cut the name short (metadata.json read as metadata.jso).
+            raise ValueError("central directory is truncated")
         raw_name = directory[at + 46 : at + 46 + n_len]
         # ASCII reads the same in both encodings and decodes much faster than cp437.
         name = raw_name.decode(
