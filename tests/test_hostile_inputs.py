@@ -452,6 +452,47 @@ report(lambda: DatasetExplorer(merged_store_path={str(fifo)!r}))
     assert str(fifo) in message
 
 
+@pytest.mark.parametrize("kind", ["pipe", "dev-zero", "outside"])
+def test_a_chunk_that_is_no_regular_file_of_the_dataset_through_the_explorer(
+    items: list[Path], tmp_path: Path, kind: str
+) -> None:
+    """Found by a hostile-file campaign: in a directory dataset, a chunk that is a named
+    pipe hung the explorer's xarray views (zarr-python opened it), and one linked to
+    ``/dev/zero`` grew until memory ran out; a link to a file outside the dataset was read.
+    Each is an error naming the dataset and the chunk, as the reader's own source decides."""
+    from cadstore.merging import merge_items
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p in items], str(out), directory=True)
+    chunk = out / "faces" / "face_areas" / "c" / "0"
+    outside = tmp_path / "outside"
+    outside.write_bytes(chunk.read_bytes())
+    chunk.unlink()
+    if kind == "pipe":
+        os.mkfifo(chunk)
+    else:
+        chunk.symlink_to("/dev/zero" if kind == "dev-zero" else outside)
+    done = _run_child(
+        _REPORT
+        + f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from cadstore.dataset.explorer import DatasetExplorer
+ex = DatasetExplorer(merged_store_path={str(out)!r})
+report(lambda: ex.get_group_data("faces").load())
+report(lambda: ex.get_array_data("faces", "face_areas").values)
+report(lambda: ex.get_array_data("faces", "face_types").values)
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()[-3:]
+    for line in lines[:2]:
+        kind_name, _, message = line.partition("|")
+        assert kind_name == "CorruptStoreError", line
+        assert str(out) in message and "faces/face_areas/c/0" in message
+    assert lines[2] == "OK|"  # the other arrays still read
+
+
 def test_pipe_as_artefact(fifo: Path) -> None:
     done = _run_child(
         _REPORT

@@ -624,6 +624,7 @@ class DatasetExplorer:
 
             where = self.reader.location
             store: Any
+            root = None
             if where.remote:
                 # A URL: zarr-python reads the zip (or the prefix) through fsspec.
                 options = dict(where.storage_options or {})
@@ -635,10 +636,11 @@ class DatasetExplorer:
                 )
             elif where.isdir():
                 store = zarr.storage.LocalStore(where.path, read_only=True)
+                root = where.path  # whose keys must be regular files inside it
             else:
                 store = zarr.storage.ZipStore(where.path, mode="r")
             # A chunk the merger stored and that is gone is an error, not fill values.
-            self._zarr_store = CompleteStore(store, where.path)
+            self._zarr_store = CompleteStore(store, where.path, root)
         return self._zarr_store
 
     def get_group_data(self, group: str) -> xr.Dataset:

@@ -9,12 +9,19 @@ store zarr-python reads the dataset through (for :class:`~cadstore.dataset.explo
 DatasetExplorer`'s xarray views) so that such a read is a
 :class:`~cadstore.errors.CorruptStoreError` naming the chunk instead.
 
+In a dataset stored as a local directory, it also refuses, unread, a key that is not a
+regular file inside the directory, as the reader's own source does: zarr-python's
+``LocalStore`` opens whatever is there, and a named pipe blocks the read, ``/dev/zero``
+never ends it, and a symbolic link may lead out of the dataset.
+
 This module imports zarr-python: import it only where zarr-python is in use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import AsyncGenerator, Iterable
 
 from zarr.abc.store import ByteRequest, Store
@@ -42,14 +49,37 @@ class CompleteStore(WrapperStore[Store]):
         The store zarr-python would read (``LocalStore``, ``ZipStore``, ``FsspecStore``).
     location
         The dataset, shown in the error.
+    root
+        The directory of a dataset stored as a local directory, whose keys must be regular
+        files inside it; ``None`` for other stores.
     """
 
-    def __init__(self, store: Store, location: str = "") -> None:
+    def __init__(self, store: Store, location: str = "", root: str | None = None) -> None:
         super().__init__(store)
         self.location = location
+        self.root = None if root is None else os.path.realpath(root)
 
     def _with_store(self, store: Store) -> CompleteStore:
-        return type(self)(store, self.location)
+        return type(self)(store, self.location, self.root)
+
+    def _refuse_unsafe(self, key: str) -> None:
+        """Raise if ``key`` of a local directory is there but is not a regular file inside
+        it (an absent key is left to the wrapped store)."""
+        if self.root is None:
+            return
+        full = os.path.realpath(os.path.join(self.root, *key.split("/")))
+        if os.path.commonpath([self.root, full]) != self.root:
+            raise CorruptStoreError(
+                self.location, f"{key!r} leads out of the dataset; refused without reading it"
+            )
+        try:
+            mode = os.stat(full).st_mode
+        except OSError:
+            return
+        if not stat.S_ISREG(mode):
+            raise CorruptStoreError(
+                self.location, f"{key!r} is not a regular file; refused without reading it"
+            )
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
@@ -59,8 +89,10 @@ class CompleteStore(WrapperStore[Store]):
         Raises
         ------
         CorruptStoreError
-            Naming the dataset and the chunk's key.
+            Naming the dataset and the chunk's key: absent, or (in a local directory) not
+            a regular file inside the dataset.
         """
+        self._refuse_unsafe(key)
         return self._checked(key, await self._store.get(key, prototype, byte_range))
 
     async def get_partial_values(
@@ -85,6 +117,9 @@ class CompleteStore(WrapperStore[Store]):
         self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
     ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
         # WrapperStore hands these to the wrapped store, past get: checked here too.
+        requests = list(requests)
+        for key, _, _ in requests:
+            self._refuse_unsafe(key)
         async for key, value in self._store._get_many(requests):
             yield key, self._checked(key, value)
 
