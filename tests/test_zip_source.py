@@ -166,6 +166,35 @@ def test_central_directory_shorter_than_its_entries_is_corrupt(tmp_path: Path, s
         ZipSource(str(path))
 
 
+@pytest.mark.parametrize("renamed", ["../a/", "/a/c/", "a/c0/"])
+def test_a_directory_entry_is_checked_like_any_member(tmp_path: Path, renamed: str) -> None:
+    """Found by a byte-flipping campaign: a chunk renamed (in its central-directory entry
+    and its local header alike) to a name ending with ``/`` was skipped as a directory,
+    unsafe name and data included, and the item read its array as fill values. A
+    directory entry's name is checked too, and one holding data is corrupt."""
+    members = [("a/zarr.json", b"{}"), ("a/c/0", b"\x01" * 6)]
+    path = tmp_path / "renamed.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    raw = path.read_bytes()
+    assert raw.count(b"a/c/0") == 2  # the same length: the archive stays consistent
+    path.write_bytes(raw.replace(b"a/c/0", renamed.encode()))
+    with pytest.raises(CorruptStoreError, match=r"renamed\.zip.*(unsafe|directory)"):
+        ZipSource(str(path))
+
+
+def test_an_empty_directory_entry_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/", b"")
+        zf.writestr("a/zarr.json", b"{}")
+    source = ZipSource(str(path))
+    try:
+        assert list(source) == ["a/zarr.json"]
+    finally:
+        source.close()
+
+
 @pytest.mark.parametrize(
     ("name", "ok"),
     [

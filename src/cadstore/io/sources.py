@@ -500,6 +500,17 @@ class ZipSource(KeySource):
         for entry in entries:
             name = entry.name
             if name.endswith("/"):
+                # A directory entry: nothing to read, but its name is checked as any
+                # other, and one holding data is a member renamed, not a directory.
+                problem = check_member_name(name[:-1])
+                if problem:
+                    self.close()
+                    raise CorruptStoreError(path, f"unsafe zip member name {name!r}: {problem}")
+                if entry.file_size or entry.compress_size:
+                    self.close()
+                    raise CorruptStoreError(
+                        path, f"zip directory entry {name!r} holds {entry.file_size} bytes"
+                    )
                 continue
             problem = check_member_name(name)
             if problem:
