@@ -251,6 +251,9 @@ def test_group_data_of_a_damaged_chunk_is_a_corrupt_store_error(
         got = ex.get_array_data("edges", "edge_types").values  # the others still read
         want = np.concatenate([i["edge_types"] for _, i, _ in realistic_items[:3]])
         np.testing.assert_array_equal(got, want)
+        with pytest.raises(IndexError) as out_of_range:  # the caller's mistake stays theirs
+            ex.get_array_data("edges", "edge_types")[10**6].values  # noqa: B018
+        assert not isinstance(out_of_range.value, CorruptStoreError)
 
 
 def test_group_metadata_zarr_python_refuses_is_a_corrupt_store_error(

@@ -210,12 +210,12 @@ def _per_row_array_class() -> type:
 
 #: What zarr-python lets out when a stored chunk is damaged: zipfile's ``BadZipFile`` (a
 #: CRC-32 or a local header that does not match), the ``crc32c`` codec's and the
-#: decompressors' ``ValueError`` or ``RuntimeError``, zlib's error, a short read.
+#: decompressors' ``ValueError`` or ``RuntimeError``, zlib's error, a short read. Not
+#: ``IndexError``: an index out of range is the caller's and stays theirs.
 _DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     RuntimeError,
     EOFError,
-    IndexError,
     zipfile.BadZipFile,
     zlib.error,
 )
