@@ -183,6 +183,36 @@ def test_a_directory_entry_is_checked_like_any_member(tmp_path: Path, renamed: s
         ZipSource(str(path))
 
 
+def test_a_small_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: Path) -> None:
+    """Found by a byte-flipping campaign: one flipped bit in a central-directory name
+    (``face_areas/c/0`` listed as ``fece_areas/c/0``) left the member unfound under its
+    own name, and the item read that array as fill values. In a file small enough to be
+    read whole when opened, reading it under its own name is an error naming both."""
+    members = [("a/zarr.json", b"{}"), ("a/c/0", b"\x01" * 6)]
+    path = tmp_path / "flipped.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # the last entry: a/c/0
+    assert raw[central + 46 : central + 51] == b"a/c/0"
+    raw[central + 48] ^= 0x04  # "a/c/0" -> "a/g/0"
+    path.write_bytes(bytes(raw))
+    source = ZipSource(str(path))
+    try:
+        assert source.get("a/zarr.json") == b"{}"  # the others still read
+        assert "a/c/0" in source
+        for read in (
+            lambda s: s.get("a/c/0"),
+            lambda s: s.get_range("a/c/0", 0, 2),
+            lambda s: s.get_ranges([("a/c/0", 0, 2)]),
+            lambda s: s.size_of("a/c/0"),
+        ):
+            with pytest.raises(CorruptStoreError, match=r"flipped\.zip.*'a/c/0'.*as 'a/g/0'"):
+                read(source)
+    finally:
+        source.close()
+
+
 def test_an_empty_directory_entry_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "dirs.zip"
     with zipfile.ZipFile(path, "w") as zf:

@@ -523,6 +523,44 @@ class ZipSource(KeySource):
                 self.close()
                 raise CorruptStoreError(path, f"zip member {name!r} is encrypted")
             self._members[name] = entry
+        # Names local headers give that the central directory lists as another: a member
+        # whose central-directory name was damaged, asked for under its own name.
+        self._renamed: dict[str, str] = {}
+        if self._image is not None:
+            self._find_renamed(self._image)
+
+    def _find_renamed(self, image: bytes) -> None:
+        """Note the members whose local header names another than the central directory
+        does (the file is in memory: checking costs nothing), so that reading one under
+        its local name is an error, not an array read as fill values."""
+        for name, entry in self._members.items():
+            at = entry.header_offset
+            if image[at : at + 4] != b"PK\x03\x04":
+                continue  # reading the member says so
+            (name_len,) = struct.unpack_from("<H", image, at + 26)
+            local = image[at + 30 : at + 30 + name_len]
+            if local != entry.raw_name:
+                text = local.decode(
+                    "ascii" if local.isascii() else "utf-8" if entry.flags & 0x800 else "cp437"
+                )
+                self._renamed[text] = name
+
+    def _member(self, key: str) -> ZipMember | None:
+        """The central-directory entry of ``key``; ``None`` if it is not stored.
+
+        Raises
+        ------
+        CorruptStoreError
+            If a local header names ``key`` that the central directory lists as another.
+        """
+        info = self._members.get(key)
+        if info is None and key in self._renamed:
+            raise CorruptStoreError(
+                self.location,
+                f"member {key!r} is listed in the central directory as "
+                f"{self._renamed[key]!r} (corrupt file)",
+            )
+        return info
 
     def _read_at(self, offset: int, n: int) -> bytes:
         if offset < 0 or n < 0:
@@ -584,7 +622,7 @@ class ZipSource(KeySource):
         ]
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
-        info = self._members.get(key)
+        info = self._member(key)
         if info is None:
             return None
         if info.method == zipfile.ZIP_STORED and info.compress_size != info.file_size:
@@ -670,7 +708,7 @@ class ZipSource(KeySource):
         return data
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
-        info = self._members.get(key)
+        info = self._member(key)
         if info is None:
             return None
         if info.method != zipfile.ZIP_STORED or start < 0 or length < 0:
@@ -700,7 +738,7 @@ class ZipSource(KeySource):
         out: list[bytes | None] = [None] * len(requests)
         stored: list[tuple[int, str, ZipMember, int, int]] = []
         for i, (key, start, length) in enumerate(requests):
-            info = self._members.get(key)
+            info = self._member(key)
             if info is None:
                 continue
             if info.method != zipfile.ZIP_STORED or start < 0 or length < 0:
@@ -732,7 +770,7 @@ class ZipSource(KeySource):
         return got
 
     def size_of(self, key: str) -> int | None:  # docstring inherited
-        info = self._members.get(key)
+        info = self._member(key)
         return None if info is None else info.file_size
 
     def _data_start(self, key: str, info: ZipMember) -> int:
@@ -768,14 +806,14 @@ class ZipSource(KeySource):
 
     def member_size(self, key: str) -> int:
         """Return the stored (compressed) size of a member, 0 if absent."""
-        info = self._members.get(key)
+        info = self._member(key)
         return 0 if info is None else info.compress_size
 
     def total_bytes(self) -> int:  # docstring inherited
         return self._size
 
     def __contains__(self, key: str) -> bool:
-        return key in self._members
+        return key in self._members or key in self._renamed
 
     def close(self) -> None:  # docstring inherited
         try:
