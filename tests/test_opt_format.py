@@ -250,6 +250,94 @@ def test_an_item_reopened_keeps_its_arrays_names(tmp_path: Path) -> None:
     assert _dims(data, "face_discretization", 3) == ["face", "face_discretization_component"]
 
 
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_a_reopened_items_own_name_gives_way_to_a_new_primary(tmp_path: Path, fmt: int) -> None:
+    """A carried-over array's own name spelt as a new array's declared primary dimension
+    is renamed (its documents rewritten), the primary never: both kept it, and xarray
+    refused the item (two lengths for ``face_grid_x``). The names are those of the item
+    saved in one session; the new array deleted in that session, the old name comes back,
+    and an item reopened keeps the names it was stored with."""
+    schema = _meeting_names_schema()
+    grid = np.arange(2 * 3, dtype=np.int32).reshape(2, 3)
+    face = np.arange(3 * 7, dtype=np.float32).reshape(3, 7)
+    mark = np.arange(4, dtype=np.int32)
+    with OptStorage(tmp_path / "part.zarr", zarr_format=fmt) as storage:
+        storage.set_schema(schema)
+        storage.save_data("face_grid", grid)
+        storage.save_data("face", face)
+        storage.compress_store()
+    data = tmp_path / "part.zarr.data"
+    assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x"]
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(schema)
+        storage.save_data("mark", mark)
+        storage.compress_store()
+        assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x_2"]
+        storage.delete_data("mark")  # no longer met: the name it was stored with
+        storage.compress_store()
+        assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x"]
+        storage.save_data("mark", mark)
+        storage.compress_store()
+    assert _dims(data, "mark", fmt) == ["face_grid_x"]
+    assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x_2"]
+    assert _dims(data, "face", fmt) == ["face", "face_discretization_component"]
+    ds = xr.open_zarr(zarr.storage.ZipStore(data, mode="r"))
+    assert ds.sizes["face_grid_x"] == 4
+    assert ds.sizes["face_grid_x_2"] == 3
+    expected = {"face_grid": grid, "face": face, "mark": mark}
+    for key, value in expected.items():
+        np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(schema)
+        storage.save_data("face", face)  # a further session: the names stay
+        storage.compress_store()
+        assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x_2"]
+    with OptStorage(tmp_path / "part.zarr") as item:
+        for key, value in expected.items():
+            assert_same(item.load_data(key), value, key)
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(schema)
+        storage.delete_data("mark")
+        storage.save_data("face", face)
+        storage.compress_store()
+    # Stored as face_grid_x_2 when reopened: the name it keeps.
+    assert _dims(data, "face_grid", fmt) == ["cell", "face_grid_x_2"]
+
+
+def test_a_reopened_items_triangle_gives_way_to_a_new_primary(tmp_path: Path) -> None:
+    """A carried-over triangle's own names give way to a new array's primary dimension
+    too: in its stored names and in those it is read with (``cadstore_dims``)."""
+    sym = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
+    sym = sym + sym.transpose(1, 0, 2)
+    with OptStorage(tmp_path / "part.zarr") as storage:
+        storage.save_data("d2_distance", sym)  # d2_distance_dim_<i>, stored as a triangle
+        storage.compress_store()
+    builder = SchemaBuilder(domain="CAD")
+    builder.create_group("bins", "d2_distance_dim_2", "Bins").create_array(
+        "bin_width", ["d2_distance_dim_2"], "float32"
+    )
+    width = np.ones(5, np.float32)
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.set_schema(builder.build())
+        storage.save_data("bin_width", width)
+        storage.compress_store()
+    data = tmp_path / "part.zarr.data"
+    assert _dims(data, "bin_width", 3) == ["d2_distance_dim_2"]
+    assert _dims(data, "d2_distance", 3) == ["d2_distance_upper", "d2_distance_dim_2_2"]
+    group = zarr.open_group(zarr.storage.ZipStore(data, mode="r"), mode="r")
+    assert group["d2_distance"].attrs["cadstore_dims"] == [
+        "d2_distance_dim_0",
+        "d2_distance_dim_1",
+        "d2_distance_dim_2_2",
+    ]
+    tree = xr.open_datatree(zarr.storage.ZipStore(data, mode="r"), engine="zarr")
+    assert tree.sizes["d2_distance_dim_2"] == 5
+    assert tree.sizes["d2_distance_dim_2_2"] == 2
+    with OptStorage(tmp_path / "part.zarr") as item:
+        assert_same(item.load_data("d2_distance"), sym, "d2_distance")
+        assert_same(item.load_data("bin_width"), width, "bin_width")
+
+
 def test_items_of_the_same_shapes_keep_their_own_documents(tmp_path: Path) -> None:
     """Array documents made once per process are shared by items of the same shapes; what
     differs between such items (declared names, a triangle or not, a scalar's kind) must

@@ -121,7 +121,9 @@ DimsFor = Callable[[str, int], tuple[list[str], int]]
 
 
 def item_dim_names(
-    arrays: Mapping[str, tuple[Sequence[str], int]], kept: Iterable[str] = ()
+    arrays: Mapping[str, tuple[Sequence[str], int]],
+    kept: Iterable[str] = (),
+    carried: Mapping[str, tuple[Sequence[str], int]] | None = None,
 ) -> dict[str, list[str]]:
     """Return the dimension names of an item's arrays, no name of one array's own given
     to another dimension.
@@ -132,11 +134,14 @@ def item_dim_names(
     ``face_discretization_component``, and the undeclared ``a_b`` and ``a/b`` both
     ``a_b_dim_0``. xarray, which reads an item's arrays together, would refuse the item
     (two lengths for one name) or take both for one dimension. A name is kept by its
-    first claimant: a name in ``kept``, then a shared (primary) name, then the arrays'
-    own names, arrays in path order and each array's names in order; every later
-    claimant takes the first free name by :func:`~cadstore.format.layout.free_dim_name`
-    (``face_discretization_component_2``), free of every name given here or in ``kept``.
-    An item where no two claimants meet keeps every name as given.
+    first claimant: a name in ``kept``, then a shared (primary) name, then the
+    ``carried`` arrays' own names, then the arrays' own names, arrays in path order and
+    each array's names in order; every later claimant takes the first free name by
+    :func:`~cadstore.format.layout.free_dim_name` (``face_discretization_component_2``),
+    free of every name given here or in ``kept``. The ``carried`` arrays were stored
+    together before: their own names give way only to a shared name of ``arrays`` (each
+    such name is renamed alike in all of them), never to one another's. An item where
+    no two claimants meet keeps every name as given.
 
     Parameters
     ----------
@@ -145,20 +150,40 @@ def item_dim_names(
         saved, of which the first ``shared`` are shared with other arrays (a declared
         primary dimension) and are never changed.
     kept
-        Names that stay as they are: those of arrays carried over from the file an item
-        was reopened from.
+        Names that stay as they are.
+    carried
+        Arrays carried over from the file an item was reopened from, as ``arrays``: the
+        names they were stored with, the first ``shared`` of them shared.
 
     Returns
     -------
     dict
-        Path -> names, for every path in ``arrays``.
+        Path -> names, for every path in ``arrays`` and ``carried``.
     """
+    carried = carried or {}
     taken = set(kept)
     claimed = set(taken)
     for names, shared in arrays.values():
         taken.update(names)
         claimed.update(names[:shared])
+    for names, _ in carried.values():
+        taken.update(names)
     named: dict[str, list[str]] = {}
+    # A carried array's own name that a new array's primary takes is renamed, the same
+    # way in every carried array having it (they met in the file already).
+    moved: dict[str, str] = {}
+    for path in sorted(carried):
+        names, shared = carried[path]
+        given = list(names)
+        for position in range(shared, len(given)):
+            name = given[position]
+            if name in claimed:
+                if name not in moved:
+                    moved[name] = free_dim_name(name, taken)
+                given[position] = moved[name]
+        named[path] = given
+    for given in named.values():
+        claimed.update(given)
     for path in sorted(arrays):
         names, shared = arrays[path]
         given = list(names)
@@ -638,6 +663,11 @@ class BuildHierarchy(Hierarchy):
         #: The dimension names each array :meth:`put` stored was named with, as read (a
         #: triangle's in full), and how many of them are shared (see :data:`DimsFor`).
         self.named: dict[str, tuple[tuple[str, ...], int]] = {}
+        #: The dimension names of each array carried over from a file (not put), as
+        #: stored there (a triangle's read names, then its stored names), how many are
+        #: shared (see :meth:`_record_carried`) and, for a triangle, how many it is read
+        #: with (``None`` for any other array).
+        self.carried: dict[str, tuple[tuple[str, ...], int, int | None]] = {}
         #: Arrays :meth:`settle_dims` gave names other than those (until put again).
         self.renamed: set[str] = set()
 
@@ -658,6 +688,8 @@ class BuildHierarchy(Hierarchy):
         """
         if self.kind(path) is not None:
             self.delete(path)
+        if len(self.named) + len(self.carried) < len(self.arrays):
+            self._record_carried(dims_for)
         self._put(path, node, dims_for, triangle)
 
     def _put(
@@ -676,6 +708,7 @@ class BuildHierarchy(Hierarchy):
         attrs: dict[str, Any] = {KIND_ATTRIBUTE: kind} if kind else {}
         dims, shared = dims_for(path, arr.ndim)
         self.named[path] = (tuple(dims), shared)
+        self.carried.pop(path, None)
         self.renamed.discard(path)
         item_shape: tuple[int, ...] | None = None
         item_dims: tuple[str, ...] | None = None
@@ -771,6 +804,7 @@ class BuildHierarchy(Hierarchy):
             self.triangles_put.discard(array)
             self.decoded_sizes.pop(array, None)
             self.named.pop(array, None)
+            self.carried.pop(array, None)
             self.renamed.discard(array)
             del self.arrays[array]
             self.docs.pop(array, None)
@@ -797,12 +831,14 @@ class BuildHierarchy(Hierarchy):
         """Give the arrays :meth:`put` stored dimension names that meet no other array's.
 
         The names :meth:`put` was given are settled over the whole hierarchy by
-        :func:`item_dim_names`; the names of arrays carried over from a file
-        (:meth:`from_hierarchy`) are kept. Only the documents of arrays whose names
-        change are rewritten (their chunks do not depend on names); settled again, the
-        names follow the arrays then stored, from the names they were saved with.
+        :func:`item_dim_names`; arrays carried over from a file (:meth:`from_hierarchy`)
+        keep their names, but for one of their own (not shared, see
+        :meth:`_record_carried`) that a new array's shared (primary) name takes. Only the
+        documents of arrays whose names change are rewritten (their chunks do not depend
+        on names); settled again, the names follow the arrays then stored, from the names
+        they were saved with (or stored with, for arrays carried over).
         """
-        if not self.named:
+        if not self.named and not self.renamed:
             return
         kept: set[str] = set()
         if len(self.named) < len(self.arrays):
@@ -819,30 +855,74 @@ class BuildHierarchy(Hierarchy):
                 arrays[path] = ((*named[0], _upper_dim(path)), named[1])
             else:
                 arrays[path] = named
-        for path, names in item_dim_names(arrays, kept).items():
+        carried = {
+            path: record
+            for path, record in self.carried.items()
+            if record[0]  # an array without names keeps none
+        }
+        originals: dict[str, Sequence[str]] = {p: names for p, (names, _, _) in carried.items()}
+        originals.update((path, names) for path, (names, _) in arrays.items())
+        settled = item_dim_names(
+            arrays, carried={path: (names, shared) for path, (names, shared, _) in carried.items()}
+        )
+        for path, names in settled.items():
             meta = self.meta(path)
-            if path not in self.triangles_put:
+            read_count = carried[path][2] if path in carried else None
+            if read_count is not None:  # a carried triangle: its read names, then stored
+                read, stored = names[:read_count], names[read_count:]
+            elif path in self.triangles_put:
+                read, stored = names[:-1], [names[-1], *names[2:-1]]
+            else:
                 if tuple(names) != meta.dims:
                     self._rename_dims(path, names, None)
-            else:
-                read, stored = names[:-1], [names[-1], *names[2:-1]]
-                if tuple(stored) != meta.dims or tuple(read) != meta.item_dims:
-                    self._rename_dims(path, stored, read)
-            if names != list(arrays[path][0]):
+                read, stored = None, names
+            if read is not None and (tuple(stored) != meta.dims or tuple(read) != meta.item_dims):
+                self._rename_dims(path, stored, read)
+            if tuple(names) != tuple(originals[path]):
                 self.renamed.add(path)
             else:
                 self.renamed.discard(path)
 
+    def _record_carried(self, dims_for: DimsFor) -> None:
+        """Record the names of the arrays carried over from a file (see :attr:`carried`),
+        before anything is renamed: the first ``shared`` of them are shared where
+        ``dims_for`` (as :meth:`put` names arrays) gives the array those names shared."""
+        for path in self.arrays:
+            if path in self.named or path in self.carried:
+                continue
+            meta = self.meta(path)
+            read = meta.item_dims if meta.item_dims is not None else meta.dims
+            if meta.dims is None or read is None:
+                # No names to meet (a v2 array without _ARRAY_DIMENSIONS).
+                self.carried[path] = ((), 0, None)
+                continue
+            triangle = meta.item_dims is not None
+            declared, count = dims_for(path, len(read))
+            shared = count if tuple(declared[:count]) == tuple(read[:count]) else 0
+            self.carried[path] = (
+                (*read, *meta.dims) if triangle else tuple(read),
+                shared,
+                len(read) if triangle else None,
+            )
+
     def _names_meet(self, kept: set[str]) -> bool:
         """Whether a name of an array's own, among the arrays :meth:`put` stored, is
-        another array's too, or one of ``kept`` (see :meth:`settle_dims`)."""
-        claimed = set(kept)
+        another array's too, or one of ``kept``, or a shared name of theirs is one of a
+        carried-over array's own (see :meth:`settle_dims`)."""
+        claimed: set[str] = set()
         own: list[str] = [_upper_dim(path) for path in self.triangles_put]
         for names, shared in self.named.values():
             claimed.update(names[:shared])
             own.extend(names[shared:])
         distinct = set(own)
-        return len(distinct) < len(own) or not distinct.isdisjoint(claimed)
+        return (
+            len(distinct) < len(own)
+            or not distinct.isdisjoint(kept)
+            or not distinct.isdisjoint(claimed)
+            or any(
+                not claimed.isdisjoint(names[shared:]) for names, shared, _ in self.carried.values()
+            )
+        )
 
     def _rename_dims(self, path: str, stored: list[str], read: list[str] | None) -> None:
         """Name the dimensions of the array at ``path`` ``stored`` in its documents (and
