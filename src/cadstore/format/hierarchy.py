@@ -840,14 +840,7 @@ class BuildHierarchy(Hierarchy):
         """
         if not self.named and not self.renamed:
             return
-        kept: set[str] = set()
-        if len(self.named) < len(self.arrays):
-            for path in self.arrays:
-                if path not in self.named:
-                    meta = self.meta(path)
-                    kept.update(meta.dims or ())
-                    kept.update(meta.item_dims or ())
-        if not self.renamed and not self._names_meet(kept):
+        if not self.renamed and not self._names_meet():
             return  # every array keeps the names it was saved with: the usual item
         arrays: dict[str, tuple[Sequence[str], int]] = {}
         for path, named in self.named.items():
@@ -905,19 +898,25 @@ class BuildHierarchy(Hierarchy):
                 len(read) if triangle else None,
             )
 
-    def _names_meet(self, kept: set[str]) -> bool:
+    def _names_meet(self) -> bool:
         """Whether a name of an array's own, among the arrays :meth:`put` stored, is
-        another array's too, or one of ``kept``, or a shared name of theirs is one of a
-        carried-over array's own (see :meth:`settle_dims`)."""
+        another array's too, or a carried-over array's (any of its names), or a shared
+        name of theirs is one of a carried-over array's own (see :meth:`settle_dims`).
+
+        Every array is either put (:attr:`named`) or carried over (:attr:`carried`, all
+        recorded at the first put), so the carried-over names are those recorded there:
+        unrenamed, they are the ones the documents hold.
+        """
         claimed: set[str] = set()
         own: list[str] = [_upper_dim(path) for path in self.triangles_put]
         for names, shared in self.named.values():
             claimed.update(names[:shared])
             own.extend(names[shared:])
         distinct = set(own)
+        carried = {name for names, _, _ in self.carried.values() for name in names}
         return (
             len(distinct) < len(own)
-            or not distinct.isdisjoint(kept)
+            or not distinct.isdisjoint(carried)
             or not distinct.isdisjoint(claimed)
             or any(
                 not claimed.isdisjoint(names[shared:]) for names, shared, _ in self.carried.values()
