@@ -55,7 +55,7 @@ from cadstore.format.commit import (
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
 from cadstore.io.lock import LockRecord, WriterLock, lock_location
-from cadstore.io.parquet import parse_table
+from cadstore.io.parquet import parse_table, write_table
 from cadstore.io.publish import (
     Sink,
     check_replaceable,
@@ -110,17 +110,13 @@ def read_commit(dataset: Any) -> CommitRecord | None:
 
 def table_bytes(table: pa.Table, commit_id: str | None) -> bytes:
     """A table as stored, its schema stamped with ``commit_id`` (no stamp for ``None``)."""
-    import pyarrow.parquet as pq
-
     metadata = dict(table.schema.metadata or {})
     metadata.pop(STAMP_KEY, None)
     if commit_id is not None:
         metadata[STAMP_KEY] = commit_id.encode()
     table = table.replace_schema_metadata(metadata)
     buffer = io.BytesIO()
-    # Page checksums, verified on reading (cadstore.io.parquet): a flipped bit in a value
-    # is an error, not another value.
-    pq.write_table(table, buffer, write_page_checksum=True)
+    write_table(table, buffer)
     return buffer.getvalue()
 
 

@@ -77,12 +77,13 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from cadstore.errors import CorruptStoreError, MergeError, SchemaError, os_problem
 from cadstore.format.jsoncodec import decode_metadata, parse_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
+from cadstore.io.parquet import write_table
 from cadstore.io.publish import write_atomic
 from cadstore.io.sources import open_source
 from cadstore.schema import Schema, SchemaBuilder
@@ -1656,17 +1657,10 @@ def _column_array(values: list[Any], kind: str) -> pa.Array:
 def _write_table_atomic(
     path: str, table: pa.Table, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    import pyarrow.parquet as pq
-
     location = resolve(path, storage_options, shared=True)
     # Locally this creates the directory; on an object store it checks the bucket.
     location.parent.makedirs()
-
-    def writer(fh: IO[bytes]) -> None:
-        # Page checksums, verified on reading (cadstore.io.parquet).
-        pq.write_table(table, fh, write_page_checksum=True)
-
-    write_atomic(location, writer)
+    write_atomic(location, functools.partial(write_table, table))
 
 
 def _pyarrow() -> Any:
