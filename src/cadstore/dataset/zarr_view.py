@@ -29,6 +29,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
 from cadstore.errors import CorruptStoreError
+from cadstore.io.sources import path_inside
 
 __all__ = ["CompleteStore"]
 
@@ -67,8 +68,8 @@ class CompleteStore(WrapperStore[Store]):
         it (an absent key is left to the wrapped store)."""
         if self.root is None:
             return
-        full = os.path.realpath(os.path.join(self.root, *key.split("/")))
-        if os.path.commonpath([self.root, full]) != self.root:
+        full = path_inside(self.root, key)
+        if full is None:
             raise CorruptStoreError(
                 self.location, f"{key!r} leads out of the dataset; refused without reading it"
             )

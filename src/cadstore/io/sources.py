@@ -55,6 +55,7 @@ __all__ = [
     "file_beside",
     "open_source",
     "other_kind",
+    "path_inside",
 ]
 
 _LOCAL_LENGTHS = struct.Struct("<HH")
@@ -68,6 +69,18 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Names made of word characters, dots and dashes in non-empty segments: every name cadstore
 # and zarr-python write. They only need the '.'/'..' segment check.
 _PLAIN_NAME = re.compile(r"[\w.\-]+(?:/[\w.\-]+)*", re.ASCII)
+
+
+def path_inside(root: str, key: str) -> str | None:
+    """The file of ``key`` below directory ``root``, links resolved, or ``None`` if it
+    lies outside ``root`` (a link, or ``..``, leading out of the store).
+
+    ``root`` is already resolved (``os.path.realpath``). The one rule by which a key of a
+    store kept in a local directory never reads outside it: :class:`DirectorySource` and
+    the explorer's zarr-python view (:mod:`cadstore.dataset.zarr_view`).
+    """
+    full = os.path.realpath(os.path.join(root, *key.split("/")))
+    return full if os.path.commonpath([root, full]) == root else None
 
 
 def check_member_name(name: str) -> str | None:
@@ -852,11 +865,8 @@ class DirectorySource(KeySource):
     def _path(self, key: str) -> str | None:
         if check_member_name(key):
             return None
-        full = os.path.realpath(os.path.join(self._root, *key.split("/")))
         # A symlink inside the store must not reach outside it.
-        if os.path.commonpath([self._root, full]) != self._root:
-            return None
-        return full
+        return path_inside(self._root, key)
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
         path = self._path(key)
