@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["Progress", "progress"]
+__all__ = ["Progress", "progress", "wanted"]
 
 T = TypeVar("T")
 
@@ -35,9 +35,17 @@ def _bar_class() -> type | None:
     return _Bar
 
 
-def _wanted(enabled: bool | None) -> bool:
-    # None: only when a person is watching (stderr is a terminal).
-    return sys.stderr.isatty() if enabled is None else enabled
+def wanted(enabled: bool | None) -> bool:
+    """Whether to show a bar: ``enabled`` itself, or for ``None`` only when a person is
+    watching (stderr is a terminal; not when it was replaced by an object without
+    ``isatty`` or closed). The one rule of bars on a terminal only, for the library's
+    ``progress=None`` and the command line's default alike."""
+    if enabled is not None:
+        return enabled
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class Progress:
@@ -59,7 +67,7 @@ class Progress:
         self, enabled: bool | None, total: int | None = None, desc: str = "", unit: str = "it"
     ) -> None:
         self._bar: Any = None
-        bar_class = _bar_class() if _wanted(enabled) else None
+        bar_class = _bar_class() if wanted(enabled) else None
         if bar_class is not None:
             self._bar = bar_class(
                 total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr

@@ -354,14 +354,11 @@ def show_progress(args: argparse.Namespace) -> bool:
     bool
         The ``progress`` to pass to the library.
     """
-    if args.progress is not None:
-        return bool(args.progress)
-    if getattr(args, "json", False):
+    from cadstore.progress import wanted
+
+    if args.progress is None and getattr(args, "json", False):
         return False
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
-        return False
+    return wanted(args.progress)
 
 
 # ---------------------------------------------------------------------------- text output

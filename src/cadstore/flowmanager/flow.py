@@ -61,7 +61,7 @@ from cadstore.flowmanager.tasks.parallel_executor import (
 from cadstore.io.filesystems import local_path
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
-from cadstore.progress import Progress
+from cadstore.progress import Progress, wanted
 
 __all__ = ["FLOW_MARKER", "Flow", "FlowOutput", "setup_logger"]
 
@@ -606,7 +606,7 @@ class Flow:
                     [os.path.join(encoded, n) for n in files],
                     dataset,
                     overwrite=True,
-                    progress=sys.stderr.isatty(),
+                    progress=wanted(None),
                     manifest_fields=extra,
                     stage_durations=durations,
                 )
