@@ -776,3 +776,41 @@ def test_a_change_above_the_newer_file_removes_the_leftovers_below_it(
     with JsonStorageHandler(where, read_only=True) as reader:
         assert "g/a/b" not in reader
         assert "g/a" not in reader
+
+
+def test_a_save_queries_no_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each save asked the size of the file it had just written (a stat here, a HEAD
+    request on S3, see ``test_a_json_save_queries_no_size`` there) to record it, though
+    the bytes written were known. No save queries a size now, counted through the file
+    system's ``size``; the sizes recorded are those of the files, which a reopened
+    storage finds nothing to correct in, and every value loads back."""
+    from cadstore.io.filesystems import LocalFileSystem
+
+    calls: list[str] = []
+    real = LocalFileSystem.size
+
+    def counted(self: LocalFileSystem, path: str) -> int:
+        calls.append(os.path.basename(path))
+        return real(self, path)
+
+    monkeypatch.setattr(LocalFileSystem, "size", counted)
+    where = tmp_path / "store"
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("face_areas", np.arange(3.0))
+        storage.save_data("graph", {"a": np.arange(2)})
+        storage.save_data("graph/b", np.arange(300))
+        storage.save_data("faces/ids", np.arange(4))
+        storage.save_data("faces/n", 7)
+    assert calls == []
+    doc = json.loads((where / "metadata.json").read_text())
+    graph_kb = _kb(where / "graph.json")
+    assert doc["file_sizes_KB"] == {
+        "face_areas": _kb(where / "face_areas.json"),
+        "graph": {"b": graph_kb},
+        "faces": {"ids": _kb(where / "faces_ids.json"), "n": _kb(where / "faces_n.json")},
+    }
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert reopened.load_metadata("file_sizes_KB") == doc["file_sizes_KB"]
+        assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
+        assert_same(reopened.load_data("graph"), {"a": np.arange(2), "b": np.arange(300)}, "g")
+        assert_same(reopened.load_data("faces"), {"ids": np.arange(4), "n": 7}, "faces")

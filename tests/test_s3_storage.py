@@ -31,7 +31,7 @@ from cadstore.errors import (
 from cadstore.io.filesystems import FsspecFileSystem, filesystem_for
 from cadstore.io.location import resolve
 from cadstore.io.publish import conditional_writes_supported, copy_file, write_bytes_atomic
-from cadstore.storage.base import DataStorage
+from cadstore.storage.base import DataStorage, size_in_kb
 from cadstore.testing.conformance import StorageConformance, assert_same
 from s3server import CutOffProxy, WeedServer, WeedUnavailableError, start_weed
 
@@ -490,7 +490,14 @@ def test_a_zarr_v2_item_is_a_directory_of_objects_too(s3: S3) -> None:
 
 
 def _count_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Record ``(operation, key name)`` of every request s3fs sends from now on."""
+    """Record ``(operation, key name)`` of every request s3fs sends from now on.
+
+    Both entry points are replaced: s3fs's blocking ``call_s3`` (what cadstore's own
+    HEAD and listing requests use) wraps the original ``_call_s3`` function, not the
+    attribute, so replacing ``_call_s3`` alone would miss them.
+    """
+    from fsspec.asyn import sync_wrapper
+
     sent: list[tuple[str, str]] = []
     real = s3fs.S3FileSystem._call_s3
 
@@ -499,6 +506,7 @@ def _count_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         return await real(self, method, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counted))
     return sent
 
 
@@ -592,3 +600,48 @@ def test_an_empty_json_file_on_s3_is_named_as_not_json(s3: S3) -> None:
         fs.read_limited(f"{url}/missing.json", 10)
     with pytest.raises(CorruptStoreError, match=r"empty\.json.*not valid JSON"):
         JsonStorageHandler(url, storage_options=s3.options(), read_only=True)
+
+
+def test_a_json_save_queries_no_size(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each save of a JSON store asked the size of the file it had just written (a HEAD
+    after the PUT) to record it, though the bytes written were known. A save is now the
+    PUTs of the file and of ``metadata.json`` and nothing else, whether the key has its
+    own file, goes into a dict file or replaces a group of files; the sizes it records
+    are the files' own, and a reopened store loads every value."""
+    url = s3.url("json_save_requests", "store")
+    with JsonStorageHandler(url, storage_options=s3.options()) as storage:
+        storage.load_metadata()  # the open's reads, not the saves'
+        sent = _count_requests(monkeypatch)
+        saves: list[tuple[str, Any, str]] = [
+            ("face_areas", np.arange(3.0), "face_areas.json"),
+            ("graph", {"a": np.arange(2), "n": 3}, "graph.json"),
+            ("faces/ids", np.arange(4), "faces_ids.json"),
+            ("faces", {"ids": np.arange(5)}, "faces.json"),
+        ]
+        for key, value, name in saves:
+            sent.clear()
+            storage.save_data(key, value)
+            assert [op for op, _ in sent if op != "delete_object"] == [
+                "put_object",
+                "put_object",
+            ], (key, sent)
+            assert [n for op, n in sent if op == "put_object"] == [name, "metadata.json"]
+        sent.clear()
+        storage.save_data("graph/b", np.arange(300))  # read, then rewritten
+        assert [op for op, _ in sent] == ["get_object", "put_object", "put_object"], sent
+    client = s3.client()
+    kb = {
+        name: size_in_kb(len(client.cat_file(f"{url}/{name}")))
+        for name in ("face_areas.json", "graph.json", "faces.json")
+    }
+    with JsonStorageHandler(url, storage_options=s3.options(), read_only=True) as reopened:
+        assert reopened.load_metadata("file_sizes_KB") == {
+            "face_areas": kb["face_areas.json"],
+            "graph": {"b": kb["graph.json"]},  # a key saved into it: its entries' sizes
+            "faces": kb["faces.json"],
+        }
+        assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
+        assert_same(
+            reopened.load_data("graph"), {"a": np.arange(2), "n": 3, "b": np.arange(300)}, "graph"
+        )
+        assert_same(reopened.load_data("faces"), {"ids": np.arange(5)}, "faces")

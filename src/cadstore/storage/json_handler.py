@@ -35,8 +35,9 @@ file over :data:`MAX_JSON_BYTES` is refused, and never read past one byte beyond
 (locally, not read at all).
 
 ``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
-the file. Saving a key into a dict file (or deleting one from it) rewrites the file, and
-the size recorded for each key the file holds becomes the file's new size. A writer
+the file: the number of bytes written, with no size query. Saving a key into a dict file
+(or deleting one from it) rewrites the file, and the size recorded for each key the file
+holds becomes the file's new size. A writer
 killed between writing a file and ``metadata.json`` left it claiming the old size, or none.
 The sizes are therefore checked against the files when the storage reads its metadata
 (with no size query: each file is read whole at open, which gives its size): each size
@@ -158,11 +159,11 @@ class JsonStorageHandler(NodeStorage):
         # key -> file name of each leftover: a file of a key below another stored file
         # (see _scan), unread, until a change at or above that file's key removes it.
         self._leftovers: dict[str, str] = {}
-        # Bytes of each file as the scan found them, until the check of the recorded sizes
-        # (see _true_sizes) has used them: the read of each file gives its size, and
-        # opening needs no size query (a HEAD request each on an object store). Dropped
-        # for a file this storage writes.
-        self._scanned_sizes: dict[str, int] = {}
+        # Bytes of each file as this storage last read it whole (the scan) or wrote it:
+        # the sizes the check of the recorded sizes (see _true_sizes) and each save record,
+        # with no size query (a HEAD request each on an object store). Dropped for a file
+        # this storage removes.
+        self._file_bytes: dict[str, int] = {}
         self._scan()
         # Read on first use; the sizes a killed writer left are corrected then, in memory,
         # and written with the first change (see _true_sizes): opening writes nothing.
@@ -200,10 +201,23 @@ class JsonStorageHandler(NodeStorage):
 
     def _write_json(self, name: str, obj: Any) -> int:
         """Write ``obj`` to the file ``name``, atomically; return the bytes written."""
-        self._scanned_sizes.pop(name, None)
         data = jsoncodec.dumps(obj, indent=1).encode("utf-8")
+        self._file_bytes.pop(name, None)  # unknown until the file is published
         write_bytes_atomic(self._location.child(name), data)
+        self._file_bytes[name] = len(data)
         return len(data)
+
+    def _file_size(self, name: str) -> int:
+        """The size of the file ``name``: as this storage last read or wrote it, else
+        queried (see ``_file_bytes``).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the size is not known and the file does not exist.
+        """
+        known = self._file_bytes.get(name)
+        return self._fs.size(self._path(name)) if known is None else known
 
     def _scan(self) -> None:
         if not self._fs.isdir(self._dir):
@@ -212,7 +226,7 @@ class JsonStorageHandler(NodeStorage):
         for name in sorted(self._fs.listdir(self._dir)):
             if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
                 continue
-            doc = self._read_json(name, sizes=self._scanned_sizes)
+            doc = self._read_json(name, sizes=self._file_bytes)
             if isinstance(doc, dict) and set(doc) == {"key", "value"}:
                 key = doc["key"]
                 if not isinstance(key, str):
@@ -301,7 +315,7 @@ class JsonStorageHandler(NodeStorage):
 
     def _remove(self, name: str) -> None:
         """Delete the file ``name`` of the storage's directory."""
-        self._scanned_sizes.pop(name, None)
+        self._file_bytes.pop(name, None)
         self._fs.remove(self._path(name))
 
     def _file_ancestor(self, key: str) -> str | None:
@@ -410,7 +424,8 @@ class JsonStorageHandler(NodeStorage):
     def _stored_nbytes(self, key: str) -> int:
         owner = key if key in self._index else self._file_ancestor(key)
         keys = [owner] if owner is not None else self._descendants(key)
-        return sum(self._fs.size(self._path(self._index[k][0])) for k in keys)
+        # The files a save just wrote: their sizes are known, no query needed.
+        return sum(self._file_size(self._index[k][0]) for k in keys)
 
     def _read_metadata_document(self) -> dict[str, Any]:
         path = self._path(METADATA_FILE)
@@ -425,7 +440,6 @@ class JsonStorageHandler(NodeStorage):
             doc = stored
         # Corrected in memory only: written with the next change, never by an open.
         self._true_sizes(doc)
-        self._scanned_sizes.clear()  # they served this one check
         return doc
 
     def _true_sizes(self, doc: dict[str, Any]) -> bool:
@@ -447,10 +461,8 @@ class JsonStorageHandler(NodeStorage):
         def size_of(key: str) -> float | None:
             name = self._index[key][0]
             if name not in on_disk:
-                scanned = self._scanned_sizes.pop(name, None)
                 try:
-                    nbytes = self._fs.size(self._path(name)) if scanned is None else scanned
-                    on_disk[name] = size_in_kb(nbytes)
+                    on_disk[name] = size_in_kb(self._file_size(name))
                 except FileNotFoundError:  # removed since the storage opened
                     on_disk[name] = None
             return on_disk[name]
