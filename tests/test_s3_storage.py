@@ -339,6 +339,36 @@ def test_fs_layer_on_s3(s3: S3) -> None:
         fs.open_read(data)
 
 
+def test_object_ranges_at_and_past_the_end_read_as_on_local_disk(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_object_ranges`` on S3 raised the server's HTTP 416 (range not satisfiable)
+    for any range of an empty object, or starting at or after an object's end, and read a
+    whole object for a range of length 0 starting at 0. It reads what local disk reads
+    now: the bytes of the range that exist (``b""`` where none do, or for a length of 0
+    or less), ``None`` for a missing object; in one request each, in order."""
+    contents = {"empty": b"", "ten": b"0123456789"}
+    for name, data in contents.items():
+        s3.client().pipe_file(s3.url("ranges", name), data)
+        (tmp_path / name).write_bytes(data)
+    spans = [(0, 10), (0, 1), (0, 0), (5, 3), (3, -1), (8, 5), (10, 5), (20, 5), (2, 3)]
+    requests = [(name, start, length) for name in (*contents, "missing") for start, length in spans]
+    expected = [
+        contents[name][start : start + max(0, length)] if name in contents else None
+        for name, start, length in requests
+    ]
+    local, _ = filesystem_for(tmp_path)
+    assert local.read_object_ranges([(str(tmp_path / n), a, b) for n, a, b in requests]) == (
+        expected
+    )
+    remote, _ = filesystem_for(s3.url("ranges"), s3.options())
+    sent = _count_requests(monkeypatch)
+    assert remote.read_object_ranges([(s3.url("ranges", n), a, b) for n, a, b in requests]) == (
+        expected
+    )
+    assert len(sent) == len(requests)
+
+
 def test_exclusive_write_is_a_conditional_put(s3: S3) -> None:
     fs, root = filesystem_for(s3.url("exclusive"), s3.options())
     assert isinstance(fs, FsspecFileSystem)

@@ -685,25 +685,35 @@ class FsspecFileSystem(FileSystem):
         One ranged GET per request, all in flight together (fsspec's ``cat_ranges``); a
         missing object gives ``None``. For objects each read whole or in part once, such
         as the shards of a dataset stored as a directory.
+
+        As on local disk (see :meth:`FileSystem.read_object_ranges`), a range that starts
+        at or after the object's end, an empty object's included, gives ``b""``: the
+        server refuses it (HTTP 416, no byte there to start at). A length of 0 or less
+        gives ``b""`` too, after a request of one byte that tells whether the object
+        exists: an empty HTTP range cannot be asked for, and an end equal to the start
+        would fetch the whole object.
         """
         if not requests:
             return []
         paths = [path for path, _, _ in requests]
         starts = [start for _, start, _ in requests]
-        ends = [start + max(0, length) for _, start, length in requests]
+        ends = [start + max(1, length) for _, start, length in requests]
         with self._errors(paths[0]):
             got = self.fs.cat_ranges(paths, starts, ends, on_error="return")
         out: list[bytes | None] = []
-        for path, data in zip(paths, got, strict=True):
+        for (path, _, length), data in zip(requests, got, strict=True):
             if isinstance(data, FileNotFoundError):
                 out.append(None)
             elif isinstance(data, BaseException):
+                if _error_response(data)[1] == 416:
+                    out.append(b"")  # the range starts at or after the object's end
+                    continue
                 translated = self.translate(path, data)
                 if translated is data:
                     raise data
                 raise translated from data
             else:
-                out.append(bytes(data))
+                out.append(bytes(data) if length > 0 else b"")
         return out
 
     def file_sizes(self, path: str) -> dict[str, int]:
