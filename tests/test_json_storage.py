@@ -814,3 +814,56 @@ def test_a_save_queries_no_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
         assert_same(reopened.load_data("graph"), {"a": np.arange(2), "b": np.arange(300)}, "g")
         assert_same(reopened.load_data("faces"), {"ids": np.arange(4), "n": 7}, "faces")
+
+
+@pytest.mark.parametrize("key", ["graph/b", "graph/sub/x", "graph/a"])
+def test_a_delete_inside_a_dict_file_writes_the_metadata_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Deleting a key with a size of its own inside a dict file wrote ``metadata.json``
+    twice: once without the key's size, then again, after the dict file, with the file's
+    new size for its other entries. It is written once now, before the dict file (as for
+    any delete, so that a writer killed in between leaves no size for data that is
+    gone), with both changes; for a key without a size of its own too (``graph/a``,
+    saved with the dict). Counted at the publication of each file; the key is gone,
+    every other key is intact, and a reopened storage loads the same and has no size to
+    correct."""
+    from cadstore.storage import json_handler
+
+    where = tmp_path / "store"
+    graph: dict[str, Any] = {"a": np.arange(2), "sub": {"y": "two"}}
+    with JsonStorageHandler(where) as storage:
+        storage.save_data("face_areas", np.arange(3.0))
+        storage.save_data("graph", graph)
+        # Saved into graph.json: each has a size record of its own.
+        for name, value in {"b": np.arange(900), "sub/x": 1, "c": np.arange(300)}.items():
+            storage.save_data(f"graph/{name}", value)
+        published: list[str] = []
+        real = json_handler.write_bytes_atomic
+
+        def counted(location: Any, data: bytes, **kw: Any) -> int:
+            published.append(os.path.basename(location.path))
+            return real(location, data, **kw)
+
+        monkeypatch.setattr(json_handler, "write_bytes_atomic", counted)
+        storage.delete_data(key)
+        assert published == ["metadata.json", "graph.json"]
+        assert key not in storage
+    graph.update(b=np.arange(900), c=np.arange(300), sub={"x": 1, "y": "two"})
+    if key == "graph/sub/x":
+        del graph["sub"]["x"]
+    else:
+        del graph[key.split("/")[1]]
+    graph_kb = _kb(where / "graph.json")
+    sizes = {"b": graph_kb, "sub": {"x": graph_kb}, "c": graph_kb}
+    if key == "graph/b":
+        del sizes["b"]
+    elif key == "graph/sub/x":
+        sizes["sub"] = {}
+    doc = json.loads((where / "metadata.json").read_text())
+    assert doc["file_sizes_KB"] == {"face_areas": _kb(where / "face_areas.json"), "graph": sizes}
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert key not in reopened
+        assert reopened.load_metadata("file_sizes_KB") == doc["file_sizes_KB"]
+        assert_same(reopened.load_data("face_areas"), np.arange(3.0), "face_areas")
+        assert_same(reopened.load_data("graph"), graph, "graph")

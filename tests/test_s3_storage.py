@@ -675,3 +675,28 @@ def test_a_json_save_queries_no_size(s3: S3, monkeypatch: pytest.MonkeyPatch) ->
             reopened.load_data("graph"), {"a": np.arange(2), "n": 3, "b": np.arange(300)}, "graph"
         )
         assert_same(reopened.load_data("faces"), {"ids": np.arange(5)}, "faces")
+
+
+def test_a_json_delete_inside_a_dict_file_puts_the_metadata_once(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a key with a size of its own inside a dict file of a JSON store put
+    ``metadata.json`` twice (without the key's size, then with the file's new size for
+    the other entries). One PUT of it now, then the dict file's, with no size query; the
+    key is gone, the other keys are intact, and a reopened store agrees."""
+    url = s3.url("json_delete_requests", "store")
+    with JsonStorageHandler(url, storage_options=s3.options()) as storage:
+        storage.save_data("graph", {"a": np.arange(2)})
+        storage.save_data("graph/b", np.arange(900))
+        storage.save_data("graph/c", np.arange(300))
+        sent = _count_requests(monkeypatch)
+        storage.delete_data("graph/b")
+        assert [r for r in sent if r[0] != "get_object"] == [
+            ("put_object", "metadata.json"),
+            ("put_object", "graph.json"),
+        ], sent
+    graph_kb = size_in_kb(len(s3.client().cat_file(f"{url}/graph.json")))
+    with JsonStorageHandler(url, storage_options=s3.options(), read_only=True) as reopened:
+        assert "graph/b" not in reopened
+        assert reopened.load_metadata("file_sizes_KB") == {"graph": {"c": graph_kb}}
+        assert_same(reopened.load_data("graph"), {"a": np.arange(2), "c": np.arange(300)}, "g")

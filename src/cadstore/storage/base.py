@@ -332,6 +332,17 @@ class NodeStorage(DataStorage):
     def _delete_node(self, key: str) -> None:
         """Remove the subtree at ``key``; raise ``KeyError`` if absent."""
 
+    def _delete_writes_metadata(self, key: str) -> bool:
+        """Whether :meth:`_delete_node` of ``key`` writes the metadata document itself,
+        before it changes any data.
+
+        For a deletion that changes other sizes too (a key inside a file holding others,
+        see :class:`~cadstore.storage.JsonStorageHandler`): the dropped size record and
+        those changes then go in one write, still ahead of the data. ``False`` here:
+        :meth:`delete_data` writes the document, then deletes.
+        """
+        return False
+
     @abstractmethod
     def _node_kind(self, key: str) -> NodeKind | None:
         """Return ``"leaf"``, ``"group"`` or ``None``."""
@@ -537,7 +548,8 @@ class NodeStorage(DataStorage):
             # data without a size (which a storage that checks its sizes on open gives back,
             # see JsonStorageHandler), never a size for data that is gone.
             sizes = self._metadata.get(SIZES_METADATA_KEY)
-            if isinstance(sizes, dict) and self._pop_nested(sizes, key.split("/")):
+            dropped = isinstance(sizes, dict) and self._pop_nested(sizes, key.split("/"))
+            if dropped and not self._delete_writes_metadata(key):
                 self._write_metadata_document(self._metadata)
             try:
                 self._delete_node(key)

@@ -37,8 +37,9 @@ file over :data:`MAX_JSON_BYTES` is refused, and never read past one byte beyond
 ``metadata.json`` records the size of each key's file (``file_sizes_KB``), written after
 the file: the number of bytes written, with no size query. Saving a key into a dict file
 (or deleting one from it) rewrites the file, and the size recorded for each key the file
-holds becomes the file's new size. A writer
-killed between writing a file and ``metadata.json`` left it claiming the old size, or none.
+holds becomes the file's new size (a delete writes ``metadata.json`` once, before the
+file). A writer killed between writing a file and ``metadata.json`` left it claiming the
+old size, or none.
 The sizes are therefore checked against the files when the storage reads its metadata
 (with no size query: each file is read whole at open, which gives its size): each size
 recorded for a key held in a file is that file's size, and each key saved to a file has
@@ -201,7 +202,10 @@ class JsonStorageHandler(NodeStorage):
 
     def _write_json(self, name: str, obj: Any) -> int:
         """Write ``obj`` to the file ``name``, atomically; return the bytes written."""
-        data = jsoncodec.dumps(obj, indent=1).encode("utf-8")
+        return self._write_bytes(name, _json_bytes(obj))
+
+    def _write_bytes(self, name: str, data: bytes) -> int:
+        """Write ``data`` to the file ``name``, atomically; return the bytes written."""
         self._file_bytes.pop(name, None)  # unknown until the file is published
         write_bytes_atomic(self._location.child(name), data)
         self._file_bytes[name] = len(data)
@@ -297,8 +301,14 @@ class JsonStorageHandler(NodeStorage):
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStoreError(self._path(name), f"cannot decode value: {exc}") from exc
 
-    def _store_file(self, key: str, node: Node) -> int:
-        """Write ``node`` to the file of ``key``; return the bytes written."""
+    def _file_content(self, key: str, node: Node) -> tuple[str, bytes]:
+        """The name and the bytes of the file that stores ``node`` at ``key``, unwritten.
+
+        Raises
+        ------
+        KeyConflictError
+            If another stored key's file has that name (the keys sanitise alike).
+        """
         name = _file_name(key)
         owner = next((k for k, (n, _) in self._index.items() if n == name and k != key), None)
         if owner is not None:
@@ -306,7 +316,16 @@ class JsonStorageHandler(NodeStorage):
                 f"key {key!r} and the stored key {owner!r} both map to the file {name!r}; "
                 "rename one of them"
             )
-        written = self._write_json(name, {"key": key, "value": jsoncodec.encode(node)})
+        return name, _json_bytes({"key": key, "value": jsoncodec.encode(node)})
+
+    def _store_file(self, key: str, node: Node, content: tuple[str, bytes] | None = None) -> int:
+        """Write ``node`` to the file of ``key``; return the bytes written.
+
+        ``content`` is the file's name and bytes if :meth:`_file_content` already gave
+        them (to size the file before it is written).
+        """
+        name, data = self._file_content(key, node) if content is None else content
+        written = self._write_bytes(name, data)
         self._index[key] = (name, isinstance(node, dict))
         # A leftover of the same name (a key that sanitises alike) was just replaced.
         for left in [k for k, n in self._leftovers.items() if n == name]:
@@ -393,16 +412,26 @@ class JsonStorageHandler(NodeStorage):
             if not isinstance(parent, dict) or parts[-1] not in parent:
                 raise KeyError(key)
             del parent[parts[-1]]
-            written = self._store_file(owner, value)
-            # The file's other entries have its new size (the key's own went first).
-            if self._size_dict_file(owner, size_in_kb(written)):
-                self._write_metadata_document(self._metadata)
+            content = self._file_content(owner, value)
+            # One metadata.json, ahead of the file as for any delete: without the key's
+            # size (dropped by delete_data, see _delete_writes_metadata) and with the
+            # file's new size for its other entries. A writer killed before the file is
+            # written leaves those sizes for the check on open to correct, and no size
+            # for data that is gone.
+            self._size_dict_file(owner, size_in_kb(len(content[1])))
+            self._write_metadata_document(self._metadata)
+            self._store_file(owner, value, content)
             return
         children = self._descendants(key)
         if not children:
             raise KeyError(key)
         for child in children:
             self._remove(self._index.pop(child)[0])
+
+    def _delete_writes_metadata(self, key: str) -> bool:  # docstring inherited
+        # A key inside a dict file: its deletion changes the sizes of the file's other
+        # entries, written with the dropped one (see _delete_node).
+        return key not in self._index and self._file_ancestor(key) is not None
 
     def _node_kind(self, key: str) -> NodeKind | None:
         if key in self._index:
@@ -559,6 +588,11 @@ class JsonStorageHandler(NodeStorage):
 
     def _describe(self) -> str:
         return repr(self._dir)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """The bytes of a file of the storage holding ``obj`` (indented, UTF-8)."""
+    return jsoncodec.dumps(obj, indent=1).encode("utf-8")
 
 
 def _is_tagged_leaf(obj: dict[str, Any]) -> bool:
