@@ -801,3 +801,44 @@ def test_summary_is_json_and_parse_is_repeatable(items: Any, tmp_path: Path) -> 
     assert first["items"] == first["codes"] == first["infoset_rows"] == 3
     assert first["attribute_rows"] == 7
     assert first["infoset"] == str(tmp_path / "out" / "flow.infoset")
+
+
+@pytest.mark.parametrize("order", ["set_attributes first", "parse_info_files first"])
+def test_set_attributes_warnings_do_not_depend_on_the_order_of_the_calls(
+    tmp_path: Path, order: str
+) -> None:
+    """A code :meth:`DatasetInfo.set_attributes` was given two labels for, and a code that
+    is not an integer, were warned of when it was called after
+    :meth:`DatasetInfo.parse_info_files`, and not at all when called before it: parsing
+    started the warnings over, dropping those of ``set_attributes``, whose tables it kept.
+    Both orders warn of them, once each, as of the clashes with the items' labels, and
+    parsing again does not repeat them."""
+    files = _described_items(tmp_path, ["plane", "flat"])
+    info = DatasetInfo(files, tmp_path / "f.infoset", tmp_path / "f.attribset")
+
+    def given() -> None:
+        info.set_attributes({0: "round"}, "face_types")
+        info.set_attributes({0: "ball", "x": "y"}, "face_types")
+
+    if order == "set_attributes first":
+        given()
+        info.parse_info_files()
+        info.parse_info_files()
+    else:
+        info.parse_info_files()
+        given()
+    info.build_code_mappings(files)
+    info.store_info_to_parquet()
+    expected = [
+        "description table 'face_types': code 0 is 'round' and 'ball' (in set_attributes); "
+        "keeping 'round'",
+        "set_attributes: description table 'face_types' has code 'x', which is not an "
+        "integer; ignored",
+        "description table 'face_types': code 0 is 'plane' (item 'p0') and 'flat' (item "
+        "'p1'); keeping 'plane'",
+        "attribute table 'face_types': code 0 is 'round' from set_attributes and 'plane' in "
+        "the items' descriptions (item 'p0'); keeping 'round'",
+    ]
+    assert sorted(info.warnings) == sorted(expected)
+    assert sorted(info.summary()["warnings"]) == sorted(expected)
+    assert attribute_rows(tmp_path / "f.attribset", "face_types") == {0: "round"}

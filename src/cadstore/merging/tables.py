@@ -403,6 +403,9 @@ class DatasetInfo:
         self.errors: list[dict[str, str]] = []
         self._error_keys: set[tuple[str, str]] = set()
         self.warnings: list[str] = []
+        # The warnings of set_attributes: its tables outlive parse_info_files, which starts
+        # the warnings over, so its warnings must too.
+        self._given_warnings: list[str] = []
         self.deleted_files: list[str] = []
         self._items: dict[str, _Item] = {}
         self._fields: dict[str, _Field] = {}
@@ -434,6 +437,12 @@ class DatasetInfo:
         if message not in self.warnings:
             self.warnings.append(message)
 
+    def _warn_given(self, message: str) -> None:
+        # A warning about what set_attributes was given: kept when parsing starts over.
+        if message not in self._given_warnings:
+            self._given_warnings.append(message)
+        self._warn(message)
+
     def _error(self, path: str, reason: str) -> None:
         # A set beside the list: thousands of orphans must not make this quadratic.
         if (path, reason) not in self._error_keys:
@@ -451,7 +460,8 @@ class DatasetInfo:
 
         An input that is missing, unreadable or not a JSON object is skipped and listed in
         :attr:`errors`; an item name seen twice keeps its first input. Calling this again
-        starts over. Inputs are never deleted here.
+        starts over, the tables of :meth:`set_attributes` and their warnings kept. Inputs are
+        never deleted here.
         """
         self._items = {}
         self._fields = {}
@@ -463,7 +473,7 @@ class DatasetInfo:
         self._clashes = {}
         self.errors = []
         self._error_keys = set()
-        self.warnings = []
+        self.warnings = list(self._given_warnings)
         self._schema = self._given_schema
         self._route_cache = {}
         documents: list[tuple[str, str, dict[str, Any]]] = []
@@ -682,13 +692,14 @@ class DatasetInfo:
         a code labelled two ways is warned of once every input is read, naming the items
         of each label (:meth:`_warn_parsed_fields`).
         """
+        warn = self._warn if item is not None else self._warn_given
         if isinstance(entries, Mapping):
             pairs = list(entries.items())
         elif isinstance(entries, list | tuple):
             # A list of labels: the position is the code.
             pairs = list(enumerate(entries))
         else:
-            self._warn(
+            warn(
                 f"{where}: description table {table!r} is a {type(entries).__name__}, not "
                 "{code: label}; ignored"
             )
@@ -697,7 +708,7 @@ class DatasetInfo:
         for code_raw, label in pairs:
             code = _as_code(code_raw)
             if code is None:
-                self._warn(
+                warn(
                     f"{where}: description table {table!r} has code {code_raw!r}, which is "
                     "not an integer; ignored"
                 )
@@ -713,7 +724,7 @@ class DatasetInfo:
                 self._clashes[(table, code)] = None
             elif known != attribute:
                 clash = _labels_clash_text([(known, ""), (attribute, f"(in {where})")])
-                self._warn(f"description table {table!r}: code {code} {clash}")
+                warn(f"description table {table!r}: code {code} {clash}")
 
     # ------------------------------------------------------------------ codes
     def build_code_mappings(self, zip_files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
