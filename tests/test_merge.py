@@ -1576,3 +1576,67 @@ def test_a_dataset_given_as_an_item_says_what_it_is(tmp_path: Path) -> None:
         cadstore.merge([taken], str(tmp_path / "g.dataset"))
     message = str(info.value)
     assert f"no item could be merged: {taken}: " in message and "{" not in message
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("step", ["scan", "copy"])
+@pytest.mark.parametrize(
+    ("code", "kind", "problem"),
+    [
+        ("EIO", "StorageError", "input/output error"),
+        ("EACCES", "StorageAccessError", "permission denied"),
+        ("ENOENT", "StorageNotFoundError", "no such file or directory"),
+    ],
+)
+def test_an_os_error_reading_an_item_in_one_process_names_the_item(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    step: str,
+    code: str,
+    kind: str,
+    problem: str,
+) -> None:
+    """A read the file system refuses once the item is open (EIO on a shared disk, as
+    ``os.pread`` raises it, naming no file) stopped a one-process merge with that bare
+    OSError, '[Errno 5] Input/output error', naming no item, in the scan and in the copy
+    of the rows alike; a Dask merge named the item. It is the StorageError of its kind
+    (a PermissionError stays one) naming the item, the problem in words; nothing is
+    published and the items are unchanged."""
+    import errno
+    import os
+
+    from cadstore import errors
+    from cadstore.merging import run
+
+    items = [p for p, _, _ in write_items(tmp_path / "items", 4, seed=3)]
+    before = {p: p.read_bytes() for p in items}
+    failing = items[2]
+    number = getattr(errno, code)
+    armed = step == "scan"
+    real_get = ZipSource.get
+    real_plan = run.plan_merge
+
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        armed = True  # the scan is over: the copy reads the items again
+        return real_plan(*args, **kwargs)
+
+    def refused(self: ZipSource, key: str) -> bytes | None:
+        if armed and self.location == str(failing) and "/c/" in key:
+            raise OSError(number, os.strerror(number))
+        return real_get(self, key)
+
+    monkeypatch.setattr(run, "plan_merge", planned)
+    monkeypatch.setattr(ZipSource, "get", refused)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    with pytest.raises(errors.StorageError) as caught:
+        merge_items(items, out, workers=workers)
+    assert type(caught.value) is getattr(errors, kind)
+    assert isinstance(caught.value, type(OSError(number, "x")))  # PermissionError...
+    assert caught.value.path == str(failing)
+    assert str(caught.value) == f"{failing}: reading it: {problem}"
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+    assert {p: p.read_bytes() for p in items} == before

@@ -546,23 +546,32 @@ def test_an_os_error_in_a_task_is_reported_as_itself(
     was reported as "lost the Dask cluster ... run the merge again", which no rerun
     mends. It is reported as the StorageError it is, naming the item and the problem in
     words (no "[Errno N]"), of the same kind (a PermissionError stays one, as in one
-    process); nothing is published."""
+    process); nothing is published. The read is refused below the item readers, as the
+    file system refuses it (naming no file, as ``os.pread`` does)."""
     import errno
 
     from cadstore import errors
-    from cadstore.merging import distributed as on_dask
+    from cadstore.io.sources import ZipSource
+    from cadstore.merging import run
 
     failing = items[5]
-    name = "scan_item" if step == "scan" else "decode_item"
-    real = getattr(on_dask, name)
     number = getattr(errno, code)
+    armed = step == "scan"
+    real_get = ZipSource.get
+    real_plan = run.plan_merge
 
-    def refused(location: Any, *args: Any, **kwargs: Any) -> Any:
-        if location.path == str(failing):
-            raise OSError(number, os.strerror(number), location.path)
-        return real(location, *args, **kwargs)
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        armed = True  # the scan is over: the shard tasks read the items again
+        return real_plan(*args, **kwargs)
 
-    monkeypatch.setattr(on_dask, name, refused)
+    def refused(self: ZipSource, key: str) -> bytes | None:
+        if armed and self.location == str(failing) and "/c/" in key:
+            raise OSError(number, os.strerror(number))
+        return real_get(self, key)
+
+    monkeypatch.setattr(run, "plan_merge", planned)
+    monkeypatch.setattr(ZipSource, "get", refused)
     out = tmp_path / "out" / "flow.dataset"
     out.parent.mkdir()
     with pytest.raises(errors.StorageError) as caught:

@@ -73,6 +73,7 @@ __all__ = [
     "UnsupportedTypeError",
     "os_error_message",
     "os_problem",
+    "os_storage_error",
 ]
 
 
@@ -382,3 +383,44 @@ def os_error_message(exc: OSError) -> str:
         if name is not None
     ]
     return f"{' -> '.join(names)}: {problem}" if names else problem
+
+
+def os_storage_error(path: object, exc: OSError, doing: str = "") -> StorageError:
+    """The :class:`StorageError` reporting ``exc``, an OSError raised working on ``path``.
+
+    An OSError the system raises may name no file (EIO from a read of a shared disk), or
+    name a member of the store rather than the store the caller was asked to read; this
+    one names ``path``, says the problem in words (:func:`os_problem`) and keeps the kind,
+    so that ``except PermissionError`` still catches a refused read.
+
+    Parameters
+    ----------
+    path
+        The file, directory or URL being worked on (an item, a dataset).
+    exc
+        The error.
+    doing
+        What was being done, put before the problem (``"reading it"``); none when empty.
+
+    Returns
+    -------
+    StorageError
+        :class:`StorageAccessError` for a ``PermissionError``,
+        :class:`StorageNotFoundError` for a ``FileNotFoundError``,
+        :class:`StorageUnavailableError` for a ``ConnectionError``, else
+        :class:`StorageError`.
+
+    Examples
+    --------
+    >>> str(os_storage_error("x.data", OSError(5, "Input/output error"), "reading it"))
+    'x.data: reading it: input/output error'
+    """
+    kind: type[StorageError] = StorageError
+    if isinstance(exc, PermissionError):
+        kind = StorageAccessError
+    elif isinstance(exc, FileNotFoundError):
+        kind = StorageNotFoundError
+    elif isinstance(exc, ConnectionError):
+        kind = StorageUnavailableError
+    problem = os_problem(exc)
+    return kind(path, f"{doing}: {problem}" if doing else problem)

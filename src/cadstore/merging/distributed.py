@@ -22,7 +22,8 @@ raised itself stops it as that error; an OSError reading an item comes back as a
 :class:`~cadstore.errors.StorageError` naming the item, of the same kind
 (:class:`~cadstore.errors.StorageAccessError` is a ``PermissionError``,
 :class:`~cadstore.errors.StorageNotFoundError` a ``FileNotFoundError``), since the error a
-worker raised may name no file (EIO on a shared disk).
+worker raised may name no file (EIO on a shared disk): the item readers report it so
+(:func:`~cadstore.merging.scan.reading_item`), as in one process.
 
 Dask is optional: install ``cadstore[dask]``.
 """
@@ -30,11 +31,10 @@ Dask is optional: install ``cadstore[dask]``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +48,6 @@ from cadstore.errors import (
     StorageError,
     StorageNotFoundError,
     StorageUnavailableError,
-    os_problem,
 )
 from cadstore.format.limits import Limits
 from cadstore.format.sharding import encode_shard
@@ -91,31 +90,6 @@ _PATH_ERRORS: dict[str, type[StorageError]] = {
         StorageUnavailableError,
     )
 }
-
-
-_T = TypeVar("_T")
-
-
-def _reading(location: Location, read: Callable[[], _T]) -> _T:
-    """``read()`` of the item at ``location`` in a task, an OSError it raises (a read
-    the file system refused, such as EIO on a shared disk) made a StorageError naming
-    the item: raised as it is, it would reach the driver naming no item (and a
-    :class:`~cadstore.errors.CadstoreError` travels back as a :class:`_Failure`)."""
-    try:
-        return read()
-    except CadstoreError:
-        raise
-    except OSError as exc:
-        # The kind of error kept (a PermissionError stays one, as in one process), its
-        # text without "[Errno N]" and the path it repeats.
-        kind: type[StorageError] = StorageError
-        if isinstance(exc, PermissionError):
-            kind = StorageAccessError
-        elif isinstance(exc, FileNotFoundError):
-            kind = StorageNotFoundError
-        elif isinstance(exc, ConnectionError):
-            kind = StorageUnavailableError
-        raise kind(location.path, f"reading it on a Dask worker: {os_problem(exc)}") from exc
 
 
 def _let_go(futures: Iterable[Any], cancel: bool = False) -> None:
@@ -208,7 +182,8 @@ def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
 # ---------------------------------------------------------------------------- scan
 def _scan_batch(locations: Sequence[Location], limits: Limits) -> Any:
     def scan(location: Location) -> ItemScan | tuple[str, str]:
-        return _reading(location, functools.partial(scan_item, location, limits, scalars=True))
+        # An OSError reading the item comes back as a StorageError naming it (reading_item).
+        return scan_item(location, limits, scalars=True)
 
     return _captured(lambda: [scan(location) for location in locations])
 
@@ -294,11 +269,8 @@ def _encode_units(
                 arrays = decoded.get(code)
                 if arrays is None:
                     location = items[code]
-                    arrays = decoded[code] = _reading(
-                        location,
-                        functools.partial(
-                            decode_item, location, sorted(wanted[code]), limits, triangles
-                        ),
+                    arrays = decoded[code] = decode_item(
+                        location, sorted(wanted[code]), limits, triangles
                     )
                 arr = item_rows(arrays[key], layout, n_rows, items[code].path, key)
                 parts.append(arr[lo:hi])

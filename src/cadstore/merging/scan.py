@@ -16,17 +16,24 @@ would publish an empty or partial dataset), so the merge can simply be run again
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import math
 import os
 import stat
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cadstore.errors import CorruptStoreError, MergeError, os_problem
+from cadstore.errors import (
+    CadstoreError,
+    CorruptStoreError,
+    MergeError,
+    os_problem,
+    os_storage_error,
+)
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
 from cadstore.format.layout import dataset_marker
@@ -42,6 +49,7 @@ __all__ = [
     "decode_item",
     "item_name_of",
     "keep_scans",
+    "reading_item",
     "scan_all",
     "scan_item",
 ]
@@ -120,7 +128,14 @@ def scan_item(
     ------
     StorageAccessError, StorageUnavailableError
         When the object store refuses or cannot be reached: the item is not at fault.
+    StorageError
+        When the file system refuses a read of the item (:func:`reading_item`).
     """
+    with reading_item(location):
+        return _scan_item(location, limits, scalars)
+
+
+def _scan_item(location: Location, limits: Limits, scalars: bool) -> ItemScan | tuple[str, str]:
     try:
         source = open_source(location, limits, what="item")
     except CorruptStoreError as exc:
@@ -244,24 +259,48 @@ def decode_item(
     MergeError
         If the item no longer reads: the scan verified every CRC, so data that fails now
         changed meanwhile or was crafted to pass them.
+    StorageError
+        When the file system refuses a read of the item (:func:`reading_item`).
+    """
+    with reading_item(location):
+        try:
+            source = open_source(location, limits, what="item")
+            try:
+                hier = ReadHierarchy(source, limits)
+                return {
+                    key: hier.read_stored(key)
+                    if key in triangles and hier.meta(key).item_shape is not None
+                    else hier.read_array(key)
+                    for key in keys
+                    if key in hier.arrays
+                }
+            finally:
+                source.close()
+        except CorruptStoreError as exc:
+            raise MergeError(
+                f"item {location} changed or is corrupt beyond its checksums: {exc}"
+            ) from exc
+
+
+@contextlib.contextmanager
+def reading_item(location: Location) -> Iterator[None]:
+    """Report an OSError raised reading the item at ``location`` as the
+    :class:`~cadstore.errors.StorageError` of its kind naming the item
+    (:func:`~cadstore.errors.os_storage_error`).
+
+    A read the file system refuses after the item was opened (EIO on a shared disk, a
+    member file of a directory item that may not be read) raises an OSError naming no
+    file, or only a member: the merge stops naming the item instead, in one process as
+    on a Dask worker (whose errors must travel back as cadstore errors). The item is not
+    skipped as unreadable: the same file may read once the disk is back. cadstore's own
+    errors pass unchanged.
     """
     try:
-        source = open_source(location, limits, what="item")
-        try:
-            hier = ReadHierarchy(source, limits)
-            return {
-                key: hier.read_stored(key)
-                if key in triangles and hier.meta(key).item_shape is not None
-                else hier.read_array(key)
-                for key in keys
-                if key in hier.arrays
-            }
-        finally:
-            source.close()
-    except CorruptStoreError as exc:
-        raise MergeError(
-            f"item {location} changed or is corrupt beyond its checksums: {exc}"
-        ) from exc
+        yield
+    except CadstoreError:
+        raise
+    except OSError as exc:
+        raise os_storage_error(location.path, exc, "reading it") from exc
 
 
 def check_buckets(locations: Sequence[Location]) -> None:
