@@ -585,28 +585,36 @@ def test_an_os_error_in_a_task_is_reported_as_itself(
     _nothing_published(out)
 
 
-def test_an_os_error_in_a_mapped_call_is_raised_as_itself(
+def test_an_os_error_in_a_mapped_call_is_reported_as_a_scan_s(
     threads_client: distributed.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same for the checks the driver maps onto the cluster (integers into floats):
-    the task's OSError is raised as it is, naming its file."""
+    dask_map raised the task's OSError unchanged, '[Errno 13] Permission denied', naming
+    the item only if the call's error happened to. It is reported as a scan's is: the
+    StorageError of its kind (a PermissionError stays one) naming the call's item, the
+    problem in words; nothing is published and the items are unchanged."""
+    from cadstore import errors
     from cadstore.merging import write
 
     paths = [
         write_arrays(tmp_path / f"{name}.zarr", {"faces/v": value})
         for name, value in (("a", np.array([2**62 + 1, 3])), ("b", np.array([0.5, 1.5])))
     ]
+    before = {p: Path(p).read_bytes() for p in paths}
 
     def refused(location: Any, *args: Any, **kwargs: Any) -> Any:
-        raise PermissionError(13, "Permission denied", location.path)
+        raise PermissionError(13, "Permission denied")  # naming no file, as os.pread
 
     monkeypatch.setattr(write, "decode_item", refused)
     out = tmp_path / "out" / "flow.dataset"
     out.parent.mkdir()
-    with pytest.raises(PermissionError, match="Permission denied") as caught:
+    with pytest.raises(errors.StorageAccessError) as caught:
         merge_items(paths, out, client=threads_client)
-    assert caught.value.filename == str(paths[0])
+    assert isinstance(caught.value, PermissionError)
+    assert caught.value.path == str(paths[0])
+    assert str(caught.value) == f"{paths[0]}: reading it: permission denied"
     _nothing_published(out)
+    assert {p: Path(p).read_bytes() for p in paths} == before
 
 
 def test_a_cluster_lost_during_a_merge_is_reported_as_lost(

@@ -53,7 +53,7 @@ from cadstore.format.limits import Limits
 from cadstore.format.sharding import encode_shard
 from cadstore.io.location import Location
 from cadstore.merging.plan import ArrayPlan, GroupPlan, MergePlan
-from cadstore.merging.scan import ItemScan, decode_item, scan_item
+from cadstore.merging.scan import ItemScan, decode_item, reading_item, scan_item
 from cadstore.merging.write import ShardWriter, item_rows, shard_key
 
 __all__ = ["scan_on_dask", "write_shards_on_dask"]
@@ -153,7 +153,13 @@ def _result(future: Any, what: str) -> Any:
 
 
 def _call_batch(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Any:
-    return _captured(lambda: [fn(*args) for args in calls])
+    """Task: ``fn(*args)`` for each call, in order, each reading the item ``args[0]``."""
+
+    def call(args: tuple[Any, ...]) -> Any:
+        with reading_item(args[0]):
+            return fn(*args)
+
+    return _captured(lambda: [call(args) for args in calls])
 
 
 def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
@@ -161,14 +167,28 @@ def dask_map(client: Any, what: str) -> Callable[..., list[Any]]:
     not do itself (it may not be able to read the items the workers read).
 
     The returned function takes ``(fn, *iterables)`` like :func:`map` and returns the
-    results in order. Calls go to the cluster :data:`SCAN_BATCH` to a task, as scans do
-    (a task per call would load the scheduler with one per item); a cadstore error in a
-    call is raised again here, and cluster failures as a
-    :class:`~cadstore.errors.MergeError` naming ``what``.
+    results in order; the first iterable holds the items the calls read, as
+    :class:`~cadstore.io.location.Location`. Calls go to the cluster :data:`SCAN_BATCH`
+    to a task, as scans do (a task per call would load the scheduler with one per item);
+    a cadstore error in a call is raised again here, an OSError as the
+    :class:`~cadstore.errors.StorageError` of its kind naming the call's item, as a scan's
+    (:func:`~cadstore.merging.scan.reading_item`: the worker's error may name no file),
+    and cluster failures as a :class:`~cadstore.errors.MergeError` naming ``what``.
+
+    Raises
+    ------
+    TypeError
+        If a call's first argument is not a Location (the item an error would name).
     """
 
     def run(fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
         calls = list(zip(*iterables, strict=True))
+        for args in calls:
+            if not args or not isinstance(args[0], Location):
+                raise TypeError(
+                    f"dask_map({what!r}): each call's first argument must be the Location "
+                    f"of the item it reads, not {type(args[0] if args else None).__name__}"
+                )
         batches = [calls[i : i + SCAN_BATCH] for i in range(0, len(calls), SCAN_BATCH)]
         futures = [client.submit(_call_batch, fn, batch, pure=False) for batch in batches]
         try:
