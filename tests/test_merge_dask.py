@@ -653,3 +653,64 @@ def test_a_cluster_lost_during_a_merge_is_reported_as_lost(
             closer.join()
             cluster.close()
     _nothing_published(out)
+
+
+def test_an_error_a_dask_encode_task_raises_is_reported_as_what_it_is(
+    threads_client: distributed.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception a Dask encode task raised itself was reported as a crash of its file
+    ("crash", "the Dask task failed (OSError: ...)"), as if its worker had died, and the
+    bodies it had encoded were not reported. It is classified as a supervised worker's
+    failures are (work.failure_fields): an OSError writing the task's journal (a full
+    disk) is "storage", a cadstore error after the bodies were encoded is what it is,
+    those bodies reported encoded; a worker that dies stays a crash (the tests above)."""
+    pytest.importorskip("OCP", reason="the cad extra is not installed")
+    import errno
+
+    from cadstore.cad.samples import write_sample_set
+    from cadstore.encode import encode_files
+    from cadstore.encode import run as encode_run
+    from cadstore.errors import InvalidDataError
+
+    parts = write_sample_set(tmp_path / "parts", count=2, seed=1)
+    real_open = open
+
+    def full_disk(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        journal = os.path.basename(str(path)).startswith(encode_run.DASK_JOURNAL_PREFIX)
+        if journal and "a" in mode:  # written to: the disk is full; read: it is empty
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(encode_run, "open", full_disk, raising=False)
+        report = encode_files(
+            parts, tmp_path / "full", client=threads_client, histograms=False, merge=False
+        )
+    assert report.encoded == []
+    assert sorted(f["item"] for f in report.failed) == sorted(str(p) for p in parts)
+    for failure in report.failed:
+        assert failure["reason"] == "storage", failure
+        assert failure["error"].startswith("OSError: [Errno 28] No space left on device")
+        assert "crash" not in failure["error"] and "Dask task failed" not in failure["error"]
+
+    local = encode_files(parts, tmp_path / "local", workers=0, histograms=False, merge=False)
+    real_process = encode_run.process_file
+    bad = str(parts[0])
+
+    def refused_after(task: Any, settings: Any, emit: Any) -> None:
+        real_process(task, settings, emit)
+        if task.path == bad:
+            raise InvalidDataError(f"{task.path}: refused after its bodies")
+
+    monkeypatch.setattr(encode_run, "process_file", refused_after)
+    report = encode_files(
+        parts, tmp_path / "late", client=threads_client, histograms=False, merge=False
+    )
+    assert local.failed == [] and len(local.encoded) == 2
+    assert sorted(report.encoded) == sorted(local.encoded)
+    (failure,) = report.failed
+    assert failure["item"] == bad and failure["body_index"] is None
+    assert failure["reason"] == "invalid_data"
+    assert failure["error"] == f"InvalidDataError: {bad}: refused after its bodies"
+    encoded = sorted(p.name for p in (tmp_path / "late" / "encoded").iterdir())
+    assert encoded == sorted(f"{name}.zarr.data" for name in local.encoded)

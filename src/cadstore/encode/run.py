@@ -63,6 +63,7 @@ from cadstore.encode.work import (
     complete_schema,
     default_schema,
     describe,
+    failure_fields,
     positive,
     process_file,
     push_plan,
@@ -561,15 +562,34 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
     reading is failed the same way. An earlier attempt still running on this machine (a
     worker the scheduler lost contact with) is not taken for dead: the file is encoded
     again from the start, as before journals.
+
+    An exception the task raises itself (its journal cannot be written: a full disk) is
+    not a dead worker: the file fails with the reason
+    :func:`~cadstore.encode.work.failure_fields` gives it, as a supervised worker's
+    failures have, after the messages sent before it (the bodies encoded stay reported).
+    Only a worker that died is a ``"crash"`` (:class:`_DaskListener`).
     """
+    messages: list[dict[str, Any]] = []
+    try:
+        _dask_encode(task, settings, messages)
+    except Exception as exc:
+        # Reading the CAD file and encoding its bodies report their own failures
+        # (process_file): what reaches here is the task's own work, not the file's read.
+        messages.append(
+            {"type": "failed", "index": task.index, **failure_fields(exc, loading=False)}
+        )
+    return messages
+
+
+def _dask_encode(task: Task, settings: Settings, messages: list[dict[str, Any]]) -> None:
+    """The work of :func:`_dask_encode_task`, appending its messages to ``messages``."""
     journal = _dask_journal(task, settings)
     earlier = _read_journal(journal)
     if _still_running(earlier):
-        messages: list[dict[str, Any]] = []
         process_file(task, settings, messages.append)
-        return messages
+        return
     settled = _settled(task, earlier, final=False)
-    messages = list(settled.carried)
+    messages.extend(settled.carried)
     if settled.lost_reading:
         messages.append(settled.reading_failure(task))
     else:
@@ -585,7 +605,6 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
             process_file(dataclasses.replace(task, leave=leave), settings, emit)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(journal)
-    return messages
 
 
 class _DaskListener:

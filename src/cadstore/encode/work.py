@@ -22,7 +22,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -47,6 +47,7 @@ __all__ = [
     "describe",
     "discard",
     "encode_body",
+    "failure_fields",
     "process_file",
     "push_plan",
     "traceback_lines",
@@ -183,6 +184,40 @@ def _reason(exc: BaseException, *, loading: bool) -> str:
     if isinstance(exc, CadstoreError | OSError):
         return "storage"
     return "error"
+
+
+def failure_fields(
+    exc: BaseException, *, loading: bool, logs: Sequence[str] = (), seconds: float = 0.0
+) -> dict[str, Any]:
+    """What a failure message says of ``exc``: its reason, error, logs, seconds, and
+    whether the worker is to be replaced (``recycle``, after a ``MemoryError``).
+
+    The one classification of an encode's failures, in a supervised worker as in a Dask
+    task: ``"corrupt"`` or ``"unreadable"`` for a file that cannot be read (``loading``),
+    ``"kernel"``, ``"no_faces"``, ``"invalid_data"``, ``"storage"`` (a cadstore error or
+    an OSError of the work), ``"memory"``, else ``"error"``. Only a worker that died is a
+    ``"crash"``, which no exception is.
+
+    Parameters
+    ----------
+    exc
+        The error.
+    loading
+        Whether it was raised reading the CAD file (the file is then at fault).
+    logs
+        The warnings logged before it; its traceback follows them, unless its reason
+        needs none.
+    seconds
+        The time spent on the failed step.
+    """
+    reason = _reason(exc, loading=loading)
+    return {
+        "reason": reason,
+        "error": describe(exc),
+        "logs": [*logs, *traceback_lines(exc, reason)],
+        "seconds": seconds,
+        "recycle": isinstance(exc, MemoryError),
+    }
 
 
 def describe(exc: BaseException) -> str:
@@ -327,18 +362,9 @@ def process_file(task: Task, settings: Settings, emit: Emit) -> None:
         with collect_warnings(logs):
             model = CADLoader().create_from_file(task.path)
     except Exception as exc:
-        reason = _reason(exc, loading=True)
-        emit(
-            {
-                "type": "failed",
-                "index": task.index,
-                "reason": reason,
-                "error": describe(exc),
-                "logs": logs + traceback_lines(exc, reason),
-                "seconds": time.perf_counter() - t0,
-                "recycle": isinstance(exc, MemoryError),
-            }
-        )
+        seconds = time.perf_counter() - t0
+        failure = failure_fields(exc, loading=True, logs=logs, seconds=seconds)
+        emit({"type": "failed", "index": task.index, **failure})
         return
     emit(
         {
@@ -372,17 +398,8 @@ def process_file(task: Task, settings: Settings, emit: Emit) -> None:
             with collect_warnings(body_logs):
                 result = encode_body(model, body, name, task, settings)
         except Exception as exc:
-            reason = _reason(exc, loading=False)
-            emit(
-                {
-                    **message,
-                    "status": "failed",
-                    "reason": reason,
-                    "error": describe(exc),
-                    "logs": body_logs + traceback_lines(exc, reason),
-                    "seconds": time.perf_counter() - t1,
-                    "recycle": isinstance(exc, MemoryError),
-                }
-            )
+            seconds = time.perf_counter() - t1
+            failure = failure_fields(exc, loading=False, logs=body_logs, seconds=seconds)
+            emit({**message, "status": "failed", **failure})
         else:
             emit({**message, "status": "encoded", "logs": body_logs, **result})
