@@ -1579,7 +1579,7 @@ def test_a_dataset_given_as_an_item_says_what_it_is(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("step", ["scan", "copy"])
+@pytest.mark.parametrize("step", ["scan", "copy", "tables"])
 @pytest.mark.parametrize(
     ("code", "kind", "problem"),
     [
@@ -1599,10 +1599,11 @@ def test_an_os_error_reading_an_item_in_one_process_names_the_item(
 ) -> None:
     """A read the file system refuses once the item is open (EIO on a shared disk, as
     ``os.pread`` raises it, naming no file) stopped a one-process merge with that bare
-    OSError, '[Errno 5] Input/output error', naming no item, in the scan and in the copy
-    of the rows alike; a Dask merge named the item. It is the StorageError of its kind
-    (a PermissionError stays one) naming the item, the problem in words; nothing is
-    published and the items are unchanged."""
+    OSError, '[Errno 5] Input/output error', naming no item, in the scan, in the copy
+    of the rows and in the tables' read of its metadata alike; a Dask merge named the
+    item in its scan and copy. It is the StorageError of its kind (a PermissionError
+    stays one) naming the item, the problem in words; nothing is published and the
+    items are unchanged."""
     import errno
     import os
 
@@ -1615,19 +1616,23 @@ def test_an_os_error_reading_an_item_in_one_process_names_the_item(
     number = getattr(errno, code)
     armed = step == "scan"
     real_get = ZipSource.get
-    real_plan = run.plan_merge
+    # The stage after which the step reads the item again: the plan (the copy of its rows,
+    # key .../c/...), or the tables (its metadata.json).
+    stage = "item_tables" if step == "tables" else "plan_merge"
+    real_stage = getattr(run, stage)
 
-    def planned(*args: Any, **kwargs: Any) -> Any:
+    def staged(*args: Any, **kwargs: Any) -> Any:
         nonlocal armed
-        armed = True  # the scan is over: the copy reads the items again
-        return real_plan(*args, **kwargs)
+        armed = True
+        return real_stage(*args, **kwargs)
 
     def refused(self: ZipSource, key: str) -> bytes | None:
-        if armed and self.location == str(failing) and "/c/" in key:
+        read = key == "metadata.json" if step == "tables" else "/c/" in key
+        if armed and self.location == str(failing) and read:
             raise OSError(number, os.strerror(number))
         return real_get(self, key)
 
-    monkeypatch.setattr(run, "plan_merge", planned)
+    monkeypatch.setattr(run, stage, staged)
     monkeypatch.setattr(ZipSource, "get", refused)
     out = tmp_path / "out" / "flow.dataset"
     out.parent.mkdir()

@@ -86,6 +86,7 @@ from cadstore.io.location import Location, resolve
 from cadstore.io.parquet import write_table
 from cadstore.io.publish import write_atomic
 from cadstore.io.sources import open_source
+from cadstore.merging.scan import reading_item
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.base import (
     ROUTING_METADATA_KEY,
@@ -462,6 +463,13 @@ class DatasetInfo:
         :attr:`errors`; an item name seen twice keeps its first input. Calling this again
         starts over, the tables of :meth:`set_attributes` and their warnings kept. Inputs are
         never deleted here.
+
+        Raises
+        ------
+        StorageError
+            If the file system refuses to read an input (an I/O error, a permission): of
+            the kind of that error (:class:`~cadstore.errors.StorageAccessError` for a
+            permission), naming the input (:func:`~cadstore.merging.scan.reading_item`).
         """
         self._items = {}
         self._fields = {}
@@ -534,7 +542,10 @@ class DatasetInfo:
         location = self._where(path)
         if not location.exists():
             raise _Unreadable("no such file")
-        raw = self._read_raw(location)
+        # A read the file system refuses (EIO, EACCES) is not the input's fault: it stops
+        # the work naming the input, rather than dropping the input's rows from the tables.
+        with reading_item(location):
+            raw = self._read_raw(location)
         if len(raw) > self.limits.max_metadata_bytes:
             raise _Unreadable(
                 f"metadata is {len(raw)} bytes, more than max_metadata_bytes="
