@@ -462,6 +462,34 @@ def test_report_from_flow_and_errors(
     assert not (tmp_path / "x.html").exists()
 
 
+def test_library_refuses_an_output_below_a_file_before_reading_the_dataset(
+    merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_report(ds, "notes.txt/r.html")`` drew the whole report, then raised the
+    system's bare ``NotADirectoryError``; only the CLI checked the folder beforehand."""
+    from cadstore.dataset import report
+    from cadstore.errors import OutputExistsError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    output = str(notes / "r.html")
+    # Nothing is read: a dataset that does not exist is not noticed.
+    with pytest.raises(OutputExistsError) as refused:
+        report.write_report(str(tmp_path / "missing.dataset"), output)
+    assert output in str(refused.value)
+    assert f"{notes} is a file, not a folder" in str(refused.value)
+
+    # Nothing is drawn for a dataset that does exist.
+    def no_drawing(ctx: object) -> list[object]:
+        raise AssertionError("the report was drawn")
+
+    monkeypatch.setattr(report, "_build_sections", no_drawing)
+    with pytest.raises(OutputExistsError, match=re.escape(output)):
+        report.write_report(str(merged), output)
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_stored_sizes_match_the_zip(merged: Path) -> None:
     from cadstore.dataset.reader import DatasetReader
 

@@ -105,12 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the report needs matplotlib: pip install 'cadstore[report]'") from exc
     dataset = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
     output = args.output or default_output(dataset)
-    from cadstore.io.location import resolve
-    from cadstore.io.publish import check_output_folder
-
-    # Before the plots are drawn: below a file (notes.txt/r.html) the page cannot be
-    # written, and the write would fail only at the end, with the system's bare words.
-    check_output_folder(resolve(output, args.storage_options, shared=True))
+    # write_report refuses an output below a file before it reads the dataset.
     path = write_report(dataset, output, title=args.title, storage_options=args.storage_options)
     print(f"wrote {path}")
     return 0

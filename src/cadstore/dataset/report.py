@@ -41,7 +41,7 @@ from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
 from cadstore.io.location import resolve
-from cadstore.io.publish import check_replaceable, write_bytes_atomic
+from cadstore.io.publish import check_output_folder, check_replaceable, write_bytes_atomic
 from cadstore.lifecycle import TrustedTables, copy_beside
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
 
@@ -1416,13 +1416,17 @@ def write_report(
     ------
     OutputExistsError
         If ``output`` holds anything but an HTML page (the dataset, its tables, its
-        manifest, a directory), which is left as it is.
+        manifest, a directory), which is left as it is; or if it lies below a file
+        (``notes.txt/r.html``), checked before the dataset is read.
     """
     import matplotlib
 
     started = time.perf_counter()
-    source = resolve(dataset, storage_options, shared=True)
     out = resolve(output, storage_options, shared=True)
+    # Before the dataset is read and the plots are drawn: below a file the page could
+    # not be written, and the write would fail only at the end, with the system's words.
+    check_output_folder(out)
+    source = resolve(dataset, storage_options, shared=True)
     # Never over the dataset, its tables or its manifest, nor any file but a report.
     check_replaceable(out, "an HTML report", _is_report)
 
