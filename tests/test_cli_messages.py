@@ -8,11 +8,14 @@ carriage returns into logs, and ``inspect`` of an empty folder did not say it wa
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,6 +252,85 @@ def test_merge_of_an_item_folder_that_cannot_be_listed_says_why(
     assert code == 1, err
     assert f"skipped {folder}: cannot list {locked}: permission denied" in out
     assert "Errno" not in out + err
+
+
+#: An ``OSError`` with an errno but no text (``OSError(5, None)``), one with a message but
+#: no errno (``OSError("...")``), and the system's usual one; and the problem each states.
+_OS_ERRORS = [
+    (lambda: OSError(errno.EIO, None), os.strerror(errno.EIO).lower()),
+    (lambda: OSError("the disk is on fire"), "the disk is on fire"),
+    (lambda: OSError(errno.EIO, os.strerror(errno.EIO)), os.strerror(errno.EIO).lower()),
+]
+_OS_IDS = ["errno-without-text", "text-without-errno", "errno-and-text"]
+
+
+def _os_failure(
+    error: Callable[[], OSError], real: Callable[..., Any], path: str
+) -> Callable[..., Any]:
+    """``real``, except that it raises ``error()`` for ``path``."""
+
+    def fail(target: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(target) == path:
+            raise error()
+        return real(target, *args, **kwargs)
+
+    return fail
+
+
+@pytest.mark.parametrize(("error", "problem"), _OS_ERRORS, ids=_OS_IDS)
+def test_library_messages_state_an_os_error_through_os_problem(
+    error: Callable[[], OSError],
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The durable log, the CAD loader, the flow manifest's check of a listed file and a
+    failed write each built their message from ``exc.strerror`` themselves: an error
+    without it said ``None`` or ``[Errno 5] None``. They say the problem as
+    :func:`cadstore.errors.os_problem` does, like the command line."""
+    from cadstore.cad.loader import CADLoader
+    from cadstore.encode import durability
+    from cadstore.errors import CorruptStoreError, StorageError
+    from cadstore.format import manifest
+    from cadstore.io.filesystems import LocalFileSystem
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import write_error
+
+    # A failed write (cadstore.io.publish.writing's error), keeping the errno's name.
+    target = str(tmp_path / "x.dataset")
+    written = write_error(target, error())
+    code = f" ({errno.errorcode[errno.EIO]})" if error().errno else ""
+    assert str(written) == f"{target}: could not be written: {problem}{code}"
+
+    # The encoder's durable log, read and appended to.
+    log = durability.DurableLog(str(tmp_path))
+    Path(log.path).write_bytes(b"torn")
+    monkeypatch.setattr(durability, "open", _os_failure(error, open, log.path), raising=False)
+    with pytest.raises(StorageError) as failed:
+        log.read()
+    assert str(failed.value) == f"{log.path}: cannot be read: {problem}"
+    with pytest.raises(StorageError) as failed:
+        log.append({"a.zarr.data": (1, 2, 3)})
+    assert str(failed.value) == f"{log.path}: cannot be read: {problem}"
+    assert Path(log.path).read_bytes() == b"torn"
+
+    # A CAD file the loader cannot open.
+    part = tmp_path / "part.step"
+    part.write_bytes(b"ISO-10303-21;")
+    monkeypatch.setattr(
+        LocalFileSystem, "open_read", lambda self, path: _os_failure(error, open, str(part))(path)
+    )
+    with pytest.raises(CorruptStoreError) as failed:
+        CADLoader().create_from_file(part)
+    assert str(failed.value) == f"{part}: cannot be read: {problem}"
+
+    # A file a flow manifest lists, which cannot be looked at.
+    flow, table = tmp_path / "d.flow", tmp_path / "d.infoset"
+    table.write_bytes(b"PAR1")
+    monkeypatch.setattr(manifest.os, "stat", _os_failure(error, os.stat, str(table)))
+    with pytest.raises(CorruptStoreError) as failed:
+        manifest._check_kind(resolve(str(flow)), "infoset", resolve(str(table)))
+    assert str(failed.value) == f"{flow}: the manifest lists infoset {table}: {problem}"
 
 
 # ---------------------------------------------------------------------------- progress

@@ -386,7 +386,7 @@ def test_a_full_disk_while_taking_the_lock_names_the_lock_and_keeps_its_record(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(publish.os, "pwrite", full)
-    with pytest.raises(StorageError, match="No space left") as caught:
+    with pytest.raises(StorageError, match="no space left on device") as caught:
         cadstore.merge([str(p) for p in items[4:6]], str(out), append=True)
     assert caught.value.errno == errno.ENOSPC and f"{out}.lock" in str(caught.value)
     assert Path(f"{out}.lock").read_bytes() == journal  # the killed writer's journal kept
@@ -838,7 +838,7 @@ def test_a_full_disk_names_the_file_and_loses_nothing(
         with pytest.raises(StorageError) as failed:
             cadstore.merge([str(p) for p in items[6:10]], str(out), append=True)
         assert failed.value.errno == errno.ENOSPC
-        assert str(out) in str(failed.value) and "No space left" in str(failed.value)
+        assert str(out) in str(failed.value) and "no space left on device" in str(failed.value)
         after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
         assert after == before  # nothing published changed, no temporary left
     full_disk[0] = 10**9

@@ -45,7 +45,7 @@ from OCP.TopoDS import TopoDS_Shape
 from cadstore.cad._kernel import indexed_map, quiet_kernel
 from cadstore.cad.brep import BrepAccess
 from cadstore.cad.samples import make_compound
-from cadstore.errors import CorruptStoreError, InvalidDataError
+from cadstore.errors import CorruptStoreError, InvalidDataError, os_problem
 from cadstore.io.filesystems import LocalFileSystem
 from cadstore.vocabulary import CAD_EXTENSIONS
 
@@ -278,7 +278,7 @@ class CADLoader:
         except CorruptStoreError:
             raise
         except OSError as exc:
-            raise CorruptStoreError(file_path, f"cannot be read: {exc.strerror or exc}") from exc
+            raise CorruptStoreError(file_path, f"cannot be read: {os_problem(exc)}") from exc
         if size == 0:
             raise CorruptStoreError(file_path, "the file is empty (0 bytes)")
         try:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from cadstore.errors import StorageError
+from cadstore.errors import StorageError, os_problem
 from cadstore.io.location import resolve
 from cadstore.io.publish import FileSystemSync, append_durably, write_bytes_atomic
 
@@ -118,7 +118,7 @@ class DurableLog:
         except FileNotFoundError:
             return {}, 0
         except OSError as exc:
-            raise StorageError(self.path, f"cannot be read: {exc.strerror or exc}") from exc
+            raise StorageError(self.path, f"cannot be read: {os_problem(exc)}") from exc
         entries: dict[str, Identity] = {}
         lines = data.split(b"\n")[:-1]
         for line in lines:
@@ -163,7 +163,7 @@ class DurableLog:
         except FileNotFoundError:
             return True
         except OSError as exc:
-            raise StorageError(self.path, f"cannot be read: {exc.strerror or exc}") from exc
+            raise StorageError(self.path, f"cannot be read: {os_problem(exc)}") from exc
 
 
 def _lines(entries: Mapping[str, Identity]) -> bytes:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cadstore.errors import CorruptStoreError
+from cadstore.errors import CorruptStoreError, os_problem
 from cadstore.format import jsoncodec
 from cadstore.io.location import Location, resolve, resolve_relative
 from cadstore.io.publish import write_bytes_atomic
@@ -109,7 +109,7 @@ def _check_kind(manifest: Location, entry: str, listed: Location) -> None:
         mode = os.stat(listed.path).st_mode
     except OSError as exc:
         raise CorruptStoreError(
-            manifest.path, f"the manifest lists {entry} {listed}: {exc.strerror}"
+            manifest.path, f"the manifest lists {entry} {listed}: {os_problem(exc)}"
         ) from None
     if stat.S_ISREG(mode):
         return

@@ -50,7 +50,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from cadstore.errors import CadstoreError, MergeError, OutputExistsError, StorageError
+from cadstore.errors import (
+    CadstoreError,
+    MergeError,
+    OutputExistsError,
+    StorageError,
+    os_problem,
+)
 from cadstore.io.native import glibc_function
 from cadstore.io.zipwriter import ZipStreamWriter
 
@@ -149,7 +155,7 @@ def write_error(path: str, exc: OSError) -> StorageError:
         problem = exc.problem
     else:
         code = errno.errorcode.get(exc.errno or 0)
-        problem = f"could not be written: {exc.strerror or exc}" + (f" ({code})" if code else "")
+        problem = f"could not be written: {os_problem(exc)}" + (f" ({code})" if code else "")
     error = StorageError(path, problem)
     error.errno = exc.errno
     error.strerror = exc.strerror
