@@ -117,6 +117,43 @@ def test_each_warning_is_printed_once_and_main_restores_the_warnings_machinery(
         JsonStorageHandler(doubled_json_store, read_only=True).close()
 
 
+def _warn_then_encode(task: Any, settings: Any, emit: Any) -> None:
+    """The encoder's work in a worker, after a warning outside the item's own logs: a
+    top-level function, so that a spawned worker imports it from this module."""
+    from cadstore.encode.work import process_file
+
+    warnings.warn("a worker's warning\n  on two lines", CadstoreWarning, stacklevel=1)
+    process_file(task, settings, emit)
+
+
+def test_a_spawned_workers_warning_is_the_commands_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning issued in a spawned encode worker came out on the worker's own stderr in
+    Python's format (``…/test_cli_messages.py:N: CadstoreWarning: …`` and the source
+    line), once per worker; the command prints it as its one ``cadstore: warning:`` line,
+    once for the run, like a warning of its own process."""
+    pytest.importorskip("OCP")
+    import multiprocessing
+
+    import cadstore.encode.run
+    import cadstore.workers
+    from cadstore.cad.samples import write_sample_set
+
+    write_sample_set(tmp_path / "steps", 4)
+    # A real spawned process, as when the parent runs other threads (a notebook, a GUI).
+    monkeypatch.setattr(
+        cadstore.workers, "mp_context", lambda: multiprocessing.get_context("spawn")
+    )
+    monkeypatch.setattr(cadstore.encode.run, "process_file", _warn_then_encode)
+    capfd.readouterr()
+    argv = ["encode", str(tmp_path / "steps"), "-o", str(tmp_path / "out"), "--workers", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert "encoded 4 items from 4 files" in out
+    assert err.splitlines() == ["cadstore: warning: a worker's warning on two lines"]
+
+
 # ---------------------------------------------------------------------------- OS errors
 def _one_error_line(code: int, out: str, err: str, *needles: str) -> str:
     """Exit 2, nothing on stdout, one ``cadstore: error:`` line naming the needles and

@@ -18,16 +18,21 @@ was running. The pool knows which task each worker is on, so:
 * a worker is **replaced** after ``max_tasks_per_child`` tasks, or at once when it asks
   (after a ``MemoryError``, its heap may be fragmented), returning its memory to the system;
 * workers that die before taking any task, several in a row, stop the run with an error
-  (the cause is the environment, not a task), instead of being restarted forever.
+  (the cause is the environment, not a task), instead of being restarted forever;
+* a **warning** a worker shows is shown by the parent instead, through the parent's
+  ``warnings.showwarning``: the command line prints it as its one ``cadstore: warning:``
+  line (once, whichever workers issued it), and a program recording warnings records it,
+  where a spawned worker would have printed Python's format on its own stderr. The
+  worker's filters decided that it is shown, as they decide for any warning it issues.
 
 Workers are forked when that is safe and spawned otherwise (:mod:`cadstore.processes`);
 a spawned worker never runs the caller's main script.
 
 The work itself is a picklable top-level function ``work(task, settings, emit)`` that
-calls ``emit(message)`` with dict messages (never of ``"type"`` ``"ready"``, ``"fatal"`` or
-``"done"``, which are the pool's) as it goes, and returns when the task is done; a message
-with ``"recycle": True`` asks for the worker to be replaced after the task. A
-:class:`Listener` hears about every message, every task done and every task lost.
+calls ``emit(message)`` with dict messages (never of ``"type"`` ``"ready"``, ``"fatal"``,
+``"done"`` or ``"warning"``, which are the pool's) as it goes, and returns when the task
+is done; a message with ``"recycle": True`` asks for the worker to be replaced after the
+task. A :class:`Listener` hears about every message, every task done and every task lost.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -164,10 +171,90 @@ def limit_memory(limit_mb: int | None) -> str | None:
     return None
 
 
+class _Sender:
+    """Sends a worker's messages to the parent, one at a time, whichever thread sends.
+
+    A warning can be issued on any thread of the worker, while the task's own thread is
+    sending a message; two sends at once would interleave their bytes on the pipe.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send ``message``."""
+        with self._lock:
+            self._local.sending = True
+            try:
+                self.conn.send(message)
+            finally:
+                self._local.sending = False
+
+    def forward_warnings(self) -> None:
+        """From now on, send each warning this process shows to the parent (see the
+        module docstring), instead of printing it here."""
+        own = warnings.showwarning
+
+        def forward(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
+            # A warning issued while this thread sends (in pickling), or one the parent
+            # can no longer hear, is shown here as before.
+            if file is None and not getattr(self._local, "sending", False):
+                with suppress(OSError, ValueError):
+                    self.send(_warning_message(message, category, filename, lineno))
+                    return
+            own(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = forward
+
+
+def _warning_message(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int
+) -> dict[str, Any]:
+    """The pool's message for a warning a worker shows: its category by name, so that
+    nothing but plain data crosses the pipe."""
+    return {
+        "type": "warning",
+        "module": category.__module__,
+        "category": category.__qualname__,
+        "message": str(message),
+        "filename": str(filename),
+        "lineno": int(lineno),
+    }
+
+
+def _show_warning(message: dict[str, Any]) -> None:
+    """Show a worker's warning in this process, as this process shows warnings.
+
+    The category is found among the modules this process has imported, never imported
+    for the message; one not found is shown as a ``UserWarning``.
+    """
+    found: Any = sys.modules.get(str(message.get("module")))
+    for part in str(message.get("category")).split("."):
+        found = getattr(found, part, None)
+    category = found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+    warnings.showwarning(
+        str(message.get("message")),
+        category,
+        str(message.get("filename")),
+        int(message.get("lineno") or 0),
+    )
+
+
 def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Body of a worker process: take tasks from ``conn`` until told to stop."""
     # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sender = _Sender(conn)
+    sender.forward_warnings()
     # Native code writes some messages straight to stdout; keep stdout for the caller.
     with suppress(OSError, ValueError):
         sys.stdout.flush()
@@ -178,9 +265,9 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
         limit_mb = None if start is None else start + spec.memory_headroom_mb
     problem = limit_memory(limit_mb)
     if problem is not None:
-        conn.send({"type": "fatal", "error": problem})
+        sender.send({"type": "fatal", "error": problem})
         return
-    conn.send({"type": "ready", "pid": os.getpid()})
+    sender.send({"type": "ready", "pid": os.getpid()})
     while True:
         try:
             task = conn.recv()
@@ -193,10 +280,10 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
         def emit(message: dict[str, Any]) -> None:
             nonlocal recycle
             recycle = recycle or bool(message.get("recycle"))
-            conn.send(message)
+            sender.send(message)
 
         spec.work(task, spec.settings, emit)
-        conn.send({"type": "done", "recycle": recycle})
+        sender.send({"type": "done", "recycle": recycle})
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -376,6 +463,10 @@ class WorkerPool:
                 continue
             if kind == "fatal":
                 raise ValueError(message["error"])
+            if kind == "warning":
+                # Not progress: a worker that only warns still runs out its time.
+                _show_warning(message)
+                continue
             slot.deadline = time.monotonic() + slot.limit
             if kind == "done":
                 task, slot.task = slot.task, None
