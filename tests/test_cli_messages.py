@@ -9,6 +9,7 @@ carriage returns into logs, and ``inspect`` of an empty folder did not say it wa
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -20,7 +21,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import cadstore.cli.inspect
 from cadstore import JsonStorageHandler
 from cadstore.cli import main
 from cadstore.errors import CadstoreWarning
@@ -35,14 +35,20 @@ def _files(directory: Path) -> dict[str, bytes]:
     }
 
 
+#: What a child process runs after ``before``: the command line, as ``python -m cadstore``.
+_MAIN = "\nimport sys\nfrom cadstore.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
 def _cli(
-    *argv: str | os.PathLike[str], cwd: Path | None = None
+    *argv: str | os.PathLike[str], cwd: Path | None = None, before: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cadstore`` in a child process, with Python's default warning filters
-    (the ones a user has; pytest's turn warnings into errors)."""
+    (the ones a user has; pytest's turn warnings into errors) and no recording of warnings
+    (pytest records them in-process); with ``before``, that code runs first (to patch)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    command = ["-c", before + _MAIN] if before else ["-m", "cadstore"]
     return subprocess.run(
-        [sys.executable, "-m", "cadstore", *map(os.fspath, argv)],
+        [sys.executable, *command, *map(os.fspath, argv)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -81,77 +87,117 @@ def test_a_warning_is_one_cadstore_line_without_code_paths(doubled_json_store: P
     assert _files(doubled_json_store) == before
 
 
-@pytest.mark.filterwarnings("default::cadstore.errors.CadstoreWarning")
-def test_each_warning_is_printed_once_and_main_restores_the_warnings_machinery(
-    doubled_json_store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+#: A patch making ``cadstore inspect`` warn the same thing from two places (and three
+#: times from one, under ``always``), and a message on two lines.
+_NOISY_INSPECT = """
+import warnings
+import cadstore.cli.inspect
+from cadstore.errors import CadstoreWarning
+
+inspect_target = cadstore.cli.inspect.inspect_target
+
+def noisy(*args, **kwargs):
+    for _ in range(3):
+        warnings.warn("the same thing", CadstoreWarning, stacklevel=1)
+    warnings.warn("the same thing", CadstoreWarning, stacklevel=2)
+    warnings.warn("two\\n  lines", CadstoreWarning, stacklevel=1)
+    return inspect_target(*args, **kwargs)
+
+cadstore.cli.inspect.inspect_target = noisy
+warnings.simplefilter("always", CadstoreWarning)
+"""
+
+
+def test_each_warning_is_printed_once(doubled_json_store: Path) -> None:
     """The same warning from two places (or twice from one, under ``always``) is printed
-    once per run; a multi-line message is one line. ``main()`` leaves
-    ``warnings.showwarning`` and the filters as it found them, so a program (or a test)
-    calling it in-process keeps its own."""
-    inspect_target = cadstore.cli.inspect.inspect_target
-
-    def noisy(*args: object, **kwargs: object) -> object:
-        for _ in range(3):
-            warnings.warn("the same thing", CadstoreWarning, stacklevel=1)
-        warnings.warn("the same thing", CadstoreWarning, stacklevel=2)
-        warnings.warn("two\n  lines", CadstoreWarning, stacklevel=1)
-        return inspect_target(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(cadstore.cli.inspect, "inspect_target", noisy)
-    shown, filters = warnings.showwarning, list(warnings.filters)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", CadstoreWarning)
-        assert main(["inspect", os.fspath(doubled_json_store)]) == 0
-    err = capsys.readouterr().err
-    assert err.splitlines() == [
+    once per run; a multi-line message is one line."""
+    done = _cli("inspect", doubled_json_store, before=_NOISY_INSPECT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
         "cadstore: warning: "
         f"{doubled_json_store / 'areas_copy.json'} holds key 'areas' too; read from "
         "'areas.json', the key's own file",
         "cadstore: warning: the same thing",
         "cadstore: warning: two lines",
     ]
-    assert warnings.showwarning is shown and warnings.filters == filters
+
+
+@pytest.mark.filterwarnings("default::cadstore.errors.CadstoreWarning")
+def test_main_leaves_a_programs_own_warning_display_and_filters(
+    doubled_json_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``warnings.catch_warnings(record=True)`` around an in-process ``main()`` recorded
+    nothing, and a program's own ``warnings.showwarning`` was passed over: ``main()``
+    showed every warning itself. It now sets only the format Python's display uses, so
+    a program that records or shows warnings itself keeps doing so; and it leaves the
+    display, the format and the filters as it found them."""
+    said = (
+        f"{doubled_json_store / 'areas_copy.json'} holds key 'areas' too; read from "
+        "'areas.json', the key's own file"
+    )
+    argv = ["inspect", os.fspath(doubled_json_store)]
+    shown, formatted = warnings.showwarning, warnings.formatwarning
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CadstoreWarning)
+        assert main(argv) == 0
+    assert [str(w.message) for w in caught if w.category is CadstoreWarning] == [said]
+    seen: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CadstoreWarning)
+        warnings.showwarning = lambda message, *rest: seen.append(str(message))
+        assert main(argv) == 0
+    assert seen == [said]
+    assert "warning" not in capsys.readouterr().err
+    assert warnings.showwarning is shown and warnings.formatwarning is formatted
+    assert warnings.filters == filters
     # Outside main(), the library's warnings are Python's again.
     with pytest.warns(CadstoreWarning, match="holds key 'areas' too"):
         JsonStorageHandler(doubled_json_store, read_only=True).close()
 
 
-def _warn_then_encode(task: Any, settings: Any, emit: Any) -> None:
-    """The encoder's work in a worker, after a warning outside the item's own logs: a
-    top-level function, so that a spawned worker imports it from this module."""
-    from cadstore.encode.work import process_file
+#: A patch making ``cadstore encode``'s workers, started by ``{method}``, warn outside
+#: an item's own logs. Their work is in a module of ``{folder}``, which a spawned worker
+#: imports (it finds the parent's ``sys.path``).
+_WARNING_WORKERS = """
+import multiprocessing, sys
+sys.path.insert(0, {folder!r})
+import cadstore.encode.run, cadstore.workers, warning_work
+cadstore.workers.mp_context = lambda: multiprocessing.get_context({method!r})
+cadstore.encode.run.process_file = warning_work.work
+"""
 
-    warnings.warn("a worker's warning\n  on two lines", CadstoreWarning, stacklevel=1)
+_WARNING_WORK = """
+import warnings
+from cadstore.encode.work import process_file
+from cadstore.errors import CadstoreWarning
+
+def work(task, settings, emit):
+    warnings.warn("a worker's warning\\n  on two lines", CadstoreWarning, stacklevel=1)
     process_file(task, settings, emit)
+"""
 
 
-def test_a_spawned_workers_warning_is_the_commands_one_line(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_workers_warning_is_the_commands_one_line(tmp_path: Path, method: str) -> None:
     """A warning issued in a spawned encode worker came out on the worker's own stderr in
-    Python's format (``…/test_cli_messages.py:N: CadstoreWarning: …`` and the source
-    line), once per worker; the command prints it as its one ``cadstore: warning:`` line,
-    once for the run, like a warning of its own process."""
+    Python's format (``…/warning_work.py:N: CadstoreWarning: …`` and the source line),
+    once per worker, and a forked worker printed the command's line once per worker;
+    the command prints it as its one ``cadstore: warning:`` line, once for the run, like
+    a warning of its own process."""
     pytest.importorskip("OCP")
-    import multiprocessing
-
-    import cadstore.encode.run
-    import cadstore.workers
     from cadstore.cad.samples import write_sample_set
 
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
     write_sample_set(tmp_path / "steps", 4)
-    # A real spawned process, as when the parent runs other threads (a notebook, a GUI).
-    monkeypatch.setattr(
-        cadstore.workers, "mp_context", lambda: multiprocessing.get_context("spawn")
-    )
-    monkeypatch.setattr(cadstore.encode.run, "process_file", _warn_then_encode)
-    capfd.readouterr()
-    argv = ["encode", str(tmp_path / "steps"), "-o", str(tmp_path / "out"), "--workers", "2"]
-    assert main([*argv, "--no-progress"]) == 0
-    out, err = capfd.readouterr()
-    assert "encoded 4 items from 4 files" in out
-    assert err.splitlines() == ["cadstore: warning: a worker's warning on two lines"]
+    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
+    before = _WARNING_WORKERS.format(folder=str(tmp_path), method=method)
+    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
+    done = _cli(*argv, "--no-progress", before=before)
+    assert done.returncode == 0, done.stderr
+    assert "encoded 4 items from 4 files" in done.stdout
+    assert done.stderr.splitlines() == ["cadstore: warning: a worker's warning on two lines"]
 
 
 # ---------------------------------------------------------------------------- OS errors

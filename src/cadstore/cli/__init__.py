@@ -31,7 +31,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "HelpFormatter", "main"]
 
@@ -154,36 +154,42 @@ def _quiet_stdout() -> None:
 
 @contextmanager
 def _warnings_as_messages() -> Iterator[None]:
-    """Within, print each warning shown as one ``cadstore: warning: MESSAGE`` line on stderr.
+    """Within, each warning Python prints is one ``cadstore: warning: MESSAGE`` line.
 
     Python's own format names the file and line of cadstore's code that issued the
     warning and quotes that line, which means nothing to someone running a command. Each
-    message is printed once, however often and from however many places it is issued.
-    The filters are left as they are, so ``-W error`` or ``-W ignore`` keep working; on
-    leaving, ``warnings.showwarning`` and the filters are restored, so a program calling
-    :func:`main` keeps its own.
+    message is printed once, however often and from however many places (worker
+    processes included, see :mod:`cadstore.workers`) it is issued.
+
+    Only the format is replaced (``warnings.formatwarning``, the hook Python's display
+    uses), not the display: a program that records warnings
+    (``warnings.catch_warnings(record=True)``) or shows them itself (its own
+    ``warnings.showwarning``, ``logging.captureWarnings``) around :func:`main` keeps
+    doing so. The filters are left as they are, so ``-W error`` or ``-W ignore`` keep
+    working; on leaving, the format and the filters are restored.
     """
     printed: set[tuple[type[Warning], str]] = set()
 
-    def show(
+    def one_line(
         message: Warning | str,
         category: type[Warning],
         filename: str,
         lineno: int,
-        file: object = None,
         line: str | None = None,
-    ) -> None:
+    ) -> str:
         text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
         if (category, text) in printed:
-            return
+            return ""  # Python's display writes nothing
         printed.add((category, text))
-        # stderr gone or closed: a warning is not worth failing for.
-        with suppress(OSError, ValueError):
-            print(f"cadstore: warning: {text or category.__name__}", file=sys.stderr)
+        return f"cadstore: warning: {text or category.__name__}\n"
 
+    python_format = warnings.formatwarning
     with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
+        warnings.formatwarning = one_line
+        try:
+            yield
+        finally:
+            warnings.formatwarning = python_format
 
 
 def main(argv: Sequence[str] | None = None) -> int:
