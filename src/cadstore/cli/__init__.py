@@ -164,9 +164,10 @@ def _warnings_as_messages() -> Iterator[None]:
     Only the format is replaced (``warnings.formatwarning``, the hook Python's display
     uses), not the display: a program that records warnings
     (``warnings.catch_warnings(record=True)``) or shows them itself (its own
-    ``warnings.showwarning``, ``logging.captureWarnings``) around :func:`main` keeps
-    doing so. The filters are left as they are, so ``-W error`` or ``-W ignore`` keep
-    working; on leaving, the format and the filters are restored.
+    ``warnings.showwarning``) around :func:`main` keeps doing so. A display that asks
+    ``warnings.formatwarning`` for the text (``logging.captureWarnings``) gets the line,
+    and an empty text for a repeat. The filters are left as they are, so ``-W error`` or
+    ``-W ignore`` keep working; on leaving, the format and the filters are restored.
     """
     printed: set[tuple[type[Warning], str]] = set()
 
