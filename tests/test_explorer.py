@@ -256,6 +256,46 @@ def test_group_data_of_a_damaged_chunk_is_a_corrupt_store_error(
         assert not isinstance(out_of_range.value, CorruptStoreError)
 
 
+@pytest.mark.parametrize("keep_zip_crc", [False, True], ids=["zip-crc", "chunk-crc32c"])
+def test_dask_backed_group_data_of_a_damaged_chunk_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path, keep_zip_crc: bool
+) -> None:
+    """With a Dask cluster the explorer's variables are Dask-backed, and a damaged chunk
+    computed by Dask escaped as zipfile's ``BadZipFile`` or zarr-python's ``ValueError``:
+    the guard of the eager views did not travel with the Dask tasks. Computed through
+    the cluster (an in-process ``dask.distributed`` one) or Dask's local threads, it is
+    a ``CorruptStoreError`` naming the dataset and the array; the file is left as it
+    was."""
+    pytest.importorskip("distributed")
+    import dask
+
+    out = tmp_path / "flip.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out))
+    _flip_member_byte(out, "edges/edge_lengths/c/0", 10, keep_zip_crc=keep_zip_crc)
+    damaged = out.read_bytes()
+    params = {"start_cluster": True, "processes": False, "n_workers": 1}
+    params |= {"threads_per_worker": 1, "dashboard_address": None}
+    with DatasetExplorer(merged_store_path=out, dask_client_params=params) as ex:
+        assert ex.get_array_data("edges", "edge_lengths").chunks is not None  # Dask-backed
+        for scheduler in (None, "threads"):  # the explorer's cluster, then local threads
+            with dask.config.set(scheduler=scheduler):
+                for read in (
+                    lambda: ex.get_array_data("edges", "edge_lengths").values,
+                    lambda: ex.get_group_data("edges").compute(),
+                    lambda: ex.get_array_data("edges", "edge_lengths")[1:4].compute(),
+                ):
+                    with pytest.raises(CorruptStoreError, match="edges/edge_lengths") as caught:
+                        read()
+                    assert str(out) in str(caught.value)
+                got = ex.get_array_data("edges", "edge_types").values  # the others still read
+                want = np.concatenate([i["edge_types"] for _, i, _ in realistic_items[:3]])
+                np.testing.assert_array_equal(got, want)
+                with pytest.raises(IndexError) as out_of_range:  # the caller's stays theirs
+                    ex.get_array_data("edges", "edge_types")[10**6].values  # noqa: B018
+                assert not isinstance(out_of_range.value, CorruptStoreError)
+    assert out.read_bytes() == damaged
+
+
 def test_group_metadata_zarr_python_refuses_is_a_corrupt_store_error(
     realistic_items: list[Any], tmp_path: Path
 ) -> None:

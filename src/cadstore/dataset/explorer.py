@@ -284,16 +284,19 @@ def _guarded_array_class() -> type:
     return GuardedArray
 
 
-def _guard_zarr_reads(found: xr.Dataset, location: str, group: str) -> None:
-    """Make a damaged chunk of ``found`` (a group xarray opened with zarr-python) a
-    :class:`~cadstore.errors.CorruptStoreError` naming ``location`` and the array.
+def _guard_zarr_reads(found: xr.Dataset, location: str, group: str) -> list[str]:
+    """Make a damaged chunk of ``found`` (a group xarray opened with zarr-python, not
+    Dask-backed) a :class:`~cadstore.errors.CorruptStoreError` naming ``location`` and
+    the array.
 
     Each lazy variable's backend array (below xarray's caching and copy-on-write
-    wrappers) is wrapped in place; Dask-backed variables are left as they are.
+    wrappers) is wrapped in place. Returns the names of the variables guarded: those
+    zarr-python reads on demand (not the indexes xarray loaded when opening).
     """
     from xarray.backends import BackendArray
 
     guarded = _guarded_array_class()
+    names = []
     for name, variable in found.variables.items():
         node: Any = variable._data
         while hasattr(node, "array"):  # xarray's lazy wrappers, down to the backend array
@@ -301,8 +304,34 @@ def _guard_zarr_reads(found: xr.Dataset, location: str, group: str) -> None:
             if isinstance(inner, BackendArray):
                 if not isinstance(inner, guarded):
                     node.array = guarded(inner, location, f"{group}/{name}")
+                names.append(str(name))
                 break
             node = inner
+    return names
+
+
+def _dask_backed(found: xr.Dataset, names: Iterable[str], group: str) -> xr.Dataset:
+    """``found`` with the variables ``names`` Dask-backed, one Dask chunk per stored
+    chunk, as ``xr.open_zarr(..., chunks={})`` makes them.
+
+    The Dask arrays are made here, over the variables :func:`_guard_zarr_reads` has
+    guarded, rather than by ``open_zarr``: theirs would read through xarray's backend
+    arrays captured before any guard, and a damaged chunk computed by Dask would escape
+    as zarr-python's or zipfile's own error. Each Dask task now indexes the guarded
+    array (pickled with it to a cluster's workers). Names are random, as nothing
+    outside this dataset may share its tasks.
+    """
+    import uuid
+
+    data_vars = set(found.data_vars)
+    chunked: dict[str, dict[str, Any]] = {"data": {}, "coords": {}}
+    for name in names:
+        variable = found.variables[name]
+        preferred = variable.encoding.get("preferred_chunks", {})
+        key = f"cadstore-{group}-{name}-{uuid.uuid4().hex}"
+        lazy = variable.chunk(preferred, from_array_kwargs={"name": key})
+        chunked["data" if name in data_vars else "coords"][name] = lazy
+    return found.assign_coords(chunked["coords"]).assign(chunked["data"])
 
 
 @functools.cache
@@ -684,7 +713,7 @@ class DatasetExplorer:
                 found = xr.open_zarr(
                     self._open_zarr_store(),
                     group=group,
-                    chunks={} if self._dask_client is not None else None,
+                    chunks=None,  # Dask-backed below, once guarded
                     drop_variables=[OFFSETS, *per_row, *renamed],
                 )
             except CadstoreError:
@@ -697,7 +726,9 @@ class DatasetExplorer:
                     f"group {group} cannot be opened with zarr-python "
                     f"({type(exc).__name__}: {exc})",
                 ) from exc
-            _guard_zarr_reads(found, where, group)
+            guarded = _guard_zarr_reads(found, where, group)
+            if self._dask_client is not None:
+                found = _dask_backed(found, guarded, group)
             if per_row:
                 from xarray.core import indexing
 
