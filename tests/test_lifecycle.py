@@ -576,6 +576,41 @@ def test_copies_from_another_version_are_not_trusted(items: list[Path], tmp_path
     assert info["name"].tolist() == _names(items[:8])
 
 
+def test_a_damaged_stamp_is_told_apart_from_the_commit_id(
+    items: list[Path], tmp_path: Path
+) -> None:
+    """A copy whose stamp was damaged at its 21st character was warned of as of 'commit
+    d0d37593b2b4, the dataset is at d0d37593b2b4': the same 12 characters twice. Both
+    are shown up to past the first character that differs, which is named; the tables
+    the dataset carries are read and the copy is left as it was."""
+    import re
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    infoset = tmp_path / "parts.infoset"
+    commit_id = commit_of(out)["id"]
+    raw = bytearray(infoset.read_bytes())
+    start = bytes(raw).index(commit_id.encode())
+    raw[start + 20] ^= 0x01  # one flipped bit in the footer's stamp (no checksum covers it)
+    infoset.write_bytes(bytes(raw))
+    stamp = bytes(raw[start : start + len(commit_id)]).decode()
+    assert stamp[:20] == commit_id[:20] and stamp != commit_id
+    with (
+        pytest.warns(CadstoreWarning, match="belongs to another version") as said,
+        DatasetExplorer(merged_store_path=out) as explorer,
+    ):
+        info = explorer.get_file_info_all()
+    message = str(said[0].message)
+    shown = re.search(r"commit (\S+), the dataset is at (\S+),", message)
+    assert shown is not None, message
+    found, expected = (part.removesuffix("...") for part in shown.groups())
+    assert found != expected, message
+    assert stamp.startswith(found) and commit_id.startswith(expected), message
+    assert "differ from character 21" in message
+    assert info["name"].tolist() == _names(items[:4])
+    assert infoset.read_bytes() == bytes(raw)
+
+
 def test_reading_the_tables_starts_no_arrow_threads(items: list[Path], tmp_path: Path) -> None:
     """An Arrow pool thread alive at exit can abort the interpreter (apache/arrow#34314):
     appending (which unites the old tables with the new rows) and reading the infoset, the

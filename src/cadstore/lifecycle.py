@@ -665,6 +665,36 @@ def _check_dataset(dataset: Location) -> None:
 
 
 # ---------------------------------------------------------------------------- readers
+#: Characters of a commit id a message shows, when two ids differ within them.
+_ID_SHOWN = 12
+#: Characters shown past the first where two ids differ, when they agree on the first 12.
+_ID_SHOWN_PAST = 4
+#: Characters shown at most of a stamp read from a file (nothing bounds what is stored).
+_STAMP_SHOWN_MAX = 64
+
+
+def _ids_apart(found: str, expected: str) -> tuple[str, str, str]:
+    """A copy's stamp ``found`` and the dataset's commit id ``expected`` as a message
+    shows them, so that a reader can tell them apart.
+
+    Ids of two versions (random) differ within their first 12 characters, shown alone; a
+    damaged stamp may agree with the id up to one character anywhere, so both are then
+    shown up to a few characters past the first that differs, and the third string
+    says which character that is (else it is empty). Each is escaped (a stamp's bytes
+    are the file's), cut at 64 characters, ``...`` marking what is cut.
+    """
+    pairs = zip(found, expected, strict=False)  # to the shorter's end
+    same = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(found), len(expected)))
+    shown = _ID_SHOWN if same < _ID_SHOWN else min(same + 1 + _ID_SHOWN_PAST, _STAMP_SHOWN_MAX)
+
+    def cut(text: str) -> str:
+        head = text[:shown].encode("unicode_escape").decode("ascii")
+        return head + ("..." if len(text) > shown else "")
+
+    differ = "" if same < _ID_SHOWN else f"; the two differ from character {same + 1}"
+    return cut(found), cut(expected), differ
+
+
 class TrustedTables:
     """The tables of the version a reader has open: the copies when they belong to it,
     otherwise the ones the dataset carries.
@@ -722,10 +752,11 @@ class TrustedTables:
                     return table, copy.path
                 if record.tables.get(kind) is None:
                     return table, copy.path
+                found, expected, differ = _ids_apart(stamp, record.id)
                 warnings.warn(
                     f"{copy.path} belongs to another version of {self.dataset.path} "
-                    f"(commit {stamp[:12]}, the dataset is at {record.id[:12]}, version "
-                    f"{record.version}): reading the tables the dataset carries",
+                    f"(commit {found}, the dataset is at {expected}, version "
+                    f"{record.version}{differ}): reading the tables the dataset carries",
                     CadstoreWarning,
                     stacklevel=3,
                 )
