@@ -183,12 +183,15 @@ def test_a_directory_entry_is_checked_like_any_member(tmp_path: Path, renamed: s
         ZipSource(str(path))
 
 
-def test_a_small_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [6, 300 * 1024], ids=["read-whole", "larger"])
+def test_an_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: Path, size: int) -> None:
     """Found by a byte-flipping campaign: one flipped bit in a central-directory name
     (``face_areas/c/0`` listed as ``fece_areas/c/0``) left the member unfound under its
-    own name, and the item read that array as fill values. In a file small enough to be
-    read whole when opened, reading it under its own name is an error naming both."""
-    members = [("a/zarr.json", b"{}"), ("a/c/0", b"\x01" * 6)]
+    own name, and the item read that array as fill values. Reading it under its own name
+    is an error naming both: in a file small enough to be read whole when opened, and in
+    a larger one (over 256 KiB), whose local headers are read only as members are."""
+    members = [("a/zarr.json", b"{}"), ("a/c/1", b"\x02" * 6), ("a/c/4", b"\x03" * 6)]
+    members.append(("a/c/0", b"\x01" * size))
     path = tmp_path / "flipped.zip"
     with open(path, "wb") as fh:
         write_stored_zip(fh, members)
@@ -200,6 +203,8 @@ def test_a_small_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: P
     source = ZipSource(str(path))
     try:
         assert source.get("a/zarr.json") == b"{}"  # the others still read
+        assert source.get("a/c/1") == b"\x02" * 6
+        assert source.get("a/c/5") is None and "a/c/5" not in source  # not stored: absent
         assert "a/c/0" in source
         for read in (
             lambda s: s.get("a/c/0"),
@@ -209,8 +214,42 @@ def test_a_small_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: P
         ):
             with pytest.raises(CorruptStoreError, match=r"flipped\.zip.*'a/c/0'.*as 'a/g/0'"):
                 read(source)
+        assert source.get("a/c/4") == b"\x03" * 6
     finally:
         source.close()
+    assert path.read_bytes() == bytes(raw)
+
+
+def test_a_larger_item_whose_directory_renames_a_chunk_is_corrupt(tmp_path: Path) -> None:
+    """The campaign's finding on an item over 256 KiB (not read whole when opened): one
+    flipped bit listing ``faces/face_areas/c/0`` as ``faces/fece_areas/c/0`` in the
+    central directory only, and ``face_areas`` read as zeros (fill values). Reading it is
+    a ``CorruptStoreError`` naming the file and the chunk; the file is left as it was."""
+    import numpy as np
+
+    from cadstore import OptStorage
+    from conftest import write_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"faces/face_areas": rng.random(50_000), "faces/face_types": np.arange(50_000) % 7}
+    path = Path(write_arrays(tmp_path / "big.zarr", arrays))
+    raw = bytearray(path.read_bytes())
+    assert len(raw) > 256 * 1024
+    name = b"faces/face_areas/c/0"
+    central = raw.index(name, raw.rfind(b"PK\x05\x06") - 4096)  # its central entry
+    assert raw.count(name) == 2  # the local header keeps the name
+    raw[central + 7] ^= 0x04  # "face_areas" -> "fece_areas"
+    path.write_bytes(bytes(raw))
+    storage = OptStorage(str(tmp_path / "big.zarr"), mode="r")
+    try:
+        np.testing.assert_array_equal(
+            storage.load_data("faces/face_types"), arrays["faces/face_types"]
+        )
+        with pytest.raises(CorruptStoreError, match=r"big\.zarr\.data.*'faces/face_areas/c/0'"):
+            storage.load_data("faces/face_areas")
+    finally:
+        storage.close()
+    assert path.read_bytes() == bytes(raw)
 
 
 def test_an_empty_directory_entry_is_skipped(tmp_path: Path) -> None:

@@ -541,6 +541,10 @@ class ZipSource(KeySource):
         self._renamed: dict[str, str] = {}
         if self._image is not None:
             self._find_renamed(self._image)
+        # A larger file's local headers are read as members are (see _renamed_as): the
+        # keys asked for that no member turned out to be, and each member by stored name.
+        self._unlisted: set[str] = set()
+        self._by_raw_name: dict[bytes, str] | None = None
 
     def _find_renamed(self, image: bytes) -> None:
         """Note the members whose local header names another than the central directory
@@ -558,6 +562,43 @@ class ZipSource(KeySource):
                 )
                 self._renamed[text] = name
 
+    def _renamed_as(self, key: str) -> str | None:
+        """The central-directory name of the member whose local header names ``key``, when
+        the central directory does not list ``key``; else ``None``.
+
+        A small file's local headers were all read when it was opened. In a larger one a
+        member's local header is read (and its name checked) when the member is first
+        read, but a member listed under a damaged name is never read under that name:
+        it is asked for under its own, which is not listed. Such a key is then looked
+        for among the members whose stored name differs from it by one bit (one flipped
+        bit changes a name, not its length) and whose local header is unread: each such
+        header is read (one small read) and compared. This costs nothing for keys that
+        are stored; a key that is not costs, once, its one-bit variants' lookups.
+        """
+        renamed = self._renamed.get(key)
+        if renamed is not None or self._image is not None or key in self._unlisted:
+            return renamed
+        if self._by_raw_name is None:
+            self._by_raw_name = {entry.raw_name: name for name, entry in self._members.items()}
+        raw = key.encode("utf-8")
+        for at, byte in enumerate(raw):
+            for bit in range(8):
+                name = self._by_raw_name.get(raw[:at] + bytes((byte ^ (1 << bit),)) + raw[at + 1 :])
+                if name is None or name in self._data_offsets:
+                    continue  # not listed, or its local header repeats its name
+                entry = self._members[name]
+                header = self._read_at(entry.header_offset, 30 + len(raw))
+                if (
+                    header[:4] == b"PK\x03\x04"
+                    and len(header) == 30 + len(raw)
+                    and _LOCAL_LENGTHS.unpack_from(header, 26)[0] == len(raw)
+                    and header[30:] == raw
+                ):
+                    self._renamed[key] = name
+                    return name
+        self._unlisted.add(key)
+        return None
+
     def _member(self, key: str) -> ZipMember | None:
         """The central-directory entry of ``key``; ``None`` if it is not stored.
 
@@ -567,12 +608,14 @@ class ZipSource(KeySource):
             If a local header names ``key`` that the central directory lists as another.
         """
         info = self._members.get(key)
-        if info is None and key in self._renamed:
-            raise CorruptStoreError(
-                self.location,
-                f"member {key!r} is listed in the central directory as "
-                f"{self._renamed[key]!r} (corrupt file)",
-            )
+        if info is None:
+            renamed = self._renamed_as(key)
+            if renamed is not None:
+                raise CorruptStoreError(
+                    self.location,
+                    f"member {key!r} is listed in the central directory as "
+                    f"{renamed!r} (corrupt file)",
+                )
         return info
 
     def _read_at(self, offset: int, n: int) -> bytes:
@@ -826,7 +869,7 @@ class ZipSource(KeySource):
         return self._size
 
     def __contains__(self, key: str) -> bool:
-        return key in self._members or key in self._renamed
+        return key in self._members or self._renamed_as(key) is not None
 
     def close(self) -> None:  # docstring inherited
         try:
