@@ -395,6 +395,54 @@ def test_a_flipped_bit_in_a_written_table_is_detected(tmp_path: Path) -> None:
     assert read_table(resolve(good)).column("size_cadfile").to_pylist() == values
 
 
+@pytest.mark.parametrize("change", ["read as bytes", "renamed"])
+def test_a_flipped_bit_in_a_table_footer_is_detected(
+    dataset: Path, tmp_path: Path, change: str
+) -> None:
+    """Found by a byte-flipping campaign: no checksum covers a Parquet footer, and one
+    flipped bit in its schema read an ``.infoset``'s ``name`` column back as bytes, or
+    under another name, without a word. The columns read are checked against the
+    schema pyarrow recorded when writing (a second copy in the footer): the table is
+    refused, naming the file and the column; the file is left as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = dataset.with_suffix(".infoset").read_bytes()
+    names = pq.read_table(pa.BufferReader(raw)).schema.names
+    footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+
+    def silent_change(table: pa.Table) -> bool:
+        if change == "renamed":
+            return "name" not in table.schema.names and len(table.schema) == len(names)
+        return table.schema.names == names and table.schema.field("name").type == pa.binary()
+
+    def flipped() -> bytes:
+        """The first one-bit flip of the footer's schema that pyarrow reads silently so."""
+        for at in range(footer, raw.index(b"ARROW:schema")):
+            for bit in range(8):
+                candidate = bytearray(raw)
+                candidate[at] ^= 1 << bit
+                try:
+                    if silent_change(pq.read_table(pa.BufferReader(bytes(candidate)))):
+                        return bytes(candidate)
+                except (pa.ArrowException, OSError, UnicodeDecodeError):
+                    continue  # refused, or a column name pyarrow cannot give (not UTF-8)
+        raise AssertionError(f"no flip in the footer has the column {change}")
+
+    bad = tmp_path / "bad.infoset"
+    bad.write_bytes(flipped())
+    before = bad.read_bytes()
+    for read in (read_table, read_frame):
+        with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*'name'"):
+            read(resolve(bad))
+    with (
+        DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
+        pytest.raises(CorruptStoreError, match=r"bad\.infoset"),
+    ):
+        explorer.get_file_info_all()
+    assert bad.read_bytes() == before
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

@@ -5,7 +5,10 @@ system, so every range request goes through the same client as the rest of cadst
 reads. Writing a table is a publication like any other
 (:func:`cadstore.io.publish.write_atomic` with :func:`write_table` as the writer). Every
 table is written with page checksums, which :func:`parse_table` verifies: a flipped bit
-in a value is an error, not another value.
+in a value is an error, not another value. No checksum covers the footer, but it records
+the schema twice (Parquet's own and the Arrow schema pyarrow wrote), and the columns read
+must agree with the second: a flipped bit renaming a column or changing its type is an
+error too.
 
 Tables are read without Arrow's thread pools (``ParquetFile(pre_buffer=False)`` and
 ``use_threads=False``): they hold a row per item, which one thread reads in a
@@ -103,6 +106,8 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
         If the table's values are not valid (strings that are not UTF-8, ...).
     OSError
         If a page does not match its checksum.
+    ValueError
+        If the columns read are not those the writer recorded (a damaged footer).
     """
     import pyarrow.parquet as pq
 
@@ -110,8 +115,52 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
         source, filesystem=filesystem, pre_buffer=False, page_checksum_verification=True
     ) as table_file:
         table = table_file.read(use_threads=False)
+        written = (table_file.metadata.metadata or {}).get(_ARROW_SCHEMA)
+    if written is not None:
+        _check_columns(table.schema, written)
     table.validate(full=True)
     return table
+
+
+#: The footer key under which pyarrow records the Arrow schema it wrote (base64).
+_ARROW_SCHEMA = b"ARROW:schema"
+
+
+def _check_columns(read: pa.Schema, written: bytes) -> None:
+    """Check that the columns read are those pyarrow wrote: the same names, the same types.
+
+    No checksum covers a Parquet footer, and a flipped bit in its schema renames a column
+    (``name`` read as ``oame``) or drops a string's annotation (``name`` read as bytes),
+    silently. pyarrow's writers record the Arrow schema a second time in the footer
+    (``ARROW:schema``), from which a reader restores the types; one flipped bit cannot
+    change both copies alike. A table written without one (not by pyarrow) is not
+    checked.
+
+    Raises
+    ------
+    ValueError
+        If the recorded schema does not decode, or names or types another column.
+    """
+    import base64
+    import binascii
+
+    import pyarrow as pa
+
+    try:
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(written, validate=True)))
+    except (binascii.Error, pa.ArrowException) as exc:
+        raise ValueError(f"its recorded Arrow schema does not decode ({exc})") from None
+    if len(read) != len(schema):
+        raise ValueError(f"it reads {len(read)} columns, where {len(schema)} were written")
+    for at, (wrote, found) in enumerate(zip(schema, read, strict=True), start=1):
+        try:
+            name = found.name
+        except UnicodeDecodeError:  # pyarrow leaves names unchecked
+            raise ValueError(f"column {at} ({wrote.name!r}) reads with a name not UTF-8") from None
+        if name != wrote.name:
+            raise ValueError(f"column {at} reads as {name!r}, written as {wrote.name!r}")
+        if not found.type.equals(wrote.type):
+            raise ValueError(f"column {name!r} reads as {found.type}, written as {wrote.type}")
 
 
 def write_table(table: pa.Table, sink: Any) -> None:
