@@ -443,6 +443,48 @@ def test_a_flipped_bit_in_a_table_footer_is_detected(
     assert bad.read_bytes() == before
 
 
+def test_types_pyarrow_does_not_restore_are_no_damaged_footer(tmp_path: Path) -> None:
+    """Found by review of the footer check above: pyarrow reads some types back as
+    others from an undamaged file (timestamps and times in seconds in milliseconds,
+    ``date64`` as ``date32``, a dictionary of large strings, which pandas writes for a
+    categorical, as one of strings; a dictionary of numbers as the numbers), and such
+    tables, written by pandas or pyarrow, were refused as corrupt. They read as pyarrow
+    reads them."""
+    import datetime
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {
+            "category": pd.Categorical(["a", "b", "a"]),
+            "seconds": pd.to_datetime([1, 2, 3], unit="s").astype("datetime64[s]"),
+            "name": ["x", "y", "z"],
+        }
+    )
+    frame.to_parquet(tmp_path / "pandas.parquet")
+    day = datetime.date(2026, 12, 7)
+    table = pa.table(
+        {
+            "date64": pa.array([day, day, day], pa.date64()),
+            "time_s": pa.array([1, 2, 3], pa.time32("s")),
+            "zoned_s": pa.array([1, 2, 3], pa.timestamp("s", "Europe/Paris")),
+            "large_dict": pa.array(["a", "b", "a"], pa.large_string()).dictionary_encode(),
+            "bytes_dict": pa.array([b"a", b"b", b"a"], pa.large_binary()).dictionary_encode(),
+            "int_dict": pa.array([1, 2, 1]).dictionary_encode(),
+            "nested": pa.array([[1], [2], [3]], pa.list_(pa.timestamp("s"))),
+            "record": pa.StructArray.from_arrays([pa.array([day] * 3, pa.date64())], ["d"]),
+        }
+    )
+    pq.write_table(table, tmp_path / "pyarrow.parquet")
+    for path in (tmp_path / "pandas.parquet", tmp_path / "pyarrow.parquet"):
+        assert read_table(resolve(path)).equals(pq.read_table(path)), path.name
+    assert read_frame(resolve(tmp_path / "pandas.parquet")).equals(
+        pd.read_parquet(tmp_path / "pandas.parquet")
+    )
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

@@ -159,8 +159,48 @@ def _check_columns(read: pa.Schema, written: bytes) -> None:
             raise ValueError(f"column {at} ({wrote.name!r}) reads with a name not UTF-8") from None
         if name != wrote.name:
             raise ValueError(f"column {at} reads as {name!r}, written as {wrote.name!r}")
-        if not found.type.equals(wrote.type):
+        if not _as_read(found.type).equals(_as_read(wrote.type)):
             raise ValueError(f"column {name!r} reads as {found.type}, written as {wrote.type}")
+
+
+def _as_read(written: pa.DataType) -> pa.DataType:
+    """The type pyarrow reads back for a column of type ``written`` from an undamaged file.
+
+    Parquet has no such type as some of Arrow's, and pyarrow does not restore all of them
+    from the recorded schema: timestamps and times in seconds read in milliseconds,
+    ``date64`` as ``date32``, a dictionary of large strings (what pandas writes for a
+    categorical of strings) as a dictionary of strings, and one of other values as the
+    values themselves; inside lists, structs and maps alike. The column check compares
+    the types this maps both copies to, so that a table any pyarrow or pandas writer made
+    passes it.
+    """
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_timestamp(written) and written.unit == "s":
+        return pa.timestamp("ms", written.tz)
+    if t.is_time32(written) and written.unit == "s":
+        return pa.time32("ms")
+    if t.is_date64(written):
+        return pa.date32()
+    if t.is_dictionary(written):
+        values = written.value_type
+        if t.is_large_string(values) or t.is_string(values):
+            return pa.dictionary(written.index_type, pa.string(), written.ordered)
+        if t.is_large_binary(values) or t.is_binary(values):
+            return pa.dictionary(written.index_type, pa.binary(), written.ordered)
+        return _as_read(values)
+    if t.is_map(written):
+        return pa.map_(_as_read(written.key_type), _as_read(written.item_type))
+    if t.is_fixed_size_list(written):
+        return pa.list_(_as_read(written.value_type), written.list_size)
+    if t.is_large_list(written):
+        return pa.large_list(_as_read(written.value_type))
+    if t.is_list(written):
+        return pa.list_(_as_read(written.value_type))
+    if t.is_struct(written):
+        return pa.struct([field.with_type(_as_read(field.type)) for field in written])
+    return written
 
 
 def write_table(table: pa.Table, sink: Any) -> None:
