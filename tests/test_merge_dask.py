@@ -714,3 +714,39 @@ def test_an_error_a_dask_encode_task_raises_is_reported_as_what_it_is(
     assert failure["error"] == f"InvalidDataError: {bad}: refused after its bodies"
     encoded = sorted(p.name for p in (tmp_path / "late" / "encoded").iterdir())
     assert encoded == sorted(f"{name}.zarr.data" for name in local.encoded)
+
+
+def test_a_dask_encode_task_failing_between_bodies_names_the_bodies_not_encoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review of the test above: a task that raised between two bodies (its
+    journal's disk full after body 0) reported one file failure and nothing of bodies 1
+    to 3, which then appeared nowhere in the summary; a worker lost there names them
+    ("bodies [...] were not encoded"). Bodies a resumed task leaves alone are not named."""
+    import errno
+
+    from cadstore.encode import run as encode_run
+    from cadstore.encode.work import Settings, Task
+
+    def four_bodies(task: Any, settings: Any, emit: Any) -> None:
+        emit({"type": "start", "index": task.index})
+        emit({"type": "loaded", "index": task.index, "num_bodies": 4})
+        for body in (0, 1):
+            if body in task.leave:
+                continue
+            emit({"type": "body", "index": task.index, "body_index": body})
+            if body == 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            emit({"type": "item", "index": task.index, "body_index": body, "status": "ok"})
+
+    monkeypatch.setattr(encode_run, "process_file", four_bodies)
+    settings = Settings(str(tmp_path), str(tmp_path), {}, (), resume=False)
+    for leave, missing in (((), [1, 2, 3]), ((2,), [1, 3])):
+        task = Task(index=0, path=str(tmp_path / "part.step"), base="part", leave=leave)
+        messages = encode_run._dask_encode_task(task, settings)
+        failure = messages[-1]
+        assert failure["type"] == "failed" and failure["reason"] == "storage"
+        assert failure["error"] == (
+            f"OSError: [Errno 28] No space left on device; bodies {missing} were not encoded"
+        )
+        assert [m["body_index"] for m in messages if m["type"] == "item"] == [0]

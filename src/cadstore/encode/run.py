@@ -575,10 +575,24 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
     except Exception as exc:
         # Reading the CAD file and encoding its bodies report their own failures
         # (process_file): what reaches here is the task's own work, not the file's read.
-        messages.append(
-            {"type": "failed", "index": task.index, **failure_fields(exc, loading=False)}
-        )
+        failure = {"type": "failed", "index": task.index, **failure_fields(exc, loading=False)}
+        missing = _bodies_not_reported(task, messages)
+        if missing:
+            # As for a worker lost on the file (_DaskListener.lost): the bodies it never
+            # reported are named, or they would appear nowhere in the summary.
+            failure["error"] = f"{failure['error']}; bodies {missing} were not encoded"
+        messages.append(failure)
     return messages
+
+
+def _bodies_not_reported(task: Task, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The bodies of ``task``'s file that ``messages`` (a task's, cut short) report no
+    item for, leaving out those ``task`` leaves alone; none before the file was read."""
+    total = next((int(m["num_bodies"]) for m in messages if m.get("type") == "loaded"), None)
+    if total is None:
+        return []
+    reported = {int(m["body_index"]) for m in messages if m.get("type") == "item"}
+    return [b for b in range(total) if b not in reported and b not in task.leave]
 
 
 def _dask_encode(task: Task, settings: Settings, messages: list[dict[str, Any]]) -> None:
