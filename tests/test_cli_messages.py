@@ -548,3 +548,78 @@ def test_inspect_of_a_folder_without_cadstore_files_says_so(
     line = _one_error_line(*_main(capsys, "inspect", parts))
     assert f"{parts} is not an item" in line
     assert "it holds no cadstore item, dataset or JSON store" in line
+
+
+def test_a_closed_stderr_fails_no_command_that_warns(doubled_json_store: Path) -> None:
+    """Found by review: ``main()`` printed its warnings itself, forgiving a closed
+    ``sys.stderr``; once it left the display to Python's (which forgives an OSError, not
+    the ValueError of a closed file), a program that had closed ``sys.stderr`` saw the
+    command fail on the first warning. It runs to the end again."""
+    closed = "import io, sys\nsys.stderr = io.StringIO()\nsys.stderr.close()\n"
+    done = _cli("inspect", doubled_json_store, before=closed)
+    assert done.returncode == 0, done.stderr
+    assert "areas" in done.stdout
+
+
+@pytest.mark.parametrize("method", ["spawn"])
+def test_a_workers_warning_goes_through_the_programs_filters(tmp_path: Path, method: str) -> None:
+    """Found by review: a spawned worker's warning was handed to the parent's display
+    directly, so a program that ignores a category (not by ``-W``, which workers get too)
+    still saw it from its workers. The parent issues it again, through its filters."""
+    pytest.importorskip("OCP")
+    from cadstore.cad.samples import write_sample_set
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    write_sample_set(tmp_path / "steps", 2)
+    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
+    before = _WARNING_WORKERS.format(folder=str(tmp_path), method=method) + (
+        "import warnings\nfrom cadstore.errors import CadstoreWarning\n"
+        "warnings.simplefilter('ignore', CadstoreWarning)\n"
+    )
+    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
+    done = _cli(*argv, "--no-progress", before=before)
+    assert done.returncode == 0, done.stderr
+    assert "encoded 2 items from 2 files" in done.stdout
+    assert done.stderr == ""
+
+
+def test_a_warning_issued_as_a_worker_starts_a_send_is_shown_there() -> None:
+    """Found by review: a worker marked itself as sending only once it held the send
+    lock, so a warning issued on the same thread just after the lock was taken (a
+    finaliser's, run by the garbage collector) was forwarded, waited for the lock that
+    thread held, and the worker hung. It is shown in the worker instead, and the message
+    goes through."""
+    import threading
+    from multiprocessing import Pipe
+
+    from cadstore.workers import _Sender
+
+    class WarnsOnceTaken:
+        """A lock that issues a warning right after it is first taken, and times out
+        instead of hanging."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.warned = False
+
+        def __enter__(self) -> None:
+            if not self.lock.acquire(timeout=5):
+                raise AssertionError("the sender waited for a lock its own thread held")
+            if not self.warned:
+                self.warned = True
+                warnings.warn("a finaliser's warning", ResourceWarning, stacklevel=1)
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    ours, theirs = Pipe()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sender = _Sender(ours)
+        sender._lock = WarnsOnceTaken()  # type: ignore[assignment]
+        sender.forward_warnings()
+        sender.send({"type": "message"})
+    assert theirs.recv() == {"type": "message"}
+    assert not theirs.poll()  # nothing else was sent: the warning was not forwarded
+    assert [str(w.message) for w in caught] == ["a finaliser's warning"]

@@ -19,8 +19,8 @@ was running. The pool knows which task each worker is on, so:
   (after a ``MemoryError``, its heap may be fragmented), returning its memory to the system;
 * workers that die before taking any task, several in a row, stop the run with an error
   (the cause is the environment, not a task), instead of being restarted forever;
-* a **warning** a worker shows is shown by the parent instead, through the parent's
-  ``warnings.showwarning``: the command line prints it as its one ``cadstore: warning:``
+* a **warning** a worker shows is issued again by the parent instead, through the
+  parent's filters and display: the command line prints it as its one ``cadstore: warning:``
   line (once, whichever workers issued it), and a program recording warnings records it,
   where a spawned worker would have printed Python's format on its own stderr. The
   worker's filters decided that it is shown, as they decide for any warning it issues.
@@ -185,12 +185,15 @@ class _Sender:
 
     def send(self, message: dict[str, Any]) -> None:
         """Send ``message``."""
-        with self._lock:
-            self._local.sending = True
-            try:
+        # Marked before the lock is taken: a warning this thread issues from then on (a
+        # finaliser's, run by the garbage collector at any point) is shown here, and
+        # never waits for the lock this thread holds.
+        self._local.sending = True
+        try:
+            with self._lock:
                 self.conn.send(message)
-            finally:
-                self._local.sending = False
+        finally:
+            self._local.sending = False
 
     def forward_warnings(self) -> None:
         """From now on, send each warning this process shows to the parent (see the
@@ -232,20 +235,25 @@ def _warning_message(
 
 
 def _show_warning(message: dict[str, Any]) -> None:
-    """Show a worker's warning in this process, as this process shows warnings.
+    """Issue a worker's warning again in this process, as if issued here.
 
-    The category is found among the modules this process has imported, never imported
-    for the message; one not found is shown as a ``UserWarning``.
+    This process's filters then apply (a program that ignores a category ignores it from
+    its workers too; one that records warnings records a ``Warning``), and its display
+    shows it. The category is found among the modules this process has imported, never
+    imported for the message; one not found, or that cannot be made from the text alone,
+    is a ``UserWarning``.
     """
     found: Any = sys.modules.get(str(message.get("module")))
     for part in str(message.get("category")).split("."):
         found = getattr(found, part, None)
     category = found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
-    warnings.showwarning(
-        str(message.get("message")),
-        category,
-        str(message.get("filename")),
-        int(message.get("lineno") or 0),
+    text = str(message.get("message"))
+    try:
+        warning = category(text)
+    except Exception:  # a category whose constructor wants more than the text
+        warning = UserWarning(text)
+    warnings.warn_explicit(
+        warning, type(warning), str(message.get("filename")), int(message.get("lineno") or 0)
     )
 
 

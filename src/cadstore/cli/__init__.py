@@ -32,6 +32,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "HelpFormatter", "main"]
 
@@ -162,12 +163,13 @@ def _warnings_as_messages() -> Iterator[None]:
     processes included, see :mod:`cadstore.workers`) it is issued.
 
     Only the format is replaced (``warnings.formatwarning``, the hook Python's display
-    uses), not the display: a program that records warnings
-    (``warnings.catch_warnings(record=True)``) or shows them itself (its own
-    ``warnings.showwarning``) around :func:`main` keeps doing so. A display that asks
+    uses), not the display, which is only wrapped so that a closed ``sys.stderr`` fails
+    no command: a program that records warnings (``warnings.catch_warnings(record=True)``)
+    or shows them itself (its own ``warnings.showwarning``) around :func:`main` keeps
+    doing so. A display that asks
     ``warnings.formatwarning`` for the text (``logging.captureWarnings``) gets the line,
     and an empty text for a repeat. The filters are left as they are, so ``-W error`` or
-    ``-W ignore`` keep working; on leaving, the format and the filters are restored.
+    ``-W ignore`` keep working; on leaving, the format, the display and the filters are restored.
     """
     printed: set[tuple[type[Warning], str]] = set()
 
@@ -184,8 +186,27 @@ def _warnings_as_messages() -> Iterator[None]:
         printed.add((category, text))
         return f"cadstore: warning: {text or category.__name__}\n"
 
+    display = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        # The display in place (Python's, a recorder's, the program's), except that a
+        # closed stderr, which Python's display does not forgive, fails no command.
+        try:
+            display(message, category, filename, lineno, file, line)
+        except ValueError:
+            if not getattr(sys.stderr if file is None else file, "closed", False):
+                raise
+
     python_format = warnings.formatwarning
     with warnings.catch_warnings():
+        warnings.showwarning = show
         warnings.formatwarning = one_line
         try:
             yield
