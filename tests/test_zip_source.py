@@ -220,6 +220,32 @@ def test_an_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: Path, 
     assert path.read_bytes() == bytes(raw)
 
 
+def test_absent_keys_read_a_members_local_header_once(tmp_path: Path) -> None:
+    """Found by review of the check above: in a file over 256 KiB, each key asked for
+    that is not stored read the local header of every member one bit off it, again for
+    every such key (``a/c/1``, ``a/c/2``, ``a/c/4`` and ``a/c/8`` each read ``a/c/0``'s:
+    one ranged GET each on an object store). A member's header is read once."""
+    path = tmp_path / "one.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("a/zarr.json", b"{}"), ("a/c/0", b"\0" * 300_000)])
+    source = ZipSource(str(path))
+    reads: list[int] = []
+    read_at = source._read_at
+
+    def counted(offset: int, n: int) -> bytes:
+        reads.append(offset)
+        return read_at(offset, n)
+
+    source._read_at = counted  # type: ignore[method-assign]
+    try:
+        for key in ["a/c/1", "a/c/2", "a/c/4", "a/c/8", "a/c/1", "a/c/2"]:
+            assert source.get(key) is None and key not in source
+        assert len(reads) == 1
+        assert source.get("a/c/0") == b"\0" * 300_000
+    finally:
+        source.close()
+
+
 def test_a_larger_item_whose_directory_renames_a_chunk_is_corrupt(tmp_path: Path) -> None:
     """The campaign's finding on an item over 256 KiB (not read whole when opened): one
     flipped bit listing ``faces/face_areas/c/0`` as ``faces/fece_areas/c/0`` in the

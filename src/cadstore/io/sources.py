@@ -544,6 +544,9 @@ class ZipSource(KeySource):
         # A larger file's local headers are read as members are (see _renamed_as): the
         # keys asked for that no member turned out to be, and each member by stored name.
         self._unlisted: set[str] = set()
+        # The start of the local header of each member read for that (as many bytes as a
+        # name of its listed length takes).
+        self._local_heads: dict[str, bytes] = {}
         self._by_raw_name: dict[bytes, str] | None = None
 
     def _find_renamed(self, image: bytes) -> None:
@@ -572,8 +575,9 @@ class ZipSource(KeySource):
         it is asked for under its own, which is not listed. Such a key is then looked
         for among the members whose stored name differs from it by one bit (one flipped
         bit changes a name, not its length) and whose local header is unread: each such
-        header is read (one small read) and compared. This costs nothing for keys that
-        are stored; a key that is not costs, once, its one-bit variants' lookups.
+        header is read (one small read, once per member) and compared. This costs
+        nothing for keys that are stored; a key that is not costs, once, its one-bit
+        variants' lookups.
         """
         renamed = self._renamed.get(key)
         if renamed is not None or self._image is not None or key in self._unlisted:
@@ -586,8 +590,11 @@ class ZipSource(KeySource):
                 name = self._by_raw_name.get(raw[:at] + bytes((byte ^ (1 << bit),)) + raw[at + 1 :])
                 if name is None or name in self._data_offsets:
                     continue  # not listed, or its local header repeats its name
-                entry = self._members[name]
-                header = self._read_at(entry.header_offset, 30 + len(raw))
+                header = self._local_heads.get(name)
+                if header is None:  # read once, whichever absent keys it is checked for
+                    entry = self._members[name]
+                    header = self._read_at(entry.header_offset, 30 + len(raw))
+                    self._local_heads[name] = header
                 if (
                     header[:4] == b"PK\x03\x04"
                     and len(header) == 30 + len(raw)
