@@ -623,3 +623,33 @@ def test_a_warning_issued_as_a_worker_starts_a_send_is_shown_there() -> None:
     assert theirs.recv() == {"type": "message"}
     assert not theirs.poll()  # nothing else was sent: the warning was not forwarded
     assert [str(w.message) for w in caught] == ["a finaliser's warning"]
+
+
+def test_logging_captured_warnings_are_each_message_once(
+    doubled_json_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: under ``logging.captureWarnings``, a warning repeated within one
+    ``main()`` was logged again as an empty record (the repeat formatted to nothing).
+    The display passes over a repeat instead: one record, the command's line."""
+    import logging
+
+    import cadstore.cli.inspect
+
+    inspect_target = cadstore.cli.inspect.inspect_target
+
+    def twice(*args: Any, **kwargs: Any) -> Any:
+        for _ in range(2):
+            warnings.warn("the same thing", CadstoreWarning, stacklevel=1)
+        return inspect_target(*args, **kwargs)
+
+    monkeypatch.setattr(cadstore.cli.inspect, "inspect_target", twice)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings(), caplog.at_level(logging.WARNING, "py.warnings"):
+            warnings.simplefilter("always", CadstoreWarning)
+            assert main(["inspect", os.fspath(doubled_json_store)]) == 0
+    finally:
+        logging.captureWarnings(False)
+    said = [r.getMessage().strip() for r in caplog.records if r.name == "py.warnings"]
+    assert said.count("cadstore: warning: the same thing") == 1
+    assert "" not in said

@@ -162,16 +162,19 @@ def _warnings_as_messages() -> Iterator[None]:
     message is printed once, however often and from however many places (worker
     processes included, see :mod:`cadstore.workers`) it is issued.
 
-    Only the format is replaced (``warnings.formatwarning``, the hook Python's display
-    uses), not the display, which is only wrapped so that a closed ``sys.stderr`` fails
-    no command: a program that records warnings (``warnings.catch_warnings(record=True)``)
-    or shows them itself (its own ``warnings.showwarning``) around :func:`main` keeps
-    doing so. A display that asks
-    ``warnings.formatwarning`` for the text (``logging.captureWarnings``) gets the line,
-    and an empty text for a repeat. The filters are left as they are, so ``-W error`` or
-    ``-W ignore`` keep working; on leaving, the format, the display and the filters are restored.
+    The format is replaced (``warnings.formatwarning``, the hook Python's display
+    uses); the display in place is kept, wrapped only to pass over a repeat and to
+    forgive a closed ``sys.stderr`` (which Python's display does not): a program that
+    records warnings (``warnings.catch_warnings(record=True)``) or shows them itself
+    (its own ``warnings.showwarning``, ``logging.captureWarnings``) around :func:`main`
+    keeps doing so, each message once. The filters are left as they are, so
+    ``-W error`` or ``-W ignore`` keep working; on leaving, the format, the display and
+    the filters are restored.
     """
     printed: set[tuple[type[Warning], str]] = set()
+
+    def text_of(message: Warning | str) -> str:
+        return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
     def one_line(
         message: Warning | str,
@@ -180,11 +183,7 @@ def _warnings_as_messages() -> Iterator[None]:
         lineno: int,
         line: str | None = None,
     ) -> str:
-        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-        if (category, text) in printed:
-            return ""  # Python's display writes nothing
-        printed.add((category, text))
-        return f"cadstore: warning: {text or category.__name__}\n"
+        return f"cadstore: warning: {text_of(message) or category.__name__}\n"
 
     display = warnings.showwarning
 
@@ -196,8 +195,10 @@ def _warnings_as_messages() -> Iterator[None]:
         file: Any = None,
         line: str | None = None,
     ) -> None:
-        # The display in place (Python's, a recorder's, the program's), except that a
-        # closed stderr, which Python's display does not forgive, fails no command.
+        said = (category, text_of(message))
+        if said in printed:
+            return
+        printed.add(said)
         try:
             display(message, category, filename, lineno, file, line)
         except ValueError:
