@@ -67,3 +67,32 @@ def write_items(
 def realistic_items(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Any, Any]]:
     """Thirty realistic items, written once per test session."""
     return write_items(tmp_path_factory.mktemp("items") / "encoded", 30, seed=11)
+
+
+def refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path, step: str, number: int) -> None:
+    """Make the file system refuse ``path`` with errno ``number`` while it is opened, at
+    the lowest level, in this process (and the Dask worker threads of an in-process
+    cluster): ``"stat"`` (``os.stat`` of it, as a parent directory that may not be
+    searched refuses it), ``"open"`` (``os.open`` of it) or ``"read"`` (``os.pread`` of
+    its descriptor; an item of a few KiB is read whole when opened, never after). The
+    error names no file, as the system's reads do not; running as root, ``chmod`` would
+    refuse nothing."""
+    import os
+
+    target = str(path)
+    real = {"stat": os.stat, "open": os.open, "read": os.pread}[step]
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        first = args[0]
+        if step == "read":
+            try:
+                named = os.readlink(f"/proc/self/fd/{first}")
+            except OSError:
+                named = ""
+        else:
+            named = os.fspath(first) if isinstance(first, str | os.PathLike) else ""
+        if named == target:
+            raise OSError(number, os.strerror(number))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, {"stat": "stat", "open": "open", "read": "pread"}[step], refused)

@@ -1645,3 +1645,67 @@ def test_an_os_error_reading_an_item_in_one_process_names_the_item(
     assert not out.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == []
     assert {p: p.read_bytes() for p in items} == before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("step", ["stat", "open", "read"])
+@pytest.mark.parametrize(
+    ("code", "kind", "problem"),
+    [
+        ("EIO", "StorageError", "input/output error"),
+        ("EACCES", "StorageAccessError", "permission denied"),
+    ],
+)
+def test_an_os_error_opening_an_item_stops_the_merge_naming_the_item(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    step: str,
+    code: str,
+    kind: str,
+    problem: str,
+) -> None:
+    """An OSError the file system raised while the item was opened (its ``stat``, the
+    open of its zip file, the read of its bytes: EACCES, EIO) was reported as a corrupt
+    item ("cannot read: ...", "not a readable zip file (input/output error)"), and the
+    merge skipped it, publishing a dataset without it, while the same error once the
+    item was open stopped the merge naming it. Opening agrees with reading: the merge
+    stops with the StorageError of its kind naming the item; nothing is published and
+    the items are unchanged."""
+    import errno
+
+    from cadstore import errors
+    from conftest import refuse_opening
+
+    items = [p for p, _, _ in write_items(tmp_path / "items", 4, seed=3)]
+    before = {p: p.read_bytes() for p in items}
+    failing = items[2]
+    number = getattr(errno, code)
+    refuse_opening(monkeypatch, failing, step, number)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    with pytest.raises(errors.StorageError) as caught:
+        merge_items(items, out, workers=workers)
+    assert type(caught.value) is getattr(errors, kind)
+    assert isinstance(caught.value, type(OSError(number, "x")))  # PermissionError...
+    assert caught.value.path == str(failing)
+    assert str(caught.value) == f"{failing}: opening it: {problem}"
+    monkeypatch.undo()
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+    assert {p: p.read_bytes() for p in items} == before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_item_is_still_skipped_as_corrupt(tmp_path: Path, workers: int) -> None:
+    """Bytes that do not parse are the item's fault: it is skipped and listed, the others
+    merged (an OSError opening an item, by contrast, stops the merge)."""
+    items = [p for p, _, _ in write_items(tmp_path / "items", 4, seed=3)]
+    damaged = items[2]
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    before = {p: p.read_bytes() for p in items}
+    result = merge_items(items, tmp_path / "flow.dataset", workers=workers)
+    assert len(result.items) == 3
+    (error,) = result.errors
+    assert error["file"] == str(damaged) and "not a readable zip file" in error["error"]
+    assert {p: p.read_bytes() for p in items} == before

@@ -585,6 +585,59 @@ def test_an_os_error_in_a_task_is_reported_as_itself(
     _nothing_published(out)
 
 
+@pytest.mark.parametrize("step", ["open", "read"])
+@pytest.mark.parametrize(
+    ("code", "kind", "problem"),
+    [
+        ("EIO", "StorageError", "input/output error"),
+        ("EACCES", "StorageAccessError", "permission denied"),
+    ],
+)
+def test_an_os_error_opening_an_item_in_a_task_stops_the_merge_naming_it(
+    threads_client: distributed.Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    code: str,
+    kind: str,
+    problem: str,
+) -> None:
+    """An OSError the file system raised while a scan task opened an item (the open of its
+    zip file, the read of its bytes) made it a corrupt item, skipped, and the dataset was
+    published without it, while the same error once the item was open stopped the merge.
+    It stops the merge as the StorageError of its kind naming the item, as in one
+    process; nothing is published and the items are unchanged. A damaged item (bytes that
+    do not parse) is still skipped and listed."""
+    import errno
+
+    from cadstore import errors
+    from conftest import refuse_opening
+
+    items = [p for p, _, _ in write_items(tmp_path / "items", 4, seed=3)]
+    damaged = items[1]
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    before = {p: p.read_bytes() for p in items}
+    skipped = merge_items(items, tmp_path / "skipped.dataset", client=threads_client)
+    assert len(skipped.items) == 3
+    assert [e["file"] for e in skipped.errors] == [str(damaged)]
+    assert "not a readable zip file" in skipped.errors[0]["error"]
+
+    failing = items[2]
+    number = getattr(errno, code)
+    refuse_opening(monkeypatch, failing, step, number)
+    out = tmp_path / "out" / "flow.dataset"
+    out.parent.mkdir()
+    with pytest.raises(errors.StorageError) as caught:
+        merge_items(items, out, client=threads_client)
+    monkeypatch.undo()
+    assert type(caught.value) is getattr(errors, kind)
+    assert isinstance(caught.value, type(OSError(number, "x")))  # PermissionError...
+    assert caught.value.path == str(failing)
+    assert str(caught.value) == f"{failing}: opening it: {problem}"
+    _nothing_published(out)
+    assert {p: p.read_bytes() for p in items} == before
+
+
 def test_an_os_error_in_a_mapped_call_is_reported_as_a_scan_s(
     threads_client: distributed.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

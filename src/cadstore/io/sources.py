@@ -8,13 +8,18 @@ before it reads, and turns every failure of ``zipfile`` into a
 
 :func:`open_source` is the one way to open the store at a location, whatever it is: it
 decides between a zip and a directory (or, on an object store, a prefix), refuses anything
-that is neither (a named pipe, a device) before reading a byte, and reports a store that
-cannot be read as a :class:`~cadstore.errors.CorruptStoreError` naming it, while a store
-that refuses access or cannot be reached passes through as its own error.
+that is neither (a named pipe, a device) before reading a byte, and reports a store whose
+bytes do not parse, or that is not there, as a :class:`~cadstore.errors.CorruptStoreError`
+naming it. A store the file system refuses to open or read (an OSError: EACCES, EIO) is
+not corrupt, the same bytes may read once the disk is back: it is the
+:class:`~cadstore.errors.StorageError` of the error's kind naming it, as a read once the
+store is open is (:func:`cadstore.merging.scan.reading_item`); a store that refuses access
+or cannot be reached passes through as its own error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -31,6 +36,7 @@ from cadstore.errors import (
     LimitExceededError,
     StorageError,
     os_problem,
+    os_storage_error,
 )
 from cadstore.forking import renew_lock
 from cadstore.format.limits import (
@@ -451,6 +457,9 @@ class ZipSource(KeySource):
     ------
     CorruptStoreError
         If the file is not a zip, or a member name or size is unsafe.
+    OSError
+        If the file system refuses to open or read the file (EACCES, EIO): raised as it
+        is, the file is not at fault (:func:`open_source` names the file).
     """
 
     def __init__(
@@ -496,14 +505,20 @@ class ZipSource(KeySource):
             # be reached says nothing about the file.
             self.close()
             raise
+        except OSError as exc:
+            # A read the file system refused (EIO, EACCES): the bytes were never seen, so
+            # they cannot be called corrupt. zipfile turns what it finds wrong in the bytes
+            # into BadZipFile, and the reads above are bounded by the file's size.
+            self.close()
+            self._raise_if_unreachable(exc)
+            raise
         except Exception as exc:  # struct, zipfile and decoding errors all mean "corrupt"
             kind = self._other_kind()
             self.close()
-            self._raise_if_unreachable(exc)
+            self._raise_if_unreachable(exc)  # a remote client's own transport errors
             if kind:
                 raise CorruptStoreError(path, f"not a zip file {kind}") from exc
-            reason = os_problem(exc) if isinstance(exc, OSError) else str(exc)
-            raise CorruptStoreError(path, f"not a readable zip file ({reason})") from exc
+            raise CorruptStoreError(path, f"not a readable zip file ({exc})") from exc
         if len(entries) > limits.max_members:
             self.close()
             raise LimitExceededError(
@@ -1076,7 +1091,13 @@ def open_source(
     ------
     CorruptStoreError
         If nothing is there, it is neither a regular file nor a directory (refused before
-        anything is read, so a named pipe cannot hang the reader), or it cannot be read.
+        anything is read, so a named pipe cannot hang the reader), or its bytes are not a
+        store.
+    StorageError
+        If the file system refuses to open or read it (an OSError: EIO, EACCES), of the
+        error's kind (:func:`~cadstore.errors.os_storage_error`: a
+        :class:`~cadstore.errors.StorageAccessError` for a refused permission), naming
+        it: it is not corrupt, and may read once the disk is back.
     StorageAccessError, StorageUnavailableError
         If the object store refuses or cannot be reached: the store is at fault, not it.
     """
@@ -1096,7 +1117,15 @@ def open_source(
     except StorageError:
         raise
     except OSError as exc:
-        raise CorruptStoreError(path, f"cannot read: {exc}") from exc
+        raise os_storage_error(path, exc, "opening it") from exc
+
+
+#: The errors of a ``stat`` that say the path leads to nothing (no file, a file where a
+#: directory was expected, a loop of symbolic links, a name too long), which is the path's
+#: fault, unlike a refusal (EACCES) or a failing disk (EIO).
+_NAMES_NOTHING: frozenset[int] = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+)
 
 
 def _kind_of(location: Location, what: str) -> Literal["zip", "directory"]:
@@ -1110,8 +1139,11 @@ def _kind_of(location: Location, what: str) -> Literal["zip", "directory"]:
         raise CorruptStoreError(path, f"no such {what} (no object and no prefix)")
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CorruptStoreError(path, f"no such {what}") from None
+    except OSError as exc:
+        if exc.errno in _NAMES_NOTHING:
+            detail = "" if isinstance(exc, FileNotFoundError) else f" ({os_problem(exc)})"
+            raise CorruptStoreError(path, f"no such {what}{detail}") from None
+        raise  # the file system refused (EACCES, EIO): open_source reports it
     if stat.S_ISDIR(mode):
         return "directory"
     if not stat.S_ISREG(mode):

@@ -129,7 +129,8 @@ def scan_item(
     StorageAccessError, StorageUnavailableError
         When the object store refuses or cannot be reached: the item is not at fault.
     StorageError
-        When the file system refuses a read of the item (:func:`reading_item`).
+        When the file system refuses to open the item (:func:`~cadstore.io.sources.open_source`)
+        or to read it (:func:`reading_item`): it is not skipped as corrupt.
     """
     with reading_item(location):
         return _scan_item(location, limits, scalars)
@@ -260,7 +261,8 @@ def decode_item(
         If the item no longer reads: the scan verified every CRC, so data that fails now
         changed meanwhile or was crafted to pass them.
     StorageError
-        When the file system refuses a read of the item (:func:`reading_item`).
+        When the file system refuses to open the item (:func:`~cadstore.io.sources.open_source`)
+        or to read it (:func:`reading_item`), naming it.
     """
     with reading_item(location):
         try:
