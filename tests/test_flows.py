@@ -880,3 +880,89 @@ def test_a_resumed_run_gives_each_kept_item_its_result(tmp_path: Path) -> None:
     assert again["counts"] == [6, 7, (1, 2)]
     kept = sorted(p.name for p in (Path(again.flow_dir) / "item_results").iterdir())
     assert kept == sorted(f"{item_name(f, 0)}.json" for f in files[:2])
+
+
+@flowtask.transform(name="dies", inputs=["cad_files"], outputs=["out"])
+def die_on_dies(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    """Kill the worker on an item named ``dies``, as a kernel crash does."""
+    import signal
+
+    if "dies" in cad_file:
+        os.kill(os.getpid(), signal.SIGKILL)
+    storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+    return cad_file
+
+
+def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Dask, an exception escaping the framework's work on an item (here the file
+    system refused to remove the store of an item whose task failed after publishing it)
+    was taken for a crash of the item, as if its worker had died; the crash's cleanup on
+    the driver was refused again, and the flow stopped with the bare PermissionError. It
+    is classified as an encode task's own failures are (work.failure_fields): "storage",
+    the error as it is, the task's error in the logs; the other item is done. A worker
+    that dies stays a crash (the test below)."""
+    import errno
+
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+    files = ["good.step", "bad_published.step"]
+    refused = f"{item_name(files[1], 0)}.data"
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(os.fspath(path)) == refused:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))  # names no file
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        flow = cadstore.create_flow(
+            "f",
+            [save_then_stop],
+            tmp_path,
+            export_visualization=False,
+            auto_dataset_export=False,
+            parallel_task_kwargs={"dask_client": client},
+        )
+        out, _, _ = flow.process(inputs={"cad_files": files})
+    assert out["out"] == ["good.step"]
+    (entry,) = out.errors
+    assert entry["item"] == files[1]
+    assert entry["reason"] == "storage", entry
+    assert entry["error"] == "PermissionError: [Errno 13] Permission denied"
+    assert any("failed half way" in line for line in entry["logs"])  # the task's error
+
+
+def test_a_dask_worker_that_dies_on_an_item_is_a_crash(tmp_path: Path) -> None:
+    """Only a worker that died is a crash: the item it was running is listed as one (the
+    other item is done, or lost with the worker if the scheduler had given it to it
+    already, a crash too)."""
+    import dask
+
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        flow = cadstore.create_flow(
+            "f",
+            [die_on_dies],
+            tmp_path,
+            export_visualization=False,
+            auto_dataset_export=False,
+            parallel_task_kwargs={"dask_client": client},
+        )
+        out, _, _ = flow.process(inputs={"cad_files": ["good.step", "dies.step"]})
+    assert out["out"] in (["good.step"], [])
+    assert "dies.step" in [entry["item"] for entry in out.errors]
+    for entry in out.errors:
+        assert entry["reason"] == "crash" and "KilledWorker" in entry["error"], entry

@@ -726,9 +726,24 @@ class ParallelExecutor:
 
 
 def _dask_item(task: ItemTask, settings: ItemSettings) -> list[dict[str, Any]]:
-    """One item as a Dask task: the messages a supervised local worker would have sent."""
+    """One item as a Dask task: the messages a supervised local worker would have sent.
+
+    The task function's own failures are reported by :func:`run_item`. An exception
+    escaping it is the framework's work on the item (removing the store of a failed item,
+    which the file system may refuse): raised from the task, it would be taken for a
+    worker that died (``"crash"``). The item fails with the reason
+    :func:`~cadstore.encode.work.failure_fields` gives it, as an encode task's own
+    failures do, after the messages sent before it; only a worker that died is a crash.
+    """
     messages: list[dict[str, Any]] = []
-    run_item(task, settings, messages.append)
+    try:
+        run_item(task, settings, messages.append)
+    except Exception as exc:
+        # run_item imported it already: the CAD kernel is there.
+        from cadstore.encode.work import failure_fields
+
+        failure = failure_fields(exc, loading=False)
+        messages.append({"type": "result", "index": task.index, "status": "failed", **failure})
     return messages
 
 
