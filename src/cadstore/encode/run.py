@@ -565,7 +565,7 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
 
     An exception the task raises itself (its journal cannot be written: a full disk) is
     not a dead worker: the file fails with the reason
-    :func:`~cadstore.encode.work.failure_fields` gives it, as a supervised worker's
+    :func:`~cadstore.failures.failure_fields` gives it, as a supervised worker's
     failures have, after the messages sent before it (the bodies encoded stay reported).
     Only a worker that died is a ``"crash"`` (:class:`_DaskListener`).
     """

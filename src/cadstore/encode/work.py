@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -30,7 +29,7 @@ from typing import Any, Final, cast
 from cadstore.cad.encoder import BrepEncoder
 from cadstore.cad.loader import CADLoader, CADModel
 from cadstore.cad.samples import make_box
-from cadstore.errors import CadstoreError, CorruptStoreError, InvalidDataError
+from cadstore.failures import NoFacesError, describe, failure_fields, traceback_lines
 from cadstore.schema import SchemaBuilder
 from cadstore.storage.base import NodeStorage
 from cadstore.storage.memory import MemoryStorage
@@ -71,14 +70,6 @@ PUSH_METHODS: Final[tuple[str, ...]] = (
 
 
 _HISTOGRAM_METHODS: Final = PUSH_METHODS[-2:]
-
-
-# Lines of traceback kept in a failure's logs.
-_TRACEBACK_LINES: Final = 30
-
-
-# Failures fully explained by their message: a traceback in the logs would only be noise.
-_EXPECTED_REASONS: Final = frozenset({"corrupt", "no_faces"})
 
 
 @dataclass(frozen=True)
@@ -162,76 +153,6 @@ def positive(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-class _NoFacesError(ValueError):
-    """A body without faces: nothing to encode."""
-
-
-def _reason(exc: BaseException, *, loading: bool) -> str:
-    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
-        return "memory"
-    if isinstance(exc, _NoFacesError):
-        return "no_faces"
-    if type(exc).__module__.split(".")[0] == "OCP":
-        return "kernel"
-    if loading and isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
-        return "unreadable"
-    if loading and isinstance(exc, CorruptStoreError | OSError):
-        return "corrupt"
-    if isinstance(exc, InvalidDataError):
-        return "invalid_data"
-    if isinstance(exc, CadstoreError | OSError):
-        return "storage"
-    return "error"
-
-
-def failure_fields(
-    exc: BaseException, *, loading: bool, logs: Sequence[str] = (), seconds: float = 0.0
-) -> dict[str, Any]:
-    """What a failure message says of ``exc``: its reason, error, logs, seconds, and
-    whether the worker is to be replaced (``recycle``, after a ``MemoryError``).
-
-    The one classification of an encode's failures, in a supervised worker as in a Dask
-    task: ``"corrupt"`` or ``"unreadable"`` for a file that cannot be read (``loading``),
-    ``"kernel"``, ``"no_faces"``, ``"invalid_data"``, ``"storage"`` (a cadstore error or
-    an OSError of the work), ``"memory"``, else ``"error"``. Only a worker that died is a
-    ``"crash"``, which no exception is.
-
-    Parameters
-    ----------
-    exc
-        The error.
-    loading
-        Whether it was raised reading the CAD file (the file is then at fault).
-    logs
-        The warnings logged before it; its traceback follows them, unless its reason
-        needs none.
-    seconds
-        The time spent on the failed step.
-    """
-    reason = _reason(exc, loading=loading)
-    return {
-        "reason": reason,
-        "error": describe(exc),
-        "logs": [*logs, *traceback_lines(exc, reason)],
-        "seconds": seconds,
-        "recycle": isinstance(exc, MemoryError),
-    }
-
-
-def describe(exc: BaseException) -> str:
-    """``"TypeName: message"`` of an exception, for the error summary."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def traceback_lines(exc: BaseException, reason: str = "error") -> list[str]:
-    """The last lines of ``exc``'s traceback, or none for a failure its message explains."""
-    if reason in _EXPECTED_REASONS:
-        return []
-    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
-    return lines[-_TRACEBACK_LINES:]
 
 
 @contextmanager
@@ -320,7 +241,7 @@ def encode_body(
     try:
         brep = model.get_brep(body_index)
         if brep.num_faces == 0:
-            raise _NoFacesError(f"body {body_index} has no faces, so there is nothing to encode")
+            raise NoFacesError(f"body {body_index} has no faces, so there is nothing to encode")
         timings["brep"] = time.perf_counter() - t0 - timer.seconds
         storage.set_schema(settings.schema)
         encoder = BrepEncoder(brep, storage)

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cadstore.errors import CadstoreError, FlowError
+from cadstore.failures import failure_fields
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
 from cadstore.processes import mp_context
@@ -732,16 +733,13 @@ def _dask_item(task: ItemTask, settings: ItemSettings) -> list[dict[str, Any]]:
     escaping it is the framework's work on the item (removing the store of a failed item,
     which the file system may refuse): raised from the task, it would be taken for a
     worker that died (``"crash"``). The item fails with the reason
-    :func:`~cadstore.encode.work.failure_fields` gives it, as an encode task's own
+    :func:`~cadstore.failures.failure_fields` gives it, as an encode task's own
     failures do, after the messages sent before it; only a worker that died is a crash.
     """
     messages: list[dict[str, Any]] = []
     try:
         run_item(task, settings, messages.append)
     except Exception as exc:
-        # run_item imported it already: the CAD kernel is there.
-        from cadstore.encode.work import failure_fields
-
         failure = failure_fields(exc, loading=False)
         messages.append({"type": "result", "index": task.index, "status": "failed", **failure})
     return messages
