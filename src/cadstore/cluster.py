@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cadstore.failures import failure_fields
+
 __all__ = ["DaskResources", "require_distributed", "run_on_dask", "worker_threads"]
 
 _EXTRA_HINT = "install the dask extra: pip install 'cadstore[dask]'"
@@ -127,12 +129,17 @@ def run_on_dask(
 ) -> int:
     """Run ``task_fn(task, settings)`` for each task on the cluster, reporting to ``listener``.
 
-    Used for encoding: one task per CAD file returns the messages a supervised local
-    worker would have sent for it, which go to ``listener.message``, then
-    ``listener.done(task)``. A task that cannot finish (its worker died repeatedly, or the
-    cluster went away) is ``listener.lost(task, None, "crash", error, 0.0)``, as a
-    :class:`~cadstore.workers.Listener` hears it from a local pool. Returns the number of
-    worker threads used.
+    Used for encoding and for flows: one task per CAD file (or item) returns the messages
+    a supervised local worker would have sent for it, which go to ``listener.message``,
+    then ``listener.done(task)``. A task that cannot finish because of the cluster (its
+    worker died as often as the scheduler allows, ``KilledWorker``; the cluster went away)
+    is ``listener.lost(task, None, "crash", error, 0.0)``, as a
+    :class:`~cadstore.workers.Listener` hears it from a local pool. An exception the task
+    raised itself (``task_fn`` reports its work's failures in its messages, so this is one
+    it let out, or one raised loading it on the worker: its function's module missing
+    there) is no crash: it is ``listener.lost`` with the reason
+    :func:`~cadstore.failures.failure_fields` gives it and the error as it is. Returns the
+    number of worker threads used.
     """
     distributed = require_distributed()
     futures = {client.submit(task_fn, task, settings, pure=False): task for task in tasks}
@@ -140,12 +147,25 @@ def run_on_dask(
         task = futures[future]
         try:
             messages = future.result()
-        except Exception as exc:  # KilledWorker, a lost scheduler, ...: this task only
-            listener.lost(
-                task, None, "crash", f"the Dask task failed ({type(exc).__name__}: {exc})", 0.0
-            )
+        except Exception as exc:  # this task only
+            if _lost_to_the_cluster(future, exc, distributed):
+                error = f"the Dask task failed ({type(exc).__name__}: {exc})"
+                listener.lost(task, None, "crash", error, 0.0)
+            else:
+                failure = failure_fields(exc, loading=False)
+                listener.lost(task, None, failure["reason"], failure["error"], 0.0)
             continue
         for message in messages:
             listener.message(message)
         listener.done(task)
     return worker_threads(client)
+
+
+def _lost_to_the_cluster(future: Any, exc: Exception, distributed: Any) -> bool:
+    """Whether ``future`` failed because of the cluster, not of its task's own work.
+
+    A task that raised has the status ``"error"`` and its exception; a task whose worker
+    died as often as the scheduler allows has that status too, with ``KilledWorker``. A
+    cancelled or lost future (the cluster or the client went away) has another status.
+    """
+    return isinstance(exc, distributed.KilledWorker) or future.status != "error"
