@@ -893,6 +893,47 @@ def die_on_dies(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) ->
     return cad_file
 
 
+def _refuse_removing(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the file system refuse to remove the file ``name`` (EACCES, naming no file)."""
+    import errno
+
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(os.fspath(path)) == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
+def test_an_error_escaping_a_local_item_is_reported_as_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on a local worker (forked, so that it inherits the refusal): the error
+    escaping run_item killed the worker, the item was a crash, and the crash's cleanup in
+    the flow's process, refused again, stopped the flow with the bare PermissionError.
+    The item fails as "storage", the task's error in the logs; the other item is done."""
+    files = ["good.step", "bad_published.step"]
+    _refuse_removing(monkeypatch, f"{item_name(files[1], 0)}.data")
+    flow = cadstore.create_flow(
+        "f",
+        [save_then_stop],
+        tmp_path,
+        max_workers=1,
+        export_visualization=False,
+        auto_dataset_export=False,
+        parallel_task_kwargs={"start_method": "fork"},
+    )
+    out, _, _ = flow.process(inputs={"cad_files": files})
+    assert out["out"] == ["good.step"]
+    (entry,) = out.errors
+    assert entry["item"] == files[1]
+    assert entry["reason"] == "storage", entry
+    assert entry["error"] == "PermissionError: [Errno 13] Permission denied"
+    assert any("failed half way" in line for line in entry["logs"])
+
+
 def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -903,19 +944,9 @@ def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
     is classified as an encode task's own failures are (work.failure_fields): "storage",
     the error as it is, the task's error in the logs; the other item is done. A worker
     that dies stays a crash (the test below)."""
-    import errno
-
     distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
     files = ["good.step", "bad_published.step"]
-    refused = f"{item_name(files[1], 0)}.data"
-    real_unlink = os.unlink
-
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        if os.path.basename(os.fspath(path)) == refused:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))  # names no file
-        real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", unlink)
+    _refuse_removing(monkeypatch, f"{item_name(files[1], 0)}.data")
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0"

@@ -365,7 +365,23 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     Messages: ``start``, then ``result`` with ``status`` ``"ok"`` (and the function's
     ``result``) or ``"failed"`` (``reason``, ``error``, ``logs``). The item's store is
     finalised (see the module docstring); a failed item's store is discarded.
+
+    The function's own failures are ``"error"`` (``"memory"`` for a ``MemoryError``). An
+    exception of the framework's work around it (removing the store of a failed item,
+    which the file system may refuse) is reported too, with the reason
+    :func:`~cadstore.failures.failure_fields` gives it (``"storage"`` for an OSError):
+    let out, it would kill a local worker or fail a Dask task, and the item would be
+    taken for a crash.
     """
+    try:
+        _run_item(task, settings, emit)
+    except Exception as exc:
+        failure = failure_fields(exc, loading=False)
+        emit({"type": "result", "index": task.index, "status": "failed", **failure})
+
+
+def _run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
+    """The work of :func:`run_item`, the function's failures reported."""
     # The encode package needs the CAD kernel; imported here, importing a flow does not.
     from cadstore.encode.work import collect_warnings, describe, traceback_lines
 
@@ -727,21 +743,11 @@ class ParallelExecutor:
 
 
 def _dask_item(task: ItemTask, settings: ItemSettings) -> list[dict[str, Any]]:
-    """One item as a Dask task: the messages a supervised local worker would have sent.
-
-    The task function's own failures are reported by :func:`run_item`. An exception
-    escaping it is the framework's work on the item (removing the store of a failed item,
-    which the file system may refuse): raised from the task, it would be taken for a
-    worker that died (``"crash"``). The item fails with the reason
-    :func:`~cadstore.failures.failure_fields` gives it, as an encode task's own
-    failures do, after the messages sent before it; only a worker that died is a crash.
-    """
+    """One item as a Dask task: the messages a supervised local worker would have sent
+    (:func:`run_item` reports every failure of the item; only a worker that died is a
+    crash)."""
     messages: list[dict[str, Any]] = []
-    try:
-        run_item(task, settings, messages.append)
-    except Exception as exc:
-        failure = failure_fields(exc, loading=False)
-        messages.append({"type": "result", "index": task.index, "status": "failed", **failure})
+    run_item(task, settings, messages.append)
     return messages
 
 
