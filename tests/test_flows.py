@@ -913,25 +913,29 @@ def test_an_error_escaping_a_local_item_is_reported_as_what_it_is(
     """The same on a local worker (forked, so that it inherits the refusal): the error
     escaping run_item killed the worker, the item was a crash, and the crash's cleanup in
     the flow's process, refused again, stopped the flow with the bare PermissionError.
-    The item fails as "storage", the task's error in the logs; the other item is done."""
+    The item fails as "storage", the task's error in the logs; the other item is done,
+    and the dataset exported holds it alone: the failed item's store, left in encoded/,
+    is not merged."""
     files = ["good.step", "bad_published.step"]
-    _refuse_removing(monkeypatch, f"{item_name(files[1], 0)}.data")
+    left = f"{item_name(files[1], 0)}.data"
+    _refuse_removing(monkeypatch, left)
     flow = cadstore.create_flow(
         "f",
         [save_then_stop],
         tmp_path,
         max_workers=1,
         export_visualization=False,
-        auto_dataset_export=False,
         parallel_task_kwargs={"start_method": "fork"},
     )
-    out, _, _ = flow.process(inputs={"cad_files": files})
+    out, summary, _ = flow.process(inputs={"cad_files": files})
     assert out["out"] == ["good.step"]
     (entry,) = out.errors
     assert entry["item"] == files[1]
     assert entry["reason"] == "storage", entry
     assert entry["error"] == "PermissionError: [Errno 13] Permission denied"
     assert any("failed half way" in line for line in entry["logs"])
+    assert (Path(out.flow_dir) / "encoded" / left).is_file()
+    assert out.dataset is not None and summary["file_count"] == 1
 
 
 def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(

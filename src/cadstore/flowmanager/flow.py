@@ -585,8 +585,16 @@ class Flow:
         flow_file = os.path.join(folder, f"{self.name}.flow")
         output.flow_file = flow_file
         encoded = os.path.join(folder, "encoded")
+        # A failed item's store is discarded; one the file system refused to remove (its
+        # failure says so) must not be merged as if the item were done. A duplicate's
+        # entry names the store of the item it duplicates, which is done.
+        failed = {
+            f"{entry['name']}.data"
+            for entry in output.errors
+            if entry.get("name") and entry.get("reason") != "duplicate"
+        }
         files = (
-            sorted(n for n in os.listdir(encoded) if n.endswith(".data"))
+            sorted(n for n in os.listdir(encoded) if n.endswith(".data") and n not in failed)
             if os.path.isdir(encoded)
             else []
         )
