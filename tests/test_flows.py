@@ -938,6 +938,35 @@ def test_an_error_escaping_a_local_item_is_reported_as_what_it_is(
     assert out.dataset is not None and summary["file_count"] == 1
 
 
+def test_a_lost_item_whose_store_cannot_be_removed_is_still_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item whose worker was killed (its time limit) after publishing its store, the
+    file system refusing to remove that store: the cleanup of the lost item in the flow's
+    process raised the bare PermissionError, which stopped the flow and lost the other
+    items' report. The item is a timeout whose error names the store left; the store is
+    not merged; the other item is done."""
+    files = ["good.step", "slow_published.step"]
+    left = f"{item_name(files[1], 0)}.data"
+    _refuse_removing(monkeypatch, left)
+    flow = cadstore.create_flow(
+        "f",
+        [save_then_stop],
+        tmp_path,
+        max_workers=1,
+        export_visualization=False,
+        parallel_task_kwargs={"time_limit_overall": 3, "start_method": "fork"},
+    )
+    out, summary, _ = flow.process(inputs={"cad_files": files})
+    assert out["out"] == ["good.step"]
+    (entry,) = out.errors
+    assert entry["item"] == files[1] and entry["reason"] == "timeout", entry
+    store = Path(out.flow_dir) / "encoded" / left
+    assert entry["error"].endswith(f"; {store}: removing the lost item's store: permission denied")
+    assert store.is_file()
+    assert out.dataset is not None and summary["file_count"] == 1
+
+
 def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,7 +64,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cadstore.errors import CadstoreError, FlowError
+from cadstore.errors import CadstoreError, FlowError, os_storage_error
 from cadstore.failures import failure_fields
 from cadstore.io.location import resolve
 from cadstore.io.publish import TEMP_PREFIX, write_bytes_atomic
@@ -540,7 +540,15 @@ class _Collector:
                     if name.startswith(prefix):
                         with suppress(OSError):
                             os.unlink(os.path.join(self.encoded_dir, name))
-        discard_item(self.kind, self.encoded_dir, task.name, self.existing)
+        try:
+            discard_item(self.kind, self.encoded_dir, task.name, self.existing)
+        except OSError as exc:
+            # The item is lost either way, and its store is not merged (the export leaves
+            # out failed items' stores): its failure names the store left, and the run
+            # goes on with the other items.
+            store = os.path.join(self.encoded_dir, f"{task.name}.data")
+            left = os_storage_error(store, exc, "removing the lost item's store")
+            record.lost["error"] += f"; {left}"
         self.advance()
 
 
