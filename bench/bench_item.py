@@ -36,7 +36,7 @@ same run.
 Run from the repository root (``pip install -e '.[bench]'``)::
 
     python bench/bench_item.py --make-zarr2-env        # once: the zarr 2.18 venv
-    python bench/bench_item.py --items 60 --json bench/results/item.json
+    python bench/bench_item.py --items 60 --runs 5 --json bench/results/item.json
     python bench/bench_item.py --source real --items 300 --json bench/results/item-real.json
 """
 
@@ -429,6 +429,49 @@ def _summary(
     return summary
 
 
+# Each run's figures kept beside the median run's (``runs`` in the JSON): enough to show
+# how far the headline ratios move from one run to the next on the same items.
+RUN_KEYS = (
+    "write_ms",
+    "write_speedup_vs_spec",
+    "write_speedup_vs_spec_zarr2",
+    "total_write_speedup_vs_spec_zarr2",
+    "size_vs_spec_zarr2",
+)
+
+
+def median_run(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the run whose headline speed-up is the median of ``summaries``,
+    with every run's :data:`RUN_KEYS` figures under ``runs``.
+
+    The headline is the default level's batch-synced contender (as ``cadstore encode``
+    writes) against the reference of the runs. The reference's own write time moves by a
+    third from one run to the next on this VM while cadstore's stays steady, so a single
+    run can land on either side of a target: the runs say how far. With an even number of
+    runs the lower of the two middle ones is taken.
+    """
+    if len(summaries) == 1:
+        return summaries[0]
+    reference = summaries[0]["reference"]
+    key = "write_speedup_vs_spec_zarr2" if reference == SPEC_ZARR2 else "write_speedup_vs_spec"
+    headline = f"cadstore-L{DEFAULT_COMPRESSION_LEVEL}{BATCH_SYNCED}"
+    order = sorted(range(len(summaries)), key=lambda i: summaries[i]["results"][headline][key])
+    chosen = order[(len(order) - 1) // 2]
+    summary = dict(summaries[chosen])
+    summary["runs"] = [
+        {
+            "loadavg": s["loadavg"],
+            "results": {
+                name: {k: entry[k] for k in RUN_KEYS if k in entry}
+                for name, entry in s["results"].items()
+            },
+        }
+        for s in summaries
+    ]
+    summary["run_chosen"] = chosen
+    return summary
+
+
 def publish_floor_ms(workdir: str, n: int = 60, size: int = 50_000) -> float:
     """Median ms of the file-system steps of one atomic publish, with no encoding at all.
 
@@ -530,21 +573,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-zarr2", action="store_true", help="leave the spec_zarr2 contender out"
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run the whole comparison this many times (each in a fresh work directory); "
+        "the summary is the run of median speed-up, with every run's ratios kept",
+    )
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be 1 or more")
     np.seterr(all="ignore")
     if args.make_zarr2_env:
         make_zarr2_env(args.zarr2_env)
     zarr2 = None if args.no_zarr2 else zarr2_python(args.zarr2_env)
     items = load_items(args.source, args.items, args.seed, args.cache)
-    with tempfile.TemporaryDirectory(prefix="cadstore-bench-", dir=args.dir) as workdir:
-        loadavg = os.getloadavg()
-        summary = run(items, args.levels, workdir, zarr2)
-        summary["source"] = args.source
-        summary["seed"] = args.seed
-        summary["loadavg"] = [round(v, 2) for v in loadavg]
-        summary["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
-        summary["workdir"] = workdir
-        summary["fs_floor_ms"] = publish_floor_ms(workdir)
+    summaries = []
+    for number in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="cadstore-bench-", dir=args.dir) as workdir:
+            loadavg = os.getloadavg()
+            summary = run(items, args.levels, workdir, zarr2)
+            summary["source"] = args.source
+            summary["seed"] = args.seed
+            summary["loadavg"] = [round(v, 2) for v in loadavg]
+            summary["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+            summary["workdir"] = workdir
+            summary["fs_floor_ms"] = publish_floor_ms(workdir)
+        if args.runs > 1:
+            print(f"run {number + 1} of {args.runs}:\n{render(summary)}\n")
+        summaries.append(summary)
+    summary = median_run(summaries)
     print(render(summary))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

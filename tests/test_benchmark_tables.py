@@ -191,3 +191,74 @@ def test_markers(tables: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixtu
 )
 def test_number_formats(tables: ModuleType, fmt: str, value: float, shown: str) -> None:
     assert getattr(tables, fmt)(value) == shown
+
+
+def _with_runs(item: dict, speedups: list[float]) -> dict:
+    """``item`` (an ``item.json``) as ``bench_item.py --runs N`` records it: the batch-synced
+    contender's speed-up in each run given, the first run's figures the summary's."""
+    batch = next(name for name in item["results"] if name.endswith("batch-synced"))
+    runs = []
+    for speedup in speedups:
+        results = {name: dict(entry) for name, entry in item["results"].items()}
+        results[batch]["write_speedup_vs_spec_zarr2"] = speedup
+        runs.append({"loadavg": [0.1, 0.1, 0.1], "results": results})
+    item = dict(item, runs=runs, run_chosen=0)
+    item["results"] = {name: dict(entry) for name, entry in item["results"].items()}
+    item["results"][batch]["write_speedup_vs_spec_zarr2"] = speedups[0]
+    return item
+
+
+def test_item_runs_show_their_spread_and_how_many_met_the_target(
+    tables: ModuleType, copies: tuple[Path, Path]
+) -> None:
+    """Over several runs the write target is shown as met in k of N runs, with the range:
+    one run's ratio may land on either side of 20x while another's does not."""
+    results, _ = copies
+    item_path = results / "item.json"
+    item = json.loads(item_path.read_text())
+    item_path.write_text(json.dumps(_with_runs(item, [18.4, 16.0, 20.2, 21.3, 19.1])))
+
+    lines, _ = tables.render_item_targets(results)
+    synced = next(line for line in lines if "speed-up" in line and "synced per block" in line)
+    assert "18x (16x-21x over 5 runs)" in synced
+    assert "**no** (2 of 5 runs)" in synced
+
+    rows, _ = tables.render_summary(results)
+    write = next(line for line in rows if line.startswith("| write one item"))
+    assert "**18x** (16x-21x), target met in 2 of 5 runs" in write
+
+
+def test_item_median_run_is_the_recorded_summary() -> None:
+    """``bench_item.py --runs N`` records the run of median speed-up, every run's ratios
+    beside it."""
+    pytest.importorskip("h5py")
+    spec = importlib.util.spec_from_file_location(
+        "cadstore_bench_item", ROOT / "bench" / "bench_item.py"
+    )
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(ROOT / "bench"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        del sys.modules[spec.name]
+    item = json.loads((RESULTS / "item.json").read_text())
+    batch = next(name for name in item["results"] if name.endswith("batch-synced"))
+    summaries = []
+    for number, speedup in enumerate([21.0, 16.0, 19.0, 23.0]):
+        results = {name: dict(entry) for name, entry in item["results"].items()}
+        results[batch]["write_speedup_vs_spec_zarr2"] = speedup
+        summaries.append(dict(item, results=results, loadavg=[float(number)] * 3))
+
+    chosen = module.median_run(summaries)
+    assert chosen["results"][batch]["write_speedup_vs_spec_zarr2"] == 19.0  # lower middle
+    assert chosen["run_chosen"] == 2 and chosen["loadavg"] == [2.0] * 3
+    assert [run["results"][batch]["write_speedup_vs_spec_zarr2"] for run in chosen["runs"]] == [
+        21.0,
+        16.0,
+        19.0,
+        23.0,
+    ]
+    assert module.median_run(summaries[:1]) is summaries[0]
