@@ -432,7 +432,7 @@ def test_a_flipped_bit_in_a_table_footer_is_detected(
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(flipped())
     before = bad.read_bytes()
-    for read in (read_table, read_frame):
+    for read in (read_table, read_frame, read_schema):
         with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*'name'"):
             read(resolve(bad))
     with (
@@ -483,6 +483,124 @@ def test_types_pyarrow_does_not_restore_are_no_damaged_footer(tmp_path: Path) ->
     assert read_frame(resolve(tmp_path / "pandas.parquet")).equals(
         pd.read_parquet(tmp_path / "pandas.parquet")
     )
+
+
+def _flip_changing_metadata(raw: bytes, where: range, changed: Callable[[Any], bool]) -> bytes:
+    """``raw`` (a Parquet table) with the first one-bit flip at ``where`` that plain pyarrow
+    reads without complaint, the same columns and values, and metadata ``changed`` says
+    is changed (given the schema read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = pq.ParquetFile(pa.BufferReader(raw)).read()
+    for at in where:
+        for bit in range(8):
+            candidate = bytearray(raw)
+            candidate[at] ^= 1 << bit
+            try:
+                table = pq.ParquetFile(pa.BufferReader(bytes(candidate))).read()
+            except (pa.ArrowException, OSError):
+                continue
+            if table.equals(good) and changed(table.schema):
+                return bytes(candidate)
+    raise AssertionError("no flip there changes only the metadata")
+
+
+@pytest.mark.parametrize("entry", ["stamp", "stamp's key", "cadstore document"])
+def test_a_flipped_bit_in_a_table_footers_metadata_is_detected(
+    dataset: Path, tmp_path: Path, entry: str
+) -> None:
+    """Found by helper D: one flipped bit in a table's footer (which no checksum covers)
+    can change only its key-value metadata: the copy's commit stamp, the key it is stored
+    under, the ``cadstore`` document saying what each column was made from. The table read
+    back with the other metadata, without a word (and ``pyarrow.parquet.read_schema``
+    showed the other, intact copy pyarrow records in the Arrow schema). The metadata read
+    is checked against that copy: every reader refuses the table, naming the file and the
+    key; the file is left as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cadstore.format.commit import STAMP_KEY
+
+    key = b"cadstore" if entry == "cadstore document" else STAMP_KEY
+    raw = dataset.with_suffix(".infoset").read_bytes()
+    value = pq.ParquetFile(pa.BufferReader(raw)).read().schema.metadata[key]
+    assert raw.count(value) == 1  # the other copy is base64, inside ARROW:schema
+    start = raw.index(value)
+    if entry == "stamp's key":
+        at = raw.rindex(key, 0, start)
+        where = range(at, at + len(key))
+    else:
+        where = range(start, start + len(value))
+
+    def changed(schema: pa.Schema) -> bool:
+        return (schema.metadata or {}).get(key) != value
+
+    bad = tmp_path / "bad.infoset"
+    bad.write_bytes(_flip_changing_metadata(raw, where, changed))
+    before = bad.read_bytes()
+    shown = repr(key.decode())
+    for read in (read_table, read_frame, read_schema):
+        with pytest.raises(CorruptStoreError, match=rf"bad\.infoset.*metadata.*{shown}"):
+            read(resolve(bad))
+    assert bad.read_bytes() == before
+
+
+def test_a_flipped_bit_in_a_tables_pandas_metadata_is_detected(tmp_path: Path) -> None:
+    """Found by helper D: a table written from a pandas frame carries pandas' metadata (the
+    index, the columns' names and types) in its footer, which no checksum covers; one
+    flipped bit in it read the frame back otherwise (its column ``name`` as ``oame``),
+    without a word. It is checked against the copy in the recorded Arrow schema: the table is
+    refused, naming the file; the file is left as it was."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cadstore.io.parquet import write_table
+
+    frame = pd.DataFrame(
+        {"name": ["part_alpha", "part_omega"], "faces": [12, 7]},
+        index=pd.Index([10, 11], name="item"),
+    )
+    buffer = io.BytesIO()
+    write_table(pa.Table.from_pandas(frame), buffer)
+    raw = buffer.getvalue()
+    value = pq.ParquetFile(pa.BufferReader(raw)).read().schema.metadata[b"pandas"]
+    start = raw.index(value)
+
+    def changed(schema: pa.Schema) -> bool:
+        try:
+            read = schema.empty_table().to_pandas()
+        except Exception:  # pandas refuses what it cannot make sense of: not silent
+            return False
+        return list(read.columns) != list(frame.columns) or read.index.name != "item"
+
+    bad = tmp_path / "bad.infoset"
+    bad.write_bytes(_flip_changing_metadata(raw, range(start, start + len(value)), changed))
+    before = bad.read_bytes()
+    with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*metadata.*'pandas'"):
+        read_frame(resolve(bad))
+    assert bad.read_bytes() == before
+
+
+def test_read_schema_gives_the_metadata_reading_the_table_gives(tmp_path: Path) -> None:
+    """``read_schema`` gave the metadata of the Arrow schema recorded in the footer, and
+    ``read_table`` the footer's key-value metadata: for a table whose writer added metadata
+    after the schema (``ParquetWriter.add_key_value_metadata``, which the recorded copy
+    lacks) the two disagreed. Both give the footer's, and neither refuses the table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": [0, 1]}).replace_schema_metadata({"kept": "1"})
+    path = tmp_path / "added.infoset"
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({"added": "2"})
+    expected = {b"kept": b"1", b"added": b"2"}
+    assert read_table(resolve(path)).schema.metadata == expected
+    assert read_schema(resolve(path)).metadata == expected
 
 
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:

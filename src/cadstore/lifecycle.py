@@ -55,7 +55,7 @@ from cadstore.format.commit import (
 from cadstore.format.manifest import write_manifest
 from cadstore.io.location import Location, resolve
 from cadstore.io.lock import LockRecord, WriterLock, lock_location
-from cadstore.io.parquet import parse_table, write_table
+from cadstore.io.parquet import FooterMetadataError, parse_table, write_table
 from cadstore.io.publish import (
     Sink,
     check_replaceable,
@@ -127,7 +127,8 @@ def _parse_table(raw: bytes, where: str) -> tuple[pa.Table, str | None]:
     try:
         table = parse_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise CorruptStoreError(where, f"not a readable Parquet table ({exc})") from None
+        # Chained: TrustedTables tells a copy damaged in its metadata (FooterMetadataError).
+        raise CorruptStoreError(where, f"not a readable Parquet table ({exc})") from exc
     stamp = (table.schema.metadata or {}).get(STAMP_KEY)
     return table, None if stamp is None else stamp.decode("utf-8", "replace")
 
@@ -725,6 +726,12 @@ class TrustedTables:
     def read(self, kind: str, copy: Location | None) -> tuple[pa.Table, str] | None:
         """Table ``kind`` of the open version, and where it was read from.
 
+        The copy is read when it belongs to the open version. One of another version, or
+        one whose footer metadata is damaged (where its stamp is, so that its version
+        cannot be told: :class:`~cadstore.io.parquet.FooterMetadataError`), is warned of
+        and the table the dataset carries read instead, when it carries one. Any other
+        damage to the copy, and any to the dataset's own table, is an error.
+
         Parameters
         ----------
         kind
@@ -744,13 +751,26 @@ class TrustedTables:
             If the copy or the dataset's table is unreadable, naming it.
         """
         record = self.commit
+        carried = record is not None and kind in record.tables
         if copy is not None:
             raw = _read_copy(copy)
             if raw is not None:
-                table, stamp = _parse_table(raw, copy.path)
+                try:
+                    table, stamp = _parse_table(raw, copy.path)
+                except CorruptStoreError as exc:
+                    if not (carried and isinstance(exc.__cause__, FooterMetadataError)):
+                        raise
+                    warnings.warn(
+                        f"{copy.path} is damaged ({exc.__cause__}): which version it "
+                        f"belongs to cannot be told, so the tables {self.dataset.path} "
+                        "carries are read",
+                        CadstoreWarning,
+                        stacklevel=3,
+                    )
+                    return self._carried(kind)
                 if record is None or stamp is None or stamp == record.id:
                     return table, copy.path
-                if record.tables.get(kind) is None:
+                if not carried:
                     return table, copy.path
                 found, expected, differ = _ids_apart(stamp, record.id)
                 warnings.warn(
@@ -760,6 +780,19 @@ class TrustedTables:
                     CadstoreWarning,
                     stacklevel=3,
                 )
+        return self._carried(kind)
+
+    def _carried(self, kind: str) -> tuple[pa.Table, str] | None:
+        """Table ``kind`` as the open version carries it (``None`` if it does not), checked
+        against its digest: the dataset's own table is never passed over, only an error.
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the dataset, if the table is missing, does not match its digest, or is
+            unreadable.
+        """
+        record = self.commit
         if record is None or kind not in record.tables:
             return None
         ref = record.tables[kind]

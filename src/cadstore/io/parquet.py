@@ -6,9 +6,11 @@ reads. Writing a table is a publication like any other
 (:func:`cadstore.io.publish.write_atomic` with :func:`write_table` as the writer). Every
 table is written with page checksums, which :func:`parse_table` verifies: a flipped bit
 in a value is an error, not another value. No checksum covers the footer, but it records
-the schema twice (Parquet's own and the Arrow schema pyarrow wrote), and the columns read
-must agree with the second: a flipped bit renaming a column or changing its type is an
-error too.
+the schema twice (Parquet's own and the Arrow schema pyarrow wrote, with its key-value
+metadata), and what is read must agree with the second: a flipped bit renaming a column,
+changing its type, or changing the metadata (a copy's commit stamp, the ``cadstore``
+document, pandas' metadata) is an error too (:class:`FooterMetadataError` for the
+metadata).
 
 Tables are read without Arrow's thread pools (``ParquetFile(pre_buffer=False)`` and
 ``use_threads=False``): they hold a row per item, which one thread reads in a
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cadstore.errors import CadstoreError, CorruptStoreError, StorageNotFoundError
@@ -40,7 +42,15 @@ if TYPE_CHECKING:
 
     from cadstore.io.location import Location
 
-__all__ = ["parse_table", "read_frame", "read_schema", "read_table", "write_table"]
+__all__ = [
+    "FooterMetadataError",
+    "parse_schema",
+    "parse_table",
+    "read_frame",
+    "read_schema",
+    "read_table",
+    "write_table",
+]
 
 _T = TypeVar("_T")
 
@@ -84,6 +94,18 @@ def _read(location: Location, read: Callable[[], _T]) -> _T:
         ) from exc
 
 
+class FooterMetadataError(ValueError):
+    """A table's key-value metadata differs from the copy pyarrow recorded in its footer.
+
+    A flipped bit in the footer (no checksum covers it) that changed a key or a value of
+    the metadata readers use, or the recorded copy. Kept apart from other damage for
+    :class:`cadstore.lifecycle.TrustedTables`: the metadata holds the commit stamp that
+    says which version a published copy belongs to, so a copy damaged there is one whose
+    version is unknown, and a reader reads the tables the dataset carries instead. The
+    readers here make it a :class:`~cadstore.errors.CorruptStoreError` naming the file.
+    """
+
+
 def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     """Read a whole Parquet table in the calling thread, with no Arrow thread pool.
 
@@ -91,7 +113,8 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     bit in an item name) and dictionary indices out of range without a word, and they
     fail later, wherever the table is shown or converted. Page checksums are verified
     where the writer stored them (cadstore's tables carry them): a flipped bit in a value
-    is an error, not another value.
+    is an error, not another value. The columns and the key-value metadata read are
+    checked against the copy recorded in the footer (:func:`_check_footer`).
 
     Parameters
     ----------
@@ -106,6 +129,8 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
         If the table's values are not valid (strings that are not UTF-8, ...).
     OSError
         If a page does not match its checksum.
+    FooterMetadataError
+        If the key-value metadata read is not that the writer recorded (a damaged footer).
     ValueError
         If the columns read are not those the writer recorded (a damaged footer).
     """
@@ -115,29 +140,72 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
         source, filesystem=filesystem, pre_buffer=False, page_checksum_verification=True
     ) as table_file:
         table = table_file.read(use_threads=False)
-        written = (table_file.metadata.metadata or {}).get(_ARROW_SCHEMA)
-    if written is not None:
-        _check_columns(table.schema, written)
+        footer = table_file.metadata.metadata
+    _check_footer(table.schema, footer)
     table.validate(full=True)
     return table
 
 
-#: The footer key under which pyarrow records the Arrow schema it wrote (base64).
-_ARROW_SCHEMA = b"ARROW:schema"
+def parse_schema(source: Any, filesystem: Any = None) -> pa.Schema:
+    """Read a Parquet table's schema and metadata (not its values), as :func:`parse_table`
+    reads them and with its checks of the footer.
 
+    ``pyarrow.parquet.read_schema`` gives the metadata of the Arrow schema recorded in the
+    footer, where reading the table gives the footer's key-value metadata: the two differed
+    for a damaged footer (a damaged stamp read back intact) and for a table whose writer
+    added metadata after the schema (``ParquetWriter.add_key_value_metadata``).
 
-def _check_columns(read: pa.Schema, written: bytes) -> None:
-    """Check that the columns read are those pyarrow wrote: the same names, the same types.
-
-    No checksum covers a Parquet footer, and a flipped bit in its schema renames a column
-    (``name`` read as ``oame``) or drops a string's annotation (``name`` read as bytes),
-    silently. pyarrow's writers record the Arrow schema a second time in the footer
-    (``ARROW:schema``), from which a reader restores the types; one flipped bit cannot
-    change both copies alike. A table written without one (not by pyarrow) is not
-    checked.
+    Parameters
+    ----------
+    source, filesystem
+        As :func:`parse_table`.
 
     Raises
     ------
+    FooterMetadataError, ValueError
+        As :func:`parse_table`.
+    """
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(source, filesystem=filesystem, pre_buffer=False) as table_file:
+        schema = table_file.schema_arrow
+        footer = table_file.metadata.metadata
+    metadata = {key: value for key, value in (footer or {}).items() if key != _ARROW_SCHEMA}
+    schema = schema.with_metadata(metadata) if metadata else schema.remove_metadata()
+    _check_footer(schema, footer)
+    return schema
+
+
+#: The footer key under which pyarrow records the Arrow schema it wrote (base64).
+_ARROW_SCHEMA = b"ARROW:schema"
+#: Bytes shown at most of a metadata key read from a file (nothing bounds what is stored).
+_KEY_SHOWN_MAX = 64
+
+
+def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None:
+    """Check the columns and the key-value metadata read from a footer against the Arrow
+    schema pyarrow recorded in it (``ARROW:schema``), a second copy of both.
+
+    No checksum covers a Parquet footer, and one flipped bit in it renames a column
+    (``name`` read as ``oame``), drops a string's annotation (``name`` read as bytes), or
+    changes the metadata readers use (a copy's stamp, the ``cadstore`` document, pandas'
+    metadata), silently; one flipped bit cannot change both copies alike. A table written
+    without a recorded schema (not by pyarrow) is not checked. Keys the writer added after
+    the schema (``ParquetWriter.add_key_value_metadata``) have no second copy and are not
+    checked either.
+
+    Parameters
+    ----------
+    read
+        The schema read: the columns, with the footer's key-value metadata.
+    footer
+        The footer's key-value metadata, ``ARROW:schema`` among it.
+
+    Raises
+    ------
+    FooterMetadataError
+        If a key the recorded schema holds is missing from the footer's metadata or has
+        another value there.
     ValueError
         If the recorded schema does not decode, or names or types another column.
     """
@@ -146,10 +214,37 @@ def _check_columns(read: pa.Schema, written: bytes) -> None:
 
     import pyarrow as pa
 
+    footer = footer or {}
+    written = footer.get(_ARROW_SCHEMA)
+    if written is None:
+        return
     try:
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(written, validate=True)))
     except (binascii.Error, pa.ArrowException) as exc:
         raise ValueError(f"its recorded Arrow schema does not decode ({exc})") from None
+    _check_columns(read, schema)
+    for key, value in (schema.metadata or {}).items():
+        found = footer.get(key)
+        if found == value:
+            continue
+        shown = key[:_KEY_SHOWN_MAX].decode("utf-8", "backslashreplace")
+        shown += "..." if len(key) > _KEY_SHOWN_MAX else ""
+        if found is None:
+            problem = f"lacks {shown!r}, which the copy in its recorded Arrow schema holds"
+        else:
+            problem = f"differs at {shown!r} from the copy in its recorded Arrow schema"
+        raise FooterMetadataError(f"its footer's key-value metadata {problem}")
+
+
+def _check_columns(read: pa.Schema, schema: pa.Schema) -> None:
+    """Check that the columns read are those pyarrow wrote (``schema``, recorded in the
+    footer): the same names, the same types.
+
+    Raises
+    ------
+    ValueError
+        If ``read`` has other columns, or names or types one otherwise.
+    """
     if len(read) != len(schema):
         raise ValueError(f"it reads {len(read)} columns, where {len(schema)} were written")
     for at, (wrote, found) in enumerate(zip(schema, read, strict=True), start=1):
@@ -247,13 +342,12 @@ def read_frame(location: Location) -> pd.DataFrame:
 
 
 def read_schema(location: Location) -> pa.Schema:
-    """Read only the schema (and its metadata) of a Parquet file.
+    """Read only the schema (and its metadata) of a Parquet file, as :func:`read_table`
+    reads them (:func:`parse_schema`).
 
     Raises
     ------
     CorruptStoreError, StorageNotFoundError
         As :func:`read_table`.
     """
-    import pyarrow.parquet as pq
-
-    return _read(location, lambda: pq.read_schema(location.path, filesystem=_filesystem(location)))
+    return _read(location, lambda: parse_schema(location.path, _filesystem(location)))
