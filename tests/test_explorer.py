@@ -317,6 +317,34 @@ def test_group_metadata_zarr_python_refuses_is_a_corrupt_store_error(
             ex.get_array_data("edges", "edge_types")
 
 
+@pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
+def test_close_after_the_group_failed_to_open(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: bool
+) -> None:
+    """``xr.open_zarr`` failing before zarr-python opened the dataset's ``ZipStore`` left
+    ``close()`` raising ``AttributeError: 'ZipStore' object has no attribute '_lock'``
+    (zarr-python closes only a store it opened), and the dataset open. ``close()`` now
+    closes what was opened; the explorer is closed and the dataset can be explored
+    again."""
+    import xarray as xr
+
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=directory)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("refused before opening the store")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(xr, "open_zarr", refused)
+        ex = DatasetExplorer(merged_store_path=out)
+        with pytest.raises(CorruptStoreError, match="refused before opening"):
+            ex.get_group_data("edges")
+        ex.close()
+    assert ex.reader.closed
+    with DatasetExplorer(merged_store_path=out) as again:
+        assert again.get_group_data("edges").sizes
+
+
 def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:
     """A group of per-item values only (``volume``, one per item) read as an empty array
     (its values repeated once per row, and it has none); a group holding a per-item

@@ -63,6 +63,18 @@ class CompleteStore(WrapperStore[Store]):
     def _with_store(self, store: Store) -> CompleteStore:
         return type(self)(store, self.location, self.root)
 
+    def close(self) -> None:
+        """Close the wrapped store, if it was ever opened (nothing to close otherwise).
+
+        zarr-python's ``ZipStore`` fails to close a store it never opened, or failed to
+        open (``AttributeError: 'ZipStore' object has no attribute '_lock'``, zarr-python
+        3.1): as when ``xr.open_zarr`` failed before opening it, after which the
+        explorer's ``close()`` raised that and left the dataset open. Any error closing
+        an open store is the caller's to see.
+        """
+        if self._store._is_open:
+            self._store.close()
+
     def _refuse_unsafe(self, key: str) -> None:
         """Raise if ``key`` of a local directory is there but is not a regular file inside
         it (an absent key is left to the wrapped store)."""
