@@ -317,6 +317,54 @@ def test_group_metadata_zarr_python_refuses_is_a_corrupt_store_error(
             ex.get_array_data("edges", "edge_types")
 
 
+def test_group_metadata_zarr_python_refuses_with_a_type_error_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """One flipped bit turning a codec's ``endian`` into ``endiao`` in the root
+    ``zarr.json`` (cadstore's reader does not read codec configurations) makes
+    zarr-python raise ``TypeError`` (``BytesCodec.__init__() got an unexpected keyword
+    argument``) building the array's metadata: damage, a ``CorruptStoreError`` naming
+    the dataset and the group, however like a wrong call it reads. Nothing is changed."""
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    text = (out / "zarr.json").read_text()
+    root = json.loads(text)
+    meta = root["consolidated_metadata"]["metadata"]["edges/edge_lengths"]
+    (inner,) = (c for c in meta["codecs"][0]["configuration"]["codecs"] if c["name"] == "bytes")
+    inner["configuration"]["endiao"] = inner["configuration"].pop("endian")
+    damaged = json.dumps(root)
+    (out / "zarr.json").write_text(damaged)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        with pytest.raises(CorruptStoreError, match=r"group edges .*TypeError") as caught:
+            ex.get_group_data("edges")
+        assert str(out) in str(caught.value)
+        assert isinstance(caught.value.__cause__, TypeError)
+    assert (out / "zarr.json").read_text() == damaged
+
+
+def test_a_wrong_call_opening_a_group_is_not_reported_as_a_damaged_file(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``TypeError`` of a wrong call to ``xr.open_zarr`` (an argument it does not take,
+    as a change in xarray or a mistake in cadstore would make) was reported as
+    ``CorruptStoreError: group ... cannot be opened with zarr-python``, sending the user
+    after an intact file. It is let out as itself."""
+    import xarray as xr
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    open_zarr = xr.open_zarr
+
+    def wrong_call(*args: Any, **kwargs: Any) -> Any:
+        return open_zarr(*args, not_an_option=True, **kwargs)
+
+    monkeypatch.setattr(xr, "open_zarr", wrong_call)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        with pytest.raises(TypeError, match="not_an_option") as caught:
+            ex.get_group_data("edges")
+        assert not isinstance(caught.value, CorruptStoreError)
+
+
 @pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
 def test_close_after_the_group_failed_to_open(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: bool

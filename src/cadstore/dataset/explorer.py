@@ -220,12 +220,34 @@ _DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (
     zlib.error,
 )
 
-#: What zarr-python and xarray let out opening a group whose metadata they refuse.
+#: What zarr-python and xarray let out opening a group whose metadata they refuse. A
+#: ``TypeError`` only when zarr-python raised it (:func:`_raised_by_zarr`).
 _REFUSED_METADATA_ERRORS: tuple[type[Exception], ...] = (
     *_DAMAGED_CHUNK_ERRORS,
     TypeError,
     KeyError,
 )
+
+
+def _raised_by_zarr(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in zarr-python's own code, outside its storage layer.
+
+    zarr-python builds its metadata from a document's values passed as arguments
+    (``BytesCodec(**configuration)``, ``parse_zstd_level(level)``), so damaged metadata
+    raises ``TypeError`` there: each of the 654 a campaign met, putting a wrong value at
+    each place of a group's consolidated metadata, was raised in ``zarr.core`` or
+    ``zarr.codecs``. A ``TypeError`` raised elsewhere is a wrong call, not a damaged
+    file: Python's or xarray's refusal of an argument (``open_zarr() got unexpected
+    keyword arguments``), zarr's storage layer refusing the store given, or any code
+    of cadstore's own.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:  # to the frame that raised it
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.startswith("zarr.") and not module.startswith("zarr.storage")
 
 
 @functools.cache
@@ -720,7 +742,10 @@ class DatasetExplorer:
                 raise
             except _REFUSED_METADATA_ERRORS as exc:
                 # Metadata cadstore's reader accepts and zarr-python or xarray refuses (zarr's
-                # MetadataValidationError is a ValueError).
+                # MetadataValidationError is a ValueError); a TypeError of a wrong call is
+                # the caller's, as itself.
+                if isinstance(exc, TypeError) and not _raised_by_zarr(exc):
+                    raise
                 raise CorruptStoreError(
                     where,
                     f"group {group} cannot be opened with zarr-python "
