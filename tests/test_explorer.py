@@ -342,6 +342,33 @@ def test_group_metadata_zarr_python_refuses_with_a_type_error_is_a_corrupt_store
     assert (out / "zarr.json").read_text() == damaged
 
 
+def test_an_array_whose_node_type_is_damaged_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """Found by a campaign over a directory dataset's consolidated metadata: one flipped
+    bit turning an array's ``"node_type": "array"`` into ``"arraq"`` (no checksum covers
+    a directory dataset's ``zarr.json``) made the reader take the array for a group, list
+    it among the group's arrays, and refuse it as unknown: ``get_group_data`` raised
+    ``DatasetError: unknown array 'edge_types' in group 'edges'; it has [..., 'edge_types',
+    ...]``. A node that is neither an array nor a group is malformed metadata, refused on
+    opening, naming the dataset and the node; nothing is changed."""
+    from cadstore.dataset.reader import DatasetReader
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    raw = bytearray((out / "zarr.json").read_bytes())
+    entry = raw.index(b'"edges/edge_types"')
+    at = raw.index(b'"array"', entry) + len(b'"arra')
+    raw[at] ^= 0x08  # 'y' -> 'q'
+    (out / "zarr.json").write_bytes(bytes(raw))
+    said = r"dir\.dataset.*'edges/edge_types' has node_type 'arraq'"
+    with pytest.raises(CorruptStoreError, match=said):
+        DatasetReader(out)
+    with pytest.raises(CorruptStoreError, match=said):
+        DatasetExplorer(merged_store_path=out)
+    assert (out / "zarr.json").read_bytes() == bytes(raw)
+
+
 def test_a_wrong_call_opening_a_group_is_not_reported_as_a_damaged_file(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import gc
 import json
 import math
 import re
+import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -521,6 +522,13 @@ class ReadHierarchy(Hierarchy):
                 raise MetadataError(f"unsafe node path {path!r}: {problem}")
         if not isinstance(doc, Mapping):
             raise MetadataError(f"metadata of {path!r} is not an object")
+        if self_is_v3(doc) and doc.get("node_type") not in ("array", "group"):
+            # Taken for a group, an array whose node_type was damaged ('arraq') was listed
+            # among its group's arrays and then refused as unknown (DatasetError).
+            raise MetadataError(
+                f"{path!r} has node_type {reprlib.repr(doc.get('node_type'))}, "
+                "neither 'array' nor 'group'"
+            )
         is_array = doc.get("node_type") == "array" if self_is_v3(doc) else "shape" in doc
         if is_array:
             self.arrays[path] = None
