@@ -369,6 +369,29 @@ def test_an_array_whose_node_type_is_damaged_is_a_corrupt_store_error(
     assert (out / "zarr.json").read_bytes() == bytes(raw)
 
 
+def test_an_array_shape_beyond_int64_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """Found by the same campaign: a shape of ``2**70`` in an array's metadata was accepted
+    by cadstore's reader, and ``get_group_data`` let out xarray's ``OverflowError:
+    Python int too large to convert to C ssize_t``. No array holds more than ``2**63 - 1``
+    elements: the metadata is refused, naming the dataset and the array."""
+    from cadstore.dataset.reader import DatasetReader
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    root = json.loads((out / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"]["edges/edge_lengths"]["shape"] = [2**70]
+    damaged = json.dumps(root)
+    (out / "zarr.json").write_text(damaged)
+    said = r"dir\.dataset.*'edges/edge_lengths'.*more than 2\*\*63 - 1 elements"
+    with DatasetReader(out) as reader, pytest.raises(CorruptStoreError, match=said):
+        reader.array_meta("edges", "edge_lengths")
+    with DatasetExplorer(merged_store_path=out) as ex, pytest.raises(CorruptStoreError, match=said):
+        ex.get_group_data("edges")
+    assert (out / "zarr.json").read_text() == damaged
+
+
 def test_a_wrong_call_opening_a_group_is_not_reported_as_a_damaged_file(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

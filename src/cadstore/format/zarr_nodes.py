@@ -174,6 +174,10 @@ def _int_tuple(value: Any, what: str, *, positive: bool) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+#: Elements an array may hold at most (numpy's and zarr-python's indices are int64).
+_MAX_ELEMENTS = 2**63 - 1
+
+
 def _check_sizes(
     shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, limits: Limits
 ) -> None:
@@ -181,6 +185,10 @@ def _check_sizes(
         raise MetadataError(f"{len(shape)} dimensions exceed the limit of {limits.max_dims}")
     if len(chunks) != len(shape):
         raise MetadataError(f"chunk shape {chunks} does not match shape {shape}")
+    if math.prod(shape) > _MAX_ELEMENTS:
+        # No array holds more: numpy, zarr-python and xarray index with int64 (a shape of
+        # 2**70 let OverflowError out of xarray, where cadstore's reader had accepted it).
+        raise MetadataError(f"shape {shape} holds more than 2**63 - 1 elements")
     if math.prod(chunks) * itemsize > limits.max_chunk_bytes:
         raise MetadataError(
             f"chunk shape {chunks} would decode to more than max_chunk_bytes="
