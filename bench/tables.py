@@ -291,6 +291,12 @@ def _item_caption(summary: Mapping[str, Any]) -> str:
         "medians over items. "
         f"File-system steps of one durable atomic publish on that disk: "
         f"{fmt_ms(summary['fs_floor_ms'])} ms."
+        + (
+            f" The run of median speed-up (synced per block) of {len(summary['runs'])} runs of"
+            " the same items; a range is over those runs."
+            if len(summary.get("runs") or []) > 1
+            else ""
+        )
         + (f" Load average before the run: {loadavg[0]:.2f}." if loadavg else "")
         + (
             f" Reference: zarr {versions['zarr']}, numcodecs {versions['numcodecs']}."
