@@ -443,6 +443,40 @@ def test_close_after_the_group_failed_to_open(
         assert again.get_group_data("edges").sizes
 
 
+def test_a_failing_close_still_closes_the_rest(realistic_items: list[Any], tmp_path: Path) -> None:
+    """Found by helper F: ``close()`` closed the group views, the zarr-python store, the
+    reader and the Dask cluster one after another, so one that failed to close left the
+    dataset open and the cluster's processes running. Everything is closed, then the
+    error is raised."""
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out))
+    closed: list[str] = []
+
+    class Closing:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    ex = DatasetExplorer(merged_store_path=out)
+    assert ex.get_group_data("edges").sizes
+    store = ex._zarr_store
+    assert store is not None
+
+    def refused() -> None:
+        raise OSError("the store would not close")
+
+    store.close = refused  # type: ignore[method-assign]
+    ex._dask_client, ex._dask_cluster = Closing("client"), Closing("cluster")  # type: ignore[assignment]
+    with pytest.raises(OSError, match="would not close"):
+        ex.close()
+    assert ex.reader.closed
+    assert closed == ["client", "cluster"]
+    ex.close()  # closed: nothing left to close, no error
+    assert closed == ["client", "cluster"]
+
+
 def test_groups_of_per_item_values_and_strings_are_explored(tmp_path: Path) -> None:
     """A group of per-item values only (``volume``, one per item) read as an empty array
     (its values repeated once per row, and it has none); a group holding a per-item

@@ -33,6 +33,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import functools
@@ -547,19 +548,24 @@ class DatasetExplorer:
         close_dask
             Also shut down the cluster started for ``dask_client_params``.
         """
-        for ds in self._group_data.values():
-            ds.close()
-        self._group_data.clear()
-        self._views.clear()
-        if self._zarr_store is not None:
-            self._zarr_store.close()
-            self._zarr_store = None
-        self.reader.close()
-        if close_dask and self._dask_client is not None:
-            self._dask_client.close()
-            self._dask_cluster.close()
-            self._dask_client = self._dask_cluster = None
-        self._closed = True
+        # Each resource is closed even if closing one before it failed (the error is
+        # raised once all are closed): a failing close must not leave the dataset open
+        # or the cluster's processes running.
+        with contextlib.ExitStack() as stack:
+            if close_dask and self._dask_client is not None:
+                client, cluster = self._dask_client, self._dask_cluster
+                self._dask_client = self._dask_cluster = None
+                stack.callback(cluster.close)
+                stack.callback(client.close)
+            stack.callback(self.reader.close)
+            if self._zarr_store is not None:
+                stack.callback(self._zarr_store.close)
+                self._zarr_store = None
+            for ds in self._group_data.values():
+                stack.callback(ds.close)
+            self._group_data.clear()
+            self._views.clear()
+            self._closed = True
 
     def __enter__(self) -> DatasetExplorer:
         return self
