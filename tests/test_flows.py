@@ -913,7 +913,7 @@ def test_an_error_escaping_a_local_item_is_reported_as_what_it_is(
     """The same on a local worker (forked, so that it inherits the refusal): the error
     escaping run_item killed the worker, the item was a crash, and the crash's cleanup in
     the flow's process, refused again, stopped the flow with the bare PermissionError.
-    The item fails as "storage", the task's error in the logs; the other item is done,
+    The item fails for its own error, the store left named; the other item is done,
     and the dataset exported holds it alone: the failed item's store, left in encoded/,
     is not merged."""
     files = ["good.step", "bad_published.step"]
@@ -931,11 +931,47 @@ def test_an_error_escaping_a_local_item_is_reported_as_what_it_is(
     assert out["out"] == ["good.step"]
     (entry,) = out.errors
     assert entry["item"] == files[1]
-    assert entry["reason"] == "storage", entry
-    assert entry["error"] == "PermissionError: [Errno 13] Permission denied"
-    assert any("failed half way" in line for line in entry["logs"])
-    assert (Path(out.flow_dir) / "encoded" / left).is_file()
+    store = Path(out.flow_dir) / "encoded" / left
+    assert entry["reason"] == "error", entry
+    assert entry["error"] == (
+        f"RuntimeError: failed half way; {store}: removing the failed item's store: "
+        "permission denied"
+    )
+    assert store.is_file()
     assert out.dataset is not None and summary["file_count"] == 1
+
+
+@flowtask.transform(name="first", inputs=["cad_files"], outputs=["a"])
+def first_fails_on_x(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+    if "x" in cad_file:
+        raise RuntimeError("the first pass fails on x")
+    return cad_file
+
+
+@flowtask.transform(name="second", inputs=["cad_files"], outputs=["b"])
+def second_writes_all(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    storage.save_data("face_areas", np.arange(4, dtype=np.float32))
+    return cad_file
+
+
+def test_the_export_merges_a_store_a_later_task_published(tmp_path: Path) -> None:
+    """Found by review: the export left out the store of every item named by a failure
+    of the run, also one a later task then published whole (the first task failed on x,
+    the second wrote x.data): a done item was missing from the dataset. Only a failed
+    item's store that the file system refused to remove is left out."""
+    flow = cadstore.create_flow(
+        "f",
+        [first_fails_on_x, second_writes_all],
+        tmp_path,
+        max_workers=1,
+        export_visualization=False,
+        parallel_task_kwargs={"start_method": "fork"},
+    )
+    out, summary, _ = flow.process(inputs={"cad_files": ["good.step", "x.step"]})
+    assert out["b"] == ["good.step", "x.step"]
+    assert [(entry["task"], entry["reason"]) for entry in out.errors] == [("first", "error")]
+    assert out.dataset is not None and summary["file_count"] == 2
 
 
 def test_a_lost_item_whose_store_cannot_be_removed_is_still_reported(
@@ -974,8 +1010,7 @@ def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
     system refused to remove the store of an item whose task failed after publishing it)
     was taken for a crash of the item, as if its worker had died; the crash's cleanup on
     the driver was refused again, and the flow stopped with the bare PermissionError. It
-    is classified as an encode task's own failures are (work.failure_fields): "storage",
-    the error as it is, the task's error in the logs; the other item is done. A worker
+    is the item's own failure, the store left named; the other item is done. A worker
     that dies stays a crash (the test below)."""
     distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
     files = ["good.step", "bad_published.step"]
@@ -998,9 +1033,12 @@ def test_an_error_escaping_a_dask_item_is_reported_as_what_it_is(
     assert out["out"] == ["good.step"]
     (entry,) = out.errors
     assert entry["item"] == files[1]
-    assert entry["reason"] == "storage", entry
-    assert entry["error"] == "PermissionError: [Errno 13] Permission denied"
-    assert any("failed half way" in line for line in entry["logs"])  # the task's error
+    assert entry["reason"] == "error", entry
+    store = Path(out.flow_dir) / "encoded" / f"{item_name(files[1], 0)}.data"
+    assert entry["error"] == (
+        f"RuntimeError: failed half way; {store}: removing the failed item's store: "
+        "permission denied"
+    )
 
 
 def test_a_dask_worker_that_dies_on_an_item_is_a_crash(tmp_path: Path) -> None:

@@ -135,10 +135,16 @@ class FlowOutput:
         The merged ``.dataset``, or ``None`` without an export.
     summary
         The summary (what the manifest holds, with absolute paths).
+    stores_left
+        The names of the items whose failed store the file system refused to remove,
+        left in ``encoded/`` and left out of the export.
     """
 
     data: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Items whose failed store is left in ``encoded/`` (its removal refused) and no
+    #: later task of the run published again: the export leaves them out.
+    stores_left: set[str] = field(default_factory=set, repr=False)
     flow_dir: str = ""
     flow_file: str = ""
     dataset: str | None = None
@@ -556,9 +562,12 @@ class Flow:
             logger.info("item %s: %s", outcome.task.name, line)
         if outcome.ok:
             results[outcome.task.index] = outcome.result
+            output.stores_left.discard(outcome.task.name)  # published again, whole
             return
         assert outcome.failure is not None
         output.errors.append(outcome.failure)
+        if outcome.store_left:
+            output.stores_left.add(outcome.task.name)
         logger.warning(
             "item %s (%s) failed: %s",
             outcome.task.name,
@@ -586,13 +595,10 @@ class Flow:
         output.flow_file = flow_file
         encoded = os.path.join(folder, "encoded")
         # A failed item's store is discarded; one the file system refused to remove (its
-        # failure says so) must not be merged as if the item were done. A duplicate's
-        # entry names the store of the item it duplicates, which is done.
-        failed = {
-            f"{entry['name']}.data"
-            for entry in output.errors
-            if entry.get("name") and entry.get("reason") != "duplicate"
-        }
+        # failure says so) must not be merged as if the item were done. Only those: a
+        # store there before the item ran (a resumed run's) or published by a later task
+        # is whole.
+        failed = {f"{name}.data" for name in output.stores_left}
         files = (
             sorted(n for n in os.listdir(encoded) if n.endswith(".data") and n not in failed)
             if os.path.isdir(encoded)

@@ -411,20 +411,27 @@ def _run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
                 # saved before it failed, as if the item were done.
                 abandon = getattr(storage, "abandon", storage.close)
                 abandon()
-        discard_item(settings.storage_type, settings.encoded_dir, task.name, before)
         memory = isinstance(exc, MemoryError)
-        emit(
-            {
-                "type": "result",
-                "index": task.index,
-                "status": "failed",
-                "reason": "memory" if memory else "error",
-                "error": describe(exc),
-                "logs": logs + traceback_lines(exc),
-                "seconds": time.perf_counter() - started,
-                "recycle": memory,
-            }
-        )
+        failure: dict[str, Any] = {
+            "type": "result",
+            "index": task.index,
+            "status": "failed",
+            "reason": "memory" if memory else "error",
+            "error": describe(exc),
+            "logs": logs + traceback_lines(exc),
+            "seconds": time.perf_counter() - started,
+            "recycle": memory,
+        }
+        try:
+            discard_item(settings.storage_type, settings.encoded_dir, task.name, before)
+        except OSError as refused:
+            # The item failed for its own error, which stays its failure; the store left
+            # is named, and is not merged (ItemOutcome.store_left).
+            store = os.path.join(settings.encoded_dir, f"{task.name}.data")
+            left = os_storage_error(store, refused, "removing the failed item's store")
+            failure["error"] += f"; {left}"
+            failure["store_left"] = True
+        emit(failure)
         return
     emit(
         {
@@ -549,6 +556,7 @@ class _Collector:
             store = os.path.join(self.encoded_dir, f"{task.name}.data")
             left = os_storage_error(store, exc, "removing the lost item's store")
             record.lost["error"] += f"; {left}"
+            record.lost["store_left"] = True
         self.advance()
 
 
@@ -562,6 +570,9 @@ class ItemOutcome:
     failure: dict[str, Any] | None = None
     logs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: The failed item's store is left in ``encoded/`` (the file system refused to remove
+    #: it): it must not be merged as if the item were done.
+    store_left: bool = False
 
 
 def _outcome(record: _Record, task_name: str) -> ItemOutcome:
@@ -589,7 +600,15 @@ def _outcome(record: _Record, task_name: str) -> ItemOutcome:
         "logs": list(source.get("logs", [])),
         "seconds": round(float(source.get("seconds", 0.0)), 6),
     }
-    return ItemOutcome(task, False, None, failure, failure["logs"], failure["seconds"])
+    return ItemOutcome(
+        task,
+        False,
+        None,
+        failure,
+        failure["logs"],
+        failure["seconds"],
+        store_left=bool(source.get("store_left")),
+    )
 
 
 class ParallelExecutor:
