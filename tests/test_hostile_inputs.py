@@ -603,6 +603,78 @@ def test_read_schema_gives_the_metadata_reading_the_table_gives(tmp_path: Path) 
     assert read_schema(resolve(path)).metadata == expected
 
 
+@pytest.mark.parametrize(
+    ("column", "options"),
+    [
+        ("ts_ns", {"version": "2.4"}),
+        ("ts_ns", {"version": "1.0"}),
+        ("ts_ns", {"coerce_timestamps": "ms", "allow_truncated_timestamps": True}),
+        ("ts_us", {"use_deprecated_int96_timestamps": True}),
+        ("ts_s", {"flavor": "spark"}),
+        ("uint32", {"version": "1.0"}),
+        ("time_ns", {"version": "2.4"}),
+    ],
+)
+def test_tables_written_with_pyarrows_options_are_read(
+    tmp_path: Path, column: str, options: dict[str, Any]
+) -> None:
+    """Found by review of the footer check: pyarrow's writer options change how some
+    types come back (timestamps in another unit, INT96, ``uint32`` as ``int64`` in format
+    1.0), and such tables were refused as damaged. They read as pyarrow reads them."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = datetime.datetime(2026, 12, 7, 1, 2, 3)
+    columns = {
+        "ts_ns": pa.array([when], pa.timestamp("ns")),
+        "ts_us": pa.array([when], pa.timestamp("us")),
+        "ts_s": pa.array([when], pa.timestamp("s")),
+        "uint32": pa.array([7], pa.uint32()),
+        "time_ns": pa.array([1_000], pa.time64("ns")),
+    }
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({column: columns[column]}), path, **options)
+    assert read_table(resolve(path)).equals(pq.read_table(path))
+
+
+def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
+    tmp_path: Path,
+) -> None:
+    """Found by review of the footer check: a writer may keep the table's metadata in the
+    recorded Arrow schema only (pyarrow reads it from there), or give a key another value
+    after the schema; such tables were refused as damaged. They read as pyarrow reads
+    them; a value changed to one of its own length (what a flipped bit does) stays an
+    error. (The footer's metadata is what both read_table and read_schema give.)"""
+    import base64
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [1, 2]})
+    recorded = table.schema.with_metadata({"origin": "another engine"})
+    only = tmp_path / "recorded-only.parquet"
+    with pq.ParquetWriter(only, table.schema, store_schema=False) as writer:
+        writer.write_table(table)
+        serialized = base64.b64encode(recorded.serialize().to_pybytes()).decode()
+        writer.add_key_value_metadata({"ARROW:schema": serialized})
+    read = read_table(resolve(only))
+    assert read.column("a").to_pylist() == [1, 2]
+    assert read.schema.metadata == read_schema(resolve(only)).metadata
+
+    for value, refused in (("version 2 of it", False), ("no", True)):
+        path = tmp_path / f"overridden-{refused}.parquet"
+        with pq.ParquetWriter(path, table.schema.with_metadata({"x": "1."})) as writer:
+            writer.write_table(table)
+            writer.add_key_value_metadata({"x": value})
+        if refused:
+            with pytest.raises(CorruptStoreError, match=r"overridden-True.*'x'"):
+                read_table(resolve(path))
+        else:
+            assert read_table(resolve(path)).schema.metadata[b"x"] == value.encode()
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

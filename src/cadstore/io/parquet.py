@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cadstore.errors import CadstoreError, CorruptStoreError, StorageNotFoundError
+from cadstore.format.commit import STAMP_KEY
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,9 +191,12 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     (``name`` read as ``oame``), drops a string's annotation (``name`` read as bytes), or
     changes the metadata readers use (a copy's stamp, the ``cadstore`` document, pandas'
     metadata), silently; one flipped bit cannot change both copies alike. A table written
-    without a recorded schema (not by pyarrow) is not checked. Keys the writer added after
-    the schema (``ParquetWriter.add_key_value_metadata``) have no second copy and are not
-    checked either.
+    without a recorded schema (not by pyarrow) is not checked. cadstore's own keys must
+    agree in full. Other writers keep some metadata in the recorded schema only (pyarrow
+    reads it from there), add keys after the schema (``add_key_value_metadata``, no second
+    copy) or give a key another value there: what a flipped bit does is told from those
+    by length (a flip keeps it): a key missing while the footer holds an unrecorded key
+    of its length, or a value of the recorded value's length that differs.
 
     Parameters
     ----------
@@ -223,17 +227,35 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     except (binascii.Error, pa.ArrowException) as exc:
         raise ValueError(f"its recorded Arrow schema does not decode ({exc})") from None
     _check_columns(read, schema)
-    for key, value in (schema.metadata or {}).items():
+    recorded = schema.metadata or {}
+    # Keys only the footer holds, which a renamed key would be one of.
+    added_lengths = {len(key) for key in footer if key not in recorded and key != _ARROW_SCHEMA}
+    for key, value in recorded.items():
         found = footer.get(key)
         if found == value:
             continue
-        shown = key[:_KEY_SHOWN_MAX].decode("utf-8", "backslashreplace")
-        shown += "..." if len(key) > _KEY_SHOWN_MAX else ""
-        if found is None:
-            problem = f"lacks {shown!r}, which the copy in its recorded Arrow schema holds"
+        ours = key in _OWN_KEYS
+        if found is None and (ours or len(key) in added_lengths):
+            problem = f"lacks {_shown(key)!r}, which the copy in its recorded Arrow schema holds"
+        elif found is not None and (ours or len(found) == len(value)):
+            problem = f"differs at {_shown(key)!r} from the copy in its recorded Arrow schema"
         else:
-            problem = f"differs at {shown!r} from the copy in its recorded Arrow schema"
+            # Kept in the recorded schema only (pyarrow reads it from there), or given
+            # another value of another length after the schema: writers do both.
+            continue
         raise FooterMetadataError(f"its footer's key-value metadata {problem}")
+
+
+#: The keys cadstore writes into a table's metadata, always into both copies, so any
+#: difference between them is damage: its document (the merger's
+#: ``PARQUET_METADATA_KEY``) and the commit stamp.
+_OWN_KEYS = frozenset({b"cadstore", STAMP_KEY})
+
+
+def _shown(key: bytes) -> str:
+    """``key``, read from a file, as a message shows it (nothing bounds what is stored)."""
+    shown = key[:_KEY_SHOWN_MAX].decode("utf-8", "backslashreplace")
+    return shown + ("..." if len(key) > _KEY_SHOWN_MAX else "")
 
 
 def _check_columns(read: pa.Schema, schema: pa.Schema) -> None:
@@ -262,20 +284,24 @@ def _as_read(written: pa.DataType) -> pa.DataType:
     """The type pyarrow reads back for a column of type ``written`` from an undamaged file.
 
     Parquet has no such type as some of Arrow's, and pyarrow does not restore all of them
-    from the recorded schema: timestamps and times in seconds read in milliseconds,
-    ``date64`` as ``date32``, a dictionary of large strings (what pandas writes for a
-    categorical of strings) as a dictionary of strings, and one of other values as the
-    values themselves; inside lists, structs and maps alike. The column check compares
-    the types this maps both copies to, so that a table any pyarrow or pandas writer made
-    passes it.
+    from the recorded schema: timestamps and times come back in another unit than written
+    (seconds as milliseconds; what the writer's ``version``, ``coerce_timestamps``, INT96
+    or ``flavor`` made of them), ``date64`` as ``date32``, ``uint32`` as ``int64`` (format
+    version 1.0), a dictionary of large strings (what pandas writes for a categorical of
+    strings) as a dictionary of strings, and one of other values as the values
+    themselves; inside lists, structs and maps alike. The column check compares the types
+    this maps both copies to, so that a timestamp's or a time's unit is not checked (no
+    second copy says which the writer chose).
     """
     import pyarrow as pa
 
     t = pa.types
-    if t.is_timestamp(written) and written.unit == "s":
-        return pa.timestamp("ms", written.tz)
-    if t.is_time32(written) and written.unit == "s":
-        return pa.time32("ms")
+    if t.is_timestamp(written):
+        return pa.timestamp("ns", written.tz)
+    if t.is_time32(written) or t.is_time64(written):
+        return pa.time64("ns")
+    if t.is_uint32(written):
+        return pa.int64()
     if t.is_date64(written):
         return pa.date32()
     if t.is_dictionary(written):
