@@ -653,3 +653,29 @@ def test_logging_captured_warnings_are_each_message_once(
     said = [r.getMessage().strip() for r in caplog.records if r.name == "py.warnings"]
     assert said.count("cadstore: warning: the same thing") == 1
     assert "" not in said
+
+
+def test_a_spawned_workers_warning_made_an_error_by_the_program_stops_no_run(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a program that makes a category an error in code (not by ``-W``,
+    which workers get too) had a spawned worker's warning raised in the pool's loop once
+    the parent issued it again: ``cadstore encode`` stopped with ``cadstore: error: a
+    worker's warning`` and encoded nothing. The worker did not know the filter, so the
+    warning is shown, and the run goes on."""
+    pytest.importorskip("OCP")
+    from cadstore.cad.samples import write_sample_set
+
+    if "spawn" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no spawn start method here")
+    write_sample_set(tmp_path / "steps", 2)
+    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
+    before = _WARNING_WORKERS.format(folder=str(tmp_path), method="spawn") + (
+        "import warnings\nfrom cadstore.errors import CadstoreWarning\n"
+        "warnings.simplefilter('error', CadstoreWarning)\n"
+    )
+    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
+    done = _cli(*argv, "--no-progress", before=before)
+    assert done.returncode == 0, done.stderr
+    assert "encoded 2 items from 2 files" in done.stdout
+    assert done.stderr.splitlines() == ["cadstore: warning: a worker's warning on two lines"]

@@ -239,7 +239,8 @@ def _show_warning(message: dict[str, Any]) -> None:
 
     This process's filters then apply (a program that ignores a category ignores it from
     its workers too; one that records warnings records a ``Warning``), and its display
-    shows it. The category is found among the modules this process has imported, never
+    shows it; one they make an error is shown, as it is too late to raise it in its
+    item. The category is found among the modules this process has imported, never
     imported for the message; one not found, or that cannot be made from the text alone,
     is a ``UserWarning``.
     """
@@ -252,9 +253,14 @@ def _show_warning(message: dict[str, Any]) -> None:
         warning = category(text)
     except Exception:  # a category whose constructor wants more than the text
         warning = UserWarning(text)
-    warnings.warn_explicit(
-        warning, type(warning), str(message.get("filename")), int(message.get("lineno") or 0)
-    )
+    filename, lineno = str(message.get("filename")), int(message.get("lineno") or 0)
+    try:
+        warnings.warn_explicit(warning, type(warning), filename, lineno)
+    except Warning:
+        # This process's filters make it an error, which the spawned worker, not
+        # knowing them, did not raise where it was issued: raised here, in the pool's
+        # loop, it would stop the whole run for one item's warning. It is shown.
+        warnings.showwarning(warning, type(warning), filename, lineno)
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
