@@ -40,6 +40,8 @@ def _task(task: str, settings: Any) -> list[dict[str, Any]]:
         raise ValueError("not what was expected")
     if task == "dies":
         os.kill(os.getpid(), signal.SIGKILL)
+    if task == "cut off":  # what a future holds when its worker's connection closed
+        raise distributed.comm.CommClosedError("in <TCP (closed)>: stream closed")
     return [{"type": "result", "task": task}]
 
 
@@ -83,3 +85,21 @@ def test_a_task_whose_worker_dies_is_a_crash() -> None:
     reason, error = heard.failed["dies"]
     assert reason == "crash"
     assert error.startswith("the Dask task failed (KilledWorker: ")
+
+
+def test_a_closed_connection_is_a_crash_not_the_tasks_storage() -> None:
+    """Found by review: ``CommClosedError`` is an ``OSError``, so a future that failed
+    with it (its worker's connection closed under it) was reported as the task's own
+    "storage" failure. It is the cluster's: a crash."""
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        heard = _Heard()
+        run_on_dask(client, ["ok", "cut off"], None, _task, heard)
+    assert heard.finished == ["ok"]
+    reason, error = heard.failed["cut off"]
+    assert reason == "crash"
+    assert error.startswith("the Dask task failed (CommClosedError: ")

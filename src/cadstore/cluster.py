@@ -165,7 +165,11 @@ def _lost_to_the_cluster(future: Any, exc: Exception, distributed: Any) -> bool:
     """Whether ``future`` failed because of the cluster, not of its task's own work.
 
     A task that raised has the status ``"error"`` and its exception; a task whose worker
-    died as often as the scheduler allows has that status too, with ``KilledWorker``. A
-    cancelled or lost future (the cluster or the client went away) has another status.
+    died as often as the scheduler allows has that status too, with ``KilledWorker``, and
+    one whose connection closed under it with ``CommClosedError`` (an ``OSError``, not
+    the task's storage). A cancelled or lost future (the cluster or the client went away)
+    has another status.
     """
-    return isinstance(exc, distributed.KilledWorker) or future.status != "error"
+    if isinstance(exc, distributed.KilledWorker | distributed.comm.CommClosedError):
+        return True  # the worker died, or the connection to it was lost, while it ran
+    return bool(future.status != "error")
