@@ -178,6 +178,31 @@ def work(task, settings, emit):
 """
 
 
+def _encode_with_warning_workers(
+    tmp_path: Path, method: str, count: int, program: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``cadstore encode --workers 2`` of ``count`` sample parts in a child process, its
+    workers started by ``method`` and warning once each task (``_WARNING_WORK``), after
+    the ``program``'s own code (its warning filters)."""
+    pytest.importorskip("OCP")
+    from cadstore.cad.samples import write_sample_set
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    write_sample_set(tmp_path / "steps", count)
+    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
+    before = _WARNING_WORKERS.format(folder=str(tmp_path), method=method) + program
+    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
+    return _cli(*argv, "--no-progress", before=before)
+
+
+#: A program's own filter for cadstore's warnings (``{action}``), set in code.
+_PROGRAM_FILTER = (
+    "import warnings\nfrom cadstore.errors import CadstoreWarning\n"
+    "warnings.simplefilter({action!r}, CadstoreWarning)\n"
+)
+
+
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_a_workers_warning_is_the_commands_one_line(tmp_path: Path, method: str) -> None:
     """A warning issued in a spawned encode worker came out on the worker's own stderr in
@@ -185,16 +210,7 @@ def test_a_workers_warning_is_the_commands_one_line(tmp_path: Path, method: str)
     once per worker, and a forked worker printed the command's line once per worker;
     the command prints it as its one ``cadstore: warning:`` line, once for the run, like
     a warning of its own process."""
-    pytest.importorskip("OCP")
-    from cadstore.cad.samples import write_sample_set
-
-    if method not in multiprocessing.get_all_start_methods():
-        pytest.skip(f"no {method} start method here")
-    write_sample_set(tmp_path / "steps", 4)
-    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
-    before = _WARNING_WORKERS.format(folder=str(tmp_path), method=method)
-    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
-    done = _cli(*argv, "--no-progress", before=before)
+    done = _encode_with_warning_workers(tmp_path, method, 4)
     assert done.returncode == 0, done.stderr
     assert "encoded 4 items from 4 files" in done.stdout
     assert done.stderr.splitlines() == ["cadstore: warning: a worker's warning on two lines"]
@@ -566,19 +582,9 @@ def test_a_workers_warning_goes_through_the_programs_filters(tmp_path: Path, met
     """Found by review: a spawned worker's warning was handed to the parent's display
     directly, so a program that ignores a category (not by ``-W``, which workers get too)
     still saw it from its workers. The parent issues it again, through its filters."""
-    pytest.importorskip("OCP")
-    from cadstore.cad.samples import write_sample_set
-
-    if method not in multiprocessing.get_all_start_methods():
-        pytest.skip(f"no {method} start method here")
-    write_sample_set(tmp_path / "steps", 2)
-    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
-    before = _WARNING_WORKERS.format(folder=str(tmp_path), method=method) + (
-        "import warnings\nfrom cadstore.errors import CadstoreWarning\n"
-        "warnings.simplefilter('ignore', CadstoreWarning)\n"
+    done = _encode_with_warning_workers(
+        tmp_path, method, 2, _PROGRAM_FILTER.format(action="ignore")
     )
-    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
-    done = _cli(*argv, "--no-progress", before=before)
     assert done.returncode == 0, done.stderr
     assert "encoded 2 items from 2 files" in done.stdout
     assert done.stderr == ""
@@ -663,19 +669,9 @@ def test_a_spawned_workers_warning_made_an_error_by_the_program_stops_no_run(
     the parent issued it again: ``cadstore encode`` stopped with ``cadstore: error: a
     worker's warning`` and encoded nothing. The worker did not know the filter, so the
     warning is shown, and the run goes on."""
-    pytest.importorskip("OCP")
-    from cadstore.cad.samples import write_sample_set
-
-    if "spawn" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no spawn start method here")
-    write_sample_set(tmp_path / "steps", 2)
-    (tmp_path / "warning_work.py").write_text(_WARNING_WORK)
-    before = _WARNING_WORKERS.format(folder=str(tmp_path), method="spawn") + (
-        "import warnings\nfrom cadstore.errors import CadstoreWarning\n"
-        "warnings.simplefilter('error', CadstoreWarning)\n"
+    done = _encode_with_warning_workers(
+        tmp_path, "spawn", 2, _PROGRAM_FILTER.format(action="error")
     )
-    argv = ["encode", tmp_path / "steps", "-o", tmp_path / "out", "--workers", "2"]
-    done = _cli(*argv, "--no-progress", before=before)
     assert done.returncode == 0, done.stderr
     assert "encoded 2 items from 2 files" in done.stdout
     assert done.stderr.splitlines() == ["cadstore: warning: a worker's warning on two lines"]
