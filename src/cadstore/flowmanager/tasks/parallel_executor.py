@@ -366,12 +366,12 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     ``result``) or ``"failed"`` (``reason``, ``error``, ``logs``). The item's store is
     finalised (see the module docstring); a failed item's store is discarded.
 
-    The function's own failures are ``"error"`` (``"memory"`` for a ``MemoryError``). An
-    exception of the framework's work around it (removing the store of a failed item,
-    which the file system may refuse) is reported too, with the reason
-    :func:`~cadstore.failures.failure_fields` gives it (``"storage"`` for an OSError):
-    let out, it would kill a local worker or fail a Dask task, and the item would be
-    taken for a crash.
+    The function's own failures are ``"error"`` (``"memory"`` for a ``MemoryError``); a
+    store the file system refuses to remove then is named in the failure. An exception
+    of the framework's own work that escapes (the encode package not importable on a
+    worker) is reported too, with the reason :func:`~cadstore.failures.failure_fields`
+    gives it: let out, it would kill a local worker or fail a Dask task, and the item
+    would be taken for a crash.
     """
     try:
         _run_item(task, settings, emit)
@@ -422,13 +422,12 @@ def _run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
             "seconds": time.perf_counter() - started,
             "recycle": memory,
         }
-        try:
-            discard_item(settings.storage_type, settings.encoded_dir, task.name, before)
-        except OSError as refused:
-            # The item failed for its own error, which stays its failure; the store left
-            # is named, and is not merged (ItemOutcome.store_left).
-            store = os.path.join(settings.encoded_dir, f"{task.name}.data")
-            left = os_storage_error(store, refused, "removing the failed item's store")
+        # The item failed for its own error, which stays its failure; a store left is
+        # named, and is not merged (ItemOutcome.store_left).
+        left = _discard_or_name_it(
+            settings.storage_type, settings.encoded_dir, task.name, before, "failed"
+        )
+        if left is not None:
             failure["error"] += f"; {left}"
             failure["store_left"] = True
         emit(failure)
@@ -502,6 +501,20 @@ def discard_item(kind: StorageType, encoded_dir: str, name: str, before: Collect
         os.rmdir(store)
 
 
+def _discard_or_name_it(
+    kind: StorageType, encoded_dir: str, name: str, before: Collection[str], what: str
+) -> str | None:
+    """:func:`discard_item`; if the file system refuses to remove the store, what the
+    ``what`` (``"failed"``, ``"lost"``) item's failure says of the store left, else
+    ``None``."""
+    try:
+        discard_item(kind, encoded_dir, name, before)
+    except OSError as exc:
+        store = os.path.join(encoded_dir, f"{name}.data")
+        return str(os_storage_error(store, exc, f"removing the {what} item's store"))
+    return None
+
+
 class _Collector:
     """The pool's listener: each item's outcome, and the progress bar."""
 
@@ -547,14 +560,10 @@ class _Collector:
                     if name.startswith(prefix):
                         with suppress(OSError):
                             os.unlink(os.path.join(self.encoded_dir, name))
-        try:
-            discard_item(self.kind, self.encoded_dir, task.name, self.existing)
-        except OSError as exc:
-            # The item is lost either way, and its store is not merged (the export leaves
-            # out failed items' stores): its failure names the store left, and the run
-            # goes on with the other items.
-            store = os.path.join(self.encoded_dir, f"{task.name}.data")
-            left = os_storage_error(store, exc, "removing the lost item's store")
+        # The item is lost either way, and a store left is not merged (the export leaves
+        # it out): its failure names it, and the run goes on with the other items.
+        left = _discard_or_name_it(self.kind, self.encoded_dir, task.name, self.existing, "lost")
+        if left is not None:
             record.lost["error"] += f"; {left}"
             record.lost["store_left"] = True
         self.advance()
