@@ -69,6 +69,16 @@ def realistic_items(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path
     return write_items(tmp_path_factory.mktemp("items") / "encoded", 30, seed=11)
 
 
+#: An OSError by its errno name, the StorageError kind cadstore reports it as and the words
+#: it says it in (``errors.os_storage_error``); a missing file (ENOENT) last, since at
+#: opening it means "no such item".
+OS_ERROR_KINDS = [
+    ("EIO", "StorageError", "input/output error"),
+    ("EACCES", "StorageAccessError", "permission denied"),
+    ("ENOENT", "StorageNotFoundError", "no such file or directory"),
+]
+
+
 def refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path, step: str, number: int) -> None:
     """Make the file system refuse ``path`` with errno ``number`` while it is opened, at
     the lowest level, in this process (and the Dask worker threads of an in-process

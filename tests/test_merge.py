@@ -22,7 +22,7 @@ from cadstore.io.sources import ZipSource
 from cadstore.lifecycle import read_commit
 from cadstore.merging import merge_items
 from cadstore.merging.options import DEFAULT_INNER_BYTES
-from conftest import write_arrays, write_items
+from conftest import OS_ERROR_KINDS, write_arrays, write_items
 from datasets import assert_same_dataset
 
 FACEFACE = ("a3_distance", "d2_distance", "extended_adjacency", "face_pair_edges_path")
@@ -1580,14 +1580,7 @@ def test_a_dataset_given_as_an_item_says_what_it_is(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("step", ["scan", "copy", "tables"])
-@pytest.mark.parametrize(
-    ("code", "kind", "problem"),
-    [
-        ("EIO", "StorageError", "input/output error"),
-        ("EACCES", "StorageAccessError", "permission denied"),
-        ("ENOENT", "StorageNotFoundError", "no such file or directory"),
-    ],
-)
+@pytest.mark.parametrize(("code", "kind", "problem"), OS_ERROR_KINDS)
 def test_an_os_error_reading_an_item_in_one_process_names_the_item(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -1649,13 +1642,7 @@ def test_an_os_error_reading_an_item_in_one_process_names_the_item(
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("step", ["stat", "open", "read"])
-@pytest.mark.parametrize(
-    ("code", "kind", "problem"),
-    [
-        ("EIO", "StorageError", "input/output error"),
-        ("EACCES", "StorageAccessError", "permission denied"),
-    ],
-)
+@pytest.mark.parametrize(("code", "kind", "problem"), OS_ERROR_KINDS[:2])
 def test_an_os_error_opening_an_item_stops_the_merge_naming_the_item(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

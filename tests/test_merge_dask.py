@@ -24,7 +24,7 @@ from cadstore import DatasetMerger
 from cadstore.errors import MergeError
 from cadstore.io.publish import TEMP_PREFIX
 from cadstore.merging import merge_items
-from conftest import write_arrays, write_items
+from conftest import OS_ERROR_KINDS, write_arrays, write_items
 from datasets import assert_same_dataset
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -524,14 +524,7 @@ def _nothing_published(out: Path) -> None:
 
 
 @pytest.mark.parametrize("step", ["scan", "shards"])
-@pytest.mark.parametrize(
-    ("code", "kind", "problem"),
-    [
-        ("EIO", "StorageError", "input/output error"),
-        ("EACCES", "StorageAccessError", "permission denied"),
-        ("ENOENT", "StorageNotFoundError", "no such file or directory"),
-    ],
-)
+@pytest.mark.parametrize(("code", "kind", "problem"), OS_ERROR_KINDS)
 def test_an_os_error_in_a_task_is_reported_as_itself(
     threads_client: distributed.Client,
     items: list[Path],
@@ -586,13 +579,7 @@ def test_an_os_error_in_a_task_is_reported_as_itself(
 
 
 @pytest.mark.parametrize("step", ["open", "read"])
-@pytest.mark.parametrize(
-    ("code", "kind", "problem"),
-    [
-        ("EIO", "StorageError", "input/output error"),
-        ("EACCES", "StorageAccessError", "permission denied"),
-    ],
-)
+@pytest.mark.parametrize(("code", "kind", "problem"), OS_ERROR_KINDS[:2])
 def test_an_os_error_opening_an_item_in_a_task_stops_the_merge_naming_it(
     threads_client: distributed.Client,
     tmp_path: Path,
