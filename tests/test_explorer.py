@@ -977,3 +977,146 @@ def test_a_mistyped_key_names_the_key_meant(explorer: DatasetExplorer, merged: P
     with pytest.raises(DatasetError) as info:
         explorer.create_distribution("zzzz")
     assert "did you mean" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- later documentation
+# query_cross_group, filter_files_by_metadata and compute_statistics: named by the
+# specified system's later documentation only, and missing here until now.
+
+#: Faces of each generated part; part 1 has none, part 2 has faces but no Labels rows.
+_PART_FACES = (3, 0, 4, 2, 5, 1)
+_UNLABELLED = (1, 2)
+
+
+def _generated_parts(root: Path) -> list[dict[str, Any]]:
+    """Write six parts with a ``faces`` group, a per-part ``Labels`` group (one row per
+    part; none for ``_UNLABELLED``), a per-item ``n_holes`` and infoset metadata (a
+    ``material`` missing for part 5); return what each holds."""
+    from cadstore import OptStorage
+
+    rng = np.random.default_rng(55)
+    parts = []
+    for k, n_faces in enumerate(_PART_FACES):
+        areas = rng.random(n_faces).astype(np.float32)
+        if k == 3:
+            areas[1] = np.nan
+        part: dict[str, Any] = {
+            "faces/face_areas": areas,
+            "faces/face_types": rng.integers(0, 9, n_faces).astype(np.int32),
+            "faces/face_centroids": rng.random((n_faces, 3)).astype(np.float32),
+            "n_holes": np.int32(k + 2),
+        }
+        if k not in _UNLABELLED:
+            part["Labels/part_label"] = np.array([10 + k], dtype=np.int32)
+            part["Labels/weight"] = np.array([0.25 * k])
+            part["Labels/flag"] = np.array([k % 2 == 0])
+            part["Labels/face_types"] = np.array([100 * k], dtype=np.int64)  # a clash
+            part["Labels/face_centroids"] = np.full((1, 4), float(k))  # name and dim clash
+        meta = {"material": ("steel", "brass")[k % 2], "mass": 1.5 * k}
+        if k == 5:
+            del meta["material"]
+        with OptStorage(root / f"part{k}.zarr", allow_nan=True) as storage:
+            for key, value in part.items():
+                storage.save_data(key, value)
+            for key, value in meta.items():
+                storage.save_metadata(key, value)
+            storage.compress_store()
+        parts.append({**part, **meta})
+    cadstore.merge([str(root / f"part{k}.zarr.data") for k in range(6)], str(root / "p.dataset"))
+    return parts
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """The generated parts merged once: (the .flow, what each part holds)."""
+    root = tmp_path_factory.mktemp("parts")
+    return root / "p.flow", _generated_parts(root)
+
+
+def test_compute_statistics(
+    explorer: DatasetExplorer, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _items(realistic_items)
+    keys = list(explorer.get_array_statistics("faces", "face_areas"))
+    read: list[str] = []
+    read_array = explorer.reader.read_array
+
+    def counted(group: str, array: str) -> np.ndarray:
+        read.append(f"{group}/{array}")
+        return read_array(group, array)
+
+    monkeypatch.setattr(explorer.reader, "read_array", counted)
+    table = explorer.compute_statistics("faces")
+    assert list(table.columns) == [*keys, "count"]
+    assert table.index.name == "array"
+    want_names = {a for a in explorer.available_arrays("faces") if a != "file_id_code_faces"}
+    assert set(table.index) == want_names
+    for array in table.index:
+        values = np.concatenate([i[array] for i in items]).astype(np.float64).ravel()
+        row = table.loc[array]
+        assert row["count"] == values.size
+        assert row["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert row["std"] == pytest.approx(values.std(), rel=1e-12)
+        assert (row["min"], row["max"]) == (values.min(), values.max())
+        assert row["median"] == pytest.approx(np.median(values), rel=1e-12)
+        assert row["q25"] == pytest.approx(np.percentile(values, 25), rel=1e-12)
+        assert row["q75"] == pytest.approx(np.percentile(values, 75), rel=1e-12)
+    assert table["count"].dtype == np.int64
+    # One array read at a time, each once; the item codes not at all.
+    assert sorted(read) == sorted(f"faces/{a}" for a in want_names)
+    # Arrays named: in the order given, a single name too; num_nodes counts items.
+    named = explorer.compute_statistics("graph", ["num_nodes", "edges_source"])
+    assert named.index.tolist() == ["num_nodes", "edges_source"]
+    nodes = np.array([i["graph"]["num_nodes"] for i in items], dtype=np.float64)
+    assert named.loc["num_nodes", "count"] == len(items)
+    assert named.loc["num_nodes", "mean"] == pytest.approx(nodes.mean(), rel=1e-12)
+    one = explorer.compute_statistics("edges", "edge_lengths")
+    assert one.index.tolist() == ["edge_lengths"]
+    assert dict(one.loc["edge_lengths"].drop("count")) == explorer.get_array_statistics(
+        "edges", "edge_lengths"
+    )
+
+
+def test_compute_statistics_nan_strings_refusals_and_empty(
+    parts: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    flow, made = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        areas = np.concatenate([p["faces/face_areas"] for p in made]).astype(np.float64)
+        row = ex.compute_statistics("faces", ["face_areas"]).loc["face_areas"]
+        kept = areas[~np.isnan(areas)]
+        assert row["count"] == kept.size == areas.size - 1  # the NaN is not counted
+        assert row["mean"] == pytest.approx(kept.mean(), rel=1e-12)
+        # Booleans are numeric, as for get_array_statistics.
+        assert "flag" in ex.compute_statistics("Labels").index
+        for array, words in (
+            ("file_id_code_faces", "item code of each row"),
+            ("nope", "unknown array 'nope' in group 'faces'"),
+        ):
+            with pytest.raises(DatasetError, match=words):
+                ex.compute_statistics("faces", [array])
+        with pytest.raises(DatasetError, match="unknown group 'face'"):
+            ex.compute_statistics("face")
+        empty = ex.compute_statistics("faces", [])
+        assert empty.empty and list(empty.columns) == [
+            "mean",
+            "std",
+            "min",
+            "max",
+            "median",
+            "q25",
+            "q75",
+            "count",
+        ]
+    # A group of strings only: skipped when not named (no rows), refused when named.
+    files = [
+        write_arrays(tmp_path / f"s{k}.zarr", {"faces/x": np.arange(k + 1.0), "tags/tag": name})
+        for k, name in enumerate(("one", "two"))
+    ]
+    merge_items(files, tmp_path / "s.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "s.dataset") as ex:
+        assert ex.compute_statistics("tags").empty
+        with pytest.raises(DatasetError, match=r"tags/tag has dtype string, which is not numeric"):
+            ex.compute_statistics("tags", "tag")
+        with pytest.raises(DatasetError, match="tags/tag has dtype string"):
+            ex.get_array_statistics("tags", "tag")

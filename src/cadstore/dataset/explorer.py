@@ -1604,25 +1604,129 @@ class DatasetExplorer:
         which repeats it per graph edge, weights items by their edge count.
         """
         group, array = self._names(group, array, group_name, array_name)
+        return _summary(self._numeric_values(group, array))
+
+    def _is_numeric(self, group: str, array: str) -> bool:
+        """Whether ``group/array`` holds numbers (booleans, integers, floats), known from
+        its metadata without reading it."""
+        meta = self.reader.array_meta(group, array)
+        return not meta.is_string and np.dtype(meta.dtype).kind in _NUMERIC_KINDS
+
+    def _numeric_values(self, group: str, array: str) -> np.ndarray:
+        """Every value of ``group/array`` as float64, NaN left out: what the statistics
+        of :meth:`get_array_statistics` and :meth:`compute_statistics` are computed over.
+
+        The array is read whole (one array at a time); a per-item array counts each item
+        once.
+
+        Raises
+        ------
+        DatasetError
+            If the group or array is unknown, or the array is not numeric.
+        """
         self._check_array(group, array)
+        if not self._is_numeric(group, array):
+            meta = self.reader.array_meta(group, array)
+            dtype = "string" if meta.is_string else np.dtype(meta.dtype)
+            raise DatasetError(f"{group}/{array} has dtype {dtype}, which is not numeric")
         data = self.reader.read_array(group, array)
-        if data.dtype.kind not in "biuf":
-            raise DatasetError(f"{group}/{array} has dtype {data.dtype}, which is not numeric")
         values = data.astype(np.float64, copy=False).ravel()
-        values = values[~np.isnan(values)]
-        names = ("mean", "std", "min", "max", "median", "q25", "q75")
-        if values.size == 0:
-            return dict.fromkeys(names, float("nan"))
-        q25, median, q75 = np.percentile(values, [25, 50, 75])
-        return {
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-            "min": float(values.min()),
-            "max": float(values.max()),
-            "median": float(median),
-            "q25": float(q25),
-            "q75": float(q75),
+        kept: np.ndarray = values[~np.isnan(values)]
+        return kept
+
+    def compute_statistics(
+        self, group: str, arrays: str | Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """Return the summary statistics of every numeric array of ``group``, one row each.
+
+        The specified system's later documentation names this method without describing
+        it; it is :meth:`get_array_statistics` over many arrays, as a table.
+
+        Parameters
+        ----------
+        group
+            A group name.
+        arrays
+            The arrays (a name or names), in the order given. ``None``: every numeric
+            array of the group in its order, leaving out the non-numeric ones (strings)
+            and ``file_id_code_<group>`` (the item code of each row, not data).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by array name (the index is called ``array``); columns ``mean``,
+            ``std``, ``min``, ``max``, ``median``, ``q25``, ``q75`` (float64, as
+            :meth:`get_array_statistics` gives them: NaN values ignored, every statistic
+            NaN for an array without values) and ``count`` (int64, the values they were
+            computed over). No rows when the group has no numeric array or ``arrays`` is
+            empty.
+
+        Raises
+        ------
+        DatasetError
+            If the group is unknown, or an array named is unknown, not numeric or
+            ``file_id_code_<group>``.
+
+        Notes
+        -----
+        Arrays are read one at a time, each whole, as :meth:`get_array_statistics` reads
+        one: memory holds one array (and its float64 values), not the group.
+        """
+        import pandas as pd
+
+        self._check_group(group)
+        provenance = file_id_code_name(group)
+        if arrays is None:
+            names = [
+                a
+                for a in self._data_arrays(group)
+                if a != provenance and self._is_numeric(group, a)
+            ]
+        else:
+            names = list(dict.fromkeys([arrays] if isinstance(arrays, str) else arrays))
+            for array in names:
+                self._check_array(group, array)
+                if array == provenance:
+                    raise DatasetError(
+                        f"{group}/{array} is the item code of each row, not data: "
+                        "it has no statistics"
+                    )
+        rows: dict[str, list[float]] = {name: [] for name in _STATISTICS}
+        counts = []
+        for array in names:
+            values = self._numeric_values(group, array)
+            for name, value in _summary(values).items():
+                rows[name].append(value)
+            counts.append(values.size)
+        columns: dict[str, np.ndarray] = {
+            name: np.asarray(rows[name], dtype=np.float64) for name in _STATISTICS
         }
+        columns["count"] = np.asarray(counts, dtype=np.int64)
+        return pd.DataFrame(columns, index=pd.Index(names, dtype=object, name="array"))
+
+
+#: The dtype kinds whose statistics are computed: booleans, integers, floats.
+_NUMERIC_KINDS = "biuf"
+#: The statistics of one array, in the order :meth:`DatasetExplorer.get_array_statistics`
+#: gives them.
+_STATISTICS = ("mean", "std", "min", "max", "median", "q25", "q75")
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    """The statistics :data:`_STATISTICS` of ``values`` (float64 without NaN); NaN each
+    when there are none."""
+    if values.size == 0:
+        return dict.fromkeys(_STATISTICS, float("nan"))
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "median": float(median),
+        "q25": float(q25),
+        "q75": float(q75),
+    }
 
 
 def _categories_of(key: str, dtype: np.dtype, given: Any) -> np.ndarray:
