@@ -1033,6 +1033,90 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
     return root / "p.flow", _generated_parts(root)
 
 
+def test_filter_files_by_metadata(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
+    metas = _metas(realistic_items)
+    labels = [m["file_label"] for m in metas]
+    sizes = [m["size_cadfile"] for m in metas]
+    middle = sorted(sizes)[len(sizes) // 2]
+
+    def codes(keep: Any) -> list[int]:
+        return [c for c, m in enumerate(metas) if keep(m)]
+
+    got = explorer.filter_files_by_metadata(file_label=labels[0])
+    assert got.dtype == explorer.get_file_list("faces", lambda ds: ds["face_types"] >= 0).dtype
+    assert got.tolist() == codes(lambda m: m["file_label"] == labels[0])
+    for members in (
+        [labels[0], labels[3]],
+        (labels[0], labels[3]),
+        {labels[0], labels[3]},
+        np.array([labels[0], labels[3]]),
+    ):
+        got = explorer.filter_files_by_metadata(file_label=members)
+        assert got.tolist() == codes(lambda m: m["file_label"] in (labels[0], labels[3]))
+    got = explorer.filter_files_by_metadata(size_cadfile=lambda s: s > middle)
+    assert got.tolist() == codes(lambda m: m["size_cadfile"] > middle)
+    got = explorer.filter_files_by_metadata(lambda info: info["size_cadfile"] <= middle)
+    assert got.tolist() == codes(lambda m: m["size_cadfile"] <= middle)
+    # Everything given is ANDed.
+    category = metas[0]["category"]
+    got = explorer.filter_files_by_metadata(
+        lambda info: info["size_cadfile"] <= middle,
+        category=category,
+        file_label=lambda s: s != labels[1],
+    )
+    want = codes(
+        lambda m: (
+            m["size_cadfile"] <= middle
+            and m["category"] == category
+            and m["file_label"] != labels[1]
+        )
+    )
+    assert got.tolist() == want
+    # No condition: every part; none matching: an empty int64 array.
+    assert explorer.filter_files_by_metadata().tolist() == list(range(len(metas)))
+    empty = explorer.filter_files_by_metadata(file_label=-12345)
+    assert empty.dtype == np.int64 and empty.tolist() == []
+    assert explorer.filter_files_by_metadata(file_label=[]).tolist() == []
+
+
+def test_filter_files_by_metadata_missing_values(parts: tuple[Path, list[dict[str, Any]]]) -> None:
+    flow, made = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        lacking = [k for k, p in enumerate(made) if "material" not in p]
+        assert ex.filter_files_by_metadata(material=None).tolist() == lacking == [5]
+        assert ex.filter_files_by_metadata(material=float("nan")).tolist() == lacking
+        steel = [k for k, p in enumerate(made) if p.get("material") == "steel"]
+        assert ex.filter_files_by_metadata(material="steel").tolist() == steel
+        heavy = [k for k, p in enumerate(made) if p["mass"] > 3 and "material" in p]
+        got = ex.filter_files_by_metadata(mass=lambda s: s > 3, material=lambda s: s.notna())
+        assert got.tolist() == heavy
+
+
+def test_filter_files_by_metadata_refusals(explorer: DatasetExplorer) -> None:
+    from cadstore.errors import KeyNotFoundError
+
+    with pytest.raises(KeyNotFoundError) as unknown:
+        explorer.filter_files_by_metadata(file_label=1, file_lable=1)
+    assert isinstance(unknown.value, KeyError)
+    assert "'file_lable'" in str(unknown.value) and "'file_label'" in str(unknown.value)
+    assert "'size_cadfile'" in str(unknown.value)  # the columns are listed
+    with pytest.raises(DatasetError, match=r"where must be a callable.*got str"):
+        explorer.filter_files_by_metadata("file_label == 1")  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match=r"where\(\) must give a boolean mask"):
+        explorer.filter_files_by_metadata(lambda info: info["file_label"])
+    with pytest.raises(DatasetError, match=r"condition on 'file_label' gave \(3,\) values"):
+        explorer.filter_files_by_metadata(file_label=lambda s: s.to_numpy()[:3] > 0)
+    # The infoset is given as a copy: changing it changes nothing.
+    before = explorer.get_file_info_all()
+
+    def meddle(info: pd.DataFrame) -> Any:
+        info["file_label"] = -1
+        return info["file_label"] == -1
+
+    assert len(explorer.filter_files_by_metadata(meddle)) == len(before)
+    pd.testing.assert_frame_equal(explorer.get_file_info_all(), before)
+
+
 def test_compute_statistics(
     explorer: DatasetExplorer, realistic_items: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,13 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from cadstore.dataset.reader import DatasetReader, whole_number
-from cadstore.errors import CadstoreError, CadstoreWarning, CorruptStoreError, DatasetError
+from cadstore.errors import (
+    CadstoreError,
+    CadstoreWarning,
+    CorruptStoreError,
+    DatasetError,
+    KeyNotFoundError,
+)
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
 from cadstore.io.location import Location, resolve
@@ -1528,6 +1534,82 @@ class DatasetExplorer:
             out[column] = frame[column].fillna("").astype(str) if column in frame.columns else ""
         return out.reset_index(drop=True)
 
+    def filter_files_by_metadata(
+        self, where: Callable[[pd.DataFrame], Any] | None = None, **conditions: Any
+    ) -> np.ndarray:
+        """Return the file id codes of the items whose ``.infoset`` row matches.
+
+        The specified system's later documentation names this method without describing
+        it; it is :meth:`get_file_list` over the infoset instead of a group.
+
+        Parameters
+        ----------
+        where
+            ``where(info)`` gets the infoset (as :meth:`get_file_info_all` returns it, a
+            copy) and returns a boolean mask over its rows (a ``Series``, or an array),
+            e.g. ``lambda info: info["size_cadfile"] > 10_000``.
+        **conditions
+            ``column=value``: the column equals ``value`` (``None`` or NaN select the
+            rows where the column is missing); ``column=[v1, v2]`` (a list, tuple, set,
+            range or 1-D array): the column is one of them; ``column=callable``: the
+            callable gets the column (a ``Series``) and returns a boolean mask, e.g.
+            ``subset=lambda s: s.str.startswith("tr")``. A column called ``where`` is
+            tested through ``where``.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 file id codes, sorted, without duplicates, of the rows matching
+            ``where`` and every condition (every row when none is given; empty when none
+            matches), as :meth:`get_file_list` returns them.
+
+        Raises
+        ------
+        KeyNotFoundError
+            If a condition names a column the infoset does not have (a ``KeyError``),
+            naming it and listing the columns; nothing is evaluated then.
+        DatasetError
+            If the explorer has no infoset, ``where`` is not callable, or a mask is not
+            boolean or does not have one value per row.
+
+        Examples
+        --------
+        >>> explorer.filter_files_by_metadata(subset="train", file_label=[1, 3])  # doctest: +SKIP
+        array([0, 4, 7])
+        """
+        if where is not None and not callable(where):
+            raise DatasetError(
+                "where must be a callable taking the infoset (a pandas.DataFrame) and "
+                "returning a boolean mask, e.g. lambda info: info['file_label'] == 3; got "
+                f"{type(where).__name__} {where!r}"
+            )
+        info = self.get_file_info_all()
+        unknown = [column for column in conditions if column not in info.columns]
+        if unknown:
+            raise KeyNotFoundError(
+                unknown[0],
+                f"unknown infoset column {unknown[0]!r}; the infoset has columns "
+                f"{list(map(str, info.columns))}",
+            )
+        keep = np.ones(len(info), dtype=bool)
+        if where is not None:
+            keep &= _row_mask(where(info), info, "where()")
+        for column, value in conditions.items():
+            series = info[column]
+            if callable(value):
+                keep &= _row_mask(value(series), info, f"the condition on {column!r}")
+            elif isinstance(value, list | tuple | set | frozenset | range | np.ndarray):
+                members = (
+                    list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else value
+                )
+                keep &= series.isin(list(members)).to_numpy(dtype=bool)
+            elif value is None or (isinstance(value, float) and np.isnan(value)):
+                keep &= series.isna().to_numpy(dtype=bool)
+            else:
+                keep &= _row_mask(series == value, info, f"{column} == {value!r}")
+        codes = info["id"].to_numpy()[keep]
+        return np.unique(codes).astype(np.int64)
+
     # ------------------------------------------------------------------ summaries
     def table_of_contents(self) -> str:
         """Return the text :meth:`print_table_of_contents` prints.
@@ -1703,6 +1785,36 @@ class DatasetExplorer:
         }
         columns["count"] = np.asarray(counts, dtype=np.int64)
         return pd.DataFrame(columns, index=pd.Index(names, dtype=object, name="array"))
+
+
+def _row_mask(result: Any, frame: pd.DataFrame, what: str) -> np.ndarray:
+    """``result`` (of a callable given ``frame`` or one of its columns) as a boolean mask
+    over ``frame``'s rows. A ``Series`` is aligned on ``frame``'s index when it holds the
+    same labels in another order; pandas' missing booleans (``pd.NA``) do not match.
+
+    Raises
+    ------
+    DatasetError
+        If it is not boolean or has not one value per row, naming ``what``.
+    """
+    import pandas as pd
+
+    if isinstance(result, pd.Series):
+        if not result.index.equals(frame.index) and result.index.sort_values().equals(frame.index):
+            result = result.reindex(frame.index)
+        if result.dtype == "boolean":
+            result = result.fillna(False)
+        mask: np.ndarray = result.to_numpy()
+    else:  # an array, or an xarray.DataArray
+        mask = np.asarray(getattr(result, "values", result))
+    if mask.dtype != bool:
+        raise DatasetError(f"{what} must give a boolean mask, got dtype {mask.dtype}")
+    if mask.shape != (len(frame),):
+        raise DatasetError(
+            f"{what} gave {mask.shape} values but the infoset has {len(frame)} rows: "
+            "give one boolean per row"
+        )
+    return mask
 
 
 #: The dtype kinds whose statistics are computed: booleans, integers, floats.
