@@ -1033,6 +1033,189 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
     return root / "p.flow", _generated_parts(root)
 
 
+def _face_rows(parts: list[dict[str, Any]], key: str, missing: Any = np.nan) -> list[Any]:
+    """Each face's part's ``key`` (``missing`` for a part without it), face by face."""
+    return [part.get(key, missing) for part in parts for _ in range(len(part["faces/face_areas"]))]
+
+
+def _backend(array: Any) -> Any:
+    """The backend array below xarray's lazy wrappers of ``array`` (a DataArray)."""
+    node = array.variable._data
+    while hasattr(node, "array"):
+        node = node.array
+    return node
+
+
+def test_query_cross_group_joins_each_parts_row_onto_its_faces(
+    parts: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    flow, made = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        faces = ex.get_group_data("faces")
+        joined = ex.query_cross_group("faces", "Labels")
+        # The faces' own arrays are those of the group, read by the same backend array,
+        # and nothing of them was read.
+        assert _backend(joined["face_areas"]) is _backend(faces["face_areas"])
+        assert not isinstance(joined["face_areas"].variable._data, np.ndarray)
+        assert not isinstance(faces["face_areas"].variable._data.array, np.ndarray)
+        assert "part_label" not in ex.get_group_data("faces")  # the cached group unchanged
+        # A part without a Labels row gets NaN: integers and booleans become float64.
+        labels = [float(v[0]) for v in _face_rows(made, "Labels/part_label", [np.nan])]
+        assert not isinstance(joined["part_label"].variable._data, np.ndarray)  # lazy
+        assert joined["part_label"].dtype == np.float64
+        np.testing.assert_array_equal(joined["part_label"].values, labels)
+        np.testing.assert_array_equal(joined["part_label"][2:6].values, labels[2:6])
+        np.testing.assert_array_equal(
+            joined["part_label"].isel(face=[7, 0, 7]).values, [labels[7], labels[0], labels[7]]
+        )
+        flags = [float(v[0]) for v in _face_rows(made, "Labels/flag", [np.nan])]
+        assert joined["flag"].dtype == np.float64
+        np.testing.assert_array_equal(joined["flag"].values, flags)
+        weights = [v[0] for v in _face_rows(made, "Labels/weight", [np.nan])]
+        assert joined["weight"].dtype == np.float64
+        np.testing.assert_array_equal(joined["weight"].values, weights)
+        # Names the faces have take the group's prefix, as does a trailing dimension
+        # the faces use with another length.
+        np.testing.assert_array_equal(
+            joined["face_types"].values, np.concatenate([p["faces/face_types"] for p in made])
+        )
+        types = [float(v[0]) for v in _face_rows(made, "Labels/face_types", [np.nan])]
+        np.testing.assert_array_equal(joined["Labels_face_types"].values, types)
+        centroids = joined["Labels_face_centroids"]
+        assert centroids.dims == ("face", "Labels_face_centroids_dim_1")
+        assert joined["face_centroids"].dims == ("face", "face_centroids_dim_1")
+        rows = _face_rows(made, "Labels/face_centroids", np.full((1, 4), np.nan))
+        np.testing.assert_array_equal(centroids.values, np.concatenate(rows))
+        assert joined.sizes == {
+            "face": sum(_PART_FACES),
+            "face_centroids_dim_1": 3,
+            "Labels_face_centroids_dim_1": 4,
+        }
+        # A group of per-item values only holds one per part: no fill, the dtype kept.
+        holes = ex.query_cross_group("faces", "n_holes")["n_holes"]
+        assert holes.dtype == np.int32
+        np.testing.assert_array_equal(holes.values, _face_rows(made, "n_holes"))
+        # Onto a group of per-item values only: one row per part, on ``item``.
+        per_part = ex.query_cross_group("n_holes", "Labels")
+        assert per_part["part_label"].dims == ("item",)
+        np.testing.assert_array_equal(
+            per_part["part_label"].values,
+            [np.nan if k in _UNLABELLED else 10 + k for k in range(6)],
+        )
+
+
+def test_query_cross_group_keeps_the_dtype_when_every_row_has_a_value(
+    parts: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    """Labels onto itself: every row's part has its row, so no fill and no promotion."""
+    flow, made = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        joined = ex.query_cross_group("Labels", "Labels")
+        labelled = [p for k, p in enumerate(made) if k not in _UNLABELLED]
+        assert joined["Labels_part_label"].dtype == np.int32
+        assert joined["Labels_flag"].dtype == np.bool_
+        np.testing.assert_array_equal(
+            joined["Labels_part_label"].values, [p["Labels/part_label"][0] for p in labelled]
+        )
+        np.testing.assert_array_equal(
+            joined["Labels_flag"].values, [p["Labels/flag"][0] for p in labelled]
+        )
+
+
+def test_query_cross_group_refusals_name_what_is_wrong(
+    parts: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    flow, _ = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        # Several rows of one part: the group, the first such part's code, what to do.
+        with pytest.raises(DatasetError) as several:
+            ex.query_cross_group("Labels", "faces")
+        assert isinstance(several.value, ValueError)
+        message = str(several.value)
+        assert "'faces' holds 3 rows for file id code 0" in message
+        assert "aggregate 'faces' to one row per item first" in message
+        # Unknown groups: the error get_group_data raises.
+        with pytest.raises(DatasetError) as expected:
+            ex.get_group_data("Label")
+        for call in (
+            lambda: ex.query_cross_group("Label", "Labels"),
+            lambda: ex.query_cross_group("faces", "Label"),
+        ):
+            with pytest.raises(DatasetError) as got:
+                call()
+            assert str(got.value) == str(expected.value)
+        with pytest.raises(DatasetError) as strategy:
+            ex.query_cross_group("faces", "Labels", join_strategy="name")
+        assert isinstance(strategy.value, ValueError)
+        assert "'name'" in str(strategy.value) and "'file_id_code'" in str(strategy.value)
+        # Nothing was left behind: the faces are as they were.
+        assert set(ex.get_group_data("faces").data_vars) == {
+            "face_areas",
+            "face_types",
+            "face_centroids",
+            "file_id_code_faces",
+        }
+
+
+def test_query_cross_group_refuses_a_fill_that_would_round_integers(tmp_path: Path) -> None:
+    """A part without a row needs NaN; an integer beyond 2**53 would be rounded in
+    float64, so the join is refused, naming the array and the value."""
+    files = [
+        write_arrays(
+            tmp_path / "a.zarr", {"faces/x": np.arange(2.0), "Labels/big": np.array([2**60])}
+        ),
+        write_arrays(tmp_path / "b.zarr", {"faces/x": np.arange(3.0)}),
+    ]
+    merge_items(files, tmp_path / "big.dataset")
+    with (
+        DatasetExplorer(merged_store_path=tmp_path / "big.dataset") as ex,
+        pytest.raises(DatasetError, match=rf"Labels/big: .*{2**60} is beyond"),
+    ):
+        ex.query_cross_group("faces", "Labels")
+
+
+def test_query_cross_group_of_a_group_without_rows(tmp_path: Path) -> None:
+    files = [
+        write_arrays(
+            tmp_path / f"e{k}.zarr",
+            {"faces/x": np.zeros(0, dtype=np.float32), "Labels/y": np.array([k], np.int32)},
+        )
+        for k in range(2)
+    ]
+    merge_items(files, tmp_path / "empty.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "empty.dataset") as ex:
+        joined = ex.query_cross_group("faces", "Labels")
+        assert joined.sizes["face"] == 0
+        assert joined["y"].values.tolist() == []
+        assert joined["y"].dtype == np.int32  # no row lacks a value
+
+
+def test_query_cross_group_is_dask_backed_with_a_cluster(
+    parts: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    """With a cluster the faces are Dask-backed, and so are the joined arrays, in the
+    faces' chunks; computed through the cluster or Dask's threads."""
+    pytest.importorskip("distributed")
+    import dask
+
+    flow, made = parts
+    params = {"start_cluster": True, "processes": False, "n_workers": 1}
+    params |= {"threads_per_worker": 1, "dashboard_address": None}
+    with DatasetExplorer(flow_output_file=flow, dask_client_params=params) as ex:
+        joined = ex.query_cross_group("faces", "Labels")
+        assert joined["face_areas"].chunks is not None
+        assert joined["part_label"].chunks == joined["face_areas"].chunks
+        labels = [float(v[0]) for v in _face_rows(made, "Labels/part_label", [np.nan])]
+        for scheduler in (None, "threads"):
+            with dask.config.set(scheduler=scheduler):
+                done = joined.compute()
+                np.testing.assert_array_equal(done["part_label"].values, labels)
+                np.testing.assert_array_equal(
+                    done["face_areas"].values,
+                    np.concatenate([p["faces/face_areas"] for p in made]),
+                )
+
+
 def test_filter_files_by_metadata(explorer: DatasetExplorer, realistic_items: list[Any]) -> None:
     metas = _metas(realistic_items)
     labels = [m["file_label"] for m in metas]

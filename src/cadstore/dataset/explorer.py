@@ -203,16 +203,73 @@ def _per_row_array_class() -> type:
             self.shape = (int(reader.offsets(group)[-1]), *(int(n) for n in trailing))
 
         def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray | np.generic:
-            first = key[0] if key else slice(None)
-            rows = np.arange(self.shape[0])[first]
-            offsets = self.reader.offsets(self.group)
-            codes = np.searchsorted(offsets, rows, side="right") - 1
-            picked = self.reader.read_array(self.group, self.array)[codes]
-            rest = key[1:] if np.ndim(rows) == 0 else (slice(None), *key[1:])
-            values: np.ndarray | np.generic = picked[rest]
-            return values
+            per_item = self.reader.read_array(self.group, self.array)
+            return _per_item_rows(per_item, self.reader.offsets(self.group), key)
 
     return PerRowArray
+
+
+def _items_of_rows(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The item code of each of ``rows``, item ``c`` owning rows
+    ``offsets[c]:offsets[c + 1]`` (rows are in code order, so a binary search finds it;
+    an item without rows owns none)."""
+    codes: np.ndarray = np.searchsorted(offsets, rows, side="right") - 1
+    return codes
+
+
+def _per_item_rows(
+    per_item: np.ndarray, offsets: np.ndarray, key: tuple[Any, ...]
+) -> np.ndarray | np.generic:
+    """``key`` (basic indexing) of ``per_item``, one value per item, presented once per
+    row of each item (``offsets`` as in :func:`_items_of_rows`): only the rows asked for
+    are made."""
+    first = key[0] if key else slice(None)
+    rows = np.arange(int(offsets[-1]))[first]
+    picked = per_item[_items_of_rows(offsets, rows)]
+    rest = key[1:] if np.ndim(rows) == 0 else (slice(None), *key[1:])
+    values: np.ndarray | np.generic = picked[rest]
+    return values
+
+
+@functools.cache
+def _joined_array_class() -> type:
+    """Return the xarray backend class of a joined group's values (see
+    :meth:`DatasetExplorer.query_cross_group`); built on first use so xarray loads
+    lazily."""
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class JoinedArray(BackendArray):
+        """One value per item (``table``), presented once per row of another group.
+
+        Holds no reader, only the per-item values and the rows' offsets, so a Dask task
+        indexing it travels to a cluster's workers as it is. Only the rows asked for are
+        made.
+
+        Parameters
+        ----------
+        table
+            The values by item code, ``(n_items, ...)``.
+        offsets
+            Item ``c`` owns rows ``offsets[c]:offsets[c + 1]`` of the group joined onto.
+        """
+
+        def __init__(self, table: np.ndarray, offsets: np.ndarray) -> None:
+            self.table = table
+            self.offsets = offsets
+            self.shape = (int(offsets[-1]), *table.shape[1:])
+            self.dtype = table.dtype
+
+        def __getitem__(self, key: Any) -> np.ndarray | np.generic:
+            values: np.ndarray | np.generic = indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, self._raw_getitem
+            )
+            return values
+
+        def _raw_getitem(self, key: tuple[Any, ...]) -> np.ndarray | np.generic:
+            return _per_item_rows(self.table, self.offsets, key)
+
+    return JoinedArray
 
 
 #: What zarr-python lets out when a stored chunk is damaged: zipfile's ``BadZipFile`` (a
@@ -350,17 +407,23 @@ def _dask_backed(found: xr.Dataset, names: Iterable[str], group: str) -> xr.Data
     array (pickled with it to a cluster's workers). Names are random, as nothing
     outside this dataset may share its tasks.
     """
-    import uuid
-
     data_vars = set(found.data_vars)
     chunked: dict[str, dict[str, Any]] = {"data": {}, "coords": {}}
     for name in names:
         variable = found.variables[name]
         preferred = variable.encoding.get("preferred_chunks", {})
-        key = f"cadstore-{group}-{name}-{uuid.uuid4().hex}"
-        lazy = variable.chunk(preferred, from_array_kwargs={"name": key})
+        lazy = _as_dask(variable, preferred, f"{group}-{name}")
         chunked["data" if name in data_vars else "coords"][name] = lazy
     return found.assign_coords(chunked["coords"]).assign(chunked["data"])
+
+
+def _as_dask(variable: xr.Variable, chunks: Mapping[str, Any], label: str) -> xr.Variable:
+    """``variable`` Dask-backed in ``chunks`` (by dimension), its Dask name made of
+    ``label`` and a random part, as nothing outside this explorer may share its tasks."""
+    import uuid
+
+    key = f"cadstore-{label}-{uuid.uuid4().hex}"
+    return variable.chunk(dict(chunks), from_array_kwargs={"name": key})
 
 
 @functools.cache
@@ -647,12 +710,17 @@ class DatasetExplorer:
         it. A group of per-item arrays only (its ``file_id_code_<group>`` has no rows)
         keeps them on the ``item`` dimension.
         """
-        arrays = self._data_arrays(group)
-        per_item = [a for a in arrays if self.reader.is_per_item(group, a)]
-        codes = file_id_code_name(group)
-        if not any(a not in per_item and a != codes for a in arrays):
+        if not self._has_rows(group):
             return []
-        return per_item
+        return [a for a in self._data_arrays(group) if self.reader.is_per_item(group, a)]
+
+    def _has_rows(self, group: str) -> bool:
+        """Whether ``group`` has arrays of rows on its primary dimension (besides
+        ``file_id_code_<group>``), rather than per-item arrays only."""
+        codes = file_id_code_name(group)
+        return any(
+            a != codes and not self.reader.is_per_item(group, a) for a in self._data_arrays(group)
+        )
 
     def _presented(self, group: str, array: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """Shape and dims of ``group/array`` as the explorer presents it."""
@@ -967,9 +1035,7 @@ class DatasetExplorer:
                 f"where() returned {len(mask)} values but group {group!r} has "
                 f"{int(offsets[-1])} rows on {primary!r}"
             )
-        # Rows are in code order, so a row index maps to its item by a binary search.
-        rows = np.flatnonzero(mask)
-        codes = np.searchsorted(offsets, rows, side="right") - 1
+        codes = _items_of_rows(offsets, np.flatnonzero(mask))
         return np.unique(codes).astype(np.int64)
 
     def file_dataset(self, file_id_code: int, group: str) -> xr.Dataset:
@@ -1032,6 +1098,146 @@ class DatasetExplorer:
                 "primary_dimension": self.reader.primary_dimension(group),
             },
         )
+
+    def query_cross_group(
+        self, primary_group: str, secondary_group: str, join_strategy: str = "file_id_code"
+    ) -> xr.Dataset:
+        """Return the rows of ``primary_group`` with the variables of ``secondary_group``
+        joined on each row's item, e.g. a part's label beside each of its faces.
+
+        The specified system's later documentation names this method without describing
+        it; cadstore joins as described here.
+
+        Parameters
+        ----------
+        primary_group
+            The group whose rows are kept (``"faces"``).
+        secondary_group
+            The group joined (``"Labels"``): at most one row per item (a group of
+            per-item values only holds one value per item). A group with several rows
+            for an item is refused; aggregate it to one row per item first.
+        join_strategy
+            How rows meet: only ``"file_id_code"`` (the item each row belongs to, as
+            ``file_id_code_<group>`` gives it) is supported.
+
+        Returns
+        -------
+        xarray.Dataset
+            :meth:`get_group_data` of ``primary_group``, lazy as it is (Dask-backed when
+            a cluster was requested; nothing of it is read here), with every array of
+            ``secondary_group`` but ``file_id_code_<secondary_group>`` added on the
+            primary group's row dimension (``item`` for a group of per-item values
+            only), its trailing dimensions kept. A joined array whose name the primary
+            group has is called ``<secondary_group>_<name>``, and a trailing dimension
+            whose name the primary group uses with another length
+            ``<secondary_group>_<dimension>``. The joined arrays are lazy too: each is
+            made, for the rows read, from the secondary group's values by item, which
+            are read here (one row per item, so at most ``n_items`` rows).
+
+            A row whose item has no row in ``secondary_group`` gets a fill: NaN for
+            floats; for integers and booleans, which cannot hold NaN, the array is
+            promoted to float64 with NaN (integers beyond 2**53, which float64 would
+            round, are refused), but only when some such row exists, else it keeps its
+            dtype; ``None`` for strings.
+
+        Raises
+        ------
+        DatasetError
+            If ``join_strategy`` is not supported (naming it and the supported one), a
+            group is unknown (as :meth:`get_group_data` raises it), ``secondary_group``
+            holds several rows for an item (naming the group and the item's code), an
+            integer array needing a fill holds a value float64 cannot hold exactly, or
+            a joined array's name is taken in its prefixed form as well.
+
+        Examples
+        --------
+        >>> faces = explorer.query_cross_group("faces", "Labels")  # doctest: +SKIP
+        >>> faces["part_label"].values  # each face's part label  # doctest: +SKIP
+        """
+        import xarray as xr
+        from xarray.core import indexing
+
+        if join_strategy != _JOIN_ON_FILE:
+            raise DatasetError(
+                f"unknown join_strategy {join_strategy!r}; the supported strategies are "
+                f"{[_JOIN_ON_FILE]}"
+            )
+        self._check_group(primary_group)
+        self._check_group(secondary_group)
+        primary = self.get_group_data(primary_group)
+        n = self.n_items
+        if self._has_rows(primary_group):
+            row_dim = self.reader.primary_dimension(primary_group)
+            row_offsets = self.reader.offsets(primary_group)
+        else:
+            row_dim, row_offsets = ITEM_DIM, np.arange(n + 1, dtype=np.int64)
+        tables = self._by_item(secondary_group)
+        has_primary_rows = np.diff(row_offsets) > 0
+        dims_taken = {str(d): size for d, size in primary.sizes.items()}
+        chunks = _row_chunks(primary, row_dim) if self._dask_client is not None else None
+        joined: dict[str, Any] = {}
+        for array, (table, present, trailing) in tables.items():
+            name = array if array not in primary.variables else f"{secondary_group}_{array}"
+            if name in primary.variables or name in joined:
+                raise DatasetError(
+                    f"cannot join {secondary_group}/{array}: {primary_group} has {array!r} "
+                    f"and {name!r} too"
+                )
+            if bool(np.any(has_primary_rows & ~present)):
+                table = _with_fill(table, present, f"{secondary_group}/{array}")
+            dims = [row_dim]
+            for dim, size in zip(trailing, table.shape[1:], strict=True):
+                if dims_taken.get(dim, size) != size or dim == row_dim:
+                    dim = f"{secondary_group}_{dim}"
+                dims.append(dim)
+            backend = _joined_array_class()(table, row_offsets)
+            variable = xr.Variable(tuple(dims), indexing.LazilyIndexedArray(backend))
+            if chunks is not None:
+                variable = _as_dask(variable, {row_dim: chunks}, f"{secondary_group}-{array}")
+            joined[name] = variable
+        return primary.assign(joined)
+
+    def _by_item(self, group: str) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
+        """The arrays of ``group`` (but its ``file_id_code``) by item, for
+        :meth:`query_cross_group`: ``{array: (values, present, trailing dims)}``,
+        ``values`` of shape ``(n_items, ...)`` (the array's own dtype; what is there for
+        an item not ``present`` is undefined), ``present`` whether the item has a row.
+
+        Raises
+        ------
+        DatasetError
+            If an item has several rows in ``group``, naming the group and its code.
+        """
+        n = self.n_items
+        if self._has_rows(group):
+            counts = np.diff(self.reader.offsets(group))
+            several = np.flatnonzero(counts > 1)
+            if several.size:
+                code = int(several[0])
+                more = several.size - 1
+                others = f" (and {more} other item{'s' * (more > 1)})" if more else ""
+                raise DatasetError(
+                    f"group {group!r} holds {int(counts[code])} rows for file id code {code} "
+                    f"({self.reader.item_names[code]!r}){others}; query_cross_group joins at "
+                    f"most one row per item: aggregate {group!r} to one row per item first"
+                )
+            present = counts == 1
+        else:
+            present = np.ones(n, dtype=bool)
+        provenance = file_id_code_name(group)
+        tables = {}
+        for array in self._data_arrays(group):
+            if array == provenance:
+                continue
+            values = self.reader.read_array(group, array)
+            trailing = tuple(str(d) for d in self.reader.array_meta(group, array).dims[1:])
+            if not self.reader.is_per_item(group, array):
+                # One row per present item, in code order.
+                by_item = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+                by_item[present] = values
+                values = by_item
+            tables[array] = (values, present, trailing)
+        return tables
 
     # ------------------------------------------------------------------ keys
     def _locate_key(self, key: str, group: str | None) -> tuple[str, str | None]:
@@ -1785,6 +1991,58 @@ class DatasetExplorer:
         }
         columns["count"] = np.asarray(counts, dtype=np.int64)
         return pd.DataFrame(columns, index=pd.Index(names, dtype=object, name="array"))
+
+
+#: The join of :meth:`DatasetExplorer.query_cross_group`: rows meet on their item.
+_JOIN_ON_FILE = "file_id_code"
+#: Integers float64 holds exactly: a fill of NaN may promote integers within these.
+_EXACT_IN_FLOAT64 = 2**53
+
+
+def _row_chunks(ds: xr.Dataset, dim: str) -> tuple[int, ...] | None:
+    """The Dask chunks of ``ds`` on ``dim``: those of its first Dask-backed variable on
+    it; ``None`` when none is Dask-backed."""
+    for variable in ds.variables.values():
+        if variable.chunks is not None and dim in variable.dims:
+            return tuple(int(c) for c in variable.chunksizes[dim])
+    return None
+
+
+def _with_fill(values: np.ndarray, present: np.ndarray, name: str) -> np.ndarray:
+    """``values`` by item with the items not ``present`` filled: NaN for floats (and for
+    integers and booleans, promoted to float64), NaT for times, ``None`` for the rest
+    (strings, as objects).
+
+    Raises
+    ------
+    DatasetError
+        If an integer present is one float64 would round (beyond 2**53), naming ``name``.
+    """
+    kind = values.dtype.kind
+    if kind in "fc":
+        out = values.copy()
+        out[~present] = np.nan
+        return out
+    if kind in "iub":
+        held = values[present]
+        if kind in "iu" and held.size:
+            low, high = int(held.min()), int(held.max())
+            if low < -_EXACT_IN_FLOAT64 or high > _EXACT_IN_FLOAT64:
+                value = low if low < -_EXACT_IN_FLOAT64 else high
+                raise DatasetError(
+                    f"{name}: items without a row need a fill (NaN, promoting the integers "
+                    f"to float64), but {value} is beyond what float64 holds exactly (2**53)"
+                )
+        out = values.astype(np.float64)
+        out[~present] = np.nan
+        return out
+    if kind in "mM":
+        out = values.copy()
+        out[~present] = np.datetime64("NaT") if kind == "M" else np.timedelta64("NaT")
+        return out
+    out = values.astype(object)
+    out[~present] = None
+    return out
 
 
 def _row_mask(result: Any, frame: pd.DataFrame, what: str) -> np.ndarray:
