@@ -1174,6 +1174,23 @@ def test_query_cross_group_refuses_a_fill_that_would_round_integers(tmp_path: Pa
         ex.query_cross_group("faces", "Labels")
 
 
+def test_query_cross_group_fills_strings_with_none(tmp_path: Path) -> None:
+    """A string a part keeps once (``Labels/title``, beside its label row) is joined too;
+    a part without a Labels row gets ``None``."""
+    files = [
+        write_arrays(
+            tmp_path / "a.zarr",
+            {"faces/x": np.arange(2.0), "Labels/y": np.array([7]), "Labels/title": "alpha"},
+        ),
+        write_arrays(tmp_path / "b.zarr", {"faces/x": np.arange(1.0)}),
+    ]
+    merge_items(files, tmp_path / "titles.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "titles.dataset") as ex:
+        joined = ex.query_cross_group("faces", "Labels")
+        assert joined["title"].values.tolist() == ["alpha", "alpha", None]
+        np.testing.assert_array_equal(joined["y"].values, [7.0, 7.0, np.nan])
+
+
 def test_query_cross_group_of_a_group_without_rows(tmp_path: Path) -> None:
     files = [
         write_arrays(
