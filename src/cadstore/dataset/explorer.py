@@ -22,7 +22,11 @@ Differences from the specified behaviour, all deliberate:
   specified store holds it, except in distributions and statistics, which count items
   (see ``docs/format.md``);
 * the ``item_offsets`` index of each group is an implementation detail and is not listed
-  among a group's arrays.
+  among a group's arrays;
+* :meth:`DatasetExplorer.query_cross_group`, :meth:`DatasetExplorer.filter_files_by_metadata`
+  and :meth:`DatasetExplorer.compute_statistics`, which the specified system's later
+  documentation names without describing, do what their docstrings say (see
+  ``docs/explorer.md``).
 
 Examples
 --------
