@@ -362,6 +362,57 @@ def test_qualified_dimension_names_are_distinct_in_any_order() -> None:
     assert again == named
 
 
+def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Path) -> None:
+    """xarray takes a variable named as a dimension of its group for a coordinate. The
+    schema declares ``face_centroids`` on ``coordinate`` (3 long) and an array
+    ``coordinate`` along ``face``: the merger kept the name ``coordinate`` for both, and
+    xarray listed the array among the coordinates, not the data. A trailing name spelt as
+    an array of the group is qualified by its array (``face_centroids_coordinate``), as a
+    name of two lengths is. An array named as the primary dimension is a coordinate by
+    xarray's rule, an index when it is 1-D along it (``face``), values as stored; the
+    reader and the explorer present the names the file has."""
+    from cadstore.dataset import DatasetExplorer
+
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_centroids", ["face", "coordinate"], "float32")
+    faces.create_array("coordinate", ["face"], "float32")
+    faces.create_array("face", ["face"], "int32")
+    schema = builder.build()
+    rng = np.random.default_rng(1)
+    files, rows = [], []
+    for n, count in enumerate((3, 2)):
+        arrays = {
+            "face_centroids": rng.random((count, 3)).astype(np.float32),
+            "coordinate": rng.random(count).astype(np.float32),
+            "face": np.arange(count, dtype=np.int32) + 10 * n,
+        }
+        rows.append(arrays)
+        path = tmp_path / f"p{n}.zarr"
+        with OptStorage(path) as storage:
+            storage.set_schema(schema)
+            for key, value in arrays.items():
+                storage.save_data(key, value)
+            storage.compress_store()
+        files.append(f"{path}.data")
+    out = tmp_path / "x.dataset"
+    merge_items(files, out)
+    expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    with _store(out) as store:
+        ds = xr.open_zarr(store, group="faces")
+        assert ds["face_centroids"].dims == ("face", "face_centroids_coordinate")
+        assert "coordinate" in ds.data_vars and "face_centroids" in ds.data_vars
+        assert list(ds.indexes) == ["face"]
+        for key, value in expected.items():
+            np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
+    with DatasetExplorer(merged_store_path=out) as explorer:
+        view = explorer.get_group_data("faces")
+        assert view["face_centroids"].dims == ("face", "face_centroids_coordinate")
+        assert "coordinate" in view.data_vars
+        for key, value in expected.items():
+            np.testing.assert_array_equal(view[key].values, value, err_msg=key)
+
+
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_parallel_merge_is_byte_identical(
     realistic_items: list[Any], merged: Path, tmp_path: Path, executor: str

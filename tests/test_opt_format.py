@@ -189,6 +189,60 @@ def test_qualified_item_dimensions_never_meet(
             assert_same(item.load_data(key), value, key)
 
 
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_no_dimension_of_an_arrays_own_is_spelt_as_an_array(tmp_path: Path, fmt: int) -> None:
+    """xarray lists an array spelt as a dimension of its group among the coordinates. An
+    item named ``extra``'s dimension ``extra_dim_0`` beside an array ``extra_dim_0`` (and
+    ``g_a_dim_0`` of ``g/a`` beside ``g/g_a_dim_0``), so that array was no data variable;
+    such a name of an array's own now gives way (``extra_dim_0_2``), also in an array
+    carried over from the file reopened. A declared primary dimension keeps its name: an
+    array spelt as it is a coordinate by xarray's rule, an index when 1-D along it
+    (``face``), else not (``edge``), its values as stored."""
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_areas", ["face"], "float32")
+    faces.create_array("face", ["face"], "int32")
+    builder.create_group("edges", "edge", "Edges").create_array("edge_length", ["edge"], "float32")
+    schema = builder.build()
+    arrays: dict[str, np.ndarray] = {
+        "face_areas": np.array([1.0, 2.5, 4.0], np.float32),
+        "face": np.array([7, 8, 9], np.int32),
+        "edge_length": np.ones(4, np.float32),
+        "edge": np.arange(6).reshape(2, 3),  # undeclared: edge_dim_0, edge_dim_1
+        "extra": np.arange(4),
+        "extra_dim_0": np.arange(2.0),
+        "g/a": np.arange(5),
+        "g/g_a_dim_0": np.arange(3),
+    }
+    with OptStorage(tmp_path / "part.zarr", zarr_format=fmt) as storage:
+        storage.set_schema(schema)
+        for key in sorted(arrays):
+            if key != "extra_dim_0":
+                storage.save_data(key, arrays[key])
+        storage.compress_store()
+    data = tmp_path / "part.zarr.data"
+    assert _dims(data, "extra", fmt) == ["extra_dim_0"]
+    with OptStorage(tmp_path / "part.zarr", mode="a") as storage:
+        storage.save_data("extra_dim_0", arrays["extra_dim_0"])  # extra is carried over
+        storage.compress_store()
+    assert _dims(data, "extra", fmt) == ["extra_dim_0_2"]
+    assert _dims(data, "extra_dim_0", fmt) == ["extra_dim_0_dim_0"]
+    assert _dims(data, "g/a", fmt) == ["g_a_dim_0_2"]
+    ds = xr.open_zarr(zarr.storage.ZipStore(data, mode="r"))
+    assert sorted(ds.coords) == ["edge", "face"]
+    assert list(ds.indexes) == ["face"]
+    assert ds["edge"].dims == ("edge_dim_0", "edge_dim_1")
+    for key in ("face_areas", "face", "edge_length", "edge", "extra", "extra_dim_0"):
+        np.testing.assert_array_equal(ds[key].values, arrays[key], err_msg=key)
+    assert "extra_dim_0" in ds.data_vars
+    tree = xr.open_datatree(zarr.storage.ZipStore(data, mode="r"), engine="zarr")
+    assert sorted(tree["g"].to_dataset(inherit=False).data_vars) == ["a", "g_a_dim_0"]
+    np.testing.assert_array_equal(tree["g"]["a"].values, arrays["g/a"])
+    with OptStorage(tmp_path / "part.zarr") as item:
+        for key, value in arrays.items():
+            assert_same(item.load_data(key), value, key)
+
+
 def test_a_triangle_meeting_another_arrays_names_is_read_with_its_own(tmp_path: Path) -> None:
     """A face-pair array stored as its triangle is told apart too: in its stored names
     and in the names it is read with (``cadstore_dims``)."""

@@ -63,6 +63,7 @@ __all__ = [
     "default_dims",
     "item_dim_names",
     "schema_item_dims",
+    "sibling",
 ]
 
 KIND_ATTRIBUTE = "cadstore_kind"
@@ -139,10 +140,13 @@ def item_dim_names(
     ``carried`` arrays' own names, then the arrays' own names, arrays in path order and
     each array's names in order; every later claimant takes the first free name by
     :func:`~cadstore.format.layout.free_dim_name` (``face_discretization_component_2``),
-    free of every name given here or in ``kept``. The ``carried`` arrays were stored
-    together before: their own names give way only to a shared name of ``arrays`` (each
-    such name is renamed alike in all of them), never to one another's. An item where
-    no two claimants meet keeps every name as given.
+    free of every name given here or in ``kept`` and of every array's name. The
+    ``carried`` arrays were stored together before: their own names give way only to a
+    shared name of ``arrays`` (each such name is renamed alike in all of them), never to
+    one another's. A name of an array's own, carried or not, spelt as an array of its
+    Zarr group (``extra_dim_0`` of ``extra`` beside an array ``extra_dim_0``: xarray
+    would list that array among the coordinates) gives way too; a shared name never
+    does. An item where no two claimants meet keeps every name as given.
 
     Parameters
     ----------
@@ -162,8 +166,9 @@ def item_dim_names(
         Path -> names, for every path in ``arrays`` and ``carried``.
     """
     carried = carried or {}
-    taken = set(kept)
-    claimed = set(taken)
+    paths = {*arrays, *carried}
+    taken = set(kept) | {path.rpartition("/")[2] for path in paths}
+    claimed = set(kept)
     for names, shared in arrays.values():
         taken.update(names)
         claimed.update(names[:shared])
@@ -178,7 +183,7 @@ def item_dim_names(
         given = list(names)
         for position in range(shared, len(given)):
             name = given[position]
-            if name in claimed:
+            if name in claimed or sibling(path, name) in paths:
                 if name not in moved:
                     moved[name] = free_dim_name(name, taken)
                 given[position] = moved[name]
@@ -189,12 +194,23 @@ def item_dim_names(
         names, shared = arrays[path]
         given = list(names)
         for position in range(shared, len(given)):
-            if given[position] in claimed:
+            if given[position] in claimed or sibling(path, given[position]) in paths:
                 given[position] = free_dim_name(given[position], taken)
             else:
                 claimed.add(given[position])
         named[path] = given
     return named
+
+
+def sibling(path: str, name: str) -> str:
+    """The path of an array called ``name`` in the Zarr group of the array at ``path``.
+
+    xarray reads a group's arrays as one dataset and lists an array spelt as a dimension
+    of that group among its coordinates: an item never gives such a name to a dimension
+    of an array's own (:func:`item_dim_names`).
+    """
+    parent = path.rpartition("/")[0]
+    return f"{parent}/{name}" if parent else name
 
 
 def _leaf_to_array(leaf: Leaf) -> tuple[np.ndarray, str | None]:
@@ -929,6 +945,19 @@ class BuildHierarchy(Hierarchy):
             or any(
                 not claimed.isdisjoint(names[shared:]) for names, shared, _ in self.carried.values()
             )
+            or self._own_name_spelt_as_an_array()
+        )
+
+    def _own_name_spelt_as_an_array(self) -> bool:
+        """Whether a name of an array's own, put or carried over, is spelt as an array of
+        its Zarr group (see :func:`sibling`)."""
+        records = [(path, names, shared) for path, (names, shared) in self.named.items()]
+        records += [(path, names, shared) for path, (names, shared, _) in self.carried.items()]
+        records += [(path, (_upper_dim(path),), 0) for path in self.triangles_put]
+        return any(
+            sibling(path, name) in self.arrays
+            for path, names, shared in records
+            for name in names[shared:]
         )
 
     def _rename_dims(self, path: str, stored: list[str], read: list[str] | None) -> None:

@@ -121,13 +121,15 @@ def qualify_dims(
 
     The schema names dimensions per group, but xarray needs one length per name where
     arrays are read together (a group, with its triangle group: the explorer presents them
-    as one). A trailing name that has two lengths among the arrays, or that takes the name
-    of a dimension the dataset keeps (a primary one, ``item``, ``item_boundary``), becomes
+    as one). A trailing name that has two lengths among the arrays, that takes the name
+    of a dimension the dataset keeps (a primary one, ``item``, ``item_boundary``), or that
+    is spelt as one of the arrays (which xarray would then list among the coordinates:
+    ``coordinate`` on ``face_centroids`` beside an array ``coordinate``), becomes
     ``<array>_<name>``: ``bin`` of 64 in ``d2_distance`` and 32 in ``a3_distance`` become
     ``d2_distance_bin`` and ``a3_distance_bin``. A qualified name is never one of the
-    names the arrays declare, nor one given to another qualified dimension: when
-    ``<array>_<name>`` is taken (an array of the group declares ``d2_distance_bin`` of its
-    own), the first free of ``<array>_<name>_2``, ``<array>_<name>_3``, ... is used, the
+    names the arrays declare or are named, nor one given to another qualified dimension:
+    when ``<array>_<name>`` is taken (an array of the group declares ``d2_distance_bin``
+    of its own), the first free of ``<array>_<name>_2``, ``<array>_<name>_3``, ... is used, the
     arrays taken in name order, so that the names do not depend on the order the arrays
     are given in. The merger names a new dataset's dimensions so; the reader presents a
     dataset merged before it did so too.
@@ -148,8 +150,10 @@ def qualify_dims(
     """
     given = [(name, list(dims), tuple(trailing)) for name, dims, trailing in arrays]
     kept = {ITEM_DIM, BOUNDARY_DIM, *primary_dims}
+    variables = {name for name, _, _ in given}
     lengths: dict[str, set[int]] = {}
-    taken = set(kept)  # every name declared, then every qualified name given
+    # Every name declared or of an array, then every qualified name given.
+    taken = kept | variables
     for _, dims, trailing in given:
         taken.update(dims)
         for dim, length in zip(dims[1:], trailing, strict=True):
@@ -158,7 +162,7 @@ def qualify_dims(
     for k in sorted(range(len(given)), key=lambda k: given[k][0]):
         name, dims, _ = given[k]
         for position, dim in enumerate(dims[1:], start=1):
-            if dim in kept or len(lengths[dim]) > 1:
+            if dim in kept or dim in variables or len(lengths[dim]) > 1:
                 named[k][position] = free_dim_name(f"{name}_{dim}", taken)
     return named
 
