@@ -804,3 +804,123 @@ def test_an_append_continues_the_stored_names_of_a_dimension_of_two_lengths(
                 _same(got, expected, f"{group}/{array} of {name}")
     finally:
         store.close()
+
+
+# --------------------------------------------------- items of one name of two lengths
+
+# cadstore before 684dcf9 stored an item's arrays on the names their schema declares:
+# face_discretization on (face, sample, component) with 4 samples of 7 components and
+# edge_u_grids on (edge, sample, component) with 3 of 6, so 'sample' and 'component' had
+# two lengths in one item. The test writes that layout itself: an item written now, its
+# zarr.json documents (the array's and the root's consolidated copy) given those names.
+OLD_DIMS = {
+    "face_discretization": ["face", "sample", "component"],
+    "edge_u_grids": ["edge", "sample", "component"],
+}
+
+
+def _old_dims_schema() -> dict[str, Any]:
+    builder = cadstore.SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Faces")
+    faces.create_array("face_areas", ["face"], "float32")
+    faces.create_array("face_discretization", OLD_DIMS["face_discretization"], "float32")
+    edges = builder.create_group("edges", "edge", "Edges")
+    edges.create_array("edge_u_grids", OLD_DIMS["edge_u_grids"], "float32")
+    return builder.build()
+
+
+def _write_old_dims_item(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """An item of the layout above, as ``<path>.data``; returns its path."""
+    with OptStorage(path) as storage:  # closed uncompressed: a directory store
+        storage.set_schema(_old_dims_schema())
+        for key, value in arrays.items():
+            storage.save_data(key, value)
+    root = json.loads((path / "zarr.json").read_text())
+    consolidated = root["consolidated_metadata"]["metadata"]
+    for key, dims in OLD_DIMS.items():
+        doc = json.loads((path / key / "zarr.json").read_text())
+        assert doc["dimension_names"] != dims  # the names written now are told apart
+        doc["dimension_names"] = consolidated[key]["dimension_names"] = dims
+        (path / key / "zarr.json").write_text(json.dumps(doc))
+    (path / "zarr.json").write_text(json.dumps(root))
+    data = Path(f"{path}.data")
+    with zipfile.ZipFile(data, "w") as archive:  # members stored, as cadstore writes them
+        for member in sorted(p for p in path.rglob("*") if p.is_file()):
+            archive.write(member, member.relative_to(path).as_posix())
+    shutil.rmtree(path)
+    return data
+
+
+def _old_dims_arrays(faces: int, edges: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "face_areas": rng.random(faces).astype(np.float32),
+        "face_discretization": rng.random((faces, 4, 7)).astype(np.float32),
+        "edge_u_grids": rng.random((edges, 3, 6)).astype(np.float32),
+    }
+
+
+def test_an_old_item_with_one_name_of_two_lengths_is_read_and_merged(tmp_path: Path) -> None:
+    """cadstore reads such an item by its arrays, not their names, and merges it on the
+    schema's names, each group apart; zarr-python reads it too. xarray refuses it (one
+    dimension of two lengths); the dataset merged from it opens. Reading and merging
+    leave the item as it was."""
+    xr = pytest.importorskip("xarray")
+    given = [_old_dims_arrays(3, 5, 0), _old_dims_arrays(2, 4, 1)]
+    folder = tmp_path / "items"
+    folder.mkdir()
+    files = [_write_old_dims_item(folder / f"old_{n}.zarr", a) for n, a in enumerate(given)]
+    before = _digest(folder)
+    for data, arrays in zip(files, given, strict=True):
+        with OptStorage(data.with_suffix(""), mode="r") as item:
+            assert sorted(item.get_keys()) == sorted(arrays)
+            assert item.get_array_dims("edge_u_grids") == tuple(OLD_DIMS["edge_u_grids"])
+            for key, value in arrays.items():
+                _same(item.load_data(key), value, f"{key} of {data.name}")
+        with zarr.storage.ZipStore(data, mode="r") as store:
+            group = zarr.open_group(store, mode="r")
+            for key, dims in OLD_DIMS.items():
+                assert list(group[key].metadata.dimension_names) == dims
+                _same(group[key][...], arrays[key], key)
+            with pytest.raises(ValueError, match="conflicting sizes for dimension"):
+                xr.open_zarr(store)
+    out = tmp_path / "merged" / "old.dataset"
+    cadstore.merge([str(f) for f in files], str(out))
+    assert _digest(folder) == before
+    with DatasetReader(out) as reader:
+        for code, arrays in enumerate(given):
+            item = reader.read_item(code)
+            _same(item["faces"]["face_discretization"], arrays["face_discretization"], "faces")
+            _same(item["edges"]["edge_u_grids"], arrays["edge_u_grids"], "edges")
+    with zarr.storage.ZipStore(out, mode="r") as store:
+        for group, key in (("faces", "face_discretization"), ("edges", "edge_u_grids")):
+            ds = xr.open_zarr(store, group=group)
+            assert ds[key].dims == tuple(OLD_DIMS[key])
+            _same(ds[key].values, np.concatenate([a[key] for a in given]), key)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_xarray_refuses_the_group_of_a_dimension_of_two_lengths_as_documented(
+    bins: Path, layout: str
+) -> None:
+    """docs/format.md: xarray cannot open the face-pair group of such a dataset (nor its
+    tree), opens it without one of the two arrays, and the explorer presents it whole
+    (test_the_explorer_presents_a_dimension_of_two_lengths)."""
+    xr = pytest.importorskip("xarray")
+    group = "faceface_upper" if layout == "auto" else "faceface"
+    with zarr.storage.ZipStore(bins / layout / "bins.dataset", mode="r") as store:
+        with pytest.raises(ValueError, match="conflicting sizes for dimension 'bin'"):
+            xr.open_zarr(store, group=group)
+        with pytest.raises(ValueError, match="conflicting sizes for dimension 'bin'"):
+            xr.open_datatree(store, engine="zarr")
+        ds = xr.open_zarr(store, group=group, drop_variables=["a3_distance"])
+        assert ds["d2_distance"].dims[1:] == ("bin",) and ds.sizes["bin"] == 64
+        offsets = ds["item_offsets"].values
+        for code, name in enumerate(BINS_NAMES):
+            matrix = BINS_ARRAYS[name]["d2_distance"]
+            if layout == "auto":  # the upper triangle: pairs i <= j, row-major
+                expected = matrix[np.triu_indices(matrix.shape[0])]
+            else:
+                expected = _bins_rows(name, "d2_distance")
+            rows = ds["d2_distance"].values[offsets[code] : offsets[code + 1]]
+            _same(rows, expected, f"d2_distance of {name}")
