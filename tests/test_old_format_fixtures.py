@@ -924,3 +924,30 @@ def test_xarray_refuses_the_group_of_a_dimension_of_two_lengths_as_documented(
                 expected = _bins_rows(name, "d2_distance")
             rows = ds["d2_distance"].values[offsets[code] : offsets[code + 1]]
             _same(rows, expected, f"d2_distance of {name}")
+
+
+def test_an_old_item_saved_again_tells_its_names_of_two_lengths_apart(tmp_path: Path) -> None:
+    """Such an item reopened kept every stored name when anything was saved into it, so
+    the file published again still had ``sample`` and ``component`` of two lengths and
+    xarray refused it. The arrays carried over now tell such names apart, the first in
+    key order keeping them (``edge_u_grids``), whichever array is saved."""
+    xr = pytest.importorskip("xarray")
+    arrays = _old_dims_arrays(3, 5, 0)
+    data = _write_old_dims_item(tmp_path / "old.zarr", arrays)
+    with OptStorage(tmp_path / "old.zarr", mode="a") as storage:
+        arrays["face_areas"] = arrays["face_areas"] + 1
+        storage.save_data("face_areas", arrays["face_areas"])
+        storage.compress_store()
+    with zarr.storage.ZipStore(data, mode="r") as store:
+        group = zarr.open_group(store, mode="r")
+        dims = {key: list(group[key].metadata.dimension_names) for key in OLD_DIMS}
+        assert dims == {
+            "edge_u_grids": ["edge", "sample", "component"],
+            "face_discretization": ["face", "sample_2", "component_2"],
+        }
+        ds = xr.open_zarr(store)
+        for key, value in arrays.items():
+            _same(ds[key].values, value, key)
+    with OptStorage(tmp_path / "old.zarr", mode="r") as item:
+        for key, value in arrays.items():
+            _same(item.load_data(key), value, key)

@@ -126,6 +126,7 @@ def item_dim_names(
     arrays: Mapping[str, tuple[Sequence[str], int]],
     kept: Iterable[str] = (),
     carried: Mapping[str, tuple[Sequence[str], int]] | None = None,
+    lengths: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, list[str]]:
     """Return the dimension names of an item's arrays, no name of one array's own given
     to another dimension.
@@ -142,11 +143,15 @@ def item_dim_names(
     :func:`~cadstore.format.layout.free_dim_name` (``face_discretization_component_2``),
     free of every name given here or in ``kept`` and of every array's name. The
     ``carried`` arrays were stored together before: their own names give way only to a
-    shared name of ``arrays`` (each such name is renamed alike in all of them), never to
-    one another's. A name of an array's own, carried or not, spelt as an array of its
-    Zarr group (``extra_dim_0`` of ``extra`` beside an array ``extra_dim_0``: xarray
-    would list that array among the coordinates) gives way too; a shared name never
-    does. An item where no two claimants meet keeps every name as given.
+    shared name of ``arrays`` (each such name is renamed alike in all of them, one new
+    name for each length it has), not to one another's but where ``lengths`` shows one
+    name with two lengths among them, which xarray refuses (an item of an older cadstore:
+    ``sample`` on 4 in ``face_discretization`` and 3 in ``edge_u_grids``): the first in
+    path order keeps it, and each other length takes a name of its own. A name of an
+    array's own, carried or not, spelt as an array of its Zarr group (``extra_dim_0`` of
+    ``extra`` beside an array ``extra_dim_0``: xarray would list that array among the
+    coordinates) gives way too; a shared name never does. An item where no two claimants
+    meet keeps every name as given.
 
     Parameters
     ----------
@@ -159,6 +164,9 @@ def item_dim_names(
     carried
         Arrays carried over from the file an item was reopened from, as ``arrays``: the
         names they were stored with, the first ``shared`` of them shared.
+    lengths
+        The length along each of its names of a carried array, by path (``None``, or a
+        path left out: not known).
 
     Returns
     -------
@@ -176,17 +184,27 @@ def item_dim_names(
         taken.update(names)
     named: dict[str, list[str]] = {}
     # A carried array's own name that a new array's primary takes is renamed, the same
-    # way in every carried array having it (they met in the file already).
-    moved: dict[str, str] = {}
+    # way in every carried array having it with one length (they met in the file already).
+    moved: dict[tuple[str, int | None], str] = {}
+    first: dict[str, int | None] = {}  # a carried own name's length in its first array
     for path in sorted(carried):
         names, shared = carried[path]
         given = list(names)
+        sizes = (lengths or {}).get(path)
+        if sizes is not None and len(sizes) != len(given):
+            sizes = None
         for position in range(shared, len(given)):
             name = given[position]
-            if name in claimed or sibling(path, name) in paths:
-                if name not in moved:
-                    moved[name] = free_dim_name(name, taken)
-                given[position] = moved[name]
+            size = None if sizes is None else int(sizes[position])
+            known = first.setdefault(name, size)
+            if (
+                name in claimed
+                or sibling(path, name) in paths
+                or (size is not None and known is not None and size != known)
+            ):
+                if (name, size) not in moved:
+                    moved[name, size] = free_dim_name(name, taken)
+                given[position] = moved[name, size]
         named[path] = given
     for given in named.values():
         claimed.update(given)
@@ -857,7 +875,9 @@ class BuildHierarchy(Hierarchy):
         The names :meth:`put` was given are settled over the whole hierarchy by
         :func:`item_dim_names`; arrays carried over from a file (:meth:`from_hierarchy`)
         keep their names, but for one of their own (not shared, see
-        :meth:`_record_carried`) that a new array's shared (primary) name takes. Only the
+        :meth:`_record_carried`) that a new array's shared (primary) name takes, that is
+        spelt as an array of its group, or that has two lengths among them (a file of an
+        older cadstore). Only the
         documents of arrays whose names change are rewritten (their chunks do not depend
         on names); settled again, the names follow the arrays then stored, from the names
         they were saved with (or stored with, for arrays carried over).
@@ -880,7 +900,9 @@ class BuildHierarchy(Hierarchy):
         originals: dict[str, Sequence[str]] = {p: names for p, (names, _, _) in carried.items()}
         originals.update((path, names) for path, (names, _) in arrays.items())
         settled = item_dim_names(
-            arrays, carried={path: (names, shared) for path, (names, shared, _) in carried.items()}
+            arrays,
+            carried={path: (names, shared) for path, (names, shared, _) in carried.items()},
+            lengths={path: self._carried_lengths(path) for path in carried},
         )
         for path, names in settled.items():
             meta = self.meta(path)
@@ -946,7 +968,29 @@ class BuildHierarchy(Hierarchy):
                 not claimed.isdisjoint(names[shared:]) for names, shared, _ in self.carried.values()
             )
             or self._own_name_spelt_as_an_array()
+            or self._carried_name_of_two_lengths()
         )
+
+    def _carried_lengths(self, path: str) -> tuple[int, ...]:
+        """The lengths along the names recorded for carried-over array ``path`` (see
+        :attr:`carried`): a triangle's read shape, then its stored shape."""
+        meta = self.meta(path)
+        if self.carried[path][2] is not None:
+            return (*meta.read_shape, *meta.shape)
+        return meta.shape
+
+    def _carried_name_of_two_lengths(self) -> bool:
+        """Whether a name of their own has two lengths among the carried-over arrays (an
+        item of an older cadstore), which xarray refuses (see :func:`item_dim_names`)."""
+        seen: dict[str, int] = {}
+        for path, (names, shared, _) in self.carried.items():
+            sizes = self._carried_lengths(path)
+            if len(sizes) != len(names):
+                continue
+            for name, size in zip(names[shared:], sizes[shared:], strict=True):
+                if seen.setdefault(name, size) != size:
+                    return True
+        return False
 
     def _own_name_spelt_as_an_array(self) -> bool:
         """Whether a name of an array's own, put or carried over, is spelt as an array of
