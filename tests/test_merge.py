@@ -369,8 +369,10 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
     xarray listed the array among the coordinates, not the data. A trailing name spelt as
     an array of the group is qualified by its array (``face_centroids_coordinate``), as a
     name of two lengths is. An array named as the primary dimension is a coordinate by
-    xarray's rule, an index when it is 1-D along it (``face``), values as stored; the
-    reader and the explorer present the names the file has."""
+    xarray's rule, an index when it is 1-D along it (``face``), values as stored; an
+    array spelt as it but not 1-D along it (``edge`` on ``edge`` and ``end``) is a
+    coordinate without an index. The reader and the explorer present the names the file
+    has."""
     from cadstore.dataset import DatasetExplorer
 
     builder = SchemaBuilder(domain="CAD")
@@ -378,6 +380,9 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
     faces.create_array("face_centroids", ["face", "coordinate"], "float32")
     faces.create_array("coordinate", ["face"], "float32")
     faces.create_array("face", ["face"], "int32")
+    edges = builder.create_group("edges", "edge", "Edge data")
+    edges.create_array("edge_length", ["edge"], "float32")
+    edges.create_array("edge", ["edge", "end"], "int32")
     schema = builder.build()
     rng = np.random.default_rng(1)
     files, rows = [], []
@@ -386,6 +391,8 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
             "face_centroids": rng.random((count, 3)).astype(np.float32),
             "coordinate": rng.random(count).astype(np.float32),
             "face": np.arange(count, dtype=np.int32) + 10 * n,
+            "edge_length": rng.random(count + 1).astype(np.float32),
+            "edge": rng.integers(0, 9, (count + 1, 2)).astype(np.int32),
         }
         rows.append(arrays)
         path = tmp_path / f"p{n}.zarr"
@@ -403,14 +410,19 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
         assert ds["face_centroids"].dims == ("face", "face_centroids_coordinate")
         assert "coordinate" in ds.data_vars and "face_centroids" in ds.data_vars
         assert list(ds.indexes) == ["face"]
+        edges_ds = xr.open_zarr(store, group="edges")
+        assert list(edges_ds.coords) == ["edge"] and not edges_ds.indexes  # not 1-D
         for key, value in expected.items():
-            np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
+            got = edges_ds[key] if key.startswith("edge") else ds[key]
+            np.testing.assert_array_equal(got.values, value, err_msg=key)
     with DatasetExplorer(merged_store_path=out) as explorer:
         view = explorer.get_group_data("faces")
         assert view["face_centroids"].dims == ("face", "face_centroids_coordinate")
         assert "coordinate" in view.data_vars
         for key, value in expected.items():
-            np.testing.assert_array_equal(view[key].values, value, err_msg=key)
+            group = "edges" if key.startswith("edge") else "faces"
+            got = explorer.get_array_data(group, key)
+            np.testing.assert_array_equal(got.values, value, err_msg=key)
 
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
