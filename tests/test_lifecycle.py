@@ -1201,3 +1201,80 @@ def test_a_lock_beside_a_link_to_a_missing_folder_is_an_error_not_a_hang(
     assert done.stdout.startswith(expected), done.stdout
     assert str(tmp_path / "parts") in done.stdout or str(tmp_path / "p.dataset") in done.stdout
     assert not (tmp_path / "unmounted").exists()
+
+
+@pytest.mark.parametrize(("step", "via"), [("open", "api"), ("read", "cli")])
+def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    step: str,
+    via: str,
+) -> None:
+    """An EIO reading the dataset while recovering: the StorageError was raised before
+    the rollback already done was reported (the killed writer's lock record, which said
+    what it was, is gone once the lock is released) and before the dead writers'
+    temporaries were swept. Now they are swept, and the error names the dataset and says
+    what was rolled back; the committed version is intact."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    before = out.read_bytes()
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "writing")
+    old = time.time() - 10 * 3600
+    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+    foreign.write_bytes(b"x")
+    os.utime(foreign, (old, old))
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]) == 2
+    capsys.readouterr()
+    refuse_opening(monkeypatch, out, step, errno.EIO)
+    if via == "cli":
+        from cadstore.cli import main
+
+        assert main(["repair", str(out)]) == 2
+        said = capsys.readouterr()
+        assert said.out == ""
+        message = said.err
+    else:
+        with pytest.raises(StorageError) as caught:
+            lifecycle.repair(cadstore.io.resolve(str(out)))
+        assert type(caught.value) is StorageError and caught.value.path == str(out)
+        message = str(caught.value)
+    monkeypatch.undo()
+    assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
+    assert "rolled back: an append by pid" in message and "before its commit" in message
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+    assert out.read_bytes() == before
+    assert lifecycle.repair(cadstore.io.resolve(str(out))) == []
+    assert_settled(out, _names(items[:6]))
+
+
+def test_repair_that_cannot_read_a_copy_names_it_and_what_it_found(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EIO reading a copy to roll forward escaped as a bare OSError naming no file, and
+    what the killed writer had committed, which only its lock record said, was lost with
+    it. Now the StorageError names the copy and says so; the next repair rolls forward."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "committed")
+    committed = out.read_bytes()
+    copy = tmp_path / "parts.infoset"
+    refuse_opening(monkeypatch, copy, "open", errno.EIO)
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(cadstore.io.resolve(str(out)))
+    monkeypatch.undo()
+    assert caught.value.path == str(copy)
+    assert str(caught.value).startswith(f"{copy}: reading it: input/output error; before ")
+    assert "an append by pid" in str(caught.value)
+    assert "had committed version 2 (9 items) and was interrupted after it" in str(caught.value)
+    assert out.read_bytes() == committed
+    (done,) = lifecycle.repair(cadstore.io.resolve(str(out)))
+    assert done.startswith("rolled forward: they were out of date; parts.infoset")
+    assert_settled(out, _names(items[:9]))

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cadstore.errors import CadstoreWarning, CorruptStoreError
+from cadstore.errors import CadstoreWarning, CorruptStoreError, StorageError, os_storage_error
 from cadstore.format.commit import (
     COMMIT_MEMBER,
     STAMP_KEY,
@@ -430,18 +430,19 @@ def _read_copy(where: Location) -> bytes | None:
     ------
     CorruptStoreError
         If something other than a regular file is there (a pipe would block the read).
+    StorageError
+        If the file system fails to read it (an EIO), naming it.
     """
-    if not where.remote:
-        try:
-            mode = os.stat(where.path).st_mode
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(mode):
-            raise CorruptStoreError(where.path, "is not a regular file")
     try:
+        if not where.remote and not stat.S_ISREG(os.stat(where.path).st_mode):
+            raise CorruptStoreError(where.path, "is not a regular file")
         return where.read_bytes()
     except FileNotFoundError:
         return None
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise os_storage_error(where.path, exc, "reading it") from exc
 
 
 def _stamp_of(where: Location, kind: str) -> str | None:
@@ -540,26 +541,77 @@ def recover(
     * Temporary files of processes that are gone are removed from the dataset's folder.
     * If the current version's copies (the files it lists, and ``published``) are from
       another version or missing, they are published again from the dataset.
+
+    The first two steps touch no file of the version in place, so they are done even
+    when reading the dataset or its copies then fails (an EIO from a failing disk): the
+    :class:`~cadstore.errors.StorageError` of the kind the failure is
+    (:func:`~cadstore.errors.os_storage_error`) names the file, and its message ends
+    with what was done before it, since the killed writer's lock record, which said what
+    was rolled back, is gone once the lock is released. What is committed is never
+    changed by a failed recovery: the next one (``cadstore repair`` once the disk reads
+    again) finds stale copies by their stamps.
     """
     done: list[str] = []
-    killed = ""
     staged_found = previous is not None and _undo_staged(previous, dataset)
-    # The version in place once what was staged is undone (or put in place): the sweep
-    # below removes temporaries only, so it stays the same.
-    current = _current_commit(dataset)
+    if not dataset.remote:
+        sweep_dead_temporaries(dataset.parent)
+    try:
+        # The version in place once what was staged is undone (or put in place).
+        current = _current_commit(dataset)
+    except StorageError as exc:
+        if previous is not None:
+            done.append(_interrupted(previous, staged_found, readable=False))
+        raise _having_done(exc, done) from exc
+    try:
+        return _roll_forward(dataset, previous, staged_found, current, published, done)
+    except StorageError as exc:
+        raise _having_done(exc, done) from exc
+
+
+def _interrupted(previous: LockRecord, staged_found: bool, *, readable: bool) -> str:
+    """What recovery says of a killed writer whose version is not in place.
+
+    When the dataset could not be read (not ``readable``), only a writer that never
+    reached its commit (its journal's phase is ``"writing"``) is known to be rolled back.
+    """
+    what = "what it had staged was removed" if staged_found else "it had staged nothing"
+    if not readable and previous.phase != "writing":
+        return (
+            f"{previous.describe()} was interrupted while committing or after; {what}, "
+            "and the dataset could not be read to tell which version is in place"
+        )
+    return (
+        f"rolled back: {previous.describe()} was interrupted before its commit; {what}, "
+        "and the dataset is the version it started from"
+    )
+
+
+def _having_done(exc: StorageError, done: list[str]) -> StorageError:
+    """``exc`` (of its own kind, naming its file) with what recovery did before it."""
+    if not done:
+        return exc
+    return type(exc)(exc.path, f"{exc.problem}; before this, recovery did: {'; '.join(done)}")
+
+
+def _roll_forward(
+    dataset: Location,
+    previous: LockRecord | None,
+    staged_found: bool,
+    current: CommitRecord | None,
+    published: PublishedFiles | None,
+    done: list[str],
+) -> list[str]:
+    """The part of :func:`recover` that reads the version in place: says whether the
+    killed writer had committed it, and publishes its out-of-date copies again; appends
+    to ``done`` as it goes, and returns it."""
+    killed = ""
     if previous is not None:
         killed = previous.describe()
         if current is not None and previous.journal.get("commit") == current.id:
             killed = f"{killed}, had committed version {current.version} ({current.items} items)"
         else:
-            what = "what it had staged was removed" if staged_found else "it had staged nothing"
-            done.append(
-                f"rolled back: {killed} was interrupted before its commit; {what}, and the "
-                "dataset is the version it started from"
-            )
+            done.append(_interrupted(previous, staged_found, readable=True))
             killed = ""
-    if not dataset.remote:
-        sweep_dead_temporaries(dataset.parent)
     if current is None or not current.tables:
         return done
     # The copies the version itself lists, in its own folder, are published again when
@@ -574,17 +626,22 @@ def recover(
         setattr(targets, kind, where)
         if listed.get(kind) != where.path:
             listed.pop(kind, None)
-    stale = [
-        kind
-        for kind, where in targets.by_kind().items()
-        if (stamp := _stamp_of(where, kind)) != current.id
-        and (stamp is not None or kind in listed)
-        and stamp != ""
-    ]
-    names = []
-    if stale:
-        tables = _embedded_tables(dataset, current)
-        names = _publish_copies(dataset, current, tables, targets, stale)
+    try:
+        stale = [
+            kind
+            for kind, where in targets.by_kind().items()
+            if (stamp := _stamp_of(where, kind)) != current.id
+            and (stamp is not None or kind in listed)
+            and stamp != ""
+        ]
+        names = []
+        if stale:
+            tables = _embedded_tables(dataset, current)
+            names = _publish_copies(dataset, current, tables, targets, stale)
+    except StorageError:
+        if killed:  # said with the error: the next recovery will not know it
+            done.append(f"{killed} and was interrupted after it")
+        raise
     if names:
         why = f"{killed} and was interrupted after it" if killed else "they were out of date"
         done.append(
