@@ -274,6 +274,32 @@ def test_report_and_repair_open_the_dataset_a_manifest_names(
         capsys.readouterr()
 
 
+def test_report_of_a_manifest_checks_its_output_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore report X.flow -o OUT`` read the manifest before looking at OUT, as
+    ``write_report`` looks at it before the dataset: an OUT it would refuse (a file of
+    another kind, a path below a file) was reported only after that work, and a bad
+    manifest's error hid it. The output is checked first, and nothing is changed."""
+    pytest.importorskip("matplotlib")
+    manifest = tmp_path / "x.flow"
+    manifest.write_text('{"flow_data": 5}')  # unusable, and no x.dataset beside it
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(["report", str(manifest), "-o", str(tmp_path / "r.html")]) == 2
+    assert str(manifest) in capsys.readouterr().err  # the manifest's own error
+    for out, problem in (
+        (notes, "exists and is not an HTML report"),
+        (notes / "r.html", f"{notes} is a file, not a folder"),
+    ):
+        assert main(["report", str(manifest), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: " in err and problem in err, err
+        assert err.count("cadstore: error:") == 1
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "x.flow"]
+
+
 def test_repair_through_the_manifest_mends_a_removed_copy_and_a_torn_manifest(
     realistic_items: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

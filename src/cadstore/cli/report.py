@@ -100,12 +100,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401 - checked here for a clear message
 
-        from cadstore.dataset.report import write_report
+        from cadstore.dataset.report import check_report_output, write_report
     except ImportError as exc:
         raise ValueError("the report needs matplotlib: pip install 'cadstore[report]'") from exc
+    if args.output:  # before the manifest is read (write_report checks it again)
+        check_report_output(args.output, args.storage_options)
     dataset = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
     output = args.output or default_output(dataset)
-    # write_report refuses an output below a file before it reads the dataset.
     path = write_report(dataset, output, title=args.title, storage_options=args.storage_options)
     print(f"wrote {path}")
     return 0

@@ -40,7 +40,7 @@ import numpy as np
 from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
-from cadstore.io.location import resolve
+from cadstore.io.location import Location, resolve
 from cadstore.io.publish import check_output_folder, check_replaceable, write_bytes_atomic
 from cadstore.lifecycle import TrustedTables, copy_beside
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.typing import RcKeyType
 
-__all__ = ["render_part", "render_part_png", "write_report"]
+__all__ = ["check_report_output", "render_part", "render_part_png", "write_report"]
 
 #: What a row of each merged group is called on the page (one name per thing).
 ROW_NAMES: Mapping[str, str] = {"faces": "faces", "edges": "co-edges", "faceface": "face pairs"}
@@ -1386,6 +1386,33 @@ def _is_report(head: bytes) -> bool:
     return head.lstrip()[:15].lower().startswith(b"<!doctype html")
 
 
+def check_report_output(output: str, storage_options: dict[str, Any] | None = None) -> Location:
+    """Refuse an output a report may not be written to; return where it is.
+
+    Called before anything is read (the dataset, or the manifest naming it): the plots
+    take a while, and an output below a file would fail only at the end, in the system's
+    words, or be hidden by a problem found on the way.
+
+    Parameters
+    ----------
+    output
+        The HTML file to write, a path or a URL.
+    storage_options
+        fsspec options when ``output`` is a URL.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``output`` lies below a file (``notes.txt/r.html``) or holds anything but an
+        HTML page (a dataset, its tables, its manifest, a directory), naming it.
+    """
+    out = resolve(output, storage_options, shared=True)
+    check_output_folder(out)
+    # Never over the dataset, its tables or its manifest, nor any file but a report.
+    check_replaceable(out, "an HTML report", _is_report)
+    return out
+
+
 def write_report(
     dataset: str,
     output: str,
@@ -1422,13 +1449,8 @@ def write_report(
     import matplotlib
 
     started = time.perf_counter()
-    out = resolve(output, storage_options, shared=True)
-    # Before the dataset is read and the plots are drawn: below a file the page could
-    # not be written, and the write would fail only at the end, with the system's words.
-    check_output_folder(out)
+    out = check_report_output(output, storage_options)
     source = resolve(dataset, storage_options, shared=True)
-    # Never over the dataset, its tables or its manifest, nor any file but a report.
-    check_replaceable(out, "an HTML report", _is_report)
 
     name = title or source.with_suffix("", replacing=".dataset").name
     with DatasetReader(source) as reader, matplotlib.rc_context(_RC):
