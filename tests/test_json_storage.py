@@ -652,6 +652,44 @@ def test_a_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
         assert reader.load_data("small") == 1
 
 
+def test_a_change_inside_a_dict_file_reads_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a key inside a dict file read that file twice (once to find the key,
+    once to rewrite it: two GETs on an object store), and saving a key two levels into
+    one read it once more per level. Each change now reads it once; the values and the
+    other keys are what they should be, in this storage and a reopened one."""
+    from cadstore.io.filesystems import LocalFileSystem
+
+    where = tmp_path / "store"
+    storage = JsonStorageHandler(where)
+    storage.save_data("graph", {"a": np.arange(2), "x": {"y": 1}, "n": 3})
+    read: list[str] = []
+    real = LocalFileSystem.read_limited
+
+    def counted(self: LocalFileSystem, path: str, limit: int) -> bytes | None:
+        read.append(os.path.basename(path))
+        return real(self, path, limit)
+
+    monkeypatch.setattr(LocalFileSystem, "read_limited", counted)
+    for change in (
+        lambda: storage.delete_data("graph/a"),
+        lambda: storage.save_data("graph/x/z/w", np.arange(3)),
+        lambda: storage.delete_data("graph/x/z/w"),
+        lambda: storage.save_data("graph/x/y", 2),
+    ):
+        read.clear()
+        change()
+        assert read == ["graph.json"]
+    with pytest.raises(KeyNotFoundError, match="graph/b"):
+        storage.delete_data("graph/b")
+    expected = {"x": {"y": 2, "z": {}}, "n": 3}
+    assert_same(storage.load_data("graph"), expected, "graph")
+    monkeypatch.undo()
+    with JsonStorageHandler(where, read_only=True) as reopened:
+        assert_same(reopened.load_data("graph"), expected, "graph")
+
+
 def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
     """A 4 GiB file (sparse) among a store's files is refused at open without reading
     it: the process does not grow by the limit's 256 MiB."""

@@ -59,9 +59,11 @@ without files cannot be opened read-only there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -165,6 +167,8 @@ class JsonStorageHandler(NodeStorage):
         # with no size query (a HEAD request each on an object store). Dropped for a file
         # this storage removes.
         self._file_bytes: dict[str, int] = {}
+        # File name -> the value read from it, during one change (see _each_file_read_once).
+        self._read_values: dict[str, Node] | None = None
         self._scan()
         # Read on first use; the sizes a killed writer left are corrected then, in memory,
         # and written with the first change (see _true_sizes): opening writes nothing.
@@ -207,6 +211,8 @@ class JsonStorageHandler(NodeStorage):
     def _write_bytes(self, name: str, data: bytes) -> int:
         """Write ``data`` to the file ``name``, atomically; return the bytes written."""
         self._file_bytes.pop(name, None)  # unknown until the file is published
+        if self._read_values is not None:
+            self._read_values.pop(name, None)
         write_bytes_atomic(self._location.child(name), data)
         self._file_bytes[name] = len(data)
         return len(data)
@@ -292,14 +298,50 @@ class JsonStorageHandler(NodeStorage):
 
     def _load_file_value(self, key: str) -> Node:
         name, _ = self._index[key]
+        if self._read_values is not None and name in self._read_values:
+            return self._read_values[name]
         doc = self._read_json(name)
         try:
             if isinstance(doc, dict) and set(doc) == {"key", "value"}:
                 value: Node = jsoncodec.decode(doc["value"])
-                return value
-            return _decode_foreign(doc)
+            else:
+                value = _decode_foreign(doc)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStoreError(self._path(name), f"cannot decode value: {exc}") from exc
+        if self._read_values is not None:
+            self._read_values[name] = value
+        return value
+
+    @contextlib.contextmanager
+    def _each_file_read_once(self) -> Iterator[None]:
+        """Hold the storage's lock, and read each file at most once until the end.
+
+        A change of a key inside a dict file looks the file up (is the key there? is a
+        key above it a group?) before rewriting it: without this, each look read the
+        file again, one GET more on an object store. The value read is the one the
+        change then edits and writes; a file written or removed is read again if needed.
+        """
+        with self._lock:
+            if self._read_values is not None:  # already within a change
+                yield
+                return
+            self._read_values = {}
+            try:
+                yield
+            finally:
+                self._read_values = None
+
+    def save_data(self, data_key: str, data: Any) -> None:
+        """Store ``data`` under ``data_key`` (see :meth:`NodeStorage.save_data`), reading
+        the dict file it goes into once."""
+        with self._each_file_read_once():
+            super().save_data(data_key, data)
+
+    def delete_data(self, data_key: str) -> None:
+        """Remove ``data_key`` (see :meth:`NodeStorage.delete_data`), reading the dict
+        file it is in once."""
+        with self._each_file_read_once():
+            super().delete_data(data_key)
 
     def _file_content(self, key: str, node: Node) -> tuple[str, bytes]:
         """The name and the bytes of the file that stores ``node`` at ``key``, unwritten.
@@ -335,6 +377,8 @@ class JsonStorageHandler(NodeStorage):
     def _remove(self, name: str) -> None:
         """Delete the file ``name`` of the storage's directory."""
         self._file_bytes.pop(name, None)
+        if self._read_values is not None:
+            self._read_values.pop(name, None)
         self._fs.remove(self._path(name))
 
     def _file_ancestor(self, key: str) -> str | None:
