@@ -816,6 +816,50 @@ def test_a_change_above_the_newer_file_removes_the_leftovers_below_it(
         assert "g/a" not in reader
 
 
+def test_repair_removes_the_leftovers_and_writes_the_corrected_sizes(tmp_path: Path) -> None:
+    """A store never changed again kept its leftover files (ignored, removed only by a
+    change superseding them) and the wrong sizes in ``metadata.json`` (corrected in
+    memory only) for ever. ``repair`` removes the one and writes the other, once, on a
+    writable storage; every value and the user's metadata read the same, and a storage
+    with nothing to repair writes nothing."""
+    from cadstore.errors import ReadOnlyStorageError
+
+    where = tmp_path / "store"
+    files = _store_with_leftovers(where)
+    doc = json.loads(files["metadata.json"])
+    doc["file_sizes_KB"]["x"]["y"] = 12345.0  # as a writer killed before it left it
+    doc["user"] = {"note": "mine"}
+    (where / "metadata.json").write_text(json.dumps(doc))
+    files = _files(where)
+    with JsonStorageHandler(where, read_only=True) as reader:
+        values = {key: reader.load_data(key) for key in ("a", "x")}
+        metadata = reader.load_metadata()
+        with pytest.raises(ReadOnlyStorageError):
+            reader.repair()
+    assert _files(where) == files
+    assert metadata["file_sizes_KB"]["x"]["y"] == _kb(where / "x_y.json")
+    with JsonStorageHandler(where) as writer:
+        done = writer.repair()
+        assert done == [
+            "removed a_b.json, a_c.json: files of keys below 'a' that a.json replaced (a "
+            "save interrupted before removing them)",
+            "metadata.json: the sizes recorded corrected to the files' sizes",
+        ]
+        assert writer.repair() == []
+    after = _files(where)
+    assert sorted(after) == sorted(set(files) - {"a_b.json", "a_c.json"})
+    assert {n: after[n] for n in after if n != "metadata.json"} == {
+        n: files[n] for n in after if n != "metadata.json"
+    }
+    assert json.loads(after["metadata.json"]) == metadata  # as the reader corrected it
+    with JsonStorageHandler(where) as writer:
+        assert writer.repair() == []
+        for key, value in values.items():
+            assert_same(writer.load_data(key), value, key)
+        assert writer.load_metadata() == metadata
+    assert _files(where) == after
+
+
 def test_a_save_queries_no_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each save asked the size of the file it had just written (a stat here, a HEAD
     request on S3, see ``test_a_json_save_queries_no_size`` there) to record it, though

@@ -28,6 +28,8 @@ Saving a key writes its file, then removes the files of the keys below it; a wri
 killed in between leaves them (leftovers) behind the newer file. They are never read, and
 opening a storage removes nothing, writable or not: the first change that writes or
 removes the newer file (a save or delete at or inside its key, or above it) removes them.
+A store that is never changed again keeps them: :meth:`JsonStorageHandler.repair` removes
+them (and writes the sizes corrected below), for a user who wants the store clean.
 
 Every file is written atomically (temporary file, fsync, rename). Each is read with one
 request on an object store (no size query first) unless it is larger than a few MiB; a
@@ -49,7 +51,8 @@ nothing, writable or not. A writable storage writes them with the next ``metadat
 it writes for a change of the user's (``save_data``, ``save_metadata``, ``set_schema``,
 a ``delete_data`` that drops a size): an open, or an open and a close, with no change
 leaves ``metadata.json`` as it was, so that it never replaces a newer one another writer
-published meanwhile. The next storage to open it finds the same sizes to correct.
+published meanwhile. The next storage to open it finds the same sizes to correct, until
+a change or :meth:`JsonStorageHandler.repair` writes them.
 
 ``json_dir_path`` may be a URL such as ``s3://bucket/debug/part_001`` (see
 :func:`cadstore.io.resolve`): each file is then an object under that prefix,
@@ -169,6 +172,8 @@ class JsonStorageHandler(NodeStorage):
         self._file_bytes: dict[str, int] = {}
         # File name -> the value read from it, during one change (see _each_file_read_once).
         self._read_values: dict[str, Node] | None = None
+        # Whether the sizes read from metadata.json were corrected and not yet written.
+        self._sizes_corrected = False
         self._scan()
         # Read on first use; the sizes a killed writer left are corrected then, in memory,
         # and written with the first change (see _true_sizes): opening writes nothing.
@@ -511,8 +516,9 @@ class JsonStorageHandler(NodeStorage):
             if not isinstance(stored, dict):
                 raise CorruptStoreError(path, "metadata document is not a JSON object")
             doc = stored
-        # Corrected in memory only: written with the next change, never by an open.
-        self._true_sizes(doc)
+        # Corrected in memory only: written with the next change (or repair), never by
+        # an open.
+        self._sizes_corrected = self._true_sizes(doc)
         return doc
 
     def _true_sizes(self, doc: dict[str, Any]) -> bool:
@@ -612,6 +618,55 @@ class JsonStorageHandler(NodeStorage):
         if self._read_only:
             raise ReadOnlyStorageError(f"{self!r} is read-only")
         self._write_json(METADATA_FILE, doc)
+        self._sizes_corrected = False
+
+    def repair(self) -> list[str]:
+        """Write out what opening the store found stale; return what was done.
+
+        Opening a store changes nothing (see the module's notes): the leftover files of
+        keys below another stored file (a save killed before removing them) are ignored
+        until a change supersedes them, and the sizes ``metadata.json`` records wrongly
+        (a writer killed before writing it, or an older cadstore that recorded a dict
+        file's entries otherwise) are corrected in memory only, until the next change
+        writes the metadata. A store that is never changed again keeps both on disk;
+        this removes the leftovers and writes the corrected sizes, leaving the store as a
+        change would. Every value reads the same before and after.
+
+        Call it while no other process writes the store: what it removes and writes is
+        what this storage found when it opened the store.
+
+        Returns
+        -------
+        list of str
+            What was done, as sentences (the files removed, the sizes written): empty
+            when there was nothing to do, and then nothing was written.
+
+        Raises
+        ------
+        ReadOnlyStorageError
+            If the storage was opened read-only.
+        """
+        with self._lock:
+            self._check_writable()
+            done = []
+            below: dict[str, list[str]] = {}
+            for key, name in sorted(self._leftovers.items()):
+                owner = self._file_ancestor(key)
+                below.setdefault(owner or key, []).append(name)
+            for owner, names in below.items():
+                for name in names:
+                    self._remove(name)
+                self._leftovers = {k: n for k, n in self._leftovers.items() if n not in names}
+                newer = self._index[owner][0] if owner in self._index else "a newer file"
+                done.append(
+                    f"removed {', '.join(names)}: files of keys below {owner!r} that "
+                    f"{newer} replaced (a save interrupted before removing them)"
+                )
+            self._metadata  # noqa: B018 - reading it corrects its sizes
+            if self._sizes_corrected:
+                self._write_metadata_document(self._metadata)
+                done.append(f"{METADATA_FILE}: the sizes recorded corrected to the files' sizes")
+            return done
 
     # ------------------------------------------------------------------ public
     def get_file_path(self, data_key: str) -> str:
