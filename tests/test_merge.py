@@ -869,6 +869,28 @@ def test_merge_append_extends_tables(realistic_items: list[Any], tmp_path: Path)
     assert manifest["file_count"] == 6 and manifest["appended"] == 2
 
 
+def test_an_appended_manifest_gives_the_dataset_raw_bytes(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """After an append the manifest's ``raw_bytes`` was this run's decoded bytes, beside
+    a ``file_count`` and a ``stored_bytes`` of the whole dataset: its ratio read as a
+    dataset larger stored than decoded. It is the dataset's now, as a merge of the same
+    items gives it, and this run's is ``appended_raw_bytes``."""
+    import json
+
+    from cadstore import merge
+
+    files = [p for p, _, _ in realistic_items[:6]]
+    first = merge(files[:4], str(tmp_path / "f.dataset"))
+    more = merge(files[4:], str(tmp_path / "f.dataset"), append=True)
+    whole = merge(files, str(tmp_path / "all.dataset"))
+    manifest = json.loads((tmp_path / "f.flow").read_text())
+    assert manifest["file_count"] == 6 and manifest["appended"] == 2
+    assert manifest["appended_raw_bytes"] == more.raw_bytes > 0
+    assert manifest["raw_bytes"] == first.raw_bytes + more.raw_bytes == whole.raw_bytes
+    assert manifest["stored_bytes"] == (tmp_path / "f.dataset").stat().st_size
+
+
 def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> None:
     """The ``.flow``'s ``info`` said ``infoset_rows: 0`` and ``infoset: null`` (and no
     ``attribset``) after a merge or an append that wrote both tables: it was the summary

@@ -133,6 +133,17 @@ def append_items(
     return result
 
 
+def _dataset_raw_bytes(txn: Transaction, appended: int) -> int | None:
+    """The decoded bytes of the dataset once ``appended`` more are added: those its
+    current version records, plus ``appended``; ``None`` when it records none (a
+    dataset without a commit record), rather than this run's bytes under the dataset's
+    name, beside a ``stored_bytes`` of the whole dataset."""
+    recorded = None if txn.parent is None else txn.parent.summary.get("raw_bytes")
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
+        return None
+    return recorded + appended
+
+
 def _append_local(
     reader: DatasetReader,
     target: Location,
@@ -468,7 +479,14 @@ def _write_appended(
         )
         txn.durations = {"append": written - started, "info": time.perf_counter() - written}
         info_summary = tables_summary(info, tables, appended=True)
-        extra = {"file_count": len(names), "appended": len(scans), "info": info_summary}
+        extra = {
+            "file_count": len(names),
+            "appended": len(scans),
+            # Of the whole dataset, as file_count and stored_bytes are; this run's apart.
+            "raw_bytes": _dataset_raw_bytes(txn, raw_total),
+            "appended_raw_bytes": raw_total,
+            "info": info_summary,
+        }
         record = txn.stage(sink, len(names), tables, summary_fields(result, None, extra))
         result.warnings += info.warnings  # in the manifest, in its info.appended_items
         result.version, result.commit = record.version, record.id
