@@ -696,6 +696,10 @@ def repair(
         is taken, so nothing is created (taking the lock made a missing path's folders).
         With one, after the recovery, which may have rolled back a first merge and left
         no dataset: that is no error.
+    StorageError
+        If the file system fails to read the dataset or one of its copies (an EIO), of
+        the failure's kind and naming the file; what the recovery did before (staged
+        files removed, temporaries swept) ends its message (see :func:`recover`).
     """
     where = resolve(dataset, storage_options, shared=True)
     locked = lock_location(where).exists()
