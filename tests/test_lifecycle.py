@@ -916,6 +916,39 @@ def test_temporaries_of_dead_writers_are_swept(items: list[Path], tmp_path: Path
     assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == [live]
 
 
+def test_repair_says_which_temporaries_it_removed(
+    items: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """repair removed the temporaries of dead writers and said nothing of it ("nothing
+    to repair"), though its docstring promised to say so. It says how many and names
+    the first few; a live writer's temporary stays, unnamed."""
+    from cadstore.cli import main
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    old = time.time() - 10 * 3600
+    dead = sorted(tmp_path / f"{TEMP_PREFIX}123-otherhst-{n}" for n in "abcde")
+    for path in dead:
+        path.write_bytes(b"x")
+        os.utime(path, (old, old))
+    live = Path(publish.temporary_name(str(tmp_path)))
+    live.write_bytes(b"being written")
+    assert main(["repair", str(out)]) == 0
+    shown = ", ".join(p.name for p in dead[:3])
+    assert capsys.readouterr().out == (
+        f"removed 5 temporary files of writers that are gone from {tmp_path}: {shown} and 2 more\n"
+    )
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == [live]
+    dead[0].write_bytes(b"x")
+    os.utime(dead[0], (old, old))
+    assert lifecycle.repair(out) == [
+        f"removed 1 temporary file of writers that are gone from {tmp_path}: {dead[0].name}"
+    ]
+    assert lifecycle.repair(out) == []
+    live.unlink()
+    assert_settled(out, _names(items[:4]))
+
+
 # ---------------------------------------------------------------------------- full disk
 class _FullDisk:
     """A file that takes ``room`` bytes, then fails as a full disk does."""
@@ -1246,6 +1279,9 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     monkeypatch.undo()
     assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
     assert "rolled back: an append by pid" in message and "before its commit" in message
+    assert message.rstrip().endswith(
+        f"; removed 1 temporary file of writers that are gone from {tmp_path}: {foreign.name}"
+    )
     assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
     assert out.read_bytes() == before
     assert lifecycle.repair(cadstore.io.resolve(str(out))) == []

@@ -538,7 +538,8 @@ def recover(
 
     * Its staged files are removed; a directory dataset caught between its two renames is
       put in place.
-    * Temporary files of processes that are gone are removed from the dataset's folder.
+    * Temporary files of processes that are gone are removed from the dataset's folder
+      (said last, with the first few names).
     * If the current version's copies (the files it lists, and ``published``) are from
       another version or missing, they are published again from the dataset.
 
@@ -553,19 +554,43 @@ def recover(
     """
     done: list[str] = []
     staged_found = previous is not None and _undo_staged(previous, dataset)
-    if not dataset.remote:
-        sweep_dead_temporaries(dataset.parent)
+    swept = [] if dataset.remote else sweep_dead_temporaries(dataset.parent)
+    failure: StorageError | None = None
     try:
         # The version in place once what was staged is undone (or put in place).
         current = _current_commit(dataset)
     except StorageError as exc:
+        failure = exc
         if previous is not None:
             done.append(_interrupted(previous, staged_found, readable=False))
-        raise _having_done(exc, done) from exc
-    try:
-        return _roll_forward(dataset, previous, staged_found, current, published, done)
-    except StorageError as exc:
-        raise _having_done(exc, done) from exc
+    else:
+        try:
+            _roll_forward(dataset, previous, staged_found, current, published, done)
+        except StorageError as exc:
+            failure = exc
+    if swept:
+        done.append(_swept(dataset.parent, swept))
+    if failure is not None:
+        if not done:
+            raise failure
+        raise _having_done(failure, done) from failure
+    return done
+
+
+#: Names of temporaries removed that a sentence lists at most.
+_SWEPT_SHOWN = 3
+
+
+def _swept(folder: Location, names: list[str]) -> str:
+    """What recovery says of the temporaries it removed from ``folder``: how many, and
+    the first few names (a folder may hold many)."""
+    shown = ", ".join(sorted(names)[:_SWEPT_SHOWN])
+    more = f" and {len(names) - _SWEPT_SHOWN} more" if len(names) > _SWEPT_SHOWN else ""
+    files = "file" if len(names) == 1 else "files"
+    return (
+        f"removed {len(names)} temporary {files} of writers that are gone from "
+        f"{folder.path}: {shown}{more}"
+    )
 
 
 def _interrupted(previous: LockRecord, staged_found: bool, *, readable: bool) -> str:
@@ -588,8 +613,6 @@ def _interrupted(previous: LockRecord, staged_found: bool, *, readable: bool) ->
 
 def _having_done(exc: StorageError, done: list[str]) -> StorageError:
     """``exc`` (of its own kind, naming its file) with what recovery did before it."""
-    if not done:
-        return exc
     return type(exc)(exc.path, f"{exc.problem}; before this, recovery did: {'; '.join(done)}")
 
 
@@ -600,10 +623,10 @@ def _roll_forward(
     current: CommitRecord | None,
     published: PublishedFiles | None,
     done: list[str],
-) -> list[str]:
+) -> None:
     """The part of :func:`recover` that reads the version in place: says whether the
     killed writer had committed it, and publishes its out-of-date copies again; appends
-    to ``done`` as it goes, and returns it."""
+    to ``done`` as it goes."""
     killed = ""
     if previous is not None:
         killed = previous.describe()
@@ -613,7 +636,7 @@ def _roll_forward(
             done.append(_interrupted(previous, staged_found, readable=True))
             killed = ""
     if current is None or not current.tables:
-        return done
+        return
     # The copies the version itself lists, in its own folder, are published again when
     # missing or out of date; those the caller is about to publish (which may be
     # elsewhere, or new) only when they exist and are out of date.
@@ -650,7 +673,6 @@ def _roll_forward(
         )
     elif killed:
         done.append(f"{killed} and was interrupted after it; its copies were complete")
-    return done
 
 
 def repair(
