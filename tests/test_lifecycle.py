@@ -1236,7 +1236,10 @@ def test_a_lock_beside_a_link_to_a_missing_folder_is_an_error_not_a_hang(
     assert not (tmp_path / "unmounted").exists()
 
 
-@pytest.mark.parametrize(("step", "via"), [("open", "api"), ("read", "cli")])
+@pytest.mark.parametrize(
+    ("step", "via", "point"),
+    [("open", "api", "writing"), ("read", "cli", "writing"), ("open", "api", "staged")],
+)
 def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     items: list[Path],
     tmp_path: Path,
@@ -1244,19 +1247,21 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     capsys: pytest.CaptureFixture[str],
     step: str,
     via: str,
+    point: str,
 ) -> None:
     """An EIO reading the dataset while recovering: the StorageError was raised before
     the rollback already done was reported (the killed writer's lock record, which said
     what it was, is gone once the lock is released) and before the dead writers'
     temporaries were swept. Now they are swept, and the error names the dataset and says
-    what was rolled back; the committed version is intact."""
+    what was rolled back (a writer killed while committing may have committed: only its
+    staged files are said removed); the committed version is intact."""
     from conftest import refuse_opening
 
     out = tmp_path / "parts.dataset"
     cadstore.merge([str(p) for p in items[:6]], str(out))
     before = out.read_bytes()
     more = [str(p) for p in items[6:9]]
-    run_killed(lambda: cadstore.merge(more, str(out), append=True), "writing")
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), point)
     old = time.time() - 10 * 3600
     foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
     foreign.write_bytes(b"x")
@@ -1278,7 +1283,14 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
         message = str(caught.value)
     monkeypatch.undo()
     assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
-    assert "rolled back: an append by pid" in message and "before its commit" in message
+    if point == "writing":
+        assert "rolled back: an append by pid" in message and "before its commit" in message
+    else:
+        assert "recovery did: an append by pid" in message
+        assert (
+            "was interrupted while committing or after; what it had staged was removed, "
+            "and the dataset could not be read to tell which version is in place"
+        ) in message
     assert message.rstrip().endswith(
         f"; removed 1 temporary file of writers that are gone from {tmp_path}: {foreign.name}"
     )
