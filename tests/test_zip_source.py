@@ -450,3 +450,64 @@ def test_prefix_source_serves_ranges_on_any_file_system(tmp_path: Path) -> None:
         None,
     ]
     assert prefix.get_ranges(requests[:3]) == DirectorySource(str(root)).get_ranges(requests[:3])
+
+
+@pytest.mark.parametrize(
+    "listed", ["a/g/1", "b/x/7", "a/c/\xe9"], ids=["two-bytes", "three-bytes", "non-ascii"]
+)
+def test_a_directory_name_damaged_in_more_than_one_bit_is_corrupt(
+    tmp_path: Path, listed: str
+) -> None:
+    """Found by review of the one-bit search: in a file over 256 KiB (whose local headers
+    are read only as members are), a member whose central-directory name was changed in
+    more than one bit (``a/c/0`` listed as ``a/g/1``) was absent under its own name, and
+    an item read that array as fill values. Any damage that keeps the name's length (a
+    name's length is a field of its own) is found: the key is compared with the local
+    headers of the listed members of its length."""
+    members = [("a/zarr.json", b"{}"), ("a/c/1", b"\x02" * 6), ("a/c/0", b"\x01" * 300_000)]
+    path = tmp_path / "damaged.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # the last entry: a/c/0
+    stored = listed.encode("cp437")  # the member has no UTF-8 flag: its name reads as cp437
+    assert raw[central + 46 : central + 51] == b"a/c/0" and len(stored) == 5
+    raw[central + 46 : central + 51] = stored
+    path.write_bytes(bytes(raw))
+    source = ZipSource(str(path))
+    try:
+        assert source.get("a/c/1") == b"\x02" * 6
+        assert source.get("a/c/5") is None and "a/c/5" not in source
+        assert "a/c/0" in source
+        for read in (
+            lambda s: s.get("a/c/0"),
+            lambda s: s.get_range("a/c/0", 0, 2),
+            lambda s: s.get_ranges([("a/c/0", 0, 2)]),
+            lambda s: s.size_of("a/c/0"),
+        ):
+            with pytest.raises(CorruptStoreError, match=rf"damaged\.zip.*'a/c/0'.*as '{listed}'"):
+                read(source)
+    finally:
+        source.close()
+    assert path.read_bytes() == bytes(raw)
+
+
+def test_absent_keys_keep_no_memory_of_each_key(tmp_path: Path) -> None:
+    """Found by review: in a file over 256 KiB every distinct key asked for that was not
+    stored was remembered (``ZipSource._unlisted``), so a long-running reader asked for
+    many missing keys grew without bound. What is kept now is bounded by the members."""
+    path = tmp_path / "one.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("a/zarr.json", b"{}"), ("a/c/0", b"\0" * 300_000)])
+    source = ZipSource(str(path))
+    try:
+        sizes = []
+        for batch in range(3):
+            for i in range(2000):
+                key = f"a/c/{batch * 2000 + i + 1}"
+                assert source.get(key) is None and key not in source
+            sizes.append(sum(len(v) for v in vars(source).values() if isinstance(v, set | dict)))
+        assert sizes[0] == sizes[1] == sizes[2]
+        assert source.get("a/c/0") == b"\0" * 300_000
+    finally:
+        source.close()

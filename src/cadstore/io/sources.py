@@ -556,13 +556,12 @@ class ZipSource(KeySource):
         self._renamed: dict[str, str] = {}
         if self._image is not None:
             self._find_renamed(self._image)
-        # A larger file's local headers are read as members are (see _renamed_as): the
-        # keys asked for that no member turned out to be, and each member by stored name.
-        self._unlisted: set[str] = set()
-        # The start of the local header of each member read for that (as many bytes as a
-        # name of its listed length takes).
-        self._local_heads: dict[str, bytes] = {}
-        self._by_raw_name: dict[bytes, str] | None = None
+        # A larger file's local headers are read as members are, and those of every
+        # member of a name's length once a key of that length is asked for and not listed
+        # (see _renamed_as): the lengths whose members' headers have all been read, and
+        # the members by the length of their stored name (made on the first such key).
+        self._lengths_read: set[int] = set()
+        self._by_length: dict[int, list[str]] | None = None
 
     def _find_renamed(self, image: bytes) -> None:
         """Note the members whose local header names another than the central directory
@@ -573,12 +572,16 @@ class ZipSource(KeySource):
             if image[at : at + 4] != b"PK\x03\x04":
                 continue  # reading the member says so
             (name_len,) = struct.unpack_from("<H", image, at + 26)
-            local = image[at + 30 : at + 30 + name_len]
-            if local != entry.raw_name:
-                text = local.decode(
-                    "ascii" if local.isascii() else "utf-8" if entry.flags & 0x800 else "cp437"
-                )
-                self._renamed[text] = name
+            self._note_local_name(name, entry, image[at + 30 : at + 30 + name_len])
+
+    def _note_local_name(self, name: str, entry: ZipMember, local: bytes) -> None:
+        """Note that the local header of member ``name`` names ``local``, when that is not
+        its central-directory name (see :meth:`_renamed_as`)."""
+        if local != entry.raw_name:
+            text = local.decode(
+                "ascii" if local.isascii() else "utf-8" if entry.flags & 0x800 else "cp437"
+            )
+            self._renamed[text] = name
 
     def _renamed_as(self, key: str) -> str | None:
         """The central-directory name of the member whose local header names ``key``, when
@@ -587,39 +590,54 @@ class ZipSource(KeySource):
         A small file's local headers were all read when it was opened. In a larger one a
         member's local header is read (and its name checked) when the member is first
         read, but a member listed under a damaged name is never read under that name:
-        it is asked for under its own, which is not listed. Such a key is then looked
-        for among the members whose stored name differs from it by one bit (one flipped
-        bit changes a name, not its length) and whose local header is unread: each such
-        header is read (one small read, once per member) and compared. This costs
-        nothing for keys that are stored; a key that is not costs, once, its one-bit
-        variants' lookups.
+        it is asked for under its own, which is not listed. Damage to a name in the
+        central directory leaves its length as it was (the length is a field of its
+        own; a damaged one misaligns the entries that follow, which the directory's
+        parse refuses), so the first key of a length that is asked for and not listed
+        reads the local headers of the members of that length not read yet (one small
+        read each, batched on an object store), and notes those that name another.
+        Each member's header is read at most once: a key of a length already looked at,
+        or of a length no member has, costs a lookup, and nothing is kept per key asked
+        for. A healthy item or dataset is never asked for a key it lacks, so this costs
+        reading it nothing.
         """
         renamed = self._renamed.get(key)
-        if renamed is not None or self._image is not None or key in self._unlisted:
+        if renamed is not None or self._image is not None:
             return renamed
-        if self._by_raw_name is None:
-            self._by_raw_name = {entry.raw_name: name for name, entry in self._members.items()}
-        raw = key.encode("utf-8")
-        for at, byte in enumerate(raw):
-            for bit in range(8):
-                name = self._by_raw_name.get(raw[:at] + bytes((byte ^ (1 << bit),)) + raw[at + 1 :])
-                if name is None or name in self._data_offsets:
-                    continue  # not listed, or its local header repeats its name
-                header = self._local_heads.get(name)
-                if header is None:  # read once, whichever absent keys it is checked for
-                    entry = self._members[name]
-                    header = self._read_at(entry.header_offset, 30 + len(raw))
-                    self._local_heads[name] = header
-                if (
-                    header[:4] == b"PK\x03\x04"
-                    and len(header) == 30 + len(raw)
-                    and _LOCAL_LENGTHS.unpack_from(header, 26)[0] == len(raw)
-                    and header[30:] == raw
-                ):
-                    self._renamed[key] = name
-                    return name
-        self._unlisted.add(key)
-        return None
+        length = len(key.encode("utf-8", "surrogatepass"))
+        if length in self._lengths_read:
+            return None
+        if self._by_length is None:
+            by_length: dict[int, list[str]] = {}
+            for name, entry in self._members.items():
+                by_length.setdefault(len(entry.raw_name), []).append(name)
+            self._by_length = by_length
+        names = self._by_length.get(length)
+        if names is None:
+            return None  # no member has a name of this length: nothing is kept
+        unread = [name for name in names if name not in self._data_offsets]
+        entries = [self._members[name] for name in unread]
+        spans = [(entry.header_offset, 30 + length) for entry in entries]
+        headers = (
+            self._read_many(spans)
+            if self.batches_reads
+            else [self._read_at(offset, n) for offset, n in spans]
+        )
+        for name, entry, header in zip(unread, entries, headers, strict=True):
+            if header[:4] != b"PK\x03\x04" or len(header) != 30 + length:
+                continue  # reading the member says so
+            name_len, extra_len = _LOCAL_LENGTHS.unpack_from(header, 26)
+            if name_len != length:
+                continue  # a local name of another length: reading the member says so
+            local = header[30:]
+            if local == entry.raw_name:
+                start = entry.header_offset + 30 + name_len + extra_len
+                if start + entry.compress_size <= self._size:
+                    self._data_offsets[name] = start  # checked: its reads skip the header
+            else:
+                self._note_local_name(name, entry, local)
+        self._lengths_read.add(length)
+        return self._renamed.get(key)
 
     def _member(self, key: str) -> ZipMember | None:
         """The central-directory entry of ``key``; ``None`` if it is not stored.
