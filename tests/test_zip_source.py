@@ -511,3 +511,34 @@ def test_absent_keys_keep_no_memory_of_each_key(tmp_path: Path) -> None:
         assert source.get("a/c/0") == b"\0" * 300_000
     finally:
         source.close()
+
+
+def test_membership_says_what_is_stored_and_never_reports_damage(tmp_path: Path) -> None:
+    """``key in source`` answers whether the store holds something at ``key``, as a
+    mapping's ``in`` does; it is ``get`` that reports damage. Found by review: a
+    directory store's ``in`` read the whole file and raised the LimitExceededError of a
+    document over ``max_metadata_bytes``. A member whose name the central directory
+    damaged is held (reading it is the error), in every source."""
+    from cadstore.io.sources import DirectorySource
+
+    root = tmp_path / "store.zarr"
+    root.mkdir()
+    (root / "zarr.json").write_bytes(b" " * 2000)
+    small = Limits(max_metadata_bytes=1000)
+    directory = DirectorySource(str(root), limits=small)
+    assert "zarr.json" in directory and "missing.json" not in directory
+    with pytest.raises(LimitExceededError, match=r"store\.zarr.*'zarr\.json'"):
+        directory.get("zarr.json")
+    path = tmp_path / "crc.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, [("zarr.json", b"{}"), ("a/c/0", b"\x01" * 300_000)])
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"\x01" * 8)] ^= 0xFF  # a byte of a/c/0's data: its CRC no longer holds
+    path.write_bytes(bytes(raw))
+    source = ZipSource(str(path))
+    try:
+        assert "a/c/0" in source and "a/c/1" not in source
+        with pytest.raises(CorruptStoreError, match=r"crc\.zip.*'a/c/0'.*CRC"):
+            source.get("a/c/0")
+    finally:
+        source.close()

@@ -253,7 +253,17 @@ class KeySource(ABC):
         return False
 
     def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
+        """Whether the store holds something at ``key``, as :meth:`size_of` says.
+
+        Like a mapping's ``in``, this never reports damage: a value that is there but
+        cannot be read (a CRC that does not hold, a size over the limits, a zip member
+        whose name the central directory damaged) is held, and :meth:`get` raises its
+        :class:`~cadstore.errors.CorruptStoreError`. It may raise what reading the store
+        raises (an ``OSError``, a :class:`~cadstore.errors.StorageError`): a store that
+        cannot be read is not one without the key, which a reader would take for fill
+        values.
+        """
+        return self.size_of(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -908,7 +918,9 @@ class ZipSource(KeySource):
     def total_bytes(self) -> int:  # docstring inherited
         return self._size
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: str) -> bool:  # docstring inherited
+        # A member listed under a damaged name is held under the name its local header
+        # gives (reading it raises); finding that out may read local headers.
         return key in self._members or self._renamed_as(key) is not None
 
     def close(self) -> None:  # docstring inherited
