@@ -542,3 +542,72 @@ def test_membership_says_what_is_stored_and_never_reports_damage(tmp_path: Path)
             source.get("a/c/0")
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("rows", [100, 50_000], ids=["read-whole", "larger"])
+@pytest.mark.parametrize(
+    ("old", "new", "array"),
+    [
+        ("faces/face_areas/c/0", "faces/fxce_areas/c/0", "faces/face_areas"),
+        ("x/c/0", "x/c/7", "x"),
+        ("x/c/0", "x/d/0", "x"),
+    ],
+    ids=["array-name", "chunk-off-the-grid", "chunk-prefix"],
+)
+def test_a_chunk_renamed_in_both_headers_is_corrupt(
+    tmp_path: Path, rows: int, old: str, new: str, array: str
+) -> None:
+    """Found by review: a chunk's name damaged alike in the central directory and its
+    local header leaves a consistent zip, and the item read that array as fill values
+    (zeros). A chunk its array's grid holds that the store lacks, beside a member of a
+    name of the same length that belongs to no array, is a damaged name: reading the
+    array is a CorruptStoreError naming the file, the chunk and the member; the other
+    arrays read; the file is left as it was."""
+    import numpy as np
+
+    from cadstore import OptStorage
+    from conftest import write_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"faces/face_areas": rng.random(rows), "x": np.arange(rows), "y": np.ones(3)}
+    path = Path(write_arrays(tmp_path / "item.zarr", arrays))
+    raw = path.read_bytes()
+    assert raw.count(old.encode()) == 2 and len(new) == len(old)
+    raw = raw.replace(old.encode(), new.encode())
+    path.write_bytes(raw)
+    assert (len(raw) > 256 * 1024) == (rows > 100)
+    storage = OptStorage(str(tmp_path / "item.zarr"), mode="r")
+    try:
+        np.testing.assert_array_equal(storage.load_data("y"), arrays["y"])
+        with pytest.raises(
+            CorruptStoreError, match=rf"item\.zarr\.data.*'{old}' is missing.*'{new}'"
+        ):
+            storage.load_data(array)
+    finally:
+        storage.close()
+    assert path.read_bytes() == raw
+
+
+def test_another_writers_absent_chunks_are_fill_values(tmp_path: Path) -> None:
+    """Zarr lets a writer leave out a chunk of fill values (zarr-python does by default):
+    such an item reads that chunk as fill values, even beside a member no array holds
+    when no such member has a name of the absent chunk's length."""
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+
+    path = tmp_path / "other.zarr.data"
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        values = group.create_array("values", shape=(20,), chunks=(10,), dtype="int64")
+        values[10:] = np.arange(1, 11)  # chunk c/0 holds only fill values: not written
+    with zipfile.ZipFile(path, "a") as zf:
+        assert "values/c/0" not in zf.namelist() and "values/c/1" in zf.namelist()
+        zf.writestr("notes.txt", b"written by hand")
+    storage = OptStorage(str(tmp_path / "other.zarr"), mode="r")
+    try:
+        expected = np.concatenate([np.zeros(10, dtype=np.int64), np.arange(1, 11)])
+        np.testing.assert_array_equal(storage.load_data("values"), expected)
+    finally:
+        storage.close()

@@ -68,6 +68,9 @@ __all__ = [
 
 KIND_ATTRIBUTE = "cadstore_kind"
 _METADATA_NAMES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup"))
+#: The documents at a store's root besides its node's: Zarr 2's consolidated metadata and
+#: a cadstore item's metadata.
+_ROOT_DOCUMENTS = frozenset((".zmetadata", "metadata.json"))
 #: Keys below the root that end with one of these are metadata documents.
 _METADATA_SUFFIXES = tuple(f"/{name}" for name in sorted(_METADATA_NAMES))
 _PY_SCALARS: dict[type, tuple[str, str]] = {
@@ -508,6 +511,9 @@ class ReadHierarchy(Hierarchy):
         self.source = source
         self.limits = limits
         self.location = source.location
+        # Keys no node accounts for, by length, found on the first absent chunk (see
+        # _check_not_renamed).
+        self._strays: dict[int, list[str]] | None = None
         self._size = source.total_bytes()
         try:
             root = self._json("zarr.json")
@@ -624,9 +630,71 @@ class ReadHierarchy(Hierarchy):
     def _chunk(self, path: str, rel: str) -> bytes | None:  # docstring inherited
         key = f"{path}/{rel}"
         data = self.source.get(key)
-        if data is None and self.complete and self.source.locate(key) is not None:
-            data = self.source.get(key)
+        if data is None:
+            if self.complete:
+                if self.source.locate(key) is not None:
+                    data = self.source.get(key)
+            else:
+                self._check_not_renamed(path, key)
         return data
+
+    def _check_not_renamed(self, path: str, key: str) -> None:
+        """Refuse chunk ``key`` of array ``path`` being absent when the store holds a
+        member of a name of its length that belongs to no node: a name damaged alike in
+        a zip's central directory and local header (``x/c/0`` become ``x/d/0``), which
+        leaves a consistent zip and would read the array as fill values.
+
+        A hierarchy that is not :attr:`complete` (an item: Zarr lets a writer leave out
+        a chunk of fill values) cannot tell a damaged name from a chunk left out by the
+        name alone; a member nothing accounts for (no node's metadata document, no chunk
+        of an array's grid, not ``metadata.json``) is the evidence, and damage keeps a
+        name's length. The members nothing accounts for are found once, on the first
+        absent chunk (a healthy cadstore item has none: its writer stores every chunk).
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the file, the array, the chunk and the member.
+        """
+        strays = self._strays
+        if strays is None:
+            strays = self._strays = self._find_strays()
+        for stray in strays.get(len(key.encode("utf-8", "surrogatepass")), ()):
+            raise CorruptStoreError(
+                self.location,
+                f"array {path!r}: chunk {key!r} is missing and member {stray!r}, of a name "
+                "of its length, belongs to no array (a damaged name: corrupt file)",
+            )
+
+    def _find_strays(self) -> dict[int, list[str]]:
+        """The keys of the source that no node accounts for, by their length in bytes
+        (see :meth:`_check_not_renamed`)."""
+        strays: dict[int, list[str]] = {}
+        arrays = self.arrays
+        for key in self.source:
+            cut = key.rfind("/")
+            parent, name = (key[:cut], key[cut + 1 :]) if cut > 0 else ("", key)
+            if name in _METADATA_NAMES or (not parent and name in _ROOT_DOCUMENTS):
+                if parent in arrays or parent in self.groups:
+                    continue
+            elif self._in_a_grid(key, arrays):
+                continue
+            strays.setdefault(len(key.encode("utf-8", "surrogatepass")), []).append(key)
+        return strays
+
+    def _in_a_grid(self, key: str, arrays: Mapping[str, ArrayMeta | None]) -> bool:
+        """Whether ``key`` is a chunk of the grid of the shallowest array above it (one
+        whose metadata does not parse is given the benefit of the doubt: reading it
+        reports that)."""
+        cut = key.find("/")
+        while cut > 0:
+            if key[:cut] in arrays:
+                try:
+                    return self.meta(key[:cut]).is_chunk_key(key[cut + 1 :])
+                except CadstoreError:
+                    return True
+            cut = key.find("/", cut + 1)
+        return False
 
     def _source_bytes(self) -> int:  # docstring inherited
         return self._size

@@ -147,6 +147,25 @@ class ArrayMeta:
         """Return the chunk key, relative to the array, for a chunk grid index."""
         return format_chunk_key(self.zarr_format, self.chunk_prefix, self.separator, index)
 
+    def is_chunk_key(self, rel: str) -> bool:
+        """Whether ``rel`` is the key, relative to the array, of a chunk of its grid: the
+        key :meth:`chunk_key` gives for an index inside the grid, spelt as it spells it
+        (a key of another array's encoding, off the grid or with leading zeros is not)."""
+        if not self.shape:
+            return rel == self.chunk_key(())
+        prefix = f"{self.chunk_prefix}{self.separator}" if self.chunk_prefix else ""
+        if not rel.startswith(prefix):
+            return False
+        parts = rel[len(prefix) :].split(self.separator)
+        if len(parts) != len(self.shape):
+            return False
+        index = []
+        for part, size, chunk in zip(parts, self.shape, self.chunks, strict=True):
+            if not (part.isascii() and part.isdigit()) or int(part) >= -(-size // chunk):
+                return False
+            index.append(int(part))
+        return rel == self.chunk_key(index)
+
 
 def format_chunk_key(zarr_format: int, prefix: str, separator: str, index: Sequence[int]) -> str:
     """Return a chunk key relative to its array: ``c/0/1`` (v3 default encoding), ``0.1``
