@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -611,3 +612,143 @@ def test_another_writers_absent_chunks_are_fill_values(tmp_path: Path) -> None:
         np.testing.assert_array_equal(storage.load_data("values"), expected)
     finally:
         storage.close()
+
+
+def _zip64_archive(
+    members: list[tuple[str, bytes]],
+    *,
+    sizes: dict[str, int] | None = None,
+    offsets: dict[str, int] | None = None,
+    directory_shift: int = 0,
+) -> bytes:
+    """A zip of stored ``members`` written with ZIP64 records throughout (every size and
+    offset in the central directory is ``0xFFFFFFFF`` and given in the ZIP64 extra field;
+    a ZIP64 end record), as a writer of archives over 4 GiB or 65,535 members makes them,
+    in a few hundred bytes; ``sizes`` and ``offsets`` replace a member's declared size or
+    local header offset in its central entry, ``directory_shift`` moves the ZIP64 end
+    record's central-directory offset."""
+    import struct
+
+    sizes, offsets = sizes or {}, offsets or {}
+    out = bytearray()
+    central = []
+    for name, data in members:
+        raw, crc, at = name.encode(), zlib.crc32(data), len(out)
+        local_extra = struct.pack("<HHQQ", 1, 16, len(data), len(data))
+        out += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 33, crc, *(2 * [0xFFFFFFFF]), len(raw), 20
+        )
+        out += raw + local_extra + data
+        size = sizes.get(name, len(data))
+        extra = struct.pack("<HHQQQ", 1, 24, size, size, offsets.get(name, at))
+        head = struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            *(0x02014B50, 0x031E, 45, 0, 0, 0, 33, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(raw)),
+            *(len(extra), 0, 0, 0, 0o100644 << 16, 0xFFFFFFFF),
+        )
+        central.append(head + raw + extra)
+    directory = b"".join(central)
+    start, n = len(out), len(members)
+    out += directory
+    end64 = len(out)
+    out += struct.pack(
+        "<IQHHIIQQQQ", 0x06064B50, 44, 0x031E, 45, 0, 0, n, n, len(directory), start
+    )[:-8] + struct.pack("<Q", start + directory_shift)
+    out += struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, *(2 * [0xFFFFFFFF]), 0)
+    return bytes(out)
+
+
+def _local_header(name: str, data: bytes) -> bytes:
+    """A stored member's local header and name, without ZIP64."""
+    import struct
+
+    raw = name.encode()
+    head = (0x04034B50, 45, 0, 0, 0, 33, zlib.crc32(data), len(data), len(data), len(raw), 0)
+    return struct.pack("<IHHHHHIIIHH", *head) + raw
+
+
+#: Members of the archives below: a/c/0's data ends with a copy of a/c/1's local entry.
+_INNER = b"\x02" * 50
+_COPY = _local_header("a/c/1", _INNER) + _INNER
+
+
+def _overlapping(members: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Offsets listing ``a/c/1`` at the copy of its local entry inside ``a/c/0``'s data."""
+    return {"offsets": {"a/c/1": _zip64_archive(members).index(_COPY)}}
+
+
+@pytest.mark.parametrize("padding", [100, 300_000], ids=["read-whole", "larger"])
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda m: {"sizes": {"big": 10**8}}, "'big'"),
+        (lambda m: {"sizes": {"big": 2**64 - 1}}, "'big'"),
+        (lambda m: {"offsets": {"a/c/1": 10**8}}, "'a/c/1'"),
+        (lambda m: {"offsets": {"a/c/1": 2**63 + 5}}, "'a/c/1'"),
+        (lambda m: {"offsets": {"a/c/1": 2}}, "'a/c/1'"),
+        (lambda m: {"directory_shift": 7}, "'zarr.json'"),
+        (_overlapping, "'a/c/0' and 'a/c/1'"),
+    ],
+    ids=[
+        "size-past-the-end",
+        "size-2**64",
+        "offset-past-the-end",
+        "offset-2**63",
+        "offset-into-another",
+        "directory-offset",
+        "overlapping-members",
+    ],
+)
+def test_hostile_zip64_records_are_refused_when_opened(
+    tmp_path: Path, padding: int, damage: Callable[..., dict[str, Any]], problem: str
+) -> None:
+    """Found by review of the ZIP64 path, which zipfile parses: sizes and offsets a ZIP64
+    record declares are checked as cadstore's own parser's are. A local header offset of
+    2**63 raised OverflowError from a read, and a ZIP64 end record whose directory offset
+    was off by 7 (zipfile then moves every member by 7, one to -7) ValueError, neither
+    naming the file; a member listed at a copy of its local entry inside another's data
+    (overlapping members, each CRC holding) was read. Every member must lie whole, apart
+    from the others, before the central directory: opening the file says which does not,
+    naming the file."""
+    members = [
+        ("zarr.json", b"{}"),
+        ("big", b"\x07" * padding),
+        ("a/c/0", b"\x01" * 20 + _COPY),
+        ("a/c/1", _INNER),
+    ]
+    good = tmp_path / "good.zip"
+    good.write_bytes(_zip64_archive(members))
+    source = ZipSource(str(good))
+    try:
+        assert source._zip is not None  # listed through zipfile
+        assert [source.get(name) for name, _ in members] == [data for _, data in members]
+    finally:
+        source.close()
+    path = tmp_path / "hostile.zip"
+    raw = _zip64_archive(members, **damage(members))
+    path.write_bytes(raw)
+    with pytest.raises(CorruptStoreError, match=rf"hostile\.zip.*{problem}"):
+        ZipSource(str(path)).close()
+    assert path.read_bytes() == raw
+
+
+@pytest.mark.parametrize("padding", [100, 300_000], ids=["read-whole", "larger"])
+def test_overlapping_members_of_a_plain_zip_are_refused(tmp_path: Path, padding: int) -> None:
+    """The same check on cadstore's own parser (no ZIP64): a member listed at a copy of its
+    local entry inside another's data was read, its CRC holding."""
+    import struct
+
+    members = [("big", b"\x07" * padding), ("a/c/0", b"\x01" * 20 + _COPY), ("a/c/1", _INNER)]
+    path = tmp_path / "overlap.zip"
+    with open(path, "wb") as fh:
+        write_stored_zip(fh, members)
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # the last entry: a/c/1
+    assert raw[central + 46 : central + 51] == b"a/c/1"
+    raw[central + 42 : central + 46] = struct.pack("<I", raw.index(_COPY))
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("a/c/1") == _INNER  # zipfile (before 3.12) reads it
+    with pytest.raises(CorruptStoreError, match=r"overlap\.zip.*'a/c/0' and 'a/c/1' overlap"):
+        ZipSource(str(path)).close()

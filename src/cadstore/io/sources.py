@@ -2,8 +2,9 @@
 
 Every view returns bytes by key, lists its keys, and reports the size of what it holds
 (for the expansion limit). The zip view validates every member name (no absolute paths,
-no ``..``, no backslashes or control characters, no duplicates) and every declared size
-before it reads, and turns every failure of ``zipfile`` into a
+no ``..``, no backslashes or control characters, no duplicates), every declared size and
+every member's place in the file (ZIP64 records too, which ``zipfile`` parses) before it
+reads, and turns every failure of ``zipfile`` into a
 :class:`~cadstore.errors.CorruptStoreError` naming the file. Nothing is ever extracted.
 
 :func:`open_source` is the one way to open the store at a location, whatever it is: it
@@ -20,6 +21,7 @@ or cannot be reached passes through as its own error.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import re
 import stat
@@ -327,7 +329,8 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
     _NeedZipfile
         For ZIP64 or multi-disk archives, which ``zipfile`` handles.
     ValueError
-        If the structures are inconsistent (a corrupt or truncated file).
+        If the structures are inconsistent (a corrupt or truncated file), members among
+        them (see :func:`_misplaced`).
     """
     tail_len = min(size, 22 + 0xFFFF)
     tail = read_at(size - tail_len, tail_len)
@@ -355,6 +358,8 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
         raise ValueError("central directory is truncated")
     members: list[ZipMember] = []
     at = 0
+    end = 0
+    in_order = True
     unpack = _CENTRAL_FIELDS.unpack_from
     for _ in range(n_total):
         if at + 46 > cd_size:
@@ -374,7 +379,55 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
         )
         members.append(ZipMember(name, method, flags, crc, csize, usize, offset, raw_name))
         at += 46 + n_len + e_len + c_len
+        # Where the member ends at the least (see _misplaced), checked as listed.
+        if offset < end:
+            in_order = False
+        end = offset + 30 + n_len + csize
+    if not in_order or end > cd_offset:
+        problem = _misplaced(members, cd_offset)
+        if problem:
+            raise ValueError(problem)
     return members
+
+
+def _misplaced(entries: list[ZipMember], directory_at: int) -> str | None:
+    """Say which member does not lie whole, apart from the others, before the central
+    directory (at ``directory_at``), or ``None`` when every one does.
+
+    Each member takes at least its local header, its name and its stored bytes from its
+    header's offset on; these spans must not overlap, nor start before the file or end
+    past the directory's start. Sizes and offsets are the writer's word, ZIP64's among
+    them (which ``zipfile`` parses and, when the end record's directory offset disagrees
+    with where the directory is, moves every member by the difference): one past the
+    file, or past what a read can be asked for (2**63), is refused here, naming the
+    member, rather than failing a read with an error naming nothing. Members listed at
+    each other's bytes (each CRC may hold: a copy of one's local entry inside another's
+    data) are a crafted archive. :func:`read_central_directory` checks its members as it
+    lists them, in order, and calls this only to say what is wrong.
+    """
+    end = 0
+    previous: ZipMember | None = None
+    for entry in sorted(entries, key=_HEADER_OFFSET):
+        at = entry.header_offset
+        if at < end:
+            if previous is None:
+                return f"member {entry.name!r} starts before the file (at {at})"
+            return (
+                f"members {previous.name!r} and {entry.name!r} overlap ({entry.name!r} is "
+                f"listed at byte {at}, within {previous.name!r})"
+            )
+        end = at + 30 + len(entry.raw_name) + entry.compress_size
+        previous = entry
+    if previous is not None and end > directory_at:
+        return (
+            f"member {previous.name!r} runs past the central directory's start (its "
+            f"{previous.compress_size} bytes at {previous.header_offset}, the directory at "
+            f"{directory_at})"
+        )
+    return None
+
+
+_HEADER_OFFSET: Callable[[ZipMember], int] = operator.attrgetter("header_offset")
 
 
 #: The suffixes of the files cadstore writes for a dataset, each easily given for another.
@@ -710,9 +763,11 @@ class ZipSource(KeySource):
             raise translated from exc
 
     def _entries_from_zipfile(self) -> list[ZipMember]:
+        """:func:`read_central_directory` by ``zipfile`` (ZIP64, multi-disk archives),
+        whose sizes and offsets are checked as that function's are."""
         self._fh.seek(0)
-        self._zip = zipfile.ZipFile(self._fh, "r")
-        return [
+        archive = self._zip = zipfile.ZipFile(self._fh, "r")
+        entries = [
             ZipMember(
                 i.filename,
                 i.compress_type,
@@ -724,8 +779,12 @@ class ZipSource(KeySource):
                 # zipfile decoded the stored bytes with this rule; encoding restores them.
                 i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437"),
             )
-            for i in self._zip.infolist()
+            for i in archive.infolist()
         ]
+        problem = _misplaced(entries, archive.start_dir)
+        if problem:
+            raise ValueError(problem)
+        return entries
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
         info = self._member(key)
