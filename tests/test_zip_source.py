@@ -752,3 +752,52 @@ def test_overlapping_members_of_a_plain_zip_are_refused(tmp_path: Path, padding:
         assert zf.read("a/c/1") == _INNER  # zipfile (before 3.12) reads it
     with pytest.raises(CorruptStoreError, match=r"overlap\.zip.*'a/c/0' and 'a/c/1' overlap"):
         ZipSource(str(path)).close()
+
+
+def test_the_dataset_writers_zip64_records_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ZipStreamWriter (a merged dataset's zip) writes past 4 GiB: members of 4 GiB
+    or more and offsets past 4 GiB recorded in ZIP64 extra fields, and a ZIP64 end record.
+    The threshold is lowered (``_LIMIT``; the field holding ``0xFFFFFFFF`` stays what
+    says "see ZIP64") so that the test needs no 4 GiB: zipfile and ZipSource read every
+    member back, and ZipSource refuses the archive once a ZIP64 offset is damaged."""
+    import struct
+
+    from cadstore.io import zipwriter
+    from cadstore.io.zipwriter import ZipStreamWriter
+
+    monkeypatch.setattr(zipwriter, "_LIMIT", 1000)
+    members = [
+        ("zarr.json", b'{"a": 1}' * 10, True),
+        ("a/c/0", bytes(range(256)) * 8, False),  # a size past the threshold
+        ("a/c/1", b"\x01" * 10, False),  # an offset past it
+        ("b/zarr.json", b'{"b": [1, 2, 3]}' * 200, True),  # deflated, inflating past it
+    ]
+    path = tmp_path / "big.dataset"
+    with open(path, "wb") as fh:
+        writer = ZipStreamWriter(fh)
+        for name, data, deflate in members:
+            writer.add(name, data, deflate=deflate)
+        writer.close()
+    raw = path.read_bytes()
+    assert raw.count(b"PK\x06\x06") == 1  # the ZIP64 end record
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        assert [zf.read(name) for name, _, _ in members] == [data for _, data, _ in members]
+        assert zf.getinfo("a/c/1").header_offset >= 1000
+    source = ZipSource(str(path))
+    try:
+        assert source._zip is not None  # listed through zipfile
+        assert [source.get(name) for name, _, _ in members] == [data for _, data, _ in members]
+    finally:
+        source.close()
+    damaged = bytearray(raw)
+    entry = damaged.rfind(b"PK\x01\x02")  # b/zarr.json's: its offset in the ZIP64 extra
+    extra = entry + 46 + len(b"b/zarr.json")
+    tag, length = struct.unpack_from("<HH", damaged, extra)
+    assert tag == 1 and length == 16  # its size, then its offset
+    struct.pack_into("<Q", damaged, extra + 4 + 8, 5)  # listed inside zarr.json's entry
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptStoreError, match=r"big\.dataset.*'b/zarr\.json'"):
+        ZipSource(str(path)).close()

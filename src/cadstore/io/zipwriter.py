@@ -26,7 +26,11 @@ _VERSION = 20
 _MADE_BY = (3 << 8) | _VERSION  # Unix, so external attributes carry permissions
 _EXTERNAL_ATTR = 0o100644 << 16
 _UTF8_FLAG = 0x800
+#: Sizes and offsets from this on are recorded in ZIP64 extra fields.
 _LIMIT = 0xFFFFFFFF
+#: What a 4-byte size or offset field holds when ZIP64 records it ("see ZIP64"); a
+#: constant of the format, kept apart from :data:`_LIMIT` so that tests can lower that.
+_SEE_ZIP64 = 0xFFFFFFFF
 
 
 def _never(name: str) -> bool:
@@ -184,6 +188,12 @@ def _write_with_zipfile(
             zf.writestr(info, data, compresslevel=_LEVEL)
 
 
+def _field(value: int) -> int:
+    """A 4-byte size or offset field: ``value``, or :data:`_SEE_ZIP64` from
+    :data:`_LIMIT` on (the value is then in a ZIP64 record)."""
+    return value if value < _LIMIT else _SEE_ZIP64
+
+
 class ZipStreamWriter:
     """Append members to a zip file one at a time, then write the central directory.
 
@@ -215,7 +225,7 @@ class ZipStreamWriter:
         big = size >= _LIMIT or len(payload) >= _LIMIT
         version = 45 if big or self._offset >= _LIMIT else _VERSION
         local_extra = struct.pack("<HHQQ", 1, 16, size, len(payload)) if big else b""
-        sizes = (_LIMIT, _LIMIT) if big else (len(payload), size)
+        sizes = (_SEE_ZIP64, _SEE_ZIP64) if big else (len(payload), size)
         self._fh.write(
             struct.pack(
                 "<IHHHHHIIIHH",
@@ -257,15 +267,15 @@ class ZipStreamWriter:
                 _DOS_TIME,
                 _DOS_DATE,
                 crc,
-                min(len(payload), _LIMIT),
-                min(size, _LIMIT),
+                _field(len(payload)),
+                _field(size),
                 len(raw_name),
                 len(central_extra),
                 0,
                 0,
                 0,
                 _EXTERNAL_ATTR,
-                min(self._offset, _LIMIT),
+                _field(self._offset),
             )
             + raw_name
             + central_extra
@@ -288,7 +298,7 @@ class ZipStreamWriter:
             self._fh.write(struct.pack("<IIQI", 0x07064B50, 0, zip64_offset, 1))
             self._fh.write(
                 struct.pack(
-                    "<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, min(cd_size, _LIMIT), _LIMIT, 0
+                    "<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, _field(cd_size), _SEE_ZIP64, 0
                 )
             )
         else:
