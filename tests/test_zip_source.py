@@ -801,3 +801,34 @@ def test_the_dataset_writers_zip64_records_read_back(
     path.write_bytes(bytes(damaged))
     with pytest.raises(CorruptStoreError, match=r"big\.dataset.*'b/zarr\.json'"):
         ZipSource(str(path)).close()
+
+
+def test_a_prefix_remembers_a_bounded_number_of_absent_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review beside ZipSource's: PrefixSource (a directory store on an object
+    store) remembered every distinct key ``locate`` asked the store for and did not find,
+    without bound. It keeps the latest ones (a damaged dataset's missing chunk is asked
+    for once, not at every read), up to ``_ABSENT_KEPT``."""
+    from cadstore.io import sources
+    from cadstore.io.sources import PrefixSource
+
+    root = tmp_path / "store.zarr"
+    root.mkdir()
+    (root / "zarr.json").write_bytes(b"{}")
+    monkeypatch.setattr(sources, "_ABSENT_KEPT", 100, raising=False)
+    asked: list[str] = []
+
+    class Counting(LocalFileSystem):
+        def size(self, path: str) -> int:
+            asked.append(path)
+            return super().size(path)
+
+    prefix = PrefixSource(Counting(), str(root))
+    asked.clear()  # what listing the prefix asked
+    for i in range(1000):
+        assert prefix.locate(f"a/c/{i}") is None
+        assert prefix.locate(f"a/c/{i}") is None  # not asked again
+    assert len(asked) == 1000
+    assert len(prefix._absent) <= 100
+    assert prefix.locate("zarr.json") == 2

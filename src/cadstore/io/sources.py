@@ -1057,6 +1057,10 @@ class DirectorySource(KeySource):
         return True
 
 
+#: How many keys a :class:`PrefixSource` remembers it did not find (see its ``locate``).
+_ABSENT_KEPT = 4096
+
+
 class PrefixSource(KeySource):
     """The objects below a prefix of an object store: a Zarr directory store on S3.
 
@@ -1133,7 +1137,11 @@ class PrefixSource(KeySource):
         try:
             size = self._fs.size(self._fs.join(self.location, key))
         except FileNotFoundError:
-            self._absent.add(key)  # asked once: a damaged dataset is not asked again
+            # Asked once: a damaged dataset is not asked again at every read. The keys
+            # asked for are the caller's, so at most _ABSENT_KEPT are kept (emptied when full).
+            if len(self._absent) >= _ABSENT_KEPT:
+                self._absent.clear()
+            self._absent.add(key)
             return None
         # Found by asking for it: reads of it go to the store from now on.
         self._sizes[key] = size
