@@ -832,3 +832,26 @@ def test_a_prefix_remembers_a_bounded_number_of_absent_keys(
     assert len(asked) == 1000
     assert len(prefix._absent) <= 100
     assert prefix.locate("zarr.json") == 2
+
+
+@pytest.mark.parametrize(
+    ("rel", "ok"),
+    [
+        ("c/0/1", True),
+        ("c/1/0", True),
+        ("c/2/0", False),  # off the grid
+        ("c/0/01", False),  # spelt otherwise
+        ("c/0", False),
+        ("c/0/1/0", False),
+        ("0.1", False),  # another encoding
+        ("c/0/x", False),
+        ("c/0/\u0661", False),  # a digit, but not ASCII
+        ("c/0/" + "9" * 5000, False),  # more digits than int() takes
+    ],
+)
+def test_chunk_keys_of_a_grid(rel: str, ok: bool) -> None:
+    """What an item's members are checked against when one of its chunks is absent."""
+    from cadstore.format.zarr_nodes import ArrayMeta
+
+    meta = ArrayMeta(3, (10, 6), (5, 3), "float64", 0.0, None, {}, ())
+    assert meta.is_chunk_key(rel) is ok

@@ -641,7 +641,7 @@ class ReadHierarchy(Hierarchy):
     def _check_not_renamed(self, path: str, key: str) -> None:
         """Refuse chunk ``key`` of array ``path`` being absent when the store holds a
         member of a name of its length that belongs to no node: a name damaged alike in
-        a zip's central directory and local header (``x/c/0`` become ``x/d/0``), which
+        a zip's central directory and local header (``x/c/0`` listed as ``x/d/0``), which
         leaves a consistent zip and would read the array as fill values.
 
         A hierarchy that is not :attr:`complete` (an item: Zarr lets a writer leave out
