@@ -675,6 +675,53 @@ def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
             assert read_table(resolve(path)).schema.metadata[b"x"] == value.encode()
 
 
+def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """Found by review of the footer check: one flipped bit in the footer's key
+    ``ARROW:schema`` itself (``ARROW:schemq``) hid the recorded copy, and both footer
+    checks were skipped without a word (the check's second copy gone, a flip in the
+    stamp beside it would then pass too). cadstore writes that key into every table, so a
+    table holding cadstore's own keys without it, or holding a key one bit from it, is
+    damaged: refused naming the file and the key, the file left as it was. A table
+    another tool wrote without a recorded schema still reads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = dataset.with_suffix(".infoset").read_bytes()
+    assert raw.count(b"ARROW:schema") == 1
+    at = raw.index(b"ARROW:schema")
+    for offset in range(len(b"ARROW:schema")):
+        flipped = bytearray(raw)
+        flipped[at + offset] ^= 0x01
+        bad = tmp_path / f"flipped-{offset}.infoset"
+        bad.write_bytes(bytes(flipped))
+        assert pq.read_table(bad).num_rows  # pyarrow reads it without a word
+        for read in (read_table, read_frame, read_schema):
+            with pytest.raises(
+                CorruptStoreError, match=rf"flipped-{offset}\.infoset.*ARROW:schema"
+            ):
+                read(resolve(bad))
+        assert bad.read_bytes() == bytes(flipped)
+
+    table = pa.table({"id": [0, 1]})
+    for keys, refused in (
+        ({}, False),
+        ({"origin": "another tool"}, False),
+        ({"cadstore": "{}"}, True),
+    ):
+        path = tmp_path / f"unrecorded-{refused}-{len(keys)}.parquet"
+        with pq.ParquetWriter(path, table.schema, store_schema=False) as writer:
+            writer.write_table(table)
+            writer.add_key_value_metadata(keys)
+        assert b"ARROW:schema" not in path.read_bytes()
+        if refused:
+            with pytest.raises(CorruptStoreError, match=rf"{path.name}.*ARROW:schema"):
+                read_table(resolve(path))
+        else:
+            assert read_table(resolve(path)).column("id").to_pylist() == [0, 1]
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

@@ -191,7 +191,9 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     (``name`` read as ``oame``), drops a string's annotation (``name`` read as bytes), or
     changes the metadata readers use (a copy's stamp, the ``cadstore`` document, pandas'
     metadata), silently; one flipped bit cannot change both copies alike. A table written
-    without a recorded schema (not by pyarrow) is not checked. cadstore's own keys must
+    without a recorded schema (not by pyarrow) is not checked, unless it should have one
+    (:func:`_check_unrecorded`: a cadstore table, a key one bit from ``ARROW:schema``).
+    cadstore's own keys must
     agree in full. Other writers keep some metadata in the recorded schema only (pyarrow
     reads it from there), add keys after the schema (``add_key_value_metadata``, no second
     copy) or give a key another value there: what a flipped bit does is told from those
@@ -209,7 +211,7 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     ------
     FooterMetadataError
         If a key the recorded schema holds is missing from the footer's metadata or has
-        another value there.
+        another value there, or the recorded schema is missing where one was written.
     ValueError
         If the recorded schema does not decode, or names or types another column.
     """
@@ -221,6 +223,7 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     footer = footer or {}
     written = footer.get(_ARROW_SCHEMA)
     if written is None:
+        _check_unrecorded(footer)
         return
     try:
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(written, validate=True)))
@@ -250,6 +253,37 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
 #: difference between them is damage: its document (the merger's
 #: ``PARQUET_METADATA_KEY``) and the commit stamp.
 _OWN_KEYS = frozenset({b"cadstore", STAMP_KEY})
+
+
+def _check_unrecorded(footer: Mapping[bytes, bytes]) -> None:
+    """Refuse a footer without the recorded Arrow schema where one was written.
+
+    Tables other writers make may have none (``store_schema=False``, writers other than
+    pyarrow), and are not checked. But cadstore writes one into every table
+    (:func:`write_table`: pyarrow records it unless told not to), so a footer holding
+    cadstore's own keys without it lost it; and a key one bit from ``ARROW:schema`` is
+    that key with a flipped bit, whichever writer wrote it. Either way the second copy is
+    gone, and with it both checks: refused, not read unchecked.
+
+    Raises
+    ------
+    FooterMetadataError
+        Naming ``ARROW:schema`` and the key found in its place, or cadstore's key found.
+    """
+    for key in footer:
+        if len(key) == len(_ARROW_SCHEMA):
+            differ = int.from_bytes(key, "big") ^ int.from_bytes(_ARROW_SCHEMA, "big")
+            if differ.bit_count() == 1:
+                raise FooterMetadataError(
+                    f"its footer lacks 'ARROW:schema' (its recorded Arrow schema) and holds "
+                    f"{_shown(key)!r}, one bit from it: a damaged key"
+                )
+    own = sorted(key for key in footer if key in _OWN_KEYS)
+    if own:
+        raise FooterMetadataError(
+            f"its footer lacks 'ARROW:schema' (its recorded Arrow schema), which cadstore "
+            f"writes into every table, and holds cadstore's {_shown(own[0])!r}"
+        )
 
 
 def _shown(key: bytes) -> str:
