@@ -1083,6 +1083,29 @@ def test_a_hostile_commit_record_cannot_make_a_writer_publish_outside(
         lifecycle.read_commit(reader)
 
 
+def test_repair_says_a_damaged_copy_was_damaged(items: list[Path], tmp_path: Path) -> None:
+    """Found by review: a copy that does not read (a damaged table or manifest) was
+    published again with ``rolled forward: they were out of date``, sending the user after
+    a version mix-up that never was. It says the copy was damaged, and why; a copy of
+    another version beside it is still out of date. The copies are then the dataset's."""
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    infoset = tmp_path / "parts.infoset"
+    infoset.write_bytes(b"PAR1 not really PAR1")
+    done = lifecycle.repair(cadstore.io.resolve(str(out)))
+    assert len(done) == 1, done
+    assert "out of date" not in done[0]
+    assert "rolled forward: parts.infoset was damaged (not a readable Parquet table" in done[0]
+    assert "parts.infoset published again" in done[0]
+    manifest = tmp_path / "parts.flow"
+    manifest.write_text('{"commit": "another version"}')
+    infoset.write_bytes(infoset.read_bytes()[:-1])
+    said = " ".join(lifecycle.repair(cadstore.io.resolve(str(out))))
+    assert "parts.flow was out of date" in said and "parts.infoset was damaged" in said
+    assert lifecycle.repair(cadstore.io.resolve(str(out))) == []
+    assert_settled(out, _names(items[:4]))
+
+
 def test_cadstore_repair_on_the_command_line(
     items: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -445,26 +445,34 @@ def _read_copy(where: Location) -> bytes | None:
         raise os_storage_error(where.path, exc, "reading it") from exc
 
 
-def _stamp_of(where: Location, kind: str) -> str | None:
+@dataclass(frozen=True)
+class _Damaged:
+    """A published copy that is there but does not read: ``problem`` says why."""
+
+    problem: str
+
+
+def _stamp_of(where: Location, kind: str) -> str | _Damaged | None:
     """The commit id a published copy carries; ``""`` for a copy without one, ``None`` if
-    there is no readable copy."""
+    there is none, :class:`_Damaged` if it does not read (so that recovery says so,
+    rather than that it was out of date)."""
     try:
         raw = _read_copy(where)
-    except CorruptStoreError:
-        return None
+    except CorruptStoreError as exc:
+        return _Damaged(exc.problem)
     if raw is None:
         return None
     if kind == "flow":
         try:
             doc = json.loads(raw)
-        except (ValueError, RecursionError):
-            return None
+        except (ValueError, RecursionError) as exc:
+            return _Damaged(f"not a JSON manifest ({type(exc).__name__})")
         stamp = doc.get(MANIFEST_COMMIT_KEY) if isinstance(doc, dict) else None
         return stamp if isinstance(stamp, str) else ""
     try:
         _, stamp = _parse_table(raw, where.path)
-    except CorruptStoreError:
-        return None
+    except CorruptStoreError as exc:
+        return _Damaged(exc.problem)
     return "" if stamp is None else stamp
 
 
@@ -650,12 +658,11 @@ def _roll_forward(
         if listed.get(kind) != where.path:
             listed.pop(kind, None)
     try:
+        stamps = {kind: _stamp_of(where, kind) for kind, where in targets.by_kind().items()}
         stale = [
             kind
-            for kind, where in targets.by_kind().items()
-            if (stamp := _stamp_of(where, kind)) != current.id
-            and (stamp is not None or kind in listed)
-            and stamp != ""
+            for kind, stamp in stamps.items()
+            if stamp != current.id and (isinstance(stamp, str) or kind in listed) and stamp != ""
         ]
         names = []
         if stale:
@@ -666,13 +673,38 @@ def _roll_forward(
             done.append(f"{killed} and was interrupted after it")
         raise
     if names:
-        why = f"{killed} and was interrupted after it" if killed else "they were out of date"
+        why = _why_published_again(killed, stale, stamps, targets)
         done.append(
             f"rolled forward: {why}; {', '.join(names)} published again from the dataset's "
             f"version {current.version} ({current.items} items)"
         )
     elif killed:
         done.append(f"{killed} and was interrupted after it; its copies were complete")
+
+
+def _why_published_again(
+    killed: str,
+    stale: list[str],
+    stamps: Mapping[str, str | _Damaged | None],
+    targets: PublishedFiles,
+) -> str:
+    """Why the copies ``stale`` were published again, for recovery's report: the killed
+    writer (``killed``, if any) or their being out of date (missing, another version),
+    and each damaged copy as damaged, with its problem."""
+    where = targets.by_kind()
+    damaged = {kind: stamp for kind in stale if isinstance(stamp := stamps[kind], _Damaged)}
+    others = [where[kind].name for kind in stale if kind not in damaged]
+    reasons = []
+    if killed:
+        reasons.append(f"{killed} and was interrupted after it")
+    elif others and not damaged:
+        reasons.append("they were out of date")
+    elif others:
+        reasons.append(f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} out of date")
+    reasons += [
+        f"{where[kind].name} was damaged ({found.problem})" for kind, found in damaged.items()
+    ]
+    return "; ".join(reasons)
 
 
 def repair(
