@@ -392,6 +392,44 @@ def test_an_array_shape_beyond_int64_is_a_corrupt_store_error(
     assert (out / "zarr.json").read_text() == damaged
 
 
+@pytest.mark.parametrize(
+    ("path", "group", "change"),
+    [
+        ("edges/edge_lengths", "edges", 1),  # rows: the group's item_offsets say 130
+        ("graph/num_nodes", "graph", 1),  # one value per item
+        ("faceface_upper/d2_distance", "faceface", -1),  # stored as a triangle
+    ],
+)
+def test_an_array_whose_length_disagrees_with_its_group_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path, path: str, group: str, change: int
+) -> None:
+    """Found by review: an array whose shape in the consolidated metadata disagrees with
+    its group (131 rows where the group's ``item_offsets`` and the array's own
+    ``zarr.json`` say 130; no checksum covers a directory dataset's ``zarr.json``) was
+    accepted by the reader, which read 131 rows, while the explorer refused the group
+    (xarray's ``conflicting sizes for dimension``). The reader refuses it, naming the
+    dataset and the array, and the explorer gives the reader's error; nothing is
+    changed."""
+    from cadstore.dataset.reader import DatasetReader
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    root = json.loads((out / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"][path]["shape"][0] += change
+    damaged = json.dumps(root)
+    (out / "zarr.json").write_text(damaged)
+    array = path.rsplit("/", 1)[1]
+    said = rf"dir\.dataset: {path} holds \d+ (rows|values)"
+    with DatasetReader(out) as reader:
+        with pytest.raises(CorruptStoreError, match=said):
+            reader.array_meta(group, array)
+        with pytest.raises(CorruptStoreError, match=said):
+            reader.read_item(0)
+    with DatasetExplorer(merged_store_path=out) as ex, pytest.raises(CorruptStoreError, match=said):
+        ex.get_group_data(group)
+    assert (out / "zarr.json").read_text() == damaged
+
+
 def test_a_wrong_call_opening_a_group_is_not_reported_as_a_damaged_file(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

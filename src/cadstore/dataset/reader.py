@@ -690,9 +690,12 @@ class DatasetReader:
         stored = self._virtual.get(f"{group}/{array}")
         if stored is None:
             meta = self._hier.meta(f"{group}/{array}")
-            return meta, bool(meta.dims and meta.dims[0] == "item")
+            per_item = bool(meta.dims and meta.dims[0] == "item")
+            self._check_length(group, array, meta, per_item)
+            return meta, per_item
         # The full array it stands for: the source group's rows and dimension.
         meta = self._hier.meta("/".join(stored))
+        self._check_length(*stored, meta, per_item=False)
         primary = self.primary_dimension(group)
         meta = dataclasses.replace(
             meta,
@@ -701,6 +704,32 @@ class DatasetReader:
             dims=(primary, *(meta.dims or ())[1:]) if meta.dims else None,
         )
         return meta, False
+
+    def _check_length(self, group: str, array: str, meta: Any, per_item: bool) -> None:
+        """Check that stored ``group/array`` is as long as its group says: a value per
+        item, or the group's rows (the last of its ``item_offsets``).
+
+        Every array's metadata is resolved through here, so the reader's reads and the
+        explorer's views (which ask the reader first) meet one check: a shape in the
+        metadata that disagrees with the group (no checksum covers a directory dataset's
+        ``zarr.json``) was read as that many rows, fill values past the group's end.
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the dataset and the array, its length and the group's.
+        """
+        if array == OFFSETS:
+            return  # its length is checked with its values (offsets)
+        length = int(meta.shape[0]) if meta.shape else 0
+        expected = self.n_items if per_item else int(self.offsets(group)[-1])
+        if length != expected or not meta.shape:
+            unit, of = ("values", "items") if per_item else ("rows", f"rows in {group!r}")
+            raise CorruptStoreError(
+                self.path,
+                f"{group}/{array} holds {length} {unit} (shape {tuple(meta.shape)}), where "
+                f"the dataset has {expected} {of}",
+            )
 
     def _presented_dims(self, group: str) -> dict[str, tuple[str, ...]]:
         """The dimension names of ``group``'s arrays as presented, by array.
