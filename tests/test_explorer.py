@@ -453,6 +453,47 @@ def test_a_wrong_call_opening_a_group_is_not_reported_as_a_damaged_file(
         assert not isinstance(caught.value, CorruptStoreError)
 
 
+def test_a_group_zarr_python_is_wrongly_asked_for_is_not_reported_as_a_damaged_file(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: every ``KeyError`` opening a group was reported as
+    ``CorruptStoreError: group ... cannot be opened with zarr-python``, also zarr-python's
+    own for a group it was asked for that the dataset does not have (a wrong call, as a
+    change in xarray or a mistake in cadstore would make). That is a
+    :class:`~cadstore.errors.KeyNotFoundError` (a ``KeyError``) naming the group; a
+    ``KeyError`` of damaged metadata (xarray's, for an array whose ``dimension_names``
+    are gone) is still a ``CorruptStoreError`` naming the dataset and the group."""
+    import xarray as xr
+
+    from cadstore.errors import KeyNotFoundError
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    open_zarr = xr.open_zarr
+
+    def wrong_call(*args: Any, **kwargs: Any) -> Any:
+        return open_zarr(*args, **{**kwargs, "group": "no_such_group"})
+
+    with monkeypatch.context() as patched:
+        patched.setattr(xr, "open_zarr", wrong_call)
+        with DatasetExplorer(merged_store_path=out) as ex:
+            with pytest.raises(KeyNotFoundError, match="'no_such_group'") as caught:
+                ex.get_group_data("edges")
+            assert not isinstance(caught.value, CorruptStoreError)
+            assert caught.value.key == "no_such_group"
+            assert str(out) in str(caught.value)
+
+    root = json.loads((out / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"]["edges/edge_lengths"]["dimension_names"] = None
+    damaged = json.dumps(root)
+    (out / "zarr.json").write_text(damaged)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        with pytest.raises(CorruptStoreError, match=r"group edges .*KeyError") as damage:
+            ex.get_group_data("edges")
+        assert str(out) in str(damage.value)
+    assert (out / "zarr.json").read_text() == damaged
+
+
 @pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
 def test_close_after_the_group_failed_to_open(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: bool

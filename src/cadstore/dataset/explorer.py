@@ -309,13 +309,37 @@ def _raised_by_zarr(exc: BaseException) -> bool:
     keyword arguments``), zarr's storage layer refusing the store given, or any code
     of cadstore's own.
     """
+    module = _raising_module(exc)
+    return module.startswith("zarr.") and not module.startswith("zarr.storage")
+
+
+def _raising_module(exc: BaseException) -> str:
+    """The module whose code raised ``exc`` (``""`` if unknown)."""
     tb = exc.__traceback__
     if tb is None:
-        return False
+        return ""
     while tb.tb_next is not None:  # to the frame that raised it
         tb = tb.tb_next
-    module = str(tb.tb_frame.f_globals.get("__name__", ""))
-    return module.startswith("zarr.") and not module.startswith("zarr.storage")
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
+#: How zarr-python says a node asked for is not in a group's consolidated metadata.
+_NOT_IN_CONSOLIDATED = "' not found in consolidated metadata."
+
+
+def _missing_node(exc: BaseException) -> str | None:
+    """The node zarr-python was asked for and did not find, when ``exc`` says so: the
+    ``KeyError`` its groups raise (``KeyError(name)``, or ``"'name' not found in
+    consolidated metadata."``); ``None`` for any other error, such as xarray's
+    ``KeyError`` for an array without dimension names."""
+    if not isinstance(exc, KeyError) or _raising_module(exc) != "zarr.core.group":
+        return None
+    said = exc.args[0] if len(exc.args) == 1 else None
+    if not isinstance(said, str):
+        return None
+    if said.startswith("'") and said.endswith(_NOT_IN_CONSOLIDATED):
+        return said[1 : -len(_NOT_IN_CONSOLIDATED)]
+    return said
 
 
 @functools.cache
@@ -673,6 +697,19 @@ class DatasetExplorer:
         if group not in groups:
             raise DatasetError(f"unknown group {group!r}; the dataset has groups {sorted(groups)}")
 
+    def _has_node(self, path: str) -> bool:
+        """Whether ``path`` (``group`` or ``group/array``, as stored) is a node of the
+        dataset as stored: a group the reader lists (a triangle group too), or an array
+        stored in it (not one the reader presents there from a triangle group)."""
+        group, _, array = path.strip("/").partition("/")
+        try:
+            arrays = self.reader.arrays(group)
+        except DatasetError:
+            return False
+        return not array or (
+            array in arrays and self.reader.stored_as(group, array) == (group, array)
+        )
+
     def _data_arrays(self, group: str) -> list[str]:
         # The offsets index is how items are found, not data a user queries.
         return [a for a in self.reader.arrays(group) if a != OFFSETS]
@@ -806,6 +843,9 @@ class DatasetExplorer:
             If zarr-python refuses the group's metadata; and when values are read, if a
             chunk they need is missing or damaged; naming the dataset and the group, chunk
             or array.
+        KeyNotFoundError
+            If zarr-python was asked for a group or array the dataset does not have (a
+            wrong call, not damage), naming it.
         """
         self._check_group(group)
         found = self._group_data.get(group)
@@ -830,6 +870,16 @@ class DatasetExplorer:
                 # the caller's, as itself.
                 if isinstance(exc, TypeError) and not _raised_by_zarr(exc):
                     raise
+                missing = _missing_node(exc)
+                if missing is not None and not self._has_node(missing):
+                    # zarr-python was asked for a node the dataset does not have: the
+                    # asking is wrong, not the file (a node it has and zarr-python
+                    # does not find is damage).
+                    raise KeyNotFoundError(
+                        missing,
+                        f"{where}: zarr-python was asked for {missing!r}, which is no group "
+                        f"or array of the dataset (opening group {group})",
+                    ) from exc
                 raise CorruptStoreError(
                     where,
                     f"group {group} cannot be opened with zarr-python "
