@@ -722,6 +722,34 @@ def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(
             assert read_table(resolve(path)).column("id").to_pylist() == [0, 1]
 
 
+@pytest.mark.parametrize(
+    "pandas_metadata",
+    ['{"index_columns": ["nope"], "columns": []}', '{"columns": 5}', "[" * 100_000],
+    ids=["index column not there", "not pandas' shape", "nesting without end"],
+)
+def test_a_tables_hostile_pandas_metadata_is_a_corrupt_store_error(
+    dataset: Path, tmp_path: Path, pandas_metadata: str
+) -> None:
+    """Found moving the tests off ``read_frame`` (which no reader of cadstore used) onto
+    the explorer: a table from anywhere whose ``pandas`` metadata pandas cannot make sense
+    of (both footer copies agree: no flipped bit) let pandas' ``KeyError`` or
+    ``RecursionError`` out of ``get_file_info_all``. It is a ``CorruptStoreError`` naming
+    the table; the file is left as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "hostile.infoset"
+    table = pa.table({"id": [0, 1]}).replace_schema_metadata({"pandas": pandas_metadata})
+    pq.write_table(table, bad)
+    before = bad.read_bytes()
+    with (
+        DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
+        pytest.raises(CorruptStoreError, match=r"hostile\.infoset.*pandas"),
+    ):
+        explorer.get_file_info_all()
+    assert bad.read_bytes() == before
+
+
 def test_corrupt_infoset_through_the_explorer(dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(b"PAR1 not really PAR1")

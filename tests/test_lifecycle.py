@@ -716,16 +716,13 @@ import os, sys
 import pandas, pyarrow
 import cadstore
 from cadstore import lifecycle
-from cadstore.dataset import DatasetReader
-from cadstore.io import parquet, resolve
+from cadstore.dataset import DatasetExplorer, DatasetReader
 before = sorted(os.listdir("/proc/self/task"))
 cadstore.merge({[str(p) for p in items[4:]]!r}, {str(dataset)!r}, append=True)
 reader = DatasetReader({str(dataset)!r})
-for name in ("parts.infoset", "parts.attribset"):
-    table = resolve({str(tmp_path)!r} + "/" + name)
-    parquet.read_table(table)
-    parquet.read_frame(table)
-    parquet.read_schema(table)
+with DatasetExplorer(merged_store_path={str(dataset)!r}) as explorer:
+    explorer.get_file_info_all()
+    explorer.get_descriptions("category")
 lifecycle.read_commit(reader)
 after = sorted(os.listdir("/proc/self/task"))
 reader.close()

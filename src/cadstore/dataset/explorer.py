@@ -63,6 +63,7 @@ from cadstore.errors import (
 from cadstore.format.layout import ITEM_DIM, OFFSETS, file_id_code_name
 from cadstore.format.manifest import read_manifest, resolve_flow_paths
 from cadstore.io.location import Location, resolve
+from cadstore.io.parquet import frame_of
 from cadstore.lifecycle import TrustedTables, check_item_codes, copy_beside
 
 if TYPE_CHECKING:
@@ -1593,7 +1594,8 @@ class DatasetExplorer:
                 table, where = found
                 check_item_codes(table, where, self.reader.n_items)
                 self._info_metadata = dict(table.schema.metadata or {})
-                self._info = table.to_pandas().sort_values("id").reset_index(drop=True)
+                frame = frame_of(table, where)
+                self._info = frame.sort_values("id").reset_index(drop=True)
                 self._info_table = table
         if self._info is None and required:
             raise DatasetError(
@@ -1608,7 +1610,7 @@ class DatasetExplorer:
                 raise DatasetError(
                     "no .attribset: pass parquet_file_attribs (or open the dataset from its .flow)"
                 )
-            self._attribs = found[0].to_pandas()
+            self._attribs = frame_of(*found)
         return self._attribs
 
     def infoset_metadata(self) -> dict[bytes, bytes]:

@@ -41,6 +41,7 @@ from cadstore.dataset.loader import NO_SUBSET, SUBSETS
 from cadstore.dataset.reader import DatasetReader
 from cadstore.format.layout import OFFSETS, file_id_code_name
 from cadstore.io.location import Location, resolve
+from cadstore.io.parquet import frame_of
 from cadstore.io.publish import check_output_folder, check_replaceable, write_bytes_atomic
 from cadstore.lifecycle import TrustedTables, copy_beside
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
@@ -1462,7 +1463,7 @@ def write_report(
             if given is not None:
                 where = resolve(given, storage_options, shared=True)
             found = trusted.read(kind, where if where.isfile() else None)
-            return None if found is None else found[0].to_pandas()
+            return None if found is None else frame_of(*found)
 
         tables = (table(infoset, "infoset"), table(attribset, "attribset"))
         sections = _build_sections(_context(dataset, reader, tables))

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FooterMetadataError",
+    "frame_of",
     "parse_schema",
     "parse_table",
     "read_frame",
@@ -372,6 +373,32 @@ def write_table(table: pa.Table, sink: Any) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(table, sink, write_page_checksum=True)
+
+
+def frame_of(table: pa.Table, where: str) -> pd.DataFrame:
+    """``table`` (read from ``where``) as a pandas frame: how every reader of cadstore
+    presents a table.
+
+    Converted in the calling thread, without Arrow's pool (see the module's docstring).
+    pandas rebuilds the frame from the table's ``pandas`` metadata, which may come from
+    anywhere (a table is any file): what it raises on metadata it cannot make sense of
+    (a ``KeyError`` for an index column that is not there, a ``RecursionError`` for
+    nesting without end) is damage, not a crash.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming ``where``, if pandas cannot make a frame of the table.
+    """
+    try:
+        return table.to_pandas(use_threads=False)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CorruptStoreError(
+            where,
+            f"not a readable table: pandas cannot make a frame of it ({type(exc).__name__}: {exc})",
+        ) from exc
 
 
 def read_table(location: Location) -> pa.Table:
