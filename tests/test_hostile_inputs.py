@@ -44,7 +44,6 @@ from cadstore.errors import (
 )
 from cadstore.format.jsoncodec import MAX_NESTING
 from cadstore.io.location import resolve
-from cadstore.io.parquet import read_frame, read_schema, read_table
 from cadstore.storage import JsonStorageHandler
 from cadstore.synthetic import iter_items, write_item
 
@@ -325,6 +324,28 @@ def test_json_store_file_too_deep(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------- Parquet tables
+class _Unversioned:
+    """A dataset without a commit record (written before versions were recorded): the
+    table copy given is the one :class:`~cadstore.lifecycle.TrustedTables` reads, and any
+    damage to it is an error."""
+
+    path = "unversioned.dataset"
+
+    def member(self, key: str) -> bytes | None:
+        return None
+
+
+def read_copy(path: Path | str) -> Any:
+    """The table at ``path`` as every reader of cadstore reads a table copy (the
+    explorer, the loader, ``cadstore info``, an append): through
+    :class:`~cadstore.lifecycle.TrustedTables`."""
+    from cadstore.lifecycle import TrustedTables
+
+    found = TrustedTables(_Unversioned()).read("infoset", resolve(path))
+    assert found is not None and found[1] == str(path)
+    return found[0]
+
+
 _BAD_TABLES: dict[str, Callable[[bytes], bytes]] = {
     "garbage": lambda raw: b"not a parquet file at all",
     "truncated": lambda raw: raw[: len(raw) // 2],
@@ -339,10 +360,8 @@ def test_corrupt_parquet_table(dataset: Path, tmp_path: Path, damage: str, suffi
     table = tmp_path / f"bad{suffix}"
     table.write_bytes(_BAD_TABLES[damage](dataset.with_suffix(suffix).read_bytes()))
     before = _snapshot(table)
-    where = resolve(table)
-    for read in (read_table, read_frame, read_schema):
-        with pytest.raises(CorruptStoreError, match=str(table)):
-            read(where)
+    with pytest.raises(CorruptStoreError, match=str(table)):
+        read_copy(table)
     assert _snapshot(table) == before
 
 
@@ -360,9 +379,8 @@ def test_parquet_strings_that_are_not_utf8_are_refused(dataset: Path, tmp_path: 
     raw = bad.read_bytes()
     assert raw.count(b"part_omega") == 1
     bad.write_bytes(raw.replace(b"part_omega", b"part_\xffmega"))
-    for read in (read_table, read_frame):
-        with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*UTF-?8"):
-            read(resolve(bad))
+    with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*UTF-?8"):
+        read_copy(bad)
     with (
         DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
         pytest.raises(CorruptStoreError, match=r"bad\.infoset"),
@@ -387,12 +405,11 @@ def test_a_flipped_bit_in_a_written_table_is_detected(tmp_path: Path) -> None:
     flipped[raw.index(middle)] ^= 0x01
     bad = tmp_path / "flipped.infoset"
     bad.write_bytes(bytes(flipped))
-    for read in (read_table, read_frame):
-        with pytest.raises(CorruptStoreError, match=r"flipped\.infoset.*checksum"):
-            read(resolve(bad))
+    with pytest.raises(CorruptStoreError, match=r"flipped\.infoset.*checksum"):
+        read_copy(bad)
     good = tmp_path / "good.infoset"
     good.write_bytes(raw)
-    assert read_table(resolve(good)).column("size_cadfile").to_pylist() == values
+    assert read_copy(good).column("size_cadfile").to_pylist() == values
 
 
 @pytest.mark.parametrize("change", ["read as bytes", "renamed"])
@@ -432,9 +449,8 @@ def test_a_flipped_bit_in_a_table_footer_is_detected(
     bad = tmp_path / "bad.infoset"
     bad.write_bytes(flipped())
     before = bad.read_bytes()
-    for read in (read_table, read_frame, read_schema):
-        with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*'name'"):
-            read(resolve(bad))
+    with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*'name'"):
+        read_copy(bad)
     with (
         DatasetExplorer(merged_store_path=dataset, parquet_file_path=bad) as explorer,
         pytest.raises(CorruptStoreError, match=r"bad\.infoset"),
@@ -479,9 +495,11 @@ def test_types_pyarrow_does_not_restore_are_no_damaged_footer(tmp_path: Path) ->
     )
     pq.write_table(table, tmp_path / "pyarrow.parquet")
     for path in (tmp_path / "pandas.parquet", tmp_path / "pyarrow.parquet"):
-        assert read_table(resolve(path)).equals(pq.read_table(path)), path.name
-    assert read_frame(resolve(tmp_path / "pandas.parquet")).equals(
-        pd.read_parquet(tmp_path / "pandas.parquet")
+        assert read_copy(path).equals(pq.read_table(path)), path.name
+    assert (
+        read_copy(tmp_path / "pandas.parquet")
+        .to_pandas()
+        .equals(pd.read_parquet(tmp_path / "pandas.parquet"))
     )
 
 
@@ -540,9 +558,8 @@ def test_a_flipped_bit_in_a_table_footers_metadata_is_detected(
     bad.write_bytes(_flip_changing_metadata(raw, where, changed))
     before = bad.read_bytes()
     shown = repr(key.decode())
-    for read in (read_table, read_frame, read_schema):
-        with pytest.raises(CorruptStoreError, match=rf"bad\.infoset.*metadata.*{shown}"):
-            read(resolve(bad))
+    with pytest.raises(CorruptStoreError, match=rf"bad\.infoset.*metadata.*{shown}"):
+        read_copy(bad)
     assert bad.read_bytes() == before
 
 
@@ -581,15 +598,14 @@ def test_a_flipped_bit_in_a_tables_pandas_metadata_is_detected(tmp_path: Path) -
     bad.write_bytes(_flip_changing_metadata(raw, range(start, start + len(value)), changed))
     before = bad.read_bytes()
     with pytest.raises(CorruptStoreError, match=r"bad\.infoset.*metadata.*'pandas'"):
-        read_frame(resolve(bad))
+        read_copy(bad).to_pandas()
     assert bad.read_bytes() == before
 
 
-def test_read_schema_gives_the_metadata_reading_the_table_gives(tmp_path: Path) -> None:
-    """``read_schema`` gave the metadata of the Arrow schema recorded in the footer, and
-    ``read_table`` the footer's key-value metadata: for a table whose writer added metadata
-    after the schema (``ParquetWriter.add_key_value_metadata``, which the recorded copy
-    lacks) the two disagreed. Both give the footer's, and neither refuses the table."""
+def test_metadata_added_after_the_schema_is_read(tmp_path: Path) -> None:
+    """A table whose writer added metadata after the schema
+    (``ParquetWriter.add_key_value_metadata``, which the recorded copy lacks) is not
+    refused, and reads with the footer's metadata, the added key among it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -599,8 +615,7 @@ def test_read_schema_gives_the_metadata_reading_the_table_gives(tmp_path: Path) 
         writer.write_table(table)
         writer.add_key_value_metadata({"added": "2"})
     expected = {b"kept": b"1", b"added": b"2"}
-    assert read_table(resolve(path)).schema.metadata == expected
-    assert read_schema(resolve(path)).metadata == expected
+    assert read_copy(path).schema.metadata == expected
 
 
 @pytest.mark.parametrize(
@@ -636,7 +651,7 @@ def test_tables_written_with_pyarrows_options_are_read(
     }
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({column: columns[column]}), path, **options)
-    assert read_table(resolve(path)).equals(pq.read_table(path))
+    assert read_copy(path).equals(pq.read_table(path))
 
 
 def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
@@ -646,7 +661,7 @@ def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
     recorded Arrow schema only (pyarrow reads it from there), or give a key another value
     after the schema; such tables were refused as damaged. They read as pyarrow reads
     them; a value changed to one of its own length (what a flipped bit does) stays an
-    error. (The footer's metadata is what both read_table and read_schema give.)"""
+    error."""
     import base64
 
     import pyarrow as pa
@@ -659,9 +674,8 @@ def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
         writer.write_table(table)
         serialized = base64.b64encode(recorded.serialize().to_pybytes()).decode()
         writer.add_key_value_metadata({"ARROW:schema": serialized})
-    read = read_table(resolve(only))
+    read = read_copy(only)
     assert read.column("a").to_pylist() == [1, 2]
-    assert read.schema.metadata == read_schema(resolve(only)).metadata
 
     for value, refused in (("version 2 of it", False), ("no", True)):
         path = tmp_path / f"overridden-{refused}.parquet"
@@ -670,9 +684,9 @@ def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
             writer.add_key_value_metadata({"x": value})
         if refused:
             with pytest.raises(CorruptStoreError, match=r"overridden-True.*'x'"):
-                read_table(resolve(path))
+                read_copy(path)
         else:
-            assert read_table(resolve(path)).schema.metadata[b"x"] == value.encode()
+            assert read_copy(path).schema.metadata[b"x"] == value.encode()
 
 
 def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(
@@ -697,11 +711,8 @@ def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(
         bad = tmp_path / f"flipped-{offset}.infoset"
         bad.write_bytes(bytes(flipped))
         assert pq.read_table(bad).num_rows  # pyarrow reads it without a word
-        for read in (read_table, read_frame, read_schema):
-            with pytest.raises(
-                CorruptStoreError, match=rf"flipped-{offset}\.infoset.*ARROW:schema"
-            ):
-                read(resolve(bad))
+        with pytest.raises(CorruptStoreError, match=rf"flipped-{offset}\.infoset.*ARROW:schema"):
+            read_copy(bad)
         assert bad.read_bytes() == bytes(flipped)
 
     table = pa.table({"id": [0, 1]})
@@ -717,9 +728,9 @@ def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(
         assert b"ARROW:schema" not in path.read_bytes()
         if refused:
             with pytest.raises(CorruptStoreError, match=rf"{path.name}.*ARROW:schema"):
-                read_table(resolve(path))
+                read_copy(path)
         else:
-            assert read_table(resolve(path)).column("id").to_pylist() == [0, 1]
+            assert read_copy(path).column("id").to_pylist() == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -966,8 +977,12 @@ def test_pipe_as_parquet_table(tmp_path: Path) -> None:
         _REPORT
         + f"""
 from cadstore.io.location import resolve
-from cadstore.io.parquet import read_frame
-report(lambda: read_frame(resolve({str(pipe)!r})))
+from cadstore.lifecycle import TrustedTables
+class Unversioned:
+    path = "unversioned.dataset"
+    def member(self, key):
+        return None
+report(lambda: TrustedTables(Unversioned()).read("infoset", resolve({str(pipe)!r})))
 """
     )
     kind, message = _child_error(done)

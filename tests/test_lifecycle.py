@@ -75,9 +75,16 @@ def stamp_of_table(path: Path) -> str | None:
     (``pyarrow.parquet.read_schema`` showed a damaged stamp's intact copy, in the Arrow
     schema pyarrow records)."""
     from cadstore.io.location import resolve
-    from cadstore.io.parquet import read_schema
 
-    value = (read_schema(resolve(path)).metadata or {}).get(STAMP_KEY)
+    class Unversioned:  # no commit record: the copy given is read, checked
+        path = "unversioned.dataset"
+
+        def member(self, key: str) -> None:
+            return None
+
+    found = lifecycle.TrustedTables(Unversioned()).read("infoset", resolve(path))
+    assert found is not None
+    value = (found[0].schema.metadata or {}).get(STAMP_KEY)
     return None if value is None else value.decode()
 
 

@@ -1,99 +1,41 @@
-"""The Parquet tables beside a dataset (``.infoset``, ``.attribset``), read at a location.
+"""The Parquet tables beside a dataset (``.infoset``, ``.attribset``): how cadstore writes
+them and parses them.
 
-pyarrow reads a local table itself and a remote one through the location's fsspec file
-system, so every range request goes through the same client as the rest of cadstore's
-reads. Writing a table is a publication like any other
-(:func:`cadstore.io.publish.write_atomic` with :func:`write_table` as the writer). Every
-table is written with page checksums, which :func:`parse_table` verifies: a flipped bit
-in a value is an error, not another value. No checksum covers the footer, but it records
-the schema twice (Parquet's own and the Arrow schema pyarrow wrote, with its key-value
-metadata), and what is read must agree with the second: a flipped bit renaming a column,
-changing its type, or changing the metadata (a copy's commit stamp, the ``cadstore``
-document, pandas' metadata) is an error too (:class:`FooterMetadataError` for the
-metadata).
+Writing a table is a publication like any other (:func:`cadstore.io.publish.write_atomic`
+with :func:`write_table` as the writer). Every table is written with page checksums,
+which :func:`parse_table` verifies: a flipped bit in a value is an error, not another
+value. No checksum covers the footer, but it records the schema twice (Parquet's own and
+the Arrow schema pyarrow wrote, with its key-value metadata), and what is read must agree
+with the second: a flipped bit renaming a column, changing its type, or changing the
+metadata (a copy's commit stamp, the ``cadstore`` document, pandas' metadata) is an error
+too (:class:`FooterMetadataError` for the metadata).
 
-Tables are read without Arrow's thread pools (``ParquetFile(pre_buffer=False)`` and
+Tables are small (a row per item) and every reader of cadstore reads one whole, through
+:class:`cadstore.lifecycle.TrustedTables`, which decides which copy belongs to the open
+version: it reads the file's bytes (a named pipe or a device is refused unread), parses
+them with :func:`parse_table` and reports whatever that raises on a damaged table as a
+:class:`~cadstore.errors.CorruptStoreError` naming the file.
+
+Tables are parsed without Arrow's thread pools (``ParquetFile(pre_buffer=False)`` and
 ``use_threads=False``): they hold a row per item, which one thread reads in a
 millisecond, and a pool thread still alive when the interpreter exits can abort the process
 (``terminate called without an active exception``, apache/arrow#34314): a script that
 merged and read back a dataset died that way about once in a hundred runs here.
-
-Tables may come from anywhere, like every file cadstore reads. A local path that is not a
-regular file (a named pipe, a device) is refused before pyarrow opens it, since opening a
-pipe blocks until a writer appears; and whatever pyarrow or pandas raise on a damaged
-table (``ArrowInvalid``, ``OSError``, a ``RecursionError`` in its pandas metadata) becomes
-a :class:`~cadstore.errors.CorruptStoreError` naming the file. A missing table is a
-:class:`~cadstore.errors.StorageNotFoundError` (a ``FileNotFoundError``); an object store
-that refuses or cannot be reached keeps its own error.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from cadstore.errors import CadstoreError, CorruptStoreError, StorageNotFoundError
+from cadstore.errors import CorruptStoreError
 from cadstore.format.commit import STAMP_KEY
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from cadstore.io.location import Location
-
-__all__ = [
-    "FooterMetadataError",
-    "frame_of",
-    "parse_schema",
-    "parse_table",
-    "read_frame",
-    "read_schema",
-    "read_table",
-    "write_table",
-]
-
-_T = TypeVar("_T")
-
-
-def _filesystem(location: Location) -> Any:
-    """The fsspec file system pyarrow should read with (``None`` for local disk)."""
-    return getattr(location.fs, "fs", None) if location.remote else None
-
-
-def _read(location: Location, read: Callable[[], _T]) -> _T:
-    """Run ``read`` on the table at ``location``, with cadstore's checks and errors."""
-    path = location.path
-    if not location.remote:
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            raise StorageNotFoundError(path, "no such Parquet table") from None
-        except OSError as exc:
-            raise CorruptStoreError(path, f"cannot read the Parquet table: {exc}") from exc
-        if not stat.S_ISREG(mode):
-            raise CorruptStoreError(
-                path, "not a regular file, so not a Parquet table; refused without reading it"
-            )
-    try:
-        return read()
-    except CadstoreError:
-        raise
-    except MemoryError:
-        raise
-    except FileNotFoundError as exc:
-        raise StorageNotFoundError(path, f"no such Parquet table ({exc})") from exc
-    except Exception as exc:
-        translated = location.fs.translate(path, exc)
-        if translated is not exc:
-            raise translated from exc
-        # Anything else pyarrow or pandas raise means the bytes are not a readable table:
-        # ArrowInvalid (a ValueError), OSError for a bad footer or thrift, RecursionError
-        # or KeyError from hostile pandas metadata, ...
-        raise CorruptStoreError(
-            path, f"not a readable Parquet table ({type(exc).__name__}: {exc})"
-        ) from exc
+__all__ = ["FooterMetadataError", "frame_of", "parse_table", "write_table"]
 
 
 class FooterMetadataError(ValueError):
@@ -103,8 +45,8 @@ class FooterMetadataError(ValueError):
     the metadata readers use, or the recorded copy. Kept apart from other damage for
     :class:`cadstore.lifecycle.TrustedTables`: the metadata holds the commit stamp that
     says which version a published copy belongs to, so a copy damaged there is one whose
-    version is unknown, and a reader reads the tables the dataset carries instead. The
-    readers here make it a :class:`~cadstore.errors.CorruptStoreError` naming the file.
+    version is unknown, and a reader reads the tables the dataset carries instead. Readers
+    report it as a :class:`~cadstore.errors.CorruptStoreError` naming the file.
     """
 
 
@@ -146,36 +88,6 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     _check_footer(table.schema, footer)
     table.validate(full=True)
     return table
-
-
-def parse_schema(source: Any, filesystem: Any = None) -> pa.Schema:
-    """Read a Parquet table's schema and metadata (not its values), as :func:`parse_table`
-    reads them and with its checks of the footer.
-
-    ``pyarrow.parquet.read_schema`` gives the metadata of the Arrow schema recorded in the
-    footer, where reading the table gives the footer's key-value metadata: the two differed
-    for a damaged footer (a damaged stamp read back intact) and for a table whose writer
-    added metadata after the schema (``ParquetWriter.add_key_value_metadata``).
-
-    Parameters
-    ----------
-    source, filesystem
-        As :func:`parse_table`.
-
-    Raises
-    ------
-    FooterMetadataError, ValueError
-        As :func:`parse_table`.
-    """
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(source, filesystem=filesystem, pre_buffer=False) as table_file:
-        schema = table_file.schema_arrow
-        footer = table_file.metadata.metadata
-    metadata = {key: value for key, value in (footer or {}).items() if key != _ARROW_SCHEMA}
-    schema = schema.with_metadata(metadata) if metadata else schema.remove_metadata()
-    _check_footer(schema, footer)
-    return schema
 
 
 #: The footer key under which pyarrow records the Arrow schema it wrote (base64).
@@ -399,42 +311,3 @@ def frame_of(table: pa.Table, where: str) -> pd.DataFrame:
             where,
             f"not a readable table: pandas cannot make a frame of it ({type(exc).__name__}: {exc})",
         ) from exc
-
-
-def read_table(location: Location) -> pa.Table:
-    """Read a Parquet file into a pyarrow table.
-
-    Raises
-    ------
-    CorruptStoreError
-        Naming the file, if it is not a regular file or not a readable Parquet table.
-    StorageNotFoundError
-        If there is no file.
-    """
-    return _read(location, lambda: parse_table(location.path, _filesystem(location)))
-
-
-def read_frame(location: Location) -> pd.DataFrame:
-    """Read a Parquet file into a pandas frame (as ``pandas.read_parquet`` does).
-
-    Raises
-    ------
-    CorruptStoreError, StorageNotFoundError
-        As :func:`read_table`.
-    """
-    return _read(
-        location,
-        lambda: parse_table(location.path, _filesystem(location)).to_pandas(use_threads=False),
-    )
-
-
-def read_schema(location: Location) -> pa.Schema:
-    """Read only the schema (and its metadata) of a Parquet file, as :func:`read_table`
-    reads them (:func:`parse_schema`).
-
-    Raises
-    ------
-    CorruptStoreError, StorageNotFoundError
-        As :func:`read_table`.
-    """
-    return _read(location, lambda: parse_schema(location.path, _filesystem(location)))
