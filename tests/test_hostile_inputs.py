@@ -677,16 +677,60 @@ def test_metadata_kept_in_the_recorded_schema_only_or_added_later_is_read(
     read = read_copy(only)
     assert read.column("a").to_pylist() == [1, 2]
 
-    for value, refused in (("version 2 of it", False), ("no", True)):
-        path = tmp_path / f"overridden-{refused}.parquet"
+    # What a flipped bit does, one bit from the recorded value, stays an error.
+    for value, refused in (("version 2 of it", False), ("no", False), ("1/", True)):
+        path = tmp_path / f"overridden-{value.replace('/', '-')}.parquet"
         with pq.ParquetWriter(path, table.schema.with_metadata({"x": "1."})) as writer:
             writer.write_table(table)
             writer.add_key_value_metadata({"x": value})
         if refused:
-            with pytest.raises(CorruptStoreError, match=r"overridden-True.*'x'"):
+            with pytest.raises(CorruptStoreError, match=rf"{path.name}.*'x'"):
                 read_copy(path)
         else:
             assert read_copy(path).schema.metadata[b"x"] == value.encode()
+
+
+def test_metadata_changed_by_its_writer_otherwise_than_a_flipped_bit_is_read(
+    tmp_path: Path,
+) -> None:
+    """Found by review of the footer check: a key given another value of the same length
+    after the schema (``add_key_value_metadata``, ``"1."`` then ``"no"``), or a key kept
+    in the recorded schema only beside another of its length added after, was refused as
+    damage: the check told a flipped bit by length alone. A flipped bit leaves the value
+    (or the key) one bit from the recorded one; what differs otherwise is the writer's,
+    and reads. One bit apart stays an error, the file named; cadstore's own keys must
+    still agree in full."""
+    import base64
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [1, 2]})
+    path = tmp_path / "same-length.parquet"
+    with pq.ParquetWriter(path, table.schema.with_metadata({"x": "1."})) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({"x": "no"})
+    assert read_copy(path).schema.metadata[b"x"] == b"no"
+
+    recorded = table.schema.with_metadata({"ab": "1"})
+    for added, refused in (("cd", False), ("ac", True)):
+        path = tmp_path / f"kept-{added}.parquet"
+        with pq.ParquetWriter(path, table.schema, store_schema=False) as writer:
+            writer.write_table(table)
+            serialized = base64.b64encode(recorded.serialize().to_pybytes()).decode()
+            writer.add_key_value_metadata({"ARROW:schema": serialized, added: "2"})
+        if refused:
+            with pytest.raises(CorruptStoreError, match=r"kept-ac\.parquet.*'ab'"):
+                read_copy(path)
+        else:
+            assert read_copy(path).column("a").to_pylist() == [1, 2]
+
+    stamped = tmp_path / "stamp.parquet"
+    with pq.ParquetWriter(stamped, table.schema.with_metadata({"cadstore": "{}"})) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({"cadstore": "[]"})
+    with pytest.raises(CorruptStoreError, match=r"stamp\.parquet.*'cadstore'"):
+        read_copy(stamped)
 
 
 def test_a_cadstore_table_without_its_recorded_arrow_schema_is_refused(

@@ -110,8 +110,10 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     agree in full. Other writers keep some metadata in the recorded schema only (pyarrow
     reads it from there), add keys after the schema (``add_key_value_metadata``, no second
     copy) or give a key another value there: what a flipped bit does is told from those
-    by length (a flip keeps it): a key missing while the footer holds an unrecorded key
-    of its length, or a value of the recorded value's length that differs.
+    as one bit (:func:`_one_bit_apart`): a key missing while the footer holds an
+    unrecorded key one bit from it, or a value one bit from the recorded value. A writer's
+    change of exactly one bit (``"1"`` to ``"0"``) is refused with them: no second copy
+    tells it from a flip.
 
     Parameters
     ----------
@@ -145,21 +147,29 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     _check_columns(read, schema)
     recorded = schema.metadata or {}
     # Keys only the footer holds, which a renamed key would be one of.
-    added_lengths = {len(key) for key in footer if key not in recorded and key != _ARROW_SCHEMA}
+    added = [key for key in footer if key not in recorded and key != _ARROW_SCHEMA]
     for key, value in recorded.items():
         found = footer.get(key)
         if found == value:
             continue
         ours = key in _OWN_KEYS
-        if found is None and (ours or len(key) in added_lengths):
+        if found is None and (ours or any(_one_bit_apart(key, other) for other in added)):
             problem = f"lacks {_shown(key)!r}, which the copy in its recorded Arrow schema holds"
-        elif found is not None and (ours or len(found) == len(value)):
+        elif found is not None and (ours or _one_bit_apart(found, value)):
             problem = f"differs at {_shown(key)!r} from the copy in its recorded Arrow schema"
         else:
             # Kept in the recorded schema only (pyarrow reads it from there), or given
-            # another value of another length after the schema: writers do both.
+            # another value after the schema: writers do both.
             continue
         raise FooterMetadataError(f"its footer's key-value metadata {problem}")
+
+
+def _one_bit_apart(one: bytes, other: bytes) -> bool:
+    """Whether ``one`` and ``other`` differ in exactly one bit: what a flipped bit makes
+    of a key or a value (its length kept), and what a writer changing it hardly does."""
+    if len(one) != len(other):
+        return False
+    return (int.from_bytes(one, "big") ^ int.from_bytes(other, "big")).bit_count() == 1
 
 
 #: The keys cadstore writes into a table's metadata, always into both copies, so any
@@ -184,13 +194,11 @@ def _check_unrecorded(footer: Mapping[bytes, bytes]) -> None:
         Naming ``ARROW:schema`` and the key found in its place, or cadstore's key found.
     """
     for key in footer:
-        if len(key) == len(_ARROW_SCHEMA):
-            differ = int.from_bytes(key, "big") ^ int.from_bytes(_ARROW_SCHEMA, "big")
-            if differ.bit_count() == 1:
-                raise FooterMetadataError(
-                    f"its footer lacks 'ARROW:schema' (its recorded Arrow schema) and holds "
-                    f"{_shown(key)!r}, one bit from it: a damaged key"
-                )
+        if _one_bit_apart(key, _ARROW_SCHEMA):
+            raise FooterMetadataError(
+                f"its footer lacks 'ARROW:schema' (its recorded Arrow schema) and holds "
+                f"{_shown(key)!r}, one bit from it: a damaged key"
+            )
     own = sorted(key for key in footer if key in _OWN_KEYS)
     if own:
         raise FooterMetadataError(
