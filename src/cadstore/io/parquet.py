@@ -50,7 +50,7 @@ class FooterMetadataError(ValueError):
     """
 
 
-def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
+def parse_table(source: Any) -> pa.Table:
     """Read a whole Parquet table in the calling thread, with no Arrow thread pool.
 
     The table is validated in full: pyarrow reads strings that are not UTF-8 (a flipped
@@ -63,9 +63,7 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     Parameters
     ----------
     source
-        A path (on ``filesystem``, local when ``None``) or a ``pyarrow.BufferReader``.
-    filesystem
-        An fsspec or pyarrow file system, or ``None``.
+        The table's bytes (a ``pyarrow.BufferReader``), or a local path.
 
     Raises
     ------
@@ -80,9 +78,7 @@ def parse_table(source: Any, filesystem: Any = None) -> pa.Table:
     """
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(
-        source, filesystem=filesystem, pre_buffer=False, page_checksum_verification=True
-    ) as table_file:
+    with pq.ParquetFile(source, pre_buffer=False, page_checksum_verification=True) as table_file:
         table = table_file.read(use_threads=False)
         footer = table_file.metadata.metadata
     _check_footer(table.schema, footer)
@@ -106,14 +102,13 @@ def _check_footer(read: pa.Schema, footer: Mapping[bytes, bytes] | None) -> None
     metadata), silently; one flipped bit cannot change both copies alike. A table written
     without a recorded schema (not by pyarrow) is not checked, unless it should have one
     (:func:`_check_unrecorded`: a cadstore table, a key one bit from ``ARROW:schema``).
-    cadstore's own keys must
-    agree in full. Other writers keep some metadata in the recorded schema only (pyarrow
-    reads it from there), add keys after the schema (``add_key_value_metadata``, no second
-    copy) or give a key another value there: what a flipped bit does is told from those
-    as one bit (:func:`_one_bit_apart`): a key missing while the footer holds an
-    unrecorded key one bit from it, or a value one bit from the recorded value. A writer's
-    change of exactly one bit (``"1"`` to ``"0"``) is refused with them: no second copy
-    tells it from a flip.
+    cadstore's own keys must agree in full. Other writers keep some metadata in the
+    recorded schema only (pyarrow reads it from there), add keys after the schema
+    (``add_key_value_metadata``, no second copy) or give a key another value there: what
+    a flipped bit does is told from those as one bit (:func:`_one_bit_apart`): a key
+    missing while the footer holds an unrecorded key one bit from it, or a value one bit
+    from the recorded value. A writer's change of exactly one bit (``"1"`` to ``"0"``) is
+    refused with them: no second copy tells it from a flip.
 
     Parameters
     ----------
