@@ -42,6 +42,8 @@ from cadstore.encode import (
     naming,
     work,
 )
+from cadstore.encode import run as encode_run
+from cadstore.errors import InvalidDataError
 
 # Keys every item must hold with the default settings (histograms included): the
 # synthetic workload mirrors the encoder, so its key list is the one to check against.
@@ -411,17 +413,99 @@ def test_a_hung_worker_is_killed_at_the_time_limit(
     assert [entry["reason"] for entry in summary] == ["timeout"] * len(shafts)
 
 
+@pytest.mark.parametrize("death", ["SIGKILL", "exit"])
 def test_a_crashing_worker_fails_only_its_file(
-    good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
+    good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None, death: str
 ) -> None:
-    _patch_body(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    """A worker that dies is a crash: killed in a body, or ending its process outside
+    every guard of the file's work (``os._exit``, which no ``except`` catches)."""
+    if death == "SIGKILL":
+        _patch_body(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    else:
+        real = encode_run.process_file
+
+        def exits(task: Any, settings: Any, emit: Any) -> None:
+            if "shaft" in os.path.basename(task.path):
+                os._exit(3)
+            real(task, settings, emit)
+
+        monkeypatch.setattr(encode_run, "process_file", exits)
     report = encode_files(good_dir, tmp_path, workers=2)
     shafts = {p for p in find_cad_files(good_dir) if "shaft" in p.name}
     assert {Path(f["item"]) for f in report.failed} == shafts
     for failure in report.failed:
         assert failure["reason"] == "crash"
-        assert "SIGKILL" in failure["error"]
+        assert ("SIGKILL" if death == "SIGKILL" else "exited with code 3") in failure["error"]
     assert len(report.encoded) == len(_expected_items(good_dir)) - len(shafts)
+
+
+def test_an_error_escaping_the_files_work_fails_the_file_not_its_worker(
+    good_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: None
+) -> None:
+    """An exception that escaped process_file in a local worker (a bug in the per-file
+    code, an error outside what it catches) killed the worker: the file was reported as
+    a crash ("WorkerCrash: worker ... exited with code 1"), not as its own error, as the
+    Dask path reports it. It is the file's failure now, classified by failure_fields;
+    the worker lives on (one worker: both files failed in the same process) and the
+    other files are encoded."""
+    real = encode_run.process_file
+
+    def broken(task: Any, settings: Any, emit: Any) -> None:
+        if "shaft" in os.path.basename(task.path):
+            emit({"type": "start", "index": task.index, "pid": os.getpid()})
+            raise InvalidDataError(f"{task.path}: refused by a bug")
+        real(task, settings, emit)
+
+    monkeypatch.setattr(encode_run, "process_file", broken)
+    report = encode_files(good_dir, tmp_path, workers=1, histograms=False)
+    shafts = {p for p in find_cad_files(good_dir) if "shaft" in p.name}
+    assert len(shafts) == 2
+    assert {Path(f["item"]) for f in report.failed} == shafts
+    for failure in report.failed:
+        assert failure["reason"] == "invalid_data", failure
+        assert failure["error"] == f"InvalidDataError: {failure['item']}: refused by a bug"
+        assert failure["body_index"] is None
+    assert len({f["worker_pid"] for f in report.failed}) == 1
+    assert set(report.encoded) == _expected_items(good_dir) - {item_name(p, 0) for p in shafts}
+
+
+def test_a_local_and_a_dask_encode_report_an_escaping_error_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure a local worker reports for an exception that escaped the file's work
+    between two bodies is the Dask task's: the same reason and error, naming the bodies
+    not encoded (those the task leaves alone are not named)."""
+    import errno
+
+    def four_bodies(task: Any, settings: Any, emit: Any) -> None:
+        emit({"type": "start", "index": task.index, "pid": os.getpid()})
+        emit({"type": "loaded", "index": task.index, "num_bodies": 4, "seconds": 0.0})
+        for body in (0, 1):
+            if body in task.leave:
+                continue
+            emit({"type": "body", "index": task.index, "body_index": body})
+            if body == 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            emit({"type": "item", "index": task.index, "body_index": body, "status": "ok"})
+
+    monkeypatch.setattr(encode_run, "process_file", four_bodies)
+    for leave, missing in (((), [1, 2, 3]), ((2,), [1, 3])):
+        out = tmp_path / f"leave{len(leave)}"  # apart: the Dask task journals in it
+        out.mkdir()
+        settings = work.Settings(str(out), str(out), {}, (), resume=False)
+        task = work.Task(index=0, path=str(tmp_path / "part.step"), base="part", leave=leave)
+        local: list[dict[str, Any]] = []
+        encode_run._local_encode_task(four_bodies, task, settings, local.append)
+        dask = encode_run._dask_encode_task(task, settings)
+        assert [m["type"] for m in local] == [m["type"] for m in dask]
+        failure = local[-1]
+        assert failure["type"] == "failed" and failure["reason"] == "storage"
+        assert failure["error"] == (
+            f"OSError: [Errno 28] No space left on device; bodies {missing} were not encoded"
+        )
+        assert {k: v for k, v in failure.items() if k != "logs"} == {
+            k: v for k, v in dask[-1].items() if k != "logs"
+        }
 
 
 @pytest.mark.parametrize("fault", ["hang", "crash"])

@@ -20,8 +20,10 @@ worker processes (:class:`cadstore.workers.WorkerPool`), at most ``workers`` at 
 each worker replaced after :data:`MAX_TASKS_PER_CHILD` files: a time limit applies to
 reading each file and to encoding each body, a worker over it is killed (reason
 ``"timeout"``); a memory guard caps each worker (``"memory"``); a worker that dies is
-recorded with its file (``"crash"``); two files whose items would share names are refused
-before any work (``"duplicate"``), and a failed merge is reported as ``"merge"``.
+recorded with its file (``"crash"``), while an exception that escapes a file's work is
+the file's own failure, classified as on Dask (:func:`_local_encode_task`); two files
+whose items would share names are refused before any work (``"duplicate"``), and a
+failed merge is reported as ``"merge"``.
 
 **Resuming and user data.** With ``resume=True`` (the default) a body whose ``.data`` file
 exists is skipped, and a file whose bodies all exist is not even read. Nothing is ever
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -75,7 +78,13 @@ from cadstore.io.publish import HOST_TAG, fsync_file, pid_alive
 from cadstore.progress import Progress
 from cadstore.schema import Schema, SchemaBuilder
 from cadstore.storage.opt import OptStorage
-from cadstore.workers import DEFAULT_MEMORY_LIMIT_MB, WorkerPool, WorkerSpec, available_cores
+from cadstore.workers import (
+    DEFAULT_MEMORY_LIMIT_MB,
+    Emit,
+    WorkerPool,
+    WorkerSpec,
+    available_cores,
+)
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -397,7 +406,7 @@ def encode_files(
                     _remove_journals(tasks, settings)
             else:
                 spec = WorkerSpec(
-                    process_file,
+                    functools.partial(_local_encode_task, process_file),
                     settings,
                     memory_limit_mb=int(memory_limit_mb) if memory_limit_mb else None,
                     max_tasks_per_child=MAX_TASKS_PER_CHILD,
@@ -528,7 +537,7 @@ def _run_locally(
         return
     if n_workers == 0:
         for task in tasks:
-            process_file(task, spec.settings, collector.message)
+            spec.work(task, spec.settings, collector.message)
             collector.done(task)
         return
     with WorkerPool(spec, n_workers, timeout, collector) as pool:
@@ -573,16 +582,52 @@ def _dask_encode_task(task: Task, settings: Settings) -> list[dict[str, Any]]:
     try:
         _dask_encode(task, settings, messages)
     except Exception as exc:
-        # Reading the CAD file and encoding its bodies report their own failures
-        # (process_file): what reaches here is the task's own work, not the file's read.
-        failure = {"type": "failed", "index": task.index, **failure_fields(exc, loading=False)}
-        missing = _bodies_not_reported(task, messages)
-        if missing:
-            # As for a worker lost on the file (_DaskListener.lost): the bodies it never
-            # reported are named, or they would appear nowhere in the summary.
-            failure["error"] = f"{failure['error']}; bodies {missing} were not encoded"
-        messages.append(failure)
+        messages.append(_escaped_failure(task, exc, messages))
     return messages
+
+
+def _local_encode_task(
+    work: Callable[[Task, Settings, Emit], None], task: Task, settings: Settings, emit: Emit
+) -> None:
+    """One file in a supervised worker (or in this process): ``work`` (:func:`process_file`,
+    bound by :func:`functools.partial` so that a spawned worker gets the one the caller
+    chose) on ``task``, an exception that escapes it reported as the file's failure.
+
+    process_file reports the failures of reading the file and of encoding each body; an
+    exception that escapes it anyway (a bug in the per-file code, an error outside what it
+    catches) would end the worker, and the file would be taken for a crash. It fails as
+    a Dask task's does (:func:`_escaped_failure`), and the worker goes on with the next
+    file. Only a worker that died is a ``"crash"`` (:class:`~cadstore.workers.WorkerPool`).
+    """
+    # What _bodies_not_reported reads: the file's body count and the bodies reported.
+    sent: list[dict[str, Any]] = []
+
+    def noted(message: dict[str, Any]) -> None:
+        emit(message)
+        if message.get("type") in ("loaded", "item"):
+            sent.append(message)
+
+    try:
+        work(task, settings, noted)
+    except Exception as exc:
+        emit(_escaped_failure(task, exc, sent))
+
+
+def _escaped_failure(
+    task: Task, exc: Exception, messages: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``failed`` message of ``task``'s file for ``exc``, which escaped the file's
+    work after ``messages``: classified by :func:`~cadstore.failures.failure_fields`, as
+    the failures process_file reports are, and naming the bodies not reported."""
+    # Reading the CAD file and encoding its bodies report their own failures
+    # (process_file): what reaches here is the task's own work, not the file's read.
+    failure = {"type": "failed", "index": task.index, **failure_fields(exc, loading=False)}
+    missing = _bodies_not_reported(task, messages)
+    if missing:
+        # As for a worker lost on the file (_DaskListener.lost): the bodies it never
+        # reported are named, or they would appear nowhere in the summary.
+        failure["error"] = f"{failure['error']}; bodies {missing} were not encoded"
+    return failure
 
 
 def _bodies_not_reported(task: Task, messages: Sequence[dict[str, Any]]) -> list[int]:
