@@ -8,6 +8,7 @@ metadata, compresses and returns ``storage.get_file_path("")``) and run with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -26,7 +27,8 @@ from cadstore.cadaccess import HOOPSLoader
 from cadstore.cadencoder import BrepEncoder
 from cadstore.dataset import DatasetExplorer, DatasetLoader
 from cadstore.encode import item_name
-from cadstore.errors import FlowError, OutputExistsError
+from cadstore.errors import FlowError, InvalidDataError, OutputExistsError
+from cadstore.failures import describe, failure_fields
 from cadstore.flowmanager import flowtask
 from cadstore.format.manifest import read_manifest
 from cadstore.io import resolve
@@ -972,6 +974,67 @@ def test_the_export_merges_a_store_a_later_task_published(tmp_path: Path) -> Non
     assert out["b"] == ["good.step", "x.step"]
     assert [(entry["task"], entry["reason"]) for entry in out.errors] == [("first", "error")]
     assert out.dataset is not None and summary["file_count"] == 2
+
+
+#: The items the extract task below gives for its source ``"items"``.
+_CLASSIFIED = ["good.step", "invalid.step", "full.step", "bug.step"]
+
+
+def _raise_by_name(name: str) -> None:
+    """Raise the failure ``name`` asks for: a cadstore error, an OSError, a bug."""
+    if "invalid" in name:
+        raise InvalidDataError(f"{name}: a face without a surface")
+    if "full" in name:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+    if "bug" in name:
+        raise KeyError(name)
+
+
+@flowtask.extract(name="sources", inputs=["sources"], outputs=["cad_files"])
+def gather_or_raise(source: str) -> list[str]:
+    if source == "items":
+        return list(_CLASSIFIED)
+    _raise_by_name(source)
+    return []
+
+
+@flowtask.transform(name="classify", inputs=["cad_files"], outputs=["out"])
+def raise_by_name(cad_file: str, cad_loader: HOOPSLoader, storage: DataStorage) -> str:
+    _raise_by_name(cad_file)
+    return cad_file
+
+
+def test_a_flow_classifies_a_tasks_failure_as_an_encode_does(tmp_path: Path) -> None:
+    """A task function's own exception was reason "error" whatever it was ("memory" for a
+    MemoryError), where an encode classifies the same exception with failure_fields
+    ("invalid_data" for an InvalidDataError, "storage" for an OSError...). A transform's
+    item and an extract's source fail with the reason and the error failure_fields gives."""
+    expected: dict[str, tuple[str, str]] = {}
+    for name in _CLASSIFIED:
+        try:
+            _raise_by_name(name)
+        except Exception as exc:
+            expected[name] = (failure_fields(exc, loading=False)["reason"], describe(exc))
+    reasons = {name: reason for name, (reason, _) in expected.items()}
+    assert reasons == {"invalid.step": "invalid_data", "full.step": "storage", "bug.step": "error"}
+    flow = cadstore.create_flow(
+        "f",
+        [gather_or_raise, raise_by_name],
+        tmp_path,
+        max_workers=1,
+        export_visualization=False,
+        auto_dataset_export=False,
+    )
+    sources = ["items", "invalid.source", "full.source", "bug.source"]
+    out, _, _ = flow.process(inputs={"sources": sources})
+    assert out["out"] == ["good.step"]
+    found = {(e["task"], e["item"]): (e["reason"], e["error"]) for e in out.errors}
+    want = {("classify", name): seen for name, seen in expected.items()}
+    for name in sources[1:]:
+        step = name.replace(".source", ".step")
+        reason, error = expected[step]
+        want["sources", name] = (reason, error.replace(step, name))
+    assert found == want
 
 
 def test_a_lost_item_whose_store_cannot_be_removed_is_still_reported(

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cadstore.errors import CadstoreError, FlowError, OutputExistsError
+from cadstore.failures import failure_fields
 from cadstore.flowmanager.tasks.parallel_executor import (
     ItemOutcome,
     ItemSettings,
@@ -484,17 +485,17 @@ class Flow:
         item: Any,
         exc: BaseException,
     ) -> None:
-        import traceback
-
+        # Classified as a transform's items and an encode's files are.
+        failure = failure_fields(exc, loading=False)
         entry = {
             "item_index": index,
             "item": str(item),
             "name": None,
             "task": _attribute(task, "_task_name"),
             "worker_pid": os.getpid(),
-            "reason": "error",
-            "error": f"{type(exc).__name__}: {exc}",
-            "logs": "".join(traceback.format_exception(exc)).splitlines()[-30:],
+            "reason": failure["reason"],
+            "error": failure["error"],
+            "logs": failure["logs"],
             "seconds": 0.0,
         }
         output.errors.append(entry)

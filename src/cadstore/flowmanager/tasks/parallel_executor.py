@@ -27,8 +27,10 @@ item its inputs list (usually CAD file paths). :class:`ParallelExecutor` runs it
   tried once more alone, with twice the large-file limit, unless
   ``skip_heavy_files=True``; an item that fails that way twice, or at once with
   ``skip_heavy_files``, is listed as ``"too_heavy"``;
-* every failure (the task's exception, a timeout, a worker that died: ``"crash"``) is
-  isolated to its item, which is listed in ``error_summary.json`` as
+* every failure (the task's exception, with the reason
+  :func:`~cadstore.failures.failure_fields` gives it as for an encode's file; a timeout;
+  a worker that died: ``"crash"``) is isolated to its item, which is listed in
+  ``error_summary.json`` as
   ``{item_index, item, name, task, worker_pid, reason, error, logs, seconds}``; the run
   goes on;
 * results come back in **input order**, whatever the number of workers.
@@ -366,11 +368,12 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     ``result``) or ``"failed"`` (``reason``, ``error``, ``logs``). The item's store is
     finalised (see the module docstring); a failed item's store is discarded.
 
-    The function's own failures are ``"error"`` (``"memory"`` for a ``MemoryError``); a
-    store the file system refuses to remove then is named in the failure. An exception
-    of the framework's own work that escapes (the encode package not importable on a
-    worker) is reported too, with the reason :func:`~cadstore.failures.failure_fields`
-    gives it: let out, it would kill a local worker or fail a Dask task, and the item
+    The function's own failures have the reason :func:`~cadstore.failures.failure_fields`
+    gives them, as an encode's have (``"memory"`` for a ``MemoryError``,
+    ``"invalid_data"``, ``"storage"``, ..., else ``"error"``); a store the file system
+    refuses to remove then is named in the failure. An exception of the framework's own
+    work that escapes (the encode package not importable on a worker) is reported the
+    same way: let out, it would kill a local worker or fail a Dask task, and the item
     would be taken for a crash.
     """
     try:
@@ -383,7 +386,7 @@ def run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
 def _run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
     """The work of :func:`run_item`, the function's failures reported."""
     # The encode package needs the CAD kernel; imported here, importing a flow does not.
-    from cadstore.encode.work import collect_warnings, describe, traceback_lines
+    from cadstore.encode.work import collect_warnings, describe
 
     emit({"type": "start", "index": task.index, "pid": os.getpid()})
     logs: list[str] = []
@@ -411,16 +414,13 @@ def _run_item(task: ItemTask, settings: ItemSettings, emit: Emit) -> None:
                 # saved before it failed, as if the item were done.
                 abandon = getattr(storage, "abandon", storage.close)
                 abandon()
-        memory = isinstance(exc, MemoryError)
+        # Classified as an encode's failures are: the same exception, the same reason.
+        seconds = time.perf_counter() - started
         failure: dict[str, Any] = {
             "type": "result",
             "index": task.index,
             "status": "failed",
-            "reason": "memory" if memory else "error",
-            "error": describe(exc),
-            "logs": logs + traceback_lines(exc),
-            "seconds": time.perf_counter() - started,
-            "recycle": memory,
+            **failure_fields(exc, loading=False, logs=logs, seconds=seconds),
         }
         # The item failed for its own error, which stays its failure; a store left is
         # named, and is not merged (ItemOutcome.store_left).
