@@ -622,13 +622,39 @@ def test_a_warning_issued_as_a_worker_starts_a_send_is_shown_there() -> None:
     ours, theirs = Pipe()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sender = _Sender(ours)
+        sender = _Sender(ours.send)
         sender._lock = WarnsOnceTaken()  # type: ignore[assignment]
         sender.forward_warnings()
         sender.send({"type": "message"})
     assert theirs.recv() == {"type": "message"}
     assert not theirs.poll()  # nothing else was sent: the warning was not forwarded
     assert [str(w.message) for w in caught] == ["a finaliser's warning"]
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> None:
+    """The pool merges and the synthetic workload run their work in (ProcessPool): a
+    warning its worker shows, started either way, is issued again here by the time the
+    pool is shut down; one longer than a pipe keeps whole is cut short, not lost, nor
+    mixed with the other worker's."""
+    from cadstore.workers import ProcessPool
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    long = "x" * 70_000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ProcessPool(2, mp_context=multiprocessing.get_context(method)) as pool:
+            done = [
+                pool.submit(warnings.warn, text, UserWarning)
+                for text in ("a pool worker's warning", long, "another one")
+            ]
+            for future in done:
+                future.result()
+    seen = sorted(str(w.message) for w in caught if w.category is UserWarning)
+    assert seen[:2] == ["a pool worker's warning", "another one"]
+    assert len(seen) == 3 and seen[2].startswith("xxx") and seen[2].endswith(" [...]")
+    assert 1000 < len(seen[2]) < len(long)
 
 
 def test_logging_captured_warnings_are_each_message_once(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -431,6 +434,43 @@ def test_parallel_merge_is_byte_identical(
 ) -> None:
     out = tmp_path / "parallel.dataset"
     merge_items([p for p, _, _ in realistic_items], out, workers=2, executor=executor)
+    assert_same_dataset(out, merged)
+
+
+def _scan_warning(location: Any, limits: Any) -> Any:
+    """scan_item, warning in the process that scans (a merge worker, below)."""
+    from cadstore.merging import scan
+
+    warnings.warn(f"scanned {location.name} in process {os.getpid()}", UserWarning, stacklevel=1)
+    return scan._real_scan_item(location, limits)  # type: ignore[attr-defined]
+
+
+def test_a_process_merge_workers_warning_reaches_the_caller(
+    realistic_items: list[Any], merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning issued in a worker of a merge with executor="process" was printed on the
+    worker's stderr (or, under the caller's filters, raised in the worker) and never
+    reached the caller, which records or filters the warnings of a thread merge. The
+    worker's warning is issued again in the caller, as an encode worker's is."""
+    from cadstore.merging import run, scan
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method")
+    # Forked workers inherit the patched scan.
+    monkeypatch.setattr(run, "mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(scan, "_real_scan_item", scan.scan_item, raising=False)
+    monkeypatch.setattr(scan, "scan_item", _scan_warning)
+    files = [p for p, _, _ in realistic_items]
+    out = tmp_path / "process.dataset"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merge_items(files, out, workers=2, executor="process")
+    seen = [str(w.message) for w in caught if w.category is UserWarning]
+    scanned = [text for text in seen if text.startswith("scanned ")]
+    assert sorted(t.split(" in process ")[0] for t in scanned) == sorted(
+        f"scanned {f.name}" for f in files
+    )
+    assert str(os.getpid()) not in {t.split(" in process ")[1] for t in scanned}
     assert_same_dataset(out, merged)
 
 

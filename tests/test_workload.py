@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -505,3 +506,34 @@ def test_write_workload_writes_readable_items_and_reuses_them(tmp_path: Path) ->
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     assert write_workload(tmp_path / "items", 5, seed=3, workers=0) == paths
     assert [os.stat(p).st_mtime_ns for p in paths] == stamps
+
+
+def _warning_range(args: tuple[str, int, int, int]) -> list[str]:
+    """A range of the workload written by nothing but a warning from its process."""
+    warnings.warn(f"range {args[2]} in process {os.getpid()}", UserWarning, stacklevel=1)
+    return []
+
+
+def test_a_workload_workers_warning_reaches_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning issued in one of write_workload's worker processes was printed on the
+    worker's stderr (or, under the caller's filters, raised there) and never reached the
+    caller. It is issued again in the caller, as an encode worker's is."""
+    import multiprocessing
+
+    from cadstore import synthetic
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the workers must fork to inherit the patched range writer")
+    monkeypatch.setattr(synthetic, "_write_range", _warning_range)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert write_workload(tmp_path / "items", 250, workers=2) == []
+    seen = sorted(str(w.message) for w in caught if w.category is UserWarning)
+    assert [text.split(" in process ")[0] for text in seen] == [
+        "range 0",
+        "range 100",
+        "range 200",
+    ]
+    assert str(os.getpid()) not in {text.split(" in process ")[1] for text in seen}

@@ -32,7 +32,6 @@ Examples
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import math
 import os
@@ -44,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cadstore.vocabulary import CONVEXITIES, EDGE_TYPES, FACE_TYPES
+from cadstore.workers import ProcessPool
 
 __all__ = [
     "CATEGORIES",
@@ -1129,5 +1129,6 @@ def write_workload(
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     if n_workers <= 1 or len(jobs) <= 1:
         return [path for job in jobs for path in _write_range(job)]
-    with cf.ProcessPoolExecutor(n_workers) as pool:
+    # Its workers' warnings reach the caller.
+    with ProcessPool(n_workers) as pool:
         return [path for part in pool.map(_write_range, jobs) for path in part]

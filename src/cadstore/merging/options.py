@@ -90,7 +90,9 @@ class MergeOptions:
         ``None`` uses every core.
     executor
         ``"thread"`` (default) or ``"process"``; only the calling thread writes, whole
-        shards, so no two workers ever touch the same chunk.
+        shards, so no two workers ever touch the same chunk. A worker process's warnings
+        are issued again in the calling process (:class:`cadstore.workers.ProcessPool`),
+        as the threads' are.
     progress
         Show progress bars (needs tqdm).
     limits

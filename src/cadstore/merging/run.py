@@ -56,6 +56,7 @@ from cadstore.merging.write import (
     stream_plan,
 )
 from cadstore.processes import mp_context
+from cadstore.workers import ProcessPool
 
 __all__ = [
     "check_dataset_name",
@@ -502,7 +503,8 @@ def make_pool(options: MergeOptions) -> cf.Executor | None:
     if n_workers <= 1:
         return None
     if options.executor == "process":
-        return cf.ProcessPoolExecutor(n_workers, mp_context=mp_context())
+        # Its workers' warnings reach the caller, as the threads' do.
+        return ProcessPool(n_workers, mp_context=mp_context())
     return cf.ThreadPoolExecutor(n_workers, thread_name_prefix="cadstore-merge")
 
 
