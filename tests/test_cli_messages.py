@@ -631,6 +631,98 @@ def test_a_warning_issued_as_a_worker_starts_a_send_is_shown_there() -> None:
     assert [str(w.message) for w in caught] == ["a finaliser's warning"]
 
 
+class _Heard:
+    """A WorkerPool listener keeping what it hears."""
+
+    def __init__(self) -> None:
+        self.finished: list[Any] = []
+        self.losses: list[Any] = []
+
+    def message(self, message: dict[str, Any]) -> None:
+        pass
+
+    def done(self, task: Any) -> None:
+        self.finished.append(task)
+
+    def lost(self, task: Any, pid: int | None, reason: str, error: str, seconds: float) -> None:
+        self.losses.append((task, reason, error))
+
+
+def _no_work(task: Any, settings: Any, emit: Any) -> None:
+    """A worker's work that does nothing."""
+
+
+class _WarnsWhenFreed:
+    """A task that, freed in a worker (as the worker takes its next message), warns."""
+
+    def __del__(self) -> None:
+        if multiprocessing.parent_process() is not None:
+            warnings.warn(f"a task freed in worker {os.getpid()}", UserWarning, stacklevel=1)
+
+
+def test_a_retired_workers_last_warning_is_not_lost() -> None:
+    """A warning a worker sent after its last task (a finaliser's, run as it took the
+    message to stop) was lost: the parent, retiring it, closed its pipe once it
+    exited without reading what was left there. It is issued here."""
+    from cadstore.workers import WorkerPool, WorkerSpec
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork start method here")
+    heard = _Heard()
+    spec = WorkerSpec(_no_work, None, max_tasks_per_child=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with WorkerPool(spec, 1, None, heard, start_method="fork") as pool:
+            pool.run([_WarnsWhenFreed(), _WarnsWhenFreed()])
+    seen = [str(w.message) for w in caught if w.category is UserWarning]
+    assert len(heard.finished) == 2 and heard.losses == []
+    # Each retired after its task: two workers, each freeing its task as it stopped.
+    assert len(seen) == 2 and len(set(seen)) == 2, seen
+    assert all(text.startswith("a task freed in worker ") for text in seen)
+    assert f"worker {os.getpid()}" not in seen
+
+
+_WARNS_AS_IMPORTED = """
+import multiprocessing, os, warnings
+
+if multiprocessing.parent_process() is not None:
+    warnings.warn(f"imported in worker {os.getpid()}", UserWarning, stacklevel=1)
+
+
+def work(task, settings, emit):
+    pass
+"""
+
+
+def test_a_spawned_workers_warning_while_it_starts_reaches_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned worker's warning issued while it started (importing the module of its
+    work, the CAD kernel, a flow's task) was printed on its own stderr in Python's
+    format: the worker forwarded only the warnings of its task loop. It is issued
+    here, as the ones of its tasks are."""
+    import importlib
+
+    from cadstore.workers import WorkerPool, WorkerSpec
+
+    if "spawn" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no spawn start method here")
+    (tmp_path / "warns_as_imported.py").write_text(_WARNS_AS_IMPORTED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("warns_as_imported")
+    heard = _Heard()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with WorkerPool(
+            WorkerSpec(module.work, None), 1, None, heard, start_method="spawn"
+        ) as pool:
+            pool.run([1, 2])
+    seen = [str(w.message) for w in caught if w.category is UserWarning]
+    assert heard.finished == [1, 2] and heard.losses == []
+    assert len(seen) == 1 and seen[0].startswith("imported in worker "), seen
+    assert seen[0] != f"imported in worker {os.getpid()}"
+
+
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> None:
     """The pool merges and the synthetic workload run their work in (ProcessPool): a

@@ -24,6 +24,9 @@ was running. The pool knows which task each worker is on, so:
   line (once, whichever workers issued it), and a program recording warnings records it,
   where a spawned worker would have printed Python's format on its own stderr. The
   worker's filters decided that it is shown, as they decide for any warning it issues.
+  That holds from the import of the work's modules in a spawned worker to the warnings
+  it sends as it stops; only those of importing :mod:`cadstore` itself, before the
+  worker's code runs, are shown by the worker.
 
 Workers are forked when that is safe and spawned otherwise (:mod:`cadstore.processes`);
 a spawned worker never runs the caller's main script.
@@ -431,12 +434,23 @@ class ProcessPool(cf.ProcessPoolExecutor):
         reader.close()
 
 
-def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """Body of a worker process: take tasks from ``conn`` until told to stop."""
+def _worker_main(conn: Connection, spec: WorkerSpec | None) -> None:
+    """Body of a worker process: take tasks from ``conn`` until told to stop.
+
+    A forked worker inherits ``spec``; a spawned one is given ``None`` and receives it
+    first through ``conn``, once it forwards its warnings: reading it imports the modules
+    of the work (the CAD kernel, a flow's task), whose warnings then reach the parent
+    like those of its tasks, instead of its own stderr.
+    """
     # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = _Sender(conn.send)
     sender.forward_warnings()
+    if spec is None:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
     # Native code writes some messages straight to stdout; keep stdout for the caller.
     with suppress(OSError, ValueError):
         sys.stdout.flush()
@@ -469,6 +483,17 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
 
 
 # ---------------------------------------------------------------------------- parent side
+def _issue_warnings_left(conn: Connection) -> None:
+    """Issue the warnings a stopped worker sent after its pipe was last read: one a
+    finaliser issued as the worker took the message to stop, say. Its other messages
+    come too late to be of use: its task is over, done or lost."""
+    with suppress(EOFError, OSError):
+        while conn.poll():
+            message = conn.recv()
+            if isinstance(message, dict) and message.get("type") == "warning":
+                _show_warning(message)
+
+
 @dataclass
 class _Slot:
     """One worker process and what it is doing."""
@@ -544,12 +569,21 @@ class WorkerPool:
             else multiprocessing.get_context(self.start_method)
         )
         parent_conn, child_conn = context.Pipe(duplex=True)
+        # A spawned worker is sent the spec once it forwards warnings (see _worker_main).
+        forked = context.get_start_method() == "fork"
         process = context.Process(
-            target=_worker_main, args=(child_conn, self.spec), name="cadstore-worker", daemon=True
+            target=_worker_main,
+            args=(child_conn, self.spec if forked else None),
+            name="cadstore-worker",
+            daemon=True,
         )
         with without_main_script():
             process.start()
         child_conn.close()  # so that the parent sees EOF when the worker dies
+        if not forked:
+            # A worker dead already fails its first task's send, as it did before.
+            with suppress(OSError):
+                parent_conn.send(self.spec)
         slot = _Slot(process, parent_conn)
         self.slots.append(slot)
         return slot
@@ -561,6 +595,7 @@ class WorkerPool:
         if slot.process.is_alive():  # did not stop when asked: it is ours, kill it
             slot.process.kill()
             slot.process.join()
+        _issue_warnings_left(slot.conn)
         slot.conn.close()
         self.slots.remove(slot)
 
