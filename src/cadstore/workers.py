@@ -281,159 +281,6 @@ def _show_warning(message: dict[str, Any]) -> None:
         warnings.showwarning(warning, type(warning), filename, lineno)
 
 
-# ---------------------------------------------------------------------- other process pools
-#: The longest warning record a :class:`ProcessPool` worker writes: the bytes one
-#: ``write`` to a pipe puts there whole, never mixed with another worker's (POSIX), so
-#: that its workers share one pipe without a lock between processes and a worker killed
-#: while writing cannot leave half a record. ``None``: no such guarantee (Windows).
-_RECORD_BYTES: Final = getattr(select, "PIPE_BUF", None)
-
-
-def _warning_record(message: dict[str, Any]) -> bytes:
-    """``message`` (a :func:`_warning_message`) as one line of JSON of at most
-    ``_RECORD_BYTES``, its text (and its file name) cut short when too long.
-
-    Raises
-    ------
-    ValueError
-        If even the cut message does not fit (the warning is then shown in the worker).
-    """
-    limit = int(_RECORD_BYTES or 0)
-    record = (json.dumps(message) + "\n").encode("ascii")
-    excess = len(record) - limit
-    if excess > 0:
-        text = str(message["message"])
-        cut = {
-            **message,
-            "filename": str(message["filename"])[-256:],
-            # Each character left out saves a byte at least; the mark costs eight.
-            "message": text[: max(0, len(text) - excess - 8)] + " [...]",
-        }
-        record = (json.dumps(cut) + "\n").encode("ascii")
-    if len(record) > limit:
-        raise ValueError("a warning too long to forward")
-    return record
-
-
-def _forward_pool_warnings(conn: Connection) -> None:
-    """The initializer of a :class:`ProcessPool` worker: from now on, each warning it
-    shows goes to the parent through ``conn``, as a :class:`WorkerPool` worker's does."""
-
-    def write(message: dict[str, Any]) -> None:
-        if message.get("type") != "warning":
-            raise ValueError("a pool worker sends warnings only")
-        os.write(conn.fileno(), _warning_record(message))
-
-    _Sender(write).forward_warnings()
-
-
-def _relay_pool_warnings(conn: Connection) -> None:
-    """Body of a :class:`ProcessPool`'s relay thread: issue each warning record its
-    workers write again in this process, until the empty line that ends them."""
-    fd, pending = conn.fileno(), b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            return
-        if not chunk:
-            return
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            if not line:
-                return
-            try:
-                message = json.loads(line)
-            except ValueError:  # not a record of the workers: nothing to issue
-                continue
-            if isinstance(message, dict):
-                _show_warning(message)
-
-
-class ProcessPool(cf.ProcessPoolExecutor):
-    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers' warnings are
-    issued again in this process, as a :class:`WorkerPool`'s are (see the module
-    docstring): for the work that needs no supervision, a merge's decoding, say.
-
-    Each worker, once started, forwards the warnings it shows through one pipe all of
-    them share, each as one record written whole (``_RECORD_BYTES``); a thread of this
-    process issues them again as they come, as a thread pool's warnings are issued by
-    its threads. The thread starts once the workers of the first task exist, so that
-    forked workers are forked from a process without it. ``shutdown`` returns once
-    every warning of the workers has been issued. Where a pipe does not keep records
-    whole (Windows), the warnings are shown by the workers, as without this class.
-
-    Parameters
-    ----------
-    max_workers
-        The most worker processes at once (``None``: every core).
-    mp_context
-        How the workers start (``None``: multiprocessing's default).
-    """
-
-    def __init__(self, max_workers: int | None = None, mp_context: Any = None) -> None:
-        context = mp_context if mp_context is not None else multiprocessing.get_context()
-        self._warnings: tuple[Connection, Connection] | None = None
-        if _RECORD_BYTES is None:
-            super().__init__(max_workers, mp_context=context)
-            return
-        reader, writer = context.Pipe(duplex=False)
-        self._warnings = (reader, writer)
-        self._relay = threading.Thread(
-            target=_relay_pool_warnings, args=(reader,), name="cadstore-warnings", daemon=True
-        )
-        self._relay_lock = threading.Lock()
-        self._relay_stopped = False
-        super().__init__(
-            max_workers,
-            mp_context=context,
-            initializer=_forward_pool_warnings,
-            initargs=(writer,),
-        )
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """As :meth:`concurrent.futures.Executor.submit`; the first one starts the relay
-        thread, after the workers it starts (forked) exist."""
-        future = super().submit(fn, *args, **kwargs)
-        if self._warnings is not None and not self._relay.is_alive():
-            with self._relay_lock:
-                if not self._relay_stopped and self._relay.ident is None:
-                    self._relay.start()
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """As :meth:`concurrent.futures.Executor.shutdown`; with ``wait``, every warning
-        of the workers has been issued when it returns."""
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        if wait:
-            self._stop_relay()
-        else:
-            threading.Thread(target=self._stop_relay_after_workers, daemon=True).start()
-
-    def _stop_relay_after_workers(self) -> None:
-        cf.ProcessPoolExecutor.shutdown(self, wait=True)
-        self._stop_relay()
-
-    def _stop_relay(self) -> None:
-        """End the relay: the workers are gone, so the records before the empty line
-        written here are all there will be. Idempotent."""
-        if self._warnings is None:
-            return
-        with self._relay_lock:
-            if self._relay_stopped:
-                return
-            self._relay_stopped = True
-        reader, writer = self._warnings
-        if self._relay.ident is not None:
-            try:
-                os.write(writer.fileno(), b"\n")
-            except OSError:
-                return  # the relay reads on: its pipe stays open
-            self._relay.join()
-        writer.close()
-        reader.close()
-
-
 def _worker_main(conn: Connection, spec: WorkerSpec | None) -> None:
     """Body of a worker process: take tasks from ``conn`` until told to stop.
 
@@ -744,3 +591,156 @@ class WorkerPool:
         else:
             how = f"exited with code {code}"
         self.listener.lost(task, pid, "crash", f"WorkerCrash: worker {pid} {how}", 0.0)
+
+
+# ---------------------------------------------------------------------- other process pools
+#: The longest warning record a :class:`ProcessPool` worker writes: the bytes one
+#: ``write`` to a pipe puts there whole, never mixed with another worker's (POSIX), so
+#: that its workers share one pipe without a lock between processes and a worker killed
+#: while writing cannot leave half a record. ``None``: no such guarantee (Windows).
+_RECORD_BYTES: Final = getattr(select, "PIPE_BUF", None)
+
+
+def _warning_record(message: dict[str, Any]) -> bytes:
+    """``message`` (a :func:`_warning_message`) as one line of JSON of at most
+    ``_RECORD_BYTES``, its text (and its file name) cut short when too long.
+
+    Raises
+    ------
+    ValueError
+        If even the cut message does not fit (the warning is then shown in the worker).
+    """
+    limit = int(_RECORD_BYTES or 0)
+    record = (json.dumps(message) + "\n").encode("ascii")
+    excess = len(record) - limit
+    if excess > 0:
+        text = str(message["message"])
+        cut = {
+            **message,
+            "filename": str(message["filename"])[-256:],
+            # Each character left out saves a byte at least; the mark costs eight.
+            "message": text[: max(0, len(text) - excess - 8)] + " [...]",
+        }
+        record = (json.dumps(cut) + "\n").encode("ascii")
+    if len(record) > limit:
+        raise ValueError("a warning too long to forward")
+    return record
+
+
+def _forward_pool_warnings(conn: Connection) -> None:
+    """The initializer of a :class:`ProcessPool` worker: from now on, each warning it
+    shows goes to the parent through ``conn``, as a :class:`WorkerPool` worker's does."""
+
+    def write(message: dict[str, Any]) -> None:
+        if message.get("type") != "warning":
+            raise ValueError("a pool worker sends warnings only")
+        os.write(conn.fileno(), _warning_record(message))
+
+    _Sender(write).forward_warnings()
+
+
+def _relay_pool_warnings(conn: Connection) -> None:
+    """Body of a :class:`ProcessPool`'s relay thread: issue each warning record its
+    workers write again in this process, until the empty line that ends them."""
+    fd, pending = conn.fileno(), b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if not line:
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:  # not a record of the workers: nothing to issue
+                continue
+            if isinstance(message, dict):
+                _show_warning(message)
+
+
+class ProcessPool(cf.ProcessPoolExecutor):
+    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers' warnings are
+    issued again in this process, as a :class:`WorkerPool`'s are (see the module
+    docstring): for the work that needs no supervision, a merge's decoding, say.
+
+    Each worker, once started, forwards the warnings it shows through one pipe all of
+    them share, each as one record written whole (``_RECORD_BYTES``); a thread of this
+    process issues them again as they come, as a thread pool's warnings are issued by
+    its threads. The thread starts once the workers of the first task exist, so that
+    forked workers are forked from a process without it. ``shutdown`` returns once
+    every warning of the workers has been issued. Where a pipe does not keep records
+    whole (Windows), the warnings are shown by the workers, as without this class.
+
+    Parameters
+    ----------
+    max_workers
+        The most worker processes at once (``None``: every core).
+    mp_context
+        How the workers start (``None``: multiprocessing's default).
+    """
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None) -> None:
+        context = mp_context if mp_context is not None else multiprocessing.get_context()
+        self._warnings: tuple[Connection, Connection] | None = None
+        if _RECORD_BYTES is None:
+            super().__init__(max_workers, mp_context=context)
+            return
+        reader, writer = context.Pipe(duplex=False)
+        self._warnings = (reader, writer)
+        self._relay = threading.Thread(
+            target=_relay_pool_warnings, args=(reader,), name="cadstore-warnings", daemon=True
+        )
+        self._relay_lock = threading.Lock()
+        self._relay_stopped = False
+        super().__init__(
+            max_workers,
+            mp_context=context,
+            initializer=_forward_pool_warnings,
+            initargs=(writer,),
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """As :meth:`concurrent.futures.Executor.submit`; the first one starts the relay
+        thread, after the workers it starts (forked) exist."""
+        future = super().submit(fn, *args, **kwargs)
+        if self._warnings is not None and not self._relay.is_alive():
+            with self._relay_lock:
+                if not self._relay_stopped and self._relay.ident is None:
+                    self._relay.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As :meth:`concurrent.futures.Executor.shutdown`; with ``wait``, every warning
+        of the workers has been issued when it returns."""
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            self._stop_relay()
+        else:
+            threading.Thread(target=self._stop_relay_after_workers, daemon=True).start()
+
+    def _stop_relay_after_workers(self) -> None:
+        cf.ProcessPoolExecutor.shutdown(self, wait=True)
+        self._stop_relay()
+
+    def _stop_relay(self) -> None:
+        """End the relay: the workers are gone, so the records before the empty line
+        written here are all there will be. Idempotent."""
+        if self._warnings is None:
+            return
+        with self._relay_lock:
+            if self._relay_stopped:
+                return
+            self._relay_stopped = True
+        reader, writer = self._warnings
+        if self._relay.ident is not None:
+            try:
+                os.write(writer.fileno(), b"\n")
+            except OSError:
+                return  # the relay reads on: its pipe stays open
+            self._relay.join()
+        writer.close()
+        reader.close()
