@@ -749,6 +749,22 @@ def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> Non
     assert 1000 < len(seen[2]) < len(long)
 
 
+def test_a_process_pool_shut_down_without_waiting_still_relays_its_workers_warnings() -> None:
+    """Shut down without waiting, the executor forgets its workers at once: its relay of
+    their warnings still runs until they are gone, then ends."""
+    from cadstore.workers import ProcessPool
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool = ProcessPool(1)
+        pool.submit(warnings.warn, "issued before the pool was let go", UserWarning).result()
+        pool.submit(warnings.warn, "issued as it is let go", UserWarning)
+        pool.shutdown(wait=False)
+        pool._relay.join()  # ends once the worker is gone and its warnings are issued
+    seen = sorted(str(w.message) for w in caught if w.category is UserWarning)
+    assert seen == ["issued as it is let go", "issued before the pool was let go"]
+
+
 def test_logging_captured_warnings_are_each_message_once(
     doubled_json_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

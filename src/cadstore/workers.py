@@ -716,14 +716,18 @@ class ProcessPool(cf.ProcessPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As :meth:`concurrent.futures.Executor.shutdown`; with ``wait``, every warning
         of the workers has been issued when it returns."""
+        # Without wait the executor forgets its workers at once: they are kept here, for
+        # the relay to end only once they are gone.
+        workers = list((getattr(self, "_processes", None) or {}).values())
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             self._stop_relay()
         else:
-            threading.Thread(target=self._stop_relay_after_workers, daemon=True).start()
+            threading.Thread(target=self._stop_relay_after, args=(workers,), daemon=True).start()
 
-    def _stop_relay_after_workers(self) -> None:
-        cf.ProcessPoolExecutor.shutdown(self, wait=True)
+    def _stop_relay_after(self, workers: Sequence[Any]) -> None:
+        for process in workers:
+            process.join()
         self._stop_relay()
 
     def _stop_relay(self) -> None:
