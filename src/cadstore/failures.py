@@ -1,9 +1,10 @@
 """What a failed unit of work is reported as: its reason, its error, its logs.
 
 The one classification of the failures of cadstore's work on many inputs, wherever it
-runs: an encode's file or body (:mod:`cadstore.encode.work`) in a supervised worker or a
-Dask task, a flow's item whose task fails on Dask
-(:mod:`cadstore.flowmanager.tasks.parallel_executor`), a Dask task's own exception
+runs: an encode's file or body (:mod:`cadstore.encode.work`, and an exception escaping
+the file's work, :mod:`cadstore.encode.run`) in a supervised worker or a Dask task, a
+flow's item whose task fails (:mod:`cadstore.flowmanager.tasks.parallel_executor`) and
+an extract task's source (:mod:`cadstore.flowmanager.flow`), a Dask task's own exception
 (:func:`cadstore.cluster.run_on_dask`). Kept apart from the encoder so that using it needs
 no CAD kernel. Only a worker that died is a ``"crash"``, which no exception is; the
 supervisors say so themselves.
@@ -55,8 +56,8 @@ def failure_fields(
     """What a failure message says of ``exc``: its reason, error, logs, seconds, and
     whether the worker is to be replaced (``recycle``, after a ``MemoryError``).
 
-    The one classification of an encode's failures, in a supervised worker as in a Dask
-    task, and of the exceptions a Dask task raises itself: ``"corrupt"`` or
+    The one classification of an encode's and a flow's failures, in a supervised worker
+    as in a Dask task, and of the exceptions a Dask task raises itself: ``"corrupt"`` or
     ``"unreadable"`` for a file that cannot be read (``loading``), ``"kernel"``,
     ``"no_faces"``, ``"invalid_data"``, ``"storage"`` (a cadstore error or an OSError of
     the work), ``"memory"``, else ``"error"``. Only a worker that died is a
