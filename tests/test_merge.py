@@ -931,6 +931,44 @@ def test_an_appended_manifest_gives_the_dataset_raw_bytes(
     assert manifest["stored_bytes"] == (tmp_path / "f.dataset").stat().st_size
 
 
+def test_an_append_after_one_of_an_older_cadstore_records_no_dataset_raw_bytes(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append before appended_raw_bytes existed recorded its run's bytes as
+    ``raw_bytes``; the next append took that for the dataset's and added its own, and
+    every later version carried the wrong total. After such a version the total is not
+    known: ``None``, as the format says, never a wrong number."""
+    import json
+
+    from cadstore import merge
+    from cadstore.merging import append as append_module
+
+    files = [p for p, _, _ in realistic_items[:6]]
+    merge(files[:2], str(tmp_path / "f.dataset"))
+    fields = append_module.summary_fields
+
+    def older(result: Any, info: Any, extra: dict[str, Any]) -> Any:
+        # What an older cadstore recorded for an append: the run's bytes only.
+        extra = {k: v for k, v in extra.items() if k != "appended_raw_bytes"}
+        return fields(result, info, {**extra, "raw_bytes": result.raw_bytes})
+
+    with monkeypatch.context() as patched:
+        patched.setattr(append_module, "summary_fields", older)
+        older_append = merge(files[2:4], str(tmp_path / "f.dataset"), append=True)
+    manifest = json.loads((tmp_path / "f.flow").read_text())
+    assert manifest["raw_bytes"] == older_append.raw_bytes
+    assert "appended_raw_bytes" not in manifest
+    last = merge(files[4:5], str(tmp_path / "f.dataset"), append=True)
+    manifest = json.loads((tmp_path / "f.flow").read_text())
+    assert manifest["file_count"] == 5 and manifest["appended"] == 1
+    assert manifest["appended_raw_bytes"] == last.raw_bytes > 0
+    assert manifest["raw_bytes"] is None
+    # And it stays unknown in the versions after it.
+    merge(files[5:], str(tmp_path / "f.dataset"), append=True)
+    manifest = json.loads((tmp_path / "f.flow").read_text())
+    assert manifest["file_count"] == 6 and manifest["raw_bytes"] is None
+
+
 def test_the_manifest_info_section_states_the_tables_written(tmp_path: Path) -> None:
     """The ``.flow``'s ``info`` said ``infoset_rows: 0`` and ``infoset: null`` (and no
     ``attribset``) after a merge or an append that wrote both tables: it was the summary

@@ -137,8 +137,14 @@ def _dataset_raw_bytes(txn: Transaction, appended: int) -> int | None:
     """The decoded bytes of the dataset once ``appended`` more are added: those its
     current version records, plus ``appended``; ``None`` when it records none (a
     dataset without a commit record), rather than this run's bytes under the dataset's
-    name, beside a ``stored_bytes`` of the whole dataset."""
-    recorded = None if txn.parent is None else txn.parent.summary.get("raw_bytes")
+    name, beside a ``stored_bytes`` of the whole dataset. Also ``None`` after a version
+    an older cadstore appended: its ``raw_bytes`` was that run's only (it recorded no
+    ``appended_raw_bytes``), and a total built on it would be wrong in every later
+    version."""
+    summary = {} if txn.parent is None else txn.parent.summary
+    if "appended" in summary and "appended_raw_bytes" not in summary:
+        return None
+    recorded = summary.get("raw_bytes")
     if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
         return None
     return recorded + appended
