@@ -953,6 +953,30 @@ def test_repair_says_which_temporaries_it_removed(
     assert_settled(out, _names(items[:4]))
 
 
+def test_a_merge_sweeps_dead_temporaries_without_a_word(items: list[Path], tmp_path: Path) -> None:
+    """Every merge and append recovers first (Transaction), so once recovery named the
+    temporaries it swept, a new merge into a folder holding another writer's dead
+    temporary warned, listed it in ``recovered`` (documented as what was done of this
+    dataset's interrupted writer) and wrote it into its manifest. The sweep is said by
+    ``repair`` only; the merge still removes the file."""
+    import json
+    import warnings
+
+    old = time.time() - 10 * 3600
+    dead = tmp_path / f"{TEMP_PREFIX}123-otherhst-a"
+    dead.write_bytes(b"x")
+    os.utime(dead, (old, old))
+    out = tmp_path / "parts.dataset"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cadstore.merge([str(p) for p in items[:3]], str(out))
+    assert result.recovered == []
+    assert [str(w.message) for w in caught] == []
+    assert not dead.exists()
+    assert json.loads((tmp_path / "parts.flow").read_text()).get("recovered", []) == []
+    assert_settled(out, _names(items[:3]))
+
+
 # ---------------------------------------------------------------------------- full disk
 class _FullDisk:
     """A file that takes ``room`` bytes, then fails as a full disk does."""

@@ -536,7 +536,11 @@ def _undo_staged(previous: LockRecord, dataset: Location) -> bool:
 
 
 def recover(
-    dataset: Location, previous: LockRecord | None, published: PublishedFiles | None = None
+    dataset: Location,
+    previous: LockRecord | None,
+    published: PublishedFiles | None = None,
+    *,
+    say_swept: bool = False,
 ) -> list[str]:
     """Finish or undo what a killed writer left; return what was done, as sentences.
 
@@ -546,8 +550,11 @@ def recover(
 
     * Its staged files are removed; a directory dataset caught between its two renames is
       put in place.
-    * Temporary files of processes that are gone are removed from the dataset's folder
-      (said last, with the first few names).
+    * Temporary files of processes that are gone are removed from the dataset's folder;
+      with ``say_swept`` (:func:`repair`, whose user asked for it) that is said last,
+      with the first few names. A writer sweeps them without a word: they may be another
+      dataset's in the same folder, and a merge's ``recovered`` (and its warnings, and
+      its manifest) says what was done of this dataset's interrupted writer.
     * If the current version's copies (the files it lists, and ``published``) are from
       another version or missing, they are published again from the dataset.
 
@@ -576,7 +583,7 @@ def recover(
             _roll_forward(dataset, previous, staged_found, current, published, done)
         except StorageError as exc:
             failure = exc
-    if swept:
+    if swept and say_swept:
         done.append(_swept(dataset.parent, swept))
     if failure is not None:
         if not done:
@@ -760,7 +767,7 @@ def repair(
     if not locked:
         _check_dataset(where)
     with WriterLock(where, "repair", timeout=timeout) as lock:
-        done = recover(where, lock.previous, published)
+        done = recover(where, lock.previous, published, say_swept=True)
     if locked and (not done or dataset_exists(where)):
         _check_dataset(where)
     return done
