@@ -1253,9 +1253,11 @@ def test_query_cross_group_refuses_a_fill_that_would_round_integers(tmp_path: Pa
         ex.query_cross_group("faces", "Labels")
 
 
-def test_query_cross_group_fills_strings_with_none(tmp_path: Path) -> None:
-    """A string a part keeps once (``Labels/title``, beside its label row) is joined too;
-    a part without a Labels row gets ``None``."""
+def test_query_cross_group_joins_a_string_kept_once(tmp_path: Path) -> None:
+    """A string a part keeps once (``Labels/title``, beside its label row) is joined too.
+    It is stored once per item, so a part without a Labels row gets what the dataset
+    stores for it (the merge's fill, "", as ``read_array`` gives it), not a fill of the
+    join; its row array ``y`` gets NaN."""
     files = [
         write_arrays(
             tmp_path / "a.zarr",
@@ -1266,7 +1268,8 @@ def test_query_cross_group_fills_strings_with_none(tmp_path: Path) -> None:
     merge_items(files, tmp_path / "titles.dataset")
     with DatasetExplorer(merged_store_path=tmp_path / "titles.dataset") as ex:
         joined = ex.query_cross_group("faces", "Labels")
-        assert joined["title"].values.tolist() == ["alpha", "alpha", None]
+        assert ex.reader.read_array("Labels", "title").tolist() == ["alpha", ""]
+        assert joined["title"].values.tolist() == ["alpha", "alpha", ""]
         np.testing.assert_array_equal(joined["y"].values, [7.0, 7.0, np.nan])
 
 
@@ -1284,6 +1287,35 @@ def test_query_cross_group_of_a_group_without_rows(tmp_path: Path) -> None:
         assert joined.sizes["face"] == 0
         assert joined["y"].values.tolist() == []
         assert joined["y"].dtype == np.int32  # no row lacks a value
+
+
+def test_query_cross_group_keeps_the_per_item_values_of_items_without_rows(
+    tmp_path: Path,
+) -> None:
+    """``graph/num_nodes`` holds a value for every item, an item without edges too: its
+    faces get it, and the int32 stays; the edges' own rows are filled for it."""
+    files = []
+    for name, nodes, edges, n_faces in (
+        ("a", 10, [0], 2),
+        ("b", 2, [20], 1),
+        ("c", 8, np.zeros(0, np.int64), 3),  # no edges
+    ):
+        item = {
+            "graph/num_nodes": np.int32(nodes),
+            "graph/edges_source": np.array(edges, dtype=np.int64),
+            "faces/face_areas": np.arange(n_faces, dtype=np.float32),
+        }
+        files.append(write_arrays(tmp_path / f"{name}.zarr", item))
+    merge_items(files, tmp_path / "g.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "g.dataset") as ex:
+        assert ex.reader.read_array("graph", "num_nodes").tolist() == [10, 2, 8]
+        joined = ex.query_cross_group("faces", "graph")
+        assert joined["num_nodes"].dtype == np.int32
+        assert joined["num_nodes"].values.tolist() == [10, 10, 2, 8, 8, 8]
+        assert joined["edges_source"].dtype == np.float64
+        np.testing.assert_array_equal(
+            joined["edges_source"].values, [0, 0, 20, np.nan, np.nan, np.nan]
+        )
 
 
 def test_query_cross_group_is_dask_backed_with_a_cluster(

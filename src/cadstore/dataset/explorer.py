@@ -1189,11 +1189,16 @@ class DatasetExplorer:
             made, for the rows read, from the secondary group's values by item, which
             are read here (one row per item, so at most ``n_items`` rows).
 
-            A row whose item has no row in ``secondary_group`` gets a fill: NaN for
-            floats; for integers and booleans, which cannot hold NaN, the array is
-            promoted to float64 with NaN (integers beyond 2**53, which float64 would
-            round, are refused), but only when some such row exists, else it keeps its
-            dtype; ``None`` for strings.
+            A per-item array of ``secondary_group`` (``graph/num_nodes``, see
+            :meth:`DatasetReader.is_per_item`) holds a value for every item, one
+            without rows in that group too: every row gets its item's stored value, in
+            the array's dtype (for an item that did not hold the array, the merge's
+            fill, NaN, ``""`` or 0, as ``DatasetReader.read_array`` gives it). For an
+            array of rows, a row whose item has no row in ``secondary_group`` gets a
+            fill: NaN for floats; for integers and booleans, which cannot hold NaN, the
+            array is promoted to float64 with NaN (integers beyond 2**53, which float64
+            would round, are refused), but only when some such row exists, else it
+            keeps its dtype; ``None`` for anything else.
 
         Raises
         ------
@@ -1256,7 +1261,10 @@ class DatasetExplorer:
         """The arrays of ``group`` (but its ``file_id_code``) by item, for
         :meth:`query_cross_group`: ``{array: (values, present, trailing dims)}``,
         ``values`` of shape ``(n_items, ...)`` (the array's own dtype; what is there for
-        an item not ``present`` is undefined), ``present`` whether the item has a row.
+        an item not ``present`` is undefined), ``present`` whether the item has a value:
+        a row of the group for an array of rows; every item for a per-item array
+        (:meth:`DatasetReader.is_per_item`, ``graph/num_nodes``), which holds a value for
+        each item whether it has rows or not.
 
         Raises
         ------
@@ -1286,12 +1294,15 @@ class DatasetExplorer:
                 continue
             values = self.reader.read_array(group, array)
             trailing = tuple(str(d) for d in self.reader.array_meta(group, array).dims[1:])
-            if not self.reader.is_per_item(group, array):
-                # One row per present item, in code order.
-                by_item = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
-                by_item[present] = values
-                values = by_item
-            tables[array] = (values, present, trailing)
+            if self.reader.is_per_item(group, array):
+                # Stored once for every item, rows or not (``graph/num_nodes`` of an item
+                # without edges): nothing to fill.
+                tables[array] = (values, np.ones(n, dtype=bool), trailing)
+                continue
+            # One row per present item, in code order.
+            by_item = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+            by_item[present] = values
+            tables[array] = (by_item, present, trailing)
         return tables
 
     # ------------------------------------------------------------------ keys
