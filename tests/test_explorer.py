@@ -1289,6 +1289,99 @@ def test_query_cross_group_of_a_group_without_rows(tmp_path: Path) -> None:
         assert joined["y"].dtype == np.int32  # no row lacks a value
 
 
+def test_query_cross_group_names_apart_dimensions_and_arrays_that_meet(
+    tmp_path: Path,
+) -> None:
+    """A name one side uses for a dimension and the other for an array is prefixed with
+    the secondary group, so xarray neither refuses the join (it raised its MergeError)
+    nor makes the array a coordinate: a trailing dimension named like an array of the
+    faces or like a joined array, and a joined array named like a dimension of the faces
+    (the row dimension too)."""
+    from cadstore import OptStorage, SchemaBuilder
+
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_areas", ["face"], "float32")
+    faces.create_array("coordinate", ["face"], "float32")  # an array the faces have
+    faces.create_array("face_points", ["face", "axis"], "float32")  # a dimension they use
+    labels = builder.create_group("Labels", "label", "Labels")
+    labels.create_array("center", ["label", "coordinate"], "float32")
+    labels.create_array("axis", ["label"], "int32")
+    labels.create_array("face", ["label"], "int32")
+    labels.create_array("rank", ["label"], "int32")
+    labels.create_array("spread", ["label", "rank"], "float32")  # like a joined array
+    schema = builder.build()
+    files = []
+    for k, n_faces in enumerate((2, 3)):
+        with OptStorage(tmp_path / f"p{k}.zarr") as storage:
+            storage.set_schema(schema)
+            storage.save_data("face_areas", np.arange(n_faces, dtype=np.float32))
+            storage.save_data("coordinate", np.full(n_faces, -k, np.float32))
+            storage.save_data("face_points", np.zeros((n_faces, 2), np.float32))
+            storage.save_data("center", np.full((1, 3), k, np.float32))
+            storage.save_data("axis", np.array([10 + k], np.int32))
+            storage.save_data("face", np.array([20 + k], np.int32))
+            storage.save_data("rank", np.array([30 + k], np.int32))
+            storage.save_data("spread", np.full((1, 4), 0.5 * k, np.float32))
+            storage.compress_store()
+        files.append(str(tmp_path / f"p{k}.zarr.data"))
+    merge_items(files, tmp_path / "names.dataset")
+    with DatasetExplorer(merged_store_path=tmp_path / "names.dataset") as ex:
+        joined = ex.query_cross_group("faces", "Labels")
+        assert not joined.coords  # nothing became a coordinate
+        assert joined["center"].dims == ("face", "Labels_coordinate")
+        np.testing.assert_array_equal(
+            joined["center"].values, np.repeat([0, 1], [2, 3])[:, None] * np.ones(3)
+        )
+        np.testing.assert_array_equal(joined["coordinate"].values, [0, 0, -1, -1, -1])
+        assert joined["Labels_axis"].dims == ("face",)
+        np.testing.assert_array_equal(joined["Labels_axis"].values, [10, 10, 11, 11, 11])
+        assert joined["face_points"].dims == ("face", "axis")
+        assert joined["Labels_face"].dims == ("face",)
+        np.testing.assert_array_equal(joined["Labels_face"].values, [20, 20, 21, 21, 21])
+        assert joined["rank"].dims == ("face",)
+        # A dimension spelt as an array of its own group the reader qualifies already.
+        assert joined["spread"].dims == ("face", "spread_rank")
+        np.testing.assert_array_equal(joined["spread"].values[:, 0], [0, 0, 0.5, 0.5, 0.5])
+        assert joined.sizes == {"face": 5, "axis": 2, "Labels_coordinate": 3, "spread_rank": 4}
+        assert set(ex.get_group_data("faces").data_vars) == {
+            "face_areas",
+            "coordinate",
+            "face_points",
+            "file_id_code_faces",
+        }
+
+
+def test_query_cross_group_refuses_a_prefixed_dimension_that_is_taken(tmp_path: Path) -> None:
+    """The dimension ``coordinate`` of ``Labels/center`` needs another name beside the
+    faces' array ``coordinate``, and ``Labels_coordinate`` names a joined array: a
+    DatasetError naming both, not xarray's error."""
+    from cadstore import OptStorage, SchemaBuilder
+
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("coordinate", ["face"], "float32")
+    labels = builder.create_group("Labels", "label", "Labels")
+    labels.create_array("center", ["label", "coordinate"], "float32")
+    labels.create_array("Labels_coordinate", ["label"], "int32")
+    with OptStorage(tmp_path / "p.zarr") as storage:
+        storage.set_schema(builder.build())
+        storage.save_data("coordinate", np.zeros(2, np.float32))
+        storage.save_data("center", np.zeros((1, 3), np.float32))
+        storage.save_data("Labels_coordinate", np.array([1], np.int32))
+        storage.compress_store()
+    merge_items([str(tmp_path / "p.zarr.data")], tmp_path / "taken.dataset")
+    with (
+        DatasetExplorer(merged_store_path=tmp_path / "taken.dataset") as ex,
+        pytest.raises(
+            DatasetError,
+            match=r"Labels/center: its dimension 'coordinate'.*"
+            r"'Labels_coordinate' is taken",
+        ),
+    ):
+        ex.query_cross_group("faces", "Labels")
+
+
 def test_query_cross_group_keeps_the_per_item_values_of_items_without_rows(
     tmp_path: Path,
 ) -> None:

@@ -1183,11 +1183,14 @@ class DatasetExplorer:
             ``secondary_group`` but ``file_id_code_<secondary_group>`` added on the
             primary group's row dimension (``item`` for a group of per-item values
             only), its trailing dimensions kept. A joined array whose name the primary
-            group has is called ``<secondary_group>_<name>``, and a trailing dimension
-            whose name the primary group uses with another length
-            ``<secondary_group>_<dimension>``. The joined arrays are lazy too: each is
-            made, for the rows read, from the secondary group's values by item, which
-            are read here (one row per item, so at most ``n_items`` rows).
+            group has as an array or a dimension is called ``<secondary_group>_<name>``
+            (so it never becomes a coordinate); a trailing dimension
+            ``<secondary_group>_<dimension>`` when the primary group uses its name with
+            another length, as its row dimension, or as an array's name, or a joined
+            array has that name (xarray would take such an array for the dimension's
+            coordinate). The joined arrays are lazy too: each is made, for the rows read,
+            from the secondary group's values by item, which are read here (one row per
+            item, so at most ``n_items`` rows).
 
             A per-item array of ``secondary_group`` (``graph/num_nodes``, see
             :meth:`DatasetReader.is_per_item`) holds a value for every item, one
@@ -1207,7 +1210,8 @@ class DatasetExplorer:
             group is unknown (as :meth:`get_group_data` raises it), ``secondary_group``
             holds several rows for an item (naming the group and the item's code), an
             integer array needing a fill holds a value float64 cannot hold exactly, or
-            a joined array's name is taken in its prefixed form as well.
+            a joined array's name is taken in its prefixed form as well, or a trailing
+            dimension's (naming both).
 
         Examples
         --------
@@ -1234,21 +1238,49 @@ class DatasetExplorer:
         tables = self._by_item(secondary_group)
         has_primary_rows = np.diff(row_offsets) > 0
         dims_taken = {str(d): size for d, size in primary.sizes.items()}
+        dims_taken.setdefault(row_dim, int(row_offsets[-1]))
+        variables_taken = {str(v) for v in primary.variables}
+        # A joined array named like a dimension of the primary group would become that
+        # dimension's coordinate (or be refused by xarray): it takes the prefix, as a name
+        # the primary group has does.
+        names = {
+            array: (
+                f"{secondary_group}_{array}"
+                if array in variables_taken or array in dims_taken
+                else array
+            )
+            for array in tables
+        }
         chunks = _row_chunks(primary, row_dim) if self._dask_client is not None else None
         joined: dict[str, Any] = {}
         for array, (table, present, trailing) in tables.items():
-            name = array if array not in primary.variables else f"{secondary_group}_{array}"
-            if name in primary.variables or name in joined:
+            name = names[array]
+            if name in variables_taken or name in dims_taken or name in joined:
                 raise DatasetError(
                     f"cannot join {secondary_group}/{array}: {primary_group} has {array!r} "
-                    f"and {name!r} too"
+                    f"and {name!r} too (as arrays or dimensions)"
                 )
             if bool(np.any(has_primary_rows & ~present)):
                 table = _with_fill(table, present, f"{secondary_group}/{array}")
             dims = [row_dim]
-            for dim, size in zip(trailing, table.shape[1:], strict=True):
-                if dims_taken.get(dim, size) != size or dim == row_dim:
-                    dim = f"{secondary_group}_{dim}"
+            for given, size in zip(trailing, table.shape[1:], strict=True):
+                dim = given
+                # Kept when the primary group has no such dimension, or has it as long;
+                # prefixed when it is used with another length, is the row dimension, or
+                # names an array (of the primary group or joined), which xarray would
+                # take for its coordinate.
+                if (
+                    dims_taken.get(dim, size) != size
+                    or dim == row_dim
+                    or dim in variables_taken
+                    or dim in names.values()
+                ):
+                    dim = f"{secondary_group}_{given}"
+                    if dim in dims_taken or dim in variables_taken or dim in names.values():
+                        raise DatasetError(
+                            f"cannot join {secondary_group}/{array}: its dimension {given!r} "
+                            f"needs another name in {primary_group}, and {dim!r} is taken too"
+                        )
                 dims.append(dim)
             backend = _joined_array_class()(table, row_offsets)
             variable = xr.Variable(tuple(dims), indexing.LazilyIndexedArray(backend))
