@@ -1496,6 +1496,46 @@ def test_filter_files_by_metadata_missing_values(parts: tuple[Path, list[dict[st
         assert got.tolist() == heavy
 
 
+def test_filter_files_by_metadata_missing_values_of_any_kind(
+    tmp_path: Path, parts: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    """A missing value given as NaN of any float type, ``pd.NA`` or NaT, alone or among
+    the members of a list, selects the rows where the column is missing, as ``None``
+    does; equality (and pandas' isin, by type) matched none of them."""
+    from cadstore import OptStorage
+
+    for k, weight in enumerate((0.5, 1.5, None)):
+        with OptStorage(tmp_path / f"w{k}.zarr") as storage:
+            storage.save_data("faces/x", np.arange(2.0))
+            if weight is not None:
+                storage.save_metadata("weight", weight)
+            storage.save_metadata("tag", "t")
+            storage.compress_store()
+    cadstore.merge(
+        [str(tmp_path / f"w{k}.zarr.data") for k in range(3)], str(tmp_path / "w.dataset")
+    )
+    with DatasetExplorer(flow_output_file=tmp_path / "w.flow") as ex:
+        assert ex.get_file_info_all()["weight"].isna().tolist() == [False, False, True]
+        for missing in (None, float("nan"), np.float64("nan"), np.float32("nan"), pd.NA, pd.NaT):
+            assert ex.filter_files_by_metadata(weight=missing).tolist() == [2], missing
+        for members in (
+            [0.5, None],
+            (0.5, np.float32("nan")),
+            {0.5, pd.NA},
+            np.array([0.5, np.nan]),
+        ):
+            assert ex.filter_files_by_metadata(weight=members).tolist() == [0, 2], members
+        assert ex.filter_files_by_metadata(weight=[None]).tolist() == [2]
+        assert ex.filter_files_by_metadata(weight=[1.5]).tolist() == [1]
+    flow, made = parts
+    with DatasetExplorer(flow_output_file=flow) as ex:
+        steel = [k for k, p in enumerate(made) if p.get("material") == "steel"]
+        for missing in (pd.NA, np.float32("nan")):
+            assert ex.filter_files_by_metadata(material=missing).tolist() == [5]
+        for members in (["steel", None], ("steel", pd.NA), ["steel", np.nan]):
+            assert ex.filter_files_by_metadata(material=members).tolist() == [*steel, 5]
+
+
 def test_filter_files_by_metadata_refusals(explorer: DatasetExplorer) -> None:
     from cadstore.errors import KeyNotFoundError
 

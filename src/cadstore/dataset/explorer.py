@@ -1854,9 +1854,11 @@ class DatasetExplorer:
             copy) and returns a boolean mask over its rows (a ``Series``, or an array),
             e.g. ``lambda info: info["size_cadfile"] > 10_000``.
         **conditions
-            ``column=value``: the column equals ``value`` (``None`` or NaN select the
-            rows where the column is missing); ``column=[v1, v2]`` (a list, tuple, set,
-            range or 1-D array): the column is one of them; ``column=callable``: the
+            ``column=value``: the column equals ``value`` (a missing value, ``None``,
+            NaN of any float type, ``pandas.NA`` or NaT, selects the rows where the
+            column is missing); ``column=[v1, v2]`` (a list, tuple, set, range or 1-D
+            array): the column is one of them (a missing member selects the rows where
+            it is missing); ``column=callable``: the
             callable gets the column (a ``Series``) and returns a boolean mask, e.g.
             ``subset=lambda s: s.str.startswith("tr")``. A column called ``where`` is
             tested through ``where``.
@@ -1907,8 +1909,14 @@ class DatasetExplorer:
                 members = (
                     list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else value
                 )
-                keep &= series.isin(list(members)).to_numpy(dtype=bool)
-            elif value is None or (isinstance(value, float) and np.isnan(value)):
+                # pandas' isin matches a missing member by type (None no NaN of a float
+                # column, pd.NA nothing): missing members select the missing rows.
+                given = [m for m in members if not _missing(m)]
+                matched = series.isin(given).to_numpy(dtype=bool)
+                if len(given) < len(members):
+                    matched = matched | series.isna().to_numpy(dtype=bool)
+                keep &= matched
+            elif _missing(value):
                 keep &= series.isna().to_numpy(dtype=bool)
             else:
                 keep &= _row_mask(series == value, info, f"{column} == {value!r}")
@@ -2142,6 +2150,16 @@ def _with_fill(values: np.ndarray, present: np.ndarray, name: str) -> np.ndarray
     out = values.astype(object)
     out[~present] = None
     return out
+
+
+def _missing(value: Any) -> bool:
+    """Whether ``value`` stands for a missing value in a condition of
+    :meth:`DatasetExplorer.filter_files_by_metadata`: ``None``, NaN of any float type,
+    ``pandas.NA`` or NaT, which equality (and pandas' ``isin``, by type) does not match
+    with the missing values of a column."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def _row_mask(result: Any, frame: pd.DataFrame, what: str) -> np.ndarray:
