@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -365,6 +366,37 @@ def test_qualified_dimension_names_are_distinct_in_any_order() -> None:
     assert again == named
 
 
+def _coordinate_items(
+    tmp_path: Path, counts: tuple[int, ...], seed: int, prefix: str = "p"
+) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """Items of a schema declaring ``face_centroids`` on ``face`` and ``coordinate`` (3
+    long) beside arrays ``coordinate`` and ``face`` along ``face``, of ``counts`` faces:
+    their paths and their arrays."""
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_centroids", ["face", "coordinate"], "float32")
+    faces.create_array("coordinate", ["face"], "float32")
+    faces.create_array("face", ["face"], "int32")
+    schema = builder.build()
+    rng = np.random.default_rng(seed)
+    files, rows = [], []
+    for n, count in enumerate(counts):
+        arrays = {
+            "face_centroids": rng.random((count, 3)).astype(np.float32),
+            "coordinate": rng.random(count).astype(np.float32),
+            "face": np.arange(count, dtype=np.int32) + 10 * n + 100 * seed,
+        }
+        rows.append(arrays)
+        path = tmp_path / f"{prefix}{n}.zarr"
+        with OptStorage(path) as storage:
+            storage.set_schema(schema)
+            for key, value in arrays.items():
+                storage.save_data(key, value)
+            storage.compress_store()
+        files.append(f"{path}.data")
+    return files, rows
+
+
 def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Path) -> None:
     """xarray takes a variable named as a dimension of its group for a coordinate. The
     schema declares ``face_centroids`` on ``coordinate`` (3 long) and an array
@@ -372,39 +404,11 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
     xarray listed the array among the coordinates, not the data. A trailing name spelt as
     an array of the group is qualified by its array (``face_centroids_coordinate``), as a
     name of two lengths is. An array named as the primary dimension is a coordinate by
-    xarray's rule, an index when it is 1-D along it (``face``), values as stored; an
-    array spelt as it but not 1-D along it (``edge`` on ``edge`` and ``end``) is a
-    coordinate without an index. The reader and the explorer present the names the file
-    has."""
+    xarray's rule, an index when it is 1-D along it (``face``), values as stored; the
+    reader and the explorer present the names the file has."""
     from cadstore.dataset import DatasetExplorer
 
-    builder = SchemaBuilder(domain="CAD")
-    faces = builder.create_group("faces", "face", "Face data")
-    faces.create_array("face_centroids", ["face", "coordinate"], "float32")
-    faces.create_array("coordinate", ["face"], "float32")
-    faces.create_array("face", ["face"], "int32")
-    edges = builder.create_group("edges", "edge", "Edge data")
-    edges.create_array("edge_length", ["edge"], "float32")
-    edges.create_array("edge", ["edge", "end"], "int32")
-    schema = builder.build()
-    rng = np.random.default_rng(1)
-    files, rows = [], []
-    for n, count in enumerate((3, 2)):
-        arrays = {
-            "face_centroids": rng.random((count, 3)).astype(np.float32),
-            "coordinate": rng.random(count).astype(np.float32),
-            "face": np.arange(count, dtype=np.int32) + 10 * n,
-            "edge_length": rng.random(count + 1).astype(np.float32),
-            "edge": rng.integers(0, 9, (count + 1, 2)).astype(np.int32),
-        }
-        rows.append(arrays)
-        path = tmp_path / f"p{n}.zarr"
-        with OptStorage(path) as storage:
-            storage.set_schema(schema)
-            for key, value in arrays.items():
-                storage.save_data(key, value)
-            storage.compress_store()
-        files.append(f"{path}.data")
+    files, rows = _coordinate_items(tmp_path, (3, 2), seed=1)
     out = tmp_path / "x.dataset"
     merge_items(files, out)
     expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
@@ -413,19 +417,113 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
         assert ds["face_centroids"].dims == ("face", "face_centroids_coordinate")
         assert "coordinate" in ds.data_vars and "face_centroids" in ds.data_vars
         assert list(ds.indexes) == ["face"]
-        edges_ds = xr.open_zarr(store, group="edges")
-        assert list(edges_ds.coords) == ["edge"] and not edges_ds.indexes  # not 1-D
         for key, value in expected.items():
-            got = edges_ds[key] if key.startswith("edge") else ds[key]
-            np.testing.assert_array_equal(got.values, value, err_msg=key)
+            np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
     with DatasetExplorer(merged_store_path=out) as explorer:
         view = explorer.get_group_data("faces")
         assert view["face_centroids"].dims == ("face", "face_centroids_coordinate")
         assert "coordinate" in view.data_vars
         for key, value in expected.items():
-            group = "edges" if key.startswith("edge") else "faces"
-            got = explorer.get_array_data(group, key)
-            np.testing.assert_array_equal(got.values, value, err_msg=key)
+            np.testing.assert_array_equal(view[key].values, value, err_msg=key)
+
+
+def _stored_dim_names(dataset: Path) -> dict[str, dict[str, list[str]]]:
+    """Each array's dimension names as ``dataset`` (a zip) stores them, by where:
+    ``"consolidated"`` (the root's consolidated metadata) and ``"own"`` (the array's
+    ``zarr.json``)."""
+    found: dict[str, dict[str, list[str]]] = {"consolidated": {}, "own": {}}
+    with zipfile.ZipFile(dataset) as archive:
+        for name in archive.namelist():
+            if not name.endswith("zarr.json"):
+                continue
+            doc = json.loads(archive.read(name))
+            if name == "zarr.json":
+                for path, meta in doc["consolidated_metadata"]["metadata"].items():
+                    if meta.get("node_type") == "array":
+                        found["consolidated"][path] = meta.get("dimension_names")
+            elif doc.get("node_type") == "array":
+                found["own"][name.rpartition("/")[0]] = doc.get("dimension_names")
+    return found
+
+
+def _as_merged_before_285460e(dataset: Path) -> None:
+    """Rewrite ``dataset`` (a zip) as the merger wrote it before 285460e: ``face_centroids``
+    on ``coordinate``, the name of an array of its group, in the consolidated metadata and
+    in the array's own. That merger's output for these items differs from the current one
+    in these two names only (compared once with a worktree of 285460e^)."""
+    with zipfile.ZipFile(dataset) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(dataset, "w") as archive:
+        for info, data in members:
+            if info.filename == "zarr.json":
+                doc = json.loads(data)
+                meta = doc["consolidated_metadata"]["metadata"]["faces/face_centroids"]
+                assert meta["dimension_names"] == ["face", "face_centroids_coordinate"]
+                meta["dimension_names"] = ["face", "coordinate"]
+                data = json.dumps(doc).encode()
+            elif info.filename == "faces/face_centroids/zarr.json":
+                doc = json.loads(data)
+                assert doc["dimension_names"] == ["face", "face_centroids_coordinate"]
+                doc["dimension_names"] = ["face", "coordinate"]
+                data = json.dumps(doc).encode()
+            archive.writestr(info, data)
+
+
+def test_a_dataset_merged_with_a_trailing_name_spelt_as_an_array_reads_and_appends(
+    tmp_path: Path,
+) -> None:
+    """A dataset merged before 285460e stores ``face_centroids`` on ``coordinate`` beside an
+    array ``coordinate``. The reader and the explorer present it qualified, as the merger
+    now stores it (``face_centroids_coordinate``), with every value; an append continues
+    the names the file stores, so its metadata stays one name per dimension of an array
+    (the consolidated copy agreeing with each array's own), and the explorer and
+    ``xr.open_zarr`` read every row, old and new, with its values."""
+    import cadstore
+    from cadstore.dataset import DatasetExplorer
+
+    files, rows = _coordinate_items(tmp_path, (3, 2), seed=1)
+    out = tmp_path / "x.dataset"
+    merge_items(files, out)
+    _as_merged_before_285460e(out)
+    stored = _stored_dim_names(out)
+    assert stored["own"]["faces/face_centroids"] == ["face", "coordinate"]
+    qualified = ("face", "face_centroids_coordinate")
+
+    def check(rows: list[dict[str, np.ndarray]]) -> None:
+        expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+        with DatasetReader(out) as reader:
+            assert reader.n_items == len(rows)
+            assert reader.array_meta("faces", "face_centroids").dims == qualified
+            assert reader.stored_dims("faces", "face_centroids") == ("face", "coordinate")
+            for code, item in enumerate(rows):
+                got = reader.read_item(code)["faces"]
+                for key, value in item.items():
+                    np.testing.assert_array_equal(got[key], value, err_msg=f"{key} of {code}")
+        with DatasetExplorer(merged_store_path=out) as explorer:
+            view = explorer.get_group_data("faces")
+            assert view["face_centroids"].dims == qualified
+            assert "coordinate" in view.data_vars
+            for key, value in expected.items():
+                np.testing.assert_array_equal(view[key].values, value, err_msg=key)
+            for code, item in enumerate(rows):
+                one = explorer.file_dataset(code, "faces")
+                assert one["face_centroids"].dims == qualified
+                for key, value in item.items():
+                    np.testing.assert_array_equal(one[key].values, value, err_msg=key)
+        with zarr.storage.ZipStore(out, mode="r") as store:
+            ds = xr.open_zarr(store, group="faces")
+            assert ds["face_centroids"].dims == ("face", "coordinate")
+            for key, value in expected.items():
+                np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
+
+    check(rows)
+    new_files, new_rows = _coordinate_items(tmp_path, (4, 0, 1), seed=2, prefix="q")
+    result = cadstore.merge(new_files, str(out), append=True)
+    assert not result.errors and len(result.items) == 3
+    check(rows + new_rows)
+    after = _stored_dim_names(out)
+    assert after["consolidated"] == after["own"] == stored["own"]
+    assert after["own"]["faces/face_centroids"] == ["face", "coordinate"]
 
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
