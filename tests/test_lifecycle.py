@@ -1351,6 +1351,90 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     assert_settled(out, _names(items[:6]))
 
 
+@pytest.mark.parametrize(("step", "via"), [("open", "api"), ("read", "cli")])
+def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    step: str,
+    via: str,
+) -> None:
+    """No writer's lock beside the dataset, and an EIO reading it: repair's check that the
+    path is a dataset, made before taking the lock, failed, so the dead writers'
+    temporaries were not swept (recover sweeps them when the dataset does not read). The
+    dataset is there, so the lock is taken and they are swept; the StorageError names the
+    dataset and ends with the sweep, as recover's does. Nothing committed changes, and no
+    lock is left."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    before = out.read_bytes()
+    old = time.time() - 10 * 3600
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f"{TEMP_PREFIX}{dead.pid}-{publish.HOST_TAG}-dead"
+    mine.write_bytes(b"half a table")
+    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+    foreign.write_bytes(b"x")
+    os.utime(foreign, (old, old))
+    assert not Path(f"{out}.lock").exists()
+    capsys.readouterr()
+    refuse_opening(monkeypatch, out, step, errno.EIO)
+    if via == "cli":
+        from cadstore.cli import main
+
+        assert main(["repair", str(out)]) == 2
+        said = capsys.readouterr()
+        assert said.out == ""
+        message = said.err
+    else:
+        with pytest.raises(StorageError) as caught:
+            lifecycle.repair(out)
+        assert type(caught.value) is StorageError and caught.value.path == str(out)
+        message = str(caught.value)
+    monkeypatch.undo()
+    assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
+    swept = ", ".join(sorted([mine.name, foreign.name]))
+    assert message.rstrip().endswith(
+        f"recovery did: removed 2 temporary files of writers that are gone from {tmp_path}: {swept}"
+    )
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+    assert out.read_bytes() == before
+    assert lifecycle.repair(out) == []
+    assert_settled(out, _names(items[:6]))
+
+
+def test_repair_of_a_dataset_that_cannot_be_read_nor_locked_reports_the_dataset(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset that does not read (an EIO) and whose lock cannot be taken either: the
+    error is the dataset's, as before repair went on to recover it, and nothing is swept
+    without the lock."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:3]], str(out))
+    before = out.read_bytes()
+    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+    foreign.write_bytes(b"x")
+    old = time.time() - 10 * 3600
+    os.utime(foreign, (old, old))
+
+    def refused(self: lock_module.WriterLock) -> None:
+        raise StorageError(f"{out}.lock", "opening it: read-only file system")
+
+    monkeypatch.setattr(lock_module.WriterLock, "acquire", refused)
+    refuse_opening(monkeypatch, out, "open", errno.EIO)
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(out)
+    monkeypatch.undo()
+    assert caught.value.path == str(out)
+    assert str(caught.value) == f"{out}: opening it: input/output error"
+    assert foreign.exists() and out.read_bytes() == before
+
+
 def test_repair_that_cannot_read_a_copy_names_it_and_what_it_found(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

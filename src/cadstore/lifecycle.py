@@ -42,7 +42,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cadstore.errors import CadstoreWarning, CorruptStoreError, StorageError, os_storage_error
+from cadstore.errors import (
+    CadstoreWarning,
+    CorruptStoreError,
+    StorageError,
+    StorageNotFoundError,
+    os_storage_error,
+)
 from cadstore.format.commit import (
     COMMIT_MEMBER,
     STAMP_KEY,
@@ -760,16 +766,42 @@ def repair(
     StorageError
         If the file system fails to read the dataset or one of its copies (an EIO), of
         the failure's kind and naming the file; what the recovery did before (staged
-        files removed, temporaries swept) ends its message (see :func:`recover`).
+        files removed, temporaries swept) ends its message (see :func:`recover`). Also
+        without a writer's lock: a dataset that is there but does not read is recovered
+        all the same (the lock taken, the dead writers' temporaries swept) before the
+        error; if the lock cannot be taken, the error is the dataset's, nothing done.
     """
     where = resolve(dataset, storage_options, shared=True)
     locked = lock_location(where).exists()
+    unreadable: StorageError | None = None
     if not locked:
-        _check_dataset(where)
-    with WriterLock(where, "repair", timeout=timeout) as lock:
+        try:
+            _check_dataset(where)
+        except (CorruptStoreError, StorageNotFoundError):
+            raise
+        except StorageError as exc:
+            # The path is there, but the file system fails to read it (an EIO): recovery
+            # still does what needs no reading (the dead writers' temporaries), then
+            # meets the failure itself and says what it did.
+            unreadable = exc
+    lock = WriterLock(where, "repair", timeout=timeout)
+    try:
+        lock.acquire()
+    except StorageError:
+        if unreadable is not None:
+            raise unreadable from None  # what was asked of is the dataset
+        raise
+    try:
         done = recover(where, lock.previous, published, say_swept=True)
-    if locked and (not done or dataset_exists(where)):
-        _check_dataset(where)
+    finally:
+        lock.release()
+    if unreadable is not None or (locked and (not done or dataset_exists(where))):
+        try:
+            _check_dataset(where)
+        except StorageError as exc:
+            if unreadable is None or not done:
+                raise
+            raise _having_done(exc, done) from exc
     return done
 
 
