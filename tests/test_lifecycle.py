@@ -1351,7 +1351,7 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     assert_settled(out, _names(items[:6]))
 
 
-@pytest.mark.parametrize(("step", "via"), [("open", "api"), ("read", "cli")])
+@pytest.mark.parametrize(("step", "via"), [("open", "api"), ("read", "cli"), ("stat", "api")])
 def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
     items: list[Path],
     tmp_path: Path,
