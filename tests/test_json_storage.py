@@ -860,6 +860,79 @@ def test_repair_removes_the_leftovers_and_writes_the_corrected_sizes(tmp_path: P
     assert _files(where) == after
 
 
+def test_the_cli_repairs_a_json_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cadstore repair`` took every path for a dataset: a JSON store's folder was "not a
+    Zarr store" (exit 2), and its leftovers and wrong sizes stayed. It now runs the
+    store's own repair and prints what it did, then "nothing to repair"; every value and
+    the user's metadata read the same. A pipe among the store's files is an error naming
+    it, read by no one."""
+    from cadstore.cli import main
+
+    where = tmp_path / "store"
+    _store_with_leftovers(where)
+    doc = json.loads((where / "metadata.json").read_text())
+    doc["file_sizes_KB"]["x"]["y"] = 12345.0  # as a writer killed before it left it
+    doc["user"] = {"note": "mine"}
+    (where / "metadata.json").write_text(json.dumps(doc))
+    with JsonStorageHandler(where, read_only=True) as reader:
+        values = {key: reader.load_data(key) for key in ("a", "x")}
+        metadata = reader.load_metadata()
+    capsys.readouterr()
+    assert main(["repair", str(where)]) == 0
+    said = capsys.readouterr()
+    assert said.err == ""
+    assert said.out.splitlines() == [
+        "removed a_b.json, a_c.json: files of keys below 'a' that a.json replaced (a "
+        "save interrupted before removing them)",
+        "metadata.json: the sizes recorded corrected to the files' sizes",
+    ]
+    assert sorted(os.listdir(where)) == ["a.json", "metadata.json", "x_y.json"]
+    assert json.loads((where / "metadata.json").read_text()) == metadata
+    files = _files(where)
+    assert main(["repair", f"{where}/"]) == 0
+    assert capsys.readouterr().out == f"{where}/: nothing to repair\n"
+    assert _files(where) == files
+    with JsonStorageHandler(where, read_only=True) as reader:
+        for key, value in values.items():
+            assert_same(reader.load_data(key), value, key)
+        assert reader.load_metadata() == metadata
+    os.mkfifo(where / "pipe.json")
+    assert main(["repair", str(where)]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and f"{where}: 'pipe.json' is not a regular file" in said.err
+
+
+@pytest.mark.parametrize("kind", ["foreign metadata", "item directory", "plain json"])
+def test_the_cli_repairs_no_folder_that_is_not_a_json_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Only a folder a JsonStorageHandler marked by a save (its ``metadata.json``
+    records ``file_sizes_KB``) is repaired as a JSON store: a folder of another tool's
+    JSON files, with a ``metadata.json`` of its own or none, and an item's directory
+    (whose ``metadata.json`` records sizes too) are what they were to ``cadstore
+    repair``, no dataset, and nothing in them is written."""
+    from cadstore import OptStorage
+    from cadstore.cli import main
+
+    where = tmp_path / "folder"
+    if kind == "item directory":
+        with OptStorage(where) as storage:
+            storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+    else:
+        where.mkdir()
+        (where / "points.json").write_text("[1, 2, 3]")
+        if kind == "foreign metadata":
+            (where / "metadata.json").write_text('{"tool": "other"}')
+    files = {p: p.read_bytes() for p in where.rglob("*") if p.is_file()}
+    assert main(["repair", str(where)]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.startswith(f"cadstore: error: {where}: ")
+    assert "nothing to repair" not in said.err
+    assert {p: p.read_bytes() for p in where.rglob("*") if p.is_file()} == files
+    assert not Path(f"{where}.lock").exists()
+
+
 def test_a_save_queries_no_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each save asked the size of the file it had just written (a stat here, a HEAD
     request on S3, see ``test_a_json_save_queries_no_size`` there) to record it, though

@@ -253,7 +253,7 @@ def _open_directory(given: str, where: Location) -> Artefact:
         from cadstore.storage import JsonStorageHandler
 
         if not where.remote:
-            _check_json_files(where, names)
+            check_json_files(where, names)
         storage = JsonStorageHandler(where, read_only=True)
         return Artefact(JSON_STORE, given, where, storage=storage)
     raise _no_artefact_in(given, where, names)
@@ -295,8 +295,9 @@ def _no_artefact_in(given: str, where: Location, names: set[str]) -> UnknownForm
     )
 
 
-def _check_json_files(where: Location, names: set[str]) -> None:
-    """Refuse a JSON store whose ``.json`` entries are not all regular files.
+def check_json_files(where: Location, names: set[str]) -> None:
+    """Refuse a local JSON store whose ``.json`` entries (``names``: those of its folder)
+    are not all regular files, before it is opened (here, and by ``cadstore repair``).
 
     The store reads every one of them when opened: a named pipe there would block it
     forever, a device feed it forever.

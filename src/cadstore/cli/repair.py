@@ -1,4 +1,10 @@
-"""``cadstore repair DATASET``: finish or undo what an interrupted writer left."""
+"""``cadstore repair DATASET``: finish or undo what an interrupted writer left.
+
+Given a folder a :class:`~cadstore.storage.JsonStorageHandler` wrote (see
+:func:`~cadstore.storage.json_handler.is_json_store`), it runs the store's own
+:meth:`~cadstore.storage.JsonStorageHandler.repair` instead; any other path is a dataset,
+or the error of one.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,14 @@ def register(sub: Any) -> None:
         ".infoset, .attribset and .flow are published again from the dataset (rolled "
         "forward). Any later merge, append or split does the same first; this does only "
         "that. A path that is not a dataset (missing, unreadable, not a cadstore dataset) "
-        "is an error, unless a killed writer's lock is beside it.",
+        "is an error, unless a killed writer's lock is beside it. A folder of a JSON store "
+        "(JsonStorageHandler) is repaired as one: the files a killed save left below a "
+        "newer one are removed and the sizes metadata.json records corrected; run it "
+        "while no one writes the store.",
     )
-    parser.add_argument("dataset", help="the .dataset (or its .flow manifest)")
+    parser.add_argument(
+        "dataset", help="the .dataset (or its .flow manifest), or a JSON store's folder"
+    )
     parser.add_argument(
         "--wait",
         type=wait_seconds,
@@ -32,14 +43,28 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Repair and say what was done."""
+    """Repair the dataset, or the JSON store, and say what was done."""
+    from cadstore.artefacts import check_json_files
     from cadstore.cli.report import dataset_of
+    from cadstore.io.location import resolve
     from cadstore.lifecycle import repair
+    from cadstore.storage.json_handler import JsonStorageHandler, is_json_store
 
-    dataset = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
-    done = repair(dataset, timeout=args.wait, storage_options=args.storage_options)
+    where = resolve(args.dataset, args.storage_options, shared=True)
+    if is_json_store(where):
+        what = args.dataset
+        if not where.remote:
+            check_json_files(where, set(where.listdir()))  # a pipe would block the open
+        store = JsonStorageHandler(where)
+        try:
+            done = store.repair()
+        finally:
+            store.close()
+    else:
+        what = dataset_of(args.dataset, args.storage_options, trust_manifest=args.trust_manifest)
+        done = repair(what, timeout=args.wait, storage_options=args.storage_options)
     for sentence in done:
         print(sentence)
     if not done:
-        print(f"{dataset}: nothing to repair")
+        print(f"{what}: nothing to repair")
     return 0

@@ -29,7 +29,8 @@ killed in between leaves them (leftovers) behind the newer file. They are never 
 opening a storage removes nothing, writable or not: the first change that writes or
 removes the newer file (a save or delete at or inside its key, or above it) removes them.
 A store that is never changed again keeps them: :meth:`JsonStorageHandler.repair` removes
-them (and writes the sizes corrected below), for a user who wants the store clean.
+them (and writes the sizes corrected below), for a user who wants the store clean
+(``cadstore repair FOLDER`` calls it).
 
 Every file is written atomically (temporary file, fsync, rename). Each is read with one
 request on an object store (no size query first) unless it is larger than a few MiB; a
@@ -92,7 +93,7 @@ from cadstore.storage.base import (
 )
 from cadstore.storage.values import Node
 
-__all__ = ["JsonStorageHandler", "sanitize_key"]
+__all__ = ["JsonStorageHandler", "is_json_store", "sanitize_key"]
 
 METADATA_FILE = "metadata.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -687,6 +688,37 @@ class JsonStorageHandler(NodeStorage):
 
     def _describe(self) -> str:
         return repr(self._dir)
+
+
+#: Files at the top of a Zarr store: a folder holding one is an item or a dataset (an
+#: ``OptStorage`` folder has a ``metadata.json`` too), never a JSON store.
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def is_json_store(location: Location) -> bool:
+    """Whether ``location`` is a folder a :class:`JsonStorageHandler` wrote data into.
+
+    For a tool that writes, given a path that may be a JSON store or something else
+    (``cadstore repair``). :func:`cadstore.open` reads any folder of ``.json`` files as a
+    store, which changes nothing; a writing tool takes only a store marked by a save, so
+    that it never writes sizes into a ``metadata.json`` of another tool's folder. That
+    is a folder that is no Zarr store and whose ``metadata.json``, a regular file of at
+    most :data:`MAX_JSON_BYTES`, is a JSON object recording the sizes of the files saved
+    (``file_sizes_KB``, written with every save; damaged or not). A store without a save
+    has nothing to repair; anything unreadable is no JSON store, left to the tool's own
+    checks.
+    """
+    try:
+        if not location.isdir() or any(location.child(m).exists() for m in _ZARR_MARKERS):
+            return False
+        metadata = location.child(METADATA_FILE)
+        if not metadata.isfile():  # a pipe would block the read
+            return False
+        data = location.fs.read_limited(metadata.path, MAX_JSON_BYTES)
+        doc = None if data is None else jsoncodec.loads(data)
+    except (OSError, ValueError, RecursionError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and SIZES_METADATA_KEY in doc
 
 
 def _json_bytes(obj: Any) -> bytes:
