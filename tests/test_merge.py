@@ -427,63 +427,79 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
             np.testing.assert_array_equal(view[key].values, value, err_msg=key)
 
 
+def _metadata_documents(dataset: Path) -> dict[str, bytes]:
+    """Every ``zarr.json`` of ``dataset`` (a zip or a directory), by its key."""
+    if dataset.is_dir():
+        return {str(p.relative_to(dataset)): p.read_bytes() for p in dataset.rglob("zarr.json")}
+    with zipfile.ZipFile(dataset) as archive:
+        return {n: archive.read(n) for n in archive.namelist() if n.endswith("zarr.json")}
+
+
 def _stored_dim_names(dataset: Path) -> dict[str, dict[str, list[str]]]:
-    """Each array's dimension names as ``dataset`` (a zip) stores them, by where:
+    """Each array's dimension names as ``dataset`` stores them, by where:
     ``"consolidated"`` (the root's consolidated metadata) and ``"own"`` (the array's
     ``zarr.json``)."""
     found: dict[str, dict[str, list[str]]] = {"consolidated": {}, "own": {}}
-    with zipfile.ZipFile(dataset) as archive:
-        for name in archive.namelist():
-            if not name.endswith("zarr.json"):
-                continue
-            doc = json.loads(archive.read(name))
-            if name == "zarr.json":
-                for path, meta in doc["consolidated_metadata"]["metadata"].items():
-                    if meta.get("node_type") == "array":
-                        found["consolidated"][path] = meta.get("dimension_names")
-            elif doc.get("node_type") == "array":
-                found["own"][name.rpartition("/")[0]] = doc.get("dimension_names")
+    for key, data in _metadata_documents(dataset).items():
+        doc = json.loads(data)
+        if key == "zarr.json":
+            for path, meta in doc["consolidated_metadata"]["metadata"].items():
+                if meta.get("node_type") == "array":
+                    found["consolidated"][path] = meta.get("dimension_names")
+        elif doc.get("node_type") == "array":
+            found["own"][key.rpartition("/")[0]] = doc.get("dimension_names")
     return found
 
 
 def _as_merged_before_285460e(dataset: Path) -> None:
-    """Rewrite ``dataset`` (a zip) as the merger wrote it before 285460e: ``face_centroids``
-    on ``coordinate``, the name of an array of its group, in the consolidated metadata and
-    in the array's own. That merger's output for these items differs from the current one
-    in these two names only (compared once with a worktree of 285460e^)."""
+    """Rewrite ``dataset`` (a zip or a directory) as the merger wrote it before 285460e:
+    ``face_centroids`` on ``coordinate``, the name of an array of its group, in the
+    consolidated metadata and in the array's own. That merger's output for these items
+    differs from the current one in these two names only (compared once with a worktree
+    of 285460e^)."""
+    qualified, old = ["face", "face_centroids_coordinate"], ["face", "coordinate"]
+    changed = {}
+    for key, data in _metadata_documents(dataset).items():
+        doc = json.loads(data)
+        if key == "zarr.json":
+            meta = doc["consolidated_metadata"]["metadata"]["faces/face_centroids"]
+        elif key == "faces/face_centroids/zarr.json":
+            meta = doc
+        else:
+            continue
+        assert meta["dimension_names"] == qualified
+        meta["dimension_names"] = old
+        changed[key] = json.dumps(doc).encode()
+    assert len(changed) == 2
+    if dataset.is_dir():
+        for key, data in changed.items():
+            (dataset / key).write_bytes(data)
+        return
     with zipfile.ZipFile(dataset) as archive:
         members = [(info, archive.read(info)) for info in archive.infolist()]
     with zipfile.ZipFile(dataset, "w") as archive:
         for info, data in members:
-            if info.filename == "zarr.json":
-                doc = json.loads(data)
-                meta = doc["consolidated_metadata"]["metadata"]["faces/face_centroids"]
-                assert meta["dimension_names"] == ["face", "face_centroids_coordinate"]
-                meta["dimension_names"] = ["face", "coordinate"]
-                data = json.dumps(doc).encode()
-            elif info.filename == "faces/face_centroids/zarr.json":
-                doc = json.loads(data)
-                assert doc["dimension_names"] == ["face", "face_centroids_coordinate"]
-                doc["dimension_names"] = ["face", "coordinate"]
-                data = json.dumps(doc).encode()
-            archive.writestr(info, data)
+            archive.writestr(info, changed.get(info.filename, data))
 
 
+@pytest.mark.parametrize(("form", "via"), [("zip", "api"), ("directory", "cli")])
 def test_a_dataset_merged_with_a_trailing_name_spelt_as_an_array_reads_and_appends(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str, via: str
 ) -> None:
     """A dataset merged before 285460e stores ``face_centroids`` on ``coordinate`` beside an
     array ``coordinate``. The reader and the explorer present it qualified, as the merger
-    now stores it (``face_centroids_coordinate``), with every value; an append continues
-    the names the file stores, so its metadata stays one name per dimension of an array
-    (the consolidated copy agreeing with each array's own), and the explorer and
-    ``xr.open_zarr`` read every row, old and new, with its values."""
+    now stores it (``face_centroids_coordinate``), with every value; an append (the API's
+    or ``cadstore merge --append``) continues the names the file stores, so its metadata
+    stays one name per dimension of an array (the consolidated copy agreeing with each
+    array's own), and the explorer and ``xr.open_zarr`` read every row, old and new, with
+    its values."""
     import cadstore
+    from cadstore.cli import main
     from cadstore.dataset import DatasetExplorer
 
     files, rows = _coordinate_items(tmp_path, (3, 2), seed=1)
     out = tmp_path / "x.dataset"
-    merge_items(files, out)
+    merge_items(files, out, directory=form == "directory")
     _as_merged_before_285460e(out)
     stored = _stored_dim_names(out)
     assert stored["own"]["faces/face_centroids"] == ["face", "coordinate"]
@@ -510,7 +526,12 @@ def test_a_dataset_merged_with_a_trailing_name_spelt_as_an_array_reads_and_appen
                 assert one["face_centroids"].dims == qualified
                 for key, value in item.items():
                     np.testing.assert_array_equal(one[key].values, value, err_msg=key)
-        with zarr.storage.ZipStore(out, mode="r") as store:
+        store = (
+            zarr.storage.LocalStore(out, read_only=True)
+            if form == "directory"
+            else zarr.storage.ZipStore(out, mode="r")
+        )
+        with store:
             ds = xr.open_zarr(store, group="faces")
             assert ds["face_centroids"].dims == ("face", "coordinate")
             for key, value in expected.items():
@@ -518,8 +539,13 @@ def test_a_dataset_merged_with_a_trailing_name_spelt_as_an_array_reads_and_appen
 
     check(rows)
     new_files, new_rows = _coordinate_items(tmp_path, (4, 0, 1), seed=2, prefix="q")
-    result = cadstore.merge(new_files, str(out), append=True)
-    assert not result.errors and len(result.items) == 3
+    if via == "api":
+        result = cadstore.merge(new_files, str(out), append=True)
+        assert not result.errors and len(result.items) == 3
+    else:
+        capsys.readouterr()
+        assert main(["merge", *new_files, "-o", str(out), "--append", "--workers", "0"]) == 0
+        assert capsys.readouterr().err == ""
     check(rows + new_rows)
     after = _stored_dim_names(out)
     assert after["consolidated"] == after["own"] == stored["own"]
