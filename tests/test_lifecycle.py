@@ -14,6 +14,7 @@ and no ``atexit`` runs (the kernel still releases its ``flock``, as it does for 
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import multiprocessing
@@ -1404,6 +1405,57 @@ def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
     assert out.read_bytes() == before
     assert lifecycle.repair(out) == []
     assert_settled(out, _names(items[:6]))
+
+
+@pytest.mark.parametrize("killed", [True, False])
+def test_repair_of_a_dataset_whose_metadata_cannot_be_read_after_recovery_says_what_it_did(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed: bool
+) -> None:
+    """A directory dataset whose commit record reads but whose root ``zarr.json`` does not
+    (an EIO), with or without a killed writer's lock beside it: recovery rolls the writer
+    back and sweeps, then the check that the dataset reads fails. That was a bare OSError
+    naming no file (the directory store's), and without a lock it came from the check
+    made before the lock, so nothing was swept. It is a StorageError naming the dataset
+    that ends with what recovery did, which the lock's journal, gone with the lock, alone
+    said, as recover's own errors do."""
+
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:6]], out, directory=True)
+    more = [str(p) for p in items[6:9]]
+    if killed:
+        run_killed(lambda: cadstore.merge(more, str(out), append=True), "writing")
+    assert Path(f"{out}.lock").exists() == killed
+    old = time.time() - 10 * 3600
+    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+    foreign.write_bytes(b"x")
+    os.utime(foreign, (old, old))
+    root = out / "zarr.json"
+    before = root.read_bytes()
+    real_open = builtins.open
+
+    def refused(file: Any, *args: Any, **kwargs: Any) -> Any:
+        # The directory store opens its members with open(); refuse_opening's os.open
+        # is not on that path.
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(root):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(out)
+    monkeypatch.undo()
+    assert type(caught.value) is StorageError and caught.value.path == str(out)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: reading it: input/output error; before this, recovery did: ")
+    assert ("recovery did: rolled back: an append by pid" in message) == killed
+    assert message.endswith(
+        f"{'; ' if killed else ': '}removed 1 temporary file of writers that are gone from "
+        f"{tmp_path}: {foreign.name}"
+    )
+    assert not foreign.exists() and root.read_bytes() == before
+    assert not Path(f"{out}.lock").exists()
+    assert lifecycle.repair(out) == []
+    assert seen_by_a_reader(out) == _names(items[:6])
 
 
 def test_repair_of_a_dataset_that_cannot_be_read_nor_locked_reports_the_dataset(

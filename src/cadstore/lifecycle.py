@@ -799,8 +799,10 @@ def repair(
         try:
             _check_dataset(where)
         except StorageError as exc:
-            if unreadable is None or not done:
+            if not done:
                 raise
+            # As recover's own errors: what it did is said nowhere else once the lock,
+            # and the killed writer's journal in it, is gone.
             raise _having_done(exc, done) from exc
     return done
 
@@ -812,11 +814,19 @@ def _check_dataset(dataset: Location) -> None:
     ------
     CorruptStoreError
         If it is not a readable cadstore dataset, naming the path and the problem.
+    StorageError
+        If the file system fails to read it (an EIO), of the failure's kind, naming the
+        dataset when the reader's error names no file (a directory dataset's member).
     """
     from cadstore.dataset.reader import DatasetReader
 
-    with DatasetReader(dataset):
-        pass
+    try:
+        with DatasetReader(dataset):
+            pass
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise os_storage_error(dataset.path, exc, "reading it") from exc
 
 
 # ---------------------------------------------------------------------------- readers
