@@ -1458,6 +1458,48 @@ def test_repair_of_a_dataset_whose_metadata_cannot_be_read_after_recovery_says_w
     assert seen_by_a_reader(out) == _names(items[:6])
 
 
+@pytest.mark.parametrize("member", ["commit.json", "infoset.parquet"])
+def test_repair_of_a_directory_dataset_whose_record_cannot_be_read_says_what_it_did(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    """A directory dataset whose commit record, or a table it carries, gives an EIO while
+    recovery reads it to roll forward. The directory store let the OSError escape bare,
+    naming no file, past recover's handling of a StorageError: what recovery had done
+    (the killed writer's rollback, the sweep) was said nowhere. It is a StorageError
+    naming the dataset and the member, ending with what was done."""
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:6]], out, directory=True)
+    more = [str(p) for p in items[6:9]]
+    point = "writing" if member == "commit.json" else "committed"
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), point)
+    old = time.time() - 10 * 3600
+    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
+    foreign.write_bytes(b"x")
+    os.utime(foreign, (old, old))
+    target = out / member
+    before = target.read_bytes()
+    real_open = builtins.open
+
+    def refused(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(target):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(out)
+    monkeypatch.undo()
+    assert caught.value.path == str(out)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: reading its {member}: input/output error; before this")
+    assert "an append by pid" in message
+    assert message.endswith(
+        f"; removed 1 temporary file of writers that are gone from {tmp_path}: {foreign.name}"
+    )
+    assert not foreign.exists() and target.read_bytes() == before
+    assert not Path(f"{out}.lock").exists()
+
+
 def test_repair_of_a_dataset_that_cannot_be_read_nor_locked_reports_the_dataset(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
