@@ -1500,6 +1500,62 @@ def test_repair_of_a_directory_dataset_whose_record_cannot_be_read_says_what_it_
     assert not Path(f"{out}.lock").exists()
 
 
+def test_repair_cannot_tell_a_dataset_it_cannot_look_up_from_none(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EIO looking the dataset up (its ``stat``) beside the lock of an append killed
+    while committing: the dataset was taken for missing, so repair succeeded saying the
+    append "was interrupted before its commit ... the dataset is the version it started
+    from", which it could not know. It is now the StorageError naming the dataset, saying
+    what was removed and that the version in place is unknown; nothing committed
+    changes, and the next repair, the disk reading again, finds it settled."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "staged")
+    before = out.read_bytes()
+    refuse_opening(monkeypatch, out, "stat", errno.EIO)
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(out)
+    monkeypatch.undo()
+    assert type(caught.value) is StorageError and caught.value.path == str(out)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: looking it up: input/output error; before this")
+    assert "before its commit" not in message
+    assert (
+        "was interrupted while committing or after; what it had staged was removed, "
+        "and the dataset could not be read to tell which version is in place"
+    ) in message
+    assert out.read_bytes() == before
+    lifecycle.repair(out)
+    assert_settled(out, _names(items[:6]))
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_a_merge_never_publishes_over_a_dataset_it_cannot_look_up(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, append: bool
+) -> None:
+    """An EIO looking the output up (its ``stat``) was taken for "no dataset there": a
+    merge without ``overwrite``, or an append that may create the dataset, merged its
+    items and published them in place of the dataset, whose items were lost. It is now
+    the StorageError naming the dataset; the dataset and its copies are unchanged."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:6]], str(out))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    refuse_opening(monkeypatch, out, "stat", errno.EIO)
+    with pytest.raises(StorageError) as caught:
+        cadstore.merge([str(p) for p in items[6:9]], str(out), append=append)
+    monkeypatch.undo()
+    assert caught.value.path == str(out)
+    assert str(caught.value).startswith(f"{out}: looking it up: input/output error")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert_settled(out, _names(items[:6]))
+
+
 def test_repair_of_a_dataset_that_cannot_be_read_nor_locked_reports_the_dataset(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

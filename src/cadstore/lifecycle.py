@@ -31,6 +31,7 @@ the lock, stamped with the current commit id, and does not make a new version.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -438,14 +439,33 @@ def _is_parquet(head: bytes) -> bool:
     return head[:4] == b"PAR1"
 
 
+#: Why a local path is not there, as ``os.path.exists`` says False for it: nothing there,
+#: a file where a folder is on its way, a link loop, a name too long.
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
+
+
 def dataset_exists(dataset: Location) -> bool:
     """Return whether a dataset is published at ``dataset``.
 
     On an object store a directory-layout dataset exists once its root ``zarr.json``
     does: objects left by a merge that died part-way do not count.
+
+    Raises
+    ------
+    StorageError
+        If the file system fails to say (an EIO, a folder that may not be searched), of
+        the failure's kind and naming ``dataset``: taken for "no dataset", that would
+        let a merge or an append publish over one, and a recovery say a killed writer
+        rolled back when it cannot tell.
     """
     if not dataset.remote:
-        return dataset.exists()
+        try:
+            os.stat(dataset.path)
+        except OSError as exc:
+            if exc.errno in _NOT_THERE:
+                return False
+            raise os_storage_error(dataset.path, exc, "looking it up") from exc
+        return True
     return dataset.isfile() or dataset.child("zarr.json").isfile()
 
 
