@@ -835,9 +835,11 @@ def repair(
         done = recover(where, lock.previous, published, say_swept=True)
     finally:
         lock.release()
-    if unreadable is not None or (locked and (not done or dataset_exists(where))):
+    if unreadable is not None or locked:
         try:
-            _check_dataset(where)
+            # A rolled-back first merge leaves no dataset: that is no error.
+            if unreadable is not None or not done or dataset_exists(where):
+                _check_dataset(where)
         except StorageError as exc:
             if not done:
                 raise
