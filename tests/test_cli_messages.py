@@ -723,6 +723,37 @@ def test_a_spawned_workers_warning_while_it_starts_reaches_this_process(
     assert seen[0] != f"imported in worker {os.getpid()}"
 
 
+def _counts_under_a_lock(task: int, settings: Any, emit: Any) -> None:
+    """A worker's work using what multiprocessing passes only to a new process: adds
+    ``task`` to a shared value under a lock, and puts it on a queue."""
+    lock, total, done = settings
+    with lock:
+        total.value += task
+    done.put(task)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_workers_spec_may_hold_a_lock_a_queue_and_a_shared_value(method: str) -> None:
+    """A spec holding a multiprocessing lock, queue or shared value was refused by a
+    spawned pool (RuntimeError: Lock objects should only be shared between processes
+    through inheritance): it was sent through the worker's pipe once the worker had
+    started, where multiprocessing refuses them, so that the warnings of its import
+    reach this process. It goes as the worker starts again, as it did before that."""
+    from cadstore.workers import WorkerPool, WorkerSpec
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    context = multiprocessing.get_context(method)
+    total, done = context.Value("q", 0), context.Queue()
+    heard = _Heard()
+    spec = WorkerSpec(_counts_under_a_lock, (context.Lock(), total, done))
+    with WorkerPool(spec, 2, None, heard, start_method=method) as pool:
+        pool.run([1, 2, 4])
+    assert sorted(heard.finished) == [1, 2, 4] and heard.losses == []
+    assert total.value == 7
+    assert sorted(done.get(timeout=60) for _ in range(3)) == [1, 2, 4]
+
+
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> None:
     """The pool merges and the synthetic workload run their work in (ProcessPool): a

@@ -63,6 +63,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Final, Protocol
 
 from cadstore.processes import mp_context, without_main_script
@@ -281,23 +282,53 @@ def _show_warning(message: dict[str, Any]) -> None:
         warnings.showwarning(warning, type(warning), filename, lineno)
 
 
-def _worker_main(conn: Connection, spec: WorkerSpec | None) -> None:
+class _SpecParcel:
+    """A :class:`WorkerSpec` on its way to a worker process, opened once it forwards its
+    warnings.
+
+    A spawned worker gets its start-up arguments pickled as :meth:`Process.start` runs,
+    the one moment multiprocessing lets a lock, queue or shared value of the spec be
+    passed to a new process; it unpickles them before the worker's code runs, which
+    would import the modules of the work (the CAD kernel, a flow's task) before it
+    forwards warnings. The spec is therefore pickled then, with multiprocessing's own
+    reduction, but into bytes it travels as, and unpickled by :meth:`open`, once the
+    worker forwards warnings. A forked worker inherits the parcel, spec and all.
+
+    Parameters
+    ----------
+    spec
+        The spec, in the process that has it.
+    pickled
+        The spec as the spawning process pickled it, in the worker.
+    """
+
+    def __init__(self, spec: WorkerSpec | None, pickled: bytes | None = None) -> None:
+        self._spec = spec
+        self._pickled = pickled
+
+    def __reduce__(self) -> tuple[type[_SpecParcel], tuple[None, bytes]]:
+        return _SpecParcel, (None, bytes(ForkingPickler.dumps(self._spec)))
+
+    def open(self) -> WorkerSpec:
+        """The spec, unpickled here if it came pickled."""
+        if self._spec is None:
+            self._spec = ForkingPickler.loads(self._pickled or b"")
+            self._pickled = None
+        return self._spec
+
+
+def _worker_main(conn: Connection, parcel: _SpecParcel) -> None:
     """Body of a worker process: take tasks from ``conn`` until told to stop.
 
-    A forked worker inherits ``spec``; a spawned one is given ``None`` and receives it
-    first through ``conn``, once it forwards its warnings: reading it imports the modules
-    of the work (the CAD kernel, a flow's task), whose warnings then reach the parent
-    like those of its tasks, instead of its own stderr.
+    The spec is opened once the worker forwards its warnings (:class:`_SpecParcel`):
+    those of importing the modules of the work then reach the parent like those of its
+    tasks, instead of its own stderr.
     """
     # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = _Sender(conn.send)
     sender.forward_warnings()
-    if spec is None:
-        try:
-            spec = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
+    spec = parcel.open()
     # Native code writes some messages straight to stdout; keep stdout for the caller.
     with suppress(OSError, ValueError):
         sys.stdout.flush()
@@ -416,21 +447,20 @@ class WorkerPool:
             else multiprocessing.get_context(self.start_method)
         )
         parent_conn, child_conn = context.Pipe(duplex=True)
-        # A spawned worker is sent the spec once it forwards warnings (see _worker_main).
-        forked = context.get_start_method() == "fork"
         process = context.Process(
             target=_worker_main,
-            args=(child_conn, self.spec if forked else None),
+            args=(child_conn, _SpecParcel(self.spec)),
             name="cadstore-worker",
             daemon=True,
         )
-        with without_main_script():
-            process.start()
+        try:
+            with without_main_script():
+                process.start()
+        except BaseException:
+            parent_conn.close()
+            child_conn.close()
+            raise
         child_conn.close()  # so that the parent sees EOF when the worker dies
-        if not forked:
-            # A worker dead already fails its first task's send, as it did before.
-            with suppress(OSError):
-                parent_conn.send(self.spec)
         slot = _Slot(process, parent_conn)
         self.slots.append(slot)
         return slot
