@@ -780,6 +780,41 @@ def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> Non
     assert 1000 < len(seen[2]) < len(long)
 
 
+def test_a_process_pools_long_warning_outside_ascii_keeps_all_of_its_text_that_fits() -> None:
+    """A worker's warning too long for one record keeps the longest start of its text
+    that fits. Records were ASCII JSON, where "é" costs six bytes and a character outside
+    the BMP twelve, and the text was cut by as many characters as the record had bytes
+    too many: a 1,011-character "scan of 部品 éé..." arrived as " [...]". Records are
+    UTF-8, cut by what the bytes allow; a lone surrogate travels as its escape."""
+    import json
+
+    from cadstore.workers import _RECORD_BYTES, ProcessPool, _warning_message
+
+    if _RECORD_BYTES is None:
+        pytest.skip("no pipe keeping records whole here: workers show their warnings")
+    fits = "scan of 部品 " + "é" * 1000
+    texts = [fits, "部品" * 3000, "🔩" * 2000, 'a\udcff"é🔩部' * 1000]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ProcessPool(2) as pool:
+            for future in [pool.submit(warnings.warn, text, UserWarning) for text in texts]:
+                future.result()
+    received = {str(w.message)[:20]: w for w in caught if w.category is UserWarning}
+    assert len(received) == len(texts)
+    assert str(received[fits[:20]].message) == fits
+    for text in texts[1:]:
+        warning = received[text[:20]]
+        got = str(warning.message)
+        assert got.endswith(" [...]")
+        kept = len(got) - len(" [...]")
+        assert got == text[:kept] + " [...]" and kept > 500
+        # One more character would not have fitted.
+        longer = text[: kept + 1] + " [...]"
+        message = _warning_message(longer, UserWarning, warning.filename, warning.lineno)
+        line = json.dumps(message, ensure_ascii=False) + "\n"
+        assert len(line.encode("utf-8", "backslashreplace")) > _RECORD_BYTES
+
+
 def test_a_process_pool_shut_down_without_waiting_still_relays_its_workers_warnings() -> None:
     """Shut down without waiting, the executor forgets its workers at once: its relay of
     their warnings still runs until they are gone, then ends."""

@@ -631,9 +631,18 @@ class WorkerPool:
 _RECORD_BYTES: Final = getattr(select, "PIPE_BUF", None)
 
 
+def _json_line(message: dict[str, Any]) -> bytes:
+    """``message`` as one line of UTF-8 JSON: a character outside ASCII costs its UTF-8
+    bytes, not a six-byte escape (twelve outside the BMP); a lone surrogate (a file name
+    decoded with ``surrogateescape``) is written as the JSON escape that reads back as
+    it."""
+    return (json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
 def _warning_record(message: dict[str, Any]) -> bytes:
     """``message`` (a :func:`_warning_message`) as one line of JSON of at most
-    ``_RECORD_BYTES``, its text (and its file name) cut short when too long.
+    ``_RECORD_BYTES``; when too long, its file name keeps its last 256 characters and
+    its text the longest start that fits, marked ``" [...]"``.
 
     Raises
     ------
@@ -641,20 +650,30 @@ def _warning_record(message: dict[str, Any]) -> bytes:
         If even the cut message does not fit (the warning is then shown in the worker).
     """
     limit = int(_RECORD_BYTES or 0)
-    record = (json.dumps(message) + "\n").encode("ascii")
-    excess = len(record) - limit
-    if excess > 0:
-        text = str(message["message"])
-        cut = {
-            **message,
-            "filename": str(message["filename"])[-256:],
-            # Each character left out saves a byte at least; the mark costs eight.
-            "message": text[: max(0, len(text) - excess - 8)] + " [...]",
-        }
-        record = (json.dumps(cut) + "\n").encode("ascii")
-    if len(record) > limit:
+    record = _json_line(message)
+    if len(record) <= limit:
+        return record
+    text = str(message["message"])
+    cut = {**message, "filename": str(message["filename"])[-256:]}
+    record = _json_line(cut)
+    if len(record) <= limit:
+        return record
+
+    def cut_to(kept: int) -> bytes:
+        return _json_line({**cut, "message": text[:kept] + " [...]"})
+
+    # The longest start that fits: a record grows with the characters kept, each at
+    # least one byte, so no more than ``limit`` of them can fit.
+    low, high = 0, min(len(text) - 1, limit)
+    if len(cut_to(low)) > limit:
         raise ValueError("a warning too long to forward")
-    return record
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(cut_to(middle)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return cut_to(low)
 
 
 def _forward_pool_warnings(conn: Connection) -> None:
