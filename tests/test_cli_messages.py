@@ -638,8 +638,10 @@ class _Heard:
         self.finished: list[Any] = []
         self.losses: list[Any] = []
 
+        self.messages: list[dict[str, Any]] = []
+
     def message(self, message: dict[str, Any]) -> None:
-        pass
+        self.messages.append(message)
 
     def done(self, task: Any) -> None:
         self.finished.append(task)
@@ -650,6 +652,11 @@ class _Heard:
 
 def _no_work(task: Any, settings: Any, emit: Any) -> None:
     """A worker's work that does nothing."""
+
+
+def _says_its_pid(task: Any, settings: Any, emit: Any) -> None:
+    """A worker's work that says which process ran it."""
+    emit({"type": "pid", "pid": os.getpid()})
 
 
 class _WarnsWhenFreed:
@@ -669,17 +676,20 @@ def test_a_retired_workers_last_warning_is_not_lost() -> None:
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork start method here")
     heard = _Heard()
-    spec = WorkerSpec(_no_work, None, max_tasks_per_child=1)
+    spec = WorkerSpec(_says_its_pid, None, max_tasks_per_child=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with WorkerPool(spec, 1, None, heard, start_method="fork") as pool:
             pool.run([_WarnsWhenFreed(), _WarnsWhenFreed()])
     seen = [str(w.message) for w in caught if w.category is UserWarning]
     assert len(heard.finished) == 2 and heard.losses == []
+    assert all(text.startswith("a task freed in worker ") for text in seen), seen
+    # Issued by the two workers that ran the tasks, not by this process.
+    named = [int(text.rsplit(" ", 1)[1]) for text in seen]
+    assert os.getpid() not in named, seen
+    assert sorted(named) == sorted(message["pid"] for message in heard.messages), seen
     # Each retired after its task: two workers, each freeing its task as it stopped.
     assert len(seen) == 2 and len(set(seen)) == 2, seen
-    assert all(text.startswith("a task freed in worker ") for text in seen)
-    assert f"worker {os.getpid()}" not in seen
 
 
 _WARNS_AS_IMPORTED = """
