@@ -768,8 +768,7 @@ def test_a_workers_spec_may_hold_a_lock_a_queue_and_a_shared_value(method: str) 
 def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> None:
     """The pool merges and the synthetic workload run their work in (ProcessPool): a
     warning its worker shows, started either way, is issued again here by the time the
-    pool is shut down; one longer than a pipe keeps whole is cut short, not lost, nor
-    mixed with the other worker's."""
+    pool is shut down; one longer than a pipe keeps whole is cut short, not lost."""
     from cadstore.workers import ProcessPool
 
     if method not in multiprocessing.get_all_start_methods():
@@ -788,6 +787,54 @@ def test_a_process_pools_workers_warnings_reach_this_process(method: str) -> Non
     assert seen[:2] == ["a pool worker's warning", "another one"]
     assert len(seen) == 3 and seen[2].startswith("xxx") and seen[2].endswith(" [...]")
     assert 1000 < len(seen[2]) < len(long)
+
+
+#: Lets the two workers of a forked pool start warning together (inherited, as a fork).
+_BOTH_WORKERS: Any = None
+
+
+def _warn_many_with_the_other_worker(name: str, count: int, size: int) -> None:
+    """A pool worker's task: once the other worker runs its own, warn ``count`` times,
+    each text of ``size`` characters naming this task."""
+    _BOTH_WORKERS.wait(timeout=120)
+    for index in range(count):
+        head = f"{name} {index} "
+        warnings.warn(head + name[0] * (size - len(head)), UserWarning, stacklevel=1)
+
+
+def test_two_process_pool_workers_warning_at_once_each_warning_arrives_whole() -> None:
+    """The workers of a ProcessPool share one pipe for their warnings; two of them
+    writing many records of nearly the most a pipe keeps whole, at once, interleave
+    unless each record is written whole: every warning arrives, whole and unmixed."""
+    from cadstore.workers import _RECORD_BYTES, ProcessPool
+
+    global _BOTH_WORKERS
+    if _RECORD_BYTES is None or "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no pipe keeping records whole, or no fork, here")
+    context = multiprocessing.get_context("fork")
+    size, count = _RECORD_BYTES - 512, 150
+    _BOTH_WORKERS = context.Barrier(2)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Forked, both workers start with the pool's first task; each then takes one.
+            with ProcessPool(2, mp_context=context) as pool:
+                done = [
+                    pool.submit(_warn_many_with_the_other_worker, name, count, size)
+                    for name in ("first", "second")
+                ]
+                for future in done:
+                    future.result()
+    finally:
+        _BOTH_WORKERS = None
+    seen = sorted(str(w.message) for w in caught if w.category is UserWarning)
+    sent = sorted(
+        f"{name} {index} ".ljust(size, name[0])
+        for name in ("first", "second")
+        for index in range(count)
+    )
+    assert len(seen) == len(sent)
+    assert seen == sent
 
 
 def test_a_process_pools_long_warning_outside_ascii_keeps_all_of_its_text_that_fits() -> None:
