@@ -855,3 +855,88 @@ def test_chunk_keys_of_a_grid(rel: str, ok: bool) -> None:
 
     meta = ArrayMeta(3, (10, 6), (5, 3), "float64", 0.0, None, {}, ())
     assert meta.is_chunk_key(rel) is ok
+
+
+def _reading_past_its_space(
+    path: Path, padding: int, member: str, extra: int, directory: bool
+) -> bytes:
+    """Write ``a`` (``padding`` bytes), a directory entry ``d/`` if ``directory``, and ``b``
+    (2,000 bytes), stored; then give ``member``'s local header an extra field length of
+    ``extra`` that no extra field fills, and its CRC that of the bytes a read then
+    covers: its own bytes shifted by ``extra``, into the next entry's local header
+    (``a``) or the central directory (``b``), as a crafted file does. Return the file's
+    bytes."""
+    import struct
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a", b"\x07" * padding)
+        if directory:
+            zf.mkdir("d")
+        zf.writestr("b", b"\x09" * 2000)
+    raw = bytearray(path.read_bytes())
+    central = raw.index(b"PK\x01\x02")
+    while raw[central + 46 : central + 47] != member.encode():
+        central = raw.index(b"PK\x01\x02", central + 4)
+    (size,) = struct.unpack_from("<I", raw, central + 20)
+    (local,) = struct.unpack_from("<I", raw, central + 42)
+    start = local + 30 + 1 + extra
+    crc = zlib.crc32(raw[start : start + size])
+    struct.pack_into("<H", raw, local + 28, extra)
+    struct.pack_into("<I", raw, local + 14, crc)
+    struct.pack_into("<I", raw, central + 16, crc)
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("padding", [100, 300_000], ids=["read-whole", "larger"])
+@pytest.mark.parametrize(
+    ("member", "directory"),
+    [("a", False), ("a", True), ("b", False)],
+    ids=["into-the-next-member", "into-a-directory-entry", "into-the-central-directory"],
+)
+@pytest.mark.parametrize("looked_up", [False, True], ids=["read", "header-read-for-an-absent-key"])
+def test_a_local_extra_field_reaching_past_the_members_space_is_corrupt(
+    tmp_path: Path, padding: int, member: str, directory: bool, looked_up: bool
+) -> None:
+    """Found by review: where a member's data starts is its local header's offset plus its
+    name's and extra field's lengths, which the local header gives; only the start was
+    bounded (by the file's end). A crafted extra field length moved a read over the next
+    member's local header, or the central directory, and with a CRC made to match it was
+    read as the member's bytes. A member's data must end before the next member's header
+    (the last one's before the central directory): reading it otherwise is a
+    CorruptStoreError naming the file and the member, the other member reads, the file is
+    left as it was. Also when the member's header was read looking for an absent key of
+    its name's length (a larger file's _renamed_as)."""
+    path = tmp_path / "crafted.zip"
+    raw = _reading_past_its_space(path, padding, member, extra=20, directory=directory)
+    other = "b" if member == "a" else "a"
+    source = ZipSource(str(path))
+    try:
+        if looked_up:
+            assert "z" not in source  # reads the local headers of names of one byte
+        assert source.get(other) == (b"\x09" * 2000 if other == "b" else b"\x07" * padding)
+        with pytest.raises(
+            CorruptStoreError, match=rf"crafted\.zip.*member '{member}'.*(next|central)"
+        ):
+            source.get(member)
+        with pytest.raises(CorruptStoreError, match=rf"crafted\.zip.*member '{member}'"):
+            source.get_range(member, 0, 10)
+    finally:
+        source.close()
+    assert path.read_bytes() == raw
+
+
+def test_a_local_extra_field_within_the_members_space_reads(tmp_path: Path) -> None:
+    """A writer's extra field in a local header (an extended timestamp) that the central
+    directory does not repeat moves the data within the member's own space: it reads."""
+    path = tmp_path / "extra.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo("a")
+        info.extra = b"UT\x05\x00\x01\x00\x00\x00\x00"
+        zf.writestr(info, b"\x07" * 100)
+        zf.writestr("b", b"\x09" * 50)
+    source = ZipSource(str(path))
+    try:
+        assert source.get("a") == b"\x07" * 100 and source.get("b") == b"\x09" * 50
+    finally:
+        source.close()

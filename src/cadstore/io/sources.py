@@ -20,6 +20,7 @@ or cannot be reached passes through as its own error.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import operator
 import os
@@ -314,8 +315,11 @@ _EOCD = struct.Struct("<4sHHHHIIH")
 _CENTRAL_FIELDS = struct.Struct("<4s4xHH4xIIIHHH8xI")
 
 
-def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> list[ZipMember]:
-    """Parse a zip's end record and central directory.
+def read_central_directory(
+    read_at: Callable[[int, int], bytes], size: int
+) -> tuple[list[ZipMember], int]:
+    """Parse a zip's end record and central directory: its members, and where the
+    directory starts (where the last member's space ends).
 
     Parameters
     ----------
@@ -387,7 +391,7 @@ def read_central_directory(read_at: Callable[[int, int], bytes], size: int) -> l
         problem = _misplaced(members, cd_offset)
         if problem:
             raise ValueError(problem)
-    return members
+    return members, cd_offset
 
 
 def _misplaced(entries: list[ZipMember], directory_at: int) -> str | None:
@@ -560,9 +564,9 @@ class ZipSource(KeySource):
                     raise ValueError(f"read {len(image)} of its {self._size} bytes")
                 self._image = image
             try:
-                entries = read_central_directory(self._read_at, self._size)
+                entries, self._directory_at = read_central_directory(self._read_at, self._size)
             except _NeedZipfile:
-                entries = self._entries_from_zipfile()
+                entries, self._directory_at = self._entries_from_zipfile()
         except (MemoryError, StorageError):
             # Our own errors say what went wrong already; a store that refuses or cannot
             # be reached says nothing about the file.
@@ -588,6 +592,8 @@ class ZipSource(KeySource):
                 path, f"{len(entries)} zip members exceed max_members={limits.max_members}"
             )
         self._members: dict[str, ZipMember] = {}
+        # Where directory entries lie (one seldom has any): a member's space ends there too.
+        self._directory_entries_at: list[int] = []
         for entry in entries:
             name = entry.name
             if name.endswith("/"):
@@ -602,6 +608,7 @@ class ZipSource(KeySource):
                     raise CorruptStoreError(
                         path, f"zip directory entry {name!r} holds {entry.file_size} bytes"
                     )
+                self._directory_entries_at.append(entry.header_offset)
                 continue
             problem = check_member_name(name)
             if problem:
@@ -625,6 +632,9 @@ class ZipSource(KeySource):
         # the members by the length of their stored name (made on the first such key).
         self._lengths_read: set[int] = set()
         self._by_length: dict[int, list[str]] | None = None
+        # The local header offsets of all entries in order, made when a local header
+        # first gives an extra field (see _beyond_its_space).
+        self._header_offsets: list[int] | None = None
 
     def _find_renamed(self, image: bytes) -> None:
         """Note the members whose local header names another than the central directory
@@ -694,9 +704,9 @@ class ZipSource(KeySource):
                 continue  # a local name of another length: reading the member says so
             local = header[30:]
             if local == entry.raw_name:
-                start = entry.header_offset + 30 + name_len + extra_len
-                if start + entry.compress_size <= self._size:
-                    self._data_offsets[name] = start  # checked: its reads skip the header
+                if self._beyond_its_space(entry, extra_len) is None:
+                    # Checked: its reads skip the header.
+                    self._data_offsets[name] = entry.header_offset + 30 + name_len + extra_len
             else:
                 self._note_local_name(name, entry, local)
         self._lengths_read.add(length)
@@ -762,7 +772,7 @@ class ZipSource(KeySource):
         if translated is not exc:
             raise translated from exc
 
-    def _entries_from_zipfile(self) -> list[ZipMember]:
+    def _entries_from_zipfile(self) -> tuple[list[ZipMember], int]:
         """:func:`read_central_directory` by ``zipfile`` (ZIP64, multi-disk archives),
         whose sizes and offsets are checked as that function's are."""
         self._fh.seek(0)
@@ -784,7 +794,7 @@ class ZipSource(KeySource):
         problem = _misplaced(entries, archive.start_dir)
         if problem:
             raise ValueError(problem)
-        return entries
+        return entries, archive.start_dir
 
     def get(self, key: str) -> bytes | None:  # docstring inherited
         info = self._member(key)
@@ -960,11 +970,45 @@ class ZipSource(KeySource):
                 self.location,
                 f"local header of member {key!r} does not repeat its name (corrupt file)",
             )
+        beyond = self._beyond_its_space(info, extra_len)
+        if beyond is not None:
+            raise CorruptStoreError(
+                self.location,
+                f"member {key!r}: its local header's extra field ({extra_len} bytes) puts its "
+                f"{info.compress_size} bytes past {beyond} (corrupt file)",
+            )
         start: int = info.header_offset + 30 + name_len + extra_len
-        if start + info.compress_size > self._size:
-            raise CorruptStoreError(self.location, f"member {key!r} runs past the end of the file")
         self._data_offsets[key] = start
         return start
+
+    def _beyond_its_space(self, info: ZipMember, extra_len: int) -> str | None:
+        """What member ``info``'s data would reach, read after a local extra field of
+        ``extra_len`` bytes, when that is past its space; ``None`` when it lies within.
+
+        A member's space runs from its local header to the next member's (the last one's
+        to the central directory). Opening the file checked that each member's header,
+        name and stored bytes fit in it (:func:`_misplaced`), but the extra field's length
+        is in the local header alone: a crafted one would make a read cover the next
+        member's header or the central directory. Only a member whose local header gives
+        an extra field needs looking at: the members' offsets are sorted then, once (a
+        file cadstore writes has none).
+        """
+        end = info.header_offset + 30 + len(info.raw_name) + info.compress_size
+        if not extra_len:
+            return None  # within its space: checked when the file was opened
+        offsets = self._header_offsets
+        if offsets is None:
+            offsets = self._header_offsets = sorted(
+                [m.header_offset for m in self._members.values()] + self._directory_entries_at
+            )
+        after = bisect.bisect_right(offsets, info.header_offset)
+        if after < len(offsets):
+            limit, what = offsets[after], "the next entry's local header"
+        else:
+            limit, what = self._directory_at, "the central directory's start"
+        if end + extra_len > limit:
+            return f"{what} (at {limit})"
+        return None
 
     def keys(self) -> Iterable[str]:  # docstring inherited
         return self._members.keys()
