@@ -1983,3 +1983,42 @@ def test_a_damaged_item_is_still_skipped_as_corrupt(tmp_path: Path, workers: int
     (error,) = result.errors
     assert error["file"] == str(damaged) and "not a readable zip file" in error["error"]
     assert {p: p.read_bytes() for p in items} == before
+
+
+def test_an_item_whose_metadata_json_was_renamed_in_both_headers_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """Found by review: an item whose ``metadata.json`` name was damaged alike in the
+    central directory and its local header (``metadata.jsoo``) was scanned as an item
+    without metadata and merged. Its absence beside a member of a name of its length that
+    belongs to no node is the damaged name (ReadHierarchy.check_absent): the item is
+    skipped and listed, naming both names, the others merged, no item changed."""
+    items = [p for p, _, _ in write_items(tmp_path / "items", 3, seed=5)]
+    damaged = items[1]
+    raw = damaged.read_bytes()
+    assert raw.count(b"metadata.json") == 2
+    damaged.write_bytes(raw.replace(b"metadata.json", b"metadata.jsoo"))
+    before = {p: p.read_bytes() for p in items}
+    result = merge_items(items, tmp_path / "out.dataset")
+    assert len(result.items) == 2
+    (error,) = result.errors
+    assert error["file"] == str(damaged)
+    assert re.search(r"'metadata\.json' is missing.*'metadata\.jsoo'", error["error"])
+    assert {p: p.read_bytes() for p in items} == before
+
+
+def test_the_scan_reads_another_writers_item_without_metadata(tmp_path: Path) -> None:
+    """An item another writer made (zarr-python) has no ``metadata.json``: the scan reads
+    it, with no metadata, beside a member no node holds whose name is of another length."""
+    from cadstore.io.location import resolve
+    from cadstore.merging.scan import ItemScan, scan_item
+
+    path = tmp_path / "other.zarr.data"
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        group.create_array("values", shape=(4,), chunks=(4,), dtype="int64")[:] = np.arange(4)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("notes.txt", b"written by hand")
+    scan = scan_item(resolve(str(path)))
+    assert isinstance(scan, ItemScan)
+    assert scan.metadata == {} and scan.arrays == {"values": ((4,), "<i8")}

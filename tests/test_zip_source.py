@@ -940,3 +940,68 @@ def test_a_local_extra_field_within_the_members_space_reads(tmp_path: Path) -> N
         assert source.get("a") == b"\x07" * 100 and source.get("b") == b"\x09" * 50
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("rows", [100, 50_000], ids=["read-whole", "larger"])
+@pytest.mark.parametrize("damaged", ["metadata.jsoo", "metadata_json", "zetadata.json"])
+def test_metadata_json_renamed_in_both_headers_is_corrupt(
+    tmp_path: Path, rows: int, damaged: str
+) -> None:
+    """Found by review: an item's ``metadata.json`` whose name was damaged alike in the
+    central directory and its local header (a consistent zip) read as an item without
+    metadata, ``{}``, and no error. cadstore writes ``metadata.json`` with every item, but
+    another writer's item may have none: its absence beside a member of a name of its
+    length that belongs to no node is the damaged name, as for a chunk
+    (ReadHierarchy.check_absent). Loading the metadata is a CorruptStoreError naming the
+    file and both names; the arrays read; the file is left as it was."""
+    import numpy as np
+
+    from cadstore import OptStorage
+
+    values = np.random.default_rng(0).random(rows)
+    path = tmp_path / "item.zarr"
+    storage = OptStorage(str(path))
+    storage.save_data("x", values)
+    storage.save_metadata("source", "part.step")
+    storage.compress_store()
+    storage.close()
+    data = Path(f"{path}.data")
+    raw = data.read_bytes()
+    assert raw.count(b"metadata.json") == 2 and len(damaged) == len(b"metadata.json")
+    raw = raw.replace(b"metadata.json", damaged.encode())
+    data.write_bytes(raw)
+    assert (len(raw) > 256 * 1024) == (rows > 100)
+    storage = OptStorage(str(path), mode="r")
+    try:
+        np.testing.assert_array_equal(storage.load_data("x"), values)
+        with pytest.raises(
+            CorruptStoreError,
+            match=rf"item\.zarr\.data.*'metadata\.json' is missing.*'{damaged}'",
+        ):
+            storage.load_metadata()
+    finally:
+        storage.close()
+    assert data.read_bytes() == raw
+
+
+def test_another_writers_item_without_metadata_reads(tmp_path: Path) -> None:
+    """An item another writer made (zarr-python) has no ``metadata.json``: it reads, with
+    no metadata, beside a member no node holds whose name is of another length."""
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+
+    path = tmp_path / "other.zarr.data"
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        group.create_array("values", shape=(4,), chunks=(4,), dtype="int64")[:] = np.arange(4)
+    with zipfile.ZipFile(path, "a") as zf:
+        assert "metadata.json" not in zf.namelist()
+        zf.writestr("notes.txt", b"written by hand")
+    storage = OptStorage(str(tmp_path / "other.zarr"), mode="r")
+    try:
+        assert storage.load_metadata() == {}
+        np.testing.assert_array_equal(storage.load_data("values"), np.arange(4))
+    finally:
+        storage.close()

@@ -511,8 +511,8 @@ class ReadHierarchy(Hierarchy):
         self.source = source
         self.limits = limits
         self.location = source.location
-        # Keys no node accounts for, by length, found on the first absent chunk (see
-        # _check_not_renamed).
+        # Keys no node accounts for, by length, found on the first absent chunk or
+        # document (see check_absent).
         self._strays: dict[int, list[str]] | None = None
         self._size = source.total_bytes()
         try:
@@ -635,26 +635,52 @@ class ReadHierarchy(Hierarchy):
                 if self.source.locate(key) is not None:
                     data = self.source.get(key)
             else:
-                self._check_not_renamed(path, key)
+                self.check_absent(key, f"array {path!r}: chunk")
         return data
 
-    def _check_not_renamed(self, path: str, key: str) -> None:
-        """Refuse chunk ``key`` of array ``path`` being absent when the store holds a
-        member of a name of its length that belongs to no node: a name damaged alike in
-        a zip's central directory and local header (``x/c/0`` listed as ``x/d/0``), which
-        leaves a consistent zip and would read the array as fill values.
-
-        A hierarchy that is not :attr:`complete` (an item: Zarr lets a writer leave out
-        a chunk of fill values) cannot tell a damaged name from a chunk left out by the
-        name alone; a member nothing accounts for (no node's metadata document, no chunk
-        of an array's grid, not ``metadata.json``) is the evidence, and damage keeps a
-        name's length. The members nothing accounts for are found once, on the first
-        absent chunk (a healthy cadstore item has none: its writer stores every chunk).
+    def read_document(self, key: str) -> bytes | None:
+        """Return the bytes of the document ``key`` beside the nodes (an item's
+        ``metadata.json``), or ``None`` if the store has none, after :meth:`check_absent`.
 
         Raises
         ------
         CorruptStoreError
-            Naming the file, the array, the chunk and the member.
+            If the store lacks ``key`` beside a member of a name of its length that no node
+            accounts for (a damaged name), or the member does not read.
+        """
+        data = self.source.get(key)
+        if data is None:
+            self.check_absent(key, "document")
+        return data
+
+    def check_absent(self, key: str, what: str) -> None:
+        """Refuse ``key``, which the source lacks (a chunk of an array, an item's
+        ``metadata.json``), being absent when the store holds a member of a name of its
+        length that belongs to no node: a name damaged alike in a zip's central directory
+        and local header (``x/c/0`` listed as ``x/d/0``, ``metadata.json`` as
+        ``metadata.jsoo``), which leaves a consistent zip and would read the array as fill
+        values, or the item as one without metadata.
+
+        A store cannot tell a damaged name from a member its writer left out by the name
+        alone: Zarr lets a writer leave out a chunk of fill values (in a hierarchy that is
+        not :attr:`complete`: an item), and another writer's item may have no
+        ``metadata.json`` (cadstore writes one with every item). A member nothing accounts
+        for (no node's metadata document, no chunk of an array's grid, not
+        ``metadata.json``) is the evidence, and damage keeps a name's length. The members
+        nothing accounts for are found once, on the first absent key (a healthy cadstore
+        item has none, and lacks nothing it is asked for).
+
+        Parameters
+        ----------
+        key
+            The absent key.
+        what
+            What it is, for the message (``"array 'x': chunk"``).
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the file, ``key`` and the member.
         """
         strays = self._strays
         if strays is None:
@@ -662,13 +688,13 @@ class ReadHierarchy(Hierarchy):
         for stray in strays.get(len(key.encode("utf-8", "surrogatepass")), ()):
             raise CorruptStoreError(
                 self.location,
-                f"array {path!r}: chunk {key!r} is missing and member {stray!r}, of a name "
-                "of its length, belongs to no array (a damaged name: corrupt file)",
+                f"{what} {key!r} is missing and member {stray!r}, of a name of its length, "
+                "belongs to no node (a damaged name: corrupt file)",
             )
 
     def _find_strays(self) -> dict[int, list[str]]:
         """The keys of the source that no node accounts for, by their length in bytes
-        (see :meth:`_check_not_renamed`)."""
+        (see :meth:`check_absent`)."""
         strays: dict[int, list[str]] = {}
         arrays = self.arrays
         for key in self.source:

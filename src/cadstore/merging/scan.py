@@ -4,7 +4,9 @@ Scanning an item opens it (:func:`cadstore.io.sources.open_source`, which refuse
 anything but a regular file or a directory before reading a byte), reads its array
 metadata (shapes and dtypes), verifies the CRC of every member and parses its
 ``metadata.json`` (a JSON object nested at most
-:data:`~cadstore.format.jsoncodec.MAX_NESTING` levels), so a damaged item is caught before
+:data:`~cadstore.format.jsoncodec.MAX_NESTING` levels; absent, as in another writer's
+item, only if no member of a name of its length belongs to nothing: see
+:meth:`~cadstore.format.hierarchy.ReadHierarchy.check_absent`), so a damaged item is caught before
 its rows are planned into the dataset and its metadata copied into the tables. An item
 directory holding anything but regular files and directories (a named pipe, a socket, a
 device) is refused too: the later stages would block reading it. An unreadable item is not an error
@@ -199,6 +201,9 @@ def _scan_item(location: Location, limits: Limits, scalars: bool) -> ItemScan | 
                 # rest); keeping whole documents for every item would grow with the count.
                 if isinstance(doc.get(_SCHEMA_KEY), dict):
                     scan.metadata = {_SCHEMA_KEY: doc[_SCHEMA_KEY]}
+        if _METADATA not in source:
+            # Another writer's item may have none; one whose name was damaged is corrupt.
+            hier.check_absent(_METADATA, "document")
         return scan
     except CorruptStoreError as exc:
         return location.path, str(exc)

@@ -628,13 +628,24 @@ class OptStorage(NodeStorage):
             stored = ReadHierarchy(source, self._limits)
             self._hier = BuildHierarchy.from_hierarchy(stored, self._level)
             self._source = source
-            self._preloaded_metadata = self._metadata_from(source)
+            self._preloaded_metadata = self._metadata_from(stored)
         finally:
             source.close()
             self._source = None
 
-    def _metadata_from(self, source: KeySource) -> dict[str, Any]:
-        raw = source.get(METADATA_FILE)
+    def _metadata_from(self, hier: ReadHierarchy) -> dict[str, Any]:
+        """The item's metadata document as stored with the hierarchy ``hier``: ``{}`` for
+        an item without ``metadata.json`` (another writer's), unless its name was damaged
+        (:meth:`~cadstore.format.hierarchy.ReadHierarchy.read_document`).
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the file, if the document is damaged, too large, not JSON or not an
+            object.
+        """
+        source = hier.source
+        raw = hier.read_document(METADATA_FILE)
         if raw is None:
             return {}
         if len(raw) > self._limits.max_metadata_bytes:
@@ -699,9 +710,10 @@ class OptStorage(NodeStorage):
         pre = self._preloaded_metadata
         if pre is not None:
             return pre
-        source = self._source
-        if source is not None:
-            return self._unchanged(lambda: self._metadata_from(source))
+        if self._source is not None:
+            hier = self._hier
+            assert isinstance(hier, ReadHierarchy)  # opened read-only
+            return self._unchanged(lambda: self._metadata_from(hier))
         return {}
 
     def _write_metadata_document(self, doc: dict[str, Any]) -> None:
