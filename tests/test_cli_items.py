@@ -1099,3 +1099,110 @@ def test_an_item_dataset_or_manifest_given_as_a_schema_file_names_the_export(
         capsys.readouterr()
     code, out, err = run(capsys, "validate", items[0], "--schema", tmp_path / "parts.infoset")
     assert_usage_error(code, out, err, "Parquet table")
+
+
+def _rewritten(source: Path, target: Path, key: str, damage: str) -> bytes:
+    """Copy the zip ``source`` to ``target`` member by member (each compressed as it was),
+    damaging the node document ``key`` as ``damage`` says; return the new file's bytes."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        original = zin.read(key)
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == key:
+                if damage == "missing":
+                    continue
+                if damage == "disagrees":
+                    doc = json.loads(data)
+                    doc["shape"] = [doc["shape"][0] + 5]
+                    data = json.dumps(doc).encode()
+            zout.writestr(info, data)
+        if damage == "unlisted":
+            zout.writestr(key.replace("edges_source", "extra"), original)
+    raw = bytearray(target.read_bytes())
+    if damage == "unreadable":
+        # The member's CRC changed alike in both headers: reading it finds a mismatch.
+        with zipfile.ZipFile(target) as zf:
+            local = zf.getinfo(key).header_offset
+        central = raw.rindex(b"PK\x01\x02", 0, raw.rindex(key.encode()))
+        for at in (local + 14, central + 16):
+            raw[at] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("kind", ["item", "item-v2", "dataset"])
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("disagrees", r"disagrees with its copy in {where} \(fields 'shape'\)"),
+        ("missing", "missing, though {where} lists it"),
+        ("unreadable", r"does not read \(.*CRC"),
+        ("unlisted", "not in {where}"),
+    ],
+    ids=["disagrees", "missing", "unreadable", "unlisted"],
+)
+def test_validate_compares_each_nodes_document_with_its_consolidated_copy(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    items: list[Path],
+    dataset: Path,
+    schema_file: Path,
+    kind: str,
+    damage: str,
+    says: str,
+) -> None:
+    """Found by review: cadstore reads a store's nodes through the consolidated metadata in
+    its root zarr.json and never compared them with each node's own zarr.json, which a
+    reader not using consolidated metadata (zarr-python with use_consolidated=False)
+    reads: a document damaged (its CRC holding) or changed by another tool gave two kinds
+    of reader two different arrays, and validate said "valid". Opening a store still
+    reads only the copy (one read); validate reads each document and reports one that
+    disagrees, is missing, does not read or is not in the copy as a problem naming it
+    (exit 1). The store is left as it was."""
+    import re
+
+    import zarr
+
+    if kind == "item-v2":
+        source = _write_item(tmp_path / "v2.zarr", _item(0), _metadata(0), zarr_format=2)
+        key, where = "graph/edges_source/.zarray", r"\.zmetadata"
+    else:
+        source = items[0] if kind == "item" else dataset
+        key, where = "graph/edges_source/zarr.json", r"the root zarr\.json's consolidated metadata"
+    target = tmp_path / ("damaged.dataset" if kind == "dataset" else "damaged.zarr.data")
+    raw = _rewritten(source, target, key, damage)
+    code, out, err = run(capsys, "validate", target, "--schema", schema_file, "--json")
+    assert code == 1 and err == ""
+    doc = json.loads(out)
+    problems = [p for p in doc["problems"] if p["kind"] == "store"]
+    expected = key if damage != "unlisted" else key.replace("edges_source", "extra")
+    assert [p["key"] for p in problems] == [expected], doc["problems"]
+    message = problems[0]["message"]
+    assert re.search(says.format(where=where), message) and message.startswith(expected)
+    if damage == "disagrees":
+        # What a reader not using consolidated metadata sees: the damaged document.
+        with zarr.storage.ZipStore(target, mode="r") as store:
+            group = zarr.open_group(store, mode="r", use_consolidated=False)
+            consolidated = zarr.open_group(store, mode="r")
+            assert group["graph/edges_source"].shape[0] == (
+                consolidated["graph/edges_source"].shape[0] + 5
+            )
+    assert target.read_bytes() == raw
+
+
+def test_validate_finds_no_store_problem_in_what_cadstore_writes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, schema_file: Path
+) -> None:
+    """Each node's document and its consolidated copy agree in every store cadstore
+    writes: an item of each Zarr format (NaN fill values among the arrays), a dataset."""
+    item = _item(0)
+    item["floats"] = np.array([np.nan, 1.0])
+    paths = [
+        _write_item(tmp_path / "v3.zarr", item, _metadata(0), allow_nan=True),
+        _write_item(tmp_path / "v2.zarr", item, _metadata(0), allow_nan=True, zarr_format=2),
+    ]
+    out_dataset = tmp_path / "out.dataset"
+    merge_items([str(p) for p in paths], str(out_dataset))
+    for path in (*paths, out_dataset):
+        code, out, _ = run(capsys, "validate", path, "--schema", schema_file, "--json")
+        assert code == 0 and json.loads(out)["problems"] == [], out

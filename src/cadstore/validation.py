@@ -10,6 +10,12 @@ reported, unless ``strict`` makes them problems too.
 A merged dataset is checked array by array (its ``metadata.json`` is not an item's
 metadata, so metadata is not checked). A per-item array (one value per item on the
 ``item`` dimension) whose schema entry is a scalar is checked one item at a time.
+
+The store itself is checked too: each node's own metadata document (``x/zarr.json``) must
+agree with its copy in the consolidated metadata, which cadstore reads and a reader not
+using consolidated metadata does not
+(:meth:`~cadstore.format.hierarchy.ReadHierarchy.copy_problems`); that costs a read of
+every document, so opening a store does not do it.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class Problem:
     key
         The array or metadata key.
     kind
-        ``"array"``, ``"metadata"``, ``"missing"`` (declared, absent) or ``"undeclared"``.
+        ``"array"``, ``"metadata"``, ``"missing"`` (declared, absent), ``"undeclared"``,
+        or ``"store"`` (a node's metadata document and its consolidated copy disagree).
     message
         What is wrong, starting with the key.
     """
@@ -251,6 +258,10 @@ def validate_artefact(target: Artefact, schema: Schema, *, strict: bool = False)
         Counts and problems.
     """
     result = Validation()
+    if target.hierarchy is not None:
+        result.problems.extend(
+            Problem(key, "store", message) for key, message in target.hierarchy.copy_problems()
+        )
     _check_arrays(target, schema, result)
     if target.kind != DATASET:
         _check_metadata(target, schema, result)

@@ -692,6 +692,72 @@ class ReadHierarchy(Hierarchy):
                 "belongs to no node (a damaged name: corrupt file)",
             )
 
+    def copy_problems(self) -> list[tuple[str, str]]:
+        """Compare each node's own metadata document with its copy in the consolidated
+        metadata (the root ``zarr.json``'s ``consolidated_metadata``, Zarr 2's
+        ``.zmetadata``); return ``(key, problem)`` for each document that disagrees, is
+        missing, does not read, or is not in the copy.
+
+        cadstore, and zarr-python by default, read a hierarchy through the consolidated
+        copy, which every hierarchy cadstore writes carries; a reader that does not
+        (zarr-python with ``use_consolidated=False``, another tool) reads the nodes' own
+        documents. Both are written from one document, so any difference is damage or a
+        change by another tool, and the two kinds of reader would see different arrays.
+        Each document is read once more (every CRC is checked), so this is for checking a
+        store (``cadstore validate``), not for opening one; a hierarchy without
+        consolidated metadata has no copy to compare and gives no problem.
+        """
+        if self.zarr_format == 3:
+            root = self._json("zarr.json")
+            consolidated = root.get("consolidated_metadata") if isinstance(root, Mapping) else None
+            where = "the root zarr.json's consolidated metadata"
+            suffixes: tuple[str, ...] = ("/zarr.json",)
+        else:
+            consolidated = self._json(".zmetadata")
+            where = ".zmetadata"
+            suffixes = tuple(f"/{name}" for name in (".zarray", ".zattrs", ".zgroup"))
+        copies = consolidated.get("metadata") if isinstance(consolidated, Mapping) else None
+        if not isinstance(copies, Mapping):
+            return []
+        if self.zarr_format == 3:
+            copies = {f"{path}/zarr.json": doc for path, doc in copies.items()}
+        problems: list[tuple[str, str]] = []
+        for key, copy in sorted(copies.items()):
+            try:
+                own = self._json(key)
+            except CadstoreError as exc:
+                problems.append((key, f"{key}: does not read ({exc}); its copy is in {where}"))
+                continue
+            if own is None:
+                problems.append(
+                    (
+                        key,
+                        f"{key}: missing, though {where} lists it: a reader that does not use "
+                        "consolidated metadata does not find this node",
+                    )
+                )
+                continue
+            differing = _differing_fields(own, copy)
+            if differing:
+                problems.append(
+                    (
+                        key,
+                        f"{key}: disagrees with its copy in {where} ({differing}): cadstore "
+                        "reads the copy, a reader that does not use consolidated metadata "
+                        "this document",
+                    )
+                )
+        for key in sorted(self.source):
+            if key not in copies and key.endswith(suffixes):
+                problems.append(
+                    (
+                        key,
+                        f"{key}: not in {where}: cadstore does not see this node, a reader "
+                        "that does not use consolidated metadata does",
+                    )
+                )
+        return problems
+
     def _find_strays(self) -> dict[int, list[str]]:
         """The keys of the source that no node accounts for, by their length in bytes
         (see :meth:`check_absent`)."""
@@ -1316,6 +1382,29 @@ def _attributes(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise MetadataError(f"attributes of {path or 'the root'!r} are not an object")
     return dict(value)
+
+
+def _canonical_json(value: Any) -> str:
+    """``value`` as JSON text that two equal documents share (keys sorted, NaN spelt as
+    ``NaN``: two parsed NaN are not equal)."""
+    return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def _differing_fields(own: Any, copy: Any) -> str:
+    """Say how document ``own`` differs from ``copy`` (the fields of an object that do),
+    ``""`` when they are the same."""
+    if _canonical_json(own) == _canonical_json(copy):
+        return ""
+    if isinstance(own, Mapping) and isinstance(copy, Mapping):
+        fields = sorted(
+            name
+            for name in own.keys() | copy.keys()
+            if name not in own
+            or name not in copy
+            or _canonical_json(own[name]) != _canonical_json(copy[name])
+        )
+        return "fields " + ", ".join(map(repr, fields))
+    return "not the same document"
 
 
 def _compact_json(doc: Any) -> bytes:
