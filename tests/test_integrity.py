@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cadstore.artefacts import open_artefact
 from cadstore.dataset.reader import DatasetReader
 from cadstore.errors import CorruptStoreError
 from cadstore.merging import merge_items
@@ -520,3 +521,34 @@ def test_append_keeps_checksums(realistic_items: list[Any], tmp_path: Path) -> N
         assert chunk[-1] == "crc32c" and index in ([], ["bytes", "crc32c"]), path
     whole = _merge(realistic_items[:6], tmp_path / "whole.dataset")
     assert _same(_read_all(out), _read_all(whole))
+
+
+def test_a_dataset_whose_metadata_json_was_renamed_in_both_headers_is_corrupt(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """Found by review: a dataset's ``metadata.json`` (its groups, item count and schema,
+    which an append carries on) whose name was damaged alike in the central directory and
+    its local header read as a dataset without metadata, ``{}``. Every merge writes it;
+    its absence beside a member of a name of its length that belongs to no node is the
+    damaged name (ReadHierarchy.check_absent): opening the dataset is a CorruptStoreError
+    naming the file and both names; the file is left as it was."""
+    out = _merge(realistic_items[:3], tmp_path / "zip.dataset")
+    with DatasetReader(out) as reader:
+        assert reader.metadata["item_count"] == 3
+    raw = out.read_bytes()
+    assert raw.count(b"metadata.json") == 2
+    raw = raw.replace(b"metadata.json", b"metadata.jsoo")
+    out.write_bytes(raw)
+    with pytest.raises(
+        CorruptStoreError, match=r"zip\.dataset.*'metadata\.json' is missing.*'metadata\.jsoo'"
+    ):
+        DatasetReader(out)
+    # What inspect shows of a dataset's metadata.
+    with (
+        open_artefact(str(out)) as target,
+        pytest.raises(
+            CorruptStoreError, match=r"zip\.dataset.*'metadata\.json' is missing.*'metadata\.jsoo'"
+        ),
+    ):
+        target.dataset_metadata()
+    assert out.read_bytes() == raw

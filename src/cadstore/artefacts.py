@@ -116,10 +116,12 @@ class Artefact:
         ------
         CorruptStoreError
             Naming the dataset and ``metadata.json``, if it is not a JSON object nested at
-            most :data:`~cadstore.format.jsoncodec.MAX_NESTING` levels.
+            most :data:`~cadstore.format.jsoncodec.MAX_NESTING` levels, or if its name was
+            damaged (:meth:`~cadstore.format.hierarchy.ReadHierarchy.read_document`).
         """
         if self._dataset_metadata is None:
-            raw = self.source.get("metadata.json") if self.source is not None else None
+            hierarchy = self.hierarchy
+            raw = hierarchy.read_document("metadata.json") if hierarchy is not None else None
             # The same checks as DatasetReader: an object, bounded in size and depth.
             self._dataset_metadata = (
                 load_document(

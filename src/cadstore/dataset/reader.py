@@ -307,8 +307,11 @@ class DatasetReader:
                     self.path,
                     f"not a cadstore dataset (no {DATASET_FORMAT!r} marker in its root zarr.json)",
                 )
-            # Written by every merge: asked for by name if a listing lacked it.
+            # Written by every merge: asked for by name if a listing lacked it; absent
+            # beside a member of a name of its length that is no node's, a damaged name.
             raw = source.get(_METADATA) if source.locate(_METADATA) is not None else None
+            if raw is None:
+                hier.check_absent(_METADATA, "document")
             self.metadata: dict[str, Any] = (
                 load_document(
                     raw,
