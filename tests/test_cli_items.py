@@ -1206,3 +1206,40 @@ def test_validate_finds_no_store_problem_in_what_cadstore_writes(
     for path in (*paths, out_dataset):
         code, out, _ = run(capsys, "validate", path, "--schema", schema_file, "--json")
         assert code == 0 and json.loads(out)["problems"] == [], out
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_zarr_pythons_consolidated_stores_have_no_store_problem(
+    tmp_path: Path, zarr_format: int
+) -> None:
+    """zarr-python's consolidated copy of a group carries a consolidated_metadata of its
+    own (the metadata below it) that the group's document lacks: not a disagreement (it
+    was reported as one). A changed attribute still is."""
+    import zarr
+
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DirectorySource
+
+    path = tmp_path / "store.zarr"
+    store = zarr.storage.LocalStore(path)
+    group = zarr.open_group(store, mode="w", zarr_format=zarr_format, attributes={"a": 1})
+    values = group.create_array("values", shape=(4,), dtype="float64", fill_value=np.nan)
+    values[:] = np.arange(4)
+    group.create_group("sub").create_array("s", shape=(3,), dtype="int32")[:] = 1
+    zarr.consolidate_metadata(store)
+    source = DirectorySource(str(path))
+    try:
+        assert ReadHierarchy(source).copy_problems() == []
+    finally:
+        source.close()
+    key = "sub/s/zarr.json" if zarr_format == 3 else "sub/s/.zarray"
+    doc = json.loads((path / key).read_text())
+    doc["fill_value"] = 7
+    (path / key).write_text(json.dumps(doc))
+    source = DirectorySource(str(path))
+    try:
+        ((found, message),) = ReadHierarchy(source).copy_problems()
+    finally:
+        source.close()
+    assert found == key and "fields 'fill_value'" in message

@@ -1391,8 +1391,18 @@ def _canonical_json(value: Any) -> str:
 
 
 def _differing_fields(own: Any, copy: Any) -> str:
-    """Say how document ``own`` differs from ``copy`` (the fields of an object that do),
-    ``""`` when they are the same."""
+    """Say how a node's document ``own`` differs from its consolidated ``copy`` (the fields
+    of an object that do), ``""`` when they are the same.
+
+    A group's ``consolidated_metadata`` is left out: zarr-python gives each group's copy
+    one (the metadata below it) that its own document lacks, and what it holds is
+    compared node by node.
+    """
+    if isinstance(own, Mapping) and isinstance(copy, Mapping):
+        own, copy = (
+            {name: value for name, value in doc.items() if name != "consolidated_metadata"}
+            for doc in (own, copy)
+        )
     if _canonical_json(own) == _canonical_json(copy):
         return ""
     if isinstance(own, Mapping) and isinstance(copy, Mapping):
