@@ -252,7 +252,8 @@ class DatasetReader:
         If ``path`` is not a readable cadstore dataset: not a regular file or directory
         (refused before anything is read), not a zip or Zarr store, or its root
         ``metadata.json`` is not a JSON object (see
-        :func:`cadstore.format.jsoncodec.load_document`). On an object store its
+        :func:`cadstore.format.jsoncodec.load_document`) or its name was damaged (see
+        :meth:`cadstore.format.hierarchy.ReadHierarchy.check_absent`). On an object store its
         subclasses say why: :class:`~cadstore.errors.StorageAccessError` for refused
         credentials, :class:`~cadstore.errors.StorageUnavailableError` for an unreachable
         store.
