@@ -1243,3 +1243,30 @@ def test_zarr_pythons_consolidated_stores_have_no_store_problem(
     finally:
         source.close()
     assert found == key and "fields 'fill_value'" in message
+
+
+def test_the_store_check_asks_for_no_key_a_consolidated_copy_names_unsafely() -> None:
+    """A v2 copy's keys are not checked when the store is opened (only the arrays' and
+    groups'): one outside the store, or no metadata document's, is reported as such and
+    never asked for."""
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DictSource
+
+    asked: list[str] = []
+
+    class Recording(DictSource):
+        def get(self, key: str) -> bytes | None:
+            asked.append(key)
+            return super().get(key)
+
+    copies = {".zgroup": {"zarr_format": 2}, "../x/.zattrs": {}, "notes.txt": {}}
+    source = Recording(
+        {
+            ".zgroup": json.dumps(copies[".zgroup"]).encode(),
+            ".zmetadata": json.dumps({"zarr_consolidated_format": 1, "metadata": copies}).encode(),
+        }
+    )
+    problems = ReadHierarchy(source).copy_problems()
+    assert [key for key, _ in problems] == ["../x/.zattrs", "notes.txt"]
+    assert all("not a metadata document" in message for _, message in problems)
+    assert "../x/.zattrs" not in asked and "notes.txt" not in asked

@@ -723,6 +723,13 @@ class ReadHierarchy(Hierarchy):
             copies = {f"{path}/zarr.json": doc for path, doc in copies.items()}
         problems: list[tuple[str, str]] = []
         for key, copy in sorted(copies.items()):
+            if check_member_name(key) or (
+                not key.endswith(suffixes) and key not in _METADATA_NAMES
+            ):
+                # Not a node's document (a v2 copy's keys are the reader's to check): the
+                # store is not asked for it.
+                problems.append((key, f"{key!r}: in {where}, not a metadata document"))
+                continue
             try:
                 own = self._json(key)
             except CadstoreError as exc:
@@ -737,7 +744,10 @@ class ReadHierarchy(Hierarchy):
                     )
                 )
                 continue
-            differing = _differing_fields(own, copy)
+            try:
+                differing = _differing_fields(own, copy)
+            except (RecursionError, ValueError):
+                differing = "too deeply nested to compare"
             if differing:
                 problems.append(
                     (
