@@ -614,6 +614,45 @@ def test_another_writers_absent_chunks_are_fill_values(tmp_path: Path) -> None:
         storage.close()
 
 
+@pytest.mark.parametrize(
+    "junk",
+    ["abc/.DS_Store", "__MACOSX/._ab", ".DS_Store"],
+    ids=["finder-in-a-folder", "appledouble", "finder-at-the-root"],
+)
+def test_another_writers_item_with_files_of_the_operating_system_reads(
+    tmp_path: Path, junk: str
+) -> None:
+    """A member the operating system leaves in a folder before it is zipped (Finder's
+    .DS_Store, AppleDouble ._ files) belongs to no node. When it had the length of a key
+    the item lacks (its metadata.json, 13 bytes; a chunk of fill values zarr-python left
+    out, value/c/0: 9), a healthy item of another writer was refused as a damaged name; it is a
+    near miss of the key that counts, and these are none."""
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+    from cadstore.merging import merge_items
+
+    path = tmp_path / "other.zarr.data"
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        values = group.create_array("value", shape=(20,), chunks=(10,), dtype="int64")
+        values[10:] = np.arange(1, 11)  # chunk c/0 holds only fill values: not written
+    with zipfile.ZipFile(path, "a") as zf:
+        assert "metadata.json" not in zf.namelist() and "value/c/0" not in zf.namelist()
+        zf.writestr(junk, b"\0\0\0\1Bud1" + b"\0" * 20)
+    assert len(junk) in (len("metadata.json"), len("value/c/0"))
+    expected = np.concatenate([np.zeros(10, dtype=np.int64), np.arange(1, 11)])
+    storage = OptStorage(str(tmp_path / "other.zarr"), mode="r")
+    try:
+        assert storage.load_metadata() == {}
+        np.testing.assert_array_equal(storage.load_data("value"), expected)
+    finally:
+        storage.close()
+    result = merge_items([str(path)], str(tmp_path / "out.dataset"))
+    assert result.items == ["other"] and not result.errors
+
+
 def _zip64_archive(
     members: list[tuple[str, bytes]],
     *,

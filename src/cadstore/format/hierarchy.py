@@ -24,7 +24,7 @@ import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -483,6 +483,11 @@ class Hierarchy(ABC):
             yield from self.iter_arrays(f"{path}/{name}" if path else name)
 
 
+#: The most bytes in which a member nothing accounts for may differ from a key a store
+#: lacks and still be taken for that key's damaged name (:meth:`ReadHierarchy.check_absent`).
+_DAMAGED_BYTES: Final = 3
+
+
 class ReadHierarchy(Hierarchy):
     """A hierarchy stored in a key source (zip, directory), v3 or v2.
 
@@ -666,7 +671,10 @@ class ReadHierarchy(Hierarchy):
         not :attr:`complete`: an item), and another writer's item may have no
         ``metadata.json`` (cadstore writes one with every item). A member nothing accounts
         for (no node's metadata document, no chunk of an array's grid, not
-        ``metadata.json``) is the evidence, and damage keeps a name's length. The members
+        ``metadata.json``) that differs from the key in at most :data:`_DAMAGED_BYTES`
+        bytes is the evidence (damage keeps a name's length; a member the operating system
+        leaves, ``abc/.DS_Store`` beside an item's missing ``metadata.json``, is no near
+        miss and is left alone). The members
         nothing accounts for are found once, on the first absent key (a healthy cadstore
         item has none, and lacks nothing it is asked for).
 
@@ -685,7 +693,13 @@ class ReadHierarchy(Hierarchy):
         strays = self._strays
         if strays is None:
             strays = self._strays = self._find_strays()
-        for stray in strays.get(len(key.encode("utf-8", "surrogatepass")), ()):
+        wanted = key.encode("utf-8", "surrogatepass")
+        for stray in strays.get(len(wanted), ()):
+            found = stray.encode("utf-8", "surrogatepass")
+            if sum(a != b for a, b in zip(wanted, found, strict=True)) > _DAMAGED_BYTES:
+                # Not the key with a few bytes changed: a file another writer or the
+                # operating system put there (a Finder .DS_Store, an AppleDouble ._ file).
+                continue
             raise CorruptStoreError(
                 self.location,
                 f"{what} {key!r} is missing and member {stray!r}, of a name of its length, "
