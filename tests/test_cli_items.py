@@ -1209,6 +1209,43 @@ def test_validate_finds_no_store_problem_in_what_cadstore_writes(
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+def test_the_store_check_sees_attributes_added_to_a_zarr2_root_after_consolidation(
+    tmp_path: Path,
+) -> None:
+    """zarr-python 2 leaves a group without attributes out of .zmetadata's .zattrs keys;
+    attributes another tool adds later are read by a reader that does not use the copy
+    and not by cadstore. The store check saw only documents below the root (x/.zattrs),
+    never the root's own .zattrs; an empty one added is no problem."""
+    import zarr
+
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DirectorySource
+
+    path = tmp_path / "store.zarr"
+    store = zarr.storage.LocalStore(path)
+    group = zarr.open_group(store, mode="w", zarr_format=2)
+    group.create_array("x", shape=(2,), dtype="int32")[:] = 1
+    zarr.consolidate_metadata(store)
+    copy = json.loads((path / ".zmetadata").read_text())
+    for key in (".zattrs", "x/.zattrs"):  # as zarr-python 2 writes it for no attributes
+        copy["metadata"].pop(key, None)
+    (path / ".zmetadata").write_text(json.dumps(copy))
+    (path / ".zattrs").write_text("{}")
+    source = DirectorySource(str(path))
+    try:
+        assert ReadHierarchy(source).copy_problems() == []
+    finally:
+        source.close()
+    (path / ".zattrs").write_text(json.dumps({"units": "mm"}))
+    source = DirectorySource(str(path))
+    try:
+        ((found, message),) = ReadHierarchy(source).copy_problems()
+    finally:
+        source.close()
+    assert found == ".zattrs" and "does not see these attributes" in message
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
 @pytest.mark.parametrize("zarr_format", [3, 2])
 def test_zarr_pythons_consolidated_stores_have_no_store_problem(
     tmp_path: Path, zarr_format: int

@@ -771,15 +771,28 @@ class ReadHierarchy(Hierarchy):
                         "this document",
                     )
                 )
+        # The root's own documents too (Zarr 2's .zattrs and .zgroup: the v3 root
+        # zarr.json holds the copy itself).
+        roots = {name for name in _METADATA_NAMES - {"zarr.json"} if f"/{name}" in suffixes}
         for key in sorted(self.source):
-            if key not in copies and key.endswith(suffixes):
-                problems.append(
-                    (
-                        key,
-                        f"{key}: not in {where}: cadstore does not see this node, a reader "
-                        "that does not use consolidated metadata does",
-                    )
+            if key in copies or not (key.endswith(suffixes) or key in roots):
+                continue
+            if key.endswith(".zattrs"):
+                try:
+                    if self._json(key) == {}:
+                        continue  # no attributes either way
+                except CadstoreError:
+                    pass  # reported as not in the copy, whatever it holds
+                seen = "cadstore does not see these attributes (it reads the node's as {})"
+            else:
+                seen = "cadstore does not see this node"
+            problems.append(
+                (
+                    key,
+                    f"{key}: not in {where}: {seen}, a reader that does not use consolidated "
+                    "metadata does",
                 )
+            )
         return problems
 
     def _find_strays(self) -> dict[int, list[str]]:
