@@ -1044,3 +1044,196 @@ def test_another_writers_item_without_metadata_reads(tmp_path: Path) -> None:
         np.testing.assert_array_equal(storage.load_data("values"), np.arange(4))
     finally:
         storage.close()
+
+
+def _zarr_python_item(path: Path, *writes: list[float], consolidate: bool) -> None:
+    """An item zarr-python's ``ZipStore`` writes: array ``v`` written once per
+    ``writes``, each time appending its chunk ``v/c/0`` again, then the metadata
+    consolidated (which appends the root ``zarr.json`` again) or not."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        # zipfile warns of each name written again: what ZipStore does on a rewrite.
+        warnings.simplefilter("ignore", UserWarning)
+        with zarr.storage.ZipStore(path, mode="w") as store:
+            group = zarr.open_group(store, mode="w")
+            array = group.create_array("v", shape=(3,), dtype="f8")
+            for values in writes:
+                array[:] = values
+            if consolidate:
+                zarr.consolidate_metadata(store)
+
+
+def test_a_zarr_python_item_with_consolidated_metadata_reads_and_merges(tmp_path: Path) -> None:
+    """Found by a user: zarr-python's ``ZipStore`` appends an entry each time a key is
+    written again, so an item written the standard way (``zarr.consolidate_metadata`` on
+    a ZipStore) holds ``zarr.json`` twice, and cadstore refused it as corrupt ("duplicate
+    zip member"). It reads as zipfile and zarr-python read it, from the last entry, and
+    merges."""
+    import numpy as np
+
+    from cadstore import OptStorage
+    from cadstore.dataset import DatasetReader
+    from cadstore.merging import merge_items
+
+    path = tmp_path / "a.zarr.data"
+    _zarr_python_item(path, [1.0, 2.0, 3.0], consolidate=True)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist() == ["zarr.json", "v/zarr.json", "v/c/0", "zarr.json"]
+        last = zf.read("zarr.json")
+    source = ZipSource(str(path))
+    try:
+        assert source.get("zarr.json") == last and b'"v"' in last  # the consolidated copy
+    finally:
+        source.close()
+    with OptStorage(str(tmp_path / "a.zarr"), mode="r") as storage:
+        np.testing.assert_array_equal(storage.load_data("v"), [1.0, 2.0, 3.0])
+    result = merge_items([str(path)], str(tmp_path / "out.dataset"))
+    assert result.items == ["a"] and not result.errors
+    with DatasetReader(tmp_path / "out.dataset") as reader:
+        np.testing.assert_array_equal(reader.read_item(0)["v"]["v"], [1.0, 2.0, 3.0])
+
+
+def test_a_rewritten_chunk_reads_the_last_values_as_zarr_python_does(tmp_path: Path) -> None:
+    """An array zarr-python wrote twice to a ZipStore holds its chunk twice: it reads the
+    values written last, as zarr-python reads the same file."""
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+
+    path = tmp_path / "a.zarr.data"
+    _zarr_python_item(path, [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], consolidate=False)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist().count("v/c/0") == 2
+    with zarr.storage.ZipStore(path, mode="r") as store:
+        expected = zarr.open_array(store, path="v", mode="r")[:]
+    np.testing.assert_array_equal(expected, [4.0, 5.0, 6.0])
+    with OptStorage(str(tmp_path / "a.zarr"), mode="r") as storage:
+        np.testing.assert_array_equal(storage.load_data("v"), expected)
+
+
+@pytest.mark.parametrize("renamed", ["earlier", "later"])
+@pytest.mark.parametrize("kind", ["item-read-whole", "item-larger", "dataset"])
+def test_a_name_repeated_in_a_file_cadstore_wrote_is_corrupt(
+    tmp_path: Path, kind: str, renamed: str
+) -> None:
+    """cadstore's writers write each name once: a chunk's name made another's alike in both
+    headers (as one flipped bit may, in a header) is damage, not a rewrite, whichever of
+    the two was renamed (the later entry still lies after the earlier), and reading the
+    last entry would read the wrong chunk. Opening the item or the dataset is a
+    CorruptStoreError naming the file and the member; the file is left as it was."""
+    import numpy as np
+
+    from cadstore import OptStorage
+    from cadstore.dataset import DatasetReader
+    from cadstore.merging import merge_items
+    from conftest import write_arrays
+
+    rows = 50_000 if kind == "item-larger" else 100
+    rng = np.random.default_rng(0)
+    arrays = {"faces/a": rng.random(rows), "faces/b": rng.random(rows)}
+    if kind == "dataset":
+        items = [write_arrays(tmp_path / f"p{i}.zarr", arrays) for i in range(2)]
+        path = tmp_path / "out.dataset"
+        assert merge_items(items, str(path)).items == ["p0", "p1"]
+    else:
+        path = Path(write_arrays(tmp_path / "item.zarr", arrays))
+        assert (path.stat().st_size > 256 * 1024) == (kind == "item-larger")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert names.index("faces/a/c/0") < names.index("faces/b/c/0")
+    old, new = (b"faces/a/c/0", b"faces/b/c/0")[:: 1 if renamed == "earlier" else -1]
+    raw = path.read_bytes()
+    assert raw.count(old) == 2
+    raw = raw.replace(old, new)
+    path.write_bytes(raw)
+    message = rf"{path.name}.*duplicate zip member '{new.decode()}'.*cadstore wrote"
+    opening: Callable[[], Any] = (
+        (lambda: DatasetReader(path))
+        if kind == "dataset"
+        else (lambda: OptStorage(str(tmp_path / "item.zarr"), mode="r"))
+    )
+    with pytest.raises(CorruptStoreError, match=message):
+        opening()
+    assert path.read_bytes() == raw
+
+
+def test_another_writers_change_to_a_file_cadstore_wrote_is_refused(tmp_path: Path) -> None:
+    """An item cadstore wrote that zarr-python then changed in place (``ZipStore`` in
+    mode ``"a"`` appends the root ``zarr.json`` again) holds an entry of the name cadstore
+    wrote: refused, as damage to cadstore's own file would be, naming the member."""
+    import warnings
+
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+    from conftest import write_arrays
+
+    path = Path(write_arrays(tmp_path / "item.zarr", {"x": np.arange(3)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        with zarr.storage.ZipStore(path, mode="a") as store:
+            zarr.open_group(store, mode="a").attrs["note"] = "changed"
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist().count("zarr.json") == 2
+    with pytest.raises(CorruptStoreError, match=r"item\.zarr\.data.*'zarr\.json'.*cadstore"):
+        OptStorage(str(tmp_path / "item.zarr"), mode="r")
+
+
+@pytest.mark.parametrize("damage", ["central-directory-only", "listed-out-of-order"])
+def test_another_writers_repeat_that_is_no_rewrite_is_corrupt(tmp_path: Path, damage: str) -> None:
+    """A repeated name in another writer's zip is read from its last entry only when it
+    is a rewrite: a name repeated in the central directory alone (its local header names
+    another member: damage there) or an entry listed after one it lies before (a rewrite
+    appends) is a CorruptStoreError naming the file and the member."""
+    import warnings
+
+    path = tmp_path / "other.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        zf.writestr("a/c/0", b"one")
+        zf.writestr("a/c/1" if damage == "central-directory-only" else "a/c/0", b"two")
+    raw = path.read_bytes()
+    directory = raw.index(b"PK\x01\x02")
+    if damage == "central-directory-only":
+        raw = raw[:directory] + raw[directory:].replace(b"a/c/1", b"a/c/0")
+        problem = "local header"
+    else:
+        # Both entries are 46 + 5 bytes: swap them, so the later entry is listed first.
+        first, second = raw[directory : directory + 51], raw[directory + 51 : directory + 102]
+        assert second.startswith(b"PK\x01\x02")
+        raw = raw[:directory] + second + first + raw[directory + 102 :]
+        problem = "lies before it"
+    path.write_bytes(raw)
+    with pytest.raises(CorruptStoreError, match=rf"other\.zip.*'a/c/0'.*{problem}"):
+        ZipSource(str(path))
+
+
+def test_every_cadstore_writer_dates_every_entry_as_the_reader_expects(tmp_path: Path) -> None:
+    """The reader tells a file cadstore wrote by the date of its entries (see ZipSource):
+    both item writers (the fast one and zipfile's, for ZIP64) and the dataset writer date
+    every entry, in its local header and in the central directory, 1980-01-01 00:00."""
+    import struct
+
+    from cadstore.io.zipwriter import FIXED_TIME_AND_DATE, ZipStreamWriter, _write_with_zipfile
+
+    members = [("zarr.json", b"{}"), ("x/c/0", b"\1" * 100)]
+    fast, slow, stream = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    write_stored_zip(fast, members, deflate=lambda name: name.endswith(".json"))
+    _write_with_zipfile(slow, members, lambda name: name.endswith(".json"))
+    writer = ZipStreamWriter(stream)
+    for name, data in members:
+        writer.add(name, data, deflate=name.endswith(".json"))
+    writer.close()
+    for archive in (fast, slow, stream):
+        raw = archive.getvalue()
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+        assert [info.filename for info in infos] == ["zarr.json", "x/c/0"]
+        for info in infos:
+            assert info.date_time == (1980, 1, 1, 0, 0, 0)
+            assert struct.unpack_from("<HH", raw, info.header_offset + 10) == FIXED_TIME_AND_DATE

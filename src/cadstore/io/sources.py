@@ -2,7 +2,8 @@
 
 Every view returns bytes by key, lists its keys, and reports the size of what it holds
 (for the expansion limit). The zip view validates every member name (no absolute paths,
-no ``..``, no backslashes or control characters, no duplicates), every declared size and
+no ``..``, no backslashes or control characters, no duplicates but another writer's
+rewrites, read from their last entry: see :class:`ZipSource`), every declared size and
 every member's place in the file (ZIP64 records too, which ``zipfile`` parses) before it
 reads, and turns every failure of ``zipfile`` into a
 :class:`~cadstore.errors.CorruptStoreError` naming the file. Nothing is ever extracted.
@@ -50,6 +51,7 @@ from cadstore.format.limits import (
     is_metadata_key,
 )
 from cadstore.io.filesystems import FileSystem, LocalFileSystem
+from cadstore.io.zipwriter import FIXED_TIME_AND_DATE
 
 if TYPE_CHECKING:
     from cadstore.io.location import Location
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 _LOCAL_LENGTHS = struct.Struct("<HH")
+# A local header's DOS time and date (at byte 10).
+_TIME_AND_DATE = struct.Struct("<HH")
 # Local members up to this size are read with their header in one positioned read.
 _ONE_READ_BYTES = 256 * 1024
 # Zip files up to this size are read whole when opened (see ZipSource).
@@ -511,6 +515,22 @@ class ZipSource(KeySource):
     Stored and deflated members are read with positioned reads and checked against their
     CRC; other compression methods and ZIP64 archives go through ``zipfile``.
 
+    A name the central directory lists more than once is read from its last entry, as
+    ``zipfile`` and zarr-python read it, when the entries are another writer's rewrites
+    of the key: zarr-python's ``ZipStore`` appends an entry each time a key is written
+    again (``zarr.consolidate_metadata`` on one leaves two ``zarr.json``). That is so when
+    each entry's local header repeats the name, each lies after the one listed before it
+    (a rewrite appends), and none is dated 1980-01-01 00:00, the date every cadstore
+    writer gives every entry (:data:`cadstore.io.zipwriter.FIXED_TIME_AND_DATE`, since
+    its first version). cadstore's writers write each name once, so in a file they wrote
+    a repeated name is damage (a flipped bit making one chunk's name another's, where
+    taking the last entry would read the wrong chunk): refused, as is any repeat that is
+    not a rewrite so. Damage making a repeat in the central directory alone leaves the
+    local header naming the member as it was; damage in both headers leaves the date.
+    The earlier entries' bytes are never read (they still count in the checks of each
+    member's place); the last entry's CRC is checked as any member's. Another writer's
+    rewrites of a file cadstore wrote (``ZipStore(mode="a")`` on an item) are refused.
+
     Parameters
     ----------
     path
@@ -523,7 +543,8 @@ class ZipSource(KeySource):
     Raises
     ------
     CorruptStoreError
-        If the file is not a zip, or a member name or size is unsafe.
+        If the file is not a zip, or a member name or size is unsafe, or a name is
+        listed more than once other than as another writer's rewrites.
     OSError
         If the file system refuses to open or read the file (EACCES, EIO): raised as it
         is, the file is not at fault (:func:`open_source` names the file).
@@ -592,8 +613,12 @@ class ZipSource(KeySource):
                 path, f"{len(entries)} zip members exceed max_members={limits.max_members}"
             )
         self._members: dict[str, ZipMember] = {}
-        # Where directory entries lie (one seldom has any): a member's space ends there too.
-        self._directory_entries_at: list[int] = []
+        # Where entries never read lie (directory entries, and the earlier entries of a
+        # name another writer rewrote; a file seldom has any): a member's space ends there
+        # too.
+        self._unread_entries_at: list[int] = []
+        # The entries of each name listed more than once, in the directory's order.
+        repeated: dict[str, list[ZipMember]] | None = None
         for entry in entries:
             name = entry.name
             if name.endswith("/"):
@@ -608,19 +633,27 @@ class ZipSource(KeySource):
                     raise CorruptStoreError(
                         path, f"zip directory entry {name!r} holds {entry.file_size} bytes"
                     )
-                self._directory_entries_at.append(entry.header_offset)
+                self._unread_entries_at.append(entry.header_offset)
                 continue
             problem = check_member_name(name)
             if problem:
                 self.close()
                 raise CorruptStoreError(path, f"unsafe zip member name {name!r}: {problem}")
-            if name in self._members:
-                self.close()
-                raise CorruptStoreError(path, f"duplicate zip member {name!r}")
             if entry.flags & 0x1:
                 self.close()
                 raise CorruptStoreError(path, f"zip member {name!r} is encrypted")
+            if name in self._members:
+                # Read from its last entry, if the entries are a rewrite (checked below).
+                if repeated is None:
+                    repeated = {}
+                repeated.setdefault(name, [self._members[name]]).append(entry)
             self._members[name] = entry
+        if repeated is not None:
+            try:
+                self._check_rewritten(repeated)
+            except BaseException:
+                self.close()
+                raise
         # Names local headers give that the central directory lists as another: a member
         # whose central-directory name was damaged, asked for under its own name.
         self._renamed: dict[str, str] = {}
@@ -635,6 +668,49 @@ class ZipSource(KeySource):
         # The local header offsets of all entries in order, made when a local header
         # first gives an extra field (see _beyond_its_space).
         self._header_offsets: list[int] | None = None
+
+    def _check_rewritten(self, repeated: dict[str, list[ZipMember]]) -> None:
+        """Check that each name the central directory lists more than once was rewritten
+        by another writer, whose last entry is then the member (see the class's
+        docstring); note where its earlier entries lie.
+
+        Parameters
+        ----------
+        repeated
+            The entries of each such name, in the directory's order.
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the file and the member, when an entry of the name is dated as
+            cadstore dates each (its writers write a name once: a repeat is damage), its
+            local header does not repeat the name, or an entry lies before an earlier one.
+        """
+        for name, listed in repeated.items():
+            for i, entry in enumerate(listed):
+                at = entry.header_offset
+                header = self._read_at(at, 30 + len(entry.raw_name))
+                if header[:4] != b"PK\x03\x04" or header[30:] != entry.raw_name:
+                    raise CorruptStoreError(
+                        self.location,
+                        f"duplicate zip member {name!r}: an entry's local header (at {at}) "
+                        "does not repeat its name (corrupt file)",
+                    )
+                if _TIME_AND_DATE.unpack_from(header, 10) == FIXED_TIME_AND_DATE:
+                    raise CorruptStoreError(
+                        self.location,
+                        f"duplicate zip member {name!r}: cadstore wrote an entry of it "
+                        f"(at {at}) and writes each name once, so the repeat is damage "
+                        "(corrupt file) or another writer's change to a file cadstore wrote",
+                    )
+                if i and at <= listed[i - 1].header_offset:
+                    raise CorruptStoreError(
+                        self.location,
+                        f"duplicate zip member {name!r}: an entry listed after another "
+                        f"lies before it in the file (at {at}, not appended as a rewrite "
+                        "is; corrupt file)",
+                    )
+            self._unread_entries_at += [entry.header_offset for entry in listed[:-1]]
 
     def _find_renamed(self, image: bytes) -> None:
         """Note the members whose local header names another than the central directory
@@ -999,7 +1075,7 @@ class ZipSource(KeySource):
         offsets = self._header_offsets
         if offsets is None:
             offsets = self._header_offsets = sorted(
-                [m.header_offset for m in self._members.values()] + self._directory_entries_at
+                [m.header_offset for m in self._members.values()] + self._unread_entries_at
             )
         after = bisect.bisect_right(offsets, info.header_offset)
         if after < len(offsets):

@@ -17,11 +17,17 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import IO
 
-__all__ = ["write_stored_zip"]
+__all__ = ["FIXED_TIME_AND_DATE", "write_stored_zip"]
 
 # DOS date for 1980-01-01 00:00: fixed so that the same item always gives the same bytes.
 _DOS_DATE = (0 << 9) | (1 << 5) | 1
 _DOS_TIME = 0
+#: The DOS time and date (1980-01-01 00:00) of every entry every cadstore writer writes,
+#: since its first: items (both writers of :func:`write_stored_zip`) and datasets
+#: (:class:`ZipStreamWriter`). Together with writing each name once, it is how a reader
+#: tells a repeated name in a file cadstore wrote (damage) from another writer's rewrite
+#: (see :class:`cadstore.io.sources.ZipSource`).
+FIXED_TIME_AND_DATE = (_DOS_TIME, _DOS_DATE)
 _VERSION = 20
 _MADE_BY = (3 << 8) | _VERSION  # Unix, so external attributes carry permissions
 _EXTERNAL_ATTR = 0o100644 << 16
