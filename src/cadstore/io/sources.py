@@ -529,7 +529,9 @@ class ZipSource(KeySource):
     local header naming the member as it was; damage in both headers leaves the date.
     The earlier entries' bytes are never read (they still count in the checks of each
     member's place); the last entry's CRC is checked as any member's. Another writer's
-    rewrites of a file cadstore wrote (``ZipStore(mode="a")`` on an item) are refused.
+    rewrites of a file cadstore wrote (``ZipStore(mode="a")`` on an item) are refused, as
+    are those of a writer that dates its entries as cadstore does (some reproducible
+    builds do): a refusal, never a wrong read.
 
     Parameters
     ----------
