@@ -214,6 +214,29 @@ def _kill_at(point: str) -> None:
         raise ValueError(point)
 
 
+def _dead_temporary(folder: Path) -> Path:
+    """A temporary of a writer of another host, untouched for ten hours: recovery sweeps
+    it as a dead writer's."""
+    old = time.time() - 10 * 3600
+    path = folder / f"{TEMP_PREFIX}123-otherhst-abc"
+    path.write_bytes(b"x")
+    os.utime(path, (old, old))
+    return path
+
+
+def _open_fails(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make ``open()`` of ``path`` fail as a failing disk does (EIO). The directory store
+    opens its members with open(); refuse_opening's os.open is not on that path."""
+    real_open = builtins.open
+
+    def refused(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(path):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+
+
 def run_killed(operation: Callable[[], Any], point: str) -> None:
     """Run ``operation`` in a forked child that dies at ``point``; it must die there."""
 
@@ -1314,10 +1337,7 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     before = out.read_bytes()
     more = [str(p) for p in items[6:9]]
     run_killed(lambda: cadstore.merge(more, str(out), append=True), point)
-    old = time.time() - 10 * 3600
-    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
-    foreign.write_bytes(b"x")
-    os.utime(foreign, (old, old))
+    foreign = _dead_temporary(tmp_path)
     assert len([p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]) == 2
     capsys.readouterr()
     refuse_opening(monkeypatch, out, step, errno.EIO)
@@ -1372,14 +1392,11 @@ def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
     out = tmp_path / "parts.dataset"
     cadstore.merge([str(p) for p in items[:6]], str(out))
     before = out.read_bytes()
-    old = time.time() - 10 * 3600
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     mine = tmp_path / f"{TEMP_PREFIX}{dead.pid}-{publish.HOST_TAG}-dead"
     mine.write_bytes(b"half a table")
-    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
-    foreign.write_bytes(b"x")
-    os.utime(foreign, (old, old))
+    foreign = _dead_temporary(tmp_path)
     assert not Path(f"{out}.lock").exists()
     capsys.readouterr()
     refuse_opening(monkeypatch, out, step, errno.EIO)
@@ -1425,22 +1442,10 @@ def test_repair_of_a_dataset_whose_metadata_cannot_be_read_after_recovery_says_w
     if killed:
         run_killed(lambda: cadstore.merge(more, str(out), append=True), "writing")
     assert Path(f"{out}.lock").exists() == killed
-    old = time.time() - 10 * 3600
-    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
-    foreign.write_bytes(b"x")
-    os.utime(foreign, (old, old))
+    foreign = _dead_temporary(tmp_path)
     root = out / "zarr.json"
     before = root.read_bytes()
-    real_open = builtins.open
-
-    def refused(file: Any, *args: Any, **kwargs: Any) -> Any:
-        # The directory store opens its members with open(); refuse_opening's os.open
-        # is not on that path.
-        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(root):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refused)
+    _open_fails(monkeypatch, root)
     with pytest.raises(StorageError) as caught:
         lifecycle.repair(out)
     monkeypatch.undo()
@@ -1472,20 +1477,10 @@ def test_repair_of_a_directory_dataset_whose_record_cannot_be_read_says_what_it_
     more = [str(p) for p in items[6:9]]
     point = "writing" if member == "commit.json" else "committed"
     run_killed(lambda: cadstore.merge(more, str(out), append=True), point)
-    old = time.time() - 10 * 3600
-    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
-    foreign.write_bytes(b"x")
-    os.utime(foreign, (old, old))
+    foreign = _dead_temporary(tmp_path)
     target = out / member
     before = target.read_bytes()
-    real_open = builtins.open
-
-    def refused(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(target):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refused)
+    _open_fails(monkeypatch, target)
     with pytest.raises(StorageError) as caught:
         lifecycle.repair(out)
     monkeypatch.undo()
@@ -1567,10 +1562,7 @@ def test_repair_of_a_dataset_that_cannot_be_read_nor_locked_reports_the_dataset(
     out = tmp_path / "parts.dataset"
     cadstore.merge([str(p) for p in items[:3]], str(out))
     before = out.read_bytes()
-    foreign = tmp_path / f"{TEMP_PREFIX}123-otherhst-abc"
-    foreign.write_bytes(b"x")
-    old = time.time() - 10 * 3600
-    os.utime(foreign, (old, old))
+    foreign = _dead_temporary(tmp_path)
 
     def refused(self: lock_module.WriterLock) -> None:
         raise StorageError(f"{out}.lock", "opening it: read-only file system")
