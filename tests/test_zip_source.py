@@ -18,6 +18,19 @@ from cadstore.io.sources import ZipSource, check_member_name
 from cadstore.io.zipwriter import write_stored_zip
 
 
+def _every_read_refuses(source: Any, key: str, pattern: str) -> None:
+    """Each way of reading ``key`` (whole, a range, ranges, its size) raises the
+    CorruptStoreError ``pattern`` matches."""
+    for read in (
+        lambda s: s.get(key),
+        lambda s: s.get_range(key, 0, 2),
+        lambda s: s.get_ranges([(key, 0, 2)]),
+        lambda s: s.size_of(key),
+    ):
+        with pytest.raises(CorruptStoreError, match=pattern):
+            read(source)
+
+
 def test_own_writer_roundtrip_with_deflate_and_unicode(tmp_path: Path) -> None:
     members = [("zarr.json", b'{"a": 1}' * 50), ("größe/c/0", b"\x00\x01" * 100), ("x", b"")]
     path = tmp_path / "a.zip"
@@ -207,14 +220,7 @@ def test_an_archive_whose_directory_renames_a_member_is_corrupt(tmp_path: Path, 
         assert source.get("a/c/1") == b"\x02" * 6
         assert source.get("a/c/5") is None and "a/c/5" not in source  # not stored: absent
         assert "a/c/0" in source
-        for read in (
-            lambda s: s.get("a/c/0"),
-            lambda s: s.get_range("a/c/0", 0, 2),
-            lambda s: s.get_ranges([("a/c/0", 0, 2)]),
-            lambda s: s.size_of("a/c/0"),
-        ):
-            with pytest.raises(CorruptStoreError, match=r"flipped\.zip.*'a/c/0'.*as 'a/g/0'"):
-                read(source)
+        _every_read_refuses(source, "a/c/0", r"flipped\.zip.*'a/c/0'.*as 'a/g/0'")
         assert source.get("a/c/4") == b"\x03" * 6
     finally:
         source.close()
@@ -480,14 +486,7 @@ def test_a_directory_name_damaged_in_more_than_one_bit_is_corrupt(
         assert source.get("a/c/1") == b"\x02" * 6
         assert source.get("a/c/5") is None and "a/c/5" not in source
         assert "a/c/0" in source
-        for read in (
-            lambda s: s.get("a/c/0"),
-            lambda s: s.get_range("a/c/0", 0, 2),
-            lambda s: s.get_ranges([("a/c/0", 0, 2)]),
-            lambda s: s.size_of("a/c/0"),
-        ):
-            with pytest.raises(CorruptStoreError, match=rf"damaged\.zip.*'a/c/0'.*as '{listed}'"):
-                read(source)
+        _every_read_refuses(source, "a/c/0", rf"damaged\.zip.*'a/c/0'.*as '{listed}'")
     finally:
         source.close()
     assert path.read_bytes() == bytes(raw)
