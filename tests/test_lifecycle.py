@@ -1451,7 +1451,9 @@ def test_repair_of_a_dataset_whose_metadata_cannot_be_read_after_recovery_says_w
     monkeypatch.undo()
     assert type(caught.value) is StorageError and caught.value.path == str(out)
     message = str(caught.value)
-    assert message.startswith(f"{out}: reading it: input/output error; before this, recovery did: ")
+    assert message.startswith(
+        f"{out}: reading 'zarr.json': input/output error; before this, recovery did: "
+    )
     assert ("recovery did: rolled back: an append by pid" in message) == killed
     assert message.endswith(
         f"{'; ' if killed else ': '}removed 1 temporary file of writers that are gone from "
@@ -1486,7 +1488,7 @@ def test_repair_of_a_directory_dataset_whose_record_cannot_be_read_says_what_it_
     monkeypatch.undo()
     assert caught.value.path == str(out)
     message = str(caught.value)
-    assert message.startswith(f"{out}: reading its {member}: input/output error; before this")
+    assert message.startswith(f"{out}: reading {member!r}: input/output error; before this")
     assert "an append by pid" in message
     assert message.endswith(
         f"; removed 1 temporary file of writers that are gone from {tmp_path}: {foreign.name}"

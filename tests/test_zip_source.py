@@ -16,6 +16,7 @@ from cadstore.format.limits import Limits
 from cadstore.io.filesystems import LocalFileSystem
 from cadstore.io.sources import ZipSource, check_member_name
 from cadstore.io.zipwriter import write_stored_zip
+from conftest import OS_ERROR_KINDS
 
 
 def _every_read_refuses(source: Any, key: str, pattern: str) -> None:
@@ -1236,3 +1237,73 @@ def test_every_cadstore_writer_dates_every_entry_as_the_reader_expects(tmp_path:
         for info in infos:
             assert info.date_time == (1980, 1, 1, 0, 0, 0)
             assert struct.unpack_from("<HH", raw, info.header_offset + 10) == FIXED_TIME_AND_DATE
+
+
+@pytest.mark.parametrize("step", ["stat", "open"])
+@pytest.mark.parametrize(("name", "kind", "words"), OS_ERROR_KINDS[:2])
+def test_a_directory_items_member_the_disk_fails_to_read_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, name: str, kind: str, words: str
+) -> None:
+    """A directory store took a chunk whose stat failed (EIO, EACCES) for one not stored,
+    so an item read its array as fill values without a word; an open() that failed let
+    the bare OSError out, naming no file. Either is the StorageError of its kind naming
+    the store and the key; a member that is not there is still absent."""
+    import builtins
+    import errno
+    import os
+
+    import numpy as np
+
+    import cadstore.errors
+    from cadstore import OptStorage
+    from cadstore.io.sources import DirectorySource
+
+    path = tmp_path / "a.zarr"
+    with OptStorage(path) as storage:
+        storage.save_data("faces/face_areas", np.arange(5.0))
+    chunk = path / "faces" / "face_areas" / "c" / "0"
+    before = chunk.read_bytes()
+    number = getattr(errno, name)
+    if step == "stat":
+        real_stat = os.stat
+
+        def failing_stat(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(target, str | os.PathLike) and os.fspath(target) == str(chunk):
+                raise OSError(number, os.strerror(number))
+            return real_stat(target, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", failing_stat)
+    else:
+        real_open = builtins.open
+
+        def failing_open(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(target, str | os.PathLike) and os.fspath(target) == str(chunk):
+                raise OSError(number, os.strerror(number))
+            return real_open(target, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", failing_open)
+    expected = getattr(cadstore.errors, kind)
+
+    def read_the_item() -> Any:
+        with OptStorage(str(path), mode="r") as storage:
+            return storage.load_data("faces/face_areas")
+
+    with pytest.raises(expected) as caught:
+        read_the_item()  # a stat fails as the item is opened (its size), an open as it reads
+    assert type(caught.value) is expected
+    assert str(path) in str(caught.value) and words in str(caught.value)
+    if step == "open":
+        assert "'faces/face_areas/c/0'" in str(caught.value)
+    source = DirectorySource(str(path))
+    reads = [
+        lambda: source.get("faces/face_areas/c/0"),
+        lambda: source.get_range("faces/face_areas/c/0", 0, 2),
+    ]
+    if step == "stat":  # a size is a stat, with no open
+        reads.append(lambda: source.size_of("faces/face_areas/c/0"))
+    for read in reads:
+        with pytest.raises(expected):
+            read()
+    assert source.get("faces/face_areas/c/9") is None  # not there: absent, as before
+    monkeypatch.undo()
+    assert chunk.read_bytes() == before

@@ -74,8 +74,6 @@ from cadstore.io.publish import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from cadstore.io.sources import KeySource
-
 __all__ = [
     "PublishedFiles",
     "Transaction",
@@ -380,30 +378,12 @@ def _current_commit(dataset: Location) -> CommitRecord | None:
     try:
         source = open_source(dataset, what="dataset")
         try:
-            raw = _member(dataset, source, COMMIT_MEMBER)
+            raw = source.get(COMMIT_MEMBER)
         finally:
             source.close()
         return None if raw is None else CommitRecord.from_bytes(raw, dataset.path)
     except CorruptStoreError:
         return None
-
-
-def _member(dataset: Location, source: KeySource, key: str) -> bytes | None:
-    """The member ``key`` of ``dataset`` read from its ``source``.
-
-    Raises
-    ------
-    StorageError
-        If the file system fails to read it (an EIO), of the failure's kind and naming
-        the dataset and the member: a directory dataset's source lets the OSError of a
-        member's file escape naming no file.
-    """
-    try:
-        return source.get(key)
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise os_storage_error(dataset.path, exc, f"reading its {key}") from exc
 
 
 def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes]:
@@ -414,7 +394,7 @@ def _embedded_tables(dataset: Location, record: CommitRecord) -> dict[str, bytes
     try:
         found = {}
         for kind, ref in record.tables.items():
-            raw = _member(dataset, source, ref.member)
+            raw = source.get(ref.member)
             if raw is None or hashlib.sha256(raw).hexdigest() != ref.sha256:
                 raise CorruptStoreError(
                     dataset.path, f"member {ref.member} is missing or does not match its digest"

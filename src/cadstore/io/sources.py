@@ -1144,35 +1144,80 @@ class DirectorySource(KeySource):
         # A symlink inside the store must not reach outside it.
         return path_inside(self._root, key)
 
-    def get(self, key: str) -> bytes | None:  # docstring inherited
+    def _file(self, key: str) -> str | None:
+        """The path of the regular file holding ``key``; ``None`` where there is none.
+
+        Only a path that leads to nothing (:data:`_NAMES_NOTHING`), or to something other
+        than a regular file (a folder; a pipe, which would block a read), is absent: a
+        ``stat`` the file system fails (an EIO, a refusal) is the
+        :class:`~cadstore.errors.StorageError` of its kind naming the store and the key,
+        never a missing member that an item would read as fill values.
+        """
         path = self._path(key)
-        if path is None or not os.path.isfile(path):
+        if path is None:
             return None
-        with open(path, "rb") as fh:
-            # The size of the file opened, checked before it is read.
-            size = os.fstat(fh.fileno()).st_size
-            self._check_declared(key, size, inflated=False)
-            return fh.read(size)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            if exc.errno in _NAMES_NOTHING:
+                return None
+            raise self._failed(key, exc) from exc
+        return path if stat.S_ISREG(mode) else None
+
+    def _failed(self, key: str, exc: OSError) -> StorageError:
+        return os_storage_error(self.location, exc, f"reading {key!r}")
+
+    def get(self, key: str) -> bytes | None:  # docstring inherited
+        path = self._file(key)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                # The size of the file opened, checked before it is read.
+                size = os.fstat(fh.fileno()).st_size
+                self._check_declared(key, size, inflated=False)
+                return fh.read(size)
+        except StorageError:
+            raise  # a limit the file is over (cadstore's errors are OSErrors too)
+        except FileNotFoundError:
+            return None  # removed since its stat
+        except OSError as exc:
+            raise self._failed(key, exc) from exc
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:  # docstring inherited
-        path = self._path(key)
-        if path is None or not os.path.isfile(path) or start < 0 or length < 0:
+        if start < 0 or length < 0:
             return None
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            return fh.read(length)
+        path = self._file(key)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                return fh.read(length)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._failed(key, exc) from exc
 
     def size_of(self, key: str) -> int | None:  # docstring inherited
-        path = self._path(key)
-        if path is None or not os.path.isfile(path):
+        path = self._file(key)
+        if path is None:
             return None
-        return os.path.getsize(path)
+        try:
+            return os.path.getsize(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._failed(key, exc) from exc
 
     def keys(self) -> Iterator[str]:  # docstring inherited
         yield from (rel for rel, _ in LocalFileSystem().walk_files(self._root))
 
     def total_bytes(self) -> int:  # docstring inherited
-        return sum(os.path.getsize(p) for _, p in LocalFileSystem().walk_files(self._root))
+        try:
+            return sum(os.path.getsize(p) for _, p in LocalFileSystem().walk_files(self._root))
+        except OSError as exc:
+            raise os_storage_error(self.location, exc, "reading its files' sizes") from exc
 
     def _continues_in_child(self) -> bool:  # docstring inherited
         # Files are opened by path at each read: nothing is shared with the parent.
