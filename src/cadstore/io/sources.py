@@ -3,9 +3,9 @@
 Every view returns bytes by key, lists its keys, and reports the size of what it holds
 (for the expansion limit). The zip view validates every member name (no absolute paths,
 no ``..``, no backslashes or control characters, no duplicates but another writer's
-rewrites, read from their last entry: see :class:`ZipSource`), every declared size and
-every member's place in the file (ZIP64 records too, which ``zipfile`` parses) before it
-reads, and turns every failure of ``zipfile`` into a
+rewrites of a metadata document, read from their last entry: see :class:`ZipSource`),
+every declared size and every member's place in the file (ZIP64 records too, which
+``zipfile`` parses) before it reads, and turns every failure of ``zipfile`` into a
 :class:`~cadstore.errors.CorruptStoreError` naming the file. Nothing is ever extracted.
 
 :func:`open_source` is the one way to open the store at a location, whatever it is: it
@@ -509,17 +509,28 @@ def file_beside(path: str, isfile: Callable[[str], bool], suffix: str) -> str | 
     return None
 
 
+#: The names of the metadata documents another writer may list twice in a zip, its
+#: later entry written over the earlier one (zarr-python's ZipStore appends an entry at
+#: each write: consolidating metadata writes the root's zarr.json again).
+_REWRITTEN_DOCUMENTS: frozenset[str] = frozenset(
+    {"zarr.json", ".zmetadata", ".zattrs", ".zgroup", ".zarray", "metadata.json"}
+)
+
+
 class ZipSource(KeySource):
     """The members of a zip file, read in place.
 
     Stored and deflated members are read with positioned reads and checked against their
     CRC; other compression methods and ZIP64 archives go through ``zipfile``.
 
-    A name the central directory lists more than once is read from its last entry, as
-    ``zipfile`` and zarr-python read it, when the entries are another writer's rewrites
-    of the key: zarr-python's ``ZipStore`` appends an entry each time a key is written
-    again (``zarr.consolidate_metadata`` on one leaves two ``zarr.json``). That is so when
-    each entry's local header repeats the name, each lies after the one listed before it
+    A metadata document (:data:`_REWRITTEN_DOCUMENTS`) the central directory lists more
+    than once is read from its last entry, as ``zipfile`` and zarr-python read it, when
+    the entries are another writer's rewrites of the key: zarr-python's ``ZipStore``
+    appends an entry each time a key is written again (``zarr.consolidate_metadata`` on
+    one leaves two ``zarr.json``). A chunk listed twice is refused: an array written twice
+    and a chunk's name damaged into its neighbour's in both headers look alike. A document
+    is read so when each entry's local header repeats the name, each lies after the one
+    listed before it
     (a rewrite appends), and none is dated 1980-01-01 00:00, the date every cadstore
     writer gives every entry (:data:`cadstore.io.zipwriter.FIXED_TIME_AND_DATE`, since
     its first version). cadstore's writers write each name once, so in a file they wrote
@@ -701,9 +712,10 @@ class ZipSource(KeySource):
                 if _TIME_AND_DATE.unpack_from(header, 10) == FIXED_TIME_AND_DATE:
                     raise CorruptStoreError(
                         self.location,
-                        f"duplicate zip member {name!r}: cadstore wrote an entry of it "
-                        f"(at {at}) and writes each name once, so the repeat is damage "
-                        "(corrupt file) or another writer's change to a file cadstore wrote",
+                        f"duplicate zip member {name!r}: an entry of it (at {at}) is dated "
+                        "as cadstore dates its entries, and cadstore writes each name once, "
+                        "so the repeat is damage (corrupt file) or another writer's change "
+                        "to a file cadstore wrote",
                     )
                 if i and at <= listed[i - 1].header_offset:
                     raise CorruptStoreError(
@@ -712,6 +724,19 @@ class ZipSource(KeySource):
                         f"lies before it in the file (at {at}, not appended as a rewrite "
                         "is; corrupt file)",
                     )
+            if name.rpartition("/")[2] not in _REWRITTEN_DOCUMENTS:
+                # A chunk repeated: a rewrite (an array written twice) and a chunk's name
+                # damaged into its neighbour's in both headers look alike, and taking the
+                # last entry would read the neighbour's values as this chunk's, and the
+                # neighbour as fill values. Metadata documents are what another writer
+                # rewrites in place (consolidating, updating attributes).
+                raise CorruptStoreError(
+                    self.location,
+                    f"duplicate zip member {name!r}: only a metadata document may be listed "
+                    "twice (written again by another writer); a repeated chunk is a damaged "
+                    "name or an array written twice, which cannot be told apart (corrupt "
+                    "file; zarr-python reads its last entry)",
+                )
             self._unread_entries_at += [entry.header_offset for entry in listed[:-1]]
 
     def _find_renamed(self, image: bytes) -> None:
