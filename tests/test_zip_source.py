@@ -1276,24 +1276,16 @@ def test_a_directory_items_member_the_disk_fails_to_read_is_a_storage_error(
     chunk = path / "faces" / "face_areas" / "c" / "0"
     before = chunk.read_bytes()
     number = getattr(errno, name)
-    if step == "stat":
-        real_stat = os.stat
+    # The directory store stats a member with os.stat and opens it with open().
+    module: Any = os if step == "stat" else builtins
+    real = getattr(module, step)
 
-        def failing_stat(target: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(target, str | os.PathLike) and os.fspath(target) == str(chunk):
-                raise OSError(number, os.strerror(number))
-            return real_stat(target, *args, **kwargs)
+    def failing(target: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(target, str | os.PathLike) and os.fspath(target) == str(chunk):
+            raise OSError(number, os.strerror(number))
+        return real(target, *args, **kwargs)
 
-        monkeypatch.setattr(os, "stat", failing_stat)
-    else:
-        real_open = builtins.open
-
-        def failing_open(target: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(target, str | os.PathLike) and os.fspath(target) == str(chunk):
-                raise OSError(number, os.strerror(number))
-            return real_open(target, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(module, step, failing)
     expected = getattr(cadstore.errors, kind)
 
     def read_the_item() -> Any:
