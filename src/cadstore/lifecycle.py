@@ -31,7 +31,6 @@ the lock, stamped with the current commit id, and does not make a new version.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import io
 import json
@@ -419,11 +418,6 @@ def _is_parquet(head: bytes) -> bool:
     return head[:4] == b"PAR1"
 
 
-#: Why a local path is not there, as ``os.path.exists`` says False for it: nothing there,
-#: a file where a folder is on its way, a link loop, a name too long.
-_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
-
-
 def dataset_exists(dataset: Location) -> bool:
     """Return whether a dataset is published at ``dataset``.
 
@@ -439,10 +433,12 @@ def dataset_exists(dataset: Location) -> bool:
         rolled back when it cannot tell.
     """
     if not dataset.remote:
+        from cadstore.io.sources import NAMES_NOTHING
+
         try:
             os.stat(dataset.path)
         except OSError as exc:
-            if exc.errno in _NOT_THERE:
+            if exc.errno in NAMES_NOTHING:
                 return False
             raise os_storage_error(dataset.path, exc, "looking it up") from exc
         return True

@@ -1172,7 +1172,7 @@ class DirectorySource(KeySource):
     def _file(self, key: str) -> str | None:
         """The path of the regular file holding ``key``; ``None`` where there is none.
 
-        Only a path that leads to nothing (:data:`_NAMES_NOTHING`), or to something other
+        Only a path that leads to nothing (:data:`NAMES_NOTHING`), or to something other
         than a regular file (a folder; a pipe, which would block a read), is absent: a
         ``stat`` the file system fails (an EIO, a refusal) is the
         :class:`~cadstore.errors.StorageError` of its kind naming the store and the key,
@@ -1184,7 +1184,7 @@ class DirectorySource(KeySource):
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
-            if exc.errno in _NAMES_NOTHING:
+            if exc.errno in NAMES_NOTHING:
                 return None
             raise self._failed(key, exc) from exc
         return path if stat.S_ISREG(mode) else None
@@ -1412,7 +1412,7 @@ def open_source(
 #: The errors of a ``stat`` that say the path leads to nothing (no file, a file where a
 #: directory was expected, a loop of symbolic links, a name too long), which is the path's
 #: fault, unlike a refusal (EACCES) or a failing disk (EIO).
-_NAMES_NOTHING: frozenset[int] = frozenset(
+NAMES_NOTHING: frozenset[int] = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
 )
 
@@ -1429,7 +1429,7 @@ def _kind_of(location: Location, what: str) -> Literal["zip", "directory"]:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        if exc.errno in _NAMES_NOTHING:
+        if exc.errno in NAMES_NOTHING:
             detail = "" if isinstance(exc, FileNotFoundError) else f" ({os_problem(exc)})"
             raise CorruptStoreError(path, f"no such {what}{detail}") from None
         raise  # the file system refused (EACCES, EIO): open_source reports it
