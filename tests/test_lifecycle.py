@@ -237,6 +237,23 @@ def _open_fails(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     monkeypatch.setattr(builtins, "open", refused)
 
 
+def _failed_repair(via: str, out: Path, dataset: Any, capsys: pytest.CaptureFixture[str]) -> str:
+    """Repair ``out`` through the CLI (``via="cli"``: it exits 2, saying nothing on
+    stdout) or the API (``lifecycle.repair(dataset)`` raises a plain StorageError naming
+    ``out``); return what it said of the failure."""
+    if via == "cli":
+        from cadstore.cli import main
+
+        assert main(["repair", str(out)]) == 2
+        said = capsys.readouterr()
+        assert said.out == ""
+        return said.err
+    with pytest.raises(StorageError) as caught:
+        lifecycle.repair(dataset)
+    assert type(caught.value) is StorageError and caught.value.path == str(out)
+    return str(caught.value)
+
+
 def run_killed(operation: Callable[[], Any], point: str) -> None:
     """Run ``operation`` in a forked child that dies at ``point``; it must die there."""
 
@@ -1341,18 +1358,7 @@ def test_repair_of_a_dataset_that_cannot_be_read_still_rolls_back_and_sweeps(
     assert len([p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]) == 2
     capsys.readouterr()
     refuse_opening(monkeypatch, out, step, errno.EIO)
-    if via == "cli":
-        from cadstore.cli import main
-
-        assert main(["repair", str(out)]) == 2
-        said = capsys.readouterr()
-        assert said.out == ""
-        message = said.err
-    else:
-        with pytest.raises(StorageError) as caught:
-            lifecycle.repair(cadstore.io.resolve(str(out)))
-        assert type(caught.value) is StorageError and caught.value.path == str(out)
-        message = str(caught.value)
+    message = _failed_repair(via, out, cadstore.io.resolve(str(out)), capsys)
     monkeypatch.undo()
     assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
     if point == "writing":
@@ -1400,18 +1406,7 @@ def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
     assert not Path(f"{out}.lock").exists()
     capsys.readouterr()
     refuse_opening(monkeypatch, out, step, errno.EIO)
-    if via == "cli":
-        from cadstore.cli import main
-
-        assert main(["repair", str(out)]) == 2
-        said = capsys.readouterr()
-        assert said.out == ""
-        message = said.err
-    else:
-        with pytest.raises(StorageError) as caught:
-            lifecycle.repair(out)
-        assert type(caught.value) is StorageError and caught.value.path == str(out)
-        message = str(caught.value)
+    message = _failed_repair(via, out, out, capsys)
     monkeypatch.undo()
     assert f"{out}: " in message and ": input/output error; before this, recovery did: " in message
     swept = ", ".join(sorted([mine.name, foreign.name]))
