@@ -1985,25 +1985,29 @@ def test_a_damaged_item_is_still_skipped_as_corrupt(tmp_path: Path, workers: int
     assert {p: p.read_bytes() for p in items} == before
 
 
+@pytest.mark.parametrize("name", [b"metadata.jsoo", b"metadata.js\xf6n"], ids=["o", "high-byte"])
 def test_an_item_whose_metadata_json_was_renamed_in_both_headers_is_skipped(
-    tmp_path: Path,
+    tmp_path: Path, name: bytes
 ) -> None:
     """Found by review: an item whose ``metadata.json`` name was damaged alike in the
     central directory and its local header (``metadata.jsoo``) was scanned as an item
     without metadata and merged. Its absence beside a member of a name of its length that
     belongs to no node is the damaged name (ReadHierarchy.check_absent): the item is
-    skipped and listed, naming both names, the others merged, no item changed."""
+    skipped and listed, naming both names, the others merged, no item changed. A byte
+    damaged above 127 (read as cp437: ``metadata.js÷n``, a name of another length as
+    text) was still merged as an item without metadata (found by review)."""
     items = [p for p, _, _ in write_items(tmp_path / "items", 3, seed=5)]
     damaged = items[1]
     raw = damaged.read_bytes()
-    assert raw.count(b"metadata.json") == 2
-    damaged.write_bytes(raw.replace(b"metadata.json", b"metadata.jsoo"))
+    assert raw.count(b"metadata.json") == 2 and len(name) == len(b"metadata.json")
+    damaged.write_bytes(raw.replace(b"metadata.json", name))
     before = {p: p.read_bytes() for p in items}
     result = merge_items(items, tmp_path / "out.dataset")
     assert len(result.items) == 2
     (error,) = result.errors
     assert error["file"] == str(damaged)
-    assert re.search(r"'metadata\.json' is missing.*'metadata\.jsoo'", error["error"])
+    listed = re.escape(name.decode("cp437"))
+    assert re.search(rf"'metadata\.json' is missing.*'{listed}'", error["error"])
     assert {p: p.read_bytes() for p in items} == before
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -552,8 +553,10 @@ def test_membership_says_what_is_stored_and_never_reports_damage(tmp_path: Path)
         ("faces/face_areas/c/0", "faces/fxce_areas/c/0", "faces/face_areas"),
         ("x/c/0", "x/c/7", "x"),
         ("x/c/0", "x/d/0", "x"),
+        ("x/c/0", "x/c/\xe9", "x"),
+        ("x/c/0", "\x80/c/0", "x"),
     ],
-    ids=["array-name", "chunk-off-the-grid", "chunk-prefix"],
+    ids=["array-name", "chunk-off-the-grid", "chunk-prefix", "high-byte", "high-array-byte"],
 )
 def test_a_chunk_renamed_in_both_headers_is_corrupt(
     tmp_path: Path, rows: int, old: str, new: str, array: str
@@ -563,7 +566,12 @@ def test_a_chunk_renamed_in_both_headers_is_corrupt(
     (zeros). A chunk its array's grid holds that the store lacks, beside a member of a
     name of the same length that belongs to no array, is a damaged name: reading the
     array is a CorruptStoreError naming the file, the chunk and the member; the other
-    arrays read; the file is left as it was."""
+    arrays read; the file is left as it was.
+
+    ``new`` is the damaged name's bytes, one per character. A byte above 127 in a name
+    without the UTF-8 flag decodes (cp437) to a character of two or three bytes in UTF-8:
+    the name compared as text was of another length and the array read as zeros (found
+    by review); the stored bytes keep their length."""
     import numpy as np
 
     from cadstore import OptStorage
@@ -573,15 +581,17 @@ def test_a_chunk_renamed_in_both_headers_is_corrupt(
     arrays = {"faces/face_areas": rng.random(rows), "x": np.arange(rows), "y": np.ones(3)}
     path = Path(write_arrays(tmp_path / "item.zarr", arrays))
     raw = path.read_bytes()
-    assert raw.count(old.encode()) == 2 and len(new) == len(old)
-    raw = raw.replace(old.encode(), new.encode())
+    stored = new.encode("latin-1")  # the damaged bytes, in both headers
+    assert raw.count(old.encode()) == 2 and len(stored) == len(old)
+    raw = raw.replace(old.encode(), stored)
     path.write_bytes(raw)
     assert (len(raw) > 256 * 1024) == (rows > 100)
+    listed = re.escape(stored.decode("cp437"))  # as the reader names it
     storage = OptStorage(str(tmp_path / "item.zarr"), mode="r")
     try:
         np.testing.assert_array_equal(storage.load_data("y"), arrays["y"])
         with pytest.raises(
-            CorruptStoreError, match=rf"item\.zarr\.data.*'{old}' is missing.*'{new}'"
+            CorruptStoreError, match=rf"item\.zarr\.data.*'{old}' is missing.*'{listed}'"
         ):
             storage.load_data(array)
     finally:
@@ -647,6 +657,37 @@ def test_another_writers_item_with_files_of_the_operating_system_reads(
     try:
         assert storage.load_metadata() == {}
         np.testing.assert_array_equal(storage.load_data("value"), expected)
+    finally:
+        storage.close()
+    result = merge_items([str(path)], str(tmp_path / "out.dataset"))
+    assert result.items == ["other"] and not result.errors
+
+
+def test_another_writers_item_with_non_ascii_names_reads(tmp_path: Path) -> None:
+    """Names are compared as the zip stores them (UTF-8 here, zipfile setting the flag):
+    zarr-python's item of arrays named outside ASCII, one chunk of fill values left out,
+    beside a Finder file, reads and merges, the chunk as fill values."""
+    import numpy as np
+    import zarr
+
+    from cadstore import OptStorage
+    from cadstore.merging import merge_items
+
+    path = tmp_path / "other.zarr.data"
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        values = group.create_array("värde", shape=(20,), chunks=(10,), dtype="int64")
+        values[10:] = np.arange(1, 11)  # chunk c/0 holds only fill values: not written
+        group.create_array("größe", shape=(3,), dtype="float64")[:] = [1.0, 2.0, 3.0]
+    with zipfile.ZipFile(path, "a") as zf:
+        assert "värde/c/0" not in zf.namelist() and "größe/c/0" in zf.namelist()
+        assert all(i.flag_bits & 0x800 for i in zf.infolist() if not i.filename.isascii())
+        zf.writestr("värde/.DS_Store", b"\0\0\0\1Bud1" + b"\0" * 20)
+    expected = np.concatenate([np.zeros(10, dtype=np.int64), np.arange(1, 11)])
+    storage = OptStorage(str(tmp_path / "other.zarr"), mode="r")
+    try:
+        np.testing.assert_array_equal(storage.load_data("värde"), expected)
+        np.testing.assert_array_equal(storage.load_data("größe"), [1.0, 2.0, 3.0])
     finally:
         storage.close()
     result = merge_items([str(path)], str(tmp_path / "out.dataset"))
@@ -982,7 +1023,9 @@ def test_a_local_extra_field_within_the_members_space_reads(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("rows", [100, 50_000], ids=["read-whole", "larger"])
-@pytest.mark.parametrize("damaged", ["metadata.jsoo", "metadata_json", "zetadata.json"])
+@pytest.mark.parametrize(
+    "damaged", ["metadata.jsoo", "metadata_json", "zetadata.json", "metadata.js\xf6n"]
+)
 def test_metadata_json_renamed_in_both_headers_is_corrupt(
     tmp_path: Path, rows: int, damaged: str
 ) -> None:
@@ -992,7 +1035,9 @@ def test_metadata_json_renamed_in_both_headers_is_corrupt(
     another writer's item may have none: its absence beside a member of a name of its
     length that belongs to no node is the damaged name, as for a chunk
     (ReadHierarchy.check_absent). Loading the metadata is a CorruptStoreError naming the
-    file and both names; the arrays read; the file is left as it was."""
+    file and both names; the arrays read; the file is left as it was. ``damaged`` is the
+    damaged bytes, one per character: one above 127 (``metadata.js\\xf6n``) was missed,
+    its name compared as text (cp437) being of another length (found by review)."""
     import numpy as np
 
     from cadstore import OptStorage
@@ -1006,16 +1051,18 @@ def test_metadata_json_renamed_in_both_headers_is_corrupt(
     storage.close()
     data = Path(f"{path}.data")
     raw = data.read_bytes()
-    assert raw.count(b"metadata.json") == 2 and len(damaged) == len(b"metadata.json")
-    raw = raw.replace(b"metadata.json", damaged.encode())
+    stored = damaged.encode("latin-1")
+    assert raw.count(b"metadata.json") == 2 and len(stored) == len(b"metadata.json")
+    raw = raw.replace(b"metadata.json", stored)
     data.write_bytes(raw)
     assert (len(raw) > 256 * 1024) == (rows > 100)
+    listed = re.escape(stored.decode("cp437"))
     storage = OptStorage(str(path), mode="r")
     try:
         np.testing.assert_array_equal(storage.load_data("x"), values)
         with pytest.raises(
             CorruptStoreError,
-            match=rf"item\.zarr\.data.*'metadata\.json' is missing.*'{damaged}'",
+            match=rf"item\.zarr\.data.*'metadata\.json' is missing.*'{listed}'",
         ):
             storage.load_metadata()
     finally:

@@ -518,7 +518,7 @@ class ReadHierarchy(Hierarchy):
         self.location = source.location
         # Keys no node accounts for, by length, found on the first absent chunk or
         # document (see check_absent).
-        self._strays: dict[int, list[str]] | None = None
+        self._strays: dict[int, list[tuple[str, bytes]]] | None = None
         self._size = source.total_bytes()
         try:
             root = self._json("zarr.json")
@@ -672,7 +672,9 @@ class ReadHierarchy(Hierarchy):
         ``metadata.json`` (cadstore writes one with every item). A member nothing accounts
         for (no node's metadata document, no chunk of an array's grid, not
         ``metadata.json``) that differs from the key in at most :data:`_DAMAGED_BYTES`
-        bytes is the evidence (damage keeps a name's length; a member the operating system
+        bytes is the evidence, compared as the store holds the names
+        (:meth:`~cadstore.io.sources.KeySource.stored_name`: damage keeps the length of a
+        zip's stored name, not of its decoded text; a member the operating system
         leaves, ``abc/.DS_Store`` beside an item's missing ``metadata.json``, is no near
         miss and is left alone). The members
         nothing accounts for are found once, on the first absent key (a healthy cadstore
@@ -693,9 +695,8 @@ class ReadHierarchy(Hierarchy):
         strays = self._strays
         if strays is None:
             strays = self._strays = self._find_strays()
-        wanted = key.encode("utf-8", "surrogatepass")
-        for stray in strays.get(len(wanted), ()):
-            found = stray.encode("utf-8", "surrogatepass")
+        wanted = self.source.stored_name(key)
+        for stray, found in strays.get(len(wanted), ()):
             if sum(a != b for a, b in zip(wanted, found, strict=True)) > _DAMAGED_BYTES:
                 # Not the key with a few bytes changed: a file another writer or the
                 # operating system put there (a Finder .DS_Store, an AppleDouble ._ file).
@@ -795,10 +796,17 @@ class ReadHierarchy(Hierarchy):
             )
         return problems
 
-    def _find_strays(self) -> dict[int, list[str]]:
-        """The keys of the source that no node accounts for, by their length in bytes
-        (see :meth:`check_absent`)."""
-        strays: dict[int, list[str]] = {}
+    def _find_strays(self) -> dict[int, list[tuple[str, bytes]]]:
+        """The keys of the source that no node accounts for, with their names' bytes as
+        stored (:meth:`~cadstore.io.sources.KeySource.stored_name`), by the length of
+        those bytes (see :meth:`check_absent`).
+
+        A zip decodes a name's bytes as cp437 (or UTF-8): a byte of ``x/c/0`` damaged
+        above 127 decodes to a name of another length in UTF-8, which the near-miss test
+        on the text missed, and the array read as fill values. Damage keeps the stored
+        length, so the bytes are what is compared."""
+        strays: dict[int, list[tuple[str, bytes]]] = {}
+        stored_name = self.source.stored_name
         arrays = self.arrays
         for key in self.source:
             cut = key.rfind("/")
@@ -808,7 +816,8 @@ class ReadHierarchy(Hierarchy):
                     continue
             elif self._in_a_grid(key, arrays):
                 continue
-            strays.setdefault(len(key.encode("utf-8", "surrogatepass")), []).append(key)
+            stored = stored_name(key)
+            strays.setdefault(len(stored), []).append((key, stored))
         return strays
 
     def _in_a_grid(self, key: str, arrays: Mapping[str, ArrayMeta | None]) -> bool:

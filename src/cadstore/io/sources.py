@@ -239,6 +239,18 @@ class KeySource(ABC):
         """
         return self.size_of(key)
 
+    def stored_name(self, key: str) -> bytes:
+        """The bytes the store holds ``key``'s name as, which damage changes.
+
+        A zip keeps each member's name as bytes and decodes them as cp437, or as UTF-8
+        when the entry's flag says so: one damaged byte above 127 makes a name whose
+        decoded text differs in length, so a reader looking for a damaged name
+        (:meth:`~cadstore.format.hierarchy.ReadHierarchy.check_absent`) compares these
+        bytes, not the text. The default, and the name of a key the store lacks, is its
+        UTF-8, as cadstore, ``zipfile`` and zarr-python store a name.
+        """
+        return key.encode("utf-8", "surrogatepass")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
 
@@ -1115,6 +1127,10 @@ class ZipSource(KeySource):
 
     def keys(self) -> Iterable[str]:  # docstring inherited
         return self._members.keys()
+
+    def stored_name(self, key: str) -> bytes:  # docstring inherited
+        info = self._members.get(key)
+        return super().stored_name(key) if info is None else info.raw_name
 
     def member_size(self, key: str) -> int:
         """Return the stored (compressed) size of a member, 0 if absent."""
