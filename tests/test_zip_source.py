@@ -1243,6 +1243,68 @@ def test_another_writers_change_to_a_file_cadstore_wrote_is_refused(tmp_path: Pa
         OptStorage(str(tmp_path / "item.zarr"), mode="r")
 
 
+class _CountingFile(io.BytesIO):
+    """A remote-like file (no fileno) that records each read: a request to the store."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("not a real file")
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads.append(self.tell())
+        return super().read(n)
+
+
+class _BatchingStore(LocalFileSystem):
+    """An object store's file system as ZipSource sees it: files read by request, and
+    several ranges read as one batch (recorded), as ``FsspecFileSystem.read_ranges``
+    sends them together."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[_CountingFile] = []
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def open_read(self, path: str) -> IO[bytes]:
+        with open(path, "rb") as fh:
+            self.files.append(_CountingFile(fh.read()))
+        return self.files[-1]
+
+    def read_ranges(self, fh: IO[bytes], path: str, ranges: Any) -> list[bytes] | None:
+        self.batches.append(list(ranges))
+        data = fh.getvalue()  # type: ignore[attr-defined]
+        return [data[offset : offset + n] for offset, n in ranges]
+
+
+def test_a_rewritten_documents_headers_are_read_in_one_batch(tmp_path: Path) -> None:
+    """Found by review: opening a zip over 256 KiB whose metadata document another writer
+    rewrote (zarr-python appends an entry each time) read each entry's local header with a
+    request of its own, one round trip per entry on an object store. They are read as
+    one batch; the document reads from its last entry."""
+    import warnings
+
+    path = tmp_path / "other.zarr.data"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        zf.writestr("v/c/0", b"\1" * 300_000)
+        for i in range(4):
+            zf.writestr("zarr.json", b'{"i": %d}' % i)
+    fs = _BatchingStore()
+    source = ZipSource(str(path), fs)
+    try:
+        (file,) = fs.files
+        assert len(file.reads) == 2  # the end record and the central directory
+        assert [len(batch) for batch in fs.batches] == [4]  # zarr.json's four headers
+        assert source.get("zarr.json") == b'{"i": 3}'
+    finally:
+        source.close()
+
+
 @pytest.mark.parametrize("damage", ["central-directory-only", "listed-out-of-order"])
 def test_another_writers_repeat_that_is_no_rewrite_is_corrupt(tmp_path: Path, damage: str) -> None:
     """A repeated name in another writer's zip is read from its last entry only when it

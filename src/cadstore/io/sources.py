@@ -711,10 +711,21 @@ class ZipSource(KeySource):
             cadstore dates each (its writers write a name once: a repeat is damage), its
             local header does not repeat the name, or an entry lies before an earlier one.
         """
+        # Every entry's local header at once: one batch of requests on an object store,
+        # where one after another would cost a round trip per entry.
+        headers = iter(
+            self._read_spans(
+                [
+                    (entry.header_offset, 30 + len(entry.raw_name))
+                    for listed in repeated.values()
+                    for entry in listed
+                ]
+            )
+        )
         for name, listed in repeated.items():
             for i, entry in enumerate(listed):
                 at = entry.header_offset
-                header = self._read_at(at, 30 + len(entry.raw_name))
+                header = next(headers)
                 if header[:4] != b"PK\x03\x04" or header[30:] != entry.raw_name:
                     raise CorruptStoreError(
                         self.location,
@@ -805,12 +816,7 @@ class ZipSource(KeySource):
             return None  # no member has a name of this length: nothing is kept
         unread = [name for name in names if name not in self._data_offsets]
         entries = [self._members[name] for name in unread]
-        spans = [(entry.header_offset, 30 + length) for entry in entries]
-        headers = (
-            self._read_many(spans)
-            if self.batches_reads
-            else [self._read_at(offset, n) for offset, n in spans]
-        )
+        headers = self._read_spans([(entry.header_offset, 30 + length) for entry in entries])
         for name, entry, header in zip(unread, entries, headers, strict=True):
             if header[:4] != b"PK\x03\x04" or len(header) != 30 + length:
                 continue  # reading the member says so
@@ -1048,6 +1054,17 @@ class ZipSource(KeySource):
         for (i, *_), data in zip(stored, self._read_many(spans), strict=True):
             out[i] = data
         return out
+
+    def _read_spans(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, length)``, read together where that is faster
+        (:attr:`batches_reads`: an object store), else one after another.
+
+        For the small reads a reader knows it needs up front (local headers); slices of
+        the file when it is held whole.
+        """
+        if self.batches_reads:
+            return self._read_many(spans)
+        return [self._read_at(offset, n) for offset, n in spans]
 
     def _read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         try:
