@@ -746,16 +746,20 @@ def _store_files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
-def _export_killed_at(source: Path, out: Path, call: int) -> bool:
+def _export_killed_at(source: Path, out: Path, call: int, *, exchange: bool = True) -> bool:
     """Export ``source`` over ``out`` in a forked child that dies (``os._exit``: no
     cleanup runs, as under ``SIGKILL``) at its ``call``-th file-system change; return
-    whether it died before finishing."""
+    whether it died before finishing. Without ``exchange`` the child's file system
+    cannot swap two folders (as NFS)."""
     import multiprocessing
 
     from cadstore.export import export_json
+    from cadstore.io import publish
 
     def child() -> None:
         calls = [0]
+        if not exchange:
+            publish.exchange_paths = lambda first, second: False  # type: ignore[assignment]
 
         def counted(function: Any) -> Any:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -778,24 +782,40 @@ def _export_killed_at(source: Path, out: Path, call: int) -> bool:
     return process.exitcode == 137
 
 
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".tmp-cadstore"))
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
 def test_export_json_killed_while_replacing_a_store_leaves_one_whole_store(
-    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], items: list[Path], tmp_path: Path, exchange: bool
 ) -> None:
     """``--overwrite`` removed the old store's files, then moved the new ones in one by
     one: a writer killed between two of those steps left a mix of both items' keys (or
     keys without their metadata.json, which a rerun refused to overwrite). The old
-    store is now swapped for the new one in one step."""
+    store is now swapped for the new one in one step; where the file system cannot swap
+    (NFS), set aside and replaced by two renames of whole folders, which it still did
+    file by file. Killed between those two, the store is missing and both versions lie
+    whole beside it; the next export puts the new one in place."""
     old, new = tmp_path / "old", tmp_path / "new"
     for item, where in ((items[0], old), (items[1], new)):
         assert run(capsys, "export-json", item, "-o", where)[0] == 0
     versions = [_store_files(old), _store_files(new)]
     assert versions[0] != versions[1]
-    call = 1
+    call, missing = 1, 0
     while True:
         out = tmp_path / f"out{call}"
         shutil.copytree(old, out)
-        killed = _export_killed_at(items[1], out, call)
-        assert _store_files(out) in versions, f"killed at call {call}: a mix of two stores"
+        killed = _export_killed_at(items[1], out, call, exchange=exchange)
+        if out.exists():
+            assert _store_files(out) in versions, f"killed at call {call}: a mix of two stores"
+        else:
+            assert not exchange, f"killed at call {call}: no store left"
+            missing += 1
+            staged = _temporaries(tmp_path)
+            assert len(staged) == 2 and staged[1] == staged[0] + "-old", staged
+            assert _store_files(tmp_path / staged[0]) == versions[1]
+            assert _store_files(tmp_path / staged[1]) == versions[0]
         code, _, err = run(capsys, "export-json", items[1], "-o", out, "--overwrite")
         assert code == 0, err
         assert _store_files(out) == versions[1]
@@ -804,6 +824,75 @@ def test_export_json_killed_while_replacing_a_store_leaves_one_whole_store(
             break
         call += 1
     assert call > 5
+    assert missing == (0 if exchange else 1)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_export_json_overwrite_failing_midway_keeps_the_old_store(
+    items: list[Path],
+    json_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exchange: bool,
+) -> None:
+    """An export over a store that fails after writing some of its files, or while
+    renaming the new store into place, leaves the old store exactly as it was and no
+    temporary beside it; one that succeeds leaves the new store's files only (the old
+    item's keys the new one lacks are gone)."""
+    from cadstore.errors import StorageError
+    from cadstore.export import export_json
+    from cadstore.io import publish
+
+    if not exchange:
+        monkeypatch.setattr(publish, "exchange_paths", lambda first, second: False)
+    old, reference = tmp_path / "old", tmp_path / "reference"
+    for item, where in ((json_store, old), (items[1], reference)):
+        with open_artefact(str(item)) as target:
+            export_json(target, str(where))
+    versions = [_store_files(old), _store_files(reference)]
+    assert set(versions[0]) - set(versions[1]), "the old store has keys the new one lacks"
+    out = tmp_path / "out"
+    shutil.copytree(old, out)
+
+    save = JsonStorageHandler.save_data
+    saved = [0]
+
+    def save_then_fail(self: JsonStorageHandler, key: str, value: Any) -> None:
+        save(self, key, value)
+        saved[0] += 1
+        if saved[0] == 2:
+            raise StorageError(str(out), "the disk failed (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(JsonStorageHandler, "save_data", save_then_fail)
+        with open_artefact(str(items[1])) as target, pytest.raises(StorageError, match="injected"):
+            export_json(target, str(out), overwrite=True)
+    assert saved[0] == 2
+    assert _store_files(out) == versions[0]
+    assert _temporaries(tmp_path) == []
+
+    if not exchange:  # the second rename, of the new store into place, fails
+        rename = os.rename
+
+        def rename_new_in_fails(source: str, destination: str) -> None:
+            if destination == str(out) and not source.endswith("-old"):
+                raise PermissionError(13, "Permission denied (injected)", destination)
+            rename(source, destination)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "rename", rename_new_in_fails)
+            with open_artefact(str(items[1])) as target, pytest.raises(PermissionError):
+                export_json(target, str(out), overwrite=True)
+        assert _store_files(out) == versions[0]
+        assert _temporaries(tmp_path) == []
+
+    inode = out.stat().st_ino
+    with open_artefact(str(items[1])) as target:
+        result = export_json(target, str(out), overwrite=True)
+    assert _store_files(out) == versions[1]
+    assert result.files == sorted(versions[1])
+    assert _temporaries(tmp_path) == []
+    assert out.stat().st_ino != inode  # replaced as a folder, not file by file
 
 
 @pytest.mark.parametrize("existing", ["empty", "store"])

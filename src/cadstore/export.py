@@ -14,7 +14,13 @@ bulk data.
 
 The store is assembled in a temporary directory next to the destination and moved into
 place when complete (:func:`cadstore.io.publish.move_into_place`), so a failed export
-leaves the destination as it was. A non-empty destination is refused unless
+leaves the destination as it was. A store replaced (``overwrite``) is swapped for the new
+one in one step where the file system can (Linux's ``renameat2``), else set aside by one
+rename and the new one renamed in by another: an export killed between the two leaves no
+store at the destination and both whole beside it, and the next export to that
+destination puts the new one in place (:func:`cadstore.io.publish.recover_interrupted_move`).
+Only an export run from inside the folder it replaces (``-o .``) replaces its files one
+by one, keeping the folder the shell stands in. A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
 else is ever deleted.
 """
@@ -36,8 +42,9 @@ from cadstore.io.publish import (
     TEMP_PREFIX,
     check_output_folder,
     move_into_place,
+    recover_interrupted_move,
+    staging_name,
     sweep_dead_temporaries,
-    temporary_name,
 )
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
@@ -58,6 +65,8 @@ _JSON_BYTES_PER_NUMBER = 160
 # (\uXXXX escapes), held as text and as bytes.
 _JSON_BYTES_PER_STRING = 100
 _JSON_BYTES_PER_CHARACTER = 14
+# What the staging folders of an export end with (see cadstore.io.publish.staging_name).
+_STAGING_SUFFIX = "-export"
 
 
 @dataclass
@@ -289,13 +298,16 @@ def export_json(
         )
     # notes.txt/x: the folders are made below, and one cannot be made where a file is.
     check_output_folder(resolve(output))
+    # An export killed between the two renames of a replacement (file systems that cannot
+    # swap two folders) left no store at output, and both whole beside it.
+    recover_interrupted_move(output, _STAGING_SUFFIX)
     replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     # Built beside the destination, so the final move stays on one file system; named
     # as every temporary, so that what a killed export leaves is swept (as here).
     sweep_dead_temporaries(resolve(parent))
-    scratch = temporary_name(parent, "-export")
+    scratch = staging_name(output, _STAGING_SUFFIX)
     os.mkdir(scratch)
     try:
         result = _copy(target, scratch, max_json_bytes)

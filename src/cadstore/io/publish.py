@@ -57,6 +57,7 @@ from cadstore.errors import (
     StorageError,
     os_problem,
 )
+from cadstore.io.location import resolve
 from cadstore.io.native import glibc_function
 from cadstore.io.zipwriter import ZipStreamWriter
 
@@ -86,9 +87,11 @@ __all__ = [
     "open_sink",
     "pid_alive",
     "publish_file",
+    "recover_interrupted_move",
     "recover_staged",
     "rewrite_open_file",
     "set_aside_name",
+    "staging_name",
     "sweep_dead_temporaries",
     "sync_file_system",
     "write_atomic",
@@ -614,10 +617,16 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     the files listed is swapped with ``scratch`` in one step where the file system can
     (:func:`exchange_paths`), and the old version, now at ``scratch``, removed: a writer
     killed at any moment leaves the old version or the new one, whole, and at worst a
-    temporary that :func:`sweep_dead_temporaries` takes. Elsewhere, and where this
-    process's working directory is ``destination`` or below it (the folder is kept, not
-    replaced, for whoever stands in it), the listed files are removed and those of
-    ``scratch`` renamed in one by one (each file appears whole).
+    temporary that :func:`sweep_dead_temporaries` takes. Where the file system cannot
+    (NFS, another system), the old version is renamed aside (:func:`set_aside_name` of
+    ``scratch``) and ``scratch`` renamed into its place: two renames, each of a whole
+    folder, never a mix of both versions. A writer killed between them leaves
+    ``destination`` missing and both versions whole beside it; name ``scratch`` with
+    :func:`staging_name` and the next writer's :func:`recover_interrupted_move` puts the
+    new one in place. Only where this process's working directory is ``destination`` or
+    below it (the folder is kept, not replaced, for whoever stands in it) are the listed
+    files removed and those of ``scratch`` renamed in one by one (each file appears whole,
+    but a writer killed meanwhile leaves a mix).
 
     Raises
     ------
@@ -657,17 +666,73 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         raise changed() from None
     if present != sorted(replaced):
         raise changed()
-    if not in_place and not os.path.islink(destination) and exchange_paths(scratch, destination):
+    if not in_place and not os.path.islink(destination):
+        if exchange_paths(scratch, destination):
+            old = scratch
+        else:
+            old = set_aside_name(scratch)
+            os.rename(destination, old)
+            try:
+                os.rename(scratch, destination)
+            except BaseException:
+                os.rename(old, destination)  # the old version back; scratch is the caller's
+                raise
         fsync_dir(folder)
         with contextlib.suppress(OSError):  # an old version made read-only is removed too
-            os.chmod(scratch, stat.S_IRWXU)
-        _remove(scratch)  # the old version
+            os.chmod(old, stat.S_IRWXU)
+        _remove(old)
         return
     for name in replaced:
         os.remove(os.path.join(destination, name))
     for name in os.listdir(scratch):
         os.replace(os.path.join(scratch, name), os.path.join(destination, name))
     os.rmdir(scratch)
+
+
+def staging_name(destination: str, suffix: str) -> str:
+    """A fresh temporary folder name beside ``destination`` for :func:`move_into_place`.
+
+    The name ends with ``suffix`` and a digest of ``destination``'s own name, so that
+    :func:`recover_interrupted_move` tells the versions a killed writer left for this
+    destination from those of its neighbours.
+    """
+    destination = os.path.abspath(destination)
+    return temporary_name(_local_directory(destination), _staging_suffix(destination, suffix))
+
+
+def _staging_suffix(destination: str, suffix: str) -> str:
+    digest = hashlib.sha256(os.fsencode(os.path.basename(destination))).hexdigest()[:12]
+    return f"{suffix}-{digest}"
+
+
+def recover_interrupted_move(destination: str, suffix: str) -> bool:
+    """Put back ``destination`` when a writer died between :func:`move_into_place`'s two
+    renames; return whether it did.
+
+    Such a writer, staged under :func:`staging_name` (``destination``, ``suffix``), left
+    ``destination`` missing, its new version complete at the staged name and the old one
+    at :func:`set_aside_name` of it (which :func:`sweep_dead_temporaries` keeps). The new
+    version is put in place and the old one removed (:func:`recover_staged`). Versions of
+    a writer still alive, or left while ``destination`` was made again, are left alone.
+    """
+    destination = os.path.abspath(destination)
+    if os.path.lexists(destination):
+        return False
+    folder = _local_directory(destination)
+    ending = set_aside_name(_staging_suffix(destination, suffix))
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    for name in sorted(names):
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(ending)):
+            continue
+        staged = name.removesuffix(set_aside_name(""))
+        owner = _owner_on_this_host(staged)
+        if staged not in names or owner is None or pid_alive(owner):
+            continue  # another host's writer may still be at work: left to the user
+        return recover_staged(resolve(destination), os.path.join(folder, staged), committing=True)
+    return False
 
 
 def _holds_working_directory(folder: str) -> bool:
