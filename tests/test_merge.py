@@ -427,6 +427,64 @@ def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Pa
             np.testing.assert_array_equal(view[key].values, value, err_msg=key)
 
 
+def test_a_trailing_dimension_spelt_as_a_bookkeeping_array_is_qualified(tmp_path: Path) -> None:
+    """A schema declaring ``face_centroids`` on ``item_offsets`` (4 long) and ``face_ids`` on
+    ``file_id_code_faces``: the merger kept both names, which are those of the arrays every
+    group keeps, so ``xr.open_zarr`` listed ``item_offsets`` and ``file_id_code_faces``
+    among the coordinates, dimensions of a length they do not have, while the reader and
+    the explorer presented the names qualified. They are qualified by their array, as a
+    name spelt as an array of the group is, and the file, the reader and xarray agree."""
+    from cadstore.dataset import DatasetExplorer
+
+    builder = SchemaBuilder(domain="CAD")
+    faces = builder.create_group("faces", "face", "Face data")
+    faces.create_array("face_centroids", ["face", "item_offsets"], "float32")
+    faces.create_array("face_ids", ["face", "file_id_code_faces"], "int32")
+    schema = builder.build()
+    rng = np.random.default_rng(7)
+    files, rows = [], []
+    for n, count in enumerate((3, 2)):
+        arrays = {
+            "face_centroids": rng.random((count, 4)).astype(np.float32),
+            "face_ids": rng.integers(0, 100, (count, 2)).astype(np.int32),
+        }
+        rows.append(arrays)
+        path = tmp_path / f"p{n}.zarr"
+        with OptStorage(path) as storage:
+            storage.set_schema(schema)
+            for key, value in arrays.items():
+                storage.save_data(key, value)
+            storage.compress_store()
+        files.append(f"{path}.data")
+    out = tmp_path / "x.dataset"
+    merge_items(files, out)
+    expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    expected["item_offsets"] = np.array([0, 3, 5])
+    expected["file_id_code_faces"] = np.array([0, 0, 0, 1, 1])
+    qualified = {
+        "face_centroids": ("face", "face_centroids_item_offsets"),
+        "face_ids": ("face", "face_ids_file_id_code_faces"),
+    }
+    with _store(out) as store:
+        ds = xr.open_zarr(store, group="faces")
+        for key, dims in qualified.items():
+            assert ds[key].dims == dims
+        assert list(ds.coords) == []
+        assert set(ds.data_vars) == set(expected)
+        assert ds["item_offsets"].dims == ("item_boundary",)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(ds[key].values, value, err_msg=key)
+    with DatasetReader(out) as reader:
+        for key, dims in qualified.items():
+            assert reader.stored_dims("faces", key) == dims
+            assert reader.array_meta("faces", key).dims == dims
+    with DatasetExplorer(merged_store_path=out) as explorer:
+        view = explorer.get_group_data("faces")
+        for key, dims in qualified.items():
+            assert view[key].dims == dims
+            np.testing.assert_array_equal(view[key].values, expected[key], err_msg=key)
+
+
 def _metadata_documents(dataset: Path) -> dict[str, bytes]:
     """Every ``zarr.json`` of ``dataset`` (a zip or a directory), by its key."""
     if dataset.is_dir():

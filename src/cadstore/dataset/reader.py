@@ -759,12 +759,13 @@ class DatasetReader:
                     continue
                 if meta.dims:
                     named.append((array, meta.dims, meta.shape[1:]))
-            primaries = [self.primary_dimension(group)]
+            primaries, family = [self.primary_dimension(group)], [group]
             for triangle in sorted(self._hidden):
                 attrs = self._hier.group_attributes.get(triangle, {})
                 if attrs.get("source_group") == group:
                     primaries.append(self.primary_dimension(triangle))
-            dims = qualify_dims(named, primaries)
+                    family.append(triangle)
+            dims = qualify_dims(named, primaries, family)
             found = {array: tuple(d) for (array, _, _), d in zip(named, dims, strict=True)}
             self._dims[group] = found
         return found

@@ -114,7 +114,9 @@ def free_dim_name(name: str, taken: set[str]) -> str:
 
 
 def qualify_dims(
-    arrays: Iterable[tuple[str, Sequence[str], Sequence[int]]], primary_dims: Iterable[str]
+    arrays: Iterable[tuple[str, Sequence[str], Sequence[int]]],
+    primary_dims: Iterable[str],
+    groups: Iterable[str] = (),
 ) -> list[list[str]]:
     """Return the dimension names of arrays read together, a clashing trailing name
     qualified by its array.
@@ -123,8 +125,9 @@ def qualify_dims(
     arrays are read together (a group, with its triangle group: the explorer presents them
     as one). A trailing name that has two lengths among the arrays, that takes the name
     of a dimension the dataset keeps (a primary one, ``item``, ``item_boundary``), or that
-    is spelt as one of the arrays (which xarray would then list among the coordinates:
-    ``coordinate`` on ``face_centroids`` beside an array ``coordinate``), becomes
+    is spelt as one of the arrays or as an array the dataset keeps in each group
+    (``item_offsets``, ``file_id_code_<group>``), which xarray would then list among the
+    coordinates (``coordinate`` on ``face_centroids`` beside an array ``coordinate``), becomes
     ``<array>_<name>``: ``bin`` of 64 in ``d2_distance`` and 32 in ``a3_distance`` become
     ``d2_distance_bin`` and ``a3_distance_bin``. A qualified name is never one of the
     names the arrays declare or are named, nor one given to another qualified dimension:
@@ -141,6 +144,9 @@ def qualify_dims(
         ``item``) dimension followed by one name for each trailing length.
     primary_dims
         The primary dimensions of the groups read together.
+    groups
+        The groups read together, whose bookkeeping arrays (``file_id_code_<group>``) no
+        trailing name may be spelt as; ``item_offsets`` never is.
 
     Returns
     -------
@@ -149,7 +155,8 @@ def qualify_dims(
         name qualified or kept.
     """
     given = [(name, list(dims), tuple(trailing)) for name, dims, trailing in arrays]
-    kept = {ITEM_DIM, BOUNDARY_DIM, *primary_dims}
+    kept = {ITEM_DIM, BOUNDARY_DIM, OFFSETS, *primary_dims}
+    kept.update(file_id_code_name(group) for group in groups)
     variables = {name for name, _, _ in given}
     lengths: dict[str, set[int]] = {}
     # Every name declared or of an array, then every qualified name given.

@@ -551,6 +551,7 @@ def _qualify_clashing_dims(groups: Mapping[str, GroupPlan]) -> None:
         named = qualify_dims(
             [(plan.name, plan.dims, plan.trailing) for plan in plans],
             [group.primary_dim for group in members],
+            [group.name for group in members],
         )
         for plan, dims in zip(plans, named, strict=True):
             plan.dims = dims
