@@ -76,6 +76,9 @@ def test_page_code_runs_as_written(page: Path, tmp_path: Path) -> None:
         done = _run(page, workdir, env)
     assert done.returncode == 0, f"{page.name}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     assert "Traceback" not in done.stderr, done.stderr[-6000:]
+    # A warning is a step the reader is told to take, or a slow path taken (xarray's
+    # "Failed to open Zarr store with consolidated metadata"): the pages show none.
+    assert "Warning" not in done.stderr, done.stderr[-6000:]
 
 
 def _run_against_s3(

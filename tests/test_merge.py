@@ -485,6 +485,36 @@ def test_a_trailing_dimension_spelt_as_a_bookkeeping_array_is_qualified(tmp_path
             np.testing.assert_array_equal(view[key].values, expected[key], err_msg=key)
 
 
+def test_a_dataset_group_opens_in_xarray_without_a_warning(tmp_path: Path) -> None:
+    """``xr.open_zarr(store, group=...)`` on a dataset, as docs/format.md calls it
+    (``consolidated=False``) and as the explorer does (the default, which reads the root's
+    consolidated metadata), opens with no warning and every value. xarray 2024.10 (the
+    floor) warned for the default with a group; this checks the installed version."""
+    from cadstore.dataset import DatasetExplorer
+
+    files, rows = _coordinate_items(tmp_path, (3, 2), seed=3)
+    out = tmp_path / "x.dataset"
+    merge_items(files, out)
+    expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    for options in ({"consolidated": False}, {}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with zarr.storage.ZipStore(out, mode="r") as store:
+                ds = xr.open_zarr(store, group="faces", **options)
+                values = {key: ds[key].values for key in expected}
+        assert [str(w.message) for w in caught] == [], options
+        for key, value in expected.items():
+            np.testing.assert_array_equal(values[key], value, err_msg=key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with DatasetExplorer(merged_store_path=out) as explorer:
+            view = explorer.get_group_data("faces")
+            values = {key: view[key].values for key in expected}
+    assert [str(w.message) for w in caught] == []
+    for key, value in expected.items():
+        np.testing.assert_array_equal(values[key], value, err_msg=key)
+
+
 def _metadata_documents(dataset: Path) -> dict[str, bytes]:
     """Every ``zarr.json`` of ``dataset`` (a zip or a directory), by its key."""
     if dataset.is_dir():
