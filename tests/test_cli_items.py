@@ -886,6 +886,30 @@ def test_export_json_overwrite_failing_midway_keeps_the_old_store(
         assert _store_files(out) == versions[0]
         assert _temporaries(tmp_path) == []
 
+        # Nor can the old store be renamed back: both are kept, and said where.
+        def no_rename_to_out(source: str, destination: str) -> None:
+            if destination == str(out):
+                raise PermissionError(13, "Permission denied (injected)", destination)
+            rename(source, destination)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "rename", no_rename_to_out)
+            with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+                export_json(target, str(out), overwrite=True)
+        staged = _temporaries(tmp_path)
+        assert len(staged) == 2 and staged[1] == staged[0] + "-old", staged
+        assert str(out) in str(info.value) and staged[1] in str(info.value)
+        assert not out.exists()
+        assert _store_files(tmp_path / staged[0]) == versions[1]
+        assert _store_files(tmp_path / staged[1]) == versions[0]
+        # The next process's export puts the new store in place (this one is alive).
+        monkeypatch.setattr(publish, "pid_alive", lambda pid: False)
+        assert publish.recover_interrupted_move(str(out), "-export")
+        assert _store_files(out) == versions[1]
+        assert _temporaries(tmp_path) == []
+        shutil.rmtree(out)
+        shutil.copytree(old, out)
+
     inode = out.stat().st_ino
     with open_artefact(str(items[1])) as target:
         result = export_json(target, str(out), overwrite=True)

@@ -43,6 +43,7 @@ from cadstore.io.publish import (
     check_output_folder,
     move_into_place,
     recover_interrupted_move,
+    set_aside_name,
     staging_name,
     sweep_dead_temporaries,
 )
@@ -313,7 +314,8 @@ def export_json(
         result = _copy(target, scratch, max_json_bytes)
         move_into_place(scratch, output, replaced)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not os.path.lexists(set_aside_name(scratch)):  # else the store's new version
+            shutil.rmtree(scratch, ignore_errors=True)
         raise
     result.output = output
     result.files = sorted(os.listdir(output))

@@ -675,7 +675,7 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
             try:
                 os.rename(scratch, destination)
             except BaseException:
-                os.rename(old, destination)  # the old version back; scratch is the caller's
+                _put_back(old, destination)  # scratch is the caller's to remove
                 raise
         fsync_dir(folder)
         with contextlib.suppress(OSError):  # an old version made read-only is removed too
@@ -687,6 +687,27 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     for name in os.listdir(scratch):
         os.replace(os.path.join(scratch, name), os.path.join(destination, name))
     os.rmdir(scratch)
+
+
+def _put_back(old: str, destination: str) -> None:
+    """Rename the version ``old`` that :func:`move_into_place` set aside back to
+    ``destination``, after the new one failed to take its place.
+
+    Raises
+    ------
+    StorageError
+        If that fails too: naming ``destination`` and where both versions are. The caller
+        must then keep its staged version (:func:`recover_interrupted_move` finds the
+        pair), since the old one alone would be swept as a dead writer's temporary.
+    """
+    try:
+        os.rename(old, destination)
+    except OSError as exc:
+        raise StorageError(
+            destination,
+            f"the new version could not be renamed into place, nor the old one back "
+            f"({exc.strerror}); the old one is {old}, the new one beside it without '-old'",
+        ) from exc
 
 
 def staging_name(destination: str, suffix: str) -> str:
