@@ -1525,6 +1525,52 @@ def test_repair_cannot_tell_a_dataset_it_cannot_look_up_from_none(
     assert_settled(out, _names(items[:6]))
 
 
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_repair_never_moves_a_staged_version_onto_a_dataset_it_cannot_look_up(
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    via: str,
+) -> None:
+    """A directory dataset's append killed while committing, its complete version staged,
+    and an EIO looking the dataset up (its ``stat``): recover_staged took the dataset for
+    missing (``os.path.exists``) and renamed the staged version onto it, which the
+    version in place refused as a bare OSError (directory not empty). It is now the StorageError
+    naming the dataset, saying that what was staged is left as it was; neither the
+    dataset nor the staged version changes, and the next repair, the disk reading again,
+    removes what was staged (the dataset is the version from before the append)."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:6]], out, directory=True)
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "staged")
+    (staged,) = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert staged.is_dir() and Path(f"{out}.lock").exists()
+
+    def tree(folder: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
+
+    before, staged_before = tree(out), tree(staged)
+    capsys.readouterr()
+    refuse_opening(monkeypatch, out, "stat", errno.EIO)
+    message = _failed_repair(via, out, out, capsys)
+    monkeypatch.undo()
+    assert message.rstrip().endswith(
+        f"{out}: looking it up (what a killed writer staged, {staged.name}, is left as it "
+        "was): input/output error"
+    ), message
+    assert tree(out) == before and tree(staged) == staged_before
+    done = lifecycle.repair(out)
+    assert done and staged.name in done[-1] and not staged.exists()
+    assert not Path(f"{out}.lock").exists()
+    assert lifecycle.repair(out) == []
+    assert seen_by_a_reader(out) == _names(items[:6])
+
+
 @pytest.mark.parametrize("append", [False, True])
 def test_a_merge_never_publishes_over_a_dataset_it_cannot_look_up(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, append: bool

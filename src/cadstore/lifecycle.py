@@ -65,6 +65,7 @@ from cadstore.io.parquet import FooterMetadataError, parse_table, write_table
 from cadstore.io.publish import (
     Sink,
     check_replaceable,
+    local_stat,
     recover_staged,
     sweep_dead_temporaries,
     write_bytes_atomic,
@@ -433,15 +434,7 @@ def dataset_exists(dataset: Location) -> bool:
         rolled back when it cannot tell.
     """
     if not dataset.remote:
-        from cadstore.io.sources import NAMES_NOTHING
-
-        try:
-            os.stat(dataset.path)
-        except OSError as exc:
-            if exc.errno in NAMES_NOTHING:
-                return False
-            raise os_storage_error(dataset.path, exc, "looking it up") from exc
-        return True
+        return local_stat(dataset.path) is not None
     return dataset.isfile() or dataset.child("zarr.json").isfile()
 
 

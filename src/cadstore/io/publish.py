@@ -56,6 +56,7 @@ from cadstore.errors import (
     OutputExistsError,
     StorageError,
     os_problem,
+    os_storage_error,
 )
 from cadstore.io.location import resolve
 from cadstore.io.native import glibc_function
@@ -83,6 +84,7 @@ __all__ = [
     "exchange_paths",
     "fsync_dir",
     "fsync_file",
+    "local_stat",
     "move_into_place",
     "open_sink",
     "pid_alive",
@@ -1169,6 +1171,42 @@ def exchange_paths(first: str, second: str) -> bool:
     return True
 
 
+def local_stat(path: str, doing: str = "looking it up") -> os.stat_result | None:
+    """The ``stat`` of a local ``path``; ``None`` when the path leads to nothing.
+
+    ``os.path.exists`` and ``os.path.isdir`` say ``False`` when the file system fails to
+    answer (an EIO, a folder that may not be searched): a writer or a recovery taking
+    that for "nothing there" would publish over a dataset, or move a version onto one.
+    Only the errnos of :data:`cadstore.io.sources.NAMES_NOTHING` mean nothing is there.
+
+    Parameters
+    ----------
+    path
+        The local path (symbolic links are followed, as ``os.path.exists`` follows them).
+    doing
+        What was being done, for the error's message (:func:`os_storage_error`).
+
+    Returns
+    -------
+    os.stat_result or None
+        What is there; ``None`` when nothing is.
+
+    Raises
+    ------
+    StorageError
+        Of the failure's kind (:func:`os_storage_error`), naming ``path``, when the file
+        system fails to say.
+    """
+    from cadstore.io.sources import NAMES_NOTHING
+
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno in NAMES_NOTHING:
+            return None
+        raise os_storage_error(path, exc, doing) from exc
+
+
 def recover_staged(destination: Location, staged: str, *, committing: bool) -> bool:
     """Finish or remove what a killed writer staged for ``destination``; return whether
     anything was there.
@@ -1178,6 +1216,14 @@ def recover_staged(destination: Location, staged: str, *, committing: bool) -> b
     sink's two renames (``committing``, the destination missing) is complete, and is put
     in place; everything else staged is removed: the destination is then the version from
     before the writer, or the one it committed.
+
+    Raises
+    ------
+    StorageError
+        Naming the destination (or the staged version) when a directory is staged and
+        the file system fails to say whether the destination is there, or whether what
+        is staged is a directory (an EIO): nothing is moved or removed, and the message
+        says so.
     """
     if destination.remote:
         return False
@@ -1186,13 +1232,20 @@ def recover_staged(destination: Location, staged: str, *, committing: bool) -> b
         return False  # not a name a sink of this destination would use: left alone
     replaced = set_aside_name(staged)
     found = False
-    if committing and not os.path.exists(destination.path):
-        for complete in (staged, replaced):  # the new version, else the old one
-            if os.path.isdir(complete):
-                os.rename(complete, destination.path)
-                fsync_dir(folder)
-                found = True
-                break
+    # Only a staged directory is ever put in place, and only where the destination is
+    # missing. A path the file system fails to look up (an EIO) is not missing: taken
+    # for missing, the rename met the version in place as a bare OSError.
+    name = os.path.basename(staged)
+    doing = f"looking it up (what a killed writer staged, {name}, is left as it was)"
+    for complete in (staged, replaced) if committing else ():  # the new version, else the old
+        there = local_stat(complete, doing)
+        if there is None or not stat.S_ISDIR(there.st_mode):
+            continue
+        if local_stat(destination.path, doing) is None:
+            os.rename(complete, destination.path)
+            fsync_dir(folder)
+            found = True
+        break
     for leftover in (staged, replaced):
         if os.path.isdir(leftover) and not os.path.islink(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
