@@ -1419,6 +1419,53 @@ def test_repair_without_a_lock_of_a_dataset_that_cannot_be_read_still_sweeps(
     assert_settled(out, _names(items[:6]))
 
 
+@pytest.mark.parametrize("step", ["open", "stat"])
+def test_repair_of_a_dataset_that_cannot_be_read_refuses_while_a_live_writer_holds_it(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """No lock beside the dataset when repair looks for one, an EIO reading the dataset,
+    and a writer taking the lock meanwhile: repair raised the dataset's EIO, as for a
+    lock that cannot be taken, where a live writer's lock must win. It is the
+    DatasetLockedError naming the dataset and the writer; repair changes nothing (no
+    temporary swept, the dataset as it was) and the writer finishes."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    cadstore.merge([str(p) for p in items[:4]], str(out))
+    before = out.read_bytes()
+    foreign = _dead_temporary(tmp_path)
+    started, release = FORK.Event(), FORK.Event()
+    holders: list[Any] = []
+    check = lifecycle._check_dataset
+
+    def writer_starts_meanwhile(dataset: Any) -> None:
+        if not holders:
+            more = [str(p) for p in items[4:6]]
+            holders.append(
+                _hold_lock_in_child(
+                    out, lambda: cadstore.merge(more, str(out), append=True), started, release
+                )
+            )
+            refuse_opening(monkeypatch, out, step, errno.EIO)  # in this process only
+        check(dataset)
+
+    monkeypatch.setattr(lifecycle, "_check_dataset", writer_starts_meanwhile)
+    try:
+        with pytest.raises(DatasetLockedError) as refused:
+            lifecycle.repair(out)
+        monkeypatch.undo()
+        (holder,) = holders
+        message = str(refused.value)
+        assert refused.value.path == str(out) and f"pid {holder.pid}" in message, message
+        assert foreign.exists() and out.read_bytes() == before  # before the writer goes on
+    finally:
+        monkeypatch.undo()
+        release.set()
+    holder.join(60)
+    assert holder.exitcode == 0
+    assert_settled(out, _names(items[:6]))
+
+
 @pytest.mark.parametrize("killed", [True, False])
 def test_repair_of_a_dataset_whose_metadata_cannot_be_read_after_recovery_says_what_it_did(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed: bool

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from cadstore.errors import (
     CadstoreWarning,
     CorruptStoreError,
+    DatasetLockedError,
     StorageError,
     StorageNotFoundError,
     os_storage_error,
@@ -778,7 +779,8 @@ def repair(
         files removed, temporaries swept) ends its message (see :func:`recover`). Also
         without a writer's lock: a dataset that is there but does not read is recovered
         all the same (the lock taken, the dead writers' temporaries swept) before the
-        error; if the lock cannot be taken, the error is the dataset's, nothing done.
+        error; if the lock cannot be taken, the error is the dataset's, nothing done,
+        except when a live writer holds it: that is the ``DatasetLockedError``.
     """
     where = resolve(dataset, storage_options, shared=True)
     locked = lock_location(where).exists()
@@ -796,6 +798,10 @@ def repair(
     lock = WriterLock(where, "repair", timeout=timeout)
     try:
         lock.acquire()
+    except DatasetLockedError:
+        # A live writer (one that took the lock after it was looked for) wins over the
+        # dataset's error: its dataset is in flux, and what it does changes the answer.
+        raise
     except StorageError:
         if unreadable is not None:
             raise unreadable from None  # what was asked of is the dataset
