@@ -707,15 +707,16 @@ def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
     assert grown_kib < 64 * 1024
 
 
-def _store_with_leftovers(where: Path) -> dict[str, bytes]:
-    """A store whose ``a.json`` shadows the files of ``a/b`` and ``a/c`` a save of ``a``
-    replaced, as a writer killed before removing them leaves it; return its files."""
+def _store_with_leftovers(where: Path, top: str = "a") -> dict[str, bytes]:
+    """A store whose ``a.json`` (``<top>.json``) shadows the files of ``a/b`` and ``a/c``
+    a save of ``a`` replaced, as a writer killed before removing them leaves it; return
+    its files."""
     with JsonStorageHandler(where) as storage:
-        storage.save_data("a/b", np.arange(3))
-        storage.save_data("a/c", np.arange(2))
+        storage.save_data(f"{top}/b", np.arange(3))
+        storage.save_data(f"{top}/c", np.arange(2))
         storage.save_data("x/y", np.arange(5))
-        old = {name: (where / name).read_bytes() for name in ("a_b.json", "a_c.json")}
-        storage.save_data("a", {"b": np.arange(5), "d": 1})
+        old = {name: (where / name).read_bytes() for name in (f"{top}_b.json", f"{top}_c.json")}
+        storage.save_data(top, {"b": np.arange(5), "d": 1})
     for name, data in old.items():
         (where / name).write_bytes(data)
     return _files(where)
@@ -902,22 +903,61 @@ def test_the_cli_repairs_a_json_store(tmp_path: Path, capsys: pytest.CaptureFixt
     assert said.out == "" and f"{where}: 'pipe.json' is not a regular file" in said.err
 
 
-@pytest.mark.parametrize("kind", ["foreign metadata", "item directory", "plain json"])
+def test_the_cli_repairs_a_json_store_with_a_key_named_zarr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON store's key ``zarr`` is its file ``zarr.json``, which ``cadstore repair``
+    took for a Zarr store's root document: the store was no JSON store to it, and was
+    refused as a malformed dataset (exit 2), its leftovers kept. ``zarr.json`` there is the
+    store's envelope of key ``zarr``, no Zarr metadata: the store is repaired as a JSON
+    store, and every value reads as before."""
+    from cadstore.cli import main
+
+    where = tmp_path / "store"
+    _store_with_leftovers(where, top="zarr")
+    assert json.loads((where / "zarr.json").read_text())["key"] == "zarr"
+    with JsonStorageHandler(where, read_only=True) as reader:
+        values = {key: reader.load_data(key) for key in ("zarr", "x")}
+    kept = {n: b for n, b in _files(where).items() if n in ("zarr.json", "x_y.json")}
+    capsys.readouterr()
+    assert main(["repair", str(where)]) == 0
+    said = capsys.readouterr()
+    assert said.err == ""
+    assert said.out.splitlines()[0] == (
+        "removed zarr_b.json, zarr_c.json: files of keys below 'zarr' that zarr.json "
+        "replaced (a save interrupted before removing them)"
+    )
+    assert sorted(os.listdir(where)) == ["metadata.json", "x_y.json", "zarr.json"]
+    assert {n: b for n, b in _files(where).items() if n != "metadata.json"} == kept
+    with JsonStorageHandler(where, read_only=True) as reader:
+        for key, value in values.items():
+            assert_same(reader.load_data(key), value, key)
+    assert main(["repair", str(where)]) == 0
+    assert capsys.readouterr().out == f"{where}: nothing to repair\n"
+
+
+@pytest.mark.parametrize(
+    "kind", ["foreign metadata", "item directory", "damaged item directory", "plain json"]
+)
 def test_the_cli_repairs_no_folder_that_is_not_a_json_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
     """Only a folder a JsonStorageHandler marked by a save (its ``metadata.json``
     records ``file_sizes_KB``) is repaired as a JSON store: a folder of another tool's
     JSON files, with a ``metadata.json`` of its own or none, and an item's directory
-    (whose ``metadata.json`` records sizes too) are what they were to ``cadstore
+    (whose ``metadata.json`` records sizes too), even one whose ``zarr.json`` does not
+    read (it is no JSON store's file of key ``zarr``), are what they were to ``cadstore
     repair``, no dataset, and nothing in them is written."""
     from cadstore import OptStorage
     from cadstore.cli import main
 
     where = tmp_path / "folder"
-    if kind == "item directory":
+    if kind.endswith("item directory"):
         with OptStorage(where) as storage:
             storage.save_data("face_areas", np.arange(3, dtype=np.float32))
+        assert "file_sizes_KB" in json.loads((where / "metadata.json").read_text())
+        if kind.startswith("damaged"):
+            (where / "zarr.json").write_text('{"zarr_format": 3, "node_')
     else:
         where.mkdir()
         (where / "points.json").write_text("[1, 2, 3]")

@@ -243,7 +243,7 @@ class JsonStorageHandler(NodeStorage):
             if not name.endswith(".json") or name == METADATA_FILE or name.startswith(TEMP_PREFIX):
                 continue
             doc = self._read_json(name, sizes=self._file_bytes)
-            if isinstance(doc, dict) and set(doc) == {"key", "value"}:
+            if _is_envelope(doc):
                 key = doc["key"]
                 if not isinstance(key, str):
                     raise CorruptStoreError(self._path(name), "envelope 'key' is not a string")
@@ -308,7 +308,7 @@ class JsonStorageHandler(NodeStorage):
             return self._read_values[name]
         doc = self._read_json(name)
         try:
-            if isinstance(doc, dict) and set(doc) == {"key", "value"}:
+            if _is_envelope(doc):
                 value: Node = jsoncodec.decode(doc["value"])
             else:
                 value = _decode_foreign(doc)
@@ -691,8 +691,47 @@ class JsonStorageHandler(NodeStorage):
 
 
 #: Files at the top of a Zarr store: a folder holding one is an item or a dataset (an
-#: ``OptStorage`` folder has a ``metadata.json`` too), never a JSON store.
+#: ``OptStorage`` folder has a ``metadata.json`` too), never a JSON store. A JSON store's
+#: file names end in ``.json`` after a stem without dots, so only ``zarr.json`` can be
+#: one of its files too: the file of key ``zarr`` (see :func:`_is_zarr_hierarchy`).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def _is_envelope(doc: Any) -> bool:
+    """Whether ``doc`` has the shape of a file a :class:`JsonStorageHandler` writes for a
+    key, exactly ``{"key": ..., "value": ...}``; any other document is another tool's."""
+    return isinstance(doc, dict) and set(doc) == {"key", "value"}
+
+
+def _is_zarr_hierarchy(location: Location) -> bool:
+    """Whether the folder ``location`` is a Zarr store (an item or a dataset): a
+    :data:`_ZARR_MARKERS` file is at its top, and a ``zarr.json`` is not the file of a
+    JSON store's key ``zarr``.
+
+    A Zarr store's ``zarr.json`` is a metadata document (``zarr_format``, ``node_type``);
+    the file of key ``zarr`` is the store's envelope (``{"key": "zarr", "value": ...}``),
+    which no Zarr document is. A ``zarr.json`` that does not read, or reads as anything
+    else, is taken for a Zarr store's, so that a tool writing to a JSON store never takes
+    an item's folder for one.
+
+    Raises
+    ------
+    OSError
+        If the file system fails to list or read the folder (the caller decides).
+    """
+    if any(location.child(m).exists() for m in _ZARR_MARKERS[1:]):
+        return True
+    marker = location.child(_ZARR_MARKERS[0])
+    if not marker.exists():
+        return False
+    if not marker.isfile():  # a folder, or a pipe, which would block the read
+        return True
+    data = location.fs.read_limited(marker.path, MAX_JSON_BYTES)
+    try:
+        doc = None if data is None else jsoncodec.loads(data)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return True
+    return not _is_envelope(doc)
 
 
 def is_json_store(location: Location) -> bool:
@@ -704,21 +743,24 @@ def is_json_store(location: Location) -> bool:
     that it never writes sizes into a ``metadata.json`` of another tool's folder. That
     is a folder that is no Zarr store and whose ``metadata.json``, a regular file of at
     most :data:`MAX_JSON_BYTES`, is a JSON object recording the sizes of the files saved
-    (``file_sizes_KB``, written with every save; damaged or not). A store without a save
-    has nothing to repair; anything unreadable is no JSON store, left to the tool's own
-    checks.
+    (``file_sizes_KB``, written with every save; damaged or not). A ``zarr.json`` in it
+    may be the file of the store's key ``zarr``, not a Zarr store's metadata (see
+    :func:`_is_zarr_hierarchy`). A store without a save has nothing to repair; anything
+    unreadable is no JSON store, left to the tool's own checks.
     """
     try:
-        if not location.isdir() or any(location.child(m).exists() for m in _ZARR_MARKERS):
+        if not location.isdir():
             return False
         metadata = location.child(METADATA_FILE)
         if not metadata.isfile():  # a pipe would block the read
             return False
         data = location.fs.read_limited(metadata.path, MAX_JSON_BYTES)
         doc = None if data is None else jsoncodec.loads(data)
+        if not (isinstance(doc, dict) and SIZES_METADATA_KEY in doc):
+            return False
+        return not _is_zarr_hierarchy(location)  # last: it may read a key's whole file
     except (OSError, ValueError, RecursionError, UnicodeDecodeError):
         return False
-    return isinstance(doc, dict) and SIZES_METADATA_KEY in doc
 
 
 def _json_bytes(obj: Any) -> bytes:
