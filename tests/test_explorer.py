@@ -494,6 +494,41 @@ def test_a_group_zarr_python_is_wrongly_asked_for_is_not_reported_as_a_damaged_f
     assert (out / "zarr.json").read_text() == damaged
 
 
+def test_a_node_the_dataset_has_and_zarr_python_does_not_find_is_a_corrupt_store_error(
+    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the split above, which no test reached: zarr-python's own
+    ``KeyError`` for a group the dataset has (cadstore's reader lists it; zarr-python's
+    view of the consolidated metadata does not, as damage cadstore reads past would
+    make) is damage, a ``CorruptStoreError`` naming the dataset and the group, not a
+    ``KeyNotFoundError`` sending the user after a wrong call. zarr-python's parsed root
+    is changed, not the file: nothing stored is changed."""
+    import zarr
+
+    from cadstore.errors import KeyNotFoundError
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    before = (out / "zarr.json").read_bytes()
+    open_consolidated = zarr.open_consolidated
+
+    def without_edges(*args: Any, **kwargs: Any) -> Any:
+        root = open_consolidated(*args, **kwargs)
+        root.metadata.consolidated_metadata.metadata.pop("edges")
+        return root
+
+    with monkeypatch.context() as patched:
+        patched.setattr(zarr, "open_consolidated", without_edges)
+        with DatasetExplorer(merged_store_path=out) as ex:
+            assert "edges" in ex.available_groups()
+            with pytest.raises(CorruptStoreError, match=r"group edges .*KeyError") as caught:
+                ex.get_group_data("edges")
+            assert not isinstance(caught.value, KeyNotFoundError)
+            assert str(out) in str(caught.value)
+            assert "'edges' not found in consolidated metadata" in str(caught.value)
+    assert (out / "zarr.json").read_bytes() == before
+
+
 @pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
 def test_close_after_the_group_failed_to_open(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: bool
