@@ -1571,6 +1571,47 @@ def test_filter_files_by_metadata_missing_values_of_any_kind(
             assert ex.filter_files_by_metadata(material=members).tolist() == [*steel, 5]
 
 
+def test_filter_files_by_metadata_compares_integers_exactly(tmp_path: Path) -> None:
+    """Found by review: an integer column with a missing value is float64 in pandas, and
+    its conditions compared floats: ``serial=2**53 + 1`` matched the item holding 2**53
+    too, and so did the list ``[2**53 + 1]``. Integers compare exactly, as stored; a
+    missing value never matches a value, and a float matches the integer it equals."""
+    from cadstore import OptStorage
+
+    serials = (2**53 + 1, 2**53, None, -(2**62) - 1)
+    for k, serial in enumerate(serials):
+        with OptStorage(tmp_path / f"s{k}.zarr") as storage:
+            storage.save_data("faces/x", np.arange(2.0))
+            if serial is not None:
+                storage.save_metadata("serial", serial)
+            storage.compress_store()
+    cadstore.merge(
+        [str(tmp_path / f"s{k}.zarr.data") for k in range(len(serials))],
+        str(tmp_path / "s.dataset"),
+    )
+    with DatasetExplorer(flow_output_file=tmp_path / "s.flow") as ex:
+        assert ex.get_file_info_all()["serial"].isna().tolist() == [False, False, True, False]
+        for value, codes in (
+            (2**53 + 1, [0]),
+            (np.int64(2**53 + 1), [0]),
+            (np.uint64(2**53 + 1), [0]),
+            (2**53, [1]),
+            (float(2**53), [1]),
+            (2**53 + 2, []),
+            (float(2**53 + 2), []),
+            (0.5, []),
+            (-(2**62) - 1, [3]),
+            (-(2**62), []),
+            (2**64, []),
+        ):
+            assert ex.filter_files_by_metadata(serial=value).tolist() == codes, value
+        assert ex.filter_files_by_metadata(serial=[2**53 + 1]).tolist() == [0]
+        assert ex.filter_files_by_metadata(serial=[2**53 + 1, None]).tolist() == [0, 2]
+        assert ex.filter_files_by_metadata(serial=np.array([2**53, 7])).tolist() == [1]
+        assert ex.filter_files_by_metadata(serial=[2**53 + 2, 2**64, "x"]).tolist() == []
+        assert ex.filter_files_by_metadata(serial=None).tolist() == [2]
+
+
 def test_filter_files_by_metadata_refusals(explorer: DatasetExplorer) -> None:
     from cadstore.errors import KeyNotFoundError
 

@@ -596,6 +596,8 @@ class DatasetExplorer:
         self._tables = TrustedTables(self.reader)
         self._info: pd.DataFrame | None = None
         self._info_table: Any = None  # the pyarrow Table the frame above was made from
+        #: The table's row of each of the frame's rows (the frame is sorted by ``id``).
+        self._info_order: np.ndarray | None = None
         self._info_metadata: dict[bytes, bytes] = {}
         self._attribs: pd.DataFrame | None = None
         self._zarr_store: Any = None
@@ -1638,8 +1640,10 @@ class DatasetExplorer:
                 check_item_codes(table, where, self.reader.n_items)
                 self._info_metadata = dict(table.schema.metadata or {})
                 frame = frame_of(table, where)
-                self._info = frame.sort_values("id").reset_index(drop=True)
+                order = np.argsort(frame["id"].to_numpy(), kind="stable")
+                self._info = frame.iloc[order].reset_index(drop=True)
                 self._info_table = table
+                self._info_order = order
         if self._info is None and required:
             raise DatasetError(
                 "no .infoset: pass parquet_file_path (or open the dataset from its .flow)"
@@ -1677,6 +1681,7 @@ class DatasetExplorer:
         """
         self._info = None
         self._info_table = None
+        self._info_order = None
 
     def _info_values(self, column: str) -> np.ndarray:
         """One infoset column's values by item code (``n_items`` of them), as stored.
@@ -1710,6 +1715,30 @@ class DatasetExplorer:
         out = np.full(n, None, dtype=object)
         out[codes] = np.array(values.to_pylist(), dtype=object)
         return out
+
+    def _exact_integers(self, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """An integer infoset column as stored, row by row of :meth:`get_file_info_all`:
+        ``(values, present)``, ``values`` in the column's own integer dtype (0 where
+        missing) and ``present`` whether the row has a value. ``None`` for a column of
+        another type (or one the table does not name once).
+
+        pandas makes an integer column with a missing value float64, in which integers
+        from 2**53 on are rounded (2**53 + 1 reads as 2**53): conditions on it are
+        compared here instead.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self._info_frame()
+        table, order = self._info_table, self._info_order
+        assert table is not None and order is not None
+        at = table.schema.get_field_index(column)
+        if at < 0 or not pa.types.is_integer(table.schema.field(at).type):
+            return None
+        stored = table.column(at)
+        values = np.asarray(pc.fill_null(stored, 0).to_numpy())[order]
+        present = np.asarray(pc.is_valid(stored).to_numpy(zero_copy_only=False), dtype=bool)
+        return values, present[order]
 
     def get_file_info_all(self) -> pd.DataFrame:
         """Return the whole ``.infoset`` (one row per item, sorted by ``id``).
@@ -1858,10 +1887,15 @@ class DatasetExplorer:
             NaN of any float type, ``pandas.NA`` or NaT, selects the rows where the
             column is missing); ``column=[v1, v2]`` (a list, tuple, set, range or 1-D
             array): the column is one of them (a missing member selects the rows where
-            it is missing); ``column=callable``: the
-            callable gets the column (a ``Series``) and returns a boolean mask, e.g.
-            ``subset=lambda s: s.str.startswith("tr")``. A column called ``where`` is
-            tested through ``where``.
+            it is missing). On an integer column, values and members that are numbers
+            are compared with the stored integers exactly (pandas makes a column with a
+            missing value float64, which rounds integers from 2**53 on): ``3.0``
+            matches 3, ``0.5`` or a number the column's dtype cannot hold matches
+            nothing, and a missing value only a missing condition.
+            ``column=callable``: the callable gets the column (a ``Series``, as pandas
+            gives it: float64 for an integer column with a missing value) and returns a
+            boolean mask, e.g. ``subset=lambda s: s.str.startswith("tr")``. A column
+            called ``where`` is tested through ``where``.
 
         Returns
         -------
@@ -1903,6 +1937,7 @@ class DatasetExplorer:
             keep &= _row_mask(where(info), info, "where()")
         for column, value in conditions.items():
             series = info[column]
+            exact = None if callable(value) else self._exact_integers(column)
             if callable(value):
                 keep &= _row_mask(value(series), info, f"the condition on {column!r}")
             elif isinstance(value, list | tuple | set | frozenset | range | np.ndarray):
@@ -1912,12 +1947,23 @@ class DatasetExplorer:
                 # pandas' isin matches a missing member by type (None no NaN of a float
                 # column, pd.NA nothing): missing members select the missing rows.
                 given = [m for m in members if not _missing(m)]
-                matched = series.isin(given).to_numpy(dtype=bool)
+                if exact is not None:
+                    # Numbers compare with the stored integers; anything else as pandas
+                    # compares it (it matches nothing in a column of numbers).
+                    numbers = [m for m in given if _as_integer(m) is not _NOT_A_NUMBER]
+                    matched = _integers_equal(*exact, numbers)
+                    others = [m for m in given if _as_integer(m) is _NOT_A_NUMBER]
+                    if others:
+                        matched = matched | series.isin(others).to_numpy(dtype=bool)
+                else:
+                    matched = series.isin(given).to_numpy(dtype=bool)
                 if len(given) < len(members):
                     matched = matched | series.isna().to_numpy(dtype=bool)
                 keep &= matched
             elif _missing(value):
                 keep &= series.isna().to_numpy(dtype=bool)
+            elif exact is not None and _as_integer(value) is not _NOT_A_NUMBER:
+                keep &= _integers_equal(*exact, [value])
             else:
                 keep &= _row_mask(series == value, info, f"{column} == {value!r}")
         codes = info["id"].to_numpy()[keep]
@@ -2160,6 +2206,37 @@ def _missing(value: Any) -> bool:
     import pandas as pd
 
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+#: What :func:`_as_integer` gives for a value that is not a number.
+_NOT_A_NUMBER = object()
+
+
+def _as_integer(value: Any) -> Any:
+    """``value`` (a condition on an integer column) as the Python integer it equals
+    exactly: an integer (a ``bool`` as 0 or 1, as Python and pandas compare it) or a
+    float holding one (``3.0``); ``None`` for a number equal to no integer (``0.5``,
+    infinity); :data:`_NOT_A_NUMBER` for anything else."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return _NOT_A_NUMBER
+
+
+def _integers_equal(values: np.ndarray, present: np.ndarray, wanted: Iterable[Any]) -> np.ndarray:
+    """Which of ``values`` (an integer column, ``present`` where it has a value) equal one
+    of the numbers ``wanted``, compared exactly: as integers of the column's dtype, never
+    as floats; a number the dtype cannot hold, or that equals no integer, matches none,
+    and a missing value never matches."""
+    info = np.iinfo(values.dtype)
+    held = [k for k in map(_as_integer, wanted) if isinstance(k, int) and info.min <= k <= info.max]
+    if not held:
+        return np.zeros(len(values), dtype=bool)
+    matched: np.ndarray = np.isin(values, np.asarray(held, dtype=values.dtype)) & present
+    return matched
 
 
 def _row_mask(result: Any, frame: pd.DataFrame, what: str) -> np.ndarray:
