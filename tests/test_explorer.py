@@ -1015,6 +1015,70 @@ def test_array_statistics(explorer: DatasetExplorer, realistic_items: list[Any])
         explorer.get_array_statistics("edges", "edge_area")
 
 
+def _statistics_dataset(tmp_path: Path) -> Path:
+    """A dataset whose ``faces/x`` (2,000,000 float32 values over two items, some NaN,
+    -0.0, ties and values far apart) spans many blocks of the statistics."""
+    rng = np.random.default_rng(56)
+    files = []
+    for k in range(2):
+        x = (rng.normal(size=1_000_000) * 10**k).astype(np.float32)
+        x[rng.integers(0, x.size, 5000)] = np.nan
+        x[rng.integers(0, x.size, 5000)] = -0.0
+        x[rng.integers(0, x.size, 50_000)] = 1.5  # ties
+        x[:3] = (-2e4, 3e4, 3e-38) if k else (7, 7, 7)
+        files.append(write_arrays(tmp_path / f"s{k}.zarr", {"faces/x": x}, allow_nan=True))
+    merge_items(files, tmp_path / "s.dataset")
+    return tmp_path / "s.dataset"
+
+
+def test_array_statistics_of_many_blocks_are_numpys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read block by block (here blocks of 1 KiB to 1 MiB, and one block of all), the
+    statistics are those of numpy over the whole array: min, max and the quantiles
+    exactly, mean and std up to the rounding of float sums; ``compute_statistics``
+    gives the same and the count of values (NaN left out)."""
+    import cadstore.dataset.explorer as explorer_module
+
+    out = _statistics_dataset(tmp_path)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        whole = ex.reader.read_array("faces", "x").astype(np.float64)
+        kept = whole[~np.isnan(whole)]
+        q25, median, q75 = np.percentile(kept, [25, 50, 75])
+        for block_bytes in (1 << 10, 1 << 16, 1 << 20, 1 << 30):
+            monkeypatch.setattr(explorer_module, "_STATISTICS_BLOCK_BYTES", block_bytes)
+            stats = ex.get_array_statistics("faces", "x")
+            assert (stats["q25"], stats["median"], stats["q75"]) == (q25, median, q75)
+            assert (stats["min"], stats["max"]) == (kept.min(), kept.max())
+            assert stats["mean"] == pytest.approx(kept.mean(), rel=1e-9)
+            assert stats["std"] == pytest.approx(kept.std(), rel=1e-9)
+            table = ex.compute_statistics("faces", "x")
+            assert table.loc["x", "count"] == kept.size
+            assert dict(table.loc["x"].drop("count")) == stats
+
+
+def test_array_statistics_hold_a_block_not_the_array(tmp_path: Path) -> None:
+    """Found by review: ``get_array_statistics`` read the whole array and made a float64
+    copy of it (16 MB of float64 values here, beside the array's 8 MB: 24 MB at once).
+    Read block by block, what it holds at once is well below half the float64 values'
+    size. Measured after a first call, so that the reader's chunk cache is what it will
+    stay."""
+    import tracemalloc
+
+    out = _statistics_dataset(tmp_path)
+    with DatasetExplorer(merged_store_path=out) as ex:
+        size_as_float64 = 8 * int(np.prod(ex.reader.array_meta("faces", "x").shape))
+        first = ex.get_array_statistics("faces", "x")
+        tracemalloc.start()
+        try:
+            again = ex.get_array_statistics("faces", "x")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert again == pytest.approx(first, nan_ok=True)
+        assert peak < size_as_float64 / 2, (peak, size_as_float64)
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_unknown_groups_and_arrays_name_the_choices(explorer: DatasetExplorer) -> None:
     with pytest.raises(DatasetError, match=r"unknown group 'face'.*'faceface', 'faces'"):
@@ -1643,13 +1707,13 @@ def test_compute_statistics(
     items = _items(realistic_items)
     keys = list(explorer.get_array_statistics("faces", "face_areas"))
     read: list[str] = []
-    read_array = explorer.reader.read_array
+    read_rows = explorer.reader.read_rows
 
-    def counted(group: str, array: str) -> np.ndarray:
+    def counted(group: str, array: str, start: int, stop: int) -> np.ndarray:
         read.append(f"{group}/{array}")
-        return read_array(group, array)
+        return read_rows(group, array, start, stop)
 
-    monkeypatch.setattr(explorer.reader, "read_array", counted)
+    monkeypatch.setattr(explorer.reader, "read_rows", counted)
     table = explorer.compute_statistics("faces")
     assert list(table.columns) == [*keys, "count"]
     assert table.index.name == "array"
@@ -1666,8 +1730,10 @@ def test_compute_statistics(
         assert row["q25"] == pytest.approx(np.percentile(values, 25), rel=1e-12)
         assert row["q75"] == pytest.approx(np.percentile(values, 75), rel=1e-12)
     assert table["count"].dtype == np.int64
-    # One array read at a time, each once; the item codes not at all.
-    assert sorted(read) == sorted(f"faces/{a}" for a in want_names)
+    # One array read at a time (its blocks of rows one after another); the item codes
+    # not at all.
+    assert sorted(dict.fromkeys(read)) == sorted(f"faces/{a}" for a in want_names)
+    assert [a for k, a in enumerate(read) if not k or read[k - 1] != a] == list(dict.fromkeys(read))
     # Arrays named: in the order given, a single name too; num_nodes counts items.
     named = explorer.compute_statistics("graph", ["num_nodes", "edges_source"])
     assert named.index.tolist() == ["num_nodes", "edges_source"]

@@ -47,7 +47,7 @@ import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -2043,9 +2043,17 @@ class DatasetExplorer:
         -----
         A per-item array (``graph/num_nodes``) counts each item once; the specified store,
         which repeats it per graph edge, weights items by their edge count.
+
+        The array is read in blocks of rows (about 1 MiB of float64 values each), so
+        memory holds one block, not the array and its float64 copy: ``mean`` and ``std``
+        combine the blocks' (Chan et al.'s pairwise update, equal to numpy's over the
+        whole array up to the rounding of float sums), ``min`` and ``max`` are exact,
+        and the quantiles are numpy's (``np.percentile``, linear) exactly, from the
+        values at their ranks, found by a few more passes over the blocks. An array
+        of one block is computed as numpy computes it.
         """
         group, array = self._names(group, array, group_name, array_name)
-        return _summary(self._numeric_values(group, array))
+        return self._statistics(group, array)[0]
 
     def _is_numeric(self, group: str, array: str) -> bool:
         """Whether ``group/array`` holds numbers (booleans, integers, floats), known from
@@ -2053,12 +2061,11 @@ class DatasetExplorer:
         meta = self.reader.array_meta(group, array)
         return not meta.is_string and np.dtype(meta.dtype).kind in _NUMERIC_KINDS
 
-    def _numeric_values(self, group: str, array: str) -> np.ndarray:
-        """Every value of ``group/array`` as float64, NaN left out: what the statistics
-        of :meth:`get_array_statistics` and :meth:`compute_statistics` are computed over.
-
-        The array is read whole (one array at a time); a per-item array counts each item
-        once.
+    def _statistics(self, group: str, array: str) -> tuple[dict[str, float], int]:
+        """The statistics of :meth:`get_array_statistics` of ``group/array`` and the count
+        of values they were computed over (NaN left out), read block by block
+        (:meth:`_value_blocks`): what :meth:`get_array_statistics` and
+        :meth:`compute_statistics` give.
 
         Raises
         ------
@@ -2070,10 +2077,53 @@ class DatasetExplorer:
             meta = self.reader.array_meta(group, array)
             dtype = "string" if meta.is_string else np.dtype(meta.dtype)
             raise DatasetError(f"{group}/{array} has dtype {dtype}, which is not numeric")
-        data = self.reader.read_array(group, array)
-        values = data.astype(np.float64, copy=False).ravel()
-        kept: np.ndarray = values[~np.isnan(values)]
-        return kept
+        blocks = self._value_blocks(group, array)
+        first = next(blocks, None)
+        second = next(blocks, None)
+        if second is None:  # one block (or none): numpy over the values, as they are
+            values = first if first is not None else np.zeros(0)
+            return _summary(values), int(values.size)
+        assert first is not None
+        moments = _Moments()
+        moments.add(first)
+        del first
+        moments.add(second)
+        del second
+        for block in blocks:
+            moments.add(block)
+        if moments.count == 0:
+            return dict.fromkeys(_STATISTICS, float("nan")), 0
+        ranks, quantile_of = _quantile_ranks(moments.count)
+        at_rank = _values_at_ranks(lambda: self._value_blocks(group, array), ranks)
+        out = {
+            "mean": moments.mean,
+            "std": float(np.sqrt(moments.m2 / moments.count)),
+            "min": moments.low,
+            "max": moments.high,
+        }
+        for name, (before, after, gamma) in quantile_of.items():
+            out[name] = _lerp(at_rank[before], at_rank[after], gamma)
+        return {name: out[name] for name in _STATISTICS}, moments.count
+
+    def _value_blocks(self, group: str, array: str) -> Iterator[np.ndarray]:
+        """The values of ``group/array`` as float64, NaN left out, block by block of rows
+        (about :data:`_STATISTICS_BLOCK_BYTES` of float64 values each, at least a row),
+        each read with :meth:`DatasetReader.read_rows`. A per-item array counts each item
+        once."""
+        meta = self.reader.array_meta(group, array)
+        shape = tuple(int(n) for n in meta.shape)
+        if not shape:  # a single value
+            whole = np.asarray(self.reader.read_array(group, array), dtype=np.float64).ravel()
+            yield whole[~np.isnan(whole)]
+            return
+        per_row = int(np.prod(shape[1:], dtype=np.int64))
+        step = max(1, _STATISTICS_BLOCK_BYTES // (8 * max(per_row, 1)))
+        for start in range(0, shape[0], step):
+            rows = self.reader.read_rows(group, array, start, min(shape[0], start + step))
+            values = rows.astype(np.float64).ravel()
+            del rows
+            missing = np.isnan(values)
+            yield values[~missing] if missing.any() else values
 
     def compute_statistics(
         self, group: str, arrays: str | Iterable[str] | None = None
@@ -2110,8 +2160,9 @@ class DatasetExplorer:
 
         Notes
         -----
-        Arrays are read one at a time, each whole, as :meth:`get_array_statistics` reads
-        one: memory holds one array (and its float64 values), not the group.
+        Arrays are read one at a time, each block by block of rows as
+        :meth:`get_array_statistics` reads one: memory holds one block, not an array
+        (nor the group).
         """
         import pandas as pd
 
@@ -2135,10 +2186,10 @@ class DatasetExplorer:
         rows: dict[str, list[float]] = {name: [] for name in _STATISTICS}
         counts = []
         for array in names:
-            values = self._numeric_values(group, array)
-            for name, value in _summary(values).items():
+            statistics, count = self._statistics(group, array)
+            for name, value in statistics.items():
                 rows[name].append(value)
-            counts.append(values.size)
+            counts.append(count)
         columns: dict[str, np.ndarray] = {
             name: np.asarray(rows[name], dtype=np.float64) for name in _STATISTICS
         }
@@ -2274,6 +2325,163 @@ _NUMERIC_KINDS = "biuf"
 #: The statistics of one array, in the order :meth:`DatasetExplorer.get_array_statistics`
 #: gives them.
 _STATISTICS = ("mean", "std", "min", "max", "median", "q25", "q75")
+
+
+#: About how many bytes of float64 values the statistics of an array hold at once: each
+#: block of rows read (:meth:`DatasetExplorer._value_blocks`).
+_STATISTICS_BLOCK_BYTES = 1 << 20
+#: The quantiles of the statistics, as ``np.percentile`` takes them (``q / 100``).
+_QUANTILES = {"q25": 0.25, "median": 0.5, "q75": 0.75}
+#: Bits of a value's sort key :func:`_values_at_ranks` settles per pass (a tally of
+#: ``2**12`` counts per rank searched, small beside a block).
+_RADIX_BITS = 12
+
+
+class _Moments:
+    """The count, mean, sum of squared deviations (``m2``), minimum and maximum of values
+    added block by block (Chan, Golub and LeVeque's pairwise update, numerically
+    stable; the first block's are numpy's own)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.low = float("inf")
+        self.high = float("-inf")
+
+    def add(self, values: np.ndarray) -> None:
+        """Add a block of float64 values (no NaN)."""
+        n = int(values.size)
+        if not n:
+            return
+        mean = float(values.mean())
+        m2 = float(np.square(values - mean).sum())
+        self.low = min(self.low, float(values.min()))
+        self.high = max(self.high, float(values.max()))
+        if not self.count:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+
+def _quantile_ranks(count: int) -> tuple[list[int], dict[str, tuple[int, int, float]]]:
+    """The ranks (0-based, in sorted order) whose values ``np.percentile`` (linear)
+    interpolates for each of :data:`_QUANTILES` over ``count`` values, and, for each,
+    ``(rank before, rank after, weight)`` as numpy computes them."""
+    virtual = (count - 1) * np.array(list(_QUANTILES.values()), dtype=np.float64)
+    of = {}
+    for name, index in zip(_QUANTILES, virtual, strict=True):
+        before = int(np.floor(index))
+        after = before + 1
+        gamma = float(index - before)
+        if index >= count - 1:  # numpy takes the last value (index -1) for both
+            before = after = -1
+            gamma = float(index + 1)
+        of[name] = (before % count, after % count, gamma)
+    ranks = sorted({rank for before, after, _ in of.values() for rank in (before, after)})
+    return ranks, of
+
+
+def _lerp(low: float, high: float, gamma: float) -> float:
+    """numpy's linear interpolation between neighbouring values (``_lerp`` of
+    ``np.percentile``), done the same way so the result is numpy's to the bit."""
+    a, b, t = np.float64(low), np.float64(high), np.float64(gamma)
+    difference = b - a
+    if t >= 0.5:
+        return float(b - difference * (1 - t))
+    return float(a + difference * t)
+
+
+def _sort_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned 64-bit keys ordered as the float64 ``values`` (no NaN) are: the sign bit
+    set for positives, every bit flipped for negatives (-0.0 just below 0.0). Made in
+    the memory of ``values``, which are gone then (a block read for this only)."""
+    keys: np.ndarray = values.view(np.uint64)
+    negative = np.signbit(values)
+    np.invert(keys, out=keys, where=negative)
+    np.bitwise_or(keys, np.uint64(1 << 63), out=keys, where=~negative)
+    return keys
+
+
+def _from_sort_key(key: int) -> float:
+    """The float64 whose :func:`_sort_keys` key is ``key``."""
+    bits = key & ~(1 << 63) if key >> 63 else ~key & ((1 << 64) - 1)
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+class _RankSearch:
+    """Where :func:`_values_at_ranks` has got to for one rank: the first ``depth`` bits
+    of the rank's sort key (``prefix``, the rest 0), how many values have keys below
+    that prefix (``below``), and whether the values sharing it are few enough to gather
+    (``gather``)."""
+
+    def __init__(self) -> None:
+        self.prefix = 0
+        self.depth = 0
+        self.below = 0
+        self.gather = False
+
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        """What ranks searching the same values share."""
+        return self.prefix, self.depth, self.gather
+
+
+def _values_at_ranks(
+    blocks: Callable[[], Iterator[np.ndarray]], ranks: list[int]
+) -> dict[int, float]:
+    """The value at each of ``ranks`` (0-based, in sorted order) among the values of
+    ``blocks()`` (float64 blocks without NaN, read again on each call), found without
+    holding them all: a radix selection on their sort keys, :data:`_RADIX_BITS` bits a
+    pass; once few enough values share a rank's settled bits (the values gathered for
+    every rank hold no more than a block), one more pass gathers them and sorts them.
+    At most ``ceil(64 / _RADIX_BITS) + 1`` passes."""
+    capacity = max(1, _STATISTICS_BLOCK_BYTES // 8 // max(1, len(ranks)))
+    search = {rank: _RankSearch() for rank in ranks}
+    found: dict[int, float] = {}
+    while len(found) < len(ranks):
+        open_ranks = [r for r in ranks if r not in found]
+        keys_searched = {search[r].key for r in open_ranks}
+        counts: dict[tuple[int, int, bool], np.ndarray] = {}
+        gathered: dict[tuple[int, int, bool], list[np.ndarray]] = {k: [] for k in keys_searched}
+        for block in blocks():
+            keys = _sort_keys(block)
+            del block
+            for prefix, depth, gather in keys_searched:
+                if depth:
+                    settled = np.uint64(prefix >> (64 - depth))
+                    keys_in = keys[(keys >> np.uint64(64 - depth)) == settled]
+                else:
+                    keys_in = keys
+                if gather:
+                    gathered[(prefix, depth, gather)].append(keys_in)
+                    continue
+                width = min(_RADIX_BITS, 64 - depth)
+                digits = (keys_in >> np.uint64(64 - depth - width)) & np.uint64((1 << width) - 1)
+                tally = np.bincount(digits.astype(np.intp), minlength=1 << width)
+                key = (prefix, depth, gather)
+                counts[key] = counts[key] + tally if key in counts else tally
+        for rank in open_ranks:
+            at = search[rank]
+            if at.gather:
+                held = np.sort(np.concatenate(gathered[at.key]))
+                found[rank] = _from_sort_key(int(held[rank - at.below]))
+                continue
+            tally = counts[at.key]
+            cumulative = np.cumsum(tally)
+            digit = int(np.searchsorted(cumulative, rank - at.below, side="right"))
+            at.below += int(cumulative[digit - 1]) if digit else 0
+            at.depth += min(_RADIX_BITS, 64 - at.depth)
+            at.prefix |= digit << (64 - at.depth)
+            if at.depth == 64:
+                found[rank] = _from_sort_key(at.prefix)
+            elif int(tally[digit]) <= capacity:
+                at.gather = True
+    return found
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
