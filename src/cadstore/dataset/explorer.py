@@ -1197,13 +1197,20 @@ class DatasetExplorer:
             A per-item array of ``secondary_group`` (``graph/num_nodes``, see
             :meth:`DatasetReader.is_per_item`) holds a value for every item, one
             without rows in that group too: every row gets its item's stored value, in
-            the array's dtype (for an item that did not hold the array, the merge's
-            fill, NaN, ``""`` or 0, as ``DatasetReader.read_array`` gives it). For an
-            array of rows, a row whose item has no row in ``secondary_group`` gets a
-            fill: NaN for floats; for integers and booleans, which cannot hold NaN, the
-            array is promoted to float64 with NaN (integers beyond 2**53, which float64
-            would round, are refused), but only when some such row exists, else it
-            keeps its dtype; ``None`` for anything else.
+            the array's dtype. For an array of rows, a row whose item has no row in
+            ``secondary_group`` gets a fill: NaN for floats; for integers and
+            booleans, which cannot hold NaN, the array is promoted to float64 with NaN
+            (integers beyond 2**53, which float64 would round, are refused), but only
+            when some such row exists, else it keeps its dtype; ``None`` for anything
+            else.
+
+            An item that was merged without an array another item has (no
+            ``graph/num_nodes``, or a ``Labels`` row without ``Labels/weight``) holds
+            the merge's fill in the dataset: NaN for floats, which reads as missing, but
+            0, ``False`` or ``""`` for integers, booleans and strings, which the join
+            gives as the item's value. The dataset records nothing telling such a fill
+            from a stored 0 or ``""`` (neither the arrays nor their metadata, nor the
+            infoset), so the join cannot make it missing.
 
         Raises
         ------
