@@ -2114,3 +2114,74 @@ def test_the_scan_reads_another_writers_item_without_metadata(tmp_path: Path) ->
     scan = scan_item(resolve(str(path)))
     assert isinstance(scan, ItemScan)
     assert scan.metadata == {} and scan.arrays == {"values": ((4,), "<i8")}
+
+
+def _zarr_python_item(path: Path, values: np.ndarray) -> None:
+    """An item zarr-python writes itself into a ``ZipStore``: array ``values``, no
+    ``metadata.json`` (which only cadstore's writers add)."""
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        group = zarr.open_group(store, mode="w")
+        group.create_array("values", shape=values.shape, chunks=values.shape, dtype="int64")[:] = (
+            values
+        )
+    with zipfile.ZipFile(path) as zf:
+        assert "metadata.json" not in zf.namelist()
+
+
+def test_another_writers_item_without_metadata_merges_with_an_empty_row(tmp_path: Path) -> None:
+    """Found by review: the scan accepts another writer's item without ``metadata.json``
+    (as ``OptStorage.load_metadata`` reads it, ``{}``), but the tables refused the same
+    item: the merge's summary listed it among the info errors ("the .data file has no
+    metadata.json") and warned it had no metadata, for an item it merged. The tables read
+    it as an item with no metadata: its row holds its name and id, and nothing is an
+    error. Nothing stored changes."""
+    import pyarrow.parquet as pq
+
+    from cadstore import merge
+    from cadstore.io.location import resolve
+    from cadstore.merging.scan import ItemScan, scan_item
+
+    other = tmp_path / "items" / "other.zarr.data"
+    other.parent.mkdir()
+    _zarr_python_item(other, np.arange(4))
+    ours = tmp_path / "items" / "ours.zarr"
+    with OptStorage(str(ours)) as storage:
+        storage.save_data("values", np.arange(4, 7))
+        storage.save_metadata("label", 3)
+        storage.compress_store()
+    items = [other, Path(f"{ours}.data")]
+    before = {p: p.read_bytes() for p in items}
+    assert isinstance(scan_item(resolve(str(other))), ItemScan)
+    result = merge([str(p) for p in items], str(tmp_path / "x.dataset"))
+    assert result.items == ["other", "ours"] and not result.errors
+    assert not [w for w in result.warnings if "metadata" in w]
+    info = json.loads((tmp_path / "x.flow").read_text())["info"]
+    assert info["errors"] == [] and info["items"] == 2
+    assert not [w for w in info["warnings"] if "metadata" in w]
+    rows = pq.read_table(tmp_path / "x.infoset").to_pylist()
+    assert [(r["name"], r["id"], r["description"], r["label"]) for r in rows] == [
+        ("other", 0, "", None),
+        ("ours", 1, "", 3),
+    ]
+    with DatasetReader(tmp_path / "x.dataset") as reader:
+        np.testing.assert_array_equal(reader.read_item(0)["values"]["values"], np.arange(4))
+    assert {p: p.read_bytes() for p in items} == before
+
+
+def test_the_tables_refuse_an_item_whose_metadata_name_was_damaged(tmp_path: Path) -> None:
+    """An item without ``metadata.json`` beside a member no node holds, of a name of its
+    length (``metadata.jsoo``), had its name damaged: the tables list it as an error
+    naming the file and both names, as the scan skips it, rather than read it as an item
+    without metadata. Nothing stored changes."""
+    from cadstore.merging.tables import build_info
+
+    path = tmp_path / "other.zarr.data"
+    _zarr_python_item(path, np.arange(4))
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("metadata.jsoo", b"{}")
+    raw = path.read_bytes()
+    info = build_info([path], tmp_path / "x.infoset", tmp_path / "x.attribset")
+    (error,) = info.errors
+    assert error["file"] == str(path)
+    assert re.search(r"'metadata\.json' is missing.*'metadata\.jsoo'", error["error"])
+    assert path.read_bytes() == raw

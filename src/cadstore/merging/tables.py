@@ -1,9 +1,12 @@
 """``DatasetInfo``: the ``.infoset`` and ``.attribset`` Parquet files of a merged dataset.
 
-Every item carries a metadata document: ``files_summary/<name>.json`` written by
+Every cadstore item carries a metadata document: ``files_summary/<name>.json`` written by
 ``OptStorage.close()``, and the same document as ``metadata.json`` inside the item's
 ``.data`` file. ``DatasetInfo`` reads either (so a merge never depends on
-``files_summary/`` existing), routes each field and writes two tables.
+``files_summary/`` existing), routes each field and writes two tables. A ``.data`` file
+another writer made (zarr-python's ``ZipStore``) may have no ``metadata.json``: it is an
+item without metadata, as the merge's scan and ``OptStorage.load_metadata`` read it,
+unless a member of a damaged name stands in its place (an error).
 
 ``.infoset``, one row per item code, sorted by ``id``:
 
@@ -80,6 +83,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cadstore.errors import CorruptStoreError, MergeError, SchemaError, os_problem
+from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import decode_metadata, parse_document
 from cadstore.format.limits import DEFAULT_LIMITS, Limits
 from cadstore.io.location import Location, resolve
@@ -577,12 +581,16 @@ class DatasetInfo:
             raise _Unreadable(f"not a readable .data file: {exc}") from None
         try:
             raw = source.get(METADATA_FILE)
+            if raw is None:
+                # Another writer's item (zarr-python's own) may have none, as the scan and
+                # OptStorage.load_metadata read it: an item without metadata, whose row
+                # holds its name and id. One whose name was damaged is corrupt.
+                ReadHierarchy(source, self.limits).check_absent(METADATA_FILE, "document")
+                return b"{}"
         except CorruptStoreError as exc:
             raise _Unreadable(f"{METADATA_FILE} is unreadable: {exc}") from None
         finally:
             source.close()
-        if raw is None:
-            raise _Unreadable(f"the .data file has no {METADATA_FILE}")
         return raw
 
     def _read_head(self, location: Location, failure: str) -> bytes:
