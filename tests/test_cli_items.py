@@ -1420,3 +1420,38 @@ def test_the_store_check_asks_for_no_key_a_consolidated_copy_names_unsafely() ->
     assert [key for key, _ in problems] == ["../x/.zattrs", "notes.txt"]
     assert all("not a metadata document" in message for _, message in problems)
     assert "../x/.zattrs" not in asked and "notes.txt" not in asked
+
+
+def test_the_store_check_lists_no_folder_below_an_array(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, items: list[Path]
+) -> None:
+    """Found by review: the store check listed every key of the store to find documents
+    the consolidated copy leaves out, walking each array's chunk folders, millions of
+    keys in a large dataset. An array has no node below it: only the root and the
+    groups are listed, the arrays' own documents asked for by name, and a node left out
+    of the copy in a group is still found."""
+    from cadstore.validation import validate_artefact
+
+    out = tmp_path / "d.dataset"
+    merge_items([str(p) for p in items], str(out), directory=True)
+    (out / "graph" / "extra").mkdir()
+    (out / "graph" / "extra" / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+    )
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def recording(path: Any = ".") -> Any:
+        listed.append(Path(path).relative_to(out).as_posix())
+        return scandir(path)
+
+    with open_artefact(str(out)) as target:
+        assert target.hierarchy is not None
+        groups = set(target.hierarchy.groups)
+        arrays = set(target.hierarchy.arrays)
+        monkeypatch.setattr(os, "scandir", recording)
+        result = validate_artefact(target, target.schema())
+        monkeypatch.undo()
+    assert [(p.key, p.kind) for p in result.problems] == [("graph/extra/zarr.json", "store")]
+    assert arrays and not any(folder.startswith(tuple(arrays)) for folder in listed)
+    assert set(listed) == {"."} | (groups - {""}) | {"graph/extra"}

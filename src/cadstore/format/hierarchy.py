@@ -720,7 +720,9 @@ class ReadHierarchy(Hierarchy):
         change by another tool, and the two kinds of reader would see different arrays.
         Each document is read once more (every CRC is checked), so this is for checking a
         store (``cadstore validate``), not for opening one; a hierarchy without
-        consolidated metadata has no copy to compare and gives no problem.
+        consolidated metadata has no copy to compare and gives no problem. Finding the
+        documents the copy leaves out lists the store but not below its arrays
+        (:meth:`_unlisted_documents`).
         """
         if self.zarr_format == 3:
             root = self._json("zarr.json")
@@ -775,9 +777,7 @@ class ReadHierarchy(Hierarchy):
         # The root's own documents too (Zarr 2's .zattrs and .zgroup: the v3 root
         # zarr.json holds the copy itself).
         roots = {name for name in _METADATA_NAMES - {"zarr.json"} if f"/{name}" in suffixes}
-        for key in sorted(self.source):
-            if key in copies or not (key.endswith(suffixes) or key in roots):
-                continue
+        for key in self._unlisted_documents(copies, suffixes, roots):
             if key.endswith(".zattrs"):
                 try:
                     if self._json(key) == {}:
@@ -795,6 +795,30 @@ class ReadHierarchy(Hierarchy):
                 )
             )
         return problems
+
+    def _unlisted_documents(
+        self, copies: Mapping[str, Any], suffixes: tuple[str, ...], roots: set[str]
+    ) -> list[str]:
+        """The metadata documents the store holds that ``copies`` (the consolidated
+        metadata, by document key) does not list, sorted.
+
+        The store is not listed below an array the copy lists (its chunks, which a large
+        dataset holds by the million; an array has no nodes below it): its documents are
+        asked for by name instead. Everywhere else every key is looked at, since a node
+        the copy leaves out may be anywhere.
+        """
+        arrays = [path for path in self.arrays if path]
+        found = {
+            key
+            for key in self.source.keys_outside(arrays)
+            if key not in copies and (key.endswith(suffixes) or key in roots)
+        }
+        for path in arrays:
+            for suffix in suffixes:
+                key = f"{path}{suffix}"
+                if key not in copies and key in self.source:
+                    found.add(key)
+        return sorted(found)
 
     def _find_strays(self) -> dict[int, list[tuple[str, bytes]]]:
         """The keys of the source that no node accounts for, with their names' bytes as

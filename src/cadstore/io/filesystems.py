@@ -28,7 +28,7 @@ import stat
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
@@ -335,13 +335,21 @@ class LocalFileSystem(FileSystem):
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(path)
 
-    def walk_files(self, path: str) -> Iterator[tuple[str, str]]:
+    def walk_files(self, path: str, *, skip: Collection[str] = ()) -> Iterator[tuple[str, str]]:
         """Yield ``(relative posix path, absolute path)`` of every regular file below ``path``.
 
         Symlinks are skipped, so a planted link cannot pull outside files into a store.
+        The folders of ``skip`` (relative posix paths) are not entered: a reader that
+        knows what one holds (an array's chunks) need not list it.
         """
         for root, dirs, files in os.walk(path, followlinks=False):
-            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+            rel_root = os.path.relpath(root, path).replace(os.sep, "/")
+            prefix = "" if rel_root == "." else f"{rel_root}/"
+            dirs[:] = [
+                d
+                for d in dirs
+                if not os.path.islink(os.path.join(root, d)) and f"{prefix}{d}" not in skip
+            ]
             for name in files:
                 full = os.path.join(root, name)
                 if stat.S_ISREG(os.lstat(full).st_mode):

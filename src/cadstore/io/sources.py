@@ -32,7 +32,7 @@ import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 
 from cadstore.errors import (
@@ -119,6 +119,16 @@ def check_member_name(name: str) -> str | None:
     return None
 
 
+def _below_any(key: str, folders: Collection[str]) -> bool:
+    """Whether ``key`` lies below one of ``folders`` (``a/b/c`` below ``a`` and ``a/b``)."""
+    cut = key.find("/")
+    while cut > 0:
+        if key[:cut] in folders:
+            return True
+        cut = key.find("/", cut + 1)
+    return False
+
+
 class KeySource(ABC):
     """Read-only bytes by key.
 
@@ -187,6 +197,17 @@ class KeySource(ABC):
     @abstractmethod
     def total_bytes(self) -> int:
         """Return the size of the underlying file(s)."""
+
+    def keys_outside(self, folders: Collection[str]) -> Iterable[str]:
+        """Every key but those below one of ``folders`` (``a/b`` leaves out ``a/b/...``).
+
+        For a reader that knows what a folder holds (an array's chunks) and must not list
+        it all to find the few keys it wants: a directory store is not walked below them.
+        The other sources hold their keys in memory (a zip's central directory, an object
+        store's listing made when it was opened) and filter them.
+        """
+        skip = set(folders)
+        return (key for key in self.keys() if not _below_any(key, skip))
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:
         """Return ``length`` bytes of ``key`` from ``start`` (fewer at the end), or ``None``.
@@ -1270,6 +1291,10 @@ class DirectorySource(KeySource):
 
     def keys(self) -> Iterator[str]:  # docstring inherited
         yield from (rel for rel, _ in LocalFileSystem().walk_files(self._root))
+
+    def keys_outside(self, folders: Collection[str]) -> Iterator[str]:  # docstring inherited
+        walked = LocalFileSystem().walk_files(self._root, skip=frozenset(folders))
+        yield from (rel for rel, _ in walked)
 
     def total_bytes(self) -> int:  # docstring inherited
         try:
