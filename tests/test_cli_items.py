@@ -1422,6 +1422,60 @@ def test_the_store_check_asks_for_no_key_a_consolidated_copy_names_unsafely() ->
     assert "../x/.zattrs" not in asked and "notes.txt" not in asked
 
 
+def _zarr_python_zip(tmp_path: Path, damaged: bool) -> Path:
+    """An item zarr-python writes itself, with no schema and no ``metadata.json``: group
+    ``g`` holding array ``v``, its metadata consolidated, zipped as a ``.data`` file;
+    ``damaged``, with ``g/v/zarr.json`` giving another shape than its consolidated copy."""
+    import zarr
+
+    folder = tmp_path / "other.zarr"
+    store = zarr.storage.LocalStore(folder)
+    group = zarr.open_group(store, mode="w")
+    group.create_group("g").create_array("v", shape=(4,), dtype="int64")[:] = np.arange(4)
+    zarr.consolidate_metadata(store)
+    if damaged:
+        document = folder / "g" / "v" / "zarr.json"
+        doc = json.loads(document.read_text())
+        doc["shape"] = [9]
+        document.write_text(json.dumps(doc))
+    path = tmp_path / "other.zarr.data"
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                zf.write(file, file.relative_to(folder).as_posix())
+    shutil.rmtree(folder)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+@pytest.mark.parametrize("damaged", [False, True], ids=["sound", "damaged"])
+def test_validate_without_a_schema_checks_the_store(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, damaged: bool
+) -> None:
+    """Found by review: the store check needs no schema, but validate refused an item
+    storing none (another writer's) with exit 2 before checking anything, so a node
+    document disagreeing with its consolidated copy went unreported. Without a schema
+    the store is checked (exit 0, or 1 naming the document), and the output says the
+    arrays and metadata were not. The file is left as it was."""
+    path = _zarr_python_zip(tmp_path, damaged)
+    raw = path.read_bytes()
+    code, out, err = run(capsys, "validate", path)
+    assert (code, err) == (1 if damaged else 0, "")
+    assert "no schema" in out and "not checked: arrays, metadata" in out
+    code, out, err = run(capsys, "validate", path, "--json")
+    assert (code, err) == (1 if damaged else 0, "")
+    doc = json.loads(out)
+    assert doc["schema"] is None and doc["skipped"] == ["arrays", "metadata"]
+    assert doc["valid"] is not damaged
+    if damaged:
+        ((problem),) = doc["problems"]
+        assert problem["kind"] == "store" and problem["key"] == "g/v/zarr.json"
+        assert "disagrees with its copy" in problem["message"]
+    else:
+        assert doc["problems"] == []
+    assert path.read_bytes() == raw
+
+
 def test_the_store_check_lists_no_folder_below_an_array(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, items: list[Path]
 ) -> None:

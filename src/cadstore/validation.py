@@ -15,7 +15,8 @@ The store itself is checked too: each node's own metadata document (``x/zarr.jso
 agree with its copy in the consolidated metadata, which cadstore reads and a reader not
 using consolidated metadata does not
 (:meth:`~cadstore.format.hierarchy.ReadHierarchy.copy_problems`); that costs a read of
-every document, so opening a store does not do it.
+every document, so opening a store does not do it. It needs no schema: without one, only
+the store is checked, and :attr:`Validation.skipped` says what was not.
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ from cadstore.tree import iter_leaves
 if TYPE_CHECKING:
     from cadstore.schema import Schema
 
-__all__ = ["Problem", "Validation", "load_schema", "load_schema_builder", "validate_artefact"]
+__all__ = [
+    "SCHEMA_CHECKS",
+    "Problem",
+    "Validation",
+    "load_schema",
+    "load_schema_builder",
+    "validate_artefact",
+]
 
 #: Problems listed per per-item array before the rest are only counted.
 _MAX_ITEM_PROBLEMS = 10
+#: What only a schema lets :func:`validate_artefact` check (:attr:`Validation.skipped`).
+SCHEMA_CHECKS = ("arrays", "metadata")
 #: Metadata the storages write for themselves, never data to validate.
 _STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
 
@@ -83,6 +93,8 @@ class Validation:
         Top-level metadata fields (or sections) the schema does not mention.
     missing
         Arrays the schema declares that the target lacks (``group/array``).
+    skipped
+        What was not checked for want of a schema (:data:`SCHEMA_CHECKS`), or nothing.
     """
 
     arrays_checked: int = 0
@@ -92,6 +104,7 @@ class Validation:
     undeclared: list[str] = field(default_factory=list)
     undeclared_metadata: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -240,15 +253,20 @@ def _check_metadata(target: Artefact, schema: Schema, result: Validation) -> Non
             result.undeclared_metadata.append(key)
 
 
-def validate_artefact(target: Artefact, schema: Schema, *, strict: bool = False) -> Validation:
-    """Check an opened target against a schema.
+def validate_artefact(
+    target: Artefact, schema: Schema | None, *, strict: bool = False
+) -> Validation:
+    """Check an opened target's store and, given a schema, its arrays and metadata.
 
     Parameters
     ----------
     target
         From :func:`~cadstore.artefacts.open_artefact`.
     schema
-        The schema.
+        The schema, or ``None`` when there is none (none stored, none given): then only
+        the store is checked (a Zarr store's documents against their consolidated copy;
+        a JSON store has nothing to check without one), and :attr:`Validation.skipped`
+        lists the checks left out.
     strict
         Count undeclared arrays and metadata, and absent declared arrays, as problems.
 
@@ -262,6 +280,9 @@ def validate_artefact(target: Artefact, schema: Schema, *, strict: bool = False)
         result.problems.extend(
             Problem(key, "store", message) for key, message in target.hierarchy.copy_problems()
         )
+    if schema is None:
+        result.skipped = list(SCHEMA_CHECKS)
+        return result
     _check_arrays(target, schema, result)
     if target.kind != DATASET:
         _check_metadata(target, schema, result)

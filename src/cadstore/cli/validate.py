@@ -2,11 +2,14 @@
 
 Without ``--schema`` the target is checked against the schema stored with it (an item's
 own schema, or the schema a dataset was merged with); ``cadstore schema PATH -o FILE``
-exports that schema to a file to edit or to check other targets against. What is checked
-is :mod:`cadstore.validation`'s; this module handles the arguments and the output.
+exports that schema to a file to edit or to check other targets against. A Zarr item or
+dataset that stores none (another writer's) gets the check that needs no schema, of its
+store, and the output says the arrays and metadata were not checked. What is checked is
+:mod:`cadstore.validation`'s; this module handles the arguments and the output.
 
 Exit status: 0 when valid, 1 when problems were found, 2 when the schema file is not a
-schema, ``PATH`` cannot be read, or ``PATH`` stores no schema and none was given.
+schema, ``PATH`` cannot be read, or ``PATH`` is a JSON store that stores no schema and
+none was given (nothing could be checked).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def register(sub: Any) -> None:
             "Check every array of PATH against a schema (dims, dtype, value rules) and "
             "every metadata field the schema defines: the schema in FILE, or without "
             "--schema the one stored in PATH (export it with 'cadstore schema PATH -o "
-            "FILE'). Exit status 0: valid; 1: problems found; 2: bad schema file, "
-            "unreadable PATH, or no schema to check against."
+            "FILE'). A Zarr item or dataset without a schema gets its store checked "
+            "only. Exit status 0: valid; 1: problems found; 2: bad schema file, "
+            "unreadable PATH, or a JSON store with no schema to check against."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="the item, dataset or JSON store")
@@ -63,13 +67,33 @@ def register(sub: Any) -> None:
 
 
 def _render(
-    args: argparse.Namespace, target: Artefact, schema: Schema, result: Validation
+    args: argparse.Namespace, target: Artefact, schema: Schema | None, result: Validation
 ) -> list[str]:
-    source = args.schema or f"stored in the {target.label}"
-    lines = [
-        f"{target.label} {target.path} against schema {schema.domain} {schema.version} "
-        f"({source})" + (", strict" if args.strict else "")
-    ]
+    if schema is None:
+        lines = [
+            f"{target.label} {target.path}: no schema (none stored, none given with "
+            "--schema FILE), so only its store was checked",
+            f"  not checked: {', '.join(result.skipped)}",
+        ]
+    else:
+        source = args.schema or f"stored in the {target.label}"
+        lines = [
+            f"{target.label} {target.path} against schema {schema.domain} {schema.version} "
+            f"({source})" + (", strict" if args.strict else ""),
+            *_render_checks(args, target, result),
+        ]
+    if result.valid:
+        lines.append("valid")
+    else:
+        count = len(result.problems)
+        lines.append(f"{count} problem{'s' if count != 1 else ''}:")
+        lines.extend(f"  {p.message}" for p in result.problems)
+    return lines
+
+
+def _render_checks(args: argparse.Namespace, target: Artefact, result: Validation) -> list[str]:
+    """The lines on what the schema checks read and what they only noted."""
+    lines = []
     checked = (
         f"  {result.arrays_checked} arrays read, {result.arrays_declared} declared in the schema"
     )
@@ -85,12 +109,6 @@ def _render(
             lines.append(f"  metadata not in the schema: {', '.join(result.undeclared_metadata)}")
         if result.missing:
             lines.append(f"  declared but absent: {', '.join(result.missing)}")
-    if result.valid:
-        lines.append("valid")
-    else:
-        count = len(result.problems)
-        lines.append(f"{count} problem{'s' if count != 1 else ''}:")
-        lines.extend(f"  {p.message}" for p in result.problems)
     return lines
 
 
@@ -113,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         args.path, args.storage_options, trust_manifest=args.trust_manifest
     ) as target:
         schema = given or target.schema()
-        if schema is None:
+        if schema is None and target.hierarchy is None:
+            # A JSON store: without a schema there is nothing to check.
             raise CommandError(
                 f"{args.path} stores no schema to check against; pass --schema FILE "
                 "(a schema JSON file, e.g. one exported from another item with "
@@ -125,17 +144,22 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "path": args.path,
                     "kind": target.kind,
-                    "schema": {
+                    "schema": None
+                    if schema is None
+                    else {
                         "file": args.schema,
                         "stored": args.schema is None,
                         "domain": schema.domain,
                         "version": schema.version,
                     },
+                    "skipped": result.skipped,
                     "strict": args.strict,
                     "valid": result.valid,
                     "arrays_checked": result.arrays_checked,
                     "arrays_declared": result.arrays_declared,
-                    "metadata_checked": None if target.kind == DATASET else result.metadata_checked,
+                    "metadata_checked": None
+                    if target.kind == DATASET or schema is None
+                    else result.metadata_checked,
                     "problems": [vars(p) for p in result.problems],
                     "undeclared": result.undeclared,
                     "undeclared_metadata": result.undeclared_metadata,
