@@ -519,8 +519,15 @@ class WorkerPool:
             try:
                 idle.conn.send(pending[0])
             except OSError:
-                # The worker died while idle (killed from outside): replace it.
-                self._drop(idle, kill=True)
+                if idle.ready:
+                    # The worker died while idle (killed from outside): replace it.
+                    self._drop(idle, kill=True)
+                else:
+                    # It died starting, before the task reached it (one larger than
+                    # the pipe holds waits for the worker to read it): a start-up
+                    # failure, or a worker that can never start is started forever.
+                    idle.process.join(timeout=5.0)
+                    self._start_failed(idle)
                 continue
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 # This task cannot travel to a worker (it holds a lock, a generator...):
@@ -598,29 +605,47 @@ class WorkerPool:
                 seconds,
             )
 
+    def _start_failed(self, slot: _Slot) -> None:
+        """Drop ``slot``, whose worker died or hung before it could take any task (not
+        its task's fault), and count it.
+
+        Raises
+        ------
+        RuntimeError
+            Once ``_MAX_STARTUP_FAILURES`` workers in a row failed so: the cause is the
+            environment, and a worker started again would fail again.
+        """
+        code = slot.process.exitcode  # None: still running, hung
+        self._drop(slot, kill=True)
+        self.startup_failures += 1
+        if self.startup_failures >= _MAX_STARTUP_FAILURES:
+            last = "hung" if code is None else _how_it_ended(code)
+            raise RuntimeError(
+                f"workers fail to start ({self.startup_failures} in a row, the last one "
+                f"{last}); run with workers=0 to see the error in this process"
+            )
+
     def _lost(self, slot: _Slot, pending: deque[Any]) -> None:
         task = slot.task
-        pid, code, was_ready = slot.process.pid, slot.process.exitcode, slot.ready
-        self._drop(slot, kill=True)
-        if not was_ready:
-            # The worker died before it could take any task: not the task's fault.
-            self.startup_failures += 1
-            if self.startup_failures >= _MAX_STARTUP_FAILURES:
-                last = "hung" if code is None else f"exited with code {code}"
-                raise RuntimeError(
-                    f"workers fail to start ({self.startup_failures} in a row, the last one "
-                    f"{last}); run with workers=0 to see the error in this process"
-                )
+        if not slot.ready:
+            self._start_failed(slot)
             pending.appendleft(task)
             return
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with code {code}"
+        pid, code = slot.process.pid, slot.process.exitcode
+        self._drop(slot, kill=True)
+        how = _how_it_ended(code)
         self.listener.lost(task, pid, "crash", f"WorkerCrash: worker {pid} {how}", 0.0)
+
+
+def _how_it_ended(code: int | None) -> str:
+    """How a worker process that is gone ended, from its exit code: the signal that
+    killed it by name, or the code it exited with."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 # ---------------------------------------------------------------------- other process pools

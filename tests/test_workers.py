@@ -1,0 +1,152 @@
+"""The supervision of :class:`cadstore.workers.WorkerPool`'s worker processes: workers
+that cannot start, and what reaches the parent from a worker as it starts.
+
+Every test starts real worker processes (forked or spawned) and checks that none is left.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cadstore import workers
+from cadstore.workers import WorkerPool, WorkerSpec
+
+#: A task larger than a pipe holds: sending it waits until the worker reads it, or dies.
+_LARGE_TASK = b"x" * (8 * 2**20)
+
+
+class _Heard:
+    """A WorkerPool listener keeping what it hears."""
+
+    def __init__(self) -> None:
+        self.finished: list[Any] = []
+        self.losses: list[tuple[Any, str, str]] = []
+
+    def message(self, message: dict[str, Any]) -> None:
+        """A worker's message: none expected."""
+
+    def done(self, task: Any) -> None:
+        self.finished.append(task)
+
+    def lost(self, task: Any, pid: int | None, reason: str, error: str, seconds: float) -> None:
+        self.losses.append((task, reason, error))
+
+
+def _no_work(task: Any, settings: Any, emit: Any) -> None:
+    """A worker's work that does nothing."""
+
+
+def _needs(method: str) -> None:
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """The worker processes the pools of a test start, in order. A pool starting more
+    than a dozen stops the test (AssertionError) instead of starting them forever."""
+    processes: list[Any] = []
+    start = WorkerPool._start
+
+    def counted(pool: WorkerPool) -> Any:
+        if len(processes) >= 12:
+            raise AssertionError(f"the pool went on starting workers ({len(processes)})")
+        slot = start(pool)
+        processes.append(slot.process)
+        return slot
+
+    monkeypatch.setattr(WorkerPool, "_start", counted)
+    yield processes
+    for process in processes:  # none left behind, even by a failing test
+        if process.is_alive():
+            process.kill()
+        process.join()
+
+
+def _none_left(processes: list[Any]) -> None:
+    """Every worker started has exited and been reaped by the pool."""
+    assert processes
+    assert all(process.exitcode is not None for process in processes)
+    assert not set(multiprocessing.active_children()) & set(processes)
+
+
+_EXITS_AS_IMPORTED = """
+import multiprocessing, os
+
+if multiprocessing.parent_process() is not None:
+    os._exit(5)
+
+
+def work(task, settings, emit):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "death", "said"),
+    [
+        ("fork", "exit", "exited with code 7"),
+        ("fork", "signal", "was killed by SIGKILL"),
+        ("spawn", "import", "exited with code 5"),
+    ],
+)
+def test_workers_dying_before_they_read_their_first_task_stop_the_run(
+    method: str,
+    death: str,
+    said: str,
+    started: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a worker dying at start-up before the parent's first task had
+    reached it (a task larger than the pipe holds waits for the worker to read it; a
+    parent slower than a crash) was replaced as if killed while idle, without being
+    counted as a start-up failure: a pool whose workers can never start restarted them
+    forever. Such a worker counts: the run stops with the start-up error, naming how the
+    last one ended, and leaves no worker behind."""
+    _needs(method)
+    if death == "import":
+        (tmp_path / "exits_as_imported.py").write_text(_EXITS_AS_IMPORTED)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        import exits_as_imported
+
+        work: Any = exits_as_imported.work
+    else:
+        work = _no_work
+        die = (lambda: os._exit(7)) if death == "exit" else (lambda: os.kill(os.getpid(), 9))
+        monkeypatch.setattr(workers, "limit_memory", lambda limit: die())
+    heard = _Heard()
+    with (
+        pytest.raises(RuntimeError, match=rf"fail to start \(3 in a row, the last one {said}\)"),
+        WorkerPool(WorkerSpec(work, None), 1, None, heard, start_method=method) as pool,
+    ):
+        pool.run([_LARGE_TASK])
+    # Not the task's fault: it is neither done nor lost.
+    assert heard.finished == [] and heard.losses == []
+    assert len(started) == 3 and pool.slots == []
+    _none_left(started)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_worker_killed_as_it_waits_for_its_next_task_is_replaced(
+    method: str, started: list[Any]
+) -> None:
+    """A worker that started, then died while idle, is replaced and the run goes on:
+    only workers that never started count as start-up failures."""
+    _needs(method)
+    heard = _Heard()
+    with WorkerPool(WorkerSpec(_no_work, None), 1, None, heard, start_method=method) as pool:
+        pool.run([1])
+        first = started[0]
+        first.kill()
+        first.join()
+        pool.run([2, 3])
+    assert heard.finished == [1, 2, 3] and heard.losses == []
+    assert len(started) == 2 and pool.startup_failures == 0
+    _none_left(started)
