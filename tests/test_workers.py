@@ -1,5 +1,5 @@
-"""The supervision of :class:`cadstore.workers.WorkerPool`'s worker processes: workers
-that cannot start, and what reaches the parent from a worker as it starts.
+"""The supervision of worker processes (:mod:`cadstore.workers`): workers that cannot
+start, and what reaches the parent from a worker as it starts.
 
 Every test starts real worker processes (forked or spawned) and checks that none is left.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from cadstore import workers
-from cadstore.workers import WorkerPool, WorkerSpec
+from cadstore.workers import ProcessPool, WorkerPool, WorkerSpec
 
 #: A task larger than a pipe holds: sending it waits until the worker reads it, or dies.
 _LARGE_TASK = b"x" * (8 * 2**20)
@@ -150,3 +151,56 @@ def test_a_worker_killed_as_it_waits_for_its_next_task_is_replaced(
     assert heard.finished == [1, 2, 3] and heard.losses == []
     assert len(started) == 2 and pool.startup_failures == 0
     _none_left(started)
+
+
+#: Stands in for a dependency of cadstore that warns as it is imported, in a worker only
+#: (a process other than the test's): it warns, then hands over to the real numpy.
+_NUMPY_THAT_WARNS = """
+import os, sys, warnings
+
+if os.getpid() != {parent}:
+    warnings.warn(f"numpy imported in worker {{os.getpid()}}", UserWarning, stacklevel=1)
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
+del sys.modules["numpy"]
+import numpy
+"""
+
+
+def _pid_of(text: str) -> int:
+    return int(text.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("pool", ["WorkerPool", "ProcessPool"])
+def test_a_spawned_workers_warning_while_it_imports_cadstore_reaches_this_process(
+    pool: str,
+    started: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Found by review: a spawned worker imports cadstore (numpy, ...) as it unpickles
+    what it runs, before it forwards its warnings, so a warning a dependency issued as it
+    was imported was printed on the worker's stderr in Python's format, where every other
+    warning of the worker is issued here. It is held until the worker forwards, then
+    issued here like the others."""
+    _needs("spawn")
+    (tmp_path / "numpy.py").write_text(_NUMPY_THAT_WARNS.format(parent=os.getpid()))
+    monkeypatch.syspath_prepend(str(tmp_path))  # for spawned workers: numpy is imported here
+    context = multiprocessing.get_context("spawn")
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if pool == "WorkerPool":
+            heard = _Heard()
+            with WorkerPool(WorkerSpec(_no_work, None), 1, None, heard, start_method="spawn") as p:
+                p.run([1, 2])
+            assert heard.finished == [1, 2] and heard.losses == []
+            pids = {process.pid for process in started}
+            _none_left(started)
+        else:
+            with ProcessPool(1, mp_context=context) as executor:
+                pids = {executor.submit(os.getpid).result()}
+    seen = [str(w.message) for w in caught if "numpy imported in worker" in str(w.message)]
+    assert len(seen) == 1 and {_pid_of(seen[0])} == pids, seen
+    assert "numpy imported in worker" not in capfd.readouterr().err

@@ -24,9 +24,9 @@ was running. The pool knows which task each worker is on, so:
   line (once, whichever workers issued it), and a program recording warnings records it,
   where a spawned worker would have printed Python's format on its own stderr. The
   worker's filters decided that it is shown, as they decide for any warning it issues.
-  That holds from the import of the work's modules in a spawned worker to the warnings
-  it sends as it stops; only those of importing :mod:`cadstore` itself, before the
-  worker's code runs, are shown by the worker.
+  That holds from a spawned worker's import of :mod:`cadstore` itself (a dependency's
+  warning as it is imported, held until the worker forwards, see ``_BOOT``) to the
+  warnings it sends as it stops.
 
 Workers are forked when that is safe and spawned otherwise (:mod:`cadstore.processes`);
 a spawned worker never runs the caller's main script.
@@ -214,9 +214,16 @@ class _Sender:
         finally:
             self._local.sending = False
 
-    def forward_warnings(self) -> None:
+    def forward_warnings(self, held: Sequence[tuple[Any, ...]] = ()) -> None:
         """From now on, send each warning this process shows to the parent (see the
-        module docstring), instead of printing it here."""
+        module docstring), instead of printing it here.
+
+        Parameters
+        ----------
+        held
+            Warnings shown before, held instead (``_BOOT``): each the arguments of a
+            ``warnings.showwarning`` call, shown now, in order.
+        """
         own = warnings.showwarning
 
         def forward(
@@ -236,6 +243,8 @@ class _Sender:
             own(message, category, filename, lineno, file, line)
 
         warnings.showwarning = forward
+        for shown in held:
+            forward(*shown)
 
 
 def _warning_message(
@@ -282,6 +291,38 @@ def _show_warning(message: dict[str, Any]) -> None:
         warnings.showwarning(warning, type(warning), filename, lineno)
 
 
+#: What a worker process runs first, with ``exec`` (a builtin: nothing of cadstore is
+#: imported to unpickle it in a spawned worker), given ``start``, the name of a function of
+#: this module, and ``args``. A spawned worker imports what its target and arguments name
+#: as it unpickles them, before its target runs; had it been a function of cadstore, the
+#: warnings of importing cadstore (a dependency's, as it is imported) were printed on the
+#: worker's stderr. They are held as cadstore is imported, and ``start(*args,
+#: held=...)`` forwards them with the worker's others (``_Sender.forward_warnings``).
+_BOOT: Final = """
+import warnings
+
+held = []
+
+
+def hold(message, category, filename, lineno, file=None, line=None):
+    held.append((message, category, filename, lineno, file, line))
+
+
+shown, warnings.showwarning = warnings.showwarning, hold
+try:
+    import cadstore.workers as workers
+finally:
+    if warnings.showwarning is hold:
+        warnings.showwarning = shown
+getattr(workers, start)(*args, held=held)
+"""
+
+
+def _booting(start: Callable[..., None], *args: Any) -> tuple[str, dict[str, Any]]:
+    """The arguments of ``exec`` that run ``_BOOT``, then ``start(*args, held=...)``."""
+    return (_BOOT, {"start": start.__name__, "args": args})
+
+
 class _SpecParcel:
     """A :class:`WorkerSpec` on its way to a worker process, opened once it forwards its
     warnings.
@@ -291,7 +332,8 @@ class _SpecParcel:
     passed to a new process; it unpickles them before the worker's code runs, which
     would import the modules of the work (the CAD kernel, a flow's task) before it
     forwards warnings. The spec is therefore pickled then, with multiprocessing's own
-    reduction, but into bytes it travels as, and unpickled by :meth:`open`, once the
+    reduction, but into bytes it travels as (plain bytes, whose unpickling imports
+    nothing, not even cadstore: ``_BOOT``), and unpickled by :meth:`open`, once the
     worker forwards warnings. A forked worker inherits the parcel, spec and all.
 
     Parameters
@@ -306,8 +348,9 @@ class _SpecParcel:
         self._spec = spec
         self._pickled = pickled
 
-    def __reduce__(self) -> tuple[type[_SpecParcel], tuple[None, bytes]]:
-        return _SpecParcel, (None, bytes(ForkingPickler.dumps(self._spec)))
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        # Plain bytes in the worker (``_BOOT``: no class of cadstore to import yet).
+        return bytes, (bytes(ForkingPickler.dumps(self._spec)),)
 
     def open(self) -> WorkerSpec:
         """The spec, unpickled here if it came pickled."""
@@ -317,17 +360,23 @@ class _SpecParcel:
         return self._spec
 
 
-def _worker_main(conn: Connection, parcel: _SpecParcel) -> None:
-    """Body of a worker process: take tasks from ``conn`` until told to stop.
+def _worker_main(
+    conn: Connection, parcel: _SpecParcel | bytes, held: Sequence[tuple[Any, ...]] = ()
+) -> None:
+    """Body of a worker process, run by ``_BOOT``: take tasks from ``conn`` until told to
+    stop.
 
-    The spec is opened once the worker forwards its warnings (:class:`_SpecParcel`):
-    those of importing the modules of the work then reach the parent like those of its
-    tasks, instead of its own stderr.
+    The spec is opened once the worker forwards its warnings (:class:`_SpecParcel`; it
+    comes pickled, as bytes, to a spawned worker): those of importing the modules of the
+    work then reach the parent like those of its tasks, and those ``held`` as the
+    worker imported cadstore, instead of its own stderr.
     """
     # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = _Sender(conn.send)
-    sender.forward_warnings()
+    sender.forward_warnings(held)
+    if isinstance(parcel, bytes):
+        parcel = _SpecParcel(None, parcel)
     spec = parcel.open()
     # Native code writes some messages straight to stdout; keep stdout for the caller.
     with suppress(OSError, ValueError):
@@ -448,8 +497,8 @@ class WorkerPool:
         )
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
-            target=_worker_main,
-            args=(child_conn, _SpecParcel(self.spec)),
+            target=exec,
+            args=_booting(_worker_main, child_conn, _SpecParcel(self.spec)),
             name="cadstore-worker",
             daemon=True,
         )
@@ -701,16 +750,17 @@ def _warning_record(message: dict[str, Any]) -> bytes:
     return cut_to(low)
 
 
-def _forward_pool_warnings(conn: Connection) -> None:
-    """The initializer of a :class:`ProcessPool` worker: from now on, each warning it
-    shows goes to the parent through ``conn``, as a :class:`WorkerPool` worker's does."""
+def _forward_pool_warnings(conn: Connection, held: Sequence[tuple[Any, ...]] = ()) -> None:
+    """The initializer of a :class:`ProcessPool` worker, run by ``_BOOT``: from now on,
+    each warning it shows goes to the parent through ``conn``, as a :class:`WorkerPool`
+    worker's does, first those ``held`` as it imported cadstore."""
 
     def write(message: dict[str, Any]) -> None:
         if message.get("type") != "warning":
             raise ValueError("a pool worker sends warnings only")
         os.write(conn.fileno(), _warning_record(message))
 
-    _Sender(write).forward_warnings()
+    _Sender(write).forward_warnings(held)
 
 
 def _relay_pool_warnings(conn: Connection) -> None:
@@ -748,6 +798,9 @@ class ProcessPool(cf.ProcessPoolExecutor):
     forked workers are forked from a process without it. ``shutdown`` returns once
     every warning of the workers has been issued. Where a pipe does not keep records
     whole (Windows), the warnings are shown by the workers, as without this class.
+    A spawned worker runs the imports of the caller's main script first (as
+    multiprocessing's spawned workers do, unlike a :class:`WorkerPool`'s): a warning
+    of those is shown by the worker.
 
     Parameters
     ----------
@@ -773,8 +826,8 @@ class ProcessPool(cf.ProcessPoolExecutor):
         super().__init__(
             max_workers,
             mp_context=context,
-            initializer=_forward_pool_warnings,
-            initargs=(writer,),
+            initializer=exec,
+            initargs=_booting(_forward_pool_warnings, writer),
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
