@@ -838,8 +838,10 @@ def test_export_json_overwrite_failing_midway_keeps_the_old_store(
     """An export over a store that fails after writing some of its files, or while
     renaming the new store into place, leaves the old store exactly as it was and no
     temporary beside it; one that succeeds leaves the new store's files only (the old
-    item's keys the new one lacks are gone)."""
-    from cadstore.errors import StorageError
+    item's keys the new one lacks are gone). A rename (or swap) that fails raised the
+    system's bare PermissionError or OSError, naming a temporary folder; it is now a
+    StorageError naming the destination and the step, of the failure's kind."""
+    from cadstore.errors import StorageAccessError, StorageError
     from cadstore.export import export_json
     from cadstore.io import publish
 
@@ -871,20 +873,54 @@ def test_export_json_overwrite_failing_midway_keeps_the_old_store(
     assert _store_files(out) == versions[0]
     assert _temporaries(tmp_path) == []
 
-    if not exchange:  # the second rename, of the new store into place, fails
-        rename = os.rename
+    def refused_step(rename: Any, injected: OSError) -> None:
+        """Export over ``out`` with ``os.rename`` (or the swap) replaced by ``rename``;
+        check what the caller gets, and that the old store is kept."""
+        inode = out.stat().st_ino
+        with monkeypatch.context() as patch:
+            if exchange:
+                patch.setattr(publish, "exchange_paths", rename)
+            else:
+                patch.setattr(os, "rename", rename)
+            with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+                export_json(target, str(out), overwrite=True)
+        assert type(info.value) is (
+            StorageAccessError if isinstance(injected, PermissionError) else StorageError
+        )
+        assert info.value.__cause__ is injected
+        assert info.value.path == str(out)
+        assert str(info.value).startswith(f"{out}: moving the new store into place: ")
+        assert "injected" in str(info.value)
+        assert _store_files(out) == versions[0]  # byte for byte
+        assert out.stat().st_ino == inode  # the same folder
+        assert _temporaries(tmp_path) == []
 
-        def rename_new_in_fails(source: str, destination: str) -> None:
-            if destination == str(out) and not source.endswith("-old"):
-                raise PermissionError(13, "Permission denied (injected)", destination)
+    rename = os.rename
+    if exchange:  # the swap fails (EIO): nothing is moved
+        eio = OSError(5, "Input/output error (injected)", str(out))
+
+        def swap_fails(first: str, second: str) -> bool:
+            raise eio
+
+        refused_step(swap_fails, eio)
+    else:
+        # The first rename, of the old store aside, fails: nothing is moved.
+        refused = PermissionError(13, "Permission denied (injected)", str(out))
+
+        def rename_aside_fails(source: str, destination: str) -> None:
+            if source == str(out):
+                raise refused
             rename(source, destination)
 
-        with monkeypatch.context() as patch:
-            patch.setattr(os, "rename", rename_new_in_fails)
-            with open_artefact(str(items[1])) as target, pytest.raises(PermissionError):
-                export_json(target, str(out), overwrite=True)
-        assert _store_files(out) == versions[0]
-        assert _temporaries(tmp_path) == []
+        refused_step(rename_aside_fails, refused)
+
+        # The second rename, of the new store into place, fails: the old one is put back.
+        def rename_new_in_fails(source: str, destination: str) -> None:
+            if destination == str(out) and not source.endswith("-old"):
+                raise refused
+            rename(source, destination)
+
+        refused_step(rename_new_in_fails, refused)
 
         # Nor can the old store be renamed back: both are kept, and said where.
         def no_rename_to_out(source: str, destination: str) -> None:

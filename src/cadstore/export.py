@@ -22,21 +22,31 @@ destination puts the new one in place (:func:`cadstore.io.publish.recover_interr
 Only an export run from inside the folder it replaces (``-o .``) replaces its files one
 by one, keeping the folder the shell stands in. A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
-else is ever deleted.
+else is ever deleted. A rename the file system refuses raises a
+:class:`~cadstore.errors.StorageError` naming the destination, not the system's bare
+``OSError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cadstore.artefacts import Artefact
-from cadstore.errors import LimitExceededError, OutputExistsError, UnknownFormatError
+from cadstore.errors import (
+    CadstoreError,
+    LimitExceededError,
+    OutputExistsError,
+    UnknownFormatError,
+    os_storage_error,
+)
 from cadstore.io.location import resolve
 from cadstore.io.publish import (
     TEMP_PREFIX,
@@ -154,6 +164,36 @@ def _is_store_file(path: str, name: str) -> bool:
     if name == METADATA_FILE:
         return isinstance(doc, dict)
     return isinstance(doc, dict) and set(doc) == {"key", "value"}
+
+
+@contextlib.contextmanager
+def _step(output: str, doing: str) -> Iterator[None]:
+    """Report an ``OSError`` of a step of an export to ``output`` as a ``StorageError``.
+
+    The system's error names whatever path the failing call was given (a temporary
+    folder, a rename's two paths) or none; a caller of :func:`export_json` wants the
+    destination it asked for and what was being done to it
+    (:func:`~cadstore.errors.os_storage_error`, which keeps the kind: a refused step is
+    still a ``PermissionError``). cadstore's own errors pass through unchanged.
+
+    Parameters
+    ----------
+    output
+        The destination, as the caller gave it.
+    doing
+        What the step does, for the message (``"making the folder it goes in"``).
+
+    Raises
+    ------
+    StorageError
+        For an ``OSError`` of the step, naming ``output`` and ``doing``.
+    """
+    try:
+        yield
+    except CadstoreError:
+        raise
+    except OSError as exc:
+        raise os_storage_error(output, exc, doing) from exc
 
 
 def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
@@ -288,6 +328,16 @@ def export_json(
     LimitExceededError
         If a key is too big for JSON (``max_json_bytes``), or the item declares more than
         its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
+    StorageError
+        If the file system refuses to move the new store into place (a rename): naming
+        ``output`` and the step, of the failure's kind
+        (:func:`~cadstore.errors.os_storage_error`: a refused step is a
+        :class:`~cadstore.errors.StorageAccessError`). A step failing before the new
+        store is in place leaves the destination as it was, and no temporary of this
+        export beside it, with two exceptions: an old store set aside that cannot be put
+        back (the message says where both versions are, and the next export puts the new
+        one in place), and an export run inside the folder it replaces, whose files are
+        replaced one by one.
     """
     target.require_storage("export-json")
     output = output.rstrip("/") or output
@@ -312,7 +362,10 @@ def export_json(
     os.mkdir(scratch)
     try:
         result = _copy(target, scratch, max_json_bytes)
-        move_into_place(scratch, output, replaced)
+        # move_into_place leaves the old store in place when a rename fails (and says
+        # where both versions are, as a StorageError, when it cannot put it back).
+        with _step(output, "moving the new store into place"):
+            move_into_place(scratch, output, replaced)
     except BaseException:
         if not os.path.lexists(set_aside_name(scratch)):  # else the store's new version
             shutil.rmtree(scratch, ignore_errors=True)
