@@ -955,6 +955,59 @@ def test_export_json_overwrite_failing_midway_keeps_the_old_store(
     assert out.stat().st_ino != inode  # replaced as a folder, not file by file
 
 
+def test_export_json_refused_by_the_file_system_names_the_destination(
+    capsys: pytest.CaptureFixture[str],
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination the file system refuses raised the system's bare OSError, naming a
+    temporary folder (and, for a rename, both paths): a name too long for it (after every
+    key was written), or a folder that may not be written (the staging folder could not be
+    made). Each is now a StorageError naming the destination and the step, of the
+    failure's kind; nothing is left beside it, and the command line prints it as one line."""
+    import errno
+
+    from cadstore.errors import StorageAccessError, StorageError
+    from cadstore.export import export_json
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    too_long = folder / ("x" * 300)  # longer than any file system's name limit (255)
+    with open_artefact(str(items[0])) as target, pytest.raises(StorageError) as info:
+        export_json(target, str(too_long))
+    assert type(info.value) is StorageError
+    assert info.value.path == str(too_long)
+    assert str(info.value).startswith(f"{too_long}: moving the new store into place: ")
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENAMETOOLONG
+    assert os.listdir(folder) == []
+    assert_usage_error(
+        *run(capsys, "export-json", items[0], "-o", too_long),
+        str(too_long),
+        "moving the new store into place",
+    )
+    assert os.listdir(folder) == []
+
+    # A folder that may not be written (injected: tests may run as root, whom chmod does
+    # not stop): the temporary folder of the new store cannot be made beside it.
+    out = folder / "out"
+    mkdir = os.mkdir
+
+    def refused(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.dirname(os.fspath(path)) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    with open_artefact(str(items[0])) as target, pytest.raises(StorageAccessError) as denied:
+        export_json(target, str(out))
+    assert str(denied.value) == (
+        f"{out}: making the temporary folder of the new store beside it: permission denied"
+    )
+    assert os.listdir(folder) == []
+
+
 @pytest.mark.parametrize("existing", ["empty", "store"])
 def test_export_json_into_the_current_folder(
     capsys: pytest.CaptureFixture[str],

@@ -22,9 +22,9 @@ destination puts the new one in place (:func:`cadstore.io.publish.recover_interr
 Only an export run from inside the folder it replaces (``-o .``) replaces its files one
 by one, keeping the folder the shell stands in. A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
-else is ever deleted. A rename the file system refuses raises a
-:class:`~cadstore.errors.StorageError` naming the destination, not the system's bare
-``OSError``.
+else is ever deleted. A step the file system refuses (a folder that may not be written, a
+name too long, a rename that fails) raises a :class:`~cadstore.errors.StorageError`
+naming the destination and the step, not the system's bare ``OSError``.
 """
 
 from __future__ import annotations
@@ -329,8 +329,8 @@ def export_json(
         If a key is too big for JSON (``max_json_bytes``), or the item declares more than
         its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
     StorageError
-        If the file system refuses to move the new store into place (a rename): naming
-        ``output`` and the step, of the failure's kind
+        If the file system refuses a step (a folder that may not be written, a name too
+        long, a rename): naming ``output`` and the step, of the failure's kind
         (:func:`~cadstore.errors.os_storage_error`: a refused step is a
         :class:`~cadstore.errors.StorageAccessError`). A step failing before the new
         store is in place leaves the destination as it was, and no temporary of this
@@ -351,15 +351,19 @@ def export_json(
     check_output_folder(resolve(output))
     # An export killed between the two renames of a replacement (file systems that cannot
     # swap two folders) left no store at output, and both whole beside it.
-    recover_interrupted_move(output, _STAGING_SUFFIX)
-    replaced = _check_output(output, overwrite, target)
+    with _step(output, "putting in place the store an interrupted export left beside it"):
+        recover_interrupted_move(output, _STAGING_SUFFIX)
+    with _step(output, "reading what is there"):
+        replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
+    with _step(output, "making the folder it goes in"):
+        os.makedirs(parent, exist_ok=True)
     # Built beside the destination, so the final move stays on one file system; named
     # as every temporary, so that what a killed export leaves is swept (as here).
     sweep_dead_temporaries(resolve(parent))
     scratch = staging_name(output, _STAGING_SUFFIX)
-    os.mkdir(scratch)
+    with _step(output, "making the temporary folder of the new store beside it"):
+        os.mkdir(scratch)
     try:
         result = _copy(target, scratch, max_json_bytes)
         # move_into_place leaves the old store in place when a rename fails (and says
@@ -371,5 +375,6 @@ def export_json(
             shutil.rmtree(scratch, ignore_errors=True)
         raise
     result.output = output
-    result.files = sorted(os.listdir(output))
+    with _step(output, "listing the new store"):
+        result.files = sorted(os.listdir(output))
     return result
