@@ -488,8 +488,9 @@ def test_a_trailing_dimension_spelt_as_a_bookkeeping_array_is_qualified(tmp_path
 def test_a_dataset_group_opens_in_xarray_without_a_warning(tmp_path: Path) -> None:
     """``xr.open_zarr(store, group=...)`` on a dataset, as docs/format.md calls it
     (``consolidated=False``) and as the explorer does (the default, which reads the root's
-    consolidated metadata), opens with no warning and every value. xarray 2024.10 (the
-    floor) warned for the default with a group; this checks the installed version."""
+    consolidated metadata), opens with no warning and every value. xarray before 2025.3
+    (pyproject's floor) warned for the default with a group and read the group's own
+    documents; this checks the installed version."""
     from cadstore.dataset import DatasetExplorer
 
     files, rows = _coordinate_items(tmp_path, (3, 2), seed=3)

@@ -823,6 +823,9 @@ class DatasetExplorer:
 
         Nothing is read until values are asked for (``.values``, ``.load()``, arithmetic),
         and then only the chunks needed. Dask-backed only when a cluster was requested.
+        zarr-python reads the group's metadata from the consolidated copy at the dataset's
+        root, as cadstore's reader does (xarray 2025.3 and later, pyproject's floor: earlier
+        ones looked for it in the group, warned, and read the group's own documents).
         Per-item arrays of a group with rows (``graph/num_nodes``) appear once per row,
         on the group's primary dimension, as in the specified merged store (so
         ``num_nodes[range_start]`` beside the edges works); they are stored once per
