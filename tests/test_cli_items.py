@@ -1511,17 +1511,19 @@ def test_the_store_check_asks_for_no_key_a_consolidated_copy_names_unsafely() ->
     assert "../x/.zattrs" not in asked and "notes.txt" not in asked
 
 
-def _zarr_python_zip(tmp_path: Path, damaged: bool) -> Path:
+def _zarr_python_zip(tmp_path: Path, damaged: bool, consolidated: bool = True) -> Path:
     """An item zarr-python writes itself, with no schema and no ``metadata.json``: group
-    ``g`` holding array ``v``, its metadata consolidated, zipped as a ``.data`` file;
-    ``damaged``, with ``g/v/zarr.json`` giving another shape than its consolidated copy."""
+    ``g`` holding array ``v``, its metadata consolidated (unless not ``consolidated``),
+    zipped as a ``.data`` file; ``damaged``, with ``g/v/zarr.json`` giving another shape
+    than its consolidated copy."""
     import zarr
 
     folder = tmp_path / "other.zarr"
     store = zarr.storage.LocalStore(folder)
     group = zarr.open_group(store, mode="w")
     group.create_group("g").create_array("v", shape=(4,), dtype="int64")[:] = np.arange(4)
-    zarr.consolidate_metadata(store)
+    if consolidated:
+        zarr.consolidate_metadata(store)
     if damaged:
         document = folder / "g" / "v" / "zarr.json"
         doc = json.loads(document.read_text())
@@ -1555,6 +1557,7 @@ def test_validate_without_a_schema_checks_the_store(
     assert (code, err) == (1 if damaged else 0, "")
     doc = json.loads(out)
     assert doc["schema"] is None and doc["skipped"] == ["arrays", "metadata"]
+    assert doc["skipped_why"] == {"arrays": "no schema", "metadata": "no schema"}
     assert doc["valid"] is not damaged
     if damaged:
         ((problem),) = doc["problems"]
@@ -1562,6 +1565,46 @@ def test_validate_without_a_schema_checks_the_store(
         assert "disagrees with its copy" in problem["message"]
     else:
         assert doc["problems"] == []
+    assert path.read_bytes() == raw
+
+
+def test_validate_says_the_store_check_compared_nothing_without_consolidated_metadata(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found by review: a store without consolidated metadata (zarr-python writes none
+    unless asked) has no copy to check its nodes' documents against, so the store check
+    passed comparing nothing, and validate said "only its store was checked ... valid"
+    as if it had compared them. The text and --json (``"skipped"`` lists ``"store"``,
+    ``"skipped_why"`` says why) say the store check compared nothing for want of
+    consolidated metadata, with a schema or without; the exit status is unchanged (0) and
+    the file is left as it was."""
+    path = _zarr_python_zip(tmp_path, damaged=False, consolidated=False)
+    raw = path.read_bytes()
+    code, out, err = run(capsys, "validate", path)
+    assert (code, err) == (0, "")
+    assert "no consolidated metadata: nothing was compared" in out
+    assert "only its store was checked" not in out
+    assert "not checked: arrays, metadata (no schema); store (no consolidated metadata" in out
+    code, out, err = run(capsys, "validate", path, "--json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["schema"] is None and doc["skipped"] == ["arrays", "metadata", "store"]
+    assert doc["skipped_why"]["store"].startswith("no consolidated metadata")
+    assert doc["skipped_why"]["arrays"] == "no schema"
+    assert doc["valid"] and doc["problems"] == []
+    # Given a schema, the arrays are checked and the store check still compared nothing.
+    builder = SchemaBuilder("other", "1.0")
+    builder.create_group("g", "n").create_array("v", ["n"], "int64")
+    schema_file = tmp_path / "schema.json"
+    builder.save_to_file(schema_file)
+    code, out, err = run(capsys, "validate", path, "--schema", schema_file)
+    assert (code, err) == (0, "")
+    assert "not checked: store (no consolidated metadata" in out
+    code, out, err = run(capsys, "validate", path, "--schema", schema_file, "--json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["schema"] is not None and doc["skipped"] == ["store"]
+    assert doc["arrays_checked"] == doc["arrays_declared"] == 1 and doc["valid"]
     assert path.read_bytes() == raw
 
 

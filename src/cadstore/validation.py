@@ -16,7 +16,9 @@ agree with its copy in the consolidated metadata, which cadstore reads and a rea
 using consolidated metadata does not
 (:meth:`~cadstore.format.hierarchy.ReadHierarchy.copy_problems`); that costs a read of
 every document, so opening a store does not do it. It needs no schema: without one, only
-the store is checked, and :attr:`Validation.skipped` says what was not.
+the store is checked, and :attr:`Validation.skipped` says what was not. A store without
+consolidated metadata (zarr-python writes none unless asked) has no copy to compare its
+documents with: its check compares nothing, and ``skipped`` says so too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_CHECKS",
+    "SKIPPED_WHY",
+    "STORE_CHECK",
     "Problem",
     "Validation",
     "load_schema",
@@ -49,6 +53,14 @@ __all__ = [
 _MAX_ITEM_PROBLEMS = 10
 #: What only a schema lets :func:`validate_artefact` check (:attr:`Validation.skipped`).
 SCHEMA_CHECKS = ("arrays", "metadata")
+#: The check of each node's document against its consolidated copy, in
+#: :attr:`Validation.skipped` when the store has no copy to compare with.
+STORE_CHECK = "store"
+#: Why each check :attr:`Validation.skipped` may list was left out, as the reports say it.
+SKIPPED_WHY = {
+    **dict.fromkeys(SCHEMA_CHECKS, "no schema"),
+    STORE_CHECK: "no consolidated metadata, so no copy to compare the nodes' documents with",
+}
 #: Metadata the storages write for themselves, never data to validate.
 _STORAGE_METADATA = frozenset((SCHEMA_METADATA_KEY, ROUTING_METADATA_KEY, SIZES_METADATA_KEY))
 
@@ -94,7 +106,9 @@ class Validation:
     missing
         Arrays the schema declares that the target lacks (``group/array``).
     skipped
-        What was not checked for want of a schema (:data:`SCHEMA_CHECKS`), or nothing.
+        What was not checked: :data:`SCHEMA_CHECKS` for want of a schema, and
+        :data:`STORE_CHECK` when the store has no consolidated metadata (its check
+        compared nothing); :data:`SKIPPED_WHY` says why. Empty when everything was.
     """
 
     arrays_checked: int = 0
@@ -266,7 +280,9 @@ def validate_artefact(
         The schema, or ``None`` when there is none (none stored, none given): then only
         the store is checked (a Zarr store's documents against their consolidated copy;
         a JSON store has nothing to check without one), and :attr:`Validation.skipped`
-        lists the checks left out.
+        lists the checks left out. A Zarr store without consolidated metadata has no
+        copy to compare: :data:`STORE_CHECK` is listed in ``skipped``, whatever the
+        schema.
     strict
         Count undeclared arrays and metadata, and absent declared arrays, as problems.
 
@@ -276,12 +292,16 @@ def validate_artefact(
         Counts and problems.
     """
     result = Validation()
-    if target.hierarchy is not None:
-        result.problems.extend(
-            Problem(key, "store", message) for key, message in target.hierarchy.copy_problems()
-        )
     if schema is None:
-        result.skipped = list(SCHEMA_CHECKS)
+        result.skipped.extend(SCHEMA_CHECKS)
+    if target.hierarchy is not None:
+        if target.hierarchy.consolidated:
+            result.problems.extend(
+                Problem(key, "store", message) for key, message in target.hierarchy.copy_problems()
+            )
+        else:
+            result.skipped.append(STORE_CHECK)
+    if schema is None:
         return result
     _check_arrays(target, schema, result)
     if target.kind != DATASET:

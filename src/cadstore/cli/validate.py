@@ -4,8 +4,10 @@ Without ``--schema`` the target is checked against the schema stored with it (an
 own schema, or the schema a dataset was merged with); ``cadstore schema PATH -o FILE``
 exports that schema to a file to edit or to check other targets against. A Zarr item or
 dataset that stores none (another writer's) gets the check that needs no schema, of its
-store, and the output says the arrays and metadata were not checked. What is checked is
-:mod:`cadstore.validation`'s; this module handles the arguments and the output.
+store, and the output says the arrays and metadata were not checked. A Zarr store without
+consolidated metadata has no copy to check its documents against: the output says its
+store check compared nothing, and why. What is checked is :mod:`cadstore.validation`'s;
+this module handles the arguments and the output.
 
 Exit status: 0 when valid, 1 when problems were found, 2 when the schema file is not a
 schema, ``PATH`` cannot be read, or ``PATH`` is a JSON store that stores no schema and
@@ -20,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 from cadstore.artefacts import DATASET, Artefact, open_artefact
 from cadstore.cli import EXIT_OK, EXIT_PROBLEMS
 from cadstore.cli._common import CommandError, add_json_option, print_json, print_lines
-from cadstore.validation import Validation, load_schema, validate_artefact
+from cadstore.validation import (
+    SKIPPED_WHY,
+    STORE_CHECK,
+    Validation,
+    load_schema,
+    validate_artefact,
+)
 
 if TYPE_CHECKING:
     from cadstore.schema import Schema
@@ -44,7 +52,8 @@ def register(sub: Any) -> None:
             "every metadata field the schema defines: the schema in FILE, or without "
             "--schema the one stored in PATH (export it with 'cadstore schema PATH -o "
             "FILE'). A Zarr item or dataset without a schema gets its store checked "
-            "only. Exit status 0: valid; 1: problems found; 2: bad schema file, "
+            "only (each node's document against its consolidated copy, when it has "
+            "consolidated metadata). Exit status 0: valid; 1: problems found; 2: bad schema file, "
             "unreadable PATH, or a JSON store with no schema to check against."
         ),
     )
@@ -70,10 +79,14 @@ def _render(
     args: argparse.Namespace, target: Artefact, schema: Schema | None, result: Validation
 ) -> list[str]:
     if schema is None:
+        done = (
+            "and it has no consolidated metadata: nothing was compared"
+            if STORE_CHECK in result.skipped
+            else "so only its store was checked"
+        )
         lines = [
             f"{target.label} {target.path}: no schema (none stored, none given with "
-            "--schema FILE), so only its store was checked",
-            f"  not checked: {', '.join(result.skipped)}",
+            f"--schema FILE), {done}",
         ]
     else:
         source = args.schema or f"stored in the {target.label}"
@@ -82,6 +95,8 @@ def _render(
             f"({source})" + (", strict" if args.strict else ""),
             *_render_checks(args, target, result),
         ]
+    if result.skipped:
+        lines.append(_render_skipped(result.skipped))
     if result.valid:
         lines.append("valid")
     else:
@@ -89,6 +104,17 @@ def _render(
         lines.append(f"{count} problem{'s' if count != 1 else ''}:")
         lines.extend(f"  {p.message}" for p in result.problems)
     return lines
+
+
+def _render_skipped(skipped: list[str]) -> str:
+    """The line naming the checks left out, by why (:data:`~cadstore.validation.SKIPPED_WHY`):
+    ``not checked: arrays, metadata (no schema); store (no consolidated metadata, ...)``."""
+    by_why: dict[str, list[str]] = {}
+    for name in skipped:
+        by_why.setdefault(SKIPPED_WHY[name], []).append(name)
+    return "  not checked: " + "; ".join(
+        f"{', '.join(names)} ({why})" for why, names in by_why.items()
+    )
 
 
 def _render_checks(args: argparse.Namespace, target: Artefact, result: Validation) -> list[str]:
@@ -153,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                         "version": schema.version,
                     },
                     "skipped": result.skipped,
+                    "skipped_why": {name: SKIPPED_WHY[name] for name in result.skipped},
                     "strict": args.strict,
                     "valid": result.valid,
                     "arrays_checked": result.arrays_checked,

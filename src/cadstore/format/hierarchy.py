@@ -519,6 +519,10 @@ class ReadHierarchy(Hierarchy):
         # Keys no node accounts for, by length, found on the first absent chunk or
         # document (see check_absent).
         self._strays: dict[int, list[tuple[str, bytes]]] | None = None
+        #: Whether the metadata was read from a consolidated copy (the root zarr.json's
+        #: ``consolidated_metadata``, Zarr 2's ``.zmetadata``): without one,
+        #: :meth:`copy_problems` has nothing to compare the nodes' documents with.
+        self.consolidated = False
         self._size = source.total_bytes()
         try:
             root = self._json("zarr.json")
@@ -592,6 +596,7 @@ class ReadHierarchy(Hierarchy):
         consolidated = root.get("consolidated_metadata")
         if isinstance(consolidated, Mapping) and isinstance(consolidated.get("metadata"), Mapping):
             docs = consolidated["metadata"].items()
+            self.consolidated = True
         else:
             docs = []
             for key in self.source:
@@ -605,6 +610,7 @@ class ReadHierarchy(Hierarchy):
         docs: dict[str, Any]
         if isinstance(meta, Mapping) and isinstance(meta.get("metadata"), Mapping):
             docs = dict(meta["metadata"])
+            self.consolidated = True
         else:
             docs = {
                 k: self._json(k)
