@@ -529,6 +529,32 @@ def test_a_node_the_dataset_has_and_zarr_python_does_not_find_is_a_corrupt_store
     assert (out / "zarr.json").read_bytes() == before
 
 
+def test_a_dataset_whose_root_lost_its_consolidated_metadata_opens_without_a_warning(
+    realistic_items: list[Any], tmp_path: Path
+) -> None:
+    """Found by review: cadstore's reader reads a dataset whose root ``zarr.json`` holds no
+    consolidated copy (removed by another tool) through each node's own document, but
+    ``get_group_data`` let xarray look for the copy, fail, and warn "Failed to open Zarr
+    store with consolidated metadata" (a RuntimeWarning here, with filterwarnings=error).
+    zarr-python is told to read what the reader read: no warning, the reader's values;
+    nothing stored is changed."""
+    from cadstore.dataset.reader import DatasetReader
+
+    out = tmp_path / "dir.dataset"
+    merge_items([str(p) for p, _, _ in realistic_items[:3]], str(out), directory=True)
+    root = json.loads((out / "zarr.json").read_text())
+    del root["consolidated_metadata"]
+    stripped = json.dumps(root)
+    (out / "zarr.json").write_text(stripped)
+    with DatasetReader(out) as reader:
+        assert not reader.consolidated
+        want = reader.read_array("edges", "edge_lengths")
+    with DatasetExplorer(merged_store_path=out) as ex:
+        got = ex.get_group_data("edges")["edge_lengths"].values
+    np.testing.assert_array_equal(got, want)
+    assert (out / "zarr.json").read_text() == stripped
+
+
 @pytest.mark.parametrize("directory", [False, True], ids=["zip", "directory"])
 def test_close_after_the_group_failed_to_open(
     realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: bool

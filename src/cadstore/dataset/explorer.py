@@ -823,9 +823,11 @@ class DatasetExplorer:
 
         Nothing is read until values are asked for (``.values``, ``.load()``, arithmetic),
         and then only the chunks needed. Dask-backed only when a cluster was requested.
-        zarr-python reads the group's metadata from the consolidated copy at the dataset's
-        root, as cadstore's reader does (xarray 2025.3 and later, pyproject's floor: earlier
-        ones looked for it in the group, warned, and read the group's own documents).
+        zarr-python reads the group's metadata where cadstore's reader does: the consolidated
+        copy at the dataset's root (xarray 2025.3 and later, pyproject's floor: earlier ones
+        looked for it in the group, warned, and read the group's own documents), or, for a
+        dataset whose root has none, each node's own document, without xarray's warning
+        that it found no copy.
         Per-item arrays of a group with rows (``graph/num_nodes``) appear once per row,
         on the group's primary dimension, as in the specified merged store (so
         ``num_nodes[range_start]`` beside the edges works); they are stored once per
@@ -865,6 +867,9 @@ class DatasetExplorer:
                 found = xr.open_zarr(
                     self._open_zarr_store(),
                     group=group,
+                    # The copy the reader read, or none: xarray's default looks for one
+                    # and warns when there is none.
+                    consolidated=self.reader.consolidated,
                     chunks=None,  # Dask-backed below, once guarded
                     drop_variables=[OFFSETS, *per_row, *renamed],
                 )

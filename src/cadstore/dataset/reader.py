@@ -599,6 +599,15 @@ class DatasetReader:
             return not self._source.batches_reads
 
     @property
+    def consolidated(self) -> bool:
+        """Whether the dataset's metadata is read from the consolidated copy in its root
+        ``zarr.json`` (every merge writes one), rather than from each node's own document
+        (a dataset whose root lost its copy), so that another reader of the store
+        (zarr-python, for the explorer's views) can be told to read the same."""
+        self._ensure()
+        return self._hier.consolidated
+
+    @property
     def stored_bytes(self) -> int:
         """Size of the dataset as stored (the zip, or every file below the directory)."""
         with self._lock:
