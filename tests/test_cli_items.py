@@ -312,6 +312,31 @@ def test_inspect_json_store(capsys: pytest.CaptureFixture[str], json_store: Path
     assert code == 0 and out.startswith(f"JSON store {json_store}")
 
 
+def test_inspect_json_store_with_a_key_named_zarr(
+    capsys: pytest.CaptureFixture[str], json_store: Path
+) -> None:
+    """A JSON store's key ``zarr`` is its file ``zarr.json``, which ``cadstore inspect``
+    took for a Zarr store's root document: the store was refused as "not an item, a
+    dataset or a JSON store: malformed Zarr metadata" (exit 2). That ``zarr.json`` is the
+    store's envelope of key ``zarr`` (the rule ``cadstore repair`` uses,
+    :func:`~cadstore.storage.json_handler.is_zarr_hierarchy`): the store is shown as a
+    JSON store, key ``zarr`` among its arrays, and no file of it changes."""
+    with JsonStorageHandler(json_store) as storage:
+        storage.save_data("zarr", np.arange(4, dtype=np.int64))
+    assert json.loads((json_store / "zarr.json").read_text())["key"] == "zarr"
+    files = {p.name: p.read_bytes() for p in json_store.iterdir()}
+    code, out, err = run(capsys, "inspect", json_store, "--json")
+    assert (code, err) == (0, ""), err
+    doc = json.loads(out)
+    assert doc["kind"] == "json" and doc["zarr_format"] is None
+    arrays = {a["path"]: a for a in doc["arrays"]}
+    assert arrays["zarr"]["shape"] == [4] and arrays["zarr"]["dtype"] == "int64"
+    assert arrays["areas"]["shape"] == [3]
+    code, out, _ = run(capsys, "inspect", json_store)
+    assert code == 0 and out.startswith(f"JSON store {json_store}")
+    assert {p.name: p.read_bytes() for p in json_store.iterdir()} == files
+
+
 def test_inspect_flow_manifest(
     capsys: pytest.CaptureFixture[str], dataset: Path, tmp_path: Path
 ) -> None:

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from cadstore.errors import (
     CorruptStoreError,
     SchemaError,
+    StorageError,
     StorageNotFoundError,
     UnknownFormatError,
+    os_storage_error,
 )
 from cadstore.format.hierarchy import ReadHierarchy
 from cadstore.format.jsoncodec import load_document
@@ -245,8 +247,20 @@ def _open_zip(given: str, where: Location) -> Artefact:
 
 
 def _open_directory(given: str, where: Location) -> Artefact:
+    from cadstore.storage.json_handler import is_zarr_hierarchy
+
     names = set(where.listdir())
-    if names & {"zarr.json", ".zgroup", ".zmetadata"}:
+    try:
+        # A zarr.json may be a JSON store's file of key "zarr", not a Zarr store's root:
+        # the rule is cadstore repair's (is_zarr_hierarchy), read once here.
+        zarr = bool(names & {".zgroup", ".zmetadata"}) or (
+            "zarr.json" in names and is_zarr_hierarchy(where, names)
+        )
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise os_storage_error(where.child("zarr.json").path, exc, "reading it") from exc
+    if zarr:
         return _open_hierarchy(given, where, open_source(where, kind="directory"), is_zip=False)
     if "metadata.json" not in names and any(n.endswith(".flow") for n in names):
         # Its JSON files (error_summary.json) would read as a JSON store of foreign keys.

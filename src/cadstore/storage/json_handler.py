@@ -67,7 +67,7 @@ import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,7 @@ from cadstore.storage.base import (
 )
 from cadstore.storage.values import Node
 
-__all__ = ["JsonStorageHandler", "is_json_store", "sanitize_key"]
+__all__ = ["JsonStorageHandler", "is_json_store", "is_zarr_hierarchy", "sanitize_key"]
 
 METADATA_FILE = "metadata.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -693,7 +693,7 @@ class JsonStorageHandler(NodeStorage):
 #: Files at the top of a Zarr store: a folder holding one is an item or a dataset (an
 #: ``OptStorage`` folder has a ``metadata.json`` too), never a JSON store. A JSON store's
 #: file names end in ``.json`` after a stem without dots, so only ``zarr.json`` can be
-#: one of its files too: the file of key ``zarr`` (see :func:`_is_zarr_hierarchy`).
+#: one of its files too: the file of key ``zarr`` (see :func:`is_zarr_hierarchy`).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 
 
@@ -703,7 +703,7 @@ def _is_envelope(doc: Any) -> bool:
     return isinstance(doc, dict) and set(doc) == {"key", "value"}
 
 
-def _is_zarr_hierarchy(location: Location) -> bool:
+def is_zarr_hierarchy(location: Location, names: Collection[str] | None = None) -> bool:
     """Whether the folder ``location`` is a Zarr store (an item or a dataset): a
     :data:`_ZARR_MARKERS` file is at its top, and a ``zarr.json`` is not the file of a
     JSON store's key ``zarr``.
@@ -712,17 +712,30 @@ def _is_zarr_hierarchy(location: Location) -> bool:
     the file of key ``zarr`` is the store's envelope (``{"key": "zarr", "value": ...}``),
     which no Zarr document is. A ``zarr.json`` that does not read, or reads as anything
     else, is taken for a Zarr store's, so that a tool writing to a JSON store never takes
-    an item's folder for one.
+    an item's folder for one. The one rule for ``cadstore repair``
+    (:func:`is_json_store`) and for opening a folder (:func:`cadstore.artefacts.open_artefact`).
+
+    Parameters
+    ----------
+    location
+        The folder.
+    names
+        The names in it, when the caller has listed it: the markers are then looked up
+        there, not asked of the file system one by one.
 
     Raises
     ------
     OSError
         If the file system fails to list or read the folder (the caller decides).
     """
-    if any(location.child(m).exists() for m in _ZARR_MARKERS[1:]):
+
+    def there(name: str) -> bool:
+        return name in names if names is not None else location.child(name).exists()
+
+    if any(there(m) for m in _ZARR_MARKERS[1:]):
         return True
     marker = location.child(_ZARR_MARKERS[0])
-    if not marker.exists():
+    if not there(_ZARR_MARKERS[0]):
         return False
     if not marker.isfile():  # a folder, or a pipe, which would block the read
         return True
@@ -745,7 +758,7 @@ def is_json_store(location: Location) -> bool:
     most :data:`MAX_JSON_BYTES`, is a JSON object recording the sizes of the files saved
     (``file_sizes_KB``, written with every save; damaged or not). A ``zarr.json`` in it
     may be the file of the store's key ``zarr``, not a Zarr store's metadata (see
-    :func:`_is_zarr_hierarchy`). A store without a save has nothing to repair; anything
+    :func:`is_zarr_hierarchy`). A store without a save has nothing to repair; anything
     unreadable is no JSON store, left to the tool's own checks.
     """
     try:
@@ -758,7 +771,7 @@ def is_json_store(location: Location) -> bool:
         doc = None if data is None else jsoncodec.loads(data)
         if not (isinstance(doc, dict) and SIZES_METADATA_KEY in doc):
             return False
-        return not _is_zarr_hierarchy(location)  # last: it may read a key's whole file
+        return not is_zarr_hierarchy(location)  # last: it may read a key's whole file
     except (OSError, ValueError, RecursionError, UnicodeDecodeError):
         return False
 
