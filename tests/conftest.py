@@ -83,14 +83,15 @@ def refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path, step: str, numbe
     """Make the file system refuse ``path`` with errno ``number`` while it is opened, at
     the lowest level, in this process (and the Dask worker threads of an in-process
     cluster): ``"stat"`` (``os.stat`` of it, as a parent directory that may not be
-    searched refuses it), ``"open"`` (``os.open`` of it) or ``"read"`` (``os.pread`` of
+    searched refuses it), ``"lstat"`` (``os.lstat`` of it, which ``os.path.lexists`` and
+    ``os.path.islink`` ask), ``"open"`` (``os.open`` of it) or ``"read"`` (``os.pread`` of
     its descriptor; an item of a few KiB is read whole when opened, never after). The
     error names no file, as the system's reads do not; running as root, ``chmod`` would
     refuse nothing."""
     import os
 
     target = str(path)
-    real = {"stat": os.stat, "open": os.open, "read": os.pread}[step]
+    real = {"stat": os.stat, "lstat": os.lstat, "open": os.open, "read": os.pread}[step]
 
     def refused(*args: Any, **kwargs: Any) -> Any:
         first = args[0]
@@ -105,4 +106,5 @@ def refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path, step: str, numbe
             raise OSError(number, os.strerror(number))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(os, {"stat": "stat", "open": "open", "read": "pread"}[step], refused)
+    name = {"stat": "stat", "lstat": "lstat", "open": "open", "read": "pread"}[step]
+    monkeypatch.setattr(os, name, refused)

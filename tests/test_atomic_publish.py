@@ -227,3 +227,142 @@ def test_a_folder_made_during_the_write_is_refused_and_a_link_to_one_replaced(
     link.symlink_to(kept, target_is_directory=True)
     write_atomic(resolve(str(link)), lambda fh: fh.write(b"data"))
     assert not link.is_symlink() and link.read_bytes() == b"data" and kept.is_dir()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _fail_lookups(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """An EIO for every lookup of ``path`` (``os.stat`` and ``os.lstat``), as a failing
+    disk gives: ``os.path.exists`` and ``os.path.lexists`` then say it is not there."""
+    import errno
+
+    from conftest import refuse_opening
+
+    refuse_opening(monkeypatch, path, "stat", errno.EIO)
+    refuse_opening(monkeypatch, path, "lstat", errno.EIO)
+
+
+@pytest.mark.parametrize("kind", ["directory", "zip"])
+def test_a_sink_never_publishes_over_a_path_it_cannot_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A sink's commit looked its destination up with ``os.path.lexists`` (a directory
+    sink) or ``os.path.isdir`` (a zip sink), which say ``False`` on an EIO: the new version
+    was renamed onto the directory dataset there as onto nothing, which refused it as a
+    bare OSError (directory not empty; is a directory). It is now the StorageError naming
+    the destination, saying nothing was published; the dataset there is unchanged, and
+    the sink's abort leaves no temporary."""
+    from cadstore.errors import StorageError
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import DirectorySink, ZipSink
+
+    out = tmp_path / "parts.dataset"
+    (out / "face" / "c").mkdir(parents=True)
+    (out / "zarr.json").write_bytes(b'{"old": 1}')
+    (out / "face" / "c" / "0").write_bytes(b"old shard")
+    before = _tree(out)
+    sink = (DirectorySink if kind == "directory" else ZipSink)(resolve(str(out)))
+    sink.add("zarr.json", b'{"new": 1}')
+    sink.add("face/c/0", b"new shard")
+    with monkeypatch.context() as patch:
+        _fail_lookups(patch, out)
+        with pytest.raises(StorageError) as raised:
+            sink.commit()
+    sink.abort()
+    assert str(raised.value) == (
+        f"{out}: looking it up to put the new version in place (nothing was published): "
+        "input/output error"
+    )
+    assert _tree(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["parts.dataset"]
+
+
+def test_a_folder_moved_into_place_is_never_moved_over_a_path_it_cannot_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """move_into_place asked ``os.path.islink`` whether its destination was a link, which
+    says ``False`` on an EIO: it swapped the new folder with a destination it could not
+    look up. It is now the StorageError naming the destination; the destination and the
+    new folder (the caller's to remove) are unchanged."""
+    from cadstore.errors import StorageError
+    from cadstore.io.publish import move_into_place, staging_name
+
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "a.json").write_text("old")
+    scratch = Path(staging_name(str(out), "-test"))
+    scratch.mkdir()
+    (scratch / "a.json").write_text("new")
+    with monkeypatch.context() as patch:
+        _fail_lookups(patch, out)
+        with pytest.raises(StorageError) as raised:
+            move_into_place(str(scratch), str(out), ["a.json"])
+    assert str(raised.value).startswith(f"{out}: looking it up") and "input/output error" in str(
+        raised.value
+    )
+    assert _tree(out) == {"a.json": b"old"} and _tree(scratch) == {"a.json": b"new"}
+
+
+def test_export_json_never_replaces_a_store_it_cannot_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cadstore export-json --overwrite`` onto a JSON store the disk fails to look up
+    (an EIO): recover_interrupted_move (``os.path.lexists``) and the output's check took
+    it for missing, and the rename of the new store onto it failed as "another writer
+    changed it while this one was writing". It is now the StorageError naming the store
+    (exit 2, one line); the store is unchanged and no temporary is left."""
+    from cadstore import JsonStorageHandler
+    from cadstore.cli import main
+
+    item = tmp_path / "part.zarr.data"
+    _publish_an_item(item)
+    out = tmp_path / "store"
+    with JsonStorageHandler(out) as storage:
+        storage.save_data("x", np.arange(3))
+    before = _tree(out)
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        _fail_lookups(patch, out)
+        code = main(["export-json", str(item), "-o", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == f"cadstore: error: {out}: looking it up: input/output error\n", err
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.zarr.data", "store"]
+
+
+def test_an_output_below_a_folder_it_cannot_look_up_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_output_folder walked up the output's folders while ``os.path.lexists`` said
+    ``False``, which it says on an EIO: a folder the disk failed to look up was taken for
+    one to make, and the check passed (the write met the failure later, as another
+    error). It is now the StorageError naming that folder and the output; nothing is
+    made. A file, or a link to a missing folder, in the way is still refused as before,
+    and a link to a folder accepted."""
+    from cadstore.errors import OutputExistsError, StorageError
+    from cadstore.io.location import resolve
+    from cadstore.io.publish import check_output_folder
+
+    notes = tmp_path / "notes"
+    notes.write_text("mine")
+    output = notes / "deep" / "x.dataset"
+    with monkeypatch.context() as patch:
+        _fail_lookups(patch, notes)
+        with pytest.raises(StorageError) as raised:
+            check_output_folder(resolve(str(output)))
+    assert str(raised.value) == (f"{notes}: looking up the folder of {output}: input/output error")
+    assert notes.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes"]
+    with pytest.raises(OutputExistsError, match=f"{notes} is a file, not a folder"):
+        check_output_folder(resolve(str(output)))
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone", target_is_directory=True)
+    with pytest.raises(OutputExistsError, match="is a link to a missing folder"):
+        check_output_folder(resolve(str(dangling / "x.dataset")))
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real").mkdir()
+    check_output_folder(resolve(str(linked / "new" / "x.dataset")))

@@ -521,17 +521,23 @@ def check_output_folder(location: Location) -> None:
     ------
     OutputExistsError
         Naming the output and the file in its way.
+    StorageError
+        Of the failure's kind, naming the folder and the output, when the file system
+        fails to say what is there (an EIO): a folder it cannot look up is not missing.
     """
     if location.remote:
         return  # an object store has no folders, only prefixes
     folder = _local_directory(location.path)
-    while not os.path.lexists(folder):
+    doing = f"looking up the folder of {location.path}"
+    while (found := local_stat(folder, doing, follow_symlinks=False)) is None:
         parent = os.path.dirname(folder)
         if parent == folder:
             return
         folder = parent
-    if not os.path.isdir(folder):
-        what = "a link to a missing folder" if os.path.islink(folder) else "a file"
+    if stat.S_ISLNK(found.st_mode):
+        found = local_stat(folder, doing)  # a link to a folder is a folder
+    if found is None or not stat.S_ISDIR(found.st_mode):
+        what = "a link to a missing folder" if found is None else "a file"
         raise OutputExistsError(
             f"{location.path}: {folder} is {what}, not a folder; cannot write the output below it"
         )
@@ -635,11 +641,17 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     OutputExistsError
         If ``destination`` no longer holds what the caller checked (another writer filled
         or changed it meanwhile); ``scratch`` is left for the caller to remove.
+    StorageError
+        Of the failure's kind, naming ``destination``, when the file system fails to say
+        what is there (an EIO): nothing is moved, ``scratch`` is left for the caller to
+        remove.
     """
     # Renamed by absolute path: "." or ".." cannot be renamed (EBUSY, EINVAL), and an
     # export run inside the folder it replaces says "-o .".
     scratch, destination = os.path.abspath(scratch), os.path.abspath(destination)
     folder = _local_directory(destination)
+    there = local_stat(destination, _LOOKING_UP, follow_symlinks=False)
+    link = there is not None and stat.S_ISLNK(there.st_mode)
 
     def changed() -> OutputExistsError:
         return OutputExistsError(
@@ -653,7 +665,7 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     # the user's shell, keeps its place: files are moved into it rather than the folder
     # replaced, which would leave them in a deleted folder that lists nothing.
     in_place = _holds_working_directory(destination)
-    if not replaced and not in_place and not os.path.islink(destination):
+    if not replaced and not in_place and not link:
         try:
             os.rename(scratch, destination)  # replaces an empty folder, never a full one
         except OSError as exc:
@@ -668,7 +680,7 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         raise changed() from None
     if present != sorted(replaced):
         raise changed()
-    if not in_place and not os.path.islink(destination):
+    if not in_place and not link:
         if exchange_paths(scratch, destination):
             old = scratch
         else:
@@ -737,9 +749,16 @@ def recover_interrupted_move(destination: str, suffix: str) -> bool:
     at :func:`set_aside_name` of it (which :func:`sweep_dead_temporaries` keeps). The new
     version is put in place and the old one removed (:func:`recover_staged`). Versions of
     a writer still alive, or left while ``destination`` was made again, are left alone.
+
+    Raises
+    ------
+    StorageError
+        Of the failure's kind, naming ``destination``, when the file system fails to say
+        whether it is there (an EIO): a destination it cannot look up is not missing, and
+        nothing is moved.
     """
     destination = os.path.abspath(destination)
-    if os.path.lexists(destination):
+    if local_stat(destination, "looking it up", follow_symlinks=False) is not None:
         return False
     folder = _local_directory(destination)
     ending = set_aside_name(_staging_suffix(destination, suffix))
@@ -954,7 +973,8 @@ class ZipSink(Sink):
                 os.fsync(self._fh.fileno())
             self.size = self._fh.tell()
             self._fh.close()
-            if os.path.isdir(self.location.path) and not os.path.islink(self.location.path):
+            there = local_stat(self.location.path, _LOOKING_UP, follow_symlinks=False)
+            if there is not None and stat.S_ISDIR(there.st_mode):
                 # A directory-layout version replaced by a zip: a file cannot be renamed
                 # over a directory.
                 _put_in_place(self.tmp, self.location.path, self.durable)
@@ -1013,6 +1033,10 @@ class DirectorySink(Sink):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+#: What a sink was doing when the file system failed to say what is at its destination.
+_LOOKING_UP = "looking it up to put the new version in place (nothing was published)"
+
+
 def _put_in_place(staged: str, path: str, durable: bool) -> None:
     """Publish the complete version ``staged`` (a folder, or a file replacing a folder) at
     ``path``, and remove the version it replaces, folder or file.
@@ -1020,9 +1044,15 @@ def _put_in_place(staged: str, path: str, durable: bool) -> None:
     Where the file system can swap two paths, one atomic step; elsewhere two renames. A
     writer killed between them leaves the path empty; lifecycle.Transaction's journal
     knows both names, and :func:`recover_staged` puts a version in place.
+
+    Raises
+    ------
+    StorageError
+        Of the failure's kind, naming ``path``, when the file system fails to say what is
+        there (an EIO): nothing is moved, and ``staged`` is the caller's to remove.
     """
     old = None
-    if os.path.lexists(path):
+    if local_stat(path, _LOOKING_UP, follow_symlinks=False) is not None:
         if exchange_paths(staged, path):
             # The new version is in place, the old one where the new one was staged.
             if durable:
@@ -1171,20 +1201,26 @@ def exchange_paths(first: str, second: str) -> bool:
     return True
 
 
-def local_stat(path: str, doing: str = "looking it up") -> os.stat_result | None:
+def local_stat(
+    path: str, doing: str = "looking it up", *, follow_symlinks: bool = True
+) -> os.stat_result | None:
     """The ``stat`` of a local ``path``; ``None`` when the path leads to nothing.
 
-    ``os.path.exists`` and ``os.path.isdir`` say ``False`` when the file system fails to
-    answer (an EIO, a folder that may not be searched): a writer or a recovery taking
-    that for "nothing there" would publish over a dataset, or move a version onto one.
-    Only the errnos of :data:`cadstore.io.sources.NAMES_NOTHING` mean nothing is there.
+    ``os.path.exists``, ``os.path.lexists`` and ``os.path.isdir`` say ``False`` when the
+    file system fails to answer (an EIO, a folder that may not be searched): a writer or
+    a recovery taking that for "nothing there" would publish over a dataset, or move a
+    version onto one. Only the errnos of :data:`cadstore.io.sources.NAMES_NOTHING` mean
+    nothing is there.
 
     Parameters
     ----------
     path
-        The local path (symbolic links are followed, as ``os.path.exists`` follows them).
+        The local path.
     doing
         What was being done, for the error's message (:func:`os_storage_error`).
+    follow_symlinks
+        Follow a symbolic link at ``path`` (as ``os.path.exists`` does); else a link is
+        what is there, even a dangling one (``os.lstat``, as ``os.path.lexists``).
 
     Returns
     -------
@@ -1200,7 +1236,7 @@ def local_stat(path: str, doing: str = "looking it up") -> os.stat_result | None
     from cadstore.io.sources import NAMES_NOTHING
 
     try:
-        return os.stat(path)
+        return os.stat(path) if follow_symlinks else os.lstat(path)
     except OSError as exc:
         if exc.errno in NAMES_NOTHING:
             return None
