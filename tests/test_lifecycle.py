@@ -1261,6 +1261,52 @@ def test_repair_of_a_killed_first_merge_without_its_dataset(
         lifecycle.repair(out)
 
 
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_repair_never_takes_a_lock_it_cannot_look_up_for_none(
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    via: str,
+) -> None:
+    """A first merge killed before its commit leaves a lock and no dataset; an EIO looking
+    the lock up (its ``stat``): repair took it for no writer's (``exists()`` said
+    ``False``) and refused the missing dataset, "no such dataset", a killed writer's
+    staged version and journal beside it unsaid. It is now the StorageError naming the
+    lock; nothing is done (the lock and what was staged unchanged), and the next repair,
+    the disk reading again, rolls the merge back."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "out" / "parts.dataset"
+    run_killed(lambda: cadstore.merge([str(p) for p in items[:4]], str(out)), "staged")
+    lock = Path(f"{out}.lock")
+    (staged,) = [p for p in out.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert not out.exists() and lock.name in before and staged.name in before
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        refuse_opening(patch, lock, "stat", errno.EIO)
+        if via == "cli":
+            from cadstore.cli import main
+
+            assert main(["repair", str(out)]) == 2
+            said = capsys.readouterr()
+            assert said.out == ""
+            message = said.err.removeprefix("cadstore: error: ")
+        else:
+            with pytest.raises(StorageError) as caught:
+                lifecycle.repair(out)
+            assert type(caught.value) is StorageError and caught.value.path == str(lock)
+            message = str(caught.value) + "\n"
+    assert message == (
+        f"{lock}: looking up the writer's lock (nothing was done): input/output error\n"
+    )
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+    done = lifecycle.repair(out)
+    assert len(done) == 1 and done[0].startswith("rolled back")
+    assert [p.name for p in out.parent.iterdir()] == []
+
+
 def test_a_failed_merge_leaves_no_folder_it_made(items: list[Path], tmp_path: Path) -> None:
     """The writer's lock sits beside the dataset, so taking it made the output's folders;
     a merge that failed (no readable item) left them behind, empty. The folders the lock

@@ -780,10 +780,18 @@ def repair(
         without a writer's lock: a dataset that is there but does not read is recovered
         all the same (the lock taken, the dead writers' temporaries swept) before the
         error; if the lock cannot be taken, the error is the dataset's, nothing done,
-        except when a live writer holds it: that is the ``DatasetLockedError``.
+        except when a live writer holds it: that is the ``DatasetLockedError``. A lock
+        file the file system fails to look up (an EIO) is not taken for no writer's: the
+        error names the lock, nothing done.
     """
     where = resolve(dataset, storage_options, shared=True)
-    locked = lock_location(where).exists()
+    lock_file = lock_location(where)
+    if where.remote:
+        locked = lock_file.exists()
+    else:
+        # A lock the disk fails to look up (an EIO) is not "no writer": a killed first
+        # merge's lock, taken for none, had its dataset refused as missing.
+        locked = local_stat(lock_file.path, _LOOKING_FOR_LOCK) is not None
     unreadable: StorageError | None = None
     if not locked:
         try:
@@ -822,6 +830,10 @@ def repair(
             # and the killed writer's journal in it, is gone.
             raise _having_done(exc, done) from exc
     return done
+
+
+#: What repair was doing when the file system failed to say whether a lock is there.
+_LOOKING_FOR_LOCK = "looking up the writer's lock (nothing was done)"
 
 
 def _check_dataset(dataset: Location) -> None:
