@@ -337,6 +337,32 @@ def test_inspect_json_store_with_a_key_named_zarr(
     assert {p.name: p.read_bytes() for p in json_store.iterdir()} == files
 
 
+def test_inspect_a_path_the_disk_fails_to_look_up_says_so(
+    capsys: pytest.CaptureFixture[str],
+    items: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An item whose lookup fails (an EIO on its ``stat`` and ``lstat``): ``cadstore
+    inspect`` said "no such file or directory", since ``isfile``, ``isdir`` and
+    ``os.path.lexists`` say ``False`` on an EIO. It is now the StorageError naming the
+    item and the failure (exit 2, one line); the item is unchanged."""
+    import errno
+
+    from conftest import refuse_opening
+
+    item = tmp_path / "part.zarr.data"
+    shutil.copyfile(items[0], item)
+    before = item.read_bytes()
+    with monkeypatch.context() as patch:
+        refuse_opening(patch, item, "stat", errno.EIO)
+        refuse_opening(patch, item, "lstat", errno.EIO)
+        code, out, err = run(capsys, "inspect", item)
+    assert (code, out) == (2, "")
+    assert err == f"cadstore: error: {item}: reading it: input/output error\n", err
+    assert item.read_bytes() == before
+
+
 def test_inspect_flow_manifest(
     capsys: pytest.CaptureFixture[str], dataset: Path, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ from cadstore.format.layout import DATASET_FORMAT, dataset_marker
 from cadstore.format.limits import DEFAULT_LIMITS
 from cadstore.format.manifest import FLOW_FORMAT, folder_hint, read_manifest
 from cadstore.io.location import Location, resolve
+from cadstore.io.publish import local_stat
 from cadstore.io.sources import KeySource, open_source
 from cadstore.storage.base import SCHEMA_METADATA_KEY
 
@@ -214,6 +215,8 @@ def open_artefact(
     ------
     StorageNotFoundError
         If nothing is at ``path``.
+    StorageError
+        If the file system fails to say what is at ``path`` (an EIO), naming it.
     UnknownFormatError
         If ``path`` is none of the above; the message names it and says what was expected.
     CorruptStoreError
@@ -232,7 +235,12 @@ def open_artefact(
         return _open_zip(given, published)
     if where.isdir():
         return _open_directory(given, where)
-    if not where.remote and os.path.lexists(where.path):
+    # isfile and isdir say False when the disk fails to answer (an EIO): that is the
+    # StorageError naming the path, not "no such file"; a dangling link is something.
+    if not where.remote and any(
+        local_stat(where.path, "reading it", follow_symlinks=follow) is not None
+        for follow in (True, False)
+    ):
         raise _not_an_artefact(given, "neither a regular file nor a directory")
     nothing = "no such object or prefix" if where.remote else "no such file or directory"
     raise StorageNotFoundError(given, f"{nothing}; expected {EXPECTED}")
