@@ -1374,6 +1374,32 @@ def test_a_lock_beside_a_link_to_a_missing_folder_is_an_error_not_a_hang(
     assert not (tmp_path / "unmounted").exists()
 
 
+def test_a_lock_in_a_folder_it_cannot_look_up_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock made its dataset's missing folders while ``os.path.isdir`` said
+    ``False``, which it says on an EIO: a folder the disk failed to look up was made
+    again, and the mkdir's EEXIST was reported as a file in the way ("is not a folder (a
+    file, or a link to a missing folder)", OutputExistsError). It is now the StorageError
+    naming the folder and the lock; nothing is created and the folder is unchanged."""
+    from conftest import refuse_opening
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("kept")
+    lock = lock_module.WriterLock(cadstore.io.resolve(str(folder / "p.dataset")), "merge")
+    with monkeypatch.context() as patch:
+        refuse_opening(patch, folder, "stat", errno.EIO)
+        with pytest.raises(StorageError) as caught:
+            lock.acquire()
+    assert type(caught.value) is StorageError
+    assert str(caught.value) == (
+        f"{folder}: looking up the folder of the lock p.dataset.lock: input/output error"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["parts"]
+    assert [p.name for p in folder.iterdir()] == ["mine.txt"]
+
+
 @pytest.mark.parametrize(
     ("step", "via", "point"),
     [("open", "api", "writing"), ("read", "cli", "writing"), ("open", "api", "staged")],

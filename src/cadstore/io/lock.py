@@ -33,6 +33,7 @@ import math
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 import warnings
@@ -46,6 +47,7 @@ from cadstore.io.location import Location
 from cadstore.io.publish import (
     HOST_TAG,
     conditional_writes_supported,
+    local_stat,
     pid_alive,
     rewrite_open_file,
     write_bytes_atomic,
@@ -412,9 +414,18 @@ class WriterLock:
             return None
 
     def _make_folders(self, folder: str) -> None:
-        """Create ``folder`` and its missing parents, noting those made (deepest first)."""
+        """Create ``folder`` and its missing parents, noting those made (deepest first).
+
+        Raises
+        ------
+        StorageError
+            Naming a folder the file system fails to look up (an EIO; ``os.path.isdir``
+            says ``False`` then): it is not taken for one to make, nor for a file.
+        OutputExistsError
+            If a file, or a link to a missing folder, is in the way.
+        """
         missing = []
-        while not os.path.isdir(folder):
+        while not self._is_folder(folder):
             missing.append(folder)
             parent = os.path.dirname(folder)
             if parent == folder:
@@ -424,13 +435,18 @@ class WriterLock:
             try:
                 os.mkdir(made)
             except FileExistsError:
-                if os.path.isdir(made):
+                if self._is_folder(made):
                     continue  # made meanwhile by another writer: not ours to remove
                 raise OutputExistsError(
                     f"{self.location.path}: {made} is not a folder (a file, or a link to "
                     "a missing folder); cannot make the lock there"
                 ) from None
             self._made_folders.insert(0, made)
+
+    def _is_folder(self, path: str) -> bool:
+        """Whether ``path`` is a folder (or a link to one); an EIO is the StorageError."""
+        found = local_stat(path, f"looking up the folder of the lock {self.location.name}")
+        return found is not None and stat.S_ISDIR(found.st_mode)
 
     def _remove_made_folders(self) -> None:
         """Remove the folders the lock made that are empty (nothing was published there)."""
