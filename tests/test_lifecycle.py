@@ -1690,6 +1690,51 @@ def test_repair_never_moves_a_staged_version_onto_a_dataset_it_cannot_look_up(
     assert seen_by_a_reader(out) == _names(items[:6])
 
 
+def test_repair_never_says_it_removed_a_staged_version_it_cannot_look_up(
+    items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory dataset's append killed while writing, and an EIO looking up
+    what it staged (its ``stat`` and ``lstat``): recover_staged asked ``os.path.isdir``
+    and ``os.path.lexists``, which said ``False``, and the sweep of dead writers'
+    temporaries unlinked the folder in vain: repair succeeded saying the append "had
+    staged nothing" and that it removed the staged folder as a temporary, left in
+    place. It is now the StorageError naming what was staged, left as it was, and the
+    dataset unchanged; the next repair, the disk reading again, removes it (as a dead
+    writer's temporary, the journal gone with the lock, as when the dataset cannot be
+    looked up)."""
+    from conftest import refuse_opening
+
+    out = tmp_path / "parts.dataset"
+    merge_items([str(p) for p in items[:6]], out, directory=True)
+    more = [str(p) for p in items[6:9]]
+    run_killed(lambda: cadstore.merge(more, str(out), append=True), "writing")
+    (staged,) = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert staged.is_dir()
+
+    def tree(folder: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
+
+    before, staged_before = tree(out), tree(staged)
+    with monkeypatch.context() as patch:
+        refuse_opening(patch, staged, "stat", errno.EIO)
+        refuse_opening(patch, staged, "lstat", errno.EIO)
+        with pytest.raises(StorageError) as caught:
+            lifecycle.repair(out)
+    assert type(caught.value) is StorageError and caught.value.path == str(staged)
+    assert str(caught.value) == (
+        f"{staged}: looking up what a killed writer staged, to remove it (left as it was): "
+        "input/output error"
+    )
+    assert tree(out) == before and tree(staged) == staged_before
+    done = lifecycle.repair(out)
+    assert done and staged.name in done[-1] and not staged.exists()
+    assert not Path(f"{out}.lock").exists()
+    assert lifecycle.repair(out) == []
+    assert seen_by_a_reader(out) == _names(items[:6])
+
+
 @pytest.mark.parametrize("append", [False, True])
 def test_a_merge_never_publishes_over_a_dataset_it_cannot_look_up(
     items: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, append: bool

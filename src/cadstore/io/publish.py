@@ -854,21 +854,20 @@ def sweep_dead_temporaries(
             continue  # an interrupted swap: see above
         owner = _owner_on_this_host(staged)
         try:
-            stale = (
-                not pid_alive(owner)
-                if owner is not None
-                else now - os.lstat(full).st_mtime > max_age
-            )
+            there = os.lstat(full)  # one the disk fails to look up is left, unsaid
+            stale = not pid_alive(owner) if owner is not None else now - there.st_mtime > max_age
         except OSError:
             continue
         if not stale:
             continue
-        if os.path.isdir(full) and not os.path.islink(full):
+        if stat.S_ISDIR(there.st_mode):
             shutil.rmtree(full, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(full)
-        removed.append(name)
+        with contextlib.suppress(StorageError):  # said removed only when it is gone
+            if local_stat(full, follow_symlinks=False) is None:
+                removed.append(name)
     return removed
 
 
@@ -1259,7 +1258,8 @@ def recover_staged(destination: Location, staged: str, *, committing: bool) -> b
         Naming the destination (or the staged version) when a directory is staged and
         the file system fails to say whether the destination is there, or whether what
         is staged is a directory (an EIO): nothing is moved or removed, and the message
-        says so.
+        says so. Likewise naming what is staged when it cannot be looked up to be
+        removed: it is left as it was.
     """
     if destination.remote:
         return False
@@ -1283,13 +1283,21 @@ def recover_staged(destination: Location, staged: str, *, committing: bool) -> b
             found = True
         break
     for leftover in (staged, replaced):
-        if os.path.isdir(leftover) and not os.path.islink(leftover):
+        # Looked up as above: one the file system fails to look up is not "nothing
+        # staged", which recovery would say, the killed writer's journal then gone.
+        there = local_stat(leftover, _LOOKING_UP_LEFTOVER, follow_symlinks=False)
+        if there is None:
+            continue
+        if stat.S_ISDIR(there.st_mode):
             shutil.rmtree(leftover, ignore_errors=True)
-            found = True
-        elif os.path.lexists(leftover):
+        else:
             os.unlink(leftover)
-            found = True
+        found = True
     return found
+
+
+#: What recovery was doing when the file system failed to look up what a writer staged.
+_LOOKING_UP_LEFTOVER = "looking up what a killed writer staged, to remove it (left as it was)"
 
 
 def rewrite_open_file(fd: int, data: bytes) -> None:
