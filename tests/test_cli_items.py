@@ -1619,6 +1619,38 @@ def test_validate_without_a_schema_checks_the_store(
     assert path.read_bytes() == raw
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+def test_validate_without_a_schema_names_only_the_checks_left_out(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found by review: without a schema, validate said "not checked: arrays, metadata"
+    of a dataset too, whose metadata it never checks (the per-item metadata is in its
+    tables), and took ``--strict`` without a word, though strict mode only counts what a
+    schema declares. A dataset lists only the arrays as left out; ``--strict`` without a
+    schema says it counts nothing more; the exit status is the store check's and the
+    dataset is left as it was."""
+    items = []
+    for i in range(2):
+        item = _zarr_python_zip(tmp_path, damaged=False)
+        items.append(item.rename(tmp_path / f"other_{i}.data"))
+    dataset = tmp_path / "other.dataset"
+    merge_items([str(p) for p in items], str(dataset))
+    raw = dataset.read_bytes()
+    code, out, err = run(capsys, "validate", dataset, "--json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["schema"] is None and doc["skipped"] == ["arrays"]
+    code, out, err = run(capsys, "validate", dataset, "--strict")
+    assert (code, err) == (0, "")
+    assert "not checked: arrays (no schema)" in out and "metadata" not in out
+    assert "--strict counts nothing more without a schema" in out
+    code, out, err = run(capsys, "validate", items[0], "--strict")
+    assert (code, err) == (0, "")
+    assert "not checked: arrays, metadata (no schema)" in out
+    assert "--strict counts nothing more without a schema" in out
+    assert dataset.read_bytes() == raw
+
+
 def test_validate_says_the_store_check_compared_nothing_without_consolidated_metadata(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

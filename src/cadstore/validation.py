@@ -106,7 +106,8 @@ class Validation:
     missing
         Arrays the schema declares that the target lacks (``group/array``).
     skipped
-        What was not checked: :data:`SCHEMA_CHECKS` for want of a schema, and
+        What was not checked: :data:`SCHEMA_CHECKS` for want of a schema (an item's;
+        a dataset's metadata, in its tables, is never checked against one), and
         :data:`STORE_CHECK` when the store has no consolidated metadata (its check
         compared nothing); :data:`SKIPPED_WHY` says why. Empty when everything was.
     """
@@ -280,9 +281,9 @@ def validate_artefact(
         The schema, or ``None`` when there is none (none stored, none given): then only
         the store is checked (a Zarr store's documents against their consolidated copy;
         a JSON store has nothing to check without one), and :attr:`Validation.skipped`
-        lists the checks left out. A Zarr store without consolidated metadata has no
-        copy to compare: :data:`STORE_CHECK` is listed in ``skipped``, whatever the
-        schema.
+        lists the checks left out (the arrays, and an item's metadata). A Zarr store
+        without consolidated metadata has no copy to compare: :data:`STORE_CHECK` is
+        listed in ``skipped``, whatever the schema.
     strict
         Count undeclared arrays and metadata, and absent declared arrays, as problems.
 
@@ -293,7 +294,8 @@ def validate_artefact(
     """
     result = Validation()
     if schema is None:
-        result.skipped.extend(SCHEMA_CHECKS)
+        # A dataset's metadata is its tables', which no schema check reads.
+        result.skipped.extend(SCHEMA_CHECKS if target.kind != DATASET else SCHEMA_CHECKS[:1])
     if target.hierarchy is not None:
         if target.hierarchy.consolidated:
             result.problems.extend(

@@ -86,7 +86,9 @@ def _render(
         )
         lines = [
             f"{target.label} {target.path}: no schema (none stored, none given with "
-            f"--schema FILE), {done}",
+            f"--schema FILE), {done}"
+            # Strict mode counts what a schema declares, or does not.
+            + ("; --strict counts nothing more without a schema" if args.strict else ""),
         ]
     else:
         source = args.schema or f"stored in the {target.label}"
