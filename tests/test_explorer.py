@@ -1041,56 +1041,180 @@ def test_array_statistics(explorer: DatasetExplorer, realistic_items: list[Any])
         explorer.get_array_statistics("edges", "edge_area")
 
 
-def _statistics_dataset(tmp_path: Path) -> Path:
-    """A dataset whose ``faces/x`` (2,000,000 float32 values over two items, some NaN,
-    -0.0, ties and values far apart) spans many blocks of the statistics."""
-    rng = np.random.default_rng(56)
-    files = []
-    for k in range(2):
-        x = (rng.normal(size=1_000_000) * 10**k).astype(np.float32)
-        x[rng.integers(0, x.size, 5000)] = np.nan
-        x[rng.integers(0, x.size, 5000)] = -0.0
-        x[rng.integers(0, x.size, 50_000)] = 1.5  # ties
-        x[:3] = (-2e4, 3e4, 3e-38) if k else (7, 7, 7)
-        files.append(write_arrays(tmp_path / f"s{k}.zarr", {"faces/x": x}, allow_nan=True))
+def _statistics_dataset(tmp_path: Path, parts: list[np.ndarray] | None = None) -> Path:
+    """A dataset whose ``faces/x`` spans many blocks of the statistics: by default
+    2,000,000 float32 values over two items, some NaN, -0.0, ties and values far apart;
+    else the items' ``parts``."""
+    if parts is None:
+        rng = np.random.default_rng(56)
+        parts = []
+        for k in range(2):
+            x = (rng.normal(size=1_000_000) * 10**k).astype(np.float32)
+            x[rng.integers(0, x.size, 5000)] = np.nan
+            x[rng.integers(0, x.size, 5000)] = -0.0
+            x[rng.integers(0, x.size, 50_000)] = 1.5  # ties
+            x[:3] = (-2e4, 3e4, 3e-38) if k else (7, 7, 7)
+            parts.append(x)
+    files = [
+        write_arrays(tmp_path / f"s{k}.zarr", {"faces/x": x}, allow_nan=True)
+        for k, x in enumerate(parts)
+    ]
     merge_items(files, tmp_path / "s.dataset")
     return tmp_path / "s.dataset"
 
 
+def _with_infinities(kind: str) -> list[np.ndarray]:
+    """Two items of 20,000 float64 values each (160 KB, many blocks of 1 KiB), with
+    +inf, -inf, both, only inf, or values near float64's largest (whose sums overflow
+    in numpy, or not), and -0.0 beside 0.0."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=40_000) * 1e3
+    x[rng.integers(0, x.size, 100)] = np.nan
+    if kind in ("inf", "both"):
+        x[[5, 25_000]] = np.inf
+    if kind in ("-inf", "both"):
+        x[[17, 39_000]] = -np.inf
+    if kind == "all inf":
+        x[:] = np.inf
+    if kind == "near max, overflowing":
+        x = rng.uniform(1e305, 1.7e308, size=40_000)
+    if kind == "near max, one a block":  # each block's sum finite, numpy's overflows
+        x[:] = 0.0
+        x[::1000] = 1.7e308
+    if kind == "near max, finite":  # numpy's pairwise sums stay finite
+        x = rng.uniform(-1e303, 1e303, size=40_000)
+    if kind == "signed zeros":
+        x = np.array([-0.0, 0.0] * 19_999 + [1.0, 2.0])
+    return [x[:20_000], x[20_000:]]
+
+
+def _same(a: float, b: float) -> bool:
+    """Equal, sign of zero included, or both NaN."""
+    return (np.isnan(a) and np.isnan(b)) or (a == b and np.signbit(a) == np.signbit(b))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        None,
+        "inf",
+        "-inf",
+        "both",
+        "all inf",
+        "near max, overflowing",
+        "near max, one a block",
+        "near max, finite",
+        "signed zeros",
+    ],
+)
 def test_array_statistics_of_many_blocks_are_numpys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str | None
 ) -> None:
-    """Read block by block (here blocks of 1 KiB to 1 MiB, and one block of all), the
-    statistics are those of numpy over the whole array: min, max and the quantiles
-    exactly, mean and std up to the rounding of float sums; ``compute_statistics``
-    gives the same and the count of values (NaN left out)."""
+    """Read block by block (here blocks of 1 KiB to 1 MiB, and one block of all), or
+    whole (within its budget), the statistics are those of numpy over the whole array:
+    ``mean`` ``np.nanmean``'s to the bit (inf, -inf or NaN where numpy's is: found by
+    review, the blocks' update gave NaN for an array holding +inf, and a finite mean
+    where numpy's sum overflows), min, max and the quantiles exactly, sign of zero
+    included (found by review: q25 of -0.0 beside 0.0 was -0.0, numpy's 0.0), std
+    ``np.nanstd``'s (NaN where numpy's is, up to the rounding of float sums);
+    ``compute_statistics`` gives the same and the count of values (NaN left out)."""
     import cadstore.dataset.explorer as explorer_module
 
-    out = _statistics_dataset(tmp_path)
-    with DatasetExplorer(merged_store_path=out) as ex:
+    out = _statistics_dataset(tmp_path, None if kind is None else _with_infinities(kind))
+    with DatasetExplorer(merged_store_path=out) as ex, np.errstate(all="ignore"):
         whole = ex.reader.read_array("faces", "x").astype(np.float64)
         kept = whole[~np.isnan(whole)]
-        q25, median, q75 = np.percentile(kept, [25, 50, 75])
-        for block_bytes in (1 << 10, 1 << 16, 1 << 20, 1 << 30):
+        want = {
+            "mean": np.nanmean(whole),
+            "std": np.nanstd(whole),
+            "min": kept.min(),
+            "max": kept.max(),
+            **dict(zip(("q25", "median", "q75"), np.percentile(kept, [25, 50, 75]), strict=True)),
+        }
+        for block_bytes, whole_bytes in (
+            (1 << 10, 0),
+            (1 << 16, 0),
+            (1 << 20, 0),
+            (1 << 10, 1 << 30),
+        ):
             monkeypatch.setattr(explorer_module, "_STATISTICS_BLOCK_BYTES", block_bytes)
+            monkeypatch.setattr(explorer_module, "_STATISTICS_WHOLE_BYTES", whole_bytes)
             stats = ex.get_array_statistics("faces", "x")
-            assert (stats["q25"], stats["median"], stats["q75"]) == (q25, median, q75)
-            assert (stats["min"], stats["max"]) == (kept.min(), kept.max())
-            assert stats["mean"] == pytest.approx(kept.mean(), rel=1e-9)
-            assert stats["std"] == pytest.approx(kept.std(), rel=1e-9)
+            for name in ("mean", "q25", "median", "q75"):
+                assert _same(stats[name], want[name]), (name, stats[name], want[name])
+            assert (stats["min"], stats["max"]) == (want["min"], want["max"])
+            if np.isfinite(want["std"]):
+                assert stats["std"] == pytest.approx(want["std"], rel=1e-9)
+            else:
+                assert _same(stats["std"], want["std"]), (stats["std"], want["std"])
             table = ex.compute_statistics("faces", "x")
             assert table.loc["x", "count"] == kept.size
-            assert dict(table.loc["x"].drop("count")) == stats
+            row = dict(table.loc["x"].drop("count"))
+            assert all(_same(row[name], stats[name]) for name in stats)
 
 
-def test_array_statistics_hold_a_block_not_the_array(tmp_path: Path) -> None:
+def _counting_reads(
+    ex: DatasetExplorer, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, list[tuple[int, int]]]:
+    """The rows ``ex.reader.read_rows`` reads from now on, per array."""
+    read: dict[str, list[tuple[int, int]]] = {}
+    read_rows = ex.reader.read_rows
+
+    def counted(group: str, array: str, start: int, stop: int) -> np.ndarray:
+        read.setdefault(f"{group}/{array}", []).append((start, stop))
+        return read_rows(group, array, start, stop)
+
+    monkeypatch.setattr(ex.reader, "read_rows", counted)
+    return read
+
+
+def _times_read(ranges: list[tuple[int, int]], rows: int) -> int:
+    """How many times ``ranges`` read every one of ``rows`` rows, each as often (0 when
+    some rows were read more often than others)."""
+    times = np.zeros(rows, dtype=np.int64)
+    for start, stop in ranges:
+        times[start:stop] += 1
+    return int(times[0]) if (times == times[0]).all() else 0
+
+
+def test_array_statistics_read_an_array_once_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: statistics read an array up to 7 times (the quantiles' radix
+    passes read every block again), each a download and decoding on an object store. An
+    array within ``_STATISTICS_WHOLE_BYTES`` (2,000,000 values) is read once; above it,
+    an array of few distinct values (int8) once too, and one of many (2,000,000
+    float32) at most 3 times."""
+    import cadstore.dataset.explorer as explorer_module
+
+    out = _statistics_dataset(tmp_path / "floats")
+    rng = np.random.default_rng(3)
+    small = [rng.integers(-100, 100, size=100_000).astype(np.int8) for _ in range(2)]
+    ints = _statistics_dataset(tmp_path / "ints", small)
+    for path, budget, most in ((out, None, 1), (ints, 1 << 16, 1), (out, 1 << 20, 3)):
+        if budget is not None:
+            monkeypatch.setattr(explorer_module, "_STATISTICS_WHOLE_BYTES", budget)
+        with DatasetExplorer(merged_store_path=path) as ex:
+            rows = int(ex.reader.array_meta("faces", "x").shape[0])
+            assert 8 * rows > explorer_module._STATISTICS_WHOLE_BYTES or budget is None
+            read = _counting_reads(ex, monkeypatch)
+            ex.get_array_statistics("faces", "x")
+            assert 1 <= _times_read(read["faces/x"], rows) <= most, (path, budget)
+
+
+def test_array_statistics_hold_a_block_not_the_array(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by review: ``get_array_statistics`` read the whole array and made a float64
     copy of it (16 MB of float64 values here, beside the array's 8 MB: 24 MB at once).
-    Read block by block, what it holds at once is well below half the float64 values'
-    size. Measured after a first call, so that the reader's chunk cache is what it will
-    stay."""
+    Read block by block (an array above ``_STATISTICS_WHOLE_BYTES``, made small here),
+    what it holds at once is well below half the float64 values' size. Measured after a
+    first call, so that the reader's chunk cache is what it will stay."""
     import tracemalloc
 
+    import cadstore.dataset.explorer as explorer_module
+
+    monkeypatch.setattr(explorer_module, "_STATISTICS_WHOLE_BYTES", 1 << 20)
     out = _statistics_dataset(tmp_path)
     with DatasetExplorer(merged_store_path=out) as ex:
         size_as_float64 = 8 * int(np.prod(ex.reader.array_meta("faces", "x").shape))
@@ -1732,14 +1856,15 @@ def test_compute_statistics(
 ) -> None:
     items = _items(realistic_items)
     keys = list(explorer.get_array_statistics("faces", "face_areas"))
-    read: list[str] = []
-    read_rows = explorer.reader.read_rows
+    order: list[str] = []
+    read = _counting_reads(explorer, monkeypatch)
+    counted = explorer.reader.read_rows
 
-    def counted(group: str, array: str, start: int, stop: int) -> np.ndarray:
-        read.append(f"{group}/{array}")
-        return read_rows(group, array, start, stop)
+    def ordered(group: str, array: str, start: int, stop: int) -> np.ndarray:
+        order.append(f"{group}/{array}")
+        return counted(group, array, start, stop)
 
-    monkeypatch.setattr(explorer.reader, "read_rows", counted)
+    monkeypatch.setattr(explorer.reader, "read_rows", ordered)
     table = explorer.compute_statistics("faces")
     assert list(table.columns) == [*keys, "count"]
     assert table.index.name == "array"
@@ -1756,10 +1881,13 @@ def test_compute_statistics(
         assert row["q25"] == pytest.approx(np.percentile(values, 25), rel=1e-12)
         assert row["q75"] == pytest.approx(np.percentile(values, 75), rel=1e-12)
     assert table["count"].dtype == np.int64
-    # One array read at a time (its blocks of rows one after another); the item codes
-    # not at all.
-    assert sorted(dict.fromkeys(read)) == sorted(f"faces/{a}" for a in want_names)
-    assert [a for k, a in enumerate(read) if not k or read[k - 1] != a] == list(dict.fromkeys(read))
+    # One array read at a time (its blocks of rows one after another), each once (all
+    # within the budget of a whole read); the item codes not at all.
+    assert sorted(read) == sorted(f"faces/{a}" for a in want_names)
+    assert [a for k, a in enumerate(order) if not k or order[k - 1] != a] == list(read)
+    for name, ranges in read.items():
+        rows = int(explorer.reader.array_meta("faces", name.split("/")[1]).shape[0])
+        assert _times_read(ranges, rows) == 1, name
     # Arrays named: in the order given, a single name too; num_nodes counts items.
     named = explorer.compute_statistics("graph", ["num_nodes", "edges_source"])
     assert named.index.tolist() == ["num_nodes", "edges_source"]

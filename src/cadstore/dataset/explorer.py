@@ -2059,13 +2059,27 @@ class DatasetExplorer:
         A per-item array (``graph/num_nodes``) counts each item once; the specified store,
         which repeats it per graph edge, weights items by their edge count.
 
-        The array is read in blocks of rows (about 1 MiB of float64 values each), so
-        memory holds one block, not the array and its float64 copy: ``mean`` and ``std``
-        combine the blocks' (Chan et al.'s pairwise update, equal to numpy's over the
-        whole array up to the rounding of float sums), ``min`` and ``max`` are exact,
-        and the quantiles are numpy's (``np.percentile``, linear) exactly, from the
-        values at their ranks, found by a few more passes over the blocks. An array
-        of one block is computed as numpy computes it.
+        An array of at most 8,388,608 values (:data:`_STATISTICS_WHOLE_BYTES`, 64 MiB as
+        float64) is read once, into one float64 array, and its statistics are numpy's
+        over it: ``mean`` and ``std`` are ``np.nanmean`` and ``np.nanstd``'s, the
+        quantiles ``np.percentile``'s (linear) of the values without NaN. It holds a
+        little over twice the values' float64 size at once.
+
+        A larger array is read block by block of rows (about 1 MiB of float64 values
+        each), so memory holds a few blocks, not the array. One pass gives ``mean``,
+        ``np.nanmean``'s to the bit (numpy's pairwise sum, made block by block: inf,
+        -inf or NaN where numpy's overflows or meets both infinities), ``min`` and
+        ``max``, ``std`` (the blocks' combined by Chan et al.'s update: numpy's up to the
+        rounding of float sums, NaN when a value is infinite or the mean NaN, inf when
+        the mean overflows; where the squared deviations sum to within about a factor 2
+        of float64's largest value, it may be inf where numpy's is finite), and the
+        quantiles when the array holds at most 65,536 distinct values (booleans and 8 or
+        16-bit integers always). Otherwise the values at the quantiles' ranks are found
+        by a radix selection over the blocks' sort keys, which reads the blocks again,
+        usually twice (three reads in all; at most six), then interpolated as numpy
+        does: the quantiles are numpy's exactly, but for the sign of a zero quantile
+        of an array holding both -0.0 and 0.0, which numpy's partition leaves to the
+        order it meets them in; read in blocks it is 0.0, numpy's as a rule.
         """
         group, array = self._names(group, array, group_name, array_name)
         return self._statistics(group, array)[0]
@@ -2078,9 +2092,15 @@ class DatasetExplorer:
 
     def _statistics(self, group: str, array: str) -> tuple[dict[str, float], int]:
         """The statistics of :meth:`get_array_statistics` of ``group/array`` and the count
-        of values they were computed over (NaN left out), read block by block
-        (:meth:`_value_blocks`): what :meth:`get_array_statistics` and
-        :meth:`compute_statistics` give.
+        of values they were computed over (NaN left out): what
+        :meth:`get_array_statistics` and :meth:`compute_statistics` give.
+
+        An array of at most :data:`_STATISTICS_WHOLE_BYTES` of float64 values is read
+        once, into one float64 array, and computed as numpy computes it
+        (:func:`_summary`). A larger one is read block by block of rows
+        (:meth:`_value_blocks`, :class:`_Pass`): once for everything but the quantiles,
+        and for those only when the first pass could not settle them (more distinct
+        values than :data:`_DISTINCT_LIMIT`), a pass or two more (:func:`_values_at_ranks`).
 
         Raises
         ------
@@ -2088,57 +2108,64 @@ class DatasetExplorer:
             If the group or array is unknown, or the array is not numeric.
         """
         self._check_array(group, array)
-        if not self._is_numeric(group, array):
-            meta = self.reader.array_meta(group, array)
+        meta = self.reader.array_meta(group, array)
+        if meta.is_string or np.dtype(meta.dtype).kind not in _NUMERIC_KINDS:
             dtype = "string" if meta.is_string else np.dtype(meta.dtype)
             raise DatasetError(f"{group}/{array} has dtype {dtype}, which is not numeric")
-        blocks = self._value_blocks(group, array)
-        first = next(blocks, None)
-        second = next(blocks, None)
-        if second is None:  # one block (or none): numpy over the values, as they are
-            values = first if first is not None else np.zeros(0)
-            return _summary(values), int(values.size)
-        assert first is not None
-        moments = _Moments()
-        moments.add(first)
-        del first
-        moments.add(second)
-        del second
-        for block in blocks:
-            moments.add(block)
-        if moments.count == 0:
+        size = int(np.prod(meta.shape, dtype=np.int64))
+        if 8 * size <= _STATISTICS_WHOLE_BYTES:
+            return _summary(self._whole_values(group, array, size))
+        first = _Pass(size)
+        first.run(self._value_blocks(group, array))
+        if first.moments.count == 0:
             return dict.fromkeys(_STATISTICS, float("nan")), 0
-        ranks, quantile_of = _quantile_ranks(moments.count)
-        at_rank = _values_at_ranks(lambda: self._value_blocks(group, array), ranks)
+        count = first.moments.count
+        ranks, quantile_of = _quantile_ranks(count)
+        at_rank = first.values_at_ranks(ranks)
+        if at_rank is None:
+            at_rank = _values_at_ranks(
+                lambda: _kept(self._value_blocks(group, array)), ranks, first.tally
+            )
+        if first.positive_zero:
+            # -0.0 and 0.0 are equal to numpy's partition, which leaves either at a rank:
+            # a zero is taken as 0.0 then, as numpy's interpolation mostly gives it.
+            at_rank = {rank: value + 0.0 for rank, value in at_rank.items()}
         out = {
-            "mean": moments.mean,
-            "std": float(np.sqrt(moments.m2 / moments.count)),
-            "min": moments.low,
-            "max": moments.high,
+            "mean": first.mean,
+            "std": first.std,
+            "min": first.moments.low,
+            "max": first.moments.high,
         }
         for name, (before, after, gamma) in quantile_of.items():
             out[name] = _lerp(at_rank[before], at_rank[after], gamma)
-        return {name: out[name] for name in _STATISTICS}, moments.count
+        return {name: out[name] for name in _STATISTICS}, count
+
+    def _whole_values(self, group: str, array: str, size: int) -> np.ndarray:
+        """The ``size`` values of ``group/array`` as one float64 array (NaN kept), read
+        once, block by block of rows (:meth:`_value_blocks`) into it: the array's own
+        dtype is held a block at a time."""
+        values = np.empty(size, dtype=np.float64)
+        at = 0
+        for block in self._value_blocks(group, array):
+            values[at : at + block.size] = block
+            at += block.size
+        return values
 
     def _value_blocks(self, group: str, array: str) -> Iterator[np.ndarray]:
-        """The values of ``group/array`` as float64, NaN left out, block by block of rows
-        (about :data:`_STATISTICS_BLOCK_BYTES` of float64 values each, at least a row),
-        each read with :meth:`DatasetReader.read_rows`. A per-item array counts each item
-        once."""
+        """The values of ``group/array`` as float64 (NaN kept, in place), block by block of
+        rows (about :data:`_STATISTICS_BLOCK_BYTES` of float64 values each, at least a
+        row), each read with :meth:`DatasetReader.read_rows`: one read of every row. A
+        per-item array counts each item once."""
         meta = self.reader.array_meta(group, array)
         shape = tuple(int(n) for n in meta.shape)
         if not shape:  # a single value
-            whole = np.asarray(self.reader.read_array(group, array), dtype=np.float64).ravel()
-            yield whole[~np.isnan(whole)]
+            yield np.asarray(self.reader.read_array(group, array), dtype=np.float64).ravel()
             return
         per_row = int(np.prod(shape[1:], dtype=np.int64))
         step = max(1, _STATISTICS_BLOCK_BYTES // (8 * max(per_row, 1)))
         for start in range(0, shape[0], step):
             rows = self.reader.read_rows(group, array, start, min(shape[0], start + step))
-            values = rows.astype(np.float64).ravel()
-            del rows
-            missing = np.isnan(values)
-            yield values[~missing] if missing.any() else values
+            yield rows.astype(np.float64).ravel()
 
     def compute_statistics(
         self, group: str, arrays: str | Iterable[str] | None = None
@@ -2175,9 +2202,11 @@ class DatasetExplorer:
 
         Notes
         -----
-        Arrays are read one at a time, each block by block of rows as
-        :meth:`get_array_statistics` reads one: memory holds one block, not an array
-        (nor the group).
+        Arrays are read one at a time, as :meth:`get_array_statistics` reads one: an
+        array of at most :data:`_STATISTICS_WHOLE_BYTES` of float64 values once, whole;
+        a larger one block by block of rows, once, or three times as a rule when it
+        holds many distinct values: memory holds one array within that budget (about
+        a little over twice its float64 size) or a few blocks, never the group.
         """
         import pandas as pd
 
@@ -2342,20 +2371,35 @@ _NUMERIC_KINDS = "biuf"
 _STATISTICS = ("mean", "std", "min", "max", "median", "q25", "q75")
 
 
-#: About how many bytes of float64 values the statistics of an array hold at once: each
-#: block of rows read (:meth:`DatasetExplorer._value_blocks`).
+#: About how many bytes of float64 values the statistics of an array too large to read
+#: whole hold at once: each block of rows read (:meth:`DatasetExplorer._value_blocks`).
 _STATISTICS_BLOCK_BYTES = 1 << 20
+#: The largest array, as float64 values (8,388,608 of them), whose statistics read it once,
+#: whole: held with a float64 copy of its values beside (numpy's deviations, the values
+#: without NaN partitioned for the quantiles) and a NaN mask, a little over twice this
+#: at once (about 140 MiB), as much as two of the reader's default chunk cache
+#: (``cache_bytes``, the same 64 MiB). Within it an array is downloaded and decoded
+#: once; a larger one is held a block at a time, and read again for the quantiles its
+#: first pass could not settle.
+_STATISTICS_WHOLE_BYTES = 64 << 20
 #: The quantiles of the statistics, as ``np.percentile`` takes them (``q / 100``).
 _QUANTILES = {"q25": 0.25, "median": 0.5, "q75": 0.75}
 #: Bits of a value's sort key :func:`_values_at_ranks` settles per pass (a tally of
-#: ``2**12`` counts per rank searched, small beside a block).
+#: ``2**12`` digits per rank searched, small beside a block).
 _RADIX_BITS = 12
+#: The most distinct values whose counts the first pass over the blocks of an array keeps
+#: (a sort key and a count each, a block's bytes): an array of no more (booleans, 8 and
+#: 16-bit integers always, low-cardinality values) has its quantiles from them, read once.
+_DISTINCT_LIMIT = _STATISTICS_BLOCK_BYTES // 16
+#: Values numpy's pairwise summation adds one after another (``PW_BLOCKSIZE``): a range of
+#: at most as many values is summed alone, a longer one as two halves.
+_PAIRWISE_LEAF = 128
 
 
 class _Moments:
-    """The count, mean, sum of squared deviations (``m2``), minimum and maximum of values
-    added block by block (Chan, Golub and LeVeque's pairwise update, numerically
-    stable; the first block's are numpy's own)."""
+    """The count, sum of squared deviations (``m2``, Chan, Golub and LeVeque's pairwise
+    update of the blocks'; numerically stable), minimum and maximum of values added
+    block by block, and how many are +inf and -inf (``m2`` means nothing then)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -2363,24 +2407,188 @@ class _Moments:
         self.m2 = 0.0
         self.low = float("inf")
         self.high = float("-inf")
+        self.infinite = 0
 
     def add(self, values: np.ndarray) -> None:
         """Add a block of float64 values (no NaN)."""
         n = int(values.size)
         if not n:
             return
-        mean = float(values.mean())
-        m2 = float(np.square(values - mean).sum())
         self.low = min(self.low, float(values.min()))
         self.high = max(self.high, float(values.max()))
-        if not self.count:
-            self.count, self.mean, self.m2 = n, mean, m2
+        self.infinite += int(np.count_nonzero(np.isinf(values)))
+        if self.infinite:  # std is NaN (inf - inf), as numpy's; no m2 to keep
+            self.count += n
             return
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(values.mean())
+            m2 = float(np.square(values - mean).sum())
+            if not self.count:
+                self.count, self.mean, self.m2 = n, mean, m2
+                return
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
+
+
+class _PairwiseSum:
+    """numpy's float64 sum of a sequence of values given block by block, to the bit:
+    ``np.add.reduce`` of a contiguous float64 array adds its values pairwise (halves of
+    ``n // 2`` rounded down to a multiple of 8, ranges of at most :data:`_PAIRWISE_LEAF`
+    values alone), so ranges lying in one block are numpy's own sums of them and those
+    across blocks are added as numpy adds their halves. Overflow (inf), and +inf meeting
+    -inf (NaN), come out where numpy's do. Holds a block and at most a leaf of the one
+    before."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], size: int) -> None:
+        self._blocks = blocks
+        self._size = size
+        self._held = np.zeros(0)
+        self._start = 0  # the index of _held[0] among all values
+
+    def total(self) -> float:
+        """The sum of the ``size`` values of the blocks (all of them read)."""
+        return 0.0 + self._range(0, self._size) if self._size else 0.0
+
+    def _range(self, lo: int, n: int) -> float:
+        """numpy's pairwise sum of values ``[lo, lo + n)``."""
+        while lo >= self._start + self._held.size:
+            self._start += self._held.size
+            self._held = next(self._blocks)
+        if lo + n <= self._start + self._held.size:
+            at = lo - self._start
+            return float(np.add.reduce(self._held[at : at + n]))
+        if n > _PAIRWISE_LEAF:
+            half = n // 2
+            half -= half % 8
+            return self._range(lo, half) + self._range(lo + half, n - half)
+        parts = [self._held[lo - self._start :]]
+        got = parts[0].size
+        while got < n:
+            self._start += self._held.size
+            self._held = next(self._blocks)
+            parts.append(self._held[: n - got])
+            got += parts[-1].size
+        return float(np.add.reduce(np.concatenate(parts)))
+
+
+def _kept(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``blocks`` without their NaN values."""
+    for block in blocks:
+        missing = np.isnan(block)
+        yield block[~missing] if missing.any() else block
+
+
+class _Tally:
+    """For the values whose sort keys (:func:`_sort_keys`) begin with a settled prefix of
+    ``depth`` bits: per digit of the next :data:`_RADIX_BITS` (or fewer) bits, how many
+    there are and their least and greatest key, so that a digit holding one distinct
+    value needs no more passes."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.width = min(_RADIX_BITS, 64 - depth)
+        self.counts = np.zeros(1 << self.width, dtype=np.int64)
+        self.low = np.full(1 << self.width, np.iinfo(np.uint64).max, dtype=np.uint64)
+        self.high = np.zeros(1 << self.width, dtype=np.uint64)
+
+    def add(self, keys: np.ndarray) -> None:
+        """Count ``keys`` (sorted, all with the prefix)."""
+        if not keys.size:
+            return
+        shift = np.uint64(64 - self.depth - self.width)
+        digits = (keys >> shift) & np.uint64((1 << self.width) - 1)
+        starts = np.flatnonzero(np.diff(digits, prepend=~digits[0]))
+        ends = np.append(starts[1:], keys.size)
+        at = digits[starts].astype(np.intp)
+        self.counts[at] += ends - starts
+        self.low[at] = np.minimum(self.low[at], keys[starts])
+        self.high[at] = np.maximum(self.high[at], keys[ends - 1])
+
+
+class _Pass:
+    """The first pass over the blocks of an array too large to read whole: the moments,
+    numpy's mean (:class:`_PairwiseSum` of the values, NaN as 0, over their count, as
+    ``np.nanmean`` computes it), a :class:`_Tally` of the sort keys' first bits, and the
+    counts of each distinct value while there are at most :data:`_DISTINCT_LIMIT`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.moments = _Moments()
+        self.tally = _Tally(0)
+        self.distinct: tuple[np.ndarray, np.ndarray] | None = (
+            np.zeros(0, dtype=np.uint64),
+            np.zeros(0, dtype=np.int64),
+        )
+        self.positive_zero = False
+        self.mean = float("nan")
+        self.std = float("nan")
+
+    def run(self, blocks: Iterator[np.ndarray]) -> None:
+        """Read every block of ``blocks`` (float64, NaN kept) once."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = _PairwiseSum(self._seen(blocks), self.size).total()
+        count = self.moments.count
+        if not count:
+            return
+        self.mean = total / count
+        if self.moments.infinite or np.isnan(self.mean):
+            self.std = float("nan")  # inf - inf among the deviations, as numpy's
+        elif np.isinf(self.mean) or not np.isfinite(self.moments.m2):
+            self.std = float("inf")  # squared deviations overflow, as numpy's
+        else:
+            self.std = float(np.sqrt(self.moments.m2 / count))
+
+    def _seen(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """``blocks`` with NaN made 0 (what the sum adds), each taken into account."""
+        for block in blocks:
+            missing = np.isnan(block)
+            kept = block[~missing] if missing.any() else block.copy()
+            self.moments.add(kept)
+            self.positive_zero = self.positive_zero or bool(np.any((kept == 0) & ~np.signbit(kept)))
+            keys = _sort_keys(kept)
+            keys.sort()
+            self.tally.add(keys)
+            if self.distinct is not None:
+                self._add_distinct(keys)
+            del keys, kept
+            block[missing] = 0.0
+            yield block
+
+    def _add_distinct(self, keys: np.ndarray) -> None:
+        """Count the distinct values of ``keys`` (sorted), or stop counting them when
+        there are more than :data:`_DISTINCT_LIMIT`."""
+        assert self.distinct is not None
+        if not keys.size:
+            return
+        starts = np.flatnonzero(np.diff(keys, prepend=~keys[0]))
+        if starts.size > _DISTINCT_LIMIT:
+            self.distinct = None
+            return
+        counts = np.diff(np.append(starts, keys.size))
+        every = np.concatenate([self.distinct[0], keys[starts]])
+        order = np.argsort(every, kind="stable")
+        every = every[order]
+        tallied = np.concatenate([self.distinct[1], counts])[order]
+        first = np.flatnonzero(np.diff(every, prepend=~every[0]))
+        if first.size > _DISTINCT_LIMIT:
+            self.distinct = None
+            return
+        self.distinct = every[first], np.add.reduceat(tallied, first)
+
+    def values_at_ranks(self, ranks: list[int]) -> dict[int, float] | None:
+        """The value at each of ``ranks`` from the distinct values' counts; ``None`` when
+        there were too many to count."""
+        if self.distinct is None:
+            return None
+        keys, counts = self.distinct
+        cumulative = np.cumsum(counts)
+        return {
+            rank: _from_sort_key(int(keys[np.searchsorted(cumulative, rank, side="right")]))
+            for rank in ranks
+        }
 
 
 def _quantile_ranks(count: int) -> tuple[list[int], dict[str, tuple[int, int, float]]]:
@@ -2405,10 +2613,11 @@ def _lerp(low: float, high: float, gamma: float) -> float:
     """numpy's linear interpolation between neighbouring values (``_lerp`` of
     ``np.percentile``), done the same way so the result is numpy's to the bit."""
     a, b, t = np.float64(low), np.float64(high), np.float64(gamma)
-    difference = b - a
-    if t >= 0.5:
-        return float(b - difference * (1 - t))
-    return float(a + difference * t)
+    with np.errstate(invalid="ignore"):
+        difference = b - a
+        if t >= 0.5:
+            return float(b - difference * (1 - t))
+        return float(a + difference * t)
 
 
 def _sort_keys(values: np.ndarray) -> np.ndarray:
@@ -2447,73 +2656,90 @@ class _RankSearch:
 
 
 def _values_at_ranks(
-    blocks: Callable[[], Iterator[np.ndarray]], ranks: list[int]
+    blocks: Callable[[], Iterator[np.ndarray]], ranks: list[int], first: _Tally
 ) -> dict[int, float]:
     """The value at each of ``ranks`` (0-based, in sorted order) among the values of
     ``blocks()`` (float64 blocks without NaN, read again on each call), found without
     holding them all: a radix selection on their sort keys, :data:`_RADIX_BITS` bits a
-    pass; once few enough values share a rank's settled bits (the values gathered for
-    every rank hold no more than a block), one more pass gathers them and sorts them.
-    At most ``ceil(64 / _RADIX_BITS) + 1`` passes."""
+    pass, from ``first``, the tally of their first bits the first pass made. A rank
+    whose digit holds a single distinct value (its least and greatest key equal) is
+    found then; once few enough values share a rank's settled bits (the values gathered
+    for every rank hold no more than a block), one more pass gathers them and sorts
+    them. Usually one or two passes; at most ``ceil(52 / _RADIX_BITS) + 1``."""
     capacity = max(1, _STATISTICS_BLOCK_BYTES // 8 // max(1, len(ranks)))
     search = {rank: _RankSearch() for rank in ranks}
     found: dict[int, float] = {}
-    while len(found) < len(ranks):
+    tallies: dict[tuple[int, int, bool], _Tally] = {(0, 0, False): first}
+    while True:
+        for rank in ranks:
+            at = search[rank]
+            if rank in found or at.gather:
+                continue
+            tally = tallies[at.key]
+            cumulative = np.cumsum(tally.counts)
+            digit = int(np.searchsorted(cumulative, rank - at.below, side="right"))
+            at.below += int(cumulative[digit - 1]) if digit else 0
+            at.depth += tally.width
+            at.prefix |= digit << (64 - at.depth)
+            if tally.low[digit] == tally.high[digit]:
+                found[rank] = _from_sort_key(int(tally.low[digit]))
+            elif int(tally.counts[digit]) <= capacity:
+                at.gather = True
         open_ranks = [r for r in ranks if r not in found]
+        if not open_ranks:
+            return found
         keys_searched = {search[r].key for r in open_ranks}
-        counts: dict[tuple[int, int, bool], np.ndarray] = {}
+        tallies = {key: _Tally(key[1]) for key in keys_searched if not key[2]}
         gathered: dict[tuple[int, int, bool], list[np.ndarray]] = {k: [] for k in keys_searched}
         for block in blocks():
             keys = _sort_keys(block)
             del block
-            for prefix, depth, gather in keys_searched:
-                if depth:
-                    settled = np.uint64(prefix >> (64 - depth))
-                    keys_in = keys[(keys >> np.uint64(64 - depth)) == settled]
-                else:
-                    keys_in = keys
+            for key in keys_searched:
+                prefix, depth, gather = key
+                settled = np.uint64(prefix >> (64 - depth))
+                keys_in = keys[(keys >> np.uint64(64 - depth)) == settled]
                 if gather:
-                    gathered[(prefix, depth, gather)].append(keys_in)
-                    continue
-                width = min(_RADIX_BITS, 64 - depth)
-                digits = (keys_in >> np.uint64(64 - depth - width)) & np.uint64((1 << width) - 1)
-                tally = np.bincount(digits.astype(np.intp), minlength=1 << width)
-                key = (prefix, depth, gather)
-                counts[key] = counts[key] + tally if key in counts else tally
+                    gathered[key].append(keys_in)
+                else:
+                    keys_in.sort()
+                    tallies[key].add(keys_in)
         for rank in open_ranks:
             at = search[rank]
             if at.gather:
                 held = np.sort(np.concatenate(gathered[at.key]))
                 found[rank] = _from_sort_key(int(held[rank - at.below]))
-                continue
-            tally = counts[at.key]
-            cumulative = np.cumsum(tally)
-            digit = int(np.searchsorted(cumulative, rank - at.below, side="right"))
-            at.below += int(cumulative[digit - 1]) if digit else 0
-            at.depth += min(_RADIX_BITS, 64 - at.depth)
-            at.prefix |= digit << (64 - at.depth)
-            if at.depth == 64:
-                found[rank] = _from_sort_key(at.prefix)
-            elif int(tally[digit]) <= capacity:
-                at.gather = True
-    return found
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
-    """The statistics :data:`_STATISTICS` of ``values`` (float64 without NaN); NaN each
-    when there are none."""
-    if values.size == 0:
-        return dict.fromkeys(_STATISTICS, float("nan"))
-    q25, median, q75 = np.percentile(values, [25, 50, 75])
+def _summary(values: np.ndarray) -> tuple[dict[str, float], int]:
+    """The statistics :data:`_STATISTICS` of ``values`` (float64, NaN kept; changed
+    here) as numpy computes them over the whole array, and their count: ``mean`` and
+    ``std`` are ``np.nanmean`` and ``np.nanstd``'s (the sums are made over the values with
+    NaN as 0), the quantiles ``np.percentile``'s of the values without NaN, in their
+    order. NaN each when there are none. Holds one float64 copy of the values."""
+    missing = np.isnan(values)
+    count = int(values.size - np.count_nonzero(missing))
+    if not count:
+        return dict.fromkeys(_STATISTICS, float("nan")), 0
+    kept = values[~missing]
+    values[missing] = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(np.add.reduce(values)) / count
+        np.subtract(values, mean, out=values)
+        values[missing] = 0.0
+        np.multiply(values, values, out=values)
+        std = float(np.sqrt(float(np.add.reduce(values)) / count))
+    del values
+    low, high = float(kept.min()), float(kept.max())
+    q25, median, q75 = np.percentile(kept, [25, 50, 75], overwrite_input=True)
     return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
+        "mean": mean,
+        "std": std,
+        "min": low,
+        "max": high,
         "median": float(median),
         "q25": float(q25),
         "q75": float(q75),
-    }
+    }, count
 
 
 def _categories_of(key: str, dtype: np.dtype, given: Any) -> np.ndarray:
