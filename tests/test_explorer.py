@@ -1183,23 +1183,31 @@ def test_array_statistics_read_an_array_once_within_the_budget(
     """Found by review: statistics read an array up to 7 times (the quantiles' radix
     passes read every block again), each a download and decoding on an object store. An
     array within ``_STATISTICS_WHOLE_BYTES`` (2,000,000 values) is read once; above it,
-    an array of few distinct values (int8) once too, and one of many (2,000,000
-    float32) at most 3 times."""
+    an array of few distinct values (int8) once too, one of many (2,000,000 float32) at
+    most 3 times, and one of many whose quantiles fall on a value most rows hold twice
+    (the search stops at a digit of one distinct value). The quantiles are numpy's."""
     import cadstore.dataset.explorer as explorer_module
 
     out = _statistics_dataset(tmp_path / "floats")
     rng = np.random.default_rng(3)
     small = [rng.integers(-100, 100, size=100_000).astype(np.int8) for _ in range(2)]
     ints = _statistics_dataset(tmp_path / "ints", small)
-    for path, budget, most in ((out, None, 1), (ints, 1 << 16, 1), (out, 1 << 20, 3)):
+    tied = rng.integers(-(10**6), 10**6, size=600_000).astype(np.float64)
+    tied[rng.random(tied.size) < 0.7] = 1.5
+    ties = _statistics_dataset(tmp_path / "ties", [tied[:300_000], tied[300_000:]])
+    cases = ((out, None, 1), (ints, 1 << 16, 1), (out, 1 << 20, 3), (ties, 1 << 16, 2))
+    for path, budget, most in cases:
         if budget is not None:
             monkeypatch.setattr(explorer_module, "_STATISTICS_WHOLE_BYTES", budget)
         with DatasetExplorer(merged_store_path=path) as ex:
             rows = int(ex.reader.array_meta("faces", "x").shape[0])
-            assert 8 * rows > explorer_module._STATISTICS_WHOLE_BYTES or budget is None
+            assert (8 * rows > explorer_module._STATISTICS_WHOLE_BYTES) == (budget is not None)
+            whole = ex.reader.read_array("faces", "x").astype(np.float64)
+            want = np.percentile(whole[~np.isnan(whole)], [25, 50, 75])
             read = _counting_reads(ex, monkeypatch)
-            ex.get_array_statistics("faces", "x")
+            stats = ex.get_array_statistics("faces", "x")
             assert 1 <= _times_read(read["faces/x"], rows) <= most, (path, budget)
+            assert [stats["q25"], stats["median"], stats["q75"]] == list(want)
 
 
 def test_array_statistics_hold_a_block_not_the_array(
