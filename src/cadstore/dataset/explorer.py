@@ -2665,7 +2665,7 @@ def _values_at_ranks(
     whose digit holds a single distinct value (its least and greatest key equal) is
     found then; once few enough values share a rank's settled bits (the values gathered
     for every rank hold no more than a block), one more pass gathers them and sorts
-    them. Usually one or two passes; at most ``ceil(52 / _RADIX_BITS) + 1``."""
+    them. Usually two passes; at most ``ceil(52 / _RADIX_BITS)``, five."""
     capacity = max(1, _STATISTICS_BLOCK_BYTES // 8 // max(1, len(ranks)))
     search = {rank: _RankSearch() for rank in ranks}
     found: dict[int, float] = {}
