@@ -30,7 +30,7 @@ import pytest
 import zstandard
 
 from cadstore import OptStorage
-from cadstore.errors import LimitExceededError
+from cadstore.errors import CorruptStoreError, LimitExceededError
 from cadstore.format.codecs import append_crc32c
 from cadstore.format.limits import DecodeBudget, Limits
 from cadstore.merging import merge_items
@@ -685,6 +685,70 @@ def test_decode_budget_accounting() -> None:
         budget.check_rows("faces/face_areas", 5, 9, 31)
     budget.check_rows("faces/face_areas", 5, 9, 30)
     assert budget.used == 70
+
+
+def _directory_store(path: Path) -> Path:
+    """A directory store of a string array (300 strings of 1,000 characters, one zstd
+    chunk whose payload is 300 kB) and a float64 array of 800 kB, both compressing well."""
+    from cadstore.format.hierarchy import BuildHierarchy, default_dims
+
+    build = BuildHierarchy()
+    build.put("s", ["x" * 1000] * 300, lambda p, n: (default_dims(p, n), 0))
+    build.put("f", np.arange(100_000, dtype=np.float64), lambda p, n: (default_dims(p, n), 0))
+    for key, data in build.members():
+        (path / key).parent.mkdir(parents=True, exist_ok=True)
+        (path / key).write_bytes(data)
+    return path
+
+
+def test_directory_store_budget_sized_only_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory store's decode budget asks its size (a walk of every file below it)
+    only when a read needs more than every budget holds, and then decides as a budget
+    sized up front: reads within it are given back, and reads beyond it refused naming
+    the store and its size. Opening one walked it twice before anything was read."""
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DirectorySource
+
+    store = _directory_store(tmp_path / "store")
+    size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    sized: list[str] = []
+    real_total = DirectorySource.total_bytes
+
+    def total_bytes(self: DirectorySource) -> int:
+        sized.append(self.location)
+        return real_total(self)
+
+    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
+    # Every budget holds 100 kB; this store's is 100 kB and 64 bytes a byte of it.
+    limits = Limits(expansion_allowance=100_000, expansion_threshold=0)
+    source = DirectorySource(str(store), limits)
+    hier = ReadHierarchy(source, limits)
+    assert sized == []
+    # 300 kB of strings: past what every budget holds (the payload's first cap), within
+    # this one's.
+    assert hier.read_node("s") == ["x" * 1000] * 300
+    assert sized == [str(store)]
+    np.testing.assert_array_equal(hier.read_node("f"), np.arange(100_000, dtype=np.float64))
+    assert sized == [str(store)]  # asked once
+    assert source.budget.total == limits.decoded_budget(size)
+
+    # One byte a byte: neither fits. The floats are refused before they are decoded...
+    tight = Limits(expansion_allowance=100_000, expansion_threshold=0, max_expansion=1)
+    source = DirectorySource(str(store), tight)
+    with pytest.raises(LimitExceededError) as refused:
+        ReadHierarchy(source, tight).read_node("f")
+    assert str(store) in str(refused.value)
+    assert f"this {size}-byte file" in str(refused.value)
+    # ... the strings' payload decompressed no further than what exactly remains (a
+    # quarter of it: the strings made of it cost up to four bytes a byte).
+    source = DirectorySource(str(store), tight)
+    with pytest.raises(CorruptStoreError) as refused:
+        ReadHierarchy(source, tight).read_node("s")
+    assert str(store) in str(refused.value)
+    assert f"more than the {source.budget.remaining // 4} the chunk" in str(refused.value)
+    assert source.budget.file_bytes == size
 
 
 # ------------------------------------------------------------------------------ merging

@@ -1869,7 +1869,7 @@ class DatasetReader:
         # Decoded next to the cached chunks: within what the file may decode to.
         need = self._cached + math.prod(inner_shape) * meta.dtype.itemsize
         budget = self._source.budget
-        if need > budget.remaining:
+        if not budget.fits(need):
             budget.check(f"{key!r} inner chunk {inner}", need)
         offset, nbytes = index[inner]
         if offset == MISSING:

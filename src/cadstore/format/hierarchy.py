@@ -430,9 +430,11 @@ class Hierarchy(ABC):
                 meta,
                 lambda rel: self._chunk(path, rel),
                 self.limits,
-                source_bytes=self._source_bytes(),
-                # A stored file's arrays share its decode budget (cadstore.format.limits).
+                # A stored file's arrays share its decode budget (cadstore.format.limits),
+                # which asks the file's size only if a charge needs it (a directory
+                # store's is a walk of every file).
                 budget=self.source.budget if isinstance(self, ReadHierarchy) else None,
+                source_bytes=None if isinstance(self, ReadHierarchy) else self._source_bytes(),
                 name=path,
                 out=out,
                 complete=self.complete,
@@ -523,7 +525,6 @@ class ReadHierarchy(Hierarchy):
         #: ``consolidated_metadata``, Zarr 2's ``.zmetadata``): without one,
         #: :meth:`copy_problems` has nothing to compare the nodes' documents with.
         self.consolidated = False
-        self._size = source.total_bytes()
         try:
             root = self._json("zarr.json")
             if root is not None:
@@ -865,7 +866,8 @@ class ReadHierarchy(Hierarchy):
         return False
 
     def _source_bytes(self) -> int:  # docstring inherited
-        return self._size
+        # Asked of the source once, when first needed (a directory store's is a walk).
+        return self.source.budget.file_bytes
 
     def chunk_keys(self) -> dict[str, list[tuple[str, str]]]:
         """Return, for each array, the ``(key, key relative to the array)`` of its chunks.

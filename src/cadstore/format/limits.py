@@ -20,6 +20,7 @@ hundred megabytes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cadstore.errors import LimitExceededError
@@ -114,35 +115,87 @@ class DecodeBudget:
     while a file whose arrays add up to more than its budget is, whatever order they are
     read in.
 
+    The file's size may be given as a function, asked once and only when a decision
+    needs it: every budget is at least :attr:`Limits.expansion_allowance`
+    (:meth:`Limits.decoded_budget`), so charges adding up to no more than that fit
+    whatever the size. A directory store's size is the sum of every file below it, a
+    walk of the whole tree (millions of chunk files in a large dataset): opening it and
+    reading within the allowance never walks it, and the decisions made are those of
+    a budget sized up front.
+
     Parameters
     ----------
     location
         The file, for messages.
     file_bytes
-        Its size.
+        Its size, or a function returning it (asked at most once).
     limits
         The limits giving the budget (:meth:`Limits.decoded_budget`).
     """
 
-    def __init__(self, location: str, file_bytes: int, limits: Limits) -> None:
+    def __init__(self, location: str, file_bytes: int | Callable[[], int], limits: Limits) -> None:
         self.location = location
-        self.file_bytes = file_bytes
-        self.total = limits.decoded_budget(file_bytes)
+        self._limits = limits
+        self._sizer: Callable[[], int] | None = None
+        self._file_bytes: int | None = None
+        if callable(file_bytes):
+            self._sizer = file_bytes
+        else:
+            self._file_bytes = file_bytes
+        # What every budget of these limits holds, whatever the file's size.
+        self._floor = min(limits.expansion_allowance, limits.decoded_budget(0))
         self.used = 0
         self._charged: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._size_lock = threading.Lock()
+
+    @property
+    def file_bytes(self) -> int:
+        """The file's size, asked of the function given (once) the first time it is needed."""
+        size = self._file_bytes
+        if size is None:
+            with self._size_lock:
+                size = self._file_bytes
+                if size is None:
+                    assert self._sizer is not None
+                    size = self._file_bytes = self._sizer()
+        return size
+
+    @property
+    def total(self) -> int:
+        """The bytes the file may decode into (:meth:`Limits.decoded_budget`)."""
+        return self._limits.decoded_budget(self.file_bytes)
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more than what is charged fit in the budget: the file's
+        size is asked for only when they would exceed what every budget holds."""
+        need = self.used + nbytes
+        return need <= self._floor or need <= self.total
 
     def after_fork(self) -> bool:
         """In a child process just forked: make the budget usable there, and say whether
         what it has charged can be trusted (``False`` when another thread of the parent
         was charging it as the process forked, which leaves it half updated)."""
         self._lock, free = renew_lock(self._lock, threading.Lock)
+        # A size being asked for as the process forked is asked again by the child.
+        self._size_lock, _ = renew_lock(self._size_lock, threading.Lock)
         return free
 
     @property
     def remaining(self) -> int:
-        """Bytes not charged yet."""
+        """Bytes not charged yet (the file is sized if it has not been)."""
         return max(0, self.total - self.used)
+
+    def room(self) -> tuple[int, bool]:
+        """What remains, and whether that is exact: before the file is sized, what
+        remains of the least budget of these limits, which what remains is never below.
+
+        For a reader that caps a decompression at what remains and can try again with
+        :attr:`remaining` when that cap was too small, rather than size the file first.
+        """
+        if self._file_bytes is None:
+            return max(0, self._floor - self.used), False
+        return self.remaining, True
 
     def check(self, what: str, nbytes: int) -> None:
         """Refuse a transient allocation of ``nbytes`` (a chunk being decoded) that does
@@ -153,7 +206,7 @@ class DecodeBudget:
         LimitExceededError
             Naming the file, ``what`` and the budget.
         """
-        if nbytes > self.remaining:
+        if not self.fits(nbytes):
             raise LimitExceededError(self.location, self._message(what, nbytes))
 
     def check_rows(self, path: str, start: int, stop: int, nbytes: int) -> None:
@@ -166,7 +219,7 @@ class DecodeBudget:
         LimitExceededError
             Naming the file, the rows and the budget.
         """
-        if nbytes > self.remaining:
+        if not self.fits(nbytes):
             self.check(f"rows {start}:{stop} of {path}", nbytes)
 
     def charge(self, name: str, nbytes: int, what: str | None = None) -> None:
@@ -184,7 +237,7 @@ class DecodeBudget:
             before = self._charged.get(name, 0)
             if nbytes <= before:
                 return
-            if self.used - before + nbytes > self.total:
+            if not self.fits(nbytes - before):
                 raise LimitExceededError(self.location, self._message(what or repr(name), nbytes))
             self._charged[name] = nbytes
             self.used += nbytes - before

@@ -506,7 +506,7 @@ def decode_array(
     get_chunk: Callable[[str], bytes | None],
     limits: Limits,
     *,
-    source_bytes: int,
+    source_bytes: int | None = None,
     budget: DecodeBudget | None = None,
     name: str = "array",
     out: np.ndarray | None = None,
@@ -530,7 +530,8 @@ def decode_array(
     limits
         Size limits.
     source_bytes
-        Size of the file the array comes from: sizes the budget when none is given.
+        Size of the file the array comes from: sizes the budget when none is given (and
+        is then required).
     budget
         The decode budget of the file the array comes from, shared by every array read
         from it (see :class:`~cadstore.format.limits.DecodeBudget`). By default a budget
@@ -556,6 +557,8 @@ def decode_array(
     """
     if budget is not None:
         return _decode_array(meta, get_chunk, limits, budget, name, out, complete)
+    if source_bytes is None:
+        raise TypeError("decode_array needs a budget or source_bytes")
     own = DecodeBudget("", source_bytes, limits)
     try:
         return _decode_array(meta, get_chunk, limits, own, name, out, complete)
@@ -649,9 +652,10 @@ class _StringCharge:
         self.held = held
         self.fixed_width = fixed_width
 
-    def cap(self, limits: Limits) -> int:
-        """The most bytes the next string payload may decompress to."""
-        return min(limits.max_chunk_bytes, self.budget.remaining // _STRING_BYTES_FACTOR)
+    def cap(self, limits: Limits, remaining: int) -> int:
+        """The most bytes the next string payload may decompress to, ``remaining`` bytes
+        of the budget left."""
+        return min(limits.max_chunk_bytes, remaining // _STRING_BYTES_FACTOR)
 
     def add(self, payload: int, count: int) -> None:
         """Charge a decoded payload of ``payload`` bytes holding ``count`` strings."""
@@ -691,13 +695,44 @@ def _decode_chunk(
 
     ``held`` is the extent of the chunk that lies within the array, when every inner
     chunk of a shard holding any of it must be stored (see :func:`decode_array`).
+
+    What remains of a budget whose file has not been sized yet (a directory store, whose
+    size is a walk of every file) is first taken as what remains of the least budget
+    (:meth:`~cadstore.format.limits.DecodeBudget.room`): a chunk that fails to decode
+    within that is decoded again within what exactly remains, so the chunks decoded, and
+    those refused, are the same as with a budget sized up front.
     """
     count = math.prod(meta.chunks)
-    cap = (
-        strings.cap(limits)
-        if strings is not None
-        else min(limits.max_chunk_bytes, budget.remaining)
-    )
+    remaining, exact = budget.room()
+    held_before = None if strings is None else strings.held
+    try:
+        return _decode_chunk_within(meta, raw, count, limits, remaining, strings, held)
+    except C.ChunkDecodeError:
+        if exact or _chunk_cap(limits, remaining, strings) >= limits.max_chunk_bytes:
+            raise  # the cap was the exact one, or no budget would have allowed more
+    if strings is not None and held_before is not None:
+        strings.held = held_before  # charged again as it is decoded again
+    return _decode_chunk_within(meta, raw, count, limits, budget.remaining, strings, held)
+
+
+def _chunk_cap(limits: Limits, remaining: int, strings: _StringCharge | None) -> int:
+    """The most bytes a chunk's payload of unknown size may decompress to."""
+    if strings is not None:
+        return strings.cap(limits, remaining)
+    return min(limits.max_chunk_bytes, remaining)
+
+
+def _decode_chunk_within(
+    meta: ArrayMeta,
+    raw: bytes,
+    count: int,
+    limits: Limits,
+    remaining: int,
+    strings: _StringCharge | None,
+    held: Sequence[int] | None,
+) -> np.ndarray:
+    """:func:`_decode_chunk` with ``remaining`` bytes of the budget left."""
+    cap = _chunk_cap(limits, remaining, strings)
     if meta.zarr_format == 3:
         return _decode_chunk_v3(meta, raw, count, limits, cap, strings, held)
     return _decode_chunk_v2(meta, raw, count, limits, cap, strings)

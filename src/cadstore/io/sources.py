@@ -146,10 +146,12 @@ class KeySource(ABC):
 
     @property
     def budget(self) -> DecodeBudget:
-        """The decode budget of this source, sized from :meth:`total_bytes` on first use."""
+        """The decode budget of this source, sized from :meth:`total_bytes` when a charge
+        first needs it (:class:`~cadstore.format.limits.DecodeBudget`): a directory
+        store is not walked to open it."""
         budget = self._budget
         if budget is None:
-            budget = self._budget = DecodeBudget(self.location, self.total_bytes(), self.limits)
+            budget = self._budget = DecodeBudget(self.location, self.total_bytes, self.limits)
         return budget
 
     def _check_declared(self, key: str, size: int, *, inflated: bool) -> None:
