@@ -687,6 +687,33 @@ def test_decode_budget_accounting() -> None:
     assert budget.used == 70
 
 
+def test_decode_budget_sized_when_needed() -> None:
+    """A budget given its file's size as a function asks it only for a decision past
+    what every budget holds, once, and decides as the budget given the size does."""
+    limits = Limits(expansion_allowance=100, expansion_threshold=0, max_expansion=1)
+    asked: list[int] = []
+
+    def size() -> int:
+        asked.append(1)
+        return 50
+
+    lazy, sized = DecodeBudget("f", size, limits), DecodeBudget("f", 50, limits)
+    for budget in (lazy, sized):
+        budget.charge("a", 60)
+        budget.check("a chunk", 40)
+    # Before it is sized, what remains of the least budget (100), which it is never below.
+    assert lazy.room() == (40, False) and sized.room() == (90, True)
+    assert asked == []
+    for budget in (lazy, sized):
+        budget.check("a chunk", 90)  # past 100, within 150
+        assert budget.room() == (90, True)
+        with pytest.raises(LimitExceededError, match=r"this 50-byte file"):
+            budget.charge("b", 91)
+        budget.charge("b", 90)
+        assert budget.remaining == 0
+    assert asked == [1]
+
+
 def _directory_store(path: Path) -> Path:
     """A directory store of a string array (300 strings of 1,000 characters, one zstd
     chunk whose payload is 300 kB) and a float64 array of 800 kB, both compressing well."""

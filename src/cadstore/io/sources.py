@@ -143,15 +143,19 @@ class KeySource(ABC):
     #: Safety limits for what is read from the source.
     limits: Limits = DEFAULT_LIMITS
     _budget: DecodeBudget | None = None
+    #: Whether :meth:`total_bytes` costs a walk of the store (a directory's every file),
+    #: so that the budget asks it only when a charge needs it.
+    _sized_when_needed: bool = False
 
     @property
     def budget(self) -> DecodeBudget:
-        """The decode budget of this source, sized from :meth:`total_bytes` when a charge
-        first needs it (:class:`~cadstore.format.limits.DecodeBudget`): a directory
-        store is not walked to open it."""
+        """The decode budget of this source, sized from :meth:`total_bytes`: on first use,
+        or, where that is a walk of every file (:attr:`_sized_when_needed`), when a charge
+        first needs it (:class:`~cadstore.format.limits.DecodeBudget`)."""
         budget = self._budget
         if budget is None:
-            budget = self._budget = DecodeBudget(self.location, self.total_bytes, self.limits)
+            size = self.total_bytes if self._sized_when_needed else self.total_bytes()
+            budget = self._budget = DecodeBudget(self.location, size, self.limits)
         return budget
 
     def _check_declared(self, key: str, size: int, *, inflated: bool) -> None:
@@ -1212,7 +1216,14 @@ class ZipSource(KeySource):
 
 
 class DirectorySource(KeySource):
-    """The files below a directory, keyed by their ``/``-separated relative path."""
+    """The files below a directory, keyed by their ``/``-separated relative path.
+
+    Its size is the sum of every file below it, a walk of the whole tree (a directory
+    dataset's chunk folders, by the million in a large one): its decode budget asks it
+    only when a charge needs it, so opening the store lists no folder.
+    """
+
+    _sized_when_needed = True
 
     def __init__(self, root: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.location = root
