@@ -204,3 +204,28 @@ def test_a_spawned_workers_warning_while_it_imports_cadstore_reaches_this_proces
     seen = [str(w.message) for w in caught if "numpy imported in worker" in str(w.message)]
     assert len(seen) == 1 and {_pid_of(seen[0])} == pids, seen
     assert "numpy imported in worker" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("task", [b"x" * 10, _LARGE_TASK], ids=["small task", "8 MiB task"])
+def test_a_worker_that_cannot_apply_its_memory_cap_says_why_whatever_its_first_task(
+    method: str, task: bytes, started: list[Any]
+) -> None:
+    """Found by review: a worker whose memory cap is below what it maps already sends
+    why (``fatal``) and exits. With a first task larger than the pipe holds, the send of
+    the task failed as the worker exited, and the pool counted a start-up failure
+    without reading what the worker had sent: three such workers later the run stopped
+    with "workers fail to start (... exited with code 0)", which hides the cause, where a
+    small task's run raises it. What a worker said before it died is read first: the
+    same ValueError whatever the task's size, and no worker left."""
+    _needs(method)
+    heard = _Heard()
+    spec = WorkerSpec(_no_work, None, memory_limit_mb=1)
+    with (
+        pytest.raises(ValueError, match=r"memory_limit_mb=1 is below what a worker maps"),
+        WorkerPool(spec, 1, None, heard, start_method=method) as pool,
+    ):
+        pool.run([task])
+    assert heard.finished == [] and heard.losses == []
+    assert len(started) == 1 and pool.slots == []
+    _none_left(started)

@@ -568,14 +568,20 @@ class WorkerPool:
             try:
                 idle.conn.send(pending[0])
             except OSError:
+                if not idle.ready:
+                    # It died before the task reached it (one larger than the pipe
+                    # holds waits for the worker to read it). What it sent first is
+                    # read: why it could not start (a memory cap below its size,
+                    # raised as when the task reached it), its warnings, or that it
+                    # was ready before it died.
+                    idle.process.join(timeout=5.0)
+                    self._receive(idle)
                 if idle.ready:
                     # The worker died while idle (killed from outside): replace it.
                     self._drop(idle, kill=True)
                 else:
-                    # It died starting, before the task reached it (one larger than
-                    # the pipe holds waits for the worker to read it): a start-up
-                    # failure, or a worker that can never start is started forever.
-                    idle.process.join(timeout=5.0)
+                    # It died starting: a start-up failure, or a worker that can never
+                    # start is started forever.
                     self._start_failed(idle)
                 continue
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
