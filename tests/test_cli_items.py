@@ -1006,6 +1006,102 @@ def test_export_json_overwrite_failing_midway_keeps_the_old_store(
     assert out.stat().st_ino != inode  # replaced as a folder, not file by file
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_export_json_overwrite_through_a_link_failing_keeps_the_old_store(
+    items: list[Path],
+    json_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exchange: bool,
+) -> None:
+    """``--overwrite`` onto a link to a JSON store replaced the files behind the link one
+    by one: an EIO on the second ``os.replace`` left the folder holding part of the new
+    store, the old files gone and the staging folder with the rest removed (neither
+    version whole), the error saying nothing of it. The folder the link leads to is now
+    replaced as a whole, as a plain folder is (one swap, or two renames with the old one
+    put back), the link kept: a failure leaves the old store byte for byte, the
+    StorageError naming the destination as given, and no temporary beside either."""
+    import errno
+
+    from cadstore.errors import StorageError
+    from cadstore.export import export_json
+    from cadstore.io import publish
+
+    real = tmp_path / "real"
+    real.mkdir()
+    out, link = real / "out", tmp_path / "link"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    link.symlink_to(out, target_is_directory=True)
+    before = _store_files(out)
+    eio = OSError(errno.EIO, "Input/output error (injected)")
+    replace, rename = os.replace, os.rename
+    replaced = [0]
+
+    def replace_fails_second(source: Any, destination: Any, **kwargs: Any) -> None:
+        # Of the store's files moved into the folder (the JSON store's own writes go on).
+        if os.path.dirname(os.fspath(destination)) in (str(link), str(out)):
+            replaced[0] += 1
+            if replaced[0] == 2:
+                raise eio
+        replace(source, destination, **kwargs)
+
+    def new_store_in_fails(source: Any, destination: Any, **kwargs: Any) -> None:
+        if os.fspath(destination) == str(out) and not os.fspath(source).endswith("-old"):
+            raise eio
+        rename(source, destination, **kwargs)
+
+    def swap_fails(first: str, second: str) -> bool:
+        raise eio
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", replace_fails_second)
+        patch.setattr(os, "rename", new_store_in_fails)
+        if exchange:
+            patch.setattr(publish, "exchange_paths", swap_fails)
+        else:
+            patch.setattr(publish, "exchange_paths", lambda first, second: False)
+        with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+            export_json(target, str(link), overwrite=True)
+    assert type(info.value) is StorageError
+    assert info.value.path == str(link)
+    assert str(info.value).startswith(f"{link}: moving the new store into place: ")
+    assert info.value.__cause__ is eio
+    assert link.is_symlink() and os.readlink(link) == str(out)
+    assert _store_files(out) == before  # byte for byte
+    assert _temporaries(tmp_path) == [] and _temporaries(real) == []
+
+    if not exchange:
+        # Nor can the old store be renamed back: both are kept beside the folder the link
+        # leads to, and said where; the next export through the link puts the new one in.
+        def no_rename_to_out(source: Any, destination: Any, **kwargs: Any) -> None:
+            if os.fspath(destination) == str(out):
+                raise eio
+            rename(source, destination, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(publish, "exchange_paths", lambda first, second: False)
+            patch.setattr(os, "rename", no_rename_to_out)
+            with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+                export_json(target, str(link), overwrite=True)
+        staged = _temporaries(real)
+        assert len(staged) == 2 and staged[1] == staged[0] + "-old", staged
+        assert info.value.path == str(link)
+        assert str(out) in str(info.value) and staged[1] in str(info.value)
+        assert not out.exists() and link.is_symlink()
+        assert _store_files(real / staged[1]) == before
+        monkeypatch.setattr(publish, "pid_alive", lambda pid: False)
+
+    # Succeeding, the link is kept and leads to the new store.
+    with open_artefact(str(items[1])) as target:
+        export_json(target, str(link), overwrite=True)
+    with open_artefact(str(items[1])) as target:
+        export_json(target, str(tmp_path / "reference"))
+    assert link.is_symlink() and os.readlink(link) == str(out)
+    assert _store_files(out) == _store_files(tmp_path / "reference")
+    assert _temporaries(tmp_path) == [] and _temporaries(real) == []
+
+
 def test_export_json_refused_by_the_file_system_names_the_destination(
     capsys: pytest.CaptureFixture[str],
     items: list[Path],

@@ -19,8 +19,10 @@ one in one step where the file system can (Linux's ``renameat2``), else set asid
 rename and the new one renamed in by another: an export killed between the two leaves no
 store at the destination and both whole beside it, and the next export to that
 destination puts the new one in place (:func:`cadstore.io.publish.recover_interrupted_move`).
-Only an export run from inside the folder it replaces (``-o .``) replaces its files one
-by one, keeping the folder the shell stands in. A non-empty destination is refused unless
+A destination that is a link to a store is kept, and the folder it leads to replaced so,
+as a whole (the new store is assembled beside that folder). Only an export run from
+inside the folder it replaces (``-o .``) replaces its files one by one, keeping the
+folder the shell stands in. A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
 else is ever deleted. A step the file system refuses (a folder that may not be written, a
 name too long, a rename that fails) raises a :class:`~cadstore.errors.StorageError`
@@ -33,6 +35,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +54,7 @@ from cadstore.io.location import resolve
 from cadstore.io.publish import (
     TEMP_PREFIX,
     check_output_folder,
+    local_stat,
     move_into_place,
     recover_interrupted_move,
     set_aside_name,
@@ -333,11 +337,11 @@ def export_json(
         long, a rename): naming ``output`` and the step, of the failure's kind
         (:func:`~cadstore.errors.os_storage_error`: a refused step is a
         :class:`~cadstore.errors.StorageAccessError`). A step failing before the new
-        store is in place leaves the destination as it was, and no temporary of this
-        export beside it, with two exceptions: an old store set aside that cannot be put
-        back (the message says where both versions are, and the next export puts the new
-        one in place), and an export run inside the folder it replaces, whose files are
-        replaced one by one.
+        store is in place leaves the destination (through a link, the folder it leads to)
+        as it was, and no temporary of this export beside it, with two exceptions: an old
+        store set aside that cannot be put back (the message says where both versions
+        are, and the next export puts the new one in place), and an export run inside the
+        folder it replaces, whose files are replaced one by one.
     """
     target.require_storage("export-json")
     output = output.rstrip("/") or output
@@ -349,19 +353,27 @@ def export_json(
         )
     # notes.txt/x: the folders are made below, and one cannot be made where a file is.
     check_output_folder(resolve(output))
+    # A link to a folder is kept and the folder it leads to replaced as a whole
+    # (move_into_place): the new store is staged beside that folder, and a recovery looks
+    # for what a killed export left there.
+    where = output
+    with _step(output, "looking it up"):
+        there = local_stat(output, "looking it up", follow_symlinks=False)
+    if there is not None and stat.S_ISLNK(there.st_mode):
+        where = os.path.realpath(output)
     # An export killed between the two renames of a replacement (file systems that cannot
     # swap two folders) left no store at output, and both whole beside it.
     with _step(output, "putting in place the store an interrupted export left beside it"):
-        recover_interrupted_move(output, _STAGING_SUFFIX)
+        recover_interrupted_move(where, _STAGING_SUFFIX)
     with _step(output, "reading what is there"):
         replaced = _check_output(output, overwrite, target)
-    parent = os.path.dirname(os.path.abspath(output))
+    parent = os.path.dirname(os.path.abspath(where))
     with _step(output, "making the folder it goes in"):
         os.makedirs(parent, exist_ok=True)
     # Built beside the destination, so the final move stays on one file system; named
     # as every temporary, so that what a killed export leaves is swept (as here).
     sweep_dead_temporaries(resolve(parent))
-    scratch = staging_name(output, _STAGING_SUFFIX)
+    scratch = staging_name(where, _STAGING_SUFFIX)
     with _step(output, "making the temporary folder of the new store beside it"):
         os.mkdir(scratch)
     try:

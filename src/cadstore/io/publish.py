@@ -631,10 +631,13 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     folder, never a mix of both versions. A writer killed between them leaves
     ``destination`` missing and both versions whole beside it; name ``scratch`` with
     :func:`staging_name` and the next writer's :func:`recover_interrupted_move` puts the
-    new one in place. Only where this process's working directory is ``destination`` or
-    below it (the folder is kept, not replaced, for whoever stands in it) are the listed
-    files removed and those of ``scratch`` renamed in one by one (each file appears whole,
-    but a writer killed meanwhile leaves a mix).
+    new one in place. A ``destination`` that is a symbolic link to a folder is kept: the
+    folder it leads to is replaced as a whole, as above (stage ``scratch`` beside that
+    folder, so that the renames stay on one file system and a recovery finds the pair).
+    Only where this process's working directory is ``destination`` or below it (the
+    folder is kept, not replaced, for whoever stands in it) are the listed files removed
+    and those of ``scratch`` renamed in one by one (each file appears whole, but a writer
+    killed or failing meanwhile leaves a mix).
 
     Raises
     ------
@@ -649,13 +652,18 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     # Renamed by absolute path: "." or ".." cannot be renamed (EBUSY, EINVAL), and an
     # export run inside the folder it replaces says "-o .".
     scratch, destination = os.path.abspath(scratch), os.path.abspath(destination)
-    folder = _local_directory(destination)
+    asked = destination
     there = local_stat(destination, _LOOKING_UP, follow_symlinks=False)
-    link = there is not None and stat.S_ISLNK(there.st_mode)
+    if there is not None and stat.S_ISLNK(there.st_mode):
+        # A link to a folder: the folder it leads to is replaced as a whole, by the same
+        # swap or two renames, and the link kept. Replacing the files behind the link one
+        # by one left, when one failed, neither version whole.
+        destination = os.path.realpath(destination)
+    folder = _local_directory(destination)
 
     def changed() -> OutputExistsError:
         return OutputExistsError(
-            f"{destination}: another writer changed it while this one was writing; "
+            f"{asked}: another writer changed it while this one was writing; "
             "nothing of this one was published (run it again)"
         )
 
@@ -665,7 +673,7 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     # the user's shell, keeps its place: files are moved into it rather than the folder
     # replaced, which would leave them in a deleted folder that lists nothing.
     in_place = _holds_working_directory(destination)
-    if not replaced and not in_place and not link:
+    if not replaced and not in_place:
         try:
             os.rename(scratch, destination)  # replaces an empty folder, never a full one
         except OSError as exc:
@@ -680,7 +688,7 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         raise changed() from None
     if present != sorted(replaced):
         raise changed()
-    if not in_place and not link:
+    if not in_place:
         if exchange_paths(scratch, destination):
             old = scratch
         else:
@@ -689,7 +697,8 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
             try:
                 os.rename(scratch, destination)
             except BaseException:
-                _put_back(old, destination)  # scratch is the caller's to remove
+                # scratch is the caller's to remove
+                _put_back(old, destination, asked if asked != destination else None)
                 raise
         fsync_dir(folder)
         with contextlib.suppress(OSError):  # an old version made read-only is removed too
@@ -703,24 +712,30 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     os.rmdir(scratch)
 
 
-def _put_back(old: str, destination: str) -> None:
+def _put_back(old: str, destination: str, asked: str | None = None) -> None:
     """Rename the version ``old`` that :func:`move_into_place` set aside back to
     ``destination``, after the new one failed to take its place.
+
+    ``asked`` is the destination as the caller named it, when that is a link to
+    ``destination`` (the folder it leads to, which the message then names too).
 
     Raises
     ------
     StorageError
-        If that fails too: naming ``destination`` and where both versions are. The caller
-        must then keep its staged version (:func:`recover_interrupted_move` finds the
-        pair), since the old one alone would be swept as a dead writer's temporary.
+        If that fails too: naming ``asked`` (else ``destination``) and where both
+        versions are. The caller must then keep its staged version
+        (:func:`recover_interrupted_move` of ``destination`` finds the pair), since the
+        old one alone would be swept as a dead writer's temporary.
     """
     try:
         os.rename(old, destination)
     except OSError as exc:
+        linked = f" (the folder {destination} it links to)" if asked else ""
         raise StorageError(
-            destination,
-            f"the new version could not be renamed into place, nor the old one back "
-            f"({exc.strerror}); the old one is {old}, the new one beside it without '-old'",
+            asked or destination,
+            f"the new version could not be renamed into place{linked}, nor the old one "
+            f"back ({exc.strerror}); the old one is {old}, the new one beside it without "
+            "'-old'",
         ) from exc
 
 
