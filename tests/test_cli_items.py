@@ -1102,6 +1102,37 @@ def test_export_json_overwrite_through_a_link_failing_keeps_the_old_store(
     assert _temporaries(tmp_path) == [] and _temporaries(real) == []
 
 
+def test_export_json_overwrite_names_a_file_it_cannot_look_up(
+    items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the store to replace that the disk fails to look up (an EIO on its
+    ``stat``): ``os.path.islink``/``isfile`` said ``False``, and ``--overwrite`` refused the
+    store as holding a file that is not a JSON store's (OutputExistsError). It is now the
+    StorageError naming that file; the store is left as it was, nothing beside it."""
+    import errno
+
+    from cadstore.errors import StorageError
+    from cadstore.export import export_json
+    from conftest import refuse_opening
+
+    out = tmp_path / "out"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    before = _store_files(out)
+    failing = out / "areas.json"
+    assert failing.name in before
+    with monkeypatch.context() as patch:
+        refuse_opening(patch, failing, "stat", errno.EIO)
+        refuse_opening(patch, failing, "lstat", errno.EIO)
+        with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+            export_json(target, str(out), overwrite=True)
+    assert type(info.value) is StorageError
+    assert info.value.path == str(failing)
+    assert str(info.value).endswith(": input/output error")
+    assert _store_files(out) == before
+    assert _temporaries(tmp_path) == []
+
+
 def test_export_json_refused_by_the_file_system_names_the_destination(
     capsys: pytest.CaptureFixture[str],
     items: list[Path],

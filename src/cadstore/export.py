@@ -125,7 +125,9 @@ def _store_files(directory: str) -> list[str]:
     A JSON store's files are its ``metadata.json``, one envelope per key (``{"key": ...,
     "value": ...}``, as :class:`~cadstore.storage.JsonStorageHandler` writes them) and
     the temporary files of interrupted writes. Any other file, a ``.json`` file of the
-    user's own (``package.json``) included, is not ours to delete.
+    user's own (``package.json``) included, is not ours to delete. An entry the file
+    system fails to look up (an EIO) is the :class:`~cadstore.errors.StorageError` naming
+    it (:func:`~cadstore.io.publish.local_stat`), not a file of the user's.
     """
     entries = sorted(os.listdir(directory))
     if METADATA_FILE not in entries:
@@ -135,7 +137,10 @@ def _store_files(directory: str) -> list[str]:
         )
     for name in entries:
         full = os.path.join(directory, name)
-        if os.path.islink(full) or not os.path.isfile(full) or not _is_store_file(full, name):
+        there = local_stat(
+            full, "looking up what the store to replace holds", follow_symlinks=False
+        )
+        if there is None or not stat.S_ISREG(there.st_mode) or not _is_store_file(full, name):
             raise OutputExistsError(
                 f"{directory} holds {name!r}, which is not a JSON store file; refusing to "
                 "overwrite it (choose an empty or new directory)"
@@ -201,10 +206,20 @@ def _step(output: str, doing: str) -> Iterator[None]:
 
 
 def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
-    """Return the files to replace in ``output`` (none if it is new or empty)."""
-    if os.path.lexists(output) and not os.path.isdir(output):
+    """Return the files to replace in ``output`` (none if it is new or empty).
+
+    What is there is looked up with :func:`~cadstore.io.publish.local_stat`: a path the
+    file system fails to look up (an EIO) is the ``StorageError`` naming it, not a
+    missing destination.
+    """
+    there = local_stat(output, "looking it up", follow_symlinks=False)
+    if there is not None and stat.S_ISLNK(there.st_mode):
+        there = local_stat(output, "looking up the folder it links to")
+        if there is None:  # a link to nothing
+            raise OutputExistsError(f"-o {output}: exists and is not a directory")
+    if there is not None and not stat.S_ISDIR(there.st_mode):
         raise OutputExistsError(f"-o {output}: exists and is not a directory")
-    if os.path.isdir(output):
+    if there is not None:
         if os.path.realpath(output) == os.path.realpath(target.location.path):
             raise UnknownFormatError(
                 f"-o {output} is {target.path} itself; choose another directory"
@@ -334,11 +349,12 @@ def export_json(
         its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
     StorageError
         If the file system refuses a step (a folder that may not be written, a name too
-        long, a rename): naming ``output`` and the step, of the failure's kind
-        (:func:`~cadstore.errors.os_storage_error`: a refused step is a
-        :class:`~cadstore.errors.StorageAccessError`). A step failing before the new
-        store is in place leaves the destination (through a link, the folder it leads to)
-        as it was, and no temporary of this export beside it, with two exceptions: an old
+        long, a rename): naming ``output`` and the step, of
+        the failure's kind (:func:`~cadstore.errors.os_storage_error`: a refused step is
+        a :class:`~cadstore.errors.StorageAccessError`); a file of the store to replace
+        that cannot be looked up is named itself. A step failing before the new store is
+        in place leaves the destination (through a link, the folder it leads to) as it
+        was, and no temporary of this export beside it, with two exceptions: an old
         store set aside that cannot be put back (the message says where both versions
         are, and the next export puts the new one in place), and an export run inside the
         folder it replaces, whose files are replaced one by one.
