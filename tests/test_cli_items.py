@@ -1102,6 +1102,46 @@ def test_export_json_overwrite_through_a_link_failing_keeps_the_old_store(
     assert _temporaries(tmp_path) == [] and _temporaries(real) == []
 
 
+def test_export_json_disk_full_while_writing_names_the_destination(
+    items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of the new store that fails (the disk full: ENOSPC on the files opened in
+    the staging folder) raised the StorageError naming a temporary file of that folder,
+    removed by the time the caller read it. It now names the destination and the step,
+    keeping its kind, errno and cause; the old store is left byte for byte and no
+    temporary beside it."""
+    import errno
+
+    from cadstore.errors import StorageError
+    from cadstore.export import export_json
+
+    out = tmp_path / "out"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    before = _store_files(out)
+    real_open = os.open
+    full = OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    def no_space(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        folder = os.path.basename(os.path.dirname(os.fspath(path)))
+        if folder.startswith(".tmp-cadstore") and flags & os.O_CREAT:
+            raise full
+        return real_open(path, flags, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", no_space)
+        with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+            export_json(target, str(out), overwrite=True)
+    assert type(info.value) is StorageError
+    assert info.value.path == str(out)
+    assert str(info.value).startswith(f"{out}: writing the new store: ")
+    assert "no space left on device" in str(info.value).lower()
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.__cause__ is full
+    assert _store_files(out) == before
+    assert _temporaries(tmp_path) == []
+
+
 def test_export_json_overwrite_names_a_file_it_cannot_look_up(
     items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,8 +25,9 @@ inside the folder it replaces (``-o .``) replaces its files one by one, keeping 
 folder the shell stands in. A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
 else is ever deleted. A step the file system refuses (a folder that may not be written, a
-name too long, a rename that fails) raises a :class:`~cadstore.errors.StorageError`
-naming the destination and the step, not the system's bare ``OSError``.
+name too long, a rename that fails, a write of the new store on a full disk) raises a
+:class:`~cadstore.errors.StorageError` naming the destination and the step, not the
+system's bare ``OSError`` or a temporary file.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from cadstore.errors import (
     CadstoreError,
     LimitExceededError,
     OutputExistsError,
+    StorageError,
     UnknownFormatError,
     os_storage_error,
 )
@@ -239,6 +241,22 @@ def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
     return []
 
 
+def _named_for(output: str, scratch: str, exc: StorageError) -> StorageError:
+    """``exc`` naming ``output`` when it names a file of the staging folder ``scratch``.
+
+    A write of the new store that fails (a full disk) names a temporary file of the
+    staging folder, which is removed by the time the caller reads it: the error then
+    names the destination and the step, keeping its kind and ``errno``. Any other
+    ``StorageError`` (the item that cannot be read, a key too big) is returned as it is.
+    """
+    inside = os.path.abspath(scratch) + os.sep
+    if not (os.path.abspath(exc.path) + os.sep).startswith(inside):
+        return exc
+    renamed = type(exc)(output, f"writing the new store: {exc.problem}")
+    renamed.errno, renamed.strerror = exc.errno, exc.strerror
+    return renamed
+
+
 def json_cost(value: Any) -> int:
     """Estimate the memory turning ``value`` (a loaded node) into JSON text takes at once.
 
@@ -349,7 +367,7 @@ def export_json(
         its decode budget (see :mod:`cadstore.format.limits`); nothing is written then.
     StorageError
         If the file system refuses a step (a folder that may not be written, a name too
-        long, a rename): naming ``output`` and the step, of
+        long, a rename, a write of the new store): naming ``output`` and the step, of
         the failure's kind (:func:`~cadstore.errors.os_storage_error`: a refused step is
         a :class:`~cadstore.errors.StorageAccessError`); a file of the store to replace
         that cannot be looked up is named itself. A step failing before the new store is
@@ -393,7 +411,13 @@ def export_json(
     with _step(output, "making the temporary folder of the new store beside it"):
         os.mkdir(scratch)
     try:
-        result = _copy(target, scratch, max_json_bytes)
+        try:
+            result = _copy(target, scratch, max_json_bytes)
+        except StorageError as exc:
+            renamed = _named_for(output, scratch, exc)
+            if renamed is exc:
+                raise
+            raise renamed from (exc.__cause__ or exc)
         # move_into_place leaves the old store in place when a rename fails (and says
         # where both versions are, as a StorageError, when it cannot put it back).
         with _step(output, "moving the new store into place"):
