@@ -1183,7 +1183,9 @@ def test_export_json_refused_by_the_file_system_names_the_destination(
     temporary folder (and, for a rename, both paths): a name too long for it (after every
     key was written), or a folder that may not be written (the staging folder could not be
     made). Each is now a StorageError naming the destination and the step, of the
-    failure's kind; nothing is left beside it, and the command line prints it as one line."""
+    failure's kind; nothing is left beside it, and the command line prints it as one line.
+    A name too long was refused only by the final rename, after every key was written; it
+    is now refused before any is."""
     import errno
 
     from cadstore.errors import StorageAccessError, StorageError
@@ -1192,18 +1194,25 @@ def test_export_json_refused_by_the_file_system_names_the_destination(
     folder = tmp_path / "exports"
     folder.mkdir()
     too_long = folder / ("x" * 300)  # longer than any file system's name limit (255)
-    with open_artefact(str(items[0])) as target, pytest.raises(StorageError) as info:
-        export_json(target, str(too_long))
+    save, saved = JsonStorageHandler.save_data, []
+
+    def counted(self: JsonStorageHandler, key: str, value: Any) -> None:
+        saved.append(key)
+        save(self, key, value)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(JsonStorageHandler, "save_data", counted)
+        with open_artefact(str(items[0])) as target, pytest.raises(StorageError) as info:
+            export_json(target, str(too_long))
+    assert saved == []
     assert type(info.value) is StorageError
     assert info.value.path == str(too_long)
-    assert str(info.value).startswith(f"{too_long}: moving the new store into place: ")
+    assert str(info.value) == f"{too_long}: checking its name: file name too long"
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENAMETOOLONG
     assert os.listdir(folder) == []
     assert_usage_error(
-        *run(capsys, "export-json", items[0], "-o", too_long),
-        str(too_long),
-        "moving the new store into place",
+        *run(capsys, "export-json", items[0], "-o", too_long), str(too_long), "checking its name"
     )
     assert os.listdir(folder) == []
 

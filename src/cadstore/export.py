@@ -27,12 +27,14 @@ folder the shell stands in. A non-empty destination is refused unless
 else is ever deleted. A step the file system refuses (a folder that may not be written, a
 name too long, a rename that fails, a write of the new store on a full disk) raises a
 :class:`~cadstore.errors.StorageError` naming the destination and the step, not the
-system's bare ``OSError`` or a temporary file.
+system's bare ``OSError`` or a temporary file; a name too long is refused before any key
+is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -241,6 +243,25 @@ def _check_output(output: str, overwrite: bool, target: Artefact) -> list[str]:
     return []
 
 
+def _check_name(destination: str, parent: str) -> None:
+    """Refuse a ``destination`` whose name is too long for the file system of ``parent``.
+
+    The new store is staged under a temporary name of a fixed length, so a name too long
+    (``ENAMETOOLONG``) would only fail its final rename, after every key was written.
+
+    Raises
+    ------
+    OSError
+        ``ENAMETOOLONG``, naming ``destination``; for the caller to report.
+    """
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # a file system that does not say: the rename will
+        return
+    if 0 < limit < len(os.fsencode(os.path.basename(destination))):
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), destination)
+
+
 def _named_for(output: str, scratch: str, exc: StorageError) -> StorageError:
     """``exc`` naming ``output`` when it names a file of the staging folder ``scratch``.
 
@@ -404,6 +425,8 @@ def export_json(
     parent = os.path.dirname(os.path.abspath(where))
     with _step(output, "making the folder it goes in"):
         os.makedirs(parent, exist_ok=True)
+    with _step(output, "checking its name"):
+        _check_name(where, parent)
     # Built beside the destination, so the final move stays on one file system; named
     # as every temporary, so that what a killed export leaves is swept (as here).
     sweep_dead_temporaries(resolve(parent))
