@@ -2474,6 +2474,13 @@ class _PairwiseSum:
         return float(np.add.reduce(np.concatenate(parts)))
 
 
+def _run_starts(values: np.ndarray) -> np.ndarray:
+    """The index of the first value of each run of equal ``values`` (unsigned integers,
+    not empty; sorted, each distinct value is one run): where a value differs from the
+    one before, 0 always. What :class:`_Tally` and :class:`_Pass` count by."""
+    return np.flatnonzero(np.diff(values, prepend=~values[0]))
+
+
 def _kept(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """``blocks`` without their NaN values."""
     for block in blocks:
@@ -2500,7 +2507,7 @@ class _Tally:
             return
         shift = np.uint64(64 - self.depth - self.width)
         digits = (keys >> shift) & np.uint64((1 << self.width) - 1)
-        starts = np.flatnonzero(np.diff(digits, prepend=~digits[0]))
+        starts = _run_starts(digits)
         ends = np.append(starts[1:], keys.size)
         at = digits[starts].astype(np.intp)
         self.counts[at] += ends - starts
@@ -2563,20 +2570,18 @@ class _Pass:
         assert self.distinct is not None
         if not keys.size:
             return
-        starts = np.flatnonzero(np.diff(keys, prepend=~keys[0]))
-        if starts.size > _DISTINCT_LIMIT:
-            self.distinct = None
-            return
-        counts = np.diff(np.append(starts, keys.size))
-        every = np.concatenate([self.distinct[0], keys[starts]])
-        order = np.argsort(every, kind="stable")
-        every = every[order]
-        tallied = np.concatenate([self.distinct[1], counts])[order]
-        first = np.flatnonzero(np.diff(every, prepend=~every[0]))
-        if first.size > _DISTINCT_LIMIT:
-            self.distinct = None
-            return
-        self.distinct = every[first], np.add.reduceat(tallied, first)
+        starts = _run_starts(keys)
+        if starts.size <= _DISTINCT_LIMIT:  # else more than the limit: no merge needed
+            counts = np.diff(np.append(starts, keys.size))
+            every = np.concatenate([self.distinct[0], keys[starts]])
+            order = np.argsort(every, kind="stable")
+            every = every[order]
+            tallied = np.concatenate([self.distinct[1], counts])[order]
+            first = _run_starts(every)
+            if first.size <= _DISTINCT_LIMIT:
+                self.distinct = every[first], np.add.reduceat(tallied, first)
+                return
+        self.distinct = None
 
     def values_at_ranks(self, ranks: list[int]) -> dict[int, float] | None:
         """The value at each of ``ranks`` from the distinct values' counts; ``None`` when
