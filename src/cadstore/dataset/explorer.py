@@ -2440,7 +2440,7 @@ class _PairwiseSum:
     values alone), so ranges lying in one block are numpy's own sums of them and those
     across blocks are added as numpy adds their halves. Overflow (inf), and +inf meeting
     -inf (NaN), come out where numpy's do. Holds a block and at most a leaf of the one
-    before."""
+    before. ``size`` is at least 1: an empty array is summed whole (:func:`_summary`)."""
 
     def __init__(self, blocks: Iterator[np.ndarray], size: int) -> None:
         self._blocks = blocks
@@ -2450,7 +2450,7 @@ class _PairwiseSum:
 
     def total(self) -> float:
         """The sum of the ``size`` values of the blocks (all of them read)."""
-        return 0.0 + self._range(0, self._size) if self._size else 0.0
+        return 0.0 + self._range(0, self._size)
 
     def _range(self, lo: int, n: int) -> float:
         """numpy's pairwise sum of values ``[lo, lo + n)``."""
@@ -2519,7 +2519,8 @@ class _Pass:
     """The first pass over the blocks of an array too large to read whole: the moments,
     numpy's mean (:class:`_PairwiseSum` of the values, NaN as 0, over their count, as
     ``np.nanmean`` computes it), a :class:`_Tally` of the sort keys' first bits, and the
-    counts of each distinct value while there are at most :data:`_DISTINCT_LIMIT`."""
+    counts of each distinct value while there are at most :data:`_DISTINCT_LIMIT`.
+    ``size`` is the array's count of values, NaN included (at least 1)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
