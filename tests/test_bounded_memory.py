@@ -778,6 +778,74 @@ def test_directory_store_budget_sized_only_when_needed(
     assert source.budget.file_bytes == size
 
 
+def _read_outcome(
+    store: Path, limits: Limits, path: str, *, lazy: bool
+) -> tuple[tuple[Any, ...], DecodeBudget]:
+    """Read array ``path`` of a directory store, its budget sized lazily (as a directory
+    store's is) or up front: what the read gave or raised and what the budget charged,
+    and the budget."""
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DirectorySource
+
+    source = DirectorySource(str(store), limits)
+    source._sized_when_needed = lazy
+    try:
+        value: Any = ReadHierarchy(source, limits).read_node(path)
+        outcome: tuple[Any, ...] = ("read", np.asarray(value).tolist())
+    except CorruptStoreError as exc:  # LimitExceededError included
+        outcome = (type(exc), str(exc))
+    return (*outcome, source.budget.used), source.budget
+
+
+def _msgpack_store(path: Path, text: str) -> Path:
+    """A Zarr v2 directory store of one string, encoded by numcodecs' MsgPack filter with
+    no compressor (what zarr-python 2 writes for an object array)."""
+    msgpack = pytest.importorskip("msgpack")
+    (path / "s").mkdir(parents=True)
+    (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    zarray = {
+        "zarr_format": 2,
+        "shape": [1],
+        "chunks": [1],
+        "dtype": "|O",
+        "compressor": None,
+        "fill_value": None,
+        "filters": [{"id": "msgpack2"}],
+        "order": "C",
+    }
+    (path / "s" / ".zarray").write_text(json.dumps(zarray))
+    (path / "s" / ".zattrs").write_text(json.dumps({"cadstore_kind": "strings"}))
+    (path / "s" / "0").write_bytes(msgpack.packb([text, "|O", [1]]))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("max_expansion", "outcome"),
+    # Its budget holds the payload's strings at four bytes a byte, or cannot.
+    [(5, "read"), (3, LimitExceededError)],
+    ids=["within the budget", "over the budget"],
+)
+def test_directory_store_msgpack_strings_read_as_if_sized_up_front(
+    tmp_path: Path, max_expansion: int, outcome: Any
+) -> None:
+    """A Zarr v2 MsgPack string chunk of a directory store, whose budget is sized only
+    when needed, is read or refused exactly as with its budget sized up front, its budget
+    charged alike. A healthy 100,000-character string past what every budget holds was
+    refused (its payload's charge, kept from a first try capped at the least budget,
+    shrank the second try's cap below the one a budget sized up front gives)."""
+    text = "x" * 100_000
+    store = _msgpack_store(tmp_path / "store", text)
+    limits = Limits(expansion_allowance=20_000, expansion_threshold=0, max_expansion=max_expansion)
+    up_front, sized = _read_outcome(store, limits, "s", lazy=False)
+    lazy, budget = _read_outcome(store, limits, "s", lazy=True)
+    assert lazy == up_front and budget.total == sized.total
+    if outcome == "read":
+        assert up_front[:2] == ("read", [text])
+    else:
+        assert up_front[0] is outcome
+        assert str(store) in up_front[1] and "'s'" in up_front[1]
+
+
 # ------------------------------------------------------------------------------ merging
 @pytest.mark.parametrize("level", [3, None])
 @pytest.mark.parametrize(

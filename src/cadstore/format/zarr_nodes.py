@@ -859,7 +859,9 @@ def _decode_chunk_v2(
         if meta.object_codec == "vlen-utf8":
             items: list[Any] = C.decode_vlen_utf8(data, count)
         else:
-            items = C.decode_msgpack_strings(data, count, cap)
+            # The payload is charged (at four bytes a byte), and no string is longer:
+            # only the chunk limit bounds one, whatever remains of the budget.
+            items = C.decode_msgpack_strings(data, count, limits.max_chunk_bytes)
         return np.array(items, dtype=object).reshape(meta.chunks, order=meta.order)
     if len(data) != count * stored_dtype.itemsize:
         raise C.ChunkDecodeError(
