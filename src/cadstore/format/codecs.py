@@ -32,6 +32,7 @@ from cadstore.io.native import ZstdDecoder, zstd_decoder
 
 __all__ = [
     "FrameBounds",
+    "ChunkCapExceeded",
     "ChunkDecodeError",
     "FrameDecodeError",
     "append_crc32c",
@@ -70,6 +71,15 @@ V2_READABLE_FILTERS = frozenset(("delta", "vlen-utf8", "msgpack2", "astype"))
 
 class ChunkDecodeError(ValueError):
     """A chunk that cannot be decoded; readers re-raise it as a corrupt-store error."""
+
+
+class ChunkCapExceeded(ChunkDecodeError):
+    """A chunk of unknown decoded size that decodes to more than the ``limit`` it was given.
+
+    Not necessarily corrupt: a reader that gave a cap below what the file's budget allows
+    (:meth:`cadstore.format.limits.DecodeBudget.room` before a directory store is sized)
+    decodes it again within the exact cap; any other :class:`ChunkDecodeError` is final.
+    """
 
 
 class FrameDecodeError(ChunkDecodeError):
@@ -640,16 +650,37 @@ def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> b
         raise ChunkDecodeError(f"not a zstd frame: {exc}") from exc
     bound = expected if expected is not None else limit
     if declared != -1 and declared > bound:
-        raise ChunkDecodeError(
+        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
+        raise error(
             f"zstd frame declares {declared} bytes, more than the {bound} the chunk may hold"
         )
     try:
         out = _decompressor().decompress(data, max_output_size=bound)
     except zstandard.ZstdError as exc:
+        # A frame not declaring its size that decodes beyond the bound fails as a corrupt
+        # frame does ("did not decompress full frame"): tell them apart.
+        if expected is None and declared == -1 and _zstd_exceeds(data, bound):
+            raise ChunkCapExceeded(f"zstd frame decodes to more than {bound} bytes") from exc
         raise ChunkDecodeError(f"zstd data is corrupt: {exc}") from exc
     if expected is not None and len(out) != expected:
         raise ChunkDecodeError(f"zstd frame decoded to {len(out)} bytes, expected {expected}")
     return out
+
+
+def _zstd_exceeds(data: bytes | memoryview, bound: int) -> bool:
+    """Whether the zstd frame ``data`` decodes to more than ``bound`` bytes (a corrupt one
+    does not), decoding no more than ``bound + 1`` bytes, in pieces that are dropped."""
+    got = 0
+    try:
+        with _decompressor().stream_reader(data, read_across_frames=False) as reader:
+            while got <= bound:
+                piece = reader.read(min(bound + 1 - got, 1 << 20))
+                if not piece:
+                    break
+                got += len(piece)
+    except zstandard.ZstdError:
+        return False
+    return got > bound
 
 
 #: Frames declaring at most this many bytes are decoded in one shot and copied into place
@@ -762,7 +793,8 @@ def decode_gzip(data: bytes | memoryview, expected: int | None, limit: int, *, w
     except zlib.error as exc:
         raise ChunkDecodeError(f"deflate data is corrupt: {exc}") from exc
     if len(out) > bound:
-        raise ChunkDecodeError(f"deflate data expands beyond {bound} bytes")
+        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
+        raise error(f"deflate data expands beyond {bound} bytes")
     if expected is not None and len(out) != expected:
         raise ChunkDecodeError(f"deflate data decoded to {len(out)} bytes, expected {expected}")
     return out
@@ -796,7 +828,8 @@ def decode_blosc(data: bytes, expected: int | None, limit: int) -> bytes:
     nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
     bound = expected if expected is not None else limit
     if nbytes > bound or (expected is not None and nbytes != expected):
-        raise ChunkDecodeError(f"blosc header declares {nbytes} bytes, expected {bound}")
+        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
+        raise error(f"blosc header declares {nbytes} bytes, expected {bound}")
     if cbytes != len(data):
         raise ChunkDecodeError(f"blosc header declares {cbytes} compressed bytes, got {len(data)}")
     blosc = _zarr2_module("numcodecs.blosc", "blosc-compressed chunks")
@@ -814,7 +847,8 @@ def decode_lz4(data: bytes, expected: int | None, limit: int) -> bytes:
     (declared,) = struct.unpack_from("<I", data, 0)
     bound = expected if expected is not None else limit
     if declared > bound:
-        raise ChunkDecodeError(f"lz4 header declares {declared} bytes, expected at most {bound}")
+        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
+        raise error(f"lz4 header declares {declared} bytes, expected at most {bound}")
     numcodecs = _zarr2_module("numcodecs", "lz4-compressed chunks")
 
     try:

@@ -698,20 +698,20 @@ def _decode_chunk(
 
     What remains of a budget whose file has not been sized yet (a directory store, whose
     size is a walk of every file) is first taken as what remains of the least budget
-    (:meth:`~cadstore.format.limits.DecodeBudget.room`): a chunk that fails to decode
-    within that is decoded again within what exactly remains, so the chunks decoded, and
-    those refused, are the same as with a budget sized up front.
+    (:meth:`~cadstore.format.limits.DecodeBudget.room`): a chunk whose payload decodes
+    beyond the cap that gives (:class:`~cadstore.format.codecs.ChunkCapExceeded`) is
+    decoded again within what exactly remains, so the chunks decoded, and those refused,
+    are the same as with a budget sized up front. A chunk failing otherwise (corrupt) is
+    refused at once, the store not sized. The cap is only met decompressing the payload,
+    before anything of it is charged, so the second try starts where the first did.
     """
     count = math.prod(meta.chunks)
     remaining, exact = budget.room()
-    held_before = None if strings is None else strings.held
     try:
         return _decode_chunk_within(meta, raw, count, limits, remaining, strings, held)
-    except C.ChunkDecodeError:
+    except C.ChunkCapExceeded:
         if exact or _chunk_cap(limits, remaining, strings) >= limits.max_chunk_bytes:
             raise  # the cap was the exact one, or no budget would have allowed more
-    if strings is not None and held_before is not None:
-        strings.held = held_before  # charged again as it is decoded again
     return _decode_chunk_within(meta, raw, count, limits, budget.remaining, strings, held)
 
 
