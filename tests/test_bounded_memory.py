@@ -714,6 +714,15 @@ def test_decode_budget_sized_when_needed() -> None:
     assert asked == [1]
 
 
+@pytest.mark.parametrize("name", ["max_expansion", "expansion_threshold", "max_chunk_bytes"])
+def test_negative_limits_are_refused(name: str) -> None:
+    """A negative limit is refused naming it: a budget shrinking as its file grows
+    (max_expansion below zero) made the allowance, taken as what every budget holds
+    before a directory store is sized, more than some budgets hold."""
+    with pytest.raises(ValueError, match=rf"Limits\.{name} must not be negative, got -1"):
+        Limits(**{name: -1})
+
+
 def _directory_store(path: Path) -> Path:
     """A directory store of a string array (300 strings of 1,000 characters, one zstd
     chunk whose payload is 300 kB) and a float64 array of 800 kB, both compressing well."""

@@ -92,6 +92,21 @@ class Limits:
     max_dims: int = 32
     max_nodes: int = 200_000
 
+    def __post_init__(self) -> None:
+        """Refuse a negative limit: every bound holds nothing less than nothing, and a
+        budget may not shrink as its file grows (:class:`DecodeBudget` relies on the
+        allowance being what every budget holds at least).
+
+        Raises
+        ------
+        ValueError
+            Naming the limit and its value.
+        """
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"Limits.{name} must not be negative, got {value}")
+
     def decoded_budget(self, file_bytes: int) -> int:
         """The bytes a file of ``file_bytes`` bytes may decode into, everything counted.
 
@@ -142,8 +157,9 @@ class DecodeBudget:
             self._sizer = file_bytes
         else:
             self._file_bytes = file_bytes
-        # What every budget of these limits holds, whatever the file's size.
-        self._floor = min(limits.expansion_allowance, limits.decoded_budget(0))
+        # What every budget of these limits holds, whatever the file's size (no limit is
+        # negative, so a budget only grows with its file).
+        self._floor = limits.expansion_allowance
         self.used = 0
         self._charged: dict[str, int] = {}
         self._lock = threading.Lock()
