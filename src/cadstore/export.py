@@ -438,9 +438,15 @@ def export_json(
             result = _copy(target, scratch, max_json_bytes)
         except StorageError as exc:
             renamed = _named_for(output, scratch, exc)
-            if renamed is exc:
-                raise
-            raise renamed from (exc.__cause__ or exc)
+            try:
+                if renamed is exc:
+                    raise
+                raise renamed from (exc.__cause__ or exc)
+            finally:
+                # The traceback holds this frame, which held the error: a cycle keeping
+                # every frame of the failed copy (the values it decoded) until the
+                # collector runs.
+                del renamed
         # move_into_place leaves the old store in place when a rename fails (and says
         # where both versions are, as a StorageError, when it cannot put it back).
         with _step(output, "moving the new store into place"):
