@@ -108,3 +108,20 @@ def refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path, step: str, numbe
 
     name = {"stat": "stat", "lstat": "lstat", "open": "open", "read": "pread"}[step]
     monkeypatch.setattr(os, name, refused)
+
+
+@pytest.fixture
+def directory_sizings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directory stores whose size is asked from now on (``DirectorySource.total_bytes``,
+    a walk of every file below the store), one entry per call, in order."""
+    from cadstore.io.sources import DirectorySource
+
+    sized: list[str] = []
+    real_total = DirectorySource.total_bytes
+
+    def total_bytes(self: DirectorySource) -> int:
+        sized.append(self.location)
+        return real_total(self)
+
+    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
+    return sized

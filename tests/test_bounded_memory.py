@@ -738,7 +738,7 @@ def _directory_store(path: Path) -> Path:
 
 
 def test_directory_store_budget_sized_only_when_needed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, directory_sizings: list[str]
 ) -> None:
     """A directory store's decode budget asks its size (a walk of every file below it)
     only when a read needs more than every budget holds, and then decides as a budget
@@ -749,14 +749,7 @@ def test_directory_store_budget_sized_only_when_needed(
 
     store = _directory_store(tmp_path / "store")
     size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    sized: list[str] = []
-    real_total = DirectorySource.total_bytes
-
-    def total_bytes(self: DirectorySource) -> int:
-        sized.append(self.location)
-        return real_total(self)
-
-    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
+    sized = directory_sizings
     # Every budget holds 100 kB; this store's is 100 kB and 64 bytes a byte of it.
     limits = Limits(expansion_allowance=100_000, expansion_threshold=0)
     source = DirectorySource(str(store), limits)
@@ -871,13 +864,16 @@ def _zstd_no_size(payload: bytes) -> bytes:
     ids=["item count", "truncated frame"],
 )
 def test_directory_store_corrupt_chunk_refused_without_sizing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: bytes, problem: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    directory_sizings: list[str],
+    chunk: bytes,
+    problem: str,
 ) -> None:
     """A corrupt chunk of a directory store is refused as with its budget sized up front,
     decoded once and the store never sized. Any undecodable chunk was decoded again
     within what exactly remains, walking the whole store to size its budget first."""
     from cadstore.format import codecs
-    from cadstore.io.sources import DirectorySource
 
     store = _directory_store(tmp_path / "store")
     (store / "s" / "c" / "0").write_bytes(chunk)
@@ -886,48 +882,34 @@ def test_directory_store_corrupt_chunk_refused_without_sizing(
     assert up_front[0] is CorruptStoreError
     assert str(store) in up_front[1] and "'s'" in up_front[1] and problem in up_front[1]
 
-    sized: list[str] = []
     decoded: list[int] = []
-    real_total, real_zstd = DirectorySource.total_bytes, codecs.decode_zstd
-
-    def total_bytes(self: DirectorySource) -> int:
-        sized.append(self.location)
-        return real_total(self)
+    real_zstd = codecs.decode_zstd
 
     def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> bytes:
         decoded.append(len(data))
         return real_zstd(data, expected, limit)
 
-    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
+    directory_sizings.clear()  # the read sized up front asked it
     monkeypatch.setattr(codecs, "decode_zstd", decode_zstd)
     lazy, _ = _read_outcome(store, limits, "s", lazy=True)
-    assert (sized, decoded) == ([], [len(chunk)])
+    assert (directory_sizings, decoded) == ([], [len(chunk)])
     assert lazy == up_front
     assert (store / "s" / "c" / "0").read_bytes() == chunk
 
 
 def test_directory_store_unsized_zstd_frame_read_past_the_least_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, directory_sizings: list[str]
 ) -> None:
     """A string chunk whose zstd frame does not declare its size, decoding past what
     every budget holds but within its directory store's, is read: the first cap met is
     told from a corrupt frame, and the chunk decoded again once the store is sized."""
-    from cadstore.io.sources import DirectorySource
 
     store = _directory_store(tmp_path / "store")
     strings = ["x" * 1000] * 300
     (store / "s" / "c" / "0").write_bytes(_zstd_no_size(_vlen([s.encode() for s in strings])))
     limits = Limits(expansion_allowance=100_000, expansion_threshold=0)
-    sized: list[str] = []
-    real_total = DirectorySource.total_bytes
-
-    def total_bytes(self: DirectorySource) -> int:
-        sized.append(self.location)
-        return real_total(self)
-
-    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
     lazy, budget = _read_outcome(store, limits, "s", lazy=True)
-    assert lazy[:2] == ("read", strings) and sized == [str(store)]
+    assert lazy[:2] == ("read", strings) and directory_sizings == [str(store)]
     up_front, sized_budget = _read_outcome(store, limits, "s", lazy=False)
     assert lazy == up_front and budget.total == sized_budget.total
 

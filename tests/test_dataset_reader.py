@@ -320,15 +320,16 @@ def test_damaged_inner_chunk_is_a_corrupt_store_error(
 
 
 def test_opening_a_directory_dataset_lists_no_folder(
-    realistic_items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    realistic_items: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    directory_sizings: list[str],
 ) -> None:
     """Opening a directory dataset and reading an item lists no folder of it: opening it
     walked its whole tree twice (every chunk folder listed, every file's size asked),
     once for ReadHierarchy's size and once for the decode budget's, before anything was
     read. The budget is sized only if a read needs more than every budget holds."""
     import os
-
-    from cadstore.io.sources import DirectorySource
 
     out = tmp_path / "dir.dataset"
     merge_items(
@@ -340,20 +341,14 @@ def test_opening_a_directory_dataset_lists_no_folder(
     )
     folders = sum(1 for _ in os.walk(out))
     listed: list[str] = []
-    sized: list[str] = []
+    sized = directory_sizings
     real_scandir = os.scandir
-    real_total = DirectorySource.total_bytes
 
     def scandir(path: Any = ".") -> Any:
         listed.append(str(path))
         return real_scandir(path)
 
-    def total_bytes(self: DirectorySource) -> int:
-        sized.append(self.location)
-        return real_total(self)
-
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(DirectorySource, "total_bytes", total_bytes)
     with DatasetReader(out) as reader:
         nodes = len(reader._hier.arrays) + len(reader._hier.groups)
         assert folders > 10 * nodes  # a chunk folder each: a walk would list them all

@@ -387,14 +387,18 @@ def _coordinate_items(
             "face": np.arange(count, dtype=np.int32) + 10 * n + 100 * seed,
         }
         rows.append(arrays)
-        path = tmp_path / f"{prefix}{n}.zarr"
-        with OptStorage(path) as storage:
-            storage.set_schema(schema)
-            for key, value in arrays.items():
-                storage.save_data(key, value)
-            storage.compress_store()
-        files.append(f"{path}.data")
+        files.append(_schema_item(tmp_path / f"{prefix}{n}.zarr", schema, arrays))
     return files, rows
+
+
+def _schema_item(path: Path, schema: Any, arrays: dict[str, np.ndarray]) -> str:
+    """Publish ``arrays`` with ``schema`` as the item ``path`` (``<path>.data``)."""
+    with OptStorage(path) as storage:
+        storage.set_schema(schema)
+        for key, value in arrays.items():
+            storage.save_data(key, value)
+        storage.compress_store()
+    return f"{path}.data"
 
 
 def test_an_array_named_as_a_trailing_dimension_keeps_it_for_itself(tmp_path: Path) -> None:
@@ -449,13 +453,7 @@ def test_a_trailing_dimension_spelt_as_a_bookkeeping_array_is_qualified(tmp_path
             "face_ids": rng.integers(0, 100, (count, 2)).astype(np.int32),
         }
         rows.append(arrays)
-        path = tmp_path / f"p{n}.zarr"
-        with OptStorage(path) as storage:
-            storage.set_schema(schema)
-            for key, value in arrays.items():
-                storage.save_data(key, value)
-            storage.compress_store()
-        files.append(f"{path}.data")
+        files.append(_schema_item(tmp_path / f"p{n}.zarr", schema, arrays))
     out = tmp_path / "x.dataset"
     merge_items(files, out)
     expected = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
