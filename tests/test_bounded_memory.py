@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -895,6 +896,63 @@ def test_directory_store_corrupt_chunk_refused_without_sizing(
     assert (directory_sizings, decoded) == ([], [len(chunk)])
     assert lazy == up_front
     assert (store / "s" / "c" / "0").read_bytes() == chunk
+
+
+#: Chunk headers declaring more bytes than any chunk may hold (Limits.max_chunk_bytes).
+_BEYOND_EVERY_CAP = {
+    # A zstd frame header (single segment, an 8-byte content size) declaring 2**40 bytes.
+    "zstd": b"\x28\xb5\x2f\xfd\xe0" + (2**40).to_bytes(8, "little") + b"\x01\x00\x00",
+    # numcodecs' LZ4 framing: the decoded size, then the block.
+    "lz4": b"\xff\xff\xff\xff" + b"junk",
+    # A blosc header: version, its codec's version, flags, type size, then the decoded,
+    # block and compressed sizes (the compressed size is the chunk's own).
+    "blosc": bytes([2, 1, 1, 1]) + struct.pack("<III", 0xFFFFFFFF, 4096, 16),
+}
+
+
+@pytest.mark.parametrize(
+    ("codec", "declared"), [("zstd", 2**40), ("lz4", 2**32 - 1), ("blosc", 2**32 - 1)]
+)
+def test_directory_store_chunk_beyond_every_cap_refused_without_sizing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    directory_sizings: list[str],
+    codec: str,
+    declared: int,
+) -> None:
+    """A string chunk of a directory store whose header declares more bytes than any
+    chunk may hold (``max_chunk_bytes``, whatever the store's size) is refused as with
+    its budget sized up front, decoded once and the store never sized. It was taken for
+    one past the least budget's cap: the store was sized (a walk of the whole tree) and
+    the chunk decoded again, to the same refusal."""
+    from cadstore.format import codecs
+
+    chunk = _BEYOND_EVERY_CAP[codec]
+    store = _msgpack_store(tmp_path / "store", "x")
+    zarray = json.loads((store / "s" / ".zarray").read_text())
+    zarray["compressor"] = {"id": codec}
+    (store / "s" / ".zarray").write_text(json.dumps(zarray))
+    (store / "s" / "0").write_bytes(chunk)
+    limits = Limits(expansion_allowance=100_000, expansion_threshold=0)
+    up_front, _ = _read_outcome(store, limits, "s", lazy=False)
+    assert up_front[0] is CorruptStoreError
+    assert str(store) in up_front[1] and "'s'" in up_front[1]
+    assert f"declares {declared} bytes" in up_front[1]
+
+    decoded: list[int] = []
+    name = f"decode_{codec}"
+    real = getattr(codecs, name)
+
+    def decode(data: bytes | memoryview, expected: int | None, limit: int) -> bytes:
+        decoded.append(len(data))
+        return real(data, expected, limit)
+
+    directory_sizings.clear()  # the read sized up front asked it
+    monkeypatch.setattr(codecs, name, decode)
+    lazy, _ = _read_outcome(store, limits, "s", lazy=True)
+    assert (directory_sizings, decoded) == ([], [len(chunk)])
+    assert lazy == up_front
+    assert (store / "s" / "0").read_bytes() == chunk
 
 
 def test_directory_store_unsized_zstd_frame_read_past_the_least_budget(

@@ -79,7 +79,17 @@ class ChunkCapExceeded(ChunkDecodeError):
     Not necessarily corrupt: a reader that gave a cap below what the file's budget allows
     (:meth:`cadstore.format.limits.DecodeBudget.room` before a directory store is sized)
     decodes it again within the exact cap; any other :class:`ChunkDecodeError` is final.
+
+    ``declared`` is the decoded size the chunk's header declares, when it declares one
+    (zstd, blosc, lz4), and ``subject`` what declares it: a reader tells from it a chunk
+    that no cap could ever allow (more than ``Limits.max_chunk_bytes``), which it refuses
+    at once rather than size its budget and decode the chunk again.
     """
+
+    def __init__(self, message: str, *, declared: int | None = None, subject: str = "") -> None:
+        super().__init__(message)
+        self.declared = declared
+        self.subject = subject
 
 
 class FrameDecodeError(ChunkDecodeError):
@@ -650,10 +660,10 @@ def decode_zstd(data: bytes | memoryview, expected: int | None, limit: int) -> b
         raise ChunkDecodeError(f"not a zstd frame: {exc}") from exc
     bound = expected if expected is not None else limit
     if declared != -1 and declared > bound:
-        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
-        raise error(
-            f"zstd frame declares {declared} bytes, more than the {bound} the chunk may hold"
-        )
+        message = f"zstd frame declares {declared} bytes, more than the {bound} the chunk may hold"
+        if expected is not None:
+            raise ChunkDecodeError(message)
+        raise ChunkCapExceeded(message, declared=declared, subject="zstd frame")
     try:
         out = _decompressor().decompress(data, max_output_size=bound)
     except zstandard.ZstdError as exc:
@@ -828,8 +838,10 @@ def decode_blosc(data: bytes, expected: int | None, limit: int) -> bytes:
     nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
     bound = expected if expected is not None else limit
     if nbytes > bound or (expected is not None and nbytes != expected):
-        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
-        raise error(f"blosc header declares {nbytes} bytes, expected {bound}")
+        message = f"blosc header declares {nbytes} bytes, expected {bound}"
+        if expected is not None:
+            raise ChunkDecodeError(message)
+        raise ChunkCapExceeded(message, declared=nbytes, subject="blosc header")
     if cbytes != len(data):
         raise ChunkDecodeError(f"blosc header declares {cbytes} compressed bytes, got {len(data)}")
     blosc = _zarr2_module("numcodecs.blosc", "blosc-compressed chunks")
@@ -847,8 +859,10 @@ def decode_lz4(data: bytes, expected: int | None, limit: int) -> bytes:
     (declared,) = struct.unpack_from("<I", data, 0)
     bound = expected if expected is not None else limit
     if declared > bound:
-        error = ChunkDecodeError if expected is not None else ChunkCapExceeded
-        raise error(f"lz4 header declares {declared} bytes, expected at most {bound}")
+        message = f"lz4 header declares {declared} bytes, expected at most {bound}"
+        if expected is not None:
+            raise ChunkDecodeError(message)
+        raise ChunkCapExceeded(message, declared=declared, subject="lz4 header")
     numcodecs = _zarr2_module("numcodecs", "lz4-compressed chunks")
 
     try:

@@ -704,12 +704,21 @@ def _decode_chunk(
     are the same as with a budget sized up front. A chunk failing otherwise (corrupt) is
     refused at once, the store not sized. The cap is only met decompressing the payload,
     before anything of it is charged, so the second try starts where the first did.
+
+    A payload declaring more than ``limits.max_chunk_bytes``, the most any cap allows
+    (:func:`_chunk_cap`), is refused at once too, and alike whether the budget is sized
+    or not: its message names that limit, not what remained.
     """
     count = math.prod(meta.chunks)
     remaining, exact = budget.room()
     try:
         return _decode_chunk_within(meta, raw, count, limits, remaining, strings, held)
-    except C.ChunkCapExceeded:
+    except C.ChunkCapExceeded as exc:
+        if exc.declared is not None and exc.declared > limits.max_chunk_bytes:
+            raise C.ChunkDecodeError(
+                f"{exc.subject} declares {exc.declared} bytes, more than "
+                f"max_chunk_bytes={limits.max_chunk_bytes}"
+            ) from exc
         if exact or _chunk_cap(limits, remaining, strings) >= limits.max_chunk_bytes:
             raise  # the cap was the exact one, or no budget would have allowed more
     return _decode_chunk_within(meta, raw, count, limits, budget.remaining, strings, held)
