@@ -849,6 +849,52 @@ def test_directory_store_msgpack_strings_read_as_if_sized_up_front(
         assert str(store) in up_front[1] and "'s'" in up_front[1]
 
 
+def test_msgpack_strings_nesting_arrays_refused_within_their_charge(tmp_path: Path) -> None:
+    """A MsgPack string chunk nesting more arrays than a chunk of its shape holds is
+    refused as corrupt, naming the store and the array, its unpacking held to a few times
+    what its payload was charged. Only each array's length was bounded: a 1 MB payload
+    for 1,000 strings, an array of 1,002 arrays of 1,002 empty arrays, took 64 MB to
+    unpack (its charge about 4 MB) before it was refused for holding no item."""
+    import tracemalloc
+
+    from cadstore.format.hierarchy import ReadHierarchy
+    from cadstore.io.sources import DirectorySource
+
+    store = _msgpack_store(tmp_path / "store", "x")
+    zarray = json.loads((store / "s" / ".zarray").read_text())
+    zarray["shape"] = zarray["chunks"] = [1000]
+    (store / "s" / ".zarray").write_text(json.dumps(zarray))
+    array16 = b"\xdc" + (1002).to_bytes(2, "big")
+    payload = array16 + (array16 + b"\x90" * 1002) * 1002
+    (store / "s" / "0").write_bytes(payload)
+    limits = Limits()
+    source = DirectorySource(str(store), limits)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptStoreError) as refused:
+            ReadHierarchy(source, limits).read_node("s")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(store) in str(refused.value) and "'s'" in str(refused.value)
+    assert "nests more than 2 arrays" in str(refused.value)
+    charged = source.budget.used
+    assert 4 * len(payload) < charged and peak < 3 * charged
+    assert (store / "s" / "0").read_bytes() == payload
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 3), (2, 3, 4), (1, 1, 5), (3, 1)])
+def test_msgpack_strings_of_every_chunk_shape_read(shape: tuple[int, ...]) -> None:
+    """numcodecs packs a chunk of strings as its nested ``tolist()``: every list of a
+    chunk of any shape is within the bound on the arrays a payload nests."""
+    numcodecs = pytest.importorskip("numcodecs")
+    from cadstore.format.codecs import decode_msgpack_strings
+
+    strings = np.array([f"s{i}" for i in range(int(np.prod(shape)))], dtype=object)
+    payload = numcodecs.MsgPack().encode(strings.reshape(shape))
+    assert decode_msgpack_strings(payload, shape, 1024) == strings.tolist()
+
+
 def _zstd_no_size(payload: bytes) -> bytes:
     """A zstd frame of ``payload`` that does not declare its decoded size."""
     return zstandard.ZstdCompressor(write_content_size=False).compress(payload)

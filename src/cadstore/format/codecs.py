@@ -18,6 +18,7 @@ import bisect
 import ctypes
 import importlib
 import itertools
+import math
 import struct
 import sys
 import threading
@@ -981,13 +982,32 @@ def decode_vlen_utf8(data: bytes, count: int) -> list[str]:
     return out
 
 
-def decode_msgpack_strings(data: bytes, count: int, limit: int) -> list[Any]:
+def decode_msgpack_strings(data: bytes, shape: Sequence[int], limit: int) -> list[Any]:
     """Decode numcodecs' MsgPack object encoding (items, then dtype and shape) safely.
 
     Only ``str`` items (and ``None``, kept as is) are accepted; no extension types, no
-    pickle, bounded buffer sizes.
+    pickle, bounded buffer sizes. ``shape`` is the chunk's: numcodecs packs the chunk's
+    ``tolist()``, nested lists of that shape (flat ones are read too), so a payload holds
+    no more lists than those, the outer one and the shape's. More are refused as they are
+    unpacked: each array's length alone is bounded, and a payload of 1 MB nesting a
+    million empty arrays took 64 MB to unpack before its item count was checked.
     """
     msgpack = _zarr2_module("msgpack", "MsgPack-encoded strings")
+    count = math.prod(shape)
+    # The outer list, the nested lists of tolist() (one per index of every leading
+    # dimension but the last) and the shape list.
+    most_lists = 2 + sum(math.prod(shape[:k]) for k in range(1, len(shape)))
+    lists = 0
+
+    def count_list(value: list[Any]) -> list[Any]:
+        nonlocal lists
+        lists += 1
+        if lists > most_lists:
+            raise ChunkDecodeError(
+                f"msgpack chunk nests more than {most_lists} arrays, the most a chunk of "
+                f"shape {tuple(shape)} holds"
+            )
+        return value
 
     try:
         items = msgpack.unpackb(
@@ -999,7 +1019,10 @@ def decode_msgpack_strings(data: bytes, count: int, limit: int) -> list[Any]:
             max_ext_len=0,
             max_array_len=count + 2,
             max_map_len=0,
+            list_hook=count_list,
         )
+    except ChunkDecodeError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ChunkDecodeError(f"msgpack data is corrupt: {exc}") from exc
     if not isinstance(items, list) or len(items) < 2:

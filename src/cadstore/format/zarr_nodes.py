@@ -870,7 +870,7 @@ def _decode_chunk_v2(
         else:
             # The payload is charged (at four bytes a byte), and no string is longer:
             # only the chunk limit bounds one, whatever remains of the budget.
-            items = C.decode_msgpack_strings(data, count, limits.max_chunk_bytes)
+            items = C.decode_msgpack_strings(data, meta.chunks, limits.max_chunk_bytes)
         return np.array(items, dtype=object).reshape(meta.chunks, order=meta.order)
     if len(data) != count * stored_dtype.itemsize:
         raise C.ChunkDecodeError(
