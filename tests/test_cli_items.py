@@ -1102,6 +1102,161 @@ def test_export_json_overwrite_through_a_link_failing_keeps_the_old_store(
     assert _temporaries(tmp_path) == [] and _temporaries(real) == []
 
 
+def _refuse_entries_in(patch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """Make ``folders`` folders the user may not write (as ``chattr +i``, which root's tests
+    cannot count on): no entry made, renamed or swapped directly in one (EPERM)."""
+    import errno
+
+    from cadstore.io import publish
+
+    def inside(*paths: Any) -> bool:
+        return any(
+            os.path.dirname(os.path.abspath(os.fspath(p))) in map(str, folders) for p in paths
+        )
+
+    def refuse(path: Any) -> PermissionError:
+        return PermissionError(errno.EPERM, "Operation not permitted", os.fspath(path))
+
+    mkdir, rename, replace, exchange = os.mkdir, os.rename, os.replace, publish.exchange_paths
+
+    def refused_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path):
+            raise refuse(path)
+        mkdir(path, *args, **kwargs)
+
+    def refused_rename(source: Any, destination: Any, **kwargs: Any) -> None:
+        if inside(source, destination):
+            raise refuse(destination)
+        rename(source, destination, **kwargs)
+
+    def refused_replace(source: Any, destination: Any, **kwargs: Any) -> None:
+        if inside(source, destination):
+            raise refuse(destination)
+        replace(source, destination, **kwargs)
+
+    def refused_exchange(first: str, second: str) -> bool:
+        if inside(first, second):
+            raise refuse(second)
+        return exchange(first, second)
+
+    patch.setattr(os, "mkdir", refused_mkdir)
+    patch.setattr(os, "rename", refused_rename)
+    patch.setattr(os, "replace", refused_replace)
+    patch.setattr(publish, "exchange_paths", refused_exchange)
+
+
+@pytest.mark.parametrize("staged", ["beside-the-link", "inside-the-folder"])
+def test_export_json_overwrite_through_a_link_to_a_folder_in_an_unwritable_parent(
+    items: list[Path],
+    json_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    staged: str,
+) -> None:
+    """``--overwrite`` onto a link to a store whose parent folder the user may not write
+    (``~/out`` leading to ``/shared/team/store``) was refused since the folder became
+    replaced as a whole ("making the temporary folder of the new store beside it:
+    operation not permitted"). The new store is now staged beside the link (or, that too
+    refused, inside the folder) and the folder's files replaced one by one: the link is
+    kept, the folder holds exactly the new store, and nothing else is touched."""
+    from cadstore.export import export_json
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out, link = ro / "store", tmp_path / "link"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    link.symlink_to(out, target_is_directory=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    (ro / "other.txt").write_text("theirs")
+    with open_artefact(str(items[1])) as target:
+        export_json(target, str(tmp_path / "reference"))
+    reference = _store_files(tmp_path / "reference")
+    assert reference.keys() != _store_files(out).keys()  # a key of the old store goes
+
+    with monkeypatch.context() as patch:
+        _refuse_entries_in(patch, *([ro] if staged == "beside-the-link" else [ro, tmp_path]))
+        with open_artefact(str(items[1])) as target:
+            result = export_json(target, str(link), overwrite=True)
+    assert link.is_symlink() and os.readlink(link) == str(out)
+    assert _store_files(out) == reference
+    assert result.files == sorted(reference)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (ro / "other.txt").read_text() == "theirs"
+    assert sorted(p.name for p in ro.iterdir()) == ["other.txt", "store"]
+    assert _temporaries(tmp_path) == []
+
+
+def test_export_json_overwrite_through_a_link_failing_midway_file_by_file_says_where(
+    items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files of a folder that cannot be replaced as a whole (its parent may not be
+    written) are replaced one by one: an EIO midway leaves the folder a mix of both
+    versions. The StorageError names the link, the folder, how much of the new version
+    it holds and where the new version is kept whole (the staging folder, not removed);
+    no file of the user's outside the store is touched, and the next export through the
+    link puts the new store in place, leaving no temporary."""
+    import errno
+
+    from cadstore.errors import StorageError
+    from cadstore.export import export_json
+    from cadstore.io import publish
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out, link = ro / "store", tmp_path / "link"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    link.symlink_to(out, target_is_directory=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    (ro / "other.txt").write_text("theirs")
+    old = _store_files(out)
+    with open_artefact(str(items[1])) as target:
+        export_json(target, str(tmp_path / "reference"))
+    reference = _store_files(tmp_path / "reference")
+    eio = OSError(errno.EIO, "Input/output error (injected)")
+
+    with monkeypatch.context() as patch:
+        _refuse_entries_in(patch, ro)
+        refusing = os.replace
+        into_out = [0]
+
+        def second_into_out_fails(source: Any, destination: Any, **kwargs: Any) -> None:
+            if os.path.dirname(os.fspath(destination)) == str(out):
+                into_out[0] += 1
+                if into_out[0] == 2:
+                    raise eio
+            refusing(source, destination, **kwargs)
+
+        patch.setattr(os, "replace", second_into_out_fails)
+        with open_artefact(str(items[1])) as target, pytest.raises(StorageError) as info:
+            export_json(target, str(link), overwrite=True)
+    kept = _temporaries(tmp_path)
+    assert len(kept) == 1, kept
+    message = str(info.value)
+    assert info.value.path == str(link) and message.startswith(f"{link}: ")
+    assert info.value.errno == errno.EIO and info.value.__cause__.__cause__ is eio
+    assert str(out) in message and str(tmp_path / kept[0]) in message
+    assert f"1 of the new version's {len(reference)} files" in message
+    assert _store_files(tmp_path / kept[0]) == reference  # the new version, whole
+    mix = _store_files(out)
+    assert all(mix[name] in (old.get(name), reference.get(name)) for name in mix)
+    assert link.is_symlink() and os.readlink(link) == str(out)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (ro / "other.txt").read_text() == "theirs"
+    assert sorted(p.name for p in ro.iterdir()) == ["other.txt", "store"]
+
+    # The next export (this process taken for gone) completes it and sweeps what was kept.
+    monkeypatch.setattr(publish, "pid_alive", lambda pid: False)
+    with monkeypatch.context() as patch:
+        _refuse_entries_in(patch, ro)
+        with open_artefact(str(items[1])) as target:
+            export_json(target, str(link), overwrite=True)
+    assert _store_files(out) == reference
+    assert _temporaries(tmp_path) == [] and _temporaries(out) == []
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_export_json_disk_full_while_writing_names_the_destination(
     items: list[Path], json_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

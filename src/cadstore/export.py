@@ -22,7 +22,10 @@ destination puts the new one in place (:func:`cadstore.io.publish.recover_interr
 A destination that is a link to a store is kept, and the folder it leads to replaced so,
 as a whole (the new store is assembled beside that folder). Only an export run from
 inside the folder it replaces (``-o .``) replaces its files one by one, keeping the
-folder the shell stands in. A non-empty destination is refused unless
+folder the shell stands in, and so does one through a link to a folder whose parent may
+not be written (the new store assembled beside the link, else inside the folder, and its
+files copied in; a failure midway leaves a mix, and the error names where the new
+version is kept whole). A non-empty destination is refused unless
 ``overwrite``, and even then only when everything in it is a JSON store's file: nothing
 else is ever deleted. A step the file system refuses (a folder that may not be written, a
 name too long, a rename that fails, a write of the new store on a full disk) raises a
@@ -64,6 +67,7 @@ from cadstore.io.publish import (
     set_aside_name,
     staging_name,
     sweep_dead_temporaries,
+    temporary_name,
 )
 from cadstore.progress import progress
 from cadstore.storage import JsonStorageHandler
@@ -262,6 +266,45 @@ def _check_name(destination: str, parent: str) -> None:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), destination)
 
 
+#: What a folder answers when it may not be written.
+_REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _make_staging(output: str, where: str) -> str:
+    """Make the staging folder of the new store for ``output``; return its path.
+
+    It is made beside ``where`` (the destination, or the folder a link leads to), so that
+    :func:`~cadstore.io.publish.move_into_place` replaces that folder as a whole. A link
+    whose folder's parent may not be written (``~/out`` leading to
+    ``/shared/team/store``) has it made beside the link, else inside that folder; the
+    folder's files are then replaced one by one.
+
+    Raises
+    ------
+    OSError
+        The refusal of the place beside ``where``, when no other place serves either.
+    """
+    scratch = staging_name(where, _STAGING_SUFFIX)
+    try:
+        os.mkdir(scratch)
+        return scratch
+    except OSError as exc:
+        if where == output or exc.errno not in _REFUSED:
+            raise
+        refused = exc
+    for elsewhere in (
+        staging_name(output, _STAGING_SUFFIX),
+        temporary_name(where, _STAGING_SUFFIX),
+    ):
+        try:
+            os.mkdir(elsewhere)
+            return elsewhere
+        except OSError as exc:
+            if exc.errno not in _REFUSED:
+                raise
+    raise refused
+
+
 def _named_for(output: str, scratch: str, exc: StorageError) -> StorageError:
     """``exc`` naming ``output`` when it names a file of the staging folder ``scratch``.
 
@@ -396,7 +439,9 @@ def export_json(
         was, and no temporary of this export beside it, with two exceptions: an old
         store set aside that cannot be put back (the message says where both versions
         are, and the next export puts the new one in place), and an export run inside the
-        folder it replaces, whose files are replaced one by one.
+        folder it replaces, or through a link to a folder whose parent may not be
+        written, whose files are replaced one by one (a failure midway names the link,
+        the folder and the temporary folder keeping the new version whole).
     """
     target.require_storage("export-json")
     output = output.rstrip("/") or output
@@ -420,6 +465,12 @@ def export_json(
     # swap two folders) left no store at output, and both whole beside it.
     with _step(output, "putting in place the store an interrupted export left beside it"):
         recover_interrupted_move(where, _STAGING_SUFFIX)
+    if where != output:
+        # What an export staged elsewhere, when the folder's parent may not be written
+        # (_make_staging), and its process is gone.
+        sweep_dead_temporaries(resolve(os.path.dirname(os.path.abspath(output))))
+        if os.path.isdir(where):
+            sweep_dead_temporaries(resolve(where))
     with _step(output, "reading what is there"):
         replaced = _check_output(output, overwrite, target)
     parent = os.path.dirname(os.path.abspath(where))
@@ -430,9 +481,8 @@ def export_json(
     # Built beside the destination, so the final move stays on one file system; named
     # as every temporary, so that what a killed export leaves is swept (as here).
     sweep_dead_temporaries(resolve(parent))
-    scratch = staging_name(where, _STAGING_SUFFIX)
     with _step(output, "making the temporary folder of the new store beside it"):
-        os.mkdir(scratch)
+        scratch = _make_staging(output, where)
     try:
         try:
             result = _copy(target, scratch, max_json_bytes)
@@ -451,8 +501,13 @@ def export_json(
         # where both versions are, as a StorageError, when it cannot put it back).
         with _step(output, "moving the new store into place"):
             move_into_place(scratch, output, replaced)
-    except BaseException:
-        if not os.path.lexists(set_aside_name(scratch)):  # else the store's new version
+    except BaseException as exc:
+        # Kept when it is the only whole copy of the new version: the old one set aside
+        # and not put back, or the folder partly replaced (move_into_place says so).
+        kept = os.path.lexists(set_aside_name(scratch)) or (
+            isinstance(exc, OSError) and exc.filename2 == scratch
+        )
+        if not kept:
             shutil.rmtree(scratch, ignore_errors=True)
         raise
     result.output = output

@@ -634,6 +634,12 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     new one in place. A ``destination`` that is a symbolic link to a folder is kept: the
     folder it leads to is replaced as a whole, as above (stage ``scratch`` beside that
     folder, so that the renames stay on one file system and a recovery finds the pair).
+    A link whose folder's parent may not be written (``~/out`` leading to
+    ``/shared/team/store``) cannot have that folder replaced: stage ``scratch`` elsewhere
+    (beside the link, or inside the folder itself), and the files of ``scratch`` are then
+    copied into the folder one by one (each appears whole), the listed ones it no longer
+    holds removed, and ``scratch`` removed last; a failure midway leaves a mix of both
+    versions, said by the error, with the new version still whole in ``scratch``.
     Only where this process's working directory is ``destination`` or below it (the
     folder is kept, not replaced, for whoever stands in it) are the listed files removed
     and those of ``scratch`` renamed in one by one (each file appears whole, but a writer
@@ -647,7 +653,10 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     StorageError
         Of the failure's kind, naming ``destination``, when the file system fails to say
         what is there (an EIO): nothing is moved, ``scratch`` is left for the caller to
-        remove.
+        remove. When copying the files of a ``scratch`` staged elsewhere fails after one
+        of them replaced a file of the folder: naming ``destination`` as given, the
+        folder, what it now holds and that the new version is whole in ``scratch``, whose
+        path is then the error's ``filename2``: the caller must keep it.
     """
     # Renamed by absolute path: "." or ".." cannot be renamed (EBUSY, EINVAL), and an
     # export run inside the folder it replaces says "-o .".
@@ -673,7 +682,10 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     # the user's shell, keeps its place: files are moved into it rather than the folder
     # replaced, which would leave them in a deleted folder that lists nothing.
     in_place = _holds_working_directory(destination)
-    if not replaced and not in_place:
+    # Staged elsewhere than beside the folder (its parent may not be written): the folder
+    # cannot be renamed, so its files are replaced.
+    elsewhere = not in_place and _local_directory(scratch) != folder
+    if not replaced and not in_place and not elsewhere:
         try:
             os.rename(scratch, destination)  # replaces an empty folder, never a full one
         except OSError as exc:
@@ -686,8 +698,13 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
         present = sorted(os.listdir(destination))
     except FileNotFoundError:
         raise changed() from None
+    if _local_directory(scratch) == destination:  # staged inside the folder itself
+        present.remove(os.path.basename(scratch))
     if present != sorted(replaced):
         raise changed()
+    if elsewhere:
+        _copy_files_in(scratch, destination, replaced, asked)
+        return
     if not in_place:
         if exchange_paths(scratch, destination):
             old = scratch
@@ -710,6 +727,54 @@ def move_into_place(scratch: str, destination: str, replaced: list[str]) -> None
     for name in os.listdir(scratch):
         os.replace(os.path.join(scratch, name), os.path.join(destination, name))
     os.rmdir(scratch)
+
+
+def _copy_files_in(scratch: str, folder: str, replaced: list[str], asked: str) -> None:
+    """Replace the files of ``folder`` by those of ``scratch``, one by one, then remove
+    ``scratch``: for a folder that cannot be replaced as a whole (its parent may not be
+    written), ``scratch`` staged elsewhere (see :func:`move_into_place`).
+
+    Each file is copied in (:func:`copy_file`: it appears whole, and ``scratch`` may lie
+    on another file system), then the ``replaced`` files the new version does not hold
+    are removed. Copied rather than renamed, so that ``scratch`` holds the whole new
+    version until the end: a failure midway leaves ``folder`` a mix of both versions, and
+    the new one whole in ``scratch``.
+
+    Raises
+    ------
+    OSError
+        If the first copy fails: ``folder`` is as it was, ``scratch`` the caller's to
+        remove.
+    StorageError
+        If a later step fails: naming ``asked`` (the link, as the caller gave it), the
+        folder, how much of the new version it holds and that the new version is whole
+        in ``scratch`` (the error's ``filename2``, which the caller must keep).
+    """
+    names = sorted(os.listdir(scratch))
+    copied, name = 0, ""
+    try:
+        for name in names:
+            copy_file(resolve(os.path.join(scratch, name)), resolve(os.path.join(folder, name)))
+            copied += 1
+        for name in sorted(set(replaced) - set(names)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+    except OSError as exc:
+        if not copied:
+            raise
+        linked = f"the folder {folder} it links to" if asked != folder else "it"
+        holder = "the folder" if asked != folder else "it"
+        error = StorageError(
+            asked,
+            f"replacing the store's files one by one ({linked} cannot be replaced as a "
+            f"whole: its parent may not be written) failed at {name} ({os_problem(exc)}): "
+            f"{holder} now holds {copied} of the new version's {len(names)} files and what "
+            f"is left of the old version; the new version is whole in {scratch}, kept until "
+            "a later write there (copy its files over, or export again)",
+        )
+        error.errno, error.filename2 = exc.errno, scratch
+        raise error from exc
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _put_back(old: str, destination: str, asked: str | None = None) -> None:
