@@ -1145,6 +1145,23 @@ def _refuse_entries_in(patch: pytest.MonkeyPatch, *folders: Path) -> None:
     patch.setattr(publish, "exchange_paths", refused_exchange)
 
 
+def _store_behind_a_link(json_store: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``json_store`` exported to ``ro/store`` below ``tmp_path`` and the link ``link`` to
+    it, beside a file of the user's on each side (``notes.txt``, ``ro/other.txt``):
+    ``ro``, the store and the link."""
+    from cadstore.export import export_json
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out, link = ro / "store", tmp_path / "link"
+    with open_artefact(str(json_store)) as target:
+        export_json(target, str(out))
+    link.symlink_to(out, target_is_directory=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    (ro / "other.txt").write_text("theirs")
+    return ro, out, link
+
+
 @pytest.mark.parametrize("staged", ["beside-the-link", "inside-the-folder"])
 def test_export_json_overwrite_through_a_link_to_a_folder_in_an_unwritable_parent(
     items: list[Path],
@@ -1161,14 +1178,7 @@ def test_export_json_overwrite_through_a_link_to_a_folder_in_an_unwritable_paren
     kept, the folder holds exactly the new store, and nothing else is touched."""
     from cadstore.export import export_json
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    out, link = ro / "store", tmp_path / "link"
-    with open_artefact(str(json_store)) as target:
-        export_json(target, str(out))
-    link.symlink_to(out, target_is_directory=True)
-    (tmp_path / "notes.txt").write_text("mine")
-    (ro / "other.txt").write_text("theirs")
+    ro, out, link = _store_behind_a_link(json_store, tmp_path)
     with open_artefact(str(items[1])) as target:
         export_json(target, str(tmp_path / "reference"))
     reference = _store_files(tmp_path / "reference")
@@ -1202,14 +1212,7 @@ def test_export_json_overwrite_through_a_link_failing_midway_file_by_file_says_w
     from cadstore.export import export_json
     from cadstore.io import publish
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    out, link = ro / "store", tmp_path / "link"
-    with open_artefact(str(json_store)) as target:
-        export_json(target, str(out))
-    link.symlink_to(out, target_is_directory=True)
-    (tmp_path / "notes.txt").write_text("mine")
-    (ro / "other.txt").write_text("theirs")
+    ro, out, link = _store_behind_a_link(json_store, tmp_path)
     old = _store_files(out)
     with open_artefact(str(items[1])) as target:
         export_json(target, str(tmp_path / "reference"))
