@@ -305,17 +305,21 @@ def _make_staging(output: str, where: str) -> str:
     raise refused
 
 
-def _named_for(output: str, scratch: str, exc: StorageError) -> StorageError:
-    """``exc`` naming ``output`` when it names a file of the staging folder ``scratch``.
+def _in_staging(exc: StorageError, scratch: str) -> bool:
+    """Whether ``exc`` names a file of the staging folder ``scratch``.
 
     A write of the new store that fails (a full disk) names a temporary file of the
-    staging folder, which is removed by the time the caller reads it: the error then
-    names the destination and the step, keeping its kind and ``errno``. Any other
-    ``StorageError`` (the item that cannot be read, a key too big) is returned as it is.
+    staging folder, which is removed by the time the caller reads it: such an error is
+    re-named for the destination (:func:`_named_for`). Any other ``StorageError`` (the
+    item that cannot be read, a key too big) is reported as it is.
     """
     inside = os.path.abspath(scratch) + os.sep
-    if not (os.path.abspath(exc.path) + os.sep).startswith(inside):
-        return exc
+    return (os.path.abspath(exc.path) + os.sep).startswith(inside)
+
+
+def _named_for(output: str, exc: StorageError) -> StorageError:
+    """``exc``, of a write into the staging folder, naming ``output`` and the step, of
+    its kind and ``errno``."""
     renamed = type(exc)(output, f"writing the new store: {exc.problem}")
     renamed.errno, renamed.strerror = exc.errno, exc.strerror
     return renamed
@@ -457,8 +461,7 @@ def export_json(
     # (move_into_place): the new store is staged beside that folder, and a recovery looks
     # for what a killed export left there.
     where = output
-    with _step(output, "looking it up"):
-        there = local_stat(output, "looking it up", follow_symlinks=False)
+    there = local_stat(output, "looking it up", follow_symlinks=False)
     if there is not None and stat.S_ISLNK(there.st_mode):
         where = os.path.realpath(output)
     # An export killed between the two renames of a replacement (file systems that cannot
@@ -487,16 +490,12 @@ def export_json(
         try:
             result = _copy(target, scratch, max_json_bytes)
         except StorageError as exc:
-            renamed = _named_for(output, scratch, exc)
-            try:
-                if renamed is exc:
-                    raise
-                raise renamed from (exc.__cause__ or exc)
-            finally:
-                # The traceback holds this frame, which held the error: a cycle keeping
-                # every frame of the failed copy (the values it decoded) until the
-                # collector runs.
-                del renamed
+            if not _in_staging(exc, scratch):
+                raise
+            # Raised unbound: a local naming the error would make a cycle through its
+            # traceback (this frame), keeping every frame of the failed copy (the values
+            # it decoded) until the collector runs.
+            raise _named_for(output, exc) from (exc.__cause__ or exc)
         # move_into_place leaves the old store in place when a rename fails (and says
         # where both versions are, as a StorageError, when it cannot put it back).
         with _step(output, "moving the new store into place"):
